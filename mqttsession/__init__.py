@@ -1,0 +1,64 @@
+"""mqttsession: durable MQTT sessions on paho-mqtt."""
+
+from __future__ import annotations
+
+import time
+
+from .client import Client
+from .codec import SavedState, load_state
+from .errors import (
+    ConnectError,
+    MQTTSessionError,
+    PacketIdsExhausted,
+    PersistenceError,
+    StateError,
+    StateLockedError,
+    TransitionError,
+    UsageError,
+)
+from .events import (
+    ConnectedEvent,
+    DisconnectedEvent,
+    ErrorEvent,
+    Message,
+    MessageAckEvent,
+    MessageEvent,
+    SessionLostEvent,
+    SubscribedEvent,
+    UnsubscribedEvent,
+)
+
+__all__ = [
+    "Client",
+    "ConnectError",
+    "MQTTSessionError",
+    "PacketIdsExhausted",
+    "PersistenceError",
+    "SavedState",
+    "StateError",
+    "StateLockedError",
+    "TransitionError",
+    "UsageError",
+    "ConnectedEvent",
+    "DisconnectedEvent",
+    "ErrorEvent",
+    "Message",
+    "MessageAckEvent",
+    "MessageEvent",
+    "SessionLostEvent",
+    "SubscribedEvent",
+    "UnsubscribedEvent",
+    "load_state",
+    "session_expired",
+]
+
+__version__ = "0.1.0"
+
+
+def session_expired(state_data: str, now: float | None = None) -> bool | None:
+    """MQTT 5 client-side expiry of a saved session: True, False, or None when unknowable.
+
+    None for MQTT 3.1.1 and when the clock reads earlier than the recorded disconnect.
+    ``StateError`` on bad state data.
+    """
+    return load_state(state_data).expired(time.time() if now is None else now)

@@ -1,0 +1,7 @@
+"""``python -m mqttsession``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

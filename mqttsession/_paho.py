@@ -1,0 +1,236 @@
+"""The one module that touches paho-mqtt internals.
+
+paho keeps QoS 1/2 session state in memory only (``_out_messages``, ``_in_messages``) and sends
+PUBREC before it stores an incoming QoS 2 message. ``PahoConnection`` subclasses paho's Client
+and takes the session part away from it: every PUBLISH/PUBACK/PUBREC/PUBREL/PUBCOMP/CONNACK is
+decoded here and handed to a ``Hooks`` object (the mqttsession Client) BEFORE the dependent
+packet is written, and QoS>0 PUBLISH/PUBREL go out with the packet ids the session model chose.
+paho's own ``_out_messages`` / ``_in_messages`` stay empty.
+
+Every private paho access is tagged ``# noqa: SLF001`` so the coupling is greppable.
+Verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py`` and ``paho/mqtt/_packet.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Final, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.client import MalformedPacket  # type: ignore[attr-defined]
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+__all__ = [
+    "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
+    "disconnect_properties", "CLEAN_START_FIRST_ONLY",
+]
+
+CLEAN_START_FIRST_ONLY: Final = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+
+log = logging.getLogger(__name__)
+
+_CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
+_OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+_DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
+
+
+class Hooks(Protocol):
+    """What the connection calls on the network thread, each BEFORE the dependent packet."""
+
+    def hook_connack(
+        self, rc: int, reason: str, session_present: bool, receive_maximum: int
+    ) -> None: ...
+
+    def hook_publish_in(
+        self,
+        packet_id: int,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        properties: bytes,
+    ) -> None: ...
+
+    def hook_pubrel_in(self, packet_id: int) -> None: ...
+
+    def hook_puback(self, packet_id: int, reason_code: int) -> None: ...
+
+    def hook_pubrec(self, packet_id: int, reason_code: int) -> bool: ...
+
+    def hook_pubcomp(self, packet_id: int, reason_code: int) -> None: ...
+
+    def hook_connection_reset(self) -> None: ...
+
+    def hook_packet_id_in_use(self, packet_id: int) -> bool: ...
+
+
+def pack_properties(props: Properties | None) -> bytes:
+    """MQTT 5 properties as packed on the wire (b"" for none)."""
+    if props is None:
+        return b""
+    packed = props.pack()  # type: ignore[no-untyped-call]
+    return b"" if packed == b"\x00" else bytes(packed)
+
+
+def unpack_properties(data: bytes, packet_type: int = PacketTypes.PUBLISH) -> Properties | None:
+    """The inverse of ``pack_properties``."""
+    if not data:
+        return None
+    props = Properties(packet_type)  # type: ignore[no-untyped-call]
+    props.unpack(data)  # type: ignore[no-untyped-call]
+    return props
+
+
+def connect_properties(session_expiry_interval: int | None) -> Properties | None:
+    """CONNECT properties carrying the Session Expiry Interval (absent means 0)."""
+    if session_expiry_interval is None:
+        return None
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry_interval
+    return props
+
+
+def disconnect_properties(session_expiry_interval: int | None) -> Properties | None:
+    if session_expiry_interval is None:
+        return None
+    props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry_interval
+    return props
+
+
+def _text(topic: bytes | str) -> str:
+    return topic if isinstance(topic, str) else topic.decode("utf-8")
+
+
+class PahoConnection(mqtt.Client):
+    """paho's Client with the session moved out to ``hooks``."""
+
+    def __init__(
+        self,
+        hooks: Hooks,
+        client_id: str,
+        protocol_version: int,
+        clean_session: bool,
+    ) -> None:
+        proto = MQTTProtocolVersion.MQTTv5 if protocol_version == 5 else MQTTProtocolVersion.MQTTv311
+        super().__init__(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=None if protocol_version == 5 else clean_session,
+            protocol=proto,
+            reconnect_on_failure=True,
+        )
+        self.hooks = hooks
+        self.enable_logger(logging.getLogger("mqttsession.paho"))
+
+    # ------------------------------------------------------------------ sending
+
+    def send_publish(
+        self,
+        packet_id: int,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        properties: bytes,
+    ) -> bool:
+        """Queue a PUBLISH with our packet id and DUP flag; False when there is no socket."""
+        props = unpack_properties(properties) if self._protocol == mqtt.MQTTv5 else None  # noqa: SLF001
+        rc = self._send_publish(  # noqa: SLF001
+            packet_id, topic.encode("utf-8"), payload, qos, retain, dup, None, props
+        )
+        return rc == _OK
+
+    def send_pubrel(self, packet_id: int) -> bool:
+        return self._send_pubrel(packet_id) == _OK  # noqa: SLF001
+
+    def socket_open(self) -> bool:
+        return self._sock is not None  # noqa: SLF001
+
+    def set_auto_reconnect(self, on: bool) -> None:
+        """Whether paho's network thread reconnects after a lost connection."""
+        self._reconnect_on_failure = on  # noqa: SLF001
+
+    def in_network_thread(self) -> bool:
+        return threading.current_thread() is self._thread  # noqa: SLF001
+
+    def _mid_generate(self) -> int:  # noqa: SLF001  (SUBSCRIBE/UNSUBSCRIBE ids)
+        while True:
+            mid = super()._mid_generate()  # noqa: SLF001
+            if not self.hooks.hook_packet_id_in_use(mid):
+                return mid
+
+    def reconnect(self) -> MQTTErrorCode:
+        # paho drops unwritten packets here (_out_packet.clear()); the session resends them
+        self.hooks.hook_connection_reset()
+        return super().reconnect()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _packet_handle(self) -> MQTTErrorCode:  # noqa: SLF001
+        pkt = self._in_packet  # noqa: SLF001
+        hdr: int = pkt["command"]
+        body: bytes | bytearray = pkt["packet"]
+        proto = self._protocol  # noqa: SLF001
+        cmd = hdr & 0xF0
+        if cmd not in (_CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP):
+            return super()._packet_handle()  # noqa: SLF001
+        try:
+            if cmd == _PUBLISH:
+                return self._session_publish_in(_packet.decode_publish(hdr, body, proto))
+            if cmd == _PUBACK:
+                ack = _packet.decode_puback(hdr, body, proto)
+                self.hooks.hook_puback(ack.mid, int(ack.reason.value))
+                return _OK
+            if cmd == _PUBCOMP:
+                comp = _packet.decode_pubcomp(hdr, body, proto)
+                self.hooks.hook_pubcomp(comp.mid, int(comp.reason.value))
+                return _OK
+            if cmd == _PUBREC:
+                rec = _packet.decode_pubrec(hdr, body, proto)
+                if self.hooks.hook_pubrec(rec.mid, int(rec.reason.value)):
+                    return self._send_pubrel(rec.mid)  # noqa: SLF001  (after "released" is durable)
+                return _OK
+            if cmd == _PUBREL:
+                rel = _packet.decode_pubrel(hdr, body, proto)
+                self.hooks.hook_pubrel_in(rel.mid)
+                return self._send_pubcomp(rel.mid)  # noqa: SLF001  (after delivery + removal)
+            c = _packet.decode_connack(hdr, body, proto)
+            rc = int(c.rc)  # 3.1.1: the return code 0..5; 5.0: the reason code
+            recv_max = 65535
+            if c.properties is not None and hasattr(c.properties, "ReceiveMaximum"):
+                recv_max = int(c.properties.ReceiveMaximum)
+            reason = str(c.reason) if c.reason is not None else mqtt.connack_string(c.rc)
+            if rc != 0:
+                # refused: skip paho's handler (it would silently downgrade to MQTT 3.1);
+                # SessionPresent is 0 on a refusal [MQTT-3.2.2-4] (5.0: [MQTT-3.2.2-6]).
+                self.hooks.hook_connack(rc, reason, False, recv_max)
+                return MQTTErrorCode.MQTT_ERR_CONN_REFUSED
+            # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
+            # on_connected and sends the resume plan before anything else is written.
+            result = super()._packet_handle()  # noqa: SLF001
+            self.hooks.hook_connack(0, reason, bool(c.flags & 0x01), recv_max)
+            return result
+        except MalformedPacket:
+            raise
+        except Exception:  # a hook must never kill paho's network thread
+            log.exception("session hook failed for packet 0x%02x; dropping the connection", hdr)
+            return _DROP
+
+    def _session_publish_in(self, r: Any) -> MQTTErrorCode:
+        topic = _text(r.topic)
+        props = pack_properties(r.properties)
+        self.hooks.hook_publish_in(
+            int(r.mid), topic, bytes(r.payload), int(r.qos), bool(r.retain), bool(r.dup), props
+        )
+        if r.qos == 1:
+            return self._send_puback(r.mid)  # noqa: SLF001  (after delivery: at least once)
+        if r.qos == 2:
+            return self._send_pubrec(r.mid)  # noqa: SLF001  (after the hook stored it)
+        return _OK

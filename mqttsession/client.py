@@ -1,0 +1,940 @@
+"""The public ``Client``: the IPWorks-style session API on paho-mqtt.
+
+Wires the pure session model (``state``), its text form (``codec``), the durable state file
+(``journal``) and the paho connection (``_paho``). Threads: the caller's, and paho's network
+thread, which runs the ``hook_*`` methods. One re-entrant lock guards the session; user callbacks
+run without it where the protocol allows, so they may call back into the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Final, Sequence, TypeVar
+
+from . import codec
+from ._paho import (
+    CLEAN_START_FIRST_ONLY,
+    PahoConnection,
+    connect_properties,
+    disconnect_properties,
+)
+from .errors import ConnectError, MQTTSessionError, StateError, UsageError
+from .events import (
+    DIRECTION_CLIENT,
+    DIRECTION_SERVER,
+    ConnectedEvent,
+    DisconnectedEvent,
+    ErrorEvent,
+    Message,
+    MessageAckEvent,
+    MessageEvent,
+    SessionLostEvent,
+    SubscribedEvent,
+    UnsubscribedEvent,
+)
+from .expiry import expired as _expired
+from .journal import Journal, write_atomic
+from .state import (
+    MAX_EXPIRY,
+    Accepted,
+    OutgoingMessage,
+    Phase,
+    Record,
+    SessionState,
+    validate_filter,
+    validate_qos,
+    validate_topic,
+)
+
+__all__ = ["Client"]
+
+log = logging.getLogger("mqttsession")
+
+E = TypeVar("E")
+Callback = Callable[[Any], None]
+
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off"})
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise UsageError(f"{name} must be True or False, got {value!r}")
+
+
+def _parse_int(name: str, value: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise UsageError(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= n <= hi:
+        raise UsageError(f"{name} must be {lo}..{hi}, got {n}")
+    return n
+
+
+def _parse_float(name: str, value: str, lo: float) -> float:
+    try:
+        x = float(value.strip())
+    except ValueError:
+        raise UsageError(f"{name} must be a number, got {value!r}") from None
+    if not x >= lo:
+        raise UsageError(f"{name} must be >= {lo}, got {value!r}")
+    return x
+
+
+@dataclass
+class _Settings:
+    """The ``config()`` settings that are not session state."""
+
+    session_state_file: str = ""
+    session_sync: str = "always"
+    retain: bool = False
+    republish_interval: float = 0.0
+    will_qos: int = 0
+    will_retain: bool = False
+    topic_delimiter: str = ","
+    auto_reconnect: bool = True
+    reconnect_delay_min: float = 1.0
+    reconnect_delay_max: float = 30.0
+    max_inflight: int = 65535
+    republish_on_session_lost: bool = True
+    journal_max_bytes: int = 4 * 1024 * 1024
+
+
+class Client:
+    """An MQTT client whose session survives reconnects, broker restarts and crashes.
+
+    All arguments are keyword-only and optional; each is also a read/write property.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str = "",
+        clean_session: bool = True,
+        keep_alive_interval: int = 60,
+        protocol_version: int = 4,
+        username: str | None = None,
+        password: str | None = None,
+        will_topic: str = "",
+        will_message: bytes | str = b"",
+    ) -> None:
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._state = SessionState()
+        self._settings = _Settings()
+        self._journal: Journal | None = None
+        self._conn: PahoConnection | None = None
+        self._connected = False  # CONNACK seen and the resume plan sent
+        self._resuming = False  # inside CONNACK handling (on_connected may restore_session)
+        self._session_present = False
+        self._broker: str | None = None
+        self._pending: deque[int] = deque()  # seqs to write, in order
+        self._inflight: dict[int, float] = {}  # seq -> when written on this connection
+        self._window = 65535
+        self._sub_mids: dict[int, list[tuple[str, int]]] = {}
+        self._unsub_mids: dict[int, list[str]] = {}
+        self._unsent_subs: dict[str, int] = {}
+        self._unsent_unsubs: set[str] = set()
+        self._incoming_qos1: dict[int, Message] = {}
+        self._start_clean_once = False
+        self._restored_expired = False
+        self._user_disconnect = False
+        self._connack = threading.Event()
+        self._connack_result: tuple[int, str] = (-1, "")
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self._last_activity_record = 0.0
+        self.username = username
+        self.password = password
+        self.will_topic = will_topic
+        self.will_message = will_message
+        self.keep_alive_interval = keep_alive_interval
+        self.protocol_version = protocol_version
+        self.client_id = client_id
+        self.clean_session = clean_session
+
+        self.on_connected: Callback | None = None
+        self.on_disconnected: Callback | None = None
+        self.on_message_in: Callback | None = None
+        self.on_message_out: Callback | None = None
+        self.on_message_ack: Callback | None = None
+        self.on_subscribed: Callback | None = None
+        self.on_unsubscribed: Callback | None = None
+        self.on_session_lost: Callback | None = None
+        self.on_error: Callback | None = None
+
+    # ================================================================== properties
+
+    @property
+    def client_id(self) -> str:
+        return self._state.client_id
+
+    @client_id.setter
+    def client_id(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise UsageError(f"client_id must be str, got {type(value).__name__}")
+        with self._lock:
+            self._require_disconnected("client_id")
+            if value != self._state.client_id:
+                self._record(self._state.configure(client_id=value))
+
+    @property
+    def clean_session(self) -> bool:
+        return self._state.clean_session
+
+    @clean_session.setter
+    def clean_session(self, value: bool) -> None:
+        with self._lock:
+            self._require_disconnected("clean_session")
+            if bool(value) != self._state.clean_session:
+                self._record(self._state.configure(clean_session=bool(value)))
+
+    @property
+    def protocol_version(self) -> int:
+        return self._state.protocol_version
+
+    @protocol_version.setter
+    def protocol_version(self, value: int) -> None:
+        if value not in (4, 5):
+            raise UsageError(f"protocol_version must be 4 (MQTT 3.1.1) or 5, got {value!r}")
+        with self._lock:
+            self._require_disconnected("protocol_version")
+            if value != self._state.protocol_version:
+                self._record(self._state.configure(protocol_version=value))
+
+    @property
+    def keep_alive_interval(self) -> int:
+        return self._keep_alive
+
+    @keep_alive_interval.setter
+    def keep_alive_interval(self, value: int) -> None:
+        if type(value) is not int or not 0 <= value <= 65535:
+            raise UsageError(f"keep_alive_interval must be 0..65535 seconds, got {value!r}")
+        self._keep_alive = value
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def incoming_messages(self) -> tuple[Message, ...]:
+        """Received QoS>0 messages not yet fully acknowledged."""
+        with self._lock:
+            held = [Message.incoming(m) for m in self._state.incoming.values()]
+            return tuple(list(self._incoming_qos1.values()) + held)
+
+    @property
+    def outgoing_messages(self) -> tuple[Message, ...]:
+        """QoS>0 messages accepted by publish_* and not fully acknowledged, in publish order."""
+        with self._lock:
+            return tuple(Message.outgoing(m) for m in self._state.outgoing.values())
+
+    # ================================================================== config
+
+    def config(self, setting: str) -> str:
+        """``"Name=Value"`` sets (returns ""), ``"Name"`` reads; names are case-insensitive."""
+        if not isinstance(setting, str):
+            raise UsageError("config takes a string: 'Name' or 'Name=Value'")
+        name, eq, value = setting.partition("=")
+        key = name.strip().lower()
+        entry = _CONFIG.get(key)
+        if entry is None:
+            raise UsageError(f"unknown config setting {name.strip()!r}")
+        getter, setter = entry
+        if not eq:
+            return getter(self)
+        if setter is None:
+            raise UsageError(f"config setting {name.strip()!r} is read-only")
+        with self._lock:
+            setter(self, value)
+        return ""
+
+    def _set_state_file(self, value: str) -> None:
+        path = value.strip()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._settings.session_state_file = path
+
+    def _set_expiry(self, value: str) -> None:
+        interval = _parse_int("SessionExpInterval", value, 0, MAX_EXPIRY)
+        self._record(self._state.configure(session_expiry_interval=interval))
+
+    def _set_protocol(self, value: str) -> None:
+        self.protocol_version = _parse_int("ProtocolVersion", value, 4, 5)
+
+    def _set_sync(self, value: str) -> None:
+        v = value.strip().lower()
+        if v not in ("always", "none"):
+            raise UsageError(f"SessionSync must be 'always' or 'none', got {value!r}")
+        self._settings.session_sync = v
+        if self._journal is not None:
+            self._journal.sync = v == "always"
+
+    # ================================================================== connecting
+
+    def _require_disconnected(self, what: str) -> None:
+        if self._conn is not None:
+            raise UsageError(f"{what} cannot change while connected")
+
+    def connect(self, host: str = "localhost", port: int = 1883, timeout: float = 30.0) -> None:
+        """Connect and block until CONNACK; the network loop then runs in a background thread.
+
+        Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK within
+        ``timeout`` seconds; ``UsageError`` for an empty client_id with clean_session False.
+        """
+        with self._lock:
+            if self._conn is not None:
+                raise UsageError("already connected; call disconnect() first")
+            if not self._state.client_id:
+                if not self._state.clean_session:
+                    # [MQTT-3.1.3-7] an empty client id requires CleanSession=1 (IPWorks: error)
+                    raise UsageError("client_id must be set when clean_session is False")
+                self.client_id = f"mqttsession-{uuid.uuid4().hex[:16]}"
+            self._open_journal()
+            v5 = self._state.protocol_version == 5
+            clean = self._state.clean_session or self._start_clean_once
+            conn = PahoConnection(self, self._state.client_id, self._state.protocol_version, clean)
+            conn.reconnect_delay_set(
+                int(self._settings.reconnect_delay_min), int(self._settings.reconnect_delay_max)
+            )
+            if self.username is not None:
+                conn.username_pw_set(self.username, self.password)
+            if self.will_topic:
+                conn.will_set(
+                    validate_topic(self.will_topic),
+                    self.will_message,
+                    self._settings.will_qos,
+                    self._settings.will_retain,
+                )
+            conn.on_disconnect = self._paho_on_disconnect
+            conn.on_subscribe = self._paho_on_subscribe
+            conn.on_unsubscribe = self._paho_on_unsubscribe
+            conn.set_auto_reconnect(self._settings.auto_reconnect)
+            self._conn = conn
+            self._broker = f"{host}:{port}"
+            self._user_disconnect = False
+            self._connack.clear()
+            self._connack_result = (-1, "")
+        try:
+            if v5:
+                clean_start: Any = (
+                    True if self._state.clean_session else
+                    CLEAN_START_FIRST_ONLY if self._start_clean_once else False
+                )
+                props = connect_properties(self._state.session_expiry_interval)
+                conn.connect(host, port, self._keep_alive, clean_start=clean_start,
+                             properties=props)
+            else:
+                conn.connect(host, port, self._keep_alive)
+        except (OSError, ValueError) as exc:
+            self._teardown()
+            raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        conn.loop_start()
+        if not self._connack.wait(timeout):
+            self._teardown()
+            raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s")
+        rc, reason = self._connack_result
+        if rc != 0:
+            self._teardown()
+            raise ConnectError(f"{host}:{port} refused the connection: {reason}", rc)
+        self._start_ticker()
+
+    def _teardown(self) -> None:
+        """Stop the network loop and forget the connection (never under the lock)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._connected = False
+            self._inflight.clear()
+        self._ticker_stop.set()
+        if conn is not None:
+            conn.set_auto_reconnect(False)
+            try:
+                conn.disconnect()
+            except Exception:  # pragma: no cover - best effort on a dead socket
+                pass
+            if not conn.in_network_thread():
+                conn.loop_stop()
+
+    def disconnect(self) -> None:
+        """A clean DISCONNECT; the disconnect time is recorded in the session state."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return
+            self._user_disconnect = True
+            if self._connected:
+                self._record(self._state.disconnected(time.time()), sync=True)
+            self._connected = False
+            props = (
+                disconnect_properties(self._state.session_expiry_interval)
+                if self._state.protocol_version == 5 else None
+            )
+            conn.set_auto_reconnect(False)
+            conn.disconnect(properties=props)
+        self._ticker_stop.set()
+        if not conn.in_network_thread():
+            conn.loop_stop()
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+                self._inflight.clear()
+            if self._journal is not None:
+                self._journal.compact(self._state)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+        if self._settings.session_state_file:
+            self.save_session()
+        with self._lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
+
+    def close(self) -> None:
+        """Disconnect and release the state file."""
+        self.__exit__(None, None, None)
+
+    # ================================================================== publishing
+
+    def publish_message(self, topic: str, qos: int, message: str) -> int:
+        """Publish text (UTF-8); returns the packet id (0 for QoS 0)."""
+        if not isinstance(message, str):
+            raise UsageError(f"message must be str, got {type(message).__name__}")
+        return self.publish_data(topic, qos, message.encode("utf-8"))
+
+    def publish_data(self, topic: str, qos: int, data: bytes) -> int:
+        """Publish bytes; returns the packet id (0 for QoS 0, or while all ids are taken).
+
+        QoS 1/2 messages are part of the session before this returns (durable with a
+        SessionStateFile); while disconnected they wait and go out on connect, in order.
+        """
+        validate_topic(topic)
+        validate_qos(qos)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"data must be bytes, got {type(data).__name__}")
+        payload = bytes(data)
+        with self._lock:
+            retain = self._settings.retain
+            if qos == 0:
+                if self._connected and self._conn is not None:
+                    self._conn.publish(topic, payload, 0, retain)
+                    self._fire("on_message_out", MessageEvent(-1, topic, 0, payload, retain, False))
+                else:
+                    log.warning("QoS 0 message to %r dropped: not connected", topic)
+                return 0
+            rec = self._state.accept(topic, payload, qos, retain, avoid=self._sub_mids)
+            try:
+                self._persist(rec, sync=True)  # persistence point 1
+            except BaseException:
+                self._state.retract(rec)
+                raise
+            self._pending.append(rec.message.seq)
+            self._pump()
+            return rec.message.packet_id
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until ``outgoing_messages`` is empty; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._state.outgoing, timeout)
+
+    def _pump(self) -> None:
+        """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
+        conn = self._conn
+        if not self._connected or conn is None:
+            return
+        while self._pending and len(self._inflight) < self._window:
+            seq = self._pending[0]
+            m = self._state.outgoing.get(seq)
+            if m is None or seq in self._inflight:
+                self._pending.popleft()
+                continue
+            if not self._write(conn, m):
+                return  # connection gone: the resume plan rebuilds the queue
+            self._pending.popleft()
+
+    def _write(self, conn: PahoConnection, m: OutgoingMessage) -> bool:
+        if m.phase is Phase.QUEUED:
+            self._record(self._state.send(m.seq, avoid=self._sub_mids))
+            m = self._state.outgoing[m.seq]
+            ok = conn.send_publish(m.packet_id, m.topic, m.payload, m.qos, m.retain, False,
+                                   m.properties)
+        elif m.phase is Phase.AWAIT_PUBCOMP:
+            ok = conn.send_pubrel(m.packet_id)  # [MQTT-4.3.3-6] PUBREL, never the PUBLISH again
+        else:
+            # [MQTT-4.4.0-1] original packet id, [MQTT-3.3.1-1] DUP=1
+            ok = conn.send_publish(m.packet_id, m.topic, m.payload, m.qos, m.retain, True,
+                                   m.properties)
+        if ok:
+            self._inflight[m.seq] = time.monotonic()
+        return ok
+
+    # ================================================================== subscriptions
+
+    def _filters(self, topic_filter: str) -> list[str]:
+        if not isinstance(topic_filter, str):
+            raise UsageError(f"topic filter must be str, got {type(topic_filter).__name__}")
+        parts = [f.strip() for f in topic_filter.split(self._settings.topic_delimiter)]
+        return [validate_filter(f) for f in parts]
+
+    def subscribe(self, topic_filter: str, qos: int) -> None:
+        """Subscribe to one filter or a TopicDelimiter-separated list; works while disconnected."""
+        validate_qos(qos)
+        filters = self._filters(topic_filter)
+        with self._lock:
+            for f in filters:
+                self._record(self._state.subscribe(f, qos))
+                self._unsent_unsubs.discard(f)
+            if self._connected and self._conn is not None:
+                self._subscribe_now([(f, qos) for f in filters])
+            else:
+                self._unsent_subs.update((f, qos) for f in filters)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        filters = self._filters(topic_filter)
+        with self._lock:
+            for f in filters:
+                self._record(self._state.unsubscribe(f))
+                self._unsent_subs.pop(f, None)
+            if self._connected and self._conn is not None:
+                rc, mid = self._conn.unsubscribe(filters)
+                if rc == 0 and mid is not None:
+                    self._unsub_mids[mid] = filters
+            else:
+                self._unsent_unsubs.update(filters)
+
+    def _subscribe_now(self, subs: Sequence[tuple[str, int]]) -> None:
+        assert self._conn is not None
+        if not subs:
+            return
+        rc, mid = self._conn.subscribe(list(subs))
+        if rc == 0 and mid is not None:
+            self._sub_mids[mid] = list(subs)
+        else:
+            self._unsent_subs.update(subs)
+
+    # ================================================================== save / restore
+
+    def save_session(self) -> str:
+        """The whole session state as text; also written atomically to SessionStateFile."""
+        with self._lock:
+            self._state.activity(time.time()) if self._connected else None
+            text = codec.encode(self._state)
+            path = self._settings.session_state_file
+            if path:
+                if self._journal is not None:
+                    self._journal.compact(self._state, text)
+                else:
+                    write_atomic(path, text, sync=self._settings.session_sync == "always")
+            return text
+
+    def restore_session(self, state_data: str) -> None:
+        """Load a saved session and set clean_session False.
+
+        With SessionStateFile set, the file is read and ``state_data`` ignored (a missing file
+        is an empty session). Bad input raises ``StateError`` and changes nothing. Called from
+        ``on_connected`` it resumes the session on that connection.
+        """
+        with self._lock:
+            if self._connected and not self._resuming:
+                raise UsageError(
+                    "restore_session while connected: call it before connect() or in on_connected"
+                )
+            if self._state.outgoing or self._state.incoming:
+                raise UsageError(
+                    f"restore_session would replace {len(self._state.outgoing)} outgoing and"
+                    f" {len(self._state.incoming)} incoming messages this client holds"
+                )
+            path = self._settings.session_state_file
+            if path:
+                state = self._load_file(path)
+            else:
+                state = codec.decode(state_data)
+            if self._state.client_id and state.client_id and state.client_id != self._state.client_id:
+                raise StateError(
+                    f"the saved session belongs to client id {state.client_id!r},"
+                    f" not {self._state.client_id!r}"
+                )
+            if not state.client_id:
+                state.client_id = self._state.client_id
+            expired_now = False
+            if not self._resuming and state.protocol_version == 5 and not state.empty:
+                expired_now = _expired(
+                    5, state.session_expiry_interval, state.connected_at, state.disconnected_at,
+                    state.last_activity, time.time(),
+                ) is True
+            # the client's own settings win over those saved with the session
+            state.configure(
+                protocol_version=self._state.protocol_version,
+                clean_session=False,
+                session_expiry_interval=(
+                    self._state.session_expiry_interval
+                    if self._state.session_expiry_interval is not None
+                    else state.session_expiry_interval
+                ),
+            )
+            self._state = state
+            self._start_clean_once = expired_now
+            self._restored_expired = expired_now
+            if expired_now:
+                log.info("saved session of %r has expired (MQTT 5): starting clean", state.client_id)
+            self._unsent_subs.clear()
+            if self._journal is not None:
+                self._journal.compact(self._state)
+            elif path:
+                self._open_journal()
+
+    def _load_file(self, path: str) -> SessionState:
+        if self._journal is not None:
+            return self._journal.recover()
+        j = Journal(path, self._state.client_id, sync=self._settings.session_sync == "always",
+                    max_journal_bytes=self._settings.journal_max_bytes)
+        try:
+            state = j.recover()
+        except BaseException:
+            j.close()
+            raise
+        self._journal = j
+        return state
+
+    # ================================================================== persistence
+
+    def _open_journal(self) -> None:
+        path = self._settings.session_state_file
+        if path and self._journal is None:
+            j = Journal(path, self._state.client_id, sync=self._settings.session_sync == "always",
+                        max_journal_bytes=self._settings.journal_max_bytes)
+            try:
+                if os.path.exists(path):
+                    j.recover()  # refuses a damaged file; our in-memory state is what counts
+                j.compact(self._state)
+            except BaseException:
+                j.close()
+                raise
+            self._journal = j
+
+    def _record(self, rec: Record, sync: bool = False) -> None:
+        """A transition already applied in memory: make it durable (if a file is set)."""
+        if self._journal is not None:
+            self._persist(rec, sync)
+
+    def _persist(self, rec: Record, sync: bool) -> None:
+        j = self._journal
+        if j is None:
+            return
+        j.append(rec, self._state, sync=sync)
+        if j.needs_compaction:
+            j.compact(self._state)
+
+    # ================================================================== events
+
+    def _fire(self, name: str, event: object) -> None:
+        cb = getattr(self, name)
+        if cb is None:
+            return
+        try:
+            cb(event)
+        except Exception as exc:
+            log.exception("%s callback raised", name)
+            if name != "on_error":
+                self._fire("on_error", ErrorEvent(-1, f"{name} callback raised: {exc!r}"))
+
+    def _error(self, code: int, description: str) -> None:
+        log.warning("%s", description)
+        self._fire("on_error", ErrorEvent(code, description))
+
+    # ================================================================== network-thread hooks
+
+    def hook_packet_id_in_use(self, packet_id: int) -> bool:
+        with self._lock:
+            return self._state.outgoing_by_packet_id(packet_id) is not None
+
+    def hook_connection_reset(self) -> None:
+        with self._lock:
+            self._connected = False
+            self._inflight.clear()
+
+    def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int) -> None:
+        if rc != 0:
+            self._connack_result = (rc, reason)
+            self._fire("on_connected", ConnectedEvent(rc, reason, False))
+            self._error(rc, f"connection refused: {reason}")
+            self._connack.set()
+            return
+        with self._lock:
+            self._resuming = True
+            self._session_present = session_present
+            self._window = max(1, min(self._settings.max_inflight, receive_maximum))
+            self._record(self._state.connected(time.time(), self._broker, session_present),
+                         sync=True)
+        try:
+            # IPWorks procedure 1: on_connected reads SessionPresent and may restore_session
+            self._fire("on_connected", ConnectedEvent(0, reason, session_present))
+            lost_event = self._resume(session_present)
+        finally:
+            with self._lock:
+                self._resuming = False
+        self._connack_result = (0, reason)
+        self._connack.set()
+        if lost_event is not None:
+            self._fire("on_session_lost", lost_event)
+
+    def _resume(self, session_present: bool) -> SessionLostEvent | None:
+        with self._lock:
+            had_state = not self._state.empty
+            reset, plan = self._state.on_connack(
+                session_present, republish=self._settings.republish_on_session_lost
+            )
+            lost = plan.lost
+        if lost is not None:
+            # QoS 2 awaiting PUBREL: the broker will not send them again; deliver, then record
+            for im in lost.delivered_incoming:
+                self._fire("on_message_in", MessageEvent(im.packet_id, im.topic, im.qos,
+                                                         im.payload, im.retain, im.dup))
+        with self._lock:
+            if reset is not None:
+                self._record(reset, sync=True)
+            self._start_clean_once = False
+            self._pending = deque(m.seq for m in plan.outgoing)
+            self._inflight.clear()
+            self._connected = True
+            if not session_present and had_state and plan.resubscribe:
+                self._unsent_subs.update(plan.resubscribe)  # [MQTT-3.2.2-5] the broker forgot them
+            if self._unsent_unsubs and self._conn is not None:
+                rc, mid = self._conn.unsubscribe(sorted(self._unsent_unsubs))
+                if rc == 0 and mid is not None:
+                    self._unsub_mids[mid] = sorted(self._unsent_unsubs)
+                self._unsent_unsubs.clear()
+            subs, self._unsent_subs = dict(self._unsent_subs), {}
+            self._subscribe_now(sorted(subs.items()))
+            self._pump()  # in seq order [MQTT-4.6.0-1]
+            expired = self._restored_expired
+            self._restored_expired = False
+        if lost is None:
+            return None
+        return SessionLostEvent.of(lost, expired)
+
+    def hook_publish_in(self, packet_id: int, topic: str, payload: bytes, qos: int, retain: bool,
+                        dup: bool, properties: bytes) -> None:
+        if qos == 0:
+            self._fire("on_message_in", MessageEvent(-1, topic, 0, payload, retain, dup))
+            return
+        if qos == 1:
+            # deliver BEFORE the PUBACK leaves (at least once across a crash)
+            msg = Message(packet_id, topic, 1, payload, retain, dup)
+            with self._lock:
+                self._incoming_qos1[packet_id] = msg
+            try:
+                self._fire("on_message_in", MessageEvent(packet_id, topic, 1, payload, retain, dup))
+            finally:
+                with self._lock:
+                    self._incoming_qos1.pop(packet_id, None)
+            self._fire("on_message_ack", MessageAckEvent(packet_id, DIRECTION_SERVER, 0))
+            return
+        with self._lock:
+            # persistence point 3: stored before PUBREC; a duplicate is not stored or delivered
+            # twice [MQTT-4.3.3-10]
+            rec = self._state.receive(packet_id, topic, payload, retain, dup, properties)
+            if rec is not None:
+                self._record(rec, sync=True)
+
+    def hook_pubrel_in(self, packet_id: int) -> None:
+        with self._lock:
+            im = self._state.incoming.get(packet_id)
+        if im is None:
+            return  # delivered before (a crash after delivery): PUBCOMP only
+        # persistence point 4: deliver, record the removal, then PUBCOMP
+        self._fire("on_message_in", MessageEvent(im.packet_id, im.topic, im.qos, im.payload,
+                                                 im.retain, im.dup))
+        with self._lock:
+            if packet_id in self._state.incoming:
+                _, rec = self._state.release(packet_id)
+                self._record(rec, sync=True)
+        self._fire("on_message_ack", MessageAckEvent(packet_id, DIRECTION_SERVER, 0))
+
+    def _finished(self, m: OutgoingMessage, reason_code: int) -> None:
+        """An outgoing flow ended (lock held): free the window and fire events after."""
+        self._inflight.pop(m.seq, None)
+        self._changed.notify_all()
+        self._pump()
+
+    def _after_ack(self, m: OutgoingMessage, reason_code: int) -> None:
+        self._fire("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT, reason_code))
+        self._fire("on_message_out", MessageEvent(m.packet_id, m.topic, m.qos, m.payload,
+                                                  m.retain, m.sent))
+
+    def hook_puback(self, packet_id: int, reason_code: int) -> None:
+        with self._lock:
+            m = self._state.outgoing_by_packet_id(packet_id)
+            if m is None or m.phase is not Phase.AWAIT_PUBACK:
+                log.debug("PUBACK for packet id %d, which awaits none: ignored", packet_id)
+                return
+            self._record(self._state.puback(packet_id))  # point 5: a late removal only resends
+            self._finished(m, reason_code)
+        self._after_ack(m, reason_code)
+
+    def hook_pubrec(self, packet_id: int, reason_code: int) -> bool:
+        with self._lock:
+            m = self._state.outgoing_by_packet_id(packet_id)
+            if m is None:
+                return reason_code < 0x80  # let the broker finish a flow we no longer hold
+            if m.phase is Phase.AWAIT_PUBCOMP:
+                return True  # a repeated PUBREC: PUBREL again
+            if m.phase is not Phase.AWAIT_PUBREC:
+                log.debug("PUBREC for packet id %d in phase %s: ignored", packet_id, m.phase.value)
+                return False
+            # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
+            self._record(self._state.pubrec(packet_id, reason_code), sync=True)
+            if reason_code < 0x80:
+                return True
+            self._finished(m, reason_code)  # [MQTT-4.4.0-2] a failed PUBREC ends the flow
+        self._after_ack(m, reason_code)
+        return False
+
+    def hook_pubcomp(self, packet_id: int, reason_code: int) -> None:
+        with self._lock:
+            m = self._state.outgoing_by_packet_id(packet_id)
+            if m is None or m.phase is not Phase.AWAIT_PUBCOMP:
+                log.debug("PUBCOMP for packet id %d, which awaits none: ignored", packet_id)
+                return
+            self._record(self._state.pubcomp(packet_id))  # point 5
+            self._finished(m, reason_code)
+        self._after_ack(m, reason_code)
+
+    # ================================================================== paho callbacks
+
+    def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        with self._lock:
+            was_connected = self._connected
+            self._connected = False
+            self._inflight.clear()
+            clean = self._user_disconnect
+            if was_connected and not clean:
+                self._record(self._state.disconnected(time.time()))
+        if clean:
+            self._fire("on_disconnected", DisconnectedEvent(0, "OK"))
+        elif was_connected:
+            code = int(getattr(reason, "value", reason) or 0) or 0x80
+            self._fire("on_disconnected", DisconnectedEvent(code, f"connection lost: {reason}"))
+
+    def _paho_on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _props: Any) -> None:
+        with self._lock:
+            subs = self._sub_mids.pop(mid, [])
+            failed = []
+            for (flt, _qos), code in zip(subs, codes):
+                value = int(getattr(code, "value", code))
+                if value >= 0x80 and self._state.subscriptions.get(flt) is not None:
+                    self._record(self._state.unsubscribe(flt))
+                    failed.append(flt)
+        for (flt, qos), code in zip(subs, codes):
+            value = int(getattr(code, "value", code))
+            self._fire("on_subscribed", SubscribedEvent(flt, qos, value))
+        for flt in failed:
+            self._error(0x80, f"subscription to {flt!r} refused by the broker")
+
+    def _paho_on_unsubscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _props: Any) -> None:
+        with self._lock:
+            filters = self._unsub_mids.pop(mid, [])
+        codes = list(codes) if codes else [0] * len(filters)
+        for flt, code in zip(filters, codes):
+            self._fire("on_unsubscribed", UnsubscribedEvent(flt, int(getattr(code, "value", code))))
+
+    # ================================================================== background ticker
+
+    def _start_ticker(self) -> None:
+        self._ticker_stop = threading.Event()
+        t = threading.Thread(target=self._tick_loop, args=(self._ticker_stop,),
+                             name=f"mqttsession-{self.client_id}", daemon=True)
+        self._ticker = t
+        t.start()
+
+    def _tick_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            try:
+                self._tick()
+            except Exception:  # pragma: no cover - never let the ticker die silently
+                log.exception("session ticker failed")
+
+    def _tick(self) -> None:
+        """Record activity (bounds the disconnect time after a crash) and republish (3.1.1)."""
+        now = time.time()
+        with self._lock:
+            if not self._connected or self._conn is None:
+                return
+            if now - self._last_activity_record >= 5.0:
+                self._last_activity_record = now
+                self._record(self._state.activity(now))
+            interval = self._settings.republish_interval
+            if interval <= 0 or self._state.protocol_version != 4:
+                return  # MQTT 5: resend only on reconnect [MQTT-4.4.0-1]
+            due = time.monotonic() - interval
+            for seq, sent_at in list(self._inflight.items()):
+                m = self._state.outgoing.get(seq)
+                if m is not None and sent_at <= due:
+                    self._write(self._conn, m)
+
+
+def _str_setting(attr: str) -> tuple[Callable[[Client], str], Callable[[Client, str], None]]:
+    def get(c: Client) -> str:
+        v = getattr(c._settings, attr)
+        if isinstance(v, bool):
+            return "True" if v else "False"
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+
+    def put(c: Client, value: str) -> None:
+        cur = getattr(c._settings, attr)
+        name = attr.title().replace("_", "")
+        if isinstance(cur, bool):
+            new: object = _parse_bool(name, value)
+        elif isinstance(cur, int):
+            new = _parse_int(name, value, 0 if attr != "max_inflight" else 1,
+                             2 if attr == "will_qos" else 2**31)
+        elif isinstance(cur, float):
+            new = _parse_float(name, value, 0.0)
+        else:
+            new = value
+            if attr == "topic_delimiter" and not value:
+                raise UsageError("TopicDelimiter must not be empty")
+        setattr(c._settings, attr, new)
+
+    return get, put
+
+
+_CONFIG: Final[dict[str, tuple[Callable[[Client], str], Callable[[Client, str], None] | None]]] = {
+    "sessionpresent": (lambda c: "True" if c._session_present else "False", None),
+    "sessionstatefile": (lambda c: c._settings.session_state_file, Client._set_state_file),
+    "sessionexpinterval": (
+        lambda c: "" if c._state.session_expiry_interval is None
+        else str(c._state.session_expiry_interval),
+        Client._set_expiry,
+    ),
+    "protocolversion": (lambda c: str(c._state.protocol_version), Client._set_protocol),
+    "sessionsync": (lambda c: c._settings.session_sync, Client._set_sync),
+    "retain": _str_setting("retain"),
+    "republishinterval": _str_setting("republish_interval"),
+    "willqos": _str_setting("will_qos"),
+    "willretain": _str_setting("will_retain"),
+    "topicdelimiter": _str_setting("topic_delimiter"),
+    "autoreconnect": _str_setting("auto_reconnect"),
+    "reconnectdelaymin": _str_setting("reconnect_delay_min"),
+    "reconnectdelaymax": _str_setting("reconnect_delay_max"),
+    "maxinflight": _str_setting("max_inflight"),
+    "republishonsessionlost": _str_setting("republish_on_session_lost"),
+    "journalmaxbytes": _str_setting("journal_max_bytes"),
+}

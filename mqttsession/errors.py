@@ -1,0 +1,58 @@
+"""The exceptions mqttsession raises.
+
+Kept apart by whose fault it is: the caller's misuse (``MQTTSessionError`` and its
+``UsageError`` family), the broker's (``ConnectError``), the state data's (``StateError``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MQTTSessionError",
+    "StateError",
+    "StateLockedError",
+    "UsageError",
+    "TransitionError",
+    "PacketIdsExhausted",
+    "ConnectError",
+    "PersistenceError",
+]
+
+
+class MQTTSessionError(Exception):
+    """Base class of every error mqttsession raises."""
+
+
+class StateError(MQTTSessionError):
+    """Session state data or a state file is corrupt, unsupported or invalid."""
+
+
+class StateLockedError(StateError):
+    """The state file is owned by another live process."""
+
+
+class UsageError(MQTTSessionError, ValueError):
+    """The caller asked for something invalid (bad topic, QoS, setting, client id)."""
+
+
+class TransitionError(MQTTSessionError):
+    """A protocol transition that is illegal in the current session state.
+
+    The state is left unchanged when this is raised.
+    """
+
+
+class PacketIdsExhausted(MQTTSessionError):
+    """All 65535 packet identifiers are held by unacknowledged messages."""
+
+
+class ConnectError(MQTTSessionError):
+    """The broker refused the connection, or it could not be made in time."""
+
+    def __init__(self, description: str, status_code: int = -1) -> None:
+        super().__init__(description)
+        self.status_code = status_code
+        self.description = description
+
+
+class PersistenceError(MQTTSessionError, OSError):
+    """Writing the state file failed; the message was not accepted."""

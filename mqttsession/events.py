@@ -1,0 +1,125 @@
+"""Event objects passed, one each, to the Client's ``on_*`` callbacks, and message views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .state import IncomingMessage, OutgoingMessage, SessionLost
+
+__all__ = [
+    "Message",
+    "ConnectedEvent",
+    "DisconnectedEvent",
+    "MessageEvent",
+    "MessageAckEvent",
+    "SubscribedEvent",
+    "UnsubscribedEvent",
+    "SessionLostEvent",
+    "ErrorEvent",
+    "DIRECTION_CLIENT",
+    "DIRECTION_SERVER",
+]
+
+DIRECTION_CLIENT = 0  # the ack was for a message the client sent (IPWorks: 0)
+DIRECTION_SERVER = 1  # the ack was for a message the server sent (IPWorks: 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An item of ``incoming_messages`` / ``outgoing_messages``."""
+
+    packet_id: int
+    topic: str
+    qos: int
+    message: bytes
+    retained: bool
+    duplicate: bool
+
+    @classmethod
+    def outgoing(cls, m: OutgoingMessage) -> Message:
+        return cls(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent)
+
+    @classmethod
+    def incoming(cls, m: IncomingMessage) -> Message:
+        return cls(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.dup)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedEvent:
+    status_code: int
+    description: str
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectedEvent:
+    status_code: int  # 0 for a clean close
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """``on_message_in`` / ``on_message_out``; packet_id is -1 for QoS 0 (IPWorks)."""
+
+    packet_id: int
+    topic: str
+    qos: int
+    message: bytes
+    retained: bool
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAckEvent:
+    packet_id: int
+    direction: int  # DIRECTION_CLIENT or DIRECTION_SERVER
+    response_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribedEvent:
+    topic_filter: str
+    qos: int
+    response_code: int  # 0-2 granted QoS, 128+ failure
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribedEvent:
+    topic_filter: str
+    response_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLostEvent:
+    """The broker answered SessionPresent=0 while the client held session state.
+
+    republished: sent but unconfirmed, published again as new messages (new packet ids, DUP=0);
+    dropped: past PUBREC (the broker had accepted them), or unconfirmed with republishing off;
+    queued: never sent, sent as usual; delivered_incoming: QoS 2 messages received and awaiting
+    PUBREL, handed to ``on_message_in`` since the broker will not send them again;
+    resubscribed: the subscriptions sent again.
+    """
+
+    republished: tuple[Message, ...]
+    dropped: tuple[Message, ...]
+    queued: tuple[Message, ...]
+    delivered_incoming: tuple[Message, ...]
+    resubscribed: tuple[tuple[str, int], ...]
+    expired: bool  # the client's clock judged the saved session expired and started clean
+
+    @classmethod
+    def of(cls, lost: SessionLost, expired: bool) -> SessionLostEvent:
+        return cls(
+            tuple(Message.outgoing(m) for m in lost.republished),
+            tuple(Message.outgoing(m) for m in lost.dropped),
+            tuple(Message.outgoing(m) for m in lost.queued),
+            tuple(Message.incoming(m) for m in lost.delivered_incoming),
+            lost.resubscribed,
+            expired,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    error_code: int
+    description: str

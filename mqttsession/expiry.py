@@ -1,0 +1,64 @@
+"""MQTT 5 client-side session expiry: is a saved session still worth restoring?
+
+Pure: the caller passes the clock reading. The rules (MQTT 5.0, 3.1.2.11.2):
+
+- an absent Session Expiry Interval means 0: the session ends when the connection closes;
+- 0xFFFFFFFF: the session never expires;
+- otherwise the broker discards it once the interval has passed after the connection closed
+  [MQTT-4.1.0-2] [MQTT-3.1.2-23].
+
+MQTT 3.1.1 has no expiry: the answer cannot be known (None). Neither can it when the clock reads
+earlier than the recorded disconnect (the clock went backwards). After a crash while connected
+there is no disconnect time; the last recorded activity bounds it from below, and is used.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .state import MAX_EXPIRY
+
+__all__ = ["disconnect_time", "expired"]
+
+NEVER: Final = MAX_EXPIRY
+
+
+def disconnect_time(
+    connected_at: float | None,
+    disconnected_at: float | None,
+    last_activity: float | None,
+) -> float | None:
+    """When the last connection closed, as far as the records tell; None if never connected.
+
+    A clean disconnect recorded after the last connect is exact. Otherwise the process ended
+    while connected (a crash): the connection closed no earlier than the last recorded activity.
+    """
+    if disconnected_at is not None and (connected_at is None or disconnected_at >= connected_at):
+        return disconnected_at
+    if last_activity is not None:
+        return last_activity
+    return connected_at
+
+
+def expired(
+    protocol_version: int,
+    session_expiry_interval: int | None,
+    connected_at: float | None,
+    disconnected_at: float | None,
+    last_activity: float | None,
+    now: float,
+) -> bool | None:
+    """True if the broker has discarded the session by ``now``; None when it cannot be known."""
+    if protocol_version != 5:
+        return None  # MQTT 3.1.1: no expiry interval to reason with
+    closed = disconnect_time(connected_at, disconnected_at, last_activity)
+    if closed is None:
+        return True  # never connected: the broker holds no session for it
+    if now < closed:
+        return None  # the clock went backwards: elapsed time is unknown
+    interval = session_expiry_interval or 0  # absent means 0 (3.1.2.11.2)
+    if interval == NEVER:
+        return False  # 0xFFFFFFFF: never expires
+    if interval == 0:
+        return True  # ended when the network connection closed
+    return now - closed > interval  # [MQTT-4.1.0-2]

@@ -1,0 +1,322 @@
+"""The durable session file: a snapshot plus an append-only journal of transitions.
+
+Files, for a state file ``P`` (all created mode 0600):
+
+- ``P``: the snapshot, exactly the text ``save_session()`` returns (``codec.encode``);
+- ``P.journal``: a header frame naming the snapshot's SHA-256 and the client id, then one frame
+  per record applied since that snapshot;
+- ``P.lock``: held with ``flock`` by the one process that owns the file (the kernel drops it
+  when that process dies, so a killed process never blocks its restart).
+
+A frame is ``length (4 bytes, big-endian) | CRC-32 of the payload (4 bytes) | payload``.
+Recovery = snapshot + the longest valid journal prefix. A torn tail (an incomplete or bad frame
+with no valid frame after it: a crash mid-write) is cut with a warning. Anything else (a bad
+snapshot, a bad frame followed by good ones, a record that does not fit the state, another
+client's file) raises ``StateError`` and both files are kept aside as ``*.damaged-<time>``,
+never overwritten. A journal whose header names another snapshot is stale (a crash between
+the two renames of a compaction, whose new snapshot already holds it) and is dropped.
+
+Compaction (``save_session()``, a clean disconnect, the journal passing its size bound):
+write the new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journal
+the same way. The pattern follows diskcache and paho.golang's file store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from typing import Final
+
+from . import codec
+from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError
+from .state import Record, SessionState
+
+__all__ = ["Journal", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_SUFFIX: Final = ".journal"
+LOCK_SUFFIX: Final = ".lock"
+_HEAD: Final = struct.Struct(">II")
+_MAX_FRAME: Final = 256 * 1024 * 1024
+_HEADER_TAG: Final = "mqttsession-journal"
+_MODE: Final = 0o600
+
+
+def frame(payload: bytes) -> bytes:
+    """One journal frame around ``payload``."""
+    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _frame_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The payload and end of a valid frame at ``pos``, or None."""
+    if pos + _HEAD.size > len(data):
+        return None
+    length, crc = _HEAD.unpack_from(data, pos)
+    end = pos + _HEAD.size + length
+    if length > _MAX_FRAME or end > len(data):
+        return None
+    payload = data[pos + _HEAD.size:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    return payload, end
+
+
+def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
+    """Split journal bytes into payloads: (payloads, valid length, damaged mid-file).
+
+    A bad frame with a valid frame somewhere after it is mid-file damage; otherwise everything
+    from the first bad frame on is a torn tail.
+    """
+    payloads: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        got = _frame_at(data, pos)
+        if got is None:
+            for later in range(pos + 1, len(data) - _HEAD.size + 1):
+                found = _frame_at(data, later)
+                if found is not None and found[1] == len(data) and found[0][:1] in (b"[", b"{"):
+                    return payloads, pos, True
+            return payloads, pos, False
+        payloads.append(got[0])
+        pos = got[1]
+    return payloads, pos, False
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: str | bytes, sync: bool = True) -> None:
+    """Write ``path`` so a reader sees the old or the new content, never a mix (mode 0600)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _MODE)
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if sync:
+            _fsync_dir(path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise PersistenceError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+class Journal:
+    """Owns one state file: recovery, appending records, compaction, the lock."""
+
+    def __init__(
+        self, path: str, client_id: str = "", sync: bool = True,
+        max_journal_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.journal_path = self.path + JOURNAL_SUFFIX
+        self.client_id = client_id
+        self.sync = sync
+        self.max_journal_bytes = max_journal_bytes
+        self._fd: int | None = None  # journal, opened for appending
+        self._size = 0
+        self._broken = False  # a write failed: the next write is a full compaction
+        self._lock_fd: int | None = None
+        self._acquire_lock()
+
+    # ------------------------------------------------------------------ lock
+
+    def _acquire_lock(self) -> None:
+        lock_path = self.path + LOCK_SUFFIX
+        for _ in range(5):
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _MODE)
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot open {lock_path}: {exc.strerror}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                finally:
+                    os.close(fd)
+                raise StateLockedError(
+                    f"state file {self.path} is in use by another process (pid {owner or '?'})"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # unlinked by its previous owner while we waited: take the new one
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._lock_fd = fd
+            return
+        raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the journal and release the lock (the lock file is removed)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            try:
+                os.unlink(self.path + LOCK_SUFFIX)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:  # pragma: no cover - safety net
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ recovery
+
+    def _keep_aside(self, why: str) -> StateError:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        kept = []
+        for p in (self.path, self.journal_path):
+            if os.path.exists(p):
+                aside = f"{p}.damaged-{stamp}"
+                n = 1
+                while os.path.exists(aside):
+                    n += 1
+                    aside = f"{p}.damaged-{stamp}-{n}"
+                os.replace(p, aside)
+                kept.append(aside)
+        log.error("state file %s is damaged (%s); kept aside as %s", self.path, why, kept)
+        return StateError(f"state file {self.path} is damaged: {why}; kept aside as {', '.join(kept)}")
+
+    def recover(self) -> SessionState:
+        """The session in the files (empty if there are none); ``StateError`` on damage."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            with open(self.path, "rb") as f:
+                snapshot = f.read()
+        except FileNotFoundError:
+            if os.path.exists(self.journal_path):
+                raise self._keep_aside("journal without its snapshot") from None
+            return SessionState(client_id=self.client_id, clean_session=False)
+        except OSError as exc:
+            raise StateError(f"cannot read state file {self.path}: {exc}") from exc
+        try:
+            state = codec.decode(snapshot)
+        except StateError as exc:
+            raise self._keep_aside(str(exc)) from None
+        if self.client_id and state.client_id and state.client_id != self.client_id:
+            raise StateError(
+                f"state file {self.path} belongs to client id {state.client_id!r},"
+                f" not {self.client_id!r}"
+            )
+        digest = hashlib.sha256(snapshot.strip()).hexdigest()
+        try:
+            with open(self.journal_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return state
+        payloads, valid, damaged = read_frames(data)
+        if damaged:
+            raise self._keep_aside(f"journal frame at byte {valid} is bad but later ones are good")
+        if not payloads:
+            if data:
+                log.warning("state journal %s: torn header cut (%d bytes)", self.journal_path, len(data))
+            return state
+        header = self._header(payloads[0])
+        if header is None:
+            raise self._keep_aside("journal header is not valid")
+        if header[0] != digest:
+            log.info("state journal %s is older than its snapshot: dropped", self.journal_path)
+            return state
+        if header[1] != state.client_id:
+            raise self._keep_aside(f"journal is for client id {header[1]!r}")
+        for i, payload in enumerate(payloads[1:], 1):
+            try:
+                state.apply(codec.decode_record(payload))
+            except MQTTSessionError as exc:
+                raise self._keep_aside(f"journal record {i}: {exc}") from None
+        if valid < len(data):
+            log.warning("state journal %s: torn tail of %d bytes cut (a crash mid-write)",
+                        self.journal_path, len(data) - valid)
+        return state
+
+    @staticmethod
+    def _header(payload: bytes) -> tuple[str, str] | None:
+        try:
+            arr = json.loads(payload.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG and arr[1] == 1
+                and isinstance(arr[2], str) and isinstance(arr[3], str)):
+            return arr[2], arr[3]
+        return None
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def needs_compaction(self) -> bool:
+        return self._size > self.max_journal_bytes
+
+    def compact(self, state: SessionState, text: str | None = None) -> None:
+        """Fold everything into a new snapshot (``text``, or ``state``'s) and a fresh journal."""
+        if text is None:
+            text = codec.encode(state)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        write_atomic(self.path, text, sync=True)
+        digest = hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
+        header = frame(json.dumps([_HEADER_TAG, 1, digest, state.client_id]).encode("utf-8"))
+        write_atomic(self.journal_path, header, sync=True)
+        try:
+            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            self._broken = True
+            raise PersistenceError(exc.errno, f"cannot open {self.journal_path}: {exc}") from exc
+        self._size = len(header)
+        self._broken = False
+        self.client_id = state.client_id
+
+    def append(self, rec: Record, state: SessionState, sync: bool = True) -> None:
+        """Make ``rec`` (already applied to ``state``) durable: in the OS always, on disk if
+        ``sync`` and the policy is ``always``. After a failed write the next call rewrites
+        everything (``state`` already holds the record)."""
+        if self._broken or self._fd is None:
+            self.compact(state)
+            return
+        data = frame(codec.encode_record(rec))
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if sync and self.sync:
+                os.fdatasync(self._fd)
+        except OSError as exc:
+            self._broken = True
+            raise PersistenceError(
+                exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"
+            ) from exc
+        self._size += len(data)

@@ -1,0 +1,854 @@
+"""The MQTT client session model, and every transition of it.
+
+This module owns all session state transitions; nothing else changes a ``SessionState``.
+It is pure: no I/O, no paho, no sockets, no threads, no clock (times are passed in).
+
+Each transition is a *record* (a small frozen dataclass) applied by ``SessionState.apply``.
+The public transition methods build the record, check it against the current state and
+apply it; an illegal transition raises ``TransitionError`` and changes nothing. The same
+records are what the journal stores, so replaying a journal runs exactly this code.
+
+Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
+(``OUTGOING_TRANSITIONS``; ``None`` = the message leaves the session)::
+
+    qos  phase           event           -> phase
+    1    QUEUED          SEND            -> AWAIT_PUBACK
+    1    AWAIT_PUBACK    PUBACK          -> None            [MQTT-4.3.2] (any reason code)
+    2    QUEUED          SEND            -> AWAIT_PUBREC
+    2    AWAIT_PUBREC    PUBREC          -> AWAIT_PUBCOMP   [MQTT-4.3.3-6] released: never resend PUBLISH
+    2    AWAIT_PUBREC    PUBREC_FAILED   -> None            [MQTT-4.4.0-2] reason >= 0x80 ends the flow
+    2    AWAIT_PUBCOMP   PUBCOMP         -> None
+    1,2  AWAIT_PUBACK/REC SESSION_LOST   -> QUEUED, new id  [MQTT-3.2.2-5] broker forgot it: publish anew
+    2    AWAIT_PUBCOMP   SESSION_LOST    -> None            the broker had accepted it
+    1,2  QUEUED          SESSION_LOST    -> QUEUED          never sent: simply sent later
+
+Incoming QoS 2 (delivery on PUBREL, "method B" of the spec)::
+
+    PUBLISH(id) not held   -> held, PUBREC sent        (persist before PUBREC)
+    PUBLISH(id) held       -> unchanged, PUBREC sent   [MQTT-4.3.3-10] not delivered twice
+    PUBREL(id) held        -> delivered, removed, PUBCOMP sent
+    PUBREL(id) not held    -> PUBCOMP sent only        (already delivered before a crash)
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Container, Final, Iterable, Mapping, Union
+
+from .errors import PacketIdsExhausted, StateError, TransitionError, UsageError
+
+__all__ = [
+    "MAX_PACKET_ID",
+    "MAX_EXPIRY",
+    "Phase",
+    "Event",
+    "OUTGOING_TRANSITIONS",
+    "PHASES_FOR_QOS",
+    "KEEP",
+    "OutgoingMessage",
+    "IncomingMessage",
+    "SessionState",
+    "ResumePlan",
+    "SessionLost",
+    "Record",
+    "Configured",
+    "Accepted",
+    "Stepped",
+    "Received",
+    "Released",
+    "Subscribed",
+    "Unsubscribed",
+    "Connected",
+    "SessionReset",
+    "Disconnected",
+    "Activity",
+    "validate_topic",
+    "validate_filter",
+    "validate_qos",
+]
+
+MAX_PACKET_ID: Final = 65535
+MAX_EXPIRY: Final = 0xFFFFFFFF  # [MQTT 5 3.1.2.11.2] never expires
+MAX_TOPIC_BYTES: Final = 65535
+
+
+class Phase(str, enum.Enum):
+    """Where an outgoing QoS>0 message stands."""
+
+    QUEUED = "queued"  # accepted, never written to a connection (or re-queued after SESSION_LOST)
+    AWAIT_PUBACK = "await_puback"  # QoS 1 PUBLISH sent
+    AWAIT_PUBREC = "await_pubrec"  # QoS 2 PUBLISH sent
+    AWAIT_PUBCOMP = "await_pubcomp"  # QoS 2 PUBREL sent (released)
+
+
+class Event(str, enum.Enum):
+    """What can happen to an outgoing message."""
+
+    SEND = "send"
+    PUBACK = "puback"
+    PUBREC = "pubrec"
+    PUBREC_FAILED = "pubrec_failed"
+    PUBCOMP = "pubcomp"
+    SESSION_LOST = "session_lost"
+
+
+Q, A1, A2, A3 = Phase.QUEUED, Phase.AWAIT_PUBACK, Phase.AWAIT_PUBREC, Phase.AWAIT_PUBCOMP
+
+OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
+    (1, Q, Event.SEND): A1,
+    (1, A1, Event.PUBACK): None,
+    (2, Q, Event.SEND): A2,
+    (2, A2, Event.PUBREC): A3,  # [MQTT-4.3.3-6]
+    (2, A2, Event.PUBREC_FAILED): None,  # [MQTT-4.4.0-2]
+    (2, A3, Event.PUBCOMP): None,
+    (1, Q, Event.SESSION_LOST): Q,
+    (2, Q, Event.SESSION_LOST): Q,
+    (1, A1, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
+    (2, A2, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
+    (2, A3, Event.SESSION_LOST): None,
+}
+
+
+PHASES_FOR_QOS: Final[Mapping[int, frozenset[Phase]]] = {
+    1: frozenset({Q, A1}),
+    2: frozenset({Q, A2, A3}),
+}
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP: Final = _Keep.KEEP  # "leave this setting as it is"
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_qos(qos: object, allowed: Iterable[int] = (0, 1, 2)) -> int:
+    """Return ``qos`` if it is one of ``allowed``, else raise ``UsageError``."""
+    if type(qos) is not int or qos not in tuple(allowed):
+        raise UsageError(f"qos must be one of {tuple(allowed)}, got {qos!r}")
+    return qos
+
+
+def _check_utf8(what: str, text: object) -> bytes:
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be str, got {type(text).__name__}")
+    if not text:
+        raise UsageError(f"{what} must not be empty")
+    if "\x00" in text:
+        raise UsageError(f"{what} must not contain U+0000")  # [MQTT-1.5.3-2]
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"{what} is not valid UTF-8: {exc}") from None  # [MQTT-1.5.3-1]
+    if len(raw) > MAX_TOPIC_BYTES:
+        raise UsageError(f"{what} is longer than {MAX_TOPIC_BYTES} bytes")
+    return raw
+
+
+def validate_topic(topic: object) -> str:
+    """A topic name to publish to: non-empty UTF-8, no wildcards [MQTT-3.3.2-2]."""
+    _check_utf8("topic", topic)
+    assert isinstance(topic, str)
+    if "+" in topic or "#" in topic:
+        raise UsageError(f"topic {topic!r} must not contain wildcards")
+    return topic
+
+
+def validate_filter(topic_filter: object) -> str:
+    """A topic filter: '#' only as the whole last level, '+' only as a whole level [MQTT-4.7.1]."""
+    _check_utf8("topic filter", topic_filter)
+    assert isinstance(topic_filter, str)
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise UsageError(f"topic filter {topic_filter!r}: '#' must be the whole last level")
+        if "+" in level and level != "+":
+            raise UsageError(f"topic filter {topic_filter!r}: '+' must be a whole level")
+    return topic_filter
+
+
+def _check_time(what: str, at: object) -> float:
+    if type(at) not in (int, float) or not math.isfinite(at):  # type: ignore[arg-type]
+        raise TransitionError(f"{what} must be a finite time, got {at!r}")
+    return float(at)  # type: ignore[arg-type]
+
+
+def _check_text(what: str, text: object, optional: bool = False) -> None:
+    if optional and text is None:
+        return
+    if not isinstance(text, str) or "\x00" in text:
+        raise TransitionError(f"{what} must be text without U+0000, got {text!r:.40}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TransitionError(f"{what} is not valid UTF-8") from None
+
+
+def _check_expiry(exp: object) -> None:
+    if exp is not None and (type(exp) is not int or not 0 <= exp <= MAX_EXPIRY):
+        raise UsageError(f"session expiry interval must be 0..{MAX_EXPIRY}, got {exp!r}")
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A QoS>0 message the application handed over and the broker has not fully acknowledged.
+
+    ``seq`` orders messages for good (never reused); ``packet_id`` is 0 only while the message
+    is QUEUED and every packet id was taken when it was accepted.
+    """
+
+    seq: int
+    packet_id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    properties: bytes = b""  # MQTT 5 properties, packed as on the wire (opaque here)
+    phase: Phase = Phase.QUEUED
+
+    @property
+    def sent(self) -> bool:
+        """True once a PUBLISH (or PUBREL) for it may have reached the broker."""
+        return self.phase is not Phase.QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A QoS 2 message received and answered with PUBREC, awaiting PUBREL."""
+
+    packet_id: int
+    topic: str
+    payload: bytes
+    qos: int = 2
+    retain: bool = False
+    dup: bool = False
+    properties: bytes = b""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Configured:
+    """Session identity and options changed."""
+
+    client_id: str
+    protocol_version: int
+    clean_session: bool
+    session_expiry_interval: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """publish_* accepted a QoS>0 message (persistence point 1)."""
+
+    message: OutgoingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Stepped:
+    """An outgoing message moved along ``OUTGOING_TRANSITIONS``.
+
+    ``packet_id`` is the id the message holds after the step (SEND may assign one).
+    """
+
+    seq: int
+    event: Event
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An incoming QoS 2 PUBLISH was stored before PUBREC (persistence point 3)."""
+
+    message: IncomingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """An incoming QoS 2 message was delivered on PUBREL and leaves the session (point 4)."""
+
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    topic_filter: str
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    topic_filter: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A CONNACK accepted the connection."""
+
+    at: float
+    broker: str | None
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReset:
+    """CONNACK said SessionPresent=0 while state was held [MQTT-3.2.2-5].
+
+    ``requeued``: seqs of sent messages published anew; ``dropped``: seqs of messages the broker
+    had accepted (past PUBREC) or, with republish off, gave up; ``released``: incoming QoS 2
+    packet ids handed to the application and removed.
+    """
+
+    requeued: tuple[int, ...]
+    dropped: tuple[int, ...]
+    released: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    at: float
+    session_expiry_interval: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """The connection was seen alive at ``at`` (bounds the disconnect time after a crash)."""
+
+    at: float
+
+
+Record = Union[
+    Configured,
+    Accepted,
+    Stepped,
+    Received,
+    Released,
+    Subscribed,
+    Unsubscribed,
+    Connected,
+    SessionReset,
+    Disconnected,
+    Activity,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """What was held when the broker answered SessionPresent=0, and what was done with it."""
+
+    republished: tuple[OutgoingMessage, ...]  # sent but unconfirmed: published again as new
+    dropped: tuple[OutgoingMessage, ...]  # past PUBREC (the broker had them), or republish off
+    queued: tuple[OutgoingMessage, ...]  # never sent: sent as usual
+    delivered_incoming: tuple[IncomingMessage, ...]  # QoS 2 awaiting PUBREL: handed to the app
+    resubscribed: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """What the client sends after a CONNACK, in this order [MQTT-4.6.0-1].
+
+    ``outgoing``: every held message by seq; its phase says what goes out: PUBLISH with DUP=1 and
+    the original id for AWAIT_PUBACK / AWAIT_PUBREC [MQTT-4.4.0-1] [MQTT-3.3.1-1], PUBREL for
+    AWAIT_PUBCOMP, a fresh PUBLISH (SEND) for QUEUED.
+    """
+
+    session_present: bool
+    outgoing: tuple[OutgoingMessage, ...]
+    resubscribe: tuple[tuple[str, int], ...]
+    lost: SessionLost | None
+
+
+# --------------------------------------------------------------------------- the state
+
+
+@dataclass(eq=False)
+class SessionState:
+    """One client's session: identity, times, outgoing and incoming messages, subscriptions."""
+
+    client_id: str = ""
+    protocol_version: int = 4
+    clean_session: bool = True
+    session_expiry_interval: int | None = None  # MQTT 5; None = absent (= 0)
+    broker: str | None = None
+    connected_at: float | None = None
+    disconnected_at: float | None = None
+    last_activity: float | None = None
+    next_seq: int = 1
+    last_packet_id: int = 0
+    outgoing: dict[int, OutgoingMessage] = field(default_factory=dict)  # by seq, in seq order
+    incoming: dict[int, IncomingMessage] = field(default_factory=dict)  # by packet id
+    subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> qos
+    _by_packet_id: dict[int, int] = field(default_factory=dict, repr=False)  # outgoing id -> seq
+
+    def __post_init__(self) -> None:
+        self._by_packet_id = {m.packet_id: s for s, m in self.outgoing.items() if m.packet_id}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SessionState):
+            return NotImplemented
+        return self.snapshot_fields() == other.snapshot_fields()
+
+    def snapshot_fields(self) -> tuple[object, ...]:
+        """Every persistent field, for comparisons."""
+        return (
+            self.client_id,
+            self.protocol_version,
+            self.clean_session,
+            self.session_expiry_interval,
+            self.broker,
+            self.connected_at,
+            self.disconnected_at,
+            self.last_activity,
+            self.next_seq,
+            self.last_packet_id,
+            list(self.outgoing.items()),
+            sorted(self.incoming.items()),
+            sorted(self.subscriptions.items()),
+        )
+
+    # ----------------------------------------------------------------- queries
+
+    @property
+    def empty(self) -> bool:
+        """True when there are no messages or subscriptions to carry over."""
+        return not (self.outgoing or self.incoming or self.subscriptions)
+
+    def outgoing_by_packet_id(self, packet_id: int) -> OutgoingMessage | None:
+        seq = self._by_packet_id.get(packet_id)
+        return None if seq is None else self.outgoing[seq]
+
+    def check_invariants(self) -> None:
+        """Raise ``StateError`` naming the first inconsistency (used when loading state)."""
+        if self.protocol_version not in (4, 5):
+            raise StateError(f"protocol_version must be 4 or 5, got {self.protocol_version!r}")
+        exp = self.session_expiry_interval
+        if exp is not None and not 0 <= exp <= MAX_EXPIRY:
+            raise StateError(f"session_expiry_interval out of range: {exp!r}")
+        if not 0 <= self.last_packet_id <= MAX_PACKET_ID:
+            raise StateError(f"last_packet_id out of range: {self.last_packet_id!r}")
+        for name in ("connected_at", "disconnected_at", "last_activity"):
+            t = getattr(self, name)
+            if t is not None and not math.isfinite(t):
+                raise StateError(f"{name} must be a finite time, got {t!r}")
+        ids: set[int] = set()
+        prev = 0
+        for seq, m in self.outgoing.items():
+            where = f"outgoing message seq {seq}"
+            if m.seq != seq or seq <= prev:
+                raise StateError(f"{where}: sequence numbers must rise strictly")
+            prev = seq
+            if seq >= self.next_seq:
+                raise StateError(f"{where}: seq is not below next_seq {self.next_seq}")
+            if m.qos not in (1, 2):
+                raise StateError(f"{where}: qos must be 1 or 2, got {m.qos!r}")
+            if m.phase not in PHASES_FOR_QOS[m.qos]:
+                raise StateError(f"{where}: phase {m.phase.value} is not valid for qos {m.qos}")
+            if not 0 <= m.packet_id <= MAX_PACKET_ID:
+                raise StateError(f"{where}: packet_id out of range: {m.packet_id}")
+            if m.packet_id == 0 and m.phase is not Phase.QUEUED:
+                raise StateError(f"{where}: a sent message must hold a packet id")
+            if m.packet_id:
+                if m.packet_id in ids:
+                    raise StateError(f"{where}: packet_id {m.packet_id} is held twice")
+                ids.add(m.packet_id)
+            try:
+                validate_topic(m.topic)
+            except UsageError as exc:
+                raise StateError(f"{where}: {exc}") from None
+        for pid, im in self.incoming.items():
+            if im.packet_id != pid or not 1 <= pid <= MAX_PACKET_ID:
+                raise StateError(f"incoming message {pid}: bad packet_id")
+            if im.qos != 2:
+                raise StateError(f"incoming message {pid}: qos must be 2")
+        for flt, qos in self.subscriptions.items():
+            try:
+                validate_filter(flt)
+                validate_qos(qos)
+            except UsageError as exc:
+                raise StateError(f"subscription {flt!r}: {exc}") from None
+
+    # ----------------------------------------------------------------- transitions
+
+    def configure(
+        self,
+        *,
+        client_id: str | None = None,
+        protocol_version: int | None = None,
+        clean_session: bool | None = None,
+        session_expiry_interval: int | None | _Keep = KEEP,
+    ) -> Configured:
+        """Change identity or options; arguments left out keep their value."""
+        rec = Configured(
+            client_id=self.client_id if client_id is None else client_id,
+            protocol_version=self.protocol_version if protocol_version is None else protocol_version,
+            clean_session=self.clean_session if clean_session is None else clean_session,
+            session_expiry_interval=(
+                self.session_expiry_interval
+                if isinstance(session_expiry_interval, _Keep)
+                else session_expiry_interval
+            ),
+        )
+        self.apply(rec)
+        return rec
+
+    def allocate_packet_id(self, avoid: Container[int] = ()) -> int:
+        """The next free outgoing packet id after the last one, wrapping 65535 -> 1.
+
+        ``avoid``: ids held outside the session (in-flight SUBSCRIBE / UNSUBSCRIBE).
+        """
+        if len(self._by_packet_id) >= MAX_PACKET_ID:
+            raise PacketIdsExhausted("all 65535 packet ids are held by unacknowledged messages")
+        pid = self.last_packet_id
+        for _ in range(MAX_PACKET_ID):
+            pid = pid + 1 if pid < MAX_PACKET_ID else 1
+            # never collide with a held id (PEERS pain 1)
+            if pid not in self._by_packet_id and pid not in avoid:
+                return pid
+        raise PacketIdsExhausted("every free packet id is held by a SUBSCRIBE or UNSUBSCRIBE")
+
+    def accept(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: bytes = b"",
+        avoid: Container[int] = (),
+    ) -> Accepted:
+        """publish_* of a QoS 1/2 message: it joins the session as QUEUED with a packet id.
+
+        When all packet ids are taken the message is still accepted, with packet id 0; it gets
+        one when it is sent.
+        """
+        validate_topic(topic)
+        validate_qos(qos, (1, 2))
+        if not isinstance(payload, (bytes, bytearray)):
+            raise UsageError(f"payload must be bytes, got {type(payload).__name__}")
+        try:
+            pid = self.allocate_packet_id(avoid)
+        except PacketIdsExhausted:
+            pid = 0
+        msg = OutgoingMessage(
+            self.next_seq, pid, topic, bytes(payload), qos, bool(retain), bytes(properties)
+        )
+        rec = Accepted(msg)
+        self.apply(rec)
+        return rec
+
+    def retract(self, rec: Accepted) -> None:
+        """Undo the latest ``accept`` (its record could not be made durable)."""
+        m = rec.message
+        if m.seq != self.next_seq - 1 or self.outgoing.get(m.seq) != m:
+            raise TransitionError(f"only the latest accepted message can be retracted (seq {m.seq})")
+        del self.outgoing[m.seq]
+        self.next_seq = m.seq
+        if m.packet_id:
+            del self._by_packet_id[m.packet_id]
+
+    def _step(
+        self, seq: int, event: Event, packet_id: int | None = None, avoid: Container[int] = ()
+    ) -> Stepped:
+        m = self.outgoing.get(seq)
+        if m is None:
+            raise TransitionError(f"{event.value}: no outgoing message with seq {seq}")
+        if packet_id is None:
+            packet_id = m.packet_id
+            if event is Event.SEND and packet_id == 0:
+                packet_id = self.allocate_packet_id(avoid)
+            elif event is Event.SESSION_LOST and m.phase is not Phase.QUEUED:
+                packet_id = 0  # a new id is taken when it is sent again
+        rec = Stepped(seq, event, packet_id)
+        self.apply(rec)
+        return rec
+
+    def send(self, seq: int, avoid: Container[int] = ()) -> Stepped:
+        """A QUEUED message's PUBLISH is about to be written (assigns a packet id if it has none)."""
+        return self._step(seq, Event.SEND, avoid=avoid)
+
+    def _by_ack(self, packet_id: int, what: str) -> int:
+        seq = self._by_packet_id.get(packet_id)
+        if seq is None:
+            raise TransitionError(f"{what} for packet id {packet_id}, which no message holds")
+        return seq
+
+    def puback(self, packet_id: int) -> Stepped:
+        """PUBACK (any reason code) ends a QoS 1 flow."""
+        return self._step(self._by_ack(packet_id, "PUBACK"), Event.PUBACK)
+
+    def pubrec(self, packet_id: int, reason_code: int = 0) -> Stepped:
+        """PUBREC: release the message (before PUBREL is written), or end it on failure."""
+        event = Event.PUBREC_FAILED if reason_code >= 0x80 else Event.PUBREC  # [MQTT-4.4.0-2]
+        return self._step(self._by_ack(packet_id, "PUBREC"), event)
+
+    def pubcomp(self, packet_id: int) -> Stepped:
+        """PUBCOMP ends a QoS 2 flow."""
+        return self._step(self._by_ack(packet_id, "PUBCOMP"), Event.PUBCOMP)
+
+    def receive(
+        self,
+        packet_id: int,
+        topic: str,
+        payload: bytes,
+        retain: bool = False,
+        dup: bool = False,
+        properties: bytes = b"",
+    ) -> Received | None:
+        """An incoming QoS 2 PUBLISH; None when it is a duplicate of one held [MQTT-4.3.3-10]."""
+        if packet_id in self.incoming:
+            return None
+        rec = Received(
+            IncomingMessage(packet_id, topic, bytes(payload), 2, bool(retain), bool(dup),
+                            bytes(properties))
+        )
+        self.apply(rec)
+        return rec
+
+    def release(self, packet_id: int) -> tuple[IncomingMessage, Released]:
+        """PUBREL for a held incoming QoS 2 message: hand it out and remove it."""
+        msg = self.incoming.get(packet_id)
+        if msg is None:
+            raise TransitionError(f"PUBREL for packet id {packet_id}, which is not held")
+        rec = Released(packet_id)
+        self.apply(rec)
+        return msg, rec
+
+    def subscribe(self, topic_filter: str, qos: int) -> Subscribed:
+        validate_filter(topic_filter)
+        validate_qos(qos)
+        rec = Subscribed(topic_filter, qos)
+        self.apply(rec)
+        return rec
+
+    def unsubscribe(self, topic_filter: str) -> Unsubscribed:
+        validate_filter(topic_filter)
+        rec = Unsubscribed(topic_filter)
+        self.apply(rec)
+        return rec
+
+    def connected(self, at: float, broker: str | None, session_present: bool) -> Connected:
+        rec = Connected(at, broker, session_present)
+        self.apply(rec)
+        return rec
+
+    def disconnected(self, at: float) -> Disconnected:
+        rec = Disconnected(at, self.session_expiry_interval)
+        self.apply(rec)
+        return rec
+
+    def activity(self, at: float) -> Activity:
+        rec = Activity(at)
+        self.apply(rec)
+        return rec
+
+    def on_connack(
+        self, session_present: bool, republish: bool = True
+    ) -> tuple[SessionReset | None, ResumePlan]:
+        """What a successful CONNACK means for the session (mqttproto's ``reset``).
+
+        SessionPresent=1: everything is kept and resent in order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
+        SessionPresent=0 while holding state [MQTT-3.2.2-5]: the broker forgot the session; the
+        returned ``SessionReset`` (already applied) says what was requeued, dropped or released.
+        """
+        subs = tuple(self.subscriptions.items())
+        if session_present or not (self.outgoing or self.incoming):
+            plan = ResumePlan(session_present, tuple(self.outgoing.values()), subs, None)
+            return None, plan
+        requeued: list[OutgoingMessage] = []
+        dropped: list[OutgoingMessage] = []
+        queued: list[OutgoingMessage] = []
+        for m in self.outgoing.values():
+            nxt = OUTGOING_TRANSITIONS[(m.qos, m.phase, Event.SESSION_LOST)]
+            if m.phase is Phase.QUEUED:
+                queued.append(m)
+            elif nxt is None or not republish:
+                dropped.append(m)
+            else:
+                requeued.append(m)
+        delivered = tuple(self.incoming.values())
+        rec = SessionReset(
+            tuple(m.seq for m in requeued),
+            tuple(m.seq for m in dropped),
+            tuple(sorted(self.incoming)),
+        )
+        self.apply(rec)
+        lost = SessionLost(tuple(requeued), tuple(dropped), tuple(queued), delivered, subs)
+        return rec, ResumePlan(False, tuple(self.outgoing.values()), subs, lost)
+
+    # ----------------------------------------------------------------- apply
+
+    def apply(self, rec: Record) -> None:
+        """Apply one record; raise ``TransitionError`` (changing nothing) if it does not fit."""
+        handler = _APPLY.get(type(rec))
+        if handler is None:
+            raise TransitionError(f"not a session record: {rec!r}")
+        handler(self, rec)
+
+    def _apply_configured(self, rec: Configured) -> None:
+        if rec.protocol_version not in (4, 5) or type(rec.protocol_version) is not int:
+            raise UsageError(f"protocol version must be 4 or 5, got {rec.protocol_version!r}")
+        exp = rec.session_expiry_interval
+        _check_expiry(exp)
+        try:
+            _check_text("client_id", rec.client_id)
+        except TransitionError as exc:
+            raise UsageError(str(exc)) from None
+        self.client_id = rec.client_id
+        self.protocol_version = rec.protocol_version
+        self.clean_session = bool(rec.clean_session)
+        self.session_expiry_interval = exp
+
+    def _apply_accepted(self, rec: Accepted) -> None:
+        m = rec.message
+        if m.seq != self.next_seq:
+            raise TransitionError(f"accepted seq {m.seq}, expected {self.next_seq}")
+        if m.phase is not Phase.QUEUED:
+            raise TransitionError("an accepted message starts QUEUED")
+        if type(m.qos) is not int or m.qos not in (1, 2):
+            raise TransitionError(f"accepted qos must be 1 or 2, got {m.qos}")
+        try:
+            validate_topic(m.topic)
+        except UsageError as exc:
+            raise TransitionError(f"accepted message: {exc}") from None
+        if not isinstance(m.payload, bytes) or not isinstance(m.properties, bytes):
+            raise TransitionError("accepted message: payload and properties must be bytes")
+        if m.packet_id:
+            if not 1 <= m.packet_id <= MAX_PACKET_ID or m.packet_id in self._by_packet_id:
+                raise TransitionError(f"packet id {m.packet_id} is taken or out of range")
+            self._by_packet_id[m.packet_id] = m.seq
+            self.last_packet_id = m.packet_id
+        self.outgoing[m.seq] = m
+        self.next_seq = m.seq + 1
+
+    def _apply_stepped(self, rec: Stepped) -> None:
+        m = self.outgoing.get(rec.seq)
+        if m is None:
+            raise TransitionError(f"{rec.event.value}: no outgoing message with seq {rec.seq}")
+        key = (m.qos, m.phase, rec.event)
+        if key not in OUTGOING_TRANSITIONS:
+            raise TransitionError(
+                f"{rec.event.value} is illegal for a QoS {m.qos} message in phase {m.phase.value}"
+                f" (seq {m.seq}, packet id {m.packet_id})"
+            )
+        nxt = OUTGOING_TRANSITIONS[key]
+        pid = rec.packet_id
+        if type(pid) is not int or not 0 <= pid <= MAX_PACKET_ID:
+            raise TransitionError(f"packet id {pid!r} out of range")
+        if nxt is not None and nxt is not Phase.QUEUED and pid == 0:
+            raise TransitionError(f"{rec.event.value}: a sent message must hold a packet id")
+        if pid != m.packet_id:
+            # only SEND assigns an id (to an id-less message), only SESSION_LOST clears one
+            if rec.event is Event.SEND and m.packet_id == 0:
+                if not 1 <= pid <= MAX_PACKET_ID or pid in self._by_packet_id:
+                    raise TransitionError(f"packet id {pid} is taken or out of range")
+            elif not (rec.event is Event.SESSION_LOST and pid == 0):
+                raise TransitionError(f"{rec.event.value} may not change the packet id")
+        if nxt is None:
+            del self.outgoing[m.seq]
+            self._by_packet_id.pop(m.packet_id, None)
+            return
+        if pid != m.packet_id:
+            self._by_packet_id.pop(m.packet_id, None)
+            if pid:
+                self._by_packet_id[pid] = m.seq
+                self.last_packet_id = pid
+        self.outgoing[m.seq] = replace(m, phase=nxt, packet_id=pid)
+
+    def _apply_received(self, rec: Received) -> None:
+        m = rec.message
+        if not 1 <= m.packet_id <= MAX_PACKET_ID:
+            raise TransitionError(f"incoming packet id {m.packet_id} out of range")
+        if m.packet_id in self.incoming:
+            raise TransitionError(f"incoming packet id {m.packet_id} is already held")
+        if m.qos != 2:
+            raise TransitionError("only QoS 2 incoming messages are kept in the session")
+        try:
+            validate_topic(m.topic)
+        except UsageError as exc:
+            raise TransitionError(f"incoming packet id {m.packet_id}: {exc}") from None
+        self.incoming[m.packet_id] = m
+
+    def _apply_released(self, rec: Released) -> None:
+        if rec.packet_id not in self.incoming:
+            raise TransitionError(f"PUBREL for packet id {rec.packet_id}, which is not held")
+        del self.incoming[rec.packet_id]
+
+    def _apply_subscribed(self, rec: Subscribed) -> None:
+        try:
+            validate_filter(rec.topic_filter)
+            validate_qos(rec.qos)
+        except UsageError as exc:
+            raise TransitionError(f"subscribe: {exc}") from None
+        self.subscriptions[rec.topic_filter] = rec.qos
+
+    def _apply_unsubscribed(self, rec: Unsubscribed) -> None:
+        try:
+            validate_filter(rec.topic_filter)
+        except UsageError as exc:
+            raise TransitionError(f"unsubscribe: {exc}") from None
+        self.subscriptions.pop(rec.topic_filter, None)
+
+    def _apply_connected(self, rec: Connected) -> None:
+        at = _check_time("connect time", rec.at)
+        _check_text("broker", rec.broker, optional=True)
+        self.connected_at = at
+        self.last_activity = at
+        self.broker = rec.broker
+
+    def _apply_reset(self, rec: SessionReset) -> None:
+        named = rec.requeued + rec.dropped
+        if len(set(named)) != len(named) or len(set(rec.released)) != len(rec.released):
+            raise TransitionError("session reset names a message twice")
+        for seq in named:
+            if seq not in self.outgoing:
+                raise TransitionError(f"session reset names seq {seq}, which is not held")
+        for seq in rec.requeued:
+            if self.outgoing[seq].phase is Phase.QUEUED:
+                raise TransitionError(f"session reset requeues seq {seq}, which was never sent")
+        for pid in rec.released:
+            if pid not in self.incoming:
+                raise TransitionError(f"session reset releases packet id {pid}, not held")
+        for seq in rec.dropped:
+            m = self.outgoing.pop(seq)
+            self._by_packet_id.pop(m.packet_id, None)
+        for seq in rec.requeued:
+            m = self.outgoing[seq]
+            self._by_packet_id.pop(m.packet_id, None)
+            self.outgoing[seq] = replace(m, phase=Phase.QUEUED, packet_id=0)
+        for pid in rec.released:
+            del self.incoming[pid]
+
+    def _apply_disconnected(self, rec: Disconnected) -> None:
+        at = _check_time("disconnect time", rec.at)
+        try:
+            _check_expiry(rec.session_expiry_interval)
+        except UsageError as exc:
+            raise TransitionError(str(exc)) from None
+        self.disconnected_at = at
+        self.last_activity = at
+        self.session_expiry_interval = rec.session_expiry_interval
+
+    def _apply_activity(self, rec: Activity) -> None:
+        self.last_activity = _check_time("activity time", rec.at)
+
+
+_APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
+    Configured: SessionState._apply_configured,
+    Accepted: SessionState._apply_accepted,
+    Stepped: SessionState._apply_stepped,
+    Received: SessionState._apply_received,
+    Released: SessionState._apply_released,
+    Subscribed: SessionState._apply_subscribed,
+    Unsubscribed: SessionState._apply_unsubscribed,
+    Connected: SessionState._apply_connected,
+    SessionReset: SessionState._apply_reset,
+    Disconnected: SessionState._apply_disconnected,
+    Activity: SessionState._apply_activity,
+}

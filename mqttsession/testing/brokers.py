@@ -1,0 +1,781 @@
+"""Real MQTT brokers for tests and demos, bound to 127.0.0.1 on free ports.
+
+* :class:`MosquittoBroker` - the ``mosquitto`` binary (MQTT 3.1.1 and 5) as a child process.
+* :class:`AmqttProcess` - amqtt (MQTT 3.1.1) as a child process
+  (``python -m mqttsession.testing.amqtt_runner``).
+* :class:`EmbeddedAmqtt` - amqtt in this process, on an asyncio loop in a daemon thread.
+
+All three share one interface: ``start()``, ``stop()``, ``kill()``, ``restart()``, ``log_text()``,
+the properties ``host``, ``port``, ``address``, ``pid``, ``running`` and use as a context manager.
+
+Configuration templates live in the repository's ``broker_conf/`` directory (or the directory named
+by the environment variable ``MQTTSESSION_BROKER_CONF``); placeholders such as ``{port}`` are
+replaced by plain text substitution. When no such directory exists (an installed wheel), a built-in
+minimal copy of the same templates is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import concurrent.futures
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import yaml  # type: ignore[import-untyped]  # no stubs installed; amqtt depends on PyYAML
+
+__all__ = [
+    "LOCALHOST",
+    "AmqttProcess",
+    "AnyBroker",
+    "BrokerStartError",
+    "EmbeddedAmqtt",
+    "MosquittoBroker",
+    "broker_conf_dir",
+    "find_mosquitto",
+    "free_port",
+    "load_template",
+    "render_template",
+    "wait_for_port",
+]
+
+logger = logging.getLogger(__name__)
+
+LOCALHOST = "127.0.0.1"
+"""The only address any broker or proxy of this package binds."""
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # .../mqttsession
+_LOG_TAIL_CHARS = 20_000
+
+# Minimal copies of broker_conf/*, used only when that directory cannot be found (installed wheel).
+# broker_conf/ holds the commented versions; keep these in step with them.
+_BUILTIN_TEMPLATES: dict[str, str] = {
+    "mosquitto.conf": (
+        "listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "log_dest stderr\n"
+        "log_type all\n"
+        "connection_messages true\n"
+        "log_timestamp true\n"
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
+        "set_tcp_nodelay true\n"
+    ),
+    "mosquitto-persist.conf": (
+        "listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence true\n"
+        "persistence_location {persistence_dir}\n"
+        "persistence_file mosquitto.db\n"
+        "autosave_interval 0\n"
+        "user root\n"
+        "log_dest stderr\n"
+        "log_type all\n"
+        "connection_messages true\n"
+        "log_timestamp true\n"
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
+        "set_tcp_nodelay true\n"
+    ),
+    "amqtt.yaml": (
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        '    bind: "127.0.0.1:{port}"\n'
+        "    max_connections: 0\n"
+        "session_expiry_interval: null\n"
+        "timeout_disconnect_delay: 0\n"
+        "plugins:\n"
+        "  mqttsession.testing.amqtt_plugins.KeepSessionsAuthPlugin: {}\n"
+        "  amqtt.plugins.logging_amqtt.PacketLoggerPlugin: {}\n"
+    ),
+}
+
+
+class BrokerStartError(RuntimeError):
+    """A broker did not come up; the message includes the tail of its log."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def broker_conf_dir() -> Path | None:
+    """The directory holding the broker configuration templates, or None if there is none.
+
+    ``$MQTTSESSION_BROKER_CONF`` if set, else ``broker_conf/`` next to the ``mqttsession`` package
+    (the repository root for a source checkout or an editable install).
+    """
+    env = os.environ.get("MQTTSESSION_BROKER_CONF")
+    if env:
+        return Path(env)
+    candidate = _PACKAGE_DIR.parent / "broker_conf"
+    return candidate if candidate.is_dir() else None
+
+
+def load_template(template: str | os.PathLike[str]) -> tuple[str, str]:
+    """Return ``(text, origin)`` of a configuration template.
+
+    ``template`` is either a path to an existing file, or a file name looked up in
+    :func:`broker_conf_dir`, falling back to the built-in copy of that name.
+    """
+    path = Path(template)
+    if path.is_file():
+        return path.read_text(encoding="utf-8"), str(path)
+    name = str(template)
+    conf_dir = broker_conf_dir()
+    if conf_dir is not None and os.sep not in name and (conf_dir / name).is_file():
+        found = conf_dir / name
+        return found.read_text(encoding="utf-8"), str(found)
+    if name in _BUILTIN_TEMPLATES:
+        return _BUILTIN_TEMPLATES[name], f"<built-in {name}>"
+    raise FileNotFoundError(f"broker configuration template not found: {template!r}")
+
+
+def render_template(text: str, **values: object) -> str:
+    """Replace each ``{name}`` in ``text`` by ``str(values[name])`` (plain text, not str.format)."""
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", str(value))
+    return text
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A TCP port on ``host`` that was free a moment ago (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    """True once a TCP connection to ``host:port`` succeeds, False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto binary: ``$MOSQUITTO_BIN``, then PATH, then the usual sbin dirs."""
+    env = os.environ.get("MOSQUITTO_BIN")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _tail(text: str, limit: int = _LOG_TAIL_CHARS) -> str:
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+# --------------------------------------------------------------------------------------------
+# brokers run as child processes
+
+_RUNNING: set[_ProcessBroker] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _kill_leftovers() -> None:
+    """At interpreter exit, SIGKILL every broker process this process started and did not stop."""
+    with _RUNNING_LOCK:
+        leftovers = list(_RUNNING)
+    for broker in leftovers:
+        try:
+            broker.kill()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            logger.exception("could not kill %r at exit", broker)
+
+
+atexit.register(_kill_leftovers)
+
+
+class _ProcessBroker:
+    """Common machinery of brokers that run as a child process, stopped by pid."""
+
+    kind: ClassVar[str] = "broker"
+    stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+
+    def __init__(self, *, startup_timeout: float = 10.0, stop_timeout: float = 10.0) -> None:
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"mqttsession-{self.kind}-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.workdir), ignore_errors=True)
+        self.log_path = self.workdir / f"{self.kind}.log"
+        self.log_path.touch()
+        self.returncodes: list[int] = []
+
+    # -- to implement ------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Write configuration files for ``self._port`` before each start."""
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        """Wait until the broker serves; False when ``proc`` exited or the deadline passed."""
+        assert self._port is not None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            if wait_for_port(LOCALHOST, self._port, timeout=0.0) and proc.poll() is None:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _env(self) -> dict[str, str] | None:
+        return None
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        return LOCALHOST
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError(f"{self.kind} broker not started yet")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{self.kind} broker not started yet")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_text(self) -> str:
+        """Everything the broker process wrote to stdout/stderr, across restarts."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def describe(self) -> str:
+        port = self._port if self._port is not None else "?"
+        return f"{self.kind} {LOCALHOST}:{port}"
+
+    def __repr__(self) -> str:
+        pid = self._proc.pid if self._proc is not None else None
+        return f"<{type(self).__name__} {self.describe()} pid={pid} running={self.running}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Self:
+        """Start the broker (on a new free port the first time, the same port afterwards)."""
+        with self._lock:
+            if self.running:
+                raise RuntimeError(f"{self!r} is already running")
+            fixed_port = self._port is not None
+            attempts = 1 if fixed_port else 3
+            error: BrokerStartError | None = None
+            for _ in range(attempts):
+                if not fixed_port:
+                    self._port = free_port()
+                try:
+                    self._spawn()
+                    return self
+                except BrokerStartError as exc:
+                    error = exc
+                    # Another process may have taken the port between free_port() and the bind.
+                    if "in use" not in str(exc).lower():
+                        break
+            if not fixed_port:
+                self._port = None
+            assert error is not None
+            raise error
+
+    def _spawn(self) -> None:
+        self._prepare()
+        command = self._command()
+        with self.log_path.open("ab") as log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            log.write(f"=== mqttsession: {stamp} starting {self.describe()}: {' '.join(command)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self._env(),
+                # Own process group: a Ctrl-C at the terminal reaches the test run, which then stops
+                # its brokers itself; the broker never sees a stray SIGINT mid-test.
+                start_new_session=True,
+            )
+        logger.info("started %s pid %d", self.describe(), proc.pid)
+        deadline = time.monotonic() + self.startup_timeout
+        if self._wait_ready(proc, deadline):
+            self._proc = proc
+            with _RUNNING_LOCK:
+                _RUNNING.add(self)
+            return
+        # Failed: make sure it is gone, then report its log.
+        if proc.poll() is None:
+            proc.kill()
+        rc = proc.wait()
+        self.returncodes.append(rc)
+        raise BrokerStartError(
+            f"{self.describe()} did not start within {self.startup_timeout:.1f}s (exit code {rc});"
+            f" log {self.log_path}:\n{_tail(self.log_text())}"
+        )
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        try:
+            os.kill(self._proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self, timeout: float | None) -> int:
+        assert self._proc is not None
+        rc = self._proc.wait(timeout=timeout)
+        self.returncodes.append(rc)
+        self._proc = None
+        with _RUNNING_LOCK:
+            _RUNNING.discard(self)
+        return rc
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop cleanly by pid (``stop_signal``); SIGKILL after ``timeout``. Returns the exit code."""
+        with self._lock:
+            if self._proc is None:
+                return None
+            if self._proc.poll() is not None:
+                return self._reap(None)
+            timeout = self.stop_timeout if timeout is None else timeout
+            logger.info("stopping %s pid %d with %s", self.describe(), self._proc.pid, self.stop_signal.name)
+            self._signal(self.stop_signal)
+            try:
+                return self._reap(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s pid %d ignored %s for %.1fs; killing it",
+                               self.describe(), self._proc.pid, self.stop_signal.name, timeout)
+                self._signal(signal.SIGKILL)
+                return self._reap(None)
+
+    def kill(self) -> int | None:
+        """SIGKILL the broker (no clean shutdown, nothing saved). Returns the exit code."""
+        with self._lock:
+            if self._proc is None:
+                return None
+            logger.info("killing %s pid %d", self.describe(), self._proc.pid)
+            self._signal(signal.SIGKILL)
+            return self._reap(None)
+
+    def restart(self, *, kill: bool = False) -> Self:
+        """Stop (or SIGKILL with ``kill=True``) and start again on the same port."""
+        with self._lock:
+            if kill:
+                self.kill()
+            else:
+                self.stop()
+            return self.start()
+
+    def cleanup(self) -> None:
+        """Stop the broker and delete its temporary directory (config, log, default persistence)."""
+        self.stop()
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MosquittoBroker(_ProcessBroker):
+    """``mosquitto -c FILE`` on 127.0.0.1, from a template in ``broker_conf/``.
+
+    :param conf_template: a template file name in ``broker_conf/`` (``"mosquitto.conf"``,
+        ``"mosquitto-persist.conf"``) or a path to a template file.
+    :param persistence_dir: substituted for ``{persistence_dir}``; defaults to a directory inside
+        this broker's temporary directory, kept across restarts. Created if missing.
+    :param extra_config: lines appended to the rendered configuration.
+    :param mosquitto_bin: the binary; default :func:`find_mosquitto`.
+    """
+
+    kind = "mosquitto"
+    stop_signal = signal.SIGTERM
+
+    def __init__(
+        self,
+        conf_template: str | os.PathLike[str] = "mosquitto.conf",
+        persistence_dir: str | os.PathLike[str] | None = None,
+        *,
+        extra_config: str = "",
+        mosquitto_bin: str | None = None,
+        startup_timeout: float = 10.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        binary = mosquitto_bin or find_mosquitto()
+        if binary is None:
+            raise FileNotFoundError("mosquitto binary not found (set MOSQUITTO_BIN or install mosquitto)")
+        self.mosquitto_bin = binary
+        self.conf_template = conf_template
+        self.extra_config = extra_config
+        super().__init__(startup_timeout=startup_timeout, stop_timeout=stop_timeout)
+        self.persistence_dir = (
+            Path(persistence_dir) if persistence_dir is not None else self.workdir / "persistence"
+        )
+        self.config_path = self.workdir / "mosquitto.conf"
+
+    def _prepare(self) -> None:
+        self.persistence_dir.mkdir(parents=True, exist_ok=True)
+        text, origin = load_template(self.conf_template)
+        rendered = render_template(
+            text,
+            port=self.port,
+            # mosquitto needs the trailing separator: persistence_location is a prefix.
+            persistence_dir=str(self.persistence_dir.resolve()) + os.sep,
+        )
+        if self.extra_config:
+            rendered += "\n# extra_config\n" + self.extra_config.rstrip("\n") + "\n"
+        self.config_path.write_text(f"# rendered from {origin}\n{rendered}", encoding="utf-8")
+
+    def _command(self) -> list[str]:
+        return [self.mosquitto_bin, "-c", str(self.config_path)]
+
+
+class AmqttProcess(_ProcessBroker):
+    """amqtt (MQTT 3.1.1) in a child process: ``python -m mqttsession.testing.amqtt_runner``.
+
+    Stopped cleanly with SIGINT (``broker.shutdown()``), killed with SIGKILL.
+
+    :param conf_template: a template name in ``broker_conf/`` or a path (default ``amqtt.yaml``).
+    :param overrides: top-level configuration keys replacing those of the template.
+    :param debug: log at DEBUG level (every packet, via amqtt's PacketLoggerPlugin).
+    """
+
+    kind = "amqtt"
+    stop_signal = signal.SIGINT
+
+    def __init__(
+        self,
+        conf_template: str | os.PathLike[str] = "amqtt.yaml",
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        debug: bool = True,
+        startup_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.conf_template = conf_template
+        self.overrides = dict(overrides or {})
+        self.debug = debug
+        super().__init__(startup_timeout=startup_timeout, stop_timeout=stop_timeout)
+        self.config_path = self.workdir / "amqtt.yaml"
+        self.ready_path = self.workdir / "ready.json"
+
+    def _prepare(self) -> None:
+        text, origin = load_template(self.conf_template)
+        rendered = render_template(text, port=self.port)
+        if self.overrides:
+            config = yaml.safe_load(rendered)
+            config.update(self.overrides)
+            rendered = yaml.safe_dump(config, sort_keys=False)
+        self.config_path.write_text(f"# rendered from {origin}\n{rendered}", encoding="utf-8")
+        self.ready_path.unlink(missing_ok=True)
+
+    def _command(self) -> list[str]:
+        command = [
+            sys.executable, "-m", "mqttsession.testing.amqtt_runner",
+            "--config", str(self.config_path),
+            "--ready-file", str(self.ready_path),
+            "--parent-pid", str(os.getpid()),
+        ]
+        if self.debug:
+            command.append("--debug")
+        return command
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Make sure the child imports this very mqttsession (and its amqtt plugin), even uninstalled.
+        parent = str(_PACKAGE_DIR.parent)
+        env["PYTHONPATH"] = parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        # The runner writes ready.json once broker.start() returned (listener bound). Waiting for it
+        # instead of probing the port spares amqtt a connection without CONNECT (an error log line).
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            if self.ready_path.exists():
+                info = json.loads(self.ready_path.read_text(encoding="utf-8"))
+                return bool(info.get("port") == self._port and proc.poll() is None)
+            time.sleep(0.02)
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# amqtt in this process
+
+
+class _ThreadLogHandler(logging.Handler):
+    """Keep the formatted records emitted from one thread (the embedded broker's loop)."""
+
+    def __init__(self, maxlen: int = 50_000) -> None:
+        super().__init__(logging.NOTSET)
+        self.thread_id: int | None = None
+        self.lines: collections.deque[str] = collections.deque(maxlen=maxlen)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.thread_id is not None and record.thread != self.thread_id:
+            return
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # noqa: BLE001 - a logging handler must not raise
+            self.handleError(record)
+
+
+class EmbeddedAmqtt:
+    """amqtt in this process: an asyncio loop in a daemon thread runs ``amqtt.broker.Broker``.
+
+    :param conf_template: a template name in ``broker_conf/`` or a path (default ``amqtt.yaml``);
+        ``{port}`` is replaced by ``port``.
+    :param config: a complete amqtt configuration dict to use instead of the template.
+    :param port: 0 (default) binds a free port, read back from the listener socket.
+    :param log_level: if given, lower the ``amqtt`` logger to this level (it is a process-wide
+        logger) so that :meth:`log_text` sees e.g. DEBUG packet logs. Default: leave it alone.
+
+    ``pid`` is this process's pid. ``kill()`` is the same as ``stop()``: an in-process broker cannot be
+    SIGKILLed, and amqtt forgets all sessions on every start anyway.
+    """
+
+    kind = "amqtt-embedded"
+
+    def __init__(
+        self,
+        conf_template: str | os.PathLike[str] = "amqtt.yaml",
+        *,
+        config: Mapping[str, Any] | None = None,
+        port: int = 0,
+        log_level: int | None = None,
+        startup_timeout: float = 10.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.conf_template = conf_template
+        self.config = dict(config) if config is not None else None
+        self._requested_port = port
+        self._port: int | None = None
+        self.log_level = log_level
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker: Any = None
+        self._lock = threading.RLock()
+        self._log = _ThreadLogHandler()
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        return LOCALHOST
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("embedded amqtt broker not started yet")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None
+
+    @property
+    def broker(self) -> Any:
+        """The ``amqtt.broker.Broker`` (only touch it from its loop: :meth:`call`)."""
+        return self._broker
+
+    def log_text(self) -> str:
+        """amqtt log records emitted by this broker's loop thread, across restarts."""
+        return "\n".join(self._log.lines) + ("\n" if self._log.lines else "")
+
+    def describe(self) -> str:
+        port = self._port if self._port is not None else "?"
+        return f"{self.kind} {LOCALHOST}:{port}"
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedAmqtt {self.describe()} running={self.running}>"
+
+    # -- configuration -----------------------------------------------------------------------
+    def _build_config(self, port: int) -> dict[str, Any]:
+        if self.config is not None:
+            return dict(self.config)
+        text, _origin = load_template(self.conf_template)
+        config: dict[str, Any] = yaml.safe_load(render_template(text, port=port))
+        return config
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Self:
+        """Start the loop thread and the broker; on a restart, bind the same port again."""
+        with self._lock:
+            if self.running:
+                raise RuntimeError(f"{self!r} is already running")
+            port = self._port if self._port is not None else self._requested_port
+            config = self._build_config(port)
+            if self.log_level is not None:
+                amqtt_logger = logging.getLogger("amqtt")
+                if amqtt_logger.level == logging.NOTSET or amqtt_logger.level > self.log_level:
+                    amqtt_logger.setLevel(self.log_level)
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+            thread = threading.Thread(
+                target=self._run_loop, args=(loop, started), name=f"embedded-amqtt-{port}", daemon=True
+            )
+            thread.start()
+            started.wait()
+            self._log.thread_id = thread.ident
+            logging.getLogger("amqtt").addHandler(self._log)
+            self._loop, self._thread = loop, thread
+            future = asyncio.run_coroutine_threadsafe(self._astart(config), loop)
+            try:
+                broker, bound_port = future.result(self.startup_timeout)
+            except BaseException as exc:
+                self._stop_loop()
+                raise BrokerStartError(
+                    f"embedded amqtt did not start: {exc!r}\n{_tail(self.log_text())}"
+                ) from exc
+            self._broker, self._port = broker, bound_port
+            logger.info("started %s", self.describe())
+            return self
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(started.set)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+    @staticmethod
+    async def _astart(config: dict[str, Any]) -> tuple[Any, int]:
+        # Build the Broker inside the running loop: it captures asyncio.get_running_loop().
+        from amqtt.broker import Broker  # noqa: PLC0415 - heavy import, only when used
+
+        broker = Broker(config)
+        await broker.start()
+        # With bind 127.0.0.1:0 the port is only known from the listener's server socket.
+        server = broker._servers["default"].instance  # noqa: SLF001 - amqtt has no public accessor
+        port: int = server.sockets[0].getsockname()[1]
+        return broker, port
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the broker's loop from another thread and return its result."""
+        if self._loop is None:
+            raise RuntimeError("embedded amqtt broker not started")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(loop.stop)
+            thread.join(self.stop_timeout)
+            if thread.is_alive():
+                logger.warning("embedded amqtt loop thread did not finish within %.1fs", self.stop_timeout)
+        logging.getLogger("amqtt").removeHandler(self._log)
+        self._loop = self._thread = None
+        self._broker = None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """``await broker.shutdown()`` on its loop, then stop the loop and join the thread."""
+        with self._lock:
+            if self._loop is None:
+                return
+            broker = self._broker
+            if broker is not None:
+                try:
+                    self.call(broker.shutdown(), self.stop_timeout if timeout is None else timeout)
+                except (concurrent.futures.TimeoutError, TimeoutError):
+                    logger.warning("embedded amqtt shutdown timed out")
+                except Exception:  # noqa: BLE001 - keep going: the loop must stop regardless
+                    logger.exception("embedded amqtt shutdown failed")
+            self._stop_loop()
+            logger.info("stopped %s", self.describe())
+
+    def kill(self) -> None:
+        """Same as :meth:`stop` (an in-process broker cannot be SIGKILLed)."""
+        self.stop(timeout=2.0)
+
+    def restart(self, *, kill: bool = False) -> Self:
+        """Stop and start again on the same port (amqtt forgets all sessions on start)."""
+        with self._lock:
+            self.stop(timeout=2.0 if kill else None)
+            return self.start()
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+AnyBroker = MosquittoBroker | AmqttProcess | EmbeddedAmqtt
+"""Any of the brokers of this module."""

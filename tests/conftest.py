@@ -1,0 +1,1 @@
+pytest_plugins = ["mqttsession.testing.pytest_plugin"]

@@ -1,0 +1,192 @@
+"""Reconnects on mosquitto: the broker losing the session, and the connection cut mid-stream.
+
+* SessionPresent=0 [MQTT-3.2.2-5]: messages in every phase are held by the client (PUBLISH lost,
+  PUBACK/PUBREC lost, QoS 2 past PUBREC, queued while disconnected) when a NON-persistent mosquitto
+  restarts and forgets every session. After the reconnect nothing is lost at an independent
+  subscriber (which itself resubscribes on every CONNACK), QoS 2 is not duplicated, and
+  ``on_session_lost`` reports what was republished, dropped (past PUBREC: the broker had accepted
+  it) and queued, and which subscriptions were sent again.
+* A stream of 200 numbered messages with the connection cut (RST) three times under it, with
+  auto-reconnect on: nothing lost, QoS 2 exactly once, and one ``on_disconnected`` (non-zero
+  status) plus one ``on_connected`` (SessionPresent=1) per cut. On the wire: every resent PUBLISH
+  has DUP=1 and the id of its first send [MQTT-4.4.0-1]; no PUBLISH follows a PUBREL of the same id
+  [MQTT-4.3.3-6].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import mqttsession
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+Counter, EventLog = _procs.Counter, _procs.EventLog
+number_of, payload, qos_of, unique = _procs.number_of, _procs.payload, _procs.qos_of, _procs.unique
+wait_until = _procs.wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _client(client_id: str, protocol: int) -> mqttsession.Client:
+    c = mqttsession.Client(client_id=client_id, clean_session=False, protocol_version=protocol)
+    c.config("ReconnectDelayMin=1")
+    c.config("ReconnectDelayMax=1")
+    if protocol == 5:
+        c.config("SessionExpInterval=600")  # the broker keeps the session across a cut
+    return c
+
+
+def _numbers(tag: str, msgs: Any) -> list[int | None]:
+    return [number_of(tag, m.message) for m in msgs]
+
+
+@pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_session_present_0_after_broker_restart_loses_nothing(
+    mosquitto_factory: Any, mqtt_proxy_factory: Any, protocol: int
+) -> None:
+    broker = mosquitto_factory()  # persistence false: a restart forgets every session
+    proxy = mqtt_proxy_factory(broker)
+    tag = unique("lost")
+    topic, echo = f"mqs/{tag}", f"mqs/{tag}/echo"
+    counter = Counter(broker.host, broker.port, topic, protocol)
+    c = _client(unique("gw"), protocol)
+    log = EventLog(c)
+    try:
+        c.connect(proxy.host, proxy.port)
+        c.subscribe(echo, 1)
+        log.wait("on_subscribed")
+        ids = {}
+        for n in range(1, 5):
+            ids[n] = c.publish_message(topic, qos_of(n), payload(tag, n))
+        assert c.flush(_procs.TIMEOUT)
+
+        proxy.drop("c2s", "PUBLISH", count=2)  # 5, 6: the broker never sees them
+        for n in (5, 6):
+            ids[n] = c.publish_message(topic, qos_of(n), payload(tag, n))
+        proxy.wait_for("c2s", "PUBLISH", predicate=lambda r: r.dropped, count=2)
+        proxy.drop("s2c", "PUBACK", "PUBREC")  # 7, 8: the broker has them, the acks are lost
+        for n in (7, 8):
+            ids[n] = c.publish_message(topic, qos_of(n), payload(tag, n))
+        proxy.wait_for("s2c", "PUBACK", predicate=lambda r: r.dropped and r.packet_id == ids[7])
+        proxy.wait_for("s2c", "PUBREC", predicate=lambda r: r.dropped and r.packet_id == ids[8])
+        proxy.clear_drops()
+        proxy.drop("s2c", "PUBCOMP")  # 10: past PUBREC, released, its PUBCOMP lost
+        for n in (9, 10):
+            ids[n] = c.publish_message(topic, qos_of(n), payload(tag, n))
+        proxy.wait_for("c2s", "PUBREL", predicate=lambda r: r.packet_id == ids[10])
+        proxy.wait_for("s2c", "PUBCOMP", predicate=lambda r: r.dropped and r.packet_id == ids[10])
+        wait_until(lambda: _numbers(tag, c.outgoing_messages) == [5, 6, 7, 8, 10],
+                   what="9 acknowledged")
+
+        # what the broker has released reaches the counter before the broker goes: the counter
+        # is a plain clean-session client and would lose a QoS 2 delivery cut by the restart
+        counter.wait_numbers(tag, [1, 2, 3, 4, 7, 9, 10])
+        proxy.stop()  # the connection goes, and nothing listens: the client cannot come back yet
+        log.wait("on_disconnected")
+        wait_until(lambda: not c.connected, what="disconnected")
+        for n in (11, 12):  # queued while disconnected
+            ids[n] = c.publish_message(topic, qos_of(n), payload(tag, n))
+        assert _numbers(tag, c.outgoing_messages) == [5, 6, 7, 8, 10, 11, 12]
+
+        broker.restart()  # no persistence: the session of the client (and the counter) is gone
+        counter.wait_subscribed(2)  # the counter is back and subscribed before anything flows
+        proxy.clear_drops()
+        proxy.start()  # same port: the client reconnects by itself
+
+        lost = log.wait("on_session_lost")[0]
+        connected = log.wait("on_connected", 2)
+        assert [(e.status_code, e.session_present) for e in connected] == [(0, False), (0, False)]
+        assert c.config("SessionPresent") == "False"
+        assert sorted(_numbers(tag, lost.republished)) == [5, 6, 7, 8]
+        assert _numbers(tag, lost.dropped) == [10]
+        assert _numbers(tag, lost.queued) == [11, 12]
+        assert lost.delivered_incoming == ()
+        assert tuple(lost.resubscribed) == ((echo, 1),)
+        assert lost.expired is False
+
+        assert c.flush(_procs.TIMEOUT), c.outgoing_messages
+        c.publish_message(topic, 2, f"{tag}:END")
+        counter.wait_payload(f"{tag}:END")
+        _procs.assert_delivered(counter.counts(tag), range(1, 13))
+
+        # on the wire: the broker forgot them, so they go out as NEW messages (DUP=0) [MQTT-3.2.2-5]
+        last = proxy.packets("c2s", "CONNECT")[-1].conn
+        connack = proxy.packets("s2c", "CONNACK", conn=last)
+        assert [r.session_present for r in connack] == [False]
+        pubs = [r for r in proxy.packets("c2s", "PUBLISH", conn=last)
+                if number_of(tag, r.payload or b"") is not None]
+        assert [number_of(tag, r.payload or b"") for r in pubs] == [5, 6, 7, 8, 11, 12]
+        assert not any(r.dup for r in pubs)
+        assert len({r.packet_id for r in pubs}) == len(pubs)
+        subs = proxy.packets("c2s", "SUBSCRIBE", conn=last)
+        assert subs, "the lost subscription was not sent again"
+        # the echo subscription works again
+        _procs.publish_direct(broker.host, broker.port, echo, [(1, f"{tag}:echo")], protocol)
+        wait_until(lambda: [e for e in log.of("on_message_in") if e.message == f"{tag}:echo".encode()],
+                   what="the resubscribed filter delivers")
+    finally:
+        c.close()
+        counter.close()
+
+
+@pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_connection_cut_mid_stream_loses_nothing(
+    mosquitto: Any, mqtt_proxy_factory: Any, protocol: int
+) -> None:
+    proxy = mqtt_proxy_factory(mosquitto)
+    tag = unique("cut")
+    topic = f"mqs/{tag}"
+    counter = Counter(mosquitto.host, mosquitto.port, topic, protocol)
+    c = _client(unique("gw"), protocol)
+    assert c.config("AutoReconnect") == "True"  # the default
+    log = EventLog(c)
+    total, chunk, cuts = 200, 50, 3
+    try:
+        c.connect(proxy.host, proxy.port)
+        for r in range(total // chunk):
+            for n in range(r * chunk + 1, (r + 1) * chunk + 1):
+                c.publish_message(topic, qos_of(n), payload(tag, n))
+            if r < cuts:
+                # cut a live connection with this chunk (or the resent one) in flight
+                log.wait("on_connected", r + 1)
+                wait_until(lambda: c.connected and proxy.active_connections == 1,
+                           what="connected through the proxy")
+                assert proxy.cut() == 1
+                log.wait("on_disconnected", r + 1)
+        assert c.flush(60), f"{len(c.outgoing_messages)} messages never completed"
+        c.publish_message(topic, 2, f"{tag}:END")
+        counter.wait_payload(f"{tag}:END", timeout=30)
+        _procs.assert_delivered(counter.counts(tag), range(1, total + 1))
+
+        disconnected = log.of("on_disconnected")
+        connected = log.of("on_connected")
+        assert len(disconnected) == cuts and all(e.status_code != 0 for e in disconnected)
+        assert len(connected) == cuts + 1
+        assert [e.session_present for e in connected] == [False] + [True] * cuts
+        assert all(e.status_code == 0 for e in connected)
+        assert log.of("on_session_lost") == []
+    finally:
+        c.close()
+        counter.close()
+
+    # the wire, over all connections
+    first_id: dict[int, int] = {}
+    released: set[int] = set()
+    for r in proxy.packets("c2s"):
+        if r.type == "PUBREL":
+            released.add(r.packet_id or -1)
+        if r.type != "PUBLISH" or (n := number_of(tag, r.payload or b"")) is None:
+            continue
+        assert r.packet_id not in released, f"[MQTT-4.3.3-6] PUBLISH of {n} after its PUBREL"
+        if n not in first_id:
+            assert not r.dup
+            first_id[n] = r.packet_id or -1
+        else:
+            assert r.dup and r.packet_id == first_id[n], f"resend of {n}: {r}"  # [MQTT-4.4.0-1]
+    assert len(first_id) == total

@@ -1,0 +1,254 @@
+"""Hypothesis stateful test of SessionState: random legal and illegal operations.
+
+Each rule predicts, from the state before, whether the operation is legal (a small oracle of
+OUTGOING_TRANSITIONS and the incoming QoS 2 rules), then checks: an illegal one raised and changed
+nothing; a legal one returned the record that `apply` replays. Invariants after every step: the
+state passes check_invariants, outgoing packet ids are unique, seqs rise strictly, replaying every
+returned record on a fresh state gives an equal state, and encode -> decode round-trips.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
+
+from mqttsession import codec
+from mqttsession.errors import PacketIdsExhausted, TransitionError
+from mqttsession.state import (
+    MAX_PACKET_ID,
+    OUTGOING_TRANSITIONS,
+    Event,
+    Phase,
+    Record,
+    SessionState,
+)
+
+from ._support import index_consistent, snap
+
+TOPICS = st.sampled_from(["a", "a/b", "ü/€", "t/\x01", "$SYS/x", "//"])
+FILTERS = st.sampled_from(["#", "a/+", "+/+/#", "ü/#", "a/b"])
+TIMES = st.floats(min_value=0, max_value=2e9, allow_nan=False)
+ACKS = st.sampled_from(["puback", "pubrec", "pubrec_failed", "pubcomp"])
+ILLEGAL = (TransitionError, PacketIdsExhausted)
+
+
+class SessionMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = SessionState()
+        self.initial_text = codec.encode(self.state)
+        self.records: list[Record] = []
+
+    @initialize(last_pid=st.sampled_from([0, 3, MAX_PACKET_ID - 2]))
+    def start(self, last_pid: int) -> None:
+        """Sometimes start near 65535 so the wrap to 1 is exercised."""
+        self.state = SessionState(last_packet_id=last_pid)
+        self.initial_text = codec.encode(self.state)
+
+    # ------------------------------------------------------------------ helpers
+
+    def attempt(self, legal: bool, fn: Callable[[], Any]) -> Any:
+        before = snap(self.state)
+        try:
+            result = fn()
+        except ILLEGAL:
+            assert not legal, "a legal operation was refused"
+            assert snap(self.state) == before, "an illegal operation changed the state"
+            return None
+        assert legal, "an illegal operation was accepted"
+        return result
+
+    def keep(self, rec: Record | None) -> None:
+        if rec is not None:
+            self.records.append(rec)
+
+    def held_pids(self) -> list[int]:
+        return sorted(m.packet_id for m in self.state.outgoing.values() if m.packet_id)
+
+    def legal_ack(self, pid: int, qos: int, phase: Phase) -> bool:
+        m = self.state.outgoing_by_packet_id(pid)
+        return m is not None and m.qos == qos and m.phase is phase
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(topic=TOPICS, qos=st.sampled_from([1, 2]), payload=st.binary(max_size=8),
+          retain=st.booleans(), send_now=st.booleans())
+    def accept(self, topic: str, qos: int, payload: bytes, retain: bool, send_now: bool) -> None:
+        seq = self.state.next_seq
+        rec = self.state.accept(topic, payload, qos, retain)
+        assert rec.message.seq == seq and rec.message.phase is Phase.QUEUED
+        self.keep(rec)
+        if send_now:
+            step = self.state.send(seq)
+            assert step.packet_id == rec.message.packet_id != 0
+            self.keep(step)
+
+    def do_send(self, seq: int) -> None:
+        m = self.state.outgoing.get(seq)
+        legal = m is not None and m.phase is Phase.QUEUED
+        held_before = set(self.held_pids()) - ({m.packet_id} if m else set())
+        rec = self.attempt(legal, lambda: self.state.send(seq))
+        if rec is not None:  # a fresh id never collides with a held one
+            assert rec.packet_id != 0 and rec.packet_id not in held_before
+            assert m is not None and (m.packet_id == 0 or rec.packet_id == m.packet_id)
+            assert self.state.outgoing[seq].phase is (
+                Phase.AWAIT_PUBACK if m.qos == 1 else Phase.AWAIT_PUBREC)
+        self.keep(rec)
+
+    def do_ack(self, pid: int, kind: str) -> None:
+        qos, phase = {
+            "puback": (1, Phase.AWAIT_PUBACK),
+            "pubrec": (2, Phase.AWAIT_PUBREC),
+            "pubrec_failed": (2, Phase.AWAIT_PUBREC),
+            "pubcomp": (2, Phase.AWAIT_PUBCOMP),
+        }[kind]
+        m = self.state.outgoing_by_packet_id(pid)
+        legal = m is not None and m.qos == qos and m.phase is phase
+        call = {
+            "puback": lambda: self.state.puback(pid),
+            "pubrec": lambda: self.state.pubrec(pid, 0x10),
+            "pubrec_failed": lambda: self.state.pubrec(pid, 0x87),  # [MQTT-4.4.0-2]
+            "pubcomp": lambda: self.state.pubcomp(pid),
+        }[kind]
+        self.keep(self.attempt(legal, call))
+        if legal:
+            after = self.state.outgoing_by_packet_id(pid)
+            if kind == "pubrec":  # [MQTT-4.3.3-6] released: awaits PUBCOMP
+                assert after is not None and after.phase is Phase.AWAIT_PUBCOMP
+            else:  # the flow ended, the id is free
+                assert after is None
+
+    @rule(data=st.data(), held=st.sampled_from([True, True, True, False]))
+    def send(self, data: st.DataObject, held: bool) -> None:
+        """Mostly a message held (QUEUED: legal; sent: illegal), else any seq at all."""
+        if held and self.state.outgoing:
+            self.do_send(data.draw(st.sampled_from(list(self.state.outgoing))))
+        else:
+            self.do_send(data.draw(st.integers(-1, 70)))
+
+    @rule(data=st.data(), kind=ACKS, held=st.sampled_from([True, True, True, False]))
+    def ack(self, data: st.DataObject, kind: str, held: bool) -> None:
+        """Mostly an id some message holds (legal or not by its qos and phase), else any id."""
+        pids = self.held_pids()
+        if held and pids:
+            self.do_ack(data.draw(st.sampled_from(pids)), kind)
+        else:
+            self.do_ack(data.draw(st.one_of(st.integers(-1, 20), st.integers(0, MAX_PACKET_ID + 1))), kind)
+
+    @rule(pid=st.integers(0, 12), topic=TOPICS, payload=st.binary(max_size=8), dup=st.booleans())
+    def receive(self, pid: int, topic: str, payload: bytes, dup: bool) -> None:
+        held = pid in self.state.incoming
+        before = snap(self.state)
+        legal = 1 <= pid <= MAX_PACKET_ID
+        rec = self.attempt(legal, lambda: self.state.receive(pid, topic, payload, dup=dup))
+        if held:  # [MQTT-4.3.3-10] a duplicate is not stored (or delivered) twice
+            assert rec is None and snap(self.state) == before
+        elif legal:
+            assert rec is not None and self.state.incoming[pid].payload == payload
+        self.keep(rec)
+
+    def do_release(self, pid: int) -> None:
+        expected = self.state.incoming.get(pid)
+        result = self.attempt(expected is not None, lambda: self.state.release(pid))
+        if result is not None:
+            msg, rec = result
+            assert msg == expected and pid not in self.state.incoming
+            self.keep(rec)
+
+    @rule(data=st.data(), held=st.booleans())
+    def release(self, data: st.DataObject, held: bool) -> None:
+        if held and self.state.incoming:
+            self.do_release(data.draw(st.sampled_from(sorted(self.state.incoming))))
+        else:
+            self.do_release(data.draw(st.integers(-1, 20)))
+
+    @rule(flt=FILTERS, qos=st.one_of(st.none(), st.integers(0, 2)))
+    def subscribe_or_unsubscribe(self, flt: str, qos: int | None) -> None:
+        if qos is None:
+            self.keep(self.state.unsubscribe(flt))
+            assert flt not in self.state.subscriptions
+        else:
+            self.keep(self.state.subscribe(flt, qos))
+            assert self.state.subscriptions[flt] == qos
+
+    @rule(sp=st.booleans(), republish=st.booleans())
+    def on_connack(self, sp: bool, republish: bool) -> None:
+        before = snap(self.state)
+        old = dict(self.state.outgoing)
+        had_messages = bool(self.state.outgoing or self.state.incoming)
+        rec, plan = self.state.on_connack(sp, republish)
+        assert plan.session_present is sp
+        assert [m.seq for m in plan.outgoing] == sorted(self.state.outgoing)  # [MQTT-4.6.0-1]
+        assert plan.outgoing == tuple(self.state.outgoing.values())
+        if sp or not had_messages:
+            assert rec is None and plan.lost is None and snap(self.state) == before
+        else:  # [MQTT-3.2.2-5]
+            assert rec is not None and plan.lost is not None
+            assert self.state.incoming == {}
+            for seq, m in old.items():
+                now = self.state.outgoing.get(seq)
+                if m.phase is Phase.QUEUED:
+                    assert now == m
+                elif OUTGOING_TRANSITIONS[(m.qos, m.phase, Event.SESSION_LOST)] is None or not republish:
+                    assert now is None
+                else:
+                    assert now is not None and now.phase is Phase.QUEUED and now.packet_id == 0
+        self.keep(rec)
+
+    @rule(at=TIMES, which=st.sampled_from(["connected", "disconnected", "activity", "configure"]),
+          version=st.sampled_from([4, 5]),
+          expiry=st.one_of(st.none(), st.sampled_from([0, 2, 0xFFFFFFFF])))
+    def clock_or_configure(self, at: float, which: str, version: int, expiry: int | None) -> None:
+        if which == "connected":
+            self.keep(self.state.connected(at, "broker", False))
+        elif which == "disconnected":
+            self.keep(self.state.disconnected(at))
+        elif which == "activity":
+            self.keep(self.state.activity(at))
+        else:
+            self.keep(self.state.configure(protocol_version=version, session_expiry_interval=expiry))
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        self.state.check_invariants()
+        index_consistent(self.state)
+
+    @invariant()
+    def packet_ids_unique_and_seqs_rising(self) -> None:
+        pids = self.held_pids()
+        assert len(pids) == len(set(pids))
+        seqs = [m.seq for m in self.state.outgoing.values()]
+        assert seqs == sorted(set(seqs)) == list(self.state.outgoing)
+        assert all(s < self.state.next_seq for s in seqs)
+
+    @invariant()
+    def replay_gives_an_equal_state(self) -> None:
+        fresh = codec.decode(self.initial_text)
+        for rec in self.records:
+            fresh.apply(rec)
+        assert fresh == self.state
+        assert snap(fresh) == snap(self.state)
+
+    @invariant()
+    def encode_decode_round_trips(self) -> None:
+        text = codec.encode(self.state)
+        again = codec.decode(text)
+        assert again == self.state
+        assert codec.encode(again) == text
+        index_consistent(again)
+
+
+SessionMachine.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=50, deadline=None, database=None
+)
+TestSessionMachine = SessionMachine.TestCase
