@@ -106,7 +106,8 @@ class _Settings:
     auto_reconnect: bool = True
     reconnect_delay_min: float = 1.0
     reconnect_delay_max: float = 30.0
-    max_inflight: int = 65535
+    max_inflight: int = 20  # mosquitto's default max_inflight_messages: beyond it a 3.1.1
+    # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
     republish_on_session_lost: bool = True
     journal_max_bytes: int = 4 * 1024 * 1024
 
@@ -134,6 +135,7 @@ class Client:
         self._state = SessionState()
         self._settings = _Settings()
         self._journal: Journal | None = None
+        self._unrestored: SessionState | None = None  # the file's session, awaiting restore
         self._conn: PahoConnection | None = None
         self._connected = False  # CONNACK seen and the resume plan sent
         self._resuming = False  # inside CONNACK handling (on_connected may restore_session)
@@ -437,6 +439,10 @@ class Client:
                 else:
                     log.warning("QoS 0 message to %r dropped: not connected", topic)
                 return 0
+            if self._journal is None and self._settings.session_state_file:
+                self._open_journal()  # durable from the first message, connected or not
+            if self._journal is not None and self._journal.needs_compaction:
+                self._journal.compact(self._state)  # a fault here fails a publish not yet made
             rec = self._state.accept(topic, payload, qos, retain, avoid=self._sub_mids)
             try:
                 self._persist(rec, sync=True)  # persistence point 1
@@ -496,6 +502,8 @@ class Client:
         validate_qos(qos)
         filters = self._filters(topic_filter)
         with self._lock:
+            if self._journal is None and self._settings.session_state_file:
+                self._open_journal()
             for f in filters:
                 self._record(self._state.subscribe(f, qos))
                 self._unsent_unsubs.discard(f)
@@ -599,6 +607,9 @@ class Client:
                 self._open_journal()
 
     def _load_file(self, path: str) -> SessionState:
+        if self._unrestored is not None:
+            state, self._unrestored = self._unrestored, None
+            return state
         if self._journal is not None:
             return self._journal.recover()
         j = Journal(path, self._state.client_id, sync=self._settings.session_sync == "always",
@@ -614,18 +625,37 @@ class Client:
     # ================================================================== persistence
 
     def _open_journal(self) -> None:
+        """Own the state file. A session in it that was not restored is never overwritten: it
+        waits for ``restore_session`` (IPWorks procedure 1 calls it in on_connected) and is
+        otherwise kept aside (``_settle_unrestored``)."""
         path = self._settings.session_state_file
         if path and self._journal is None:
             j = Journal(path, self._state.client_id, sync=self._settings.session_sync == "always",
                         max_journal_bytes=self._settings.journal_max_bytes)
             try:
-                if os.path.exists(path):
-                    j.recover()  # refuses a damaged file; our in-memory state is what counts
-                j.compact(self._state)
+                old = j.recover() if os.path.exists(path) else None
+                if old is not None and not old.empty:
+                    self._unrestored = old
+                else:
+                    j.compact(self._state)
             except BaseException:
                 j.close()
                 raise
             self._journal = j
+
+    def _settle_unrestored(self) -> None:
+        """The application went on without restoring the file's session: keep it aside."""
+        old, self._unrestored = self._unrestored, None
+        j = self._journal
+        if old is None or j is None:
+            return
+        aside = j.keep_aside("unrestored")
+        self._error(
+            0,
+            f"{self._settings.session_state_file} held a session ({len(old.outgoing)} outgoing,"
+            f" {len(old.incoming)} incoming messages) that was not restored; kept as {aside}",
+        )
+        j.compact(self._state)
 
     def _record(self, rec: Record, sync: bool = False) -> None:
         """A transition already applied in memory: make it durable (if a file is set)."""
@@ -636,9 +666,19 @@ class Client:
         j = self._journal
         if j is None:
             return
+        if self._unrestored is not None:
+            if self._resuming:
+                return  # on_connected may still restore it; compaction will hold this record
+            self._settle_unrestored()
+            return  # the compaction wrote the whole state, this record included
         j.append(rec, self._state, sync=sync)
         if j.needs_compaction:
-            j.compact(self._state)
+            try:
+                j.compact(self._state)
+            except MQTTSessionError as exc:
+                # the record itself is durable; the journal stays as it was, and a failed
+                # compaction leaves the files as they were (or marks them for a full rewrite)
+                self._error(getattr(exc, "errno", None) or -1, f"state file compaction failed: {exc}")
 
     # ================================================================== events
 
@@ -684,6 +724,9 @@ class Client:
         try:
             # IPWorks procedure 1: on_connected reads SessionPresent and may restore_session
             self._fire("on_connected", ConnectedEvent(0, reason, session_present))
+            with self._lock:
+                if self._unrestored is not None:
+                    self._settle_unrestored()
             lost_event = self._resume(session_present)
         finally:
             with self._lock:

@@ -194,18 +194,26 @@ class Journal:
 
     # ------------------------------------------------------------------ recovery
 
-    def _keep_aside(self, why: str) -> StateError:
+    def keep_aside(self, label: str) -> list[str]:
+        """Move the files out of the way as ``*.<label>-<time>``; returns the new names."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         stamp = time.strftime("%Y%m%dT%H%M%S")
         kept = []
         for p in (self.path, self.journal_path):
             if os.path.exists(p):
-                aside = f"{p}.damaged-{stamp}"
+                aside = f"{p}.{label}-{stamp}"
                 n = 1
                 while os.path.exists(aside):
                     n += 1
-                    aside = f"{p}.damaged-{stamp}-{n}"
+                    aside = f"{p}.{label}-{stamp}-{n}"
                 os.replace(p, aside)
                 kept.append(aside)
+        return kept
+
+    def _keep_aside(self, why: str) -> StateError:
+        kept = self.keep_aside("damaged")
         log.error("state file %s is damaged (%s); kept aside as %s", self.path, why, kept)
         return StateError(f"state file {self.path} is damaged: {why}; kept aside as {', '.join(kept)}")
 
@@ -267,7 +275,7 @@ class Journal:
     def _header(payload: bytes) -> tuple[str, str] | None:
         try:
             arr = json.loads(payload.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
         if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG and arr[1] == 1
                 and isinstance(arr[2], str) and isinstance(arr[3], str)):
@@ -288,7 +296,7 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         write_atomic(self.path, text, sync=True)
-        digest = hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
+        digest = hashlib.sha256(text.encode("utf-8").strip()).hexdigest()
         header = frame(json.dumps([_HEADER_TAG, 1, digest, state.client_id]).encode("utf-8"))
         write_atomic(self.journal_path, header, sync=True)
         try:
@@ -315,7 +323,13 @@ class Journal:
             if sync and self.sync:
                 os.fdatasync(self._fd)
         except OSError as exc:
-            self._broken = True
+            # take the frame back out: a caller told "failed" must not find it after a restart
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._broken = True  # the next write rewrites everything from memory
+            else:
+                self._broken = sync and self.sync  # fsync failed: the page cache is suspect
             raise PersistenceError(
                 exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc

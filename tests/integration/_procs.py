@@ -16,7 +16,6 @@ QoS 1, even numbers QoS 2 (:func:`qos_of`).
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import os
@@ -227,8 +226,8 @@ def _worker_main() -> None:  # pragma: no cover - runs in the child
             result = {"ok": True, "result": handle(json.loads(line))}
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
             traceback.print_exc(file=sys.stderr)
-            result = {"ok": False, "error": type(exc).__name__, "mro": [k.__name__ for k in type(exc).__mro__],
-                      "message": str(exc)}
+            result = {"ok": False, "error": type(exc).__name__, "message": str(exc),
+                      "mro": [k.__name__ for k in type(exc).__mro__]}
         sys.stdout.write(MARK + json.dumps(result) + "\n")
         sys.stdout.flush()
 
@@ -302,6 +301,12 @@ class Worker:
             self.proc.stdin.flush()
         except OSError:
             pass
+        self.proc.wait(TIMEOUT)
+        self.close()
+
+    def kill(self) -> None:
+        """SIGKILL the worker (by its pid) and reap it."""
+        self.proc.kill()
         self.proc.wait(TIMEOUT)
         self.close()
 
@@ -469,10 +474,6 @@ def assert_delivered(counts: collections.Counter[int], numbers: Iterable[int]) -
     assert not doubled, f"QoS 2 messages not delivered exactly once: {[(n, counts[n]) for n in doubled]}"
     extra = sorted(set(counts) - set(numbers))
     assert not extra, f"unexpected message numbers delivered: {extra}"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 if __name__ == "__main__":

@@ -31,19 +31,27 @@ once. On the wire: the resent PUBLISH carries DUP=1 and its original packet id [
 [MQTT-4.3.3-6]; resends go out in the original order [MQTT-4.6.0-1]; new packet ids never collide
 with restored ones.
 
+The same proof runs through ``SessionStateFile`` with process 1 SIGKILLed before any
+save_session() (the file alone carries the session), and test_packet_ids_after_restore_never_collide
+holds restored flows open while new SUBSCRIBE and PUBLISH ids are handed out.
+
 amqtt 0.12.1 (MQTT 3.1.1 only) gets the same client-to-broker proof: it accepts the DUP resend and
 dedupes a QoS 2 PUBLISH resent with its original packet id, also across a reconnect. What amqtt
-CANNOT do is the broker-to-client half: it never resends unacknowledged PUBLISH or PUBREL to a
+cannot do: answer a PUBREL for a flow it already finished (no PUBCOMP, against [MQTT-4.3.3-2]),
+and the broker-to-client half: it never resends unacknowledged PUBLISH or PUBREL to a
 reconnecting client (BROKERS.md bug 2, Yakifo/amqtt#391/#401), so the incoming-QoS-2 resume test
 (test_client_incoming.py) runs on mosquitto only.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import mqttsession
 from mqttsession import load_state
 from mqttsession.testing.proxy import MQTTProxy, PacketRecord
 
@@ -73,7 +81,7 @@ def _pub(w: Worker, topic: str, tag: str, n: int) -> int:
     return pid
 
 
-def _records_for(proxy: MQTTProxy, tag: str, conn: int) -> list[PacketRecord]:
+def _records_for(proxy: MQTTProxy, conn: int) -> list[PacketRecord]:
     return [r for r in proxy.packets("c2s", conn=conn) if r.type in ("PUBLISH", "PUBREL")]
 
 
@@ -82,10 +90,18 @@ def _out_events(w: Worker, name: str) -> list[dict[str, Any]]:
 
 
 def save_with_messages_in_flight(
-    proxy: MQTTProxy, client_id: str, topic: str, tag: str, protocol: int
+    proxy: MQTTProxy, client_id: str, topic: str, tag: str, protocol: int,
+    state_file: Path | None = None,
 ) -> tuple[str, dict[int, int]]:
-    """Process 1 (see the module docstring). Returns the saved text and {n: packet id} on conn 1."""
+    """Process 1 (see the module docstring). Returns the saved text and {n: packet id} on conn 1.
+
+    With ``state_file``, process 1 never calls save_session(): it dies with the session only in
+    the durable file (snapshot + journal), and the text returned is what a copy of that file
+    restores to (read with the public API from a copy, so the original stays untouched).
+    Process 1 is SIGKILLed then, not ended with os._exit."""
     configs = ["AutoReconnect=False"]  # stay down after the cut: 11 and 12 must be queued
+    if state_file is not None:
+        configs.append(f"SessionStateFile={state_file}")
     if protocol == 5:
         configs.append("SessionExpInterval=600")  # [MQTT-3.1.2-23] the broker keeps the session
     with Worker("process-1") as w1:
@@ -126,9 +142,28 @@ def save_with_messages_in_flight(
             ids[n] = _pub(w1, topic, tag, n)
         status = w1.call("status")
         assert [number_of(tag, m["message"]) for m in status["outgoing"]] == RESTORED
-        saved: str = w1.call("save")
-        w1.exit()  # dies without DISCONNECT: the saved text is all that is left of the session
-    return saved, ids
+        if state_file is None:
+            saved: str = w1.call("save")
+            w1.exit()  # dies without DISCONNECT: the saved text is all that is left of the session
+            return saved, ids
+        w1.kill()  # SIGKILL: no DISCONNECT, no save_session(): the file is all that is left
+    return _read_state_file_copy(state_file, client_id, protocol), ids
+
+
+def _read_state_file_copy(state_file: Path, client_id: str, protocol: int) -> str:
+    copy_dir = state_file.parent / "inspect"
+    copy_dir.mkdir()
+    for suffix in ("", ".journal"):
+        src = Path(f"{state_file}{suffix}")
+        if src.exists():
+            shutil.copyfile(src, copy_dir / (state_file.name + suffix))
+    c = mqttsession.Client(client_id=client_id, protocol_version=protocol)
+    c.config(f"SessionStateFile={copy_dir / state_file.name}")
+    try:
+        c.restore_session("ignored")
+        return c.save_session()
+    finally:
+        c.close()
 
 
 def check_saved(saved: str, tag: str, ids: dict[int, int], client_id: str, protocol: int) -> None:
@@ -151,10 +186,17 @@ def check_saved(saved: str, tag: str, ids: dict[int, int], client_id: str, proto
 def restore_in_new_process(
     proxy: MQTTProxy, client_id: str, topic: str, tag: str, protocol: int, procedure: str,
     saved: str, counter: Counter, stale_pubrel_answered: bool = True,
+    state_file: Path | None = None,
 ) -> dict[int, int]:
-    """Process 2: restore by ``procedure``, publish 13 and 14, finish everything."""
-    restored_ids = {m.packet_id for m in load_state(saved).outgoing}
+    """Process 2: restore by ``procedure``, publish 13 and 14, finish everything.
+
+    With ``state_file``, restore_session gets a dummy string: the file must be read instead."""
+    restored = load_state(saved).outgoing
+    restored_ids = {m.packet_id for m in restored}
     configs = ["SessionExpInterval=600"] if protocol == 5 else []
+    if state_file is not None:
+        configs.append(f"SessionStateFile={state_file}")
+        saved = "ignored: SessionStateFile is set"
     new_ids: dict[int, int] = {}
     with Worker("process-2") as w2:
         w2.call("new", client_id=client_id, clean_session=False, protocol_version=protocol,
@@ -189,10 +231,13 @@ def restore_in_new_process(
             _procs.wait_until(
                 lambda: [number_of(tag, m["message"]) for m in w2.call("status")["outgoing"]]
                 == [10], what="all but message 10 acknowledged")
-            id10 = next(m.packet_id for m in load_state(saved).outgoing
-                        if number_of(tag, m.payload) == 10)
+            id10 = next(m.packet_id for m in restored if number_of(tag, m.payload) == 10)
             assert [r for r in proxy.packets("c2s", "PUBREL", conn=2) if r.packet_id == id10]
             assert not [r for r in proxy.packets("s2c", "PUBCOMP", conn=2) if r.packet_id == id10]
+        completed = {number_of(tag, e["message"]) for e in _out_events(w2, "on_message_out")}
+        expected = [n for n in RESTORED + NEW if stale_pubrel_answered or n != 10]
+        missing = [n for n in expected if n not in completed]
+        assert not missing, f"restored/new messages never completed in process 2: {missing}"
         assert _out_events(w2, "on_session_lost") == []
         # a barrier (QoS 2, see Counter.wait_payload): once it arrives, all before it has
         w2.call("publish", topic=topic, qos=2, message=f"{tag}:END")
@@ -202,8 +247,8 @@ def restore_in_new_process(
 
 
 def check_wire(proxy: MQTTProxy, tag: str, ids: dict[int, int], new_ids: dict[int, int]) -> None:
-    conn1 = _records_for(proxy, tag, 1)
-    conn2 = _records_for(proxy, tag, 2)
+    conn1 = _records_for(proxy, 1)
+    conn2 = _records_for(proxy, 2)
     first_pub = {}
     for r in conn1:
         if r.type == "PUBLISH" and (n := number_of(tag, r.payload or b"")) is not None:
@@ -244,17 +289,18 @@ def check_wire(proxy: MQTTProxy, tag: str, ids: dict[int, int], new_ids: dict[in
 
 
 def run_restore_proof(
-    broker: Any, proxy: MQTTProxy, protocol: int, procedure: str, stale_pubrel_answered: bool = True
+    broker: Any, proxy: MQTTProxy, protocol: int, procedure: str, stale_pubrel_answered: bool = True,
+    state_file: Path | None = None,
 ) -> None:
     tag = unique("out")
     topic = f"mqs/{tag}"
     client_id = unique("gw")
     counter = Counter(broker.host, broker.port, topic, protocol)
     try:
-        saved, ids = save_with_messages_in_flight(proxy, client_id, topic, tag, protocol)
+        saved, ids = save_with_messages_in_flight(proxy, client_id, topic, tag, protocol, state_file)
         check_saved(saved, tag, ids, client_id, protocol)
         new_ids = restore_in_new_process(proxy, client_id, topic, tag, protocol, procedure, saved,
-                                         counter, stale_pubrel_answered)
+                                         counter, stale_pubrel_answered, state_file)
         counts = counter.counts(tag)
         assert_delivered(counts, ALL)
         check_wire(proxy, tag, ids, new_ids)
@@ -269,6 +315,20 @@ def test_restore_in_new_process_loses_nothing_mosquitto(
 ) -> None:
     proxy = mqtt_proxy_factory(mosquitto)
     run_restore_proof(mosquitto, proxy, protocol, procedure)
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("procedure", sorted(PROCEDURES), ids=lambda p: PROCEDURES[p])
+@pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_restore_from_state_file_after_crash_loses_nothing_mosquitto(
+    mosquitto: Any, mqtt_proxy_factory: Any, protocol: int, procedure: str, tmp_path: Path
+) -> None:
+    """The same proof through ``SessionStateFile``: process 1 never calls save_session() and is
+    SIGKILLed with the session only in the durable file ("kept current after EVERY state
+    change"); process 2 sets the same file and calls restore_session("ignored") by procedure
+    (a), from inside on_connected, or (b), before connect()."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    run_restore_proof(mosquitto, proxy, protocol, procedure, state_file=tmp_path / "gw.state")
 
 
 @pytest.mark.parametrize("procedure", sorted(PROCEDURES), ids=lambda p: PROCEDURES[p])
@@ -288,3 +348,59 @@ def test_restore_in_new_process_loses_nothing_amqtt(
     """
     proxy = mqtt_proxy_factory(amqtt_broker)
     run_restore_proof(amqtt_broker, proxy, 4, procedure, stale_pubrel_answered=False)
+
+
+def test_packet_ids_after_restore_never_collide(mosquitto: Any, mqtt_proxy_factory: Any) -> None:
+    """PEERS.md pain 1: after a restore, a fresh paho connection (its own id counter back at 1)
+    and new publishes must go around the restored ids still in flight, and around each other:
+    SUBSCRIBE ids avoid held PUBLISH ids, new PUBLISH ids avoid held and in-flight SUBSCRIBE ids
+    [MQTT-2.3.1-2]. Then everything completes after a cut, nothing lost."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    tag = unique("ids")
+    topic = f"mqs/{tag}"
+    client_id = unique("gw")
+    counter = Counter(mosquitto.host, mosquitto.port, topic)
+    c1 = mqttsession.Client(client_id=client_id, clean_session=False)
+    c1.config("AutoReconnect=False")
+    c2 = mqttsession.Client(client_id=client_id, clean_session=False)
+    log2 = _procs.EventLog(c2)
+    try:
+        c1.connect(proxy.host, proxy.port)
+        proxy.drop("c2s", "PUBLISH")  # none reaches the broker: all six stay in flight
+        held = [_pub_inproc(c1, topic, tag, n) for n in range(1, 7)]
+        proxy.wait_for("c2s", "PUBLISH", predicate=lambda r: r.dropped, count=6)
+        saved = c1.save_session()
+        assert proxy.cut() == 1
+        c1.close()
+        proxy.clear_drops()
+        assert sorted(m.packet_id for m in load_state(saved).in_flight) == sorted(held)
+
+        c2.restore_session(saved)
+        proxy.drop("s2c", "PUBACK", "PUBREC", "SUBACK")  # keep every flow of conn 2 open
+        c2.connect(proxy.host, proxy.port)
+        proxy.wait_for("c2s", "PUBLISH", predicate=lambda r: r.conn == 2 and r.dup, count=6)
+        for i in range(3):
+            c2.subscribe(f"{topic}/s{i}", 1)
+        proxy.wait_for("c2s", "SUBSCRIBE", predicate=lambda r: r.conn == 2, count=3)
+        sub_ids = [r.packet_id for r in proxy.packets("c2s", "SUBSCRIBE", conn=2)]
+        assert len(set(sub_ids)) == 3 and not set(sub_ids) & set(held), (sub_ids, held)
+        new = [_pub_inproc(c2, topic, tag, n) for n in (7, 8)]
+        assert not set(new) & (set(held) | set(sub_ids)), (new, held, sub_ids)
+        assert len({m.packet_id for m in c2.outgoing_messages}) == 8
+
+        proxy.clear_drops()
+        assert proxy.cut() == 1  # auto-reconnect: everything is resent and completes
+        log2.wait("on_connected", 2)
+        assert c2.flush(_procs.TIMEOUT), c2.outgoing_messages
+        c2.publish_message(topic, 2, f"{tag}:END")
+        counter.wait_payload(f"{tag}:END")
+        assert_delivered(counter.counts(tag), range(1, 9))
+    finally:
+        c1.close()
+        c2.close()
+        counter.close()
+
+
+def _pub_inproc(c: Any, topic: str, tag: str, n: int) -> int:
+    pid: int = c.publish_message(topic, qos_of(n), payload(tag, n))
+    return pid

@@ -13,12 +13,7 @@ from typing import Any, Callable
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from mqttsession import codec
 from mqttsession.errors import PacketIdsExhausted, TransitionError
@@ -73,23 +68,26 @@ class SessionMachine(RuleBasedStateMachine):
     def held_pids(self) -> list[int]:
         return sorted(m.packet_id for m in self.state.outgoing.values() if m.packet_id)
 
-    def legal_ack(self, pid: int, qos: int, phase: Phase) -> bool:
-        m = self.state.outgoing_by_packet_id(pid)
-        return m is not None and m.qos == qos and m.phase is phase
-
     # ------------------------------------------------------------------ rules
 
     @rule(topic=TOPICS, qos=st.sampled_from([1, 2]), payload=st.binary(max_size=8),
-          retain=st.booleans(), send_now=st.booleans())
-    def accept(self, topic: str, qos: int, payload: bytes, retain: bool, send_now: bool) -> None:
+          retain=st.booleans(), advance=st.integers(0, 3))
+    def accept(self, topic: str, qos: int, payload: bytes, retain: bool, advance: int) -> None:
+        """Accept a message, then (so flows get deep) maybe carry it some steps along its flow:
+        1 = sent; 2 = QoS 1 PUBACK / QoS 2 PUBREC; 3 = QoS 1 PUBACK / QoS 2 failed PUBREC."""
         seq = self.state.next_seq
+        held_before = set(self.held_pids())
         rec = self.state.accept(topic, payload, qos, retain)
         assert rec.message.seq == seq and rec.message.phase is Phase.QUEUED
+        assert rec.message.packet_id not in held_before  # never collides with a held id
         self.keep(rec)
-        if send_now:
-            step = self.state.send(seq)
-            assert step.packet_id == rec.message.packet_id != 0
-            self.keep(step)
+        if advance >= 1:
+            self.do_send(seq)
+        pid = self.state.outgoing[seq].packet_id
+        if advance == 2:
+            self.do_ack(pid, "puback" if qos == 1 else "pubrec")
+        elif advance == 3:
+            self.do_ack(pid, "puback" if qos == 1 else "pubrec_failed")
 
     def do_send(self, seq: int) -> None:
         m = self.state.outgoing.get(seq)
@@ -134,14 +132,27 @@ class SessionMachine(RuleBasedStateMachine):
         else:
             self.do_send(data.draw(st.integers(-1, 70)))
 
-    @rule(data=st.data(), kind=ACKS, held=st.sampled_from([True, True, True, False]))
+    @rule(data=st.data(), kind=st.one_of(st.just("right"), ACKS),
+          held=st.sampled_from([True, True, True, False]))
     def ack(self, data: st.DataObject, kind: str, held: bool) -> None:
-        """Mostly an id some message holds (legal or not by its qos and phase), else any id."""
+        """Mostly an id some message holds, with the ack its phase expects ("right") or any
+        other; else any id at all."""
         pids = self.held_pids()
-        if held and pids:
-            self.do_ack(data.draw(st.sampled_from(pids)), kind)
-        else:
-            self.do_ack(data.draw(st.one_of(st.integers(-1, 20), st.integers(0, MAX_PACKET_ID + 1))), kind)
+        if not (held and pids):
+            pid = data.draw(st.one_of(st.integers(-1, 20), st.integers(0, MAX_PACKET_ID + 1)))
+            self.do_ack(pid, "puback" if kind == "right" else kind)
+            return
+        pid = data.draw(st.sampled_from(pids))
+        if kind == "right":
+            m = self.state.outgoing_by_packet_id(pid)
+            assert m is not None
+            kind = {
+                Phase.QUEUED: "puback",  # nothing is right for a message never sent
+                Phase.AWAIT_PUBACK: "puback",
+                Phase.AWAIT_PUBREC: data.draw(st.sampled_from(["pubrec", "pubrec_failed"])),
+                Phase.AWAIT_PUBCOMP: "pubcomp",
+            }[m.phase]
+        self.do_ack(pid, kind)
 
     @rule(pid=st.integers(0, 12), topic=TOPICS, payload=st.binary(max_size=8), dup=st.booleans())
     def receive(self, pid: int, topic: str, payload: bytes, dup: bool) -> None:
@@ -249,6 +260,6 @@ class SessionMachine(RuleBasedStateMachine):
 
 
 SessionMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None, database=None
+    max_examples=150, stateful_step_count=50, deadline=None, database=None
 )
 TestSessionMachine = SessionMachine.TestCase

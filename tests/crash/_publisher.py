@@ -1,0 +1,35 @@
+"""Crash-test child: restore the session from a state file, publish a numbered range.
+
+Prints "R <n>" after publish_* returned for n (the message is then durable), "DONE" at the end.
+argv: state_file host port first last [flush]
+"""
+
+import sys
+import time
+
+from mqttsession import Client
+
+
+def main() -> None:
+    state, host, port, first, last = sys.argv[1:6]
+    finish = len(sys.argv) > 6
+    c = Client(client_id="crash-publisher", clean_session=False)
+    c.config(f"SessionStateFile={state}")
+    c.config("MaxInflight=20")
+    c.config("ReconnectDelayMax=1")
+    c.restore_session("")
+    c.connect(host, int(port), timeout=10)
+    out = sys.stdout
+    for n in range(int(first), int(last)):
+        c.publish_message("crash/pub", 1 + n % 2, str(n))
+        out.write(f"R {n}\n")
+        out.flush()
+        time.sleep(0.002)  # a steady stream, so that kills land mid-stream
+    if finish:
+        ok = c.flush(30)
+        c.disconnect()
+        out.write(f"DONE {ok} {len(c.outgoing_messages)}\n")
+        out.flush()
+
+
+main()

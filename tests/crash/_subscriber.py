@@ -1,0 +1,39 @@
+"""Crash-test child: a session subscriber with a state file that logs every delivery.
+
+Appends "S <pid> 0" at start, "B <n> <qos>" before and "E <n> <qos>" after handling each on_message_in (os.write on
+an O_APPEND file descriptor: kill -9 cannot lose a line that was written).
+argv: state_file host port log_file
+"""
+
+import os
+import sys
+import logging
+import threading
+
+from mqttsession import Client
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    state, host, port, log_file = sys.argv[1:5]
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, f"S {os.getpid()} 0\n".encode())  # a new process: a new segment of the log
+
+    def on_message_in(e: object) -> None:
+        n, qos = e.message.decode(), e.qos  # type: ignore[attr-defined]
+        os.write(fd, f"B {n} {qos}\n".encode())
+        os.write(fd, f"E {n} {qos}\n".encode())
+
+    c = Client(client_id="crash-subscriber", clean_session=False)
+    c.config(f"SessionStateFile={state}")
+    c.config("ReconnectDelayMax=1")
+    c.on_message_in = on_message_in
+    c.restore_session("")
+    c.connect(host, int(port), timeout=10)
+    c.subscribe("crash/sub", 2)
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    threading.Event().wait()
+
+
+main()

@@ -1,0 +1,1124 @@
+"""The durable state file (``mqttsession.journal``): power cuts, damage, compaction, the lock, faults.
+
+What is proved here (see ARCHITECTURE.md, "journal.py" and "The persistence points"):
+
+* power cut: a session is recorded by driving a ``SessionState`` through legal transitions while a
+  ``Journal`` appends each record; every truncation of the journal (at every byte for small
+  histories, hypothesis-chosen bytes for larger ones) recovers EXACTLY the longest complete prefix
+  of that history, with a warning when a torn tail is cut; one damaged byte anywhere recovers the
+  prefix before it (a torn last frame) or raises ``StateError`` with both files kept aside
+  byte-identical; never another exception, never a state that was not recorded;
+* a damaged snapshot, a journal without its snapshot, a journal record that does not fit, another
+  client's journal header: ``StateError``, files kept aside; a stale journal header (a crash
+  between the two renames of a compaction) is dropped; another client id: ``StateError``;
+* compaction writes exactly the given text and a header-only journal, mode 0600;
+* the lock: another process gets ``StateLockedError`` naming the owner's pid, a SIGKILLed owner
+  does not block, ``close()`` removes the lock file;
+* faults: ENOSPC / EIO on every write path of ``append`` and ``compact`` surface as
+  ``PersistenceError`` (an ``MQTTSessionError`` and an ``OSError``), leave no temp file, leave
+  files that recover to a state the caller holds, and the next write repairs everything.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mqttsession.journal as journal_mod
+from mqttsession import codec
+from mqttsession.errors import (
+    MQTTSessionError,
+    PersistenceError,
+    StateError,
+    StateLockedError,
+)
+from mqttsession.journal import JOURNAL_SUFFIX, LOCK_SUFFIX, Journal, frame, read_frames
+from mqttsession.state import (
+    MAX_EXPIRY,
+    Accepted,
+    Event,
+    Phase,
+    Record,
+    SessionState,
+    Stepped,
+    Subscribed,
+)
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+
+CID = "gw-journal"
+NAME = "session.state"
+LOGGER = "mqttsession.journal"
+
+# The exhaustive loops recover thousands of copies: on tmpfs when there is one (ext4 flushes a
+# truncated-then-rewritten file on close, which would make them slow, not different).
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def fast_tmp() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="mqs-journal-", dir=SHM)
+
+
+@pytest.fixture
+def shm_path() -> Iterator[Path]:
+    with fast_tmp() as d:
+        yield Path(d)
+
+
+SETTINGS = settings(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+# =================================================================================================
+# recording a history
+
+
+@dataclass
+class History:
+    """A recorded session: the snapshot, the journal and every intermediate state."""
+
+    snapshot: bytes  # P
+    journal: bytes  # P.journal: header frame, then one frame per record
+    states: list[str]  # codec.encode after 0, 1, 2 ... records (states[0] == the snapshot)
+    ends: list[int]  # ends[k]: byte offset where frame k ends (frame 0 is the header)
+
+    def prefix_at(self, n: int) -> int:
+        """How many records a journal cut to ``n`` bytes still holds in full."""
+        return max(0, bisect.bisect_right(self.ends, n) - 1)
+
+    def frame_of(self, pos: int) -> int:
+        """The index of the frame holding byte ``pos`` (0 = header)."""
+        return bisect.bisect_right(self.ends, pos)
+
+
+class Recorder:
+    """Drives a state while a real Journal appends each returned record."""
+
+    def __init__(self, directory: Path, state: SessionState) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / NAME
+        self.jpath = Path(str(self.path) + JOURNAL_SUFFIX)
+        self.state = state
+        self.journal = Journal(str(self.path), CID, sync=True)
+        fresh = self.journal.recover()  # no files yet: an empty session of this client
+        assert fresh.client_id == CID and fresh.empty and not fresh.clean_session
+        self.journal.compact(self.state)
+        self.states = [codec.encode(self.state)]
+        self.ends = [self.jpath.stat().st_size]
+
+    def add(self, rec: Record | None) -> None:
+        if rec is None:  # a transition that changes nothing (duplicate QoS 2 PUBLISH, ...)
+            return
+        self.journal.append(rec, self.state, sync=True)
+        self.states.append(codec.encode(self.state))
+        self.ends.append(self.jpath.stat().st_size)
+        assert self.ends[-1] > self.ends[-2]
+
+    def finish(self) -> History:
+        self.journal.close()
+        return History(self.path.read_bytes(), self.jpath.read_bytes(), self.states, self.ends)
+
+
+def fresh_state() -> SessionState:
+    return SessionState(client_id=CID, clean_session=False)
+
+
+T0 = 1_700_000_000.25
+
+
+def scripted(state: SessionState) -> Iterator[Record | None]:
+    """A fixed history with every record type (K A S R L U X C Z D T) and every event."""
+    yield state.configure(protocol_version=5, session_expiry_interval=3600)
+    yield state.subscribe("cmd/#", 2)
+    a = state.accept("t/1", b"one", 1)
+    yield a
+    b = state.accept("t/2", b"two", 2)
+    yield b
+    c = state.accept("t/€", b"\x00\xff", 2, retain=True, properties=b"\x01\x02")
+    yield c
+    yield state.connected(T0, "localhost:1883", True)
+    yield state.send(a.message.seq)
+    yield state.send(b.message.seq)
+    yield state.send(c.message.seq)
+    yield state.puback(a.message.packet_id)
+    yield state.pubrec(b.message.packet_id)  # released: PUBREL, never PUBLISH again
+    yield state.pubrec(c.message.packet_id, 0x80)  # failed PUBREC ends the flow
+    yield state.receive(7, "in/x", b"payload", dup=True)
+    yield state.receive(7, "in/x", b"payload", dup=True)  # duplicate: no record
+    yield state.activity(T0 + 5)
+    yield state.pubcomp(b.message.packet_id)
+    yield state.release(7)[1]
+    d = state.accept("t/4", b"four" * 10, 1)
+    yield d
+    yield state.send(d.message.seq)
+    yield state.accept("t/5", b"", 2)
+    yield state.receive(9, "in/y", b"nine", retain=True, properties=b"\x23\x00\x01")
+    yield state.disconnected(T0 + 10.5)
+    yield state.unsubscribe("cmd/#")
+    yield state.subscribe("cfg/+/x", 1)
+    yield state.connected(T0 + 20, "other:1883", False)
+    yield state.on_connack(False)[0]  # SessionReset: d requeued, incoming 9 released
+    yield state.send(d.message.seq)
+
+
+def fixed_history(directory: Path) -> History:
+    state = fresh_state()
+    state.subscribe("pre/#", 1)  # held in the snapshot, not in the journal
+    pre = state.accept("pre/1", b"before the snapshot", 2)
+    state.send(pre.message.seq)
+    rec = Recorder(directory, state)
+    for r in scripted(rec.state):
+        rec.add(r)
+    return rec.finish()
+
+
+# ------------------------------------------------------------------ random legal transitions
+
+TOPICS = st.sampled_from(["a", "a/b", "ü/€/𝄞", "x/y/z", "t"])
+PAYLOADS = st.binary(max_size=24)
+TIMES = st.floats(1.6e9, 1.8e9, allow_nan=False, allow_infinity=False)
+FILTERS = st.sampled_from(["a/#", "+/b", "#", "x/+/z", "t"])
+
+
+def random_step(draw: Callable[[Any], Any], state: SessionState) -> Record | None:
+    """One legal transition of ``state``, chosen by ``draw``; its record (None: no change)."""
+    by_phase: dict[Phase, list[int]] = {p: [] for p in Phase}
+    for m in state.outgoing.values():
+        by_phase[m.phase].append(m.seq)
+    ops = ["accept", "accept", "subscribe", "unsubscribe", "receive", "connected",
+           "disconnected", "activity", "connack", "configure"]
+    if by_phase[Phase.QUEUED]:
+        ops += ["send", "send"]
+    if by_phase[Phase.AWAIT_PUBACK]:
+        ops += ["puback"]
+    if by_phase[Phase.AWAIT_PUBREC]:
+        ops += ["pubrec", "pubrec_failed"]
+    if by_phase[Phase.AWAIT_PUBCOMP]:
+        ops += ["pubcomp"]
+    if state.incoming:
+        ops += ["release"]
+    op = draw(st.sampled_from(ops))
+    pid_of = lambda seq: state.outgoing[seq].packet_id
+    if op == "accept":
+        return state.accept(draw(TOPICS), draw(PAYLOADS), draw(st.sampled_from([1, 2])),
+                            draw(st.booleans()), draw(st.binary(max_size=4)))
+    if op == "send":
+        return state.send(draw(st.sampled_from(by_phase[Phase.QUEUED])))
+    if op == "puback":
+        return state.puback(pid_of(draw(st.sampled_from(by_phase[Phase.AWAIT_PUBACK]))))
+    if op == "pubrec":
+        return state.pubrec(pid_of(draw(st.sampled_from(by_phase[Phase.AWAIT_PUBREC]))))
+    if op == "pubrec_failed":
+        return state.pubrec(pid_of(draw(st.sampled_from(by_phase[Phase.AWAIT_PUBREC]))), 0x87)
+    if op == "pubcomp":
+        return state.pubcomp(pid_of(draw(st.sampled_from(by_phase[Phase.AWAIT_PUBCOMP]))))
+    if op == "receive":
+        return state.receive(draw(st.integers(1, 12)), draw(TOPICS), draw(PAYLOADS),
+                             draw(st.booleans()), draw(st.booleans()), draw(st.binary(max_size=4)))
+    if op == "release":
+        return state.release(draw(st.sampled_from(sorted(state.incoming))))[1]
+    if op == "subscribe":
+        return state.subscribe(draw(FILTERS), draw(st.integers(0, 2)))
+    if op == "unsubscribe":
+        return state.unsubscribe(draw(FILTERS))
+    if op == "connected":
+        return state.connected(draw(TIMES), draw(st.sampled_from([None, "h:1883", "b€:1"])),
+                               draw(st.booleans()))
+    if op == "disconnected":
+        return state.disconnected(draw(TIMES))
+    if op == "activity":
+        return state.activity(draw(TIMES))
+    if op == "connack":
+        return state.on_connack(draw(st.booleans()), republish=draw(st.booleans()))[0]
+    assert op == "configure"
+    return state.configure(
+        protocol_version=draw(st.sampled_from([4, 5])),
+        session_expiry_interval=draw(st.one_of(st.none(), st.integers(0, MAX_EXPIRY))),
+    )
+
+
+def random_history(data: st.DataObject, directory: Path, max_steps: int) -> History:
+    state = fresh_state()
+    for _ in range(data.draw(st.integers(0, 4), label="prelude")):
+        random_step(data.draw, state)  # folded into the snapshot
+    rec = Recorder(directory, state)
+    for _ in range(data.draw(st.integers(1, max_steps), label="steps")):
+        rec.add(random_step(data.draw, rec.state))
+    return rec.finish()
+
+
+# =================================================================================================
+# recovering copies
+
+
+def jpath(p: Path) -> Path:
+    return Path(str(p) + JOURNAL_SUFFIX)
+
+
+def place(directory: Path, snapshot: bytes | None, journal: bytes | None) -> Path:
+    """Put a state file (and/or its journal) in ``directory``; returns P."""
+    directory.mkdir(parents=True, exist_ok=True)
+    p = directory / NAME
+    for target, content in ((p, snapshot), (jpath(p), journal)):
+        if content is None:
+            target.unlink(missing_ok=True)
+        elif not target.exists() or target.read_bytes() != content:
+            target.unlink(missing_ok=True)
+            target.write_bytes(content)
+    return p
+
+
+def recover(p: Path, client_id: str = CID) -> SessionState:
+    """A fresh Journal on ``p`` (as a restarted process would open it), recovered and closed."""
+    j = Journal(str(p), client_id, sync=False)
+    try:
+        return j.recover()
+    finally:
+        j.close()
+
+
+def damaged_copies(p: Path) -> tuple[list[Path], list[Path]]:
+    snaps = sorted(p.parent.glob(p.name + ".damaged-*"))
+    journals = sorted(p.parent.glob(p.name + JOURNAL_SUFFIX + ".damaged-*"))
+    return snaps, journals
+
+
+def assert_kept_aside(p: Path, snapshot: bytes | None, journal: bytes | None) -> None:
+    """Both files moved to ``*.damaged-*`` unchanged; nothing left at P / P.journal."""
+    assert not p.exists() and not jpath(p).exists()
+    snaps, journals = damaged_copies(p)
+    if snapshot is None:
+        assert snaps == []
+    else:
+        assert len(snaps) == 1 and snaps[0].read_bytes() == snapshot
+    if journal is None:
+        assert journals == []
+    else:
+        assert len(journals) == 1 and journals[0].read_bytes() == journal
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.WARNING:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def journal_warnings() -> Iterator[list[str]]:
+    """The journal logger's warnings (caplog does not mix with hypothesis)."""
+    lg = logging.getLogger(LOGGER)
+    handler = _Collect()
+    old = lg.level
+    lg.setLevel(logging.DEBUG)
+    lg.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        lg.removeHandler(handler)
+        lg.setLevel(old)
+
+
+def check_truncation(h: History, work: Path, n: int) -> None:
+    """Cut the journal to ``n`` bytes: exactly the longest complete prefix, warned iff torn."""
+    p = place(work, h.snapshot, h.journal[:n])
+    with journal_warnings() as warned:
+        got = recover(p)
+    assert codec.encode(got) == h.states[h.prefix_at(n)], f"cut at byte {n}"
+    torn = n != 0 and n not in h.ends
+    assert bool(warned) == torn, (n, warned)
+    if torn:
+        assert "torn" in warned[0]
+    # recovery only reads: the files are as they were, nothing kept aside
+    assert p.read_bytes() == h.snapshot and jpath(p).read_bytes() == h.journal[:n]
+    assert damaged_copies(p) == ([], [])
+
+
+def check_journal_damage(h: History, work: Path, pos: int, new_byte: int) -> None:
+    """Replace journal byte ``pos``: the prefix before its frame (torn last frame) or StateError."""
+    assert h.journal[pos] != new_byte
+    bad = h.journal[:pos] + bytes([new_byte]) + h.journal[pos + 1:]
+    p = place(work, h.snapshot, bad)
+    i, last = h.frame_of(pos), len(h.ends) - 1
+    with journal_warnings() as warned:
+        if i < last:  # good frames follow the bad one: not a torn write, real damage
+            with pytest.raises(StateError) as ei:
+                recover(p)
+            assert "kept aside" in str(ei.value)
+            assert type(ei.value) is StateError
+            assert_kept_aside(p, h.snapshot, bad)
+            return
+        got = recover(p)
+    assert codec.encode(got) == h.states[max(i - 1, 0)], f"byte {pos} -> {new_byte}"
+    assert warned and "torn" in warned[0]
+    assert damaged_copies(p) == ([], [])
+
+
+def check_snapshot_damage(h: History, work: Path, pos: int, new_byte: int) -> None:
+    assert h.snapshot[pos] != new_byte
+    bad = h.snapshot[:pos] + bytes([new_byte]) + h.snapshot[pos + 1:]
+    p = place(work, bad, h.journal)
+    with pytest.raises(StateError) as ei:
+        recover(p)
+    assert type(ei.value) is StateError and "kept aside" in str(ei.value)
+    assert_kept_aside(p, bad, h.journal)
+
+
+# =================================================================================================
+# 1. power cuts
+
+
+def test_recorded_history_covers_every_record_type(tmp_path: Path) -> None:
+    h = fixed_history(tmp_path / "rec")
+    payloads, valid, damaged = read_frames(h.journal)
+    assert valid == len(h.journal) and not damaged
+    assert len(payloads) == len(h.ends) == len(h.states)
+    tags = {json.loads(pl)[0] for pl in payloads[1:]}
+    assert tags == set("KASRLUXCZDT"), tags
+    events = {json.loads(pl)[2] for pl in payloads[1:] if json.loads(pl)[0] == "S"}
+    assert events == {"send", "puback", "pubrec", "pubrec_failed", "pubcomp"}
+    # the whole file recovers to the final state, the snapshot alone to the first
+    assert codec.encode(recover(place(tmp_path / "w", h.snapshot, h.journal))) == h.states[-1]
+    assert codec.encode(recover(place(tmp_path / "w", h.snapshot, None))) == h.states[0]
+    assert len(set(h.states)) == len(h.states)  # every record changed the state
+
+
+def test_every_truncation_recovers_the_longest_complete_prefix(
+    shm_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = fixed_history(shm_path / "rec")
+    work = shm_path / "work"
+    for n in range(len(h.journal) + 1):
+        check_truncation(h, work, n)
+    # and the warning reaches ordinary logging (caplog) at WARNING level
+    caplog.clear()
+    p = place(work, h.snapshot, h.journal[: h.ends[4] + 3])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert codec.encode(recover(p)) == h.states[4]
+    warned = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "torn tail of 3 bytes" in warned[0].getMessage()
+
+
+def test_torn_tail_is_cut_and_the_files_stay_usable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = fixed_history(tmp_path / "rec")
+    cut = h.ends[6] + 7
+    p = place(tmp_path / "work", h.snapshot, h.journal[:cut])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        j = Journal(str(p), CID)
+        try:
+            first = j.recover()
+            again = j.recover()  # the same Journal, the same files
+        finally:
+            j.close()
+        third = recover(p)  # a fresh Journal (a second restart)
+    assert codec.encode(first) == codec.encode(again) == codec.encode(third) == h.states[6]
+    assert sum("torn tail" in r.getMessage() for r in caplog.records) == 3
+
+    # writing after a torn recovery: the new record is not glued to the torn bytes
+    j = Journal(str(p), CID)
+    try:
+        state = j.recover()
+        rec = state.accept("after/cut", b"new", 1)
+        j.append(rec, state)
+        expected = codec.encode(state)
+    finally:
+        j.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert codec.encode(recover(p)) == expected
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    _payloads, valid, damaged = read_frames(jpath(p).read_bytes())
+    assert valid == jpath(p).stat().st_size and not damaged
+
+
+def test_every_damaged_journal_byte_gives_a_prefix_or_state_error(shm_path: Path) -> None:
+    h = fixed_history(shm_path / "rec")
+    for pos in range(len(h.journal)):
+        work = shm_path / f"b{pos}"
+        check_journal_damage(h, work, pos, h.journal[pos] ^ 0xFF)
+
+
+def test_every_damaged_snapshot_byte_is_state_error_and_kept_aside(shm_path: Path) -> None:
+    h = fixed_history(shm_path / "rec")
+    for pos in range(len(h.snapshot)):
+        check_snapshot_damage(h, shm_path / f"s{pos}", pos, h.snapshot[pos] ^ 0x01)
+
+
+def test_mid_file_damage_keeps_both_files_aside_byte_identical(tmp_path: Path) -> None:
+    h = fixed_history(tmp_path / "rec")
+    pos = h.ends[2] + 12  # inside frame 3, many good frames after it
+    bad = bytearray(h.journal)
+    bad[pos] ^= 0x20
+    p = place(tmp_path / "work", h.snapshot, bytes(bad))
+    with pytest.raises(StateError) as ei:
+        recover(p)
+    assert f"at byte {h.ends[2]}" in str(ei.value)
+    assert_kept_aside(p, h.snapshot, bytes(bad))
+    # the next owner starts empty; the damaged copies are never overwritten
+    j = Journal(str(p), CID)
+    try:
+        state = j.recover()
+        assert state.empty and state.client_id == CID
+        j.append(state.accept("new/life", b"x", 1), state)
+    finally:
+        j.close()
+    snaps, journals = damaged_copies(p)
+    assert [c.read_bytes() for c in snaps] == [h.snapshot]
+    assert [c.read_bytes() for c in journals] == [bytes(bad)]
+    # a second damage in the same second gets its own name, the first copies stay
+    p.write_bytes(b"garbage")
+    with pytest.raises(StateError):
+        recover(p)
+    snaps, journals = damaged_copies(p)
+    assert len(snaps) == 2 and len(journals) == 2
+    assert h.snapshot in [s.read_bytes() for s in snaps]
+    assert b"garbage" in [s.read_bytes() for s in snaps]
+
+
+def test_damaged_snapshot_is_kept_aside_never_overwritten(tmp_path: Path) -> None:
+    h = fixed_history(tmp_path / "rec")
+    bad = h.snapshot.replace(b'"pre/1"', b'"pre/X"')
+    assert bad != h.snapshot
+    p = place(tmp_path / "work", bad, h.journal)
+    with pytest.raises(StateError) as ei:
+        recover(p)
+    assert "checksum" in str(ei.value)
+    assert_kept_aside(p, bad, h.journal)
+    j = Journal(str(p), CID)
+    try:
+        state = j.recover()
+        j.compact(state)  # a new snapshot at P; the damaged one is untouched
+    finally:
+        j.close()
+    snaps, _journals = damaged_copies(p)
+    assert [s.read_bytes() for s in snaps] == [bad]
+    assert p.read_bytes() != bad
+
+
+@settings(SETTINGS, max_examples=20)
+@given(data=st.data())
+def test_power_cut_at_every_byte_of_random_small_histories(data: st.DataObject) -> None:
+    with fast_tmp() as d:
+        h = random_history(data, Path(d) / "rec", max_steps=6)
+        work = Path(d) / "work"
+        for n in range(len(h.journal) + 1):
+            check_truncation(h, work, n)
+        for k in range(data.draw(st.integers(1, 6), label="damages")):
+            pos = data.draw(st.integers(0, len(h.journal) - 1), label="pos")
+            new = data.draw(st.integers(0, 255).filter(lambda b, pos=pos: b != h.journal[pos]))
+            check_journal_damage(h, Path(d) / f"dmg{k}", pos, new)
+
+
+@settings(SETTINGS, max_examples=30)
+@given(data=st.data())
+def test_power_cut_in_random_larger_histories(data: st.DataObject) -> None:
+    with fast_tmp() as d:
+        h = random_history(data, Path(d) / "rec", max_steps=40)
+        work = Path(d) / "work"
+        cuts = data.draw(st.lists(st.integers(0, len(h.journal)), min_size=1, max_size=25))
+        for n in cuts + h.ends + [e - 1 for e in h.ends] + [e + 1 for e in h.ends]:
+            check_truncation(h, work, min(n, len(h.journal)))
+        for k in range(data.draw(st.integers(1, 10), label="damages")):
+            if data.draw(st.booleans(), label="snapshot?"):
+                pos = data.draw(st.integers(0, len(h.snapshot) - 1))
+                new = data.draw(st.integers(0, 255).filter(lambda b, pos=pos: b != h.snapshot[pos]))
+                check_snapshot_damage(h, Path(d) / f"dmg{k}", pos, new)
+            else:
+                pos = data.draw(st.integers(0, len(h.journal) - 1))
+                new = data.draw(st.integers(0, 255).filter(lambda b, pos=pos: b != h.journal[pos]))
+                check_journal_damage(h, Path(d) / f"dmg{k}", pos, new)
+
+
+# ------------------------------------------------------------------ other damage, stale headers
+
+
+def header(digest_of: str | bytes, client_id: str = CID) -> bytes:
+    raw = digest_of.encode("utf-8") if isinstance(digest_of, str) else digest_of
+    digest = hashlib.sha256(raw.strip()).hexdigest()
+    return frame(json.dumps(["mqttsession-journal", 1, digest, client_id]).encode("utf-8"))
+
+
+def test_stale_journal_of_an_older_snapshot_is_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash between the two renames of a compaction: new snapshot, old journal."""
+    h = fixed_history(tmp_path / "rec")
+    final = h.states[-1].encode("utf-8")
+    p = place(tmp_path / "a", final, h.journal)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        got = recover(p)
+    assert codec.encode(got) == h.states[-1]  # the snapshot alone, not replayed twice
+    assert any("older than its snapshot" in r.getMessage() for r in caplog.records)
+    assert p.read_bytes() == final and damaged_copies(p) == ([], [])
+
+    # records that WOULD fit the new snapshot are still not applied
+    old = fresh_state()
+    new = fresh_state()
+    new.accept("only/in/new", b"n", 1)
+    stale = header(codec.encode(old)) + frame(codec.encode_record(Subscribed("extra/#", 1)))
+    p = place(tmp_path / "b", codec.encode(new).encode(), stale)
+    got = recover(p)
+    assert codec.encode(got) == codec.encode(new) and "extra/#" not in got.subscriptions
+
+
+def test_crash_between_compaction_renames_recovers_the_new_snapshot(tmp_path: Path) -> None:
+    """The real thing: the second rename of a compaction never happens."""
+    d = tmp_path / "w"
+    d.mkdir()
+    p = d / NAME
+    j = Journal(str(p), CID)
+    state = j.recover()
+    j.compact(state)
+    for i in range(5):
+        j.append(state.accept(f"t/{i}", b"%d" % i, 1 + i % 2), state)
+    old_journal = jpath(p).read_bytes()
+    state.subscribe("late/#", 1)  # in the new snapshot only
+    real_replace = os.replace
+
+    def no_second_rename(src: Any, dst: Any) -> None:
+        if str(dst).endswith(JOURNAL_SUFFIX):
+            raise OSError(errno.EIO, "power cut")
+        real_replace(src, dst)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(journal_mod, "os", FakeOs(replace=no_second_rename))
+    try:
+        with pytest.raises(PersistenceError):
+            j.compact(state)
+    finally:
+        mp.undo()
+    assert jpath(p).read_bytes() == old_journal  # the old journal names the old snapshot
+    j.close()
+    assert codec.encode(recover(p)) == codec.encode(state)
+
+
+def test_journal_without_its_snapshot_is_state_error(tmp_path: Path) -> None:
+    h = fixed_history(tmp_path / "rec")
+    p = place(tmp_path / "w", None, h.journal)
+    with pytest.raises(StateError, match="without its snapshot"):
+        recover(p)
+    assert_kept_aside(p, None, h.journal)
+
+
+def test_journal_header_of_another_client_is_state_error(tmp_path: Path) -> None:
+    h = fixed_history(tmp_path / "rec")
+    bad = header(h.snapshot, "intruder") + h.journal[h.ends[0]:]
+    p = place(tmp_path / "w", h.snapshot, bad)
+    with pytest.raises(StateError, match="intruder"):
+        recover(p)
+    assert_kept_aside(p, h.snapshot, bad)
+
+
+def test_wrong_client_id_is_state_error_and_leaves_the_files(tmp_path: Path) -> None:
+    h = fixed_history(tmp_path / "rec")
+    p = place(tmp_path / "w", h.snapshot, h.journal)
+    with pytest.raises(StateError, match="belongs to client id") as ei:
+        recover(p, client_id="someone-else")
+    assert not isinstance(ei.value, StateLockedError)
+    # not damage: the other client's files are left where they are, untouched
+    assert p.read_bytes() == h.snapshot and jpath(p).read_bytes() == h.journal
+    assert damaged_copies(p) == ([], [])
+    assert codec.encode(recover(p)) == h.states[-1]
+    assert codec.encode(recover(p, client_id="")) == h.states[-1]  # no id: any file
+
+
+@pytest.mark.parametrize(
+    "bad_record",
+    [
+        b'["S",999,"puback",1]',  # a step for a message nobody holds
+        b'["L",4242]',  # a release of an id not held
+        b'["A",1,1,"t",""]',  # wrong arity
+        b'["Q"]',  # unknown tag
+        b'["A",1,1,"t","!!",1,false,""]',  # bad base64
+        b'["K","c",6,false,null]',  # bad protocol version
+        b"[" + b"[" * 50_000 + b"]" * 50_001,  # absurd nesting
+        b"\xff\xfe",  # not UTF-8
+        b'{"not": "an array"}',
+    ],
+    ids=["unheld-step", "unheld-release", "arity", "tag", "base64", "protocol", "nesting",
+         "utf8", "object"],
+)
+def test_a_record_that_does_not_fit_is_state_error(tmp_path: Path, bad_record: bytes) -> None:
+    h = fixed_history(tmp_path / "rec")
+    # a correctly framed (CRC-valid) record: not a torn write, a record that does not fit
+    bad = h.journal[: h.ends[3]] + frame(bad_record) + h.journal[h.ends[3]:]
+    p = place(tmp_path / "w", h.snapshot, bad)
+    with pytest.raises(StateError, match="kept aside"):
+        recover(p)
+    assert_kept_aside(p, h.snapshot, bad)
+    # even as the very last frame (CRC-valid, so not "torn")
+    bad = h.journal + frame(bad_record)
+    p = place(tmp_path / "w2", h.snapshot, bad)
+    with pytest.raises(StateError, match="kept aside"):
+        recover(p)
+    assert_kept_aside(p, h.snapshot, bad)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000,  # BUG: json.loads raises RecursionError in Journal._header
+        b"not json",
+        b'["mqttsession-journal",2,"x","y"]',
+        b'["mqttsession-journal",1,"x"]',
+        b"\xc3\x28",
+    ],
+    ids=["deep-nesting", "text", "version", "arity", "utf8"],
+)
+def test_an_invalid_journal_header_is_state_error(tmp_path: Path, payload: bytes) -> None:
+    h = fixed_history(tmp_path / "rec")
+    for k, bad in enumerate([frame(payload), frame(payload) + h.journal[h.ends[0]:]]):
+        p = place(tmp_path / f"w{k}", h.snapshot, bad)
+        with pytest.raises(StateError, match="kept aside"):
+            recover(p)
+        assert_kept_aside(p, h.snapshot, bad)
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@st.composite
+def framed_records(draw: st.DrawFn) -> bytes:
+    """A CRC-valid frame holding a record-shaped JSON array with random elements."""
+    tag = draw(st.sampled_from(list("ASRLUXCZDTK") + ["", "AA"]))
+    rest = draw(st.lists(JSONISH, max_size=9))
+    return frame(json.dumps([tag, *rest]).encode("utf-8"))
+
+
+@settings(SETTINGS, max_examples=300)
+@given(
+    kind=st.sampled_from(["snapshot", "journal", "both", "frames"]),
+    blob=st.binary(max_size=300),
+    frames=st.lists(framed_records(), min_size=1, max_size=4),
+)
+def test_random_bytes_recover_or_state_error(kind: str, blob: bytes, frames: list[bytes]) -> None:
+    base = fresh_state()
+    base.accept("t", b"held", 2)
+    text = codec.encode(base).encode("utf-8")
+    snapshot, journal = {
+        "snapshot": (blob, None),
+        "journal": (text, blob),
+        "both": (blob, blob),
+        "frames": (text, header(text) + b"".join(frames)),
+    }[kind]
+    with fast_tmp() as d:
+        p = place(Path(d), snapshot, journal)
+        try:
+            got = recover(p)
+        except StateError as exc:
+            # damage: whatever was there is kept aside, nothing is left at P / P.journal
+            assert "kept aside" in str(exc)
+            assert not p.exists() and not jpath(p).exists()
+            return
+        # accepted: a valid state, and one the codec can write and read back unchanged
+        got.check_invariants()
+        assert codec.encode(codec.decode(codec.encode(got))) == codec.encode(got)
+        if kind == "journal":  # the snapshot is valid: a bad journal can only be a torn one
+            assert codec.encode(got) == text.decode("utf-8")
+
+
+# =================================================================================================
+# 2. compaction
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def test_compact_writes_exactly_the_text_and_a_header_only_journal(tmp_path: Path) -> None:
+    h = fixed_history(tmp_path / "rec")
+    p = place(tmp_path / "w", h.snapshot, h.journal)
+    j = Journal(str(p), CID)
+    try:
+        state = j.recover()
+        text = codec.encode(state)
+        j.compact(state, text)
+        assert p.read_bytes() == text.encode("utf-8")
+        payloads, valid, damaged = read_frames(jpath(p).read_bytes())
+        assert len(payloads) == 1 and valid == jpath(p).stat().st_size and not damaged
+        assert json.loads(payloads[0]) == [
+            "mqttsession-journal", 1, hashlib.sha256(text.encode()).hexdigest(), CID,
+        ]
+        for f in (p, jpath(p), Path(str(p) + LOCK_SUFFIX)):
+            assert mode(f) == 0o600, f
+        assert not j.needs_compaction
+        # compact without text: the codec's text of the state
+        state.subscribe("z/#", 0)
+        j.compact(state)
+        assert p.read_text(encoding="utf-8") == codec.encode(state)
+        assert len(read_frames(jpath(p).read_bytes())[0]) == 1
+    finally:
+        j.close()
+    assert codec.encode(recover(p)) == codec.encode(state)
+    assert sorted(x.name for x in p.parent.iterdir()) == [NAME, NAME + JOURNAL_SUFFIX]
+
+
+def test_files_are_0600_even_with_a_permissive_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        j = Journal(str(tmp_path / NAME), CID)
+        state = j.recover()
+        j.compact(state)
+        j.append(state.accept("t", b"x", 1), state)
+        p = tmp_path / NAME
+        for f in (p, jpath(p), Path(str(p) + LOCK_SUFFIX)):
+            assert mode(f) == 0o600, f
+        j.close()
+    finally:
+        os.umask(old)
+
+
+def test_journal_passing_its_bound_asks_for_compaction(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / NAME), CID, max_journal_bytes=600)
+    try:
+        state = j.recover()
+        j.compact(state)
+        sizes = []
+        for i in range(40):
+            j.append(state.accept("bound/t", b"p" * 20, 1), state)
+            if j.needs_compaction:
+                assert jpath(tmp_path / NAME).stat().st_size > 600
+                j.compact(state)
+            sizes.append(jpath(tmp_path / NAME).stat().st_size)
+            assert sizes[-1] <= 600
+        assert sizes != sorted(sizes)  # it was compacted on the way
+    finally:
+        j.close()
+    assert codec.encode(recover(tmp_path / NAME)) == codec.encode(state)
+    assert len(state.outgoing) == 40
+
+
+# =================================================================================================
+# 3. the lock
+
+_HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from mqttsession.journal import Journal
+    j = Journal(sys.argv[1], "gw-journal")
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+)
+
+_TRY = textwrap.dedent(
+    """
+    import sys
+    from mqttsession.errors import StateError, StateLockedError
+    from mqttsession.journal import Journal
+    try:
+        j = Journal(sys.argv[1], "gw-journal")
+    except StateLockedError as exc:
+        print("StateLockedError", isinstance(exc, StateError), exc)
+    else:
+        j.recover()
+        j.close()
+        print("acquired")
+    """
+)
+
+
+def _try_in_child(p: Path) -> str:
+    out = subprocess.run([sys.executable, "-c", _TRY, str(p)], capture_output=True, text=True,
+                         timeout=30, check=True)
+    return out.stdout.strip()
+
+
+def test_second_owner_in_another_process_gets_state_locked_error(tmp_path: Path) -> None:
+    p = tmp_path / NAME
+    j = Journal(str(p), CID)
+    try:
+        j.compact(j.recover())
+        said = _try_in_child(p)
+        assert said.startswith("StateLockedError True "), said
+        assert f"pid {os.getpid()}" in said
+        # the same process, a second Journal: refused too (flock is per open file)
+        with pytest.raises(StateLockedError, match=f"pid {os.getpid()}"):
+            Journal(str(p), CID)
+    finally:
+        j.close()
+    assert not Path(str(p) + LOCK_SUFFIX).exists()  # close() removes the lock file
+    assert _try_in_child(p) == "acquired"
+    assert not Path(str(p) + LOCK_SUFFIX).exists()
+
+
+def test_an_owner_killed_with_sigkill_does_not_block_the_next(tmp_path: Path) -> None:
+    p = tmp_path / NAME
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(p)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(StateLockedError, match=f"pid {child.pid}\\b") as ei:
+            Journal(str(p), CID)
+        assert isinstance(ei.value, StateError)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert Path(str(p) + LOCK_SUFFIX).exists()  # left behind by the dead owner...
+    j = Journal(str(p), CID)  # ...and no obstacle
+    try:
+        assert j.recover().empty
+        assert Path(str(p) + LOCK_SUFFIX).read_text().strip() == str(os.getpid())
+    finally:
+        j.close()
+    assert not Path(str(p) + LOCK_SUFFIX).exists()
+
+
+# =================================================================================================
+# 4. faults on every write path
+
+
+class FakeOs:
+    """Stands in for ``os`` inside mqttsession.journal only (other modules keep the real one)."""
+
+    def __init__(self, **overrides: Callable[..., Any]) -> None:
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def _fd_name(fd: int) -> str:
+    return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+
+
+def _is_dir_fd(fd: int) -> bool:
+    return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+SNAP_TMP = NAME + ".tmp-"
+JOUR_TMP = NAME + JOURNAL_SUFFIX + ".tmp-"
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    op: str  # "append" or "compact": the Journal call the fault hits
+    func: str  # the os function that fails
+    when: Callable[..., bool]  # which calls of it count
+    err: int
+    nth: int = 0  # fail the nth counted call
+    short: bool = False  # os.write: write half first (a partial write before ENOSPC)
+
+
+def _base(p: Any) -> str:
+    return os.path.basename(os.fspath(p))
+
+
+FAULTS = [
+    Fault("append-write", "append", "write", lambda fd, *_: _fd_name(fd) == NAME + JOURNAL_SUFFIX,
+          errno.ENOSPC),
+    Fault("append-short-write", "append", "write",
+          lambda fd, *_: _fd_name(fd) == NAME + JOURNAL_SUFFIX, errno.ENOSPC, short=True),
+    Fault("append-fdatasync", "append", "fdatasync", lambda fd: True, errno.EIO),
+    Fault("snapshot-open-temp", "compact", "open", lambda path, *_: _base(path).startswith(SNAP_TMP),
+          errno.ENOSPC),
+    Fault("snapshot-write", "compact", "write", lambda fd, *_: _fd_name(fd).startswith(SNAP_TMP),
+          errno.ENOSPC),
+    Fault("snapshot-short-write", "compact", "write",
+          lambda fd, *_: _fd_name(fd).startswith(SNAP_TMP), errno.ENOSPC, short=True),
+    Fault("snapshot-fsync", "compact", "fsync", lambda fd: _fd_name(fd).startswith(SNAP_TMP),
+          errno.EIO),
+    Fault("snapshot-replace", "compact", "replace", lambda src, dst: _base(dst) == NAME, errno.EIO),
+    Fault("snapshot-dir-open", "compact", "open", lambda path, *_: os.path.isdir(path), errno.EIO),
+    Fault("snapshot-dir-fsync", "compact", "fsync", _is_dir_fd, errno.EIO),
+    Fault("journal-open-temp", "compact", "open", lambda path, *_: _base(path).startswith(JOUR_TMP),
+          errno.ENOSPC),
+    Fault("journal-write", "compact", "write", lambda fd, *_: _fd_name(fd).startswith(JOUR_TMP),
+          errno.ENOSPC),
+    Fault("journal-fsync", "compact", "fsync", lambda fd: _fd_name(fd).startswith(JOUR_TMP),
+          errno.EIO),
+    Fault("journal-replace", "compact", "replace",
+          lambda src, dst: _base(dst) == NAME + JOURNAL_SUFFIX, errno.EIO),
+    Fault("journal-dir-fsync", "compact", "fsync", _is_dir_fd, errno.EIO, nth=1),
+    Fault("journal-reopen", "compact", "open",
+          lambda path, flags, *_: _base(path) == NAME + JOURNAL_SUFFIX and bool(flags & os.O_APPEND),
+          errno.EIO),
+]
+
+
+class Injector:
+    """Installs one Fault into mqttsession.journal's ``os`` until ``disarm()``."""
+
+    def __init__(self, mp: pytest.MonkeyPatch, fault: Fault) -> None:
+        self.fault = fault
+        self.counted = 0
+        self.hits = 0
+        self.armed = True
+        real = getattr(os, fault.func)
+
+        def faulty(*args: Any, **kwargs: Any) -> Any:
+            if self.armed and fault.when(*args):
+                n = self.counted
+                self.counted += 1
+                if n == fault.nth:
+                    self.hits += 1
+                    if fault.short:
+                        fd, data = args[0], memoryview(args[1])
+                        if len(data) > 1:
+                            real(fd, data[: len(data) // 2])
+                    raise OSError(fault.err, os.strerror(fault.err))
+            return real(*args, **kwargs)
+
+        mp.setattr(journal_mod, "os", FakeOs(**{fault.func: faulty}))
+
+    def disarm(self) -> None:
+        self.armed = False
+
+
+def held(state: SessionState) -> tuple[object, ...]:
+    """Every persistent field but ``last_packet_id`` (``retract`` does not wind that back)."""
+    fields = state.snapshot_fields()
+    return fields[:9] + fields[10:]
+
+
+def tmp_files(d: Path) -> list[str]:
+    return sorted(x.name for x in d.iterdir() if ".tmp-" in x.name)
+
+
+def copy_and_recover(p: Path, into: Path) -> SessionState:
+    """What a process restarted right now would recover (the live owner keeps its lock)."""
+    return recover(place(into, p.read_bytes() if p.exists() else None,
+                         jpath(p).read_bytes() if jpath(p).exists() else None))
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
+def test_every_write_path_fault_is_persistence_error_and_repairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Fault
+) -> None:
+    d = tmp_path / "live"
+    d.mkdir()
+    p = d / NAME
+    j = Journal(str(p), CID)
+    try:
+        state = j.recover()
+        j.compact(state)
+        for i in range(3):
+            j.append(state.accept(f"ok/{i}", b"before %d" % i, 1 + i % 2), state)
+        j.append(state.subscribe("s/#", 1), state)
+        before = codec.encode(state)
+        inj = Injector(monkeypatch, fault)
+        if fault.op == "append":
+            rec = state.accept("doomed", b"not durable", 1)
+            with pytest.raises(PersistenceError) as ei:
+                j.append(rec, state)
+            state.retract(rec)  # what the Client does
+        else:
+            with pytest.raises(PersistenceError) as ei:
+                j.compact(state)
+        assert inj.hits == 1, "the fault was never reached"
+        inj.disarm()
+        err = ei.value
+        assert isinstance(err, MQTTSessionError) and isinstance(err, OSError)
+        assert err.errno == fault.err
+        assert NAME in str(err)
+        assert tmp_files(d) == []
+        assert held(state) == held(codec.decode(before))
+
+        # a crash right now: the files hold the caller's state (for append, a record the
+        # caller gave up on may still be there -- see the Client test -- but nothing else)
+        now = copy_and_recover(p, tmp_path / "crash-now")
+        if fault.op == "compact" or fault.func == "write":
+            assert codec.encode(now) == before
+        else:
+            assert codec.encode(now) == before or [m.topic for m in now.outgoing.values()] == [
+                "ok/0", "ok/1", "ok/2", "doomed"]
+
+        # the fault is gone: the next write succeeds and repairs everything
+        j.append(state.accept("after", b"fault gone", 2), state)
+        j.append(state.accept("after2", b"and again", 1), state)
+        assert tmp_files(d) == []
+        after = codec.encode(state)
+        assert codec.encode(copy_and_recover(p, tmp_path / "repaired")) == after
+        topics = [m.topic for m in codec.decode(after).outgoing.values()]
+        assert topics == ["ok/0", "ok/1", "ok/2", "after", "after2"]
+    finally:
+        j.close()
+    assert codec.encode(recover(p)) == after
+    for f in (p, jpath(p)):
+        assert mode(f) == 0o600
+
+
+def test_injector_only_touches_the_journal_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sanity of the harness: the real ``os`` is never patched."""
+    real_write = os.write
+    Injector(monkeypatch, FAULTS[0])
+    assert os.write is real_write and journal_mod.os is not os
+    monkeypatch.undo()
+    assert journal_mod.os is os
+
+
+def test_append_after_failure_never_glues_onto_a_torn_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial write (ENOSPC half-way) leaves a torn frame; the next append must not build on it."""
+    p = tmp_path / NAME
+    j = Journal(str(p), CID)
+    try:
+        state = j.recover()
+        j.compact(state)
+        j.append(state.accept("a", b"1", 1), state)
+        inj = Injector(monkeypatch, FAULTS[1])  # append-short-write
+        rec = state.accept("b", b"2" * 40, 1)
+        with pytest.raises(PersistenceError):
+            j.append(rec, state)
+        inj.disarm()
+        # the Journal contract: state already holds the record; the next call rewrites all
+        j.append(state.accept("c", b"3", 2), state)
+        expected = codec.encode(state)
+    finally:
+        j.close()
+    data = jpath(p).read_bytes()
+    _payloads, valid, damaged = read_frames(data)
+    assert valid == len(data) and not damaged
+    assert codec.encode(recover(p)) == expected
+    assert [m.topic for m in codec.decode(expected).outgoing.values()] == ["a", "b", "c"]
+
+
+def test_out_of_order_journal_is_refused_not_guessed(tmp_path: Path) -> None:
+    """Replay runs the real transition code: an out-of-order journal is refused, not guessed."""
+    state = fresh_state()
+    a = state.accept("t", b"x", 1)
+    p = place(tmp_path, codec.encode(fresh_state()).encode(), None)
+    bad = header(p.read_bytes()) + frame(codec.encode_record(
+        Stepped(a.message.seq, Event.SEND, a.message.packet_id))) + frame(
+        codec.encode_record(Accepted(a.message)))
+    jpath(p).write_bytes(bad)
+    with pytest.raises(StateError, match="record 1"):
+        recover(p)
+    assert_kept_aside(p, codec.encode(fresh_state()).encode(), bad)
