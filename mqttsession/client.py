@@ -454,7 +454,13 @@ class Client:
             return rec.message.packet_id
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until ``outgoing_messages`` is empty; False on timeout."""
+        """Wait until ``outgoing_messages`` is empty; False on timeout.
+
+        Not from an event callback: those run on the thread that processes the acks.
+        """
+        conn = self._conn
+        if conn is not None and conn.in_network_thread():
+            raise UsageError("flush() inside an event callback would wait forever")
         with self._changed:
             return self._changed.wait_for(lambda: not self._state.outgoing, timeout)
 
@@ -540,7 +546,8 @@ class Client:
     def save_session(self) -> str:
         """The whole session state as text; also written atomically to SessionStateFile."""
         with self._lock:
-            self._state.activity(time.time()) if self._connected else None
+            if self._connected:
+                self._state.activity(time.time())  # part of the snapshot written below
             text = codec.encode(self._state)
             path = self._settings.session_state_file
             if path:
@@ -767,8 +774,8 @@ class Client:
             self._pump()  # in seq order [MQTT-4.6.0-1]
             expired = self._restored_expired
             self._restored_expired = False
-        if lost is None:
-            return None
+        if lost is None or (self._state.clean_session and not expired):
+            return None  # a clean session expects SessionPresent=0: nothing was lost
         return SessionLostEvent.of(lost, expired)
 
     def hook_publish_in(self, packet_id: int, topic: str, payload: bytes, qos: int, retain: bool,

@@ -186,9 +186,13 @@ class _Fields:
         v = self.obj[key]
         if v is None:
             return None
-        if type(v) not in (int, float) or not math.isfinite(v):
+        try:
+            t = float(v) if type(v) in (int, float) else math.nan
+        except OverflowError:
+            t = math.nan
+        if not math.isfinite(t):
             raise self.fail(key, "expected a time in seconds or null")
-        return float(v)
+        return t
 
     def get_bytes(self, key: str) -> bytes:
         v = self.obj[key]
@@ -327,7 +331,11 @@ def decode(state_data: str | bytes) -> SessionState:
             and rest.endswith("}")):
         raise StateError("state text layout was altered (it must be kept exactly as saved)")
     body = rest[len('","state":'):-1]
-    if hashlib.sha256(body.encode("utf-8")).hexdigest() != digest:
+    try:
+        raw = body.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StateError("state text holds a character that is not valid UTF-8") from None
+    if hashlib.sha256(raw).hexdigest() != digest:
         raise StateError("state text checksum mismatch: the text was changed or damaged")
     return obj_to_state(doc["state"])
 

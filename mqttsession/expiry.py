@@ -14,6 +14,7 @@ there is no disconnect time; the last recorded activity bounds it from below, an
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 from .state import MAX_EXPIRY
@@ -49,8 +50,8 @@ def expired(
     now: float,
 ) -> bool | None:
     """True if the broker has discarded the session by ``now``; None when it cannot be known."""
-    if protocol_version != 5:
-        return None  # MQTT 3.1.1: no expiry interval to reason with
+    if protocol_version != 5 or not math.isfinite(now):
+        return None  # MQTT 3.1.1: no expiry interval to reason with; or no usable clock
     closed = disconnect_time(connected_at, disconnected_at, last_activity)
     if closed is None:
         return True  # never connected: the broker holds no session for it

@@ -387,6 +387,7 @@ class SessionState:
     incoming: dict[int, IncomingMessage] = field(default_factory=dict)  # by packet id
     subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> qos
     _by_packet_id: dict[int, int] = field(default_factory=dict, repr=False)  # outgoing id -> seq
+    _undo_last_packet_id: int = field(default=0, repr=False)  # for ``retract``
 
     def __post_init__(self) -> None:
         self._by_packet_id = {m.packet_id: s for s, m in self.outgoing.items() if m.packet_id}
@@ -552,6 +553,7 @@ class SessionState:
         self.next_seq = m.seq
         if m.packet_id:
             del self._by_packet_id[m.packet_id]
+            self.last_packet_id = self._undo_last_packet_id
 
     def _step(
         self, seq: int, event: Event, packet_id: int | None = None, avoid: Container[int] = ()
@@ -658,7 +660,7 @@ class SessionState:
         returned ``SessionReset`` (already applied) says what was requeued, dropped or released.
         """
         subs = tuple(self.subscriptions.items())
-        if session_present or not (self.outgoing or self.incoming):
+        if session_present or self.empty:
             plan = ResumePlan(session_present, tuple(self.outgoing.values()), subs, None)
             return None, plan
         requeued: list[OutgoingMessage] = []
@@ -673,12 +675,14 @@ class SessionState:
             else:
                 requeued.append(m)
         delivered = tuple(self.incoming.values())
-        rec = SessionReset(
-            tuple(m.seq for m in requeued),
-            tuple(m.seq for m in dropped),
-            tuple(sorted(self.incoming)),
-        )
-        self.apply(rec)
+        rec: SessionReset | None = None
+        if requeued or dropped or delivered:
+            rec = SessionReset(
+                tuple(m.seq for m in requeued),
+                tuple(m.seq for m in dropped),
+                tuple(sorted(self.incoming)),
+            )
+            self.apply(rec)
         lost = SessionLost(tuple(requeued), tuple(dropped), tuple(queued), delivered, subs)
         return rec, ResumePlan(False, tuple(self.outgoing.values()), subs, lost)
 
@@ -723,6 +727,7 @@ class SessionState:
             if not 1 <= m.packet_id <= MAX_PACKET_ID or m.packet_id in self._by_packet_id:
                 raise TransitionError(f"packet id {m.packet_id} is taken or out of range")
             self._by_packet_id[m.packet_id] = m.seq
+            self._undo_last_packet_id = self.last_packet_id
             self.last_packet_id = m.packet_id
         self.outgoing[m.seq] = m
         self.next_seq = m.seq + 1

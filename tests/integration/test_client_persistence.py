@@ -592,7 +592,8 @@ def test_files_match_the_session_after_every_publish_while_connected(
         c.connect(mosquitto.host, mosquitto.port, timeout=10)
         for i in range(60):
             c.publish_data(f"mqs/persist/{i % 4}", 1 + i % 2, b"connected %d" % i)
-            assert jpath(p).stat().st_size <= 2048
+            with c._lock:  # an ack's record may be between its append and the compaction
+                assert jpath(p).stat().st_size <= 2048
             if i % 6 == 0:
                 # hold the session lock (private) so no acknowledgement lands mid-copy
                 with c._lock:

@@ -31,12 +31,12 @@ PREFIX = '{"format":"mqttsession","version":1,"sha256":"'
 
 def snap(state: SessionState) -> tuple[object, ...]:
     """Every persistent field plus the packet-id index, to prove 'nothing changed'."""
-    return (state.snapshot_fields(), dict(state._by_packet_id))  # noqa: SLF001
+    return (state.snapshot_fields(), dict(state._by_packet_id))
 
 
 def index_consistent(state: SessionState) -> None:
     expected = {m.packet_id: s for s, m in state.outgoing.items() if m.packet_id}
-    assert state._by_packet_id == expected  # noqa: SLF001
+    assert state._by_packet_id == expected
 
 
 def wrap(body: str) -> str:

@@ -94,37 +94,37 @@ def test_clock_gone_backwards_is_unknown() -> None:
 def test_crash_while_connected_uses_last_activity() -> None:
     """No disconnect after the last connect: the connection closed no earlier than the last
     recorded activity."""
-    kw = dict(interval=2, connected_at=100.0, disconnected_at=None, last_activity=150.0)
+    kw = {"interval": 2, "connected_at": 100.0, "disconnected_at": None, "last_activity": 150.0}
     assert both(151.0, **kw) is False  # 1 s after the last activity
     assert both(154.0, **kw) is True  # 4 s after
     assert both(140.0, **kw) is None  # before the last activity: the clock went backwards
 
 
 def test_crash_without_activity_uses_connect_time() -> None:
-    kw = dict(interval=2, connected_at=100.0, disconnected_at=None, last_activity=None)
+    kw = {"interval": 2, "connected_at": 100.0, "disconnected_at": None, "last_activity": None}
     assert both(101.0, **kw) is False
     assert both(104.0, **kw) is True
 
 
 def test_never_connected_has_no_session_on_the_broker() -> None:
-    kw = dict(connected_at=None, disconnected_at=None, last_activity=None)
+    kw = {"connected_at": None, "disconnected_at": None, "last_activity": None}
     for interval in (None, 0, 2, MAX_EXPIRY):
         assert both(1000.0, interval=interval, **kw) is True
 
 
 def test_disconnect_before_the_last_connect_is_ignored() -> None:
     """Disconnected at 50, connected again at 100, crashed: 50 is an older connection's."""
-    kw = dict(interval=2, connected_at=100.0, disconnected_at=50.0, last_activity=120.0)
+    kw = {"interval": 2, "connected_at": 100.0, "disconnected_at": 50.0, "last_activity": 120.0}
     assert both(121.0, **kw) is False  # measured from 120, not from 50
     assert both(124.0, **kw) is True
     assert both(60.0, **kw) is None  # earlier than 120: clock went backwards
-    kw_no_activity = dict(interval=2, connected_at=100.0, disconnected_at=50.0, last_activity=None)
+    kw_no_activity = {"interval": 2, "connected_at": 100.0, "disconnected_at": 50.0, "last_activity": None}
     assert both(101.0, **kw_no_activity) is False
     assert both(103.0, **kw_no_activity) is True
 
 
 def test_disconnect_after_the_last_connect_is_exact() -> None:
-    kw = dict(interval=2, connected_at=100.0, disconnected_at=110.0, last_activity=105.0)
+    kw = {"interval": 2, "connected_at": 100.0, "disconnected_at": 110.0, "last_activity": 105.0}
     assert both(111.0, **kw) is False
     assert both(113.0, **kw) is True
 

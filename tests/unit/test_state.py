@@ -63,7 +63,8 @@ def one_message(qos: int, phase: Phase, pid: int = 7, seq: int = 3) -> SessionSt
 
 def assert_raises_unchanged(state: SessionState, exc: type[BaseException], fn, *args, **kw):
     before = snap(state)
-    text = codec.encode(state) if _encodable(state) else None
+    small = len(state.outgoing) < 1000  # the 65535-message states: skip the (slow) text compare
+    text = codec.encode(state) if small and _encodable(state) else None
     with pytest.raises(exc):
         fn(*args, **kw)
     assert snap(state) == before
@@ -521,8 +522,11 @@ def test_connack_session_lost_with_nothing_held() -> None:
     s.subscribe("x/#", 1)
     before = snap(s)
     rec, plan = s.on_connack(False)
-    assert rec is None and snap(s) == before
+    assert rec is None and snap(s) == before  # nothing to change, nothing to record
     assert plan.resubscribe == (("x/#", 1),)  # subscriptions are sent again
+    # [MQTT-3.2.2-5] the broker forgot a session that held subscriptions: that is reported
+    assert plan.lost is not None and plan.lost.resubscribed == (("x/#", 1),)
+    assert plan.lost.republished == plan.lost.dropped == plan.lost.queued == ()
 
 
 def test_apply_refuses_bad_session_resets() -> None:
@@ -610,6 +614,50 @@ def test_packet_id_0_message_replays() -> None:
     for r in recs:
         fresh.apply(r)
     assert fresh == s and snap(fresh) == snap(s)
+
+
+def test_avoid_skips_ids_held_outside_the_session() -> None:
+    """In-flight SUBSCRIBE / UNSUBSCRIBE ids (``avoid``) are never given to a message."""
+    s = SessionState()
+    assert s.accept("t", b"", 1, avoid={1, 2}).message.packet_id == 3
+    assert s.allocate_packet_id(avoid=range(1, 10)) == 10
+    every_free = set(range(1, MAX_PACKET_ID + 1)) - {3}
+    assert_raises_unchanged(s, PacketIdsExhausted, s.allocate_packet_id, every_free)
+    # accept still takes the message, id-less; send with the same avoid set cannot assign one
+    rec = s.accept("t", b"", 2, avoid=every_free)
+    assert rec.message.packet_id == 0
+    assert_raises_unchanged(s, PacketIdsExhausted, s.send, rec.message.seq, every_free)
+    assert s.send(rec.message.seq, avoid={4}).packet_id == 5  # after last id 3, 4 avoided
+
+
+def test_retract_undoes_the_latest_accept() -> None:
+    s = SessionState()
+    s.accept("a", b"1", 1)
+    s.accept("b", b"2", 2)
+    before = snap(s)
+    text = codec.encode(s)
+    rec = s.accept("c", b"3", 1)
+    s.retract(rec)
+    index_consistent(s)
+    assert s.outgoing_by_packet_id(rec.message.packet_id) is None
+    assert s.next_seq == rec.message.seq
+    s.check_invariants()
+    # "undo": the state is exactly what it was, so it equals a replay of the durable records
+    # (the retracted Accepted never reached the journal). See the report: last_packet_id stays.
+    assert snap(s) == before
+    assert codec.encode(s) == text
+
+
+def test_retract_only_the_latest() -> None:
+    s = SessionState()
+    first = s.accept("a", b"1", 1)
+    s.accept("b", b"2", 1)
+    assert_raises_unchanged(s, TransitionError, s.retract, first)
+    s2 = SessionState()
+    other = s2.accept("x", b"", 1)
+    s3 = SessionState()
+    s3.accept("y", b"", 1)
+    assert_raises_unchanged(s3, TransitionError, s3.retract, other)  # same seq, other message
 
 
 # =========================================================================== validation
@@ -736,12 +784,13 @@ def test_check_invariants_names_the_problem(kw: dict[str, object], words: str) -
         SessionState(**kw).check_invariants()  # type: ignore[arg-type]
 
 
-# =========================================================================== BUGS found (see report)
+# =========================================================================== robustness
 #
 # The module docstring promises: "an illegal transition raises TransitionError and changes
 # nothing"; apply(): "raise TransitionError (changing nothing) if it does not fit". And every
 # state the transitions can build must be saveable (encode) and loadable again (decode), or
 # save_session()/restore_session() break on a state the library itself produced.
+# (Every case below failed against the first version of state.py and was fixed there.)
 
 
 def _saveable(s: SessionState) -> None:

@@ -1,0 +1,566 @@
+"""The save_session() text: encode/decode round trips, and every kind of bad input -> StateError."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import string
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
+import mqttsession
+from mqttsession import SavedState, StateError, codec, load_state, session_expired
+from mqttsession.state import IncomingMessage, OutgoingMessage, Phase, SessionState
+
+from ._support import (
+    FAST,
+    PREFIX,
+    dump,
+    sample_state,
+    text_from_obj,
+    valid_states,
+    wrap,
+)
+
+DECODERS: list[Callable[[Any], object]] = [
+    codec.decode,
+    load_state,
+    lambda t: session_expired(t, 1e9),
+]
+DECODER_IDS = ["decode", "load_state", "session_expired"]
+
+
+def assert_all_refuse(data: object) -> None:
+    """Every public reader raises StateError (never another exception) on ``data``."""
+    for fn in DECODERS:
+        with pytest.raises(StateError):
+            fn(data)
+
+
+# =========================================================================== round trips
+
+
+@FAST
+@given(valid_states())
+@example(SessionState())
+@example(sample_state())
+def test_encode_decode_round_trip(state: SessionState) -> None:
+    text = codec.encode(state)
+    assert isinstance(text, str) and "\n" not in text
+    assert text.startswith(PREFIX)
+    again = codec.decode(text)
+    assert again == state
+    assert again.snapshot_fields() == state.snapshot_fields()
+    assert list(again.outgoing) == list(state.outgoing)  # order kept [MQTT-4.6.0-1]
+    assert again.outgoing_by_packet_id(0) is None
+    for m in state.outgoing.values():
+        if m.packet_id:
+            assert again.outgoing_by_packet_id(m.packet_id) == m
+    assert codec.encode(again) == text  # stable text
+    assert codec.decode(text.encode("utf-8")) == state  # bytes in
+    assert codec.decode(bytearray(text.encode("utf-8"))) == state
+    assert codec.decode("  " + text + "\n") == state  # surrounding whitespace is fine
+
+
+@FAST
+@given(valid_states())
+def test_load_state_gives_a_matching_view(state: SessionState) -> None:
+    view = load_state(codec.encode(state))
+    assert isinstance(view, SavedState)
+    assert view == SavedState.of(state)
+    assert (view.client_id, view.protocol_version, view.clean_session,
+            view.session_expiry_interval, view.broker, view.connected_at, view.disconnected_at,
+            view.last_activity) == (
+        state.client_id, state.protocol_version, state.clean_session,
+        state.session_expiry_interval, state.broker, state.connected_at, state.disconnected_at,
+        state.last_activity)
+    assert view.outgoing == tuple(state.outgoing.values())
+    assert view.incoming == tuple(state.incoming.values())
+    assert dict(view.subscriptions) == state.subscriptions
+    assert view.never_sent == tuple(m for m in state.outgoing.values() if m.phase is Phase.QUEUED)
+    assert view.in_flight == tuple(m for m in state.outgoing.values() if m.phase is not Phase.QUEUED)
+    with pytest.raises(TypeError):
+        view.subscriptions["x"] = 1  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        view.client_id = "other"  # type: ignore[misc]
+
+
+def test_public_api_exports() -> None:
+    assert mqttsession.load_state is load_state
+    assert mqttsession.session_expired is session_expired
+    for name in mqttsession.__all__:
+        assert hasattr(mqttsession, name)
+
+
+def test_sha256_covers_the_state_body() -> None:
+    text = codec.encode(sample_state())
+    digest = text[len(PREFIX):len(PREFIX) + 64]
+    body = text[len(PREFIX) + 64 + len('","state":'):-1]
+    assert hashlib.sha256(body.encode("utf-8")).hexdigest() == digest
+    assert json.loads(text)["state"] == json.loads(body)
+    assert wrap(body) == text  # the test helper builds texts exactly like encode
+
+
+# =========================================================================== garbage in
+
+
+@settings(FAST, max_examples=150)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_state_error(data: bytes) -> None:
+    assert_all_refuse(data)
+
+
+ANY_CHAR = st.integers(0, 0x10FFFF).map(chr)  # includes lone surrogates and U+0000
+
+
+@settings(FAST, max_examples=150)
+@given(st.one_of(st.text(max_size=300), st.text(ANY_CHAR, max_size=100)))
+def test_random_text_raises_state_error(text: str) -> None:
+    assert_all_refuse(text)
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=15,
+)
+
+
+@settings(FAST, max_examples=100)
+@given(JSONISH)
+def test_random_json_raises_state_error(obj: object) -> None:
+    assert_all_refuse(json.dumps(obj))
+
+
+@settings(FAST, max_examples=100)
+@given(JSONISH)
+def test_random_state_objects_with_valid_checksum_raise_state_error(obj: object) -> None:
+    """The field validator itself (the checksum passes) refuses anything that is not a state."""
+    assert_all_refuse(text_from_obj(obj))
+
+
+@pytest.mark.parametrize("bad", [None, 42, 4.2, [], {}, object(), ["text"], True],
+                         ids=lambda v: type(v).__name__)
+def test_non_text_input_raises_state_error(bad: object) -> None:
+    assert_all_refuse(bad)
+
+
+@pytest.mark.parametrize("bad", ["", " ", "\n\t", "null", "[]", '"x"', "1", "{}", "{", "}",
+                                 "NaN", "Infinity", "[" * 100_000, '{"format":"mqttsession"}'])
+def test_degenerate_texts_raise_state_error(bad: str) -> None:
+    assert_all_refuse(bad)
+    assert_all_refuse(bad.encode("utf-8"))
+
+
+def test_non_utf8_bytes_raise_state_error() -> None:
+    raw = codec.encode(sample_state()).encode("utf-8")
+    assert_all_refuse(raw.replace(b'"a/b"', b'"a\xffb"'))
+    assert_all_refuse(codec.encode(sample_state()).encode("utf-16"))
+
+
+# =========================================================================== truncation
+
+
+def _unicode_state() -> SessionState:
+    s = SessionState(client_id="ü-€-𝄞", protocol_version=5, session_expiry_interval=0xFFFFFFFF)
+    s.accept("ü/€/𝄞\x01", "π".encode() * 3, 2, properties=b"\x26\x00\x01a\x00\x01b")
+    s.send(1)
+    s.receive(65535, "in/ß", b"\x00")
+    s.subscribe("+/ü/#", 2)
+    s.connected(1.5e9, "bröker", True)
+    return s
+
+
+TRUNCATION_STATES = [SessionState(), sample_state(), _unicode_state()]
+
+
+@pytest.mark.parametrize("state", TRUNCATION_STATES, ids=["empty", "sample", "unicode"])
+def test_every_truncation_raises_state_error(state: SessionState) -> None:
+    text = codec.encode(state)
+    raw = text.encode("utf-8")
+    for n in range(len(text)):
+        with pytest.raises(StateError):
+            codec.decode(text[:n])
+    for n in range(len(raw)):
+        with pytest.raises(StateError):
+            codec.decode(raw[:n])
+    assert codec.decode(text) == state
+
+
+def test_every_truncation_refused_by_load_state_and_session_expired() -> None:
+    text = codec.encode(sample_state())
+    for n in range(0, len(text), 7):
+        assert_all_refuse(text[:n])
+
+
+# =========================================================================== substitution
+
+
+def _modest_state() -> SessionState:
+    s = SessionState(client_id="gw", protocol_version=5, session_expiry_interval=7)
+    s.accept("a/b", b"hi", 2)
+    s.send(1)
+    s.receive(9, "in", b"x")
+    s.subscribe("a/+", 1)
+    s.connected(100.25, None, False)
+    return s
+
+
+def _replacements(orig: int) -> set[int]:
+    """A handful of bytes, plus one of the same class, so many substitutions stay valid JSON."""
+    out = {ord(c) for c in '0 a"}\\'} | {0x00, 0xFF, 0x80}
+    c = chr(orig)
+    if c in string.digits:
+        out.add(ord("7" if c != "7" else "3"))  # a digit in a number or in the checksum
+    if c in "abcdef":
+        out.add(ord("e" if c != "e" else "b"))  # a hex digit of the checksum
+        out.add(ord(c.upper()))
+    if c.isalpha():
+        out.add(ord("q" if c != "q" else "z"))  # a letter in a topic or a key
+    out.discard(orig)
+    return out
+
+
+def test_every_single_byte_substitution_raises_state_error() -> None:
+    """Exhaustive: every position x a handful of bytes, incl. ones that keep the JSON valid."""
+    raw = codec.encode(_modest_state()).encode("utf-8")
+    assert 250 < len(raw) < 700
+    valid_json = 0
+    tried = 0
+    for i, orig in enumerate(raw):
+        for b in _replacements(orig):
+            mutated = raw[:i] + bytes([b]) + raw[i + 1:]
+            tried += 1
+            try:
+                json.loads(mutated)
+                valid_json += 1
+            except ValueError:
+                pass
+            with pytest.raises(StateError):
+                codec.decode(mutated)
+    assert tried > 2500
+    assert valid_json > 300  # many substitutions kept the JSON valid: only the checksum caught them
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"a/b"', '"a/c"'),  # a letter in a topic
+        ('"qos":2', '"qos":1'),  # a digit in a number
+        ('"packet_id":1', '"packet_id":2'),
+        ('"session_expiry_interval":7', '"session_expiry_interval":8'),
+        ('"phase":"await_pubrec"', '"phase":"await_pubcom"'),
+        ("100.25", "100.35"),
+        ('"client_id":"gw"', '"client_id":"gx"'),
+        ('"retain":false', '"retain":true '),
+    ],
+)
+def test_edits_that_keep_the_json_valid_are_caught_by_the_checksum(old: str, new: str) -> None:
+    text = codec.encode(_modest_state())
+    assert old in text
+    changed = text.replace(old, new, 1)
+    json.loads(changed)  # still valid JSON
+    with pytest.raises(StateError, match="checksum"):
+        codec.decode(changed)
+
+
+def test_checksum_hex_digit_changed() -> None:
+    text = codec.encode(_modest_state())
+    i = len(PREFIX) + 10
+    for c in "0123456789abcdef":
+        if c != text[i]:
+            with pytest.raises(StateError):
+                codec.decode(text[:i] + c + text[i + 1:])
+
+
+@settings(FAST, max_examples=100)
+@given(valid_states(), st.data())
+def test_random_single_char_substitution_raises_state_error(state: SessionState, data) -> None:
+    text = codec.encode(state)
+    i = data.draw(st.integers(0, len(text) - 1), label="position")
+    c = data.draw(st.characters(codec="utf-8"), label="char")  # no lone surrogates here, see below
+    assume(c != text[i])
+    assert_all_refuse(text[:i] + c + text[i + 1:])
+
+
+@settings(FAST, max_examples=100)
+@given(valid_states(), st.data())
+def test_random_single_byte_substitution_raises_state_error(state: SessionState, data) -> None:
+    raw = codec.encode(state).encode("utf-8")
+    i = data.draw(st.integers(0, len(raw) - 1), label="position")
+    b = data.draw(st.integers(0, 255), label="byte")
+    assume(b != raw[i])
+    assert_all_refuse(raw[:i] + bytes([b]) + raw[i + 1:])
+
+
+# =========================================================================== outer document
+
+
+def _outer(**changes: Any) -> str:
+    """The outer document rebuilt with changes (checksum left valid for the body)."""
+    text = codec.encode(_modest_state())
+    body = text[len(PREFIX) + 64 + len('","state":'):-1]
+    doc = {"format": "mqttsession", "version": 1,
+           "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    doc.update(changes)
+    head = dump({k: v for k, v in doc.items()})[:-1]
+    return head + ',"state":' + body + "}"
+
+
+def test_outer_rebuild_is_the_encoded_text() -> None:
+    assert _outer() == codec.encode(_modest_state())
+
+
+@pytest.mark.parametrize("version", [2, 3, 100, 2**40])
+def test_newer_format_version_is_refused_saying_so(version: int) -> None:
+    with pytest.raises(StateError, match="newer"):
+        codec.decode(_outer(version=version))
+    with pytest.raises(StateError, match="newer"):
+        load_state(_outer(version=version))
+
+
+@pytest.mark.parametrize("version", [0, -1, "1", 1.0, None, True, [1]])
+def test_bad_format_version_is_refused(version: object) -> None:
+    assert_all_refuse(_outer(version=version))
+
+
+@pytest.mark.parametrize("fmt", ["mqttsessions", "MQTTSESSION", "", None, 1, ["mqttsession"]])
+def test_wrong_format_name_is_refused(fmt: object) -> None:
+    with pytest.raises(StateError, match="not an mqttsession state"):
+        codec.decode(_outer(format=fmt))
+
+
+def test_extra_outer_field_is_refused() -> None:
+    assert_all_refuse(_outer(extra=1))
+
+
+def test_missing_state_or_checksum_is_refused() -> None:
+    assert_all_refuse('{"format":"mqttsession","version":1,"sha256":"' + "0" * 64 + '"}')
+    assert_all_refuse('{"format":"mqttsession","version":1,"state":{}}')
+
+
+def test_changed_layout_is_refused_even_with_valid_checksum() -> None:
+    text = codec.encode(_modest_state())
+    doc = json.loads(text)
+    for relaid in (
+        json.dumps(doc),  # spaces after separators
+        json.dumps(doc, separators=(",", ":"), sort_keys=True),  # keys reordered
+        text.replace(text[len(PREFIX):len(PREFIX) + 64], text[len(PREFIX):len(PREFIX) + 64].upper()),
+    ):
+        assert relaid != text
+        assert_all_refuse(relaid)
+
+
+def test_wrong_checksum_with_valid_layout_is_refused() -> None:
+    text = codec.encode(_modest_state())
+    fake = text[:len(PREFIX)] + hashlib.sha256(b"other").hexdigest() + text[len(PREFIX) + 64:]
+    with pytest.raises(StateError, match="checksum"):
+        codec.decode(fake)
+
+
+# =========================================================================== field-level errors
+#
+# Each text below has a VALID checksum over its (mutated) body, so the error comes from the field
+# validator, which must name the field.
+
+
+def _base_obj() -> dict[str, Any]:
+    return codec.state_to_obj(sample_state())
+
+
+def _check(mutate: Callable[[dict[str, Any]], None], match: str, allow_nan: bool = False) -> None:
+    obj = _base_obj()
+    mutate(obj)
+    text = text_from_obj(obj, allow_nan=allow_nan)
+    for fn in DECODERS:
+        with pytest.raises(StateError) as info:
+            fn(text)
+        assert match in str(info.value), f"{match!r} not in {str(info.value)!r}"
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(obj: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = obj
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        if last.isdigit():
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return mutate
+
+
+def _delete(path: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(obj: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = obj
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        del node[last]
+    return mutate
+
+
+def test_unmutated_base_decodes() -> None:
+    assert codec.decode(text_from_obj(_base_obj())) == sample_state()
+
+
+FIELD_ERRORS = [
+    # (id, mutation, text the message must contain)
+    ("qos-3", _set("outgoing.0.qos", 3), "state.outgoing[0].qos"),
+    ("qos-0", _set("outgoing.0.qos", 0), "state.outgoing[0].qos"),
+    ("qos-str", _set("outgoing.0.qos", "1"), "state.outgoing[0].qos"),
+    ("qos-bool", _set("outgoing.0.qos", True), "state.outgoing[0].qos"),
+    ("qos-float", _set("outgoing.0.qos", 1.0), "state.outgoing[0].qos"),
+    ("phase-unknown", _set("outgoing.1.phase", "sent"), "state.outgoing[1].phase"),
+    ("phase-not-str", _set("outgoing.1.phase", 1), "state.outgoing[1].phase"),
+    ("phase-for-qos1", _set("outgoing.0.phase", "await_pubcomp"), "phase await_pubcomp is not valid for qos 1"),
+    ("phase-for-qos2", _set("outgoing.1.phase", "await_puback"), "phase await_puback is not valid for qos 2"),
+    ("dup-packet-id", _set("outgoing.1.packet_id", 5), "packet_id 5 is held twice"),
+    ("sent-id-0", _set("outgoing.0.packet_id", 0), "a sent message must hold a packet id"),
+    ("packet-id-big", _set("outgoing.0.packet_id", 65536), "state.outgoing[0].packet_id"),
+    ("packet-id-neg", _set("outgoing.0.packet_id", -1), "state.outgoing[0].packet_id"),
+    ("seq-not-below-next", _set("next_seq", 2), "not below next_seq"),
+    ("seq-0", _set("outgoing.0.seq", 0), "state.outgoing[0].seq"),
+    ("seq-dup", _set("outgoing.1.seq", 1), "state.outgoing[1].seq"),
+    ("seq-falling", lambda o: o["outgoing"].reverse(), "sequence numbers must rise"),
+    ("next-seq-0", _set("next_seq", 0), "state.next_seq"),
+    ("payload-not-b64", _set("outgoing.0.payload", "not base64!"), "state.outgoing[0].payload"),
+    ("payload-bad-pad", _set("outgoing.0.payload", "abc"), "state.outgoing[0].payload"),
+    ("payload-not-str", _set("outgoing.0.payload", [1, 2]), "state.outgoing[0].payload"),
+    ("properties-b64", _set("outgoing.1.properties", "%%%%"), "state.outgoing[1].properties"),
+    ("in-payload-b64", _set("incoming.0.payload", "a"), "state.incoming[0].payload"),
+    ("topic-empty", _set("outgoing.0.topic", ""), "state.outgoing[0].topic"),
+    ("topic-nul", _set("outgoing.0.topic", "a\x00"), "state.outgoing[0].topic"),
+    ("topic-wildcard", _set("outgoing.0.topic", "a/#"), "wildcards"),
+    ("topic-not-str", _set("outgoing.0.topic", 5), "state.outgoing[0].topic"),
+    ("retain-not-bool", _set("outgoing.0.retain", 0), "state.outgoing[0].retain"),
+    ("in-topic-empty", _set("incoming.0.topic", ""), "state.incoming[0].topic"),
+    ("in-qos-1", _set("incoming.0.qos", 1), "state.incoming[0].qos"),
+    ("in-packet-id-0", _set("incoming.0.packet_id", 0), "state.incoming[0].packet_id"),
+    ("in-dup-not-bool", _set("incoming.0.dup", "no"), "state.incoming[0].dup"),
+    ("expiry-negative", _set("session_expiry_interval", -1), "state.session_expiry_interval"),
+    ("expiry-too-big", _set("session_expiry_interval", 0x100000000), "state.session_expiry_interval"),
+    ("expiry-float", _set("session_expiry_interval", 2.5), "state.session_expiry_interval"),
+    ("protocol-3", _set("protocol_version", 3), "state.protocol_version"),
+    ("clean-not-bool", _set("clean_session", "yes"), "state.clean_session"),
+    ("client-id-not-str", _set("client_id", 5), "state.client_id"),
+    ("client-id-nul", _set("client_id", "a\x00"), "state.client_id"),
+    ("broker-not-str", _set("broker", 1), "state.broker"),
+    ("time-str", _set("connected_at", "yesterday"), "state.connected_at"),
+    ("time-bool", _set("last_activity", True), "state.last_activity"),
+    ("last-packet-id", _set("last_packet_id", 65536), "state.last_packet_id"),
+    ("outgoing-not-list", _set("outgoing", {}), "state.outgoing"),
+    ("outgoing-item-not-obj", _set("outgoing.0", 5), "state.outgoing[0]"),
+    ("subs-qos-3", _set("subscriptions.0.qos", 3), "state.subscriptions[0].qos"),
+    ("subs-filter-bad", _set("subscriptions.0.filter", "a/#/b"), "'#' must be the whole last level"),
+    ("subs-filter-empty", _set("subscriptions.0.filter", ""), "state.subscriptions[0].filter"),
+    ("unknown-field", _set("extra", 1), "state: unknown field 'extra'"),
+    ("missing-field", _delete("next_seq"), "state: missing field 'next_seq'"),
+    ("unknown-field-out", _set("outgoing.0.extra", 1), "state.outgoing[0]: unknown field 'extra'"),
+    ("missing-field-out", _delete("outgoing.0.phase"), "state.outgoing[0]: missing field 'phase'"),
+    ("missing-field-in", _delete("incoming.0.dup"), "state.incoming[0]: missing field 'dup'"),
+    ("unknown-field-sub", _set("subscriptions.0.x", 1), "state.subscriptions[0]: unknown field 'x'"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "match"), [f[1:] for f in FIELD_ERRORS],
+                         ids=[f[0] for f in FIELD_ERRORS])
+def test_field_errors_name_the_field(mutate: Callable[[dict[str, Any]], None], match: str) -> None:
+    _check(mutate, match)
+
+
+def test_duplicates_in_incoming_and_subscriptions_are_named() -> None:
+    def dup_incoming(obj: dict[str, Any]) -> None:
+        obj["incoming"].append(copy.deepcopy(obj["incoming"][0]))
+
+    def dup_sub(obj: dict[str, Any]) -> None:
+        obj["subscriptions"].append({"filter": "a/#", "qos": 2})
+
+    _check(dup_incoming, "state.incoming[1].packet_id")
+    _check(dup_sub, "state.subscriptions[1].filter")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["connected_at", "disconnected_at", "last_activity"])
+def test_non_finite_time_is_refused(constant: str, field: str) -> None:
+    """json text `NaN` / `Infinity` in a time (the checksum is valid for it)."""
+    value = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}[constant]
+    obj = _base_obj()
+    obj[field] = value
+    body = dump(obj, allow_nan=True)
+    assert f'"{field}":{constant}' in body
+    for fn in DECODERS:
+        with pytest.raises(StateError, match=constant.lstrip("-")):
+            fn(wrap(body))
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400"])
+def test_overflowing_float_time_is_refused_naming_the_field(literal: str) -> None:
+    """1e400 parses to inf without being the `Infinity` constant: the validator catches it."""
+    body = dump(_base_obj()).replace('"connected_at":1000.0', f'"connected_at":{literal}')
+    assert literal in body
+    for fn in DECODERS:
+        with pytest.raises(StateError, match="state.connected_at"):
+            fn(wrap(body))
+
+
+def test_nan_elsewhere_is_refused() -> None:
+    body = dump(_base_obj()).replace('"next_seq":3', '"next_seq":NaN')
+    assert_all_refuse(wrap(body))
+
+
+def test_deeply_nested_state_is_refused() -> None:
+    body = dump(_base_obj()).replace('"broker":"localhost:1883"',
+                                     '"broker":' + "[" * 50_000 + "]" * 50_000)
+    assert_all_refuse(wrap(body))
+
+
+def test_topic_too_long_is_refused() -> None:
+    _check(_set("outgoing.0.topic", "x" * 65536), "longer than 65535 bytes")
+
+
+def test_outgoing_messages_decode_to_the_right_types() -> None:
+    s = codec.decode(codec.encode(sample_state()))
+    m = s.outgoing[2]
+    assert isinstance(m, OutgoingMessage) and m.phase is Phase.AWAIT_PUBCOMP
+    assert m.payload == b"\x00\xff" and m.properties == b"\x01" and m.retain is True
+    assert isinstance(s.incoming[9], IncomingMessage) and s.incoming[9].dup is True
+    assert isinstance(s.connected_at, float)
+
+
+def test_integer_times_are_read_as_floats() -> None:
+    obj = _base_obj()
+    obj["connected_at"] = 1000
+    s = codec.decode(text_from_obj(obj))
+    assert s.connected_at == 1000.0 and type(s.connected_at) is float
+
+
+# =========================================================================== BUGS found (see report)
+
+
+def test_lone_surrogate_in_a_string_raises_state_error() -> None:
+    """A str input with a lone surrogate inside a JSON string (e.g. a topic) must be refused with
+    StateError; decode() reaches body.encode('utf-8') for the checksum, which raises
+    UnicodeEncodeError instead."""
+    text = codec.encode(_modest_state())
+    assert text.count('"a/b"') == 1
+    assert_all_refuse(text.replace('"a/b"', '"a\ud800b"'))
+
+
+@pytest.mark.parametrize("field", ["connected_at", "disconnected_at", "last_activity"])
+def test_huge_integer_time_raises_state_error(field: str) -> None:
+    """A JSON integer too large for a float (valid checksum) must give StateError naming the
+    field; _Fields.get_opt_time calls math.isfinite(int), which raises OverflowError."""
+    obj = _base_obj()
+    obj[field] = 10**400
+    text = text_from_obj(obj)
+    for fn in DECODERS:
+        with pytest.raises(StateError, match=f"state.{field}"):
+            fn(text)
