@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from .aio import AsyncSession
 from .client import Client
 from .codec import SavedState, load_state
 from .errors import (
@@ -27,6 +28,8 @@ from .events import (
     SubscribedEvent,
     UnsubscribedEvent,
 )
+from .mesh import Connection, Session, SessionNotFoundError
+from .options import Options, TlsOptions
 
 __all__ = [
     "Client",
@@ -50,6 +53,12 @@ __all__ = [
     "UnsubscribedEvent",
     "load_state",
     "session_expired",
+    "Options",
+    "TlsOptions",
+    "Connection",
+    "Session",
+    "SessionNotFoundError",
+    "AsyncSession",
 ]
 
 __version__ = "0.1.0"

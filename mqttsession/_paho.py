@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
+_READ_BATCH: Final = 64  # packets read per network-loop round at most
 
 
 class Hooks(Protocol):
@@ -153,6 +154,18 @@ class PahoConnection(mqtt.Client):
     def socket_open(self) -> bool:
         return self._sock is not None  # noqa: SLF001
 
+    def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
+        # paho leaves the TCP socket to the garbage collector when the TLS handshake fails
+        try:
+            return super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001
+        except BaseException:
+            tcp_sock.close()
+            raise
+
+    def release(self) -> None:
+        """Close every socket paho still holds (it leaves its wake-up pair to ``__del__``)."""
+        self._reset_sockets()  # noqa: SLF001
+
     def set_auto_reconnect(self, on: bool) -> None:
         """Whether paho's network thread reconnects after a lost connection."""
         self._reconnect_on_failure = on  # noqa: SLF001
@@ -172,6 +185,22 @@ class PahoConnection(mqtt.Client):
         return super().reconnect()
 
     # ------------------------------------------------------------------ receiving
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read every packet that is waiting (up to a bound), not just one per round.
+
+        paho sizes its read batch by ``_out_messages`` + ``_in_messages``, which stay empty
+        here, so it would read one packet per select() round.
+        """
+        for _ in range(max(max_packets, _READ_BATCH)):
+            if self._sock is None:  # noqa: SLF001
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()  # noqa: SLF001
+            if rc > 0:
+                return self._loop_rc_handle(rc)  # noqa: SLF001
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return _OK
+        return _OK
 
     def _packet_handle(self) -> MQTTErrorCode:  # noqa: SLF001
         pkt = self._in_packet  # noqa: SLF001

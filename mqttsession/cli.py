@@ -1,4 +1,4 @@
-"""The ``mqttsession`` command: ``demo`` and ``inspect``."""
+"""The ``mqttsession`` command: ``demo``, ``compat`` and ``inspect``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ def _demo_publisher(args: argparse.Namespace) -> int:
     host, port = args.broker
     c = Client(client_id="mqttsession-demo-publisher", clean_session=False)
     c.config(f"SessionStateFile={args.state}")
-    c.config("MaxInflight=50")
     c.restore_session("")  # the IPWorks restart: state file set, restore, connect
     held = len(c.outgoing_messages)
     c.connect(host, port, timeout=10)
@@ -154,7 +153,7 @@ def _demo(args: argparse.Namespace) -> int:
 # ====================================================================== inspect
 
 
-def _inspect_obj(s: SavedState, now: float) -> dict[str, Any]:
+def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int]) -> dict[str, Any]:
     def msg(m: Any) -> dict[str, Any]:
         d = {"packet_id": m.packet_id, "topic": m.topic, "qos": m.qos, "bytes": len(m.payload),
              "retain": m.retain}
@@ -163,6 +162,7 @@ def _inspect_obj(s: SavedState, now: float) -> dict[str, Any]:
             d["phase"] = m.phase.value
         return d
 
+    payload_bytes = sum(len(m.payload) for m in s.outgoing + s.incoming)
     return {
         "client_id": s.client_id,
         "protocol_version": s.protocol_version,
@@ -172,38 +172,57 @@ def _inspect_obj(s: SavedState, now: float) -> dict[str, Any]:
         "broker": s.broker,
         "connected_at": s.connected_at,
         "disconnected_at": s.disconnected_at,
+        "last_activity": s.last_activity,
         "never_sent": [msg(m) for m in s.never_sent],
         "in_flight": [msg(m) for m in s.in_flight],
         "incoming": [msg(m) for m in s.incoming],
         "subscriptions": dict(s.subscriptions),
-        "payload_bytes": sum(len(m.payload) for m in s.outgoing + s.incoming),
+        "payload_bytes": payload_bytes,
+        "sizes": {**sizes, "payload_bytes": payload_bytes},
     }
 
 
-def _read_state(path: str) -> SavedState:
+def _read_state(path: str) -> tuple[SavedState, dict[str, int]]:
+    """The saved session and the sizes of what it was read from; read-only (no lock taken,
+    a damaged file is reported, never moved aside)."""
     if path == "-":
-        return load_state(sys.stdin.buffer.read())
-    from .journal import Journal
+        data = sys.stdin.buffer.read()
+        return load_state(data), {"input_bytes": len(data)}
+    from .journal import JOURNAL_SUFFIX, read_state
 
     if not os.path.exists(path):
         raise StateError(f"{path}: no such file")
-    j = Journal(path)
-    try:
-        return SavedState.of(j.recover())
-    finally:
-        j.close()
+    if os.path.isdir(path):
+        raise StateError(f"{path}: is a directory, not a state file")
+    state = SavedState.of(read_state(path))
+    journal = path + JOURNAL_SUFFIX
+    sizes = {"snapshot_bytes": os.path.getsize(path),
+             "journal_bytes": os.path.getsize(journal) if os.path.exists(journal) else 0}
+    return state, sizes
+
+
+def _when(t: float | None) -> str:
+    return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    s = _read_state(args.file)
-    info = _inspect_obj(s, time.time())
+    s, sizes = _read_state(args.file)
+    info = _inspect_obj(s, time.time(), sizes)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     exp = {True: "yes", False: "no", None: "unknown"}[info["expired"]]
+    if s.protocol_version != 5:
+        exp = "n/a (MQTT 3.1.1 sessions do not expire)"
+    interval = s.session_expiry_interval
+    shown = "absent (0)" if interval is None else ("never (0xFFFFFFFF)" if interval == 0xFFFFFFFF
+                                                  else f"{interval} s")
     print(f"client id:        {s.client_id!r}")
     print(f"protocol:         {'MQTT 5' if s.protocol_version == 5 else 'MQTT 3.1.1'}")
-    print(f"expiry interval:  {s.session_expiry_interval}  (expired: {exp})")
+    print(f"clean session:    {s.clean_session}")
+    print(f"expiry interval:  {shown}  (expired: {exp})")
+    print(f"broker:           {s.broker or 'unknown'}")
+    print(f"last connect:     {_when(s.connected_at)}; last disconnect: {_when(s.disconnected_at)}")
     for key, label in (("never_sent", "never sent"), ("in_flight", "in flight"),
                        ("incoming", "incoming QoS 2")):
         items = info[key]
@@ -217,7 +236,100 @@ def _inspect(args: argparse.Namespace) -> int:
     for f, q in sorted(s.subscriptions.items()):
         print(f"    {f!r} qos {q}")
     print(f"payload bytes:    {info['payload_bytes']}")
+    print("sizes:            " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()))
     return 0
+
+
+# ====================================================================== compat
+
+
+def _compat_list(as_json: bool) -> int:
+    from .compat import SCENARIOS, format_list
+
+    if as_json:
+        print(json.dumps([{"name": s.name, "spec_3_1_1": s.spec4 if 4 in s.protocols else None,
+                           "spec_5": s.spec5, "protocols": sorted(s.protocols),
+                           "summary": s.summary} for s in SCENARIOS], indent=2))
+    else:
+        print(format_list())
+    return 0
+
+
+def _compat(args: argparse.Namespace) -> int:
+    from .compat import (
+        BrokerUnavailable,
+        Target,
+        all_passed,
+        check_broker,
+        find_scenarios,
+        format_table,
+        run_all,
+        to_json,
+    )
+
+    if args.list:
+        return _compat_list(args.json)
+    try:
+        scenarios = find_scenarios(args.scenario)
+    except KeyError as exc:
+        print(f"mqttsession compat: {exc.args[0]} (see --list)", file=sys.stderr)
+        return 2
+    embedded: Any = None
+    label = ""
+    if args.broker is None:
+        from importlib.metadata import version
+
+        from .testing import BrokerStartError, EmbeddedAmqtt
+
+        if not args.verbose:
+            logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # its warnings are not ours
+        try:
+            embedded = EmbeddedAmqtt().start()
+        except BrokerStartError as exc:
+            print(f"mqttsession compat: cannot start the embedded amqtt broker: {str(exc).splitlines()[0]}",
+                  file=sys.stderr)
+            return 2
+        host, port = embedded.host, embedded.port
+        label = f"embedded amqtt {version('amqtt')}"
+    else:
+        host, port = args.broker
+    try:
+        target = Target(host, port, args.protocol, args.username, args.password, timeout=args.timeout)
+        try:
+            check_broker(target)
+        except BrokerUnavailable as exc:
+            print(f"mqttsession compat: {exc}", file=sys.stderr)
+            return 2
+        start = time.monotonic()
+        results = run_all(target, scenarios, jobs=args.jobs)
+        seconds = time.monotonic() - start
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    if args.json:
+        print(json.dumps(to_json(results, broker=target.address, protocol=args.protocol,
+                                 embedded=label or None, seconds=seconds), indent=2))
+    else:
+        version_name = "MQTT 5" if args.protocol == 5 else "MQTT 3.1.1"
+        title = f"mqttsession compat: {target.address}{f' ({label})' if label else ''}, {version_name}"
+        print(format_table(results, title, seconds))
+    return 0 if all_passed(results) else 1
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 32:
+        raise argparse.ArgumentTypeError(f"expected 1..32, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 60], got {text!r}")
+    return value
 
 
 # ====================================================================== main
@@ -234,6 +346,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="broker to start when --broker is not given (auto: mosquitto if"
                         " installed, else amqtt in-process)")
     d.set_defaults(func=_demo)
+    c = sub.add_parser("compat", help="check a broker's session behaviour, one row per scenario",
+                       description="Run MQTT session scenarios against a broker with raw packets and"
+                                   " print one row each: pass, FAIL with the reason, or n/a. Exit code"
+                                   " 0 when every applicable scenario passed, 1 otherwise, 2 when the"
+                                   " broker cannot be reached or refuses the protocol.")
+    c.add_argument("--broker", type=_split_broker, metavar="HOST:PORT",
+                   help="the broker to check (default: start an embedded amqtt broker)")
+    c.add_argument("--protocol", type=int, choices=(4, 5), default=4,
+                   help="4 = MQTT 3.1.1 (default), 5 = MQTT 5")
+    c.add_argument("--username", help="user name for every CONNECT")
+    c.add_argument("--password", help="password for every CONNECT")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    c.add_argument("--scenario", action="append", metavar="NAME",
+                   help="run only this scenario (repeatable)")
+    c.add_argument("--timeout", type=_positive, default=3.0, metavar="SECONDS",
+                   help="wait for a packet that should come (default 3)")
+    c.add_argument("--jobs", type=_jobs, default=4, metavar="N",
+                   help="scenarios run at a time, 1..32 (default 4)")
+    c.set_defaults(func=_compat)
     i = sub.add_parser("inspect", help="show a saved session (a state file, or - for stdin)")
     i.add_argument("file")
     i.add_argument("--json", action="store_true", help="machine-readable output")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Sequence, TypeVar
+from typing import Any, Callable, Final, Protocol, Sequence, TypeVar
 
 from . import codec
 from ._paho import (
@@ -24,7 +25,7 @@ from ._paho import (
     connect_properties,
     disconnect_properties,
 )
-from .errors import ConnectError, MQTTSessionError, StateError, UsageError
+from .errors import ConnectError, MQTTSessionError, StateError, TransitionError, UsageError
 from .events import (
     DIRECTION_CLIENT,
     DIRECTION_SERVER,
@@ -52,7 +53,7 @@ from .state import (
     validate_topic,
 )
 
-__all__ = ["Client"]
+__all__ = ["Client", "TlsSettings"]
 
 log = logging.getLogger("mqttsession")
 
@@ -92,6 +93,35 @@ def _parse_float(name: str, value: str, lo: float) -> float:
     return x
 
 
+class TlsSettings(Protocol):
+    """What ``Client.tls_options`` needs (``mqttsession.options.TlsOptions`` has it)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def ca_cert_path(self) -> str | None: ...
+    @property
+    def client_cert_path(self) -> str | None: ...
+    @property
+    def client_key_path(self) -> str | None: ...
+
+
+def _describe(exc: BaseException) -> str:
+    """A connect failure in words that name the cause."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the broker's TLS certificate was not accepted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+            return f"TLS handshake refused: the broker wants a client certificate ({reason})"
+        if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+            return f"TLS handshake refused: the broker does not trust our client certificate ({reason})"
+        return f"TLS error: {reason}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no broker listening there?)"
+    return str(exc) or type(exc).__name__
+
+
 @dataclass
 class _Settings:
     """The ``config()`` settings that are not session state."""
@@ -109,7 +139,7 @@ class _Settings:
     max_inflight: int = 20  # mosquitto's default max_inflight_messages: beyond it a 3.1.1
     # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
     republish_on_session_lost: bool = True
-    journal_max_bytes: int = 4 * 1024 * 1024
+    journal_max_bytes: int = 0  # 0: auto (4 MiB, or the snapshot's size when larger)
 
 
 class Client:
@@ -129,8 +159,11 @@ class Client:
         password: str | None = None,
         will_topic: str = "",
         will_message: bytes | str = b"",
+        tls_options: TlsSettings | None = None,
     ) -> None:
         self._lock = threading.RLock()
+        self._publish_lock = threading.Lock()  # taken before _lock, never inside it
+        self._unsynced: int | None = None  # seq of an accepted message not yet on disk
         self._changed = threading.Condition(self._lock)
         self._state = SessionState()
         self._settings = _Settings()
@@ -159,6 +192,7 @@ class Client:
         self._last_activity_record = 0.0
         self.username = username
         self.password = password
+        self.tls_options = tls_options
         self.will_topic = will_topic
         self.will_message = will_message
         self.keep_alive_interval = keep_alive_interval
@@ -313,6 +347,13 @@ class Client:
             )
             if self.username is not None:
                 conn.username_pw_set(self.username, self.password)
+            tls = self.tls_options
+            if tls is not None and tls.enabled:
+                try:
+                    conn.tls_set(ca_certs=tls.ca_cert_path, certfile=tls.client_cert_path,
+                                 keyfile=tls.client_key_path)
+                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    raise UsageError(f"TLS settings: {exc}") from exc
             if self.will_topic:
                 conn.will_set(
                     validate_topic(self.will_topic),
@@ -342,15 +383,20 @@ class Client:
                 conn.connect(host, port, self._keep_alive)
         except (OSError, ValueError) as exc:
             self._teardown()
-            raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+            raise ConnectError(f"cannot connect to {host}:{port}: {_describe(exc)}") from exc
         conn.loop_start()
         if not self._connack.wait(timeout):
             self._teardown()
             raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s")
         rc, reason = self._connack_result
+        if rc == -2:
+            self._teardown()
+            raise ConnectError(f"{host}:{port} closed the connection before CONNACK ({reason});"
+                               " a TLS listener that requires a client certificate does this", rc)
         if rc != 0:
             self._teardown()
-            raise ConnectError(f"{host}:{port} refused the connection: {reason}", rc)
+            hint = " (wrong username or password?)" if rc in (4, 5, 0x86, 0x87) else ""
+            raise ConnectError(f"{host}:{port} refused the connection: {reason}{hint}", rc)
         self._start_ticker()
 
     def _teardown(self) -> None:
@@ -368,6 +414,7 @@ class Client:
                 pass
             if not conn.in_network_thread():
                 conn.loop_stop()
+                conn.release()
 
     def disconnect(self) -> None:
         """A clean DISCONNECT; the disconnect time is recorded in the session state."""
@@ -388,6 +435,7 @@ class Client:
         self._ticker_stop.set()
         if not conn.in_network_thread():
             conn.loop_stop()
+            conn.release()
         with self._lock:
             if self._conn is conn:
                 self._conn = None
@@ -439,10 +487,63 @@ class Client:
                 else:
                     log.warning("QoS 0 message to %r dropped: not connected", topic)
                 return 0
+        if self._holds_lock():
+            # called back from inside the session lock (an event callback): the publish lock
+            # would be taken out of order, so this one syncs in place
+            return self._publish_locked(topic, payload, qos, retain)
+        with self._publish_lock:  # publishers in turn: a failed sync can undo the latest
+            with self._lock:
+                if self._journal is None and self._settings.session_state_file:
+                    self._open_journal()  # durable from the first message, connected or not
+                j = self._journal
+                if j is not None and j.needs_compaction:
+                    j.compact(self._state)  # a fault here fails a publish not yet made
+                rec = self._state.accept(topic, payload, qos, retain, avoid=self._sub_mids)
+                seq = rec.message.seq
+                try:
+                    offset = self._persist(rec, sync=True, defer_sync=True)  # point 1
+                except BaseException:
+                    self._state.retract(rec)
+                    raise
+                if offset is None or j is None:
+                    self._pending.append(seq)
+                    self._pump()
+                    return rec.message.packet_id
+                self._unsynced = seq  # not sent before its record is on disk
+            try:
+                # group commit, outside the session lock: the network thread goes on with
+                # acks meanwhile, and one fdatasync covers what it wrote too
+                j.sync_to(offset)
+            except BaseException:
+                with self._lock:
+                    self._unsynced = None
+                    try:
+                        self._state.retract(rec)
+                    except TransitionError:
+                        # a callback published after it meanwhile: it cannot be taken back,
+                        # so it stays in the session (and goes out) rather than half-vanish
+                        self._pending.append(seq)
+                        self._error(-1, f"publish of seq {seq} failed to sync but was kept")
+                    try:
+                        j.compact(self._state)  # the files must match the session
+                    except MQTTSessionError:
+                        pass
+                raise
+            with self._lock:
+                self._unsynced = None
+                self._pending.append(seq)
+                self._compact_if_due()
+                self._pump()
+            return rec.message.packet_id
+
+    def _holds_lock(self) -> bool:
+        owned = getattr(self._lock, "_is_owned", None)
+        return bool(owned()) if owned is not None else False
+
+    def _publish_locked(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
+        with self._lock:
             if self._journal is None and self._settings.session_state_file:
-                self._open_journal()  # durable from the first message, connected or not
-            if self._journal is not None and self._journal.needs_compaction:
-                self._journal.compact(self._state)  # a fault here fails a publish not yet made
+                self._open_journal()
             rec = self._state.accept(topic, payload, qos, retain, avoid=self._sub_mids)
             try:
                 self._persist(rec, sync=True)  # persistence point 1
@@ -471,6 +572,8 @@ class Client:
             return
         while self._pending and len(self._inflight) < self._window:
             seq = self._pending[0]
+            if seq == self._unsynced:
+                return  # persistence point 1: its record is still on the way to disk
             m = self._state.outgoing.get(seq)
             if m is None or seq in self._inflight:
                 self._pending.popleft()
@@ -481,7 +584,8 @@ class Client:
 
     def _write(self, conn: PahoConnection, m: OutgoingMessage) -> bool:
         if m.phase is Phase.QUEUED:
-            self._record(self._state.send(m.seq, avoid=self._sub_mids))
+            # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
+            self._record(self._state.send(m.seq, avoid=self._sub_mids), lazy=True)
             m = self._state.outgoing[m.seq]
             ok = conn.send_publish(m.packet_id, m.topic, m.payload, m.qos, m.retain, False,
                                    m.properties)
@@ -575,6 +679,7 @@ class Client:
                     f" {len(self._state.incoming)} incoming messages this client holds"
                 )
             path = self._settings.session_state_file
+            from_file = bool(path)
             if path:
                 state = self._load_file(path)
             else:
@@ -593,7 +698,7 @@ class Client:
                     state.last_activity, time.time(),
                 ) is True
             # the client's own settings win over those saved with the session
-            state.configure(
+            settings = state.configure(
                 protocol_version=self._state.protocol_version,
                 clean_session=False,
                 session_expiry_interval=(
@@ -609,7 +714,10 @@ class Client:
                 log.info("saved session of %r has expired (MQTT 5): starting clean", state.client_id)
             self._unsent_subs.clear()
             if self._journal is not None:
-                self._journal.compact(self._state)
+                if from_file:
+                    self._persist(settings, sync=True)  # the file holds the rest already
+                else:
+                    self._journal.compact(self._state)
             elif path:
                 self._open_journal()
 
@@ -664,27 +772,39 @@ class Client:
         )
         j.compact(self._state)
 
-    def _record(self, rec: Record, sync: bool = False) -> None:
+    def _record(self, rec: Record, sync: bool = False, lazy: bool = False) -> None:
         """A transition already applied in memory: make it durable (if a file is set)."""
         if self._journal is not None:
-            self._persist(rec, sync)
+            self._persist(rec, sync, lazy)
 
-    def _persist(self, rec: Record, sync: bool) -> None:
+    def _persist(
+        self, rec: Record, sync: bool, lazy: bool = False, defer_sync: bool = False
+    ) -> int | None:
+        """Append ``rec``; with ``defer_sync``, the offset to ``sync_to`` (None: durable)."""
         j = self._journal
         if j is None:
-            return
+            return None
         if self._unrestored is not None:
             if self._resuming:
-                return  # on_connected may still restore it; compaction will hold this record
+                return None  # on_connected may still restore it; compaction will hold it
             self._settle_unrestored()
-            return  # the compaction wrote the whole state, this record included
-        j.append(rec, self._state, sync=sync)
-        if j.needs_compaction:
+            return None  # the compaction wrote the whole state, this record included
+        offset = j.append(rec, self._state, sync=sync, lazy=lazy, defer_sync=defer_sync)
+        if offset is not None:
+            return offset  # the caller syncs, then compacts if due
+        if not lazy:
+            self._compact_if_due()
+        return None
+
+    def _compact_if_due(self) -> None:
+        """Compact a journal past its bound; a fault is reported, not raised: the records
+        are durable, and a failed compaction leaves the files as they were (or marked for a
+        full rewrite)."""
+        j = self._journal
+        if j is not None and j.needs_compaction:
             try:
                 j.compact(self._state)
             except MQTTSessionError as exc:
-                # the record itself is durable; the journal stays as it was, and a failed
-                # compaction leaves the files as they were (or marks them for a full rewrite)
                 self._error(getattr(exc, "errno", None) or -1, f"state file compaction failed: {exc}")
 
     # ================================================================== events
@@ -758,6 +878,8 @@ class Client:
         with self._lock:
             if reset is not None:
                 self._record(reset, sync=True)
+                if not self._state.outgoing:
+                    self._changed.notify_all()
             self._start_clean_once = False
             self._pending = deque(m.seq for m in plan.outgoing)
             self._inflight.clear()
@@ -819,7 +941,8 @@ class Client:
     def _finished(self, m: OutgoingMessage, reason_code: int) -> None:
         """An outgoing flow ended (lock held): free the window and fire events after."""
         self._inflight.pop(m.seq, None)
-        self._changed.notify_all()
+        if not self._state.outgoing:
+            self._changed.notify_all()  # flush() waits for exactly this
         self._pump()
 
     def _after_ack(self, m: OutgoingMessage, reason_code: int) -> None:
@@ -833,7 +956,8 @@ class Client:
             if m is None or m.phase is not Phase.AWAIT_PUBACK:
                 log.debug("PUBACK for packet id %d, which awaits none: ignored", packet_id)
                 return
-            self._record(self._state.puback(packet_id))  # point 5: a late removal only resends
+            self._record(self._state.puback(packet_id), lazy=True)  # point 5: a lost removal
+            # only costs a resend
             self._finished(m, reason_code)
         self._after_ack(m, reason_code)
 
@@ -861,7 +985,7 @@ class Client:
             if m is None or m.phase is not Phase.AWAIT_PUBCOMP:
                 log.debug("PUBCOMP for packet id %d, which awaits none: ignored", packet_id)
                 return
-            self._record(self._state.pubcomp(packet_id))  # point 5
+            self._record(self._state.pubcomp(packet_id), lazy=True)  # point 5
             self._finished(m, reason_code)
         self._after_ack(m, reason_code)
 
@@ -875,6 +999,11 @@ class Client:
             clean = self._user_disconnect
             if was_connected and not clean:
                 self._record(self._state.disconnected(time.time()))
+        if not was_connected and not self._connack.is_set():
+            # closed before any CONNACK (e.g. a TLS client certificate the broker refused
+            # after the handshake): connect() fails now rather than at its timeout
+            self._connack_result = (-2, f"connection closed before CONNACK: {reason}")
+            self._connack.set()
         if clean:
             self._fire("on_disconnected", DisconnectedEvent(0, "OK"))
         elif was_connected:
@@ -928,6 +1057,8 @@ class Client:
             if now - self._last_activity_record >= 5.0:
                 self._last_activity_record = now
                 self._record(self._state.activity(now))
+            if self._journal is not None:
+                self._journal.flush()  # lazy records wait at most one tick
             interval = self._settings.republish_interval
             if interval <= 0 or self._state.protocol_version != 4:
                 return  # MQTT 5: resend only on reconnect [MQTT-4.4.0-1]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Final, Mapping
@@ -55,6 +56,17 @@ VERSION: Final = 1
 _PREFIX: Final = '{"format":"mqttsession","version":1,"sha256":"'
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _PHASES: Final = {p.value: p for p in Phase}
+
+
+if sys.version_info >= (3, 11):
+
+    def _b64decode(text: str) -> bytes:
+        return binascii.a2b_base64(text, strict_mode=True)
+
+else:  # pragma: no cover
+
+    def _b64decode(text: str) -> bytes:
+        return base64.b64decode(text, validate=True)
 
 
 def _b64(data: bytes) -> str:
@@ -140,13 +152,17 @@ class _Fields:
     def __init__(self, obj: object, where: str, keys: frozenset[str]) -> None:
         if not isinstance(obj, dict):
             raise StateError(f"{where}: expected an object, got {type(obj).__name__}")
+        if obj.keys() == keys:  # the usual case, in one comparison
+            self.obj: dict[str, Any] = obj
+            self.where = where
+            return
         missing = keys - obj.keys()
         if missing:
             raise StateError(f"{where}: missing field {sorted(missing)[0]!r}")
         extra = obj.keys() - keys
         if extra:
             raise StateError(f"{where}: unknown field {sorted(extra)[0]!r}")
-        self.obj: dict[str, Any] = obj
+        self.obj = obj
         self.where = where
 
     def fail(self, key: str, what: str) -> StateError:
@@ -198,8 +214,10 @@ class _Fields:
         v = self.obj[key]
         if not isinstance(v, str):
             raise self.fail(key, "expected base64 text")
+        if not v:
+            return b""
         try:
-            return base64.b64decode(v, validate=True)
+            return _b64decode(v)
         except (binascii.Error, ValueError):
             raise self.fail(key, "expected base64 text") from None
 
@@ -410,15 +428,28 @@ def load_state(state_data: str | bytes) -> SavedState:
 _EVENTS: Final = {e.value: e for e in Event}
 
 
+_STR: Final = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per call
+_BOOL: Final = ("false", "true")
+
+
 def encode_record(rec: Record) -> bytes:
-    """A record as the UTF-8 JSON array the journal frames."""
-    if isinstance(rec, Accepted):
+    """A record as the UTF-8 JSON array the journal frames.
+
+    The records on the publish path are built by hand: json.dumps costs several times more.
+    """
+    arr: list[Any]
+    if type(rec) is Accepted:
         m = rec.message
-        arr: list[Any] = ["A", m.seq, m.packet_id, m.topic, _b64(m.payload), m.qos, m.retain,
-                          _b64(m.properties)]
-    elif isinstance(rec, Stepped):
-        arr = ["S", rec.seq, rec.event.value, rec.packet_id]
-    elif isinstance(rec, Received):
+        props = f'"{_b64(m.properties)}"' if m.properties else '""'
+        return (
+            f'["A",{m.seq},{m.packet_id},{_STR(m.topic)},"{_b64(m.payload)}",{m.qos},'
+            f"{_BOOL[m.retain]},{props}]"
+        ).encode("utf-8")
+    if type(rec) is Stepped:
+        return f'["S",{rec.seq},"{rec.event.value}",{rec.packet_id}]'.encode("ascii")
+    if type(rec) is Activity:
+        return f'["T",{rec.at!r}]'.encode("ascii")
+    if isinstance(rec, Received):
         im = rec.message
         arr = ["R", im.packet_id, im.topic, _b64(im.payload), im.retain, im.dup,
                _b64(im.properties)]
@@ -434,8 +465,6 @@ def encode_record(rec: Record) -> bytes:
         arr = ["Z", list(rec.requeued), list(rec.dropped), list(rec.released)]
     elif isinstance(rec, Disconnected):
         arr = ["D", rec.at, rec.session_expiry_interval]
-    elif isinstance(rec, Activity):
-        arr = ["T", rec.at]
     elif isinstance(rec, Configured):
         arr = ["K", rec.client_id, rec.protocol_version, rec.clean_session,
                rec.session_expiry_interval]

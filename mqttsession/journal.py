@@ -15,6 +15,7 @@ snapshot, a bad frame followed by good ones, a record that does not fit the stat
 client's file) raises ``StateError`` and both files are kept aside as ``*.damaged-<time>``,
 never overwritten. A journal whose header names another snapshot is stale (a crash between
 the two renames of a compaction, whose new snapshot already holds it) and is dropped.
+``read_state`` reads the files the same way, read-only: no lock, nothing moved or written.
 
 Compaction (``save_session()``, a clean disconnect, the journal passing its size bound):
 write the new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journal
@@ -32,13 +33,14 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import Final
 
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError
 from .state import Record, SessionState
 
-__all__ = ["Journal", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
+__all__ = ["Journal", "read_state", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ _HEAD: Final = struct.Struct(">II")
 _MAX_FRAME: Final = 256 * 1024 * 1024
 _HEADER_TAG: Final = "mqttsession-journal"
 _MODE: Final = 0o600
+AUTO_JOURNAL_BYTES: Final = 4 * 1024 * 1024
 
 
 def frame(payload: bytes) -> bytes:
@@ -128,7 +131,7 @@ class Journal:
 
     def __init__(
         self, path: str, client_id: str = "", sync: bool = True,
-        max_journal_bytes: int = 4 * 1024 * 1024,
+        max_journal_bytes: int = 0,
     ) -> None:
         self.path = os.fspath(path)
         self.journal_path = self.path + JOURNAL_SUFFIX
@@ -138,6 +141,11 @@ class Journal:
         self._fd: int | None = None  # journal, opened for appending
         self._size = 0
         self._broken = False  # a write failed: the next write is a full compaction
+        self._snapshot_size = 0
+        self._cut_at: int | None = None  # a torn journal tail to cut before appending
+        self._lazy: list[bytes] = []  # frames of lazy records not yet written
+        self._sync_lock = threading.Lock()  # sync_to() vs. compaction closing the file
+        self._synced_to = 0  # journal bytes known to be on disk
         self._lock_fd: int | None = None
         self._acquire_lock()
 
@@ -175,6 +183,7 @@ class Journal:
 
     def close(self) -> None:
         """Close the journal and release the lock (the lock file is removed)."""
+        self.flush()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -222,53 +231,19 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        try:
-            with open(self.path, "rb") as f:
-                snapshot = f.read()
-        except FileNotFoundError:
-            if os.path.exists(self.journal_path):
-                raise self._keep_aside("journal without its snapshot") from None
-            return SessionState(client_id=self.client_id, clean_session=False)
-        except OSError as exc:
-            raise StateError(f"cannot read state file {self.path}: {exc}") from exc
-        try:
-            state = codec.decode(snapshot)
-        except StateError as exc:
-            raise self._keep_aside(str(exc)) from None
-        if self.client_id and state.client_id and state.client_id != self.client_id:
-            raise StateError(
-                f"state file {self.path} belongs to client id {state.client_id!r},"
-                f" not {self.client_id!r}"
-            )
-        digest = hashlib.sha256(snapshot.strip()).hexdigest()
-        try:
-            with open(self.journal_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return state
-        payloads, valid, damaged = read_frames(data)
-        if damaged:
-            raise self._keep_aside(f"journal frame at byte {valid} is bad but later ones are good")
-        if not payloads:
-            if data:
-                log.warning("state journal %s: torn header cut (%d bytes)", self.journal_path, len(data))
-            return state
-        header = self._header(payloads[0])
-        if header is None:
-            raise self._keep_aside("journal header is not valid")
-        if header[0] != digest:
-            log.info("state journal %s is older than its snapshot: dropped", self.journal_path)
-            return state
-        if header[1] != state.client_id:
-            raise self._keep_aside(f"journal is for client id {header[1]!r}")
-        for i, payload in enumerate(payloads[1:], 1):
+        state, snapshot_size, resume_at = _load(self.path, self.client_id, self._keep_aside)
+        self._snapshot_size = snapshot_size
+        if resume_at is not None:
+            # go on appending to the journal where its valid part ends (a torn tail is cut
+            # by the first append, so recovery itself writes nothing): a restore costs no
+            # rewrite of the whole session
             try:
-                state.apply(codec.decode_record(payload))
-            except MQTTSessionError as exc:
-                raise self._keep_aside(f"journal record {i}: {exc}") from None
-        if valid < len(data):
-            log.warning("state journal %s: torn tail of %d bytes cut (a crash mid-write)",
-                        self.journal_path, len(data) - valid)
+                self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+            except OSError:
+                return state  # the next append compacts instead
+            self._size = resume_at
+            self._cut_at = resume_at
+            self._broken = False
         return state
 
     @staticmethod
@@ -284,14 +259,44 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
 
+    def flush(self) -> None:
+        """Write the lazy records now (no fsync: losing them costs only resends)."""
+        if not self._lazy or self._fd is None or self._broken:
+            self._lazy.clear()
+            return
+        data = b"".join(self._lazy)
+        self._lazy.clear()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._broken = True
+            log.warning("state journal %s: lazy records not written: %s", self.journal_path, exc)
+            return
+        self._size += len(data)
+
     @property
     def needs_compaction(self) -> bool:
-        return self._size > self.max_journal_bytes
+        """The journal passed its bound: ``max_journal_bytes`` when set (> 0); by default
+        4 MiB or the snapshot's size, whichever is larger, so compaction stays amortised and a
+        restore reads about twice what the session holds at most, whatever the file's history."""
+        if self.max_journal_bytes > 0:
+            return self._size > self.max_journal_bytes  # an explicit, hard bound
+        return self._size > max(AUTO_JOURNAL_BYTES, self._snapshot_size)
 
     def compact(self, state: SessionState, text: str | None = None) -> None:
         """Fold everything into a new snapshot (``text``, or ``state``'s) and a fresh journal."""
         if text is None:
             text = codec.encode(state)
+        with self._sync_lock:  # no sync_to() may be using the descriptor we close
+            self._compact(state, text)
+
+    def _compact(self, state: SessionState, text: str) -> None:
+        self._lazy.clear()  # ``state`` holds them
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -305,22 +310,52 @@ class Journal:
             self._broken = True
             raise PersistenceError(exc.errno, f"cannot open {self.journal_path}: {exc}") from exc
         self._size = len(header)
+        self._synced_to = self._size  # written with fsync
+        self._snapshot_size = len(text)
         self._broken = False
         self.client_id = state.client_id
 
-    def append(self, rec: Record, state: SessionState, sync: bool = True) -> None:
+    def append(
+        self, rec: Record, state: SessionState, sync: bool = True, lazy: bool = False,
+        defer_sync: bool = False,
+    ) -> int | None:
         """Make ``rec`` (already applied to ``state``) durable: in the OS always, on disk if
         ``sync`` and the policy is ``always``. After a failed write the next call rewrites
-        everything (``state`` already holds the record)."""
+        everything (``state`` already holds the record).
+
+        ``lazy``: a record whose loss costs only a harmless resend (a SEND step, a removal on
+        PUBACK / PUBCOMP: persistence point 5) waits in memory and goes out in the same write,
+        under the same fsync, as the next record that is not lazy, or at ``flush``.
+
+        ``defer_sync``: write now, and return the offset the caller must pass to ``sync_to``
+        (outside its own locks) before the record counts as durable; None when nothing is left
+        to sync.
+        """
+        if lazy and not self._broken and self._fd is not None:
+            self._lazy.append(frame(codec.encode_record(rec)))
+            return None
         if self._broken or self._fd is None:
             self.compact(state)
-            return
+            return None
+        if self._cut_at is not None:
+            try:
+                if os.fstat(self._fd).st_size > self._cut_at:
+                    os.ftruncate(self._fd, self._cut_at)  # the torn tail recovery found
+            except OSError:
+                self.compact(state)
+                return None
+            finally:
+                self._cut_at = None
         data = frame(codec.encode_record(rec))
+        if self._lazy:
+            self._lazy.append(data)
+            data = b"".join(self._lazy)
+            self._lazy.clear()
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
-            if sync and self.sync:
+            if sync and self.sync and not defer_sync:
                 os.fdatasync(self._fd)
         except OSError as exc:
             # take the frame back out: a caller told "failed" must not find it after a restart
@@ -334,3 +369,98 @@ class Journal:
                 exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
         self._size += len(data)
+        if sync and self.sync:
+            if not defer_sync:
+                self._synced_to = self._size
+                return None
+            return self._size
+        return None
+
+    def sync_to(self, offset: int) -> None:
+        """Make the journal durable up to ``offset`` (group commit: one fdatasync covers
+        whatever any thread wrote before it). Safe without the caller's session lock."""
+        with self._sync_lock:
+            if self._synced_to >= offset or self._fd is None:
+                return  # already synced, or compacted since (compaction fsyncs)
+            target = self._size
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._broken = True
+                raise PersistenceError(
+                    exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
+                ) from exc
+            self._synced_to = max(self._synced_to, target)
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
+          *, read_only: bool = False) -> tuple[SessionState, int, int | None]:
+    """Snapshot + valid journal prefix of ``path``; ``damaged(why)`` makes the error to raise.
+
+    Returns the state, the snapshot's size, and where the journal's valid part ends when it
+    belongs to this snapshot (None: there is no usable journal to append to).
+    """
+    journal_path = path + JOURNAL_SUFFIX
+    try:
+        with open(path, "rb") as f:
+            snapshot = f.read()
+    except FileNotFoundError:
+        if os.path.exists(journal_path):
+            raise damaged("journal without its snapshot") from None
+        return SessionState(client_id=client_id, clean_session=False), 0, None
+    except OSError as exc:
+        raise StateError(f"cannot read state file {path}: {exc}") from exc
+    try:
+        state = codec.decode(snapshot)
+    except StateError as exc:
+        raise damaged(str(exc)) from None
+    if client_id and state.client_id and state.client_id != client_id:
+        raise StateError(
+            f"state file {path} belongs to client id {state.client_id!r}, not {client_id!r}"
+        )
+    digest = hashlib.sha256(snapshot.strip()).hexdigest()
+    try:
+        with open(journal_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return state, len(snapshot), None
+    payloads, valid, damaged_mid = read_frames(data)
+    if damaged_mid:
+        raise damaged(f"journal frame at byte {valid} is bad but later ones are good")
+    cut = "ignored" if read_only else "cut"
+    if not payloads:
+        if data:
+            log.warning("state journal %s: torn header %s (%d bytes)", journal_path, cut, len(data))
+        return state, len(snapshot), None
+    header = Journal._header(payloads[0])
+    if header is None:
+        raise damaged("journal header is not valid")
+    if header[0] != digest:
+        log.info("state journal %s is older than its snapshot: %s", journal_path,
+                 "ignored" if read_only else "dropped")
+        return state, len(snapshot), None
+    if header[1] != state.client_id:
+        raise damaged(f"journal is for client id {header[1]!r}")
+    for i, payload in enumerate(payloads[1:], 1):
+        try:
+            state.apply(codec.decode_record(payload))
+        except MQTTSessionError as exc:
+            raise damaged(f"journal record {i}: {exc}") from None
+    if valid < len(data):
+        log.warning("state journal %s: torn tail of %d bytes %s (a crash mid-write)",
+                    journal_path, len(data) - valid, cut)
+    return state, len(snapshot), valid
+
+
+def read_state(path: str, client_id: str = "") -> SessionState:
+    """The session in a state file, read-only: no lock taken, nothing moved or written.
+
+    Same recovery as ``Journal.recover`` (a torn tail is ignored); damage raises ``StateError``
+    and leaves the files where they are. A missing file is an empty session.
+    """
+    path = os.fspath(path)
+    return _load(path, client_id,
+                 lambda why: StateError(f"state file {path} is damaged: {why}"), read_only=True)[0]

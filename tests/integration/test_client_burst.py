@@ -47,6 +47,9 @@ def _burst(broker: Any, protocol: int, window: int | None) -> None:
         assert c.flush(60)
         c.publish_message(topic, 2, f"{tag}:END")
         counter.wait_payload(f"{tag}:END", timeout=30)
+        # not a true barrier: mosquitto may send a later message ahead of ones queued behind
+        # a full in-flight window to the subscriber, so wait for every number as well
+        counter.wait_numbers(tag, range(1, TOTAL + 1), timeout=30)
         _procs.assert_delivered(counter.counts(tag), range(1, TOTAL + 1))
     finally:
         c.close()

@@ -599,7 +599,15 @@ def test_files_match_the_session_after_every_publish_while_connected(
                 with c._lock:
                     held = list(c.outgoing_messages)
                     got = crash_copy(p, tmp_path / f"crash{i}")
-                assert out_of(got) == held
+                # Every held message is in the files (nothing lost). The files may still hold
+                # messages already acknowledged, and a sent message may still look unsent:
+                # SEND steps and removals on PUBACK / PUBCOMP are written lazily (persistence
+                # point 5: losing one costs only a resend).
+                key = lambda m: (m.packet_id, m.topic, m.qos, m.message)  # noqa: E731
+                on_disk = [key(m) for m in out_of(got)]
+                assert [key(m) for m in held] == [k for k in on_disk if k in set(map(key, held))]
+                published = {(f"mqs/persist/{j % 4}", b"connected %d" % j) for j in range(i + 1)}
+                assert all((t, b) in published for _pid, t, _q, b in on_disk)
         assert c.flush(15)
         c.disconnect()
         got = crash_copy(p, tmp_path / "end")

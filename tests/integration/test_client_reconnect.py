@@ -124,6 +124,7 @@ def test_session_present_0_after_broker_restart_loses_nothing(
         assert c.flush(_procs.TIMEOUT), c.outgoing_messages
         c.publish_message(topic, 2, f"{tag}:END")
         counter.wait_payload(f"{tag}:END")
+        counter.wait_numbers(tag, range(1, 13), timeout=15)  # END is no strict barrier
         _procs.assert_delivered(counter.counts(tag), range(1, 13))
 
         # on the wire: the broker forgot them, so they go out as NEW messages (DUP=0) [MQTT-3.2.2-5]
@@ -191,6 +192,7 @@ def test_connection_cut_mid_stream_loses_nothing(
         assert c.flush(60), f"{len(c.outgoing_messages)} messages never completed"
         c.publish_message(topic, 2, f"{tag}:END")
         counter.wait_payload(f"{tag}:END", timeout=30)
+        counter.wait_numbers(tag, range(1, total + 1), timeout=15)  # END is no strict barrier
         _procs.assert_delivered(counter.counts(tag), range(1, total + 1))
 
         disconnected = log.of("on_disconnected")

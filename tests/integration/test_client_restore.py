@@ -301,6 +301,7 @@ def run_restore_proof(
         check_saved(saved, tag, ids, client_id, protocol)
         new_ids = restore_in_new_process(proxy, client_id, topic, tag, protocol, procedure, saved,
                                          counter, stale_pubrel_answered, state_file)
+        counter.wait_numbers(tag, ALL, timeout=15)  # END is no strict barrier
         counts = counter.counts(tag)
         assert_delivered(counts, ALL)
         check_wire(proxy, tag, ids, new_ids)
@@ -394,6 +395,7 @@ def test_packet_ids_after_restore_never_collide(mosquitto: Any, mqtt_proxy_facto
         assert c2.flush(_procs.TIMEOUT), c2.outgoing_messages
         c2.publish_message(topic, 2, f"{tag}:END")
         counter.wait_payload(f"{tag}:END")
+        counter.wait_numbers(tag, range(1, 9), timeout=15)  # END is no strict barrier
         assert_delivered(counter.counts(tag), range(1, 9))
     finally:
         c1.close()

@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Publish throughput: plain paho-mqtt 2.x vs mqttsession, against ONE mosquitto on 127.0.0.1.
+
+    python bench/bench_throughput.py [--messages N] [--sync-messages M] [--repeats R] [--json]
+                                     [--broker-log]
+
+What is timed, for each configuration and QoS 1 / QoS 2, 100-byte payloads:
+
+* ``paho``: a plain ``paho.mqtt.client.Client`` (CallbackAPIVersion.VERSION2,
+  ``max_inflight_messages_set(20)``) publishes N messages, then waits until ``on_publish`` has
+  fired N times (PUBACK for QoS 1, PUBCOMP for QoS 2);
+* ``mqttsession``, no state file: ``publish_data`` N times, then ``flush()``;
+* ``mqttsession``, ``SessionStateFile`` + ``SessionSync=none``;
+* ``mqttsession``, ``SessionStateFile`` + ``SessionSync=always`` (M messages: each costs one or two
+  fdatasyncs, so this run uses fewer messages; the result is a rate all the same).
+
+The clock runs from the first publish to the last acknowledgement; connecting, opening the state
+file and disconnecting are outside it. Every configuration runs ``--repeats`` times, interleaved
+(the order rotates every round) so that drift of the machine hits all of them alike; the table
+shows the median and the best round, and the ratio of medians against paho for the same QoS.
+
+The disk's raw fsync latency (``os.fdatasync`` after a 100-byte append, median of 200) is
+measured in the same directory the state files live in, and printed: it bounds SessionSync=always.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from mqttsession import Client
+from mqttsession.testing import MosquittoBroker
+
+HERE = Path(__file__).resolve().parent
+CONF = HERE / "mosquitto-bench.conf"
+TOPIC = "bench/throughput"
+PAYLOAD = bytes(range(100))  # 100 bytes
+WINDOW = 20  # the in-flight window of both clients (mqttsession's default MaxInflight)
+TIMEOUT = 300.0
+
+# target ratios of the issue (SessionSync=none / always vs paho, same QoS)
+TARGETS = {"mqttsession-sync-none": 0.85, "mqttsession-sync-always": 0.40}
+
+
+# ------------------------------------------------------------------------------- the disk
+
+
+def fsync_latency(directory: str, samples: int = 200, size: int = 100) -> dict[str, float]:
+    """Median / p90 / min of ``os.fdatasync`` after appending ``size`` bytes (milliseconds)."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    data = b"x" * size
+    times = []
+    try:
+        for _ in range(10):  # warm up: allocate the first blocks
+            os.write(fd, data)
+            os.fdatasync(fd)
+        for _ in range(samples):
+            os.write(fd, data)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": times[int(len(times) * 0.9)],
+        "min_ms": times[0],
+        "samples": samples,
+    }
+
+
+# ------------------------------------------------------------------------------- the runs
+
+
+def run_paho(host: str, port: int, n: int, qos: int) -> float:
+    """Seconds to publish ``n`` messages and see every one acknowledged, plain paho."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{uuid.uuid4().hex[:8]}",
+                    clean_session=True)
+    c.max_inflight_messages_set(WINDOW)
+    connected = threading.Event()
+    done = threading.Event()
+    count = 0
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            connected.set()
+
+    def on_publish(_c: Any, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    c.on_connect = on_connect
+    c.on_publish = on_publish
+    c.connect(host, port, 60)
+    c.loop_start()
+    try:
+        if not connected.wait(10):
+            raise RuntimeError("paho: no CONNACK")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            c.publish(TOPIC, PAYLOAD, qos)
+        if not done.wait(TIMEOUT):
+            raise RuntimeError(f"paho: only {count}/{n} acknowledged in {TIMEOUT} s")
+        return time.perf_counter() - t0
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def run_mqttsession(host: str, port: int, n: int, qos: int, sync: str | None,
+                    workdir: str) -> float:
+    """Seconds to ``publish_data`` ``n`` messages and ``flush()``; ``sync`` None = no state file."""
+    cid = f"bench-ms-{uuid.uuid4().hex[:8]}"
+    c = Client(client_id=cid, clean_session=True)
+    c.config(f"MaxInflight={WINDOW}")
+    statedir = None
+    if sync is not None:
+        statedir = tempfile.mkdtemp(prefix="state-", dir=workdir)
+        c.config(f"SessionStateFile={os.path.join(statedir, 'session.json')}")
+        c.config(f"SessionSync={sync}")
+    try:
+        c.connect(host, port, timeout=10)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            c.publish_data(TOPIC, qos, PAYLOAD)
+        if not c.flush(TIMEOUT):
+            raise RuntimeError(f"mqttsession: {len(c.outgoing_messages)} of {n} unacknowledged"
+                               f" after {TIMEOUT} s")
+        return time.perf_counter() - t0
+    finally:
+        c.close()
+        if statedir is not None:
+            shutil.rmtree(statedir, ignore_errors=True)
+
+
+CONFIGS: list[tuple[str, str]] = [
+    ("paho", "plain paho-mqtt 2.2 (VERSION2)"),
+    ("mqttsession-no-file", "mqttsession, no state file"),
+    ("mqttsession-sync-none", "mqttsession, state file, SessionSync=none"),
+    ("mqttsession-sync-always", "mqttsession, state file, SessionSync=always"),
+]
+
+
+def runner(name: str, host: str, port: int, workdir: str) -> Callable[[int, int], float]:
+    if name == "paho":
+        return lambda n, q: run_paho(host, port, n, q)
+    sync = {"mqttsession-no-file": None, "mqttsession-sync-none": "none",
+            "mqttsession-sync-always": "always"}[name]
+    return lambda n, q: run_mqttsession(host, port, n, q, sync, workdir)
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", "-n", type=int, default=5000,
+                    help="messages per run for paho, no-file and SessionSync=none (default 5000)")
+    ap.add_argument("--sync-messages", type=int, default=None,
+                    help="messages per run for SessionSync=always (default N; lower it on a slow disk)")
+    ap.add_argument("--repeats", "-r", type=int, default=3, help="rounds (default 3)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--workdir", default=None,
+                    help="directory for state files (default: a temp dir in $TMPDIR)")
+    ap.add_argument("--only", default="", help="comma-separated subset of " +
+                    ",".join(n for n, _ in CONFIGS))
+    args = ap.parse_args(argv)
+    n = args.messages
+    n_sync = args.sync_messages if args.sync_messages is not None else n
+    names = [c for c, _ in CONFIGS]
+    if args.only:
+        names = [x for x in names if x in args.only.split(",")]
+
+    workdir = tempfile.mkdtemp(prefix="mqttsession-bench-", dir=args.workdir)
+    out = sys.stderr if args.json else sys.stdout
+    broker = MosquittoBroker(str(CONF))
+    broker.start()
+    try:
+        disk = fsync_latency(workdir)
+        print(f"fdatasync after a 100-byte append ({workdir}): median {disk['median_ms']:.3f} ms,"
+              f" p90 {disk['p90_ms']:.3f} ms, min {disk['min_ms']:.3f} ms"
+              f" ({disk['samples']} samples)", file=out)
+        load0 = os.getloadavg()
+        print(f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
+              f" on {os.cpu_count()} CPUs", file=out)
+        print(f"mosquitto pid {broker.pid} on {broker.address}; {n} messages"
+              f" ({n_sync} for SessionSync=always), 100-byte payloads, window {WINDOW},"
+              f" {args.repeats} interleaved rounds", file=out)
+        run = {name: runner(name, broker.host, broker.port, workdir) for name in names}
+        # warm-up: imports, JIT-free but caches, the broker's allocator
+        for name in names:
+            for qos in (1, 2):
+                run[name](min(200, n), qos)
+        results: dict[str, dict[int, list[float]]] = {x: {1: [], 2: []} for x in names}
+        jobs = [(name, qos) for name in names for qos in (1, 2)]
+        for rnd in range(args.repeats):
+            k = rnd * 3 % len(jobs)
+            for name, qos in jobs[k:] + jobs[:k]:
+                count = n_sync if name == "mqttsession-sync-always" else n
+                secs = run[name](count, qos)
+                rate = count / secs
+                results[name][qos].append(rate)
+                print(f"  round {rnd + 1}: {name:<24} QoS {qos}: {rate:9.0f} msgs/s"
+                      f" ({count} in {secs:.3f} s)", file=out)
+        load1 = os.getloadavg()
+        print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}", file=out)
+    finally:
+        broker.stop()
+        broker.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    table = []
+    for name, label in CONFIGS:
+        if name not in results:
+            continue
+        for qos in (1, 2):
+            rates = results[name][qos]
+            med = statistics.median(rates)
+            base = statistics.median(results["paho"][qos]) if "paho" in results else None
+            ratio = med / base if base else None
+            target = TARGETS.get(name)
+            table.append({
+                "config": name, "label": label, "qos": qos,
+                "messages": n_sync if name == "mqttsession-sync-always" else n,
+                "median_msgs_per_s": round(med, 1), "best_msgs_per_s": round(max(rates), 1),
+                "rounds": [round(r, 1) for r in rates],
+                "ratio_vs_paho": None if ratio is None else round(ratio, 3),
+                "target_ratio": target,
+                "target_met": None if (target is None or ratio is None) else ratio >= target,
+            })
+
+    print(file=out)
+    print(f"{'configuration':<46} {'QoS':>3} {'median msg/s':>12} {'best msg/s':>11}"
+          f" {'x paho':>7} {'target':>7}", file=out)
+    for row in table:
+        ratio = "" if row["ratio_vs_paho"] is None else f"{row['ratio_vs_paho']:.2f}"
+        tgt = "" if row["target_ratio"] is None else (
+            f">={row['target_ratio']:.2f} " + ("ok" if row["target_met"] else "MISS"))
+        print(f"{row['label']:<46} {row['qos']:>3} {row['median_msgs_per_s']:>12.0f}"
+              f" {row['best_msgs_per_s']:>11.0f} {ratio:>7} {tgt:>7}", file=out)
+    if "mqttsession-sync-always" in results:
+        bound = 1000 / disk["median_ms"]
+        print(f"\nSessionSync=always bound from the disk alone: QoS 1 one fdatasync per message"
+              f" (<= {bound:.0f} msgs/s), QoS 2 two (<= {bound / 2:.0f} msgs/s), unless"
+              f" fsyncs are shared (group commit).", file=out)
+
+    if args.json:
+        json.dump({
+            "python": platform.python_version(),
+            "paho_mqtt": getattr(mqtt, "__version__", "?"),
+            "cpus": os.cpu_count(),
+            "messages": n, "sync_messages": n_sync, "repeats": args.repeats,
+            "payload_bytes": len(PAYLOAD), "window": WINDOW,
+            "fdatasync": disk, "loadavg_before": load0, "loadavg_after": load1,
+            "results": table,
+        }, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

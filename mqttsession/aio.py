@@ -1,0 +1,298 @@
+"""asyncio sessions in the Coherence style: ``session = await AsyncSession.create(options)``.
+
+``AsyncSession`` wraps a ``Client`` without ever blocking the event loop:
+
+* every ``Client`` call (connect, publish with its fsync under ``SessionSync=always``, subscribe,
+  flush, disconnect, save) runs on the session's own single worker thread, so calls run in the
+  order they were awaited, and concurrent ``publish`` calls keep their order;
+* the ``Client``'s events (network thread) reach the loop through ``call_soon_threadsafe``:
+  incoming messages go into an ``asyncio.Queue`` read by ``receive()`` or
+  ``async for msg in session.messages():`` (an async generator that ends when the session
+  closes; a message counts as delivered once it is in that queue).
+
+Durable like the sync client: ``state_file=`` sets ``SessionStateFile`` and restores it (a
+missing file is an empty session), so messages published while disconnected, or left
+unacknowledged by a killed process, go out after the next ``create()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Final, TypeVar
+
+from .client import Client
+from .errors import MQTTSessionError, UsageError
+from .events import MessageEvent, SubscribedEvent
+from .mesh import new_client
+from .options import Options
+
+__all__ = ["AsyncSession"]
+
+log = logging.getLogger("mqttsession.aio")
+
+T = TypeVar("T")
+
+
+class _Closed:
+    pass
+
+
+_CLOSED: Final = _Closed()
+
+
+class AsyncSession:
+    """An MQTT session for asyncio code.
+
+    ``await AsyncSession.create(options, ...)`` builds and connects one;
+    ``async with AsyncSession(options, ...) as session:`` does the same and closes it at exit.
+    ``options`` defaults to ``Options.from_env()``. ``state_file`` (needs ``client_id``) makes
+    the session durable and restores it; ``clean_session`` defaults to False with a state file
+    (True is refused there), else True. ``session_sync``: ``"always"`` (the default) or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        options: Options | None = None,
+        *,
+        client_id: str = "",
+        clean_session: bool | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+        session_sync: str | None = None,
+    ) -> None:
+        self._options = Options.from_env() if options is None else options
+        if state_file is not None and not client_id:
+            raise UsageError("a state_file belongs to one client: pass client_id too")
+        if state_file is not None and clean_session:
+            raise UsageError("a state_file keeps a session: it cannot have clean_session=True")
+        clean = (state_file is None) if clean_session is None else clean_session
+        self._client = new_client(self._options, client_id, clean_session=clean)
+        self._state_file = None if state_file is None else os.fspath(state_file)
+        self._session_sync = session_sync
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"mqttsession-aio-{client_id or 'session'}"
+        )
+        self._queue: asyncio.Queue[MessageEvent | _Closed] = asyncio.Queue()
+        self._subacks: dict[str, list[asyncio.Future[int]]] = {}
+        self._started = False
+        self._closed = False
+        self._client.on_message_in = self._from_network(self._queue.put_nowait)
+        self._client.on_subscribed = self._from_network(self._on_subscribed)
+
+    @classmethod
+    async def create(
+        cls,
+        options: Options | None = None,
+        *,
+        client_id: str = "",
+        clean_session: bool | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+        session_sync: str | None = None,
+        connect: bool = True,
+    ) -> AsyncSession:
+        """A started session (state file restored), connected unless ``connect=False``."""
+        session = cls(options, client_id=client_id, clean_session=clean_session,
+                      state_file=state_file, session_sync=session_sync)
+        await session.start(connect=connect)
+        return session
+
+    async def start(self, connect: bool = True) -> None:
+        """Apply the settings, restore the state file, connect (unless ``connect=False``).
+
+        Done once (``create()`` and ``async with`` call it); a failure closes the session.
+        """
+        if self._started:
+            if connect and not self._client.connected:
+                await self.connect()
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        try:
+            if self._session_sync is not None:
+                await self.config(f"SessionSync={self._session_sync}")
+            if self._state_file is not None:
+                await self.config(f"SessionStateFile={self._state_file}")
+                await self._run(self._client.restore_session, "")
+            if connect:
+                await self.connect()
+        except BaseException:
+            await self.close()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the worker thread (Client calls may block: locks, fsync, network)."""
+        if self._closed:
+            raise UsageError("the session is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _from_network(self, fn: Callable[[T], None]) -> Callable[[T], None]:
+        """A Client callback (any thread) that runs ``fn(event)`` on the loop."""
+        def callback(event: T) -> None:
+            loop = self._loop
+            if loop is None:
+                log.warning("event %r dropped: the session was never started", event)
+                return
+            try:
+                loop.call_soon_threadsafe(fn, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                log.warning("event %r dropped: its event loop is closed", event)
+        return callback
+
+    def _on_subscribed(self, e: SubscribedEvent) -> None:
+        pending = self._subacks.get(e.topic_filter)
+        while pending:
+            fut = pending.pop(0)
+            if not fut.done():
+                fut.set_result(e.response_code)
+                return
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    @property
+    def client(self) -> Client:
+        """The wrapped ``Client``; call it only from outside the loop (or via ``config``)."""
+        return self._client
+
+    @property
+    def client_id(self) -> str:
+        return self._client.client_id
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def session_present(self) -> bool:
+        """The SessionPresent flag of the last CONNACK."""
+        return self._client.config("SessionPresent") == "True"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ calls
+
+    async def connect(self) -> None:
+        """Connect to ``options.address``; ``ConnectError`` on failure."""
+        o = self._options
+        await self._run(self._client.connect, o.host, o.port, o.request_timeout_seconds)
+
+    async def disconnect(self) -> None:
+        """A clean DISCONNECT; the session stays usable (``connect()`` again)."""
+        await self._run(self._client.disconnect)
+
+    async def config(self, setting: str) -> str:
+        """``Client.config``: ``"Name=Value"`` sets, ``"Name"`` reads."""
+        return await self._run(self._client.config, setting)
+
+    async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> int:
+        """Publish (text is UTF-8); returns the packet id once the message is in the session
+        (durable with a state file); it goes out now, or on connect."""
+        if isinstance(payload, str):
+            return await self._run(self._client.publish_message, topic, qos, payload)
+        return await self._run(self._client.publish_data, topic, qos, payload)
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
+        delimiter = await self.config("TopicDelimiter")
+        filters = [f.strip() for f in topic_filter.split(delimiter)]
+        futures: list[tuple[str, asyncio.Future[int]]] = []
+        if self._client.connected:
+            for f in filters:
+                fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                self._subacks.setdefault(f, []).append(fut)
+                futures.append((f, fut))
+        try:
+            await self._run(self._client.subscribe, topic_filter, qos)
+            timeout = self._options.request_timeout_seconds
+            for f, fut in futures:
+                try:
+                    code = await asyncio.wait_for(fut, timeout)
+                except asyncio.TimeoutError:
+                    raise MQTTSessionError(f"no SUBACK for {f!r} within {timeout} s") from None
+                if code >= 0x80:
+                    raise MQTTSessionError(f"the broker refused the subscription to {f!r}")
+        finally:
+            for f, fut in futures:
+                fut.cancel()
+                pending = self._subacks.get(f, [])
+                if fut in pending:
+                    pending.remove(fut)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        await self._run(self._client.unsubscribe, topic_filter)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every outgoing QoS 1/2 message is acknowledged; False on timeout."""
+        return await self._run(self._client.flush, timeout)
+
+    async def save_session(self) -> str:
+        """``Client.save_session``: the state text (and the compacted state file)."""
+        return await self._run(self._client.save_session)
+
+    async def receive(self, timeout: float | None = None) -> MessageEvent | None:
+        """The next incoming message; None after ``timeout`` seconds or once closed."""
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        if isinstance(item, _Closed):
+            self._queue.put_nowait(item)  # every later reader sees it too
+            return None
+        return item
+
+    async def messages(self) -> AsyncIterator[MessageEvent]:
+        """``async for msg in session.messages():`` until the session closes."""
+        while (m := await self.receive()) is not None:
+            yield m
+
+    async def close(self) -> None:
+        """Flush (up to ``request_timeout_seconds``) while connected, disconnect, release the
+        state file (saved, compacted) and end ``messages()``. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._started:
+                await self._run(self._close_blocking)
+            else:
+                self._client.close()  # never connected, no file opened: nothing blocks
+        finally:
+            self._closed = True
+            self._queue.put_nowait(_CLOSED)
+            # join the worker off the loop: nothing of this session outlives close()
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+    def _close_blocking(self) -> None:
+        c = self._client
+        if c.connected and c.outgoing_messages and not c.flush(
+                self._options.request_timeout_seconds):
+            log.warning("%s closes with %d unacknowledged messages",
+                        c.client_id, len(c.outgoing_messages))
+        c.close()
+
+    async def __aenter__(self) -> AsyncSession:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "connected" if self.connected else "disconnected"
+        return f"<AsyncSession {self.client_id!r} {state} on {self._options.address}>"

@@ -1,0 +1,701 @@
+"""Session scenarios run against a real broker with raw packets, and how they are run.
+
+Each scenario uses its own client ids and topics (random suffix), checks one spec statement,
+and reports ``pass``, ``FAIL`` with a one-line reason, or ``n/a``; it never raises. Sessions it
+made are removed afterwards with a clean connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from .raw import (
+    NEVER_EXPIRES,
+    Packet,
+    PacketType,
+    RawClient,
+    RawError,
+    Refused,
+    Timeout,
+    connack_reason,
+    encode_ack,
+    encode_publish,
+)
+
+__all__ = [
+    "SCENARIOS",
+    "BrokerUnavailable",
+    "Context",
+    "Fail",
+    "Result",
+    "Scenario",
+    "Status",
+    "Target",
+    "check_broker",
+    "find_scenarios",
+    "run_all",
+    "run_scenario",
+]
+
+log = logging.getLogger(__name__)
+
+PERSISTENT_EXPIRY: Final = 60
+"""MQTT 5 Session Expiry Interval of "persistent" sessions: long enough for any scenario, short
+enough that a session left behind (the broker went away before cleanup) goes by itself."""
+
+_DEFAULT: Final = -1  # Context.connect: the expiry that goes with the clean flag
+
+
+class Status(Enum):
+    """A scenario's outcome."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NA = "n/a"
+
+    @property
+    def label(self) -> str:
+        return "FAIL" if self is Status.FAIL else self.value
+
+
+class Fail(Exception):
+    """A check failed; the message is the one-line reason."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached, or refuses the protocol: nothing can be checked."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The broker under test and how to talk to it."""
+
+    host: str
+    port: int
+    protocol: int = 4
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 3.0
+    """Longest wait for a packet that should come."""
+    quiet: float = 1.0
+    """How long to listen before concluding that nothing (more) comes."""
+    between: Callable[[], None] | None = field(default=None, compare=False)
+    """Test hook: called while a resuming scenario's client is away (e.g. restart the broker)."""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One scenario's outcome against one broker."""
+
+    name: str
+    spec: str
+    status: Status
+    reason: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "spec": self.spec, "status": self.status.value,
+                "reason": self.reason, "seconds": round(self.seconds, 3)}
+
+
+class Context:
+    """What a scenario works with: client ids, topics, connections; cleans up after it."""
+
+    def __init__(self, target: Target, scenario: str) -> None:
+        self.target = target
+        self.protocol = target.protocol
+        self.scenario = scenario
+        self.tag = secrets.token_hex(4)
+        self.notes: list[str] = []
+        self._client_ids: list[str] = []
+        self._clients: list[RawClient] = []
+
+    def client_id(self, role: str) -> str:
+        """A fresh client id (at most 23 alphanumerics: every broker must accept it)."""
+        cid = f"msc{self.tag}{role}"
+        self._client_ids.append(cid)
+        return cid
+
+    def topic(self, name: str = "t") -> str:
+        return f"mqttsession-compat/{self.tag}/{name}"
+
+    def connect(self, client_id: str, *, clean: bool, expiry: int | None = _DEFAULT) -> RawClient:
+        """A connected client. MQTT 5: ``clean=False`` asks for ``PERSISTENT_EXPIRY`` unless
+        ``expiry`` is given (None leaves the property out); ``clean=True`` leaves it out."""
+        if expiry == _DEFAULT:
+            expiry = None if clean or self.protocol == 4 else PERSISTENT_EXPIRY
+        t = self.target
+        client = RawClient(t.host, t.port, protocol=self.protocol, timeout=t.timeout,
+                           name=f"{self.scenario}/{client_id}")
+        self._clients.append(client)
+        client.connect(client_id, clean=clean, session_expiry=expiry, username=t.username,
+                       password=t.password)
+        return client
+
+    def resume(self, client_id: str, what: str = "session") -> RawClient:
+        """Reconnect with a persistent session and require SessionPresent=1."""
+        client = self.connect(client_id, clean=False)
+        if not client.session_present:
+            raise Fail(f"SessionPresent=0 on reconnect: the broker lost the {what}")
+        return client
+
+    def away(self) -> None:
+        """The point where a resuming scenario's client is disconnected: runs the test hook."""
+        if self.target.between is not None:
+            log.info("%s: running the between-halves hook", self.scenario)
+            self.target.between()
+
+    def note(self, text: str) -> None:
+        """Something worth reporting that does not fail the scenario."""
+        self.notes.append(text)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def cleanup(self) -> None:
+        """Close every connection and end every session the scenario may have left."""
+        for client in self._clients:
+            client.close()
+        t = self.target
+        for cid in dict.fromkeys(self._client_ids):
+            try:
+                with RawClient(t.host, t.port, protocol=self.protocol, timeout=min(t.timeout, 2.0),
+                               name=f"{self.scenario}/cleanup") as c:
+                    # CleanSession=1 / Clean Start=1 with interval 0: the session ends with the
+                    # connection [MQTT-3.1.2-6] (5: [MQTT-3.1.2-4], 3.1.2.11.2).
+                    c.connect(cid, clean=True, username=t.username, password=t.password)
+                    c.disconnect(linger=0.5)
+            except (RawError, OSError) as exc:
+                log.debug("%s: cleanup of %s failed: %s", self.scenario, cid, exc)
+
+
+ScenarioFunc = Callable[[Context], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named check of one spec statement (ids for MQTT 3.1.1 and 5)."""
+
+    name: str
+    spec4: str
+    spec5: str
+    summary: str
+    func: ScenarioFunc
+    protocols: frozenset[int] = frozenset({4, 5})
+    resumes: bool = False
+    """Reconnects to a session it made: ``Target.between`` runs while its client is away."""
+
+    def spec(self, protocol: int) -> str:
+        return self.spec5 if protocol == 5 else self.spec4
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _payloads(packets: Iterable[Packet], topic: str) -> list[bytes]:
+    return [p.payload for p in packets if p.type is PacketType.PUBLISH and p.topic == topic]
+
+
+def _publisher(ctx: Context) -> RawClient:
+    return ctx.connect(ctx.client_id("p"), clean=True)
+
+
+def _publish(ctx: Context, topic: str, payload: bytes, qos: int) -> None:
+    """Publish from a short-lived clean connection (nothing of it is left for ``away``)."""
+    p = _publisher(ctx)
+    p.publish(topic, payload, qos)
+    p.disconnect()
+
+
+def _subscribed(ctx: Context, role: str, topic: str, qos: int) -> str:
+    """A persistent session subscribed to ``topic``, disconnected; returns its client id."""
+    cid = ctx.client_id(role)
+    c = ctx.connect(cid, clean=False)
+    c.subscribe(topic, qos)
+    c.disconnect()
+    return cid
+
+
+def _received_once(ctx: Context, sub: RawClient, topic: str, payload: bytes) -> None:
+    """The subscriber gets ``payload`` exactly once within the quiet period."""
+    got = _payloads(sub.drain(ctx.target.quiet), topic).count(payload)
+    if got == 0:
+        raise Fail("the message was not delivered at all")
+    if got > 1:
+        raise Fail(f"the message was delivered {got} times")
+
+
+# ------------------------------------------------------------------------------------------ scenarios
+
+
+def session_present_new(ctx: Context) -> None:
+    # [MQTT-3.2.2-3] no stored session: SessionPresent=0
+    c = ctx.connect(ctx.client_id("a"), clean=False)
+    if c.session_present:
+        raise Fail("SessionPresent=1 for a client id that never connected")
+    c.disconnect()
+
+
+def session_present_clean(ctx: Context) -> None:
+    # [MQTT-3.2.2-1] (5: [MQTT-3.2.2-2]) CleanSession=1 gives SessionPresent=0, even over a session
+    cid = _subscribed(ctx, "a", ctx.topic(), 1)
+    c = ctx.connect(cid, clean=True)
+    if c.session_present:
+        raise Fail("SessionPresent=1 on a CONNECT with CleanSession=1 (a session existed)")
+    c.disconnect()
+
+
+def session_present_resumed(ctx: Context) -> None:
+    # [MQTT-3.2.2-2] (5: [MQTT-3.2.2-3]) stored session: SessionPresent=1
+    cid = _subscribed(ctx, "a", ctx.topic(), 1)
+    ctx.away()
+    ctx.resume(cid).disconnect()
+
+
+def _offline_queue(ctx: Context, qos: int) -> None:
+    # [MQTT-3.1.2-5] (5: [MQTT-3.1.2-23]) QoS 1/2 messages are kept for an absent client
+    topic = ctx.topic()
+    cid = _subscribed(ctx, "s", topic, qos)
+    _publish(ctx, topic, b"queued", qos)
+    ctx.away()
+    s = ctx.resume(cid, "session and its queued message")
+    try:
+        m = s.expect_publish(topic)
+    except Timeout:
+        raise Fail(f"the QoS {qos} message published while the client was away did not arrive"
+                   f" within {ctx.target.timeout:.1f} s of the reconnect") from None
+    if m.payload != b"queued" or m.qos != qos:
+        raise Fail(f"got {m.describe()}, expected qos={qos} payload b'queued'")
+    s.complete(m)
+    s.disconnect()
+
+
+def offline_queue_qos1(ctx: Context) -> None:
+    _offline_queue(ctx, 1)
+
+
+def offline_queue_qos2(ctx: Context) -> None:
+    _offline_queue(ctx, 2)
+
+
+def queued_not_retained(ctx: Context) -> None:
+    # [MQTT-3.3.1-9] (5: [MQTT-3.3.1-12]) RETAIN=0 on a message sent for an existing subscription
+    topic = ctx.topic()
+    cid = _subscribed(ctx, "s", topic, 1)
+    _publish(ctx, topic, b"not retained", 1)
+    ctx.away()
+    s = ctx.resume(cid)
+    try:
+        m = s.expect_publish(topic)
+    except Timeout:
+        raise Fail(f"the queued message did not arrive within {ctx.target.timeout:.1f} s of the"
+                   " reconnect") from None
+    s.ack(m)
+    if m.retain:
+        raise Fail("a queued message published with RETAIN=0 arrived with RETAIN=1")
+    s.disconnect()
+
+
+def delivered_qos_min(ctx: Context) -> None:
+    # [MQTT-3.8.4-6] (5: [MQTT-3.8.4-8]) delivered QoS = min(published QoS, granted QoS)
+    s = ctx.connect(ctx.client_id("s"), clean=True)
+    granted = {q: s.subscribe(ctx.topic(f"sub{q}"), q) for q in (0, 1, 2)}
+    cases = [(1, 2), (0, 2), (2, 1), (2, 0), (1, 1)]  # (published, subscribed)
+    p = _publisher(ctx)
+    for pub, sub in cases:
+        p.publish(ctx.topic(f"sub{sub}"), f"{pub}>{sub}".encode(), pub)
+    got = {m.payload.decode("utf-8", "replace"): m.qos for m in s.drain(ctx.target.timeout, count=len(cases))}
+    wrong = []
+    for pub, sub in cases:
+        key, want = f"{pub}>{sub}", min(pub, granted[sub])
+        if key not in got:
+            wrong.append(f"QoS {pub} to a QoS {sub} subscription not delivered")
+        elif got[key] != want:
+            wrong.append(f"QoS {pub} to a QoS {sub} subscription delivered at QoS {got[key]}")
+    if wrong:
+        raise Fail("; ".join(wrong))
+
+
+def _redelivery(ctx: Context, qos: int) -> None:
+    # [MQTT-4.4.0-1] resend the unacknowledged PUBLISH with its packet id; [MQTT-3.3.1-1] DUP=1
+    topic = ctx.topic()
+    cid = ctx.client_id("s")
+    s = ctx.connect(cid, clean=False)
+    s.subscribe(topic, qos)
+    _publish(ctx, topic, b"unacked", qos)
+    first = s.expect_publish(topic)  # not acknowledged
+    s.disconnect()
+    ctx.away()
+    s = ctx.resume(cid)
+    try:
+        again = s.expect_publish(topic)
+    except Timeout:
+        raise Fail(f"the unacknowledged QoS {qos} PUBLISH (id {first.packet_id}) was not resent"
+                   f" within {ctx.target.timeout:.1f} s of the reconnect") from None
+    problems = []
+    if again.packet_id != first.packet_id:
+        problems.append(f"packet id {again.packet_id}, was {first.packet_id}")
+    if not again.dup:
+        problems.append("DUP=0")
+    if again.payload != first.payload or again.qos != first.qos:
+        problems.append(f"different message: {again.describe()}")
+    if problems:
+        raise Fail("resent with " + ", ".join(problems))
+    s.complete(again)
+    s.disconnect()
+
+
+def redelivery_qos1(ctx: Context) -> None:
+    _redelivery(ctx, 1)
+
+
+def redelivery_qos2(ctx: Context) -> None:
+    _redelivery(ctx, 2)
+
+
+def redelivery_order(ctx: Context) -> None:
+    # [MQTT-4.6.0-1] unacknowledged messages are resent in their original order
+    topic = ctx.topic()
+    cid = ctx.client_id("s")
+    s = ctx.connect(cid, clean=False)
+    s.subscribe(topic, 1)
+    p = _publisher(ctx)
+    for n in range(3):
+        p.publish(topic, b"m%d" % n, 1)
+    p.disconnect()
+    first = [s.expect_publish(topic) for _ in range(3)]  # none acknowledged
+    s.disconnect()
+    ctx.away()
+    s = ctx.resume(cid)
+    again = [m for m in s.drain(ctx.target.timeout, count=3) if m.topic == topic]
+    before = [(m.packet_id, m.payload) for m in first]
+    after = [(m.packet_id, m.payload) for m in again]
+    if not after:
+        raise Fail(f"nothing resent within {ctx.target.timeout:.1f} s of the reconnect")
+    if after != before:
+        raise Fail(f"resent (packet id, payload) {after}, expected {before}")
+    s.disconnect()
+
+
+def resume_pubrel(ctx: Context) -> None:
+    # [MQTT-4.4.0-1] after PUBREC the broker resends PUBREL, never the PUBLISH
+    topic = ctx.topic()
+    cid = ctx.client_id("s")
+    s = ctx.connect(cid, clean=False)
+    s.subscribe(topic, 2)
+    _publish(ctx, topic, b"pubrec'd", 2)
+    m = s.expect_publish(topic)
+    assert m.packet_id is not None
+    s.ack(m)  # PUBREC
+    s.expect(PacketType.PUBREL, m.packet_id)  # and no PUBCOMP
+    s.disconnect()
+    ctx.away()
+    s = ctx.resume(cid)
+    try:
+        got = s.wait_for(lambda p: p.type is PacketType.PUBREL and p.packet_id == m.packet_id
+                         or p.type is PacketType.PUBLISH and p.topic == topic, f"PUBREL id {m.packet_id}")
+    except Timeout:
+        raise Fail(f"PUBREL (id {m.packet_id}) not resent within {ctx.target.timeout:.1f} s of the"
+                   " reconnect") from None
+    if got.type is PacketType.PUBLISH:
+        raise Fail(f"resent the PUBLISH ({got.describe()}) instead of PUBREL after PUBREC")
+    s.send(encode_ack(PacketType.PUBCOMP, m.packet_id, protocol=ctx.protocol))
+    if late := [p for p in s.drain(ctx.target.quiet) if p.topic == topic]:
+        raise Fail(f"delivered the message again after PUBCOMP: {late[0].describe()}")
+    s.disconnect()
+
+
+def qos2_dedupe_connection(ctx: Context) -> None:
+    # [MQTT-4.3.3-2] (5: [MQTT-4.3.3-10]) before PUBREL a repeated QoS 2 PUBLISH gets PUBREC and
+    # is not delivered again
+    topic = ctx.topic()
+    s = ctx.connect(ctx.client_id("s"), clean=True)
+    s.subscribe(topic, 2)
+    p = _publisher(ctx)
+    for dup in (False, True):
+        p.send(encode_publish(topic, b"once", qos=2, packet_id=7, dup=dup, protocol=ctx.protocol))
+        p.expect(PacketType.PUBREC, 7)
+    p.send(encode_ack(PacketType.PUBREL, 7, protocol=ctx.protocol))
+    p.expect(PacketType.PUBCOMP, 7)
+    _received_once(ctx, s, topic, b"once")
+
+
+def qos2_dedupe_reconnect(ctx: Context) -> None:
+    # [MQTT-4.3.3-2] (5: [MQTT-4.3.3-10]) the same across a reconnect of the publisher; the
+    # subscriber is away meanwhile and counts what its session got when it comes back
+    topic = ctx.topic()
+    sid = _subscribed(ctx, "s", topic, 2)
+    pid = ctx.client_id("p")
+    p = ctx.connect(pid, clean=False)
+    p.send(encode_publish(topic, b"once", qos=2, packet_id=9, protocol=ctx.protocol))
+    p.expect(PacketType.PUBREC, 9)
+    p.disconnect()  # before PUBREL
+    ctx.away()
+    p = ctx.resume(pid, "publisher's session")
+    p.send(encode_publish(topic, b"once", qos=2, packet_id=9, dup=True, protocol=ctx.protocol))
+    p.expect(PacketType.PUBREC, 9)
+    p.send(encode_ack(PacketType.PUBREL, 9, protocol=ctx.protocol))
+    p.expect(PacketType.PUBCOMP, 9)
+    p.disconnect()
+    _received_once(ctx, ctx.resume(sid, "subscriber's session"), topic, b"once")
+
+
+def clean_discards_session(ctx: Context) -> None:
+    # [MQTT-3.1.2-6] (5: [MQTT-3.1.2-4]) a clean connection discards the old session, and its own
+    # session lasts only as long as the connection
+    topic = ctx.topic()
+    cid = _subscribed(ctx, "s", topic, 1)
+    p = _publisher(ctx)
+    p.publish(topic, b"queued before", 1)
+    s = ctx.connect(cid, clean=True)
+    if s.session_present:
+        raise Fail("SessionPresent=1 with CleanSession=1")
+    if _payloads(s.drain(ctx.target.quiet), topic):
+        raise Fail("the old session's queued message was delivered to the clean session")
+    s.subscribe(topic, 1)  # belongs to the clean session: must end with its connection
+    s.disconnect()
+    s = ctx.connect(cid, clean=False)
+    if s.session_present:
+        raise Fail("SessionPresent=1 right after a clean session's connection closed: it was kept")
+    p.publish(topic, b"after", 1)
+    if got := _payloads(s.drain(ctx.target.quiet), topic):
+        raise Fail(f"a subscription survived the clean session: got {got[0]!r}")
+    s.disconnect()
+
+
+def takeover(ctx: Context) -> None:
+    # [MQTT-3.1.4-2] (5: [MQTT-3.1.4-3]) a second connection with the client id takes over: the
+    # first is closed (5: after DISCONNECT 0x8E), the session goes on
+    topic = ctx.topic()
+    cid = ctx.client_id("s")
+    a = ctx.connect(cid, clean=False)
+    a.subscribe(topic, 1)
+    b = ctx.connect(cid, clean=False)
+    if not b.session_present:
+        raise Fail("SessionPresent=0 for the second connection: the session was not taken over")
+    seen = a.collect(ctx.target.timeout)
+    if not a.closed_by_broker:
+        raise Fail(f"the first connection was not closed within {ctx.target.timeout:.1f} s")
+    if ctx.protocol == 5:
+        # The DISCONNECT 0x8E is not a MUST (only the close is); a wrong reason code is wrong.
+        reasons = [p.reason_code for p in seen if p.type is PacketType.DISCONNECT]
+        if any(r != 0x8E for r in reasons):
+            raise Fail(f"the first connection got DISCONNECT reason(s) {reasons}, not 0x8e")
+        if not reasons:
+            ctx.note("old connection closed without DISCONNECT 0x8E (allowed)")
+    _publisher(ctx).publish(topic, b"to b", 1)
+    try:
+        m = b.expect_publish(topic)
+    except Timeout:
+        raise Fail(f"a QoS 1 message for the taken-over session was not delivered within"
+                   f" {ctx.target.timeout:.1f} s") from None
+    b.ack(m)
+    b.disconnect()
+
+
+def expiry_zero(ctx: Context) -> None:
+    # 3.1.2.11.2: interval 0 or absent: the session ends when the connection closes
+    for label, expiry in (("0", 0), ("absent", None)):
+        cid = _subscribed_v5(ctx, f"z{label[0]}", expiry)
+        c = ctx.connect(cid, clean=False)
+        if c.session_present:
+            raise Fail(f"SessionPresent=1 after a session with interval {label} ended")
+        c.disconnect()
+
+
+def _subscribed_v5(ctx: Context, role: str, expiry: int | None) -> str:
+    cid = ctx.client_id(role)
+    c = ctx.connect(cid, clean=False, expiry=expiry)
+    c.subscribe(ctx.topic(role), 1)
+    c.disconnect()
+    return cid
+
+
+def expiry_passes(ctx: Context) -> None:
+    # [MQTT-4.1.0-2] the session is discarded once the interval has passed
+    cid = _subscribed_v5(ctx, "a", 1)
+    ctx.sleep(2.5)
+    if ctx.connect(cid, clean=False).session_present:
+        raise Fail("SessionPresent=1 2.5 s after a session with a 1 s interval ended")
+
+
+def expiry_not_passed(ctx: Context) -> None:
+    # [MQTT-3.1.2-23] the session is kept while the interval has not passed
+    cid = _subscribed_v5(ctx, "a", 2)
+    ctx.sleep(0.5)
+    ctx.away()
+    ctx.resume(cid, "session 0.5 s into its 2 s interval").disconnect()
+
+
+def expiry_never(ctx: Context) -> None:
+    # 3.1.2.11.2: 0xFFFFFFFF never expires
+    cid = _subscribed_v5(ctx, "a", NEVER_EXPIRES)
+    ctx.sleep(1.0)
+    ctx.away()
+    ctx.resume(cid, "session with interval 0xFFFFFFFF").disconnect()
+
+
+def expiry_set_on_disconnect(ctx: Context) -> None:
+    # 3.14.2.2.2: DISCONNECT sets a new interval (shorter for one client, longer for the other)
+    shorter, longer = ctx.client_id("s"), ctx.client_id("l")
+    for cid, on_connect, on_disconnect in ((shorter, PERSISTENT_EXPIRY, 1), (longer, 1, PERSISTENT_EXPIRY)):
+        c = ctx.connect(cid, clean=False, expiry=on_connect)
+        c.subscribe(ctx.topic(cid[-1]), 1)
+        c.disconnect(session_expiry=on_disconnect)
+    ctx.sleep(2.5)
+    problems = []
+    if ctx.connect(shorter, clean=False).session_present:
+        problems.append(f"interval {PERSISTENT_EXPIRY} s cut to 1 s on DISCONNECT: still present after 2.5 s")
+    if not ctx.connect(longer, clean=False).session_present:
+        problems.append(f"interval 1 s raised to {PERSISTENT_EXPIRY} s on DISCONNECT: gone after 2.5 s")
+    if problems:
+        raise Fail("; ".join(problems))
+
+
+_V5: Final = frozenset({5})
+
+SCENARIOS: Final[tuple[Scenario, ...]] = (
+    Scenario("session-present-new", "MQTT-3.2.2-3", "MQTT-3.2.2-3",
+             "no stored session: SessionPresent=0", session_present_new),
+    Scenario("session-present-clean", "MQTT-3.2.2-1", "MQTT-3.2.2-2",
+             "clean connect over an existing session: SessionPresent=0", session_present_clean),
+    Scenario("session-present-resumed", "MQTT-3.2.2-2", "MQTT-3.2.2-3",
+             "persistent session reconnects: SessionPresent=1", session_present_resumed, resumes=True),
+    Scenario("offline-queue-qos1", "MQTT-3.1.2-5", "MQTT-3.1.2-23",
+             "QoS 1 message published while away arrives on reconnect", offline_queue_qos1,
+             resumes=True),
+    Scenario("offline-queue-qos2", "MQTT-3.1.2-5", "MQTT-3.1.2-23",
+             "QoS 2 message published while away arrives on reconnect", offline_queue_qos2,
+             resumes=True),
+    Scenario("queued-not-retained", "MQTT-3.3.1-9", "MQTT-3.3.1-12",
+             "a queued message published with RETAIN=0 arrives with RETAIN=0", queued_not_retained,
+             resumes=True),
+    Scenario("delivered-qos-min", "MQTT-3.8.4-6", "MQTT-3.8.4-8",
+             "delivered QoS = min(published, granted)", delivered_qos_min),
+    Scenario("redelivery-qos1", "MQTT-4.4.0-1/3.3.1-1", "MQTT-4.4.0-1/3.3.1-1",
+             "unacknowledged QoS 1 resent on reconnect: DUP=1, same packet id", redelivery_qos1,
+             resumes=True),
+    Scenario("redelivery-qos2", "MQTT-4.4.0-1/3.3.1-1", "MQTT-4.4.0-1/3.3.1-1",
+             "unacknowledged QoS 2 resent on reconnect: DUP=1, same packet id", redelivery_qos2,
+             resumes=True),
+    Scenario("redelivery-order", "MQTT-4.6.0-1", "MQTT-4.6.0-1",
+             "three unacknowledged QoS 1 resent in their original order", redelivery_order,
+             resumes=True),
+    Scenario("resume-pubrel", "MQTT-4.4.0-1", "MQTT-4.4.0-1",
+             "QoS 2 PUBREC'd but not PUBCOMP'd: PUBREL resent, never the PUBLISH", resume_pubrel,
+             resumes=True),
+    Scenario("qos2-dedupe-connection", "MQTT-4.3.3-2", "MQTT-4.3.3-10",
+             "QoS 2 PUBLISH repeated before PUBREL is delivered once", qos2_dedupe_connection),
+    Scenario("qos2-dedupe-reconnect", "MQTT-4.3.3-2", "MQTT-4.3.3-10",
+             "QoS 2 PUBLISH repeated (DUP) after a reconnect is delivered once", qos2_dedupe_reconnect,
+             resumes=True),
+    Scenario("clean-discards-session", "MQTT-3.1.2-6", "MQTT-3.1.2-4",
+             "a clean connect discards the old session, subscriptions and queue", clean_discards_session),
+    Scenario("takeover", "MQTT-3.1.4-2", "MQTT-3.1.4-3",
+             "a second connection with the same client id takes the session over", takeover),
+    Scenario("expiry-zero", "3.1.2.11.2", "3.1.2.11.2",
+             "interval 0 or absent: the session ends with the connection", expiry_zero, _V5),
+    Scenario("expiry-passes", "MQTT-4.1.0-2", "MQTT-4.1.0-2",
+             "interval 1 s, back after 2.5 s: SessionPresent=0", expiry_passes, _V5),
+    Scenario("expiry-not-passed", "MQTT-3.1.2-23", "MQTT-3.1.2-23",
+             "interval 2 s, back after 0.5 s: SessionPresent=1", expiry_not_passed, _V5, resumes=True),
+    Scenario("expiry-never", "3.1.2.11.2", "3.1.2.11.2",
+             "interval 0xFFFFFFFF: the session is kept", expiry_never, _V5, resumes=True),
+    Scenario("expiry-set-on-disconnect", "3.14.2.2.2", "3.14.2.2.2",
+             "DISCONNECT changes the interval (60 s to 1 s, 1 s to 60 s)", expiry_set_on_disconnect, _V5),
+)
+
+
+def find_scenarios(names: Sequence[str] | None = None) -> list[Scenario]:
+    """The scenarios named (all when ``names`` is empty or None); KeyError for an unknown one."""
+    if not names:
+        return list(SCENARIOS)
+    by_name = {s.name: s for s in SCENARIOS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise KeyError(f"unknown scenario(s): {', '.join(unknown)}")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_scenario(scenario: Scenario, target: Target) -> Result:
+    """Run one scenario; any error becomes a FAIL with its reason (never raised)."""
+    spec = scenario.spec(target.protocol)
+    if target.protocol not in scenario.protocols:
+        return Result(scenario.name, spec, Status.NA, "MQTT 5 only")
+    ctx = Context(target, scenario.name)
+    start = time.monotonic()
+    status, reason = Status.FAIL, ""
+    try:
+        scenario.func(ctx)
+        status, reason = Status.PASS, "; ".join(ctx.notes)
+    except Fail as exc:
+        reason = str(exc)
+    except Refused as exc:
+        reason = str(exc)
+    except RawError as exc:
+        reason = f"unexpected: {exc}"
+    except OSError as exc:
+        reason = f"connection error: {exc.strerror or exc}"
+    except Exception as exc:  # a scenario must report, never crash the run
+        log.exception("scenario %s crashed", scenario.name)
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+    finally:
+        ctx.cleanup()
+    seconds = time.monotonic() - start
+    log.info("%s: %s %s (%.2f s)", scenario.name, status.label, reason, seconds)
+    return Result(scenario.name, spec, status, _one_line(reason), seconds)
+
+
+def check_broker(target: Target) -> None:
+    """Connect once with a clean session; ``BrokerUnavailable`` with a one-line reason if that
+    fails (unreachable, refused protocol or credentials, no CONNACK)."""
+    version = "MQTT 5" if target.protocol == 5 else "MQTT 3.1.1"
+    client = RawClient(target.host, target.port, protocol=target.protocol, timeout=target.timeout,
+                       name="probe")
+    try:
+        try:
+            client.open()
+        except OSError as exc:
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {target.address}: {exc.strerror or exc}") from None
+        try:
+            client.connect(f"msc{secrets.token_hex(4)}probe", clean=True, username=target.username,
+                           password=target.password)
+        except Refused as exc:
+            hint = "; try --protocol 4" if target.protocol == 5 and exc.code == 1 else ""
+            raise BrokerUnavailable(
+                f"the broker at {target.address} refused an {version} CONNECT: CONNACK code"
+                f" {exc.code} ({connack_reason(exc.code, target.protocol)}){hint}") from None
+        except (RawError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"no {version} CONNACK from the broker at {target.address}: {exc}") from None
+        client.disconnect(linger=0.5)
+    finally:
+        client.close()
+
+
+def run_all(target: Target, scenarios: Sequence[Scenario] | None = None, jobs: int = 4) -> list[Result]:
+    """Run scenarios (all by default), ``jobs`` at a time; results in scenario order.
+
+    With a ``Target.between`` hook they run one at a time.
+    """
+    chosen = list(SCENARIOS if scenarios is None else scenarios)
+    if jobs <= 1 or target.between is not None:
+        return [run_scenario(s, target) for s in chosen]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="compat") as pool:
+        return list(pool.map(lambda s: run_scenario(s, target), chosen))

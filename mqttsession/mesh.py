@@ -1,0 +1,353 @@
+"""Sessions in the Volue Mesh style: a thin layer over ``Client``.
+
+A ``Session`` is a persistent MQTT session on the broker; its id is the MQTT client id::
+
+    connection = Connection.insecure("127.0.0.1:1883")
+    with connection.create_session() as session:    # opened here, ended on the broker at exit
+        session.subscribe("cmd/#")
+        session.publish("status", "up")
+
+* ``connection.create_session()`` makes a session with a new id (``uuid4``); ``open()`` connects.
+* While open, the session's lifetime is extended in the background: the ``Client`` sends
+  keep-alives and reconnects, resuming the same broker session.
+* ``close()`` ends the session on the broker too (MQTT 5: Session Expiry Interval 0 on
+  DISCONNECT; MQTT 3.1.1: a clean-session connect and disconnect with the same id), so it stops
+  holding the broker's resources. ``close(end_session=False)`` only disconnects: the broker keeps
+  the session (and queues QoS 1/2 messages for its subscriptions) until it expires.
+* ``connection.connect_to_session(session_id)`` attaches to a session the broker still holds and
+  returns it open. When the broker no longer has it (closed, expired, never existed) it raises
+  ``SessionNotFoundError``, after removing the empty session the attempt created, instead of
+  silently starting a new one. ``must_exist=False`` accepts a new session; ``session_present``
+  tells which it got.
+
+Incoming messages are queued in the session: ``receive(timeout)`` or ``for m in
+session.messages(timeout):``. A message counts as delivered once it is in that queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Final
+
+from .client import Client
+from .errors import MQTTSessionError, UsageError
+from .events import MessageEvent, SubscribedEvent
+from .options import Options, TlsOptions
+
+__all__ = ["Connection", "Session", "SessionNotFoundError"]
+
+log = logging.getLogger("mqttsession.mesh")
+
+
+class SessionNotFoundError(MQTTSessionError, LookupError):
+    """``connect_to_session``: the broker holds no session with that id."""
+
+    def __init__(self, session_id: str, address: str) -> None:
+        super().__init__(
+            f"the broker at {address} holds no session {session_id!r} (it was closed, has"
+            " expired, or never existed); nothing was started"
+        )
+        self.session_id = session_id
+
+
+class _Closed:
+    pass
+
+
+_CLOSED: Final = _Closed()
+
+
+def new_client(options: Options, client_id: str, clean_session: bool) -> Client:
+    """A ``Client`` configured from ``options`` (not connected)."""
+    c = Client(
+        client_id=client_id,
+        clean_session=clean_session,
+        keep_alive_interval=options.keep_alive,
+        protocol_version=options.protocol_version,
+        username=options.username,
+        password=options.password,
+        tls_options=options.tls_options if options.tls_options.enabled else None,
+    )
+    if options.protocol_version == 5 and not clean_session:
+        c.config(f"SessionExpInterval={options.session_expiry_interval}")
+    return c
+
+
+def end_session_on_broker(options: Options, client_id: str) -> None:
+    """Make the broker drop ``client_id``'s session: connect clean, then disconnect."""
+    c = new_client(options, client_id, clean_session=True)
+    try:
+        c.connect(options.host, options.port, options.request_timeout_seconds)
+        c.disconnect()
+    finally:
+        c.close()
+
+
+class Connection:
+    """Where sessions live: a broker address and how to reach it (an ``Options``).
+
+    ``Connection()`` uses ``Options.from_env()``. No network traffic until a session opens.
+    """
+
+    def __init__(self, options: Options | None = None) -> None:
+        self._options = Options.from_env() if options is None else options
+
+    @classmethod
+    def insecure(
+        cls,
+        address: str | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        options: Options | None = None,
+    ) -> Connection:
+        """Plain TCP to ``address`` (default: ``options.address``, else the environment's)."""
+        base = Options.from_env() if options is None else options
+        return cls(base.with_(
+            address=base.address if address is None else address,
+            tls_options=TlsOptions(),
+            username=base.username if username is None else username,
+            password=base.password if password is None else password,
+        ))
+
+    @classmethod
+    def with_tls(
+        cls,
+        address: str | None,
+        ca_cert_path: str | os.PathLike[str] | None,
+        client_cert_path: str | os.PathLike[str] | None = None,
+        client_key_path: str | os.PathLike[str] | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        options: Options | None = None,
+    ) -> Connection:
+        """TLS to ``address``, trusting ``ca_cert_path`` (None: the system CAs); a client
+        certificate for brokers that require one."""
+        base = Options.from_env() if options is None else options
+        tls = TlsOptions(
+            True,
+            None if ca_cert_path is None else os.fspath(ca_cert_path),
+            None if client_cert_path is None else os.fspath(client_cert_path),
+            None if client_key_path is None else os.fspath(client_key_path),
+        )
+        return cls(base.with_(
+            address=base.address if address is None else address,
+            tls_options=tls,
+            username=base.username if username is None else username,
+            password=base.password if password is None else password,
+        ))
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    def create_session(self) -> Session:
+        """A new session (new id), not yet open: ``open()`` it, or use ``with``."""
+        return Session(self, str(uuid.uuid4()), attach=False)
+
+    def connect_to_session(self, session_id: str | uuid.UUID, *, must_exist: bool = True) -> Session:
+        """Attach to the broker's session ``session_id``; returned open.
+
+        Raises ``SessionNotFoundError`` when the broker no longer has it (``must_exist=False``:
+        a new session with that id is kept instead; see ``session.session_present``).
+        """
+        session = Session(self, str(session_id), attach=must_exist)
+        session.open()
+        return session
+
+    def __repr__(self) -> str:
+        return f"Connection({self._options!r})"
+
+
+class Session:
+    """An MQTT session on the broker, identified by ``session_id`` (the MQTT client id).
+
+    Not reusable after ``close()``: attach again with ``connection.connect_to_session(id)``.
+    """
+
+    def __init__(self, connection: Connection, session_id: str, *, attach: bool = False) -> None:
+        if not session_id:
+            raise UsageError("session_id must not be empty")
+        self._connection = connection
+        self._options = connection.options
+        self._id = session_id
+        self._attach = attach
+        self._client = new_client(self._options, session_id, clean_session=False)
+        self._messages: queue.Queue[MessageEvent | _Closed] = queue.Queue()
+        self._subacks: dict[str, list[tuple[threading.Event, list[int]]]] = {}
+        self._suback_lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+        self._session_present: bool | None = None
+        self._client.on_message_in = self._messages.put
+        self._client.on_subscribed = self._on_subscribed
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def session_id(self) -> str:
+        return self._id
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    @property
+    def client(self) -> Client:
+        """The underlying ``Client`` (its ``on_message_in`` and ``on_subscribed`` are ours)."""
+        return self._client
+
+    @property
+    def session_present(self) -> bool | None:
+        """The broker's SessionPresent flag at ``open()`` (None before): did it have the session?"""
+        return self._session_present
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened and not self._closed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Connect (block until CONNACK); a no-op when already open. ``ConnectError`` on failure."""
+        if self._closed:
+            raise UsageError(
+                f"session {self._id} is closed; attach again with connection.connect_to_session"
+            )
+        if self._opened:
+            return
+        o = self._options
+        self._client.connect(o.host, o.port, o.request_timeout_seconds)
+        present = self._client.config("SessionPresent") == "True"
+        self._session_present = present
+        self._opened = True
+        if self._attach and not present:
+            # connecting created an empty session on the broker: take it away again
+            self._closed = True
+            self._end(connected=True)
+            self._messages.put(_CLOSED)
+            raise SessionNotFoundError(self._id, o.address)
+        log.info("session %s open on %s (SessionPresent=%s)", self._id, o.address, present)
+
+    def close(self, end_session: bool = True) -> None:
+        """Wait (up to ``request_timeout_seconds``) for outgoing messages to be acknowledged,
+        then disconnect; ``end_session`` also ends the session on the broker."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._opened:
+                c = self._client
+                if c.connected and c.outgoing_messages and not c.flush(
+                        self._options.request_timeout_seconds):
+                    log.warning("session %s closes with %d unacknowledged messages",
+                                self._id, len(c.outgoing_messages))
+                if end_session:
+                    self._end(connected=c.connected)
+                else:
+                    c.close()
+        finally:
+            self._messages.put(_CLOSED)
+        log.info("session %s closed%s", self._id, " and ended" if end_session else "")
+
+    def _end(self, connected: bool) -> None:
+        c = self._client
+        if connected and c.protocol_version == 5:
+            c.config("SessionExpInterval=0")  # sent in the DISCONNECT: the broker drops it now
+            c.close()
+            return
+        c.close()
+        end_session_on_broker(self._options, self._id)
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ pass-through
+
+    def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> int:
+        """Publish (text is UTF-8); returns the packet id. QoS 1/2 wait in the session while
+        disconnected."""
+        if isinstance(payload, str):
+            return self._client.publish_message(topic, qos, payload)
+        return self._client.publish_data(topic, qos, payload)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
+        delimiter = self._client.config("TopicDelimiter")
+        filters = [f.strip() for f in topic_filter.split(delimiter)]
+        waits: list[tuple[str, threading.Event, list[int]]] = []
+        if self._client.connected:
+            with self._suback_lock:
+                for f in filters:
+                    ev, box = threading.Event(), list[int]()
+                    self._subacks.setdefault(f, []).append((ev, box))
+                    waits.append((f, ev, box))
+        try:
+            self._client.subscribe(topic_filter, qos)
+        except BaseException:
+            self._forget(waits)
+            raise
+        timeout = self._options.request_timeout_seconds
+        for f, ev, box in waits:
+            if not ev.wait(timeout):
+                self._forget(waits)
+                raise MQTTSessionError(f"no SUBACK for {f!r} within {timeout} s")
+            if box[0] >= 0x80:
+                raise MQTTSessionError(f"the broker refused the subscription to {f!r}")
+
+    def _forget(self, waits: list[tuple[str, threading.Event, list[int]]]) -> None:
+        with self._suback_lock:
+            for f, ev, box in waits:
+                pending = self._subacks.get(f, [])
+                if (ev, box) in pending:
+                    pending.remove((ev, box))
+
+    def _on_subscribed(self, e: SubscribedEvent) -> None:
+        with self._suback_lock:
+            pending = self._subacks.get(e.topic_filter)
+            if not pending:
+                return
+            ev, box = pending.pop(0)
+        box.append(e.response_code)
+        ev.set()
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self._client.unsubscribe(topic_filter)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every outgoing QoS 1/2 message is acknowledged; False on timeout."""
+        return self._client.flush(timeout)
+
+    def receive(self, timeout: float | None = None) -> MessageEvent | None:
+        """The next incoming message; None after ``timeout`` seconds or once closed."""
+        try:
+            item = self._messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, _Closed):
+            self._messages.put(item)  # every later reader sees it too
+            return None
+        return item
+
+    def messages(self, timeout: float | None = None) -> Iterator[MessageEvent]:
+        """Incoming messages until the session closes or none arrives for ``timeout`` s."""
+        while (m := self.receive(timeout)) is not None:
+            yield m
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed" if self._closed else "new"
+        return f"<Session {self._id} {state} on {self._options.address}>"

@@ -1,0 +1,223 @@
+"""``AsyncSession`` (``mqttsession.aio``) against mosquitto; plain pytest, ``asyncio.run`` inside.
+
+* publish/subscribe round trip, MQTT 3.1.1 and 5; ``async for msg in session.messages()``,
+  which ends when the session closes;
+* ``async with AsyncSession(...)`` and ``async with await AsyncSession.create(...)``;
+* durable: QoS 1/2 messages published while disconnected into a state file go out when a NEW
+  AsyncSession restores that file and connects;
+* the loop is never blocked: a 10 ms heartbeat sees no gap over 0.2 s while a connect to a
+  silent broker times out, and while connect / publish (SessionSync=always) / flush / close run;
+* a failed ``create()`` raises ``ConnectError`` and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from mqttsession import AsyncSession, ConnectError, Options, UsageError
+
+T = TypeVar("T")
+
+
+def _run(main: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(main(), timeout)
+    return asyncio.run(bounded())
+
+
+def _options(broker: Any, version: int = 4, **kw: Any) -> Options:
+    return Options(address=broker.address, protocol_version=version,
+                   request_timeout_seconds=10.0, **kw)
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_round_trip_and_async_iteration(mosquitto: Any, version: int) -> None:
+    async def main() -> None:
+        session = await AsyncSession.create(_options(mosquitto, version))
+        assert session.connected and session.client_id
+        topic = f"aio/{session.client_id}"
+        await session.subscribe(f"{topic}/#", 2)
+        for n in range(3):
+            await session.publish(f"{topic}/{n}", f"m{n}", qos=n)
+        got = []
+        async for msg in session.messages():
+            got.append((msg.topic, msg.message))
+            if len(got) == 3:
+                break
+        assert sorted(got) == [(f"{topic}/{n}", f"m{n}".encode()) for n in range(3)]
+
+        # an iterator waiting when the session closes simply ends
+        reader = asyncio.create_task(_collect(session))
+        await asyncio.sleep(0.05)
+        await session.close()
+        assert await asyncio.wait_for(reader, 5) == []
+        assert session.closed and not session.connected
+        with pytest.raises(UsageError, match="closed"):
+            await session.publish(topic, "late")
+        await session.close()  # idempotent
+
+    _run(main)
+
+
+async def _collect(session: AsyncSession) -> list[bytes]:
+    return [m.message async for m in session.messages()]
+
+
+def test_async_with(mosquitto: Any) -> None:
+    async def main() -> None:
+        async with AsyncSession(_options(mosquitto)) as session:
+            assert session.connected
+            await session.subscribe("aio/with", 1)
+            await session.publish("aio/with", b"\x00bytes")
+            msg = await session.receive(10)
+            assert msg is not None and msg.message == b"\x00bytes"
+        assert session.closed and not session.connected
+        async with await AsyncSession.create(_options(mosquitto)) as again:
+            assert again.connected
+        assert again.closed
+
+    _run(main)
+
+
+def test_state_file_survives_into_a_new_session(mosquitto: Any, tmp_path: Path) -> None:
+    state = tmp_path / "gw.session"
+    gw_id = f"aio-gw-{time.monotonic_ns()}"
+
+    async def main() -> None:
+        async with AsyncSession(_options(mosquitto)) as listener:
+            await listener.subscribe("aio/durable", 2)
+
+            offline = await AsyncSession.create(_options(mosquitto), client_id=gw_id,
+                                                state_file=state, connect=False)
+            assert not offline.connected
+            for n in range(4):
+                await offline.publish("aio/durable", f"d{n}", qos=1 + n % 2)
+            assert len(offline.client.outgoing_messages) == 4
+            await offline.close()  # never connected: everything waits in the file
+            assert state.exists()
+
+            restored = await AsyncSession.create(_options(mosquitto), client_id=gw_id,
+                                                 state_file=state)
+            assert restored.connected
+            assert await restored.flush(10)
+            got = sorted([(await _receive(listener)).message for _ in range(4)])
+            assert got == [f"d{n}".encode() for n in range(4)]
+            assert await listener.receive(0.2) is None  # no duplicate
+            await restored.close()
+
+            again = await AsyncSession.create(_options(mosquitto), client_id=gw_id,
+                                              state_file=state, connect=False)
+            assert again.client.outgoing_messages == ()  # acknowledged, and the file says so
+            await again.close()
+
+    _run(main)
+
+
+async def _receive(session: AsyncSession) -> Any:
+    msg = await session.receive(10)
+    assert msg is not None
+    return msg
+
+
+class _SilentBroker:
+    """Accepts TCP connections on 127.0.0.1 and never answers (no CONNACK)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_the_loop_is_never_blocked(mosquitto: Any, tmp_path: Path) -> None:
+    silent = _SilentBroker()
+
+    gaps: list[float] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def heartbeat() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        beat = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0.05)  # the heartbeat is ticking before anything else runs
+        with pytest.raises(ConnectError, match="CONNACK"):
+            await AsyncSession.create(Options(address=f"127.0.0.1:{silent.port}",
+                                              request_timeout_seconds=0.6))
+        session = await AsyncSession.create(
+            _options(mosquitto), client_id=f"aio-beat-{time.monotonic_ns()}",
+            state_file=tmp_path / "beat.session", session_sync="always")
+        assert await session.config("SessionSync") == "always"
+        await session.subscribe("aio/beat", 1)
+        await asyncio.gather(*(session.publish("aio/beat", f"b{n}", 1 + n % 2)
+                               for n in range(100)))
+        assert await session.flush(10)
+        got = [(await _receive(session)).message for _ in range(100)]
+        for qos in (1, 2):  # gathered publishes keep their order (within a QoS: MQTT's promise)
+            assert [m for m in got if int(m[1:]) % 2 == qos - 1] == [
+                f"b{n}".encode() for n in range(100) if n % 2 == qos - 1]
+        await session.close()
+        stop.set()
+        await beat
+
+    try:
+        _run(main)
+    finally:
+        silent.close()
+    assert max(gaps) < 0.2, f"the event loop was blocked for {max(gaps):.3f} s"
+    assert len(gaps) > 20
+
+
+def test_failed_create(mosquitto: Any) -> None:
+    async def main() -> None:
+        with pytest.raises(ConnectError, match="refused"):
+            await AsyncSession.create(Options(address=f"127.0.0.1:{_closed_port()}",
+                                              request_timeout_seconds=2))
+        with pytest.raises(UsageError, match="client_id"):
+            AsyncSession(_options(mosquitto), state_file="x.session")
+
+    before = threading.active_count()
+    _run(main)
+    time.sleep(0.1)
+    assert threading.active_count() <= before
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

@@ -1,0 +1,116 @@
+"""Mesh-style sessions (``mqttsession.mesh``) against mosquitto, MQTT 3.1.1 and 5.
+
+* ``create_session()`` + ``open()`` / ``close()``, and the ``with`` block: a new id, open in
+  between, and ended on the broker afterwards (a later ``connect_to_session`` fails);
+* ``connect_to_session`` on a session closed with ``end_session=False`` finds it
+  (``session_present`` True) and gets the QoS 1 message queued for it meanwhile;
+* ``connect_to_session`` on an unknown id raises ``SessionNotFoundError`` and leaves no session
+  behind (a second attempt fails the same way); ``must_exist=False`` starts one instead;
+* a session attached with ``connect_to_session`` and then closed is ended too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from mqttsession import Connection, Options, Session, SessionNotFoundError, UsageError
+
+pytestmark = pytest.mark.parametrize("version", [4, 5], ids=["mqtt311", "mqtt5"])
+
+
+def _connection(broker: Any, version: int) -> Connection:
+    return Connection.insecure(broker.address, options=Options(
+        protocol_version=version, request_timeout_seconds=10.0))
+
+
+def _publish(broker: Any, topic: str, payload: str) -> None:
+    """A QoS 1 message from an independent plain paho client."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _assert_gone(connection: Connection, session_id: str) -> None:
+    with pytest.raises(SessionNotFoundError, match=session_id):
+        connection.connect_to_session(session_id)
+
+
+def test_open_and_close(mosquitto: Any, version: int) -> None:
+    connection = _connection(mosquitto, version)
+    session = connection.create_session()
+    assert isinstance(session, Session) and not session.is_open
+    assert uuid.UUID(session.session_id)  # a new uuid-based id
+    assert connection.create_session().session_id != session.session_id
+    session.open()
+    try:
+        assert session.is_open and session.session_present is False
+        assert session.client.client_id == session.session_id
+        session.subscribe(f"mesh/{session.session_id}", 1)
+        session.publish(f"mesh/{session.session_id}", "to myself")
+        msg = session.receive(10)
+        assert msg is not None and msg.message == b"to myself" and msg.qos == 1
+    finally:
+        session.close()
+    assert not session.is_open
+    assert session.receive(0.1) is None and list(session.messages()) == []
+    with pytest.raises(UsageError, match="connect_to_session"):
+        session.open()
+    _assert_gone(connection, session.session_id)
+
+
+def test_with_block(mosquitto: Any, version: int) -> None:
+    connection = _connection(mosquitto, version)
+    with connection.create_session() as session:
+        assert session.is_open and session.client.connected
+    assert not session.is_open and not session.client.connected
+    _assert_gone(connection, session.session_id)
+
+
+def test_connect_to_a_kept_session(mosquitto: Any, version: int) -> None:
+    connection = _connection(mosquitto, version)
+    first = connection.create_session()
+    first.open()
+    topic = f"mesh/kept/{first.session_id}"
+    first.subscribe(topic, 1)
+    first.close(end_session=False)  # the broker keeps it, and queues for it
+
+    _publish(mosquitto, topic, "while you were away")
+
+    again = connection.connect_to_session(uuid.UUID(first.session_id))  # a UUID works too
+    try:
+        assert again.session_id == first.session_id
+        assert again.is_open and again.session_present is True
+        again.open()  # already open: a no-op (the Mesh example calls it)
+        msg = next(again.messages(timeout=10))
+        assert (msg.topic, msg.message) == (topic, b"while you were away")
+        assert again.receive(0.2) is None
+    finally:
+        again.close()  # ends it
+    _assert_gone(connection, first.session_id)
+
+
+def test_unknown_session_id(mosquitto: Any, version: int) -> None:
+    connection = _connection(mosquitto, version)
+    unknown = str(uuid.uuid4())
+    _assert_gone(connection, unknown)
+    _assert_gone(connection, unknown)  # the failed attempt left nothing on the broker
+
+    fresh = connection.connect_to_session(unknown, must_exist=False)
+    try:
+        assert fresh.is_open and fresh.session_present is False
+    finally:
+        fresh.close(end_session=False)
+    kept = connection.connect_to_session(unknown)
+    assert kept.session_present is True
+    kept.close()
+    _assert_gone(connection, unknown)

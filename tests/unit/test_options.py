@@ -1,0 +1,187 @@
+"""``Options`` / ``TlsOptions``: defaults, MQTTSESSION_* environment variables, precedence, and
+errors that name their source. No network."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mqttsession import Options, TlsOptions, UsageError
+from mqttsession.client import TlsSettings
+from mqttsession.options import parse_address
+
+ENV_NAMES = [
+    "MQTTSESSION_ADDRESS", "MQTTSESSION_REQUEST_TIMEOUT", "MQTTSESSION_TLS_CERTS_PATH",
+    "MQTTSESSION_TLS_CLIENT_CERT", "MQTTSESSION_TLS_CLIENT_KEY", "MQTTSESSION_TLS_ENABLED",
+    "MQTTSESSION_USERNAME", "MQTTSESSION_PASSWORD", "MQTTSESSION_KEEP_ALIVE",
+    "MQTTSESSION_PROTOCOL_VERSION",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    o = Options()
+    assert o.address == "localhost:1883" and (o.host, o.port) == ("localhost", 1883)
+    assert o.request_timeout_seconds == 30.0
+    assert o.tls_options == TlsOptions() and not o.tls_options.enabled
+    assert o.username is None and o.password is None
+    assert o.keep_alive == 60 and o.protocol_version == 4
+    assert Options.from_env() == o
+
+
+def test_frozen_and_password_hidden() -> None:
+    o = Options(username="u", password="secret")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.address = "x:1"  # type: ignore[misc]
+    assert "secret" not in repr(o)
+    assert o.with_(address="h:2").address == "h:2" and o.address == "localhost:1883"
+
+
+def test_plain_constructor_ignores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "broker.example:1999")
+    assert Options().address == "localhost:1883"
+    assert Options.from_env().address == "broker.example:1999"
+
+
+def test_every_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "10.1.2.3:8883")
+    monkeypatch.setenv("MQTTSESSION_REQUEST_TIMEOUT", "2.5")
+    monkeypatch.setenv("MQTTSESSION_TLS_CERTS_PATH", "/ca.pem")
+    monkeypatch.setenv("MQTTSESSION_TLS_CLIENT_CERT", "/client.pem")
+    monkeypatch.setenv("MQTTSESSION_TLS_CLIENT_KEY", "/client.key")
+    monkeypatch.setenv("MQTTSESSION_USERNAME", "alice")
+    monkeypatch.setenv("MQTTSESSION_PASSWORD", "pw")
+    monkeypatch.setenv("MQTTSESSION_KEEP_ALIVE", "15")
+    monkeypatch.setenv("MQTTSESSION_PROTOCOL_VERSION", "5")
+    o = Options.from_env()
+    assert (o.host, o.port) == ("10.1.2.3", 8883)
+    assert o.request_timeout_seconds == 2.5
+    assert o.tls_options == TlsOptions(True, "/ca.pem", "/client.pem", "/client.key")
+    assert (o.username, o.password, o.keep_alive, o.protocol_version) == ("alice", "pw", 15, 5)
+
+
+def test_explicit_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "env-host:1")
+    monkeypatch.setenv("MQTTSESSION_REQUEST_TIMEOUT", "abc")  # never parsed: overridden
+    monkeypatch.setenv("MQTTSESSION_USERNAME", "env-user")
+    monkeypatch.setenv("MQTTSESSION_PASSWORD", "env-pw")
+    tls = TlsOptions(True, "/mine.pem")
+    o = Options.from_env(address="arg-host:2", request_timeout_seconds=1, tls_options=tls,
+                         username=None, password=None)
+    assert o.address == "arg-host:2" and o.request_timeout_seconds == 1.0
+    assert o.tls_options is tls
+    assert o.username is None and o.password is None  # an explicit None wins too
+
+
+def test_environ_mapping_replaces_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "ignored:1")
+    assert Options.from_env(environ={"MQTTSESSION_ADDRESS": "h:7"}).address == "h:7"
+
+
+def test_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "")
+    monkeypatch.setenv("MQTTSESSION_REQUEST_TIMEOUT", "")
+    assert Options.from_env() == Options()
+
+
+@pytest.mark.parametrize(
+    "present, enabled",
+    [
+        (("CERTS_PATH", "CLIENT_CERT", "CLIENT_KEY"), True),
+        (("CERTS_PATH", "CLIENT_CERT"), False),
+        (("CERTS_PATH",), False),
+        ((), False),
+    ],
+)
+def test_tls_turns_on_only_with_all_three(
+    monkeypatch: pytest.MonkeyPatch, present: tuple[str, ...], enabled: bool
+) -> None:
+    for suffix in present:
+        monkeypatch.setenv(f"MQTTSESSION_TLS_{suffix}", f"/{suffix.lower()}")
+    tls = Options.from_env().tls_options
+    assert tls.enabled is enabled
+    if "CERTS_PATH" in present:
+        assert tls.ca_cert_path == "/certs_path"  # each path is taken even when TLS stays off
+
+
+def test_tls_enabled_variable_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTTSESSION_TLS_CERTS_PATH", "/ca.pem")
+    monkeypatch.setenv("MQTTSESSION_TLS_ENABLED", "true")
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "broker")
+    o = Options.from_env()
+    assert o.tls_options == TlsOptions(True, "/ca.pem")
+    assert (o.host, o.port) == ("broker", 8883)  # no port given: the TLS default
+    monkeypatch.setenv("MQTTSESSION_TLS_ENABLED", "maybe")
+    with pytest.raises(UsageError, match="MQTTSESSION_TLS_ENABLED"):
+        Options.from_env()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MQTTSESSION_REQUEST_TIMEOUT", "abc"),
+        ("MQTTSESSION_REQUEST_TIMEOUT", "0"),
+        ("MQTTSESSION_REQUEST_TIMEOUT", "-3"),
+        ("MQTTSESSION_REQUEST_TIMEOUT", "inf"),
+        ("MQTTSESSION_ADDRESS", "host:port"),
+        ("MQTTSESSION_ADDRESS", "host:0"),
+        ("MQTTSESSION_ADDRESS", ":1883"),
+        ("MQTTSESSION_ADDRESS", "::1:1883"),
+        ("MQTTSESSION_KEEP_ALIVE", "soon"),
+        ("MQTTSESSION_KEEP_ALIVE", "70000"),
+        ("MQTTSESSION_PROTOCOL_VERSION", "3"),
+        ("MQTTSESSION_PASSWORD", "pw-without-user"),
+        ("MQTTSESSION_TLS_CLIENT_KEY", "/key-without-cert"),
+    ],
+)
+def test_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match=name):
+        Options.from_env()
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"address": "nohost:"}, "address"),
+        ({"address": ""}, "address"),
+        ({"request_timeout_seconds": 0}, "request_timeout_seconds"),
+        ({"request_timeout_seconds": "30"}, "request_timeout_seconds"),
+        ({"keep_alive": -1}, "keep_alive"),
+        ({"protocol_version": 3}, "protocol_version"),
+        ({"session_expiry_interval": -1}, "session_expiry_interval"),
+        ({"password": "pw"}, "username"),
+        ({"tls_options": "yes"}, "tls_options"),
+    ],
+)
+def test_bad_argument_is_named(kwargs: dict[str, object], word: str) -> None:
+    with pytest.raises(UsageError, match=word):
+        Options(**kwargs)  # type: ignore[arg-type]
+
+
+def test_tls_options_fit_the_client_protocol() -> None:
+    tls: TlsSettings = TlsOptions(True, "/ca.pem", "/c.pem", "/c.key")
+    assert tls.enabled and tls.client_key_path == "/c.key"
+    with pytest.raises(UsageError, match="client_cert_path"):
+        TlsOptions(True, client_key_path="/c.key")
+
+
+@pytest.mark.parametrize(
+    "address, tls, expected",
+    [
+        ("h:1", False, ("h", 1)),
+        ("h", False, ("h", 1883)),
+        ("h", True, ("h", 8883)),
+        ("[::1]:1884", False, ("::1", 1884)),
+        ("[::1]", True, ("::1", 8883)),
+        (" 127.0.0.1:1883 ", False, ("127.0.0.1", 1883)),
+    ],
+)
+def test_parse_address(address: str, tls: bool, expected: tuple[str, int]) -> None:
+    assert parse_address(address, tls=tls) == expected
