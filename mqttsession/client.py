@@ -25,7 +25,7 @@ from ._paho import (
     connect_properties,
     disconnect_properties,
 )
-from .errors import ConnectError, MQTTSessionError, StateError, TransitionError, UsageError
+from .errors import ConnectError, MQTTSessionError, StateError, UsageError
 from .events import (
     DIRECTION_CLIENT,
     DIRECTION_SERVER,
@@ -162,8 +162,6 @@ class Client:
         tls_options: TlsSettings | None = None,
     ) -> None:
         self._lock = threading.RLock()
-        self._publish_lock = threading.Lock()  # taken before _lock, never inside it
-        self._unsynced: int | None = None  # seq of an accepted message not yet on disk
         self._changed = threading.Condition(self._lock)
         self._state = SessionState()
         self._settings = _Settings()
@@ -487,63 +485,12 @@ class Client:
                 else:
                     log.warning("QoS 0 message to %r dropped: not connected", topic)
                 return 0
-        if self._holds_lock():
-            # called back from inside the session lock (an event callback): the publish lock
-            # would be taken out of order, so this one syncs in place
-            return self._publish_locked(topic, payload, qos, retain)
-        with self._publish_lock:  # publishers in turn: a failed sync can undo the latest
-            with self._lock:
-                if self._journal is None and self._settings.session_state_file:
-                    self._open_journal()  # durable from the first message, connected or not
-                j = self._journal
-                if j is not None and j.needs_compaction:
-                    j.compact(self._state)  # a fault here fails a publish not yet made
-                rec = self._state.accept(topic, payload, qos, retain, avoid=self._sub_mids)
-                seq = rec.message.seq
-                try:
-                    offset = self._persist(rec, sync=True, defer_sync=True)  # point 1
-                except BaseException:
-                    self._state.retract(rec)
-                    raise
-                if offset is None or j is None:
-                    self._pending.append(seq)
-                    self._pump()
-                    return rec.message.packet_id
-                self._unsynced = seq  # not sent before its record is on disk
-            try:
-                # group commit, outside the session lock: the network thread goes on with
-                # acks meanwhile, and one fdatasync covers what it wrote too
-                j.sync_to(offset)
-            except BaseException:
-                with self._lock:
-                    self._unsynced = None
-                    try:
-                        self._state.retract(rec)
-                    except TransitionError:
-                        # a callback published after it meanwhile: it cannot be taken back,
-                        # so it stays in the session (and goes out) rather than half-vanish
-                        self._pending.append(seq)
-                        self._error(-1, f"publish of seq {seq} failed to sync but was kept")
-                    try:
-                        j.compact(self._state)  # the files must match the session
-                    except MQTTSessionError:
-                        pass
-                raise
-            with self._lock:
-                self._unsynced = None
-                self._pending.append(seq)
-                self._compact_if_due()
-                self._pump()
-            return rec.message.packet_id
-
-    def _holds_lock(self) -> bool:
-        owned = getattr(self._lock, "_is_owned", None)
-        return bool(owned()) if owned is not None else False
-
-    def _publish_locked(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
         with self._lock:
             if self._journal is None and self._settings.session_state_file:
-                self._open_journal()
+                self._open_journal()  # durable from the first message, connected or not
+            j = self._journal
+            if j is not None and j.needs_compaction:
+                j.compact(self._state)  # a fault here fails a publish not yet made
             rec = self._state.accept(topic, payload, qos, retain, avoid=self._sub_mids)
             try:
                 self._persist(rec, sync=True)  # persistence point 1
@@ -572,8 +519,6 @@ class Client:
             return
         while self._pending and len(self._inflight) < self._window:
             seq = self._pending[0]
-            if seq == self._unsynced:
-                return  # persistence point 1: its record is still on the way to disk
             m = self._state.outgoing.get(seq)
             if m is None or seq in self._inflight:
                 self._pending.popleft()
@@ -777,24 +722,18 @@ class Client:
         if self._journal is not None:
             self._persist(rec, sync, lazy)
 
-    def _persist(
-        self, rec: Record, sync: bool, lazy: bool = False, defer_sync: bool = False
-    ) -> int | None:
-        """Append ``rec``; with ``defer_sync``, the offset to ``sync_to`` (None: durable)."""
+    def _persist(self, rec: Record, sync: bool, lazy: bool = False) -> None:
         j = self._journal
         if j is None:
-            return None
+            return
         if self._unrestored is not None:
             if self._resuming:
-                return None  # on_connected may still restore it; compaction will hold it
+                return  # on_connected may still restore it; compaction will hold this record
             self._settle_unrestored()
-            return None  # the compaction wrote the whole state, this record included
-        offset = j.append(rec, self._state, sync=sync, lazy=lazy, defer_sync=defer_sync)
-        if offset is not None:
-            return offset  # the caller syncs, then compacts if due
+            return  # the compaction wrote the whole state, this record included
+        j.append(rec, self._state, sync=sync, lazy=lazy)
         if not lazy:
             self._compact_if_due()
-        return None
 
     def _compact_if_due(self) -> None:
         """Compact a journal past its bound; a fault is reported, not raised: the records

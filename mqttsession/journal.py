@@ -144,8 +144,6 @@ class Journal:
         self._snapshot_size = 0
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
-        self._sync_lock = threading.Lock()  # sync_to() vs. compaction closing the file
-        self._synced_to = 0  # journal bytes known to be on disk
         self._lock_fd: int | None = None
         self._acquire_lock()
 
@@ -292,10 +290,6 @@ class Journal:
         """Fold everything into a new snapshot (``text``, or ``state``'s) and a fresh journal."""
         if text is None:
             text = codec.encode(state)
-        with self._sync_lock:  # no sync_to() may be using the descriptor we close
-            self._compact(state, text)
-
-    def _compact(self, state: SessionState, text: str) -> None:
         self._lazy.clear()  # ``state`` holds them
         if self._fd is not None:
             os.close(self._fd)
@@ -310,15 +304,13 @@ class Journal:
             self._broken = True
             raise PersistenceError(exc.errno, f"cannot open {self.journal_path}: {exc}") from exc
         self._size = len(header)
-        self._synced_to = self._size  # written with fsync
         self._snapshot_size = len(text)
         self._broken = False
         self.client_id = state.client_id
 
     def append(
-        self, rec: Record, state: SessionState, sync: bool = True, lazy: bool = False,
-        defer_sync: bool = False,
-    ) -> int | None:
+        self, rec: Record, state: SessionState, sync: bool = True, lazy: bool = False
+    ) -> None:
         """Make ``rec`` (already applied to ``state``) durable: in the OS always, on disk if
         ``sync`` and the policy is ``always``. After a failed write the next call rewrites
         everything (``state`` already holds the record).
@@ -326,24 +318,20 @@ class Journal:
         ``lazy``: a record whose loss costs only a harmless resend (a SEND step, a removal on
         PUBACK / PUBCOMP: persistence point 5) waits in memory and goes out in the same write,
         under the same fsync, as the next record that is not lazy, or at ``flush``.
-
-        ``defer_sync``: write now, and return the offset the caller must pass to ``sync_to``
-        (outside its own locks) before the record counts as durable; None when nothing is left
-        to sync.
         """
         if lazy and not self._broken and self._fd is not None:
             self._lazy.append(frame(codec.encode_record(rec)))
-            return None
+            return
         if self._broken or self._fd is None:
             self.compact(state)
-            return None
+            return
         if self._cut_at is not None:
             try:
                 if os.fstat(self._fd).st_size > self._cut_at:
                     os.ftruncate(self._fd, self._cut_at)  # the torn tail recovery found
             except OSError:
                 self.compact(state)
-                return None
+                return
             finally:
                 self._cut_at = None
         data = frame(codec.encode_record(rec))
@@ -355,7 +343,7 @@ class Journal:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
-            if sync and self.sync and not defer_sync:
+            if sync and self.sync:
                 os.fdatasync(self._fd)
         except OSError as exc:
             # take the frame back out: a caller told "failed" must not find it after a restart
@@ -369,28 +357,6 @@ class Journal:
                 exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
         self._size += len(data)
-        if sync and self.sync:
-            if not defer_sync:
-                self._synced_to = self._size
-                return None
-            return self._size
-        return None
-
-    def sync_to(self, offset: int) -> None:
-        """Make the journal durable up to ``offset`` (group commit: one fdatasync covers
-        whatever any thread wrote before it). Safe without the caller's session lock."""
-        with self._sync_lock:
-            if self._synced_to >= offset or self._fd is None:
-                return  # already synced, or compacted since (compaction fsyncs)
-            target = self._size
-            try:
-                os.fdatasync(self._fd)
-            except OSError as exc:
-                self._broken = True
-                raise PersistenceError(
-                    exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
-                ) from exc
-            self._synced_to = max(self._synced_to, target)
 
 
 # ---------------------------------------------------------------------- reading
