@@ -87,21 +87,21 @@ def unpack_properties(data: bytes, packet_type: int = PacketTypes.PUBLISH) -> Pr
     return props
 
 
-def connect_properties(session_expiry_interval: int | None) -> Properties | None:
-    """CONNECT properties carrying the Session Expiry Interval (absent means 0)."""
+def expiry_properties(packet_type: int, session_expiry_interval: int | None) -> Properties | None:
+    """CONNECT / DISCONNECT properties carrying the Session Expiry Interval (absent means 0)."""
     if session_expiry_interval is None:
         return None
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props = Properties(packet_type)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = session_expiry_interval
     return props
+
+
+def connect_properties(session_expiry_interval: int | None) -> Properties | None:
+    return expiry_properties(PacketTypes.CONNECT, session_expiry_interval)
 
 
 def disconnect_properties(session_expiry_interval: int | None) -> Properties | None:
-    if session_expiry_interval is None:
-        return None
-    props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = session_expiry_interval
-    return props
+    return expiry_properties(PacketTypes.DISCONNECT, session_expiry_interval)
 
 
 def _text(topic: bytes | str) -> str:

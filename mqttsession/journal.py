@@ -93,6 +93,13 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
     return payloads, pos, False
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
     try:
@@ -108,9 +115,7 @@ def write_atomic(path: str, data: str | bytes, sync: bool = True) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _MODE)
         try:
-            view = memoryview(raw)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, raw)
             if sync:
                 os.fsync(fd)
         finally:
@@ -265,9 +270,7 @@ class Journal:
         data = b"".join(self._lazy)
         self._lazy.clear()
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            _write_all(self._fd, data)
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, self._size)
@@ -340,9 +343,7 @@ class Journal:
             data = b"".join(self._lazy)
             self._lazy.clear()
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            _write_all(self._fd, data)
             if sync and self.sync:
                 os.fdatasync(self._fd)
         except OSError as exc:
