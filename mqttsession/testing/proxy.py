@@ -661,11 +661,11 @@ class MQTTProxy:
             header_len, total = framed
             packet = bytes(buf[:total])
             del buf[:total]
-            if self._handle_packet(pair, direction, packet, header_len):
+            if self._on_packet(pair, direction, packet, header_len):
                 out += packet
         self._flush(pair, direction)
 
-    def _handle_packet(self, pair: _Pair, direction: Direction, packet: bytes, header_len: int) -> bool:
+    def _on_packet(self, pair: _Pair, direction: Direction, packet: bytes, header_len: int) -> bool:
         """Log one packet; True to forward it."""
         type_name = PACKET_TYPES.get(packet[0] >> 4, "")
         with self._cond:

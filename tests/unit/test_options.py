@@ -50,7 +50,7 @@ def test_plain_constructor_ignores_the_environment(monkeypatch: pytest.MonkeyPat
 
 
 def test_every_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MQTTSESSION_ADDRESS", "10.1.2.3:8883")
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "127.0.0.3:8883")
     monkeypatch.setenv("MQTTSESSION_REQUEST_TIMEOUT", "2.5")
     monkeypatch.setenv("MQTTSESSION_TLS_CERTS_PATH", "/ca.pem")
     monkeypatch.setenv("MQTTSESSION_TLS_CLIENT_CERT", "/client.pem")
@@ -60,7 +60,7 @@ def test_every_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQTTSESSION_KEEP_ALIVE", "15")
     monkeypatch.setenv("MQTTSESSION_PROTOCOL_VERSION", "5")
     o = Options.from_env()
-    assert (o.host, o.port) == ("10.1.2.3", 8883)
+    assert (o.host, o.port) == ("127.0.0.3", 8883)
     assert o.request_timeout_seconds == 2.5
     assert o.tls_options == TlsOptions(True, "/ca.pem", "/client.pem", "/client.key")
     assert (o.username, o.password, o.keep_alive, o.protocol_version) == ("alice", "pw", 15, 5)
