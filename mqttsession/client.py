@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Final, Protocol, Sequence
 
 from . import codec
 from ._paho import (
@@ -43,7 +43,6 @@ from .expiry import expired as _expired
 from .journal import Journal, write_atomic
 from .state import (
     MAX_EXPIRY,
-    Accepted,
     OutgoingMessage,
     Phase,
     Record,
@@ -57,7 +56,6 @@ __all__ = ["Client", "TlsSettings"]
 
 log = logging.getLogger("mqttsession")
 
-E = TypeVar("E")
 Callback = Callable[[Any], None]
 
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
@@ -403,23 +401,33 @@ class Client:
             conn, self._conn = self._conn, None
             self._connected = False
             self._inflight.clear()
-        self._ticker_stop.set()
         if conn is not None:
-            conn.set_auto_reconnect(False)
-            try:
-                conn.disconnect()
-            except Exception:  # pragma: no cover - best effort on a dead socket
-                pass
-            if not conn.in_network_thread():
-                conn.loop_stop()
-                conn.release()
+            self._stop(conn, None)
+
+    def _stop(self, conn: PahoConnection, props: Any) -> None:
+        """DISCONNECT, end the ticker and paho's loop, close its sockets (never under the lock:
+        loop_stop joins the network thread, which may be waiting for the lock)."""
+        conn.set_auto_reconnect(False)
+        try:
+            conn.disconnect(properties=props)
+        except Exception:  # pragma: no cover - best effort on a dead socket
+            log.debug("DISCONNECT not sent", exc_info=True)
+        self._ticker_stop.set()
+        if not conn.in_network_thread():
+            conn.loop_stop()
+            conn.release()
 
     def disconnect(self) -> None:
-        """A clean DISCONNECT; the disconnect time is recorded in the session state."""
+        """A clean DISCONNECT; the disconnect time is recorded in the session state, and the
+        state file, if any, is compacted."""
+        self._disconnect()
+
+    def _disconnect(self) -> bool:
+        """``disconnect()``; False when there was no connection (nothing was compacted)."""
         with self._lock:
             conn = self._conn
             if conn is None:
-                return
+                return False
             self._user_disconnect = True
             if self._connected:
                 self._record(self._state.disconnected(time.time()), sync=True)
@@ -428,26 +436,22 @@ class Client:
                 disconnect_properties(self._state.session_expiry_interval)
                 if self._state.protocol_version == 5 else None
             )
-            conn.set_auto_reconnect(False)
-            conn.disconnect(properties=props)
-        self._ticker_stop.set()
-        if not conn.in_network_thread():
-            conn.loop_stop()
-            conn.release()
+        self._stop(conn, props)
         with self._lock:
             if self._conn is conn:
                 self._conn = None
                 self._inflight.clear()
             if self._journal is not None:
                 self._journal.compact(self._state)
+        return True
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.disconnect()
-        if self._settings.session_state_file:
-            self.save_session()
+        compacted = self._disconnect() and self._journal is not None
+        if self._settings.session_state_file and not compacted:
+            self.save_session()  # (a disconnect that compacted wrote the same snapshot)
         with self._lock:
             if self._journal is not None:
                 self._journal.close()
@@ -486,14 +490,13 @@ class Client:
                     log.warning("QoS 0 message to %r dropped: not connected", topic)
                 return 0
         with self._lock:
-            if self._journal is None and self._settings.session_state_file:
-                self._open_journal()  # durable from the first message, connected or not
+            self._open_journal()  # with a state file: durable from the first message
             j = self._journal
             if j is not None and j.needs_compaction:
                 j.compact(self._state)  # a fault here fails a publish not yet made
             rec = self._state.accept(topic, payload, qos, retain, avoid=self._sub_mids)
             try:
-                self._persist(rec, sync=True)  # persistence point 1
+                self._record(rec, sync=True)  # persistence point 1
             except BaseException:
                 self._state.retract(rec)
                 raise
@@ -557,8 +560,7 @@ class Client:
         validate_qos(qos)
         filters = self._filters(topic_filter)
         with self._lock:
-            if self._journal is None and self._settings.session_state_file:
-                self._open_journal()
+            self._open_journal()
             for f in filters:
                 self._record(self._state.subscribe(f, qos))
                 self._unsent_unsubs.discard(f)
@@ -624,11 +626,7 @@ class Client:
                     f" {len(self._state.incoming)} incoming messages this client holds"
                 )
             path = self._settings.session_state_file
-            from_file = bool(path)
-            if path:
-                state = self._load_file(path)
-            else:
-                state = codec.decode(state_data)
+            state = self._load_file(path) if path else codec.decode(state_data)
             if self._state.client_id and state.client_id and state.client_id != self._state.client_id:
                 raise StateError(
                     f"the saved session belongs to client id {state.client_id!r},"
@@ -658,13 +656,8 @@ class Client:
             if expired_now:
                 log.info("saved session of %r has expired (MQTT 5): starting clean", state.client_id)
             self._unsent_subs.clear()
-            if self._journal is not None:
-                if from_file:
-                    self._persist(settings, sync=True)  # the file holds the rest already
-                else:
-                    self._journal.compact(self._state)
-            elif path:
-                self._open_journal()
+            if path:  # _load_file left the journal open; the file holds the rest already
+                self._record(settings, sync=True)
 
     def _load_file(self, path: str) -> SessionState:
         if self._unrestored is not None:
@@ -672,8 +665,7 @@ class Client:
             return state
         if self._journal is not None:
             return self._journal.recover()
-        j = Journal(path, self._state.client_id, sync=self._settings.session_sync == "always",
-                    max_journal_bytes=self._settings.journal_max_bytes)
+        j = self._new_journal(path)
         try:
             state = j.recover()
         except BaseException:
@@ -690,8 +682,7 @@ class Client:
         otherwise kept aside (``_settle_unrestored``)."""
         path = self._settings.session_state_file
         if path and self._journal is None:
-            j = Journal(path, self._state.client_id, sync=self._settings.session_sync == "always",
-                        max_journal_bytes=self._settings.journal_max_bytes)
+            j = self._new_journal(path)
             try:
                 old = j.recover() if os.path.exists(path) else None
                 if old is not None and not old.empty:
@@ -702,6 +693,10 @@ class Client:
                 j.close()
                 raise
             self._journal = j
+
+    def _new_journal(self, path: str) -> Journal:
+        return Journal(path, self._state.client_id, sync=self._settings.session_sync == "always",
+                       max_journal_bytes=self._settings.journal_max_bytes)
 
     def _settle_unrestored(self) -> None:
         """The application went on without restoring the file's session: keep it aside."""
@@ -719,10 +714,6 @@ class Client:
 
     def _record(self, rec: Record, sync: bool = False, lazy: bool = False) -> None:
         """A transition already applied in memory: make it durable (if a file is set)."""
-        if self._journal is not None:
-            self._persist(rec, sync, lazy)
-
-    def _persist(self, rec: Record, sync: bool, lazy: bool = False) -> None:
         j = self._journal
         if j is None:
             return
@@ -877,7 +868,7 @@ class Client:
                 self._record(rec, sync=True)
         self._fire("on_message_ack", MessageAckEvent(packet_id, DIRECTION_SERVER, 0))
 
-    def _finished(self, m: OutgoingMessage, reason_code: int) -> None:
+    def _finished(self, m: OutgoingMessage) -> None:
         """An outgoing flow ended (lock held): free the window and fire events after."""
         self._inflight.pop(m.seq, None)
         if not self._state.outgoing:
@@ -885,9 +876,13 @@ class Client:
         self._pump()
 
     def _after_ack(self, m: OutgoingMessage, reason_code: int) -> None:
-        self._fire("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT, reason_code))
-        self._fire("on_message_out", MessageEvent(m.packet_id, m.topic, m.qos, m.payload,
-                                                  m.retain, m.sent))
+        # per acknowledged message on the network thread: build events only for listeners
+        if self.on_message_ack is not None:
+            self._fire("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
+                                                         reason_code))
+        if self.on_message_out is not None:
+            self._fire("on_message_out", MessageEvent(m.packet_id, m.topic, m.qos, m.payload,
+                                                      m.retain, m.sent))
 
     def hook_puback(self, packet_id: int, reason_code: int) -> None:
         with self._lock:
@@ -897,7 +892,7 @@ class Client:
                 return
             self._record(self._state.puback(packet_id), lazy=True)  # point 5: a lost removal
             # only costs a resend
-            self._finished(m, reason_code)
+            self._finished(m)
         self._after_ack(m, reason_code)
 
     def hook_pubrec(self, packet_id: int, reason_code: int) -> bool:
@@ -914,7 +909,7 @@ class Client:
             self._record(self._state.pubrec(packet_id, reason_code), sync=True)
             if reason_code < 0x80:
                 return True
-            self._finished(m, reason_code)  # [MQTT-4.4.0-2] a failed PUBREC ends the flow
+            self._finished(m)  # [MQTT-4.4.0-2] a failed PUBREC ends the flow
         self._after_ack(m, reason_code)
         return False
 
@@ -925,7 +920,7 @@ class Client:
                 log.debug("PUBCOMP for packet id %d, which awaits none: ignored", packet_id)
                 return
             self._record(self._state.pubcomp(packet_id), lazy=True)  # point 5
-            self._finished(m, reason_code)
+            self._finished(m)
         self._after_ack(m, reason_code)
 
     # ================================================================== paho callbacks
