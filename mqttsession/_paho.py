@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Final, Protocol
+from typing import Any, Callable, Final, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
@@ -67,6 +67,8 @@ class Hooks(Protocol):
 
     def hook_connection_reset(self) -> None: ...
 
+    def hook_acks_due(self) -> None: ...
+
     def hook_packet_id_in_use(self, packet_id: int) -> bool: ...
 
 
@@ -108,6 +110,25 @@ def _text(topic: bytes | str) -> str:
     return topic if isinstance(topic, str) else topic.decode("utf-8")
 
 
+_ACK_DECODERS: Final[dict[int, Callable[..., Any]]] = {
+    _PUBACK: _packet.decode_puback, _PUBREC: _packet.decode_pubrec,
+    _PUBREL: _packet.decode_pubrel, _PUBCOMP: _packet.decode_pubcomp,
+}
+
+
+def _ack(cmd: int, hdr: int, body: bytes | bytearray, proto: Any) -> tuple[int, int]:
+    """(packet id, reason code) of a PUBACK / PUBREC / PUBREL / PUBCOMP.
+
+    The usual ack is the packet id alone: MQTT 3.1.1 always, MQTT 5 on success without
+    properties [MQTT 5 3.4.2.1]. That is read here directly; paho's decoder would build a
+    ReasonCode and a Properties object for every ack (a third of its cost per message).
+    """
+    if len(body) == 2:
+        return body[0] << 8 | body[1], 0
+    ack = _ACK_DECODERS[cmd](hdr, body, proto)
+    return int(ack.mid), int(ack.reason.value)
+
+
 class PahoConnection(mqtt.Client):
     """paho's Client with the session moved out to ``hooks``."""
 
@@ -127,6 +148,9 @@ class PahoConnection(mqtt.Client):
             reconnect_on_failure=True,
         )
         self.hooks = hooks
+        # PUBREL / PUBREC / PUBCOMP answered during a read batch, written at its end after
+        # hooks.hook_acks_due() (one fsync covers the records of the whole batch)
+        self._acks_due: list[tuple[int, int]] = []
         self.enable_logger(logging.getLogger("mqttsession.paho"))
 
     # ------------------------------------------------------------------ sending
@@ -182,16 +206,38 @@ class PahoConnection(mqtt.Client):
     def reconnect(self) -> MQTTErrorCode:
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
         self.hooks.hook_connection_reset()
+        self._acks_due.clear()  # for the old connection: the session resends what is needed
         return super().reconnect()
 
     # ------------------------------------------------------------------ receiving
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read every packet that is waiting (up to a bound), not just one per round.
+        """Read every packet that is waiting (up to a bound), not just one per round; then
+        write the acks that wait for the batch's records to be durable.
 
         paho sizes its read batch by ``_out_messages`` + ``_in_messages``, which stay empty
         here, so it would read one packet per select() round.
         """
+        rc = self._read_batch(max_packets)
+        if not self._acks_due:
+            return rc
+        acks, self._acks_due = self._acks_due, []
+        try:
+            self.hooks.hook_acks_due()
+        except Exception:
+            log.exception("session records could not be made durable; dropping the connection")
+            return self._loop_rc_handle(_DROP) if self._sock is not None else rc  # noqa: SLF001
+        if rc == _OK:
+            send = {
+                _PUBREC: self._send_pubrec,  # noqa: SLF001
+                _PUBREL: self._send_pubrel,  # noqa: SLF001
+                _PUBCOMP: self._send_pubcomp,  # noqa: SLF001
+            }
+            for kind, mid in acks:
+                send[kind](mid)
+        return rc
+
+    def _read_batch(self, max_packets: int) -> MQTTErrorCode:
         for _ in range(max(max_packets, _READ_BATCH)):
             if self._sock is None:  # noqa: SLF001
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -213,23 +259,19 @@ class PahoConnection(mqtt.Client):
         try:
             if cmd == _PUBLISH:
                 return self._session_publish_in(_packet.decode_publish(hdr, body, proto))
-            if cmd == _PUBACK:
-                ack = _packet.decode_puback(hdr, body, proto)
-                self.hooks.hook_puback(ack.mid, int(ack.reason.value))
+            if cmd != _CONNACK:
+                mid, code = _ack(cmd, hdr, body, proto)
+                if cmd == _PUBACK:
+                    self.hooks.hook_puback(mid, code)
+                elif cmd == _PUBCOMP:
+                    self.hooks.hook_pubcomp(mid, code)
+                elif cmd == _PUBREC:
+                    if self.hooks.hook_pubrec(mid, code):
+                        self._acks_due.append((_PUBREL, mid))  # after "released" is durable
+                else:
+                    self.hooks.hook_pubrel_in(mid)
+                    self._acks_due.append((_PUBCOMP, mid))  # after delivery + durable removal
                 return _OK
-            if cmd == _PUBCOMP:
-                comp = _packet.decode_pubcomp(hdr, body, proto)
-                self.hooks.hook_pubcomp(comp.mid, int(comp.reason.value))
-                return _OK
-            if cmd == _PUBREC:
-                rec = _packet.decode_pubrec(hdr, body, proto)
-                if self.hooks.hook_pubrec(rec.mid, int(rec.reason.value)):
-                    return self._send_pubrel(rec.mid)  # noqa: SLF001  (after "released" is durable)
-                return _OK
-            if cmd == _PUBREL:
-                rel = _packet.decode_pubrel(hdr, body, proto)
-                self.hooks.hook_pubrel_in(rel.mid)
-                return self._send_pubcomp(rel.mid)  # noqa: SLF001  (after delivery + removal)
             c = _packet.decode_connack(hdr, body, proto)
             rc = int(c.rc)  # 3.1.1: the return code 0..5; 5.0: the reason code
             recv_max = 65535
@@ -261,5 +303,5 @@ class PahoConnection(mqtt.Client):
         if r.qos == 1:
             return self._send_puback(r.mid)  # noqa: SLF001  (after delivery: at least once)
         if r.qos == 2:
-            return self._send_pubrec(r.mid)  # noqa: SLF001  (after the hook stored it)
+            self._acks_due.append((_PUBREC, int(r.mid)))  # after the stored message is durable
         return _OK

@@ -489,7 +489,6 @@ class Client:
                 else:
                     log.warning("QoS 0 message to %r dropped: not connected", topic)
                 return 0
-        with self._lock:
             self._open_journal()  # with a state file: durable from the first message
             j = self._journal
             if j is not None and j.needs_compaction:
@@ -538,6 +537,8 @@ class Client:
             ok = conn.send_publish(m.packet_id, m.topic, m.payload, m.qos, m.retain, False,
                                    m.properties)
         elif m.phase is Phase.AWAIT_PUBCOMP:
+            if self._journal is not None:
+                self._journal.sync_pending()  # point 2: "released" is durable before this PUBREL
             ok = conn.send_pubrel(m.packet_id)  # [MQTT-4.3.3-6] PUBREL, never the PUBLISH again
         else:
             # [MQTT-4.4.0-1] original packet id, [MQTT-3.3.1-1] DUP=1
@@ -657,7 +658,8 @@ class Client:
                 log.info("saved session of %r has expired (MQTT 5): starting clean", state.client_id)
             self._unsent_subs.clear()
             if path:  # _load_file left the journal open; the file holds the rest already
-                self._record(settings, sync=True)
+                self._record(settings, sync=True, compact=False)  # a due compaction waits for
+                # the next record: restoring stays a read of the file
 
     def _load_file(self, path: str) -> SessionState:
         if self._unrestored is not None:
@@ -712,7 +714,8 @@ class Client:
         )
         j.compact(self._state)
 
-    def _record(self, rec: Record, sync: bool = False, lazy: bool = False) -> None:
+    def _record(self, rec: Record, sync: bool = False, lazy: bool = False,
+                compact: bool = True) -> None:
         """A transition already applied in memory: make it durable (if a file is set)."""
         j = self._journal
         if j is None:
@@ -723,7 +726,7 @@ class Client:
             self._settle_unrestored()
             return  # the compaction wrote the whole state, this record included
         j.append(rec, self._state, sync=sync, lazy=lazy)
-        if not lazy:
+        if compact and not lazy:
             self._compact_if_due()
 
     def _compact_if_due(self) -> None:
@@ -848,11 +851,12 @@ class Client:
             self._fire("on_message_ack", MessageAckEvent(packet_id, DIRECTION_SERVER, 0))
             return
         with self._lock:
-            # persistence point 3: stored before PUBREC; a duplicate is not stored or delivered
-            # twice [MQTT-4.3.3-10]
+            # persistence point 3: stored before PUBREC (written, and synced by hook_acks_due
+            # before the PUBREC leaves); a duplicate is not stored or delivered twice
+            # [MQTT-4.3.3-10]
             rec = self._state.receive(packet_id, topic, payload, retain, dup, properties)
             if rec is not None:
-                self._record(rec, sync=True)
+                self._record(rec)
 
     def hook_pubrel_in(self, packet_id: int) -> None:
         with self._lock:
@@ -865,8 +869,15 @@ class Client:
         with self._lock:
             if packet_id in self._state.incoming:
                 _, rec = self._state.release(packet_id)
-                self._record(rec, sync=True)
+                self._record(rec)  # synced by hook_acks_due before the PUBCOMP leaves
         self._fire("on_message_ack", MessageAckEvent(packet_id, DIRECTION_SERVER, 0))
+
+    def hook_acks_due(self) -> None:
+        """The PUBREL / PUBREC / PUBCOMP of a read batch are about to be written: make the
+        records they depend on durable first (points 2, 3, 4), with one fsync for them all."""
+        with self._lock:
+            if self._journal is not None:
+                self._journal.sync_pending()
 
     def _finished(self, m: OutgoingMessage) -> None:
         """An outgoing flow ended (lock held): free the window and fire events after."""
@@ -905,8 +916,9 @@ class Client:
             if m.phase is not Phase.AWAIT_PUBREC:
                 log.debug("PUBREC for packet id %d in phase %s: ignored", packet_id, m.phase.value)
                 return False
-            # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
-            self._record(self._state.pubrec(packet_id, reason_code), sync=True)
+            # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]: written
+            # now, synced by hook_acks_due (one fsync for the read batch) before PUBREL leaves
+            self._record(self._state.pubrec(packet_id, reason_code))
             if reason_code < 0x80:
                 return True
             self._finished(m)  # [MQTT-4.4.0-2] a failed PUBREC ends the flow

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import hashlib
 import json
 import math
 import re
+import struct
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Callable, Final, Iterator, Mapping
 
-from .errors import StateError
+from .errors import StateError, UsageError
 from .expiry import expired
 from .state import (
     MAX_PACKET_ID,
@@ -44,6 +47,7 @@ from .state import (
     Stepped,
     Subscribed,
     Unsubscribed,
+    validate_topic,
 )
 
 __all__ = [
@@ -269,12 +273,63 @@ def _incoming(obj: object, where: str) -> IncomingMessage:
     )
 
 
+def _outgoing_quick(obj: object, topics: set[str]) -> OutgoingMessage | None:
+    """``_outgoing`` for the usual, valid entry (restoring 100k messages runs this 100k
+    times); None sends anything unusual to ``_outgoing``, which names the fault."""
+    if type(obj) is not dict or obj.keys() != _OUT_KEYS:
+        return None
+    seq, pid, topic, payload, qos, retain, props, phase = (
+        obj["seq"], obj["packet_id"], obj["topic"], obj["payload"], obj["qos"], obj["retain"],
+        obj["properties"], obj["phase"],
+    )
+    if (type(seq) is not int or not 1 <= seq <= _MAX_SEQ or type(pid) is not int
+            or not 0 <= pid <= MAX_PACKET_ID or type(qos) is not int or not 1 <= qos <= 2
+            or type(retain) is not bool or type(topic) is not str or topic not in topics
+            or type(payload) is not str or type(props) is not str or type(phase) is not str):
+        return None
+    phase = _PHASES.get(phase)
+    if phase is None:
+        return None
+    try:
+        return OutgoingMessage(seq, pid, topic, _b64decode(payload) if payload else b"", qos,
+                               retain, _b64decode(props) if props else b"", phase)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _good_topic(obj: object, topics: set[str]) -> None:
+    """Remember the topic of an outgoing entry once it has passed every check."""
+    if isinstance(obj, dict) and type(topic := obj.get("topic")) is str and topic not in topics:
+        try:
+            validate_topic(topic)
+        except UsageError:
+            return  # ``_outgoing`` / ``check_invariants`` report it
+        topics.add(topic)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a large state is built: it finds no cycles in
+    these objects and would rescan them again and again (a third of a 100k restore)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def obj_to_state(obj: object) -> SessionState:
     """Build and check a state from its JSON object; ``StateError`` names what is wrong."""
     f = _Fields(obj, "state", _STATE_KEYS)
     outgoing: dict[int, OutgoingMessage] = {}
+    topics: set[str] = set()  # topic names that passed validate_topic
     for i, item in enumerate(f.get_list("outgoing")):
-        m = _outgoing(item, f"state.outgoing[{i}]")
+        m = _outgoing_quick(item, topics)
+        if m is None:
+            _good_topic(item, topics)
+            m = _outgoing_quick(item, topics) or _outgoing(item, f"state.outgoing[{i}]")
         if m.seq in outgoing:
             raise StateError(f"state.outgoing[{i}].seq: {m.seq} appears twice")
         outgoing[m.seq] = m
@@ -306,7 +361,7 @@ def obj_to_state(obj: object) -> SessionState:
         incoming=incoming,
         subscriptions=subscriptions,
     )
-    state.check_invariants()
+    state.check_invariants(topics_checked=topics)
     return state
 
 
@@ -326,7 +381,12 @@ def decode(state_data: str | bytes) -> SessionState:
     text = _as_text(state_data).strip()
     if not text:
         raise StateError("state text is empty")
-    doc = _parse_json(text)
+    with gc_paused():
+        doc = _parse_json(text)
+        return _doc_to_state(doc, text)
+
+
+def _doc_to_state(doc: object, text: str) -> SessionState:
     if not isinstance(doc, dict):
         raise StateError(f"state text must be a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
@@ -422,31 +482,40 @@ def load_state(state_data: str | bytes) -> SavedState:
 
 
 # --------------------------------------------------------------------------- journal records
-# One compact JSON array per record; the tag is the first element. ``decode_record`` checks
-# every element's type; whether the record fits the state is ``SessionState.apply``'s job.
+# The two records written for every message (Accepted, Stepped) are binary: a tag byte and a
+# fixed big-endian header, then the raw topic, payload and properties (no base64, no JSON).
+# Every other record is one compact JSON array whose first element is its tag; JSON arrays of
+# A / S (journal format 1) are still read. ``decode_record`` checks every field's type and
+# range; whether the record fits the state is ``SessionState.apply``'s job.
 
 _EVENTS: Final = {e.value: e for e in Event}
+# the binary event codes: part of the file format, append only
+_EVENT_CODES: Final = (Event.SEND, Event.PUBACK, Event.PUBREC, Event.PUBREC_FAILED,
+                       Event.PUBCOMP, Event.SESSION_LOST)
+_EVENT_CODE: Final = {e: i for i, e in enumerate(_EVENT_CODES)}
+# tag, seq, packet id, qos, retain, topic / payload / properties lengths (then those bytes)
+_ACCEPTED: Final = struct.Struct(">cQHBBHII")
+# tag, seq, event code, packet id
+_STEPPED: Final = struct.Struct(">cQBH")
+BINARY_TAGS: Final = (b"a", b"s")  # first byte of a binary record; JSON ones start with "["
 
 
 _STR: Final = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per call
-_BOOL: Final = ("false", "true")
 
 
 def encode_record(rec: Record) -> bytes:
-    """A record as the UTF-8 JSON array the journal frames.
-
-    The records on the publish path are built by hand: json.dumps costs several times more.
-    """
+    """A record as the bytes the journal frames (binary for Accepted and Stepped)."""
     arr: list[Any]
     if type(rec) is Accepted:
         m = rec.message
-        props = f'"{_b64(m.properties)}"' if m.properties else '""'
-        return (
-            f'["A",{m.seq},{m.packet_id},{_STR(m.topic)},"{_b64(m.payload)}",{m.qos},'
-            f"{_BOOL[m.retain]},{props}]"
-        ).encode("utf-8")
+        topic = m.topic.encode("utf-8")
+        return b"".join((
+            _ACCEPTED.pack(b"a", m.seq, m.packet_id, m.qos, m.retain, len(topic),
+                           len(m.payload), len(m.properties)),
+            topic, m.payload, m.properties,
+        ))
     if type(rec) is Stepped:
-        return f'["S",{rec.seq},"{rec.event.value}",{rec.packet_id}]'.encode("ascii")
+        return _STEPPED.pack(b"s", rec.seq, _EVENT_CODE[rec.event], rec.packet_id)
     if type(rec) is Activity:
         return f'["T",{rec.at!r}]'.encode("ascii")
     if isinstance(rec, Received):
@@ -473,6 +542,37 @@ def encode_record(rec: Record) -> bytes:
     return _dump(arr).encode("utf-8")
 
 
+def _decode_binary(data: bytes) -> Record:
+    """A binary Accepted / Stepped record; ``StateError`` names what is wrong."""
+    if data[:1] == b"s":
+        if len(data) != _STEPPED.size:
+            raise StateError(f"journal record s: {len(data)} bytes, expected {_STEPPED.size}")
+        _, seq, code, pid = _STEPPED.unpack(data)
+        if not 1 <= seq <= _MAX_SEQ:
+            raise StateError(f"journal record s: seq {seq} out of range")
+        if code >= len(_EVENT_CODES):
+            raise StateError(f"journal record s: unknown event code {code}")
+        return Stepped(seq, _EVENT_CODES[code], pid)
+    head = _ACCEPTED.size
+    if len(data) < head:
+        raise StateError(f"journal record a: {len(data)} bytes, shorter than its header")
+    _, seq, pid, qos, retain, tlen, plen, xlen = _ACCEPTED.unpack_from(data)
+    if len(data) != head + tlen + plen + xlen:
+        raise StateError(f"journal record a: {len(data)} bytes, its lengths say "
+                         f"{head + tlen + plen + xlen}")
+    if not 1 <= seq <= _MAX_SEQ or qos not in (1, 2) or retain > 1:
+        raise StateError(f"journal record a: seq {seq}, qos {qos}, retain {retain} out of range")
+    try:
+        topic = data[head:head + tlen].decode("utf-8")
+    except UnicodeDecodeError:
+        raise StateError("journal record a: topic is not UTF-8") from None
+    if not topic or "\x00" in topic:
+        raise StateError("journal record a: topic is empty or holds U+0000")
+    end = head + tlen + plen
+    return Accepted(OutgoingMessage(seq, pid, topic, data[head + tlen:end], qos, retain == 1,
+                                    data[end:]))
+
+
 _SHAPES: Final = {
     "A": ("seq", "packet_id", "topic", "payload", "qos", "retain", "properties"),
     "S": ("seq", "event", "packet_id"),
@@ -497,6 +597,8 @@ def _int_list(f: _Fields, key: str, lo: int, hi: int) -> tuple[int, ...]:
 
 def decode_record(data: bytes) -> Record:
     """Parse one journal record; ``StateError`` names what is wrong."""
+    if data[:1] in BINARY_TAGS:
+        return _decode_binary(data)
     try:
         arr = _parse_json(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

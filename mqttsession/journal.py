@@ -3,8 +3,8 @@
 Files, for a state file ``P`` (all created mode 0600):
 
 - ``P``: the snapshot, exactly the text ``save_session()`` returns (``codec.encode``);
-- ``P.journal``: a header frame naming the snapshot's SHA-256 and the client id, then one frame
-  per record applied since that snapshot;
+- ``P.journal``: a header frame naming the format version, the snapshot's SHA-256 and the
+  client id, then one frame per record applied since that snapshot (``codec.encode_record``);
 - ``P.lock``: held with ``flock`` by the one process that owns the file (the kernel drops it
   when that process dies, so a killed process never blocks its restart).
 
@@ -49,6 +49,8 @@ LOCK_SUFFIX: Final = ".lock"
 _HEAD: Final = struct.Struct(">II")
 _MAX_FRAME: Final = 256 * 1024 * 1024
 _HEADER_TAG: Final = "mqttsession-journal"
+_JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all JSON) is read too
+_RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
 _MODE: Final = 0o600
 AUTO_JOURNAL_BYTES: Final = 4 * 1024 * 1024
 
@@ -85,7 +87,7 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
         if got is None:
             for later in range(pos + 1, len(data) - _HEAD.size + 1):
                 found = _frame_at(data, later)
-                if found is not None and found[1] == len(data) and found[0][:1] in (b"[", b"{"):
+                if found is not None and found[1] == len(data) and found[0][:1] in _RECORD_STARTS:
                     return payloads, pos, True
             return payloads, pos, False
         payloads.append(got[0])
@@ -149,6 +151,7 @@ class Journal:
         self._snapshot_size = 0
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
+        self._unsynced = False  # bytes written since the last fsync (policy ``always``)
         self._lock_fd: int | None = None
         self._acquire_lock()
 
@@ -255,7 +258,8 @@ class Journal:
             arr = json.loads(payload.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):
             return None
-        if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG and arr[1] == 1
+        if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG and type(arr[1]) is int
+                and arr[1] in (1, 2)
                 and isinstance(arr[2], str) and isinstance(arr[3], str)):
             return arr[2], arr[3]
         return None
@@ -280,6 +284,23 @@ class Journal:
             return
         self._size += len(data)
 
+    def sync_pending(self) -> None:
+        """Make every record written so far durable (policy ``always``): one fsync for all the
+        records appended with ``sync=False`` since the last one, unless another covered them."""
+        if not self._unsynced or self._fd is None:
+            return
+        if self._broken:
+            raise PersistenceError(None, f"state journal {self.journal_path} failed a write and"
+                                         " is rewritten with the next record")
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self._broken = True  # the page cache is suspect: the next write rewrites everything
+            raise PersistenceError(
+                exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
+            ) from exc
+        self._unsynced = False
+
     @property
     def needs_compaction(self) -> bool:
         """The journal passed its bound: ``max_journal_bytes`` when set (> 0); by default
@@ -299,7 +320,7 @@ class Journal:
             self._fd = None
         write_atomic(self.path, text, sync=True)
         digest = hashlib.sha256(text.encode("utf-8").strip()).hexdigest()
-        header = frame(json.dumps([_HEADER_TAG, 1, digest, state.client_id]).encode("utf-8"))
+        header = frame(json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
         write_atomic(self.journal_path, header, sync=True)
         try:
             self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
@@ -309,6 +330,7 @@ class Journal:
         self._size = len(header)
         self._snapshot_size = len(text)
         self._broken = False
+        self._unsynced = False
         self.client_id = state.client_id
 
     def append(
@@ -346,6 +368,9 @@ class Journal:
             _write_all(self._fd, data)
             if sync and self.sync:
                 os.fdatasync(self._fd)
+                self._unsynced = False
+            else:
+                self._unsynced = self.sync
         except OSError as exc:
             # take the frame back out: a caller told "failed" must not find it after a restart
             try:

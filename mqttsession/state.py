@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Container, Final, Iterable, Mapping, Union
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Callable, Container, Final, Iterable, Mapping, TypeVar, Union
 
 from .errors import PacketIdsExhausted, StateError, TransitionError, UsageError
 
@@ -203,7 +203,38 @@ def _check_expiry(exp: object) -> None:
 
 # --------------------------------------------------------------------------- messages
 
+_T = TypeVar("_T")
 
+
+def _quick_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets its slots directly.
+
+    The generated one calls ``object.__setattr__`` per field, which costs twice as much, and
+    these objects are built several times per message on the publish and restore paths.
+    Everything else (frozen, eq, hash, repr, ``replace``) is the dataclass's own.
+    """
+    ns: dict[str, Any] = {}
+    params, body = [], []
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.default_factory is not MISSING or not f.init:
+            raise TypeError(f"{cls.__name__}.{f.name}: only plain fields are supported")
+        ns[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            ns[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        body.append(f"    _set_{f.name}(self, {f.name})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body), ns)
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
+
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """A QoS>0 message the application handed over and the broker has not fully acknowledged.
@@ -227,6 +258,7 @@ class OutgoingMessage:
         return self.phase is not Phase.QUEUED
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A QoS 2 message received and answered with PUBREC, awaiting PUBREL."""
@@ -243,6 +275,7 @@ class IncomingMessage:
 # --------------------------------------------------------------------------- records
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Configured:
     """Session identity and options changed."""
@@ -253,6 +286,7 @@ class Configured:
     session_expiry_interval: int | None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """publish_* accepted a QoS>0 message (persistence point 1)."""
@@ -260,6 +294,7 @@ class Accepted:
     message: OutgoingMessage
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Stepped:
     """An outgoing message moved along ``OUTGOING_TRANSITIONS``.
@@ -272,6 +307,7 @@ class Stepped:
     packet_id: int
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Received:
     """An incoming QoS 2 PUBLISH was stored before PUBREC (persistence point 3)."""
@@ -279,6 +315,7 @@ class Received:
     message: IncomingMessage
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Released:
     """An incoming QoS 2 message was delivered on PUBREL and leaves the session (point 4)."""
@@ -286,17 +323,20 @@ class Released:
     packet_id: int
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Subscribed:
     topic_filter: str
     qos: int
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Unsubscribed:
     topic_filter: str
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Connected:
     """A CONNACK accepted the connection."""
@@ -306,6 +346,7 @@ class Connected:
     session_present: bool
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class SessionReset:
     """CONNACK said SessionPresent=0 while state was held [MQTT-3.2.2-5].
@@ -320,12 +361,14 @@ class SessionReset:
     released: tuple[int, ...]
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Disconnected:
     at: float
     session_expiry_interval: int | None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Activity:
     """The connection was seen alive at ``at`` (bounds the disconnect time after a crash)."""
@@ -348,6 +391,7 @@ Record = Union[
 ]
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class SessionLost:
     """What was held when the broker answered SessionPresent=0, and what was done with it."""
@@ -359,6 +403,7 @@ class SessionLost:
     resubscribed: tuple[tuple[str, int], ...]
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class ResumePlan:
     """What the client sends after a CONNACK, in this order [MQTT-4.6.0-1].
@@ -434,8 +479,11 @@ class SessionState:
         seq = self._by_packet_id.get(packet_id)
         return None if seq is None else self.outgoing[seq]
 
-    def check_invariants(self) -> None:
-        """Raise ``StateError`` naming the first inconsistency (used when loading state)."""
+    def check_invariants(self, topics_checked: Container[str] = ()) -> None:
+        """Raise ``StateError`` naming the first inconsistency (used when loading state).
+
+        ``topics_checked``: topic names the caller has already passed through validate_topic.
+        """
         if self.protocol_version not in (4, 5):
             raise StateError(f"protocol_version must be 4 or 5, got {self.protocol_version!r}")
         exp = self.session_expiry_interval
@@ -468,10 +516,11 @@ class SessionState:
                 if m.packet_id in ids:
                     raise StateError(f"{where}: packet_id {m.packet_id} is held twice")
                 ids.add(m.packet_id)
-            try:
-                validate_topic(m.topic)
-            except UsageError as exc:
-                raise StateError(f"{where}: {exc}") from None
+            if m.topic not in topics_checked:
+                try:
+                    validate_topic(m.topic)
+                except UsageError as exc:
+                    raise StateError(f"{where}: {exc}") from None
         for pid, im in self.incoming.items():
             if im.packet_id != pid or not 1 <= pid <= MAX_PACKET_ID:
                 raise StateError(f"incoming message {pid}: bad packet_id")

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -613,4 +614,81 @@ def test_files_match_the_session_after_every_publish_while_connected(
         got = crash_copy(p, tmp_path / "end")
         assert got.outgoing == {} and got.disconnected_at is not None
     finally:
+        c.close()
+
+
+# =================================================================================================
+# acks that wait for a durable record (points 2, 3, 4): written at the end of the network
+# thread's read batch, after one fsync for the batch
+
+
+def _network_thread_fdatasync_fails(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """fdatasync raises EIO on paho's network thread while ``armed``; counts the failures."""
+    real = os.fdatasync
+    box: dict[str, Any] = {"armed": True, "hits": 0}
+
+    def fdatasync(fd: int) -> None:
+        if box["armed"] and threading.current_thread() is not threading.main_thread():
+            box["hits"] += 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=fdatasync))
+    return box
+
+
+def test_pubrel_waits_until_released_is_durable(
+    tmp_path: Path, mosquitto: Any, mqtt_proxy_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[MQTT-4.3.3-6] persistence point 2: no PUBREL before the PUBREC's record is on disk."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    c = client_on(tmp_path / NAME)
+    c.config("ReconnectDelayMin=0")
+    try:
+        c.connect(proxy.host, proxy.port, timeout=10)
+        box = _network_thread_fdatasync_fails(monkeypatch)
+        c.publish_data("mqs/pubrel/1", 2, b"released only when durable")
+        proxy.wait_for("s2c", "PUBREC", timeout=10)
+        # the sync failed: the connection is dropped and no PUBREL leaves on it
+        proxy.wait_for("c2s", "CONNECT", count=2, timeout=10)
+        assert box["hits"] >= 1
+        first_conn = proxy.packets("s2c", "PUBREC")[0].conn
+        assert proxy.packets("c2s", "PUBREL", conn=first_conn) == []
+        box["armed"] = False
+        # after the reconnect the session (rewritten whole, with fsync) sends the PUBREL
+        proxy.wait_for("s2c", "PUBCOMP", timeout=10)
+        assert c.flush(10)
+        assert all(r.conn > first_conn for r in proxy.packets("c2s", "PUBREL"))
+    finally:
+        c.close()
+
+
+def test_incoming_qos2_pubrec_waits_until_the_message_is_durable(
+    tmp_path: Path, mosquitto: Any, mqtt_proxy_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Persistence point 3: no PUBREC before the incoming QoS 2 message is on disk; and the
+    message is delivered once, after the broker's resend."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    got: list[bytes] = []
+    c = client_on(tmp_path / NAME)
+    c.config("ReconnectDelayMin=0")
+    c.on_message_in = lambda e: got.append(e.message)
+    sender = Client(client_id=f"{CID}-sender")
+    try:
+        c.connect(proxy.host, proxy.port, timeout=10)
+        c.subscribe("mqs/pubrec-in/#", 2)
+        proxy.wait_for("s2c", "SUBACK", timeout=10)
+        box = _network_thread_fdatasync_fails(monkeypatch)
+        sender.connect(mosquitto.host, mosquitto.port, timeout=10)
+        sender.publish_data("mqs/pubrec-in/1", 2, b"stored before PUBREC")
+        proxy.wait_for("s2c", "PUBLISH", timeout=10)
+        proxy.wait_for("c2s", "CONNECT", count=2, timeout=10)
+        first_conn = proxy.packets("s2c", "PUBLISH")[0].conn
+        assert box["hits"] >= 1
+        assert proxy.packets("c2s", "PUBREC", conn=first_conn) == []
+        box["armed"] = False
+        proxy.wait_for("c2s", "PUBCOMP", timeout=10)
+        assert got == [b"stored before PUBREC"]
+    finally:
+        sender.close()
         c.close()

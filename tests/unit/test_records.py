@@ -1,0 +1,91 @@
+"""Journal records: binary Accepted / Stepped round trips, format-1 JSON still read, bad bytes refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mqttsession import StateError, codec
+from mqttsession.state import (
+    MAX_PACKET_ID,
+    Accepted,
+    Event,
+    OutgoingMessage,
+    SessionState,
+    Stepped,
+)
+
+from ._support import FAST
+
+TOPICS = st.text(st.characters(codec="utf-8", exclude_characters="+#\x00"), min_size=1,
+                 max_size=40)
+ACCEPTED = st.builds(
+    lambda seq, pid, topic, payload, qos, retain, props: Accepted(
+        OutgoingMessage(seq, pid, topic, payload, qos, retain, props)),
+    st.integers(1, 2**63 - 1), st.integers(0, MAX_PACKET_ID), TOPICS, st.binary(max_size=300),
+    st.sampled_from((1, 2)), st.booleans(), st.binary(max_size=20),
+)
+STEPPED = st.builds(Stepped, st.integers(1, 2**63 - 1), st.sampled_from(list(Event)),
+                    st.integers(0, MAX_PACKET_ID))
+
+
+@FAST
+@given(st.one_of(ACCEPTED, STEPPED))
+def test_binary_records_round_trip(rec: Accepted | Stepped) -> None:
+    data = codec.encode_record(rec)
+    assert data[:1] in codec.BINARY_TAGS
+    assert codec.decode_record(data) == rec
+
+
+@FAST
+@given(st.one_of(ACCEPTED, STEPPED), st.data())
+def test_every_truncation_or_extension_of_a_binary_record_is_refused(
+    rec: Accepted | Stepped, data: st.DataObject
+) -> None:
+    raw = codec.encode_record(rec)
+    n = data.draw(st.integers(1, len(raw) - 1))
+    with pytest.raises(StateError):
+        codec.decode_record(raw[:n])
+    with pytest.raises(StateError):
+        codec.decode_record(raw + data.draw(st.binary(min_size=1, max_size=8)))
+
+
+@FAST
+@given(st.sampled_from(codec.BINARY_TAGS), st.binary(max_size=60))
+def test_random_binary_records_give_a_record_or_state_error(tag: bytes, rest: bytes) -> None:
+    try:
+        rec = codec.decode_record(tag + rest)
+    except StateError:
+        return
+    assert codec.encode_record(rec) == tag + rest  # accepted bytes are exactly a record's bytes
+
+
+_A = codec.encode_record(Accepted(OutgoingMessage(1, 1, "t", b"", 1)))  # qos at 11, retain 12
+
+
+@pytest.mark.parametrize("bad", [
+    b"s" + b"\x00" * 8 + b"\x00\x00\x01",  # seq 0
+    b"s" + b"\x00" * 7 + b"\x01" + b"\x09\x00\x01",  # unknown event code
+    _A + b"!",  # a byte more than its lengths say
+    _A[:-1] + b"\xff",  # a topic that is not UTF-8
+    _A[:-1] + b"\x00",  # U+0000 in the topic
+    _A[:11] + b"\x03" + _A[12:],  # qos 3
+    _A[:12] + b"\x02" + _A[13:],  # retain 2
+    _A[:13] + b"\x00\x00" + _A[15:-1],  # an empty topic
+], ids=["seq-0", "event", "lengths", "utf8", "nul", "qos", "retain", "empty-topic"])
+def test_bad_binary_records_are_state_error(bad: bytes) -> None:
+    with pytest.raises(StateError):
+        codec.decode_record(bad)
+
+
+def test_format_1_json_records_are_still_read() -> None:
+    # journals written before records became binary replay unchanged
+    st_ = SessionState(client_id="c", clean_session=False)
+    a = codec.decode_record(b'["A",1,1,"t/1","aGk=",2,true,""]')
+    assert a == Accepted(OutgoingMessage(1, 1, "t/1", b"hi", 2, True, b""))
+    st_.apply(a)
+    s = codec.decode_record(b'["S",1,"send",1]')
+    assert s == Stepped(1, Event.SEND, 1)
+    st_.apply(s)
+    assert st_.outgoing[1].sent
