@@ -52,7 +52,7 @@ _HEADER_TAG: Final = "mqttsession-journal"
 _JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all JSON) is read too
 _RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
 _MODE: Final = 0o600
-AUTO_JOURNAL_BYTES: Final = 4 * 1024 * 1024
+AUTO_JOURNAL_BYTES: Final = 1024 * 1024
 
 
 def frame(payload: bytes) -> bytes:
@@ -81,17 +81,23 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
     from the first bad frame on is a torn tail.
     """
     payloads: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        got = _frame_at(data, pos)
-        if got is None:
-            for later in range(pos + 1, len(data) - _HEAD.size + 1):
-                found = _frame_at(data, later)
-                if found is not None and found[1] == len(data) and found[0][:1] in _RECORD_STARTS:
-                    return payloads, pos, True
-            return payloads, pos, False
-        payloads.append(got[0])
-        pos = got[1]
+    pos, size, head = 0, len(data), _HEAD.size
+    unpack, crc32 = _HEAD.unpack_from, zlib.crc32
+    while pos + head <= size:  # _frame_at, inlined: a restore reads every frame here
+        length, crc = unpack(data, pos)
+        end = pos + head + length
+        if length > _MAX_FRAME or end > size:
+            break
+        payload = data[pos + head:end]
+        if crc32(payload) != crc:
+            break
+        payloads.append(payload)
+        pos = end
+    if pos < size:
+        for later in range(pos + 1, size - head + 1):
+            found = _frame_at(data, later)
+            if found is not None and found[1] == size and found[0][:1] in _RECORD_STARTS:
+                return payloads, pos, True
     return payloads, pos, False
 
 
@@ -253,7 +259,8 @@ class Journal:
         return state
 
     @staticmethod
-    def _header(payload: bytes) -> tuple[str, str] | None:
+    def _header(payload: bytes) -> tuple[int, str, str] | None:
+        """(format version, snapshot digest, client id) of a journal header frame."""
         try:
             arr = json.loads(payload.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -261,7 +268,7 @@ class Journal:
         if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG and type(arr[1]) is int
                 and arr[1] in (1, 2)
                 and isinstance(arr[2], str) and isinstance(arr[3], str)):
-            return arr[2], arr[3]
+            return arr[1], arr[2], arr[3]
         return None
 
     # ------------------------------------------------------------------ writing
@@ -304,11 +311,12 @@ class Journal:
     @property
     def needs_compaction(self) -> bool:
         """The journal passed its bound: ``max_journal_bytes`` when set (> 0); by default
-        4 MiB or the snapshot's size, whichever is larger, so compaction stays amortised and a
-        restore reads about twice what the session holds at most, whatever the file's history."""
+        1 MiB or half the snapshot's size, whichever is larger. A restore then reads at most
+        the snapshot and half as much again, so its cost follows what the session holds, not
+        the file's history; and each compaction is paid for by a journal of half its size."""
         if self.max_journal_bytes > 0:
             return self._size > self.max_journal_bytes  # an explicit, hard bound
-        return self._size > max(AUTO_JOURNAL_BYTES, self._snapshot_size)
+        return self._size > max(AUTO_JOURNAL_BYTES, self._snapshot_size // 2)
 
     def compact(self, state: SessionState, text: str | None = None) -> None:
         """Fold everything into a new snapshot (``text``, or ``state``'s) and a fresh journal."""
@@ -319,7 +327,7 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         write_atomic(self.path, text, sync=True)
-        digest = hashlib.sha256(text.encode("utf-8").strip()).hexdigest()
+        digest = codec.text_digest(text)  # names the snapshot (format 1: sha256 of its text)
         header = frame(json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
         write_atomic(self.journal_path, header, sync=True)
         try:
@@ -395,6 +403,12 @@ def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
     Returns the state, the snapshot's size, and where the journal's valid part ends when it
     belongs to this snapshot (None: there is no usable journal to append to).
     """
+    with codec.gc_paused():
+        return _load_files(path, client_id, damaged, read_only)
+
+
+def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
+                read_only: bool) -> tuple[SessionState, int, int | None]:
     journal_path = path + JOURNAL_SUFFIX
     try:
         with open(path, "rb") as f:
@@ -406,14 +420,13 @@ def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
     except OSError as exc:
         raise StateError(f"cannot read state file {path}: {exc}") from exc
     try:
-        state = codec.decode(snapshot)
+        state, digest = codec.decode_with_digest(snapshot)
     except StateError as exc:
         raise damaged(str(exc)) from None
     if client_id and state.client_id and state.client_id != client_id:
         raise StateError(
             f"state file {path} belongs to client id {state.client_id!r}, not {client_id!r}"
         )
-    digest = hashlib.sha256(snapshot.strip()).hexdigest()
     try:
         with open(journal_path, "rb") as f:
             data = f.read()
@@ -430,12 +443,15 @@ def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
     header = Journal._header(payloads[0])
     if header is None:
         raise damaged("journal header is not valid")
-    if header[0] != digest:
+    version, named, owner = header
+    if version == 1:
+        digest = hashlib.sha256(snapshot.strip()).hexdigest()
+    if named != digest:
         log.info("state journal %s is older than its snapshot: %s", journal_path,
                  "ignored" if read_only else "dropped")
         return state, len(snapshot), None
-    if header[1] != state.client_id:
-        raise damaged(f"journal is for client id {header[1]!r}")
+    if owner != state.client_id:
+        raise damaged(f"journal is for client id {owner!r}")
     for i, payload in enumerate(payloads[1:], 1):
         try:
             state.apply(codec.decode_record(payload))

@@ -39,7 +39,7 @@ def _signed(state: dict[str, Any]) -> str:
     """A state text with a VALID checksum around ``state`` (to reach the semantic checks)."""
     body = json.dumps(state, separators=(",", ":"))
     digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-    return f'{{"format":"mqttsession","version":1,"sha256":"{digest}","state":{body}}}'
+    return f'{{"format":"mqttsession","version":2,"sha256":"{digest}","state":{body}}}'
 
 
 def _saved_with_message(client_id: str) -> str:
@@ -59,9 +59,9 @@ def _junk(own_id: str) -> dict[str, str]:
     doc = json.loads(valid)
     state = doc["state"]
     bad_phase = json.loads(json.dumps(state))
-    bad_phase["outgoing"][0]["phase"] = "await_pubcomp"  # QoS 1 has no such phase
+    bad_phase["outgoing"][0][7] = "await_pubcomp"  # QoS 1 has no such phase
     bad_qos = json.loads(json.dumps(state))
-    bad_qos["outgoing"][0]["qos"] = 3
+    bad_qos["outgoing"][0][4] = 3  # an outgoing message is an array (codec.OUTGOING_ROW)
     return {
         "empty": "",
         "blank": "   \n",
@@ -71,9 +71,9 @@ def _junk(own_id: str) -> dict[str, str]:
         "empty object": "{}",
         "no state": '{"format":"mqttsession","version":1}',
         "other format": valid.replace('"format":"mqttsession"', '"format":"something"', 1),
-        "newer version": valid.replace('"version":1', '"version":2', 1),
+        "newer version": valid.replace('"version":2', '"version":3', 1),
         "truncated": valid[: len(valid) // 2],
-        "tampered": valid.replace('"topic":"mqs/usage"', '"topic":"mqs/usagf"', 1),
+        "tampered": valid.replace('"mqs/usage"', '"mqs/usagf"', 1),
         "bad phase": _signed(bad_phase),
         "bad qos": _signed(bad_qos),
         "other client": _saved_with_message(unique("other")),

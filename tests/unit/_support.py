@@ -26,7 +26,8 @@ FAST = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-PREFIX = '{"format":"mqttsession","version":1,"sha256":"'
+PREFIX = '{"format":"mqttsession","version":1,"sha256":"'  # hand-built texts (format 1)
+PREFIX2 = '{"format":"mqttsession","version":2,"sha256":"'  # what encode writes
 
 
 def snap(state: SessionState) -> tuple[object, ...]:
@@ -39,18 +40,18 @@ def index_consistent(state: SessionState) -> None:
     assert state._by_packet_id == expected
 
 
-def wrap(body: str) -> str:
+def wrap(body: str, version: int = 1) -> str:
     """A state text around ``body`` with a VALID checksum (exercises the field validator)."""
     digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-    return f'{PREFIX}{digest}","state":{body}}}'
+    return f'{PREFIX if version == 1 else PREFIX2}{digest}","state":{body}}}'
 
 
 def dump(obj: Any, allow_nan: bool = False) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan)
 
 
-def text_from_obj(obj: Any, allow_nan: bool = False) -> str:
-    return wrap(dump(obj, allow_nan))
+def text_from_obj(obj: Any, allow_nan: bool = False, version: int = 1) -> str:
+    return wrap(dump(obj, allow_nan), version)
 
 
 # --------------------------------------------------------------------------- strategies

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import string
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from mqttsession.state import IncomingMessage, OutgoingMessage, Phase, SessionSt
 from ._support import (
     FAST,
     PREFIX,
+    PREFIX2,
     dump,
     sample_state,
     text_from_obj,
@@ -52,7 +54,7 @@ def assert_all_refuse(data: object) -> None:
 def test_encode_decode_round_trip(state: SessionState) -> None:
     text = codec.encode(state)
     assert isinstance(text, str) and "\n" not in text
-    assert text.startswith(PREFIX)
+    assert text.startswith(PREFIX2)
     again = codec.decode(text)
     assert again == state
     assert again.snapshot_fields() == state.snapshot_fields()
@@ -103,7 +105,7 @@ def test_sha256_covers_the_state_body() -> None:
     body = text[len(PREFIX) + 64 + len('","state":'):-1]
     assert hashlib.sha256(body.encode("utf-8")).hexdigest() == digest
     assert json.loads(text)["state"] == json.loads(body)
-    assert wrap(body) == text  # the test helper builds texts exactly like encode
+    assert wrap(body, version=2) == text  # the test helper builds texts exactly like encode
 
 
 # =========================================================================== garbage in
@@ -252,13 +254,13 @@ def test_every_single_byte_substitution_raises_state_error() -> None:
     ("old", "new"),
     [
         ('"a/b"', '"a/c"'),  # a letter in a topic
-        ('"qos":2', '"qos":1'),  # a digit in a number
-        ('"packet_id":1', '"packet_id":2'),
+        ('"qos":2', '"qos":1'),  # a digit in a number (a subscription's)
+        ('[1,1,', '[1,2,'),  # an outgoing message's packet id
         ('"session_expiry_interval":7', '"session_expiry_interval":8'),
-        ('"phase":"await_pubrec"', '"phase":"await_pubcom"'),
+        ('"await_pubrec"', '"await_pubcom"'),
         ("100.25", "100.35"),
         ('"client_id":"gw"', '"client_id":"gx"'),
-        ('"retain":false', '"retain":true '),
+        ('"retain":false', '"retain":true '),  # an incoming message's
     ],
 )
 def test_edits_that_keep_the_json_valid_are_caught_by_the_checksum(old: str, new: str) -> None:
@@ -306,7 +308,7 @@ def _outer(**changes: Any) -> str:
     """The outer document rebuilt with changes (checksum left valid for the body)."""
     text = codec.encode(_modest_state())
     body = text[len(PREFIX) + 64 + len('","state":'):-1]
-    doc = {"format": "mqttsession", "version": 1,
+    doc = {"format": "mqttsession", "version": 2,
            "sha256": hashlib.sha256(body.encode()).hexdigest()}
     doc.update(changes)
     head = dump({k: v for k, v in doc.items()})[:-1]
@@ -317,7 +319,7 @@ def test_outer_rebuild_is_the_encoded_text() -> None:
     assert _outer() == codec.encode(_modest_state())
 
 
-@pytest.mark.parametrize("version", [2, 3, 100, 2**40])
+@pytest.mark.parametrize("version", [3, 100, 2**40])
 def test_newer_format_version_is_refused_saying_so(version: int) -> None:
     with pytest.raises(StateError, match="newer"):
         codec.decode(_outer(version=version))
@@ -371,17 +373,34 @@ def test_wrong_checksum_with_valid_layout_is_refused() -> None:
 
 
 def _base_obj() -> dict[str, Any]:
-    return codec.state_to_obj(sample_state())
+    """Format 1 (outgoing messages as objects): the mutations below name fields by key."""
+    return codec.state_to_obj(sample_state(), version=1)
 
 
-def _check(mutate: Callable[[dict[str, Any]], None], match: str, allow_nan: bool = False) -> None:
+def _as_format_2(obj: dict[str, Any]) -> dict[str, Any]:
+    """The same state in format 2: every outgoing object with exactly the row's keys becomes
+    its array; anything else is left for the decoder to refuse."""
+    obj = copy.deepcopy(obj)
+    out = obj.get("outgoing")
+    if isinstance(out, list):
+        obj["outgoing"] = [
+            [m[k] for k in codec.OUTGOING_ROW]
+            if isinstance(m, dict) and set(m) == set(codec.OUTGOING_ROW) else m for m in out
+        ]
+    return obj
+
+
+def _check(mutate: Callable[[dict[str, Any]], None], match: str, allow_nan: bool = False,
+           versions: tuple[int, ...] = (1, 2)) -> None:
     obj = _base_obj()
     mutate(obj)
-    text = text_from_obj(obj, allow_nan=allow_nan)
-    for fn in DECODERS:
-        with pytest.raises(StateError) as info:
-            fn(text)
-        assert match in str(info.value), f"{match!r} not in {str(info.value)!r}"
+    for version in versions:
+        text = text_from_obj(obj if version == 1 else _as_format_2(obj), allow_nan=allow_nan,
+                             version=version)
+        for fn in DECODERS:
+            with pytest.raises(StateError) as info:
+                fn(text)
+            assert match in str(info.value), f"v{version}: {match!r} not in {str(info.value)!r}"
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -409,6 +428,8 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
 
 def test_unmutated_base_decodes() -> None:
     assert codec.decode(text_from_obj(_base_obj())) == sample_state()
+    v2 = text_from_obj(_as_format_2(_base_obj()), version=2)
+    assert codec.decode(v2) == sample_state() and v2 == codec.encode(sample_state())
 
 
 FIELD_ERRORS = [
@@ -473,7 +494,29 @@ FIELD_ERRORS = [
 @pytest.mark.parametrize(("mutate", "match"), [f[1:] for f in FIELD_ERRORS],
                          ids=[f[0] for f in FIELD_ERRORS])
 def test_field_errors_name_the_field(mutate: Callable[[dict[str, Any]], None], match: str) -> None:
-    _check(mutate, match)
+    # an outgoing object's own key errors exist in format 1 only (format 2 rows have no keys)
+    keyed = match.startswith("state.outgoing[") and " field '" in match
+    _check(mutate, match, versions=(1,) if keyed else (1, 2))
+
+
+@pytest.mark.parametrize(("row", "match"), [
+    ({"not": "a row"}, "state.outgoing[0]: expected an array"),
+    ([1, 1, "a/b"], "state.outgoing[0]: expected 8 fields, got 3"),
+    ("x", "state.outgoing[0]: expected an array"),
+])
+def test_format_2_rows_of_the_wrong_shape_are_named(row: object, match: str) -> None:
+    obj = _as_format_2(_base_obj())
+    obj["outgoing"][0] = row
+    for fn in DECODERS:
+        with pytest.raises(StateError, match=re.escape(match)):
+            fn(text_from_obj(obj, version=2))
+
+
+def test_format_1_text_is_still_read() -> None:
+    """Texts saved before format 2 restore unchanged."""
+    v1 = text_from_obj(_base_obj(), version=1)
+    assert v1.startswith(PREFIX) and '"phase":"await_pubcomp"' in v1
+    assert codec.decode(v1) == sample_state()
 
 
 def test_duplicates_in_incoming_and_subscriptions_are_named() -> None:
