@@ -137,7 +137,7 @@ class _Settings:
     max_inflight: int = 20  # mosquitto's default max_inflight_messages: beyond it a 3.1.1
     # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
     republish_on_session_lost: bool = True
-    journal_max_bytes: int = 0  # 0: auto (1 MiB, or half the snapshot's size when larger)
+    journal_max_bytes: int = 0  # 0: auto (256 KiB, or half the snapshot's size when larger)
 
 
 class Client:

@@ -52,7 +52,7 @@ _HEADER_TAG: Final = "mqttsession-journal"
 _JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all JSON) is read too
 _RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
 _MODE: Final = 0o600
-AUTO_JOURNAL_BYTES: Final = 1024 * 1024
+AUTO_JOURNAL_BYTES: Final = 256 * 1024
 
 
 def frame(payload: bytes) -> bytes:
@@ -311,7 +311,7 @@ class Journal:
     @property
     def needs_compaction(self) -> bool:
         """The journal passed its bound: ``max_journal_bytes`` when set (> 0); by default
-        1 MiB or half the snapshot's size, whichever is larger. A restore then reads at most
+        256 KiB or half the snapshot's size, whichever is larger. A restore then reads at most
         the snapshot and half as much again, so its cost follows what the session holds, not
         the file's history; and each compaction is paid for by a journal of half its size."""
         if self.max_journal_bytes > 0:
