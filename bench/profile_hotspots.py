@@ -2,7 +2,7 @@
 """Where mqttsession's time goes: cProfile of the publish path (both threads) and of a restore.
 
     python bench/profile_hotspots.py [--messages N] [--restore-messages M] [--top K]
-                                     [--out DIR] [--only publish,locks,whatif,groupcommit,micro,restore]
+                                     [--out DIR] [--only publish,locks,micro,restore]
 
 * ``publish``: ``publish_data`` N times + ``flush()`` with a state file, SessionSync=none and
   always, QoS 1 and QoS 2, against a quiet mosquitto on 127.0.0.1. cProfile runs in the
@@ -13,11 +13,10 @@
 * ``locks``: how long each thread waits for the client's lock during the same run (the lock is
   replaced by a timing wrapper), and the CPU time of each thread (``time.thread_time``).
 * ``micro``: per-call cost of the pieces of one message (timeit, no network, no profiler).
-* ``whatif``: throughput with candidate optimizations monkeypatched in, one at a time (the
-  library is not changed: the patches live in this file and are undone after each run).
-* ``groupcommit``: SessionSync=always today vs a group-commit prototype (monkeypatched, see
-  ``_patch_group_commit``), on this disk and with an emulated slower fsync (``--fsync-delays``),
-  counting fdatasyncs per message.
+
+The session-1 ``whatif`` and ``groupcommit`` experiments (candidate optimizations and a group
+commit, monkeypatched in) were removed once the optimizations they measured were made in the
+library; their results are in README.md.
 * ``restore``: cProfile of ``Client.restore_session("")`` of M (default 100,000) held messages.
 
 Writes ``DIR/*.prof`` (load with ``python -m pstats`` or snakeviz) and prints the top K
@@ -279,262 +278,6 @@ def lock_report(broker: MosquittoBroker, n: int, workdir: str) -> None:
           " it taken, wait s = total time blocked; CPU = time.thread_time of each thread)")
 
 
-# ------------------------------------------------------------------------------- what-if
-
-
-def _patch_batch_read() -> Callable[[], None]:
-    """PahoConnection.loop_read reads every packet that is there, not one per select().
-
-    paho sizes a read burst by ``len(_out_messages) + len(_in_messages)``, which mqttsession
-    keeps empty, so paho reads ONE packet per trip through select()/loop_write."""
-    from paho.mqtt.enums import MQTTErrorCode
-    from mqttsession._paho import PahoConnection
-
-    def loop_read(self: Any, max_packets: int = 1) -> Any:
-        for _ in range(1000):
-            if self._sock is None:
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    PahoConnection.loop_read = loop_read  # type: ignore[method-assign]
-    return lambda: delattr(PahoConnection, "loop_read")
-
-
-def _patch_encoder() -> Callable[[], None]:
-    """codec._dump through one module-level JSONEncoder instead of json.dumps(**options)."""
-    import json
-    enc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-    old = codec._dump
-    codec._dump = enc  # type: ignore[assignment]
-    return lambda: setattr(codec, "_dump", old)
-
-
-def _patch_replace() -> Callable[[], None]:
-    """state.replace (dataclasses.replace) -> a direct OutgoingMessage(...) call."""
-    from mqttsession import state as st
-    from mqttsession.state import OutgoingMessage
-    old = st.replace
-
-    def fast(m: Any, **kw: Any) -> Any:
-        if type(m) is OutgoingMessage and kw.keys() <= {"phase", "packet_id"}:
-            return OutgoingMessage(m.seq, kw.get("packet_id", m.packet_id), m.topic, m.payload,
-                                   m.qos, m.retain, m.properties, kw.get("phase", m.phase))
-        return old(m, **kw)
-
-    st.replace = fast  # type: ignore[assignment]
-    return lambda: setattr(st, "replace", old)
-
-
-WHATIFS: dict[str, Callable[[], Callable[[], None]]] = {
-    "batch-read": _patch_batch_read,
-    "cached-json-encoder": _patch_encoder,
-    "no-dataclass-replace": _patch_replace,
-}
-
-
-def whatif(broker: MosquittoBroker, n: int, workdir: str, repeats: int) -> None:
-    """Throughput with each candidate optimization patched in (bench-only monkeypatches)."""
-    print(f"\n{'=' * 100}\nwhat-if: msgs/s with one optimization patched in at a time"
-          f" ({n} messages, median of {repeats}, interleaved; no profiler)")
-    variants = ["baseline", *WHATIFS, "all four"]
-    configs = [(sync, qos) for sync in (None, "none", "always") for qos in (1, 2)]
-    rates: dict[tuple[str, Any, int], list[float]] = {}
-    for rnd in range(repeats):
-        for v in (variants if rnd % 2 == 0 else variants[::-1]):
-            undo = [WHATIFS[w]() for w in (WHATIFS if v == "all four" else
-                                           [v] if v in WHATIFS else [])]
-            try:
-                for sync, qos in configs:
-                    r = publish_run(broker, n, qos, sync, workdir, profile=False)
-                    rates.setdefault((v, sync, qos), []).append(n / r["wall"])
-            finally:
-                for u in undo:
-                    u()
-    paho = {q: statistics.median(n / paho_run(broker, n, q, profile=False)["wall"]
-                                 for _ in range(repeats)) for q in (1, 2)}
-    head = "".join(f" {('file ' + str(s)) if s else 'no file':>10}/Q{q}" for s, q in configs)
-    print(f"{'variant':<22}{head}")
-    for v in variants:
-        cells = "".join(f" {statistics.median(rates[(v, s, q)]):>13.0f}" for s, q in configs)
-        print(f"{v:<22}{cells}")
-    print(f"{'plain paho':<22}" + "".join(f" {paho[q]:>13.0f}" for _s, q in configs))
-
-
-def _patch_notify_when_empty() -> Callable[[], None]:
-    """Client._finished wakes flush() only when the last outgoing message is gone, not on
-    every acknowledgement (each wake-up makes the waiting thread take the GIL and the lock)."""
-    old = Client._finished
-
-    def _finished(self: Client, m: Any, reason_code: int) -> None:
-        self._inflight.pop(m.seq, None)
-        if not self._state.outgoing:
-            self._changed.notify_all()
-        self._pump()
-
-    Client._finished = _finished  # type: ignore[method-assign]
-    return lambda: setattr(Client, "_finished", old)
-
-
-WHATIFS["notify-when-empty"] = _patch_notify_when_empty
-
-
-# ------------------------------------------------------------------------------- group commit
-
-
-class _FsyncCounter:
-    """Counts os.fdatasync / os.fsync calls; optionally adds a delay to emulate a slower disk."""
-
-    def __init__(self, extra_delay: float = 0.0) -> None:
-        self.calls = 0
-        self.extra = extra_delay
-        self._fdatasync = os.fdatasync
-        self._fsync = os.fsync
-
-    def __enter__(self) -> _FsyncCounter:
-        def fdatasync(fd: int) -> None:
-            self.calls += 1
-            self._fdatasync(fd)
-            if self.extra:
-                time.sleep(self.extra)  # like the real call: releases the GIL while it waits
-
-        def fsync(fd: int) -> None:
-            self.calls += 1
-            self._fsync(fd)
-            if self.extra:
-                time.sleep(self.extra)
-
-        os.fdatasync = fdatasync  # type: ignore[assignment]
-        os.fsync = fsync  # type: ignore[assignment]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.fdatasync = self._fdatasync  # type: ignore[assignment]
-        os.fsync = self._fsync  # type: ignore[assignment]
-
-
-def _patch_group_commit() -> Callable[[], None]:
-    """A PROTOTYPE of group commit, as bench-only monkeypatches (not for production).
-
-    * ``Journal.append(sync=True)`` writes the frame (under the client's lock, as now) but does
-      not fdatasync; it notes the journal position that must become durable (an LSN:
-      compaction generation + byte offset) in a thread-local;
-    * the public entry points that make a record durable (publish_data, hook_pubrec,
-      hook_publish_in, hook_pubrel_in, hook_connack, disconnect) call ``sync_to(lsn)`` AFTER
-      they release the client's lock: if another thread's fdatasync already covered the
-      position, nothing is done; else one fdatasync (under a separate sync mutex) makes
-      everything written so far durable, by either thread;
-    * compaction takes the sync mutex and bumps the generation (it fsyncs everything itself).
-
-    Differences from today: publish_data may write the PUBLISH before its Accepted record is
-    on disk (it still returns only after); the PUBREL is still written only after the
-    "released" record is durable (hook_pubrec returns after sync_to)."""
-    from mqttsession import journal as jmod
-
-    local = threading.local()
-    mutex = threading.Lock()
-    durable: dict[int, tuple[int, int]] = {}  # id(journal) -> (generation, offset)
-    gens: dict[int, int] = {}
-    orig_append = jmod.Journal.append
-    orig_compact = jmod.Journal.compact
-
-    def append(self: Any, rec: Any, state: Any, sync: bool = True) -> None:
-        orig_append(self, rec, state, sync=False)
-        if sync and self.sync:
-            lsn = (gens.get(id(self), 0), self._size)
-            cur = getattr(local, "need", None)
-            if cur is None or lsn > cur[1]:
-                local.need = (self, lsn)
-
-    def compact(self: Any, state: Any, text: Any = None) -> None:
-        with mutex:
-            orig_compact(self, state, text)
-            gens[id(self)] = gens.get(id(self), 0) + 1
-            durable[id(self)] = (gens[id(self)], self._size)
-
-    def sync_to(j: Any, lsn: tuple[int, int]) -> None:
-        if durable.get(id(j), (0, 0)) >= lsn:
-            return
-        with mutex:
-            if durable.get(id(j), (0, 0)) >= lsn or j._fd is None:
-                return
-            target = (gens.get(id(j), 0), j._size)  # all written so far, by any thread
-            os.fdatasync(j._fd)
-            durable[id(j)] = target
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*a: Any, **kw: Any) -> Any:
-            depth = getattr(local, "depth", 0)
-            if depth == 0:
-                local.need = None
-            local.depth = depth + 1
-            try:
-                return fn(*a, **kw)
-            finally:
-                local.depth = depth
-                if depth == 0 and local.need is not None:
-                    j, lsn = local.need
-                    local.need = None
-                    sync_to(j, lsn)
-        return wrapper
-
-    names = ["publish_data", "hook_pubrec", "hook_publish_in", "hook_pubrel_in", "hook_connack",
-             "disconnect"]
-    saved = {n: getattr(Client, n) for n in names}
-    for n in names:
-        setattr(Client, n, wrap(saved[n]))
-    jmod.Journal.append = append  # type: ignore[method-assign]
-    jmod.Journal.compact = compact  # type: ignore[method-assign]
-
-    def undo() -> None:
-        for n, f in saved.items():
-            setattr(Client, n, f)
-        jmod.Journal.append = orig_append  # type: ignore[method-assign]
-        jmod.Journal.compact = orig_compact  # type: ignore[method-assign]
-
-    return undo
-
-
-def group_commit(broker: MosquittoBroker, n: int, workdir: str, repeats: int,
-                 delays: list[float], publishers: tuple[int, ...] = (1, 4)) -> None:
-    print(f"\n{'=' * 100}\nSessionSync=always: today vs a group-commit prototype ({n} messages,"
-          f" median of {repeats}, interleaved; fdatasyncs counted during the timed run)")
-    print(f"{'disk':<26} {'publishing threads':>18} {'variant':<14} {'QoS':>3} {'msgs/s':>8}"
-          f" {'fsyncs/msg':>10}")
-    for delay, pubs in [(d, p) for d in delays for p in publishers]:
-        disk = "this disk" if not delay else f"+{delay * 1000:.1f} ms/fsync (emulated)"
-        count = n if not delay else max(400, min(n, int(2.0 / delay) * pubs))
-        count -= count % pubs
-        res: dict[tuple[str, int], list[tuple[float, float]]] = {}
-        for rnd in range(repeats):
-            for variant in (("today", "group-commit") if rnd % 2 == 0 else
-                            ("group-commit", "today")):
-                undo = _patch_group_commit() if variant == "group-commit" else None
-                try:
-                    for qos in (1, 2):
-                        with _FsyncCounter(delay) as fc:
-                            r = publish_run(broker, count, qos, "always", workdir, profile=False,
-                                            publishers=pubs)
-                            calls = fc.calls
-                        res.setdefault((variant, qos), []).append((count / r["wall"],
-                                                                   calls / count))
-                finally:
-                    if undo is not None:
-                        undo()
-        for variant in ("today", "group-commit"):
-            for qos in (1, 2):
-                rows = res[(variant, qos)]
-                print(f"{disk:<26} {pubs:>18} {variant:<14} {qos:>3}"
-                      f" {statistics.median(x for x, _ in rows):>8.0f}"
-                      f" {statistics.median(y for _, y in rows):>10.2f}")
-    print("(fsyncs/msg counts every fdatasync/fsync in the run, compactions at connect and"
-          " close included)")
-
-
 # ------------------------------------------------------------------------------- micro
 
 
@@ -582,7 +325,7 @@ def micro(workdir: str) -> None:
         ("SessionState.accept + retract (dataclass, apply, checks)", accept_retract),
         ("dataclasses.replace(OutgoingMessage, phase=...)",
          lambda: replace(m, phase=Phase.AWAIT_PUBACK, packet_id=m.packet_id)),
-        ("codec.encode_record(Accepted)  [json.dumps + 2x base64]", lambda: codec.encode_record(rec_a)),
+        ("codec.encode_record(Accepted)  [binary]", lambda: codec.encode_record(rec_a)),
         ("codec.encode_record(Stepped)", lambda: codec.encode_record(rec_s)),
         ("  json.dumps of the Accepted array alone",
          lambda: json.dumps(["A", 1, 1, TOPIC, "x" * 136, 1, False, ""], separators=(",", ":"),
@@ -597,39 +340,20 @@ def micro(workdir: str) -> None:
         ("Journal.append(Stepped, sync=False)", lambda: j.append(rec_s, st, sync=False)),
         ("os.write + os.fdatasync (the SessionSync=always cost)",
          lambda: (os.write(fd, small), os.fdatasync(fd))),
-        ("codec.decode_record(Accepted)  [json.loads + _Fields + b64decode]",
+        ("codec.decode_record(Accepted)  [binary]",
          lambda: codec.decode_record(enc_a)),
     ]
-    # restore: one snapshot entry, today vs a fast path (sketch of the suggestion in README)
-    import binascii
-    from mqttsession.state import MAX_PACKET_ID
+    # restore: one snapshot entry, format 1 (object, checked path) vs format 2 (array, quick path)
     obj = codec.outgoing_to_obj(m)
-    out_keys = frozenset(obj)
-    phases = {p.value: p for p in Phase}
-    valid_topics: set[str] = set()
-
-    def fast_outgoing(o: dict[str, Any]) -> OutgoingMessage:
-        if type(o) is not dict or o.keys() != out_keys:
-            raise ValueError("fall back to the checked path")
-        seq, pid, topic, qos = o["seq"], o["packet_id"], o["topic"], o["qos"]
-        if (type(seq) is not int or seq < 1 or type(pid) is not int or not 0 <= pid <= MAX_PACKET_ID
-                or qos not in (1, 2) or type(qos) is not int or type(o["retain"]) is not bool):
-            raise ValueError("fall back to the checked path")
-        if topic not in valid_topics:
-            validate_topic(topic)
-            valid_topics.add(topic)
-        props = o["properties"]
-        return OutgoingMessage(seq, pid, topic, binascii.a2b_base64(o["payload"], strict_mode=True),
-                               qos, o["retain"],
-                               binascii.a2b_base64(props, strict_mode=True) if props else b"",
-                               phases[o["phase"]])
-
+    row = codec.outgoing_to_row(m)
+    topics = {m.topic}
     cases += [
-        ("codec._outgoing(entry)  [restore, per held message, today]",
+        ("codec._outgoing(object)  [restore, format 1, checked path]",
          lambda: codec._outgoing(obj, "state.outgoing[0]")),
-        ("  fast path: keys ==, topic cache, binascii strict (sketch)", lambda: fast_outgoing(obj)),
-        ("codec.outgoing_to_obj(m)  [compaction, per held message]",
-         lambda: codec.outgoing_to_obj(m)),
+        ("codec._row_quick(array)  [restore, format 2, per held message]",
+         lambda: codec._row_quick(row, topics)),
+        ("codec.outgoing_to_row(m)  [compaction, per held message]",
+         lambda: codec.outgoing_to_row(m)),
     ]
     for label, fn in cases:
         number = 200 if "fdatasync" in label else 5000
@@ -681,10 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restore-messages", type=int, default=100_000)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=str(HERE / "profiles"))
-    ap.add_argument("--only", default="publish,locks,whatif,groupcommit,micro,restore")
-    ap.add_argument("--fsync-delays", default="0,0.002",
-                    help="extra seconds per fsync to emulate slower disks in groupcommit")
-    ap.add_argument("--repeats", "-r", type=int, default=3, help="rounds of the what-if runs")
+    ap.add_argument("--only", default="publish,locks,micro,restore")
     args = ap.parse_args(argv)
     parts = set(args.only.split(","))
     out = Path(args.out)
@@ -692,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="mqttsession-prof-")
     broker = None
     try:
-        if parts & {"publish", "locks", "whatif", "groupcommit"}:
+        if parts & {"publish", "locks"}:
             broker = MosquittoBroker(str(CONF)).start()
         if "publish" in parts:
             assert broker is not None
@@ -707,13 +428,6 @@ def main(argv: list[str] | None = None) -> int:
         if "locks" in parts:
             assert broker is not None
             lock_report(broker, args.messages, workdir)
-        if "whatif" in parts:
-            assert broker is not None
-            whatif(broker, args.messages, workdir, args.repeats)
-        if "groupcommit" in parts:
-            assert broker is not None
-            group_commit(broker, args.messages, workdir, args.repeats,
-                         [float(x) for x in args.fsync_delays.split(",") if x])
         if "micro" in parts:
             micro(workdir)
         if "restore" in parts:
