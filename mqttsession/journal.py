@@ -384,9 +384,12 @@ class Journal:
             try:
                 os.ftruncate(self._fd, self._size)
             except OSError:
-                self._broken = True  # the next write rewrites everything from memory
-            else:
-                self._broken = sync and self.sync  # fsync failed: the page cache is suspect
+                pass
+            # the next write rewrites everything from memory: ``state`` holds the record (a
+            # caller that keeps it, like the network-thread hooks, needs it on disk; one that
+            # retracts it loses nothing), the lazy records written with it, and after a failed
+            # fsync the page cache is suspect
+            self._broken = True
             raise PersistenceError(
                 exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc

@@ -44,7 +44,7 @@ from mqttsession import Client, codec
 from mqttsession.errors import MQTTSessionError, PersistenceError, StateError
 from mqttsession.events import Message
 from mqttsession.journal import JOURNAL_SUFFIX, LOCK_SUFFIX, Journal, frame, read_frames
-from mqttsession.state import SessionState
+from mqttsession.state import Phase, SessionState
 
 CID = "gw-persist"
 NAME = "client.state"
@@ -622,31 +622,38 @@ def test_files_match_the_session_after_every_publish_while_connected(
 # thread's read batch, after one fsync for the batch
 
 
-def _network_thread_fdatasync_fails(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """fdatasync raises EIO on paho's network thread while ``armed``; counts the failures."""
-    real = os.fdatasync
+def _network_thread_fdatasync_fails(monkeypatch: pytest.MonkeyPatch,
+                                     func: str = "fdatasync") -> dict[str, Any]:
+    """``os.<func>`` (fdatasync, or write to the journal) raises EIO off the main thread (on
+    paho's network thread) while ``armed``; counts the failures."""
+    real = getattr(os, func)
     box: dict[str, Any] = {"armed": True, "hits": 0}
 
-    def fdatasync(fd: int) -> None:
-        if box["armed"] and threading.current_thread() is not threading.main_thread():
+    def faulty(fd: int, *args: Any) -> Any:
+        if (box["armed"] and threading.current_thread() is not threading.main_thread()
+                and _fd_name(fd) == NAME + JOURNAL_SUFFIX):
             box["hits"] += 1
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real(fd)
+        return real(fd, *args)
 
-    monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=fdatasync))
+    monkeypatch.setattr(journal_mod, "os", FakeOs(**{func: faulty}))
     return box
 
 
+@pytest.mark.parametrize("func", ["fdatasync", "write"])
 def test_pubrel_waits_until_released_is_durable(
-    tmp_path: Path, mosquitto: Any, mqtt_proxy_factory: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mosquitto: Any, mqtt_proxy_factory: Any, monkeypatch: pytest.MonkeyPatch,
+    func: str,
 ) -> None:
-    """[MQTT-4.3.3-6] persistence point 2: no PUBREL before the PUBREC's record is on disk."""
+    """[MQTT-4.3.3-6] persistence point 2: no PUBREL before the PUBREC's record is on disk;
+    after a failed write or sync the file is rewritten whole before the PUBREL goes out."""
     proxy = mqtt_proxy_factory(mosquitto)
-    c = client_on(tmp_path / NAME)
+    p = tmp_path / NAME
+    c = client_on(p)
     c.config("ReconnectDelayMin=0")
     try:
         c.connect(proxy.host, proxy.port, timeout=10)
-        box = _network_thread_fdatasync_fails(monkeypatch)
+        box = _network_thread_fdatasync_fails(monkeypatch, func)
         c.publish_data("mqs/pubrel/1", 2, b"released only when durable")
         proxy.wait_for("s2c", "PUBREC", timeout=10)
         # the sync failed: the connection is dropped and no PUBREL leaves on it
@@ -659,6 +666,9 @@ def test_pubrel_waits_until_released_is_durable(
         proxy.wait_for("s2c", "PUBCOMP", timeout=10)
         assert c.flush(10)
         assert all(r.conn > first_conn for r in proxy.packets("c2s", "PUBREL"))
+        with c._lock:  # the files hold the release (the PUBCOMP's removal is lazy)
+            after = crash_copy(p, tmp_path / "after").outgoing.values()
+            assert all(m.phase is Phase.AWAIT_PUBCOMP for m in after)
     finally:
         c.close()
 
