@@ -770,6 +770,11 @@ class Client:
 
     def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int) -> None:
         if rc != 0:
+            conn = self._conn
+            if conn is not None and not self._connack.is_set():
+                # connect() raises and tears down: no background retry to wait out (paho
+                # would sleep ReconnectDelayMin before noticing the teardown)
+                conn.set_auto_reconnect(False)
             self._connack_result = (rc, reason)
             self._fire("on_connected", ConnectedEvent(rc, reason, False))
             self._error(rc, f"connection refused: {reason}")

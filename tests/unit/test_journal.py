@@ -1128,3 +1128,87 @@ def test_out_of_order_journal_is_refused_not_guessed(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="record 1"):
         recover(p)
     assert_kept_aside(p, codec.encode(fresh_state()).encode(), bad)
+
+
+# =================================================================================================
+# 5. deferred syncs: records written with sync=False and made durable together (the network
+# thread's read batch), under SessionSync=always
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[int]:
+    calls: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        calls.append(fd)
+        if fail:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fdatasync(fd)
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=fdatasync))
+    return calls
+
+
+def test_sync_pending_makes_deferred_records_durable_with_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = tmp_path / NAME
+    j = Journal(str(p), CID, sync=True)
+    try:
+        st = fresh_state()
+        j.compact(st)
+        calls = _counting(monkeypatch)
+        j.sync_pending()
+        assert calls == []  # nothing written since the compaction's fsyncs
+        for i in range(3):
+            rec = st.accept(f"t/{i}", b"x", 2)
+            j.append(rec, st, sync=False)
+        assert calls == []
+        j.sync_pending()
+        assert len(calls) == 1  # one fsync for the three records
+        j.sync_pending()
+        assert len(calls) == 1  # nothing new: no second fsync
+        j.append(st.accept("t/3", b"x", 1), st, sync=False)
+        j.append(st.accept("t/4", b"x", 1), st, sync=True)  # covers the deferred one too
+        assert len(calls) == 2
+        j.sync_pending()
+        assert len(calls) == 2
+        assert len(copy_and_recover(p, tmp_path / "copy").outgoing) == 5
+    finally:
+        j.close()
+
+
+def test_sync_pending_is_a_no_op_with_sync_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / NAME
+    j = Journal(str(p), CID, sync=False)
+    try:
+        st = fresh_state()
+        j.compact(st)
+        calls = _counting(monkeypatch)
+        j.append(st.accept("t", b"x", 2), st, sync=False)
+        j.sync_pending()
+        assert calls == []
+    finally:
+        j.close()
+
+
+def test_a_failed_deferred_sync_raises_and_the_next_record_rewrites_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = tmp_path / NAME
+    j = Journal(str(p), CID, sync=True)
+    try:
+        st = fresh_state()
+        j.compact(st)
+        j.append(st.accept("t/1", b"x", 2), st, sync=False)
+        _counting(monkeypatch, fail=True)
+        with pytest.raises(PersistenceError):
+            j.sync_pending()
+        with pytest.raises(PersistenceError):  # still owed: no ack may go out yet
+            j.sync_pending()
+        monkeypatch.setattr(journal_mod, "os", os)
+        j.append(st.accept("t/2", b"y", 2), st, sync=True)  # a full rewrite (compaction)
+        j.sync_pending()
+        assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
+            "t/1", "t/2"]
+    finally:
+        j.close()
