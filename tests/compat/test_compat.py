@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -91,6 +91,21 @@ def _assert_passes(result: Any, scenario: Scenario, protocol: int) -> None:
         assert result.status is Status.NA and result.reason == "MQTT 5 only"
 
 
+# bugs that show only when the scenario's steps fall inside a window of amqtt's ~1 s session
+# monitor (a few ms in 1 s: about 1 run in 100 passes by luck): run up to 3 times before
+# calling a pass an XPASS, so a fixed amqtt still shows up and luck does not
+TIMING_DEPENDENT: Final = {"clean-discards-session"}
+
+
+def _run_amqtt(scenario: Scenario, host: str, port: int) -> Any:
+    tries = 3 if scenario.name in TIMING_DEPENDENT else 1
+    for _ in range(tries):
+        result = run_scenario(scenario, Target(host, port, 4, timeout=TIMEOUT))
+        if result.status is not Status.PASS:
+            break
+    return result
+
+
 def _check_amqtt(result: Any, scenario: Scenario) -> None:
     known = AMQTT_BUGS.get(scenario.name)
     if result.status is Status.FAIL and known is not None and known[1] not in result.reason:
@@ -104,14 +119,12 @@ def _check_amqtt(result: Any, scenario: Scenario) -> None:
 
 @pytest.mark.parametrize("scenario", _amqtt_params(), ids=_ids)
 def test_amqtt_process(amqtt_broker: AmqttProcess, scenario: Scenario) -> None:
-    result = run_scenario(scenario, Target(amqtt_broker.host, amqtt_broker.port, 4, timeout=TIMEOUT))
-    _check_amqtt(result, scenario)
+    _check_amqtt(_run_amqtt(scenario, amqtt_broker.host, amqtt_broker.port), scenario)
 
 
 @pytest.mark.parametrize("scenario", _amqtt_params(), ids=_ids)
 def test_amqtt_embedded(embedded_amqtt: EmbeddedAmqtt, scenario: Scenario) -> None:
-    result = run_scenario(scenario, Target(embedded_amqtt.host, embedded_amqtt.port, 4, timeout=TIMEOUT))
-    _check_amqtt(result, scenario)
+    _check_amqtt(_run_amqtt(scenario, embedded_amqtt.host, embedded_amqtt.port), scenario)
 
 
 @pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])

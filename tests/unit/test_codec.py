@@ -607,3 +607,12 @@ def test_huge_integer_time_raises_state_error(field: str) -> None:
     for fn in DECODERS:
         with pytest.raises(StateError, match=f"state.{field}"):
             fn(text)
+
+
+@FAST
+@given(valid_states())
+def test_format_1_and_format_2_texts_of_a_state_decode_alike(state: SessionState) -> None:
+    v1 = text_from_obj(codec.state_to_obj(state, version=1), version=1)
+    v2 = codec.encode(state)
+    assert v2 == text_from_obj(codec.state_to_obj(state), version=2)
+    assert codec.decode(v1) == codec.decode(v2) == state
