@@ -1148,14 +1148,23 @@ def _counting(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[int]:
     return calls
 
 
+@contextlib.contextmanager
+def _compacted(p: Path, sync: bool) -> Iterator[tuple[Journal, SessionState]]:
+    """A journal on ``p`` that holds an empty session, closed at the end."""
+    j = Journal(str(p), CID, sync=sync)
+    try:
+        st = fresh_state()
+        j.compact(st)
+        yield j, st
+    finally:
+        j.close()
+
+
 def test_sync_pending_makes_deferred_records_durable_with_one_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = tmp_path / NAME
-    j = Journal(str(p), CID, sync=True)
-    try:
-        st = fresh_state()
-        j.compact(st)
+    with _compacted(p, sync=True) as (j, st):
         calls = _counting(monkeypatch)
         j.sync_pending()
         assert calls == []  # nothing written since the compaction's fsyncs
@@ -1173,32 +1182,21 @@ def test_sync_pending_makes_deferred_records_durable_with_one_fsync(
         j.sync_pending()
         assert len(calls) == 2
         assert len(copy_and_recover(p, tmp_path / "copy").outgoing) == 5
-    finally:
-        j.close()
 
 
 def test_sync_pending_is_a_no_op_with_sync_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    p = tmp_path / NAME
-    j = Journal(str(p), CID, sync=False)
-    try:
-        st = fresh_state()
-        j.compact(st)
+    with _compacted(tmp_path / NAME, sync=False) as (j, st):
         calls = _counting(monkeypatch)
         j.append(st.accept("t", b"x", 2), st, sync=False)
         j.sync_pending()
         assert calls == []
-    finally:
-        j.close()
 
 
 def test_a_failed_deferred_sync_raises_and_the_next_record_rewrites_everything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = tmp_path / NAME
-    j = Journal(str(p), CID, sync=True)
-    try:
-        st = fresh_state()
-        j.compact(st)
+    with _compacted(p, sync=True) as (j, st):
         j.append(st.accept("t/1", b"x", 2), st, sync=False)
         _counting(monkeypatch, fail=True)
         with pytest.raises(PersistenceError):
@@ -1210,5 +1208,3 @@ def test_a_failed_deferred_sync_raises_and_the_next_record_rewrites_everything(
         j.sync_pending()
         assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
             "t/1", "t/2"]
-    finally:
-        j.close()
