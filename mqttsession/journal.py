@@ -265,8 +265,8 @@ class Journal:
             arr = json.loads(payload.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):
             return None
-        if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG and type(arr[1]) is int
-                and arr[1] in (1, 2)
+        if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG
+                and type(arr[1]) is int and 1 <= arr[1] <= _JOURNAL_VERSION
                 and isinstance(arr[2], str) and isinstance(arr[3], str)):
             return arr[1], arr[2], arr[3]
         return None
@@ -328,7 +328,8 @@ class Journal:
             self._fd = None
         write_atomic(self.path, text, sync=True)
         digest = codec.text_digest(text)  # names the snapshot (format 1: sha256 of its text)
-        header = frame(json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
+        header = frame(
+            json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
         write_atomic(self.journal_path, header, sync=True)
         try:
             self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
