@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from mqttsession import Client, codec
-from mqttsession.journal import AUTO_JOURNAL_BYTES, JOURNAL_SUFFIX, Journal
+from mqttsession.journal import JOURNAL_SUFFIX, Journal
 from mqttsession.state import SessionState
 
 TOPIC = "bench/restore"
@@ -104,7 +104,7 @@ def build_history_file(path: str, held: int, history: int, max_journal_bytes: in
             compactions += 1
 
     for _ in range(history):
-        if worst and j._size + 600 + held * 160 > _bound(j):  # room for the held ones
+        if worst and j._size + 600 + held * 160 > j.bound:  # room for the held ones
             break
         a = st.accept(TOPIC, PAYLOAD, 1)
         rec(a)
@@ -114,13 +114,6 @@ def build_history_file(path: str, held: int, history: int, max_journal_bytes: in
         rec(st.accept(TOPIC, PAYLOAD, 1))
     j.close()
     return {"compactions": compactions}
-
-
-def _bound(j: Journal) -> int:
-    """The journal size past which ``j`` compacts (``Journal.needs_compaction``)."""
-    if j.max_journal_bytes > 0:
-        return j.max_journal_bytes
-    return max(AUTO_JOURNAL_BYTES, j._snapshot_size // 2)
 
 
 def file_sizes(path: str) -> tuple[int, int]:

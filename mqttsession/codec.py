@@ -7,9 +7,10 @@ The text is one line::
 Format 2 writes each outgoing message as an array, in the order of ``OUTGOING_ROW``; format 1
 (still read) wrote it as an object with those keys (arrays parse almost three times as fast,
 which a restore of 100,000 messages feels). ``sha256`` covers the exact bytes of the ``state``
-value as written, so any change to the text (even one that still parses) is caught. Payloads and MQTT 5 properties (paho's packed bytes)
-are base64. Decoding validates every field and raises ``StateError`` naming the first one that
-is wrong; a newer format version is refused. No pickle, no eval.
+value as written, so any change to the text (even one that still parses) is caught. Payloads and
+MQTT 5 properties (paho's packed bytes) are base64. Decoding validates every field and raises
+``StateError`` naming the first one that is wrong; a newer format version is refused. No pickle,
+no eval.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ _PREFIXES: Final = {v: f'{{"format":"mqttsession","version":{v},"sha256":"' for 
 _PREFIX: Final = _PREFIXES[VERSION]  # every prefix has the same length
 OUTGOING_ROW: Final = ("seq", "packet_id", "topic", "payload", "qos", "retain", "properties",
                        "phase")  # format 2: the fields of an outgoing message's array
+_ROW_TOPIC: Final = OUTGOING_ROW.index("topic")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _PHASES: Final = {p.value: p for p in Phase}
 
@@ -323,9 +325,12 @@ def _row(row: object, where: str) -> OutgoingMessage:
 
 def _good_topic(obj: object, topics: set[str]) -> None:
     """Remember the topic of an outgoing entry once it has passed every check."""
+    topic: object = None
     if isinstance(obj, list) and len(obj) == len(OUTGOING_ROW):
-        obj = {"topic": obj[2]}
-    if isinstance(obj, dict) and type(topic := obj.get("topic")) is str and topic not in topics:
+        topic = obj[_ROW_TOPIC]
+    elif isinstance(obj, dict):
+        topic = obj.get("topic")
+    if type(topic) is str and topic not in topics:
         try:
             validate_topic(topic)
         except UsageError:
@@ -416,11 +421,12 @@ def decode_with_digest(state_data: str | bytes) -> tuple[SessionState, str]:
         raise StateError("state text is empty")
     with gc_paused():
         doc = _parse_json(text)
-        return _doc_to_state(doc, text), text[len(_PREFIX):len(_PREFIX) + 64]
+        return _doc_to_state(doc, text), text_digest(text)
 
 
 def text_digest(text: str) -> str:
-    """The ``sha256`` field of a text ``encode`` made (read, not computed)."""
+    """The ``sha256`` field of a state text (read, not computed; every format's prefix has
+    the same length)."""
     return text[len(_PREFIX):len(_PREFIX) + 64]
 
 

@@ -309,14 +309,20 @@ class Journal:
         self._unsynced = False
 
     @property
-    def needs_compaction(self) -> bool:
-        """The journal passed its bound: ``max_journal_bytes`` when set (> 0); by default
-        256 KiB or half the snapshot's size, whichever is larger. A restore then reads at most
-        the snapshot and half as much again, so its cost follows what the session holds, not
-        the file's history; and each compaction is paid for by a journal of half its size."""
+    def bound(self) -> int:
+        """The journal size past which it is compacted: ``max_journal_bytes`` when set (> 0,
+        a hard bound); by default 256 KiB or half the snapshot's size, whichever is larger. A
+        restore then reads at most the snapshot and half as much again, so its cost follows
+        what the session holds, not the file's history; and each compaction is paid for by a
+        journal of half its size."""
         if self.max_journal_bytes > 0:
-            return self._size > self.max_journal_bytes  # an explicit, hard bound
-        return self._size > max(AUTO_JOURNAL_BYTES, self._snapshot_size // 2)
+            return self.max_journal_bytes
+        return max(AUTO_JOURNAL_BYTES, self._snapshot_size // 2)
+
+    @property
+    def needs_compaction(self) -> bool:
+        """The journal passed its ``bound``."""
+        return self._size > self.bound
 
     def compact(self, state: SessionState, text: str | None = None) -> None:
         """Fold everything into a new snapshot (``text``, or ``state``'s) and a fresh journal."""

@@ -1,5 +1,6 @@
-"""Test infrastructure for mqttsession: real brokers on loopback, a packet-level MQTT proxy, and
-pytest fixtures (``pytest_plugins = ["mqttsession.testing.pytest_plugin"]``).
+"""Test infrastructure for mqttsession: real brokers on loopback, a packet-level MQTT proxy,
+pytest fixtures (``pytest_plugins = ["mqttsession.testing.pytest_plugin"]``), and disk faults
+injected into the state file's writes (``mqttsession.testing.faults``, which needs pytest).
 
 Importing this package does not import pytest; the CLI and demos use :class:`EmbeddedAmqtt`.
 """

@@ -30,8 +30,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +37,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mqttsession.journal as journal_mod
 from mqttsession import Client, codec
 from mqttsession.errors import MQTTSessionError, PersistenceError, StateError
 from mqttsession.events import Message
 from mqttsession.journal import JOURNAL_SUFFIX, LOCK_SUFFIX, Journal, frame, read_frames
+from mqttsession.testing.faults import Fault, Injector, fd_name, journal_faults
 from mqttsession.state import Phase, SessionState
 
 CID = "gw-persist"
@@ -380,96 +378,14 @@ def test_journal_stays_bounded_while_publishing_many(tmp_path: Path) -> None:
 # 4. faults on the write paths, through the Client
 
 
-class FakeOs:
-    """Stands in for ``os`` inside mqttsession.journal only."""
-
-    def __init__(self, **overrides: Callable[..., Any]) -> None:
-        self.__dict__.update(overrides)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-
-def _fd_name(fd: int) -> str:
-    return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-
-
-def _base(p: Any) -> str:
-    return os.path.basename(os.fspath(p))
-
-
-def _is_dir_fd(fd: int) -> bool:
-    return stat.S_ISDIR(os.fstat(fd).st_mode)
-
-
-SNAP_TMP = NAME + ".tmp-"
-JOUR_TMP = NAME + JOURNAL_SUFFIX + ".tmp-"
-
-
-@dataclass(frozen=True)
-class Fault:
-    id: str
-    path: str  # "append" (default bound) or "compact" (JournalMaxBytes=1: every write compacts)
-    func: str
-    when: Callable[..., bool]
-    err: int
-    nth: int = 0
-
-
-FAULTS = [
-    Fault("append-write", "append", "write",
-          lambda fd, *_: _fd_name(fd) == NAME + JOURNAL_SUFFIX, errno.ENOSPC),
-    Fault("append-fdatasync", "append", "fdatasync", lambda fd: True, errno.EIO),
-    Fault("snapshot-open-temp", "compact", "open", lambda path, *_: _base(path).startswith(SNAP_TMP),
-          errno.ENOSPC),
-    Fault("snapshot-write", "compact", "write", lambda fd, *_: _fd_name(fd).startswith(SNAP_TMP),
-          errno.ENOSPC),
-    Fault("snapshot-fsync", "compact", "fsync", lambda fd: _fd_name(fd).startswith(SNAP_TMP),
-          errno.EIO),
-    Fault("snapshot-replace", "compact", "replace", lambda src, dst: _base(dst) == NAME, errno.EIO),
-    Fault("snapshot-dir-fsync", "compact", "fsync", _is_dir_fd, errno.EIO),
-    Fault("journal-open-temp", "compact", "open", lambda path, *_: _base(path).startswith(JOUR_TMP),
-          errno.ENOSPC),
-    Fault("journal-write", "compact", "write", lambda fd, *_: _fd_name(fd).startswith(JOUR_TMP),
-          errno.ENOSPC),
-    Fault("journal-fsync", "compact", "fsync", lambda fd: _fd_name(fd).startswith(JOUR_TMP),
-          errno.EIO),
-    Fault("journal-replace", "compact", "replace",
-          lambda src, dst: _base(dst) == NAME + JOURNAL_SUFFIX, errno.EIO),
-    Fault("journal-dir-fsync", "compact", "fsync", _is_dir_fd, errno.EIO, nth=1),
-    Fault("journal-reopen", "compact", "open",
-          lambda path, flags, *_: _base(path) == NAME + JOURNAL_SUFFIX and bool(flags & os.O_APPEND),
-          errno.EIO),
-]
-
-
-class Injector:
-    def __init__(self, mp: pytest.MonkeyPatch, fault: Fault) -> None:
-        self.counted = 0
-        self.hits = 0
-        self.armed = True
-        real = getattr(os, fault.func)
-
-        def faulty(*args: Any, **kwargs: Any) -> Any:
-            if self.armed and fault.when(*args):
-                n = self.counted
-                self.counted += 1
-                if n == fault.nth:
-                    self.hits += 1
-                    raise OSError(fault.err, os.strerror(fault.err))
-            return real(*args, **kwargs)
-
-        mp.setattr(journal_mod, "os", FakeOs(**{fault.func: faulty}))
-
-    def disarm(self) -> None:
-        self.armed = False
+FAULTS = journal_faults(NAME)
 
 
 def _faulty_client(tmp_path: Path, fault: Fault) -> tuple[Path, Path, Client]:
     d = tmp_path / "live"
     d.mkdir()
     p = d / NAME
-    c = client_on(p, max_bytes=1 if fault.path == "compact" else None)
+    c = client_on(p, max_bytes=1 if fault.op == "compact" else None)
     for i in range(3):
         c.publish_data(f"ok/{i}", 1 + i % 2, b"accepted %d" % i)
     c.subscribe("s/#", 1)
@@ -622,22 +538,16 @@ def test_files_match_the_session_after_every_publish_while_connected(
 # thread's read batch, after one fsync for the batch
 
 
-def _network_thread_fdatasync_fails(monkeypatch: pytest.MonkeyPatch,
-                                     func: str = "fdatasync") -> dict[str, Any]:
+def _fail_on_network_thread(monkeypatch: pytest.MonkeyPatch,
+                                     func: str = "fdatasync") -> Injector:
     """``os.<func>`` (fdatasync, or write to the journal) raises EIO off the main thread (on
-    paho's network thread) while ``armed``; counts the failures."""
-    real = getattr(os, func)
-    box: dict[str, Any] = {"armed": True, "hits": 0}
-
-    def faulty(fd: int, *args: Any) -> Any:
-        if (box["armed"] and threading.current_thread() is not threading.main_thread()
-                and _fd_name(fd) == NAME + JOURNAL_SUFFIX):
-            box["hits"] += 1
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(fd, *args)
-
-    monkeypatch.setattr(journal_mod, "os", FakeOs(**{func: faulty}))
-    return box
+    paho's network thread) while armed; ``hits`` counts the failures."""
+    journal = NAME + JOURNAL_SUFFIX
+    return Injector(monkeypatch, Fault(
+        f"network-thread-{func}", "append", func,
+        lambda fd, *_: (threading.current_thread() is not threading.main_thread()
+                        and fd_name(fd) == journal),
+        errno.EIO, nth=None))
 
 
 @pytest.mark.parametrize("func", ["fdatasync", "write"])
@@ -653,15 +563,15 @@ def test_pubrel_waits_until_released_is_durable(
     c.config("ReconnectDelayMin=0")
     try:
         c.connect(proxy.host, proxy.port, timeout=10)
-        box = _network_thread_fdatasync_fails(monkeypatch, func)
+        inj = _fail_on_network_thread(monkeypatch, func)
         c.publish_data("mqs/pubrel/1", 2, b"released only when durable")
         proxy.wait_for("s2c", "PUBREC", timeout=10)
         # the sync failed: the connection is dropped and no PUBREL leaves on it
         proxy.wait_for("c2s", "CONNECT", count=2, timeout=10)
-        assert box["hits"] >= 1
+        assert inj.hits >= 1
         first_conn = proxy.packets("s2c", "PUBREC")[0].conn
         assert proxy.packets("c2s", "PUBREL", conn=first_conn) == []
-        box["armed"] = False
+        inj.disarm()
         # after the reconnect the session (rewritten whole, with fsync) sends the PUBREL
         proxy.wait_for("s2c", "PUBCOMP", timeout=10)
         assert c.flush(10)
@@ -688,15 +598,15 @@ def test_incoming_qos2_pubrec_waits_until_the_message_is_durable(
         c.connect(proxy.host, proxy.port, timeout=10)
         c.subscribe("mqs/pubrec-in/#", 2)
         proxy.wait_for("s2c", "SUBACK", timeout=10)
-        box = _network_thread_fdatasync_fails(monkeypatch)
+        inj = _fail_on_network_thread(monkeypatch)
         sender.connect(mosquitto.host, mosquitto.port, timeout=10)
         sender.publish_data("mqs/pubrec-in/1", 2, b"stored before PUBREC")
         proxy.wait_for("s2c", "PUBLISH", timeout=10)
         proxy.wait_for("c2s", "CONNECT", count=2, timeout=10)
         first_conn = proxy.packets("s2c", "PUBLISH")[0].conn
-        assert box["hits"] >= 1
+        assert inj.hits >= 1
         assert proxy.packets("c2s", "PUBREC", conn=first_conn) == []
-        box["armed"] = False
+        inj.disarm()
         proxy.wait_for("c2s", "PUBCOMP", timeout=10)
         assert got == [b"stored before PUBREC"]
     finally:

@@ -52,6 +52,7 @@ from mqttsession.errors import (
     StateLockedError,
 )
 from mqttsession.journal import JOURNAL_SUFFIX, LOCK_SUFFIX, Journal, frame, read_frames
+from mqttsession.testing.faults import FakeOs, Fault, Injector, journal_faults
 from mqttsession.state import (
     MAX_EXPIRY,
     Accepted,
@@ -909,102 +910,7 @@ def test_an_owner_killed_with_sigkill_does_not_block_the_next(tmp_path: Path) ->
 # 4. faults on every write path
 
 
-class FakeOs:
-    """Stands in for ``os`` inside mqttsession.journal only (other modules keep the real one)."""
-
-    def __init__(self, **overrides: Callable[..., Any]) -> None:
-        self.__dict__.update(overrides)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-
-def _fd_name(fd: int) -> str:
-    return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-
-
-def _is_dir_fd(fd: int) -> bool:
-    return stat.S_ISDIR(os.fstat(fd).st_mode)
-
-
-SNAP_TMP = NAME + ".tmp-"
-JOUR_TMP = NAME + JOURNAL_SUFFIX + ".tmp-"
-
-
-@dataclass(frozen=True)
-class Fault:
-    id: str
-    op: str  # "append" or "compact": the Journal call the fault hits
-    func: str  # the os function that fails
-    when: Callable[..., bool]  # which calls of it count
-    err: int
-    nth: int = 0  # fail the nth counted call
-    short: bool = False  # os.write: write half first (a partial write before ENOSPC)
-
-
-def _base(p: Any) -> str:
-    return os.path.basename(os.fspath(p))
-
-
-FAULTS = [
-    Fault("append-write", "append", "write", lambda fd, *_: _fd_name(fd) == NAME + JOURNAL_SUFFIX,
-          errno.ENOSPC),
-    Fault("append-short-write", "append", "write",
-          lambda fd, *_: _fd_name(fd) == NAME + JOURNAL_SUFFIX, errno.ENOSPC, short=True),
-    Fault("append-fdatasync", "append", "fdatasync", lambda fd: True, errno.EIO),
-    Fault("snapshot-open-temp", "compact", "open", lambda path, *_: _base(path).startswith(SNAP_TMP),
-          errno.ENOSPC),
-    Fault("snapshot-write", "compact", "write", lambda fd, *_: _fd_name(fd).startswith(SNAP_TMP),
-          errno.ENOSPC),
-    Fault("snapshot-short-write", "compact", "write",
-          lambda fd, *_: _fd_name(fd).startswith(SNAP_TMP), errno.ENOSPC, short=True),
-    Fault("snapshot-fsync", "compact", "fsync", lambda fd: _fd_name(fd).startswith(SNAP_TMP),
-          errno.EIO),
-    Fault("snapshot-replace", "compact", "replace", lambda src, dst: _base(dst) == NAME, errno.EIO),
-    Fault("snapshot-dir-open", "compact", "open", lambda path, *_: os.path.isdir(path), errno.EIO),
-    Fault("snapshot-dir-fsync", "compact", "fsync", _is_dir_fd, errno.EIO),
-    Fault("journal-open-temp", "compact", "open", lambda path, *_: _base(path).startswith(JOUR_TMP),
-          errno.ENOSPC),
-    Fault("journal-write", "compact", "write", lambda fd, *_: _fd_name(fd).startswith(JOUR_TMP),
-          errno.ENOSPC),
-    Fault("journal-fsync", "compact", "fsync", lambda fd: _fd_name(fd).startswith(JOUR_TMP),
-          errno.EIO),
-    Fault("journal-replace", "compact", "replace",
-          lambda src, dst: _base(dst) == NAME + JOURNAL_SUFFIX, errno.EIO),
-    Fault("journal-dir-fsync", "compact", "fsync", _is_dir_fd, errno.EIO, nth=1),
-    Fault("journal-reopen", "compact", "open",
-          lambda path, flags, *_: _base(path) == NAME + JOURNAL_SUFFIX and bool(flags & os.O_APPEND),
-          errno.EIO),
-]
-
-
-class Injector:
-    """Installs one Fault into mqttsession.journal's ``os`` until ``disarm()``."""
-
-    def __init__(self, mp: pytest.MonkeyPatch, fault: Fault) -> None:
-        self.fault = fault
-        self.counted = 0
-        self.hits = 0
-        self.armed = True
-        real = getattr(os, fault.func)
-
-        def faulty(*args: Any, **kwargs: Any) -> Any:
-            if self.armed and fault.when(*args):
-                n = self.counted
-                self.counted += 1
-                if n == fault.nth:
-                    self.hits += 1
-                    if fault.short:
-                        fd, data = args[0], memoryview(args[1])
-                        if len(data) > 1:
-                            real(fd, data[: len(data) // 2])
-                    raise OSError(fault.err, os.strerror(fault.err))
-            return real(*args, **kwargs)
-
-        mp.setattr(journal_mod, "os", FakeOs(**{fault.func: faulty}))
-
-    def disarm(self) -> None:
-        self.armed = False
+FAULTS = journal_faults(NAME)
 
 
 def held(state: SessionState) -> tuple[object, ...]:
