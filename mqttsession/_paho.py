@@ -34,6 +34,10 @@ CLEAN_START_FIRST_ONLY: Final = mqtt.MQTT_CLEAN_START_FIRST_ONLY
 log = logging.getLogger(__name__)
 
 _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
+_NAMES: Final = {
+    _CONNACK: "CONNACK", _PUBLISH: "PUBLISH", _PUBACK: "PUBACK", _PUBREC: "PUBREC",
+    _PUBREL: "PUBREL", _PUBCOMP: "PUBCOMP",
+}
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _READ_BATCH: Final = 64  # packets read per network-loop round at most
@@ -70,6 +74,8 @@ class Hooks(Protocol):
     def hook_acks_due(self) -> None: ...
 
     def hook_packet_id_in_use(self, packet_id: int) -> bool: ...
+
+    def hook_failure(self, exc: Exception, context: str) -> None: ...
 
 
 def pack_properties(props: Properties | None) -> bytes:
@@ -148,6 +154,9 @@ class PahoConnection(mqtt.Client):
             reconnect_on_failure=True,
         )
         self.hooks = hooks
+        # a backstop: an exception in one of our callbacks is logged by paho, never raised
+        # into its network thread (which would end it: no reconnect, no events)
+        self.suppress_exceptions = True
         # PUBREL / PUBREC / PUBCOMP answered during a read batch, written at its end after
         # hooks.hook_acks_due() (one fsync covers the records of the whole batch)
         self._acks_due: list[tuple[int, int]] = []
@@ -224,8 +233,8 @@ class PahoConnection(mqtt.Client):
         acks, self._acks_due = self._acks_due, []
         try:
             self.hooks.hook_acks_due()
-        except Exception:
-            log.exception("session records could not be made durable; dropping the connection")
+        except Exception as exc:
+            self._hook_failed(exc, "making the session records of received packets durable")
             return self._loop_rc_handle(_DROP) if self._sock is not None else rc  # noqa: SLF001
         if rc == _OK:
             send = {
@@ -290,9 +299,17 @@ class PahoConnection(mqtt.Client):
             return result
         except MalformedPacket:
             raise
-        except Exception:  # a hook must never kill paho's network thread
-            log.exception("session hook failed for packet 0x%02x; dropping the connection", hdr)
+        except Exception as exc:  # a hook must never kill paho's network thread
+            self._hook_failed(exc, f"handling a {_NAMES.get(cmd, hex(hdr))} packet")
             return _DROP
+
+    def _hook_failed(self, exc: Exception, context: str) -> None:
+        """Report a failed hook; the caller drops the connection without the dependent ack."""
+        log.debug("session hook failed: %s", context, exc_info=True)
+        try:
+            self.hooks.hook_failure(exc, context)
+        except Exception:  # pragma: no cover - reporting must not kill the thread either
+            log.exception("reporting a failed session hook failed")
 
     def _session_publish_in(self, r: Any) -> MQTTErrorCode:
         topic = _text(r.topic)

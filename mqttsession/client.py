@@ -25,7 +25,7 @@ from ._paho import (
     connect_properties,
     disconnect_properties,
 )
-from .errors import ConnectError, MQTTSessionError, StateError, UsageError
+from .errors import ConnectError, MQTTSessionError, PersistenceError, StateError, UsageError
 from .events import (
     DIRECTION_CLIENT,
     DIRECTION_SERVER,
@@ -385,6 +385,9 @@ class Client:
             self._teardown()
             raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s")
         rc, reason = self._connack_result
+        if rc == -3:
+            self._teardown()
+            raise ConnectError(f"connected to {host}:{port}, but {reason}", rc)
         if rc == -2:
             self._teardown()
             raise ConnectError(f"{host}:{port} closed the connection before CONNACK ({reason});"
@@ -763,6 +766,29 @@ class Client:
         with self._lock:
             return self._state.outgoing_by_packet_id(packet_id) is not None
 
+    def hook_failure(self, exc: Exception, context: str) -> None:
+        """A hook failed on the network thread (the connection is dropped without the ack
+        that depended on it; paho reconnects): report it, and end a waiting ``connect()``."""
+        code = getattr(exc, "errno", None) or -1
+        what = "the state file could not be written" if isinstance(exc, PersistenceError) else (
+            "the session could not process it")
+        description = f"{context}: {what} ({exc}); connection dropped, reconnecting"
+        if not self._connack.is_set():
+            self._connack_result = (-3, f"{context}: {exc}")
+            conn = self._conn
+            if conn is not None:
+                conn.set_auto_reconnect(False)  # connect() raises and tears down
+            self._connack.set()
+        self._error(code, description)
+
+    def _persist_quietly(self, rec: Record, what: str) -> None:
+        """``_record`` on the network thread where no ack depends on it: a failure is
+        reported through on_error, never raised into paho's thread."""
+        try:
+            self._record(rec)
+        except MQTTSessionError as exc:
+            self._error(getattr(exc, "errno", None) or -1, f"{what}: {exc}")
+
     def hook_connection_reset(self) -> None:
         with self._lock:
             self._connected = False
@@ -949,7 +975,8 @@ class Client:
             self._inflight.clear()
             clean = self._user_disconnect
             if was_connected and not clean:
-                self._record(self._state.disconnected(time.time()))
+                self._persist_quietly(self._state.disconnected(time.time()),
+                                      "recording the disconnect time failed")
         if not was_connected and not self._connack.is_set():
             # closed before any CONNACK (e.g. a TLS client certificate the broker refused
             # after the handshake): connect() fails now rather than at its timeout
@@ -968,7 +995,8 @@ class Client:
             for (flt, _qos), code in zip(subs, codes):
                 value = int(getattr(code, "value", code))
                 if value >= 0x80 and self._state.subscriptions.get(flt) is not None:
-                    self._record(self._state.unsubscribe(flt))
+                    self._persist_quietly(self._state.unsubscribe(flt),
+                                          f"recording the refused subscription {flt!r} failed")
                     failed.append(flt)
         for (flt, qos), code in zip(subs, codes):
             value = int(getattr(code, "value", code))
@@ -1007,7 +1035,7 @@ class Client:
                 return
             if now - self._last_activity_record >= 5.0:
                 self._last_activity_record = now
-                self._record(self._state.activity(now))
+                self._persist_quietly(self._state.activity(now), "recording activity failed")
             if self._journal is not None:
                 self._journal.flush()  # lazy records wait at most one tick
             interval = self._settings.republish_interval

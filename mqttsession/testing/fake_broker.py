@@ -1,0 +1,259 @@
+"""A small raw-socket MQTT broker that can break the protocol on purpose, for tests.
+
+:class:`FakeBroker` listens on 127.0.0.1 (a free port) and answers one client connection at a
+time like a minimal broker: CONNACK, PUBACK / PUBREC / PUBCOMP, SUBACK, UNSUBACK, PINGRESP. What
+a real broker would never do is set per test:
+
+* ``session_present``: the SessionPresent flag of every CONNACK (also against Clean Start 1);
+* ``qos2_ack="puback"``: answer a QoS 2 PUBLISH with PUBACK, as RabbitMQ 3.x does;
+* ``suback_code``: the SUBACK return/reason code for every filter (0x80: refused);
+* ``receive_maximum`` / ``maximum_packet_size``: CONNACK properties (MQTT 5);
+* :meth:`send_raw`: any bytes to the connected client (a second CONNACK, a PUBLISH with QoS
+  bits 11, ...).
+
+Every packet received is logged as a :class:`~mqttsession.testing.proxy.PacketRecord` (the
+proxy's parser: one reading of the wire for both tools).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from mqttsession.testing.brokers import LOCALHOST
+from mqttsession.testing.proxy import C2S, PacketRecord, decode_varint, parse_packet, split_packet
+
+__all__ = ["FakeBroker", "encode_packet", "varint"]
+
+log = logging.getLogger(__name__)
+
+
+def varint(n: int) -> bytes:
+    """An MQTT Variable Byte Integer."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def encode_packet(first: int, body: bytes) -> bytes:
+    """Fixed header (first byte, Remaining Length) + body."""
+    return bytes([first]) + varint(len(body)) + body
+
+
+def _props(pairs: list[tuple[int, bytes]]) -> bytes:
+    raw = b"".join(bytes([ident]) + value for ident, value in pairs)
+    return varint(len(raw)) + raw
+
+
+class FakeBroker:
+    """A scriptable loopback MQTT broker speaking just enough of 3.1.1 and 5 (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        session_present: bool = False,
+        qos2_ack: str = "pubrec",
+        suback_code: int | None = None,
+        receive_maximum: int | None = None,
+        maximum_packet_size: int | None = None,
+    ) -> None:
+        self.session_present = session_present
+        self.qos2_ack = qos2_ack
+        self.suback_code = suback_code
+        self.receive_maximum = receive_maximum
+        self.maximum_packet_size = maximum_packet_size
+        self.on_packet: Callable[[FakeBroker, PacketRecord], None] | None = None
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((LOCALHOST, 0))
+        self._listener.listen(8)
+        self._lock = threading.Lock()
+        self._conn: socket.socket | None = None
+        self._level = 4
+        self._records: list[PacketRecord] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="fake-broker", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def host(self) -> str:
+        return LOCALHOST
+
+    @property
+    def port(self) -> int:
+        port: int = self._listener.getsockname()[1]
+        return port
+
+    def packets(self, type_name: str | None = None) -> list[PacketRecord]:
+        """Packets received from clients, in order (of one type, if named)."""
+        with self._lock:
+            return [r for r in self._records if type_name is None or r.type == type_name]
+
+    def wait_for(self, type_name: str, count: int = 1, timeout: float = 10.0) -> list[PacketRecord]:
+        """Wait until ``count`` packets of ``type_name`` arrived; returns them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.packets(type_name)
+            if len(got) >= count:
+                return got
+            time.sleep(0.01)
+        raise TimeoutError(f"fake broker: {count} x {type_name} not received; got {self.packets()}")
+
+    def wait_connections(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.connections < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fake broker: {count} connections not seen ({self.connections})")
+            time.sleep(0.01)
+
+    def send_raw(self, data: bytes) -> None:
+        """Write ``data`` to the connected client as it is."""
+        with self._lock:
+            conn = self._conn
+        if conn is None:
+            raise RuntimeError("fake broker: no client connected")
+        conn.sendall(data)
+
+    def connack(self, session_present: bool = False, reason: int = 0) -> bytes:
+        """A CONNACK for the current connection's protocol level."""
+        body = bytes([1 if session_present else 0, reason])
+        if self._level == 5:
+            pairs: list[tuple[int, bytes]] = []
+            if self.receive_maximum is not None:
+                pairs.append((0x21, struct.pack("!H", self.receive_maximum)))
+            if self.maximum_packet_size is not None:
+                pairs.append((0x27, struct.pack("!I", self.maximum_packet_size)))
+            body += _props(pairs)
+        return encode_packet(0x20, body)
+
+    def ack(self, kind: int, packet_id: int) -> bytes:
+        """PUBACK (0x40), PUBREC (0x50), PUBREL (0x62) or PUBCOMP (0x70) with success."""
+        return encode_packet(kind, struct.pack("!H", packet_id))
+
+    def publish(self, topic: str, payload: bytes, qos: int, packet_id: int = 0, *,
+                flags: int | None = None) -> bytes:
+        """A PUBLISH; ``flags`` overrides the fixed header's low nibble (e.g. QoS bits 11)."""
+        body = struct.pack("!H", len(topic.encode())) + topic.encode()
+        if qos or (flags is not None and flags & 0x06):
+            body += struct.pack("!H", packet_id)
+        if self._level == 5:
+            body += b"\x00"
+        return encode_packet(0x30 | (qos << 1 if flags is None else flags), body + payload)
+
+    def close_client(self) -> None:
+        """Drop the client's connection abruptly."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.close_client()
+        self._listener.close()
+        self._thread.join(5)
+
+    def __enter__(self) -> FakeBroker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ serving
+
+    def _serve(self) -> None:
+        self._listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.close_client()  # one client at a time: a new connection takes over
+            with self._lock:
+                self._conn = conn
+                self.connections += 1
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        buf = bytearray()
+        seq = 0
+        while not self._stop.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while (split := split_packet(buf)) is not None:
+                header_len, total = split
+                packet, buf = bytes(buf[:total]), buf[total:]
+                seq += 1
+                rec = parse_packet(packet, header_len, seq=seq, conn=self.connections,
+                                   direction=C2S, protocol_level=self._level, dropped=False)
+                if rec.type == "CONNECT" and rec.protocol_level is not None:
+                    self._level = rec.protocol_level
+                with self._lock:
+                    self._records.append(rec)
+                try:
+                    self._answer(conn, rec, packet[header_len:])
+                except OSError:
+                    return
+
+    def _answer(self, conn: socket.socket, rec: PacketRecord, body: bytes) -> None:
+        if self.on_packet is not None:
+            self.on_packet(self, rec)
+        pid = rec.packet_id or 0
+        if rec.type == "CONNECT":
+            conn.sendall(self.connack(self.session_present))
+        elif rec.type == "PUBLISH" and rec.qos == 1:
+            conn.sendall(self.ack(0x40, pid))
+        elif rec.type == "PUBLISH" and rec.qos == 2:
+            conn.sendall(self.ack(0x40 if self.qos2_ack == "puback" else 0x50, pid))
+        elif rec.type == "PUBREL":
+            conn.sendall(self.ack(0x70, pid))
+        elif rec.type == "SUBSCRIBE":
+            n = self._filters(body, True)
+            codes = bytes([self.suback_code if self.suback_code is not None else 1] * n)
+            props = b"\x00" if self._level == 5 else b""
+            conn.sendall(encode_packet(0x90, struct.pack("!H", pid) + props + codes))
+        elif rec.type == "UNSUBSCRIBE":
+            n = self._filters(body, False)
+            extra = b"\x00" + b"\x00" * n if self._level == 5 else b""
+            conn.sendall(encode_packet(0xB0, struct.pack("!H", pid) + extra))
+        elif rec.type == "PINGREQ":
+            conn.sendall(b"\xd0\x00")
+
+    def _filters(self, body: bytes, options: bool) -> int:
+        """How many topic filters a SUBSCRIBE (``options``: one byte after each) or
+        UNSUBSCRIBE body holds."""
+        pos = 2
+        if self._level == 5:
+            decoded = decode_varint(body, pos)
+            assert decoded is not None
+            length, pos = decoded
+            pos += length
+        n = 0
+        while pos + 2 <= len(body):
+            (size,) = struct.unpack_from("!H", body, pos)
+            pos += 2 + size + (1 if options else 0)
+            n += 1
+        return n
