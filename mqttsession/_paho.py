@@ -24,6 +24,8 @@ from paho.mqtt.client import MalformedPacket  # type: ignore[attr-defined]
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .errors import ProtocolViolation
+
 __all__ = [
     "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
     "disconnect_properties", "CLEAN_START_FIRST_ONLY",
@@ -160,6 +162,8 @@ class PahoConnection(mqtt.Client):
         # PUBREL / PUBREC / PUBCOMP answered during a read batch, written at its end after
         # hooks.hook_acks_due() (one fsync covers the records of the whole batch)
         self._acks_due: list[tuple[int, int]] = []
+        self._clean_start_sent = clean_session  # the flag of the last CONNECT written
+        self._connack_seen = False  # on this network connection
         self.enable_logger(logging.getLogger("mqttsession.paho"))
 
     # ------------------------------------------------------------------ sending
@@ -216,7 +220,32 @@ class PahoConnection(mqtt.Client):
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
         self.hooks.hook_connection_reset()
         self._acks_due.clear()  # for the old connection: the session resends what is needed
+        self._connack_seen = False
         return super().reconnect()
+
+    def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
+        # the Clean Start / CleanSession flag exactly as paho writes it (it may be "first only")
+        if self._protocol == mqtt.MQTTv5:  # noqa: SLF001
+            self._clean_start_sent = bool(
+                self._clean_start is True  # noqa: SLF001
+                or (self._clean_start == CLEAN_START_FIRST_ONLY  # noqa: SLF001
+                    and self._mqttv5_first_connect)  # noqa: SLF001
+            )
+        else:
+            self._clean_start_sent = bool(self._clean_session)  # noqa: SLF001
+        return super()._send_connect(keepalive)  # noqa: SLF001
+
+    def _violation(self, code: int, what: str) -> MQTTErrorCode:
+        """The broker broke the protocol: close the connection (MQTT 5: a DISCONNECT with
+        ``code`` first [MQTT-4.13.1-1]), report it, and leave the session as it was."""
+        sock = self._sock  # noqa: SLF001
+        if self._protocol == mqtt.MQTTv5 and sock is not None:  # noqa: SLF001
+            try:
+                sock.send(bytes((0xE0, 0x01, code)))  # DISCONNECT, reason code, no properties
+            except OSError:
+                pass
+        self._hook_failed(ProtocolViolation(code, what), "a protocol violation by the broker")
+        return _DROP
 
     # ------------------------------------------------------------------ receiving
 
@@ -265,6 +294,17 @@ class PahoConnection(mqtt.Client):
         cmd = hdr & 0xF0
         if cmd not in (_CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP):
             return super()._packet_handle()  # noqa: SLF001
+        if cmd == _PUBLISH and hdr & 0x06 == 0x06:
+            return self._violation(0x81, "PUBLISH with QoS bits 11 [MQTT-3.3.1-4]")
+        if cmd == _CONNACK:
+            if self._connack_seen:
+                return self._violation(0x82, "a second CONNACK on one connection")
+            self._connack_seen = True
+            if len(body) >= 2 and body[0] & 0xFE:
+                return self._violation(0x81, "CONNACK with reserved flag bits set (MQTT 5 [MQTT-3.2.2-1])")
+            if len(body) >= 2 and body[0] & 0x01 and self._clean_start_sent:
+                return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"
+                                             " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")
         try:
             if cmd == _PUBLISH:
                 return self._session_publish_in(_packet.decode_publish(hdr, body, proto))

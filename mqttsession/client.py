@@ -25,7 +25,14 @@ from ._paho import (
     connect_properties,
     disconnect_properties,
 )
-from .errors import ConnectError, MQTTSessionError, PersistenceError, StateError, UsageError
+from .errors import (
+    ConnectError,
+    MQTTSessionError,
+    PersistenceError,
+    ProtocolViolation,
+    StateError,
+    UsageError,
+)
 from .events import (
     DIRECTION_CLIENT,
     DIRECTION_SERVER,
@@ -186,6 +193,8 @@ class Client:
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self._last_activity_record = 0.0
+        self._mismatched_acks = 0  # acknowledgements of the wrong kind, ever
+        self._mismatch_logged = False  # on this connection
         self.username = username
         self.password = password
         self.tls_options = tls_options
@@ -769,10 +778,14 @@ class Client:
     def hook_failure(self, exc: Exception, context: str) -> None:
         """A hook failed on the network thread (the connection is dropped without the ack
         that depended on it; paho reconnects): report it, and end a waiting ``connect()``."""
-        code = getattr(exc, "errno", None) or -1
-        what = "the state file could not be written" if isinstance(exc, PersistenceError) else (
-            "the session could not process it")
-        description = f"{context}: {what} ({exc}); connection dropped, reconnecting"
+        if isinstance(exc, ProtocolViolation):
+            code = exc.code
+            description = f"{context}: {exc}; connection closed, the session is unchanged"
+        else:
+            code = getattr(exc, "errno", None) or -1
+            what = ("the state file could not be written" if isinstance(exc, PersistenceError)
+                    else "the session could not process it")
+            description = f"{context}: {what} ({exc}); connection dropped, reconnecting"
         if not self._connack.is_set():
             self._connack_result = (-3, f"{context}: {exc}")
             conn = self._conn
@@ -808,6 +821,7 @@ class Client:
             return
         with self._lock:
             self._resuming = True
+            self._mismatch_logged = False
             self._session_present = session_present
             self._window = max(1, min(self._settings.max_inflight, receive_maximum))
             self._record(self._state.connected(time.time(), self._broker, session_present),
@@ -926,10 +940,21 @@ class Client:
             self._fire("on_message_out", MessageEvent(m.packet_id, m.topic, m.qos, m.payload,
                                                       m.retain, m.sent))
 
+    def _mismatched_ack(self, kind: str, m: OutgoingMessage) -> None:
+        """An acknowledgement of the wrong kind (lock held): counted, logged once a connection."""
+        self._mismatched_acks += 1
+        if not self._mismatch_logged:
+            self._mismatch_logged = True
+            log.warning("the broker answered a QoS %d PUBLISH (packet id %d) with %s: the flow"
+                        " ends as the broker meant it (it downgrades QoS 2 to 1, or the reverse);"
+                        " config('MismatchedAcks') counts them", m.qos, m.packet_id, kind)
+
     def hook_puback(self, packet_id: int, reason_code: int) -> None:
         with self._lock:
             m = self._state.outgoing_by_packet_id(packet_id)
-            if m is None or m.phase is not Phase.AWAIT_PUBACK:
+            if m is not None and m.phase is Phase.AWAIT_PUBREC:
+                self._mismatched_ack("PUBACK", m)  # RabbitMQ 3.x: QoS 2 taken as QoS 1
+            elif m is None or m.phase is not Phase.AWAIT_PUBACK:
                 log.debug("PUBACK for packet id %d, which awaits none: ignored", packet_id)
                 return
             self._record(self._state.puback(packet_id), lazy=True)  # point 5: a lost removal
@@ -944,17 +969,25 @@ class Client:
                 return reason_code < 0x80  # let the broker finish a flow we no longer hold
             if m.phase is Phase.AWAIT_PUBCOMP:
                 return True  # a repeated PUBREC: PUBREL again
-            if m.phase is not Phase.AWAIT_PUBREC:
+            if m.phase is Phase.AWAIT_PUBACK:
+                self._mismatched_ack("PUBREC", m)  # QoS 1 taken as QoS 2: it has the message
+                self._record(self._state.pubrec(packet_id, reason_code), lazy=True)  # point 5
+                self._finished(m)
+                release = reason_code < 0x80  # PUBREL lets the broker finish its flow
+            elif m.phase is Phase.AWAIT_PUBREC:
+                # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]:
+                # written now, synced by hook_acks_due (one fsync for the read batch) before
+                # PUBREL leaves
+                self._record(self._state.pubrec(packet_id, reason_code))
+                if reason_code < 0x80:
+                    return True
+                self._finished(m)  # [MQTT-4.4.0-2] a failed PUBREC ends the flow
+                release = False
+            else:
                 log.debug("PUBREC for packet id %d in phase %s: ignored", packet_id, m.phase.value)
                 return False
-            # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]: written
-            # now, synced by hook_acks_due (one fsync for the read batch) before PUBREL leaves
-            self._record(self._state.pubrec(packet_id, reason_code))
-            if reason_code < 0x80:
-                return True
-            self._finished(m)  # [MQTT-4.4.0-2] a failed PUBREC ends the flow
         self._after_ack(m, reason_code)
-        return False
+        return release
 
     def hook_pubcomp(self, packet_id: int, reason_code: int) -> None:
         with self._lock:
@@ -1078,6 +1111,7 @@ def _str_setting(attr: str) -> tuple[Callable[[Client], str], Callable[[Client, 
 
 _CONFIG: Final[dict[str, tuple[Callable[[Client], str], Callable[[Client, str], None] | None]]] = {
     "sessionpresent": (lambda c: "True" if c._session_present else "False", None),
+    "mismatchedacks": (lambda c: str(c._mismatched_acks), None),
     "sessionstatefile": (lambda c: c._settings.session_state_file, Client._set_state_file),
     "sessionexpinterval": (
         lambda c: "" if c._state.session_expiry_interval is None

@@ -15,6 +15,7 @@ __all__ = [
     "PacketIdsExhausted",
     "ConnectError",
     "PersistenceError",
+    "ProtocolViolation",
 ]
 
 
@@ -56,3 +57,12 @@ class ConnectError(MQTTSessionError):
 
 class PersistenceError(MQTTSessionError, OSError):
     """Writing the state file failed; the message was not accepted."""
+
+
+class ProtocolViolation(MQTTSessionError):
+    """The broker broke the MQTT protocol; ``code`` is the MQTT 5 reason code that says so
+    (0x81 Malformed Packet, 0x82 Protocol Error)."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(description)
+        self.code = code

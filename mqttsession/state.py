@@ -15,6 +15,8 @@ Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
     1    QUEUED          SEND            -> AWAIT_PUBACK
     1    AWAIT_PUBACK    PUBACK          -> None            [MQTT-4.3.2] (any reason code)
     2    QUEUED          SEND            -> AWAIT_PUBREC
+    2    AWAIT_PUBREC    PUBACK          -> None            a broker that downgrades QoS 2 to 1 (RabbitMQ 3.x)
+    1    AWAIT_PUBACK    PUBREC(_FAILED) -> None            a broker that took it as QoS 2 (PUBREL answers)
     2    AWAIT_PUBREC    PUBREC          -> AWAIT_PUBCOMP   [MQTT-4.3.3-6] released: never resend PUBLISH
     2    AWAIT_PUBREC    PUBREC_FAILED   -> None            [MQTT-4.4.0-2] reason >= 0x80 ends the flow
     2    AWAIT_PUBCOMP   PUBCOMP         -> None
@@ -100,6 +102,9 @@ OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
     (1, Q, Event.SEND): A1,
     (1, A1, Event.PUBACK): None,
     (2, Q, Event.SEND): A2,
+    (2, A2, Event.PUBACK): None,  # an acknowledgement of the wrong kind ends the flow as the
+    (1, A1, Event.PUBREC): None,  # broker meant it: it has the message (never a silent stall)
+    (1, A1, Event.PUBREC_FAILED): None,
     (2, A2, Event.PUBREC): A3,  # [MQTT-4.3.3-6]
     (2, A2, Event.PUBREC_FAILED): None,  # [MQTT-4.4.0-2]
     (2, A3, Event.PUBCOMP): None,
@@ -639,11 +644,12 @@ class SessionState:
         return seq
 
     def puback(self, packet_id: int) -> Stepped:
-        """PUBACK (any reason code) ends a QoS 1 flow."""
+        """PUBACK (any reason code) ends a QoS 1 flow, and a QoS 2 one the broker downgraded."""
         return self._step(self._by_ack(packet_id, "PUBACK"), Event.PUBACK)
 
     def pubrec(self, packet_id: int, reason_code: int = 0) -> Stepped:
-        """PUBREC: release the message (before PUBREL is written), or end it on failure."""
+        """PUBREC: release the message (before PUBREL is written), or end it on failure; it
+        ends a QoS 1 flow the broker took as QoS 2."""
         event = Event.PUBREC_FAILED if reason_code >= 0x80 else Event.PUBREC  # [MQTT-4.4.0-2]
         return self._step(self._by_ack(packet_id, "PUBREC"), event)
 

@@ -5,7 +5,8 @@ time like a minimal broker: CONNACK, PUBACK / PUBREC / PUBCOMP, SUBACK, UNSUBACK
 a real broker would never do is set per test:
 
 * ``session_present``: the SessionPresent flag of every CONNACK (also against Clean Start 1);
-* ``qos2_ack="puback"``: answer a QoS 2 PUBLISH with PUBACK, as RabbitMQ 3.x does;
+* ``qos1_ack`` / ``qos2_ack``: how a QoS 1 / QoS 2 PUBLISH is answered: ``"puback"``,
+  ``"pubrec"`` or ``"none"`` (``qos2_ack="puback"`` is what RabbitMQ 3.x does);
 * ``suback_code``: the SUBACK return/reason code for every filter (0x80: refused);
 * ``receive_maximum`` / ``maximum_packet_size``: CONNACK properties (MQTT 5);
 * :meth:`send_raw`: any bytes to the connected client (a second CONNACK, a PUBLISH with QoS
@@ -60,12 +61,14 @@ class FakeBroker:
         self,
         *,
         session_present: bool = False,
+        qos1_ack: str = "puback",
         qos2_ack: str = "pubrec",
         suback_code: int | None = None,
         receive_maximum: int | None = None,
         maximum_packet_size: int | None = None,
     ) -> None:
         self.session_present = session_present
+        self.qos1_ack = qos1_ack
         self.qos2_ack = qos2_ack
         self.suback_code = suback_code
         self.receive_maximum = receive_maximum
@@ -224,10 +227,10 @@ class FakeBroker:
         pid = rec.packet_id or 0
         if rec.type == "CONNECT":
             conn.sendall(self.connack(self.session_present))
-        elif rec.type == "PUBLISH" and rec.qos == 1:
-            conn.sendall(self.ack(0x40, pid))
-        elif rec.type == "PUBLISH" and rec.qos == 2:
-            conn.sendall(self.ack(0x40 if self.qos2_ack == "puback" else 0x50, pid))
+        elif rec.type == "PUBLISH" and rec.qos in (1, 2):
+            answer = self.qos1_ack if rec.qos == 1 else self.qos2_ack
+            if answer != "none":
+                conn.sendall(self.ack(0x40 if answer == "puback" else 0x50, pid))
         elif rec.type == "PUBREL":
             conn.sendall(self.ack(0x70, pid))
         elif rec.type == "SUBSCRIBE":

@@ -1,0 +1,188 @@
+"""Brokers that bend or break the protocol (issue 10, points 6, 7 and 13), on a raw-socket
+``FakeBroker`` over loopback.
+
+* An acknowledgement of the wrong kind (RabbitMQ 3.x answers a QoS 2 PUBLISH with PUBACK) ends
+  the flow as the broker meant it: counted, logged once per connection, never a silent stall.
+* A refused SUBSCRIBE, also one re-sent after SessionPresent=0, is reported through
+  ``on_subscribed`` with its reason code and never drops the connection.
+* A protocol violation (a second CONNACK, a PUBLISH with QoS bits 11, SessionPresent=1 answering
+  Clean Start 1) closes the connection (MQTT 5: DISCONNECT 0x81 / 0x82 first), is reported
+  through ``on_error`` and changes nothing in the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import mqttsession
+from mqttsession import ConnectError
+from mqttsession.testing.fake_broker import FakeBroker
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+PROTOCOLS = pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBroker]:
+    broker = FakeBroker()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _client(protocol: int, clean: bool = False) -> mqttsession.Client:
+    c = mqttsession.Client(client_id=_procs.unique("gw"), clean_session=clean,
+                           protocol_version=protocol)
+    c.config("ReconnectDelayMin=1")
+    c.config("ReconnectDelayMax=1")
+    if protocol == 5 and not clean:
+        c.config("SessionExpInterval=600")
+    return c
+
+
+# ------------------------------------------------------------------ wrong-kind acknowledgements
+
+
+@PROTOCOLS
+def test_puback_for_qos2_ends_the_flow(fake: FakeBroker, protocol: int,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    fake.qos2_ack = "puback"  # RabbitMQ 3.x: QoS 2 downgraded to 1
+    c = _client(protocol)
+    c.config("MaxInflight=2")
+    log = _procs.EventLog(c)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mqttsession"):
+            c.connect(fake.host, fake.port)
+            for n in range(6):
+                c.publish_message("t/q2", 2, f"m{n}")
+            assert c.flush(5), "QoS 2 messages answered with PUBACK stalled the window"
+        assert c.config("MismatchedAcks") == "6"
+        warnings = [r for r in caplog.records if "PUBACK" in r.getMessage()]
+        assert len(warnings) == 1  # once per connection
+        assert len(log.of("on_message_ack")) == 6
+        assert not fake.packets("PUBREL")
+    finally:
+        c.close()
+
+
+def test_pubrec_for_qos1_ends_the_flow_and_lets_the_broker_finish(fake: FakeBroker) -> None:
+    fake.qos1_ack = "pubrec"
+    c = _client(4)
+    try:
+        c.connect(fake.host, fake.port)
+        ids = [c.publish_message("t/q1", 1, f"m{n}") for n in range(3)]
+        assert c.flush(5)
+        assert c.config("MismatchedAcks") == "3"
+        rels = fake.wait_for("PUBREL", 3)
+        assert [r.packet_id for r in rels] == ids
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------ refused subscriptions
+
+
+@PROTOCOLS
+def test_refused_resubscription_never_drops_the_connection(fake: FakeBroker, protocol: int) -> None:
+    fake.qos1_ack = "none"  # 20 messages in flight, as in the RabbitMQ cluster case
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        c.subscribe("cmd/a,cmd/b", 1)
+        assert [e.response_code for e in log.wait("on_subscribed", 2)] == [1, 1]
+        for n in range(20):
+            c.publish_message("t/q1", 1, f"m{n}")
+        fake.wait_for("PUBLISH", 20)
+        fake.suback_code = 0x80  # the node holding the queue is gone: refused from now on
+        fake.close_client()  # SessionPresent=0 on the way back: the subscriptions are re-sent
+        subacks = log.wait("on_subscribed", 4)
+        assert [e.response_code for e in subacks[2:]] == [0x80, 0x80]
+        log.wait("on_session_lost")
+        time.sleep(2.5)  # two reconnect delays: a loop would show here
+        assert fake.connections == 2
+        assert len(log.of("on_session_lost")) == 1
+        assert len(log.of("on_disconnected")) == 1
+        assert c.connected
+        assert len(fake.packets("SUBSCRIBE")) == 2
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------ protocol violations
+
+
+def _disconnect_codes(fake: FakeBroker) -> list[int | None]:
+    return [r.reason_code for r in fake.packets("DISCONNECT")]
+
+
+@PROTOCOLS
+def test_second_connack_closes_and_changes_nothing(fake: FakeBroker, protocol: int) -> None:
+    fake.qos2_ack = "none"  # one QoS 2 message stays in flight, awaiting PUBREC
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        pid = c.publish_message("t/q2", 2, "held")
+        fake.wait_for("PUBLISH")
+        before = c.outgoing_messages
+        fake.session_present = True  # the reconnect resumes the session
+        fake.send_raw(fake.connack(session_present=False))  # a second CONNACK: a violation
+        errors = log.wait("on_error")
+        assert errors[0].error_code == 0x82 and "second CONNACK" in errors[0].description
+        fake.wait_connections(2)
+        _procs.wait_until(lambda: len(fake.packets("PUBLISH")) == 2, what="the resend")
+        again = fake.packets("PUBLISH")[1]
+        assert (again.packet_id, again.dup) == (pid, True)  # [MQTT-4.4.0-1] resumed, not anew
+        assert log.of("on_session_lost") == []
+        assert [(m.packet_id, m.message) for m in c.outgoing_messages] == \
+            [(m.packet_id, m.message) for m in before]
+        if protocol == 5:
+            assert _disconnect_codes(fake) == [0x82]
+    finally:
+        c.close()
+
+
+@PROTOCOLS
+def test_publish_with_qos_bits_11_is_refused(fake: FakeBroker, protocol: int) -> None:
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        fake.send_raw(fake.publish("t/in", b"bad", 2, packet_id=7, flags=0x06))
+        errors = log.wait("on_error")
+        assert errors[0].error_code == 0x81 and "QoS bits 11" in errors[0].description
+        fake.wait_connections(2)
+        assert c.incoming_messages == ()
+        assert log.of("on_message_in") == []
+        if protocol == 5:
+            assert _disconnect_codes(fake) == [0x81]
+    finally:
+        c.close()
+
+
+@PROTOCOLS
+def test_session_present_answering_clean_start_is_refused(fake: FakeBroker, protocol: int) -> None:
+    fake.session_present = True
+    c = _client(protocol, clean=True)
+    log = _procs.EventLog(c)
+    try:
+        with pytest.raises(ConnectError, match="SessionPresent=1 answering Clean Start 1"):
+            c.connect(fake.host, fake.port, timeout=5)
+        assert log.of("on_error")[0].error_code == 0x82
+        assert not c.connected
+        if protocol == 5:
+            assert _disconnect_codes(fake) == [0x82]
+    finally:
+        c.close()
