@@ -20,7 +20,6 @@ from typing import Any, Callable, Final, Protocol, Sequence
 
 from . import codec
 from ._paho import (
-    CLEAN_START_FIRST_ONLY,
     PahoConnection,
     connect_properties,
     disconnect_properties,
@@ -46,6 +45,7 @@ from .events import (
     SubscribedEvent,
     UnsubscribedEvent,
 )
+from .expiry import effective_interval
 from .expiry import expired as _expired
 from .journal import Journal, write_atomic
 from .state import (
@@ -185,8 +185,7 @@ class Client:
         self._unsent_subs: dict[str, int] = {}
         self._unsent_unsubs: set[str] = set()
         self._incoming_qos1: dict[int, Message] = {}
-        self._start_clean_once = False
-        self._restored_expired = False
+        self._restored_expired = False  # the client's clock said the restored one expired
         self._user_disconnect = False
         self._connack = threading.Event()
         self._connack_result: tuple[int, str] = (-1, "")
@@ -325,6 +324,11 @@ class Client:
 
     # ================================================================== connecting
 
+    def _expiry_interval(self) -> int | None:
+        """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
+        st = self._state
+        return effective_interval(st.protocol_version, st.clean_session, st.session_expiry_interval)
+
     def _require_disconnected(self, what: str) -> None:
         if self._conn is not None:
             raise UsageError(f"{what} cannot change while connected")
@@ -345,7 +349,11 @@ class Client:
                 self.client_id = f"mqttsession-{uuid.uuid4().hex[:16]}"
             self._open_journal()
             v5 = self._state.protocol_version == 5
-            clean = self._state.clean_session or self._start_clean_once
+            clean = self._state.clean_session
+            interval = self._expiry_interval()
+            if v5 and not clean and interval == 0:
+                log.warning("client %r asks for a persistent session with SessionExpInterval=0:"
+                            " the broker ends it at every disconnect", self._state.client_id)
             conn = PahoConnection(self, self._state.client_id, self._state.protocol_version, clean)
             conn.reconnect_delay_set(
                 int(self._settings.reconnect_delay_min), int(self._settings.reconnect_delay_max)
@@ -377,13 +385,11 @@ class Client:
             self._connack_result = (-1, "")
         try:
             if v5:
-                clean_start: Any = (
-                    True if self._state.clean_session else
-                    CLEAN_START_FIRST_ONLY if self._start_clean_once else False
-                )
-                props = connect_properties(self._state.session_expiry_interval)
-                conn.connect(host, port, self._keep_alive, clean_start=clean_start,
-                             properties=props)
+                # a persistent session always asks with Clean Start 0, also when the client's
+                # clock says it expired: a clock that jumped must not destroy a session the
+                # broker may still hold; SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
+                conn.connect(host, port, self._keep_alive, clean_start=clean,
+                             properties=connect_properties(interval))
             else:
                 conn.connect(host, port, self._keep_alive)
         except (OSError, ValueError) as exc:
@@ -445,7 +451,7 @@ class Client:
                 self._record(self._state.disconnected(time.time()), sync=True)
             self._connected = False
             props = (
-                disconnect_properties(self._state.session_expiry_interval)
+                disconnect_properties(self._expiry_interval())
                 if self._state.protocol_version == 5 else None
             )
         self._stop(conn, props)
@@ -650,8 +656,8 @@ class Client:
             expired_now = False
             if not self._resuming and state.protocol_version == 5 and not state.empty:
                 expired_now = _expired(
-                    5, state.session_expiry_interval, state.connected_at, state.disconnected_at,
-                    state.last_activity, time.time(),
+                    5, effective_interval(5, False, state.session_expiry_interval),
+                    state.connected_at, state.disconnected_at, state.last_activity, time.time(),
                 ) is True
             # the client's own settings win over those saved with the session
             settings = state.configure(
@@ -664,10 +670,10 @@ class Client:
                 ),
             )
             self._state = state
-            self._start_clean_once = expired_now
             self._restored_expired = expired_now
             if expired_now:
-                log.info("saved session of %r has expired (MQTT 5): starting clean", state.client_id)
+                log.info("saved session of %r has expired by this clock (MQTT 5); connecting with"
+                         " Clean Start 0 all the same: SessionPresent decides", state.client_id)
             self._unsent_subs.clear()
             if path:  # _load_file left the journal open; the file holds the rest already
                 self._record(settings, sync=True, compact=False)  # a due compaction waits for
@@ -858,7 +864,6 @@ class Client:
                 self._record(reset, sync=True)
                 if not self._state.outgoing:
                     self._changed.notify_all()
-            self._start_clean_once = False
             self._pending = deque(m.seq for m in plan.outgoing)
             self._inflight.clear()
             self._connected = True
@@ -874,6 +879,9 @@ class Client:
             self._pump()  # in seq order [MQTT-4.6.0-1]
             expired = self._restored_expired
             self._restored_expired = False
+            if expired and session_present:
+                log.info("the broker still held the session this clock said had expired (did"
+                         " the clock jump?): resumed")
         if lost is None or (self._state.clean_session and not expired):
             return None  # a clean session expects SessionPresent=0: nothing was lost
         return SessionLostEvent.of(lost, expired)

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Final, Iterator, Mapping
 
 from .errors import StateError, UsageError
-from .expiry import expired
+from .expiry import effective_interval, expired
 from .state import (
     MAX_PACKET_ID,
     Accepted,
@@ -513,7 +513,8 @@ class SavedState:
         """``session_expired`` for this state at ``now``."""
         return expired(
             self.protocol_version,
-            self.session_expiry_interval,
+            effective_interval(self.protocol_version, self.clean_session,
+                               self.session_expiry_interval),
             self.connected_at,
             self.disconnected_at,
             self.last_activity,

@@ -19,9 +19,21 @@ from typing import Final
 
 from .state import MAX_EXPIRY
 
-__all__ = ["disconnect_time", "expired"]
+__all__ = ["DEFAULT_INTERVAL", "disconnect_time", "effective_interval", "expired"]
 
 NEVER: Final = MAX_EXPIRY
+DEFAULT_INTERVAL: Final = 3600  # an MQTT 5 persistent session with no interval set keeps 1 h
+
+
+def effective_interval(
+    protocol_version: int, clean_session: bool, session_expiry_interval: int | None
+) -> int | None:
+    """The Session Expiry Interval a client sends: the one set, or for an MQTT 5 persistent
+    session left unset ``DEFAULT_INTERVAL`` (absent would mean 0: the broker would end the
+    session at every disconnect, 3.1.2.11.2). None: none is sent."""
+    if session_expiry_interval is None and protocol_version == 5 and not clean_session:
+        return DEFAULT_INTERVAL
+    return session_expiry_interval
 
 
 def disconnect_time(

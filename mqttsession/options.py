@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .errors import UsageError
+from .expiry import DEFAULT_INTERVAL
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -56,7 +57,7 @@ __all__ = [
 
 DEFAULT_ADDRESS: Final = "localhost:1883"
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
-DEFAULT_SESSION_EXPIRY: Final = 3600
+DEFAULT_SESSION_EXPIRY: Final = DEFAULT_INTERVAL  # the Client's default too
 
 ENV_ADDRESS: Final = "MQTTSESSION_ADDRESS"
 ENV_REQUEST_TIMEOUT: Final = "MQTTSESSION_REQUEST_TIMEOUT"

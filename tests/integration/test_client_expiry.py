@@ -5,8 +5,9 @@ broker's SessionPresent.
 
 * 4 s later: ``session_expired(saved)`` is True, and the broker has discarded the session
   [MQTT-4.1.0-2]: a client reconnecting with Clean Start 0 (IPWorks procedure (a)) reads
-  SessionPresent False in on_connected. Restoring the saved text anyway (procedure (b)) starts
-  clean, and the saved subscription is sent again, so it delivers.
+  SessionPresent False in on_connected. Restoring the saved text anyway (procedure (b)) still
+  connects with Clean Start 0 (the client's clock may have jumped: it never destroys a session the
+  broker may hold); SessionPresent 0 then starts clean and the saved subscription is sent again.
 * 1 s later: ``session_expired(saved)`` is False, and the broker still holds the session
   [MQTT-3.1.2-23]: restore + connect sees SessionPresent True and gets the message the broker
   queued for it while it was away [MQTT-3.1.2-5].
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 import mqttsession
-from mqttsession import load_state, session_expired
+from mqttsession import codec, load_state, session_expired
 
 try:  # tests/integration may or may not be a package
     from . import _procs
@@ -88,7 +89,10 @@ def test_mqtt5_session_expired_after_interval(mosquitto: Any) -> None:
     finally:
         c.close()
 
-    # procedure (b) with the expired text: a clean start, the saved subscription sent again
+    # procedure (b) with the expired text: Clean Start 0 all the same (the broker decides: the
+    # session of procedure (a) must expire first), SessionPresent 0, the saved subscription sent
+    # again
+    _sleep_until(time.time() + INTERVAL + 1)
     c, log, seen = _client(client_id)
     try:
         c.restore_session(saved)
@@ -118,6 +122,68 @@ def test_mqtt5_session_kept_within_interval(mosquitto: Any) -> None:
         assert seen == [(True, "True")]
         _procs.wait_until(lambda: [e for e in log.of("on_message_in") if e.message == b"while-away"],
                           what="the message queued while away")
+        assert log.of("on_session_lost") == []
+    finally:
+        c.close()
+
+
+def test_mqtt5_persistent_session_without_interval_is_kept(mosquitto: Any,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """No SessionExpInterval set: the Client sends 3600 s like Options, so the broker keeps the
+    session across a disconnect (an absent interval would mean 0: a new session every time)."""
+    client_id = _procs.unique("noexp")
+    c = mqttsession.Client(client_id=client_id, clean_session=False, protocol_version=5)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(mosquitto.host, mosquitto.port)
+        c.subscribe(f"mqs/{client_id}", 1)
+        log.wait("on_subscribed")
+        c.disconnect()
+        assert load_state(c.save_session()).expired(time.time() + 60) is False
+        c.connect(mosquitto.host, mosquitto.port)
+        assert c.config("SessionPresent") == "True"
+        c.disconnect()
+        with caplog.at_level("WARNING", logger="mqttsession"):
+            c.config("SessionExpInterval=0")
+            c.connect(mosquitto.host, mosquitto.port)
+        assert any("SessionExpInterval=0" in r.getMessage() for r in caplog.records)
+    finally:
+        c.close()
+
+
+def test_mqtt5_clock_jump_never_destroys_a_live_session(mosquitto: Any) -> None:
+    """The client's clock says the saved session expired (it jumped forward), the broker still
+    holds it: the client connects with Clean Start 0, SessionPresent=1 resumes it, and the
+    message the broker queued for it meanwhile arrives."""
+    client_id = _procs.unique("jump")
+    topic = f"mqs/{client_id}"
+    c, log, _ = _client(client_id)
+    c.config("SessionExpInterval=600")
+    try:
+        c.connect(mosquitto.host, mosquitto.port)
+        c.subscribe(topic, 1)
+        log.wait("on_subscribed")
+        c.disconnect()
+        saved = c.save_session()
+    finally:
+        c.close()
+    state = codec.decode(saved)
+    jump = 24 * 3600.0  # what this process reads as "now" is a day after what was recorded
+    for name in ("connected_at", "disconnected_at", "last_activity"):
+        setattr(state, name, getattr(state, name) - jump)
+    saved = codec.encode(state)
+    assert session_expired(saved) is True
+    _procs.publish_direct(mosquitto.host, mosquitto.port, topic, [(1, "queued-meanwhile")], 5)
+
+    c, log, seen = _client(client_id)
+    c.config("SessionExpInterval=600")
+    try:
+        c.restore_session(saved)
+        c.connect(mosquitto.host, mosquitto.port)
+        assert seen == [(True, "True")]
+        _procs.wait_until(
+            lambda: [e for e in log.of("on_message_in") if e.message == b"queued-meanwhile"],
+            what="the message the broker queued")
         assert log.of("on_session_lost") == []
     finally:
         c.close()

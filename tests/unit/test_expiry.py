@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mqttsession import StateError, codec, load_state, session_expired
-from mqttsession.expiry import disconnect_time, expired
+from mqttsession.expiry import disconnect_time, effective_interval, expired
 from mqttsession.state import MAX_EXPIRY, SessionState
 
 from ._support import FAST
@@ -26,11 +26,12 @@ def saved(
     connected_at: float | None = 100.0,
     disconnected_at: float | None = 110.0,
     last_activity: float | None = 110.0,
+    clean_session: bool = False,
 ) -> str:
     return codec.encode(SessionState(
         client_id="c",
         protocol_version=protocol_version,
-        clean_session=False,
+        clean_session=clean_session,
         session_expiry_interval=interval,
         connected_at=connected_at,
         disconnected_at=disconnected_at,
@@ -42,7 +43,9 @@ def both(now: float, **kw: object) -> bool | None:
     """session_expired on the saved text, checked against expiry.expired and the view."""
     text = saved(**kw)  # type: ignore[arg-type]
     view = load_state(text)
-    direct = expired(view.protocol_version, view.session_expiry_interval, view.connected_at,
+    interval = effective_interval(view.protocol_version, view.clean_session,
+                                  view.session_expiry_interval)
+    direct = expired(view.protocol_version, interval, view.connected_at,
                      view.disconnected_at, view.last_activity, now)
     public = session_expired(text, now)
     assert public is direct
@@ -68,8 +71,15 @@ def test_mqtt311_has_no_expiry(interval: int | None, now: float) -> None:
 @pytest.mark.parametrize("interval", [None, 0])
 @pytest.mark.parametrize("after", [0.0, 0.5, 3600.0])
 def test_interval_absent_or_zero_ends_with_the_connection(interval: int | None, after: float):
-    """3.1.2.11.2: absent means 0; 0 means the session ends when the connection closes."""
-    assert both(110.0 + after, interval=interval) is True
+    """3.1.2.11.2: absent means 0; 0 means the session ends when the connection closes. (A
+    persistent session with none set is sent 3600 s by the Client: see below.)"""
+    assert both(110.0 + after, interval=interval, clean_session=interval is None) is True
+    assert expired(5, interval, 100.0, 110.0, 110.0, 110.0 + after) is True
+
+
+def test_interval_unset_on_a_persistent_session_is_the_default() -> None:
+    assert both(110.0 + 3600.0, interval=None) is False
+    assert both(110.0 + 3601.0, interval=None) is True
 
 
 @pytest.mark.parametrize("after", [0.0, 2.0, 1e9])
@@ -175,3 +185,14 @@ def test_expiry_rule_property(interval: int | None, closed: float, elapsed: floa
     else:
         assert got is (now - closed > interval)
     assert expired(4, interval, closed - 1.0, closed, None, now) is None
+
+
+def test_effective_interval_keeps_an_mqtt5_persistent_session() -> None:
+    from mqttsession.expiry import DEFAULT_INTERVAL, effective_interval
+    from mqttsession.options import DEFAULT_SESSION_EXPIRY
+
+    assert DEFAULT_INTERVAL == DEFAULT_SESSION_EXPIRY == 3600  # Client and Options agree
+    assert effective_interval(5, False, None) == 3600
+    assert effective_interval(5, False, 0) == 0  # set explicitly: sent as set
+    assert effective_interval(5, True, None) is None
+    assert effective_interval(4, False, None) is None

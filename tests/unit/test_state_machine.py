@@ -103,14 +103,14 @@ class SessionMachine(RuleBasedStateMachine):
         self.keep(rec)
 
     def do_ack(self, pid: int, kind: str) -> None:
-        qos, phase = {
-            "puback": (1, Phase.AWAIT_PUBACK),
-            "pubrec": (2, Phase.AWAIT_PUBREC),
-            "pubrec_failed": (2, Phase.AWAIT_PUBREC),
-            "pubcomp": (2, Phase.AWAIT_PUBCOMP),
+        awaiting = {  # an ack of the wrong kind (QoS 2 PUBACK, QoS 1 PUBREC) ends the flow too
+            "puback": {(1, Phase.AWAIT_PUBACK), (2, Phase.AWAIT_PUBREC)},
+            "pubrec": {(2, Phase.AWAIT_PUBREC), (1, Phase.AWAIT_PUBACK)},
+            "pubrec_failed": {(2, Phase.AWAIT_PUBREC), (1, Phase.AWAIT_PUBACK)},
+            "pubcomp": {(2, Phase.AWAIT_PUBCOMP)},
         }[kind]
         m = self.state.outgoing_by_packet_id(pid)
-        legal = m is not None and m.qos == qos and m.phase is phase
+        legal = m is not None and (m.qos, m.phase) in awaiting
         call = {
             "puback": lambda: self.state.puback(pid),
             "pubrec": lambda: self.state.pubrec(pid, 0x10),
@@ -120,7 +120,7 @@ class SessionMachine(RuleBasedStateMachine):
         self.keep(self.attempt(legal, call))
         if legal:
             after = self.state.outgoing_by_packet_id(pid)
-            if kind == "pubrec":  # [MQTT-4.3.3-6] released: awaits PUBCOMP
+            if kind == "pubrec" and m is not None and m.qos == 2:  # [MQTT-4.3.3-6] released
                 assert after is not None and after.phase is Phase.AWAIT_PUBCOMP
             else:  # the flow ended, the id is free
                 assert after is None
