@@ -49,7 +49,8 @@ class Hooks(Protocol):
     """What the connection calls on the network thread, each BEFORE the dependent packet."""
 
     def hook_connack(
-        self, rc: int, reason: str, session_present: bool, receive_maximum: int
+        self, rc: int, reason: str, session_present: bool, receive_maximum: int,
+        maximum_packet_size: int | None,
     ) -> None: ...
 
     def hook_publish_in(
@@ -323,19 +324,21 @@ class PahoConnection(mqtt.Client):
                 return _OK
             c = _packet.decode_connack(hdr, body, proto)
             rc = int(c.rc)  # 3.1.1: the return code 0..5; 5.0: the reason code
-            recv_max = 65535
+            recv_max, max_packet = 65535, None
             if c.properties is not None and hasattr(c.properties, "ReceiveMaximum"):
                 recv_max = int(c.properties.ReceiveMaximum)
+            if c.properties is not None and hasattr(c.properties, "MaximumPacketSize"):
+                max_packet = int(c.properties.MaximumPacketSize)
             reason = str(c.reason) if c.reason is not None else mqtt.connack_string(c.rc)
             if rc != 0:
                 # refused: skip paho's handler (it would silently downgrade to MQTT 3.1);
                 # SessionPresent is 0 on a refusal [MQTT-3.2.2-4] (5.0: [MQTT-3.2.2-6]).
-                self.hooks.hook_connack(rc, reason, False, recv_max)
+                self.hooks.hook_connack(rc, reason, False, recv_max, max_packet)
                 return MQTTErrorCode.MQTT_ERR_CONN_REFUSED
             # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
             # on_connected and sends the resume plan before anything else is written.
             result = super()._packet_handle()  # noqa: SLF001
-            self.hooks.hook_connack(0, reason, bool(c.flags & 0x01), recv_max)
+            self.hooks.hook_connack(0, reason, bool(c.flags & 0x01), recv_max, max_packet)
             return result
         except MalformedPacket:
             raise

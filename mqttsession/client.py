@@ -50,10 +50,12 @@ from .expiry import expired as _expired
 from .journal import Journal, write_atomic
 from .state import (
     MAX_EXPIRY,
+    MAX_REMAINING_LENGTH,
     OutgoingMessage,
     Phase,
     Record,
     SessionState,
+    publish_packet_size,
     validate_filter,
     validate_qos,
     validate_topic,
@@ -145,6 +147,7 @@ class _Settings:
     # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
     republish_on_session_lost: bool = True
     journal_max_bytes: int = 0  # 0: auto (256 KiB, or half the snapshot's size when larger)
+    max_message_size: int = 0  # the largest PUBLISH packet accepted, in bytes; 0: MQTT's limit
 
 
 class Client:
@@ -192,6 +195,7 @@ class Client:
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self._last_activity_record = 0.0
+        self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
         self._mismatched_acks = 0  # acknowledgements of the wrong kind, ever
         self._mismatch_logged = False  # on this connection
         self.username = username
@@ -497,6 +501,10 @@ class Client:
         validate_qos(qos)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise UsageError(f"data must be bytes, got {type(data).__name__}")
+        size = memoryview(data).nbytes
+        limit = self._size_limit(topic, size, qos)
+        if limit is not None:
+            raise UsageError(f"message to {topic!r} too large to send: {limit}")
         payload = bytes(data)
         with self._lock:
             retain = self._settings.retain
@@ -532,6 +540,21 @@ class Client:
         with self._changed:
             return self._changed.wait_for(lambda: not self._state.outgoing, timeout)
 
+    def _size_limit(self, topic: str, payload_size: int, qos: int,
+                    properties_size: int = 0) -> str | None:
+        """Why a PUBLISH of this size cannot be sent (None: it can)."""
+        remaining, size = publish_packet_size(topic, payload_size, qos, properties_size,
+                                              self._state.protocol_version == 5)
+        if remaining > MAX_REMAINING_LENGTH:
+            return f"{size} bytes, over MQTT's packet limit (Remaining Length {MAX_REMAINING_LENGTH})"
+        cap = self._settings.max_message_size
+        if cap and size > cap:
+            return f"{size} bytes, over MaxMessageSize={cap}"
+        if self._max_packet is not None and size > self._max_packet:
+            # [MQTT-3.2.2-15] never send a packet over the server's Maximum Packet Size
+            return f"{size} bytes, over the broker's Maximum Packet Size {self._max_packet}"
+        return None
+
     def _pump(self) -> None:
         """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
         conn = self._conn
@@ -543,6 +566,16 @@ class Client:
             if m is None or seq in self._inflight:
                 self._pending.popleft()
                 continue
+            if m.phase is not Phase.AWAIT_PUBCOMP:
+                why = self._size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
+                if why is not None:  # it became unsendable (a smaller broker limit): out
+                    self._pending.popleft()
+                    self._record(self._state.too_large(seq))
+                    self._error(0x95, f"message seq {seq} (packet id {m.packet_id}) to"
+                                      f" {m.topic!r} taken out of the session: {why}")
+                    if not self._state.outgoing:
+                        self._changed.notify_all()
+                    continue
             if not self._write(conn, m):
                 return  # connection gone: the resume plan rebuilds the queue
             self._pending.popleft()
@@ -813,7 +846,8 @@ class Client:
             self._connected = False
             self._inflight.clear()
 
-    def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int) -> None:
+    def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
+                     maximum_packet_size: int | None) -> None:
         if rc != 0:
             conn = self._conn
             if conn is not None and not self._connack.is_set():
@@ -830,6 +864,7 @@ class Client:
             self._mismatch_logged = False
             self._session_present = session_present
             self._window = max(1, min(self._settings.max_inflight, receive_maximum))
+            self._max_packet = maximum_packet_size
             self._record(self._state.connected(time.time(), self._broker, session_present),
                          sync=True)
         try:
@@ -1139,4 +1174,5 @@ _CONFIG: Final[dict[str, tuple[Callable[[Client], str], Callable[[Client, str], 
     "maxinflight": _str_setting("max_inflight"),
     "republishonsessionlost": _str_setting("republish_on_session_lost"),
     "journalmaxbytes": _str_setting("journal_max_bytes"),
+    "maxmessagesize": _str_setting("max_message_size"),
 }

@@ -537,7 +537,7 @@ def load_state(state_data: str | bytes) -> SavedState:
 _EVENTS: Final = {e.value: e for e in Event}
 # the binary event codes: part of the file format, append only
 _EVENT_CODES: Final = (Event.SEND, Event.PUBACK, Event.PUBREC, Event.PUBREC_FAILED,
-                       Event.PUBCOMP, Event.SESSION_LOST)
+                       Event.PUBCOMP, Event.SESSION_LOST, Event.TOO_LARGE)
 _EVENT_CODE: Final = {e: i for i, e in enumerate(_EVENT_CODES)}
 # tag, seq, packet id, qos, retain, topic / payload / properties lengths (then those bytes)
 _ACCEPTED: Final = struct.Struct(">cQHBBHII")

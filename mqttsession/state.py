@@ -23,6 +23,7 @@ Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
     1,2  AWAIT_PUBACK/REC SESSION_LOST   -> QUEUED, new id  [MQTT-3.2.2-5] broker forgot it: publish anew
     2    AWAIT_PUBCOMP   SESSION_LOST    -> None            the broker had accepted it
     1,2  QUEUED          SESSION_LOST    -> QUEUED          never sent: simply sent later
+    1,2  QUEUED/AWAIT_PUBACK/REC TOO_LARGE -> None          over the broker's Maximum Packet Size
 
 Incoming QoS 2 (delivery on PUBREL, "method B" of the spec)::
 
@@ -69,6 +70,8 @@ __all__ = [
     "validate_topic",
     "validate_filter",
     "validate_qos",
+    "MAX_REMAINING_LENGTH",
+    "publish_packet_size",
 ]
 
 MAX_PACKET_ID: Final = 65535
@@ -94,6 +97,7 @@ class Event(str, enum.Enum):
     PUBREC_FAILED = "pubrec_failed"
     PUBCOMP = "pubcomp"
     SESSION_LOST = "session_lost"
+    TOO_LARGE = "too_large"  # the broker's Maximum Packet Size shrank below it: taken out
 
 
 Q, A1, A2, A3 = Phase.QUEUED, Phase.AWAIT_PUBACK, Phase.AWAIT_PUBREC, Phase.AWAIT_PUBCOMP
@@ -113,6 +117,10 @@ OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
     (1, A1, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
     (2, A2, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
     (2, A3, Event.SESSION_LOST): None,
+    (1, Q, Event.TOO_LARGE): None,  # [MQTT-3.2.2-15] never send a packet over Maximum Packet Size
+    (1, A1, Event.TOO_LARGE): None,
+    (2, Q, Event.TOO_LARGE): None,
+    (2, A2, Event.TOO_LARGE): None,
 }
 
 
@@ -182,6 +190,22 @@ def validate_filter(topic_filter: object) -> str:
         if "+" in level and level != "+":
             raise UsageError(f"topic filter {topic_filter!r}: '+' must be a whole level")
     return topic_filter
+
+
+MAX_REMAINING_LENGTH: Final = 268_435_455  # the largest Remaining Length MQTT can encode
+
+
+def publish_packet_size(topic: str, payload_size: int, qos: int, properties_size: int = 0,
+                        mqtt5: bool = False) -> tuple[int, int]:
+    """(Remaining Length, whole packet size) of a PUBLISH, in bytes."""
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + payload_size
+    if mqtt5:
+        remaining += properties_size + _varint_size(properties_size)
+    return remaining, 1 + _varint_size(remaining) + remaining
+
+
+def _varint_size(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
 
 
 def _check_time(what: str, at: object) -> float:
@@ -652,6 +676,10 @@ class SessionState:
         ends a QoS 1 flow the broker took as QoS 2."""
         event = Event.PUBREC_FAILED if reason_code >= 0x80 else Event.PUBREC  # [MQTT-4.4.0-2]
         return self._step(self._by_ack(packet_id, "PUBREC"), event)
+
+    def too_large(self, seq: int) -> Stepped:
+        """A message that can no longer be sent (over the broker's Maximum Packet Size)."""
+        return self._step(seq, Event.TOO_LARGE)
 
     def pubcomp(self, packet_id: int) -> Stepped:
         """PUBCOMP ends a QoS 2 flow."""

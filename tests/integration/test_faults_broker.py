@@ -13,13 +13,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import mqttsession
 from mqttsession import ConnectError
+from mqttsession.errors import UsageError
 from mqttsession.testing.fake_broker import FakeBroker
 
 try:  # tests/integration may or may not be a package
@@ -184,5 +187,54 @@ def test_session_present_answering_clean_start_is_refused(fake: FakeBroker, prot
         assert not c.connected
         if protocol == 5:
             assert _disconnect_codes(fake) == [0x82]
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------ messages too large to send
+
+
+def test_message_over_mqtt_limit_is_refused_before_the_session(tmp_path: Any) -> None:
+    c = mqttsession.Client(client_id=_procs.unique("big"), clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    try:
+        huge = bytes(268_435_455)  # payload alone at the limit: the packet is over it
+        with pytest.raises(UsageError, match="too large"):
+            c.publish_data("t/big", 1, huge)
+        del huge
+        assert c.outgoing_messages == ()
+        c.config("MaxMessageSize=1000")
+        with pytest.raises(UsageError, match="MaxMessageSize=1000"):
+            c.publish_data("t/big", 2, b"x" * 1000)
+        with pytest.raises(UsageError, match="MaxMessageSize"):
+            c.publish_data("t/big", 0, b"x" * 1000)
+        c.publish_data("t/ok", 1, b"x" * 900)
+        assert [m.topic for m in c.outgoing_messages] == ["t/ok"]
+    finally:
+        c.close()
+    assert os.path.getsize(tmp_path / "s") < 10_000
+
+
+def test_broker_maximum_packet_size(fake: FakeBroker) -> None:
+    """MQTT 5 CONNACK Maximum Packet Size: a larger publish is refused; a held message that
+    became too large (published before this broker's limit was known) is taken out with
+    on_error naming it, and the messages behind it still go."""
+    fake.maximum_packet_size = 500
+    c = _client(5)
+    log = _procs.EventLog(c)
+    try:
+        c.publish_data("t/a", 1, b"a" * 100)  # while disconnected: no limit known yet
+        c.publish_data("t/b", 2, b"b" * 1000)
+        c.publish_data("t/c", 1, b"c" * 100)
+        c.connect(fake.host, fake.port)
+        assert c.flush(5)
+        assert [r.topic for r in fake.wait_for("PUBLISH", 2)] == ["t/a", "t/c"]
+        errors = log.of("on_error")
+        assert len(errors) == 1 and "'t/b'" in errors[0].description
+        assert "Maximum Packet Size 500" in errors[0].description
+        with pytest.raises(UsageError, match="Maximum Packet Size 500"):
+            c.publish_data("t/d", 1, b"d" * 1000)
+        c.publish_data("t/e", 1, b"e" * 100)
+        assert c.flush(5)
     finally:
         c.close()

@@ -100,6 +100,10 @@ def test_transition_table_is_exactly_the_documented_one() -> None:
         (1, A1, Event.SESSION_LOST): Q,
         (2, A2, Event.SESSION_LOST): Q,
         (2, A3, Event.SESSION_LOST): None,
+        (1, Q, Event.TOO_LARGE): None,  # over the broker's Maximum Packet Size
+        (1, A1, Event.TOO_LARGE): None,
+        (2, Q, Event.TOO_LARGE): None,
+        (2, A2, Event.TOO_LARGE): None,
     }
     for (qos, phase, _event), nxt in OUTGOING_TRANSITIONS.items():
         assert phase in PHASES_FOR_QOS[qos]
@@ -133,7 +137,7 @@ ILLEGAL = [
 
 
 def test_illegal_list_is_complete() -> None:
-    assert len(ILLEGAL) == 2 * len(Phase) * len(Event) - len(OUTGOING_TRANSITIONS) == 34
+    assert len(ILLEGAL) == 2 * len(Phase) * len(Event) - len(OUTGOING_TRANSITIONS) == 38
 
 
 @pytest.mark.parametrize(("qos", "phase", "event"), ILLEGAL, ids=lambda v: getattr(v, "value", v))
@@ -166,6 +170,22 @@ def test_wrong_kind_acks_end_the_flow() -> None:
     st.pubrec(one.packet_id)
     assert st.outgoing == {}
     index_consistent(st)
+
+
+def test_too_large_takes_a_message_out_until_released() -> None:
+    st = SessionState(client_id="c")
+    queued = st.accept("t", b"q", 1).message
+    sent = st.accept("t", b"s", 2).message
+    st.send(sent.seq)
+    rec = st.too_large(queued.seq)
+    assert codec.decode_record(codec.encode_record(rec)) == rec  # binary event code 6
+    st.too_large(sent.seq)
+    assert st.outgoing == {}
+    index_consistent(st)
+    released = st.accept("t", b"r", 2).message
+    st.send(released.seq)
+    st.pubrec(released.packet_id)
+    assert_raises_unchanged(st, TransitionError, st.too_large, released.seq)  # PUBREL only
 
 
 def test_qos1_accept_send_puback() -> None:
