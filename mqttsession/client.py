@@ -146,6 +146,7 @@ class _Settings:
     max_inflight: int = 20  # mosquitto's default max_inflight_messages: beyond it a 3.1.1
     # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
     republish_on_session_lost: bool = True
+    released_on_session_lost: str = "republish"  # or "drop": QoS 2 past PUBREC, SessionPresent 0
     journal_max_bytes: int = 0  # 0: auto (256 KiB, or half the snapshot's size when larger)
     max_message_size: int = 0  # the largest PUBLISH packet accepted, in bytes; 0: MQTT's limit
 
@@ -317,6 +318,12 @@ class Client:
 
     def _set_protocol(self, value: str) -> None:
         self.protocol_version = _parse_int("ProtocolVersion", value, 4, 5)
+
+    def _set_released(self, value: str) -> None:
+        v = value.strip().lower()
+        if v not in ("republish", "drop"):
+            raise UsageError(f"ReleasedOnSessionLost must be 'republish' or 'drop', got {value!r}")
+        self._settings.released_on_session_lost = v
 
     def _set_sync(self, value: str) -> None:
         v = value.strip().lower()
@@ -886,7 +893,8 @@ class Client:
         with self._lock:
             had_state = not self._state.empty
             reset, plan = self._state.on_connack(
-                session_present, republish=self._settings.republish_on_session_lost
+                session_present, republish=self._settings.republish_on_session_lost,
+                republish_released=self._settings.released_on_session_lost == "republish",
             )
             lost = plan.lost
         if lost is not None:
@@ -1173,6 +1181,8 @@ _CONFIG: Final[dict[str, tuple[Callable[[Client], str], Callable[[Client, str], 
     "reconnectdelaymax": _str_setting("reconnect_delay_max"),
     "maxinflight": _str_setting("max_inflight"),
     "republishonsessionlost": _str_setting("republish_on_session_lost"),
+    "releasedonsessionlost": (lambda c: c._settings.released_on_session_lost,
+                              Client._set_released),
     "journalmaxbytes": _str_setting("journal_max_bytes"),
     "maxmessagesize": _str_setting("max_message_size"),
 }

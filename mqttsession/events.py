@@ -94,10 +94,13 @@ class SessionLostEvent:
     """The broker answered SessionPresent=0 while the client held session state.
 
     republished: sent but unconfirmed, published again as new messages (new packet ids, DUP=0);
-    dropped: past PUBREC (the broker had accepted them), or unconfirmed with republishing off;
-    queued: never sent, sent as usual; delivered_incoming: QoS 2 messages received and awaiting
-    PUBREL, handed to ``on_message_in`` since the broker will not send them again;
-    resubscribed: the subscriptions sent again.
+    possible_duplicates: those of them that were past PUBREC (``ReleasedOnSessionLost=republish``:
+    a broker that delivered them on PUBLISH delivers them twice; one that delivers on PUBREL
+    would otherwise have lost them); dropped: given up (``RepublishOnSessionLost=False``, or
+    past PUBREC with ``ReleasedOnSessionLost=drop``); queued: never sent, sent as usual;
+    delivered_incoming: QoS 2 messages received and awaiting PUBREL, handed to
+    ``on_message_in`` since the broker will not send them again; resubscribed: the
+    subscriptions sent again.
     """
 
     republished: tuple[Message, ...]
@@ -105,7 +108,8 @@ class SessionLostEvent:
     queued: tuple[Message, ...]
     delivered_incoming: tuple[Message, ...]
     resubscribed: tuple[tuple[str, int], ...]
-    expired: bool  # the client's clock judged the saved session expired and started clean
+    expired: bool  # the client's clock judged the saved session expired (and the broker agreed)
+    possible_duplicates: tuple[Message, ...] = ()
 
     @classmethod
     def of(cls, lost: SessionLost, expired: bool) -> SessionLostEvent:
@@ -116,6 +120,7 @@ class SessionLostEvent:
             tuple(Message.incoming(m) for m in lost.delivered_incoming),
             lost.resubscribed,
             expired,
+            tuple(Message.outgoing(m) for m in lost.possible_duplicates),
         )
 
 

@@ -21,7 +21,9 @@ Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
     2    AWAIT_PUBREC    PUBREC_FAILED   -> None            [MQTT-4.4.0-2] reason >= 0x80 ends the flow
     2    AWAIT_PUBCOMP   PUBCOMP         -> None
     1,2  AWAIT_PUBACK/REC SESSION_LOST   -> QUEUED, new id  [MQTT-3.2.2-5] broker forgot it: publish anew
-    2    AWAIT_PUBCOMP   SESSION_LOST    -> None            the broker had accepted it
+    2    AWAIT_PUBCOMP   SESSION_LOST    -> QUEUED, new id  the broker may have lost it before PUBREL
+                                                        (mosquitto delivers on PUBREL): published
+                                                        anew, a possible duplicate; or dropped
     1,2  QUEUED          SESSION_LOST    -> QUEUED          never sent: simply sent later
     1,2  QUEUED/AWAIT_PUBACK/REC TOO_LARGE -> None          over the broker's Maximum Packet Size
 
@@ -116,7 +118,7 @@ OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
     (2, Q, Event.SESSION_LOST): Q,
     (1, A1, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
     (2, A2, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
-    (2, A3, Event.SESSION_LOST): None,
+    (2, A3, Event.SESSION_LOST): Q,  # possible duplicate; ReleasedOnSessionLost=drop: None
     (1, Q, Event.TOO_LARGE): None,  # [MQTT-3.2.2-15] never send a packet over Maximum Packet Size
     (1, A1, Event.TOO_LARGE): None,
     (2, Q, Event.TOO_LARGE): None,
@@ -426,10 +428,11 @@ class SessionLost:
     """What was held when the broker answered SessionPresent=0, and what was done with it."""
 
     republished: tuple[OutgoingMessage, ...]  # sent but unconfirmed: published again as new
-    dropped: tuple[OutgoingMessage, ...]  # past PUBREC (the broker had them), or republish off
+    dropped: tuple[OutgoingMessage, ...]  # given up (republishing off for their phase)
     queued: tuple[OutgoingMessage, ...]  # never sent: sent as usual
     delivered_incoming: tuple[IncomingMessage, ...]  # QoS 2 awaiting PUBREL: handed to the app
     resubscribed: tuple[tuple[str, int], ...]
+    possible_duplicates: tuple[OutgoingMessage, ...] = ()  # republished though past PUBREC
 
 
 @_quick_init
@@ -742,13 +745,16 @@ class SessionState:
         return rec
 
     def on_connack(
-        self, session_present: bool, republish: bool = True
+        self, session_present: bool, republish: bool = True, republish_released: bool = True
     ) -> tuple[SessionReset | None, ResumePlan]:
         """What a successful CONNACK means for the session (mqttproto's ``reset``).
 
         SessionPresent=1: everything is kept and resent in order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
         SessionPresent=0 while holding state [MQTT-3.2.2-5]: the broker forgot the session; the
         returned ``SessionReset`` (already applied) says what was requeued, dropped or released.
+        ``republish``: sent messages not past PUBREC are published anew (else dropped);
+        ``republish_released``: so are those past PUBREC (a broker that delivers QoS 2 on PUBREL
+        lost them with the session; one that delivers on PUBLISH will deliver them twice).
         """
         subs = tuple(self.subscriptions.items())
         if session_present or self.empty:
@@ -757,14 +763,17 @@ class SessionState:
         requeued: list[OutgoingMessage] = []
         dropped: list[OutgoingMessage] = []
         queued: list[OutgoingMessage] = []
+        maybe_twice: list[OutgoingMessage] = []
         for m in self.outgoing.values():
-            nxt = OUTGOING_TRANSITIONS[(m.qos, m.phase, Event.SESSION_LOST)]
             if m.phase is Phase.QUEUED:
                 queued.append(m)
-            elif nxt is None or not republish:
-                dropped.append(m)
-            else:
+            elif m.phase is Phase.AWAIT_PUBCOMP:
+                (maybe_twice if republish_released else dropped).append(m)
+            elif republish:
                 requeued.append(m)
+            else:
+                dropped.append(m)
+        requeued = sorted(requeued + maybe_twice, key=lambda m: m.seq)  # [MQTT-4.6.0-1]
         delivered = tuple(self.incoming.values())
         rec: SessionReset | None = None
         if requeued or dropped or delivered:
@@ -774,7 +783,8 @@ class SessionState:
                 tuple(sorted(self.incoming)),
             )
             self.apply(rec)
-        lost = SessionLost(tuple(requeued), tuple(dropped), tuple(queued), delivered, subs)
+        lost = SessionLost(tuple(requeued), tuple(dropped), tuple(queued), delivered, subs,
+                           tuple(maybe_twice))
         return rec, ResumePlan(False, tuple(self.outgoing.values()), subs, lost)
 
     # ----------------------------------------------------------------- apply

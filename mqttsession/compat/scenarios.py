@@ -431,6 +431,26 @@ def qos2_dedupe_connection(ctx: Context) -> None:
     _received_once(ctx, s, topic, b"once")
 
 
+def qos2_delivery_point(ctx: Context) -> None:
+    # 4.3.3: a receiver may hand a QoS 2 message on when the PUBLISH arrives, or only once
+    # PUBREL does; which one this broker does decides ReleasedOnSessionLost (README)
+    topic = ctx.topic()
+    s = ctx.connect(ctx.client_id("s"), clean=True)
+    s.subscribe(topic, 2)
+    p = _publisher(ctx)
+    p.send(encode_publish(topic, b"when", qos=2, packet_id=11, protocol=ctx.protocol))
+    p.expect(PacketType.PUBREC, 11)
+    early = _payloads(s.drain(ctx.target.quiet), topic)
+    p.send(encode_ack(PacketType.PUBREL, 11, protocol=ctx.protocol))
+    p.expect(PacketType.PUBCOMP, 11)
+    if not early and not _payloads(s.drain(ctx.target.quiet), topic):
+        raise Fail("the message was not delivered at all")
+    ctx.note("delivers QoS 2 on PUBLISH: a session lost after PUBREC cannot lose the message"
+             " (ReleasedOnSessionLost=drop avoids a duplicate)" if early else
+             "delivers QoS 2 only on PUBREL: a session lost between PUBREC and PUBREL loses the"
+             " message (keep ReleasedOnSessionLost=republish)")
+
+
 def qos2_dedupe_reconnect(ctx: Context) -> None:
     # [MQTT-4.3.3-2] (5: [MQTT-4.3.3-10]) the same across a reconnect of the publisher; the
     # subscriber is away meanwhile and counts what its session got when it comes back
@@ -597,6 +617,9 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
              resumes=True),
     Scenario("qos2-dedupe-connection", "MQTT-4.3.3-2", "MQTT-4.3.3-10",
              "QoS 2 PUBLISH repeated before PUBREL is delivered once", qos2_dedupe_connection),
+    Scenario("qos2-delivery-point", "4.3.3", "4.3.3",
+             "QoS 2 reaches subscribers on PUBLISH or only on PUBREL (see ReleasedOnSessionLost)",
+             qos2_delivery_point),
     Scenario("qos2-dedupe-reconnect", "MQTT-4.3.3-2", "MQTT-4.3.3-10",
              "QoS 2 PUBLISH repeated (DUP) after a reconnect is delivered once", qos2_dedupe_reconnect,
              resumes=True),

@@ -260,6 +260,8 @@ def test_cli_without_arguments_runs_against_embedded_amqtt() -> None:
         assert spec == s.spec4
         if s.protocols == {5}:
             assert result == "n/a   MQTT 5 only"
+        elif s.name == "qos2-delivery-point":  # informative: says when QoS 2 is handed on
+            assert result.startswith("pass  delivers QoS 2 "), result
         elif s.name not in AMQTT_BUGS:
             assert result == "pass"
         else:
@@ -365,3 +367,12 @@ def test_codec_rejects_malformed() -> None:
     with pytest.raises(MalformedPacket):
         decode(0x00, b"", 4)
     assert split(b"\x30\x05ab") is None  # incomplete: wait for more
+
+
+@pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_mosquitto_delivers_qos2_on_pubrel(mosquitto: MosquittoBroker, protocol: int) -> None:
+    """The compat report says when a broker hands QoS 2 on (BROKERS.md: mosquitto on PUBREL)."""
+    scenario = next(s for s in SCENARIOS if s.name == "qos2-delivery-point")
+    result = run_scenario(scenario, Target(mosquitto.host, mosquitto.port, protocol, timeout=TIMEOUT))
+    assert result.status is Status.PASS, result.reason
+    assert "only on PUBREL" in result.reason

@@ -58,6 +58,9 @@ def test_session_present_0_after_broker_restart_loses_nothing(
     topic, echo = f"mqs/{tag}", f"mqs/{tag}/echo"
     counter = Counter(broker.host, broker.port, topic, protocol)
     c = _client(unique("gw"), protocol)
+    # 10 below is past PUBREC and its PUBREL reached the broker, which delivered it: published
+    # again (the default, see the next test) it would arrive twice
+    c.config("ReleasedOnSessionLost=drop")
     log = EventLog(c)
     try:
         c.connect(proxy.host, proxy.port)
@@ -143,6 +146,44 @@ def test_session_present_0_after_broker_restart_loses_nothing(
         wait_until(lambda: [e for e in log.of("on_message_in") if e.message == f"{tag}:echo".encode()],
                    what="the resubscribed filter delivers")
         assert [e.message for e in log.of("on_message_in")].count(f"{tag}:in".encode()) == 1
+    finally:
+        c.close()
+        counter.close()
+
+
+@pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_released_qos2_is_republished_when_the_broker_lost_it(
+    mosquitto_factory: Any, mqtt_proxy_factory: Any, protocol: int
+) -> None:
+    """mosquitto hands a QoS 2 message to subscribers only on PUBREL: a session lost between
+    PUBREC and PUBREL loses it on the broker. ReleasedOnSessionLost=republish (the default)
+    publishes it again as new, flagged in on_session_lost as a possible duplicate."""
+    broker = mosquitto_factory()  # persistence false: a restart forgets every session
+    proxy = mqtt_proxy_factory(broker)
+    tag = unique("rel")
+    topic = f"mqs/{tag}"
+    counter = Counter(broker.host, broker.port, topic, protocol)
+    c = _client(unique("gw"), protocol)
+    assert c.config("ReleasedOnSessionLost") == "republish"
+    log = EventLog(c)
+    try:
+        c.connect(proxy.host, proxy.port)
+        proxy.drop("c2s", "PUBREL")  # released by the client, never by the broker
+        c.publish_message(topic, 2, payload(tag, 1))
+        proxy.wait_for("c2s", "PUBREL", predicate=lambda r: r.dropped)
+        proxy.stop()
+        log.wait("on_disconnected")
+        broker.restart()
+        counter.wait_subscribed(2)
+        proxy.clear_drops()
+        proxy.start()
+        lost = log.wait("on_session_lost")[0]
+        assert _numbers(tag, lost.possible_duplicates) == [1]
+        assert _numbers(tag, lost.republished) == [1] and lost.dropped == ()
+        assert c.flush(_procs.TIMEOUT)
+        c.publish_message(topic, 2, f"{tag}:END")
+        counter.wait_payload(f"{tag}:END")
+        _procs.assert_delivered(counter.counts(tag), [1])
     finally:
         c.close()
         counter.close()

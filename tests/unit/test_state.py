@@ -99,7 +99,7 @@ def test_transition_table_is_exactly_the_documented_one() -> None:
         (2, Q, Event.SESSION_LOST): Q,
         (1, A1, Event.SESSION_LOST): Q,
         (2, A2, Event.SESSION_LOST): Q,
-        (2, A3, Event.SESSION_LOST): None,
+        (2, A3, Event.SESSION_LOST): Q,  # ReleasedOnSessionLost=republish (the default)
         (1, Q, Event.TOO_LARGE): None,  # over the broker's Maximum Packet Size
         (1, A1, Event.TOO_LARGE): None,
         (2, Q, Event.TOO_LARGE): None,
@@ -489,16 +489,15 @@ def test_connack_session_lost_mqtt_3_2_2_5() -> None:
     s = held_state()
     old = dict(s.outgoing)
     rec, plan = s.on_connack(False)
-    assert rec == SessionReset(requeued=(2, 3), dropped=(4,), released=(10, 11))
+    assert rec == SessionReset(requeued=(2, 3, 4), dropped=(), released=(10, 11))
     # never-sent kept, with their ids
     assert s.outgoing[1] == old[1] and s.outgoing[6] == old[6]
-    # sent but unconfirmed: QUEUED again, id 0 (a fresh one is taken on send)
-    for seq in (2, 3):
+    # sent but unconfirmed, and past PUBREC (a broker delivering on PUBREL lost it with the
+    # session): QUEUED again, id 0 (a fresh one is taken on send)
+    for seq in (2, 3, 4):
         assert s.outgoing[seq] == OutgoingMessage(
             seq, 0, old[seq].topic, old[seq].payload, old[seq].qos, phase=Q)
-    # past PUBREC: the broker had it, dropped
-    assert 4 not in s.outgoing
-    assert list(s.outgoing) == [1, 2, 3, 6]
+    assert list(s.outgoing) == [1, 2, 3, 4, 6]
     assert s.incoming == {}
     assert s.subscriptions == {"a/#": 1, "b/+": 2}
     index_consistent(s)
@@ -509,8 +508,9 @@ def test_connack_session_lost_mqtt_3_2_2_5() -> None:
     assert dict(plan.resubscribe) == {"a/#": 1, "b/+": 2}
     lost = plan.lost
     assert lost is not None
-    assert lost.republished == (old[2], old[3])
-    assert lost.dropped == (old[4],)
+    assert lost.republished == (old[2], old[3], old[4])
+    assert lost.possible_duplicates == (old[4],)
+    assert lost.dropped == ()
     assert lost.queued == (old[1], old[6])
     assert {m.packet_id for m in lost.delivered_incoming} == {10, 11}
     assert all(isinstance(m, IncomingMessage) for m in lost.delivered_incoming)
@@ -518,7 +518,7 @@ def test_connack_session_lost_mqtt_3_2_2_5() -> None:
 
     # sending them again takes fresh ids that collide with no held id
     held = {1, 5}
-    for seq in (2, 3):
+    for seq in (2, 3, 4):
         pid = s.send(seq).packet_id
         assert 1 <= pid <= MAX_PACKET_ID and pid not in held
         held.add(pid)
@@ -537,10 +537,21 @@ def test_connack_session_lost_record_replays() -> None:
     assert snap(copy) == snap(s)
 
 
+def test_connack_session_lost_released_drop() -> None:
+    """ReleasedOnSessionLost=drop: past PUBREC, the broker had accepted it (it delivers on
+    PUBLISH): dropped, never published twice."""
+    s = held_state()
+    old = dict(s.outgoing)
+    rec, plan = s.on_connack(False, republish_released=False)
+    assert rec == SessionReset(requeued=(2, 3), dropped=(4,), released=(10, 11))
+    assert plan.lost is not None and plan.lost.possible_duplicates == ()
+    assert plan.lost.dropped == (old[4],)
+
+
 def test_connack_session_lost_without_republish_drops_unconfirmed() -> None:
     s = held_state()
     old = dict(s.outgoing)
-    rec, plan = s.on_connack(False, republish=False)
+    rec, plan = s.on_connack(False, republish=False, republish_released=False)
     assert rec == SessionReset(requeued=(), dropped=(2, 3, 4), released=(10, 11))
     assert list(s.outgoing) == [1, 6]
     assert plan.lost is not None

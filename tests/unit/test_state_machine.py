@@ -191,15 +191,15 @@ class SessionMachine(RuleBasedStateMachine):
             self.keep(self.state.subscribe(flt, qos))
             assert self.state.subscriptions[flt] == qos
 
-    @rule(sp=st.booleans(), republish=st.booleans())
-    def on_connack(self, sp: bool, republish: bool) -> None:
+    @rule(sp=st.booleans(), republish=st.booleans(), released=st.booleans())
+    def on_connack(self, sp: bool, republish: bool, released: bool) -> None:
         before = snap(self.state)
         old = dict(self.state.outgoing)
         had_state = not self.state.empty
         changes = bool(self.state.incoming) or any(
             m.phase is not Phase.QUEUED for m in self.state.outgoing.values()
         )
-        rec, plan = self.state.on_connack(sp, republish)
+        rec, plan = self.state.on_connack(sp, republish, released)
         assert plan.session_present is sp
         assert [m.seq for m in plan.outgoing] == sorted(self.state.outgoing)  # [MQTT-4.6.0-1]
         assert plan.outgoing == tuple(self.state.outgoing.values())
@@ -214,7 +214,7 @@ class SessionMachine(RuleBasedStateMachine):
                 now = self.state.outgoing.get(seq)
                 if m.phase is Phase.QUEUED:
                     assert now == m
-                elif OUTGOING_TRANSITIONS[(m.qos, m.phase, Event.SESSION_LOST)] is None or not republish:
+                elif not (released if m.phase is Phase.AWAIT_PUBCOMP else republish):
                     assert now is None
                 else:
                     assert now is not None and now.phase is Phase.QUEUED and now.packet_id == 0
