@@ -62,9 +62,9 @@ class Hooks(Protocol):
         retain: bool,
         dup: bool,
         properties: bytes,
-    ) -> None: ...
+    ) -> bool: ...  # QoS 1: True to send the PUBACK now, False when ``ack()`` sends it
 
-    def hook_pubrel_in(self, packet_id: int) -> None: ...
+    def hook_pubrel_in(self, packet_id: int) -> bool: ...  # True: PUBCOMP with the read batch
 
     def hook_puback(self, packet_id: int, reason_code: int) -> None: ...
 
@@ -107,8 +107,17 @@ def expiry_properties(packet_type: int, session_expiry_interval: int | None) -> 
     return props
 
 
-def connect_properties(session_expiry_interval: int | None) -> Properties | None:
-    return expiry_properties(PacketTypes.CONNECT, session_expiry_interval)
+def connect_properties(
+    session_expiry_interval: int | None, receive_maximum: int | None = None
+) -> Properties | None:
+    """MQTT 5 CONNECT properties: Session Expiry Interval and Receive Maximum (how many
+    incoming QoS 1/2 flows the broker may leave unacknowledged at once [MQTT-3.3.4-9])."""
+    props = expiry_properties(PacketTypes.CONNECT, session_expiry_interval)
+    if receive_maximum is not None:
+        if props is None:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.ReceiveMaximum = receive_maximum
+    return props
 
 
 def disconnect_properties(session_expiry_interval: int | None) -> Properties | None:
@@ -188,6 +197,15 @@ class PahoConnection(mqtt.Client):
 
     def send_pubrel(self, packet_id: int) -> bool:
         return self._send_pubrel(packet_id) == _OK  # noqa: SLF001
+
+    def send_puback(self, packet_id: int) -> bool:
+        """Queue a PUBACK from any thread (paho's packet queue is a deque and the network
+        thread is woken through its socket pair, as for ``publish``)."""
+        return self._send_puback(packet_id) == _OK  # noqa: SLF001
+
+    def send_pubcomp(self, packet_id: int) -> bool:
+        """Queue a PUBCOMP from any thread (see ``send_puback``)."""
+        return self._send_pubcomp(packet_id) == _OK  # noqa: SLF001
 
     def socket_open(self) -> bool:
         return self._sock is not None  # noqa: SLF001
@@ -318,8 +336,7 @@ class PahoConnection(mqtt.Client):
                 elif cmd == _PUBREC:
                     if self.hooks.hook_pubrec(mid, code):
                         self._acks_due.append((_PUBREL, mid))  # after "released" is durable
-                else:
-                    self.hooks.hook_pubrel_in(mid)
+                elif self.hooks.hook_pubrel_in(mid):
                     self._acks_due.append((_PUBCOMP, mid))  # after delivery + durable removal
                 return _OK
             c = _packet.decode_connack(hdr, body, proto)
@@ -357,10 +374,12 @@ class PahoConnection(mqtt.Client):
     def _session_publish_in(self, r: Any) -> MQTTErrorCode:
         topic = _text(r.topic)
         props = pack_properties(r.properties)
-        self.hooks.hook_publish_in(
+        ack_now = self.hooks.hook_publish_in(
             int(r.mid), topic, bytes(r.payload), int(r.qos), bool(r.retain), bool(r.dup), props
         )
         if r.qos == 1:
+            if not ack_now:
+                return _OK  # the application acknowledges it later (ManualAck)
             return self._send_puback(r.mid)  # noqa: SLF001  (after delivery: at least once)
         if r.qos == 2:
             self._acks_due.append((_PUBREC, int(r.mid)))  # after the stored message is durable

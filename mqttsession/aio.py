@@ -8,7 +8,12 @@
 * the ``Client``'s events (network thread) reach the loop through ``call_soon_threadsafe``:
   incoming messages go into an ``asyncio.Queue`` read by ``receive()`` or
   ``async for msg in session.messages():`` (an async generator that ends when the session
-  closes; a message counts as delivered once it is in that queue).
+  closes). The queue holds at most ``options.inbound_queue_size`` messages; when it is full the
+  network thread waits for room.
+* a QoS 1/2 message is acknowledged (PUBACK, or its removal made durable and PUBCOMP) only once
+  the application has taken it: when it asks for the next one, calls ``ack()``, or closes the
+  session. One still in the queue at a crash is sent again by the broker (the Client runs with
+  ``ManualAck``).
 
 Durable like the sync client: ``state_file=`` sets ``SessionStateFile`` and restores it (a
 missing file is an empty session), so messages published while disconnected, or left
@@ -26,6 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Final, TypeVar
 
+from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, SubscribedEvent
@@ -72,6 +78,7 @@ class AsyncSession:
             raise UsageError("a state_file keeps a session: it cannot have clean_session=True")
         clean = (state_file is None) if clean_session is None else clean_session
         self._client = new_client(self._options, client_id, clean_session=clean)
+        self._client.config("ManualAck=True")
         self._state_file = None if state_file is None else os.fspath(state_file)
         self._session_sync = session_sync
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,10 +86,12 @@ class AsyncSession:
             max_workers=1, thread_name_prefix=f"mqttsession-aio-{client_id or 'session'}"
         )
         self._queue: asyncio.Queue[MessageEvent | _Closed] = asyncio.Queue()
+        self._slots = Slots(self._options.inbound_queue_size)
+        self._handed: list[MessageEvent] = []  # taken by the application, not yet acked
         self._subacks: dict[str, list[asyncio.Future[int]]] = {}
         self._started = False
         self._closed = False
-        self._client.on_message_in = self._from_network(self._queue.put_nowait)
+        self._client.on_message_in = self._on_message_in
         self._client.on_subscribed = self._from_network(self._on_subscribed)
 
     @classmethod
@@ -146,6 +155,19 @@ class AsyncSession:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 log.warning("event %r dropped: its event loop is closed", event)
         return callback
+
+    def _on_message_in(self, e: MessageEvent) -> None:
+        """Network thread: queue ``e`` once there is room (not acknowledged yet)."""
+        if not self._slots.take():
+            return  # closing: never handed out, never acked; the broker sends it again
+        loop = self._loop
+        try:
+            if loop is None:
+                raise RuntimeError("the session was never started")
+            loop.call_soon_threadsafe(self._queue.put_nowait, e)
+        except RuntimeError as exc:  # the loop is closed: nobody is listening any more
+            self._slots.give()
+            log.warning("message %r dropped unacknowledged: %s", e.topic, exc)
 
     def _on_subscribed(self, e: SubscribedEvent) -> None:
         pending = self._subacks.get(e.topic_filter)
@@ -244,7 +266,11 @@ class AsyncSession:
         return await self._run(self._client.save_session)
 
     async def receive(self, timeout: float | None = None) -> MessageEvent | None:
-        """The next incoming message; None after ``timeout`` seconds or once closed."""
+        """The next incoming message; None after ``timeout`` seconds or once closed.
+
+        Acknowledges the messages handed out before (``ack()``) first.
+        """
+        await self.ack()
         try:
             item = await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
@@ -252,7 +278,21 @@ class AsyncSession:
         if isinstance(item, _Closed):
             self._queue.put_nowait(item)  # every later reader sees it too
             return None
+        self._slots.give()
+        if item.qos > 0:
+            self._handed.append(item)
         return item
+
+    async def ack(self) -> None:
+        """Acknowledge the messages handed out so far: PUBACK for QoS 1; QoS 2: the removal
+        made durable, then PUBCOMP. ``receive()``, ``messages()`` and ``close()`` call it."""
+        handed, self._handed = self._handed, []
+        if handed and not self._closed:
+            await self._run(self._ack_blocking, handed)
+
+    def _ack_blocking(self, handed: list[MessageEvent]) -> None:
+        for m in handed:
+            self._client.ack(m)
 
     async def messages(self) -> AsyncIterator[MessageEvent]:
         """``async for msg in session.messages():`` until the session closes."""
@@ -264,9 +304,11 @@ class AsyncSession:
         state file (saved, compacted) and end ``messages()``. Idempotent."""
         if self._closed:
             return
+        self._slots.close()  # a network thread waiting for room queues nothing more
+        handed, self._handed = self._handed, []
         try:
             if self._started:
-                await self._run(self._close_blocking)
+                await self._run(self._close_blocking, handed)
             else:
                 self._client.close()  # never connected, no file opened: nothing blocks
         finally:
@@ -275,8 +317,9 @@ class AsyncSession:
             # join the worker off the loop: nothing of this session outlives close()
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
-    def _close_blocking(self) -> None:
+    def _close_blocking(self, handed: list[MessageEvent]) -> None:
         c = self._client
+        self._ack_blocking(handed)  # taken; those still queued stay unacknowledged
         if c.connected and c.outgoing_messages and not c.flush(
                 self._options.request_timeout_seconds):
             log.warning("%s closes with %d unacknowledged messages",

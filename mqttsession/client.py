@@ -149,6 +149,25 @@ class _Settings:
     released_on_session_lost: str = "republish"  # or "drop": QoS 2 past PUBREC, SessionPresent 0
     journal_max_bytes: int = 0  # 0: auto (256 KiB, or half the snapshot's size when larger)
     max_message_size: int = 0  # the largest PUBLISH packet accepted, in bytes; 0: MQTT's limit
+    receive_maximum: int = 20  # MQTT 5 CONNECT: incoming QoS>0 flows the broker may leave open
+    manual_ack: bool = False  # PUBACK / PUBCOMP wait for ack()
+
+
+@dataclass
+class _Owed:
+    """ManualAck: a QoS 1 message delivered on this connection whose PUBACK waits for ack()."""
+
+    event: MessageEvent
+    acked: bool = False
+
+
+@dataclass
+class _Held:
+    """ManualAck: a QoS 2 message delivered (on PUBREL) whose removal and PUBCOMP wait for
+    ack(); ``pubcomp_due``: the current connection received its PUBREL."""
+
+    event: MessageEvent
+    pubcomp_due: bool
 
 
 class Client:
@@ -190,6 +209,8 @@ class Client:
         self._unsent_unsubs: set[str] = set()
         self._incoming_qos1: dict[int, Message] = {}
         self._restored_expired = False  # the client's clock said the restored one expired
+        self._owed: deque[_Owed] = deque()  # ManualAck, QoS 1, in arrival order [MQTT-4.6.0-2]
+        self._held: dict[int, _Held] = {}  # ManualAck, QoS 2, by packet id
         self._user_disconnect = False
         self._connack = threading.Event()
         self._connack_result: tuple[int, str] = (-1, "")
@@ -277,7 +298,9 @@ class Client:
         """Received QoS>0 messages not yet fully acknowledged."""
         with self._lock:
             held = [Message.incoming(m) for m in self._state.incoming.values()]
-            return tuple(list(self._incoming_qos1.values()) + held)
+            owed = [Message(o.event.packet_id, o.event.topic, 1, o.event.message,
+                            o.event.retained, o.event.duplicate) for o in self._owed]
+            return tuple(list(self._incoming_qos1.values()) + owed + held)
 
     @property
     def outgoing_messages(self) -> tuple[Message, ...]:
@@ -324,6 +347,12 @@ class Client:
         if v not in ("republish", "drop"):
             raise UsageError(f"ReleasedOnSessionLost must be 'republish' or 'drop', got {value!r}")
         self._settings.released_on_session_lost = v
+
+    def _set_manual_ack(self, value: str) -> None:
+        on = _parse_bool("ManualAck", value)
+        if on != self._settings.manual_ack:
+            self._require_disconnected("ManualAck")
+        self._settings.manual_ack = on
 
     def _set_sync(self, value: str) -> None:
         v = value.strip().lower()
@@ -400,7 +429,8 @@ class Client:
                 # clock says it expired: a clock that jumped must not destroy a session the
                 # broker may still hold; SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
                 conn.connect(host, port, self._keep_alive, clean_start=clean,
-                             properties=connect_properties(interval))
+                             properties=connect_properties(interval,
+                                                           self._settings.receive_maximum))
             else:
                 conn.connect(host, port, self._keep_alive)
         except (OSError, ValueError) as exc:
@@ -852,6 +882,11 @@ class Client:
         with self._lock:
             self._connected = False
             self._inflight.clear()
+            # acks owed to the old connection are forgotten: the broker resends the QoS 1
+            # PUBLISH (DUP) and the QoS 2 PUBREL [MQTT-4.4.0-1]
+            self._owed.clear()
+            for h in self._held.values():
+                h.pubcomp_due = False
 
     def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
                      maximum_packet_size: int | None) -> None:
@@ -900,6 +935,9 @@ class Client:
         if lost is not None:
             # QoS 2 awaiting PUBREL: the broker will not send them again; deliver, then record
             for im in lost.delivered_incoming:
+                with self._lock:
+                    if self._held.pop(im.packet_id, None) is not None:
+                        continue  # handed out before (ManualAck), not acked yet: not again
                 self._fire("on_message_in", MessageEvent(im.packet_id, im.topic, im.qos,
                                                          im.payload, im.retain, im.dup))
         with self._lock:
@@ -930,22 +968,28 @@ class Client:
         return SessionLostEvent.of(lost, expired)
 
     def hook_publish_in(self, packet_id: int, topic: str, payload: bytes, qos: int, retain: bool,
-                        dup: bool, properties: bytes) -> None:
+                        dup: bool, properties: bytes) -> bool:
         if qos == 0:
             self._fire("on_message_in", MessageEvent(-1, topic, 0, payload, retain, dup))
-            return
+            return True
         if qos == 1:
+            event = MessageEvent(packet_id, topic, 1, payload, retain, dup)
+            if self._settings.manual_ack:
+                with self._lock:
+                    self._owed.append(_Owed(event))  # before delivery: ack() may come at once
+                self._fire("on_message_in", event)
+                return False  # PUBACK at ack()
             # deliver BEFORE the PUBACK leaves (at least once across a crash)
             msg = Message(packet_id, topic, 1, payload, retain, dup)
             with self._lock:
                 self._incoming_qos1[packet_id] = msg
             try:
-                self._fire("on_message_in", MessageEvent(packet_id, topic, 1, payload, retain, dup))
+                self._fire("on_message_in", event)
             finally:
                 with self._lock:
                     self._incoming_qos1.pop(packet_id, None)
             self._fire("on_message_ack", MessageAckEvent(packet_id, DIRECTION_SERVER, 0))
-            return
+            return True
         with self._lock:
             # persistence point 3: stored before PUBREC (written, and synced by hook_acks_due
             # before the PUBREC leaves); a duplicate is not stored or delivered twice
@@ -953,20 +997,71 @@ class Client:
             rec = self._state.receive(packet_id, topic, payload, retain, dup, properties)
             if rec is not None:
                 self._record(rec)
+        return True
 
-    def hook_pubrel_in(self, packet_id: int) -> None:
+    def hook_pubrel_in(self, packet_id: int) -> bool:
         with self._lock:
+            held = self._held.get(packet_id)
+            if held is not None:
+                held.pubcomp_due = True  # handed out before, not acked: PUBCOMP at ack()
+                return False
             im = self._state.incoming.get(packet_id)
         if im is None:
-            return  # delivered before (a crash after delivery): PUBCOMP only
+            return True  # delivered before (a crash after delivery): PUBCOMP only
+        event = MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup)
+        if self._settings.manual_ack:
+            with self._lock:
+                self._held[packet_id] = _Held(event, pubcomp_due=True)
+            self._fire("on_message_in", event)
+            return False  # removal and PUBCOMP at ack()
         # persistence point 4: deliver, record the removal, then PUBCOMP
-        self._fire("on_message_in", MessageEvent(im.packet_id, im.topic, im.qos, im.payload,
-                                                 im.retain, im.dup))
+        self._fire("on_message_in", event)
         with self._lock:
             if packet_id in self._state.incoming:
                 _, rec = self._state.release(packet_id)
-                self._record(rec)  # synced by hook_acks_due before the PUBCOMP leaves
+                # written to the OS at once (a kill -9 from here on cannot repeat it); synced
+                # by hook_acks_due before the PUBCOMP leaves (a power cut before that can)
+                self._record(rec)
         self._fire("on_message_ack", MessageAckEvent(packet_id, DIRECTION_SERVER, 0))
+        return True
+
+    def ack(self, message: MessageEvent | int) -> bool:
+        """ManualAck: the application has taken ``message`` (an ``on_message_in`` event, or
+        its packet id). QoS 1: its PUBACK goes out, after those of the messages received
+        before it [MQTT-4.6.0-2]; QoS 2: its removal is made durable, then PUBCOMP goes out.
+
+        False when nothing waited: QoS 0, acknowledged before, or owed to a connection that
+        has dropped since (the broker sends that message again). Any thread, and callbacks.
+        """
+        by_id = isinstance(message, int)
+        pid = message if isinstance(message, int) else message.packet_id
+        qos = 0 if isinstance(message, int) else message.qos
+        acked = False
+        with self._lock:
+            if qos in (0, 1):
+                for o in self._owed:
+                    if not o.acked and (o.event.packet_id == pid if by_id else o.event is message):
+                        o.acked = True
+                        acked = True
+                        break
+                conn = self._conn
+                while self._owed and self._owed[0].acked:  # in arrival order [MQTT-4.6.0-2]
+                    o = self._owed.popleft()
+                    if conn is not None:
+                        conn.send_puback(o.event.packet_id)
+            if not acked and qos in (0, 2):
+                h = self._held.get(pid)
+                if h is not None and (by_id or h.event is message):
+                    del self._held[pid]
+                    acked = True
+                    if pid in self._state.incoming:
+                        _, rec = self._state.release(pid)
+                        self._record(rec, sync=True)  # persistence point 4: before PUBCOMP
+                    if h.pubcomp_due and self._conn is not None:
+                        self._conn.send_pubcomp(pid)
+        if acked:
+            self._fire("on_message_ack", MessageAckEvent(pid, DIRECTION_SERVER, 0))
+        return acked
 
     def hook_acks_due(self) -> None:
         """The PUBREL / PUBREC / PUBCOMP of a read batch are about to be written: make the
@@ -1132,6 +1227,9 @@ class Client:
                     self._write(self._conn, m)
 
 
+_INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_maximum": (1, 65535)}
+
+
 def _str_setting(attr: str) -> tuple[Callable[[Client], str], Callable[[Client, str], None]]:
     def get(c: Client) -> str:
         v = getattr(c._settings, attr)
@@ -1147,8 +1245,8 @@ def _str_setting(attr: str) -> tuple[Callable[[Client], str], Callable[[Client, 
         if isinstance(cur, bool):
             new: object = _parse_bool(name, value)
         elif isinstance(cur, int):
-            new = _parse_int(name, value, 0 if attr != "max_inflight" else 1,
-                             2 if attr == "will_qos" else 2**31)
+            lo, hi = _INT_RANGES.get(attr, (0, 2**31))
+            new = _parse_int(name, value, lo, hi)
         elif isinstance(cur, float):
             new = _parse_float(name, value, 0.0)
         else:
@@ -1185,4 +1283,6 @@ _CONFIG: Final[dict[str, tuple[Callable[[Client], str], Callable[[Client, str], 
                               Client._set_released),
     "journalmaxbytes": _str_setting("journal_max_bytes"),
     "maxmessagesize": _str_setting("max_message_size"),
+    "receivemaximum": _str_setting("receive_maximum"),
+    "manualack": (_str_setting("manual_ack")[0], Client._set_manual_ack),
 }

@@ -20,8 +20,10 @@ A ``Session`` is a persistent MQTT session on the broker; its id is the MQTT cli
   silently starting a new one. ``must_exist=False`` accepts a new session; ``session_present``
   tells which it got.
 
-Incoming messages are queued in the session: ``receive(timeout)`` or ``for m in
-session.messages(timeout):``. A message counts as delivered once it is in that queue.
+Incoming messages are queued in the session (at most ``options.inbound_queue_size``; when full,
+the network thread waits for room): ``receive(timeout)`` or ``for m in session.messages(timeout):``.
+A QoS 1/2 message is acknowledged only once the application has taken it: when it asks for the
+next one, calls ``ack()``, or closes the session; one still queued at a crash is sent again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Final
 
+from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, SubscribedEvent
@@ -180,13 +183,17 @@ class Session:
         self._id = session_id
         self._attach = attach
         self._client = new_client(self._options, session_id, clean_session=False)
+        self._client.config("ManualAck=True")
         self._messages: queue.Queue[MessageEvent | _Closed] = queue.Queue()
+        self._slots = Slots(self._options.inbound_queue_size)
+        self._handed: list[MessageEvent] = []  # taken by the application, not yet acked
+        self._handed_lock = threading.Lock()
         self._subacks: dict[str, list[tuple[threading.Event, list[int]]]] = {}
         self._suback_lock = threading.Lock()
         self._opened = False
         self._closed = False
         self._session_present: bool | None = None
-        self._client.on_message_in = self._messages.put
+        self._client.on_message_in = self._on_message_in
         self._client.on_subscribed = self._on_subscribed
 
     # ------------------------------------------------------------------ properties
@@ -231,6 +238,7 @@ class Session:
         if self._attach and not present:
             # connecting created an empty session on the broker: take it away again
             self._closed = True
+            self._slots.close()
             self._end(connected=True)
             self._messages.put(_CLOSED)
             raise SessionNotFoundError(self._id, o.address)
@@ -242,9 +250,11 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self._slots.close()  # a network thread waiting for room queues nothing more
         try:
             if self._opened:
                 c = self._client
+                self.ack()  # taken; those still queued stay unacknowledged
                 if c.connected and c.outgoing_messages and not c.flush(
                         self._options.request_timeout_seconds):
                     log.warning("session %s closes with %d unacknowledged messages",
@@ -332,8 +342,18 @@ class Session:
         """Wait until every outgoing QoS 1/2 message is acknowledged; False on timeout."""
         return self._client.flush(timeout)
 
+    def _on_message_in(self, e: MessageEvent) -> None:
+        """Network thread: queue ``e`` once there is room (not acknowledged yet)."""
+        if self._slots.take():
+            self._messages.put(e)
+        # else closing: never handed out, never acked; the broker sends it again
+
     def receive(self, timeout: float | None = None) -> MessageEvent | None:
-        """The next incoming message; None after ``timeout`` seconds or once closed."""
+        """The next incoming message; None after ``timeout`` seconds or once closed.
+
+        Acknowledges the messages handed out before (``ack()``) first.
+        """
+        self.ack()
         try:
             item = self._messages.get(timeout=timeout)
         except queue.Empty:
@@ -341,7 +361,19 @@ class Session:
         if isinstance(item, _Closed):
             self._messages.put(item)  # every later reader sees it too
             return None
+        self._slots.give()
+        if item.qos > 0:
+            with self._handed_lock:
+                self._handed.append(item)
         return item
+
+    def ack(self) -> None:
+        """Acknowledge the messages handed out so far: PUBACK for QoS 1; QoS 2: the removal
+        made durable, then PUBCOMP. ``receive()``, ``messages()`` and ``close()`` call it."""
+        with self._handed_lock:
+            handed, self._handed = self._handed, []
+        for m in handed:
+            self._client.ack(m)
 
     def messages(self, timeout: float | None = None) -> Iterator[MessageEvent]:
         """Incoming messages until the session closes or none arrives for ``timeout`` s."""

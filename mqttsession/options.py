@@ -58,6 +58,7 @@ __all__ = [
 DEFAULT_ADDRESS: Final = "localhost:1883"
 DEFAULT_REQUEST_TIMEOUT: Final = 30.0
 DEFAULT_SESSION_EXPIRY: Final = DEFAULT_INTERVAL  # the Client's default too
+DEFAULT_INBOUND_QUEUE_SIZE: Final = 100
 
 ENV_ADDRESS: Final = "MQTTSESSION_ADDRESS"
 ENV_REQUEST_TIMEOUT: Final = "MQTTSESSION_REQUEST_TIMEOUT"
@@ -182,6 +183,8 @@ class Options:
 
     ``session_expiry_interval`` (seconds) is sent with MQTT 5 persistent sessions so the broker
     keeps them between connections; MQTT 3.1.1 has no such field (the broker decides).
+    ``inbound_queue_size``: how many received messages ``AsyncSession`` / ``Session`` hold
+    for the application; when full, the network thread waits for room.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -192,6 +195,7 @@ class Options:
     keep_alive: int = 60
     protocol_version: int = 4
     session_expiry_interval: int = DEFAULT_SESSION_EXPIRY
+    inbound_queue_size: int = DEFAULT_INBOUND_QUEUE_SIZE
 
     def __post_init__(self) -> None:
         if not isinstance(self.tls_options, TlsOptions):
@@ -209,6 +213,7 @@ class Options:
                 f"protocol_version must be 4 (MQTT 3.1.1) or 5, got {self.protocol_version!r}"
             )
         _check_int(self.session_expiry_interval, "session_expiry_interval", 0, 0xFFFFFFFF)
+        _check_int(self.inbound_queue_size, "inbound_queue_size", 1, 2**31)
         for name in ("username", "password"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
@@ -241,6 +246,7 @@ class Options:
         keep_alive: int | _Unset = _UNSET,
         protocol_version: int | _Unset = _UNSET,
         session_expiry_interval: int | _Unset = _UNSET,
+        inbound_queue_size: int | _Unset = _UNSET,
     ) -> Options:
         """Defaults, overlaid by ``MQTTSESSION_*`` variables, overlaid by the arguments given.
 
@@ -282,6 +288,8 @@ class Options:
             protocol_version = _env_int(get(ENV_PROTOCOL_VERSION), ENV_PROTOCOL_VERSION, 4, 4, 5)
         if isinstance(session_expiry_interval, _Unset):
             session_expiry_interval = DEFAULT_SESSION_EXPIRY
+        if isinstance(inbound_queue_size, _Unset):
+            inbound_queue_size = DEFAULT_INBOUND_QUEUE_SIZE
         return cls(
             address=address,
             request_timeout_seconds=request_timeout_seconds,
@@ -291,6 +299,7 @@ class Options:
             keep_alive=keep_alive,
             protocol_version=protocol_version,
             session_expiry_interval=session_expiry_interval,
+            inbound_queue_size=inbound_queue_size,
         )
 
 

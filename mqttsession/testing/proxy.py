@@ -111,6 +111,9 @@ class PacketRecord:
     """CONNECT only: Clean Session (3.1.1) / Clean Start (5)."""
     keepalive: int | None = None
     """CONNECT only."""
+    properties: bytes | None = None
+    """CONNECT / CONNACK on MQTT 5: the properties as on the wire (length prefix included;
+    ``mqttsession._paho.unpack_properties`` reads them)."""
     error: str | None = field(default=None, compare=False)
     """Why the variable header could not be parsed, if it could not."""
 
@@ -196,11 +199,14 @@ def parse_packet(
             connect_flags = body[pos + 1]
             keepalive, pos = _u16(body, pos + 2)
             if v5:
-                pos = _skip_properties(body, pos)
+                start, pos = pos, _skip_properties(body, pos)
+                fields["properties"] = bytes(body[start:pos])
             client_id, pos = _utf8(body, pos)
             fields.update(client_id=client_id, clean_start=bool(connect_flags & 0x02), keepalive=keepalive)
         elif type_name == "CONNACK":
             fields.update(session_present=bool(body[0] & 0x01), reason_code=body[1])
+            if v5 and len(body) > 2:
+                fields["properties"] = bytes(body[2:_skip_properties(body, 2)])
         elif type_name == "PUBLISH":
             qos = (flags >> 1) & 0x03
             fields.update(dup=bool(flags & 0x08), qos=qos, retain=bool(flags & 0x01))

@@ -156,6 +156,7 @@ def test_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value
         ({"keep_alive": -1}, "keep_alive"),
         ({"protocol_version": 3}, "protocol_version"),
         ({"session_expiry_interval": -1}, "session_expiry_interval"),
+        ({"inbound_queue_size": 0}, "inbound_queue_size"),
         ({"password": "pw"}, "username"),
         ({"tls_options": "yes"}, "tls_options"),
     ],
@@ -185,3 +186,8 @@ def test_tls_options_fit_the_client_protocol() -> None:
 )
 def test_parse_address(address: str, tls: bool, expected: tuple[str, int]) -> None:
     assert parse_address(address, tls=tls) == expected
+
+
+def test_inbound_queue_size() -> None:
+    assert Options().inbound_queue_size == 100
+    assert Options.from_env(environ={}, inbound_queue_size=5).inbound_queue_size == 5
