@@ -81,8 +81,13 @@ def test_async_subscriber_killed_with_queued_messages_loses_none(
             repeated = [n for n in range(N) if _rows(log, "T").count(n) > 1]
             assert repeated in ([], [0]), repeated
     except AssertionError as exc:
-        taken = _rows(log, "T")
-        raise AssertionError(f"{exc}; taken in order: {taken}") from None
+        taken, queued = _rows(log, "T"), _rows(log, "Q")
+        err = ""
+        if second is not None and second.poll() is None:
+            second.kill()
+            err = second.communicate(timeout=30)[1][-3000:]
+        raise AssertionError(f"{exc}; taken in order: {taken}; queued: {queued};"
+                             f" restarted child's log:\n{err}") from None
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
