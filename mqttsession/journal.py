@@ -10,7 +10,8 @@ Files, for a state file ``P`` (all created mode 0600):
 
 A frame is ``length (4 bytes, big-endian) | CRC-32 of the payload (4 bytes) | payload``.
 Recovery = snapshot + the longest valid journal prefix. A torn tail (an incomplete or bad frame
-with no valid frame after it: a crash mid-write) is cut with a warning. Anything else (a bad
+with no valid frame after it: a crash mid-write, or the zeros a file system may leave after a
+power cut: a frame of length 0 is never valid) is cut with a warning. Anything else (a bad
 snapshot, a bad frame followed by good ones, a record that does not fit the state, another
 client's file) raises ``StateError`` and both files are kept aside as ``*.damaged-<time>``,
 never overwritten. A journal whose header names another snapshot is stale (a crash between
@@ -66,7 +67,7 @@ def _frame_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
         return None
     length, crc = _HEAD.unpack_from(data, pos)
     end = pos + _HEAD.size + length
-    if length > _MAX_FRAME or end > len(data):
+    if end > len(data) or not 0 < length <= _MAX_FRAME:
         return None
     payload = data[pos + _HEAD.size:end]
     if zlib.crc32(payload) != crc:
@@ -78,7 +79,8 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
     """Split journal bytes into payloads: (payloads, valid length, damaged mid-file).
 
     A bad frame with a valid frame somewhere after it is mid-file damage; otherwise everything
-    from the first bad frame on is a torn tail.
+    from the first bad frame on is a torn tail. A frame of length 0 is bad (no record is
+    empty): a tail of zeros, which a file system may leave after a power cut, is torn.
     """
     payloads: list[bytes] = []
     pos, size, head = 0, len(data), _HEAD.size
@@ -86,7 +88,7 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
     while pos + head <= size:  # _frame_at, inlined: a restore reads every frame here
         length, crc = unpack(data, pos)
         end = pos + head + length
-        if length > _MAX_FRAME or end > size:
+        if end > size or not 0 < length <= _MAX_FRAME:  # length 0: zeros, never a record
             break
         payload = data[pos + head:end]
         if crc32(payload) != crc:
