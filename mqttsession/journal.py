@@ -52,8 +52,12 @@ _MAX_FRAME: Final = 256 * 1024 * 1024
 _HEADER_TAG: Final = "mqttsession-journal"
 _JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all JSON) is read too
 _RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
+_RECORD_START_BYTES: Final = frozenset(start[0] for start in _RECORD_STARTS)
+_SCAN_CHUNK: Final = 32 * 1024  # bytes of a garbage tail compared at once
+_DESCENDING: Final = bytes(range(255, -1, -1)) * (_SCAN_CHUNK // 256 + 2)
 _MODE: Final = 0o600
 AUTO_JOURNAL_BYTES: Final = 256 * 1024
+MAX_STATE_BYTES = 1 << 30  # a snapshot or journal larger than this is refused, not read
 
 
 def frame(payload: bytes) -> bytes:
@@ -61,31 +65,18 @@ def frame(payload: bytes) -> bytes:
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _frame_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
-    """The payload and end of a valid frame at ``pos``, or None."""
-    if pos + _HEAD.size > len(data):
-        return None
-    length, crc = _HEAD.unpack_from(data, pos)
-    end = pos + _HEAD.size + length
-    if end > len(data) or not 0 < length <= _MAX_FRAME:
-        return None
-    payload = data[pos + _HEAD.size:end]
-    if zlib.crc32(payload) != crc:
-        return None
-    return payload, end
-
-
 def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
     """Split journal bytes into payloads: (payloads, valid length, damaged mid-file).
 
-    A bad frame with a valid frame somewhere after it is mid-file damage; otherwise everything
-    from the first bad frame on is a torn tail. A frame of length 0 is bad (no record is
-    empty): a tail of zeros, which a file system may leave after a power cut, is torn.
+    A bad frame followed by a valid record frame that reaches the end of the file is mid-file
+    damage; otherwise everything from the first bad frame on is a torn tail. A frame of length
+    0 is bad (no record is empty): a tail of zeros, which a file system may leave after a power
+    cut, is torn.
     """
     payloads: list[bytes] = []
     pos, size, head = 0, len(data), _HEAD.size
     unpack, crc32 = _HEAD.unpack_from, zlib.crc32
-    while pos + head <= size:  # _frame_at, inlined: a restore reads every frame here
+    while pos + head <= size:  # a restore reads every frame here
         length, crc = unpack(data, pos)
         end = pos + head + length
         if end > size or not 0 < length <= _MAX_FRAME:  # length 0: zeros, never a record
@@ -95,12 +86,42 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
             break
         payloads.append(payload)
         pos = end
-    if pos < size:
-        for later in range(pos + 1, size - head + 1):
-            found = _frame_at(data, later)
-            if found is not None and found[1] == size and found[0][:1] in _RECORD_STARTS:
-                return payloads, pos, True
-    return payloads, pos, False
+    return payloads, pos, pos < size and _ends_in_record_frame(data, pos)
+
+
+def _ends_in_record_frame(data: bytes, pos: int) -> bool:
+    """Whether a valid record frame starting after ``pos`` ends exactly at the end of ``data``.
+
+    Linear in the tail: a frame at ``q`` ending at the end has length ``size - q - 8``, so the
+    low byte of its length field is known for every ``q``; the offsets where it matches are
+    found a chunk at a time at C speed (one in 256 for random data or zeros) and checked in
+    full, the nearest the end first. Their CRCs hash at most the tail once (a real last frame
+    is found first, within it): past that budget, which only crafted data reaches, the answer
+    is yes, so the file is kept, never cut.
+    """
+    size, head = len(data), _HEAD.size
+    lo = max(pos + 1, size - head - _MAX_FRAME) + 3  # the low length byte of the first ...
+    stop = size - head + 3  # ... and past that of the last candidate (payload >= 1 byte)
+    budget = size - pos
+    view = memoryview(data)
+    unpack, crc32, starts = _HEAD.unpack_from, zlib.crc32, _RECORD_START_BYTES
+    while stop > lo:
+        start = max(lo, stop - _SCAN_CHUNK)
+        first = (size - head + 3 - start) & 0xFF  # the low byte expected at ``start``
+        expected = _DESCENDING[255 - first:255 - first + stop - start]
+        same = (int.from_bytes(view[start:stop], "big")
+                ^ int.from_bytes(expected, "big")).to_bytes(stop - start, "big")
+        i = same.rfind(0)
+        while i >= 0:
+            q = start + i - 3
+            length, crc = unpack(data, q)
+            if length == size - q - head and data[q + head] in starts:
+                budget -= length
+                if budget < 0 or crc32(view[q + head:]) == crc:
+                    return True
+            i = same.rfind(0, 0, i)
+        stop = start
+    return False
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -408,6 +429,22 @@ class Journal:
 # ---------------------------------------------------------------------- reading
 
 
+def _read_file(path: str) -> bytes | None:
+    """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
+    with open(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if size > MAX_STATE_BYTES:
+            raise StateError(f"{path} is {size} bytes, larger than the {MAX_STATE_BYTES} bytes a"
+                             " state file may be; not read")
+        return f.read()
+
+
 def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
           *, read_only: bool = False) -> tuple[SessionState, int, int | None]:
     """Snapshot + valid journal prefix of ``path``; ``damaged(why)`` makes the error to raise.
@@ -422,15 +459,11 @@ def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
 def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
                 read_only: bool) -> tuple[SessionState, int, int | None]:
     journal_path = path + JOURNAL_SUFFIX
-    try:
-        with open(path, "rb") as f:
-            snapshot = f.read()
-    except FileNotFoundError:
-        if os.path.exists(journal_path):
-            raise damaged("journal without its snapshot") from None
+    snapshot = _read_file(path)
+    if snapshot is None:
+        if os.path.lexists(journal_path):
+            raise damaged("journal without its snapshot")
         return SessionState(client_id=client_id, clean_session=False), 0, None
-    except OSError as exc:
-        raise StateError(f"cannot read state file {path}: {exc}") from exc
     try:
         state, digest = codec.decode_with_digest(snapshot)
     except StateError as exc:
@@ -439,10 +472,8 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
         raise StateError(
             f"state file {path} belongs to client id {state.client_id!r}, not {client_id!r}"
         )
-    try:
-        with open(journal_path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    data = _read_file(journal_path)
+    if data is None:
         return state, len(snapshot), None
     payloads, valid, damaged_mid = read_frames(data)
     if damaged_mid:

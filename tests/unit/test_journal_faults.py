@@ -147,3 +147,143 @@ def test_zeros_followed_by_good_frames_are_still_damage(tmp_path: Path) -> None:
 def test_a_zero_length_frame_is_never_a_record() -> None:
     assert read_frames(frame(b"")) == ([], 0, False)
     assert read_frames(frame(b"[1]") + frame(b""))[1:] == (11, False)
+
+
+# =================================================================================================
+# 9. garbage tails: linear work, bounded reads
+
+
+class CountingZlib:
+    """``zlib`` for the journal module, counting the bytes CRC'd."""
+
+    def __init__(self) -> None:
+        self.hashed = 0
+
+    def crc32(self, data: Any, value: int = 0) -> int:
+        self.hashed += len(data)
+        return zlib.crc32(data, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(zlib, name)
+
+
+def near_misses(n: int) -> bytes:
+    """Garbage whose every aligned word is a frame length reaching one byte short of the end
+    (the old scan CRC'd all of them: quadratic)."""
+    out = bytearray(n)
+    for q in range(0, n - 8, 4):
+        struct.pack_into(">I", out, q, n - q - 9)
+    return bytes(out)
+
+
+def exact_fakes(n: int) -> bytes:
+    """Garbage that is all plausible record frames reaching the end, every CRC wrong."""
+    out = bytearray(b"\xa5" * n)
+    for q in range(0, n - 9, 12):
+        struct.pack_into(">II", out, q, n - q - 8, 0)
+        out[q + 8] = ord("{")
+    return bytes(out)
+
+
+GARBAGE = {
+    "random": lambda n: os.urandom(n),
+    "zeros": lambda n: bytes(n),
+    "near-misses": near_misses,
+    "exact-fakes": exact_fakes,
+}
+
+
+def every_offset(data: bytes, pos: int) -> bool:
+    """The old scan, slow but plain: any valid record frame after ``pos`` ending at the end."""
+    for q in range(pos + 1, len(data) - 8 + 1):
+        length, crc = struct.unpack_from(">II", data, q)
+        if (0 < length and q + 8 + length == len(data) and data[q + 8:q + 9] in b"[{as"
+                and zlib.crc32(data[q + 8:]) == crc):
+            return True
+    return False
+
+
+PIECES = st.one_of(
+    st.binary(max_size=40),
+    st.builds(frame, st.binary(min_size=1, max_size=30)),
+    st.builds(lambda b: frame(b"[" + b), st.binary(max_size=20)),
+    st.builds(lambda b: frame(b"a" + b)[:-1], st.binary(max_size=20)),  # torn
+    st.integers(1, 20).map(bytes),  # zeros
+)
+
+
+@FAST
+@given(parts=st.lists(PIECES, max_size=8))
+def test_the_tail_scan_finds_what_a_scan_of_every_offset_finds(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    payloads, valid, damaged = read_frames(data)
+    assert b"".join(frame(x) for x in payloads) == data[:valid]
+    assert damaged == (valid < len(data) and every_offset(data, valid))
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_recovery_from_a_garbage_tail_crcs_linear_bytes(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = frame(b'["h"]') + frame(b"[1]") + frame(b"[2]")
+    counter = CountingZlib()
+    monkeypatch.setattr(journal_mod, "zlib", counter)
+    for n in (1 << 12, 1 << 14, 1 << 16):
+        data = head + GARBAGE[kind](n)
+        counter.hashed = 0
+        payloads, valid, damaged = read_frames(data)
+        assert payloads == [b'["h"]', b"[1]", b"[2]"] and valid == len(head)
+        # every byte is CRC'd a bounded number of times, whatever the garbage
+        assert counter.hashed <= 2 * len(data) + 64, (kind, n, counter.hashed)
+        # plausible frames reaching the end that cannot be checked cheaply are damage: the
+        # file is kept, never cut
+        assert damaged == (kind == "exact-fakes")
+
+
+def test_a_real_last_frame_after_garbage_is_still_found_cheaply(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = CountingZlib()
+    monkeypatch.setattr(journal_mod, "zlib", counter)
+    head = frame(b'["h"]') + frame(b"[1]")
+    for garbage in (near_misses(1 << 16), exact_fakes(1 << 16)[:-1], bytes(1 << 16)):
+        data = head + garbage + frame(b'{"a": 1}')
+        counter.hashed = 0
+        assert read_frames(data)[1:] == (len(head), True)
+        assert counter.hashed <= 2 * len(data) + 64
+
+
+def test_a_garbage_tail_is_scanned_without_copies(tmp_path: Path) -> None:
+    p, state = recorded(tmp_path)
+    good = jpath(p).read_bytes()
+    n = 2 << 20
+    tail = bytearray(os.urandom(n))
+    struct.pack_into(">I", tail, 1, n - 10)  # a frame length reaching one byte short of the end
+    jpath(p).write_bytes(good + tail)
+    tracemalloc.start()
+    try:
+        got = read_state(str(p), CID)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert codec.encode(got) == codec.encode(state)
+    assert peak < n * 1.25, peak  # the file once, not a copy of its tail as well
+
+
+@pytest.mark.parametrize("which", ["snapshot", "journal"])
+def test_a_file_over_the_size_bound_is_state_error_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    p, state = recorded(tmp_path, n=0 if which == "snapshot" else 40)
+    target = p if which == "snapshot" else jpath(p)
+    bound = target.stat().st_size - 1
+    assert max(p.stat().st_size, jpath(p).stat().st_size) == bound + 1
+    monkeypatch.setattr(journal_mod, "MAX_STATE_BYTES", bound, raising=False)
+    before = (p.read_bytes(), jpath(p).read_bytes())
+    with pytest.raises(StateError, match="larger than"):
+        read_state(str(p), CID)
+    with pytest.raises(StateError, match="larger than"):
+        recover(p)
+    assert (p.read_bytes(), jpath(p).read_bytes()) == before  # not kept aside: not damage
+    monkeypatch.setattr(journal_mod, "MAX_STATE_BYTES", bound + 1)
+    assert codec.encode(recover(p)) == codec.encode(state)
