@@ -8,6 +8,13 @@ Files, for a state file ``P`` (all created mode 0600):
 - ``P.lock``: held with ``flock`` by the one process that owns the file (the kernel drops it
   when that process dies, so a killed process never blocks its restart).
 
+None of them is opened through a symlink (``O_NOFOLLOW``): a symlink at ``P``, ``P.journal``
+or ``P.lock`` is ``StateError`` and its target is never read or written; a lock file with a
+second (hard) name is refused, a journal with one is replaced by the next compaction. Temporary
+files get a fresh random name, created with ``O_EXCL`` (a taken name is skipped). A lock or
+journal found with a wider mode is narrowed to 0600. A snapshot or journal larger than
+``MAX_STATE_BYTES`` is ``StateError``, not read.
+
 A frame is ``length (4 bytes, big-endian) | CRC-32 of the payload (4 bytes) | payload``.
 Recovery = snapshot + the longest valid journal prefix. A torn tail (an incomplete or bad frame
 with no valid frame after it: a crash mid-write, or the zeros a file system may leave after a
@@ -25,13 +32,15 @@ the same way. The pattern follows diskcache and paho.golang's file store.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import secrets
+import stat
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -56,6 +65,9 @@ _RECORD_START_BYTES: Final = frozenset(start[0] for start in _RECORD_STARTS)
 _SCAN_CHUNK: Final = 32 * 1024  # bytes of a garbage tail compared at once
 _DESCENDING: Final = bytes(range(255, -1, -1)) * (_SCAN_CHUNK // 256 + 2)
 _MODE: Final = 0o600
+_NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at a state file's path: ELOOP
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+_APPEND: Final = os.O_WRONLY | os.O_APPEND | _NOFOLLOW
 AUTO_JOURNAL_BYTES: Final = 256 * 1024
 MAX_STATE_BYTES = 1 << 30  # a snapshot or journal larger than this is refused, not read
 
@@ -124,6 +136,20 @@ def _ends_in_record_frame(data: bytes, pos: int) -> bool:
     return False
 
 
+def _own_file(fd: int, path: str) -> None:
+    """Check a state file opened for writing: one regular file with one name (a hard link
+    would let a write reach another file: ``StateError``); a wider mode is narrowed to 0600."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        raise StateError(f"{path} is not a regular file with one link (it has {st.st_nlink});"
+                         " refused, nothing written")
+    if st.st_mode & 0o077:
+        try:
+            os.fchmod(fd, _MODE)
+        except OSError:  # pragma: no cover - not our file: it is only ever narrowed
+            pass
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte is written (a write may be short)."""
     view = memoryview(data)
@@ -139,12 +165,35 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _temp_suffix() -> str:
+    return secrets.token_hex(8)
+
+
+def _create_temp(path: str) -> tuple[str, int]:
+    """A new file ``path.tmp-<random>`` (mode 0600) and its fd: never an existing file, never
+    through a symlink planted at a name (``O_EXCL``: a taken name is skipped for another)."""
+    for _ in range(100):
+        tmp = f"{path}.tmp-{_temp_suffix()}"
+        try:
+            return tmp, os.open(tmp, _CREATE, _MODE)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", path)
+
+
+def _refuse_link(path: str, exc: OSError) -> None:
+    """``StateError`` for a symlink where a state file should be (``O_NOFOLLOW`` refused it)."""
+    if exc.errno == errno.ELOOP:
+        raise StateError(f"{path} is a symbolic link; a state file, its journal and its lock"
+                         " must be regular files (refused, nothing written)") from None
+
+
 def write_atomic(path: str, data: str | bytes, sync: bool = True) -> None:
     """Write ``path`` so a reader sees the old or the new content, never a mix (mode 0600)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _MODE)
+        tmp, fd = _create_temp(path)
         try:
             _write_all(fd, raw)
             if sync:
@@ -155,10 +204,11 @@ def write_atomic(path: str, data: str | bytes, sync: bool = True) -> None:
         if sync:
             _fsync_dir(path)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise PersistenceError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
@@ -190,9 +240,15 @@ class Journal:
         lock_path = self.path + LOCK_SUFFIX
         for _ in range(5):
             try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _MODE)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, _MODE)
             except OSError as exc:
+                _refuse_link(lock_path, exc)
                 raise PersistenceError(exc.errno, f"cannot open {lock_path}: {exc.strerror}") from exc
+            try:
+                _own_file(fd, lock_path)
+            except BaseException:
+                os.close(fd)
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -246,7 +302,7 @@ class Journal:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         kept = []
         for p in (self.path, self.journal_path):
-            if os.path.exists(p):
+            if os.path.lexists(p):
                 aside = f"{p}.{label}-{stamp}"
                 n = 1
                 while os.path.exists(aside):
@@ -273,8 +329,12 @@ class Journal:
             # by the first append, so recovery itself writes nothing): a restore costs no
             # rewrite of the whole session
             try:
-                self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
-            except OSError:
+                self._fd = os.open(self.journal_path, _APPEND)
+                _own_file(self._fd, self.journal_path)
+            except (OSError, StateError):  # a second name: the compaction gives it its own
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
                 return state  # the next append compacts instead
             self._size = resume_at
             self._cut_at = resume_at
@@ -361,7 +421,7 @@ class Journal:
             json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
         write_atomic(self.journal_path, header, sync=True)
         try:
-            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(self.journal_path, _APPEND)
         except OSError as exc:
             self._broken = True
             raise PersistenceError(exc.errno, f"cannot open {self.journal_path}: {exc}") from exc
@@ -432,13 +492,17 @@ class Journal:
 def _read_file(path: str) -> bytes | None:
     """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        _refuse_link(path, exc)
         raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
     with open(fd, "rb") as f:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"{path} is not a regular file; not read")
         if size > MAX_STATE_BYTES:
             raise StateError(f"{path} is {size} bytes, larger than the {MAX_STATE_BYTES} bytes a"
                              " state file may be; not read")

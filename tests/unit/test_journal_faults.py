@@ -287,3 +287,121 @@ def test_a_file_over_the_size_bound_is_state_error_unread(
     assert (p.read_bytes(), jpath(p).read_bytes()) == before  # not kept aside: not damage
     monkeypatch.setattr(journal_mod, "MAX_STATE_BYTES", bound + 1)
     assert codec.encode(recover(p)) == codec.encode(state)
+
+
+# =================================================================================================
+# 10. symlinks are never followed
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    v = tmp_path / "victim"
+    v.write_bytes(VICTIM)
+    v.chmod(0o644)
+    return v
+
+
+def untouched(v: Path) -> bool:
+    return v.read_bytes() == VICTIM and mode(v) == 0o644
+
+
+def test_symlinked_lock_is_state_error_and_its_target_untouched(
+    tmp_path: Path, victim: Path
+) -> None:
+    p = tmp_path / NAME
+    Path(str(p) + LOCK_SUFFIX).symlink_to(victim)
+    with pytest.raises(StateError, match="symbolic link"):
+        Journal(str(p), CID)
+    assert untouched(victim)
+
+
+@pytest.mark.parametrize("which", ["snapshot", "journal"])
+def test_symlinked_state_file_is_state_error_and_its_target_untouched(
+    tmp_path: Path, victim: Path, which: str
+) -> None:
+    p, _ = recorded(tmp_path / "d")
+    target = p if which == "snapshot" else jpath(p)
+    victim.write_bytes(target.read_bytes())  # even a valid file is not read through a link
+    victim.chmod(0o644)
+    before = victim.read_bytes()
+    target.unlink()
+    target.symlink_to(victim)
+    with pytest.raises(StateError, match="symbolic link"):
+        read_state(str(p), CID)
+    j = Journal(str(p), CID)
+    with pytest.raises(StateError, match="symbolic link"):
+        j.recover()
+    j.close()
+    assert victim.read_bytes() == before and mode(victim) == 0o644
+    assert target.is_symlink()  # left for the user to look at
+
+
+def test_symlinks_at_the_old_predictable_temp_names_are_not_followed(
+    tmp_path: Path, victim: Path
+) -> None:
+    import threading
+
+    p, state = recorded(tmp_path / "d")
+    suffix = f".tmp-{os.getpid()}-{threading.get_ident()}"
+    for base in (str(p), str(jpath(p))):
+        Path(base + suffix).symlink_to(victim)
+    j = Journal(str(p), CID)
+    j.recover()
+    j.compact(state)
+    j.close()
+    assert untouched(victim)
+    assert codec.encode(recover(p)) == codec.encode(state)
+
+
+def test_a_taken_temp_name_is_skipped_for_a_fresh_one(
+    tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p, state = recorded(tmp_path / "d")
+    names = iter(["taken", "taken", "fresh1", "taken", "fresh2"])
+    monkeypatch.setattr(journal_mod, "_temp_suffix", lambda: next(names), raising=False)
+    Path(f"{p}.tmp-taken").symlink_to(victim)
+    Path(f"{jpath(p)}.tmp-taken").symlink_to(victim)
+    j = Journal(str(p), CID)
+    j.recover()
+    j.compact(state)
+    j.close()
+    assert untouched(victim)
+    assert Path(f"{p}.tmp-taken").is_symlink() and Path(f"{jpath(p)}.tmp-taken").is_symlink()
+    assert codec.encode(recover(p)) == codec.encode(state)
+    assert mode(p) == mode(jpath(p)) == 0o600
+
+
+def test_an_existing_lock_or_journal_with_a_wider_mode_is_narrowed(tmp_path: Path) -> None:
+    p, state = recorded(tmp_path)
+    lock = Path(str(p) + LOCK_SUFFIX)
+    lock.write_bytes(b"")
+    lock.chmod(0o666)
+    jpath(p).chmod(0o644)
+    j = Journal(str(p), CID)
+    assert mode(lock) == 0o600
+    j.recover()
+    assert mode(jpath(p)) == 0o600
+    j.close()
+
+
+def test_a_lock_file_with_another_name_is_state_error_and_untouched(
+    tmp_path: Path, victim: Path
+) -> None:
+    p = tmp_path / NAME
+    os.link(victim, str(p) + LOCK_SUFFIX)  # a hard link: O_NOFOLLOW does not see it
+    with pytest.raises(StateError, match="link"):
+        Journal(str(p), CID)
+    assert untouched(victim)
+
+
+def test_a_hard_linked_journal_is_replaced_not_appended_through(tmp_path: Path) -> None:
+    p, _ = recorded(tmp_path / "d")
+    other = tmp_path / "other-name"
+    os.link(jpath(p), other)
+    before = other.read_bytes()
+    j = Journal(str(p), CID, sync=False)
+    state = j.recover()
+    j.append(state.accept("t/new", b"n", 1), state)  # a compaction: a journal of its own
+    j.close()
+    assert other.read_bytes() == before
+    assert codec.encode(recover(p)) == codec.encode(state)
