@@ -25,6 +25,12 @@ never overwritten. A journal whose header names another snapshot is stale (a cra
 the two renames of a compaction, whose new snapshot already holds it) and is dropped.
 ``read_state`` reads the files the same way, read-only: no lock, nothing moved or written.
 
+A state file deleted or replaced while in use (the journal's fd has no name left, or a path
+names another file) fails the next durable write (``append`` with sync, ``sync_pending``) with
+``PersistenceError``: the caller learns the record is not on disk (a publish is not accepted),
+and the write after it rewrites both files from memory, as after any failed write. Writes that
+promise nothing on disk (no fsync) do not check.
+
 Compaction (``save_session()``, a clean disconnect, the journal passing its size bound):
 write the new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journal
 the same way. The pattern follows diskcache and paho.golang's file store.
@@ -188,8 +194,9 @@ def _refuse_link(path: str, exc: OSError) -> None:
                          " must be regular files (refused, nothing written)") from None
 
 
-def write_atomic(path: str, data: str | bytes, sync: bool = True) -> None:
-    """Write ``path`` so a reader sees the old or the new content, never a mix (mode 0600)."""
+def write_atomic(path: str, data: str | bytes, sync: bool = True) -> tuple[int, int]:
+    """Write ``path`` so a reader sees the old or the new content, never a mix (mode 0600).
+    Returns the new file's (device, inode)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     tmp = None
     try:
@@ -198,11 +205,13 @@ def write_atomic(path: str, data: str | bytes, sync: bool = True) -> None:
             _write_all(fd, raw)
             if sync:
                 os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
         if sync:
             _fsync_dir(path)
+        return st.st_dev, st.st_ino
     except OSError as exc:
         if tmp is not None:
             try:
@@ -228,6 +237,7 @@ class Journal:
         self._size = 0
         self._broken = False  # a write failed: the next write is a full compaction
         self._snapshot_size = 0
+        self._snapshot_id: tuple[int, int] | None = None  # (device, inode) of the snapshot
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced = False  # bytes written since the last fsync (policy ``always``)
@@ -336,6 +346,11 @@ class Journal:
                     os.close(self._fd)
                     self._fd = None
                 return state  # the next append compacts instead
+            try:
+                st = os.lstat(self.path)
+            except OSError:
+                st = None
+            self._snapshot_id = (st.st_dev, st.st_ino) if st else None
             self._size = resume_at
             self._cut_at = resume_at
             self._broken = False
@@ -382,6 +397,7 @@ class Journal:
         if self._broken:
             raise PersistenceError(None, f"state journal {self.journal_path} failed a write and"
                                          " is rewritten with the next record")
+        self._check_in_place()
         try:
             os.fdatasync(self._fd)
         except OSError as exc:
@@ -390,6 +406,25 @@ class Journal:
                 exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
         self._unsynced = False
+
+    def _check_in_place(self) -> None:
+        """``PersistenceError`` if the snapshot or the journal was deleted or replaced since
+        this process wrote them: a durable write must not go into a file no restart reads.
+        The next write rewrites both from memory (a compaction)."""
+        assert self._fd is not None
+        try:
+            held, journal, snapshot = (
+                os.fstat(self._fd), os.lstat(self.journal_path), os.lstat(self.path))
+            ok = (held.st_nlink > 0 and (journal.st_dev, journal.st_ino) == (held.st_dev, held.st_ino)
+                  and (snapshot.st_dev, snapshot.st_ino) == self._snapshot_id)
+        except OSError:
+            ok = False
+        if not ok:
+            self._broken = True
+            raise PersistenceError(
+                errno.ENOENT, f"state file {self.path} or its journal was deleted or replaced"
+                " while in use: the record is not durable; the next write rewrites both from"
+                " memory")
 
     @property
     def bound(self) -> int:
@@ -415,7 +450,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        write_atomic(self.path, text, sync=True)
+        self._snapshot_id = write_atomic(self.path, text, sync=True)
         digest = codec.text_digest(text)  # names the snapshot (format 1: sha256 of its text)
         header = frame(
             json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
@@ -448,6 +483,8 @@ class Journal:
         if self._broken or self._fd is None:
             self.compact(state)
             return
+        if sync and self.sync:
+            self._check_in_place()
         if self._cut_at is not None:
             try:
                 if os.fstat(self._fd).st_size > self._cut_at:

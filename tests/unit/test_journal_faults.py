@@ -405,3 +405,82 @@ def test_a_hard_linked_journal_is_replaced_not_appended_through(tmp_path: Path) 
     j.close()
     assert other.read_bytes() == before
     assert codec.encode(recover(p)) == codec.encode(state)
+
+
+# =================================================================================================
+# 11. a state file deleted while in use
+
+
+def open_journal(p: Path, state: SessionState) -> Journal:
+    j = Journal(str(p), CID, sync=True)
+    j.recover()
+    j.compact(state)
+    return j
+
+
+@pytest.mark.parametrize("how", ["journal-deleted", "snapshot-deleted", "both-deleted",
+                                 "journal-replaced", "snapshot-replaced"])
+def test_a_durable_append_to_a_deleted_state_file_is_persistence_error(
+    tmp_path: Path, how: str
+) -> None:
+    p = tmp_path / NAME
+    state = SessionState(client_id=CID, clean_session=False)
+    j = open_journal(p, state)
+    first = state.accept("t/1", b"one", 1)
+    j.append(first, state)
+    if how in ("journal-deleted", "both-deleted"):
+        jpath(p).unlink()
+    if how in ("snapshot-deleted", "both-deleted"):
+        p.unlink()
+    if how.endswith("replaced"):
+        target = p if how.startswith("snapshot") else jpath(p)
+        copy = tmp_path / "copy"
+        copy.write_bytes(target.read_bytes())
+        os.replace(copy, target)
+    second = state.accept("t/2", b"two", 1)
+    with pytest.raises(PersistenceError, match="deleted or replaced"):
+        j.append(second, state)
+    state.retract(second)  # what the client does with a publish that raised
+    third = state.accept("t/3", b"three", 1)
+    j.append(third, state)  # rewrites the file from memory
+    j.close()  # like a kill: no compaction
+    got = recover(p)
+    assert [m.topic for m in got.outgoing.values()] == ["t/1", "t/3"]
+
+
+def test_sync_pending_on_a_deleted_journal_is_persistence_error(tmp_path: Path) -> None:
+    p = tmp_path / NAME
+    state = SessionState(client_id=CID, clean_session=False)
+    j = open_journal(p, state)
+    j.append(state.accept("t/1", b"one", 2), state, sync=False)
+    jpath(p).unlink()
+    with pytest.raises(PersistenceError, match="deleted or replaced"):
+        j.sync_pending()
+    j.append(state.subscribe("a/#", 1), state)  # rewrites everything
+    j.close()
+    assert [m.topic for m in recover(p).outgoing.values()] == ["t/1"]
+
+
+def test_client_publish_into_a_deleted_state_file_raises_and_keeps_nothing(
+    tmp_path: Path
+) -> None:
+    p = tmp_path / NAME
+    c = Client(client_id=CID, clean_session=False)
+    c.config(f"SessionStateFile={p}")
+    c.restore_session("")
+    c.publish_data("t/1", 1, b"one")
+    jpath(p).unlink()
+    with pytest.raises(PersistenceError, match="deleted or replaced"):
+        c.publish_data("t/2", 1, b"two")
+    assert [m.topic for m in c.outgoing_messages] == ["t/1"]
+    c.publish_data("t/3", 1, b"three")
+    with c._lock:  # the process is killed: no compaction
+        assert c._journal is not None
+        c._journal.close()
+        c._journal = None
+    d = Client(client_id=CID)
+    d.config(f"SessionStateFile={p}")
+    d.restore_session("")
+    assert [m.topic for m in d.outgoing_messages] == ["t/1", "t/3"]
+    d.close()
+    c.close()
