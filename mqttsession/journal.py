@@ -8,14 +8,28 @@ Files, for a state file ``P`` (all created mode 0600):
 - ``P.lock``: held with ``flock`` by the one process that owns the file (the kernel drops it
   when that process dies, so a killed process never blocks its restart).
 
+None of them is opened through a symlink (``O_NOFOLLOW``): a symlink at ``P``, ``P.journal``
+or ``P.lock`` is ``StateError`` and its target is never read or written; a lock file with a
+second (hard) name is refused, a journal with one is replaced by the next compaction. Temporary
+files get a fresh random name, created with ``O_EXCL`` (a taken name is skipped). A lock or
+journal found with a wider mode is narrowed to 0600. A snapshot or journal larger than
+``MAX_STATE_BYTES`` is ``StateError``, not read.
+
 A frame is ``length (4 bytes, big-endian) | CRC-32 of the payload (4 bytes) | payload``.
 Recovery = snapshot + the longest valid journal prefix. A torn tail (an incomplete or bad frame
-with no valid frame after it: a crash mid-write) is cut with a warning. Anything else (a bad
+with no valid frame after it: a crash mid-write, or the zeros a file system may leave after a
+power cut: a frame of length 0 is never valid) is cut with a warning. Anything else (a bad
 snapshot, a bad frame followed by good ones, a record that does not fit the state, another
 client's file) raises ``StateError`` and both files are kept aside as ``*.damaged-<time>``,
 never overwritten. A journal whose header names another snapshot is stale (a crash between
 the two renames of a compaction, whose new snapshot already holds it) and is dropped.
 ``read_state`` reads the files the same way, read-only: no lock, nothing moved or written.
+
+A state file deleted or replaced while in use (the journal's fd has no name left, or a path
+names another file) fails the next durable write (``append`` with sync, ``sync_pending``) with
+``PersistenceError``: the caller learns the record is not on disk (a publish is not accepted),
+and the write after it rewrites both files from memory, as after any failed write. Writes that
+promise nothing on disk (no fsync) do not check.
 
 Compaction (``save_session()``, a clean disconnect, the journal passing its size bound):
 write the new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journal
@@ -24,13 +38,15 @@ the same way. The pattern follows diskcache and paho.golang's file store.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import secrets
+import stat
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -51,8 +67,15 @@ _MAX_FRAME: Final = 256 * 1024 * 1024
 _HEADER_TAG: Final = "mqttsession-journal"
 _JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all JSON) is read too
 _RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
+_RECORD_START_BYTES: Final = frozenset(start[0] for start in _RECORD_STARTS)
+_SCAN_CHUNK: Final = 32 * 1024  # bytes of a garbage tail compared at once
+_DESCENDING: Final = bytes(range(255, -1, -1)) * (_SCAN_CHUNK // 256 + 2)
 _MODE: Final = 0o600
+_NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at a state file's path: ELOOP
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+_APPEND: Final = os.O_WRONLY | os.O_APPEND | _NOFOLLOW
 AUTO_JOURNAL_BYTES: Final = 256 * 1024
+MAX_STATE_BYTES = 1 << 30  # a snapshot or journal larger than this is refused, not read
 
 
 def frame(payload: bytes) -> bytes:
@@ -60,45 +83,77 @@ def frame(payload: bytes) -> bytes:
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _frame_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
-    """The payload and end of a valid frame at ``pos``, or None."""
-    if pos + _HEAD.size > len(data):
-        return None
-    length, crc = _HEAD.unpack_from(data, pos)
-    end = pos + _HEAD.size + length
-    if length > _MAX_FRAME or end > len(data):
-        return None
-    payload = data[pos + _HEAD.size:end]
-    if zlib.crc32(payload) != crc:
-        return None
-    return payload, end
-
-
 def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
     """Split journal bytes into payloads: (payloads, valid length, damaged mid-file).
 
-    A bad frame with a valid frame somewhere after it is mid-file damage; otherwise everything
-    from the first bad frame on is a torn tail.
+    A bad frame followed by a valid record frame that reaches the end of the file is mid-file
+    damage; otherwise everything from the first bad frame on is a torn tail. A frame of length
+    0 is bad (no record is empty): a tail of zeros, which a file system may leave after a power
+    cut, is torn.
     """
     payloads: list[bytes] = []
     pos, size, head = 0, len(data), _HEAD.size
     unpack, crc32 = _HEAD.unpack_from, zlib.crc32
-    while pos + head <= size:  # _frame_at, inlined: a restore reads every frame here
+    while pos + head <= size:  # a restore reads every frame here
         length, crc = unpack(data, pos)
         end = pos + head + length
-        if length > _MAX_FRAME or end > size:
+        if end > size or not 0 < length <= _MAX_FRAME:  # length 0: zeros, never a record
             break
         payload = data[pos + head:end]
         if crc32(payload) != crc:
             break
         payloads.append(payload)
         pos = end
-    if pos < size:
-        for later in range(pos + 1, size - head + 1):
-            found = _frame_at(data, later)
-            if found is not None and found[1] == size and found[0][:1] in _RECORD_STARTS:
-                return payloads, pos, True
-    return payloads, pos, False
+    return payloads, pos, pos < size and _ends_in_record_frame(data, pos)
+
+
+def _ends_in_record_frame(data: bytes, pos: int) -> bool:
+    """Whether a valid record frame starting after ``pos`` ends exactly at the end of ``data``.
+
+    Linear in the tail: a frame at ``q`` ending at the end has length ``size - q - 8``, so the
+    low byte of its length field is known for every ``q``; the offsets where it matches are
+    found a chunk at a time at C speed (one in 256 for random data or zeros) and checked in
+    full, the nearest the end first. Their CRCs hash at most the tail once (a real last frame
+    is found first, within it): past that budget, which only crafted data reaches, the answer
+    is yes, so the file is kept, never cut.
+    """
+    size, head = len(data), _HEAD.size
+    lo = max(pos + 1, size - head - _MAX_FRAME) + 3  # the low length byte of the first ...
+    stop = size - head + 3  # ... and past that of the last candidate (payload >= 1 byte)
+    budget = size - pos
+    view = memoryview(data)
+    unpack, crc32, starts = _HEAD.unpack_from, zlib.crc32, _RECORD_START_BYTES
+    while stop > lo:
+        start = max(lo, stop - _SCAN_CHUNK)
+        first = (size - head + 3 - start) & 0xFF  # the low byte expected at ``start``
+        expected = _DESCENDING[255 - first:255 - first + stop - start]
+        same = (int.from_bytes(view[start:stop], "big")
+                ^ int.from_bytes(expected, "big")).to_bytes(stop - start, "big")
+        i = same.rfind(0)
+        while i >= 0:
+            q = start + i - 3
+            length, crc = unpack(data, q)
+            if length == size - q - head and data[q + head] in starts:
+                budget -= length
+                if budget < 0 or crc32(view[q + head:]) == crc:
+                    return True
+            i = same.rfind(0, 0, i)
+        stop = start
+    return False
+
+
+def _own_file(fd: int, path: str) -> None:
+    """Check a state file opened for writing: one regular file with one name (a hard link
+    would let a write reach another file: ``StateError``); a wider mode is narrowed to 0600."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        raise StateError(f"{path} is not a regular file with one link (it has {st.st_nlink});"
+                         " refused, nothing written")
+    if st.st_mode & 0o077:
+        try:
+            os.fchmod(fd, _MODE)
+        except OSError:  # pragma: no cover - not our file: it is only ever narrowed
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -116,26 +171,53 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: str | bytes, sync: bool = True) -> None:
-    """Write ``path`` so a reader sees the old or the new content, never a mix (mode 0600)."""
+def _temp_suffix() -> str:
+    return secrets.token_hex(8)
+
+
+def _create_temp(path: str) -> tuple[str, int]:
+    """A new file ``path.tmp-<random>`` (mode 0600) and its fd: never an existing file, never
+    through a symlink planted at a name (``O_EXCL``: a taken name is skipped for another)."""
+    for _ in range(100):
+        tmp = f"{path}.tmp-{_temp_suffix()}"
+        try:
+            return tmp, os.open(tmp, _CREATE, _MODE)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", path)
+
+
+def _refuse_link(path: str, exc: OSError) -> None:
+    """``StateError`` for a symlink where a state file should be (``O_NOFOLLOW`` refused it)."""
+    if exc.errno == errno.ELOOP:
+        raise StateError(f"{path} is a symbolic link; a state file, its journal and its lock"
+                         " must be regular files (refused, nothing written)") from None
+
+
+def write_atomic(path: str, data: str | bytes, sync: bool = True) -> tuple[int, int]:
+    """Write ``path`` so a reader sees the old or the new content, never a mix (mode 0600).
+    Returns the new file's (device, inode)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _MODE)
+        tmp, fd = _create_temp(path)
         try:
             _write_all(fd, raw)
             if sync:
                 os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
         if sync:
             _fsync_dir(path)
+        return st.st_dev, st.st_ino
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise PersistenceError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
@@ -155,6 +237,7 @@ class Journal:
         self._size = 0
         self._broken = False  # a write failed: the next write is a full compaction
         self._snapshot_size = 0
+        self._snapshot_id: tuple[int, int] | None = None  # (device, inode) of the snapshot
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced = False  # bytes written since the last fsync (policy ``always``)
@@ -167,9 +250,15 @@ class Journal:
         lock_path = self.path + LOCK_SUFFIX
         for _ in range(5):
             try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _MODE)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, _MODE)
             except OSError as exc:
+                _refuse_link(lock_path, exc)
                 raise PersistenceError(exc.errno, f"cannot open {lock_path}: {exc.strerror}") from exc
+            try:
+                _own_file(fd, lock_path)
+            except BaseException:
+                os.close(fd)
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -223,7 +312,7 @@ class Journal:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         kept = []
         for p in (self.path, self.journal_path):
-            if os.path.exists(p):
+            if os.path.lexists(p):
                 aside = f"{p}.{label}-{stamp}"
                 n = 1
                 while os.path.exists(aside):
@@ -250,9 +339,18 @@ class Journal:
             # by the first append, so recovery itself writes nothing): a restore costs no
             # rewrite of the whole session
             try:
-                self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
-            except OSError:
+                self._fd = os.open(self.journal_path, _APPEND)
+                _own_file(self._fd, self.journal_path)
+            except (OSError, StateError):  # a second name: the compaction gives it its own
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
                 return state  # the next append compacts instead
+            try:
+                st = os.lstat(self.path)
+            except OSError:
+                st = None
+            self._snapshot_id = (st.st_dev, st.st_ino) if st else None
             self._size = resume_at
             self._cut_at = resume_at
             self._broken = False
@@ -299,6 +397,7 @@ class Journal:
         if self._broken:
             raise PersistenceError(None, f"state journal {self.journal_path} failed a write and"
                                          " is rewritten with the next record")
+        self._check_in_place()
         try:
             os.fdatasync(self._fd)
         except OSError as exc:
@@ -307,6 +406,25 @@ class Journal:
                 exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
         self._unsynced = False
+
+    def _check_in_place(self) -> None:
+        """``PersistenceError`` if the snapshot or the journal was deleted or replaced since
+        this process wrote them: a durable write must not go into a file no restart reads.
+        The next write rewrites both from memory (a compaction)."""
+        assert self._fd is not None
+        try:
+            held, journal, snapshot = (
+                os.fstat(self._fd), os.lstat(self.journal_path), os.lstat(self.path))
+            ok = (held.st_nlink > 0 and (journal.st_dev, journal.st_ino) == (held.st_dev, held.st_ino)
+                  and (snapshot.st_dev, snapshot.st_ino) == self._snapshot_id)
+        except OSError:
+            ok = False
+        if not ok:
+            self._broken = True
+            raise PersistenceError(
+                errno.ENOENT, f"state file {self.path} or its journal was deleted or replaced"
+                " while in use: the record is not durable; the next write rewrites both from"
+                " memory")
 
     @property
     def bound(self) -> int:
@@ -332,13 +450,13 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        write_atomic(self.path, text, sync=True)
+        self._snapshot_id = write_atomic(self.path, text, sync=True)
         digest = codec.text_digest(text)  # names the snapshot (format 1: sha256 of its text)
         header = frame(
             json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
         write_atomic(self.journal_path, header, sync=True)
         try:
-            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(self.journal_path, _APPEND)
         except OSError as exc:
             self._broken = True
             raise PersistenceError(exc.errno, f"cannot open {self.journal_path}: {exc}") from exc
@@ -365,6 +483,8 @@ class Journal:
         if self._broken or self._fd is None:
             self.compact(state)
             return
+        if sync and self.sync:
+            self._check_in_place()
         if self._cut_at is not None:
             try:
                 if os.fstat(self._fd).st_size > self._cut_at:
@@ -406,6 +526,26 @@ class Journal:
 # ---------------------------------------------------------------------- reading
 
 
+def _read_file(path: str) -> bytes | None:
+    """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _refuse_link(path, exc)
+        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"{path} is not a regular file; not read")
+        if size > MAX_STATE_BYTES:
+            raise StateError(f"{path} is {size} bytes, larger than the {MAX_STATE_BYTES} bytes a"
+                             " state file may be; not read")
+        return f.read()
+
+
 def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
           *, read_only: bool = False) -> tuple[SessionState, int, int | None]:
     """Snapshot + valid journal prefix of ``path``; ``damaged(why)`` makes the error to raise.
@@ -420,15 +560,11 @@ def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
 def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
                 read_only: bool) -> tuple[SessionState, int, int | None]:
     journal_path = path + JOURNAL_SUFFIX
-    try:
-        with open(path, "rb") as f:
-            snapshot = f.read()
-    except FileNotFoundError:
-        if os.path.exists(journal_path):
-            raise damaged("journal without its snapshot") from None
+    snapshot = _read_file(path)
+    if snapshot is None:
+        if os.path.lexists(journal_path):
+            raise damaged("journal without its snapshot")
         return SessionState(client_id=client_id, clean_session=False), 0, None
-    except OSError as exc:
-        raise StateError(f"cannot read state file {path}: {exc}") from exc
     try:
         state, digest = codec.decode_with_digest(snapshot)
     except StateError as exc:
@@ -437,10 +573,8 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
         raise StateError(
             f"state file {path} belongs to client id {state.client_id!r}, not {client_id!r}"
         )
-    try:
-        with open(journal_path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    data = _read_file(journal_path)
+    if data is None:
         return state, len(snapshot), None
     payloads, valid, damaged_mid = read_frames(data)
     if damaged_mid:
