@@ -20,6 +20,7 @@ from typing import Any, Callable, Final, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import _ConnectionState  # noqa: SLF001
 from paho.mqtt.client import MalformedPacket  # type: ignore[attr-defined]
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -37,6 +38,9 @@ _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x20, 0x30, 0x40, 0x50
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _READ_BATCH: Final = 64  # packets read per network-loop round at most
+_CLOSED_ON_PURPOSE: Final = (  # paho states after disconnect()
+    _ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED,
+)
 
 
 class Hooks(Protocol):
@@ -208,6 +212,14 @@ class PahoConnection(mqtt.Client):
         self.hooks.hook_connection_reset()
         self._acks_due.clear()  # for the old connection: the session resends what is needed
         return super().reconnect()
+
+    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
+        # After a requested DISCONNECT paho closes the socket, and loop_forever calls _loop
+        # once more unless loop_stop() came first: paho then logs "Client is not connected"
+        # at ERROR. Nothing is wrong then; end the loop the same way, without that record.
+        if self._sock is None and self._state in _CLOSED_ON_PURPOSE:  # noqa: SLF001
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        return super()._loop(timeout)  # noqa: SLF001
 
     # ------------------------------------------------------------------ receiving
 
