@@ -18,7 +18,10 @@ import threading
 from typing import Any, Callable, Final, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
+try:
+    from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
+except ImportError as _exc:  # paho-mqtt 2.0 / 2.1
+    raise ImportError("mqttsession needs paho-mqtt>=2.2,<3 (paho.mqtt._packet is missing)") from _exc
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.enums import _ConnectionState  # noqa: SLF001
 from paho.mqtt.client import MalformedPacket  # type: ignore[attr-defined]
