@@ -18,8 +18,12 @@ import threading
 from typing import Any, Callable, Final, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
+try:
+    from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
+except ImportError as _exc:  # paho-mqtt 2.0 / 2.1
+    raise ImportError("mqttsession needs paho-mqtt>=2.2,<3 (paho.mqtt._packet is missing)") from _exc
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import _ConnectionState  # noqa: SLF001
 from paho.mqtt.client import MalformedPacket  # type: ignore[attr-defined]
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -43,6 +47,9 @@ _NAMES: Final = {
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _READ_BATCH: Final = 64  # packets read per network-loop round at most
+_CLOSED_ON_PURPOSE: Final = (  # paho states after disconnect()
+    _ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED,
+)
 
 
 class Hooks(Protocol):
@@ -265,6 +272,14 @@ class PahoConnection(mqtt.Client):
                 pass
         self._hook_failed(ProtocolViolation(code, what), "a protocol violation by the broker")
         return _DROP
+
+    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
+        # After a requested DISCONNECT paho closes the socket, and loop_forever calls _loop
+        # once more unless loop_stop() came first: paho then logs "Client is not connected"
+        # at ERROR. Nothing is wrong then; end the loop the same way, without that record.
+        if self._sock is None and self._state in _CLOSED_ON_PURPOSE:  # noqa: SLF001
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        return super()._loop(timeout)  # noqa: SLF001
 
     # ------------------------------------------------------------------ receiving
 

@@ -446,8 +446,14 @@ class Client:
             raise ConnectError(f"connected to {host}:{port}, but {reason}", rc)
         if rc == -2:
             self._teardown()
-            raise ConnectError(f"{host}:{port} closed the connection before CONNACK ({reason});"
-                               " a TLS listener that requires a client certificate does this", rc)
+            if tls is None or not tls.enabled:
+                hint = "not an MQTT broker there, or it stopped?"
+            elif not tls.client_cert_path:
+                hint = "a TLS listener that requires a client certificate does this"
+            else:  # TLS 1.3: a refused client certificate shows only after the handshake
+                hint = "a TLS listener that does not accept our client certificate does this"
+            raise ConnectError(f"{host}:{port} closed the connection before CONNACK"
+                               f" ({reason}); {hint}", rc)
         if rc != 0:
             self._teardown()
             hint = " (wrong username or password?)" if rc in (4, 5, 0x86, 0x87) else ""
@@ -1159,7 +1165,7 @@ class Client:
         if not was_connected and not self._connack.is_set():
             # closed before any CONNACK (e.g. a TLS client certificate the broker refused
             # after the handshake): connect() fails now rather than at its timeout
-            self._connack_result = (-2, f"connection closed before CONNACK: {reason}")
+            self._connack_result = (-2, f"paho: {reason}")
             self._connack.set()
         if clean:
             self._fire("on_disconnected", DisconnectedEvent(0, "OK"))

@@ -17,9 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, TypeVar
 
 from ..errors import MQTTSessionError
+
+# typing.Self is 3.11+; this TypeVar keeps "returns its own type" on 3.10
+_R = TypeVar("_R", bound="RawClient")
 
 __all__ = [
     "ConnectionClosed",
@@ -506,7 +509,7 @@ class RawClient:
             finally:
                 self.sock = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _R) -> _R:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -35,9 +35,13 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 import yaml  # type: ignore[import-untyped]  # no stubs installed; amqtt depends on PyYAML
+
+# typing.Self is 3.11+; these TypeVars keep "returns its own type" on 3.10
+_PB = TypeVar("_PB", bound="_ProcessBroker")
+_EA = TypeVar("_EA", bound="EmbeddedAmqtt")
 
 __all__ = [
     "LOCALHOST",
@@ -293,7 +297,7 @@ class _ProcessBroker:
         return f"<{type(self).__name__} {self.describe()} pid={pid} running={self.running}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> Self:
+    def start(self: _PB) -> _PB:
         """Start the broker (on a new free port the first time, the same port afterwards)."""
         with self._lock:
             if self.running:
@@ -395,7 +399,7 @@ class _ProcessBroker:
             self._signal(signal.SIGKILL)
             return self._reap(None)
 
-    def restart(self, *, kill: bool = False) -> Self:
+    def restart(self: _PB, *, kill: bool = False) -> _PB:
         """Stop (or SIGKILL with ``kill=True``) and start again on the same port."""
         with self._lock:
             if kill:
@@ -409,7 +413,7 @@ class _ProcessBroker:
         self.stop()
         self._finalizer()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _PB) -> _PB:
         if not self.running:
             self.start()
         return self
@@ -656,7 +660,7 @@ class EmbeddedAmqtt:
         return config
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> Self:
+    def start(self: _EA) -> _EA:
         """Start the loop thread and the broker; on a restart, bind the same port again."""
         with self._lock:
             if self.running:
@@ -757,13 +761,13 @@ class EmbeddedAmqtt:
         """Same as :meth:`stop` (an in-process broker cannot be SIGKILLed)."""
         self.stop(timeout=2.0)
 
-    def restart(self, *, kill: bool = False) -> Self:
+    def restart(self: _EA, *, kill: bool = False) -> _EA:
         """Stop and start again on the same port (amqtt forgets all sessions on start)."""
         with self._lock:
             self.stop(timeout=2.0 if kill else None)
             return self.start()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _EA) -> _EA:
         if not self.running:
             self.start()
         return self

@@ -28,9 +28,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, TypeVar
 
 from mqttsession.testing.brokers import LOCALHOST
+
+# typing.Self is 3.11+; this TypeVar keeps "returns its own type" on 3.10
+_P = TypeVar("_P", bound="MQTTProxy")
 
 __all__ = ["C2S", "PACKET_TYPES", "S2C", "MQTTProxy", "PacketRecord", "ProtocolError"]
 
@@ -344,7 +347,7 @@ class MQTTProxy:
         return f"<MQTTProxy {self.describe()} running={self._running}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> Self:
+    def start(self: _P) -> _P:
         """Listen on 127.0.0.1 (a free port, or the same port again after stop()) and serve."""
         if self._running:
             raise RuntimeError("proxy already running")
@@ -383,7 +386,7 @@ class MQTTProxy:
         self._thread = None
         logger.info("stopped %s", self.describe())
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _P) -> _P:
         if not self._running:
             self.start()
         return self
