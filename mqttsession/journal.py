@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 import struct
@@ -187,6 +188,27 @@ def _create_temp(path: str) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", path)
 
 
+_STALE_TEMP: Final = re.compile(r"\.tmp-(?:[0-9a-f]{16}|\d+-\d+)\Z")  # this and format 1's names
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Remove the temporary files a killed owner of ``path`` left (its lock is ours now, so no
+    one else writes them): ``path.tmp-*`` and ``path.journal.tmp-*`` of our own naming only."""
+    folder, base = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        for owner in (base, base + JOURNAL_SUFFIX):
+            if name.startswith(owner) and _STALE_TEMP.fullmatch(name, len(owner)):
+                try:
+                    os.unlink(os.path.join(folder, name))  # a symlink itself, never its target
+                    log.info("removed %s, left by a process killed mid-write", name)
+                except OSError:
+                    pass
+
+
 def _refuse_link(path: str, exc: OSError) -> None:
     """``StateError`` for a symlink where a state file should be (``O_NOFOLLOW`` refused it)."""
     if exc.errno == errno.ELOOP:
@@ -279,6 +301,7 @@ class Journal:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             self._lock_fd = fd
+            _remove_stale_temps(self.path)
             return
         raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover
 

@@ -484,3 +484,24 @@ def test_client_publish_into_a_deleted_state_file_raises_and_keeps_nothing(
     assert [m.topic for m in d.outgoing_messages] == ["t/1", "t/3"]
     d.close()
     c.close()
+
+
+def test_temporary_files_left_by_a_killed_owner_are_removed(tmp_path: Path) -> None:
+    p = tmp_path / "s"
+    left = [tmp_path / "s.tmp-0123456789abcdef", tmp_path / "s.journal.tmp-fedcba9876543210",
+            tmp_path / "s.tmp-4242-139876"]  # the names format 1 used
+    for f in left:
+        f.write_bytes(b"half a snapshot")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "s.tmp-aaaaaaaaaaaaaaaa").symlink_to(victim)
+    kept = [tmp_path / "s.tmp-notours", tmp_path / "other.tmp-0123456789abcdef", victim]
+    for f in kept[:2]:
+        f.write_bytes(b"not ours")
+    j = Journal(str(p), "c")
+    try:
+        assert not any(f.exists() for f in left)
+        assert not (tmp_path / "s.tmp-aaaaaaaaaaaaaaaa").is_symlink()
+        assert all(f.exists() for f in kept) and victim.read_bytes() == b"keep"
+    finally:
+        j.close()
