@@ -33,9 +33,10 @@ pytestmark = pytest.mark.integration
 INTERVAL = 2
 
 
-def _client(client_id: str) -> tuple[mqttsession.Client, Any, list[tuple[bool, str]]]:
+def _client(client_id: str, interval: int = INTERVAL
+            ) -> tuple[mqttsession.Client, Any, list[tuple[bool, str]]]:
     c = mqttsession.Client(client_id=client_id, clean_session=False, protocol_version=5)
-    c.config(f"SessionExpInterval={INTERVAL}")
+    c.config(f"SessionExpInterval={interval}")
     log = _procs.EventLog(c)
     seen: list[tuple[bool, str]] = []
 
@@ -46,8 +47,9 @@ def _client(client_id: str) -> tuple[mqttsession.Client, Any, list[tuple[bool, s
     return c, log, seen
 
 
-def _session_then_disconnect(broker: Any, client_id: str, topic: str) -> tuple[str, float]:
-    c, log, _ = _client(client_id)
+def _session_then_disconnect(broker: Any, client_id: str, topic: str,
+                             interval: int = INTERVAL) -> tuple[str, float]:
+    c, log, _ = _client(client_id, interval)
     try:
         c.connect(broker.host, broker.port)
         c.subscribe(topic, 1)
@@ -57,7 +59,7 @@ def _session_then_disconnect(broker: Any, client_id: str, topic: str) -> tuple[s
     finally:
         c.close()
     view = load_state(saved)
-    assert view.protocol_version == 5 and view.session_expiry_interval == INTERVAL
+    assert view.protocol_version == 5 and view.session_expiry_interval == interval
     assert view.disconnected_at is not None
     return saved, view.disconnected_at
 
@@ -157,16 +159,7 @@ def test_mqtt5_clock_jump_never_destroys_a_live_session(mosquitto: Any) -> None:
     message the broker queued for it meanwhile arrives."""
     client_id = _procs.unique("jump")
     topic = f"mqs/{client_id}"
-    c, log, _ = _client(client_id)
-    c.config("SessionExpInterval=600")
-    try:
-        c.connect(mosquitto.host, mosquitto.port)
-        c.subscribe(topic, 1)
-        log.wait("on_subscribed")
-        c.disconnect()
-        saved = c.save_session()
-    finally:
-        c.close()
+    saved, _ = _session_then_disconnect(mosquitto, client_id, topic, 600)
     state = codec.decode(saved)
     jump = 24 * 3600.0  # what this process reads as "now" is a day after what was recorded
     for name in ("connected_at", "disconnected_at", "last_activity"):
@@ -175,8 +168,7 @@ def test_mqtt5_clock_jump_never_destroys_a_live_session(mosquitto: Any) -> None:
     assert session_expired(saved) is True
     _procs.publish_direct(mosquitto.host, mosquitto.port, topic, [(1, "queued-meanwhile")], 5)
 
-    c, log, seen = _client(client_id)
-    c.config("SessionExpInterval=600")
+    c, log, seen = _client(client_id, 600)
     try:
         c.restore_session(saved)
         c.connect(mosquitto.host, mosquitto.port)
