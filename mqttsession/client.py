@@ -586,16 +586,20 @@ class Client:
     def _size_limit(self, topic: str, payload_size: int, qos: int,
                     properties_size: int = 0) -> str | None:
         """Why a PUBLISH of this size cannot be sent (None: it can)."""
+        cap, broker = self._settings.max_message_size, self._max_packet
+        most = MAX_REMAINING_LENGTH
+        bound = min(most, cap or most, broker or most)
+        if payload_size + 4 * len(topic) + properties_size + 16 <= bound:
+            return None  # fits with room to spare (UTF-8 is at most 4 bytes a character)
         remaining, size = publish_packet_size(topic, payload_size, qos, properties_size,
                                               self._state.protocol_version == 5)
         if remaining > MAX_REMAINING_LENGTH:
             return f"{size} bytes, over MQTT's packet limit (Remaining Length {MAX_REMAINING_LENGTH})"
-        cap = self._settings.max_message_size
         if cap and size > cap:
             return f"{size} bytes, over MaxMessageSize={cap}"
-        if self._max_packet is not None and size > self._max_packet:
+        if broker is not None and size > broker:
             # [MQTT-3.2.2-15] never send a packet over the server's Maximum Packet Size
-            return f"{size} bytes, over the broker's Maximum Packet Size {self._max_packet}"
+            return f"{size} bytes, over the broker's Maximum Packet Size {broker}"
         return None
 
     def _pump(self) -> None:
