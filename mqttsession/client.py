@@ -68,6 +68,7 @@ log = logging.getLogger("mqttsession")
 Callback = Callable[[Any], None]
 
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_SUBSCRIBE_TRIES: Final = 3  # connections closed on one SUBSCRIBE before it counts as refused
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 
 
@@ -203,7 +204,8 @@ class Client:
         self._pending: deque[int] = deque()  # seqs to write, in order
         self._inflight: dict[int, float] = {}  # seq -> when written on this connection
         self._window = 65535
-        self._sub_mids: dict[int, list[tuple[str, int]]] = {}
+        self._sub_mids: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBEs awaiting SUBACK
+        self._sub_closes: dict[str, int] = {}  # filter -> connections closed on its SUBSCRIBE
         self._unsub_mids: dict[int, list[str]] = {}
         self._unsent_subs: dict[str, int] = {}
         self._unsent_unsubs: set[str] = set()
@@ -682,14 +684,17 @@ class Client:
                 self._unsent_unsubs.update(filters)
 
     def _subscribe_now(self, subs: Sequence[tuple[str, int]]) -> None:
+        """SUBSCRIBE; a filter whose SUBSCRIBE a broker answered by closing the connection goes
+        in a packet of its own, so the next close names it alone."""
         assert self._conn is not None
-        if not subs:
-            return
-        rc, mid = self._conn.subscribe(list(subs))
-        if rc == 0 and mid is not None:
-            self._sub_mids[mid] = list(subs)
-        else:
-            self._unsent_subs.update(subs)
+        fresh = [s for s in subs if s[0] not in self._sub_closes]
+        batches = ([fresh] if fresh else []) + [[s] for s in subs if s[0] in self._sub_closes]
+        for batch in batches:
+            rc, mid = self._conn.subscribe(batch)
+            if rc == 0 and mid is not None:
+                self._sub_mids[mid] = batch
+            else:
+                self._unsent_subs.update(batch)
 
     # ================================================================== save / restore
 
@@ -897,6 +902,40 @@ class Client:
             self._owed.clear()
             for h in self._held.values():
                 h.pubcomp_due = False
+            given_up = self._requeue_unanswered()
+        for flt, qos in given_up:
+            self._fire("on_subscribed", SubscribedEvent(flt, qos, 0x80))
+            self._error(0x80, f"the broker closed the connection {_SUBSCRIBE_TRIES} times in"
+                              f" answer to SUBSCRIBE {flt!r}: taken as refused (subscribe"
+                              " again to retry)")
+
+    def _requeue_unanswered(self) -> list[tuple[str, int]]:
+        """SUBSCRIBE / UNSUBSCRIBE left without their ack by a lost connection (lock held): the
+        broker may never have seen them, so they go out again on the next one (a SUBSCRIBE
+        replaces an equal one [MQTT-3.8.4-3]). The oldest unanswered SUBSCRIBE is the one a
+        broker that closes instead of refusing choked on (it reads in order); after
+        ``_SUBSCRIBE_TRIES`` such closes in a row its filters count as refused and leave the
+        session, so no reconnect loop follows. Returns those."""
+        given_up: list[tuple[str, int]] = []
+        for i, subs in enumerate(self._sub_mids.values()):
+            for flt, qos in subs:
+                if self._state.subscriptions.get(flt) is None:
+                    continue  # unsubscribed since
+                tries = self._sub_closes.get(flt, 0) + (1 if i == 0 else 0)
+                if tries >= _SUBSCRIBE_TRIES:
+                    del self._sub_closes[flt]
+                    self._unsent_subs.pop(flt, None)
+                    self._persist_quietly(self._state.unsubscribe(flt),
+                                          f"recording the refused subscription {flt!r} failed")
+                    given_up.append((flt, qos))
+                else:
+                    self._sub_closes[flt] = tries
+                    self._unsent_subs.setdefault(flt, qos)
+        for filters in self._unsub_mids.values():
+            self._unsent_unsubs.update(f for f in filters if f not in self._state.subscriptions)
+        self._sub_mids.clear()
+        self._unsub_mids.clear()
+        return given_up
 
     def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
                      maximum_packet_size: int | None) -> None:
@@ -1180,6 +1219,8 @@ class Client:
     def _paho_on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _props: Any) -> None:
         with self._lock:
             subs = self._sub_mids.pop(mid, [])
+            for flt, _qos in subs:
+                self._sub_closes.pop(flt, None)  # answered: the broker did not choke on it
             failed = []
             for (flt, _qos), code in zip(subs, codes):
                 value = int(getattr(code, "value", code))

@@ -8,6 +8,8 @@ a real broker would never do is set per test:
 * ``qos1_ack`` / ``qos2_ack``: how a QoS 1 / QoS 2 PUBLISH is answered: ``"puback"``,
   ``"pubrec"`` or ``"none"`` (``qos2_ack="puback"`` is what RabbitMQ 3.x does);
 * ``suback_code``: the SUBACK return/reason code for every filter (0x80: refused);
+* ``closes_on_subscribe``: filters whose SUBSCRIBE is answered by closing the connection, no
+  SUBACK (RabbitMQ 3.x does this when the queue behind a subscription cannot be declared);
 * ``receive_maximum`` / ``maximum_packet_size``: CONNACK properties (MQTT 5);
 * :meth:`send_raw`: any bytes to the connected client (a second CONNACK, a PUBLISH with QoS
   bits 11, ...).
@@ -73,6 +75,7 @@ class FakeBroker:
         self.suback_code = suback_code
         self.receive_maximum = receive_maximum
         self.maximum_packet_size = maximum_packet_size
+        self.closes_on_subscribe: set[str] = set()
         self.on_packet: Callable[[FakeBroker, PacketRecord], None] | None = None
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -234,29 +237,33 @@ class FakeBroker:
         elif rec.type == "PUBREL":
             conn.sendall(self.ack(0x70, pid))
         elif rec.type == "SUBSCRIBE":
-            n = self._filters(body, True)
+            filters = self._filters(body, True)
+            if self.closes_on_subscribe.intersection(filters):
+                self.close_client()
+                return
+            n = len(filters)
             codes = bytes([self.suback_code if self.suback_code is not None else 1] * n)
             props = b"\x00" if self._level == 5 else b""
             conn.sendall(encode_packet(0x90, struct.pack("!H", pid) + props + codes))
         elif rec.type == "UNSUBSCRIBE":
-            n = self._filters(body, False)
+            n = len(self._filters(body, False))
             extra = b"\x00" + b"\x00" * n if self._level == 5 else b""
             conn.sendall(encode_packet(0xB0, struct.pack("!H", pid) + extra))
         elif rec.type == "PINGREQ":
             conn.sendall(b"\xd0\x00")
 
-    def _filters(self, body: bytes, options: bool) -> int:
-        """How many topic filters a SUBSCRIBE (``options``: one byte after each) or
-        UNSUBSCRIBE body holds."""
+    def _filters(self, body: bytes, options: bool) -> list[str]:
+        """The topic filters of a SUBSCRIBE (``options``: one byte after each) or
+        UNSUBSCRIBE body."""
         pos = 2
         if self._level == 5:
             decoded = decode_varint(body, pos)
             assert decoded is not None
             length, pos = decoded
             pos += length
-        n = 0
+        filters = []
         while pos + 2 <= len(body):
             (size,) = struct.unpack_from("!H", body, pos)
+            filters.append(body[pos + 2:pos + 2 + size].decode("utf-8", "replace"))
             pos += 2 + size + (1 if options else 0)
-            n += 1
-        return n
+        return filters

@@ -4,7 +4,9 @@
 * An acknowledgement of the wrong kind (RabbitMQ 3.x answers a QoS 2 PUBLISH with PUBACK) ends
   the flow as the broker meant it: counted, logged once per connection, never a silent stall.
 * A refused SUBSCRIBE, also one re-sent after SessionPresent=0, is reported through
-  ``on_subscribed`` with its reason code and never drops the connection.
+  ``on_subscribed`` with its reason code and never drops the connection. A SUBSCRIBE lost with
+  its connection goes out again; one a broker answers by closing the connection (RabbitMQ 3.x)
+  counts as refused after three closes in a row, so no reconnect loop follows.
 * A protocol violation (a second CONNACK, a PUBLISH with QoS bits 11, SessionPresent=1 answering
   Clean Start 1) closes the connection (MQTT 5: DISCONNECT 0x81 / 0x82 first), is reported
   through ``on_error`` and changes nothing in the session.
@@ -119,6 +121,53 @@ def test_refused_resubscription_never_drops_the_connection(fake: FakeBroker, pro
         assert len(log.of("on_disconnected")) == 1
         assert c.connected
         assert len(fake.packets("SUBSCRIBE")) == 2
+    finally:
+        c.close()
+
+
+@PROTOCOLS
+def test_subscribe_cut_before_its_suback_is_sent_again(fake: FakeBroker, protocol: int) -> None:
+    """A SUBSCRIBE lost with its connection (no SUBACK) goes out again on the next one, also
+    when SessionPresent=1 (the broker may never have seen it)."""
+    fake.session_present = True
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        fake.closes_on_subscribe = {"cmd/#"}
+        c.subscribe("cmd/#", 1)
+        fake.wait_connections(2)
+        fake.closes_on_subscribe = set()
+        assert [(e.topic_filter, e.response_code) for e in log.wait("on_subscribed")] == \
+            [("cmd/#", 1)]
+        assert log.of("on_error") == []
+    finally:
+        c.close()
+
+
+@PROTOCOLS
+def test_subscribe_answered_by_closing_is_refused_after_three_tries(fake: FakeBroker,
+                                                                  protocol: int) -> None:
+    """RabbitMQ 3.x closes the connection when the queue behind a subscription cannot be
+    declared: after three closes in a row on its SUBSCRIBE the filter counts as refused
+    (on_subscribed 0x80, on_error) and leaves the session: no reconnect loop; the other
+    filter is kept."""
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        fake.closes_on_subscribe = {"bad/#"}
+        c.subscribe("good/a,bad/#", 1)
+        _procs.wait_until(lambda: any(e.topic_filter == "good/a" and e.response_code == 1
+                                      for e in log.of("on_subscribed")),
+                          what="good/a subscribed after bad/# was given up")
+        refused = [e for e in log.of("on_subscribed") if e.response_code == 0x80]
+        assert [e.topic_filter for e in refused] == ["bad/#"]
+        assert any("taken as refused" in e.description for e in log.of("on_error"))
+        seen = fake.connections
+        time.sleep(2.5)  # two reconnect delays: a loop would show here
+        assert fake.connections == seen == 4 and c.connected
+        assert mqttsession.load_state(c.save_session()).subscriptions == {"good/a": 1}
     finally:
         c.close()
 
