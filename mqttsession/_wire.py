@@ -654,15 +654,14 @@ def encode_publish(
 
 def encode_ack(ptype: PacketType, packet_id: int, *, reason: int = 0, protocol: int = 4,
                properties: Sequence[Property] = ()) -> bytes:
-    """PUBACK, PUBREC, PUBREL or PUBCOMP (MQTT 5: reason 0 without properties is left out)."""
+    """PUBACK, PUBREC, PUBREL or PUBCOMP (MQTT 5: a reason code 0 and an empty property block
+    are left out, 3.4.2.1, 3.4.2.2.1)."""
     if ptype not in _ACKS:
         raise ValueError(f"not an acknowledgement: {ptype.name}")
     if reason and protocol != 5:
         raise ValueError(f"MQTT 3.1.1 {ptype.name} has no reason code")
-    body = _u16(packet_id)
-    if reason or properties:
-        body += bytes([reason]) + _props(protocol, properties, ptype.name)
-    return encode_packet((ptype << 4) | _FIXED_FLAGS.get(ptype, 0), body)
+    return encode_packet((ptype << 4) | _FIXED_FLAGS.get(ptype, 0),
+                         _u16(packet_id) + _reason_and_properties(reason, properties, protocol, ptype.name))
 
 
 def encode_subscribe(packet_id: int, filters: Sequence[tuple[str, int]], *, protocol: int = 4,
@@ -710,17 +709,19 @@ def encode_disconnect(reason: int = 0, *, protocol: int = 4, session_expiry: int
     """DISCONNECT; MQTT 5 may carry a reason code and a new Session Expiry Interval (3.14.2.2.2)."""
     if session_expiry is not None:
         properties = ((SESSION_EXPIRY_INTERVAL, session_expiry), *properties)
-    if protocol != 5:
-        if reason or properties:
-            raise ValueError("MQTT 3.1.1 DISCONNECT has no reason code or properties")
-        return encode_packet(0xE0, b"")
-    if not reason and not properties:
-        return encode_packet(0xE0, b"")
-    return encode_packet(0xE0, bytes([reason]) + pack_properties(properties))
+    if reason and protocol != 5:
+        raise ValueError("MQTT 3.1.1 DISCONNECT has no reason code")
+    return encode_packet(0xE0, _reason_and_properties(reason, properties, protocol, "DISCONNECT"))
 
 
 def encode_auth(reason: int = 0, *, properties: Sequence[Property] = ()) -> bytes:
     """AUTH (MQTT 5 only)."""
-    if not reason and not properties:
-        return encode_packet(0xF0, b"")
-    return encode_packet(0xF0, bytes([reason]) + pack_properties(properties))
+    return encode_packet(0xF0, _reason_and_properties(reason, properties, 5, "AUTH"))
+
+
+def _reason_and_properties(reason: int, props: Sequence[Property], protocol: int, what: str) -> bytes:
+    """The tail of an MQTT 5 acknowledgement, DISCONNECT or AUTH in its shortest form: nothing for
+    success without properties, the reason code alone without properties."""
+    if props:
+        return bytes([reason]) + _props(protocol, props, what)
+    return bytes([reason]) if reason else b""

@@ -135,10 +135,9 @@ def test_acks(protocol: int, ptype: PacketType, packet_id: int, reason: int,
         reason, properties = 0, []
     data = w.encode_ack(ptype, packet_id, reason=reason, protocol=protocol, properties=properties)
     assert data[0] == ptype << 4 | (2 if ptype is PacketType.PUBREL else 0)
-    long = protocol == 5 and (reason or properties)
     roundtrip(data, protocol, Packet(ptype, data[0] & 0x0F, packet_id,
                                      reason_code=reason if protocol == 5 else None,
-                                     properties=w.pack_properties(properties) if long else b""))
+                                     properties=w.pack_properties(properties) if properties else b""))
 
 
 @FAST
@@ -200,18 +199,16 @@ def test_disconnect(protocol: int, reason: int, expiry: int | None, properties: 
         reason, expiry, properties = 0, None, []
     data = w.encode_disconnect(reason, protocol=protocol, session_expiry=expiry, properties=properties)
     all_props = ([(w.SESSION_EXPIRY_INTERVAL, expiry)] if expiry is not None else []) + properties
-    long = protocol == 5 and (reason or all_props)
     roundtrip(data, protocol, Packet(PacketType.DISCONNECT, reason_code=reason if protocol == 5 else None,
-                                     properties=w.pack_properties(all_props) if long else b""))
+                                     properties=w.pack_properties(all_props) if all_props else b""))
 
 
 @FAST
 @given(u8, props)
 def test_auth(reason: int, properties: list[Property]) -> None:
     data = w.encode_auth(reason, properties=properties)
-    long = bool(reason or properties)
     roundtrip(data, 5, Packet(PacketType.AUTH, reason_code=reason,
-                              properties=w.pack_properties(properties) if long else b""))
+                              properties=w.pack_properties(properties) if properties else b""))
 
 
 @FAST
@@ -237,7 +234,9 @@ def test_varint(value: int) -> None:
 
 def test_known_bytes() -> None:
     assert w.encode_ack(PacketType.PUBREL, 7) == b"\x62\x02\x00\x07"
-    assert w.encode_ack(PacketType.PUBACK, 7, reason=0x10, protocol=5) == b"\x40\x04\x00\x07\x10\x00"
+    assert w.encode_ack(PacketType.PUBACK, 7, reason=0x10, protocol=5) == b"\x40\x03\x00\x07\x10"
+    assert w.encode_disconnect(0x8E, protocol=5) == b"\xe0\x01\x8e"
+    assert w.encode_disconnect(protocol=5) == w.encode_disconnect() == b"\xe0\x00"
     assert w.encode_disconnect(protocol=5, session_expiry=1) == b"\xe0\x07\x00\x05\x11\x00\x00\x00\x01"
     assert w.encode_connack(True, protocol=5, properties=[(w.RECEIVE_MAXIMUM, 10)]) == \
         b"\x20\x06\x01\x00\x03\x21\x00\x0a"
