@@ -1,8 +1,9 @@
-"""A small raw MQTT 3.1.1 / 5 packet codec and a blocking client that shows what a broker sent.
+"""A blocking raw-socket MQTT 3.1.1 / 5 client that shows what a broker sent.
 
 paho acknowledges and retries by itself; the compatibility scenarios must decide when (and whether)
-to acknowledge, and see every flag and packet id the broker used. Only the packets the scenarios
-need are encoded; every packet type is decoded.
+to acknowledge, and see every flag and packet id the broker used. The packets are
+:mod:`mqttsession._wire`'s; this module re-exports what the scenarios use, with errors as
+:class:`RawError`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,22 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
 from types import TracebackType
 from typing import Final, TypeVar
 
+from .. import _wire as wire
+from .._wire import (
+    Packet,
+    PacketType,
+    PropValue,
+    encode_ack,
+    encode_connect,
+    encode_disconnect,
+    encode_publish,
+)
 from ..errors import MQTTSessionError
 
 # typing.Self is 3.11+; this TypeVar keeps "returns its own type" on 3.10
@@ -46,29 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY: Final = 0x11  # MQTT 5 property: Session Expiry Interval (four-byte integer)
-REASON_STRING: Final = 0x1F
 NEVER_EXPIRES: Final = 0xFFFFFFFF
-
-
-class PacketType(IntEnum):
-    """MQTT control packet types (the high nibble of the first byte)."""
-
-    CONNECT = 1
-    CONNACK = 2
-    PUBLISH = 3
-    PUBACK = 4
-    PUBREC = 5
-    PUBREL = 6
-    PUBCOMP = 7
-    SUBSCRIBE = 8
-    SUBACK = 9
-    UNSUBSCRIBE = 10
-    UNSUBACK = 11
-    PINGREQ = 12
-    PINGRESP = 13
-    DISCONNECT = 14
-    AUTH = 15
 
 
 class RawError(MQTTSessionError):
@@ -79,7 +65,7 @@ class ConnectionClosed(RawError):
     """The broker closed the connection (or it broke)."""
 
 
-class MalformedPacket(RawError):
+class MalformedPacket(RawError, wire.MalformedPacket):
     """Bytes from the broker that are not a valid MQTT packet."""
 
 
@@ -129,309 +115,36 @@ def connack_reason(code: int, protocol: int) -> str:
     return table.get(code, "unknown code")
 
 
-# ------------------------------------------------------------------------------------------ encoding
-
-PropValue = int | str | bytes | tuple[str, str]
-Properties = tuple[tuple[int, PropValue], ...]
-
-# Property id -> wire type (MQTT 5, 2.2.2.2).
-_BYTE, _U16, _U32, _VARINT, _UTF8, _BINARY, _PAIR = range(7)
-_PROP_TYPES: Final = {
-    0x01: _BYTE, 0x02: _U32, 0x03: _UTF8, 0x08: _UTF8, 0x09: _BINARY, 0x0B: _VARINT,
-    0x11: _U32, 0x12: _UTF8, 0x13: _U16, 0x15: _UTF8, 0x16: _BINARY, 0x17: _BYTE,
-    0x18: _U32, 0x19: _BYTE, 0x1A: _UTF8, 0x1C: _UTF8, 0x1F: _UTF8, 0x21: _U16,
-    0x22: _U16, 0x23: _U16, 0x24: _BYTE, 0x25: _BYTE, 0x26: _PAIR, 0x27: _U32,
-    0x28: _BYTE, 0x29: _BYTE, 0x2A: _BYTE,
-}
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str) -> bytes:
-    raw = s.encode("utf-8")
-    return struct.pack(">H", len(raw)) + raw
-
-
-def _bin(b: bytes) -> bytes:
-    return struct.pack(">H", len(b)) + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
-def _props(session_expiry: int | None = None) -> bytes:
-    """An MQTT 5 property block; only Session Expiry Interval is ever sent."""
-    raw = b"" if session_expiry is None else bytes([SESSION_EXPIRY]) + struct.pack(">I", session_expiry)
-    return _varint(len(raw)) + raw
-
-
-def encode_connect(
-    client_id: str,
-    *,
-    protocol: int = 4,
-    clean: bool = True,
-    keepalive: int = 60,
-    username: str | None = None,
-    password: str | None = None,
-    session_expiry: int | None = None,
-) -> bytes:
-    """CONNECT; ``session_expiry`` (MQTT 5 only) None leaves the property out (it then means 0)."""
-    if protocol == 4 and session_expiry is not None:
-        raise ValueError("MQTT 3.1.1 has no session expiry interval")
-    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
-    flags |= 0x40 if password is not None else 0
-    body = _str("MQTT") + bytes([protocol, flags]) + struct.pack(">H", keepalive)
-    if protocol == 5:
-        body += _props(session_expiry)
-    body += _str(client_id)
-    if username is not None:
-        body += _str(username)
-    if password is not None:
-        body += _bin(password.encode("utf-8"))
-    return _packet(0x10, body)
+# ------------------------------------------------------------------------------------------ packets
 
 
 def encode_subscribe(packet_id: int, topic: str, qos: int, *, protocol: int = 4) -> bytes:
     """SUBSCRIBE to one topic filter (MQTT 5 options: just the maximum QoS)."""
-    body = struct.pack(">H", packet_id) + (_props() if protocol == 5 else b"")
-    return _packet(0x82, body + _str(topic) + bytes([qos]))
-
-
-def encode_publish(
-    topic: str,
-    payload: bytes,
-    *,
-    qos: int = 0,
-    packet_id: int | None = None,
-    dup: bool = False,
-    retain: bool = False,
-    protocol: int = 4,
-) -> bytes:
-    """PUBLISH; ``packet_id`` is required for QoS 1 and 2."""
-    if (qos > 0) != (packet_id is not None):
-        raise ValueError("a packet id is required for QoS 1 and 2 and forbidden for QoS 0")
-    first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
-    body = _str(topic) + (struct.pack(">H", packet_id) if packet_id is not None else b"")
-    body += _props() if protocol == 5 else b""
-    return _packet(first, body + payload)
-
-
-def encode_ack(ptype: PacketType, packet_id: int, *, reason: int = 0, protocol: int = 4) -> bytes:
-    """PUBACK, PUBREC, PUBREL or PUBCOMP (MQTT 5: reason 0 is left out, 3.3.4 / 3.4.2.1)."""
-    if ptype not in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL, PacketType.PUBCOMP):
-        raise ValueError(f"not an acknowledgement: {ptype.name}")
-    first = (ptype << 4) | (0x02 if ptype is PacketType.PUBREL else 0)
-    body = struct.pack(">H", packet_id)
-    if protocol == 5 and reason:
-        body += bytes([reason])
-    return _packet(first, body)
-
-
-def encode_disconnect(*, protocol: int = 4, session_expiry: int | None = None) -> bytes:
-    """DISCONNECT; MQTT 5 may carry a new Session Expiry Interval (3.14.2.2.2)."""
-    if session_expiry is None:
-        return _packet(0xE0, b"")
-    if protocol != 5:
-        raise ValueError("MQTT 3.1.1 DISCONNECT has no properties")
-    return _packet(0xE0, b"\x00" + _props(session_expiry))
-
-
-# ------------------------------------------------------------------------------------------ decoding
-
-
-@dataclass(frozen=True)
-class Packet:
-    """One decoded packet. Fields that do not apply to its type keep their defaults."""
-
-    type: PacketType
-    flags: int = 0
-    packet_id: int | None = None
-    topic: str | None = None
-    payload: bytes = b""
-    session_present: bool | None = None
-    reason_code: int | None = None
-    """CONNACK return/reason code; MQTT 5 acknowledgement and DISCONNECT reason code."""
-    reason_codes: tuple[int, ...] = ()
-    """SUBACK / MQTT 5 UNSUBACK codes."""
-    properties: Properties = ()
-
-    @property
-    def dup(self) -> bool:
-        return self.type is PacketType.PUBLISH and bool(self.flags & 0x08)
-
-    @property
-    def qos(self) -> int:
-        return (self.flags >> 1) & 0x03 if self.type is PacketType.PUBLISH else 0
-
-    @property
-    def retain(self) -> bool:
-        return self.type is PacketType.PUBLISH and bool(self.flags & 0x01)
-
-    def prop(self, prop_id: int) -> PropValue | None:
-        """The first value of a property, or None."""
-        return next((v for k, v in self.properties if k == prop_id), None)
-
-    def describe(self) -> str:
-        """One line, e.g. ``PUBLISH id=3 qos=1 dup=1 retain=0 'a/b' 5B``."""
-        parts = [self.type.name]
-        if self.packet_id is not None:
-            parts.append(f"id={self.packet_id}")
-        if self.type is PacketType.PUBLISH:
-            parts += [f"qos={self.qos}", f"dup={int(self.dup)}", f"retain={int(self.retain)}",
-                      repr(self.topic), f"{len(self.payload)}B"]
-        if self.session_present is not None:
-            parts.append(f"sp={int(self.session_present)}")
-        if self.reason_code is not None:
-            parts.append(f"rc=0x{self.reason_code:02x}")
-        if self.reason_codes:
-            parts.append("codes=" + ",".join(f"0x{c:02x}" for c in self.reason_codes))
-        return " ".join(parts)
-
-
-class _Reader:
-    """Reads the fields of one packet body; MalformedPacket past its end."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.pos, self.what = data, 0, what
-
-    def left(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise MalformedPacket(f"{self.what}: truncated at byte {self.pos}")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        value: int = struct.unpack(">H", self.take(2))[0]
-        return value
-
-    def u32(self) -> int:
-        value: int = struct.unpack(">I", self.take(4))[0]
-        return value
-
-    def varint(self) -> int:
-        value = 0
-        for shift in range(0, 28, 7):
-            byte = self.u8()
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-        raise MalformedPacket(f"{self.what}: variable byte integer longer than 4 bytes")
-
-    def utf8(self) -> str:
-        raw = self.take(self.u16())
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedPacket(f"{self.what}: invalid UTF-8 string") from exc
-
-    def properties(self) -> Properties:
-        end = self.varint() + self.pos
-        if end > len(self.data):
-            raise MalformedPacket(f"{self.what}: properties run past the packet")
-        out: list[tuple[int, PropValue]] = []
-        while self.pos < end:
-            prop_id = self.varint()
-            kind = _PROP_TYPES.get(prop_id)
-            value: PropValue
-            if kind == _BYTE:
-                value = self.u8()
-            elif kind == _U16:
-                value = self.u16()
-            elif kind == _U32:
-                value = self.u32()
-            elif kind == _VARINT:
-                value = self.varint()
-            elif kind == _UTF8:
-                value = self.utf8()
-            elif kind == _BINARY:
-                value = self.take(self.u16())
-            elif kind == _PAIR:
-                value = (self.utf8(), self.utf8())
-            else:
-                raise MalformedPacket(f"{self.what}: unknown property 0x{prop_id:02x}")
-            out.append((prop_id, value))
-        if self.pos != end:
-            raise MalformedPacket(f"{self.what}: properties overrun their length")
-        return tuple(out)
+    return wire.encode_subscribe(packet_id, [(topic, qos)], protocol=protocol)
 
 
 def split(buf: bytes | bytearray) -> tuple[int, int] | None:
     """``(header length, total length)`` of the first whole packet in ``buf``, or None."""
-    length, shift = 0, 0
-    for i in range(1, min(len(buf), 5)):
-        byte = buf[i]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            total = i + 1 + length
-            return (i + 1, total) if len(buf) >= total else None
-    if len(buf) >= 5:
-        raise MalformedPacket("remaining length longer than 4 bytes")
-    return None
+    try:
+        return wire.split(buf)
+    except wire.MalformedPacket as exc:
+        raise MalformedPacket(str(exc)) from None
 
 
 def decode(first: int, body: bytes, protocol: int = 4) -> Packet:
-    """Decode one packet from its first byte and body (a broker's, so server-to-client types)."""
+    """Decode one packet from its first byte and body."""
     try:
-        ptype = PacketType(first >> 4)
-    except ValueError:
-        raise MalformedPacket(f"reserved packet type 0 (first byte 0x{first:02x})") from None
-    flags = first & 0x0F
-    r = _Reader(body, ptype.name)
-    v5 = protocol == 5
-    code: int | None
-    packet_id: int | None
-    if ptype is PacketType.CONNACK:
-        ack_flags, code = r.u8(), r.u8()
-        # A broker without MQTT 5 answers with a 2-byte 3.1.1 CONNACK: no properties then.
-        props = r.properties() if v5 and r.left() else ()
-        return Packet(ptype, flags, session_present=bool(ack_flags & 1), reason_code=code,
-                      properties=props)
-    if ptype is PacketType.PUBLISH:
-        topic = r.utf8()
-        packet_id = r.u16() if (flags >> 1) & 3 else None
-        props = r.properties() if v5 else ()
-        return Packet(ptype, flags, packet_id, topic, r.take(r.left()), properties=props)
-    if ptype in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL, PacketType.PUBCOMP):
-        packet_id = r.u16()
-        code = r.u8() if v5 and r.left() else (0 if v5 else None)
-        props = r.properties() if v5 and r.left() else ()
-        return Packet(ptype, flags, packet_id, reason_code=code, properties=props)
-    if ptype in (PacketType.SUBACK, PacketType.UNSUBACK):
-        packet_id = r.u16()
-        props = r.properties() if v5 else ()
-        return Packet(ptype, flags, packet_id, reason_codes=tuple(r.take(r.left())), properties=props)
-    if ptype in (PacketType.DISCONNECT, PacketType.AUTH):
-        code = r.u8() if r.left() else (0 if v5 else None)
-        props = r.properties() if r.left() else ()
-        return Packet(ptype, flags, reason_code=code, properties=props)
-    return Packet(ptype, flags, payload=body)  # PINGRESP; anything else is unexpected from a broker
+        return wire.decode(first, body, protocol)
+    except wire.MalformedPacket as exc:
+        raise MalformedPacket(str(exc)) from None
 
 
 def _describe_raw(data: bytes, protocol: int) -> str:
     """``Packet.describe`` of encoded bytes (for the debug log)."""
     try:
-        found = split(data)
-        if found is not None:
-            return decode(data[0], data[found[0]:found[1]], protocol).describe()
-    except RawError:
-        pass
-    return repr(data[:16])
+        return wire.decode_packet(data, protocol).describe()
+    except wire.MalformedPacket:
+        return repr(data[:16])
 
 
 # ------------------------------------------------------------------------------------------ client

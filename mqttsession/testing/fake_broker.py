@@ -14,46 +14,30 @@ a real broker would never do is set per test:
 * :meth:`send_raw`: any bytes to the connected client (a second CONNACK, a PUBLISH with QoS
   bits 11, ...).
 
-Every packet received is logged as a :class:`~mqttsession.testing.proxy.PacketRecord` (the
-proxy's parser: one reading of the wire for both tools).
+Every packet received is logged as a :class:`~mqttsession.testing.proxy.PacketRecord`, as the
+proxy logs it; every packet is encoded and decoded by :mod:`mqttsession._wire`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
 
+from mqttsession import _wire as wire
+from mqttsession._wire import PacketType
 from mqttsession.testing.brokers import LOCALHOST
-from mqttsession.testing.proxy import C2S, PacketRecord, decode_varint, parse_packet, split_packet
+from mqttsession.testing.proxy import C2S, PacketRecord, parse_packet
 
 __all__ = ["FakeBroker", "encode_packet", "varint"]
 
 log = logging.getLogger(__name__)
 
-
-def varint(n: int) -> bytes:
-    """An MQTT Variable Byte Integer."""
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def encode_packet(first: int, body: bytes) -> bytes:
-    """Fixed header (first byte, Remaining Length) + body."""
-    return bytes([first]) + varint(len(body)) + body
-
-
-def _props(pairs: list[tuple[int, bytes]]) -> bytes:
-    raw = b"".join(bytes([ident]) + value for ident, value in pairs)
-    return varint(len(raw)) + raw
+varint = wire.encode_varint
+encode_packet = wire.encode_packet
 
 
 class FakeBroker:
@@ -133,29 +117,23 @@ class FakeBroker:
 
     def connack(self, session_present: bool = False, reason: int = 0) -> bytes:
         """A CONNACK for the current connection's protocol level."""
-        body = bytes([1 if session_present else 0, reason])
-        if self._level == 5:
-            pairs: list[tuple[int, bytes]] = []
-            if self.receive_maximum is not None:
-                pairs.append((0x21, struct.pack("!H", self.receive_maximum)))
-            if self.maximum_packet_size is not None:
-                pairs.append((0x27, struct.pack("!I", self.maximum_packet_size)))
-            body += _props(pairs)
-        return encode_packet(0x20, body)
+        props: list[wire.Property] = []
+        if self._level == 5 and self.receive_maximum is not None:
+            props.append((wire.RECEIVE_MAXIMUM, self.receive_maximum))
+        if self._level == 5 and self.maximum_packet_size is not None:
+            props.append((wire.MAXIMUM_PACKET_SIZE, self.maximum_packet_size))
+        return wire.encode_connack(session_present, reason, protocol=self._level, properties=props)
 
     def ack(self, kind: int, packet_id: int) -> bytes:
         """PUBACK (0x40), PUBREC (0x50), PUBREL (0x62) or PUBCOMP (0x70) with success."""
-        return encode_packet(kind, struct.pack("!H", packet_id))
+        return wire.encode_ack(PacketType(kind >> 4), packet_id)
 
     def publish(self, topic: str, payload: bytes, qos: int, packet_id: int = 0, *,
                 flags: int | None = None) -> bytes:
         """A PUBLISH; ``flags`` overrides the fixed header's low nibble (e.g. QoS bits 11)."""
-        body = struct.pack("!H", len(topic.encode())) + topic.encode()
-        if qos or (flags is not None and flags & 0x06):
-            body += struct.pack("!H", packet_id)
-        if self._level == 5:
-            body += b"\x00"
-        return encode_packet(0x30 | (qos << 1 if flags is None else flags), body + payload)
+        with_id = qos or (flags is not None and flags & 0x06)
+        return wire.encode_publish(topic, payload, qos=qos, packet_id=packet_id if with_id else None,
+                                   protocol=self._level, flags=flags)
 
     def close_client(self) -> None:
         """Drop the client's connection abruptly."""
@@ -209,7 +187,7 @@ class FakeBroker:
             if not chunk:
                 return
             buf += chunk
-            while (split := split_packet(buf)) is not None:
+            while (split := wire.split(buf)) is not None:
                 header_len, total = split
                 packet, buf = bytes(buf[:total]), buf[total:]
                 seq += 1
@@ -220,11 +198,11 @@ class FakeBroker:
                 with self._lock:
                     self._records.append(rec)
                 try:
-                    self._answer(conn, rec, packet[header_len:])
+                    self._answer(conn, rec)
                 except OSError:
                     return
 
-    def _answer(self, conn: socket.socket, rec: PacketRecord, body: bytes) -> None:
+    def _answer(self, conn: socket.socket, rec: PacketRecord) -> None:
         if self.on_packet is not None:
             self.on_packet(self, rec)
         pid = rec.packet_id or 0
@@ -237,33 +215,14 @@ class FakeBroker:
         elif rec.type == "PUBREL":
             conn.sendall(self.ack(0x70, pid))
         elif rec.type == "SUBSCRIBE":
-            filters = self._filters(body, True)
+            filters = rec.filters or ()
             if self.closes_on_subscribe.intersection(filters):
                 self.close_client()
                 return
-            n = len(filters)
-            codes = bytes([self.suback_code if self.suback_code is not None else 1] * n)
-            props = b"\x00" if self._level == 5 else b""
-            conn.sendall(encode_packet(0x90, struct.pack("!H", pid) + props + codes))
+            code = self.suback_code if self.suback_code is not None else 1
+            conn.sendall(wire.encode_suback(pid, [code] * len(filters), protocol=self._level))
         elif rec.type == "UNSUBSCRIBE":
-            n = len(self._filters(body, False))
-            extra = b"\x00" + b"\x00" * n if self._level == 5 else b""
-            conn.sendall(encode_packet(0xB0, struct.pack("!H", pid) + extra))
+            codes = [0] * len(rec.filters or ()) if self._level == 5 else []
+            conn.sendall(wire.encode_unsuback(pid, codes, protocol=self._level))
         elif rec.type == "PINGREQ":
-            conn.sendall(b"\xd0\x00")
-
-    def _filters(self, body: bytes, options: bool) -> list[str]:
-        """The topic filters of a SUBSCRIBE (``options``: one byte after each) or
-        UNSUBSCRIBE body."""
-        pos = 2
-        if self._level == 5:
-            decoded = decode_varint(body, pos)
-            assert decoded is not None
-            length, pos = decoded
-            pos += length
-        filters = []
-        while pos + 2 <= len(body):
-            (size,) = struct.unpack_from("!H", body, pos)
-            filters.append(body[pos + 2:pos + 2 + size].decode("utf-8", "replace"))
-            pos += 2 + size + (1 if options else 0)
-        return filters
+            conn.sendall(wire.encode_pingresp())

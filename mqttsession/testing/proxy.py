@@ -11,8 +11,9 @@ client connection and forwards whole MQTT packets both ways from a single ``sele
   can reconnect through it.
 
 Directions: ``"c2s"`` (client to server/broker) and ``"s2c"``. Packet types by name, e.g.
-``"PUBLISH"``. MQTT 3.1.1 and 5 are both parsed: the protocol level is read from each connection's
-CONNECT.
+``"PUBLISH"``. MQTT 3.1.1 and 5 are both parsed (by :mod:`mqttsession._wire`): the protocol level
+is read from each connection's CONNECT. A malformed packet is logged (``error`` says why) and
+forwarded all the same; bytes that cannot be framed are forwarded unparsed from then on.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, TypeVar
 
+from mqttsession import _wire as wire
+from mqttsession._wire import MalformedPacket, PacketType
 from mqttsession.testing.brokers import LOCALHOST
 
 # typing.Self is 3.11+; this TypeVar keeps "returns its own type" on 3.10
@@ -42,33 +45,12 @@ logger = logging.getLogger(__name__)
 Direction = Literal["c2s", "s2c"]
 C2S: Direction = "c2s"
 S2C: Direction = "s2c"
-_DIRECTIONS: tuple[Direction, Direction] = (C2S, S2C)
-
-PACKET_TYPES: dict[int, str] = {
-    1: "CONNECT",
-    2: "CONNACK",
-    3: "PUBLISH",
-    4: "PUBACK",
-    5: "PUBREC",
-    6: "PUBREL",
-    7: "PUBCOMP",
-    8: "SUBSCRIBE",
-    9: "SUBACK",
-    10: "UNSUBSCRIBE",
-    11: "UNSUBACK",
-    12: "PINGREQ",
-    13: "PINGRESP",
-    14: "DISCONNECT",
-    15: "AUTH",
-}
+PACKET_TYPES: dict[int, str] = {t.value: t.name for t in PacketType}
 _TYPE_NAMES = frozenset(PACKET_TYPES.values())
-# Packets whose variable header starts with a 2-byte packet identifier (3.1.1 and 5 alike).
-_ID_FIRST = frozenset({"PUBACK", "PUBREC", "PUBREL", "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK"})
 _RECV_SIZE = 65536
 
 
-class ProtocolError(ValueError):
-    """Bytes that cannot be MQTT framing (e.g. a Remaining Length longer than 4 bytes)."""
+ProtocolError = MalformedPacket  # bytes that cannot be MQTT (framing or a packet)
 
 
 @dataclass(frozen=True)
@@ -106,6 +88,8 @@ class PacketRecord:
     """CONNACK return/reason code; MQTT 5 PUBACK/PUBREC/PUBREL/PUBCOMP/DISCONNECT reason code."""
     reason_codes: tuple[int, ...] | None = None
     """SUBACK (and MQTT 5 UNSUBACK) return codes."""
+    filters: tuple[str, ...] | None = None
+    """SUBSCRIBE / UNSUBSCRIBE topic filters."""
     protocol_level: int | None = None
     """The connection's protocol level from its CONNECT: 3 (3.1), 4 (3.1.1) or 5."""
     client_id: str | None = None
@@ -118,62 +102,11 @@ class PacketRecord:
     """CONNECT / CONNACK on MQTT 5: the properties as on the wire (length prefix included;
     ``mqttsession._paho.unpack_properties`` reads them)."""
     error: str | None = field(default=None, compare=False)
-    """Why the variable header could not be parsed, if it could not."""
+    """Why the packet is malformed, if it is (the fields after the fixed header are then unset)."""
 
 
 # ------------------------------------------------------------------------------------------------
-# framing
-
-
-def decode_varint(buf: bytes | bytearray, pos: int) -> tuple[int, int] | None:
-    """Decode an MQTT Variable Byte Integer at ``pos``: ``(value, next_pos)``, None if incomplete."""
-    value = 0
-    for i in range(4):
-        if pos + i >= len(buf):
-            return None
-        byte = buf[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, pos + i + 1
-    raise ProtocolError("Remaining Length longer than 4 bytes")
-
-
-def split_packet(buf: bytes | bytearray) -> tuple[int, int] | None:
-    """``(header_len, total_len)`` of the first complete packet in ``buf``, None if incomplete."""
-    if len(buf) < 2:
-        return None
-    decoded = decode_varint(buf, 1)
-    if decoded is None:
-        return None
-    remaining, header_len = decoded
-    total = header_len + remaining
-    if len(buf) < total:
-        return None
-    return header_len, total
-
-
-def _u16(body: bytes, pos: int) -> tuple[int, int]:
-    if pos + 2 > len(body):
-        raise ProtocolError("truncated 2-byte integer")
-    value: int = struct.unpack_from("!H", body, pos)[0]
-    return value, pos + 2
-
-
-def _utf8(body: bytes, pos: int) -> tuple[str, int]:
-    length, pos = _u16(body, pos)
-    if pos + length > len(body):
-        raise ProtocolError("truncated string")
-    return body[pos:pos + length].decode("utf-8", errors="replace"), pos + length
-
-
-def _skip_properties(body: bytes, pos: int) -> int:
-    decoded = decode_varint(body, pos)
-    if decoded is None:
-        raise ProtocolError("truncated properties length")
-    length, pos = decoded
-    if pos + length > len(body):
-        raise ProtocolError("truncated properties")
-    return pos + length
+# reading packets (the format itself is mqttsession._wire's)
 
 
 def parse_packet(
@@ -186,62 +119,36 @@ def parse_packet(
     protocol_level: int | None,
     dropped: bool,
 ) -> PacketRecord:
-    """Describe one complete packet. ``protocol_level`` is the connection's (None before CONNECT)."""
+    """Describe one complete packet. ``protocol_level`` is the connection's (None before CONNECT).
+
+    A packet ``_wire`` finds malformed is still described from its fixed header, with ``error``.
+    """
     first = data[0]
-    type_name = PACKET_TYPES.get(first >> 4, f"RESERVED{first >> 4}")
     flags = first & 0x0F
-    body = data[header_len:]
     fields: dict[str, object] = {}
+    if first >> 4 == PacketType.PUBLISH:  # the fixed header alone says these
+        fields.update(dup=bool(flags & 0x08), qos=(flags >> 1) & 0x03, retain=bool(flags & 0x01))
     level = protocol_level
-    v5 = level == 5
     try:
-        if type_name == "CONNECT":
-            _name, pos = _utf8(body, 0)
-            level = body[pos]
-            v5 = level == 5
-            connect_flags = body[pos + 1]
-            keepalive, pos = _u16(body, pos + 2)
-            if v5:
-                start, pos = pos, _skip_properties(body, pos)
-                fields["properties"] = bytes(body[start:pos])
-            client_id, pos = _utf8(body, pos)
-            fields.update(client_id=client_id, clean_start=bool(connect_flags & 0x02), keepalive=keepalive)
-        elif type_name == "CONNACK":
-            fields.update(session_present=bool(body[0] & 0x01), reason_code=body[1])
-            if v5 and len(body) > 2:
-                fields["properties"] = bytes(body[2:_skip_properties(body, 2)])
-        elif type_name == "PUBLISH":
-            qos = (flags >> 1) & 0x03
-            fields.update(dup=bool(flags & 0x08), qos=qos, retain=bool(flags & 0x01))
-            topic, pos = _utf8(body, 0)
-            fields["topic"] = topic
-            if qos > 0:
-                fields["packet_id"], pos = _u16(body, pos)
-            if v5:
-                pos = _skip_properties(body, pos)
-            fields["payload"] = bytes(body[pos:])
-        elif type_name in _ID_FIRST:
-            packet_id, pos = _u16(body, 0)
-            fields["packet_id"] = packet_id
-            if type_name in ("PUBACK", "PUBREC", "PUBREL", "PUBCOMP"):
-                if v5 and len(body) > 2:
-                    fields["reason_code"] = body[2]
-                elif v5:
-                    fields["reason_code"] = 0
-            elif type_name == "SUBACK" or (type_name == "UNSUBACK" and v5):
-                if v5:
-                    pos = _skip_properties(body, pos)
-                fields["reason_codes"] = tuple(body[pos:])
-        elif type_name == "DISCONNECT" and v5:
-            fields["reason_code"] = body[0] if body else 0
-    except (ProtocolError, IndexError) as exc:
+        p = wire.decode(first, data[header_len:], protocol_level or 4)
+    except MalformedPacket as exc:
         fields["error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        level = p.protocol_level or level  # a CONNECT's own
+        fields.update(packet_id=p.packet_id, topic=p.topic, session_present=p.session_present,
+                      reason_code=p.reason_code, reason_codes=p.reason_codes or None,
+                      filters=p.filters or None, client_id=p.client_id, clean_start=p.clean_start,
+                      keepalive=p.keepalive)
+        if p.type is PacketType.PUBLISH:
+            fields["payload"] = p.payload
+        if p.type in (PacketType.CONNECT, PacketType.CONNACK) and p.properties:
+            fields["properties"] = p.properties
     return PacketRecord(
         seq=seq,
         time=time.monotonic(),
         conn=conn,
         direction=direction,
-        type=type_name,
+        type=PACKET_TYPES.get(first >> 4, f"RESERVED{first >> 4}"),
         flags=flags,
         length=len(data),
         dropped=dropped,
@@ -487,16 +394,6 @@ class MQTTProxy:
                     )
                 self._cond.wait(left)
 
-    def wait_for_connections(self, count: int, timeout: float = 5.0) -> None:
-        """Wait until ``count`` connection pairs are open."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._pairs) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{self.describe()}: {len(self._pairs)} connection(s), wanted {count}")
-                self._cond.wait(left)
-
     def log_text(self) -> str:
         """The packet log, one line per packet (for test reports)."""
         with self._cond:
@@ -659,8 +556,8 @@ class MQTTProxy:
                 buf.clear()
                 break
             try:
-                framed = split_packet(buf)
-            except ProtocolError as exc:
+                framed = wire.split(buf)
+            except MalformedPacket as exc:
                 logger.warning("%s: conn %d %s: %s; forwarding unparsed from now on",
                                self.describe(), pair.conn, direction, exc)
                 pair.passthrough[direction] = True

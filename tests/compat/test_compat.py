@@ -354,7 +354,7 @@ def test_codec_acks_and_disconnect() -> None:
 
 def test_codec_connack_of_a_311_broker_to_a_v5_client() -> None:
     p = decode(0x20, b"\x00\x01", 5)  # amqtt answers an MQTT 5 CONNECT like this
-    assert (p.session_present, p.reason_code, p.properties) == (False, 1, ())
+    assert (p.session_present, p.reason_code, p.properties) == (False, 1, b"")
     v5 = decode(0x20, b"\x01\x00\x05\x11\x00\x00\x00\x3c", 5)
     assert v5.session_present and v5.prop(0x11) == 60
 
