@@ -214,9 +214,6 @@ class PahoConnection(mqtt.Client):
         """Queue a PUBCOMP from any thread (see ``send_puback``)."""
         return self._send_pubcomp(packet_id) == _OK  # noqa: SLF001
 
-    def socket_open(self) -> bool:
-        return self._sock is not None  # noqa: SLF001
-
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
         # paho leaves the TCP socket to the garbage collector when the TLS handshake fails
         try:

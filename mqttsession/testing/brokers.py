@@ -12,6 +12,8 @@ Configuration templates live in the repository's ``broker_conf/`` directory (or 
 by the environment variable ``MQTTSESSION_BROKER_CONF``); placeholders such as ``{port}`` are
 replaced by plain text substitution. When no such directory exists (an installed wheel), a built-in
 minimal copy of the same templates is used.
+
+PyYAML and amqtt are imported when an amqtt broker is configured or started, not on import.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-import yaml  # type: ignore[import-untyped]  # no stubs installed; amqtt depends on PyYAML
 
 # typing.Self is 3.11+; these TypeVars keep "returns its own type" on 3.10
 _PB = TypeVar("_PB", bound="_ProcessBroker")
@@ -155,6 +156,14 @@ def render_template(text: str, **values: object) -> str:
     for key, value in values.items():
         text = text.replace("{" + key + "}", str(value))
     return text
+
+
+def _yaml() -> Any:
+    """PyYAML, imported only when an amqtt configuration is read: importing this module (and the
+    pytest plugin) must work without it, so that the unit tests run where no broker is installed."""
+    import yaml  # type: ignore[import-untyped]  # noqa: PLC0415 - no stubs; amqtt depends on PyYAML
+
+    return yaml
 
 
 def free_port(host: str = LOCALHOST) -> int:
@@ -513,6 +522,7 @@ class AmqttProcess(_ProcessBroker):
         text, origin = load_template(self.conf_template)
         rendered = render_template(text, port=self.port)
         if self.overrides:
+            yaml = _yaml()
             config = yaml.safe_load(rendered)
             config.update(self.overrides)
             rendered = yaml.safe_dump(config, sort_keys=False)
@@ -656,7 +666,7 @@ class EmbeddedAmqtt:
         if self.config is not None:
             return dict(self.config)
         text, _origin = load_template(self.conf_template)
-        config: dict[str, Any] = yaml.safe_load(render_template(text, port=port))
+        config: dict[str, Any] = _yaml().safe_load(render_template(text, port=port))
         return config
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -40,7 +40,7 @@ class Tally:
 
     def __init__(self, broker: MosquittoBroker, topic: str) -> None:
         self.counts: Counter[int] = Counter()
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         ready = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tally-{topic}")
         self.c.on_message = self._on_message
@@ -53,14 +53,12 @@ class Tally:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
             self.counts[int(msg.payload)] += 1
+            self.lock.notify_all()
 
     def wait_for(self, numbers: set[int], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if all(self.counts[n] for n in numbers):
-                    return
-            time.sleep(0.05)
+        """Until every number arrived or ``timeout``; the caller asserts on what is missing."""
+        with self.lock:
+            self.lock.wait_for(lambda: all(self.counts[n] for n in numbers), timeout)
 
     def close(self) -> None:
         self.c.loop_stop()
@@ -100,9 +98,15 @@ def test_publisher_killed_at_random_loses_nothing(
             if hold:
                 proxy.drop("s2c", *hold)
             first = k * 1000
+            proxy.clear_log()  # the previous child is dead and cut: nothing more is logged for it
             proc = _child("_publisher.py", state, proxy.host, str(proxy.port), str(first),
                           str(first + 1000))
-            time.sleep(rng.uniform(0.4, 1.2))  # start-up takes ~0.3 s; kill lands mid-stream
+            try:
+                proxy.wait_for("s2c", "CONNACK", timeout=30)  # the child is up and publishing
+            except TimeoutError:
+                proc.kill()
+                raise AssertionError(f"publisher {k} never connected: {_lines(proc)[1]}") from None
+            time.sleep(rng.uniform(0.1, 0.9))  # the point of the test: kill at a random instant
             proc.send_signal(signal.SIGKILL)
             lines, err = _lines(proc)
             assert proc.returncode == -signal.SIGKILL, err
@@ -118,7 +122,9 @@ def test_publisher_killed_at_random_loses_nothing(
         assert lines[-1].startswith("DONE True 0"), (lines[-3:], err)
         returned |= set(range(900000, 900010))
         tally.wait_for(returned, timeout=20)
-        time.sleep(1.0)  # late duplicates would show up now
+        # An observation window, not synchronisation: everything arrived; a late duplicate
+        # (a resend of a message already delivered) would show up within it.
+        time.sleep(1.0)
         with tally.lock:
             missing = sorted(n for n in returned if tally.counts[n] == 0)
             qos2_dups = sorted(n for n in returned if n % 2 == 1 and tally.counts[n] > 1)
@@ -129,6 +135,16 @@ def test_publisher_killed_at_random_loses_nothing(
         assert sum(1 for n in inflight_at_kill if n > 0) >= KILLS // 2, inflight_at_kill
     finally:
         tally.close()
+
+
+def _poll(done: Callable[[], bool], timeout: float) -> bool:
+    """Poll a condition a file shows (no event to wait on) until it holds or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _read_log(path: Path) -> list[tuple[str, int, int]]:
@@ -167,7 +183,7 @@ def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_p
             pub.publish("crash/sub", str(n).encode(), qos=1 + n % 2)
             sent.append(n)
             n += 1
-            time.sleep(0.002)
+            time.sleep(0.002)  # the feed's rate (~500/s), not synchronisation
 
     first = _child("_subscriber.py", state, broker.host, str(broker.port), str(log))
     assert first.stdout is not None and first.stdout.readline().strip() == "READY"
@@ -176,7 +192,7 @@ def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_p
     proc = first
     try:
         for _ in range(KILLS):
-            time.sleep(rng.uniform(0.05, 0.5))
+            time.sleep(rng.uniform(0.05, 0.5))  # the point of the test: kill at a random instant
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
             time.sleep(rng.uniform(0.0, 0.3))  # the broker queues while it is away
@@ -186,13 +202,10 @@ def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_p
             assert ready == "READY", proc.communicate(timeout=10)[1]
         stop.set()
         feeder.join()
-        deadline = time.monotonic() + 60
         want = set(sent)
-        while time.monotonic() < deadline:
-            ends = {n for tag, n, _q in _read_log(log) if tag == "E"}
-            if want <= ends:
-                break
-            time.sleep(0.1)
+        # until the log shows every message handled (or 60 s: the assertions below say what is
+        # missing), then an observation window in which a late duplicate would show up
+        _poll(lambda: want <= {n for tag, n, _q in _read_log(log) if tag == "E"}, timeout=60)
         time.sleep(1.0)
     finally:
         stop.set()

@@ -24,6 +24,11 @@ import pytest
 
 from mqttsession import AsyncSession, ConnectError, Options, UsageError
 
+try:  # tests/integration may or may not be a package
+    from ._procs import wait_until
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from _procs import wait_until  # type: ignore[no-redef]
+
 T = TypeVar("T")
 
 
@@ -55,8 +60,11 @@ def test_round_trip_and_async_iteration(mosquitto: Any, version: int) -> None:
         assert sorted(got) == [(f"{topic}/{n}", f"m{n}".encode()) for n in range(3)]
 
         # an iterator waiting when the session closes simply ends
-        reader = asyncio.create_task(_collect(session))
-        await asyncio.sleep(0.05)
+        await session.ack()  # nothing left to acknowledge: the reader goes straight to waiting
+        started = asyncio.Event()
+        reader = asyncio.create_task(_collect(session, started))
+        await started.wait()  # the reader is now blocked waiting for a message
+        assert not reader.done()
         await session.close()
         assert await asyncio.wait_for(reader, 5) == []
         assert session.closed and not session.connected
@@ -67,7 +75,8 @@ def test_round_trip_and_async_iteration(mosquitto: Any, version: int) -> None:
     _run(main)
 
 
-async def _collect(session: AsyncSession) -> list[bytes]:
+async def _collect(session: AsyncSession, started: asyncio.Event) -> list[bytes]:
+    started.set()  # wakes the waiter only once this task blocks in messages() (one event loop)
     return [m.message async for m in session.messages()]
 
 
@@ -164,17 +173,19 @@ def test_the_loop_is_never_blocked(mosquitto: Any, tmp_path: Path) -> None:
 
     async def main() -> None:
         stop = asyncio.Event()
+        ticking = asyncio.Event()
 
         async def heartbeat() -> None:
             last = time.monotonic()
             while not stop.is_set():
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the heartbeat itself: what the test measures
                 now = time.monotonic()
                 gaps.append(now - last)
                 last = now
+                ticking.set()
 
         beat = asyncio.create_task(heartbeat())
-        await asyncio.sleep(0.05)  # the heartbeat is ticking before anything else runs
+        await ticking.wait()  # the heartbeat is ticking before anything else runs
         with pytest.raises(ConnectError, match="CONNACK"):
             await AsyncSession.create(Options(address=f"127.0.0.1:{silent.port}",
                                               request_timeout_seconds=0.6))
@@ -212,7 +223,8 @@ def test_failed_create(mosquitto: Any) -> None:
 
     before = threading.active_count()
     _run(main)
-    time.sleep(0.1)
+    # threads that end just after create() failed (paho's, the worker) get a deadline to go
+    wait_until(lambda: threading.active_count() <= before, timeout=5, what="threads to end")
     assert threading.active_count() <= before
 
 
