@@ -323,6 +323,9 @@ class PahoConnection(mqtt.Client):
         body: bytes | bytearray = pkt["packet"]
         proto = self._protocol  # noqa: SLF001
         cmd = hdr & 0xF0
+        if cmd != _CONNACK and not self._connack_seen:
+            return self._violation(0x82, f"a {_NAMES.get(cmd, f'type {hdr >> 4}')} packet before"
+                                         " CONNACK [MQTT-3.2.0-1]: not an MQTT broker there?")
         if cmd not in (_CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP):
             return super()._packet_handle()  # noqa: SLF001
         if cmd == _PUBLISH and hdr & 0x06 == 0x06:
