@@ -50,9 +50,9 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
                 conn.settimeout(5)
                 try:
                     behaviour(conn)
+                    conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
-                    pass
-                conn.shutdown(socket.SHUT_RDWR)
+                    pass  # the client may have closed first
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
