@@ -869,14 +869,15 @@ class Client:
     def hook_failure(self, exc: Exception, context: str) -> None:
         """A hook failed on the network thread (the connection is dropped without the ack
         that depended on it; paho reconnects): report it, and end a waiting ``connect()``."""
+        retry = ", reconnecting" if self._connack.is_set() else ""
         if isinstance(exc, ProtocolViolation):
             code = exc.code
-            description = f"{context}: {exc}; connection closed, the session is unchanged"
+            description = f"{context}: {exc}; connection closed{retry}, the session is unchanged"
         else:
             code = getattr(exc, "errno", None) or -1
             what = ("the state file could not be written" if isinstance(exc, PersistenceError)
                     else "the session could not process it")
-            description = f"{context}: {what} ({exc}); connection dropped, reconnecting"
+            description = f"{context}: {what} ({exc}); connection dropped{retry}"
         if not self._connack.is_set():
             self._connack_result = (-3, f"{context}: {exc}")
             conn = self._conn
