@@ -259,7 +259,7 @@ class Journal:
         self._size = 0
         self._broken = False  # a write failed: the next write is a full compaction
         self._snapshot_size = 0
-        self._snapshot_id: tuple[int, int] | None = None  # (device, inode) of the snapshot
+        self._snapshot_fd: int | None = None  # the snapshot, held open to see it unlinked
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced = False  # bytes written since the last fsync (policy ``always``)
@@ -311,6 +311,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._hold_snapshot(None)
         if self._lock_fd is not None:
             try:
                 os.unlink(self.path + LOCK_SUFFIX)
@@ -371,9 +372,9 @@ class Journal:
                 return state  # the next append compacts instead
             try:
                 st = os.lstat(self.path)
+                self._hold_snapshot((st.st_dev, st.st_ino))
             except OSError:
-                st = None
-            self._snapshot_id = (st.st_dev, st.st_ino) if st else None
+                self._hold_snapshot(None)
             self._size = resume_at
             self._cut_at = resume_at
             self._broken = False
@@ -430,16 +431,34 @@ class Journal:
             ) from exc
         self._unsynced = False
 
+    def _hold_snapshot(self, file_id: tuple[int, int] | None) -> None:
+        """Keep the snapshot (device, inode ``file_id``) open; None: hold none."""
+        if self._snapshot_fd is not None:
+            os.close(self._snapshot_fd)
+            self._snapshot_fd = None
+        if file_id is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
+        except OSError:
+            return  # the next durable write finds no snapshot held: PersistenceError
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != file_id:
+            os.close(fd)  # replaced in between: not ours
+            return
+        self._snapshot_fd = fd
+
     def _check_in_place(self) -> None:
         """``PersistenceError`` if the snapshot or the journal was deleted or replaced since
         this process wrote them: a durable write must not go into a file no restart reads.
         The next write rewrites both from memory (a compaction)."""
         assert self._fd is not None
+        # two fstat calls, no path look-ups: on the publish path of SessionSync=always, where
+        # each syscall may hand the GIL to the network thread. Deleting a file, or renaming
+        # another over it, leaves the open one with no name (st_nlink 0).
         try:
-            held, journal, snapshot = (
-                os.fstat(self._fd), os.lstat(self.journal_path), os.lstat(self.path))
-            ok = (held.st_nlink > 0 and (journal.st_dev, journal.st_ino) == (held.st_dev, held.st_ino)
-                  and (snapshot.st_dev, snapshot.st_ino) == self._snapshot_id)
+            ok = (self._snapshot_fd is not None and os.fstat(self._fd).st_nlink > 0
+                  and os.fstat(self._snapshot_fd).st_nlink > 0)
         except OSError:
             ok = False
         if not ok:
@@ -473,7 +492,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._snapshot_id = write_atomic(self.path, text, sync=True)
+        self._hold_snapshot(write_atomic(self.path, text, sync=True))
         digest = codec.text_digest(text)  # names the snapshot (format 1: sha256 of its text)
         header = frame(
             json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, state.client_id]).encode("utf-8"))
