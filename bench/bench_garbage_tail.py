@@ -28,7 +28,7 @@ def build(directory: str, tail: bytes) -> str:
     j = Journal(path, "bench", sync=False)
     j.compact(st)
     for i in range(10):
-        j.append(st.accept("t", b"m%d" % i, 1), st)
+        j.append([st.accept("t", b"m%d" % i, 1)], st)
     j.close()
     with open(path + JOURNAL_SUFFIX, "ab") as f:
         f.write(tail)

@@ -98,7 +98,7 @@ def build_history_file(path: str, held: int, history: int, max_journal_bytes: in
 
     def rec(r: Any) -> None:
         nonlocal compactions
-        j.append(r, st, sync=False)
+        j.append([r], st, sync=False)
         if j.needs_compaction:
             j.compact(st)
             compactions += 1

@@ -337,7 +337,7 @@ def micro(workdir: str) -> None:
         ("  binary record (struct + raw payload) incl. frame", binary_record),
         ("journal.frame(payload)  [struct + crc32]", lambda: frame(enc_a)),
         ("os.write 250 B (O_APPEND)", lambda: os.write(fd, small)),
-        ("Journal.append(Stepped, sync=False)", lambda: j.append(rec_s, st, sync=False)),
+        ("Journal.append(Stepped, sync=False)", lambda: j.append([rec_s], st, sync=False)),
         ("os.write + os.fdatasync (the SessionSync=always cost)",
          lambda: (os.write(fd, small), os.fdatasync(fd))),
         ("codec.decode_record(Accepted)  [binary]",

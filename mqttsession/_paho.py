@@ -1,55 +1,58 @@
-"""The one module that touches paho-mqtt internals.
+"""The one module that touches paho-mqtt internals: an adapter between paho and the engine.
 
-paho keeps QoS 1/2 session state in memory only (``_out_messages``, ``_in_messages``) and sends
-PUBREC before it stores an incoming QoS 2 message. ``PahoConnection`` subclasses paho's Client
-and takes the session part away from it: every PUBLISH/PUBACK/PUBREC/PUBREL/PUBCOMP/CONNACK is
-decoded here and handed to a ``Hooks`` object (the mqttsession Client) BEFORE the dependent
-packet is written, and QoS>0 PUBLISH/PUBREL go out with the packet ids the session model chose.
-paho's own ``_out_messages`` / ``_in_messages`` stay empty.
+paho keeps what it is good at: the socket, TLS, keep-alive, CONNECT and DISCONNECT. The session
+packets are not paho's: every PUBLISH / PUBACK / PUBREC / PUBREL / PUBCOMP / SUBACK / UNSUBACK
+is decoded by ``_wire`` and handed to ``Hooks.hook_packet`` (the Client, which feeds the engine),
+and the packets the engine returns are queued as the bytes ``_wire`` made (``write``), so paho's
+``_out_messages`` / ``_in_messages`` stay empty and MQTT 5 properties stay packed end to end.
+
+Acknowledgements written while a read batch is handled wait for the batch's end, after
+``Hooks.hook_batch_end`` made the records they depend on durable (one fsync for the batch).
+Timers run in paho's loop (``loop_misc``): no thread of our own.
 
 Every private paho access is tagged ``# noqa: SLF001`` so the coupling is greppable.
-Verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py`` and ``paho/mqtt/_packet.py``).
+Verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from typing import Any, Callable, Final, Protocol
 
 import paho.mqtt.client as mqtt
-try:
-    from paho.mqtt import _packet  # noqa: SLF001  (paho's packet decoders, 2.2+)
-except ImportError as _exc:  # paho-mqtt 2.0 / 2.1
-    raise ImportError("mqttsession needs paho-mqtt>=2.2,<3 (paho.mqtt._packet is missing)") from _exc
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.enums import _ConnectionState  # noqa: SLF001
-from paho.mqtt.client import MalformedPacket  # type: ignore[attr-defined]
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from . import _wire
+from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
 
 __all__ = [
     "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
-    "disconnect_properties", "CLEAN_START_FIRST_ONLY",
+    "disconnect_properties", "describe_connect_error", "refusal_message", "CLEAN_START_FIRST_ONLY",
 ]
 
 CLEAN_START_FIRST_ONLY: Final = mqtt.MQTT_CLEAN_START_FIRST_ONLY
 
 log = logging.getLogger(__name__)
 
-_CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
-_NAMES: Final = {
-    _CONNACK: "CONNACK", _PUBLISH: "PUBLISH", _PUBACK: "PUBACK", _PUBREC: "PUBREC",
-    _PUBREL: "PUBREL", _PUBCOMP: "PUBCOMP",
-}
+_SESSION_PACKETS: Final = frozenset({
+    PacketType.PUBLISH, PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
+    PacketType.PUBCOMP, PacketType.SUBACK, PacketType.UNSUBACK,
+})
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _READ_BATCH: Final = 64  # packets read per network-loop round at most
 _CLOSED_ON_PURPOSE: Final = (  # paho states after disconnect()
     _ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED,
 )
+_ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
+                                         PacketType.PUBCOMP)}
 
 
 class Hooks(Protocol):
@@ -60,30 +63,13 @@ class Hooks(Protocol):
         maximum_packet_size: int | None,
     ) -> None: ...
 
-    def hook_publish_in(
-        self,
-        packet_id: int,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        dup: bool,
-        properties: bytes,
-    ) -> bool: ...  # QoS 1: True to send the PUBACK now, False when ``ack()`` sends it
+    def hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
 
-    def hook_pubrel_in(self, packet_id: int) -> bool: ...  # True: PUBCOMP with the read batch
+    def hook_batch_end(self, release: Callable[[], None]) -> None: ...  # sync, then release()
 
-    def hook_puback(self, packet_id: int, reason_code: int) -> None: ...
+    def hook_connection_reset(self) -> None: ...  # a new network connection is being made
 
-    def hook_pubrec(self, packet_id: int, reason_code: int) -> bool: ...
-
-    def hook_pubcomp(self, packet_id: int, reason_code: int) -> None: ...
-
-    def hook_connection_reset(self) -> None: ...
-
-    def hook_acks_due(self) -> None: ...
-
-    def hook_packet_id_in_use(self, packet_id: int) -> bool: ...
+    def hook_tick(self) -> None: ...  # once per network-loop round
 
     def hook_failure(self, exc: Exception, context: str) -> None: ...
 
@@ -131,27 +117,38 @@ def disconnect_properties(session_expiry_interval: int | None) -> Properties | N
     return expiry_properties(PacketTypes.DISCONNECT, session_expiry_interval)
 
 
-def _text(topic: bytes | str) -> str:
-    return topic if isinstance(topic, str) else topic.decode("utf-8")
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A connect failure in words that name the cause."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the broker's TLS certificate was not accepted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+            return f"TLS handshake refused: the broker wants a client certificate ({reason})"
+        if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+            return f"TLS handshake refused: the broker does not trust our client certificate ({reason})"
+        return f"TLS error: {reason}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no broker listening there?)"
+    return str(exc) or type(exc).__name__
 
 
-_ACK_DECODERS: Final[dict[int, Callable[..., Any]]] = {
-    _PUBACK: _packet.decode_puback, _PUBREC: _packet.decode_pubrec,
-    _PUBREL: _packet.decode_pubrel, _PUBCOMP: _packet.decode_pubcomp,
-}
-
-
-def _ack(cmd: int, hdr: int, body: bytes | bytearray, proto: Any) -> tuple[int, int]:
-    """(packet id, reason code) of a PUBACK / PUBREC / PUBREL / PUBCOMP.
-
-    The usual ack is the packet id alone: MQTT 3.1.1 always, MQTT 5 on success without
-    properties [MQTT 5 3.4.2.1]. That is read here directly; paho's decoder would build a
-    ReasonCode and a Properties object for every ack (a third of its cost per message).
-    """
-    if len(body) == 2:
-        return body[0] << 8 | body[1], 0
-    ack = _ACK_DECODERS[cmd](hdr, body, proto)
-    return int(ack.mid), int(ack.reason.value)
+def refusal_message(where: str, rc: int, reason: str, tls_enabled: bool, client_cert: bool) -> str:
+    """Why ``connect()`` failed after the TCP connection: rc -3 a session fault on CONNACK,
+    -2 closed before CONNACK, else the broker's refusal code."""
+    if rc == -3:
+        return f"connected to {where}, but {reason}"
+    if rc == -2:
+        if not tls_enabled:
+            hint = "not an MQTT broker there, or it stopped?"
+        elif not client_cert:
+            hint = "a TLS listener that requires a client certificate does this"
+        else:  # TLS 1.3: a refused client certificate shows only after the handshake
+            hint = "a TLS listener that does not accept our client certificate does this"
+        return f"{where} closed the connection before CONNACK ({reason}); {hint}"
+    hint = " (wrong username or password?)" if rc in (4, 5, 0x86, 0x87) else ""
+    return f"{where} refused the connection: {reason}{hint}"
 
 
 class PahoConnection(mqtt.Client):
@@ -173,46 +170,48 @@ class PahoConnection(mqtt.Client):
             reconnect_on_failure=True,
         )
         self.hooks = hooks
+        self._level = protocol_version
         # a backstop: an exception in one of our callbacks is logged by paho, never raised
         # into its network thread (which would end it: no reconnect, no events)
         self.suppress_exceptions = True
-        # PUBREL / PUBREC / PUBCOMP answered during a read batch, written at its end after
-        # hooks.hook_acks_due() (one fsync covers the records of the whole batch)
-        self._acks_due: list[tuple[int, int]] = []
+        self._batch: list[tuple[int, bytes, int, int]] | None = None  # writes held to batch end
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
         self.enable_logger(logging.getLogger("mqttsession.paho"))
 
     # ------------------------------------------------------------------ sending
 
-    def send_publish(
-        self,
-        packet_id: int,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        dup: bool,
-        properties: bytes,
-    ) -> bool:
-        """Queue a PUBLISH with our packet id and DUP flag; False when there is no socket."""
-        props = unpack_properties(properties) if self._protocol == mqtt.MQTTv5 else None  # noqa: SLF001
-        rc = self._send_publish(  # noqa: SLF001
-            packet_id, topic.encode("utf-8"), payload, qos, retain, dup, None, props
-        )
-        return rc == _OK
+    def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
+        """Queue one encoded packet (any thread, under the session lock). While the network
+        thread handles a read batch it waits for the batch's end (after the records its acks
+        depend on are synced), behind the packets already held: the order stays."""
+        if self._batch is not None:
+            self._batch.append((kind, packet, packet_id, qos))
+            return
+        self._queue(kind, packet, packet_id, qos)
 
-    def send_pubrel(self, packet_id: int) -> bool:
-        return self._send_pubrel(packet_id) == _OK  # noqa: SLF001
+    def in_batch(self) -> bool:
+        """The calling thread is the network thread, handling a read batch."""
+        return self._batch is not None and threading.current_thread() is self._thread  # noqa: SLF001
 
-    def send_puback(self, packet_id: int) -> bool:
-        """Queue a PUBACK from any thread (paho's packet queue is a deque and the network
-        thread is woken through its socket pair, as for ``publish``)."""
-        return self._send_puback(packet_id) == _OK  # noqa: SLF001
+    def _release(self) -> None:
+        """Write what the batch held (under the session lock, after its sync)."""
+        held, self._batch = self._batch or [], None
+        for kind, packet, packet_id, qos in held:
+            self._queue(kind, packet, packet_id, qos)
 
-    def send_pubcomp(self, packet_id: int) -> bool:
-        """Queue a PUBCOMP from any thread (see ``send_puback``)."""
-        return self._send_pubcomp(packet_id) == _OK  # noqa: SLF001
+    def release_held(self) -> None:
+        """Write what the batch holds so far (under the session lock, after its sync); the
+        batch goes on."""
+        if self._batch:
+            held, self._batch = self._batch, []
+            for kind, packet, packet_id, qos in held:
+                self._queue(kind, packet, packet_id, qos)
+
+    def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
+        # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
+        info = mqtt.MQTTMessageInfo(0) if kind == PacketType.PUBLISH and qos == 0 else None
+        self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
         # paho leaves the TCP socket to the garbage collector when the TLS handshake fails
@@ -233,16 +232,9 @@ class PahoConnection(mqtt.Client):
     def in_network_thread(self) -> bool:
         return threading.current_thread() is self._thread  # noqa: SLF001
 
-    def _mid_generate(self) -> int:  # noqa: SLF001  (SUBSCRIBE/UNSUBSCRIBE ids)
-        while True:
-            mid = super()._mid_generate()  # noqa: SLF001
-            if not self.hooks.hook_packet_id_in_use(mid):
-                return mid
-
     def reconnect(self) -> MQTTErrorCode:
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
         self.hooks.hook_connection_reset()
-        self._acks_due.clear()  # for the old connection: the session resends what is needed
         self._connack_seen = False
         return super().reconnect()
 
@@ -262,9 +254,9 @@ class PahoConnection(mqtt.Client):
         """The broker broke the protocol: close the connection (MQTT 5: a DISCONNECT with
         ``code`` first [MQTT-4.13.1-1]), report it, and leave the session as it was."""
         sock = self._sock  # noqa: SLF001
-        if self._protocol == mqtt.MQTTv5 and sock is not None:  # noqa: SLF001
+        if self._level == 5 and sock is not None:
             try:
-                sock.send(bytes((0xE0, 0x01, code)))  # DISCONNECT, reason code, no properties
+                sock.send(_wire.encode_disconnect(code, protocol=5))
             except OSError:
                 pass
         self._hook_failed(ProtocolViolation(code, what), "a protocol violation by the broker")
@@ -278,32 +270,40 @@ class PahoConnection(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         return super()._loop(timeout)  # noqa: SLF001
 
+    def loop_misc(self) -> MQTTErrorCode:
+        """paho's keep-alive check, then the session's timers (``hooks.hook_tick``)."""
+        rc = super().loop_misc()
+        if rc == _OK:
+            try:
+                self.hooks.hook_tick()
+            except Exception as exc:  # never into paho's thread
+                self._hook_failed(exc, "the session's timers")
+        return rc
+
     # ------------------------------------------------------------------ receiving
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Read every packet that is waiting (up to a bound), not just one per round; then
-        write the acks that wait for the batch's records to be durable.
+        write the packets that wait for the batch's records to be durable.
 
         paho sizes its read batch by ``_out_messages`` + ``_in_messages``, which stay empty
         here, so it would read one packet per select() round.
         """
-        rc = self._read_batch(max_packets)
-        if not self._acks_due:
-            return rc
-        acks, self._acks_due = self._acks_due, []
+        self._batch = []
         try:
-            self.hooks.hook_acks_due()
+            rc = self._read_batch(max_packets)
+        except BaseException:
+            self._batch = None
+            raise
+        if rc != _OK:
+            self._batch = None  # the connection is gone: the session resends what is needed
+            return rc
+        try:
+            self.hooks.hook_batch_end(self._release)
         except Exception as exc:
+            self._batch = None
             self._hook_failed(exc, "making the session records of received packets durable")
             return self._loop_rc_handle(_DROP) if self._sock is not None else rc  # noqa: SLF001
-        if rc == _OK:
-            send = {
-                _PUBREC: self._send_pubrec,  # noqa: SLF001
-                _PUBREL: self._send_pubrel,  # noqa: SLF001
-                _PUBCOMP: self._send_pubcomp,  # noqa: SLF001
-            }
-            for kind, mid in acks:
-                send[kind](mid)
         return rc
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
@@ -319,63 +319,65 @@ class PahoConnection(mqtt.Client):
 
     def _packet_handle(self) -> MQTTErrorCode:  # noqa: SLF001
         pkt = self._in_packet  # noqa: SLF001
-        hdr: int = pkt["command"]
+        first: int = pkt["command"]
         body: bytes | bytearray = pkt["packet"]
-        proto = self._protocol  # noqa: SLF001
-        cmd = hdr & 0xF0
-        if cmd != _CONNACK and not self._connack_seen:
-            return self._violation(0x82, f"a {_NAMES.get(cmd, f'type {hdr >> 4}')} packet before"
-                                         " CONNACK [MQTT-3.2.0-1]: not an MQTT broker there?")
-        if cmd not in (_CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP):
-            return super()._packet_handle()  # noqa: SLF001
-        if cmd == _PUBLISH and hdr & 0x06 == 0x06:
-            return self._violation(0x81, "PUBLISH with QoS bits 11 [MQTT-3.3.1-4]")
-        if cmd == _CONNACK:
-            if self._connack_seen:
-                return self._violation(0x82, "a second CONNACK on one connection")
-            self._connack_seen = True
-            if len(body) >= 2 and body[0] & 0xFE:
-                return self._violation(0x81, "CONNACK with reserved flag bits set (MQTT 5 [MQTT-3.2.2-1])")
-            if len(body) >= 2 and body[0] & 0x01 and self._clean_start_sent:
-                return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"
-                                             " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")
+        kind = first >> 4
+        if kind != PacketType.CONNACK and not self._connack_seen:
+            name = PacketType(kind).name if kind else f"type {kind}"
+            return self._violation(0x82, f"a {name} packet before CONNACK [MQTT-3.2.0-1]:"
+                                         " not an MQTT broker there?")
         try:
-            if cmd == _PUBLISH:
-                return self._session_publish_in(_packet.decode_publish(hdr, body, proto))
-            if cmd != _CONNACK:
-                mid, code = _ack(cmd, hdr, body, proto)
-                if cmd == _PUBACK:
-                    self.hooks.hook_puback(mid, code)
-                elif cmd == _PUBCOMP:
-                    self.hooks.hook_pubcomp(mid, code)
-                elif cmd == _PUBREC:
-                    if self.hooks.hook_pubrec(mid, code):
-                        self._acks_due.append((_PUBREL, mid))  # after "released" is durable
-                elif self.hooks.hook_pubrel_in(mid):
-                    self._acks_due.append((_PUBCOMP, mid))  # after delivery + durable removal
-                return _OK
-            c = _packet.decode_connack(hdr, body, proto)
-            rc = int(c.rc)  # 3.1.1: the return code 0..5; 5.0: the reason code
-            recv_max, max_packet = 65535, None
-            if c.properties is not None and hasattr(c.properties, "ReceiveMaximum"):
-                recv_max = int(c.properties.ReceiveMaximum)
-            if c.properties is not None and hasattr(c.properties, "MaximumPacketSize"):
-                max_packet = int(c.properties.MaximumPacketSize)
-            reason = str(c.reason) if c.reason is not None else mqtt.connack_string(c.rc)
+            if len(body) == 2 and first & 0x0F == (2 if kind == PacketType.PUBREL else 0) \
+                    and kind in _ACK_TYPES:
+                # the usual ack is the packet id alone (3.1.1 always, 5 on success without
+                # properties [MQTT 5 3.4.2.1]): no general decode for it
+                p = Packet(_ACK_TYPES[kind], first & 0x0F, body[0] << 8 | body[1])
+            elif kind == PacketType.CONNACK or kind in _SESSION_PACKETS:
+                p = _wire.decode(first, bytes(body), self._level)
+            else:
+                return super()._packet_handle()  # noqa: SLF001  (PINGRESP, DISCONNECT, AUTH)
+        except MalformedPacket as exc:
+            return self._violation(0x81, str(exc))
+        if p.type is PacketType.CONNACK:
+            return self._connack(p)
+        try:
+            self.hooks.hook_packet(p)
+        except Exception as exc:  # a hook must never kill paho's network thread
+            self._hook_failed(exc, f"handling a {p.type.name} packet")
+            return _DROP
+        return _OK
+
+    def _connack(self, c: Packet) -> MQTTErrorCode:
+        if self._connack_seen:
+            return self._violation(0x82, "a second CONNACK on one connection")
+        self._connack_seen = True
+        if c.session_present and self._clean_start_sent:
+            return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"
+                                         " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")
+        rc = c.reason_code or 0  # 3.1.1: the return code 0..5; 5.0: the reason code
+        recv_max = c.prop(_wire.RECEIVE_MAXIMUM)
+        max_packet = c.prop(_wire.MAXIMUM_PACKET_SIZE)
+        if self._level == 5 and c.properties:
+            reason = str(ReasonCode(PacketTypes.CONNACK, identifier=rc))
+        else:
+            reason = mqtt.connack_string(rc)
+        try:
             if rc != 0:
                 # refused: skip paho's handler (it would silently downgrade to MQTT 3.1);
                 # SessionPresent is 0 on a refusal [MQTT-3.2.2-4] (5.0: [MQTT-3.2.2-6]).
-                self.hooks.hook_connack(rc, reason, False, recv_max, max_packet)
+                self.hooks.hook_connack(rc, reason, False, 65535, None)
                 return MQTTErrorCode.MQTT_ERR_CONN_REFUSED
             # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
             # on_connected and sends the resume plan before anything else is written.
             result = super()._packet_handle()  # noqa: SLF001
-            self.hooks.hook_connack(0, reason, bool(c.flags & 0x01), recv_max, max_packet)
+            self.hooks.hook_connack(
+                0, reason, bool(c.session_present),
+                recv_max if isinstance(recv_max, int) else 65535,
+                max_packet if isinstance(max_packet, int) else None,
+            )
             return result
-        except MalformedPacket:
-            raise
         except Exception as exc:  # a hook must never kill paho's network thread
-            self._hook_failed(exc, f"handling a {_NAMES.get(cmd, hex(hdr))} packet")
+            self._hook_failed(exc, "handling a CONNACK packet")
             return _DROP
 
     def _hook_failed(self, exc: Exception, context: str) -> None:
@@ -385,17 +387,3 @@ class PahoConnection(mqtt.Client):
             self.hooks.hook_failure(exc, context)
         except Exception:  # pragma: no cover - reporting must not kill the thread either
             log.exception("reporting a failed session hook failed")
-
-    def _session_publish_in(self, r: Any) -> MQTTErrorCode:
-        topic = _text(r.topic)
-        props = pack_properties(r.properties)
-        ack_now = self.hooks.hook_publish_in(
-            int(r.mid), topic, bytes(r.payload), int(r.qos), bool(r.retain), bool(r.dup), props
-        )
-        if r.qos == 1:
-            if not ack_now:
-                return _OK  # the application acknowledges it later (ManualAck)
-            return self._send_puback(r.mid)  # noqa: SLF001  (after delivery: at least once)
-        if r.qos == 2:
-            self._acks_due.append((_PUBREC, int(r.mid)))  # after the stored message is durable
-        return _OK

@@ -50,7 +50,7 @@ import stat
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from . import codec
@@ -509,9 +509,10 @@ class Journal:
         self.client_id = state.client_id
 
     def append(
-        self, rec: Record, state: SessionState, sync: bool = True, lazy: bool = False
+        self, records: Sequence[Record], state: SessionState, sync: bool = True,
+        lazy: bool = False,
     ) -> None:
-        """Make ``rec`` (already applied to ``state``) durable: in the OS always, on disk if
+        """Make ``records`` (already applied to ``state``) durable: in the OS always, on disk if
         ``sync`` and the policy is ``always``. After a failed write the next call rewrites
         everything (``state`` already holds the record).
 
@@ -520,7 +521,7 @@ class Journal:
         under the same fsync, as the next record that is not lazy, or at ``flush``.
         """
         if lazy and not self._broken and self._fd is not None:
-            self._lazy.append(frame(codec.encode_record(rec)))
+            self._lazy += [frame(codec.encode_record(rec)) for rec in records]
             return
         if self._broken or self._fd is None:
             self.compact(state)
@@ -536,9 +537,10 @@ class Journal:
                 return
             finally:
                 self._cut_at = None
-        data = frame(codec.encode_record(rec))
-        if self._lazy:
-            self._lazy.append(data)
+        if len(records) == 1 and not self._lazy:
+            data = frame(codec.encode_record(records[0]))
+        else:
+            self._lazy += [frame(codec.encode_record(rec)) for rec in records]
             data = b"".join(self._lazy)
             self._lazy.clear()
         try:

@@ -132,7 +132,7 @@ class Recorder:
     def add(self, rec: Record | None) -> None:
         if rec is None:  # a transition that changes nothing (duplicate QoS 2 PUBLISH, ...)
             return
-        self.journal.append(rec, self.state, sync=True)
+        self.journal.append([rec], self.state, sync=True)
         self.states.append(codec.encode(self.state))
         self.ends.append(self.jpath.stat().st_size)
         assert self.ends[-1] > self.ends[-2]
@@ -451,7 +451,7 @@ def test_torn_tail_is_cut_and_the_files_stay_usable(
     try:
         state = j.recover()
         rec = state.accept("after/cut", b"new", 1)
-        j.append(rec, state)
+        j.append([rec], state)
         expected = codec.encode(state)
     finally:
         j.close()
@@ -491,7 +491,7 @@ def test_mid_file_damage_keeps_both_files_aside_byte_identical(tmp_path: Path) -
     try:
         state = j.recover()
         assert state.empty and state.client_id == CID
-        j.append(state.accept("new/life", b"x", 1), state)
+        j.append([state.accept("new/life", b"x", 1)], state)
     finally:
         j.close()
     snaps, journals = damaged_copies(p)
@@ -602,7 +602,7 @@ def test_crash_between_compaction_renames_recovers_the_new_snapshot(tmp_path: Pa
     state = j.recover()
     j.compact(state)
     for i in range(5):
-        j.append(state.accept(f"t/{i}", b"%d" % i, 1 + i % 2), state)
+        j.append([state.accept(f"t/{i}", b"%d" % i, 1 + i % 2)], state)
     old_journal = jpath(p).read_bytes()
     state.subscribe("late/#", 1)  # in the new snapshot only
     real_replace = os.replace
@@ -797,7 +797,7 @@ def test_files_are_0600_even_with_a_permissive_umask(tmp_path: Path) -> None:
         j = Journal(str(tmp_path / NAME), CID)
         state = j.recover()
         j.compact(state)
-        j.append(state.accept("t", b"x", 1), state)
+        j.append([state.accept("t", b"x", 1)], state)
         p = tmp_path / NAME
         for f in (p, jpath(p), Path(str(p) + LOCK_SUFFIX)):
             assert mode(f) == 0o600, f
@@ -813,7 +813,7 @@ def test_journal_passing_its_bound_asks_for_compaction(tmp_path: Path) -> None:
         j.compact(state)
         sizes = []
         for i in range(40):
-            j.append(state.accept("bound/t", b"p" * 20, 1), state)
+            j.append([state.accept("bound/t", b"p" * 20, 1)], state)
             if j.needs_compaction:
                 assert jpath(tmp_path / NAME).stat().st_size > 600
                 j.compact(state)
@@ -941,14 +941,14 @@ def test_every_write_path_fault_is_persistence_error_and_repairs(
         state = j.recover()
         j.compact(state)
         for i in range(3):
-            j.append(state.accept(f"ok/{i}", b"before %d" % i, 1 + i % 2), state)
-        j.append(state.subscribe("s/#", 1), state)
+            j.append([state.accept(f"ok/{i}", b"before %d" % i, 1 + i % 2)], state)
+        j.append([state.subscribe("s/#", 1)], state)
         before = codec.encode(state)
         inj = Injector(monkeypatch, fault)
         if fault.op == "append":
             rec = state.accept("doomed", b"not durable", 1)
             with pytest.raises(PersistenceError) as ei:
-                j.append(rec, state)
+                j.append([rec], state)
             state.retract(rec)  # what the Client does
         else:
             with pytest.raises(PersistenceError) as ei:
@@ -972,8 +972,8 @@ def test_every_write_path_fault_is_persistence_error_and_repairs(
                 "ok/0", "ok/1", "ok/2", "doomed"]
 
         # the fault is gone: the next write succeeds and repairs everything
-        j.append(state.accept("after", b"fault gone", 2), state)
-        j.append(state.accept("after2", b"and again", 1), state)
+        j.append([state.accept("after", b"fault gone", 2)], state)
+        j.append([state.accept("after2", b"and again", 1)], state)
         assert tmp_files(d) == []
         after = codec.encode(state)
         assert codec.encode(copy_and_recover(p, tmp_path / "repaired")) == after
@@ -1004,14 +1004,14 @@ def test_append_after_failure_never_glues_onto_a_torn_frame(
     try:
         state = j.recover()
         j.compact(state)
-        j.append(state.accept("a", b"1", 1), state)
+        j.append([state.accept("a", b"1", 1)], state)
         inj = Injector(monkeypatch, FAULTS[1])  # append-short-write
         rec = state.accept("b", b"2" * 40, 1)
         with pytest.raises(PersistenceError):
-            j.append(rec, state)
+            j.append([rec], state)
         inj.disarm()
         # the Journal contract: state already holds the record; the next call rewrites all
-        j.append(state.accept("c", b"3", 2), state)
+        j.append([state.accept("c", b"3", 2)], state)
         expected = codec.encode(state)
     finally:
         j.close()
@@ -1076,14 +1076,14 @@ def test_sync_pending_makes_deferred_records_durable_with_one_fsync(
         assert calls == []  # nothing written since the compaction's fsyncs
         for i in range(3):
             rec = st.accept(f"t/{i}", b"x", 2)
-            j.append(rec, st, sync=False)
+            j.append([rec], st, sync=False)
         assert calls == []
         j.sync_pending()
         assert len(calls) == 1  # one fsync for the three records
         j.sync_pending()
         assert len(calls) == 1  # nothing new: no second fsync
-        j.append(st.accept("t/3", b"x", 1), st, sync=False)
-        j.append(st.accept("t/4", b"x", 1), st, sync=True)  # covers the deferred one too
+        j.append([st.accept("t/3", b"x", 1)], st, sync=False)
+        j.append([st.accept("t/4", b"x", 1)], st, sync=True)  # covers the deferred one too
         assert len(calls) == 2
         j.sync_pending()
         assert len(calls) == 2
@@ -1093,7 +1093,7 @@ def test_sync_pending_makes_deferred_records_durable_with_one_fsync(
 def test_sync_pending_is_a_no_op_with_sync_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with _compacted(tmp_path / NAME, sync=False) as (j, st):
         calls = _counting(monkeypatch)
-        j.append(st.accept("t", b"x", 2), st, sync=False)
+        j.append([st.accept("t", b"x", 2)], st, sync=False)
         j.sync_pending()
         assert calls == []
 
@@ -1103,14 +1103,14 @@ def test_a_failed_deferred_sync_raises_and_the_next_record_rewrites_everything(
 ) -> None:
     p = tmp_path / NAME
     with _compacted(p, sync=True) as (j, st):
-        j.append(st.accept("t/1", b"x", 2), st, sync=False)
+        j.append([st.accept("t/1", b"x", 2)], st, sync=False)
         _counting(monkeypatch, fail=True)
         with pytest.raises(PersistenceError):
             j.sync_pending()
         with pytest.raises(PersistenceError):  # still owed: no ack may go out yet
             j.sync_pending()
         monkeypatch.setattr(journal_mod, "os", os)
-        j.append(st.accept("t/2", b"y", 2), st, sync=True)  # a full rewrite (compaction)
+        j.append([st.accept("t/2", b"y", 2)], st, sync=True)  # a full rewrite (compaction)
         j.sync_pending()
         assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
             "t/1", "t/2"]

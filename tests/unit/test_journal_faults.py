@@ -60,7 +60,7 @@ def recorded(directory: Path, n: int = 3) -> tuple[Path, SessionState]:
     j.recover()
     j.compact(state)
     for i in range(n):
-        j.append(state.accept(f"t/{i}", b"m%d" % i, 1), state)
+        j.append([state.accept(f"t/{i}", b"m%d" % i, 1)], state)
     j.close()
     return p, state
 
@@ -115,7 +115,7 @@ def test_zero_tail_of_any_length_is_cut_and_the_session_kept(tmp_path_factory: A
     # the next append cuts the zeros: the file is whole again
     j = Journal(str(p), CID, sync=False)
     j.recover()
-    j.append(got.accept("t/after", b"x", 1), got)
+    j.append([got.accept("t/after", b"x", 1)], got)
     j.close()
     assert jpath(p).read_bytes().startswith(good) and read_frames(jpath(p).read_bytes())[1:] == (
         jpath(p).stat().st_size, False)
@@ -401,7 +401,7 @@ def test_a_hard_linked_journal_is_replaced_not_appended_through(tmp_path: Path) 
     before = other.read_bytes()
     j = Journal(str(p), CID, sync=False)
     state = j.recover()
-    j.append(state.accept("t/new", b"n", 1), state)  # a compaction: a journal of its own
+    j.append([state.accept("t/new", b"n", 1)], state)  # a compaction: a journal of its own
     j.close()
     assert other.read_bytes() == before
     assert codec.encode(recover(p)) == codec.encode(state)
@@ -427,7 +427,7 @@ def test_a_durable_append_to_a_deleted_state_file_is_persistence_error(
     state = SessionState(client_id=CID, clean_session=False)
     j = open_journal(p, state)
     first = state.accept("t/1", b"one", 1)
-    j.append(first, state)
+    j.append([first], state)
     if how in ("journal-deleted", "both-deleted"):
         jpath(p).unlink()
     if how in ("snapshot-deleted", "both-deleted"):
@@ -439,10 +439,10 @@ def test_a_durable_append_to_a_deleted_state_file_is_persistence_error(
         os.replace(copy, target)
     second = state.accept("t/2", b"two", 1)
     with pytest.raises(PersistenceError, match="deleted or replaced"):
-        j.append(second, state)
+        j.append([second], state)
     state.retract(second)  # what the client does with a publish that raised
     third = state.accept("t/3", b"three", 1)
-    j.append(third, state)  # rewrites the file from memory
+    j.append([third], state)  # rewrites the file from memory
     j.close()  # like a kill: no compaction
     got = recover(p)
     assert [m.topic for m in got.outgoing.values()] == ["t/1", "t/3"]
@@ -452,11 +452,11 @@ def test_sync_pending_on_a_deleted_journal_is_persistence_error(tmp_path: Path) 
     p = tmp_path / NAME
     state = SessionState(client_id=CID, clean_session=False)
     j = open_journal(p, state)
-    j.append(state.accept("t/1", b"one", 2), state, sync=False)
+    j.append([state.accept("t/1", b"one", 2)], state, sync=False)
     jpath(p).unlink()
     with pytest.raises(PersistenceError, match="deleted or replaced"):
         j.sync_pending()
-    j.append(state.subscribe("a/#", 1), state)  # rewrites everything
+    j.append([state.subscribe("a/#", 1)], state)  # rewrites everything
     j.close()
     assert [m.topic for m in recover(p).outgoing.values()] == ["t/1"]
 
@@ -475,9 +475,8 @@ def test_client_publish_into_a_deleted_state_file_raises_and_keeps_nothing(
     assert [m.topic for m in c.outgoing_messages] == ["t/1"]
     c.publish_data("t/3", 1, b"three")
     with c._lock:  # the process is killed: no compaction
-        assert c._journal is not None
-        c._journal.close()
-        c._journal = None
+        assert c._file.journal is not None
+        c._file.close()
     d = Client(client_id=CID)
     d.config(f"SessionStateFile={p}")
     d.restore_session("")

@@ -1,0 +1,341 @@
+"""The driver: carries out the engine's actions on paho and the state file, in order.
+
+One per ``Client``. It owns the lock that guards the engine, the connection (``_paho``) and the
+``store.StateFile``; it implements the ``_paho.Hooks`` the network thread calls, and hands
+events to the Client's callbacks (``fire``) never under the lock. Threads: the caller's and
+paho's network thread, which also runs the timers (``hook_tick``): none of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._config import ClientSettings
+from ._paho import (
+    PahoConnection,
+    connect_properties,
+    describe_connect_error,
+    disconnect_properties,
+    refusal_message,
+)
+from ._wire import Packet
+from .engine import Action, ConnState, Deliver, Engine, EngineSettings, Notify, Persist, Write
+from .errors import ConnectError, PersistenceError, ProtocolViolation, UsageError
+from .events import ErrorEvent, Message, MessageEvent
+from .expiry import effective_interval
+from .state import Accepted, validate_topic
+from .store import StateFile
+
+__all__ = ["ConnectParams", "Driver"]
+
+log = logging.getLogger("mqttsession")
+
+_TICK_EVERY = 0.5  # seconds between the engine's timer rounds
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """What paho needs for CONNECT beyond the session (the Client's properties)."""
+
+    keep_alive: int
+    username: str | None
+    password: str | None
+    will_topic: str
+    will_message: bytes | str
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls: bool = False
+
+
+class Driver:
+    """Runs one session: the engine, its state file and its paho connection."""
+
+    def __init__(self, fire: Callable[[str, object], None], settings: ClientSettings,
+                 engine_settings: EngineSettings) -> None:
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self._fire = fire
+        self._settings = settings
+        self.engine = Engine(engine_settings)
+        self.file = StateFile()
+        self.conn: PahoConnection | None = None
+        self.delivering: dict[int, Message] = {}  # QoS 1 in on_message_in, auto-acknowledged
+        self._connack = threading.Event()
+        self._connack_result: tuple[int, str] = (-1, "")
+        self._next_tick = 0.0
+
+    def expiry_interval(self) -> int | None:
+        """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
+        st = self.engine.state
+        return effective_interval(st.protocol_version, st.clean_session, st.session_expiry_interval)
+
+    def require_disconnected(self, what: str) -> None:
+        if self.conn is not None:
+            raise UsageError(f"{what} cannot change while connected")
+
+    def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
+        """``Client.connect``: CONNECT, and wait for CONNACK and the resume plan."""
+        with self.lock:
+            if self.conn is not None:
+                raise UsageError("already connected; call disconnect() first")
+            st = self.engine.state
+            if not st.client_id:
+                if not st.clean_session:
+                    # [MQTT-3.1.3-7] an empty client id requires CleanSession=1 (IPWorks: error)
+                    raise UsageError("client_id must be set when clean_session is False")
+                self.file.append([st.configure(client_id=f"mqttsession-{uuid.uuid4().hex[:16]}")], st)
+            self.file.open(st)
+            v5, clean, interval = st.protocol_version == 5, st.clean_session, self.expiry_interval()
+            if v5 and not clean and interval == 0:
+                log.warning("client %r asks for a persistent session with SessionExpInterval=0:"
+                            " the broker ends it at every disconnect", st.client_id)
+            conn = self._new_connection(params)
+            self.conn = conn
+            self.engine.connecting(f"{host}:{port}")
+            self._connack.clear()
+            self._connack_result = (-1, "")
+        try:
+            if v5:
+                # a persistent session always asks with Clean Start 0, also when the client's
+                # clock says it expired: a clock that jumped must not destroy a session the
+                # broker may still hold; SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
+                conn.connect(host, port, params.keep_alive, clean_start=clean,
+                             properties=connect_properties(interval,
+                                                           self._settings.receive_maximum))
+            else:
+                conn.connect(host, port, params.keep_alive)
+        except (OSError, ValueError) as exc:
+            self._teardown()
+            raise ConnectError(f"cannot connect to {host}:{port}: {describe_connect_error(exc)}") from exc
+        conn.loop_start()
+        if not self._connack.wait(timeout):
+            self._teardown()
+            raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s")
+        rc, reason = self._connack_result
+        if rc != 0:
+            self._teardown()
+            raise ConnectError(refusal_message(f"{host}:{port}", rc, reason, params.tls,
+                                               params.tls and bool(params.tls_cert)), rc)
+
+    def _new_connection(self, p: ConnectParams) -> PahoConnection:
+        s, st = self._settings, self.engine.state
+        conn = PahoConnection(self, st.client_id, st.protocol_version, st.clean_session)
+        conn.reconnect_delay_set(int(s.reconnect_delay_min), int(s.reconnect_delay_max))
+        if p.username is not None:
+            conn.username_pw_set(p.username, p.password)
+        if p.tls:
+            try:
+                conn.tls_set(ca_certs=p.tls_ca, certfile=p.tls_cert, keyfile=p.tls_key)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise UsageError(f"TLS settings: {exc}") from exc
+        if p.will_topic:
+            conn.will_set(validate_topic(p.will_topic), p.will_message, s.will_qos, s.will_retain)
+        conn.on_disconnect = self._paho_on_disconnect
+        conn.set_auto_reconnect(s.auto_reconnect)
+        return conn
+
+    def _teardown(self) -> None:
+        """Stop the network loop and forget the connection (never under the lock)."""
+        with self.lock:
+            conn, self.conn = self.conn, None
+            self.engine.closed()
+        if conn is not None:
+            self._stop(conn, None)
+
+    def _stop(self, conn: PahoConnection, props: Any) -> None:
+        """DISCONNECT, end paho's loop, close its sockets (never under the lock: loop_stop
+        joins the network thread, which may be waiting for the lock)."""
+        conn.set_auto_reconnect(False)
+        try:
+            conn.disconnect(properties=props)
+        except Exception:  # pragma: no cover - best effort on a dead socket
+            log.debug("DISCONNECT not sent", exc_info=True)
+        if not conn.in_network_thread():
+            conn.loop_stop()
+            conn.release()
+
+    def disconnect(self) -> bool:
+        """``Client.disconnect()``; False when there was no connection (nothing compacted)."""
+        with self.lock:
+            conn = self.conn
+            if conn is None:
+                return False
+            self.run(self.engine.disconnect(time.time()))
+            props = disconnect_properties(self.expiry_interval()) if self.engine.v5 else None
+        self._stop(conn, props)
+        with self.lock:
+            if self.conn is conn:
+                self.conn = None
+                self.engine.closed()
+            if self.file.journal is not None:
+                self.file.journal.compact(self.engine.state)
+        return True
+
+    def run(self, actions: list[Action], accepted: Accepted | None = None,
+            quiet: str = "") -> list[Action]:
+        """Carry out the engine's records and packets in order (lock held) and return its
+        callbacks for ``finish`` (after the lock is released; the engine puts nothing that
+        depends on a delivery in the same list). A failed ``Persist`` stops them all (the
+        ``accepted`` message it carried is retracted), unless ``quiet`` names what failed: no
+        packet depends on these records, so the failure is reported and the rest goes on. A
+        due compaction waits for the whole list (the state holds all of its records). Inside
+        a read batch (not for a publish) syncs wait for the batch's end: one fsync for it."""
+        conn, st, f = self.conn, self.engine.state, self.file
+        batch = accepted is None and conn is not None and conn.in_batch()
+        later: list[Action] = []
+        for a in actions:
+            if type(a) is Persist:
+                try:
+                    f.append(a.records, st, sync=a.sync and not batch, lazy=a.lazy)
+                except Exception as exc:
+                    if accepted is not None:
+                        self.engine.retract(accepted)
+                    if not quiet:
+                        raise
+                    later.append(Notify("on_error", ErrorEvent(
+                        getattr(exc, "errno", None) or -1, f"{quiet}: {exc}")))
+            elif type(a) is Write:
+                if conn is not None:
+                    conn.write(a.packet, a.kind, a.packet_id, a.qos)
+            else:
+                later.append(a)
+        f.compact_if_due(st)
+        if not st.outgoing:
+            self.changed.notify_all()  # flush() waits for exactly this
+        return later
+
+    def finish(self, later: list[Action]) -> None:
+        """Run the callbacks ``run`` left (never under the lock)."""
+        for code, text in self.file.take_errors():
+            self.error(code, text)
+        for a in later:
+            if type(a) is Deliver:
+                self._deliver(a.message)
+            elif type(a) is Notify:
+                if a.name == "on_error":
+                    log.warning("%s", getattr(a.event, "description", a.event))
+                self._fire(a.name, a.event)
+
+    def _deliver(self, e: MessageEvent) -> None:
+        """``on_message_in``; then, unless ManualAck, its acknowledgement."""
+        if e.qos == 0 or self._settings.manual_ack:
+            self._fire("on_message_in", e)
+            return
+        if e.qos == 1:
+            self.delivering[e.packet_id] = Message(e.packet_id, e.topic, 1, e.message,
+                                                    e.retained, e.duplicate)
+        try:
+            self._fire("on_message_in", e)  # delivered BEFORE its ack (at least once)
+        finally:
+            self.delivering.pop(e.packet_id, None)
+        self.ack(e)
+
+    def ack(self, message: MessageEvent | int) -> bool:
+        """``Client.ack``: the engine's ``ack`` and its actions."""
+        with self.lock:
+            acked, actions = self.engine.ack(message)
+            rest = self.run(actions)
+        self.finish(rest)
+        return acked
+
+    def do(self, step: Callable[[], list[Action]]) -> None:
+        """One engine input and its actions."""
+        with self.lock:
+            rest = self.run(step())
+        self.finish(rest)
+
+    def error(self, code: int, description: str) -> None:
+        log.warning("%s", description)
+        self._fire("on_error", ErrorEvent(code, description))
+
+    def hook_failure(self, exc: Exception, context: str) -> None:
+        """A hook failed on the network thread (the connection is dropped without the ack
+        that depended on it; paho reconnects): report it, and end a waiting ``connect()``."""
+        retry = ", reconnecting" if self._connack.is_set() else ""
+        if isinstance(exc, ProtocolViolation):
+            code = exc.code
+            description = f"{context}: {exc}; connection closed{retry}, the session is unchanged"
+        else:
+            code = getattr(exc, "errno", None) or -1
+            what = ("the state file could not be written" if isinstance(exc, PersistenceError)
+                    else "the session could not process it")
+            description = f"{context}: {what} ({exc}); connection dropped{retry}"
+        if not self._connack.is_set():
+            self._end_connect(-3, f"{context}: {exc}")
+        self.error(code, description)
+
+    def _end_connect(self, rc: int, reason: str) -> None:
+        """A waiting ``connect()`` returns (rc != 0: it raises and tears down, so paho must
+        not retry in the background first)."""
+        conn = self.conn
+        if rc != 0 and conn is not None:
+            conn.set_auto_reconnect(False)
+        self._connack_result = (rc, reason)
+        self._connack.set()
+
+    def _guarded(self, step: Callable[[], list[Action]], context: str) -> None:
+        """``do`` on the network thread where no packet depends on the records: a failure is
+        reported through on_error, never raised into paho's thread."""
+        with self.lock:
+            rest = self.run(step(), quiet=context)
+        self.finish(rest)
+
+    def hook_connection_reset(self) -> None:
+        self._guarded(self.engine.reset, "recording a refused subscription failed")
+
+    def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
+                     maximum_packet_size: int | None) -> None:
+        self.file.deferring = rc == 0  # on_connected may still restore the file's session
+        try:
+            self.do(lambda: self.engine.connack(rc, reason, session_present, receive_maximum,
+                                                  maximum_packet_size, time.time()))
+            if rc != 0:
+                if not self._connack.is_set():
+                    self._end_connect(rc, reason)
+                return
+        finally:
+            self.file.deferring = False
+        with self.lock:
+            if self.file.unrestored is not None:
+                self.file.settle(self.engine.state)
+            lost = self.engine.lost_incoming()
+        self.finish(lost)  # delivered before resume() removes them
+        self.do(self.engine.resume)
+        with self.lock:  # the resume plan is on its way before connect() returns
+            self.file.sync_pending()
+            if self.conn is not None:
+                self.conn.release_held()
+        self._end_connect(0, reason)
+
+    def hook_packet(self, packet: Packet) -> None:
+        self.do(lambda: self.engine.receive(packet))
+
+    def hook_batch_end(self, release: Callable[[], None]) -> None:
+        """The packets held during a read batch are about to be written (``release``): make
+        the records they depend on durable first (points 2, 3, 4), one fsync for them all."""
+        with self.lock:
+            self.file.sync_pending()
+            release()
+
+    def hook_tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + _TICK_EVERY
+            self._guarded(lambda: self.engine.tick(time.time(), now), "recording activity failed")
+
+    def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        was = self.engine.conn
+        code = int(getattr(reason, "value", reason) or 0)
+        self._guarded(lambda: self.engine.connection_lost(time.time(), code, str(reason)),
+                      "recording the disconnect time failed")
+        if was in (ConnState.CONNECTING, ConnState.RESUMING) and not self._connack.is_set():
+            # closed before any CONNACK (e.g. a TLS client certificate the broker refused
+            # after the handshake): connect() fails now rather than at its timeout
+            self._end_connect(-2, f"paho: {reason}")
+

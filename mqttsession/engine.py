@@ -1,0 +1,757 @@
+"""The session engine: MQTT session behaviour apart from all I/O (sans-I/O, like h11).
+
+Pure: no paho, sockets, threads or clock (times are passed in). Each input is a method call
+(the application published, subscribed or acknowledged a delivery; a CONNACK, a session packet
+or the loss of the connection arrived; a tick); each returns the ordered list of actions the
+driver must carry out, in that order:
+
+* ``Persist(records, sync)``: make the records durable (they are already applied to
+  ``engine.state``); ``sync``: on disk before the next action (under ``SessionSync=always``);
+  ``lazy``: may wait for the next record or a tick (losing it costs only a resend).
+* ``Write(packet)``: the bytes of one MQTT packet (``_wire``), on the current connection.
+* ``Deliver(message)``: hand a received message to the application. A QoS 1/2 delivery is
+  acknowledged by a later ``ack()`` call (the driver calls it when the callback returns unless
+  the application acknowledges itself, ``ManualAck``).
+* ``Notify(name, event)``: an ``on_*`` event for the application.
+
+The order IS ARCHITECTURE.md's persistence points: a ``Persist`` comes before the ``Write``
+that depends on it (1: the message before its PUBLISH, 2: "released" before PUBREL, 3: the
+incoming QoS 2 message before PUBREC, 4: delivery, then its removal, then PUBCOMP). A driver
+that stops executing after a failed action (and calls ``retract`` for a failed publish) keeps
+them. ``tests/unit/test_engine_crash.py`` checks them against a model broker with crashes at
+every action boundary.
+
+The engine is not thread-safe: one owner calls it (under the Client's lock).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Sequence, Union
+
+from . import _wire
+from ._wire import Packet, PacketType
+from .errors import StateError, TransitionError, UsageError
+from .events import (
+    DIRECTION_CLIENT,
+    DIRECTION_SERVER,
+    ConnectedEvent,
+    DisconnectedEvent,
+    ErrorEvent,
+    MessageAckEvent,
+    MessageEvent,
+    SessionLostEvent,
+    SubscribedEvent,
+    UnsubscribedEvent,
+)
+from .expiry import effective_interval
+from .expiry import expired as _expired
+from .state import (
+    MAX_PACKET_ID,
+    MAX_REMAINING_LENGTH,
+    Accepted,
+    Configured,
+    OutgoingMessage,
+    Phase,
+    Record,
+    SessionState,
+    publish_packet_size,
+)
+
+__all__ = [
+    "Action", "ConnState", "Deliver", "Engine", "EngineSettings", "Notify", "Persist", "Write",
+    "SUBSCRIBE_TRIES",
+]
+
+log = logging.getLogger("mqttsession")
+
+SUBSCRIBE_TRIES: Final = 3  # connections closed on one SUBSCRIBE before it counts as refused
+ACTIVITY_EVERY: Final = 5.0  # seconds between Activity records while connected
+
+
+# ------------------------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Make ``records`` durable. ``records`` empty: make those written so far durable
+    (``sync``) or write the lazy ones (``sync`` False)."""
+
+    records: tuple[Record, ...]
+    sync: bool = False
+    lazy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One encoded MQTT packet for the current connection."""
+
+    packet: bytes
+    kind: PacketType
+    packet_id: int = 0
+    qos: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A received message for ``on_message_in``."""
+
+    message: MessageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """An ``on_*`` event (``name`` is the callback attribute)."""
+
+    name: str
+    event: object
+
+
+Action = Union[Persist, Write, Deliver, Notify]
+
+
+class ConnState(enum.Enum):
+    """Where the connection stands: one value instead of a set of flags."""
+
+    DISCONNECTED = "disconnected"  # no connection, none being made
+    CONNECTING = "connecting"  # a connection is being made or remade (no CONNACK yet)
+    RESUMING = "resuming"  # CONNACK accepted; on_connected runs, the resume plan is not sent
+    CONNECTED = "connected"  # resumed: messages flow
+    CLOSING = "closing"  # disconnect() asked for it
+
+
+@dataclass
+class EngineSettings:
+    """The settings the engine reads (the Client's ``config()`` writes them)."""
+
+    max_inflight: int = 20  # mosquitto's default max_inflight_messages: beyond it a 3.1.1
+    # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
+    republish_interval: float = 0.0  # MQTT 3.1.1: resend unacknowledged messages after this
+    republish_on_session_lost: bool = True
+    released_on_session_lost: str = "republish"  # or "drop": QoS 2 past PUBREC, SessionPresent 0
+    max_message_size: int = 0  # the largest PUBLISH packet accepted, in bytes; 0: MQTT's limit
+
+
+@dataclass
+class _Owed:
+    """A QoS 1 message delivered on this connection whose PUBACK waits for ``ack()``."""
+
+    event: MessageEvent
+    acked: bool = False
+
+
+@dataclass
+class _Held:
+    """A QoS 2 message delivered (on PUBREL) whose removal and PUBCOMP wait for ``ack()``;
+    ``pubcomp_due``: the current connection received its PUBREL."""
+
+    event: MessageEvent
+    pubcomp_due: bool
+
+
+def _event(m: OutgoingMessage) -> MessageEvent:
+    return MessageEvent(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent)
+
+
+# ------------------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """One client session's behaviour. ``state`` is the durable part (``state.SessionState``);
+    the rest lives for one connection or one process."""
+
+    def __init__(self, settings: EngineSettings | None = None,
+                 state: SessionState | None = None) -> None:
+        self.settings = settings if settings is not None else EngineSettings()
+        self.state = state if state is not None else SessionState()
+        self.conn = ConnState.DISCONNECTED
+        self.broker: str | None = None
+        self.session_present = False
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
+        self.mismatched_acks = 0  # acknowledgements of the wrong kind, ever
+        self.restored_expired = False  # the client's clock said the restored session expired
+        self._window = 65535
+        self._pending: deque[int] = deque()  # seqs to write, in order
+        self._inflight: dict[int, float] = {}  # seq -> when written on this connection
+        self._sub_ids: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBEs awaiting SUBACK
+        self._sub_closes: dict[str, int] = {}  # filter -> connections closed on its SUBSCRIBE
+        self._unsub_ids: dict[int, list[str]] = {}
+        self._unsent_subs: dict[str, int] = {}
+        self._unsent_unsubs: set[str] = set()
+        self._last_sub_id = 0
+        self._owed: deque[_Owed] = deque()  # QoS 1, in arrival order [MQTT-4.6.0-2]
+        self._held: dict[int, _Held] = {}  # QoS 2, by packet id
+        self._mismatch_logged = False  # on this connection
+        self._last_activity = 0.0
+
+    # ---------------------------------------------------------------- views
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is ConnState.CONNECTED
+
+    @property
+    def v5(self) -> bool:
+        return self.state.protocol_version == 5
+
+    @property
+    def _live(self) -> bool:
+        """A connection with CONNACK seen: packets may be written."""
+        return self.conn in (ConnState.RESUMING, ConnState.CONNECTED)
+
+    def owed_messages(self) -> list[MessageEvent]:
+        """QoS 1 messages delivered and not yet acknowledged, in arrival order."""
+        return [o.event for o in self._owed if not o.acked]
+
+    def busy_packet_ids(self) -> set[int]:
+        return set(self._sub_ids) | set(self._unsub_ids)
+
+    # ---------------------------------------------------------------- encoding
+
+    def _publish(self, m: OutgoingMessage, dup: bool) -> Write:
+        props = (m.properties or b"\x00") if self.v5 else b""
+        if props and not self.v5:  # pragma: no cover - accept() refuses it
+            raise UsageError("MQTT 3.1.1 has no properties")
+        topic = m.topic.encode("utf-8")
+        flags = (0x08 if dup else 0) | (m.qos << 1) | (0x01 if m.retain else 0)
+        body = b"".join((len(topic).to_bytes(2, "big"), topic, m.packet_id.to_bytes(2, "big"),
+                         props, m.payload))
+        return Write(_wire.encode_packet(0x30 | flags, body), PacketType.PUBLISH,
+                     m.packet_id, m.qos)
+
+    def _ack(self, kind: PacketType, packet_id: int) -> Write:
+        first = (kind << 4) | (0x02 if kind is PacketType.PUBREL else 0)
+        return Write(bytes((first, 2, packet_id >> 8, packet_id & 0xFF)), kind, packet_id)
+
+    # ---------------------------------------------------------------- publishing
+
+    def size_limit(self, topic: str, payload_size: int, qos: int,
+                   properties_size: int = 0) -> str | None:
+        """Why a PUBLISH of this size cannot be sent (None: it can)."""
+        cap, broker = self.settings.max_message_size, self.max_packet
+        most = MAX_REMAINING_LENGTH
+        bound = min(most, cap or most, broker or most)
+        if payload_size + 4 * len(topic) + properties_size + 16 <= bound:
+            return None  # fits with room to spare (UTF-8 is at most 4 bytes a character)
+        remaining, size = publish_packet_size(topic, payload_size, qos, properties_size, self.v5)
+        if remaining > MAX_REMAINING_LENGTH:
+            return f"{size} bytes, over MQTT's packet limit (Remaining Length {MAX_REMAINING_LENGTH})"
+        if cap and size > cap:
+            return f"{size} bytes, over MaxMessageSize={cap}"
+        if broker is not None and size > broker:
+            # [MQTT-3.2.2-15] never send a packet over the server's Maximum Packet Size
+            return f"{size} bytes, over the broker's Maximum Packet Size {broker}"
+        return None
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                properties: bytes = b"") -> tuple[int, list[Action]]:
+        """The application published (topic and QoS validated by the caller). Returns the
+        packet id (0 for QoS 0) and the actions: for QoS 1/2 ``Persist(sync)`` of the message
+        first (persistence point 1), then its PUBLISH when the window has room.
+
+        ``UsageError`` when it is too large to send. A driver whose ``Persist`` fails calls
+        ``retract`` with the packet id and skips the rest.
+        """
+        why = self.size_limit(topic, len(payload), qos, len(properties))
+        if why is not None:
+            raise UsageError(f"message to {topic!r} too large to send: {why}")
+        if qos == 0:
+            if not self.connected:
+                log.warning("QoS 0 message to %r dropped: not connected", topic)
+                return 0, []
+            event = MessageEvent(-1, topic, 0, payload, retain, False)
+            body = _wire.encode_publish(topic, payload, retain=retain, protocol=5 if self.v5 else 4)
+            if self.v5 and properties:  # keep the given properties, packed
+                t = topic.encode("utf-8")
+                body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t
+                                           + properties + payload)
+            return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
+        rec = self.state.accept(topic, payload, qos, retain, properties, avoid=self._busy())
+        self._pending.append(rec.message.seq)
+        return rec.message.packet_id, [Persist((rec,), sync=True), *self._pump()]
+
+    def retract(self, rec: Accepted) -> None:
+        """Undo ``publish`` whose ``Persist`` failed (nothing after it was carried out)."""
+        seq = rec.message.seq
+        m = self.state.outgoing.get(seq)
+        if m is not None and m.phase is not Phase.QUEUED:  # pumped: undo the SEND step too
+            self.state.outgoing[seq] = rec.message
+        self.state.retract(rec)
+        self._inflight.pop(seq, None)
+        if self._pending and self._pending[-1] == seq:
+            self._pending.pop()
+
+    def _busy(self) -> dict[int, object]:
+        """Packet ids held by SUBSCRIBE / UNSUBSCRIBE awaiting their ack."""
+        if not self._unsub_ids:
+            return self._sub_ids  # type: ignore[return-value]
+        return {**self._sub_ids, **self._unsub_ids}
+
+    def _pump(self) -> list[Action]:
+        """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
+        if not self.connected:
+            return []
+        out: list[Action] = []
+        pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
+        while pending and len(inflight) < self._window:
+            seq = pending.popleft()
+            m = outgoing.get(seq)
+            if m is None or seq in inflight:
+                continue
+            if m.phase is not Phase.AWAIT_PUBCOMP:
+                why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
+                if why is not None:  # it became unsendable (a smaller broker limit): out
+                    out.append(Persist((self.state.too_large(seq),)))
+                    out.append(self._error(0x95, f"message seq {seq} (packet id {m.packet_id})"
+                                                 f" to {m.topic!r} taken out of the session: {why}"))
+                    continue
+            out += self._write(m)
+            inflight[seq] = 0.0
+        return out
+
+    def _write(self, m: OutgoingMessage) -> list[Action]:
+        if m.phase is Phase.QUEUED:
+            # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
+            step = self.state.send(m.seq, avoid=self._busy())
+            m = self.state.outgoing[m.seq]
+            return [Persist((step,), lazy=True), self._publish(m, False)]
+        if m.phase is Phase.AWAIT_PUBCOMP:
+            # point 2: "released" is durable before this PUBREL [MQTT-4.3.3-6]: PUBREL, never
+            # the PUBLISH again
+            return [Persist((), sync=True), self._ack(PacketType.PUBREL, m.packet_id)]
+        # [MQTT-4.4.0-1] original packet id, [MQTT-3.3.1-1] DUP=1
+        return [self._publish(m, True)]
+
+    # ---------------------------------------------------------------- subscriptions
+
+    def _next_sub_id(self) -> int:
+        busy, held = self._busy(), self.state.outgoing_by_packet_id
+        pid = self._last_sub_id
+        for _ in range(MAX_PACKET_ID):
+            pid = pid % MAX_PACKET_ID + 1
+            if pid not in busy and held(pid) is None:
+                self._last_sub_id = pid
+                return pid
+        raise UsageError("no free packet id for SUBSCRIBE / UNSUBSCRIBE")
+
+    def subscribe(self, filters: Sequence[str], qos: int) -> list[Action]:
+        """The application subscribed (filters validated); works while disconnected."""
+        recs = []
+        for f in filters:
+            recs.append(self.state.subscribe(f, qos))
+            self._unsent_unsubs.discard(f)
+        out: list[Action] = [Persist(tuple(recs))]
+        if self.connected:
+            out += self._send_subscribe([(f, qos) for f in filters])
+        else:
+            self._unsent_subs.update((f, qos) for f in filters)
+        return out
+
+    def unsubscribe(self, filters: Sequence[str]) -> list[Action]:
+        recs = []
+        for f in filters:
+            recs.append(self.state.unsubscribe(f))
+            self._unsent_subs.pop(f, None)
+        out: list[Action] = [Persist(tuple(recs))]
+        if self.connected:
+            out += self._send_unsubscribe(list(filters))
+        else:
+            self._unsent_unsubs.update(filters)
+        return out
+
+    def _send_subscribe(self, subs: Sequence[tuple[str, int]]) -> list[Action]:
+        """SUBSCRIBE; a filter whose SUBSCRIBE a broker answered by closing the connection goes
+        in a packet of its own, so the next close names it alone."""
+        fresh = [s for s in subs if s[0] not in self._sub_closes]
+        batches = ([fresh] if fresh else []) + [[s] for s in subs if s[0] in self._sub_closes]
+        out: list[Action] = []
+        proto = 5 if self.v5 else 4
+        for batch in batches:
+            pid = self._next_sub_id()
+            self._sub_ids[pid] = batch
+            out.append(Write(_wire.encode_subscribe(pid, batch, protocol=proto),
+                             PacketType.SUBSCRIBE, pid))
+        return out
+
+    def _send_unsubscribe(self, filters: list[str]) -> list[Action]:
+        pid = self._next_sub_id()
+        self._unsub_ids[pid] = filters
+        return [Write(_wire.encode_unsubscribe(pid, filters, protocol=5 if self.v5 else 4),
+                      PacketType.UNSUBSCRIBE, pid)]
+
+    def _suback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
+        subs = self._sub_ids.pop(pid, [])
+        out: list[Action] = []
+        failed = []
+        for flt, _qos in subs:
+            self._sub_closes.pop(flt, None)  # answered: the broker did not choke on it
+        for (flt, _qos), code in zip(subs, codes):
+            if code >= 0x80 and self.state.subscriptions.get(flt) is not None:
+                out.append(Persist((self.state.unsubscribe(flt),)))
+                failed.append(flt)
+        for (flt, qos), code in zip(subs, codes):
+            out.append(Notify("on_subscribed", SubscribedEvent(flt, qos, code)))
+        for flt in failed:
+            out.append(self._error(0x80, f"subscription to {flt!r} refused by the broker"))
+        return out
+
+    def _unsuback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
+        filters = self._unsub_ids.pop(pid, [])
+        codes = codes or (0,) * len(filters)
+        return [Notify("on_unsubscribed", UnsubscribedEvent(f, c)) for f, c in zip(filters, codes)]
+
+    # ---------------------------------------------------------------- connection
+
+    def connecting(self, broker: str) -> None:
+        """A connection is being made to ``broker`` (host:port)."""
+        self.conn = ConnState.CONNECTING
+        self.broker = broker
+
+    def connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
+                maximum_packet_size: int | None, now: float) -> list[Action]:
+        """CONNACK. Accepted: ``Connected`` is durable, then ``on_connected`` (which may call
+        ``restore``); the driver then calls ``resume``."""
+        if rc != 0:
+            return [Notify("on_connected", ConnectedEvent(rc, reason, False)),
+                    self._error(rc, f"connection refused: {reason}")]
+        self.conn = ConnState.RESUMING
+        self._mismatch_logged = False
+        self.session_present = session_present
+        self._window = max(1, min(self.settings.max_inflight, receive_maximum))
+        self.max_packet = maximum_packet_size
+        self._last_activity = now
+        rec = self.state.connected(now, self.broker, session_present)
+        return [Persist((rec,), sync=True),
+                Notify("on_connected", ConnectedEvent(0, reason, session_present))]
+
+    def lost_incoming(self) -> list[Action]:
+        """After ``on_connected``, before ``resume``: incoming QoS 2 messages awaiting PUBREL
+        that a broker answering SessionPresent=0 will never release. They are delivered now
+        (the state does not change: ``resume`` removes them once this has run)."""
+        if self.session_present or not self.state.incoming:
+            return []
+        return [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup))
+                for im in self.state.incoming.values() if im.packet_id not in self._held]
+
+    def resume(self) -> list[Action]:
+        """After ``on_connected`` (and ``lost_incoming``): the resume plan ([MQTT-4.4.0-1],
+        [MQTT-4.6.0-1])."""
+        s = self.settings
+        st = self.state
+        had_state = not st.empty
+        reset, plan = st.on_connack(
+            self.session_present, republish=s.republish_on_session_lost,
+            republish_released=s.released_on_session_lost == "republish",
+        )
+        out: list[Action] = []
+        lost = plan.lost
+        if lost is not None:
+            for im in lost.delivered_incoming:  # handed out before and not acknowledged, or
+                self._held.pop(im.packet_id, None)  # delivered by lost_incoming: not again
+        if reset is not None:
+            out.append(Persist((reset,), sync=True))
+        self._pending = deque(m.seq for m in plan.outgoing)
+        self._inflight.clear()
+        self.conn = ConnState.CONNECTED
+        if not self.session_present and had_state and plan.resubscribe:
+            self._unsent_subs.update(plan.resubscribe)  # [MQTT-3.2.2-5] the broker forgot them
+        if self._unsent_unsubs:
+            out += self._send_unsubscribe(sorted(self._unsent_unsubs))
+            self._unsent_unsubs.clear()
+        subs, self._unsent_subs = dict(self._unsent_subs), {}
+        if subs:
+            out += self._send_subscribe(sorted(subs.items()))
+        out += self._pump()  # in seq order [MQTT-4.6.0-1]
+        expired, self.restored_expired = self.restored_expired, False
+        if expired and self.session_present:
+            log.info("the broker still held the session this clock said had expired (did"
+                     " the clock jump?): resumed")
+        if lost is not None and not (st.clean_session and not expired):
+            # a clean session expects SessionPresent=0: nothing was lost
+            out.append(Notify("on_session_lost", SessionLostEvent.of(lost, expired)))
+        return out
+
+    def connection_lost(self, now: float, reason_code: int, reason: str) -> list[Action]:
+        """The connection ended (the broker, the network, or ``disconnect()``)."""
+        was = self.conn
+        out: list[Action] = []
+        if was is ConnState.CLOSING:
+            self.conn = ConnState.DISCONNECTED
+            out.append(Notify("on_disconnected", DisconnectedEvent(0, "OK")))
+        elif was in (ConnState.RESUMING, ConnState.CONNECTED):
+            self.conn = ConnState.CONNECTING
+            out.append(Persist((self.state.disconnected(now),)))
+            out.append(Notify("on_disconnected",
+                              DisconnectedEvent(reason_code or 0x80, f"connection lost: {reason}")))
+        return out + self.reset()
+
+    def reset(self) -> list[Action]:
+        """A new network connection is about to be made: forget the old one's flows."""
+        if self._live:
+            self.conn = ConnState.CONNECTING
+        self._inflight.clear()
+        # acks owed to the old connection are forgotten: the broker resends the QoS 1
+        # PUBLISH (DUP) and the QoS 2 PUBREL [MQTT-4.4.0-1]
+        self._owed.clear()
+        for h in self._held.values():
+            h.pubcomp_due = False
+        return self._requeue_unanswered()
+
+    def _requeue_unanswered(self) -> list[Action]:
+        """SUBSCRIBE / UNSUBSCRIBE left without their ack by a lost connection: the broker may
+        never have seen them, so they go out again on the next one (a SUBSCRIBE replaces an
+        equal one [MQTT-3.8.4-3]). The oldest unanswered SUBSCRIBE is the one a broker that
+        closes instead of refusing choked on (it reads in order); after ``SUBSCRIBE_TRIES``
+        such closes in a row its filters count as refused and leave the session."""
+        out: list[Action] = []
+        for i, subs in enumerate(self._sub_ids.values()):
+            for flt, qos in subs:
+                if self.state.subscriptions.get(flt) is None:
+                    continue  # unsubscribed since
+                tries = self._sub_closes.get(flt, 0) + (1 if i == 0 else 0)
+                if tries >= SUBSCRIBE_TRIES:
+                    del self._sub_closes[flt]
+                    self._unsent_subs.pop(flt, None)
+                    out.append(Persist((self.state.unsubscribe(flt),)))
+                    out.append(Notify("on_subscribed", SubscribedEvent(flt, qos, 0x80)))
+                    out.append(self._error(
+                        0x80, f"the broker closed the connection {SUBSCRIBE_TRIES} times in"
+                              f" answer to SUBSCRIBE {flt!r}: taken as refused (subscribe"
+                              " again to retry)"))
+                else:
+                    self._sub_closes[flt] = tries
+                    self._unsent_subs.setdefault(flt, qos)
+        for filters in self._unsub_ids.values():
+            self._unsent_unsubs.update(f for f in filters if f not in self.state.subscriptions)
+        self._sub_ids.clear()
+        self._unsub_ids.clear()
+        return out
+
+    def disconnect(self, now: float) -> list[Action]:
+        """The application disconnects: the time is durable before DISCONNECT."""
+        out: list[Action] = []
+        if self.connected:
+            out.append(Persist((self.state.disconnected(now),), sync=True))
+        self.conn = ConnState.CLOSING
+        self._inflight.clear()
+        return out
+
+    def closed(self) -> None:
+        """The connection is gone for good (after ``disconnect`` or a failed connect)."""
+        self.conn = ConnState.DISCONNECTED
+        self._inflight.clear()
+
+    def tick(self, now: float, monotonic: float) -> list[Action]:
+        """Timers: an Activity record (bounds the disconnect time after a crash), the lazy
+        records written out, MQTT 3.1.1 resends after ``republish_interval``."""
+        if not self.connected:
+            return []
+        out: list[Action] = []
+        if now - self._last_activity >= ACTIVITY_EVERY:
+            self._last_activity = now
+            out.append(Persist((self.state.activity(now),)))
+        else:
+            out.append(Persist(()))  # lazy records wait at most one tick
+        interval = self.settings.republish_interval
+        if interval <= 0 or self.v5:
+            return out  # MQTT 5: resend only on reconnect [MQTT-4.4.0-1]
+        due = monotonic - interval
+        for seq, sent_at in list(self._inflight.items()):
+            m = self.state.outgoing.get(seq)
+            if m is None:
+                continue
+            if not sent_at:
+                self._inflight[seq] = monotonic  # written since the last tick
+            elif sent_at <= due:
+                out += self._write(m)
+                self._inflight[seq] = monotonic
+        return out
+
+    # ---------------------------------------------------------------- receiving
+
+    def receive(self, p: Packet) -> list[Action]:
+        """A session packet from the broker: PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK
+        or UNSUBACK (decoded by ``_wire``)."""
+        t = p.type
+        pid = p.packet_id or 0
+        if t is PacketType.PUBLISH:
+            return self._publish_in(p)
+        code = p.reason_code or 0
+        if t is PacketType.PUBACK:
+            return self._puback(pid, code)
+        if t is PacketType.PUBREC:
+            return self._pubrec(pid, code)
+        if t is PacketType.PUBCOMP:
+            return self._pubcomp(pid, code)
+        if t is PacketType.PUBREL:
+            return self._pubrel(pid)
+        if t is PacketType.SUBACK:
+            return self._suback(pid, p.reason_codes)
+        if t is PacketType.UNSUBACK:
+            return self._unsuback(pid, p.reason_codes)
+        raise TransitionError(f"not a session packet: {t.name}")
+
+    def _publish_in(self, p: Packet) -> list[Action]:
+        pid, qos = p.packet_id or 0, p.qos
+        props = b"" if p.properties == b"\x00" else p.properties
+        topic = p.topic or ""
+        if qos == 0:
+            return [Deliver(MessageEvent(-1, topic, 0, p.payload, p.retain, p.dup))]
+        if qos == 1:
+            event = MessageEvent(pid, topic, 1, p.payload, p.retain, p.dup)
+            self._owed.append(_Owed(event))  # PUBACK after delivery, at ack()
+            return [Deliver(event)]
+        # persistence point 3: stored before PUBREC; a duplicate is not stored or delivered
+        # twice [MQTT-4.3.3-10]
+        rec = self.state.receive(pid, topic, p.payload, p.retain, p.dup, props)
+        out: list[Action] = [Persist((rec,), sync=True)] if rec is not None else [Persist((), sync=True)]
+        out.append(self._ack(PacketType.PUBREC, pid))
+        return out
+
+    def _pubrel(self, pid: int) -> list[Action]:
+        held = self._held.get(pid)
+        if held is not None:
+            held.pubcomp_due = True  # handed out before, not acknowledged: PUBCOMP at ack()
+            return []
+        im = self.state.incoming.get(pid)
+        if im is None:
+            return [self._ack(PacketType.PUBCOMP, pid)]  # delivered before a crash: PUBCOMP only
+        event = MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup)
+        self._held[pid] = _Held(event, pubcomp_due=True)
+        return [Deliver(event)]  # persistence point 4: removal and PUBCOMP at ack()
+
+    def ack(self, message: MessageEvent | int) -> tuple[bool, list[Action]]:
+        """The application has taken ``message`` (a delivered event, or its packet id). QoS 1:
+        its PUBACK, after those of the messages received before it [MQTT-4.6.0-2]; QoS 2: its
+        removal durable, then PUBCOMP. False when nothing waited."""
+        by_id = isinstance(message, int)
+        pid = message if isinstance(message, int) else message.packet_id
+        qos = 0 if isinstance(message, int) else message.qos
+        out: list[Action] = []
+        acked = False
+        if qos in (0, 1):
+            for o in self._owed:
+                if not o.acked and (o.event.packet_id == pid if by_id else o.event is message):
+                    o.acked = True
+                    acked = True
+                    break
+            while self._owed and self._owed[0].acked:  # in arrival order [MQTT-4.6.0-2]
+                o = self._owed.popleft()
+                if self._live:
+                    out.append(self._ack(PacketType.PUBACK, o.event.packet_id))
+        if not acked and qos in (0, 2):
+            h = self._held.get(pid)
+            if h is not None and (by_id or h.event is message):
+                del self._held[pid]
+                acked = True
+                if pid in self.state.incoming:
+                    _, rec = self.state.release(pid)
+                    out.append(Persist((rec,), sync=True))  # persistence point 4
+                if h.pubcomp_due and self._live:
+                    out.append(self._ack(PacketType.PUBCOMP, pid))
+        if acked:
+            out.append(Notify("on_message_ack", MessageAckEvent(pid, DIRECTION_SERVER, 0)))
+        return acked, out
+
+    def _finished(self, m: OutgoingMessage, reason_code: int, out: list[Action]) -> list[Action]:
+        """An outgoing flow ended: free the window, then the events."""
+        self._inflight.pop(m.seq, None)
+        out += self._pump()
+        out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
+                                                            reason_code)))
+        out.append(Notify("on_message_out", _event(m)))
+        return out
+
+    def _mismatched(self, kind: str, m: OutgoingMessage) -> None:
+        """An acknowledgement of the wrong kind: counted, logged once a connection."""
+        self.mismatched_acks += 1
+        if not self._mismatch_logged:
+            self._mismatch_logged = True
+            log.warning("the broker answered a QoS %d PUBLISH (packet id %d) with %s: the flow"
+                        " ends as the broker meant it (it downgrades QoS 2 to 1, or the reverse);"
+                        " config('MismatchedAcks') counts them", m.qos, m.packet_id, kind)
+
+    def _puback(self, pid: int, code: int) -> list[Action]:
+        m = self.state.outgoing_by_packet_id(pid)
+        if m is not None and m.phase is Phase.AWAIT_PUBREC:
+            self._mismatched("PUBACK", m)  # RabbitMQ 3.x: QoS 2 taken as QoS 1
+        elif m is None or m.phase is not Phase.AWAIT_PUBACK:
+            log.debug("PUBACK for packet id %d, which awaits none: ignored", pid)
+            return []
+        # point 5: a lost removal only costs a resend
+        return self._finished(m, code, [Persist((self.state.puback(pid),), lazy=True)])
+
+    def _pubrec(self, pid: int, code: int) -> list[Action]:
+        m = self.state.outgoing_by_packet_id(pid)
+        pubrel: list[Action] = [self._ack(PacketType.PUBREL, pid)]
+        if m is None:
+            return pubrel if code < 0x80 else []  # let the broker finish a flow we no longer hold
+        if m.phase is Phase.AWAIT_PUBCOMP:
+            return [Persist((), sync=True), *pubrel]  # a repeated PUBREC: PUBREL again
+        if m.phase is Phase.AWAIT_PUBACK:
+            self._mismatched("PUBREC", m)  # QoS 1 taken as QoS 2: it has the message
+            out = self._finished(m, code, [Persist((self.state.pubrec(pid, code),), lazy=True)])
+            return out + pubrel if code < 0x80 else out  # PUBREL lets the broker finish
+        if m.phase is Phase.AWAIT_PUBREC:
+            # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
+            rec = self.state.pubrec(pid, code)
+            if code < 0x80:
+                return [Persist((rec,), sync=True), *pubrel]
+            return self._finished(m, code, [Persist((rec,))])  # [MQTT-4.4.0-2] ends the flow
+        log.debug("PUBREC for packet id %d in phase %s: ignored", pid, m.phase.value)
+        return []
+
+    def _pubcomp(self, pid: int, code: int) -> list[Action]:
+        m = self.state.outgoing_by_packet_id(pid)
+        if m is None or m.phase is not Phase.AWAIT_PUBCOMP:
+            log.debug("PUBCOMP for packet id %d, which awaits none: ignored", pid)
+            return []
+        return self._finished(m, code, [Persist((self.state.pubcomp(pid),), lazy=True)])  # point 5
+
+    # ---------------------------------------------------------------- restore
+
+    def check_restorable(self) -> None:
+        """``UsageError`` unless a session may be restored now: before connecting, or in
+        ``on_connected``, and never over messages held."""
+        if self.connected:
+            raise UsageError(
+                "restore_session while connected: call it before connect() or in on_connected")
+        cur = self.state
+        if cur.outgoing or cur.incoming:
+            raise UsageError(f"restore_session would replace {len(cur.outgoing)} outgoing and"
+                             f" {len(cur.incoming)} incoming messages this client holds")
+
+    def restore(self, state: SessionState, now: float) -> Configured:
+        """Replace the (empty) session with a saved one; the client's own settings win over
+        those saved with it. Returns the settings record (already applied)."""
+        self.check_restorable()
+        cur = self.state
+        if cur.client_id and state.client_id and state.client_id != cur.client_id:
+            raise StateError(f"the saved session belongs to client id {state.client_id!r},"
+                             f" not {cur.client_id!r}")
+        state.client_id = state.client_id or cur.client_id
+        expired = False
+        if self.conn is not ConnState.RESUMING and state.protocol_version == 5 and not state.empty:
+            expired = _expired(
+                5, effective_interval(5, False, state.session_expiry_interval),
+                state.connected_at, state.disconnected_at, state.last_activity, now,
+            ) is True
+        rec = state.configure(
+            protocol_version=cur.protocol_version, clean_session=False,
+            session_expiry_interval=(cur.session_expiry_interval
+                                     if cur.session_expiry_interval is not None
+                                     else state.session_expiry_interval),
+        )
+        if expired:
+            log.info("saved session of %r has expired by this clock (MQTT 5); connecting with"
+                     " Clean Start 0 all the same: SessionPresent decides", state.client_id)
+        self.state = state
+        self.restored_expired = expired
+        self._unsent_subs.clear()
+        return rec
+
+    def _error(self, code: int, description: str) -> Notify:
+        return Notify("on_error", ErrorEvent(code, description))

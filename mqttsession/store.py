@@ -1,0 +1,242 @@
+"""Where session records go: the ``Store`` protocol, an in-memory store, and the state file.
+
+A store receives the engine's ``Persist`` actions. It owns its locking (a Client's lock is not
+relied on), and survives what its kind can: ``journal.Journal`` (the state file: snapshot +
+journal) a crash and, with ``sync``, a power cut; ``MemoryStore`` nothing, but it models both
+for the engine's crash tests (``durable`` / ``written`` are what a power cut / a kill -9 leave).
+
+``StateFile`` is a Client's view of its ``SessionStateFile``: it opens the journal on first use,
+keeps a session found in the file that the application has not restored yet (IPWorks
+procedure 1 restores it in ``on_connected``), and never overwrites one: it is kept aside.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Protocol, Sequence
+
+from . import codec
+from .errors import MQTTSessionError
+from .journal import Journal, write_atomic
+from .state import Record, SessionState
+
+__all__ = ["MemoryStore", "StateFile", "Store"]
+
+
+class Store(Protocol):
+    """Durable session records: appended, synced, compacted into a snapshot, recovered."""
+
+    def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
+               lazy: bool = False) -> None:
+        """Make ``records`` (already applied to ``state``) durable; ``sync``: on disk before
+        returning (if the store's policy syncs); ``lazy``: may wait for the next append."""
+
+    def sync(self) -> None:
+        """Everything appended so far is on disk."""
+
+    def flush(self) -> None:
+        """Lazy records reach the OS (no sync)."""
+
+    @property
+    def needs_compaction(self) -> bool: ...
+
+    def compact(self, state: SessionState, text: str | None = None) -> None:
+        """Replace everything by a snapshot of ``state``."""
+
+    def recover(self) -> SessionState:
+        """The state the store holds (``StateError`` if it is damaged)."""
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A ``Store`` in memory that models a disk: ``written`` is what the OS holds (survives a
+    kill -9), ``durable`` what a sync made durable (survives a power cut)."""
+
+    def __init__(self, snapshot: SessionState | None = None) -> None:
+        self._lock = threading.Lock()
+        self.snapshot = codec.encode(snapshot if snapshot is not None else SessionState())
+        self.written: list[Record] = []
+        self.durable = 0  # how many of ``written`` are synced
+        self.lazy: list[Record] = []
+        self.syncs = 0
+        self.sync_policy = True
+
+    def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
+               lazy: bool = False) -> None:
+        with self._lock:
+            if lazy:
+                self.lazy += records
+                return
+            self.written += self.lazy
+            self.written += records
+            self.lazy.clear()
+            if sync and self.sync_policy:
+                self._sync()
+
+    def _sync(self) -> None:
+        self.durable = len(self.written)
+        self.syncs += 1
+
+    def sync(self) -> None:
+        with self._lock:
+            if self.durable < len(self.written) and self.sync_policy:
+                self._sync()
+
+    def flush(self) -> None:
+        with self._lock:
+            self.written += self.lazy
+            self.lazy.clear()
+
+    @property
+    def needs_compaction(self) -> bool:
+        return False
+
+    def compact(self, state: SessionState, text: str | None = None) -> None:
+        with self._lock:
+            self.snapshot = text if text is not None else codec.encode(state)
+            self.written, self.lazy, self.durable = [], [], 0
+
+    def recover(self, power_cut: bool = False) -> SessionState:
+        """The state after a kill -9 (``power_cut``: after losing the unsynced records)."""
+        with self._lock:
+            state = codec.decode(self.snapshot)
+            for rec in self.written[: self.durable] if power_cut else self.written:
+                state.apply(rec)
+            return state
+
+    def close(self) -> None:
+        self.flush()
+
+
+class StateFile:
+    """A Client's ``SessionStateFile``: the journal, opened on first use, and a session found
+    in the file that waits for ``restore_session``."""
+
+    def __init__(self) -> None:
+        self._errors: list[tuple[int, str]] = []  # for on_error, once the Client's lock is free
+        self.path = ""
+        self.sync = True
+        self.max_journal_bytes = 0
+        self.journal: Journal | None = None
+        self.unrestored: SessionState | None = None  # the file's session, awaiting restore
+        self.deferring = False  # on_connected runs: it may still restore the file's session
+
+    def set_path(self, path: str) -> None:
+        self.close()
+        self.path = path
+
+    def set_sync(self, sync: bool) -> None:
+        self.sync = sync
+        if self.journal is not None:
+            self.journal.sync = sync
+
+    def _new(self, client_id: str) -> Journal:
+        return Journal(self.path, client_id, sync=self.sync,
+                       max_journal_bytes=self.max_journal_bytes)
+
+    def open(self, state: SessionState) -> None:
+        """Own the file. A session in it that was not restored is never overwritten: it waits
+        for ``restore_session`` and is otherwise kept aside (``settle``)."""
+        if not self.path or self.journal is not None:
+            return
+        j = self._new(state.client_id)
+        try:
+            old = j.recover() if os.path.exists(self.path) else None
+            if old is not None and not old.empty:
+                self.unrestored = old
+            else:
+                j.compact(state)
+        except BaseException:
+            j.close()
+            raise
+        self.journal = j
+
+    def load(self, client_id: str) -> SessionState:
+        """The file's session, for ``restore_session`` (the journal stays open)."""
+        if self.unrestored is not None:
+            state, self.unrestored = self.unrestored, None
+            return state
+        if self.journal is not None:
+            return self.journal.recover()
+        j = self._new(client_id)
+        try:
+            state = j.recover()
+        except BaseException:
+            j.close()
+            raise
+        self.journal = j
+        return state
+
+    def settle(self, state: SessionState) -> None:
+        """The application went on without restoring the file's session: keep it aside."""
+        old, self.unrestored = self.unrestored, None
+        j = self.journal
+        if old is None or j is None:
+            return
+        aside = j.keep_aside("unrestored")
+        self._errors.append((0, f"{self.path} held a session ({len(old.outgoing)} outgoing,"
+                       f" {len(old.incoming)} incoming messages) that was not restored;"
+                       f" kept as {aside}"))
+        j.compact(state)
+
+    def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
+               lazy: bool = False) -> None:
+        """Records already applied to ``state``: durable, if there is a file. No compaction:
+        the caller asks for it (``compact_if_due``) once ``state`` holds nothing unwritten."""
+        j = self.journal
+        if j is None:
+            return
+        if self.unrestored is not None:
+            if not self.deferring:
+                self.settle(state)  # the compaction wrote the whole state, records included
+            return  # else on_connected may still restore it; a compaction will hold them
+        if records:
+            j.append(records, state, sync=sync, lazy=lazy)
+        elif sync:
+            j.sync_pending()
+        else:
+            j.flush()
+
+    def compact_if_due(self, state: SessionState) -> None:
+        """Compact a journal past its bound. The records are durable: a failure is reported
+        (``take_errors``), not raised."""
+        j = self.journal
+        if j is not None and j.needs_compaction:
+            try:
+                j.compact(state)
+            except MQTTSessionError as exc:
+                self._errors.append((getattr(exc, "errno", None) or -1,
+                                     f"state file compaction failed: {exc}"))
+
+    def take_errors(self) -> list[tuple[int, str]]:
+        """What went wrong without raising, for on_error (``settle``, a failed compaction)."""
+        errors, self._errors = self._errors, []
+        return errors
+
+    def sync_pending(self) -> None:
+        if self.journal is not None:
+            self.journal.sync_pending()
+
+    def flush(self) -> None:
+        if self.journal is not None:
+            self.journal.flush()
+
+    def save(self, state: SessionState, text: str) -> None:
+        """``save_session``: the whole state as the snapshot."""
+        if self.journal is not None:
+            self.journal.compact(state, text)
+        elif self.path:
+            write_atomic(self.path, text, sync=self.sync)
+
+    def compact_before_publish(self, state: SessionState) -> None:
+        """A due compaction before a publish: a fault here fails a publish not yet made."""
+        j = self.journal
+        if j is not None and j.needs_compaction:
+            j.compact(state)
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
