@@ -16,6 +16,7 @@ Verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import threading
@@ -33,7 +34,7 @@ from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
 
 __all__ = [
-    "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
+    "AsyncioPump", "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
     "disconnect_properties", "describe_connect_error", "refusal_message", "CLEAN_START_FIRST_ONLY",
 ]
 
@@ -175,6 +176,8 @@ class PahoConnection(mqtt.Client):
         # into its network thread (which would end it: no reconnect, no events)
         self.suppress_exceptions = True
         self._batch: list[tuple[int, bytes, int, int]] | None = None  # writes held to batch end
+        self._batch_thread: threading.Thread | None = None  # the thread reading that batch
+        self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
         self.enable_logger(logging.getLogger("mqttsession.paho"))
@@ -192,7 +195,7 @@ class PahoConnection(mqtt.Client):
 
     def in_batch(self) -> bool:
         """The calling thread is the network thread, handling a read batch."""
-        return self._batch is not None and threading.current_thread() is self._thread  # noqa: SLF001
+        return self._batch is not None and threading.current_thread() is self._batch_thread
 
     def _release(self) -> None:
         """Write what the batch held (under the session lock, after its sync)."""
@@ -231,6 +234,10 @@ class PahoConnection(mqtt.Client):
 
     def in_network_thread(self) -> bool:
         return threading.current_thread() is self._thread  # noqa: SLF001
+
+    def wants_reconnect(self) -> bool:
+        """The connection was lost (not closed on purpose) and auto-reconnect is on."""
+        return bool(self._reconnect_on_failure) and self._state not in _CLOSED_ON_PURPOSE  # noqa: SLF001
 
     def reconnect(self) -> MQTTErrorCode:
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
@@ -290,6 +297,7 @@ class PahoConnection(mqtt.Client):
         here, so it would read one packet per select() round.
         """
         self._batch = []
+        self._batch_thread = threading.current_thread()
         try:
             rc = self._read_batch(max_packets)
         except BaseException:
@@ -310,6 +318,8 @@ class PahoConnection(mqtt.Client):
         for _ in range(max(max_packets, _READ_BATCH)):
             if self._sock is None:  # noqa: SLF001
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if self.reading_paused:
+                return _OK
             rc = self._packet_read()  # noqa: SLF001
             if rc > 0:
                 return self._loop_rc_handle(rc)  # noqa: SLF001
@@ -387,3 +397,130 @@ class PahoConnection(mqtt.Client):
             self.hooks.hook_failure(exc, context)
         except Exception:  # pragma: no cover - reporting must not kill the thread either
             log.exception("reporting a failed session hook failed")
+
+
+class AsyncioPump:
+    """Drives a ``PahoConnection`` from an asyncio loop instead of a network thread (paho's
+    socket callbacks, as aiomqtt 2.x does): reads and writes when the socket is ready, timers
+    (keep-alive, ``hooks.hook_tick``) every ``tick`` seconds, and reconnects with backoff.
+
+    Everything but the blocking TCP connect (``reconnect``, in the loop's default executor)
+    runs on the loop; socket callbacks from that executor are passed to the loop.
+    """
+
+    def __init__(self, conn: PahoConnection, loop: Any, delay_min: float, delay_max: float,
+                 tick: float = 0.5) -> None:
+        self.conn = conn
+        self.loop = loop
+        self._delay_min, self._delay_max = max(delay_min, 0.05), max(delay_max, delay_min)
+        self._delay = self._delay_min
+        self._tick = tick
+        self._sock: Any = None
+        self._paused = False
+        self._timer: Any = None
+        self._retry: Any = None
+        self.stopped = False
+        conn.on_socket_open = self._on_open
+        conn.on_socket_close = self._on_close
+        conn.on_socket_register_write = self._on_want_write
+        conn.on_socket_unregister_write = self._on_no_write
+
+    def _soon(self, fn: Callable[[], None]) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            running = self.loop is asyncio.get_running_loop()
+        except RuntimeError:
+            running = False
+        if running:
+            fn()
+        else:
+            self.loop.call_soon_threadsafe(fn)
+
+    def _on_open(self, _c: Any, _u: Any, sock: Any) -> None:
+        def opened() -> None:
+            if self.stopped:
+                return
+            self._sock = sock
+            if not self._paused:
+                self.loop.add_reader(sock, self._read)
+            self._schedule_misc()
+        self._soon(opened)
+
+    def _on_close(self, _c: Any, _u: Any, sock: Any) -> None:
+        def closed() -> None:
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+            if self._sock is sock:
+                self._sock = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self.stopped and self.conn.wants_reconnect():
+                self._schedule_reconnect()
+        self._soon(closed)
+
+    def _on_want_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._soon(lambda: None if self.stopped else self.loop.add_writer(sock, self._write))
+
+    def _on_no_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._soon(lambda: self.loop.remove_writer(sock))
+
+    def _read(self) -> None:
+        if self._sock is not None and not self.stopped:
+            self.conn.loop_read()
+
+    def _write(self) -> None:
+        self.conn.loop_write()
+
+    def _schedule_misc(self) -> None:
+        self._timer = self.loop.call_later(self._tick, self._misc)
+
+    def _misc(self) -> None:
+        self._timer = None
+        if self.stopped or self._sock is None:
+            return
+        if self.conn.loop_misc() == _OK and self._sock is not None:
+            self._delay = self._delay_min  # connected and alive: the next backoff starts low
+            self._schedule_misc()
+
+    def _schedule_reconnect(self) -> None:
+        delay, self._delay = self._delay, min(self._delay * 2, self._delay_max)
+        self._retry = self.loop.call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        if self.stopped:
+            return
+        fut = self.loop.run_in_executor(None, self.conn.reconnect)
+
+        def done(f: Any) -> None:
+            if f.cancelled() or f.exception() is None or self.stopped:
+                return
+            log.debug("reconnect failed: %s", f.exception())
+            self._schedule_reconnect()
+        fut.add_done_callback(done)
+
+    def pause_reading(self) -> None:
+        """Read nothing more until ``resume_reading`` (back-pressure)."""
+        if not self._paused:
+            self._paused = self.conn.reading_paused = True
+            if self._sock is not None:
+                self.loop.remove_reader(self._sock)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = self.conn.reading_paused = False
+            if self._sock is not None and not self.stopped:
+                self.loop.add_reader(self._sock, self._read)
+                self.loop.call_soon(self._read)  # what was read into buffers (TLS) before
+
+    def stop(self) -> None:
+        """No more reads, writes, timers or reconnects (the socket itself is paho's)."""
+        self.stopped = True
+        for handle in (self._timer, self._retry):
+            if handle is not None:
+                handle.cancel()
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock)
+            self.loop.remove_writer(self._sock)

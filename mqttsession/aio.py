@@ -1,15 +1,17 @@
 """asyncio sessions in the Coherence style: ``session = await AsyncSession.create(options)``.
 
-``AsyncSession`` wraps a ``Client`` without ever blocking the event loop:
+``AsyncSession`` runs its session on the event loop itself, as aiomqtt 2.x drives paho: paho's
+socket callbacks put the connection's socket in the loop (``_paho.AsyncioPump``), so reads,
+writes, acknowledgements and timers are loop callbacks, and there is no thread of its own (only
+the blocking TCP connect waits in the loop's default executor):
 
-* every ``Client`` call (connect, publish with its fsync under ``SessionSync=always``, subscribe,
-  flush, disconnect, save) runs on the session's own single worker thread, so calls run in the
-  order they were awaited, and concurrent ``publish`` calls keep their order;
-* the ``Client``'s events (network thread) reach the loop through ``call_soon_threadsafe``:
-  incoming messages go into an ``asyncio.Queue`` read by ``receive()`` or
+* calls (publish, with its fsync under ``SessionSync=always``; subscribe, config, save, ack)
+  run on the loop in the order they were awaited; concurrent ``publish`` calls keep their order
+  and take turns, so the loop is never held by more than one fsync at a time;
+* incoming messages go into an ``asyncio.Queue`` read by ``receive()`` or
   ``async for msg in session.messages():`` (an async generator that ends when the session
-  closes). The queue holds at most ``options.inbound_queue_size`` messages; when it is full the
-  network thread waits for room.
+  closes). Once more than ``options.inbound_queue_size`` messages wait, the socket is not read
+  until the application catches up (back-pressure).
 * a QoS 1/2 message is acknowledged (PUBACK, or its removal made durable and PUBCOMP) only once
   the application has taken it: when it asks for the next one, calls ``ack()``, or closes the
   session. One still in the queue at a crash is sent again by the broker (the Client runs with
@@ -23,15 +25,12 @@ unacknowledged by a killed process, go out after the next ``create()``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Final, TypeVar
 
-from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, SubscribedEvent
@@ -82,17 +81,16 @@ class AsyncSession:
         self._state_file = None if state_file is None else os.fspath(state_file)
         self._session_sync = session_sync
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"mqttsession-aio-{client_id or 'session'}"
-        )
         self._queue: asyncio.Queue[MessageEvent | _Closed] = asyncio.Queue()
-        self._slots = Slots(self._options.inbound_queue_size)
         self._handed: list[MessageEvent] = []  # taken by the application, not yet acked
         self._subacks: dict[str, list[asyncio.Future[int]]] = {}
+        self._idle: list[asyncio.Future[bool]] = []  # flush() calls waiting
+        self._publishing = asyncio.Lock()  # publishes take turns (one fsync at a time)
         self._started = False
         self._closed = False
-        self._client.on_message_in = self._on_message_in
-        self._client.on_subscribed = self._from_network(self._on_subscribed)
+        self._client.on_message_in = self._on_loop(self._on_message_in)
+        self._client.on_subscribed = self._on_loop(self._on_subscribed)
+        self._client._driver.on_idle = self._on_loop(lambda _e: self._wake_idle())
 
     @classmethod
     async def create(
@@ -127,7 +125,7 @@ class AsyncSession:
                 await self.config(f"SessionSync={self._session_sync}")
             if self._state_file is not None:
                 await self.config(f"SessionStateFile={self._state_file}")
-                await self._run(self._client.restore_session, "")
+                self._client.restore_session("")
             if connect:
                 await self.connect()
         except BaseException:
@@ -136,38 +134,40 @@ class AsyncSession:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the worker thread (Client calls may block: locks, fsync, network)."""
+    def _check(self) -> Client:
         if self._closed:
             raise UsageError("the session is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        return self._client
 
-    def _from_network(self, fn: Callable[[T], None]) -> Callable[[T], None]:
-        """A Client callback (any thread) that runs ``fn(event)`` on the loop."""
-        def callback(event: T) -> None:
+    def _on_loop(self, fn: Callable[[T], None]) -> Callable[..., None]:
+        """A Client callback that runs ``fn(event)`` on the loop (it is called there, except
+        for a few events of a reconnect, which runs in the loop's executor)."""
+        def callback(event: T | None = None) -> None:
             loop = self._loop
             if loop is None:
                 log.warning("event %r dropped: the session was never started", event)
                 return
             try:
-                loop.call_soon_threadsafe(fn, event)
+                running = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                running = False
+            if running:
+                fn(event)  # type: ignore[arg-type]
+                return
+            try:
+                loop.call_soon_threadsafe(fn, event)  # type: ignore[arg-type]
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 log.warning("event %r dropped: its event loop is closed", event)
         return callback
 
     def _on_message_in(self, e: MessageEvent) -> None:
-        """Network thread: queue ``e`` once there is room (not acknowledged yet)."""
-        if not self._slots.take():
-            return  # closing: never handed out, never acked; the broker sends it again
-        loop = self._loop
-        try:
-            if loop is None:
-                raise RuntimeError("the session was never started")
-            loop.call_soon_threadsafe(self._queue.put_nowait, e)
-        except RuntimeError as exc:  # the loop is closed: nobody is listening any more
-            self._slots.give()
-            log.warning("message %r dropped unacknowledged: %s", e.topic, exc)
+        """Queue ``e`` (not acknowledged yet); past the bound, stop reading the socket."""
+        if self._closed:
+            return  # never handed out, never acked; the broker sends it again
+        self._queue.put_nowait(e)
+        pump = self._client._driver.pump
+        if pump is not None and self._queue.qsize() > self._options.inbound_queue_size:
+            pump.pause_reading()
 
     def _on_subscribed(self, e: SubscribedEvent) -> None:
         pending = self._subacks.get(e.topic_filter)
@@ -176,6 +176,12 @@ class AsyncSession:
             if not fut.done():
                 fut.set_result(e.response_code)
                 return
+
+    def _wake_idle(self) -> None:
+        for fut in self._idle:
+            if not fut.done():
+                fut.set_result(True)
+        self._idle.clear()
 
     # ------------------------------------------------------------------ properties
 
@@ -209,36 +215,40 @@ class AsyncSession:
 
     async def connect(self) -> None:
         """Connect to ``options.address``; ``ConnectError`` on failure."""
-        o = self._options
-        await self._run(self._client.connect, o.host, o.port, o.request_timeout_seconds)
+        o, c = self._options, self._check()
+        await c._driver.connect_async(o.host, o.port, o.request_timeout_seconds,
+                                      c._connect_params())
 
     async def disconnect(self) -> None:
         """A clean DISCONNECT; the session stays usable (``connect()`` again)."""
-        await self._run(self._client.disconnect)
+        self._check().disconnect()
 
     async def config(self, setting: str) -> str:
         """``Client.config``: ``"Name=Value"`` sets, ``"Name"`` reads."""
-        return await self._run(self._client.config, setting)
+        return self._check().config(setting)
 
     async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> int:
         """Publish (text is UTF-8); returns the packet id once the message is in the session
         (durable with a state file); it goes out now, or on connect."""
-        if isinstance(payload, str):
-            return await self._run(self._client.publish_message, topic, qos, payload)
-        return await self._run(self._client.publish_data, topic, qos, payload)
+        c = self._check()
+        async with self._publishing:  # in the order awaited; the loop runs between them
+            if isinstance(payload, str):
+                return c.publish_message(topic, qos, payload)
+            return c.publish_data(topic, qos, payload)
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
-        delimiter = await self.config("TopicDelimiter")
+        c = self._check()
+        delimiter = c.config("TopicDelimiter")
         filters = [f.strip() for f in topic_filter.split(delimiter)]
         futures: list[tuple[str, asyncio.Future[int]]] = []
-        if self._client.connected:
+        if c.connected:
             for f in filters:
                 fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
                 self._subacks.setdefault(f, []).append(fut)
                 futures.append((f, fut))
         try:
-            await self._run(self._client.subscribe, topic_filter, qos)
+            c.subscribe(topic_filter, qos)
             timeout = self._options.request_timeout_seconds
             for f, fut in futures:
                 try:
@@ -255,15 +265,26 @@ class AsyncSession:
                     pending.remove(fut)
 
     async def unsubscribe(self, topic_filter: str) -> None:
-        await self._run(self._client.unsubscribe, topic_filter)
+        self._check().unsubscribe(topic_filter)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every outgoing QoS 1/2 message is acknowledged; False on timeout."""
-        return await self._run(self._client.flush, timeout)
+        c = self._check()
+        if not c.outgoing_messages:
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._idle.append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return not c.outgoing_messages
+        finally:
+            if fut in self._idle:
+                self._idle.remove(fut)
 
     async def save_session(self) -> str:
         """``Client.save_session``: the state text (and the compacted state file)."""
-        return await self._run(self._client.save_session)
+        return self._check().save_session()
 
     async def receive(self, timeout: float | None = None) -> MessageEvent | None:
         """The next incoming message; None after ``timeout`` seconds or once closed.
@@ -278,7 +299,9 @@ class AsyncSession:
         if isinstance(item, _Closed):
             self._queue.put_nowait(item)  # every later reader sees it too
             return None
-        self._slots.give()
+        pump = self._client._driver.pump
+        if pump is not None and self._queue.qsize() <= self._options.inbound_queue_size:
+            pump.resume_reading()
         if item.qos > 0:
             self._handed.append(item)
         return item
@@ -287,12 +310,9 @@ class AsyncSession:
         """Acknowledge the messages handed out so far: PUBACK for QoS 1; QoS 2: the removal
         made durable, then PUBCOMP. ``receive()``, ``messages()`` and ``close()`` call it."""
         handed, self._handed = self._handed, []
-        if handed and not self._closed:
-            await self._run(self._ack_blocking, handed)
-
-    def _ack_blocking(self, handed: list[MessageEvent]) -> None:
-        for m in handed:
-            self._client.ack(m)
+        if not self._closed:
+            for m in handed:
+                self._client.ack(m)
 
     async def messages(self) -> AsyncIterator[MessageEvent]:
         """``async for msg in session.messages():`` until the session closes."""
@@ -304,27 +324,19 @@ class AsyncSession:
         state file (saved, compacted) and end ``messages()``. Idempotent."""
         if self._closed:
             return
-        self._slots.close()  # a network thread waiting for room queues nothing more
-        handed, self._handed = self._handed, []
+        c = self._client
         try:
-            if self._started:
-                await self._run(self._close_blocking, handed)
-            else:
-                self._client.close()  # never connected, no file opened: nothing blocks
+            await self.ack()  # taken; those still queued stay unacknowledged
+            if c.connected and c.outgoing_messages and not await self.flush(
+                    self._options.request_timeout_seconds):
+                log.warning("%s closes with %d unacknowledged messages",
+                            c.client_id, len(c.outgoing_messages))
         finally:
             self._closed = True
-            self._queue.put_nowait(_CLOSED)
-            # join the worker off the loop: nothing of this session outlives close()
-            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
-
-    def _close_blocking(self, handed: list[MessageEvent]) -> None:
-        c = self._client
-        self._ack_blocking(handed)  # taken; those still queued stay unacknowledged
-        if c.connected and c.outgoing_messages and not c.flush(
-                self._options.request_timeout_seconds):
-            log.warning("%s closes with %d unacknowledged messages",
-                        c.client_id, len(c.outgoing_messages))
-        c.close()
+            try:
+                c.close()
+            finally:
+                self._queue.put_nowait(_CLOSED)
 
     async def __aenter__(self) -> AsyncSession:
         await self.start()

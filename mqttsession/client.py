@@ -218,12 +218,15 @@ class Client:
         Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK within
         ``timeout`` seconds; ``UsageError`` for an empty client_id with clean_session False.
         """
+        self._driver.connect(host, port, timeout, self._connect_params())
+
+    def _connect_params(self) -> ConnectParams:
         tls = self.tls_options
         on = tls is not None and tls.enabled
-        self._driver.connect(host, port, timeout, ConnectParams(
+        return ConnectParams(
             self._keep_alive, self.username, self.password, self.will_topic, self.will_message,
             tls.ca_cert_path if on and tls else None, tls.client_cert_path if on and tls else None,
-            tls.client_key_path if on and tls else None, on))
+            tls.client_key_path if on and tls else None, on)
 
     def disconnect(self) -> None:
         """A clean DISCONNECT; the disconnect time is recorded in the session state, and the

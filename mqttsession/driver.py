@@ -8,6 +8,7 @@ paho's network thread, which also runs the timers (``hook_tick``): none of its o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Callable
 
 from ._config import ClientSettings
 from ._paho import (
+    AsyncioPump,
     PahoConnection,
     connect_properties,
     describe_connect_error,
@@ -69,6 +71,9 @@ class Driver:
         self._connack = threading.Event()
         self._connack_result: tuple[int, str] = (-1, "")
         self._next_tick = 0.0
+        self.pump: AsyncioPump | None = None  # asyncio: the loop drives the connection
+        self._connack_waiter: Callable[[], None] | None = None
+        self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
@@ -79,8 +84,8 @@ class Driver:
         if self.conn is not None:
             raise UsageError(f"{what} cannot change while connected")
 
-    def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
-        """``Client.connect``: CONNECT, and wait for CONNACK and the resume plan."""
+    def _open(self, host: str, port: int, params: ConnectParams) -> PahoConnection:
+        """A new connection for the session (not connected yet)."""
         with self.lock:
             if self.conn is not None:
                 raise UsageError("already connected; call disconnect() first")
@@ -91,8 +96,7 @@ class Driver:
                     raise UsageError("client_id must be set when clean_session is False")
                 self.file.append([st.configure(client_id=f"mqttsession-{uuid.uuid4().hex[:16]}")], st)
             self.file.open(st)
-            v5, clean, interval = st.protocol_version == 5, st.clean_session, self.expiry_interval()
-            if v5 and not clean and interval == 0:
+            if st.protocol_version == 5 and not st.clean_session and self.expiry_interval() == 0:
                 log.warning("client %r asks for a persistent session with SessionExpInterval=0:"
                             " the broker ends it at every disconnect", st.client_id)
             conn = self._new_connection(params)
@@ -100,28 +104,66 @@ class Driver:
             self.engine.connecting(f"{host}:{port}")
             self._connack.clear()
             self._connack_result = (-1, "")
+            return conn
+
+    def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int) -> None:
+        """paho's connect: the TCP (and TLS) connection and CONNECT (blocking)."""
+        st = self.engine.state
         try:
-            if v5:
+            if st.protocol_version == 5:
                 # a persistent session always asks with Clean Start 0, also when the client's
                 # clock says it expired: a clock that jumped must not destroy a session the
                 # broker may still hold; SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
-                conn.connect(host, port, params.keep_alive, clean_start=clean,
-                             properties=connect_properties(interval,
+                conn.connect(host, port, keep_alive, clean_start=st.clean_session,
+                             properties=connect_properties(self.expiry_interval(),
                                                            self._settings.receive_maximum))
             else:
-                conn.connect(host, port, params.keep_alive)
+                conn.connect(host, port, keep_alive)
         except (OSError, ValueError) as exc:
             self._teardown()
             raise ConnectError(f"cannot connect to {host}:{port}: {describe_connect_error(exc)}") from exc
+
+    def _connected(self, where: str, params: ConnectParams) -> None:
+        """``ConnectError`` (and the connection torn down) unless CONNACK accepted it."""
+        rc, reason = self._connack_result
+        if rc != 0:
+            self._teardown()
+            raise ConnectError(refusal_message(where, rc, reason, params.tls,
+                                               params.tls and bool(params.tls_cert)), rc)
+
+    def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
+        """``Client.connect``: CONNECT, and wait for CONNACK and the resume plan; paho's
+        network thread runs the connection from then on."""
+        conn = self._open(host, port, params)
+        self._tcp_connect(conn, host, port, params.keep_alive)
         conn.loop_start()
         if not self._connack.wait(timeout):
             self._teardown()
             raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s")
-        rc, reason = self._connack_result
-        if rc != 0:
+        self._connected(f"{host}:{port}", params)
+
+    async def connect_async(self, host: str, port: int, timeout: float,
+                            params: ConnectParams) -> None:
+        """``connect`` for asyncio: the running loop runs the connection (``AsyncioPump``);
+        only the TCP connect waits in the loop's default executor."""
+        loop = asyncio.get_running_loop()
+        conn = self._open(host, port, params)
+        s = self._settings
+        self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
+                                _TICK_EVERY)
+        done = asyncio.Event()
+        def waiter() -> None:
+            loop.call_soon_threadsafe(done.set)
+        self._connack_waiter = waiter
+        if self._connack.is_set():
+            done.set()
+        await loop.run_in_executor(None, self._tcp_connect, conn, host, port, params.keep_alive)
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
             self._teardown()
-            raise ConnectError(refusal_message(f"{host}:{port}", rc, reason, params.tls,
-                                               params.tls and bool(params.tls_cert)), rc)
+            raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s") from None
+        self._connected(f"{host}:{port}", params)
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:
         s, st = self._settings, self.engine.state
@@ -156,7 +198,12 @@ class Driver:
             conn.disconnect(properties=props)
         except Exception:  # pragma: no cover - best effort on a dead socket
             log.debug("DISCONNECT not sent", exc_info=True)
-        if not conn.in_network_thread():
+        pump, self.pump = self.pump, None
+        if pump is not None:  # asyncio: write the DISCONNECT now, on the loop
+            conn.loop_write()
+            pump.stop()
+            conn.release()
+        elif not conn.in_network_thread():
             conn.loop_stop()
             conn.release()
 
@@ -208,6 +255,8 @@ class Driver:
         f.compact_if_due(st)
         if not st.outgoing:
             self.changed.notify_all()  # flush() waits for exactly this
+            if self.on_idle is not None:
+                self.on_idle()
         return later
 
     def finish(self, later: list[Action]) -> None:
@@ -278,6 +327,8 @@ class Driver:
             conn.set_auto_reconnect(False)
         self._connack_result = (rc, reason)
         self._connack.set()
+        if self._connack_waiter is not None:
+            self._connack_waiter()
 
     def _guarded(self, step: Callable[[], list[Action]], context: str) -> None:
         """``do`` on the network thread where no packet depends on the records: a failure is
