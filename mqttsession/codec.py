@@ -15,43 +15,34 @@ no eval.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import gc
 import hashlib
-import json
-import math
 import re
-import struct
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Final, Iterator, Mapping
 
+from ._fields import Fields as _Fields
+from ._fields import b64 as _b64
+from ._fields import b64decode as _b64decode
+from ._fields import dump as _dump
+from ._fields import parse_json as _parse_json
 from .errors import StateError, UsageError
 from .expiry import effective_interval, expired
 from .state import (
     MAX_PACKET_ID,
-    Accepted,
-    Activity,
-    Configured,
-    Connected,
-    Disconnected,
-    Event,
     IncomingMessage,
     OutgoingMessage,
     Phase,
-    Received,
-    Record,
-    Released,
-    SessionReset,
     SessionState,
-    Stepped,
-    Subscribed,
-    Unsubscribed,
     validate_topic,
 )
+
+from .records import BINARY_TAGS as BINARY_TAGS
+from .records import decode_record as decode_record
+from .records import encode_record as encode_record
 
 __all__ = [
     "FORMAT", "VERSION", "encode", "decode", "SavedState", "load_state", "encode_record",
@@ -67,25 +58,6 @@ OUTGOING_ROW: Final = ("seq", "packet_id", "topic", "payload", "qos", "retain", 
 _ROW_TOPIC: Final = OUTGOING_ROW.index("topic")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _PHASES: Final = {p.value: p for p in Phase}
-
-
-if sys.version_info >= (3, 11):
-
-    def _b64decode(text: str) -> bytes:
-        return binascii.a2b_base64(text, strict_mode=True)
-
-else:  # pragma: no cover
-
-    def _b64decode(text: str) -> bytes:
-        return base64.b64decode(text, validate=True)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _dump(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
@@ -146,103 +118,6 @@ def encode(state: SessionState) -> str:
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-def _reject_constant(name: str) -> None:
-    raise StateError(f"state text holds {name}, which is not a valid number")
-
-
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise StateError(f"state text is not valid JSON: {exc}") from None
-    except (ValueError, RecursionError) as exc:
-        raise StateError(f"state text is not valid JSON: {exc}") from None
-
-
-class _Fields:
-    """Reads the fields of one JSON object, naming ``where`` in every error."""
-
-    __slots__ = ("obj", "where")
-
-    def __init__(self, obj: object, where: str, keys: frozenset[str]) -> None:
-        if not isinstance(obj, dict):
-            raise StateError(f"{where}: expected an object, got {type(obj).__name__}")
-        if obj.keys() == keys:  # the usual case, in one comparison
-            self.obj: dict[str, Any] = obj
-            self.where = where
-            return
-        missing = keys - obj.keys()
-        if missing:
-            raise StateError(f"{where}: missing field {sorted(missing)[0]!r}")
-        extra = obj.keys() - keys
-        if extra:
-            raise StateError(f"{where}: unknown field {sorted(extra)[0]!r}")
-        self.obj = obj
-        self.where = where
-
-    def fail(self, key: str, what: str) -> StateError:
-        return StateError(f"{self.where}.{key}: {what}, got {self.obj[key]!r:.80}")
-
-    def get_int(self, key: str, lo: int, hi: int) -> int:
-        v = self.obj[key]
-        if type(v) is not int or not lo <= v <= hi:
-            raise self.fail(key, f"expected an integer {lo}..{hi}")
-        return v
-
-    def get_opt_int(self, key: str, lo: int, hi: int) -> int | None:
-        return None if self.obj[key] is None else self.get_int(key, lo, hi)
-
-    def get_bool(self, key: str) -> bool:
-        v = self.obj[key]
-        if type(v) is not bool:
-            raise self.fail(key, "expected true or false")
-        return v
-
-    def get_str(self, key: str, nonempty: bool = False) -> str:
-        v = self.obj[key]
-        if not isinstance(v, str) or (nonempty and not v):
-            raise self.fail(key, "expected a non-empty string" if nonempty else "expected a string")
-        if "\x00" in v:
-            raise self.fail(key, "must not contain U+0000")
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise self.fail(key, "expected valid UTF-8 text") from None
-        return v
-
-    def get_opt_str(self, key: str) -> str | None:
-        return None if self.obj[key] is None else self.get_str(key)
-
-    def get_opt_time(self, key: str) -> float | None:
-        v = self.obj[key]
-        if v is None:
-            return None
-        try:
-            t = float(v) if type(v) in (int, float) else math.nan
-        except OverflowError:
-            t = math.nan
-        if not math.isfinite(t):
-            raise self.fail(key, "expected a time in seconds or null")
-        return t
-
-    def get_bytes(self, key: str) -> bytes:
-        v = self.obj[key]
-        if not isinstance(v, str):
-            raise self.fail(key, "expected base64 text")
-        if not v:
-            return b""
-        try:
-            return _b64decode(v)
-        except (binascii.Error, ValueError):
-            raise self.fail(key, "expected base64 text") from None
-
-    def get_list(self, key: str) -> list[Any]:
-        v = self.obj[key]
-        if not isinstance(v, list):
-            raise self.fail(key, "expected a list")
-        return v
 
 
 _STATE_KEYS: Final = frozenset(
@@ -527,176 +402,3 @@ def load_state(state_data: str | bytes) -> SavedState:
     return SavedState.of(decode(state_data))
 
 
-# --------------------------------------------------------------------------- journal records
-# The two records written for every message (Accepted, Stepped) are binary: a tag byte and a
-# fixed big-endian header, then the raw topic, payload and properties (no base64, no JSON).
-# Every other record is one compact JSON array whose first element is its tag; JSON arrays of
-# A / S (journal format 1) are still read. ``decode_record`` checks every field's type and
-# range; whether the record fits the state is ``SessionState.apply``'s job.
-
-_EVENTS: Final = {e.value: e for e in Event}
-# the binary event codes: part of the file format, append only
-_EVENT_CODES: Final = (Event.SEND, Event.PUBACK, Event.PUBREC, Event.PUBREC_FAILED,
-                       Event.PUBCOMP, Event.SESSION_LOST, Event.TOO_LARGE)
-_EVENT_CODE: Final = {e: i for i, e in enumerate(_EVENT_CODES)}
-# tag, seq, packet id, qos, retain, topic / payload / properties lengths (then those bytes)
-_ACCEPTED: Final = struct.Struct(">cQHBBHII")
-# tag, seq, event code, packet id
-_STEPPED: Final = struct.Struct(">cQBH")
-BINARY_TAGS: Final = (b"a", b"s")  # first byte of a binary record; JSON ones start with "["
-
-
-def encode_record(rec: Record) -> bytes:
-    """A record as the bytes the journal frames (binary for Accepted and Stepped)."""
-    arr: list[Any]
-    if type(rec) is Accepted:
-        m = rec.message
-        topic = m.topic.encode("utf-8")
-        return b"".join((
-            _ACCEPTED.pack(b"a", m.seq, m.packet_id, m.qos, m.retain, len(topic),
-                           len(m.payload), len(m.properties)),
-            topic, m.payload, m.properties,
-        ))
-    if type(rec) is Stepped:
-        return _STEPPED.pack(b"s", rec.seq, _EVENT_CODE[rec.event], rec.packet_id)
-    if type(rec) is Activity:
-        return f'["T",{rec.at!r}]'.encode("ascii")
-    if isinstance(rec, Received):
-        im = rec.message
-        arr = ["R", im.packet_id, im.topic, _b64(im.payload), im.retain, im.dup,
-               _b64(im.properties)]
-    elif isinstance(rec, Released):
-        arr = ["L", rec.packet_id]
-    elif isinstance(rec, Subscribed):
-        arr = ["U", rec.topic_filter, rec.qos]
-    elif isinstance(rec, Unsubscribed):
-        arr = ["X", rec.topic_filter]
-    elif isinstance(rec, Connected):
-        arr = ["C", rec.at, rec.broker, rec.session_present]
-    elif isinstance(rec, SessionReset):
-        arr = ["Z", list(rec.requeued), list(rec.dropped), list(rec.released)]
-    elif isinstance(rec, Disconnected):
-        arr = ["D", rec.at, rec.session_expiry_interval]
-    elif isinstance(rec, Configured):
-        arr = ["K", rec.client_id, rec.protocol_version, rec.clean_session,
-               rec.session_expiry_interval]
-    else:  # pragma: no cover - Record is a closed union
-        raise TypeError(f"not a record: {rec!r}")
-    return _dump(arr).encode("utf-8")
-
-
-def _decode_binary(data: bytes) -> Record:
-    """A binary Accepted / Stepped record; ``StateError`` names what is wrong."""
-    if data[:1] == b"s":
-        if len(data) != _STEPPED.size:
-            raise StateError(f"journal record s: {len(data)} bytes, expected {_STEPPED.size}")
-        _, seq, code, pid = _STEPPED.unpack(data)
-        if not 1 <= seq <= _MAX_SEQ:
-            raise StateError(f"journal record s: seq {seq} out of range")
-        if code >= len(_EVENT_CODES):
-            raise StateError(f"journal record s: unknown event code {code}")
-        return Stepped(seq, _EVENT_CODES[code], pid)
-    head = _ACCEPTED.size
-    if len(data) < head:
-        raise StateError(f"journal record a: {len(data)} bytes, shorter than its header")
-    _, seq, pid, qos, retain, tlen, plen, xlen = _ACCEPTED.unpack_from(data)
-    if len(data) != head + tlen + plen + xlen:
-        raise StateError(f"journal record a: {len(data)} bytes, its lengths say "
-                         f"{head + tlen + plen + xlen}")
-    if not 1 <= seq <= _MAX_SEQ or qos not in (1, 2) or retain > 1:
-        raise StateError(f"journal record a: seq {seq}, qos {qos}, retain {retain} out of range")
-    try:
-        topic = data[head:head + tlen].decode("utf-8")
-    except UnicodeDecodeError:
-        raise StateError("journal record a: topic is not UTF-8") from None
-    if not topic or "\x00" in topic:
-        raise StateError("journal record a: topic is empty or holds U+0000")
-    end = head + tlen + plen
-    return Accepted(OutgoingMessage(seq, pid, topic, data[head + tlen:end], qos, retain == 1,
-                                    data[end:]))
-
-
-_SHAPES: Final = {
-    "A": ("seq", "packet_id", "topic", "payload", "qos", "retain", "properties"),
-    "S": ("seq", "event", "packet_id"),
-    "R": ("packet_id", "topic", "payload", "retain", "dup", "properties"),
-    "L": ("packet_id",),
-    "U": ("filter", "qos"),
-    "X": ("filter",),
-    "C": ("at", "broker", "session_present"),
-    "Z": ("requeued", "dropped", "released"),
-    "D": ("at", "session_expiry_interval"),
-    "T": ("at",),
-    "K": ("client_id", "protocol_version", "clean_session", "session_expiry_interval"),
-}
-
-
-def _int_list(f: _Fields, key: str, lo: int, hi: int) -> tuple[int, ...]:
-    items = f.get_list(key)
-    if not all(type(x) is int and lo <= x <= hi for x in items):
-        raise f.fail(key, f"expected a list of integers {lo}..{hi}")
-    return tuple(items)
-
-
-def decode_record(data: bytes) -> Record:
-    """Parse one journal record; ``StateError`` names what is wrong."""
-    if data[:1] in BINARY_TAGS:
-        return _decode_binary(data)
-    try:
-        arr = _parse_json(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise StateError(f"journal record is not UTF-8: {exc}") from None
-    if not isinstance(arr, list) or not arr or not isinstance(arr[0], str):
-        raise StateError("journal record must be a JSON array starting with its tag")
-    tag = arr[0]
-    shape = _SHAPES.get(tag)
-    if shape is None:
-        raise StateError(f"unknown journal record tag {tag!r:.20}")
-    if len(arr) != len(shape) + 1:
-        raise StateError(f"journal record {tag}: expected {len(shape)} fields, got {len(arr) - 1}")
-    f = _Fields(dict(zip(shape, arr[1:])), f"record {tag}", frozenset(shape))
-    if tag == "A":
-        return Accepted(OutgoingMessage(
-            f.get_int("seq", 1, _MAX_SEQ), f.get_int("packet_id", 0, MAX_PACKET_ID),
-            f.get_str("topic", nonempty=True), f.get_bytes("payload"), f.get_int("qos", 1, 2),
-            f.get_bool("retain"), f.get_bytes("properties"),
-        ))
-    if tag == "S":
-        event = _EVENTS.get(f.obj["event"]) if isinstance(f.obj["event"], str) else None
-        if event is None:
-            raise f.fail("event", f"expected one of {sorted(_EVENTS)}")
-        return Stepped(f.get_int("seq", 1, _MAX_SEQ), event, f.get_int("packet_id", 0, MAX_PACKET_ID))
-    if tag == "R":
-        return Received(IncomingMessage(
-            f.get_int("packet_id", 1, MAX_PACKET_ID), f.get_str("topic", nonempty=True),
-            f.get_bytes("payload"), 2, f.get_bool("retain"), f.get_bool("dup"),
-            f.get_bytes("properties"),
-        ))
-    if tag == "L":
-        return Released(f.get_int("packet_id", 1, MAX_PACKET_ID))
-    if tag == "U":
-        return Subscribed(f.get_str("filter", nonempty=True), f.get_int("qos", 0, 2))
-    if tag == "X":
-        return Unsubscribed(f.get_str("filter", nonempty=True))
-    if tag == "C":
-        at = f.get_opt_time("at")
-        if at is None:
-            raise f.fail("at", "expected a time")
-        return Connected(at, f.get_opt_str("broker"), f.get_bool("session_present"))
-    if tag == "Z":
-        return SessionReset(_int_list(f, "requeued", 1, _MAX_SEQ),
-                            _int_list(f, "dropped", 1, _MAX_SEQ),
-                            _int_list(f, "released", 1, MAX_PACKET_ID))
-    if tag == "D":
-        at = f.get_opt_time("at")
-        if at is None:
-            raise f.fail("at", "expected a time")
-        return Disconnected(at, f.get_opt_int("session_expiry_interval", 0, 0xFFFFFFFF))
-    if tag == "T":
-        at = f.get_opt_time("at")
-        if at is None:
-            raise f.fail("at", "expected a time")
-        return Activity(at)
-    return Configured(f.get_str("client_id"), f.get_int("protocol_version", 4, 5),
-                      f.get_bool("clean_session"),
-                      f.get_opt_int("session_expiry_interval", 0, 0xFFFFFFFF))

@@ -39,10 +39,37 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, Callable, Container, Final, Iterable, Mapping, TypeVar, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Container, Final, Mapping
 
 from .errors import PacketIdsExhausted, StateError, TransitionError, UsageError
+from .validation import (
+    MAX_REMAINING_LENGTH,
+    publish_packet_size,
+    validate_filter,
+    validate_qos,
+    validate_topic,
+)
+from .records import (
+    Accepted,
+    Activity,
+    Configured,
+    Connected,
+    Disconnected,
+    Event,
+    IncomingMessage,
+    OutgoingMessage,
+    Phase,
+    Received,
+    Record,
+    Released,
+    ResumePlan,
+    SessionLost,
+    SessionReset,
+    Stepped,
+    Subscribed,
+    Unsubscribed,
+)
 
 __all__ = [
     "MAX_PACKET_ID",
@@ -78,28 +105,6 @@ __all__ = [
 
 MAX_PACKET_ID: Final = 65535
 MAX_EXPIRY: Final = 0xFFFFFFFF  # [MQTT 5 3.1.2.11.2] never expires
-MAX_TOPIC_BYTES: Final = 65535
-
-
-class Phase(str, enum.Enum):
-    """Where an outgoing QoS>0 message stands."""
-
-    QUEUED = "queued"  # accepted, never written to a connection (or re-queued after SESSION_LOST)
-    AWAIT_PUBACK = "await_puback"  # QoS 1 PUBLISH sent
-    AWAIT_PUBREC = "await_pubrec"  # QoS 2 PUBLISH sent
-    AWAIT_PUBCOMP = "await_pubcomp"  # QoS 2 PUBREL sent (released)
-
-
-class Event(str, enum.Enum):
-    """What can happen to an outgoing message."""
-
-    SEND = "send"
-    PUBACK = "puback"
-    PUBREC = "pubrec"
-    PUBREC_FAILED = "pubrec_failed"
-    PUBCOMP = "pubcomp"
-    SESSION_LOST = "session_lost"
-    TOO_LARGE = "too_large"  # the broker's Maximum Packet Size shrank below it: taken out
 
 
 Q, A1, A2, A3 = Phase.QUEUED, Phase.AWAIT_PUBACK, Phase.AWAIT_PUBREC, Phase.AWAIT_PUBCOMP
@@ -138,78 +143,6 @@ class _Keep(enum.Enum):
 
 KEEP: Final = _Keep.KEEP  # "leave this setting as it is"
 
-# --------------------------------------------------------------------------- validation
-
-_GOOD_TOPICS: set[str] = set()  # topic names already found valid (a bounded memo)
-_GOOD_TOPICS_MAX: Final = 4096
-
-
-def validate_qos(qos: object, allowed: Iterable[int] = (0, 1, 2)) -> int:
-    """Return ``qos`` if it is one of ``allowed``, else raise ``UsageError``."""
-    if type(qos) is not int or qos not in tuple(allowed):
-        raise UsageError(f"qos must be one of {tuple(allowed)}, got {qos!r}")
-    return qos
-
-
-def _check_utf8(what: str, text: object) -> bytes:
-    if not isinstance(text, str):
-        raise UsageError(f"{what} must be str, got {type(text).__name__}")
-    if not text:
-        raise UsageError(f"{what} must not be empty")
-    if "\x00" in text:
-        raise UsageError(f"{what} must not contain U+0000")  # [MQTT-1.5.3-2]
-    try:
-        raw = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UsageError(f"{what} is not valid UTF-8: {exc}") from None  # [MQTT-1.5.3-1]
-    if len(raw) > MAX_TOPIC_BYTES:
-        raise UsageError(f"{what} is longer than {MAX_TOPIC_BYTES} bytes")
-    return raw
-
-
-def validate_topic(topic: object) -> str:
-    """A topic name to publish to: non-empty UTF-8, no wildcards [MQTT-3.3.2-2]."""
-    if type(topic) is str and topic in _GOOD_TOPICS:
-        return topic  # the same few topics are published again and again
-    _check_utf8("topic", topic)
-    assert isinstance(topic, str)
-    if "+" in topic or "#" in topic:
-        raise UsageError(f"topic {topic!r} must not contain wildcards")
-    if len(_GOOD_TOPICS) >= _GOOD_TOPICS_MAX:
-        _GOOD_TOPICS.clear()
-    _GOOD_TOPICS.add(topic)
-    return topic
-
-
-def validate_filter(topic_filter: object) -> str:
-    """A topic filter: '#' only as the whole last level, '+' only as a whole level [MQTT-4.7.1]."""
-    _check_utf8("topic filter", topic_filter)
-    assert isinstance(topic_filter, str)
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise UsageError(f"topic filter {topic_filter!r}: '#' must be the whole last level")
-        if "+" in level and level != "+":
-            raise UsageError(f"topic filter {topic_filter!r}: '+' must be a whole level")
-    return topic_filter
-
-
-MAX_REMAINING_LENGTH: Final = 268_435_455  # the largest Remaining Length MQTT can encode
-
-
-def publish_packet_size(topic: str, payload_size: int, qos: int, properties_size: int = 0,
-                        mqtt5: bool = False) -> tuple[int, int]:
-    """(Remaining Length, whole packet size) of a PUBLISH, in bytes."""
-    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + payload_size
-    if mqtt5:
-        remaining += properties_size + _varint_size(properties_size)
-    return remaining, 1 + _varint_size(remaining) + remaining
-
-
-def _varint_size(n: int) -> int:
-    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
-
-
 def _check_time(what: str, at: object) -> float:
     if type(at) not in (int, float) or not math.isfinite(at):  # type: ignore[arg-type]
         raise TransitionError(f"{what} must be a finite time, got {at!r}")
@@ -230,225 +163,6 @@ def _check_text(what: str, text: object, optional: bool = False) -> None:
 def _check_expiry(exp: object) -> None:
     if exp is not None and (type(exp) is not int or not 0 <= exp <= MAX_EXPIRY):
         raise UsageError(f"session expiry interval must be 0..{MAX_EXPIRY}, got {exp!r}")
-
-
-# --------------------------------------------------------------------------- messages
-
-_T = TypeVar("_T")
-
-
-def _quick_init(cls: type[_T]) -> type[_T]:
-    """Give a frozen, slotted dataclass an ``__init__`` that sets its slots directly.
-
-    The generated one calls ``object.__setattr__`` per field, which costs twice as much, and
-    these objects are built several times per message on the publish and restore paths.
-    Everything else (frozen, eq, hash, repr, ``replace``) is the dataclass's own.
-    """
-    ns: dict[str, Any] = {}
-    params, body = [], []
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.default_factory is not MISSING or not f.init:
-            raise TypeError(f"{cls.__name__}.{f.name}: only plain fields are supported")
-        ns[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
-        if f.default is MISSING:
-            params.append(f.name)
-        else:
-            ns[f"_default_{f.name}"] = f.default
-            params.append(f"{f.name}=_default_{f.name}")
-        body.append(f"    _set_{f.name}(self, {f.name})")
-    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body), ns)
-    init = ns["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__doc__ = cls.__init__.__doc__
-    cls.__init__ = init  # type: ignore[method-assign]
-    return cls
-
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """A QoS>0 message the application handed over and the broker has not fully acknowledged.
-
-    ``seq`` orders messages for good (never reused); ``packet_id`` is 0 only while the message
-    is QUEUED and every packet id was taken when it was accepted.
-    """
-
-    seq: int
-    packet_id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool = False
-    properties: bytes = b""  # MQTT 5 properties, packed as on the wire (opaque here)
-    phase: Phase = Phase.QUEUED
-
-    @property
-    def sent(self) -> bool:
-        """True once a PUBLISH (or PUBREL) for it may have reached the broker."""
-        return self.phase is not Phase.QUEUED
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class IncomingMessage:
-    """A QoS 2 message received and answered with PUBREC, awaiting PUBREL."""
-
-    packet_id: int
-    topic: str
-    payload: bytes
-    qos: int = 2
-    retain: bool = False
-    dup: bool = False
-    properties: bytes = b""
-
-
-# --------------------------------------------------------------------------- records
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Configured:
-    """Session identity and options changed."""
-
-    client_id: str
-    protocol_version: int
-    clean_session: bool
-    session_expiry_interval: int | None
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """publish_* accepted a QoS>0 message (persistence point 1)."""
-
-    message: OutgoingMessage
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Stepped:
-    """An outgoing message moved along ``OUTGOING_TRANSITIONS``.
-
-    ``packet_id`` is the id the message holds after the step (SEND may assign one).
-    """
-
-    seq: int
-    event: Event
-    packet_id: int
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Received:
-    """An incoming QoS 2 PUBLISH was stored before PUBREC (persistence point 3)."""
-
-    message: IncomingMessage
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Released:
-    """An incoming QoS 2 message was delivered on PUBREL and leaves the session (point 4)."""
-
-    packet_id: int
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Subscribed:
-    topic_filter: str
-    qos: int
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Unsubscribed:
-    topic_filter: str
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """A CONNACK accepted the connection."""
-
-    at: float
-    broker: str | None
-    session_present: bool
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class SessionReset:
-    """CONNACK said SessionPresent=0 while state was held [MQTT-3.2.2-5].
-
-    ``requeued``: seqs of sent messages published anew; ``dropped``: seqs of messages the broker
-    had accepted (past PUBREC) or, with republish off, gave up; ``released``: incoming QoS 2
-    packet ids handed to the application and removed.
-    """
-
-    requeued: tuple[int, ...]
-    dropped: tuple[int, ...]
-    released: tuple[int, ...]
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Disconnected:
-    at: float
-    session_expiry_interval: int | None
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class Activity:
-    """The connection was seen alive at ``at`` (bounds the disconnect time after a crash)."""
-
-    at: float
-
-
-Record = Union[
-    Configured,
-    Accepted,
-    Stepped,
-    Received,
-    Released,
-    Subscribed,
-    Unsubscribed,
-    Connected,
-    SessionReset,
-    Disconnected,
-    Activity,
-]
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class SessionLost:
-    """What was held when the broker answered SessionPresent=0, and what was done with it."""
-
-    republished: tuple[OutgoingMessage, ...]  # sent but unconfirmed: published again as new
-    dropped: tuple[OutgoingMessage, ...]  # given up (republishing off for their phase)
-    queued: tuple[OutgoingMessage, ...]  # never sent: sent as usual
-    delivered_incoming: tuple[IncomingMessage, ...]  # QoS 2 awaiting PUBREL: handed to the app
-    resubscribed: tuple[tuple[str, int], ...]
-    possible_duplicates: tuple[OutgoingMessage, ...] = ()  # republished though past PUBREC
-
-
-@_quick_init
-@dataclass(frozen=True, slots=True)
-class ResumePlan:
-    """What the client sends after a CONNACK, in this order [MQTT-4.6.0-1].
-
-    ``outgoing``: every held message by seq; its phase says what goes out: PUBLISH with DUP=1 and
-    the original id for AWAIT_PUBACK / AWAIT_PUBREC [MQTT-4.4.0-1] [MQTT-3.3.1-1], PUBREL for
-    AWAIT_PUBCOMP, a fresh PUBLISH (SEND) for QUEUED.
-    """
-
-    session_present: bool
-    outgoing: tuple[OutgoingMessage, ...]
-    resubscribe: tuple[tuple[str, int], ...]
-    lost: SessionLost | None
 
 
 # --------------------------------------------------------------------------- the state

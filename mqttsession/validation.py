@@ -1,0 +1,82 @@
+"""What the application may hand to a session: topic names, topic filters, QoS levels, and
+the size of the PUBLISH a message makes. Pure; errors are ``UsageError``."""
+
+from __future__ import annotations
+
+from typing import Final, Iterable
+
+from .errors import UsageError
+
+__all__ = ["MAX_REMAINING_LENGTH", "MAX_TOPIC_BYTES", "publish_packet_size", "validate_filter",
+           "validate_qos", "validate_topic"]
+
+MAX_TOPIC_BYTES: Final = 65535
+
+_GOOD_TOPICS: set[str] = set()  # topic names already found valid (a bounded memo)
+_GOOD_TOPICS_MAX: Final = 4096
+
+
+def validate_qos(qos: object, allowed: Iterable[int] = (0, 1, 2)) -> int:
+    """Return ``qos`` if it is one of ``allowed``, else raise ``UsageError``."""
+    if type(qos) is not int or qos not in tuple(allowed):
+        raise UsageError(f"qos must be one of {tuple(allowed)}, got {qos!r}")
+    return qos
+
+
+def _check_utf8(what: str, text: object) -> bytes:
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be str, got {type(text).__name__}")
+    if not text:
+        raise UsageError(f"{what} must not be empty")
+    if "\x00" in text:
+        raise UsageError(f"{what} must not contain U+0000")  # [MQTT-1.5.3-2]
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"{what} is not valid UTF-8: {exc}") from None  # [MQTT-1.5.3-1]
+    if len(raw) > MAX_TOPIC_BYTES:
+        raise UsageError(f"{what} is longer than {MAX_TOPIC_BYTES} bytes")
+    return raw
+
+
+def validate_topic(topic: object) -> str:
+    """A topic name to publish to: non-empty UTF-8, no wildcards [MQTT-3.3.2-2]."""
+    if type(topic) is str and topic in _GOOD_TOPICS:
+        return topic  # the same few topics are published again and again
+    _check_utf8("topic", topic)
+    assert isinstance(topic, str)
+    if "+" in topic or "#" in topic:
+        raise UsageError(f"topic {topic!r} must not contain wildcards")
+    if len(_GOOD_TOPICS) >= _GOOD_TOPICS_MAX:
+        _GOOD_TOPICS.clear()
+    _GOOD_TOPICS.add(topic)
+    return topic
+
+
+def validate_filter(topic_filter: object) -> str:
+    """A topic filter: '#' only as the whole last level, '+' only as a whole level [MQTT-4.7.1]."""
+    _check_utf8("topic filter", topic_filter)
+    assert isinstance(topic_filter, str)
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise UsageError(f"topic filter {topic_filter!r}: '#' must be the whole last level")
+        if "+" in level and level != "+":
+            raise UsageError(f"topic filter {topic_filter!r}: '+' must be a whole level")
+    return topic_filter
+
+
+MAX_REMAINING_LENGTH: Final = 268_435_455  # the largest Remaining Length MQTT can encode
+
+
+def publish_packet_size(topic: str, payload_size: int, qos: int, properties_size: int = 0,
+                        mqtt5: bool = False) -> tuple[int, int]:
+    """(Remaining Length, whole packet size) of a PUBLISH, in bytes."""
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + payload_size
+    if mqtt5:
+        remaining += properties_size + _varint_size(properties_size)
+    return remaining, 1 + _varint_size(remaining) + remaining
+
+
+def _varint_size(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
