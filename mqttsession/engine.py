@@ -26,15 +26,15 @@ The engine is not thread-safe: one owner calls it (under the Client's lock).
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Sequence, Union
+from typing import Final, Sequence
 
 from . import _wire
 from ._wire import Packet, PacketType
 from .errors import StateError, TransitionError, UsageError
+from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist, Write
 from .events import (
     DIRECTION_CLIENT,
     DIRECTION_SERVER,
@@ -56,7 +56,6 @@ from .state import (
     Configured,
     OutgoingMessage,
     Phase,
-    Record,
     SessionState,
     publish_packet_size,
 )
@@ -70,69 +69,6 @@ log = logging.getLogger("mqttsession")
 
 SUBSCRIBE_TRIES: Final = 3  # connections closed on one SUBSCRIBE before it counts as refused
 ACTIVITY_EVERY: Final = 5.0  # seconds between Activity records while connected
-
-
-# ------------------------------------------------------------------------------------ actions
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """Make ``records`` durable. ``records`` empty: make those written so far durable
-    (``sync``) or write the lazy ones (``sync`` False)."""
-
-    records: tuple[Record, ...]
-    sync: bool = False
-    lazy: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One encoded MQTT packet for the current connection."""
-
-    packet: bytes
-    kind: PacketType
-    packet_id: int = 0
-    qos: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """A received message for ``on_message_in``."""
-
-    message: MessageEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """An ``on_*`` event (``name`` is the callback attribute)."""
-
-    name: str
-    event: object
-
-
-Action = Union[Persist, Write, Deliver, Notify]
-
-
-class ConnState(enum.Enum):
-    """Where the connection stands: one value instead of a set of flags."""
-
-    DISCONNECTED = "disconnected"  # no connection, none being made
-    CONNECTING = "connecting"  # a connection is being made or remade (no CONNACK yet)
-    RESUMING = "resuming"  # CONNACK accepted; on_connected runs, the resume plan is not sent
-    CONNECTED = "connected"  # resumed: messages flow
-    CLOSING = "closing"  # disconnect() asked for it
-
-
-@dataclass
-class EngineSettings:
-    """The settings the engine reads (the Client's ``config()`` writes them)."""
-
-    max_inflight: int = 20  # mosquitto's default max_inflight_messages: beyond it a 3.1.1
-    # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
-    republish_interval: float = 0.0  # MQTT 3.1.1: resend unacknowledged messages after this
-    republish_on_session_lost: bool = True
-    released_on_session_lost: str = "republish"  # or "drop": QoS 2 past PUBREC, SessionPresent 0
-    max_message_size: int = 0  # the largest PUBLISH packet accepted, in bytes; 0: MQTT's limit
 
 
 @dataclass
