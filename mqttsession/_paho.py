@@ -66,6 +66,8 @@ class Hooks(Protocol):
 
     def hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
 
+    def hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
+
     def hook_batch_end(self, release: Callable[[], None]) -> None: ...  # sync, then release()
 
     def hook_connection_reset(self) -> None: ...  # a new network connection is being made
@@ -178,6 +180,7 @@ class PahoConnection(mqtt.Client):
         self._batch: list[tuple[int, bytes, int, int]] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
+        self._write_due = False  # the network thread queued packets without a wake-up
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
         self.enable_logger(logging.getLogger("mqttsession.paho"))
@@ -214,6 +217,15 @@ class PahoConnection(mqtt.Client):
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
         # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
         info = mqtt.MQTTMessageInfo(0) if kind == PacketType.PUBLISH and qos == 0 else None
+        if self._batch_thread is not None and threading.current_thread() is self._thread:  # noqa: SLF001
+            # the network thread writes it at the end of this round (loop_read): no wake-up
+            # byte through paho's socket pair for a thread that is awake
+            self._out_packet.append({  # noqa: SLF001
+                "command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
+                "to_process": len(packet), "packet": packet, "info": info,
+            })
+            self._write_due = True
+            return
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
@@ -312,6 +324,9 @@ class PahoConnection(mqtt.Client):
             self._batch = None
             self._hook_failed(exc, "making the session records of received packets durable")
             return self._loop_rc_handle(_DROP) if self._sock is not None else rc  # noqa: SLF001
+        if self._write_due:
+            self._write_due = False
+            return self.loop_write()  # what this round queued (paho's _loop checks only later)
         return rc
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
@@ -341,13 +356,16 @@ class PahoConnection(mqtt.Client):
                     and kind in _ACK_TYPES:
                 # the usual ack is the packet id alone (3.1.1 always, 5 on success without
                 # properties [MQTT 5 3.4.2.1]): no general decode for it
-                p = Packet(_ACK_TYPES[kind], first & 0x0F, body[0] << 8 | body[1])
-            elif kind == PacketType.CONNACK or kind in _SESSION_PACKETS:
-                p = _wire.decode(first, bytes(body), self._level)
-            else:
+                self.hooks.hook_ack(_ACK_TYPES[kind], body[0] << 8 | body[1])
+                return _OK
+            if kind != PacketType.CONNACK and kind not in _SESSION_PACKETS:
                 return super()._packet_handle()  # noqa: SLF001  (PINGRESP, DISCONNECT, AUTH)
+            p = _wire.decode(first, bytes(body), self._level)
         except MalformedPacket as exc:
             return self._violation(0x81, str(exc))
+        except Exception as exc:  # a hook must never kill paho's network thread
+            self._hook_failed(exc, f"handling a {PacketType(kind).name} packet")
+            return _DROP
         if p.type is PacketType.CONNACK:
             return self._connack(p)
         try:

@@ -40,6 +40,17 @@ class TlsSettings(Protocol):
     def client_key_path(self) -> str | None: ...
 
 
+class _Listening:
+    """The events a Client has a callback for (the engine builds no others)."""
+
+    def __init__(self, client: weakref.ref[Client]) -> None:
+        self._client = client
+
+    def __contains__(self, name: object) -> bool:
+        c = self._client()
+        return c is not None and isinstance(name, str) and getattr(c, name, None) is not None
+
+
 class Client:
     """An MQTT client whose session survives reconnects, broker restarts and crashes.
 
@@ -69,6 +80,7 @@ class Client:
                 f(name, event)
 
         self._driver = d = Driver(fire, self._settings, self._engine_settings)
+        d.engine.listeners = _Listening(weakref.ref(self))
         self._lock, self._engine, self._file = d.lock, d.engine, d.file
         self.username = username
         self.password = password

@@ -25,7 +25,7 @@ from ._paho import (
     disconnect_properties,
     refusal_message,
 )
-from ._wire import Packet
+from ._wire import Packet, PacketType
 from .engine import Action, ConnState, Deliver, Engine, EngineSettings, Notify, Persist, Write
 from .errors import ConnectError, PersistenceError, ProtocolViolation, UsageError
 from .events import ErrorEvent, Message, MessageEvent
@@ -366,6 +366,11 @@ class Driver:
 
     def hook_packet(self, packet: Packet) -> None:
         self.do(lambda: self.engine.receive(packet))
+
+    def hook_ack(self, kind: PacketType, packet_id: int) -> None:
+        with self.lock:
+            rest = self.run(self.engine.receive_ack(kind, packet_id))
+        self.finish(rest)
 
     def hook_batch_end(self, release: Callable[[], None]) -> None:
         """The packets held during a read batch are about to be written (``release``): make

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Sequence
+from typing import Container, Final, Sequence
 
 from . import _wire
 from ._wire import Packet, PacketType
@@ -88,6 +88,14 @@ class _Held:
     pubcomp_due: bool
 
 
+class _Everyone:
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_ALL: Final = _Everyone()
+
+
 def _event(m: OutgoingMessage) -> MessageEvent:
     return MessageEvent(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent)
 
@@ -122,6 +130,7 @@ class Engine:
         self._held: dict[int, _Held] = {}  # QoS 2, by packet id
         self._mismatch_logged = False  # on this connection
         self._last_activity = 0.0
+        self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
 
     # ---------------------------------------------------------------- views
 
@@ -508,6 +517,17 @@ class Engine:
 
     # ---------------------------------------------------------------- receiving
 
+    def receive_ack(self, kind: PacketType, pid: int, code: int = 0) -> list[Action]:
+        """A PUBACK, PUBREC, PUBREL or PUBCOMP (what ``receive`` does for one, without a
+        ``Packet``: the usual ack is read straight from its two bytes)."""
+        if kind is PacketType.PUBACK:
+            return self._puback(pid, code)
+        if kind is PacketType.PUBREC:
+            return self._pubrec(pid, code)
+        if kind is PacketType.PUBCOMP:
+            return self._pubcomp(pid, code)
+        return self._pubrel(pid)
+
     def receive(self, p: Packet) -> list[Action]:
         """A session packet from the broker: PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK
         or UNSUBACK (decoded by ``_wire``)."""
@@ -593,12 +613,16 @@ class Engine:
         return acked, out
 
     def _finished(self, m: OutgoingMessage, reason_code: int, out: list[Action]) -> list[Action]:
-        """An outgoing flow ended: free the window, then the events."""
+        """An outgoing flow ended: free the window, then the events (built for listeners
+        only: this runs once per message)."""
         self._inflight.pop(m.seq, None)
-        out += self._pump()
-        out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
-                                                            reason_code)))
-        out.append(Notify("on_message_out", _event(m)))
+        if self._pending:
+            out += self._pump()
+        if "on_message_ack" in self.listeners:
+            out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
+                                                                reason_code)))
+        if "on_message_out" in self.listeners:
+            out.append(Notify("on_message_out", _event(m)))
         return out
 
     def _mismatched(self, kind: str, m: OutgoingMessage) -> None:

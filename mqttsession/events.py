@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .records import quick_init
 from .state import IncomingMessage, OutgoingMessage, SessionLost
 
 __all__ = [
@@ -24,6 +25,7 @@ DIRECTION_CLIENT = 0  # the ack was for a message the client sent (IPWorks: 0)
 DIRECTION_SERVER = 1  # the ack was for a message the server sent (IPWorks: 1)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
     """An item of ``incoming_messages`` / ``outgoing_messages``."""
@@ -44,6 +46,7 @@ class Message:
         return cls(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.dup)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConnectedEvent:
     status_code: int
@@ -51,12 +54,14 @@ class ConnectedEvent:
     session_present: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DisconnectedEvent:
     status_code: int  # 0 for a clean close
     description: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageEvent:
     """``on_message_in`` / ``on_message_out``; packet_id is -1 for QoS 0 (IPWorks)."""
@@ -69,6 +74,7 @@ class MessageEvent:
     duplicate: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageAckEvent:
     packet_id: int
@@ -76,6 +82,7 @@ class MessageAckEvent:
     response_code: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SubscribedEvent:
     topic_filter: str
@@ -83,12 +90,14 @@ class SubscribedEvent:
     response_code: int  # 0-2 granted QoS, 128+ failure
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class UnsubscribedEvent:
     topic_filter: str
     response_code: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SessionLostEvent:
     """The broker answered SessionPresent=0 while the client held session state.
@@ -124,6 +133,7 @@ class SessionLostEvent:
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
     error_code: int

@@ -212,6 +212,8 @@ class StateFile:
 
     def take_errors(self) -> list[tuple[int, str]]:
         """What went wrong without raising, for on_error (``settle``, a failed compaction)."""
+        if not self._errors:
+            return []
         errors, self._errors = self._errors, []
         return errors
 
