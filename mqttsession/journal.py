@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -48,10 +49,11 @@ import re
 import secrets
 import stat
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError
@@ -243,6 +245,20 @@ def write_atomic(path: str, data: str | bytes, sync: bool = True) -> tuple[int, 
         raise PersistenceError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run ``method`` under the journal's own lock."""
+
+    @functools.wraps(method)
+    def run(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
 class Journal:
     """Owns one state file: recovery, appending records, compaction, the lock."""
 
@@ -264,6 +280,7 @@ class Journal:
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced = False  # bytes written since the last fsync (policy ``always``)
         self._lock_fd: int | None = None
+        self._mutex = threading.RLock()  # the journal's own: callers' locks are theirs
         self._acquire_lock()
 
     # ------------------------------------------------------------------ lock
@@ -305,6 +322,7 @@ class Journal:
             return
         raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover
 
+    @_locked
     def close(self) -> None:
         """Close the journal and release the lock (the lock file is removed)."""
         self.flush()
@@ -328,6 +346,7 @@ class Journal:
 
     # ------------------------------------------------------------------ recovery
 
+    @_locked
     def keep_aside(self, label: str) -> list[str]:
         """Move the files out of the way as ``*.<label>-<time>``; returns the new names."""
         if self._fd is not None:
@@ -351,6 +370,7 @@ class Journal:
         log.error("state file %s is damaged (%s); kept aside as %s", self.path, why, kept)
         return StateError(f"state file {self.path} is damaged: {why}; kept aside as {', '.join(kept)}")
 
+    @_locked
     def recover(self) -> SessionState:
         """The session in the files (empty if there are none); ``StateError`` on damage."""
         if self._fd is not None:
@@ -395,6 +415,7 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
 
+    @_locked
     def flush(self) -> None:
         """Write the lazy records now (no fsync: losing them costs only resends)."""
         if not self._lazy or self._fd is None or self._broken:
@@ -413,6 +434,7 @@ class Journal:
             return
         self._size += len(data)
 
+    @_locked
     def sync_pending(self) -> None:
         """Make every record written so far durable (policy ``always``): one fsync for all the
         records appended with ``sync=False`` since the last one, unless another covered them."""
@@ -484,6 +506,7 @@ class Journal:
         """The journal passed its ``bound``."""
         return self._size > self.bound
 
+    @_locked
     def compact(self, state: SessionState, text: str | None = None) -> None:
         """Fold everything into a new snapshot (``text``, or ``state``'s) and a fresh journal."""
         if text is None:
@@ -508,6 +531,7 @@ class Journal:
         self._unsynced = False
         self.client_id = state.client_id
 
+    @_locked
     def append(
         self, records: Sequence[Record], state: SessionState, sync: bool = True,
         lazy: bool = False,

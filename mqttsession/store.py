@@ -32,7 +32,7 @@ class Store(Protocol):
         """Make ``records`` (already applied to ``state``) durable; ``sync``: on disk before
         returning (if the store's policy syncs); ``lazy``: may wait for the next append."""
 
-    def sync(self) -> None:
+    def sync_pending(self) -> None:
         """Everything appended so far is on disk."""
 
     def flush(self) -> None:
@@ -46,6 +46,9 @@ class Store(Protocol):
 
     def recover(self) -> SessionState:
         """The state the store holds (``StateError`` if it is damaged)."""
+
+    def keep_aside(self, label: str) -> list[str]:
+        """Move what the store holds out of the way (kept, never deleted); the new names."""
 
     def close(self) -> None: ...
 
@@ -62,6 +65,7 @@ class MemoryStore:
         self.lazy: list[Record] = []
         self.syncs = 0
         self.sync_policy = True
+        self.aside: tuple[str, list[Record]] | None = None
 
     def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
                lazy: bool = False) -> None:
@@ -79,7 +83,7 @@ class MemoryStore:
         self.durable = len(self.written)
         self.syncs += 1
 
-    def sync(self) -> None:
+    def sync_pending(self) -> None:
         with self._lock:
             if self.durable < len(self.written) and self.sync_policy:
                 self._sync()
@@ -105,6 +109,12 @@ class MemoryStore:
             for rec in self.written[: self.durable] if power_cut else self.written:
                 state.apply(rec)
             return state
+
+    def keep_aside(self, label: str) -> list[str]:
+        with self._lock:
+            self.aside = (self.snapshot, list(self.written))
+            self.snapshot, self.written, self.lazy, self.durable = codec.encode(SessionState()), [], [], 0
+            return [f"memory:{label}"]
 
     def close(self) -> None:
         self.flush()
