@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from .aio import AsyncSession
+from ._paho import unpack_properties
 from .client import Client
 from .codec import SavedState, load_state
 from .errors import (
@@ -12,6 +13,7 @@ from .errors import (
     MQTTSessionError,
     PacketIdsExhausted,
     PersistenceError,
+    QueueFullError,
     StateError,
     StateLockedError,
     TransitionError,
@@ -23,7 +25,9 @@ from .events import (
     ErrorEvent,
     Message,
     MessageAckEvent,
+    MessageDroppedEvent,
     MessageEvent,
+    QueueStats,
     SessionLostEvent,
     SubscribedEvent,
     UnsubscribedEvent,
@@ -37,6 +41,7 @@ __all__ = [
     "MQTTSessionError",
     "PacketIdsExhausted",
     "PersistenceError",
+    "QueueFullError",
     "SavedState",
     "StateError",
     "StateLockedError",
@@ -47,7 +52,10 @@ __all__ = [
     "ErrorEvent",
     "Message",
     "MessageAckEvent",
+    "MessageDroppedEvent",
     "MessageEvent",
+    "unpack_properties",
+    "QueueStats",
     "SessionLostEvent",
     "SubscribedEvent",
     "UnsubscribedEvent",

@@ -65,7 +65,15 @@ def _parse_float(name: str, value: str, lo: float) -> float:
     return x
 
 
-_INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_maximum": (1, 65535)}
+_INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_maximum": (1, 65535),
+                      "max_queued_messages": (0, 2**62), "max_queued_bytes": (0, 2**62)}
+
+
+def _policy(c: Any, value: str) -> None:
+    v = value.strip().lower()
+    if v not in ("reject", "drop-oldest"):
+        raise UsageError(f"QueueFullPolicy must be 'reject' or 'drop-oldest', got {value!r}")
+    c._engine_settings.queue_full_policy = v
 
 Getter = Callable[[Any], str]
 Setter = Callable[[Any, str], None]
@@ -140,4 +148,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "maxmessagesize": _attr("_engine_settings", "max_message_size"),
     "receivemaximum": _attr("_settings", "receive_maximum"),
     "manualack": _own("manual_ack", "_set_manual_ack"),
+    "maxqueuedmessages": _attr("_engine_settings", "max_queued_messages"),
+    "maxqueuedbytes": _attr("_engine_settings", "max_queued_bytes"),
+    "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
 }

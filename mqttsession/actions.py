@@ -74,3 +74,6 @@ class EngineSettings:
     republish_on_session_lost: bool = True
     released_on_session_lost: str = "republish"  # or "drop": QoS 2 past PUBREC, SessionPresent 0
     max_message_size: int = 0  # the largest PUBLISH packet accepted, in bytes; 0: MQTT's limit
+    max_queued_messages: int = 0  # held outgoing QoS 1/2 messages at most; 0: no limit
+    max_queued_bytes: int = 256 * 1024 * 1024  # their payloads, topics, properties (0: none)
+    queue_full_policy: str = "reject"  # or "drop-oldest" (the oldest never sent goes)

@@ -29,13 +29,16 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, SubscribedEvent
 from .mesh import new_client
 from .options import Options
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
 
 __all__ = ["AsyncSession"]
 
@@ -227,14 +230,15 @@ class AsyncSession:
         """``Client.config``: ``"Name=Value"`` sets, ``"Name"`` reads."""
         return self._check().config(setting)
 
-    async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> int:
+    async def publish(self, topic: str, payload: str | bytes, qos: int = 1, *,
+                      retain: bool | None = None, properties: Properties | None = None) -> int:
         """Publish (text is UTF-8); returns the packet id once the message is in the session
         (durable with a state file); it goes out now, or on connect."""
         c = self._check()
         async with self._publishing:  # in the order awaited; the loop runs between them
             if isinstance(payload, str):
-                return c.publish_message(topic, qos, payload)
-            return c.publish_data(topic, qos, payload)
+                return c.publish_message(topic, qos, payload, retain=retain, properties=properties)
+            return c.publish_data(topic, qos, payload, retain=retain, properties=properties)
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""

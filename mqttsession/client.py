@@ -10,15 +10,19 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import codec
 from ._config import CONFIG, ClientSettings, parse_bool, parse_int
 from .driver import ConnectParams, Driver
+from ._paho import pack_properties
 from .engine import EngineSettings, Persist
 from .errors import UsageError
-from .events import ErrorEvent, Message, MessageEvent
-from .state import MAX_EXPIRY, validate_filter, validate_qos, validate_topic
+from .events import ErrorEvent, Message, MessageEvent, QueueStats
+from .state import MAX_EXPIRY, Accepted, validate_filter, validate_qos, validate_topic
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
 
 __all__ = ["Client", "TlsSettings"]
 
@@ -100,6 +104,7 @@ class Client:
         self.on_subscribed: Callback | None = None
         self.on_unsubscribed: Callback | None = None
         self.on_session_lost: Callback | None = None
+        self.on_message_dropped: Callback | None = None
         self.on_error: Callback | None = None
 
     # ================================================================== properties
@@ -261,33 +266,52 @@ class Client:
 
     # ================================================================== publishing
 
-    def publish_message(self, topic: str, qos: int, message: str) -> int:
+    def publish_message(self, topic: str, qos: int, message: str, *, retain: bool | None = None,
+                        properties: Properties | None = None) -> int:
         """Publish text (UTF-8); returns the packet id (0 for QoS 0)."""
         if not isinstance(message, str):
             raise UsageError(f"message must be str, got {type(message).__name__}")
-        return self.publish_data(topic, qos, message.encode("utf-8"))
+        return self.publish_data(topic, qos, message.encode("utf-8"), retain=retain,
+                                 properties=properties)
 
-    def publish_data(self, topic: str, qos: int, data: bytes) -> int:
+    def publish_data(self, topic: str, qos: int, data: bytes, *, retain: bool | None = None,
+                     properties: Properties | None = None) -> int:
         """Publish bytes; returns the packet id (0 for QoS 0, or while all ids are taken).
 
         QoS 1/2 messages are part of the session before this returns (durable with a
         SessionStateFile); while disconnected they wait and go out on connect, in order.
+        ``retain``: None takes the ``Retain`` setting; ``properties`` (MQTT 5): a paho
+        ``Properties(PacketTypes.PUBLISH)``, kept packed and durable with the message.
+        ``QueueFullError`` when MaxQueuedMessages / MaxQueuedBytes leave no room.
         """
         validate_topic(topic)
         validate_qos(qos)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise UsageError(f"data must be bytes, got {type(data).__name__}")
+        props = b""
+        if properties is not None:
+            if self.protocol_version != 5:
+                raise UsageError("properties need MQTT 5 (protocol_version=5)")
+            props = pack_properties(properties)
         payload = bytes(data)
         with self._lock:
             if qos:
                 self._file.open(self._engine.state)  # with a state file: durable from the first
                 self._file.compact_before_publish(self._engine.state)
-            pid, actions = self._engine.publish(topic, payload, qos, self._settings.retain)
-            first = actions[0] if actions else None
-            accepted = first.records[0] if type(first) is Persist else None
-            rest = self._driver.run(actions, accepted or None)  # type: ignore[arg-type]  # point 1
+            pid, actions = self._engine.publish(
+                topic, payload, qos, self._settings.retain if retain is None else bool(retain),
+                props, time.time())
+            accepted = next((r for a in actions if type(a) is Persist for r in a.records
+                             if type(r) is Accepted), None)
+            rest = self._driver.run(actions, accepted)  # persistence point 1
         self._driver.finish(rest)
         return pid
+
+    def queue_stats(self) -> QueueStats:
+        """The outgoing QoS 1/2 messages held: how many, their bytes, the oldest's age, and
+        how many were dropped or expired since the client was made or restored."""
+        with self._lock:
+            return self._engine.queue_stats(time.time())
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until ``outgoing_messages`` is empty; False on timeout.

@@ -33,7 +33,7 @@ from typing import Container, Final, Sequence
 
 from . import _wire
 from ._wire import Packet, PacketType
-from .errors import StateError, TransitionError, UsageError
+from .errors import QueueFullError, StateError, TransitionError, UsageError
 from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist, Write
 from .events import (
     DIRECTION_CLIENT,
@@ -42,7 +42,9 @@ from .events import (
     DisconnectedEvent,
     ErrorEvent,
     MessageAckEvent,
+    MessageDroppedEvent,
     MessageEvent,
+    QueueStats,
     SessionLostEvent,
     SubscribedEvent,
     UnsubscribedEvent,
@@ -57,6 +59,8 @@ from .state import (
     OutgoingMessage,
     Phase,
     SessionState,
+    Stepped,
+    message_bytes,
     publish_packet_size,
 )
 
@@ -97,7 +101,7 @@ _ALL: Final = _Everyone()
 
 
 def _event(m: OutgoingMessage) -> MessageEvent:
-    return MessageEvent(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent)
+    return MessageEvent(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent, m.properties)
 
 
 # ------------------------------------------------------------------------------------- engine
@@ -131,6 +135,9 @@ class Engine:
         self._mismatch_logged = False  # on this connection
         self._last_activity = 0.0
         self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
+        self.dropped = 0  # messages removed without delivery since made or restored
+        self.expired = 0
+        self._accepted_at: dict[int, float] = {}  # seq -> wall time of publish (this process)
 
     # ---------------------------------------------------------------- views
 
@@ -192,13 +199,15 @@ class Engine:
         return None
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
-                properties: bytes = b"") -> tuple[int, list[Action]]:
+                properties: bytes = b"", now: float | None = None) -> tuple[int, list[Action]]:
         """The application published (topic and QoS validated by the caller). Returns the
         packet id (0 for QoS 0) and the actions: for QoS 1/2 ``Persist(sync)`` of the message
-        first (persistence point 1), then its PUBLISH when the window has room.
+        (persistence point 1, after the records of what ``QueueFullPolicy=drop-oldest`` took
+        out to make room), then its PUBLISH when the window has room.
 
-        ``UsageError`` when it is too large to send. A driver whose ``Persist`` fails calls
-        ``retract`` with the packet id and skips the rest.
+        ``UsageError`` when it is too large to send, ``QueueFullError`` when the queue is full
+        and nothing may go. A driver whose ``Persist`` fails calls ``retract`` with the
+        ``Accepted`` record and skips the rest.
         """
         why = self.size_limit(topic, len(payload), qos, len(properties))
         if why is not None:
@@ -207,16 +216,66 @@ class Engine:
             if not self.connected:
                 log.warning("QoS 0 message to %r dropped: not connected", topic)
                 return 0, []
-            event = MessageEvent(-1, topic, 0, payload, retain, False)
-            body = _wire.encode_publish(topic, payload, retain=retain, protocol=5 if self.v5 else 4)
-            if self.v5 and properties:  # keep the given properties, packed
-                t = topic.encode("utf-8")
-                body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t
-                                           + properties + payload)
+            event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
+            t = topic.encode("utf-8")
+            props = (properties or b"\x00") if self.v5 else b""
+            body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
+                                       + payload)
             return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
+        out = self._make_room(len(payload) + len(topic) + len(properties))
         rec = self.state.accept(topic, payload, qos, retain, properties, avoid=self._busy())
-        self._pending.append(rec.message.seq)
-        return rec.message.packet_id, [Persist((rec,), sync=True), *self._pump()]
+        seq = rec.message.seq
+        self._pending.append(seq)
+        if now is not None:
+            self._accepted_at[seq] = now
+            if len(self._accepted_at) > 2 * len(self.state.outgoing) + 1024:
+                held = self.state.outgoing
+                self._accepted_at = {k: v for k, v in self._accepted_at.items() if k in held}
+        out.append(Persist((rec,), sync=True))
+        return rec.message.packet_id, out + self._pump()
+
+    def _make_room(self, size: int) -> list[Action]:
+        """Room for one more message of ``size`` bytes within MaxQueuedMessages and
+        MaxQueuedBytes: nothing to do, the oldest never-sent messages dropped
+        (``drop-oldest``), or ``QueueFullError`` (``reject``, or nothing that may go)."""
+        s, st = self.settings, self.state
+        max_n, max_b = s.max_queued_messages, s.max_queued_bytes
+        count, used = len(st.outgoing) + 1, st.outgoing_bytes + size
+        if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+            return []
+        full = (f"the queue is full ({len(st.outgoing)} messages, {st.outgoing_bytes} bytes;"
+                f" MaxQueuedMessages={max_n}, MaxQueuedBytes={max_b})")
+        if s.queue_full_policy != "drop-oldest":
+            raise QueueFullError(f"{full}: nothing was stored (QueueFullPolicy=reject)")
+        victims: list[OutgoingMessage] = []
+        for m in st.outgoing.values():  # in publish order: the in-flight ones come first
+            if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+                break
+            if m.phase is Phase.QUEUED:
+                victims.append(m)
+                count -= 1
+                used -= message_bytes(m)
+        if (max_n and count > max_n) or (max_b and used > max_b):
+            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
+                                 " nothing was stored")
+        return [a for m in victims for a in self._dropped(m, self.state.drop(m.seq), "queue-full")]
+
+    def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
+        """A message left without delivery: its record, and ``on_message_dropped``."""
+        self.dropped += 1
+        self._accepted_at.pop(m.seq, None)
+        out: list[Action] = [Persist((rec,))] if rec is not None else []
+        out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq, reason)))
+        log.info("message seq %d to %r dropped: %s", m.seq, m.topic, reason)
+        return out
+
+    def queue_stats(self, now: float) -> QueueStats:
+        """What the outgoing queue holds (``now``: the wall clock, for the oldest's age)."""
+        st = self.state
+        first = next(iter(st.outgoing), None)
+        at = self._accepted_at.get(first) if first is not None else None
+        return QueueStats(len(st.outgoing), st.outgoing_bytes,
+                          None if at is None else max(0.0, now - at), self.dropped, self.expired)
 
     def retract(self, rec: Accepted) -> None:
         """Undo ``publish`` whose ``Persist`` failed (nothing after it was carried out)."""
@@ -249,7 +308,7 @@ class Engine:
             if m.phase is not Phase.AWAIT_PUBCOMP:
                 why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
                 if why is not None:  # it became unsendable (a smaller broker limit): out
-                    out.append(Persist((self.state.too_large(seq),)))
+                    out += self._dropped(m, self.state.too_large(seq), "too-large")
                     out.append(self._error(0x95, f"message seq {seq} (packet id {m.packet_id})"
                                                  f" to {m.topic!r} taken out of the session: {why}"))
                     continue
@@ -378,7 +437,8 @@ class Engine:
         (the state does not change: ``resume`` removes them once this has run)."""
         if self.session_present or not self.state.incoming:
             return []
-        return [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup))
+        return [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup,
+                                     im.properties))
                 for im in self.state.incoming.values() if im.packet_id not in self._held]
 
     def resume(self) -> list[Action]:
@@ -398,6 +458,8 @@ class Engine:
                 self._held.pop(im.packet_id, None)  # delivered by lost_incoming: not again
         if reset is not None:
             out.append(Persist((reset,), sync=True))
+        for m in lost.dropped if lost is not None else ():
+            out += self._dropped(m, None, "session-lost")
         self._pending = deque(m.seq for m in plan.outgoing)
         self._inflight.clear()
         self.conn = ConnState.CONNECTED
@@ -555,9 +617,9 @@ class Engine:
         props = b"" if p.properties == b"\x00" else p.properties
         topic = p.topic or ""
         if qos == 0:
-            return [Deliver(MessageEvent(-1, topic, 0, p.payload, p.retain, p.dup))]
+            return [Deliver(MessageEvent(-1, topic, 0, p.payload, p.retain, p.dup, props))]
         if qos == 1:
-            event = MessageEvent(pid, topic, 1, p.payload, p.retain, p.dup)
+            event = MessageEvent(pid, topic, 1, p.payload, p.retain, p.dup, props)
             self._owed.append(_Owed(event))  # PUBACK after delivery, at ack()
             return [Deliver(event)]
         # persistence point 3: stored before PUBREC; a duplicate is not stored or delivered
@@ -575,7 +637,8 @@ class Engine:
         im = self.state.incoming.get(pid)
         if im is None:
             return [self._ack(PacketType.PUBCOMP, pid)]  # delivered before a crash: PUBCOMP only
-        event = MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup)
+        event = MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup,
+                             im.properties)
         self._held[pid] = _Held(event, pubcomp_due=True)
         return [Deliver(event)]  # persistence point 4: removal and PUBCOMP at ack()
 
@@ -711,6 +774,8 @@ class Engine:
         self.state = state
         self.restored_expired = expired
         self._unsent_subs.clear()
+        self.dropped = self.expired = 0
+        self._accepted_at.clear()
         return rec
 
     def _error(self, code: int, description: str) -> Notify:

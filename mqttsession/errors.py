@@ -16,6 +16,7 @@ __all__ = [
     "ConnectError",
     "PersistenceError",
     "ProtocolViolation",
+    "QueueFullError",
 ]
 
 
@@ -66,3 +67,9 @@ class ProtocolViolation(MQTTSessionError):
     def __init__(self, code: int, description: str) -> None:
         super().__init__(description)
         self.code = code
+
+
+class QueueFullError(MQTTSessionError):
+    """``publish_*`` found the outgoing queue at MaxQueuedMessages / MaxQueuedBytes with
+    QueueFullPolicy=reject (or nothing it may drop): nothing was stored."""
+

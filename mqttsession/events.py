@@ -17,6 +17,8 @@ __all__ = [
     "UnsubscribedEvent",
     "SessionLostEvent",
     "ErrorEvent",
+    "MessageDroppedEvent",
+    "QueueStats",
     "DIRECTION_CLIENT",
     "DIRECTION_SERVER",
 ]
@@ -36,14 +38,17 @@ class Message:
     message: bytes
     retained: bool
     duplicate: bool
+    properties: bytes = b""
+    """MQTT 5 properties, packed as on the wire (``b""``: none); read them with
+    ``mqttsession.unpack_properties``."""
 
     @classmethod
     def outgoing(cls, m: OutgoingMessage) -> Message:
-        return cls(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent)
+        return cls(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent, m.properties)
 
     @classmethod
     def incoming(cls, m: IncomingMessage) -> Message:
-        return cls(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.dup)
+        return cls(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.dup, m.properties)
 
 
 @quick_init
@@ -72,6 +77,9 @@ class MessageEvent:
     message: bytes
     retained: bool
     duplicate: bool
+    properties: bytes = b""
+    """MQTT 5 properties, packed as on the wire (``b""``: none); ``mqttsession.unpack_properties``
+    makes them a paho ``Properties``."""
 
 
 @quick_init
@@ -138,3 +146,36 @@ class SessionLostEvent:
 class ErrorEvent:
     error_code: int
     description: str
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class MessageDroppedEvent:
+    """``on_message_dropped``: a QoS 1/2 message left the session without being delivered.
+
+    ``reason``: ``queue-full`` (QueueFullPolicy=drop-oldest made room), ``expired``,
+    ``too-large`` (over the broker's Maximum Packet Size) or ``session-lost`` (the broker forgot
+    the session and the settings drop what it may have had)."""
+
+    topic: str
+    qos: int
+    seq: int
+    reason: str
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """``Client.queue_stats()``: the outgoing QoS 1/2 messages the session holds.
+
+    ``bytes``: their payloads, topics and properties; ``oldest_age``: seconds since the oldest
+    was published (None with none held, or when it was published before this process restored
+    the session); ``dropped`` / ``expired``: removed without delivery since the client was made
+    or restored."""
+
+    messages: int
+    bytes: int
+    oldest_age: float | None
+    dropped: int
+    expired: int
+

@@ -35,13 +35,16 @@ import threading
 import uuid
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, SubscribedEvent
 from .options import Options, TlsOptions
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
 
 __all__ = ["Connection", "Session", "SessionNotFoundError"]
 
@@ -288,12 +291,14 @@ class Session:
 
     # ------------------------------------------------------------------ pass-through
 
-    def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> int:
+    def publish(self, topic: str, payload: str | bytes, qos: int = 1, *,
+                retain: bool | None = None, properties: Properties | None = None) -> int:
         """Publish (text is UTF-8); returns the packet id. QoS 1/2 wait in the session while
         disconnected."""
         if isinstance(payload, str):
-            return self._client.publish_message(topic, qos, payload)
-        return self._client.publish_data(topic, qos, payload)
+            return self._client.publish_message(topic, qos, payload, retain=retain,
+                                                properties=properties)
+        return self._client.publish_data(topic, qos, payload, retain=retain, properties=properties)
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""

@@ -51,6 +51,7 @@ class Event(str, enum.Enum):
     PUBCOMP = "pubcomp"
     SESSION_LOST = "session_lost"
     TOO_LARGE = "too_large"  # the broker's Maximum Packet Size shrank below it: taken out
+    DROPPED = "dropped"  # QueueFullPolicy=drop-oldest made room with it (never sent)
 
 
 _T = TypeVar("_T")
@@ -360,7 +361,7 @@ _BY_TAG: Final = {k.tag: (k, frozenset(k.fields)) for k in KINDS.values()}
 _EVENTS: Final = {e.value: e for e in Event}
 # the binary event codes: part of the file format, append only
 _EVENT_CODES: Final = (Event.SEND, Event.PUBACK, Event.PUBREC, Event.PUBREC_FAILED,
-                       Event.PUBCOMP, Event.SESSION_LOST, Event.TOO_LARGE)
+                       Event.PUBCOMP, Event.SESSION_LOST, Event.TOO_LARGE, Event.DROPPED)
 _EVENT_CODE: Final = {e: i for i, e in enumerate(_EVENT_CODES)}
 # tag, seq, packet id, qos, retain, topic / payload / properties lengths (then those bytes)
 _ACCEPTED: Final = struct.Struct(">cQHBBHII")

@@ -26,6 +26,7 @@ Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
                                                         anew, a possible duplicate; or dropped
     1,2  QUEUED          SESSION_LOST    -> QUEUED          never sent: simply sent later
     1,2  QUEUED/AWAIT_PUBACK/REC TOO_LARGE -> None          over the broker's Maximum Packet Size
+    1,2  QUEUED          DROPPED         -> None            the queue is full (drop-oldest)
 
 Incoming QoS 2 (delivery on PUBREL, "method B" of the spec)::
 
@@ -101,6 +102,7 @@ __all__ = [
     "validate_qos",
     "MAX_REMAINING_LENGTH",
     "publish_packet_size",
+    "message_bytes",
 ]
 
 MAX_PACKET_ID: Final = 65535
@@ -128,6 +130,8 @@ OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
     (1, A1, Event.TOO_LARGE): None,
     (2, Q, Event.TOO_LARGE): None,
     (2, A2, Event.TOO_LARGE): None,
+    (1, Q, Event.DROPPED): None,  # QueueFullPolicy=drop-oldest: only a message never sent
+    (2, Q, Event.DROPPED): None,
 }
 
 
@@ -165,6 +169,11 @@ def _check_expiry(exp: object) -> None:
         raise UsageError(f"session expiry interval must be 0..{MAX_EXPIRY}, got {exp!r}")
 
 
+def message_bytes(m: OutgoingMessage) -> int:
+    """What a held message counts against MaxQueuedBytes: payload, topic and properties."""
+    return len(m.payload) + len(m.topic) + len(m.properties)
+
+
 # --------------------------------------------------------------------------- the state
 
 
@@ -187,9 +196,11 @@ class SessionState:
     subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> qos
     _by_packet_id: dict[int, int] = field(default_factory=dict, repr=False)  # outgoing id -> seq
     _undo_last_packet_id: int = field(default=0, repr=False)  # for ``retract``
+    outgoing_bytes: int = field(default=0, repr=False, compare=False)  # held payload+topic+props
 
     def __post_init__(self) -> None:
         self._by_packet_id = {m.packet_id: s for s, m in self.outgoing.items() if m.packet_id}
+        self.outgoing_bytes = sum(map(message_bytes, self.outgoing.values()))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SessionState):
@@ -353,6 +364,7 @@ class SessionState:
         if m.seq != self.next_seq - 1 or self.outgoing.get(m.seq) != m:
             raise TransitionError(f"only the latest accepted message can be retracted (seq {m.seq})")
         del self.outgoing[m.seq]
+        self.outgoing_bytes -= message_bytes(m)
         self.next_seq = m.seq
         if m.packet_id:
             del self._by_packet_id[m.packet_id]
@@ -393,6 +405,10 @@ class SessionState:
         ends a QoS 1 flow the broker took as QoS 2."""
         event = Event.PUBREC_FAILED if reason_code >= 0x80 else Event.PUBREC  # [MQTT-4.4.0-2]
         return self._step(self._by_ack(packet_id, "PUBREC"), event)
+
+    def drop(self, seq: int) -> Stepped:
+        """A never-sent message removed to make room (QueueFullPolicy=drop-oldest)."""
+        return self._step(seq, Event.DROPPED)
 
     def too_large(self, seq: int) -> Stepped:
         """A message that can no longer be sent (over the broker's Maximum Packet Size)."""
@@ -545,6 +561,7 @@ class SessionState:
             self._undo_last_packet_id = self.last_packet_id
             self.last_packet_id = m.packet_id
         self.outgoing[m.seq] = m
+        self.outgoing_bytes += message_bytes(m)
         self.next_seq = m.seq + 1
 
     def _apply_stepped(self, rec: Stepped) -> None:
@@ -573,6 +590,7 @@ class SessionState:
         if nxt is None:
             del self.outgoing[m.seq]
             self._by_packet_id.pop(m.packet_id, None)
+            self.outgoing_bytes -= message_bytes(m)
             return
         if pid != m.packet_id:
             self._by_packet_id.pop(m.packet_id, None)
@@ -640,6 +658,7 @@ class SessionState:
         for seq in rec.dropped:
             m = self.outgoing.pop(seq)
             self._by_packet_id.pop(m.packet_id, None)
+            self.outgoing_bytes -= message_bytes(m)
         for seq in rec.requeued:
             m = self.outgoing[seq]
             self._by_packet_id.pop(m.packet_id, None)

@@ -1,0 +1,140 @@
+"""Issue 12, points 2 and 5: a bounded outgoing queue with a policy, and every message that
+leaves without delivery reported. Pure: the engine, and a Client that never connects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqttsession import Client, MessageDroppedEvent, QueueFullError, UsageError
+from mqttsession.engine import Engine, EngineSettings, Notify, Persist
+from mqttsession.state import Accepted, Event, Record, SessionState, Stepped, message_bytes
+
+
+def _engine(**kw: Any) -> Engine:
+    return Engine(EngineSettings(**kw), SessionState(client_id="c", clean_session=False))
+
+
+def test_reject_stores_nothing() -> None:
+    e = _engine(max_queued_messages=2)
+    e.publish("t/1", b"a", 1, False)
+    e.publish("t/2", b"b", 2, False)
+    before = e.state.snapshot_fields()
+    with pytest.raises(QueueFullError, match="reject"):
+        e.publish("t/3", b"c", 1, False)
+    assert e.state.snapshot_fields() == before
+
+
+def test_bytes_limit_counts_payload_topic_and_properties() -> None:
+    e = _engine(max_queued_bytes=20)
+    e.publish("t", b"x" * 10, 1, False, b"\x01\x01")  # 1 + 10 + 2 = 13 bytes
+    assert e.state.outgoing_bytes == 13
+    with pytest.raises(QueueFullError):
+        e.publish("t", b"y" * 7, 1, False)  # 13 + 8 > 20
+    e.publish("t", b"y" * 6, 1, False)  # 13 + 7 = 20: fits
+    assert e.queue_stats(0.0).bytes == 20
+
+
+def test_drop_oldest_drops_never_sent_messages_before_storing_the_new_one() -> None:
+    e = _engine(max_queued_messages=2, queue_full_policy="drop-oldest")
+    e.publish("t/1", b"a", 1, False)
+    e.publish("t/2", b"b", 2, False)
+    _, actions = e.publish("t/3", b"c", 1, False)
+    persists = [a for a in actions if isinstance(a, Persist)]
+    dropped = [a for a in actions if isinstance(a, Notify) and a.name == "on_message_dropped"]
+    assert isinstance(persists[0].records[0], Stepped)
+    assert persists[0].records[0].event is Event.DROPPED and persists[0].records[0].seq == 1
+    assert isinstance(persists[1].records[0], Accepted) and persists[1].sync
+    assert [d.event for d in dropped] == [MessageDroppedEvent("t/1", 1, 1, "queue-full")]
+    assert [m.topic for m in e.state.outgoing.values()] == ["t/2", "t/3"]
+    assert e.queue_stats(0.0).dropped == 1
+
+
+def test_drop_oldest_never_drops_a_message_in_flight() -> None:
+    e = _engine(max_queued_messages=1, queue_full_policy="drop-oldest")
+    e.connecting("b:1")
+    e.connack(0, "ok", False, 10, None, 0.0)
+    e.resume()
+    e.publish("t/1", b"a", 1, False)  # written: in flight
+    with pytest.raises(QueueFullError, match="never sent"):
+        e.publish("t/2", b"b", 1, False)
+    assert [m.topic for m in e.state.outgoing.values()] == ["t/1"]
+
+
+def test_queue_stats_age_of_the_oldest() -> None:
+    e = _engine()
+    e.publish("t/1", b"a", 1, False, now=100.0)
+    e.publish("t/2", b"b", 1, False, now=150.0)
+    s = e.queue_stats(160.0)
+    assert (s.messages, s.bytes, s.oldest_age, s.dropped, s.expired) == (2, 8, 60.0, 0, 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["pub", "drop", "send", "ack"]),
+                          st.integers(0, 30), st.integers(0, 5)), max_size=40))
+def test_outgoing_bytes_follows_every_transition(steps: list[tuple[str, int, int]]) -> None:
+    """However messages come and go (and after a replay of the records), ``outgoing_bytes``
+    is the sum over what is held."""
+    state = SessionState(client_id="c", clean_session=False)
+    records: list[Record] = []
+    for op, size, k in steps:
+        held = list(state.outgoing.values())
+        if op == "pub":
+            records.append(state.accept(f"t/{k}", b"x" * size, 1 + k % 2, False, b"p" * (k % 3)))
+        elif held:
+            m = held[k % len(held)]
+            if op == "drop" and not m.sent:
+                records.append(state.drop(m.seq))
+            elif op == "send" and not m.sent:
+                records.append(state.send(m.seq))
+            elif op == "ack" and m.sent:
+                records.append(state.puback(m.packet_id) if m.qos == 1 else state.pubrec(m.packet_id, 0x80))
+        assert state.outgoing_bytes == sum(map(message_bytes, state.outgoing.values()))
+    replay = SessionState(client_id="c", clean_session=False)
+    for rec in records:
+        replay.apply(rec)
+    assert replay.outgoing_bytes == state.outgoing_bytes
+
+
+def test_client_offline_drop_oldest_is_durable_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    c = Client(client_id="gw", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.config("MaxQueuedMessages=3")
+    c.config("QueueFullPolicy=drop-oldest")
+    assert c.config("QueueFullPolicy") == "drop-oldest" and c.config("MaxQueuedBytes") == str(256 << 20)
+    dropped: list[MessageDroppedEvent] = []
+    c.on_message_dropped = dropped.append
+    c.restore_session("")
+    for n in range(5):
+        c.publish_message("gw/t", 1 + n % 2, f"m{n}")
+    assert [d.seq for d in dropped] == [1, 2] and {d.reason for d in dropped} == {"queue-full"}
+    stats = c.queue_stats()
+    assert (stats.messages, stats.dropped) == (3, 2) and stats.oldest_age is not None
+    del c  # killed: no save, no close
+    d = Client(client_id="gw")
+    d.config(f"SessionStateFile={path}")
+    d.restore_session("")
+    assert [m.message for m in d.outgoing_messages] == [b"m2", b"m3", b"m4"]
+    assert d.queue_stats().dropped == 0  # counted since the restore
+    d.config("MaxQueuedMessages=3")
+    with pytest.raises(QueueFullError):
+        d.publish_message("gw/t", 1, "m5")  # reject is the default
+    assert len(d.outgoing_messages) == 3
+    d.close()
+
+
+def test_bad_settings_are_refused() -> None:
+    c = Client(client_id="gw")
+    with pytest.raises(UsageError):
+        c.config("QueueFullPolicy=drop-newest")
+    with pytest.raises(UsageError):
+        c.config("MaxQueuedMessages=-1")
+    with pytest.raises(UsageError, match="MQTT 5"):
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        c.publish_data("t", 1, b"x", properties=Properties(PacketTypes.PUBLISH))  # type: ignore[no-untyped-call]
