@@ -151,4 +151,5 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "maxqueuedmessages": _attr("_engine_settings", "max_queued_messages"),
     "maxqueuedbytes": _attr("_engine_settings", "max_queued_bytes"),
     "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
+    "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
 }

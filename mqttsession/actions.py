@@ -77,3 +77,4 @@ class EngineSettings:
     max_queued_messages: int = 0  # held outgoing QoS 1/2 messages at most; 0: no limit
     max_queued_bytes: int = 256 * 1024 * 1024  # their payloads, topics, properties (0: none)
     queue_full_policy: str = "reject"  # or "drop-oldest" (the oldest never sent goes)
+    drain_rate_limit: int = 0  # new PUBLISHes per second at most (0: no limit)

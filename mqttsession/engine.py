@@ -138,6 +138,8 @@ class Engine:
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
         self._accepted_at: dict[int, float] = {}  # seq -> wall time of publish (this process)
+        self._tokens = 0.0  # DrainRateLimit: new PUBLISHes that may go now
+        self._tokens_at = 0.0  # when the bucket was last filled (monotonic)
 
     # ---------------------------------------------------------------- views
 
@@ -300,11 +302,18 @@ class Engine:
             return []
         out: list[Action] = []
         pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
+        rate = self.settings.drain_rate_limit
         while pending and len(inflight) < self._window:
-            seq = pending.popleft()
+            seq = pending[0]
             m = outgoing.get(seq)
             if m is None or seq in inflight:
+                pending.popleft()
                 continue
+            if rate and m.phase is Phase.QUEUED:  # DrainRateLimit: new PUBLISHes only
+                if self._tokens < 1.0:
+                    break  # the next tick lets more go
+                self._tokens -= 1.0
+            pending.popleft()
             if m.phase is not Phase.AWAIT_PUBCOMP:
                 why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
                 if why is not None:  # it became unsendable (a smaller broker limit): out
@@ -557,6 +566,12 @@ class Engine:
         if not self.connected:
             return []
         out: list[Action] = []
+        rate = self.settings.drain_rate_limit
+        if rate:  # a token bucket of at most one second's messages
+            elapsed = max(0.0, monotonic - self._tokens_at) if self._tokens_at else 1.0
+            self._tokens = min(float(rate), self._tokens + elapsed * rate)
+            self._tokens_at = monotonic
+            out += self._pump()
         if now - self._last_activity >= ACTIVITY_EVERY:
             self._last_activity = now
             out.append(Persist((self.state.activity(now),)))

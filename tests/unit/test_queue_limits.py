@@ -138,3 +138,22 @@ def test_bad_settings_are_refused() -> None:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
         c.publish_data("t", 1, b"x", properties=Properties(PacketTypes.PUBLISH))  # type: ignore[no-untyped-call]
+
+
+def test_drain_rate_limit_paces_new_publishes() -> None:
+    """DrainRateLimit=10: a gateway back from an outage sends its backlog at 10 a second (a
+    token bucket filled by the timer ticks); resends are not held back."""
+    e = _engine(drain_rate_limit=10, max_inflight=1000)
+    for n in range(50):
+        e.publish(f"t/{n}", b"x", 1, False)
+    e.connecting("b:1")
+    e.connack(0, "ok", False, 65535, None, 0.0)
+
+    def publishes(actions: list[Any]) -> int:
+        return sum(1 for a in actions if type(a).__name__ == "Write" and a.kind.name == "PUBLISH")
+
+    assert publishes(e.resume()) == 0  # the bucket fills at the first tick
+    assert publishes(e.tick(1.0, 100.0)) == 10  # one second's worth
+    assert publishes(e.tick(1.5, 100.5)) == 5
+    assert publishes(e.tick(5.0, 104.0)) == 10  # never more than a second's worth at once
+    assert publishes(e.publish("t/new", b"x", 1, False)[1]) == 0  # waits its turn
