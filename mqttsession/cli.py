@@ -220,6 +220,8 @@ def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int]) -> dict[str, 
         "incoming": [msg(m) for m in s.incoming],
         "subscriptions": dict(s.subscriptions),
         "payload_bytes": payload_bytes,
+        "queue": {"messages": len(s.outgoing),
+                  "bytes": sum(len(m.payload) + len(m.topic) + len(m.properties) for m in s.outgoing)},
         "sizes": {**sizes, "payload_bytes": payload_bytes},
     }
 
@@ -278,6 +280,9 @@ def _inspect(args: argparse.Namespace) -> int:
     for f, q in sorted(s.subscriptions.items()):
         print(f"    {f!r} qos {q}")
     print(f"payload bytes:    {info['payload_bytes']}")
+    q = info["queue"]
+    print(f"outgoing queue:   {q['messages']} messages, {q['bytes']} bytes (what MaxQueuedMessages"
+          " / MaxQueuedBytes count)")
     print("sizes:            " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()))
     return 0
 
