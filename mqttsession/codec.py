@@ -18,6 +18,7 @@ from __future__ import annotations
 import binascii
 import gc
 import hashlib
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,11 +51,13 @@ __all__ = [
 ]
 
 FORMAT: Final = "mqttsession"
-VERSION: Final = 2
-_PREFIXES: Final = {v: f'{{"format":"mqttsession","version":{v},"sha256":"' for v in (1, 2)}
+VERSION: Final = 3
+_PREFIXES: Final = {v: f'{{"format":"mqttsession","version":{v},"sha256":"' for v in (1, 2, 3)}
 _PREFIX: Final = _PREFIXES[VERSION]  # every prefix has the same length
 OUTGOING_ROW: Final = ("seq", "packet_id", "topic", "payload", "qos", "retain", "properties",
-                       "phase")  # format 2: the fields of an outgoing message's array
+                       "phase", "accepted_at")  # format 3: the fields of an outgoing message's
+# array; format 2 had all but the last
+_ROW_FIELDS: Final = {2: OUTGOING_ROW[:-1], 3: OUTGOING_ROW}
 _ROW_TOPIC: Final = OUTGOING_ROW.index("topic")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _PHASES: Final = {p.value: p for p in Phase}
@@ -62,7 +65,8 @@ _PHASES: Final = {p.value: p for p in Phase}
 
 def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
     """The JSON-ready object of one state (field order fixed) in format ``version``."""
-    row = outgoing_to_row if version >= 2 else outgoing_to_obj
+    row: Callable[[OutgoingMessage], Any] = (
+        outgoing_to_row if version >= 3 else _outgoing_to_row_2 if version == 2 else outgoing_to_obj)
     return {
         "client_id": state.client_id,
         "protocol_version": state.protocol_version,
@@ -95,7 +99,11 @@ def outgoing_to_obj(m: OutgoingMessage) -> dict[str, Any]:
 
 def outgoing_to_row(m: OutgoingMessage) -> list[Any]:
     return [m.seq, m.packet_id, m.topic, _b64(m.payload) if m.payload else "", m.qos, m.retain,
-            _b64(m.properties) if m.properties else "", m.phase.value]
+            _b64(m.properties) if m.properties else "", m.phase.value, m.accepted_at]
+
+
+def _outgoing_to_row_2(m: OutgoingMessage) -> list[Any]:
+    return outgoing_to_row(m)[:-1]
 
 
 def incoming_to_obj(m: IncomingMessage) -> dict[str, Any]:
@@ -126,13 +134,14 @@ _STATE_KEYS: Final = frozenset(
     .split()
 )
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
+_OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
 _SUB_KEYS: Final = frozenset(("filter", "qos"))
 _MAX_SEQ: Final = 2**63 - 1
 
 
-def _outgoing(obj: object, where: str) -> OutgoingMessage:
-    f = _Fields(obj, where, _OUT_KEYS)
+def _outgoing(obj: object, where: str, keys: frozenset[str] = _OUT_KEYS) -> OutgoingMessage:
+    f = _Fields(obj, where, keys)
     phase = _PHASES.get(f.obj["phase"]) if isinstance(f.obj["phase"], str) else None
     if phase is None:
         raise f.fail("phase", f"expected one of {sorted(_PHASES)}")
@@ -145,7 +154,15 @@ def _outgoing(obj: object, where: str) -> OutgoingMessage:
         retain=f.get_bool("retain"),
         properties=f.get_bytes("properties"),
         phase=phase,
+        accepted_at=_accepted_at(f) if keys is _OUT_KEYS_AT else 0.0,
     )
+
+
+def _accepted_at(f: _Fields) -> float:
+    t = f.get_opt_time("accepted_at")
+    if t is None or t < 0:
+        raise f.fail("accepted_at", "expected a time in seconds")
+    return t
 
 
 def _incoming(obj: object, where: str) -> IncomingMessage:
@@ -165,15 +182,23 @@ def _outgoing_quick(obj: object, topics: set[str]) -> OutgoingMessage | None:
     """``_row_quick`` for a format 1 object."""
     if type(obj) is not dict or obj.keys() != _OUT_KEYS:
         return None
-    return _row_quick([obj[k] for k in OUTGOING_ROW], topics)
+    return _row_quick([obj[k] for k in _ROW_FIELDS[2]], topics)
 
 
 def _row_quick(row: object, topics: set[str]) -> OutgoingMessage | None:
-    """``_row`` for the usual, valid format 2 array (restoring 100k messages runs this 100k
-    times); None sends anything unusual to ``_row``, which names the fault."""
-    if type(row) is not list or len(row) != len(OUTGOING_ROW):
+    """``_row`` for the usual, valid format 2 or 3 array (restoring 100k messages runs this
+    100k times); None sends anything unusual to ``_row``, which names the fault."""
+    if type(row) is not list:
         return None
-    seq, pid, topic, payload, qos, retain, props, phase = row
+    at = 0.0
+    if len(row) == 9:
+        seq, pid, topic, payload, qos, retain, props, phase, at = row
+        if type(at) is not float or not 0.0 <= at < math.inf:
+            return None
+    elif len(row) == 8:
+        seq, pid, topic, payload, qos, retain, props, phase = row
+    else:
+        return None
     if (type(seq) is not int or not 1 <= seq <= _MAX_SEQ or type(pid) is not int
             or not 0 <= pid <= MAX_PACKET_ID or type(qos) is not int or not 1 <= qos <= 2
             or type(retain) is not bool or type(topic) is not str or topic not in topics
@@ -184,24 +209,25 @@ def _row_quick(row: object, topics: set[str]) -> OutgoingMessage | None:
         return None
     try:
         return OutgoingMessage(seq, pid, topic, _b64decode(payload) if payload else b"", qos,
-                               retain, _b64decode(props) if props else b"", phase)
+                               retain, _b64decode(props) if props else b"", phase, at)
     except (binascii.Error, ValueError):
         return None
 
 
-def _row(row: object, where: str) -> OutgoingMessage:
-    """``_outgoing`` for a format 2 array: the same checks, the same messages."""
+def _row(row: object, where: str, version: int = VERSION) -> OutgoingMessage:
+    """``_outgoing`` for a format 2 or 3 array: the same checks, the same messages."""
     if not isinstance(row, list):
         raise StateError(f"{where}: expected an array, got {type(row).__name__}")
-    if len(row) != len(OUTGOING_ROW):
-        raise StateError(f"{where}: expected {len(OUTGOING_ROW)} fields, got {len(row)}")
-    return _outgoing(dict(zip(OUTGOING_ROW, row)), where)
+    fields = _ROW_FIELDS[version]
+    if len(row) != len(fields):
+        raise StateError(f"{where}: expected {len(fields)} fields, got {len(row)}")
+    return _outgoing(dict(zip(fields, row)), where, _OUT_KEYS_AT if version >= 3 else _OUT_KEYS)
 
 
 def _good_topic(obj: object, topics: set[str]) -> None:
     """Remember the topic of an outgoing entry once it has passed every check."""
     topic: object = None
-    if isinstance(obj, list) and len(obj) == len(OUTGOING_ROW):
+    if isinstance(obj, list) and len(obj) in (8, 9):
         topic = obj[_ROW_TOPIC]
     elif isinstance(obj, dict):
         topic = obj.get("topic")
@@ -232,12 +258,19 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
     f = _Fields(obj, "state", _STATE_KEYS)
     outgoing: dict[int, OutgoingMessage] = {}
     topics: set[str] = set()  # topic names that passed validate_topic
-    quick, full = (_row_quick, _row) if version >= 2 else (_outgoing_quick, _outgoing)
+    width = len(_ROW_FIELDS[version]) if version >= 2 else 0
+
+    def quick(item: object) -> OutgoingMessage | None:
+        if not width:
+            return _outgoing_quick(item, topics)
+        return _row_quick(item, topics) if type(item) is list and len(item) == width else None
+
     for i, item in enumerate(f.get_list("outgoing")):
-        m = quick(item, topics)
+        m = quick(item)
         if m is None:
             _good_topic(item, topics)
-            m = quick(item, topics) or full(item, f"state.outgoing[{i}]")
+            where = f"state.outgoing[{i}]"
+            m = quick(item) or (_row(item, where, version) if width else _outgoing(item, where))
         if m.seq in outgoing:
             raise StateError(f"state.outgoing[{i}].seq: {m.seq} appears twice")
         outgoing[m.seq] = m

@@ -71,6 +71,7 @@ __all__ = [
 
 log = logging.getLogger("mqttsession")
 
+MESSAGE_EXPIRY_INTERVAL: Final = 0x02  # MQTT 5 PUBLISH property (3.3.2.3.3)
 SUBSCRIBE_TRIES: Final = 3  # connections closed on one SUBSCRIBE before it counts as refused
 ACTIVITY_EVERY: Final = 5.0  # seconds between Activity records while connected
 
@@ -137,7 +138,7 @@ class Engine:
         self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
-        self._accepted_at: dict[int, float] = {}  # seq -> wall time of publish (this process)
+        self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
         self._tokens = 0.0  # DrainRateLimit: new PUBLISHes that may go now
         self._tokens_at = 0.0  # when the bucket was last filled (monotonic)
 
@@ -165,8 +166,34 @@ class Engine:
 
     # ---------------------------------------------------------------- encoding
 
+    def _remaining(self, m: OutgoingMessage) -> int | None:
+        """Seconds left of its MQTT 5 Message Expiry Interval (None: it has none, or MQTT
+        3.1.1). By the wall clock since publish; a clock that went back counts no time, so
+        nothing expires early."""
+        if not self.v5 or not m.properties:
+            return None
+        try:
+            interval = next((v for k, v in _wire.parse_properties(m.properties)
+                             if k == MESSAGE_EXPIRY_INTERVAL), None)
+        except _wire.MalformedPacket:
+            return None
+        if not isinstance(interval, int):
+            return None
+        if not m.accepted_at:
+            return interval  # published before this version kept the time: as it was
+        return max(0, interval - int(max(0.0, self.now - m.accepted_at)))
+
+    def _with_remaining(self, m: OutgoingMessage) -> bytes:
+        """Its properties with the Message Expiry Interval counted down [MQTT-3.3.2-6]."""
+        left = self._remaining(m)
+        if left is None:
+            return m.properties
+        props = [(k, max(left, 1) if k == MESSAGE_EXPIRY_INTERVAL else v)
+                 for k, v in _wire.parse_properties(m.properties)]
+        return _wire.pack_properties(props)
+
     def _publish(self, m: OutgoingMessage, dup: bool) -> Write:
-        props = (m.properties or b"\x00") if self.v5 else b""
+        props = ((self._with_remaining(m) if m.properties else b"\x00")) if self.v5 else b""
         if props and not self.v5:  # pragma: no cover - accept() refuses it
             raise UsageError("MQTT 3.1.1 has no properties")
         topic = m.topic.encode("utf-8")
@@ -224,15 +251,12 @@ class Engine:
             body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
                                        + payload)
             return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
-        out = self._make_room(len(payload) + len(topic) + len(properties))
-        rec = self.state.accept(topic, payload, qos, retain, properties, avoid=self._busy())
-        seq = rec.message.seq
-        self._pending.append(seq)
         if now is not None:
-            self._accepted_at[seq] = now
-            if len(self._accepted_at) > 2 * len(self.state.outgoing) + 1024:
-                held = self.state.outgoing
-                self._accepted_at = {k: v for k, v in self._accepted_at.items() if k in held}
+            self.now = now
+        out = self._make_room(len(payload) + len(topic) + len(properties))
+        rec = self.state.accept(topic, payload, qos, retain, properties, avoid=self._busy(),
+                                accepted_at=max(0.0, now or 0.0))
+        self._pending.append(rec.message.seq)
         out.append(Persist((rec,), sync=True))
         return rec.message.packet_id, out + self._pump()
 
@@ -264,8 +288,10 @@ class Engine:
 
     def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
         """A message left without delivery: its record, and ``on_message_dropped``."""
-        self.dropped += 1
-        self._accepted_at.pop(m.seq, None)
+        if reason == "expired":
+            self.expired += 1
+        else:
+            self.dropped += 1
         out: list[Action] = [Persist((rec,))] if rec is not None else []
         out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq, reason)))
         log.info("message seq %d to %r dropped: %s", m.seq, m.topic, reason)
@@ -274,10 +300,10 @@ class Engine:
     def queue_stats(self, now: float) -> QueueStats:
         """What the outgoing queue holds (``now``: the wall clock, for the oldest's age)."""
         st = self.state
-        first = next(iter(st.outgoing), None)
-        at = self._accepted_at.get(first) if first is not None else None
+        first = next(iter(st.outgoing.values()), None)
+        at = first.accepted_at if first is not None else 0.0
         return QueueStats(len(st.outgoing), st.outgoing_bytes,
-                          None if at is None else max(0.0, now - at), self.dropped, self.expired)
+                          max(0.0, now - at) if at else None, self.dropped, self.expired)
 
     def retract(self, rec: Accepted) -> None:
         """Undo ``publish`` whose ``Persist`` failed (nothing after it was carried out)."""
@@ -314,6 +340,9 @@ class Engine:
                     break  # the next tick lets more go
                 self._tokens -= 1.0
             pending.popleft()
+            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0:
+                out += self._dropped(m, self.state.expire(seq), "expired")
+                continue
             if m.phase is not Phase.AWAIT_PUBCOMP:
                 why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
                 if why is not None:  # it became unsendable (a smaller broker limit): out
@@ -435,7 +464,7 @@ class Engine:
         self.session_present = session_present
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
         self.max_packet = maximum_packet_size
-        self._last_activity = now
+        self._last_activity = self.now = now
         rec = self.state.connected(now, self.broker, session_present)
         return [Persist((rec,), sync=True),
                 Notify("on_connected", ConnectedEvent(0, reason, session_present))]
@@ -565,6 +594,7 @@ class Engine:
         records written out, MQTT 3.1.1 resends after ``republish_interval``."""
         if not self.connected:
             return []
+        self.now = now
         out: list[Action] = []
         rate = self.settings.drain_rate_limit
         if rate:  # a token bucket of at most one second's messages
@@ -790,7 +820,6 @@ class Engine:
         self.restored_expired = expired
         self._unsent_subs.clear()
         self.dropped = self.expired = 0
-        self._accepted_at.clear()
         return rec
 
     def _error(self, code: int, description: str) -> Notify:

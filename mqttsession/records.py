@@ -13,6 +13,7 @@ whether the record fits the state is ``SessionState.apply``'s job.
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable, Final, TypeVar, Union
@@ -52,6 +53,7 @@ class Event(str, enum.Enum):
     SESSION_LOST = "session_lost"
     TOO_LARGE = "too_large"  # the broker's Maximum Packet Size shrank below it: taken out
     DROPPED = "dropped"  # QueueFullPolicy=drop-oldest made room with it (never sent)
+    EXPIRED = "expired"  # its MQTT 5 Message Expiry Interval passed before it was sent
 
 
 _T = TypeVar("_T")
@@ -101,6 +103,7 @@ class OutgoingMessage:
     retain: bool = False
     properties: bytes = b""  # MQTT 5 properties, packed as on the wire (opaque here)
     phase: Phase = Phase.QUEUED
+    accepted_at: float = 0.0  # wall time publish_* took it (0: unknown, an older file)
 
     @property
     def sent(self) -> bool:
@@ -361,13 +364,16 @@ _BY_TAG: Final = {k.tag: (k, frozenset(k.fields)) for k in KINDS.values()}
 _EVENTS: Final = {e.value: e for e in Event}
 # the binary event codes: part of the file format, append only
 _EVENT_CODES: Final = (Event.SEND, Event.PUBACK, Event.PUBREC, Event.PUBREC_FAILED,
-                       Event.PUBCOMP, Event.SESSION_LOST, Event.TOO_LARGE, Event.DROPPED)
+                       Event.PUBCOMP, Event.SESSION_LOST, Event.TOO_LARGE, Event.DROPPED,
+                       Event.EXPIRED)
 _EVENT_CODE: Final = {e: i for i, e in enumerate(_EVENT_CODES)}
-# tag, seq, packet id, qos, retain, topic / payload / properties lengths (then those bytes)
+# tag, seq, packet id, qos, retain, topic / payload / properties lengths (then those bytes);
+# "b" adds the time it was accepted (8-byte float) after the lengths; "a" (older) has none
 _ACCEPTED: Final = struct.Struct(">cQHBBHII")
+_ACCEPTED_AT: Final = struct.Struct(">cQHBBHIId")
 # tag, seq, event code, packet id
 _STEPPED: Final = struct.Struct(">cQBH")
-BINARY_TAGS: Final = (b"a", b"s")  # first byte of a binary record; JSON ones start with "["
+BINARY_TAGS: Final = (b"a", b"s", b"b")  # first byte of a binary record; JSON ones: "["
 
 
 def encode_record(rec: Record) -> bytes:
@@ -376,8 +382,8 @@ def encode_record(rec: Record) -> bytes:
         m = rec.message
         topic = m.topic.encode("utf-8")
         return b"".join((
-            _ACCEPTED.pack(b"a", m.seq, m.packet_id, m.qos, m.retain, len(topic),
-                           len(m.payload), len(m.properties)),
+            _ACCEPTED_AT.pack(b"b", m.seq, m.packet_id, m.qos, m.retain, len(topic),
+                              len(m.payload), len(m.properties), m.accepted_at),
             topic, m.payload, m.properties,
         ))
     if type(rec) is Stepped:
@@ -401,24 +407,29 @@ def _decode_binary(data: bytes) -> Record:
         if code >= len(_EVENT_CODES):
             raise StateError(f"journal record s: unknown event code {code}")
         return Stepped(seq, _EVENT_CODES[code], pid)
-    head = _ACCEPTED.size
+    tag = "b" if data[:1] == b"b" else "a"
+    layout = _ACCEPTED_AT if tag == "b" else _ACCEPTED
+    head = layout.size
     if len(data) < head:
-        raise StateError(f"journal record a: {len(data)} bytes, shorter than its header")
-    _, seq, pid, qos, retain, tlen, plen, xlen = _ACCEPTED.unpack_from(data)
+        raise StateError(f"journal record {tag}: {len(data)} bytes, shorter than its header")
+    _, seq, pid, qos, retain, tlen, plen, xlen, *at = layout.unpack_from(data)
     if len(data) != head + tlen + plen + xlen:
-        raise StateError(f"journal record a: {len(data)} bytes, its lengths say "
+        raise StateError(f"journal record {tag}: {len(data)} bytes, its lengths say "
                          f"{head + tlen + plen + xlen}")
     if not 1 <= seq <= MAX_SEQ or qos not in (1, 2) or retain > 1:
-        raise StateError(f"journal record a: seq {seq}, qos {qos}, retain {retain} out of range")
+        raise StateError(f"journal record {tag}: seq {seq}, qos {qos}, retain {retain} out of range")
+    accepted_at = at[0] if at else 0.0
+    if not math.isfinite(accepted_at) or accepted_at < 0:
+        raise StateError(f"journal record {tag}: accepted at {accepted_at}, not a time")
     try:
         topic = data[head:head + tlen].decode("utf-8")
     except UnicodeDecodeError:
-        raise StateError("journal record a: topic is not UTF-8") from None
+        raise StateError(f"journal record {tag}: topic is not UTF-8") from None
     if not topic or "\x00" in topic:
-        raise StateError("journal record a: topic is empty or holds U+0000")
+        raise StateError(f"journal record {tag}: topic is empty or holds U+0000")
     end = head + tlen + plen
     return Accepted(OutgoingMessage(seq, pid, topic, data[head + tlen:end], qos, retain == 1,
-                                    data[end:]))
+                                    data[end:], Phase.QUEUED, accepted_at))
 
 
 def decode_record(data: bytes) -> Record:

@@ -27,6 +27,7 @@ Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
     1,2  QUEUED          SESSION_LOST    -> QUEUED          never sent: simply sent later
     1,2  QUEUED/AWAIT_PUBACK/REC TOO_LARGE -> None          over the broker's Maximum Packet Size
     1,2  QUEUED          DROPPED         -> None            the queue is full (drop-oldest)
+    1,2  QUEUED          EXPIRED         -> None            its Message Expiry Interval passed unsent
 
 Incoming QoS 2 (delivery on PUBREL, "method B" of the spec)::
 
@@ -132,6 +133,8 @@ OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
     (2, A2, Event.TOO_LARGE): None,
     (1, Q, Event.DROPPED): None,  # QueueFullPolicy=drop-oldest: only a message never sent
     (2, Q, Event.DROPPED): None,
+    (1, Q, Event.EXPIRED): None,  # as the broker would [MQTT-3.3.2-5]: never sent once expired
+    (2, Q, Event.EXPIRED): None,
 }
 
 
@@ -337,11 +340,12 @@ class SessionState:
         retain: bool = False,
         properties: bytes = b"",
         avoid: Container[int] = (),
+        accepted_at: float = 0.0,
     ) -> Accepted:
         """publish_* of a QoS 1/2 message: it joins the session as QUEUED with a packet id.
 
         When all packet ids are taken the message is still accepted, with packet id 0; it gets
-        one when it is sent.
+        one when it is sent. ``accepted_at``: the wall time (for expiry and the queue's age).
         """
         validate_topic(topic)
         validate_qos(qos, (1, 2))
@@ -351,9 +355,8 @@ class SessionState:
             pid = self.allocate_packet_id(avoid)
         except PacketIdsExhausted:
             pid = 0
-        msg = OutgoingMessage(
-            self.next_seq, pid, topic, bytes(payload), qos, bool(retain), bytes(properties)
-        )
+        msg = OutgoingMessage(self.next_seq, pid, topic, bytes(payload), qos, bool(retain),
+                              bytes(properties), Phase.QUEUED, float(accepted_at))
         rec = Accepted(msg)
         self.apply(rec)
         return rec
@@ -405,6 +408,10 @@ class SessionState:
         ends a QoS 1 flow the broker took as QoS 2."""
         event = Event.PUBREC_FAILED if reason_code >= 0x80 else Event.PUBREC  # [MQTT-4.4.0-2]
         return self._step(self._by_ack(packet_id, "PUBREC"), event)
+
+    def expire(self, seq: int) -> Stepped:
+        """A never-sent message whose MQTT 5 Message Expiry Interval has passed."""
+        return self._step(seq, Event.EXPIRED)
 
     def drop(self, seq: int) -> Stepped:
         """A never-sent message removed to make room (QueueFullPolicy=drop-oldest)."""
@@ -554,6 +561,8 @@ class SessionState:
             raise TransitionError(f"accepted message: {exc}") from None
         if not isinstance(m.payload, bytes) or not isinstance(m.properties, bytes):
             raise TransitionError("accepted message: payload and properties must be bytes")
+        if _check_time("accepted time", m.accepted_at) < 0:
+            raise TransitionError(f"accepted time {m.accepted_at} is before 1970")
         if m.packet_id:
             if not 1 <= m.packet_id <= MAX_PACKET_ID or m.packet_id in self._by_packet_id:
                 raise TransitionError(f"packet id {m.packet_id} is taken or out of range")
@@ -598,7 +607,7 @@ class SessionState:
                 self._by_packet_id[pid] = m.seq
                 self.last_packet_id = pid
         self.outgoing[m.seq] = OutgoingMessage(  # not dataclasses.replace: 6x cheaper
-            m.seq, pid, m.topic, m.payload, m.qos, m.retain, m.properties, nxt
+            m.seq, pid, m.topic, m.payload, m.qos, m.retain, m.properties, nxt, m.accepted_at
         )
 
     def _apply_received(self, rec: Received) -> None:

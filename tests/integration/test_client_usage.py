@@ -39,7 +39,7 @@ def _signed(state: dict[str, Any]) -> str:
     """A state text with a VALID checksum around ``state`` (to reach the semantic checks)."""
     body = json.dumps(state, separators=(",", ":"))
     digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-    return f'{{"format":"mqttsession","version":2,"sha256":"{digest}","state":{body}}}'
+    return f'{{"format":"mqttsession","version":3,"sha256":"{digest}","state":{body}}}'
 
 
 def _saved_with_message(client_id: str) -> str:
@@ -71,7 +71,7 @@ def _junk(own_id: str) -> dict[str, str]:
         "empty object": "{}",
         "no state": '{"format":"mqttsession","version":1}',
         "other format": valid.replace('"format":"mqttsession"', '"format":"something"', 1),
-        "newer version": valid.replace('"version":2', '"version":3', 1),
+        "newer version": valid.replace('"version":3', '"version":4', 1),
         "truncated": valid[: len(valid) // 2],
         "tampered": valid.replace('"mqs/usage"', '"mqs/usagf"', 1),
         "bad phase": _signed(bad_phase),

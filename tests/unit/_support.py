@@ -27,7 +27,9 @@ FAST = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 PREFIX = '{"format":"mqttsession","version":1,"sha256":"'  # hand-built texts (format 1)
-PREFIX2 = '{"format":"mqttsession","version":2,"sha256":"'  # what encode writes
+PREFIX2 = '{"format":"mqttsession","version":2,"sha256":"'  # format 2 (still read)
+PREFIX3 = '{"format":"mqttsession","version":3,"sha256":"'  # what encode writes
+_PREFIXES = {1: PREFIX, 2: PREFIX2, 3: PREFIX3}
 
 
 def snap(state: SessionState) -> tuple[object, ...]:
@@ -43,7 +45,7 @@ def index_consistent(state: SessionState) -> None:
 def wrap(body: str, version: int = 1) -> str:
     """A state text around ``body`` with a VALID checksum (exercises the field validator)."""
     digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-    return f'{PREFIX if version == 1 else PREFIX2}{digest}","state":{body}}}'
+    return f'{_PREFIXES[version]}{digest}","state":{body}}}'
 
 
 def dump(obj: Any, allow_nan: bool = False) -> str:

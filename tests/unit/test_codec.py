@@ -22,6 +22,7 @@ from ._support import (
     FAST,
     PREFIX,
     PREFIX2,
+    PREFIX3,
     dump,
     sample_state,
     text_from_obj,
@@ -54,7 +55,7 @@ def assert_all_refuse(data: object) -> None:
 def test_encode_decode_round_trip(state: SessionState) -> None:
     text = codec.encode(state)
     assert isinstance(text, str) and "\n" not in text
-    assert text.startswith(PREFIX2)
+    assert text.startswith(PREFIX3)
     again = codec.decode(text)
     assert again == state
     assert again.snapshot_fields() == state.snapshot_fields()
@@ -105,7 +106,7 @@ def test_sha256_covers_the_state_body() -> None:
     body = text[len(PREFIX) + 64 + len('","state":'):-1]
     assert hashlib.sha256(body.encode("utf-8")).hexdigest() == digest
     assert json.loads(text)["state"] == json.loads(body)
-    assert wrap(body, version=2) == text  # the test helper builds texts exactly like encode
+    assert wrap(body, version=3) == text  # the test helper builds texts exactly like encode
 
 
 # =========================================================================== garbage in
@@ -308,7 +309,7 @@ def _outer(**changes: Any) -> str:
     """The outer document rebuilt with changes (checksum left valid for the body)."""
     text = codec.encode(_modest_state())
     body = text[len(PREFIX) + 64 + len('","state":'):-1]
-    doc = {"format": "mqttsession", "version": 2,
+    doc = {"format": "mqttsession", "version": 3,
            "sha256": hashlib.sha256(body.encode()).hexdigest()}
     doc.update(changes)
     head = dump({k: v for k, v in doc.items()})[:-1]
@@ -319,7 +320,7 @@ def test_outer_rebuild_is_the_encoded_text() -> None:
     assert _outer() == codec.encode(_modest_state())
 
 
-@pytest.mark.parametrize("version", [3, 100, 2**40])
+@pytest.mark.parametrize("version", [4, 100, 2**40])
 def test_newer_format_version_is_refused_saying_so(version: int) -> None:
     with pytest.raises(StateError, match="newer"):
         codec.decode(_outer(version=version))
@@ -377,26 +378,32 @@ def _base_obj() -> dict[str, Any]:
     return codec.state_to_obj(sample_state(), version=1)
 
 
-def _as_format_2(obj: dict[str, Any]) -> dict[str, Any]:
+def _as_format_2(obj: dict[str, Any], extra: tuple[Any, ...] = ()) -> dict[str, Any]:
     """The same state in format 2: every outgoing object with exactly the row's keys becomes
-    its array; anything else is left for the decoder to refuse."""
+    its array; anything else is left for the decoder to refuse. ``extra``: format 3 adds the
+    accepted time."""
+    row = codec.OUTGOING_ROW[:8]
     obj = copy.deepcopy(obj)
     out = obj.get("outgoing")
     if isinstance(out, list):
         obj["outgoing"] = [
-            [m[k] for k in codec.OUTGOING_ROW]
-            if isinstance(m, dict) and set(m) == set(codec.OUTGOING_ROW) else m for m in out
+            [m[k] for k in row] + list(extra)
+            if isinstance(m, dict) and set(m) == set(row) else m for m in out
         ]
     return obj
 
 
+def _as_format_3(obj: dict[str, Any]) -> dict[str, Any]:
+    return _as_format_2(obj, (0.0,))
+
+
 def _check(mutate: Callable[[dict[str, Any]], None], match: str, allow_nan: bool = False,
-           versions: tuple[int, ...] = (1, 2)) -> None:
+           versions: tuple[int, ...] = (1, 2, 3)) -> None:
     obj = _base_obj()
     mutate(obj)
     for version in versions:
-        text = text_from_obj(obj if version == 1 else _as_format_2(obj), allow_nan=allow_nan,
-                             version=version)
+        shaped = obj if version == 1 else _as_format_2(obj) if version == 2 else _as_format_3(obj)
+        text = text_from_obj(shaped, allow_nan=allow_nan, version=version)
         for fn in DECODERS:
             with pytest.raises(StateError) as info:
                 fn(text)
@@ -429,7 +436,9 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
 def test_unmutated_base_decodes() -> None:
     assert codec.decode(text_from_obj(_base_obj())) == sample_state()
     v2 = text_from_obj(_as_format_2(_base_obj()), version=2)
-    assert codec.decode(v2) == sample_state() and v2 == codec.encode(sample_state())
+    assert codec.decode(v2) == sample_state()
+    v3 = text_from_obj(_as_format_3(_base_obj()), version=3)
+    assert codec.decode(v3) == sample_state() and v3 == codec.encode(sample_state())
 
 
 FIELD_ERRORS = [
@@ -613,6 +622,7 @@ def test_huge_integer_time_raises_state_error(field: str) -> None:
 @given(valid_states())
 def test_format_1_and_format_2_texts_of_a_state_decode_alike(state: SessionState) -> None:
     v1 = text_from_obj(codec.state_to_obj(state, version=1), version=1)
-    v2 = codec.encode(state)
-    assert v2 == text_from_obj(codec.state_to_obj(state), version=2)
-    assert codec.decode(v1) == codec.decode(v2) == state
+    v2 = text_from_obj(codec.state_to_obj(state, version=2), version=2)
+    v3 = codec.encode(state)
+    assert v3 == text_from_obj(codec.state_to_obj(state), version=3)
+    assert codec.decode(v1) == codec.decode(v2) == codec.decode(v3) == state

@@ -403,8 +403,8 @@ def test_recorded_history_covers_every_record_type(tmp_path: Path) -> None:
     assert {type(r).__name__ for r in records} == {
         "Configured", "Accepted", "Stepped", "Received", "Released", "Subscribed", "Unsubscribed",
         "Connected", "SessionReset", "Disconnected", "Activity"}
-    # the per-message records are binary (journal format 2), the others JSON arrays
-    assert {pl[:1] for pl in payloads[1:]} == {b"a", b"s", b"["}
+    # the per-message records are binary ("b": Accepted with its time), the others JSON arrays
+    assert {pl[:1] for pl in payloads[1:]} == {b"b", b"s", b"["}
     events = {r.event.value for r in records if isinstance(r, Stepped)}
     assert events == {"send", "puback", "pubrec", "pubrec_failed", "pubcomp"}
     # the whole file recovers to the final state, the snapshot alone to the first

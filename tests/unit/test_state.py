@@ -106,6 +106,8 @@ def test_transition_table_is_exactly_the_documented_one() -> None:
         (2, A2, Event.TOO_LARGE): None,
         (1, Q, Event.DROPPED): None,  # QueueFullPolicy=drop-oldest: never-sent messages only
         (2, Q, Event.DROPPED): None,
+        (1, Q, Event.EXPIRED): None,  # its Message Expiry Interval passed before it was sent
+        (2, Q, Event.EXPIRED): None,
     }
     for (qos, phase, _event), nxt in OUTGOING_TRANSITIONS.items():
         assert phase in PHASES_FOR_QOS[qos]
@@ -139,7 +141,7 @@ ILLEGAL = [
 
 
 def test_illegal_list_is_complete() -> None:
-    assert len(ILLEGAL) == 2 * len(Phase) * len(Event) - len(OUTGOING_TRANSITIONS) == 44
+    assert len(ILLEGAL) == 2 * len(Phase) * len(Event) - len(OUTGOING_TRANSITIONS) == 50
 
 
 @pytest.mark.parametrize(("qos", "phase", "event"), ILLEGAL, ids=lambda v: getattr(v, "value", v))
@@ -155,6 +157,7 @@ def test_every_illegal_transition_raises_and_changes_nothing(qos: int, phase: Ph
         Event.PUBREC_FAILED: lambda: state.pubrec(7, 0x80),
         Event.PUBCOMP: lambda: state.pubcomp(7),
         Event.DROPPED: lambda: state.drop(3),
+        Event.EXPIRED: lambda: state.expire(3),
     }
     if event in public:
         assert_raises_unchanged(state, TransitionError, public[event])
