@@ -28,9 +28,12 @@ def main() -> None:
     c.config(f"SessionStateFile={state}")
     c.config("ReconnectDelayMax=1")
     c.on_message_in = on_message_in
+    subscribed = threading.Event()
+    c.on_subscribed = lambda _e: subscribed.set()
     c.restore_session("")
     c.connect(host, int(port), timeout=10)
     c.subscribe("crash/sub", 2)
+    subscribed.wait(10)  # the broker has the subscription before the feed starts (SUBACK)
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     threading.Event().wait()
