@@ -35,6 +35,7 @@ from . import _wire
 from ._wire import Packet, PacketType
 from .errors import QueueFullError, StateError, TransitionError, UsageError
 from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist, Write
+from .subscriptions import SUBSCRIBE_TRIES, Subscriptions
 from .events import (
     DIRECTION_CLIENT,
     DIRECTION_SERVER,
@@ -46,13 +47,10 @@ from .events import (
     MessageEvent,
     QueueStats,
     SessionLostEvent,
-    SubscribedEvent,
-    UnsubscribedEvent,
 )
-from .expiry import effective_interval
+from .expiry import effective_interval, message_remaining, with_remaining
 from .expiry import expired as _expired
 from .state import (
-    MAX_PACKET_ID,
     MAX_REMAINING_LENGTH,
     Accepted,
     Configured,
@@ -71,8 +69,6 @@ __all__ = [
 
 log = logging.getLogger("mqttsession")
 
-MESSAGE_EXPIRY_INTERVAL: Final = 0x02  # MQTT 5 PUBLISH property (3.3.2.3.3)
-SUBSCRIBE_TRIES: Final = 3  # connections closed on one SUBSCRIBE before it counts as refused
 ACTIVITY_EVERY: Final = 5.0  # seconds between Activity records while connected
 
 
@@ -125,12 +121,7 @@ class Engine:
         self._window = 65535
         self._pending: deque[int] = deque()  # seqs to write, in order
         self._inflight: dict[int, float] = {}  # seq -> when written on this connection
-        self._sub_ids: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBEs awaiting SUBACK
-        self._sub_closes: dict[str, int] = {}  # filter -> connections closed on its SUBSCRIBE
-        self._unsub_ids: dict[int, list[str]] = {}
-        self._unsent_subs: dict[str, int] = {}
-        self._unsent_unsubs: set[str] = set()
-        self._last_sub_id = 0
+        self.subs = Subscriptions(self)
         self._owed: deque[_Owed] = deque()  # QoS 1, in arrival order [MQTT-4.6.0-2]
         self._held: dict[int, _Held] = {}  # QoS 2, by packet id
         self._mismatch_logged = False  # on this connection
@@ -161,36 +152,16 @@ class Engine:
         """QoS 1 messages delivered and not yet acknowledged, in arrival order."""
         return [o.event for o in self._owed if not o.acked]
 
-    def busy_packet_ids(self) -> set[int]:
-        return set(self._sub_ids) | set(self._unsub_ids)
-
     # ---------------------------------------------------------------- encoding
 
     def _remaining(self, m: OutgoingMessage) -> int | None:
-        """Seconds left of its MQTT 5 Message Expiry Interval (None: it has none, or MQTT
-        3.1.1). By the wall clock since publish; a clock that went back counts no time, so
-        nothing expires early."""
-        if not self.v5 or not m.properties:
-            return None
-        try:
-            interval = next((v for k, v in _wire.parse_properties(m.properties)
-                             if k == MESSAGE_EXPIRY_INTERVAL), None)
-        except _wire.MalformedPacket:
-            return None
-        if not isinstance(interval, int):
-            return None
-        if not m.accepted_at:
-            return interval  # published before this version kept the time: as it was
-        return max(0, interval - int(max(0.0, self.now - m.accepted_at)))
+        """Seconds left of its Message Expiry Interval (None: none, or MQTT 3.1.1)."""
+        return message_remaining(m.properties, m.accepted_at, self.now) if self.v5 else None
 
     def _with_remaining(self, m: OutgoingMessage) -> bytes:
         """Its properties with the Message Expiry Interval counted down [MQTT-3.3.2-6]."""
         left = self._remaining(m)
-        if left is None:
-            return m.properties
-        props = [(k, max(left, 1) if k == MESSAGE_EXPIRY_INTERVAL else v)
-                 for k, v in _wire.parse_properties(m.properties)]
-        return _wire.pack_properties(props)
+        return m.properties if left is None else with_remaining(m.properties, left)
 
     def _publish(self, m: OutgoingMessage, dup: bool) -> Write:
         props = ((self._with_remaining(m) if m.properties else b"\x00")) if self.v5 else b""
@@ -316,11 +287,9 @@ class Engine:
         if self._pending and self._pending[-1] == seq:
             self._pending.pop()
 
-    def _busy(self) -> dict[int, object]:
+    def _busy(self) -> Container[int]:
         """Packet ids held by SUBSCRIBE / UNSUBSCRIBE awaiting their ack."""
-        if not self._unsub_ids:
-            return self._sub_ids  # type: ignore[return-value]
-        return {**self._sub_ids, **self._unsub_ids}
+        return self.subs.busy()
 
     def _pump(self) -> list[Action]:
         """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
@@ -347,7 +316,7 @@ class Engine:
                 why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
                 if why is not None:  # it became unsendable (a smaller broker limit): out
                     out += self._dropped(m, self.state.too_large(seq), "too-large")
-                    out.append(self._error(0x95, f"message seq {seq} (packet id {m.packet_id})"
+                    out.append(self.error(0x95, f"message seq {seq} (packet id {m.packet_id})"
                                                  f" to {m.topic!r} taken out of the session: {why}"))
                     continue
             out += self._write(m)
@@ -369,81 +338,12 @@ class Engine:
 
     # ---------------------------------------------------------------- subscriptions
 
-    def _next_sub_id(self) -> int:
-        busy, held = self._busy(), self.state.outgoing_by_packet_id
-        pid = self._last_sub_id
-        for _ in range(MAX_PACKET_ID):
-            pid = pid % MAX_PACKET_ID + 1
-            if pid not in busy and held(pid) is None:
-                self._last_sub_id = pid
-                return pid
-        raise UsageError("no free packet id for SUBSCRIBE / UNSUBSCRIBE")
-
     def subscribe(self, filters: Sequence[str], qos: int) -> list[Action]:
         """The application subscribed (filters validated); works while disconnected."""
-        recs = []
-        for f in filters:
-            recs.append(self.state.subscribe(f, qos))
-            self._unsent_unsubs.discard(f)
-        out: list[Action] = [Persist(tuple(recs))]
-        if self.connected:
-            out += self._send_subscribe([(f, qos) for f in filters])
-        else:
-            self._unsent_subs.update((f, qos) for f in filters)
-        return out
+        return self.subs.subscribe(filters, qos, self.connected)
 
     def unsubscribe(self, filters: Sequence[str]) -> list[Action]:
-        recs = []
-        for f in filters:
-            recs.append(self.state.unsubscribe(f))
-            self._unsent_subs.pop(f, None)
-        out: list[Action] = [Persist(tuple(recs))]
-        if self.connected:
-            out += self._send_unsubscribe(list(filters))
-        else:
-            self._unsent_unsubs.update(filters)
-        return out
-
-    def _send_subscribe(self, subs: Sequence[tuple[str, int]]) -> list[Action]:
-        """SUBSCRIBE; a filter whose SUBSCRIBE a broker answered by closing the connection goes
-        in a packet of its own, so the next close names it alone."""
-        fresh = [s for s in subs if s[0] not in self._sub_closes]
-        batches = ([fresh] if fresh else []) + [[s] for s in subs if s[0] in self._sub_closes]
-        out: list[Action] = []
-        proto = 5 if self.v5 else 4
-        for batch in batches:
-            pid = self._next_sub_id()
-            self._sub_ids[pid] = batch
-            out.append(Write(_wire.encode_subscribe(pid, batch, protocol=proto),
-                             PacketType.SUBSCRIBE, pid))
-        return out
-
-    def _send_unsubscribe(self, filters: list[str]) -> list[Action]:
-        pid = self._next_sub_id()
-        self._unsub_ids[pid] = filters
-        return [Write(_wire.encode_unsubscribe(pid, filters, protocol=5 if self.v5 else 4),
-                      PacketType.UNSUBSCRIBE, pid)]
-
-    def _suback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
-        subs = self._sub_ids.pop(pid, [])
-        out: list[Action] = []
-        failed = []
-        for flt, _qos in subs:
-            self._sub_closes.pop(flt, None)  # answered: the broker did not choke on it
-        for (flt, _qos), code in zip(subs, codes):
-            if code >= 0x80 and self.state.subscriptions.get(flt) is not None:
-                out.append(Persist((self.state.unsubscribe(flt),)))
-                failed.append(flt)
-        for (flt, qos), code in zip(subs, codes):
-            out.append(Notify("on_subscribed", SubscribedEvent(flt, qos, code)))
-        for flt in failed:
-            out.append(self._error(0x80, f"subscription to {flt!r} refused by the broker"))
-        return out
-
-    def _unsuback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
-        filters = self._unsub_ids.pop(pid, [])
-        codes = codes or (0,) * len(filters)
-        return [Notify("on_unsubscribed", UnsubscribedEvent(f, c)) for f, c in zip(filters, codes)]
+        return self.subs.unsubscribe(filters, self.connected)
 
     # ---------------------------------------------------------------- connection
 
@@ -458,7 +358,7 @@ class Engine:
         ``restore``); the driver then calls ``resume``."""
         if rc != 0:
             return [Notify("on_connected", ConnectedEvent(rc, reason, False)),
-                    self._error(rc, f"connection refused: {reason}")]
+                    self.error(rc, f"connection refused: {reason}")]
         self.conn = ConnState.RESUMING
         self._mismatch_logged = False
         self.session_present = session_present
@@ -501,14 +401,9 @@ class Engine:
         self._pending = deque(m.seq for m in plan.outgoing)
         self._inflight.clear()
         self.conn = ConnState.CONNECTED
-        if not self.session_present and had_state and plan.resubscribe:
-            self._unsent_subs.update(plan.resubscribe)  # [MQTT-3.2.2-5] the broker forgot them
-        if self._unsent_unsubs:
-            out += self._send_unsubscribe(sorted(self._unsent_unsubs))
-            self._unsent_unsubs.clear()
-        subs, self._unsent_subs = dict(self._unsent_subs), {}
-        if subs:
-            out += self._send_subscribe(sorted(subs.items()))
+        # [MQTT-3.2.2-5] a broker that forgot the session forgot its subscriptions too
+        lost_subs = plan.resubscribe if not self.session_present and had_state else ()
+        out += self.subs.resume(lost_subs)
         out += self._pump()  # in seq order [MQTT-4.6.0-1]
         expired, self.restored_expired = self.restored_expired, False
         if expired and self.session_present:
@@ -543,37 +438,7 @@ class Engine:
         self._owed.clear()
         for h in self._held.values():
             h.pubcomp_due = False
-        return self._requeue_unanswered()
-
-    def _requeue_unanswered(self) -> list[Action]:
-        """SUBSCRIBE / UNSUBSCRIBE left without their ack by a lost connection: the broker may
-        never have seen them, so they go out again on the next one (a SUBSCRIBE replaces an
-        equal one [MQTT-3.8.4-3]). The oldest unanswered SUBSCRIBE is the one a broker that
-        closes instead of refusing choked on (it reads in order); after ``SUBSCRIBE_TRIES``
-        such closes in a row its filters count as refused and leave the session."""
-        out: list[Action] = []
-        for i, subs in enumerate(self._sub_ids.values()):
-            for flt, qos in subs:
-                if self.state.subscriptions.get(flt) is None:
-                    continue  # unsubscribed since
-                tries = self._sub_closes.get(flt, 0) + (1 if i == 0 else 0)
-                if tries >= SUBSCRIBE_TRIES:
-                    del self._sub_closes[flt]
-                    self._unsent_subs.pop(flt, None)
-                    out.append(Persist((self.state.unsubscribe(flt),)))
-                    out.append(Notify("on_subscribed", SubscribedEvent(flt, qos, 0x80)))
-                    out.append(self._error(
-                        0x80, f"the broker closed the connection {SUBSCRIBE_TRIES} times in"
-                              f" answer to SUBSCRIBE {flt!r}: taken as refused (subscribe"
-                              " again to retry)"))
-                else:
-                    self._sub_closes[flt] = tries
-                    self._unsent_subs.setdefault(flt, qos)
-        for filters in self._unsub_ids.values():
-            self._unsent_unsubs.update(f for f in filters if f not in self.state.subscriptions)
-        self._sub_ids.clear()
-        self._unsub_ids.clear()
-        return out
+        return self.subs.requeue_unanswered()
 
     def disconnect(self, now: float) -> list[Action]:
         """The application disconnects: the time is durable before DISCONNECT."""
@@ -652,9 +517,9 @@ class Engine:
         if t is PacketType.PUBREL:
             return self._pubrel(pid)
         if t is PacketType.SUBACK:
-            return self._suback(pid, p.reason_codes)
+            return self.subs.suback(pid, p.reason_codes)
         if t is PacketType.UNSUBACK:
-            return self._unsuback(pid, p.reason_codes)
+            return self.subs.unsuback(pid, p.reason_codes)
         raise TransitionError(f"not a session packet: {t.name}")
 
     def _publish_in(self, p: Packet) -> list[Action]:
@@ -818,9 +683,9 @@ class Engine:
                      " Clean Start 0 all the same: SessionPresent decides", state.client_id)
         self.state = state
         self.restored_expired = expired
-        self._unsent_subs.clear()
+        self.subs.restored()
         self.dropped = self.expired = 0
         return rec
 
-    def _error(self, code: int, description: str) -> Notify:
+    def error(self, code: int, description: str) -> Notify:
         return Notify("on_error", ErrorEvent(code, description))

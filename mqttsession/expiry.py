@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from . import _wire
 from .state import MAX_EXPIRY
 
-__all__ = ["DEFAULT_INTERVAL", "disconnect_time", "effective_interval", "expired"]
+__all__ = ["DEFAULT_INTERVAL", "MESSAGE_EXPIRY_INTERVAL", "disconnect_time", "effective_interval",
+           "expired", "message_remaining", "with_remaining"]
 
 NEVER: Final = MAX_EXPIRY
 DEFAULT_INTERVAL: Final = 3600  # an MQTT 5 persistent session with no interval set keeps 1 h
@@ -75,3 +77,32 @@ def expired(
     if interval == 0:
         return True  # ended when the network connection closed
     return now - closed > interval  # [MQTT-4.1.0-2]
+
+
+MESSAGE_EXPIRY_INTERVAL: Final = 0x02  # MQTT 5 PUBLISH property (3.3.2.3.3)
+
+
+def message_remaining(properties: bytes, accepted_at: float, now: float) -> int | None:
+    """Seconds left of a held message's Message Expiry Interval (None: it has none). Counted
+    by the wall clock since ``accepted_at``; a clock that went back counts no time (nothing
+    expires early), and an unknown publish time (0: an older file) counts none either."""
+    if not properties:
+        return None
+    try:
+        interval = next((v for k, v in _wire.parse_properties(properties)
+                         if k == MESSAGE_EXPIRY_INTERVAL), None)
+    except _wire.MalformedPacket:
+        return None
+    if not isinstance(interval, int):
+        return None
+    if not accepted_at:
+        return interval
+    return max(0, interval - int(max(0.0, now - accepted_at)))
+
+
+def with_remaining(properties: bytes, left: int) -> bytes:
+    """``properties`` with the Message Expiry Interval set to ``left`` (at least 1 s: a
+    message already on its way is resent, not dropped)."""
+    return _wire.pack_properties([(k, max(left, 1) if k == MESSAGE_EXPIRY_INTERVAL else v)
+                                  for k, v in _wire.parse_properties(properties)])
+

@@ -30,7 +30,7 @@ __all__ = [
 
 MAX_PACKET_ID: Final = 65535
 MAX_SEQ: Final = 2**63 - 1
-MAX_EXPIRY: Final = 0xFFFFFFFF
+MAX_EXPIRY: Final = 0xFFFFFFFF  # [MQTT 5 3.1.2.11.2] never expires
 
 
 class Phase(str, enum.Enum):

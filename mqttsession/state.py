@@ -46,6 +46,9 @@ from typing import Any, Callable, Container, Final, Mapping
 
 from .errors import PacketIdsExhausted, StateError, TransitionError, UsageError
 from .validation import (
+    check_expiry as _check_expiry,
+    check_text as _check_text,
+    check_time as _check_time,
     MAX_REMAINING_LENGTH,
     publish_packet_size,
     validate_filter,
@@ -53,6 +56,8 @@ from .validation import (
     validate_topic,
 )
 from .records import (
+    MAX_EXPIRY,
+    MAX_PACKET_ID,
     Accepted,
     Activity,
     Configured,
@@ -106,8 +111,6 @@ __all__ = [
     "message_bytes",
 ]
 
-MAX_PACKET_ID: Final = 65535
-MAX_EXPIRY: Final = 0xFFFFFFFF  # [MQTT 5 3.1.2.11.2] never expires
 
 
 Q, A1, A2, A3 = Phase.QUEUED, Phase.AWAIT_PUBACK, Phase.AWAIT_PUBREC, Phase.AWAIT_PUBCOMP
@@ -149,28 +152,6 @@ class _Keep(enum.Enum):
 
 
 KEEP: Final = _Keep.KEEP  # "leave this setting as it is"
-
-def _check_time(what: str, at: object) -> float:
-    if type(at) not in (int, float) or not math.isfinite(at):  # type: ignore[arg-type]
-        raise TransitionError(f"{what} must be a finite time, got {at!r}")
-    return float(at)  # type: ignore[arg-type]
-
-
-def _check_text(what: str, text: object, optional: bool = False) -> None:
-    if optional and text is None:
-        return
-    if not isinstance(text, str) or "\x00" in text:
-        raise TransitionError(f"{what} must be text without U+0000, got {text!r:.40}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise TransitionError(f"{what} is not valid UTF-8") from None
-
-
-def _check_expiry(exp: object) -> None:
-    if exp is not None and (type(exp) is not int or not 0 <= exp <= MAX_EXPIRY):
-        raise UsageError(f"session expiry interval must be 0..{MAX_EXPIRY}, got {exp!r}")
-
 
 def message_bytes(m: OutgoingMessage) -> int:
     """What a held message counts against MaxQueuedBytes: payload, topic and properties."""

@@ -3,11 +3,13 @@ the size of the PUBLISH a message makes. Pure; errors are ``UsageError``."""
 
 from __future__ import annotations
 
+import math
 from typing import Final, Iterable
 
-from .errors import UsageError
+from .errors import TransitionError, UsageError
+from .records import MAX_EXPIRY
 
-__all__ = ["MAX_REMAINING_LENGTH", "MAX_TOPIC_BYTES", "publish_packet_size", "validate_filter",
+__all__ = ["MAX_REMAINING_LENGTH", "check_expiry", "check_text", "check_time", "MAX_TOPIC_BYTES", "publish_packet_size", "validate_filter",
            "validate_qos", "validate_topic"]
 
 MAX_TOPIC_BYTES: Final = 65535
@@ -80,3 +82,28 @@ def publish_packet_size(topic: str, payload_size: int, qos: int, properties_size
 
 def _varint_size(n: int) -> int:
     return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
+
+
+def check_time(what: str, at: object) -> float:
+    """A record's time: a finite number (``TransitionError``)."""
+    if type(at) not in (int, float) or not math.isfinite(at):  # type: ignore[arg-type]
+        raise TransitionError(f"{what} must be a finite time, got {at!r}")
+    return float(at)  # type: ignore[arg-type]
+
+
+def check_text(what: str, text: object, optional: bool = False) -> None:
+    """A record's text: UTF-8 without U+0000 (``TransitionError``)."""
+    if optional and text is None:
+        return
+    if not isinstance(text, str) or "\x00" in text:
+        raise TransitionError(f"{what} must be text without U+0000, got {text!r:.40}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TransitionError(f"{what} is not valid UTF-8") from None
+
+
+def check_expiry(exp: object) -> None:
+    """A Session Expiry Interval: None or 0..0xFFFFFFFF (``UsageError``)."""
+    if exp is not None and (type(exp) is not int or not 0 <= exp <= MAX_EXPIRY):
+        raise UsageError(f"session expiry interval must be 0..{MAX_EXPIRY}, got {exp!r}")
