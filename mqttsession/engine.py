@@ -152,6 +152,10 @@ class Engine:
         """QoS 1 messages delivered and not yet acknowledged, in arrival order."""
         return [o.event for o in self._owed if not o.acked]
 
+    def busy_packet_ids(self) -> set[int]:
+        """Packet ids held by SUBSCRIBE / UNSUBSCRIBE awaiting their ack."""
+        return self.subs.ids()
+
     # ---------------------------------------------------------------- encoding
 
     def _remaining(self, m: OutgoingMessage) -> int | None:
@@ -325,10 +329,17 @@ class Engine:
 
     def _write(self, m: OutgoingMessage) -> list[Action]:
         if m.phase is Phase.QUEUED:
-            # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
             step = self.state.send(m.seq, avoid=self._busy())
+            if m.packet_id:
+                # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
+                m = self.state.outgoing[m.seq]
+                return [Persist((step,), lazy=True), self._publish(m, False)]
+            # an id given now (the message was published anew after SessionPresent=0, or when
+            # every id was taken) is durable before the broker holds it: a lost record would
+            # hand the same id to another message while the broker still holds it
+            # [MQTT-2.3.1-2]
             m = self.state.outgoing[m.seq]
-            return [Persist((step,), lazy=True), self._publish(m, False)]
+            return [Persist((step,), sync=True), self._publish(m, False)]
         if m.phase is Phase.AWAIT_PUBCOMP:
             # point 2: "released" is durable before this PUBREL [MQTT-4.3.3-6]: PUBREL, never
             # the PUBLISH again

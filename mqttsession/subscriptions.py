@@ -42,6 +42,9 @@ class Subscriptions:
             return self._sub_ids
         return {**self._sub_ids, **self._unsub_ids}.keys()
 
+    def ids(self) -> set[int]:
+        return set(self._sub_ids) | set(self._unsub_ids)
+
     def restored(self) -> None:
         """A saved session replaced the state: nothing is waiting to be sent."""
         self._unsent_subs.clear()

@@ -1,0 +1,536 @@
+"""Example-based tests of the sans-I/O engine: the order of its actions at each persistence point
+(ARCHITECTURE.md), the in-flight window, the resume plan, acknowledgement order and
+subscriptions. Packets are checked by decoding ``Write.packet`` with ``_wire``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from mqttsession import _wire
+from mqttsession._wire import Packet, PacketType
+from mqttsession.engine import (
+    SUBSCRIBE_TRIES,
+    Action,
+    Deliver,
+    Engine,
+    EngineSettings,
+    Notify,
+    Persist,
+    Write,
+)
+from mqttsession.errors import UsageError
+from mqttsession.events import (
+    ErrorEvent,
+    MessageAckEvent,
+    MessageEvent,
+    SessionLostEvent,
+    SubscribedEvent,
+)
+from mqttsession.state import (
+    Accepted,
+    Event,
+    Phase,
+    Received,
+    Released,
+    SessionReset,
+    SessionState,
+    Stepped,
+    Unsubscribed,
+)
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def make(protocol: int = 4, **settings: Any) -> Engine:
+    """An engine for a persistent session (CleanSession=0), not connected."""
+    state = SessionState()
+    state.configure(client_id="c", clean_session=False, protocol_version=protocol)
+    return Engine(EngineSettings(**settings), state)
+
+
+def connect(e: Engine, session_present: bool = False, receive_maximum: int = 65535,
+            max_packet: int | None = None) -> list[Action]:
+    """CONNACK (accepted) then the resume plan: every action, in order."""
+    e.reset()
+    e.connecting("broker:1883")
+    return (e.connack(0, "", session_present, receive_maximum, max_packet, 0.0)
+            + e.lost_incoming() + e.resume())
+
+
+def connected(protocol: int = 4, **settings: Any) -> Engine:
+    e = make(protocol, **settings)
+    connect(e)
+    return e
+
+
+def writes(actions: Sequence[Action]) -> list[Write]:
+    return [a for a in actions if isinstance(a, Write)]
+
+
+def packets(actions: Sequence[Action], protocol: int = 4) -> list[Packet]:
+    """The decoded packets the actions write, in order."""
+    return [_wire.decode_packet(w.packet, protocol) for w in writes(actions)]
+
+
+def notified(actions: Sequence[Action], name: str) -> list[object]:
+    return [a.event for a in actions if isinstance(a, Notify) and a.name == name]
+
+
+def index(actions: Sequence[Action], pred: type | tuple[type, ...], *,
+          kind: PacketType | None = None, record: type | None = None) -> int:
+    """Position of the first action of a type (a Write of ``kind``, a Persist holding a
+    ``record``); fails the test when there is none."""
+    for i, a in enumerate(actions):
+        if not isinstance(a, pred):
+            continue
+        if kind is not None and not (isinstance(a, Write) and a.kind is kind):
+            continue
+        if record is not None and not (isinstance(a, Persist)
+                                       and any(isinstance(r, record) for r in a.records)):
+            continue
+        return i
+    raise AssertionError(f"no {pred} {kind} {record} in {actions}")
+
+
+def incoming(data: bytes, protocol: int = 4) -> Packet:
+    """A packet from the broker, through the codec as the driver feeds it."""
+    return _wire.decode_packet(data, protocol)
+
+
+def ack_in(kind: PacketType, pid: int, reason: int = 0, protocol: int = 4) -> Packet:
+    return incoming(_wire.encode_ack(kind, pid, reason=reason, protocol=protocol), protocol)
+
+
+def publish_in(pid: int, qos: int, payload: bytes = b"p", dup: bool = False,
+               topic: str = "in") -> Packet:
+    return incoming(_wire.encode_publish(topic, payload, qos=qos, packet_id=pid, dup=dup))
+
+
+def publish(e: Engine, payload: bytes, qos: int = 1, topic: str = "t") -> tuple[int, list[Action]]:
+    return e.publish(topic, payload, qos, False)
+
+
+# ------------------------------------------------------------------------ persistence point 1
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_point1_message_durable_before_its_publish(qos: int) -> None:
+    """publish: Persist(sync) of Accepted, then the PUBLISH (DUP=0) with the message's id."""
+    e = connected()
+    pid, actions = publish(e, b"hello", qos, "a/b")
+    first = actions[0]
+    assert isinstance(first, Persist) and first.sync
+    assert len(first.records) == 1 and isinstance(first.records[0], Accepted)
+    assert first.records[0].message.packet_id == pid and pid > 0
+    assert index(actions, Persist, record=Accepted) < index(actions, Write, kind=PacketType.PUBLISH)
+    (p,) = packets(actions)
+    assert (p.type, p.packet_id, p.qos, p.dup, p.topic, p.payload) == (
+        PacketType.PUBLISH, pid, qos, False, "a/b", b"hello")
+    # the SEND step is lazy (point 5's kind: losing it costs a resend) and before the PUBLISH
+    send = actions[index(actions, Persist, record=Stepped)]
+    assert isinstance(send, Persist) and send.lazy and not send.sync
+    assert index(actions, Persist, record=Stepped) < index(actions, Write)
+
+
+def test_point1_while_disconnected_persists_and_writes_nothing() -> None:
+    e = make()
+    pid, actions = publish(e, b"x", 2)
+    assert len(actions) == 1 and isinstance(actions[0], Persist) and actions[0].sync
+    assert e.state.outgoing_by_packet_id(pid) is not None
+    out = connect(e)
+    (p,) = packets(out)
+    assert (p.packet_id, p.qos, p.dup, p.payload) == (pid, 2, False, b"x")
+
+
+def test_qos0_is_not_persisted() -> None:
+    e = connected()
+    pid, actions = publish(e, b"z", 0)
+    assert pid == 0 and not any(isinstance(a, Persist) for a in actions)
+    (p,) = packets(actions)
+    assert p.qos == 0 and p.packet_id is None
+    assert publish(make(), b"z", 0) == (0, [])  # not connected: dropped
+
+
+def test_retract_undoes_a_publish_whose_persist_failed() -> None:
+    """The driver's Persist failed: retract leaves state and window as before."""
+    e = connected(max_inflight=1)
+    publish(e, b"first", 1)
+    before = e.state.snapshot_fields()
+    for _ in range(2):  # the second publish waits for window room: not pumped
+        pid, actions = publish(e, b"second", 2)
+        first = actions[0]
+        assert isinstance(first, Persist) and isinstance(first.records[0], Accepted)
+        e.retract(first.records[0])
+        assert e.state.snapshot_fields() == before
+        assert e.state.outgoing_by_packet_id(pid) is None
+    e2 = connected()
+    before = e2.state.snapshot_fields()
+    _, actions = publish(e2, b"pumped", 1)  # pumped: SEND applied in memory, undone too
+    first = actions[0]
+    assert isinstance(first, Persist) and isinstance(first.records[0], Accepted)
+    e2.retract(first.records[0])
+    assert e2.state.snapshot_fields() == before
+    assert e2.tick(1.0, 1.0) == [Persist(())]  # nothing left to resend
+
+
+# ------------------------------------------------------------------------ persistence point 2
+
+
+def test_point2_released_durable_before_pubrel() -> None:
+    e = connected()
+    pid, _ = publish(e, b"x", 2)
+    actions = e.receive(ack_in(PacketType.PUBREC, pid))
+    i = index(actions, Persist, record=Stepped)
+    persist = actions[i]
+    assert isinstance(persist, Persist) and persist.sync
+    (rec,) = persist.records
+    assert isinstance(rec, Stepped) and rec.event is Event.PUBREC and rec.packet_id == pid
+    assert i < index(actions, Write, kind=PacketType.PUBREL)
+    (p,) = packets(actions)
+    assert (p.type, p.packet_id, p.flags) == (PacketType.PUBREL, pid, 0x2)
+    m = e.state.outgoing_by_packet_id(pid)
+    assert m is not None and m.phase is Phase.AWAIT_PUBCOMP
+    # a repeated PUBREC: a sync, then PUBREL again (never the PUBLISH [MQTT-4.3.3-6])
+    again = e.receive(ack_in(PacketType.PUBREC, pid))
+    assert isinstance(again[0], Persist) and again[0].sync
+    assert [p.type for p in packets(again)] == [PacketType.PUBREL]
+    # a PUBREC for an id no message holds: PUBREL lets the broker finish, nothing recorded
+    other = e.receive(ack_in(PacketType.PUBREC, 999))
+    assert not any(isinstance(a, Persist) for a in other)
+    assert [(p.type, p.packet_id) for p in packets(other)] == [(PacketType.PUBREL, 999)]
+
+
+def test_point2_failed_pubrec_ends_the_flow_without_pubrel() -> None:
+    """MQTT 5: a PUBREC reason code >= 0x80 ends the flow [MQTT-4.4.0-2]."""
+    e = connected(protocol=5)
+    pid, _ = publish(e, b"x", 2)
+    actions = e.receive(ack_in(PacketType.PUBREC, pid, reason=0x87, protocol=5))
+    assert not writes(actions)
+    assert pid not in e.state._by_packet_id and not e.state.outgoing
+    (ack,) = notified(actions, "on_message_ack")
+    assert isinstance(ack, MessageAckEvent) and ack.response_code == 0x87
+
+
+# ------------------------------------------------------------------------ persistence point 3
+
+
+def test_point3_incoming_qos2_durable_before_pubrec_and_not_delivered_twice() -> None:
+    e = connected()
+    actions = e.receive(publish_in(7, 2, b"once"))
+    i = index(actions, Persist, record=Received)
+    persist = actions[i]
+    assert isinstance(persist, Persist) and persist.sync
+    assert i < index(actions, Write, kind=PacketType.PUBREC)
+    assert not any(isinstance(a, Deliver) for a in actions)  # method B: on PUBREL
+    assert [(p.type, p.packet_id) for p in packets(actions)] == [(PacketType.PUBREC, 7)]
+    assert 7 in e.state.incoming
+    # the broker resends it (DUP=1): PUBREC again, nothing stored or delivered [MQTT-4.3.3-10]
+    dup = e.receive(publish_in(7, 2, b"once", dup=True))
+    assert not any(isinstance(a, Deliver) for a in dup)
+    assert all(isinstance(a, Persist) and not a.records for a in dup if isinstance(a, Persist))
+    assert [(p.type, p.packet_id) for p in packets(dup)] == [(PacketType.PUBREC, 7)]
+    delivered = e.receive(ack_in(PacketType.PUBREL, 7))
+    assert [type(a) for a in delivered] == [Deliver]
+    # the duplicate PUBLISH again before the app acknowledged: still once
+    assert not any(isinstance(a, Deliver) for a in e.receive(publish_in(7, 2, b"once", dup=True)))
+    assert not any(isinstance(a, Deliver) for a in e.receive(ack_in(PacketType.PUBREL, 7)))
+
+
+# ------------------------------------------------------------------------ persistence point 4
+
+
+def test_point4_deliver_then_removal_then_pubcomp() -> None:
+    e = connected()
+    e.receive(publish_in(9, 2, b"m"))
+    actions = e.receive(ack_in(PacketType.PUBREL, 9))
+    assert len(actions) == 1
+    d = actions[0]
+    assert isinstance(d, Deliver)
+    assert (d.message.packet_id, d.message.qos, d.message.message) == (9, 2, b"m")
+    assert 9 in e.state.incoming  # not removed before the application took it
+    acked, after = e.ack(d.message)
+    assert acked
+    i = index(after, Persist, record=Released)
+    persist = after[i]
+    assert isinstance(persist, Persist) and persist.sync and persist.records == (Released(9),)
+    assert i < index(after, Write, kind=PacketType.PUBCOMP)
+    assert [(p.type, p.packet_id) for p in packets(after)] == [(PacketType.PUBCOMP, 9)]
+    assert 9 not in e.state.incoming
+    assert e.ack(d.message) == (False, [])  # once
+    # a PUBREL after the removal (PUBCOMP lost): PUBCOMP only, not delivered again
+    again = e.receive(ack_in(PacketType.PUBREL, 9))
+    assert [type(a) for a in again] == [Write]
+    assert [(p.type, p.packet_id) for p in packets(again)] == [(PacketType.PUBCOMP, 9)]
+
+
+def test_point4_ack_after_reconnect_removes_but_waits_for_pubrel() -> None:
+    """Delivered, connection lost before ack(): the removal is recorded, PUBCOMP goes on the
+    broker's next PUBREL (a PUBCOMP for the old connection would be lost anyway)."""
+    e = connected()
+    e.receive(publish_in(3, 2))
+    (d,) = e.receive(ack_in(PacketType.PUBREL, 3))
+    assert isinstance(d, Deliver)
+    e.connection_lost(1.0, 0, "gone")
+    connect(e, session_present=True)
+    acked, out = e.ack(d.message)
+    assert acked and not writes(out)
+    assert any(isinstance(a, Persist) and a.records == (Released(3),) and a.sync for a in out)
+    pubcomp = packets(e.receive(ack_in(PacketType.PUBREL, 3)))
+    assert [p.type for p in pubcomp] == [PacketType.PUBCOMP]
+
+
+# ------------------------------------------------------------------------ persistence point 5
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_point5_removal_is_lazy(qos: int) -> None:
+    e = connected()
+    pid, _ = publish(e, b"x", qos)
+    if qos == 2:
+        e.receive(ack_in(PacketType.PUBREC, pid))
+    kind = PacketType.PUBACK if qos == 1 else PacketType.PUBCOMP
+    actions = e.receive(ack_in(kind, pid))
+    persist = actions[0]
+    assert isinstance(persist, Persist) and persist.lazy and not persist.sync
+    (rec,) = persist.records
+    assert isinstance(rec, Stepped)
+    assert rec.event is (Event.PUBACK if qos == 1 else Event.PUBCOMP)
+    assert not e.state.outgoing and not writes(actions)
+    assert notified(actions, "on_message_out")
+    assert e.receive(ack_in(kind, pid)) == []  # a repeated ack: ignored
+
+
+# ------------------------------------------------------------------------ in-flight window
+
+
+def test_window_max_inflight_limits_writes_and_an_ack_frees_room() -> None:
+    e = connected(max_inflight=2)
+    ids = [publish(e, bytes([i]), 1)[0] for i in range(4)]
+    e2 = connected(max_inflight=2)
+    written = [writes(publish(e2, bytes([i]), 1)[1]) for i in range(4)]
+    assert [len(w) for w in written] == [1, 1, 0, 0]
+    out = e2.receive(ack_in(PacketType.PUBACK, ids[1]))  # out of order: room for one
+    assert [p.payload for p in packets(out)] == [b"\x02"]
+    # the write comes after the removal record and before the events
+    assert index(out, Persist) < index(out, Write) < index(out, Notify)
+    out = e2.receive(ack_in(PacketType.PUBACK, ids[0]))
+    assert [p.payload for p in packets(out)] == [b"\x03"]
+
+
+def test_window_receive_maximum_from_connack() -> None:
+    e = make(max_inflight=20)
+    publish(e, b"a", 2)
+    publish(e, b"b", 2)
+    out = connect(e, receive_maximum=1)
+    assert [p.payload for p in packets(out)] == [b"a"]
+    pid = packets(out)[0].packet_id
+    assert pid is not None
+    # PUBREC does not free room (the flow is not over): only PUBCOMP does
+    pubrel = packets(e.receive(ack_in(PacketType.PUBREC, pid)))
+    assert [p.type for p in pubrel] == [PacketType.PUBREL]
+    assert [p.payload for p in packets(e.receive(ack_in(PacketType.PUBCOMP, pid)))] == [b"b"]
+
+
+# ------------------------------------------------------------------------ resume
+
+
+def _mixed_session() -> tuple[Engine, dict[bytes, int]]:
+    """A connected engine holding, by seq: QoS 1 awaiting PUBACK, QoS 2 released (awaiting
+    PUBCOMP), QoS 2 awaiting PUBREC; then the connection is lost and a fourth (QoS 1) message
+    is published while disconnected."""
+    e = connected()
+    ids = {p: publish(e, p, q)[0] for p, q in ((b"q1", 1), (b"rel", 2), (b"q2", 2))}
+    e.receive(ack_in(PacketType.PUBREC, ids[b"rel"]))
+    e.connection_lost(5.0, 0, "gone")
+    ids[b"new"] = publish(e, b"new", 1)[0]
+    return e, ids
+
+
+def test_resume_session_present_resends_in_seq_order() -> None:
+    """SessionPresent=1: PUBLISH DUP=1 with the original ids, PUBREL for the released, in seq
+    order [MQTT-4.6.0-1] [MQTT-4.4.0-1]; the never-sent one with DUP=0."""
+    e, ids = _mixed_session()
+    out = connect(e, session_present=True)
+    got = [(p.type, p.packet_id, p.dup, p.payload) for p in packets(out)]
+    assert got == [
+        (PacketType.PUBLISH, ids[b"q1"], True, b"q1"),
+        (PacketType.PUBREL, ids[b"rel"], False, b""),
+        (PacketType.PUBLISH, ids[b"q2"], True, b"q2"),
+        (PacketType.PUBLISH, ids[b"new"], False, b"new"),
+    ]
+    # "released" is durable before its PUBREL goes again
+    i = index(out, Write, kind=PacketType.PUBREL)
+    assert any(isinstance(a, Persist) and a.sync for a in out[:i])
+    assert not notified(out, "on_session_lost")
+
+
+def test_resume_session_absent_requeues_with_dup0_and_notifies() -> None:
+    e, ids = _mixed_session()
+    out = connect(e, session_present=False)
+    reset = index(out, Persist, record=SessionReset)
+    persist = out[reset]
+    assert isinstance(persist, Persist) and persist.sync
+    assert reset < index(out, Write)  # the reset is durable before anything is sent again
+    got = [(p.type, p.dup, p.payload) for p in packets(out)]
+    assert got == [(PacketType.PUBLISH, False, b"q1"), (PacketType.PUBLISH, False, b"rel"),
+                   (PacketType.PUBLISH, False, b"q2"), (PacketType.PUBLISH, False, b"new")]
+    new_ids = [p.packet_id for p in packets(out)]
+    assert len(set(new_ids)) == 4 and ids[b"new"] in new_ids
+    (lost,) = notified(out, "on_session_lost")
+    assert isinstance(lost, SessionLostEvent)
+    assert [m.message for m in lost.republished] == [b"q1", b"rel", b"q2"]
+    assert [m.message for m in lost.possible_duplicates] == [b"rel"]
+    assert [m.message for m in lost.queued] == [b"new"]
+    lost_at = [i for i, a in enumerate(out)
+               if isinstance(a, Notify) and a.name == "on_session_lost"]
+    assert lost_at[0] > reset  # told after the reset is durable
+
+
+def test_resume_session_absent_drop_released() -> None:
+    e, _ = _mixed_session()
+    e.settings.released_on_session_lost = "drop"
+    out = connect(e, session_present=False)
+    assert [p.payload for p in packets(out)] == [b"q1", b"q2", b"new"]
+    (lost,) = notified(out, "on_session_lost")
+    assert isinstance(lost, SessionLostEvent)
+    assert [m.message for m in lost.dropped] == [b"rel"]
+
+
+def test_resume_session_absent_delivers_held_incoming_qos2() -> None:
+    """QoS 2 received (PUBREC sent) and never released: the broker forgot the PUBREL, so the
+    message is handed over, then its removal is recorded."""
+    e = connected()
+    e.receive(publish_in(4, 2, b"held"))
+    e.connection_lost(1.0, 0, "gone")
+    out = connect(e, session_present=False)
+    d = index(out, Deliver)
+    assert d < index(out, Persist, record=SessionReset)
+    deliver = out[d]
+    assert isinstance(deliver, Deliver) and deliver.message.message == b"held"
+    assert not e.state.incoming
+
+
+# ------------------------------------------------------------------------ acknowledgements
+
+
+def test_qos1_pubacks_in_arrival_order_when_acked_out_of_order() -> None:
+    """[MQTT-4.6.0-2]"""
+    e = connected()
+    events: list[MessageEvent] = []
+    for pid in (10, 11, 12):
+        (d,) = e.receive(publish_in(pid, 1, bytes([pid])))
+        assert isinstance(d, Deliver)
+        events.append(d.message)
+    assert e.owed_messages() == events
+    acked, out = e.ack(events[2])
+    assert acked and not writes(out)
+    acked, out = e.ack(events[0])
+    assert [(p.type, p.packet_id) for p in packets(out)] == [(PacketType.PUBACK, 10)]
+    acked, out = e.ack(events[1])
+    assert [(p.type, p.packet_id) for p in packets(out)] == [(PacketType.PUBACK, 11),
+                                                             (PacketType.PUBACK, 12)]
+    assert e.owed_messages() == []
+
+
+def test_connection_lost_clears_owed_acks() -> None:
+    """A PUBACK owed to a lost connection is never written: the broker resends (DUP)."""
+    e = connected()
+    (d,) = e.receive(publish_in(5, 1))
+    assert isinstance(d, Deliver)
+    e.connection_lost(1.0, 0, "gone")
+    assert e.owed_messages() == []
+    assert e.ack(d.message) == (False, [])
+    connect(e, session_present=True)
+    assert e.ack(d.message) == (False, [])
+    (d2,) = e.receive(publish_in(5, 1, dup=True))  # the broker's resend: delivered, acked
+    assert isinstance(d2, Deliver)
+    assert [p.type for p in packets(e.ack(d2.message)[1])] == [PacketType.PUBACK]
+
+
+# ------------------------------------------------------------------------ subscriptions
+
+
+def test_subscribe_ids_never_collide_with_message_ids() -> None:
+    e = connected(max_inflight=1)
+    held = {publish(e, bytes([i]), 1)[0] for i in range(3)}  # ids 1..3 held
+    out = e.subscribe(["a/#"], 1)
+    (sub,) = packets(out)
+    assert sub.type is PacketType.SUBSCRIBE and sub.packet_id not in held
+    assert sub.filters == ("a/#",) and sub.options == (1,)
+    unsub = packets(e.unsubscribe(["x"]))[0]
+    assert unsub.packet_id not in held | {sub.packet_id}
+    # messages accepted while the SUBSCRIBE / UNSUBSCRIBE wait avoid their ids
+    for i in range(5):
+        pid, _ = publish(e, b"m%d" % i, 2)
+        assert pid not in (sub.packet_id, unsub.packet_id)
+        held.add(pid)
+    assert len(held) == 8
+
+
+def test_suback_failure_removes_the_subscription_and_notifies_on_error() -> None:
+    e = connected()
+    (sub,) = packets(e.subscribe(["a/#", "b"], 1))
+    assert sub.packet_id is not None
+    out = e.receive(incoming(_wire.encode_suback(sub.packet_id, [1, 0x80])))
+    assert any(isinstance(a, Persist) and a.records == (Unsubscribed("b"),) for a in out)
+    assert notified(out, "on_subscribed") == [SubscribedEvent("a/#", 1, 1),
+                                              SubscribedEvent("b", 1, 0x80)]
+    (err,) = notified(out, "on_error")
+    assert isinstance(err, ErrorEvent) and err.error_code == 0x80 and "'b'" in err.description
+    assert e.state.subscriptions == {"a/#": 1}
+
+
+def test_subscribe_unanswered_on_three_closes_is_refused() -> None:
+    """A broker that closes the connection on a SUBSCRIBE instead of refusing it: after
+    SUBSCRIBE_TRIES closes the filter counts as refused and leaves the session."""
+    e = connected()
+    (keep,) = packets(e.subscribe(["keep"], 1))
+    assert keep.packet_id is not None
+    e.receive(incoming(_wire.encode_suback(keep.packet_id, [1])))  # answered: never blamed
+    (first,) = packets(e.subscribe(["x/#"], 2))
+    assert first.filters == ("x/#",)
+    for n in range(1, SUBSCRIBE_TRIES + 1):
+        out = e.connection_lost(float(n), 0, "closed")
+        if n < SUBSCRIBE_TRIES:
+            assert not notified(out, "on_error") and not notified(out, "on_subscribed")
+            again = packets(connect(e, session_present=True))
+            assert [(p.type, p.filters) for p in again] == [(PacketType.SUBSCRIBE, ("x/#",))]
+            assert again[0].packet_id is not None
+        else:
+            assert notified(out, "on_subscribed") == [SubscribedEvent("x/#", 2, 0x80)]
+            (err,) = notified(out, "on_error")
+            assert isinstance(err, ErrorEvent) and err.error_code == 0x80
+            assert any(isinstance(a, Persist) and Unsubscribed("x/#") in a.records for a in out)
+    assert e.state.subscriptions == {"keep": 1}
+    assert packets(connect(e, session_present=True)) == []  # not sent again
+
+
+def test_subscribe_while_disconnected_goes_out_on_resume() -> None:
+    e = make()
+    out = e.subscribe(["s"], 0)
+    assert isinstance(out[0], Persist) and not writes(out)
+    got = packets(connect(e))
+    assert [(p.type, p.filters) for p in got] == [(PacketType.SUBSCRIBE, ("s",))]
+
+
+# ------------------------------------------------------------------------ message size
+
+
+def test_too_large_message_raises_usage_error_and_changes_nothing() -> None:
+    e = connected(max_message_size=64)
+    before = e.state.snapshot_fields()
+    with pytest.raises(UsageError, match="MaxMessageSize=64"):
+        publish(e, b"x" * 100, 1)
+    assert e.state.snapshot_fields() == before
+    publish(e, b"x" * 10, 1)  # a small one still goes
+
+
+def test_too_large_for_the_brokers_maximum_packet_size() -> None:
+    e = make()
+    connect(e, max_packet=40)
+    with pytest.raises(UsageError, match="Maximum Packet Size 40"):
+        publish(e, b"y" * 64, 2)
+    assert not e.state.outgoing
