@@ -56,6 +56,8 @@ from .state import (
     Configured,
     OutgoingMessage,
     Phase,
+    Record,
+    SessionLost,
     SessionState,
     Stepped,
     message_bytes,
@@ -127,6 +129,7 @@ class Engine:
         self._mismatch_logged = False  # on this connection
         self._last_activity = 0.0
         self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
+        self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
         self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
@@ -376,8 +379,22 @@ class Engine:
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
         self.max_packet = maximum_packet_size
         self._last_activity = self.now = now
-        rec = self.state.connected(now, self.broker, session_present)
-        return [Persist((rec,), sync=True),
+        records: list[Record] = [self.state.connected(now, self.broker, session_present)]
+        self._early_lost = None
+        if not session_present and self.state.outgoing:
+            # [MQTT-3.2.2-5] the broker forgot the session: what that means for the outgoing
+            # messages is durable with the CONNACK's own record. A process killed before
+            # resume() would otherwise take the next CONNACK's SessionPresent=1 (the session
+            # this CONNECT made) for the old one, and PUBREL a message the broker never had.
+            s = self.settings
+            reset, plan = self.state.on_connack(
+                False, republish=s.republish_on_session_lost,
+                republish_released=s.released_on_session_lost == "republish",
+                release_incoming=False)
+            if reset is not None:
+                records.append(reset)
+            self._early_lost = plan.lost
+        return [Persist(tuple(records), sync=True),
                 Notify("on_connected", ConnectedEvent(0, reason, session_present))]
 
     def lost_incoming(self) -> list[Action]:
@@ -401,7 +418,11 @@ class Engine:
             republish_released=s.released_on_session_lost == "republish",
         )
         out: list[Action] = []
-        lost = plan.lost
+        lost, early, self._early_lost = plan.lost, self._early_lost, None
+        if early is not None:  # the outgoing part was reset at CONNACK: report it all
+            lost = SessionLost(early.republished, early.dropped, early.queued,
+                               lost.delivered_incoming if lost is not None else (),
+                               early.resubscribed, early.possible_duplicates)
         if lost is not None:
             for im in lost.delivered_incoming:  # handed out before and not acknowledged, or
                 self._held.pop(im.packet_id, None)  # delivered by lost_incoming: not again

@@ -463,7 +463,8 @@ class SessionState:
         return rec
 
     def on_connack(
-        self, session_present: bool, republish: bool = True, republish_released: bool = True
+        self, session_present: bool, republish: bool = True, republish_released: bool = True,
+        release_incoming: bool = True,
     ) -> tuple[SessionReset | None, ResumePlan]:
         """What a successful CONNACK means for the session (mqttproto's ``reset``).
 
@@ -492,13 +493,13 @@ class SessionState:
             else:
                 dropped.append(m)
         requeued = sorted(requeued + maybe_twice, key=lambda m: m.seq)  # [MQTT-4.6.0-1]
-        delivered = tuple(self.incoming.values())
+        delivered = tuple(self.incoming.values()) if release_incoming else ()
         rec: SessionReset | None = None
         if requeued or dropped or delivered:
             rec = SessionReset(
                 tuple(m.seq for m in requeued),
                 tuple(m.seq for m in dropped),
-                tuple(sorted(self.incoming)),
+                tuple(sorted(m.packet_id for m in delivered)),
             )
             self.apply(rec)
         lost = SessionLost(tuple(requeued), tuple(dropped), tuple(queued), delivered, subs,

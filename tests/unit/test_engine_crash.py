@@ -69,10 +69,11 @@ SETTINGS = settings(
 
 ACKS = (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBCOMP)
 
-# The machine steers clear of the engine bug the xfail tests below pin down (so it keeps guarding
-# everything else): no crash between a SessionPresent=0 CONNACK's Connected record and its
-# SessionReset. Set False once the engine is fixed. (Bug 2, a lost lazy SEND record that gave a
-# requeued message its new packet id, is fixed: that record is now synced.)
+# The machine steers clear of the engine bug the xfail test below pins down (so it keeps guarding
+# everything else): no crash between a SessionPresent=0 CONNACK's Connected record and the reset
+# that releases the incoming QoS 2 messages the broker forgot. Set False once that is fixed.
+# Fixed: bug 1's outgoing side (the outgoing reset is durable with the Connected record) and
+# bug 2 (a SEND record that gives a message its packet id is synced).
 STEER_KNOWN_BUGS = True
 
 
@@ -504,8 +505,10 @@ class EngineCrashMachine(RuleBasedStateMachine):
         actions += self.engine.resume()
         reset = [i for i, a in enumerate(actions)
                  if isinstance(a, Persist) and any(isinstance(r, SessionReset) for r in a.records)]
-        if STEER_KNOWN_BUGS and reset and self.crash_in is not None and self.crash_in <= reset[0]:
-            self.crash_in = reset[0] + 1  # bug 1: no crash between Connected and SessionReset
+        if STEER_KNOWN_BUGS and reset and self.crash_in is not None and self.crash_in <= reset[-1]:
+            # bug 1, incoming side: no crash between Connected and the SessionReset that
+            # releases the incoming QoS 2 messages the broker forgot
+            self.crash_in = reset[-1] + 1
         self.run(actions)
 
     @precondition(lambda self: self.online)
@@ -713,8 +716,6 @@ def _summary(out: Sequence[Packet | MessageEvent]) -> list[tuple[str, int, bytes
             else ("DELIVER", p.packet_id, p.message) for p in out]
 
 
-@pytest.mark.xfail(strict=True, reason="bug 1: crash between a SessionPresent=0 CONNACK's "
-                   "Connected record and its SessionReset loses a released QoS 2 message")
 def test_bug1_crash_after_connack_sp0_loses_released_message() -> None:
     """A QoS 2 message past PUBREC; its PUBREL is lost with the connection; the broker restarts
     without the session (SessionPresent=0: with the default ReleasedOnSessionLost=republish the
