@@ -68,7 +68,7 @@ class Hooks(Protocol):
 
     def hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
 
-    def hook_batch_end(self, release: Callable[[], None]) -> None: ...  # sync, then release()
+    def hook_batch_end(self) -> None: ...  # the records the held packets depend on: durable
 
     def hook_connection_reset(self) -> None: ...  # a new network connection is being made
 
@@ -179,6 +179,7 @@ class PahoConnection(mqtt.Client):
         self.suppress_exceptions = True
         self._batch: list[tuple[int, bytes, int, int]] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
+        self._batch_lock = threading.Lock()  # guards _batch (never held while writing)
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._write_due = False  # the network thread queued packets without a wake-up
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
@@ -188,31 +189,35 @@ class PahoConnection(mqtt.Client):
     # ------------------------------------------------------------------ sending
 
     def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
-        """Queue one encoded packet (any thread, under the session lock). While the network
-        thread handles a read batch it waits for the batch's end (after the records its acks
-        depend on are synced), behind the packets already held: the order stays."""
-        if self._batch is not None:
-            self._batch.append((kind, packet, packet_id, qos))
-            return
+        """Queue one encoded packet (any thread). While the network thread handles a read
+        batch it waits for the batch's end (after the records its acks depend on are synced),
+        behind the packets already held: the order stays."""
+        with self._batch_lock:
+            if self._batch is not None:
+                self._batch.append((kind, packet, packet_id, qos))
+                return
         self._queue(kind, packet, packet_id, qos)
 
     def in_batch(self) -> bool:
         """The calling thread is the network thread, handling a read batch."""
         return self._batch is not None and threading.current_thread() is self._batch_thread
 
-    def _release(self) -> None:
-        """Write what the batch held (under the session lock, after its sync)."""
-        held, self._batch = self._batch or [], None
-        for kind, packet, packet_id, qos in held:
-            self._queue(kind, packet, packet_id, qos)
-
-    def release_held(self) -> None:
-        """Write what the batch holds so far (under the session lock, after its sync); the
-        batch goes on."""
-        if self._batch:
-            held, self._batch = self._batch, []
+    def _release(self, keep: bool = False) -> None:
+        """Write what the batch held, in order (after its sync); ``keep``: the batch goes on.
+        Packets held meanwhile by other threads follow the ones before them."""
+        while True:
+            with self._batch_lock:
+                held = self._batch
+                if not held:
+                    self._batch = [] if keep else None
+                    return
+                self._batch = []
             for kind, packet, packet_id, qos in held:
                 self._queue(kind, packet, packet_id, qos)
+
+    def release_held(self) -> None:
+        """Write what the batch holds so far (after its sync); the batch goes on."""
+        self._release(keep=True)
 
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
         # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
@@ -308,26 +313,32 @@ class PahoConnection(mqtt.Client):
         paho sizes its read batch by ``_out_messages`` + ``_in_messages``, which stay empty
         here, so it would read one packet per select() round.
         """
-        self._batch = []
+        with self._batch_lock:
+            self._batch = []
         self._batch_thread = threading.current_thread()
         try:
             rc = self._read_batch(max_packets)
         except BaseException:
-            self._batch = None
+            self._drop_held()
             raise
         if rc != _OK:
-            self._batch = None  # the connection is gone: the session resends what is needed
+            self._drop_held()  # the connection is gone: the session resends what is needed
             return rc
         try:
-            self.hooks.hook_batch_end(self._release)
+            self.hooks.hook_batch_end()
         except Exception as exc:
-            self._batch = None
+            self._drop_held()
             self._hook_failed(exc, "making the session records of received packets durable")
             return self._loop_rc_handle(_DROP) if self._sock is not None else rc  # noqa: SLF001
+        self._release()
         if self._write_due:
             self._write_due = False
             return self.loop_write()  # what this round queued (paho's _loop checks only later)
         return rc
+
+    def _drop_held(self) -> None:
+        with self._batch_lock:
+            self._batch = None
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
         for _ in range(max(max_packets, _READ_BATCH)):

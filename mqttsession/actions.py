@@ -11,11 +11,13 @@ from typing import Union
 
 from ._wire import PacketType
 from .events import MessageEvent
+from .records import quick_init
 from .state import Record
 
 __all__ = ["Action", "ConnState", "Deliver", "EngineSettings", "Notify", "Persist", "Write"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Persist:
     """Make ``records`` durable. ``records`` empty: make those written so far durable
@@ -26,6 +28,7 @@ class Persist:
     lazy: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Write:
     """One encoded MQTT packet for the current connection."""
@@ -36,6 +39,7 @@ class Write:
     qos: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Deliver:
     """A received message for ``on_message_in``."""
@@ -43,6 +47,7 @@ class Deliver:
     message: MessageEvent
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Notify:
     """An ``on_*`` event (``name`` is the callback attribute)."""

@@ -372,12 +372,11 @@ class Driver:
             rest = self.run(self.engine.receive_ack(kind, packet_id))
         self.finish(rest)
 
-    def hook_batch_end(self, release: Callable[[], None]) -> None:
-        """The packets held during a read batch are about to be written (``release``): make
-        the records they depend on durable first (points 2, 3, 4), one fsync for them all."""
-        with self.lock:
-            self.file.sync_pending()
-            release()
+    def hook_batch_end(self) -> None:
+        """The packets held during a read batch are about to be written: make the records
+        they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the
+        session lock (the journal has its own): a publisher's fsync does not hold it up."""
+        self.file.sync_pending()
 
     def hook_tick(self) -> None:
         now = time.monotonic()

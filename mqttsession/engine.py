@@ -91,6 +91,9 @@ class _Held:
     pubcomp_due: bool
 
 
+_CONNECTED: Final = ConnState.CONNECTED
+
+
 class _Everyone:
     def __contains__(self, name: object) -> bool:
         return True
@@ -231,12 +234,18 @@ class Engine:
             return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
         if now is not None:
             self.now = now
-        out = self._make_room(len(payload) + len(topic) + len(properties))
-        rec = self.state.accept(topic, payload, qos, retain, properties, avoid=self._busy(),
-                                accepted_at=max(0.0, now or 0.0))
+        st, s = self.state, self.settings
+        if s.max_queued_bytes or s.max_queued_messages:
+            out = self._make_room(len(payload) + len(topic) + len(properties))
+        else:
+            out = []
+        rec = st.accept(topic, payload, qos, retain, properties, avoid=self.subs.busy(),
+                        accepted_at=now if now is not None and now > 0.0 else 0.0)
         self._pending.append(rec.message.seq)
-        out.append(Persist((rec,), sync=True))
-        return rec.message.packet_id, out + self._pump()
+        out.append(Persist((rec,), True))
+        if self.conn is _CONNECTED:
+            out += self._pump()
+        return rec.message.packet_id, out
 
     def _make_room(self, size: int) -> list[Action]:
         """Room for one more message of ``size`` bytes within MaxQueuedMessages and
@@ -300,7 +309,7 @@ class Engine:
 
     def _pump(self) -> list[Action]:
         """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
-        if not self.connected:
+        if self.conn is not _CONNECTED:
             return []
         out: list[Action] = []
         pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing

@@ -531,7 +531,6 @@ class Journal:
         self._unsynced = False
         self.client_id = state.client_id
 
-    @_locked
     def append(
         self, records: Sequence[Record], state: SessionState, sync: bool = True,
         lazy: bool = False,
@@ -544,6 +543,11 @@ class Journal:
         PUBACK / PUBCOMP: persistence point 5) waits in memory and goes out in the same write,
         under the same fsync, as the next record that is not lazy, or at ``flush``.
         """
+        with self._mutex:
+            self._append(records, state, sync, lazy)
+
+    def _append(self, records: Sequence[Record], state: SessionState, sync: bool,
+                lazy: bool) -> None:
         if lazy and not self._broken and self._fd is not None:
             self._lazy += [frame(codec.encode_record(rec)) for rec in records]
             return

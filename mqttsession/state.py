@@ -543,8 +543,9 @@ class SessionState:
             raise TransitionError(f"accepted message: {exc}") from None
         if not isinstance(m.payload, bytes) or not isinstance(m.properties, bytes):
             raise TransitionError("accepted message: payload and properties must be bytes")
-        if _check_time("accepted time", m.accepted_at) < 0:
-            raise TransitionError(f"accepted time {m.accepted_at} is before 1970")
+        at = m.accepted_at
+        if type(at) is not float or not 0.0 <= at < math.inf:
+            raise TransitionError(f"accepted time {at!r} is not a time")
         if m.packet_id:
             if not 1 <= m.packet_id <= MAX_PACKET_ID or m.packet_id in self._by_packet_id:
                 raise TransitionError(f"packet id {m.packet_id} is taken or out of range")
