@@ -236,8 +236,10 @@ class Driver:
         conn, st, f = self.conn, self.engine.state, self.file
         batch = accepted is None and conn is not None and conn.in_batch()
         later: list[Action] = []
+        durable = False  # a record that is not lazy: a compaction may be due
         for a in actions:
             if type(a) is Persist:
+                durable = durable or not a.lazy
                 try:
                     f.append(a.records, st, sync=a.sync and not batch, lazy=a.lazy)
                 except Exception as exc:
@@ -252,7 +254,8 @@ class Driver:
                     conn.write(a.packet, a.kind, a.packet_id, a.qos)
             else:
                 later.append(a)
-        f.compact_if_due(st)
+        if durable:
+            f.compact_if_due(st)
         if not st.outgoing:
             self.changed.notify_all()  # flush() waits for exactly this
             if self.on_idle is not None:

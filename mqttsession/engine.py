@@ -195,6 +195,8 @@ class Engine:
         """Why a PUBLISH of this size cannot be sent (None: it can)."""
         cap, broker = self.settings.max_message_size, self.max_packet
         most = MAX_REMAINING_LENGTH
+        if not cap and broker is None and payload_size < 65536 and properties_size < 65536:
+            return None  # the usual message: far below MQTT's own limit
         bound = min(most, cap or most, broker or most)
         if payload_size + 4 * len(topic) + properties_size + 16 <= bound:
             return None  # fits with room to spare (UTF-8 is at most 4 bytes a character)
@@ -341,7 +343,7 @@ class Engine:
 
     def _write(self, m: OutgoingMessage) -> list[Action]:
         if m.phase is Phase.QUEUED:
-            step = self.state.send(m.seq, avoid=self._busy())
+            step = self.state.send(m.seq, avoid=self.subs.busy())
             if m.packet_id:
                 # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
                 m = self.state.outgoing[m.seq]
