@@ -54,11 +54,11 @@ class Subscriptions:
         out: list[Action] = []
         self._unsent_subs.update(lost)
         if self._unsent_unsubs:
-            out += self._send_unsubscribe(sorted(self._unsent_unsubs))
+            out += self._unsubscribe_packet(sorted(self._unsent_unsubs))
             self._unsent_unsubs.clear()
         subs, self._unsent_subs = dict(self._unsent_subs), {}
         if subs:
-            out += self._send_subscribe(sorted(subs.items()))
+            out += self._subscribe_packets(sorted(subs.items()))
         return out
 
     def _next_sub_id(self) -> int:
@@ -79,7 +79,7 @@ class Subscriptions:
             self._unsent_unsubs.discard(f)
         out: list[Action] = [Persist(tuple(recs))]
         if connected:
-            out += self._send_subscribe([(f, qos) for f in filters])
+            out += self._subscribe_packets([(f, qos) for f in filters])
         else:
             self._unsent_subs.update((f, qos) for f in filters)
         return out
@@ -91,12 +91,12 @@ class Subscriptions:
             self._unsent_subs.pop(f, None)
         out: list[Action] = [Persist(tuple(recs))]
         if connected:
-            out += self._send_unsubscribe(list(filters))
+            out += self._unsubscribe_packet(list(filters))
         else:
             self._unsent_unsubs.update(filters)
         return out
 
-    def _send_subscribe(self, subs: Sequence[tuple[str, int]]) -> list[Action]:
+    def _subscribe_packets(self, subs: Sequence[tuple[str, int]]) -> list[Action]:
         """SUBSCRIBE; a filter whose SUBSCRIBE a broker answered by closing the connection goes
         in a packet of its own, so the next close names it alone."""
         fresh = [s for s in subs if s[0] not in self._sub_closes]
@@ -110,7 +110,7 @@ class Subscriptions:
                              PacketType.SUBSCRIBE, pid))
         return out
 
-    def _send_unsubscribe(self, filters: list[str]) -> list[Action]:
+    def _unsubscribe_packet(self, filters: list[str]) -> list[Action]:
         pid = self._next_sub_id()
         self._unsub_ids[pid] = filters
         return [Write(_wire.encode_unsubscribe(pid, filters, protocol=5 if self._e.v5 else 4),
