@@ -77,6 +77,16 @@ ACKS = (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBCOMP)
 STEER_KNOWN_BUGS = True
 
 
+def _persist(store: MemoryStore, state: SessionState, a: Persist) -> None:
+    """What the driver does with a ``Persist`` (``driver.Driver.run``), on the memory store."""
+    if a.records:
+        store.append(a.records, state, sync=a.sync, lazy=a.lazy)
+    elif a.sync:
+        store.sync_pending()
+    else:
+        store.flush()
+
+
 class _Crash(Exception):
     """The process died at this action boundary."""
 
@@ -322,12 +332,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
 
     def execute(self, a: Action) -> None:
         if isinstance(a, Persist):
-            if a.records:
-                self.store.append(a.records, self.engine.state, sync=a.sync, lazy=a.lazy)
-            elif a.sync:
-                self.store.sync_pending()
-            else:
-                self.store.flush()
+            _persist(self.store, self.engine.state, a)
             for rec in a.records:
                 if isinstance(rec, Accepted):
                     assert a.sync, "an accepted message must be synced (point 1)"
@@ -681,12 +686,7 @@ class _Process:
         out: list[Packet | MessageEvent] = []
         for a in actions:
             if isinstance(a, Persist):
-                if a.records:
-                    self.store.append(a.records, self.engine.state, sync=a.sync, lazy=a.lazy)
-                elif a.sync:
-                    self.store.sync_pending()
-                else:
-                    self.store.flush()
+                _persist(self.store, self.engine.state, a)
             elif isinstance(a, Write):
                 out.append(_wire.decode_packet(a.packet))
             elif isinstance(a, Deliver):
