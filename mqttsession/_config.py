@@ -115,9 +115,8 @@ def _attr(where: str, attr: str) -> tuple[Getter, Setter]:
 
 def _own(attr: str, setter: str | None) -> tuple[Getter, Setter | None]:
     """A setting with a getter / setter method on the Client."""
-    get = _attr("_settings", attr)[0] if not attr.startswith("_") else (
-        lambda c: _show(getattr(c, attr)))
-    return get, (None if setter is None else lambda c, v: getattr(c, setter)(v))
+    return _attr("_settings", attr)[0], (None if setter is None
+                                         else lambda c, v: getattr(c, setter)(v))
 
 
 CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {

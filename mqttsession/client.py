@@ -16,10 +16,10 @@ from . import codec
 from ._config import CONFIG, ClientSettings, parse_bool, parse_int
 from .driver import ConnectParams, Driver
 from ._paho import pack_properties
-from .engine import EngineSettings, Persist
+from .engine import EngineSettings
 from .errors import UsageError
 from .events import ErrorEvent, Message, MessageEvent, QueueStats
-from .state import MAX_EXPIRY, Accepted, validate_filter, validate_qos, validate_topic
+from .state import MAX_EXPIRY, validate_filter, validate_qos, validate_topic
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -301,9 +301,7 @@ class Client:
             pid, actions = self._engine.publish(
                 topic, payload, qos, self._settings.retain if retain is None else bool(retain),
                 props, time.time())
-            accepted = next((r for a in actions if type(a) is Persist for r in a.records
-                             if type(r) is Accepted), None)
-            rest = self._driver.run(actions, accepted)  # persistence point 1
+            rest = self._driver.run(actions, self._engine.accepted)  # persistence point 1
         self._driver.finish(rest)
         return pid
 

@@ -92,6 +92,8 @@ class _Held:
 
 
 _CONNECTED: Final = ConnState.CONNECTED
+_ACKS: Final = frozenset({PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
+                          PacketType.PUBCOMP})
 
 
 class _Everyone:
@@ -133,6 +135,7 @@ class Engine:
         self._last_activity = 0.0
         self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
+        self.accepted: Accepted | None = None  # what the last publish() took in (for retract)
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
         self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
@@ -219,11 +222,12 @@ class Engine:
 
         ``UsageError`` when it is too large to send, ``QueueFullError`` when the queue is full
         and nothing may go. A driver whose ``Persist`` fails calls ``retract`` with the
-        ``Accepted`` record and skips the rest.
+        ``Accepted`` record (``self.accepted``) and skips the rest.
         """
         why = self.size_limit(topic, len(payload), qos, len(properties))
         if why is not None:
             raise UsageError(f"message to {topic!r} too large to send: {why}")
+        self.accepted = None
         if qos == 0:
             if not self.connected:
                 log.warning("QoS 0 message to %r dropped: not connected", topic)
@@ -243,6 +247,7 @@ class Engine:
             out = []
         rec = st.accept(topic, payload, qos, retain, properties, avoid=self.subs.busy(),
                         accepted_at=now if now is not None and now > 0.0 else 0.0)
+        self.accepted = rec
         self._pending.append(rec.message.seq)
         out.append(Persist((rec,), True))
         if self.conn is _CONNECTED:
@@ -304,10 +309,6 @@ class Engine:
         self._inflight.pop(seq, None)
         if self._pending and self._pending[-1] == seq:
             self._pending.pop()
-
-    def _busy(self) -> Container[int]:
-        """Packet ids held by SUBSCRIBE / UNSUBSCRIBE awaiting their ack."""
-        return self.subs.busy()
 
     def _pump(self) -> list[Action]:
         """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
@@ -550,15 +551,8 @@ class Engine:
         pid = p.packet_id or 0
         if t is PacketType.PUBLISH:
             return self._publish_in(p)
-        code = p.reason_code or 0
-        if t is PacketType.PUBACK:
-            return self._puback(pid, code)
-        if t is PacketType.PUBREC:
-            return self._pubrec(pid, code)
-        if t is PacketType.PUBCOMP:
-            return self._pubcomp(pid, code)
-        if t is PacketType.PUBREL:
-            return self._pubrel(pid)
+        if t in _ACKS:
+            return self.receive_ack(t, pid, p.reason_code or 0)
         if t is PacketType.SUBACK:
             return self.subs.suback(pid, p.reason_codes)
         if t is PacketType.UNSUBACK:
