@@ -32,6 +32,7 @@ class ClientSettings:
     reconnect_delay_min: float = 1.0
     reconnect_delay_max: float = 30.0
     journal_max_bytes: int = 0  # 0: auto (256 KiB, or half the snapshot's size when larger)
+    queue_segment_bytes: int = 1024 * 1024  # a disk queue segment is sealed past this
     receive_maximum: int = 20  # MQTT 5 CONNECT: incoming QoS>0 flows the broker may leave open
     manual_ack: bool = False  # PUBACK / PUBCOMP wait for ack()
 
@@ -66,7 +67,8 @@ def _parse_float(name: str, value: str, lo: float) -> float:
 
 
 _INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_maximum": (1, 65535),
-                      "max_queued_messages": (0, 2**62), "max_queued_bytes": (0, 2**62)}
+                      "max_queued_messages": (0, 2**62), "max_queued_bytes": (0, 2**62),
+                      "queue_in_memory": (0, 2**31), "queue_segment_bytes": (4096, 2**30)}
 
 
 def _policy(c: Any, value: str) -> None:
@@ -144,11 +146,13 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "releasedonsessionlost": (lambda c: c._engine_settings.released_on_session_lost,
                               lambda c, v: c._set_released(v)),
     "journalmaxbytes": _attr("_settings", "journal_max_bytes"),
+    "queuesegmentbytes": _attr("_settings", "queue_segment_bytes"),
     "maxmessagesize": _attr("_engine_settings", "max_message_size"),
     "receivemaximum": _attr("_settings", "receive_maximum"),
     "manualack": _own("manual_ack", "_set_manual_ack"),
     "maxqueuedmessages": _attr("_engine_settings", "max_queued_messages"),
     "maxqueuedbytes": _attr("_engine_settings", "max_queued_bytes"),
+    "queueinmemory": _attr("_engine_settings", "queue_in_memory"),
     "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
     "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
 }

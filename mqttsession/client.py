@@ -7,6 +7,7 @@ may call back into the client.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import weakref
@@ -191,6 +192,7 @@ class Client:
         with self._lock:
             setter(self, value)
         self._file.max_journal_bytes = self._settings.journal_max_bytes
+        self._file.segment_bytes = self._settings.queue_segment_bytes
         return ""
 
     def _set_state_file(self, value: str) -> None:
@@ -320,7 +322,8 @@ class Client:
         if conn is not None and conn.in_network_thread():
             raise UsageError("flush() inside an event callback would wait forever")
         with self._driver.changed:
-            return self._driver.changed.wait_for(lambda: not self._engine.state.outgoing, timeout)
+            return self._driver.changed.wait_for(
+                lambda: not (self._engine.state.outgoing or self._engine.state.spooled), timeout)
 
     # ================================================================== subscriptions
 
@@ -359,9 +362,16 @@ class Client:
         with self._lock:
             if self._engine.connected:
                 self._engine.state.activity(time.time())  # part of the snapshot written below
-            text = codec.encode(self._engine.state)
-            self._file.save(self._engine.state, text)
-            return text
+            st = self._engine.state
+            text = codec.encode(st)
+            self._file.save(st, text)
+            if not st.spooled:
+                return text
+            # the disk queue's messages are in the file's queue; the text holds them all
+            whole = copy.copy(st)
+            whole.outgoing = {**st.outgoing, **{m.seq: m for m in self._file.queued_messages()}}
+            whole.spooled = whole.spooled_bytes = 0
+            return codec.encode(whole)
 
     def restore_session(self, state_data: str) -> None:
         """Load a saved session and set clean_session False.

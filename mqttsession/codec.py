@@ -81,6 +81,7 @@ def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
         "outgoing": [row(m) for m in state.outgoing.values()],
         "incoming": [incoming_to_obj(m) for m in state.incoming.values()],
         "subscriptions": [{"filter": f, "qos": q} for f, q in state.subscriptions.items()],
+        **({"spool_next": state.spool_next} if state.spool_next and version >= 3 else {}),
     }
 
 
@@ -133,6 +134,7 @@ _STATE_KEYS: Final = frozenset(
     " disconnected_at last_activity next_seq last_packet_id outgoing incoming subscriptions"
     .split()
 )
+_STATE_KEYS_SPOOL: Final = _STATE_KEYS | {"spool_next"}
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
 _OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
@@ -255,7 +257,10 @@ def gc_paused() -> Iterator[None]:
 def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
     """Build and check a state from its JSON object in format ``version``; ``StateError``
     names what is wrong."""
-    f = _Fields(obj, "state", _STATE_KEYS)
+    keys = _STATE_KEYS
+    if version >= 3 and isinstance(obj, dict) and "spool_next" in obj:
+        keys = _STATE_KEYS_SPOOL  # the disk queue was read back up to it
+    f = _Fields(obj, "state", keys)
     outgoing: dict[int, OutgoingMessage] = {}
     topics: set[str] = set()  # topic names that passed validate_topic
     width = len(_ROW_FIELDS[version]) if version >= 2 else 0
@@ -301,6 +306,7 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
         outgoing=outgoing,
         incoming=incoming,
         subscriptions=subscriptions,
+        spool_next=f.get_int("spool_next", 1, _MAX_SEQ) if keys is _STATE_KEYS_SPOOL else 0,
     )
     state.check_invariants(topics_checked=topics)
     return state

@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from ._config import ClientSettings
 from ._paho import (
@@ -26,11 +27,12 @@ from ._paho import (
     refusal_message,
 )
 from ._wire import Packet, PacketType
-from .engine import Action, ConnState, Deliver, Engine, EngineSettings, Notify, Persist, Write
+from .engine import (Action, ConnState, Deliver, Engine, EngineSettings, Notify, Persist,
+                     QueueSource, Write)
 from .errors import ConnectError, PersistenceError, ProtocolViolation, UsageError
 from .events import ErrorEvent, Message, MessageEvent
 from .expiry import effective_interval
-from .state import Accepted, validate_topic
+from .state import Accepted, Spooled, validate_topic
 from .store import StateFile
 
 __all__ = ["ConnectParams", "Driver"]
@@ -66,6 +68,9 @@ class Driver:
         self._settings = settings
         self.engine = Engine(engine_settings)
         self.file = StateFile()
+        # the disk queue, once the file is open (a proxy: the engine's own reference cycle
+        # must not keep the file open after the Client is gone)
+        self.engine.spool = cast(QueueSource, weakref.proxy(self.file))
         self.conn: PahoConnection | None = None
         self.delivering: dict[int, Message] = {}  # QoS 1 in on_message_in, auto-acknowledged
         self._connack = threading.Event()
@@ -224,7 +229,7 @@ class Driver:
                 self.file.journal.compact(self.engine.state)
         return True
 
-    def run(self, actions: list[Action], accepted: Accepted | None = None,
+    def run(self, actions: list[Action], accepted: Accepted | Spooled | None = None,
             quiet: str = "") -> list[Action]:
         """Carry out the engine's records and packets in order (lock held) and return its
         callbacks for ``finish`` (after the lock is released; the engine puts nothing that
@@ -256,7 +261,7 @@ class Driver:
                 later.append(a)
         if durable:
             f.compact_if_due(st)
-        if not st.outgoing:
+        if not st.outgoing and not st.spooled:
             self.changed.notify_all()  # flush() waits for exactly this
             if self.on_idle is not None:
                 self.on_idle()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Container, Final, Sequence
+from typing import Container, Final, Protocol, Sequence
 
 from . import _wire
 from ._wire import Packet, PacketType
@@ -59,6 +59,7 @@ from .state import (
     Record,
     SessionLost,
     SessionState,
+    Spooled,
     Stepped,
     message_bytes,
     publish_packet_size,
@@ -66,7 +67,7 @@ from .state import (
 
 __all__ = [
     "Action", "ConnState", "Deliver", "Engine", "EngineSettings", "Notify", "Persist", "Write",
-    "SUBSCRIBE_TRIES",
+    "QueueSource", "SUBSCRIBE_TRIES",
 ]
 
 log = logging.getLogger("mqttsession")
@@ -108,6 +109,25 @@ def _event(m: OutgoingMessage) -> MessageEvent:
     return MessageEvent(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent, m.properties)
 
 
+class QueueSource(Protocol):
+    """The disk queue the engine reads back from (``store.StateFile``): messages go there
+    (``Spooled`` records) beyond ``queue_in_memory``; it is read only after every ``Persist``
+    the engine returned before was carried out."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether messages may go to the disk queue now."""
+
+    def read(self, n: int) -> list[OutgoingMessage]:
+        """Up to ``n`` of the oldest messages not read back yet, in publish order."""
+
+    def head_time(self) -> float | None:
+        """When the oldest of them was published."""
+
+    def queued(self) -> tuple[int, int]:
+        """How many are not read back yet, and their bytes."""
+
+
 # ------------------------------------------------------------------------------------- engine
 
 
@@ -135,7 +155,8 @@ class Engine:
         self._last_activity = 0.0
         self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
-        self.accepted: Accepted | None = None  # what the last publish() took in (for retract)
+        self.accepted: Accepted | Spooled | None = None  # the last publish()'s (for retract)
+        self.spool: QueueSource | None = None  # the disk queue, with a state file
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
         self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
@@ -245,8 +266,18 @@ class Engine:
             out = self._make_room(len(payload) + len(topic) + len(properties))
         else:
             out = []
+        at = now if now is not None and now > 0.0 else 0.0
+        sp, limit = self.spool, s.queue_in_memory
+        if (limit and sp is not None and (st.spooled or len(st.outgoing) >= limit)
+                and sp.ready):
+            # beyond what memory holds: the disk queue. Nothing is read back here (its
+            # record is not written yet); acks, resume and ticks read it back
+            spooled = st.spool(topic, payload, qos, retain, properties, at)
+            self.accepted = spooled
+            out.append(Persist((spooled,), True))
+            return 0, out
         rec = st.accept(topic, payload, qos, retain, properties, avoid=self.subs.busy(),
-                        accepted_at=now if now is not None and now > 0.0 else 0.0)
+                        accepted_at=at)
         self.accepted = rec
         self._pending.append(rec.message.seq)
         out.append(Persist((rec,), True))
@@ -260,10 +291,10 @@ class Engine:
         (``drop-oldest``), or ``QueueFullError`` (``reject``, or nothing that may go)."""
         s, st = self.settings, self.state
         max_n, max_b = s.max_queued_messages, s.max_queued_bytes
-        count, used = len(st.outgoing) + 1, st.outgoing_bytes + size
+        count, used = st.held + 1, st.held_bytes + size
         if (not max_n or count <= max_n) and (not max_b or used <= max_b):
             return []
-        full = (f"the queue is full ({len(st.outgoing)} messages, {st.outgoing_bytes} bytes;"
+        full = (f"the queue is full ({st.held} messages, {st.held_bytes} bytes;"
                 f" MaxQueuedMessages={max_n}, MaxQueuedBytes={max_b})")
         if s.queue_full_policy != "drop-oldest":
             raise QueueFullError(f"{full}: nothing was stored (QueueFullPolicy=reject)")
@@ -275,10 +306,39 @@ class Engine:
                 victims.append(m)
                 count -= 1
                 used -= message_bytes(m)
+        out: list[Action] = []
+        sp = self.spool
+        while ((max_n and count > max_n) or (max_b and used > max_b)) and st.spooled and sp:
+            head = sp.read(1)  # the disk queue's oldest, read back to be dropped
+            out += self._loaded(head)
+            for m in head:
+                victims.append(st.outgoing[m.seq])
+                count -= 1
+                used -= message_bytes(m)
         if (max_n and count > max_n) or (max_b and used > max_b):
             raise QueueFullError(f"{full}, and no message that was never sent can make room:"
                                  " nothing was stored")
-        return [a for m in victims for a in self._dropped(m, self.state.drop(m.seq), "queue-full")]
+        return out + [a for m in victims for a in self._dropped(m, st.drop(m.seq), "queue-full")]
+
+    def _refill(self) -> list[Action]:
+        """Read messages back from the disk queue while fewer than half of
+        ``queue_in_memory`` wait to be written."""
+        sp, limit = self.spool, self.settings.queue_in_memory
+        if sp is None or len(self._pending) >= max(1, limit // 2):
+            return []
+        return self._loaded(sp.read(max(1, limit - len(self._pending))))
+
+    def _loaded(self, messages: list[OutgoingMessage]) -> list[Action]:
+        """Messages read back join the session; their packet ids are durable before any of
+        them is written [MQTT-2.3.1-2]."""
+        st, sp = self.state, self.spool
+        if not messages:
+            if sp is not None:  # a damaged segment the queue skipped: its count
+                st.spooled, st.spooled_bytes = sp.queued()
+            return []
+        rec = st.load(messages, messages[-1].seq + 1, avoid=self.subs.busy())
+        self._pending.extend(m.seq for m in messages)
+        return [Persist((rec,), sync=True)]
 
     def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
         """A message left without delivery: its record, and ``on_message_dropped``."""
@@ -293,14 +353,18 @@ class Engine:
 
     def queue_stats(self, now: float) -> QueueStats:
         """What the outgoing queue holds (``now``: the wall clock, for the oldest's age)."""
-        st = self.state
+        st, sp = self.state, self.spool
         first = next(iter(st.outgoing.values()), None)
-        at = first.accepted_at if first is not None else 0.0
-        return QueueStats(len(st.outgoing), st.outgoing_bytes,
+        at = first.accepted_at if first is not None else (
+            (sp.head_time() or 0.0) if st.spooled and sp is not None else 0.0)
+        return QueueStats(st.held, st.held_bytes,
                           max(0.0, now - at) if at else None, self.dropped, self.expired)
 
-    def retract(self, rec: Accepted) -> None:
+    def retract(self, rec: Accepted | Spooled) -> None:
         """Undo ``publish`` whose ``Persist`` failed (nothing after it was carried out)."""
+        if isinstance(rec, Spooled):
+            self.state.retract_spooled(rec)
+            return
         seq = rec.message.seq
         m = self.state.outgoing.get(seq)
         if m is not None and m.phase is not Phase.QUEUED:  # pumped: undo the SEND step too
@@ -314,7 +378,7 @@ class Engine:
         """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
         if self.conn is not _CONNECTED:
             return []
-        out: list[Action] = []
+        out: list[Action] = self._refill() if self.state.spooled else []
         pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
         rate = self.settings.drain_rate_limit
         while pending and len(inflight) < self._window:
@@ -511,6 +575,8 @@ class Engine:
             self._tokens = min(float(rate), self._tokens + elapsed * rate)
             self._tokens_at = monotonic
             out += self._pump()
+        elif self.state.spooled and not self._pending:
+            out += self._pump()  # the disk queue waits and nothing else would read it
         if now - self._last_activity >= ACTIVITY_EVERY:
             self._last_activity = now
             out.append(Persist((self.state.activity(now),)))
@@ -626,7 +692,7 @@ class Engine:
         """An outgoing flow ended: free the window, then the events (built for listeners
         only: this runs once per message)."""
         self._inflight.pop(m.seq, None)
-        if self._pending:
+        if self._pending or self.state.spooled:
             out += self._pump()
         if "on_message_ack" in self.listeners:
             out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
@@ -690,8 +756,8 @@ class Engine:
             raise UsageError(
                 "restore_session while connected: call it before connect() or in on_connected")
         cur = self.state
-        if cur.outgoing or cur.incoming:
-            raise UsageError(f"restore_session would replace {len(cur.outgoing)} outgoing and"
+        if cur.outgoing or cur.incoming or cur.spooled:
+            raise UsageError(f"restore_session would replace {cur.held} outgoing and"
                              f" {len(cur.incoming)} incoming messages this client holds")
 
     def restore(self, state: SessionState, now: float) -> Configured:

@@ -453,6 +453,22 @@ class Journal:
             ) from exc
         self._unsynced = False
 
+    @_locked
+    def fsync(self) -> None:
+        """Everything written so far on disk, whatever the policy (before a disk queue
+        segment whose read-back this journal holds is deleted)."""
+        self.flush()
+        if self._fd is None or self._broken:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self._broken = True
+            raise PersistenceError(
+                exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
+            ) from exc
+        self._unsynced = False
+
     def _hold_snapshot(self, file_id: tuple[int, int] | None) -> None:
         """Keep the snapshot (device, inode ``file_id``) open; None: hold none."""
         if self._snapshot_fd is not None:
@@ -685,6 +701,13 @@ def read_state(path: str, client_id: str = "") -> SessionState:
     Same recovery as ``Journal.recover`` (a torn tail is ignored); damage raises ``StateError``
     and leaves the files where they are. A missing file is an empty session.
     """
+    from .spool import Spool  # (it builds on this module)
+    from .store import attach
+
     path = os.fspath(path)
-    return _load(path, client_id,
-                 lambda why: StateError(f"state file {path} is damaged: {why}"), read_only=True)[0]
+    state = _load(path, client_id,
+                  lambda why: StateError(f"state file {path} is damaged: {why}"), read_only=True)[0]
+    spool = Spool(path, state.client_id, read_only=True)
+    spool.recover(state.spool_next)
+    attach(state, spool)
+    return state

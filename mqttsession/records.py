@@ -24,7 +24,8 @@ from .errors import StateError
 __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
     "Stepped", "Received", "Released", "Subscribed", "Unsubscribed", "Connected",
-    "SessionReset", "Disconnected", "Activity", "SessionLost", "ResumePlan", "KINDS", "BINARY_TAGS", "encode_record",
+    "SessionReset", "Disconnected", "Activity", "Spooled", "Loaded", "SessionLost", "ResumePlan",
+    "KINDS", "BINARY_TAGS", "encode_record",
     "decode_record", "quick_init", "MAX_SEQ",
 ]
 
@@ -229,6 +230,25 @@ class Activity:
     at: float
 
 
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """publish_* accepted a QoS>0 message into the disk queue (persistence point 1): it is
+    written to the queue's segment files (``spool``), never to the journal; packet id 0."""
+
+    message: OutgoingMessage
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Messages read back from the disk queue joined the in-memory session, with the packet
+    ids they now hold; every queued message below ``spool_next`` has been read."""
+
+    messages: tuple[OutgoingMessage, ...]
+    spool_next: int
+
+
 Record = Union[
     Configured,
     Accepted,
@@ -241,6 +261,8 @@ Record = Union[
     SessionReset,
     Disconnected,
     Activity,
+    Spooled,
+    Loaded,
 ]
 
 
@@ -373,7 +395,10 @@ _ACCEPTED: Final = struct.Struct(">cQHBBHII")
 _ACCEPTED_AT: Final = struct.Struct(">cQHBBHIId")
 # tag, seq, event code, packet id
 _STEPPED: Final = struct.Struct(">cQBH")
-BINARY_TAGS: Final = (b"a", b"s", b"b")  # first byte of a binary record; JSON ones: "["
+# tag, spool_next, how many messages (then each: its length, 4 bytes, and its "b" record)
+_LOADED: Final = struct.Struct(">cQI")
+_LENGTH: Final = struct.Struct(">I")
+BINARY_TAGS: Final = (b"a", b"s", b"b", b"l")  # first byte of a binary record; JSON ones: "["
 
 
 def encode_record(rec: Record) -> bytes:
@@ -388,6 +413,14 @@ def encode_record(rec: Record) -> bytes:
         ))
     if type(rec) is Stepped:
         return _STEPPED.pack(b"s", rec.seq, _EVENT_CODE[rec.event], rec.packet_id)
+    if type(rec) is Spooled:  # the disk queue's own frames: an Accepted record
+        return encode_record(Accepted(rec.message))
+    if type(rec) is Loaded:
+        parts = [_LOADED.pack(b"l", rec.spool_next, len(rec.messages))]
+        for m in rec.messages:
+            data = encode_record(Accepted(m))
+            parts += (_LENGTH.pack(len(data)), data)
+        return b"".join(parts)
     if type(rec) is Activity:
         return f'["T",{rec.at!r}]'.encode("ascii")
     kind = KINDS.get(type(rec))
@@ -396,8 +429,34 @@ def encode_record(rec: Record) -> bytes:
     return dump([kind.tag, *kind.to_json(rec)]).encode("utf-8")
 
 
+def _decode_loaded(data: bytes) -> Loaded:
+    if len(data) < _LOADED.size:
+        raise StateError(f"journal record l: {len(data)} bytes, shorter than its header")
+    _, spool_next, n = _LOADED.unpack_from(data)
+    if not 1 <= spool_next <= MAX_SEQ:
+        raise StateError(f"journal record l: spool_next {spool_next} out of range")
+    pos, messages = _LOADED.size, list[OutgoingMessage]()
+    for _ in range(n):
+        if pos + _LENGTH.size > len(data):
+            raise StateError("journal record l: shorter than its messages")
+        (size,) = _LENGTH.unpack_from(data, pos)
+        pos += _LENGTH.size
+        part = data[pos:pos + size]
+        if len(part) != size or part[:1] != b"b":
+            raise StateError("journal record l: a message is cut short or not a 'b' record")
+        rec = _decode_binary(part)
+        assert type(rec) is Accepted
+        messages.append(rec.message)
+        pos += size
+    if pos != len(data):
+        raise StateError(f"journal record l: {len(data) - pos} bytes after its messages")
+    return Loaded(tuple(messages), spool_next)
+
+
 def _decode_binary(data: bytes) -> Record:
-    """A binary Accepted / Stepped record; ``StateError`` names what is wrong."""
+    """A binary Accepted / Stepped / Loaded record; ``StateError`` names what is wrong."""
+    if data[:1] == b"l":
+        return _decode_loaded(data)
     if data[:1] == b"s":
         if len(data) != _STEPPED.size:
             raise StateError(f"journal record s: {len(data)} bytes, expected {_STEPPED.size}")

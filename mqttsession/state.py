@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Container, Final, Mapping
+from typing import Any, Callable, Container, Final, Mapping, Sequence
 
 from .errors import PacketIdsExhausted, StateError, TransitionError, UsageError
 from .validation import (
@@ -73,6 +73,8 @@ from .records import (
     ResumePlan,
     SessionLost,
     SessionReset,
+    Spooled,
+    Loaded,
     Stepped,
     Subscribed,
     Unsubscribed,
@@ -103,6 +105,8 @@ __all__ = [
     "SessionReset",
     "Disconnected",
     "Activity",
+    "Spooled",
+    "Loaded",
     "validate_topic",
     "validate_filter",
     "validate_qos",
@@ -153,6 +157,16 @@ class _Keep(enum.Enum):
 
 KEEP: Final = _Keep.KEEP  # "leave this setting as it is"
 
+class _Either:
+    """Membership in either of two containers."""
+
+    def __init__(self, a: Container[int], b: Container[int]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, x: object) -> bool:
+        return x in self.a or x in self.b
+
+
 def message_bytes(m: OutgoingMessage) -> int:
     """What a held message counts against MaxQueuedBytes: payload, topic and properties."""
     return len(m.payload) + len(m.topic) + len(m.properties)
@@ -181,6 +195,11 @@ class SessionState:
     _by_packet_id: dict[int, int] = field(default_factory=dict, repr=False)  # outgoing id -> seq
     _undo_last_packet_id: int = field(default=0, repr=False)  # for ``retract``
     outgoing_bytes: int = field(default=0, repr=False, compare=False)  # held payload+topic+props
+    # the disk queue (``spool``): every queued message below spool_next was read back into
+    # ``outgoing`` (durable); how many it holds and their bytes (the store counts them)
+    spool_next: int = 0
+    spooled: int = field(default=0, repr=False, compare=False)
+    spooled_bytes: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._by_packet_id = {m.packet_id: s for s, m in self.outgoing.items() if m.packet_id}
@@ -204,6 +223,7 @@ class SessionState:
             self.last_activity,
             self.next_seq,
             self.last_packet_id,
+            self.spool_next,
             list(self.outgoing.items()),
             sorted(self.incoming.items()),
             sorted(self.subscriptions.items()),
@@ -214,7 +234,17 @@ class SessionState:
     @property
     def empty(self) -> bool:
         """True when there are no messages or subscriptions to carry over."""
-        return not (self.outgoing or self.incoming or self.subscriptions)
+        return not (self.outgoing or self.incoming or self.subscriptions or self.spooled)
+
+    @property
+    def held(self) -> int:
+        """Outgoing QoS 1/2 messages held: in memory and in the disk queue."""
+        return len(self.outgoing) + self.spooled
+
+    @property
+    def held_bytes(self) -> int:
+        """Their bytes (``message_bytes``), counted against MaxQueuedBytes."""
+        return self.outgoing_bytes + self.spooled_bytes
 
     def outgoing_by_packet_id(self, packet_id: int) -> OutgoingMessage | None:
         seq = self._by_packet_id.get(packet_id)
@@ -232,6 +262,8 @@ class SessionState:
             raise StateError(f"session_expiry_interval out of range: {exp!r}")
         if not 0 <= self.last_packet_id <= MAX_PACKET_ID:
             raise StateError(f"last_packet_id out of range: {self.last_packet_id!r}")
+        if not 0 <= self.spool_next <= self.next_seq:
+            raise StateError(f"spool_next {self.spool_next!r} is past next_seq {self.next_seq}")
         for name in ("connected_at", "disconnected_at", "last_activity"):
             t = getattr(self, name)
             if t is not None and not math.isfinite(t):
@@ -353,6 +385,50 @@ class SessionState:
         if m.packet_id:
             del self._by_packet_id[m.packet_id]
             self.last_packet_id = self._undo_last_packet_id
+
+    def spool(self, topic: str, payload: bytes, qos: int, retain: bool = False,
+              properties: bytes = b"", accepted_at: float = 0.0) -> Spooled:
+        """publish_* of a QoS 1/2 message into the disk queue (``accept`` without a packet id
+        and without a place in ``outgoing``: it is read back by ``load``)."""
+        validate_topic(topic)
+        validate_qos(qos, (1, 2))
+        if not isinstance(payload, (bytes, bytearray)):
+            raise UsageError(f"payload must be bytes, got {type(payload).__name__}")
+        rec = Spooled(OutgoingMessage(self.next_seq, 0, topic, bytes(payload), qos, bool(retain),
+                                      bytes(properties), Phase.QUEUED, float(accepted_at)))
+        self.apply(rec)
+        return rec
+
+    def retract_spooled(self, rec: Spooled) -> None:
+        """Undo the latest ``spool`` (the queue could not store it)."""
+        m = rec.message
+        if m.seq != self.next_seq - 1:
+            raise TransitionError(f"only the latest spooled message can be retracted (seq {m.seq})")
+        self.next_seq = m.seq
+        self.spooled = max(0, self.spooled - 1)
+        self.spooled_bytes = max(0, self.spooled_bytes - message_bytes(m))
+
+    def load(self, messages: Sequence[OutgoingMessage], spool_next: int,
+             avoid: Container[int] = ()) -> Loaded:
+        """Messages read back from the disk queue, in order, join ``outgoing``, each with a
+        free packet id (0 while none is free: it gets one when sent)."""
+        taken: set[int] = set()
+        either = _Either(avoid, taken)
+        ready, orig = [], self.last_packet_id
+        for m in messages:
+            try:
+                pid = self.allocate_packet_id(either)
+            except PacketIdsExhausted:
+                pid = 0
+            if pid:
+                taken.add(pid)
+                self.last_packet_id = pid  # the next search starts after it
+            ready.append(OutgoingMessage(m.seq, pid, m.topic, m.payload, m.qos, m.retain,
+                                         m.properties, Phase.QUEUED, m.accepted_at))
+        self.last_packet_id = orig  # the record sets it
+        rec = Loaded(tuple(ready), spool_next)
+        self.apply(rec)
+        return rec
 
     def _step(
         self, seq: int, event: Event, packet_id: int | None = None, avoid: Container[int] = ()
@@ -531,8 +607,8 @@ class SessionState:
 
     def _apply_accepted(self, rec: Accepted) -> None:
         m = rec.message
-        if m.seq != self.next_seq:
-            raise TransitionError(f"accepted seq {m.seq}, expected {self.next_seq}")
+        if m.seq < self.next_seq:  # above it: seqs the disk queue took (lost in it, damaged)
+            raise TransitionError(f"accepted seq {m.seq}, expected {self.next_seq} or later")
         if m.phase is not Phase.QUEUED:
             raise TransitionError("an accepted message starts QUEUED")
         if type(m.qos) is not int or m.qos not in (1, 2):
@@ -555,6 +631,45 @@ class SessionState:
         self.outgoing[m.seq] = m
         self.outgoing_bytes += message_bytes(m)
         self.next_seq = m.seq + 1
+
+    def _apply_spooled(self, rec: Spooled) -> None:
+        m = rec.message
+        if m.seq != self.next_seq:
+            raise TransitionError(f"spooled seq {m.seq}, expected {self.next_seq}")
+        if m.packet_id or m.phase is not Phase.QUEUED or m.qos not in (1, 2):
+            raise TransitionError("a spooled message is QUEUED, QoS 1 or 2, without a packet id")
+        self.next_seq = m.seq + 1
+        self.spooled += 1
+        self.spooled_bytes += message_bytes(m)
+
+    def _apply_loaded(self, rec: Loaded) -> None:
+        if type(rec.spool_next) is not int or rec.spool_next < self.spool_next:
+            raise TransitionError(f"disk queue read back to {rec.spool_next!r}, behind"
+                                  f" {self.spool_next}")
+        last = next(reversed(self.outgoing), 0)
+        ids: set[int] = set()
+        for m in rec.messages:
+            if not (max(last, self.spool_next - 1) < m.seq < rec.spool_next):
+                raise TransitionError(f"message seq {m.seq} read back out of order")
+            last = m.seq
+            if m.phase is not Phase.QUEUED or m.qos not in (1, 2):
+                raise TransitionError(f"message seq {m.seq} read back not QUEUED QoS 1/2")
+            pid = m.packet_id
+            if pid and (not 1 <= pid <= MAX_PACKET_ID or pid in self._by_packet_id or pid in ids):
+                raise TransitionError(f"packet id {pid} is taken or out of range")
+            ids.add(pid)
+        n = 0
+        for m in rec.messages:
+            if m.packet_id:
+                self._by_packet_id[m.packet_id] = m.seq
+                self.last_packet_id = m.packet_id
+            self.outgoing[m.seq] = m
+            n += message_bytes(m)
+        self.outgoing_bytes += n
+        self.spool_next = rec.spool_next
+        self.next_seq = max(self.next_seq, rec.spool_next)
+        self.spooled = max(0, self.spooled - len(rec.messages))
+        self.spooled_bytes = max(0, self.spooled_bytes - n)
 
     def _apply_stepped(self, rec: Stepped) -> None:
         m = self.outgoing.get(rec.seq)
@@ -684,4 +799,6 @@ _APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     SessionReset: SessionState._apply_reset,
     Disconnected: SessionState._apply_disconnected,
     Activity: SessionState._apply_activity,
+    Spooled: SessionState._apply_spooled,
+    Loaded: SessionState._apply_loaded,
 }

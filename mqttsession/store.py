@@ -17,9 +17,11 @@ import threading
 from typing import Protocol, Sequence
 
 from . import codec
-from .errors import MQTTSessionError
+from .errors import MQTTSessionError, StateError
 from .journal import Journal, write_atomic
-from .state import Record, SessionState
+from .records import Loaded, OutgoingMessage, Spooled
+from .spool import QUEUE_SUFFIX, SEGMENT_BYTES, Spool
+from .state import Record, SessionState, message_bytes
 
 __all__ = ["MemoryStore", "StateFile", "Store"]
 
@@ -66,10 +68,36 @@ class MemoryStore:
         self.syncs = 0
         self.sync_policy = True
         self.aside: tuple[str, list[Record]] | None = None
+        # the disk queue's model (``spool.Spool``): messages appended, how many synced, where
+        # reading back stands; ``ready`` False: the engine keeps everything in memory
+        self.queue: list[OutgoingMessage] = []
+        self.queue_durable = 0
+        self.queue_read = 0
+        self.ready = False
+
+    def read(self, n: int) -> list[OutgoingMessage]:
+        with self._lock:
+            out = self.queue[self.queue_read:self.queue_read + n]
+            self.queue_read += len(out)
+            return out
+
+    def head_time(self) -> float | None:
+        with self._lock:
+            return self.queue[self.queue_read].accepted_at if self.queue_read < len(self.queue) else None
+
+    def queued(self) -> tuple[int, int]:
+        with self._lock:
+            rest = self.queue[self.queue_read:]
+            return len(rest), sum(map(message_bytes, rest))
 
     def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
                lazy: bool = False) -> None:
         with self._lock:
+            if records and type(records[0]) is Spooled:
+                self.queue.append(records[0].message)
+                if sync and self.sync_policy:
+                    self.queue_durable = len(self.queue)
+                return
             if lazy:
                 self.lazy += records
                 return
@@ -103,11 +131,21 @@ class MemoryStore:
             self.written, self.lazy, self.durable = [], [], 0
 
     def recover(self, power_cut: bool = False) -> SessionState:
-        """The state after a kill -9 (``power_cut``: after losing the unsynced records)."""
+        """The state after a kill -9 (``power_cut``: after losing the unsynced records); the
+        disk queue's reading back starts again where the state says."""
         with self._lock:
             state = codec.decode(self.snapshot)
             for rec in self.written[: self.durable] if power_cut else self.written:
                 state.apply(rec)
+            if power_cut:
+                del self.queue[self.queue_durable:]
+            self.queue_durable = len(self.queue)
+            self.queue_read = next((i for i, m in enumerate(self.queue)
+                                    if m.seq >= state.spool_next), len(self.queue))
+            rest = self.queue[self.queue_read:]
+            state.spooled, state.spooled_bytes = len(rest), sum(map(message_bytes, rest))
+            if self.queue and self.queue[-1].seq >= state.next_seq:
+                state.next_seq = self.queue[-1].seq + 1
             return state
 
     def keep_aside(self, label: str) -> list[str]:
@@ -129,7 +167,9 @@ class StateFile:
         self.path = ""
         self.sync = True
         self.max_journal_bytes = 0
+        self.segment_bytes = SEGMENT_BYTES  # the disk queue's (QueueSegmentBytes)
         self.journal: Journal | None = None
+        self.spool: Spool | None = None  # the disk queue, with the journal
         self.unrestored: SessionState | None = None  # the file's session, awaiting restore
         self.deferring = False  # on_connected runs: it may still restore the file's session
 
@@ -141,10 +181,35 @@ class StateFile:
         self.sync = sync
         if self.journal is not None:
             self.journal.sync = sync
+        if self.spool is not None:
+            self.spool.sync = sync
 
     def _new(self, client_id: str) -> Journal:
         return Journal(self.path, client_id, sync=self.sync,
                        max_journal_bytes=self.max_journal_bytes)
+
+    def _recover(self, j: Journal) -> SessionState:
+        """The journal's session and its disk queue (``StateError`` on damage: kept)."""
+        spool = Spool(self.path, j.client_id, sync=self.sync, segment_bytes=self.segment_bytes)
+        try:
+            state = j.recover()
+        except StateError:
+            if not os.path.lexists(self.path):  # the journal's files were kept aside
+                spool.keep_aside("damaged")
+            raise
+        spool.recover(state.spool_next)
+        attach(state, spool)
+        self.spool = spool
+        return state
+
+    def _fresh_spool(self, client_id: str) -> None:
+        """No session in the file: a queue found without it is kept aside, never adopted."""
+        spool = Spool(self.path, client_id, sync=self.sync, segment_bytes=self.segment_bytes)
+        aside = spool.keep_aside("orphaned")
+        if aside:
+            self._errors.append((0, f"{self.path}{QUEUE_SUFFIX} held a disk queue without a"
+                                    f" state file; kept as {aside}"))
+        self.spool = spool
 
     def open(self, state: SessionState) -> None:
         """Own the file. A session in it that was not restored is never overwritten: it waits
@@ -153,13 +218,16 @@ class StateFile:
             return
         j = self._new(state.client_id)
         try:
-            old = j.recover() if os.path.exists(self.path) else None
+            old = self._recover(j) if os.path.exists(self.path) else None
             if old is not None and not old.empty:
                 self.unrestored = old
             else:
+                if old is None:
+                    self._fresh_spool(state.client_id)
                 j.compact(state)
         except BaseException:
             j.close()
+            self._close_spool()
             raise
         self.journal = j
 
@@ -169,12 +237,18 @@ class StateFile:
             state, self.unrestored = self.unrestored, None
             return state
         if self.journal is not None:
-            return self.journal.recover()
+            self._close_spool()
+            return self._recover(self.journal)
         j = self._new(client_id)
         try:
-            state = j.recover()
+            if os.path.exists(self.path):
+                state = self._recover(j)
+            else:
+                state = j.recover()
+                self._fresh_spool(client_id)
         except BaseException:
             j.close()
+            self._close_spool()
             raise
         self.journal = j
         return state
@@ -186,6 +260,8 @@ class StateFile:
         if old is None or j is None:
             return
         aside = j.keep_aside("unrestored")
+        if self.spool is not None:
+            aside += self.spool.keep_aside("unrestored")
         self._errors.append((0, f"{self.path} held a session ({len(old.outgoing)} outgoing,"
                        f" {len(old.incoming)} incoming messages) that was not restored;"
                        f" kept as {aside}"))
@@ -199,15 +275,44 @@ class StateFile:
         if j is None:
             return
         if self.unrestored is not None:
-            if not self.deferring:
-                self.settle(state)  # the compaction wrote the whole state, records included
-            return  # else on_connected may still restore it; a compaction will hold them
+            if self.deferring:
+                return  # on_connected may still restore it; a compaction will hold them
+            self.settle(state)  # the compaction wrote the whole state, records included
+            return
+        if records and type(records[0]) is Spooled:  # the disk queue's, never the journal's
+            assert self.spool is not None and len(records) == 1
+            self.spool.append(records[0].message, sync)
+            return
         if records:
             j.append(records, state, sync=sync, lazy=lazy)
+            spool = self.spool
+            if spool is not None and type(records[0]) is Loaded and spool.retirable(state.spool_next):
+                j.fsync()  # the read-back is on disk before its segments go
+                spool.retire(state.spool_next)
         elif sync:
             j.sync_pending()
         else:
             j.flush()
+
+    # ------------------------------------------------------------ the engine's QueueSource
+
+    @property
+    def ready(self) -> bool:
+        """Messages may go to the disk queue now (the file is open and its session settled)."""
+        return self.spool is not None and self.journal is not None and self.unrestored is None
+
+    def read(self, n: int) -> list[OutgoingMessage]:
+        return self.spool.read(n) if self.spool is not None else []
+
+    def head_time(self) -> float | None:
+        return self.spool.head_time() if self.spool is not None else None
+
+    def queued(self) -> tuple[int, int]:
+        return (self.spool.count, self.spool.bytes) if self.spool is not None else (0, 0)
+
+    def queued_messages(self) -> list[OutgoingMessage]:
+        """Every message in the disk queue (not read back), for ``save_session``'s text."""
+        return self.spool.read_all() if self.spool is not None else []
 
     def compact_if_due(self, state: SessionState) -> None:
         """Compact a journal past its bound. The records are durable: a failure is reported
@@ -222,6 +327,8 @@ class StateFile:
 
     def take_errors(self) -> list[tuple[int, str]]:
         """What went wrong without raising, for on_error (``settle``, a failed compaction)."""
+        if self.spool is not None:
+            self._errors += self.spool.take_errors()
         if not self._errors:
             return []
         errors, self._errors = self._errors, []
@@ -248,7 +355,20 @@ class StateFile:
         if j is not None and j.needs_compaction:
             j.compact(state)
 
+    def _close_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
             self.journal = None
+        self._close_spool()
+
+
+def attach(state: SessionState, spool: Spool) -> None:
+    """Count the disk queue's messages into a recovered state."""
+    state.spooled, state.spooled_bytes = spool.count, spool.bytes
+    if spool.last_seq >= state.next_seq:  # spooled after the journal last counted
+        state.next_seq = spool.last_seq + 1

@@ -1,9 +1,12 @@
 """Crash-test child: restore the session from a state file, publish a numbered range.
 
 Prints "R <n>" after publish_* returned for n (the message is then durable), "DONE" at the end.
-argv: state_file host port first last [flush]
+argv: state_file host port first last [flush]. Environment: CRASH_SPOOL=1 keeps at most 10
+messages in memory (the rest in the disk queue, 4 KiB segments); CRASH_OFFLINE=1 publishes
+without connecting, as fast as it can.
 """
 
+import os
 import sys
 import time
 
@@ -17,14 +20,23 @@ def main() -> None:
     c.config(f"SessionStateFile={state}")
     c.config("MaxInflight=20")
     c.config("ReconnectDelayMax=1")
+    if os.environ.get("CRASH_SPOOL"):
+        c.config("QueueInMemory=10")
+        c.config("QueueSegmentBytes=4096")
+    offline = bool(os.environ.get("CRASH_OFFLINE"))
     c.restore_session("")
-    c.connect(host, int(port), timeout=10)
     out = sys.stdout
+    if offline:
+        out.write("UP\n")
+        out.flush()
+    else:
+        c.connect(host, int(port), timeout=10)
     for n in range(int(first), int(last)):
         c.publish_message("crash/pub", 1 + n % 2, str(n))
         out.write(f"R {n}\n")
         out.flush()
-        time.sleep(0.002)  # a steady stream, so that kills land mid-stream
+        if not offline:
+            time.sleep(0.002)  # a steady stream, so that kills land mid-stream
     if finish:
         ok = c.flush(30)
         c.disconnect()

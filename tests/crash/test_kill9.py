@@ -70,10 +70,11 @@ def broker(mosquitto_factory: Any) -> Iterator[MosquittoBroker]:
     yield mosquitto_factory()
 
 
-def _child(script: str, *args: str) -> subprocess.Popen[str]:
+def _child(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(HERE / script), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -133,6 +134,77 @@ def test_publisher_killed_at_random_loses_nothing(
         assert not missing, f"{len(missing)} returned messages never arrived: {missing[:20]}"
         assert not qos2_dups, f"QoS 2 messages delivered twice: {qos2_dups[:20]}"
         assert sum(1 for n in inflight_at_kill if n > 0) >= KILLS // 2, inflight_at_kill
+    finally:
+        tally.close()
+
+
+# the disk queue's rounds: publishing offline into it; connected with the acks held back (it
+# fills); connected with everything flowing (it is read back and its segments deleted)
+SPOOL_ROUNDS: list[tuple[bool, tuple[str, ...]]] = [
+    (True, ()), (False, ("PUBACK", "PUBREC")), (False, ()), (True, ()), (False, ("PUBCOMP",)),
+    (False, ()),
+]
+SPOOL_KILLS = 12
+
+
+def test_disk_queue_publisher_killed_offline_draining_and_retiring(
+    broker: MosquittoBroker, mqtt_proxy_factory: Any, tmp_path: Path
+) -> None:
+    """The same promise with the queue on disk (10 messages in memory, 4 KiB segments): kills
+    land while publishing offline into it, while it fills behind held acks, and while it is
+    read back and its segments deleted."""
+    rng = random.Random(os.environ.get("CRASH_SEED", "mqttsession") + "-spool")
+    proxy = mqtt_proxy_factory(broker)
+    tally = Tally(broker, "crash/pub")
+    state = str(tmp_path / "publisher.session")
+    env = {"CRASH_SPOOL": "1"}
+    returned: set[int] = set()
+    per_run: list[int] = []
+    try:
+        for k in range(SPOOL_KILLS):
+            offline, hold = SPOOL_ROUNDS[k % len(SPOOL_ROUNDS)]
+            proxy.clear_drops()
+            if hold:
+                proxy.drop("s2c", *hold)
+            first = k * 10000
+            proxy.clear_log()
+            proc = _child("_publisher.py", state, proxy.host, str(proxy.port), str(first),
+                          str(first + 10000), env={**env, **({"CRASH_OFFLINE": "1"} if offline else {})})
+            if offline:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "UP", _lines(proc)[1]
+                time.sleep(rng.uniform(0.05, 0.4))
+            else:
+                try:
+                    proxy.wait_for("s2c", "CONNACK", timeout=30)
+                except TimeoutError:
+                    proc.kill()
+                    raise AssertionError(f"publisher {k} never connected: {_lines(proc)[1]}") from None
+                time.sleep(rng.uniform(0.1, 0.9))
+            proc.send_signal(signal.SIGKILL)
+            lines, err = _lines(proc)
+            assert proc.returncode == -signal.SIGKILL, err
+            got = {int(x.split()[1]) for x in lines if x.startswith("R ")}
+            returned |= got
+            per_run.append(len(got))
+            proxy.cut()
+        proxy.clear_drops()
+        final = _child("_publisher.py", state, proxy.host, str(proxy.port), "900000", "900010",
+                       "flush", env=env)
+        lines, err = _lines(final, timeout=120)
+        assert final.returncode == 0, err
+        assert lines[-1].startswith("DONE True 0"), (lines[-3:], err)
+        returned |= set(range(900000, 900010))
+        tally.wait_for(returned, timeout=30)
+        time.sleep(1.0)  # an observation window for late duplicates
+        with tally.lock:
+            missing = sorted(n for n in returned if tally.counts[n] == 0)
+            qos2_dups = sorted(n for n in returned if n % 2 == 1 and tally.counts[n] > 1)
+        print(f"spool kills={SPOOL_KILLS} returned={len(returned)} per-run={per_run}")
+        assert not missing, f"{len(missing)} returned messages never arrived: {missing[:20]}"
+        assert not qos2_dups, f"QoS 2 messages delivered twice: {qos2_dups[:20]}"
+        assert sum(1 for n in per_run if n > 20) >= SPOOL_KILLS // 2, per_run
+        assert not any(name.endswith(".seg") for name in os.listdir(state + ".queue"))
     finally:
         tally.close()
 

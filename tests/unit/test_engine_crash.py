@@ -50,11 +50,13 @@ from mqttsession.events import MessageEvent, SessionLostEvent
 from mqttsession.state import (
     Accepted,
     Event,
+    OutgoingMessage,
     Phase,
     Received,
     Released,
     SessionReset,
     SessionState,
+    Spooled,
     Stepped,
 )
 from mqttsession.store import MemoryStore
@@ -290,22 +292,31 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.inflight: set[int] = set()  # seqs whose flow is unfinished on this connection
         self._fresh(SessionState())
 
-    def _fresh(self, state: SessionState) -> None:
-        """A new process: its engine, its store holding ``state`` as the snapshot."""
+    def _fresh(self, state: SessionState, queue: list[OutgoingMessage] | None = None) -> None:
+        """A new process: its engine, its store holding ``state`` as the snapshot, and the
+        disk queue the crash left (``MemoryStore.recover`` placed its reading back)."""
+        old = getattr(self, "store", None)
         self.store = MemoryStore(state)
+        if queue is not None and old is not None:
+            self.store.queue, self.store.queue_read = queue, old.queue_read
+            self.store.queue_durable = len(queue)
+        self.store.ready = self.settings.queue_in_memory > 0
         self.durable_view = codec.decode(self.store.snapshot)
         self.durable_applied = 0
         self.engine = Engine(self.settings, state)
+        self.engine.spool = self.store
 
     @initialize(protocol=st.sampled_from([4, 5]), max_inflight=st.sampled_from([1, 2, 3, 20]),
                 receive_maximum=st.sampled_from([1, 2, 65535]),
-                republish_interval=st.sampled_from([0.0, 1.0]))
+                republish_interval=st.sampled_from([0.0, 1.0]),
+                queue_in_memory=st.sampled_from([0, 0, 1, 2, 3]))
     def setup(self, protocol: int, max_inflight: int, receive_maximum: int,
-              republish_interval: float) -> None:
+              republish_interval: float, queue_in_memory: int) -> None:
         self.protocol = protocol
         self.receive_maximum = receive_maximum if protocol == 5 else 65535
         self.settings = EngineSettings(max_inflight=max_inflight,
-                                       republish_interval=republish_interval)
+                                       republish_interval=republish_interval,
+                                       queue_in_memory=queue_in_memory)
         self.broker = ModelBroker(protocol)
         state = SessionState()
         state.configure(client_id="model", clean_session=False, protocol_version=protocol)
@@ -334,7 +345,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
         if isinstance(a, Persist):
             _persist(self.store, self.engine.state, a)
             for rec in a.records:
-                if isinstance(rec, Accepted):
+                if isinstance(rec, (Accepted, Spooled)):
                     assert a.sync, "an accepted message must be synced (point 1)"
                     self.promised.add(rec.message.payload)
                 elif isinstance(rec, Released):
@@ -363,7 +374,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
         synced: set[object] = set()  # what sync Persists so far covered: records, "bare"
         for i, a in enumerate(actions):
             if isinstance(a, Persist):
-                if any(isinstance(r, Accepted) for r in a.records):
+                if any(isinstance(r, (Accepted, Spooled)) for r in a.records):
                     assert i == 0 and a.sync, "point 1: Accepted first, synced"
                 if a.sync:
                     synced.update(a.records if a.records else ("bare",))
@@ -422,7 +433,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.crash_in = None
         self.drop_network()
         self.app.crashed()
-        self._fresh(state)
+        self._fresh(state, self.store.queue)
 
     def drop_network(self) -> None:
         self.online = False
@@ -460,8 +471,9 @@ class EngineCrashMachine(RuleBasedStateMachine):
             payload = self.payload("f")
             _, actions = self.engine.publish("t", payload, qos, False)
             first = actions[0]
-            assert isinstance(first, Persist) and isinstance(first.records[0], Accepted)
-            self.engine.retract(first.records[0])
+            rec = first.records[0] if isinstance(first, Persist) else None
+            assert isinstance(rec, (Accepted, Spooled))
+            self.engine.retract(rec)
             assert self.engine.state.snapshot_fields() == before
             self.failed.add(payload)
 
@@ -655,6 +667,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
         assert not lost, f"published, durable, never delivered: {sorted(lost)}"
         assert not self.failed & set(self.broker.delivered)
         assert not self.engine.state.outgoing, f"stuck: {self.engine.state.outgoing}"
+        assert not self.engine.state.spooled, "stuck in the disk queue"
         assert not self.engine.state.incoming, f"stale incoming: {self.engine.state.incoming}"
         assert not self.broker.outbound, f"broker flows unfinished: {self.broker.outbound}"
         for payload, qos in self.broker.sent.items():

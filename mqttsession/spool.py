@@ -1,0 +1,502 @@
+"""The disk queue: never-sent outgoing messages in append-only segment files.
+
+A session with a state file ``P`` keeps at most ``QueueInMemory`` never-sent messages in memory;
+the ones published beyond that go here, to the directory ``P.queue`` (mode 0700), and are read
+back, in publish order, as the in-flight window has room (``state.Loaded``, a journal record).
+Memory and start-up time follow the window, not the queue's length.
+
+Files (mode 0600, never opened through a symlink):
+
+- ``q-<first seq>.open``: the segment being appended to: a header frame
+  (``["mqttsession-queue", 1, client id, first seq]``) and one journal frame
+  (``journal.frame``) per message, its ``Accepted`` record (``records.encode_record``);
+- ``q-<first>-<last>-<count>-<bytes>-<size>.seg``: a full segment, sealed by a rename once it
+  passed ``SEGMENT_BYTES`` (fsynced first under ``SessionSync=always``). Its name holds what a
+  restart needs, so a restart reads only the segment being read back and the open one.
+
+Whole segments are deleted once every message in them was read back and that is durable in
+the journal (``retire``); nothing is ever rewritten. Recovery: a sealed segment whose size is
+not the one its name says, a damaged frame followed by good ones in the open segment, or a
+segment of another client is ``StateError`` (the files are kept); a torn tail of the open
+segment (a crash mid-write, a power cut's zeros) is cut. A sealed segment found damaged while
+it is read back is kept aside (``*.damaged-<time>``) and reported (``take_errors``): the
+messages after the damage in it are lost, never invented or reordered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Final, Iterator
+
+from .errors import PersistenceError, StateError
+from .journal import _NOFOLLOW, _fsync_dir, _own_file, _write_all, frame, read_frames
+from .records import Accepted, OutgoingMessage, Spooled, decode_record, encode_record
+from .state import message_bytes
+
+__all__ = ["QUEUE_SUFFIX", "SEGMENT_BYTES", "Spool"]
+
+log = logging.getLogger(__name__)
+
+QUEUE_SUFFIX: Final = ".queue"
+SEGMENT_BYTES: Final = 1024 * 1024  # a segment is sealed past this; a restart reads <= 2
+_HEADER_TAG: Final = "mqttsession-queue"
+_VERSION: Final = 1
+_OPEN_NAME: Final = re.compile(r"q-(\d{20})\.open\Z")
+_SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)\.seg\Z")
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW
+
+
+@dataclass
+class _Segment:
+    first: int  # seq of its first message (its name)
+    path: str
+    sealed: bool
+    last: int = 0  # seq of its last message (0: none yet)
+    count: int = 0  # messages in it
+    bytes: int = 0  # their ``message_bytes``
+    size: int = 0  # bytes of the file that are valid frames
+
+
+class Spool:
+    """The disk queue of one state file; its own lock (callers' locks are theirs)."""
+
+    def __init__(self, state_path: str, client_id: str = "", sync: bool = True,
+                 segment_bytes: int = SEGMENT_BYTES, read_only: bool = False) -> None:
+        self.dir = os.fspath(state_path) + QUEUE_SUFFIX
+        self.client_id = client_id
+        self.sync = sync
+        self.segment_bytes = segment_bytes
+        self.read_only = read_only
+        self.count = 0  # messages not read back yet
+        self.bytes = 0
+        self.last_seq = 0  # the newest message's seq (0: none ever, in these files)
+        self._segs: list[_Segment] = []
+        self._ri = 0  # index in _segs of the segment being read back
+        self._roff = 0  # offset in it of the next frame to read (0: before its header)
+        self._rcount = 0  # messages read from it, and their bytes
+        self._rbytes = 0
+        self._frames: list[bytes] = []  # frames of it read ahead, from _roff
+        self._wfd: int | None = None  # the open segment (the last), for appending
+        self._errors: list[tuple[int, str]] = []
+        self._mutex = threading.RLock()
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self, spool_next: int) -> None:
+        """Find the segments and where reading back resumes (every message below
+        ``spool_next`` was read back); ``StateError`` on damage (the files are kept)."""
+        with self._mutex:
+            self._close_fds()
+            self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
+            self._rcount = self._rbytes = 0
+            self.count = self.bytes = self.last_seq = 0
+            try:
+                names = os.listdir(self.dir)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise StateError(f"cannot read the disk queue {self.dir}: {exc.strerror}") from exc
+            segs = []
+            for name in names:
+                path = os.path.join(self.dir, name)
+                m = _SEALED_NAME.match(name)
+                if m is not None:
+                    first, last, count, nbytes, size = map(int, m.groups())
+                    segs.append(_Segment(first, path, True, last, count, nbytes, size))
+                elif (m := _OPEN_NAME.match(name)) is not None:
+                    segs.append(_Segment(int(m.group(1)), path, False))
+            segs.sort(key=lambda s: s.first)
+            for seg in segs:
+                if seg.sealed:
+                    self._check_sealed(seg)
+                else:
+                    self._scan_open(seg)
+            segs = [seg for seg in segs if seg.size]  # an open one with a torn header: gone
+            prev = 0
+            for seg in segs:
+                if seg.count and (seg.first <= prev or seg.last < seg.first):
+                    raise StateError(f"disk queue {self.dir}: segment {os.path.basename(seg.path)}"
+                                     " is out of order")
+                prev = max(prev, seg.last)
+            # segments read back before a crash whose deletion did not happen
+            while segs and segs[0].last < spool_next and (segs[0].sealed or len(segs) > 1):
+                dead = segs.pop(0)
+                if not self.read_only:
+                    self._unlink(dead.path)
+            self._segs = segs
+            self.last_seq = max((s.last for s in segs), default=0)
+            self.count = sum(s.count for s in segs)
+            self.bytes = sum(s.bytes for s in segs)
+            if segs and segs[0].first < spool_next:  # part of it was read back
+                self._skip_to(spool_next)
+            if segs and not segs[-1].sealed and not self.read_only:
+                self._open_writer(segs[-1])
+
+    def _check_sealed(self, seg: _Segment) -> None:
+        try:
+            st = os.lstat(seg.path)
+        except OSError as exc:
+            raise StateError(f"disk queue segment {seg.path}: {exc.strerror}") from exc
+        if not os.path.isfile(seg.path) or os.path.islink(seg.path):
+            raise StateError(f"disk queue segment {seg.path} is not a regular file")
+        if st.st_size != seg.size:
+            raise StateError(f"disk queue segment {seg.path} is {st.st_size} bytes; its name says"
+                             f" {seg.size} (cut short or damaged); kept")
+        if seg.count <= 0 or seg.first > seg.last or seg.bytes < 0:
+            raise StateError(f"disk queue segment {seg.path}: its name is not consistent")
+
+    def _read(self, path: str, offset: int = 0) -> bytes:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        try:
+            size = os.fstat(fd).st_size
+            return os.pread(fd, max(0, size - offset), offset) if size > offset else b""
+        finally:
+            os.close(fd)
+
+    def _header_ok(self, payload: bytes, seg: _Segment) -> bool:
+        try:
+            arr = json.loads(payload.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return False
+        if not (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG
+                and arr[1] == _VERSION and isinstance(arr[2], str) and arr[3] == seg.first):
+            return False
+        if self.client_id and arr[2] and arr[2] != self.client_id:
+            raise StateError(f"disk queue {self.dir} is for client id {arr[2]!r}")
+        return True
+
+    def _messages(self, payloads: list[bytes], where: str) -> Iterator[OutgoingMessage]:
+        for payload in payloads:
+            try:
+                rec = decode_record(payload)
+            except StateError as exc:
+                raise StateError(f"{where}: {exc}") from None
+            if type(rec) is not Accepted or rec.message.packet_id:
+                raise StateError(f"{where}: not a queued message")
+            yield rec.message
+
+    def _scan_open(self, seg: _Segment) -> None:
+        """Read the open segment: its messages counted, a torn tail cut."""
+        data = self._read(seg.path)
+        payloads, valid, damaged_mid = read_frames(data)
+        if damaged_mid:
+            raise StateError(f"disk queue segment {seg.path}: frame at byte {valid} is bad but"
+                             " later ones are good; kept")
+        if not payloads or not self._header_ok(payloads[0], seg):
+            if not payloads and valid == 0:  # created, the header torn: nothing in it
+                seg.size = 0
+                if not self.read_only:
+                    self._unlink(seg.path)
+                seg.count = 0
+                return
+            raise StateError(f"disk queue segment {seg.path}: its header is not valid; kept")
+        prev = seg.first - 1
+        for m in self._messages(payloads[1:], seg.path):
+            if m.seq <= prev:
+                raise StateError(f"disk queue segment {seg.path}: seq {m.seq} out of order")
+            prev = m.seq
+            seg.count += 1
+            seg.bytes += message_bytes(m)
+        seg.last = prev if seg.count else 0
+        seg.size = valid
+        if valid < len(data):
+            log.warning("disk queue segment %s: torn tail of %d bytes %s (a crash mid-write)",
+                        seg.path, len(data) - valid, "ignored" if self.read_only else "cut")
+            if not self.read_only:
+                fd = os.open(seg.path, os.O_WRONLY | _NOFOLLOW)
+                try:
+                    os.ftruncate(fd, valid)
+                finally:
+                    os.close(fd)
+
+    def _skip_to(self, spool_next: int) -> None:
+        """Position reading at the first message at or after ``spool_next``."""
+        seg = self._segs[0]
+        while self._fill(seg):
+            m = self._peek_message()
+            if m is None or m.seq >= spool_next:
+                return
+            self._take()
+
+    # ------------------------------------------------------------------ writing
+
+    def _open_writer(self, seg: _Segment) -> None:
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW)
+        try:
+            _own_file(fd, seg.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._wfd = fd
+
+    def _new_segment(self, first: int) -> _Segment:
+        if not os.path.isdir(self.dir):
+            try:
+                os.mkdir(self.dir, 0o700)
+            except FileExistsError:
+                pass
+            if os.path.islink(self.dir) or not os.path.isdir(self.dir):
+                raise StateError(f"{self.dir} is not a directory (a symbolic link is refused)")
+        seg = _Segment(first, os.path.join(self.dir, f"q-{first:020d}.open"), False)
+        fd = os.open(seg.path, _CREATE, 0o600)
+        try:
+            head = frame(json.dumps([_HEADER_TAG, _VERSION, self.client_id, first]).encode())
+            _write_all(fd, head)
+            if self.sync:
+                os.fdatasync(fd)
+                _fsync_dir(seg.path)
+        except BaseException:
+            os.close(fd)
+            self._unlink(seg.path)
+            raise
+        seg.size = len(head)
+        self._wfd = fd
+        self._segs.append(seg)
+        return seg
+
+    def _seal(self, seg: _Segment) -> None:
+        """The open segment is full: its name takes what a restart needs to know."""
+        assert self._wfd is not None
+        if self.sync:
+            os.fdatasync(self._wfd)
+        os.close(self._wfd)
+        self._wfd = None
+        name = f"q-{seg.first:020d}-{seg.last:020d}-{seg.count}-{seg.bytes}-{seg.size}.seg"
+        path = os.path.join(self.dir, name)
+        os.rename(seg.path, path)
+        if self.sync:
+            _fsync_dir(path)
+        seg.path, seg.sealed = path, True
+
+    def append(self, m: OutgoingMessage, sync: bool) -> None:
+        """Store one never-sent message (persistence point 1): in the OS before returning, on
+        disk with ``sync`` under ``SessionSync=always``; ``PersistenceError`` otherwise."""
+        data = frame(encode_record(Spooled(m)))
+        with self._mutex:
+            try:
+                seg = self._segs[-1] if self._segs and self._wfd is not None else None
+                if seg is not None and seg.size >= self.segment_bytes:
+                    self._seal(seg)
+                    seg = None
+                if seg is None:
+                    seg = self._new_segment(m.seq)
+                try:
+                    _write_all(self._wfd, data)  # type: ignore[arg-type]
+                    if sync and self.sync:
+                        os.fdatasync(self._wfd)  # type: ignore[arg-type]
+                except OSError:
+                    try:
+                        os.ftruncate(self._wfd, seg.size)  # type: ignore[arg-type]
+                    except OSError:
+                        pass
+                    raise
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot write the disk queue {self.dir}:"
+                                                  f" {exc.strerror or exc}") from exc
+            seg.size += len(data)
+            seg.count += 1
+            n = message_bytes(m)
+            seg.bytes += n
+            seg.last = self.last_seq = m.seq
+            self.count += 1
+            self.bytes += n
+
+    def sync_now(self) -> None:
+        """The open segment's appends on disk (``SessionSync=always`` batches)."""
+        with self._mutex:
+            if self._wfd is not None and self.sync:
+                os.fdatasync(self._wfd)
+
+    # ------------------------------------------------------------------ reading back
+
+    def _fill(self, seg: _Segment) -> bool:
+        """Frames of ``seg`` from the read position are in ``_frames``; False: none left."""
+        if self._frames:
+            return True
+        if self._roff >= seg.size:
+            return False
+        data = self._read(seg.path, self._roff)[: seg.size - self._roff]
+        payloads, valid, _ = read_frames(data)
+        if self._roff == 0:
+            if not payloads or not self._header_ok(payloads[0], seg):
+                self._damaged(seg, "its header is not valid")
+                return False
+            self._roff += 8 + len(payloads[0])
+            payloads = payloads[1:]
+        if valid < len(data) and not payloads:
+            self._damaged(seg, f"frame at byte {self._roff} is bad")
+            return False
+        self._frames = payloads
+        self._frames.reverse()  # taken from the end
+        return bool(payloads)
+
+    def _peek_message(self) -> OutgoingMessage | None:
+        seg = self._segs[self._ri]
+        try:
+            return next(self._messages([self._frames[-1]], seg.path))
+        except StateError as exc:
+            self._damaged(seg, str(exc))
+            return None
+
+    def _take(self) -> OutgoingMessage | None:
+        m = self._peek_message()
+        if m is None:
+            return None
+        payload = self._frames.pop()
+        self._roff += 8 + len(payload)
+        n = message_bytes(m)
+        self._rcount += 1
+        self._rbytes += n
+        self.count -= 1
+        self.bytes -= n
+        return m
+
+    def _damaged(self, seg: _Segment, why: str) -> None:
+        """A segment found damaged while read back: kept aside, the rest of it skipped."""
+        lost = max(0, seg.count - self._rcount)
+        self.count -= lost
+        self.bytes -= max(0, seg.bytes - self._rbytes)
+        aside = f"{seg.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        if not self.read_only:
+            try:
+                if self._wfd is not None and seg is self._segs[-1]:
+                    os.close(self._wfd)
+                    self._wfd = None
+                os.rename(seg.path, aside)
+            except OSError:
+                aside = seg.path
+        text = (f"disk queue segment {seg.path} is damaged ({why}): {lost} queued messages in it"
+                f" after the damage are lost; kept as {aside}")
+        log.error("%s", text)
+        self._errors.append((-1, text))
+        self._frames = []
+        seg.size = self._roff  # nothing more is read from it
+        seg.sealed = True
+
+    def read(self, n: int) -> list[OutgoingMessage]:
+        """Up to ``n`` messages, the oldest not read back yet, in publish order."""
+        out: list[OutgoingMessage] = []
+        with self._mutex:
+            while len(out) < n and self._ri < len(self._segs):
+                seg = self._segs[self._ri]
+                if not self._fill(seg):
+                    if seg.sealed or self._ri < len(self._segs) - 1:
+                        self._ri += 1
+                        self._roff = self._rcount = self._rbytes = 0
+                        continue
+                    break  # the open segment: all read
+                m = self._take()
+                if m is not None:
+                    out.append(m)
+            if not out and self.count < 0:  # pragma: no cover - a count gone wrong
+                self.count = self.bytes = 0
+        return out
+
+    def head_time(self) -> float | None:
+        """When the oldest message not read back was published (None: none, or unknown)."""
+        with self._mutex:
+            if self.count <= 0 or self._ri >= len(self._segs):
+                return None
+            if self._fill(self._segs[self._ri]):
+                m = self._peek_message()
+                return (m.accepted_at or None) if m is not None else None
+            for seg in self._segs[self._ri + 1:]:
+                for m in self._segment_messages(seg):
+                    return m.accepted_at or None
+            return None
+
+    def _segment_messages(self, seg: _Segment) -> Iterator[OutgoingMessage]:
+        payloads, _, _ = read_frames(self._read(seg.path)[: seg.size])
+        return self._messages(payloads[1:], seg.path)
+
+    def read_all(self) -> list[OutgoingMessage]:
+        """Every message not read back, without reading them back (``save_session``)."""
+        out: list[OutgoingMessage] = []
+        with self._mutex:
+            for i in range(self._ri, len(self._segs)):
+                seg = self._segs[i]
+                if i == self._ri and self._roff:
+                    data = self._read(seg.path, self._roff)[: seg.size - self._roff]
+                    out += self._messages(read_frames(data)[0], seg.path)
+                else:
+                    out += self._segment_messages(seg)
+        return out
+
+    # ------------------------------------------------------------------ retiring
+
+    def retirable(self, spool_next: int) -> bool:
+        """Whether a whole segment was read back below ``spool_next``."""
+        with self._mutex:
+            return bool(self._segs) and self._ri > 0 and self._segs[0].last < spool_next or (
+                self.count == 0 and bool(self._segs) and self._segs[-1].last < spool_next
+                and self._roff >= self._segs[-1].size)
+
+    def retire(self, spool_next: int) -> int:
+        """Delete the segments read back below ``spool_next`` (the caller made that durable);
+        how many went."""
+        gone = 0
+        with self._mutex:
+            while self._ri > 0 and self._segs[0].last < spool_next:
+                self._unlink(self._segs.pop(0).path)
+                self._ri -= 1
+                gone += 1
+            if (self.count == 0 and len(self._segs) == 1 and self._ri == 0
+                    and self._roff >= self._segs[0].size and self._segs[0].last < spool_next):
+                if self._wfd is not None:  # the open one, all read back: the next starts anew
+                    os.close(self._wfd)
+                    self._wfd = None
+                self._unlink(self._segs.pop().path)
+                self._roff = self._rcount = self._rbytes = 0
+                self._frames = []
+                gone += 1
+        if gone:
+            log.info("disk queue %s: %d segment(s) read back and deleted", self.dir, gone)
+        return gone
+
+    def _unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._errors.append((exc.errno or -1, f"cannot delete {path}: {exc.strerror}"))
+
+    # ------------------------------------------------------------------ the rest
+
+    def take_errors(self) -> list[tuple[int, str]]:
+        """What went wrong without raising (a damaged segment, a failed delete)."""
+        with self._mutex:
+            errors, self._errors = self._errors, []
+            return errors
+
+    def keep_aside(self, label: str) -> list[str]:
+        """Move the queue out of the way as ``P.queue.<label>-<time>``; the new names."""
+        with self._mutex:
+            self._close_fds()
+            self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
+            self.count = self.bytes = self.last_seq = 0
+            if not os.path.isdir(self.dir) or not os.listdir(self.dir):
+                return []
+            aside = f"{self.dir}.{label}-{time.strftime('%Y%m%dT%H%M%S')}"
+            n = 1
+            while os.path.exists(aside):
+                n += 1
+                aside = f"{self.dir}.{label}-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
+            os.rename(self.dir, aside)
+            return [aside]
+
+    def _close_fds(self) -> None:
+        if self._wfd is not None:
+            os.close(self._wfd)
+            self._wfd = None
+
+    def close(self) -> None:
+        with self._mutex:
+            self._close_fds()
+

@@ -1,0 +1,171 @@
+"""The disk queue (issue 12 point 1): never-sent messages beyond QueueInMemory live in segment
+files next to the state file, are read back in publish order as the window has room, and whole
+segments are deleted once read back; memory holds the window, not the queue. Real mosquitto."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import Client, load_state
+from mqttsession.spool import QUEUE_SUFFIX
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+number_of, qos_of, unique = _procs.number_of, _procs.qos_of, _procs.unique
+
+pytestmark = pytest.mark.integration
+
+N = 400
+
+
+def _client(path: Path, client_id: str, protocol: int = 4) -> Client:
+    c = Client(client_id=client_id, clean_session=False, protocol_version=protocol)
+    c.config(f"SessionStateFile={path}")
+    c.config("QueueInMemory=20")
+    c.config("QueueSegmentBytes=4096")
+    return c
+
+
+def _segments(path: Path) -> list[str]:
+    folder = str(path) + QUEUE_SUFFIX
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _in_order(order: list[int]) -> None:
+    """Publish order per QoS [MQTT-4.6.0-1] (the counter sees a QoS 2 message only on PUBREL,
+    a round trip after a QoS 1 message sent after it)."""
+    for qos in (1, 2):
+        mine = [n for n in order if qos_of(n) == qos]
+        assert mine == [n for n in range(1, N + 1) if qos_of(n) == qos]
+
+
+@pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_offline_queue_on_disk_restored_and_drained_in_order(
+        mosquitto: Any, tmp_path: Path, protocol: int) -> None:
+    path = tmp_path / "gw.state"
+    tag = unique("dq")
+    topic = f"mqs/{tag}"
+    cid = unique("gw")
+    c = _client(path, cid, protocol)
+    c.restore_session("")
+    for n in range(1, N + 1):
+        c.publish_message(topic, qos_of(n), _procs.payload(tag, n))
+    st = c._engine.state
+    assert len(st.outgoing) == 20 and st.spooled == N - 20  # memory holds QueueInMemory
+    stats = c.queue_stats()
+    assert stats.messages == N and stats.oldest_age is not None
+    assert len(_segments(path)) > 3  # several sealed segments and the open one
+    c.close()
+
+    d = _client(path, cid, protocol)
+    d.restore_session("")
+    st = d._engine.state
+    assert len(st.outgoing) == 20 and st.spooled == N - 20  # restored: the index, not the queue
+    assert d.queue_stats().messages == N
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic, protocol)
+    try:
+        d.connect(mosquitto.host, mosquitto.port)
+        assert d.flush(30) is True
+        d.publish_message(topic, 2, f"{tag}:END")
+        counter.wait_payload(f"{tag}:END")
+        counts = counter.counts(tag)
+        _procs.assert_delivered(counts, range(1, N + 1))
+        _in_order(counter.order(tag))
+        assert max(counts.values()) == 1
+        assert d.queue_stats().messages == 0
+        assert [s for s in _segments(path) if s.endswith(".seg")] == []  # read back: deleted
+    finally:
+        counter.close()
+        d.close()
+
+
+def test_publishing_while_connected_spills_and_drains(mosquitto: Any, tmp_path: Path) -> None:
+    """A publisher faster than the broker: the queue goes to disk past QueueInMemory and
+    comes back; every message arrives once, in order."""
+    path = tmp_path / "gw.state"
+    tag = unique("spill")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    c = _client(path, unique("gw"))
+    try:
+        c.connect(mosquitto.host, mosquitto.port)
+        most = 0
+        for n in range(1, N + 1):
+            c.publish_message(topic, qos_of(n), _procs.payload(tag, n))
+            most = max(most, len(c._engine.state.outgoing))
+        assert c.flush(30) is True
+        c.publish_message(topic, 2, f"{tag}:END")
+        counter.wait_payload(f"{tag}:END")
+        _in_order(counter.order(tag))
+        assert most <= 20 + 20  # QueueInMemory, plus the window read back at most
+    finally:
+        counter.close()
+        c.close()
+
+
+def test_save_session_text_holds_the_disk_queue(tmp_path: Path) -> None:
+    """save_session()'s text is the whole session: the disk queue's messages are in it, so a
+    client without the files restores all of them."""
+    path = tmp_path / "gw.state"
+    c = _client(path, "gw-save")
+    c.restore_session("")
+    for n in range(1, 101):
+        c.publish_data("t/x", 1, str(n).encode())
+    text = c.save_session()
+    c.close()
+    view = load_state(text)
+    assert [int(m.payload) for m in view.never_sent] == list(range(1, 101))
+    other = Client(client_id="gw-save", clean_session=False)
+    other.restore_session(text)
+    assert other.queue_stats().messages == 100
+    # and the file's own snapshot refers to the queue, not a copy of it
+    d = _client(path, "gw-save")
+    d.restore_session("")
+    assert d.queue_stats().messages == 100 and len(d._engine.state.outgoing) == 20
+    d.close()
+
+
+def test_drop_oldest_reaches_into_the_disk_queue(tmp_path: Path) -> None:
+    path = tmp_path / "gw.state"
+    c = _client(path, "gw-drop")
+    c.config("MaxQueuedMessages=50")
+    c.config("QueueFullPolicy=drop-oldest")
+    dropped: list[int] = []
+    c.on_message_dropped = lambda e: dropped.append(e.seq)
+    c.restore_session("")
+    for n in range(1, 101):
+        c.publish_data("t/x", 1, str(n).encode())
+    assert dropped == list(range(1, 51))
+    assert c.queue_stats().messages == 50
+    c.close()
+    d = _client(path, "gw-drop")
+    d.restore_session("")
+    text = d.save_session()
+    assert [int(m.payload) for m in load_state(text).never_sent] == list(range(51, 101))
+    d.close()
+
+
+def test_a_queue_without_its_state_file_is_kept_aside(tmp_path: Path) -> None:
+    path = tmp_path / "gw.state"
+    c = _client(path, "gw-orphan")
+    c.restore_session("")
+    for n in range(1, 101):
+        c.publish_data("t/x", 1, str(n).encode())
+    c.close()
+    os.unlink(path)
+    os.unlink(str(path) + ".journal")
+    errors: list[str] = []
+    d = _client(path, "gw-orphan")
+    d.on_error = lambda e: errors.append(e.description)
+    d.restore_session("")
+    d.publish_data("t/x", 1, b"new")
+    assert d.queue_stats().messages == 1
+    assert any(name.startswith("gw.state.queue.orphaned-") for name in os.listdir(tmp_path))
+    d.close()

@@ -1,0 +1,189 @@
+"""The disk queue's files (``spool.Spool``): round trips, reading back, retiring whole segments,
+and what a crash or a power cut leaves (every truncation and zero-filled tail of the open
+segment, a cut sealed segment, random damage): a prefix of what was appended, or a clear
+``StateError``, or a reported loss; never an invented or reordered message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mqttsession.errors import StateError
+from mqttsession.records import OutgoingMessage
+from mqttsession.spool import QUEUE_SUFFIX, Spool
+from mqttsession.state import message_bytes
+
+SEG = 600  # bytes: a few messages a segment
+
+
+def msg(seq: int, size: int = 20, at: float = 1000.0) -> OutgoingMessage:
+    return OutgoingMessage(seq, 0, f"t/{seq % 7}", bytes([seq % 251]) * size, 1 + seq % 2,
+                           seq % 3 == 0, b"", accepted_at=at + seq)
+
+
+def filled(tmp: Path, seqs: list[int], sync: bool = False, size: int = 20) -> Spool:
+    sp = Spool(str(tmp / "s"), "c", sync=sync, segment_bytes=SEG)
+    sp.recover(0)
+    for seq in seqs:
+        sp.append(msg(seq, size), sync=sync)
+    return sp
+
+
+def reopened(tmp: Path, spool_next: int = 0) -> Spool:
+    sp = Spool(str(tmp / "s"), "c", sync=False, segment_bytes=SEG)
+    sp.recover(spool_next)
+    return sp
+
+
+def files(tmp: Path) -> list[str]:
+    d = str(tmp / "s") + QUEUE_SUFFIX
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def test_round_trip_across_segments(tmp_path: Path) -> None:
+    seqs = list(range(1, 101))
+    sp = filled(tmp_path, seqs, sync=True)
+    assert sp.count == 100 and sp.bytes == sum(message_bytes(msg(s)) for s in seqs)
+    names = files(tmp_path)
+    assert sum(n.endswith(".seg") for n in names) > 5 and sum(n.endswith(".open") for n in names) == 1
+    sp.close()
+    again = reopened(tmp_path)
+    assert (again.count, again.bytes, again.last_seq) == (sp.count, sp.bytes, 100)
+    assert again.head_time() == msg(1).accepted_at
+    assert again.read(1000) == [msg(s) for s in seqs]
+    assert again.count == 0 and again.bytes == 0
+
+
+def test_reading_back_resumes_where_the_journal_says(tmp_path: Path) -> None:
+    seqs = list(range(5, 90, 2))  # gaps: seqs the journal took
+    sp = filled(tmp_path, seqs)
+    got = sp.read(17)
+    assert got == [msg(s) for s in seqs[:17]]
+    nxt = got[-1].seq + 1
+    assert sp.retirable(nxt)
+    sp.retire(nxt)
+    sp.close()
+    again = reopened(tmp_path, nxt)
+    assert again.count == len(seqs) - 17
+    assert again.read(1000) == [msg(s) for s in seqs[17:]]
+
+
+def test_whole_segments_are_deleted_never_rewritten(tmp_path: Path) -> None:
+    seqs = list(range(1, 61))
+    sp = filled(tmp_path, seqs)
+    before = files(tmp_path)
+    sizes = {n: os.path.getsize(str(tmp_path / "s") + QUEUE_SUFFIX + "/" + n) for n in before}
+    sp.read(30)
+    assert sp.retire(31) >= 1
+    after = files(tmp_path)
+    assert set(after) < set(before)
+    for n in after:  # untouched
+        assert os.path.getsize(str(tmp_path / "s") + QUEUE_SUFFIX + "/" + n) == sizes[n]
+    sp.read(1000)
+    sp.retire(61)
+    assert files(tmp_path) == []  # all read back: nothing left, the next append starts anew
+    sp.append(msg(61), sync=False)
+    assert sp.read(5) == [msg(61)]
+
+
+def test_a_crash_before_a_retired_segment_was_deleted(tmp_path: Path) -> None:
+    sp = filled(tmp_path, list(range(1, 41)))
+    sp.read(25)  # read back, durable in the journal, but the process died before retire
+    sp.close()
+    again = reopened(tmp_path, 26)
+    assert again.read(100) == [msg(s) for s in range(26, 41)]
+
+
+def _open_segment(tmp: Path) -> Path:
+    d = Path(str(tmp / "s") + QUEUE_SUFFIX)
+    return next(d / n for n in os.listdir(d) if n.endswith(".open"))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(zeros=st.integers(0, 300), data=st.data())
+def test_every_truncation_of_the_open_segment_is_a_prefix(tmp_path_factory: pytest.TempPathFactory,
+                                                           zeros: int, data: st.DataObject) -> None:
+    tmp = tmp_path_factory.mktemp("cut")
+    seqs = list(range(1, 31))
+    filled(tmp, seqs).close()
+    seg = _open_segment(tmp)
+    raw = seg.read_bytes()
+    cut = data.draw(st.integers(0, len(raw)))
+    seg.write_bytes(raw[:cut] + b"\0" * zeros)  # a crash mid-write, a power cut's zeros
+    sp = reopened(tmp)
+    got = [m.seq for m in sp.read(1000)]
+    assert got == seqs[:len(got)]  # a prefix: never invented, never reordered
+    sp.append(msg(100), sync=False)  # and appending goes on after the cut
+    sp.close()
+    assert reopened(tmp).read(1000)[-1] == msg(100)
+
+
+def test_a_cut_sealed_segment_is_state_error_and_kept(tmp_path: Path) -> None:
+    filled(tmp_path, list(range(1, 60))).close()
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    sealed = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[1]
+    raw = (d / sealed).read_bytes()
+    (d / sealed).write_bytes(raw[:-5])
+    with pytest.raises(StateError, match="cut short"):
+        reopened(tmp_path)
+    assert (d / sealed).read_bytes() == raw[:-5]  # kept as it was
+
+
+def test_good_frames_after_a_bad_one_in_the_open_segment_is_state_error(tmp_path: Path) -> None:
+    filled(tmp_path, list(range(1, 4))).close()
+    seg = _open_segment(tmp_path)
+    raw = bytearray(seg.read_bytes())
+    raw[60] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    with pytest.raises(StateError):
+        reopened(tmp_path)
+    assert seg.read_bytes() == bytes(raw)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_damage_is_an_error_or_a_reported_loss_never_a_wrong_message(
+        tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    tmp = tmp_path_factory.mktemp("dmg")
+    seqs = list(range(1, 50))
+    filled(tmp, seqs).close()
+    d = Path(str(tmp / "s") + QUEUE_SUFFIX)
+    victim = d / data.draw(st.sampled_from(sorted(os.listdir(d))))
+    raw = bytearray(victim.read_bytes())
+    at = data.draw(st.integers(0, len(raw) - 1))
+    raw[at] ^= data.draw(st.integers(1, 255))
+    victim.write_bytes(bytes(raw))
+    try:
+        sp = reopened(tmp)
+    except StateError:
+        return  # clear, and the files kept
+    got = sp.read(1000)
+    for m in got:
+        assert m == msg(m.seq)  # never invented
+    order = [m.seq for m in got]
+    assert order == sorted(set(order))  # never reordered or twice
+    if len(got) < len(seqs):
+        assert sp.take_errors() or order == seqs[:len(order)]  # a loss is reported (or a cut tail)
+
+
+def test_another_clients_queue_is_state_error(tmp_path: Path) -> None:
+    filled(tmp_path, [1, 2, 3]).close()
+    other = Spool(str(tmp_path / "s"), "someone-else", sync=False)
+    with pytest.raises(StateError, match="client id"):
+        other.recover(0)
+
+
+def test_read_only_recovery_changes_nothing(tmp_path: Path) -> None:
+    filled(tmp_path, list(range(1, 30))).close()
+    seg = _open_segment(tmp_path)
+    seg.write_bytes(seg.read_bytes() + b"\0" * 10)
+    before = {n: (Path(str(tmp_path / "s") + QUEUE_SUFFIX) / n).read_bytes() for n in files(tmp_path)}
+    sp = Spool(str(tmp_path / "s"), "c", read_only=True)
+    sp.recover(10)
+    assert sp.count == 29 - 9
+    after = {n: (Path(str(tmp_path / "s") + QUEUE_SUFFIX) / n).read_bytes() for n in files(tmp_path)}
+    assert after == before
