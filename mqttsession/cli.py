@@ -220,8 +220,10 @@ def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int]) -> dict[str, 
         "incoming": [msg(m) for m in s.incoming],
         "subscriptions": dict(s.subscriptions),
         "payload_bytes": payload_bytes,
-        "queue": {"messages": len(s.outgoing),
-                  "bytes": sum(len(m.payload) + len(m.topic) + len(m.properties) for m in s.outgoing)},
+        "queue": {"messages": len(s.outgoing) + s.on_disk,
+                  "bytes": sum(len(m.payload) + len(m.topic) + len(m.properties)
+                               for m in s.outgoing) + s.on_disk_bytes,
+                  "on_disk": s.on_disk},
         "sizes": {**sizes, "payload_bytes": payload_bytes},
     }
 
@@ -233,6 +235,7 @@ def _read_state(path: str) -> tuple[SavedState, dict[str, int]]:
         data = sys.stdin.buffer.read()
         return load_state(data), {"input_bytes": len(data)}
     from .journal import JOURNAL_SUFFIX, read_state
+    from .spool import QUEUE_SUFFIX
 
     if not os.path.exists(path):
         raise StateError(f"{path}: no such file")
@@ -242,6 +245,10 @@ def _read_state(path: str) -> tuple[SavedState, dict[str, int]]:
     journal = path + JOURNAL_SUFFIX
     sizes = {"snapshot_bytes": os.path.getsize(path),
              "journal_bytes": os.path.getsize(journal) if os.path.exists(journal) else 0}
+    queue = path + QUEUE_SUFFIX
+    if os.path.isdir(queue):
+        sizes["disk_queue_bytes"] = sum(os.path.getsize(os.path.join(queue, n))
+                                        for n in os.listdir(queue))
     return state, sizes
 
 
@@ -283,6 +290,8 @@ def _inspect(args: argparse.Namespace) -> int:
     q = info["queue"]
     print(f"outgoing queue:   {q['messages']} messages, {q['bytes']} bytes (what MaxQueuedMessages"
           " / MaxQueuedBytes count)")
+    if s.on_disk:
+        print(f"    of which {s.on_disk} wait in the disk queue ({args.file}.queue/), never sent")
     print("sizes:            " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()))
     return 0
 

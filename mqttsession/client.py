@@ -258,7 +258,7 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         compacted = self._driver.disconnect() and self._file.journal is not None
         if self._settings.session_state_file and not compacted:
-            self.save_session()  # (a disconnect that compacted wrote the same snapshot)
+            self._save()  # (a disconnect that compacted wrote the same snapshot)
         with self._lock:
             self._file.close()
 
@@ -357,14 +357,20 @@ class Client:
 
     # ================================================================== save / restore
 
-    def save_session(self) -> str:
-        """The whole session state as text; also written atomically to SessionStateFile."""
+    def _save(self) -> str:
+        """The state file's snapshot (the disk queue by reference), written; its text."""
         with self._lock:
             if self._engine.connected:
                 self._engine.state.activity(time.time())  # part of the snapshot written below
+            text = codec.encode(self._engine.state)
+            self._file.save(self._engine.state, text)
+            return text
+
+    def save_session(self) -> str:
+        """The whole session state as text; also written atomically to SessionStateFile."""
+        with self._lock:
+            text = self._save()
             st = self._engine.state
-            text = codec.encode(st)
-            self._file.save(st, text)
             if not st.spooled:
                 return text
             # the disk queue's messages are in the file's queue; the text holds them all

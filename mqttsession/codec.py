@@ -395,6 +395,8 @@ class SavedState:
     outgoing: tuple[OutgoingMessage, ...]
     incoming: tuple[IncomingMessage, ...]
     subscriptions: Mapping[str, int]
+    on_disk: int = 0  # never-sent messages in the state file's disk queue (not in ``outgoing``)
+    on_disk_bytes: int = 0
 
     @classmethod
     def of(cls, state: SessionState) -> SavedState:
@@ -410,6 +412,8 @@ class SavedState:
             tuple(state.outgoing.values()),
             tuple(state.incoming.values()),
             MappingProxyType(dict(state.subscriptions)),
+            state.spooled,
+            state.spooled_bytes,
         )
 
     def _phase(self, test: Callable[[OutgoingMessage], bool]) -> tuple[OutgoingMessage, ...]:

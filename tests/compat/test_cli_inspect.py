@@ -106,7 +106,8 @@ def test_inspect_json(state_file: Path) -> None:
     assert doc["payload_bytes"] == 10 + 9 + 14
     assert doc["sizes"]["snapshot_bytes"] == state_file.stat().st_size
     assert doc["sizes"]["payload_bytes"] == doc["payload_bytes"]
-    assert doc["queue"] == {"messages": 2, "bytes": 2 * len("inspect/out") + 10 + 9}
+    assert doc["queue"] == {"messages": 2, "bytes": 2 * len("inspect/out") + 10 + 9,
+                            "on_disk": 0}
 
 
 def test_inspect_stdin_matches_the_file(state_file: Path) -> None:
