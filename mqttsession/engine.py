@@ -127,6 +127,9 @@ class QueueSource(Protocol):
     def queued(self) -> tuple[int, int]:
         """How many are not read back yet, and their bytes."""
 
+    def read_to(self) -> int:
+        """Every message below this seq was read back (or lost to damage, reported)."""
+
 
 # ------------------------------------------------------------------------------------- engine
 
@@ -332,11 +335,13 @@ class Engine:
         """Messages read back join the session; their packet ids are durable before any of
         them is written [MQTT-2.3.1-2]."""
         st, sp = self.state, self.spool
+        upto = max(messages[-1].seq + 1 if messages else 0, sp.read_to() if sp is not None else 0)
         if not messages:
             if sp is not None:  # a damaged segment the queue skipped: its count
                 st.spooled, st.spooled_bytes = sp.queued()
-            return []
-        rec = st.load(messages, messages[-1].seq + 1, avoid=self.subs.busy())
+            if upto <= st.spool_next:
+                return []
+        rec = st.load(messages, upto, avoid=self.subs.busy())
         self._pending.extend(m.seq for m in messages)
         return [Persist((rec,), sync=True)]
 

@@ -76,6 +76,7 @@ class Spool:
         self.count = 0  # messages not read back yet
         self.bytes = 0
         self.last_seq = 0  # the newest message's seq (0: none ever, in these files)
+        self.read_to = 0  # every message below it was read back, or lost to damage
         self._segs: list[_Segment] = []
         self._ri = 0  # index in _segs of the segment being read back
         self._roff = 0  # offset in it of the next frame to read (0: before its header)
@@ -96,6 +97,7 @@ class Spool:
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
             self._rcount = self._rbytes = 0
             self.count = self.bytes = self.last_seq = 0
+            self.read_to = spool_next
             try:
                 names = os.listdir(self.dir)
             except FileNotFoundError:
@@ -353,6 +355,7 @@ class Spool:
         n = message_bytes(m)
         self._rcount += 1
         self._rbytes += n
+        self.read_to = m.seq + 1
         self.count -= 1
         self.bytes -= n
         return m
@@ -360,6 +363,7 @@ class Spool:
     def _damaged(self, seg: _Segment, why: str) -> None:
         """A segment found damaged while read back: kept aside, the rest of it skipped."""
         lost = max(0, seg.count - self._rcount)
+        self.read_to = max(self.read_to, seg.last + 1)
         self.count -= lost
         self.bytes -= max(0, seg.bytes - self._rbytes)
         aside = f"{seg.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"

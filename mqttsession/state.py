@@ -607,8 +607,8 @@ class SessionState:
 
     def _apply_accepted(self, rec: Accepted) -> None:
         m = rec.message
-        if m.seq < self.next_seq:  # above it: seqs the disk queue took (lost in it, damaged)
-            raise TransitionError(f"accepted seq {m.seq}, expected {self.next_seq} or later")
+        if m.seq != self.next_seq:
+            raise TransitionError(f"accepted seq {m.seq}, expected {self.next_seq}")
         if m.phase is not Phase.QUEUED:
             raise TransitionError("an accepted message starts QUEUED")
         if type(m.qos) is not int or m.qos not in (1, 2):

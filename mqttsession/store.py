@@ -81,6 +81,10 @@ class MemoryStore:
             self.queue_read += len(out)
             return out
 
+    def read_to(self) -> int:
+        with self._lock:
+            return self.queue[self.queue_read - 1].seq + 1 if self.queue_read else 0
+
     def head_time(self) -> float | None:
         with self._lock:
             return self.queue[self.queue_read].accepted_at if self.queue_read < len(self.queue) else None
@@ -309,6 +313,9 @@ class StateFile:
 
     def queued(self) -> tuple[int, int]:
         return (self.spool.count, self.spool.bytes) if self.spool is not None else (0, 0)
+
+    def read_to(self) -> int:
+        return self.spool.read_to if self.spool is not None else 0
 
     def queued_messages(self) -> list[OutgoingMessage]:
         """Every message in the disk queue (not read back), for ``save_session``'s text."""

@@ -203,3 +203,47 @@ def test_inspect_counts_the_disk_queue(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", str(path)],
                           check=True, capture_output=True, text=True).stdout
     assert "80 wait in the disk queue" in text
+
+
+def test_a_segment_damaged_on_disk_is_reported_kept_and_skipped(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random damage in a sealed segment is found when it is read back: on_error says how
+    many messages it held after the damage, the file is kept aside, the rest of the queue
+    goes out in order, and the session goes on (a restart reads it without error)."""
+    path = tmp_path / "gw.state"
+    tag = unique("dmg")
+    topic = f"mqs/{tag}"
+    c = _client(path, unique("gw"))
+    cid = c.client_id
+    c.restore_session("")
+    for n in range(1, N + 1):
+        c.publish_message(topic, 1, _procs.payload(tag, n))
+    c.close()
+    folder = Path(str(path) + QUEUE_SUFFIX)
+    victim = sorted(p for p in folder.iterdir() if p.suffix == ".seg")[-1]  # the last sealed one
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    victim.write_bytes(bytes(raw))
+    errors: list[str] = []
+    d = _client(path, cid)
+    d.on_error = lambda e: errors.append(e.description)
+    d.restore_session("")
+    sent = _written(monkeypatch, tag)
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    try:
+        d.connect(mosquitto.host, mosquitto.port)
+        assert d.flush(30) is True
+        assert any("is damaged" in e and "kept as" in e for e in errors), errors
+        assert sent == sorted(sent) and len(set(sent)) == len(sent)  # nothing invented
+        assert N - 60 < len(sent) < N and sent[-1] == N  # one segment's tail lost, no more
+        assert any(p.name.startswith(victim.name + ".damaged-") for p in folder.iterdir())
+        d.publish_message(topic, 1, _procs.payload(tag, N + 1))
+        assert d.flush(30) is True
+    finally:
+        counter.close()
+        d.close()
+    e = _client(path, cid)
+    e.restore_session("")  # the journal replays: the lost seqs do not break it
+    e.publish_message(topic, 1, _procs.payload(tag, N + 2))
+    assert e.queue_stats().messages == 1
+    e.close()
