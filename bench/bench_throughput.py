@@ -43,6 +43,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 import mqttsession.journal as journal_mod
+import mqttsession.spool as spool_mod
 from mqttsession import Client
 from mqttsession.testing import MosquittoBroker
 
@@ -128,7 +129,8 @@ def run_paho(host: str, port: int, n: int, qos: int) -> float:
 
 
 class _CountingOs:
-    """``os`` for mqttsession.journal, counting fdatasync calls (SessionSync=always runs)."""
+    """``os`` for mqttsession.journal and .spool (the disk queue), counting fdatasync calls
+    (SessionSync=always runs)."""
 
     def __init__(self) -> None:
         self.fdatasyncs = 0
@@ -160,6 +162,7 @@ def run_mqttsession(host: str, port: int, n: int, qos: int, sync: str | None,
         c.connect(host, port, timeout=10)
         if sync == "always":
             journal_mod.os = counting  # type: ignore[assignment]
+            spool_mod.os = counting  # type: ignore[assignment]
         t0 = time.perf_counter()
         for _ in range(n):
             c.publish_data(TOPIC, qos, PAYLOAD)
@@ -172,6 +175,7 @@ def run_mqttsession(host: str, port: int, n: int, qos: int, sync: str | None,
         return secs
     finally:
         journal_mod.os = os  # type: ignore[assignment]
+        spool_mod.os = os  # type: ignore[assignment]
         c.close()
         if statedir is not None:
             shutil.rmtree(statedir, ignore_errors=True)
