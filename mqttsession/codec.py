@@ -82,6 +82,8 @@ def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
         "incoming": [incoming_to_obj(m) for m in state.incoming.values()],
         "subscriptions": [{"filter": f, "qos": q} for f, q in state.subscriptions.items()],
         **({"spool_next": state.spool_next} if state.spool_next and version >= 3 else {}),
+        **({"orphans": [incoming_to_obj(m) for m in state.orphans]}
+           if state.orphans and version >= 3 else {}),
     }
 
 
@@ -134,7 +136,7 @@ _STATE_KEYS: Final = frozenset(
     " disconnected_at last_activity next_seq last_packet_id outgoing incoming subscriptions"
     .split()
 )
-_STATE_KEYS_SPOOL: Final = _STATE_KEYS | {"spool_next"}
+_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans"})
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
 _OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
@@ -258,8 +260,8 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
     """Build and check a state from its JSON object in format ``version``; ``StateError``
     names what is wrong."""
     keys = _STATE_KEYS
-    if version >= 3 and isinstance(obj, dict) and "spool_next" in obj:
-        keys = _STATE_KEYS_SPOOL  # the disk queue was read back up to it
+    if version >= 3 and isinstance(obj, dict):  # optional: the disk queue's read-back point,
+        keys = _STATE_KEYS | (obj.keys() & _OPTIONAL_KEYS)  # orphaned incoming messages
     f = _Fields(obj, "state", keys)
     outgoing: dict[int, OutgoingMessage] = {}
     topics: set[str] = set()  # topic names that passed validate_topic
@@ -306,7 +308,9 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
         outgoing=outgoing,
         incoming=incoming,
         subscriptions=subscriptions,
-        spool_next=f.get_int("spool_next", 1, _MAX_SEQ) if keys is _STATE_KEYS_SPOOL else 0,
+        spool_next=f.get_int("spool_next", 1, _MAX_SEQ) if "spool_next" in keys else 0,
+        orphans=[_incoming(item, f"state.orphans[{i}]")
+                 for i, item in enumerate(f.get_list("orphans"))] if "orphans" in keys else [],
     )
     state.check_invariants(topics_checked=topics)
     return state

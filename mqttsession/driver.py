@@ -363,7 +363,7 @@ class Driver:
         with self.lock:
             if self.file.unrestored is not None:
                 self.file.settle(self.engine.state)
-            lost = self.engine.lost_incoming()
+            lost = self.run(self.engine.lost_incoming())
         self.finish(lost)  # delivered before resume() removes them
         self.do(self.engine.resume)
         with self.lock:  # the resume plan is on its way before connect() returns

@@ -462,6 +462,14 @@ class Engine:
         self._last_activity = self.now = now
         records: list[Record] = [self.state.connected(now, self.broker, session_present)]
         self._early_lost = None
+        if not session_present:
+            # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
+            # out of packet-id space now, durably, so that the new session's PUBLISH with the
+            # same id is never taken for a duplicate of one of them [MQTT-4.3.3-10], whenever
+            # this process dies; they are delivered from the orphans list
+            orphaned = self.state.orphan()
+            if orphaned is not None:
+                records.append(orphaned)
         if not session_present and self.state.outgoing:
             # [MQTT-3.2.2-5] the broker forgot the session: what that means for the outgoing
             # messages is durable with the CONNACK's own record. A process killed before
@@ -479,14 +487,20 @@ class Engine:
                 Notify("on_connected", ConnectedEvent(0, reason, session_present))]
 
     def lost_incoming(self) -> list[Action]:
-        """After ``on_connected``, before ``resume``: incoming QoS 2 messages awaiting PUBREL
-        that a broker answering SessionPresent=0 will never release. They are delivered now
-        (the state does not change: ``resume`` removes them once this has run)."""
-        if self.session_present or not self.state.incoming:
-            return []
-        return [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup,
-                                     im.properties))
-                for im in self.state.incoming.values() if im.packet_id not in self._held]
+        """After ``on_connected``, before ``resume``: incoming QoS 2 messages a broker that
+        answered SessionPresent=0 will never release (the orphans, also those an earlier
+        process did not finish). They are delivered now (the state does not change: ``resume``
+        removes them once this has run); first, the record of those a session restored in
+        ``on_connected`` brought."""
+        out: list[Action] = []
+        if not self.session_present:
+            orphaned = self.state.orphan()  # a session restored in on_connected: its own
+            if orphaned is not None:
+                out.append(Persist((orphaned,), sync=True))
+        out += [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain,
+                                     im.dup, im.properties))
+                for im in self.state.orphans if im.packet_id not in self._held]
+        return out
 
     def resume(self) -> list[Action]:
         """After ``on_connected`` (and ``lost_incoming``): the resume plan ([MQTT-4.4.0-1],
@@ -500,15 +514,17 @@ class Engine:
         )
         out: list[Action] = []
         lost, early, self._early_lost = plan.lost, self._early_lost, None
+        orphans, released = st.release_orphans()  # delivered by lost_incoming
         if early is not None:  # the outgoing part was reset at CONNACK: report it all
-            lost = SessionLost(early.republished, early.dropped, early.queued,
-                               lost.delivered_incoming if lost is not None else (),
+            lost = SessionLost(early.republished, early.dropped, early.queued, orphans,
                                early.resubscribed, early.possible_duplicates)
-        if lost is not None:
-            for im in lost.delivered_incoming:  # handed out before and not acknowledged, or
-                self._held.pop(im.packet_id, None)  # delivered by lost_incoming: not again
-        if reset is not None:
-            out.append(Persist((reset,), sync=True))
+        elif lost is not None:
+            lost = SessionLost(lost.republished, lost.dropped, lost.queued, orphans,
+                               lost.resubscribed, lost.possible_duplicates)
+        for im in orphans:  # handed out before and not acknowledged, or
+            self._held.pop(im.packet_id, None)  # delivered by lost_incoming: not again
+        if reset is not None or released is not None:
+            out.append(Persist(tuple(r for r in (reset, released) if r is not None), sync=True))
         for m in lost.dropped if lost is not None else ():
             out += self._dropped(m, None, "session-lost")
         self._pending = deque(m.seq for m in plan.outgoing)
@@ -761,7 +777,7 @@ class Engine:
             raise UsageError(
                 "restore_session while connected: call it before connect() or in on_connected")
         cur = self.state
-        if cur.outgoing or cur.incoming or cur.spooled:
+        if cur.outgoing or cur.incoming or cur.spooled or cur.orphans:
             raise UsageError(f"restore_session would replace {cur.held} outgoing and"
                              f" {len(cur.incoming)} incoming messages this client holds")
 

@@ -24,7 +24,8 @@ from .errors import StateError
 __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
     "Stepped", "Received", "Released", "Subscribed", "Unsubscribed", "Connected",
-    "SessionReset", "Disconnected", "Activity", "Spooled", "Loaded", "SessionLost", "ResumePlan",
+    "SessionReset", "Disconnected", "Activity", "Spooled", "Loaded", "Orphaned",
+    "OrphansReleased", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record",
     "decode_record", "quick_init", "MAX_SEQ",
 ]
@@ -249,6 +250,25 @@ class Loaded:
     spool_next: int
 
 
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Orphaned:
+    """CONNACK said SessionPresent=0: the incoming QoS 2 messages awaiting PUBREL (these
+    packet ids) will never be released by the broker; they leave packet-id space for the
+    orphans list (durable with the CONNACK's record), to be delivered from there."""
+
+    packet_ids: tuple[int, ...]
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class OrphansReleased:
+    """The first orphans (these packet ids, in order) were handed to the application and
+    leave the session."""
+
+    packet_ids: tuple[int, ...]
+
+
 Record = Union[
     Configured,
     Accepted,
@@ -263,6 +283,8 @@ Record = Union[
     Activity,
     Spooled,
     Loaded,
+    Orphaned,
+    OrphansReleased,
 ]
 
 
@@ -373,6 +395,10 @@ KINDS: Final[dict[type, Kind]] = {
                        lambda f: Disconnected(_time(f, "at"), f.get_opt_int(
                            "session_expiry_interval", 0, MAX_EXPIRY))),
     Activity: Kind("T", ("at",), lambda r: [r.at], lambda f: Activity(_time(f, "at"))),
+    Orphaned: Kind("O", ("packet_ids",), lambda r: [list(r.packet_ids)],
+                   lambda f: Orphaned(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
+    OrphansReleased: Kind("P", ("packet_ids",), lambda r: [list(r.packet_ids)],
+                          lambda f: OrphansReleased(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
     Configured: Kind("K", ("client_id", "protocol_version", "clean_session",
                            "session_expiry_interval"),
                      lambda r: [r.client_id, r.protocol_version, r.clean_session,

@@ -75,6 +75,8 @@ from .records import (
     SessionReset,
     Spooled,
     Loaded,
+    Orphaned,
+    OrphansReleased,
     Stepped,
     Subscribed,
     Unsubscribed,
@@ -107,6 +109,8 @@ __all__ = [
     "Activity",
     "Spooled",
     "Loaded",
+    "Orphaned",
+    "OrphansReleased",
     "validate_topic",
     "validate_filter",
     "validate_qos",
@@ -192,6 +196,9 @@ class SessionState:
     outgoing: dict[int, OutgoingMessage] = field(default_factory=dict)  # by seq, in seq order
     incoming: dict[int, IncomingMessage] = field(default_factory=dict)  # by packet id
     subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> qos
+    # incoming QoS 2 messages a broker that lost the session will never release: out of
+    # packet-id space, delivered from here (``Orphaned``, ``OrphansReleased``)
+    orphans: list[IncomingMessage] = field(default_factory=list)
     _by_packet_id: dict[int, int] = field(default_factory=dict, repr=False)  # outgoing id -> seq
     _undo_last_packet_id: int = field(default=0, repr=False)  # for ``retract``
     outgoing_bytes: int = field(default=0, repr=False, compare=False)  # held payload+topic+props
@@ -227,6 +234,7 @@ class SessionState:
             list(self.outgoing.items()),
             sorted(self.incoming.items()),
             sorted(self.subscriptions.items()),
+            list(self.orphans),
         )
 
     # ----------------------------------------------------------------- queries
@@ -234,7 +242,8 @@ class SessionState:
     @property
     def empty(self) -> bool:
         """True when there are no messages or subscriptions to carry over."""
-        return not (self.outgoing or self.incoming or self.subscriptions or self.spooled)
+        return not (self.outgoing or self.incoming or self.subscriptions or self.spooled
+                    or self.orphans)
 
     @property
     def held(self) -> int:
@@ -299,6 +308,9 @@ class SessionState:
                 raise StateError(f"incoming message {pid}: bad packet_id")
             if im.qos != 2:
                 raise StateError(f"incoming message {pid}: qos must be 2")
+        for im in self.orphans:
+            if im.qos != 2 or not 1 <= im.packet_id <= MAX_PACKET_ID:
+                raise StateError(f"orphaned incoming message {im.packet_id}: bad qos or packet id")
         for flt, qos in self.subscriptions.items():
             try:
                 validate_filter(flt)
@@ -509,6 +521,23 @@ class SessionState:
         rec = Released(packet_id)
         self.apply(rec)
         return msg, rec
+
+    def orphan(self) -> Orphaned | None:
+        """SessionPresent=0: the incoming QoS 2 messages leave packet-id space (None: none)."""
+        if not self.incoming:
+            return None
+        rec = Orphaned(tuple(sorted(self.incoming)))
+        self.apply(rec)
+        return rec
+
+    def release_orphans(self) -> tuple[tuple[IncomingMessage, ...], OrphansReleased | None]:
+        """The orphans were handed to the application: they leave the session."""
+        gone = tuple(self.orphans)
+        if not gone:
+            return gone, None
+        rec = OrphansReleased(tuple(im.packet_id for im in gone))
+        self.apply(rec)
+        return gone, rec
 
     def subscribe(self, topic_filter: str, qos: int) -> Subscribed:
         validate_filter(topic_filter)
@@ -783,6 +812,21 @@ class SessionState:
         self.last_activity = at
         self.session_expiry_interval = rec.session_expiry_interval
 
+    def _apply_orphaned(self, rec: Orphaned) -> None:
+        if len(set(rec.packet_ids)) != len(rec.packet_ids):
+            raise TransitionError("orphaned names a packet id twice")
+        for pid in rec.packet_ids:
+            if pid not in self.incoming:
+                raise TransitionError(f"orphaned packet id {pid}, which is not held")
+        for pid in rec.packet_ids:
+            self.orphans.append(self.incoming.pop(pid))
+
+    def _apply_orphans_released(self, rec: OrphansReleased) -> None:
+        n = len(rec.packet_ids)
+        if not n or tuple(im.packet_id for im in self.orphans[:n]) != rec.packet_ids:
+            raise TransitionError(f"orphans {rec.packet_ids} released, not the first held")
+        del self.orphans[:n]
+
     def _apply_activity(self, rec: Activity) -> None:
         self.last_activity = _check_time("activity time", rec.at)
 
@@ -801,4 +845,6 @@ _APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     Activity: SessionState._apply_activity,
     Spooled: SessionState._apply_spooled,
     Loaded: SessionState._apply_loaded,
+    Orphaned: SessionState._apply_orphaned,
+    OrphansReleased: SessionState._apply_orphans_released,
 }

@@ -31,7 +31,10 @@ from mqttsession.events import (
 )
 from mqttsession.state import (
     Accepted,
+    Connected,
     Event,
+    Orphaned,
+    OrphansReleased,
     Phase,
     Received,
     Released,
@@ -401,16 +404,19 @@ def test_resume_session_absent_drop_released() -> None:
 
 def test_resume_session_absent_delivers_held_incoming_qos2() -> None:
     """QoS 2 received (PUBREC sent) and never released: the broker forgot the PUBREL, so the
-    message is handed over, then its removal is recorded."""
+    message leaves packet-id space with the CONNACK's record (an orphan), is handed over, then
+    its removal is recorded."""
     e = connected()
     e.receive(publish_in(4, 2, b"held"))
     e.connection_lost(1.0, 0, "gone")
     out = connect(e, session_present=False)
+    first = out[index(out, Persist, record=Connected)]
+    assert isinstance(first, Persist) and Orphaned((4,)) in first.records and first.sync
     d = index(out, Deliver)
-    assert d < index(out, Persist, record=SessionReset)
+    assert d < index(out, Persist, record=OrphansReleased)
     deliver = out[d]
     assert isinstance(deliver, Deliver) and deliver.message.message == b"held"
-    assert not e.state.incoming
+    assert not e.state.incoming and not e.state.orphans
 
 
 # ------------------------------------------------------------------------ acknowledgements
@@ -534,3 +540,25 @@ def test_too_large_for_the_brokers_maximum_packet_size() -> None:
     with pytest.raises(UsageError, match="Maximum Packet Size 40"):
         publish(e, b"y" * 64, 2)
     assert not e.state.outgoing
+
+
+def test_orphans_round_trip_through_records_and_snapshot() -> None:
+    """Orphaned / OrphansReleased are journal records, and the orphans list is part of the
+    snapshot (format 3, an optional field), so a kill between CONNACK and resume keeps them
+    out of packet-id space across the restart."""
+    from mqttsession import codec
+    from mqttsession.records import decode_record, encode_record
+
+    e = connected()
+    e.receive(publish_in(4, 2, b"held"))
+    e.connection_lost(1.0, 0, "gone")
+    e.connecting("broker:1883")
+    e.connack(0, "", False, 65535, None, 2.0)
+    st = e.state
+    assert not st.incoming and [im.packet_id for im in st.orphans] == [4]
+    for rec in (Orphaned((4, 9)), OrphansReleased((4,))):
+        assert decode_record(encode_record(rec)) == rec
+    again = codec.decode(codec.encode(st))
+    assert again == st and [im.payload for im in again.orphans] == [b"held"]
+    again.apply(OrphansReleased((4,)))
+    assert not again.orphans and codec.decode(codec.encode(again)) == again

@@ -50,6 +50,7 @@ from mqttsession.events import MessageEvent, SessionLostEvent
 from mqttsession.state import (
     Accepted,
     Event,
+    OrphansReleased,
     OutgoingMessage,
     Phase,
     Received,
@@ -76,7 +77,7 @@ ACKS = (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBCOMP)
 # that releases the incoming QoS 2 messages the broker forgot. Set False once that is fixed.
 # Fixed: bug 1's outgoing side (the outgoing reset is durable with the Connected record) and
 # bug 2 (a SEND record that gives a message its packet id is synced).
-STEER_KNOWN_BUGS = True
+STEER_KNOWN_BUGS = False
 
 
 def _persist(store: MemoryStore, state: SessionState, a: Persist) -> None:
@@ -353,6 +354,10 @@ class EngineCrashMachine(RuleBasedStateMachine):
                     self.app.removed(rec.packet_id)
                 elif isinstance(rec, SessionReset):
                     for pid in rec.released:
+                        self.app.removed(pid)
+                elif isinstance(rec, OrphansReleased):
+                    assert a.sync, "released orphans must be synced (point 4)"
+                    for pid in rec.packet_ids:
                         self.app.removed(pid)
         elif isinstance(a, Write):
             self.check_durable_before(a)
@@ -750,8 +755,6 @@ def test_bug1_crash_after_connack_sp0_loses_released_message() -> None:
     assert any(k == "PUBLISH" and b == b"A" for k, _, b in out), f"A not published again: {out}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug 1 (incoming side): a stale QoS 2 message survives "
-                   "the crash and swallows the new session's message with the same packet id")
 def test_bug1_crash_after_connack_sp0_keeps_stale_incoming() -> None:
     """The client holds an incoming QoS 2 message (PUBREC sent, no PUBREL yet); the broker
     restarts without the session; the process dies after Persist(Connected). After the restart
