@@ -186,6 +186,7 @@ CONFIGS: list[tuple[str, str]] = [
     ("mqttsession-no-file", "mqttsession, no state file"),
     ("mqttsession-sync-none", "mqttsession, state file, SessionSync=none"),
     ("mqttsession-sync-always", "mqttsession, state file, SessionSync=always"),
+    ("mqttsession-sync-interval", "mqttsession, state file, SessionSync=interval"),
 ]
 
 
@@ -193,7 +194,7 @@ def runner(name: str, host: str, port: int, workdir: str) -> Callable[[int, int]
     if name == "paho":
         return lambda n, q: run_paho(host, port, n, q)
     sync = {"mqttsession-no-file": None, "mqttsession-sync-none": "none",
-            "mqttsession-sync-always": "always"}[name]
+            "mqttsession-sync-always": "always", "mqttsession-sync-interval": "interval"}[name]
     return lambda n, q: run_mqttsession(host, port, n, q, sync, workdir)
 
 

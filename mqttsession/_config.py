@@ -23,7 +23,8 @@ class ClientSettings:
     """The ``config()`` settings that are neither session state nor the engine's."""
 
     session_state_file: str = ""
-    session_sync: str = "always"
+    session_sync: str = "always"  # or "none", or "interval" (fsync at most this much later:)
+    session_sync_interval: int = 1000  # milliseconds (SessionSync=interval)
     retain: bool = False
     will_qos: int = 0
     will_retain: bool = False
@@ -68,7 +69,8 @@ def _parse_float(name: str, value: str, lo: float) -> float:
 
 _INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_maximum": (1, 65535),
                       "max_queued_messages": (0, 2**62), "max_queued_bytes": (0, 2**62),
-                      "queue_in_memory": (0, 2**31), "queue_segment_bytes": (4096, 2**30)}
+                      "queue_in_memory": (0, 2**31), "queue_segment_bytes": (4096, 2**30),
+                      "session_sync_interval": (1, 3_600_000)}
 
 
 def _policy(c: Any, value: str) -> None:
@@ -133,6 +135,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "protocolversion": (lambda c: str(c._engine.state.protocol_version),
                         lambda c, v: c._set_protocol(v)),
     "sessionsync": _own("session_sync", "_set_sync"),
+    "sessionsyncinterval": _attr("_settings", "session_sync_interval"),
     "retain": _attr("_settings", "retain"),
     "republishinterval": _attr("_engine_settings", "republish_interval"),
     "willqos": _attr("_settings", "will_qos"),

@@ -61,7 +61,8 @@ class AsyncSession:
     ``async with AsyncSession(options, ...) as session:`` does the same and closes it at exit.
     ``options`` defaults to ``Options.from_env()``. ``state_file`` (needs ``client_id``) makes
     the session durable and restores it; ``clean_session`` defaults to False with a state file
-    (True is refused there), else True. ``session_sync``: ``"always"`` (the default) or ``"none"``.
+    (True is refused there), else True. ``session_sync``: ``"always"`` (the default),
+    ``"none"`` or ``"interval"``.
     """
 
     def __init__(

@@ -221,10 +221,10 @@ class Client:
 
     def _set_sync(self, value: str) -> None:
         v = value.strip().lower()
-        if v not in ("always", "none"):
-            raise UsageError(f"SessionSync must be 'always' or 'none', got {value!r}")
+        if v not in ("always", "none", "interval"):
+            raise UsageError(f"SessionSync must be 'always', 'none' or 'interval', got {value!r}")
         self._settings.session_sync = v
-        self._file.set_sync(v == "always")
+        self._file.set_sync(v != "none")  # interval: the driver defers a publish's fsync
 
     # ================================================================== connecting
 
@@ -256,6 +256,7 @@ class Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._driver.cancel_sync_timer()  # SessionSync=interval: what waits goes to disk now
         compacted = self._driver.disconnect() and self._file.journal is not None
         if self._settings.session_state_file and not compacted:
             self._save()  # (a disconnect that compacted wrote the same snapshot)

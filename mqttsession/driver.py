@@ -79,6 +79,7 @@ class Driver:
         self.pump: AsyncioPump | None = None  # asyncio: the loop drives the connection
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
+        self._sync_timer: threading.Timer | None = None  # SessionSync=interval
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
@@ -240,13 +241,18 @@ class Driver:
         a read batch (not for a publish) syncs wait for the batch's end: one fsync for it."""
         conn, st, f = self.conn, self.engine.state, self.file
         batch = accepted is None and conn is not None and conn.in_batch()
+        # SessionSync=interval: a publish's records reach the OS now and the disk within
+        # SessionSyncInterval (``_sync_later``); the acks that depend on a record still wait
+        # for its fsync (the network thread's syncs are not deferred)
+        later_sync = accepted is not None and self._settings.session_sync == "interval"
         later: list[Action] = []
         durable = False  # a record that is not lazy: a compaction may be due
         for a in actions:
             if type(a) is Persist:
                 durable = durable or not a.lazy
                 try:
-                    f.append(a.records, st, sync=a.sync and not batch, lazy=a.lazy)
+                    f.append(a.records, st, sync=a.sync and not batch and not later_sync,
+                             lazy=a.lazy)
                 except Exception as exc:
                     if accepted is not None:
                         self.engine.retract(accepted)
@@ -261,11 +267,42 @@ class Driver:
                 later.append(a)
         if durable:
             f.compact_if_due(st)
+            if later_sync:
+                self._sync_later()
         if not st.outgoing and not st.spooled:
             self.changed.notify_all()  # flush() waits for exactly this
             if self.on_idle is not None:
                 self.on_idle()
         return later
+
+    def _sync_later(self) -> None:
+        """SessionSync=interval: one fsync within SessionSyncInterval of the oldest record not
+        yet on disk (a timer thread, armed only while such records wait)."""
+        if self._sync_timer is not None:
+            return
+        t = threading.Timer(self._settings.session_sync_interval / 1000, self._interval_sync)
+        t.daemon = True
+        t.name = "mqttsession-sync"
+        self._sync_timer = t
+        t.start()
+
+    def _interval_sync(self) -> None:
+        with self.lock:
+            self._sync_timer = None
+        try:
+            self.file.sync_pending()  # the journal's and the queue's own locks
+        except Exception as exc:
+            self.error(getattr(exc, "errno", None) or -1,
+                       f"SessionSync=interval: the state file could not be synced ({exc});"
+                       " the records since the last sync are in the OS, not on disk")
+
+    def cancel_sync_timer(self) -> None:
+        """Closing: the pending interval sync runs now instead."""
+        with self.lock:
+            t, self._sync_timer = self._sync_timer, None
+        if t is not None:
+            t.cancel()
+            self._interval_sync()
 
     def finish(self, later: list[Action]) -> None:
         """Run the callbacks ``run`` left (never under the lock)."""

@@ -85,6 +85,7 @@ class Spool:
         self._frames: list[bytes] = []  # frames of it read ahead, from _roff
         self._wfd: int | None = None  # the open segment (the last), for appending
         self._errors: list[tuple[int, str]] = []
+        self._unsynced = False  # appended without a sync since the last one (policy syncs)
         self._mutex = threading.RLock()
 
     # ------------------------------------------------------------------ recovery
@@ -267,6 +268,7 @@ class Spool:
         assert self._wfd is not None
         if self.sync:
             os.fdatasync(self._wfd)
+            self._unsynced = False
         os.close(self._wfd)
         self._wfd = None
         name = f"q-{seg.first:020d}-{seg.last:020d}-{seg.count}-{seg.bytes}-{seg.size}.seg"
@@ -292,6 +294,9 @@ class Spool:
                     _write_all(self._wfd, data)  # type: ignore[arg-type]
                     if sync and self.sync:
                         os.fdatasync(self._wfd)  # type: ignore[arg-type]
+                        self._unsynced = False
+                    else:
+                        self._unsynced = self.sync
                 except OSError:
                     try:
                         os.ftruncate(self._wfd, seg.size)  # type: ignore[arg-type]
@@ -309,11 +314,18 @@ class Spool:
             self.count += 1
             self.bytes += n
 
-    def sync_now(self) -> None:
-        """The open segment's appends on disk (``SessionSync=always`` batches)."""
+    def sync_pending(self) -> None:
+        """The open segment's appends written without a sync, on disk (``SessionSync=interval``);
+        ``PersistenceError`` if that fails."""
         with self._mutex:
-            if self._wfd is not None and self.sync:
+            if not self._unsynced or self._wfd is None:
+                return
+            try:
                 os.fdatasync(self._wfd)
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot sync the disk queue {self.dir}:"
+                                                  f" {exc.strerror or exc}") from exc
+            self._unsynced = False
 
     # ------------------------------------------------------------------ reading back
 
@@ -472,6 +484,11 @@ class Spool:
             self._errors.append((exc.errno or -1, f"cannot delete {path}: {exc.strerror}"))
 
     # ------------------------------------------------------------------ the rest
+
+    @property
+    def has_errors(self) -> bool:
+        """Whether ``take_errors`` has anything (no lock: a hint, checked once per action list)."""
+        return bool(self._errors)
 
     def take_errors(self) -> list[tuple[int, str]]:
         """What went wrong without raising (a damaged segment, a failed delete)."""

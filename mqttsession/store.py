@@ -334,7 +334,7 @@ class StateFile:
 
     def take_errors(self) -> list[tuple[int, str]]:
         """What went wrong without raising, for on_error (``settle``, a failed compaction)."""
-        if self.spool is not None:
+        if self.spool is not None and self.spool.has_errors:
             self._errors += self.spool.take_errors()
         if not self._errors:
             return []
@@ -344,6 +344,8 @@ class StateFile:
     def sync_pending(self) -> None:
         if self.journal is not None:
             self.journal.sync_pending()
+        if self.spool is not None:
+            self.spool.sync_pending()
 
     def flush(self) -> None:
         if self.journal is not None:
