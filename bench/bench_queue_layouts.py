@@ -36,7 +36,7 @@ def segments(work: str, n: int) -> tuple[float, float]:
     sp.recover(0)
     t = time.perf_counter()
     for seq in range(1, n + 1):
-        sp.append(OutgoingMessage(seq, 0, "bench/queue", PAYLOAD, 1, accepted_at=1.0), sync=False)
+        sp.append([OutgoingMessage(seq, 0, "bench/queue", PAYLOAD, 1, accepted_at=1.0)], sync=False)
     store = time.perf_counter() - t
     t = time.perf_counter()
     while True:

@@ -11,7 +11,7 @@ import copy
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from . import codec
 from ._config import CONFIG, ClientSettings, parse_bool, parse_int
@@ -19,7 +19,7 @@ from .driver import ConnectParams, Driver
 from ._paho import pack_properties
 from .engine import EngineSettings
 from .errors import UsageError
-from .events import ErrorEvent, Message, MessageEvent, QueueStats
+from .events import ErrorEvent, Message, MessageEvent, PublishRequest, QueueStats
 from .state import MAX_EXPIRY, validate_filter, validate_qos, validate_topic
 
 if TYPE_CHECKING:
@@ -307,6 +307,49 @@ class Client:
             rest = self._driver.run(actions, self._engine.accepted)  # persistence point 1
         self._driver.finish(rest)
         return pid
+
+    def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
+                     ) -> list[int]:
+        """Publish several messages with ONE write and ONE sync of the state file; returns
+        their packet ids in order (0 for QoS 0, or while they wait in the disk queue).
+
+        ``messages``: ``(topic, qos, data)`` tuples (text is UTF-8) or ``PublishRequest``
+        values (with ``retain`` / ``properties``). All or nothing: a bad message raises before
+        any is stored (``UsageError``; ``QueueFullError`` when the limits leave no room for
+        all of them; ``PersistenceError`` when the record cannot be written).
+        """
+        items: list[tuple[str, bytes, int, bool, bytes]] = []
+        for m in messages:
+            if isinstance(m, PublishRequest):
+                topic, qos, data, retain, props = m.topic, m.qos, m.payload, m.retain, m.properties
+            elif isinstance(m, tuple) and len(m) == 3:
+                (topic, qos, data), retain, props = m, None, None
+            else:
+                raise UsageError(f"publish_many takes (topic, qos, data) tuples or PublishRequest"
+                                 f" values, got {type(m).__name__}")
+            validate_topic(topic)
+            validate_qos(qos)
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise UsageError(f"data must be bytes or str, got {type(data).__name__}")
+            packed = b""
+            if props is not None:
+                if self.protocol_version != 5:
+                    raise UsageError("properties need MQTT 5 (protocol_version=5)")
+                packed = pack_properties(props)
+            items.append((topic, bytes(data), qos,
+                          self._settings.retain if retain is None else bool(retain), packed))
+        if not items:
+            return []
+        with self._lock:
+            if any(i[2] for i in items):
+                self._file.open(self._engine.state)
+                self._file.compact_before_publish(self._engine.state)
+            ids, actions = self._engine.publish_many(items, time.time())
+            rest = self._driver.run(actions, self._engine.accepted_many)  # point 1, all of them
+        self._driver.finish(rest)
+        return ids
 
     def queue_stats(self) -> QueueStats:
         """The outgoing QoS 1/2 messages held: how many, their bytes, the oldest's age, and

@@ -230,7 +230,8 @@ class Driver:
                 self.file.journal.compact(self.engine.state)
         return True
 
-    def run(self, actions: list[Action], accepted: Accepted | Spooled | None = None,
+    def run(self, actions: list[Action],
+            accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
             quiet: str = "") -> list[Action]:
         """Carry out the engine's records and packets in order (lock held) and return its
         callbacks for ``finish`` (after the lock is released; the engine puts nothing that
@@ -254,7 +255,10 @@ class Driver:
                     f.append(a.records, st, sync=a.sync and not batch and not later_sync,
                              lazy=a.lazy)
                 except Exception as exc:
-                    if accepted is not None:
+                    if isinstance(accepted, list):  # publish_many: all of them, last first
+                        for rec in reversed(accepted):
+                            self.engine.retract(rec)
+                    elif accepted is not None:
                         self.engine.retract(accepted)
                     if not quiet:
                         raise

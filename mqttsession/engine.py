@@ -159,6 +159,7 @@ class Engine:
         self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
         self.accepted: Accepted | Spooled | None = None  # the last publish()'s (for retract)
+        self.accepted_many: list[Accepted | Spooled] = []  # the last publish_many()'s
         self.spool: QueueSource | None = None  # the disk queue, with a state file
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
@@ -288,13 +289,62 @@ class Engine:
             out += self._pump()
         return rec.message.packet_id, out
 
-    def _make_room(self, size: int) -> list[Action]:
-        """Room for one more message of ``size`` bytes within MaxQueuedMessages and
+    def publish_many(self, items: Sequence[tuple[str, bytes, int, bool, bytes]],
+                     now: float) -> tuple[list[int], list[Action]]:
+        """Several messages (topic, payload, qos, retain, properties; validated by the
+        caller) in one step: their records in ONE ``Persist`` (one write, one sync), all in
+        memory or all in the disk queue, then their PUBLISHes. All or nothing: too large,
+        or no room (``QueueFullError``), raises before anything is stored; a driver whose
+        ``Persist`` fails calls ``retract`` with each of ``self.accepted_many``, last first."""
+        for topic, payload, qos, _r, props in items:
+            why = self.size_limit(topic, len(payload), qos, len(props))
+            if why is not None:
+                raise UsageError(f"message to {topic!r} too large to send: {why}")
+        self.accepted = None
+        self.accepted_many = []
+        if now > 0.0:
+            self.now = now
+        st, s = self.state, self.settings
+        durable = [i for i in items if i[2]]
+        out: list[Action] = []
+        if durable and (s.max_queued_bytes or s.max_queued_messages):
+            out = self._make_room(sum(len(p) + len(t) + len(x) for t, p, _q, _r, x in durable),
+                                  len(durable))
+        sp, limit = self.spool, s.queue_in_memory
+        spool = bool(limit and sp is not None and sp.ready
+                     and (st.spooled or len(st.outgoing) + len(durable) > limit))
+        records: list[Record] = []
+        ids: list[int] = []
+        quick: list[Action] = []
+        for topic, payload, qos, retain, props in items:
+            if not qos:
+                pid, actions = self.publish(topic, payload, 0, retain, props)
+                quick += actions
+                ids.append(0)
+                continue
+            if spool:
+                rec: Accepted | Spooled = st.spool(topic, payload, qos, retain, props, now)
+            else:
+                rec = st.accept(topic, payload, qos, retain, props, avoid=self.subs.busy(),
+                                accepted_at=now)
+                self._pending.append(rec.message.seq)
+            self.accepted_many.append(rec)
+            records.append(rec)
+            ids.append(rec.message.packet_id)
+        if records:
+            out.append(Persist(tuple(records), True))
+        out += quick
+        if records and not spool and self.conn is _CONNECTED:
+            out += self._pump()
+        return ids, out
+
+    def _make_room(self, size: int, n: int = 1) -> list[Action]:
+        """Room for ``n`` more messages of ``size`` bytes within MaxQueuedMessages and
         MaxQueuedBytes: nothing to do, the oldest never-sent messages dropped
         (``drop-oldest``), or ``QueueFullError`` (``reject``, or nothing that may go)."""
         s, st = self.settings, self.state
         max_n, max_b = s.max_queued_messages, s.max_queued_bytes
-        count, used = st.held + 1, st.held_bytes + size
+        count, used = st.held + n, st.held_bytes + size
         if (not max_n or count <= max_n) and (not max_b or used <= max_b):
             return []
         full = (f"the queue is full ({st.held} messages, {st.held_bytes} bytes;"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .records import quick_init
 from .state import IncomingMessage, OutgoingMessage, SessionLost
@@ -19,6 +20,7 @@ __all__ = [
     "ErrorEvent",
     "MessageDroppedEvent",
     "QueueStats",
+    "PublishRequest",
     "DIRECTION_CLIENT",
     "DIRECTION_SERVER",
 ]
@@ -179,3 +181,15 @@ class QueueStats:
     dropped: int
     expired: int
 
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """One message for ``publish_many`` (a ``(topic, qos, data)`` tuple works too):
+    ``retain`` None takes the ``Retain`` setting; ``properties`` (MQTT 5) a paho
+    ``Properties(PacketTypes.PUBLISH)``."""
+
+    topic: str
+    qos: int
+    payload: bytes | str
+    retain: bool | None = None
+    properties: Any = None

@@ -33,14 +33,14 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
-from .events import MessageEvent, SubscribedEvent
+from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .options import Options, TlsOptions
 
 if TYPE_CHECKING:
@@ -299,6 +299,11 @@ class Session:
             return self._client.publish_message(topic, qos, payload, retain=retain,
                                                 properties=properties)
         return self._client.publish_data(topic, qos, payload, retain=retain, properties=properties)
+
+    def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
+                     ) -> list[int]:
+        """``Client.publish_many``: all of them in the session with one write and one sync."""
+        return self._client.publish_many(messages)
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""

@@ -278,10 +278,12 @@ class Spool:
             _fsync_dir(path)
         seg.path, seg.sealed = path, True
 
-    def append(self, m: OutgoingMessage, sync: bool) -> None:
-        """Store one never-sent message (persistence point 1): in the OS before returning, on
-        disk with ``sync`` under ``SessionSync=always``; ``PersistenceError`` otherwise."""
-        data = frame(encode_record(Spooled(m)))
+    def append(self, messages: list[OutgoingMessage], sync: bool) -> None:
+        """Store never-sent messages, in one write (persistence point 1): in the OS before
+        returning, on disk with ``sync`` under ``SessionSync=always``; ``PersistenceError``
+        otherwise (and none of them stored)."""
+        frames = [frame(encode_record(Spooled(m))) for m in messages]
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         with self._mutex:
             try:
                 seg = self._segs[-1] if self._segs and self._wfd is not None else None
@@ -289,7 +291,7 @@ class Spool:
                     self._seal(seg)
                     seg = None
                 if seg is None:
-                    seg = self._new_segment(m.seq)
+                    seg = self._new_segment(messages[0].seq)
                 try:
                     _write_all(self._wfd, data)  # type: ignore[arg-type]
                     if sync and self.sync:
@@ -307,11 +309,11 @@ class Spool:
                 raise PersistenceError(exc.errno, f"cannot write the disk queue {self.dir}:"
                                                   f" {exc.strerror or exc}") from exc
             seg.size += len(data)
-            seg.count += 1
-            n = message_bytes(m)
+            n = sum(map(message_bytes, messages))
+            seg.count += len(messages)
             seg.bytes += n
-            seg.last = self.last_seq = m.seq
-            self.count += 1
+            seg.last = self.last_seq = messages[-1].seq
+            self.count += len(messages)
             self.bytes += n
 
     def sync_pending(self) -> None:

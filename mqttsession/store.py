@@ -98,7 +98,7 @@ class MemoryStore:
                lazy: bool = False) -> None:
         with self._lock:
             if records and type(records[0]) is Spooled:
-                self.queue.append(records[0].message)
+                self.queue += [r.message for r in records if type(r) is Spooled]
                 if sync and self.sync_policy:
                     self.queue_durable = len(self.queue)
                 return
@@ -284,8 +284,8 @@ class StateFile:
             self.settle(state)  # the compaction wrote the whole state, records included
             return
         if records and type(records[0]) is Spooled:  # the disk queue's, never the journal's
-            assert self.spool is not None and len(records) == 1
-            self.spool.append(records[0].message, sync)
+            assert self.spool is not None
+            self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             return
         if records:
             j.append(records, state, sync=sync, lazy=lazy)

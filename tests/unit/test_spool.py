@@ -29,7 +29,7 @@ def filled(tmp: Path, seqs: list[int], sync: bool = False, size: int = 20) -> Sp
     sp = Spool(str(tmp / "s"), "c", sync=sync, segment_bytes=SEG)
     sp.recover(0)
     for seq in seqs:
-        sp.append(msg(seq, size), sync=sync)
+        sp.append([msg(seq, size)], sync=sync)
     return sp
 
 
@@ -86,7 +86,7 @@ def test_whole_segments_are_deleted_never_rewritten(tmp_path: Path) -> None:
     sp.read(1000)
     sp.retire(61)
     assert files(tmp_path) == []  # all read back: nothing left, the next append starts anew
-    sp.append(msg(61), sync=False)
+    sp.append([msg(61)], sync=False)
     assert sp.read(5) == [msg(61)]
 
 
@@ -117,7 +117,7 @@ def test_every_truncation_of_the_open_segment_is_a_prefix(tmp_path_factory: pyte
     sp = reopened(tmp)
     got = [m.seq for m in sp.read(1000)]
     assert got == seqs[:len(got)]  # a prefix: never invented, never reordered
-    sp.append(msg(100), sync=False)  # and appending goes on after the cut
+    sp.append([msg(100)], sync=False)  # and appending goes on after the cut
     sp.close()
     assert reopened(tmp).read(1000)[-1] == msg(100)
 

@@ -1,0 +1,144 @@
+"""publish_many (issue 13 point 2): a batch stored with one write and one sync, all or
+nothing; in memory or in the disk queue; the asyncio and Mesh front ends too. Real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import AsyncSession, Client, Options, PublishRequest, QueueFullError, UsageError
+from mqttsession import journal as journal_mod
+from mqttsession import spool as spool_mod
+from mqttsession.errors import PersistenceError
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+number_of, unique = _procs.number_of, _procs.unique
+
+pytestmark = pytest.mark.integration
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.syncs = 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        with self.lock:
+            self.syncs += 1
+        os.fdatasync(fd)
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> _Counting:
+    c = _Counting()
+    monkeypatch.setattr(journal_mod, "os", c)
+    monkeypatch.setattr(spool_mod, "os", c)
+    return c
+
+
+def _client(path: Path, cid: str, **config: str) -> Client:
+    c = Client(client_id=cid, clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    for k, v in config.items():
+        c.config(f"{k}={v}")
+    return c
+
+
+def test_a_batch_is_one_sync_and_every_message_arrives(mosquitto: Any, tmp_path: Path,
+                                                      counting: _Counting) -> None:
+    tag = unique("many")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    c = _client(tmp_path / "s", unique("gw"))
+    try:
+        c.restore_session("")
+        c.publish_data(topic, 1, b"warm-up")  # the file is open and compacted
+        before = counting.syncs
+        ids = c.publish_many([(topic, 1 + n % 2, _procs.payload(tag, n)) for n in range(100)])
+        assert counting.syncs - before == 1  # one fdatasync for 100 messages (point 1)
+        assert len(ids) == 100 and all(ids) and len(set(ids)) == 100
+        c.connect(mosquitto.host, mosquitto.port)
+        assert c.flush(30) is True
+        counter.wait_numbers(tag, range(100))
+        assert max(counter.counts(tag).values()) == 1
+    finally:
+        counter.close()
+        c.close()
+
+
+def test_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = _client(tmp_path / "s", "many-all", MaxQueuedMessages="10")
+    c.restore_session("")
+    with pytest.raises(UsageError):
+        c.publish_many([("ok/t", 1, b"a"), ("bad/#", 1, b"b")])
+    with pytest.raises(QueueFullError):
+        c.publish_many([("t", 1, b"x")] * 11)
+    assert c.queue_stats().messages == 0
+
+    real = journal_mod._write_all
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_mod, "_write_all", full)
+    with pytest.raises(PersistenceError):
+        c.publish_many([("t", 1, b"x"), ("t", 2, b"y"), PublishRequest("t", 1, "z", retain=True)])
+    assert c.queue_stats().messages == 0  # every one of them retracted
+    monkeypatch.setattr(journal_mod, "_write_all", real)
+    assert len(c.publish_many([("t", 1, b"x"), ("t", 2, b"y")])) == 2
+    c.close()
+    d = _client(tmp_path / "s", "many-all")
+    d.restore_session("")
+    assert [m.message for m in d.outgoing_messages] == [b"x", b"y"]
+    d.close()
+
+
+def test_a_batch_beyond_queue_in_memory_goes_to_the_disk_queue(tmp_path: Path,
+                                                             counting: _Counting) -> None:
+    c = _client(tmp_path / "s", "many-disk", QueueInMemory="10")
+    c.restore_session("")
+    c.publish_data("t", 1, b"first")
+    before = counting.syncs
+    ids = c.publish_many([("t", 1, str(n).encode()) for n in range(50)])
+    assert ids == [0] * 50 and counting.syncs - before <= 2  # the new segment, then the batch
+    assert c.queue_stats().messages == 51 and len(c._engine.state.outgoing) == 1
+    c.close()
+    d = _client(tmp_path / "s", "many-disk", QueueInMemory="10")
+    d.restore_session("")
+    assert d.queue_stats().messages == 51
+    d.close()
+
+
+def test_asyncio_publish_many(mosquitto: Any, tmp_path: Path) -> None:
+    tag = unique("amany")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def main() -> list[int]:
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}")
+        session = AsyncSession(opts, client_id=unique("aio"), state_file=str(tmp_path / "a"))
+        async with session as s:
+            ids = await s.publish_many([PublishRequest(topic, 1, _procs.payload(tag, n))
+                                        for n in range(20)])
+            await s.flush()
+            return ids
+
+    try:
+        ids = asyncio.run(main())
+        assert len(ids) == 20 and all(ids)
+        counter.wait_numbers(tag, range(20))
+    finally:
+        counter.close()
