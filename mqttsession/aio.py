@@ -89,7 +89,7 @@ class AsyncSession:
         self._handed: list[MessageEvent] = []  # taken by the application, not yet acked
         self._subacks: dict[str, list[asyncio.Future[int]]] = {}
         self._idle: list[asyncio.Future[bool]] = []  # flush() calls waiting
-        self._publishing = asyncio.Lock()  # publishes take turns (one fsync at a time)
+        self._publishing = asyncio.Lock()  # publishes take turns; their fsyncs are shared
         self._started = False
         self._closed = False
         self._client.on_message_in = self._on_loop(self._on_message_in)
@@ -237,9 +237,18 @@ class AsyncSession:
         (durable with a state file); it goes out now, or on connect."""
         c = self._check()
         async with self._publishing:  # in the order awaited; the loop runs between them
-            if isinstance(payload, str):
-                return c.publish_message(topic, qos, payload, retain=retain, properties=properties)
-            return c.publish_data(topic, qos, payload, retain=retain, properties=properties)
+            data = payload.encode("utf-8") if isinstance(payload, str) else payload
+            pid, token = c._publish_begin(topic, qos, data, retain, properties)
+        if token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
+            driver, held = c._driver, token
+            fut = asyncio.get_running_loop().run_in_executor(None, driver.wait_durable, held)
+            try:
+                err = await asyncio.shield(fut)
+            except asyncio.CancelledError:  # the message is released (or taken back) anyway
+                fut.add_done_callback(lambda f: driver.release_quietly(held, f.result()))
+                raise
+            driver.release(held, err)
+        return pid
 
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:

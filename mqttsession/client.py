@@ -20,7 +20,7 @@ from ._paho import pack_properties
 from .engine import EngineSettings
 from .errors import UsageError
 from .events import ErrorEvent, Message, MessageEvent, PublishRequest, QueueStats
-from .state import MAX_EXPIRY, validate_filter, validate_qos, validate_topic
+from .state import MAX_EXPIRY, Accepted, validate_filter, validate_qos, validate_topic
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -287,6 +287,17 @@ class Client:
         ``Properties(PacketTypes.PUBLISH)``, kept packed and durable with the message.
         ``QueueFullError`` when MaxQueuedMessages / MaxQueuedBytes leave no room.
         """
+        pid, token = self._publish_begin(topic, qos, data, retain, properties)
+        if token is not None:
+            self._driver.settle(token)  # the group commit: durable before this returns
+        return pid
+
+    def _publish_begin(self, topic: str, qos: int, data: bytes, retain: bool | None,
+                       properties: Properties | None
+                       ) -> tuple[int, tuple[int, int, int] | None]:
+        """The locked half of a publish; a token when its record still has to reach the
+        disk (``SessionSync=always``: publishers in several threads share the fdatasync;
+        ``Driver.settle`` waits for it, or ``wait_durable`` + ``release`` in two steps)."""
         validate_topic(topic)
         validate_qos(qos)
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -297,16 +308,25 @@ class Client:
                 raise UsageError("properties need MQTT 5 (protocol_version=5)")
             props = pack_properties(properties)
         payload = bytes(data)
+        token = None
         with self._lock:
+            group = False
             if qos:
                 self._file.open(self._engine.state)  # with a state file: durable from the first
                 self._file.compact_before_publish(self._engine.state)
+                group = self._driver.group_commit()
             pid, actions = self._engine.publish(
                 topic, payload, qos, self._settings.retain if retain is None else bool(retain),
-                props, time.time())
-            rest = self._driver.run(actions, self._engine.accepted)  # persistence point 1
+                props, time.time(), hold=group)
+            rec = self._engine.accepted
+            group = group and type(rec) is Accepted
+            # persistence point 1: the record written; with a group commit its fsync (and so
+            # its PUBLISH) follows outside the lock
+            rest = self._driver.run(actions, rec, deferred=group)
+            if group and rec is not None:
+                token = self._driver.hold(rec.message.seq)
         self._driver.finish(rest)
-        return pid
+        return pid, token
 
     def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                      ) -> list[int]:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
@@ -80,6 +81,7 @@ class Driver:
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
         self._sync_timer: threading.Timer | None = None  # SessionSync=interval
+        self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
@@ -230,9 +232,86 @@ class Driver:
                 self.file.journal.compact(self.engine.state)
         return True
 
+    def group_commit(self) -> bool:
+        """Whether a publish may wait for its sync outside the lock (SessionSync=always with
+        the journal open): threads publishing together then share one fdatasync."""
+        return self._settings.session_sync == "always" and self.file.journal is not None \
+            and self.file.unrestored is None
+
+    def hold(self, seq: int) -> tuple[int, int, int] | None:
+        """After ``run`` wrote a held message's record (lock held): what ``settle`` waits for."""
+        j = self.file.journal
+        if j is None:
+            return None
+        gen, pos = j.position()
+        token = (seq, gen, pos)
+        self._awaiting.append(token)
+        return token
+
+    def wait_durable(self, token: tuple[int, int, int]) -> Exception | None:
+        """Group commit (no lock): the record is on disk; the error when the sync failed."""
+        j = self.file.journal
+        try:
+            if j is not None:
+                j.sync_to(token[1], token[2])
+        except Exception as exc:  # reported to the publisher by ``release``
+            return exc
+        return None
+
+    def release(self, token: tuple[int, int, int], err: Exception | None) -> None:
+        """After ``wait_durable``: the durable held messages are written, in order (by
+        whichever publisher gets here first); a failed one is withdrawn and ``err`` raised."""
+        with self.lock:
+            if err is not None:
+                try:
+                    self._awaiting.remove(token)
+                except ValueError:  # pragma: no cover - released by a sync that covered it
+                    err = None
+                else:
+                    self.engine.withdraw(token[0])
+                rest: list[Action] = []
+            else:
+                rest = self.run(self.engine.durable(self._take_durable()))
+        self.finish(rest)
+        if err is not None:
+            raise err
+
+    def settle(self, token: tuple[int, int, int]) -> None:
+        """``wait_durable`` then ``release``, in the calling thread. Interrupted in between
+        (KeyboardInterrupt), the message is released if its record made it to disk, else
+        taken back: a held message never blocks the ones after it."""
+        try:
+            err = self.wait_durable(token)
+        except BaseException:
+            self.release_quietly(token, None)
+            raise
+        self.release(token, err)
+
+    def release_quietly(self, token: tuple[int, int, int], err: Exception | None) -> None:
+        """``release`` for a publisher that is gone (cancelled): a failure goes to on_error."""
+        j = self.file.journal
+        if err is None and j is not None and not j.is_synced(token[1], token[2]):
+            err = PersistenceError(None, "the publish was interrupted before its record was"
+                                         " synced: the message was taken back")
+        try:
+            self.release(token, err)
+        except Exception as exc:
+            self.error(getattr(exc, "errno", None) or -1, f"publish (seq {token[0]}): {exc}")
+
+    def _take_durable(self) -> list[int]:
+        """Held messages (in order) whose records are on disk now (lock held)."""
+        j, out, waiting = self.file.journal, [], self._awaiting
+        while waiting:
+            seq, gen, pos = waiting[0]
+            if j is not None and not j.is_synced(gen, pos):
+                break
+            out.append(seq)
+            waiting.popleft()
+        return out
+
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
-            quiet: str = "") -> list[Action]:
+            quiet: str = "", deferred: bool = False) -> list[Action]:
         """Carry out the engine's records and packets in order (lock held) and return its
         callbacks for ``finish`` (after the lock is released; the engine puts nothing that
         depends on a delivery in the same list). A failed ``Persist`` stops them all (the
@@ -245,7 +324,8 @@ class Driver:
         # SessionSync=interval: a publish's records reach the OS now and the disk within
         # SessionSyncInterval (``_sync_later``); the acks that depend on a record still wait
         # for its fsync (the network thread's syncs are not deferred)
-        later_sync = accepted is not None and self._settings.session_sync == "interval"
+        later_sync = accepted is not None and (
+            deferred or self._settings.session_sync == "interval")
         later: list[Action] = []
         durable = False  # a record that is not lazy: a compaction may be due
         for a in actions:
@@ -271,8 +351,12 @@ class Driver:
                 later.append(a)
         if durable:
             f.compact_if_due(st)
-            if later_sync:
+            if later_sync and not deferred:
                 self._sync_later()
+        if self._awaiting and not deferred and accepted is not None:
+            ready = self._take_durable()  # a sync here covered them
+            if ready:
+                later += self.run(self.engine.durable(ready))
         if not st.outgoing and not st.spooled:
             self.changed.notify_all()  # flush() waits for exactly this
             if self.on_idle is not None:

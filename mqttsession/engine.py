@@ -161,6 +161,7 @@ class Engine:
         self.accepted: Accepted | Spooled | None = None  # the last publish()'s (for retract)
         self.accepted_many: list[Accepted | Spooled] = []  # the last publish_many()'s
         self.spool: QueueSource | None = None  # the disk queue, with a state file
+        self._holding: set[int] = set()  # accepted, record not durable yet: not written
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
         self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
@@ -239,7 +240,8 @@ class Engine:
         return None
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
-                properties: bytes = b"", now: float | None = None) -> tuple[int, list[Action]]:
+                properties: bytes = b"", now: float | None = None,
+                hold: bool = False) -> tuple[int, list[Action]]:
         """The application published (topic and QoS validated by the caller). Returns the
         packet id (0 for QoS 0) and the actions: for QoS 1/2 ``Persist(sync)`` of the message
         (persistence point 1, after the records of what ``QueueFullPolicy=drop-oldest`` took
@@ -284,6 +286,8 @@ class Engine:
                         accepted_at=at)
         self.accepted = rec
         self._pending.append(rec.message.seq)
+        if hold:  # group commit: its PUBLISH waits for ``durable`` (persistence point 1)
+            self._holding.add(rec.message.seq)
         out.append(Persist((rec,), True))
         if self.conn is _CONNECTED:
             out += self._pump()
@@ -373,6 +377,17 @@ class Engine:
                                  " nothing was stored")
         return out + [a for m in victims for a in self._dropped(m, st.drop(m.seq), "queue-full")]
 
+    def durable(self, seqs: Sequence[int]) -> list[Action]:
+        """Held messages whose records a group commit made durable (in seq order): they may
+        be written now."""
+        self._holding.difference_update(seqs)
+        return self._pump()
+
+    def withdraw(self, seq: int) -> None:
+        """A held message whose record never became durable: out of the session."""
+        self._holding.discard(seq)
+        self.state.withdraw(seq)
+
     def _refill(self) -> list[Action]:
         """Read messages back from the disk queue while fewer than half of
         ``queue_in_memory`` wait to be written."""
@@ -421,6 +436,7 @@ class Engine:
             self.state.retract_spooled(rec)
             return
         seq = rec.message.seq
+        self._holding.discard(seq)
         m = self.state.outgoing.get(seq)
         if m is not None and m.phase is not Phase.QUEUED:  # pumped: undo the SEND step too
             self.state.outgoing[seq] = rec.message
@@ -438,6 +454,8 @@ class Engine:
         rate = self.settings.drain_rate_limit
         while pending and len(inflight) < self._window:
             seq = pending[0]
+            if seq in self._holding:
+                break  # its record is not on disk yet: it, and all after it, wait [MQTT-4.6.0-1]
             m = outgoing.get(seq)
             if m is None or seq in inflight:
                 pending.popleft()

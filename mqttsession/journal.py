@@ -279,6 +279,13 @@ class Journal:
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced = False  # bytes written since the last fsync (policy ``always``)
+        # group commit (``sync_to``): the journal file's incarnation (a compaction or a recovery
+        # starts a new one, synced whole), how far it is on disk, and whether an fdatasync
+        # outside the mutex is running (closing the fd waits for it)
+        self._gen = 0
+        self._synced = 0
+        self._syncing = False
+        self._sync_cond = threading.Condition(threading.Lock())
         self._lock_fd: int | None = None
         self._mutex = threading.RLock()  # the journal's own: callers' locks are theirs
         self._acquire_lock()
@@ -326,6 +333,7 @@ class Journal:
     def close(self) -> None:
         """Close the journal and release the lock (the lock file is removed)."""
         self.flush()
+        self._quiesce()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -349,6 +357,7 @@ class Journal:
     @_locked
     def keep_aside(self, label: str) -> list[str]:
         """Move the files out of the way as ``*.<label>-<time>``; returns the new names."""
+        self._quiesce()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -373,6 +382,7 @@ class Journal:
     @_locked
     def recover(self) -> SessionState:
         """The session in the files (empty if there are none); ``StateError`` on damage."""
+        self._quiesce()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -398,6 +408,7 @@ class Journal:
             self._size = resume_at
             self._cut_at = resume_at
             self._broken = False
+            self._new_incarnation(resume_at)  # what recovery read counts as on disk
         return state
 
     @staticmethod
@@ -434,24 +445,80 @@ class Journal:
             return
         self._size += len(data)
 
-    @_locked
     def sync_pending(self) -> None:
         """Make every record written so far durable (policy ``always``): one fsync for all the
-        records appended with ``sync=False`` since the last one, unless another covered them."""
-        if not self._unsynced or self._fd is None:
-            return
-        if self._broken:
-            raise PersistenceError(None, f"state journal {self.journal_path} failed a write and"
-                                         " is rewritten with the next record")
-        self._check_in_place()
+        records appended with ``sync=False`` since the last one, unless another covered them
+        (it joins a group commit running in another thread)."""
+        with self._mutex:
+            if not self._unsynced or self._fd is None:
+                return
+            if self._broken:
+                raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
+                                             " and is rewritten with the next record")
+            gen, pos = self._gen, self._size
+        self.sync_to(gen, pos)
+
+    def is_synced(self, gen: int, pos: int) -> bool:
+        """Whether ``sync_to(gen, pos)`` has nothing left to do (no lock: a read of two ints)."""
+        return self._gen != gen or self._synced >= pos
+
+    def position(self) -> tuple[int, int]:
+        """Where the journal's written bytes end now: (incarnation, offset), for ``sync_to``."""
+        with self._mutex:
+            return self._gen, self._size
+
+    def sync_to(self, gen: int, pos: int) -> None:
+        """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk.
+        Threads that call it together share one fdatasync: one runs it (outside the mutex, so
+        records go on being appended meanwhile) for everything written so far, the others
+        wait for it; a compaction since (a new incarnation) synced everything already.
+        ``PersistenceError`` when the fdatasync fails (the next write rewrites everything)."""
+        with self._sync_cond:
+            while self._syncing and self._gen == gen and self._synced < pos:
+                self._sync_cond.wait()
+            if self._gen != gen or self._synced >= pos:
+                return
+            self._syncing = True
+        target, ok = 0, False
         try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            self._broken = True  # the page cache is suspect: the next write rewrites everything
-            raise PersistenceError(
-                exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
-            ) from exc
-        self._unsynced = False
+            with self._mutex:
+                if self._gen != gen:
+                    ok, target = True, 0  # compacted meanwhile: synced whole
+                    return
+                if self._broken or self._fd is None:
+                    raise PersistenceError(None, f"state journal {self.journal_path} failed a"
+                                                 " write and is rewritten with the next record")
+                self._check_in_place()
+                fd, target = self._fd, self._size
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                self._broken = True  # the page cache is suspect: the next write rewrites all
+                raise PersistenceError(
+                    exc.errno, f"cannot sync state journal {self.journal_path}:"
+                               f" {exc.strerror or exc}") from exc
+            ok = True
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                if ok and self._gen == gen and target > self._synced:
+                    self._synced = target
+                    if target == self._size:
+                        self._unsynced = False
+                self._sync_cond.notify_all()
+
+    def _quiesce(self) -> None:
+        """Wait for a group commit's fdatasync before the fd is closed (mutex held: the
+        syncer needs only the condition's lock once its fdatasync has started)."""
+        with self._sync_cond:
+            while self._syncing:
+                self._sync_cond.wait()
+
+    def _new_incarnation(self, synced: int) -> None:
+        with self._sync_cond:
+            self._gen += 1
+            self._synced = synced
+            self._sync_cond.notify_all()
 
     @_locked
     def fsync(self) -> None:
@@ -528,6 +595,7 @@ class Journal:
         if text is None:
             text = codec.encode(state)
         self._lazy.clear()  # ``state`` holds them
+        self._quiesce()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -545,6 +613,7 @@ class Journal:
         self._snapshot_size = len(text)
         self._broken = False
         self._unsynced = False
+        self._new_incarnation(self._size)  # written and fsynced whole
         self.client_id = state.client_id
 
     def append(
@@ -592,6 +661,8 @@ class Journal:
             if sync and self.sync:
                 os.fdatasync(self._fd)
                 self._unsynced = False
+                with self._sync_cond:
+                    self._synced = max(self._synced, self._size + len(data))
             else:
                 self._unsynced = self.sync
         except OSError as exc:

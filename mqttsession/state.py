@@ -442,6 +442,17 @@ class SessionState:
         self.apply(rec)
         return rec
 
+    def withdraw(self, seq: int) -> None:
+        """Take back a QUEUED message whose record never became durable (a failed group
+        commit: the journal is rewritten from memory by its next write)."""
+        m = self.outgoing.get(seq)
+        if m is None or m.phase is not Phase.QUEUED:
+            return
+        del self.outgoing[seq]
+        if m.packet_id and self._by_packet_id.get(m.packet_id) == seq:
+            del self._by_packet_id[m.packet_id]
+        self.outgoing_bytes -= message_bytes(m)
+
     def _step(
         self, seq: int, event: Event, packet_id: int | None = None, avoid: Container[int] = ()
     ) -> Stepped:

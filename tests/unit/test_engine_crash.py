@@ -283,6 +283,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.counter = 0
         self.promised: set[bytes] = set()  # Accepted durable: publish returned
         self.failed: set[bytes] = set()  # publish whose Persist failed (retracted)
+        self.held: list[tuple[int, bytes]] = []  # group commit: written, not yet synced
         self.crash_in: int | None = None  # actions left before an armed crash
         self.power_cut = False
         self.possible_dups: set[bytes] | None = None  # on_session_lost must name these
@@ -436,6 +437,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
         state = self.store.recover(power_cut=self.power_cut)
         state.check_invariants()
         self.crash_in = None
+        self.held = []  # those calls never returned: nothing was promised
         self.drop_network()
         self.app.crashed()
         self._fresh(state, self.store.queue)
@@ -467,6 +469,40 @@ class EngineCrashMachine(RuleBasedStateMachine):
         with self.step():
             _, actions = self.engine.publish("t", self.payload("o"), qos, False)
             self.run(actions)
+
+    @rule(qos=st.sampled_from([1, 2]))
+    def publish_held(self, qos: int) -> None:
+        """A group-commit publish (``Client._publish_begin``): its record is written, not
+        synced, and its PUBLISH waits for ``durable``; the call has not returned."""
+        with self.step():
+            payload = self.payload("o")
+            _, actions = self.engine.publish("t", payload, qos, False, hold=True)
+            rec = self.engine.accepted
+            first = actions[0] if actions else None
+            if not isinstance(rec, Accepted) or not isinstance(first, Persist):
+                self.run(actions)  # the disk queue took it: the usual synced path
+                return
+            assert first.records[-1] == rec
+            for a in actions:  # the driver's ``deferred`` run: no sync for point 1
+                if self.crash_in is not None:
+                    if self.crash_in == 0:
+                        raise _Crash
+                    self.crash_in -= 1
+                if isinstance(a, Persist) and rec in a.records:
+                    _persist(self.store, self.engine.state, Persist(a.records, False, a.lazy))
+                else:
+                    self.execute(a)
+            self.held.append((rec.message.seq, payload))
+
+    @precondition(lambda self: bool(self.held))
+    @rule()
+    def group_sync(self) -> None:
+        """The shared fdatasync: the held publishes return, their PUBLISHes may go."""
+        with self.step():
+            self.store.sync_pending()
+            held, self.held = self.held, []
+            self.promised |= {p for _, p in held}
+            self.run(self.engine.durable([seq for seq, _ in held]))
 
     @rule(qos=st.sampled_from([1, 2]))
     def publish_persist_fails(self, qos: int) -> None:
@@ -661,6 +697,8 @@ class EngineCrashMachine(RuleBasedStateMachine):
         if self.broken:
             return
         self.crash_in = None
+        if self.held:
+            self.group_sync()
         for _ in range(20):
             if not self.online:
                 self.do_connect(False)

@@ -1,0 +1,170 @@
+"""Group commit (issue 13 point 1): with SessionSync=always, publishers in several threads and
+concurrent asyncio publishes share fdatasyncs; each record is still durable before its call
+returns and before its PUBLISH leaves. Real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import AsyncSession, Client, Options
+from mqttsession import journal as journal_mod
+from mqttsession.driver import Driver
+from mqttsession.engine import Engine
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+number_of, unique = _procs.number_of, _procs.unique
+
+pytestmark = pytest.mark.integration
+
+THREADS, EACH = 8, 150
+
+
+class _Journal:
+    """The journal's ``os``: counts fdatasyncs and remembers how far each one reached."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+        with self.lock:
+            self.syncs += 1
+
+
+def test_threads_share_fdatasyncs_and_nothing_is_published_before_it_is_durable(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = _Journal()
+    monkeypatch.setattr(journal_mod, "os", counting)
+    tag = unique("gc")
+    topic = f"mqs/{tag}"
+    c = Client(client_id=unique("gc"), clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.connect(mosquitto.host, mosquitto.port)
+    journal = c._file.journal
+    assert journal is not None
+    early: list[int] = []
+    where: dict[int, tuple[int, int, int]] = {}  # seq -> where its record ends in the journal
+    orig, orig_hold = Engine._publish, Driver.hold
+
+    def hold(self: Driver, seq: int) -> Any:
+        token = orig_hold(self, seq)
+        where[seq] = token
+        return token
+
+    def publish(self: Engine, m: Any, dup: bool) -> Any:  # persistence point 1
+        token = where.get(m.seq)
+        if token is not None and not journal.is_synced(token[1], token[2]):
+            early.append(m.seq)  # its PUBLISH before its record is on disk
+        return orig(self, m, dup)
+
+    monkeypatch.setattr(Driver, "hold", hold)
+    monkeypatch.setattr(Engine, "_publish", publish)
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    returned: list[int] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        for i in range(EACH):
+            n = k * EACH + i
+            c.publish_data(topic, 1 + n % 2, _procs.payload(tag, n).encode())
+            with lock:
+                returned.append(n)
+
+    before = counting.syncs
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        total = THREADS * EACH
+        assert c.flush(60) is True
+        per_message = (counting.syncs - before) / total
+        print(f"group commit: {THREADS} threads, {per_message:.3f} fdatasync per message")
+        assert per_message < 0.9, per_message  # shared: one thread alone pays 1.0 (QoS 1)
+        assert len(where) > total // 2  # most went through the group commit
+        assert not early, early[:10]
+        counter.wait_numbers(tag, range(total))
+        assert all(counter.counts(tag)[n] == 1 for n in range(total) if n % 2)
+    finally:
+        counter.close()
+        c.close()
+
+
+def test_concurrent_asyncio_publishes_share_fdatasyncs(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = _Journal()
+    monkeypatch.setattr(journal_mod, "os", counting)
+    tag = unique("agc")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def main() -> tuple[int, int]:
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}")
+        session = AsyncSession(opts, client_id=unique("agc"), state_file=str(tmp_path / "a"))
+        async with session as s:
+            before = counting.syncs
+            ids = await asyncio.gather(*(s.publish(topic, _procs.payload(tag, n), 1)
+                                         for n in range(100)))
+            syncs = counting.syncs - before
+            await s.flush()
+            return len(set(ids)), syncs
+
+    try:
+        distinct, syncs = asyncio.run(main())
+        assert distinct == 100
+        print(f"group commit: 100 concurrent asyncio publishes, {syncs} fdatasyncs")
+        assert syncs < 60, syncs  # 100 concurrent publishes: far fewer than one sync each
+        counter.wait_numbers(tag, range(100))
+    finally:
+        counter.close()
+
+
+def test_a_failed_shared_sync_fails_its_publishes_and_takes_them_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fdatasync a group commit waits for fails (EIO): publish_data raises
+    PersistenceError, the message is not in the session, and the next publish rewrites the
+    file from memory and succeeds; a restart finds exactly what was accepted."""
+    import errno
+
+    from mqttsession.errors import PersistenceError
+
+    c = Client(client_id="gc-fail", clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.restore_session("")
+    c.publish_data("t", 1, b"kept")
+
+    class _Failing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_mod, "os", _Failing())
+    with pytest.raises(PersistenceError):
+        c.publish_data("t", 1, b"lost")
+    monkeypatch.setattr(journal_mod, "os", os)
+    assert [m.message for m in c.outgoing_messages] == [b"kept"]
+    c.publish_data("t", 2, b"after")
+    assert [m.message for m in c.outgoing_messages] == [b"kept", b"after"]
+    c.close()
+    d = Client(client_id="gc-fail", clean_session=False)
+    d.config(f"SessionStateFile={tmp_path / 's'}")
+    d.restore_session("")
+    assert [m.message for m in d.outgoing_messages] == [b"kept", b"after"]
+    d.close()
