@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Durable publishing in batches: ``publish_many`` under ``SessionSync=always`` against
-single publishes under ``none`` and ``interval``, one mosquitto, same run.
+"""Durable publishing in batches and concurrently: ``publish_many``, 16 publishing threads and
+100 concurrent asyncio publishes under ``SessionSync=always`` (group commit) against the same
+under ``none``, and single publishes under ``none`` / ``interval``; one mosquitto, same run.
 
     python bench/bench_batch.py [--messages N] [--batch B] [--repeats R]
 
@@ -48,8 +49,13 @@ class _Counting:
         os.fdatasync(fd)
 
 
-def run(port: int, work: str, sync: str, n: int, batch: int) -> tuple[float, float]:
-    """Messages per second and fdatasyncs per message."""
+def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
+        aio: int = 0) -> tuple[float, float]:
+    """Messages per second and fdatasyncs per message: ``publish_many`` batches of ``batch``
+    (> 1), or ``publish_data`` from ``threads`` threads, or ``aio`` concurrent
+    ``AsyncSession.publish`` calls at a time."""
+    if aio:
+        return run_aio(port, work, sync, n, aio)
     d = tempfile.mkdtemp(dir=work)
     c = Client(client_id=f"batch-{uuid.uuid4().hex[:8]}", clean_session=True)
     c.config(f"SessionStateFile={os.path.join(d, 's')}")
@@ -64,6 +70,15 @@ def run(port: int, work: str, sync: str, n: int, batch: int) -> tuple[float, flo
         if batch > 1:
             for i in range(0, n, batch):
                 c.publish_many([(TOPIC, 1, PAYLOAD)] * min(batch, n - i))
+        elif threads > 1:
+            def worker() -> None:
+                for _ in range(n // threads):
+                    c.publish_data(TOPIC, 1, PAYLOAD)
+            ts = [threading.Thread(target=worker) for _ in range(threads)]
+            for th in ts:
+                th.start()
+            for th in ts:
+                th.join()
         else:
             for _ in range(n):
                 c.publish_data(TOPIC, 1, PAYLOAD)
@@ -74,6 +89,37 @@ def run(port: int, work: str, sync: str, n: int, batch: int) -> tuple[float, flo
         journal_mod.os = os  # type: ignore[assignment]
         spool_mod.os = os  # type: ignore[assignment]
         c.close()
+        shutil.rmtree(d, ignore_errors=True)
+    return n / took, counting.syncs / n
+
+
+def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> tuple[float, float]:
+    import asyncio
+
+    from mqttsession import AsyncSession, Options
+
+    d = tempfile.mkdtemp(dir=work)
+    counting = _Counting()
+
+    async def main() -> float:
+        opts = Options(address=f"127.0.0.1:{port}")
+        session = AsyncSession(opts, client_id=f"batch-{uuid.uuid4().hex[:8]}",
+                               state_file=os.path.join(d, "a"), session_sync=sync)
+        async with session as s:
+            await s.config("QueueInMemory=100000")
+            journal_mod.os = counting  # type: ignore[assignment]
+            spool_mod.os = counting  # type: ignore[assignment]
+            t = time.perf_counter()
+            for _ in range(n // concurrent):
+                await asyncio.gather(*(s.publish(TOPIC, PAYLOAD, 1) for _ in range(concurrent)))
+            await s.flush()
+            return time.perf_counter() - t
+
+    try:
+        took = asyncio.run(main())
+    finally:
+        journal_mod.os = os  # type: ignore[assignment]
+        spool_mod.os = os  # type: ignore[assignment]
         shutil.rmtree(d, ignore_errors=True)
     return n / took, counting.syncs / n
 
@@ -92,6 +138,10 @@ def main() -> int:
          lambda port, w: run(port, w, "always", a.messages, a.batch)),
         (f"none, publish_many({a.batch})",
          lambda port, w: run(port, w, "none", a.messages, a.batch)),
+        ("always, 16 threads", lambda port, w: run(port, w, "always", a.messages, 1, 16)),
+        ("none, 16 threads", lambda port, w: run(port, w, "none", a.messages, 1, 16)),
+        ("always, asyncio x100", lambda port, w: run(port, w, "always", a.messages, 1, 1, 100)),
+        ("none, asyncio x100", lambda port, w: run(port, w, "none", a.messages, 1, 1, 100)),
     ]
     work = tempfile.mkdtemp(prefix="mqttsession-batch-")
     broker = MosquittoBroker(str(HERE / "mosquitto-bench.conf"))

@@ -286,6 +286,7 @@ class Journal:
         self._synced = 0
         self._syncing = False
         self._sync_cond = threading.Condition(threading.Lock())
+        self._write_lock = threading.Lock()  # a write, or the cut after a failed group sync
         self._lock_fd: int | None = None
         self._mutex = threading.RLock()  # the journal's own: callers' locks are theirs
         self._acquire_lock()
@@ -434,16 +435,20 @@ class Journal:
             return
         data = b"".join(self._lazy)
         self._lazy.clear()
-        try:
-            _write_all(self._fd, data)
-        except OSError as exc:
+        with self._write_lock:
+            if self._was_cut():  # a failed group commit cut the journal: rewritten next
+                return
             try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                self._broken = True
-            log.warning("state journal %s: lazy records not written: %s", self.journal_path, exc)
-            return
-        self._size += len(data)
+                _write_all(self._fd, data)
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError:
+                    self._broken = True
+                log.warning("state journal %s: lazy records not written: %s", self.journal_path,
+                            exc)
+                return
+            self._size += len(data)
 
     def sync_pending(self) -> None:
         """Make every record written so far durable (policy ``always``): one fsync for all the
@@ -493,7 +498,18 @@ class Journal:
             try:
                 os.fdatasync(fd)
             except OSError as exc:
-                self._broken = True  # the page cache is suspect: the next write rewrites all
+                # the page cache is suspect: the next write rewrites everything from memory.
+                # What was not on disk is cut now, so that a publish told "failed" is not
+                # found after a restart (its record, and any written after it: their
+                # publishers fail with it; the network thread's wait for this sync too)
+                with self._write_lock:
+                    self._broken = True
+                    keep = self._synced
+                    try:
+                        os.ftruncate(fd, keep)
+                    except OSError:
+                        pass
+                    self._size = keep
                 raise PersistenceError(
                     exc.errno, f"cannot sync state journal {self.journal_path}:"
                                f" {exc.strerror or exc}") from exc
@@ -506,6 +522,10 @@ class Journal:
                     if target == self._size:
                         self._unsynced = False
                 self._sync_cond.notify_all()
+
+    def _was_cut(self) -> bool:
+        """A group commit's failed sync cut the journal (another thread, no mutex)."""
+        return self._broken
 
     def _quiesce(self) -> None:
         """Wait for a group commit's fdatasync before the fd is closed (mutex held: the
@@ -656,21 +676,31 @@ class Journal:
             self._lazy += [frame(codec.encode_record(rec)) for rec in records]
             data = b"".join(self._lazy)
             self._lazy.clear()
+        start = self._size
         try:
-            _write_all(self._fd, data)
+            with self._write_lock:  # a failed group commit cuts the journal under it
+                cut = self._was_cut()
+                if not cut:
+                    _write_all(self._fd, data)
+                    self._size = start + len(data)
+            if cut:
+                self.compact(state)  # ``state`` holds this record and what the cut took
+                return
             if sync and self.sync:
                 os.fdatasync(self._fd)
                 self._unsynced = False
                 with self._sync_cond:
-                    self._synced = max(self._synced, self._size + len(data))
+                    self._synced = max(self._synced, start + len(data))
             else:
                 self._unsynced = self.sync
         except OSError as exc:
             # take the frame back out: a caller told "failed" must not find it after a restart
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
+            with self._write_lock:
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
+                self._size = start
             # the next write rewrites everything from memory: ``state`` holds the record (a
             # caller that keeps it, like the network-thread hooks, needs it on disk; one that
             # retracts it loses nothing), the lazy records written with it, and after a failed
@@ -679,7 +709,6 @@ class Journal:
             raise PersistenceError(
                 exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
-        self._size += len(data)
 
 
 # ---------------------------------------------------------------------- reading
