@@ -478,23 +478,30 @@ class Journal:
         records go on being appended meanwhile) for everything written so far, the others
         wait for it; a compaction since (a new incarnation) synced everything already.
         ``PersistenceError`` when the fdatasync fails (the next write rewrites everything)."""
-        with self._sync_cond:
-            while self._syncing and self._gen == gen and self._synced < pos:
-                self._sync_cond.wait()
-            if self._gen != gen or self._synced >= pos:
-                return
-            self._syncing = True
-        target, ok = 0, False
-        try:
+        while True:
+            with self._sync_cond:
+                while self._syncing and self._gen == gen and self._synced < pos:
+                    self._sync_cond.wait()
+                if self._gen != gen or self._synced >= pos:
+                    return
+            # become the one that syncs: the fd and what it covers are read under the mutex,
+            # which is NOT held during the fdatasync (appends go on; a compaction waiting in
+            # ``_quiesce`` holds the mutex, so nothing here may wait for it after ``_syncing``)
             with self._mutex:
                 if self._gen != gen:
-                    ok, target = True, 0  # compacted meanwhile: synced whole
-                    return
+                    return  # compacted meanwhile: synced whole
                 if self._broken or self._fd is None:
                     raise PersistenceError(None, f"state journal {self.journal_path} failed a"
                                                  " write and is rewritten with the next record")
                 self._check_in_place()
+                with self._sync_cond:
+                    if self._syncing:
+                        continue  # another thread got there first: wait for its sync
+                    self._syncing = True
                 fd, target = self._fd, self._size
+            break
+        ok = False
+        try:
             try:
                 os.fdatasync(fd)
             except OSError as exc:

@@ -168,3 +168,35 @@ def test_a_failed_shared_sync_fails_its_publishes_and_takes_them_back(
     d.restore_session("")
     assert [m.message for m in d.outgoing_messages] == [b"kept", b"after"]
     d.close()
+
+
+def test_compactions_while_threads_share_syncs_do_not_deadlock(
+        mosquitto: Any, tmp_path: Path) -> None:
+    """A compaction (the journal past JournalMaxBytes) waits for a running shared fdatasync
+    while holding the journal's mutex; the thread that runs it must never need that mutex
+    again (a deadlock found by bench_batch with 16 threads)."""
+    c = Client(client_id=unique("gcc"), clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.config("JournalMaxBytes=4096")
+    c.connect(mosquitto.host, mosquitto.port)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(100):
+                c.publish_data("t/gcc", 1, b"x" * 50)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "publishers stuck (deadlock)"
+        assert not errors, errors
+        assert c.flush(60) is True
+    finally:
+        if not any(t.is_alive() for t in threads):
+            c.close()
