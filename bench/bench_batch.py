@@ -29,24 +29,11 @@ import mqttsession.journal as journal_mod
 import mqttsession.spool as spool_mod
 from mqttsession import Client
 from mqttsession.testing import MosquittoBroker
+from mqttsession.testing.fsyncs import FsyncCounter, counting_fdatasyncs
 
 HERE = Path(__file__).resolve().parent
 PAYLOAD = bytes(range(100))
 TOPIC = "bench/batch"
-
-
-class _Counting:
-    def __init__(self) -> None:
-        self.syncs = 0
-        self.lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        with self.lock:
-            self.syncs += 1
-        os.fdatasync(fd)
 
 
 def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
@@ -61,33 +48,29 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
     c.config(f"SessionStateFile={os.path.join(d, 's')}")
     c.config(f"SessionSync={sync}")
     c.config("QueueInMemory=100000")  # the comparison is of syncs, not of the disk queue
-    counting = _Counting()
     c.connect("127.0.0.1", port)
-    journal_mod.os = counting  # type: ignore[assignment]
-    spool_mod.os = counting  # type: ignore[assignment]
     try:
-        t = time.perf_counter()
-        if batch > 1:
-            for i in range(0, n, batch):
-                c.publish_many([(TOPIC, 1, PAYLOAD)] * min(batch, n - i))
-        elif threads > 1:
-            def worker() -> None:
-                for _ in range(n // threads):
+        with counting_fdatasyncs() as counting:
+            t = time.perf_counter()
+            if batch > 1:
+                for i in range(0, n, batch):
+                    c.publish_many([(TOPIC, 1, PAYLOAD)] * min(batch, n - i))
+            elif threads > 1:
+                def worker() -> None:
+                    for _ in range(n // threads):
+                        c.publish_data(TOPIC, 1, PAYLOAD)
+                ts = [threading.Thread(target=worker) for _ in range(threads)]
+                for th in ts:
+                    th.start()
+                for th in ts:
+                    th.join()
+            else:
+                for _ in range(n):
                     c.publish_data(TOPIC, 1, PAYLOAD)
-            ts = [threading.Thread(target=worker) for _ in range(threads)]
-            for th in ts:
-                th.start()
-            for th in ts:
-                th.join()
-        else:
-            for _ in range(n):
-                c.publish_data(TOPIC, 1, PAYLOAD)
-        if not c.flush(300):
-            raise RuntimeError("not acknowledged")
-        took = time.perf_counter() - t
+            if not c.flush(300):
+                raise RuntimeError("not acknowledged")
+            took = time.perf_counter() - t
     finally:
-        journal_mod.os = os  # type: ignore[assignment]
-        spool_mod.os = os  # type: ignore[assignment]
         c.close()
         shutil.rmtree(d, ignore_errors=True)
     return n / took, counting.syncs / n
@@ -99,7 +82,7 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> tuple[f
     from mqttsession import AsyncSession, Options
 
     d = tempfile.mkdtemp(dir=work)
-    counting = _Counting()
+    counting = FsyncCounter()
 
     async def main() -> float:
         opts = Options(address=f"127.0.0.1:{port}")
@@ -107,7 +90,7 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> tuple[f
                                state_file=os.path.join(d, "a"), session_sync=sync)
         async with session as s:
             await s.config("QueueInMemory=100000")
-            journal_mod.os = counting  # type: ignore[assignment]
+            journal_mod.os = counting  # type: ignore[assignment]  # (see counting_fdatasyncs)
             spool_mod.os = counting  # type: ignore[assignment]
             t = time.perf_counter()
             for _ in range(n // concurrent):

@@ -292,12 +292,10 @@ class Client:
             self._driver.settle(token)  # the group commit: durable before this returns
         return pid
 
-    def _publish_begin(self, topic: str, qos: int, data: bytes, retain: bool | None,
-                       properties: Properties | None
-                       ) -> tuple[int, tuple[int, int, int] | None]:
-        """The locked half of a publish; a token when its record still has to reach the
-        disk (``SessionSync=always``: publishers in several threads share the fdatasync;
-        ``Driver.settle`` waits for it, or ``wait_durable`` + ``release`` in two steps)."""
+    def _checked(self, topic: str, qos: int, data: object,
+                 properties: Properties | None) -> tuple[bytes, bytes]:
+        """A message's payload and packed properties, its topic and QoS checked
+        (``UsageError``)."""
         validate_topic(topic)
         validate_qos(qos)
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -307,7 +305,15 @@ class Client:
             if self.protocol_version != 5:
                 raise UsageError("properties need MQTT 5 (protocol_version=5)")
             props = pack_properties(properties)
-        payload = bytes(data)
+        return bytes(data), props
+
+    def _publish_begin(self, topic: str, qos: int, data: bytes, retain: bool | None,
+                       properties: Properties | None
+                       ) -> tuple[int, tuple[int, int, int] | None]:
+        """The locked half of a publish; a token when its record still has to reach the
+        disk (``SessionSync=always``: publishers in several threads share the fdatasync;
+        ``Driver.settle`` waits for it, or ``wait_durable`` + ``release`` in two steps)."""
+        payload, props = self._checked(topic, qos, data, properties)
         token = None
         with self._lock:
             group = False
@@ -347,18 +353,9 @@ class Client:
             else:
                 raise UsageError(f"publish_many takes (topic, qos, data) tuples or PublishRequest"
                                  f" values, got {type(m).__name__}")
-            validate_topic(topic)
-            validate_qos(qos)
-            if isinstance(data, str):
-                data = data.encode("utf-8")
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise UsageError(f"data must be bytes or str, got {type(data).__name__}")
-            packed = b""
-            if props is not None:
-                if self.protocol_version != 5:
-                    raise UsageError("properties need MQTT 5 (protocol_version=5)")
-                packed = pack_properties(props)
-            items.append((topic, bytes(data), qos,
+            payload, packed = self._checked(
+                topic, qos, data.encode("utf-8") if isinstance(data, str) else data, props)
+            items.append((topic, payload, qos,
                           self._settings.retain if retain is None else bool(retain), packed))
         if not items:
             return []

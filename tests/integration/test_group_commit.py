@@ -16,6 +16,7 @@ from mqttsession import AsyncSession, Client, Options
 from mqttsession import journal as journal_mod
 from mqttsession.driver import Driver
 from mqttsession.engine import Engine
+from mqttsession.testing.fsyncs import FsyncCounter
 
 try:  # tests/integration may or may not be a package
     from . import _procs
@@ -29,25 +30,9 @@ pytestmark = pytest.mark.integration
 THREADS, EACH = 8, 150
 
 
-class _Journal:
-    """The journal's ``os``: counts fdatasyncs and remembers how far each one reached."""
-
-    def __init__(self) -> None:
-        self.syncs = 0
-        self.lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        os.fdatasync(fd)
-        with self.lock:
-            self.syncs += 1
-
-
 def test_threads_share_fdatasyncs_and_nothing_is_published_before_it_is_durable(
         mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    counting = _Journal()
+    counting = FsyncCounter()
     monkeypatch.setattr(journal_mod, "os", counting)
     tag = unique("gc")
     topic = f"mqs/{tag}"
@@ -107,7 +92,7 @@ def test_threads_share_fdatasyncs_and_nothing_is_published_before_it_is_durable(
 
 def test_concurrent_asyncio_publishes_share_fdatasyncs(
         mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    counting = _Journal()
+    counting = FsyncCounter()
     monkeypatch.setattr(journal_mod, "os", counting)
     tag = unique("agc")
     topic = f"mqs/{tag}"

@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from mqttsession import AsyncSession, Client, Options, PublishRequest, QueueFullError, UsageError
 from mqttsession import journal as journal_mod
-from mqttsession import spool as spool_mod
 from mqttsession.errors import PersistenceError
+from mqttsession.testing.fsyncs import FsyncCounter, counting_fdatasyncs
 
 try:  # tests/integration may or may not be a package
     from . import _procs
@@ -27,26 +26,10 @@ number_of, unique = _procs.number_of, _procs.unique
 pytestmark = pytest.mark.integration
 
 
-class _Counting:
-    def __init__(self) -> None:
-        self.syncs = 0
-        self.lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        with self.lock:
-            self.syncs += 1
-        os.fdatasync(fd)
-
-
 @pytest.fixture
-def counting(monkeypatch: pytest.MonkeyPatch) -> _Counting:
-    c = _Counting()
-    monkeypatch.setattr(journal_mod, "os", c)
-    monkeypatch.setattr(spool_mod, "os", c)
-    return c
+def counting() -> Iterator[FsyncCounter]:
+    with counting_fdatasyncs() as counter:
+        yield counter
 
 
 def _client(path: Path, cid: str, **config: str) -> Client:
@@ -58,7 +41,7 @@ def _client(path: Path, cid: str, **config: str) -> Client:
 
 
 def test_a_batch_is_one_sync_and_every_message_arrives(mosquitto: Any, tmp_path: Path,
-                                                      counting: _Counting) -> None:
+                                                      counting: FsyncCounter) -> None:
     tag = unique("many")
     topic = f"mqs/{tag}"
     counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
@@ -107,7 +90,7 @@ def test_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_batch_beyond_queue_in_memory_goes_to_the_disk_queue(tmp_path: Path,
-                                                             counting: _Counting) -> None:
+                                                             counting: FsyncCounter) -> None:
     c = _client(tmp_path / "s", "many-disk", QueueInMemory="10")
     c.restore_session("")
     c.publish_data("t", 1, b"first")

@@ -5,42 +5,22 @@ records an acknowledgement depends on are still synced before it leaves."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from mqttsession import Client, UsageError
-from mqttsession import journal as journal_mod
-from mqttsession import spool as spool_mod
+from mqttsession.testing.fsyncs import FsyncCounter, counting_fdatasyncs
 
 pytestmark = pytest.mark.integration
 
 
-class _Counting:
-    """``os`` for the journal and the disk queue, counting fdatasync calls."""
-
-    def __init__(self) -> None:
-        self.syncs = 0
-        self.lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        with self.lock:
-            self.syncs += 1
-        os.fdatasync(fd)
-
-
 @pytest.fixture
-def counting(monkeypatch: pytest.MonkeyPatch) -> _Counting:
-    c = _Counting()
-    monkeypatch.setattr(journal_mod, "os", c)
-    monkeypatch.setattr(spool_mod, "os", c)
-    return c
+def counting() -> Iterator[FsyncCounter]:
+    with counting_fdatasyncs() as counter:
+        yield counter
 
 
 def _client(path: Path, interval_ms: int) -> Client:
@@ -53,7 +33,7 @@ def _client(path: Path, interval_ms: int) -> Client:
 
 
 def test_publishes_do_not_wait_for_fsync_and_one_follows_within_the_interval(
-        tmp_path: Path, counting: _Counting) -> None:
+        tmp_path: Path, counting: FsyncCounter) -> None:
     path = tmp_path / "s"
     c = _client(path, 300)
     c.restore_session("")
@@ -74,7 +54,7 @@ def test_publishes_do_not_wait_for_fsync_and_one_follows_within_the_interval(
     d.close()
 
 
-def test_close_syncs_what_waits(tmp_path: Path, counting: _Counting) -> None:
+def test_close_syncs_what_waits(tmp_path: Path, counting: FsyncCounter) -> None:
     c = _client(tmp_path / "s", 60_000)
     c.restore_session("")
     c.publish_data("t/x", 1, b"x")
@@ -84,7 +64,7 @@ def test_close_syncs_what_waits(tmp_path: Path, counting: _Counting) -> None:
 
 
 def test_acks_still_wait_for_their_sync(mosquitto: Any, tmp_path: Path,
-                                        counting: _Counting) -> None:
+                                        counting: FsyncCounter) -> None:
     """QoS 2: the 'released' record is synced before PUBREL, whatever the interval."""
     c = _client(tmp_path / "s", 60_000)
     c.connect(mosquitto.host, mosquitto.port)
