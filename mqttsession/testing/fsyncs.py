@@ -2,7 +2,7 @@
 
     with counting_fdatasyncs() as counter:
         ...                       # publishes
-    print(counter.syncs)
+    syncs = counter.syncs   # fdatasync calls inside the block
 
 Only ``mqttsession.journal`` and ``mqttsession.spool`` see the counting ``os``; the rest of the
 process keeps the real one. For benchmarks and tests (SessionSync=always, group commit).
