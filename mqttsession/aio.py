@@ -238,6 +238,7 @@ class AsyncSession:
         c = self._check()
         async with self._publishing:  # in the order awaited; the loop runs between them
             data = payload.encode("utf-8") if isinstance(payload, str) else payload
+            # always the group commit here: the fsync waits in the executor, not on the loop
             pid, token = c._publish_begin(topic, qos, data, retain, properties)
         if token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
             driver, held = c._driver, token

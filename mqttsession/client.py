@@ -287,9 +287,17 @@ class Client:
         ``Properties(PacketTypes.PUBLISH)``, kept packed and durable with the message.
         ``QueueFullError`` when MaxQueuedMessages / MaxQueuedBytes leave no room.
         """
-        pid, token = self._publish_begin(topic, qos, data, retain, properties)
-        if token is not None:
-            self._driver.settle(token)  # the group commit: durable before this returns
+        d = self._driver
+        with d.count_lock:
+            d.publishers += 1
+        try:
+            pid, token = self._publish_begin(topic, qos, data, retain, properties,
+                                             group=d.publishers > 1)
+            if token is not None:
+                d.settle(token)  # the group commit: durable before this returns
+        finally:
+            with d.count_lock:
+                d.publishers -= 1
         return pid
 
     def _checked(self, topic: str, qos: int, data: object,
@@ -308,7 +316,7 @@ class Client:
         return bytes(data), props
 
     def _publish_begin(self, topic: str, qos: int, data: bytes, retain: bool | None,
-                       properties: Properties | None
+                       properties: Properties | None, group: bool = True
                        ) -> tuple[int, tuple[int, int, int] | None]:
         """The locked half of a publish; a token when its record still has to reach the
         disk (``SessionSync=always``: publishers in several threads share the fdatasync;
@@ -316,11 +324,14 @@ class Client:
         payload, props = self._checked(topic, qos, data, properties)
         token = None
         with self._lock:
-            group = False
+            if not qos:
+                group = False
             if qos:
                 self._file.open(self._engine.state)  # with a state file: durable from the first
                 self._file.compact_before_publish(self._engine.state)
-                group = self._driver.group_commit()
+                # only while other publishes are under way: alone, the sync under the lock
+                # costs less than handing it over
+                group = group and self._driver.group_commit()
             pid, actions = self._engine.publish(
                 topic, payload, qos, self._settings.retain if retain is None else bool(retain),
                 props, time.time(), hold=group)

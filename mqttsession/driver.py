@@ -82,6 +82,8 @@ class Driver:
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
         self._sync_timer: threading.Timer | None = None  # SessionSync=interval
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
+        self.publishers = 0  # publish_data calls under way (group commit when more than one)
+        self.count_lock = threading.Lock()
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
