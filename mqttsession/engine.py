@@ -49,6 +49,7 @@ from .events import (
     SessionLostEvent,
 )
 from .expiry import effective_interval, message_remaining, with_remaining
+from .records import Event
 from .expiry import expired as _expired
 from .state import (
     MAX_REMAINING_LENGTH,
@@ -272,7 +273,7 @@ class Engine:
             out = self._make_room(len(payload) + len(topic) + len(properties))
         else:
             out = []
-        at = now if now is not None and now > 0.0 else 0.0
+        at = float(now) if now is not None and now > 0.0 else 0.0
         sp, limit = self.spool, s.queue_in_memory
         if (limit and sp is not None and (st.spooled or len(st.outgoing) >= limit)
                 and sp.ready):
@@ -282,8 +283,7 @@ class Engine:
             self.accepted = spooled
             out.append(Persist((spooled,), True))
             return 0, out
-        rec = st.accept(topic, payload, qos, retain, properties, avoid=self.subs.busy(),
-                        accepted_at=at)
+        rec = st.accept_checked(topic, payload, qos, retain, properties, self.subs.busy(), at)
         self.accepted = rec
         self._pending.append(rec.message.seq)
         if hold:  # group commit: its PUBLISH waits for ``durable`` (persistence point 1)
@@ -481,11 +481,12 @@ class Engine:
 
     def _write(self, m: OutgoingMessage) -> list[Action]:
         if m.phase is Phase.QUEUED:
-            step = self.state.send(m.seq, avoid=self.subs.busy())
             if m.packet_id:
                 # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
-                m = self.state.outgoing[m.seq]
+                step = self.state.moved(m, Event.SEND,
+                                        Phase.AWAIT_PUBACK if m.qos == 1 else Phase.AWAIT_PUBREC)
                 return [Persist((step,), lazy=True), self._publish(m, False)]
+            step = self.state.send(m.seq, avoid=self.subs.busy())
             # an id given now (the message was published anew after SessionPresent=0, or when
             # every id was taken) is durable before the broker holds it: a lost record would
             # hand the same id to another message while the broker still holds it
@@ -806,6 +807,9 @@ class Engine:
         elif m is None or m.phase is not Phase.AWAIT_PUBACK:
             log.debug("PUBACK for packet id %d, which awaits none: ignored", pid)
             return []
+        else:  # the usual end of a QoS 1 flow
+            rec = self.state.finished(m, Event.PUBACK)
+            return self._finished(m, code, [Persist((rec,), lazy=True)])  # point 5
         # point 5: a lost removal only costs a resend
         return self._finished(m, code, [Persist((self.state.puback(pid),), lazy=True)])
 
@@ -822,9 +826,10 @@ class Engine:
             return out + pubrel if code < 0x80 else out  # PUBREL lets the broker finish
         if m.phase is Phase.AWAIT_PUBREC:
             # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
-            rec = self.state.pubrec(pid, code)
             if code < 0x80:
+                rec = self.state.moved(m, Event.PUBREC, Phase.AWAIT_PUBCOMP)
                 return [Persist((rec,), sync=True), *pubrel]
+            rec = self.state.pubrec(pid, code)
             return self._finished(m, code, [Persist((rec,))])  # [MQTT-4.4.0-2] ends the flow
         log.debug("PUBREC for packet id %d in phase %s: ignored", pid, m.phase.value)
         return []
@@ -834,7 +839,8 @@ class Engine:
         if m is None or m.phase is not Phase.AWAIT_PUBCOMP:
             log.debug("PUBCOMP for packet id %d, which awaits none: ignored", pid)
             return []
-        return self._finished(m, code, [Persist((self.state.pubcomp(pid),), lazy=True)])  # point 5
+        rec = self.state.finished(m, Event.PUBCOMP)
+        return self._finished(m, code, [Persist((rec,), lazy=True)])  # point 5
 
     # ---------------------------------------------------------------- restore
 

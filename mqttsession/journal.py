@@ -161,7 +161,10 @@ def _own_file(fd: int, path: str) -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte is written (a write may be short)."""
-    view = memoryview(data)
+    n = os.write(fd, data)
+    if n == len(data):
+        return
+    view = memoryview(data)[n:]
     while view:
         view = view[os.write(fd, view):]
 
@@ -661,7 +664,10 @@ class Journal:
     def _append(self, records: Sequence[Record], state: SessionState, sync: bool,
                 lazy: bool) -> None:
         if lazy and not self._broken and self._fd is not None:
-            self._lazy += [frame(codec.encode_record(rec)) for rec in records]
+            if len(records) == 1:
+                self._lazy.append(frame(codec.encode_record(records[0])))
+            else:
+                self._lazy += [frame(codec.encode_record(rec)) for rec in records]
             return
         if self._broken or self._fd is None:
             self.compact(state)

@@ -473,6 +473,48 @@ class SessionState:
         """A QUEUED message's PUBLISH is about to be written (assigns a packet id if it has none)."""
         return self._step(seq, Event.SEND, avoid=avoid)
 
+    # The usual steps of one message, for the engine's hot path: the same records and the
+    # same state as ``accept`` / ``send`` / ``_step`` give, for inputs the caller checked
+    # (a validated topic and QoS, bytes; a message in the phase the step needs).
+
+    def accept_checked(self, topic: str, payload: bytes, qos: int, retain: bool,
+                       properties: bytes, avoid: Container[int], accepted_at: float) -> Accepted:
+        """``accept`` of a message the caller validated."""
+        by_id, last = self._by_packet_id, self.last_packet_id
+        pid = last + 1 if last < MAX_PACKET_ID else 1
+        if pid in by_id or pid in avoid:  # the usual next id is taken: search
+            try:
+                pid = self.allocate_packet_id(avoid)
+            except PacketIdsExhausted:
+                pid = 0
+        seq = self.next_seq
+        m = OutgoingMessage(seq, pid, topic, payload, qos, retain, properties, Phase.QUEUED,
+                            accepted_at)
+        if pid:
+            by_id[pid] = seq
+            self._undo_last_packet_id = last
+            self.last_packet_id = pid
+        self.outgoing[seq] = m
+        self.outgoing_bytes += len(payload) + len(topic) + len(properties)
+        self.next_seq = seq + 1
+        return Accepted(m)
+
+    def moved(self, m: OutgoingMessage, event: Event, phase: Phase) -> Stepped:
+        """``m`` (held, with a packet id) takes the step ``event`` to ``phase`` (SEND from
+        QUEUED, PUBREC from AWAIT_PUBREC: ``OUTGOING_TRANSITIONS``)."""
+        self.outgoing[m.seq] = OutgoingMessage(
+            m.seq, m.packet_id, m.topic, m.payload, m.qos, m.retain, m.properties, phase,
+            m.accepted_at)
+        return Stepped(m.seq, event, m.packet_id)
+
+    def finished(self, m: OutgoingMessage, event: Event) -> Stepped:
+        """``m``'s flow ended as expected (PUBACK in AWAIT_PUBACK, PUBCOMP in AWAIT_PUBCOMP):
+        it leaves the session."""
+        del self.outgoing[m.seq]
+        del self._by_packet_id[m.packet_id]
+        self.outgoing_bytes -= len(m.payload) + len(m.topic) + len(m.properties)
+        return Stepped(m.seq, event, m.packet_id)
+
     def _by_ack(self, packet_id: int, what: str) -> int:
         seq = self._by_packet_id.get(packet_id)
         if seq is None:
