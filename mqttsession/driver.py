@@ -322,7 +322,7 @@ class Driver:
         due compaction waits for the whole list (the state holds all of its records). Inside
         a read batch (not for a publish) syncs wait for the batch's end: one fsync for it."""
         conn, st, f = self.conn, self.engine.state, self.file
-        batch = accepted is None and conn is not None and conn.in_batch()
+        batch: bool | None = False if accepted is not None or conn is None else None  # None: ask
         # SessionSync=interval: a publish's records reach the OS now and the disk within
         # SessionSyncInterval (``_sync_later``); the acks that depend on a record still wait
         # for its fsync (the network thread's syncs are not deferred)
@@ -332,10 +332,15 @@ class Driver:
         durable = False  # a record that is not lazy: a compaction may be due
         for a in actions:
             if type(a) is Persist:
-                durable = durable or not a.lazy
+                sync = a.sync
+                if sync:
+                    if batch is None:
+                        batch = conn is not None and conn.in_batch()
+                    sync = not batch and not later_sync
+                if not a.lazy:
+                    durable = True
                 try:
-                    f.append(a.records, st, sync=a.sync and not batch and not later_sync,
-                             lazy=a.lazy)
+                    f.append(a.records, st, sync=sync, lazy=a.lazy)
                 except Exception as exc:
                     if isinstance(accepted, list):  # publish_many: all of them, last first
                         for rec in reversed(accepted):

@@ -617,7 +617,10 @@ class Journal:
     @property
     def needs_compaction(self) -> bool:
         """The journal passed its ``bound``."""
-        return self._size > self.bound
+        most = self.max_journal_bytes  # ``bound``, inlined: asked after every record
+        if most <= 0:
+            most = max(AUTO_JOURNAL_BYTES, self._snapshot_size // 2)
+        return self._size > most
 
     @_locked
     def compact(self, state: SessionState, text: str | None = None) -> None:

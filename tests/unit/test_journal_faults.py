@@ -197,16 +197,20 @@ def every_offset(data: bytes, pos: int) -> bool:
     """The old scan, slow but plain: any valid record frame after ``pos`` ending at the end."""
     for q in range(pos + 1, len(data) - 8 + 1):
         length, crc = struct.unpack_from(">II", data, q)
-        if (0 < length and q + 8 + length == len(data) and data[q + 8:q + 9] in b"[{as"
+        if (0 < length and q + 8 + length == len(data) and data[q + 8] in RECORD_STARTS
                 and zlib.crc32(data[q + 8:]) == crc):
             return True
     return False
 
 
+# what a record frame's payload starts with: JSON, or a binary record's tag
+RECORD_STARTS = b"[{" + b"".join(codec.BINARY_TAGS)
+
 PIECES = st.one_of(
     st.binary(max_size=40),
     st.builds(frame, st.binary(min_size=1, max_size=30)),
     st.builds(lambda b: frame(b"[" + b), st.binary(max_size=20)),
+    st.builds(lambda t, b: frame(t + b), st.sampled_from(codec.BINARY_TAGS), st.binary(max_size=20)),
     st.builds(lambda b: frame(b"a" + b)[:-1], st.binary(max_size=20)),  # torn
     st.integers(1, 20).map(bytes),  # zeros
 )
