@@ -19,7 +19,20 @@ from .driver import ConnectParams, Driver
 from ._paho import pack_properties
 from .engine import EngineSettings
 from .errors import UsageError
-from .events import ErrorEvent, Message, MessageEvent, PublishRequest, QueueStats
+from .events import (
+    ConnectedEvent,
+    DisconnectedEvent,
+    ErrorEvent,
+    Message,
+    MessageAckEvent,
+    MessageDroppedEvent,
+    MessageEvent,
+    PublishRequest,
+    QueueStats,
+    SessionLostEvent,
+    SubscribedEvent,
+    UnsubscribedEvent,
+)
 from .state import MAX_EXPIRY, Accepted, validate_filter, validate_qos, validate_topic
 
 if TYPE_CHECKING:
@@ -28,8 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Client", "TlsSettings"]
 
 log = logging.getLogger("mqttsession")
-
-Callback = Callable[[Any], None]
 
 
 class TlsSettings(Protocol):
@@ -97,16 +108,18 @@ class Client:
         self.client_id = client_id
         self.clean_session = clean_session
 
-        self.on_connected: Callback | None = None
-        self.on_disconnected: Callback | None = None
-        self.on_message_in: Callback | None = None
-        self.on_message_out: Callback | None = None
-        self.on_message_ack: Callback | None = None
-        self.on_subscribed: Callback | None = None
-        self.on_unsubscribed: Callback | None = None
-        self.on_session_lost: Callback | None = None
-        self.on_message_dropped: Callback | None = None
-        self.on_error: Callback | None = None
+        # the events: each called with ONE event object (``mqttsession.events``), on the
+        # thread named there; None: no callback
+        self.on_connected: Callable[[ConnectedEvent], None] | None = None
+        self.on_disconnected: Callable[[DisconnectedEvent], None] | None = None
+        self.on_message_in: Callable[[MessageEvent], None] | None = None
+        self.on_message_out: Callable[[MessageEvent], None] | None = None
+        self.on_message_ack: Callable[[MessageAckEvent], None] | None = None
+        self.on_subscribed: Callable[[SubscribedEvent], None] | None = None
+        self.on_unsubscribed: Callable[[UnsubscribedEvent], None] | None = None
+        self.on_session_lost: Callable[[SessionLostEvent], None] | None = None
+        self.on_message_dropped: Callable[[MessageDroppedEvent], None] | None = None
+        self.on_error: Callable[[ErrorEvent], None] | None = None
 
     # ================================================================== properties
 
