@@ -132,6 +132,9 @@ def describe_connect_error(exc: BaseException) -> str:
         if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
             return f"TLS handshake refused: the broker does not trust our client certificate ({reason})"
         return f"TLS error: {reason}"
+    if isinstance(exc, mqtt.WebsocketConnectionError):
+        return (f"{exc} (not a WebSockets listener there, or it refused the path or the"
+                " headers)")
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (no broker listening there?)"
     return str(exc) or type(exc).__name__
@@ -163,6 +166,7 @@ class PahoConnection(mqtt.Client):
         client_id: str,
         protocol_version: int,
         clean_session: bool,
+        transport: str = "tcp",
     ) -> None:
         proto = MQTTProtocolVersion.MQTTv5 if protocol_version == 5 else MQTTProtocolVersion.MQTTv311
         super().__init__(
@@ -170,6 +174,7 @@ class PahoConnection(mqtt.Client):
             client_id=client_id,
             clean_session=None if protocol_version == 5 else clean_session,
             protocol=proto,
+            transport="websockets" if transport == "websockets" else "tcp",
             reconnect_on_failure=True,
         )
         self.hooks = hooks
@@ -184,6 +189,7 @@ class PahoConnection(mqtt.Client):
         self._write_due = False  # the network thread queued packets without a wake-up
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
+        self._new_sock: Any = None  # the socket being set up by _create_socket
         self.enable_logger(logging.getLogger("mqttsession.paho"))
 
     # ------------------------------------------------------------------ sending
@@ -236,10 +242,27 @@ class PahoConnection(mqtt.Client):
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
         # paho leaves the TCP socket to the garbage collector when the TLS handshake fails
         try:
-            return super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001
+            self._new_sock = super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001
         except BaseException:
             tcp_sock.close()
             raise
+        return self._new_sock
+
+    def _create_socket_connection(self) -> Any:  # noqa: SLF001
+        self._new_sock = super()._create_socket_connection()  # noqa: SLF001
+        return self._new_sock
+
+    def _create_socket(self) -> Any:  # noqa: SLF001
+        # ... and the socket (TCP, or TLS over it) when the WebSocket upgrade fails
+        self._new_sock = None
+        try:
+            return super()._create_socket()  # noqa: SLF001
+        except BaseException:
+            if self._new_sock is not None:
+                self._new_sock.close()
+            raise
+        finally:
+            self._new_sock = None
 
     def release(self) -> None:
         """Close every socket paho still holds (it leaves its wake-up pair to ``__del__``)."""

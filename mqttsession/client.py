@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import ssl
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from . import codec
 from ._config import CONFIG, ClientSettings, parse_bool, parse_int
@@ -19,6 +20,7 @@ from .driver import ConnectParams, Driver
 from ._paho import pack_properties
 from .engine import EngineSettings
 from .errors import UsageError
+from .options import DEFAULT_WS_PATH, check_transport, check_ws_headers, check_ws_path
 from .events import (
     ConnectedEvent,
     DisconnectedEvent,
@@ -56,6 +58,12 @@ class TlsSettings(Protocol):
     def client_key_path(self) -> str | None: ...
 
 
+def _tls_context_of(tls: TlsSettings | None) -> ssl.SSLContext | None:
+    """The ``ssl.SSLContext`` a ``TlsOptions`` carries (other ``TlsSettings``: none)."""
+    ctx = getattr(tls, "context", None)
+    return ctx if isinstance(ctx, ssl.SSLContext) else None
+
+
 class _Listening:
     """The events a Client has a callback for (the engine builds no others)."""
 
@@ -85,6 +93,10 @@ class Client:
         will_topic: str = "",
         will_message: bytes | str = b"",
         tls_options: TlsSettings | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        transport: str = "tcp",
+        websocket_path: str = DEFAULT_WS_PATH,
+        websocket_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = ClientSettings()
         self._engine_settings = EngineSettings()
@@ -101,6 +113,10 @@ class Client:
         self.username = username
         self.password = password
         self.tls_options = tls_options
+        self.tls_context = tls_context
+        self.transport = transport
+        self.websocket_path = websocket_path
+        self.websocket_headers = websocket_headers
         self.will_topic = will_topic
         self.will_message = will_message
         self.keep_alive_interval = keep_alive_interval
@@ -167,6 +183,45 @@ class Client:
         if type(value) is not int or not 0 <= value <= 65535:
             raise UsageError(f"keep_alive_interval must be 0..65535 seconds, got {value!r}")
         self._keep_alive = value
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """An ``ssl.SSLContext`` for TLS (it turns TLS on; ``tls_options`` paths then unused);
+        None: TLS as ``tls_options`` says."""
+        return self._tls_context
+
+    @tls_context.setter
+    def tls_context(self, value: ssl.SSLContext | None) -> None:
+        if value is not None and not isinstance(value, ssl.SSLContext):
+            raise UsageError(f"tls_context must be an ssl.SSLContext, got {type(value).__name__}")
+        self._tls_context = value
+
+    @property
+    def transport(self) -> str:
+        """``"tcp"`` (the default) or ``"websockets"`` (MQTT over WebSockets; wss with TLS)."""
+        return self._transport
+
+    @transport.setter
+    def transport(self, value: str) -> None:
+        self._transport = check_transport(value, "transport")
+
+    @property
+    def websocket_path(self) -> str:
+        """The path of the WebSocket upgrade request (``/mqtt``)."""
+        return self._ws_path
+
+    @websocket_path.setter
+    def websocket_path(self, value: str) -> None:
+        self._ws_path = check_ws_path(value, "websocket_path")
+
+    @property
+    def websocket_headers(self) -> Mapping[str, str] | None:
+        """Extra HTTP headers of the WebSocket upgrade request (e.g. ``Authorization``)."""
+        return self._ws_headers
+
+    @websocket_headers.setter
+    def websocket_headers(self, value: Mapping[str, str] | None) -> None:
+        self._ws_headers = None if value is None else check_ws_headers(value, "websocket_headers")
 
     @property
     def connected(self) -> bool:
@@ -255,10 +310,15 @@ class Client:
     def _connect_params(self) -> ConnectParams:
         tls = self.tls_options
         on = tls is not None and tls.enabled
+        ctx = self._tls_context or (_tls_context_of(tls) if on else None)
+        paths = on and tls is not None and ctx is None
         return ConnectParams(
             self._keep_alive, self.username, self.password, self.will_topic, self.will_message,
-            tls.ca_cert_path if on and tls else None, tls.client_cert_path if on and tls else None,
-            tls.client_key_path if on and tls else None, on)
+            tls.ca_cert_path if paths and tls else None,
+            tls.client_cert_path if paths and tls else None,
+            tls.client_key_path if paths and tls else None, on or ctx is not None,
+            ctx, self._transport, self._ws_path,
+            dict(self._ws_headers) if self._ws_headers is not None else None)
 
     def disconnect(self) -> None:
         """A clean DISCONNECT; the disconnect time is recorded in the session state, and the

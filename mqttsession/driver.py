@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -56,6 +57,10 @@ class ConnectParams:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls: bool = False
+    tls_context: ssl.SSLContext | None = None  # instead of the paths
+    transport: str = "tcp"  # or "websockets"
+    ws_path: str = "/mqtt"
+    ws_headers: dict[str, str] | None = None
 
 
 class Driver:
@@ -177,11 +182,16 @@ class Driver:
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:
         s, st = self._settings, self.engine.state
-        conn = PahoConnection(self, st.client_id, st.protocol_version, st.clean_session)
+        conn = PahoConnection(self, st.client_id, st.protocol_version, st.clean_session,
+                              transport=p.transport)
         conn.reconnect_delay_set(int(s.reconnect_delay_min), int(s.reconnect_delay_max))
+        if p.transport == "websockets":
+            conn.ws_set_options(path=p.ws_path, headers=p.ws_headers)
         if p.username is not None:
             conn.username_pw_set(p.username, p.password)
-        if p.tls:
+        if p.tls_context is not None:
+            conn.tls_set_context(p.tls_context)
+        elif p.tls:
             try:
                 conn.tls_set(ca_certs=p.tls_ca, certfile=p.tls_cert, keyfile=p.tls_key)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError

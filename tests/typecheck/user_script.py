@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from mqttsession import (
     AsyncSession,
@@ -22,6 +23,7 @@ from mqttsession import (
     MessageEvent,
     Options,
     SessionLostEvent,
+    TlsOptions,
     SubscribedEvent,
     UnsubscribedEvent,
 )
@@ -85,6 +87,15 @@ def mesh(address: str) -> None:
         msg = session.receive(timeout=1.0)
         if msg is not None:
             print(msg.topic, msg.message.decode())
+
+
+def transports() -> tuple[Client, Options]:
+    context = ssl.create_default_context()
+    c = Client(tls_context=context, transport="websockets", websocket_path="/mqtt",
+               websocket_headers={"Authorization": "Bearer t0k3n"})
+    o = Options(address="broker:443", tls_options=TlsOptions(context=context),
+                transport="websockets", websocket_headers={"X-Site": "north"})
+    return c, o
 
 
 async def aio() -> None:
