@@ -157,6 +157,19 @@ def refusal_message(where: str, rc: int, reason: str, tls_enabled: bool, client_
     return f"{where} refused the connection: {reason}{hint}"
 
 
+_CONNECTION_LOSS: Final = ("failed to receive on socket", "timeout on socket")
+
+
+class _PahoLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed
+    """paho's log (``mqttsession.paho``), with a lost connection at INFO: paho logs it at
+    ERROR, but the session handles it (reconnects, resumes) and the driver says so."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING and isinstance(msg, str) and msg.startswith(_CONNECTION_LOSS):
+            level = logging.INFO
+        super().log(level, msg, *args, **kwargs)
+
+
 class PahoConnection(mqtt.Client):
     """paho's Client with the session moved out to ``hooks``."""
 
@@ -190,7 +203,7 @@ class PahoConnection(mqtt.Client):
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
         self._new_sock: Any = None  # the socket being set up by _create_socket
-        self.enable_logger(logging.getLogger("mqttsession.paho"))
+        self.enable_logger(_PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
 

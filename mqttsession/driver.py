@@ -89,6 +89,8 @@ class Driver:
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
         self.publishers = 0  # publish_data calls under way (group commit when more than one)
         self.count_lock = threading.Lock()
+        self._attempts = 0  # network connections tried since the last CONNACK (the log's count)
+        self._lost = False  # the last connection was lost, not closed: a reconnect is under way
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
@@ -117,6 +119,7 @@ class Driver:
             conn = self._new_connection(params)
             self.conn = conn
             self.engine.connecting(f"{host}:{port}")
+            self._attempts, self._lost = 0, False
             self._connack.clear()
             self._connack_result = (-1, "")
             return conn
@@ -483,10 +486,20 @@ class Driver:
         self.finish(rest)
 
     def hook_connection_reset(self) -> None:
+        self._attempts += 1
+        if self._lost:
+            log.info("reconnecting to %s (attempt %d)", self.engine.broker, self._attempts)
         self._guarded(self.engine.reset, "recording a refused subscription failed")
 
     def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
                      maximum_packet_size: int | None) -> None:
+        if rc == 0:
+            st = self.engine.state
+            log.info("%s %s as %r (MQTT %s, SessionPresent=%d)",
+                     "reconnected to" if self._lost else "connected to", self.engine.broker,
+                     st.client_id, "5" if st.protocol_version == 5 else "3.1.1",
+                     session_present)
+            self._attempts, self._lost = 0, False
         self.file.deferring = rc == 0  # on_connected may still restore the file's session
         try:
             self.do(lambda: self.engine.connack(rc, reason, session_present, receive_maximum,
@@ -532,6 +545,15 @@ class Driver:
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         was = self.engine.conn
         code = int(getattr(reason, "value", reason) or 0)
+        conn = self.conn
+        if was in (ConnState.RESUMING, ConnState.CONNECTED):
+            if conn is not None and conn.wants_reconnect():
+                self._lost = True
+                log.info("connection to %s lost (%s); reconnecting", self.engine.broker, reason)
+            else:
+                log.info("connection to %s lost (%s)", self.engine.broker, reason)
+        elif was is ConnState.CLOSING:
+            log.info("disconnected from %s", self.engine.broker)
         self._guarded(lambda: self.engine.connection_lost(time.time(), code, str(reason)),
                       "recording the disconnect time failed")
         if was in (ConnState.CONNECTING, ConnState.RESUMING) and not self._connack.is_set():
