@@ -110,14 +110,20 @@ class Client:
         self._driver = d = Driver(fire, self._settings, self._engine_settings)
         d.engine.listeners = _Listening(weakref.ref(self))
         self._lock, self._engine, self._file = d.lock, d.engine, d.file
+        #: MQTT username (None: none sent).
         self.username = username
+        #: MQTT password (needs ``username``).
         self.password = password
+        #: TLS settings (``TlsOptions``, or anything with its four attributes); None: plain TCP
+        #: unless ``tls_context`` is set.
         self.tls_options = tls_options
         self.tls_context = tls_context
         self.transport = transport
         self.websocket_path = websocket_path
         self.websocket_headers = websocket_headers
+        #: Topic of the will message ("": no will); ``WillQOS`` / ``WillRetain`` in ``config``.
         self.will_topic = will_topic
+        #: Payload of the will message.
         self.will_message = will_message
         self.keep_alive_interval = keep_alive_interval
         self.protocol_version = protocol_version
@@ -126,15 +132,25 @@ class Client:
 
         # the events: each called with ONE event object (``mqttsession.events``), on the
         # thread named there; None: no callback
+        #: ``on_connected(ConnectedEvent)``: a CONNACK arrived (network thread).
         self.on_connected: Callable[[ConnectedEvent], None] | None = None
+        #: ``on_disconnected(DisconnectedEvent)``: the connection ended.
         self.on_disconnected: Callable[[DisconnectedEvent], None] | None = None
+        #: ``on_message_in(MessageEvent)``: a message received (network thread).
         self.on_message_in: Callable[[MessageEvent], None] | None = None
+        #: ``on_message_out(MessageEvent)``: a message sent and acknowledged.
         self.on_message_out: Callable[[MessageEvent], None] | None = None
+        #: ``on_message_ack(MessageAckEvent)``: a QoS 1/2 flow ended.
         self.on_message_ack: Callable[[MessageAckEvent], None] | None = None
+        #: ``on_subscribed(SubscribedEvent)``: one filter of a SUBACK.
         self.on_subscribed: Callable[[SubscribedEvent], None] | None = None
+        #: ``on_unsubscribed(UnsubscribedEvent)``: one filter of an UNSUBACK.
         self.on_unsubscribed: Callable[[UnsubscribedEvent], None] | None = None
+        #: ``on_session_lost(SessionLostEvent)``: the broker lost the session.
         self.on_session_lost: Callable[[SessionLostEvent], None] | None = None
+        #: ``on_message_dropped(MessageDroppedEvent)``: a message left undelivered.
         self.on_message_dropped: Callable[[MessageDroppedEvent], None] | None = None
+        #: ``on_error(ErrorEvent)``: a fault the session handled.
         self.on_error: Callable[[ErrorEvent], None] | None = None
 
     # ================================================================== properties
@@ -148,6 +164,7 @@ class Client:
 
     @property
     def client_id(self) -> str:
+        """The MQTT client id (empty: one is made at connect, for a clean session only)."""
         return self._engine.state.client_id
 
     @client_id.setter
@@ -158,6 +175,7 @@ class Client:
 
     @property
     def clean_session(self) -> bool:
+        """CleanSession (MQTT 5: Clean Start); ``restore_session`` sets it False."""
         return self._engine.state.clean_session
 
     @clean_session.setter
@@ -166,6 +184,7 @@ class Client:
 
     @property
     def protocol_version(self) -> int:
+        """4 (MQTT 3.1.1, the default) or 5."""
         return self._engine.state.protocol_version
 
     @protocol_version.setter
@@ -176,6 +195,7 @@ class Client:
 
     @property
     def keep_alive_interval(self) -> int:
+        """Keep-alive in seconds, 0..65535 (default 60)."""
         return self._keep_alive
 
     @keep_alive_interval.setter
@@ -225,6 +245,7 @@ class Client:
 
     @property
     def connected(self) -> bool:
+        """Whether a connection is up (read-only)."""
         return self._engine.connected
 
     @property
@@ -487,6 +508,7 @@ class Client:
         self._driver.finish(rest)
 
     def unsubscribe(self, topic_filter: str) -> None:
+        """Unsubscribe from one filter or a TopicDelimiter-separated list."""
         filters = self._filters(topic_filter)
         self._driver.do(lambda: self._engine.unsubscribe(filters))
 
