@@ -203,6 +203,7 @@ class PahoConnection(mqtt.Client):
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
         self._new_sock: Any = None  # the socket being set up by _create_socket
+        self._was_connected = False  # a CONNACK arrived on some connection: reconnects follow
         self.enable_logger(_PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
@@ -296,7 +297,13 @@ class PahoConnection(mqtt.Client):
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
         self.hooks.hook_connection_reset()
         self._connack_seen = False
-        return super().reconnect()
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            if self._was_connected:  # a first connect() raises ConnectError saying why
+                log.info("reconnecting to %s:%s failed: %s", self._host, self._port,  # noqa: SLF001
+                         describe_connect_error(exc))
+            raise
 
     def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
         # the Clean Start / CleanSession flag exactly as paho writes it (it may be "first only")
@@ -323,10 +330,11 @@ class PahoConnection(mqtt.Client):
         return _DROP
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
-        # After a requested DISCONNECT paho closes the socket, and loop_forever calls _loop
-        # once more unless loop_stop() came first: paho then logs "Client is not connected"
-        # at ERROR. Nothing is wrong then; end the loop the same way, without that record.
-        if self._sock is None and self._state in _CLOSED_ON_PURPOSE:  # noqa: SLF001
+        # With no socket paho logs "Client is not connected" at ERROR and returns NO_CONN:
+        # after a requested DISCONNECT (loop_forever calls _loop once more unless loop_stop()
+        # came first), and after every failed reconnect attempt while the broker is away.
+        # Nothing is wrong then (the attempts are logged at INFO): the same, without that record.
+        if self._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         return super()._loop(timeout)  # noqa: SLF001
 
@@ -426,6 +434,7 @@ class PahoConnection(mqtt.Client):
         if self._connack_seen:
             return self._violation(0x82, "a second CONNACK on one connection")
         self._connack_seen = True
+        self._was_connected = True
         if c.session_present and self._clean_start_sent:
             return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"
                                          " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")

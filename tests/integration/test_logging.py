@@ -57,8 +57,8 @@ def test_a_healthy_run_logs_what_an_operator_needs(
         proxy.drop("s2c", "PUBACK", "PUBCOMP")
         c.publish_message("log/out", 1, "unacknowledged")
         c.publish_message("log/out", 2, "released")
-        proxy.wait_for("c2s", "PUBREL", timeout=10)
         proxy.wait_for("s2c", "PUBACK", predicate=lambda r: r.dropped, timeout=10)
+        proxy.wait_for("s2c", "PUBCOMP", predicate=lambda r: r.dropped, timeout=10)
         back.clear()
         proxy.clear_drops()
         proxy.cut()
@@ -92,3 +92,39 @@ def test_a_healthy_run_logs_what_an_operator_needs(
     assert has(debug, "PUBACK received for packet id"), debug
     assert has(debug, "PUBREL for packet id"), debug
     assert has(debug, "PUBCOMP received for packet id"), debug
+
+
+def test_a_broker_restart_that_loses_the_session_is_logged_at_info(
+    mosquitto_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker without persistence restarts: SessionPresent=0 on the reconnect; INFO says
+    that the session was lost and what was done (the subscription sent again), nothing louder."""
+    caplog.set_level(logging.DEBUG)
+    broker = mosquitto_factory()
+    cid = f"lost-{uuid.uuid4().hex[:10]}"
+    c = Client(client_id=cid, clean_session=False)
+    c.config("ReconnectDelayMin=0.1")
+    c.config("ReconnectDelayMax=0.5")
+    back, subscribed = threading.Event(), threading.Event()
+    c.on_connected = lambda e: back.set()
+    c.on_subscribed = lambda e: subscribed.set()
+    lost: list[Any] = []
+    c.on_session_lost = lost.append
+    try:
+        c.connect(broker.host, broker.port, 10)
+        c.subscribe("lost/#", 1)
+        assert subscribed.wait(10)
+        back.clear()
+        subscribed.clear()
+        broker.restart()
+        assert back.wait(20) and subscribed.wait(10)
+    finally:
+        c.close()
+    assert len(lost) == 1 and lost[0].resubscribed == (("lost/#", 1),)
+    ours = [r for r in caplog.records
+            if r.name.startswith("mqttsession") and not r.name.startswith("mqttsession.testing")]
+    loud = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in ours if r.levelno >= logging.WARNING]
+    assert not loud, loud
+    info = [r.getMessage() for r in ours if r.levelno == logging.INFO]
+    assert any(f"the broker lost the session of '{cid}' (SessionPresent=0)" in line
+               and "1 subscriptions sent again" in line for line in info), info
