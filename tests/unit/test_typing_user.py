@@ -21,12 +21,13 @@ SCRIPT = ROOT / "tests" / "typecheck" / "user_script.py"
 
 
 def _mypy(path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
-    # MYPYPATH: this checkout's package, whatever is installed; no config file but mypy's
-    # flags (the repository's setup.cfg is not what a user has)
+    # MYPYPATH: this checkout's package, whatever is installed; run in the script's own
+    # directory, so that no config file but mypy's flags applies (the repository's setup.cfg
+    # is not what a user has)
     env = {**os.environ, "MYPYPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--config-file", os.devnull,
-         "--cache-dir", str(cache), "--no-error-summary", str(path)],
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache),
+         "--no-error-summary", str(path)],
         capture_output=True, text=True, env=env, cwd=path.parent, timeout=300)
 
 
