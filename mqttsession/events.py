@@ -24,8 +24,9 @@ attribute                 event                      thread
 ``on_subscribed``         ``SubscribedEvent``        network thread
 ``on_unsubscribed``       ``UnsubscribedEvent``      network thread
 ``on_session_lost``       ``SessionLostEvent``       network thread, after ``on_connected``
-``on_message_dropped``    ``MessageDroppedEvent``    ``queue-full``: the thread calling ``publish_*``;
-                                                     the other reasons: the network thread
+``on_message_dropped``    ``MessageDroppedEvent``    where the queue moved on: the network thread, or
+                                                     the thread calling ``publish_*`` (always for
+                                                     ``queue-full``)
 ``on_error``              ``ErrorEvent``             where the fault was found: the network thread, a
                                                      publisher, or the ``mqttsession-sync`` timer thread
                                                      (``SessionSync=interval``)
@@ -226,8 +227,8 @@ class MessageDroppedEvent:
     ``reason``: ``queue-full`` (QueueFullPolicy=drop-oldest made room), ``expired``,
     ``too-large`` (over the broker's Maximum Packet Size) or ``session-lost`` (the broker forgot
     the session and the settings drop what it may have had). ``seq``: the message's sequence
-    number in the session. ``queue-full``: the thread calling ``publish_*``; the others: the
-    network thread."""
+    number in the session. Where the queue moved on: the network thread, or the thread calling
+    ``publish_*`` (always for ``queue-full``)."""
 
     topic: str
     qos: int
