@@ -159,3 +159,70 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
     "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
 }
+
+
+# What each setting does, for the documentation (``docs/`` builds its config reference from this
+# table, the defaults read from a new Client; ``tests/unit/test_docs.py`` checks that every
+# setting of ``CONFIG`` has an entry): the name as written, then its description (reST).
+SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
+    "sessionpresent": ("SessionPresent", "Read-only, ``True`` / ``False``: the SessionPresent flag"
+                       " of the last CONNACK (inside ``on_connected``: of that CONNACK)."),
+    "mismatchedacks": ("MismatchedAcks", "Read-only: how many acknowledgements of the wrong kind"
+                       " (a PUBACK for QoS 2, a PUBREC for QoS 1) ended a flow as the broker"
+                       " meant it."),
+    "sessionstatefile": ("SessionStateFile", "Path of the durable session: kept current after"
+                         " every change (snapshot, ``FILE.journal``, ``FILE.queue/``); empty: the"
+                         " session lives in memory and in ``save_session()``'s text."),
+    "sessionexpinterval": ("SessionExpInterval", "MQTT 5 Session Expiry Interval in seconds,"
+                           " 0..4294967295. Unset on a persistent session: 3600 is sent."),
+    "protocolversion": ("ProtocolVersion", "4 (MQTT 3.1.1) or 5; the same as"
+                        " ``Client.protocol_version``."),
+    "sessionsync": ("SessionSync", "``always``: fsync before ``publish_*`` returns and before each"
+                    " dependent packet leaves; ``interval``: a publish's record reaches the OS at"
+                    " once and the disk within ``SessionSyncInterval``; ``none``: the OS decides"
+                    " (survives ``kill -9``, not a power cut). See :doc:`guarantees`."),
+    "sessionsyncinterval": ("SessionSyncInterval", "Milliseconds (1..3600000) a publish's record may"
+                            " wait for its fsync under ``SessionSync=interval``."),
+    "retain": ("Retain", "The RETAIN flag of messages published with ``retain=None``."),
+    "republishinterval": ("RepublishInterval", "MQTT 3.1.1: seconds after which an unacknowledged"
+                          " message is sent again on the same connection (0: only on"
+                          " reconnect; MQTT 5 always resends only on reconnect)."),
+    "willqos": ("WillQOS", "QoS (0..2) of the will message (``Client.will_topic``)."),
+    "willretain": ("WillRetain", "RETAIN flag of the will message."),
+    "topicdelimiter": ("TopicDelimiter", "Separates several filters in one ``subscribe`` /"
+                       " ``unsubscribe`` string."),
+    "autoreconnect": ("AutoReconnect", "Reconnect after a lost connection (with backoff between"
+                      " ``ReconnectDelayMin`` and ``ReconnectDelayMax``) and resume the session."),
+    "reconnectdelaymin": ("ReconnectDelayMin", "Seconds before the first reconnect attempt."),
+    "reconnectdelaymax": ("ReconnectDelayMax", "Seconds between attempts at most (the delay"
+                          " doubles up to it)."),
+    "maxinflight": ("MaxInflight", "Outgoing QoS 1/2 messages sent and not yet acknowledged at"
+                    " most (also bounded by the broker's MQTT 5 Receive Maximum)."),
+    "republishonsessionlost": ("RepublishOnSessionLost", "When the broker lost the session,"
+                               " publish sent-but-unconfirmed messages again as new messages"
+                               " (False: drop them, reported through ``on_message_dropped``)."),
+    "releasedonsessionlost": ("ReleasedOnSessionLost", "QoS 2 messages past PUBREC when the"
+                              " broker lost the session: ``republish`` (listed in"
+                              " ``possible_duplicates``) or ``drop``."),
+    "journalmaxbytes": ("JournalMaxBytes", "Compact the state file when its journal passes this"
+                        " many bytes; 0: 256 KiB or half the snapshot, whichever is larger."),
+    "queuesegmentbytes": ("QueueSegmentBytes", "Size (4096..2**30 bytes) at which a disk queue"
+                          " segment is sealed and a new one started."),
+    "maxmessagesize": ("MaxMessageSize", "The largest PUBLISH packet ``publish_*`` accepts, in"
+                       " bytes (0: MQTT's own limit)."),
+    "receivemaximum": ("ReceiveMaximum", "MQTT 5: incoming QoS 1/2 flows the broker may leave"
+                       " unacknowledged at once (1..65535), sent in CONNECT."),
+    "manualack": ("ManualAck", "PUBACK / PUBCOMP of a received message wait for ``ack()``"
+                  " instead of going out when ``on_message_in`` returns."),
+    "maxqueuedmessages": ("MaxQueuedMessages", "Outgoing QoS 1/2 messages held at most (0: no"
+                          " limit); see ``QueueFullPolicy``."),
+    "maxqueuedbytes": ("MaxQueuedBytes", "Bytes (payloads, topics, properties) of the held"
+                       " outgoing messages at most (0: no limit)."),
+    "queueinmemory": ("QueueInMemory", "Never-sent messages held in memory at most; with a state"
+                      " file the rest wait in the disk queue (0: all in memory)."),
+    "queuefullpolicy": ("QueueFullPolicy", "``reject`` (``publish_*`` raises ``QueueFullError``)"
+                        " or ``drop-oldest`` (the oldest never-sent messages make room, each"
+                        " reported through ``on_message_dropped``)."),
+    "drainratelimit": ("DrainRateLimit", "New PUBLISHes per second at most, e.g. to spread a"
+                       " backlog after a reconnect (0: no limit)."),
+}

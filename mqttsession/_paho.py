@@ -132,6 +132,9 @@ def describe_connect_error(exc: BaseException) -> str:
         if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
             return f"TLS handshake refused: the broker does not trust our client certificate ({reason})"
         return f"TLS error: {reason}"
+    if isinstance(exc, mqtt.WebsocketConnectionError):
+        return (f"{exc} (not a WebSockets listener there, or it refused the path or the"
+                " headers)")
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (no broker listening there?)"
     return str(exc) or type(exc).__name__
@@ -154,6 +157,19 @@ def refusal_message(where: str, rc: int, reason: str, tls_enabled: bool, client_
     return f"{where} refused the connection: {reason}{hint}"
 
 
+_CONNECTION_LOSS: Final = ("failed to receive on socket", "timeout on socket")
+
+
+class _PahoLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed
+    """paho's log (``mqttsession.paho``), with a lost connection at INFO: paho logs it at
+    ERROR, but the session handles it (reconnects, resumes) and the driver says so."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING and isinstance(msg, str) and msg.startswith(_CONNECTION_LOSS):
+            level = logging.INFO
+        super().log(level, msg, *args, **kwargs)
+
+
 class PahoConnection(mqtt.Client):
     """paho's Client with the session moved out to ``hooks``."""
 
@@ -163,6 +179,7 @@ class PahoConnection(mqtt.Client):
         client_id: str,
         protocol_version: int,
         clean_session: bool,
+        transport: str = "tcp",
     ) -> None:
         proto = MQTTProtocolVersion.MQTTv5 if protocol_version == 5 else MQTTProtocolVersion.MQTTv311
         super().__init__(
@@ -170,6 +187,7 @@ class PahoConnection(mqtt.Client):
             client_id=client_id,
             clean_session=None if protocol_version == 5 else clean_session,
             protocol=proto,
+            transport="websockets" if transport == "websockets" else "tcp",
             reconnect_on_failure=True,
         )
         self.hooks = hooks
@@ -184,7 +202,9 @@ class PahoConnection(mqtt.Client):
         self._write_due = False  # the network thread queued packets without a wake-up
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
-        self.enable_logger(logging.getLogger("mqttsession.paho"))
+        self._new_sock: Any = None  # the socket being set up by _create_socket
+        self._was_connected = False  # a CONNACK arrived on some connection: reconnects follow
+        self.enable_logger(_PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
 
@@ -236,10 +256,27 @@ class PahoConnection(mqtt.Client):
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
         # paho leaves the TCP socket to the garbage collector when the TLS handshake fails
         try:
-            return super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001
+            self._new_sock = super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001
         except BaseException:
             tcp_sock.close()
             raise
+        return self._new_sock
+
+    def _create_socket_connection(self) -> Any:  # noqa: SLF001
+        self._new_sock = super()._create_socket_connection()  # noqa: SLF001
+        return self._new_sock
+
+    def _create_socket(self) -> Any:  # noqa: SLF001
+        # ... and the socket (TCP, or TLS over it) when the WebSocket upgrade fails
+        self._new_sock = None
+        try:
+            return super()._create_socket()  # noqa: SLF001
+        except BaseException:
+            if self._new_sock is not None:
+                self._new_sock.close()
+            raise
+        finally:
+            self._new_sock = None
 
     def release(self) -> None:
         """Close every socket paho still holds (it leaves its wake-up pair to ``__del__``)."""
@@ -260,7 +297,13 @@ class PahoConnection(mqtt.Client):
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
         self.hooks.hook_connection_reset()
         self._connack_seen = False
-        return super().reconnect()
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            if self._was_connected:  # a first connect() raises ConnectError saying why
+                log.info("reconnecting to %s:%s failed: %s", self._host, self._port,  # noqa: SLF001
+                         describe_connect_error(exc))
+            raise
 
     def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
         # the Clean Start / CleanSession flag exactly as paho writes it (it may be "first only")
@@ -287,10 +330,11 @@ class PahoConnection(mqtt.Client):
         return _DROP
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
-        # After a requested DISCONNECT paho closes the socket, and loop_forever calls _loop
-        # once more unless loop_stop() came first: paho then logs "Client is not connected"
-        # at ERROR. Nothing is wrong then; end the loop the same way, without that record.
-        if self._sock is None and self._state in _CLOSED_ON_PURPOSE:  # noqa: SLF001
+        # With no socket paho logs "Client is not connected" at ERROR and returns NO_CONN:
+        # after a requested DISCONNECT (loop_forever calls _loop once more unless loop_stop()
+        # came first), and after every failed reconnect attempt while the broker is away.
+        # Nothing is wrong then (the attempts are logged at INFO): the same, without that record.
+        if self._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         return super()._loop(timeout)  # noqa: SLF001
 
@@ -390,6 +434,7 @@ class PahoConnection(mqtt.Client):
         if self._connack_seen:
             return self._violation(0x82, "a second CONNACK on one connection")
         self._connack_seen = True
+        self._was_connected = True
         if c.session_present and self._clean_start_sent:
             return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"
                                          " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import ssl
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from . import codec
 from ._config import CONFIG, ClientSettings, parse_bool, parse_int
@@ -19,7 +20,21 @@ from .driver import ConnectParams, Driver
 from ._paho import pack_properties
 from .engine import EngineSettings
 from .errors import UsageError
-from .events import ErrorEvent, Message, MessageEvent, PublishRequest, QueueStats
+from .options import DEFAULT_WS_PATH, check_transport, check_ws_headers, check_ws_path
+from .events import (
+    ConnectedEvent,
+    DisconnectedEvent,
+    ErrorEvent,
+    Message,
+    MessageAckEvent,
+    MessageDroppedEvent,
+    MessageEvent,
+    PublishRequest,
+    QueueStats,
+    SessionLostEvent,
+    SubscribedEvent,
+    UnsubscribedEvent,
+)
 from .state import MAX_EXPIRY, Accepted, validate_filter, validate_qos, validate_topic
 
 if TYPE_CHECKING:
@@ -28,8 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["Client", "TlsSettings"]
 
 log = logging.getLogger("mqttsession")
-
-Callback = Callable[[Any], None]
 
 
 class TlsSettings(Protocol):
@@ -43,6 +56,12 @@ class TlsSettings(Protocol):
     def client_cert_path(self) -> str | None: ...
     @property
     def client_key_path(self) -> str | None: ...
+
+
+def _tls_context_of(tls: TlsSettings | None) -> ssl.SSLContext | None:
+    """The ``ssl.SSLContext`` a ``TlsOptions`` carries (other ``TlsSettings``: none)."""
+    ctx = getattr(tls, "context", None)
+    return ctx if isinstance(ctx, ssl.SSLContext) else None
 
 
 class _Listening:
@@ -74,6 +93,10 @@ class Client:
         will_topic: str = "",
         will_message: bytes | str = b"",
         tls_options: TlsSettings | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        transport: str = "tcp",
+        websocket_path: str = DEFAULT_WS_PATH,
+        websocket_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = ClientSettings()
         self._engine_settings = EngineSettings()
@@ -87,26 +110,48 @@ class Client:
         self._driver = d = Driver(fire, self._settings, self._engine_settings)
         d.engine.listeners = _Listening(weakref.ref(self))
         self._lock, self._engine, self._file = d.lock, d.engine, d.file
+        #: MQTT username (None: none sent).
         self.username = username
+        #: MQTT password (needs ``username``).
         self.password = password
+        #: TLS settings (``TlsOptions``, or anything with its four attributes); None: plain TCP
+        #: unless ``tls_context`` is set.
         self.tls_options = tls_options
+        self.tls_context = tls_context
+        self.transport = transport
+        self.websocket_path = websocket_path
+        self.websocket_headers = websocket_headers
+        #: Topic of the will message ("": no will); ``WillQOS`` / ``WillRetain`` in ``config``.
         self.will_topic = will_topic
+        #: Payload of the will message.
         self.will_message = will_message
         self.keep_alive_interval = keep_alive_interval
         self.protocol_version = protocol_version
         self.client_id = client_id
         self.clean_session = clean_session
 
-        self.on_connected: Callback | None = None
-        self.on_disconnected: Callback | None = None
-        self.on_message_in: Callback | None = None
-        self.on_message_out: Callback | None = None
-        self.on_message_ack: Callback | None = None
-        self.on_subscribed: Callback | None = None
-        self.on_unsubscribed: Callback | None = None
-        self.on_session_lost: Callback | None = None
-        self.on_message_dropped: Callback | None = None
-        self.on_error: Callback | None = None
+        # the events: each called with ONE event object (``mqttsession.events``), on the
+        # thread named there; None: no callback
+        #: ``on_connected(ConnectedEvent)``: a CONNACK arrived (network thread).
+        self.on_connected: Callable[[ConnectedEvent], None] | None = None
+        #: ``on_disconnected(DisconnectedEvent)``: the connection ended.
+        self.on_disconnected: Callable[[DisconnectedEvent], None] | None = None
+        #: ``on_message_in(MessageEvent)``: a message received (network thread).
+        self.on_message_in: Callable[[MessageEvent], None] | None = None
+        #: ``on_message_out(MessageEvent)``: a message sent and acknowledged.
+        self.on_message_out: Callable[[MessageEvent], None] | None = None
+        #: ``on_message_ack(MessageAckEvent)``: a QoS 1/2 flow ended.
+        self.on_message_ack: Callable[[MessageAckEvent], None] | None = None
+        #: ``on_subscribed(SubscribedEvent)``: one filter of a SUBACK.
+        self.on_subscribed: Callable[[SubscribedEvent], None] | None = None
+        #: ``on_unsubscribed(UnsubscribedEvent)``: one filter of an UNSUBACK.
+        self.on_unsubscribed: Callable[[UnsubscribedEvent], None] | None = None
+        #: ``on_session_lost(SessionLostEvent)``: the broker lost the session.
+        self.on_session_lost: Callable[[SessionLostEvent], None] | None = None
+        #: ``on_message_dropped(MessageDroppedEvent)``: a message left undelivered.
+        self.on_message_dropped: Callable[[MessageDroppedEvent], None] | None = None
+        #: ``on_error(ErrorEvent)``: a fault the session handled.
+        self.on_error: Callable[[ErrorEvent], None] | None = None
 
     # ================================================================== properties
 
@@ -119,6 +164,7 @@ class Client:
 
     @property
     def client_id(self) -> str:
+        """The MQTT client id (empty: one is made at connect, for a clean session only)."""
         return self._engine.state.client_id
 
     @client_id.setter
@@ -129,6 +175,7 @@ class Client:
 
     @property
     def clean_session(self) -> bool:
+        """CleanSession (MQTT 5: Clean Start); ``restore_session`` sets it False."""
         return self._engine.state.clean_session
 
     @clean_session.setter
@@ -137,6 +184,7 @@ class Client:
 
     @property
     def protocol_version(self) -> int:
+        """4 (MQTT 3.1.1, the default) or 5."""
         return self._engine.state.protocol_version
 
     @protocol_version.setter
@@ -147,6 +195,7 @@ class Client:
 
     @property
     def keep_alive_interval(self) -> int:
+        """Keep-alive in seconds, 0..65535 (default 60)."""
         return self._keep_alive
 
     @keep_alive_interval.setter
@@ -156,7 +205,47 @@ class Client:
         self._keep_alive = value
 
     @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """An ``ssl.SSLContext`` for TLS (it turns TLS on; ``tls_options`` paths then unused);
+        None: TLS as ``tls_options`` says."""
+        return self._tls_context
+
+    @tls_context.setter
+    def tls_context(self, value: ssl.SSLContext | None) -> None:
+        if value is not None and not isinstance(value, ssl.SSLContext):
+            raise UsageError(f"tls_context must be an ssl.SSLContext, got {type(value).__name__}")
+        self._tls_context = value
+
+    @property
+    def transport(self) -> str:
+        """``"tcp"`` (the default) or ``"websockets"`` (MQTT over WebSockets; wss with TLS)."""
+        return self._transport
+
+    @transport.setter
+    def transport(self, value: str) -> None:
+        self._transport = check_transport(value, "transport")
+
+    @property
+    def websocket_path(self) -> str:
+        """The path of the WebSocket upgrade request (``/mqtt``)."""
+        return self._ws_path
+
+    @websocket_path.setter
+    def websocket_path(self, value: str) -> None:
+        self._ws_path = check_ws_path(value, "websocket_path")
+
+    @property
+    def websocket_headers(self) -> Mapping[str, str] | None:
+        """Extra HTTP headers of the WebSocket upgrade request (e.g. ``Authorization``)."""
+        return self._ws_headers
+
+    @websocket_headers.setter
+    def websocket_headers(self, value: Mapping[str, str] | None) -> None:
+        self._ws_headers = None if value is None else check_ws_headers(value, "websocket_headers")
+
+    @property
     def connected(self) -> bool:
+        """Whether a connection is up (read-only)."""
         return self._engine.connected
 
     @property
@@ -242,10 +331,15 @@ class Client:
     def _connect_params(self) -> ConnectParams:
         tls = self.tls_options
         on = tls is not None and tls.enabled
+        ctx = self._tls_context or (_tls_context_of(tls) if on else None)
+        paths = on and tls is not None and ctx is None
         return ConnectParams(
             self._keep_alive, self.username, self.password, self.will_topic, self.will_message,
-            tls.ca_cert_path if on and tls else None, tls.client_cert_path if on and tls else None,
-            tls.client_key_path if on and tls else None, on)
+            tls.ca_cert_path if paths and tls else None,
+            tls.client_cert_path if paths and tls else None,
+            tls.client_key_path if paths and tls else None, on or ctx is not None,
+            ctx, self._transport, self._ws_path,
+            dict(self._ws_headers) if self._ws_headers is not None else None)
 
     def disconnect(self) -> None:
         """A clean DISCONNECT; the disconnect time is recorded in the session state, and the
@@ -414,6 +508,7 @@ class Client:
         self._driver.finish(rest)
 
     def unsubscribe(self, topic_filter: str) -> None:
+        """Unsubscribe from one filter or a TopicDelimiter-separated list."""
         filters = self._filters(topic_filter)
         self._driver.do(lambda: self._engine.unsubscribe(filters))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -56,6 +57,10 @@ class ConnectParams:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls: bool = False
+    tls_context: ssl.SSLContext | None = None  # instead of the paths
+    transport: str = "tcp"  # or "websockets"
+    ws_path: str = "/mqtt"
+    ws_headers: dict[str, str] | None = None
 
 
 class Driver:
@@ -84,6 +89,8 @@ class Driver:
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
         self.publishers = 0  # publish_data calls under way (group commit when more than one)
         self.count_lock = threading.Lock()
+        self._attempts = 0  # network connections tried since the last CONNACK (the log's count)
+        self._lost = False  # the last connection was lost, not closed: a reconnect is under way
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
@@ -112,6 +119,7 @@ class Driver:
             conn = self._new_connection(params)
             self.conn = conn
             self.engine.connecting(f"{host}:{port}")
+            self._attempts, self._lost = 0, False
             self._connack.clear()
             self._connack_result = (-1, "")
             return conn
@@ -177,11 +185,16 @@ class Driver:
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:
         s, st = self._settings, self.engine.state
-        conn = PahoConnection(self, st.client_id, st.protocol_version, st.clean_session)
+        conn = PahoConnection(self, st.client_id, st.protocol_version, st.clean_session,
+                              transport=p.transport)
         conn.reconnect_delay_set(int(s.reconnect_delay_min), int(s.reconnect_delay_max))
+        if p.transport == "websockets":
+            conn.ws_set_options(path=p.ws_path, headers=p.ws_headers)
         if p.username is not None:
             conn.username_pw_set(p.username, p.password)
-        if p.tls:
+        if p.tls_context is not None:
+            conn.tls_set_context(p.tls_context)
+        elif p.tls:
             try:
                 conn.tls_set(ca_certs=p.tls_ca, certfile=p.tls_cert, keyfile=p.tls_key)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
@@ -478,10 +491,20 @@ class Driver:
         self.finish(rest)
 
     def hook_connection_reset(self) -> None:
+        self._attempts += 1
+        if self._lost:
+            log.info("reconnecting to %s (attempt %d)", self.engine.broker, self._attempts)
         self._guarded(self.engine.reset, "recording a refused subscription failed")
 
     def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
                      maximum_packet_size: int | None) -> None:
+        if rc == 0:
+            st = self.engine.state
+            log.info("%s %s as %r (MQTT %s, SessionPresent=%d)",
+                     "reconnected to" if self._lost else "connected to", self.engine.broker,
+                     st.client_id, "5" if st.protocol_version == 5 else "3.1.1",
+                     session_present)
+            self._attempts, self._lost = 0, False
         self.file.deferring = rc == 0  # on_connected may still restore the file's session
         try:
             self.do(lambda: self.engine.connack(rc, reason, session_present, receive_maximum,
@@ -527,6 +550,15 @@ class Driver:
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         was = self.engine.conn
         code = int(getattr(reason, "value", reason) or 0)
+        conn = self.conn
+        if was in (ConnState.RESUMING, ConnState.CONNECTED):
+            if conn is not None and conn.wants_reconnect():
+                self._lost = True
+                log.info("connection to %s lost (%s); reconnecting", self.engine.broker, reason)
+            else:
+                log.info("connection to %s lost (%s)", self.engine.broker, reason)
+        elif was is ConnState.CLOSING:
+            log.info("disconnected from %s", self.engine.broker)
         self._guarded(lambda: self.engine.connection_lost(time.time(), code, str(reason)),
                       "recording the disconnect time failed")
         if was in (ConnState.CONNECTING, ConnState.RESUMING) and not self._connack.is_set():

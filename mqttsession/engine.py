@@ -73,6 +73,7 @@ __all__ = [
 
 log = logging.getLogger("mqttsession")
 
+_DEBUG: Final = logging.DEBUG
 ACTIVITY_EVERY: Final = 5.0  # seconds between Activity records while connected
 
 
@@ -215,6 +216,8 @@ class Engine:
                      m.packet_id, m.qos)
 
     def _ack(self, kind: PacketType, packet_id: int) -> Write:
+        if log.isEnabledFor(_DEBUG):
+            log.debug("%s for packet id %d", kind.name, packet_id)
         first = (kind << 4) | (0x02 if kind is PacketType.PUBREL else 0)
         return Write(bytes((first, 2, packet_id >> 8, packet_id & 0xFF)), kind, packet_id)
 
@@ -258,7 +261,7 @@ class Engine:
         self.accepted = None
         if qos == 0:
             if not self.connected:
-                log.warning("QoS 0 message to %r dropped: not connected", topic)
+                log.info("QoS 0 message to %r dropped: not connected", topic)
                 return 0, []
             event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
             t = topic.encode("utf-8")
@@ -604,6 +607,24 @@ class Engine:
         out += self.subs.resume(lost_subs)
         out += self._pump()  # in seq order [MQTT-4.6.0-1]
         expired, self.restored_expired = self.restored_expired, False
+        if self.session_present:
+            resent = pubrel = 0
+            for m in plan.outgoing:
+                if m.phase is Phase.AWAIT_PUBCOMP:
+                    pubrel += 1
+                elif m.phase is not Phase.QUEUED:
+                    resent += 1
+            log.info("session of %r resumed (SessionPresent=1): %d PUBLISH resent (DUP), %d"
+                     " PUBREL resent, %d never sent, %d on the disk queue; %d incoming QoS 2"
+                     " awaiting PUBREL", st.client_id, resent, pubrel,
+                     len(plan.outgoing) - resent - pubrel, st.spooled, len(st.incoming))
+        elif lost is not None and not (st.clean_session and not expired):
+            log.info("the broker lost the session of %r (SessionPresent=0%s): %d republished"
+                     " (%d of them possible duplicates), %d dropped, %d never sent; %d incoming"
+                     " QoS 2 delivered without PUBREL; %d subscriptions sent again",
+                     st.client_id, ", expired" if expired else "", len(lost.republished),
+                     len(lost.possible_duplicates), len(lost.dropped), len(lost.queued),
+                     len(lost.delivered_incoming), len(lost.resubscribed))
         if expired and self.session_present:
             log.info("the broker still held the session this clock said had expired (did"
                      " the clock jump?): resumed")
@@ -692,6 +713,8 @@ class Engine:
     def receive_ack(self, kind: PacketType, pid: int, code: int = 0) -> list[Action]:
         """A PUBACK, PUBREC, PUBREL or PUBCOMP (what ``receive`` does for one, without a
         ``Packet``: the usual ack is read straight from its two bytes)."""
+        if log.isEnabledFor(_DEBUG):
+            log.debug("%s received for packet id %d (reason code %d)", kind.name, pid, code)
         if kind is PacketType.PUBACK:
             return self._puback(pid, code)
         if kind is PacketType.PUBREC:

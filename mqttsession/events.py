@@ -1,4 +1,40 @@
-"""Event objects passed, one each, to the Client's ``on_*`` callbacks, and message views."""
+"""Event objects passed, one each, to the Client's ``on_*`` callbacks, and message views.
+
+Each ``on_*`` attribute of ``Client`` takes a callable with ONE argument, its own event class
+(``Callable[[MessageEvent], None] | None`` ...; None: no callback). Callbacks never run under
+the session's lock, so they may call back into the client (``publish_*``, ``subscribe``,
+``ack``, ``config``), but not ``flush()`` (it raises there) and they should not block: most of
+them run on the **network thread**, the one that reads the socket and writes the
+acknowledgements (paho's thread for a ``Client``; the event loop's thread for an
+``AsyncSession``, whose socket is driven by the loop). While a callback runs, no other packet
+of that connection is processed.
+
+========================  =========================  ====================================================
+attribute                 event                      thread
+========================  =========================  ====================================================
+``on_connected``          ``ConnectedEvent``         network thread (``connect()`` waits for it)
+``on_disconnected``       ``DisconnectedEvent``      network thread on a lost connection; on a clean
+                                                     close the thread calling ``disconnect()`` /
+                                                     ``close()`` (or the network thread)
+``on_message_in``         ``MessageEvent``           network thread
+``on_message_out``        ``MessageEvent``           network thread (QoS 1/2: on the final ack); QoS 0:
+                                                     the thread calling ``publish_*``
+``on_message_ack``        ``MessageAckEvent``        network thread; with ManualAck, ``DIRECTION_SERVER``
+                                                     fires in the thread calling ``ack()``
+``on_subscribed``         ``SubscribedEvent``        network thread
+``on_unsubscribed``       ``UnsubscribedEvent``      network thread
+``on_session_lost``       ``SessionLostEvent``       network thread, after ``on_connected``
+``on_message_dropped``    ``MessageDroppedEvent``    where the queue moved on: the network thread, or
+                                                     the thread calling ``publish_*`` (always for
+                                                     ``queue-full``)
+``on_error``              ``ErrorEvent``             where the fault was found: the network thread, a
+                                                     publisher, or the ``mqttsession-sync`` timer thread
+                                                     (``SessionSync=interval``)
+========================  =========================  ====================================================
+
+A callback that raises is logged (``mqttsession`` logger, with its traceback) and reported
+through ``on_error``; the session goes on.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +92,13 @@ class Message:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class ConnectedEvent:
+    """``on_connected``: a CONNACK arrived. Network thread.
+
+    ``status_code``: 0 accepted, else the broker's refusal (MQTT 3.1.1 return code or MQTT 5
+    reason code); ``session_present``: the broker still held the session (SessionPresent=1).
+    Calling ``restore_session`` here resumes a saved session on this connection.
+    """
+
     status_code: int
     description: str
     session_present: bool
@@ -64,6 +107,10 @@ class ConnectedEvent:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class DisconnectedEvent:
+    """``on_disconnected``: the connection ended; ``status_code`` 0 for a clean close
+    (``disconnect()``), else why it was lost (the client reconnects by itself unless
+    ``AutoReconnect=False``). Network thread, or the thread that closed it."""
+
     status_code: int  # 0 for a clean close
     description: str
 
@@ -71,7 +118,10 @@ class DisconnectedEvent:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class MessageEvent:
-    """``on_message_in`` / ``on_message_out``; packet_id is -1 for QoS 0 (IPWorks)."""
+    """``on_message_in`` (a message received: QoS 0/1 on PUBLISH, QoS 2 on PUBREL, before its
+    acknowledgement) / ``on_message_out`` (a message sent and fully acknowledged; QoS 0 once
+    written). ``packet_id`` is -1 for QoS 0 (IPWorks). Network thread (``on_message_out`` for
+    QoS 0: the publishing thread)."""
 
     packet_id: int
     topic: str
@@ -87,6 +137,11 @@ class MessageEvent:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class MessageAckEvent:
+    """``on_message_ack``: a QoS 1/2 flow ended. ``direction``: ``DIRECTION_CLIENT`` (0, a
+    message this client sent: PUBACK or PUBCOMP received, ``response_code`` the broker's reason
+    code) or ``DIRECTION_SERVER`` (1, a message received, acknowledged by this client). Network
+    thread; with ManualAck, ``DIRECTION_SERVER`` fires in the thread calling ``ack()``."""
+
     packet_id: int
     direction: int  # DIRECTION_CLIENT or DIRECTION_SERVER
     response_code: int
@@ -95,6 +150,10 @@ class MessageAckEvent:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class SubscribedEvent:
+    """``on_subscribed``: one filter of a SUBACK (a SUBSCRIBE with several filters gives one
+    event each). ``response_code``: the granted QoS 0-2, or 0x80 and above for a refusal.
+    Network thread."""
+
     topic_filter: str
     qos: int
     response_code: int  # 0-2 granted QoS, 128+ failure
@@ -103,6 +162,9 @@ class SubscribedEvent:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class UnsubscribedEvent:
+    """``on_unsubscribed``: one filter of an UNSUBACK (``response_code``: MQTT 5 reason code,
+    0 on MQTT 3.1.1). Network thread."""
+
     topic_filter: str
     response_code: int
 
@@ -120,6 +182,8 @@ class SessionLostEvent:
     delivered_incoming: QoS 2 messages received and awaiting PUBREL, handed to
     ``on_message_in`` since the broker will not send them again; resubscribed: the
     subscriptions sent again.
+
+    Network thread, after ``on_connected`` and before anything is sent on the new connection.
     """
 
     republished: tuple[Message, ...]
@@ -146,6 +210,11 @@ class SessionLostEvent:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
+    """``on_error``: a fault the session handled (a state file write that failed, a protocol
+    violation by the broker, a refused subscription, a callback that raised...).
+    ``error_code``: an errno, an MQTT reason code, or -1. The thread that found it: the network
+    thread, a publisher, or the ``mqttsession-sync`` timer thread."""
+
     error_code: int
     description: str
 
@@ -157,7 +226,9 @@ class MessageDroppedEvent:
 
     ``reason``: ``queue-full`` (QueueFullPolicy=drop-oldest made room), ``expired``,
     ``too-large`` (over the broker's Maximum Packet Size) or ``session-lost`` (the broker forgot
-    the session and the settings drop what it may have had)."""
+    the session and the settings drop what it may have had). ``seq``: the message's sequence
+    number in the session. Where the queue moved on: the network thread, or the thread calling
+    ``publish_*`` (always for ``queue-full``)."""
 
     topic: str
     qos: int

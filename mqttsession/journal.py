@@ -627,6 +627,7 @@ class Journal:
         """Fold everything into a new snapshot (``text``, or ``state``'s) and a fresh journal."""
         if text is None:
             text = codec.encode(state)
+        folded = self._size
         self._lazy.clear()  # ``state`` holds them
         self._quiesce()
         if self._fd is not None:
@@ -648,6 +649,8 @@ class Journal:
         self._unsynced = False
         self._new_incarnation(self._size)  # written and fsynced whole
         self.client_id = state.client_id
+        log.info("state file %s compacted: a journal of %d bytes folded into a snapshot of %d"
+                 " bytes", self.path, folded, len(text))
 
     def append(
         self, records: Sequence[Record], state: SessionState, sync: bool = True,

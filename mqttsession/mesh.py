@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import ssl
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -79,6 +80,9 @@ def new_client(options: Options, client_id: str, clean_session: bool) -> Client:
         username=options.username,
         password=options.password,
         tls_options=options.tls_options if options.tls_options.enabled else None,
+        transport=options.transport,
+        websocket_path=options.websocket_path,
+        websocket_headers=options.websocket_headers,
     )
     if options.protocol_version == 5 and not clean_session:
         c.config(f"SessionExpInterval={options.session_expiry_interval}")
@@ -126,23 +130,31 @@ class Connection:
     def with_tls(
         cls,
         address: str | None,
-        ca_cert_path: str | os.PathLike[str] | None,
+        ca_cert_path: str | os.PathLike[str] | None = None,
         client_cert_path: str | os.PathLike[str] | None = None,
         client_key_path: str | os.PathLike[str] | None = None,
         *,
         username: str | None = None,
         password: str | None = None,
         options: Options | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> Connection:
         """TLS to ``address``, trusting ``ca_cert_path`` (None: the system CAs); a client
-        certificate for brokers that require one."""
+        certificate for brokers that require one. ``tls_context``: an ``ssl.SSLContext``
+        instead of the paths."""
         base = Options.from_env() if options is None else options
-        tls = TlsOptions(
-            True,
-            None if ca_cert_path is None else os.fspath(ca_cert_path),
-            None if client_cert_path is None else os.fspath(client_cert_path),
-            None if client_key_path is None else os.fspath(client_key_path),
-        )
+        if tls_context is not None:
+            if ca_cert_path is not None or client_cert_path is not None \
+                    or client_key_path is not None:
+                raise UsageError("with_tls: give tls_context or certificate paths, not both")
+            tls = TlsOptions(context=tls_context)
+        else:
+            tls = TlsOptions(
+                True,
+                None if ca_cert_path is None else os.fspath(ca_cert_path),
+                None if client_cert_path is None else os.fspath(client_cert_path),
+                None if client_key_path is None else os.fspath(client_key_path),
+            )
         return cls(base.with_(
             address=base.address if address is None else address,
             tls_options=tls,

@@ -20,17 +20,26 @@ variable                           field
 ``MQTTSESSION_PASSWORD``           ``password``
 ``MQTTSESSION_KEEP_ALIVE``         ``keep_alive`` (seconds, 0..65535)
 ``MQTTSESSION_PROTOCOL_VERSION``   ``protocol_version`` (4 or 5)
+``MQTTSESSION_TRANSPORT``          ``transport``: ``tcp`` or ``websockets``
+``MQTTSESSION_WS_PATH``            ``websocket_path`` (the HTTP path of the upgrade request)
+``MQTTSESSION_WS_HEADERS``         ``websocket_headers``: a JSON object of header names to
+                                   values, e.g. ``{"Authorization": "Bearer t0k3n"}``
 =================================  =========================================================
 
 An empty variable counts as unset. A bad value raises ``UsageError`` naming the variable.
+An ``ssl.SSLContext`` (``TlsOptions(context=...)``) has no environment form: pass it as an
+argument (``Options.from_env(tls_options=TlsOptions(context=ctx))``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import ssl
 from collections.abc import Mapping
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -49,7 +58,11 @@ __all__ = [
     "ENV_TLS_CLIENT_CERT",
     "ENV_TLS_CLIENT_KEY",
     "ENV_TLS_ENABLED",
+    "ENV_TRANSPORT",
     "ENV_USERNAME",
+    "ENV_WS_HEADERS",
+    "ENV_WS_PATH",
+    "TRANSPORTS",
     "Options",
     "TlsOptions",
     "parse_address",
@@ -70,6 +83,12 @@ ENV_USERNAME: Final = "MQTTSESSION_USERNAME"
 ENV_PASSWORD: Final = "MQTTSESSION_PASSWORD"
 ENV_KEEP_ALIVE: Final = "MQTTSESSION_KEEP_ALIVE"
 ENV_PROTOCOL_VERSION: Final = "MQTTSESSION_PROTOCOL_VERSION"
+ENV_TRANSPORT: Final = "MQTTSESSION_TRANSPORT"
+ENV_WS_PATH: Final = "MQTTSESSION_WS_PATH"
+ENV_WS_HEADERS: Final = "MQTTSESSION_WS_HEADERS"
+
+TRANSPORTS: Final = ("tcp", "websockets")  # paho's transports (MQTT over TCP, over WebSockets)
+DEFAULT_WS_PATH: Final = "/mqtt"
 
 
 class _Unset:
@@ -133,14 +152,25 @@ class TlsOptions:
 
     ``ca_cert_path`` None means the system's trusted CAs; ``client_cert_path`` is for brokers that
     require a client certificate (its key in ``client_key_path``, or in the same file).
+    ``context``: an ``ssl.SSLContext`` made by the application instead of the three paths (its
+    CAs, client certificate, ciphers, ALPN...); it turns TLS on, and no path may be given with it.
     """
 
     enabled: bool = False
     ca_cert_path: str | None = None
     client_cert_path: str | None = None
     client_key_path: str | None = None
+    context: ssl.SSLContext | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.context is not None:
+            if not isinstance(self.context, ssl.SSLContext):
+                raise UsageError(
+                    f"tls_options.context must be an ssl.SSLContext, got {type(self.context).__name__}")
+            if self.ca_cert_path or self.client_cert_path or self.client_key_path:
+                raise UsageError("tls_options: give an ssl.SSLContext or certificate paths, not"
+                                 " both (load the files into the context)")
+            object.__setattr__(self, "enabled", True)
         for name in ("ca_cert_path", "client_cert_path", "client_key_path"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, (str, os.PathLike)):
@@ -185,6 +215,9 @@ class Options:
     keeps them between connections; MQTT 3.1.1 has no such field (the broker decides).
     ``inbound_queue_size``: how many received messages ``AsyncSession`` / ``Session`` hold
     for the application; when full, the network thread waits for room.
+    ``transport``: ``"tcp"`` (the default) or ``"websockets"`` (MQTT over WebSockets, paho's
+    transport; with TLS it is ``wss``), with ``websocket_path`` (default ``/mqtt``) and extra
+    HTTP ``websocket_headers`` for the upgrade request.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -196,8 +229,16 @@ class Options:
     protocol_version: int = 4
     session_expiry_interval: int = DEFAULT_SESSION_EXPIRY
     inbound_queue_size: int = DEFAULT_INBOUND_QUEUE_SIZE
+    transport: str = "tcp"
+    websocket_path: str = DEFAULT_WS_PATH
+    websocket_headers: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
+        check_transport(self.transport, "transport")
+        check_ws_path(self.websocket_path, "websocket_path")
+        if self.websocket_headers is not None:
+            object.__setattr__(self, "websocket_headers", MappingProxyType(
+                check_ws_headers(self.websocket_headers, "websocket_headers")))
         if not isinstance(self.tls_options, TlsOptions):
             raise UsageError(
                 f"tls_options must be a TlsOptions, got {type(self.tls_options).__name__}"
@@ -247,6 +288,9 @@ class Options:
         protocol_version: int | _Unset = _UNSET,
         session_expiry_interval: int | _Unset = _UNSET,
         inbound_queue_size: int | _Unset = _UNSET,
+        transport: str | _Unset = _UNSET,
+        websocket_path: str | _Unset = _UNSET,
+        websocket_headers: Mapping[str, str] | None | _Unset = _UNSET,
     ) -> Options:
         """Defaults, overlaid by ``MQTTSESSION_*`` variables, overlaid by the arguments given.
 
@@ -290,6 +334,16 @@ class Options:
             session_expiry_interval = DEFAULT_SESSION_EXPIRY
         if isinstance(inbound_queue_size, _Unset):
             inbound_queue_size = DEFAULT_INBOUND_QUEUE_SIZE
+        if isinstance(transport, _Unset):
+            raw = get(ENV_TRANSPORT)
+            transport = "tcp" if raw is None else check_transport(raw.strip().lower(), ENV_TRANSPORT)
+        if isinstance(websocket_path, _Unset):
+            raw = get(ENV_WS_PATH)
+            websocket_path = DEFAULT_WS_PATH if raw is None else check_ws_path(raw.strip(),
+                                                                                ENV_WS_PATH)
+        if isinstance(websocket_headers, _Unset):
+            raw = get(ENV_WS_HEADERS)
+            websocket_headers = None if raw is None else _env_headers(raw)
         return cls(
             address=address,
             request_timeout_seconds=request_timeout_seconds,
@@ -300,6 +354,9 @@ class Options:
             protocol_version=protocol_version,
             session_expiry_interval=session_expiry_interval,
             inbound_queue_size=inbound_queue_size,
+            transport=transport,
+            websocket_path=websocket_path,
+            websocket_headers=websocket_headers,
         )
 
 
@@ -311,3 +368,41 @@ def _env_int(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:
     except ValueError:
         raise UsageError(f"{name} must be an integer {lo}..{hi}, got {raw!r}") from None
     return _check_int(value, name, lo, hi)
+
+
+def check_transport(value: object, source: str) -> str:
+    """``"tcp"`` or ``"websockets"``; ``UsageError`` naming ``source`` otherwise."""
+    if value not in TRANSPORTS:
+        raise UsageError(f"{source} must be 'tcp' or 'websockets', got {value!r}")
+    return str(value)
+
+
+def check_ws_path(value: object, source: str) -> str:
+    """A WebSocket request path: text starting with ``/``."""
+    if not isinstance(value, str) or not value.startswith("/") or any(
+            c in value for c in " \r\n"):
+        raise UsageError(f"{source} must be a path starting with '/', got {value!r}")
+    return value
+
+
+def check_ws_headers(value: object, source: str) -> dict[str, str]:
+    """Extra HTTP headers for the WebSocket upgrade: a mapping of str to str (no line breaks)."""
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{source} must be a mapping of header names to values,"
+                         f" got {type(value).__name__}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k or any(
+                c in k + v for c in "\r\n") or ":" in k:
+            raise UsageError(f"{source}: bad header {k!r}: {v!r}")
+        out[k] = v
+    return out
+
+
+def _env_headers(raw: str) -> dict[str, str]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise UsageError(f"{ENV_WS_HEADERS} must be a JSON object of header names to values,"
+                         f" got {raw!r}") from None
+    return check_ws_headers(value, ENV_WS_HEADERS)

@@ -11,7 +11,9 @@ brokers run from ``broker_conf/mosquitto-tls.conf``, ``mosquitto-tls-clientcert.
 * listener requiring a client certificate: one signed by the CA connects; none gives an error
   naming the client certificate; one from another CA an error naming the certificate;
 * password listener: the right password connects; a wrong one, or none, gives an error naming
-  the password.
+  the password;
+* an ``ssl.SSLContext`` (``tls_context``) instead of the paths, on the same listeners;
+* MQTT over WebSockets over TLS (wss, ``broker_conf/mosquitto-wss.conf``), with paths or a context.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import threading
 import uuid
@@ -46,9 +49,10 @@ from mqttsession import (
     Connection,
     Options,
     TlsOptions,
+    UsageError,
 )
 from mqttsession.testing import MosquittoBroker
-from mqttsession.testing.brokers import load_template, render_template
+from mqttsession.testing.brokers import free_port, load_template, render_template, wait_for_port
 from mqttsession.testing.pytest_plugin import require_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
@@ -136,13 +140,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 # ------------------------------------------------------------------------------ brokers
 
 
-def _broker(directory: Path, template: str, **paths: str) -> Iterator[MosquittoBroker]:
+def _broker(directory: Path, template: str, **paths: object) -> Iterator[MosquittoBroker]:
     text, _ = load_template(template)
     conf = directory / template
     conf.write_text(render_template(text, **paths), encoding="utf-8")
     broker = MosquittoBroker(conf, mosquitto_bin=require_mosquitto())
     broker.start()
     try:
+        ws_port = paths.get("ws_port")
+        if ws_port is not None:
+            assert wait_for_port("127.0.0.1", int(str(ws_port)), 10), broker.log_text()
         yield broker
     finally:
         broker.stop()
@@ -163,6 +170,15 @@ def clientcert_broker(
 
 
 @pytest.fixture(scope="module")
+def wss_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MosquittoBroker, int]]:
+    """A WebSockets-over-TLS listener; yields (broker, its WebSockets port)."""
+    ws_port = free_port()
+    for broker in _broker(tmp_path_factory.mktemp("wss"), "mosquitto-wss.conf", cafile=pki.ca,
+                          certfile=pki.server_cert, keyfile=pki.server_key, ws_port=ws_port):
+        yield broker, ws_port
+
+
+@pytest.fixture(scope="module")
 def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
     passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not os.access(passwd, os.X_OK):
@@ -179,7 +195,7 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoB
 
 def _via_client(o: Options) -> None:
     c = Client(client_id=f"tls-{uuid.uuid4().hex[:12]}", username=o.username,
-               password=o.password, tls_options=o.tls_options)
+               password=o.password, tls_options=o.tls_options, transport=o.transport)
     got: list[bytes] = []
     arrived = threading.Event()
     c.on_message_in = lambda e: (got.append(e.message), arrived.set())
@@ -198,7 +214,10 @@ def _via_client(o: Options) -> None:
 
 def _via_mesh(o: Options) -> None:
     t = o.tls_options
-    if t.enabled:
+    if t.context is not None:
+        connection = Connection.with_tls(o.address, tls_context=t.context, username=o.username,
+                                         password=o.password, options=o)
+    elif t.enabled:
         connection = Connection.with_tls(o.address, t.ca_cert_path, t.client_cert_path,
                                          t.client_key_path, username=o.username,
                                          password=o.password, options=o)
@@ -321,3 +340,87 @@ def test_password_wrong(auth_broker: MosquittoBroker, via: str) -> None:
 def test_password_missing(auth_broker: MosquittoBroker, version: int) -> None:
     with pytest.raises(ConnectError, match="password"):
         _via_client(_options(auth_broker, protocol_version=version))
+
+
+# ------------------------------------------------------------------------------ ssl.SSLContext
+
+
+def _context(ca: str, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+@pytest.mark.parametrize("via", FRONT_ENDS)
+def test_tls_context_with_the_right_ca(tls_broker: MosquittoBroker, pki: Pki, via: str) -> None:
+    VIA[via](_options(tls_broker, TlsOptions(context=_context(pki.ca))))
+
+
+@pytest.mark.parametrize("via", FRONT_ENDS)
+def test_tls_context_with_a_wrong_ca(tls_broker: MosquittoBroker, pki: Pki, via: str) -> None:
+    options = _options(tls_broker, TlsOptions(context=_context(pki.other_ca)))
+    _connect_fails("the broker's TLS certificate was not accepted", lambda: VIA[via](options))
+
+
+@pytest.mark.parametrize("via", FRONT_ENDS)
+def test_tls_context_with_a_client_certificate(
+    clientcert_broker: MosquittoBroker, pki: Pki, via: str
+) -> None:
+    context = _context(pki.ca, pki.client_cert, pki.client_key)
+    VIA[via](_options(clientcert_broker, TlsOptions(context=context)))
+
+
+def test_client_tls_context_keyword(clientcert_broker: MosquittoBroker, pki: Pki) -> None:
+    """``Client(tls_context=...)`` alone turns TLS on; one without the client certificate is
+    refused by a listener that requires one."""
+    c = Client(tls_context=_context(pki.ca, pki.client_cert, pki.client_key))
+    try:
+        c.connect(clientcert_broker.host, clientcert_broker.port, 5)
+        assert c.connected
+    finally:
+        c.close()
+    bare = Client(tls_context=_context(pki.ca))
+    try:
+        _connect_fails("client certificate",
+                       lambda: bare.connect(clientcert_broker.host, clientcert_broker.port, 5))
+    finally:
+        bare.close()
+
+
+def test_tls_context_and_paths_together_are_refused(pki: Pki) -> None:
+    with pytest.raises(UsageError, match="not both"):
+        TlsOptions(True, pki.ca, context=_context(pki.ca))
+    with pytest.raises(UsageError, match="not both"):
+        Connection.with_tls("127.0.0.1:8883", pki.ca, tls_context=_context(pki.ca))
+
+
+# ------------------------------------------------------------------------------ wss
+
+
+@pytest.mark.parametrize("via", FRONT_ENDS)
+@pytest.mark.parametrize("how", ["paths", "context"])
+def test_websockets_over_tls(wss_broker: tuple[MosquittoBroker, int], pki: Pki, via: str,
+                             how: str) -> None:
+    tls = TlsOptions(True, pki.ca) if how == "paths" else TlsOptions(context=_context(pki.ca))
+    VIA[via](Options(address=f"127.0.0.1:{wss_broker[1]}", tls_options=tls,
+                     transport="websockets", request_timeout_seconds=5.0))
+
+
+def test_websockets_over_tls_with_a_wrong_ca(wss_broker: tuple[MosquittoBroker, int],
+                                             pki: Pki) -> None:
+    options = Options(address=f"127.0.0.1:{wss_broker[1]}", transport="websockets",
+                      tls_options=TlsOptions(context=_context(pki.other_ca)),
+                      request_timeout_seconds=5.0)
+    _connect_fails("the broker's TLS certificate was not accepted", lambda: _via_client(options))
+
+
+def test_websockets_over_tls_from_the_environment(
+    wss_broker: tuple[MosquittoBroker, int], pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", f"127.0.0.1:{wss_broker[1]}")
+    monkeypatch.setenv("MQTTSESSION_TRANSPORT", "websockets")
+    monkeypatch.setenv("MQTTSESSION_TLS_CERTS_PATH", pki.ca)
+    monkeypatch.setenv("MQTTSESSION_TLS_ENABLED", "true")
+    monkeypatch.setenv("MQTTSESSION_REQUEST_TIMEOUT", "5")
+    _via_aio(Options.from_env())

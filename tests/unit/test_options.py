@@ -4,6 +4,7 @@ errors that name their source. No network."""
 from __future__ import annotations
 
 import dataclasses
+import ssl
 
 import pytest
 
@@ -15,7 +16,8 @@ ENV_NAMES = [
     "MQTTSESSION_ADDRESS", "MQTTSESSION_REQUEST_TIMEOUT", "MQTTSESSION_TLS_CERTS_PATH",
     "MQTTSESSION_TLS_CLIENT_CERT", "MQTTSESSION_TLS_CLIENT_KEY", "MQTTSESSION_TLS_ENABLED",
     "MQTTSESSION_USERNAME", "MQTTSESSION_PASSWORD", "MQTTSESSION_KEEP_ALIVE",
-    "MQTTSESSION_PROTOCOL_VERSION",
+    "MQTTSESSION_PROTOCOL_VERSION", "MQTTSESSION_TRANSPORT", "MQTTSESSION_WS_PATH",
+    "MQTTSESSION_WS_HEADERS",
 ]
 
 
@@ -191,3 +193,61 @@ def test_parse_address(address: str, tls: bool, expected: tuple[str, int]) -> No
 def test_inbound_queue_size() -> None:
     assert Options().inbound_queue_size == 100
     assert Options.from_env(environ={}, inbound_queue_size=5).inbound_queue_size == 5
+
+
+def test_websockets_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Options().transport == "tcp" and Options().websocket_path == "/mqtt"
+    monkeypatch.setenv("MQTTSESSION_TRANSPORT", "WebSockets")
+    monkeypatch.setenv("MQTTSESSION_WS_PATH", "/broker")
+    monkeypatch.setenv("MQTTSESSION_WS_HEADERS", '{"Authorization": "Bearer x"}')
+    o = Options.from_env()
+    assert (o.transport, o.websocket_path) == ("websockets", "/broker")
+    assert dict(o.websocket_headers or {}) == {"Authorization": "Bearer x"}
+    assert Options.from_env(transport="tcp", websocket_headers=None).websocket_headers is None
+
+
+@pytest.mark.parametrize("name,value", [
+    ("MQTTSESSION_TRANSPORT", "quic"),
+    ("MQTTSESSION_WS_PATH", "mqtt"),
+    ("MQTTSESSION_WS_HEADERS", "Authorization: x"),
+    ("MQTTSESSION_WS_HEADERS", '["a"]'),
+    ("MQTTSESSION_WS_HEADERS", '{"X-A": 1}'),
+    ("MQTTSESSION_WS_HEADERS", '{"X-A": "a\\r\\nX-B: b"}'),
+])
+def test_bad_transport_variable_is_named(monkeypatch: pytest.MonkeyPatch, name: str,
+                                         value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match=name):
+        Options.from_env()
+
+
+def test_websocket_headers_are_a_read_only_copy() -> None:
+    given = {"X-A": "1"}
+    o = Options(transport="websockets", websocket_headers=given)
+    given["X-A"] = "2"
+    assert o.websocket_headers is not None and o.websocket_headers["X-A"] == "1"
+    with pytest.raises(TypeError):
+        o.websocket_headers["X-A"] = "3"  # type: ignore[index]
+
+
+def test_tls_context() -> None:
+    ctx = ssl.create_default_context()
+    t = TlsOptions(context=ctx)
+    assert t.enabled and t.context is ctx
+    assert Options(address="broker", tls_options=t).port == 8883
+    with pytest.raises(UsageError, match="not both"):
+        TlsOptions(True, "ca.pem", context=ctx)
+    with pytest.raises(UsageError, match="SSLContext"):
+        TlsOptions(context="ca.pem")  # type: ignore[arg-type]
+
+
+def test_client_transport_settings_are_checked() -> None:
+    from mqttsession import Client
+    with pytest.raises(UsageError, match="transport"):
+        Client(transport="quic")
+    with pytest.raises(UsageError, match="websocket_path"):
+        Client(transport="websockets", websocket_path="mqtt")
+    with pytest.raises(UsageError, match="tls_context"):
+        Client(tls_context="ca.pem")  # type: ignore[arg-type]
+    c = Client(transport="websockets", websocket_headers={"X-A": "1"})
+    assert (c.transport, c.websocket_path, c.websocket_headers) == ("websockets", "/mqtt", {"X-A": "1"})
