@@ -424,7 +424,11 @@ _STEPPED: Final = struct.Struct(">cQBH")
 # tag, spool_next, how many messages (then each: its length, 4 bytes, and its "b" record)
 _LOADED: Final = struct.Struct(">cQI")
 _LENGTH: Final = struct.Struct(">I")
-BINARY_TAGS: Final = (b"a", b"s", b"b", b"l")  # first byte of a binary record; JSON ones: "["
+# tag, packet id, retain, dup, topic/payload/properties lengths (then the three)
+_RECEIVED: Final = struct.Struct(">cHBBHII")
+_RELEASED: Final = struct.Struct(">cH")  # tag, packet id
+# first byte of a binary record; JSON ones: "["
+BINARY_TAGS: Final = (b"a", b"s", b"b", b"l", b"r", b"e")
 
 
 def encode_record(rec: Record) -> bytes:
@@ -439,6 +443,14 @@ def encode_record(rec: Record) -> bytes:
         ))
     if type(rec) is Stepped:
         return _STEPPED.pack(b"s", rec.seq, _EVENT_CODE[rec.event], rec.packet_id)
+    if type(rec) is Received:  # the incoming QoS 2 path writes two records per message
+        im = rec.message
+        topic = im.topic.encode("utf-8")
+        return b"".join((_RECEIVED.pack(b"r", im.packet_id, im.retain, im.dup, len(topic),
+                                        len(im.payload), len(im.properties)),
+                         topic, im.payload, im.properties))
+    if type(rec) is Released:
+        return _RELEASED.pack(b"e", rec.packet_id)
     if type(rec) is Spooled:  # the disk queue's own frames: an Accepted record
         return encode_record(Accepted(rec.message))
     if type(rec) is Loaded:
@@ -479,10 +491,42 @@ def _decode_loaded(data: bytes) -> Loaded:
     return Loaded(tuple(messages), spool_next)
 
 
+def _decode_received(data: bytes) -> Received:
+    head = _RECEIVED.size
+    if len(data) < head:
+        raise StateError(f"journal record r: {len(data)} bytes, shorter than its header")
+    _, pid, retain, dup, tlen, plen, xlen = _RECEIVED.unpack_from(data)
+    if len(data) != head + tlen + plen + xlen:
+        raise StateError(f"journal record r: {len(data)} bytes, its lengths say "
+                         f"{head + tlen + plen + xlen}")
+    if not 1 <= pid <= MAX_PACKET_ID or retain > 1 or dup > 1:
+        raise StateError(f"journal record r: packet id {pid}, retain {retain}, dup {dup}"
+                         " out of range")
+    try:
+        topic = data[head:head + tlen].decode("utf-8")
+    except UnicodeDecodeError:
+        raise StateError("journal record r: topic is not UTF-8") from None
+    if not topic or "\x00" in topic:
+        raise StateError("journal record r: topic is empty or holds U+0000")
+    end = head + tlen + plen
+    return Received(IncomingMessage(pid, topic, data[head + tlen:end], 2, retain == 1,
+                                    dup == 1, data[end:]))
+
+
 def _decode_binary(data: bytes) -> Record:
-    """A binary Accepted / Stepped / Loaded record; ``StateError`` names what is wrong."""
+    """A binary Accepted / Stepped / Loaded / Received / Released record; ``StateError``
+    names what is wrong."""
     if data[:1] == b"l":
         return _decode_loaded(data)
+    if data[:1] == b"r":
+        return _decode_received(data)
+    if data[:1] == b"e":
+        if len(data) != _RELEASED.size:
+            raise StateError(f"journal record e: {len(data)} bytes, expected {_RELEASED.size}")
+        pid = _RELEASED.unpack(data)[1]
+        if not 1 <= pid <= MAX_PACKET_ID:
+            raise StateError(f"journal record e: packet id {pid} out of range")
+        return Released(pid)
     if data[:1] == b"s":
         if len(data) != _STEPPED.size:
             raise StateError(f"journal record s: {len(data)} bytes, expected {_STEPPED.size}")

@@ -403,8 +403,9 @@ def test_recorded_history_covers_every_record_type(tmp_path: Path) -> None:
     assert {type(r).__name__ for r in records} == {
         "Configured", "Accepted", "Stepped", "Received", "Released", "Subscribed", "Unsubscribed",
         "Connected", "SessionReset", "Disconnected", "Activity"}
-    # the per-message records are binary ("b": Accepted with its time), the others JSON arrays
-    assert {pl[:1] for pl in payloads[1:]} == {b"b", b"s", b"["}
+    # the per-message records are binary ("b": Accepted with its time, "s": Stepped, "r" /
+    # "e": an incoming QoS 2 message received / released), the others JSON arrays
+    assert {pl[:1] for pl in payloads[1:]} == {b"b", b"s", b"r", b"e", b"["}
     events = {r.event.value for r in records if isinstance(r, Stepped)}
     assert events == {"send", "puback", "pubrec", "pubrec_failed", "pubcomp"}
     # the whole file recovers to the final state, the snapshot alone to the first

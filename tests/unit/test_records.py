@@ -1,4 +1,5 @@
-"""Journal records: binary Accepted / Stepped round trips, format-1 JSON still read, bad bytes refused."""
+"""Journal records: binary Accepted / Stepped / Received / Released round trips, format-1
+JSON still read, bad bytes refused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from mqttsession.state import (
     MAX_PACKET_ID,
     Accepted,
     Event,
+    IncomingMessage,
     OutgoingMessage,
+    Received,
+    Released,
     SessionState,
     Stepped,
 )
@@ -30,18 +34,28 @@ STEPPED = st.builds(Stepped, st.integers(1, 2**63 - 1), st.sampled_from(list(Eve
                     st.integers(0, MAX_PACKET_ID))
 
 
+RECEIVED = st.builds(
+    lambda pid, topic, payload, retain, dup, props: Received(
+        IncomingMessage(pid, topic, payload, 2, retain, dup, props)),
+    st.integers(1, MAX_PACKET_ID), TOPICS, st.binary(max_size=300), st.booleans(),
+    st.booleans(), st.binary(max_size=20),
+)
+RELEASED = st.builds(Released, st.integers(1, MAX_PACKET_ID))
+BINARY = st.one_of(ACCEPTED, STEPPED, RECEIVED, RELEASED)
+
+
 @FAST
-@given(st.one_of(ACCEPTED, STEPPED))
-def test_binary_records_round_trip(rec: Accepted | Stepped) -> None:
+@given(BINARY)
+def test_binary_records_round_trip(rec: Accepted | Stepped | Received | Released) -> None:
     data = codec.encode_record(rec)
     assert data[:1] in codec.BINARY_TAGS
     assert codec.decode_record(data) == rec
 
 
 @FAST
-@given(st.one_of(ACCEPTED, STEPPED), st.data())
+@given(BINARY, st.data())
 def test_every_truncation_or_extension_of_a_binary_record_is_refused(
-    rec: Accepted | Stepped, data: st.DataObject
+    rec: Accepted | Stepped | Received | Released, data: st.DataObject
 ) -> None:
     raw = codec.encode_record(rec)
     n = data.draw(st.integers(1, len(raw) - 1))
@@ -89,3 +103,10 @@ def test_format_1_json_records_are_still_read() -> None:
     assert s == Stepped(1, Event.SEND, 1)
     st_.apply(s)
     assert st_.outgoing[1].sent
+
+
+def test_format_1_json_incoming_records_are_still_read() -> None:
+    """Journals written before the binary incoming records hold them as JSON."""
+    assert codec.decode_record(b'["L",7]') == Released(7)
+    rec = codec.decode_record(b'["R",7,"in/t","aGk=",true,false,""]')
+    assert rec == Received(IncomingMessage(7, "in/t", b"hi", 2, True, False, b""))
