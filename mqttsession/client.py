@@ -279,8 +279,8 @@ class Client:
 
     def close(self) -> None:
         """Disconnect and release the state file, for good: ``connect``, ``publish_*``,
-        ``subscribe``, ``unsubscribe`` and ``restore_session`` then raise ``UsageError``.
-        Idempotent."""
+        ``subscribe``, ``unsubscribe``, ``save_session`` and ``restore_session`` then raise
+        ``UsageError``. Idempotent."""
         self.__exit__(None, None, None)
 
     # ================================================================== publishing
@@ -462,8 +462,10 @@ class Client:
             return text
 
     def save_session(self) -> str:
-        """The whole session state as text; also written atomically to SessionStateFile."""
+        """The whole session state as text; also written atomically to SessionStateFile.
+        ``UsageError`` after ``close()``: the file is no longer this client's to write."""
         with self._lock:
+            self._require_open("save_session")
             text = self._save()
             st = self._engine.state
             if not st.spooled:

@@ -1,7 +1,8 @@
 """Misuse that used to pass silently or fail obscurely (issue 15 point 7), no broker needed:
 
 * after ``close()`` (or the end of a ``with`` block) ``publish_data`` / ``publish_message`` /
-  ``publish_many`` / ``subscribe`` / ``unsubscribe`` / ``connect`` / ``restore_session`` raise
+  ``publish_many`` / ``subscribe`` / ``unsubscribe`` / ``connect`` / ``restore_session`` /
+  ``save_session`` raise
   ``UsageError``, and the released state file is not written again (a publish after close used to
   reopen it and append); ``close()`` stays idempotent. The same for a ``Session`` closed before it
   was opened, and an ``AsyncSession``;
@@ -35,6 +36,7 @@ CALLS: dict[str, Callable[[Client], object]] = {
     "unsubscribe": lambda c: c.unsubscribe("t/#"),
     "connect": lambda c: c.connect("127.0.0.1", 1, timeout=1),
     "restore_session": lambda c: c.restore_session(""),
+    "save_session": lambda c: c.save_session(),
 }
 
 
@@ -58,6 +60,32 @@ def test_after_close_the_client_refuses(tmp_path: Path, call: str, how: str) -> 
     assert len(c.outgoing_messages) == 1
     c.close()  # idempotent
     assert _files(tmp_path) == before
+
+
+def test_a_closed_client_never_writes_the_file_its_successor_owns(tmp_path: Path) -> None:
+    """close() released the file; a new client (another process, say) owns it now: the old
+    one's save_session used to overwrite it with the old session."""
+    path = tmp_path / "gw.session"
+    old = Client(client_id="gw-1", clean_session=False)
+    old.config(f"SessionStateFile={path}")
+    old.restore_session("")
+    old.close()
+    new = Client(client_id="gw-1", clean_session=False)
+    new.config(f"SessionStateFile={path}")
+    new.restore_session("")
+    new.publish_message("t/a", 1, "the new owner's")
+    try:
+        with pytest.raises(UsageError):
+            old.save_session()
+        with pytest.raises(UsageError):
+            old.publish_message("t/a", 1, "the old owner's")
+    finally:
+        new.close()
+    again = Client(client_id="gw-1", clean_session=False)
+    again.config(f"SessionStateFile={path}")
+    again.restore_session("")
+    assert [m.message for m in again.outgoing_messages] == [b"the new owner's"]
+    again.close()
 
 
 def test_close_twice_without_a_state_file() -> None:
