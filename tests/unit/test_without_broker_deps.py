@@ -92,10 +92,12 @@ def test_unit_tests_collect_without_yaml_and_amqtt(tmp_path: Path) -> None:
 
 
 def test_unit_tests_run_without_yaml_and_amqtt(tmp_path: Path) -> None:
-    """The tests that import every module and inject disk faults through the plugin's helpers;
-    only the amqtt plugin module is skipped."""
+    """The tests that import every module and inject disk faults through the plugin's helpers,
+    and those of the Client's misuse and of packaging; only the amqtt plugin module is
+    skipped."""
     result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                   "tests/unit/test_supported_versions.py", "tests/unit/test_journal_faults.py"],
+                   "tests/unit/test_supported_versions.py", "tests/unit/test_journal_faults.py",
+                   "tests/unit/test_client_misuse.py", "tests/unit/test_packaging.py"],
                   _blocker(tmp_path))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     skipped = re.findall(r"SKIPPED \[\d+\] .*: (.*)", result.stdout)
