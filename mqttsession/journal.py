@@ -59,7 +59,7 @@ from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError, UsageError
 from .state import Record, SessionState
 
-__all__ = ["Journal", "read_state", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
+__all__ = ["Journal", "read_state", "require_directory", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
 
 log = logging.getLogger(__name__)
 

@@ -254,8 +254,12 @@ def test_the_installed_metadata_lists_paho_mqtt_alone() -> None:
         dist = distribution("mqttsession")
     except PackageNotFoundError:
         pytest.skip("mqttsession is not installed (run from the source tree)")
-    where = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
-    if Path(where.removeprefix("file://")).resolve() != ROOT.resolve():
-        pytest.skip(f"the installed mqttsession is another checkout's ({where or 'not a local one'})")
+    url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+    # pip's record of where it installed from; else where the metadata lies (an egg-info
+    # that setuptools wrote into this checkout, found first through PYTHONPATH)
+    where = Path(url.removeprefix("file://")) if url.startswith("file://") else \
+        Path(str(dist.locate_file("")))
+    if where.resolve() != ROOT.resolve():
+        pytest.skip(f"the installed mqttsession is not this checkout's ({url or where})")
     required = [r for r in dist.requires or [] if "extra ==" not in r]
     assert [_name(r) for r in required] == ["paho-mqtt"], required
