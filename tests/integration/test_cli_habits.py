@@ -118,6 +118,7 @@ def _refused(out: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.mosquitto
 def test_compat_password_from_the_environment(auth_broker: MosquittoBroker) -> None:
     _passed(_compat(auth_broker, "--username", USER, env=_env(MQTTSESSION_PASSWORD=PASSWORD)))
     _passed(_compat(auth_broker, env=_env(MQTTSESSION_USERNAME=USER,
@@ -126,6 +127,7 @@ def test_compat_password_from_the_environment(auth_broker: MosquittoBroker) -> N
     _refused(_compat(auth_broker, "--username", USER, env=_env(MQTTSESSION_PASSWORD="wrong")))
 
 
+@pytest.mark.mosquitto
 def test_compat_password_prompt_reads_a_line_of_stdin(auth_broker: MosquittoBroker) -> None:
     """Not a terminal: one line of standard input (a terminal gets getpass: no echo)."""
     for flag in (["--password-prompt"], ["--password", "-"]):
@@ -140,6 +142,7 @@ def test_compat_password_prompt_reads_a_line_of_stdin(auth_broker: MosquittoBrok
     assert both.returncode == 1 and "give one of them" in both.stderr, both.stderr
 
 
+@pytest.mark.mosquitto
 def test_compat_password_on_the_command_line_still_works(auth_broker: MosquittoBroker) -> None:
     _passed(_compat(auth_broker, "--username", USER, "--password", PASSWORD,
                     env=_env(MQTTSESSION_PASSWORD="wrong")))  # given: it wins
