@@ -2,12 +2,12 @@
 
 paho keeps what it is good at: the socket, TLS, keep-alive, CONNECT and DISCONNECT. The session
 packets are not paho's: every PUBLISH / PUBACK / PUBREC / PUBREL / PUBCOMP / SUBACK / UNSUBACK
-is decoded by ``_wire`` and handed to ``Hooks.hook_packet`` (the Client, which feeds the engine),
+is decoded by ``_wire`` and handed to ``Hooks._hook_packet`` (the Client, which feeds the engine),
 and the packets the engine returns are queued as the bytes ``_wire`` made (``write``), so paho's
 ``_out_messages`` / ``_in_messages`` stay empty and MQTT 5 properties stay packed end to end.
 
 Acknowledgements written while a read batch is handled wait for the batch's end, after
-``Hooks.hook_batch_end`` made the records they depend on durable (one fsync for the batch).
+``Hooks._hook_batch_end`` made the records they depend on durable (one fsync for the batch).
 Timers run in paho's loop (``loop_misc``): no thread of our own.
 
 Every private paho access is tagged ``# noqa: SLF001`` so the coupling is greppable.
@@ -57,24 +57,25 @@ _ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, P
 
 
 class Hooks(Protocol):
-    """What the connection calls on the network thread, each BEFORE the dependent packet."""
+    """What the connection calls on the network thread, each BEFORE the dependent packet
+    (underscored: the driver's, not part of the public surface)."""
 
-    def hook_connack(
+    def _hook_connack(
         self, rc: int, reason: str, session_present: bool, receive_maximum: int,
         maximum_packet_size: int | None,
     ) -> None: ...
 
-    def hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
+    def _hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
 
-    def hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
+    def _hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
 
-    def hook_batch_end(self) -> None: ...  # the records the held packets depend on: durable
+    def _hook_batch_end(self) -> None: ...  # the records the held packets depend on: durable
 
-    def hook_connection_reset(self) -> None: ...  # a new network connection is being made
+    def _hook_connection_reset(self) -> None: ...  # a new network connection is being made
 
-    def hook_tick(self) -> None: ...  # once per network-loop round
+    def _hook_tick(self) -> None: ...  # once per network-loop round
 
-    def hook_failure(self, exc: Exception, context: str) -> None: ...
+    def _hook_failure(self, exc: Exception, context: str) -> None: ...
 
 
 def pack_properties(props: Properties | None) -> bytes:
@@ -295,7 +296,7 @@ class PahoConnection(mqtt.Client):
 
     def reconnect(self) -> MQTTErrorCode:
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
-        self.hooks.hook_connection_reset()
+        self.hooks._hook_connection_reset()
         self._connack_seen = False
         try:
             return super().reconnect()
@@ -339,11 +340,11 @@ class PahoConnection(mqtt.Client):
         return super()._loop(timeout)  # noqa: SLF001
 
     def loop_misc(self) -> MQTTErrorCode:
-        """paho's keep-alive check, then the session's timers (``hooks.hook_tick``)."""
+        """paho's keep-alive check, then the session's timers (``hooks._hook_tick``)."""
         rc = super().loop_misc()
         if rc == _OK:
             try:
-                self.hooks.hook_tick()
+                self.hooks._hook_tick()
             except Exception as exc:  # never into paho's thread
                 self._hook_failed(exc, "the session's timers")
         return rc
@@ -369,7 +370,7 @@ class PahoConnection(mqtt.Client):
             self._drop_held()  # the connection is gone: the session resends what is needed
             return rc
         try:
-            self.hooks.hook_batch_end()
+            self.hooks._hook_batch_end()
         except Exception as exc:
             self._drop_held()
             self._hook_failed(exc, "making the session records of received packets durable")
@@ -411,7 +412,7 @@ class PahoConnection(mqtt.Client):
                     and kind in _ACK_TYPES:
                 # the usual ack is the packet id alone (3.1.1 always, 5 on success without
                 # properties [MQTT 5 3.4.2.1]): no general decode for it
-                self.hooks.hook_ack(_ACK_TYPES[kind], body[0] << 8 | body[1])
+                self.hooks._hook_ack(_ACK_TYPES[kind], body[0] << 8 | body[1])
                 return _OK
             if kind != PacketType.CONNACK and kind not in _SESSION_PACKETS:
                 return super()._packet_handle()  # noqa: SLF001  (PINGRESP, DISCONNECT, AUTH)
@@ -424,7 +425,7 @@ class PahoConnection(mqtt.Client):
         if p.type is PacketType.CONNACK:
             return self._connack(p)
         try:
-            self.hooks.hook_packet(p)
+            self.hooks._hook_packet(p)
         except Exception as exc:  # a hook must never kill paho's network thread
             self._hook_failed(exc, f"handling a {p.type.name} packet")
             return _DROP
@@ -449,12 +450,12 @@ class PahoConnection(mqtt.Client):
             if rc != 0:
                 # refused: skip paho's handler (it would silently downgrade to MQTT 3.1);
                 # SessionPresent is 0 on a refusal [MQTT-3.2.2-4] (5.0: [MQTT-3.2.2-6]).
-                self.hooks.hook_connack(rc, reason, False, 65535, None)
+                self.hooks._hook_connack(rc, reason, False, 65535, None)
                 return MQTTErrorCode.MQTT_ERR_CONN_REFUSED
             # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
             # on_connected and sends the resume plan before anything else is written.
             result = super()._packet_handle()  # noqa: SLF001
-            self.hooks.hook_connack(
+            self.hooks._hook_connack(
                 0, reason, bool(c.session_present),
                 recv_max if isinstance(recv_max, int) else 65535,
                 max_packet if isinstance(max_packet, int) else None,
@@ -468,7 +469,7 @@ class PahoConnection(mqtt.Client):
         """Report a failed hook; the caller drops the connection without the dependent ack."""
         log.debug("session hook failed: %s", context, exc_info=True)
         try:
-            self.hooks.hook_failure(exc, context)
+            self.hooks._hook_failure(exc, context)
         except Exception:  # pragma: no cover - reporting must not kill the thread either
             log.exception("reporting a failed session hook failed")
 
@@ -476,7 +477,7 @@ class PahoConnection(mqtt.Client):
 class AsyncioPump:
     """Drives a ``PahoConnection`` from an asyncio loop instead of a network thread (paho's
     socket callbacks, as aiomqtt 2.x does): reads and writes when the socket is ready, timers
-    (keep-alive, ``hooks.hook_tick``) every ``tick`` seconds, and reconnects with backoff.
+    (keep-alive, ``hooks._hook_tick``) every ``tick`` seconds, and reconnects with backoff.
 
     Everything but the blocking TCP connect (``reconnect``, in the loop's default executor)
     runs on the loop; socket callbacks from that executor are passed to the loop.

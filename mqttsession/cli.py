@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -14,14 +15,33 @@ import time
 from collections import Counter
 from typing import Any, Sequence
 
+from . import __version__
 from .codec import SavedState, load_state
 from .errors import MQTTSessionError, StateError
+from .options import ENV_PASSWORD, ENV_USERNAME
 
 __all__ = ["main"]
 
 log = logging.getLogger("mqttsession.cli")
 
 DEMO_TOPIC = "mqttsession/demo"
+
+# the extra that brings the embedded amqtt broker (setup.cfg [options.extras_require])
+AMQTT_EXTRA = 'pip install "mqttsession[demo]"'
+
+
+def _amqtt_missing(command: str, also: str = "") -> str | None:
+    """Why ``command`` cannot start the embedded amqtt broker here (None when it can): amqtt
+    and PyYAML are the ``demo`` extra's, not ``pip install mqttsession``'s."""
+    try:
+        import amqtt.broker  # noqa: F401, PLC0415 - only asked whether it imports
+        import yaml  # type: ignore[import-untyped]  # noqa: F401, PLC0415
+    except ImportError as exc:
+        what = exc.name or "amqtt"
+        return (f"mqttsession {command}: starting the embedded amqtt broker needs {what}, which"
+                f" is not installed.\nInstall it with: {AMQTT_EXTRA}\n(or pass --broker HOST:PORT"
+                f" of a running broker{also})")
+    return None
 
 
 def _split_broker(text: str) -> tuple[str, int]:
@@ -99,6 +119,11 @@ def _demo(args: argparse.Namespace) -> int:
         if kind == "auto":
             kind = "mosquitto" if find_mosquitto() else "amqtt"
         amqtt = kind == "amqtt"
+        also = ", or install mosquitto: apt-get install mosquitto" if args.embedded == "auto" else ""
+        unavailable = _amqtt_missing("demo", also) if amqtt else None
+        if unavailable is not None:
+            print(unavailable, file=sys.stderr)
+            return 2
         if amqtt and not args.verbose:
             logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # its warnings are not ours
         embedded = (MosquittoBroker() if kind == "mosquitto" else EmbeddedAmqtt()).start()
@@ -195,7 +220,11 @@ def _demo(args: argparse.Namespace) -> int:
 # ====================================================================== inspect
 
 
-def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int]) -> dict[str, Any]:
+STDIN_SOURCE = "standard input: the save_session() text alone (no journal, no disk queue)"
+FILE_SOURCE = "the state file: its snapshot, its journal and its disk queue"
+
+
+def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int], source: str) -> dict[str, Any]:
     def msg(m: Any) -> dict[str, Any]:
         d = {"packet_id": m.packet_id, "topic": m.topic, "qos": m.qos, "bytes": len(m.payload),
              "retain": m.retain}
@@ -206,6 +235,7 @@ def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int]) -> dict[str, 
 
     payload_bytes = sum(len(m.payload) for m in s.outgoing + s.incoming)
     return {
+        "source": source,
         "client_id": s.client_id,
         "protocol_version": s.protocol_version,
         "clean_session": s.clean_session,
@@ -258,10 +288,11 @@ def _when(t: float | None) -> str:
 
 def _inspect(args: argparse.Namespace) -> int:
     s, sizes = _read_state(args.file)
-    info = _inspect_obj(s, time.time(), sizes)
+    info = _inspect_obj(s, time.time(), sizes, STDIN_SOURCE if args.file == "-" else FILE_SOURCE)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    print(f"read from:        {info['source']}")
     exp = {True: "yes", False: "no", None: "unknown"}[info["expired"]]
     if s.protocol_version != 5:
         exp = "n/a (MQTT 3.1.1 sessions do not expire)"
@@ -335,6 +366,10 @@ def _compat(args: argparse.Namespace) -> int:
     if args.broker is None:
         from importlib.metadata import version
 
+        unavailable = _amqtt_missing("compat")
+        if unavailable is not None:
+            print(unavailable, file=sys.stderr)
+            return 2
         from .testing import BrokerStartError, EmbeddedAmqtt
 
         if not args.verbose:
@@ -350,7 +385,8 @@ def _compat(args: argparse.Namespace) -> int:
     else:
         host, port = args.broker
     try:
-        target = Target(host, port, args.protocol, args.username, args.password, timeout=args.timeout)
+        username = args.username if args.username is not None else os.environ.get(ENV_USERNAME) or None
+        target = Target(host, port, args.protocol, username, _password(args), timeout=args.timeout)
         try:
             check_broker(target)
         except BrokerUnavailable as exc:
@@ -390,11 +426,34 @@ def _positive(text: str) -> float:
 
 # ====================================================================== main
 
+PUBLIC = ("demo", "compat", "inspect")  # the subcommands --help shows; the others are internal
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    """The compat password: ``--password``; asked for with ``--password -`` or
+    ``--password-prompt`` (no echo on a terminal, else one line of stdin); else
+    ``$MQTTSESSION_PASSWORD``; else none."""
+    given: str | None = args.password
+    if args.password_prompt or given == "-":
+        if given not in (None, "-"):
+            raise MQTTSessionError("--password-prompt and --password PASSWORD: give one of them")
+        if sys.stdin.isatty():
+            return getpass.getpass("MQTT password: ")
+        line = sys.stdin.readline()
+        if not line:
+            raise MQTTSessionError("--password-prompt: no password on standard input")
+        return line.rstrip("\r\n")
+    if given is not None:
+        return given
+    return os.environ.get(ENV_PASSWORD) or None
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mqttsession", description="Durable MQTT sessions.")
+    p.add_argument("--version", action="version", version=f"mqttsession {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    sub = p.add_subparsers(dest="command", required=True)
+    # the metavar lists the public subcommands only: the internal ones stay out of --help
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(PUBLIC) + "}")
     d = sub.add_parser("demo", help="crash a publisher mid-stream, restore it, count deliveries")
     d.add_argument("--broker", type=_split_broker, metavar="HOST:PORT",
                    help="the broker to use (default: start one, see --embedded)")
@@ -413,8 +472,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="the broker to check (default: start an embedded amqtt broker)")
     c.add_argument("--protocol", type=int, choices=(4, 5), default=4,
                    help="4 = MQTT 3.1.1 (default), 5 = MQTT 5")
-    c.add_argument("--username", help="user name for every CONNECT")
-    c.add_argument("--password", help="password for every CONNECT")
+    c.add_argument("--username", help=f"user name for every CONNECT (default: ${ENV_USERNAME})")
+    c.add_argument("--password", metavar="PASSWORD",
+                   help=f"password for every CONNECT; - asks for it (as --password-prompt does)."
+                        f" Better kept off the command line: ${ENV_PASSWORD} is read when"
+                        " neither is given")
+    c.add_argument("--password-prompt", action="store_true",
+                   help="ask for the password (no echo on a terminal; otherwise one line of"
+                        " standard input is read)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--list", action="store_true", help="list the scenarios and exit")
     c.add_argument("--scenario", action="append", metavar="NAME",
@@ -424,11 +489,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=_jobs, default=4, metavar="N",
                    help="scenarios run at a time, 1..32 (default 4)")
     c.set_defaults(func=_compat)
-    i = sub.add_parser("inspect", help="show a saved session (a state file, or - for stdin)")
-    i.add_argument("file")
+    i = sub.add_parser("inspect", help="show a saved session (a state file, or - for stdin)",
+                       description="Show a saved session. FILE is a SessionStateFile: its snapshot,"
+                                   " its journal (FILE.journal) and its disk queue (FILE.queue/)"
+                                   " are read, as restore_session would, and nothing is written."
+                                   " With - the save_session() text is read from standard input"
+                                   " alone: no journal, no disk queue.")
+    i.add_argument("file", metavar="FILE")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=_inspect)
-    h = sub.add_parser("_demo-publisher")  # internal: the demo's child process
+    # internal: the demo's child process. No help= (help=argparse.SUPPRESS prints
+    # "==SUPPRESS==" before Python 3.14): argparse lists only subcommands given one
+    h = sub.add_parser("_demo-publisher")
     h.add_argument("--broker", type=_split_broker, required=True)
     h.add_argument("--state", required=True)
     h.add_argument("--first", type=int, required=True)

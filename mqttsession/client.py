@@ -110,6 +110,7 @@ class Client:
         self._driver = d = Driver(fire, self._settings, self._engine_settings)
         d.engine.listeners = _Listening(weakref.ref(self))
         self._lock, self._engine, self._file = d.lock, d.engine, d.file
+        self._closed = False  # close() (or the with block's end) was called: for good
         #: MQTT username (None: none sent).
         self.username = username
         #: MQTT password (needs ``username``).
@@ -320,12 +321,20 @@ class Client:
     def _require_disconnected(self, what: str) -> None:
         self._driver.require_disconnected(what)
 
+    def _require_open(self, what: str) -> None:
+        """``UsageError`` once ``close()`` released the client (and its state file)."""
+        if self._closed:
+            raise UsageError(f"{what} after close(): the client is closed (its state file"
+                             " released); make a new Client")
+
     def connect(self, host: str = "localhost", port: int = 1883, timeout: float = 30.0) -> None:
         """Connect and block until CONNACK; the network loop then runs in a background thread.
 
         Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK within
-        ``timeout`` seconds; ``UsageError`` for an empty client_id with clean_session False.
+        ``timeout`` seconds; ``UsageError`` for an empty client_id with clean_session False,
+        or after ``close()``.
         """
+        self._require_open("connect")
         self._driver.connect(host, port, timeout, self._connect_params())
 
     def _connect_params(self) -> ConnectParams:
@@ -350,15 +359,22 @@ class Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._driver.cancel_sync_timer()  # SessionSync=interval: what waits goes to disk now
-        compacted = self._driver.disconnect() and self._file.journal is not None
-        if self._settings.session_state_file and not compacted:
-            self._save()  # (a disconnect that compacted wrote the same snapshot)
-        with self._lock:
-            self._file.close()
+        if self._closed:
+            return
+        try:
+            self._driver.cancel_sync_timer()  # SessionSync=interval: what waits goes to disk now
+            compacted = self._driver.disconnect() and self._file.journal is not None
+            if self._settings.session_state_file and not compacted:
+                self._save()  # (a disconnect that compacted wrote the same snapshot)
+        finally:
+            with self._lock:
+                self._closed = True
+                self._file.close()
 
     def close(self) -> None:
-        """Disconnect and release the state file."""
+        """Disconnect and release the state file, for good: ``connect``, ``publish_*``,
+        ``subscribe``, ``unsubscribe``, ``save_session`` and ``restore_session`` then raise
+        ``UsageError``. Idempotent."""
         self.__exit__(None, None, None)
 
     # ================================================================== publishing
@@ -379,7 +395,8 @@ class Client:
         SessionStateFile); while disconnected they wait and go out on connect, in order.
         ``retain``: None takes the ``Retain`` setting; ``properties`` (MQTT 5): a paho
         ``Properties(PacketTypes.PUBLISH)``, kept packed and durable with the message.
-        ``QueueFullError`` when MaxQueuedMessages / MaxQueuedBytes leave no room.
+        ``QueueFullError`` when MaxQueuedMessages / MaxQueuedBytes leave no room;
+        ``UsageError`` after ``close()``.
         """
         d = self._driver
         with d.count_lock:
@@ -418,6 +435,7 @@ class Client:
         payload, props = self._checked(topic, qos, data, properties)
         token = None
         with self._lock:
+            self._require_open("publish")
             if not qos:
                 group = False
             if qos:
@@ -462,9 +480,11 @@ class Client:
                 topic, qos, data.encode("utf-8") if isinstance(data, str) else data, props)
             items.append((topic, payload, qos,
                           self._settings.retain if retain is None else bool(retain), packed))
+        self._require_open("publish_many")
         if not items:
             return []
         with self._lock:
+            self._require_open("publish_many")
             if any(i[2] for i in items):
                 self._file.open(self._engine.state)
                 self._file.compact_before_publish(self._engine.state)
@@ -503,6 +523,7 @@ class Client:
         validate_qos(qos)
         filters = self._filters(topic_filter)
         with self._lock:
+            self._require_open("subscribe")
             self._file.open(self._engine.state)
             rest = self._driver.run(self._engine.subscribe(filters, qos))
         self._driver.finish(rest)
@@ -510,6 +531,7 @@ class Client:
     def unsubscribe(self, topic_filter: str) -> None:
         """Unsubscribe from one filter or a TopicDelimiter-separated list."""
         filters = self._filters(topic_filter)
+        self._require_open("unsubscribe")
         self._driver.do(lambda: self._engine.unsubscribe(filters))
 
     def ack(self, message: MessageEvent | int) -> bool:
@@ -534,8 +556,10 @@ class Client:
             return text
 
     def save_session(self) -> str:
-        """The whole session state as text; also written atomically to SessionStateFile."""
+        """The whole session state as text; also written atomically to SessionStateFile.
+        ``UsageError`` after ``close()``: the file is no longer this client's to write."""
         with self._lock:
+            self._require_open("save_session")
             text = self._save()
             st = self._engine.state
             if not st.spooled:
@@ -554,6 +578,7 @@ class Client:
         ``on_connected`` it resumes the session on that connection.
         """
         with self._lock:
+            self._require_open("restore_session")
             self._engine.check_restorable()
             path = self._settings.session_state_file
             cid = self._engine.state.client_id

@@ -3,7 +3,7 @@
 One per ``Client``. It owns the lock that guards the engine, the connection (``_paho``) and the
 ``store.StateFile``; it implements the ``_paho.Hooks`` the network thread calls, and hands
 events to the Client's callbacks (``fire``) never under the lock. Threads: the caller's and
-paho's network thread, which also runs the timers (``hook_tick``): none of its own.
+paho's network thread, which also runs the timers (``_hook_tick``): none of its own.
 """
 
 from __future__ import annotations
@@ -456,7 +456,7 @@ class Driver:
         log.warning("%s", description)
         self._fire("on_error", ErrorEvent(code, description))
 
-    def hook_failure(self, exc: Exception, context: str) -> None:
+    def _hook_failure(self, exc: Exception, context: str) -> None:
         """A hook failed on the network thread (the connection is dropped without the ack
         that depended on it; paho reconnects): report it, and end a waiting ``connect()``."""
         retry = ", reconnecting" if self._connack.is_set() else ""
@@ -490,13 +490,13 @@ class Driver:
             rest = self.run(step(), quiet=context)
         self.finish(rest)
 
-    def hook_connection_reset(self) -> None:
+    def _hook_connection_reset(self) -> None:
         self._attempts += 1
         if self._lost:
             log.info("reconnecting to %s (attempt %d)", self.engine.broker, self._attempts)
         self._guarded(self.engine.reset, "recording a refused subscription failed")
 
-    def hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
+    def _hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
                      maximum_packet_size: int | None) -> None:
         if rc == 0:
             st = self.engine.state
@@ -527,21 +527,21 @@ class Driver:
                 self.conn.release_held()
         self._end_connect(0, reason)
 
-    def hook_packet(self, packet: Packet) -> None:
+    def _hook_packet(self, packet: Packet) -> None:
         self.do(lambda: self.engine.receive(packet))
 
-    def hook_ack(self, kind: PacketType, packet_id: int) -> None:
+    def _hook_ack(self, kind: PacketType, packet_id: int) -> None:
         with self.lock:
             rest = self.run(self.engine.receive_ack(kind, packet_id))
         self.finish(rest)
 
-    def hook_batch_end(self) -> None:
+    def _hook_batch_end(self) -> None:
         """The packets held during a read batch are about to be written: make the records
         they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the
         session lock (the journal has its own): a publisher's fsync does not hold it up."""
         self.file.sync_pending()
 
-    def hook_tick(self) -> None:
+    def _hook_tick(self) -> None:
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + _TICK_EVERY

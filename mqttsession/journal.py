@@ -56,10 +56,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from . import codec
-from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError
+from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError, UsageError
 from .state import Record, SessionState
 
-__all__ = ["Journal", "read_state", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
+__all__ = ["Journal", "read_state", "require_directory", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,24 @@ def _remove_stale_temps(path: str) -> None:
                     pass
 
 
+def _refuse_missing_directory(path: str, exc: OSError) -> None:
+    """``require_directory`` when opening ``path`` failed for want of its directory."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        require_directory(path)
+
+
+def require_directory(path: str) -> None:
+    """``UsageError`` naming the directory when a state file's directory does not exist (or
+    is not a directory): a setting to fix, not a disk fault."""
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(where):
+        return
+    what = ("is not a directory" if os.path.exists(where) else
+            f"does not exist (create it first, e.g. os.makedirs({where!r}, exist_ok=True))")
+    raise UsageError(f"SessionStateFile {path}: the directory {where} {what}; nothing was"
+                     " written") from None
+
+
 def _refuse_link(path: str, exc: OSError) -> None:
     """``StateError`` for a symlink where a state file should be (``O_NOFOLLOW`` refused it)."""
     if exc.errno == errno.ELOOP:
@@ -303,6 +321,7 @@ class Journal:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, _MODE)
             except OSError as exc:
                 _refuse_link(lock_path, exc)
+                _refuse_missing_directory(self.path, exc)
                 raise PersistenceError(exc.errno, f"cannot open {lock_path}: {exc.strerror}") from exc
             try:
                 _own_file(fd, lock_path)

@@ -237,12 +237,16 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _check(self, what: str) -> Client:
+        """The client; ``UsageError`` once the session is closed."""
+        if self._closed:
+            raise UsageError(f"{what}: session {self._id} is closed; attach again with"
+                             " connection.connect_to_session")
+        return self._client
+
     def open(self) -> None:
         """Connect (block until CONNACK); a no-op when already open. ``ConnectError`` on failure."""
-        if self._closed:
-            raise UsageError(
-                f"session {self._id} is closed; attach again with connection.connect_to_session"
-            )
+        self._check("open")
         if self._opened:
             return
         o = self._options
@@ -278,6 +282,8 @@ class Session:
                     self._end(connected=c.connected)
                 else:
                     c.close()
+            else:
+                self._client.close()  # never connected: nothing to end on the broker
         finally:
             self._messages.put(_CLOSED)
         log.info("session %s closed%s", self._id, " and ended" if end_session else "")
@@ -306,19 +312,20 @@ class Session:
     def publish(self, topic: str, payload: str | bytes, qos: int = 1, *,
                 retain: bool | None = None, properties: Properties | None = None) -> int:
         """Publish (text is UTF-8); returns the packet id. QoS 1/2 wait in the session while
-        disconnected."""
+        disconnected. ``UsageError`` once closed."""
+        c = self._check("publish")
         if isinstance(payload, str):
-            return self._client.publish_message(topic, qos, payload, retain=retain,
-                                                properties=properties)
-        return self._client.publish_data(topic, qos, payload, retain=retain, properties=properties)
+            return c.publish_message(topic, qos, payload, retain=retain, properties=properties)
+        return c.publish_data(topic, qos, payload, retain=retain, properties=properties)
 
     def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                      ) -> list[int]:
         """``Client.publish_many``: all of them in the session with one write and one sync."""
-        return self._client.publish_many(messages)
+        return self._check("publish_many").publish_many(messages)
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
+        self._check("subscribe")
         delimiter = self._client.config("TopicDelimiter")
         filters = [f.strip() for f in topic_filter.split(delimiter)]
         waits: list[tuple[str, threading.Event, list[int]]] = []
@@ -358,7 +365,7 @@ class Session:
         ev.set()
 
     def unsubscribe(self, topic_filter: str) -> None:
-        self._client.unsubscribe(topic_filter)
+        self._check("unsubscribe").unsubscribe(topic_filter)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every outgoing QoS 1/2 message is acknowledged; False on timeout."""

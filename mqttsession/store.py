@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 
 from . import codec
 from .errors import MQTTSessionError, StateError
-from .journal import Journal, write_atomic
+from .journal import Journal, require_directory, write_atomic
 from .records import Loaded, OutgoingMessage, Spooled
 from .spool import QUEUE_SUFFIX, SEGMENT_BYTES, Spool
 from .state import Record, SessionState, message_bytes
@@ -356,6 +356,7 @@ class StateFile:
         if self.journal is not None:
             self.journal.compact(state, text)
         elif self.path:
+            require_directory(self.path)  # a UsageError that names it, not ENOENT
             write_atomic(self.path, text, sync=self.sync)
 
     def compact_before_publish(self, state: SessionState) -> None:

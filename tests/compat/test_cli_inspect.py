@@ -118,9 +118,15 @@ def test_inspect_stdin_matches_the_file(state_file: Path) -> None:
     assert from_stdin["sizes"] == {"input_bytes": state_file.stat().st_size,
                                    "payload_bytes": from_file["payload_bytes"]}
     from_stdin.pop("sizes"), from_file.pop("sizes")
+    # it says what it read: the text alone from stdin, the snapshot and its journal from a file
+    assert from_stdin.pop("source") == (
+        "standard input: the save_session() text alone (no journal, no disk queue)")
+    assert from_file.pop("source") == "the state file: its snapshot, its journal and its disk queue"
     assert from_stdin == from_file
     text = run_cli("inspect", "-", stdin=state_file.read_bytes())
     assert text.returncode == 0 and "never sent:       1" in text.stdout
+    assert text.stdout.splitlines()[0] == ("read from:        standard input: the save_session()"
+                                           " text alone (no journal, no disk queue)"), text.stdout
 
 
 def _snapshot_of(tmp_path: Path) -> dict[str, bytes]:

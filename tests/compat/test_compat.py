@@ -61,7 +61,7 @@ AMQTT_BUGS: dict[str, tuple[str, str]] = {
     "redelivery-qos2": (_NO_RESEND, "was not resent within"),
     "redelivery-order": (_NO_RESEND, "nothing resent within"),
     "resume-pubrel": (_NO_RESEND, ") not resent within"),
-    # Found by this suite, not in BROKERS.md (no upstream issue known):
+    # Found by this suite (BROKERS.md, "Found later by this project's tests"; no upstream issue known):
     "clean-discards-session": (
         ("amqtt bug: a CleanSession=1 session (and its subscriptions) outlives its connection until the"
          " ~1 s session monitor runs (the mechanism of BROKERS.md amqtt bug 1)"),

@@ -1,8 +1,10 @@
-"""README.rst's "Sessions and asyncio" section runs as written.
+"""README.rst's "Sessions and asyncio" section runs as written, and so does the first snippet of
+"Using it" (its state file's directory made by the snippet itself).
 
 Each ``.. code-block:: python`` of that section is executed, in a fresh namespace and a temporary
 working directory, against mosquitto, whose address reaches the snippets the way the README says:
-through ``MQTTSESSION_ADDRESS`` (and ``MQTTSESSION_PROTOCOL_VERSION`` for the MQTT 5 run).
+through ``MQTTSESSION_ADDRESS`` (and ``MQTTSESSION_PROTOCOL_VERSION`` for the MQTT 5 run). The
+"Using it" snippet names ``localhost:1883``: only that address is replaced by mosquitto's.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from typing import Any
 
 import pytest
 
+import mqttsession
+
 README = Path(__file__).resolve().parents[2] / "README.rst"
 SECTION = "Sessions and asyncio"
 
 
-def _section_blocks() -> list[str]:
+def _section_blocks(section: str = SECTION) -> list[str]:
     lines = README.read_text(encoding="utf-8").splitlines()
-    start = lines.index(SECTION)
+    start = lines.index(section)
     end = len(lines)
     for i in range(start + 2, len(lines) - 1):  # the next heading: a line underlined with -/=
         if lines[i] and re.fullmatch(r"[-=~]{3,}", lines[i + 1]) and len(lines[i + 1]) >= len(lines[i]):
@@ -67,3 +71,37 @@ def test_snippet_runs(
     else:
         assert "demo/async b'hello'" in out, out
         assert (tmp_path / "readme-gw.session").exists()
+
+
+def test_using_it_snippet_runs_as_written(
+    mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first snippet of "Using it" in a folder where its state directory does not exist
+    yet (it failed as written when ``/var/lib/gw`` did not exist)."""
+    block = _section_blocks("Using it")[0]
+    connect = 'c.connect("localhost", 1883)'
+    assert block.count(connect) == 1, block
+    code = block.replace(connect, f"c.connect({mosquitto.host!r}, {mosquitto.port})")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "__readme__"}
+    exec(compile(code, "README.rst[Using it] block 1", "exec"), namespace)  # noqa: S102
+    c = namespace["c"]
+    try:
+        assert not c.outgoing_messages and not c.connected  # flushed, then disconnected
+        state_files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                             if p.is_file())
+        assert len(state_files) >= 1 and all(p.startswith("gw-state/") for p in state_files)
+        assert load_state_file(tmp_path / "gw-state" / "session").subscriptions == {"cmd/#": 2}
+    finally:
+        c.close()
+        cleaner = mqttsession.Client(client_id="gw-1", clean_session=True)  # the broker forgets it
+        cleaner.connect(mosquitto.host, mosquitto.port)
+        cleaner.disconnect()
+        cleaner.close()
+
+
+def load_state_file(path: Path) -> mqttsession.SavedState:
+    """What a state file holds (snapshot and journal), read-only."""
+    from mqttsession.journal import read_state
+
+    return mqttsession.SavedState.of(read_state(str(path)))

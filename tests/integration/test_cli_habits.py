@@ -1,0 +1,182 @@
+"""The ``mqttsession`` command's habits (issue 15 point 6):
+
+* ``mqttsession --version`` prints the package's version;
+* ``--help`` lists the public subcommands only (the demo's ``_demo-publisher`` child still runs);
+* ``compat``'s password is never needed on the command line: ``$MQTTSESSION_PASSWORD``, or asked
+  for (``--password-prompt`` / ``--password -``: no echo on a terminal, else one line of stdin),
+  checked against a real mosquitto listener that wants a password;
+* ``inspect FILE`` reads the snapshot AND its journal (what only the journal holds is shown);
+  ``inspect -`` says it read the text alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mqttsession
+from mqttsession import Client
+from mqttsession.cli import main
+from mqttsession.testing import MosquittoBroker
+from mqttsession.testing.brokers import load_template, render_template
+from mqttsession.testing.pytest_plugin import require_mosquitto
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(mqttsession.__file__).resolve().parent.parent
+USER, PASSWORD = "cli-user", "cli-s3cret"
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ if env is None else env)
+    full["PYTHONPATH"] = str(ROOT) + (os.pathsep + full["PYTHONPATH"] if full.get("PYTHONPATH")
+                                      else "")
+    return subprocess.run([sys.executable, "-m", "mqttsession", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120, env=full, check=False)
+
+
+# ------------------------------------------------------------------------------ --version, --help
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"mqttsession {mqttsession.__version__}\n"
+    assert run_cli("--version").stdout == f"mqttsession {mqttsession.__version__}\n"
+
+
+def test_help_shows_the_public_subcommands_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "{demo,compat,inspect}" in text, text
+    for name in ("demo", "compat", "inspect"):
+        assert f"\n    {name} " in text, text
+    assert "_demo" not in text and "SUPPRESS" not in text, text
+    # the internal one still parses (the demo spawns it)
+    with pytest.raises(SystemExit) as exit_:
+        main(["_demo-publisher", "--help"])
+    assert exit_.value.code == 0
+
+
+# ------------------------------------------------------------------------------ compat passwords
+
+
+@pytest.fixture(scope="module")
+def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """mosquitto that wants USER / PASSWORD (broker_conf/mosquitto-auth.conf)."""
+    binary = require_mosquitto()
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not os.access(passwd, os.X_OK):
+        pytest.skip("mosquitto_passwd not found (apt-get install mosquitto)")
+    d = tmp_path_factory.mktemp("cli-auth")
+    password_file = d / "passwd"
+    subprocess.run([passwd, "-b", "-c", str(password_file), USER, PASSWORD], check=True,
+                   capture_output=True, timeout=30)
+    text, _ = load_template("mosquitto-auth.conf")
+    conf = d / "mosquitto-auth.conf"
+    conf.write_text(render_template(text, password_file=str(password_file)), encoding="utf-8")
+    broker = MosquittoBroker(conf, mosquitto_bin=binary)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MQTTSESSION_PASSWORD", "MQTTSESSION_USERNAME")}
+    env.update(extra)
+    return env
+
+
+def _compat(broker: MosquittoBroker, *args: str, stdin: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("compat", "--broker", broker.address, "--scenario", "session-present-new",
+                   "--json", *args, stdin=stdin, env=_env() if env is None else env)
+
+
+def _passed(out: subprocess.CompletedProcess[str]) -> None:
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ok"] and doc["passed"] == 1, doc
+
+
+def _refused(out: subprocess.CompletedProcess[str]) -> None:
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "refused an MQTT 3.1.1 CONNECT" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.mosquitto
+def test_compat_password_from_the_environment(auth_broker: MosquittoBroker) -> None:
+    _passed(_compat(auth_broker, "--username", USER, env=_env(MQTTSESSION_PASSWORD=PASSWORD)))
+    _passed(_compat(auth_broker, env=_env(MQTTSESSION_USERNAME=USER,
+                                          MQTTSESSION_PASSWORD=PASSWORD)))
+    _refused(_compat(auth_broker, "--username", USER))  # none at all: refused, said so
+    _refused(_compat(auth_broker, "--username", USER, env=_env(MQTTSESSION_PASSWORD="wrong")))
+
+
+@pytest.mark.mosquitto
+def test_compat_password_prompt_reads_a_line_of_stdin(auth_broker: MosquittoBroker) -> None:
+    """Not a terminal: one line of standard input (a terminal gets getpass: no echo)."""
+    for flag in (["--password-prompt"], ["--password", "-"]):
+        _passed(_compat(auth_broker, "--username", USER, *flag, stdin=PASSWORD + "\n"))
+        _refused(_compat(auth_broker, "--username", USER, *flag, stdin="wrong\n"))
+    # asked for, it wins over the environment
+    _passed(_compat(auth_broker, "--username", USER, "--password-prompt", stdin=PASSWORD + "\n",
+                    env=_env(MQTTSESSION_PASSWORD="wrong")))
+    empty = _compat(auth_broker, "--username", USER, "--password-prompt", stdin="")
+    assert empty.returncode == 1 and "no password on standard input" in empty.stderr, empty.stderr
+    both = _compat(auth_broker, "--username", USER, "--password-prompt", "--password", PASSWORD)
+    assert both.returncode == 1 and "give one of them" in both.stderr, both.stderr
+
+
+@pytest.mark.mosquitto
+def test_compat_password_on_the_command_line_still_works(auth_broker: MosquittoBroker) -> None:
+    _passed(_compat(auth_broker, "--username", USER, "--password", PASSWORD,
+                    env=_env(MQTTSESSION_PASSWORD="wrong")))  # given: it wins
+
+
+# ------------------------------------------------------------------------------ inspect
+
+
+def test_inspect_reads_the_journal_and_says_stdin_is_the_text_alone(tmp_path: Path) -> None:
+    """Messages published after the snapshot are only in the journal: ``inspect FILE`` shows
+    them; the snapshot's text through stdin does not, and the output says why."""
+    path = tmp_path / "gw.session"
+    c = Client(client_id="inspect-journal", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    snapshot = path.read_bytes()  # the file's first snapshot: an empty session
+    for n in range(3):
+        c.publish_message("journal/t", 1, f"m{n}")  # not connected: held, in the journal only
+    try:
+        assert path.read_bytes() == snapshot  # nothing compacted: the journal holds them
+        from_file = run_cli("inspect", str(path), "--json")
+        assert from_file.returncode == 0, from_file.stderr
+        doc = json.loads(from_file.stdout)
+        assert len(doc["never_sent"]) == 3 and doc["sizes"]["journal_bytes"] > 0, doc
+        assert doc["source"] == "the state file: its snapshot, its journal and its disk queue"
+        text = run_cli("inspect", str(path))
+        assert text.stdout.splitlines()[0] == (
+            "read from:        the state file: its snapshot, its journal and its disk queue")
+        assert "never sent:       3" in text.stdout.splitlines(), text.stdout
+        alone = run_cli("inspect", "-", stdin=snapshot.decode())
+        assert alone.returncode == 0, alone.stderr
+        assert alone.stdout.splitlines()[0] == (
+            "read from:        standard input: the save_session() text alone (no journal, no"
+            " disk queue)"), alone.stdout
+        assert "never sent:       0" in alone.stdout.splitlines(), alone.stdout
+    finally:
+        c.close()

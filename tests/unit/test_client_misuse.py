@@ -1,0 +1,175 @@
+"""Misuse that used to pass silently or fail obscurely (issue 15 point 7), no broker needed:
+
+* after ``close()`` (or the end of a ``with`` block) ``publish_data`` / ``publish_message`` /
+  ``publish_many`` / ``subscribe`` / ``unsubscribe`` / ``connect`` / ``restore_session`` /
+  ``save_session`` raise
+  ``UsageError``, and the released state file is not written again (a publish after close used to
+  reopen it and append); ``close()`` stays idempotent. The same for a ``Session`` closed before it
+  was opened, and an ``AsyncSession``;
+* a ``SessionStateFile`` whose directory does not exist: ``UsageError`` naming the directory
+  (it was ``PersistenceError`` about ``session.lock``), nothing created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mqttsession import AsyncSession, Client, Connection, Options, PublishRequest, UsageError
+
+
+def _files(where: Path) -> dict[str, bytes]:
+    return {p.relative_to(where).as_posix(): p.read_bytes()
+            for p in sorted(where.rglob("*")) if p.is_file()}
+
+
+CALLS: dict[str, Callable[[Client], object]] = {
+    "publish_data": lambda c: c.publish_data("t/a", 1, b"x"),
+    "publish_data qos 0": lambda c: c.publish_data("t/a", 0, b"x"),
+    "publish_message": lambda c: c.publish_message("t/a", 2, "x"),
+    "publish_many": lambda c: c.publish_many([("t/a", 1, b"x"), PublishRequest("t/b", 1, b"y")]),
+    "publish_many empty": lambda c: c.publish_many([]),
+    "subscribe": lambda c: c.subscribe("t/#", 1),
+    "unsubscribe": lambda c: c.unsubscribe("t/#"),
+    "connect": lambda c: c.connect("127.0.0.1", 1, timeout=1),
+    "restore_session": lambda c: c.restore_session(""),
+    "save_session": lambda c: c.save_session(),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+@pytest.mark.parametrize("how", ["close", "with"])
+def test_after_close_the_client_refuses(tmp_path: Path, call: str, how: str) -> None:
+    path = tmp_path / "gw.session"
+    c = Client(client_id="closed-gw", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    c.publish_message("t/a", 1, "before")
+    if how == "close":
+        c.close()
+    else:
+        with c:
+            pass
+    before = _files(tmp_path)
+    with pytest.raises(UsageError, match=r"after close\(\): the client is closed"):
+        CALLS[call](c)
+    assert _files(tmp_path) == before  # the released file was not opened or written again
+    assert len(c.outgoing_messages) == 1
+    c.close()  # idempotent
+    assert _files(tmp_path) == before
+
+
+def test_a_closed_client_never_writes_the_file_its_successor_owns(tmp_path: Path) -> None:
+    """close() released the file; a new client (another process, say) owns it now: the old
+    one's save_session used to overwrite it with the old session."""
+    path = tmp_path / "gw.session"
+    old = Client(client_id="gw-1", clean_session=False)
+    old.config(f"SessionStateFile={path}")
+    old.restore_session("")
+    old.close()
+    new = Client(client_id="gw-1", clean_session=False)
+    new.config(f"SessionStateFile={path}")
+    new.restore_session("")
+    new.publish_message("t/a", 1, "the new owner's")
+    try:
+        with pytest.raises(UsageError):
+            old.save_session()
+        with pytest.raises(UsageError):
+            old.publish_message("t/a", 1, "the old owner's")
+    finally:
+        new.close()
+    again = Client(client_id="gw-1", clean_session=False)
+    again.config(f"SessionStateFile={path}")
+    again.restore_session("")
+    assert [m.message for m in again.outgoing_messages] == [b"the new owner's"]
+    again.close()
+
+
+def test_close_twice_without_a_state_file() -> None:
+    c = Client(client_id="no-file")
+    c.close()
+    c.close()
+    with pytest.raises(UsageError):
+        c.publish_message("t/a", 1, "x")
+    assert c.outgoing_messages == ()
+
+
+def test_a_session_closed_before_it_was_opened_refuses() -> None:
+    connection = Connection(Options(address="127.0.0.1:1"))  # never connected to
+    session = connection.create_session()
+    session.close()
+    for call in (lambda: session.publish("t/a", "x"), lambda: session.publish_many([("t/a", 1, "x")]),
+                 lambda: session.subscribe("t/#"), lambda: session.unsubscribe("t/#"),
+                 session.open):
+        with pytest.raises(UsageError, match=f"session {session.session_id} is closed"):
+            call()
+    assert session.client.outgoing_messages == ()
+    with pytest.raises(UsageError):
+        session.client.publish_data("t/a", 1, b"x")  # the Client under it is closed too
+
+
+def test_an_async_session_refuses_after_close(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="closed-aio",
+                                      state_file=tmp_path / "aio.session", connect=False)
+        await s.publish("t/a", "held")
+        await s.close()
+        before = _files(tmp_path)
+        with pytest.raises(UsageError):
+            await s.publish("t/a", "x")
+        with pytest.raises(UsageError):
+            await s.publish_many([("t/a", 1, "x")])
+        with pytest.raises(UsageError):
+            await s.subscribe("t/#")
+        with pytest.raises(UsageError):
+            s.client.publish_message("t/a", 1, "x")
+        assert _files(tmp_path) == before
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ the state file's directory
+
+
+def test_a_missing_directory_is_named(tmp_path: Path) -> None:
+    where = tmp_path / "var" / "lib" / "gw"
+    c = Client(client_id="gw-1", clean_session=False)
+    c.config(f"SessionStateFile={where / 'session'}")  # setting it is fine: made later, maybe
+    with pytest.raises(UsageError) as raised:
+        c.restore_session("")
+    text = str(raised.value)
+    assert f"the directory {where} does not exist" in text, text
+    assert f"os.makedirs({str(where)!r}, exist_ok=True)" in text, text
+    with pytest.raises(UsageError, match=f"the directory {where} does not exist"):
+        c.publish_message("t/a", 1, "x")  # opening the file on the first publish: the same
+    assert c.outgoing_messages == ()  # nothing accepted
+    with pytest.raises(UsageError, match=f"the directory {where} does not exist"):
+        c.save_session()  # the file never opened: written whole, the same check
+    assert list(tmp_path.iterdir()) == []  # nothing created
+    where.mkdir(parents=True)  # once it exists, the same client goes on
+    c.restore_session("")
+    c.publish_message("t/a", 1, "x")
+    c.close()
+    assert (where / "session").is_file()
+
+
+def test_a_file_where_the_directory_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "gw").write_text("not a directory")
+    c = Client(client_id="gw-1", clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 'gw' / 'session'}")
+    with pytest.raises(UsageError, match=f"the directory {tmp_path / 'gw'} is not a directory"):
+        c.restore_session("")
+
+
+def test_an_async_session_names_the_missing_directory(tmp_path: Path) -> None:
+    where = tmp_path / "nowhere"
+
+    async def main() -> None:
+        with pytest.raises(UsageError, match=f"the directory {where} does not exist"):
+            await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="aio-gw",
+                                      state_file=where / "s", connect=False)
+
+    asyncio.run(main())
