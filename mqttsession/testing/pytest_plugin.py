@@ -13,12 +13,20 @@ Fixtures
     ``amqtt_factory(conf_template="amqtt.yaml", *, start=True, **kw)`` -> :class:`AmqttProcess`.
 ``embedded_amqtt`` (function)
     A started :class:`EmbeddedAmqtt`; the ``amqtt`` logger is set to INFO so its log has connections.
+``aedes_broker`` (module)
+    A started in-memory :class:`AedesBroker` (npm aedes run by Node.js, MQTT 3.1.1).
+``aedes_cluster`` (function)
+    A started :class:`AedesCluster`: a Redis and two aedes nodes sharing it (``nodes[0]``,
+    ``nodes[1]``).
 ``mqtt_proxy_factory`` (function)
     ``mqtt_proxy_factory(upstream)`` -> a started :class:`MQTTProxy` in front of ``upstream`` (a
     broker, or a ``(host, port)`` tuple); all are stopped at teardown.
 
 When the mosquitto binary is missing, the mosquitto fixtures skip the test, unless the environment
 variable ``CI`` is set (to anything but ``""``, ``0``, ``false``, ``no``, ``off``): then they fail it.
+The aedes fixtures skip when Node.js is absent; when aedes' npm packages are missing they first try
+``npm ci --offline`` (from npm's cache), then skip saying ``npm ci --prefix brokers/aedes`` (fail
+under ``CI``), and likewise for a missing ``redis-server``.
 
 Tests using a broker fixture get the ``integration`` marker (and ``mosquitto`` for mosquitto ones)
 automatically. When a test fails, the logs of the brokers and proxies it used are added to its
@@ -30,6 +38,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 import weakref
 from collections.abc import Generator, Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -37,16 +47,24 @@ from typing import Any, Protocol, runtime_checkable
 import pytest
 
 from mqttsession.testing.brokers import (
+    AedesBroker,
+    AedesCluster,
     AmqttProcess,
     AnyBroker,
     EmbeddedAmqtt,
     MosquittoBroker,
+    _ProcessBroker,
+    aedes_dir,
+    aedes_unavailable,
     find_mosquitto,
+    find_node,
 )
 from mqttsession.testing.proxy import MQTTProxy
 
 __all__ = [
     "AmqttFactory",
+    "aedes_broker",
+    "aedes_cluster",
     "MosquittoFactory",
     "ProxyFactory",
     "amqtt_broker",
@@ -56,11 +74,13 @@ __all__ = [
     "mosquitto",
     "mosquitto_factory",
     "mqtt_proxy_factory",
+    "require_aedes",
     "require_mosquitto",
 ]
 
 _MOSQUITTO_FIXTURES = frozenset({"mosquitto", "mosquitto_factory"})
-_BROKER_FIXTURES = _MOSQUITTO_FIXTURES | {"amqtt_broker", "amqtt_factory", "embedded_amqtt", "mqtt_proxy_factory"}
+_AEDES_FIXTURES = frozenset({"aedes_broker", "aedes_cluster"})
+_BROKER_FIXTURES = _MOSQUITTO_FIXTURES | _AEDES_FIXTURES | {"amqtt_broker", "amqtt_factory", "embedded_amqtt", "mqtt_proxy_factory"}
 _MAX_SECTION_CHARS = 60_000
 
 
@@ -96,6 +116,42 @@ def require_mosquitto() -> str:
             pytest.fail(f"{message}; CI is set, so this is an error, not a skip", pytrace=False)
         pytest.skip(message)
     return binary
+
+
+_NPM_CI_TRIED: dict[str, bool] = {}
+
+
+def _try_npm_ci_offline() -> None:
+    """``npm ci --offline`` in the aedes folder, once per run: it works when npm's cache already
+    holds the locked packages (a machine that installed them before), and touches no network."""
+    folder = str(aedes_dir())
+    if folder in _NPM_CI_TRIED:
+        return
+    npm = shutil.which("npm")
+    if npm is None or not (aedes_dir() / "package-lock.json").is_file():
+        _NPM_CI_TRIED[folder] = False
+        return
+    try:
+        done = subprocess.run([npm, "ci", "--offline", "--no-audit", "--no-fund", "--prefix", folder],  # noqa: S603
+                              capture_output=True, timeout=180, check=False)
+        _NPM_CI_TRIED[folder] = done.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        _NPM_CI_TRIED[folder] = False
+
+
+def require_aedes(*, redis: bool = False) -> None:
+    """Skip the test when Node.js is absent; when aedes' packages (or ``redis-server``) are missing,
+    say how to install them (skip, or fail under CI)."""
+    if find_node() is None:
+        pytest.skip("Node.js not found: the aedes broker needs node 20+ (set NODE_BIN or install nodejs)")
+    reason = aedes_unavailable(redis=redis)
+    if reason is not None and "npm ci" in reason:
+        _try_npm_ci_offline()
+        reason = aedes_unavailable(redis=redis)
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"{reason}; CI is set, so this is an error, not a skip", pytrace=False)
+        pytest.skip(reason)
 
 
 class MosquittoFactory:
@@ -243,6 +299,30 @@ def embedded_amqtt() -> Iterator[EmbeddedAmqtt]:
         broker.stop()
 
 
+@pytest.fixture(scope="module")
+def aedes_broker() -> Iterator[AedesBroker]:
+    """An in-memory aedes node (MQTT 3.1.1) on 127.0.0.1, shared by the tests of a module."""
+    require_aedes()
+    broker = AedesBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture
+def aedes_cluster() -> Iterator[AedesCluster]:
+    """Two aedes nodes sharing one redis-server, all on 127.0.0.1 free ports."""
+    require_aedes(redis=True)
+    cluster = AedesCluster(2)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
 @pytest.fixture
 def mqtt_proxy_factory() -> Iterator[ProxyFactory]:
     """Put :class:`MQTTProxy` instances in front of brokers; all are stopped at teardown."""
@@ -264,6 +344,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Registered here too so that the plugin works in projects that do not declare them.
     config.addinivalue_line("markers", "integration: talks to a real broker over loopback")
     config.addinivalue_line("markers", "mosquitto: needs the mosquitto binary")
+    config.addinivalue_line("markers", "aedes: needs Node.js and the aedes broker (brokers/aedes)")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselection looks at the markers
@@ -274,6 +355,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if names & _MOSQUITTO_FIXTURES:
             item.add_marker(pytest.mark.mosquitto)
+        if names & _AEDES_FIXTURES:
+            item.add_marker(pytest.mark.aedes)
 
 
 def _log_sources(item: pytest.Item) -> list[LogSource]:
@@ -284,7 +367,7 @@ def _log_sources(item: pytest.Item) -> list[LogSource]:
         candidates: list[LogSource] = []
         if isinstance(value, _HasLogSources):
             candidates = value.log_sources()
-        elif isinstance(value, (MosquittoBroker, AmqttProcess, EmbeddedAmqtt, MQTTProxy)):
+        elif isinstance(value, (_ProcessBroker, EmbeddedAmqtt, MQTTProxy)):
             candidates = [value]
         for source in candidates:
             if id(source) not in seen:
