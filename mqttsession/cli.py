@@ -356,6 +356,15 @@ def _compat(args: argparse.Namespace) -> int:
 
     if args.list:
         return _compat_list(args.json)
+    if args.matrix:
+        if args.broker is not None or args.scenario:
+            print("mqttsession compat: --matrix starts its own brokers and runs every scenario"
+                  " (no --broker, no --scenario)", file=sys.stderr)
+            return 2
+        return _compat_matrix(args)
+    if args.brokers or args.fast or args.update_readme:
+        print("mqttsession compat: --brokers, --fast and --update-readme go with --matrix", file=sys.stderr)
+        return 2
     try:
         scenarios = find_scenarios(args.scenario)
     except KeyError as exc:
@@ -406,6 +415,44 @@ def _compat(args: argparse.Namespace) -> int:
         title = f"mqttsession compat: {target.address}{f' ({label})' if label else ''}, {version_name}"
         print(format_table(results, title, seconds))
     return 0 if all_passed(results) else 1
+
+
+def _compat_matrix(args: argparse.Namespace) -> int:
+    """``compat --matrix``: start each broker this machine has, run every scenario, report; with
+    ``--update-readme`` rewrite README.rst's table. Exit code 0 when every broker asked for ran
+    (a FAIL is the broker's, reported in the table), 2 when one could not."""
+    from .compat import matrix
+
+    names = list(matrix.FAST_BROKERS if args.fast else args.brokers or matrix.BROKERS)
+    unknown = [n for n in names if n not in matrix.BROKERS]
+    if unknown:
+        print(f"mqttsession compat: unknown broker(s) {', '.join(unknown)}; known:"
+              f" {', '.join(matrix.BROKERS)}", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+    runs = matrix.run_matrix(names, jobs=args.jobs, timeout=args.timeout,
+                             progress=None if args.json else lambda text: print(text, flush=True))
+    if args.json:
+        print(json.dumps([{
+            "broker": r.name, "version": r.version, "skipped": r.skipped or None,
+            "start_seconds": round(r.start_seconds, 2),
+            "refused": {str(p): why for p, why in r.refused.items()},
+            "results": {str(p): [x.to_json() for x in res] for p, res in r.results.items()},
+        } for r in runs], indent=2))
+    else:
+        print()
+        print(matrix.format_text(runs))
+    if args.update_readme:
+        path = matrix.readme_path()
+        matrix.update_readme(path, matrix.format_rst(runs))
+        if not args.json:
+            print(f"updated {path}")
+    return 2 if any(r.skipped for r in runs) else 0
+
+
+def _brokers(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _jobs(text: str) -> int:
@@ -488,6 +535,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="wait for a packet that should come (default 3)")
     c.add_argument("--jobs", type=_jobs, default=4, metavar="N",
                    help="scenarios run at a time, 1..32 (default 4)")
+    c.add_argument("--matrix", action="store_true",
+                   help="start each broker this machine has (mosquitto, amqtt, aedes, ejabberd,"
+                        " rabbitmq, activemq) on 127.0.0.1, run every scenario with MQTT 3.1.1 and"
+                        " 5, and report; a broker that cannot run here is named with the reason")
+    c.add_argument("--brokers", type=_brokers, metavar="NAME,...",
+                   help="with --matrix: only these brokers")
+    c.add_argument("--fast", action="store_true",
+                   help="with --matrix: only the fast brokers (mosquitto, amqtt, aedes)")
+    c.add_argument("--update-readme", action="store_true",
+                   help="with --matrix: rewrite the table between the broker-matrix markers of"
+                        " README.rst from this run")
     c.set_defaults(func=_compat)
     i = sub.add_parser("inspect", help="show a saved session (a state file, or - for stdin)",
                        description="Show a saved session. FILE is a SessionStateFile: its snapshot,"
