@@ -61,7 +61,7 @@ def _tree_copy(to: Path) -> Path:
     dest = to / "src"
     shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
         ".git", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", ".mypy_cache",
-        ".pytest_cache", ".hypothesis", ".ruff_cache", "results"))
+        ".pytest_cache", ".hypothesis", ".ruff_cache", "results", "node_modules"))
     return dest
 
 
@@ -75,7 +75,8 @@ def test_the_sdist_carries_tests_examples_broker_conf_and_documents(tmp_path: Pa
     with tarfile.open(tarball) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     wanted = {p.relative_to(ROOT).as_posix() for pattern in (
-        "tests/**/*.py", "examples/*.py", "broker_conf/*", "mqttsession/**/*.py")
+        "tests/**/*.py", "examples/*.py", "broker_conf/*", "mqttsession/**/*.py",
+        "brokers/aedes/*.js", "brokers/aedes/*.json")
         for p in ROOT.glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
     wanted |= {"LICENSE", "README.rst", "CHANGELOG.rst", "BROKERS.md", "setup.cfg",
                "pyproject.toml", "mqttsession/py.typed"}
@@ -149,6 +150,7 @@ def test_every_brokers_md_citation_resolves() -> None:
     assert "BROKERS.md" in (ROOT / "MANIFEST.in").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("section", ["amqtt 0.12.1", "mosquitto 2.0.11"])
+@pytest.mark.parametrize("section", ["amqtt 0.12.1", "mosquitto 2.0.11", "aedes 1.2.0",
+                                     "ejabberd 23.01", "RabbitMQ 3.10.8", "ActiveMQ Classic 5.17.2"])
 def test_brokers_md_covers_the_brokers_the_tests_start(section: str) -> None:
     assert f"## {section}" in (ROOT / "BROKERS.md").read_text(encoding="utf-8")
