@@ -22,6 +22,7 @@ Skipped when Node.js is absent; when aedes' npm packages are missing the skip sa
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from mqttsession.testing.brokers import AedesBroker, AedesCluster
 pytestmark = [pytest.mark.integration, pytest.mark.aedes]
 
 TIMEOUT = 30.0
+log = logging.getLogger(__name__)
 TOPIC = "cluster/data"
 
 
@@ -236,14 +238,27 @@ def _failover_supported() -> bool:
 @pytest.mark.crash
 def test_node_killed_mid_stream_clients_fail_over(aedes_cluster: AedesCluster, state_dir: Path,
                                                   clients: list[Client]) -> None:
-    """Issue 14: node A SIGKILLed mid-stream, both clients move to node B by themselves."""
+    """Issue 14: node A SIGKILLed mid-stream, both clients move to node B by themselves.
+
+    Both sessions are found on node B (SessionPresent=1), no QoS 2 message arrives twice, and
+    every message published after the kill arrives. What aedes 1.2 loses when a node dies (seen
+    here: 0 to 14 of the messages in flight at the kill, QoS 1 and 2): a QoS 1 message it had
+    already PUBACKed (aedes acknowledges QoS 1 before it queues the message for the
+    subscriptions), and a QoS 2 PUBLISH it had stored (``incomingStorePacket``) but not yet queued
+    (``enqueueOffline``; the Redis writes are pipelined): the client resends that one to node B
+    with DUP=1 and the same packet id, as it must with SessionPresent=1, and node B, finding the
+    packet id in Redis, takes it for a duplicate ("just send PUBREC, don't publish again",
+    aedes lib/handlers/publish.js) and never delivers it. Neither is the client's to repair
+    (BROKERS.md); the test holds the loss to what was published before the kill.
+    """
     if not _failover_supported():
         pytest.skip("Client has no FailoverServers setting yet (issue 14 point 1, another branch)")
     node_a, node_b = aedes_cluster.nodes
     servers = node_b.address  # tried after connect()'s own server (node A), in turn
     rec = Recorder("failover")
+    pub_rec = Recorder("unused")
     sub = durable_client("cluster-sub-3", state_dir / "sub", rec)
-    pub = durable_client("cluster-pub-3", state_dir / "pub")
+    pub = durable_client("cluster-pub-3", state_dir / "pub", pub_rec)
     clients += [sub, pub]
     for c in (sub, pub):
         c.config(f"FailoverServers={servers}")
@@ -251,20 +266,29 @@ def test_node_killed_mid_stream_clients_fail_over(aedes_cluster: AedesCluster, s
     subscribed(sub, TOPIC, 2)
     connect(pub, node_a)
     # a subscription keeps aedes reporting the publisher's session (SessionPresent=1 on node B):
-    # its unacknowledged QoS 2 messages are then resent with their ids and deduped by the cluster
+    # its unacknowledged QoS 2 messages are then resent with their ids, not republished as new
     subscribed(pub, "cluster/keep-session/cluster-pub-3", 1)
 
-    total = 600
+    total, kill_at = 600, 200
     for n in range(1, total + 1):
-        if n == 200:
+        if n == kill_at:
             wait_until(lambda: len(rec.received()) >= 100, "the first messages through node A")
             node_a.kill()  # SIGKILL: no clean close, in-flight flows cut
         pub.publish_message(TOPIC, qos_of(n), f"failover:{n}")
     assert pub.flush(60), "the publisher did not finish on node B"
-    wait_until(lambda: len(rec.received()) == total, f"all {total} messages after the failover", timeout=60)
+    everything = set(range(1, total + 1))
+    # wait for all, or for everything but the QoS 2 messages aedes can lose (see above)
+    try:
+        wait_until(lambda: all(n < kill_at for n in everything - rec.received()),
+                   "every message published after the kill", timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; missing: {sorted(everything - rec.received())};"
+                             f" SessionPresent: sub {rec.sessions_present()},"
+                             f" pub {pub_rec.sessions_present()}") from None
+    log.info("aedes lost at the node kill: %s", sorted(everything - rec.received()))
     assert rec.qos2_duplicates() == []
-    # the subscriber's session (kept in Redis) was found on node B
-    assert rec.sessions_present()[0] is False and rec.sessions_present()[-1] is True
+    assert rec.sessions_present() == [False, True]  # the subscriber's session, found on node B
+    assert pub_rec.sessions_present() == [False, True]
 
 
 @pytest.mark.crash
