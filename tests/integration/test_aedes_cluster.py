@@ -242,7 +242,8 @@ def test_node_killed_mid_stream_clients_fail_over(aedes_cluster: AedesCluster, s
 
     Both sessions are found on node B (SessionPresent=1), no QoS 2 message arrives twice, and
     every message published after the kill arrives. What aedes 1.2 loses when a node dies (seen
-    here: 0 to 14 of the messages in flight at the kill, QoS 1 and 2): a QoS 1 message it had
+    here: 0 to 14 of the messages in flight at the kill, QoS 1 and 2; the likely mechanism, from
+    aedes' source): a QoS 1 message it had
     already PUBACKed (aedes acknowledges QoS 1 before it queues the message for the
     subscriptions), and a QoS 2 PUBLISH it had stored (``incomingStorePacket``) but not yet queued
     (``enqueueOffline``; the Redis writes are pipelined): the client resends that one to node B
