@@ -250,7 +250,11 @@ def test_node_killed_mid_stream_clients_fail_over(aedes_cluster: AedesCluster, s
     with DUP=1 and the same packet id, as it must with SessionPresent=1, and node B, finding the
     packet id in Redis, takes it for a duplicate ("just send PUBREC, don't publish again",
     aedes lib/handlers/publish.js) and never delivers it. Neither is the client's to repair
-    (BROKERS.md); the test holds the loss to what was published before the kill.
+    (BROKERS.md); the test holds the loss to what was published before the kill. A third kind is
+    not lost by the client but held: a QoS 2 message node A sent the subscriber, which answered
+    PUBREC, and node A died before its PUBREL: node B never sends that PUBREL (nor the PUBLISH
+    again), so the subscriber, which found its session on B, keeps waiting for it [MQTT-4.3.3].
+    Packet captures (MQTTProxy in front of both nodes) showed all three.
     """
     if not _failover_supported():
         pytest.skip("Client has no FailoverServers setting yet (issue 14 point 1, another branch)")
@@ -283,10 +287,12 @@ def test_node_killed_mid_stream_clients_fail_over(aedes_cluster: AedesCluster, s
         wait_until(lambda: all(n < kill_at for n in everything - rec.received()),
                    "every message published after the kill", timeout=60)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; missing: {sorted(everything - rec.received())};"
-                             f" SessionPresent: sub {rec.sessions_present()},"
-                             f" pub {pub_rec.sessions_present()}") from None
-    log.info("aedes lost at the node kill: %s", sorted(everything - rec.received()))
+        held = sorted(m.message.decode() for m in sub.incoming_messages)
+        raise AssertionError(f"{exc}; missing: {sorted(everything - rec.received())}; held by the"
+                             f" subscriber awaiting PUBREL: {held}; SessionPresent: sub"
+                             f" {rec.sessions_present()}, pub {pub_rec.sessions_present()}") from None
+    log.info("aedes lost at the node kill: %s; held awaiting a PUBREL node B never sends: %s",
+             sorted(everything - rec.received()), sorted(m.message.decode() for m in sub.incoming_messages))
     assert rec.qos2_duplicates() == []
     assert rec.sessions_present() == [False, True]  # the subscriber's session, found on node B
     assert pub_rec.sessions_present() == [False, True]
