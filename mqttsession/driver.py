@@ -291,6 +291,17 @@ class Driver:
         if err is not None:
             raise err
 
+    def release_durable(self) -> None:
+        """Group commit: write every held message whose record is durable now (once for a
+        batch of publishes). Their records are on disk: a failure here goes to on_error."""
+        try:
+            with self.lock:
+                rest = self.run(self.engine.durable(self._take_durable()))
+        except Exception as exc:
+            self.error(getattr(exc, "errno", None) or -1, f"writing durable messages: {exc}")
+            return
+        self.finish(rest)
+
     def settle(self, token: tuple[int, int, int]) -> None:
         """``wait_durable`` then ``release``, in the calling thread. Interrupted in between
         (KeyboardInterrupt), the message is released if its record made it to disk, else
