@@ -263,12 +263,15 @@ class Driver:
         self._awaiting.append(token)
         return token
 
-    def wait_durable(self, token: tuple[int, int, int]) -> Exception | None:
-        """Group commit (no lock): the record is on disk; the error when the sync failed."""
+    def wait_durable(self, token: tuple[int, int, int], release: bool = False
+                     ) -> Exception | None:
+        """Group commit (no lock): the record is on disk; the error when the sync failed.
+        ``release``: the thread that ran the fdatasync writes every message it covered (the
+        others need not take the session lock for theirs)."""
         j = self.file.journal
         try:
-            if j is not None:
-                j.sync_to(token[1], token[2])
+            if j is not None and j.sync_to(token[1], token[2]) and release:
+                self.release_durable()
         except Exception as exc:  # reported to the publisher by ``release``
             return exc
         return None
@@ -307,11 +310,12 @@ class Driver:
         (KeyboardInterrupt), the message is released if its record made it to disk, else
         taken back: a held message never blocks the ones after it."""
         try:
-            err = self.wait_durable(token)
+            err = self.wait_durable(token, release=True)
         except BaseException:
             self.release_quietly(token, None)
             raise
-        self.release(token, err)
+        if err is not None or token in self._awaiting:  # not released by the syncing thread
+            self.release(token, err)
 
     def release_quietly(self, token: tuple[int, int, int], err: Exception | None) -> None:
         """``release`` for a publisher that is gone (cancelled): a failure goes to on_error."""

@@ -797,7 +797,7 @@ class Engine:
                     out.append(Persist((rec,), sync=True))  # persistence point 4
                 if h.pubcomp_due and self._live:
                     out.append(self._ack(PacketType.PUBCOMP, pid))
-        if acked:
+        if acked and "on_message_ack" in self.listeners:
             out.append(Notify("on_message_ack", MessageAckEvent(pid, DIRECTION_SERVER, 0)))
         return acked, out
 

@@ -494,24 +494,25 @@ class Journal:
         with self._mutex:
             return self._gen, self._size
 
-    def sync_to(self, gen: int, pos: int) -> None:
+    def sync_to(self, gen: int, pos: int) -> bool:
         """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk.
         Threads that call it together share one fdatasync: one runs it (outside the mutex, so
         records go on being appended meanwhile) for everything written so far, the others
         wait for it; a compaction since (a new incarnation) synced everything already.
-        ``PersistenceError`` when the fdatasync fails (the next write rewrites everything)."""
+        ``PersistenceError`` when the fdatasync fails (the next write rewrites everything).
+        True when this call ran the fdatasync."""
         while True:
             with self._sync_cond:
                 while self._syncing and self._gen == gen and self._synced < pos:
                     self._sync_cond.wait()
                 if self._gen != gen or self._synced >= pos:
-                    return
+                    return False
             # become the one that syncs: the fd and what it covers are read under the mutex,
             # which is NOT held during the fdatasync (appends go on; a compaction waiting in
             # ``_quiesce`` holds the mutex, so nothing here may wait for it after ``_syncing``)
             with self._mutex:
                 if self._gen != gen:
-                    return  # compacted meanwhile: synced whole
+                    return False  # compacted meanwhile: synced whole
                 if self._broken or self._fd is None:
                     raise PersistenceError(None, f"state journal {self.journal_path} failed a"
                                                  " write and is rewritten with the next record")
@@ -551,6 +552,7 @@ class Journal:
                     if target == self._size:
                         self._unsynced = False
                 self._sync_cond.notify_all()
+        return True
 
     def _was_cut(self) -> bool:
         """A group commit's failed sync cut the journal (another thread, no mutex)."""
