@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from .client import Client
+from .client import Client, _connect_params
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .mesh import new_client
@@ -228,7 +228,7 @@ class AsyncSession:
         """Connect to ``options.address``; ``ConnectError`` on failure."""
         o, c = self._options, self._check()
         await c._driver.connect_async(o.host, o.port, o.request_timeout_seconds,
-                                      c._connect_params())
+                                      _connect_params(c))
 
     async def disconnect(self) -> None:
         """A clean DISCONNECT; the session stays usable (``connect()`` again)."""

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
+from . import codec
 from ._config import ClientSettings
 from ._paho import (
     AsyncioPump,
@@ -100,6 +101,33 @@ class Driver:
     def require_disconnected(self, what: str) -> None:
         if self.conn is not None:
             raise UsageError(f"{what} cannot change while connected")
+
+    def configure(self, what: str, **change: Any) -> None:
+        """A Client property kept in the session state changed (``Configured``, recorded);
+        only while disconnected."""
+        with self.lock:
+            self.require_disconnected(what)
+            st = self.engine.state
+            if any(getattr(st, k) != v for k, v in change.items()):
+                self.file.append([st.configure(**change)], st)
+
+    def save(self) -> str:
+        """The state file's snapshot (the disk queue by reference), written; its text."""
+        with self.lock:
+            if self.engine.connected:
+                self.engine.state.activity(time.time())  # part of the snapshot written below
+            text = codec.encode(self.engine.state)
+            self.file.save(self.engine.state, text)
+            return text
+
+    def flush(self, timeout: float | None) -> bool:
+        """``Client.flush``: wait until no outgoing message is held; False on timeout."""
+        conn = self.conn
+        if conn is not None and conn.in_network_thread():
+            raise UsageError("flush() inside an event callback would wait forever")
+        with self.changed:
+            return self.changed.wait_for(
+                lambda: not (self.engine.state.outgoing or self.engine.state.spooled), timeout)
 
     def _open(self, host: str, port: int, params: ConnectParams) -> PahoConnection:
         """A new connection for the session (not connected yet)."""
@@ -452,6 +480,15 @@ class Driver:
         finally:
             self.delivering.pop(e.packet_id, None)
         self.ack(e)
+
+    def incoming_messages(self) -> tuple[Message, ...]:
+        """``Client.incoming_messages``: the QoS 1 messages in ``on_message_in`` now, those
+        whose ack is owed, then the QoS 2 ones held."""
+        with self.lock:
+            owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate)
+                    for e in self.engine.owed_messages() if e.packet_id not in self.delivering]
+            held = [Message.incoming(m) for m in self.engine.state.incoming.values()]
+            return tuple(list(self.delivering.values()) + owed + held)
 
     def ack(self, message: MessageEvent | int) -> bool:
         """``Client.ack``: the engine's ``ack`` and its actions."""
