@@ -56,9 +56,13 @@ class Message:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class ConnectedEvent:
+    """``on_connected``: the CONNACK's code (0: accepted), its description, SessionPresent,
+    and the server (``host:port``) that answered (with ``FailoverServers``, whichever did)."""
+
     status_code: int
     description: str
     session_present: bool
+    server: str = ""
 
 
 @quick_init

@@ -41,7 +41,7 @@ from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
-from .options import Options, TlsOptions
+from .options import Options, TlsOptions, format_address
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -82,6 +82,9 @@ def new_client(options: Options, client_id: str, clean_session: bool) -> Client:
     )
     if options.protocol_version == 5 and not clean_session:
         c.config(f"SessionExpInterval={options.session_expiry_interval}")
+    servers = options.servers
+    if len(servers) > 1:  # connect() gets the first: the others are tried after it, in turn
+        c.config("FailoverServers=" + ",".join(format_address(h, p) for h, p in servers[1:]))
     return c
 
 
@@ -113,7 +116,8 @@ class Connection:
         password: str | None = None,
         options: Options | None = None,
     ) -> Connection:
-        """Plain TCP to ``address`` (default: ``options.address``, else the environment's)."""
+        """Plain TCP to ``address`` (default: ``options.address``, else the environment's);
+        ``"host:port,host:port"`` lists servers tried in turn (``Options.address``)."""
         base = Options.from_env() if options is None else options
         return cls(base.with_(
             address=base.address if address is None else address,
@@ -134,8 +138,9 @@ class Connection:
         password: str | None = None,
         options: Options | None = None,
     ) -> Connection:
-        """TLS to ``address``, trusting ``ca_cert_path`` (None: the system CAs); a client
-        certificate for brokers that require one."""
+        """TLS to ``address`` (one server or a ``"host:port,host:port"`` list, each with the
+        same TLS settings and credentials), trusting ``ca_cert_path`` (None: the system CAs); a
+        client certificate for brokers that require one."""
         base = Options.from_env() if options is None else options
         tls = TlsOptions(
             True,
