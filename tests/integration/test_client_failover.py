@@ -366,3 +366,22 @@ def test_reconnect_after_redirect_continues_the_list(mosquitto_factory: Any) -> 
         finally:
             c.close()
 
+
+
+def test_reconnect_refused_with_a_server_reference_is_followed(mosquitto_factory: Any) -> None:
+    """The automatic reconnect reaches a server that answers CONNACK 0x9C: it goes where the
+    Server Reference says, and no on_error."""
+    a, b = mosquitto_factory(), mosquitto_factory()
+    with FakeBroker(connack_reason=0x9C, server_reference=_addr(b)) as fake:
+        c = _client(FollowServerReference="true", FailoverServers=f"{fake.host}:{fake.port}")
+        log = EventLog(c)
+        try:
+            c.connect(a.host, a.port, timeout=TIMEOUT)
+            a.kill()
+            events = log.wait("on_connected", 3)
+            assert [(e.status_code, e.server) for e in events] == [
+                (0, _addr(a)), (0x9C, f"{fake.host}:{fake.port}"), (0, _addr(b))]
+            assert log.of("on_error") == []
+            assert c.config("ConnectedServer") == _addr(b)
+        finally:
+            c.close()
