@@ -241,6 +241,7 @@ class Session:
         o = self._options
         self._client.connect(o.host, o.port, o.request_timeout_seconds)
         present = self._client.config("SessionPresent") == "True"
+        where = self._client.config("ConnectedServer") or o.address  # of a server list: its own
         self._session_present = present
         self._opened = True
         if self._attach and not present:
@@ -249,8 +250,8 @@ class Session:
             self._slots.close()
             self._end(connected=True)
             self._messages.put(_CLOSED)
-            raise SessionNotFoundError(self._id, o.address)
-        log.info("session %s open on %s (SessionPresent=%s)", self._id, o.address, present)
+            raise SessionNotFoundError(self._id, where)
+        log.info("session %s open on %s (SessionPresent=%s)", self._id, where, present)
 
     def close(self, end_session: bool = True) -> None:
         """Wait (up to ``request_timeout_seconds``) for outgoing messages to be acknowledged,
