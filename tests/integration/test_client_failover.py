@@ -10,6 +10,8 @@
   broker, together see every message; a QoS 2 message arrives twice only when it is one of
   ``on_session_lost``'s ``possible_duplicates`` (past PUBREC when its broker died: the README's
   window). ``on_connected`` names the server each time.
+* A publisher process fails over, is SIGKILLed on B, and a new process restores its state file
+  and connects to the list: A is dead, B kept the session (SessionPresent=1), the stream ends.
 * Redirection: a fake broker (``mqttsession.testing.fake_broker``) refuses CONNECT with CONNACK
   0x9C Use another server and a Server Reference naming a real mosquitto, or sends DISCONNECT
   0x9D Server moved to a connected client. With ``FollowServerReference=true`` the client goes
@@ -385,3 +387,56 @@ def test_reconnect_refused_with_a_server_reference_is_followed(mosquitto_factory
             assert c.config("ConnectedServer") == _addr(b)
         finally:
             c.close()
+
+
+def test_publisher_killed_after_failover_resumes_from_its_file(
+    mosquitto_factory: Any, tmp_path: Path
+) -> None:
+    """A publisher process fails over from A (killed) to B, is itself SIGKILLed mid-stream, and
+    a new process restores its state file and connects to the list with A first: A is dead, so
+    it goes on to B, which kept the session (SessionPresent=1), and finishes the stream."""
+    a, b = mosquitto_factory(), mosquitto_factory()
+    tag = unique("fo-crash")
+    topic = f"mqs/{tag}"
+    subs = _Subscribers([a, b], topic, 5)
+    cid = unique("fo-crash")
+    new = {"client_id": cid, "clean_session": False, "protocol_version": 5,
+           "config": ["ReconnectDelayMin=1", "ReconnectDelayMax=1", "SessionExpInterval=600",
+                      f"FailoverServers={_addr(b)}", f"SessionStateFile={tmp_path / 'pub'}"]}
+    first = _procs.Worker("publisher-1")
+    try:
+        first.call("new", **new)
+        first.call("restore", state="")
+        first.call("connect", port=a.port)
+        first.call("publish_many", topic=topic,
+                   messages=[(qos_of(n), payload(tag, n)) for n in range(1, 101)])
+        a.kill()
+        first.call("wait_event", event="on_connected", count=2)
+        lost = next(e for e in first.call("events") if e["event"] == "on_session_lost")
+        held_a = {number_of(tag, m["message"]) for m in lost["republished"] + lost["queued"]}
+        first.call("publish_many", topic=topic,
+                   messages=[(qos_of(n), payload(tag, n)) for n in range(101, 201)])
+        first.kill()  # SIGKILL by pid, mid-stream, on B
+    finally:
+        first.close()
+    second = _procs.Worker("publisher-2")
+    try:
+        second.call("new", **new)
+        second.call("restore", state="")
+        second.call("connect", port=a.port)  # A is dead: FailoverServers takes it to B
+        connected = [e for e in second.call("events") if e["event"] == "on_connected"]
+        assert [(e["server"], e["session_present"]) for e in connected] == [(_addr(b), True)]
+        assert second.call("flush", timeout=3 * TIMEOUT)
+        acked_by_a = set(range(1, 101)) - held_a
+        counts = subs.wait_for(tag, set(range(1, 201)) - acked_by_a)
+        missing = set(range(1, 201)) - set(counts)
+        assert all(n >= min(held_a, default=101) - 40 for n in missing), sorted(missing)
+        window = {number_of(tag, m["message"]) for m in lost["possible_duplicates"]}
+        doubled = {n for n in range(1, 201) if qos_of(n) == 2 and counts[n] > 1}
+        # besides the failover's window, the kill -9 on B: B keeps the session, so its
+        # resend is by packet id and B dedupes QoS 2 [MQTT-4.3.3-10]
+        assert doubled <= window, sorted(doubled - window)
+        assert [e for e in second.call("events") if e["event"] == "on_error"] == []
+    finally:
+        second.close()
+        subs.close()
