@@ -7,7 +7,9 @@
   1/2 messages into A; A is SIGKILLed mid-stream. The client moves to B by itself (B answers
   SessionPresent=0: the engine publishes again what A had not confirmed). A is started again and
   B is killed: the client goes back to A (round robin). Two plain subscribers, one on each
-  broker, together see every message; a QoS 2 message arrives twice only when it is one of
+  broker, together see every message the client still held at each failover and every later
+  one (what a killed broker had acknowledged last may die with it: the broker's loss, bounded
+  here to the last in-flight window); a QoS 2 message arrives twice only when it is one of
   ``on_session_lost``'s ``possible_duplicates`` (past PUBREC when its broker died: the README's
   window). ``on_connected`` names the server each time.
 * A publisher process fails over, is SIGKILLed on B, and a new process restores its state file
