@@ -276,11 +276,6 @@ class PahoConnection(mqtt.Client):
         self._connack_seen = False
         return super().reconnect()
 
-    @property
-    def server(self) -> tuple[str, int]:
-        """The server of the current (or last) connection attempt."""
-        return self._host, self._port  # noqa: SLF001
-
     def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
         # the Clean Start / CleanSession flag exactly as paho writes it (it may be "first only")
         if self._protocol == mqtt.MQTTv5:  # noqa: SLF001

@@ -9,6 +9,8 @@ import logging
 import pytest
 
 from mqttsession import Client, Options, UsageError
+from mqttsession.engine import Engine, EngineSettings, Notify
+from mqttsession.events import ConnectedEvent, ErrorEvent
 from mqttsession.failover import (MAX_REDIRECTS, SERVER_MOVED, USE_ANOTHER_SERVER,
                                   ServerRotation, parse_server_reference)
 from mqttsession.mesh import new_client
@@ -153,3 +155,19 @@ def test_rotation_ignores_what_is_not_a_redirect(caplog: pytest.LogCaptureFixtur
     assert r.redirect(SERVER_MOVED, "   ", "a:1") is None
     assert not r.redirect_pending and r.hops == 0
     assert "no Server Reference that names a server" in caplog.text
+
+
+def test_engine_connack_names_the_server_and_a_followed_redirect_is_no_error() -> None:
+    e = Engine(EngineSettings())
+    e.connecting("fake:1")
+    refused = e.connack(0x9C, "Use another server", False, 65535, None, 0.0)
+    assert refused[0] == Notify("on_connected", ConnectedEvent(
+        0x9C, "Use another server", False, "fake:1"))
+    assert [type(a.event) for a in refused[1:] if isinstance(a, Notify)] == [ErrorEvent]
+    followed = e.connack(0x9C, "Use another server", False, 65535, None, 0.0, "real:2")
+    assert followed == [Notify("on_connected", ConnectedEvent(
+        0x9C, "Use another server: redirected to real:2", False, "fake:1"))]
+    e.connecting("real:2")
+    accepted = [a for a in e.connack(0, "Success", False, 65535, None, 0.0)
+                if isinstance(a, Notify)]
+    assert accepted == [Notify("on_connected", ConnectedEvent(0, "Success", False, "real:2"))]
