@@ -91,9 +91,6 @@ def _failover(c: Any, value: str) -> None:
     c._settings.failover_servers = ",".join(t.strip() for t in text.split(",")) if text else ""
 
 
-def _connected_server(c: Any) -> str:
-    return (c._engine.broker or "") if c._engine.connected else ""
-
 Getter = Callable[[Any], str]
 Setter = Callable[[Any, str], None]
 
@@ -175,5 +172,5 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
     "failoverservers": (lambda c: c._settings.failover_servers, _failover),
     "followserverreference": _attr("_settings", "follow_server_reference"),
-    "connectedserver": (_connected_server, None),
+    "connectedserver": (lambda c: c._engine.server, None),
 }

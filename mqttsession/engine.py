@@ -175,6 +175,12 @@ class Engine:
         return self.conn is ConnState.CONNECTED
 
     @property
+    def server(self) -> str:
+        """``host:port`` of the connection a CONNACK accepted (also inside on_connected),
+        ``""`` without one."""
+        return (self.broker or "") if self._live else ""
+
+    @property
     def v5(self) -> bool:
         return self.state.protocol_version == 5
 
