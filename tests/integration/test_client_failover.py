@@ -249,9 +249,12 @@ def test_failover_when_the_broker_is_killed_and_back_round_robin(
         assert (third.status_code, third.server) == (0, _addr(a))  # round robin: back to A
         assert c.config("ConnectedServer") == _addr(a)
         assert c.flush(3 * TIMEOUT)
-        lost = log.wait("on_session_lost", 2)
-        assert len(lost) == 2  # each broker answered SessionPresent=0 once
-        held_b = _held(tag, lost[1])
+        # each broker answered SessionPresent=0 once; on_session_lost fires before the resend
+        # (so before flush() returns), and only when the client held something: A always
+        # (130 waited for it), B nearly always (whatever it had not acknowledged at its kill)
+        lost = log.of("on_session_lost")
+        assert len(lost) in (1, 2), lost
+        held_b = _held(tag, lost[1]) if len(lost) == 2 else set()
         acked_by_b = (held_a | set(range(151, 261))) - held_b
         counts = subs.wait_for(tag, set(range(1, 301)) - acked_by_a - acked_by_b)
 
