@@ -131,6 +131,9 @@ def parse_addresses(text: str, *, tls: bool = False, source: str = "address"
         where = source if len(entries) == 1 else f"{source} (entry {i} of {len(entries)})"
         if not entry.strip():
             raise UsageError(f"{where} is empty: {text!r}")
+        if len(entry.split()) > 1:
+            raise UsageError(f"{where} has a space in it: separate servers with ',',"
+                             f" got {entry.strip()!r}")
         out.append(parse_address(entry, tls=tls, source=where))
     return out
 

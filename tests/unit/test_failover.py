@@ -37,6 +37,7 @@ def test_parse_addresses(text: str, tls: bool, expected: list[tuple[str, int]]) 
     ("::1:1883", "FailoverServers: write an IPv6 address as '[addr]:port'"),
     ("a:1,:5", "FailoverServers (entry 2 of 2) has no host"),
     ("  ", "FailoverServers must be 'host:port' or 'host:port,host:port'"),
+    ("a:1 b:2", "FailoverServers has a space in it: separate servers with ','"),
 ])
 def test_parse_addresses_errors_name_the_entry(text: str, says: str) -> None:
     with pytest.raises(UsageError) as err:
