@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final
 
 from .errors import UsageError
+from .options import parse_addresses
 from .records import MAX_EXPIRY
 
 __all__ = ["ClientSettings", "CONFIG", "parse_bool", "parse_int"]
@@ -37,6 +38,8 @@ class ClientSettings:
     queue_segment_bytes: int = 1024 * 1024  # a disk queue segment is sealed past this
     receive_maximum: int = 20  # MQTT 5 CONNECT: incoming QoS>0 flows the broker may leave open
     manual_ack: bool = False  # PUBACK / PUBCOMP wait for ack()
+    failover_servers: str = ""  # "host:port,host:port": tried after connect()'s own, in turn
+    follow_server_reference: bool = False  # MQTT 5 4.11: go where 0x9C / 0x9D point
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -120,6 +123,15 @@ def _policy(c: Any, value: str) -> None:
         raise UsageError(f"QueueFullPolicy must be 'reject' or 'drop-oldest', got {value!r}")
     c._engine_settings.queue_full_policy = v
 
+def _failover(c: Any, value: str) -> None:
+    """FailoverServers: "" (none) or a list checked now; ports are resolved at connect()
+    (a bare host takes 1883, or 8883 with TLS)."""
+    text = value.strip()
+    if text:
+        parse_addresses(text, source="FailoverServers")
+    c._settings.failover_servers = ",".join(t.strip() for t in text.split(",")) if text else ""
+
+
 Getter = Callable[[Any], str]
 Setter = Callable[[Any, str], None]
 
@@ -197,6 +209,9 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "queueinmemory": _attr("_engine_settings", "queue_in_memory"),
     "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
     "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
+    "failoverservers": (lambda c: c._settings.failover_servers, _failover),
+    "followserverreference": _attr("_settings", "follow_server_reference"),
+    "connectedserver": (lambda c: c._engine.server, None),
 }
 
 
@@ -264,4 +279,14 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                         " reported through ``on_message_dropped``)."),
     "drainratelimit": ("DrainRateLimit", "New PUBLISHes per second at most, e.g. to spread a"
                        " backlog after a reconnect (0: no limit)."),
+    "failoverservers": ("FailoverServers", "More servers (``host:port,host:port``; IPv6 as"
+                        " ``[::1]:1883``) tried after the one ``connect()`` names; after a lost"
+                        " connection each reconnect goes to the next, round robin. TLS and"
+                        " credentials apply to all."),
+    "followserverreference": ("FollowServerReference", "MQTT 5: follow a CONNACK or DISCONNECT"
+                              " with reason 0x9C / 0x9D and a Server Reference to that server"
+                              " (at most 3 redirections in a row)."),
+    "connectedserver": ("ConnectedServer", "Read-only: ``host:port`` of the server the current"
+                        " connection was accepted by (also inside ``on_connected``); empty"
+                        " without one."),
 }

@@ -344,7 +344,10 @@ class Client:
 
         Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK within
         ``timeout`` seconds; ``UsageError`` for an empty client_id with clean_session False,
-        or after ``close()``.
+        or after ``close()``. With ``config("FailoverServers=host:port,...")`` the servers
+        listed are tried after this one, in order, each once (``timeout`` per server);
+        ``ConnectError`` only when none accepted (naming each one's failure). A lost connection
+        then reconnects to the next server in that list, round robin.
         """
         self._require_open("connect")
         self._driver.connect(host, port, timeout, _connect_params(self))

@@ -106,6 +106,12 @@ class Engine(Outgoing):
 
     # ---------------------------------------------------------------- views
 
+    @property
+    def server(self) -> str:
+        """``host:port`` of the connection a CONNACK accepted (also inside on_connected),
+        ``""`` without one."""
+        return (self.broker or "") if self._live else ""
+
     def owed_messages(self) -> list[MessageEvent]:
         """QoS 1 messages delivered and not yet acknowledged, in arrival order."""
         return [o.event for o in self._owed if not o.acked]
@@ -131,11 +137,18 @@ class Engine(Outgoing):
         self.broker = broker
 
     def connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
-                maximum_packet_size: int | None, now: float) -> list[Action]:
+                maximum_packet_size: int | None, now: float,
+                redirect: str | None = None) -> list[Action]:
         """CONNACK. Accepted: ``Connected`` is durable, then ``on_connected`` (which may call
-        ``restore``); the driver then calls ``resume``."""
+        ``restore``); the driver then calls ``resume``. Refused: ``on_connected`` with the
+        code, and ``on_error`` unless ``redirect`` names the server the client follows the
+        broker's Server Reference to (MQTT 5 4.11)."""
+        server = self.broker or ""
         if rc != 0:
-            return [Notify("on_connected", ConnectedEvent(rc, reason, False)),
+            if redirect is not None:  # followed (FollowServerReference): not an error
+                return [Notify("on_connected", ConnectedEvent(
+                    rc, f"{reason}: redirected to {redirect}", False, server))]
+            return [Notify("on_connected", ConnectedEvent(rc, reason, False, server)),
                     self.error(rc, f"connection refused: {reason}")]
         self.conn = ConnState.RESUMING
         self._mismatch_logged = False
@@ -167,7 +180,7 @@ class Engine(Outgoing):
                 records.append(reset)
             self._early_lost = plan.lost
         return [Persist(tuple(records), sync=True),
-                Notify("on_connected", ConnectedEvent(0, reason, session_present))]
+                Notify("on_connected", ConnectedEvent(0, reason, session_present, server))]
 
     def lost_incoming(self) -> list[Action]:
         """After ``on_connected``, before ``resume``: incoming QoS 2 messages a broker that
