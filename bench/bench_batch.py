@@ -112,6 +112,8 @@ def main() -> int:
     p.add_argument("--messages", "-n", type=int, default=10000)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--repeats", "-r", type=int, default=5)
+    p.add_argument("--only", default="", help="comma-separated words: run the configurations"
+                   " whose name holds one of them (plus 'none, publish_data', the base)")
     a = p.parse_args()
     configs: list[tuple[str, Callable[[int, str], tuple[float, float]]]] = [
         ("none, publish_data", lambda port, w: run(port, w, "none", a.messages, 1)),
@@ -126,6 +128,10 @@ def main() -> int:
         ("always, asyncio x100", lambda port, w: run(port, w, "always", a.messages, 1, 1, 100)),
         ("none, asyncio x100", lambda port, w: run(port, w, "none", a.messages, 1, 1, 100)),
     ]
+    if a.only:
+        words = [w.strip() for w in a.only.split(",") if w.strip()]
+        configs = [c for c in configs
+                   if c[0] == "none, publish_data" or any(w in c[0] for w in words)]
     work = tempfile.mkdtemp(prefix="mqttsession-batch-")
     broker = MosquittoBroker(str(HERE / "mosquitto-bench.conf"))
     broker.start()

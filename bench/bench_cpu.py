@@ -2,6 +2,7 @@
 """CPU time per published message, this checkout against another commit, same run.
 
     python bench/bench_cpu.py [--against REV] [--messages N] [--repeats R] [--configs LIST]
+                              [--settings 'Name=Value;...']
 
 Wall-clock rates on a shared 2-core machine swing by up to 40% between rounds; the CPU time
 the client process spends per message (both of its threads, user + system, from
@@ -37,6 +38,11 @@ def child(host: str, port: int, sync: str, qos: int, n: int) -> None:
     if sync != "nofile":
         c.config(f"SessionStateFile={os.path.join(d, 's.json')}")
         c.config(f"SessionSync={sync}")
+    for setting in filter(None, os.environ.get("BENCH_CPU_SETTINGS", "").split(";")):
+        try:
+            c.config(setting)  # a tree without the setting runs without it
+        except Exception:  # noqa: BLE001 - the other tree's own error type
+            pass
     c.connect(host, port, timeout=10)
     payload = bytes(range(100))
     for _ in range(500):
@@ -58,6 +64,9 @@ def main() -> int:
     p.add_argument("--messages", "-n", type=int, default=5000)
     p.add_argument("--repeats", "-r", type=int, default=3)
     p.add_argument("--configs", default="nofile,none,always")
+    p.add_argument("--settings", default="", help="config() settings for both trees, ';'-separated"
+                   " (a tree that does not know one runs without it), e.g. QueueInMemory=0:"
+                   " every message in memory, as before the disk queue")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -82,7 +91,8 @@ def main() -> int:
                     out = subprocess.run(
                         [sys.executable, __file__, "--child", broker.host, str(broker.port),
                          cfg[0], str(cfg[1]), str(a.messages)],
-                        env=dict(os.environ, PYTHONPATH=trees[name]), capture_output=True,
+                        env=dict(os.environ, PYTHONPATH=trees[name],
+                                 BENCH_CPU_SETTINGS=a.settings), capture_output=True,
                         text=True, check=True)
                     cpu, rate = map(float, out.stdout.split())
                     res.setdefault((cfg, name), []).append((cpu, rate))
@@ -91,7 +101,7 @@ def main() -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)],
                        check=False)
     print(f"CPU µs per message, {a.messages} messages, median of {a.repeats} rounds;"
-          f" old = {a.against}")
+          f" old = {a.against}" + (f"; settings {a.settings}" if a.settings else ""))
     for cfg in configs:
         o, n = res[(cfg, "old")], res[(cfg, "new")]
         oc, nc = statistics.median(x[0] for x in o), statistics.median(x[0] for x in n)

@@ -1,8 +1,8 @@
 """``Client.config()``: the settings table (IPWorks names, parsing, ranges).
 
 Each setting is read from and written to one attribute of a settings object: the engine's
-(``EngineSettings``) or the Client's own (``ClientSettings``); a few have their own setter on
-the Client (it checks the connection or reopens the state file).
+(``EngineSettings``) or the Client's own (``ClientSettings``); a few have a setter of their own
+here (it checks the connection, reopens the state file or records the change).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final
 
 from .errors import UsageError
+from .options import parse_addresses
+from .records import MAX_EXPIRY
 
 __all__ = ["ClientSettings", "CONFIG", "parse_bool", "parse_int"]
 
@@ -36,6 +38,8 @@ class ClientSettings:
     queue_segment_bytes: int = 1024 * 1024  # a disk queue segment is sealed past this
     receive_maximum: int = 20  # MQTT 5 CONNECT: incoming QoS>0 flows the broker may leave open
     manual_ack: bool = False  # PUBACK / PUBCOMP wait for ack()
+    failover_servers: str = ""  # "host:port,host:port": tried after connect()'s own, in turn
+    follow_server_reference: bool = False  # MQTT 5 4.11: go where 0x9C / 0x9D point
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -73,11 +77,60 @@ _INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_m
                       "session_sync_interval": (1, 3_600_000)}
 
 
+# the settings with a setter of their own (``c``: the Client)
+
+
+def _set_state_file(c: Any, value: str) -> None:
+    c._file.set_path(value.strip())
+    c._settings.session_state_file = value.strip()
+
+
+def _set_expiry(c: Any, value: str) -> None:
+    interval = parse_int("SessionExpInterval", value, 0, MAX_EXPIRY)
+    st = c._engine.state
+    c._file.append([st.configure(session_expiry_interval=interval)], st)
+
+
+def _set_protocol(c: Any, value: str) -> None:
+    c.protocol_version = parse_int("ProtocolVersion", value, 4, 5)
+
+
+def _set_released(c: Any, value: str) -> None:
+    v = value.strip().lower()
+    if v not in ("republish", "drop"):
+        raise UsageError(f"ReleasedOnSessionLost must be 'republish' or 'drop', got {value!r}")
+    c._engine_settings.released_on_session_lost = v
+
+
+def _set_manual_ack(c: Any, value: str) -> None:
+    on = parse_bool("ManualAck", value)
+    if on != c._settings.manual_ack:
+        c._driver.require_disconnected("ManualAck")
+    c._settings.manual_ack = on
+
+
+def _set_sync(c: Any, value: str) -> None:
+    v = value.strip().lower()
+    if v not in ("always", "none", "interval"):
+        raise UsageError(f"SessionSync must be 'always', 'none' or 'interval', got {value!r}")
+    c._settings.session_sync = v
+    c._file.set_sync(v != "none")  # interval: the driver defers a publish's fsync
+
+
 def _policy(c: Any, value: str) -> None:
     v = value.strip().lower()
     if v not in ("reject", "drop-oldest"):
         raise UsageError(f"QueueFullPolicy must be 'reject' or 'drop-oldest', got {value!r}")
     c._engine_settings.queue_full_policy = v
+
+def _failover(c: Any, value: str) -> None:
+    """FailoverServers: "" (none) or a list checked now; ports are resolved at connect()
+    (a bare host takes 1883, or 8883 with TLS)."""
+    text = value.strip()
+    if text:
+        parse_addresses(text, source="FailoverServers")
+    c._settings.failover_servers = ",".join(t.strip() for t in text.split(",")) if text else ""
+
 
 Getter = Callable[[Any], str]
 Setter = Callable[[Any, str], None]
@@ -117,24 +170,22 @@ def _attr(where: str, attr: str) -> tuple[Getter, Setter]:
     return get, put
 
 
-def _own(attr: str, setter: str | None) -> tuple[Getter, Setter | None]:
-    """A setting with a getter / setter method on the Client."""
-    return _attr("_settings", attr)[0], (None if setter is None
-                                         else lambda c, v: getattr(c, setter)(v))
+def _own(attr: str, setter: Setter) -> tuple[Getter, Setter]:
+    """A setting kept in ``client._settings.<attr>`` with a setter of its own."""
+    return _attr("_settings", attr)[0], setter
 
 
 CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "sessionpresent": (lambda c: _show(c._engine.session_present), None),
     "mismatchedacks": (lambda c: str(c._engine.mismatched_acks), None),
-    "sessionstatefile": _own("session_state_file", "_set_state_file"),
+    "sessionstatefile": _own("session_state_file", _set_state_file),
     "sessionexpinterval": (
         lambda c: "" if c._engine.state.session_expiry_interval is None
         else str(c._engine.state.session_expiry_interval),
-        lambda c, v: c._set_expiry(v),
+        _set_expiry,
     ),
-    "protocolversion": (lambda c: str(c._engine.state.protocol_version),
-                        lambda c, v: c._set_protocol(v)),
-    "sessionsync": _own("session_sync", "_set_sync"),
+    "protocolversion": (lambda c: str(c._engine.state.protocol_version), _set_protocol),
+    "sessionsync": _own("session_sync", _set_sync),
     "sessionsyncinterval": _attr("_settings", "session_sync_interval"),
     "retain": _attr("_settings", "retain"),
     "republishinterval": _attr("_engine_settings", "republish_interval"),
@@ -147,17 +198,20 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "maxinflight": _attr("_engine_settings", "max_inflight"),
     "republishonsessionlost": _attr("_engine_settings", "republish_on_session_lost"),
     "releasedonsessionlost": (lambda c: c._engine_settings.released_on_session_lost,
-                              lambda c, v: c._set_released(v)),
+                              _set_released),
     "journalmaxbytes": _attr("_settings", "journal_max_bytes"),
     "queuesegmentbytes": _attr("_settings", "queue_segment_bytes"),
     "maxmessagesize": _attr("_engine_settings", "max_message_size"),
     "receivemaximum": _attr("_settings", "receive_maximum"),
-    "manualack": _own("manual_ack", "_set_manual_ack"),
+    "manualack": _own("manual_ack", _set_manual_ack),
     "maxqueuedmessages": _attr("_engine_settings", "max_queued_messages"),
     "maxqueuedbytes": _attr("_engine_settings", "max_queued_bytes"),
     "queueinmemory": _attr("_engine_settings", "queue_in_memory"),
     "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
     "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
+    "failoverservers": (lambda c: c._settings.failover_servers, _failover),
+    "followserverreference": _attr("_settings", "follow_server_reference"),
+    "connectedserver": (lambda c: c._engine.server, None),
 }
 
 
@@ -225,4 +279,14 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                         " reported through ``on_message_dropped``)."),
     "drainratelimit": ("DrainRateLimit", "New PUBLISHes per second at most, e.g. to spread a"
                        " backlog after a reconnect (0: no limit)."),
+    "failoverservers": ("FailoverServers", "More servers (``host:port,host:port``; IPv6 as"
+                        " ``[::1]:1883``) tried after the one ``connect()`` names; after a lost"
+                        " connection each reconnect goes to the next, round robin. TLS and"
+                        " credentials apply to all."),
+    "followserverreference": ("FollowServerReference", "MQTT 5: follow a CONNACK or DISCONNECT"
+                              " with reason 0x9C / 0x9D and a Server Reference to that server"
+                              " (at most 3 redirections in a row)."),
+    "connectedserver": ("ConnectedServer", "Read-only: ``host:port`` of the server the current"
+                        " connection was accepted by (also inside ``on_connected``); empty"
+                        " without one."),
 }

@@ -36,6 +36,7 @@ from .errors import ProtocolViolation
 __all__ = [
     "AsyncioPump", "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
     "disconnect_properties", "describe_connect_error", "refusal_message", "CLEAN_START_FIRST_ONLY",
+    "server_reference",
 ]
 
 CLEAN_START_FIRST_ONLY: Final = mqtt.MQTT_CLEAN_START_FIRST_ONLY
@@ -62,8 +63,8 @@ class Hooks(Protocol):
 
     def _hook_connack(
         self, rc: int, reason: str, session_present: bool, receive_maximum: int,
-        maximum_packet_size: int | None,
-    ) -> None: ...
+        maximum_packet_size: int | None, server_reference: str | None = None,
+    ) -> None: ...  # server_reference: MQTT 5, of a refusal (4.11 Server redirection)
 
     def _hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
 
@@ -71,7 +72,8 @@ class Hooks(Protocol):
 
     def _hook_batch_end(self) -> None: ...  # the records the held packets depend on: durable
 
-    def _hook_connection_reset(self) -> None: ...  # a new network connection is being made
+    def _hook_connection_reset(self) -> tuple[str, int] | None: ...
+    # a new network connection is being made; to this server (None: the same as before)
 
     def _hook_tick(self) -> None: ...  # once per network-loop round
 
@@ -120,6 +122,12 @@ def connect_properties(
 def disconnect_properties(session_expiry_interval: int | None) -> Properties | None:
     return expiry_properties(PacketTypes.DISCONNECT, session_expiry_interval)
 
+
+
+def server_reference(props: Any) -> str | None:
+    """The Server Reference of a DISCONNECT's paho ``Properties`` (MQTT 5 4.11), or None."""
+    ref = getattr(props, "ServerReference", None)
+    return ref if isinstance(ref, str) else None
 
 
 def describe_connect_error(exc: BaseException) -> str:
@@ -296,7 +304,13 @@ class PahoConnection(mqtt.Client):
 
     def reconnect(self) -> MQTTErrorCode:
         # paho drops unwritten packets here (_out_packet.clear()); the session resends them
-        self.hooks._hook_connection_reset()
+        try:
+            server = self.hooks._hook_connection_reset()
+        except Exception as exc:  # never into paho's thread: reconnect to the same server
+            self._hook_failed(exc, "choosing the server to reconnect to")
+            server = None
+        if server is not None:  # FailoverServers / a followed Server Reference
+            self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
         self._connack_seen = False
         try:
             return super().reconnect()
@@ -450,7 +464,10 @@ class PahoConnection(mqtt.Client):
             if rc != 0:
                 # refused: skip paho's handler (it would silently downgrade to MQTT 3.1);
                 # SessionPresent is 0 on a refusal [MQTT-3.2.2-4] (5.0: [MQTT-3.2.2-6]).
-                self.hooks._hook_connack(rc, reason, False, 65535, None)
+                # MQTT 5 4.11: 0x9C / 0x9D may name another server to use
+                ref = c.prop(_wire.SERVER_REFERENCE) if self._level == 5 else None
+                self.hooks._hook_connack(rc, reason, False, 65535, None,
+                                         ref if isinstance(ref, str) else None)
                 return MQTTErrorCode.MQTT_ERR_CONN_REFUSED
             # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
             # on_connected and sends the resume plan before anything else is written.

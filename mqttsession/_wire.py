@@ -83,6 +83,7 @@ MAX_VARINT: Final = 268_435_455  # the largest Variable Byte Integer: four bytes
 
 # MQTT 5 property identifiers the tools read or write.
 SESSION_EXPIRY_INTERVAL: Final = 0x11
+SERVER_REFERENCE: Final = 0x1C  # CONNACK / DISCONNECT: another server to use (MQTT 5 4.11)
 REASON_STRING: Final = 0x1F
 RECEIVE_MAXIMUM: Final = 0x21
 MAXIMUM_PACKET_SIZE: Final = 0x27

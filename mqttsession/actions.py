@@ -83,5 +83,5 @@ class EngineSettings:
     max_queued_bytes: int = 256 * 1024 * 1024  # their payloads, topics, properties (0: none)
     queue_full_policy: str = "reject"  # or "drop-oldest" (the oldest never sent goes)
     drain_rate_limit: int = 0  # new PUBLISHes per second at most (0: no limit)
-    queue_in_memory: int = 10000  # never-sent messages held in memory; more go to the disk
+    queue_in_memory: int = 1000  # never-sent messages held in memory; more go to the disk
     # queue of the state file (0: all in memory)

@@ -31,8 +31,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from .client import Client
-from .errors import MQTTSessionError, UsageError
+from .client import Client, _connect_params
+from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .mesh import new_client
 from .options import Options
@@ -45,6 +45,9 @@ __all__ = ["AsyncSession"]
 log = logging.getLogger("mqttsession.aio")
 
 T = TypeVar("T")
+
+
+_Token = tuple[int, int, int]  # a held publish: its seq and where its record ends (gen, pos)
 
 
 class _Closed:
@@ -90,6 +93,10 @@ class AsyncSession:
         self._subacks: dict[str, list[asyncio.Future[int]]] = {}
         self._idle: list[asyncio.Future[bool]] = []  # flush() calls waiting
         self._publishing = asyncio.Lock()  # publishes take turns; their fsyncs are shared
+        # SessionSync=always: publishes waiting for their record's fdatasync, and whether the
+        # one executor job that syncs for all of them is under way
+        self._awaiting_sync: list[tuple[_Token, asyncio.Future[Exception | None]]] = []
+        self._syncing = False
         self._started = False
         self._closed = False
         self._client.on_message_in = self._on_loop(self._on_message_in)
@@ -221,7 +228,7 @@ class AsyncSession:
         """Connect to ``options.address``; ``ConnectError`` on failure."""
         o, c = self._options, self._check()
         await c._driver.connect_async(o.host, o.port, o.request_timeout_seconds,
-                                      c._connect_params())
+                                      _connect_params(c))
 
     async def disconnect(self) -> None:
         """A clean DISCONNECT; the session stays usable (``connect()`` again)."""
@@ -242,14 +249,44 @@ class AsyncSession:
             pid, token = c._publish_begin(topic, qos, data, retain, properties)
         if token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
             driver, held = c._driver, token
-            fut = asyncio.get_running_loop().run_in_executor(None, driver.wait_durable, held)
+            fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+            self._awaiting_sync.append((held, fut))
+            if not self._syncing:
+                self._sync_awaiting()
             try:
                 err = await asyncio.shield(fut)
             except asyncio.CancelledError:  # the message is released (or taken back) anyway
                 fut.add_done_callback(lambda f: driver.release_quietly(held, f.result()))
                 raise
-            driver.release(held, err)
+            if err is not None:  # taken back out of the session, and raised
+                driver.release(held, err)
         return pid
+
+    def _sync_awaiting(self) -> None:
+        """One executor job makes the records of every publish waiting so far durable (one
+        fdatasync: the last one's position covers those before it); the publishes that
+        arrive meanwhile wait for the next job. One thread hop per batch, not per publish."""
+        batch, self._awaiting_sync = self._awaiting_sync, []
+        if not batch:
+            self._syncing = False
+            return
+        self._syncing = True
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, self._client._driver.wait_durable, batch[-1][0])
+
+        def done(f: asyncio.Future[Exception | None]) -> None:
+            try:
+                err = f.result()
+            except BaseException as exc:  # noqa: BLE001 - the job itself ended (loop shutdown)
+                err = PersistenceError(None, f"the state file sync did not run: {exc!r}")
+            if err is None:  # the batch's messages go out (those written after them wait)
+                self._client._driver.release_durable()
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(err)
+            self._sync_awaiting()
+
+        job.add_done_callback(done)
 
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:

@@ -7,15 +7,14 @@ may call back into the client.
 
 from __future__ import annotations
 
-import copy
 import logging
 import ssl
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from . import codec
-from ._config import CONFIG, ClientSettings, parse_bool, parse_int
+from ._config import CONFIG, ClientSettings
 from .driver import ConnectParams, Driver
 from ._paho import pack_properties
 from .engine import EngineSettings
@@ -35,7 +34,7 @@ from .events import (
     SubscribedEvent,
     UnsubscribedEvent,
 )
-from .state import MAX_EXPIRY, Accepted, validate_filter, validate_qos, validate_topic
+from .state import Accepted, validate_filter, validate_qos, validate_topic
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -73,6 +72,64 @@ class _Listening:
     def __contains__(self, name: object) -> bool:
         c = self._client()
         return c is not None and isinstance(name, str) and getattr(c, name, None) is not None
+
+
+def _message(c: Client, topic: str, qos: int, data: object,
+             properties: Properties | None) -> tuple[bytes, bytes]:
+    """A message's payload and packed properties, its topic and QoS checked
+    (``UsageError``; properties need ``c`` to speak MQTT 5)."""
+    validate_topic(topic)
+    validate_qos(qos)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UsageError(f"data must be bytes, got {type(data).__name__}")
+    props = b""
+    if properties is not None:
+        if c.protocol_version != 5:
+            raise UsageError("properties need MQTT 5 (protocol_version=5)")
+        props = pack_properties(properties)
+    return bytes(data), props
+
+
+def _messages(c: Client, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
+              ) -> list[tuple[str, bytes, int, bool, bytes]]:
+    """``publish_many``'s messages checked, as the engine takes them: (topic, payload, qos,
+    retain, packed properties)."""
+    items: list[tuple[str, bytes, int, bool, bytes]] = []
+    for m in messages:
+        if isinstance(m, PublishRequest):
+            topic, qos, data, retain, props = m.topic, m.qos, m.payload, m.retain, m.properties
+        elif isinstance(m, tuple) and len(m) == 3:
+            (topic, qos, data), retain, props = m, None, None
+        else:
+            raise UsageError(f"publish_many takes (topic, qos, data) tuples or PublishRequest"
+                             f" values, got {type(m).__name__}")
+        payload, packed = _message(
+            c, topic, qos, data.encode("utf-8") if isinstance(data, str) else data, props)
+        items.append((topic, payload, qos,
+                      c._settings.retain if retain is None else bool(retain), packed))
+    return items
+
+
+def _filters(topic_filter: str, delimiter: str) -> list[str]:
+    """The filters of a ``subscribe`` / ``unsubscribe`` string, each checked."""
+    if not isinstance(topic_filter, str):
+        raise UsageError(f"topic filter must be str, got {type(topic_filter).__name__}")
+    return [validate_filter(f.strip()) for f in topic_filter.split(delimiter)]
+
+
+def _connect_params(c: Client) -> ConnectParams:
+    """What ``connect`` hands the driver: the Client's connection settings."""
+    tls = c.tls_options
+    on = tls is not None and tls.enabled
+    ctx = c._tls_context or (_tls_context_of(tls) if on else None)
+    paths = on and tls is not None and ctx is None
+    return ConnectParams(
+        c._keep_alive, c.username, c.password, c.will_topic, c.will_message,
+        tls.ca_cert_path if paths and tls else None,
+        tls.client_cert_path if paths and tls else None,
+        tls.client_key_path if paths and tls else None, on or ctx is not None,
+        ctx, c._transport, c._ws_path,
+        dict(c._ws_headers) if c._ws_headers is not None else None)
 
 
 class Client:
@@ -156,13 +213,6 @@ class Client:
 
     # ================================================================== properties
 
-    def _configure(self, what: str, **change: Any) -> None:
-        with self._lock:
-            self._require_disconnected(what)
-            st = self._engine.state
-            if any(getattr(st, k) != v for k, v in change.items()):
-                self._file.append([st.configure(**change)], st)
-
     @property
     def client_id(self) -> str:
         """The MQTT client id (empty: one is made at connect, for a clean session only)."""
@@ -172,7 +222,7 @@ class Client:
     def client_id(self, value: str) -> None:
         if not isinstance(value, str):
             raise UsageError(f"client_id must be str, got {type(value).__name__}")
-        self._configure("client_id", client_id=value)
+        self._driver.configure("client_id", client_id=value)
 
     @property
     def clean_session(self) -> bool:
@@ -181,7 +231,7 @@ class Client:
 
     @clean_session.setter
     def clean_session(self, value: bool) -> None:
-        self._configure("clean_session", clean_session=bool(value))
+        self._driver.configure("clean_session", clean_session=bool(value))
 
     @property
     def protocol_version(self) -> int:
@@ -192,7 +242,7 @@ class Client:
     def protocol_version(self, value: int) -> None:
         if value not in (4, 5):
             raise UsageError(f"protocol_version must be 4 (MQTT 3.1.1) or 5, got {value!r}")
-        self._configure("protocol_version", protocol_version=value)
+        self._driver.configure("protocol_version", protocol_version=value)
 
     @property
     def keep_alive_interval(self) -> int:
@@ -252,11 +302,7 @@ class Client:
     @property
     def incoming_messages(self) -> tuple[Message, ...]:
         """Received QoS>0 messages not yet fully acknowledged."""
-        with self._lock:
-            owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate)
-                    for e in self._engine.owed_messages() if e.packet_id not in self._driver.delivering]
-            held = [Message.incoming(m) for m in self._engine.state.incoming.values()]
-            return tuple(list(self._driver.delivering.values()) + owed + held)
+        return self._driver.incoming_messages()
 
     @property
     def outgoing_messages(self) -> tuple[Message, ...]:
@@ -285,41 +331,7 @@ class Client:
         self._file.segment_bytes = self._settings.queue_segment_bytes
         return ""
 
-    def _set_state_file(self, value: str) -> None:
-        self._file.set_path(value.strip())
-        self._settings.session_state_file = value.strip()
-
-    def _set_expiry(self, value: str) -> None:
-        interval = parse_int("SessionExpInterval", value, 0, MAX_EXPIRY)
-        st = self._engine.state
-        self._file.append([st.configure(session_expiry_interval=interval)], st)
-
-    def _set_protocol(self, value: str) -> None:
-        self.protocol_version = parse_int("ProtocolVersion", value, 4, 5)
-
-    def _set_released(self, value: str) -> None:
-        v = value.strip().lower()
-        if v not in ("republish", "drop"):
-            raise UsageError(f"ReleasedOnSessionLost must be 'republish' or 'drop', got {value!r}")
-        self._engine_settings.released_on_session_lost = v
-
-    def _set_manual_ack(self, value: str) -> None:
-        on = parse_bool("ManualAck", value)
-        if on != self._settings.manual_ack:
-            self._require_disconnected("ManualAck")
-        self._settings.manual_ack = on
-
-    def _set_sync(self, value: str) -> None:
-        v = value.strip().lower()
-        if v not in ("always", "none", "interval"):
-            raise UsageError(f"SessionSync must be 'always', 'none' or 'interval', got {value!r}")
-        self._settings.session_sync = v
-        self._file.set_sync(v != "none")  # interval: the driver defers a publish's fsync
-
     # ================================================================== connecting
-
-    def _require_disconnected(self, what: str) -> None:
-        self._driver.require_disconnected(what)
 
     def _require_open(self, what: str) -> None:
         """``UsageError`` once ``close()`` released the client (and its state file)."""
@@ -332,23 +344,13 @@ class Client:
 
         Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK within
         ``timeout`` seconds; ``UsageError`` for an empty client_id with clean_session False,
-        or after ``close()``.
+        or after ``close()``. With ``config("FailoverServers=host:port,...")`` the servers
+        listed are tried after this one, in order, each once (``timeout`` per server);
+        ``ConnectError`` only when none accepted (naming each one's failure). A lost connection
+        then reconnects to the next server in that list, round robin.
         """
         self._require_open("connect")
-        self._driver.connect(host, port, timeout, self._connect_params())
-
-    def _connect_params(self) -> ConnectParams:
-        tls = self.tls_options
-        on = tls is not None and tls.enabled
-        ctx = self._tls_context or (_tls_context_of(tls) if on else None)
-        paths = on and tls is not None and ctx is None
-        return ConnectParams(
-            self._keep_alive, self.username, self.password, self.will_topic, self.will_message,
-            tls.ca_cert_path if paths and tls else None,
-            tls.client_cert_path if paths and tls else None,
-            tls.client_key_path if paths and tls else None, on or ctx is not None,
-            ctx, self._transport, self._ws_path,
-            dict(self._ws_headers) if self._ws_headers is not None else None)
+        self._driver.connect(host, port, timeout, _connect_params(self))
 
     def disconnect(self) -> None:
         """A clean DISCONNECT; the disconnect time is recorded in the session state, and the
@@ -365,7 +367,7 @@ class Client:
             self._driver.cancel_sync_timer()  # SessionSync=interval: what waits goes to disk now
             compacted = self._driver.disconnect() and self._file.journal is not None
             if self._settings.session_state_file and not compacted:
-                self._save()  # (a disconnect that compacted wrote the same snapshot)
+                self._driver.save()  # (a disconnect that compacted wrote the same snapshot)
         finally:
             with self._lock:
                 self._closed = True
@@ -411,28 +413,13 @@ class Client:
                 d.publishers -= 1
         return pid
 
-    def _checked(self, topic: str, qos: int, data: object,
-                 properties: Properties | None) -> tuple[bytes, bytes]:
-        """A message's payload and packed properties, its topic and QoS checked
-        (``UsageError``)."""
-        validate_topic(topic)
-        validate_qos(qos)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise UsageError(f"data must be bytes, got {type(data).__name__}")
-        props = b""
-        if properties is not None:
-            if self.protocol_version != 5:
-                raise UsageError("properties need MQTT 5 (protocol_version=5)")
-            props = pack_properties(properties)
-        return bytes(data), props
-
     def _publish_begin(self, topic: str, qos: int, data: bytes, retain: bool | None,
                        properties: Properties | None, group: bool = True
                        ) -> tuple[int, tuple[int, int, int] | None]:
         """The locked half of a publish; a token when its record still has to reach the
         disk (``SessionSync=always``: publishers in several threads share the fdatasync;
         ``Driver.settle`` waits for it, or ``wait_durable`` + ``release`` in two steps)."""
-        payload, props = self._checked(topic, qos, data, properties)
+        payload, props = _message(self, topic, qos, data, properties)
         token = None
         with self._lock:
             self._require_open("publish")
@@ -467,19 +454,7 @@ class Client:
         any is stored (``UsageError``; ``QueueFullError`` when the limits leave no room for
         all of them; ``PersistenceError`` when the record cannot be written).
         """
-        items: list[tuple[str, bytes, int, bool, bytes]] = []
-        for m in messages:
-            if isinstance(m, PublishRequest):
-                topic, qos, data, retain, props = m.topic, m.qos, m.payload, m.retain, m.properties
-            elif isinstance(m, tuple) and len(m) == 3:
-                (topic, qos, data), retain, props = m, None, None
-            else:
-                raise UsageError(f"publish_many takes (topic, qos, data) tuples or PublishRequest"
-                                 f" values, got {type(m).__name__}")
-            payload, packed = self._checked(
-                topic, qos, data.encode("utf-8") if isinstance(data, str) else data, props)
-            items.append((topic, payload, qos,
-                          self._settings.retain if retain is None else bool(retain), packed))
+        items = _messages(self, messages)
         self._require_open("publish_many")
         if not items:
             return []
@@ -504,24 +479,14 @@ class Client:
 
         Not from an event callback: those run on the thread that processes the acks.
         """
-        conn = self._driver.conn
-        if conn is not None and conn.in_network_thread():
-            raise UsageError("flush() inside an event callback would wait forever")
-        with self._driver.changed:
-            return self._driver.changed.wait_for(
-                lambda: not (self._engine.state.outgoing or self._engine.state.spooled), timeout)
+        return self._driver.flush(timeout)
 
     # ================================================================== subscriptions
-
-    def _filters(self, topic_filter: str) -> list[str]:
-        if not isinstance(topic_filter, str):
-            raise UsageError(f"topic filter must be str, got {type(topic_filter).__name__}")
-        return [validate_filter(f.strip()) for f in topic_filter.split(self._settings.topic_delimiter)]
 
     def subscribe(self, topic_filter: str, qos: int) -> None:
         """Subscribe to one filter or a TopicDelimiter-separated list; works while disconnected."""
         validate_qos(qos)
-        filters = self._filters(topic_filter)
+        filters = _filters(topic_filter, self._settings.topic_delimiter)
         with self._lock:
             self._require_open("subscribe")
             self._file.open(self._engine.state)
@@ -530,7 +495,7 @@ class Client:
 
     def unsubscribe(self, topic_filter: str) -> None:
         """Unsubscribe from one filter or a TopicDelimiter-separated list."""
-        filters = self._filters(topic_filter)
+        filters = _filters(topic_filter, self._settings.topic_delimiter)
         self._require_open("unsubscribe")
         self._driver.do(lambda: self._engine.unsubscribe(filters))
 
@@ -546,29 +511,15 @@ class Client:
 
     # ================================================================== save / restore
 
-    def _save(self) -> str:
-        """The state file's snapshot (the disk queue by reference), written; its text."""
-        with self._lock:
-            if self._engine.connected:
-                self._engine.state.activity(time.time())  # part of the snapshot written below
-            text = codec.encode(self._engine.state)
-            self._file.save(self._engine.state, text)
-            return text
-
     def save_session(self) -> str:
         """The whole session state as text; also written atomically to SessionStateFile.
         ``UsageError`` after ``close()``: the file is no longer this client's to write."""
         with self._lock:
             self._require_open("save_session")
-            text = self._save()
+            text = self._driver.save()
             st = self._engine.state
-            if not st.spooled:
-                return text
             # the disk queue's messages are in the file's queue; the text holds them all
-            whole = copy.copy(st)
-            whole.outgoing = {**st.outgoing, **{m.seq: m for m in self._file.queued_messages()}}
-            whole.spooled = whole.spooled_bytes = 0
-            return codec.encode(whole)
+            return codec.encode(self._file.with_queue(st)) if st.spooled else text
 
     def restore_session(self, state_data: str) -> None:
         """Load a saved session and set clean_session False.

@@ -16,9 +16,11 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
+from . import codec
 from ._config import ClientSettings
 from ._paho import (
     AsyncioPump,
@@ -27,6 +29,7 @@ from ._paho import (
     describe_connect_error,
     disconnect_properties,
     refusal_message,
+    server_reference,
 )
 from ._wire import Packet, PacketType
 from .engine import (Action, ConnState, Deliver, Engine, EngineSettings, Notify, Persist,
@@ -34,6 +37,8 @@ from .engine import (Action, ConnState, Deliver, Engine, EngineSettings, Notify,
 from .errors import ConnectError, PersistenceError, ProtocolViolation, UsageError
 from .events import ErrorEvent, Message, MessageEvent
 from .expiry import effective_interval
+from .failover import REDIRECT_CODES, ServerRotation
+from .options import format_address, parse_addresses
 from .state import Accepted, Spooled, validate_topic
 from .store import StateFile
 
@@ -89,8 +94,10 @@ class Driver:
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
         self.publishers = 0  # publish_data calls under way (group commit when more than one)
         self.count_lock = threading.Lock()
-        self._attempts = 0  # network connections tried since the last CONNACK (the log's count)
+        self._tries = 0  # network connections tried since the last CONNACK (the log's count)
         self._lost = False  # the last connection was lost, not closed: a reconnect is under way
+        self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)
+        self._fresh = False  # the next paho reconnect() is connect()'s own: same server
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
@@ -101,11 +108,40 @@ class Driver:
         if self.conn is not None:
             raise UsageError(f"{what} cannot change while connected")
 
-    def _open(self, host: str, port: int, params: ConnectParams) -> PahoConnection:
+    def configure(self, what: str, **change: Any) -> None:
+        """A Client property kept in the session state changed (``Configured``, recorded);
+        only while disconnected."""
+        with self.lock:
+            self.require_disconnected(what)
+            st = self.engine.state
+            if any(getattr(st, k) != v for k, v in change.items()):
+                self.file.append([st.configure(**change)], st)
+
+    def save(self) -> str:
+        """The state file's snapshot (the disk queue by reference), written; its text."""
+        with self.lock:
+            if self.engine.connected:
+                self.engine.state.activity(time.time())  # part of the snapshot written below
+            text = codec.encode(self.engine.state)
+            self.file.save(self.engine.state, text)
+            return text
+
+    def flush(self, timeout: float | None) -> bool:
+        """``Client.flush``: wait until no outgoing message is held; False on timeout."""
+        conn = self.conn
+        if conn is not None and conn.in_network_thread():
+            raise UsageError("flush() inside an event callback would wait forever")
+        with self.changed:
+            return self.changed.wait_for(
+                lambda: not (self.engine.state.outgoing or self.engine.state.spooled), timeout)
+
+    def _open(self, host: str, port: int, params: ConnectParams,
+              servers: ServerRotation) -> PahoConnection:
         """A new connection for the session (not connected yet)."""
         with self.lock:
             if self.conn is not None:
                 raise UsageError("already connected; call disconnect() first")
+            self.servers = servers
             st = self.engine.state
             if not st.client_id:
                 if not st.clean_session:
@@ -118,8 +154,9 @@ class Driver:
                             " the broker ends it at every disconnect", st.client_id)
             conn = self._new_connection(params)
             self.conn = conn
-            self.engine.connecting(f"{host}:{port}")
-            self._attempts, self._lost = 0, False
+            self._fresh = True
+            self.engine.connecting(format_address(host, port))
+            self._tries, self._lost = 0, False
             self._connack.clear()
             self._connack_result = (-1, "")
             return conn
@@ -139,7 +176,8 @@ class Driver:
                 conn.connect(host, port, keep_alive)
         except (OSError, ValueError) as exc:
             self._teardown()
-            raise ConnectError(f"cannot connect to {host}:{port}: {describe_connect_error(exc)}") from exc
+            raise ConnectError(f"cannot connect to {format_address(host, port)}:"
+                               f" {describe_connect_error(exc)}") from exc
 
     def _connected(self, where: str, params: ConnectParams) -> None:
         """``ConnectError`` (and the connection torn down) unless CONNACK accepted it."""
@@ -149,23 +187,85 @@ class Driver:
             raise ConnectError(refusal_message(where, rc, reason, params.tls,
                                                params.tls and bool(params.tls_cert)), rc)
 
+    def _rotation(self, host: str, port: int, params: ConnectParams) -> ServerRotation:
+        """connect()'s servers: the one it was given, then FailoverServers (TLS and the
+        credentials apply to each)."""
+        servers = [(host, port)]
+        if self._settings.failover_servers:
+            servers += parse_addresses(self._settings.failover_servers, tls=params.tls,
+                                       source="FailoverServers")
+        return ServerRotation(servers, tls=params.tls)
+
+    @staticmethod
+    def _attempts(rot: ServerRotation) -> Iterator[tuple[str, int]]:
+        """The servers connect() tries, in turn: each in the list once, and after a refusal
+        that named another server (FollowServerReference) that server first."""
+        yield rot.current
+        tried = 1
+        while rot.redirect_pending or tried < len(rot.servers):
+            if not rot.redirect_pending:
+                tried += 1
+            yield rot.next()
+
+    @staticmethod
+    def _none_accepted(failures: list[tuple[tuple[str, int], ConnectError]]) -> ConnectError:
+        """The error of a connect() no server accepted (one server: its own error)."""
+        if len(failures) == 1:
+            return failures[0][1]
+        return ConnectError("no server accepted the connection: "
+                            + "; ".join(str(e) for _, e in failures), failures[-1][1].status_code)
+
+    def _failed_attempt(self, rot: ServerRotation, target: tuple[str, int],
+                        exc: ConnectError) -> None:
+        if rot.redirect_pending or len(rot.servers) > 1:
+            log.warning("connect: %s (%s); trying the next server", format_address(*target), exc)
+
     def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
-        """``Client.connect``: CONNECT, and wait for CONNACK and the resume plan; paho's
-        network thread runs the connection from then on."""
-        conn = self._open(host, port, params)
+        """``Client.connect``: CONNECT to each server in turn (``_attempts``) until one
+        accepts, and wait for CONNACK and the resume plan; paho's network thread runs the
+        connection from then on. ``timeout`` is per server."""
+        rot = self._rotation(host, port, params)
+        failures: list[tuple[tuple[str, int], ConnectError]] = []
+        for target in self._attempts(rot):
+            try:
+                self._connect_once(target, rot, timeout, params)
+                return
+            except ConnectError as exc:
+                failures.append((target, exc))
+                self._failed_attempt(rot, target, exc)
+        raise self._none_accepted(failures)
+
+    def _connect_once(self, target: tuple[str, int], rot: ServerRotation, timeout: float,
+                      params: ConnectParams) -> None:
+        host, port = target
+        conn = self._open(host, port, params, rot)
         self._tcp_connect(conn, host, port, params.keep_alive)
         conn.loop_start()
         if not self._connack.wait(timeout):
             self._teardown()
-            raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s")
-        self._connected(f"{host}:{port}", params)
+            raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s")
+        self._connected(format_address(host, port), params)
 
     async def connect_async(self, host: str, port: int, timeout: float,
                             params: ConnectParams) -> None:
         """``connect`` for asyncio: the running loop runs the connection (``AsyncioPump``);
         only the TCP connect waits in the loop's default executor."""
+        rot = self._rotation(host, port, params)
+        failures: list[tuple[tuple[str, int], ConnectError]] = []
+        for target in self._attempts(rot):
+            try:
+                await self._connect_once_async(target, rot, timeout, params)
+                return
+            except ConnectError as exc:
+                failures.append((target, exc))
+                self._failed_attempt(rot, target, exc)
+        raise self._none_accepted(failures)
+
+    async def _connect_once_async(self, target: tuple[str, int], rot: ServerRotation,
+                                  timeout: float, params: ConnectParams) -> None:
+        host, port = target
         loop = asyncio.get_running_loop()
-        conn = self._open(host, port, params)
+        conn = self._open(host, port, params, rot)
         s = self._settings
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
                                 _TICK_EVERY)
@@ -180,8 +280,9 @@ class Driver:
             await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:
             self._teardown()
-            raise ConnectError(f"no CONNACK from {host}:{port} within {timeout} s") from None
-        self._connected(f"{host}:{port}", params)
+            raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s"
+                               ) from None
+        self._connected(format_address(host, port), params)
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:
         s, st = self._settings, self.engine.state
@@ -263,12 +364,15 @@ class Driver:
         self._awaiting.append(token)
         return token
 
-    def wait_durable(self, token: tuple[int, int, int]) -> Exception | None:
-        """Group commit (no lock): the record is on disk; the error when the sync failed."""
+    def wait_durable(self, token: tuple[int, int, int], release: bool = False
+                     ) -> Exception | None:
+        """Group commit (no lock): the record is on disk; the error when the sync failed.
+        ``release``: the thread that ran the fdatasync writes every message it covered (the
+        others need not take the session lock for theirs)."""
         j = self.file.journal
         try:
-            if j is not None:
-                j.sync_to(token[1], token[2])
+            if j is not None and j.sync_to(token[1], token[2]) and release:
+                self.release_durable()
         except Exception as exc:  # reported to the publisher by ``release``
             return exc
         return None
@@ -291,16 +395,28 @@ class Driver:
         if err is not None:
             raise err
 
+    def release_durable(self) -> None:
+        """Group commit: write every held message whose record is durable now (once for a
+        batch of publishes). Their records are on disk: a failure here goes to on_error."""
+        try:
+            with self.lock:
+                rest = self.run(self.engine.durable(self._take_durable()))
+        except Exception as exc:
+            self.error(getattr(exc, "errno", None) or -1, f"writing durable messages: {exc}")
+            return
+        self.finish(rest)
+
     def settle(self, token: tuple[int, int, int]) -> None:
         """``wait_durable`` then ``release``, in the calling thread. Interrupted in between
         (KeyboardInterrupt), the message is released if its record made it to disk, else
         taken back: a held message never blocks the ones after it."""
         try:
-            err = self.wait_durable(token)
+            err = self.wait_durable(token, release=True)
         except BaseException:
             self.release_quietly(token, None)
             raise
-        self.release(token, err)
+        if err is not None or token in self._awaiting:  # not released by the syncing thread
+            self.release(token, err)
 
     def release_quietly(self, token: tuple[int, int, int], err: Exception | None) -> None:
         """``release`` for a publisher that is gone (cancelled): a failure goes to on_error."""
@@ -438,6 +554,15 @@ class Driver:
             self.delivering.pop(e.packet_id, None)
         self.ack(e)
 
+    def incoming_messages(self) -> tuple[Message, ...]:
+        """``Client.incoming_messages``: the QoS 1 messages in ``on_message_in`` now, those
+        whose ack is owed, then the QoS 2 ones held."""
+        with self.lock:
+            owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate)
+                    for e in self.engine.owed_messages() if e.packet_id not in self.delivering]
+            held = [Message.incoming(m) for m in self.engine.state.incoming.values()]
+            return tuple(list(self.delivering.values()) + owed + held)
+
     def ack(self, message: MessageEvent | int) -> bool:
         """``Client.ack``: the engine's ``ack`` and its actions."""
         with self.lock:
@@ -490,25 +615,62 @@ class Driver:
             rest = self.run(step(), quiet=context)
         self.finish(rest)
 
-    def _hook_connection_reset(self) -> None:
-        self._attempts += 1
-        if self._lost:
-            log.info("reconnecting to %s (attempt %d)", self.engine.broker, self._attempts)
+    def _hook_connection_reset(self) -> tuple[str, int] | None:
+        """A new network connection is being made: the old one's flows are forgotten, and
+        an automatic reconnect goes to the next server (FailoverServers, or where a followed
+        Server Reference pointed); None: connect()'s own attempt, to the server it chose."""
+        self._tries += 1
         self._guarded(self.engine.reset, "recording a refused subscription failed")
+        with self.lock:
+            rot = self.servers
+            if self._fresh or rot is None:
+                self._fresh = False
+                target = before = None
+            else:
+                before = rot.current
+                target = rot.next()
+                self.engine.broker = format_address(*target)
+        if self._lost:
+            moved = (f"; the last connection was to {format_address(*before)}"
+                     if before is not None and target != before else "")
+            log.info("reconnecting to %s (attempt %d%s)", self.engine.broker, self._tries,
+                     moved)
+        return target
+
+    def _follow(self, code: int, reference: str | None) -> str | None:
+        """A CONNACK / DISCONNECT with 0x9C Use another server or 0x9D Server moved (MQTT 5
+        4.11): with FollowServerReference on, the next attempt goes to the server its Server
+        Reference names (bounded: ``failover.MAX_REDIRECTS`` in a row); that server, or None."""
+        if code not in REDIRECT_CODES:
+            return None
+        with self.lock:
+            rot, where = self.servers, self.engine.broker or "the server"
+            if not self._settings.follow_server_reference or rot is None:
+                if reference:
+                    log.info("%s names another server (%r, reason 0x%02X); FollowServerReference"
+                             " is off", where, reference, code)
+                return None
+            target = rot.redirect(code, reference, where)
+        return None if target is None else format_address(*target)
 
     def _hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
-                     maximum_packet_size: int | None) -> None:
+                      maximum_packet_size: int | None, server_reference: str | None = None
+                      ) -> None:
+        redirect = self._follow(rc, server_reference) if rc != 0 else None
         if rc == 0:
+            with self.lock:
+                if self.servers is not None:
+                    self.servers.accepted()
             st = self.engine.state
             log.info("%s %s as %r (MQTT %s, SessionPresent=%d)",
                      "reconnected to" if self._lost else "connected to", self.engine.broker,
                      st.client_id, "5" if st.protocol_version == 5 else "3.1.1",
                      session_present)
-            self._attempts, self._lost = 0, False
+            self._tries, self._lost = 0, False
         self.file.deferring = rc == 0  # on_connected may still restore the file's session
         try:
             self.do(lambda: self.engine.connack(rc, reason, session_present, receive_maximum,
-                                                  maximum_packet_size, time.time()))
+                                                  maximum_packet_size, time.time(), redirect))
             if rc != 0:
                 if not self._connack.is_set():
                     self._end_connect(rc, reason)
@@ -547,7 +709,7 @@ class Driver:
             self._next_tick = now + _TICK_EVERY
             self._guarded(lambda: self.engine.tick(time.time(), now), "recording activity failed")
 
-    def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
         was = self.engine.conn
         code = int(getattr(reason, "value", reason) or 0)
         conn = self.conn
@@ -559,6 +721,11 @@ class Driver:
                 log.info("connection to %s lost (%s)", self.engine.broker, reason)
         elif was is ConnState.CLOSING:
             log.info("disconnected from %s", self.engine.broker)
+        if code in REDIRECT_CODES:  # a DISCONNECT naming another server (MQTT 5 4.11)
+            try:
+                self._follow(code, server_reference(props))
+            except Exception as exc:  # never into paho's thread
+                self.error(-1, f"following the server's Server Reference failed: {exc}")
         self._guarded(lambda: self.engine.connection_lost(time.time(), code, str(reason)),
                       "recording the disconnect time failed")
         if was in (ConnState.CONNECTING, ConnState.RESUMING) and not self._connack.is_set():

@@ -95,13 +95,15 @@ class ConnectedEvent:
     """``on_connected``: a CONNACK arrived. Network thread.
 
     ``status_code``: 0 accepted, else the broker's refusal (MQTT 3.1.1 return code or MQTT 5
-    reason code); ``session_present``: the broker still held the session (SessionPresent=1).
+    reason code); ``session_present``: the broker still held the session (SessionPresent=1);
+    ``server``: the ``host:port`` that answered (with ``FailoverServers``, whichever did).
     Calling ``restore_session`` here resumes a saved session on this connection.
     """
 
     status_code: int
     description: str
     session_present: bool
+    server: str = ""
 
 
 @quick_init

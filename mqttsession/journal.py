@@ -12,18 +12,10 @@ None of them is opened through a symlink (``O_NOFOLLOW``): a symlink at ``P``, `
 or ``P.lock`` is ``StateError`` and its target is never read or written; a lock file with a
 second (hard) name is refused, a journal with one is replaced by the next compaction. Temporary
 files get a fresh random name, created with ``O_EXCL`` (a taken name is skipped). A lock or
-journal found with a wider mode is narrowed to 0600. A snapshot or journal larger than
-``MAX_STATE_BYTES`` is ``StateError``, not read.
+journal found with a wider mode is narrowed to 0600.
 
-A frame is ``length (4 bytes, big-endian) | CRC-32 of the payload (4 bytes) | payload``.
-Recovery = snapshot + the longest valid journal prefix. A torn tail (an incomplete or bad frame
-with no valid frame after it: a crash mid-write, or the zeros a file system may leave after a
-power cut: a frame of length 0 is never valid) is cut with a warning. Anything else (a bad
-snapshot, a bad frame followed by good ones, a record that does not fit the state, another
-client's file) raises ``StateError`` and both files are kept aside as ``*.damaged-<time>``,
-never overwritten. A journal whose header names another snapshot is stale (a crash between
-the two renames of a compaction, whose new snapshot already holds it) and is dropped.
-``read_state`` reads the files the same way, read-only: no lock, nothing moved or written.
+Frames, the journal header and recovery (snapshot + the longest valid journal prefix, a torn
+tail cut, damage kept aside) are ``recovery.py``'s; ``Journal.recover`` runs its ``load``.
 
 A state file deleted or replaced while in use (the journal's fd has no name left, or a path
 names another file) fails the next durable write (``append`` with sync, ``sync_pending``) with
@@ -41,108 +33,41 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
 import re
 import secrets
 import stat
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from . import codec
-from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError, UsageError
+from .errors import PersistenceError, StateError, StateLockedError, UsageError
+from .recovery import (
+    _HEADER_TAG,
+    _JOURNAL_VERSION,
+    _NOFOLLOW,
+    JOURNAL_SUFFIX,
+    _refuse_link,
+    frame,
+    load,
+    read_frames,
+    read_state,
+)
 from .state import Record, SessionState
 
 __all__ = ["Journal", "read_state", "require_directory", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SUFFIX: Final = ".journal"
 LOCK_SUFFIX: Final = ".lock"
-_HEAD: Final = struct.Struct(">II")
-_MAX_FRAME: Final = 256 * 1024 * 1024
-_HEADER_TAG: Final = "mqttsession-journal"
-_JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all JSON) is read too
-_RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
-_RECORD_START_BYTES: Final = frozenset(start[0] for start in _RECORD_STARTS)
-_SCAN_CHUNK: Final = 32 * 1024  # bytes of a garbage tail compared at once
-_DESCENDING: Final = bytes(range(255, -1, -1)) * (_SCAN_CHUNK // 256 + 2)
 _MODE: Final = 0o600
-_NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at a state file's path: ELOOP
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
 _APPEND: Final = os.O_WRONLY | os.O_APPEND | _NOFOLLOW
 AUTO_JOURNAL_BYTES: Final = 256 * 1024
-MAX_STATE_BYTES = 1 << 30  # a snapshot or journal larger than this is refused, not read
-
-
-def frame(payload: bytes) -> bytes:
-    """One journal frame around ``payload``."""
-    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
-    """Split journal bytes into payloads: (payloads, valid length, damaged mid-file).
-
-    A bad frame followed by a valid record frame that reaches the end of the file is mid-file
-    damage; otherwise everything from the first bad frame on is a torn tail. A frame of length
-    0 is bad (no record is empty): a tail of zeros, which a file system may leave after a power
-    cut, is torn.
-    """
-    payloads: list[bytes] = []
-    pos, size, head = 0, len(data), _HEAD.size
-    unpack, crc32 = _HEAD.unpack_from, zlib.crc32
-    while pos + head <= size:  # a restore reads every frame here
-        length, crc = unpack(data, pos)
-        end = pos + head + length
-        if end > size or not 0 < length <= _MAX_FRAME:  # length 0: zeros, never a record
-            break
-        payload = data[pos + head:end]
-        if crc32(payload) != crc:
-            break
-        payloads.append(payload)
-        pos = end
-    return payloads, pos, pos < size and _ends_in_record_frame(data, pos)
-
-
-def _ends_in_record_frame(data: bytes, pos: int) -> bool:
-    """Whether a valid record frame starting after ``pos`` ends exactly at the end of ``data``.
-
-    Linear in the tail: a frame at ``q`` ending at the end has length ``size - q - 8``, so the
-    low byte of its length field is known for every ``q``; the offsets where it matches are
-    found a chunk at a time at C speed (one in 256 for random data or zeros) and checked in
-    full, the nearest the end first. Their CRCs hash at most the tail once (a real last frame
-    is found first, within it): past that budget, which only crafted data reaches, the answer
-    is yes, so the file is kept, never cut.
-    """
-    size, head = len(data), _HEAD.size
-    lo = max(pos + 1, size - head - _MAX_FRAME) + 3  # the low length byte of the first ...
-    stop = size - head + 3  # ... and past that of the last candidate (payload >= 1 byte)
-    budget = size - pos
-    view = memoryview(data)
-    unpack, crc32, starts = _HEAD.unpack_from, zlib.crc32, _RECORD_START_BYTES
-    while stop > lo:
-        start = max(lo, stop - _SCAN_CHUNK)
-        first = (size - head + 3 - start) & 0xFF  # the low byte expected at ``start``
-        expected = _DESCENDING[255 - first:255 - first + stop - start]
-        same = (int.from_bytes(view[start:stop], "big")
-                ^ int.from_bytes(expected, "big")).to_bytes(stop - start, "big")
-        i = same.rfind(0)
-        while i >= 0:
-            q = start + i - 3
-            length, crc = unpack(data, q)
-            if length == size - q - head and data[q + head] in starts:
-                budget -= length
-                if budget < 0 or crc32(view[q + head:]) == crc:
-                    return True
-            i = same.rfind(0, 0, i)
-        stop = start
-    return False
 
 
 def _own_file(fd: int, path: str) -> None:
@@ -230,13 +155,6 @@ def require_directory(path: str) -> None:
             f"does not exist (create it first, e.g. os.makedirs({where!r}, exist_ok=True))")
     raise UsageError(f"SessionStateFile {path}: the directory {where} {what}; nothing was"
                      " written") from None
-
-
-def _refuse_link(path: str, exc: OSError) -> None:
-    """``StateError`` for a symlink where a state file should be (``O_NOFOLLOW`` refused it)."""
-    if exc.errno == errno.ELOOP:
-        raise StateError(f"{path} is a symbolic link; a state file, its journal and its lock"
-                         " must be regular files (refused, nothing written)") from None
 
 
 def write_atomic(path: str, data: str | bytes, sync: bool = True) -> tuple[int, int]:
@@ -409,7 +327,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        state, snapshot_size, resume_at = _load(self.path, self.client_id, self._keep_aside)
+        state, snapshot_size, resume_at = load(self.path, self.client_id, self._keep_aside)
         self._snapshot_size = snapshot_size
         if resume_at is not None:
             # go on appending to the journal where its valid part ends (a torn tail is cut
@@ -434,18 +352,6 @@ class Journal:
             self._new_incarnation(resume_at)  # what recovery read counts as on disk
         return state
 
-    @staticmethod
-    def _header(payload: bytes) -> tuple[int, str, str] | None:
-        """(format version, snapshot digest, client id) of a journal header frame."""
-        try:
-            arr = json.loads(payload.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None
-        if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG
-                and type(arr[1]) is int and 1 <= arr[1] <= _JOURNAL_VERSION
-                and isinstance(arr[2], str) and isinstance(arr[3], str)):
-            return arr[1], arr[2], arr[3]
-        return None
 
     # ------------------------------------------------------------------ writing
 
@@ -494,24 +400,25 @@ class Journal:
         with self._mutex:
             return self._gen, self._size
 
-    def sync_to(self, gen: int, pos: int) -> None:
+    def sync_to(self, gen: int, pos: int) -> bool:
         """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk.
         Threads that call it together share one fdatasync: one runs it (outside the mutex, so
         records go on being appended meanwhile) for everything written so far, the others
         wait for it; a compaction since (a new incarnation) synced everything already.
-        ``PersistenceError`` when the fdatasync fails (the next write rewrites everything)."""
+        ``PersistenceError`` when the fdatasync fails (the next write rewrites everything).
+        True when this call ran the fdatasync."""
         while True:
             with self._sync_cond:
                 while self._syncing and self._gen == gen and self._synced < pos:
                     self._sync_cond.wait()
                 if self._gen != gen or self._synced >= pos:
-                    return
+                    return False
             # become the one that syncs: the fd and what it covers are read under the mutex,
             # which is NOT held during the fdatasync (appends go on; a compaction waiting in
             # ``_quiesce`` holds the mutex, so nothing here may wait for it after ``_syncing``)
             with self._mutex:
                 if self._gen != gen:
-                    return  # compacted meanwhile: synced whole
+                    return False  # compacted meanwhile: synced whole
                 if self._broken or self._fd is None:
                     raise PersistenceError(None, f"state journal {self.journal_path} failed a"
                                                  " write and is rewritten with the next record")
@@ -551,6 +458,7 @@ class Journal:
                     if target == self._size:
                         self._unsynced = False
                 self._sync_cond.notify_all()
+        return True
 
     def _was_cut(self) -> bool:
         """A group commit's failed sync cut the journal (another thread, no mutex)."""
@@ -748,104 +656,3 @@ class Journal:
                 exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
 
-
-# ---------------------------------------------------------------------- reading
-
-
-def _read_file(path: str) -> bytes | None:
-    """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        _refuse_link(path, exc)
-        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
-    with open(fd, "rb") as f:
-        st = os.fstat(fd)
-        size = st.st_size
-        if not stat.S_ISREG(st.st_mode):
-            raise StateError(f"{path} is not a regular file; not read")
-        if size > MAX_STATE_BYTES:
-            raise StateError(f"{path} is {size} bytes, larger than the {MAX_STATE_BYTES} bytes a"
-                             " state file may be; not read")
-        return f.read()
-
-
-def _load(path: str, client_id: str, damaged: Callable[[str], StateError],
-          *, read_only: bool = False) -> tuple[SessionState, int, int | None]:
-    """Snapshot + valid journal prefix of ``path``; ``damaged(why)`` makes the error to raise.
-
-    Returns the state, the snapshot's size, and where the journal's valid part ends when it
-    belongs to this snapshot (None: there is no usable journal to append to).
-    """
-    with codec.gc_paused():
-        return _load_files(path, client_id, damaged, read_only)
-
-
-def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
-                read_only: bool) -> tuple[SessionState, int, int | None]:
-    journal_path = path + JOURNAL_SUFFIX
-    snapshot = _read_file(path)
-    if snapshot is None:
-        if os.path.lexists(journal_path):
-            raise damaged("journal without its snapshot")
-        return SessionState(client_id=client_id, clean_session=False), 0, None
-    try:
-        state, digest = codec.decode_with_digest(snapshot)
-    except StateError as exc:
-        raise damaged(str(exc)) from None
-    if client_id and state.client_id and state.client_id != client_id:
-        raise StateError(
-            f"state file {path} belongs to client id {state.client_id!r}, not {client_id!r}"
-        )
-    data = _read_file(journal_path)
-    if data is None:
-        return state, len(snapshot), None
-    payloads, valid, damaged_mid = read_frames(data)
-    if damaged_mid:
-        raise damaged(f"journal frame at byte {valid} is bad but later ones are good")
-    cut = "ignored" if read_only else "cut"
-    if not payloads:
-        if data:
-            log.warning("state journal %s: torn header %s (%d bytes)", journal_path, cut, len(data))
-        return state, len(snapshot), None
-    header = Journal._header(payloads[0])
-    if header is None:
-        raise damaged("journal header is not valid")
-    version, named, owner = header
-    if version == 1:
-        digest = hashlib.sha256(snapshot.strip()).hexdigest()
-    if named != digest:
-        log.info("state journal %s is older than its snapshot: %s", journal_path,
-                 "ignored" if read_only else "dropped")
-        return state, len(snapshot), None
-    if owner != state.client_id:
-        raise damaged(f"journal is for client id {owner!r}")
-    for i, payload in enumerate(payloads[1:], 1):
-        try:
-            state.apply(codec.decode_record(payload))
-        except MQTTSessionError as exc:
-            raise damaged(f"journal record {i}: {exc}") from None
-    if valid < len(data):
-        log.warning("state journal %s: torn tail of %d bytes %s (a crash mid-write)",
-                    journal_path, len(data) - valid, cut)
-    return state, len(snapshot), valid
-
-
-def read_state(path: str, client_id: str = "") -> SessionState:
-    """The session in a state file, read-only: no lock taken, nothing moved or written.
-
-    Same recovery as ``Journal.recover`` (a torn tail is ignored); damage raises ``StateError``
-    and leaves the files where they are. A missing file is an empty session.
-    """
-    from .spool import Spool  # (it builds on this module)
-    from .store import attach
-
-    path = os.fspath(path)
-    state = _load(path, client_id,
-                  lambda why: StateError(f"state file {path} is damaged: {why}"), read_only=True)[0]
-    spool = Spool(path, state.client_id, read_only=True)
-    spool.recover(state.spool_next)
-    attach(state, spool)
-    return state

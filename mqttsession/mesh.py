@@ -42,7 +42,7 @@ from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
-from .options import Options, TlsOptions
+from .options import Options, TlsOptions, format_address
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -86,6 +86,9 @@ def new_client(options: Options, client_id: str, clean_session: bool) -> Client:
     )
     if options.protocol_version == 5 and not clean_session:
         c.config(f"SessionExpInterval={options.session_expiry_interval}")
+    servers = options.servers
+    if len(servers) > 1:  # connect() gets the first: the others are tried after it, in turn
+        c.config("FailoverServers=" + ",".join(format_address(h, p) for h, p in servers[1:]))
     return c
 
 
@@ -117,7 +120,8 @@ class Connection:
         password: str | None = None,
         options: Options | None = None,
     ) -> Connection:
-        """Plain TCP to ``address`` (default: ``options.address``, else the environment's)."""
+        """Plain TCP to ``address`` (default: ``options.address``, else the environment's);
+        ``"host:port,host:port"`` lists servers tried in turn (``Options.address``)."""
         base = Options.from_env() if options is None else options
         return cls(base.with_(
             address=base.address if address is None else address,
@@ -139,8 +143,9 @@ class Connection:
         options: Options | None = None,
         tls_context: ssl.SSLContext | None = None,
     ) -> Connection:
-        """TLS to ``address``, trusting ``ca_cert_path`` (None: the system CAs); a client
-        certificate for brokers that require one. ``tls_context``: an ``ssl.SSLContext``
+        """TLS to ``address`` (one server or a ``"host:port,host:port"`` list, each with the
+        same TLS settings and credentials), trusting ``ca_cert_path`` (None: the system CAs); a
+        client certificate for brokers that require one. ``tls_context``: an ``ssl.SSLContext``
         instead of the paths."""
         base = Options.from_env() if options is None else options
         if tls_context is not None:
@@ -252,6 +257,7 @@ class Session:
         o = self._options
         self._client.connect(o.host, o.port, o.request_timeout_seconds)
         present = self._client.config("SessionPresent") == "True"
+        where = self._client.config("ConnectedServer") or o.address  # of a server list: its own
         self._session_present = present
         self._opened = True
         if self._attach and not present:
@@ -260,8 +266,8 @@ class Session:
             self._slots.close()
             self._end(connected=True)
             self._messages.put(_CLOSED)
-            raise SessionNotFoundError(self._id, o.address)
-        log.info("session %s open on %s (SessionPresent=%s)", self._id, o.address, present)
+            raise SessionNotFoundError(self._id, where)
+        log.info("session %s open on %s (SessionPresent=%s)", self._id, where, present)
 
     def close(self, end_session: bool = True) -> None:
         """Wait (up to ``request_timeout_seconds``) for outgoing messages to be acknowledged,

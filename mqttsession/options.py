@@ -9,7 +9,8 @@ use ``Options.from_env()``.
 =================================  =========================================================
 variable                           field
 =================================  =========================================================
-``MQTTSESSION_ADDRESS``            ``address`` (``host:port``)
+``MQTTSESSION_ADDRESS``            ``address`` (``host:port``, or ``host:port,host:port``: a server
+                                   list, tried in turn, see ``Options``)
 ``MQTTSESSION_REQUEST_TIMEOUT``    ``request_timeout_seconds`` (a number > 0)
 ``MQTTSESSION_TLS_CERTS_PATH``     ``tls_options.ca_cert_path``
 ``MQTTSESSION_TLS_CLIENT_CERT``    ``tls_options.client_cert_path``
@@ -65,7 +66,9 @@ __all__ = [
     "TRANSPORTS",
     "Options",
     "TlsOptions",
+    "format_address",
     "parse_address",
+    "parse_addresses",
 ]
 
 DEFAULT_ADDRESS: Final = "localhost:1883"
@@ -130,6 +133,33 @@ def parse_address(address: str, *, tls: bool = False, source: str = "address") -
     if not 1 <= port <= 65535:
         raise UsageError(f"{source} port must be 1..65535, got {address!r}")
     return host, port
+
+
+def parse_addresses(text: str, *, tls: bool = False, source: str = "address"
+                    ) -> list[tuple[str, int]]:
+    """A comma-separated server list ``"host:port,host:port"`` -> [(host, port), ...], in order.
+
+    Each entry as ``parse_address`` reads it (``[v6]:port``, a bare host takes the default
+    port); an empty entry or list, or a bad one, raises ``UsageError`` naming the entry.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"{source} must be 'host:port' or 'host:port,host:port', got {text!r}")
+    entries = text.split(",")
+    out: list[tuple[str, int]] = []
+    for i, entry in enumerate(entries, 1):
+        where = source if len(entries) == 1 else f"{source} (entry {i} of {len(entries)})"
+        if not entry.strip():
+            raise UsageError(f"{where} is empty: {text!r}")
+        if len(entry.split()) > 1:
+            raise UsageError(f"{where} has a space in it: separate servers with ',',"
+                             f" got {entry.strip()!r}")
+        out.append(parse_address(entry, tls=tls, source=where))
+    return out
+
+
+def format_address(host: str, port: int) -> str:
+    """``(host, port)`` as ``"host:port"`` (``"[v6]:port"`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _check_timeout(value: object, source: str) -> float:
@@ -218,6 +248,9 @@ class Options:
     ``transport``: ``"tcp"`` (the default) or ``"websockets"`` (MQTT over WebSockets, paho's
     transport; with TLS it is ``wss``), with ``websocket_path`` (default ``/mqtt``) and extra
     HTTP ``websocket_headers`` for the upgrade request.
+    ``address`` may list several servers, ``"host:port,host:port"``: the session connects to
+    the first that answers, in that order, and after a lost connection moves on to the next
+    (the Client's ``FailoverServers``); ``host`` / ``port`` are the first one's.
     """
 
     address: str = DEFAULT_ADDRESS
@@ -243,7 +276,7 @@ class Options:
             raise UsageError(
                 f"tls_options must be a TlsOptions, got {type(self.tls_options).__name__}"
             )
-        parse_address(self.address, tls=self.tls_options.enabled)
+        parse_addresses(self.address, tls=self.tls_options.enabled)
         object.__setattr__(
             self, "request_timeout_seconds",
             _check_timeout(self.request_timeout_seconds, "request_timeout_seconds"),
@@ -263,12 +296,17 @@ class Options:
             raise UsageError("password is set but username is not")
 
     @property
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        """Every server of ``address``, in order."""
+        return tuple(parse_addresses(self.address, tls=self.tls_options.enabled))
+
+    @property
     def host(self) -> str:
-        return parse_address(self.address, tls=self.tls_options.enabled)[0]
+        return self.servers[0][0]
 
     @property
     def port(self) -> int:
-        return parse_address(self.address, tls=self.tls_options.enabled)[1]
+        return self.servers[0][1]
 
     def with_(self, **changes: object) -> Options:
         """A copy with some fields changed (``dataclasses.replace``)."""
@@ -306,7 +344,7 @@ class Options:
             raw = get(ENV_ADDRESS)
             address = DEFAULT_ADDRESS if raw is None else raw.strip()
             if raw is not None:
-                parse_address(address, source=ENV_ADDRESS)
+                parse_addresses(address, source=ENV_ADDRESS)
         if isinstance(request_timeout_seconds, _Unset):
             raw = get(ENV_REQUEST_TIMEOUT)
             request_timeout_seconds = DEFAULT_REQUEST_TIMEOUT

@@ -1,54 +1,25 @@
 """The MQTT client session model, and every transition of it.
 
-This module owns all session state transitions; nothing else changes a ``SessionState``.
-It is pure: no I/O, no paho, no sockets, no threads, no clock (times are passed in).
+This module and ``transitions.py`` own all session state transitions; nothing else changes a
+``SessionState``. Pure: no I/O, no paho, no sockets, no threads, no clock (times are passed in).
 
 Each transition is a *record* (a small frozen dataclass) applied by ``SessionState.apply``.
-The public transition methods build the record, check it against the current state and
-apply it; an illegal transition raises ``TransitionError`` and changes nothing. The same
-records are what the journal stores, so replaying a journal runs exactly this code.
-
-Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
-(``OUTGOING_TRANSITIONS``; ``None`` = the message leaves the session)::
-
-    qos  phase           event           -> phase
-    1    QUEUED          SEND            -> AWAIT_PUBACK
-    1    AWAIT_PUBACK    PUBACK          -> None            [MQTT-4.3.2] (any reason code)
-    2    QUEUED          SEND            -> AWAIT_PUBREC
-    2    AWAIT_PUBREC    PUBACK          -> None            a broker that downgrades QoS 2 to 1 (RabbitMQ 3.x)
-    1    AWAIT_PUBACK    PUBREC(_FAILED) -> None            a broker that took it as QoS 2 (PUBREL answers)
-    2    AWAIT_PUBREC    PUBREC          -> AWAIT_PUBCOMP   [MQTT-4.3.3-6] released: never resend PUBLISH
-    2    AWAIT_PUBREC    PUBREC_FAILED   -> None            [MQTT-4.4.0-2] reason >= 0x80 ends the flow
-    2    AWAIT_PUBCOMP   PUBCOMP         -> None
-    1,2  AWAIT_PUBACK/REC SESSION_LOST   -> QUEUED, new id  [MQTT-3.2.2-5] broker forgot it: publish anew
-    2    AWAIT_PUBCOMP   SESSION_LOST    -> QUEUED, new id  the broker may have lost it before PUBREL
-                                                        (mosquitto delivers on PUBREL): published
-                                                        anew, a possible duplicate; or dropped
-    1,2  QUEUED          SESSION_LOST    -> QUEUED          never sent: simply sent later
-    1,2  QUEUED/AWAIT_PUBACK/REC TOO_LARGE -> None          over the broker's Maximum Packet Size
-    1,2  QUEUED          DROPPED         -> None            the queue is full (drop-oldest)
-    1,2  QUEUED          EXPIRED         -> None            its Message Expiry Interval passed unsent
-
-Incoming QoS 2 (delivery on PUBREL, "method B" of the spec)::
-
-    PUBLISH(id) not held   -> held, PUBREC sent        (persist before PUBREC)
-    PUBLISH(id) held       -> unchanged, PUBREC sent   [MQTT-4.3.3-10] not delivered twice
-    PUBREL(id) held        -> delivered, removed, PUBCOMP sent
-    PUBREL(id) not held    -> PUBCOMP sent only        (already delivered before a crash)
+The public transition methods here build the record; ``transitions.py`` (the transition
+table, ``OUTGOING_TRANSITIONS``, and one handler per record) checks it against the current
+state and applies it; an illegal transition raises ``TransitionError`` and changes nothing.
+The same records are what the journal stores, so replaying a journal runs exactly this code.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Container, Final, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Container, Final, Sequence
 
 from .errors import PacketIdsExhausted, StateError, TransitionError, UsageError
+from .transitions import APPLY, OUTGOING_TRANSITIONS, PHASES_FOR_QOS, message_bytes
 from .validation import (
-    check_expiry as _check_expiry,
-    check_text as _check_text,
-    check_time as _check_time,
     MAX_REMAINING_LENGTH,
     publish_packet_size,
     validate_filter,
@@ -120,41 +91,6 @@ __all__ = [
 ]
 
 
-
-Q, A1, A2, A3 = Phase.QUEUED, Phase.AWAIT_PUBACK, Phase.AWAIT_PUBREC, Phase.AWAIT_PUBCOMP
-
-OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
-    (1, Q, Event.SEND): A1,
-    (1, A1, Event.PUBACK): None,
-    (2, Q, Event.SEND): A2,
-    (2, A2, Event.PUBACK): None,  # an acknowledgement of the wrong kind ends the flow as the
-    (1, A1, Event.PUBREC): None,  # broker meant it: it has the message (never a silent stall)
-    (1, A1, Event.PUBREC_FAILED): None,
-    (2, A2, Event.PUBREC): A3,  # [MQTT-4.3.3-6]
-    (2, A2, Event.PUBREC_FAILED): None,  # [MQTT-4.4.0-2]
-    (2, A3, Event.PUBCOMP): None,
-    (1, Q, Event.SESSION_LOST): Q,
-    (2, Q, Event.SESSION_LOST): Q,
-    (1, A1, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
-    (2, A2, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
-    (2, A3, Event.SESSION_LOST): Q,  # possible duplicate; ReleasedOnSessionLost=drop: None
-    (1, Q, Event.TOO_LARGE): None,  # [MQTT-3.2.2-15] never send a packet over Maximum Packet Size
-    (1, A1, Event.TOO_LARGE): None,
-    (2, Q, Event.TOO_LARGE): None,
-    (2, A2, Event.TOO_LARGE): None,
-    (1, Q, Event.DROPPED): None,  # QueueFullPolicy=drop-oldest: only a message never sent
-    (2, Q, Event.DROPPED): None,
-    (1, Q, Event.EXPIRED): None,  # as the broker would [MQTT-3.3.2-5]: never sent once expired
-    (2, Q, Event.EXPIRED): None,
-}
-
-
-PHASES_FOR_QOS: Final[Mapping[int, frozenset[Phase]]] = {
-    1: frozenset({Q, A1}),
-    2: frozenset({Q, A2, A3}),
-}
-
-
 class _Keep(enum.Enum):
     KEEP = "keep"
 
@@ -169,11 +105,6 @@ class _Either:
 
     def __contains__(self, x: object) -> bool:
         return x in self.a or x in self.b
-
-
-def message_bytes(m: OutgoingMessage) -> int:
-    """What a held message counts against MaxQueuedBytes: payload, topic and properties."""
-    return len(m.payload) + len(m.topic) + len(m.properties)
 
 
 # --------------------------------------------------------------------------- the state
@@ -668,236 +599,7 @@ class SessionState:
 
     def apply(self, rec: Record) -> None:
         """Apply one record; raise ``TransitionError`` (changing nothing) if it does not fit."""
-        handler = _APPLY.get(type(rec))
+        handler = APPLY.get(type(rec))
         if handler is None:
             raise TransitionError(f"not a session record: {rec!r}")
         handler(self, rec)
-
-    def _apply_configured(self, rec: Configured) -> None:
-        if rec.protocol_version not in (4, 5) or type(rec.protocol_version) is not int:
-            raise UsageError(f"protocol version must be 4 or 5, got {rec.protocol_version!r}")
-        exp = rec.session_expiry_interval
-        _check_expiry(exp)
-        try:
-            _check_text("client_id", rec.client_id)
-        except TransitionError as exc:
-            raise UsageError(str(exc)) from None
-        self.client_id = rec.client_id
-        self.protocol_version = rec.protocol_version
-        self.clean_session = bool(rec.clean_session)
-        self.session_expiry_interval = exp
-
-    def _apply_accepted(self, rec: Accepted) -> None:
-        m = rec.message
-        if m.seq != self.next_seq:
-            raise TransitionError(f"accepted seq {m.seq}, expected {self.next_seq}")
-        if m.phase is not Phase.QUEUED:
-            raise TransitionError("an accepted message starts QUEUED")
-        if type(m.qos) is not int or m.qos not in (1, 2):
-            raise TransitionError(f"accepted qos must be 1 or 2, got {m.qos}")
-        try:
-            validate_topic(m.topic)
-        except UsageError as exc:
-            raise TransitionError(f"accepted message: {exc}") from None
-        if not isinstance(m.payload, bytes) or not isinstance(m.properties, bytes):
-            raise TransitionError("accepted message: payload and properties must be bytes")
-        at = m.accepted_at
-        if type(at) is not float or not 0.0 <= at < math.inf:
-            raise TransitionError(f"accepted time {at!r} is not a time")
-        if m.packet_id:
-            if not 1 <= m.packet_id <= MAX_PACKET_ID or m.packet_id in self._by_packet_id:
-                raise TransitionError(f"packet id {m.packet_id} is taken or out of range")
-            self._by_packet_id[m.packet_id] = m.seq
-            self._undo_last_packet_id = self.last_packet_id
-            self.last_packet_id = m.packet_id
-        self.outgoing[m.seq] = m
-        self.outgoing_bytes += message_bytes(m)
-        self.next_seq = m.seq + 1
-
-    def _apply_spooled(self, rec: Spooled) -> None:
-        m = rec.message
-        if m.seq != self.next_seq:
-            raise TransitionError(f"spooled seq {m.seq}, expected {self.next_seq}")
-        if m.packet_id or m.phase is not Phase.QUEUED or m.qos not in (1, 2):
-            raise TransitionError("a spooled message is QUEUED, QoS 1 or 2, without a packet id")
-        self.next_seq = m.seq + 1
-        self.spooled += 1
-        self.spooled_bytes += message_bytes(m)
-
-    def _apply_loaded(self, rec: Loaded) -> None:
-        if type(rec.spool_next) is not int or rec.spool_next < self.spool_next:
-            raise TransitionError(f"disk queue read back to {rec.spool_next!r}, behind"
-                                  f" {self.spool_next}")
-        last = next(reversed(self.outgoing), 0)
-        ids: set[int] = set()
-        for m in rec.messages:
-            if not (max(last, self.spool_next - 1) < m.seq < rec.spool_next):
-                raise TransitionError(f"message seq {m.seq} read back out of order")
-            last = m.seq
-            if m.phase is not Phase.QUEUED or m.qos not in (1, 2):
-                raise TransitionError(f"message seq {m.seq} read back not QUEUED QoS 1/2")
-            pid = m.packet_id
-            if pid and (not 1 <= pid <= MAX_PACKET_ID or pid in self._by_packet_id or pid in ids):
-                raise TransitionError(f"packet id {pid} is taken or out of range")
-            ids.add(pid)
-        n = 0
-        for m in rec.messages:
-            if m.packet_id:
-                self._by_packet_id[m.packet_id] = m.seq
-                self.last_packet_id = m.packet_id
-            self.outgoing[m.seq] = m
-            n += message_bytes(m)
-        self.outgoing_bytes += n
-        self.spool_next = rec.spool_next
-        self.next_seq = max(self.next_seq, rec.spool_next)
-        self.spooled = max(0, self.spooled - len(rec.messages))
-        self.spooled_bytes = max(0, self.spooled_bytes - n)
-
-    def _apply_stepped(self, rec: Stepped) -> None:
-        m = self.outgoing.get(rec.seq)
-        if m is None:
-            raise TransitionError(f"{rec.event.value}: no outgoing message with seq {rec.seq}")
-        key = (m.qos, m.phase, rec.event)
-        if key not in OUTGOING_TRANSITIONS:
-            raise TransitionError(
-                f"{rec.event.value} is illegal for a QoS {m.qos} message in phase {m.phase.value}"
-                f" (seq {m.seq}, packet id {m.packet_id})"
-            )
-        nxt = OUTGOING_TRANSITIONS[key]
-        pid = rec.packet_id
-        if type(pid) is not int or not 0 <= pid <= MAX_PACKET_ID:
-            raise TransitionError(f"packet id {pid!r} out of range")
-        if nxt is not None and nxt is not Phase.QUEUED and pid == 0:
-            raise TransitionError(f"{rec.event.value}: a sent message must hold a packet id")
-        if pid != m.packet_id:
-            # only SEND assigns an id (to an id-less message), only SESSION_LOST clears one
-            if rec.event is Event.SEND and m.packet_id == 0:
-                if not 1 <= pid <= MAX_PACKET_ID or pid in self._by_packet_id:
-                    raise TransitionError(f"packet id {pid} is taken or out of range")
-            elif not (rec.event is Event.SESSION_LOST and pid == 0):
-                raise TransitionError(f"{rec.event.value} may not change the packet id")
-        if nxt is None:
-            del self.outgoing[m.seq]
-            self._by_packet_id.pop(m.packet_id, None)
-            self.outgoing_bytes -= message_bytes(m)
-            return
-        if pid != m.packet_id:
-            self._by_packet_id.pop(m.packet_id, None)
-            if pid:
-                self._by_packet_id[pid] = m.seq
-                self.last_packet_id = pid
-        self.outgoing[m.seq] = OutgoingMessage(  # not dataclasses.replace: 6x cheaper
-            m.seq, pid, m.topic, m.payload, m.qos, m.retain, m.properties, nxt, m.accepted_at
-        )
-
-    def _apply_received(self, rec: Received) -> None:
-        m = rec.message
-        if not 1 <= m.packet_id <= MAX_PACKET_ID:
-            raise TransitionError(f"incoming packet id {m.packet_id} out of range")
-        if m.packet_id in self.incoming:
-            raise TransitionError(f"incoming packet id {m.packet_id} is already held")
-        if m.qos != 2:
-            raise TransitionError("only QoS 2 incoming messages are kept in the session")
-        try:
-            validate_topic(m.topic)
-        except UsageError as exc:
-            raise TransitionError(f"incoming packet id {m.packet_id}: {exc}") from None
-        self.incoming[m.packet_id] = m
-
-    def _apply_released(self, rec: Released) -> None:
-        if rec.packet_id not in self.incoming:
-            raise TransitionError(f"PUBREL for packet id {rec.packet_id}, which is not held")
-        del self.incoming[rec.packet_id]
-
-    def _apply_subscribed(self, rec: Subscribed) -> None:
-        try:
-            validate_filter(rec.topic_filter)
-            validate_qos(rec.qos)
-        except UsageError as exc:
-            raise TransitionError(f"subscribe: {exc}") from None
-        self.subscriptions[rec.topic_filter] = rec.qos
-
-    def _apply_unsubscribed(self, rec: Unsubscribed) -> None:
-        try:
-            validate_filter(rec.topic_filter)
-        except UsageError as exc:
-            raise TransitionError(f"unsubscribe: {exc}") from None
-        self.subscriptions.pop(rec.topic_filter, None)
-
-    def _apply_connected(self, rec: Connected) -> None:
-        at = _check_time("connect time", rec.at)
-        _check_text("broker", rec.broker, optional=True)
-        self.connected_at = at
-        self.last_activity = at
-        self.broker = rec.broker
-
-    def _apply_reset(self, rec: SessionReset) -> None:
-        named = rec.requeued + rec.dropped
-        if len(set(named)) != len(named) or len(set(rec.released)) != len(rec.released):
-            raise TransitionError("session reset names a message twice")
-        for seq in named:
-            if seq not in self.outgoing:
-                raise TransitionError(f"session reset names seq {seq}, which is not held")
-        for seq in rec.requeued:
-            if self.outgoing[seq].phase is Phase.QUEUED:
-                raise TransitionError(f"session reset requeues seq {seq}, which was never sent")
-        for pid in rec.released:
-            if pid not in self.incoming:
-                raise TransitionError(f"session reset releases packet id {pid}, not held")
-        for seq in rec.dropped:
-            m = self.outgoing.pop(seq)
-            self._by_packet_id.pop(m.packet_id, None)
-            self.outgoing_bytes -= message_bytes(m)
-        for seq in rec.requeued:
-            m = self.outgoing[seq]
-            self._by_packet_id.pop(m.packet_id, None)
-            self.outgoing[seq] = replace(m, phase=Phase.QUEUED, packet_id=0)
-        for pid in rec.released:
-            del self.incoming[pid]
-
-    def _apply_disconnected(self, rec: Disconnected) -> None:
-        at = _check_time("disconnect time", rec.at)
-        try:
-            _check_expiry(rec.session_expiry_interval)
-        except UsageError as exc:
-            raise TransitionError(str(exc)) from None
-        self.disconnected_at = at
-        self.last_activity = at
-        self.session_expiry_interval = rec.session_expiry_interval
-
-    def _apply_orphaned(self, rec: Orphaned) -> None:
-        if len(set(rec.packet_ids)) != len(rec.packet_ids):
-            raise TransitionError("orphaned names a packet id twice")
-        for pid in rec.packet_ids:
-            if pid not in self.incoming:
-                raise TransitionError(f"orphaned packet id {pid}, which is not held")
-        for pid in rec.packet_ids:
-            self.orphans.append(self.incoming.pop(pid))
-
-    def _apply_orphans_released(self, rec: OrphansReleased) -> None:
-        n = len(rec.packet_ids)
-        if not n or tuple(im.packet_id for im in self.orphans[:n]) != rec.packet_ids:
-            raise TransitionError(f"orphans {rec.packet_ids} released, not the first held")
-        del self.orphans[:n]
-
-    def _apply_activity(self, rec: Activity) -> None:
-        self.last_activity = _check_time("activity time", rec.at)
-
-
-_APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
-    Configured: SessionState._apply_configured,
-    Accepted: SessionState._apply_accepted,
-    Stepped: SessionState._apply_stepped,
-    Received: SessionState._apply_received,
-    Released: SessionState._apply_released,
-    Subscribed: SessionState._apply_subscribed,
-    Unsubscribed: SessionState._apply_unsubscribed,
-    Connected: SessionState._apply_connected,
-    SessionReset: SessionState._apply_reset,
-    Disconnected: SessionState._apply_disconnected,
-    Activity: SessionState._apply_activity,
-    Spooled: SessionState._apply_spooled,
-    Loaded: SessionState._apply_loaded,
-    Orphaned: SessionState._apply_orphaned,
-    OrphansReleased: SessionState._apply_orphans_released,
-}

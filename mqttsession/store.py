@@ -12,6 +12,7 @@ procedure 1 restores it in ``on_connected``), and never overwrites one: it is ke
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from typing import Protocol, Sequence
@@ -320,6 +321,16 @@ class StateFile:
     def queued_messages(self) -> list[OutgoingMessage]:
         """Every message in the disk queue (not read back), for ``save_session``'s text."""
         return self.spool.read_all() if self.spool is not None else []
+
+    def with_queue(self, state: SessionState) -> SessionState:
+        """``state`` with the disk queue's messages in ``outgoing`` (a copy; ``state`` itself
+        when none wait there): the whole session, as ``save_session``'s text holds it."""
+        if not state.spooled:
+            return state
+        whole = copy.copy(state)
+        whole.outgoing = {**state.outgoing, **{m.seq: m for m in self.queued_messages()}}
+        whole.spooled = whole.spooled_bytes = 0
+        return whole
 
     def compact_if_due(self, state: SessionState) -> None:
         """Compact a journal past its bound. The records are durable: a failure is reported

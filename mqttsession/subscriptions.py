@@ -16,7 +16,7 @@ from .events import SubscribedEvent, UnsubscribedEvent
 from .records import MAX_PACKET_ID
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .outgoing import Outgoing
 
 __all__ = ["SUBSCRIBE_TRIES", "Subscriptions"]
 
@@ -27,7 +27,7 @@ class Subscriptions:
     """SUBSCRIBE / UNSUBSCRIBE bookkeeping of one engine (its ``state.subscriptions`` is the
     durable part)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Outgoing) -> None:
         self._e = engine
         self._sub_ids: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBEs awaiting SUBACK
         self._sub_closes: dict[str, int] = {}  # filter -> connections closed on its SUBSCRIBE

@@ -11,6 +11,10 @@ a real broker would never do is set per test:
 * ``closes_on_subscribe``: filters whose SUBSCRIBE is answered by closing the connection, no
   SUBACK (RabbitMQ 3.x does this when the queue behind a subscription cannot be declared);
 * ``receive_maximum`` / ``maximum_packet_size``: CONNACK properties (MQTT 5);
+* ``connack_reason`` / ``server_reference``: refuse every CONNECT with that reason code, and
+  (MQTT 5) name another server in the CONNACK's Server Reference, e.g. 0x9C Use another server
+  (MQTT 5 4.11: a broker redirecting its clients); :meth:`disconnect` sends a DISCONNECT with a
+  reason code and a Server Reference to the connected client;
 * :meth:`send_raw`: any bytes to the connected client (a second CONNACK, a PUBLISH with QoS
   bits 11, ...).
 
@@ -52,6 +56,8 @@ class FakeBroker:
         suback_code: int | None = None,
         receive_maximum: int | None = None,
         maximum_packet_size: int | None = None,
+        connack_reason: int = 0,
+        server_reference: str | None = None,
     ) -> None:
         self.session_present = session_present
         self.qos1_ack = qos1_ack
@@ -59,6 +65,8 @@ class FakeBroker:
         self.suback_code = suback_code
         self.receive_maximum = receive_maximum
         self.maximum_packet_size = maximum_packet_size
+        self.connack_reason = connack_reason
+        self.server_reference = server_reference
         self.closes_on_subscribe: set[str] = set()
         self.on_packet: Callable[[FakeBroker, PacketRecord], None] | None = None
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -122,7 +130,18 @@ class FakeBroker:
             props.append((wire.RECEIVE_MAXIMUM, self.receive_maximum))
         if self._level == 5 and self.maximum_packet_size is not None:
             props.append((wire.MAXIMUM_PACKET_SIZE, self.maximum_packet_size))
+        if self._level == 5 and self.server_reference is not None:
+            props.append((wire.SERVER_REFERENCE, self.server_reference))
         return wire.encode_connack(session_present, reason, protocol=self._level, properties=props)
+
+    def disconnect(self, reason: int, server_reference: str | None = None) -> None:
+        """Send an MQTT 5 DISCONNECT with ``reason`` (and a Server Reference) to the connected
+        client, which closes the connection on it (MQTT 5 3.14.4); a close from this side
+        right away could reset the connection before the client has read the packet."""
+        props: list[wire.Property] = []
+        if server_reference is not None:
+            props.append((wire.SERVER_REFERENCE, server_reference))
+        self.send_raw(wire.encode_disconnect(reason, protocol=5, properties=props))
 
     def ack(self, kind: int, packet_id: int) -> bytes:
         """PUBACK (0x40), PUBREC (0x50), PUBREL (0x62) or PUBCOMP (0x70) with success."""
@@ -207,7 +226,8 @@ class FakeBroker:
             self.on_packet(self, rec)
         pid = rec.packet_id or 0
         if rec.type == "CONNECT":
-            conn.sendall(self.connack(self.session_present))
+            conn.sendall(self.connack(self.session_present and not self.connack_reason,
+                                      self.connack_reason))
         elif rec.type == "PUBLISH" and rec.qos in (1, 2):
             answer = self.qos1_ack if rec.qos == 1 else self.qos2_ack
             if answer != "none":

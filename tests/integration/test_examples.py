@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from mqttsession.testing.pytest_plugin import require_mosquitto
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
 
@@ -21,7 +23,7 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "script",
     ["restore_in_on_connected.py", "restore_then_connect.py", "mqtt5_expiry.py",
-     "working_with_sessions.py", "asyncio_gateway.py"],
+     "working_with_sessions.py", "asyncio_gateway.py", "failover.py"],
 )
 def test_example_runs_against_a_named_broker(script: str, mosquitto: Any) -> None:
     out = _run(f"examples/{script}", "--broker", mosquitto.address)
@@ -40,6 +42,14 @@ def test_example_starts_its_own_broker() -> None:
     out = _run("examples/restore_then_connect.py")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "started" in out.stdout
+
+
+def test_failover_example_moves_to_the_second_broker() -> None:
+    require_mosquitto()  # it starts two of its own
+    out = _run("examples/failover.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "the second broker's subscriber received: ['published while failing over']" \
+        in out.stdout, out.stdout
 
 
 def test_readme_demo_command(mosquitto: Any) -> None:

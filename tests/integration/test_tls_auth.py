@@ -19,6 +19,7 @@ brokers run from ``broker_conf/mosquitto-tls.conf``, ``mosquitto-tls-clientcert.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gc
 import ipaddress
@@ -424,3 +425,61 @@ def test_websockets_over_tls_from_the_environment(
     monkeypatch.setenv("MQTTSESSION_TLS_ENABLED", "true")
     monkeypatch.setenv("MQTTSESSION_REQUEST_TIMEOUT", "5")
     _via_aio(Options.from_env())
+
+
+@pytest.mark.parametrize("kind", ["tls", "password"])
+def test_failover_servers_share_tls_and_credentials(
+    pki: Pki, tmp_path: Path, kind: str
+) -> None:
+    """``FailoverServers``: every server gets the same TLS settings (each certificate checked
+    against its own server) and credentials: ``connect()`` goes past a dead address to the
+    first broker, and when that one is killed the automatic reconnect reaches the second."""
+    if kind == "tls":
+        template = "mosquitto-tls.conf"
+        paths = {"cafile": pki.ca, "certfile": pki.server_cert, "keyfile": pki.server_key}
+        kw: dict[str, Any] = {"tls_options": TlsOptions(True, pki.ca)}
+    else:
+        passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        if not os.access(passwd, os.X_OK):
+            pytest.skip("mosquitto_passwd not found (apt-get install mosquitto)")
+        subprocess.run([passwd, "-b", "-c", str(tmp_path / "passwd"), USER, PASSWORD],
+                       check=True, capture_output=True, timeout=30)
+        template, paths = "mosquitto-auth.conf", {"password_file": str(tmp_path / "passwd")}
+        kw = {"username": USER, "password": PASSWORD}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with contextlib.ExitStack() as stack:
+        a, b = (stack.enter_context(contextlib.contextmanager(_broker)(
+            tmp_path / name, template, **paths)) for name in ("a", "b"))
+        c = Client(client_id=f"fo-{uuid.uuid4().hex[:12]}", clean_session=False, **kw)
+        c.config("ReconnectDelayMin=1")
+        c.config("ReconnectDelayMax=1")
+        c.config(f"FailoverServers={a.address},{b.address}")
+        connected: list[str] = []
+        arrived = threading.Event()
+        cond = threading.Condition()
+
+        def on_connected(e: Any) -> None:
+            with cond:
+                connected.append(e.server)
+                cond.notify_all()
+
+        c.on_connected = on_connected
+        c.on_message_in = lambda e: arrived.set()
+        try:
+            dead = _free_port()
+            c.connect("127.0.0.1", dead, 10)
+            assert connected == [a.address]
+            c.subscribe("secure/failover", 1)
+            a.kill()
+            with cond:
+                assert cond.wait_for(lambda: len(connected) == 2, 30), connected
+            assert connected[1] == b.address
+            c.publish_message("secure/failover", 1, "on the second server")
+            assert c.flush(10) and arrived.wait(10)
+        finally:
+            c.close()
+
+
+def _free_port() -> int:
+    return free_port()

@@ -690,7 +690,7 @@ def test_a_record_that_does_not_fit_is_state_error(tmp_path: Path, bad_record: b
 @pytest.mark.parametrize(
     "payload",
     [
-        b"[" * 100_000,  # BUG: json.loads raises RecursionError in Journal._header
+        b"[" * 100_000,  # BUG: json.loads raised RecursionError in the journal header reader
         b"not json",
         b'["mqttsession-journal",3,"x","y"]',
         b'["mqttsession-journal",1,"x"]',

@@ -29,6 +29,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mqttsession.journal as journal_mod
+import mqttsession.recovery as recovery_mod
 from mqttsession import Client, codec
 from mqttsession.errors import PersistenceError, StateError
 from mqttsession.journal import JOURNAL_SUFFIX, LOCK_SUFFIX, Journal, frame, read_frames, read_state
@@ -231,7 +232,7 @@ def test_recovery_from_a_garbage_tail_crcs_linear_bytes(
 ) -> None:
     head = frame(b'["h"]') + frame(b"[1]") + frame(b"[2]")
     counter = CountingZlib()
-    monkeypatch.setattr(journal_mod, "zlib", counter)
+    monkeypatch.setattr(recovery_mod, "zlib", counter)
     for n in (1 << 12, 1 << 14, 1 << 16):
         data = head + GARBAGE[kind](n)
         counter.hashed = 0
@@ -248,7 +249,7 @@ def test_a_real_last_frame_after_garbage_is_still_found_cheaply(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counter = CountingZlib()
-    monkeypatch.setattr(journal_mod, "zlib", counter)
+    monkeypatch.setattr(recovery_mod, "zlib", counter)
     head = frame(b'["h"]') + frame(b"[1]")
     for garbage in (near_misses(1 << 16), exact_fakes(1 << 16)[:-1], bytes(1 << 16)):
         data = head + garbage + frame(b'{"a": 1}')
@@ -282,14 +283,14 @@ def test_a_file_over_the_size_bound_is_state_error_unread(
     target = p if which == "snapshot" else jpath(p)
     bound = target.stat().st_size - 1
     assert max(p.stat().st_size, jpath(p).stat().st_size) == bound + 1
-    monkeypatch.setattr(journal_mod, "MAX_STATE_BYTES", bound, raising=False)
+    monkeypatch.setattr(recovery_mod, "MAX_STATE_BYTES", bound, raising=False)
     before = (p.read_bytes(), jpath(p).read_bytes())
     with pytest.raises(StateError, match="larger than"):
         read_state(str(p), CID)
     with pytest.raises(StateError, match="larger than"):
         recover(p)
     assert (p.read_bytes(), jpath(p).read_bytes()) == before  # not kept aside: not damage
-    monkeypatch.setattr(journal_mod, "MAX_STATE_BYTES", bound + 1)
+    monkeypatch.setattr(recovery_mod, "MAX_STATE_BYTES", bound + 1)
     assert codec.encode(recover(p)) == codec.encode(state)
 
 

@@ -1,0 +1,508 @@
+"""The outgoing half of the session engine: what the application publishes, until its flow ends.
+
+Pure, like ``engine.py`` (whose ``Engine`` builds on ``Outgoing``): the size limits, the
+queue in memory and in the disk queue (``QueueSource``: MaxQueuedMessages / MaxQueuedBytes,
+drop-oldest, message expiry), the in-flight window and DrainRateLimit (``_pump``), each
+PUBLISH and PUBREL written (``_write``: persistence points 1 and 2), and the PUBACK / PUBREC /
+PUBCOMP that end a flow (point 5). Each method returns the engine's ordered actions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Container, Final, Protocol, Sequence
+
+from . import _wire
+from ._wire import PacketType
+from .actions import Action, ConnState, EngineSettings, Notify, Persist, Write
+from .errors import QueueFullError, UsageError
+from .events import (
+    DIRECTION_CLIENT,
+    ErrorEvent,
+    MessageAckEvent,
+    MessageDroppedEvent,
+    MessageEvent,
+    QueueStats,
+)
+from .expiry import message_remaining, with_remaining
+from .records import Event
+from .state import (
+    MAX_REMAINING_LENGTH,
+    Accepted,
+    OutgoingMessage,
+    Phase,
+    Record,
+    SessionState,
+    Spooled,
+    Stepped,
+    message_bytes,
+    publish_packet_size,
+)
+from .subscriptions import Subscriptions
+
+__all__ = ["Outgoing", "QueueSource"]
+
+log = logging.getLogger("mqttsession")
+
+_DEBUG: Final = logging.DEBUG
+_CONNECTED: Final = ConnState.CONNECTED
+
+
+class _Everyone:
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_ALL: Final = _Everyone()
+
+
+def _event(m: OutgoingMessage) -> MessageEvent:
+    return MessageEvent(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent, m.properties)
+
+
+class QueueSource(Protocol):
+    """The disk queue the engine reads back from (``store.StateFile``): messages go there
+    (``Spooled`` records) beyond ``queue_in_memory``; it is read only after every ``Persist``
+    the engine returned before was carried out."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether messages may go to the disk queue now."""
+
+    def read(self, n: int) -> list[OutgoingMessage]:
+        """Up to ``n`` of the oldest messages not read back yet, in publish order."""
+
+    def head_time(self) -> float | None:
+        """When the oldest of them was published."""
+
+    def queued(self) -> tuple[int, int]:
+        """How many are not read back yet, and their bytes."""
+
+    def read_to(self) -> int:
+        """Every message below this seq was read back (or lost to damage, reported)."""
+
+
+# ------------------------------------------------------------------------------------ outgoing
+
+
+class Outgoing:
+    """The outgoing flows of one session (``Engine`` is one); ``state`` is the durable
+    part (``state.SessionState``)."""
+
+    def __init__(self, settings: EngineSettings | None = None,
+                 state: SessionState | None = None) -> None:
+        self.settings = settings if settings is not None else EngineSettings()
+        self.state = state if state is not None else SessionState()
+        self.conn = ConnState.DISCONNECTED
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
+        self.mismatched_acks = 0  # acknowledgements of the wrong kind, ever
+        self._window = 65535
+        self._pending: deque[int] = deque()  # seqs to write, in order
+        self._inflight: dict[int, float] = {}  # seq -> when written on this connection
+        self.subs = Subscriptions(self)
+        self._mismatch_logged = False  # on this connection
+        self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
+        self.accepted: Accepted | Spooled | None = None  # the last publish()'s (for retract)
+        self.accepted_many: list[Accepted | Spooled] = []  # the last publish_many()'s
+        self.spool: QueueSource | None = None  # the disk queue, with a state file
+        self._holding: set[int] = set()  # accepted, record not durable yet: not written
+        self.dropped = 0  # messages removed without delivery since made or restored
+        self.expired = 0
+        self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
+        self._tokens = 0.0  # DrainRateLimit: new PUBLISHes that may go now
+        self._tokens_at = 0.0  # when the bucket was last filled (monotonic)
+
+    # ---------------------------------------------------------------- views
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is ConnState.CONNECTED
+
+    @property
+    def v5(self) -> bool:
+        return self.state.protocol_version == 5
+
+    @property
+    def _live(self) -> bool:
+        """A connection with CONNACK seen: packets may be written."""
+        return self.conn in (ConnState.RESUMING, ConnState.CONNECTED)
+
+    # ---------------------------------------------------------------- encoding
+
+    def _remaining(self, m: OutgoingMessage) -> int | None:
+        """Seconds left of its Message Expiry Interval (None: none, or MQTT 3.1.1)."""
+        return message_remaining(m.properties, m.accepted_at, self.now) if self.v5 else None
+
+    def _with_remaining(self, m: OutgoingMessage) -> bytes:
+        """Its properties with the Message Expiry Interval counted down [MQTT-3.3.2-6]."""
+        left = self._remaining(m)
+        return m.properties if left is None else with_remaining(m.properties, left)
+
+    def _publish(self, m: OutgoingMessage, dup: bool) -> Write:
+        props = ((self._with_remaining(m) if m.properties else b"\x00")) if self.v5 else b""
+        if props and not self.v5:  # pragma: no cover - accept() refuses it
+            raise UsageError("MQTT 3.1.1 has no properties")
+        topic = m.topic.encode("utf-8")
+        flags = (0x08 if dup else 0) | (m.qos << 1) | (0x01 if m.retain else 0)
+        body = b"".join((len(topic).to_bytes(2, "big"), topic, m.packet_id.to_bytes(2, "big"),
+                         props, m.payload))
+        return Write(_wire.encode_packet(0x30 | flags, body), PacketType.PUBLISH,
+                     m.packet_id, m.qos)
+
+    def _ack(self, kind: PacketType, packet_id: int) -> Write:
+        if log.isEnabledFor(_DEBUG):
+            log.debug("%s for packet id %d", kind.name, packet_id)
+        first = (kind << 4) | (0x02 if kind is PacketType.PUBREL else 0)
+        return Write(bytes((first, 2, packet_id >> 8, packet_id & 0xFF)), kind, packet_id)
+
+    # ---------------------------------------------------------------- publishing
+
+    def size_limit(self, topic: str, payload_size: int, qos: int,
+                   properties_size: int = 0) -> str | None:
+        """Why a PUBLISH of this size cannot be sent (None: it can)."""
+        cap, broker = self.settings.max_message_size, self.max_packet
+        most = MAX_REMAINING_LENGTH
+        if not cap and broker is None and payload_size < 65536 and properties_size < 65536:
+            return None  # the usual message: far below MQTT's own limit
+        bound = min(most, cap or most, broker or most)
+        if payload_size + 4 * len(topic) + properties_size + 16 <= bound:
+            return None  # fits with room to spare (UTF-8 is at most 4 bytes a character)
+        remaining, size = publish_packet_size(topic, payload_size, qos, properties_size, self.v5)
+        if remaining > MAX_REMAINING_LENGTH:
+            return f"{size} bytes, over MQTT's packet limit (Remaining Length {MAX_REMAINING_LENGTH})"
+        if cap and size > cap:
+            return f"{size} bytes, over MaxMessageSize={cap}"
+        if broker is not None and size > broker:
+            # [MQTT-3.2.2-15] never send a packet over the server's Maximum Packet Size
+            return f"{size} bytes, over the broker's Maximum Packet Size {broker}"
+        return None
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                properties: bytes = b"", now: float | None = None,
+                hold: bool = False) -> tuple[int, list[Action]]:
+        """The application published (topic and QoS validated by the caller). Returns the
+        packet id (0 for QoS 0) and the actions: for QoS 1/2 ``Persist(sync)`` of the message
+        (persistence point 1, after the records of what ``QueueFullPolicy=drop-oldest`` took
+        out to make room), then its PUBLISH when the window has room.
+
+        ``UsageError`` when it is too large to send, ``QueueFullError`` when the queue is full
+        and nothing may go. A driver whose ``Persist`` fails calls ``retract`` with the
+        ``Accepted`` record (``self.accepted``) and skips the rest.
+        """
+        why = self.size_limit(topic, len(payload), qos, len(properties))
+        if why is not None:
+            raise UsageError(f"message to {topic!r} too large to send: {why}")
+        self.accepted = None
+        if qos == 0:
+            if not self.connected:
+                log.info("QoS 0 message to %r dropped: not connected", topic)
+                return 0, []
+            event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
+            t = topic.encode("utf-8")
+            props = (properties or b"\x00") if self.v5 else b""
+            body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
+                                       + payload)
+            return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
+        if now is not None:
+            self.now = now
+        st, s = self.state, self.settings
+        if s.max_queued_bytes or s.max_queued_messages:
+            out = self._make_room(len(payload) + len(topic) + len(properties))
+        else:
+            out = []
+        at = float(now) if now is not None and now > 0.0 else 0.0
+        sp, limit = self.spool, s.queue_in_memory
+        if (limit and sp is not None and (st.spooled or len(st.outgoing) >= limit)
+                and sp.ready):
+            # beyond what memory holds: the disk queue. Nothing is read back here (its
+            # record is not written yet); acks, resume and ticks read it back
+            spooled = st.spool(topic, payload, qos, retain, properties, at)
+            self.accepted = spooled
+            out.append(Persist((spooled,), True))
+            return 0, out
+        rec = st.accept_checked(topic, payload, qos, retain, properties, self.subs.busy(), at)
+        self.accepted = rec
+        self._pending.append(rec.message.seq)
+        if hold:  # group commit: its PUBLISH waits for ``durable`` (persistence point 1)
+            self._holding.add(rec.message.seq)
+        out.append(Persist((rec,), True))
+        if self.conn is _CONNECTED:
+            out += self._pump()
+        return rec.message.packet_id, out
+
+    def publish_many(self, items: Sequence[tuple[str, bytes, int, bool, bytes]],
+                     now: float) -> tuple[list[int], list[Action]]:
+        """Several messages (topic, payload, qos, retain, properties; validated by the
+        caller) in one step: their records in ONE ``Persist`` (one write, one sync), all in
+        memory or all in the disk queue, then their PUBLISHes. All or nothing: too large,
+        or no room (``QueueFullError``), raises before anything is stored; a driver whose
+        ``Persist`` fails calls ``retract`` with each of ``self.accepted_many``, last first."""
+        for topic, payload, qos, _r, props in items:
+            why = self.size_limit(topic, len(payload), qos, len(props))
+            if why is not None:
+                raise UsageError(f"message to {topic!r} too large to send: {why}")
+        self.accepted = None
+        self.accepted_many = []
+        if now > 0.0:
+            self.now = now
+        st, s = self.state, self.settings
+        durable = [i for i in items if i[2]]
+        out: list[Action] = []
+        if durable and (s.max_queued_bytes or s.max_queued_messages):
+            out = self._make_room(sum(len(p) + len(t) + len(x) for t, p, _q, _r, x in durable),
+                                  len(durable))
+        sp, limit = self.spool, s.queue_in_memory
+        spool = bool(limit and sp is not None and sp.ready
+                     and (st.spooled or len(st.outgoing) + len(durable) > limit))
+        records: list[Record] = []
+        ids: list[int] = []
+        quick: list[Action] = []
+        for topic, payload, qos, retain, props in items:
+            if not qos:
+                pid, actions = self.publish(topic, payload, 0, retain, props)
+                quick += actions
+                ids.append(0)
+                continue
+            if spool:
+                rec: Accepted | Spooled = st.spool(topic, payload, qos, retain, props, now)
+            else:
+                rec = st.accept(topic, payload, qos, retain, props, avoid=self.subs.busy(),
+                                accepted_at=now)
+                self._pending.append(rec.message.seq)
+            self.accepted_many.append(rec)
+            records.append(rec)
+            ids.append(rec.message.packet_id)
+        if records:
+            out.append(Persist(tuple(records), True))
+        out += quick
+        if records and not spool and self.conn is _CONNECTED:
+            out += self._pump()
+        return ids, out
+
+    def _make_room(self, size: int, n: int = 1) -> list[Action]:
+        """Room for ``n`` more messages of ``size`` bytes within MaxQueuedMessages and
+        MaxQueuedBytes: nothing to do, the oldest never-sent messages dropped
+        (``drop-oldest``), or ``QueueFullError`` (``reject``, or nothing that may go)."""
+        s, st = self.settings, self.state
+        max_n, max_b = s.max_queued_messages, s.max_queued_bytes
+        count, used = st.held + n, st.held_bytes + size
+        if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+            return []
+        full = (f"the queue is full ({st.held} messages, {st.held_bytes} bytes;"
+                f" MaxQueuedMessages={max_n}, MaxQueuedBytes={max_b})")
+        if s.queue_full_policy != "drop-oldest":
+            raise QueueFullError(f"{full}: nothing was stored (QueueFullPolicy=reject)")
+        victims: list[OutgoingMessage] = []
+        for m in st.outgoing.values():  # in publish order: the in-flight ones come first
+            if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+                break
+            if m.phase is Phase.QUEUED:
+                victims.append(m)
+                count -= 1
+                used -= message_bytes(m)
+        out: list[Action] = []
+        sp = self.spool
+        while ((max_n and count > max_n) or (max_b and used > max_b)) and st.spooled and sp:
+            head = sp.read(1)  # the disk queue's oldest, read back to be dropped
+            out += self._loaded(head)
+            for m in head:
+                victims.append(st.outgoing[m.seq])
+                count -= 1
+                used -= message_bytes(m)
+        if (max_n and count > max_n) or (max_b and used > max_b):
+            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
+                                 " nothing was stored")
+        return out + [a for m in victims for a in self._dropped(m, st.drop(m.seq), "queue-full")]
+
+    def durable(self, seqs: Sequence[int]) -> list[Action]:
+        """Held messages whose records a group commit made durable (in seq order): they may
+        be written now."""
+        self._holding.difference_update(seqs)
+        return self._pump()
+
+    def withdraw(self, seq: int) -> None:
+        """A held message whose record never became durable: out of the session."""
+        self._holding.discard(seq)
+        self.state.withdraw(seq)
+
+    def _refill(self) -> list[Action]:
+        """Read messages back from the disk queue while fewer than half of
+        ``queue_in_memory`` wait to be written."""
+        sp, limit = self.spool, self.settings.queue_in_memory
+        if sp is None or len(self._pending) >= max(1, limit // 2):
+            return []
+        return self._loaded(sp.read(max(1, limit - len(self._pending))))
+
+    def _loaded(self, messages: list[OutgoingMessage]) -> list[Action]:
+        """Messages read back join the session; their packet ids are durable before any of
+        them is written [MQTT-2.3.1-2]."""
+        st, sp = self.state, self.spool
+        upto = max(messages[-1].seq + 1 if messages else 0, sp.read_to() if sp is not None else 0)
+        if not messages:
+            if sp is not None:  # a damaged segment the queue skipped: its count
+                st.spooled, st.spooled_bytes = sp.queued()
+            if upto <= st.spool_next:
+                return []
+        rec = st.load(messages, upto, avoid=self.subs.busy())
+        self._pending.extend(m.seq for m in messages)
+        return [Persist((rec,), sync=True)]
+
+    def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
+        """A message left without delivery: its record, and ``on_message_dropped``."""
+        if reason == "expired":
+            self.expired += 1
+        else:
+            self.dropped += 1
+        out: list[Action] = [Persist((rec,))] if rec is not None else []
+        out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq, reason)))
+        log.info("message seq %d to %r dropped: %s", m.seq, m.topic, reason)
+        return out
+
+    def queue_stats(self, now: float) -> QueueStats:
+        """What the outgoing queue holds (``now``: the wall clock, for the oldest's age)."""
+        st, sp = self.state, self.spool
+        first = next(iter(st.outgoing.values()), None)
+        at = first.accepted_at if first is not None else (
+            (sp.head_time() or 0.0) if st.spooled and sp is not None else 0.0)
+        return QueueStats(st.held, st.held_bytes,
+                          max(0.0, now - at) if at else None, self.dropped, self.expired)
+
+    def retract(self, rec: Accepted | Spooled) -> None:
+        """Undo ``publish`` whose ``Persist`` failed (nothing after it was carried out)."""
+        if isinstance(rec, Spooled):
+            self.state.retract_spooled(rec)
+            return
+        seq = rec.message.seq
+        self._holding.discard(seq)
+        m = self.state.outgoing.get(seq)
+        if m is not None and m.phase is not Phase.QUEUED:  # pumped: undo the SEND step too
+            self.state.outgoing[seq] = rec.message
+        self.state.retract(rec)
+        self._inflight.pop(seq, None)
+        if self._pending and self._pending[-1] == seq:
+            self._pending.pop()
+
+    def _pump(self) -> list[Action]:
+        """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
+        if self.conn is not _CONNECTED:
+            return []
+        out: list[Action] = self._refill() if self.state.spooled else []
+        pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
+        rate = self.settings.drain_rate_limit
+        while pending and len(inflight) < self._window:
+            seq = pending[0]
+            if seq in self._holding:
+                break  # its record is not on disk yet: it, and all after it, wait [MQTT-4.6.0-1]
+            m = outgoing.get(seq)
+            if m is None or seq in inflight:
+                pending.popleft()
+                continue
+            if rate and m.phase is Phase.QUEUED:  # DrainRateLimit: new PUBLISHes only
+                if self._tokens < 1.0:
+                    break  # the next tick lets more go
+                self._tokens -= 1.0
+            pending.popleft()
+            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0:
+                out += self._dropped(m, self.state.expire(seq), "expired")
+                continue
+            if m.phase is not Phase.AWAIT_PUBCOMP:
+                why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
+                if why is not None:  # it became unsendable (a smaller broker limit): out
+                    out += self._dropped(m, self.state.too_large(seq), "too-large")
+                    out.append(self.error(0x95, f"message seq {seq} (packet id {m.packet_id})"
+                                                 f" to {m.topic!r} taken out of the session: {why}"))
+                    continue
+            out += self._write(m)
+            inflight[seq] = 0.0
+        return out
+
+    def _write(self, m: OutgoingMessage) -> list[Action]:
+        if m.phase is Phase.QUEUED:
+            if m.packet_id:
+                # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
+                step = self.state.moved(m, Event.SEND,
+                                        Phase.AWAIT_PUBACK if m.qos == 1 else Phase.AWAIT_PUBREC)
+                return [Persist((step,), lazy=True), self._publish(m, False)]
+            step = self.state.send(m.seq, avoid=self.subs.busy())
+            # an id given now (the message was published anew after SessionPresent=0, or when
+            # every id was taken) is durable before the broker holds it: a lost record would
+            # hand the same id to another message while the broker still holds it
+            # [MQTT-2.3.1-2]
+            m = self.state.outgoing[m.seq]
+            return [Persist((step,), sync=True), self._publish(m, False)]
+        if m.phase is Phase.AWAIT_PUBCOMP:
+            # point 2: "released" is durable before this PUBREL [MQTT-4.3.3-6]: PUBREL, never
+            # the PUBLISH again
+            return [Persist((), sync=True), self._ack(PacketType.PUBREL, m.packet_id)]
+        # [MQTT-4.4.0-1] original packet id, [MQTT-3.3.1-1] DUP=1
+        return [self._publish(m, True)]
+
+    # ---------------------------------------------------------------- acknowledgements
+
+    def _finished(self, m: OutgoingMessage, reason_code: int, out: list[Action]) -> list[Action]:
+        """An outgoing flow ended: free the window, then the events (built for listeners
+        only: this runs once per message)."""
+        self._inflight.pop(m.seq, None)
+        if self._pending or self.state.spooled:
+            out += self._pump()
+        if "on_message_ack" in self.listeners:
+            out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
+                                                                reason_code)))
+        if "on_message_out" in self.listeners:
+            out.append(Notify("on_message_out", _event(m)))
+        return out
+
+    def _mismatched(self, kind: str, m: OutgoingMessage) -> None:
+        """An acknowledgement of the wrong kind: counted, logged once a connection."""
+        self.mismatched_acks += 1
+        if not self._mismatch_logged:
+            self._mismatch_logged = True
+            log.warning("the broker answered a QoS %d PUBLISH (packet id %d) with %s: the flow"
+                        " ends as the broker meant it (it downgrades QoS 2 to 1, or the reverse);"
+                        " config('MismatchedAcks') counts them", m.qos, m.packet_id, kind)
+
+    def _puback(self, pid: int, code: int) -> list[Action]:
+        m = self.state.outgoing_by_packet_id(pid)
+        if m is not None and m.phase is Phase.AWAIT_PUBREC:
+            self._mismatched("PUBACK", m)  # RabbitMQ 3.x: QoS 2 taken as QoS 1
+        elif m is None or m.phase is not Phase.AWAIT_PUBACK:
+            log.debug("PUBACK for packet id %d, which awaits none: ignored", pid)
+            return []
+        else:  # the usual end of a QoS 1 flow
+            rec = self.state.finished(m, Event.PUBACK)
+            return self._finished(m, code, [Persist((rec,), lazy=True)])  # point 5
+        # point 5: a lost removal only costs a resend
+        return self._finished(m, code, [Persist((self.state.puback(pid),), lazy=True)])
+
+    def _pubrec(self, pid: int, code: int) -> list[Action]:
+        m = self.state.outgoing_by_packet_id(pid)
+        pubrel: list[Action] = [self._ack(PacketType.PUBREL, pid)]
+        if m is None:
+            return pubrel if code < 0x80 else []  # let the broker finish a flow we no longer hold
+        if m.phase is Phase.AWAIT_PUBCOMP:
+            return [Persist((), sync=True), *pubrel]  # a repeated PUBREC: PUBREL again
+        if m.phase is Phase.AWAIT_PUBACK:
+            self._mismatched("PUBREC", m)  # QoS 1 taken as QoS 2: it has the message
+            out = self._finished(m, code, [Persist((self.state.pubrec(pid, code),), lazy=True)])
+            return out + pubrel if code < 0x80 else out  # PUBREL lets the broker finish
+        if m.phase is Phase.AWAIT_PUBREC:
+            # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
+            if code < 0x80:
+                rec = self.state.moved(m, Event.PUBREC, Phase.AWAIT_PUBCOMP)
+                return [Persist((rec,), sync=True), *pubrel]
+            rec = self.state.pubrec(pid, code)
+            return self._finished(m, code, [Persist((rec,))])  # [MQTT-4.4.0-2] ends the flow
+        log.debug("PUBREC for packet id %d in phase %s: ignored", pid, m.phase.value)
+        return []
+
+    def _pubcomp(self, pid: int, code: int) -> list[Action]:
+        m = self.state.outgoing_by_packet_id(pid)
+        if m is None or m.phase is not Phase.AWAIT_PUBCOMP:
+            log.debug("PUBCOMP for packet id %d, which awaits none: ignored", pid)
+            return []
+        rec = self.state.finished(m, Event.PUBCOMP)
+        return self._finished(m, code, [Persist((rec,), lazy=True)])  # point 5
+
+    def error(self, code: int, description: str) -> Notify:
+        return Notify("on_error", ErrorEvent(code, description))
