@@ -40,6 +40,7 @@ from .expiry import effective_interval
 from .failover import REDIRECT_CODES, ServerRotation
 from .options import format_address, parse_addresses
 from .state import Accepted, Spooled, validate_topic
+from .durability import Durability
 from .store import StateFile
 
 __all__ = ["ConnectParams", "Driver"]
@@ -68,7 +69,7 @@ class ConnectParams:
     ws_headers: dict[str, str] | None = None
 
 
-class Driver:
+class Driver(Durability):
     """Runs one session: the engine, its state file and its paho connection."""
 
     def __init__(self, fire: Callable[[str, object], None], settings: ClientSettings,
@@ -348,98 +349,6 @@ class Driver:
                 self.file.journal.compact(self.engine.state)
         return True
 
-    def group_commit(self) -> bool:
-        """Whether a publish may wait for its sync outside the lock (SessionSync=always with
-        the journal open): threads publishing together then share one fdatasync."""
-        return self._settings.session_sync == "always" and self.file.journal is not None \
-            and self.file.unrestored is None
-
-    def hold(self, seq: int) -> tuple[int, int, int] | None:
-        """After ``run`` wrote a held message's record (lock held): what ``settle`` waits for."""
-        j = self.file.journal
-        if j is None:
-            return None
-        gen, pos = j.position()
-        token = (seq, gen, pos)
-        self._awaiting.append(token)
-        return token
-
-    def wait_durable(self, token: tuple[int, int, int], release: bool = False
-                     ) -> Exception | None:
-        """Group commit (no lock): the record is on disk; the error when the sync failed.
-        ``release``: the thread that ran the fdatasync writes every message it covered (the
-        others need not take the session lock for theirs)."""
-        j = self.file.journal
-        try:
-            if j is not None and j.sync_to(token[1], token[2]) and release:
-                self.release_durable()
-        except Exception as exc:  # reported to the publisher by ``release``
-            return exc
-        return None
-
-    def release(self, token: tuple[int, int, int], err: Exception | None) -> None:
-        """After ``wait_durable``: the durable held messages are written, in order (by
-        whichever publisher gets here first); a failed one is withdrawn and ``err`` raised."""
-        with self.lock:
-            if err is not None:
-                try:
-                    self._awaiting.remove(token)
-                except ValueError:  # pragma: no cover - released by a sync that covered it
-                    err = None
-                else:
-                    self.engine.withdraw(token[0])
-                rest: list[Action] = []
-            else:
-                rest = self.run(self.engine.durable(self._take_durable()))
-        self.finish(rest)
-        if err is not None:
-            raise err
-
-    def release_durable(self) -> None:
-        """Group commit: write every held message whose record is durable now (once for a
-        batch of publishes). Their records are on disk: a failure here goes to on_error."""
-        try:
-            with self.lock:
-                rest = self.run(self.engine.durable(self._take_durable()))
-        except Exception as exc:
-            self.error(getattr(exc, "errno", None) or -1, f"writing durable messages: {exc}")
-            return
-        self.finish(rest)
-
-    def settle(self, token: tuple[int, int, int]) -> None:
-        """``wait_durable`` then ``release``, in the calling thread. Interrupted in between
-        (KeyboardInterrupt), the message is released if its record made it to disk, else
-        taken back: a held message never blocks the ones after it."""
-        try:
-            err = self.wait_durable(token, release=True)
-        except BaseException:
-            self.release_quietly(token, None)
-            raise
-        if err is not None or token in self._awaiting:  # not released by the syncing thread
-            self.release(token, err)
-
-    def release_quietly(self, token: tuple[int, int, int], err: Exception | None) -> None:
-        """``release`` for a publisher that is gone (cancelled): a failure goes to on_error."""
-        j = self.file.journal
-        if err is None and j is not None and not j.is_synced(token[1], token[2]):
-            err = PersistenceError(None, "the publish was interrupted before its record was"
-                                         " synced: the message was taken back")
-        try:
-            self.release(token, err)
-        except Exception as exc:
-            self.error(getattr(exc, "errno", None) or -1, f"publish (seq {token[0]}): {exc}")
-
-    def _take_durable(self) -> list[int]:
-        """Held messages (in order) whose records are on disk now (lock held)."""
-        j, out, waiting = self.file.journal, [], self._awaiting
-        while waiting:
-            seq, gen, pos = waiting[0]
-            if j is not None and not j.is_synced(gen, pos):
-                break
-            out.append(seq)
-            waiting.popleft()
-        return out
-
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
             quiet: str = "", deferred: bool = False) -> list[Action]:
@@ -498,35 +407,6 @@ class Driver:
             if self.on_idle is not None:
                 self.on_idle()
         return later
-
-    def _sync_later(self) -> None:
-        """SessionSync=interval: one fsync within SessionSyncInterval of the oldest record not
-        yet on disk (a timer thread, armed only while such records wait)."""
-        if self._sync_timer is not None:
-            return
-        t = threading.Timer(self._settings.session_sync_interval / 1000, self._interval_sync)
-        t.daemon = True
-        t.name = "mqttsession-sync"
-        self._sync_timer = t
-        t.start()
-
-    def _interval_sync(self) -> None:
-        with self.lock:
-            self._sync_timer = None
-        try:
-            self.file.sync_pending()  # the journal's and the queue's own locks
-        except Exception as exc:
-            self.error(getattr(exc, "errno", None) or -1,
-                       f"SessionSync=interval: the state file could not be synced ({exc});"
-                       " the records since the last sync are in the OS, not on disk")
-
-    def cancel_sync_timer(self) -> None:
-        """Closing: the pending interval sync runs now instead."""
-        with self.lock:
-            t, self._sync_timer = self._sync_timer, None
-        if t is not None:
-            t.cancel()
-            self._interval_sync()
 
     def finish(self, later: list[Action]) -> None:
         """Run the callbacks ``run`` left (never under the lock)."""
