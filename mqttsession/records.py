@@ -83,6 +83,7 @@ def quick_init(cls: type[_T]) -> type[_T]:
     exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body), ns)
     init = ns["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__  # exec gives it none: pydoc (3.13) needs one
     init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init  # type: ignore[method-assign]
     return cls

@@ -110,3 +110,16 @@ def test_format_1_json_incoming_records_are_still_read() -> None:
     assert codec.decode_record(b'["L",7]') == Released(7)
     rec = codec.decode_record(b'["R",7,"in/t","aGk=",true,false,""]')
     assert rec == Received(IncomingMessage(7, "in/t", b"hi", 2, True, False, b""))
+
+
+def test_the_fast_constructors_belong_to_their_module() -> None:
+    """``quick_init``'s generated ``__init__`` names its class's module (pydoc of Python 3.13
+    fails on a function whose ``__module__`` is None)."""
+    import pydoc
+
+    import mqttsession.events as events_mod
+
+    for cls in (Accepted, Stepped, Received, OutgoingMessage, events_mod.ConnectedEvent):
+        assert cls.__init__.__module__ == cls.__module__, cls
+    plain = pydoc.plaintext  # type: ignore[attr-defined]  # (not in typeshed)
+    assert "ConnectedEvent" in pydoc.render_doc(events_mod.ConnectedEvent, renderer=plain)
