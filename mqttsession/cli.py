@@ -357,13 +357,17 @@ def _compat(args: argparse.Namespace) -> int:
     if args.list:
         return _compat_list(args.json)
     if args.matrix:
-        if args.broker is not None or args.scenario:
+        if args.broker is not None or args.scenario or args.failover is not None:
             print("mqttsession compat: --matrix starts its own brokers and runs every scenario"
-                  " (no --broker, no --scenario)", file=sys.stderr)
+                  " (no --broker, no --failover, no --scenario)", file=sys.stderr)
             return 2
         return _compat_matrix(args)
     if args.brokers or args.fast or args.update_readme:
         print("mqttsession compat: --brokers, --fast and --update-readme go with --matrix", file=sys.stderr)
+        return 2
+    if args.failover is not None and args.broker is None:
+        print("mqttsession compat: --failover names another node of the --broker's cluster:"
+              " give --broker too", file=sys.stderr)
         return 2
     try:
         scenarios = find_scenarios(args.scenario)
@@ -395,7 +399,8 @@ def _compat(args: argparse.Namespace) -> int:
         host, port = args.broker
     try:
         username = args.username if args.username is not None else os.environ.get(ENV_USERNAME) or None
-        target = Target(host, port, args.protocol, username, _password(args), timeout=args.timeout)
+        target = Target(host, port, args.protocol, username, _password(args), timeout=args.timeout,
+                        failover=args.failover)
         try:
             check_broker(target)
         except BrokerUnavailable as exc:
@@ -517,6 +522,9 @@ def _parser() -> argparse.ArgumentParser:
                                    " broker cannot be reached or refuses the protocol.")
     c.add_argument("--broker", type=_split_broker, metavar="HOST:PORT",
                    help="the broker to check (default: start an embedded amqtt broker)")
+    c.add_argument("--failover", type=_split_broker, metavar="HOST:PORT",
+                   help="another node of the --broker's cluster: scenario failover-resume makes a"
+                        " session on --broker and resumes it there (n/a without)")
     c.add_argument("--protocol", type=int, choices=(4, 5), default=4,
                    help="4 = MQTT 3.1.1 (default), 5 = MQTT 5")
     c.add_argument("--username", help=f"user name for every CONNECT (default: ${ENV_USERNAME})")

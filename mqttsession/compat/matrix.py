@@ -6,7 +6,8 @@ each started by ``mqttsession.testing`` and tried with MQTT 3.1.1 and 5:
 
 - ``mosquitto``: ``MosquittoBroker`` with ``broker_conf/mosquitto.conf``;
 - ``amqtt``: ``AmqttProcess`` with ``broker_conf/amqtt.yaml``;
-- ``aedes``: ``AedesCluster``, two aedes nodes sharing one Redis; the scenarios run on node A;
+- ``aedes``: ``AedesCluster``, two aedes nodes sharing one Redis; the scenarios run on node A,
+  ``failover-resume`` resumes its session on node B;
 - ``ejabberd``: ``EjabberdBroker`` (mod_mqtt, ``broker_conf/ejabberd.yml``);
 - ``rabbitmq``: ``RabbitMQBroker`` (rabbitmq_mqtt, ``broker_conf/rabbitmq.conf``);
 - ``activemq``: ``ActiveMQBroker`` (``broker_conf/activemq.xml``).
@@ -82,6 +83,8 @@ class BrokerSpec:
     credentials: tuple[str, str] | None = None
     protocols: tuple[int, ...] = (4, 5)
     slow: bool = False
+    failover: Callable[[_Running], tuple[str, int]] | None = None
+    """Another node of the same cluster (``Target.failover``), for ``failover-resume``."""
 
 
 @dataclass
@@ -168,7 +171,11 @@ def _aedes() -> BrokerSpec:
         redis_version = _first_line([redis, "--version"], r"v=(\S+)") if redis else "?"
         return f"aedes {aedes} (2 nodes, Redis {redis_version})"
 
-    return BrokerSpec("aedes", lambda: aedes_unavailable(redis=True), start, ver)
+    def node_b(cluster: _Running) -> tuple[str, int]:
+        assert isinstance(cluster, AedesCluster)
+        return cluster.nodes[1].host, cluster.nodes[1].port
+
+    return BrokerSpec("aedes", lambda: aedes_unavailable(redis=True), start, ver, failover=node_b)
 
 
 def _ejabberd() -> BrokerSpec:
@@ -245,8 +252,9 @@ def run_broker(spec: BrokerSpec, *, jobs: int = 4, timeout: float = 3.0,
     say(f"{spec.name}: ready on {host}:{port} in {run.start_seconds:.1f} s")
     try:
         user, password = spec.credentials or (None, None)
+        failover = spec.failover(broker) if spec.failover is not None else None
         for protocol in spec.protocols:
-            target = Target(host, port, protocol, user, password, timeout=timeout)
+            target = Target(host, port, protocol, user, password, timeout=timeout, failover=failover)
             try:
                 check_broker(target)
             except BrokerUnavailable as exc:
@@ -281,6 +289,8 @@ def _proto(protocol: int) -> str:
 def _cell(result: Result | None) -> str:
     if result is None:
         return ""
+    if result.status is Status.INFO:
+        return result.value or "info"
     return {Status.PASS: "pass", Status.FAIL: "FAIL", Status.NA: "n/a"}[result.status]
 
 
@@ -296,8 +306,9 @@ def _rst_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def format_rst(runs: Sequence[BrokerRun], *, when: str | None = None) -> str:
     """The README's compatibility section body: one column per broker and protocol that ran,
-    one row per scenario, then every FAIL with its spec statement and reason, the brokers that
-    refused a protocol, and those that could not run here."""
+    one row per scenario (an informative one shows what it found), then every FAIL with its
+    spec statement and reason, every n/a that is not MQTT 5 only, every pass given despite
+    SessionPresent=0, the brokers that refused a protocol, and those that could not run here."""
     stamp = when or time.strftime("%Y-%m-%d", time.gmtime())
     columns: list[tuple[BrokerRun, int]] = [(r, p) for r in runs for p in sorted(r.results)]
     out: list[str] = [
@@ -316,7 +327,7 @@ def format_rst(runs: Sequence[BrokerRun], *, when: str | None = None) -> str:
         for r, p in columns:
             res = r.results[p]
             totals.append(f"{sum(x.status is Status.PASS for x in res)}/"
-                          f"{sum(x.status is not Status.NA for x in res)}")
+                          f"{sum(x.status in (Status.PASS, Status.FAIL) for x in res)}")
         out += _rst_table(header, [*rows, totals])
         out.append("")
         fails = [(i, r, p, res) for i, (r, p) in enumerate(columns) for res in r.results[p]
@@ -325,6 +336,24 @@ def format_rst(runs: Sequence[BrokerRun], *, when: str | None = None) -> str:
             out += ["Each FAIL (column, scenario, spec statement: the reason the check gave):", ""]
             out += [f"- {i + 1} {r.name} {_proto(p)}, ``{res.name}`` ({res.spec}): {_short(res.reason)}"
                     for i, r, p, res in fails]
+            out.append("")
+        na_other = [(i, r, p, res) for i, (r, p) in enumerate(columns) for res in r.results[p]
+                    if res.status is Status.NA and res.reason != "MQTT 5 only"
+                    and not res.reason.startswith("needs --failover")]
+        if na_other:
+            out += ["Each n/a for another reason than MQTT 5 or a cluster (the statement could not be"
+                    " checked on that broker):", ""]
+            out += [f"- {i + 1} {r.name} {_proto(p)}, ``{res.name}``: {_short(res.reason)}"
+                    for i, r, p, res in na_other]
+            out.append("")
+        notes = [(i, r, p, res) for i, (r, p) in enumerate(columns) for res in r.results[p]
+                 if res.status is Status.PASS and "SessionPresent=0" in res.reason]
+        if notes:
+            out += ["Each pass judged by what the broker did although it answered SessionPresent=0"
+                    " (the flag is judged by ``session-present-resumed`` and"
+                    " ``session-present-unsubscribed`` alone):", ""]
+            out += [f"- {i + 1} {r.name} {_proto(p)}, ``{res.name}``: {_short(res.reason)}"
+                    for i, r, p, res in notes]
             out.append("")
     refused = [(r, p, why) for r in runs for p, why in sorted(r.refused.items())]
     if refused:

@@ -168,6 +168,8 @@ class RawClient:
         self.pending: deque[Packet] = deque()
         self._buf = bytearray()
         self._next_id = 0
+        self.pubacked_qos2: list[int] = []
+        """Packet ids of QoS 2 PUBLISHes the broker answered with PUBACK (QoS 2 taken as QoS 1)."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -364,10 +366,22 @@ class RawClient:
         if qos == 1:
             self._check_ack(self.expect(PacketType.PUBACK, packet_id))
             return packet_id
-        self._check_ack(self.expect(PacketType.PUBREC, packet_id))
+        if self.expect_pubrec(packet_id) is None:
+            return packet_id  # answered with PUBACK: the flow ends as the broker meant it
         self.send(encode_ack(PacketType.PUBREL, packet_id, protocol=self.protocol))
         self._check_ack(self.expect(PacketType.PUBCOMP, packet_id))
         return packet_id
+
+    def expect_pubrec(self, packet_id: int, timeout: float | None = None) -> Packet | None:
+        """The PUBREC answering our QoS 2 PUBLISH ``packet_id``; None when the broker answered
+        PUBACK instead (RabbitMQ 3.x takes QoS 2 as QoS 1; recorded in ``pubacked_qos2``)."""
+        ack = self.wait_for(lambda p: p.type in (PacketType.PUBREC, PacketType.PUBACK)
+                            and p.packet_id == packet_id, f"PUBREC id={packet_id}", timeout)
+        self._check_ack(ack)
+        if ack.type is PacketType.PUBACK:
+            self.pubacked_qos2.append(packet_id)
+            return None
+        return ack
 
     @staticmethod
     def _check_ack(ack: Packet) -> None:

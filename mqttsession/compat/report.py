@@ -16,7 +16,8 @@ def all_passed(results: Sequence[Result]) -> bool:
 
 def summary(results: Sequence[Result], seconds: float) -> str:
     count = {s: sum(r.status is s for r in results) for s in Status}
-    return (f"{count[Status.PASS]} passed, {count[Status.FAIL]} failed,"
+    info = f" {count[Status.INFO]} informative," if count[Status.INFO] else ""
+    return (f"{count[Status.PASS]} passed, {count[Status.FAIL]} failed,{info}"
             f" {count[Status.NA]} not applicable in {seconds:.1f} s")
 
 
@@ -43,6 +44,7 @@ def to_json(results: Sequence[Result], *, broker: str, protocol: int, embedded: 
         "passed": sum(r.status is Status.PASS for r in results),
         "failed": sum(r.status is Status.FAIL for r in results),
         "not_applicable": sum(r.status is Status.NA for r in results),
+        "informative": sum(r.status is Status.INFO for r in results),
         "seconds": round(seconds, 3),
         "results": [r.to_json() for r in results],
     }

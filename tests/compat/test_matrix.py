@@ -14,12 +14,17 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import mqttsession
+from mqttsession import ConnectError
 from mqttsession.compat import find_scenarios
 from mqttsession.compat.matrix import (
     BROKERS,
@@ -110,6 +115,33 @@ def test_fast_brokers_start_and_answer(name: str) -> None:
     assert all(r.status is Status.PASS for r in run.results[4]), run.results[4]
 
 
+@pytest.mark.integration
+def test_aedes_runs_failover_resume_on_its_second_node() -> None:
+    require_aedes(redis=True)
+    run = run_broker(broker_spec("aedes"), scenarios=find_scenarios(["failover-resume"]))
+    [result] = run.results[4]
+    assert result.status is Status.PASS, result.reason
+
+
+def test_report_shows_informative_values_and_why_a_scenario_was_not_applicable() -> None:
+    point = Result("qos2-delivery-point", "4.3.3", Status.INFO, "delivers QoS 2 on PUBLISH: ...",
+                   value="on PUBLISH")
+    na = Result("qos2-dedupe-connection", "MQTT-4.3.3-2", Status.NA,
+                "the broker answered the QoS 2 PUBLISH with PUBACK")
+    cluster = Result("failover-resume", "MQTT-3.1.2-4/4.4.0-1", Status.NA, "needs --failover HOST:PORT")
+    flag = Result("offline-queue-qos1", "MQTT-3.1.2-5", Status.PASS,
+                  "SessionPresent=0 on reconnect (session); judged by what the broker did")
+    run = BrokerRun("rabbitmq", version="RabbitMQ 3.10.8", results={4: [point, na, cluster, flag]})
+    text = format_rst([run], when="2026-12-01")
+    row = next(line for line in text.splitlines() if line.startswith("qos2-delivery-point"))
+    assert row.split() == ["qos2-delivery-point", "on", "PUBLISH"]
+    assert "- 1 rabbitmq 3.1.1, ``qos2-dedupe-connection``: the broker answered the QoS 2 PUBLISH with PUBACK" in text
+    assert "failover-resume``:" not in text  # n/a without a cluster: not listed
+    assert "- 1 rabbitmq 3.1.1, ``offline-queue-qos1``: SessionPresent=0 on reconnect (session)" in text
+    totals = next(line for line in text.splitlines() if line.startswith("passed"))
+    assert totals.split() == ["passed", "1/1"]  # informative and n/a rows are not counted
+
+
 SLOW = [name for name in BROKERS if name not in FAST_BROKERS]
 
 
@@ -172,3 +204,117 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return "zombie"
+
+
+# ------------------------------------------------------------------------------------------------
+# the client's answers to what the slow brokers do (README "Brokers")
+
+
+@pytest.mark.integration
+@pytest.mark.slow_brokers
+def test_rabbitmq_puback_for_qos2_completes_the_message_and_is_counted() -> None:
+    from mqttsession.testing.server_brokers import RabbitMQBroker, rabbitmq_unavailable
+
+    if (reason := rabbitmq_unavailable()) is not None:
+        pytest.skip(reason)
+    broker = RabbitMQBroker()
+    try:
+        broker.start()
+        c = mqttsession.Client(client_id=f"msc{secrets.token_hex(4)}gw", clean_session=True)
+        try:
+            c.connect(broker.host, broker.port)
+            for n in range(3):
+                c.publish_message("mqttsession-compat/q2", 2, f"m{n}")
+            assert c.flush(10), "QoS 2 messages answered with PUBACK were not completed"
+            assert c.config("MismatchedAcks") == "3"
+        finally:
+            c.close()
+    finally:
+        broker.stop()
+        broker.cleanup()
+
+
+@pytest.mark.integration
+@pytest.mark.slow_brokers
+def test_ejabberd_needs_a_user_name_and_a_password() -> None:
+    from mqttsession.testing.server_brokers import EjabberdBroker, ejabberd_unavailable
+
+    if (reason := ejabberd_unavailable()) is not None:
+        pytest.skip(reason)
+    broker = EjabberdBroker()
+    try:
+        broker.start()
+        bare = mqttsession.Client(client_id=f"msc{secrets.token_hex(4)}a", clean_session=True)
+        try:
+            with pytest.raises(ConnectError):
+                bare.connect(broker.host, broker.port)
+        finally:
+            bare.close()
+        user, password = EjabberdBroker.credentials
+        c = mqttsession.Client(client_id=f"msc{secrets.token_hex(4)}b", clean_session=True,
+                               username=user, password=password)
+        try:
+            c.connect(broker.host, broker.port)
+            c.publish_message("mqttsession-compat/e", 1, "x")
+            assert c.flush(10)
+        finally:
+            c.close()
+    finally:
+        broker.stop()
+        broker.cleanup()
+
+
+@pytest.mark.integration
+@pytest.mark.slow_brokers
+def test_activemq_session_present_0_turns_a_held_qos2_message_into_a_duplicate() -> None:
+    """README "Brokers", ActiveMQ: the client believes SessionPresent=0 and hands out the QoS 2
+    message it held (PUBREC sent, PUBREL not yet come); ActiveMQ kept the session and sends that
+    PUBLISH again (DUP=1, same packet id), which the client then takes for a new message."""
+    from mqttsession.compat.raw import RawClient
+    from mqttsession.testing.proxy import MQTTProxy
+    from mqttsession.testing.server_brokers import ActiveMQBroker, activemq_unavailable
+
+    if (reason := activemq_unavailable()) is not None:
+        pytest.skip(reason)
+    tag = secrets.token_hex(4)
+    topic = f"mqttsession-compat/{tag}/q2"
+    cond = threading.Condition()
+    got: list[bytes] = []
+    lost: list[object] = []
+
+    def add(target: list[Any], item: Any) -> None:
+        with cond:
+            target.append(item)
+            cond.notify_all()
+
+    broker = ActiveMQBroker()
+    try:
+        broker.start()
+        with MQTTProxy(broker.host, broker.port) as proxy:
+            proxy.drop("s2c", "PUBREL")  # the client will hold the message: PUBREC sent, no PUBREL
+            c = mqttsession.Client(client_id=f"msc{tag}s", clean_session=False)
+            c.config("ReconnectDelayMin=1")
+            c.config("ReconnectDelayMax=1")
+            c.on_message_in = lambda ev: add(got, ev.message)
+            c.on_session_lost = lambda ev: add(lost, ev)
+            try:
+                c.connect(proxy.host, proxy.port)
+                c.subscribe(topic, 2)
+                proxy.wait_for("s2c", "SUBACK")
+                with RawClient(broker.host, broker.port) as p:
+                    p.connect(f"msc{tag}p", clean=True)
+                    p.publish(topic, b"once", 2)
+                    p.disconnect()
+                proxy.wait_for("c2s", "PUBREC")
+                proxy.clear_drops()
+                proxy.cut()  # the client reconnects through the proxy: SessionPresent=0
+                with cond:
+                    assert cond.wait_for(lambda: len(got) >= 2 and lost, 20), (got, lost, proxy.log_text())
+                assert got == [b"once", b"once"]
+                resent = [r for r in proxy.packets("s2c", "PUBLISH") if r.dup]
+                assert resent, proxy.log_text()  # ActiveMQ's resend of the PUBLISH, DUP=1
+            finally:
+                c.close()
+    finally:
+        broker.stop()
+        broker.cleanup()
