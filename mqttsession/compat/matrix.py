@@ -154,7 +154,8 @@ def _amqtt() -> BrokerSpec:
 
 
 def _aedes() -> BrokerSpec:
-    from ..testing.brokers import AedesCluster, aedes_dir, aedes_unavailable, find_redis_server
+    from ..testing.node_brokers import (AedesCluster, aedes_dir, aedes_unavailable,
+                                        find_redis_server)
 
     def start() -> tuple[_Running, str, int]:
         c = AedesCluster(2).start()

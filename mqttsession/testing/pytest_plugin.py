@@ -47,16 +47,18 @@ from typing import Any, Protocol, runtime_checkable
 import pytest
 
 from mqttsession.testing.brokers import (
-    AedesBroker,
-    AedesCluster,
     AmqttProcess,
     AnyBroker,
     EmbeddedAmqtt,
     MosquittoBroker,
     _ProcessBroker,
+    find_mosquitto,
+)
+from mqttsession.testing.node_brokers import (
+    AedesBroker,
+    AedesCluster,
     aedes_dir,
     aedes_unavailable,
-    find_mosquitto,
     find_node,
 )
 from mqttsession.testing.proxy import MQTTProxy
@@ -211,7 +213,8 @@ class ProxyFactory:
     def __init__(self) -> None:
         self.proxies: list[MQTTProxy] = []
 
-    def __call__(self, upstream: AnyBroker | tuple[str, int], **kwargs: Any) -> MQTTProxy:
+    def __call__(self, upstream: AnyBroker | AedesBroker | tuple[str, int],
+                 **kwargs: Any) -> MQTTProxy:
         if isinstance(upstream, tuple):
             host, port = upstream
         else:

@@ -41,7 +41,8 @@ from mqttsession.compat.raw import (
     split,
 )
 from mqttsession.testing import AmqttProcess, EmbeddedAmqtt, MosquittoBroker
-from mqttsession.testing.brokers import AedesCluster, free_port
+from mqttsession.testing.brokers import free_port
+from mqttsession.testing.node_brokers import AedesCluster
 from mqttsession.testing.pytest_plugin import MosquittoFactory
 
 pytestmark = pytest.mark.integration

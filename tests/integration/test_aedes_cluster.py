@@ -34,7 +34,7 @@ import pytest
 from mqttsession import Client
 from mqttsession.errors import UsageError
 from mqttsession.events import ConnectedEvent, MessageEvent
-from mqttsession.testing.brokers import AedesBroker, AedesCluster
+from mqttsession.testing.node_brokers import AedesBroker, AedesCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.aedes]
 
