@@ -190,18 +190,24 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
             time.sleep(0.02)
 
 
-def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary: ``$MOSQUITTO_BIN``, then PATH, then the usual sbin dirs."""
-    env = os.environ.get("MOSQUITTO_BIN")
+def find_binary(env_var: str, name: str, candidates: tuple[str, ...] = ()) -> str | None:
+    """Path of an executable: ``$env_var`` (if set, only it), then PATH, then ``candidates``."""
+    env = os.environ.get(env_var)
     if env:
         return env if os.access(env, os.X_OK) else None
-    found = shutil.which("mosquitto")
+    found = shutil.which(name)
     if found:
         return found
-    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
+    for candidate in candidates:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto binary: ``$MOSQUITTO_BIN``, then PATH, then the usual sbin dirs."""
+    return find_binary("MOSQUITTO_BIN", "mosquitto", (
+        "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"))
 
 
 def _tail(text: str, limit: int = _LOG_TAIL_CHARS) -> str:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from .brokers import _PACKAGE_DIR, LOCALHOST, _ProcessBroker
+from .brokers import _PACKAGE_DIR, LOCALHOST, _ProcessBroker, find_binary
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +32,13 @@ _NPM_CI_HINT = "npm ci --prefix brokers/aedes"
 
 def find_node() -> str | None:
     """Path of the Node.js binary: ``$NODE_BIN``, then ``node`` on PATH."""
-    env = os.environ.get("NODE_BIN")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    return shutil.which("node")
+    return find_binary("NODE_BIN", "node")
 
 
 def find_redis_server() -> str | None:
     """Path of ``redis-server``: ``$REDIS_SERVER_BIN``, then PATH, then /usr/bin and /usr/sbin."""
-    env = os.environ.get("REDIS_SERVER_BIN")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    for candidate in ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return find_binary("REDIS_SERVER_BIN", "redis-server", (
+        "/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"))
 
 
 def aedes_dir() -> Path:
