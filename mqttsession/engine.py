@@ -218,7 +218,9 @@ class Engine(Outgoing):
         lost_subs = plan.resubscribe if not self.session_present and had_state else ()
         out += self.subs.resume(lost_subs)
         out += self._pump()  # in seq order [MQTT-4.6.0-1]
-        if self.session_present and self._unreleased is not None:
+        if not self.session_present:
+            self._unreleased = None  # a session restored in on_connected: the broker has none
+        elif self._unreleased is not None:
             out += self._release_reserved()  # after the resends: these were published later
         expired, self.restored_expired = self.restored_expired, False
         if self.session_present:
