@@ -7,7 +7,9 @@ driver must carry out, in that order:
 
 * ``Persist(records, sync)``: make the records durable (they are already applied to
   ``engine.state``); ``sync``: on disk before the next action (under ``SessionSync=always``);
-  ``lazy``: may wait for the next record or a tick (losing it costs only a resend).
+  ``lazy``: may wait for the next record or a tick (losing it costs only a resend);
+  ``force``: synced even where the driver defers a publish's sync (``SessionSync=interval``:
+  the packet-id reservation, ``state.Reserved``, that the ids of the next records come from).
 * ``Write(packet)``: the bytes of one MQTT packet (``_wire``), on the current connection.
 * ``Deliver(message)``: hand a received message to the application. A QoS 1/2 delivery is
   acknowledged by a later ``ack()`` call (the driver calls it when the callback returns unless

@@ -116,10 +116,13 @@ class Outgoing:
         self._tokens_at = 0.0  # when the bucket was last filled (monotonic)
         # SessionSync=interval: a reservation read back (first, last ids) whose ids the session
         # does not hold get a PUBREL on the next SessionPresent=1 connection; _releasing: the
-        # last of them sent, whose PUBCOMP ends it; _unreserve: the seq of the publish that
-        # made the latest reservation and the one before it (for ``retract``)
+        # last of them sent, whose PUBCOMP ends it, as does the end of a flow published after
+        # them (seq _released_before and later: a broker that answers no PUBCOMP for an id it
+        # does not hold read them); _unreserve: the seq of the publish that made the latest
+        # reservation and the one before it (for ``retract``)
         self._unreleased: tuple[int, int] | None = None
         self._releasing = 0
+        self._released_before = 0
         self._unreserve: tuple[int, int, int] | None = None
         self._recovered()
 
@@ -211,6 +214,7 @@ class Outgoing:
         if not ids:
             self._unreleased = None
         self._releasing = ids[-1] if ids else 0
+        self._released_before = self.state.next_seq
         return [self._ack(PacketType.PUBREL, pid) for pid in ids]
 
     # ---------------------------------------------------------------- publishing
@@ -283,7 +287,8 @@ class Outgoing:
         self._pending.append(rec.message.seq)
         if hold:  # group commit: its PUBLISH waits for ``durable`` (persistence point 1)
             self._holding.add(rec.message.seq)
-        if s.reserve_packet_ids and rec.message.packet_id:
+        if s.reserve_packet_ids and rec.message.packet_id:  # SessionSync=interval
+            # _undo_last_packet_id: last_packet_id before this accept (``retract``'s)
             out += self._reserve(st._undo_last_packet_id, rec.message.seq)
         out.append(Persist((rec,), True))
         if self.conn is _CONNECTED:
@@ -513,6 +518,8 @@ class Outgoing:
         """An outgoing flow ended: free the window, then the events (built for listeners
         only: this runs once per message)."""
         self._inflight.pop(m.seq, None)
+        if self._unreleased is not None and self._releasing and m.seq >= self._released_before:
+            self._unreleased, self._releasing = None, 0  # the broker read the PUBRELs
         if self._pending or self.state.spooled:
             out += self._pump()
         if "on_message_ack" in self.listeners:

@@ -676,3 +676,14 @@ def test_reserved_record_and_snapshot_key_round_trip() -> None:
     assert '"reserved"' not in codec.encode(SessionState())  # absent: none (old files too)
     with pytest.raises(Exception):
         st.apply(Reserved(0, 5))
+
+
+def test_recovered_reservation_released_once_a_later_flow_ends() -> None:
+    """A broker that answers no PUBCOMP for an id it does not hold (amqtt) read the PUBRELs all
+    the same once a flow published after them ends: nothing is sent again."""
+    e = Engine(EngineSettings(reserve_packet_ids=4), _recovered_state())
+    connect(e, session_present=True)
+    assert e._unreleased is not None
+    pid, _ = publish(e, b"later", qos=1)
+    e.receive(ack_in(PacketType.PUBACK, pid))
+    assert e._unreleased is None
