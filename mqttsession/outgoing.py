@@ -175,13 +175,16 @@ class Outgoing:
         """A session read back (a new process, or ``restore``): a reservation it holds may
         cover ids that records a power cut took gave to messages whose PUBLISHes reached the
         broker. They are never handed out again before their PUBRELs are sent: allocation goes
-        on after the reservation."""
+        on after the reservation (until it wraps round to them, 65,000 ids later)."""
         st = self.state
         first, last = st.reserved_first, st.reserved_last
         self._unreleased = (first, last) if first else None
         self._releasing = 0
-        if first and st.covers(st.last_packet_id, last):
-            st.last_packet_id = last  # not recorded: a record that hands out an id sets it
+        if first:
+            # not recorded: the next record that hands out an id sets it, and until then the
+            # file's last_packet_id is in the reservation or (after a restart that did not
+            # record this) before it: either way the next process moves it here again
+            st.last_packet_id = last
 
     def _reserve(self, before: int, seq: int) -> list[Action]:
         """``reserve_packet_ids``: the ids handed out since ``last_packet_id`` was ``before``

@@ -687,3 +687,16 @@ def test_recovered_reservation_released_once_a_later_flow_ends() -> None:
     pid, _ = publish(e, b"later", qos=1)
     e.receive(ack_in(PacketType.PUBACK, pid))
     assert e._unreleased is None
+
+
+def test_recovered_reservation_ahead_of_the_last_id_is_skipped_too() -> None:
+    """A process that read back a reservation moved last_packet_id past it without a record;
+    its own next reservation starts there: the file after a power cut holds a last id BEFORE
+    the reservation. Allocation still goes on after it (found by test_engine_crash)."""
+    st = SessionState()
+    st.configure(client_id="c", clean_session=False)
+    st.last_packet_id = 2
+    st.apply(Reserved(4, 6))
+    e = Engine(EngineSettings(reserve_packet_ids=3), st)
+    assert e.state.last_packet_id == 6
+    assert publish(e, b"x", qos=2)[0] == 7
