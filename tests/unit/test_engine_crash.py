@@ -73,7 +73,7 @@ from mqttsession.state import (
 from mqttsession.store import MemoryStore
 
 SETTINGS = settings(
-    max_examples=200,
+    max_examples=300,
     stateful_step_count=50,
     deadline=None,
     database=None,
