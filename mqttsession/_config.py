@@ -80,9 +80,21 @@ _INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_m
 # the settings with a setter of their own (``c``: the Client)
 
 
+RESERVED_IDS: Final = 256  # packet ids a reservation covers (SessionSync=interval): one fsync
+
+
+def _reserve_ids(c: Any) -> None:
+    """SessionSync=interval with a state file: packet ids come from synced reservations
+    (``EngineSettings.reserve_packet_ids``); ``always`` and ``none`` need none."""
+    s = c._settings
+    on = s.session_sync == "interval" and bool(s.session_state_file)
+    c._engine_settings.reserve_packet_ids = RESERVED_IDS if on else 0
+
+
 def _set_state_file(c: Any, value: str) -> None:
     c._file.set_path(value.strip())
     c._settings.session_state_file = value.strip()
+    _reserve_ids(c)
 
 
 def _set_expiry(c: Any, value: str) -> None:
@@ -115,6 +127,7 @@ def _set_sync(c: Any, value: str) -> None:
         raise UsageError(f"SessionSync must be 'always', 'none' or 'interval', got {value!r}")
     c._settings.session_sync = v
     c._file.set_sync(v != "none")  # interval: the driver defers a publish's fsync
+    _reserve_ids(c)
 
 
 def _policy(c: Any, value: str) -> None:

@@ -21,11 +21,13 @@ __all__ = ["Action", "ConnState", "Deliver", "EngineSettings", "Notify", "Persis
 @dataclass(frozen=True, slots=True)
 class Persist:
     """Make ``records`` durable. ``records`` empty: make those written so far durable
-    (``sync``) or write the lazy ones (``sync`` False)."""
+    (``sync``) or write the lazy ones (``sync`` False). ``force``: synced at once even where
+    the driver defers a publish's sync (SessionSync=interval: a packet-id reservation)."""
 
     records: tuple[Record, ...]
     sync: bool = False
     lazy: bool = False
+    force: bool = False
 
 
 @quick_init
@@ -85,3 +87,6 @@ class EngineSettings:
     drain_rate_limit: int = 0  # new PUBLISHes per second at most (0: no limit)
     queue_in_memory: int = 1000  # never-sent messages held in memory; more go to the disk
     # queue of the state file (0: all in memory)
+    # SessionSync=interval with a state file: packet ids are handed out from reservations of
+    # this many, each synced before its ids leave (``state.Reserved``); 0: off
+    reserve_packet_ids: int = 0

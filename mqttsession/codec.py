@@ -84,6 +84,8 @@ def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
         **({"spool_next": state.spool_next} if state.spool_next and version >= 3 else {}),
         **({"orphans": [incoming_to_obj(m) for m in state.orphans]}
            if state.orphans and version >= 3 else {}),
+        **({"reserved": [state.reserved_first, state.reserved_last]}
+           if state.reserved_first and version >= 3 else {}),
     }
 
 
@@ -136,7 +138,7 @@ _STATE_KEYS: Final = frozenset(
     " disconnected_at last_activity next_seq last_packet_id outgoing incoming subscriptions"
     .split()
 )
-_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans"})
+_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans", "reserved"})
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
 _OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
@@ -261,7 +263,8 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
     names what is wrong."""
     keys = _STATE_KEYS
     if version >= 3 and isinstance(obj, dict):  # optional: the disk queue's read-back point,
-        keys = _STATE_KEYS | (obj.keys() & _OPTIONAL_KEYS)  # orphaned incoming messages
+        # orphaned incoming messages, the packet ids reserved (SessionSync=interval)
+        keys = _STATE_KEYS | (obj.keys() & _OPTIONAL_KEYS)
     f = _Fields(obj, "state", keys)
     outgoing: dict[int, OutgoingMessage] = {}
     topics: set[str] = set()  # topic names that passed validate_topic
@@ -312,6 +315,12 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
         orphans=[_incoming(item, f"state.orphans[{i}]")
                  for i, item in enumerate(f.get_list("orphans"))] if "orphans" in keys else [],
     )
+    if "reserved" in keys:  # SessionSync=interval's reservation (absent: none)
+        reserved = f.get_list("reserved")
+        if len(reserved) != 2 or not all(type(x) is int and 1 <= x <= MAX_PACKET_ID
+                                         for x in reserved):
+            raise f.fail("reserved", f"expected two packet ids 1..{MAX_PACKET_ID}")
+        state.reserved_first, state.reserved_last = reserved
     state.check_invariants(topics_checked=topics)
     return state
 

@@ -374,7 +374,8 @@ class Driver(Durability):
                 if sync:
                     if batch is None:
                         batch = conn is not None and conn.in_batch()
-                    sync = not batch and not later_sync
+                    # a packet-id reservation is synced before its ids leave (``force``)
+                    sync = not batch and (not later_sync or a.force)
                 if not a.lazy:
                     durable = True
                 try:

@@ -7,7 +7,9 @@ driver must carry out, in that order:
 
 * ``Persist(records, sync)``: make the records durable (they are already applied to
   ``engine.state``); ``sync``: on disk before the next action (under ``SessionSync=always``);
-  ``lazy``: may wait for the next record or a tick (losing it costs only a resend).
+  ``lazy``: may wait for the next record or a tick (losing it costs only a resend);
+  ``force``: synced even where the driver defers a publish's sync (``SessionSync=interval``:
+  the packet-id reservation, ``state.Reserved``, that the ids of the next records come from).
 * ``Write(packet)``: the bytes of one MQTT packet (``_wire``), on the current connection.
 * ``Deliver(message)``: hand a received message to the application. A QoS 1/2 delivery is
   acknowledged by a later ``ack()`` call (the driver calls it when the callback returns unless
@@ -159,6 +161,7 @@ class Engine(Outgoing):
         records: list[Record] = [self.state.connected(now, self.broker, session_present)]
         self._early_lost = None
         if not session_present:
+            self._unreleased, self._releasing = None, 0  # the broker holds no flow of ours
             # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
             # out of packet-id space now, durably, so that the new session's PUBLISH with the
             # same id is never taken for a duplicate of one of them [MQTT-4.3.3-10], whenever
@@ -230,6 +233,10 @@ class Engine(Outgoing):
         lost_subs = plan.resubscribe if not self.session_present and had_state else ()
         out += self.subs.resume(lost_subs)
         out += self._pump()  # in seq order [MQTT-4.6.0-1]
+        if not self.session_present:
+            self._unreleased = None  # a session restored in on_connected: the broker has none
+        elif self._unreleased is not None:
+            out += self._release_reserved()  # after the resends: these were published later
         expired, self.restored_expired = self.restored_expired, False
         if self.session_present:
             resent = pubrel = 0
@@ -287,7 +294,13 @@ class Engine(Outgoing):
         """The application disconnects: the time is durable before DISCONNECT."""
         out: list[Action] = []
         if self.connected:
-            out.append(Persist((self.state.disconnected(now),), sync=True))
+            st = self.state
+            records: list[Record] = [st.disconnected(now)]
+            if st.reserved_first and self._unreleased is None:
+                # every record is on disk with this one: the broker holds no flow for an id
+                # the session does not hold, and the next process has nothing to release
+                records.append(st.reserve_none())
+            out.append(Persist(tuple(records), sync=True))
         self.conn = ConnState.CLOSING
         self._inflight.clear()
         return out
@@ -463,6 +476,7 @@ class Engine(Outgoing):
             log.info("saved session of %r has expired by this clock (MQTT 5); connecting with"
                      " Clean Start 0 all the same: SessionPresent decides", state.client_id)
         self.state = state
+        self._recovered()
         self.restored_expired = expired
         self.subs.restored()
         self.dropped = self.expired = 0

@@ -33,9 +33,11 @@ from .state import (
     OutgoingMessage,
     Phase,
     Record,
+    Reserved,
     SessionState,
     Spooled,
     Stepped,
+    id_range,
     message_bytes,
     publish_packet_size,
 )
@@ -112,6 +114,17 @@ class Outgoing:
         self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
         self._tokens = 0.0  # DrainRateLimit: new PUBLISHes that may go now
         self._tokens_at = 0.0  # when the bucket was last filled (monotonic)
+        # SessionSync=interval: a reservation read back (first, last ids) whose ids the session
+        # does not hold get a PUBREL on the next SessionPresent=1 connection; _releasing: the
+        # last of them sent, whose PUBCOMP ends it, as does the end of a flow published after
+        # them (seq _released_before and later: a broker that answers no PUBCOMP for an id it
+        # does not hold read them); _unreserve: the seq of the publish that made the latest
+        # reservation and the one before it (for ``retract``)
+        self._unreleased: tuple[int, int] | None = None
+        self._releasing = 0
+        self._released_before = 0
+        self._unreserve: tuple[int, int, int] | None = None
+        self._recovered()
 
     # ---------------------------------------------------------------- views
 
@@ -155,6 +168,57 @@ class Outgoing:
             log.debug("%s for packet id %d", kind.name, packet_id)
         first = (kind << 4) | (0x02 if kind is PacketType.PUBREL else 0)
         return Write(bytes((first, 2, packet_id >> 8, packet_id & 0xFF)), kind, packet_id)
+
+    # ---------------------------------------------------------------- packet ids
+
+    def _recovered(self) -> None:
+        """A session read back (a new process, or ``restore``): a reservation it holds may
+        cover ids that records a power cut took gave to messages whose PUBLISHes reached the
+        broker. They are never handed out again before their PUBRELs are sent: allocation goes
+        on after the reservation (until it wraps round to them, 65,000 ids later)."""
+        st = self.state
+        first, last = st.reserved_first, st.reserved_last
+        self._unreleased = (first, last) if first else None
+        self._releasing = 0
+        if first:
+            # not recorded: the next record that hands out an id sets it, and until then the
+            # file's last_packet_id is in the reservation or (after a restart that did not
+            # record this) before it: either way the next process moves it here again
+            st.last_packet_id = last
+
+    def _reserve(self, before: int, seq: int) -> list[Action]:
+        """``reserve_packet_ids``: the ids handed out since ``last_packet_id`` was ``before``
+        lie in a reservation; if they do not, a new one, synced before anything that uses them
+        is written (``force``: also where a publish's sync waits, SessionSync=interval).
+        ``seq``: the (first) message published, for ``retract``."""
+        st = self.state
+        n, last = self.settings.reserve_packet_ids, st.last_packet_id
+        if not n or last == before or st.covers(before, last):
+            return []
+        undo = (seq, st.reserved_first, st.reserved_last)
+        rec = st.reserve(before, n, keep_first=self._unreleased is not None)
+        self._unreserve = undo
+        return [Persist((rec,), sync=True, force=True)]
+
+    def _release_reserved(self) -> list[Action]:
+        """SessionPresent=1 after a session with a reservation was read back: PUBREL for each
+        reserved id the session does not hold. A broker holding a QoS 2 flow whose record a
+        power cut took completes it (the message was published before the cut: delivering it
+        is allowed); one holding none answers PUBCOMP all the same [MQTT-4.3.3-11]. After it
+        the id is a new message's again [MQTT-4.3.3-12]."""
+        if self._unreleased is None:
+            return []
+        first, last = self._unreleased
+        held = self.state.outgoing_by_packet_id
+        ids = [pid for pid in id_range(first, last) if held(pid) is None]
+        log.info("%d PUBREL sent for packet ids %d..%d reserved before the restart"
+                 " (SessionSync=interval: a power cut may have taken the records of messages"
+                 " the broker holds)", len(ids), first, last)
+        if not ids:
+            self._unreleased = None
+        self._releasing = ids[-1] if ids else 0
+        self._released_before = self.state.next_seq
+        return [self._ack(PacketType.PUBREL, pid) for pid in ids]
 
     # ---------------------------------------------------------------- publishing
 
@@ -226,6 +290,9 @@ class Outgoing:
         self._pending.append(rec.message.seq)
         if hold:  # group commit: its PUBLISH waits for ``durable`` (persistence point 1)
             self._holding.add(rec.message.seq)
+        if s.reserve_packet_ids and rec.message.packet_id:  # SessionSync=interval
+            # _undo_last_packet_id: last_packet_id before this accept (``retract``'s)
+            out += self._reserve(st._undo_last_packet_id, rec.message.seq)
         out.append(Persist((rec,), True))
         if self.conn is _CONNECTED:
             out += self._pump()
@@ -258,6 +325,7 @@ class Outgoing:
         records: list[Record] = []
         ids: list[int] = []
         quick: list[Action] = []
+        before, first_seq = st.last_packet_id, st.next_seq
         for topic, payload, qos, retain, props in items:
             if not qos:
                 pid, actions = self.publish(topic, payload, 0, retain, props)
@@ -274,6 +342,8 @@ class Outgoing:
             records.append(rec)
             ids.append(rec.message.packet_id)
         if records:
+            if not spool:
+                out += self._reserve(before, first_seq)
             out.append(Persist(tuple(records), True))
         out += quick
         if records and not spool and self.conn is _CONNECTED:
@@ -344,9 +414,10 @@ class Outgoing:
                 st.spooled, st.spooled_bytes = sp.queued()
             if upto <= st.spool_next:
                 return []
+        before = st.last_packet_id
         rec = st.load(messages, upto, avoid=self.subs.busy())
         self._pending.extend(m.seq for m in messages)
-        return [Persist((rec,), sync=True)]
+        return [*self._reserve(before, 0), Persist((rec,), sync=True)]
 
     def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
         """A message left without delivery: its record, and ``on_message_dropped``."""
@@ -374,6 +445,10 @@ class Outgoing:
             self.state.retract_spooled(rec)
             return
         seq = rec.message.seq
+        u = self._unreserve
+        if u is not None and u[0] == seq:  # the reservation made for it: never synced
+            self._unreserve = None
+            self.state.reserved_first, self.state.reserved_last = u[1], u[2]
         self._holding.discard(seq)
         m = self.state.outgoing.get(seq)
         if m is not None and m.phase is not Phase.QUEUED:  # pumped: undo the SEND step too
@@ -424,13 +499,15 @@ class Outgoing:
                 step = self.state.moved(m, Event.SEND,
                                         Phase.AWAIT_PUBACK if m.qos == 1 else Phase.AWAIT_PUBREC)
                 return [Persist((step,), lazy=True), self._publish(m, False)]
+            before = self.state.last_packet_id
             step = self.state.send(m.seq, avoid=self.subs.busy())
             # an id given now (the message was published anew after SessionPresent=0, or when
             # every id was taken) is durable before the broker holds it: a lost record would
             # hand the same id to another message while the broker still holds it
             # [MQTT-2.3.1-2]
             m = self.state.outgoing[m.seq]
-            return [Persist((step,), sync=True), self._publish(m, False)]
+            return [*self._reserve(before, 0), Persist((step,), sync=True),
+                    self._publish(m, False)]
         if m.phase is Phase.AWAIT_PUBCOMP:
             # point 2: "released" is durable before this PUBREL [MQTT-4.3.3-6]: PUBREL, never
             # the PUBLISH again
@@ -444,6 +521,8 @@ class Outgoing:
         """An outgoing flow ended: free the window, then the events (built for listeners
         only: this runs once per message)."""
         self._inflight.pop(m.seq, None)
+        if self._unreleased is not None and self._releasing and m.seq >= self._released_before:
+            self._unreleased, self._releasing = None, 0  # the broker read the PUBRELs
         if self._pending or self.state.spooled:
             out += self._pump()
         if "on_message_ack" in self.listeners:
@@ -499,6 +578,8 @@ class Outgoing:
     def _pubcomp(self, pid: int, code: int) -> list[Action]:
         m = self.state.outgoing_by_packet_id(pid)
         if m is None or m.phase is not Phase.AWAIT_PUBCOMP:
+            if m is None and pid == self._releasing:  # the reserved ids read back are free
+                self._unreleased, self._releasing = None, 0  # [MQTT-4.3.3-12]
             log.debug("PUBCOMP for packet id %d, which awaits none: ignored", pid)
             return []
         rec = self.state.finished(m, Event.PUBCOMP)

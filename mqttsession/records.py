@@ -25,7 +25,7 @@ __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
     "Stepped", "Received", "Released", "Subscribed", "Unsubscribed", "Connected",
     "SessionReset", "Disconnected", "Activity", "Spooled", "Loaded", "Orphaned",
-    "OrphansReleased", "SessionLost", "ResumePlan",
+    "OrphansReleased", "Reserved", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record",
     "decode_record", "quick_init", "MAX_SEQ",
 ]
@@ -270,6 +270,18 @@ class OrphansReleased:
     packet_ids: tuple[int, ...]
 
 
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """SessionSync=interval: outgoing packet ids ``first`` to ``last`` (cyclically, 65535 is
+    followed by 1) may be handed out by records not yet synced, whose PUBLISHes leave at once.
+    Synced before any of them is written, so that after a power cut the session knows which
+    ids the broker may still hold flows for [MQTT-4.3.3-10]; (0, 0): no reservation."""
+
+    first: int
+    last: int
+
+
 Record = Union[
     Configured,
     Accepted,
@@ -286,6 +298,7 @@ Record = Union[
     Loaded,
     Orphaned,
     OrphansReleased,
+    Reserved,
 ]
 
 
@@ -400,6 +413,9 @@ KINDS: Final[dict[type, Kind]] = {
                    lambda f: Orphaned(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
     OrphansReleased: Kind("P", ("packet_ids",), lambda r: [list(r.packet_ids)],
                           lambda f: OrphansReleased(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
+    Reserved: Kind("V", ("first", "last"), lambda r: [r.first, r.last],
+                   lambda f: Reserved(f.get_int("first", 0, MAX_PACKET_ID),
+                                      f.get_int("last", 0, MAX_PACKET_ID))),
     Configured: Kind("K", ("client_id", "protocol_version", "clean_session",
                            "session_expiry_interval"),
                      lambda r: [r.client_id, r.protocol_version, r.clean_session,

@@ -224,7 +224,9 @@ class StateFile:
         j = self._new(state.client_id)
         try:
             old = self._recover(j) if os.path.exists(self.path) else None
-            if old is not None and not old.empty:
+            # a reservation (SessionSync=interval) is kept like messages: the broker may hold
+            # flows for its ids that only ``restore_session`` can release
+            if old is not None and (not old.empty or old.reserved_first):
                 self.unrestored = old
             else:
                 if old is None:

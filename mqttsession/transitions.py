@@ -65,6 +65,7 @@ from .records import (
     Phase,
     Received,
     Released,
+    Reserved,
     SessionReset,
     Spooled,
     Stepped,
@@ -345,6 +346,14 @@ def _apply_activity(st: SessionState, rec: Activity) -> None:
     st.last_activity = _check_time("activity time", rec.at)
 
 
+def _apply_reserved(st: SessionState, rec: Reserved) -> None:
+    first, last = rec.first, rec.last
+    if (type(first) is not int or type(last) is not int or not 0 <= first <= MAX_PACKET_ID
+            or not 0 <= last <= MAX_PACKET_ID or (first == 0) != (last == 0)):
+        raise TransitionError(f"reserved packet ids {first!r}..{last!r}: not a range of ids")
+    st.reserved_first, st.reserved_last = first, last
+
+
 APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     Configured: _apply_configured,
     Accepted: _apply_accepted,
@@ -361,4 +370,5 @@ APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     Loaded: _apply_loaded,
     Orphaned: _apply_orphaned,
     OrphansReleased: _apply_orphans_released,
+    Reserved: _apply_reserved,
 }

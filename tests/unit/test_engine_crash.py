@@ -7,7 +7,11 @@ application publishes; the broker reads, answers (PUBACK / PUBREC / PUBCOMP queu
 any interleaving: the spec orders each kind only), sends QoS 1/2 messages; connections drop
 (unread packets are lost); the broker may forget the session (SessionPresent=0). A CRASH cuts
 the action list being carried out at a chosen boundary: kill -9 keeps ``store.written``, a power
-cut only the synced records; a fresh ``Engine(settings, recovered_state)`` reconnects.
+cut only the synced records; a fresh ``Engine(settings, recovered_state)`` reconnects. The
+SessionSync mode is drawn: ``always``; ``interval``, where a publish's records are written at
+once and synced by a timer rule (``interval_sync``) while its PUBLISH leaves at once, packet ids
+coming from reservations synced first; ``none`` (no sync at all: no power cuts, which it does
+not promise to survive).
 
 Checked: every publish whose ``Persist`` ran reaches the broker's subscribers (after a final
 quiescent phase); no QoS 2 message reaches them twice, except the documented window (it was
@@ -15,7 +19,11 @@ past PUBREC when the broker answered SessionPresent=0, ``state.py``); broker-sen
 messages are taken by the application at most once, QoS 1/2 at least once before the broker
 sees their PUBACK / PUBCOMP; outgoing packet ids never collide; and each ``Write`` finds the
 record it depends on durable (synced) when it is carried out, a sync ``Persist`` earlier in its
-own action list for PUBREC / PUBREL.
+own action list for PUBREC / PUBREL. Under ``interval`` a PUBLISH finds its message written
+(not necessarily synced) and its packet id inside a durable reservation; a power cut takes only
+promised messages published since the last timer sync, a suffix of the publish order, never
+one published after a restart; the broker holds no QoS 2 flow at the end (the PUBRELs for a
+reservation read back release those whose records the power cut took).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from mqttsession.engine import (
 from mqttsession.events import MessageEvent, SessionLostEvent
 from mqttsession.state import (
     Accepted,
+    Reserved,
     Event,
     OrphansReleased,
     OutgoingMessage,
@@ -59,11 +68,12 @@ from mqttsession.state import (
     SessionState,
     Spooled,
     Stepped,
+    id_range,
 )
 from mqttsession.store import MemoryStore
 
 SETTINGS = settings(
-    max_examples=200,
+    max_examples=300,
     stateful_step_count=50,
     deadline=None,
     database=None,
@@ -281,7 +291,11 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.app = AppModel()
         self.now = 1000.0
         self.counter = 0
+        self.mode = "always"  # SessionSync
         self.promised: set[bytes] = set()  # Accepted durable: publish returned
+        self.order: list[bytes] = []  # the promised ones, in publish order
+        self.sync_mark = 0  # interval: len(order) at the last sync of everything (the timer)
+        self.may_lose: set[bytes] = set()  # interval: the tails power cuts took
         self.failed: set[bytes] = set()  # publish whose Persist failed (retracted)
         self.held: list[tuple[int, bytes]] = []  # group commit: written, not yet synced
         self.crash_in: int | None = None  # actions left before an armed crash
@@ -299,26 +313,37 @@ class EngineCrashMachine(RuleBasedStateMachine):
         disk queue the crash left (``MemoryStore.recover`` placed its reading back)."""
         old = getattr(self, "store", None)
         self.store = MemoryStore(state)
+        self.store.sync_policy = self.mode != "none"
         if queue is not None and old is not None:
             self.store.queue, self.store.queue_read = queue, old.queue_read
             self.store.queue_durable = len(queue)
         self.store.ready = self.settings.queue_in_memory > 0
         self.durable_view = codec.decode(self.store.snapshot)
         self.durable_applied = 0
+        self.written_view = codec.decode(self.store.snapshot)
+        self.written_applied = 0
+        self.sync_mark = len(self.order)  # the store holds only a (synced) snapshot
         self.engine = Engine(self.settings, state)
         self.engine.spool = self.store
 
     @initialize(protocol=st.sampled_from([4, 5]), max_inflight=st.sampled_from([1, 2, 3, 20]),
                 receive_maximum=st.sampled_from([1, 2, 65535]),
                 republish_interval=st.sampled_from([0.0, 1.0]),
-                queue_in_memory=st.sampled_from([0, 0, 1, 2, 3]))
+                queue_in_memory=st.sampled_from([0, 0, 1, 2, 3]),
+                mode=st.sampled_from(["always", "interval", "interval", "none"]),
+                block=st.sampled_from([1, 3, 256]))
     def setup(self, protocol: int, max_inflight: int, receive_maximum: int,
-              republish_interval: float, queue_in_memory: int) -> None:
+              republish_interval: float, queue_in_memory: int, mode: str, block: int) -> None:
+        """``mode``: SessionSync (the driver: ``interval`` writes a publish's records at once and
+        syncs them later, reserving packet ids ``block`` at a time; ``none`` never syncs, and a
+        power cut is then outside what it promises)."""
         self.protocol = protocol
+        self.mode = mode
         self.receive_maximum = receive_maximum if protocol == 5 else 65535
         self.settings = EngineSettings(max_inflight=max_inflight,
                                        republish_interval=republish_interval,
-                                       queue_in_memory=queue_in_memory)
+                                       queue_in_memory=queue_in_memory,
+                                       reserve_packet_ids=block if mode == "interval" else 0)
         self.broker = ModelBroker(protocol)
         state = SessionState()
         state.configure(client_id="model", clean_session=False, protocol_version=protocol)
@@ -327,29 +352,49 @@ class EngineCrashMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------------- the driver
 
     def durable(self) -> SessionState:
-        """What a power cut now would leave (the synced records, applied incrementally)."""
+        """What a power cut now would leave (the synced records, applied incrementally);
+        ``none`` promises only what a kill -9 leaves."""
+        if self.mode == "none":
+            return self.written()
         for rec in self.store.written[self.durable_applied:self.store.durable]:
             self.durable_view.apply(rec)
         self.durable_applied = max(self.durable_applied, self.store.durable)
         return self.durable_view
 
-    def run(self, actions: Sequence[Action]) -> None:
-        """Carry out the actions in order, as the Client does; an armed crash cuts them."""
+    def written(self) -> SessionState:
+        """What a kill -9 now would leave (the records the OS holds)."""
+        for rec in self.store.written[self.written_applied:]:
+            self.written_view.apply(rec)
+        self.written_applied = len(self.store.written)
+        return self.written_view
+
+    def run(self, actions: Sequence[Action], publishing: bool = False) -> None:
+        """Carry out the actions in order, as the Client does; an armed crash cuts them.
+        ``publishing``: a publish call's list, whose syncs ``interval`` defers (``Driver.run``'s
+        ``later_sync``) but for a forced one (a packet-id reservation)."""
         self.check_list_order(actions)
+        later = publishing and self.mode == "interval"
         for a in actions:
             if self.crash_in is not None:
                 if self.crash_in == 0:
                     raise _Crash
                 self.crash_in -= 1
-            self.execute(a)
+            self.execute(a, later)
 
-    def execute(self, a: Action) -> None:
+    def execute(self, a: Action, later_sync: bool = False) -> None:
         if isinstance(a, Persist):
-            _persist(self.store, self.engine.state, a)
+            if later_sync and a.sync and not a.force:  # written now, synced by the timer
+                _persist(self.store, self.engine.state, Persist(a.records, False, a.lazy))
+            else:
+                _persist(self.store, self.engine.state, a)
             for rec in a.records:
                 if isinstance(rec, (Accepted, Spooled)):
+                    # the engine asks for point 1; under ``interval`` the driver syncs it later
                     assert a.sync, "an accepted message must be synced (point 1)"
                     self.promised.add(rec.message.payload)
+                    self.order.append(rec.message.payload)
+                elif isinstance(rec, Reserved):
+                    assert a.sync and a.force, "a reservation is synced at once"
                 elif isinstance(rec, Released):
                     assert a.sync, "a released incoming message must be synced (point 4)"
                     self.app.removed(rec.packet_id)
@@ -381,7 +426,11 @@ class EngineCrashMachine(RuleBasedStateMachine):
         for i, a in enumerate(actions):
             if isinstance(a, Persist):
                 if any(isinstance(r, (Accepted, Spooled)) for r in a.records):
-                    assert i == 0 and a.sync, "point 1: Accepted first, synced"
+                    # first, or after the reservation its packet id needs
+                    assert a.sync and all(
+                        isinstance(b, Persist) and b.records
+                        and all(isinstance(r, Reserved) for r in b.records)
+                        for b in actions[:i]), "point 1: Accepted first, synced"
                 if a.sync:
                     synced.update(a.records if a.records else ("bare",))
                 continue
@@ -417,8 +466,21 @@ class EngineCrashMachine(RuleBasedStateMachine):
         pid = p.packet_id or 0
         d = self.durable()
         if p.type is PacketType.PUBLISH and p.qos:
-            phases = [m.phase for m in d.outgoing.values() if m.payload == p.payload]
-            assert phases, f"point 1: PUBLISH {p.payload!r} before its message is durable"
+            held = [m for m in d.outgoing.values() if m.payload == p.payload]
+            if self.mode == "interval":
+                # the promise of ``interval``: the message is in the OS (kill -9 keeps it), and
+                # a power cut that takes it leaves its packet id inside a durable reservation
+                assert any(m.payload == p.payload for m in self.written().outgoing.values()), (
+                    f"PUBLISH {p.payload!r} before its message is written")
+                if any(m.packet_id != pid for m in held) or not held:
+                    assert pid in id_range(d.reserved_first, d.reserved_last), (
+                        f"PUBLISH {p.payload!r} with packet id {pid} outside the durable"
+                        f" reservation {d.reserved_first}..{d.reserved_last}")
+            else:
+                assert held, f"point 1: PUBLISH {p.payload!r} before its message is durable"
+                assert all(m.packet_id == pid for m in held), (
+                    f"PUBLISH {p.payload!r} with packet id {pid} before the id is durable")
+            phases = [m.phase for m in held]
             assert Phase.AWAIT_PUBCOMP not in phases, (
                 f"[MQTT-4.3.3-6] PUBLISH {p.payload!r} again after its release is durable")
         elif p.type is PacketType.PUBREL:
@@ -434,13 +496,37 @@ class EngineCrashMachine(RuleBasedStateMachine):
 
     def crash(self) -> None:
         """The process is gone: recover the store as the crash left it, start again."""
+        if self.mode == "none":
+            self.power_cut = False  # ``none`` promises nothing for a power cut
         state = self.store.recover(power_cut=self.power_cut)
         state.check_invariants()
+        self.check_loss(state)
         self.crash_in = None
         self.held = []  # those calls never returned: nothing was promised
         self.drop_network()
         self.app.crashed()
         self._fresh(state, self.store.queue)
+
+    def check_loss(self, state: SessionState) -> None:
+        """What the crash took of the promised messages (neither in the recovered session, nor
+        delivered, nor on their way: a QoS 2 one the broker holds is released by the PUBRELs
+        of the reservation, unless the broker forgets the session). kill -9, and a power cut under ``always``: nothing. A power cut
+        under ``interval``: only messages published since the last timer sync, and only a
+        suffix of the publish order (nothing after them survived)."""
+        present = {m.payload for m in state.outgoing.values()}
+        present |= {m.payload for m in self.store.queue[self.store.queue_read:]}
+        delivered = set(self.broker.delivered)  # not those the broker holds: it may forget
+        gone = [i for i, p in enumerate(self.order)
+                if p not in present and p not in delivered and p not in self.may_lose]
+        if not (self.power_cut and self.mode == "interval"):
+            assert not gone, f"a crash took promised messages: {[self.order[i] for i in gone]}"
+            return
+        if gone:
+            assert gone[0] >= self.sync_mark, (
+                f"a power cut took {self.order[gone[0]]!r}, published before the last sync")
+            survived = [p for p in self.order[gone[0]:] if p in present]
+            assert not survived, f"a power cut took a message before these survived: {survived}"
+        self.may_lose |= {self.order[i] for i in gone}
 
     def drop_network(self) -> None:
         self.online = False
@@ -468,8 +554,24 @@ class EngineCrashMachine(RuleBasedStateMachine):
     def publish(self, qos: int) -> None:
         with self.step():
             _, actions = self.engine.publish("t", self.payload("o"), qos, False)
-            self.run(actions)
+            self.run(actions, publishing=True)
 
+    @rule(n=st.integers(1, 4), qos=st.sampled_from([1, 2]))
+    def publish_many(self, n: int, qos: int) -> None:
+        with self.step():
+            items = [("t", self.payload("o"), qos, False, b"") for _ in range(n)]
+            _, actions = self.engine.publish_many(items, self.now)
+            self.run(actions, publishing=True)
+
+    @precondition(lambda self: self.mode == "interval")
+    @rule()
+    def interval_sync(self) -> None:
+        """SessionSync=interval's timer: everything written is synced."""
+        self.store.sync_pending()
+        self.store.queue_durable = len(self.store.queue)
+        self.sync_mark = len(self.order)
+
+    @precondition(lambda self: self.mode == "always")  # group commit is ``always``'s
     @rule(qos=st.sampled_from([1, 2]))
     def publish_held(self, qos: int) -> None:
         """A group-commit publish (``Client._publish_begin``): its record is written, not
@@ -511,9 +613,8 @@ class EngineCrashMachine(RuleBasedStateMachine):
             before = self.engine.state.snapshot_fields()
             payload = self.payload("f")
             _, actions = self.engine.publish("t", payload, qos, False)
-            first = actions[0]
-            rec = first.records[0] if isinstance(first, Persist) else None
-            assert isinstance(rec, (Accepted, Spooled))
+            rec = next(r for a in actions if isinstance(a, Persist) for r in a.records
+                       if isinstance(r, (Accepted, Spooled)))
             self.engine.retract(rec)
             assert self.engine.state.snapshot_fields() == before
             self.failed.add(payload)
@@ -674,6 +775,18 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.crash_in = after
         self.power_cut = power_cut
 
+    @precondition(lambda self: self.mode == "interval" and self.online)
+    @rule(qos=st.sampled_from([1, 2]))
+    def publish_then_power_cut(self, qos: int) -> None:
+        """The window ``interval`` opens: a publish returns, the broker reads its PUBLISH (a
+        QoS 2 one it holds awaiting PUBREL), the power fails before the record is synced."""
+        self.publish(qos)
+        with self.step():
+            while self.c2b:
+                self.b2c.extend(self.broker.receive(self.c2b.popleft(), self.app))
+        self.power_cut = True
+        self.crash()
+
     @rule(power_cut=st.booleans())
     def crash_now(self, power_cut: bool) -> None:
         self.power_cut = power_cut
@@ -707,7 +820,11 @@ class EngineCrashMachine(RuleBasedStateMachine):
             if not self.exchange(acks=True):
                 break
         lost = self.promised - set(self.broker.delivered)
-        assert not lost, f"published, durable, never delivered: {sorted(lost)}"
+        # interval: only what power cuts took of the messages published since the last sync;
+        # nothing published after a restart
+        assert lost <= self.may_lose, (
+            f"published, durable, never delivered: {sorted(lost - self.may_lose)}")
+        assert not self.broker.held, f"the broker still holds QoS 2 flows {self.broker.held}"
         assert not self.failed & set(self.broker.delivered)
         assert not self.engine.state.outgoing, f"stuck: {self.engine.state.outgoing}"
         assert not self.engine.state.spooled, "stuck in the disk queue"
