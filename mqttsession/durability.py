@@ -16,6 +16,9 @@ from .store import StateFile
 
 __all__ = ["Durability"]
 
+_LINGER = 0.0002  # seconds the syncing publisher waits when others are under way
+_LINGER_SIBLINGS = 4  # publish_data calls under way for that
+
 
 class Durability:
     """Group commit and the interval sync timer, over the ``Driver``'s state."""
@@ -26,6 +29,7 @@ class Durability:
     _settings: ClientSettings
     _awaiting: deque[tuple[int, int, int]]  # held publishes: seq, and where their record ends
     _sync_timer: threading.Timer | None  # SessionSync=interval, armed while records wait
+    publishers: int  # publish_data calls under way
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
@@ -61,7 +65,10 @@ class Durability:
         others need not take the session lock for theirs)."""
         j = self.file.journal
         try:
-            if j is not None and j.sync_to(token[1], token[2]) and release:
+            # several publishers under way: the one that syncs lingers a moment for the
+            # others' records (PostgreSQL's commit_delay with commit_siblings)
+            linger = _LINGER if self.publishers >= _LINGER_SIBLINGS else 0.0
+            if j is not None and j.sync_to(token[1], token[2], linger) and release:
                 self.release_durable()
         except Exception as exc:  # reported to the publisher by ``release``
             return exc

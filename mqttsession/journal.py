@@ -400,13 +400,14 @@ class Journal:
         with self._mutex:
             return self._gen, self._size
 
-    def sync_to(self, gen: int, pos: int) -> bool:
+    def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
         """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk.
         Threads that call it together share one fdatasync: one runs it (outside the mutex, so
         records go on being appended meanwhile) for everything written so far, the others
         wait for it; a compaction since (a new incarnation) synced everything already.
         ``PersistenceError`` when the fdatasync fails (the next write rewrites everything).
-        True when this call ran the fdatasync."""
+        True when this call ran the fdatasync. ``linger``: seconds the one that syncs waits
+        first, so that the records of other publishers under way join this fdatasync."""
         while True:
             with self._sync_cond:
                 while self._syncing and self._gen == gen and self._synced < pos:
@@ -429,6 +430,11 @@ class Journal:
                     self._syncing = True
                 fd, target = self._fd, self._size
             break
+        if linger > 0:
+            # the others append meanwhile; ``_size`` only ever covers written bytes, and no
+            # compaction closes the fd while ``_syncing`` (it waits in ``_quiesce``)
+            time.sleep(linger)
+            target = max(target, self._size) if self._gen == gen else target
         ok = False
         try:
             try:
