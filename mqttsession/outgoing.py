@@ -33,7 +33,6 @@ from .state import (
     OutgoingMessage,
     Phase,
     Record,
-    Reserved,
     SessionState,
     Spooled,
     Stepped,
@@ -548,11 +547,9 @@ class Outgoing:
         elif m is None or m.phase is not Phase.AWAIT_PUBACK:
             log.debug("PUBACK for packet id %d, which awaits none: ignored", pid)
             return []
-        else:  # the usual end of a QoS 1 flow
-            rec = self.state.finished(m, Event.PUBACK)
-            return self._finished(m, code, [Persist((rec,), lazy=True)])  # point 5
         # point 5: a lost removal only costs a resend
-        return self._finished(m, code, [Persist((self.state.puback(pid),), lazy=True)])
+        return self._finished(m, code, [Persist((self.state.finished(m, Event.PUBACK),),
+                                                lazy=True)])
 
     def _pubrec(self, pid: int, code: int) -> list[Action]:
         m = self.state.outgoing_by_packet_id(pid)

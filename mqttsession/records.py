@@ -18,7 +18,7 @@ import struct
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable, Final, TypeVar, Union
 
-from ._fields import Fields, b64, dump, parse_json
+from ._fields import Fields, dump, parse_json
 from .errors import StateError
 
 __all__ = [
@@ -382,14 +382,12 @@ KINDS: Final[dict[type, Kind]] = {
                    _no_json, _accepted_json),
     Stepped: Kind("S", ("seq", "event", "packet_id"), _no_json, _stepped_json),
     Received: Kind(
-        "R", ("packet_id", "topic", "payload", "retain", "dup", "properties"),
-        lambda r: [r.message.packet_id, r.message.topic, b64(r.message.payload),
-                   r.message.retain, r.message.dup, b64(r.message.properties)],
+        "R", ("packet_id", "topic", "payload", "retain", "dup", "properties"), _no_json,
         lambda f: Received(IncomingMessage(
             f.get_int("packet_id", 1, MAX_PACKET_ID), f.get_str("topic", nonempty=True),
             f.get_bytes("payload"), 2, f.get_bool("retain"), f.get_bool("dup"),
             f.get_bytes("properties")))),
-    Released: Kind("L", ("packet_id",), lambda r: [r.packet_id],
+    Released: Kind("L", ("packet_id",), _no_json,
                    lambda f: Released(f.get_int("packet_id", 1, MAX_PACKET_ID))),
     Subscribed: Kind("U", ("filter", "qos"), lambda r: [r.topic_filter, r.qos],
                      lambda f: Subscribed(f.get_str("filter", nonempty=True), f.get_int("qos", 0, 2))),
