@@ -182,6 +182,14 @@ class EmbeddedAmqtt:
                     task.cancel()
                 if pending:
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                # amqtt's shutdown leaves some client connections open; their transports and
+                # StreamWriters would warn (ResourceWarning) whenever the collector reaches them,
+                # which under ``filterwarnings = error`` fails whatever test runs at that moment.
+                transports = getattr(loop, "_transports", None)  # selector loops: fd -> transport
+                if transports is not None:
+                    for transport in list(transports.values()):
+                        transport.abort()
+                    loop.run_until_complete(asyncio.sleep(0))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:

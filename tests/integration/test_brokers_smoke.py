@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import gc
 import queue
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -256,6 +259,27 @@ def check_amqtt_session_persists(registry: list[Client], host: str, port: int) -
     # (amqtt bug 3 in BROKERS.md: the queued message comes with RETAIN=1; not asserted here.)
     back.disconnect()
     pub.disconnect()
+
+
+def test_embedded_amqtt_stop_leaves_no_open_transport() -> None:
+    """Connections amqtt still holds at shutdown (idle, half a CONNECT, connected) are closed on
+    its loop, so no ResourceWarning fires later in whatever test the collector happens to run in."""
+    broker = EmbeddedAmqtt().start()
+    socks = [socket.create_connection((broker.host, broker.port), timeout=TIMEOUT) for _ in range(3)]
+    socks[1].sendall(bytes([0x10, 13, 0, 4]))
+    socks[2].sendall(bytes([0x10, 13, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 1]) + b"y")
+    assert socks[2].recv(4) == b"\x20\x02\x00\x00"  # CONNACK: the broker holds this one
+    broker.stop()
+    for sock in socks:
+        sock.close()
+    caught: list[BaseException | None] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: caught.append(unraisable.exc_value)
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert caught == []
 
 
 def test_amqtt_process_keeps_session_without_username(amqtt_broker: AmqttProcess, clients: list[Client]) -> None:
