@@ -33,6 +33,7 @@ from .events import (
     SubscribedEvent,
     UnsubscribedEvent,
 )
+from .gateway import AsyncGateway, Gateway
 from .mesh import Connection, Session, SessionNotFoundError
 from .options import Options, TlsOptions
 
@@ -69,6 +70,8 @@ __all__ = [
     "Session",
     "SessionNotFoundError",
     "AsyncSession",
+    "Gateway",
+    "AsyncGateway",
 ]
 
 __version__ = "0.1.0"

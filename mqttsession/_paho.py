@@ -17,6 +17,7 @@ Verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import ssl
 import threading
@@ -32,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from . import _wire
 from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
+from .pacing import Pacer, jittered
 
 __all__ = [
     "AsyncioPump", "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
@@ -208,6 +210,7 @@ class PahoConnection(mqtt.Client):
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self._batch_lock = threading.Lock()  # guards _batch (never held while writing)
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
+        self.loop_thread: threading.Thread | None = None  # an AsyncioPump's, in its own thread
         self._write_due = False  # the network thread queued packets without a wake-up
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
@@ -296,7 +299,10 @@ class PahoConnection(mqtt.Client):
         self._reconnect_on_failure = on  # noqa: SLF001
 
     def in_network_thread(self) -> bool:
-        return threading.current_thread() is self._thread  # noqa: SLF001
+        """Whether the caller is the thread that runs this connection (paho's, or the loop's
+        of an ``AsyncioPump`` run in a thread of its own, as a ``Gateway``'s)."""
+        me = threading.current_thread()
+        return me is self._thread or me is self.loop_thread  # noqa: SLF001
 
     def wants_reconnect(self) -> bool:
         """The connection was lost (not closed on purpose) and auto-reconnect is on."""
@@ -501,9 +507,13 @@ class AsyncioPump:
     """
 
     def __init__(self, conn: PahoConnection, loop: Any, delay_min: float, delay_max: float,
-                 tick: float = 0.5) -> None:
+                 tick: float = 0.5, *, pacer: Pacer | None = None, jitter: bool = False,
+                 loop_thread: threading.Thread | None = None) -> None:
         self.conn = conn
         self.loop = loop
+        self._pacer = pacer  # many sessions: reconnect attempts take a slot of its rate
+        self._jitter = jitter  # many sessions: backoff delays spread (``pacing.jittered``)
+        conn.loop_thread = loop_thread
         self._delay_min, self._delay_max = max(delay_min, 0.05), max(delay_max, delay_min)
         self._delay = self._delay_min
         self._tick = tick
@@ -578,6 +588,10 @@ class AsyncioPump:
 
     def _schedule_reconnect(self) -> None:
         delay, self._delay = self._delay, min(self._delay * 2, self._delay_max)
+        if self._jitter:
+            delay = jittered(delay)
+        if self._pacer is not None:
+            delay += self._pacer.delay(self.loop.time() + delay)
         self._retry = self.loop.call_later(delay, self._reconnect)
 
     def _reconnect(self) -> None:
@@ -606,6 +620,28 @@ class AsyncioPump:
             if self._sock is not None and not self.stopped:
                 self.loop.add_reader(self._sock, self._read)
                 self.loop.call_soon(self._read)  # what was read into buffers (TLS) before
+
+    def call(self, fn: Callable[[], None], timeout: float = 10.0) -> None:
+        """``fn()`` on the loop: now when called there (or the loop is not running), else
+        passed to it and waited for (its exception is raised here)."""
+        try:
+            here = self.loop is asyncio.get_running_loop()
+        except RuntimeError:
+            here = False
+        if here or self.loop.is_closed() or not self.loop.is_running():
+            fn()
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+        self.loop.call_soon_threadsafe(run)
+        done.result(timeout)
 
     def stop(self) -> None:
         """No more reads, writes, timers or reconnects (the socket itself is paho's)."""

@@ -18,7 +18,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, cast
+from typing import Any, Callable, Coroutine, Protocol, cast
 
 from . import codec
 from ._config import ClientSettings
@@ -39,15 +39,26 @@ from .events import ErrorEvent, Message, MessageEvent
 from .expiry import effective_interval
 from .failover import REDIRECT_CODES, ServerRotation
 from .options import format_address, parse_addresses
+from .pacing import Pacer
 from .state import Accepted, Spooled, validate_topic
 from .durability import Durability
 from .store import StateFile
 
-__all__ = ["ConnectParams", "Driver"]
+__all__ = ["ConnectParams", "Driver", "Host"]
 
 log = logging.getLogger("mqttsession")
 
 _TICK_EVERY = 0.5  # seconds between the engine's timer rounds
+
+
+class Host(Protocol):
+    """A loop in a thread of its own that runs the connections of many sessions
+    (``gateway.Gateway``): a Driver with a host connects through it (``AsyncioPump``)."""
+
+    thread: threading.Thread
+
+    def run(self, coro: Coroutine[Any, Any, None], timeout: float | None) -> None:
+        """Run ``coro`` on the loop and wait for it (from another thread)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ class Driver(Durability):
         self._connack_result: tuple[int, str] = (-1, "")
         self._next_tick = 0.0
         self.pump: AsyncioPump | None = None  # asyncio: the loop drives the connection
+        self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
+        self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
         self._sync_timer: threading.Timer | None = None  # SessionSync=interval
@@ -224,7 +237,11 @@ class Driver(Durability):
     def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
         """``Client.connect``: CONNECT to each server in turn (``_attempts``) until one
         accepts, and wait for CONNACK and the resume plan; paho's network thread runs the
-        connection from then on. ``timeout`` is per server."""
+        connection from then on. ``timeout`` is per server. A session of a ``Gateway``
+        connects on the gateway's loop instead (``connect_async`` there)."""
+        if self.host is not None:
+            self.host.run(self.connect_async(host, port, timeout, params), None)
+            return
         rot = self._rotation(host, port, params)
         failures: list[tuple[tuple[str, int], ConnectError]] = []
         for target in self._attempts(rot):
@@ -267,15 +284,18 @@ class Driver(Durability):
         host, port = target
         loop = asyncio.get_running_loop()
         conn = self._open(host, port, params, rot)
-        s = self._settings
+        s, pacer = self._settings, self.pacer
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
-                                _TICK_EVERY)
+                                _TICK_EVERY, pacer=pacer, jitter=pacer is not None,
+                                loop_thread=self.host.thread if self.host else None)
         done = asyncio.Event()
         def waiter() -> None:
             loop.call_soon_threadsafe(done.set)
         self._connack_waiter = waiter
         if self._connack.is_set():
             done.set()
+        if pacer is not None:  # many sessions: connection attempts spread over time
+            await asyncio.sleep(pacer.delay(loop.time()))
         await loop.run_in_executor(None, self._tcp_connect, conn, host, port, params.keep_alive)
         try:
             await asyncio.wait_for(done.wait(), timeout)
@@ -325,9 +345,11 @@ class Driver(Durability):
             log.debug("DISCONNECT not sent", exc_info=True)
         pump, self.pump = self.pump, None
         if pump is not None:  # asyncio: write the DISCONNECT now, on the loop
-            conn.loop_write()
-            pump.stop()
-            conn.release()
+            def stop() -> None:
+                conn.loop_write()
+                pump.stop()
+                conn.release()
+            pump.call(stop)
         elif not conn.in_network_thread():
             conn.loop_stop()
             conn.release()

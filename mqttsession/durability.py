@@ -5,10 +5,13 @@ timer. A part of ``Driver`` (its base class): the same lock, state file and engi
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
+from typing import Callable, Protocol
 
 from ._config import ClientSettings
+from ._paho import AsyncioPump
 from .engine import Action, Engine
 from .errors import PersistenceError
 from .state import Accepted, Spooled
@@ -20,6 +23,29 @@ _LINGER = 0.0002  # seconds the syncing publisher waits when others are under wa
 _LINGER_SIBLINGS = 4  # publish_data calls under way for that
 
 
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _LoopTimer:
+    """``fn`` on ``loop`` in ``delay`` seconds, armed from any thread; ``cancel`` from any."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float,
+                 fn: Callable[[], None]) -> None:
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelled = False
+
+        def arm() -> None:
+            if not self._cancelled:
+                self._handle = loop.call_later(delay, fn)
+        loop.call_soon_threadsafe(arm)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
+
+
 class Durability:
     """Group commit and the interval sync timer, over the ``Driver``'s state."""
 
@@ -28,7 +54,8 @@ class Durability:
     engine: Engine
     _settings: ClientSettings
     _awaiting: deque[tuple[int, int, int]]  # held publishes: seq, and where their record ends
-    _sync_timer: threading.Timer | None  # SessionSync=interval, armed while records wait
+    _sync_timer: _Cancellable | None  # SessionSync=interval, armed while records wait
+    pump: AsyncioPump | None
     publishers: int  # publish_data calls under way
 
     def run(self, actions: list[Action],
@@ -139,10 +166,16 @@ class Durability:
 
     def _sync_later(self) -> None:
         """SessionSync=interval: one fsync within SessionSyncInterval of the oldest record not
-        yet on disk (a timer thread, armed only while such records wait)."""
+        yet on disk (a timer on the loop that runs the connection, else a timer thread, armed
+        only while such records wait)."""
         if self._sync_timer is not None:
             return
-        t = threading.Timer(self._settings.session_sync_interval / 1000, self._interval_sync)
+        delay = self._settings.session_sync_interval / 1000
+        pump = self.pump
+        if pump is not None and not pump.loop.is_closed():
+            self._sync_timer = _LoopTimer(pump.loop, delay, self._interval_sync)
+            return
+        t = threading.Timer(delay, self._interval_sync)
         t.daemon = True
         t.name = "mqttsession-sync"
         self._sync_timer = t

@@ -1,0 +1,258 @@
+"""Many device sessions in one process: ``Gateway`` and its asyncio form ``AsyncGateway``.
+
+A gateway speaks for many devices, each with its own MQTT identity and durable session.
+``Gateway(state_dir)`` runs the connections of all its sessions on ONE asyncio loop in a thread
+of its own (paho's socket callbacks, ``_paho.AsyncioPump``, as ``AsyncSession`` does): no
+network thread or timer thread per session, and blocking TCP connects wait, one at a time, in
+one more thread. Each session is a full ``Client`` (``gateway.client(client_id, ...)``); its
+events run on the gateway's thread, so a callback that blocks holds up every session.
+``AsyncGateway`` does the same on the running loop with ``AsyncSession`` values.
+
+The sessions' records go to one store in ``state_dir`` (``sharedlog.SharedLog``): file
+descriptors grow with sockets only, and one fdatasync covers the records of every session
+waiting on it. Connection attempts, the first ones and every reconnect, take turns at
+``connect_rate`` a second, and reconnect backoff is jittered per session, so sessions cut off
+together (a broker restart) come back spread out, not all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Coroutine
+
+from .aio import AsyncSession
+from .client import Client, _connect_params
+from .errors import ConnectError, UsageError
+from .options import Options
+from .pacing import Pacer
+
+__all__ = ["AsyncGateway", "Gateway", "raise_fd_limit"]
+
+log = logging.getLogger("mqttsession")
+
+#: File descriptors a gateway needs beyond one a session (its store, the loop, the process's).
+FD_RESERVE = 64
+#: Connection attempts a second, by default (the first connects and every reconnect).
+CONNECT_RATE = 200.0
+
+
+def raise_fd_limit(needed: int) -> int:
+    """The soft limit on open files, raised to the hard limit when ``needed`` descriptors
+    would pass it; ``UsageError`` when even the hard limit is too low. Returns the limit."""
+    import resource  # noqa: PLC0415 - Unix only; a gateway elsewhere just does not raise it
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return needed if soft == resource.RLIM_INFINITY else soft
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise UsageError(
+            f"{needed} file descriptors are needed (one a session and {FD_RESERVE} more), but"
+            f" the hard limit on open files is {hard}: raise it (ulimit -Hn, or LimitNOFILE= in"
+            " a systemd unit) or host fewer sessions in this process")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("open files limit raised from %d to %d (%d needed)", soft, hard, needed)
+    return int(hard)
+
+
+class _Sessions:
+    """What both gateway forms share: the state directory, the pacer, the sessions' count."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float) -> None:
+        self.state_dir = os.fspath(state_dir)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        #: Connection attempts of every session take turns at ``connect_rate`` a second.
+        self.pacer = Pacer(connect_rate)
+        self._ids: set[str] = set()
+        self._closed = False
+
+    def _add(self, client_id: str) -> None:
+        if self._closed:
+            raise UsageError("the gateway is closed")
+        if not client_id or not isinstance(client_id, str):
+            raise UsageError("each session of a gateway needs its own client_id")
+        if client_id in self._ids:
+            raise UsageError(f"the gateway already has a session {client_id!r}")
+        raise_fd_limit(len(self._ids) + 1 + FD_RESERVE)
+        self._ids.add(client_id)
+
+    def state_path(self, client_id: str) -> str:
+        """Where ``client_id``'s session is kept (its ``SessionStateFile``)."""
+        from urllib.parse import quote  # noqa: PLC0415
+
+        return os.path.join(self.state_dir, quote(client_id, safe="") + ".state")
+
+
+class Gateway(_Sessions):
+    """Hosts any number of sessions on one loop thread; ``with Gateway(dir) as gw:`` closes
+    them all (each disconnected cleanly, its session kept) and stops the loop."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], *,
+                 connect_rate: float = CONNECT_RATE) -> None:
+        super().__init__(state_dir, connect_rate)
+        self._clients: dict[str, Client] = {}
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix="mqttsession-gateway-connect")
+        self._loop.set_default_executor(self._executor)
+        started = threading.Event()
+        #: The thread that runs every session's connection and events.
+        self.thread = threading.Thread(target=self._run_loop, args=(started,),
+                                       name="mqttsession-gateway", daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def _run_loop(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(started.set)
+        self._loop.run_forever()
+
+    # ------------------------------------------------------------------ the Host of drivers
+
+    def run(self, coro: Coroutine[Any, Any, None], timeout: float | None) -> None:
+        """Run ``coro`` on the gateway's loop and wait for it (``Client.connect``)."""
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise UsageError("connect() inside an event callback of a gateway session would"
+                             " wait forever: call it from another thread")
+        if not self._loop.is_running():
+            coro.close()
+            raise UsageError("the gateway is closed")
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # ------------------------------------------------------------------ sessions
+
+    def client(self, client_id: str, **kwargs: Any) -> Client:
+        """A session of this gateway: a ``Client`` built with these keyword arguments, its
+        session restored from the gateway's store (procedure 1: found there, resumed on
+        connect). Its connection and events run on the gateway's thread."""
+        with self._lock:
+            self._add(client_id)
+            try:
+                c = Client(client_id=client_id, **kwargs)
+                c._driver.host, c._driver.pacer = self, self.pacer  # noqa: SLF001
+                c.config(f"SessionStateFile={self.state_path(client_id)}")
+                c.restore_session("")
+            except BaseException:
+                self._ids.discard(client_id)
+                raise
+            self._clients[client_id] = c
+            return c
+
+    @property
+    def clients(self) -> dict[str, Client]:
+        """The sessions, by client id (a copy)."""
+        with self._lock:
+            return dict(self._clients)
+
+    def connect_all(self, host: str = "localhost", port: int = 1883,
+                    timeout: float = 30.0) -> dict[str, ConnectError]:
+        """Connect every session not connected, together (at ``connect_rate``); the ones that
+        failed, with their errors. ``timeout`` is per session and server."""
+        todo = [c for c in self.clients.values() if not c.connected and not c._closed]  # noqa: SLF001
+
+        async def each(c: Client) -> None:
+            await c._driver.connect_async(host, port, timeout, _connect_params(c))  # noqa: SLF001
+
+        async def every() -> list[BaseException | None]:
+            return await asyncio.gather(*(each(c) for c in todo), return_exceptions=True)
+
+        if threading.current_thread() is self.thread:
+            raise UsageError("connect_all() inside an event callback would wait forever")
+        results = asyncio.run_coroutine_threadsafe(every(), self._loop).result()
+        failed: dict[str, ConnectError] = {}
+        for c, r in zip(todo, results):
+            if isinstance(r, ConnectError):
+                failed[c.client_id] = r
+            elif isinstance(r, BaseException):
+                raise r
+        return failed
+
+    def close(self) -> None:
+        """Close every session (a clean DISCONNECT; each session stays in the store) and stop
+        the loop. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            clients = list(self._clients.values())
+        try:
+            for c in clients:
+                try:
+                    c.close()
+                except Exception:  # noqa: BLE001 - the others still close
+                    log.exception("closing gateway session %r", c.client_id)
+        finally:
+            if self._loop.is_running():
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self.thread.join(10.0)
+            if not self.thread.is_alive():
+                self._loop.close()
+            self._executor.shutdown(wait=False)
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Gateway {self.state_dir!r} {len(self._ids)} sessions>"
+
+
+class AsyncGateway(_Sessions):
+    """The asyncio form: sessions are ``AsyncSession`` values on the running loop (no thread
+    of the gateway's own); ``async with AsyncGateway(dir) as gw:`` closes them all."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], *,
+                 connect_rate: float = CONNECT_RATE) -> None:
+        super().__init__(state_dir, connect_rate)
+        self._sessions: dict[str, AsyncSession] = {}
+
+    async def session(self, client_id: str, options: Options | None = None, *,
+                      session_sync: str | None = None, connect: bool = True) -> AsyncSession:
+        """A started session of this gateway (restored from its store; connected unless
+        ``connect=False``): ``AsyncSession`` with these arguments."""
+        self._add(client_id)
+        try:
+            s = AsyncSession(options, client_id=client_id, clean_session=False,
+                             state_file=self.state_path(client_id), session_sync=session_sync)
+            s.client._driver.pacer = self.pacer  # noqa: SLF001
+            await s.start(connect=connect)
+        except BaseException:
+            self._ids.discard(client_id)
+            raise
+        self._sessions[client_id] = s
+        return s
+
+    @property
+    def sessions(self) -> dict[str, AsyncSession]:
+        """The sessions, by client id (a copy)."""
+        return dict(self._sessions)
+
+    async def close(self) -> None:
+        """Close every session (flushed, disconnected, kept in the store). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        results = await asyncio.gather(*(s.close() for s in self._sessions.values()),
+                                       return_exceptions=True)
+        for s, r in zip(self._sessions.values(), results):
+            if isinstance(r, BaseException):
+                log.error("closing gateway session %r: %r", s.client_id, r)
+
+    async def __aenter__(self) -> AsyncGateway:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncGateway {self.state_dir!r} {len(self._ids)} sessions>"

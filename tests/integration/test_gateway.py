@@ -1,0 +1,203 @@
+"""``Gateway`` and ``AsyncGateway`` (``mqttsession.gateway``) against a real mosquitto.
+
+* many sessions on one loop thread: the process gains two threads, whatever the count; every
+  session's events run on the gateway's thread; each device publishes and receives;
+* durable: messages published while disconnected are in the gateway's store, and a NEW
+  Gateway on the same directory restores every session and delivers them;
+* connection attempts are paced (``connect_rate``), also the reconnects after a broker restart;
+* misuse: a second session with the same id, ``connect()`` inside a callback (it would wait
+  forever), publishing after ``close()``;
+* the open files limit is raised to the hard limit when needed, and a hard limit too low is a
+  clear ``UsageError`` (in a subprocess: a lowered hard limit cannot be raised again);
+* the asyncio form on the running loop, no thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import UsageError
+from mqttsession.events import ConnectedEvent, ErrorEvent, MessageEvent
+from mqttsession.gateway import AsyncGateway, Gateway
+from mqttsession.options import Options
+from mqttsession.testing import MosquittoBroker
+
+try:  # tests/integration may or may not be a package
+    from ._procs import wait_until
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from _procs import wait_until  # type: ignore[no-redef]
+
+pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
+
+
+def test_many_sessions_share_one_loop_thread(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    before = threading.active_count()
+    got: Counter[str] = Counter()
+    threads: set[str] = set()
+
+    def received(e: MessageEvent) -> None:
+        threads.add(threading.current_thread().name)
+        got[e.topic] += 1
+
+    with Gateway(tmp_path / "gw") as gw:
+        sub = gw.client("gw-sub", clean_session=False)
+        sub.on_message_in = received
+        sub.connect(mosquitto.host, mosquitto.port)
+        sub.subscribe("gwtest/#", 1)
+        devices = [gw.client(f"gw-dev-{i}", clean_session=False) for i in range(60)]
+        for d in devices:
+            d.on_connected = lambda e: threads.add(threading.current_thread().name)
+        assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
+        assert all(d.connected for d in devices)
+        # the loop and the one connect thread: no thread per session
+        assert threading.active_count() - before <= 2
+        for i, d in enumerate(devices):
+            d.publish_message(f"gwtest/{i}", 1 + i % 2, "x")
+        for d in devices:
+            assert d.flush(10)
+        wait_until(lambda: len(got) == 60, what="every device's message")
+        assert set(got.values()) == {1}
+        assert threads == {gw.thread.name}
+    assert not gw.thread.is_alive()
+
+
+def test_sessions_survive_a_new_gateway(mosquitto_factory: Any, tmp_path: Path) -> None:
+    """Messages published while the broker is away stay in the store; the next Gateway on
+    the directory restores every session and sends them."""
+    broker = mosquitto_factory("mosquitto-persist.conf", tmp_path / "broker")
+    port = broker.port
+    with Gateway(tmp_path / "gw") as gw:
+        sub = gw.client("keep-sub", clean_session=False)
+        sub.connect(broker.host, port)
+        sub.subscribe("keep/#", 2)
+        devices = [gw.client(f"keep-{i}", clean_session=False) for i in range(20)]
+        assert gw.connect_all(broker.host, port) == {}
+        broker.stop()
+        wait_until(lambda: not any(d.connected for d in devices), what="the broker gone")
+        for i, d in enumerate(devices):
+            for n in range(3):
+                d.publish_message(f"keep/{i}", 2, f"{i}-{n}")
+        assert all(len(d.outgoing_messages) == 3 for d in devices)
+        for d in devices:  # no reconnect while the gateway closes
+            d.config("AutoReconnect=False")
+    broker.start()
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def received(e: MessageEvent) -> None:
+        with lock:
+            got.append(e.message.decode())
+
+    with Gateway(tmp_path / "gw") as gw:
+        sub = gw.client("keep-sub", clean_session=False)
+        sub.on_message_in = received
+        devices = [gw.client(f"keep-{i}", clean_session=False) for i in range(20)]
+        assert all(len(d.outgoing_messages) == 3 for d in devices)
+        sub.connect(broker.host, port)
+        assert gw.connect_all(broker.host, port) == {}
+        wait_until(lambda: len(got) >= 60, what="every stored message")
+        for d in devices:
+            assert d.flush(10)
+        time.sleep(0.2)
+        assert sorted(got) == sorted(f"{i}-{n}" for i in range(20) for n in range(3))
+
+
+def test_reconnects_after_a_broker_restart_are_paced(mosquitto_factory: Any,
+                                                    tmp_path: Path) -> None:
+    broker = mosquitto_factory()
+    rate, count = 40.0, 20
+    with Gateway(tmp_path, connect_rate=rate) as gw:
+        devices = [gw.client(f"pace-{i}", clean_session=False) for i in range(count)]
+        for d in devices:
+            d.config("ReconnectDelayMin=0.05")
+        t0 = time.monotonic()
+        assert gw.connect_all(broker.host, broker.port) == {}
+        assert time.monotonic() - t0 >= (count - 1) / rate * 0.9  # first connects paced
+        times: list[float] = []
+        for d in devices:
+            d.on_connected = lambda e: times.append(time.monotonic())
+        broker.restart()
+        wait_until(lambda: len(times) == count and all(d.connected for d in devices),
+                   timeout=20, what="every session back")
+        assert max(times) - min(times) >= (count - 1) / rate * 0.9  # no thundering herd
+
+
+def test_gateway_misuse(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    errors: list[ErrorEvent] = []
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client("misuse-1", clean_session=False)
+        with pytest.raises(UsageError, match="already has a session"):
+            gw.client("misuse-1")
+        with pytest.raises(UsageError, match="client_id"):
+            gw.client("")
+
+        def reenter(_e: ConnectedEvent) -> None:
+            c.disconnect()
+            c.connect(mosquitto.host, mosquitto.port)  # on the gateway's thread: refused
+
+        c.on_connected = reenter
+        c.on_error = errors.append
+        c.connect(mosquitto.host, mosquitto.port)
+        wait_until(lambda: errors, what="the refused connect reported")
+        assert "wait forever" in errors[0].description
+    with pytest.raises(UsageError, match="closed"):
+        c.publish_message("misuse/x", 1, "late")
+    with pytest.raises(UsageError, match="closed"):
+        gw.client("misuse-2")
+
+
+_FD_SCRIPT = """
+import resource, sys
+from mqttsession.gateway import raise_fd_limit
+from mqttsession.errors import UsageError
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+assert raise_fd_limit(200) == 256          # enough: unchanged
+assert raise_fd_limit(300) == 512          # raised to the hard limit
+assert resource.getrlimit(resource.RLIMIT_NOFILE) == (512, 512)
+try:
+    raise_fd_limit(600)
+except UsageError as exc:
+    print("refused:", exc)
+else:
+    sys.exit("not refused")
+"""
+
+
+def test_open_files_limit_raised_then_refused() -> None:
+    out = subprocess.run([sys.executable, "-c", _FD_SCRIPT], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "refused: 600 file descriptors are needed" in out.stdout
+    assert "hard limit on open files is 512" in out.stdout
+
+
+def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    options = Options(address=mosquitto.address)
+
+    async def main() -> list[str]:
+        before = threading.active_count()
+        async with AsyncGateway(tmp_path) as gw:
+            sub = await gw.session("agw-sub", options)
+            await sub.subscribe("agw/#", 1)
+            devices = [await gw.session(f"agw-{i}", options) for i in range(10)]
+            await asyncio.gather(*(d.publish(f"agw/{i}", f"m{i}") for i, d in enumerate(devices)))
+            got = []
+            for _ in range(10):
+                m = await sub.receive(timeout=10)
+                assert m is not None
+                got.append(m.message.decode())
+            # the TCP connects and the fdatasyncs wait in the loop's default executor
+            assert threading.active_count() - before <= 3
+        return got
+
+    assert sorted(asyncio.run(asyncio.wait_for(main(), 60))) == sorted(f"m{i}" for i in range(10))

@@ -1,0 +1,46 @@
+"""``mqttsession.pacing``: the connection rate limit and jittered backoff (pure)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mqttsession.pacing import Pacer, jittered
+
+
+def test_pacer_spreads_attempts_at_its_rate() -> None:
+    p = Pacer(100.0)
+    delays = [p.delay(10.0) for _ in range(5)]  # five attempts at the same instant
+    assert delays == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04])
+
+
+def test_pacer_lets_a_late_attempt_go_now() -> None:
+    p = Pacer(10.0)
+    assert p.delay(0.0) == 0.0
+    assert p.delay(5.0) == 0.0  # long after the last slot: no wait, and the next one is 5.1
+    assert p.delay(5.0) == pytest.approx(0.1)
+
+
+@given(st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=50),
+       st.floats(0.5, 1000))
+def test_pacer_slots_never_closer_than_its_interval(times: list[float], rate: float) -> None:
+    p = Pacer(rate)
+    slots = [t + p.delay(t) for t in sorted(times)]
+    assert all(b - a >= 1 / rate - 1e-9 for a, b in zip(slots, slots[1:]))
+    assert all(s >= t for s, t in zip(slots, sorted(times)))
+
+
+@pytest.mark.parametrize("rate", [0, -1.0, float("nan")])
+def test_pacer_refuses_a_rate_that_is_not_positive(rate: float) -> None:
+    with pytest.raises(ValueError, match="> 0"):
+        Pacer(rate)
+
+
+def test_jitter_stays_within_half_and_whole_and_spreads() -> None:
+    rng = random.Random(7)
+    delays = [jittered(8.0, rng) for _ in range(1000)]
+    assert all(4.0 <= d <= 8.0 for d in delays)
+    assert max(delays) - min(delays) > 3.5  # spread over the whole range, not one value
