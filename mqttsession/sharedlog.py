@@ -36,7 +36,6 @@ from __future__ import annotations
 import bisect
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -50,15 +49,26 @@ from typing import Final
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError
 from .journal import (
-    _fsync_dir, _own_file, _remove_stale_temps, _write_all, require_directory, write_atomic,
+    _fsync_dir,
+    _own_file,
+    _remove_stale_temps,
+    _write_all,
+    require_directory,
+    write_atomic,
 )
 from .recovery import (
-    _HEADER_TAG, _JOURNAL_VERSION, _NOFOLLOW, JOURNAL_SUFFIX, MAX_STATE_BYTES, _refuse_link,
-    frame, read_frames,
+    _HEADER_TAG,
+    _JOURNAL_VERSION,
+    _NOFOLLOW,
+    JOURNAL_SUFFIX,
+    MAX_STATE_BYTES,
+    _refuse_link,
+    frame,
+    read_frames,
 )
 from .state import Record, SessionState
 
-__all__ = ["SharedLog", "SessionLog", "SessionStats", "LOG_NAME", "LOCK_NAME"]
+__all__ = ["LOCK_NAME", "LOG_NAME", "SessionLog", "SessionStats", "SharedLog"]
 
 log = logging.getLogger(__name__)
 
