@@ -61,7 +61,7 @@ from .recovery import (
     _JOURNAL_VERSION,
     _NOFOLLOW,
     JOURNAL_SUFFIX,
-    MAX_STATE_BYTES,
+    _read_file,
     _refuse_link,
     frame,
     read_frames,
@@ -214,36 +214,27 @@ class SharedLog:
     # ------------------------------------------------------------------ opening
 
     def _open(self) -> None:
-        try:
-            fd = os.open(self.path, _OPEN)
-        except FileNotFoundError:
+        data = _read_file(self.path)  # StateError for a symlink, a special file, past 1 GiB
+        if data is None:
             write_atomic(self.path, _HEADER, sync=True)
+            data = _HEADER
+        try:
             fd = os.open(self.path, _OPEN)
         except OSError as exc:
             _refuse_link(self.path, exc)
             raise PersistenceError(exc.errno, f"cannot open {self.path}: {exc.strerror}") from exc
         try:
             _own_file(fd, self.path)
-            size = os.fstat(fd).st_size
-            if size > MAX_STATE_BYTES:
-                raise StateError(f"{self.path} is {size} bytes, more than {MAX_STATE_BYTES}")
-            chunks, pos = [], 0
-            while pos < size:
-                chunk = os.pread(fd, size - pos, pos)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                pos += len(chunk)
-            valid = self._load(b"".join(chunks))
-            if valid < pos:
+            valid = self._load(data)
+            if valid < len(data):
                 log.warning("shared log %s: torn tail of %d bytes cut (a crash mid-write)",
-                            self.path, pos - valid)
+                            self.path, len(data) - valid)
                 os.ftruncate(fd, valid)
-                os.fdatasync(fd)
             if valid == 0:
                 _write_all(fd, _HEADER)
-                os.fdatasync(fd)
                 valid = len(_HEADER)
+            if valid != len(data):
+                os.fdatasync(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -582,12 +573,6 @@ class SharedLog:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __del__(self) -> None:  # pragma: no cover - safety net
-        try:
-            self.close()
-        except Exception:
-            pass
-
 
 _SKIP: Final = _FRAME_HEAD + 5  # frame head, tag, session id: where a frame's body starts
 
@@ -743,16 +728,13 @@ class SessionLog:
             self._unsynced = None
 
     def is_synced(self, gen: int, pos: int) -> bool:
-        """The shared log's ``is_synced``."""
-        return self._log.is_synced(gen, pos)
+        return self._log.is_synced(gen, pos)  # (positions are the shared log's)
 
     def position(self) -> tuple[int, int]:
-        """The shared log's ``position``."""
         return self._log.position()
 
     def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
-        """The shared log's group commit."""
-        return self._log.sync_to(gen, pos, linger)
+        return self._log.sync_to(gen, pos, linger)  # the group commit across sessions
 
     @property
     def bound(self) -> int:
