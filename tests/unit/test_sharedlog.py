@@ -386,3 +386,35 @@ def test_a_record_that_does_not_apply_keeps_the_session_aside(shm: Path) -> None
         a.recover()
     assert not a.exists() and len(list((shm / "aside").iterdir())) == 2
     log.close()
+
+
+def test_threads_with_rotations_and_lazy_records(shm: Path) -> None:
+    log = SharedLog(str(shm), max_log_bytes=20_000)
+    states = {f"c{i}": SessionState(client_id=f"c{i}", clean_session=False) for i in range(8)}
+    views = {c: log.session(c, max_journal_bytes=1_500) for c in states}
+    for c, v in views.items():
+        v.compact(states[c])
+
+    def run(c: str) -> None:
+        rng, s, v = random.Random(c), states[c], views[c]
+        for _ in range(150):
+            a = s.accept("t", rng.randbytes(20), 1)
+            v.append([a], s, sync=rng.random() < 0.5)
+            if rng.random() < 0.5:
+                v.append([s.send(a.message.seq)], s, sync=False, lazy=True)
+            if v.needs_compaction:
+                v.compact(s)
+            if rng.random() < 0.1:
+                v.sync_pending()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in states]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and log._gen > 1
+    log.close()
+    log = SharedLog(str(shm))
+    for c, s in states.items():
+        assert codec.encode(log.session(c).recover()) == codec.encode(s), c
+    log.close()
