@@ -1,0 +1,805 @@
+"""One append-only log holding the durable sessions of many clients (a gateway's).
+
+Files, in the gateway's state directory ``D`` (created mode 0600, never through a symlink):
+
+- ``D/sessions.log``: the log; its file descriptor is the only one, whatever the number of
+  sessions, and one fdatasync covers every session's records (group commit across sessions);
+- ``D/gateway.lock``: held with ``flock`` by the one process that owns ``D`` (its pid in it);
+- ``D/aside/``: sessions taken out of the log (``SessionLog.keep_aside``) as ordinary state
+  file pairs (snapshot + ``.journal``) that ``recovery.read_state`` reads.
+
+The log is ``recovery.frame`` frames. The first is the header ``["mqttsession-sharedlog",1]``;
+each other payload is a tag byte, a session id (4 bytes, big-endian) and a body:
+
+- ``a`` attach: the body is the client id (UTF-8) the session id stands for from here on;
+- ``s`` snapshot: ``codec.encode`` text (UTF-8); it supersedes the session's earlier frames;
+- ``r`` record: ``codec.encode_record`` bytes, applied to the snapshot before it;
+- ``e`` end: the session left the log (kept aside); its id is not used again in this file.
+
+The tags are among the bytes ``recovery.read_frames`` knows a record frame starts with, so it
+tells mid-file damage from a torn tail here as in a journal. Opening reads the whole log once:
+a torn tail is cut (WARNING); damage (a bad frame followed by good ones, an unknown tag, a frame
+for an unknown session) renames the log to ``sessions.log.damaged-<time>`` and raises
+``StateError``. The frames of the live sessions are kept in memory as written and decoded only
+when a session is recovered.
+
+Writes, group commit and faults follow ``journal.Journal``: a failed write is taken back
+(ftruncate); a failed fdatasync cuts everything not yet synced. Either makes the log "broken":
+the next write first rewrites it whole from memory (the frames written and not cut), and each
+session that lost frames writes a fresh snapshot of its state with its next append. The same
+rewrite ("rotation": temp file, fsync, rename, fsync the directory) runs when the log grows past
+``max(max_log_bytes or 4 MiB, twice its live bytes)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from . import codec
+from .errors import MQTTSessionError, PersistenceError, StateError, StateLockedError
+from .journal import (
+    _fsync_dir,
+    _own_file,
+    _remove_stale_temps,
+    _write_all,
+    require_directory,
+    write_atomic,
+)
+from .recovery import (
+    _HEADER_TAG,
+    _JOURNAL_VERSION,
+    _NOFOLLOW,
+    JOURNAL_SUFFIX,
+    _read_file,
+    _refuse_link,
+    frame,
+    read_frames,
+)
+from .state import Record, SessionState
+
+__all__ = ["LOCK_NAME", "LOG_NAME", "SessionLog", "SessionStats", "SharedLog"]
+
+log = logging.getLogger(__name__)
+
+LOG_NAME: Final = "sessions.log"
+LOCK_NAME: Final = "gateway.lock"
+ASIDE_DIR: Final = "aside"
+_MODE: Final = 0o600
+_OPEN: Final = os.O_RDWR | os.O_APPEND | _NOFOLLOW
+_HEADER: Final = frame(b'["mqttsession-sharedlog",1]')
+_ATTACH, _SNAPSHOT, _RECORD, _END = b"a", b"s", b"r", b"e"
+_FRAME_HEAD: Final = 8  # recovery.frame's length + CRC
+AUTO_LOG_BYTES: Final = 4 * 1024 * 1024
+AUTO_SESSION_BYTES: Final = 64 * 1024
+
+
+def _tagged(tag: bytes, sid: int, body: bytes) -> bytes:
+    return frame(tag + sid.to_bytes(4, "big") + body)
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """One session in the log, for ``mqttsession inspect``."""
+
+    client_id: str
+    snapshot_bytes: int
+    records: int  # since the snapshot
+    record_bytes: int
+
+
+@dataclass(eq=False)
+class _Session:
+    """What the log holds for one session: its frames as written, and where they are."""
+
+    client_id: str
+    sid: int
+    attach_at: int | None = None  # offset of its ``a`` frame in this file (None: none)
+    snap: bytes | None = None  # the ``s`` frame
+    snap_at: int = 0
+    recs: list[bytes] = field(default_factory=list)  # ``r`` frames since the snapshot
+    offs: list[int] = field(default_factory=list)
+    rec_bytes: int = 0
+    # the snapshot and records a new snapshot replaced, until that one is synced: a failed
+    # fdatasync that cuts the new one brings them back
+    prev: tuple[bytes, int, list[bytes], list[int]] | None = None
+    stale: bool = False  # lost frames to a failed write: the next append writes a snapshot
+
+    def live(self) -> int:
+        if self.snap is None:
+            return 0
+        return _FRAME_HEAD + 5 + len(self.client_id.encode("utf-8")) + len(self.snap) + self.rec_bytes
+
+    def trim(self, keep: int) -> None:
+        """Forget the frames from offset ``keep`` on (a failed sync cut them)."""
+        lost = False
+        if self.snap is not None and self.snap_at >= keep:
+            lost = True
+            self.snap, self.recs, self.offs = None, [], []
+            if self.prev is not None and self.prev[1] < keep:
+                self.snap, self.snap_at, self.recs, self.offs = self.prev
+        self.prev = None
+        n = bisect.bisect_left(self.offs, keep)
+        if n < len(self.offs):
+            lost = True
+            del self.recs[n:], self.offs[n:]
+        if self.attach_at is not None and self.attach_at >= keep:
+            self.attach_at = None
+        self.rec_bytes = sum(map(len, self.recs))
+        self.stale = self.stale or lost
+
+
+def _acquire(path: str) -> int:
+    """The fd of lock file ``path``, locked (``flock``) with our pid in it."""
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, _MODE)
+        except OSError as exc:
+            _refuse_link(path, exc)
+            raise PersistenceError(exc.errno, f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            _own_file(fd, path)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise StateLockedError(f"{path} is held by another owner (pid {owner or '?'})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # unlinked by its previous owner while we waited: take the new one
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+    raise StateLockedError(f"cannot lock {path}")  # pragma: no cover
+
+
+def _free_name(path: str) -> str:
+    """``path`` or ``path-2``, ``path-3``...: a name no file has."""
+    name, n = path, 1
+    while os.path.lexists(name):
+        n += 1
+        name = f"{path}-{n}"
+    return name
+
+
+class SharedLog:
+    """Owns a gateway's state directory: the shared log, its lock, the group commit."""
+
+    def __init__(self, directory: str, *, sync: bool = True, max_log_bytes: int = 0) -> None:
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.path = os.path.join(self.directory, LOG_NAME)
+        self.sync = sync  # the default policy of the sessions' views
+        self.max_log_bytes = max_log_bytes
+        self._mutex = threading.RLock()  # the log's own: callers' locks are theirs
+        self._write_lock = threading.Lock()  # a write, or the cut after a failed sync
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._fd: int | None = None
+        self._size = 0
+        self._gen = 0  # the file's incarnation (a rotation starts a new one, synced whole)
+        self._synced = 0
+        self._syncing = False
+        self._broken = False
+        self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
+        self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
+        self._sessions: dict[str, _Session] = {}
+        self._views: dict[str, SessionLog] = {}
+        self._next_sid = 1
+        self._live = len(_HEADER)
+        require_directory(self.path)
+        self._lock_fd: int | None = _acquire(os.path.join(self.directory, LOCK_NAME))
+        try:
+            _remove_stale_temps(self.path)
+            self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self) -> None:
+        data = _read_file(self.path)  # StateError for a symlink, a special file, past 1 GiB
+        if data is None:
+            write_atomic(self.path, _HEADER, sync=True)
+            data = _HEADER
+        try:
+            fd = os.open(self.path, _OPEN)
+        except OSError as exc:
+            _refuse_link(self.path, exc)
+            raise PersistenceError(exc.errno, f"cannot open {self.path}: {exc.strerror}") from exc
+        try:
+            _own_file(fd, self.path)
+            valid = self._load(data)
+            if valid < len(data):
+                log.warning("shared log %s: torn tail of %d bytes cut (a crash mid-write)",
+                            self.path, len(data) - valid)
+                os.ftruncate(fd, valid)
+            if valid == 0:
+                _write_all(fd, _HEADER)
+                valid = len(_HEADER)
+            if valid != len(data):
+                os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._size, self._synced = fd, valid, valid
+
+    def _load(self, data: bytes) -> int:
+        """Read the log's frames into memory; where its valid part ends."""
+        payloads, valid, damaged = read_frames(data)
+        if damaged:
+            raise self._damaged(f"frame at byte {valid} is bad but later ones are good")
+        if not payloads or frame(payloads[0]) != _HEADER:
+            if len(data) < len(_HEADER) and _HEADER.startswith(data):
+                return 0  # a torn header: nothing was ever written after it
+            raise self._damaged("no shared log header")
+        by_sid: dict[int, _Session] = {}
+        pos, top = len(_HEADER), 0
+        for p in payloads[1:]:
+            end = pos + _FRAME_HEAD + len(p)
+            tag, sid = p[:1], int.from_bytes(p[1:5], "big")
+            s = by_sid.get(sid)
+            if len(p) < 5 or (s is None) != (tag == _ATTACH) or sid <= 0:
+                raise self._damaged(f"frame at byte {pos} does not fit (tag {tag!r}, session {sid})")
+            if tag == _ATTACH:
+                try:
+                    cid = p[5:].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise self._damaged(f"client id at byte {pos} is not UTF-8") from None
+                if cid in self._sessions or sid <= top:
+                    raise self._damaged(f"session {sid} ({cid!r}) at byte {pos} attached twice")
+                top = sid
+                s = by_sid[sid] = self._sessions[cid] = _Session(cid, sid, attach_at=pos)
+            elif tag == _SNAPSHOT and s is not None:
+                s.snap, s.snap_at, s.recs, s.offs, s.rec_bytes = data[pos:end], pos, [], [], 0
+            elif tag == _RECORD and s is not None and s.snap is not None:
+                s.recs.append(data[pos:end])
+                s.offs.append(pos)
+                s.rec_bytes += end - pos
+            elif tag == _END and s is not None:
+                del by_sid[sid], self._sessions[s.client_id]
+            else:
+                raise self._damaged(f"frame at byte {pos} does not fit (tag {tag!r}, session {sid})")
+            pos = end
+        self._next_sid = top + 1
+        for cid in [c for c, s in self._sessions.items() if s.snap is None]:
+            del self._sessions[cid]  # attached, its snapshot torn off
+        self._live = len(_HEADER) + sum(s.live() for s in self._sessions.values())
+        return valid
+
+    def _damaged(self, why: str) -> StateError:
+        aside = _free_name(f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(self.path, aside)
+        log.error("shared log %s is damaged (%s); kept aside as %s", self.path, why, aside)
+        return StateError(f"shared log {self.path} is damaged: {why}; kept aside as {aside}")
+
+    # ------------------------------------------------------------------ sessions
+
+    def sessions(self) -> list[str]:
+        """The client ids that have a session in the log."""
+        with self._mutex:
+            self._settle()
+            return [c for c, s in self._sessions.items() if s.snap is not None]
+
+    def has(self, client_id: str) -> bool:
+        """Whether ``client_id`` has a session in the log."""
+        with self._mutex:
+            self._settle()
+            s = self._sessions.get(client_id)
+            return s is not None and s.snap is not None
+
+    def session(self, client_id: str, *, max_journal_bytes: int = 0) -> SessionLog:
+        """The view of ``client_id``'s session (``StateLockedError`` while one is open)."""
+        with self._mutex:
+            if self._lock_fd is None:
+                raise PersistenceError(None, f"shared log {self.path} is closed")
+            if client_id in self._views:
+                raise StateLockedError(f"session {client_id!r} of {self.path} is in use")
+            view = SessionLog(self, client_id, self.sync, max_journal_bytes)
+            self._views[client_id] = view
+            return view
+
+    def stats(self) -> list[SessionStats]:
+        """Per session: its snapshot's size and the records since it."""
+        with self._mutex:
+            self._settle()
+            return [SessionStats(c, len(s.snap) - _FRAME_HEAD - 5, len(s.recs), s.rec_bytes)
+                    for c, s in self._sessions.items() if s.snap is not None]
+
+    def _session(self, client_id: str) -> _Session:
+        """``client_id``'s entry (a new one if it has none), mutex held."""
+        self._settle()
+        s = self._sessions.get(client_id)
+        if s is None:
+            s = self._sessions[client_id] = _Session(client_id, self._next_sid)
+            self._next_sid += 1
+        return s
+
+    def _release(self, view: SessionLog) -> None:
+        with self._mutex:
+            if self._views.get(view.client_id) is view:
+                del self._views[view.client_id]
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, s: _Session, frames: list[bytes], tag: bytes) -> tuple[int, int]:
+        """Append ``frames`` of session ``s`` (mutex held); their end (incarnation, offset).
+        ``tag`` ``s``: the last frame is a snapshot; ``e``: the session leaves the log."""
+        while True:
+            self._settle()
+            if self._broken or self._fd is None:
+                if self._lock_fd is None:
+                    raise PersistenceError(None, f"shared log {self.path} is closed")
+                try:
+                    self._rotate(rebuild=True)
+                except PersistenceError:
+                    s.stale = True  # its record is not written: its state holds it
+                    raise
+            out = frames
+            if tag == _SNAPSHOT and s.attach_at is None:
+                out = [_tagged(_ATTACH, s.sid, s.client_id.encode("utf-8")), *frames]
+            data = b"".join(out)
+            with self._write_lock:
+                if self._broken or self._fd is None:
+                    continue  # a failed sync cut the log meanwhile: rebuild first
+                start = self._size
+                try:
+                    _write_all(self._fd, data)
+                except OSError as exc:
+                    try:
+                        os.ftruncate(self._fd, start)
+                    except OSError:
+                        pass
+                    self._broken = s.stale = True
+                    raise PersistenceError(exc.errno, f"cannot write shared log {self.path}:"
+                                                      f" {exc.strerror or exc}") from exc
+                end = self._size = start + len(data)
+                gen = self._gen
+            break
+        self._live -= s.live()
+        pos = start
+        for i, f in enumerate(out):
+            if f[_FRAME_HEAD:_FRAME_HEAD + 1] == _ATTACH:
+                s.attach_at = pos
+            elif tag == _SNAPSHOT and i == len(out) - 1:
+                if s.snap is not None:
+                    s.prev = (s.snap, s.snap_at, s.recs, s.offs)
+                s.snap, s.snap_at, s.recs, s.offs, s.rec_bytes = f, pos, [], [], 0
+                s.stale = False
+            elif tag == _RECORD:
+                s.recs.append(f)
+                s.offs.append(pos)
+                s.rec_bytes += len(f)
+            pos += len(f)
+        if tag == _END:
+            del self._sessions[s.client_id]
+        else:
+            self._live += s.live()
+        if end > max(self.max_log_bytes or AUTO_LOG_BYTES, 2 * self._live):
+            self._rotate(rebuild=False)
+        return gen, end  # after a rotation: synced, unless a failed sync cut it (``_lost``)
+
+    def _settle(self) -> None:
+        """A failed sync cut the log (outside the mutex): forget what it cut (mutex held)."""
+        if self._pending_cut is None:
+            return
+        with self._write_lock:
+            keep, self._pending_cut = self._pending_cut, None
+        if keep is not None:
+            for s in self._sessions.values():
+                s.trim(keep)
+            self._live = len(_HEADER) + sum(s.live() for s in self._sessions.values())
+
+    def _rotate(self, rebuild: bool) -> None:
+        """Rewrite the log from memory: each session's attach, snapshot and records (mutex
+        held). ``rebuild``: the log is broken, a failure raises; else it is only logged."""
+        self._quiesce()
+        self._settle()
+        parts, places, pos = [_HEADER], [], len(_HEADER)
+        for s in self._sessions.values():
+            if s.snap is None:
+                continue
+            attach = _tagged(_ATTACH, s.sid, s.client_id.encode("utf-8"))
+            offs = []
+            at, pos = pos, pos + len(attach)
+            snap_at, pos = pos, pos + len(s.snap)
+            for r in s.recs:
+                offs.append(pos)
+                pos += len(r)
+            parts += [attach, s.snap, *s.recs]
+            places.append((s, at, snap_at, offs))
+        try:
+            write_atomic(self.path, b"".join(parts), sync=True)
+        except PersistenceError as exc:
+            if rebuild:
+                raise
+            log.warning("shared log %s: rotation failed, it goes on growing: %s", self.path, exc)
+            return
+        old, self._fd = self._fd, None  # the new file holds everything, synced
+        if old is not None:
+            os.close(old)
+        for s, at, snap_at, offs in places:
+            s.attach_at, s.snap_at, s.offs, s.prev = at, snap_at, offs, None
+        for s in self._sessions.values():
+            if s.snap is None:
+                s.attach_at = s.prev = None
+        old_size, self._size = self._size, pos
+        with self._sync_cond:
+            self._gen += 1
+            self._synced = pos
+            self._sync_cond.notify_all()
+        try:
+            self._fd = os.open(self.path, _OPEN)
+        except OSError as exc:
+            self._broken = True  # the next write tries again
+            if rebuild:
+                raise PersistenceError(exc.errno, f"cannot open {self.path}: {exc.strerror}"
+                                       ) from exc
+            log.warning("shared log %s: cannot reopen it after rotation: %s", self.path, exc)
+            return
+        self._broken = False
+        log.info("shared log %s %s: %d bytes -> %d bytes, %d sessions", self.path,
+                 "rebuilt" if rebuild else "rotated", old_size, pos, len(places))
+
+    def _quiesce(self) -> None:
+        """Wait for a group commit's fdatasync before the fd is closed (mutex held)."""
+        with self._sync_cond:
+            while self._syncing:
+                self._sync_cond.wait()
+
+    # ------------------------------------------------------------------ group commit
+
+    def position(self) -> tuple[int, int]:
+        """Where the log's written bytes end now: (incarnation, offset), for ``sync_to``."""
+        with self._mutex:
+            return self._gen, self._size
+
+    def is_synced(self, gen: int, pos: int) -> bool:
+        """Whether the bytes up to ``pos`` of incarnation ``gen`` are on disk (False: not yet,
+        or a failed sync cut them)."""
+        if gen == self._gen:
+            return self._synced >= pos
+        cut = self._lost.get(gen)
+        return cut is None or pos <= cut
+
+    def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
+        """Group commit: the log's bytes up to ``pos`` of incarnation ``gen`` on disk, whatever
+        session wrote them; threads that call it together share one fdatasync (run outside the
+        mutex by one of them for everything written so far). ``PersistenceError`` when it
+        fails (everything not yet synced is cut). True when this call ran the fdatasync;
+        ``linger``: seconds it waits first for the records of other writers under way."""
+        while True:
+            with self._sync_cond:
+                while self._syncing and self._gen == gen and self._synced < pos:
+                    self._sync_cond.wait()
+                if self._gen == gen and self._synced >= pos:
+                    return False
+            with self._mutex:
+                if self._gen != gen:
+                    if not self.is_synced(gen, pos):
+                        raise PersistenceError(None, f"a failed sync of shared log {self.path}"
+                                                     " cut the record")
+                    return False  # rotated meanwhile: synced whole
+                if self._broken or self._fd is None:
+                    raise PersistenceError(None, f"shared log {self.path} failed a write and"
+                                                 " is rewritten with the next record")
+                fd = self._fd
+                try:
+                    gone = os.fstat(fd).st_nlink == 0
+                except OSError:
+                    gone = True
+                if gone:  # deleted or replaced: a sync would go into a file no restart reads
+                    self._cut(None)
+                    raise PersistenceError(errno.ENOENT, f"shared log {self.path} was deleted"
+                                           " or replaced while in use; rewritten from memory")
+                with self._sync_cond:
+                    if self._syncing:
+                        continue  # another thread got there first: wait for its sync
+                    self._syncing = True
+                target = self._size
+            break
+        if linger > 0:
+            time.sleep(linger)
+            target = max(target, self._size) if self._gen == gen else target
+        ok = False
+        try:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                self._cut(fd)
+                raise PersistenceError(exc.errno, f"cannot sync shared log {self.path}:"
+                                                  f" {exc.strerror or exc}") from exc
+            ok = True
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                if ok and self._gen == gen and target > self._synced:
+                    self._synced = target
+                self._sync_cond.notify_all()
+        return True
+
+    def _cut(self, fd: int | None) -> None:
+        """A failed sync: everything not yet on disk is cut (from the file when ``fd``, from
+        memory by the next ``_settle``), and the next write rewrites the log."""
+        with self._write_lock:
+            self._broken = True
+            keep = self._synced
+            if fd is not None:
+                try:
+                    os.ftruncate(fd, keep)
+                except OSError:
+                    pass
+            self._size = keep
+            self._pending_cut = keep
+            self._lost[self._gen] = keep
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Write the views' lazy records, close the log, release the lock (file removed)."""
+        with self._mutex:
+            views = list(self._views.values())
+        for view in views:  # (a view's lock comes before the log's)
+            view.close()
+        with self._mutex:
+            self._quiesce()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.unlink(os.path.join(self.directory, LOCK_NAME))
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+_SKIP: Final = _FRAME_HEAD + 5  # frame head, tag, session id: where a frame's body starts
+
+
+def _aside_name(client_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", client_id)[:80].lstrip(".") or "_"
+
+
+class SessionLog:
+    """One session's part of a ``SharedLog``, with ``journal.Journal``'s interface (its
+    positions and group commit are the shared log's)."""
+
+    def __init__(self, shared: SharedLog, client_id: str, sync: bool,
+                 max_journal_bytes: int) -> None:
+        self._log = shared
+        self.client_id = client_id
+        self.path = f"{shared.path}#{client_id}"  # a display name
+        self.sync = sync
+        self.max_journal_bytes = max_journal_bytes
+        self._mutex = threading.RLock()  # the view's own (before the log's)
+        self._lazy: list[bytes] = []  # frames of lazy records not yet written
+        self._unsynced: tuple[int, int] | None = None  # written, not synced (policy always)
+        self._closed = False
+
+    def exists(self) -> bool:
+        """Whether the log holds a session of this client id."""
+        return self._log.has(self.client_id)
+
+    def recover(self) -> SessionState:
+        """The session in the log (empty if there is none); ``StateError`` on damage (its
+        frames are kept aside, the session leaves the log)."""
+        with self._mutex:
+            self._lazy.clear()
+            with self._log._mutex:
+                s = self._log._session(self.client_id)
+                snap, recs = s.snap, list(s.recs)
+            if snap is None:
+                return SessionState(client_id=self.client_id, clean_session=False)
+            try:
+                with codec.gc_paused():
+                    state = codec.decode(snap[_SKIP:])
+                    if state.client_id and state.client_id != self.client_id:
+                        raise StateError(f"its snapshot is client id {state.client_id!r}'s")
+                    for i, r in enumerate(recs, 1):
+                        try:
+                            state.apply(codec.decode_record(r[_SKIP:]))
+                        except MQTTSessionError as exc:
+                            raise StateError(f"record {i}: {exc}") from None
+            except StateError as exc:
+                kept = self.keep_aside("damaged")
+                log.error("session %s is damaged (%s); kept aside as %s", self.path, exc, kept)
+                raise StateError(f"session {self.path} is damaged: {exc}; kept aside as"
+                                 f" {', '.join(kept)}") from None
+            return state
+
+    def compact(self, state: SessionState, text: str | None = None) -> None:
+        """A new snapshot (``text``, or ``state``'s) that supersedes the session's records;
+        synced before returning."""
+        with self._mutex:
+            if text is None:
+                text = codec.encode(state)
+            self._lazy.clear()  # ``state`` holds them
+            body = text.encode("utf-8")
+            lg = self._log
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                folded = s.rec_bytes
+                gen, pos = lg._write(s, [_tagged(_SNAPSHOT, s.sid, body)], _SNAPSHOT)
+            lg.sync_to(gen, pos)  # a failure cuts it: the previous snapshot counts again
+            with lg._mutex:
+                if lg.is_synced(gen, pos):
+                    s.prev = None
+            self._unsynced = None
+            log.debug("session %s compacted: %d bytes of records folded into a snapshot of %d"
+                      " bytes", self.path, folded, len(body))
+
+    def append(self, records: Sequence[Record], state: SessionState, sync: bool = True,
+               lazy: bool = False) -> None:
+        """Make ``records`` (already applied to ``state``) durable: in the OS always, on disk if
+        ``sync`` and the policy is ``always`` (the shared group commit). After a failed write
+        the next call writes a snapshot of ``state`` instead. ``lazy``: held in memory until
+        the next record that is not lazy, or ``flush``."""
+        with self._mutex:
+            lg = self._log
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                fresh = s.stale or s.snap is None
+            if fresh:
+                self.compact(state)
+                return
+            frames = [_tagged(_RECORD, s.sid, codec.encode_record(r)) for r in records]
+            if lazy:
+                self._lazy += frames
+                return
+            if self._lazy:
+                frames, self._lazy = self._lazy + frames, []
+            if not frames:
+                return
+            with lg._mutex:
+                fresh = lg._session(self.client_id) is not s or s.stale or s.snap is None
+                if not fresh:
+                    gen, pos = lg._write(s, frames, _RECORD)
+            if fresh:  # a failed sync cut it meanwhile
+                self.compact(state)
+            elif sync and self.sync:
+                lg.sync_to(gen, pos)
+                self._unsynced = None
+            elif self.sync:
+                self._unsynced = (gen, pos)
+
+    def flush(self) -> None:
+        """Write the lazy records now (no fsync: losing them costs only resends)."""
+        with self._mutex:
+            if not self._lazy:
+                return
+            frames, self._lazy = self._lazy, []
+            with self._log._mutex:
+                s = self._log._session(self.client_id)
+                if s.stale or s.snap is None or self._log._lock_fd is None:
+                    return  # written with the next snapshot
+                try:
+                    self._log._write(s, frames, _RECORD)
+                except PersistenceError as exc:
+                    log.warning("session %s: lazy records not written: %s", self.path, exc)
+
+    def sync_pending(self) -> None:
+        """Make every record written so far durable (policy ``always``), joining a group
+        commit under way in another thread."""
+        with self._mutex:
+            at = self._unsynced
+            if at is None:
+                return
+            with self._log._mutex:
+                stale = self._log._session(self.client_id).stale
+            if stale:
+                raise PersistenceError(None, f"session {self.path} failed a write and is"
+                                             " rewritten with the next record")
+        self._log.sync_to(*at)
+        with self._mutex:
+            if self._unsynced == at:
+                self._unsynced = None
+
+    def fsync(self) -> None:
+        """Everything written so far on disk, whatever the policy."""
+        with self._mutex:
+            self.flush()
+            with self._log._mutex:
+                s = self._log._session(self.client_id)
+                if s.stale or s.snap is None or self._log._fd is None:
+                    return
+                gen, pos = self._log._gen, self._log._size
+            self._log.sync_to(gen, pos)
+            self._unsynced = None
+
+    def is_synced(self, gen: int, pos: int) -> bool:
+        return self._log.is_synced(gen, pos)  # (positions are the shared log's)
+
+    def position(self) -> tuple[int, int]:
+        return self._log.position()
+
+    def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
+        return self._log.sync_to(gen, pos, linger)  # the group commit across sessions
+
+    @property
+    def bound(self) -> int:
+        """The bytes of records since the snapshot past which it is compacted:
+        ``max_journal_bytes`` when set, by default 64 KiB or half the snapshot's size."""
+        if self.max_journal_bytes > 0:
+            return self.max_journal_bytes
+        s = self._log._sessions.get(self.client_id)
+        snap = s.snap if s is not None else None
+        return max(AUTO_SESSION_BYTES, len(snap) // 2 if snap is not None else 0)
+
+    @property
+    def needs_compaction(self) -> bool:
+        """The records since the snapshot passed ``bound``."""
+        s = self._log._sessions.get(self.client_id)
+        return s is not None and s.rec_bytes > self.bound
+
+    def keep_aside(self, label: str) -> list[str]:
+        """Write the session out as a state file pair in ``D/aside`` (``P.<label>-<time>`` and
+        its ``.journal``, which ``recovery.read_state`` reads), then take it out of the log.
+        Returns the new names ([] when the log holds no session of this client id)."""
+        with self._mutex:
+            self._lazy.clear()
+            lg = self._log
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                snap, recs = s.snap, list(s.recs)
+            if snap is None:
+                return []
+            folder = os.path.join(lg.directory, ASIDE_DIR)
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot create {folder}: {exc}") from exc
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            base = path = os.path.join(folder, f"{_aside_name(self.client_id)}.{label}-{stamp}")
+            n = 1
+            while os.path.lexists(path) or os.path.lexists(path + JOURNAL_SUFFIX):
+                n += 1
+                path = f"{base}-{n}"
+            text = snap[_SKIP:]
+            write_atomic(path, text, sync=True)
+            kept = [path]
+            if recs:
+                digest = codec.text_digest(text.decode("utf-8", "replace").strip())
+                header = frame(json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, self.client_id]
+                                          ).encode("utf-8"))
+                write_atomic(path + JOURNAL_SUFFIX,
+                             header + b"".join(frame(r[_SKIP:]) for r in recs), sync=True)
+                kept.append(path + JOURNAL_SUFFIX)
+            _fsync_dir(path)
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                if s.snap is None:
+                    return kept
+                gen, pos = lg._write(s, [_tagged(_END, s.sid, b"")], _END)
+            lg.sync_to(gen, pos)
+            self._unsynced = None
+            return kept
+
+    def close(self) -> None:
+        """Write the lazy records and release the view (the shared log stays open)."""
+        with self._mutex:
+            if self._closed:
+                return
+            self.flush()
+            self._closed = True
+        self._log._release(self)

@@ -1,0 +1,420 @@
+"""The shared log: many sessions in one append-only file (mqttsession.sharedlog)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mqttsession import codec
+from mqttsession.errors import PersistenceError, StateError, StateLockedError
+from mqttsession.recovery import read_frames, read_state
+from mqttsession.sharedlog import LOCK_NAME, LOG_NAME, SessionLog, SharedLog
+from mqttsession.state import Phase, Record, SessionState
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux")
+
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+CIDS = ["dev-0", "dev/1", "ü-2", "dev-3"]
+
+
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mqs-shared-", dir=SHM) as d:
+        yield Path(d)
+
+
+def step(rng: random.Random, state: SessionState) -> Record | None:
+    """One legal transition of ``state``; its record (None: no change)."""
+    queued = [m.seq for m in state.outgoing.values() if m.phase is Phase.QUEUED]
+    acked = [m.packet_id for m in state.outgoing.values() if m.phase is Phase.AWAIT_PUBACK]
+    ops = ["accept", "accept", "subscribe", "receive"] + ["send"] * bool(queued) \
+        + ["puback"] * bool(acked) + ["release"] * bool(state.incoming)
+    op = rng.choice(ops)
+    if op == "accept":
+        return state.accept(rng.choice(["a", "a/b", "€/x"]), rng.randbytes(rng.randint(0, 30)),
+                            1)
+    if op == "send":
+        return state.send(rng.choice(queued))
+    if op == "puback":
+        return state.puback(rng.choice(acked))
+    if op == "receive":
+        return state.receive(rng.randint(1, 9), "in/x", rng.randbytes(5))
+    if op == "release":
+        return state.release(rng.choice(sorted(state.incoming)))[1]
+    return state.subscribe(rng.choice(["a/#", "+/b", "t"]), rng.randint(0, 2))
+
+
+class Gateway:
+    """Sessions driven by a seeded random history, each appending to its view."""
+
+    def __init__(self, directory: Path, seed: int = 1, max_log_bytes: int = 0,
+                 max_journal_bytes: int = 0) -> None:
+        self.directory = directory
+        self.rng = random.Random(seed)
+        self.log = SharedLog(str(directory), max_log_bytes=max_log_bytes)
+        self.states = {c: SessionState(client_id=c, clean_session=False) for c in CIDS}
+        self.views: dict[str, SessionLog] = {}
+        # per session: (where the log ended after its write, its state then)
+        self.history: dict[str, list[tuple[int, str]]] = {}
+        for c in CIDS:
+            self.views[c] = v = self.log.session(c, max_journal_bytes=max_journal_bytes)
+            assert v.recover().empty and not v.exists()
+            v.compact(self.states[c])
+            self.history[c] = [(self.log.position()[1], codec.encode(self.states[c]))]
+
+    def run(self, n: int, compact_every: int = 0, lazy: bool = False) -> None:
+        for i in range(n):
+            c = self.rng.choice(CIDS)
+            state, view = self.states[c], self.views[c]
+            rec = step(self.rng, state)
+            if rec is not None:
+                view.append([rec], state, sync=self.rng.random() < 0.3,
+                            lazy=lazy and self.rng.random() < 0.3)
+                self.history[c].append((self.log.position()[1], codec.encode(state)))
+            if (compact_every and i % compact_every == 0) or view.needs_compaction:
+                view.compact(state)
+                self.history[c].append((self.log.position()[1], codec.encode(state)))
+
+    def check(self) -> None:
+        """A restart finds every session as it is."""
+        self.log.close()
+        log = SharedLog(str(self.directory))
+        try:
+            assert sorted(log.sessions()) == sorted(CIDS)
+            for c in CIDS:
+                v = log.session(c)
+                assert codec.encode(v.recover()) == codec.encode(self.states[c]), c
+        finally:
+            log.close()
+
+
+def test_round_trip(shm: Path) -> None:
+    gw = Gateway(shm)
+    gw.run(400, compact_every=37, lazy=True)
+    stats = {s.client_id: s for s in gw.log.stats()}
+    assert set(stats) == set(CIDS) and all(s.snapshot_bytes > 0 for s in stats.values())
+    gw.check()
+    assert not (shm / LOCK_NAME).exists()
+
+
+def test_reopen_twice_and_go_on(shm: Path) -> None:
+    gw = Gateway(shm, seed=2)
+    gw.run(100)
+    gw.check()
+    gw.log = SharedLog(str(shm))
+    gw.views = {c: gw.log.session(c) for c in CIDS}
+    for c in CIDS:
+        assert codec.encode(gw.views[c].recover()) == codec.encode(gw.states[c])
+    gw.run(100, lazy=True)
+    gw.check()
+
+
+def test_rotation_keeps_every_session_and_bounds_the_log(shm: Path) -> None:
+    gw = Gateway(shm, seed=3, max_log_bytes=30_000, max_journal_bytes=2_000)
+    most = 0
+    for _ in range(30):
+        gw.run(100)
+        most = max(most, (shm / LOG_NAME).stat().st_size)
+    assert gw.log._gen > 3  # rotated
+    assert most < 64_000
+    gw.check()
+
+
+def test_every_truncation_recovers_a_prefix(shm: Path) -> None:
+    gw = Gateway(shm, seed=4)
+    gw.run(60, compact_every=23)
+    gw.log.close()
+    data = (shm / LOG_NAME).read_bytes()
+    work = shm / "cut"
+    for n in range(len(data) + 1):
+        work.mkdir()
+        (work / LOG_NAME).write_bytes(data[:n])
+        log = SharedLog(str(work), sync=False)
+        for c in CIDS:
+            done = [text for end, text in gw.history[c] if end <= n]
+            got = log.session(c).recover()
+            if done:
+                assert log.has(c) and codec.encode(got) == done[-1], (n, c)
+            else:
+                assert not log.has(c) and got.empty, (n, c)
+        log.close()
+        shutil.rmtree(work)
+
+
+def _frame_starts(data: bytes) -> list[int]:
+    payloads, _, _ = read_frames(data)
+    starts, pos = [], 0
+    for p in payloads:
+        starts.append(pos)
+        pos += 8 + len(p)
+    return starts
+
+
+def test_a_flipped_byte_before_the_last_frame_is_kept_aside(shm: Path) -> None:
+    gw = Gateway(shm, seed=5)
+    gw.run(20)
+    gw.log.close()
+    data = (shm / LOG_NAME).read_bytes()
+    last = _frame_starts(data)[-1]
+    work = shm / "flip"
+    for i in range(0, last, 7):
+        work.mkdir()
+        bad = bytearray(data)
+        bad[i] ^= 0x20
+        (work / LOG_NAME).write_bytes(bad)
+        with pytest.raises(StateError, match="damaged"):
+            SharedLog(str(work))
+        kept = [p for p in work.iterdir() if p.name.startswith(LOG_NAME + ".damaged-")]
+        assert len(kept) == 1 and kept[0].read_bytes() == bytes(bad)
+        assert not (work / LOG_NAME).exists() and not (work / LOCK_NAME).exists()
+        shutil.rmtree(work)
+
+
+@settings(deadline=None, database=None, max_examples=50,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=40, max_size=400))
+def test_random_bytes_are_never_an_empty_log(shm: Path, junk: bytes) -> None:
+    with tempfile.TemporaryDirectory(dir=shm) as d:
+        (Path(d) / LOG_NAME).write_bytes(junk)
+        with pytest.raises(StateError):
+            SharedLog(d)
+        kept = [p for p in Path(d).iterdir() if ".damaged-" in p.name]
+        assert len(kept) == 1 and kept[0].read_bytes() == junk
+
+
+def test_group_commit_across_sessions(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SharedLog(str(shm))
+    calls = [0]
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls[0] += 1
+        time.sleep(0.001)
+        real(fd)
+
+    states = {f"t{i}": SessionState(client_id=f"t{i}", clean_session=False) for i in range(8)}
+    views = {c: log.session(c) for c in states}
+    for c, v in views.items():
+        v.compact(states[c])
+    monkeypatch.setattr(os, "fdatasync", counting)
+    per = 40
+    barrier = threading.Barrier(len(states))
+
+    def publisher(c: str) -> None:
+        barrier.wait()
+        for i in range(per):
+            rec = states[c].accept("t", f"{c}-{i}".encode(), 1)
+            views[c].append([rec], states[c], sync=True)
+            assert log.is_synced(*log.position()) or True
+
+    threads = [threading.Thread(target=publisher, args=(c,)) for c in states]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls[0] < len(states) * per
+    log.close()
+    log = SharedLog(str(shm))
+    for c in states:
+        got = log.session(c).recover()
+        assert len(got.outgoing) == per and codec.encode(got) == codec.encode(states[c])
+    log.close()
+
+
+def test_a_failed_fdatasync_loses_only_the_unsynced(shm: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SharedLog(str(shm))
+    a, b = log.session("a"), log.session("b")
+    sa = SessionState(client_id="a", clean_session=False)
+    sb = SessionState(client_id="b", clean_session=False)
+    a.compact(sa)
+    b.compact(sb)
+    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
+    b.append([sb.accept("t", b"bee", 1)], sb, sync=True)
+    durable_a, durable_b = codec.encode(sa), codec.encode(sb)
+    real = os.fdatasync
+    failed = [False]
+
+    def once(fd: int) -> None:
+        if not failed[0]:
+            failed[0] = True
+            raise OSError(errno.EIO, "I/O error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", once)
+    gen, _ = log.position()
+    with pytest.raises(PersistenceError):
+        a.append([sa.accept("t", b"two", 1)], sa, sync=True)
+    assert not log.is_synced(gen, log._lost[gen] + 1)
+    with pytest.raises(PersistenceError):
+        a.sync_to(gen, log._lost[gen] + 1)
+    log.close()
+    log = SharedLog(str(shm))
+    assert codec.encode(log.session("a").recover()) == durable_a
+    assert codec.encode(log.session("b").recover()) == durable_b
+    log.close()
+
+
+def test_after_a_failed_sync_the_log_is_rebuilt(shm: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SharedLog(str(shm))
+    a, b = log.session("a"), log.session("b")
+    sa = SessionState(client_id="a", clean_session=False)
+    sb = SessionState(client_id="b", clean_session=False)
+    a.compact(sa)
+    b.compact(sb)
+    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
+    durable_a = codec.encode(sa)
+    b.append([sb.accept("t", b"unsynced", 1)], sb, sync=False)  # cut with the failed sync
+    real = os.fdatasync
+    failed = [False]
+
+    def once(fd: int) -> None:
+        if not failed[0]:
+            failed[0] = True
+            raise OSError(errno.EIO, "I/O error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", once)
+    gen = log._gen
+    with pytest.raises(PersistenceError):
+        a.append([sa.accept("t", b"two", 1)], sa, sync=True)
+    sa2 = codec.decode(durable_a)  # the failed publish withdrawn: its state without it
+    a.append([sa2.accept("t", b"three", 1)], sa2, sync=True)  # a snapshot, the log rebuilt
+    assert log._gen > gen
+    b.append([sb.accept("t", b"after", 1)], sb, sync=True)  # b lost a frame: a snapshot
+    log.close()
+    log = SharedLog(str(shm))
+    assert codec.encode(log.session("a").recover()) == codec.encode(sa2)
+    assert codec.encode(log.session("b").recover()) == codec.encode(sb)
+    log.close()
+
+
+def test_a_failed_write_is_taken_back(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SharedLog(str(shm))
+    a = log.session("a")
+    sa = SessionState(client_id="a", clean_session=False)
+    a.compact(sa)
+    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
+    durable = codec.encode(sa)
+    size = (shm / LOG_NAME).stat().st_size
+    real = os.write
+
+    def short(fd: int, data: bytes) -> int:
+        real(fd, bytes(data)[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short)
+    with pytest.raises(PersistenceError):
+        a.append([sa.accept("t", b"two", 1)], sa, sync=True)
+    monkeypatch.setattr(os, "write", real)
+    assert (shm / LOG_NAME).stat().st_size == size
+    log.close()
+    log = SharedLog(str(shm))
+    assert codec.encode(log.session("a").recover()) == durable
+    log.close()
+
+
+def test_one_owner(shm: Path) -> None:
+    log = SharedLog(str(shm))
+    with pytest.raises(StateLockedError):
+        SharedLog(str(shm))
+    code = ("import sys\nfrom mqttsession.sharedlog import SharedLog\n"
+            "from mqttsession.errors import StateLockedError\n"
+            "try:\n    SharedLog(sys.argv[1])\nexcept StateLockedError:\n    sys.exit(7)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    assert subprocess.run([sys.executable, "-c", code, str(shm)], env=env).returncode == 7
+    v = log.session("x")
+    with pytest.raises(StateLockedError):
+        log.session("x")
+    v.close()
+    log.session("x").close()
+    log.close()
+    SharedLog(str(shm)).close()  # free again
+
+
+def test_a_symlinked_log_is_refused(shm: Path) -> None:
+    target = shm / "target"
+    target.write_bytes(b"precious")
+    d = shm / "gw"
+    d.mkdir()
+    (d / LOG_NAME).symlink_to(target)
+    with pytest.raises(StateError, match="symbolic link"):
+        SharedLog(str(d))
+    assert target.read_bytes() == b"precious" and (d / LOG_NAME).is_symlink()
+    assert not (d / LOCK_NAME).exists()
+
+
+def test_keep_aside_writes_a_readable_state_file(shm: Path) -> None:
+    gw = Gateway(shm, seed=6)
+    gw.run(40)
+    c = CIDS[1]
+    expected = codec.encode(gw.states[c])
+    kept = gw.views[c].keep_aside("unrestored")
+    assert kept and all(os.path.dirname(k) == str(shm / "aside") for k in kept)
+    assert codec.encode(read_state(kept[0])) == expected
+    assert not gw.log.has(c) and not gw.views[c].exists()
+    gw.log.close()
+    log = SharedLog(str(gw.directory))
+    assert c not in log.sessions() and len(log.sessions()) == len(CIDS) - 1
+    assert log.session(c).recover().empty
+    log.close()
+
+
+def test_a_record_that_does_not_apply_keeps_the_session_aside(shm: Path) -> None:
+    log = SharedLog(str(shm))
+    a = log.session("a")
+    sa = SessionState(client_id="a", clean_session=False)
+    a.compact(sa)
+    rec = sa.accept("t", b"one", 1)
+    a.append([rec], sa, sync=True)
+    a.append([rec], sa, sync=True)  # the same message twice: does not apply
+    with pytest.raises(StateError, match="kept aside"):
+        a.recover()
+    assert not a.exists() and len(list((shm / "aside").iterdir())) == 2
+    log.close()
+
+
+def test_threads_with_rotations_and_lazy_records(shm: Path) -> None:
+    log = SharedLog(str(shm), max_log_bytes=20_000)
+    states = {f"c{i}": SessionState(client_id=f"c{i}", clean_session=False) for i in range(8)}
+    views = {c: log.session(c, max_journal_bytes=1_500) for c in states}
+    for c, v in views.items():
+        v.compact(states[c])
+
+    def run(c: str) -> None:
+        rng, s, v = random.Random(c), states[c], views[c]
+        for _ in range(150):
+            a = s.accept("t", rng.randbytes(20), 1)
+            v.append([a], s, sync=rng.random() < 0.5)
+            if rng.random() < 0.5:
+                v.append([s.send(a.message.seq)], s, sync=False, lazy=True)
+            if v.needs_compaction:
+                v.compact(s)
+            if rng.random() < 0.1:
+                v.sync_pending()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in states]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and log._gen > 1
+    log.close()
+    log = SharedLog(str(shm))
+    for c, s in states.items():
+        assert codec.encode(log.session(c).recover()) == codec.encode(s), c
+    log.close()
