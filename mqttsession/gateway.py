@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import threading
+from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Coroutine
@@ -30,6 +31,7 @@ from .client import Client, _connect_params
 from .errors import ConnectError, UsageError
 from .options import Options
 from .pacing import Pacer
+from .sharedlog import SharedLog
 
 __all__ = ["AsyncGateway", "Gateway", "raise_fd_limit"]
 
@@ -64,11 +66,14 @@ class _Sessions:
 
     def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float) -> None:
         self.state_dir = os.fspath(state_dir)
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(self.state_dir, "queues"), mode=0o700, exist_ok=True)
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
         self.pacer = Pacer(connect_rate)
         self._ids: set[str] = set()
         self._closed = False
+        #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
+        #: kept aside; ``StateLockedError`` when another process has the directory).
+        self.store = SharedLog(self.state_dir)
 
     def _add(self, client_id: str) -> None:
         if self._closed:
@@ -80,11 +85,16 @@ class _Sessions:
         raise_fd_limit(len(self._ids) + 1 + FD_RESERVE)
         self._ids.add(client_id)
 
-    def state_path(self, client_id: str) -> str:
-        """Where ``client_id``'s session is kept (its ``SessionStateFile``)."""
-        from urllib.parse import quote  # noqa: PLC0415
+    def _share(self, c: Client) -> str:
+        """Make ``c``'s records go to the gateway's store; its ``SessionStateFile`` name."""
+        f = c._driver.file  # noqa: SLF001
+        f.shared = self.store
+        f.queue_path = os.path.join(self.state_dir, "queues", quote(c.client_id, safe=""))
+        return f"{self.store.path}#{c.client_id}"
 
-        return os.path.join(self.state_dir, quote(client_id, safe="") + ".state")
+    def stored_sessions(self) -> list[str]:
+        """The client ids whose sessions the store holds (hosted now or not)."""
+        return self.store.sessions()
 
 
 class Gateway(_Sessions):
@@ -136,7 +146,7 @@ class Gateway(_Sessions):
             try:
                 c = Client(client_id=client_id, **kwargs)
                 c._driver.host, c._driver.pacer = self, self.pacer  # noqa: SLF001
-                c.config(f"SessionStateFile={self.state_path(client_id)}")
+                c.config(f"SessionStateFile={self._share(c)}")
                 c.restore_session("")
             except BaseException:
                 self._ids.discard(client_id)
@@ -194,6 +204,7 @@ class Gateway(_Sessions):
             if not self.thread.is_alive():
                 self._loop.close()
             self._executor.shutdown(wait=False)
+            self.store.close()
 
     def __enter__(self) -> Gateway:
         return self
@@ -222,8 +233,10 @@ class AsyncGateway(_Sessions):
         self._add(client_id)
         try:
             s = AsyncSession(options, client_id=client_id, clean_session=False,
-                             state_file=self.state_path(client_id), session_sync=session_sync)
+                             state_file=f"{self.store.path}#{client_id}",
+                             session_sync=session_sync)
             s.client._driver.pacer = self.pacer  # noqa: SLF001
+            self._share(s.client)
             await s.start(connect=connect)
         except BaseException:
             self._ids.discard(client_id)
@@ -241,11 +254,14 @@ class AsyncGateway(_Sessions):
         if self._closed:
             return
         self._closed = True
-        results = await asyncio.gather(*(s.close() for s in self._sessions.values()),
-                                       return_exceptions=True)
-        for s, r in zip(self._sessions.values(), results):
-            if isinstance(r, BaseException):
-                log.error("closing gateway session %r: %r", s.client_id, r)
+        try:
+            results = await asyncio.gather(*(s.close() for s in self._sessions.values()),
+                                           return_exceptions=True)
+            for s, r in zip(self._sessions.values(), results):
+                if isinstance(r, BaseException):
+                    log.error("closing gateway session %r: %r", s.client_id, r)
+        finally:
+            self.store.close()
 
     async def __aenter__(self) -> AsyncGateway:
         return self

@@ -295,6 +295,10 @@ class Journal:
 
     # ------------------------------------------------------------------ recovery
 
+    def exists(self) -> bool:
+        """Whether the state file holds a session (its snapshot exists)."""
+        return os.path.exists(self.path)
+
     @_locked
     def keep_aside(self, label: str) -> list[str]:
         """Move the files out of the way as ``*.<label>-<time>``; returns the new names."""

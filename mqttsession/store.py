@@ -13,15 +13,15 @@ procedure 1 restores it in ``on_connected``), and never overwrites one: it is ke
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from typing import Protocol, Sequence
 
 from . import codec
-from .errors import MQTTSessionError, StateError
+from .errors import MQTTSessionError, StateError, UsageError
 from .journal import Journal, require_directory, write_atomic
+from .sharedlog import SessionLog, SharedLog
 from .records import Loaded, OutgoingMessage, Spooled
-from .spool import QUEUE_SUFFIX, SEGMENT_BYTES, Spool
+from .spool import SEGMENT_BYTES, Spool
 from .state import Record, SessionState, message_bytes
 
 __all__ = ["MemoryStore", "StateFile", "Store"]
@@ -173,12 +173,19 @@ class StateFile:
         self.sync = True
         self.max_journal_bytes = 0
         self.segment_bytes = SEGMENT_BYTES  # the disk queue's (QueueSegmentBytes)
-        self.journal: Journal | None = None
+        self.journal: Journal | SessionLog | None = None
         self.spool: Spool | None = None  # the disk queue, with the journal
         self.unrestored: SessionState | None = None  # the file's session, awaiting restore
+        # a Gateway's session: its records go to the gateway's one log (``path`` only names
+        # it), its disk queue to ``queue_path``
+        self.shared: SharedLog | None = None
+        self.queue_path = ""
         self.deferring = False  # on_connected runs: it may still restore the file's session
 
     def set_path(self, path: str) -> None:
+        if self.shared is not None and not path.startswith(self.shared.path + "#"):
+            raise UsageError("a gateway's session is kept in the gateway's directory: its"
+                             " SessionStateFile cannot change")
         self.close()
         self.path = path
 
@@ -189,17 +196,25 @@ class StateFile:
         if self.spool is not None:
             self.spool.sync = sync
 
-    def _new(self, client_id: str) -> Journal:
+    def _new(self, client_id: str) -> Journal | SessionLog:
+        if self.shared is not None:
+            view = self.shared.session(client_id, max_journal_bytes=self.max_journal_bytes)
+            view.sync = self.sync
+            return view
         return Journal(self.path, client_id, sync=self.sync,
                        max_journal_bytes=self.max_journal_bytes)
 
-    def _recover(self, j: Journal) -> SessionState:
+    def _spool(self, client_id: str) -> Spool:
+        return Spool(self.queue_path or self.path, client_id, sync=self.sync,
+                     segment_bytes=self.segment_bytes)
+
+    def _recover(self, j: Journal | SessionLog) -> SessionState:
         """The journal's session and its disk queue (``StateError`` on damage: kept)."""
-        spool = Spool(self.path, j.client_id, sync=self.sync, segment_bytes=self.segment_bytes)
+        spool = self._spool(j.client_id)
         try:
             state = j.recover()
         except StateError:
-            if not os.path.lexists(self.path):  # the journal's files were kept aside
+            if not j.exists():  # the journal's files were kept aside
                 spool.keep_aside("damaged")
             raise
         spool.recover(state.spool_next)
@@ -209,10 +224,10 @@ class StateFile:
 
     def _fresh_spool(self, client_id: str) -> None:
         """No session in the file: a queue found without it is kept aside, never adopted."""
-        spool = Spool(self.path, client_id, sync=self.sync, segment_bytes=self.segment_bytes)
+        spool = self._spool(client_id)
         aside = spool.keep_aside("orphaned")
         if aside:
-            self._errors.append((0, f"{self.path}{QUEUE_SUFFIX} held a disk queue without a"
+            self._errors.append((0, f"{spool.dir} held a disk queue without a"
                                     f" state file; kept as {aside}"))
         self.spool = spool
 
@@ -223,7 +238,7 @@ class StateFile:
             return
         j = self._new(state.client_id)
         try:
-            old = self._recover(j) if os.path.exists(self.path) else None
+            old = self._recover(j) if j.exists() else None
             # a reservation (SessionSync=interval) is kept like messages: the broker may hold
             # flows for its ids that only ``restore_session`` can release
             if old is not None and (not old.empty or old.reserved_first):
@@ -248,7 +263,7 @@ class StateFile:
             return self._recover(self.journal)
         j = self._new(client_id)
         try:
-            if os.path.exists(self.path):
+            if j.exists():
                 state = self._recover(j)
             else:
                 state = j.recover()
@@ -366,6 +381,8 @@ class StateFile:
 
     def save(self, state: SessionState, text: str) -> None:
         """``save_session``: the whole state as the snapshot."""
+        if self.journal is None and self.shared is not None:
+            self.journal = self._new(state.client_id)
         if self.journal is not None:
             self.journal.compact(state, text)
         elif self.path:
