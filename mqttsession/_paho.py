@@ -508,11 +508,13 @@ class AsyncioPump:
 
     def __init__(self, conn: PahoConnection, loop: Any, delay_min: float, delay_max: float,
                  tick: float = 0.5, *, pacer: Pacer | None = None, jitter: bool = False,
-                 loop_thread: threading.Thread | None = None) -> None:
+                 loop_thread: threading.Thread | None = None,
+                 executor: concurrent.futures.Executor | None = None) -> None:
         self.conn = conn
         self.loop = loop
         self._pacer = pacer  # many sessions: reconnect attempts take a slot of its rate
         self._jitter = jitter  # many sessions: backoff delays spread (``pacing.jittered``)
+        self.executor = executor  # where the blocking reconnect waits (None: the loop's default)
         conn.loop_thread = loop_thread
         self._delay_min, self._delay_max = max(delay_min, 0.05), max(delay_max, delay_min)
         self._delay = self._delay_min
@@ -598,7 +600,7 @@ class AsyncioPump:
         self._retry = None
         if self.stopped:
             return
-        fut = self.loop.run_in_executor(None, self.conn.reconnect)
+        fut = self.loop.run_in_executor(self.executor, self.conn.reconnect)
 
         def done(f: Any) -> None:
             if f.cancelled() or f.exception() is None or self.stopped:

@@ -272,7 +272,8 @@ class AsyncSession:
             return
         self._syncing = True
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(None, self._client._driver.wait_durable, batch[-1][0])
+        job = loop.run_in_executor(self._client._driver.executor,
+                                   self._client._driver.wait_durable, batch[-1][0])
 
         def done(f: asyncio.Future[Exception | None]) -> None:
             try:

@@ -17,6 +17,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Protocol, cast
 
@@ -102,6 +103,7 @@ class Driver(Durability):
         self.pump: AsyncioPump | None = None  # asyncio: the loop drives the connection
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
+        self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
         self._sync_timer: threading.Timer | None = None  # SessionSync=interval
@@ -287,7 +289,8 @@ class Driver(Durability):
         s, pacer = self._settings, self.pacer
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
                                 _TICK_EVERY, pacer=pacer, jitter=pacer is not None,
-                                loop_thread=self.host.thread if self.host else None)
+                                loop_thread=self.host.thread if self.host else None,
+                                executor=self.executor)
         done = asyncio.Event()
         def waiter() -> None:
             loop.call_soon_threadsafe(done.set)
@@ -296,7 +299,8 @@ class Driver(Durability):
             done.set()
         if pacer is not None:  # many sessions: connection attempts spread over time
             await asyncio.sleep(pacer.delay(loop.time()))
-        await loop.run_in_executor(None, self._tcp_connect, conn, host, port, params.keep_alive)
+        await loop.run_in_executor(self.executor, self._tcp_connect, conn, host, port,
+                                   params.keep_alive)
         try:
             await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:

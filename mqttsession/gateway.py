@@ -218,13 +218,18 @@ class Gateway(_Sessions):
 
 
 class AsyncGateway(_Sessions):
-    """The asyncio form: sessions are ``AsyncSession`` values on the running loop (no thread
-    of the gateway's own); ``async with AsyncGateway(dir) as gw:`` closes them all."""
+    """The asyncio form: sessions are ``AsyncSession`` values on the running loop; one thread
+    of the gateway's own runs the blocking TCP connects and fdatasyncs of all of them, one at
+    a time. ``async with AsyncGateway(dir) as gw:`` closes them all."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *,
                  connect_rate: float = CONNECT_RATE) -> None:
         super().__init__(state_dir, connect_rate)
         self._sessions: dict[str, AsyncSession] = {}
+        # the TCP connects and the fdatasyncs of every session wait here, one at a time (one
+        # fdatasync covers every session's records written before it)
+        self._executor = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix="mqttsession-gateway-io")
 
     async def session(self, client_id: str, options: Options | None = None, *,
                       session_sync: str | None = None, connect: bool = True) -> AsyncSession:
@@ -236,6 +241,7 @@ class AsyncGateway(_Sessions):
                              state_file=f"{self.store.path}#{client_id}",
                              session_sync=session_sync)
             s.client._driver.pacer = self.pacer  # noqa: SLF001
+            s.client._driver.executor = self._executor  # noqa: SLF001
             self._share(s.client)
             await s.start(connect=connect)
         except BaseException:
@@ -261,6 +267,7 @@ class AsyncGateway(_Sessions):
                 if isinstance(r, BaseException):
                     log.error("closing gateway session %r: %r", s.client_id, r)
         finally:
+            self._executor.shutdown(wait=False)
             self.store.close()
 
     async def __aenter__(self) -> AsyncGateway:

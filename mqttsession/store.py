@@ -19,7 +19,8 @@ from typing import Protocol, Sequence
 from . import codec
 from .errors import MQTTSessionError, StateError, UsageError
 from .journal import Journal, require_directory, write_atomic
-from .sharedlog import SessionLog, SharedLog
+from .sessionlog import SessionLog
+from .sharedlog import SharedLog
 from .records import Loaded, OutgoingMessage, Spooled
 from .spool import SEGMENT_BYTES, Spool
 from .state import Record, SessionState, message_bytes

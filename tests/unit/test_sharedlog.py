@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from mqttsession import codec
 from mqttsession.errors import PersistenceError, StateError, StateLockedError
 from mqttsession.recovery import read_frames, read_state
-from mqttsession.sharedlog import LOCK_NAME, LOG_NAME, SessionLog, SharedLog
+from mqttsession.sessionlog import SessionLog
+from mqttsession.sharedlog import LOCK_NAME, LOG_NAME, SharedLog
 from mqttsession.state import Phase, Record, SessionState
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux")

@@ -1,0 +1,264 @@
+"""One session's part of a gateway's ``SharedLog``: ``SessionLog``, with ``journal.Journal``'s
+interface (a ``store.StateFile`` uses either); its positions and group commit are the shared
+log's. The frame format is ``sharedlog``'s."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+from . import codec
+from .errors import MQTTSessionError, PersistenceError, StateError
+from .journal import _fsync_dir, write_atomic
+from .recovery import _HEADER_TAG, _JOURNAL_VERSION, JOURNAL_SUFFIX, frame
+from .sharedlog import (
+    _END,
+    _FRAME_HEAD,
+    _RECORD,
+    _SNAPSHOT,
+    ASIDE_DIR,
+    AUTO_SESSION_BYTES,
+    _tagged,
+    log,
+)
+from .state import Record, SessionState
+
+if TYPE_CHECKING:
+    from .sharedlog import SharedLog
+
+__all__ = ["SessionLog"]
+
+_SKIP: Final = _FRAME_HEAD + 5  # frame head, tag, session id: where a frame's body starts
+
+
+def _aside_name(client_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", client_id)[:80].lstrip(".") or "_"
+
+
+class SessionLog:
+    """One session's part of a ``SharedLog``, with ``journal.Journal``'s interface (its
+    positions and group commit are the shared log's)."""
+
+    def __init__(self, shared: SharedLog, client_id: str, sync: bool,
+                 max_journal_bytes: int) -> None:
+        self._log = shared
+        self.client_id = client_id
+        self.path = f"{shared.path}#{client_id}"  # a display name
+        self.sync = sync
+        self.max_journal_bytes = max_journal_bytes
+        self._mutex = threading.RLock()  # the view's own (before the log's)
+        self._lazy: list[bytes] = []  # frames of lazy records not yet written
+        self._unsynced: tuple[int, int] | None = None  # written, not synced (policy always)
+        self._closed = False
+
+    def exists(self) -> bool:
+        """Whether the log holds a session of this client id."""
+        return self._log.has(self.client_id)
+
+    def recover(self) -> SessionState:
+        """The session in the log (empty if there is none); ``StateError`` on damage (its
+        frames are kept aside, the session leaves the log)."""
+        with self._mutex:
+            self._lazy.clear()
+            with self._log._mutex:
+                s = self._log._session(self.client_id)
+                snap, recs = s.snap, list(s.recs)
+            if snap is None:
+                return SessionState(client_id=self.client_id, clean_session=False)
+            try:
+                with codec.gc_paused():
+                    state = codec.decode(snap[_SKIP:])
+                    if state.client_id and state.client_id != self.client_id:
+                        raise StateError(f"its snapshot is client id {state.client_id!r}'s")
+                    for i, r in enumerate(recs, 1):
+                        try:
+                            state.apply(codec.decode_record(r[_SKIP:]))
+                        except MQTTSessionError as exc:
+                            raise StateError(f"record {i}: {exc}") from None
+            except StateError as exc:
+                kept = self.keep_aside("damaged")
+                log.error("session %s is damaged (%s); kept aside as %s", self.path, exc, kept)
+                raise StateError(f"session {self.path} is damaged: {exc}; kept aside as"
+                                 f" {', '.join(kept)}") from None
+            return state
+
+    def compact(self, state: SessionState, text: str | None = None) -> None:
+        """A new snapshot (``text``, or ``state``'s) that supersedes the session's records;
+        synced before returning."""
+        with self._mutex:
+            if text is None:
+                text = codec.encode(state)
+            self._lazy.clear()  # ``state`` holds them
+            body = text.encode("utf-8")
+            lg = self._log
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                folded = s.rec_bytes
+                gen, pos = lg._write(s, [_tagged(_SNAPSHOT, s.sid, body)], _SNAPSHOT)
+            lg.sync_to(gen, pos)  # a failure cuts it: the previous snapshot counts again
+            with lg._mutex:
+                if lg.is_synced(gen, pos):
+                    s.prev = None
+            self._unsynced = None
+            log.debug("session %s compacted: %d bytes of records folded into a snapshot of %d"
+                      " bytes", self.path, folded, len(body))
+
+    def append(self, records: Sequence[Record], state: SessionState, sync: bool = True,
+               lazy: bool = False) -> None:
+        """Make ``records`` (already applied to ``state``) durable: in the OS always, on disk if
+        ``sync`` and the policy is ``always`` (the shared group commit). After a failed write
+        the next call writes a snapshot of ``state`` instead. ``lazy``: held in memory until
+        the next record that is not lazy, or ``flush``."""
+        with self._mutex:
+            lg = self._log
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                fresh = s.stale or s.snap is None
+            if fresh:
+                self.compact(state)
+                return
+            frames = [_tagged(_RECORD, s.sid, codec.encode_record(r)) for r in records]
+            if lazy:
+                self._lazy += frames
+                return
+            if self._lazy:
+                frames, self._lazy = self._lazy + frames, []
+            if not frames:
+                return
+            with lg._mutex:
+                fresh = lg._session(self.client_id) is not s or s.stale or s.snap is None
+                if not fresh:
+                    gen, pos = lg._write(s, frames, _RECORD)
+            if fresh:  # a failed sync cut it meanwhile
+                self.compact(state)
+            elif sync and self.sync:
+                lg.sync_to(gen, pos)
+                self._unsynced = None
+            elif self.sync:
+                self._unsynced = (gen, pos)
+
+    def flush(self) -> None:
+        """Write the lazy records now (no fsync: losing them costs only resends)."""
+        with self._mutex:
+            if not self._lazy:
+                return
+            frames, self._lazy = self._lazy, []
+            with self._log._mutex:
+                s = self._log._session(self.client_id)
+                if s.stale or s.snap is None or self._log._lock_fd is None:
+                    return  # written with the next snapshot
+                try:
+                    self._log._write(s, frames, _RECORD)
+                except PersistenceError as exc:
+                    log.warning("session %s: lazy records not written: %s", self.path, exc)
+
+    def sync_pending(self) -> None:
+        """Make every record written so far durable (policy ``always``), joining a group
+        commit under way in another thread."""
+        with self._mutex:
+            at = self._unsynced
+            if at is None:
+                return
+            with self._log._mutex:
+                stale = self._log._session(self.client_id).stale
+            if stale:
+                raise PersistenceError(None, f"session {self.path} failed a write and is"
+                                             " rewritten with the next record")
+        self._log.sync_to(*at)
+        with self._mutex:
+            if self._unsynced == at:
+                self._unsynced = None
+
+    def fsync(self) -> None:
+        """Everything written so far on disk, whatever the policy."""
+        with self._mutex:
+            self.flush()
+            with self._log._mutex:
+                s = self._log._session(self.client_id)
+                if s.stale or s.snap is None or self._log._fd is None:
+                    return
+                gen, pos = self._log._gen, self._log._size
+            self._log.sync_to(gen, pos)
+            self._unsynced = None
+
+    def is_synced(self, gen: int, pos: int) -> bool:
+        return self._log.is_synced(gen, pos)  # (positions are the shared log's)
+
+    def position(self) -> tuple[int, int]:
+        return self._log.position()
+
+    def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
+        return self._log.sync_to(gen, pos, linger)  # the group commit across sessions
+
+    @property
+    def bound(self) -> int:
+        """The bytes of records since the snapshot past which it is compacted:
+        ``max_journal_bytes`` when set, by default 64 KiB or half the snapshot's size."""
+        if self.max_journal_bytes > 0:
+            return self.max_journal_bytes
+        s = self._log._sessions.get(self.client_id)
+        snap = s.snap if s is not None else None
+        return max(AUTO_SESSION_BYTES, len(snap) // 2 if snap is not None else 0)
+
+    @property
+    def needs_compaction(self) -> bool:
+        """The records since the snapshot passed ``bound``."""
+        s = self._log._sessions.get(self.client_id)
+        return s is not None and s.rec_bytes > self.bound
+
+    def keep_aside(self, label: str) -> list[str]:
+        """Write the session out as a state file pair in ``D/aside`` (``P.<label>-<time>`` and
+        its ``.journal``, which ``recovery.read_state`` reads), then take it out of the log.
+        Returns the new names ([] when the log holds no session of this client id)."""
+        with self._mutex:
+            self._lazy.clear()
+            lg = self._log
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                snap, recs = s.snap, list(s.recs)
+            if snap is None:
+                return []
+            folder = os.path.join(lg.directory, ASIDE_DIR)
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot create {folder}: {exc}") from exc
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            base = path = os.path.join(folder, f"{_aside_name(self.client_id)}.{label}-{stamp}")
+            n = 1
+            while os.path.lexists(path) or os.path.lexists(path + JOURNAL_SUFFIX):
+                n += 1
+                path = f"{base}-{n}"
+            text = snap[_SKIP:]
+            write_atomic(path, text, sync=True)
+            kept = [path]
+            if recs:
+                digest = codec.text_digest(text.decode("utf-8", "replace").strip())
+                header = frame(json.dumps([_HEADER_TAG, _JOURNAL_VERSION, digest, self.client_id]
+                                          ).encode("utf-8"))
+                write_atomic(path + JOURNAL_SUFFIX,
+                             header + b"".join(frame(r[_SKIP:]) for r in recs), sync=True)
+                kept.append(path + JOURNAL_SUFFIX)
+            _fsync_dir(path)
+            with lg._mutex:
+                s = lg._session(self.client_id)
+                if s.snap is None:
+                    return kept
+                gen, pos = lg._write(s, [_tagged(_END, s.sid, b"")], _END)
+            lg.sync_to(gen, pos)
+            self._unsynced = None
+            return kept
+
+    def close(self) -> None:
+        """Write the lazy records and release the view (the shared log stays open)."""
+        with self._mutex:
+            if self._closed:
+                return
+            self.flush()
+            self._closed = True
+        self._log._release(self)
