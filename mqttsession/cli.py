@@ -222,6 +222,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 STDIN_SOURCE = "standard input: the save_session() text alone (no journal, no disk queue)"
 FILE_SOURCE = "the state file: its snapshot, its journal and its disk queue"
+GATEWAY_SOURCE = "a gateway directory: the sessions of its shared log (disk queues not counted)"
 
 
 def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int], source: str) -> dict[str, Any]:
@@ -286,7 +287,32 @@ def _when(t: float | None) -> str:
     return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _inspect_gateway(directory: str, as_json: bool) -> int:
+    """``inspect DIR`` of a ``Gateway``'s directory: its sessions, one line each."""
+    from .sessionlog import read_sessions
+
+    now = time.time()
+    sessions = {cid: SavedState.of(st) for cid, st in sorted(read_sessions(directory).items())}
+    info = {cid: _inspect_obj(s, now, {}, GATEWAY_SOURCE) for cid, s in sessions.items()}
+    if as_json:
+        print(json.dumps({"source": GATEWAY_SOURCE, "directory": directory,
+                          "sessions": list(info.values())}, indent=2))
+        return 0
+    print(f"read from:        {GATEWAY_SOURCE}")
+    print(f"sessions:         {len(info)}")
+    print(f"    {'client id':<32} {'never sent':>10} {'in flight':>9} {'incoming':>8}"
+          f" {'subscriptions':>13}")
+    for cid, i in info.items():
+        print(f"    {cid!r:<32} {len(i['never_sent']):>10} {len(i['in_flight']):>9}"
+              f" {len(i['incoming']):>8} {len(i['subscriptions']):>13}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
+    from .sharedlog import LOG_NAME
+
+    if os.path.isdir(args.file) and os.path.exists(os.path.join(args.file, LOG_NAME)):
+        return _inspect_gateway(args.file, args.json)
     s, sizes = _read_state(args.file)
     info = _inspect_obj(s, time.time(), sizes, STDIN_SOURCE if args.file == "-" else FILE_SOURCE)
     if args.json:
@@ -555,10 +581,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --matrix: rewrite the table between the broker-matrix markers of"
                         " README.rst from this run")
     c.set_defaults(func=_compat)
-    i = sub.add_parser("inspect", help="show a saved session (a state file, or - for stdin)",
+    i = sub.add_parser("inspect", help="show a saved session (a state file, a gateway directory,"
+                                       " or - for stdin)",
                        description="Show a saved session. FILE is a SessionStateFile: its snapshot,"
                                    " its journal (FILE.journal) and its disk queue (FILE.queue/)"
                                    " are read, as restore_session would, and nothing is written."
+                                   " A Gateway's directory: its sessions are listed, read from its"
+                                   " shared log (nothing locked or written)."
                                    " With - the save_session() text is read from standard input"
                                    " alone: no journal, no disk queue.")
     i.add_argument("file", metavar="FILE")

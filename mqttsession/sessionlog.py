@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Final
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError
 from .journal import _fsync_dir, write_atomic
-from .recovery import _HEADER_TAG, _JOURNAL_VERSION, JOURNAL_SUFFIX, frame
+from .recovery import _HEADER_TAG, _JOURNAL_VERSION, JOURNAL_SUFFIX, _read_file, frame
 from .sharedlog import (
+    LOG_NAME,
     _END,
     _FRAME_HEAD,
     _RECORD,
@@ -25,19 +26,57 @@ from .sharedlog import (
     AUTO_SESSION_BYTES,
     _tagged,
     log,
+    parse,
 )
 from .state import Record, SessionState
 
 if TYPE_CHECKING:
     from .sharedlog import SharedLog
 
-__all__ = ["SessionLog"]
+__all__ = ["SessionLog", "decode_session", "read_sessions"]
 
 _SKIP: Final = _FRAME_HEAD + 5  # frame head, tag, session id: where a frame's body starts
 
 
 def _aside_name(client_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", client_id)[:80].lstrip(".") or "_"
+
+
+def decode_session(client_id: str, snap: bytes, recs: Sequence[bytes]) -> SessionState:
+    """A session from its snapshot frame and record frames (as the log holds them);
+    ``StateError`` when one does not decode or apply."""
+    with codec.gc_paused():
+        state = codec.decode(snap[_SKIP:])
+        if state.client_id and state.client_id != client_id:
+            raise StateError(f"its snapshot is client id {state.client_id!r}'s")
+        for i, r in enumerate(recs, 1):
+            try:
+                state.apply(codec.decode_record(r[_SKIP:]))
+            except MQTTSessionError as exc:
+                raise StateError(f"record {i}: {exc}") from None
+    return state
+
+
+def read_sessions(directory: str) -> dict[str, SessionState]:
+    """The sessions of a gateway directory by client id, read-only: no lock taken, a torn
+    tail ignored, nothing written or moved (``StateError`` on damage, or without a log)."""
+    path = os.path.join(os.fspath(directory), LOG_NAME)
+    data = _read_file(path)
+    if data is None:
+        raise StateError(f"{directory}: no {LOG_NAME} (not a gateway directory)")
+
+    def damaged(why: str) -> StateError:
+        return StateError(f"shared log {path} is damaged: {why}")
+
+    sessions, _, _ = parse(data, damaged)
+    out: dict[str, SessionState] = {}
+    for cid, s in sessions.items():
+        assert s.snap is not None  # ``parse`` keeps only sessions with a snapshot
+        try:
+            out[cid] = decode_session(cid, s.snap, s.recs)
+        except StateError as exc:
+            raise StateError(f"session {cid!r} in {path}: {exc}") from None
+    return out
 
 
 class SessionLog:
@@ -71,15 +110,7 @@ class SessionLog:
             if snap is None:
                 return SessionState(client_id=self.client_id, clean_session=False)
             try:
-                with codec.gc_paused():
-                    state = codec.decode(snap[_SKIP:])
-                    if state.client_id and state.client_id != self.client_id:
-                        raise StateError(f"its snapshot is client id {state.client_id!r}'s")
-                    for i, r in enumerate(recs, 1):
-                        try:
-                            state.apply(codec.decode_record(r[_SKIP:]))
-                        except MQTTSessionError as exc:
-                            raise StateError(f"record {i}: {exc}") from None
+                state = decode_session(self.client_id, snap, recs)
             except StateError as exc:
                 kept = self.keep_aside("damaged")
                 log.error("session %s is damaged (%s); kept aside as %s", self.path, exc, kept)

@@ -41,6 +41,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from .errors import PersistenceError, StateError, StateLockedError
@@ -173,6 +174,51 @@ def _free_name(path: str) -> str:
     return name
 
 
+def parse(data: bytes, damaged: Callable[[str], StateError]
+          ) -> tuple[dict[str, _Session], int, int]:
+    """A log's live sessions by client id, the next free session id, and where the valid part
+    of ``data`` ends (a torn tail after it); ``damaged(why)`` makes the error raised."""
+    sessions: dict[str, _Session] = {}
+    payloads, valid, mid = read_frames(data)
+    if mid:
+        raise damaged(f"frame at byte {valid} is bad but later ones are good")
+    if not payloads or frame(payloads[0]) != _HEADER:
+        if len(data) < len(_HEADER) and _HEADER.startswith(data):
+            return sessions, 1, 0  # a torn header: nothing was ever written after it
+        raise damaged("no shared log header")
+    by_sid: dict[int, _Session] = {}
+    pos, top = len(_HEADER), 0
+    for p in payloads[1:]:
+        end = pos + _FRAME_HEAD + len(p)
+        tag, sid = p[:1], int.from_bytes(p[1:5], "big")
+        s = by_sid.get(sid)
+        if len(p) < 5 or (s is None) != (tag == _ATTACH) or sid <= 0:
+            raise damaged(f"frame at byte {pos} does not fit (tag {tag!r}, session {sid})")
+        if tag == _ATTACH:
+            try:
+                cid = p[5:].decode("utf-8")
+            except UnicodeDecodeError:
+                raise damaged(f"client id at byte {pos} is not UTF-8") from None
+            if cid in sessions or sid <= top:
+                raise damaged(f"session {sid} ({cid!r}) at byte {pos} attached twice")
+            top = sid
+            s = by_sid[sid] = sessions[cid] = _Session(cid, sid, attach_at=pos)
+        elif tag == _SNAPSHOT and s is not None:
+            s.snap, s.snap_at, s.recs, s.offs, s.rec_bytes = data[pos:end], pos, [], [], 0
+        elif tag == _RECORD and s is not None and s.snap is not None:
+            s.recs.append(data[pos:end])
+            s.offs.append(pos)
+            s.rec_bytes += end - pos
+        elif tag == _END and s is not None:
+            del by_sid[sid], sessions[s.client_id]
+        else:
+            raise damaged(f"frame at byte {pos} does not fit (tag {tag!r}, session {sid})")
+        pos = end
+    for cid in [c for c, s in sessions.items() if s.snap is None]:
+        del sessions[cid]  # attached, its snapshot torn off
+    return sessions, top + 1, valid
+
+
 class SharedLog:
     """Owns a gateway's state directory: the shared log, its lock, the group commit."""
 
@@ -236,44 +282,7 @@ class SharedLog:
 
     def _load(self, data: bytes) -> int:
         """Read the log's frames into memory; where its valid part ends."""
-        payloads, valid, damaged = read_frames(data)
-        if damaged:
-            raise self._damaged(f"frame at byte {valid} is bad but later ones are good")
-        if not payloads or frame(payloads[0]) != _HEADER:
-            if len(data) < len(_HEADER) and _HEADER.startswith(data):
-                return 0  # a torn header: nothing was ever written after it
-            raise self._damaged("no shared log header")
-        by_sid: dict[int, _Session] = {}
-        pos, top = len(_HEADER), 0
-        for p in payloads[1:]:
-            end = pos + _FRAME_HEAD + len(p)
-            tag, sid = p[:1], int.from_bytes(p[1:5], "big")
-            s = by_sid.get(sid)
-            if len(p) < 5 or (s is None) != (tag == _ATTACH) or sid <= 0:
-                raise self._damaged(f"frame at byte {pos} does not fit (tag {tag!r}, session {sid})")
-            if tag == _ATTACH:
-                try:
-                    cid = p[5:].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise self._damaged(f"client id at byte {pos} is not UTF-8") from None
-                if cid in self._sessions or sid <= top:
-                    raise self._damaged(f"session {sid} ({cid!r}) at byte {pos} attached twice")
-                top = sid
-                s = by_sid[sid] = self._sessions[cid] = _Session(cid, sid, attach_at=pos)
-            elif tag == _SNAPSHOT and s is not None:
-                s.snap, s.snap_at, s.recs, s.offs, s.rec_bytes = data[pos:end], pos, [], [], 0
-            elif tag == _RECORD and s is not None and s.snap is not None:
-                s.recs.append(data[pos:end])
-                s.offs.append(pos)
-                s.rec_bytes += end - pos
-            elif tag == _END and s is not None:
-                del by_sid[sid], self._sessions[s.client_id]
-            else:
-                raise self._damaged(f"frame at byte {pos} does not fit (tag {tag!r}, session {sid})")
-            pos = end
-        self._next_sid = top + 1
-        for cid in [c for c, s in self._sessions.items() if s.snap is None]:
-            del self._sessions[cid]  # attached, its snapshot torn off
+        self._sessions, self._next_sid, valid = parse(data, self._damaged)
         self._live = len(_HEADER) + sum(s.live() for s in self._sessions.values())
         return valid
 

@@ -201,3 +201,27 @@ def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path:
         return got
 
     assert sorted(asyncio.run(asyncio.wait_for(main(), 60))) == sorted(f"m{i}" for i in range(10))
+
+
+def test_inspect_lists_the_sessions_of_a_gateway_directory(tmp_path: Path) -> None:
+    """``mqttsession inspect DIR`` reads the shared log without taking its lock, also while
+    the gateway runs; ``--json`` gives each session's full description."""
+    import json  # noqa: PLC0415
+
+    with Gateway(tmp_path) as gw:
+        for i in range(3):
+            c = gw.client(f"insp-{i}", clean_session=False)
+            for _ in range(i + 1):
+                c.publish_message("insp/x", 1, "m")
+        c.subscribe("insp/#", 1)
+        out = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = [line.split() for line in out.stdout.splitlines() if "'insp-" in line]
+        assert lines == [["'insp-0'", "1", "0", "0", "0"], ["'insp-1'", "2", "0", "0", "0"],
+                         ["'insp-2'", "3", "0", "0", "1"]]
+    out = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", "--json", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    doc = json.loads(out.stdout)
+    assert [s["client_id"] for s in doc["sessions"]] == ["insp-0", "insp-1", "insp-2"]
+    assert doc["sessions"][2]["subscriptions"] == {"insp/#": 1}
