@@ -225,3 +225,22 @@ def test_inspect_lists_the_sessions_of_a_gateway_directory(tmp_path: Path) -> No
     doc = json.loads(out.stdout)
     assert [s["client_id"] for s in doc["sessions"]] == ["insp-0", "insp-1", "insp-2"]
     assert doc["sessions"][2]["subscriptions"] == {"insp/#": 1}
+
+
+def test_readme_gateway_snippet_runs(mosquitto: MosquittoBroker, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """README.rst's "Many sessions in one process" block runs as written."""
+    import re  # noqa: PLC0415
+    import textwrap  # noqa: PLC0415
+
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text(encoding="utf-8")
+    section = readme.split("\nMany sessions in one process\n", 1)[1].split("\nBrokers\n", 1)[0]
+    block = re.search(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", section)
+    assert block is not None
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", mosquitto.address)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(textwrap.dedent(block.group(1)), "README.rst[gateway]", "exec"),  # noqa: S102
+         {"__name__": "__readme__"})
+    assert "100 sessions connected" in capsys.readouterr().out
+    assert (tmp_path / "gateway-state" / "sessions.log").is_file()
