@@ -139,12 +139,6 @@ def _remove_stale_temps(path: str) -> None:
                     pass
 
 
-def _refuse_missing_directory(path: str, exc: OSError) -> None:
-    """``require_directory`` when opening ``path`` failed for want of its directory."""
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        require_directory(path)
-
-
 def require_directory(path: str) -> None:
     """``UsageError`` naming the directory when a state file's directory does not exist (or
     is not a directory): a setting to fix, not a disk fault."""
@@ -185,6 +179,43 @@ def write_atomic(path: str, data: str | bytes, sync: bool = True) -> tuple[int, 
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def acquire_lock(lock_path: str, what: str) -> int:
+    """The fd of lock file ``lock_path``, locked (``flock``) with this process's pid in it;
+    ``StateLockedError`` naming ``what`` while another process holds it. A lock file found
+    through a symlink is ``StateError``; one unlinked by its previous owner while we waited
+    is left for the new one."""
+    for _ in range(5):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, _MODE)
+        except OSError as exc:
+            _refuse_link(lock_path, exc)
+            raise PersistenceError(exc.errno, f"cannot open {lock_path}: {exc.strerror}") from exc
+        try:
+            _own_file(fd, lock_path)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            finally:
+                os.close(fd)
+            raise StateLockedError(
+                f"{what} is in use by another process (pid {owner or '?'})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # unlinked by its previous owner while we waited: take the new one
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+    raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover
 
 
 def _locked(method: _F) -> _F:
@@ -233,42 +264,13 @@ class Journal:
     # ------------------------------------------------------------------ lock
 
     def _acquire_lock(self) -> None:
-        lock_path = self.path + LOCK_SUFFIX
-        for _ in range(5):
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, _MODE)
-            except OSError as exc:
-                _refuse_link(lock_path, exc)
-                _refuse_missing_directory(self.path, exc)
-                raise PersistenceError(exc.errno, f"cannot open {lock_path}: {exc.strerror}") from exc
-            try:
-                _own_file(fd, lock_path)
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                try:
-                    owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-                finally:
-                    os.close(fd)
-                raise StateLockedError(
-                    f"state file {self.path} is in use by another process (pid {owner or '?'})"
-                ) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # unlinked by its previous owner while we waited: take the new one
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._lock_fd = fd
-            _remove_stale_temps(self.path)
-            return
-        raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover
+        try:
+            self._lock_fd = acquire_lock(self.path + LOCK_SUFFIX, f"state file {self.path}")
+        except PersistenceError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                require_directory(self.path)  # a UsageError naming the missing directory
+            raise
+        _remove_stale_temps(self.path)
 
     @_locked
     def close(self) -> None:

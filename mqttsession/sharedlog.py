@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import bisect
 import errno
-import fcntl
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from .errors import PersistenceError, StateError, StateLockedError
@@ -49,6 +48,7 @@ from .journal import (
     _own_file,
     _remove_stale_temps,
     _write_all,
+    acquire_lock,
     require_directory,
     write_atomic,
 )
@@ -134,37 +134,6 @@ class _Session:
         self.stale = self.stale or lost
 
 
-def _acquire(path: str) -> int:
-    """The fd of lock file ``path``, locked (``flock``) with our pid in it."""
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, _MODE)
-        except OSError as exc:
-            _refuse_link(path, exc)
-            raise PersistenceError(exc.errno, f"cannot open {path}: {exc.strerror}") from exc
-        try:
-            _own_file(fd, path)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            raise StateLockedError(f"{path} is held by another owner (pid {owner or '?'})") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # unlinked by its previous owner while we waited: take the new one
-            os.close(fd)
-            continue
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
-    raise StateLockedError(f"cannot lock {path}")  # pragma: no cover
-
-
 def _free_name(path: str) -> str:
     """``path`` or ``path-2``, ``path-3``...: a name no file has."""
     name, n = path, 1
@@ -243,7 +212,8 @@ class SharedLog:
         self._next_sid = 1
         self._live = len(_HEADER)
         require_directory(self.path)
-        self._lock_fd: int | None = _acquire(os.path.join(self.directory, LOCK_NAME))
+        self._lock_fd: int | None = acquire_lock(os.path.join(self.directory, LOCK_NAME),
+                                                   f"gateway directory {self.directory}")
         try:
             _remove_stale_temps(self.path)
             self._open()
