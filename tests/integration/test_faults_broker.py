@@ -176,6 +176,9 @@ def test_subscribe_answered_by_closing_is_refused_after_three_tries(fake: FakeBr
 
 
 def _disconnect_codes(fake: FakeBroker) -> list[int | None]:
+    """The reason codes of the DISCONNECTs the fake broker read, once it read one (the client
+    may raise before its network thread has written it)."""
+    _procs.wait_until(lambda: fake.packets("DISCONNECT"), what="the client's DISCONNECT")
     return [r.reason_code for r in fake.packets("DISCONNECT")]
 
 
