@@ -135,12 +135,15 @@ def test_gateway_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path
     accepted: set[int] = set()
     per_run: list[int] = []
     held: list[int] = []
+    startup: list[float] = []  # seconds from the child's start to its first "ok"
     child: Child | None = None
     t0 = time.monotonic()
     try:
         for k in range(KILLS):
+            started = time.monotonic()
             child = Child(broker, state_dir, PER_KILLED_RUN, k * PER_KILLED_RUN)
             child.wait_line("ok ", timeout=60)  # connected and publishing
+            startup.append(round(time.monotonic() - started, 1))
             held.append(child.held())
             time.sleep(rng.uniform(0.3, 1.5))  # the point of the test: kill at a random instant
             child.kill()
@@ -148,8 +151,10 @@ def test_gateway_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path
             got = child.ok()
             accepted |= got
             per_run.append(len(got))
+        started = time.monotonic()
         child = Child(broker, state_dir, PER_FINAL_RUN, KILLS * PER_KILLED_RUN)
         code = child.wait(120)
+        final_run = time.monotonic() - started
         done = child.wait_line("done ", 0)
         assert code == 0, child.tail()
         assert done == "done True 0", (done, child.tail())
@@ -158,7 +163,9 @@ def test_gateway_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path
         assert len(final) == SESSIONS * PER_FINAL_RUN
         accepted |= final
         per_run.append(len(final))
+        drain = time.monotonic()
         tally.wait_for(accepted, timeout=30)
+        drain = time.monotonic() - drain
         # An observation window, not synchronisation: everything arrived; a late duplicate
         # (a resend of a message already delivered) would show up within it.
         time.sleep(1.0)
@@ -172,7 +179,9 @@ def test_gateway_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path
         print(f"accepted={len(accepted)} per-run={per_run} held-at-start={held}"
               f" delivered={len(counts)} qos1-repeats={qos1_repeats}"
               f" qos2-dups={len(qos2_dups)} delivered-not-printed={len(unprinted)}"
-              f" missing={len(missing)} wall={time.monotonic() - t0:.1f}s")
+              f" missing={len(missing)} startup={startup} final-run={final_run:.1f}s"
+              f" tally-drain={drain:.1f}s"
+              f" wall={time.monotonic() - t0:.1f}s")
         assert not missing, f"{len(missing)} accepted messages never arrived: {missing[:20]}"
         assert not qos2_dups, f"QoS 2 messages delivered more than once: {qos2_dups[:20]}"
         assert all(n > 0 for n in per_run), per_run  # each kill landed mid-stream
