@@ -174,13 +174,16 @@ def child_sync(port: int, n: int, m: int, repeats: int, rate: float | None,
     kwargs = {} if rate is None else {"connect_rate": rate}
     gw = Gateway(os.path.join(work, "sync"), **kwargs)
     try:
+        t0 = time.perf_counter()
         clients = [gw.client(f"gws-{run_id}-{i}", clean_session=False) for i in range(n)]
+        create_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         failed = gw.connect_all("127.0.0.1", port)
         connect_s = time.perf_counter() - t0
         after = scale_snapshot()
         connected = sum(c.connected for c in clients)
         idle = idle_figures(before, after, n, connected, connect_s)
+        idle["create_s"] = create_s
         idle["failed"] = {k: repr(v) for k, v in list(failed.items())[:5]}
         idle["failed_count"] = len(failed)
         if failed:
@@ -239,14 +242,17 @@ def child_async(port: int, n: int, m: int, repeats: int, rate: float | None,
         gw = AsyncGateway(os.path.join(work, "async"), **kwargs)
         async with gw:
             t0 = time.perf_counter()
-            results = await asyncio.gather(
-                *(gw.session(f"gwa-{run_id}-{i}", options, session_sync="none")
-                  for i in range(n)), return_exceptions=True)
+            sessions = [await gw.session(f"gwa-{run_id}-{i}", options, session_sync="none",
+                                         connect=False) for i in range(n)]
+            create_s = time.perf_counter() - t0
+            t0 = time.perf_counter()  # as connect_all: every session's connect, together
+            results = await asyncio.gather(*(s.connect() for s in sessions),
+                                           return_exceptions=True)
             connect_s = time.perf_counter() - t0
-            sessions = [s for s in results if not isinstance(s, BaseException)]
             failed = [r for r in results if isinstance(r, BaseException)]
             after = scale_snapshot()
             idle = idle_figures(before, after, n, sum(s.connected for s in sessions), connect_s)
+            idle["create_s"] = create_s
             idle["failed_count"] = len(failed)
             idle["failed"] = [repr(f) for f in failed[:5]]
             if failed:
@@ -276,6 +282,46 @@ def child_async(port: int, n: int, m: int, repeats: int, rate: float | None,
     return asyncio.run(main())
 
 
+def child_breakdown(port: int, n: int, m: int, repeats: int, rate: float | None,
+                    work: str) -> dict[str, Any]:
+    """Where an idle connected ``Gateway`` session's memory goes: ``tracemalloc`` bytes per
+    session by file (and the top lines), N sessions created and connected (no publishing)."""
+    import tracemalloc
+
+    from mqttsession.gateway import Gateway
+
+    run_id = uuid.uuid4().hex[:6]
+    gc.collect()
+    tracemalloc.start(1)
+    first = tracemalloc.take_snapshot()
+    kwargs = {} if rate is None else {"connect_rate": rate}
+    with Gateway(os.path.join(work, "breakdown"), **kwargs) as gw:
+        for i in range(n):
+            gw.client(f"gwb-{run_id}-{i}", clean_session=False)
+        failed = gw.connect_all("127.0.0.1", port)
+        gc.collect()
+        second = tracemalloc.take_snapshot()
+        traced = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def short(name: str) -> str:
+        for prefix in (here + os.sep, os.path.dirname(os.__file__) + os.sep):
+            if name.startswith(prefix):
+                return name[len(prefix):]
+        return name
+
+    by_file = second.compare_to(first, "filename")
+    by_line = second.compare_to(first, "lineno")
+    return {
+        "sessions": n, "failed": len(failed), "traced_bytes_per_session": traced / n,
+        "by_file": [(short(st.traceback[0].filename), st.size_diff / n, st.count_diff / n)
+                    for st in by_file[:15]],
+        "by_line": [(f"{short(st.traceback[0].filename)}:{st.traceback[0].lineno}",
+                     st.size_diff / n, st.count_diff / n) for st in by_line[:20]],
+    }
+
+
 def round_figures(mode: str, msgs: int, took: float, cpu: float, s0: tuple[int, int],
                   s1: tuple[int, int]) -> dict[str, Any]:
     return {"mode": mode, "messages": msgs, "seconds": took, "rate": msgs / took,
@@ -283,7 +329,8 @@ def round_figures(mode: str, msgs: int, took: float, cpu: float, s0: tuple[int, 
             "fdatasync_per_msg": (s1[0] - s0[0]) / msgs, "fsync_per_msg": (s1[1] - s0[1]) / msgs}
 
 
-CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {"sync": child_sync, "async": child_async}
+CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
+    "sync": child_sync, "async": child_async, "breakdown": child_breakdown}
 
 
 # ------------------------------------------------------------------------------- the parent
@@ -337,6 +384,7 @@ def fmt_table(results: dict[str, Any], n: int, m: int) -> str:
 
     lines: list[tuple[str, Callable[[dict[str, Any]], str], str]] = [
         ("connected / sessions", lambda r: f"{r['idle']['connected']}/{r['idle']['sessions']}", ""),
+        ("creating the sessions (s)", lambda r: f"{r['idle']['create_s']:.2f}", ""),
         ("time to all connected (s)", lambda r: f"{r['idle']['connect_s']:.2f}", "<= 10"),
         ("threads (active / /proc)",
          lambda r: f"{r['idle']['threads_active']} / {r['idle']['threads_proc']}", "<= 4"),
@@ -368,7 +416,10 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="200 sessions, 10 messages, 2 rounds")
     p.add_argument("--connect-rate", type=float, default=None,
                    help="the gateways' connect_rate (default: the library's)")
-    p.add_argument("--forms", default="sync,async", help="sync, async or both")
+    p.add_argument("--forms", default="sync,async",
+                   help="comma-separated: sync, async, breakdown (tracemalloc of idle Gateway"
+                   " sessions, by file); default sync,async")
+    p.add_argument("--breakdown", action="store_true", help="add the breakdown form")
     p.add_argument("--json", default=None, help="default bench/results/gateway-<date>.json")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -401,7 +452,10 @@ def main() -> int:
         commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
         results["commit"] = commit
-        for form in [f.strip() for f in a.forms.split(",") if f.strip()]:
+        forms = [f.strip() for f in a.forms.split(",") if f.strip()]
+        if a.breakdown and "breakdown" not in forms:
+            forms.append("breakdown")
+        for form in forms:
             d = os.path.join(work, form)
             os.makedirs(d)
             results[form] = run_child(form, broker.port, a, d)
@@ -414,7 +468,16 @@ def main() -> int:
     print(f"fdatasync alone: {results['fdatasync_median_ms']:.3f} ms (median); load average"
           f" before {results['loadavg_before'][0]:.2f}, after {results['loadavg_after'][0]:.2f};"
           f" mosquitto's open files limit {results['mosquitto_max_open_files']}")
-    for form in ("sync", "async"):
+    bd = results.get("breakdown", {})
+    if "by_file" in bd:
+        print(f"\nidle Gateway session, tracemalloc: {bd['traced_bytes_per_session'] / 1024:.1f}"
+              " KB traced a session; by file (KB a session, blocks a session):")
+        for name, size, count in bd["by_file"][:10]:
+            print(f"  {size / 1024:7.2f} KB {count:7.1f}  {name}")
+        print("  top lines:")
+        for name, size, count in bd["by_line"][:10]:
+            print(f"  {size / 1024:7.2f} KB {count:7.1f}  {name}")
+    for form in ("sync", "async", "breakdown"):
         if "error" in results.get(form, {}):
             print(f"\n{form} FAILED:\n{results[form]['error']}", file=sys.stderr)
         elif results.get(form, {}).get("idle", {}).get("failed_count"):
