@@ -435,9 +435,20 @@ def main() -> int:
 
     from mqttsession.testing import MosquittoBroker
 
+    import resource
+
+    # mosquitto inherits this process's open files limit: one descriptor a connection (the
+    # conf sets no max_connections, so the limit is the only bound)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = tempfile.mkdtemp(prefix="mqttsession-gateway-")
     broker = MosquittoBroker(str(CONF))
     broker.start()
+    limit = max_open_files(broker.pid)
+    if limit.isdigit() and int(limit) < a.sessions + 64:
+        print(f"warning: mosquitto may open only {limit} files, for {a.sessions} sessions:"
+              " raise the hard limit (ulimit -Hn)", file=sys.stderr)
     results: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "sessions": a.sessions, "messages_per_session": a.messages, "repeats": a.repeats,
