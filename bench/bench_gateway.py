@@ -116,6 +116,27 @@ class SyncCounter:
             return self.fdatasyncs, self.fsyncs
 
 
+def thread_cpu(native_id: int) -> float:
+    """CPU seconds (user + system) of one thread of this process, from ``/proc``."""
+    with open(f"/proc/self/task/{native_id}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Clocks:
+    """Wall, process user / system and the loop thread's CPU over a round."""
+
+    def __init__(self, loop_tid: int) -> None:
+        self.loop_tid = loop_tid
+        self.t, self.times, self.loop = time.perf_counter(), os.times(), thread_cpu(loop_tid)
+
+    def stop(self) -> dict[str, float]:
+        took, times = time.perf_counter() - self.t, os.times()
+        return {"seconds": took, "user": times.user - self.times.user,
+                "system": times.system - self.times.system,
+                "loop_cpu": thread_cpu(self.loop_tid) - self.loop}
+
+
 def scale_snapshot() -> dict[str, int]:
     """Threads, RSS and file descriptors now (after a full collection)."""
     gc.collect()
@@ -153,6 +174,8 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "rate_best": max(r["rate"] for r in mine),
             "fdatasync_per_msg": statistics.median(r["fdatasync_per_msg"] for r in mine),
             "cpu_us_per_msg": statistics.median(r["cpu_us_per_msg"] for r in mine),
+            "system_us_per_msg": statistics.median(r["system_us_per_msg"] for r in mine),
+            "loop_thread_busy": statistics.median(r["loop_thread_busy"] for r in mine),
         }
     out["always_over_none"] = out["always"]["rate_median"] / out["none"]["rate_median"]
     out["always_over_none_best"] = out["always"]["rate_best"] / out["none"]["rate_best"]
@@ -205,7 +228,7 @@ def child_sync(port: int, n: int, m: int, repeats: int, rate: float | None,
                     errors.append(exc)
 
             threads = [threading.Thread(target=worker, args=(g,)) for g in groups]
-            s0, cpu0, t = counter.snapshot(), time.process_time(), time.perf_counter()
+            s0, clocks = counter.snapshot(), Clocks(gw.thread.native_id or 0)
             for th in threads:
                 th.start()
             for th in threads:
@@ -213,10 +236,10 @@ def child_sync(port: int, n: int, m: int, repeats: int, rate: float | None,
             for c in clients:
                 if not c.flush(TIMEOUT):
                     raise RuntimeError(f"{c.client_id}: not acknowledged in {TIMEOUT} s")
-            took, cpu, s1 = time.perf_counter() - t, time.process_time() - cpu0, counter.snapshot()
+            spent, s1 = clocks.stop(), counter.snapshot()
             if errors:
                 raise errors[0]
-            rounds.append(round_figures(mode, n * m, took, cpu, s0, s1))
+            rounds.append(round_figures(mode, n * m, spent, s0, s1))
         t = time.perf_counter()
     finally:
         gw.close()
@@ -266,14 +289,13 @@ def child_async(port: int, n: int, m: int, repeats: int, rate: float | None,
             rounds = []
             for mode in modes_order(repeats):
                 await asyncio.gather(*(s.config(f"SessionSync={mode}") for s in sessions))
-                s0, cpu0, t = counter.snapshot(), time.process_time(), time.perf_counter()
+                s0, clocks = counter.snapshot(), Clocks(threading.get_native_id())
                 await asyncio.gather(*(device(s) for s in sessions))
                 done = await asyncio.gather(*(s.flush(TIMEOUT) for s in sessions))
-                took, cpu = time.perf_counter() - t, time.process_time() - cpu0
-                s1 = counter.snapshot()
+                spent, s1 = clocks.stop(), counter.snapshot()
                 if not all(done):
                     raise RuntimeError(f"not acknowledged in {TIMEOUT} s")
-                rounds.append(round_figures(mode, n * m, took, cpu, s0, s1))
+                rounds.append(round_figures(mode, n * m, spent, s0, s1))
                 rounds[-1]["threads_after"] = threading.active_count()
             t_close = time.perf_counter()
         return {"idle": idle, "publish": summarise(rounds),
@@ -322,10 +344,13 @@ def child_breakdown(port: int, n: int, m: int, repeats: int, rate: float | None,
     }
 
 
-def round_figures(mode: str, msgs: int, took: float, cpu: float, s0: tuple[int, int],
+def round_figures(mode: str, msgs: int, spent: dict[str, float], s0: tuple[int, int],
                   s1: tuple[int, int]) -> dict[str, Any]:
+    took = spent["seconds"]
     return {"mode": mode, "messages": msgs, "seconds": took, "rate": msgs / took,
-            "cpu_us_per_msg": cpu / msgs * 1e6,
+            "cpu_us_per_msg": (spent["user"] + spent["system"]) / msgs * 1e6,
+            "system_us_per_msg": spent["system"] / msgs * 1e6,
+            "loop_thread_busy": spent["loop_cpu"] / took,
             "fdatasync_per_msg": (s1[0] - s0[0]) / msgs, "fsync_per_msg": (s1[1] - s0[1]) / msgs}
 
 
@@ -399,6 +424,10 @@ def fmt_table(results: dict[str, Any], n: int, m: int) -> str:
         ("fdatasync / msg, always", lambda r: f"{r['publish']['always']['fdatasync_per_msg']:.3f}", ""),
         ("CPU us / msg, always / none",
          lambda r: f"{r['publish']['always']['cpu_us_per_msg']:.0f} / {r['publish']['none']['cpu_us_per_msg']:.0f}", ""),
+        ("  of which system (kernel)",
+         lambda r: f"{r['publish']['always']['system_us_per_msg']:.0f} / {r['publish']['none']['system_us_per_msg']:.0f}", ""),
+        ("loop thread busy, always / none",
+         lambda r: f"{r['publish']['always']['loop_thread_busy']:.2f} / {r['publish']['none']['loop_thread_busy']:.2f}", ""),
         ("close() of the gateway (s)", lambda r: f"{r['close_s']:.2f}", ""),
     ]
     for label, fn, goal in lines:
