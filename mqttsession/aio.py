@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from .client import Client, _connect_params
 from .errors import MQTTSessionError, PersistenceError, UsageError
@@ -52,6 +52,13 @@ _Token = tuple[int, int, int]  # a held publish: its seq and where its record en
 
 class _Closed:
     pass
+
+
+class GroupSync(Protocol):
+    """Makes a shared store durable up to a position for many sessions at once."""
+
+    def wait(self, gen: int, pos: int) -> asyncio.Future[Exception | None]:
+        """A future: None once the store is on disk up to (``gen``, ``pos``), else the error."""
 
 
 _CLOSED: Final = _Closed()
@@ -97,6 +104,7 @@ class AsyncSession:
         # one executor job that syncs for all of them is under way
         self._awaiting_sync: list[tuple[_Token, asyncio.Future[Exception | None]]] = []
         self._syncing = False
+        self._group: GroupSync | None = None  # an AsyncGateway's shared sync
         self._started = False
         self._closed = False
         self._client.on_message_in = self._on_loop(self._on_message_in)
@@ -272,8 +280,11 @@ class AsyncSession:
             return
         self._syncing = True
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._client._driver.executor,
-                                   self._client._driver.wait_durable, batch[-1][0])
+        if self._group is not None:  # an AsyncGateway's: one sync for every session's batch
+            job = self._group.wait(batch[-1][0][1], batch[-1][0][2])
+        else:
+            job = loop.run_in_executor(self._client._driver.executor,
+                                       self._client._driver.wait_durable, batch[-1][0])
 
         def done(f: asyncio.Future[Exception | None]) -> None:
             try:

@@ -28,7 +28,7 @@ from typing import Any, Coroutine
 
 from .aio import AsyncSession
 from .client import Client, _connect_params
-from .errors import ConnectError, UsageError
+from .errors import ConnectError, PersistenceError, UsageError
 from .options import Options
 from .pacing import Pacer
 from .sharedlog import SharedLog
@@ -217,6 +217,54 @@ class Gateway(_Sessions):
         return f"<Gateway {self.state_dir!r} {len(self._ids)} sessions>"
 
 
+class _StoreSync:
+    """``AsyncGateway``'s group commit: one executor job makes the shared log durable up to
+    the furthest record any session waits for; every session whose records it covered is
+    released at once on the loop (one thread hop for all of them, not one per session)."""
+
+    def __init__(self, store: SharedLog, executor: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._executor = executor
+        self._waiting: list[tuple[int, int, asyncio.Future[Exception | None]]] = []
+        self._busy = False
+
+    def wait(self, gen: int, pos: int) -> asyncio.Future[Exception | None]:
+        fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((gen, pos, fut))
+        if not self._busy:
+            self._next()
+        return fut
+
+    def _sync(self, gen: int, pos: int) -> Exception | None:
+        try:
+            self._store.sync_to(gen, pos)
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting session
+            return exc
+        return None
+
+    def _next(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._busy = bool(batch)
+        if not batch:
+            return
+        gen, pos = max((g, p) for g, p, _ in batch)
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self._sync, gen, pos)
+
+        def done(f: asyncio.Future[Exception | None]) -> None:
+            try:
+                err = f.result()
+            except BaseException as exc:  # noqa: BLE001 - the job itself ended (shutdown)
+                err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
+            for g, p, waiter in batch:
+                if not waiter.done():
+                    synced = self._store.is_synced(g, p)
+                    waiter.set_result(None if synced else err or PersistenceError(
+                        None, "a failed sync of the shared log cut the record"))
+            self._next()
+
+        job.add_done_callback(done)
+
+
 class AsyncGateway(_Sessions):
     """The asyncio form: sessions are ``AsyncSession`` values on the running loop; one thread
     of the gateway's own runs the blocking TCP connects and fdatasyncs of all of them, one at
@@ -230,6 +278,7 @@ class AsyncGateway(_Sessions):
         # fdatasync covers every session's records written before it)
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="mqttsession-gateway-io")
+        self._sync = _StoreSync(self.store, self._executor)
 
     async def session(self, client_id: str, options: Options | None = None, *,
                       session_sync: str | None = None, connect: bool = True) -> AsyncSession:
@@ -242,6 +291,7 @@ class AsyncGateway(_Sessions):
                              session_sync=session_sync)
             s.client._driver.pacer = self.pacer  # noqa: SLF001
             s.client._driver.executor = self._executor  # noqa: SLF001
+            s._group = self._sync  # noqa: SLF001
             self._share(s.client)
             await s.start(connect=connect)
         except BaseException:

@@ -181,8 +181,19 @@ def test_open_files_limit_raised_then_refused() -> None:
     assert "hard limit on open files is 512" in out.stdout
 
 
-def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions on the running loop; concurrent publishes of many sessions share fdatasyncs
+    (one job syncs the shared log for all of them)."""
+    import os  # noqa: PLC0415
+
     options = Options(address=mosquitto.address)
+    syncs = [0]
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        syncs[0] += 1
+        real(fd)
 
     async def main() -> list[str]:
         before = threading.active_count()
@@ -190,7 +201,11 @@ def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path:
             sub = await gw.session("agw-sub", options)
             await sub.subscribe("agw/#", 1)
             devices = [await gw.session(f"agw-{i}", options) for i in range(10)]
+            monkeypatch.setattr(os, "fdatasync", counting)
             await asyncio.gather(*(d.publish(f"agw/{i}", f"m{i}") for i, d in enumerate(devices)))
+            await asyncio.gather(*(d.publish("agw-more/x", b"x") for d in devices for _ in range(5)))
+            monkeypatch.setattr(os, "fdatasync", real)
+            assert syncs[0] <= 20  # 60 durable publishes (SessionSync=always): shared syncs
             got = []
             for _ in range(10):
                 m = await sub.receive(timeout=10)
