@@ -263,6 +263,18 @@ class PahoConnection(mqtt.Client):
             })
             self._write_due = True
             return
+        if (self.loop_thread is not None and threading.current_thread() is self.loop_thread
+                and self._in_callback_mutex.acquire(False)):  # noqa: SLF001
+            # the loop that runs this connection, outside paho's callbacks: write it now, as
+            # paho does without socket callbacks (no writer registered, no loop round for it);
+            # what the socket does not take waits for the writer paho then registers
+            self._in_callback_mutex.release()  # noqa: SLF001
+            self._out_packet.append({  # noqa: SLF001
+                "command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
+                "to_process": len(packet), "packet": packet, "info": info,
+            })
+            self.loop_write()
+            return
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001

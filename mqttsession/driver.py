@@ -289,7 +289,7 @@ class Driver(Durability):
         s, pacer = self._settings, self.pacer
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
                                 _TICK_EVERY, pacer=pacer, jitter=pacer is not None,
-                                loop_thread=self.host.thread if self.host else None,
+                                loop_thread=threading.current_thread(),
                                 executor=self.executor)
         done = asyncio.Event()
         def waiter() -> None:

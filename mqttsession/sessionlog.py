@@ -200,7 +200,8 @@ class SessionLog:
             if stale:
                 raise PersistenceError(None, f"session {self.path} failed a write and is"
                                              " rewritten with the next record")
-        self._log.sync_to(*at)
+        if not self._log.is_synced(*at):  # (a group commit in another thread covered it)
+            self._log.sync_to(*at)
         with self._mutex:
             if self._unsynced == at:
                 self._unsynced = None

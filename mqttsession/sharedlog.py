@@ -77,6 +77,8 @@ _ATTACH, _SNAPSHOT, _RECORD, _END = b"a", b"s", b"r", b"e"
 _FRAME_HEAD: Final = 8  # recovery.frame's length + CRC
 AUTO_LOG_BYTES: Final = 4 * 1024 * 1024
 AUTO_SESSION_BYTES: Final = 64 * 1024
+LINGER: Final = 0.0002  # seconds the syncing thread waits while others sync too ...
+LINGER_SIBLINGS: Final = 4  # ... this many sync_to calls under way, itself included
 
 
 def _tagged(tag: bytes, sid: int, body: bytes) -> bytes:
@@ -204,6 +206,7 @@ class SharedLog:
         self._gen = 0  # the file's incarnation (a rotation starts a new one, synced whole)
         self._synced = 0
         self._syncing = False
+        self._callers = 0  # sync_to calls under way
         self._broken = False
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
         self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
@@ -458,7 +461,18 @@ class SharedLog:
         session wrote them; threads that call it together share one fdatasync (run outside the
         mutex by one of them for everything written so far). ``PersistenceError`` when it
         fails (everything not yet synced is cut). True when this call ran the fdatasync;
-        ``linger``: seconds it waits first for the records of other writers under way."""
+        ``linger``: seconds it waits first for the records of other writers under way (by
+        default ``LINGER`` while ``LINGER_SIBLINGS`` or more calls are under way: many
+        sessions' publishers then share each fdatasync)."""
+        with self._sync_cond:
+            self._callers += 1
+        try:
+            return self._sync_to(gen, pos, linger)
+        finally:
+            with self._sync_cond:
+                self._callers -= 1
+
+    def _sync_to(self, gen: int, pos: int, linger: float) -> bool:
         while True:
             with self._sync_cond:
                 while self._syncing and self._gen == gen and self._synced < pos:
@@ -489,6 +503,8 @@ class SharedLog:
                     self._syncing = True
                 target = self._size
             break
+        if linger <= 0 and self._callers >= LINGER_SIBLINGS:
+            linger = LINGER
         if linger > 0:
             time.sleep(linger)
             target = max(target, self._size) if self._gen == gen else target
