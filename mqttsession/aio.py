@@ -40,6 +40,8 @@ from .options import Options
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
 
+    from .driver import Driver
+
 __all__ = ["AsyncSession"]
 
 log = logging.getLogger("mqttsession.aio")
@@ -55,10 +57,12 @@ class _Closed:
 
 
 class GroupSync(Protocol):
-    """Makes a shared store durable up to a position for many sessions at once."""
+    """Makes a shared store durable for the held publishes of many sessions at once."""
 
-    def wait(self, gen: int, pos: int) -> asyncio.Future[Exception | None]:
-        """A future: None once the store is on disk up to (``gen``, ``pos``), else the error."""
+    def wait_held(self, driver: Driver, token: _Token) -> asyncio.Future[Exception | None]:
+        """A future: None once the held publish ``token``'s record is on disk and the message
+        released to the wire, else the error (the caller takes the message back). Cancelled,
+        the message is released or taken back all the same."""
 
 
 _CLOSED: Final = _Closed()
@@ -255,7 +259,11 @@ class AsyncSession:
             data = payload.encode("utf-8") if isinstance(payload, str) else payload
             # always the group commit here: the fsync waits in the executor, not on the loop
             pid, token = c._publish_begin(topic, qos, data, retain, properties)
-        if token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
+        if token is not None and self._group is not None:  # an AsyncGateway's session
+            err = await self._group.wait_held(c._driver, token)
+            if err is not None:  # taken back out of the session, and raised
+                c._driver.release(token, err)
+        elif token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
             driver, held = c._driver, token
             fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
             self._awaiting_sync.append((held, fut))
@@ -280,11 +288,8 @@ class AsyncSession:
             return
         self._syncing = True
         loop = asyncio.get_running_loop()
-        if self._group is not None:  # an AsyncGateway's: one sync for every session's batch
-            job = self._group.wait(batch[-1][0][1], batch[-1][0][2])
-        else:
-            job = loop.run_in_executor(self._client._driver.executor,
-                                       self._client._driver.wait_durable, batch[-1][0])
+        job = loop.run_in_executor(self._client._driver.executor,
+                                   self._client._driver.wait_durable, batch[-1][0])
 
         def done(f: asyncio.Future[Exception | None]) -> None:
             try:

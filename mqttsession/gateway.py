@@ -28,6 +28,7 @@ from typing import Any, Coroutine
 
 from .aio import AsyncSession
 from .client import Client, _connect_params
+from .driver import Driver
 from .errors import ConnectError, PersistenceError, UsageError
 from .options import Options
 from .pacing import Pacer
@@ -219,18 +220,20 @@ class Gateway(_Sessions):
 
 class _StoreSync:
     """``AsyncGateway``'s group commit: one executor job makes the shared log durable up to
-    the furthest record any session waits for; every session whose records it covered is
-    released at once on the loop (one thread hop for all of them, not one per session)."""
+    the furthest record any session waits for; then every session whose records it covered
+    sends its held messages, and every publish waiting is answered, in one loop callback (one
+    thread hop for all of them, not one per session or publish)."""
 
     def __init__(self, store: SharedLog, executor: ThreadPoolExecutor) -> None:
         self._store = store
         self._executor = executor
-        self._waiting: list[tuple[int, int, asyncio.Future[Exception | None]]] = []
+        self._waiting: list[_Held] = []
         self._busy = False
 
-    def wait(self, gen: int, pos: int) -> asyncio.Future[Exception | None]:
+    def wait_held(self, driver: Driver, token: tuple[int, int, int]
+                  ) -> asyncio.Future[Exception | None]:
         fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((gen, pos, fut))
+        self._waiting.append((driver, token, fut))
         if not self._busy:
             self._next()
         return fut
@@ -238,7 +241,7 @@ class _StoreSync:
     def _sync(self, gen: int, pos: int) -> Exception | None:
         try:
             self._store.sync_to(gen, pos)
-        except Exception as exc:  # noqa: BLE001 - handed to each waiting session
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting publish
             return exc
         return None
 
@@ -247,22 +250,35 @@ class _StoreSync:
         self._busy = bool(batch)
         if not batch:
             return
-        gen, pos = max((g, p) for g, p, _ in batch)
+        gen, pos = max(token[1:] for _, token, _ in batch)
         job = asyncio.get_running_loop().run_in_executor(self._executor, self._sync, gen, pos)
+        job.add_done_callback(lambda f: self._done(batch, f))
 
-        def done(f: asyncio.Future[Exception | None]) -> None:
-            try:
-                err = f.result()
-            except BaseException as exc:  # noqa: BLE001 - the job itself ended (shutdown)
-                err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
-            for g, p, waiter in batch:
-                if not waiter.done():
-                    synced = self._store.is_synced(g, p)
-                    waiter.set_result(None if synced else err or PersistenceError(
-                        None, "a failed sync of the shared log cut the record"))
-            self._next()
+    def _done(self, batch: list[_Held], f: asyncio.Future[Exception | None]) -> None:
+        try:
+            err = f.result()
+        except BaseException as exc:  # noqa: BLE001 - the job itself ended (shutdown)
+            err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
+        results: list[Exception | None] = []
+        durable: dict[int, Driver] = {}
+        for driver, (_, g, p), _ in batch:
+            if self._store.is_synced(g, p):
+                results.append(None)
+                durable.setdefault(id(driver), driver)
+            else:
+                results.append(err or PersistenceError(
+                    None, "a failed sync of the shared log cut the record"))
+        for driver in durable.values():  # each session's durable held messages, in order
+            driver.release_durable()
+        for (driver, token, waiter), res in zip(batch, results):
+            if waiter.cancelled():  # its publisher is gone: released, or taken back here
+                driver.release_quietly(token, res)
+            elif not waiter.done():
+                waiter.set_result(res)
+        self._next()
 
-        job.add_done_callback(done)
+
+_Held = tuple["Driver", tuple[int, int, int], "asyncio.Future[Exception | None]"]
 
 
 class AsyncGateway(_Sessions):

@@ -211,6 +211,16 @@ def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path:
                 m = await sub.receive(timeout=10)
                 assert m is not None
                 got.append(m.message.decode())
+            # a publish cancelled while it waits for its sync: its message goes out all the
+            # same (its record was written: the session holds it)
+            task = asyncio.ensure_future(devices[0].publish("agw/cancelled", "late"))
+            await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert task.cancelled()
+            m = await sub.receive(timeout=10)
+            assert m is not None and m.message == b"late"
+            assert await devices[0].flush(10)
             # the TCP connects and the fdatasyncs wait in the gateway's one thread
             assert threading.active_count() - before <= 1
         return got
