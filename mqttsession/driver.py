@@ -114,6 +114,7 @@ class Driver(Durability):
         self._lost = False  # the last connection was lost, not closed: a reconnect is under way
         self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)
         self._fresh = False  # the next paho reconnect() is connect()'s own: same server
+        self._batch_sync = False  # a read batch deferred a sync to its end
 
     def expiry_interval(self) -> int | None:
         """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
@@ -402,6 +403,8 @@ class Driver(Durability):
                         batch = conn is not None and conn.in_batch()
                     # a packet-id reservation is synced before its ids leave (``force``)
                     sync = not batch and (not later_sync or a.force)
+                    if batch:
+                        self._batch_sync = True  # at the batch's end (``_hook_batch_end``)
                 if not a.lazy:
                     durable = True
                 try:
@@ -607,8 +610,12 @@ class Driver(Durability):
     def _hook_batch_end(self) -> None:
         """The packets held during a read batch are about to be written: make the records
         they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the
-        session lock (the journal has its own): a publisher's fsync does not hold it up."""
-        self.file.sync_pending()
+        session lock (the journal has its own): a publisher's fsync does not hold it up.
+        Only when the batch deferred a sync: publishers sync their own records (group commit,
+        or SessionSync=interval's timer), and a batch of PUBACKs needs none."""
+        if self._batch_sync:  # set and cleared on the network thread only
+            self._batch_sync = False
+            self.file.sync_pending()
 
     def _hook_tick(self) -> None:
         now = time.monotonic()

@@ -72,7 +72,11 @@ async function main () {
   const brokerOpts = {}
   let closeExtras = async () => {}
   if (opts.redisPort) {
-    const redisOpts = { host: opts.redisHost, port: opts.redisPort }
+    // no ready check (INFO): mqemitter-redis subscribes on its connection at once, and
+    // ioredis then sent INFO in subscriber mode and threw ("Connection in subscriber mode,
+    // only subscriber commands may be used"), killing the node at start now and then. The
+    // Redis here is fresh (nothing to load), so it is ready when it accepts connections.
+    const redisOpts = { host: opts.redisHost, port: opts.redisPort, enableReadyCheck: false }
     const persistence = wrapStreams(require('aedes-persistence-redis')(redisOpts))
     const mq = require('mqemitter-redis')(redisOpts)
     brokerOpts.persistence = persistence
