@@ -235,17 +235,20 @@ def test_group_commit_across_sessions(shm: Path, monkeypatch: pytest.MonkeyPatch
     log.close()
 
 
-def test_a_failed_fdatasync_loses_only_the_unsynced(shm: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def _two_sessions(shm: Path) -> tuple[SharedLog, tuple[SessionLog, SessionState],
+                                      tuple[SessionLog, SessionState]]:
+    """A log with sessions "a" and "b", each with an empty snapshot."""
     log = SharedLog(str(shm))
-    a, b = log.session("a"), log.session("b")
-    sa = SessionState(client_id="a", clean_session=False)
-    sb = SessionState(client_id="b", clean_session=False)
-    a.compact(sa)
-    b.compact(sb)
-    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
-    b.append([sb.accept("t", b"bee", 1)], sb, sync=True)
-    durable_a, durable_b = codec.encode(sa), codec.encode(sb)
+    out = []
+    for cid in ("a", "b"):
+        view, state = log.session(cid), SessionState(client_id=cid, clean_session=False)
+        view.compact(state)
+        out.append((view, state))
+    return log, out[0], out[1]
+
+
+def _fail_next_fdatasync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next ``os.fdatasync`` fails with EIO; the ones after it work."""
     real = os.fdatasync
     failed = [False]
 
@@ -256,6 +259,15 @@ def test_a_failed_fdatasync_loses_only_the_unsynced(shm: Path,
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", once)
+
+
+def test_a_failed_fdatasync_loses_only_the_unsynced(shm: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    log, (a, sa), (b, sb) = _two_sessions(shm)
+    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
+    b.append([sb.accept("t", b"bee", 1)], sb, sync=True)
+    durable_a, durable_b = codec.encode(sa), codec.encode(sb)
+    _fail_next_fdatasync(monkeypatch)
     gen, _ = log.position()
     with pytest.raises(PersistenceError):
         a.append([sa.accept("t", b"two", 1)], sa, sync=True)
@@ -271,25 +283,11 @@ def test_a_failed_fdatasync_loses_only_the_unsynced(shm: Path,
 
 def test_after_a_failed_sync_the_log_is_rebuilt(shm: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    log = SharedLog(str(shm))
-    a, b = log.session("a"), log.session("b")
-    sa = SessionState(client_id="a", clean_session=False)
-    sb = SessionState(client_id="b", clean_session=False)
-    a.compact(sa)
-    b.compact(sb)
+    log, (a, sa), (b, sb) = _two_sessions(shm)
     a.append([sa.accept("t", b"one", 1)], sa, sync=True)
     durable_a = codec.encode(sa)
     b.append([sb.accept("t", b"unsynced", 1)], sb, sync=False)  # cut with the failed sync
-    real = os.fdatasync
-    failed = [False]
-
-    def once(fd: int) -> None:
-        if not failed[0]:
-            failed[0] = True
-            raise OSError(errno.EIO, "I/O error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", once)
+    _fail_next_fdatasync(monkeypatch)
     gen = log._gen
     with pytest.raises(PersistenceError):
         a.append([sa.accept("t", b"two", 1)], sa, sync=True)
