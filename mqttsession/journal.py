@@ -46,6 +46,7 @@ from typing import Any, Final, TypeVar
 
 from . import codec
 from .errors import PersistenceError, StateError, StateLockedError, UsageError
+from .groupcommit import GroupCommit
 from .recovery import (
     _HEADER_TAG,
     _JOURNAL_VERSION,
@@ -229,7 +230,7 @@ def _locked(method: _F) -> _F:
     return run  # type: ignore[return-value]
 
 
-class Journal:
+class Journal(GroupCommit):
     """Owns one state file: recovery, appending records, compaction, the lock."""
 
     def __init__(
@@ -407,70 +408,44 @@ class Journal:
             return self._gen, self._size
 
     def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
-        """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk.
-        Threads that call it together share one fdatasync: one runs it (outside the mutex, so
-        records go on being appended meanwhile) for everything written so far, the others
-        wait for it; a compaction since (a new incarnation) synced everything already.
+        """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk
+        (``GroupCommit``); a compaction since (a new incarnation) synced everything already.
         ``PersistenceError`` when the fdatasync fails (the next write rewrites everything).
         True when this call ran the fdatasync. ``linger``: seconds the one that syncs waits
         first, so that the records of other publishers under way join this fdatasync."""
-        while True:
-            with self._sync_cond:
-                while self._syncing and self._gen == gen and self._synced < pos:
-                    self._sync_cond.wait()
-                if self._gen != gen or self._synced >= pos:
-                    return False
-            # become the one that syncs: the fd and what it covers are read under the mutex,
-            # which is NOT held during the fdatasync (appends go on; a compaction waiting in
-            # ``_quiesce`` holds the mutex, so nothing here may wait for it after ``_syncing``)
-            with self._mutex:
-                if self._gen != gen:
-                    return False  # compacted meanwhile: synced whole
-                if self._broken or self._fd is None:
-                    raise PersistenceError(None, f"state journal {self.journal_path} failed a"
-                                                 " write and is rewritten with the next record")
-                self._check_in_place()
-                with self._sync_cond:
-                    if self._syncing:
-                        continue  # another thread got there first: wait for its sync
-                    self._syncing = True
-                fd, target = self._fd, self._size
-            break
-        if linger > 0:
-            # the others append meanwhile; ``_size`` only ever covers written bytes, and no
-            # compaction closes the fd while ``_syncing`` (it waits in ``_quiesce``)
-            time.sleep(linger)
-            target = max(target, self._size) if self._gen == gen else target
-        ok = False
-        try:
+        return self._group_sync(gen, pos, linger)
+
+    def _sync_start(self, gen: int, pos: int) -> int | None:
+        if self._gen != gen:
+            return None  # compacted meanwhile: synced whole
+        if self._broken or self._fd is None:
+            raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
+                                         " and is rewritten with the next record")
+        self._check_in_place()
+        return self._fd
+
+    def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
+        # the page cache is suspect: the next write rewrites everything from memory. What
+        # was not on disk is cut now, so that a publish told "failed" is not found after a
+        # restart (its record, and any written after it: their publishers fail with it; the
+        # network thread's wait for this sync too)
+        with self._write_lock:
+            self._broken = True
+            keep = self._synced
             try:
-                os.fdatasync(fd)
-            except OSError as exc:
-                # the page cache is suspect: the next write rewrites everything from memory.
-                # What was not on disk is cut now, so that a publish told "failed" is not
-                # found after a restart (its record, and any written after it: their
-                # publishers fail with it; the network thread's wait for this sync too)
-                with self._write_lock:
-                    self._broken = True
-                    keep = self._synced
-                    try:
-                        os.ftruncate(fd, keep)
-                    except OSError:
-                        pass
-                    self._size = keep
-                raise PersistenceError(
-                    exc.errno, f"cannot sync state journal {self.journal_path}:"
-                               f" {exc.strerror or exc}") from exc
-            ok = True
-        finally:
-            with self._sync_cond:
-                self._syncing = False
-                if ok and self._gen == gen and target > self._synced:
-                    self._synced = target
-                    if target == self._size:
-                        self._unsynced = False
-                self._sync_cond.notify_all()
-        return True
+                os.ftruncate(fd, keep)
+            except OSError:
+                pass
+            self._size = keep
+        return PersistenceError(exc.errno, f"cannot sync state journal {self.journal_path}:"
+                                           f" {exc.strerror or exc}")
+
+    def _fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)  # this module's ``os`` (the fault tests replace it)
+
+    def _synced_to(self, target: int) -> None:
+        if target == self._size:
+            self._unsynced = False
 
     def _was_cut(self) -> bool:
         """A group commit's failed sync cut the journal (another thread, no mutex)."""

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from .errors import PersistenceError, StateError, StateLockedError
+from .groupcommit import GroupCommit
 from .journal import (
     _own_file,
     _remove_stale_temps,
@@ -190,7 +191,7 @@ def parse(data: bytes, damaged: Callable[[str], StateError]
     return sessions, top + 1, valid
 
 
-class SharedLog:
+class SharedLog(GroupCommit):
     """Owns a gateway's state directory: the shared log, its lock, the group commit."""
 
     def __init__(self, directory: str, *, sync: bool = True, max_log_bytes: int = 0) -> None:
@@ -466,64 +467,38 @@ class SharedLog:
         sessions' publishers then share each fdatasync)."""
         with self._sync_cond:
             self._callers += 1
+            if linger <= 0 and self._callers >= LINGER_SIBLINGS:
+                linger = LINGER
         try:
-            return self._sync_to(gen, pos, linger)
+            return self._group_sync(gen, pos, linger)
         finally:
             with self._sync_cond:
                 self._callers -= 1
 
-    def _sync_to(self, gen: int, pos: int, linger: float) -> bool:
-        while True:
-            with self._sync_cond:
-                while self._syncing and self._gen == gen and self._synced < pos:
-                    self._sync_cond.wait()
-                if self._gen == gen and self._synced >= pos:
-                    return False
-            with self._mutex:
-                if self._gen != gen:
-                    if not self.is_synced(gen, pos):
-                        raise PersistenceError(None, f"a failed sync of shared log {self.path}"
-                                                     " cut the record")
-                    return False  # rotated meanwhile: synced whole
-                if self._broken or self._fd is None:
-                    raise PersistenceError(None, f"shared log {self.path} failed a write and"
-                                                 " is rewritten with the next record")
-                fd = self._fd
-                try:
-                    gone = os.fstat(fd).st_nlink == 0
-                except OSError:
-                    gone = True
-                if gone:  # deleted or replaced: a sync would go into a file no restart reads
-                    self._cut(None)
-                    raise PersistenceError(errno.ENOENT, f"shared log {self.path} was deleted"
-                                           " or replaced while in use; rewritten from memory")
-                with self._sync_cond:
-                    if self._syncing:
-                        continue  # another thread got there first: wait for its sync
-                    self._syncing = True
-                target = self._size
-            break
-        if linger <= 0 and self._callers >= LINGER_SIBLINGS:
-            linger = LINGER
-        if linger > 0:
-            time.sleep(linger)
-            target = max(target, self._size) if self._gen == gen else target
-        ok = False
+    def _sync_start(self, gen: int, pos: int) -> int | None:
+        if self._gen != gen:
+            if not self.is_synced(gen, pos):
+                raise PersistenceError(None, f"a failed sync of shared log {self.path} cut the"
+                                             " record")
+            return None  # rotated meanwhile: synced whole
+        if self._broken or self._fd is None:
+            raise PersistenceError(None, f"shared log {self.path} failed a write and is"
+                                         " rewritten with the next record")
+        fd = self._fd
         try:
-            try:
-                os.fdatasync(fd)
-            except OSError as exc:
-                self._cut(fd)
-                raise PersistenceError(exc.errno, f"cannot sync shared log {self.path}:"
-                                                  f" {exc.strerror or exc}") from exc
-            ok = True
-        finally:
-            with self._sync_cond:
-                self._syncing = False
-                if ok and self._gen == gen and target > self._synced:
-                    self._synced = target
-                self._sync_cond.notify_all()
-        return True
+            gone = os.fstat(fd).st_nlink == 0
+        except OSError:
+            gone = True
+        if gone:  # deleted or replaced: a sync would go into a file no restart reads
+            self._cut(None)
+            raise PersistenceError(errno.ENOENT, f"shared log {self.path} was deleted or"
+                                   " replaced while in use; rewritten from memory")
+        return fd
+
+    def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
+        self._cut(fd)
+        return PersistenceError(exc.errno, f"cannot sync shared log {self.path}:"
+                                           f" {exc.strerror or exc}")
 
     def _cut(self, fd: int | None) -> None:
         """A failed sync: everything not yet on disk is cut (from the file when ``fd``, from

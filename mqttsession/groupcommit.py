@@ -1,0 +1,86 @@
+"""Group commit for a file that many threads append to: ``journal.Journal`` (one session's)
+and ``sharedlog.SharedLog`` (a gateway's sessions). Threads that wait for their bytes to be
+on disk together share one fdatasync: one of them runs it, outside the owner's mutex (appends
+go on meanwhile), for everything written so far; the others wait for it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from .errors import PersistenceError
+
+__all__ = ["GroupCommit"]
+
+
+class GroupCommit:
+    """The algorithm; the owner keeps the state and says what syncing its file means."""
+
+    _mutex: threading.RLock  # the owner's: appends, and the fd and size read for a sync
+    _sync_cond: threading.Condition  # guards the four below; never held while waiting
+    _gen: int  # the file's incarnation (a compaction or rotation starts a new one)
+    _synced: int  # how far the current incarnation is on disk
+    _syncing: bool  # an fdatasync is running outside the mutex
+    _size: int  # how far the file is written
+
+    def _sync_start(self, gen: int, pos: int) -> int | None:
+        """Mutex held, about to sync: the fd to sync, None when incarnation ``gen`` needs no
+        sync (a new one was synced whole); ``PersistenceError`` when it cannot be synced."""
+        raise NotImplementedError
+
+    def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
+        """The fdatasync failed: cut what was not on disk; the error to raise."""
+        raise NotImplementedError
+
+    def _fdatasync(self, fd: int) -> None:
+        """``os.fdatasync`` as the owner's module sees it (tests replace it there)."""
+        os.fdatasync(fd)
+
+    def _synced_to(self, target: int) -> None:
+        """The current incarnation is on disk up to ``target`` (the condition's lock held)."""
+
+    def _group_sync(self, gen: int, pos: int, linger: float) -> bool:
+        """The bytes up to ``pos`` of incarnation ``gen`` on disk; True when this call ran the
+        fdatasync. ``linger``: seconds the one that syncs waits first, so that the records of
+        other writers under way join this fdatasync (PostgreSQL's ``commit_delay``)."""
+        while True:
+            with self._sync_cond:
+                while self._syncing and self._gen == gen and self._synced < pos:
+                    self._sync_cond.wait()
+                if self._gen == gen and self._synced >= pos:
+                    return False
+            # become the one that syncs: the fd and what it covers are read under the mutex,
+            # which is NOT held during the fdatasync (a compaction waiting for ``_syncing``
+            # to end holds the mutex, so nothing here may wait for it after ``_syncing``)
+            with self._mutex:
+                fd = self._sync_start(gen, pos)
+                if fd is None:
+                    return False
+                with self._sync_cond:
+                    if self._syncing:
+                        continue  # another thread got there first: wait for its sync
+                    self._syncing = True
+                target = self._size
+            break
+        if linger > 0:
+            # the others append meanwhile; ``_size`` only ever covers written bytes, and
+            # nothing closes the fd while ``_syncing``
+            time.sleep(linger)
+            target = max(target, self._size) if self._gen == gen else target
+        ok = False
+        try:
+            try:
+                self._fdatasync(fd)
+            except OSError as exc:
+                raise self._sync_failed(fd, exc) from exc
+            ok = True
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                if ok and self._gen == gen and target > self._synced:
+                    self._synced = target
+                    self._synced_to(target)
+                self._sync_cond.notify_all()
+        return True
