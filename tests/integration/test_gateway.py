@@ -269,3 +269,26 @@ def test_readme_gateway_snippet_runs(mosquitto: MosquittoBroker, tmp_path: Path,
          {"__name__": "__readme__"})
     assert "100 sessions connected" in capsys.readouterr().out
     assert (tmp_path / "gateway-state" / "sessions.log").is_file()
+
+
+def test_a_gateway_session_saves_and_restores_like_a_client(tmp_path: Path) -> None:
+    """``save_session()`` of a gateway session is the usual text (a plain Client restores
+    it); ``restore_session`` reads the session back from the gateway's store."""
+    from mqttsession import Client  # noqa: PLC0415
+
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client("saved-1", clean_session=False)
+        c.subscribe("saved/#", 1)
+        for n in range(3):
+            c.publish_message("saved/x", 1 + n % 2, f"m{n}")
+        text = c.save_session()
+    plain = Client(client_id="saved-1")
+    plain.restore_session(text)
+    assert [m.message for m in plain.outgoing_messages] == [b"m0", b"m1", b"m2"]
+    plain.close()
+    with Gateway(tmp_path / "gw") as gw:
+        again = gw.client("saved-1", clean_session=False)
+        assert [m.message for m in again.outgoing_messages] == [b"m0", b"m1", b"m2"]
+        assert again.config("SessionStateFile").endswith("sessions.log#saved-1")
+        with pytest.raises(UsageError, match="gateway's directory"):
+            again.config(f"SessionStateFile={tmp_path / 'other.state'}")
