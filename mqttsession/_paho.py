@@ -181,6 +181,14 @@ class _PahoLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only
         super().log(level, msg, *args, **kwargs)
 
 
+def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
+                info: mqtt.MQTTMessageInfo | None) -> Any:
+    """An entry of paho's ``_out_packet`` queue (its private ``_OutPacket``), as its
+    ``_packet_queue`` makes one."""
+    return {"command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
+            "to_process": len(packet), "packet": packet, "info": info}
+
+
 class PahoConnection(mqtt.Client):
     """paho's Client with the session moved out to ``hooks``."""
 
@@ -254,25 +262,19 @@ class PahoConnection(mqtt.Client):
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
         # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
         info = mqtt.MQTTMessageInfo(0) if kind == PacketType.PUBLISH and qos == 0 else None
-        if self._batch_thread is not None and threading.current_thread() is self._thread:  # noqa: SLF001
+        me = threading.current_thread()
+        if self._batch_thread is not None and me is self._thread:  # noqa: SLF001
             # the network thread writes it at the end of this round (loop_read): no wake-up
             # byte through paho's socket pair for a thread that is awake
-            self._out_packet.append({  # noqa: SLF001
-                "command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
-                "to_process": len(packet), "packet": packet, "info": info,
-            })
+            self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self._write_due = True
             return
-        if (self.loop_thread is not None and threading.current_thread() is self.loop_thread
-                and self._in_callback_mutex.acquire(False)):  # noqa: SLF001
+        if me is self.loop_thread and self._in_callback_mutex.acquire(False):  # noqa: SLF001
             # the loop that runs this connection, outside paho's callbacks: write it now, as
             # paho does without socket callbacks (no writer registered, no loop round for it);
             # what the socket does not take waits for the writer paho then registers
             self._in_callback_mutex.release()  # noqa: SLF001
-            self._out_packet.append({  # noqa: SLF001
-                "command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
-                "to_process": len(packet), "packet": packet, "info": info,
-            })
+            self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.loop_write()
             return
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001

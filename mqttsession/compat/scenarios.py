@@ -405,13 +405,19 @@ def offline_queue_qos2(ctx: Context) -> None:
     _offline_queue(ctx, 2)
 
 
-def queued_not_retained(ctx: Context) -> None:
-    # [MQTT-3.3.1-9] (5: [MQTT-3.3.1-12]) RETAIN=0 on a message sent for an existing subscription
+def _queued_while_away(ctx: Context, payload: bytes) -> tuple[str, RawClient]:
+    """A persistent QoS 1 subscription; ``payload`` published (QoS 1, RETAIN=0) while its
+    client is away; the client back on its session: the topic, the rejoined client."""
     topic = ctx.topic()
     cid, _ = _subscribed(ctx, "s", topic, 1)
-    _publish(ctx, topic, b"not retained", 1)
+    _publish(ctx, topic, payload, 1)
     ctx.away()
-    s = ctx.rejoin(cid, "session and its queued message")
+    return topic, ctx.rejoin(cid, "session and its queued message")
+
+
+def queued_not_retained(ctx: Context) -> None:
+    # [MQTT-3.3.1-9] (5: [MQTT-3.3.1-12]) RETAIN=0 on a message sent for an existing subscription
+    topic, s = _queued_while_away(ctx, b"not retained")
     try:
         m = s.expect_publish(topic)
     except Timeout:
@@ -426,11 +432,7 @@ def queued_not_retained(ctx: Context) -> None:
 def first_delivery_dup(ctx: Context) -> None:
     # [MQTT-3.3.1-3] an outgoing PUBLISH's DUP says only whether it is a retransmission: the
     # first delivery of a message has DUP=0, sent at once or queued while the client was away
-    topic = ctx.topic()
-    cid, _ = _subscribed(ctx, "s", topic, 1)
-    _publish(ctx, topic, b"queued", 1)
-    ctx.away()
-    s = ctx.rejoin(cid, "session and its queued message")
+    topic, s = _queued_while_away(ctx, b"queued")
     try:
         queued = s.expect_publish(topic)
         s.ack(queued)

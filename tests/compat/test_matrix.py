@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,16 +212,29 @@ def _state(pid: int) -> str:
 # the client's answers to what the slow brokers do (README "Brokers")
 
 
+@contextlib.contextmanager
+def _started(name: str) -> Iterator[Any]:
+    """The slow broker ``name`` started (the test skipped, with the reason, where it cannot
+    run); stopped and its files removed at the end."""
+    from mqttsession.testing import server_brokers as sb
+
+    if (reason := broker_spec(name).unavailable()) is not None:
+        pytest.skip(reason)
+    classes = {"ejabberd": sb.EjabberdBroker, "rabbitmq": sb.RabbitMQBroker,
+               "activemq": sb.ActiveMQBroker}
+    broker = classes[name]()
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+        broker.cleanup()
+
+
 @pytest.mark.integration
 @pytest.mark.slow_brokers
 def test_rabbitmq_puback_for_qos2_completes_the_message_and_is_counted() -> None:
-    from mqttsession.testing.server_brokers import RabbitMQBroker, rabbitmq_unavailable
-
-    if (reason := rabbitmq_unavailable()) is not None:
-        pytest.skip(reason)
-    broker = RabbitMQBroker()
-    try:
-        broker.start()
+    with _started("rabbitmq") as broker:
         c = mqttsession.Client(client_id=f"msc{secrets.token_hex(4)}gw", clean_session=True)
         try:
             c.connect(broker.host, broker.port)
@@ -229,21 +244,14 @@ def test_rabbitmq_puback_for_qos2_completes_the_message_and_is_counted() -> None
             assert c.config("MismatchedAcks") == "3"
         finally:
             c.close()
-    finally:
-        broker.stop()
-        broker.cleanup()
 
 
 @pytest.mark.integration
 @pytest.mark.slow_brokers
 def test_ejabberd_needs_a_user_name_and_a_password() -> None:
-    from mqttsession.testing.server_brokers import EjabberdBroker, ejabberd_unavailable
+    from mqttsession.testing.server_brokers import EjabberdBroker
 
-    if (reason := ejabberd_unavailable()) is not None:
-        pytest.skip(reason)
-    broker = EjabberdBroker()
-    try:
-        broker.start()
+    with _started("ejabberd") as broker:
         bare = mqttsession.Client(client_id=f"msc{secrets.token_hex(4)}a", clean_session=True)
         try:
             with pytest.raises(ConnectError):
@@ -259,9 +267,6 @@ def test_ejabberd_needs_a_user_name_and_a_password() -> None:
             assert c.flush(10)
         finally:
             c.close()
-    finally:
-        broker.stop()
-        broker.cleanup()
 
 
 @pytest.mark.integration
@@ -272,10 +277,7 @@ def test_activemq_session_present_0_turns_a_held_qos2_message_into_a_duplicate()
     PUBLISH again (DUP=1, same packet id), which the client then takes for a new message."""
     from mqttsession.compat.raw import RawClient
     from mqttsession.testing.proxy import MQTTProxy
-    from mqttsession.testing.server_brokers import ActiveMQBroker, activemq_unavailable
 
-    if (reason := activemq_unavailable()) is not None:
-        pytest.skip(reason)
     tag = secrets.token_hex(4)
     topic = f"mqttsession-compat/{tag}/q2"
     cond = threading.Condition()
@@ -287,34 +289,28 @@ def test_activemq_session_present_0_turns_a_held_qos2_message_into_a_duplicate()
             target.append(item)
             cond.notify_all()
 
-    broker = ActiveMQBroker()
-    try:
-        broker.start()
-        with MQTTProxy(broker.host, broker.port) as proxy:
-            proxy.drop("s2c", "PUBREL")  # the client will hold the message: PUBREC sent, no PUBREL
-            c = mqttsession.Client(client_id=f"msc{tag}s", clean_session=False)
-            c.config("ReconnectDelayMin=1")
-            c.config("ReconnectDelayMax=1")
-            c.on_message_in = lambda ev: add(got, ev.message)
-            c.on_session_lost = lambda ev: add(lost, ev)
-            try:
-                c.connect(proxy.host, proxy.port)
-                c.subscribe(topic, 2)
-                proxy.wait_for("s2c", "SUBACK")
-                with RawClient(broker.host, broker.port) as p:
-                    p.connect(f"msc{tag}p", clean=True)
-                    p.publish(topic, b"once", 2)
-                    p.disconnect()
-                proxy.wait_for("c2s", "PUBREC")
-                proxy.clear_drops()
-                proxy.cut()  # the client reconnects through the proxy: SessionPresent=0
-                with cond:
-                    assert cond.wait_for(lambda: len(got) >= 2 and lost, 20), (got, lost, proxy.log_text())
-                assert got == [b"once", b"once"]
-                resent = [r for r in proxy.packets("s2c", "PUBLISH") if r.dup]
-                assert resent, proxy.log_text()  # ActiveMQ's resend of the PUBLISH, DUP=1
-            finally:
-                c.close()
-    finally:
-        broker.stop()
-        broker.cleanup()
+    with _started("activemq") as broker, MQTTProxy(broker.host, broker.port) as proxy:
+        proxy.drop("s2c", "PUBREL")  # the client will hold the message: PUBREC sent, no PUBREL
+        c = mqttsession.Client(client_id=f"msc{tag}s", clean_session=False)
+        c.config("ReconnectDelayMin=1")
+        c.config("ReconnectDelayMax=1")
+        c.on_message_in = lambda ev: add(got, ev.message)
+        c.on_session_lost = lambda ev: add(lost, ev)
+        try:
+            c.connect(proxy.host, proxy.port)
+            c.subscribe(topic, 2)
+            proxy.wait_for("s2c", "SUBACK")
+            with RawClient(broker.host, broker.port) as p:
+                p.connect(f"msc{tag}p", clean=True)
+                p.publish(topic, b"once", 2)
+                p.disconnect()
+            proxy.wait_for("c2s", "PUBREC")
+            proxy.clear_drops()
+            proxy.cut()  # the client reconnects through the proxy: SessionPresent=0
+            with cond:
+                assert cond.wait_for(lambda: len(got) >= 2 and lost, 20), (got, lost, proxy.log_text())
+            assert got == [b"once", b"once"]
+            resent = [r for r in proxy.packets("s2c", "PUBLISH") if r.dup]
+            assert resent, proxy.log_text()  # ActiveMQ's resend of the PUBLISH, DUP=1
+        finally:
+            c.close()
