@@ -417,3 +417,93 @@ def test_threads_with_rotations_and_lazy_records(shm: Path) -> None:
     for c, s in states.items():
         assert codec.encode(log.session(c).recover()) == codec.encode(s), c
     log.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_log_deleted_or_replaced_while_open_is_rewritten_from_memory(shm: Path,
+                                                                        how: str) -> None:
+    """Issue 16: ``sessions.log`` deleted (or another file renamed over it) under a running
+    gateway. The next durable append would sync into a file no restart reads: it fails with
+    ``PersistenceError`` (its record is not kept) and the one after it rewrites the log from
+    memory, every session in it; a restart finds them all."""
+    log, (a, sa), (b, sb) = _two_sessions(shm)
+    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
+    b.append([sb.accept("t", b"bee", 1)], sb, sync=True)
+    durable_a = codec.encode(sa)
+    if how == "deleted":
+        (shm / LOG_NAME).unlink()
+    else:
+        (shm / "other").write_bytes(b"not ours")
+        os.replace(shm / "other", shm / LOG_NAME)
+    with pytest.raises(PersistenceError, match="deleted or replaced"):
+        a.append([sa.accept("t", b"two", 1)], sa, sync=True)
+    sa = codec.decode(durable_a)  # the failed publish taken back, as the engine does
+    a.append([sa.accept("t", b"three", 1)], sa, sync=True)
+    assert (shm / LOG_NAME).read_bytes() != b"not ours"
+    log.close()
+    log = SharedLog(str(shm))
+    assert sorted(log.sessions()) == ["a", "b"]
+    assert codec.encode(log.session("a").recover()) == codec.encode(sa)
+    assert codec.encode(log.session("b").recover()) == codec.encode(sb)
+    log.close()
+
+
+def _fail_write_atomic(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every rewrite of the log (``write_atomic``) fails with ENOSPC until undone; the list
+    counts the attempts."""
+    from mqttsession import sharedlog
+
+    tries: list[int] = []
+
+    def full(path: str, data: bytes, sync: bool = True) -> None:
+        tries.append(len(data))
+        raise PersistenceError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(sharedlog, "write_atomic", full)
+    return tries
+
+
+def test_a_failed_rotation_leaves_the_log_growing_and_whole(
+        shm: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A rotation that cannot write its new file (a full disk) is only logged: the old log
+    stays in use, nothing is lost, and the next rotation, once the disk has room, works."""
+    gw = Gateway(shm, seed=5, max_log_bytes=20_000, max_journal_bytes=2_000)
+    tries = _fail_write_atomic(monkeypatch)
+    gen = gw.log._gen
+    for _ in range(10):
+        gw.run(100)
+    assert tries and gw.log._gen == gen  # tried, and failed each time
+    assert (shm / LOG_NAME).stat().st_size > 20_000
+    assert "rotation failed, it goes on growing" in caplog.text
+    monkeypatch.undo()
+    for _ in range(10):
+        gw.run(100)
+    assert gw.log._gen > gen
+    gw.check()
+
+
+def test_a_failed_rebuild_raises_and_the_next_write_rebuilds(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed fdatasync the log must be rewritten; when even that fails, the append
+    raises and keeps nothing, and the first append once the disk has room rebuilds the log."""
+    log, (a, sa), (b, sb) = _two_sessions(shm)
+    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
+    durable_a = codec.encode(sa)
+    _fail_next_fdatasync(monkeypatch)
+    with pytest.raises(PersistenceError):
+        a.append([sa.accept("t", b"two", 1)], sa, sync=True)
+    sa = codec.decode(durable_a)
+    tries = _fail_write_atomic(monkeypatch)
+    before_b = codec.encode(sb)
+    with pytest.raises(PersistenceError, match="No space left"):
+        b.append([sb.accept("t", b"bee", 1)], sb, sync=True)
+    assert tries
+    sb = codec.decode(before_b)
+    monkeypatch.undo()
+    b.append([sb.accept("t", b"bee again", 1)], sb, sync=True)
+    a.append([sa.accept("t", b"three", 1)], sa, sync=True)
+    log.close()
+    log = SharedLog(str(shm))
+    assert codec.encode(log.session("a").recover()) == codec.encode(sa)
+    assert codec.encode(log.session("b").recover()) == codec.encode(sb)
+    log.close()
