@@ -8,6 +8,8 @@ and the packets the engine returns are queued as the bytes ``_wire`` made (``wri
 
 Acknowledgements written while a read batch is handled wait for the batch's end, after
 ``Hooks._hook_batch_end`` made the records they depend on durable (one fsync for the batch).
+A gateway's connection does not wait for that fsync on its loop: the hook hands back a future,
+and the batch's packets, with every packet written after them, wait for it (``_after_sync``).
 Timers run in paho's loop (``loop_misc``): no thread of our own.
 
 Every private paho access is tagged ``# noqa: SLF001`` so the coupling is greppable.
@@ -51,6 +53,7 @@ _SESSION_PACKETS: Final = frozenset({
 })
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
+_Held = tuple[int, bytes, int, int]  # a packet held back: kind, bytes, packet id, QoS
 _READ_BATCH: Final = 64  # packets read per network-loop round at most
 _CLOSED_ON_PURPOSE: Final = (  # paho states after disconnect()
     _ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED,
@@ -72,7 +75,9 @@ class Hooks(Protocol):
 
     def _hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
 
-    def _hook_batch_end(self) -> None: ...  # the records the held packets depend on: durable
+    def _hook_batch_end(self) -> asyncio.Future[None] | None: ...
+    # the records the held packets depend on: durable now (None), or once the future is done
+    # (a sync run off the loop: a gateway's)
 
     def _hook_connection_reset(self) -> tuple[str, int] | None: ...
     # a new network connection is being made; to this server (None: the same as before)
@@ -214,9 +219,13 @@ class PahoConnection(mqtt.Client):
         # a backstop: an exception in one of our callbacks is logged by paho, never raised
         # into its network thread (which would end it: no reconnect, no events)
         self.suppress_exceptions = True
-        self._batch: list[tuple[int, bytes, int, int]] | None = None  # writes held to batch end
+        self._batch: list[_Held] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self._batch_lock = threading.Lock()  # guards _batch (never held while writing)
+        # batches whose sync runs off the loop: each one's future and the packets waiting for
+        # it (and for the ones before it), in order; packets written meanwhile join the last
+        self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
+        self._epoch = 0  # network connections made: a sync done after a reconnect writes nothing
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self.loop_thread: threading.Thread | None = None  # an AsyncioPump's, in its own thread
         self._write_due = False  # the network thread queued packets without a wake-up
@@ -236,6 +245,9 @@ class PahoConnection(mqtt.Client):
             if self._batch is not None:
                 self._batch.append((kind, packet, packet_id, qos))
                 return
+            if self._after_sync:
+                self._after_sync[-1][1].append((kind, packet, packet_id, qos))
+                return
         self._queue(kind, packet, packet_id, qos)
 
     def in_batch(self) -> bool:
@@ -244,7 +256,8 @@ class PahoConnection(mqtt.Client):
 
     def _release(self, keep: bool = False) -> None:
         """Write what the batch held, in order (after its sync); ``keep``: the batch goes on.
-        Packets held meanwhile by other threads follow the ones before them."""
+        Packets held meanwhile by other threads follow the ones before them; all of them wait
+        behind a batch whose sync is still running off the loop."""
         while True:
             with self._batch_lock:
                 held = self._batch
@@ -252,8 +265,45 @@ class PahoConnection(mqtt.Client):
                     self._batch = [] if keep else None
                     return
                 self._batch = []
+                if self._after_sync:
+                    self._after_sync[-1][1].extend(held)
+                    continue
             for kind, packet, packet_id, qos in held:
                 self._queue(kind, packet, packet_id, qos)
+
+    def _wait_sync(self, fut: asyncio.Future[None]) -> None:
+        """The batch's packets (and every packet after them) wait for ``fut``, a sync run off
+        the loop; a failed one drops the connection without them [points 2, 3, 4]."""
+        with self._batch_lock:
+            held, self._batch = self._batch or [], None
+            self._after_sync.append((fut, held))
+        epoch = self._epoch
+        fut.add_done_callback(lambda _f: self._synced(epoch))
+
+    def _synced(self, epoch: int) -> None:
+        """A sync run off the loop is done (on the loop): write the packets of every batch
+        whose sync is done, in order, up to the first still running."""
+        if epoch != self._epoch:
+            return  # the connection it was for is gone: the session resends what is needed
+        while True:
+            with self._batch_lock:
+                if not self._after_sync or not self._after_sync[0][0].done():
+                    return
+                fut, held = self._after_sync.pop(0)
+                exc = None if fut.cancelled() else fut.exception()
+                if exc is not None or fut.cancelled():
+                    self._after_sync.clear()
+            if exc is not None or fut.cancelled():
+                err = exc if isinstance(exc, Exception) else ConnectionError("sync cancelled")
+                self._hook_failed(err, "making the session records of received packets durable")
+                if self._sock is not None:  # noqa: SLF001
+                    self._loop_rc_handle(_DROP)  # noqa: SLF001
+                return
+            for kind, packet, packet_id, qos in held:
+                self._queue(kind, packet, packet_id, qos)
+            if self._write_due:
+                self._write_due = False
+                self.loop_write()
 
     def release_held(self) -> None:
         """Write what the batch holds so far (after its sync); the batch goes on."""
@@ -332,6 +382,9 @@ class PahoConnection(mqtt.Client):
         if server is not None:  # FailoverServers / a followed Server Reference
             self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
         self._connack_seen = False
+        with self._batch_lock:
+            self._epoch += 1
+            self._after_sync.clear()
         try:
             return super().reconnect()
         except OSError as exc:
@@ -404,12 +457,15 @@ class PahoConnection(mqtt.Client):
             self._drop_held()  # the connection is gone: the session resends what is needed
             return rc
         try:
-            self.hooks._hook_batch_end()
+            waiting = self.hooks._hook_batch_end()
         except Exception as exc:
             self._drop_held()
             self._hook_failed(exc, "making the session records of received packets durable")
             return self._loop_rc_handle(_DROP) if self._sock is not None else rc  # noqa: SLF001
-        self._release()
+        if waiting is not None:
+            self._wait_sync(waiting)
+        else:
+            self._release()
         if self._write_due:
             self._write_due = False
             return self.loop_write()  # what this round queued (paho's _loop checks only later)
@@ -418,6 +474,7 @@ class PahoConnection(mqtt.Client):
     def _drop_held(self) -> None:
         with self._batch_lock:
             self._batch = None
+            self._after_sync.clear()
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
         for _ in range(max(max_packets, _READ_BATCH)):

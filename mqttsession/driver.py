@@ -104,6 +104,8 @@ class Driver(Durability):
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
+        # a gateway's: runs a read batch's sync off the loop that every session's reads share
+        self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
         self._sync_timer: threading.Timer | None = None  # SessionSync=interval
@@ -607,15 +609,19 @@ class Driver(Durability):
             rest = self.run(self.engine.receive_ack(kind, packet_id))
         self.finish(rest)
 
-    def _hook_batch_end(self) -> None:
+    def _hook_batch_end(self) -> asyncio.Future[None] | None:
         """The packets held during a read batch are about to be written: make the records
         they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the
         session lock (the journal has its own): a publisher's fsync does not hold it up.
         Only when the batch deferred a sync: publishers sync their own records (group commit,
-        or SessionSync=interval's timer), and a batch of PUBACKs needs none."""
+        or SessionSync=interval's timer), and a batch of PUBACKs needs none. A gateway's
+        session syncs off the shared loop: the packets wait for the future returned."""
         if self._batch_sync:  # set and cleared on the network thread only
             self._batch_sync = False
+            if self.background_sync is not None and self.pump is not None:
+                return self.background_sync(self.file.sync_pending)
             self.file.sync_pending()
+        return None
 
     def _hook_tick(self) -> None:
         now = time.monotonic()

@@ -3,8 +3,9 @@
 A gateway speaks for many devices, each with its own MQTT identity and durable session.
 ``Gateway(state_dir)`` runs the connections of all its sessions on ONE asyncio loop in a thread
 of its own (paho's socket callbacks, ``_paho.AsyncioPump``, as ``AsyncSession`` does): no
-network thread or timer thread per session, and blocking TCP connects wait, one at a time, in
-one more thread. Each session is a full ``Client`` (``gateway.client(client_id, ...)``); its
+network thread or timer thread per session; blocking TCP connects wait, one at a time, in
+one more thread, and fdatasyncs run in a third, so the loop never waits for the disk (the acks
+that depend on a sync wait for it, the other sessions' traffic does not). Each session is a full ``Client`` (``gateway.client(client_id, ...)``); its
 events run on the gateway's thread, so a callback that blocks holds up every session.
 ``AsyncGateway`` does the same on the running loop with ``AsyncSession`` values.
 
@@ -24,7 +25,7 @@ import threading
 from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 from .aio import AsyncSession
 from .client import Client, _connect_params
@@ -62,6 +63,23 @@ def raise_fd_limit(needed: int) -> int:
     return int(hard)
 
 
+class _SyncThread:
+    """The fdatasyncs of a gateway's sessions, one at a time in a thread of their own, never
+    on the loop that reads every session's socket: a slow disk (an SD card's 2-20 ms) holds up
+    only the packets that wait for the records, not the other sessions' traffic."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1,
+                                           thread_name_prefix="mqttsession-gateway-sync")
+
+    def __call__(self, sync: Callable[[], None]) -> asyncio.Future[None]:
+        """``sync`` run in the sync thread; its future on the running loop."""
+        return asyncio.wrap_future(self.executor.submit(sync), loop=asyncio.get_running_loop())
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
 class _Sessions:
     """What both gateway forms share: the state directory, the pacer, the sessions' count."""
 
@@ -75,6 +93,7 @@ class _Sessions:
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
         #: kept aside; ``StateLockedError`` when another process has the directory).
         self.store = SharedLog(self.state_dir)
+        self._syncs = _SyncThread()
 
     def _add(self, client_id: str) -> None:
         if self._closed:
@@ -89,6 +108,7 @@ class _Sessions:
     def _share(self, c: Client) -> str:
         """Make ``c``'s records go to the gateway's store; its ``SessionStateFile`` name."""
         f = c._driver.file  # noqa: SLF001
+        c._driver.background_sync = self._syncs  # noqa: SLF001
         f.shared = self.store
         f.queue_path = os.path.join(self.state_dir, "queues", quote(c.client_id, safe=""))
         return f"{self.store.path}#{c.client_id}"
@@ -199,6 +219,7 @@ class Gateway(_Sessions):
                 except Exception:  # noqa: BLE001 - the others still close
                     log.exception("closing gateway session %r", c.client_id)
         finally:
+            self._syncs.close()  # (their futures are answered on the loop, still running)
             if self._loop.is_running():
                 self._loop.call_soon_threadsafe(self._loop.stop)
             self.thread.join(10.0)
@@ -283,18 +304,18 @@ _Held = tuple["Driver", tuple[int, int, int], "asyncio.Future[Exception | None]"
 
 class AsyncGateway(_Sessions):
     """The asyncio form: sessions are ``AsyncSession`` values on the running loop; one thread
-    of the gateway's own runs the blocking TCP connects and fdatasyncs of all of them, one at
-    a time. ``async with AsyncGateway(dir) as gw:`` closes them all."""
+    of the gateway's own runs the blocking TCP connects of all of them, and another their
+    fdatasyncs, one at a time. ``async with AsyncGateway(dir) as gw:`` closes them all."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *,
                  connect_rate: float = CONNECT_RATE) -> None:
         super().__init__(state_dir, connect_rate)
         self._sessions: dict[str, AsyncSession] = {}
-        # the TCP connects and the fdatasyncs of every session wait here, one at a time (one
-        # fdatasync covers every session's records written before it)
+        # the blocking TCP connects of every session wait here, one at a time
         self._executor = ThreadPoolExecutor(max_workers=1,
-                                            thread_name_prefix="mqttsession-gateway-io")
-        self._sync = _StoreSync(self.store, self._executor)
+                                            thread_name_prefix="mqttsession-gateway-connect")
+        # and the fdatasyncs in the sync thread (one covers every session's records before it)
+        self._sync = _StoreSync(self.store, self._syncs.executor)
 
     async def session(self, client_id: str, options: Options | None = None, *,
                       session_sync: str | None = None, connect: bool = True) -> AsyncSession:
@@ -334,6 +355,7 @@ class AsyncGateway(_Sessions):
                     log.error("closing gateway session %r: %r", s.client_id, r)
         finally:
             self._executor.shutdown(wait=False)
+            self._syncs.close()
             self.store.close()
 
     async def __aenter__(self) -> AsyncGateway:

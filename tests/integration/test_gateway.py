@@ -1,6 +1,7 @@
 """``Gateway`` and ``AsyncGateway`` (``mqttsession.gateway``) against a real mosquitto.
 
-* many sessions on one loop thread: the process gains two threads, whatever the count; every
+* many sessions on one loop thread: the process gains three threads (the loop's, one for TCP
+  connects, one for fdatasyncs), whatever the count; every
   session's events run on the gateway's thread; each device publishes and receives;
 * durable: messages published while disconnected are in the gateway's store, and a NEW
   Gateway on the same directory restores every session and delivers them;
@@ -9,12 +10,15 @@
   forever), publishing after ``close()``;
 * the open files limit is raised to the hard limit when needed, and a hard limit too low is a
   clear ``UsageError`` (in a subprocess: a lowered hard limit cannot be raised again);
-* the asyncio form on the running loop, no thread of its own.
+* the asyncio form on the running loop, no thread of its own;
+* a stuck fdatasync (a slow card) behind one session's incoming QoS 2 holds up that message's
+  PUBREC only: the other sessions' traffic goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -58,8 +62,8 @@ def test_many_sessions_share_one_loop_thread(mosquitto: MosquittoBroker, tmp_pat
             d.on_connected = lambda e: threads.add(threading.current_thread().name)
         assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
         assert all(d.connected for d in devices)
-        # the loop and the one connect thread: no thread per session
-        assert threading.active_count() - before <= 2
+        # the loop, the one connect thread and the one sync thread: no thread per session
+        assert threading.active_count() - before <= 3
         for i, d in enumerate(devices):
             d.publish_message(f"gwtest/{i}", 1 + i % 2, "x")
         for d in devices:
@@ -221,8 +225,8 @@ def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path:
             m = await sub.receive(timeout=10)
             assert m is not None and m.message == b"late"
             assert await devices[0].flush(10)
-            # the TCP connects and the fdatasyncs wait in the gateway's one thread
-            assert threading.active_count() - before <= 1
+            # the TCP connects wait in one thread of the gateway's, the fdatasyncs in another
+            assert threading.active_count() - before <= 2
         return got
 
     assert sorted(asyncio.run(asyncio.wait_for(main(), 60))) == sorted(f"m{i}" for i in range(10))
@@ -292,3 +296,95 @@ def test_a_gateway_session_saves_and_restores_like_a_client(tmp_path: Path) -> N
         assert again.config("SessionStateFile").endswith("sessions.log#saved-1")
         with pytest.raises(UsageError, match="gateway's directory"):
             again.config(f"SessionStateFile={tmp_path / 'other.state'}")
+
+
+def test_a_stuck_fdatasync_holds_up_only_the_acks_that_wait_for_it(
+        mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One loop reads every session's socket; the fdatasync behind an incoming QoS 2 message's
+    PUBREC [MQTT-4.3.3-2, persistence point 3] runs in the gateway's sync thread. While it is
+    stuck (os.fdatasync blocked: a card taking its time), another session still receives, and
+    the QoS 2 message is not delivered (no PUBREC went out, so no PUBREL came back); once
+    the sync ends, it is."""
+    real, entered, gate = os.fdatasync, threading.Event(), threading.Event()
+    armed = [False]
+
+    def fdatasync(fd: int) -> None:
+        if armed[0]:
+            armed[0] = False
+            entered.set()
+            gate.wait(30)
+        real(fd)
+
+    slow_got: list[bytes] = []
+    fast_got: list[bytes] = []
+    with Gateway(tmp_path / "gw") as gw:
+        slow = gw.client("gw-slow", clean_session=False)
+        fast = gw.client("gw-fast", clean_session=False)
+        pub = gw.client("gw-pub", clean_session=False)
+        slow.on_message_in = lambda e: slow_got.append(e.message)
+        fast.on_message_in = lambda e: fast_got.append(e.message)
+        subacks: list[str] = []
+        for c in (slow, fast):
+            c.on_subscribed = lambda e, c=c: subacks.append(c.client_id)
+        assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
+        slow.subscribe("stuck/slow", 2)
+        fast.subscribe("stuck/fast", 1)
+        wait_until(lambda: len(subacks) == 2, what="both SUBACKs")
+        pub.config("SessionSync=none")  # the publisher's own records need no sync
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        try:
+            armed[0] = True
+            pub.publish_message("stuck/slow", 2, "slow")
+            assert entered.wait(10), "the QoS 2 message's record was never synced"
+            pub.publish_message("stuck/fast", 1, "fast")
+            wait_until(lambda: fast_got == [b"fast"], what="the other session's message")
+            assert slow_got == []  # its PUBREC waits for the stuck sync
+        finally:
+            gate.set()
+        wait_until(lambda: slow_got == [b"slow"], what="the QoS 2 message after the sync")
+        assert pub.flush(10) and slow.flush(10)
+
+
+def test_a_failed_background_sync_drops_the_connection_without_the_ack(
+        mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync thread's fdatasync behind an incoming QoS 2 fails (EIO): that session's
+    connection is dropped without the PUBREC, ``on_error`` says why, the session reconnects by
+    itself, the broker sends the message again and it is delivered once."""
+    import errno
+
+    real, failed = os.fdatasync, threading.Event()
+    armed = [False]
+
+    def fdatasync(fd: int) -> None:
+        if armed[0]:
+            armed[0] = False
+            failed.set()
+            raise OSError(errno.EIO, "I/O error")
+        real(fd)
+
+    got: list[bytes] = []
+    errors: list[str] = []
+    connects: list[bool] = []
+    with Gateway(tmp_path / "gw") as gw:
+        sub = gw.client("gw-eio", clean_session=False)
+        pub = gw.client("gw-eio-pub", clean_session=False)
+        sub.config("ReconnectDelayMin=0.1")
+        sub.on_message_in = lambda e: got.append(e.message)
+        sub.on_error = lambda e: errors.append(e.description)
+        sub.on_connected = lambda e: connects.append(e.session_present)
+        subacked = threading.Event()
+        sub.on_subscribed = lambda e: subacked.set()
+        assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
+        sub.subscribe("eio/x", 2)
+        assert subacked.wait(10)
+        pub.config("SessionSync=none")
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        armed[0] = True
+        pub.publish_message("eio/x", 2, "once")
+        assert failed.wait(10)
+        wait_until(lambda: got == [b"once"], what="the message, sent again after the reconnect")
+        assert connects == [False, True]
+        assert any("durable" in d for d in errors), errors
+        assert pub.flush(10) and sub.flush(10)
+        time.sleep(0.3)  # a duplicate would show now
+        assert got == [b"once"]
