@@ -74,7 +74,7 @@ def _parse_float(name: str, value: str, lo: float) -> float:
 _INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_maximum": (1, 65535),
                       "max_queued_messages": (0, 2**62), "max_queued_bytes": (0, 2**62),
                       "queue_in_memory": (0, 2**31), "queue_segment_bytes": (4096, 2**30),
-                      "session_sync_interval": (1, 3_600_000)}
+                      "session_sync_interval": (1, 3_600_000), "failover_republish": (0, 65535)}
 
 
 # the settings with a setter of their own (``c``: the Client)
@@ -224,6 +224,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
     "failoverservers": (lambda c: c._settings.failover_servers, _failover),
     "followserverreference": _attr("_settings", "follow_server_reference"),
+    "failoverrepublish": _attr("_engine_settings", "failover_republish"),
     "connectedserver": (lambda c: c._engine.server, None),
 }
 
@@ -299,6 +300,13 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
     "followserverreference": ("FollowServerReference", "MQTT 5: follow a CONNACK or DISCONNECT"
                               " with reason 0x9C / 0x9D and a Server Reference to that server"
                               " (at most 3 redirections in a row)."),
+    "failoverrepublish": ("FailoverRepublish", "After a reconnect that lands on another server"
+                          " (``FailoverServers``), publish the last this many QoS 1 messages the"
+                          " server before acknowledged again, as new messages (0..65535; 0: off)."
+                          " For a cluster whose node can die with messages it acknowledged and"
+                          " had not handed on (aedes: see the README's broker section): nothing"
+                          " lost, at the price of QoS 1 duplicates. Kept in memory only; never"
+                          " QoS 2."),
     "connectedserver": ("ConnectedServer", "Read-only: ``host:port`` of the server the current"
                         " connection was accepted by (also inside ``on_connected``); empty"
                         " without one."),

@@ -80,6 +80,9 @@ class EngineSettings:
     republish_interval: float = 0.0  # MQTT 3.1.1: resend unacknowledged messages after this
     republish_on_session_lost: bool = True
     released_on_session_lost: str = "republish"  # or "drop": QoS 2 past PUBREC, SessionPresent 0
+    # after moving to another server: the last this many QoS 1 messages the one before
+    # acknowledged are published again (a cluster node that died with them; 0: off)
+    failover_republish: int = 0
     max_message_size: int = 0  # the largest PUBLISH packet accepted, in bytes; 0: MQTT's limit
     max_queued_messages: int = 0  # held outgoing QoS 1/2 messages at most; 0: no limit
     max_queued_bytes: int = 256 * 1024 * 1024  # their payloads, topics, properties (0: none)

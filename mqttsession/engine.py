@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Final, Sequence
 
 from ._wire import Packet, PacketType
-from .errors import StateError, TransitionError, UsageError
+from .errors import MQTTSessionError, StateError, TransitionError, UsageError
 from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist, Write
 from .outgoing import Outgoing, QueueSource
 from .subscriptions import SUBSCRIBE_TRIES
@@ -105,6 +105,8 @@ class Engine(Outgoing):
         self._held: dict[int, _Held] = {}  # QoS 2, by packet id
         self._last_activity = 0.0
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
+        self._last_server: str | None = None  # of the last accepted CONNACK
+        self._moved_from: str | None = None  # this connection's server is another: the one before
 
     # ---------------------------------------------------------------- views
 
@@ -154,6 +156,8 @@ class Engine(Outgoing):
                     self.error(rc, f"connection refused: {reason}")]
         self.conn = ConnState.RESUMING
         self._mismatch_logged = False
+        prev, self._last_server = self._last_server, self.broker
+        self._moved_from = prev if prev is not None and prev != self.broker else None
         self.session_present = session_present
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
         self.max_packet = maximum_packet_size
@@ -259,9 +263,32 @@ class Engine(Outgoing):
         if expired and self.session_present:
             log.info("the broker still held the session this clock said had expired (did"
                      " the clock jump?): resumed")
+        out += self._republish_acked()
         if lost is not None and not (st.clean_session and not expired):
             # a clean session expects SessionPresent=0: nothing was lost
             out.append(Notify("on_session_lost", SessionLostEvent.of(lost, expired)))
+        return out
+
+    def _republish_acked(self) -> list[Action]:
+        """FailoverRepublish: on a server other than the one before, the QoS 1 messages that
+        one acknowledged last are published again, as new messages after the resume plan. A
+        cluster node can die with messages it acknowledged and had not yet handed on (aedes,
+        BROKERS.md); QoS 1 allows the duplicates this makes when it had [MQTT-4.3.2]. Never
+        QoS 2: a message published twice would be delivered twice."""
+        acked, self.recent_acked = list(self.recent_acked), deque()
+        if self._moved_from is None or not acked:
+            return []
+        items = [(m.topic, m.payload, 1, m.retain, m.properties) for m in acked]
+        try:
+            _ids, out = self.publish_many(items, self.now)
+        except MQTTSessionError as exc:  # no room: the queue limits win
+            log.warning("moved from %s to %s: the last %d QoS 1 messages %s acknowledged were"
+                        " not published again (FailoverRepublish): %s", self._moved_from,
+                        self.broker, len(items), self._moved_from, exc)
+            return []
+        log.info("moved from %s to %s: the last %d QoS 1 messages %s acknowledged are published"
+                 " again (FailoverRepublish)", self._moved_from, self.broker, len(items),
+                 self._moved_from)
         return out
 
     def connection_lost(self, now: float, reason_code: int, reason: str) -> list[Action]:

@@ -112,6 +112,8 @@ class Outgoing:
         self.expired = 0
         self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
         self._tokens = 0.0  # DrainRateLimit: new PUBLISHes that may go now
+        # FailoverRepublish: the QoS 1 messages the current server acknowledged last
+        self.recent_acked: deque[OutgoingMessage] = deque()
         self._tokens_at = 0.0  # when the bucket was last filled (monotonic)
         # SessionSync=interval: a reservation read back (first, last ids) whose ids the session
         # does not hold get a PUBREL on the next SessionPresent=1 connection; _releasing: the
@@ -547,6 +549,10 @@ class Outgoing:
         elif m is None or m.phase is not Phase.AWAIT_PUBACK:
             log.debug("PUBACK for packet id %d, which awaits none: ignored", pid)
             return []
+        elif code < 0x80 and self.settings.failover_republish > 0:  # (memory only)
+            self.recent_acked.append(m)
+            if len(self.recent_acked) > self.settings.failover_republish:
+                self.recent_acked.popleft()
         # point 5: a lost removal only costs a resend
         return self._finished(m, code, [Persist((self.state.finished(m, Event.PUBACK),),
                                                 lazy=True)])

@@ -700,3 +700,48 @@ def test_recovered_reservation_ahead_of_the_last_id_is_skipped_too() -> None:
     e = Engine(EngineSettings(reserve_packet_ids=3), st)
     assert e.state.last_packet_id == 6
     assert publish(e, b"x", qos=2)[0] == 7
+
+
+# ------------------------------------------------------------------------ FailoverRepublish
+
+
+def _acked_then_moved(n_setting: int, to: str, qos: int = 1) -> tuple[Engine, list[Action]]:
+    """Five messages published and acknowledged on "broker:1883", a sixth in flight; the
+    connection is lost and the next CONNACK (SessionPresent=1) comes from ``to``."""
+    e = connected(failover_republish=n_setting)
+    for i in range(5):
+        pid, _ = publish(e, b"m%d" % i, qos)
+        e.receive(ack_in(PacketType.PUBACK if qos == 1 else PacketType.PUBREC, pid))
+        if qos == 2:
+            e.receive(ack_in(PacketType.PUBCOMP, pid))
+    publish(e, b"in-flight", 1)
+    e.connection_lost(0.0, 0, "gone")
+    e.reset()
+    e.connecting(to)
+    return e, (e.connack(0, "", True, 65535, None, 0.0) + e.lost_incoming() + e.resume())
+
+
+def test_failover_republish_publishes_the_last_acknowledged_again_on_another_server() -> None:
+    """FailoverRepublish=3: on another server the three QoS 1 messages acknowledged last go
+    again as NEW messages (new ids, DUP=0), each durable before its PUBLISH, after the resume
+    plan (the unacknowledged one resent first, DUP=1)."""
+    e, out = _acked_then_moved(3, "other:1883")
+    got = [(p.dup, p.payload) for p in packets(out) if p.type == PacketType.PUBLISH]
+    assert got == [(True, b"in-flight"), (False, b"m2"), (False, b"m3"), (False, b"m4")]
+    again = next(i for i, a in enumerate(out) if isinstance(a, Write)
+                 and _wire.decode_packet(a.packet, 4).payload == b"m2")
+    assert index(out, Persist, record=Accepted) < again  # point 1
+    assert out[index(out, Persist, record=Accepted)].sync  # type: ignore[union-attr]
+    assert len(e.state.outgoing) == 4
+    assert not e.recent_acked  # once only
+
+
+@pytest.mark.parametrize("n, to, qos", [(3, "broker:1883", 1), (0, "other:1883", 1),
+                                         (3, "other:1883", 2)],
+                         ids=["same-server", "off", "qos2-never"])
+def test_failover_republish_only_for_qos1_on_another_server_when_set(n: int, to: str,
+                                                                      qos: int) -> None:
+    e, out = _acked_then_moved(n, to, qos)
+    got = [(p.dup, p.payload) for p in packets(out) if p.type == PacketType.PUBLISH]
+    assert got == [(True, b"in-flight")]
+    assert len(e.state.outgoing) == 1
