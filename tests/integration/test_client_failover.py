@@ -209,12 +209,15 @@ def test_failover_when_the_broker_is_killed_and_back_round_robin(
     """What a killed broker had acknowledged but not yet written to its subscriber dies with it
     (mosquitto, SIGKILLed: seen for a message or two just before the kill); the client answers
     for everything else: what it held at the failover and what came after reaches a subscriber,
-    and what went missing is only ever among what the dead broker acknowledged last."""
+    every QoS 1 message too (``FailoverRepublish=40``: the last 40 QoS 1 messages the dead
+    broker acknowledged are published again on the next one), and what went missing is only
+    ever a QoS 2 message among what the dead broker acknowledged last."""
     a, b = mosquitto_factory(), mosquitto_factory()
     tag = unique("fo")
     topic = f"mqs/{tag}"
     subs = _Subscribers([a, b], topic, protocol)
-    c = _client(protocol, FailoverServers=_addr(b), SessionStateFile=str(tmp_path / "pub"))
+    c = _client(protocol, FailoverServers=_addr(b), SessionStateFile=str(tmp_path / "pub"),
+                FailoverRepublish="40")
     log = EventLog(c)
     published = 0
 
@@ -265,11 +268,13 @@ def test_failover_when_the_broker_is_killed_and_back_round_robin(
             assert all(n >= min(held, default=upto + 1) - 40 for n in gone), \
                 f"{dead} acknowledged {sorted(gone)} long before it died, and they are lost"
         assert missing <= acked_by_a | acked_by_b
+        assert all(qos_of(n) == 2 for n in missing), f"QoS 1 lost: {sorted(missing)}"
         window = {number_of(tag, m.message) for ev in lost for m in ev.possible_duplicates}
         doubled = {n for n in range(1, 301) if qos_of(n) == 2 and counts[n] > 1}
         assert doubled <= window, f"QoS 2 delivered twice outside the documented window: " \
                                   f"{sorted(doubled - window)}"
-        assert all(counts[n] <= 2 for n in range(1, 301)), counts
+        # a QoS 1 message once more at each of the two failovers (FailoverRepublish) at most
+        assert all(counts[n] <= (2 if qos_of(n) == 2 else 3) for n in range(1, 301)), counts
         assert set(counts) <= set(range(1, 301))
         assert log.of("on_error") == []
         assert c.outgoing_messages == ()
