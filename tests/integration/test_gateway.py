@@ -388,3 +388,45 @@ def test_a_failed_background_sync_drops_the_connection_without_the_ack(
         assert pub.flush(10) and sub.flush(10)
         time.sleep(0.3)  # a duplicate would show now
         assert got == [b"once"]
+
+
+def test_async_gateway_a_stuck_fdatasync_holds_up_only_its_acks(
+        mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The asyncio form: while the sync behind one session's incoming QoS 2 is stuck in the
+    sync thread, another session's message arrives and the running loop stays free; the QoS 2
+    message comes once the sync ends."""
+    real, entered, gate = os.fdatasync, threading.Event(), threading.Event()
+    armed = [False]
+
+    def fdatasync(fd: int) -> None:
+        if armed[0]:
+            armed[0] = False
+            entered.set()
+            gate.wait(30)
+        real(fd)
+
+    options = Options(address=mosquitto.address)
+
+    async def main() -> None:
+        async with AsyncGateway(tmp_path) as gw:
+            slow = await gw.session("agw-slow", options)
+            fast = await gw.session("agw-fast", options)
+            pub = await gw.session("agw-pub", options, session_sync="none")
+            await slow.subscribe("astuck/slow", 2)
+            await fast.subscribe("astuck/fast", 1)
+            monkeypatch.setattr(os, "fdatasync", fdatasync)
+            try:
+                armed[0] = True
+                await pub.publish("astuck/slow", "slow", 2)
+                assert await asyncio.to_thread(entered.wait, 10), "never synced"
+                await pub.publish("astuck/fast", "fast", 1)
+                m = await fast.receive(timeout=10)
+                assert m is not None and m.message == b"fast"
+                assert await slow.receive(timeout=0.2) is None  # its PUBREC waits for the sync
+            finally:
+                gate.set()
+            m = await slow.receive(timeout=10)
+            assert m is not None and m.message == b"slow"
+            assert await pub.flush(10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
