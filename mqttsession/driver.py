@@ -597,6 +597,7 @@ class Driver(Durability):
         self.do(self.engine.resume)
         with self.lock:  # the resume plan is on its way before connect() returns
             self.file.sync_pending()
+            self._batch_sync = False  # (that sync covers the batch's records so far)
             if self.conn is not None:
                 self.conn.release_held()
         self._end_connect(0, reason)
