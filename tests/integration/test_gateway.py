@@ -298,6 +298,23 @@ def test_a_gateway_session_saves_and_restores_like_a_client(tmp_path: Path) -> N
             again.config(f"SessionStateFile={tmp_path / 'other.state'}")
 
 
+class _StuckSync:
+    """``os.fdatasync`` patched: once armed, the next call blocks (``entered`` set) until
+    ``gate`` is set, as on a card taking its time; the calls after it go through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real, self.entered, self.gate = os.fdatasync, threading.Event(), threading.Event()
+        self.armed = False
+        monkeypatch.setattr(os, "fdatasync", self._fdatasync)
+
+    def _fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.gate.wait(30)
+        self.real(fd)
+
+
 def test_a_stuck_fdatasync_holds_up_only_the_acks_that_wait_for_it(
         mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One loop reads every session's socket; the fdatasync behind an incoming QoS 2 message's
@@ -305,16 +322,7 @@ def test_a_stuck_fdatasync_holds_up_only_the_acks_that_wait_for_it(
     stuck (os.fdatasync blocked: a card taking its time), another session still receives, and
     the QoS 2 message is not delivered (no PUBREC went out, so no PUBREL came back); once
     the sync ends, it is."""
-    real, entered, gate = os.fdatasync, threading.Event(), threading.Event()
-    armed = [False]
-
-    def fdatasync(fd: int) -> None:
-        if armed[0]:
-            armed[0] = False
-            entered.set()
-            gate.wait(30)
-        real(fd)
-
+    stuck = _StuckSync(monkeypatch)
     slow_got: list[bytes] = []
     fast_got: list[bytes] = []
     with Gateway(tmp_path / "gw") as gw:
@@ -331,16 +339,15 @@ def test_a_stuck_fdatasync_holds_up_only_the_acks_that_wait_for_it(
         fast.subscribe("stuck/fast", 1)
         wait_until(lambda: len(subacks) == 2, what="both SUBACKs")
         pub.config("SessionSync=none")  # the publisher's own records need no sync
-        monkeypatch.setattr(os, "fdatasync", fdatasync)
         try:
-            armed[0] = True
+            stuck.armed = True
             pub.publish_message("stuck/slow", 2, "slow")
-            assert entered.wait(10), "the QoS 2 message's record was never synced"
+            assert stuck.entered.wait(10), "the QoS 2 message's record was never synced"
             pub.publish_message("stuck/fast", 1, "fast")
             wait_until(lambda: fast_got == [b"fast"], what="the other session's message")
             assert slow_got == []  # its PUBREC waits for the stuck sync
         finally:
-            gate.set()
+            stuck.gate.set()
         wait_until(lambda: slow_got == [b"slow"], what="the QoS 2 message after the sync")
         assert pub.flush(10) and slow.flush(10)
 
@@ -395,16 +402,7 @@ def test_async_gateway_a_stuck_fdatasync_holds_up_only_its_acks(
     """The asyncio form: while the sync behind one session's incoming QoS 2 is stuck in the
     sync thread, another session's message arrives and the running loop stays free; the QoS 2
     message comes once the sync ends."""
-    real, entered, gate = os.fdatasync, threading.Event(), threading.Event()
-    armed = [False]
-
-    def fdatasync(fd: int) -> None:
-        if armed[0]:
-            armed[0] = False
-            entered.set()
-            gate.wait(30)
-        real(fd)
-
+    stuck = _StuckSync(monkeypatch)
     options = Options(address=mosquitto.address)
 
     async def main() -> None:
@@ -414,17 +412,16 @@ def test_async_gateway_a_stuck_fdatasync_holds_up_only_its_acks(
             pub = await gw.session("agw-pub", options, session_sync="none")
             await slow.subscribe("astuck/slow", 2)
             await fast.subscribe("astuck/fast", 1)
-            monkeypatch.setattr(os, "fdatasync", fdatasync)
             try:
-                armed[0] = True
+                stuck.armed = True
                 await pub.publish("astuck/slow", "slow", 2)
-                assert await asyncio.to_thread(entered.wait, 10), "never synced"
+                assert await asyncio.to_thread(stuck.entered.wait, 10), "never synced"
                 await pub.publish("astuck/fast", "fast", 1)
                 m = await fast.receive(timeout=10)
                 assert m is not None and m.message == b"fast"
                 assert await slow.receive(timeout=0.2) is None  # its PUBREC waits for the sync
             finally:
-                gate.set()
+                stuck.gate.set()
             m = await slow.receive(timeout=10)
             assert m is not None and m.message == b"slow"
             assert await pub.flush(10)
