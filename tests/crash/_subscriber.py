@@ -2,7 +2,8 @@
 
 Appends "S <pid> 0" at start, "B <n> <qos>" before and "E <n> <qos>" after handling each on_message_in (os.write on
 an O_APPEND file descriptor: kill -9 cannot lose a line that was written).
-argv: state_file host port log_file
+argv: state_file host port log_file [gateway]; with "gateway" the session is one of a
+``Gateway`` on the directory state_file (its loop, its shared log, its sync thread).
 """
 
 import os
@@ -10,7 +11,7 @@ import sys
 import logging
 import threading
 
-from mqttsession import Client
+from mqttsession import Client, Gateway
 
 
 def main() -> None:
@@ -24,13 +25,17 @@ def main() -> None:
         os.write(fd, f"B {n} {qos}\n".encode())
         os.write(fd, f"E {n} {qos}\n".encode())
 
-    c = Client(client_id="crash-subscriber", clean_session=False)
-    c.config(f"SessionStateFile={state}")
+    if sys.argv[5:] == ["gateway"]:
+        gw = Gateway(state)  # kept open until the kill
+        c = gw.client("crash-subscriber", clean_session=False)  # restored from the store
+    else:
+        c = Client(client_id="crash-subscriber", clean_session=False)
+        c.config(f"SessionStateFile={state}")
+        c.restore_session("")
     c.config("ReconnectDelayMax=1")
     c.on_message_in = on_message_in
     subscribed = threading.Event()
     c.on_subscribed = lambda _e: subscribed.set()
-    c.restore_session("")
     c.connect(host, int(port), timeout=10)
     c.subscribe("crash/sub", 2)
     subscribed.wait(10)  # the broker has the subscription before the feed starts (SUBACK)

@@ -202,8 +202,12 @@ def _read_log(path: Path) -> list[tuple[str, int, int]]:
     return rows
 
 
-def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["client", "gateway"])
+def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path: Path,
+                                                   host: str) -> None:
     """[MQTT-4.4.0-1] the broker resends to the restored session; QoS 2 once but for the window.
+    ``gateway``: the session is one of a ``Gateway``, whose PUBRECs wait for syncs run in its
+    sync thread (persistence point 3 off the loop).
 
     mosquitto's max_queued_messages (default 1000, counting queued and in flight) discards
     what a subscriber falls behind by; a durable subscriber fsyncs twice per QoS 2 message, so
@@ -211,7 +215,8 @@ def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_p
     """
     broker = mosquitto_factory(extra_config="max_queued_messages 0\n")
     rng = random.Random(os.environ.get("CRASH_SEED", "mqttsession"))
-    state = str(tmp_path / "subscriber.session")
+    state = str(tmp_path / ("gateway" if host == "gateway" else "subscriber.session"))
+    mode = ["gateway"] if host == "gateway" else []
     log = tmp_path / "deliveries.log"
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="crash-sub-feeder")
     # paho's default window (20) = mosquitto's max_inflight_messages: a larger one makes a 3.1.1
@@ -229,7 +234,7 @@ def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_p
             n += 1
             time.sleep(0.002)  # the feed's rate (~500/s), not synchronisation
 
-    first = _child("_subscriber.py", state, broker.host, str(broker.port), str(log))
+    first = _child("_subscriber.py", state, broker.host, str(broker.port), str(log), *mode)
     assert first.stdout is not None and first.stdout.readline().strip() == "READY"
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
@@ -240,7 +245,7 @@ def test_subscriber_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_p
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
             time.sleep(rng.uniform(0.0, 0.3))  # the broker queues while it is away
-            proc = _child("_subscriber.py", state, broker.host, str(broker.port), str(log))
+            proc = _child("_subscriber.py", state, broker.host, str(broker.port), str(log), *mode)
             assert proc.stdout is not None
             ready = proc.stdout.readline().strip()
             assert ready == "READY", proc.communicate(timeout=10)[1]
