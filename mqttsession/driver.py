@@ -619,7 +619,8 @@ class Driver(Durability):
         session syncs off the shared loop: the packets wait for the future returned."""
         if self._batch_sync:  # set and cleared on the network thread only
             self._batch_sync = False
-            if self.background_sync is not None and self.pump is not None:
+            if self.background_sync is not None and self.pump is not None \
+                    and self._settings.session_sync != "none":  # (none: nothing to wait for)
                 return self.background_sync(self.file.sync_pending)
             self.file.sync_pending()
         return None

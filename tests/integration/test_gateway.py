@@ -345,10 +345,14 @@ def test_a_stuck_fdatasync_holds_up_only_the_acks_that_wait_for_it(
             assert stuck.entered.wait(10), "the QoS 2 message's record was never synced"
             pub.publish_message("stuck/fast", 1, "fast")
             wait_until(lambda: fast_got == [b"fast"], what="the other session's message")
-            assert slow_got == []  # its PUBREC waits for the stuck sync
+            # a second QoS 2 message, read in a batch of its own: its sync waits behind the
+            # stuck one, and its PUBREC behind the first one's
+            pub.publish_message("stuck/slow", 2, "slow-2")
+            wait_until(lambda: len(slow.incoming_messages) == 2, what="the second QoS 2 held")
+            assert slow_got == []  # their PUBRECs wait for the stuck sync
         finally:
             stuck.gate.set()
-        wait_until(lambda: slow_got == [b"slow"], what="the QoS 2 message after the sync")
+        wait_until(lambda: slow_got == [b"slow", b"slow-2"], what="both, in order, after the sync")
         assert pub.flush(10) and slow.flush(10)
 
 
