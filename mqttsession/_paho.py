@@ -289,11 +289,17 @@ class PahoConnection(mqtt.Client):
             with self._batch_lock:
                 if not self._after_sync or not self._after_sync[0][0].done():
                     return
-                fut, held = self._after_sync.pop(0)
+                fut, held = self._after_sync[0]
                 exc = None if fut.cancelled() else fut.exception()
-                if exc is not None or fut.cancelled():
+                failed = exc is not None or fut.cancelled()
+                if failed:
                     self._after_sync.clear()
-            if exc is not None or fut.cancelled():
+                elif held:  # stays first while it is written: what comes meanwhile follows
+                    self._after_sync[0] = (fut, [])
+                else:
+                    self._after_sync.pop(0)
+                    continue
+            if failed:
                 err = exc if isinstance(exc, Exception) else ConnectionError("sync cancelled")
                 self._hook_failed(err, "making the session records of received packets durable")
                 if self._sock is not None:  # noqa: SLF001
