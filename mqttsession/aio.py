@@ -143,6 +143,9 @@ class AsyncSession:
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
+        driver = self._client._driver
+        if driver.background_sync is None:  # (a gateway's session has its sync thread)
+            driver.background_sync = self._sync_off_loop
         try:
             if self._session_sync is not None:
                 await self.config(f"SessionSync={self._session_sync}")
@@ -156,6 +159,11 @@ class AsyncSession:
             raise
 
     # ------------------------------------------------------------------ plumbing
+
+    def _sync_off_loop(self, sync: Callable[[], None]) -> asyncio.Future[None]:
+        """A read batch's fsync (the record a PUBREC or PUBCOMP waits for) in the executor, not
+        on the loop: the loop never waits for the disk; the acks wait for the future."""
+        return asyncio.get_running_loop().run_in_executor(self._client._driver.executor, sync)
 
     def _check(self) -> Client:
         if self._closed:

@@ -104,7 +104,8 @@ class Driver(Durability):
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
-        # a gateway's: runs a read batch's sync off the loop that every session's reads share
+        # runs a read batch's sync off the loop that drives the connection (a gateway's sync
+        # thread, an AsyncSession's executor): the loop never waits for the disk
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
@@ -615,11 +616,12 @@ class Driver(Durability):
         they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the
         session lock (the journal has its own): a publisher's fsync does not hold it up.
         Only when the batch deferred a sync: publishers sync their own records (group commit,
-        or SessionSync=interval's timer), and a batch of PUBACKs needs none. A gateway's
-        session syncs off the shared loop: the packets wait for the future returned."""
+        or SessionSync=interval's timer), and a batch of PUBACKs needs none. A session on an
+        asyncio loop syncs off it: the packets wait for the future returned."""
         if self._batch_sync:  # set and cleared on the network thread only
             self._batch_sync = False
             if self.background_sync is not None and self.pump is not None \
+                    and self.file.journal is not None \
                     and self._settings.session_sync != "none":  # (none: nothing to wait for)
                 return self.background_sync(self.file.sync_pending)
             self.file.sync_pending()
