@@ -462,6 +462,10 @@ class PahoConnection(mqtt.Client):
         if rc != _OK:
             self._drop_held()  # the connection is gone: the session resends what is needed
             return rc
+        return self._end_batch(rc)
+
+    def _end_batch(self, rc: MQTTErrorCode) -> MQTTErrorCode:
+        """The batch's records made durable (one sync), then its packets written."""
         try:
             waiting = self.hooks._hook_batch_end()
         except Exception as exc:
@@ -476,6 +480,25 @@ class PahoConnection(mqtt.Client):
             self._write_due = False
             return self.loop_write()  # what this round queued (paho's _loop checks only later)
         return rc
+
+    def as_batch(self, fn: Callable[[], None]) -> None:
+        """``fn`` on the thread that reads this connection, between its read batches, handled
+        as one: the syncs its records ask for become one at its end, and the packets that
+        depend on them wait for it (an asyncio session's acknowledgements: one fsync, off the
+        loop, for all the removals)."""
+        with self._batch_lock:
+            if self._batch is not None:  # within a read batch: its end does it
+                nested = True
+            else:
+                nested, self._batch = False, []
+        if nested:
+            fn()
+            return
+        self._batch_thread = threading.current_thread()
+        try:
+            fn()
+        finally:
+            self._end_batch(_OK)
 
     def _drop_held(self) -> None:
         with self._batch_lock:
@@ -597,6 +620,7 @@ class AsyncioPump:
         self._delay = self._delay_min
         self._tick = tick
         self._sock: Any = None
+        self._writer: Any = None  # the socket the loop watches for writability (None: none)
         self._paused = False
         self._timer: Any = None
         self._retry: Any = None
@@ -632,6 +656,8 @@ class AsyncioPump:
         def closed() -> None:
             self.loop.remove_reader(sock)
             self.loop.remove_writer(sock)
+            if self._writer is sock:
+                self._writer = None
             if self._sock is sock:
                 self._sock = None
             if self._timer is not None:
@@ -642,10 +668,20 @@ class AsyncioPump:
         self._soon(closed)
 
     def _on_want_write(self, _c: Any, _u: Any, sock: Any) -> None:
-        self._soon(lambda: None if self.stopped else self.loop.add_writer(sock, self._write))
+        def want() -> None:
+            if not self.stopped:
+                self.loop.add_writer(sock, self._write)
+                self._writer = sock
+        self._soon(want)
 
     def _on_no_write(self, _c: Any, _u: Any, sock: Any) -> None:
-        self._soon(lambda: self.loop.remove_writer(sock))
+        # paho says so after every write; asyncio's remove_writer of a socket it does not
+        # watch builds a KeyError with the socket's repr (a getpeername call): only when one is
+        def no_write() -> None:
+            if self._writer is sock:
+                self._writer = None
+                self.loop.remove_writer(sock)
+        self._soon(no_write)
 
     def _read(self) -> None:
         if self._sock is not None and not self.stopped:

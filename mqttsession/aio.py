@@ -11,7 +11,7 @@ the blocking TCP connect waits in the loop's default executor):
 * incoming messages go into an ``asyncio.Queue`` read by ``receive()`` or
   ``async for msg in session.messages():`` (an async generator that ends when the session
   closes). Once more than ``options.inbound_queue_size`` messages wait, the socket is not read
-  until the application catches up (back-pressure).
+  until the application has taken half of them (back-pressure).
 * a QoS 1/2 message is acknowledged (PUBACK, or its removal made durable and PUBCOMP) only once
   the application has taken it: when it asks for the next one, calls ``ack()``, or closes the
   session. One still in the queue at a crash is sent again by the broker (the Client runs with
@@ -107,6 +107,9 @@ class AsyncSession:
         # SessionSync=always: publishes waiting for their record's fdatasync, and whether the
         # one executor job that syncs for all of them is under way
         self._awaiting_sync: list[tuple[_Token, asyncio.Future[Exception | None]]] = []
+        # the read (and ack) batches' fsync running in the executor, and the one after it
+        self._bg_sync: asyncio.Future[None] | None = None
+        self._bg_next: asyncio.Future[None] | None = None
         self._syncing = False
         self._group: GroupSync | None = None  # an AsyncGateway's shared sync
         self._started = False
@@ -161,9 +164,37 @@ class AsyncSession:
     # ------------------------------------------------------------------ plumbing
 
     def _sync_off_loop(self, sync: Callable[[], None]) -> asyncio.Future[None]:
-        """A read batch's fsync (the record a PUBREC or PUBCOMP waits for) in the executor, not
-        on the loop: the loop never waits for the disk; the acks wait for the future."""
-        return asyncio.get_running_loop().run_in_executor(self._client._driver.executor, sync)
+        """A batch's fsync (the records its PUBRECs or PUBCOMPs wait for) in the executor, not
+        on the loop: the loop never waits for the disk; the acks wait for the future. One runs
+        at a time; the batches that end meanwhile share the next one, which starts after their
+        records were written (group commit)."""
+        loop = asyncio.get_running_loop()
+        if self._bg_sync is None:
+            job = loop.run_in_executor(self._client._driver.executor, sync)
+            self._bg_sync = job
+            job.add_done_callback(lambda _f: self._next_sync(sync))
+            return job
+        if self._bg_next is None:
+            self._bg_next = loop.create_future()
+        return self._bg_next
+
+    def _next_sync(self, sync: Callable[[], None]) -> None:
+        self._bg_sync = None
+        waiter, self._bg_next = self._bg_next, None
+        if waiter is None:
+            return
+        job = self._sync_off_loop(sync)
+
+        def answer(f: asyncio.Future[None]) -> None:
+            if waiter.done():
+                return
+            if f.cancelled():
+                waiter.cancel()
+            elif (exc := f.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(None)
+        job.add_done_callback(answer)
 
     def _check(self) -> Client:
         if self._closed:
@@ -384,7 +415,9 @@ class AsyncSession:
             self._queue.put_nowait(item)  # every later reader sees it too
             return None
         pump = self._client._driver.pump
-        if pump is not None and self._queue.qsize() <= self._options.inbound_queue_size:
+        # reading goes on once half the bound is taken: toggling the socket's watch at each
+        # message would cost two epoll changes a message
+        if pump is not None and self._queue.qsize() <= self._options.inbound_queue_size // 2:
             pump.resume_reading()
         if item.qos > 0:
             self._handed.append(item)
@@ -394,9 +427,8 @@ class AsyncSession:
         """Acknowledge the messages handed out so far: PUBACK for QoS 1; QoS 2: the removal
         made durable, then PUBCOMP. ``receive()``, ``messages()`` and ``close()`` call it."""
         handed, self._handed = self._handed, []
-        if not self._closed:
-            for m in handed:
-                self._client.ack(m)
+        if not self._closed and handed:
+            self._client._driver.ack_many(handed)  # one fsync for their removals
 
     async def messages(self) -> AsyncIterator[MessageEvent]:
         """``async for msg in session.messages():`` until the session closes."""

@@ -16,7 +16,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Protocol, cast
@@ -483,6 +483,26 @@ class Driver(Durability):
             rest = self.run(actions)
         self.finish(rest)
         return acked
+
+    def ack_many(self, messages: Sequence[MessageEvent]) -> None:
+        """``ack`` each; on a connection an asyncio loop drives, as one batch: the removals'
+        records written at once, one fsync for them all off the loop, then the PUBCOMPs."""
+        conn = self.conn
+        if conn is None or self.pump is None or len(messages) == 0:
+            for m in messages:
+                self.ack(m)
+            return
+        conn.as_batch(lambda: self._ack_each(messages))
+
+    def _ack_each(self, messages: Sequence[MessageEvent]) -> None:
+        errors: list[Exception] = []
+        for m in messages:  # one failure does not keep the others back
+            try:
+                self.ack(m)
+            except Exception as exc:  # noqa: BLE001 - raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def do(self, step: Callable[[], list[Action]]) -> None:
         """One engine input and its actions."""
