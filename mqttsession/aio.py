@@ -407,8 +407,9 @@ class AsyncSession:
         Acknowledges the messages handed out before (``ack()``) first.
         """
         await self.ack()
-        try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+        try:  # (one waiting already: no task and timer for wait_for)
+            item = self._queue.get_nowait() if not self._queue.empty() else \
+                await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
             return None
         if isinstance(item, _Closed):
