@@ -179,6 +179,7 @@ class AsyncSession:
         return self._bg_next
 
     def _next_sync(self, sync: Callable[[], None]) -> None:
+        # (every ``sync`` given is the state file's sync_pending: any of them does for all)
         self._bg_sync = None
         waiter, self._bg_next = self._bg_next, None
         if waiter is None:

@@ -5,8 +5,9 @@ A gateway speaks for many devices, each with its own MQTT identity and durable s
 of its own (paho's socket callbacks, ``_paho.AsyncioPump``, as ``AsyncSession`` does): no
 network thread or timer thread per session; blocking TCP connects wait, one at a time, in
 one more thread, and fdatasyncs run in a third, so the loop never waits for the disk (the acks
-that depend on a sync wait for it, the other sessions' traffic does not). Each session is a full ``Client`` (``gateway.client(client_id, ...)``); its
-events run on the gateway's thread, so a callback that blocks holds up every session.
+that depend on a sync wait for it, the other sessions' traffic does not). Each session is a
+full ``Client`` (``gateway.client(client_id, ...)``); its events run on the gateway's thread,
+so a callback that blocks holds up every session.
 ``AsyncGateway`` does the same on the running loop with ``AsyncSession`` values.
 
 The sessions' records go to one store in ``state_dir`` (``sharedlog.SharedLog``): file
