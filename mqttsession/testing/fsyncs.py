@@ -6,6 +6,9 @@
 
 Only ``mqttsession.journal`` and ``mqttsession.spool`` see the counting ``os``; the rest of the
 process keeps the real one. For benchmarks and tests (SessionSync=always, group commit).
+
+``StuckFdatasync(monkeypatch.setattr)`` makes one ``os.fdatasync`` of the process block until
+the test lets it go, as a slow card would (what waits for it, and what must not).
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import mqttsession.journal as journal_mod
 import mqttsession.spool as spool_mod
 
-__all__ = ["FsyncCounter", "counting_fdatasyncs"]
+__all__ = ["FsyncCounter", "StuckFdatasync", "counting_fdatasyncs"]
 
 
 class FsyncCounter:
@@ -48,3 +51,22 @@ def counting_fdatasyncs() -> Iterator[FsyncCounter]:
     finally:
         for module in (journal_mod, spool_mod):
             setattr(module, "os", os)
+
+
+class StuckFdatasync:
+    """``os.fdatasync`` replaced through ``patch`` (``monkeypatch.setattr``): once ``armed``,
+    the next call, in any thread, sets ``entered`` and blocks until ``gate`` is set (30 s at
+    most); the calls after it go through."""
+
+    def __init__(self, patch: Callable[[Any, str, Any], None]) -> None:
+        self.real = os.fdatasync
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.armed = False
+        patch(os, "fdatasync", self._fdatasync)
+
+    def _fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.gate.wait(30)
+        self.real(fd)

@@ -218,19 +218,9 @@ def test_a_stuck_fsync_never_blocks_the_loop(mosquitto: Any, tmp_path: Path,
     """The fsync behind an incoming QoS 2 message's PUBREC (persistence point 3) runs in the
     executor: while it is stuck (os.fdatasync blocked, a slow card), the loop runs and another
     session on it receives; the QoS 2 message is delivered once the sync ends, not before."""
-    import os  # noqa: PLC0415
+    from mqttsession.testing.fsyncs import StuckFdatasync  # noqa: PLC0415
 
-    real, entered, gate = os.fdatasync, threading.Event(), threading.Event()
-    armed = [False]
-
-    def fdatasync(fd: int) -> None:
-        if armed[0]:
-            armed[0] = False
-            entered.set()
-            gate.wait(30)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    stuck = StuckFdatasync(monkeypatch.setattr)
 
     async def main() -> None:
         tag = time.monotonic_ns()
@@ -242,18 +232,18 @@ def test_a_stuck_fsync_never_blocks_the_loop(mosquitto: Any, tmp_path: Path,
         try:
             await slow.subscribe(f"aio/stuck/{tag}/slow", 2)
             await other.subscribe(f"aio/stuck/{tag}/other", 1)
-            armed[0] = True
+            stuck.armed = True
             await other.publish(f"aio/stuck/{tag}/slow", "slow", 2)  # (none: no sync of its own)
-            assert await asyncio.to_thread(entered.wait, 10), "the record was never synced"
+            assert await asyncio.to_thread(stuck.entered.wait, 10), "the record was never synced"
             await other.publish(f"aio/stuck/{tag}/other", "other", 1)
             m = await other.receive(timeout=10)
             assert m is not None and m.message == b"other"
             assert await slow.receive(timeout=0.2) is None  # its PUBREC waits for the sync
-            gate.set()
+            stuck.gate.set()
             m = await slow.receive(timeout=10)
             assert m is not None and m.message == b"slow"
         finally:
-            gate.set()
+            stuck.gate.set()
             await slow.close()
             await other.close()
 

@@ -34,6 +34,7 @@ from mqttsession.events import ConnectedEvent, ErrorEvent, MessageEvent
 from mqttsession.gateway import AsyncGateway, Gateway
 from mqttsession.options import Options
 from mqttsession.testing import MosquittoBroker
+from mqttsession.testing.fsyncs import StuckFdatasync
 
 try:  # tests/integration may or may not be a package
     from ._procs import wait_until
@@ -298,23 +299,6 @@ def test_a_gateway_session_saves_and_restores_like_a_client(tmp_path: Path) -> N
             again.config(f"SessionStateFile={tmp_path / 'other.state'}")
 
 
-class _StuckSync:
-    """``os.fdatasync`` patched: once armed, the next call blocks (``entered`` set) until
-    ``gate`` is set, as on a card taking its time; the calls after it go through."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.real, self.entered, self.gate = os.fdatasync, threading.Event(), threading.Event()
-        self.armed = False
-        monkeypatch.setattr(os, "fdatasync", self._fdatasync)
-
-    def _fdatasync(self, fd: int) -> None:
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            self.gate.wait(30)
-        self.real(fd)
-
-
 def test_a_stuck_fdatasync_holds_up_only_the_acks_that_wait_for_it(
         mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One loop reads every session's socket; the fdatasync behind an incoming QoS 2 message's
@@ -322,7 +306,7 @@ def test_a_stuck_fdatasync_holds_up_only_the_acks_that_wait_for_it(
     stuck (os.fdatasync blocked: a card taking its time), another session still receives, and
     the QoS 2 message is not delivered (no PUBREC went out, so no PUBREL came back); once
     the sync ends, it is."""
-    stuck = _StuckSync(monkeypatch)
+    stuck = StuckFdatasync(monkeypatch.setattr)
     slow_got: list[bytes] = []
     fast_got: list[bytes] = []
     with Gateway(tmp_path / "gw") as gw:
@@ -406,7 +390,7 @@ def test_async_gateway_a_stuck_fdatasync_holds_up_only_its_acks(
     """The asyncio form: while the sync behind one session's incoming QoS 2 is stuck in the
     sync thread, another session's message arrives and the running loop stays free; the QoS 2
     message comes once the sync ends."""
-    stuck = _StuckSync(monkeypatch)
+    stuck = StuckFdatasync(monkeypatch.setattr)
     options = Options(address=mosquitto.address)
 
     async def main() -> None:
