@@ -150,6 +150,9 @@ class TimedRLock:
 # ------------------------------------------------------------------------------- publish
 
 
+SETTINGS: list[str] = []
+
+
 def publish_run(broker: MosquittoBroker, n: int, qos: int, sync: str | None, workdir: str,
                 profile: bool, timed_lock: TimedRLock | None = None,
                 publishers: int = 1) -> dict[str, Any]:
@@ -162,6 +165,11 @@ def publish_run(broker: MosquittoBroker, n: int, qos: int, sync: str | None, wor
     if sync is not None:
         c.config(f"SessionStateFile={os.path.join(d, 's.json')}")
         c.config(f"SessionSync={sync}")
+    for setting in SETTINGS:
+        try:
+            c.config(setting)
+        except Exception:  # an older tree that does not know it runs without it
+            pass
     _net_profiles.clear()
     _net_cpu.clear()
     _net_mode["mode"] = "profile" if profile else "cpu"
@@ -406,7 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=str(HERE / "profiles"))
     ap.add_argument("--only", default="publish,locks,micro,restore")
+    ap.add_argument("--settings", default="",
+                    help="config() settings for the publish runs, ';'-separated")
+    ap.add_argument("--configs", default="none,always",
+                    help="SessionSync modes of the publish runs, ',' separated")
     args = ap.parse_args(argv)
+    SETTINGS[:] = [x for x in args.settings.split(";") if x]
     parts = set(args.only.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -420,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             for qos in (1, 2):
                 report_profile(f"paho-qos{qos}", paho_run(broker, args.messages, qos),
                                args.messages, out, args.top)
-            for sync in ("none", "always"):
+            for sync in args.configs.split(","):
                 for qos in (1, 2):
                     res = publish_run(broker, args.messages, qos, sync, workdir, profile=True)
                     report_profile(f"publish-sync-{sync}-qos{qos}", res, args.messages, out,

@@ -228,6 +228,8 @@ class PahoConnection(mqtt.Client):
         self._epoch = 0  # network connections made: a sync done after a reconnect writes nothing
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self.loop_thread: threading.Thread | None = None  # an AsyncioPump's, in its own thread
+        # an AsyncioPump's: has the loop write what other threads queued (coalesced)
+        self.wake_writer: Callable[[], None] | None = None
         self._write_due = False  # the network thread queued packets without a wake-up
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
@@ -324,6 +326,13 @@ class PahoConnection(mqtt.Client):
             # byte through paho's socket pair for a thread that is awake
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self._write_due = True
+            return
+        if self.wake_writer is not None and me is not self.loop_thread:
+            # another thread than the loop's: queued for the loop, which one wake-up makes
+            # write everything queued by then (no writer registered per packet, and no byte
+            # into paho's socket pair, which nothing reads under a loop)
+            self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
+            self.wake_writer()
             return
         if me is self.loop_thread and self._in_callback_mutex.acquire(False):  # noqa: SLF001
             # the loop that runs this connection, outside paho's callbacks: write it now, as
@@ -629,6 +638,8 @@ class AsyncioPump:
         conn.on_socket_close = self._on_close
         conn.on_socket_register_write = self._on_want_write
         conn.on_socket_unregister_write = self._on_no_write
+        self._wake_due = False  # a wake-up for packets queued by other threads is on its way
+        conn.wake_writer = self._wake_writer
 
     def _soon(self, fn: Callable[[], None]) -> None:
         if self.loop.is_closed():
@@ -682,6 +693,21 @@ class AsyncioPump:
                 self._writer = None
                 self.loop.remove_writer(sock)
         self._soon(no_write)
+
+    def _wake_writer(self) -> None:
+        """Another thread queued a packet: one loop round writes all queued by then."""
+        if self._wake_due:
+            return
+        self._wake_due = True
+        try:
+            self.loop.call_soon_threadsafe(self._write_queued)
+        except RuntimeError:  # the loop is closed: nothing is written any more
+            pass
+
+    def _write_queued(self) -> None:
+        self._wake_due = False  # first: a packet queued from here on wakes the loop again
+        if self._sock is not None and not self.stopped:
+            self.conn.loop_write()
 
     def _read(self) -> None:
         if self._sock is not None and not self.stopped:

@@ -24,6 +24,8 @@ class GroupCommit:
     _synced: int  # how far the current incarnation is on disk
     _syncing: bool  # an fdatasync is running outside the mutex
     _size: int  # how far the file is written
+    # threads waiting for the running sync, each with (incarnation, position, its lock)
+    _waiters: list[tuple[int, int, threading.Lock]]
 
     def _sync_start(self, gen: int, pos: int) -> int | None:
         """Mutex held, about to sync: the fd to sync, None when incarnation ``gen`` needs no
@@ -41,36 +43,76 @@ class GroupCommit:
     def _synced_to(self, target: int) -> None:
         """The current incarnation is on disk up to ``target`` (the condition's lock held)."""
 
+    def _wake(self, everyone: bool) -> None:
+        """The condition's lock held, no sync running: release the threads waiting for a sync
+        that now covers their bytes (all of them when ``everyone``: a new incarnation, a
+        failed sync), and one of the others, whose turn it is to run the next fdatasync.
+        Threads not woken stay asleep: a sync wakes only the ones it concerns."""
+        waiters = self._waiters
+        if not waiters:
+            return
+        if everyone:
+            self._waiters = []
+            for _g, _p, turn in waiters:
+                turn.release()
+            return
+        gen, synced, rest = self._gen, self._synced, []
+        for w in waiters:
+            if w[0] != gen or w[1] <= synced:
+                w[2].release()
+            else:
+                rest.append(w)
+        if rest:
+            rest.pop(0)[2].release()  # the next fdatasync is its to run
+        self._waiters = rest
+
     def _group_sync(self, gen: int, pos: int, linger: float) -> bool:
         """The bytes up to ``pos`` of incarnation ``gen`` on disk; True when this call ran the
         fdatasync. ``linger``: seconds the one that syncs waits first, so that the records of
         other writers under way join this fdatasync (PostgreSQL's ``commit_delay``)."""
-        while True:
-            with self._sync_cond:
-                while self._syncing and self._gen == gen and self._synced < pos:
-                    self._sync_cond.wait()
-                if self._gen == gen and self._synced >= pos:
-                    return False
-            # become the one that syncs: the fd and what it covers are read under the mutex,
-            # which is NOT held during the fdatasync (a compaction waiting for ``_syncing``
-            # to end holds the mutex, so nothing here may wait for it after ``_syncing``)
-            with self._mutex:
-                fd = self._sync_start(gen, pos)
-                if fd is None:
-                    return False
+        started = False
+        try:
+            while True:
                 with self._sync_cond:
-                    if self._syncing:
-                        continue  # another thread got there first: wait for its sync
-                    self._syncing = True
-                target = self._size
-            break
-        if linger > 0:
-            # the others append meanwhile; ``_size`` only ever covers written bytes, and
-            # nothing closes the fd while ``_syncing``
-            time.sleep(linger)
-            target = max(target, self._size) if self._gen == gen else target
+                    if self._gen == gen and self._synced >= pos:
+                        return False
+                    turn = None
+                    if self._syncing and self._gen == gen:
+                        turn = threading.Lock()
+                        turn.acquire()
+                        self._waiters.append((gen, pos, turn))
+                if turn is not None:
+                    turn.acquire()  # released by ``_wake``: covered, or this one syncs next
+                    continue
+                # become the one that syncs: the fd and what it covers are read under the
+                # mutex, which is NOT held during the fdatasync (a compaction waiting for
+                # ``_syncing`` to end holds the mutex, so nothing here may wait for it after
+                # ``_syncing``)
+                with self._mutex:
+                    fd = self._sync_start(gen, pos)
+                    if fd is None:
+                        return False
+                    with self._sync_cond:
+                        if self._syncing:
+                            continue  # another thread got there first: wait for its sync
+                        self._syncing = True
+                    target = self._size
+                started = True
+                break
+        finally:
+            if not started and self._waiters and not self._syncing:
+                # leaving without a sync (or raising) when it may have been this one's turn:
+                # the next waiter takes it
+                with self._sync_cond:
+                    if not self._syncing:
+                        self._wake(everyone=False)
         ok = False
         try:
+            if linger > 0:
+                # the others append meanwhile; ``_size`` only ever covers written bytes, and
+                # nothing closes the fd while ``_syncing``
+                time.sleep(linger)
+                target = max(target, self._size) if self._gen == gen else target
             try:
                 self._fdatasync(fd)
             except OSError as exc:
@@ -82,5 +124,6 @@ class GroupCommit:
                 if ok and self._gen == gen and target > self._synced:
                     self._synced = target
                     self._synced_to(target)
-                self._sync_cond.notify_all()
+                self._sync_cond.notify_all()  # ``_quiesce``
+                self._wake(everyone=not ok)
         return True

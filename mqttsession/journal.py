@@ -256,6 +256,7 @@ class Journal(GroupCommit):
         self._gen = 0
         self._synced = 0
         self._syncing = False
+        self._waiters = []
         self._sync_cond = threading.Condition(threading.Lock())
         self._write_lock = threading.Lock()  # a write, or the cut after a failed group sync
         self._lock_fd: int | None = None
@@ -463,6 +464,7 @@ class Journal(GroupCommit):
             self._gen += 1
             self._synced = synced
             self._sync_cond.notify_all()
+            self._wake(everyone=True)  # a new incarnation: each waiter looks again
 
     @_locked
     def fsync(self) -> None:

@@ -207,6 +207,7 @@ class SharedLog(GroupCommit):
         self._gen = 0  # the file's incarnation (a rotation starts a new one, synced whole)
         self._synced = 0
         self._syncing = False
+        self._waiters = []
         self._callers = 0  # sync_to calls under way
         self._broken = False
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
@@ -423,6 +424,7 @@ class SharedLog(GroupCommit):
             self._gen += 1
             self._synced = pos
             self._sync_cond.notify_all()
+            self._wake(everyone=True)  # a new incarnation: each waiter looks again
         try:
             self._fd = os.open(self.path, _OPEN)
         except OSError as exc:

@@ -154,7 +154,7 @@ def test_qos2_removal_is_in_the_file_when_on_message_in_returns(
     try:
         c.connect(proxy.host, proxy.port, timeout=TIMEOUT)
         c.subscribe(topic, 2)
-        time.sleep(0.2)
+        proxy.wait_for("s2c", "SUBACK")  # subscribed before anything is published
         _publish(mosquitto, topic, [("x", 2)])
         assert done.wait(TIMEOUT)
         pid = seen[0][1]
@@ -183,7 +183,7 @@ def test_manual_ack_client(
     try:
         c.connect(proxy.host, proxy.port, timeout=TIMEOUT)
         c.subscribe(topic, 2)
-        time.sleep(0.2)
+        proxy.wait_for("s2c", "SUBACK")  # subscribed before anything is published
         _publish(mosquitto, topic, [("a", 1), ("b", 1), ("c", 1), ("d", 2)])
         _wait(lambda: len(got) == 4, "4 deliveries")
         a, b, cc, d = sorted(got, key=lambda e: e.message)
@@ -224,7 +224,7 @@ def test_manual_ack_qos2_held_across_a_reconnect_is_delivered_once(
     try:
         c.connect(proxy.host, proxy.port, timeout=TIMEOUT)
         c.subscribe(topic, 2)
-        time.sleep(0.2)
+        proxy.wait_for("s2c", "SUBACK")  # subscribed before anything is published
         _publish(mosquitto, topic, [("q1", 1), ("q2", 2)])
         _wait(lambda: len(got) == 2, "2 deliveries")
         connects = len(proxy.packets("c2s", "CONNECT"))
@@ -343,10 +343,12 @@ def test_mesh_session_acks_what_the_application_took(
                           [("m1", 1), ("m2", 2), ("m3", 1), ("m4", 1)])
         _publish(mosquitto, topic, [("m5", 1)])
         proxy.wait_for("s2c", "PUBLISH", predicate=lambda r: r.payload == b"m5")
-        time.sleep(0.2)
         # m1..m3 queued, m4 waiting on the network thread for room: m5 is not read yet
-        assert [m.message for m in session.client.incoming_messages] == [
-            b"m1", b"m3", b"m4", b"m2"]
+        expected = [b"m1", b"m3", b"m4", b"m2"]
+        _wait(lambda: [m.message for m in session.client.incoming_messages] == expected,
+              "m1..m4 in the session")
+        time.sleep(0.2)  # m5 would show now
+        assert [m.message for m in session.client.incoming_messages] == expected
         m1 = session.receive(TIMEOUT)
         assert m1 is not None and m1.message == b"m1"
         assert not _acks(proxy, "PUBACK")

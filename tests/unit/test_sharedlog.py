@@ -235,6 +235,61 @@ def test_group_commit_across_sessions(shm: Path, monkeypatch: pytest.MonkeyPatch
     log.close()
 
 
+def test_writers_behind_a_running_sync_share_the_next_one(shm: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync wakes the writers it covers; the ones that wrote after it started wait for ONE
+    more fdatasync, run by one of them, and none returns before its bytes are on disk."""
+    log = SharedLog(str(shm))
+    views = {}
+    for cid in "abcd":
+        st_ = SessionState(client_id=cid, clean_session=False)
+        views[cid] = (log.session(cid), st_)
+        views[cid][0].compact(st_)
+    real = os.fdatasync
+    calls: list[int] = []
+    gates = [threading.Event(), threading.Event()]
+    entered = [threading.Event(), threading.Event()]
+
+    def stuck(fd: int) -> None:
+        n = len(calls)
+        calls.append(fd)
+        if n < 2:
+            entered[n].set()
+            gates[n].wait(30)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", stuck)
+    done: dict[str, bool] = {}  # the writers whose append returned
+
+    def write(cid: str) -> None:
+        view, state = views[cid]
+        rec = state.accept("t", cid.encode(), 1)
+        view.append([rec], state, sync=True)
+        done[cid] = True
+
+    first = threading.Thread(target=write, args=("a",))
+    first.start()
+    assert entered[0].wait(10)
+    rest = [threading.Thread(target=write, args=(c,)) for c in "bcd"]
+    for t in rest:
+        t.start()
+    deadline = time.monotonic() + 10
+    while log._callers < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    gates[0].set()
+    first.join(10)
+    assert not first.is_alive()
+    assert entered[1].wait(10)  # one of b, c, d syncs for the three
+    time.sleep(0.05)
+    assert all(t.is_alive() for t in rest)  # their bytes are not on disk yet
+    gates[1].set()
+    for t in rest:
+        t.join(10)
+    assert not any(t.is_alive() for t in rest)
+    assert len(calls) == 2 and sorted(done) == list("abcd")
+    log.close()
+
+
 def _two_sessions(shm: Path) -> tuple[SharedLog, tuple[SessionLog, SessionState],
                                       tuple[SessionLog, SessionState]]:
     """A log with sessions "a" and "b", each with an empty snapshot."""
