@@ -107,6 +107,9 @@ class Engine(Outgoing):
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
         self._last_server: str | None = None  # of the last accepted CONNACK
         self._moved_from: str | None = None  # this connection's server is another: the one before
+        # QoS 2 messages delivered at a move before their PUBREL, and removed once taken: the
+        # new server's resend of one (same id, topic and payload) is not a new message
+        self._released_early: dict[int, tuple[str, bytes]] = {}
 
     # ---------------------------------------------------------------- views
 
@@ -166,6 +169,7 @@ class Engine(Outgoing):
         self._early_lost = None
         if not session_present:
             self._unreleased, self._releasing = None, 0  # the broker holds no flow of ours
+            self._released_early.clear()
             # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
             # out of packet-id space now, durably, so that the new session's PUBLISH with the
             # same id is never taken for a duplicate of one of them [MQTT-4.3.3-10], whenever
@@ -203,6 +207,32 @@ class Engine(Outgoing):
         out += [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain,
                                      im.dup, im.properties))
                 for im in self.state.orphans if im.packet_id not in self._held]
+        if self.session_present and self._moved_from is not None:
+            out += self._deliver_unreleased()
+        return out
+
+    def _deliver_unreleased(self) -> list[Action]:
+        """Moved to another server that found the session (SessionPresent=1): the QoS 2
+        messages the server before sent (PUBREC answered, no PUBREL yet) are delivered now,
+        not on a PUBREL a cluster node may never send (aedes, BROKERS.md). Each is removed
+        once taken, as on a PUBREL (persistence point 4); its packet id stays known here, so
+        that the new server's resend (the same id, topic and payload) gets PUBREC only and its
+        PUBREL PUBCOMP only, never a second delivery [MQTT-4.3.3-10]. The spec allows delivery on
+        PUBLISH (method A); a process killed before the application took one waits for its
+        PUBREL again."""
+        out: list[Action] = []
+        for pid, im in sorted(self.state.incoming.items()):
+            if pid in self._held:
+                continue  # handed out already, not yet taken
+            event = MessageEvent(pid, im.topic, im.qos, im.payload, im.retain, im.dup,
+                                 im.properties)
+            self._held[pid] = _Held(event, pubcomp_due=False)
+            self._released_early[pid] = (im.topic, im.payload)
+            out.append(Deliver(event))
+        if out:
+            log.info("moved from %s to %s: %d incoming QoS 2 messages %s sent are delivered"
+                     " without waiting for their PUBREL", self._moved_from, self.broker,
+                     len(out), self._moved_from)
         return out
 
     def resume(self) -> list[Action]:
@@ -414,12 +444,25 @@ class Engine(Outgoing):
             return [Deliver(event)]
         # persistence point 3: stored before PUBREC; a duplicate is not stored or delivered
         # twice [MQTT-4.3.3-10]
+        out: list[Action] = []
+        early = self._released_early.pop(pid, None) if self._released_early else None
+        if early is not None:
+            if early == (topic, bytes(p.payload)):
+                # the resend of one delivered at a move (``_deliver_unreleased``): PUBREC only.
+                # By its content, not its DUP flag: aedes resends with DUP=0
+                self._released_early[pid] = early
+                return [Persist((), sync=True), self._ack(PacketType.PUBREC, pid)]
+            if pid in self.state.incoming:  # a new message under its id: that one is done
+                self._held.pop(pid, None)
+                out.append(Persist((self.state.release(pid)[1],), sync=True))
         rec = self.state.receive(pid, topic, p.payload, p.retain, p.dup, props)
-        out: list[Action] = [Persist((rec,), sync=True)] if rec is not None else [Persist((), sync=True)]
+        out.append(Persist((rec,), sync=True) if rec is not None else Persist((), sync=True))
         out.append(self._ack(PacketType.PUBREC, pid))
         return out
 
     def _pubrel(self, pid: int) -> list[Action]:
+        if self._released_early:
+            self._released_early.pop(pid, None)  # the flow ends here either way
         held = self._held.get(pid)
         if held is not None:
             held.pubcomp_due = True  # handed out before, not acknowledged: PUBCOMP at ack()
@@ -503,6 +546,7 @@ class Engine(Outgoing):
             log.info("saved session of %r has expired by this clock (MQTT 5); connecting with"
                      " Clean Start 0 all the same: SessionPresent decides", state.client_id)
         self.state = state
+        self._released_early.clear()  # of the session before
         self._recovered()
         self.restored_expired = expired
         self.subs.restored()

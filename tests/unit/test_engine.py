@@ -745,3 +745,72 @@ def test_failover_republish_only_for_qos1_on_another_server_when_set(n: int, to:
     got = [(p.dup, p.payload) for p in packets(out) if p.type == PacketType.PUBLISH]
     assert got == [(True, b"in-flight")]
     assert len(e.state.outgoing) == 1
+
+
+# ----------------------------------------- incoming QoS 2 held at a move to another server
+
+
+def _held_then_moved(to: str) -> tuple[Engine, list[Action]]:
+    """QoS 2 messages 7 and 8 received on "broker:1883" (PUBREC answered, no PUBREL); the
+    connection is lost and the next CONNACK (SessionPresent=1) comes from ``to``."""
+    e = connected()
+    e.receive(publish_in(7, 2, b"seven"))
+    e.receive(publish_in(8, 2, b"eight"))
+    e.connection_lost(0.0, 0, "gone")
+    e.reset()
+    e.connecting(to)
+    return e, (e.connack(0, "", True, 65535, None, 0.0) + e.lost_incoming() + e.resume())
+
+
+def test_held_qos2_is_delivered_at_a_move_and_once_only() -> None:
+    """A cluster node that never sends the PUBREL of a flow the node before began (aedes):
+    on another server the held messages are delivered without it, each removed once taken
+    (persistence point 4, no PUBCOMP: no PUBREL came); the new server's resend (the same id,
+    topic and payload, DUP=1 or, as aedes sends it, DUP=0) gets PUBREC only and its PUBREL
+    PUBCOMP only [MQTT-4.3.3-10]."""
+    e, out = _held_then_moved("other:1883")
+    delivered = [a.message for a in out if isinstance(a, Deliver)]
+    assert [(m.packet_id, m.message) for m in delivered] == [(7, b"seven"), (8, b"eight")]
+    acked, after = e.ack(delivered[0])
+    assert acked and not writes(after)  # no PUBCOMP: no PUBREL came
+    removal = after[index(after, Persist, record=Released)]
+    assert removal.records == (Released(7),) and removal.sync  # type: ignore[union-attr]
+    assert 7 not in e.state.incoming and 8 in e.state.incoming
+    for dup in (True, False):
+        resend = e.receive(publish_in(7, 2, b"seven", dup=dup))
+        assert not any(isinstance(a, Deliver) for a in resend)
+        assert [(p.type, p.packet_id) for p in packets(resend)] == [(PacketType.PUBREC, 7)]
+    assert 7 not in e.state.incoming
+    rel = e.receive(ack_in(PacketType.PUBREL, 7))
+    assert [(p.type, p.packet_id) for p in packets(rel)] == [(PacketType.PUBCOMP, 7)]
+    assert not any(isinstance(a, Deliver) for a in rel)
+    # message 8's PUBREL arrives before the application took it: PUBCOMP once it has
+    assert e.receive(ack_in(PacketType.PUBREL, 8)) == []
+    _acked, after8 = e.ack(delivered[1])
+    assert index(after8, Persist, record=Released) < index(after8, Write, kind=PacketType.PUBCOMP)
+    assert not e.state.incoming
+
+
+def test_a_new_message_under_an_id_delivered_at_a_move_is_a_new_message() -> None:
+    """After the move, a PUBLISH with the id of one delivered there but not a resend of it
+    (another payload) is a new message: stored and delivered on its PUBREL."""
+    e, out = _held_then_moved("other:1883")
+    d7, _d8 = [a.message for a in out if isinstance(a, Deliver)]
+    e.ack(d7)
+    new = e.receive(publish_in(7, 2, b"new seven"))
+    assert index(new, Persist, record=Received) < index(new, Write, kind=PacketType.PUBREC)
+    assert e.state.incoming[7].payload == b"new seven"
+    got = e.receive(ack_in(PacketType.PUBREL, 7))
+    assert [a.message.message for a in got if isinstance(a, Deliver)] == [b"new seven"]
+    # message 8 not yet taken, and a new message under its id (DUP=1, another payload)
+    other = e.receive(publish_in(8, 2, b"new eight", dup=True))
+    assert index(other, Persist, record=Released) < index(other, Persist, record=Received)
+    assert e.state.incoming[8].payload == b"new eight"
+
+
+def test_held_qos2_waits_for_its_pubrel_on_the_same_server() -> None:
+    e, out = _held_then_moved("broker:1883")
+    assert not any(isinstance(a, Deliver) for a in out)
+    assert set(e.state.incoming) == {7, 8}
+    got = e.receive(ack_in(PacketType.PUBREL, 7))
+    assert [a.message.message for a in got if isinstance(a, Deliver)] == [b"seven"]
