@@ -120,6 +120,7 @@ def incoming_to_obj(m: IncomingMessage) -> dict[str, Any]:
         "retain": m.retain,
         "dup": m.dup,
         "properties": _b64(m.properties),
+        **({"taken": True} if m.taken else {}),  # format 3, optional
     }
 
 
@@ -142,6 +143,7 @@ _OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans", "reserved"})
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
 _OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
+_IN_KEYS_TAKEN: Final = _IN_KEYS | {"taken"}
 _SUB_KEYS: Final = frozenset(("filter", "qos"))
 _MAX_SEQ: Final = 2**63 - 1
 
@@ -172,7 +174,8 @@ def _accepted_at(f: _Fields) -> float:
 
 
 def _incoming(obj: object, where: str) -> IncomingMessage:
-    f = _Fields(obj, where, _IN_KEYS)
+    taken = isinstance(obj, dict) and "taken" in obj  # optional: delivered ahead of PUBREL
+    f = _Fields(obj, where, _IN_KEYS_TAKEN if taken else _IN_KEYS)
     return IncomingMessage(
         packet_id=f.get_int("packet_id", 1, MAX_PACKET_ID),
         topic=f.get_str("topic", nonempty=True),
@@ -181,6 +184,7 @@ def _incoming(obj: object, where: str) -> IncomingMessage:
         retain=f.get_bool("retain"),
         dup=f.get_bool("dup"),
         properties=f.get_bytes("properties"),
+        taken=taken and f.get_bool("taken"),
     )
 
 

@@ -77,10 +77,12 @@ class _Owed:
 @dataclass
 class _Held:
     """A QoS 2 message delivered (on PUBREL) whose removal and PUBCOMP wait for ``ack()``;
-    ``pubcomp_due``: the current connection received its PUBREL."""
+    ``pubcomp_due``: the current connection received its PUBREL; ``early``: delivered ahead
+    of it, at a move (``Engine._deliver_unreleased``)."""
 
     event: MessageEvent
     pubcomp_due: bool
+    early: bool = False
 
 
 _ACKS: Final = frozenset({PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
@@ -107,9 +109,6 @@ class Engine(Outgoing):
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
         self._last_server: str | None = None  # of the last accepted CONNACK
         self._moved_from: str | None = None  # this connection's server is another: the one before
-        # QoS 2 messages delivered at a move before their PUBREL, and removed once taken: the
-        # new server's resend of one (same id, topic and payload) is not a new message
-        self._released_early: dict[int, tuple[str, bytes]] = {}
 
     # ---------------------------------------------------------------- views
 
@@ -169,7 +168,6 @@ class Engine(Outgoing):
         self._early_lost = None
         if not session_present:
             self._unreleased, self._releasing = None, 0  # the broker holds no flow of ours
-            self._released_early.clear()
             # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
             # out of packet-id space now, durably, so that the new session's PUBLISH with the
             # same id is never taken for a duplicate of one of them [MQTT-4.3.3-10], whenever
@@ -206,7 +204,7 @@ class Engine(Outgoing):
                 out.append(Persist((orphaned,), sync=True))
         out += [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain,
                                      im.dup, im.properties))
-                for im in self.state.orphans if im.packet_id not in self._held]
+                for im in self.state.orphans if im.packet_id not in self._held and not im.taken]
         if self.session_present and self._moved_from is not None:
             out += self._deliver_unreleased()
         return out
@@ -214,20 +212,19 @@ class Engine(Outgoing):
     def _deliver_unreleased(self) -> list[Action]:
         """Moved to another server that found the session (SessionPresent=1): the QoS 2
         messages the server before sent (PUBREC answered, no PUBREL yet) are delivered now,
-        not on a PUBREL a cluster node may never send (aedes, BROKERS.md). Each is removed
-        once taken, as on a PUBREL (persistence point 4); its packet id stays known here, so
-        that the new server's resend (the same id, topic and payload) gets PUBREC only and its
-        PUBREL PUBCOMP only, never a second delivery [MQTT-4.3.3-10]. The spec allows delivery on
-        PUBLISH (method A); a process killed before the application took one waits for its
-        PUBREL again."""
+        not on a PUBREL a cluster node may never send (aedes, BROKERS.md). Once the application
+        took one, ``Taken`` is durable and the message stays, holding its packet id, until the
+        PUBREL (then removed, then PUBCOMP: point 4): the new server's resend of it gets PUBREC
+        only, never a second delivery [MQTT-4.3.3-10], also after a restart. The spec allows
+        delivery on PUBLISH (method A); a process killed before the application took one
+        delivers it again at the next move, or on its PUBREL."""
         out: list[Action] = []
         for pid, im in sorted(self.state.incoming.items()):
-            if pid in self._held:
-                continue  # handed out already, not yet taken
+            if pid in self._held or im.taken:
+                continue  # handed out already
             event = MessageEvent(pid, im.topic, im.qos, im.payload, im.retain, im.dup,
                                  im.properties)
-            self._held[pid] = _Held(event, pubcomp_due=False)
-            self._released_early[pid] = (im.topic, im.payload)
+            self._held[pid] = _Held(event, pubcomp_due=False, early=True)
             out.append(Deliver(event))
         if out:
             log.info("moved from %s to %s: %d incoming QoS 2 messages %s sent are delivered"
@@ -248,6 +245,7 @@ class Engine(Outgoing):
         out: list[Action] = []
         lost, early, self._early_lost = plan.lost, self._early_lost, None
         orphans, released = st.release_orphans()  # delivered by lost_incoming
+        orphans = tuple(im for im in orphans if not im.taken)  # (taken before: not again)
         if early is not None:  # the outgoing part was reset at CONNACK: report it all
             lost = SessionLost(early.republished, early.dropped, early.queued, orphans,
                                early.resubscribed, early.possible_duplicates)
@@ -445,14 +443,12 @@ class Engine(Outgoing):
         # persistence point 3: stored before PUBREC; a duplicate is not stored or delivered
         # twice [MQTT-4.3.3-10]
         out: list[Action] = []
-        early = self._released_early.pop(pid, None) if self._released_early else None
-        if early is not None:
-            if early == (topic, bytes(p.payload)):
-                # the resend of one delivered at a move (``_deliver_unreleased``): PUBREC only.
-                # By its content, not its DUP flag: aedes resends with DUP=0
-                self._released_early[pid] = early
-                return [Persist((), sync=True), self._ack(PacketType.PUBREC, pid)]
-            if pid in self.state.incoming:  # a new message under its id: that one is done
+        im = self.state.incoming.get(pid) if self.state.incoming else None
+        if im is not None and (im.topic != topic or im.payload != p.payload):
+            h = self._held.get(pid)
+            if im.taken or (h is not None and h.early):
+                # a new message under the id of one delivered at a move: the server forgot
+                # that flow (a resend is the same message; aedes sends it with DUP=0)
                 self._held.pop(pid, None)
                 out.append(Persist((self.state.release(pid)[1],), sync=True))
         rec = self.state.receive(pid, topic, p.payload, p.retain, p.dup, props)
@@ -461,8 +457,6 @@ class Engine(Outgoing):
         return out
 
     def _pubrel(self, pid: int) -> list[Action]:
-        if self._released_early:
-            self._released_early.pop(pid, None)  # the flow ends here either way
         held = self._held.get(pid)
         if held is not None:
             held.pubcomp_due = True  # handed out before, not acknowledged: PUBCOMP at ack()
@@ -470,6 +464,9 @@ class Engine(Outgoing):
         im = self.state.incoming.get(pid)
         if im is None:
             return [self._ack(PacketType.PUBCOMP, pid)]  # delivered before a crash: PUBCOMP only
+        if im.taken:  # delivered at a move and taken: removed (point 4), then PUBCOMP
+            return [Persist((self.state.release(pid)[1],), sync=True),
+                    self._ack(PacketType.PUBCOMP, pid)]
         event = MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup,
                              im.properties)
         self._held[pid] = _Held(event, pubcomp_due=True)
@@ -499,7 +496,10 @@ class Engine(Outgoing):
             if h is not None and (by_id or h.event is message):
                 del self._held[pid]
                 acked = True
-                if pid in self.state.incoming:
+                if h.early and not h.pubcomp_due and pid in self.state.incoming:
+                    # taken ahead of its PUBREL: its id stays held until then
+                    out.append(Persist((self.state.take(pid),), sync=True))
+                elif pid in self.state.incoming:
                     _, rec = self.state.release(pid)
                     out.append(Persist((rec,), sync=True))  # persistence point 4
                 if h.pubcomp_due and self._live:
@@ -546,7 +546,6 @@ class Engine(Outgoing):
             log.info("saved session of %r has expired by this clock (MQTT 5); connecting with"
                      " Clean Start 0 all the same: SessionPresent decides", state.client_id)
         self.state = state
-        self._released_early.clear()  # of the session before
         self._recovered()
         self.restored_expired = expired
         self.subs.restored()

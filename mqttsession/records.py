@@ -23,7 +23,7 @@ from .errors import StateError
 
 __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
-    "Stepped", "Received", "Released", "Subscribed", "Unsubscribed", "Connected",
+    "Stepped", "Received", "Released", "Taken", "Subscribed", "Unsubscribed", "Connected",
     "SessionReset", "Disconnected", "Activity", "Spooled", "Loaded", "Orphaned",
     "OrphansReleased", "Reserved", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record",
@@ -117,7 +117,9 @@ class OutgoingMessage:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
-    """A QoS 2 message received and answered with PUBREC, awaiting PUBREL."""
+    """A QoS 2 message received and answered with PUBREC, awaiting PUBREL. ``taken``: the
+    application took it ahead of its PUBREL (delivered at a move to another server,
+    ``Engine._deliver_unreleased``); it stays only to hold its packet id until that PUBREL."""
 
     packet_id: int
     topic: str
@@ -126,6 +128,7 @@ class IncomingMessage:
     retain: bool = False
     dup: bool = False
     properties: bytes = b""
+    taken: bool = False
 
 
 # --------------------------------------------------------------------------- records
@@ -175,6 +178,15 @@ class Received:
 @dataclass(frozen=True, slots=True)
 class Released:
     """An incoming QoS 2 message was delivered on PUBREL and leaves the session (point 4)."""
+
+    packet_id: int
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """An incoming QoS 2 message delivered ahead of its PUBREL was taken by the application:
+    not delivered again; its packet id stays held until the PUBREL (point 4)."""
 
     packet_id: int
 
@@ -288,6 +300,7 @@ Record = Union[
     Stepped,
     Received,
     Released,
+    Taken,
     Subscribed,
     Unsubscribed,
     Connected,
@@ -389,6 +402,8 @@ KINDS: Final[dict[type, Kind]] = {
             f.get_bytes("properties")))),
     Released: Kind("L", ("packet_id",), _no_json,
                    lambda f: Released(f.get_int("packet_id", 1, MAX_PACKET_ID))),
+    Taken: Kind("H", ("packet_id",), lambda r: [r.packet_id],
+                lambda f: Taken(f.get_int("packet_id", 1, MAX_PACKET_ID))),
     Subscribed: Kind("U", ("filter", "qos"), lambda r: [r.topic_filter, r.qos],
                      lambda f: Subscribed(f.get_str("filter", nonempty=True), f.get_int("qos", 0, 2))),
     Unsubscribed: Kind("X", ("filter",), lambda r: [r.topic_filter],

@@ -51,6 +51,7 @@ from .records import (
     OrphansReleased,
     Stepped,
     Subscribed,
+    Taken,
     Unsubscribed,
 )
 
@@ -73,6 +74,7 @@ __all__ = [
     "Stepped",
     "Received",
     "Released",
+    "Taken",
     "Subscribed",
     "Unsubscribed",
     "Connected",
@@ -564,6 +566,13 @@ class SessionState:
         rec = Released(packet_id)
         self.apply(rec)
         return msg, rec
+
+    def take(self, packet_id: int) -> Taken:
+        """A held incoming QoS 2 message delivered ahead of its PUBREL was taken by the
+        application: it is not delivered again; its packet id stays held until PUBREL."""
+        rec = Taken(packet_id)
+        self.apply(rec)
+        return rec
 
     def orphan(self) -> Orphaned | None:
         """SessionPresent=0: the incoming QoS 2 messages leave packet-id space (None: none)."""

@@ -65,6 +65,7 @@ from .records import (
     Phase,
     Received,
     Released,
+    Taken,
     Reserved,
     SessionReset,
     Spooled,
@@ -264,6 +265,14 @@ def _apply_released(st: SessionState, rec: Released) -> None:
     del st.incoming[rec.packet_id]
 
 
+def _apply_taken(st: SessionState, rec: Taken) -> None:
+    m = st.incoming.get(rec.packet_id)
+    if m is None or m.taken:
+        raise TransitionError(f"incoming packet id {rec.packet_id} taken, but it is not held"
+                              " untaken")
+    st.incoming[rec.packet_id] = replace(m, taken=True)
+
+
 def _apply_subscribed(st: SessionState, rec: Subscribed) -> None:
     try:
         validate_filter(rec.topic_filter)
@@ -360,6 +369,7 @@ APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     Stepped: _apply_stepped,
     Received: _apply_received,
     Released: _apply_released,
+    Taken: _apply_taken,
     Subscribed: _apply_subscribed,
     Unsubscribed: _apply_unsubscribed,
     Connected: _apply_connected,

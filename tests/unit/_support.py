@@ -121,6 +121,7 @@ def incoming_dicts(draw: st.DrawFn, max_size: int = 4) -> dict[int, IncomingMess
             retain=draw(st.booleans()),
             dup=draw(st.booleans()),
             properties=draw(st.binary(max_size=12)),
+            taken=draw(st.booleans()),
         )
         for pid in sorted(pids)
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mqttsession import _wire
+from mqttsession import _wire, codec
 from mqttsession._wire import Packet, PacketType
 from mqttsession.engine import (
     SUBSCRIBE_TRIES,
@@ -42,6 +42,7 @@ from mqttsession.state import (
     SessionReset,
     SessionState,
     Stepped,
+    Taken,
     Unsubscribed,
 )
 
@@ -764,26 +765,26 @@ def _held_then_moved(to: str) -> tuple[Engine, list[Action]]:
 
 def test_held_qos2_is_delivered_at_a_move_and_once_only() -> None:
     """A cluster node that never sends the PUBREL of a flow the node before began (aedes):
-    on another server the held messages are delivered without it, each removed once taken
-    (persistence point 4, no PUBCOMP: no PUBREL came); the new server's resend (the same id,
-    topic and payload, DUP=1 or, as aedes sends it, DUP=0) gets PUBREC only and its PUBREL
-    PUBCOMP only [MQTT-4.3.3-10]."""
+    on another server the held messages are delivered without it. Once the application took
+    one, ``Taken`` is durable and the message keeps its packet id: the new server's resend
+    (the same id, topic and payload, DUP=1 or, as aedes sends it, DUP=0) gets PUBREC only,
+    its PUBREL the removal (point 4) and then PUBCOMP [MQTT-4.3.3-10]."""
     e, out = _held_then_moved("other:1883")
     delivered = [a.message for a in out if isinstance(a, Deliver)]
     assert [(m.packet_id, m.message) for m in delivered] == [(7, b"seven"), (8, b"eight")]
     acked, after = e.ack(delivered[0])
     assert acked and not writes(after)  # no PUBCOMP: no PUBREL came
-    removal = after[index(after, Persist, record=Released)]
-    assert removal.records == (Released(7),) and removal.sync  # type: ignore[union-attr]
-    assert 7 not in e.state.incoming and 8 in e.state.incoming
+    taken = after[index(after, Persist, record=Taken)]
+    assert taken.records == (Taken(7),) and taken.sync  # type: ignore[union-attr]
+    assert e.state.incoming[7].taken and not e.state.incoming[8].taken
     for dup in (True, False):
         resend = e.receive(publish_in(7, 2, b"seven", dup=dup))
         assert not any(isinstance(a, Deliver) for a in resend)
         assert [(p.type, p.packet_id) for p in packets(resend)] == [(PacketType.PUBREC, 7)]
-    assert 7 not in e.state.incoming
     rel = e.receive(ack_in(PacketType.PUBREL, 7))
-    assert [(p.type, p.packet_id) for p in packets(rel)] == [(PacketType.PUBCOMP, 7)]
     assert not any(isinstance(a, Deliver) for a in rel)
+    assert index(rel, Persist, record=Released) < index(rel, Write, kind=PacketType.PUBCOMP)
+    assert 7 not in e.state.incoming
     # message 8's PUBREL arrives before the application took it: PUBCOMP once it has
     assert e.receive(ack_in(PacketType.PUBREL, 8)) == []
     _acked, after8 = e.ack(delivered[1])
@@ -791,21 +792,45 @@ def test_held_qos2_is_delivered_at_a_move_and_once_only() -> None:
     assert not e.state.incoming
 
 
+def test_a_taken_message_is_not_delivered_again_after_a_restart() -> None:
+    """kill -9 after the application took a message delivered at a move: the restarted
+    session still holds its id (``taken``), so the server's resend is not a new message."""
+    e, out = _held_then_moved("other:1883")
+    d7 = next(a.message for a in out if isinstance(a, Deliver))
+    e.ack(d7)
+    state = codec.decode(codec.encode(e.state))  # what the file holds
+    assert state.incoming[7].taken and not state.incoming[8].taken
+    again = Engine(EngineSettings(), state)
+    again.connecting("other:1883")
+    resumed = again.connack(0, "", True, 65535, None, 0.0) + again.lost_incoming() + again.resume()
+    assert not any(isinstance(a, Deliver) for a in resumed)  # not a move for a new process
+    resend = again.receive(publish_in(7, 2, b"seven"))
+    assert not any(isinstance(a, Deliver) for a in resend)
+    rel = again.receive(ack_in(PacketType.PUBREL, 7))
+    assert not any(isinstance(a, Deliver) for a in rel)
+    assert [(p.type, p.packet_id) for p in packets(rel)] == [(PacketType.PUBCOMP, 7)]
+    got = again.receive(ack_in(PacketType.PUBREL, 8))  # not taken: delivered on its PUBREL
+    assert [a.message.message for a in got if isinstance(a, Deliver)] == [b"eight"]
+
+
 def test_a_new_message_under_an_id_delivered_at_a_move_is_a_new_message() -> None:
     """After the move, a PUBLISH with the id of one delivered there but not a resend of it
-    (another payload) is a new message: stored and delivered on its PUBREL."""
+    (another topic or payload: the server forgot that flow) is a new message: the old one is
+    removed first, the new one stored and delivered on its PUBREL."""
     e, out = _held_then_moved("other:1883")
     d7, _d8 = [a.message for a in out if isinstance(a, Deliver)]
     e.ack(d7)
     new = e.receive(publish_in(7, 2, b"new seven"))
+    assert index(new, Persist, record=Released) < index(new, Persist, record=Received)
     assert index(new, Persist, record=Received) < index(new, Write, kind=PacketType.PUBREC)
-    assert e.state.incoming[7].payload == b"new seven"
+    assert e.state.incoming[7].payload == b"new seven" and not e.state.incoming[7].taken
     got = e.receive(ack_in(PacketType.PUBREL, 7))
     assert [a.message.message for a in got if isinstance(a, Deliver)] == [b"new seven"]
-    # message 8 not yet taken, and a new message under its id (DUP=1, another payload)
+    # message 8 handed out, not yet taken, and a new message under its id
     other = e.receive(publish_in(8, 2, b"new eight", dup=True))
     assert index(other, Persist, record=Released) < index(other, Persist, record=Received)
     assert e.state.incoming[8].payload == b"new eight"
+    assert e.ack(_d8) == (False, [])  # that event is over
 
 
 def test_held_qos2_waits_for_its_pubrel_on_the_same_server() -> None:

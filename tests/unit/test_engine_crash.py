@@ -68,6 +68,7 @@ from mqttsession.state import (
     SessionState,
     Spooled,
     Stepped,
+    Taken,
     id_range,
 )
 from mqttsession.store import MemoryStore
@@ -81,6 +82,7 @@ SETTINGS = settings(
 )
 
 ACKS = (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBCOMP)
+NODES = ["model:1883", "other:1883"]  # the model broker's two cluster nodes
 
 # The machine steers clear of the engine bug the xfail test below pins down (so it keeps guarding
 # everything else): no crash between a SessionPresent=0 CONNACK's Connected record and the reset
@@ -115,10 +117,13 @@ class _Out:
     payload: bytes
     qos: int
     released: bool = False
+    node: str = NODES[0]  # the cluster node that sent it last
 
 
 class ModelBroker:
-    """The broker's session for the one client id, and its subscribers' view."""
+    """The broker's session for the one client id, and its subscribers' view. It is a cluster
+    of two nodes (``NODES``) sharing the session, the way aedes' nodes behave: a node never
+    sends the PUBREL of a flow the other node began, and resends a PUBLISH with DUP=0."""
 
     def __init__(self, protocol: int) -> None:
         self.protocol = protocol
@@ -131,14 +136,17 @@ class ModelBroker:
         self.sent: dict[bytes, int] = {}  # messages it sent the client -> QoS
         self.forgotten: set[bytes] = set()  # of those, lost with a forgotten session
         self.online = False
+        self.node = NODES[0]  # the node of the current (or last) connection
         self.replies: dict[PacketType, deque[bytes]] = {k: deque() for k in ACKS}
         self.q1_order: list[int] = []  # QoS 1 PUBLISHes sent on this connection
         self.q1_acked: set[int] = set()
         self.seen: set[bytes] = set()  # client PUBLISHes read on this connection
         self.last_seen = 0  # the publish number of the latest first-seen one
 
-    def connect(self, forget: bool) -> tuple[bool, list[bytes]]:
-        """A CONNECT (CleanSession=0): SessionPresent, and the resends that follow CONNACK."""
+    def connect(self, forget: bool, node: str = "") -> tuple[bool, list[bytes]]:
+        """A CONNECT (CleanSession=0) to ``node``: SessionPresent, and the resends that follow
+        CONNACK."""
+        node = node or NODES[0]
         present = self.has_session and not forget
         if not present:
             self.forgotten |= {o.payload for o in self.outbound.values()}
@@ -147,6 +155,7 @@ class ModelBroker:
             self.last_pid = 0  # a new session numbers from 1 again
             self.has_session = True
         self.online = True
+        self.node = node
         for q in self.replies.values():
             q.clear()
         self.q1_order, self.q1_acked = [], set()
@@ -154,9 +163,12 @@ class ModelBroker:
         resends = []
         for o in self.outbound.values():  # [MQTT-4.4.0-1], in order [MQTT-4.6.0-1]
             if o.released:
-                resends.append(_wire.encode_ack(PacketType.PUBREL, o.pid, protocol=self.protocol))
+                if o.node == node:  # the other node never sends it (aedes)
+                    resends.append(_wire.encode_ack(PacketType.PUBREL, o.pid,
+                                                    protocol=self.protocol))
             else:
-                resends.append(self._publish(o, dup=True))
+                resends.append(self._publish(o, dup=o.node == node))  # aedes: DUP=0
+                o.node = node
         return present, resends
 
     def disconnect(self) -> None:
@@ -178,7 +190,7 @@ class ModelBroker:
             if pid not in self.outbound:
                 break
         self.last_pid = pid
-        o = _Out(pid, payload, qos)
+        o = _Out(pid, payload, qos, node=self.node)
         self.outbound[pid] = o
         self.sent[payload] = qos
         return self._publish(o, dup=False)
@@ -229,6 +241,7 @@ class ModelBroker:
             o = self.outbound.get(pid)
             if o is not None and o.qos == 2:
                 o.released = True
+                o.node = self.node
             return [_wire.encode_ack(PacketType.PUBREL, pid, protocol=self.protocol)]
         elif p.type is PacketType.PUBCOMP:
             o = self.outbound.get(pid)
@@ -395,7 +408,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
                     self.order.append(rec.message.payload)
                 elif isinstance(rec, Reserved):
                     assert a.sync and a.force, "a reservation is synced at once"
-                elif isinstance(rec, Released):
+                elif isinstance(rec, (Released, Taken)):  # Taken: delivered at a move
                     assert a.sync, "a released incoming message must be synced (point 4)"
                     self.app.removed(rec.packet_id)
                 elif isinstance(rec, SessionReset):
@@ -636,21 +649,23 @@ class EngineCrashMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------------- network and broker
 
     @precondition(lambda self: not self.online)
-    @rule(forget=st.sampled_from([False, False, True]))
-    def connect(self, forget: bool) -> None:
+    @rule(forget=st.sampled_from([False, False, True]), node=st.sampled_from(NODES + NODES[:1]))
+    def connect(self, forget: bool, node: str) -> None:
         with self.step():
-            self.do_connect(forget)
+            self.do_connect(forget, node)
 
-    def do_connect(self, forget: bool) -> None:
+    def do_connect(self, forget: bool, node: str = NODES[0]) -> None:
+        """A connection to ``node`` of the broker (the other one: the client moved there, and
+        delivers at once the QoS 2 messages it holds, ``Engine._deliver_unreleased``)."""
         self.now += 1.0
         self.run(self.engine.reset())
-        self.engine.connecting("model:1883")
+        self.engine.connecting(node)
         if self.crash_in == 0:
             # dying before the CONNACK is read is dying before the CONNECT was sent: a broker
             # that forgot the session would answer the next CONNECT SessionPresent=1 (its new
             # session), which no client can tell from the old one
             raise _Crash
-        present, resends = self.broker.connect(forget)
+        present, resends = self.broker.connect(forget, node)
         if not present:  # past PUBREC: republished, a possible duplicate (state.py)
             self.possible_dups = {m.payload for m in self.engine.state.outgoing.values()
                                   if m.phase is Phase.AWAIT_PUBCOMP}
@@ -680,14 +695,14 @@ class EngineCrashMachine(RuleBasedStateMachine):
             self.run(self.engine.connection_lost(self.now, 0, "model drop"))
 
     @precondition(lambda self: self.online)
-    @rule(forget=st.sampled_from([False, False, True]))
-    def reconnect(self, forget: bool) -> None:
+    @rule(forget=st.sampled_from([False, False, True]), node=st.sampled_from(NODES + NODES[:1]))
+    def reconnect(self, forget: bool, node: str) -> None:
         """A drop and a new connection in one step (the broker may restart without the session)."""
         with self.step():
             self.drop_network()
             self.now += 1.0
             self.run(self.engine.connection_lost(self.now, 0, "model drop"))
-            self.do_connect(forget)
+            self.do_connect(forget, node)
 
     @precondition(lambda self: self.online and bool(self.c2b))
     @rule(n=st.integers(1, 4))
@@ -812,13 +827,19 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.crash_in = None
         if self.held:
             self.group_sync()
-        for _ in range(20):
-            if not self.online:
-                self.do_connect(False)
-            self.now += 1.0
-            self.run(self.engine.tick(self.now, self.now))
-            if not self.exchange(acks=True):
-                break
+        # each node in turn, the last one first: a node sends the PUBRELs of its own flows only
+        for node in [self.broker.node] + [n for n in NODES if n != self.broker.node]:
+            if self.online and self.broker.node != node:
+                self.drop_network()
+                self.now += 1.0
+                self.run(self.engine.connection_lost(self.now, 0, "model drop"))
+            for _ in range(20):
+                if not self.online:
+                    self.do_connect(False, node)
+                self.now += 1.0
+                self.run(self.engine.tick(self.now, self.now))
+                if not self.exchange(acks=True):
+                    break
         lost = self.promised - set(self.broker.delivered)
         # interval: only what power cuts took of the messages published since the last sync;
         # nothing published after a restart

@@ -1,5 +1,6 @@
 """Journal records: binary Accepted / Stepped / Received / Released round trips, format-1
-JSON still read, bad bytes refused."""
+JSON still read, bad bytes refused; Taken (an incoming QoS 2 message delivered ahead of its
+PUBREL)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from mqttsession.state import (
     Released,
     SessionState,
     Stepped,
+    Taken,
 )
+from mqttsession.errors import TransitionError
 
 from ._support import FAST
 
@@ -123,3 +126,27 @@ def test_the_fast_constructors_belong_to_their_module() -> None:
         assert cls.__init__.__module__ == cls.__module__, cls
     plain = pydoc.plaintext  # type: ignore[attr-defined]  # (not in typeshed)
     assert "ConnectedEvent" in pydoc.render_doc(events_mod.ConnectedEvent, renderer=plain)
+
+
+@FAST
+@given(st.integers(1, MAX_PACKET_ID))
+def test_taken_records_round_trip(pid: int) -> None:
+    rec = Taken(pid)
+    assert codec.decode_record(codec.encode_record(rec)) == rec
+
+
+def test_taken_keeps_the_message_and_its_id_until_released() -> None:
+    s = SessionState()
+    s.configure(client_id="c", clean_session=False)
+    s.receive(5, "in/t", b"x")
+    with pytest.raises(TransitionError):
+        s.apply(Taken(6))  # not held
+    assert s.take(5) == Taken(5)
+    assert s.incoming[5].taken and s.incoming[5].payload == b"x"
+    assert s.receive(5, "in/t", b"x") is None  # its resend is a duplicate
+    with pytest.raises(TransitionError):
+        s.apply(Taken(5))  # taken once
+    again = codec.decode(codec.encode(s))
+    assert again.incoming[5].taken
+    s.release(5)
+    assert not s.incoming
