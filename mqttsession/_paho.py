@@ -6,6 +6,10 @@ is decoded by ``_wire`` and handed to ``Hooks._hook_packet`` (the Client, which 
 and the packets the engine returns are queued as the bytes ``_wire`` made (``write``), so paho's
 ``_out_messages`` / ``_in_messages`` stay empty and MQTT 5 properties stay packed end to end.
 
+Received bytes are read with few large ``recv`` calls and split into packets here (paho's own
+reader makes three calls a packet, each handing the GIL to another thread and back); paho's
+handler still gets the packets that are not the session's (CONNACK, PINGRESP, DISCONNECT, AUTH).
+
 Acknowledgements written while a read batch is handled wait for the batch's end, after
 ``Hooks._hook_batch_end`` made the records they depend on durable (one fsync for the batch).
 A gateway's connection does not wait for that fsync on its loop: the hook hands back a future,
@@ -23,6 +27,7 @@ import concurrent.futures
 import logging
 import ssl
 import threading
+import time
 from typing import Any, Callable, Final, Protocol
 
 import paho.mqtt.client as mqtt
@@ -54,7 +59,9 @@ _SESSION_PACKETS: Final = frozenset({
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _Held = tuple[int, bytes, int, int]  # a packet held back: kind, bytes, packet id, QoS
-_READ_BATCH: Final = 64  # packets read per network-loop round at most
+_READ_BATCH: Final = 64  # packets read per network-loop round at most (a whole recv more)
+_RECV_BYTES: Final = 65536  # asked of one recv call
+_time_func: Final = getattr(mqtt, "time_func", time.monotonic)  # paho's keep-alive clock
 _CLOSED_ON_PURPOSE: Final = (  # paho states after disconnect()
     _ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED,
 )
@@ -227,6 +234,8 @@ class PahoConnection(mqtt.Client):
         self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
         self._epoch = 0  # network connections made: a sync done after a reconnect writes nothing
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
+        self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
+        self._rsock: Any = None  # the socket they came from
         self.loop_thread: threading.Thread | None = None  # an AsyncioPump's, in its own thread
         # an AsyncioPump's: has the loop write what other threads queued (coalesced)
         self.wake_writer: Callable[[], None] | None = None
@@ -515,22 +524,94 @@ class PahoConnection(mqtt.Client):
             self._after_sync.clear()
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
-        for _ in range(max(max_packets, _READ_BATCH)):
-            if self._sock is None:  # noqa: SLF001
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            if self.reading_paused:
+        """Read what the socket holds with few large ``recv`` calls and handle every complete
+        packet in it. paho's own reader makes three ``recv`` calls a packet (type byte, length,
+        body): each a system call that hands the GIL to the publishing thread and back."""
+        sock = self._sock  # noqa: SLF001
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        if self._rsock is not sock:  # a new network connection: nothing of the old one's
+            self._rsock, self._rbuf = sock, bytearray()
+        bound, handled = max(max_packets, _READ_BATCH), 0
+        while True:
+            if self._rbuf:
+                rc, n = self._handle_buffered(sock)
+                handled += n
+                if rc != _OK:
+                    return self._loop_rc_handle(rc)  # noqa: SLF001
+                if self._sock is not sock:  # noqa: SLF001  (a handler closed it)
+                    return _OK
+            if self.reading_paused or handled >= bound:
                 return _OK
-            rc = self._packet_read()  # noqa: SLF001
-            if rc > 0:
-                return self._loop_rc_handle(rc)  # noqa: SLF001
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+            try:
+                data = self._sock_recv(_RECV_BYTES)  # noqa: SLF001
+            except BlockingIOError:
                 return _OK
-        return _OK
+            except OSError as err:  # TimeoutError, ConnectionError (no socket) among them
+                log.debug("failed to receive on socket: %s", err)
+                return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+            if not data:
+                return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+            with self._msgtime_mutex:  # noqa: SLF001  (paho's keep-alive reads it)
+                self._last_bytes_received = _time_func()  # noqa: SLF001
+            self._rbuf += data
+
+    def _handle_buffered(self, sock: Any) -> tuple[MQTTErrorCode, int]:
+        """Handle the complete packets at the head of the read buffer (all of them unless
+        reading is paused or a handler closed the connection); keep a partial one."""
+        buf = self._rbuf
+        pos, end, n, rc = 0, len(buf), 0, _OK
+        try:
+            while end - pos >= 2:
+                first, length, i = buf[pos], buf[pos + 1], pos + 2
+                if length & 0x80:  # a Remaining Length of more than one byte [MQTT-1.5.5]
+                    length &= 0x7F
+                    shift = 7
+                    while True:
+                        if i >= end:
+                            return rc, n  # the length itself is not all here yet
+                        b = buf[i]
+                        i += 1
+                        length |= (b & 0x7F) << shift
+                        if not b & 0x80:
+                            break
+                        shift += 7
+                        if shift > 21:
+                            return self._violation(
+                                0x81, "a Remaining Length of more than four bytes"), n
+                if end - i < length:
+                    return rc, n  # the rest of this packet is still on its way
+                pos = i + length
+                n += 1
+                kind = first >> 4
+                if (length == 2 and kind in _ACK_TYPES and self._connack_seen
+                        and first & 0x0F == (2 if kind == PacketType.PUBREL else 0)):
+                    # the usual ack is the packet id alone (3.1.1 always, 5 on success without
+                    # properties [MQTT 5 3.4.2.1]): no general decode for it
+                    try:
+                        self.hooks._hook_ack(_ACK_TYPES[kind], buf[i] << 8 | buf[i + 1])
+                    except Exception as exc:  # a hook must never kill paho's network thread
+                        self._hook_failed(exc, f"handling a {PacketType(kind).name} packet")
+                        return _DROP, n
+                else:
+                    rc = self._handle(first, bytes(buf[i:pos]))
+                    if rc != _OK:
+                        return rc, n
+                if self._sock is not sock or self.reading_paused:  # noqa: SLF001
+                    return rc, n
+            return rc, n
+        finally:
+            if self._sock is not sock:  # noqa: SLF001
+                self._rbuf = bytearray()
+            elif pos:
+                del buf[:pos]
 
     def _packet_handle(self) -> MQTTErrorCode:  # noqa: SLF001
-        pkt = self._in_packet  # noqa: SLF001
-        first: int = pkt["command"]
-        body: bytes | bytearray = pkt["packet"]
+        pkt = self._in_packet  # noqa: SLF001  (paho's reader; ours is _read_batch)
+        return self._handle(pkt["command"], bytes(pkt["packet"]))
+
+    def _handle(self, first: int, body: bytes) -> MQTTErrorCode:
+        """One whole packet received: the session's to the hooks, the rest to paho."""
         kind = first >> 4
         if kind != PacketType.CONNACK and not self._connack_seen:
             name = PacketType(kind).name if kind else f"type {kind}"
@@ -539,20 +620,18 @@ class PahoConnection(mqtt.Client):
         try:
             if len(body) == 2 and first & 0x0F == (2 if kind == PacketType.PUBREL else 0) \
                     and kind in _ACK_TYPES:
-                # the usual ack is the packet id alone (3.1.1 always, 5 on success without
-                # properties [MQTT 5 3.4.2.1]): no general decode for it
                 self.hooks._hook_ack(_ACK_TYPES[kind], body[0] << 8 | body[1])
                 return _OK
             if kind != PacketType.CONNACK and kind not in _SESSION_PACKETS:
-                return super()._packet_handle()  # noqa: SLF001  (PINGRESP, DISCONNECT, AUTH)
-            p = _wire.decode(first, bytes(body), self._level)
+                return self._paho_handle(first, body)  # PINGRESP, DISCONNECT, AUTH
+            p = _wire.decode(first, body, self._level)
         except MalformedPacket as exc:
             return self._violation(0x81, str(exc))
         except Exception as exc:  # a hook must never kill paho's network thread
             self._hook_failed(exc, f"handling a {PacketType(kind).name} packet")
             return _DROP
         if p.type is PacketType.CONNACK:
-            return self._connack(p)
+            return self._connack(p, first, body)
         try:
             self.hooks._hook_packet(p)
         except Exception as exc:  # a hook must never kill paho's network thread
@@ -560,7 +639,22 @@ class PahoConnection(mqtt.Client):
             return _DROP
         return _OK
 
-    def _connack(self, c: Packet) -> MQTTErrorCode:
+    def _paho_handle(self, first: int, body: bytes) -> MQTTErrorCode:
+        """paho's own handler for a packet that is not the session's, given as paho's reader
+        would have left it in ``_in_packet``."""
+        self._in_packet = {  # noqa: SLF001
+            "command": first, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
+            "remaining_length": len(body), "packet": bytearray(body), "to_process": 0, "pos": 0,
+        }
+        try:
+            return super()._packet_handle()  # noqa: SLF001
+        finally:
+            self._in_packet = {  # noqa: SLF001
+                "command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0,
+            }
+
+    def _connack(self, c: Packet, first: int, body: bytes) -> MQTTErrorCode:
         if self._connack_seen:
             return self._violation(0x82, "a second CONNACK on one connection")
         self._connack_seen = True
@@ -586,7 +680,7 @@ class PahoConnection(mqtt.Client):
                 return MQTTErrorCode.MQTT_ERR_CONN_REFUSED
             # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
             # on_connected and sends the resume plan before anything else is written.
-            result = super()._packet_handle()  # noqa: SLF001
+            result = self._paho_handle(first, body)
             self.hooks._hook_connack(
                 0, reason, bool(c.session_present),
                 recv_max if isinstance(recv_max, int) else 65535,

@@ -290,3 +290,60 @@ def test_broker_maximum_packet_size(fake: FakeBroker) -> None:
         assert c.flush(5)
     finally:
         c.close()
+
+
+# ------------------------------------------------------------------ the reader: packets split
+
+
+@PROTOCOLS
+def test_packets_split_and_joined_anyhow_are_each_handled_once(fake: FakeBroker,
+                                                               protocol: int) -> None:
+    """The client reads whatever a recv call returns and handles each whole packet in it:
+    packets cut at every kind of place (inside the Remaining Length too) and many in one read,
+    up to one larger than a read (70 KB), arrive in order, each once, and are acknowledged."""
+    import random
+
+    rnd = random.Random(protocol)
+    sizes = [0, 1, 60, 120, 127, 128, 300, 16_383, 16_384, 70_000] + [rnd.randrange(400)
+                                                                      for _ in range(40)]
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        stream = b"".join(
+            fake.publish(f"t/split/{i}", bytes([i]) * size, 1 if i % 2 else 0,
+                         packet_id=i + 1 if i % 2 else 0)
+            for i, size in enumerate(sizes))
+        pos = 0
+        while pos < len(stream):  # chunks of 1 to 300 bytes, a few large ones
+            n = rnd.choice([1, 1, 2, 3, 5, 300, rnd.randrange(1, 300), 20_000])
+            fake.send_raw(stream[pos:pos + n])
+            pos += n
+            if rnd.random() < 0.2:
+                time.sleep(0.001)  # let the client read what it has: a part of a packet
+        got = log.wait("on_message_in", len(sizes))
+        assert [(e.topic, e.message) for e in got] == \
+            [(f"t/split/{i}", bytes([i]) * size) for i, size in enumerate(sizes)]
+        acks = fake.wait_for("PUBACK", len(sizes) // 2)
+        assert [r.packet_id for r in acks] == [i + 1 for i in range(len(sizes)) if i % 2]
+        assert log.of("on_error") == []
+    finally:
+        c.close()
+
+
+@PROTOCOLS
+def test_remaining_length_of_five_bytes_is_refused(fake: FakeBroker, protocol: int) -> None:
+    """A Remaining Length longer than four bytes [MQTT-1.5.5] is a malformed packet: the
+    connection is closed (MQTT 5: DISCONNECT 0x81 first) and reported; the client reconnects."""
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        fake.send_raw(b"\x30\xff\xff\xff\xff\x01")
+        errors = log.wait("on_error")
+        assert errors[0].error_code == 0x81 and "Remaining Length" in errors[0].description
+        fake.wait_connections(2)
+        if protocol == 5:
+            assert _disconnect_codes(fake) == [0x81]
+    finally:
+        c.close()
