@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -532,7 +533,10 @@ class PahoConnection(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         if self._rsock is not sock:  # a new network connection: nothing of the old one's
             self._rsock, self._rbuf = sock, bytearray()
-        bound, handled = max(max_packets, _READ_BATCH), 0
+        bound, handled, drained = max(max_packets, _READ_BATCH), 0, False
+        # a plain TCP socket that gave less than asked for is empty for now (more data makes
+        # it readable again); TLS and WebSocket layers may hold bytes select() does not see
+        plain = type(sock) is socket.socket
         while True:
             if self._rbuf:
                 rc, n = self._handle_buffered(sock)
@@ -541,7 +545,7 @@ class PahoConnection(mqtt.Client):
                     return self._loop_rc_handle(rc)  # noqa: SLF001
                 if self._sock is not sock:  # noqa: SLF001  (a handler closed it)
                     return _OK
-            if self.reading_paused or handled >= bound:
+            if self.reading_paused or handled >= bound or drained:
                 return _OK
             try:
                 data = self._sock_recv(_RECV_BYTES)  # noqa: SLF001
@@ -555,6 +559,7 @@ class PahoConnection(mqtt.Client):
             with self._msgtime_mutex:  # noqa: SLF001  (paho's keep-alive reads it)
                 self._last_bytes_received = _time_func()  # noqa: SLF001
             self._rbuf += data
+            drained = plain and len(data) < _RECV_BYTES
 
     def _handle_buffered(self, sock: Any) -> tuple[MQTTErrorCode, int]:
         """Handle the complete packets at the head of the read buffer (all of them unless
