@@ -60,6 +60,7 @@ _SESSION_PACKETS: Final = frozenset({
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _Held = tuple[int, bytes, int, int]  # a packet held back: kind, bytes, packet id, QoS
+_PUBLISH_CMD: Final = int(PacketType.PUBLISH) << 4
 _READ_BATCH: Final = 64  # packets read per network-loop round at most (a whole recv more)
 _RECV_BYTES: Final = 65536  # asked of one recv call
 _time_func: Final = getattr(mqtt, "time_func", time.monotonic)  # paho's keep-alive clock
@@ -200,6 +201,18 @@ def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
     ``_packet_queue`` makes one."""
     return {"command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
             "to_process": len(packet), "packet": packet, "info": info}
+
+
+_JOIN_BYTES: Final = 65536  # bytes joined into one send at most
+_ALONE: Final = frozenset({int(PacketType.DISCONNECT) << 4})
+
+
+def _joinable(p: Any) -> bool:
+    """A queued packet that may share a ``send``: not partly written, no info to mark, not a
+    QoS 0 PUBLISH or a DISCONNECT."""
+    cmd = p["command"] & 0xF0
+    return (p["pos"] == 0 and p["info"] is None and cmd not in _ALONE
+            and not (cmd == _PUBLISH_CMD and p["qos"] == 0))
 
 
 class PahoConnection(mqtt.Client):
@@ -353,6 +366,25 @@ class PahoConnection(mqtt.Client):
             self.loop_write()
             return
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
+
+    def _packet_write(self) -> MQTTErrorCode:  # noqa: SLF001
+        """paho's writer, with the packets waiting at the head of the queue joined into one
+        ``send`` (each ``send`` releases the GIL: a hand-over to another thread and back).
+        A QoS 0 PUBLISH (paho marks its info published) and DISCONNECT (paho closes after it)
+        are written alone, as paho writes them."""
+        out = self._out_packet  # noqa: SLF001  (appended to by other threads, at the right)
+        if len(out) > 1 and _joinable(out[0]) and _joinable(out[1]):
+            taken, size = [], 0
+            while out and size < _JOIN_BYTES and _joinable(out[0]):
+                p = out.popleft()
+                taken.append(p)
+                size += len(p["packet"])
+            if len(taken) == 1:
+                out.appendleft(taken[0])
+            else:  # the first one's kind: paho looks at it only for QoS 0 PUBLISH / DISCONNECT
+                joined = b"".join([p["packet"] for p in taken])
+                out.appendleft({**taken[0], "to_process": len(joined), "packet": joined})
+        return super()._packet_write()  # noqa: SLF001
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
         # paho leaves the TCP socket to the garbage collector when the TLS handshake fails

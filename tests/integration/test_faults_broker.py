@@ -347,3 +347,45 @@ def test_remaining_length_of_five_bytes_is_refused(fake: FakeBroker, protocol: i
             assert _disconnect_codes(fake) == [0x81]
     finally:
         c.close()
+
+
+@PROTOCOLS
+def test_packets_written_together_arrive_whole_and_in_order(fake: FakeBroker,
+                                                            protocol: int) -> None:
+    """Packets waiting together are joined into one send: a burst of QoS 0 / 1 / 2 publishes
+    from two threads, while acknowledgements for incoming messages are queued too, reaches the
+    broker as whole packets, each thread's in its order (per QoS); every QoS 0 message is reported sent
+    (on_message_out) and every QoS 1 / 2 one acknowledged."""
+    import threading
+
+    c = _client(protocol, clean=True)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+
+        def burst(name: str) -> None:
+            for i in range(150):
+                c.publish_data(f"t/{name}/{i}", i % 3, bytes([i]) * (i % 7 * 40))
+
+        threads = [threading.Thread(target=burst, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        fake.send_raw(b"".join(fake.publish(f"t/in/{i}", b"x", 1, packet_id=i + 1)
+                               for i in range(40)))  # their PUBACKs queue up with the rest
+        for t in threads:
+            t.join()
+        assert c.flush(10)
+        got = fake.wait_for("PUBLISH", 300)
+        for name in ("a", "b"):  # in order per thread and QoS [MQTT-4.6.0-2..-4]
+            for qos in (0, 1, 2):
+                mine = [(r.topic, r.payload) for r in got
+                        if r.topic and r.topic.startswith(f"t/{name}/") and r.qos == qos]
+                assert mine == [(f"t/{name}/{i}", bytes([i]) * (i % 7 * 40))
+                                for i in range(150) if i % 3 == qos]
+        assert [r.packet_id for r in fake.wait_for("PUBACK", 40)] == list(range(1, 41))
+        assert len(fake.wait_for("PUBREL", 100)) == 100
+        sent = log.wait("on_message_out", 300)
+        assert sum(1 for e in sent if e.qos == 0) == 100
+        assert log.of("on_error") == []
+    finally:
+        c.close()
