@@ -103,7 +103,6 @@ class AsyncSession:
         self._handed: list[MessageEvent] = []  # taken by the application, not yet acked
         self._subacks: dict[str, list[asyncio.Future[int]]] = {}
         self._idle: list[asyncio.Future[bool]] = []  # flush() calls waiting
-        self._publishing = asyncio.Lock()  # publishes take turns; their fsyncs are shared
         # SessionSync=always: publishes waiting for their record's fdatasync, and whether the
         # one executor job that syncs for all of them is under way
         self._awaiting_sync: list[tuple[_Token, asyncio.Future[Exception | None]]] = []
@@ -295,27 +294,24 @@ class AsyncSession:
         """Publish (text is UTF-8); returns the packet id once the message is in the session
         (durable with a state file); it goes out now, or on connect."""
         c = self._check()
-        async with self._publishing:  # in the order awaited; the loop runs between them
-            data = payload.encode("utf-8") if isinstance(payload, str) else payload
-            # always the group commit here: the fsync waits in the executor, not on the loop
-            pid, token = c._publish_begin(topic, qos, data, retain, properties)
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        # in the order awaited (nothing here awaits before the message is in the session);
+        # always the group commit: the fsync waits in the executor, not on the loop
+        pid, token = c._publish_begin(topic, qos, data, retain, properties)
         if token is not None and self._group is not None:  # an AsyncGateway's session
             err = await self._group.wait_held(c._driver, token)
             if err is not None:  # taken back out of the session, and raised
                 c._driver.release(token, err)
         elif token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
-            driver, held = c._driver, token
             fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-            self._awaiting_sync.append((held, fut))
+            self._awaiting_sync.append((token, fut))
             if not self._syncing:
                 self._sync_awaiting()
-            try:
-                err = await asyncio.shield(fut)
-            except asyncio.CancelledError:  # the message is released (or taken back) anyway
-                fut.add_done_callback(lambda f: driver.release_quietly(held, f.result()))
-                raise
+            # cancelled, ``fut`` is too: the sync job's callback releases the message (or
+            # takes it back) all the same
+            err = await fut
             if err is not None:  # taken back out of the session, and raised
-                driver.release(held, err)
+                c._driver.release(token, err)
         return pid
 
     def _sync_awaiting(self) -> None:
@@ -336,10 +332,13 @@ class AsyncSession:
                 err = f.result()
             except BaseException as exc:  # noqa: BLE001 - the job itself ended (loop shutdown)
                 err = PersistenceError(None, f"the state file sync did not run: {exc!r}")
+            driver = self._client._driver
             if err is None:  # the batch's messages go out (those written after them wait)
-                self._client._driver.release_durable()
-            for _, waiter in batch:
-                if not waiter.done():
+                driver.release_durable()
+            for held, waiter in batch:
+                if waiter.cancelled():  # its publish was cancelled: released or taken back
+                    driver.release_quietly(held, err)
+                elif not waiter.done():
                     waiter.set_result(err)
             self._sync_awaiting()
 
@@ -348,9 +347,7 @@ class AsyncSession:
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:
         """``Client.publish_many``: all of them in the session with one write and one sync."""
-        c = self._check()
-        async with self._publishing:
-            return c.publish_many(messages)
+        return self._check().publish_many(messages)
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
