@@ -250,6 +250,47 @@ def test_a_stuck_fsync_never_blocks_the_loop(mosquitto: Any, tmp_path: Path,
     _run(main)
 
 
+def test_cancelled_publishes_waiting_for_their_sync_still_go_out(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish cancelled while it waits for the shared fdatasync (SessionSync=always) is in
+    the session already: once the sync is done it goes out, once, like the others, and the
+    publishes after it are not held up."""
+    from mqttsession.testing.fsyncs import StuckFdatasync  # noqa: PLC0415
+
+    stuck = StuckFdatasync(monkeypatch.setattr)
+
+    async def main() -> None:
+        tag = time.monotonic_ns()
+        topic = f"aio/cancel/{tag}"
+        async with AsyncSession(_options(mosquitto)) as listener:
+            await listener.subscribe(topic, 1)
+            pub = await AsyncSession.create(_options(mosquitto), client_id=f"aio-cancel-{tag}",
+                                            state_file=tmp_path / "p.session",
+                                            session_sync="always")
+            try:
+                stuck.armed = True
+                tasks = [asyncio.create_task(pub.publish(topic, f"c{n}", 1)) for n in range(10)]
+                assert await asyncio.to_thread(stuck.entered.wait, 10), "no sync began"
+                for t in tasks[::2]:
+                    t.cancel()
+                stuck.gate.set()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+                assert all(isinstance(r, int) and r > 0 for r in results[1::2])
+                for n in range(10, 15):
+                    await pub.publish(topic, f"c{n}", 1)
+                assert await pub.flush(10)
+                got = sorted([(await _receive(listener)).message for _ in range(15)])
+                assert got == sorted(f"c{n}".encode() for n in range(15))
+                assert await listener.receive(0.3) is None  # each once
+                assert pub.client.outgoing_messages == ()
+            finally:
+                stuck.gate.set()
+                await pub.close()
+
+    _run(main)
+
+
 def test_failed_create(mosquitto: Any) -> None:
     async def main() -> None:
         with pytest.raises(ConnectError, match="refused"):
