@@ -69,6 +69,9 @@ _CLOSED_ON_PURPOSE: Final = (  # paho states after disconnect()
 )
 _ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
                                          PacketType.PUBCOMP)}
+# first bytes of the acks of the client's own flows (flags 0): they deliver nothing
+_FLOW_ACKS: Final = frozenset(int(t) << 4 for t in (PacketType.PUBACK, PacketType.PUBREC,
+                                                     PacketType.PUBCOMP))
 
 
 class Hooks(Protocol):
@@ -83,6 +86,10 @@ class Hooks(Protocol):
     def _hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
 
     def _hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
+
+    def _hook_acks(self, acks: list[tuple[PacketType, int]]) -> None: ...
+    # PUBACK / PUBREC / PUBCOMP read one after another: ``_hook_ack`` for each, in order,
+    # under one hold of the session lock
 
     def _hook_batch_end(self) -> asyncio.Future[None] | None: ...
     # the records the held packets depend on: durable now (None), or once the future is done
@@ -618,19 +625,38 @@ class PahoConnection(mqtt.Client):
                                 0x81, "a Remaining Length of more than four bytes"), n
                 if end - i < length:
                     return rc, n  # the rest of this packet is still on its way
-                pos = i + length
-                n += 1
                 kind = first >> 4
-                if (length == 2 and kind in _ACK_TYPES and self._connack_seen
-                        and first & 0x0F == (2 if kind == PacketType.PUBREL else 0)):
+                if (length == 2 and first in _FLOW_ACKS and self._connack_seen
+                        and end - i >= 2):
                     # the usual ack is the packet id alone (3.1.1 always, 5 on success without
-                    # properties [MQTT 5 3.4.2.1]): no general decode for it
+                    # properties [MQTT 5 3.4.2.1]): no general decode for it; the ones that
+                    # follow it here are handed over with it (one hold of the session lock)
+                    acks = [(_ACK_TYPES[kind], buf[i] << 8 | buf[i + 1])]
+                    pos = i + 2
+                    while end - pos >= 4 and buf[pos + 1] == 2 and buf[pos] in _FLOW_ACKS:
+                        acks.append((_ACK_TYPES[buf[pos] >> 4], buf[pos + 2] << 8 | buf[pos + 3]))
+                        pos += 4
+                    n += len(acks)
                     try:
+                        if len(acks) == 1:
+                            self.hooks._hook_ack(*acks[0])
+                        else:
+                            self.hooks._hook_acks(acks)
+                    except Exception as exc:  # a hook must never kill paho's network thread
+                        self._hook_failed(exc, f"handling a {acks[0][0].name} packet")
+                        return _DROP, n
+                elif (length == 2 and kind in _ACK_TYPES and self._connack_seen
+                        and first & 0x0F == (2 if kind == PacketType.PUBREL else 0)):
+                    pos = i + length
+                    n += 1
+                    try:  # a PUBREL: it may deliver (and pause reading): alone
                         self.hooks._hook_ack(_ACK_TYPES[kind], buf[i] << 8 | buf[i + 1])
                     except Exception as exc:  # a hook must never kill paho's network thread
                         self._hook_failed(exc, f"handling a {PacketType(kind).name} packet")
                         return _DROP, n
                 else:
+                    pos = i + length
+                    n += 1
                     rc = self._handle(first, bytes(buf[i:pos]))
                     if rc != _OK:
                         return rc, n

@@ -631,6 +631,15 @@ class Driver(Durability):
             rest = self.run(self.engine.receive_ack(kind, packet_id))
         self.finish(rest)
 
+    def _hook_acks(self, acks: list[tuple[PacketType, int]]) -> None:
+        rest: list[Action] = []
+        try:
+            with self.lock:  # once for them all: the publishing threads wait once
+                for kind, packet_id in acks:
+                    rest += self.run(self.engine.receive_ack(kind, packet_id))
+        finally:
+            self.finish(rest)  # the callbacks of those handled, also if one failed
+
     def _hook_batch_end(self) -> asyncio.Future[None] | None:
         """The packets held during a read batch are about to be written: make the records
         they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the
