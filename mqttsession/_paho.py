@@ -626,8 +626,7 @@ class PahoConnection(mqtt.Client):
                 if end - i < length:
                     return rc, n  # the rest of this packet is still on its way
                 kind = first >> 4
-                if (length == 2 and first in _FLOW_ACKS and self._connack_seen
-                        and end - i >= 2):
+                if length == 2 and first in _FLOW_ACKS and self._connack_seen:
                     # the usual ack is the packet id alone (3.1.1 always, 5 on success without
                     # properties [MQTT 5 3.4.2.1]): no general decode for it; the ones that
                     # follow it here are handed over with it (one hold of the session lock)
@@ -670,7 +669,7 @@ class PahoConnection(mqtt.Client):
                 del buf[:pos]
 
     def _packet_handle(self) -> MQTTErrorCode:  # noqa: SLF001
-        pkt = self._in_packet  # noqa: SLF001  (paho's reader; ours is _read_batch)
+        pkt = self._in_packet  # noqa: SLF001  (paho's reader, unused: ours is _read_batch)
         return self._handle(pkt["command"], bytes(pkt["packet"]))
 
     def _handle(self, first: int, body: bytes) -> MQTTErrorCode:
@@ -681,10 +680,6 @@ class PahoConnection(mqtt.Client):
             return self._violation(0x82, f"a {name} packet before CONNACK [MQTT-3.2.0-1]:"
                                          " not an MQTT broker there?")
         try:
-            if len(body) == 2 and first & 0x0F == (2 if kind == PacketType.PUBREL else 0) \
-                    and kind in _ACK_TYPES:
-                self.hooks._hook_ack(_ACK_TYPES[kind], body[0] << 8 | body[1])
-                return _OK
             if kind != PacketType.CONNACK and kind not in _SESSION_PACKETS:
                 return self._paho_handle(first, body)  # PINGRESP, DISCONNECT, AUTH
             p = _wire.decode(first, body, self._level)
