@@ -261,6 +261,11 @@ class PahoConnection(mqtt.Client):
         # an AsyncioPump's: has the loop write what other threads queued (coalesced)
         self.wake_writer: Callable[[], None] | None = None
         self._write_due = False  # the network thread queued packets without a wake-up
+        # other threads send on a plain TCP connection themselves while nothing is queued
+        # (``_send_now``): no wake-up byte, no network thread woken to write; every send
+        # and the socket's close hold this lock
+        self._send_lock = threading.RLock()
+        self._direct = False  # connected (CONNACK handled) on a socket that allows it
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
         self._new_sock: Any = None  # the socket being set up by _create_socket
@@ -372,13 +377,60 @@ class PahoConnection(mqtt.Client):
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.loop_write()
             return
+        if self._direct and info is None and kind != PacketType.DISCONNECT \
+                and me is not self._thread and self._send_now(kind, packet, packet_id, qos):  # noqa: SLF001
+            return
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
+
+    def _send_now(self, kind: int, packet: bytes, packet_id: int, qos: int) -> bool:
+        """A thread other than the network thread sends ``packet`` itself when nothing waits
+        in paho's queue and no other thread is sending (plain TCP: one thread may send while
+        another reads). What the socket does not take is queued for the network thread,
+        which a wake-up byte makes write it. False: queue it as paho does."""
+        lock = self._send_lock
+        if not lock.acquire(False):
+            return False
+        try:
+            sock = self._sock  # noqa: SLF001
+            if not self._direct or sock is None or self._out_packet:  # noqa: SLF001
+                return False
+            try:
+                sent = sock.send(packet)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return False  # the network thread finds out, and reconnects
+            if sent:
+                with self._msgtime_mutex:  # noqa: SLF001  (paho's keep-alive reads it)
+                    self._last_msg_out = mqtt.time_func()  # noqa: SLF001
+            if sent == len(packet):
+                return True
+            rest = _out_packet(kind, packet, packet_id, qos, None)
+            rest["pos"], rest["to_process"] = sent, len(packet) - sent
+            self._out_packet.append(rest)  # noqa: SLF001
+        finally:
+            lock.release()
+        if self._sockpairW is not None:  # noqa: SLF001  (the network thread writes the rest)
+            try:
+                self._sockpairW.send(b"0")  # noqa: SLF001
+            except OSError:
+                pass
+        return True
+
+    def _sock_close(self) -> None:  # noqa: SLF001
+        with self._send_lock:  # not while another thread sends on it
+            self._direct = False
+            super()._sock_close()  # noqa: SLF001
 
     def _packet_write(self) -> MQTTErrorCode:  # noqa: SLF001
         """paho's writer, with the packets waiting at the head of the queue joined into one
         ``send`` (each ``send`` releases the GIL: a hand-over to another thread and back).
         A QoS 0 PUBLISH (paho marks its info published) and DISCONNECT (paho closes after it)
         are written alone, as paho writes them."""
+        with self._send_lock:
+            return self._write_queued()
+
+    def _write_queued(self) -> MQTTErrorCode:
         out = self._out_packet  # noqa: SLF001  (appended to by other threads, at the right)
         if len(out) > 1 and _joinable(out[0]) and _joinable(out[1]):
             taken, size = [], 0
@@ -446,6 +498,8 @@ class PahoConnection(mqtt.Client):
         if server is not None:  # FailoverServers / a followed Server Reference
             self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
         self._connack_seen = False
+        with self._send_lock:
+            self._direct = False
         with self._batch_lock:
             self._epoch += 1
             self._after_sync.clear()
@@ -744,6 +798,9 @@ class PahoConnection(mqtt.Client):
                 recv_max if isinstance(recv_max, int) else 65535,
                 max_packet if isinstance(max_packet, int) else None,
             )
+            # the resume plan is queued: other threads may send themselves from now on
+            self._direct = (self._thread is not None and not self._ssl  # noqa: SLF001
+                            and self._transport == "tcp" and self._sock is not None)  # noqa: SLF001
             return result
         except Exception as exc:  # a hook must never kill paho's network thread
             self._hook_failed(exc, "handling a CONNACK packet")

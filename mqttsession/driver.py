@@ -390,6 +390,9 @@ class Driver(Durability):
         due compaction waits for the whole list (the state holds all of its records). Inside
         a read batch (not for a publish) syncs wait for the batch's end: one fsync for it."""
         conn, st, f = self.conn, self.engine.state, self.file
+        # a group commit's record waits in memory for the fdatasync that covers it, when the
+        # store writes such records then (a Journal; a gateway's shared log does not)
+        held = deferred and getattr(f.journal, "writes_lazy_at_sync", False)
         batch: bool | None = False if accepted is not None or conn is None else None  # None: ask
         # SessionSync=interval: a publish's records reach the OS now and the disk within
         # SessionSyncInterval (``_sync_later``); the acks that depend on a record still wait
@@ -411,7 +414,7 @@ class Driver(Durability):
                 if not a.lazy:
                     durable = True
                 try:
-                    f.append(a.records, st, sync=sync, lazy=a.lazy)
+                    f.append(a.records, st, sync=sync, lazy=a.lazy or (held and not a.force))
                 except Exception as exc:
                     if isinstance(accepted, list):  # publish_many: all of them, last first
                         for rec in reversed(accepted):

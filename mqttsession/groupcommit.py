@@ -23,6 +23,7 @@ class GroupCommit:
     _gen: int  # the file's incarnation (a compaction or rotation starts a new one)
     _synced: int  # how far the current incarnation is on disk
     _syncing: bool  # an fdatasync is running outside the mutex
+    _lingering = False  # the thread that syncs next waits ``linger`` before it starts
     _size: int  # how far the file is written
     # threads waiting for the running sync, each with (incarnation, position, its lock)
     _waiters: list[tuple[int, int, threading.Lock]]
@@ -70,20 +71,26 @@ class GroupCommit:
         """The bytes up to ``pos`` of incarnation ``gen`` on disk; True when this call ran the
         fdatasync. ``linger``: seconds the one that syncs waits first, so that the records of
         other writers under way join this fdatasync (PostgreSQL's ``commit_delay``)."""
-        started = False
+        started = lingered = mine = False  # lingered once; ``_lingering`` is this one's
         try:
             while True:
                 with self._sync_cond:
                     if self._gen == gen and self._synced >= pos:
                         return False
                     turn = None
-                    if self._syncing and self._gen == gen:
+                    if (self._syncing or self._lingering) and self._gen == gen:
                         turn = threading.Lock()
                         turn.acquire()
                         self._waiters.append((gen, pos, turn))
+                    elif linger > 0 and not lingered:
+                        self._lingering = lingered = mine = True
                 if turn is not None:
                     turn.acquire()  # released by ``_wake``: covered, or this one syncs next
                     continue
+                if mine:
+                    # the others append meanwhile (they wait for this sync, not their own);
+                    # the owner's ``_sync_start`` writes what they buffered
+                    time.sleep(linger)
                 # become the one that syncs: the fd and what it covers are read under the
                 # mutex, which is NOT held during the fdatasync (a compaction waiting for
                 # ``_syncing`` to end holds the mutex, so nothing here may wait for it after
@@ -93,6 +100,8 @@ class GroupCommit:
                     if fd is None:
                         return False
                     with self._sync_cond:
+                        if mine:
+                            self._lingering = mine = False
                         if self._syncing:
                             continue  # another thread got there first: wait for its sync
                         self._syncing = True
@@ -100,6 +109,9 @@ class GroupCommit:
                 started = True
                 break
         finally:
+            if mine:
+                with self._sync_cond:
+                    self._lingering = False
             if not started and self._waiters and not self._syncing:
                 # leaving without a sync (or raising) when it may have been this one's turn:
                 # the next waiter takes it
@@ -108,11 +120,6 @@ class GroupCommit:
                         self._wake(everyone=False)
         ok = False
         try:
-            if linger > 0:
-                # the others append meanwhile; ``_size`` only ever covers written bytes, and
-                # nothing closes the fd while ``_syncing``
-                time.sleep(linger)
-                target = max(target, self._size) if self._gen == gen else target
             try:
                 self._fdatasync(fd)
             except OSError as exc:

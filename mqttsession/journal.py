@@ -233,6 +233,10 @@ def _locked(method: _F) -> _F:
 class Journal(GroupCommit):
     """Owns one state file: recovery, appending records, compaction, the lock."""
 
+    #: a record appended ``lazy`` is written by the ``sync_to`` that covers ``position()``
+    #: (``_write_lazy``): a group commit's publishes append theirs so, with no syscall
+    writes_lazy_at_sync = True
+
     def __init__(
         self, path: str, client_id: str = "", sync: bool = True,
         max_journal_bytes: int = 0,
@@ -404,9 +408,10 @@ class Journal(GroupCommit):
         return self._gen != gen or self._synced >= pos
 
     def position(self) -> tuple[int, int]:
-        """Where the journal's written bytes end now: (incarnation, offset), for ``sync_to``."""
+        """Where the journal's bytes end now, the lazy ones included: (incarnation, offset), for
+        ``sync_to`` (whose fdatasync writes them first)."""
         with self._mutex:
-            return self._gen, self._size
+            return self._gen, self._size + sum(map(len, self._lazy))
 
     def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
         """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk
@@ -423,7 +428,32 @@ class Journal(GroupCommit):
             raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
                                          " and is rewritten with the next record")
         self._check_in_place()
+        if self._lazy or self._cut_at is not None:
+            self._write_lazy()
         return self._fd
+
+    def _write_lazy(self) -> None:
+        """Group commit, mutex held: the records that wait in memory (a group commit's publishes
+        append theirs with ``lazy``: the one that syncs writes them all) go out before the
+        fdatasync; a failed write cuts what is not on disk, as a failed sync does."""
+        assert self._fd is not None
+        fd = self._fd
+        try:
+            if self._cut_at is not None:
+                if os.fstat(fd).st_size > self._cut_at:
+                    os.ftruncate(fd, self._cut_at)  # the torn tail recovery found
+                self._cut_at = None
+            data = b"".join(self._lazy)
+            self._lazy.clear()
+            with self._write_lock:
+                if self._was_cut():
+                    raise PersistenceError(None, f"state journal {self.journal_path} failed a"
+                                                 " sync and is rewritten with the next record")
+                _write_all(fd, data)
+                self._size += len(data)
+            self._unsynced = self.sync
+        except OSError as exc:
+            raise self._sync_failed(fd, exc) from exc
 
     def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
         # the page cache is suspect: the next write rewrites everything from memory. What

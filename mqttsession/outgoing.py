@@ -282,7 +282,7 @@ class Outgoing:
                 and sp.ready):
             # beyond what memory holds: the disk queue. Nothing is read back here (its
             # record is not written yet); acks, resume and ticks read it back
-            spooled = st.spool(topic, payload, qos, retain, properties, at)
+            spooled = st.spool_checked(topic, payload, qos, retain, properties, at)
             self.accepted = spooled
             out.append(Persist((spooled,), True))
             return 0, out
@@ -334,7 +334,8 @@ class Outgoing:
                 ids.append(0)
                 continue
             if spool:
-                rec: Accepted | Spooled = st.spool(topic, payload, qos, retain, props, now)
+                rec: Accepted | Spooled = st.spool_checked(topic, payload, qos, retain, props,
+                                                           now)
             else:
                 rec = st.accept(topic, payload, qos, retain, props, avoid=self.subs.busy(),
                                 accepted_at=now)

@@ -362,12 +362,25 @@ class Spool:
             return None
 
     def _take(self) -> OutgoingMessage | None:
-        m = self._peek_message()
-        if m is None:
+        payload = self._frames[-1]  # (``_peek_message``, without its generator)
+        try:
+            rec = decode_record(payload)
+        except StateError as exc:
+            why = str(exc)
+        else:
+            if type(rec) is Accepted and not rec.message.packet_id:
+                why = ""
+            else:
+                why = "not a queued message"
+        if why:
+            seg = self._segs[self._ri]
+            self._damaged(seg, f"{seg.path}: {why}")
             return None
-        payload = self._frames.pop()
+        assert type(rec) is Accepted
+        m = rec.message
+        self._frames.pop()
         self._roff += 8 + len(payload)
-        n = message_bytes(m)
+        n = len(m.payload) + len(m.topic) + len(m.properties)
         self._rcount += 1
         self._rbytes += n
         self.read_to = m.seq + 1

@@ -403,6 +403,17 @@ class SessionState:
         self.apply(rec)
         return rec
 
+    def spool_checked(self, topic: str, payload: bytes, qos: int, retain: bool,
+                      properties: bytes, accepted_at: float) -> Spooled:
+        """``spool`` of a message the caller validated (bytes, QoS 1/2, a topic)."""
+        seq = self.next_seq
+        m = OutgoingMessage(seq, 0, topic, payload, qos, retain, properties, Phase.QUEUED,
+                            accepted_at)
+        self.next_seq = seq + 1
+        self.spooled += 1
+        self.spooled_bytes += len(payload) + len(topic) + len(properties)
+        return Spooled(m)
+
     def retract_spooled(self, rec: Spooled) -> None:
         """Undo the latest ``spool`` (the queue could not store it)."""
         m = rec.message

@@ -350,6 +350,61 @@ def test_remaining_length_of_five_bytes_is_refused(fake: FakeBroker, protocol: i
 
 
 @PROTOCOLS
+def test_packets_sent_by_publishing_threads_arrive_whole_and_in_order(
+        fake: FakeBroker, protocol: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On plain TCP a publishing thread sends its PUBLISH itself while nothing waits to be
+    written; what the socket does not take (a small send buffer, payloads of 300 KB) is
+    finished by the network thread, and what other threads queue meanwhile waits behind it.
+    From three threads, big and small messages interleaved: each arrives whole, once, in
+    order per thread and QoS, and is acknowledged."""
+    import socket
+    import threading
+
+    from mqttsession._paho import PahoConnection
+
+    direct: list[bool] = []
+    send_now = PahoConnection._send_now
+
+    def spy(self: PahoConnection, *args: Any) -> bool:
+        direct.append(send_now(self, *args))
+        return direct[-1]
+
+    monkeypatch.setattr(PahoConnection, "_send_now", spy)
+    c = _client(protocol, clean=True)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        c._driver.conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+
+        def size(i: int) -> int:
+            return 300_000 if i % 5 == 0 else 20 + i
+
+        def burst(name: str) -> None:
+            for i in range(40):
+                c.publish_data(f"t/{name}/{i}", 1 + i % 2, bytes([i]) * size(i))
+
+        threads = [threading.Thread(target=burst, args=(n,)) for n in ("a", "b", "c")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert c.flush(30)
+        got = fake.wait_for("PUBLISH", 120, timeout=30)
+        assert len(got) == 120
+        for name in ("a", "b", "c"):  # in order per thread and QoS [MQTT-4.6.0-2..-4]
+            for qos in (1, 2):
+                mine = [(r.topic, r.payload) for r in got
+                        if r.topic and r.topic.startswith(f"t/{name}/") and r.qos == qos]
+                assert mine == [(f"t/{name}/{i}", bytes([i]) * size(i))
+                                for i in range(40) if 1 + i % 2 == qos]
+        assert True in direct  # the publishing threads did send themselves
+        assert len(log.wait("on_message_out", 120)) == 120
+        assert log.of("on_error") == []
+    finally:
+        c.close()
+
+
+@PROTOCOLS
 def test_packets_written_together_arrive_whole_and_in_order(fake: FakeBroker,
                                                             protocol: int) -> None:
     """Packets waiting together are joined into one send: a burst of QoS 0 / 1 / 2 publishes

@@ -1115,3 +1115,75 @@ def test_a_failed_deferred_sync_raises_and_the_next_record_rewrites_everything(
         j.sync_pending()
         assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
             "t/1", "t/2"]
+
+
+def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: publishes append their records lazily (no syscall); ``position`` counts
+    them, and the ``sync_to`` that covers them writes them all in one write, then syncs."""
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        size = os.path.getsize(jpath(p))
+        writes: list[int] = []
+        syncs: list[int] = []
+
+        def write(fd: int, data: bytes) -> int:
+            writes.append(len(data))
+            return os.write(fd, data)
+
+        monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, fdatasync=syncs.append))
+        marks = []
+        for i in range(3):
+            j.append([st.accept(f"t/{i}", b"x", 1)], st, sync=False, lazy=True)
+            marks.append(j.position())
+        assert writes == [] and os.path.getsize(jpath(p)) == size  # nothing written yet
+        assert marks[0][1] > size and marks[0][1] < marks[1][1] < marks[2][1]
+        assert not j.is_synced(*marks[0])
+        assert j.sync_to(*marks[0]) is True  # the first one's sync writes all three
+        assert len(writes) == 1 and len(syncs) == 1
+        assert os.path.getsize(jpath(p)) == marks[2][1]
+        assert all(j.is_synced(*m) for m in marks)
+        assert j.sync_to(*marks[2]) is False  # covered: no second write or sync
+        assert len(writes) == 1 and len(syncs) == 1
+    assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
+        "t/0", "t/1", "t/2"]
+
+
+@pytest.mark.parametrize("fails", ["write", "fdatasync"])
+def test_a_failed_group_commit_write_cuts_what_is_not_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """The write (ENOSPC) or the sync (EIO) of records that waited in memory fails: every
+    waiter gets PersistenceError, the file holds only what was synced before (a publisher told
+    "failed" is not found after a restart), and the next record rewrites everything."""
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        j.append([st.accept("t/kept", b"x", 1)], st, sync=True)
+        synced = os.path.getsize(jpath(p))
+        recs = []
+        for i in range(3):
+            recs.append(st.accept(f"t/{i}", b"x", 1))
+            j.append([recs[-1]], st, sync=False, lazy=True)
+        mark = j.position()
+        err = errno.ENOSPC if fails == "write" else errno.EIO
+
+        def failing(*_a: Any) -> Any:
+            raise OSError(err, os.strerror(err))
+
+        monkeypatch.setattr(journal_mod, "os", FakeOs(**{fails: failing}))
+        with pytest.raises(PersistenceError) as info:
+            j.sync_to(*mark)
+        assert info.value.errno == err
+        with pytest.raises(PersistenceError):  # still owed: the file failed
+            j.sync_to(*mark)
+        monkeypatch.setattr(journal_mod, "os", os)
+        assert not j.is_synced(*mark)
+        assert os.path.getsize(jpath(p)) == synced
+        assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
+            "t/kept"]
+        for rec in reversed(recs):  # the publishers take theirs back (``Engine.withdraw``)
+            st.withdraw(rec.message.seq)
+        j.append([st.accept("t/after", b"y", 1)], st, sync=True)  # a full rewrite
+    assert [m.topic for m in copy_and_recover(p, tmp_path / "copy2").outgoing.values()] == [
+        "t/kept", "t/after"]
