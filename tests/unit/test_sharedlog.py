@@ -302,6 +302,103 @@ def _two_sessions(shm: Path) -> tuple[SharedLog, tuple[SessionLog, SessionState]
     return log, out[0], out[1]
 
 
+def _behind_a_stuck_sync(shm: Path, monkeypatch: pytest.MonkeyPatch, fail_write: bool
+                         ) -> tuple[SharedLog, dict[str, tuple[SessionLog, SessionState]],
+                                    dict[str, BaseException | None], list[int]]:
+    """Session "a" appends (SessionSync=always) and its fdatasync is held up while "b", "c"
+    and "d" append theirs; then everything runs. The writes to the log (their sizes), and
+    what each append raised. ``fail_write``: the writes after a's fail with ENOSPC."""
+    log = SharedLog(str(shm))
+    views = {}
+    for cid in "abcd":
+        st_ = SessionState(client_id=cid, clean_session=False)
+        views[cid] = (log.session(cid), st_)
+        views[cid][0].compact(st_)
+    real_sync, real_write = os.fdatasync, os.write
+    gate, entered = threading.Event(), threading.Event()
+    writes: list[int] = []
+
+    def stuck(fd: int) -> None:
+        if not entered.is_set():
+            entered.set()
+            gate.wait(30)
+        real_sync(fd)
+
+    def write(fd: int, data: bytes) -> int:
+        if fd == log._fd:
+            writes.append(len(data))
+            if fail_write and len(writes) > 1:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "fdatasync", stuck)
+    monkeypatch.setattr(os, "write", write)
+    raised: dict[str, BaseException | None] = {}
+
+    def append(cid: str) -> None:
+        view, state = views[cid]
+        rec = state.accept("t", cid.encode(), 1)
+        try:
+            view.append([rec], state, sync=True)
+            raised[cid] = None
+        except PersistenceError as exc:
+            state.retract(rec)  # as the engine does with a failed publish
+            raised[cid] = exc
+
+    first = threading.Thread(target=append, args=("a",))
+    first.start()
+    assert entered.wait(10)
+    rest = [threading.Thread(target=append, args=(c,)) for c in "bcd"]
+    for t in rest:
+        t.start()
+    deadline = time.monotonic() + 10
+    while log._callers < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert log._callers == 4  # b, c and d wait for the running sync, their records held
+    gate.set()
+    for t in [first, *rest]:
+        t.join(10)
+    monkeypatch.setattr(os, "write", real_write)
+    return log, views, raised, writes
+
+
+def test_records_held_behind_a_running_sync_are_written_together(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SessionSync=always appends hold their records in memory; the thread that runs the
+    next fdatasync writes all of them with ONE write first. Each append returns once its
+    record is on disk, and a restart finds every one."""
+    log, views, raised, writes = _behind_a_stuck_sync(shm, monkeypatch, fail_write=False)
+    assert raised == {c: None for c in "abcd"}
+    assert len(writes) == 2 and writes[1] > 2 * writes[0]  # a's, then b's, c's and d's
+    assert log.is_synced(*log.position())
+    log.close()
+    log = SharedLog(str(shm))
+    for cid, (_v, state) in views.items():
+        assert codec.encode(log.session(cid).recover()) == codec.encode(state)
+    log.close()
+
+
+def test_a_failed_write_of_held_records_fails_each_of_their_appends(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one write of the held records fails (ENOSPC): the append of every one of them
+    raises PersistenceError, none is found after a restart, and the next append of each
+    session rewrites what it holds."""
+    log, views, raised, writes = _behind_a_stuck_sync(shm, monkeypatch, fail_write=True)
+    assert raised["a"] is None
+    assert all(isinstance(raised[c], PersistenceError) for c in "bcd"), raised
+    for cid in "bcd":
+        view, state = views[cid]
+        view.append([state.accept("t", b"again-" + cid.encode(), 1)], state, sync=True)
+    log.close()
+    log = SharedLog(str(shm))
+    for cid, (_v, state) in views.items():
+        got = log.session(cid).recover()
+        assert codec.encode(got) == codec.encode(state)
+        assert [m.payload for m in got.outgoing.values()] == (
+            [b"a"] if cid == "a" else [b"again-" + cid.encode()])
+    log.close()
+
+
 def _fail_next_fdatasync(monkeypatch: pytest.MonkeyPatch) -> None:
     """The next ``os.fdatasync`` fails with EIO; the ones after it work."""
     real = os.fdatasync
