@@ -163,9 +163,8 @@ class SessionLog:
                 return
             with lg._mutex:
                 fresh = lg._session(self.client_id) is not s or s.stale or s.snap is None
-                if not fresh:  # SessionSync=always: the sync_to below writes it (group commit)
-                    gen, pos = lg.hold(s, frames) if sync and self.sync else lg._write(
-                        s, frames, _RECORD)
+                if not fresh:
+                    gen, pos = lg._write(s, frames, _RECORD)
             if fresh:  # a failed sync cut it meanwhile
                 self.compact(state)
             elif sync and self.sync:

@@ -212,10 +212,6 @@ class SharedLog(GroupCommit):
         self._broken = False
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
         self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
-        # records of SessionSync=always appends that wait in memory for the fdatasync that
-        # covers them: the thread that runs it writes them all, in one write (``hold``)
-        self._held: list[tuple[_Session, list[bytes]]] = []
-        self._held_bytes = 0
         self._sessions: dict[str, _Session] = {}
         self._views: dict[str, SessionLog] = {}
         self._next_sid = 1
@@ -322,22 +318,9 @@ class SharedLog(GroupCommit):
 
     # ------------------------------------------------------------------ writing
 
-    def hold(self, s: _Session, frames: list[bytes]) -> tuple[int, int]:
-        """Records of session ``s`` (mutex held) that wait in memory for the ``sync_to`` that
-        covers their end, which is returned: that sync writes everything held, in one write,
-        then syncs (group commit without a write a record). A broken log is rebuilt first,
-        with them (``_write``)."""
-        self._settle()
-        if self._broken or self._fd is None:
-            return self._write(s, frames, _RECORD)
-        self._held.append((s, frames))
-        self._held_bytes += sum(map(len, frames))
-        return self._gen, self._size + self._held_bytes
-
-    def _write(self, s: _Session | None, frames: list[bytes], tag: bytes) -> tuple[int, int]:
-        """Append ``frames`` of session ``s`` (mutex held), after the held records; their end
-        (incarnation, offset). ``tag`` ``s``: the last frame is a snapshot; ``e``: the
-        session leaves the log. ``s`` None: only the held records."""
+    def _write(self, s: _Session, frames: list[bytes], tag: bytes) -> tuple[int, int]:
+        """Append ``frames`` of session ``s`` (mutex held); their end (incarnation, offset).
+        ``tag`` ``s``: the last frame is a snapshot; ``e``: the session leaves the log."""
         while True:
             self._settle()
             if self._broken or self._fd is None:
@@ -346,17 +329,12 @@ class SharedLog(GroupCommit):
                 try:
                     self._rotate(rebuild=True)
                 except PersistenceError:
-                    if s is not None:
-                        s.stale = True  # its record is not written: its state holds it
+                    s.stale = True  # its record is not written: its state holds it
                     raise
-            items: list[tuple[_Session, list[bytes], bytes]] = [
-                (h, f, _RECORD) for h, f in self._held]
-            if s is not None:
-                out = frames
-                if tag == _SNAPSHOT and s.attach_at is None:
-                    out = [_tagged(_ATTACH, s.sid, s.client_id.encode("utf-8")), *frames]
-                items.append((s, out, tag))
-            data = b"".join([f for _s, out, _t in items for f in out])
+            out = frames
+            if tag == _SNAPSHOT and s.attach_at is None:
+                out = [_tagged(_ATTACH, s.sid, s.client_id.encode("utf-8")), *frames]
+            data = b"".join(out)
             with self._write_lock:
                 if self._broken or self._fd is None:
                     continue  # a failed sync cut the log meanwhile: rebuild first
@@ -368,25 +346,14 @@ class SharedLog(GroupCommit):
                         os.ftruncate(self._fd, start)
                     except OSError:
                         pass
-                    self._broken = True
-                    if s is not None:
-                        s.stale = True
+                    self._broken = s.stale = True
                     raise PersistenceError(exc.errno, f"cannot write shared log {self.path}:"
                                                       f" {exc.strerror or exc}") from exc
                 end = self._size = start + len(data)
                 gen = self._gen
-                self._held, self._held_bytes = [], 0
             break
-        pos = start
-        for s_, out, tag_ in items:
-            pos = self._written(s_, out, tag_, pos)
-        if end > max(self.max_log_bytes or AUTO_LOG_BYTES, 2 * self._live):
-            self._rotate(rebuild=False)
-        return gen, end  # after a rotation: synced, unless a failed sync cut it (``_lost``)
-
-    def _written(self, s: _Session, out: list[bytes], tag: bytes, pos: int) -> int:
-        """Where frames ``out`` of ``s`` now are, from offset ``pos`` on; where they end."""
         self._live -= s.live()
+        pos = start
         for i, f in enumerate(out):
             if f[_FRAME_HEAD:_FRAME_HEAD + 1] == _ATTACH:
                 s.attach_at = pos
@@ -404,7 +371,9 @@ class SharedLog(GroupCommit):
             del self._sessions[s.client_id]
         else:
             self._live += s.live()
-        return pos
+        if end > max(self.max_log_bytes or AUTO_LOG_BYTES, 2 * self._live):
+            self._rotate(rebuild=False)
+        return gen, end  # after a rotation: synced, unless a failed sync cut it (``_lost``)
 
     def _settle(self) -> None:
         """A failed sync cut the log (outside the mutex): forget what it cut (mutex held)."""
@@ -422,14 +391,6 @@ class SharedLog(GroupCommit):
         held). ``rebuild``: the log is broken, a failure raises; else it is only logged."""
         self._quiesce()
         self._settle()
-        if rebuild and self._held:
-            # the held records of the broken incarnation are not written: their publishers
-            # fail (``is_synced``), what was written before them is in the rebuilt log
-            lost = self._lost.get(self._gen)
-            self._lost[self._gen] = self._size if lost is None else min(lost, self._size)
-            for h, _f in self._held:
-                h.stale = True  # its state holds the record: its next append is a snapshot
-            self._held, self._held_bytes = [], 0
         parts, places, pos = [_HEADER], [], len(_HEADER)
         for s in self._sessions.values():
             if s.snap is None:
@@ -486,10 +447,9 @@ class SharedLog(GroupCommit):
     # ------------------------------------------------------------------ group commit
 
     def position(self) -> tuple[int, int]:
-        """Where the log's bytes end now, the held ones included: (incarnation, offset), for
-        ``sync_to``."""
+        """Where the log's written bytes end now: (incarnation, offset), for ``sync_to``."""
         with self._mutex:
-            return self._gen, self._size + self._held_bytes
+            return self._gen, self._size
 
     def is_synced(self, gen: int, pos: int) -> bool:
         """Whether the bytes up to ``pos`` of incarnation ``gen`` are on disk (False: not yet,
@@ -535,14 +495,6 @@ class SharedLog(GroupCommit):
             self._cut(None)
             raise PersistenceError(errno.ENOENT, f"shared log {self.path} was deleted or"
                                    " replaced while in use; rewritten from memory")
-        if self._held:
-            try:
-                self._write(None, [], _RECORD)  # the held records, all in one write
-            except PersistenceError:
-                self._cut(None)  # their publishers fail, and so does every unsynced record
-                raise
-            if self._gen != gen:  # a rotation: everything is on disk now
-                return None
         return fd
 
     def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
