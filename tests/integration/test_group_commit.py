@@ -159,21 +159,30 @@ def test_a_failed_shared_sync_fails_its_publishes_and_takes_them_back(
     d.close()
 
 
+@pytest.mark.parametrize("fails", ["fdatasync", "write"])
 def test_a_failed_shared_sync_fails_every_asyncio_publish_waiting_for_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Concurrent AsyncSession publishes share one fdatasync; when it fails (EIO) every one
-    of them raises PersistenceError and none is left in the session, and the next publish
-    succeeds; a restart finds exactly what was accepted."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    """Concurrent AsyncSession publishes share one fdatasync, and their records wait in
+    memory for the publisher that runs it to write them all first; when that fdatasync (EIO)
+    or that write (ENOSPC) fails, every one of them raises PersistenceError and none is left
+    in the session, and the next publish succeeds; a restart finds exactly what was
+    accepted."""
     import errno
 
     from mqttsession.errors import PersistenceError
 
+    failed: list[str] = []
+
     class _Failing:
         def __getattr__(self, name: str) -> Any:
+            if name == fails:
+                return self._fail
             return getattr(os, name)
 
-        def fdatasync(self, fd: int) -> None:
-            raise OSError(errno.EIO, "Input/output error")
+        def _fail(self, *_args: Any) -> Any:
+            failed.append(fails)
+            err = errno.EIO if fails == "fdatasync" else errno.ENOSPC
+            raise OSError(err, os.strerror(err))
 
     async def main() -> list[bytes]:
         s = await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="agc-fail",
@@ -184,6 +193,7 @@ def test_a_failed_shared_sync_fails_every_asyncio_publish_waiting_for_it(
                                        return_exceptions=True)
         monkeypatch.setattr(journal_mod, "os", os)
         assert all(isinstance(r, PersistenceError) for r in results), results
+        assert failed  # the records met the failing disk
         await s.publish("t", b"after", 2)
         held = [m.message for m in s._client.outgoing_messages]
         await s.close()
@@ -191,48 +201,6 @@ def test_a_failed_shared_sync_fails_every_asyncio_publish_waiting_for_it(
 
     assert asyncio.run(main()) == [b"kept", b"after"]
     d = Client(client_id="agc-fail", clean_session=False)
-    d.config(f"SessionStateFile={tmp_path / 'a'}")
-    d.restore_session("")
-    assert [m.message for m in d.outgoing_messages] == [b"kept", b"after"]
-    d.close()
-
-
-def test_a_failed_shared_write_fails_every_asyncio_publish_it_held(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A group commit's records wait in memory and the publisher that syncs writes them all
-    first; when that write fails (ENOSPC) every publish whose record it held raises
-    PersistenceError and none is left in the session or found after a restart."""
-    import errno
-
-    from mqttsession.errors import PersistenceError
-
-    writes = []
-
-    class _Full:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
-        def write(self, fd: int, data: bytes) -> int:
-            writes.append(len(data))
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    async def main() -> list[bytes]:
-        s = await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="agc-full",
-                                      state_file=str(tmp_path / "a"), connect=False)
-        await s.publish("t", b"kept", 1)
-        monkeypatch.setattr(journal_mod, "os", _Full())
-        results = await asyncio.gather(*(s.publish("t", b"lost%d" % i, 1) for i in range(20)),
-                                       return_exceptions=True)
-        monkeypatch.setattr(journal_mod, "os", os)
-        assert all(isinstance(r, PersistenceError) for r in results), results
-        assert writes  # the held records met the full disk
-        await s.publish("t", b"after", 2)
-        held = [m.message for m in s._client.outgoing_messages]
-        await s.close()
-        return held
-
-    assert asyncio.run(main()) == [b"kept", b"after"]
-    d = Client(client_id="agc-full", clean_session=False)
     d.config(f"SessionStateFile={tmp_path / 'a'}")
     d.restore_session("")
     assert [m.message for m in d.outgoing_messages] == [b"kept", b"after"]
