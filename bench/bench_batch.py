@@ -3,7 +3,7 @@
 100 concurrent asyncio publishes under ``SessionSync=always`` (group commit) against the same
 under ``none``, and single publishes under ``none`` / ``interval``; one mosquitto, same run.
 
-    python bench/bench_batch.py [--messages N] [--batch B] [--repeats R]
+    python bench/bench_batch.py [--messages N] [--batch B] [--repeats R] [--fsync-delay-ms D]
 
 Each configuration publishes N 100-byte QoS 1 messages to 127.0.0.1 and waits for every
 PUBACK (``flush``); rounds are interleaved; the table gives the median rate, the ratio to
@@ -37,6 +37,9 @@ PAYLOAD = bytes(range(100))
 TOPIC = "bench/batch"
 
 
+FSYNC_DELAY = 0.0  # seconds added to each fdatasync of a state file (--fsync-delay-ms)
+
+
 def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
         aio: int = 0) -> tuple[float, float]:
     """Messages per second and fdatasyncs per message: ``publish_many`` batches of ``batch``
@@ -51,7 +54,7 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
     c.config("QueueInMemory=100000")  # the comparison is of syncs, not of the disk queue
     c.connect("127.0.0.1", port)
     try:
-        with counting_fdatasyncs() as counting:
+        with counting_fdatasyncs(FSYNC_DELAY) as counting:
             t = time.perf_counter()
             if batch > 1:
                 for i in range(0, n, batch):
@@ -83,7 +86,7 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> tuple[f
     from mqttsession import AsyncSession, Options
 
     d = tempfile.mkdtemp(dir=work)
-    counting = FsyncCounter()
+    counting = FsyncCounter(FSYNC_DELAY)
 
     async def main() -> float:
         opts = Options(address=f"127.0.0.1:{port}")
@@ -115,7 +118,12 @@ def main() -> int:
     p.add_argument("--repeats", "-r", type=int, default=5)
     p.add_argument("--only", default="", help="comma-separated words: run the configurations"
                    " whose name holds one of them (plus 'none, publish_data', the base)")
+    p.add_argument("--fsync-delay-ms", type=float, default=0.0,
+                   help="make every fdatasync of a state file this much slower, as a slower"
+                        " disk would be (an SD card: 2-20)")
     a = p.parse_args()
+    global FSYNC_DELAY
+    FSYNC_DELAY = a.fsync_delay_ms / 1000
     configs: list[tuple[str, Callable[[int, str], tuple[float, float]]]] = [
         ("none, publish_data", lambda port, w: run(port, w, "none", a.messages, 1)),
         ("interval, publish_data", lambda port, w: run(port, w, "interval", a.messages, 1)),
@@ -146,7 +154,8 @@ def main() -> int:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     base = statistics.median(x[0] for x in res["none, publish_data"])
-    print(f"{a.messages} QoS 1 messages, 100 bytes, median of {a.repeats} interleaved rounds")
+    print(f"{a.messages} QoS 1 messages, 100 bytes, median of {a.repeats} interleaved rounds"
+          + (f"; every fdatasync {a.fsync_delay_ms:g} ms slower" if FSYNC_DELAY else ""))
     for name, _ in configs:
         rate = statistics.median(x[0] for x in res[name])
         syncs = statistics.median(x[1] for x in res[name])

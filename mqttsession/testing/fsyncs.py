@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import mqttsession.journal as journal_mod
@@ -25,25 +26,31 @@ __all__ = ["FsyncCounter", "StuckFdatasync", "counting_fdatasyncs"]
 
 
 class FsyncCounter:
-    """``os`` with a thread-safe count of ``fdatasync`` calls (after each one returns)."""
+    """``os`` with a thread-safe count of ``fdatasync`` calls (after each one returns).
+    ``delay``: seconds each call sleeps first (the GIL released, as a real one does), to stand
+    for a slower disk, such as a gateway's SD card (2-20 ms)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.syncs = 0
+        self.delay = delay
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
     def fdatasync(self, fd: int) -> None:
+        if self.delay:
+            time.sleep(self.delay)
         os.fdatasync(fd)
         with self._lock:
             self.syncs += 1
 
 
 @contextlib.contextmanager
-def counting_fdatasyncs() -> Iterator[FsyncCounter]:
-    """Count the fdatasyncs of the journal and the disk queue inside the block."""
-    counter = FsyncCounter()
+def counting_fdatasyncs(delay: float = 0.0) -> Iterator[FsyncCounter]:
+    """Count the fdatasyncs of the journal and the disk queue inside the block (each one
+    ``delay`` seconds slower)."""
+    counter = FsyncCounter(delay)
     for module in (journal_mod, spool_mod):
         setattr(module, "os", counter)
     try:
