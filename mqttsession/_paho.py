@@ -377,8 +377,10 @@ class PahoConnection(mqtt.Client):
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.loop_write()
             return
+        thread = self._thread  # noqa: SLF001  (None once loop_stop() ran: paho writes then)
         if self._direct and info is None and kind != PacketType.DISCONNECT \
-                and me is not self._thread and self._send_now(kind, packet, packet_id, qos):  # noqa: SLF001
+                and thread is not None and me is not thread \
+                and self._send_now(kind, packet, packet_id, qos):
             return
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
 
