@@ -94,8 +94,9 @@ class Durability:
         try:
             # several publishers under way: the one that syncs lingers a moment for the
             # others' records (PostgreSQL's commit_delay with commit_siblings)
-            linger = _LINGER if self.publishers >= _LINGER_SIBLINGS else 0.0
-            if j is not None and j.sync_to(token[1], token[2], linger) and release:
+            n = self.publishers
+            linger = _LINGER if n >= _LINGER_SIBLINGS else 0.0
+            if j is not None and j.sync_to(token[1], token[2], linger, n) and release:
                 self.release_durable()
         except Exception as exc:  # reported to the publisher by ``release``
             return exc

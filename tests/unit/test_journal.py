@@ -1187,3 +1187,38 @@ def test_a_failed_group_commit_write_cuts_what_is_not_on_disk(
         j.append([st.accept("t/after", b"y", 1)], st, sync=True)  # a full rewrite
     assert [m.topic for m in copy_and_recover(p, tmp_path / "copy2").outgoing.values()] == [
         "t/kept", "t/after"]
+
+
+def test_a_lingering_group_commit_ends_once_every_publisher_under_way_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a slow disk the publisher that runs the next fdatasync waits for the others under
+    way (up to half an fdatasync), and starts as soon as all of them wait for it: three
+    publishers, one fdatasync, and no waiting out the (here 60 s) bound."""
+    import threading
+
+    from mqttsession import groupcommit
+
+    monkeypatch.setattr(groupcommit, "_LINGER_MAX", 60.0)
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        j._sync_time = 120.0  # a very slow disk: the bound is 60 s
+        syncs = _counting(monkeypatch)
+        lock = threading.Lock()
+        done: list[str] = []
+
+        def publish(name: str) -> None:
+            with lock:  # the client's lock, around the record
+                j.append([st.accept(f"t/{name}", b"x", 1)], st, sync=False, lazy=True)
+                mark = j.position()
+            j.sync_to(*mark, linger=0.0002, expected=3)
+            done.append(name)
+
+        threads = [threading.Thread(target=publish, args=(n,)) for n in "abc"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(done) == ["a", "b", "c"]  # none waited out the bound
+        assert len(syncs) == 1  # one fdatasync for the three
+    assert len(copy_and_recover(p, tmp_path / "copy").outgoing) == 3
