@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1214,11 +1215,12 @@ def test_a_lingering_group_commit_ends_once_every_publisher_under_way_waits(
             j.sync_to(*mark, linger=0.0002, expected=3)
             done.append(name)
 
-        threads = [threading.Thread(target=publish, args=(n,)) for n in "abc"]
+        threads = [threading.Thread(target=publish, args=(n,), daemon=True) for n in "abc"]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 20
         for t in threads:
-            t.join(20)
+            t.join(max(0.0, deadline - time.monotonic()))
         assert sorted(done) == ["a", "b", "c"]  # none waited out the bound
         assert len(syncs) == 1  # one fdatasync for the three
     assert len(copy_and_recover(p, tmp_path / "copy").outgoing) == 3
