@@ -61,6 +61,7 @@ _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _Held = tuple[int, bytes, int, int]  # a packet held back: kind, bytes, packet id, QoS
 _PUBLISH_CMD: Final = int(PacketType.PUBLISH) << 4
+_PUBREL_FIRST: Final = int(PacketType.PUBREL) << 4 | 2  # a PUBREL's first byte (flags 0010)
 _READ_BATCH: Final = 64  # packets read per network-loop round at most (a whole recv more)
 _RECV_BYTES: Final = 65536  # asked of one recv call
 _time_func: Final = getattr(mqtt, "time_func", time.monotonic)  # paho's keep-alive clock
@@ -499,9 +500,7 @@ class PahoConnection(mqtt.Client):
             server = None
         if server is not None:  # FailoverServers / a followed Server Reference
             self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
-        self._connack_seen = False
-        with self._send_lock:
-            self._direct = False
+        self._connack_seen = False  # (paho's reconnect closes the socket: no direct sends)
         with self._batch_lock:
             self._epoch += 1
             self._after_sync.clear()
@@ -700,8 +699,7 @@ class PahoConnection(mqtt.Client):
                     except Exception as exc:  # a hook must never kill paho's network thread
                         self._hook_failed(exc, f"handling a {acks[0][0].name} packet")
                         return _DROP, n
-                elif (length == 2 and kind in _ACK_TYPES and self._connack_seen
-                        and first & 0x0F == (2 if kind == PacketType.PUBREL else 0)):
+                elif length == 2 and first == _PUBREL_FIRST and self._connack_seen:
                     pos = i + length
                     n += 1
                     try:  # a PUBREL: it may deliver (and pause reading): alone

@@ -175,15 +175,20 @@ class Spool:
             raise StateError(f"disk queue {self.dir} is for client id {arr[2]!r}")
         return True
 
+    @staticmethod
+    def _message(payload: bytes, where: str) -> OutgoingMessage:
+        """The queued message a frame holds; ``StateError`` naming ``where`` otherwise."""
+        try:
+            rec = decode_record(payload)
+        except StateError as exc:
+            raise StateError(f"{where}: {exc}") from None
+        if type(rec) is not Accepted or rec.message.packet_id:
+            raise StateError(f"{where}: not a queued message")
+        return rec.message
+
     def _messages(self, payloads: list[bytes], where: str) -> Iterator[OutgoingMessage]:
         for payload in payloads:
-            try:
-                rec = decode_record(payload)
-            except StateError as exc:
-                raise StateError(f"{where}: {exc}") from None
-            if type(rec) is not Accepted or rec.message.packet_id:
-                raise StateError(f"{where}: not a queued message")
-            yield rec.message
+            yield self._message(payload, where)
 
     def _scan_open(self, seg: _Segment) -> None:
         """Read the open segment: its messages counted, a torn tail cut."""
@@ -356,29 +361,16 @@ class Spool:
     def _peek_message(self) -> OutgoingMessage | None:
         seg = self._segs[self._ri]
         try:
-            return next(self._messages([self._frames[-1]], seg.path))
+            return self._message(self._frames[-1], seg.path)
         except StateError as exc:
             self._damaged(seg, str(exc))
             return None
 
     def _take(self) -> OutgoingMessage | None:
-        payload = self._frames[-1]  # (``_peek_message``, without its generator)
-        try:
-            rec = decode_record(payload)
-        except StateError as exc:
-            why = str(exc)
-        else:
-            if type(rec) is Accepted and not rec.message.packet_id:
-                why = ""
-            else:
-                why = "not a queued message"
-        if why:
-            seg = self._segs[self._ri]
-            self._damaged(seg, f"{seg.path}: {why}")
+        m = self._peek_message()
+        if m is None:
             return None
-        assert type(rec) is Accepted
-        m = rec.message
-        self._frames.pop()
+        payload = self._frames.pop()
         self._roff += 8 + len(payload)
         n = len(m.payload) + len(m.topic) + len(m.properties)
         self._rcount += 1
