@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .aio import AsyncSession
-from ._paho import unpack_properties
+from .properties import unpack_properties
 from .client import Client
 from .codec import SavedState, load_state
 from .errors import (

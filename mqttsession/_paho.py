@@ -1,32 +1,25 @@
 """The one module that touches paho-mqtt internals: an adapter between paho and the engine.
 
-paho keeps what it is good at: the socket, TLS, keep-alive, CONNECT and DISCONNECT. The session
-packets are not paho's: every PUBLISH / PUBACK / PUBREC / PUBREL / PUBCOMP / SUBACK / UNSUBACK
-is decoded by ``_wire`` and handed to ``Hooks._hook_packet`` (the Client, which feeds the engine),
-and the packets the engine returns are queued as the bytes ``_wire`` made (``write``), so paho's
+paho keeps what it is good at: the socket, TLS, keep-alive, CONNECT and DISCONNECT. Every
+session packet (PUBLISH, its acks, SUBACK, UNSUBACK) is decoded by ``_wire`` and handed to
+``Hooks``; the packets the engine returns are queued as the bytes ``_wire`` made (``write``),
+or sent by the publishing thread itself when nothing waits (``_send_now``), so paho's
 ``_out_messages`` / ``_in_messages`` stay empty and MQTT 5 properties stay packed end to end.
 
-Received bytes are read with few large ``recv`` calls and split into packets here (paho's own
-reader makes three calls a packet, each handing the GIL to another thread and back); paho's
-handler still gets the packets that are not the session's (CONNACK, PINGRESP, DISCONNECT, AUTH).
-
-Acknowledgements written while a read batch is handled wait for the batch's end, after
-``Hooks._hook_batch_end`` made the records they depend on durable (one fsync for the batch).
-A gateway's connection does not wait for that fsync on its loop: the hook hands back a future,
-and the batch's packets, with every packet written after them, wait for it (``_after_sync``).
-Timers run in paho's loop (``loop_misc``): no thread of our own.
-
-Every private paho access is tagged ``# noqa: SLF001`` so the coupling is greppable.
-Verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
+Received bytes are read with few large ``recv`` calls and split into packets here (paho's
+reader makes three calls a packet); paho's handler still gets CONNACK, PINGRESP, DISCONNECT
+and AUTH. Acknowledgements written while a read batch is handled wait for the batch's end,
+after ``Hooks._hook_batch_end`` made their records durable (one fsync for the batch); a
+gateway's connection waits for that sync's future instead (``_after_sync``). Timers run in
+paho's loop (``loop_misc``). Every private access is tagged ``# noqa: SLF001``; verified
+against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import socket
-import ssl
 import threading
 import time
 from typing import Any, Callable, Final, Protocol
@@ -35,19 +28,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.enums import _ConnectionState  # noqa: SLF001
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import _wire
 from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
-from .pacing import Pacer, jittered
+from .refusals import PahoLog, describe_connect_error
 
-__all__ = [
-    "AsyncioPump", "Hooks", "PahoConnection", "pack_properties", "unpack_properties", "connect_properties",
-    "disconnect_properties", "describe_connect_error", "refusal_message", "CLEAN_START_FIRST_ONLY",
-    "server_reference",
-]
+__all__ = ["CLEAN_START_FIRST_ONLY", "Hooks", "PahoConnection"]
 
 CLEAN_START_FIRST_ONLY: Final = mqtt.MQTT_CLEAN_START_FIRST_ONLY
 
@@ -102,105 +90,6 @@ class Hooks(Protocol):
     def _hook_tick(self) -> None: ...  # once per network-loop round
 
     def _hook_failure(self, exc: Exception, context: str) -> None: ...
-
-
-def pack_properties(props: Properties | None) -> bytes:
-    """MQTT 5 properties as packed on the wire (b"" for none)."""
-    if props is None:
-        return b""
-    packed = props.pack()  # type: ignore[no-untyped-call]
-    return b"" if packed == b"\x00" else bytes(packed)
-
-
-def unpack_properties(data: bytes, packet_type: int = PacketTypes.PUBLISH) -> Properties | None:
-    """The inverse of ``pack_properties``."""
-    if not data:
-        return None
-    props = Properties(packet_type)  # type: ignore[no-untyped-call]
-    props.unpack(data)  # type: ignore[no-untyped-call]
-    return props
-
-
-def expiry_properties(packet_type: int, session_expiry_interval: int | None) -> Properties | None:
-    """CONNECT / DISCONNECT properties carrying the Session Expiry Interval (absent means 0)."""
-    if session_expiry_interval is None:
-        return None
-    props = Properties(packet_type)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = session_expiry_interval
-    return props
-
-
-def connect_properties(
-    session_expiry_interval: int | None, receive_maximum: int | None = None
-) -> Properties | None:
-    """MQTT 5 CONNECT properties: Session Expiry Interval and Receive Maximum (how many
-    incoming QoS 1/2 flows the broker may leave unacknowledged at once [MQTT-3.3.4-9])."""
-    props = expiry_properties(PacketTypes.CONNECT, session_expiry_interval)
-    if receive_maximum is not None:
-        if props is None:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.ReceiveMaximum = receive_maximum
-    return props
-
-
-def disconnect_properties(session_expiry_interval: int | None) -> Properties | None:
-    return expiry_properties(PacketTypes.DISCONNECT, session_expiry_interval)
-
-
-
-def server_reference(props: Any) -> str | None:
-    """The Server Reference of a DISCONNECT's paho ``Properties`` (MQTT 5 4.11), or None."""
-    ref = getattr(props, "ServerReference", None)
-    return ref if isinstance(ref, str) else None
-
-
-def describe_connect_error(exc: BaseException) -> str:
-    """A connect failure in words that name the cause."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"the broker's TLS certificate was not accepted ({exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or str(exc)
-        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
-            return f"TLS handshake refused: the broker wants a client certificate ({reason})"
-        if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
-            return f"TLS handshake refused: the broker does not trust our client certificate ({reason})"
-        return f"TLS error: {reason}"
-    if isinstance(exc, mqtt.WebsocketConnectionError):
-        return (f"{exc} (not a WebSockets listener there, or it refused the path or the"
-                " headers)")
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (no broker listening there?)"
-    return str(exc) or type(exc).__name__
-
-
-def refusal_message(where: str, rc: int, reason: str, tls_enabled: bool, client_cert: bool) -> str:
-    """Why ``connect()`` failed after the TCP connection: rc -3 a session fault on CONNACK,
-    -2 closed before CONNACK, else the broker's refusal code."""
-    if rc == -3:
-        return f"connected to {where}, but {reason}"
-    if rc == -2:
-        if not tls_enabled:
-            hint = "not an MQTT broker there, or it stopped?"
-        elif not client_cert:
-            hint = "a TLS listener that requires a client certificate does this"
-        else:  # TLS 1.3: a refused client certificate shows only after the handshake
-            hint = "a TLS listener that does not accept our client certificate does this"
-        return f"{where} closed the connection before CONNACK ({reason}); {hint}"
-    hint = " (wrong username or password?)" if rc in (4, 5, 0x86, 0x87) else ""
-    return f"{where} refused the connection: {reason}{hint}"
-
-
-_CONNECTION_LOSS: Final = ("failed to receive on socket", "timeout on socket")
-
-
-class _PahoLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed
-    """paho's log (``mqttsession.paho``), with a lost connection at INFO: paho logs it at
-    ERROR, but the session handles it (reconnects, resumes) and the driver says so."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if level >= logging.WARNING and isinstance(msg, str) and msg.startswith(_CONNECTION_LOSS):
-            level = logging.INFO
-        super().log(level, msg, *args, **kwargs)
 
 
 def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
@@ -271,7 +160,7 @@ class PahoConnection(mqtt.Client):
         self._connack_seen = False  # on this network connection
         self._new_sock: Any = None  # the socket being set up by _create_socket
         self._was_connected = False  # a CONNACK arrived on some connection: reconnects follow
-        self.enable_logger(_PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
+        self.enable_logger(PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
 
@@ -681,13 +570,16 @@ class PahoConnection(mqtt.Client):
                 if end - i < length:
                     return rc, n  # the rest of this packet is still on its way
                 kind = first >> 4
-                if length == 2 and first in _FLOW_ACKS and self._connack_seen:
+                if length == 2 and self._connack_seen and (first in _FLOW_ACKS
+                                                           or first == _PUBREL_FIRST):
                     # the usual ack is the packet id alone (3.1.1 always, 5 on success without
-                    # properties [MQTT 5 3.4.2.1]): no general decode for it; the ones that
-                    # follow it here are handed over with it (one hold of the session lock)
+                    # properties [MQTT 5 3.4.2.1]): no general decode for it; the flow acks that
+                    # follow it are handed over with it (one hold of the session lock). A
+                    # PUBREL may deliver (and pause reading): alone
                     acks = [(_ACK_TYPES[kind], buf[i] << 8 | buf[i + 1])]
                     pos = i + 2
-                    while end - pos >= 4 and buf[pos + 1] == 2 and buf[pos] in _FLOW_ACKS:
+                    while (first != _PUBREL_FIRST and end - pos >= 4 and buf[pos + 1] == 2
+                           and buf[pos] in _FLOW_ACKS):
                         acks.append((_ACK_TYPES[buf[pos] >> 4], buf[pos + 2] << 8 | buf[pos + 3]))
                         pos += 4
                     n += len(acks)
@@ -698,14 +590,6 @@ class PahoConnection(mqtt.Client):
                             self.hooks._hook_acks(acks)
                     except Exception as exc:  # a hook must never kill paho's network thread
                         self._hook_failed(exc, f"handling a {acks[0][0].name} packet")
-                        return _DROP, n
-                elif length == 2 and first == _PUBREL_FIRST and self._connack_seen:
-                    pos = i + length
-                    n += 1
-                    try:  # a PUBREL: it may deliver (and pause reading): alone
-                        self.hooks._hook_ack(_ACK_TYPES[kind], buf[i] << 8 | buf[i + 1])
-                    except Exception as exc:  # a hook must never kill paho's network thread
-                        self._hook_failed(exc, f"handling a {PacketType(kind).name} packet")
                         return _DROP, n
                 else:
                     pos = i + length
@@ -813,192 +697,3 @@ class PahoConnection(mqtt.Client):
             self.hooks._hook_failure(exc, context)
         except Exception:  # pragma: no cover - reporting must not kill the thread either
             log.exception("reporting a failed session hook failed")
-
-
-class AsyncioPump:
-    """Drives a ``PahoConnection`` from an asyncio loop instead of a network thread (paho's
-    socket callbacks, as aiomqtt 2.x does): reads and writes when the socket is ready, timers
-    (keep-alive, ``hooks._hook_tick``) every ``tick`` seconds, and reconnects with backoff.
-
-    Everything but the blocking TCP connect (``reconnect``, in the loop's default executor)
-    runs on the loop; socket callbacks from that executor are passed to the loop.
-    """
-
-    def __init__(self, conn: PahoConnection, loop: Any, delay_min: float, delay_max: float,
-                 tick: float = 0.5, *, pacer: Pacer | None = None, jitter: bool = False,
-                 loop_thread: threading.Thread | None = None,
-                 executor: concurrent.futures.Executor | None = None) -> None:
-        self.conn = conn
-        self.loop = loop
-        self._pacer = pacer  # many sessions: reconnect attempts take a slot of its rate
-        self._jitter = jitter  # many sessions: backoff delays spread (``pacing.jittered``)
-        self.executor = executor  # where the blocking reconnect waits (None: the loop's default)
-        conn.loop_thread = loop_thread
-        self._delay_min, self._delay_max = max(delay_min, 0.05), max(delay_max, delay_min)
-        self._delay = self._delay_min
-        self._tick = tick
-        self._sock: Any = None
-        self._writer: Any = None  # the socket the loop watches for writability (None: none)
-        self._paused = False
-        self._timer: Any = None
-        self._retry: Any = None
-        self.stopped = False
-        conn.on_socket_open = self._on_open
-        conn.on_socket_close = self._on_close
-        conn.on_socket_register_write = self._on_want_write
-        conn.on_socket_unregister_write = self._on_no_write
-        self._wake_due = False  # a wake-up for packets queued by other threads is on its way
-        conn.wake_writer = self._wake_writer
-
-    def _soon(self, fn: Callable[[], None]) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            running = self.loop is asyncio.get_running_loop()
-        except RuntimeError:
-            running = False
-        if running:
-            fn()
-        else:
-            self.loop.call_soon_threadsafe(fn)
-
-    def _on_open(self, _c: Any, _u: Any, sock: Any) -> None:
-        def opened() -> None:
-            if self.stopped:
-                return
-            self._sock = sock
-            if not self._paused:
-                self.loop.add_reader(sock, self._read)
-            self._schedule_misc()
-        self._soon(opened)
-
-    def _on_close(self, _c: Any, _u: Any, sock: Any) -> None:
-        def closed() -> None:
-            self.loop.remove_reader(sock)
-            self.loop.remove_writer(sock)
-            if self._writer is sock:
-                self._writer = None
-            if self._sock is sock:
-                self._sock = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if not self.stopped and self.conn.wants_reconnect():
-                self._schedule_reconnect()
-        self._soon(closed)
-
-    def _on_want_write(self, _c: Any, _u: Any, sock: Any) -> None:
-        def want() -> None:
-            if not self.stopped:
-                self.loop.add_writer(sock, self._write)
-                self._writer = sock
-        self._soon(want)
-
-    def _on_no_write(self, _c: Any, _u: Any, sock: Any) -> None:
-        # paho says so after every write; asyncio's remove_writer of a socket it does not
-        # watch builds a KeyError with the socket's repr (a getpeername call): only when one is
-        def no_write() -> None:
-            if self._writer is sock:
-                self._writer = None
-                self.loop.remove_writer(sock)
-        self._soon(no_write)
-
-    def _wake_writer(self) -> None:
-        """Another thread queued a packet: one loop round writes all queued by then."""
-        if self._wake_due:
-            return
-        self._wake_due = True
-        try:
-            self.loop.call_soon_threadsafe(self._write_queued)
-        except RuntimeError:  # the loop is closed: nothing is written any more
-            pass
-
-    def _write_queued(self) -> None:
-        self._wake_due = False  # first: a packet queued from here on wakes the loop again
-        if self._sock is not None and not self.stopped:
-            self.conn.loop_write()
-
-    def _read(self) -> None:
-        if self._sock is not None and not self.stopped:
-            self.conn.loop_read()
-
-    def _write(self) -> None:
-        self.conn.loop_write()
-
-    def _schedule_misc(self) -> None:
-        self._timer = self.loop.call_later(self._tick, self._misc)
-
-    def _misc(self) -> None:
-        self._timer = None
-        if self.stopped or self._sock is None:
-            return
-        if self.conn.loop_misc() == _OK and self._sock is not None:
-            self._delay = self._delay_min  # connected and alive: the next backoff starts low
-            self._schedule_misc()
-
-    def _schedule_reconnect(self) -> None:
-        delay, self._delay = self._delay, min(self._delay * 2, self._delay_max)
-        if self._jitter:
-            delay = jittered(delay)
-        if self._pacer is not None:
-            delay += self._pacer.delay(self.loop.time() + delay)
-        self._retry = self.loop.call_later(delay, self._reconnect)
-
-    def _reconnect(self) -> None:
-        self._retry = None
-        if self.stopped:
-            return
-        fut = self.loop.run_in_executor(self.executor, self.conn.reconnect)
-
-        def done(f: Any) -> None:
-            if f.cancelled() or f.exception() is None or self.stopped:
-                return
-            log.debug("reconnect failed: %s", f.exception())
-            self._schedule_reconnect()
-        fut.add_done_callback(done)
-
-    def pause_reading(self) -> None:
-        """Read nothing more until ``resume_reading`` (back-pressure)."""
-        if not self._paused:
-            self._paused = self.conn.reading_paused = True
-            if self._sock is not None:
-                self.loop.remove_reader(self._sock)
-
-    def resume_reading(self) -> None:
-        if self._paused:
-            self._paused = self.conn.reading_paused = False
-            if self._sock is not None and not self.stopped:
-                self.loop.add_reader(self._sock, self._read)
-                self.loop.call_soon(self._read)  # what was read into buffers (TLS) before
-
-    def call(self, fn: Callable[[], None], timeout: float = 10.0) -> None:
-        """``fn()`` on the loop: now when called there (or the loop is not running), else
-        passed to it and waited for (its exception is raised here)."""
-        try:
-            here = self.loop is asyncio.get_running_loop()
-        except RuntimeError:
-            here = False
-        if here or self.loop.is_closed() or not self.loop.is_running():
-            fn()
-            return
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
-        self.loop.call_soon_threadsafe(run)
-        done.result(timeout)
-
-    def stop(self) -> None:
-        """No more reads, writes, timers or reconnects (the socket itself is paho's)."""
-        self.stopped = True
-        for handle in (self._timer, self._retry):
-            if handle is not None:
-                handle.cancel()
-        if self._sock is not None:
-            self.loop.remove_reader(self._sock)
-            self.loop.remove_writer(self._sock)

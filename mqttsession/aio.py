@@ -1,7 +1,7 @@
 """asyncio sessions in the Coherence style: ``session = await AsyncSession.create(options)``.
 
 ``AsyncSession`` runs its session on the event loop itself, as aiomqtt 2.x drives paho: paho's
-socket callbacks put the connection's socket in the loop (``_paho.AsyncioPump``), so reads,
+socket callbacks put the connection's socket in the loop (``pump.AsyncioPump``), so reads,
 writes, acknowledgements and timers are loop callbacks, and there is no thread of its own (only
 the blocking TCP connect waits in the loop's default executor):
 

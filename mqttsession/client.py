@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 from . import codec
 from ._config import CONFIG, ClientSettings
 from .driver import ConnectParams, Driver
-from ._paho import pack_properties
-from .engine import EngineSettings
+from .properties import pack_properties
+from .engine import Action, EngineSettings
 from .errors import UsageError
 from .options import DEFAULT_WS_PATH, check_transport, check_ws_headers, check_ws_path
 from .events import (
@@ -404,8 +404,15 @@ class Client:
         with d.count_lock:
             d.publishers += 1
         try:
-            pid, token = self._publish_begin(topic, qos, data, retain, properties,
-                                             group=d.publishers > 1)
+            if qos and d.publishers > 1 and d.group_commit():
+                # publishers in several threads: one of them runs the others' locked parts
+                payload, props = _message(self, topic, qos, data, properties)
+                (pid, rest), token = d.combine(
+                    lambda: self._publish_locked(topic, qos, payload, retain, props, True))
+                d.finish(rest)
+            else:
+                pid, token = self._publish_begin(topic, qos, data, retain, properties,
+                                                 group=d.publishers > 1)
             if token is not None:
                 d.settle(token)  # the group commit: durable before this returns
         finally:
@@ -420,29 +427,37 @@ class Client:
         disk (``SessionSync=always``: publishers in several threads share the fdatasync;
         ``Driver.settle`` waits for it, or ``wait_durable`` + ``release`` in two steps)."""
         payload, props = _message(self, topic, qos, data, properties)
-        token = None
         with self._lock:
-            self._require_open("publish")
-            if not qos:
-                group = False
-            if qos:
-                self._file.open(self._engine.state)  # with a state file: durable from the first
-                self._file.compact_before_publish(self._engine.state)
-                # only while other publishes are under way: alone, the sync under the lock
-                # costs less than handing it over
-                group = group and self._driver.group_commit()
-            pid, actions = self._engine.publish(
-                topic, payload, qos, self._settings.retain if retain is None else bool(retain),
-                props, time.time(), hold=group)
-            rec = self._engine.accepted
-            group = group and type(rec) is Accepted
-            # persistence point 1: the record written; with a group commit its fsync (and so
-            # its PUBLISH) follows outside the lock
-            rest = self._driver.run(actions, rec, deferred=group)
-            if group and rec is not None:
-                token = self._driver.hold(rec.message.seq)
+            (pid, rest), token = self._publish_locked(topic, qos, payload, retain, props, group)
         self._driver.finish(rest)
         return pid, token
+
+    def _publish_locked(self, topic: str, qos: int, payload: bytes, retain: bool | None,
+                        props: bytes, group: bool
+                        ) -> tuple[tuple[int, list[Action]], tuple[int, int, int] | None]:
+        """A publish, lock held: (packet id, callbacks for ``finish``) and the group commit's
+        token (None: durable already, or QoS 0)."""
+        self._require_open("publish")
+        token = None
+        if not qos:
+            group = False
+        if qos:
+            self._file.open(self._engine.state)  # with a state file: durable from the first
+            self._file.compact_before_publish(self._engine.state)
+            # only while other publishes are under way: alone, the sync under the lock
+            # costs less than handing it over
+            group = group and self._driver.group_commit()
+        pid, actions = self._engine.publish(
+            topic, payload, qos, self._settings.retain if retain is None else bool(retain),
+            props, time.time(), hold=group)
+        rec = self._engine.accepted
+        group = group and type(rec) is Accepted
+        # persistence point 1: the record written; with a group commit its fsync (and so
+        # its PUBLISH) follows outside the lock
+        rest = self._driver.run(actions, rec, deferred=group)
+        if group and rec is not None:
+            token = self._driver.hold(rec.message.seq)
+        return (pid, rest), token
 
     def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                      ) -> list[int]:

@@ -16,29 +16,24 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Protocol, cast
 
 from . import codec
 from ._config import ClientSettings
-from ._paho import (
-    AsyncioPump,
-    PahoConnection,
-    connect_properties,
-    describe_connect_error,
-    disconnect_properties,
-    refusal_message,
-    server_reference,
-)
+from ._paho import PahoConnection
+from .properties import connect_properties, disconnect_properties, server_reference
+from .pump import AsyncioPump
+from .refusals import describe_connect_error, refusal_message
 from ._wire import Packet, PacketType
 from .engine import (Action, ConnState, Deliver, Engine, EngineSettings, Notify, Persist,
                      QueueSource, Write)
 from .errors import ConnectError, PersistenceError, ProtocolViolation, UsageError
 from .events import ErrorEvent, Message, MessageEvent
 from .expiry import effective_interval
-from .failover import REDIRECT_CODES, ServerRotation
+from .failover import REDIRECT_CODES, ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer
 from .state import Accepted, Spooled, validate_topic
@@ -113,6 +108,8 @@ class Driver(Durability):
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
         self.publishers = 0  # publish_data calls under way (group commit when more than one)
         self.count_lock = threading.Lock()
+        self._combining: deque[Any] = deque()
+        self._combiner = threading.Lock()
         self._tries = 0  # network connections tried since the last CONNACK (the log's count)
         self._lost = False  # the last connection was lost, not closed: a reconnect is under way
         self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)
@@ -216,32 +213,13 @@ class Driver(Durability):
                                        source="FailoverServers")
         return ServerRotation(servers, tls=params.tls)
 
-    @staticmethod
-    def _attempts(rot: ServerRotation) -> Iterator[tuple[str, int]]:
-        """The servers connect() tries, in turn: each in the list once, and after a refusal
-        that named another server (FollowServerReference) that server first."""
-        yield rot.current
-        tried = 1
-        while rot.redirect_pending or tried < len(rot.servers):
-            if not rot.redirect_pending:
-                tried += 1
-            yield rot.next()
-
-    @staticmethod
-    def _none_accepted(failures: list[tuple[tuple[str, int], ConnectError]]) -> ConnectError:
-        """The error of a connect() no server accepted (one server: its own error)."""
-        if len(failures) == 1:
-            return failures[0][1]
-        return ConnectError("no server accepted the connection: "
-                            + "; ".join(str(e) for _, e in failures), failures[-1][1].status_code)
-
     def _failed_attempt(self, rot: ServerRotation, target: tuple[str, int],
                         exc: ConnectError) -> None:
         if rot.redirect_pending or len(rot.servers) > 1:
             log.warning("connect: %s (%s); trying the next server", format_address(*target), exc)
 
     def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
-        """``Client.connect``: CONNECT to each server in turn (``_attempts``) until one
+        """``Client.connect``: CONNECT to each server in turn (``ServerRotation.attempts``) until one
         accepts, and wait for CONNACK and the resume plan; paho's network thread runs the
         connection from then on. ``timeout`` is per server. A session of a ``Gateway``
         connects on the gateway's loop instead (``connect_async`` there)."""
@@ -250,14 +228,14 @@ class Driver(Durability):
             return
         rot = self._rotation(host, port, params)
         failures: list[tuple[tuple[str, int], ConnectError]] = []
-        for target in self._attempts(rot):
+        for target in rot.attempts():
             try:
                 self._connect_once(target, rot, timeout, params)
                 return
             except ConnectError as exc:
                 failures.append((target, exc))
                 self._failed_attempt(rot, target, exc)
-        raise self._none_accepted(failures)
+        raise none_accepted(failures)
 
     def _connect_once(self, target: tuple[str, int], rot: ServerRotation, timeout: float,
                       params: ConnectParams) -> None:
@@ -276,14 +254,14 @@ class Driver(Durability):
         only the TCP connect waits in the loop's default executor."""
         rot = self._rotation(host, port, params)
         failures: list[tuple[tuple[str, int], ConnectError]] = []
-        for target in self._attempts(rot):
+        for target in rot.attempts():
             try:
                 await self._connect_once_async(target, rot, timeout, params)
                 return
             except ConnectError as exc:
                 failures.append((target, exc))
                 self._failed_attempt(rot, target, exc)
-        raise self._none_accepted(failures)
+        raise none_accepted(failures)
 
     async def _connect_once_async(self, target: tuple[str, int], rot: ServerRotation,
                                   timeout: float, params: ConnectParams) -> None:
@@ -401,7 +379,19 @@ class Driver(Durability):
             deferred or self._settings.session_sync == "interval")
         later: list[Action] = []
         durable = False  # a record that is not lazy: a compaction may be due
+        joined: list[bytes] = []  # consecutive packets written with one ``write`` (one send)
         for a in actions:
+            if type(a) is Write:
+                if conn is not None:
+                    if a.qos and a.kind is not PacketType.DISCONNECT:
+                        joined.append(a.packet)
+                        continue
+                    if joined:
+                        self._write_joined(joined)
+                    conn.write(a.packet, a.kind, a.packet_id, a.qos)
+                continue
+            if joined:
+                self._write_joined(joined)
             if type(a) is Persist:
                 sync = a.sync
                 if sync:
@@ -425,11 +415,10 @@ class Driver(Durability):
                         raise
                     later.append(Notify("on_error", ErrorEvent(
                         getattr(exc, "errno", None) or -1, f"{quiet}: {exc}")))
-            elif type(a) is Write:
-                if conn is not None:
-                    conn.write(a.packet, a.kind, a.packet_id, a.qos)
             else:
                 later.append(a)
+        if joined:
+            self._write_joined(joined)
         if durable:
             f.compact_if_due(st)
             if later_sync and not deferred:
@@ -443,6 +432,14 @@ class Driver(Durability):
             if self.on_idle is not None:
                 self.on_idle()
         return later
+
+    def _write_joined(self, packets: list[bytes]) -> None:
+        """Packets of QoS 1/2 flows, in order, as one write (one ``send``: each releases the
+        GIL, a hand-over to another thread and back); emptied."""
+        if self.conn is not None:
+            self.conn.write(packets[0] if len(packets) == 1 else b"".join(packets),
+                            PacketType.PUBLISH, 0, 1)
+        packets.clear()
 
     def finish(self, later: list[Action]) -> None:
         """Run the callbacks ``run`` left (never under the lock)."""

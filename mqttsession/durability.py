@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 from ._config import ClientSettings
-from ._paho import AsyncioPump
+from .pump import AsyncioPump
 from .engine import Action, Engine
 from .errors import PersistenceError
 from .state import Accepted, Spooled
@@ -21,6 +21,29 @@ __all__ = ["Durability"]
 
 _LINGER = 0.0002  # seconds the syncing publisher waits when others are under way
 _LINGER_SIBLINGS = 4  # publish_data calls under way for that
+_T = TypeVar("_T")
+Token = tuple[int, int, int]  # a held publish: its seq, and where its record ends
+
+
+class _Combined:
+    """A publish handed to ``Durability.combine``: its locked part, then what it gave."""
+
+    __slots__ = ("fn", "result", "error", "done", "orphan", "wake")
+
+    def __init__(self, fn: Callable[[], tuple[object, Token | None]]) -> None:
+        self.fn = fn
+        self.result: tuple[object, Token | None] | None = None
+        self.error: Exception | None = None
+        self.done = False
+        self.orphan = False  # its publisher was interrupted (KeyboardInterrupt) while it ran
+        self.wake = threading.Lock()  # released: done, or the combiner's turn is this one's
+        self.wake.acquire()
+
+    def signal(self) -> None:
+        try:
+            self.wake.release()
+        except RuntimeError:  # woken already: it looks at ``done`` when it runs
+            pass
 
 
 class _Cancellable(Protocol):
@@ -57,6 +80,8 @@ class Durability:
     _sync_timer: _Cancellable | None  # SessionSync=interval, armed while records wait
     pump: AsyncioPump | None
     publishers: int  # publish_data calls under way
+    _combining: deque[_Combined]  # publishes waiting for a combiner (``combine``)
+    _combiner: threading.Lock  # held by the thread that runs them
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
@@ -75,6 +100,72 @@ class Durability:
         return self._settings.session_sync == "always" and self.file.journal is not None \
             and self.file.unrestored is None
 
+    def combine(self, fn: Callable[[], tuple[_T, Token | None]]) -> tuple[_T, Token | None]:
+        """Flat combining of publishes from several threads (SessionSync=always): ``fn``, the
+        locked part of one publish, joins a queue; the one thread that takes the combiner's
+        turn runs every queued ``fn`` under ONE hold of the lock, makes their records durable
+        with one fdatasync and writes their PUBLISHes together; the others sleep meanwhile
+        (no convoy at the lock, one wake-up each). Returns ``fn``'s result, or raises its
+        error; the caller then ``settle``s the token (at once when the sync covered it)."""
+        req = _Combined(fn)
+        queue = self._combining
+        queue.append(req)
+        try:
+            while not req.done:
+                if not self._combiner.acquire(False):
+                    req.wake.acquire()  # done, or the turn was handed to this one
+                    continue
+                batch: list[_Combined] = []
+                try:
+                    while queue:
+                        batch.append(queue.popleft())
+                    last = self._run_combined(batch)
+                    if last is not None:
+                        # no linger: the batch is whole (the next one gathers during this
+                        # fdatasync). A failure is each publisher's to find (``settle``)
+                        if self.wait_durable(last, release=True, linger=False) is None \
+                                and self._awaiting:  # another thread's fdatasync covered them
+                            self.release_durable()
+                finally:
+                    self._combiner.release()
+                    for r in batch:
+                        self._combined(r)
+                if queue:  # queued while this one ran: the turn goes to the first of them
+                    queue[0].signal()
+        except BaseException:
+            try:
+                queue.remove(req)  # not run: nothing to take back
+            except ValueError:
+                req.orphan = True  # run, or running: released once durable, else taken back
+                if req.done:
+                    self._combined(req)
+            raise
+        if req.error is not None:
+            raise req.error
+        return req.result  # type: ignore[return-value]
+
+    def _run_combined(self, batch: list[_Combined]) -> Token | None:
+        """The locked parts of a combiner's batch, under one hold of the lock; the last token."""
+        last = None
+        with self.lock:
+            for r in batch:
+                try:
+                    r.result = result = r.fn()
+                except Exception as exc:  # raised in its own thread
+                    r.error = exc
+                    continue
+                if result[1] is not None:
+                    last = result[1]
+        return last
+
+    def _combined(self, r: _Combined) -> None:
+        """``r`` has run (and synced): its publisher may go on (an interrupted one's message
+        is released if durable, else taken back)."""
+        r.done = True
+        if r.orphan and r.result is not None and r.result[1] is not None:
+            self.release_quietly(r.result[1], None)
+        r.signal()
+
     def hold(self, seq: int) -> tuple[int, int, int] | None:
         """After ``run`` wrote a held message's record (lock held): what ``settle`` waits for."""
         j = self.file.journal
@@ -85,8 +176,8 @@ class Durability:
         self._awaiting.append(token)
         return token
 
-    def wait_durable(self, token: tuple[int, int, int], release: bool = False
-                     ) -> Exception | None:
+    def wait_durable(self, token: tuple[int, int, int], release: bool = False,
+                     linger: bool = True) -> Exception | None:
         """Group commit (no lock): the record is on disk; the error when the sync failed.
         ``release``: the thread that ran the fdatasync writes every message it covered (the
         others need not take the session lock for theirs)."""
@@ -94,9 +185,9 @@ class Durability:
         try:
             # several publishers under way: the one that syncs lingers a moment for the
             # others' records (PostgreSQL's commit_delay with commit_siblings)
-            n = self.publishers
-            linger = _LINGER if n >= _LINGER_SIBLINGS else 0.0
-            if j is not None and j.sync_to(token[1], token[2], linger, n) and release:
+            n = self.publishers if linger else 1
+            wait = _LINGER if n >= _LINGER_SIBLINGS else 0.0
+            if j is not None and j.sync_to(token[1], token[2], wait, n) and release:
                 self.release_durable()
         except Exception as exc:  # reported to the publisher by ``release``
             return exc

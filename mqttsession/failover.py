@@ -12,15 +12,15 @@ accepts a connection), so two servers that send a client to each other cannot ke
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final
 
-from .errors import UsageError
+from .errors import ConnectError, UsageError
 from .options import format_address, parse_address
 
 __all__ = [
     "MAX_REDIRECTS", "REDIRECT_CODES", "SERVER_MOVED", "USE_ANOTHER_SERVER", "ServerRotation",
-    "parse_server_reference",
+    "none_accepted", "parse_server_reference",
 ]
 
 log = logging.getLogger("mqttsession")
@@ -77,6 +77,16 @@ class ServerRotation:
         self.current = target
         return target
 
+    def attempts(self) -> Iterator[Server]:
+        """The servers connect() tries, in turn: each in the list once, and after a refusal
+        that named another server (FollowServerReference) that server first."""
+        yield self.current
+        tried = 1
+        while self.redirect_pending or tried < len(self.servers):
+            if not self.redirect_pending:
+                tried += 1
+            yield self.next()
+
     def accepted(self) -> None:
         """A CONNACK accepted the connection: the redirection count starts again."""
         self.hops = 0
@@ -106,3 +116,11 @@ class ServerRotation:
         log.info("%s redirects to %s (0x%02X %s, redirection %d of at most %d in a row)",
                  where, format_address(*target), code, what, self.hops, MAX_REDIRECTS)
         return target
+
+
+def none_accepted(failures: list[tuple[Server, ConnectError]]) -> ConnectError:
+    """The error of a connect() no server accepted (one server: its own error)."""
+    if len(failures) == 1:
+        return failures[0][1]
+    return ConnectError("no server accepted the connection: "
+                        + "; ".join(str(e) for _, e in failures), failures[-1][1].status_code)

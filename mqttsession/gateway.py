@@ -2,7 +2,7 @@
 
 A gateway speaks for many devices, each with its own MQTT identity and durable session.
 ``Gateway(state_dir)`` runs the connections of all its sessions on ONE asyncio loop in a thread
-of its own (paho's socket callbacks, ``_paho.AsyncioPump``, as ``AsyncSession`` does): no
+of its own (paho's socket callbacks, ``pump.AsyncioPump``, as ``AsyncSession`` does): no
 network thread or timer thread per session; blocking TCP connects wait, one at a time, in
 one more thread, and fdatasyncs run in a third, so the loop never waits for the disk (the acks
 that depend on a sync wait for it, the other sessions' traffic does not). Each session is a

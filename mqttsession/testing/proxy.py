@@ -100,7 +100,7 @@ class PacketRecord:
     """CONNECT only."""
     properties: bytes | None = None
     """CONNECT / CONNACK on MQTT 5: the properties as on the wire (length prefix included;
-    ``mqttsession._paho.unpack_properties`` reads them)."""
+    ``mqttsession.properties.unpack_properties`` reads them)."""
     error: str | None = field(default=None, compare=False)
     """Why the packet is malformed, if it is (the fields after the fixed header are then unset)."""
 

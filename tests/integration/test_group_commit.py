@@ -237,3 +237,82 @@ def test_compactions_while_threads_share_syncs_do_not_deadlock(
     finally:
         if not any(t.is_alive() for t in threads):
             c.close()
+
+
+def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishers in eight threads take turns running each other's publishes (one hold of the
+    lock, one fdatasync a batch); every third fdatasync fails (EIO). A publish that returned
+    is in the session, in its thread's order, and after a restart; one that raised
+    PersistenceError is in neither."""
+    import errno
+
+    from mqttsession.durability import Durability
+    from mqttsession.errors import PersistenceError
+
+    c = Client(client_id="gc-batch-fail", clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.restore_session("")
+    c.publish_data("t", 1, b"first")  # the journal is open: the group commit applies
+    calls = [0]
+    count_lock = threading.Lock()
+
+    class _Flaky:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            with count_lock:
+                calls[0] += 1
+                fail = calls[0] % 3 == 0
+            if fail:
+                raise OSError(errno.EIO, "Input/output error")
+            os.fdatasync(fd)
+
+    batches: list[int] = []
+    orig_run = Durability._run_combined
+
+    def run_combined(self: Durability, batch: list[Any]) -> Any:
+        batches.append(len(batch))
+        return orig_run(self, batch)
+
+    monkeypatch.setattr(Durability, "_run_combined", run_combined)
+    monkeypatch.setattr(journal_mod, "os", _Flaky())
+    returned: dict[int, list[bytes]] = {k: [] for k in range(8)}
+    failed: list[bytes] = []
+
+    def worker(k: int) -> None:
+        for i in range(60):
+            data = f"{k}-{i}".encode()
+            try:
+                c.publish_data("t", 1 + i % 2, data)
+            except PersistenceError:
+                failed.append(data)
+            else:
+                returned[k].append(data)
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "publishers stuck"
+    monkeypatch.setattr(journal_mod, "os", os)
+    assert failed and any(returned.values())
+    assert max(batches) > 1  # turns ran several threads' publishes at once
+
+    def per_thread(messages: list[bytes]) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {k: [] for k in range(8)}
+        for m in messages:
+            if m != b"first":
+                out[int(m.split(b"-")[0])].append(m)
+        return out
+
+    assert per_thread([m.message for m in c.outgoing_messages]) == returned
+    c.close()
+    d = Client(client_id="gc-batch-fail", clean_session=False)
+    d.config(f"SessionStateFile={tmp_path / 's'}")
+    d.restore_session("")
+    assert d.outgoing_messages[0].message == b"first"
+    assert per_thread([m.message for m in d.outgoing_messages]) == returned
+    d.close()

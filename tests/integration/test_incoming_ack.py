@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 
 from mqttsession import AsyncSession, Client, Connection, MessageEvent, Options, UsageError
-from mqttsession._paho import unpack_properties
+from mqttsession.properties import unpack_properties
 from mqttsession.journal import read_state
 
 T = TypeVar("T")
