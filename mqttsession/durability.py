@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from typing import Callable, Protocol, TypeVar
 
@@ -21,6 +22,7 @@ __all__ = ["Durability"]
 
 _LINGER = 0.0002  # seconds the syncing publisher waits when others are under way
 _LINGER_SIBLINGS = 4  # publish_data calls under way for that
+_GATHER_POLL = 0.00005  # seconds between looks at the queue while a turn gathers
 _T = TypeVar("_T")
 Token = tuple[int, int, int]  # a held publish: its seq, and where its record ends
 
@@ -117,6 +119,7 @@ class Durability:
                     continue
                 batch: list[_Combined] = []
                 try:
+                    self._gather(queue)
                     while queue:
                         batch.append(queue.popleft())
                     last = self._run_combined(batch)
@@ -143,6 +146,17 @@ class Durability:
         if req.error is not None:
             raise req.error
         return req.result  # type: ignore[return-value]
+
+    def _gather(self, queue: deque[_Combined]) -> None:
+        """A turn waits for the publishers the last one released to queue again, so that its
+        fdatasync covers every publish under way: half an fdatasync at the longest (as the
+        lingering sync of ``GroupCommit._group_sync``)."""
+        j = self.file.journal
+        if j is None or len(queue) >= self.publishers:
+            return
+        deadline = time.monotonic() + j.sync_time / 2
+        while len(queue) < self.publishers and time.monotonic() < deadline:
+            time.sleep(_GATHER_POLL)
 
     def _run_combined(self, batch: list[_Combined]) -> Token | None:
         """The locked parts of a combiner's batch, under one hold of the lock; the last token."""

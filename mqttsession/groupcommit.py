@@ -31,6 +31,11 @@ class GroupCommit:
     # threads waiting for the running sync, each with (incarnation, position, its lock)
     _waiters: list[tuple[int, int, threading.Lock]]
 
+    @property
+    def sync_time(self) -> float:
+        """How long the fdatasyncs take, a moving average (seconds; 0.0 before the first)."""
+        return self._sync_time
+
     def _sync_start(self, gen: int, pos: int) -> int | None:
         """Mutex held, about to sync: the fd to sync, None when incarnation ``gen`` needs no
         sync (a new one was synced whole); ``PersistenceError`` when it cannot be synced."""
@@ -111,7 +116,7 @@ class GroupCommit:
                     # the owner's ``_sync_start`` writes what they buffered
                     if expected > 1:
                         self._linger_for(expected, max(linger, min(_LINGER_MAX,
-                                                                   self._sync_time / 2)))
+                                                                   self.sync_time / 2)))
                     else:
                         time.sleep(linger)
                 # become the one that syncs: the fd and what it covers are read under the

@@ -228,6 +228,10 @@ class SessionLog:
         return self._log.sync_to(gen, pos, linger)  # the group commit across sessions
 
     @property
+    def sync_time(self) -> float:
+        return self._log.sync_time  # the shared log's fdatasyncs
+
+    @property
     def bound(self) -> int:
         """The bytes of records since the snapshot past which it is compacted:
         ``max_journal_bytes`` when set, by default 64 KiB or half the snapshot's size."""
