@@ -401,23 +401,24 @@ class Client:
         ``UsageError`` after ``close()``.
         """
         d = self._driver
-        with d.count_lock:
-            d.publishers += 1
+        turns = d.turns
+        with turns.count_lock:
+            turns.publishers += 1
         try:
-            if qos and d.publishers > 1 and d.group_commit():
+            if qos and turns.publishers > 1 and d.group_commit():
                 # publishers in several threads: one of them runs the others' locked parts
                 payload, props = _message(self, topic, qos, data, properties)
-                (pid, rest), token = d.combine(
-                    lambda: self._publish_locked(topic, qos, payload, retain, props, True))
+                (pid, rest), token = turns.run(d, lambda: self._publish_locked(
+                    topic, qos, payload, retain, props, True))
                 d.finish(rest)
             else:
                 pid, token = self._publish_begin(topic, qos, data, retain, properties,
-                                                 group=d.publishers > 1)
+                                                 group=turns.publishers > 1)
             if token is not None:
                 d.settle(token)  # the group commit: durable before this returns
         finally:
-            with d.count_lock:
-                d.publishers -= 1
+            with turns.count_lock:
+                turns.publishers -= 1
         return pid
 
     def _publish_begin(self, topic: str, qos: int, data: bytes, retain: bool | None,

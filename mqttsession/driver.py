@@ -38,6 +38,7 @@ from .options import format_address, parse_addresses
 from .pacing import Pacer
 from .state import Accepted, Spooled, validate_topic
 from .durability import Durability
+from .turns import Turns
 from .store import StateFile
 
 __all__ = ["ConnectParams", "Driver", "Host"]
@@ -106,10 +107,7 @@ class Driver(Durability):
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
         self._sync_timer: threading.Timer | None = None  # SessionSync=interval
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
-        self.publishers = 0  # publish_data calls under way (group commit when more than one)
-        self.count_lock = threading.Lock()
-        self._combining: deque[Any] = deque()
-        self._combiner = threading.Lock()
+        self.turns = Turns()  # publishers in several threads take turns
         self._tries = 0  # network connections tried since the last CONNACK (the log's count)
         self._lost = False  # the last connection was lost, not closed: a reconnect is under way
         self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import deque
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Protocol
 
 from ._config import ClientSettings
 from .pump import AsyncioPump
@@ -17,35 +16,12 @@ from .engine import Action, Engine
 from .errors import PersistenceError
 from .state import Accepted, Spooled
 from .store import StateFile
+from .turns import Turns
 
 __all__ = ["Durability"]
 
 _LINGER = 0.0002  # seconds the syncing publisher waits when others are under way
 _LINGER_SIBLINGS = 4  # publish_data calls under way for that
-_GATHER_POLL = 0.00005  # seconds between looks at the queue while a turn gathers
-_T = TypeVar("_T")
-Token = tuple[int, int, int]  # a held publish: its seq, and where its record ends
-
-
-class _Combined:
-    """A publish handed to ``Durability.combine``: its locked part, then what it gave."""
-
-    __slots__ = ("fn", "result", "error", "done", "orphan", "wake")
-
-    def __init__(self, fn: Callable[[], tuple[object, Token | None]]) -> None:
-        self.fn = fn
-        self.result: tuple[object, Token | None] | None = None
-        self.error: Exception | None = None
-        self.done = False
-        self.orphan = False  # its publisher was interrupted (KeyboardInterrupt) while it ran
-        self.wake = threading.Lock()  # released: done, or the combiner's turn is this one's
-        self.wake.acquire()
-
-    def signal(self) -> None:
-        try:
-            self.wake.release()
-        except RuntimeError:  # woken already: it looks at ``done`` when it runs
-            pass
 
 
 class _Cancellable(Protocol):
@@ -81,9 +57,7 @@ class Durability:
     _awaiting: deque[tuple[int, int, int]]  # held publishes: seq, and where their record ends
     _sync_timer: _Cancellable | None  # SessionSync=interval, armed while records wait
     pump: AsyncioPump | None
-    publishers: int  # publish_data calls under way
-    _combining: deque[_Combined]  # publishes waiting for a combiner (``combine``)
-    _combiner: threading.Lock  # held by the thread that runs them
+    turns: Turns  # publishers in several threads take turns (``turns.Turns``)
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
@@ -102,83 +76,14 @@ class Durability:
         return self._settings.session_sync == "always" and self.file.journal is not None \
             and self.file.unrestored is None
 
-    def combine(self, fn: Callable[[], tuple[_T, Token | None]]) -> tuple[_T, Token | None]:
-        """Flat combining of publishes from several threads (SessionSync=always): ``fn``, the
-        locked part of one publish, joins a queue; the one thread that takes the combiner's
-        turn runs every queued ``fn`` under ONE hold of the lock, makes their records durable
-        with one fdatasync and writes their PUBLISHes together; the others sleep meanwhile
-        (no convoy at the lock, one wake-up each). Returns ``fn``'s result, or raises its
-        error; the caller then ``settle``s the token (at once when the sync covered it)."""
-        req = _Combined(fn)
-        queue = self._combining
-        queue.append(req)
-        try:
-            while not req.done:
-                if not self._combiner.acquire(False):
-                    req.wake.acquire()  # done, or the turn was handed to this one
-                    continue
-                batch: list[_Combined] = []
-                try:
-                    self._gather(queue)
-                    while queue:
-                        batch.append(queue.popleft())
-                    last = self._run_combined(batch)
-                    if last is not None:
-                        # no linger: the batch is whole (the next one gathers during this
-                        # fdatasync). A failure is each publisher's to find (``settle``)
-                        if self.wait_durable(last, release=True, linger=False) is None \
-                                and self._awaiting:  # another thread's fdatasync covered them
-                            self.release_durable()
-                finally:
-                    self._combiner.release()
-                    for r in batch:
-                        self._combined(r)
-                if queue:  # queued while this one ran: the turn goes to the first of them
-                    queue[0].signal()
-        except BaseException:
-            try:
-                queue.remove(req)  # not run: nothing to take back
-            except ValueError:
-                req.orphan = True  # run, or running: released once durable, else taken back
-                if req.done:
-                    self._combined(req)
-            raise
-        if req.error is not None:
-            raise req.error
-        return req.result  # type: ignore[return-value]
-
-    def _gather(self, queue: deque[_Combined]) -> None:
-        """A turn waits for the publishers the last one released to queue again, so that its
-        fdatasync covers every publish under way: half an fdatasync at the longest (as the
-        lingering sync of ``GroupCommit._group_sync``)."""
+    def sync_time(self) -> float:
+        """How long the state file's fdatasyncs take (seconds; 0.0 without a journal)."""
         j = self.file.journal
-        if j is None or len(queue) >= self.publishers:
-            return
-        deadline = time.monotonic() + j.sync_time / 2
-        while len(queue) < self.publishers and time.monotonic() < deadline:
-            time.sleep(_GATHER_POLL)
+        return 0.0 if j is None else j.sync_time
 
-    def _run_combined(self, batch: list[_Combined]) -> Token | None:
-        """The locked parts of a combiner's batch, under one hold of the lock; the last token."""
-        last = None
-        with self.lock:
-            for r in batch:
-                try:
-                    r.result = result = r.fn()
-                except Exception as exc:  # raised in its own thread
-                    r.error = exc
-                    continue
-                if result[1] is not None:
-                    last = result[1]
-        return last
-
-    def _combined(self, r: _Combined) -> None:
-        """``r`` has run (and synced): its publisher may go on (an interrupted one's message
-        is released if durable, else taken back)."""
-        r.done = True
-        if r.orphan and r.result is not None and r.result[1] is not None:
-            self.release_quietly(r.result[1], None)
-        r.signal()
+    def holds(self) -> bool:
+        """Whether publishes wait for their records to be durable (``_awaiting``)."""
+        return bool(self._awaiting)
 
     def hold(self, seq: int) -> tuple[int, int, int] | None:
         """After ``run`` wrote a held message's record (lock held): what ``settle`` waits for."""
@@ -199,7 +104,7 @@ class Durability:
         try:
             # several publishers under way: the one that syncs lingers a moment for the
             # others' records (PostgreSQL's commit_delay with commit_siblings)
-            n = self.publishers if linger else 1
+            n = self.turns.publishers if linger else 1
             wait = _LINGER if n >= _LINGER_SIBLINGS else 0.0
             if j is not None and j.sync_to(token[1], token[2], wait, n) and release:
                 self.release_durable()

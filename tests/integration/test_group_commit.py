@@ -247,8 +247,8 @@ def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
     PersistenceError is in neither."""
     import errno
 
-    from mqttsession.durability import Durability
     from mqttsession.errors import PersistenceError
+    from mqttsession.turns import Turns
 
     c = Client(client_id="gc-batch-fail", clean_session=False)
     c.config(f"SessionStateFile={tmp_path / 's'}")
@@ -270,13 +270,13 @@ def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
             os.fdatasync(fd)
 
     batches: list[int] = []
-    orig_run = Durability._run_combined
+    orig_run = Turns._run
 
-    def run_combined(self: Durability, batch: list[Any]) -> Any:
+    def run(batch: list[Any]) -> Any:
         batches.append(len(batch))
-        return orig_run(self, batch)
+        return orig_run(batch)
 
-    monkeypatch.setattr(Durability, "_run_combined", run_combined)
+    monkeypatch.setattr(Turns, "_run", staticmethod(run))
     monkeypatch.setattr(journal_mod, "os", _Flaky())
     returned: dict[int, list[bytes]] = {k: [] for k in range(8)}
     failed: list[bytes] = []
