@@ -7,14 +7,16 @@ under ``none``, and single publishes under ``none`` / ``interval``; one mosquitt
 
 Each configuration publishes N 100-byte QoS 1 messages to 127.0.0.1 and waits for every
 PUBACK (``flush``); rounds are interleaved; the table gives the median rate, the ratio to
-``none`` with single publishes, and fdatasync calls per message (journal and disk queue); an
-``always`` workload is also set against the same workload under ``none``.
+``none`` with single publishes, fdatasync calls per message (journal and disk queue), the
+process's CPU per message (every thread, user + system) and its voluntary context switches per
+message; an ``always`` workload is also set against the same workload under ``none``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -38,11 +40,26 @@ TOPIC = "bench/batch"
 
 
 FSYNC_DELAY = 0.0  # seconds added to each fdatasync of a state file (--fsync-delay-ms)
+# msgs/s; fdatasyncs, CPU µs and voluntary context switches a message
+Figures = tuple[float, float, float, float]
+
+
+def usage() -> tuple[float, int]:
+    """CPU seconds (user + system, every thread of this process) and voluntary context
+    switches so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime, r.ru_nvcsw
+
+
+def figures(n: int, took: float, syncs: int, before: tuple[float, int]) -> Figures:
+    cpu, switches = usage()
+    return n / took, syncs / n, (cpu - before[0]) / n * 1e6, (switches - before[1]) / n
 
 
 def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
-        aio: int = 0) -> tuple[float, float]:
-    """Messages per second and fdatasyncs per message: ``publish_many`` batches of ``batch``
+        aio: int = 0) -> Figures:
+    """Messages per second, and fdatasyncs, CPU and voluntary context switches per message
+    (``figures``): ``publish_many`` batches of ``batch``
     (> 1), or ``publish_data`` from ``threads`` threads, or ``aio`` concurrent
     ``AsyncSession.publish`` calls at a time."""
     if aio:
@@ -55,6 +72,7 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
     c.connect("127.0.0.1", port)
     try:
         with counting_fdatasyncs(FSYNC_DELAY) as counting:
+            before = usage()
             t = time.perf_counter()
             if batch > 1:
                 for i in range(0, n, batch):
@@ -74,13 +92,14 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
             if not c.flush(300):
                 raise RuntimeError("not acknowledged")
             took = time.perf_counter() - t
+            done = figures(n, took, counting.syncs, before)
     finally:
         c.close()
         shutil.rmtree(d, ignore_errors=True)
-    return n / took, counting.syncs / n
+    return done
 
 
-def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> tuple[float, float]:
+def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> Figures:
     import asyncio
 
     from mqttsession import AsyncSession, Options
@@ -88,7 +107,7 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> tuple[f
     d = tempfile.mkdtemp(dir=work)
     counting = FsyncCounter(FSYNC_DELAY)
 
-    async def main() -> float:
+    async def main() -> Figures:
         opts = Options(address=f"127.0.0.1:{port}")
         session = AsyncSession(opts, client_id=f"batch-{uuid.uuid4().hex[:8]}",
                                state_file=os.path.join(d, "a"), session_sync=sync)
@@ -96,19 +115,19 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> tuple[f
             await s.config("QueueInMemory=100000")
             journal_mod.os = counting  # type: ignore[assignment]  # (see counting_fdatasyncs)
             spool_mod.os = counting  # type: ignore[assignment]
+            before = usage()
             t = time.perf_counter()
             for _ in range(n // concurrent):
                 await asyncio.gather(*(s.publish(TOPIC, PAYLOAD, 1) for _ in range(concurrent)))
             await s.flush()
-            return time.perf_counter() - t
+            return figures(n, time.perf_counter() - t, counting.syncs, before)
 
     try:
-        took = asyncio.run(main())
+        return asyncio.run(main())
     finally:
         journal_mod.os = os  # type: ignore[assignment]
         spool_mod.os = os  # type: ignore[assignment]
         shutil.rmtree(d, ignore_errors=True)
-    return n / took, counting.syncs / n
 
 
 def main() -> int:
@@ -144,7 +163,7 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="mqttsession-batch-")
     broker = MosquittoBroker(str(HERE / "mosquitto-bench.conf"))
     broker.start()
-    res: dict[str, list[tuple[float, float]]] = {}
+    res: dict[str, list[Figures]] = {}
     try:
         for r in range(a.repeats):
             order = configs[r % len(configs):] + configs[:r % len(configs)]
@@ -163,8 +182,10 @@ def main() -> int:
         same = "none," + name.split(",", 1)[1] if name.startswith("always,") else ""
         versus = (f"  {rate / statistics.median(x[0] for x in res[same]):5.2f}x {same}"
                   if same in res and same != "none, publish_data" else "")
+        cpu = statistics.median(x[2] for x in res[name])
+        switches = statistics.median(x[3] for x in res[name])
         print(f"  {name:<28} {rate:8.0f} msgs/s  {rate / base:5.2f}x none  {syncs:.3f}"
-              f" fdatasync/msg{versus}")
+              f" fdatasync/msg  {cpu:5.0f} µs CPU/msg  {switches:4.1f} cs/msg{versus}")
     return 0
 
 
