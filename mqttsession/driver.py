@@ -217,8 +217,8 @@ class Driver(Durability):
             log.warning("connect: %s (%s); trying the next server", format_address(*target), exc)
 
     def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
-        """``Client.connect``: CONNECT to each server in turn (``ServerRotation.attempts``) until one
-        accepts, and wait for CONNACK and the resume plan; paho's network thread runs the
+        """``Client.connect``: CONNECT to each server in turn (``ServerRotation.attempts``)
+        until one accepts, and wait for CONNACK and the resume plan; paho's network thread runs the
         connection from then on. ``timeout`` is per server. A session of a ``Gateway``
         connects on the gateway's loop instead (``connect_async`` there)."""
         if self.host is not None:
@@ -377,20 +377,20 @@ class Driver(Durability):
             deferred or self._settings.session_sync == "interval")
         later: list[Action] = []
         durable = False  # a record that is not lazy: a compaction may be due
-        joined: list[bytes] = []  # consecutive packets written with one ``write`` (one send)
+        joined: list[Write] = []  # consecutive PUBLISHes written with one ``write`` (one send)
         for a in actions:
             if type(a) is Write:
                 if conn is not None:
-                    if a.qos and a.kind is not PacketType.DISCONNECT:
-                        joined.append(a.packet)
+                    if a.qos:  # a QoS 1/2 PUBLISH
+                        joined.append(a)
                         continue
                     if joined:
                         self._write_joined(joined)
                     conn.write(a.packet, a.kind, a.packet_id, a.qos)
                 continue
-            if joined:
-                self._write_joined(joined)
             if type(a) is Persist:
+                if joined and not a.lazy:  # (no packet depends on a lazy record)
+                    self._write_joined(joined)
                 sync = a.sync
                 if sync:
                     if batch is None:
@@ -404,6 +404,8 @@ class Driver(Durability):
                 try:
                     f.append(a.records, st, sync=sync, lazy=a.lazy or (held and not a.force))
                 except Exception as exc:
+                    if joined:  # written before it: they do not depend on it
+                        self._write_joined(joined)
                     if isinstance(accepted, list):  # publish_many: all of them, last first
                         for rec in reversed(accepted):
                             self.engine.retract(rec)
@@ -431,13 +433,15 @@ class Driver(Durability):
                 self.on_idle()
         return later
 
-    def _write_joined(self, packets: list[bytes]) -> None:
-        """Packets of QoS 1/2 flows, in order, as one write (one ``send``: each releases the
-        GIL, a hand-over to another thread and back); emptied."""
-        if self.conn is not None:
-            self.conn.write(packets[0] if len(packets) == 1 else b"".join(packets),
-                            PacketType.PUBLISH, 0, 1)
-        packets.clear()
+    def _write_joined(self, writes: list[Write]) -> None:
+        """QoS 1/2 PUBLISHes, in order, as one write (one ``send``: each releases the GIL, a
+        hand-over to another thread and back); emptied."""
+        conn, w = self.conn, writes[0]
+        if conn is not None and len(writes) == 1:
+            conn.write(w.packet, w.kind, w.packet_id, w.qos)
+        elif conn is not None:  # (paho looks at a queued packet's kind and QoS only for QoS 0)
+            conn.write(b"".join([x.packet for x in writes]), w.kind, 0, w.qos)
+        writes.clear()
 
     def finish(self, later: list[Action]) -> None:
         """Run the callbacks ``run`` left (never under the lock)."""

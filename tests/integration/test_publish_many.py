@@ -125,3 +125,40 @@ def test_asyncio_publish_many(mosquitto: Any, tmp_path: Path) -> None:
         counter.wait_numbers(tag, range(20))
     finally:
         counter.close()
+
+
+def test_the_publishes_of_one_batch_leave_in_one_write_in_order(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PUBLISHes the engine writes together (a batch into the in-flight window, a resume
+    plan) reach paho as one write, one ``send``: whole, in order, each once."""
+    from mqttsession._paho import PahoConnection
+
+    tag = unique("joined")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    c = _client(tmp_path / "s", unique("joined"))
+    writes: list[int] = []  # the PUBLISH packets in each write
+    orig = PahoConnection.write
+
+    def write(self: PahoConnection, packet: bytes, kind: int, packet_id: int = 0,
+              qos: int = 0) -> None:
+        if kind == 3:
+            n, i = 0, 0
+            while i < len(packet):  # count the packets in it (one-byte lengths here)
+                assert packet[i] >> 4 == 3 and packet[i + 1] < 0x80
+                n, i = n + 1, i + 2 + packet[i + 1]
+            writes.append(n)
+        orig(self, packet, kind, packet_id, qos)
+
+    monkeypatch.setattr(PahoConnection, "write", write)
+    try:
+        c.connect(mosquitto.host, mosquitto.port)
+        c.publish_many([(topic, 1, f"{tag}:{n}".encode()) for n in range(15)])
+        assert c.flush(30) is True
+        assert writes[0] == 15  # the whole batch (within the window of 20) in one write
+        counter.wait_numbers(tag, range(15))
+        assert counter.order(tag) == list(range(15))
+        assert max(counter.counts(tag).values()) == 1
+    finally:
+        counter.close()
+        c.close()
