@@ -20,8 +20,6 @@ from .turns import Turns
 
 __all__ = ["Durability"]
 
-_LINGER = 0.0002  # seconds the syncing publisher waits when others are under way
-_LINGER_SIBLINGS = 4  # publish_data calls under way for that
 
 
 class _Cancellable(Protocol):
@@ -95,18 +93,15 @@ class Durability:
         self._awaiting.append(token)
         return token
 
-    def wait_durable(self, token: tuple[int, int, int], release: bool = False,
-                     linger: bool = True) -> Exception | None:
+    def wait_durable(self, token: tuple[int, int, int], release: bool = False
+                     ) -> Exception | None:
         """Group commit (no lock): the record is on disk; the error when the sync failed.
         ``release``: the thread that ran the fdatasync writes every message it covered (the
         others need not take the session lock for theirs)."""
         j = self.file.journal
         try:
-            # several publishers under way: the one that syncs lingers a moment for the
-            # others' records (PostgreSQL's commit_delay with commit_siblings)
-            n = self.turns.publishers if linger else 1
-            wait = _LINGER if n >= _LINGER_SIBLINGS else 0.0
-            if j is not None and j.sync_to(token[1], token[2], wait, n) and release:
+            # (publishers in several threads take turns: a turn's batch is whole, no linger)
+            if j is not None and j.sync_to(token[1], token[2]) and release:
                 self.release_durable()
         except Exception as exc:  # reported to the publisher by ``release``
             return exc

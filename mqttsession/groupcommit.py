@@ -14,8 +14,6 @@ from .errors import PersistenceError
 
 __all__ = ["GroupCommit"]
 
-_LINGER_MAX = 0.005  # seconds a sync waits for the writers under way, at the longest
-
 
 class GroupCommit:
     """The algorithm; the owner keeps the state and says what syncing its file means."""
@@ -75,24 +73,10 @@ class GroupCommit:
             rest.pop(0)[2].release()  # the next fdatasync is its to run
         self._waiters = rest
 
-    def _linger_for(self, expected: int, most: float) -> None:
-        """Wait until the other ``expected - 1`` writers wait for this sync, ``most`` seconds
-        at the longest."""
-        deadline = time.monotonic() + most
-        with self._sync_cond:
-            while len(self._waiters) + 1 < expected:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._sync_cond.wait(left)
-
-    def _group_sync(self, gen: int, pos: int, linger: float, expected: int = 0) -> bool:
+    def _group_sync(self, gen: int, pos: int, linger: float) -> bool:
         """The bytes up to ``pos`` of incarnation ``gen`` on disk; True when this call ran the
         fdatasync. ``linger``: seconds the one that syncs waits first, so that the records of
-        other writers under way join this fdatasync (PostgreSQL's ``commit_delay``).
-        ``expected``: writers under way, this one included: the wait ends as soon as all the
-        others wait for this sync, and may then last up to half an fdatasync (on a disk whose
-        fdatasync takes milliseconds, an SD card, that is what fills each one)."""
+        other writers under way join this fdatasync (PostgreSQL's ``commit_delay``)."""
         started = lingered = mine = False  # lingered once; ``_lingering`` is this one's
         try:
             while True:
@@ -104,8 +88,6 @@ class GroupCommit:
                         turn = threading.Lock()
                         turn.acquire()
                         self._waiters.append((gen, pos, turn))
-                        if self._lingering:
-                            self._sync_cond.notify_all()  # the lingering one counts them
                     elif linger > 0 and not lingered:
                         self._lingering = lingered = mine = True
                 if turn is not None:
@@ -114,11 +96,7 @@ class GroupCommit:
                 if mine:
                     # the others append meanwhile (they wait for this sync, not their own);
                     # the owner's ``_sync_start`` writes what they buffered
-                    if expected > 1:
-                        self._linger_for(expected, max(linger, min(_LINGER_MAX,
-                                                                   self.sync_time / 2)))
-                    else:
-                        time.sleep(linger)
+                    time.sleep(linger)
                 # become the one that syncs: the fd and what it covers are read under the
                 # mutex, which is NOT held during the fdatasync (a compaction waiting for
                 # ``_syncing`` to end holds the mutex, so nothing here may wait for it after

@@ -413,14 +413,13 @@ class Journal(GroupCommit):
         with self._mutex:
             return self._gen, self._size + sum(map(len, self._lazy))
 
-    def sync_to(self, gen: int, pos: int, linger: float = 0.0, expected: int = 0) -> bool:
+    def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
         """Group commit: the journal's bytes up to ``pos`` of incarnation ``gen`` on disk
         (``GroupCommit``); a compaction since (a new incarnation) synced everything already.
         ``PersistenceError`` when the fdatasync fails (the next write rewrites everything).
         True when this call ran the fdatasync. ``linger``: seconds the one that syncs waits
-        first, so that the records of other publishers under way join this fdatasync;
-        ``expected``: publishers under way, this one included (``GroupCommit._group_sync``)."""
-        return self._group_sync(gen, pos, linger, expected)
+        first, so that the records of other writers under way join this fdatasync."""
+        return self._group_sync(gen, pos, linger)
 
     def _sync_start(self, gen: int, pos: int) -> int | None:
         if self._gen != gen:

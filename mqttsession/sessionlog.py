@@ -224,7 +224,7 @@ class SessionLog:
     def position(self) -> tuple[int, int]:
         return self._log.position()
 
-    def sync_to(self, gen: int, pos: int, linger: float = 0.0, expected: int = 0) -> bool:
+    def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
         return self._log.sync_to(gen, pos, linger)  # the group commit across sessions
 
     @property

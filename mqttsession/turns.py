@@ -28,8 +28,7 @@ class _Owner(Protocol):
 
     def sync_time(self) -> float: ...
 
-    def wait_durable(self, token: Token, release: bool = False,
-                     linger: bool = True) -> Exception | None: ...
+    def wait_durable(self, token: Token, release: bool = False) -> Exception | None: ...
 
     def holds(self) -> bool: ...
 
@@ -110,8 +109,7 @@ class Turns:
 
     def _gather(self, owner: _Owner) -> None:
         """A turn waits for the publishers the last one released to queue again, so that its
-        fdatasync covers every publish under way: half an fdatasync at the longest (as the
-        lingering sync of ``GroupCommit._group_sync``)."""
+        fdatasync covers every publish under way: half an fdatasync at the longest."""
         queue = self._queue
         if len(queue) >= self.publishers:
             return
@@ -148,7 +146,7 @@ class Turns:
         file); each session then writes its PUBLISHes. No linger: the batch is whole, and the
         next gathers during this fdatasync. A failure is each publisher's to find."""
         for owner, token in last:
-            if owner.wait_durable(token, release=True, linger=False) is None \
+            if owner.wait_durable(token, release=True) is None \
                     and owner.holds():  # another thread's fdatasync covered them
                 owner.release_durable()
 
