@@ -14,6 +14,8 @@ import time
 from collections import deque
 from typing import Callable, Protocol, TypeVar
 
+from .errors import PersistenceError
+
 __all__ = ["Turns"]
 
 _T = TypeVar("_T")
@@ -153,7 +155,11 @@ class Turns:
     @staticmethod
     def _done(r: _Request) -> None:
         """``r`` has run (and synced): its publisher may go on (an interrupted one's message
-        is released if durable, else taken back)."""
+        is released if durable, else taken back). One that never ran (the turn's thread was
+        interrupted first) raises ``PersistenceError``: its message is not in the session."""
+        if r.result is None and r.error is None:
+            r.error = PersistenceError(None, "not published: the thread whose turn ran this"
+                                             " publish was interrupted first")
         r.done = True
         if r.orphan and r.result is not None and r.result[1] is not None:
             r.owner.release_quietly(r.result[1], None)

@@ -53,3 +53,65 @@ def test_a_turn_alone_or_without_a_journal_does_not_wait() -> None:
     _turns(1, ["mine"])._gather(_owner(60.0))
     _turns(4, ["mine"])._gather(_owner(0.0))  # no journal: no fdatasync time to wait for
     assert time.monotonic() - started < 20  # neither waited out its 30 s
+
+
+class _Owner:
+    """A session's side of a turn, with nothing to sync."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def sync_time(self) -> float:
+        return 120.0  # a turn gathers every publisher under way (60 s at most)
+
+    def wait_durable(self, token: Any, release: bool = False) -> Exception | None:
+        return None
+
+    def holds(self) -> bool:
+        return False
+
+    def release_durable(self) -> None:
+        pass
+
+    def release_quietly(self, token: Any, err: Exception | None) -> None:
+        pass
+
+
+def test_a_publish_whose_turn_was_interrupted_before_it_ran_raises_and_was_not_run() -> None:
+    """The thread whose turn it is gets KeyboardInterrupt while it runs the batch: the
+    publishes of the batch that never ran raise ``PersistenceError`` in their own threads
+    (their messages are not in the session); none is left waiting."""
+    from mqttsession.errors import PersistenceError
+
+    t, owner = Turns(), _Owner()
+    t.publishers = 2
+    ran: list[str] = []
+    outcome: dict[str, object] = {}
+
+    def interrupted() -> Any:
+        raise KeyboardInterrupt
+
+    def second() -> Any:
+        ran.append("second")
+        return (1, []), None
+
+    def publish(name: str, fn: Any) -> None:
+        try:
+            outcome[name] = t.run(owner, fn)
+        except BaseException as exc:  # noqa: BLE001 - what each publisher got
+            outcome[name] = exc
+
+    first = threading.Thread(target=publish, args=("first", interrupted), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 20
+    while not t._turn.locked() and time.monotonic() < deadline:  # its turn: it gathers
+        time.sleep(0.001)
+    other = threading.Thread(target=publish, args=("second", second), daemon=True)
+    other.start()
+    first.join(20)
+    other.join(20)
+    assert not first.is_alive() and not other.is_alive()
+    assert isinstance(outcome["first"], KeyboardInterrupt)
+    assert isinstance(outcome["second"], PersistenceError)
+    assert ran == []  # its locked part never ran: nothing to take back
+    assert not t._queue and not t._turn.locked()
