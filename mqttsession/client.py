@@ -401,11 +401,13 @@ class Client:
         ``UsageError`` after ``close()``.
         """
         d = self._driver
-        turns = d.turns
+        if not qos:  # nothing to make durable: no turn to take
+            return self._publish_begin(topic, qos, data, retain, properties, group=False)[0]
+        turns = d.turns  # (counts QoS 1/2 publishes only: a turn gathers those)
         with turns.count_lock:
             turns.publishers += 1
         try:
-            if qos and turns.publishers > 1 and d.group_commit():
+            if turns.publishers > 1 and d.group_commit():
                 # publishers in several threads: one of them runs the others' locked parts
                 payload, props = _message(self, topic, qos, data, properties)
                 (pid, rest), token = turns.run(d, lambda: self._publish_locked(
