@@ -21,7 +21,6 @@ from .turns import Turns
 __all__ = ["Durability"]
 
 
-
 class _Cancellable(Protocol):
     def cancel(self) -> None: ...
 

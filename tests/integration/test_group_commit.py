@@ -80,8 +80,8 @@ def test_threads_share_fdatasyncs_and_nothing_is_published_before_it_is_durable(
         assert c.flush(60) is True
         per_message = (counting.syncs - before) / total
         print(f"group commit: {THREADS} threads, {per_message:.3f} fdatasync per message")
-        # shared (one thread alone pays 1.0 for QoS 1); the syncing thread lingers 0.2 ms for
-        # the others while four or more publish
+        # shared (one thread alone pays 1.0 for QoS 1): the threads take turns, one
+        # fdatasync a turn
         assert per_message < 0.5, per_message
         assert len(where) > total // 2  # most went through the group commit
         assert not early, early[:10]
