@@ -88,14 +88,14 @@ class Hooks(Protocol):
     # a new network connection is being made; to this server (None: the same as before)
 
     def _hook_tick(self) -> None: ...  # once per network-loop round
+    def _hook_wait(self, timeout: float) -> float: ...  # select()'s timeout: the next timer's
 
     def _hook_failure(self, exc: Exception, context: str) -> None: ...
 
 
 def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
                 info: mqtt.MQTTMessageInfo | None) -> Any:
-    """An entry of paho's ``_out_packet`` queue (its private ``_OutPacket``), as its
-    ``_packet_queue`` makes one."""
+    """An entry of paho's ``_out_packet`` queue, as its ``_packet_queue`` makes one."""
     return {"command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
             "to_process": len(packet), "packet": packet, "info": info}
 
@@ -105,8 +105,7 @@ _ALONE: Final = frozenset({int(PacketType.DISCONNECT) << 4})
 
 
 def _joinable(p: Any) -> bool:
-    """A queued packet that may share a ``send``: not partly written, no info to mark, not a
-    QoS 0 PUBLISH or a DISCONNECT."""
+    """A queued packet that may share a ``send``: unstarted, not QoS 0 or DISCONNECT."""
     cmd = p["command"] & 0xF0
     return (p["pos"] == 0 and p["info"] is None and cmd not in _ALONE
             and not (cmd == _PUBLISH_CMD and p["qos"] == 0))
@@ -152,8 +151,7 @@ class PahoConnection(mqtt.Client):
         self.wake_writer: Callable[[], None] | None = None
         self._write_due = False  # the network thread queued packets without a wake-up
         # other threads send on a plain TCP connection themselves while nothing is queued
-        # (``_send_now``): no wake-up byte, no network thread woken to write; every send
-        # and the socket's close hold this lock
+        # (``_send_now``, no thread woken); every send and the socket's close hold this lock
         self._send_lock = threading.RLock()
         self._direct = False  # connected (CONNACK handled) on a socket that allows it
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
@@ -302,12 +300,16 @@ class PahoConnection(mqtt.Client):
             self._out_packet.append(rest)  # noqa: SLF001
         finally:
             lock.release()
-        if self._sockpairW is not None:  # noqa: SLF001  (the network thread writes the rest)
+        self.wake()  # the network thread writes the rest
+        return True
+
+    def wake(self) -> None:
+        """Wake paho's network thread from its select() (packets to write, a new timer)."""
+        if self._sockpairW is not None:  # noqa: SLF001
             try:
                 self._sockpairW.send(b"0")  # noqa: SLF001
             except OSError:
                 pass
-        return True
 
     def _sock_close(self) -> None:  # noqa: SLF001
         with self._send_lock:  # not while another thread sends on it
@@ -426,13 +428,12 @@ class PahoConnection(mqtt.Client):
         return _DROP
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
-        # With no socket paho logs "Client is not connected" at ERROR and returns NO_CONN:
-        # after a requested DISCONNECT (loop_forever calls _loop once more unless loop_stop()
-        # came first), and after every failed reconnect attempt while the broker is away.
-        # Nothing is wrong then (the attempts are logged at INFO): the same, without that record.
+        # With no socket paho logs "Client is not connected" at ERROR (after a DISCONNECT,
+        # and after each failed reconnect attempt, logged at INFO): the same, without it.
+        # select() waits at most until the session's next timer (``_hook_wait``).
         if self._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
-        return super()._loop(timeout)  # noqa: SLF001
+        return super()._loop(self.hooks._hook_wait(timeout))  # noqa: SLF001
 
     def loop_misc(self) -> MQTTErrorCode:
         """paho's keep-alive check, then the session's timers (``hooks._hook_tick``)."""

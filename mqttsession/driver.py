@@ -37,7 +37,7 @@ from .failover import REDIRECT_CODES, ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer
 from .state import Accepted, Spooled, validate_topic
-from .durability import Durability
+from .durability import Cancellable, Durability
 from .turns import Turns
 from .store import StateFile
 
@@ -105,7 +105,7 @@ class Driver(Durability):
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
-        self._sync_timer: threading.Timer | None = None  # SessionSync=interval
+        self._sync_timer: Cancellable | None = None  # SessionSync=interval
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
         self.turns = Turns()  # publishers in several threads take turns
         self._tries = 0  # network connections tried since the last CONNACK (the log's count)
@@ -658,13 +658,18 @@ class Driver(Durability):
             self.file.sync_pending()
         return None
 
+    def _hook_wait(self, timeout: float) -> float:
+        return self.net_timer_wait(timeout)
+
     def _hook_tick(self) -> None:
         now = time.monotonic()
+        self.net_timer_run(now)
         if now >= self._next_tick:
             self._next_tick = now + _TICK_EVERY
             self._guarded(lambda: self.engine.tick(time.time(), now), "recording activity failed")
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
+        self.net_timer_run(0.0, lost=True)  # SessionSync=interval: before any reconnect wait
         was = self.engine.conn
         code = int(getattr(reason, "value", reason) or 0)
         conn = self.conn

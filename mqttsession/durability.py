@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ._config import ClientSettings
 from .pump import AsyncioPump
-from .engine import Action, Engine
+from .engine import Action, ConnState, Engine
 from .errors import PersistenceError
 from .state import Accepted, Spooled
 from .store import StateFile
 from .turns import Turns
 
-__all__ = ["Durability"]
+if TYPE_CHECKING:
+    from ._paho import PahoConnection
+
+__all__ = ["Cancellable", "Durability"]
 
 
-class _Cancellable(Protocol):
+class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
 
@@ -44,6 +48,19 @@ class _LoopTimer:
             self._handle.cancel()
 
 
+class _NetTimer:
+    """Due at ``due`` (``time.monotonic``) on paho's network thread: ``_hook_tick`` runs it,
+    ``_hook_wait`` shortens select() to it."""
+
+    __slots__ = ("due",)
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+
+    def cancel(self) -> None:
+        self.due = float("inf")
+
+
 class Durability:
     """Group commit and the interval sync timer, over the ``Driver``'s state."""
 
@@ -52,8 +69,9 @@ class Durability:
     engine: Engine
     _settings: ClientSettings
     _awaiting: deque[tuple[int, int, int]]  # held publishes: seq, and where their record ends
-    _sync_timer: _Cancellable | None  # SessionSync=interval, armed while records wait
+    _sync_timer: Cancellable | None  # SessionSync=interval, armed while records wait
     pump: AsyncioPump | None
+    conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
 
     def run(self, actions: list[Action],
@@ -171,14 +189,21 @@ class Durability:
 
     def _sync_later(self) -> None:
         """SessionSync=interval: one fsync within SessionSyncInterval of the oldest record not
-        yet on disk (a timer on the loop that runs the connection, else a timer thread, armed
-        only while such records wait)."""
+        yet on disk, armed only while such records wait: a timer on the loop that runs the
+        connection, or on paho's network thread while connected (no thread of its own), else
+        a timer thread."""
         if self._sync_timer is not None:
             return
         delay = self._settings.session_sync_interval / 1000
         pump = self.pump
         if pump is not None and not pump.loop.is_closed():
             self._sync_timer = _LoopTimer(pump.loop, delay, self._interval_sync)
+            return
+        conn = self.conn
+        if conn is not None and self.engine.conn is ConnState.CONNECTED:
+            # paho's network thread runs it: a connected session has no other thread
+            self._sync_timer = _NetTimer(time.monotonic() + delay)
+            conn.wake()  # (its select() waits only until then)
             return
         t = threading.Timer(delay, self._interval_sync)
         t.daemon = True
@@ -195,6 +220,20 @@ class Durability:
             self.error(getattr(exc, "errno", None) or -1,
                        f"SessionSync=interval: the state file could not be synced ({exc});"
                        " the records since the last sync are in the OS, not on disk")
+
+    def net_timer_wait(self, timeout: float) -> float:
+        """paho's select() timeout, shortened to the interval sync's (network thread)."""
+        t = self._sync_timer
+        if type(t) is _NetTimer:
+            return max(0.0, min(timeout, t.due - time.monotonic()))
+        return timeout
+
+    def net_timer_run(self, now: float, lost: bool = False) -> None:
+        """The interval sync on the network thread when due, or at once when the connection
+        is ``lost`` (reconnect waits would delay it)."""
+        t = self._sync_timer
+        if type(t) is _NetTimer and (lost or now >= t.due):
+            self._interval_sync()
 
     def cancel_sync_timer(self) -> None:
         """Closing: the pending interval sync runs now instead."""

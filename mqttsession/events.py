@@ -29,7 +29,7 @@ attribute                 event                      thread
                                                      ``queue-full``)
 ``on_error``              ``ErrorEvent``             where the fault was found: the network thread, a
                                                      publisher, or the ``mqttsession-sync`` timer thread
-                                                     (``SessionSync=interval``)
+                                                     (``SessionSync=interval`` while disconnected)
 ========================  =========================  ====================================================
 
 A callback that raises is logged (``mqttsession`` logger, with its traceback) and reported
@@ -215,7 +215,7 @@ class ErrorEvent:
     """``on_error``: a fault the session handled (a state file write that failed, a protocol
     violation by the broker, a refused subscription, a callback that raised...).
     ``error_code``: an errno, an MQTT reason code, or -1. The thread that found it: the network
-    thread, a publisher, or the ``mqttsession-sync`` timer thread."""
+    thread, a publisher, or the ``mqttsession-sync`` timer thread (interval, disconnected)."""
 
     error_code: int
     description: str

@@ -8,6 +8,7 @@ import logging
 import os
 import queue
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -79,6 +80,70 @@ def test_acks_still_wait_for_their_sync(mosquitto: Any, tmp_path: Path,
     assert c.flush(20) is True
     assert counting.syncs > before  # the network thread synced for the PUBRELs
     c.close()
+
+
+def _syncing_threads(counting: FsyncCounter) -> list[str]:
+    """The names of the threads that call fdatasync from now on (in order)."""
+    names: list[str] = []
+    plain = counting.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        plain(fd)
+        names.append(threading.current_thread().name)
+    counting.fdatasync = fdatasync  # type: ignore[method-assign]
+    return names
+
+
+def _wait(cond: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_connected_session_syncs_on_its_network_thread(
+        mosquitto: Any, tmp_path: Path, counting: FsyncCounter) -> None:
+    """Issue 11: a connected Client has one thread of its own: the interval's fsync runs on
+    paho's network thread (its select() waits only until then), not on a timer thread."""
+    before = set(threading.enumerate())
+    c = _client(tmp_path / "s", 200)
+    c.connect(mosquitto.host, mosquitto.port)
+    try:
+        c.publish_data("t/x", 1, b"first")  # (its packet-id reservation is synced here)
+        names = _syncing_threads(counting)
+        for n in range(20):
+            c.publish_data("t/x", 1, str(n).encode())
+        assert not names  # none waited for a sync
+        assert _wait(lambda: names, 3.0), "no sync within the interval"
+        own = [t for t in threading.enumerate() if t not in before]
+        assert len(own) == 1, own  # paho's, which made the sync
+        assert names == [own[0].name]
+        assert c.flush(10)
+    finally:
+        c.close()
+
+
+def test_a_lost_connection_syncs_what_waits_at_once(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path,
+        counting: FsyncCounter) -> None:
+    """The network thread may wait before reconnecting: the records waiting for the interval
+    are synced when the connection is lost, not after the reconnect."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    c = _client(tmp_path / "s", 60_000)
+    c.config("ReconnectDelayMin=5")
+    c.connect(proxy.host, proxy.port)
+    try:
+        c.publish_data("t/x", 1, b"first")
+        names = _syncing_threads(counting)
+        c.publish_data("t/x", 1, b"waits for the interval")
+        assert not names
+        proxy.cut()
+        assert _wait(lambda: names, 3.0), "not synced when the connection was lost"
+        assert names[0] != threading.main_thread().name
+    finally:
+        c.close()
 
 
 def test_bad_values_are_refused(tmp_path: Path) -> None:
