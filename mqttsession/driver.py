@@ -658,9 +658,6 @@ class Driver(Durability):
             self.file.sync_pending()
         return None
 
-    def _hook_wait(self, timeout: float) -> float:
-        return self.net_timer_wait(timeout)
-
     def _hook_tick(self) -> None:
         now = time.monotonic()
         self.net_timer_run(now)

@@ -221,7 +221,7 @@ class Durability:
                        f"SessionSync=interval: the state file could not be synced ({exc});"
                        " the records since the last sync are in the OS, not on disk")
 
-    def net_timer_wait(self, timeout: float) -> float:
+    def _hook_wait(self, timeout: float) -> float:
         """paho's select() timeout, shortened to the interval sync's (network thread)."""
         t = self._sync_timer
         if type(t) is _NetTimer:
