@@ -402,7 +402,8 @@ class Driver(Durability):
                 if not a.lazy:
                     durable = True
                 try:
-                    f.append(a.records, st, sync=sync, lazy=a.lazy or (held and not a.force))
+                    f.append(a.records, st, sync=sync, lazy=a.lazy,
+                             held=held and not a.force and not a.lazy)
                 except Exception as exc:
                     if joined:  # written before it: they do not depend on it
                         self._write_joined(joined)

@@ -253,6 +253,7 @@ class Journal(GroupCommit):
         self._snapshot_fd: int | None = None  # the snapshot, held open to see it unlinked
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
+        self._held = 0  # how many of them, from the first, a group commit's sync writes
         self._unsynced = False  # bytes written since the last fsync (policy ``always``)
         # group commit (``sync_to``): the journal file's incarnation (a compaction or a recovery
         # starts a new one, synced whole), how far it is on disk, and whether an fdatasync
@@ -370,6 +371,7 @@ class Journal(GroupCommit):
     @_locked
     def flush(self) -> None:
         """Write the lazy records now (no fsync: losing them costs only resends)."""
+        self._held = 0
         if not self._lazy or self._fd is None or self._broken:
             self._lazy.clear()
             return
@@ -428,23 +430,35 @@ class Journal(GroupCommit):
             raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
                                          " and is rewritten with the next record")
         self._check_in_place()
-        if self._lazy or self._cut_at is not None:
-            self._write_lazy()
+        if self._cut_at is not None or (self._lazy and (pos > self._size or self._held)):
+            self._write_lazy(pos)
         return self._fd
 
-    def _write_lazy(self) -> None:
-        """Group commit, mutex held: the records that wait in memory (a group commit's publishes
-        append theirs with ``lazy``: the one that syncs writes them all) go out before the
-        fdatasync; a failed write cuts what is not on disk, as a failed sync does."""
+    def _write_lazy(self, pos: int) -> None:
+        """Group commit, mutex held: the records that wait in memory up to ``pos`` and up to
+        the last ``held`` one (a group commit's publishes: the one that syncs writes them all)
+        go out before the fdatasync; a failed write cuts what is not on disk, as a failed sync
+        does.
+
+        Not the droppable records after those (SEND steps, removals: persistence point 5):
+        this runs outside the session lock, where no compaction can follow. The held records
+        were compacted for (``needs_compaction`` counts the ones in memory), the droppable
+        ones since wait for the next record, so ``max_journal_bytes`` holds."""
         assert self._fd is not None
-        fd = self._fd
+        fd, lazy = self._fd, self._lazy
         try:
             if self._cut_at is not None:
                 if os.fstat(fd).st_size > self._cut_at:
                     os.ftruncate(fd, self._cut_at)  # the torn tail recovery found
                 self._cut_at = None
-            data = b"".join(self._lazy)
-            self._lazy.clear()
+            k, n, need = 0, 0, pos - self._size
+            while k < len(lazy) and n < need:
+                n += len(lazy[k])
+                k += 1
+            k = max(k, self._held)
+            data = b"".join(lazy[:k])
+            del lazy[:k]
+            self._held = 0
             with self._write_lock:
                 if self._was_cut():
                     raise PersistenceError(None, f"state journal {self.journal_path} failed a"
@@ -562,11 +576,14 @@ class Journal(GroupCommit):
 
     @property
     def needs_compaction(self) -> bool:
-        """The journal passed its ``bound``."""
+        """The journal passed its ``bound``, counting the records that wait in memory."""
         most = self.max_journal_bytes  # ``bound``, inlined: asked after every record
         if most <= 0:
             most = max(AUTO_JOURNAL_BYTES, self._snapshot_size // 2)
-        return self._size > most
+        size = self._size
+        if self._lazy:  # a group commit writes them outside the session lock (``_write_lazy``)
+            size += sum(map(len, self._lazy))
+        return size > most
 
     @_locked
     def compact(self, state: SessionState, text: str | None = None) -> None:
@@ -575,6 +592,7 @@ class Journal(GroupCommit):
             text = codec.encode(state)
         folded = self._size
         self._lazy.clear()  # ``state`` holds them
+        self._held = 0
         self._quiesce()
         if self._fd is not None:
             os.close(self._fd)
@@ -600,7 +618,7 @@ class Journal(GroupCommit):
 
     def append(
         self, records: Sequence[Record], state: SessionState, sync: bool = True,
-        lazy: bool = False,
+        lazy: bool = False, held: bool = False,
     ) -> None:
         """Make ``records`` (already applied to ``state``) durable: in the OS always, on disk if
         ``sync`` and the policy is ``always``. After a failed write the next call rewrites
@@ -609,9 +627,13 @@ class Journal(GroupCommit):
         ``lazy``: a record whose loss costs only a harmless resend (a SEND step, a removal on
         PUBACK / PUBCOMP: persistence point 5) waits in memory and goes out in the same write,
         under the same fsync, as the next record that is not lazy, or at ``flush``.
+        ``held``: lazy too, a group commit's publish: the ``sync_to`` that covers it, or any
+        that runs after it, writes it (and the droppable records before it).
         """
         with self._mutex:
-            self._append(records, state, sync, lazy)
+            self._append(records, state, sync, lazy or held)
+            if held and self._lazy:
+                self._held = len(self._lazy)
 
     def _append(self, records: Sequence[Record], state: SessionState, sync: bool,
                 lazy: bool) -> None:
@@ -641,6 +663,7 @@ class Journal(GroupCommit):
             self._lazy += [frame(codec.encode_record(rec)) for rec in records]
             data = b"".join(self._lazy)
             self._lazy.clear()
+            self._held = 0
         start = self._size
         try:
             with self._write_lock:  # a failed group commit cuts the journal under it

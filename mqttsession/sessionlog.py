@@ -140,11 +140,12 @@ class SessionLog:
                       " bytes", self.path, folded, len(body))
 
     def append(self, records: Sequence[Record], state: SessionState, sync: bool = True,
-               lazy: bool = False) -> None:
+               lazy: bool = False, held: bool = False) -> None:
         """Make ``records`` (already applied to ``state``) durable: in the OS always, on disk if
         ``sync`` and the policy is ``always`` (the shared group commit). After a failed write
         the next call writes a snapshot of ``state`` instead. ``lazy``: held in memory until
-        the next record that is not lazy, or ``flush``."""
+        the next record that is not lazy, or ``flush``. ``held`` is never given (a group
+        commit's publish is written at once here: ``writes_lazy_at_sync`` is False)."""
         with self._mutex:
             lg = self._log
             with lg._mutex:

@@ -32,9 +32,10 @@ class Store(Protocol):
     """Durable session records: appended, synced, compacted into a snapshot, recovered."""
 
     def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
-               lazy: bool = False) -> None:
+               lazy: bool = False, held: bool = False) -> None:
         """Make ``records`` (already applied to ``state``) durable; ``sync``: on disk before
-        returning (if the store's policy syncs); ``lazy``: may wait for the next append."""
+        returning (if the store's policy syncs); ``lazy``: may wait for the next append;
+        ``held``: a group commit's publish, written by the next sync."""
 
     def sync_pending(self) -> None:
         """Everything appended so far is on disk."""
@@ -97,7 +98,8 @@ class MemoryStore:
             return len(rest), sum(map(message_bytes, rest))
 
     def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
-               lazy: bool = False) -> None:
+               lazy: bool = False, held: bool = False) -> None:
+        lazy = lazy or held
         with self._lock:
             if records and type(records[0]) is Spooled:
                 self.queue += [r.message for r in records if type(r) is Spooled]
@@ -291,7 +293,7 @@ class StateFile:
         j.compact(state)
 
     def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
-               lazy: bool = False) -> None:
+               lazy: bool = False, held: bool = False) -> None:
         """Records already applied to ``state``: durable, if there is a file. No compaction:
         the caller asks for it (``compact_if_due``) once ``state`` holds nothing unwritten."""
         j = self.journal
@@ -307,7 +309,7 @@ class StateFile:
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             return
         if records:
-            j.append(records, state, sync=sync, lazy=lazy)
+            j.append(records, state, sync=sync, lazy=lazy, held=held)
             spool = self.spool
             if spool is not None and type(records[0]) is Loaded and spool.retirable(state.spool_next):
                 j.fsync()  # the read-back is on disk before its segments go

@@ -211,17 +211,22 @@ def test_compactions_while_threads_share_syncs_do_not_deadlock(
         mosquitto: Any, tmp_path: Path) -> None:
     """A compaction (the journal past JournalMaxBytes) waits for a running shared fdatasync
     while holding the journal's mutex; the thread that runs it must never need that mutex
-    again (a deadlock found by bench_batch with 16 threads)."""
+    again (a deadlock found by bench_batch with 16 threads). A shared sync writes the turn's
+    records outside the session lock, and still never takes the journal past its bound."""
     c = Client(client_id=unique("gcc"), clean_session=False)
     c.config(f"SessionStateFile={tmp_path / 's'}")
     c.config("JournalMaxBytes=4096")
     c.connect(mosquitto.host, mosquitto.port)
     errors: list[BaseException] = []
+    sizes: list[int] = []
+    jp = f"{tmp_path / 's'}{journal_mod.JOURNAL_SUFFIX}"
 
     def worker() -> None:
         try:
             for _ in range(100):
                 c.publish_data("t/gcc", 1, b"x" * 50)
+                with c._lock:  # (no record is between its append and a due compaction)
+                    sizes.append(os.path.getsize(jp))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -233,6 +238,7 @@ def test_compactions_while_threads_share_syncs_do_not_deadlock(
             t.join(60)
         assert not any(t.is_alive() for t in threads), "publishers stuck (deadlock)"
         assert not errors, errors
+        assert len(sizes) == 1600 and max(sizes) <= 4096
         assert c.flush(60) is True
     finally:
         if not any(t.is_alive() for t in threads):

@@ -1121,8 +1121,9 @@ def test_a_failed_deferred_sync_raises_and_the_next_record_rewrites_everything(
 def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Group commit: publishes append their records lazily (no syscall); ``position`` counts
-    them, and the ``sync_to`` that covers them writes them all in one write, then syncs."""
+    """Group commit: publishes append their records ``held`` (no syscall); ``position`` counts
+    them, and the ``sync_to`` that covers any of them writes them all in one write, then
+    syncs; not a droppable lazy record after them (it waits for the next record)."""
     p = tmp_path / NAME
     with _compacted(p, sync=True) as (j, st):
         size = os.path.getsize(jpath(p))
@@ -1136,19 +1137,58 @@ def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_
         monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, fdatasync=syncs.append))
         marks = []
         for i in range(3):
-            j.append([st.accept(f"t/{i}", b"x", 1)], st, sync=False, lazy=True)
+            j.append([st.accept(f"t/{i}", b"x", 1)], st, sync=False, held=True)
             marks.append(j.position())
+        sent = st.send(min(st.outgoing))
+        j.append([sent], st, sync=False, lazy=True)  # droppable: a SEND step
         assert writes == [] and os.path.getsize(jpath(p)) == size  # nothing written yet
         assert marks[0][1] > size and marks[0][1] < marks[1][1] < marks[2][1]
+        assert j.position()[1] > marks[2][1]
         assert not j.is_synced(*marks[0])
         assert j.sync_to(*marks[0]) is True  # the first one's sync writes all three
         assert len(writes) == 1 and len(syncs) == 1
-        assert os.path.getsize(jpath(p)) == marks[2][1]
+        assert os.path.getsize(jpath(p)) == marks[2][1]  # not the SEND step
         assert all(j.is_synced(*m) for m in marks)
         assert j.sync_to(*marks[2]) is False  # covered: no second write or sync
         assert len(writes) == 1 and len(syncs) == 1
+        assert copy_and_recover(p, tmp_path / "copy0").outgoing[sent.seq].phase.name == "QUEUED"
+        j.flush()
+        assert os.path.getsize(jpath(p)) == j.position()[1]
     assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
         "t/0", "t/1", "t/2"]
+
+
+
+def test_a_deferred_sync_leaves_droppable_records_for_the_next_append(tmp_path: Path) -> None:
+    """``sync_pending`` runs on the network thread outside the session lock, where no
+    compaction can follow it: the lazy records it does not need (SEND steps, removals:
+    persistence point 5) wait for the next append, so a journal with ``max_journal_bytes``
+    never sits past its bound; that append compacts when due and loses none of them."""
+    p = tmp_path / NAME
+    j = Journal(str(p), CID, max_journal_bytes=1024)
+    try:
+        st = j.recover()
+        j.compact(st)
+        size = os.path.getsize(jpath(p))
+        rounds = 0
+        while size + 100 < 1024:  # QoS 2 records, each synced at the "batch's end"
+            j.append([st.accept(f"b/{rounds}", b"x", 2)], st, sync=False)
+            j.sync_pending()
+            size, rounds = os.path.getsize(jpath(p)), rounds + 1
+        j.append([st.accept("b/unsynced", b"x", 2)], st, sync=False)  # its sync waits
+        assert not j.needs_compaction
+        for seq in sorted(st.outgoing):  # sent: lazy records, more bytes than are left
+            j.append([st.send(seq)], st, sync=False, lazy=True)
+        assert j.position()[1] > 1024
+        j.sync_pending()
+        assert os.path.getsize(jpath(p)) <= 1024
+        j.append([st.accept("b/last", b"y", 1)], st, sync=True)
+        if j.needs_compaction:
+            j.compact(st)
+        assert os.path.getsize(jpath(p)) <= 1024
+    finally:
+        j.close()
+    assert codec.encode(recover(p)) == codec.encode(st)
 
 
 @pytest.mark.parametrize("fails", ["write", "fdatasync"])
@@ -1165,7 +1205,7 @@ def test_a_failed_group_commit_write_cuts_what_is_not_on_disk(
         recs = []
         for i in range(3):
             recs.append(st.accept(f"t/{i}", b"x", 1))
-            j.append([recs[-1]], st, sync=False, lazy=True)
+            j.append([recs[-1]], st, sync=False, held=True)
         mark = j.position()
         err = errno.ENOSPC if fails == "write" else errno.EIO
 
@@ -1206,7 +1246,7 @@ def test_a_lingering_group_commit_takes_in_the_records_of_writers_that_come_mean
 
         def publish(name: str, linger: float) -> None:
             with lock:  # the client's lock, around the record
-                j.append([st.accept(f"t/{name}", b"x", 1)], st, sync=False, lazy=True)
+                j.append([st.accept(f"t/{name}", b"x", 1)], st, sync=False, held=True)
                 mark = j.position()
             j.sync_to(*mark, linger=linger)
             done.append(name)
