@@ -254,6 +254,7 @@ class Journal(GroupCommit):
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._held = 0  # how many of them, from the first, a group commit's sync writes
+        self._held_bytes = 0  # and their bytes
         self._unsynced = False  # bytes written since the last fsync (policy ``always``)
         # group commit (``sync_to``): the journal file's incarnation (a compaction or a recovery
         # starts a new one, synced whole), how far it is on disk, and whether an fdatasync
@@ -371,7 +372,7 @@ class Journal(GroupCommit):
     @_locked
     def flush(self) -> None:
         """Write the lazy records now (no fsync: losing them costs only resends)."""
-        self._held = 0
+        self._held = self._held_bytes = 0
         if not self._lazy or self._fd is None or self._broken:
             self._lazy.clear()
             return
@@ -458,7 +459,7 @@ class Journal(GroupCommit):
             k = max(k, self._held)
             data = b"".join(lazy[:k])
             del lazy[:k]
-            self._held = 0
+            self._held = self._held_bytes = 0
             with self._write_lock:
                 if self._was_cut():
                     raise PersistenceError(None, f"state journal {self.journal_path} failed a"
@@ -576,14 +577,12 @@ class Journal(GroupCommit):
 
     @property
     def needs_compaction(self) -> bool:
-        """The journal passed its ``bound``, counting the records that wait in memory."""
+        """The journal passed its ``bound``, counting the held records that wait in memory."""
         most = self.max_journal_bytes  # ``bound``, inlined: asked after every record
         if most <= 0:
             most = max(AUTO_JOURNAL_BYTES, self._snapshot_size // 2)
-        size = self._size
-        if self._lazy:  # a group commit writes them outside the session lock (``_write_lazy``)
-            size += sum(map(len, self._lazy))
-        return size > most
+        # (held records are written outside the session lock: ``_write_lazy``)
+        return self._size + self._held_bytes > most
 
     @_locked
     def compact(self, state: SessionState, text: str | None = None) -> None:
@@ -592,7 +591,7 @@ class Journal(GroupCommit):
             text = codec.encode(state)
         folded = self._size
         self._lazy.clear()  # ``state`` holds them
-        self._held = 0
+        self._held = self._held_bytes = 0
         self._quiesce()
         if self._fd is not None:
             os.close(self._fd)
@@ -634,6 +633,7 @@ class Journal(GroupCommit):
             self._append(records, state, sync, lazy or held)
             if held and self._lazy:
                 self._held = len(self._lazy)
+                self._held_bytes = sum(map(len, self._lazy))
 
     def _append(self, records: Sequence[Record], state: SessionState, sync: bool,
                 lazy: bool) -> None:
@@ -663,7 +663,7 @@ class Journal(GroupCommit):
             self._lazy += [frame(codec.encode_record(rec)) for rec in records]
             data = b"".join(self._lazy)
             self._lazy.clear()
-            self._held = 0
+            self._held = self._held_bytes = 0
         start = self._size
         try:
             with self._write_lock:  # a failed group commit cuts the journal under it
