@@ -411,9 +411,13 @@ class Journal(GroupCommit):
         return self._gen != gen or self._synced >= pos
 
     def position(self) -> tuple[int, int]:
-        """Where the journal's bytes end now, the lazy ones included: (incarnation, offset), for
-        ``sync_to`` (whose fdatasync writes them first)."""
+        """Where the journal's bytes end now, with the records in memory up to the last held one
+        (all of them when none is held): (incarnation, offset), for ``sync_to`` (whose
+        fdatasync writes them first). Not the droppable records after a held one: those
+        were not counted by the compaction check that the held one's publish made."""
         with self._mutex:
+            if self._held:
+                return self._gen, self._size + self._held_bytes
             return self._gen, self._size + sum(map(len, self._lazy))
 
     def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
