@@ -635,9 +635,9 @@ class Journal(GroupCommit):
         """
         with self._mutex:
             self._append(records, state, sync, lazy or held)
-            if held and self._lazy:
+            if held and self._lazy:  # (the bytes of the frames since the last held one)
+                self._held_bytes += sum(map(len, self._lazy[self._held:]))
                 self._held = len(self._lazy)
-                self._held_bytes = sum(map(len, self._lazy))
 
     def _append(self, records: Sequence[Record], state: SessionState, sync: bool,
                 lazy: bool) -> None:
