@@ -411,10 +411,9 @@ class Journal(GroupCommit):
         return self._gen != gen or self._synced >= pos
 
     def position(self) -> tuple[int, int]:
-        """Where the journal's bytes end now, with the records in memory up to the last held one
-        (all of them when none is held): (incarnation, offset), for ``sync_to`` (whose
-        fdatasync writes them first). Not the droppable records after a held one: those
-        were not counted by the compaction check that the held one's publish made."""
+        """Where the journal's bytes end with the records in memory up to the last held one (all
+        of them when none is held): (incarnation, offset), for ``sync_to`` (whose fdatasync
+        writes them first; ``needs_compaction`` counted those, not the droppable ones after)."""
         with self._mutex:
             if self._held:
                 return self._gen, self._size + self._held_bytes
@@ -440,15 +439,11 @@ class Journal(GroupCommit):
         return self._fd
 
     def _write_lazy(self, pos: int) -> None:
-        """Group commit, mutex held: the records that wait in memory up to ``pos`` and up to
-        the last ``held`` one (a group commit's publishes: the one that syncs writes them all)
-        go out before the fdatasync; a failed write cuts what is not on disk, as a failed sync
-        does.
-
-        Not the droppable records after those (SEND steps, removals: persistence point 5):
-        this runs outside the session lock, where no compaction can follow. The held records
-        were compacted for (``needs_compaction`` counts the ones in memory), the droppable
-        ones since wait for the next record, so ``max_journal_bytes`` holds."""
+        """Group commit, mutex held: the records in memory up to ``pos`` and the last ``held``
+        one go out before the fdatasync (a failed write cuts what is not on disk, as a failed
+        sync does). Not the droppable ones after (persistence point 5): this runs outside the
+        session lock, where no compaction follows; they wait for the next record, so
+        ``max_journal_bytes`` holds (``needs_compaction`` counted the held ones)."""
         assert self._fd is not None
         fd, lazy = self._fd, self._lazy
         try:
@@ -585,7 +580,6 @@ class Journal(GroupCommit):
         most = self.max_journal_bytes  # ``bound``, inlined: asked after every record
         if most <= 0:
             most = max(AUTO_JOURNAL_BYTES, self._snapshot_size // 2)
-        # (held records are written outside the session lock: ``_write_lazy``)
         return self._size + self._held_bytes > most
 
     @_locked
