@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Final, Protocol
+from typing import Any, Callable, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from . import _wire
 from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
+from .hooks import Hooks
 from .refusals import PahoLog, describe_connect_error
 
 __all__ = ["CLEAN_START_FIRST_ONLY", "Hooks", "PahoConnection"]
@@ -61,36 +62,6 @@ _ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, P
 # first bytes of the acks of the client's own flows (flags 0): they deliver nothing
 _FLOW_ACKS: Final = frozenset(int(t) << 4 for t in (PacketType.PUBACK, PacketType.PUBREC,
                                                      PacketType.PUBCOMP))
-
-
-class Hooks(Protocol):
-    """What the connection calls on the network thread, each BEFORE the dependent packet
-    (underscored: the driver's, not part of the public surface)."""
-
-    def _hook_connack(
-        self, rc: int, reason: str, session_present: bool, receive_maximum: int,
-        maximum_packet_size: int | None, server_reference: str | None = None,
-    ) -> None: ...  # server_reference: MQTT 5, of a refusal (4.11 Server redirection)
-
-    def _hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
-
-    def _hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
-
-    def _hook_acks(self, acks: list[tuple[PacketType, int]]) -> None: ...
-    # PUBACK / PUBREC / PUBCOMP read one after another: ``_hook_ack`` for each, in order,
-    # under one hold of the session lock
-
-    def _hook_batch_end(self) -> asyncio.Future[None] | None: ...
-    # the records the held packets depend on: durable now (None), or once the future is done
-    # (a sync run off the loop: a gateway's)
-
-    def _hook_connection_reset(self) -> tuple[str, int] | None: ...
-    # a new network connection is being made; to this server (None: the same as before)
-
-    def _hook_tick(self) -> None: ...  # once per network-loop round
-    def _hook_wait(self, timeout: float) -> float: ...  # select()'s timeout: the next timer's
-
-    def _hook_failure(self, exc: Exception, context: str) -> None: ...
 
 
 def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
@@ -142,6 +113,7 @@ class PahoConnection(mqtt.Client):
         # batches whose sync runs off the loop: each one's future and the packets waiting for
         # it (and for the ones before it), in order; packets written meanwhile join the last
         self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
+        self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._epoch = 0  # network connections made: a sync done after a reconnect writes nothing
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
@@ -165,15 +137,29 @@ class PahoConnection(mqtt.Client):
     def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
         """Queue one encoded packet (any thread). While the network thread handles a read
         batch it waits for the batch's end (after the records its acks depend on are synced),
-        behind the packets already held: the order stays."""
+        behind the packets already held: the order stays. A PUBLISH does not wait for the
+        acks' records (``hold_publishes``: unless one it depends on is among them): MQTT
+        orders each kind of packet alone [MQTT-4.6.0-1..4], and no PUBLISH needs a PUBREC's,
+        an incoming message's or its removal's record (points 2, 3, 4) on disk."""
         with self._batch_lock:
-            if self._batch is not None:
-                self._batch.append((kind, packet, packet_id, qos))
-                return
-            if self._after_sync:
-                self._after_sync[-1][1].append((kind, packet, packet_id, qos))
+            if (self._batch is not None or self._after_sync) and (
+                    kind != PacketType.PUBLISH or self._publish_held):
+                if kind == PacketType.PUBLISH:  # the PUBLISHes after it wait behind it
+                    self._publish_held = True
+                if self._batch is not None:
+                    self._batch.append((kind, packet, packet_id, qos))
+                else:
+                    self._after_sync[-1][1].append((kind, packet, packet_id, qos))
                 return
         self._queue(kind, packet, packet_id, qos)
+
+    def hold_publishes(self) -> None:
+        """The read batch wrote a record a PUBLISH may depend on (a packet id given, a
+        reservation, a message loaded from the disk queue): its PUBLISHes from now on wait for
+        the batch's sync too, as every packet does."""
+        with self._batch_lock:
+            if self._batch is not None:
+                self._publish_held = True
 
     def in_batch(self) -> bool:
         """The calling thread is the network thread, handling a read batch."""
@@ -188,6 +174,8 @@ class PahoConnection(mqtt.Client):
                 held = self._batch
                 if not held:
                     self._batch = [] if keep else None
+                    if not self._after_sync:
+                        self._publish_held = False
                     return
                 self._batch = []
                 if self._after_sync:
@@ -219,10 +207,13 @@ class PahoConnection(mqtt.Client):
                 failed = exc is not None or fut.cancelled()
                 if failed:
                     self._after_sync.clear()
+                    self._publish_held = False
                 elif held:  # stays first while it is written: what comes meanwhile follows
                     self._after_sync[0] = (fut, [])
                 else:
                     self._after_sync.pop(0)
+                    if not self._after_sync and not self._batch:
+                        self._publish_held = False
                     continue
             if failed:
                 err = exc if isinstance(exc, Exception) else ConnectionError("sync cancelled")
@@ -395,6 +386,8 @@ class PahoConnection(mqtt.Client):
         with self._batch_lock:
             self._epoch += 1
             self._after_sync.clear()
+            if self._batch is None:
+                self._publish_held = False
         try:
             return super().reconnect()
         except OSError as exc:
@@ -469,6 +462,9 @@ class PahoConnection(mqtt.Client):
 
     def _end_batch(self, rc: MQTTErrorCode) -> MQTTErrorCode:
         """The batch's records made durable (one sync), then its packets written."""
+        if self._write_due and self.hooks._batch_sync:  # the PUBLISHes not held: on their
+            self._write_due = False  # way while the disk works
+            self.loop_write()
         try:
             waiting = self.hooks._hook_batch_end()
         except Exception as exc:
@@ -506,6 +502,7 @@ class PahoConnection(mqtt.Client):
     def _drop_held(self) -> None:
         with self._batch_lock:
             self._batch = None
+            self._publish_held = False
             self._after_sync.clear()
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:

@@ -22,12 +22,15 @@ __all__ = ["Action", "ConnState", "Deliver", "EngineSettings", "Notify", "Persis
 class Persist:
     """Make ``records`` durable. ``records`` empty: make those written so far durable
     (``sync``) or write the lazy ones (``sync`` False). ``force``: synced at once even where
-    the driver defers a publish's sync (SessionSync=interval: a packet-id reservation)."""
+    the driver defers a publish's sync (SessionSync=interval: a packet-id reservation).
+    ``ack``: only the acknowledgements after it depend on it (points 2, 3, 4): a PUBLISH
+    written after it in a read batch need not wait for its sync."""
 
     records: tuple[Record, ...]
     sync: bool = False
     lazy: bool = False
     force: bool = False
+    ack: bool = False
 
 
 @quick_init

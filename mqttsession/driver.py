@@ -399,6 +399,8 @@ class Driver(Durability):
                     sync = not batch and (not later_sync or a.force)
                     if batch:
                         self._batch_sync = True  # at the batch's end (``_hook_batch_end``)
+                        if not a.ack and conn is not None:  # a PUBLISH after it may need it
+                            conn.hold_publishes()
                 if not a.lazy:
                     durable = True
                 try:

@@ -450,9 +450,9 @@ class Engine(Outgoing):
                 # a new message under the id of one delivered at a move: the server forgot
                 # that flow (a resend is the same message; aedes sends it with DUP=0)
                 self._held.pop(pid, None)
-                out.append(Persist((self.state.release(pid)[1],), sync=True))
+                out.append(Persist((self.state.release(pid)[1],), sync=True, ack=True))
         rec = self.state.receive(pid, topic, p.payload, p.retain, p.dup, props)
-        out.append(Persist((rec,), sync=True) if rec is not None else Persist((), sync=True))
+        out.append(Persist((rec,) if rec is not None else (), sync=True, ack=True))
         out.append(self._ack(PacketType.PUBREC, pid))
         return out
 
@@ -465,7 +465,7 @@ class Engine(Outgoing):
         if im is None:
             return [self._ack(PacketType.PUBCOMP, pid)]  # delivered before a crash: PUBCOMP only
         if im.taken:  # delivered at a move and taken: removed (point 4), then PUBCOMP
-            return [Persist((self.state.release(pid)[1],), sync=True),
+            return [Persist((self.state.release(pid)[1],), sync=True, ack=True),
                     self._ack(PacketType.PUBCOMP, pid)]
         event = MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup,
                              im.properties)
@@ -498,10 +498,10 @@ class Engine(Outgoing):
                 acked = True
                 if h.early and not h.pubcomp_due and pid in self.state.incoming:
                     # taken ahead of its PUBREL: its id stays held until then
-                    out.append(Persist((self.state.take(pid),), sync=True))
+                    out.append(Persist((self.state.take(pid),), sync=True, ack=True))
                 elif pid in self.state.incoming:
                     _, rec = self.state.release(pid)
-                    out.append(Persist((rec,), sync=True))  # persistence point 4
+                    out.append(Persist((rec,), sync=True, ack=True))  # persistence point 4
                 if h.pubcomp_due and self._live:
                     out.append(self._ack(PacketType.PUBCOMP, pid))
         if acked and "on_message_ack" in self.listeners:

@@ -513,7 +513,7 @@ class Outgoing:
         if m.phase is Phase.AWAIT_PUBCOMP:
             # point 2: "released" is durable before this PUBREL [MQTT-4.3.3-6]: PUBREL, never
             # the PUBLISH again
-            return [Persist((), sync=True), self._ack(PacketType.PUBREL, m.packet_id)]
+            return [Persist((), sync=True, ack=True), self._ack(PacketType.PUBREL, m.packet_id)]
         # [MQTT-4.4.0-1] original packet id, [MQTT-3.3.1-1] DUP=1
         return [self._publish(m, True)]
 
@@ -564,7 +564,7 @@ class Outgoing:
         if m is None:
             return pubrel if code < 0x80 else []  # let the broker finish a flow we no longer hold
         if m.phase is Phase.AWAIT_PUBCOMP:
-            return [Persist((), sync=True), *pubrel]  # a repeated PUBREC: PUBREL again
+            return [Persist((), sync=True, ack=True), *pubrel]  # a repeated PUBREC: PUBREL again
         if m.phase is Phase.AWAIT_PUBACK:
             self._mismatched("PUBREC", m)  # QoS 1 taken as QoS 2: it has the message
             out = self._finished(m, code, [Persist((self.state.pubrec(pid, code),), lazy=True)])
@@ -573,7 +573,7 @@ class Outgoing:
             # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
             if code < 0x80:
                 rec = self.state.moved(m, Event.PUBREC, Phase.AWAIT_PUBCOMP)
-                return [Persist((rec,), sync=True), *pubrel]
+                return [Persist((rec,), sync=True, ack=True), *pubrel]
             rec = self.state.pubrec(pid, code)
             return self._finished(m, code, [Persist((rec,))])  # [MQTT-4.4.0-2] ends the flow
         log.debug("PUBREC for packet id %d in phase %s: ignored", pid, m.phase.value)

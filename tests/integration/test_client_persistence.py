@@ -583,6 +583,40 @@ def test_pubrel_waits_until_released_is_durable(
         c.close()
 
 
+def test_a_publish_goes_out_while_a_pubrel_waits_for_its_sync(
+    tmp_path: Path, mosquitto: Any, mqtt_proxy_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the acknowledgements wait for a read batch's sync: while the network thread's
+    fdatasync of a PUBREC's record is under way, the PUBREL waits (point 2), and a new PUBLISH,
+    whose record its publisher synced, leaves at once (MQTT orders each kind of packet alone)."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    c = client_on(tmp_path / NAME)
+    gate, waiting = threading.Event(), threading.Event()
+    plain, journal = os.fdatasync, NAME + JOURNAL_SUFFIX
+
+    def fdatasync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread() and fd_name(fd) == journal:
+            waiting.set()
+            gate.wait(10)
+        plain(fd)
+    try:
+        c.connect(proxy.host, proxy.port, timeout=10)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        c.publish_data("mqs/bypass/2", 2, b"released when durable")
+        assert waiting.wait(10)  # the network thread syncs the PUBREC's record
+        c.publish_data("mqs/bypass/1", 1, b"out while that sync runs")
+        proxy.wait_for("c2s", "PUBLISH", count=2, timeout=10)
+        assert proxy.packets("c2s", "PUBREL") == []
+        gate.set()
+        proxy.wait_for("c2s", "PUBREL", timeout=10)
+        assert c.flush(10)
+        assert [p.packet_id for p in proxy.packets("s2c", "PUBCOMP")] == \
+            [p.packet_id for p in proxy.packets("c2s", "PUBREL")]
+    finally:
+        gate.set()
+        c.close()
+
+
 def test_incoming_qos2_pubrec_waits_until_the_message_is_durable(
     tmp_path: Path, mosquitto: Any, mqtt_proxy_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -319,6 +319,10 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.c2b: deque[bytes] = deque()
         self.b2c: deque[bytes] = deque()
         self.inflight: set[int] = set()  # seqs whose flow is unfinished on this connection
+        # a read batch (``read_batch``): its syncs wait for its end, and so do its packets,
+        # but for the PUBLISHes no record of the batch is needed for (``Persist.ack``)
+        self.batch: list[Write] | None = None
+        self.batch_publish_held = False
         self._fresh(SessionState())
 
     def _fresh(self, state: SessionState, queue: list[OutgoingMessage] | None = None) -> None:
@@ -388,15 +392,23 @@ class EngineCrashMachine(RuleBasedStateMachine):
         self.check_list_order(actions)
         later = publishing and self.mode == "interval"
         for a in actions:
-            if self.crash_in is not None:
-                if self.crash_in == 0:
-                    raise _Crash
-                self.crash_in -= 1
+            self.crash_point()
             self.execute(a, later)
+
+    def crash_point(self) -> None:
+        """An action boundary: an armed crash counts down, and strikes at 0."""
+        if self.crash_in is not None:
+            if self.crash_in == 0:
+                raise _Crash
+            self.crash_in -= 1
 
     def execute(self, a: Action, later_sync: bool = False) -> None:
         if isinstance(a, Persist):
-            if later_sync and a.sync and not a.force:  # written now, synced by the timer
+            if self.batch is not None and a.sync:  # written now, synced at the batch's end
+                _persist(self.store, self.engine.state, Persist(a.records, False, a.lazy))
+                if not a.ack:  # the PUBLISHes after it wait too
+                    self.batch_publish_held = True
+            elif later_sync and a.sync and not a.force:  # written now, synced by the timer
                 _persist(self.store, self.engine.state, Persist(a.records, False, a.lazy))
             else:
                 _persist(self.store, self.engine.state, a)
@@ -419,6 +431,11 @@ class EngineCrashMachine(RuleBasedStateMachine):
                     for pid in rec.packet_ids:
                         self.app.removed(pid)
         elif isinstance(a, Write):
+            if self.batch is not None and (a.kind is not PacketType.PUBLISH
+                                           or self.batch_publish_held):
+                self.batch_publish_held |= a.kind is PacketType.PUBLISH
+                self.batch.append(a)  # (``_paho.PahoConnection.write``)
+                return
             self.check_durable_before(a)
             self.check_window(a)
             if self.online:
@@ -446,6 +463,11 @@ class EngineCrashMachine(RuleBasedStateMachine):
                         for b in actions[:i]), "point 1: Accepted first, synced"
                 if a.sync:
                     synced.update(a.records if a.records else ("bare",))
+                if a.ack:  # only acks wait for it (a PUBLISH in a read batch does not)
+                    assert a.sync and all(
+                        isinstance(r, (Received, Released, Taken))
+                        or (isinstance(r, Stepped) and r.event is Event.PUBREC)
+                        for r in a.records), f"an acknowledgement's Persist holds {a.records}"
                 continue
             if not isinstance(a, Write):
                 continue
@@ -556,6 +578,26 @@ class EngineCrashMachine(RuleBasedStateMachine):
         except BaseException:
             self.broken = True
             raise
+
+    @contextlib.contextmanager
+    def read_batch(self, connack: bool = False) -> Iterator[None]:
+        """The packets read in one round, handled as the network thread does: their syncs
+        become one at the end, the packets written wait for it, except the PUBLISHes that
+        no record of the batch is needed for: those leave at once (a crash may cut in between,
+        and a power cut then takes the batch's records). ``connack``: the CONNACK's round,
+        whose records are synced before anything it wrote leaves (``Driver._paho_on_connect``)."""
+        self.batch, self.batch_publish_held = [], connack
+        try:
+            yield
+            self.crash_point()
+            if self.mode != "none":
+                self.store.sync_pending()
+            held, self.batch = self.batch, None
+            for w in held:  # (their lists' order was checked when they were carried out)
+                self.crash_point()
+                self.execute(w)
+        finally:
+            self.batch = None
 
     def payload(self, prefix: str) -> bytes:
         self.counter += 1
@@ -683,7 +725,8 @@ class EngineCrashMachine(RuleBasedStateMachine):
             # bug 1, incoming side: no crash between Connected and the SessionReset that
             # releases the incoming QoS 2 messages the broker forgot
             self.crash_in = reset[-1] + 1
-        self.run(actions)
+        with self.read_batch(connack=True):
+            self.run(actions)
 
     @precondition(lambda self: self.online)
     @rule()
@@ -732,8 +775,8 @@ class EngineCrashMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.online and bool(self.b2c))
     @rule()
     def client_round(self) -> None:
-        """The client reads everything the broker wrote."""
-        with self.step():
+        """The client reads everything the broker wrote, as one read batch."""
+        with self.step(), self.read_batch():
             while self.b2c:
                 self.run(self.engine.receive(self.incoming(self.b2c.popleft())))
 

@@ -1,0 +1,43 @@
+"""What a ``_paho.PahoConnection`` calls on the network thread: the driver's side of the
+adapter (``driver.Driver`` implements it)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from ._wire import Packet, PacketType
+
+__all__ = ["Hooks"]
+
+
+class Hooks(Protocol):
+    """What the connection calls on the network thread, each BEFORE the dependent packet
+    (underscored: the driver's, not part of the public surface)."""
+
+    def _hook_connack(
+        self, rc: int, reason: str, session_present: bool, receive_maximum: int,
+        maximum_packet_size: int | None, server_reference: str | None = None,
+    ) -> None: ...  # server_reference: MQTT 5, of a refusal (4.11 Server redirection)
+
+    def _hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded
+
+    def _hook_ack(self, kind: PacketType, packet_id: int) -> None: ...  # the usual 2-byte ack
+
+    def _hook_acks(self, acks: list[tuple[PacketType, int]]) -> None: ...
+    # PUBACK / PUBREC / PUBCOMP read one after another: ``_hook_ack`` for each, in order,
+    # under one hold of the session lock
+
+    _batch_sync: bool  # the read batch's end syncs: the PUBLISHes not held go out first
+
+    def _hook_batch_end(self) -> asyncio.Future[None] | None: ...
+    # the records the held packets depend on: durable now (None), or once the future is done
+    # (a sync run off the loop: a gateway's)
+
+    def _hook_connection_reset(self) -> tuple[str, int] | None: ...
+    # a new network connection is being made; to this server (None: the same as before)
+
+    def _hook_tick(self) -> None: ...  # once per network-loop round
+    def _hook_wait(self, timeout: float) -> float: ...  # select()'s timeout: the next timer's
+
+    def _hook_failure(self, exc: Exception, context: str) -> None: ...
