@@ -462,8 +462,8 @@ class PahoConnection(mqtt.Client):
 
     def _end_batch(self, rc: MQTTErrorCode) -> MQTTErrorCode:
         """The batch's records made durable (one sync), then its packets written."""
-        if self._write_due and self.hooks._batch_sync:  # the PUBLISHes not held: on their
-            self._write_due = False  # way while the disk works
+        if self._write_due and self.hooks._hook_batch_waits():  # the PUBLISHes not held: on
+            self._write_due = False  # their way while the disk works
             self.loop_write()
         try:
             waiting = self.hooks._hook_batch_end()

@@ -645,6 +645,10 @@ class Driver(Durability):
         finally:
             self.finish(rest)  # the callbacks of those handled, also if one failed
 
+    def _hook_batch_waits(self) -> bool:
+        return self._batch_sync and self.file.journal is not None \
+            and self._settings.session_sync != "none"
+
     def _hook_batch_end(self) -> asyncio.Future[None] | None:
         """The packets held during a read batch are about to be written: make the records
         they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the

@@ -28,7 +28,8 @@ class Hooks(Protocol):
     # PUBACK / PUBREC / PUBCOMP read one after another: ``_hook_ack`` for each, in order,
     # under one hold of the session lock
 
-    _batch_sync: bool  # the read batch's end syncs: the PUBLISHes not held go out first
+    def _hook_batch_waits(self) -> bool: ...
+    # the read batch's end waits for the disk: the PUBLISHes not held go out first
 
     def _hook_batch_end(self) -> asyncio.Future[None] | None: ...
     # the records the held packets depend on: durable now (None), or once the future is done
