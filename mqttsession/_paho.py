@@ -109,11 +109,12 @@ class PahoConnection(mqtt.Client):
         self.suppress_exceptions = True
         self._batch: list[_Held] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
-        self._batch_lock = threading.Lock()  # guards _batch (never held while writing)
+        self._batch_lock = threading.Lock()  # guards _batch and the three below (not a write)
         # batches whose sync runs off the loop: each one's future and the packets waiting for
         # it (and for the ones before it), in order; packets written meanwhile join the last
         self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
+        self._batch_publishes: list[_Held] | None = None  # a read batch's PUBLISHes not held
         self._epoch = 0  # network connections made: a sync done after a reconnect writes nothing
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
@@ -135,28 +136,27 @@ class PahoConnection(mqtt.Client):
     # ------------------------------------------------------------------ sending
 
     def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
-        """Queue one encoded packet (any thread). While the network thread handles a read
-        batch it waits for the batch's end (after the records its acks depend on are synced),
-        behind the packets already held: the order stays. A PUBLISH does not wait for the
-        acks' records (``hold_publishes``: unless one it depends on is among them): MQTT
-        orders each kind of packet alone [MQTT-4.6.0-1..4], and no PUBLISH needs a PUBREC's,
-        an incoming message's or its removal's record (points 2, 3, 4) on disk."""
+        """Queue one encoded packet (any thread). During a read batch it waits for the batch's
+        end (after the records its acks depend on are synced), behind those held: the order
+        stays. A PUBLISH leaves at the batch's end before that sync (no PUBLISH needs the
+        records of points 2, 3, 4; MQTT orders each kind of packet alone [MQTT-4.6.0-1..4]),
+        or at once while it runs; after one that waits (``hold_publishes``), behind it."""
+        item = (kind, packet, packet_id, qos)
         with self._batch_lock:
-            if (self._batch is not None or self._after_sync) and (
-                    kind != PacketType.PUBLISH or self._publish_held):
-                if kind == PacketType.PUBLISH:  # the PUBLISHes after it wait behind it
-                    self._publish_held = True
-                if self._batch is not None:
-                    self._batch.append((kind, packet, packet_id, qos))
-                else:
-                    self._after_sync[-1][1].append((kind, packet, packet_id, qos))
-                return
+            if self._batch is not None or self._after_sync:
+                if kind != PacketType.PUBLISH or self._publish_held:
+                    self._publish_held |= kind == PacketType.PUBLISH  # the next ones: behind
+                    held = self._batch if self._batch is not None else self._after_sync[-1][1]
+                    held.append(item)
+                    return
+                if self._batch_publishes is not None:  # at the batch's end, first
+                    self._batch_publishes.append(item)
+                    return
         self._queue(kind, packet, packet_id, qos)
 
     def hold_publishes(self) -> None:
-        """The read batch wrote a record a PUBLISH may depend on (a packet id given, a
-        reservation, a message loaded from the disk queue): its PUBLISHes from now on wait for
-        the batch's sync too, as every packet does."""
+        """The read batch wrote a record a PUBLISH may need (a packet id given, a reservation,
+        a load from the disk queue): its PUBLISHes from now on wait for its sync too."""
         with self._batch_lock:
             if self._batch is not None:
                 self._publish_held = True
@@ -174,8 +174,7 @@ class PahoConnection(mqtt.Client):
                 held = self._batch
                 if not held:
                     self._batch = [] if keep else None
-                    if not self._after_sync:
-                        self._publish_held = False
+                    self._publish_held = self._publish_held and bool(self._after_sync)
                     return
                 self._batch = []
                 if self._after_sync:
@@ -212,8 +211,7 @@ class PahoConnection(mqtt.Client):
                     self._after_sync[0] = (fut, [])
                 else:
                     self._after_sync.pop(0)
-                    if not self._after_sync and not self._batch:
-                        self._publish_held = False
+                    self._publish_held &= bool(self._after_sync or self._batch)
                     continue
             if failed:
                 err = exc if isinstance(exc, Exception) else ConnectionError("sync cancelled")
@@ -386,8 +384,7 @@ class PahoConnection(mqtt.Client):
         with self._batch_lock:
             self._epoch += 1
             self._after_sync.clear()
-            if self._batch is None:
-                self._publish_held = False
+            self._publish_held &= self._batch is not None
         try:
             return super().reconnect()
         except OSError as exc:
@@ -448,7 +445,7 @@ class PahoConnection(mqtt.Client):
         here, so it would read one packet per select() round.
         """
         with self._batch_lock:
-            self._batch = []
+            self._batch, self._batch_publishes = [], []
         self._batch_thread = threading.current_thread()
         try:
             rc = self._read_batch(max_packets)
@@ -462,8 +459,14 @@ class PahoConnection(mqtt.Client):
 
     def _end_batch(self, rc: MQTTErrorCode) -> MQTTErrorCode:
         """The batch's records made durable (one sync), then its packets written."""
-        if self._write_due and self.hooks._hook_batch_waits():  # the PUBLISHes not held: on
-            self._write_due = False  # their way while the disk works
+        with self._batch_lock:  # its PUBLISHes not held: first, ahead of any written from now
+            for kind, packet, packet_id, qos in self._batch_publishes or ():
+                info = mqtt.MQTTMessageInfo(0) if qos == 0 else None
+                self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
+                self._write_due = True
+            self._batch_publishes = None
+        if self._write_due and self.hooks._hook_batch_waits():  # on their way while the disk
+            self._write_due = False  # works
             self.loop_write()
         try:
             waiting = self.hooks._hook_batch_end()
@@ -489,7 +492,7 @@ class PahoConnection(mqtt.Client):
             if self._batch is not None:  # within a read batch: its end does it
                 nested = True
             else:
-                nested, self._batch = False, []
+                nested, self._batch, self._batch_publishes = False, [], []
         if nested:
             fn()
             return
@@ -501,7 +504,7 @@ class PahoConnection(mqtt.Client):
 
     def _drop_held(self) -> None:
         with self._batch_lock:
-            self._batch = None
+            self._batch = self._batch_publishes = None
             self._publish_held = False
             self._after_sync.clear()
 
