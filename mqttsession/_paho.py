@@ -138,9 +138,9 @@ class PahoConnection(mqtt.Client):
     def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
         """Queue one encoded packet (any thread). During a read batch it waits for the batch's
         end (after the records its acks depend on are synced), behind those held: the order
-        stays. A PUBLISH leaves at the batch's end before that sync (no PUBLISH needs the
-        records of points 2, 3, 4; MQTT orders each kind of packet alone [MQTT-4.6.0-1..4]),
-        or at once while it runs; after one that waits (``hold_publishes``), behind it."""
+        stays. A PUBLISH goes at once (another thread's), or at the batch's end before that
+        sync: no PUBLISH needs the records of points 2, 3, 4, and MQTT orders each kind of
+        packet alone [MQTT-4.6.0-1..4]; after one that waits (``hold_publishes``), behind it."""
         item = (kind, packet, packet_id, qos)
         with self._batch_lock:
             if self._batch is not None or self._after_sync:
@@ -149,8 +149,9 @@ class PahoConnection(mqtt.Client):
                     held = self._batch if self._batch is not None else self._after_sync[-1][1]
                     held.append(item)
                     return
-                if self._batch_publishes is not None:  # at the batch's end, first
-                    self._batch_publishes.append(item)
+                pubs = self._batch_publishes  # the batch's own, joined at its end, first
+                if pubs is not None and (pubs or threading.current_thread() is self._batch_thread):
+                    pubs.append(item)
                     return
         self._queue(kind, packet, packet_id, qos)
 
@@ -158,8 +159,7 @@ class PahoConnection(mqtt.Client):
         """The read batch wrote a record a PUBLISH may need (a packet id given, a reservation,
         a load from the disk queue): its PUBLISHes from now on wait for its sync too."""
         with self._batch_lock:
-            if self._batch is not None:
-                self._publish_held = True
+            self._publish_held |= self._batch is not None
 
     def in_batch(self) -> bool:
         """The calling thread is the network thread, handling a read batch."""
