@@ -138,19 +138,19 @@ class PahoConnection(mqtt.Client):
     def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
         """Queue one encoded packet (any thread). During a read batch it waits for the batch's
         end (after the records its acks depend on are synced), behind those held: the order
-        stays. A PUBLISH goes at once (another thread's), or at the batch's end before that
-        sync: no PUBLISH needs the records of points 2, 3, 4, and MQTT orders each kind of
+        stays. A PUBLISH goes at the batch's end before that sync (a waiting publisher's at
+        once): no PUBLISH needs the records of points 2, 3, 4, and MQTT orders each kind of
         packet alone [MQTT-4.6.0-1..4]; after one that waits (``hold_publishes``), behind it."""
         item = (kind, packet, packet_id, qos)
         with self._batch_lock:
             if self._batch is not None or self._after_sync:
                 if kind != PacketType.PUBLISH or self._publish_held:
                     self._publish_held |= kind == PacketType.PUBLISH  # the next ones: behind
-                    held = self._batch if self._batch is not None else self._after_sync[-1][1]
-                    held.append(item)
+                    (self._batch if self._batch is not None else self._after_sync[-1][1]).append(item)
                     return
-                pubs = self._batch_publishes  # the batch's own, joined at its end, first
-                if pubs is not None and (pubs or threading.current_thread() is self._batch_thread):
+                pubs = self._batch_publishes  # joined at the batch's end, first
+                if pubs is not None and (pubs or threading.current_thread() is self._batch_thread
+                                         or not self.hooks._hook_publisher_waits()):
                     pubs.append(item)
                     return
         self._queue(kind, packet, packet_id, qos)

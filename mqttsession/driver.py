@@ -645,9 +645,12 @@ class Driver(Durability):
         finally:
             self.finish(rest)  # the callbacks of those handled, also if one failed
 
+    def _hook_publisher_waits(self) -> bool:
+        return self._settings.session_sync == "always"
+
     def _hook_batch_waits(self) -> bool:
         return self._batch_sync and self.file.journal is not None \
-            and self._settings.session_sync != "none"
+            and self._settings.session_sync != "none"  # (none: nothing to wait for)
 
     def _hook_batch_end(self) -> asyncio.Future[None] | None:
         """The packets held during a read batch are about to be written: make the records
@@ -657,10 +660,8 @@ class Driver(Durability):
         or SessionSync=interval's timer), and a batch of PUBACKs needs none. A session on an
         asyncio loop syncs off it: the packets wait for the future returned."""
         if self._batch_sync:  # set and cleared on the network thread only
-            self._batch_sync = False
-            if self.background_sync is not None and self.pump is not None \
-                    and self.file.journal is not None \
-                    and self._settings.session_sync != "none":  # (none: nothing to wait for)
+            waits, self._batch_sync = self._hook_batch_waits(), False
+            if waits and self.background_sync is not None and self.pump is not None:
                 return self.background_sync(self.file.sync_pending)
             self.file.sync_pending()
         return None

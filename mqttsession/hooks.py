@@ -31,6 +31,9 @@ class Hooks(Protocol):
     def _hook_batch_waits(self) -> bool: ...
     # the read batch's end waits for the disk: the PUBLISHes not held go out first
 
+    def _hook_publisher_waits(self) -> bool: ...
+    # publishers wait for the disk (SessionSync=always): theirs leave during a batch at once
+
     def _hook_batch_end(self) -> asyncio.Future[None] | None: ...
     # the records the held packets depend on: durable now (None), or once the future is done
     # (a sync run off the loop: a gateway's)
