@@ -204,9 +204,8 @@ class PahoConnection(mqtt.Client):
                 fut, held = self._after_sync[0]
                 exc = None if fut.cancelled() else fut.exception()
                 failed = exc is not None or fut.cancelled()
-                if failed:
+                if failed:  # (a stale _publish_held only holds more: the next _release clears it)
                     self._after_sync.clear()
-                    self._publish_held = False
                 elif held:  # stays first while it is written: what comes meanwhile follows
                     self._after_sync[0] = (fut, [])
                 else:
@@ -227,7 +226,17 @@ class PahoConnection(mqtt.Client):
 
     def release_held(self) -> None:
         """Write what the batch holds so far (after its sync); the batch goes on."""
+        self._queue_publishes(keep=True)  # (ahead of the PUBLISHes held after them)
         self._release(keep=True)
+
+    def _queue_publishes(self, keep: bool) -> None:
+        """The batch's PUBLISHes not held, in paho's queue ahead of any written from now."""
+        with self._batch_lock:
+            for kind, packet, packet_id, qos in self._batch_publishes or ():
+                info = mqtt.MQTTMessageInfo(0) if qos == 0 else None
+                self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
+                self._write_due = True
+            self._batch_publishes = [] if keep and self._batch is not None else None
 
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
         # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
@@ -384,7 +393,6 @@ class PahoConnection(mqtt.Client):
         with self._batch_lock:
             self._epoch += 1
             self._after_sync.clear()
-            self._publish_held &= self._batch is not None
         try:
             return super().reconnect()
         except OSError as exc:
@@ -438,12 +446,9 @@ class PahoConnection(mqtt.Client):
     # ------------------------------------------------------------------ receiving
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read every packet that is waiting (up to a bound), not just one per round; then
-        write the packets that wait for the batch's records to be durable.
-
-        paho sizes its read batch by ``_out_messages`` + ``_in_messages``, which stay empty
-        here, so it would read one packet per select() round.
-        """
+        """Read every packet that is waiting (up to a bound), not just one per round (paho
+        sizes its batch by ``_out_messages`` + ``_in_messages``, empty here); then write the
+        packets that wait for the batch's records to be durable."""
         with self._batch_lock:
             self._batch, self._batch_publishes = [], []
         self._batch_thread = threading.current_thread()
@@ -459,12 +464,7 @@ class PahoConnection(mqtt.Client):
 
     def _end_batch(self, rc: MQTTErrorCode) -> MQTTErrorCode:
         """The batch's records made durable (one sync), then its packets written."""
-        with self._batch_lock:  # its PUBLISHes not held: first, ahead of any written from now
-            for kind, packet, packet_id, qos in self._batch_publishes or ():
-                info = mqtt.MQTTMessageInfo(0) if qos == 0 else None
-                self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
-                self._write_due = True
-            self._batch_publishes = None
+        self._queue_publishes(keep=False)
         if self._write_due and self.hooks._hook_batch_waits():  # on their way while the disk
             self._write_due = False  # works
             self.loop_write()
@@ -489,10 +489,9 @@ class PahoConnection(mqtt.Client):
         depend on them wait for it (an asyncio session's acknowledgements: one fsync, off the
         loop, for all the removals)."""
         with self._batch_lock:
-            if self._batch is not None:  # within a read batch: its end does it
-                nested = True
-            else:
-                nested, self._batch, self._batch_publishes = False, [], []
+            nested = self._batch is not None  # within a read batch: its end does it
+            if not nested:
+                self._batch, self._batch_publishes = [], []
         if nested:
             fn()
             return
