@@ -141,9 +141,9 @@ class PahoConnection(mqtt.Client):
         stays. A PUBLISH goes at the batch's end before that sync (a waiting publisher's at
         once): no PUBLISH needs the records of points 2, 3, 4, and MQTT orders each kind of
         packet alone [MQTT-4.6.0-1..4]; after one that waits (``hold_publishes``), behind it."""
-        item = (kind, packet, packet_id, qos)
         with self._batch_lock:
-            if self._batch is not None or self._after_sync:
+            if self._batch is not None or self._after_sync:  # (no tuple for the common path)
+                item = (kind, packet, packet_id, qos)
                 if kind != PacketType.PUBLISH or self._publish_held:
                     self._publish_held |= kind == PacketType.PUBLISH  # the next ones: behind
                     (self._batch if self._batch is not None else self._after_sync[-1][1]).append(item)
