@@ -159,8 +159,9 @@ def publish_run(broker: MosquittoBroker, n: int, qos: int, sync: str | None, wor
     c = Client(client_id=f"prof-{uuid.uuid4().hex[:8]}", clean_session=True)
     c.config(f"MaxInflight={WINDOW}")
     if timed_lock is not None:
-        c._lock = timed_lock  # type: ignore[assignment]
-        c._changed = threading.Condition(timed_lock)  # type: ignore[arg-type]
+        # the Client's lock is its driver's (the network thread's hooks take it there)
+        c._driver.lock = c._lock = timed_lock  # type: ignore[assignment]
+        c._driver.changed = threading.Condition(timed_lock)  # type: ignore[arg-type]
     d = tempfile.mkdtemp(dir=workdir)
     if sync is not None:
         c.config(f"SessionStateFile={os.path.join(d, 's.json')}")

@@ -2,9 +2,10 @@
 
 A frame is ``length (4 bytes, big-endian) | CRC-32 of the payload (4 bytes) | payload``
 (``frame`` makes one, ``read_frames`` splits them). Recovery = snapshot + the longest valid
-journal prefix. A torn tail (an incomplete or bad frame with no valid frame after it: a crash
-mid-write, or the zeros a file system may leave after a power cut: a frame of length 0 is never
-valid) is cut with a warning. Anything else (a bad snapshot, a bad frame followed by good ones,
+journal prefix. Zeros after it are the space a journal allocates ahead (``journal.py``), or
+what a file system may leave after a power cut (a frame of length 0 is never valid): written
+over. A torn tail (an incomplete or bad frame with no valid frame after it: a crash
+mid-write) is cut with a warning. Anything else (a bad snapshot, a bad frame followed by good ones,
 a record that does not fit the state, another client's file) raises ``StateError`` and both
 files are kept aside as ``*.damaged-<time>``, never overwritten. A journal whose header names
 another snapshot is stale (a crash between the two renames of a compaction, whose new snapshot
@@ -77,7 +78,48 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
             break
         payloads.append(payload)
         pos = end
-    return payloads, pos, pos < size and _ends_in_record_frame(data, pos)
+    if pos == size:
+        return payloads, pos, False
+    end = zeros_from(data, pos)
+    if end == pos:  # only zeros after the valid frames: space allocated ahead, or torn
+        return payloads, pos, False
+    if end == size:
+        return payloads, pos, _ends_in_record_frame(data, pos)
+    return payloads, pos, _frame_ends_within(data, pos, end)
+
+
+def zeros_from(data: bytes, pos: int) -> int:
+    """Where the run of zero bytes that ends ``data`` (after ``pos``) begins: the space a
+    journal allocates ahead of its records (``len(data)`` when the last byte is not zero)."""
+    end, step = len(data), _SCAN_CHUNK
+    while end - step >= pos and data.count(0, end - step, end) == step:
+        end -= step
+    while end > pos and data[end - 1] == 0:
+        end -= 1
+    return end
+
+
+def _frame_ends_within(data: bytes, pos: int, end: int) -> bool:
+    """Whether a valid record frame starting after ``pos`` ends in the zeros at ``end`` or
+    later (its payload may end in zeros itself), with only zeros after it: the damage test of
+    ``read_frames`` for a file allocated ahead. Linear in ``end - pos`` (what a torn write
+    left), each CRC within a budget of that many bytes: past it the answer is yes (kept)."""
+    size, head = len(data), _HEAD.size
+    unpack, crc32, starts = _HEAD.unpack_from, zlib.crc32, _RECORD_START_BYTES
+    budget = end - pos
+    view = memoryview(data)
+    for q in range(pos + 1, end):
+        if q + head >= size:
+            break
+        if data[q + head] not in starts:
+            continue
+        length, crc = unpack(data, q)
+        stop = q + head + length
+        if length and end <= stop <= size:
+            budget -= length
+            if budget < 0 or crc32(view[q + head:stop]) == crc:
+                return True
+    return False
 
 
 def _ends_in_record_frame(data: bytes, pos: int) -> bool:
@@ -156,24 +198,26 @@ def _read_file(path: str) -> bytes | None:
 
 
 def load(path: str, client_id: str, damaged: Callable[[str], StateError],
-          *, read_only: bool = False) -> tuple[SessionState, int, int | None]:
+          *, read_only: bool = False) -> tuple[SessionState, int, int | None, bool]:
     """Snapshot + valid journal prefix of ``path``; ``damaged(why)`` makes the error to raise.
 
-    Returns the state, the snapshot's size, and where the journal's valid part ends when it
-    belongs to this snapshot (None: there is no usable journal to append to).
+    Returns the state, the snapshot's size, where the journal's valid part ends when it
+    belongs to this snapshot (None: there is no usable journal to append to), and whether
+    bytes other than zeros follow it (a torn tail, to cut before appending; zeros are the
+    space the journal allocated ahead, written over in place).
     """
     with codec.gc_paused():
         return _load_files(path, client_id, damaged, read_only)
 
 
 def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
-                read_only: bool) -> tuple[SessionState, int, int | None]:
+                read_only: bool) -> tuple[SessionState, int, int | None, bool]:
     journal_path = path + JOURNAL_SUFFIX
     snapshot = _read_file(path)
     if snapshot is None:
         if os.path.lexists(journal_path):
             raise damaged("journal without its snapshot")
-        return SessionState(client_id=client_id, clean_session=False), 0, None
+        return SessionState(client_id=client_id, clean_session=False), 0, None, False
     try:
         state, digest = codec.decode_with_digest(snapshot)
     except StateError as exc:
@@ -184,7 +228,7 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
         )
     data = _read_file(journal_path)
     if data is None:
-        return state, len(snapshot), None
+        return state, len(snapshot), None, False
     payloads, valid, damaged_mid = read_frames(data)
     if damaged_mid:
         raise damaged(f"journal frame at byte {valid} is bad but later ones are good")
@@ -192,7 +236,7 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
     if not payloads:
         if data:
             log.warning("state journal %s: torn header %s (%d bytes)", journal_path, cut, len(data))
-        return state, len(snapshot), None
+        return state, len(snapshot), None, False
     header = _header(payloads[0])
     if header is None:
         raise damaged("journal header is not valid")
@@ -202,7 +246,7 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
     if named != digest:
         log.info("state journal %s is older than its snapshot: %s", journal_path,
                  "ignored" if read_only else "dropped")
-        return state, len(snapshot), None
+        return state, len(snapshot), None, False
     if owner != state.client_id:
         raise damaged(f"journal is for client id {owner!r}")
     for i, payload in enumerate(payloads[1:], 1):
@@ -210,10 +254,11 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
             state.apply(codec.decode_record(payload))
         except MQTTSessionError as exc:
             raise damaged(f"journal record {i}: {exc}") from None
-    if valid < len(data):
+    torn = valid < len(data) and zeros_from(data, valid) > valid
+    if torn:
         log.warning("state journal %s: torn tail of %d bytes %s (a crash mid-write)",
                     journal_path, len(data) - valid, cut)
-    return state, len(snapshot), valid
+    return state, len(snapshot), valid, torn
 
 
 def read_state(path: str, client_id: str = "") -> SessionState:

@@ -45,14 +45,8 @@ from typing import TYPE_CHECKING, Final
 
 from .errors import PersistenceError, StateError, StateLockedError
 from .groupcommit import GroupCommit
-from .journal import (
-    _own_file,
-    _remove_stale_temps,
-    _write_all,
-    acquire_lock,
-    require_directory,
-    write_atomic,
-)
+from .journal import _write_all, write_atomic
+from .statelock import _own_file, _remove_stale_temps, acquire_lock, require_directory, unlinked
 from .recovery import (
     _NOFOLLOW,
     _read_file,
@@ -488,7 +482,7 @@ class SharedLog(GroupCommit):
                                          " rewritten with the next record")
         fd = self._fd
         try:
-            gone = os.fstat(fd).st_nlink == 0
+            gone = unlinked(fd)  # (not fstat: it would slow the fdatasync after it)
         except OSError:
             gone = True
         if gone:  # deleted or replaced: a sync would go into a file no restart reads

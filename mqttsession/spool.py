@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Final, Iterator
 
 from .errors import PersistenceError, StateError
-from .journal import _fsync_dir, _own_file, _write_all
+from .journal import _fsync_dir, _write_all
+from .statelock import _own_file
 from .recovery import _NOFOLLOW, frame, read_frames
 from .records import Accepted, OutgoingMessage, Spooled, decode_record, encode_record
 from .state import message_bytes

@@ -95,7 +95,8 @@ def journal_faults(name: str) -> list[Fault]:
               lambda src, dst: base_name(dst) == journal, errno.EIO),
         Fault("journal-dir-fsync", "compact", "fsync", is_dir_fd, errno.EIO, nth=1),
         Fault("journal-reopen", "compact", "open",
-              lambda path, flags, *_: base_name(path) == journal and bool(flags & os.O_APPEND),
+              lambda path, flags, *_: (base_name(path) == journal and bool(flags & os.O_WRONLY)
+                                       and not flags & os.O_CREAT),
               errno.EIO),
     ]
 

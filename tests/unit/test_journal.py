@@ -105,6 +105,7 @@ class History:
     journal: bytes  # P.journal: header frame, then one frame per record
     states: list[str]  # codec.encode after 0, 1, 2 ... records (states[0] == the snapshot)
     ends: list[int]  # ends[k]: byte offset where frame k ends (frame 0 is the header)
+    allocated: bytes = b""  # the whole file: ``journal`` and the zeros allocated ahead
 
     def prefix_at(self, n: int) -> int:
         """How many records a journal cut to ``n`` bytes still holds in full."""
@@ -128,19 +129,22 @@ class Recorder:
         assert fresh.client_id == CID and fresh.empty and not fresh.clean_session
         self.journal.compact(self.state)
         self.states = [codec.encode(self.state)]
-        self.ends = [self.jpath.stat().st_size]
+        self.ends = [self.journal.position()[1]]  # (the file is allocated ahead: zeros after)
 
     def add(self, rec: Record | None) -> None:
         if rec is None:  # a transition that changes nothing (duplicate QoS 2 PUBLISH, ...)
             return
         self.journal.append([rec], self.state, sync=True)
         self.states.append(codec.encode(self.state))
-        self.ends.append(self.jpath.stat().st_size)
+        self.ends.append(self.journal.position()[1])
         assert self.ends[-1] > self.ends[-2]
 
     def finish(self) -> History:
         self.journal.close()
-        return History(self.path.read_bytes(), self.jpath.read_bytes(), self.states, self.ends)
+        whole = self.jpath.read_bytes()
+        assert whole[self.ends[-1]:] == bytes(len(whole) - self.ends[-1])  # zeros after
+        return History(self.path.read_bytes(), whole[:self.ends[-1]], self.states, self.ends,
+                       whole)
 
 
 def fresh_state() -> SessionState:
@@ -292,6 +296,14 @@ def place(directory: Path, snapshot: bytes | None, journal: bytes | None) -> Pat
     return p
 
 
+def used(p: Path) -> int:
+    """The bytes of P's journal that hold frames: zeros follow (allocated ahead)."""
+    data = jpath(p).read_bytes()
+    _payloads, valid, damaged = read_frames(data)
+    assert not damaged and not any(data[valid:])
+    return valid
+
+
 def recover(p: Path, client_id: str = CID) -> SessionState:
     """A fresh Journal on ``p`` (as a restarted process would open it), recovered and closed."""
     j = Journal(str(p), client_id, sync=False)
@@ -346,18 +358,23 @@ def journal_warnings() -> Iterator[list[str]]:
         lg.setLevel(old)
 
 
-def check_truncation(h: History, work: Path, n: int) -> None:
-    """Cut the journal to ``n`` bytes: exactly the longest complete prefix, warned iff torn."""
-    p = place(work, h.snapshot, h.journal[:n])
+def check_truncation(h: History, work: Path, n: int, zeros: int = 0) -> None:
+    """Cut the journal to ``n`` bytes (then ``zeros`` zero bytes: the space a journal
+    allocates ahead, which a power cut leaves as it was): exactly the longest complete
+    prefix, warned iff torn (bytes other than zeros after it: a frame begun in zeros is
+    written over like the space ahead)."""
+    journal = h.journal[:n] + bytes(zeros)
+    p = place(work, h.snapshot, journal)
     with journal_warnings() as warned:
         got = recover(p)
-    assert codec.encode(got) == h.states[h.prefix_at(n)], f"cut at byte {n}"
-    torn = n != 0 and n not in h.ends
+    k = h.prefix_at(n)
+    assert codec.encode(got) == h.states[k], f"cut at byte {n}"
+    torn = n != 0 and (n < h.ends[0] or any(h.journal[h.ends[k]:n]))  # (a torn header: any)
     assert bool(warned) == torn, (n, warned)
     if torn:
         assert "torn" in warned[0]
     # recovery only reads: the files are as they were, nothing kept aside
-    assert p.read_bytes() == h.snapshot and jpath(p).read_bytes() == h.journal[:n]
+    assert p.read_bytes() == h.snapshot and jpath(p).read_bytes() == journal
     assert damaged_copies(p) == ([], [])
 
 
@@ -422,13 +439,18 @@ def test_every_truncation_recovers_the_longest_complete_prefix(
     work = shm_path / "work"
     for n in range(len(h.journal) + 1):
         check_truncation(h, work, n)
+        if n:  # (zeros alone are a torn header, warned)
+            check_truncation(h, work, n, zeros=1 + n % 97)
+    # the whole file as written, with the space allocated ahead
+    assert codec.encode(recover(place(work, h.snapshot, h.allocated))) == h.states[-1]
     # and the warning reaches ordinary logging (caplog) at WARNING level
     caplog.clear()
-    p = place(work, h.snapshot, h.journal[: h.ends[4] + 3])
+    assert any(h.journal[h.ends[4]:h.ends[4] + 7])  # (length and CRC: not zeros alone)
+    p = place(work, h.snapshot, h.journal[: h.ends[4] + 7])
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert codec.encode(recover(p)) == h.states[4]
     warned = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
-    assert len(warned) == 1 and "torn tail of 3 bytes" in warned[0].getMessage()
+    assert len(warned) == 1 and "torn tail of 7 bytes" in warned[0].getMessage()
 
 
 def test_torn_tail_is_cut_and_the_files_stay_usable(
@@ -462,7 +484,7 @@ def test_torn_tail_is_cut_and_the_files_stay_usable(
         assert codec.encode(recover(p)) == expected
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     _payloads, valid, damaged = read_frames(jpath(p).read_bytes())
-    assert valid == jpath(p).stat().st_size and not damaged
+    assert not damaged and not any(jpath(p).read_bytes()[valid:])  # zeros after: ahead
 
 
 def test_every_damaged_journal_byte_gives_a_prefix_or_state_error(shm_path: Path) -> None:
@@ -773,7 +795,7 @@ def test_compact_writes_exactly_the_text_and_a_header_only_journal(tmp_path: Pat
         j.compact(state, text)
         assert p.read_bytes() == text.encode("utf-8")
         payloads, valid, damaged = read_frames(jpath(p).read_bytes())
-        assert len(payloads) == 1 and valid == jpath(p).stat().st_size and not damaged
+        assert len(payloads) == 1 and valid == used(p) and not damaged
         # format 2 names the snapshot by its own checked sha256 field (not a second hash)
         body = text[text.index('"state":') + len('"state":'):-1]
         assert json.loads(payloads[0]) == [
@@ -817,9 +839,9 @@ def test_journal_passing_its_bound_asks_for_compaction(tmp_path: Path) -> None:
         for i in range(40):
             j.append([state.accept("bound/t", b"p" * 20, 1)], state)
             if j.needs_compaction:
-                assert jpath(tmp_path / NAME).stat().st_size > 600
+                assert used(tmp_path / NAME) > 600
                 j.compact(state)
-            sizes.append(jpath(tmp_path / NAME).stat().st_size)
+            sizes.append(used(tmp_path / NAME))
             assert sizes[-1] <= 600
         assert sizes != sorted(sizes)  # it was compacted on the way
     finally:
@@ -1017,9 +1039,7 @@ def test_append_after_failure_never_glues_onto_a_torn_frame(
         expected = codec.encode(state)
     finally:
         j.close()
-    data = jpath(p).read_bytes()
-    _payloads, valid, damaged = read_frames(data)
-    assert valid == len(data) and not damaged
+    used(p)  # whole frames, then only zeros: nothing torn left behind them
     assert codec.encode(recover(p)) == expected
     assert [m.topic for m in codec.decode(expected).outgoing.values()] == ["a", "b", "c"]
 
@@ -1126,7 +1146,7 @@ def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_
     syncs; not a droppable lazy record after them (it waits for the next record)."""
     p = tmp_path / NAME
     with _compacted(p, sync=True) as (j, st):
-        size = os.path.getsize(jpath(p))
+        size = used(p)
         writes: list[int] = []
         syncs: list[int] = []
 
@@ -1141,19 +1161,19 @@ def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_
             marks.append(j.position())
         sent = st.send(min(st.outgoing))
         j.append([sent], st, sync=False, lazy=True)  # droppable: a SEND step
-        assert writes == [] and os.path.getsize(jpath(p)) == size  # nothing written yet
+        assert writes == [] and used(p) == size  # nothing written yet
         assert marks[0][1] > size and marks[0][1] < marks[1][1] < marks[2][1]
         assert j.position()[1] == marks[2][1]  # (where the held records end)
         assert not j.is_synced(*marks[0])
         assert j.sync_to(*marks[0]) is True  # the first one's sync writes all three
         assert len(writes) == 1 and len(syncs) == 1
-        assert os.path.getsize(jpath(p)) == marks[2][1]  # not the SEND step
+        assert used(p) == marks[2][1]  # not the SEND step
         assert all(j.is_synced(*m) for m in marks)
         assert j.sync_to(*marks[2]) is False  # covered: no second write or sync
         assert len(writes) == 1 and len(syncs) == 1
         assert copy_and_recover(p, tmp_path / "copy0").outgoing[sent.seq].phase.name == "QUEUED"
         j.flush()
-        assert os.path.getsize(jpath(p)) == j.position()[1] > marks[2][1]
+        assert used(p) == j.position()[1] > marks[2][1]
     assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
         "t/0", "t/1", "t/2"]
 
@@ -1169,23 +1189,23 @@ def test_a_deferred_sync_leaves_droppable_records_for_the_next_append(tmp_path: 
     try:
         st = j.recover()
         j.compact(st)
-        size = os.path.getsize(jpath(p))
+        size = used(p)
         rounds = 0
         while size + 100 < 1024:  # QoS 2 records, each synced at the "batch's end"
             j.append([st.accept(f"b/{rounds}", b"x", 2)], st, sync=False)
             j.sync_pending()
-            size, rounds = os.path.getsize(jpath(p)), rounds + 1
+            size, rounds = used(p), rounds + 1
         j.append([st.accept("b/unsynced", b"x", 2)], st, sync=False)  # its sync waits
         assert not j.needs_compaction
         for seq in sorted(st.outgoing):  # sent: lazy records, more bytes than are left
             j.append([st.send(seq)], st, sync=False, lazy=True)
         assert j.position()[1] > 1024
         j.sync_pending()
-        assert os.path.getsize(jpath(p)) <= 1024
+        assert used(p) <= 1024
         j.append([st.accept("b/last", b"y", 1)], st, sync=True)
         if j.needs_compaction:
             j.compact(st)
-        assert os.path.getsize(jpath(p)) <= 1024
+        assert used(p) <= 1024
     finally:
         j.close()
     assert codec.encode(recover(p)) == codec.encode(st)
@@ -1201,7 +1221,7 @@ def test_a_failed_group_commit_write_cuts_what_is_not_on_disk(
     p = tmp_path / NAME
     with _compacted(p, sync=True) as (j, st):
         j.append([st.accept("t/kept", b"x", 1)], st, sync=True)
-        synced = os.path.getsize(jpath(p))
+        synced = used(p)
         recs = []
         for i in range(3):
             recs.append(st.accept(f"t/{i}", b"x", 1))
@@ -1220,7 +1240,7 @@ def test_a_failed_group_commit_write_cuts_what_is_not_on_disk(
             j.sync_to(*mark)
         monkeypatch.setattr(journal_mod, "os", os)
         assert not j.is_synced(*mark)
-        assert os.path.getsize(jpath(p)) == synced
+        assert used(p) == synced
         assert [m.topic for m in copy_and_recover(p, tmp_path / "copy").outgoing.values()] == [
             "t/kept"]
         for rec in reversed(recs):  # the publishers take theirs back (``Engine.withdraw``)
