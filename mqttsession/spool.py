@@ -25,6 +25,7 @@ messages after the damage in it are lost, never invented or reordered.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from typing import Final, Iterator
 
 from .errors import PersistenceError, StateError
-from .journal import _fsync_dir, _write_all
+from .journal import _ZEROS, AHEAD_BYTES, _fsync_dir, _write_all
 from .statelock import _own_file
-from .recovery import _NOFOLLOW, frame, read_frames
+from .recovery import _NOFOLLOW, frame, read_frames, zeros_from
 from .records import Accepted, OutgoingMessage, Spooled, decode_record, encode_record
 from .state import message_bytes
 
@@ -51,7 +52,7 @@ _HEADER_TAG: Final = "mqttsession-queue"
 _VERSION: Final = 1
 _OPEN_NAME: Final = re.compile(r"q-(\d{20})\.open\Z")
 _SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)\.seg\Z")
-_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW  # written at ``seg.size``
 
 
 @dataclass
@@ -86,6 +87,8 @@ class Spool:
         self._rbytes = 0
         self._frames: list[bytes] = []  # frames of it read ahead, from _roff
         self._wfd: int | None = None  # the open segment (the last), for appending
+        self._walloc = 0  # its file's size: its frames, and zeros written ahead of them
+        self._wseek = False  # its fd's offset is to be set to the segment's end first
         self._errors: list[tuple[int, str]] = []
         self._unsynced = False  # appended without a sync since the last one (policy syncs)
         self._mutex = threading.RLock()
@@ -156,10 +159,13 @@ class Spool:
         if seg.count <= 0 or seg.first > seg.last or seg.bytes < 0:
             raise StateError(f"disk queue segment {seg.path}: its name is not consistent")
 
-    def _read(self, path: str, offset: int = 0) -> bytes:
+    def _read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        """The bytes of ``path`` from ``offset`` (to ``size``: the segment's frames; no fstat
+        of the segment being written, whose next fdatasync it would slow: ``statelock``)."""
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         try:
-            size = os.fstat(fd).st_size
+            if size is None:
+                size = os.fstat(fd).st_size
             return os.pread(fd, max(0, size - offset), offset) if size > offset else b""
         finally:
             os.close(fd)
@@ -215,13 +221,14 @@ class Spool:
             seg.bytes += message_bytes(m)
         seg.last = prev if seg.count else 0
         seg.size = valid
-        if valid < len(data):
+        if zeros_from(data, valid) > valid:  # (zeros alone: written ahead, written over)
             log.warning("disk queue segment %s: torn tail of %d bytes %s (a crash mid-write)",
                         seg.path, len(data) - valid, "ignored" if self.read_only else "cut")
             if not self.read_only:
                 fd = os.open(seg.path, os.O_WRONLY | _NOFOLLOW)
                 try:
                     os.ftruncate(fd, valid)
+                    os.fsync(fd)  # cut on disk before anything is written over it
                 finally:
                     os.close(fd)
 
@@ -237,13 +244,14 @@ class Spool:
     # ------------------------------------------------------------------ writing
 
     def _open_writer(self, seg: _Segment) -> None:
-        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW)
+        fd = os.open(seg.path, os.O_WRONLY | _NOFOLLOW)
         try:
             _own_file(fd, seg.path)
+            self._walloc = os.fstat(fd).st_size
         except BaseException:
             os.close(fd)
             raise
-        self._wfd = fd
+        self._wfd, self._wseek = fd, True
 
     def _new_segment(self, first: int) -> _Segment:
         if not os.path.isdir(self.dir):
@@ -265,14 +273,16 @@ class Spool:
             os.close(fd)
             self._unlink(seg.path)
             raise
-        seg.size = len(head)
-        self._wfd = fd
+        seg.size = self._walloc = len(head)
+        self._wfd, self._wseek = fd, False
         self._segs.append(seg)
         return seg
 
     def _seal(self, seg: _Segment) -> None:
         """The open segment is full: its name takes what a restart needs to know."""
         assert self._wfd is not None
+        if self._walloc > seg.size:  # the zeros written ahead: the name says its size
+            os.ftruncate(self._wfd, seg.size)
         if self.sync:
             os.fdatasync(self._wfd)
             self._unsynced = False
@@ -300,15 +310,17 @@ class Spool:
                 if seg is None:
                     seg = self._new_segment(messages[0].seq)
                 try:
-                    _write_all(self._wfd, data)  # type: ignore[arg-type]
+                    self._put(seg, data)
                     if sync and self.sync:
                         os.fdatasync(self._wfd)  # type: ignore[arg-type]
                         self._unsynced = False
                     else:
                         self._unsynced = self.sync
                 except OSError:
+                    self._wseek = True
                     try:
                         os.ftruncate(self._wfd, seg.size)  # type: ignore[arg-type]
+                        self._walloc = seg.size
                     except OSError:
                         pass
                     raise
@@ -322,6 +334,30 @@ class Spool:
             seg.last = self.last_seq = messages[-1].seq
             self.count += len(messages)
             self.bytes += n
+
+    def _put(self, seg: _Segment, data: bytes) -> None:
+        """Write ``data`` at the open segment's end (``seg.size``). Under SessionSync=always /
+        interval zeros are first written up to ``AHEAD_BYTES`` past it (within the segment's
+        bound), so that the fdatasync commits no size change (``journal.py``)."""
+        fd = self._wfd
+        assert fd is not None
+        end = seg.size + len(data)
+        if end > self._walloc and self.sync:
+            want = min(end + AHEAD_BYTES - end % AHEAD_BYTES, max(end, self.segment_bytes))
+            at = self._walloc
+            try:
+                while at < want:
+                    at += os.pwrite(fd, memoryview(_ZEROS)[:want - at], at)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+            finally:
+                self._walloc = max(self._walloc, at)
+        if self._wseek:
+            os.lseek(fd, seg.size, os.SEEK_SET)
+            self._wseek = False
+        _write_all(fd, data)
+        self._walloc = max(self._walloc, end)
 
     def sync_pending(self) -> None:
         """The open segment's appends written without a sync, on disk (``SessionSync=interval``);
@@ -344,7 +380,7 @@ class Spool:
             return True
         if self._roff >= seg.size:
             return False
-        data = self._read(seg.path, self._roff)[: seg.size - self._roff]
+        data = self._read(seg.path, self._roff, seg.size)
         payloads, valid, _ = read_frames(data)
         if self._roff == 0:
             if not payloads or not self._header_ok(payloads[0], seg):
@@ -437,7 +473,7 @@ class Spool:
             return None
 
     def _segment_messages(self, seg: _Segment) -> Iterator[OutgoingMessage]:
-        payloads, _, _ = read_frames(self._read(seg.path)[: seg.size])
+        payloads, _, _ = read_frames(self._read(seg.path, 0, seg.size))
         return self._messages(payloads[1:], seg.path)
 
     def read_all(self) -> list[OutgoingMessage]:
@@ -447,7 +483,7 @@ class Spool:
             for i in range(self._ri, len(self._segs)):
                 seg = self._segs[i]
                 if i == self._ri and self._roff:
-                    data = self._read(seg.path, self._roff)[: seg.size - self._roff]
+                    data = self._read(seg.path, self._roff, seg.size)
                     out += self._messages(read_frames(data)[0], seg.path)
                 else:
                     out += self._segment_messages(seg)
