@@ -93,6 +93,20 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def zeros_ahead(fd: int, size: int, end: int, bound: int) -> int:
+    """Zeros written from ``size`` (the file's) up to ``AHEAD_BYTES`` past ``end``, never past
+    ``bound`` unless ``end`` is; the file's new size. Out of room (ENOSPC, EDQUOT) they stop
+    where they got: the record written next tells whether it fits."""
+    want, at = min(end + AHEAD_BYTES - end % AHEAD_BYTES, max(end, bound)), size
+    try:
+        while at < want:
+            at += os.pwrite(fd, memoryview(_ZEROS)[:want - at], at)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+    return at
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
     try:
@@ -416,17 +430,7 @@ class Journal(GroupCommit):
         end = self._size + len(data)
         if end > self._alloc and self.sync:
             # (never past a JournalMaxBytes smaller than that: the bound is on the disk too)
-            want = min(end + AHEAD_BYTES - end % AHEAD_BYTES, max(end, self.bound))
-            at = self._alloc
-            try:
-                while at < want:
-                    at += os.pwrite(fd, memoryview(_ZEROS)[:want - at], at)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                # no room ahead: the record may still fit (and its write tells)
-            finally:
-                self._alloc = max(self._alloc, at)
+            self._alloc = zeros_ahead(fd, self._alloc, end, self.bound)
         if self._seek:
             os.lseek(fd, self._size, os.SEEK_SET)
             self._seek = False

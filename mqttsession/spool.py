@@ -25,7 +25,6 @@ messages after the damage in it are lost, never invented or reordered.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from typing import Final, Iterator
 
 from .errors import PersistenceError, StateError
-from .journal import _ZEROS, AHEAD_BYTES, _fsync_dir, _write_all
+from .journal import _fsync_dir, _write_all, zeros_ahead
 from .statelock import _own_file
 from .recovery import _NOFOLLOW, frame, read_frames, zeros_from
 from .records import Accepted, OutgoingMessage, Spooled, decode_record, encode_record
@@ -337,22 +336,13 @@ class Spool:
 
     def _put(self, seg: _Segment, data: bytes) -> None:
         """Write ``data`` at the open segment's end (``seg.size``). Under SessionSync=always /
-        interval zeros are first written up to ``AHEAD_BYTES`` past it (within the segment's
-        bound), so that the fdatasync commits no size change (``journal.py``)."""
+        interval zeros are first written ahead of it, within the segment's bound, so that the
+        fdatasync commits no size change (``journal.zeros_ahead``)."""
         fd = self._wfd
         assert fd is not None
         end = seg.size + len(data)
         if end > self._walloc and self.sync:
-            want = min(end + AHEAD_BYTES - end % AHEAD_BYTES, max(end, self.segment_bytes))
-            at = self._walloc
-            try:
-                while at < want:
-                    at += os.pwrite(fd, memoryview(_ZEROS)[:want - at], at)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-            finally:
-                self._walloc = max(self._walloc, at)
+            self._walloc = zeros_ahead(fd, self._walloc, end, self.segment_bytes)
         if self._wseek:
             os.lseek(fd, seg.size, os.SEEK_SET)
             self._wseek = False
