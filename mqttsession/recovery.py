@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import struct
 import zlib
@@ -47,6 +48,9 @@ _JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all 
 _RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
 _RECORD_START_BYTES: Final = frozenset(start[0] for start in _RECORD_STARTS)
 _SCAN_CHUNK: Final = 32 * 1024  # bytes of a garbage tail compared at once
+_TAIL_SCAN: Final = 4 * 1024 * 1024  # bytes before zeros searched for a frame, at most
+_RECORD_START: Final = re.compile(
+    b"[" + b"".join(re.escape(bytes([c])) for c in sorted(_RECORD_START_BYTES)) + b"]")
 _DESCENDING: Final = bytes(range(255, -1, -1)) * (_SCAN_CHUNK // 256 + 2)
 _NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at a state file's path: ELOOP
 MAX_STATE_BYTES = 1 << 30  # a snapshot or journal larger than this is refused, not read
@@ -102,17 +106,18 @@ def zeros_from(data: bytes, pos: int) -> int:
 def _frame_ends_within(data: bytes, pos: int, end: int) -> bool:
     """Whether a valid record frame starting after ``pos`` ends in the zeros at ``end`` or
     later (its payload may end in zeros itself), with only zeros after it: the damage test of
-    ``read_frames`` for a file allocated ahead. Linear in ``end - pos`` (what a torn write
-    left), each CRC within a budget of that many bytes: past it the answer is yes (kept)."""
+    ``read_frames`` for a file allocated ahead. The candidates (a record's first byte after a
+    frame head) are found at C speed; their CRCs hash at most ``end - pos`` bytes, and past
+    ``_TAIL_SCAN`` bytes (what a torn write leaves is far less) the answer is yes: the file is
+    kept, never cut."""
+    if end - pos > _TAIL_SCAN:
+        return True
     size, head = len(data), _HEAD.size
-    unpack, crc32, starts = _HEAD.unpack_from, zlib.crc32, _RECORD_START_BYTES
+    unpack, crc32 = _HEAD.unpack_from, zlib.crc32
     budget = end - pos
     view = memoryview(data)
-    for q in range(pos + 1, end):
-        if q + head >= size:
-            break
-        if data[q + head] not in starts:
-            continue
+    for m in _RECORD_START.finditer(data, pos + 1 + head, min(end + head, size)):
+        q = m.start() - head
         length, crc = unpack(data, q)
         stop = q + head + length
         if length and end <= stop <= size:

@@ -213,3 +213,16 @@ def test_unlinked_sees_a_delete_and_a_rename_over(tmp_path: Path,
     finally:
         os.close(fa)
         os.close(fb)
+
+
+def test_a_long_run_of_record_start_bytes_before_the_zeros_is_searched_within_a_bound() -> None:
+    """Every byte a candidate (a record's first byte): the search for a frame reaching the
+    zeros checks each at most once; past ``_TAIL_SCAN`` bytes it stops and says damage (the
+    file is kept, never cut)."""
+    import mqttsession.recovery as recovery_mod
+
+    head = frame(b'["h"]') + frame(b"[1]")
+    tail = b"sablre[{" * 4096  # 32 KiB of candidates, none a frame
+    assert read_frames(head + tail + bytes(100))[1:] == (len(head), False)
+    big = b"s" * (recovery_mod._TAIL_SCAN + 1)
+    assert read_frames(head + big + bytes(100))[1:] == (len(head), True)
