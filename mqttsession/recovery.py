@@ -49,6 +49,7 @@ _RECORD_STARTS: Final = (b"[", b"{", *codec.BINARY_TAGS)
 _RECORD_START_BYTES: Final = frozenset(start[0] for start in _RECORD_STARTS)
 _SCAN_CHUNK: Final = 32 * 1024  # bytes of a garbage tail compared at once
 _TAIL_SCAN: Final = 4 * 1024 * 1024  # bytes before zeros searched for a frame, at most
+_ZEROS_HASHED: Final = 64 * 1024 * 1024  # and zeros hashed in that search, at most
 _RECORD_START: Final = re.compile(
     b"[" + b"".join(re.escape(bytes([c])) for c in sorted(_RECORD_START_BYTES)) + b"]")
 _DESCENDING: Final = bytes(range(255, -1, -1)) * (_SCAN_CHUNK // 256 + 2)
@@ -106,24 +107,29 @@ def zeros_from(data: bytes, pos: int) -> int:
 def _frame_ends_within(data: bytes, pos: int, end: int) -> bool:
     """Whether a valid record frame starting after ``pos`` ends in the zeros at ``end`` or
     later (its payload may end in zeros itself), with only zeros after it: the damage test of
-    ``read_frames`` for a file allocated ahead. The candidates (a record's first byte after a
-    frame head) are found at C speed; their CRCs hash at most ``end - pos`` bytes, and past
-    ``_TAIL_SCAN`` bytes (what a torn write leaves is far less) the answer is yes: the file is
-    kept, never cut."""
+    ``read_frames`` for a file written over zeros. The candidates (a record's first byte after
+    a frame head) are found at C speed and checked nearest the end first, so a real last frame
+    is found before the budgets run out: its bytes before ``end`` count against ``end - pos``,
+    the zeros it covers against ``_ZEROS_HASHED``. Past a budget, or ``_TAIL_SCAN`` bytes before
+    the zeros, the answer is yes: the file is kept, never cut."""
     if end - pos > _TAIL_SCAN:
         return True
     size, head = len(data), _HEAD.size
     unpack, crc32 = _HEAD.unpack_from, zlib.crc32
-    budget = end - pos
+    budget, zeros = end - pos, _ZEROS_HASHED
     view = memoryview(data)
-    for m in _RECORD_START.finditer(data, pos + 1 + head, min(end + head, size)):
-        q = m.start() - head
-        length, crc = unpack(data, q)
-        stop = q + head + length
-        if length and end <= stop <= size:
-            budget -= length
-            if budget < 0 or crc32(view[q + head:stop]) == crc:
-                return True
+    lo, hi = pos + 1 + head, min(end + head, size)  # where a candidate's payload starts
+    while hi > lo:
+        start = max(lo, hi - _SCAN_CHUNK)
+        for p in reversed([m.start() for m in _RECORD_START.finditer(data, start, hi)]):
+            length, crc = unpack(data, p - head)
+            stop = p + length
+            if length and end <= stop <= size:
+                budget -= end - p
+                zeros -= stop - end
+                if budget < 0 or zeros < 0 or crc32(view[p:stop]) == crc:
+                    return True
+        hi = start
     return False
 
 

@@ -226,3 +226,14 @@ def test_a_long_run_of_record_start_bytes_before_the_zeros_is_searched_within_a_
     assert read_frames(head + tail + bytes(100))[1:] == (len(head), False)
     big = b"s" * (recovery_mod._TAIL_SCAN + 1)
     assert read_frames(head + big + bytes(100))[1:] == (len(head), True)
+
+
+def test_a_torn_last_frame_whose_bytes_look_like_a_frame_into_the_zeros_is_torn() -> None:
+    """Found by the power-cut test: a record frame cut one byte short, zeros after it, holds a
+    candidate (a record's first byte after eight bytes whose first four say 97) that reaches
+    far into the zeros. Its CRC fails; the search must not run out of budget on it and call
+    the tail damage (a restart would then refuse a file a crash mid-write left)."""
+    torn = bytes.fromhex("0000002b0b19641f6200000000000000060007010100010000000a0000000100000000"
+                         "0000000061a37beeec72fbf4068424b1")[:-1]
+    head = frame(b'["h"]') + frame(b"[1]")
+    assert read_frames(head + torn + bytes(700))[1:] == (len(head), False)
