@@ -83,6 +83,8 @@ class SessionLog:
     """One session's part of a ``SharedLog``, with ``journal.Journal``'s interface (its
     positions and group commit are the shared log's)."""
 
+    writes_lazy_at_sync = True  # a group commit's publish: written by its sync (``append``)
+
     def __init__(self, shared: SharedLog, client_id: str, sync: bool,
                  max_journal_bytes: int) -> None:
         self._log = shared
@@ -144,8 +146,9 @@ class SessionLog:
         """Make ``records`` (already applied to ``state``) durable: in the OS always, on disk if
         ``sync`` and the policy is ``always`` (the shared group commit). After a failed write
         the next call writes a snapshot of ``state`` instead. ``lazy``: held in memory until
-        the next record that is not lazy, or ``flush``. ``held`` is never given (a group
-        commit's publish is written at once here: ``writes_lazy_at_sync`` is False)."""
+        the next record that is not lazy, or ``flush``. ``held``: a group commit's publish,
+        held by the shared log until the ``sync_to`` that covers it (or another write) writes
+        it with every session's (one ``write``, in the syncing thread)."""
         with self._mutex:
             lg = self._log
             with lg._mutex:
@@ -165,7 +168,7 @@ class SessionLog:
             with lg._mutex:
                 fresh = lg._session(self.client_id) is not s or s.stale or s.snap is None
                 if not fresh:
-                    gen, pos = lg._write(s, frames, _RECORD)
+                    gen, pos = lg._write(s, frames, _RECORD, hold=held and self.sync)
             if fresh:  # a failed sync cut it meanwhile
                 self.compact(state)
             elif sync and self.sync:

@@ -204,6 +204,8 @@ class SharedLog(GroupCommit):
         self._waiters = []
         self._callers = 0  # sync_to calls under way
         self._broken = False
+        self._held: list[bytes] = []  # frames of group commits' publishes, not yet written
+        self._held_bytes = 0
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
         self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
         self._sessions: dict[str, _Session] = {}
@@ -312,9 +314,12 @@ class SharedLog(GroupCommit):
 
     # ------------------------------------------------------------------ writing
 
-    def _write(self, s: _Session, frames: list[bytes], tag: bytes) -> tuple[int, int]:
+    def _write(self, s: _Session, frames: list[bytes], tag: bytes, *, hold: bool = False
+               ) -> tuple[int, int]:
         """Append ``frames`` of session ``s`` (mutex held); their end (incarnation, offset).
-        ``tag`` ``s``: the last frame is a snapshot; ``e``: the session leaves the log."""
+        ``tag`` ``s``: the last frame is a snapshot; ``e``: the session leaves the log.
+        ``hold``: a group commit's publish, kept in memory and written by the ``sync_to``
+        that covers it (or any write before it), one ``write`` for every session's."""
         while True:
             self._settle()
             if self._broken or self._fd is None:
@@ -333,16 +338,16 @@ class SharedLog(GroupCommit):
                 if self._broken or self._fd is None:
                     continue  # a failed sync cut the log meanwhile: rebuild first
                 start = self._size
-                try:
-                    _write_all(self._fd, data)
-                except OSError as exc:
+                if hold:
+                    self._held.append(data)
+                    self._held_bytes += len(data)
+                else:
                     try:
-                        os.ftruncate(self._fd, start)
-                    except OSError:
-                        pass
-                    self._broken = s.stale = True
-                    raise PersistenceError(exc.errno, f"cannot write shared log {self.path}:"
-                                                      f" {exc.strerror or exc}") from exc
+                        self._write_held(data)
+                    except OSError as exc:
+                        s.stale = True
+                        raise PersistenceError(exc.errno, f"cannot write shared log {self.path}:"
+                                                          f" {exc.strerror or exc}") from exc
                 end = self._size = start + len(data)
                 gen = self._gen
             break
@@ -368,6 +373,34 @@ class SharedLog(GroupCommit):
         if end > max(self.max_log_bytes or AUTO_LOG_BYTES, 2 * self._live):
             self._rotate(rebuild=False)
         return gen, end  # after a rotation: synced, unless a failed sync cut it (``_lost``)
+
+    def _write_held(self, data: bytes = b"") -> None:
+        """Write the held frames, then ``data`` (the write lock held): one ``write``. A failure
+        takes it back: the file and the sessions' memory are cut where the write began (the
+        held frames' publishes get the error; ``data``'s writer marks its session stale),
+        and the next write rewrites the log."""
+        base = self._size - self._held_bytes  # where the bytes in the file end
+        if self._held:
+            data = b"".join(self._held) + data
+            held, self._held = True, []
+            self._held_bytes = 0
+        else:
+            held = False
+        if not data:
+            return
+        assert self._fd is not None
+        try:
+            _write_all(self._fd, data)
+        except OSError:
+            if held:
+                self._cut_locked(self._fd, base)
+            else:  # nothing of it is in memory yet
+                try:
+                    os.ftruncate(self._fd, base)
+                except OSError:
+                    pass
+                self._broken = True
+            raise
 
     def _settle(self) -> None:
         """A failed sync cut the log (outside the mutex): forget what it cut (mutex held)."""
@@ -406,6 +439,8 @@ class SharedLog(GroupCommit):
             log.warning("shared log %s: rotation failed, it goes on growing: %s", self.path, exc)
             return
         old, self._fd = self._fd, None  # the new file holds everything, synced
+        self._held.clear()  # (the held frames too: they are the sessions')
+        self._held_bytes = 0
         if old is not None:
             os.close(old)
         for s, at, snap_at, offs in places:
@@ -489,6 +524,12 @@ class SharedLog(GroupCommit):
             self._cut(None)
             raise PersistenceError(errno.ENOENT, f"shared log {self.path} was deleted or"
                                    " replaced while in use; rewritten from memory")
+        with self._write_lock:  # the group commit's publishes, every session's, one write
+            try:
+                self._write_held()
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot write shared log {self.path}:"
+                                                  f" {exc.strerror or exc}") from exc
         return fd
 
     def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
@@ -500,16 +541,20 @@ class SharedLog(GroupCommit):
         """A failed sync: everything not yet on disk is cut (from the file when ``fd``, from
         memory by the next ``_settle``), and the next write rewrites the log."""
         with self._write_lock:
-            self._broken = True
-            keep = self._synced
-            if fd is not None:
-                try:
-                    os.ftruncate(fd, keep)
-                except OSError:
-                    pass
-            self._size = keep
-            self._pending_cut = keep
-            self._lost[self._gen] = keep
+            self._cut_locked(fd, self._synced)
+
+    def _cut_locked(self, fd: int | None, keep: int) -> None:
+        self._broken = True
+        if fd is not None:
+            try:
+                os.ftruncate(fd, keep)
+            except OSError:
+                pass
+        self._held.clear()  # (after ``keep``: cut from memory too)
+        self._held_bytes = 0
+        self._size = keep
+        self._pending_cut = keep if self._pending_cut is None else min(keep, self._pending_cut)
+        self._lost[self._gen] = min(keep, self._lost.get(self._gen, keep))
 
     # ------------------------------------------------------------------ closing
 
@@ -521,6 +566,13 @@ class SharedLog(GroupCommit):
             view.close()
         with self._mutex:
             self._quiesce()
+            if self._fd is not None:
+                with self._write_lock:
+                    try:
+                        self._write_held()
+                    except OSError as exc:
+                        log.warning("shared log %s: held records not written: %s", self.path,
+                                    exc)
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
