@@ -178,7 +178,8 @@ class SessionLog:
                 self._unsynced = (gen, pos)
 
     def flush(self) -> None:
-        """Write the lazy records now (no fsync: losing them costs only resends)."""
+        """Write the lazy records now (no fsync: losing them costs only resends); with the
+        held frames of a group commit when some wait (its sync writes them all at once)."""
         with self._mutex:
             if not self._lazy:
                 return
@@ -188,7 +189,7 @@ class SessionLog:
                 if s.stale or s.snap is None or self._log._lock_fd is None:
                     return  # written with the next snapshot
                 try:
-                    self._log._write(s, frames, _RECORD)
+                    self._log._write(s, frames, _RECORD, hold=bool(self._log._held))
                 except PersistenceError as exc:
                     log.warning("session %s: lazy records not written: %s", self.path, exc)
 

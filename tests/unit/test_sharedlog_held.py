@@ -194,3 +194,29 @@ def test_a_random_history_of_held_lazy_and_synced_records(shm: Path) -> None:
         v.flush()
     log.close()
     assert _recovered(shm) == {v.client_id: codec.encode(s) for v, s in views}
+
+
+def test_lazy_records_flushed_while_frames_are_held_join_them(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session's timer flushing its lazy records (a PUBACK's removal) while a group commit
+    waits: held with the others, the sync writes them all in one ``write``; with nothing
+    held, the flush writes at once."""
+    log, [(a, sa), (b, sb)] = _sessions(shm, "a", "b")
+    a.append([sa.accept("t", b"one", 1)], sa, sync=True)
+    m = next(iter(sa.outgoing.values()))
+    a.append([sa.send(m.seq)], sa, sync=True)
+    writes = _counting_writes(monkeypatch)
+    a.append([sa.puback(m.packet_id)], sa, lazy=True, sync=False)
+    b.append([sb.accept("t", b"held", 1)], sb, sync=False, held=True)
+    a.flush()
+    assert writes == []
+    log.sync_to(*log.position())
+    assert len(writes) == 1
+    a.append([sa.accept("t", b"two", 1)], sa, sync=True)
+    m = sa.outgoing[max(sa.outgoing)]
+    a.append([sa.send(m.seq)], sa, sync=True)
+    a.append([sa.puback(m.packet_id)], sa, lazy=True, sync=False)
+    a.flush()  # nothing held: written now
+    assert len(writes) == 4 and (shm / LOG_NAME).stat().st_size == log.position()[1]
+    log.close()
+    assert _recovered(shm) == {"a": codec.encode(sa), "b": codec.encode(sb)}
