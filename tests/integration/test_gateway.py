@@ -61,8 +61,12 @@ def test_many_sessions_share_one_loop_thread(mosquitto: MosquittoBroker, tmp_pat
         devices = [gw.client(f"gw-dev-{i}", clean_session=False) for i in range(60)]
         for d in devices:
             d.on_connected = lambda e: threads.add(threading.current_thread().name)
+        quick = gw.client("gw-keepalive-2", clean_session=False, keep_alive_interval=2)
         assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
-        assert all(d.connected for d in devices)
+        assert all(d.connected for d in devices) and quick.connected
+        # the sessions' timers: once a second, twice for a keep-alive under 4 s
+        assert {d._driver.pump._tick for d in devices} == {1.0}  # noqa: SLF001
+        assert quick._driver.pump._tick == 0.5  # noqa: SLF001
         # the loop, the one connect thread and the one sync thread: no thread per session
         assert threading.active_count() - before <= 3
         for i, d in enumerate(devices):
