@@ -35,7 +35,7 @@ from .events import ErrorEvent, Message, MessageEvent
 from .expiry import effective_interval
 from .failover import REDIRECT_CODES, ServerRotation, none_accepted
 from .options import format_address, parse_addresses
-from .pacing import Pacer
+from .pacing import Pacer, gateway_tick
 from .state import Accepted, Spooled, validate_topic
 from .durability import Cancellable, Durability
 from .turns import Turns
@@ -46,9 +46,6 @@ __all__ = ["ConnectParams", "Driver", "Host"]
 log = logging.getLogger("mqttsession")
 
 _TICK_EVERY = 0.5  # seconds between the engine's timer rounds
-# a gateway's sessions (a pacer): one timer round a second each, unless a keep-alive under 4 s
-# needs finer checks: 1,000 sessions' timers cost 1,000 loop callbacks a second, not 2,000
-_GATEWAY_TICK = 1.0
 
 
 class Host(Protocol):
@@ -270,12 +267,10 @@ class Driver(Durability):
         loop = asyncio.get_running_loop()
         conn = self._open(host, port, params, rot)
         s, pacer = self._settings, self.pacer
-        slow = pacer is not None and not 0 < params.keep_alive < 4
+        tick = _TICK_EVERY if pacer is None else gateway_tick(params.keep_alive, _TICK_EVERY)
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
-                                _GATEWAY_TICK if slow else _TICK_EVERY, pacer=pacer,
-                                jitter=pacer is not None,
-                                loop_thread=threading.current_thread(),
-                                executor=self.executor)
+                                tick, pacer=pacer, jitter=pacer is not None,
+                                loop_thread=threading.current_thread(), executor=self.executor)
         done = asyncio.Event()
         def waiter() -> None:
             loop.call_soon_threadsafe(done.set)
@@ -453,7 +448,7 @@ class Driver(Durability):
 
     def finish(self, later: list[Action]) -> None:
         """Run the callbacks ``run`` left (never under the lock)."""
-        for code, text in self.file.take_errors():
+        for code, text in self.file.take_errors() if self.file.has_errors else ():
             self.error(code, text)
         for a in later:
             if type(a) is Deliver:

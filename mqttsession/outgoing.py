@@ -525,8 +525,9 @@ class Outgoing:
         self._inflight.pop(m.seq, None)
         if self._unreleased is not None and self._releasing and m.seq >= self._released_before:
             self._unreleased, self._releasing = None, 0  # the broker read the PUBRELs
-        if self._pending or self.state.spooled:
-            out += self._pump()
+        pending = self._pending
+        if (pending and pending[0] not in self._holding) or self.state.spooled:
+            out += self._pump()  # (the next one held for its sync: nothing to write yet)
         if "on_message_ack" in self.listeners:
             out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
                                                                 reason_code)))

@@ -363,6 +363,11 @@ class StateFile:
                 self._errors.append((getattr(exc, "errno", None) or -1,
                                      f"state file compaction failed: {exc}"))
 
+    @property
+    def has_errors(self) -> bool:
+        """Whether ``take_errors`` has anything (no lock: a hint, checked once per action list)."""
+        return bool(self._errors) or (self.spool is not None and self.spool.has_errors)
+
     def take_errors(self) -> list[tuple[int, str]]:
         """What went wrong without raising, for on_error (``settle``, a failed compaction)."""
         if self.spool is not None and self.spool.has_errors:

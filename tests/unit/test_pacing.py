@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttsession.pacing import Pacer, jittered
+from mqttsession.pacing import GATEWAY_TICK, Pacer, gateway_tick, jittered
 
 
 def test_pacer_spreads_attempts_at_its_rate() -> None:
@@ -44,3 +44,11 @@ def test_jitter_stays_within_half_and_whole_and_spreads() -> None:
     delays = [jittered(8.0, rng) for _ in range(1000)]
     assert all(4.0 <= d <= 8.0 for d in delays)
     assert max(delays) - min(delays) > 3.5  # spread over the whole range, not one value
+
+
+def test_a_gateway_session_ticks_once_a_second_unless_its_keep_alive_is_short() -> None:
+    assert gateway_tick(60, 0.5) == GATEWAY_TICK == 1.0
+    assert gateway_tick(0, 0.5) == 1.0  # no keep-alive
+    assert gateway_tick(4, 0.5) == 1.0
+    assert gateway_tick(3, 0.5) == gateway_tick(1, 0.5) == 0.5
+    assert gateway_tick(60, 2.0) == 2.0  # never faster than asked
