@@ -383,12 +383,10 @@ class SharedLog(GroupCommit):
         held frames' publishes get the error; ``data``'s writer marks its session stale),
         and the next write rewrites the log."""
         base = self._size - self._held_bytes  # where the bytes in the file end
-        if self._held:
+        held = bool(self._held)
+        if held:
             data = b"".join(self._held) + data
-            held, self._held = True, []
-            self._held_bytes = 0
-        else:
-            held = False
+            self._held, self._held_bytes = [], 0
         if not data:
             return
         assert self._fd is not None
@@ -576,7 +574,6 @@ class SharedLog(GroupCommit):
                     except OSError as exc:
                         log.warning("shared log %s: held records not written: %s", self.path,
                                     exc)
-            if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
             self._unlock()
