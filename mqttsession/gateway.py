@@ -84,7 +84,8 @@ class _SyncThread:
 class _Sessions:
     """What both gateway forms share: the state directory, the pacer, the sessions' count."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float,
+                 hold_publishes: bool = False) -> None:
         self.state_dir = os.fspath(state_dir)
         os.makedirs(os.path.join(self.state_dir, "queues"), mode=0o700, exist_ok=True)
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
@@ -93,7 +94,7 @@ class _Sessions:
         self._closed = False
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
         #: kept aside; ``StateLockedError`` when another process has the directory).
-        self.store = SharedLog(self.state_dir)
+        self.store = SharedLog(self.state_dir, hold_publishes=hold_publishes)
         self._syncs = _SyncThread()
 
     def _add(self, client_id: str) -> None:
@@ -310,7 +311,9 @@ class AsyncGateway(_Sessions):
 
     def __init__(self, state_dir: str | os.PathLike[str], *,
                  connect_rate: float = CONNECT_RATE) -> None:
-        super().__init__(state_dir, connect_rate)
+        # the loop never writes the records of ``always`` publishes: the sync thread does,
+        # every session's in one write before its fdatasync
+        super().__init__(state_dir, connect_rate, hold_publishes=True)
         self._sessions: dict[str, AsyncSession] = {}
         # the blocking TCP connects of every session wait here, one at a time
         self._executor = ThreadPoolExecutor(max_workers=1,

@@ -147,8 +147,8 @@ class SessionLog:
         ``sync`` and the policy is ``always`` (the shared group commit). After a failed write
         the next call writes a snapshot of ``state`` instead. ``lazy``: held in memory until
         the next record that is not lazy, or ``flush``. ``held``: a group commit's publish,
-        held by the shared log until the ``sync_to`` that covers it (or another write) writes
-        it with every session's (one ``write``, in the syncing thread)."""
+        held by a log that ``hold_publishes`` until the ``sync_to`` that covers it (or another
+        write) writes it with every session's (one ``write``, in the syncing thread)."""
         with self._mutex:
             lg = self._log
             with lg._mutex:
@@ -168,7 +168,7 @@ class SessionLog:
             with lg._mutex:
                 fresh = lg._session(self.client_id) is not s or s.stale or s.snap is None
                 if not fresh:
-                    gen, pos = lg._write(s, frames, _RECORD, hold=held and self.sync)
+                    gen, pos = lg._write(s, frames, _RECORD, hold=held and lg.hold_publishes)
             if fresh:  # a failed sync cut it meanwhile
                 self.compact(state)
             elif sync and self.sync:

@@ -191,11 +191,15 @@ def parse(data: bytes, damaged: Callable[[str], StateError]
 class SharedLog(GroupCommit):
     """Owns a gateway's state directory: the shared log, its lock, the group commit."""
 
-    def __init__(self, directory: str, *, sync: bool = True, max_log_bytes: int = 0) -> None:
+    def __init__(self, directory: str, *, sync: bool = True, max_log_bytes: int = 0,
+                 hold_publishes: bool = False) -> None:
         self.directory = os.path.abspath(os.fspath(directory))
         self.path = os.path.join(self.directory, LOG_NAME)
         self.sync = sync  # the default policy of the sessions' views
         self.max_log_bytes = max_log_bytes
+        # a group commit's publishes held for its sync (``_write(hold=)``): where one thread
+        # (an asyncio loop) would otherwise make every write; publisher threads write their own
+        self.hold_publishes = hold_publishes
         self._mutex = threading.RLock()  # the log's own: callers' locks are theirs
         self._write_lock = threading.Lock()  # a write, or the cut after a failed sync
         self._sync_cond = threading.Condition(threading.Lock())

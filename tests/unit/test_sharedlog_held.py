@@ -30,7 +30,7 @@ def shm() -> Iterator[Path]:
 
 
 def _sessions(shm: Path, *cids: str) -> tuple[SharedLog, list[tuple[SessionLog, SessionState]]]:
-    log = SharedLog(str(shm))
+    log = SharedLog(str(shm), hold_publishes=True)
     out = []
     for cid in cids:
         view, state = log.session(cid), SessionState(client_id=cid, clean_session=False)
@@ -149,7 +149,7 @@ def test_a_failed_write_of_held_frames_cuts_them_and_the_log_is_rebuilt(
 
 
 def test_a_rotation_writes_the_held_frames(shm: Path) -> None:
-    log = SharedLog(str(shm), max_log_bytes=4096)
+    log = SharedLog(str(shm), max_log_bytes=4096, hold_publishes=True)
     views = [(log.session(c), SessionState(client_id=c, clean_session=False)) for c in "abc"]
     for v, s in views:
         v.compact(s)
@@ -220,3 +220,17 @@ def test_lazy_records_flushed_while_frames_are_held_join_them(
     assert len(writes) == 4 and (shm / LOG_NAME).stat().st_size == log.position()[1]
     log.close()
     assert _recovered(shm) == {"a": codec.encode(sa), "b": codec.encode(sb)}
+
+
+def test_a_log_that_does_not_hold_publishes_writes_them_at_once(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A threaded ``Gateway``'s log: each publisher thread writes its own record (in its own
+    thread, before it joins the group commit); only ``AsyncGateway``'s holds them."""
+    log = SharedLog(str(shm))
+    a, sa = log.session("a"), SessionState(client_id="a", clean_session=False)
+    a.compact(sa)
+    writes = _counting_writes(monkeypatch)
+    a.append([sa.accept("t", b"at once", 1)], sa, sync=False, held=True)
+    assert len(writes) == 1 and (shm / LOG_NAME).stat().st_size == log.position()[1]
+    log.close()
+    assert _recovered(shm) == {"a": codec.encode(sa)}
