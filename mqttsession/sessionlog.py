@@ -83,7 +83,10 @@ class SessionLog:
     """One session's part of a ``SharedLog``, with ``journal.Journal``'s interface (its
     positions and group commit are the shared log's)."""
 
-    writes_lazy_at_sync = True  # a group commit's publish: written by its sync (``append``)
+    @property
+    def writes_lazy_at_sync(self) -> bool:
+        """Whether a group commit's publish waits for its sync to be written (``append``)."""
+        return self._log.hold_publishes
 
     def __init__(self, shared: SharedLog, client_id: str, sync: bool,
                  max_journal_bytes: int) -> None:
@@ -168,7 +171,7 @@ class SessionLog:
             with lg._mutex:
                 fresh = lg._session(self.client_id) is not s or s.stale or s.snap is None
                 if not fresh:
-                    gen, pos = lg._write(s, frames, _RECORD, hold=held and lg.hold_publishes)
+                    gen, pos = lg._write(s, frames, _RECORD, hold=held and self.writes_lazy_at_sync)
             if fresh:  # a failed sync cut it meanwhile
                 self.compact(state)
             elif sync and self.sync:
