@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 import threading
@@ -51,7 +52,7 @@ _HEADER_TAG: Final = "mqttsession-queue"
 _VERSION: Final = 1
 _OPEN_NAME: Final = re.compile(r"q-(\d{20})\.open\Z")
 _SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)\.seg\Z")
-_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW  # written at ``seg.size``
+_CREATE: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW  # written at ``seg.size``
 
 
 @dataclass
@@ -88,6 +89,10 @@ class Spool:
         self._wfd: int | None = None  # the open segment (the last), for appending
         self._walloc = 0  # its file's size: its frames, and zeros written ahead of them
         self._wseek = False  # its fd's offset is to be set to the segment's end first
+        # the open segment's file mapped (up to ``_walloc``): frames are copied into it, no
+        # system call (which would hand the GIL to the network thread and back per publish)
+        self._map: mmap.mmap | None = None
+        self._mappable = True  # False once mmap failed (a file system without it): write()
         self._errors: list[tuple[int, str]] = []
         self._unsynced = False  # appended without a sync since the last one (policy syncs)
         self._mutex = threading.RLock()
@@ -243,7 +248,7 @@ class Spool:
     # ------------------------------------------------------------------ writing
 
     def _open_writer(self, seg: _Segment) -> None:
-        fd = os.open(seg.path, os.O_WRONLY | _NOFOLLOW)
+        fd = os.open(seg.path, os.O_RDWR | _NOFOLLOW)
         try:
             _own_file(fd, seg.path)
             self._walloc = os.fstat(fd).st_size
@@ -280,13 +285,13 @@ class Spool:
     def _seal(self, seg: _Segment) -> None:
         """The open segment is full: its name takes what a restart needs to know."""
         assert self._wfd is not None
+        self._unmap()  # (a mapping past the file's end would fault)
         if self._walloc > seg.size:  # the zeros written ahead: the name says its size
             os.ftruncate(self._wfd, seg.size)
         if self.sync:
             os.fdatasync(self._wfd)
             self._unsynced = False
-        os.close(self._wfd)
-        self._wfd = None
+        self._close_fds()
         name = f"q-{seg.first:020d}-{seg.last:020d}-{seg.count}-{seg.bytes}-{seg.size}.seg"
         path = os.path.join(self.dir, name)
         os.rename(seg.path, path)
@@ -317,6 +322,7 @@ class Spool:
                         self._unsynced = self.sync
                 except OSError:
                     self._wseek = True
+                    self._unmap()
                     try:
                         os.ftruncate(self._wfd, seg.size)  # type: ignore[arg-type]
                         self._walloc = seg.size
@@ -341,13 +347,38 @@ class Spool:
         fd = self._wfd
         assert fd is not None
         end = seg.size + len(data)
-        if end > self._walloc and self.sync:
+        if end > self._walloc:
             self._walloc = zeros_ahead(fd, self._walloc, end, self.segment_bytes)
+        if end <= self._walloc and self._mapped(fd, end):
+            self._map[seg.size:end] = data  # type: ignore[index]
+            self._wseek = True  # (the fd's offset did not move)
+            return
         if self._wseek:
             os.lseek(fd, seg.size, os.SEEK_SET)
             self._wseek = False
         _write_all(fd, data)
         self._walloc = max(self._walloc, end)
+
+    def _mapped(self, fd: int, end: int) -> bool:
+        """The open segment's file is mapped up to ``end`` at least (False: write it)."""
+        m = self._map
+        if m is not None and len(m) >= end:
+            return True
+        if not self._mappable:
+            return False
+        self._unmap()
+        try:
+            self._map = mmap.mmap(fd, self._walloc)  # the file's size: never past its end
+        except (OSError, ValueError) as exc:
+            log.debug("disk queue %s: not mapped (%s), written", self.dir, exc)
+            self._mappable = False
+            return False
+        return True
+
+    def _unmap(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
     def sync_pending(self) -> None:
         """The open segment's appends written without a sync, on disk (``SessionSync=interval``);
@@ -417,8 +448,7 @@ class Spool:
         if not self.read_only:
             try:
                 if self._wfd is not None and seg is self._segs[-1]:
-                    os.close(self._wfd)
-                    self._wfd = None
+                    self._close_fds()
                 os.rename(seg.path, aside)
             except OSError:
                 aside = seg.path
@@ -500,8 +530,7 @@ class Spool:
             if (self.count == 0 and len(self._segs) == 1 and self._ri == 0
                     and self._roff >= self._segs[0].size and self._segs[0].last < spool_next):
                 if self._wfd is not None:  # the open one, all read back: the next starts anew
-                    os.close(self._wfd)
-                    self._wfd = None
+                    self._close_fds()
                 self._unlink(self._segs.pop().path)
                 self._roff = self._rcount = self._rbytes = 0
                 self._frames = []
@@ -548,6 +577,7 @@ class Spool:
             return [aside]
 
     def _close_fds(self) -> None:
+        self._unmap()
         if self._wfd is not None:
             os.close(self._wfd)
             self._wfd = None

@@ -1,0 +1,157 @@
+"""The disk queue's open segment is written through a mapping of its file (zeros written
+ahead, then frames copied over them): no system call per append, so a publishing thread keeps
+the GIL. What it must keep: every frame in the OS once ``append`` returns (a SIGKILL right
+after loses nothing), the ``write`` path where the file cannot be mapped or the zeros ran out
+of room (a full disk is still a ``PersistenceError`` that stores nothing), and sealed segments
+that hold their frames only."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqttsession.journal as journal_mod
+from mqttsession.errors import PersistenceError
+from mqttsession.journal import AHEAD_BYTES
+from mqttsession.records import OutgoingMessage
+from mqttsession.recovery import read_frames
+from mqttsession.spool import QUEUE_SUFFIX, Spool
+from mqttsession.testing.faults import FakeOs
+
+
+def msg(seq: int, size: int = 40) -> OutgoingMessage:
+    return OutgoingMessage(seq, 0, f"t/{seq % 5}", bytes([seq % 251]) * size, 1 + seq % 2,
+                           False, b"", accepted_at=1000.0 + seq)
+
+
+def spool(tmp: Path, segment_bytes: int = 1 << 20, sync: bool = False) -> Spool:
+    sp = Spool(str(tmp / "s"), "c", sync=sync, segment_bytes=segment_bytes)
+    sp.recover(0)
+    return sp
+
+
+def queue_dir(tmp: Path) -> Path:
+    return Path(str(tmp / "s") + QUEUE_SUFFIX)
+
+
+def open_segment(tmp: Path) -> Path:
+    return next(p for p in queue_dir(tmp).iterdir() if p.name.endswith(".open"))
+
+
+def frames_end(path: Path) -> int:
+    data = path.read_bytes()
+    _payloads, valid, damaged = read_frames(data)
+    assert not damaged and not any(data[valid:])
+    return valid
+
+
+def test_appends_are_copied_into_the_mapping_with_no_write_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sp = spool(tmp_path)
+    sp.append([msg(1)], sync=False)  # the segment, its header and the first zeros
+    writes: list[int] = []
+
+    def write(fd: int, data: Any) -> int:
+        writes.append(len(data))
+        return os.write(fd, data)
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(write=write))
+    for seq in range(2, 200):
+        sp.append([msg(seq)], sync=False)
+    assert writes == [] and sp._map is not None
+    monkeypatch.setattr(journal_mod, "os", os)
+    seg = open_segment(tmp_path)
+    assert seg.stat().st_size == AHEAD_BYTES > frames_end(seg)  # zeros ahead under `none` too
+    assert [m.seq for m in sp.read(500)] == list(range(1, 200))
+    sp.close()
+    again = spool(tmp_path)
+    assert again.count == 199
+    again.close()
+
+
+def test_the_mapping_grows_with_the_zeros_and_sealed_segments_hold_their_frames_only(
+        tmp_path: Path) -> None:
+    sp = spool(tmp_path, segment_bytes=3 * AHEAD_BYTES)
+    n = 4 * AHEAD_BYTES // 100  # past several zero steps, and past one segment
+    for seq in range(1, n + 1):
+        sp.append([msg(seq, 40)], sync=False)
+    sp.close()
+    sealed = [p for p in queue_dir(tmp_path).iterdir() if p.name.endswith(".seg")]
+    assert sealed
+    for p in sealed:
+        assert p.stat().st_size == int(p.name[:-4].rsplit("-", 1)[1]) == frames_end(p)
+    again = spool(tmp_path, segment_bytes=3 * AHEAD_BYTES)
+    assert [m.seq for m in again.read(n + 10)] == list(range(1, n + 1))
+    again.close()
+
+
+def test_a_file_that_cannot_be_mapped_is_written(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_mmap(*_a: Any, **_k: Any) -> mmap.mmap:
+        raise OSError(errno.ENODEV, "no mmap here")
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    sp = spool(tmp_path)
+    for seq in range(1, 50):
+        sp.append([msg(seq)], sync=False)
+    assert sp._map is None and not sp._mappable
+    assert [m.seq for m in sp.read(100)] == list(range(1, 50))
+    sp.close()
+
+
+def test_no_room_for_the_zeros_is_the_write_paths_error_and_stores_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sp = spool(tmp_path)
+    sp.append([msg(1)], sync=False)
+    size = open_segment(tmp_path).stat().st_size
+    big = msg(2, size)  # past the zeros written so far: more are needed
+
+    def full(*_a: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(pwrite=full, write=full))
+    with pytest.raises(PersistenceError):
+        sp.append([big], sync=False)
+    monkeypatch.setattr(journal_mod, "os", os)
+    assert sp.count == 1
+    sp.append([msg(3)], sync=False)  # room again: written where the failed one would be
+    assert [m.seq for m in sp.read(10)] == [1, 3]
+    sp.close()
+    again = spool(tmp_path)
+    assert [m.seq for m in again.read(10)] == [1, 3]
+    again.close()
+
+
+_CHILD = """
+import os, signal, sys
+from mqttsession.records import OutgoingMessage
+from mqttsession.spool import Spool
+sp = Spool(sys.argv[1], "c", sync=False)
+sp.recover(0)
+for seq in range(1, 1001):
+    sp.append([OutgoingMessage(seq, 0, "t", bytes([seq % 251]) * 60, 1, False, b"",
+                               accepted_at=1.0)], sync=False)
+print("appended", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no unmap: what the page cache holds
+"""
+
+
+def test_a_sigkill_after_append_returns_loses_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL and "appended" in proc.stdout, proc.stderr
+    again = spool(tmp_path)
+    got = again.read(2000)
+    assert [m.seq for m in got] == list(range(1, 1001))
+    assert all(m.payload == bytes([m.seq % 251]) * 60 for m in got)
+    again.append([msg(1001)], sync=False)  # over the zeros after the last frame
+    assert [m.seq for m in again.read(10)] == [1001]
+    again.close()
