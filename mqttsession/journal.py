@@ -48,6 +48,7 @@ from typing import Any, Final, TypeVar
 from . import codec
 from .errors import PersistenceError, StateError
 from .groupcommit import GroupCommit
+from .mapped import MappedTail
 from .statelock import (
     _MODE,
     _own_file,
@@ -74,7 +75,7 @@ log = logging.getLogger(__name__)
 
 LOCK_SUFFIX: Final = ".lock"
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-_OPEN: Final = os.O_WRONLY | _NOFOLLOW  # written at its end, which ``Journal._size`` knows
+_OPEN: Final = os.O_RDWR | _NOFOLLOW  # written (or mapped) where ``Journal._size`` says
 AUTO_JOURNAL_BYTES: Final = 256 * 1024
 #: SessionSync=always / interval: zeros are written this far ahead of the journal's records
 #: (recovery reads them as its end). An fdatasync of bytes written over them changes no size
@@ -199,6 +200,7 @@ class Journal(GroupCommit):
         self._size = 0  # where its records end
         self._alloc = 0  # the file's size: ``_size`` and the zeros allocated ahead
         self._seek = True  # the fd's offset is to be set to ``_size`` before the next write
+        self._map = MappedTail()  # the journal's file: records copied in, no write()
         self._broken = False  # a write failed: the next write is a full compaction
         self._snapshot_size = 0
         self._snapshot_fd: int | None = None  # the snapshot, held open to see it unlinked
@@ -236,9 +238,7 @@ class Journal(GroupCommit):
         """Close the journal and release the lock (the lock file is removed)."""
         self.flush()
         self._quiesce()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_fd()
         self._hold_snapshot(None)
         if self._lock_fd is not None:
             try:
@@ -247,6 +247,12 @@ class Journal(GroupCommit):
                 pass
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _close_fd(self) -> None:
+        self._map.drop()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __del__(self) -> None:  # pragma: no cover - safety net
         try:
@@ -264,9 +270,7 @@ class Journal(GroupCommit):
     def keep_aside(self, label: str) -> list[str]:
         """Move the files out of the way as ``*.<label>-<time>``; returns the new names."""
         self._quiesce()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_fd()
         stamp = time.strftime("%Y%m%dT%H%M%S")
         kept = []
         for p in (self.path, self.journal_path):
@@ -289,9 +293,7 @@ class Journal(GroupCommit):
     def recover(self) -> SessionState:
         """The session in the files (empty if there are none); ``StateError`` on damage."""
         self._quiesce()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_fd()
         state, snapshot_size, resume_at, torn = load(self.path, self.client_id,
                                                      self._keep_aside)
         self._snapshot_size = snapshot_size
@@ -305,9 +307,7 @@ class Journal(GroupCommit):
                 _own_file(self._fd, self.journal_path)
                 self._alloc = os.fstat(self._fd).st_size
             except (OSError, StateError):  # a second name: the compaction gives it its own
-                if self._fd is not None:
-                    os.close(self._fd)
-                    self._fd = None
+                self._close_fd()
                 return state  # the next append compacts instead
             try:
                 st = os.lstat(self.path)
@@ -417,20 +417,24 @@ class Journal(GroupCommit):
                 if self._was_cut():
                     raise PersistenceError(None, f"state journal {self.journal_path} failed a"
                                                  " sync and is rewritten with the next record")
-                self._put(fd, data)
+                self._put(fd, data, mapped=False)  # (synced next)
                 self._size += len(data)
             self._unsynced = self.sync
         except OSError as exc:
             raise self._sync_failed(fd, exc) from exc
 
-    def _put(self, fd: int, data: bytes) -> None:
-        """Write ``data`` where the records end (``_size``; the write lock held). Under
-        SessionSync=always / interval zeros are first written up to ``AHEAD_BYTES`` past
-        them, so that their fdatasync writes over zeros: no size or extent to commit."""
+    def _put(self, fd: int, data: bytes, mapped: bool = True) -> None:
+        """Write ``data`` where the records end (``_size``; the write lock held), over zeros
+        written up to ``AHEAD_BYTES`` past them (an fdatasync of them commits no size or
+        extent). ``mapped``: copied into a mapping of the file, no system call (not for bytes
+        synced at once: a write fault per fdatasync'd page costs more than the write)."""
         end = self._size + len(data)
-        if end > self._alloc and self.sync:
+        if end > self._alloc:
             # (never past a JournalMaxBytes smaller than that: the bound is on the disk too)
             self._alloc = zeros_ahead(fd, self._alloc, end, self.bound)
+        if mapped and self._map.put(fd, self._alloc, self._size, data):
+            self._seek = True  # (the fd's offset did not move)
+            return
         if self._seek:
             os.lseek(fd, self._size, os.SEEK_SET)
             self._seek = False
@@ -444,6 +448,7 @@ class Journal(GroupCommit):
     def _truncate(self, fd: int, size: int) -> None:
         """The file cut to ``size`` (a failed write or sync): nothing allocated after it."""
         self._seek = True
+        self._map.drop()  # (a mapping past the file's end would fault)
         os.ftruncate(fd, size)
         self._alloc = size
 
@@ -576,9 +581,7 @@ class Journal(GroupCommit):
         self._lazy.clear()  # ``state`` holds them
         self._held = self._held_bytes = 0
         self._quiesce()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_fd()
         self._hold_snapshot(write_atomic(self.path, text, sync=True))
         digest = codec.text_digest(text)  # names the snapshot (format 1: sha256 of its text)
         header = frame(
@@ -654,7 +657,7 @@ class Journal(GroupCommit):
             with self._write_lock:  # a failed group commit cuts the journal under it
                 cut = self._was_cut()
                 if not cut:
-                    self._put(self._fd, data)
+                    self._put(self._fd, data, not (sync and self.sync))
                     self._size = start + len(data)
             if cut:
                 self.compact(state)  # ``state`` holds this record and what the cut took

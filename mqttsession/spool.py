@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import re
 import threading
@@ -37,6 +36,7 @@ from typing import Final, Iterator
 
 from .errors import PersistenceError, StateError
 from .journal import _fsync_dir, _write_all, zeros_ahead
+from .mapped import MappedTail
 from .statelock import _own_file
 from .recovery import _NOFOLLOW, frame, read_frames, zeros_from
 from .records import Accepted, OutgoingMessage, Spooled, decode_record, encode_record
@@ -89,10 +89,7 @@ class Spool:
         self._wfd: int | None = None  # the open segment (the last), for appending
         self._walloc = 0  # its file's size: its frames, and zeros written ahead of them
         self._wseek = False  # its fd's offset is to be set to the segment's end first
-        # the open segment's file mapped (up to ``_walloc``): frames are copied into it, no
-        # system call (which would hand the GIL to the network thread and back per publish)
-        self._map: mmap.mmap | None = None
-        self._mappable = True  # False once mmap failed (a file system without it): write()
+        self._map = MappedTail()  # the open segment's file: frames copied in, no write()
         self._errors: list[tuple[int, str]] = []
         self._unsynced = False  # appended without a sync since the last one (policy syncs)
         self._mutex = threading.RLock()
@@ -285,7 +282,7 @@ class Spool:
     def _seal(self, seg: _Segment) -> None:
         """The open segment is full: its name takes what a restart needs to know."""
         assert self._wfd is not None
-        self._unmap()  # (a mapping past the file's end would fault)
+        self._map.drop()  # (a mapping past the file's end would fault)
         if self._walloc > seg.size:  # the zeros written ahead: the name says its size
             os.ftruncate(self._wfd, seg.size)
         if self.sync:
@@ -314,7 +311,7 @@ class Spool:
                 if seg is None:
                     seg = self._new_segment(messages[0].seq)
                 try:
-                    self._put(seg, data)
+                    self._put(seg, data, not (sync and self.sync))
                     if sync and self.sync:
                         os.fdatasync(self._wfd)  # type: ignore[arg-type]
                         self._unsynced = False
@@ -322,7 +319,7 @@ class Spool:
                         self._unsynced = self.sync
                 except OSError:
                     self._wseek = True
-                    self._unmap()
+                    self._map.drop()
                     try:
                         os.ftruncate(self._wfd, seg.size)  # type: ignore[arg-type]
                         self._walloc = seg.size
@@ -340,17 +337,16 @@ class Spool:
             self.count += len(messages)
             self.bytes += n
 
-    def _put(self, seg: _Segment, data: bytes) -> None:
-        """Write ``data`` at the open segment's end (``seg.size``). Under SessionSync=always /
-        interval zeros are first written ahead of it, within the segment's bound, so that the
-        fdatasync commits no size change (``journal.zeros_ahead``)."""
+    def _put(self, seg: _Segment, data: bytes, mapped: bool) -> None:
+        """Write ``data`` at the open segment's end (``seg.size``), over zeros written ahead of
+        it within the segment's bound (an fdatasync commits no size change: ``zeros_ahead``).
+        ``mapped``: copied into a mapping of the file, no system call (``Journal._put``)."""
         fd = self._wfd
         assert fd is not None
         end = seg.size + len(data)
         if end > self._walloc:
             self._walloc = zeros_ahead(fd, self._walloc, end, self.segment_bytes)
-        if end <= self._walloc and self._mapped(fd, end):
-            self._map[seg.size:end] = data  # type: ignore[index]
+        if mapped and self._map.put(fd, self._walloc, seg.size, data):
             self._wseek = True  # (the fd's offset did not move)
             return
         if self._wseek:
@@ -358,27 +354,6 @@ class Spool:
             self._wseek = False
         _write_all(fd, data)
         self._walloc = max(self._walloc, end)
-
-    def _mapped(self, fd: int, end: int) -> bool:
-        """The open segment's file is mapped up to ``end`` at least (False: write it)."""
-        m = self._map
-        if m is not None and len(m) >= end:
-            return True
-        if not self._mappable:
-            return False
-        self._unmap()
-        try:
-            self._map = mmap.mmap(fd, self._walloc)  # the file's size: never past its end
-        except (OSError, ValueError) as exc:
-            log.debug("disk queue %s: not mapped (%s), written", self.dir, exc)
-            self._mappable = False
-            return False
-        return True
-
-    def _unmap(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
 
     def sync_pending(self) -> None:
         """The open segment's appends written without a sync, on disk (``SessionSync=interval``);
@@ -577,7 +552,7 @@ class Spool:
             return [aside]
 
     def _close_fds(self) -> None:
-        self._unmap()
+        self._map.drop()
         if self._wfd is not None:
             os.close(self._wfd)
             self._wfd = None

@@ -22,6 +22,7 @@ import pytest
 
 import mqttsession.journal as journal_mod
 from mqttsession.journal import JOURNAL_SUFFIX
+from mqttsession.mapped import MappedTail
 
 __all__ = ["FakeOs", "Fault", "Injector", "journal_faults", "fd_name", "is_dir_fd", "base_name"]
 
@@ -95,10 +96,15 @@ def journal_faults(name: str) -> list[Fault]:
               lambda src, dst: base_name(dst) == journal, errno.EIO),
         Fault("journal-dir-fsync", "compact", "fsync", is_dir_fd, errno.EIO, nth=1),
         Fault("journal-reopen", "compact", "open",
-              lambda path, flags, *_: (base_name(path) == journal and bool(flags & os.O_WRONLY)
+              lambda path, flags, *_: (base_name(path) == journal
+                                       and bool(flags & (os.O_WRONLY | os.O_RDWR))
                                        and not flags & os.O_CREAT),
               errno.EIO),
     ]
+
+
+def _unmapped(_self: MappedTail, _fd: int, _alloc: int, _at: int, _data: bytes) -> bool:
+    return False
 
 
 class Injector:
@@ -126,6 +132,8 @@ class Injector:
             return real(*args, **kwargs)
 
         mp.setattr(journal_mod, "os", FakeOs(**{fault.func: faulty}))
+        if fault.func == "write":  # the write path: a file system where files cannot be mapped
+            mp.setattr(MappedTail, "put", _unmapped)
 
     def disarm(self) -> None:
         self.armed = False

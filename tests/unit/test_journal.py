@@ -45,6 +45,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mqttsession.journal as journal_mod
+from mqttsession.mapped import MappedTail
 from mqttsession import codec
 from mqttsession.errors import (
     MQTTSessionError,
@@ -1168,7 +1169,16 @@ def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_
             writes.append(len(data))
             return os.write(fd, data)
 
+        real_put = MappedTail.put
+
+        def put(tail: MappedTail, fd: int, alloc: int, at: int, data: bytes) -> bool:
+            done = real_put(tail, fd, alloc, at, data)
+            if done:  # copied into the mapping: one write all the same
+                writes.append(len(data))
+            return done
+
         monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, fdatasync=syncs.append))
+        monkeypatch.setattr(MappedTail, "put", put)
         marks = []
         for i in range(3):
             j.append([st.accept(f"t/{i}", b"x", 1)], st, sync=False, held=True)
@@ -1247,6 +1257,8 @@ def test_a_failed_group_commit_write_cuts_what_is_not_on_disk(
             raise OSError(err, os.strerror(err))
 
         monkeypatch.setattr(journal_mod, "os", FakeOs(**{fails: failing}))
+        if fails == "write":  # (where the file cannot be mapped: a write() it is)
+            monkeypatch.setattr(MappedTail, "put", lambda *_a: False)
         with pytest.raises(PersistenceError) as info:
             j.sync_to(*mark)
         assert info.value.errno == err

@@ -79,14 +79,17 @@ def test_a_synced_journal_is_written_over_zeros_allocated_ahead(
     assert jpath(p).stat().st_size == size
 
 
-def test_a_journal_without_sync_grows_as_written(tmp_path: Path) -> None:
+def test_a_journal_without_sync_is_written_over_zeros_too(tmp_path: Path) -> None:
+    """SessionSync=none: the records are copied into a mapping of the zeros written ahead
+    (``mapped``: no write() per record); the compaction itself writes none."""
     p = tmp_path / NAME
-    j = Journal(str(p), CID, sync=False)  # SessionSync=none: no fdatasync to make cheaper
+    j = Journal(str(p), CID, sync=False)
     try:
         state = j.recover()
         j.compact(state)
-        j.append([state.accept("t/none", b"x", 1)], state)
         assert jpath(p).stat().st_size == j.position()[1]
+        j.append([state.accept("t/none", b"x", 1)], state)
+        assert jpath(p).stat().st_size == AHEAD_BYTES > frames_end(p) == j.position()[1]
     finally:
         j.close()
 

@@ -124,7 +124,7 @@ def test_zero_tail_of_any_length_is_written_over_and_the_session_kept(
     data = jpath(p).read_bytes()
     payloads, valid, damaged = read_frames(data)
     assert data.startswith(good) and not damaged and not any(data[valid:])
-    assert valid > len(good) and len(data) == max(valid, len(good) + zeros)
+    assert valid > len(good) and len(data) >= max(valid, len(good) + zeros)  # (+ ahead)
     assert codec.encode(recover(p)) == codec.encode(got)
 
 

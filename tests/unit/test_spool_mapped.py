@@ -66,7 +66,7 @@ def test_appends_are_copied_into_the_mapping_with_no_write_call(
     monkeypatch.setattr(journal_mod, "os", FakeOs(write=write))
     for seq in range(2, 200):
         sp.append([msg(seq)], sync=False)
-    assert writes == [] and sp._map is not None
+    assert writes == [] and sp._map.active
     monkeypatch.setattr(journal_mod, "os", os)
     seg = open_segment(tmp_path)
     assert seg.stat().st_size == AHEAD_BYTES > frames_end(seg)  # zeros ahead under `none` too
@@ -102,7 +102,7 @@ def test_a_file_that_cannot_be_mapped_is_written(tmp_path: Path,
     sp = spool(tmp_path)
     for seq in range(1, 50):
         sp.append([msg(seq)], sync=False)
-    assert sp._map is None and not sp._mappable
+    assert not sp._map.active and not sp._map.mappable
     assert [m.seq for m in sp.read(100)] == list(range(1, 50))
     sp.close()
 
@@ -155,3 +155,23 @@ def test_a_sigkill_after_append_returns_loses_nothing(tmp_path: Path) -> None:
     again.append([msg(1001)], sync=False)  # over the zeros after the last frame
     assert [m.seq for m in again.read(10)] == [1001]
     again.close()
+
+
+def test_an_append_synced_at_once_is_written(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """SessionSync=always: each append is fdatasync'd at once; a ``write`` is cheaper then
+    than a write fault on a page the last fdatasync cleaned (``Journal._put``)."""
+    sp = spool(tmp_path, sync=True)
+    writes: list[int] = []
+
+    def write(fd: int, data: Any) -> int:
+        writes.append(len(data))
+        return os.write(fd, data)
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(write=write))
+    for seq in range(1, 11):
+        sp.append([msg(seq)], sync=True)
+    monkeypatch.setattr(journal_mod, "os", os)
+    assert len(writes) == 1 + 10 and not sp._map.active  # (the new segment's header first)
+    assert [m.seq for m in sp.read(20)] == list(range(1, 11))
+    sp.close()
