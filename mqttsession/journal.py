@@ -23,9 +23,11 @@ names another file) fails the next durable write (``append`` with sync, ``sync_p
 and the write after it rewrites both files from memory, as after any failed write. Writes that
 promise nothing on disk (no fsync) do not check.
 
-Under SessionSync=always / interval the journal's file holds zeros up to ``AHEAD_BYTES`` past
-its records, written with it (never past ``max_journal_bytes``), and records are written over
-them: their fdatasync commits no size change. Recovery reads the zeros as the journal's end.
+The journal's file holds zeros up to ``AHEAD_BYTES`` past its records (never past
+``max_journal_bytes``; written with a compaction under SessionSync=always / interval), and
+records go over them: their fdatasync commits no size change, and a record not synced at once
+(``none``, ``interval``, the network thread's) is copied into a mapping of the file
+(``mapped.py``), no system call. Recovery reads the zeros as the journal's end.
 
 Compaction (``save_session()``, a clean disconnect, the journal passing its size bound):
 write the new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journal

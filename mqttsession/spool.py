@@ -9,7 +9,8 @@ Files (mode 0600, never opened through a symlink):
 
 - ``q-<first seq>.open``: the segment being appended to: a header frame
   (``["mqttsession-queue", 1, client id, first seq]``) and one journal frame
-  (``journal.frame``) per message, its ``Accepted`` record (``records.encode_record``);
+  (``journal.frame``) per message, its ``Accepted`` record (``records.encode_record``), over
+  zeros written ahead (copied into a mapping of the file unless synced at once: ``mapped.py``);
 - ``q-<first>-<last>-<count>-<bytes>-<size>.seg``: a full segment, sealed by a rename once it
   passed ``SEGMENT_BYTES`` (fsynced first under ``SessionSync=always``). Its name holds what a
   restart needs, so a restart reads only the segment being read back and the open one.
