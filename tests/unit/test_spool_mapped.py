@@ -21,42 +21,20 @@ import pytest
 import mqttsession.journal as journal_mod
 from mqttsession.errors import PersistenceError
 from mqttsession.journal import AHEAD_BYTES
-from mqttsession.records import OutgoingMessage
-from mqttsession.recovery import read_frames
-from mqttsession.spool import QUEUE_SUFFIX, Spool
+from mqttsession.spool import Spool
 from mqttsession.testing.faults import FakeOs
 
 
-def msg(seq: int, size: int = 40) -> OutgoingMessage:
-    return OutgoingMessage(seq, 0, f"t/{seq % 5}", bytes([seq % 251]) * size, 1 + seq % 2,
-                           False, b"", accepted_at=1000.0 + seq)
+from .test_spool_ahead import frames_end, msg, open_segment, queue_dir
+from .test_spool_ahead import spool as _spool
 
 
 def spool(tmp: Path, segment_bytes: int = 1 << 20, sync: bool = False) -> Spool:
-    sp = Spool(str(tmp / "s"), "c", sync=sync, segment_bytes=segment_bytes)
-    sp.recover(0)
-    return sp
+    return _spool(tmp, segment_bytes, sync)
 
 
-def queue_dir(tmp: Path) -> Path:
-    return Path(str(tmp / "s") + QUEUE_SUFFIX)
-
-
-def open_segment(tmp: Path) -> Path:
-    return next(p for p in queue_dir(tmp).iterdir() if p.name.endswith(".open"))
-
-
-def frames_end(path: Path) -> int:
-    data = path.read_bytes()
-    _payloads, valid, damaged = read_frames(data)
-    assert not damaged and not any(data[valid:])
-    return valid
-
-
-def test_appends_are_copied_into_the_mapping_with_no_write_call(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sp = spool(tmp_path)
-    sp.append([msg(1)], sync=False)  # the segment, its header and the first zeros
+def counted_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the ``write`` calls the journal module (and the queue through it) makes."""
     writes: list[int] = []
 
     def write(fd: int, data: Any) -> int:
@@ -64,6 +42,14 @@ def test_appends_are_copied_into_the_mapping_with_no_write_call(
         return os.write(fd, data)
 
     monkeypatch.setattr(journal_mod, "os", FakeOs(write=write))
+    return writes
+
+
+def test_appends_are_copied_into_the_mapping_with_no_write_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sp = spool(tmp_path)
+    sp.append([msg(1)], sync=False)  # the segment, its header and the first zeros
+    writes = counted_writes(monkeypatch)
     for seq in range(2, 200):
         sp.append([msg(seq)], sync=False)
     assert writes == [] and sp._map.active
@@ -162,13 +148,7 @@ def test_an_append_synced_at_once_is_written(tmp_path: Path,
     """SessionSync=always: each append is fdatasync'd at once; a ``write`` is cheaper then
     than a write fault on a page the last fdatasync cleaned (``Journal._put``)."""
     sp = spool(tmp_path, sync=True)
-    writes: list[int] = []
-
-    def write(fd: int, data: Any) -> int:
-        writes.append(len(data))
-        return os.write(fd, data)
-
-    monkeypatch.setattr(journal_mod, "os", FakeOs(write=write))
+    writes = counted_writes(monkeypatch)
     for seq in range(1, 11):
         sp.append([msg(seq)], sync=True)
     monkeypatch.setattr(journal_mod, "os", os)
