@@ -6,19 +6,50 @@ Records are copied into a shared mapping of the zeros written ahead of them
 writing thread keeps the GIL. A ``write`` hands the GIL to paho's network thread and back once
 per publish, the dearest part of a publish under ``SessionSync=none`` (``bench/README.md``).
 
+Only on a file system that overwrites written blocks in place (``IN_PLACE``): there a page
+copied over zeros already written needs no new block when the kernel writes it back. A
+copy-on-write one (btrfs, zfs) allocates one then, and out of room the fault would kill the
+process with SIGBUS where ``write`` says ENOSPC: such files are written.
+
 The mapping never reaches past the file's end (the caller's ``alloc``, the zeros written): it
-is dropped before the file is cut or closed. Where mapping fails (a file system without it)
-the caller writes instead, from then on.
+is dropped before the file is cut or closed. Where mapping fails the caller writes instead,
+from then on.
 """
 
 from __future__ import annotations
 
 import logging
 import mmap
+import os
+from typing import Final
 
-__all__ = ["MappedTail"]
+__all__ = ["IN_PLACE", "MappedTail", "fs_type"]
 
 log = logging.getLogger(__name__)
+
+#: file systems whose overwrite of written bytes allocates nothing (``/proc/self/mountinfo``)
+IN_PLACE: Final = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
+
+_fs_types: dict[int, str | None] = {}
+
+
+def fs_type(dev: int) -> str | None:
+    """The type of the file system on device ``dev`` (``st_dev``); None: not known."""
+    if dev not in _fs_types:
+        found = None
+        want = f"{os.major(dev)}:{os.minor(dev)}"
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.split(" - ", 1)
+                    head = fields[0].split()
+                    if len(fields) == 2 and len(head) > 2 and head[2] == want:
+                        found = fields[1].split()[0]
+                        break
+        except OSError:
+            pass
+        _fs_types[dev] = found
+    return _fs_types[dev]
 
 
 class MappedTail:
@@ -28,7 +59,7 @@ class MappedTail:
 
     def __init__(self) -> None:
         self._map: mmap.mmap | None = None
-        self.mappable = True  # False once mmap failed: the caller writes
+        self.mappable: bool | None = None  # None: not asked yet; False: the caller writes
 
     @property
     def active(self) -> bool:
@@ -40,13 +71,19 @@ class MappedTail:
         end = at + len(data)
         m = self._map
         if m is None or len(m) < end:
-            if end > alloc or not self.mappable:
+            if end > alloc or self.mappable is False:
                 return False
             self.drop()
             try:
+                if self.mappable is None:  # (one fstat for the file's life)
+                    kind = fs_type(os.fstat(fd).st_dev)
+                    self.mappable = kind in IN_PLACE
+                    if not self.mappable:
+                        log.debug("fd %d on a %s file system: written, not mapped", fd, kind)
+                        return False
                 m = self._map = mmap.mmap(fd, alloc)  # the file's size: never past its end
             except (OSError, ValueError) as exc:
-                log.debug("file descriptor %d not mapped (%s): written instead", fd, exc)
+                log.debug("fd %d not mapped (%s): written instead", fd, exc)
                 self.mappable = False
                 return False
         m[at:end] = data

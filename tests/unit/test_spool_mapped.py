@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import mqttsession.journal as journal_mod
+import mqttsession.mapped as mapped_mod
 from mqttsession.errors import PersistenceError
 from mqttsession.journal import AHEAD_BYTES
 from mqttsession.spool import Spool
@@ -31,6 +32,13 @@ from .test_spool_ahead import spool as _spool
 
 def spool(tmp: Path, segment_bytes: int = 1 << 20, sync: bool = False) -> Spool:
     return _spool(tmp, segment_bytes, sync)
+
+
+def in_place(tmp: Path) -> None:
+    """Skip unless ``tmp`` is on a file system the queue maps (``mapped.IN_PLACE``)."""
+    kind = mapped_mod.fs_type(os.stat(tmp).st_dev)
+    if kind not in mapped_mod.IN_PLACE:
+        pytest.skip(f"{tmp} is on {kind}: written, never mapped there")
 
 
 def counted_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -47,6 +55,7 @@ def counted_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_appends_are_copied_into_the_mapping_with_no_write_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    in_place(tmp_path)
     sp = spool(tmp_path)
     sp.append([msg(1)], sync=False)  # the segment, its header and the first zeros
     writes = counted_writes(monkeypatch)
@@ -155,3 +164,23 @@ def test_an_append_synced_at_once_is_written(tmp_path: Path,
     assert len(writes) == 1 + 10 and not sp._map.active  # (the new segment's header first)
     assert [m.seq for m in sp.read(20)] == list(range(1, 11))
     sp.close()
+
+
+def test_a_copy_on_write_file_system_is_written(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """On btrfs or zfs a mapped page written back needs a new block: out of room, the fault
+    would be SIGBUS, not ENOSPC. Such a queue is written."""
+    monkeypatch.setattr(mapped_mod, "fs_type", lambda _dev: "btrfs")
+    sp = spool(tmp_path)
+    sp.append([msg(1)], sync=False)
+    writes = counted_writes(monkeypatch)
+    for seq in range(2, 12):
+        sp.append([msg(seq)], sync=False)
+    assert len(writes) == 10 and not sp._map.active and sp._map.mappable is False
+    assert [m.seq for m in sp.read(20)] == list(range(1, 12))
+    sp.close()
+
+
+def test_the_file_system_type_of_a_directory_is_known(tmp_path: Path) -> None:
+    kind = mapped_mod.fs_type(os.stat(tmp_path).st_dev)
+    assert kind and " " not in kind
