@@ -17,7 +17,8 @@ Each phase runs in its own Python process (its peak RSS is its own), against ONE
    at 65535, and with more than that queued it overwrites messages and stalls (seen here at
    300,000: 65,858 acknowledged, then nothing).
 5. ``steady``: a connected client publishes M messages while the broker keeps up (at most 200
-   unacknowledged): the bytes it writes (``/proc/self/io`` ``wchar``, and ``write_bytes``
+   unacknowledged): the bytes it writes (``/proc/self/io`` ``wchar`` plus the bytes copied
+   into mapped files, ``mapped.py``; and ``write_bytes``
    where the file system reports it) per message, against the size of one message's record.
 """
 
@@ -50,18 +51,44 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+_MAPPED = [0]  # bytes the library copied into mapped files (``mapped.py``): no write() for them
+
+
+def _count_mapped() -> None:
+    """Count the records copied into a mapping of their file: ``wchar`` sees only write()."""
+    try:
+        from mqttsession.mapped import MappedTail
+    except ImportError:  # a tree before session 18: it writes everything
+        return
+    put = MappedTail.put
+    if getattr(put, "counted", False):
+        return
+
+    def counted(self: Any, fd: int, alloc: int, at: int, data: bytes) -> bool:
+        done = put(self, fd, alloc, at, data)
+        if done:
+            _MAPPED[0] += len(data)
+        return done
+
+    counted.counted = True  # type: ignore[attr-defined]
+    MappedTail.put = counted  # type: ignore[method-assign]
+
+
 def _io() -> dict[str, int]:
+    """``/proc/self/io``, with ``wchar`` counting the bytes mapped too (written either way)."""
     out = {}
     with open("/proc/self/io") as f:
         for line in f:
             k, v = line.split(":")
             out[k] = int(v)
+    out["wchar"] += _MAPPED[0]
     return out
 
 
 def _client(path: str, cid: str) -> Any:
     from mqttsession import Client
 
+    _count_mapped()
     c = Client(client_id=cid, clean_session=False)
     c.config(f"SessionStateFile={path}")
     c.config("SessionSync=none")
