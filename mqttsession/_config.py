@@ -126,7 +126,9 @@ def _set_sync(c: Any, value: str) -> None:
     if v not in ("always", "none", "interval"):
         raise UsageError(f"SessionSync must be 'always', 'none' or 'interval', got {value!r}")
     c._settings.session_sync = v
-    c._file.set_sync(v != "none")  # interval: the driver defers a publish's fsync
+    # interval: the driver defers a publish's fsync; none and interval: records not synced at
+    # once are mapped (always syncs each publish's: ``Journal.mapped``)
+    c._file.set_sync(v != "none", mapped=v != "always")
     _reserve_ids(c)
 
 

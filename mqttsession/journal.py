@@ -197,6 +197,10 @@ class Journal(GroupCommit):
         self.journal_path = self.path + JOURNAL_SUFFIX
         self.client_id = client_id
         self.sync = sync
+        # records not synced at once go into a mapping of the file (``_put``); not under
+        # SessionSync=always, whose publishes sync each record: the network thread's few
+        # mapped records would then fault on the pages each fdatasync cleans, for no gain
+        self.mapped = True
         self.max_journal_bytes = max_journal_bytes
         self._fd: int | None = None  # journal, opened for writing at ``_size``
         self._size = 0  # where its records end
@@ -339,7 +343,7 @@ class Journal(GroupCommit):
             if self._was_cut():  # a failed group commit cut the journal: rewritten next
                 return
             try:
-                self._put(self._fd, data)
+                self._put(self._fd, data, self.mapped)
             except OSError as exc:
                 try:
                     self._truncate(self._fd, self._size)
@@ -659,7 +663,7 @@ class Journal(GroupCommit):
             with self._write_lock:  # a failed group commit cuts the journal under it
                 cut = self._was_cut()
                 if not cut:
-                    self._put(self._fd, data, not (sync and self.sync))
+                    self._put(self._fd, data, self.mapped and not (sync and self.sync))
                     self._size = start + len(data)
             if cut:
                 self.compact(state)  # ``state`` holds this record and what the cut took

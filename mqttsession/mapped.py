@@ -6,6 +6,8 @@ Records are copied into a shared mapping of the zeros written ahead of them
 writing thread keeps the GIL. A ``write`` hands the GIL to paho's network thread and back once
 per publish, the dearest part of a publish under ``SessionSync=none`` (``bench/README.md``).
 
+Under SessionSync=none and interval (``StateFile.set_sync``): ``always`` syncs each publish's
+record at once, and a write fault on the page each fdatasync cleans costs more than a write.
 Only on a file system that overwrites written blocks in place (``IN_PLACE``): there a page
 copied over zeros already written needs no new block when the kernel writes it back. A
 copy-on-write one (btrfs, zfs) allocates one then, and out of room the fault would kill the

@@ -75,6 +75,7 @@ class Spool:
         self.dir = os.fspath(state_path) + QUEUE_SUFFIX
         self.client_id = client_id
         self.sync = sync
+        self.mapped = True  # appends not synced at once are mapped (``Journal.mapped``)
         self.segment_bytes = segment_bytes
         self.read_only = read_only
         self.count = 0  # messages not read back yet
@@ -312,7 +313,7 @@ class Spool:
                 if seg is None:
                     seg = self._new_segment(messages[0].seq)
                 try:
-                    self._put(seg, data, not (sync and self.sync))
+                    self._put(seg, data, self.mapped and not (sync and self.sync))
                     if sync and self.sync:
                         os.fdatasync(self._wfd)  # type: ignore[arg-type]
                         self._unsynced = False

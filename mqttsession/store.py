@@ -174,6 +174,7 @@ class StateFile:
         self._errors: list[tuple[int, str]] = []  # for on_error, once the Client's lock is free
         self.path = ""
         self.sync = True
+        self.mapped = False  # records not synced at once mapped: SessionSync none / interval
         self.max_journal_bytes = 0
         self.segment_bytes = SEGMENT_BYTES  # the disk queue's (QueueSegmentBytes)
         self.journal: Journal | SessionLog | None = None
@@ -192,24 +193,30 @@ class StateFile:
         self.close()
         self.path = path
 
-    def set_sync(self, sync: bool) -> None:
-        self.sync = sync
-        if self.journal is not None:
-            self.journal.sync = sync
-        if self.spool is not None:
-            self.spool.sync = sync
+    def set_sync(self, sync: bool, mapped: bool = False) -> None:
+        """``sync``: records reach the disk (always, interval); ``mapped``: the records not
+        synced at once are copied into a mapping of the file (none, interval: ``mapped.py``)."""
+        self.sync, self.mapped = sync, mapped
+        for f in (self.journal, self.spool):
+            if f is not None:
+                f.sync = sync
+                if isinstance(f, (Journal, Spool)):
+                    f.mapped = mapped
 
     def _new(self, client_id: str) -> Journal | SessionLog:
         if self.shared is not None:
             view = self.shared.session(client_id, max_journal_bytes=self.max_journal_bytes)
             view.sync = self.sync
             return view
-        return Journal(self.path, client_id, sync=self.sync,
-                       max_journal_bytes=self.max_journal_bytes)
+        j = Journal(self.path, client_id, sync=self.sync, max_journal_bytes=self.max_journal_bytes)
+        j.mapped = self.mapped
+        return j
 
     def _spool(self, client_id: str) -> Spool:
-        return Spool(self.queue_path or self.path, client_id, sync=self.sync,
-                     segment_bytes=self.segment_bytes)
+        sp = Spool(self.queue_path or self.path, client_id, sync=self.sync,
+                   segment_bytes=self.segment_bytes)
+        sp.mapped = self.mapped
+        return sp
 
     def _recover(self, j: Journal | SessionLog) -> SessionState:
         """The journal's session and its disk queue (``StateError`` on damage: kept)."""

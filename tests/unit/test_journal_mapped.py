@@ -114,3 +114,32 @@ def test_a_sigkill_after_append_returns_loses_no_record(tmp_path: Path) -> None:
     j.close()
     again = read_state(str(p))
     assert codec.encode(again) == codec.encode(state)
+
+
+@pytest.mark.parametrize("policy, mapped", [("none", True), ("interval", True), ("always", False)])
+def test_the_session_sync_policy_decides_what_is_mapped(tmp_path: Path, policy: str,
+                                                        mapped: bool) -> None:
+    """A Client's journal and disk queue map the records they do not sync at once under
+    ``none`` and ``interval``; under ``always`` nothing (each publish syncs its record, and
+    the network thread's few records would fault on the pages each fdatasync cleans)."""
+    if mapped_mod.fs_type(os.stat(tmp_path).st_dev) not in mapped_mod.IN_PLACE:
+        pytest.skip("a file system the journal does not map (mapped.IN_PLACE)")
+    from mqttsession import Client
+
+    c = Client(client_id="mapped-policy", clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's.state'}")
+    c.config(f"SessionSync={policy}")
+    c.config("QueueInMemory=5")  # the rest goes to the disk queue
+    c.restore_session("")
+    for i in range(20):  # never connected: all of them wait, in the journal and the queue
+        c.publish_data("t/policy", 1, b"%d" % i)
+    f = c._file
+    assert f.journal is not None and f.spool is not None
+    assert (f.journal.mapped, f.spool.mapped) == (mapped, mapped)
+    assert f.spool._map.active is mapped
+    c.close()
+    again = Client(client_id="mapped-policy", clean_session=False)
+    again.config(f"SessionStateFile={tmp_path / 's.state'}")
+    again.restore_session("")
+    assert again.queue_stats().messages == 20  # (5 in memory, 15 in the disk queue)
+    again.close()
