@@ -191,7 +191,7 @@ class Journal(GroupCommit):
 
     def __init__(
         self, path: str, client_id: str = "", sync: bool = True,
-        max_journal_bytes: int = 0,
+        max_journal_bytes: int = 0, mapped: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self.journal_path = self.path + JOURNAL_SUFFIX
@@ -200,7 +200,7 @@ class Journal(GroupCommit):
         # records not synced at once go into a mapping of the file (``_put``); not under
         # SessionSync=always, whose publishes sync each record: the network thread's few
         # mapped records would then fault on the pages each fdatasync cleans, for no gain
-        self.mapped = True
+        self.mapped = mapped
         self.max_journal_bytes = max_journal_bytes
         self._fd: int | None = None  # journal, opened for writing at ``_size``
         self._size = 0  # where its records end

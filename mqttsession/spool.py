@@ -71,11 +71,12 @@ class Spool:
     """The disk queue of one state file; its own lock (callers' locks are theirs)."""
 
     def __init__(self, state_path: str, client_id: str = "", sync: bool = True,
-                 segment_bytes: int = SEGMENT_BYTES, read_only: bool = False) -> None:
+                 segment_bytes: int = SEGMENT_BYTES, read_only: bool = False,
+                 mapped: bool = True) -> None:
         self.dir = os.fspath(state_path) + QUEUE_SUFFIX
         self.client_id = client_id
         self.sync = sync
-        self.mapped = True  # appends not synced at once are mapped (``Journal.mapped``)
+        self.mapped = mapped  # appends not synced at once are mapped (``Journal.mapped``)
         self.segment_bytes = segment_bytes
         self.read_only = read_only
         self.count = 0  # messages not read back yet

@@ -208,15 +208,12 @@ class StateFile:
             view = self.shared.session(client_id, max_journal_bytes=self.max_journal_bytes)
             view.sync = self.sync
             return view
-        j = Journal(self.path, client_id, sync=self.sync, max_journal_bytes=self.max_journal_bytes)
-        j.mapped = self.mapped
-        return j
+        return Journal(self.path, client_id, sync=self.sync,
+                       max_journal_bytes=self.max_journal_bytes, mapped=self.mapped)
 
     def _spool(self, client_id: str) -> Spool:
-        sp = Spool(self.queue_path or self.path, client_id, sync=self.sync,
-                   segment_bytes=self.segment_bytes)
-        sp.mapped = self.mapped
-        return sp
+        return Spool(self.queue_path or self.path, client_id, sync=self.sync,
+                     segment_bytes=self.segment_bytes, mapped=self.mapped)
 
     def _recover(self, j: Journal | SessionLog) -> SessionState:
         """The journal's session and its disk queue (``StateError`` on damage: kept)."""
