@@ -390,10 +390,7 @@ def restore_profile(m: int, workdir: str, out: Path, top: int) -> None:
     c.restore_session("")
     prof.disable()
     wall = time.perf_counter() - t0
-    with c._lock:
-        if c._journal is not None:
-            c._journal.close()
-            c._journal = None
+    c._file.close()  # as a killed process leaves it (not close(): that compacts)
     shutil.rmtree(d, ignore_errors=True)
     p = out / f"restore-{m}.prof"
     prof.dump_stats(str(p))
