@@ -445,10 +445,13 @@ class Spool:
 
     def _take_recent(self, seg: _Segment) -> OutgoingMessage | None:
         """The message whose frame is next in ``seg``, if ``_recent`` still holds it (the
-        frame, if read ahead, is dropped undecoded); the ones it passed are forgotten."""
+        frame, if read ahead, is dropped undecoded); the ones it passed are forgotten. At the
+        start of a segment this process began (its first message held): no header read."""
         recent, first, roff = self._recent, seg.first, self._roff
         while recent and (recent[0][0] < first or recent[0][0] == first and recent[0][1] < roff):
             self._recent_bytes -= recent.popleft()[3]
+        if not roff and recent and recent[0][0] == first and recent[0][4].seq == first:
+            roff = self._roff = recent[0][1]  # (the header before it: this process wrote it)
         if not recent or recent[0][0] != first or recent[0][1] != roff:
             return None
         _, _, flen, n, m = recent.popleft()
@@ -496,7 +499,7 @@ class Spool:
         with self._mutex:
             while len(out) < n and self._ri < len(self._segs):
                 seg = self._segs[self._ri]
-                m = self._take_recent(seg) if self._roff and self._recent else None
+                m = self._take_recent(seg) if self._recent else None
                 if m is not None:
                     out.append(m)
                     continue

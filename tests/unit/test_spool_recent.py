@@ -44,10 +44,10 @@ def _new(tmp: Path, segment_bytes: int = 1 << 20) -> Spool:
 def test_a_burst_read_back_while_queued_is_not_read_from_the_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sp = _new(tmp_path)
+    reads = _Reads(monkeypatch)
     first = [msg(1)]
     sp.append(first, sync=False)
-    assert sp.read(1) == first  # the header is read from the file once
-    reads = _Reads(monkeypatch)
+    assert sp.read(1) == first  # a segment this process began: not even its header read
     appended = [msg(s) for s in range(2, 202)]
     for i in range(0, 200, 10):
         sp.append(appended[i:i + 10], sync=False)
@@ -76,6 +76,21 @@ def test_past_the_bound_the_rest_is_read_from_the_file_in_order(
     assert reads.n == 1 and not sp._recent
     sp.append([msg(40)], sync=False)  # room again: held from its append
     assert sp.read(5) == [msg(40)] and reads.n == 1
+
+
+def test_segments_whose_first_message_is_not_held_are_read_from_their_header(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_mod, "_RECENT_COUNT", 3)
+    sp = _new(tmp_path, SEG)
+    appended = [msg(s) for s in range(1, 41)]
+    for m in appended:
+        sp.append([m], sync=False)
+    assert len(sp._segs) > 3  # later segments' first messages found no room
+    reads = _Reads(monkeypatch)
+    assert sp.read(1000) == appended
+    # one read each: the first one's messages past the three held, each other one's header
+    # and frames
+    assert reads.n == len(sp._segs)
 
 
 def test_the_byte_bound_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
