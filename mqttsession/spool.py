@@ -15,10 +15,6 @@ Files (mode 0600, never opened through a symlink):
   passed ``SEGMENT_BYTES`` (fsynced first under ``SessionSync=always``). Its name holds what a
   restart needs, so a restart reads only the segment being read back and the open one.
 
-Messages appended are also kept as they are (at most ``_RECENT_COUNT`` of them and
-``_RECENT_BYTES`` of their ``message_bytes``, the oldest first): reading one back takes it
-from there, with no ``pread``, frame check or decode (a burst drained while it is queued).
-
 Whole segments are deleted once every message in them was read back and that is durable in
 the journal (``retire``); nothing is ever rewritten. Recovery: a sealed segment whose size is
 not the one its name says, a damaged frame followed by good ones in the open segment, or a
@@ -36,7 +32,6 @@ import os
 import re
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Final, Iterator
 
@@ -59,8 +54,6 @@ _VERSION: Final = 1
 _OPEN_NAME: Final = re.compile(r"q-(\d{20})\.open\Z")
 _SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)\.seg\Z")
 _CREATE: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW  # written at ``seg.size``
-_RECENT_COUNT: Final = 8192  # appended messages kept for reading back, at most
-_RECENT_BYTES: Final = 1024 * 1024  # ... and their ``message_bytes``
 
 
 @dataclass
@@ -102,11 +95,6 @@ class Spool:
         self._map = MappedTail()  # the open segment's file: frames copied in, no write()
         self._errors: list[tuple[int, str]] = []
         self._unsynced = False  # appended without a sync since the last one (policy syncs)
-        # appended messages as appended (segment's first seq, frame offset, frame length,
-        # message_bytes, message), bounded: reading back one of them takes it from here, with
-        # no pread, frame check or decode (a burst drained while it is queued)
-        self._recent: deque[tuple[int, int, int, int, OutgoingMessage]] = deque()
-        self._recent_bytes = 0
         self._mutex = threading.RLock()
 
     # ------------------------------------------------------------------ recovery
@@ -116,7 +104,6 @@ class Spool:
         ``spool_next`` was read back); ``StateError`` on damage (the files are kept)."""
         with self._mutex:
             self._close_fds()
-            self._forget()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
             self._rcount = self._rbytes = 0
             self.count = self.bytes = self.last_seq = 0
@@ -345,31 +332,13 @@ class Spool:
             except OSError as exc:
                 raise PersistenceError(exc.errno, f"cannot write the disk queue {self.dir}:"
                                                   f" {exc.strerror or exc}") from exc
-            sizes = [message_bytes(m) for m in messages]
-            self._remember(seg, frames, sizes, messages)
             seg.size += len(data)
-            n = sum(sizes)
+            n = sum(map(message_bytes, messages))
             seg.count += len(messages)
             seg.bytes += n
             seg.last = self.last_seq = messages[-1].seq
             self.count += len(messages)
             self.bytes += n
-
-    def _remember(self, seg: _Segment, frames: list[bytes], sizes: list[int],
-                  messages: list[OutgoingMessage]) -> None:
-        """Appended at ``seg.size``: kept for reading back (``_recent``) while there is room
-        (the oldest stay: they are read back first; the others are read from the file)."""
-        recent, off = self._recent, seg.size
-        for f, n, m in zip(frames, sizes, messages):
-            if len(recent) >= _RECENT_COUNT or self._recent_bytes + n > _RECENT_BYTES:
-                return
-            recent.append((seg.first, off, len(f), n, m))
-            self._recent_bytes += n
-            off += len(f)
-
-    def _forget(self) -> None:
-        self._recent.clear()
-        self._recent_bytes = 0
 
     def _put(self, seg: _Segment, data: bytes, mapped: bool) -> None:
         """Write ``data`` at the open segment's end (``seg.size``), over zeros written ahead of
@@ -438,31 +407,8 @@ class Spool:
         if m is None:
             return None
         payload = self._frames.pop()
-        recent = self._recent
-        if recent and recent[0][1] == self._roff and recent[0][0] == self._segs[self._ri].first:
-            self._recent_bytes -= recent.popleft()[3]  # (read from the file all the same)
-        return self._took(m, 8 + len(payload), message_bytes(m))
-
-    def _take_recent(self, seg: _Segment) -> OutgoingMessage | None:
-        """The message whose frame is next in ``seg``, if ``_recent`` still holds it (the
-        frame, if read ahead, is dropped undecoded); the ones it passed are forgotten. At the
-        start of a segment this process began (its first message held): no header read."""
-        recent, first, roff = self._recent, seg.first, self._roff
-        while recent and (recent[0][0] < first or recent[0][0] == first and recent[0][1] < roff):
-            self._recent_bytes -= recent.popleft()[3]
-        if not roff and recent and recent[0][0] == first and recent[0][4].seq == first:
-            roff = self._roff = recent[0][1]  # (the header before it: this process wrote it)
-        if not recent or recent[0][0] != first or recent[0][1] != roff:
-            return None
-        _, _, flen, n, m = recent.popleft()
-        self._recent_bytes -= n
-        if self._frames:
-            self._frames.pop()
-        return self._took(m, flen, n)
-
-    def _took(self, m: OutgoingMessage, flen: int, n: int) -> OutgoingMessage:
-        """``m``, whose frame of ``flen`` bytes was next, is read back."""
-        self._roff += flen
+        self._roff += 8 + len(payload)
+        n = len(m.payload) + len(m.topic) + len(m.properties)
         self._rcount += 1
         self._rbytes += n
         self.read_to = m.seq + 1
@@ -489,7 +435,6 @@ class Spool:
         log.error("%s", text)
         self._errors.append((-1, text))
         self._frames = []
-        self._forget()
         seg.size = self._roff  # nothing more is read from it
         seg.sealed = True
 
@@ -499,10 +444,6 @@ class Spool:
         with self._mutex:
             while len(out) < n and self._ri < len(self._segs):
                 seg = self._segs[self._ri]
-                m = self._take_recent(seg) if self._recent else None
-                if m is not None:
-                    out.append(m)
-                    continue
                 if not self._fill(seg):
                     if seg.sealed or self._ri < len(self._segs) - 1:
                         self._ri += 1
@@ -601,7 +542,6 @@ class Spool:
         """Move the queue out of the way as ``P.queue.<label>-<time>``; the new names."""
         with self._mutex:
             self._close_fds()
-            self._forget()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
             self.count = self.bytes = self.last_seq = 0
             if not os.path.isdir(self.dir) or not os.listdir(self.dir):
