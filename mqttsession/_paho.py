@@ -553,20 +553,13 @@ class PahoConnection(mqtt.Client):
             while end - pos >= 2:
                 first, length, i = buf[pos], buf[pos + 1], pos + 2
                 if length & 0x80:  # a Remaining Length of more than one byte [MQTT-1.5.5]
-                    length &= 0x7F
-                    shift = 7
-                    while True:
-                        if i >= end:
-                            return rc, n  # the length itself is not all here yet
-                        b = buf[i]
-                        i += 1
-                        length |= (b & 0x7F) << shift
-                        if not b & 0x80:
-                            break
-                        shift += 7
-                        if shift > 21:
-                            return self._violation(
-                                0x81, "a Remaining Length of more than four bytes"), n
+                    try:
+                        got = _wire.decode_varint(buf, pos + 1)
+                    except MalformedPacket as exc:  # over four bytes, or not the shortest
+                        return self._violation(0x81, f"a Remaining Length: {exc}"), n
+                    if got is None:
+                        return rc, n  # the length itself is not all here yet
+                    length, i = got
                 if end - i < length:
                     return rc, n  # the rest of this packet is still on its way
                 kind = first >> 4

@@ -350,6 +350,27 @@ def test_remaining_length_of_five_bytes_is_refused(fake: FakeBroker, protocol: i
 
 
 @PROTOCOLS
+def test_remaining_length_not_in_its_shortest_form_is_refused(fake: FakeBroker,
+                                                               protocol: int) -> None:
+    """A Remaining Length in more bytes than its value needs [MQTT-1.5.5-1] (here 200 in
+    three) is malformed too: read with the wire codec's own decoder, as the proxy and the
+    compat scenarios read it."""
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        fake.send_raw(b"\x30\xc8\x81\x00" + bytes(200))
+        errors = log.wait("on_error")
+        assert errors[0].error_code == 0x81 and "shortest form" in errors[0].description
+        assert log.of("on_message_in") == []
+        fake.wait_connections(2)
+        if protocol == 5:
+            assert _disconnect_codes(fake) == [0x81]
+    finally:
+        c.close()
+
+
+@PROTOCOLS
 def test_packets_sent_by_publishing_threads_arrive_whole_and_in_order(
         fake: FakeBroker, protocol: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """On plain TCP a publishing thread sends its PUBLISH itself while nothing waits to be
