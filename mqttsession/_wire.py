@@ -212,16 +212,24 @@ def encode_varint(value: int) -> bytes:
 
 def decode_varint(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int] | None:
     """``(value, next position)`` of the Variable Byte Integer at ``pos``; None if incomplete."""
-    value = 0
-    for i in range(4):  # at most four bytes: 5.0 section 1.5.5, 3.1.1 section 2.2.3
-        if pos + i >= len(buf):
+    end = len(buf)
+    if pos >= end:
+        return None
+    byte = buf[pos]
+    if byte < 0x80:  # one byte: every ack, most packets (the network thread reads each)
+        return byte, pos + 1
+    value, shift, pos = byte & 0x7F, 7, pos + 1
+    while shift <= 21:  # at most four bytes: 5.0 section 1.5.5, 3.1.1 section 2.2.3
+        if pos >= end:
             return None
-        byte = buf[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            if byte == 0 and i > 0:  # [MQTT-1.5.5-1] the fewest bytes that hold the value
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if byte == 0:  # [MQTT-1.5.5-1] the fewest bytes that hold the value
                 raise MalformedPacket("Variable Byte Integer not in its shortest form")
-            return value, pos + i + 1
+            return value, pos
+        shift += 7
     raise MalformedPacket("Variable Byte Integer longer than 4 bytes")
 
 
