@@ -28,10 +28,10 @@ Writes, group commit and faults follow ``journal.Journal``: a failed write is ta
 ``hold_publishes`` (``AsyncGateway``'s) keeps the records of a group commit's publishes in
 memory until the sync that covers them writes them (every session's with one ``write``), or
 any write before it; a failed write of them cuts them as a failed fdatasync does. Either makes
-the log "broken": the next write first rewrites it whole from memory (the frames written and not cut), and each
-session that lost frames writes a fresh snapshot of its state with its next append. The same
-rewrite ("rotation": temp file, fsync, rename, fsync the directory) runs when the log grows past
-``max(max_log_bytes or 4 MiB, twice its live bytes)``.
+the log "broken": the next write first rewrites it whole from memory (the frames written and
+not cut), and each session that lost frames writes a fresh snapshot of its state with its next
+append. The same rewrite ("rotation": temp file, fsync, rename, fsync the directory) runs
+when the log grows past ``max(max_log_bytes or 4 MiB, twice its live bytes)``.
 """
 
 from __future__ import annotations
