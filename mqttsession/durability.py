@@ -162,8 +162,12 @@ class Durability:
         except BaseException:
             self.release_quietly(token, None)
             raise
-        if err is not None or token in self._awaiting:  # not released by the syncing thread
+        if err is not None or self.awaits(token):  # not released by the syncing thread
             self.release(token, err)
+
+    def awaits(self, token: tuple[int, int, int]) -> bool:
+        """Whether the held publish ``token`` still waits to be released."""
+        return token in self._awaiting
 
     def release_quietly(self, token: tuple[int, int, int], err: Exception | None) -> None:
         """``release`` for a publisher that is gone (cancelled): a failure goes to on_error."""

@@ -17,6 +17,7 @@ __all__ = [
     "PersistenceError",
     "ProtocolViolation",
     "QueueFullError",
+    "PublishManyError",
 ]
 
 
@@ -73,3 +74,16 @@ class QueueFullError(MQTTSessionError):
     """``publish_*`` found the outgoing queue at MaxQueuedMessages / MaxQueuedBytes with
     QueueFullPolicy=reject (or nothing it may drop): nothing was stored."""
 
+
+
+class PublishManyError(MQTTSessionError):
+    """``Gateway.publish_many`` could not store some of its messages; the others are durable
+    and go out. ``ids``: every packet id in order, None for each that failed; ``errors``:
+    each failure by its index."""
+
+    def __init__(self, ids: list[int | None], errors: dict[int, Exception]) -> None:
+        first = min(errors)
+        super().__init__(f"{len(errors)} of {len(ids)} messages not stored; the first (index"
+                         f" {first}): {errors[first]}")
+        self.ids = ids
+        self.errors = errors

@@ -26,15 +26,18 @@ import threading
 from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Iterable, Union, cast
 
+from .actions import Action
 from .aio import AsyncSession
-from .client import Client, _connect_params
+from .client import Client, _connect_params, _messages
 from .driver import Driver
-from .errors import ConnectError, PersistenceError, UsageError
+from .errors import ConnectError, PersistenceError, PublishManyError, UsageError
+from .events import PublishRequest
 from .options import Options
 from .pacing import Pacer
 from .sharedlog import SharedLog
+from .turns import _Request, run_batch
 
 __all__ = ["AsyncGateway", "Gateway", "raise_fd_limit"]
 
@@ -44,6 +47,9 @@ log = logging.getLogger("mqttsession")
 FD_RESERVE = 64
 #: Connection attempts a second, by default (the first connects and every reconnect).
 CONNECT_RATE = 200.0
+
+#: A message for ``Gateway.publish_many``: its session, then what ``Client.publish_many`` takes.
+GatewayMessage = Union[tuple[Client, str, int, Union[bytes, str]], tuple[Client, PublishRequest]]
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -120,13 +126,21 @@ class _Sessions:
         return self.store.sessions()
 
 
+def _locked(c: Client, topic: str, qos: int, payload: bytes, retain: bool, props: bytes
+            ) -> Callable[[], tuple[tuple[int, list[Action]], tuple[int, int, int] | None]]:
+    """The locked part of one of ``Gateway.publish_many``'s messages (a group commit's)."""
+    return lambda: c._publish_locked(topic, qos, payload, retain, props, True)  # noqa: SLF001
+
+
 class Gateway(_Sessions):
     """Hosts any number of sessions on one loop thread; ``with Gateway(dir) as gw:`` closes
     them all (each disconnected cleanly, its session kept) and stops the loop."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *,
                  connect_rate: float = CONNECT_RATE) -> None:
-        super().__init__(state_dir, connect_rate)
+        # a group commit's records (``publish_many``; threads sharing a session) wait in
+        # memory for the sync that covers them, which writes every session's with one write
+        super().__init__(state_dir, connect_rate, hold_publishes=True)
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -205,6 +219,44 @@ class Gateway(_Sessions):
             elif isinstance(r, BaseException):
                 raise r
         return failed
+
+    def publish_many(self, messages: Iterable[GatewayMessage]) -> list[int]:
+        """Publish the messages of several sessions together: under ``SessionSync=always``
+        ONE fdatasync makes all of them durable before this returns (the group commit across
+        sessions, from one thread; ``publish_data`` in a loop pays one a message). Each is
+        ``(client, topic, qos, data)`` or ``(client, PublishRequest)``, ``client`` a session
+        of this gateway; each session's go out in the order given. Returns their packet ids.
+
+        A bad message (``UsageError``) raises before any is stored. One that its session
+        cannot store (``QueueFullError``, ``PersistenceError``, a closed session) does not
+        stop the others: once they are durable, ``PublishManyError`` says which failed.
+        """
+        batch: list[_Request] = []
+        first: dict[int, int] = {}  # a session's place: its first message's index
+        for m in messages:
+            c = m[0] if isinstance(m, tuple) and m else None
+            if not isinstance(c, Client) or self._clients.get(c.client_id) is not c:
+                raise UsageError("publish_many takes (client, topic, qos, data) or (client,"
+                                 " PublishRequest) tuples, client a session of this gateway")
+            topic, payload, qos, retain, props = _messages(
+                c, [m[1] if len(m) == 2 else m[1:]])[0]
+            batch.append(_Request(c._driver, _locked(c, topic, qos, payload, retain, props)))  # noqa: SLF001
+            first.setdefault(id(c._driver), len(batch) - 1)  # noqa: SLF001
+        order = sorted(range(len(batch)), key=lambda i: first[id(batch[i].owner)])
+        run_batch([batch[i] for i in order])  # each session's together, in its order
+        ids: list[int | None] = []
+        errors: dict[int, Exception] = {}
+        for i, r in enumerate(batch):
+            pid: int | None = None
+            if r.result is not None:
+                pid, rest = cast("tuple[int, list[Action]]", r.result[0])
+                r.owner.finish(rest)
+            if r.error is not None:
+                errors[i], pid = r.error, None
+            ids.append(pid)
+        if errors:
+            raise PublishManyError(ids, errors)
+        return cast("list[int]", ids)
 
     def close(self) -> None:
         """Close every session (a clean DISCONNECT; each session stays in the store) and stop

@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable, Protocol, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from .errors import PersistenceError
 
-__all__ = ["Turns"]
+__all__ = ["Turns", "run_batch"]
 
 _T = TypeVar("_T")
 Token = tuple[int, int, int]  # a held publish: its seq, and where its record ends
@@ -37,6 +37,12 @@ class _Owner(Protocol):
     def release_durable(self) -> None: ...
 
     def release_quietly(self, token: Token, err: Exception | None) -> None: ...
+
+    def release(self, token: Token, err: Exception | None) -> None: ...
+
+    def awaits(self, token: Token) -> bool: ...
+
+    def finish(self, later: list[Any]) -> None: ...
 
 
 class _Request:
@@ -164,3 +170,33 @@ class Turns:
         if r.orphan and r.result is not None and r.result[1] is not None:
             r.owner.release_quietly(r.result[1], None)
         r.signal()
+
+
+def run_batch(batch: list[_Request]) -> None:
+    """One thread's publishes to several sessions over one store (``Gateway.publish_many``):
+    each session's locked parts in order under one hold of its lock, then ONE fdatasync for
+    all of their records (the first session's sync covers the others', in the same file) and
+    each session's PUBLISHes. Sets each request's ``result`` or ``error``: a failed sync
+    takes its session's messages back and is their error. Interrupted before the sync ran
+    (KeyboardInterrupt), each held message is released if durable, else taken back."""
+    last = Turns._run(batch)
+    errs: dict[_Owner, Exception | None] = {}
+    try:
+        for owner, token in last:
+            err = errs[owner] = owner.wait_durable(token, release=True)
+            if err is None and owner.holds():  # another thread's fdatasync covered them
+                owner.release_durable()
+    finally:
+        for r in batch:
+            held = r.result[1] if r.result is not None else None
+            if held is None:
+                continue
+            if r.owner not in errs:  # interrupted first: never left held
+                r.owner.release_quietly(held, None)
+                continue
+            err = errs[r.owner]
+            if err is not None or r.owner.awaits(held):
+                try:
+                    r.owner.release(held, err)  # raises ``err``, its message taken back
+                except Exception as exc:  # this one's to report
+                    r.error = exc

@@ -4,12 +4,13 @@ argv: sessions host port state_dir per_session first [threads]. Session ``i`` is
 ``gw-crash-{i}`` (clean_session False) and publishes to ``gwcrash/{i}`` the numbers
 ``i * 1_000_000 + n`` for n in first .. first + per_session - 1, QoS 1 + n % 2 (so an even
 number is QoS 1, an odd one QoS 2). ``threads`` publishing threads (4) each own the sessions
-``i % threads == t`` and go round robin over them.
+``i % threads == t`` and go round robin over them; 0: ONE thread publishes a message of every
+session at a time with ``Gateway.publish_many`` (one fdatasync for all of them).
 
 Prints, in this order: "held <total> <count of session 0> <count of session 1> ..." (the
 messages each restored session holds before it connects), "connected <seconds> <failed>",
 then "ok <number>" each time a publish_data returned (the message is durable: kill -9 cannot
-lose it), and after a run not killed, once every session is flushed: "done <flushed> <left>".
+lose it; after a ``publish_many``, one for each of its messages), and after a run not killed, once every session is flushed: "done <flushed> <left>".
 """
 
 from __future__ import annotations
@@ -60,8 +61,16 @@ def main() -> None:
                     c.publish_data(f"gwcrash/{i}", 1 + n % 2, str(number).encode())
                     say(f"ok {number}")
 
+        def publish_many() -> None:
+            for n in range(start, start + n_per):
+                numbers = [i * 1_000_000 + n for i in range(n_sessions)]
+                gw.publish_many([(c, f"gwcrash/{i}", 1 + n % 2, str(numbers[i]).encode())
+                                 for i, c in enumerate(clients)])
+                for number in numbers:
+                    say(f"ok {number}")
+
         threads = [threading.Thread(target=publish, args=(t,), name=f"publisher-{t}")
-                   for t in range(n_threads)]
+                   for t in range(n_threads)] or [threading.Thread(target=publish_many)]
         for th in threads:
             th.start()
         for th in threads:

@@ -2,7 +2,8 @@
 
 The child (``_gateway_publisher.py``) hosts ``GWCRASH_SESSIONS`` sessions (200 by default)
 on one gateway and publishes from 4 threads; it prints "ok <number>" each time a
-``publish_data`` returned (``_async_gateway_publisher.py``: the same with ``AsyncGateway``,
+``publish_data`` returned (or from one thread, a message of every session at a time with
+``Gateway.publish_many``; ``_async_gateway_publisher.py``: the same with ``AsyncGateway``,
 each session awaiting its own publishes). It is killed mid-stream a few times, restarted each time on the same
 state directory (every session restored: what was accepted and not yet delivered goes out when
 it reconnects), and finally runs to the end. The promise, checked with an independent
@@ -53,9 +54,11 @@ class Child:
 
     def __init__(self, broker: MosquittoBroker, state_dir: Path, per_session: int,
                  first: int, script: str = "_gateway_publisher.py") -> None:
+        script, _, threads = script.partition(" ")  # "<script> <publishing threads>"
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / script), str(SESSIONS), broker.host,
-             str(broker.port), str(state_dir), str(per_session), str(first)],
+             str(broker.port), str(state_dir), str(per_session), str(first),
+             *([threads] if threads else [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines: list[str] = []
         self.cond = threading.Condition()
@@ -123,13 +126,15 @@ class Child:
         return self.err.decode(errors="replace")[-3000:]
 
 
-@pytest.mark.parametrize("script", ["_gateway_publisher.py", "_async_gateway_publisher.py"],
-                         ids=["Gateway", "AsyncGateway"])
+@pytest.mark.parametrize("script", ["_gateway_publisher.py", "_gateway_publisher.py 0",
+                                    "_async_gateway_publisher.py"],
+                         ids=["Gateway", "Gateway.publish_many", "AsyncGateway"])
 def test_gateway_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path: Path,
                                                 script: str) -> None:
-    """Kill -9 a gateway of many sessions mid-stream (``Gateway`` with 4 publishing threads,
-    or ``AsyncGateway`` with every session awaiting its own publishes), restart it on the same
-    directory, and check every accepted message against an independent subscriber."""
+    """Kill -9 a gateway of many sessions mid-stream (``Gateway`` with 4 publishing threads or
+    one thread with ``publish_many``, or ``AsyncGateway`` with every session awaiting its own
+    publishes), restart it on the same directory, and check every accepted message against an
+    independent subscriber."""
     seed = os.environ.get("CRASH_SEED") or str(random.randrange(2**32))
     print(f"CRASH_SEED={seed} sessions={SESSIONS} kills={KILLS}")
     rng = random.Random(seed)
@@ -181,9 +186,9 @@ def test_gateway_killed_at_random_loses_nothing(mosquitto_factory: Any, tmp_path
         qos1_repeats = sum(c - 1 for n, c in counts.items() if n % 2 == 0 and c > 1)
         # a kill between a publish_data's return and its print: one a publishing thread (4);
         # AsyncGateway: one a session (its PUBLISH leaves when the sync is done, its publish
-        # returns in the loop's next round)
+        # returns in the loop's next round); publish_many: its batch, one a session
         unprinted = sorted(set(counts) - accepted)
-        in_flight = SESSIONS if script.startswith("_async") else 4
+        in_flight = SESSIONS if script.startswith("_async") or script.endswith(" 0") else 4
         print(f"accepted={len(accepted)} per-run={per_run} held-at-start={held}"
               f" delivered={len(counts)} qos1-repeats={qos1_repeats}"
               f" qos2-dups={len(qos2_dups)} delivered-not-printed={len(unprinted)}"

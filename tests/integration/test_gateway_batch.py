@@ -1,0 +1,130 @@
+"""``Gateway.publish_many``: one thread publishes a message of many sessions at once, against a
+real mosquitto.
+
+* under ``SessionSync=always`` ONE fdatasync makes the whole batch durable (counted in the
+  calling thread), and every message arrives, each session's in the order given (one QoS a
+  session: a broker orders a topic's messages of one QoS only);
+* a bad message (a client of another gateway, a bad tuple, a wildcard topic) raises
+  ``UsageError`` before anything is stored;
+* a session that cannot store its message (a full queue) does not stop the others:
+  ``PublishManyError`` names it, the others are durable (a new gateway on the directory holds
+  them).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import (Client, Gateway, PublishManyError, PublishRequest, QueueFullError,
+                         UsageError)
+from mqttsession.events import MessageEvent
+from mqttsession.testing import MosquittoBroker
+
+try:  # tests/integration may or may not be a package
+    from ._procs import wait_until
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from _procs import wait_until  # type: ignore[no-redef]
+
+pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
+
+
+def test_one_fdatasync_for_a_batch_of_many_sessions(mosquitto: MosquittoBroker, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    got: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def received(e: MessageEvent) -> None:
+        with lock:
+            got.append((e.topic, e.message))
+
+    sub = Client(client_id="batch-sub", clean_session=True)  # no state file: no fdatasync
+    sub.on_message_in = received
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe("batch/#", 2)
+    me = threading.current_thread()
+    syncs = {"mine": 0}
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        if threading.current_thread() is me:
+            syncs["mine"] += 1
+        real(fd)
+
+    try:
+        with Gateway(tmp_path / "gw") as gw:
+            devices = [gw.client(f"batch-{i}", clean_session=False) for i in range(20)]
+            assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
+            for d in devices:
+                d.config("SessionSync=always")
+            monkeypatch.setattr(os, "fdatasync", counting)
+            for n in range(3):
+                ids = gw.publish_many(
+                    [(d, f"batch/{i}", 1 + i % 2, f"{i}-{n}") for i, d in enumerate(devices)]
+                    + [(devices[0], PublishRequest("batch/0", 1, f"0-{n}b"))])
+                assert len(ids) == 21 and all(isinstance(x, int) for x in ids)
+            # at most one a batch, for all 21 records of 20 sessions (the gateway's sync thread
+            # may cover a batch first); publish_data in a loop would take 63
+            assert syncs["mine"] <= 3
+            monkeypatch.setattr(os, "fdatasync", real)
+            for d in devices:
+                assert d.flush(10)
+            wait_until(lambda: len(got) == 63, what="every message of the three batches")
+    finally:
+        sub.close()
+    by_topic: dict[str, list[bytes]] = {}
+    for topic, data in got:
+        by_topic.setdefault(topic, []).append(data)
+    assert by_topic["batch/0"] == [b"0-0", b"0-0b", b"0-1", b"0-1b", b"0-2", b"0-2b"]
+    for i in range(1, 20):
+        assert by_topic[f"batch/{i}"] == [f"{i}-{n}".encode() for n in range(3)]
+
+
+def test_a_bad_message_stores_nothing(tmp_path: Path) -> None:
+    with Gateway(tmp_path / "gw") as gw, Gateway(tmp_path / "other") as other:
+        a, b = gw.client("bad-a"), gw.client("bad-b")
+        foreign = other.client("bad-foreign")
+        stranger = Client(client_id="bad-stranger")
+        try:
+            bad: list[Any] = [
+                [(a, "t/a", 1, "x"), (foreign, "t/f", 1, "x")],
+                [(a, "t/a", 1, "x"), (stranger, "t/s", 1, "x")],
+                [(a, "t/a", 1, "x"), (b, "t/#", 1, "x")],  # a wildcard in a topic name
+                [(a, "t/a", 1, "x"), (b, "t/b", 3, "x")],
+                [(a, "t/a", 1, "x"), (b, "t/b")],
+                [(a, "t/a", 1, "x"), ("bad-b", "t/b", 1, "x")],
+                [(a, "t/a", 1, "x"), b],
+            ]
+            for messages in bad:
+                with pytest.raises(UsageError):
+                    gw.publish_many(messages)
+            assert not a.outgoing_messages and not b.outgoing_messages
+            assert gw.publish_many([]) == []
+        finally:
+            stranger.close()
+
+
+def test_a_full_session_does_not_stop_the_others(tmp_path: Path) -> None:
+    """Not connected: the messages wait in the sessions (durable, SessionSync=always)."""
+    with Gateway(tmp_path / "gw") as gw:
+        full, ok = gw.client("full", clean_session=False), gw.client("ok", clean_session=False)
+        for c in (full, ok):
+            c.config("SessionSync=always")
+        full.config("MaxQueuedMessages=1")
+        with pytest.raises(PublishManyError) as raised:
+            gw.publish_many([(full, "t/full", 1, "f1"), (ok, "t/ok", 2, "o1"),
+                             (full, "t/full", 1, "f2"), (ok, "t/ok", 1, "o2")])
+        err = raised.value
+        assert list(err.errors) == [2] and isinstance(err.errors[2], QueueFullError)
+        assert err.ids[2] is None and all(isinstance(x, int) for i, x in enumerate(err.ids)
+                                          if i != 2)
+        assert [m.message for m in full.outgoing_messages] == [b"f1"]
+        assert [m.message for m in ok.outgoing_messages] == [b"o1", b"o2"]
+    with Gateway(tmp_path / "gw") as gw:  # what publish_many stored is in the store
+        full, ok = gw.client("full", clean_session=False), gw.client("ok", clean_session=False)
+        assert [m.message for m in full.outgoing_messages] == [b"f1"]
+        assert [m.message for m in ok.outgoing_messages] == [b"o1", b"o2"]
