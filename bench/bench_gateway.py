@@ -11,9 +11,13 @@ broker:
 * ``sync``: ``Gateway(dir)``, N ``gw.client(id, clean_session=False)`` sessions,
   ``gw.connect_all()``; then publishing from 16 threads, each owning N/16 sessions
   (``publish_data`` QoS 1, then ``flush`` of every session);
+* ``batch``: the same ``Gateway``, but ONE thread publishes, a message of every session at a
+  time with ``gw.publish_many`` (one fdatasync a batch under ``always``);
 * ``async``: ``AsyncGateway(dir)``, N ``await gw.session(id, options)`` created together
   (``asyncio.gather``); then every session awaits its own M publishes, all sessions at once
-  (``asyncio.gather`` over sessions), then ``flush``.
+  (``asyncio.gather`` over sessions), then ``flush``;
+* ``abatch``: the same ``AsyncGateway``, but one task awaits ``gw.publish_many`` of a message
+  of every session at a time.
 
 Idle scale, once every session is connected: threads of the process (``threading`` and
 ``/proc/self/status``), RSS per session (VmRSS after connecting minus VmRSS before the gateway
@@ -188,8 +192,9 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def child_sync(port: int, n: int, m: int, repeats: int, rate: float | None,
-               work: str) -> dict[str, Any]:
-    """``Gateway``: idle scale, then 16 publishing threads, always / none interleaved."""
+               work: str, batch: bool = False) -> dict[str, Any]:
+    """``Gateway``: idle scale, then 16 publishing threads (``batch``: one thread, a message of
+    every session at a time with ``gw.publish_many``), always / none interleaved."""
     from mqttsession.gateway import Gateway
 
     counter = SyncCounter()
@@ -229,7 +234,15 @@ def child_sync(port: int, n: int, m: int, repeats: int, rate: float | None,
                 except BaseException as exc:  # noqa: BLE001 - reported by the round
                     errors.append(exc)
 
-            threads = [threading.Thread(target=worker, args=(g,)) for g in groups]
+            def batches(errors: list[BaseException] = errors) -> None:
+                try:
+                    for _ in range(m):
+                        gw.publish_many([(c, topics[c.client_id], 1, PAYLOAD) for c in clients])
+                except BaseException as exc:  # noqa: BLE001 - reported by the round
+                    errors.append(exc)
+
+            threads = ([threading.Thread(target=batches)] if batch else
+                       [threading.Thread(target=worker, args=(g,)) for g in groups])
             s0, clocks = counter.snapshot(), Clocks(gw.thread.native_id or 0)
             for th in threads:
                 th.start()
@@ -250,9 +263,10 @@ def child_sync(port: int, n: int, m: int, repeats: int, rate: float | None,
 
 
 def child_async(port: int, n: int, m: int, repeats: int, rate: float | None,
-                work: str) -> dict[str, Any]:
+                work: str, batch: bool = False) -> dict[str, Any]:
     """``AsyncGateway``: idle scale, then every session awaiting its own publishes, all
-    sessions concurrently; always / none interleaved."""
+    sessions concurrently (``batch``: one task awaits ``gw.publish_many`` of a message of every
+    session at a time); always / none interleaved."""
     from mqttsession import Options
     from mqttsession.gateway import AsyncGateway
 
@@ -292,7 +306,12 @@ def child_async(port: int, n: int, m: int, repeats: int, rate: float | None,
             for mode in modes_order(repeats):
                 await asyncio.gather(*(s.config(f"SessionSync={mode}") for s in sessions))
                 s0, clocks = counter.snapshot(), Clocks(threading.get_native_id())
-                await asyncio.gather(*(device(s) for s in sessions))
+                if batch:
+                    for _ in range(m):
+                        await gw.publish_many([(s, f"bench/gw/{s.client_id}", 1, PAYLOAD)
+                                               for s in sessions])
+                else:
+                    await asyncio.gather(*(device(s) for s in sessions))
                 done = await asyncio.gather(*(s.flush(TIMEOUT) for s in sessions))
                 spent, s1 = clocks.stop(), counter.snapshot()
                 if not all(done):
@@ -357,7 +376,9 @@ def round_figures(mode: str, msgs: int, spent: dict[str, float], s0: tuple[int, 
 
 
 CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
-    "sync": child_sync, "async": child_async, "breakdown": child_breakdown}
+    "sync": child_sync, "async": child_async, "breakdown": child_breakdown,
+    "batch": lambda *a: child_sync(*a, batch=True),
+    "abatch": lambda *a: child_async(*a, batch=True)}
 
 
 # ------------------------------------------------------------------------------- the parent
@@ -400,7 +421,8 @@ def fsync_median_ms(directory: str, samples: int = 200) -> float:
 
 def fmt_table(results: dict[str, Any], n: int, m: int) -> str:
     rows = [f"{n} sessions, {m} QoS 1 messages of 100 bytes each per round"]
-    rows.append(f"{'':34}{'Gateway (sync)':>18}{'AsyncGateway':>18}   goal")
+    rows.append(f"{'':34}{'Gateway':>15}{'publish_many':>15}{'AsyncGateway':>15}"
+                f"{'publish_many':>15}   goal")
 
     def cell(form: str, fn: Callable[[dict[str, Any]], str]) -> str:
         r = results.get(form, {})
@@ -434,7 +456,8 @@ def fmt_table(results: dict[str, Any], n: int, m: int) -> str:
         ("close() of the gateway (s)", lambda r: f"{r['close_s']:.2f}", ""),
     ]
     for label, fn, goal in lines:
-        rows.append(f"{label:34}{cell('sync', fn):>18}{cell('async', fn):>18}   {goal}")
+        rows.append(f"{label:34}{cell('sync', fn):>15}{cell('batch', fn):>15}"
+                    f"{cell('async', fn):>15}{cell('abatch', fn):>15}   {goal}")
     return "\n".join(rows)
 
 
@@ -448,9 +471,10 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="200 sessions, 10 messages, 2 rounds")
     p.add_argument("--connect-rate", type=float, default=None,
                    help="the gateways' connect_rate (default: the library's)")
-    p.add_argument("--forms", default="sync,async",
-                   help="comma-separated: sync, async, breakdown (tracemalloc of idle Gateway"
-                   " sessions, by file); default sync,async")
+    p.add_argument("--forms", default="sync,batch,async,abatch",
+                   help="comma-separated: sync, batch (Gateway.publish_many), async, abatch"
+                   " (AsyncGateway.publish_many), breakdown (tracemalloc of idle Gateway"
+                   " sessions, by file); default sync,batch,async,abatch")
     p.add_argument("--breakdown", action="store_true", help="add the breakdown form")
     p.add_argument("--json", default=None, help="default bench/results/gateway-<date>.json")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -520,7 +544,7 @@ def main() -> int:
         print("  top lines:")
         for name, size, count in bd["by_line"][:10]:
             print(f"  {size / 1024:7.2f} KB {count:7.1f}  {name}")
-    for form in ("sync", "async", "breakdown"):
+    for form in ("sync", "batch", "async", "abatch", "breakdown"):
         if "error" in results.get(form, {}):
             print(f"\n{form} FAILED:\n{results[form]['error']}", file=sys.stderr)
         elif results.get(form, {}).get("idle", {}).get("failed_count"):

@@ -50,6 +50,9 @@ CONNECT_RATE = 200.0
 
 #: A message for ``Gateway.publish_many``: its session, then what ``Client.publish_many`` takes.
 GatewayMessage = Union[tuple[Client, str, int, Union[bytes, str]], tuple[Client, PublishRequest]]
+#: The same for ``AsyncGateway.publish_many``, with its ``AsyncSession``.
+AsyncGatewayMessage = Union[tuple[AsyncSession, str, int, Union[bytes, str]],
+                            tuple[AsyncSession, PublishRequest]]
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -128,8 +131,13 @@ class _Sessions:
 
 def _locked(c: Client, topic: str, qos: int, payload: bytes, retain: bool, props: bytes
             ) -> Callable[[], tuple[tuple[int, list[Action]], tuple[int, int, int] | None]]:
-    """The locked part of one of ``Gateway.publish_many``'s messages (a group commit's)."""
-    return lambda: c._publish_locked(topic, qos, payload, retain, props, True)  # noqa: SLF001
+    """One of ``publish_many``'s messages stored, under its session's lock (a group commit's:
+    with ``SessionSync=always`` a token for the sync it waits for)."""
+
+    def locked() -> tuple[tuple[int, list[Action]], tuple[int, int, int] | None]:
+        with c._lock:  # noqa: SLF001  (an RLock: Turns may hold it already)
+            return c._publish_locked(topic, qos, payload, retain, props, True)  # noqa: SLF001
+    return locked
 
 
 class Gateway(_Sessions):
@@ -392,6 +400,70 @@ class AsyncGateway(_Sessions):
             raise
         self._sessions[client_id] = s
         return s
+
+    async def publish_many(self, messages: Iterable[AsyncGatewayMessage]) -> list[int]:
+        """``Gateway.publish_many`` on the loop: ``(session, topic, qos, data)`` or ``(session,
+        PublishRequest)`` messages of several sessions stored together, ONE fdatasync and one
+        await for all of them under ``SessionSync=always``; their packet ids. ``UsageError``
+        before anything is stored; ``PublishManyError`` for the messages a session could not
+        store, once the others are durable."""
+        items = []
+        for m in messages:
+            s = m[0] if isinstance(m, tuple) and m else None
+            if not isinstance(s, AsyncSession) or self._sessions.get(s.client_id) is not s:
+                raise UsageError("publish_many takes (session, topic, qos, data) or (session,"
+                                 " PublishRequest) tuples, session one of this gateway's")
+            items.append((s.client, _messages(s.client, [m[1] if len(m) == 2 else m[1:]])[0]))
+        ids: list[int | None] = []
+        errors: dict[int, Exception] = {}
+        waits: list[tuple[int, Client, tuple[int, int, int]]] = []
+        for i, (c, (topic, payload, qos, retain, props)) in enumerate(items):
+            try:
+                (pid, rest), token = _locked(c, topic, qos, payload, retain, props)()
+            except Exception as exc:  # this session's to report; the others go on
+                errors[i] = exc
+                ids.append(None)
+                continue
+            c._driver.finish(rest)  # noqa: SLF001
+            ids.append(pid)
+            if token is not None:
+                waits.append((i, c, token))
+        if waits:
+            await self._settle(waits, ids, errors)
+        if errors:
+            raise PublishManyError(ids, errors)
+        return cast("list[int]", ids)
+
+    async def _settle(self, waits: list[tuple[int, Client, tuple[int, int, int]]],
+                      ids: list[int | None], errors: dict[int, Exception]) -> None:
+        """``publish_many``'s held messages: one future for the last record, whose sync covers
+        the others (one log); each session then writes its own. A failed sync takes each
+        message back as its error; cancelled, each is released if durable, else taken back."""
+        last_i, last_c, last_token = waits[-1]
+        settled: set[int] = set()
+        try:
+            err = await self._sync.wait_held(last_c._driver, last_token)  # noqa: SLF001
+            settled.add(last_i)
+            done = {id(last_c._driver)}  # noqa: SLF001  (the sync's callback released it)
+            for i, c, token in waits:
+                d = c._driver  # noqa: SLF001
+                if i != last_i and self.store.is_synced(token[1], token[2]):
+                    if id(d) not in done:
+                        done.add(id(d))
+                        d.release_durable()  # this session's held messages, in order
+                    settled.add(i)
+                    continue
+                e = err if i == last_i else await self._sync.wait_held(d, token)
+                settled.add(i)
+                if e is not None:
+                    try:
+                        d.release(token, e)  # raises it: the message is taken back
+                    except Exception as exc:  # noqa: BLE001 - reported by publish_many
+                        errors[i], ids[i] = exc, None
+        finally:
+            for i, c, token in waits:
+                if i not in settled:  # cancelled: released if durable, else taken back
+                    c._driver.release_quietly(token, None)  # noqa: SLF001
 
     @property
     def sessions(self) -> dict[str, AsyncSession]:

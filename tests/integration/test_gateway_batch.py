@@ -128,3 +128,48 @@ def test_a_full_session_does_not_stop_the_others(tmp_path: Path) -> None:
         full, ok = gw.client("full", clean_session=False), gw.client("ok", clean_session=False)
         assert [m.message for m in full.outgoing_messages] == [b"f1"]
         assert [m.message for m in ok.outgoing_messages] == [b"o1", b"o2"]
+
+
+def test_async_gateway_publish_many(mosquitto: MosquittoBroker, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from mqttsession import AsyncGateway, Options
+
+    got: list[tuple[str, bytes]] = []
+    sub = Client(client_id="abatch-sub", clean_session=True)  # no state file: no fdatasync
+    sub.on_message_in = lambda e: got.append((e.topic, e.message))
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe("abatch/#", 1)
+    syncs = [0]
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        syncs[0] += 1
+        real(fd)
+
+    async def main() -> None:
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}")
+        async with AsyncGateway(tmp_path / "agw") as gw:
+            sessions = [await gw.session(f"abatch-{i}", opts, session_sync="always")
+                        for i in range(10)]
+            with pytest.raises(UsageError):  # not a session of this gateway: nothing stored
+                await gw.publish_many([(sessions[0], "abatch/0", 1, "x"), (sub, "t", 1, "x")])
+            monkeypatch.setattr(os, "fdatasync", counting)
+            for n in range(3):
+                ids = await gw.publish_many(
+                    [(s, f"abatch/{i}", 1, f"{i}-{n}") for i, s in enumerate(sessions)])
+                assert len(ids) == 10
+            monkeypatch.setattr(os, "fdatasync", real)
+            assert syncs[0] <= 6  # one or two a batch (publish in a loop: 30)
+            for s in sessions:
+                await s.flush()
+
+    try:
+        asyncio.run(main())
+        wait_until(lambda: len(got) == 30, what="every message of the three batches")
+    finally:
+        sub.close()
+    for i in range(10):
+        assert [d for t, d in got if t == f"abatch/{i}"] == [f"{i}-{n}".encode()
+                                                             for n in range(3)]
