@@ -75,11 +75,10 @@ class QueueFullError(MQTTSessionError):
     QueueFullPolicy=reject (or nothing it may drop): nothing was stored."""
 
 
-
 class PublishManyError(MQTTSessionError):
-    """``Gateway.publish_many`` could not store some of its messages; the others are durable
-    and go out. ``ids``: every packet id in order, None for each that failed; ``errors``:
-    each failure by its index."""
+    """``Gateway.publish_many`` (or ``AsyncGateway``'s) could not store some of its messages;
+    the others are durable and go out. ``ids``: every packet id in order, None for each that
+    failed; ``errors``: each failure by its index."""
 
     def __init__(self, ids: list[int | None], errors: dict[int, Exception]) -> None:
         first = min(errors)

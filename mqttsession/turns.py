@@ -177,12 +177,12 @@ def run_batch(batch: list[_Request]) -> None:
     each session's locked parts in order under one hold of its lock, then ONE fdatasync for
     all of their records (the first session's sync covers the others', in the same file) and
     each session's PUBLISHes. Sets each request's ``result`` or ``error``: a failed sync
-    takes its session's messages back and is their error. Interrupted before the sync ran
-    (KeyboardInterrupt), each held message is released if durable, else taken back."""
-    last = Turns._run(batch)
+    takes its session's messages back and is their error. Interrupted (KeyboardInterrupt)
+    before its session's sync ran, each held message is released if durable, else taken
+    back: none is left held."""
     errs: dict[_Owner, Exception | None] = {}
     try:
-        for owner, token in last:
+        for owner, token in Turns._run(batch):
             err = errs[owner] = owner.wait_durable(token, release=True)
             if err is None and owner.holds():  # another thread's fdatasync covered them
                 owner.release_durable()

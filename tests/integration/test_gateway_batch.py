@@ -8,7 +8,10 @@ real mosquitto.
   ``UsageError`` before anything is stored;
 * a session that cannot store its message (a full queue) does not stop the others:
   ``PublishManyError`` names it, the others are durable (a new gateway on the directory holds
-  them).
+  them);
+* a failed fdatasync (EIO) takes the whole batch back, and a KeyboardInterrupt during it leaves
+  no message held;
+* ``AsyncGateway.publish_many``: the same with one await.
 """
 
 from __future__ import annotations
@@ -173,3 +176,66 @@ def test_async_gateway_publish_many(mosquitto: MosquittoBroker, tmp_path: Path,
     for i in range(10):
         assert [d for t, d in got if t == f"abatch/{i}"] == [f"{i}-{n}".encode()
                                                              for n in range(3)]
+
+
+def test_a_failed_fdatasync_takes_the_batch_back(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fails the batch's fdatasync (EIO): every message of it is taken back out of
+    its session and reported (``PersistenceError``); the next batch is stored, and a new
+    gateway on the directory holds exactly what was stored."""
+    import errno
+
+    from mqttsession import PersistenceError
+
+    with Gateway(tmp_path / "gw") as gw:
+        a, b = gw.client("eio-a", clean_session=False), gw.client("eio-b", clean_session=False)
+        for c in (a, b):
+            c.config("SessionSync=always")
+        gw.publish_many([(a, "t/a", 1, "a0"), (b, "t/b", 2, "b0")])
+        real = os.fdatasync
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "injected")
+
+        monkeypatch.setattr(os, "fdatasync", failing)
+        with pytest.raises(PublishManyError) as raised:
+            gw.publish_many([(a, "t/a", 1, "a1"), (b, "t/b", 2, "b1"), (a, "t/a", 1, "a2")])
+        monkeypatch.setattr(os, "fdatasync", real)
+        err = raised.value
+        assert err.ids == [None, None, None]
+        assert all(isinstance(e, PersistenceError) for e in err.errors.values())
+        assert [m.message for m in a.outgoing_messages] == [b"a0"]
+        assert [m.message for m in b.outgoing_messages] == [b"b0"]
+        gw.publish_many([(b, "t/b", 2, "b3"), (a, "t/a", 1, "a3")])
+    with Gateway(tmp_path / "gw") as gw:
+        a, b = gw.client("eio-a", clean_session=False), gw.client("eio-b", clean_session=False)
+        assert [m.message for m in a.outgoing_messages] == [b"a0", b"a3"]
+        assert [m.message for m in b.outgoing_messages] == [b"b0", b"b3"]
+
+
+def test_an_interrupted_batch_leaves_nothing_held(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt during the batch's fdatasync: it propagates, and no message is left
+    held (one would block every later message of its session): not synced, each is taken
+    back (``on_error`` says so); the next batch is stored and held by nothing."""
+    with Gateway(tmp_path / "gw") as gw:
+        a, b = gw.client("int-a", clean_session=False), gw.client("int-b", clean_session=False)
+        reported: list[str] = []
+        for c in (a, b):
+            c.config("SessionSync=always")
+            c.on_error = lambda e: reported.append(e.description)
+        real = os.fdatasync
+
+        def interrupted(fd: int) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "fdatasync", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            gw.publish_many([(a, "t/a", 1, "a1"), (b, "t/b", 2, "b1")])
+        monkeypatch.setattr(os, "fdatasync", real)
+        assert not a.outgoing_messages and not b.outgoing_messages
+        assert len(reported) == 2 and all("taken back" in r for r in reported), reported
+        ids = gw.publish_many([(a, "t/a", 1, "a2"), (b, "t/b", 2, "b2")])
+        assert [m.message for m in a.outgoing_messages] == [b"a2"]
+        assert [m.message for m in b.outgoing_messages] == [b"b2"]
+        assert all(not c._driver.holds() for c in (a, b)), ids  # noqa: SLF001
