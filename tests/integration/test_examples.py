@@ -23,7 +23,7 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "script",
     ["restore_in_on_connected.py", "restore_then_connect.py", "mqtt5_expiry.py",
-     "working_with_sessions.py", "asyncio_gateway.py", "failover.py"],
+     "working_with_sessions.py", "asyncio_gateway.py", "failover.py", "device_gateway.py"],
 )
 def test_example_runs_against_a_named_broker(script: str, mosquitto: Any) -> None:
     out = _run(f"examples/{script}", "--broker", mosquitto.address)
