@@ -26,7 +26,7 @@ __all__ = [
     "Stepped", "Received", "Released", "Taken", "Subscribed", "Unsubscribed", "Connected",
     "SessionReset", "Disconnected", "Activity", "Spooled", "Loaded", "Orphaned",
     "OrphansReleased", "Reserved", "SessionLost", "ResumePlan",
-    "KINDS", "BINARY_TAGS", "encode_record",
+    "KINDS", "BINARY_TAGS", "encode_record", "encode_message",
     "decode_record", "quick_init", "MAX_SEQ",
 ]
 
@@ -461,16 +461,21 @@ _RELEASED: Final = struct.Struct(">cH")  # tag, packet id
 BINARY_TAGS: Final = (b"a", b"s", b"b", b"l", b"r", b"e")
 
 
+def encode_message(m: OutgoingMessage) -> bytes:
+    """The binary ``Accepted`` record of ``m`` (also a disk-queue frame's, and each message's
+    in a ``Loaded`` record), without a record value made for it."""
+    topic = m.topic.encode("utf-8")
+    return b"".join((
+        _ACCEPTED_AT.pack(b"b", m.seq, m.packet_id, m.qos, m.retain, len(topic),
+                          len(m.payload), len(m.properties), m.accepted_at),
+        topic, m.payload, m.properties,
+    ))
+
+
 def encode_record(rec: Record) -> bytes:
     """A record as the bytes the journal frames (binary for Accepted and Stepped)."""
     if type(rec) is Accepted:
-        m = rec.message
-        topic = m.topic.encode("utf-8")
-        return b"".join((
-            _ACCEPTED_AT.pack(b"b", m.seq, m.packet_id, m.qos, m.retain, len(topic),
-                              len(m.payload), len(m.properties), m.accepted_at),
-            topic, m.payload, m.properties,
-        ))
+        return encode_message(rec.message)
     if type(rec) is Stepped:
         return _STEPPED.pack(b"s", rec.seq, _EVENT_CODE[rec.event], rec.packet_id)
     if type(rec) is Received:  # the incoming QoS 2 path writes two records per message
@@ -482,11 +487,11 @@ def encode_record(rec: Record) -> bytes:
     if type(rec) is Released:
         return _RELEASED.pack(b"e", rec.packet_id)
     if type(rec) is Spooled:  # the disk queue's own frames: an Accepted record
-        return encode_record(Accepted(rec.message))
+        return encode_message(rec.message)
     if type(rec) is Loaded:
         parts = [_LOADED.pack(b"l", rec.spool_next, len(rec.messages))]
         for m in rec.messages:
-            data = encode_record(Accepted(m))
+            data = encode_message(m)
             parts += (_LENGTH.pack(len(data)), data)
         return b"".join(parts)
     if type(rec) is Activity:

@@ -9,7 +9,7 @@ Files (mode 0600, never opened through a symlink):
 
 - ``q-<first seq>.open``: the segment being appended to: a header frame
   (``["mqttsession-queue", 1, client id, first seq]``) and one journal frame
-  (``journal.frame``) per message, its ``Accepted`` record (``records.encode_record``), over
+  (``journal.frame``) per message, its ``Accepted`` record (``records.encode_message``), over
   zeros written ahead (copied into a mapping of the file unless synced at once: ``mapped.py``);
 - ``q-<first>-<last>-<count>-<bytes>-<size>.seg``: a full segment, sealed by a rename once it
   passed ``SEGMENT_BYTES`` (fsynced first under ``SessionSync=always``). Its name holds what a
@@ -40,7 +40,7 @@ from .journal import _fsync_dir, _write_all, zeros_ahead
 from .mapped import MappedTail
 from .statelock import _own_file
 from .recovery import _NOFOLLOW, frame, read_frames, zeros_from
-from .records import Accepted, OutgoingMessage, Spooled, decode_record, encode_record
+from .records import Accepted, OutgoingMessage, decode_record, encode_message
 from .state import message_bytes
 
 __all__ = ["QUEUE_SUFFIX", "SEGMENT_BYTES", "Spool"]
@@ -303,7 +303,7 @@ class Spool:
         """Store never-sent messages, in one write (persistence point 1): in the OS before
         returning, on disk with ``sync`` under ``SessionSync=always``; ``PersistenceError``
         otherwise (and none of them stored)."""
-        frames = [frame(encode_record(Spooled(m))) for m in messages]
+        frames = [frame(encode_message(m)) for m in messages]  # a Spooled record's bytes
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         with self._mutex:
             try:
