@@ -2,11 +2,13 @@
 
 Each setting is read from and written to one attribute of a settings object: the engine's
 (``EngineSettings``) or the Client's own (``ClientSettings``); a few have a setter of their own
-here (it checks the connection, reopens the state file or records the change).
+here (it checks the connection, reopens the state file or records the change). Also the
+Client's CONNECT parameters as the driver takes them (``ConnectParams``).
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any, Callable, Final
 
@@ -14,7 +16,7 @@ from .errors import UsageError
 from .options import parse_addresses
 from .records import MAX_EXPIRY
 
-__all__ = ["ClientSettings", "CONFIG", "parse_bool", "parse_int"]
+__all__ = ["ClientSettings", "CONFIG", "ConnectParams", "parse_bool", "parse_int"]
 
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
@@ -313,3 +315,22 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                         " connection was accepted by (also inside ``on_connected``); empty"
                         " without one."),
 }
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """What paho needs for CONNECT beyond the session (the Client's properties)."""
+
+    keep_alive: int
+    username: str | None
+    password: str | None
+    will_topic: str
+    will_message: bytes | str
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls: bool = False
+    tls_context: ssl.SSLContext | None = None  # instead of the paths
+    transport: str = "tcp"  # or "websockets"
+    ws_path: str = "/mqtt"
+    ws_headers: dict[str, str] | None = None

@@ -327,8 +327,11 @@ class Client:
             raise UsageError(f"config setting {name.strip()!r} is read-only")
         with self._lock:
             setter(self, value)
-        self._file.max_journal_bytes = self._settings.journal_max_bytes
-        self._file.segment_bytes = self._settings.queue_segment_bytes
+        f = self._file
+        f.max_journal_bytes = self._settings.journal_max_bytes
+        f.segment_bytes = self._settings.queue_segment_bytes
+        if f.journal is not None:  # an open state file too (a gateway's session opens at once)
+            f.journal.max_journal_bytes = f.max_journal_bytes
         return ""
 
     # ================================================================== connecting

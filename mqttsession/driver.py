@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 import time
 import uuid
@@ -18,11 +17,10 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Protocol, cast
 
 from . import codec
-from ._config import ClientSettings
+from ._config import ClientSettings, ConnectParams
 from ._paho import PahoConnection
 from .properties import connect_properties, disconnect_properties, server_reference
 from .pump import AsyncioPump
@@ -56,25 +54,6 @@ class Host(Protocol):
 
     def run(self, coro: Coroutine[Any, Any, None], timeout: float | None) -> None:
         """Run ``coro`` on the loop and wait for it (from another thread)."""
-
-
-@dataclass(frozen=True)
-class ConnectParams:
-    """What paho needs for CONNECT beyond the session (the Client's properties)."""
-
-    keep_alive: int
-    username: str | None
-    password: str | None
-    will_topic: str
-    will_message: bytes | str
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls: bool = False
-    tls_context: ssl.SSLContext | None = None  # instead of the paths
-    transport: str = "tcp"  # or "websockets"
-    ws_path: str = "/mqtt"
-    ws_headers: dict[str, str] | None = None
 
 
 class Driver(Durability):
@@ -422,7 +401,14 @@ class Driver(Durability):
                 later.append(a)
         if joined:
             self._write_joined(joined)
-        if durable:
+        if durable and deferred and accepted is not None:  # a held record is not durable:
+            try:  # a failed compaction dropped it, so the publish fails (not on_error)
+                f.compact_before_publish(st)
+            except Exception:
+                for rec in reversed(accepted) if isinstance(accepted, list) else (accepted,):
+                    self.engine.retract(rec)
+                raise
+        elif durable:
             f.compact_if_due(st)
             if later_sync and not deferred:
                 self._sync_later()

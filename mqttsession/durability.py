@@ -135,9 +135,8 @@ class Durability:
                     err = None
                 else:
                     self.engine.withdraw(token[0])
-                rest: list[Action] = []
-            else:
-                rest = self.run(self.engine.durable(self._take_durable()))
+            # the durable ones behind it go out (a failed one never blocks those after it)
+            rest = self.run(self.engine.durable(self._take_durable()))
         self.finish(rest)
         if err is not None:
             raise err

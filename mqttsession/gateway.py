@@ -233,7 +233,8 @@ class Gateway(_Sessions):
         ONE fdatasync makes all of them durable before this returns (the group commit across
         sessions, from one thread; ``publish_data`` in a loop pays one a message). Each is
         ``(client, topic, qos, data)`` or ``(client, PublishRequest)``, ``client`` a session
-        of this gateway; each session's go out in the order given. Returns their packet ids.
+        of this gateway; each session's QoS 1/2 messages go out in the order given (QoS 0 at
+        once, as ``Client.publish_many``'s). Returns their packet ids.
 
         A bad message (``UsageError``) raises before any is stored. One that its session
         cannot store (``QueueFullError``, ``PersistenceError``, a closed session) does not
@@ -438,9 +439,11 @@ class AsyncGateway(_Sessions):
                       ids: list[int | None], errors: dict[int, Exception]) -> None:
         """``publish_many``'s held messages: one future for the last record, whose sync covers
         the others (one log); each session then writes its own. A failed sync takes each
-        message back as its error; cancelled, each is released if durable, else taken back."""
+        message back as its error; cancelled, each is released once the sync under way ends
+        if durable, else taken back."""
         last_i, last_c, last_token = waits[-1]
         settled: set[int] = set()
+        awaiting = last_i  # its future, cancelled, is the sync callback's to settle
         try:
             err = await self._sync.wait_held(last_c._driver, last_token)  # noqa: SLF001
             settled.add(last_i)
@@ -453,6 +456,7 @@ class AsyncGateway(_Sessions):
                         d.release_durable()  # this session's held messages, in order
                     settled.add(i)
                     continue
+                awaiting = i
                 e = err if i == last_i else await self._sync.wait_held(d, token)
                 settled.add(i)
                 if e is not None:
@@ -462,8 +466,10 @@ class AsyncGateway(_Sessions):
                         errors[i], ids[i] = exc, None
         finally:
             for i, c, token in waits:
-                if i not in settled:  # cancelled: released if durable, else taken back
-                    c._driver.release_quietly(token, None)  # noqa: SLF001
+                if i not in settled and i != awaiting:
+                    # cancelled: the sync under way decides, as for a cancelled publish (its
+                    # callback releases each message if durable, else takes it back)
+                    self._sync.wait_held(c._driver, token).cancel()  # noqa: SLF001
 
     @property
     def sessions(self) -> dict[str, AsyncSession]:

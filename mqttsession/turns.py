@@ -177,7 +177,8 @@ def run_batch(batch: list[_Request]) -> None:
     each session's locked parts in order under one hold of its lock, then ONE fdatasync for
     all of their records (the first session's sync covers the others', in the same file) and
     each session's PUBLISHes. Sets each request's ``result`` or ``error``: a failed sync
-    takes its session's messages back and is their error. Interrupted (KeyboardInterrupt)
+    takes its session's messages back and is their error, as is another thread's failed
+    sync that cut a record of the batch before its session's sync ran. Interrupted (KeyboardInterrupt)
     before its session's sync ran, each held message is released if durable, else taken
     back: none is left held."""
     errs: dict[_Owner, Exception | None] = {}
@@ -194,9 +195,11 @@ def run_batch(batch: list[_Request]) -> None:
             if r.owner not in errs:  # interrupted first: never left held
                 r.owner.release_quietly(held, None)
                 continue
-            err = errs[r.owner]
-            if err is not None or r.owner.awaits(held):
-                try:
-                    r.owner.release(held, err)  # raises ``err``, its message taken back
-                except Exception as exc:  # this one's to report
-                    r.error = exc
+            if not r.owner.awaits(held):
+                continue  # released by its session's sync
+            # covered by that sync, unless another thread's failed sync cut it meanwhile
+            err = errs[r.owner] or r.owner.wait_durable(held)
+            try:
+                r.owner.release(held, err)  # raises ``err``, its message taken back
+            except Exception as exc:  # this one's to report
+                r.error = exc

@@ -239,3 +239,125 @@ def test_an_interrupted_batch_leaves_nothing_held(tmp_path: Path,
         assert [m.message for m in a.outgoing_messages] == [b"a2"]
         assert [m.message for m in b.outgoing_messages] == [b"b2"]
         assert all(not c._driver.holds() for c in (a, b)), ids  # noqa: SLF001
+
+
+def test_a_record_cut_by_another_threads_failed_sync_is_reported(
+        mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread's fdatasync fails (EIO) while ``publish_many`` is between two messages of
+    one session: the first one's held record is cut with it. It is reported (not returned as
+    published), and no message of the session is left held: the later ones go out."""
+    import errno
+
+    from mqttsession import PersistenceError
+
+    real = os.fdatasync
+    fail = [False]
+
+    def maybe_failing(fd: int) -> None:
+        if fail[0]:
+            raise OSError(errno.EIO, "injected")
+        real(fd)
+
+    with Gateway(tmp_path / "gw") as gw:
+        a, b = gw.client("cut-a", clean_session=False), gw.client("cut-b", clean_session=False)
+        for c in (a, b):
+            c.config("SessionSync=always")
+        monkeypatch.setattr(os, "fdatasync", maybe_failing)
+        locked, calls = a._publish_locked, [0]  # noqa: SLF001
+
+        def between(*args: Any, **kwargs: Any) -> Any:  # the other thread, at this moment
+            calls[0] += 1
+            if calls[0] == 2:
+                fail[0] = True
+                with pytest.raises(PersistenceError):
+                    b.publish_data("t/b", 1, b"b1")
+                fail[0] = False
+            return locked(*args, **kwargs)
+
+        monkeypatch.setattr(a, "_publish_locked", between)
+        with pytest.raises(PublishManyError) as raised:
+            gw.publish_many([(a, "t/a", 1, "a1"), (a, "t/a", 1, "a2")])
+        monkeypatch.setattr(a, "_publish_locked", locked)
+        assert list(raised.value.errors) == [0]
+        assert isinstance(raised.value.errors[0], PersistenceError)
+        assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
+        a.publish_data("t/a", 1, b"a3")
+        assert a.flush(10), [m.message for m in a.outgoing_messages]
+        assert not a._driver.holds()  # noqa: SLF001
+
+
+def test_what_publish_many_returned_is_on_disk_after_each_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction due inside a batch, and an fdatasync that fails (EIO) once: after every
+    call, the store on disk (what a kill -9 would restore) holds exactly the messages that
+    ``publish_many`` returned as published."""
+    import errno
+
+    from mqttsession.sessionlog import read_sessions
+
+    real = os.fdatasync
+    fail = [False]
+
+    def failing_once(fd: int) -> None:
+        if fail[0]:
+            fail[0] = False
+            raise OSError(errno.EIO, "injected")
+        real(fd)
+
+    with Gateway(tmp_path / "gw") as gw:
+        a = gw.client("cmp-a", clean_session=False)
+        a.config("SessionSync=always")
+        a.config("JournalMaxBytes=300")  # a compaction due every few messages
+        monkeypatch.setattr(os, "fdatasync", failing_once)
+        stored: list[bytes] = []
+        for n in range(8):
+            fail[0] = n in (2, 5)
+            data = f"a{n}".encode() + b"x" * 100
+            try:
+                gw.publish_many([(a, "t/a", 1, data)])
+                stored.append(data)
+            except PublishManyError:
+                pass
+            on_disk = read_sessions(str(tmp_path / "gw"))["cmp-a"]
+            assert [m.payload for m in on_disk.outgoing.values()] == stored, n
+        assert [m.message for m in a.outgoing_messages] == stored
+
+
+def test_a_cancelled_async_publish_many_ends_as_its_sync_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AsyncGateway.publish_many`` cancelled while its fdatasync runs (a slow card): the
+    messages are settled when the sync ends, as a cancelled ``publish``'s are: durable, they
+    stay in their sessions, which then hold what the disk holds."""
+    import asyncio
+    import time
+
+    from mqttsession import AsyncGateway
+    from mqttsession.sessionlog import read_sessions
+
+    real = os.fdatasync
+
+    def slow(fd: int) -> None:
+        time.sleep(0.3)
+        real(fd)
+
+    async def main() -> None:
+        async with AsyncGateway(tmp_path / "agw") as gw:
+            a = await gw.session("can-a", session_sync="always", connect=False)
+            b = await gw.session("can-b", session_sync="always", connect=False)
+            monkeypatch.setattr(os, "fdatasync", slow)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    gw.publish_many([(a, "t/a", 1, "a1"), (b, "t/b", 1, "b1")]), 0.05)
+            for _ in range(100):  # the sync job ends and its callback settles them
+                if not a.client._driver.holds() and not b.client._driver.holds():  # noqa: SLF001
+                    break
+                await asyncio.sleep(0.05)
+            monkeypatch.setattr(os, "fdatasync", real)
+            in_memory = ([m.message for m in a.client.outgoing_messages],
+                         [m.message for m in b.client.outgoing_messages])
+            on_disk = read_sessions(str(tmp_path / "agw"))
+            disk = ([m.payload for m in on_disk["can-a"].outgoing.values()],
+                    [m.payload for m in on_disk["can-b"].outgoing.values()])
+            assert in_memory == disk == ([b"a1"], [b"b1"])
+
+    asyncio.run(main())
