@@ -245,11 +245,13 @@ def test_compactions_while_threads_share_syncs_do_not_deadlock(
             c.close()
 
 
+@pytest.mark.parametrize("bound", [0, 1024], ids=["no compaction", "compactions"])
 def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int) -> None:
     """Publishers in eight threads take turns running each other's publishes (one hold of the
-    lock, one fdatasync a batch); every third fdatasync fails (EIO). A publish that returned
-    is in the session, in its thread's order, and after a restart; one that raised
+    lock, one fdatasync a batch); every third fdatasync fails (EIO), and with a small journal
+    bound every third fsync too (a compaction's, right after a held record). A publish that
+    returned is in the session, in its thread's order, and after a restart; one that raised
     PersistenceError is in neither."""
     import errno
 
@@ -260,6 +262,7 @@ def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
     c.config(f"SessionStateFile={tmp_path / 's'}")
     c.restore_session("")
     c.publish_data("t", 1, b"first")  # the journal is open: the group commit applies
+    c.config(f"JournalMaxBytes={bound}")
     calls = [0]
     count_lock = threading.Lock()
 
@@ -274,6 +277,12 @@ def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
             if fail:
                 raise OSError(errno.EIO, "Input/output error")
             os.fdatasync(fd)
+
+        def fsync(self, fd: int) -> None:  # a compaction's (write_atomic)
+            if bound:
+                self.fdatasync(fd)
+            else:
+                os.fsync(fd)
 
     batches: list[int] = []
     orig_run = Turns._run
