@@ -65,12 +65,23 @@ def _publish(broker: Any, topic: str, payloads: list[tuple[str, int]]) -> None:
 
 def _publish_in_order(broker: Any, client: Client, topic: str,
                       payloads: list[tuple[str, int]]) -> None:
-    """One at a time, each once ``client`` holds it: they arrive in this order (a QoS 2
-    message is delivered on PUBREL, so it could otherwise arrive after later QoS 1 ones)."""
-    for p in payloads:
-        n = len(client.incoming_messages)
-        _publish(broker, topic, [p])
-        _wait(lambda: len(client.incoming_messages) > n, f"{p} received")
+    """One at a time, each once ``client`` delivered it to its front end: they arrive in this
+    order (a QoS 2 message is held on PUBLISH and delivered on PUBREL, so waiting only until
+    ``client`` holds it would let a later QoS 1 one be delivered first)."""
+    handler = client.on_message_in
+    delivered: list[bytes] = []
+
+    def count(e: MessageEvent) -> None:
+        delivered.append(e.message)  # before: a full front end keeps the handler waiting
+        handler(e)
+
+    client.on_message_in = count
+    try:
+        for p in payloads:
+            _publish(broker, topic, [p])
+            _wait(lambda: p[0].encode() in delivered, f"{p} delivered")
+    finally:
+        client.on_message_in = handler
 
 
 def _acks(proxy: Any, kind: str) -> list[int]:
