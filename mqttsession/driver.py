@@ -388,11 +388,11 @@ class Driver(Durability):
                 except Exception as exc:
                     if joined:  # written before it: they do not depend on it
                         self._write_joined(joined)
-                    if isinstance(accepted, list):  # publish_many: all of them, last first
-                        for rec in reversed(accepted):
+                    if accepted is not None:  # publish_many: all of them, last first
+                        for rec in reversed(accepted) if isinstance(accepted, list) \
+                                else (accepted,):
                             self.engine.retract(rec)
-                    elif accepted is not None:
-                        self.engine.retract(accepted)
+                        f.rewrite(st)  # (a snapshot written before the failure may hold it)
                     if not quiet:
                         raise
                     later.append(Notify("on_error", ErrorEvent(
@@ -407,6 +407,7 @@ class Driver(Durability):
             except Exception:
                 for rec in reversed(accepted) if isinstance(accepted, list) else (accepted,):
                     self.engine.retract(rec)
+                f.rewrite(st)  # (its snapshot may be in place, holding them)
                 raise
         elif durable:
             f.compact_if_due(st)

@@ -128,6 +128,15 @@ class Durability:
         """After ``wait_durable``: the durable held messages are written, in order (by
         whichever publisher gets here first); a failed one is withdrawn and ``err`` raised."""
         with self.lock:
+            j = self.file.journal
+            if err is not None and j is not None and token in self._awaiting \
+                    and j.is_synced(token[1], token[2]):
+                # the sync failed and cut the record, but a record of another thread then
+                # rewrote the file whole from memory, this message with it (the lock held
+                # there, as here): it is durable, so it stays and the publish succeeds; taken
+                # back, it would come back after a restart though the publisher was told it
+                # failed (a duplicate once published again)
+                err = None
             if err is not None:
                 try:
                     self._awaiting.remove(token)
@@ -135,6 +144,9 @@ class Durability:
                     err = None
                 else:
                     self.engine.withdraw(token[0])
+                    # its record may reach the disk yet (written, its sync interrupted; or
+                    # cut, in a snapshot rewritten since): the file is rewritten without it
+                    self.file.rewrite(self.engine.state)
             # the durable ones behind it go out (a failed one never blocks those after it)
             rest = self.run(self.engine.durable(self._take_durable()))
         self.finish(rest)

@@ -98,6 +98,7 @@ class SessionLog:
         self._mutex = threading.RLock()  # the view's own (before the log's)
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced: tuple[int, int] | None = None  # written, not synced (policy always)
+        self._snapshot_at: tuple[int, int] | None = None  # the last snapshot synced, its end
         self._closed = False
 
     def exists(self) -> bool:
@@ -140,6 +141,7 @@ class SessionLog:
             with lg._mutex:
                 if lg.is_synced(gen, pos):
                     s.prev = None
+                    self._snapshot_at = (gen, pos)
             self._unsynced = None
             log.debug("session %s compacted: %d bytes of records folded into a snapshot of %d"
                       " bytes", self.path, folded, len(body))
@@ -227,7 +229,10 @@ class SessionLog:
             self._unsynced = None
 
     def is_synced(self, gen: int, pos: int) -> bool:
-        return self._log.is_synced(gen, pos)  # (positions are the shared log's)
+        """(Positions are the shared log's.) Also True for a record a failed sync cut when a
+        snapshot of the session's state, synced since, holds what it wrote."""
+        at = self._snapshot_at
+        return self._log.is_synced(gen, pos) or (at is not None and (gen, pos) < at)
 
     def position(self) -> tuple[int, int]:
         return self._log.position()

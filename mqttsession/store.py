@@ -13,6 +13,7 @@ procedure 1 restores it in ``on_connected``), and never overwrites one: it is ke
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from typing import Protocol, Sequence
 
@@ -24,6 +25,8 @@ from .sharedlog import SharedLog
 from .records import Loaded, OutgoingMessage, Spooled
 from .spool import SEGMENT_BYTES, Spool
 from .state import Record, SessionState, message_bytes
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MemoryStore", "StateFile", "Store"]
 
@@ -400,6 +403,20 @@ class StateFile:
         elif self.path:
             require_directory(self.path)  # a UsageError that names it, not ENOENT
             write_atomic(self.path, text, sync=self.sync)
+
+    def rewrite(self, state: SessionState) -> None:
+        """A publish taken back after a failed write, sync or compaction: what reached the
+        file may still hold its message (a record written but interrupted before its sync, a
+        compaction's snapshot put in place before its journal failed). The file is rewritten
+        from memory now, so that a restart does not find a message its publisher was told is
+        not stored (a duplicate once published again); best effort: a failure is left for
+        the next write, which rewrites it then."""
+        j = self.journal
+        if j is not None and self.unrestored is None:  # (never over a session not restored)
+            try:
+                j.compact(state)
+            except Exception as exc:  # (the journal is marked broken: the next write retries)
+                log.debug("rewriting the state file after a failed publish failed: %s", exc)
 
     def compact_before_publish(self, state: SessionState) -> None:
         """A due compaction before a publish: a fault here fails a publish not yet made."""

@@ -164,9 +164,11 @@ def test_a_failed_shared_sync_fails_every_asyncio_publish_waiting_for_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
     """Concurrent AsyncSession publishes share one fdatasync, and their records wait in
     memory for the publisher that runs it to write them all first; when that fdatasync (EIO)
-    or that write (ENOSPC) fails, every one of them raises PersistenceError and none is left
-    in the session, and the next publish succeeds; a restart finds exactly what was
-    accepted."""
+    or that write (ENOSPC) fails, the publisher that ran it raises PersistenceError and its
+    message is not in the session. The others fail with it, unless the file was rewritten
+    whole from memory meanwhile (the failed publish's message taken back, theirs in it, with
+    an fsync that worked: after a failed fdatasync): a publish that returned is in the
+    session, one that raised is not, and a restart finds exactly what returned."""
     import errno
 
     from mqttsession.errors import PersistenceError
@@ -184,6 +186,8 @@ def test_a_failed_shared_sync_fails_every_asyncio_publish_waiting_for_it(
             err = errno.EIO if fails == "fdatasync" else errno.ENOSPC
             raise OSError(err, os.strerror(err))
 
+    returned: list[bytes] = []
+
     async def main() -> list[bytes]:
         s = await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="agc-fail",
                                       state_file=str(tmp_path / "a"), connect=False)
@@ -192,18 +196,22 @@ def test_a_failed_shared_sync_fails_every_asyncio_publish_waiting_for_it(
         results = await asyncio.gather(*(s.publish("t", b"lost%d" % i, 1) for i in range(20)),
                                        return_exceptions=True)
         monkeypatch.setattr(journal_mod, "os", os)
-        assert all(isinstance(r, PersistenceError) for r in results), results
+        assert all(isinstance(r, (PersistenceError, int)) for r in results), results
+        assert isinstance(results[0], PersistenceError)  # the one that ran the failed call
+        if fails == "write":  # (the rewrite cannot write either)
+            assert all(isinstance(r, PersistenceError) for r in results), results
         assert failed  # the records met the failing disk
+        returned.extend(b"lost%d" % i for i, r in enumerate(results) if isinstance(r, int))
         await s.publish("t", b"after", 2)
         held = [m.message for m in s._client.outgoing_messages]
         await s.close()
         return held
 
-    assert asyncio.run(main()) == [b"kept", b"after"]
+    assert asyncio.run(main()) == [b"kept", *returned, b"after"]
     d = Client(client_id="agc-fail", clean_session=False)
     d.config(f"SessionStateFile={tmp_path / 'a'}")
     d.restore_session("")
-    assert [m.message for m in d.outgoing_messages] == [b"kept", b"after"]
+    assert [m.message for m in d.outgoing_messages] == [b"kept", *returned, b"after"]
     d.close()
 
 
@@ -324,6 +332,10 @@ def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
         return out
 
     assert per_thread([m.message for m in c.outgoing_messages]) == returned
+    # what a kill -9 now would leave: exactly what returned (none that raised)
+    with c._lock:  # noqa: SLF001  (no write under way while the files are copied)
+        crashed = _crash_copy(tmp_path / "s", "gc-batch-fail")
+    assert per_thread(crashed) == returned
     c.close()
     d = Client(client_id="gc-batch-fail", clean_session=False)
     d.config(f"SessionStateFile={tmp_path / 's'}")
@@ -331,3 +343,91 @@ def test_threads_whose_shared_sync_fails_raise_and_only_what_returned_is_kept(
     assert d.outgoing_messages[0].message == b"first"
     assert per_thread([m.message for m in d.outgoing_messages]) == returned
     d.close()
+
+
+def test_a_failed_sync_then_a_rewrite_keeps_the_message_it_wrote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group commit's fdatasync fails (EIO) and cuts the journal; before its publisher takes
+    the message back, another thread's record rewrites the file whole from memory, with that
+    message (on disk now). The publish then returns (the message is durable and stays), not
+    PersistenceError: what a kill -9 leaves is exactly what the publishers were told (before,
+    the publish raised, the message was taken back from memory but not from the file, and a
+    restart found it: a duplicate once the application published it again)."""
+    import errno
+
+    path = tmp_path / "s"
+    c = Client(client_id="gc-rewrite", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    c.publish_data("t", 1, b"first")  # the journal is open: the group commit applies
+    d = c._driver  # noqa: SLF001  (the two halves of a group-commit publish, one at a time)
+
+    class _Failing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+    (_pid, rest), token = c._publish_locked("t", 1, b"A", None, b"", True)  # noqa: SLF001
+    assert token is not None
+    monkeypatch.setattr(journal_mod, "os", _Failing())
+    err = d.wait_durable(token)
+    assert err is not None  # cut: A's record is not in the file
+    monkeypatch.setattr(journal_mod, "os", os)
+    c.subscribe("u", 1)  # another thread's record: the file is rewritten whole, A with it
+    d.release(token, err)  # A's publisher: durable after all, no error
+    assert [m.message for m in c.outgoing_messages] == [b"first", b"A"]
+    assert _crash_copy(path, "gc-rewrite") == [b"first", b"A"]  # what a kill -9 leaves
+    c.close()
+
+
+def _crash_copy(path: Path, client_id: str) -> list[bytes]:
+    """The outgoing messages a process restarted now would recover from ``path``'s files."""
+    from mqttsession.journal import Journal
+
+    copy = path.with_name(path.name + "-crash")
+    for src, dst in ((path, copy), (Path(str(path) + journal_mod.JOURNAL_SUFFIX),
+                                    Path(str(copy) + journal_mod.JOURNAL_SUFFIX))):
+        if src.exists():
+            dst.write_bytes(src.read_bytes())
+    j = Journal(str(copy), client_id, sync=False)
+    try:
+        return [m.payload for m in j.recover().outgoing.values()]
+    finally:
+        j.close()
+
+
+def test_a_publish_interrupted_in_its_fdatasync_is_not_found_after_a_kill(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt in a group commit's fdatasync: the record was written, not synced,
+    so the message is taken back (``on_error`` says so), and the file is rewritten without it:
+    what a kill -9 leaves then does not hold it (before, the written record came back after a
+    restart: a duplicate once the application published it again)."""
+    path = tmp_path / "s"
+    c = Client(client_id="gc-interrupt", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    reported: list[str] = []
+    c.on_error = lambda e: reported.append(e.description)
+    c.publish_data("t", 1, b"first")
+    (_pid, _rest), token = c._publish_locked("t", 1, b"A", None, b"", True)  # noqa: SLF001
+    assert token is not None
+
+    class _Interrupted:  # (once: Ctrl-C is pressed once)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            monkeypatch.setattr(journal_mod, "os", os)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal_mod, "os", _Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        c._driver.settle(token)  # noqa: SLF001
+    assert [m.message for m in c.outgoing_messages] == [b"first"]
+    assert reported and "taken back" in reported[0], reported
+    assert _crash_copy(path, "gc-interrupt") == [b"first"]
+    c.publish_data("t", 1, b"after")
+    assert _crash_copy(path, "gc-interrupt") == [b"first", b"after"]
+    c.close()
