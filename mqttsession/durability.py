@@ -101,11 +101,14 @@ class Durability:
         return bool(self._awaiting)
 
     def hold(self, seq: int) -> tuple[int, int, int] | None:
-        """After ``run`` wrote a held message's record (lock held): what ``settle`` waits for."""
+        """After ``run`` wrote a held message's record (lock held): what ``settle`` waits for,
+        where the store's append put it (not where the store ends now: another thread's
+        failed sync may have cut it since, and a token at or before the cut counts as
+        synced)."""
         j = self.file.journal
         if j is None:
             return None
-        gen, pos = j.position()
+        gen, pos = j.appended_at
         token = (seq, gen, pos)
         self._awaiting.append(token)
         return token

@@ -208,6 +208,8 @@ class Journal(GroupCommit):
         self._seek = True  # the fd's offset is to be set to ``_size`` before the next write
         self._map = MappedTail()  # the journal's file: records copied in, no write()
         self._broken = False  # a write failed: the next write is a full compaction
+        #: (incarnation, offset) where the last append's records end (``Durability.hold``)
+        self.appended_at: tuple[int, int] = (0, 0)
         self._snapshot_size = 0
         self._snapshot_fd: int | None = None  # the snapshot, held open to see it unlinked
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
@@ -629,6 +631,8 @@ class Journal(GroupCommit):
             if held and self._lazy:  # (the bytes of the frames since the last held one)
                 self._held_bytes += sum(map(len, self._lazy[self._held:]))
                 self._held = len(self._lazy)
+            if not lazy:  # where these records end, read with the append: a failed sync in
+                self.appended_at = self.position()  # another thread may cut them right after
 
     def _append(self, records: Sequence[Record], state: SessionState, sync: bool,
                 lazy: bool) -> None:

@@ -24,6 +24,7 @@ from .sharedlog import (
     _SNAPSHOT,
     ASIDE_DIR,
     AUTO_SESSION_BYTES,
+    StaleSession,
     _tagged,
     log,
     parse,
@@ -99,6 +100,7 @@ class SessionLog:
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced: tuple[int, int] | None = None  # written, not synced (policy always)
         self._snapshot_at: tuple[int, int] | None = None  # the last snapshot synced, its end
+        self.appended_at: tuple[int, int] = (0, 0)  # where the last append's records end
         self._closed = False
 
     def exists(self) -> bool:
@@ -137,6 +139,7 @@ class SessionLog:
                 s = lg._session(self.client_id)
                 folded = s.rec_bytes
                 gen, pos = lg._write(s, [_tagged(_SNAPSHOT, s.sid, body)], _SNAPSHOT)
+                self.appended_at = (gen, pos)
             lg.sync_to(gen, pos)  # a failure cuts it: the previous snapshot counts again
             with lg._mutex:
                 if lg.is_synced(gen, pos):
@@ -173,7 +176,13 @@ class SessionLog:
             with lg._mutex:
                 fresh = lg._session(self.client_id) is not s or s.stale or s.snap is None
                 if not fresh:
-                    gen, pos = lg._write(s, frames, _RECORD, hold=held and self.writes_lazy_at_sync)
+                    try:
+                        gen, pos = lg._write(s, frames, _RECORD,
+                                             hold=held and self.writes_lazy_at_sync)
+                    except StaleSession:  # cut since the look above
+                        fresh = True
+                    else:
+                        self.appended_at = (gen, pos)  # (with the write: a cut may follow)
             if fresh:  # a failed sync cut it meanwhile
                 self.compact(state)
             elif sync and self.sync:

@@ -61,7 +61,13 @@ from .recovery import (
 if TYPE_CHECKING:
     from .sessionlog import SessionLog
 
-__all__ = ["LOCK_NAME", "LOG_NAME", "SessionStats", "SharedLog"]
+__all__ = ["LOCK_NAME", "LOG_NAME", "SessionStats", "SharedLog", "StaleSession"]
+
+
+class StaleSession(PersistenceError):
+    """A session's record cannot be appended: records before it were cut (its view writes a
+    snapshot of the session's state instead)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +335,11 @@ class SharedLog(GroupCommit):
         that covers it (or any write before it), one ``write`` for every session's."""
         while True:
             self._settle()
+            if tag == _RECORD and (s.stale or s.snap is None):
+                # a failed sync in another thread cut what this record follows (after the
+                # caller looked): written after the rebuild, it would follow nothing
+                raise StaleSession(None, f"session {s.client_id} lost records to a failed"
+                                         " sync: it is rewritten whole")
             if self._broken or self._fd is None:
                 if self._lock_fd is None:
                     raise PersistenceError(None, f"shared log {self.path} is closed")

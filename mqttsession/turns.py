@@ -101,8 +101,8 @@ class Turns:
                     self._turn.release()
                     for r in batch:
                         self._done(r)
-                if queue:  # queued while this one ran: the turn goes to the first of them
-                    queue[0].signal()
+                    if queue:  # queued while this one ran: the turn goes to the first of
+                        queue[0].signal()  # them (also when this one was interrupted)
         except BaseException:
             try:
                 queue.remove(req)  # not run: nothing to take back

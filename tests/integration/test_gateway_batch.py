@@ -422,3 +422,113 @@ def test_a_cancelled_async_publish_many_ends_as_its_sync_does(
             assert in_memory == disk == ([b"a1"], [b"b1"])
 
     asyncio.run(main())
+
+
+def test_a_batch_record_cut_right_after_it_was_written_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A review's finding.) Another session's fdatasync, in another thread, writes a
+    ``publish_many`` message's held record right after it was appended, fails (EIO) and cuts
+    it, before the batch takes its token: the message is reported, not returned as published
+    (before, the token pointed where the log ended after the cut, which counted as synced),
+    and the store holds exactly what returned."""
+    import errno
+
+    from mqttsession import PersistenceError
+    from mqttsession.driver import Driver
+    from mqttsession.sessionlog import read_sessions
+
+    real = os.fdatasync
+    with Gateway(tmp_path / "gw") as gw:
+        a, b = gw.client("a", clean_session=False), gw.client("b", clean_session=False)
+        for x in (a, b):
+            x.config("SessionSync=always")
+        b.on_error = lambda e: None
+        orig_hold = Driver.hold
+        raised: list[BaseException] = []
+
+        def hold(self: Driver, seq: int) -> Any:
+            # another session's publish_data, in another thread, right now; its fdatasync
+            # (which writes a's held record first) fails once (EIO)
+            if self is a._driver:  # noqa: SLF001
+                def once(fd: int) -> None:
+                    monkeypatch.setattr(os, "fdatasync", real)
+                    raise OSError(errno.EIO, "injected EIO")
+                monkeypatch.setattr(os, "fdatasync", once)
+
+                def other() -> None:
+                    try:
+                        b.publish_data("t", 1, b"b1")
+                    except BaseException as exc:  # noqa: BLE001
+                        raised.append(exc)
+                t = threading.Thread(target=other)
+                t.start()
+                t.join()
+            return orig_hold(self, seq)
+
+        monkeypatch.setattr(Driver, "hold", hold)
+        with pytest.raises(PublishManyError) as failed:
+            gw.publish_many([(a, "t", 1, "a1")])
+        monkeypatch.setattr(Driver, "hold", orig_hold)
+        assert list(failed.value.errors) == [0] and isinstance(raised[0], PersistenceError)
+        assert a.outgoing_messages == () and b.outgoing_messages == ()
+        stored = read_sessions(str(tmp_path / "gw"))  # what a kill -9 now leaves
+        assert all(not st.outgoing for st in stored.values()), stored
+
+
+def test_gateway_record_written_after_a_rebuild_that_cut_its_predecessor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A review's finding.) A session's record is appended just after another thread's
+    fdatasync failed and cut the record before it (after the append looked, before it
+    wrote): the record is not written after the rebuilt log's gap (which made the session
+    unreadable: StateError, kept aside as damaged); the session is rewritten whole instead,
+    holding the cut message too, which is then durable and returned as published."""
+    import errno
+
+    from mqttsession import PersistenceError
+    from mqttsession.errors import StateError
+    from mqttsession.sessionlog import read_sessions
+    from mqttsession.sharedlog import SharedLog
+
+    real = os.fdatasync
+    entered, go = threading.Event(), threading.Event()
+
+    def blocking_failing(fd: int) -> None:  # the other thread's fdatasync: slow, then EIO
+        monkeypatch.setattr(os, "fdatasync", real)
+        entered.set()
+        go.wait(10)
+        raise OSError(errno.EIO, "injected EIO")
+
+    with Gateway(tmp_path / "gw") as gw:
+        a = gw.client("a", clean_session=False)
+        a.config("SessionSync=always")
+        a.on_error = lambda e: None
+        d = a._driver  # noqa: SLF001
+        with a._lock:  # noqa: SLF001  (a1: a group commit's held record)
+            (_p, _r), t1 = a._publish_locked("t", 1, b"a1", None, b"", True)  # noqa: SLF001
+        assert t1 is not None
+        monkeypatch.setattr(os, "fdatasync", blocking_failing)
+        err1: list[Any] = []
+        x = threading.Thread(target=lambda: err1.append(d.wait_durable(t1)))
+        x.start()
+        assert entered.wait(10)
+        orig_write = SharedLog._write
+
+        def write(self: SharedLog, s: Any, frames: Any, tag: bytes, **kw: Any) -> Any:
+            # a2's append checked ``s.stale`` a moment ago (not stale); a1's fdatasync fails now
+            go.set()
+            x.join()
+            monkeypatch.setattr(SharedLog, "_write", orig_write)
+            return orig_write(self, s, frames, tag, **kw)
+
+        monkeypatch.setattr(SharedLog, "_write", write)
+        a.publish_data("t", 1, b"a2")  # RETURNS (its record synced)
+        assert isinstance(err1[0], PersistenceError)
+        # a kill -9 now, before a1's publisher takes a1 back:
+        try:
+            stored = read_sessions(str(tmp_path / "gw"))
+        except StateError as exc:
+            pytest.fail(f"the log's session is damaged after a2 returned: {exc}")
+        assert [m.payload for m in stored["a"].outgoing.values()] == [b"a1", b"a2"]
+        d.release(t1, err1[0])  # a1: in the rewritten session, durable: no error
+        assert [m.message for m in a.outgoing_messages] == [b"a1", b"a2"]
+        assert not d.holds()

@@ -387,6 +387,8 @@ def _crash_copy(path: Path, client_id: str) -> list[bytes]:
     from mqttsession.journal import Journal
 
     copy = path.with_name(path.name + "-crash")
+    for old in (copy, Path(str(copy) + journal_mod.JOURNAL_SUFFIX)):
+        old.unlink(missing_ok=True)  # (an earlier copy's)
     for src, dst in ((path, copy), (Path(str(path) + journal_mod.JOURNAL_SUFFIX),
                                     Path(str(copy) + journal_mod.JOURNAL_SUFFIX))):
         if src.exists():
@@ -430,4 +432,122 @@ def test_a_publish_interrupted_in_its_fdatasync_is_not_found_after_a_kill(
     assert _crash_copy(path, "gc-interrupt") == [b"first"]
     c.publish_data("t", 1, b"after")
     assert _crash_copy(path, "gc-interrupt") == [b"first", b"after"]
+    c.close()
+
+
+def test_a_publish_whose_record_a_failed_sync_cut_right_after_it_was_written_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A review's finding.) Another thread's group-commit fdatasync writes a publish's held
+    record right after it was appended, fails (EIO) and cuts it, before the publish takes its
+    token: the token is where the append put the record, not where the file ends after the
+    cut (which counted as synced: the publish returned though the files lacked it). The
+    publish fails, and a kill -9 finds exactly what returned."""
+    import errno
+
+    from mqttsession.driver import Driver
+    from mqttsession.errors import PersistenceError
+
+    class _FailingSync:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            raise OSError(errno.EIO, "injected EIO")
+
+    path = tmp_path / "s"
+    c = Client(client_id="rv-hold", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    c.publish_data("t", 1, b"first")
+    d = c._driver  # noqa: SLF001
+    with c._lock:  # noqa: SLF001  (publisher B: its record held, its sync not yet run)
+        (_p, _r), tb = c._publish_locked("t", 1, b"B", None, b"", True)  # noqa: SLF001
+    assert tb is not None
+    orig_hold = Driver.hold
+    err_b: list[Any] = []
+
+    def hold(self: Driver, seq: int) -> Any:
+        # publisher B's group commit runs right now, in its own thread: its fdatasync writes
+        # every held record (A's too, appended a moment ago) and fails (EIO)
+        monkeypatch.setattr(journal_mod, "os", _FailingSync())
+        t = threading.Thread(target=lambda: err_b.append(d.wait_durable(tb)))
+        t.start()
+        t.join()
+        monkeypatch.setattr(journal_mod, "os", os)
+        return orig_hold(self, seq)
+
+    monkeypatch.setattr(Driver, "hold", hold)
+    with c._lock:  # noqa: SLF001  (publisher A: the locked half of publish_data's group commit)
+        (_p, _r), ta = c._publish_locked("t", 1, b"A", None, b"", True)  # noqa: SLF001
+    monkeypatch.setattr(Driver, "hold", orig_hold)
+    assert isinstance(err_b[0], PersistenceError)
+    assert ta is not None
+    with pytest.raises(PersistenceError):
+        d.settle(ta)  # A's publish: its record was cut
+    d.release(tb, err_b[0])  # B's: A's rewrite put it on disk (durable: no error)
+    assert [m.message for m in c.outgoing_messages] == [b"first", b"B"]
+    assert _crash_copy(path, "rv-hold") == [b"first", b"B"]  # what a kill -9 now leaves
+    c.close()
+
+
+def test_a_publisher_queued_behind_an_interrupted_turn_is_woken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A review's finding.) Two threads publish on one Client (SessionSync=always: they
+    take turns). Ctrl-C (KeyboardInterrupt) arrives in the thread whose turn runs the batch,
+    inside its fdatasync, while the other thread's next publish waits in the queue for the
+    turn: the turn is handed over all the same (before, that publisher slept until some other
+    publish came along, forever if none did)."""
+    c = Client(client_id="rv-turn", clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.restore_session("")
+    c.publish_data("t", 1, b"first")
+    d = c._driver  # noqa: SLF001
+    fired = [False]
+    me = threading.current_thread()
+
+    class _Interrupt:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            if not fired[0] and threading.current_thread() is me:
+                import time
+                deadline = time.monotonic() + 5
+                while not d.turns._queue and time.monotonic() < deadline:  # noqa: SLF001
+                    time.sleep(0.001)  # the other publisher queues for the next turn
+                time.sleep(0.05)  # (and goes to sleep on its wake lock)
+                fired[0] = True
+                raise KeyboardInterrupt
+            os.fdatasync(fd)
+
+    stop = threading.Event()
+    done: list[int] = []
+
+    def other() -> None:
+        n = 0
+        while not stop.is_set():
+            c.publish_data("t", 1, b"w%d" % n)
+            n += 1
+        done.append(n)
+
+    monkeypatch.setattr(journal_mod, "os", _Interrupt())
+    w = threading.Thread(target=other, daemon=True)
+    w.start()
+    try:
+        for i in range(10000):  # the main thread publishes until Ctrl-C hits its fdatasync
+            c.publish_data("t", 1, b"m%d" % i)
+            if fired[0]:
+                break
+    except KeyboardInterrupt:
+        pass  # (Ctrl-C: the application stops)
+    assert fired[0]
+    stop.set()  # the application stops publishing after Ctrl-C, and joins its threads
+    w.join(10)
+    monkeypatch.setattr(journal_mod, "os", os)
+    stuck = w.is_alive()
+    if stuck:
+        c.publish_data("t", 1, b"unstick")  # another publish takes the turn and wakes it
+        w.join(10)
+    assert not stuck, ("the other publisher never returned; after one more publish from this"
+                       f" thread: still stuck={w.is_alive()}")
     c.close()
