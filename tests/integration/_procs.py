@@ -57,6 +57,27 @@ def number_of(tag: str, data: bytes | str) -> int | None:
     return int(rest) if rest.isdigit() else None
 
 
+def crash_copy(path: str | os.PathLike[str], client_id: str) -> list[bytes]:
+    """The outgoing messages a process restarted now would recover from the state file at
+    ``path`` (what a kill -9 leaves: the files copied, the copy read)."""
+    from pathlib import Path
+
+    from mqttsession.journal import JOURNAL_SUFFIX, Journal
+
+    path = Path(path)
+    copy = path.with_name(path.name + "-crash")
+    for src, dst in ((path, copy), (Path(f"{path}{JOURNAL_SUFFIX}"),
+                                    Path(f"{copy}{JOURNAL_SUFFIX}"))):
+        dst.unlink(missing_ok=True)  # (an earlier copy's)
+        if src.exists():
+            dst.write_bytes(src.read_bytes())
+    j = Journal(str(copy), client_id, sync=False)
+    try:
+        return [m.payload for m in j.recover().outgoing.values()]
+    finally:
+        j.close()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

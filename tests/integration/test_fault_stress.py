@@ -20,27 +20,16 @@ import pytest
 from mqttsession import Client
 from mqttsession import journal as journal_mod
 from mqttsession.errors import PersistenceError
-from mqttsession.journal import Journal
+
+try:  # tests/integration may or may not be a package
+    from ._procs import crash_copy as _crash_copy
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from _procs import crash_copy as _crash_copy  # type: ignore[no-redef]
 
 THREADS = 6
 ROUNDS = 25
 EACH = 8
 
-
-def _crash_copy(path: Path, client_id: str) -> list[bytes]:
-    copy = path.with_name(path.name + "-crash")
-    for p in (copy, Path(str(copy) + journal_mod.JOURNAL_SUFFIX)):
-        if p.exists():
-            p.unlink()
-    for src, dst in ((path, copy), (Path(str(path) + journal_mod.JOURNAL_SUFFIX),
-                                    Path(str(copy) + journal_mod.JOURNAL_SUFFIX))):
-        if src.exists():
-            dst.write_bytes(src.read_bytes())
-    j = Journal(str(copy), client_id, sync=False)
-    try:
-        return [m.payload for m in j.recover().outgoing.values()]
-    finally:
-        j.close()
 
 
 MODES = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -35,6 +35,19 @@ except ImportError:  # pragma: no cover - rootdir-relative import
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
 
+
+
+def _eio_while(fail: list[bool]) -> Callable[[int], None]:
+    """``os.fdatasync`` that fails (EIO) while ``fail[0]``."""
+    import errno
+
+    real = os.fdatasync
+
+    def maybe_failing(fd: int) -> None:
+        if fail[0]:
+            raise OSError(errno.EIO, "injected")
+        real(fd)
+    return maybe_failing
 
 def test_one_fdatasync_for_a_batch_of_many_sessions(mosquitto: MosquittoBroker, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,13 +277,8 @@ def test_a_record_cut_by_another_threads_failed_sync_is_reported(
     from mqttsession import PersistenceError
     from mqttsession.sessionlog import read_sessions
 
-    real = os.fdatasync
     fail = [False]
-
-    def maybe_failing(fd: int) -> None:
-        if fail[0]:
-            raise OSError(errno.EIO, "injected")
-        real(fd)
+    maybe_failing = _eio_while(fail)
 
     with Gateway(tmp_path / "gw") as gw:
         a, b, c = (gw.client(f"cut-{x}", clean_session=False) for x in "abc")
@@ -313,13 +321,8 @@ def test_a_record_cut_then_rewritten_with_its_session_is_kept(
     from mqttsession import PersistenceError
     from mqttsession.sessionlog import read_sessions
 
-    real = os.fdatasync
     fail = [False]
-
-    def maybe_failing(fd: int) -> None:
-        if fail[0]:
-            raise OSError(errno.EIO, "injected")
-        real(fd)
+    maybe_failing = _eio_while(fail)
 
     with Gateway(tmp_path / "gw") as gw:
         a, b = gw.client("cut-a", clean_session=False), gw.client("cut-b", clean_session=False)

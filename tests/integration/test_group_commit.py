@@ -23,7 +23,7 @@ try:  # tests/integration may or may not be a package
 except ImportError:  # pragma: no cover - rootdir-relative import
     import _procs  # type: ignore[no-redef]
 
-number_of, unique = _procs.number_of, _procs.unique
+number_of, unique, _crash_copy = _procs.number_of, _procs.unique, _procs.crash_copy
 
 pytestmark = pytest.mark.integration
 
@@ -381,23 +381,6 @@ def test_a_failed_sync_then_a_rewrite_keeps_the_message_it_wrote(
     assert _crash_copy(path, "gc-rewrite") == [b"first", b"A"]  # what a kill -9 leaves
     c.close()
 
-
-def _crash_copy(path: Path, client_id: str) -> list[bytes]:
-    """The outgoing messages a process restarted now would recover from ``path``'s files."""
-    from mqttsession.journal import Journal
-
-    copy = path.with_name(path.name + "-crash")
-    for old in (copy, Path(str(copy) + journal_mod.JOURNAL_SUFFIX)):
-        old.unlink(missing_ok=True)  # (an earlier copy's)
-    for src, dst in ((path, copy), (Path(str(path) + journal_mod.JOURNAL_SUFFIX),
-                                    Path(str(copy) + journal_mod.JOURNAL_SUFFIX))):
-        if src.exists():
-            dst.write_bytes(src.read_bytes())
-    j = Journal(str(copy), client_id, sync=False)
-    try:
-        return [m.payload for m in j.recover().outgoing.values()]
-    finally:
-        j.close()
 
 
 def test_a_publish_interrupted_in_its_fdatasync_is_not_found_after_a_kill(
