@@ -340,7 +340,7 @@ class SharedLog(GroupCommit):
                 # caller looked): written after the rebuild, it would follow nothing
                 raise StaleSession(None, f"session {s.client_id} lost records to a failed"
                                          " sync: it is rewritten whole")
-            if self._broken or self._fd is None:
+            if self._needs_rebuild():
                 if self._lock_fd is None:
                     raise PersistenceError(None, f"shared log {self.path} is closed")
                 try:
@@ -348,12 +348,15 @@ class SharedLog(GroupCommit):
                 except PersistenceError:
                     s.stale = True  # its record is not written: its state holds it
                     raise
+                # a failed sync may have cut the log after the look above: the rebuild
+                # settled that cut, which may have taken what this record follows
+                continue
             out = frames
             if tag == _SNAPSHOT and s.attach_at is None:
                 out = [_tagged(_ATTACH, s.sid, s.client_id.encode("utf-8")), *frames]
             data = b"".join(out)
             with self._write_lock:
-                if self._broken or self._fd is None:
+                if self._needs_rebuild():
                     continue  # a failed sync cut the log meanwhile: rebuild first
                 start = self._size
                 if hold:
@@ -391,6 +394,10 @@ class SharedLog(GroupCommit):
         if end > max(self.max_log_bytes or AUTO_LOG_BYTES, 2 * self._live):
             self._rotate(rebuild=False)
         return gen, end  # after a rotation: synced, unless a failed sync cut it (``_lost``)
+
+    def _needs_rebuild(self) -> bool:
+        """Whether the next write first rewrites the log (a failed write or sync)."""
+        return self._broken or self._fd is None
 
     def _write_held(self, data: bytes = b"") -> None:
         """Write the held frames, then ``data`` (the write lock held): one ``write``. A failure

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from mqttsession import codec
 from mqttsession.errors import PersistenceError, StateError, StateLockedError
 from mqttsession.recovery import read_frames, read_state
-from mqttsession.sessionlog import SessionLog
+from mqttsession.sessionlog import SessionLog, read_sessions
 from mqttsession.sharedlog import LOCK_NAME, LOG_NAME, SharedLog
 from mqttsession.state import Phase, Record, SessionState
 
@@ -379,6 +379,36 @@ def test_a_failed_write_is_taken_back(shm: Path, monkeypatch: pytest.MonkeyPatch
     log.close()
     log = SharedLog(str(shm))
     assert codec.encode(log.session("a").recover()) == durable
+    log.close()
+
+
+def test_a_cut_the_rebuild_settles_is_not_followed_by_the_record(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed sync in another thread cuts the log after a writer looked at its session and
+    before the rebuild that writer runs settles the cut: its record is not written after the
+    rebuild (it would follow a snapshot without the record before it: the session damaged at
+    the next start); the session is written whole instead."""
+    log, (a, sa), (b, sb) = _two_sessions(shm)
+    a.append([sa.accept("t", b"one", 1)], sa, sync=False)  # written, not yet synced
+    real_write = os.write
+
+    def enospc(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", enospc)
+    with pytest.raises(PersistenceError):  # the log is broken: the next write rebuilds it
+        b.append([sb.accept("t", b"bee", 1)], sb, sync=False)
+    monkeypatch.setattr(os, "write", real_write)
+    real_rotate = SharedLog._rotate
+
+    def rotate(self: SharedLog, rebuild: bool) -> None:
+        monkeypatch.setattr(SharedLog, "_rotate", real_rotate)
+        self._cut(None)  # another thread's fdatasync failed just now: "one" is cut
+        real_rotate(self, rebuild)
+
+    monkeypatch.setattr(SharedLog, "_rotate", rotate)
+    a.append([sa.accept("t", b"two", 1)], sa, sync=True)
+    assert codec.encode(read_sessions(str(shm))["a"]) == codec.encode(sa)
     log.close()
 
 
