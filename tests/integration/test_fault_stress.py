@@ -8,7 +8,6 @@ the files until the next write: the documented limit, not exercised here.)"""
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import threading
@@ -22,15 +21,15 @@ from mqttsession import journal as journal_mod
 from mqttsession.errors import PersistenceError
 
 try:  # tests/integration may or may not be a package
+    from ._faults import FlakyOs, diff
     from ._procs import crash_copy as _crash_copy
 except ImportError:  # pragma: no cover - rootdir-relative import
+    from _faults import FlakyOs, diff  # type: ignore[no-redef]
     from _procs import crash_copy as _crash_copy  # type: ignore[no-redef]
 
 THREADS = 6
 ROUNDS = 25
 EACH = 8
-
-
 
 MODES = {
     "sync": dict(fdatasync=0.25),
@@ -44,7 +43,6 @@ MODES = {
 def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, bound: int) -> None:
     seed = random.randrange(1 << 30)  # (in every failure message: rerun with it)
     rnd = random.Random(seed)
-    probs = MODES[mode]
     path = tmp_path / "s"
     c = Client(client_id="rv", clean_session=False)
     c.config(f"SessionStateFile={path}")
@@ -54,41 +52,8 @@ def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, boun
     c.config(f"JournalMaxBytes={bound}")
     errors: list[str] = []
     c.on_error = lambda e: errors.append(e.description)
-    rlock = threading.Lock()
-    enabled = [True]
-
-    class _Flaky:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
-        def _fail(self, what: str) -> bool:
-            p = probs.get(what, 0)
-            if not p or not enabled[0]:
-                return False
-            with rlock:
-                return rnd.random() < p
-
-        def fdatasync(self, fd: int) -> None:
-            if self._fail("fdatasync"):
-                raise OSError(errno.EIO, "injected EIO")
-            os.fdatasync(fd)
-
-        def fsync(self, fd: int) -> None:
-            if self._fail("fsync"):
-                raise OSError(errno.EIO, "injected EIO fsync")
-            os.fsync(fd)
-
-        def write(self, fd: int, data: Any) -> int:
-            if self._fail("write"):
-                raise OSError(errno.ENOSPC, "injected ENOSPC")
-            return os.write(fd, data)
-
-        def ftruncate(self, fd: int, n: int) -> None:
-            if self._fail("ftruncate"):
-                raise OSError(errno.EIO, "injected ftruncate")
-            os.ftruncate(fd, n)
-
-    monkeypatch.setattr(journal_mod, "os", _Flaky())
+    flaky = FlakyOs(MODES[mode], rnd)
+    monkeypatch.setattr(journal_mod, "os", flaky)
     import threading as _th
     monkeypatch.setattr(_th, "excepthook", lambda a: None)
     from mqttsession import store as store_mod
@@ -138,20 +103,20 @@ def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, boun
         for r in range(ROUNDS):
             barrier.wait(60)
             with c._lock:  # noqa: SLF001
-                enabled[0] = False
+                flaky.enabled = False
                 held = c._driver.holds()  # noqa: SLF001
                 rf, rewrite_fails[0] = rewrite_fails[0], 0
                 mem = per_thread([m.message for m in c.outgoing_messages])
                 crashed = per_thread(_crash_copy(path, "rv"))
-                enabled[0] = True
+                flaky.enabled = True
             if held:
                 problems.append(f"round {r}: held")
             if mem != returned:
                 problems.append(f"round {r}: memory != returned: "
-                                f"{_diff(mem, returned)}")
+                                f"{diff(mem, returned)}")
             if crashed != returned:
                 problems.append(f"round {r}: rewrite_fails this round={rf}, crash copy != returned: "
-                                f"{_diff(crashed, returned)} (failed: "
+                                f"{diff(crashed, returned, failed)} (failed: "
                                 f"{sorted(set(sum(crashed.values(), [])) & failed)})")
             if problems:
                 break
@@ -166,13 +131,3 @@ def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, boun
     assert failed
     c.close()
 
-
-def _diff(a: dict[int, list[bytes]], b: dict[int, list[bytes]]) -> str:
-    out = []
-    for k in a:
-        if a[k] != b[k]:
-            extra = [x for x in a[k] if x not in b[k]]
-            missing = [x for x in b[k] if x not in a[k]]
-            out.append(f"thread {k}: extra {extra[:5]} missing {missing[:5]}"
-                       f" order_ok={[x for x in a[k] if x in b[k]] == [x for x in b[k] if x in a[k]]}")
-    return "; ".join(out)

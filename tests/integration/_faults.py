@@ -1,0 +1,73 @@
+"""What the fault stress tests share: an ``os`` whose fdatasync, fsync, write and ftruncate
+fail at random (seeded), and a readable difference of two per-publisher message lists."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+__all__ = ["FlakyOs", "diff"]
+
+_REAL_FDATASYNC = os.fdatasync
+
+
+class FlakyOs:
+    """Stands in for the ``os`` module of ``mqttsession.journal`` (``monkeypatch.setattr``):
+    each call of a name in ``probs`` fails with that probability while ``enabled``."""
+
+    def __init__(self, probs: Mapping[str, float], rnd: random.Random) -> None:
+        self.probs = dict(probs)
+        self.rnd = rnd
+        self.enabled = True
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fail(self, what: str) -> bool:
+        """Whether this call of ``what`` fails (the seeded draw)."""
+        p = self.probs.get(what, 0)
+        if not p or not self.enabled:
+            return False
+        with self._lock:
+            return self.rnd.random() < p
+
+    def fdatasync(self, fd: int) -> None:
+        if self.fail("fdatasync"):
+            raise OSError(errno.EIO, "injected EIO")
+        _REAL_FDATASYNC(fd)
+
+    def fsync(self, fd: int) -> None:
+        if self.fail("fsync"):
+            raise OSError(errno.EIO, "injected EIO fsync")
+        os.fsync(fd)
+
+    def write(self, fd: int, data: Any) -> int:
+        if self.fail("write"):
+            raise OSError(errno.ENOSPC, "injected ENOSPC")
+        return os.write(fd, data)
+
+    def ftruncate(self, fd: int, n: int) -> None:
+        if self.fail("ftruncate"):
+            raise OSError(errno.EIO, "injected ftruncate")
+        os.ftruncate(fd, n)
+
+
+def diff(a: Mapping[Hashable, list[bytes]], b: Mapping[Hashable, list[bytes]],
+         failed: set[bytes] | frozenset[bytes] = frozenset()) -> str:
+    """Per publisher: what ``a`` holds that ``b`` does not (and whether its publish raised),
+    what it misses, and whether the common messages keep their order."""
+    out = []
+    for k in sorted(set(a) | set(b), key=repr):
+        x, y = a.get(k, []), b.get(k, [])
+        if x != y:
+            extra = [m for m in x if m not in y]
+            missing = [m for m in y if m not in x]
+            out.append(f"{k}: extra {extra[:5]} (raised: {[m in failed for m in extra[:5]]})"
+                       f" missing {missing[:5]}"
+                       f" order_ok={[m for m in x if m in y] == [m for m in y if m in x]}")
+    return "; ".join(out)

@@ -1,0 +1,225 @@
+"""A Gateway's sessions under random faults: ``publish_many`` threads and a ``publish_data``
+thread a session, SessionSync=always, with failing fdatasyncs (EIO), writes (ENOSPC) and
+fsyncs (EIO: the rewrites of the log), small session bounds and a small log bound
+(compactions, rotations). After each round (every thread paused), memory and what a kill -9
+would leave (``read_sessions`` of the directory) hold exactly what returned, in each
+thread's order, nothing that raised, and nothing is left held.
+
+One exception is the documented limit: a publish that raised whose message is still in the
+log because the rewrite of its session that takes it back failed as well (README, "a failed
+write or fsync"). It is allowed only for a session whose rewrite failed in that round, and
+the session's next write must take it out. (Grown from the reproduction that found the
+shared log's rebuild race of session 22; ``RV_SEED`` and ``RV_ROUNDS`` rerun a case.)"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import Gateway, PublishManyError
+from mqttsession import journal as journal_mod
+from mqttsession import store as store_mod
+from mqttsession.errors import PersistenceError
+from mqttsession.sessionlog import SessionLog, read_sessions
+
+try:  # tests/integration may or may not be a package
+    from ._faults import FlakyOs, diff
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from _faults import FlakyOs, diff  # type: ignore[no-redef]
+
+SESSIONS = 4
+MANY = 2  # publish_many threads
+ROUNDS = int(os.environ.get("RV_ROUNDS", "25"))
+EACH = 6
+
+MODES = {
+    "sync": dict(fdatasync=0.25),
+    "sync+write": dict(fdatasync=0.2, write=0.05),
+    "all": dict(fdatasync=0.2, write=0.05, fsync=0.15),
+}
+
+Per = dict[tuple[str, int], list[bytes]]  # (publishing thread, session) -> payloads in order
+
+
+@pytest.mark.parametrize("bound", [0, 600])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
+                        bound: int) -> None:
+    seed = int(os.environ.get("RV_SEED", "0")) or random.randrange(1 << 30)
+    flaky = FlakyOs(MODES[mode], random.Random(seed))
+    flaky.enabled = False
+    import threading as _th
+    monkeypatch.setattr(_th, "excepthook", lambda a: None)
+    rewrite_fails = _count_failed_rewrites(monkeypatch)
+    d = tmp_path / "gw"
+    with Gateway(d) as gw:
+        if bound:
+            gw.store.max_log_bytes = 3000
+        cs = [gw.client(f"s{k}", clean_session=False) for k in range(SESSIONS)]
+        for c in cs:
+            c.config("SessionSync=always")
+            c.config("QueueInMemory=0")
+            c.config(f"JournalMaxBytes={bound}")
+            c.on_error = lambda e: None
+        monkeypatch.setattr(os, "fdatasync", flaky.fdatasync)  # (the group commit's)
+        monkeypatch.setattr(journal_mod, "os", flaky)
+        flaky.enabled = True
+        returned: Per = {}
+        failed: set[bytes] = set()
+        other: list[str] = []
+        barrier = threading.Barrier(MANY + SESSIONS + 1)
+
+        def ok(t: str, k: int, data: bytes) -> None:
+            returned.setdefault((t, k), []).append(data)
+
+        def many(t: str) -> None:
+            for r in range(ROUNDS):
+                for i in range(EACH):
+                    msgs = [(cs[k], "t", 1 + (i + k) % 2, f"{t}-{k}-{r}-{i}".encode())
+                            for k in range(SESSIONS)]
+                    try:
+                        gw.publish_many(msgs)
+                    except PublishManyError as exc:
+                        for k, (_c, _t, _q, data) in enumerate(msgs):
+                            if k in exc.errors:
+                                if not isinstance(exc.errors[k], PersistenceError):
+                                    other.append(repr(exc.errors[k]))
+                                failed.add(data)
+                            else:
+                                ok(t, k, data)
+                    except Exception as exc:  # noqa: BLE001
+                        other.append(repr(exc))
+                        failed.update(m[3] for m in msgs)
+                    else:
+                        for k, m in enumerate(msgs):
+                            ok(t, k, m[3])
+                barrier.wait(120)
+                barrier.wait(120)
+
+        def single(k: int) -> None:
+            t = f"q{k}"
+            for r in range(ROUNDS):
+                for i in range(EACH):
+                    data = f"{t}-{k}-{r}-{i}".encode()
+                    try:
+                        cs[k].publish_data("t", 1 + i % 2, data)
+                    except PersistenceError:
+                        failed.add(data)
+                    except Exception as exc:  # noqa: BLE001
+                        other.append(repr(exc))
+                        failed.add(data)
+                    else:
+                        ok(t, k, data)
+                barrier.wait(120)
+                barrier.wait(120)
+
+        def crash_copy() -> Per:
+            stored = read_sessions(str(d))
+            return _grouped({k: [m.payload for m in stored[f"s{k}"].outgoing.values()]
+                             if f"s{k}" in stored else [] for k in range(SESSIONS)})
+
+        threads = [threading.Thread(target=many, args=(f"p{n}",), daemon=True)
+                   for n in range(MANY)]
+        threads += [threading.Thread(target=single, args=(k,), daemon=True)
+                    for k in range(SESSIONS)]
+        for t in threads:
+            t.start()
+        problems: list[str] = []
+        best_effort = 0
+        try:
+            for r in range(ROUNDS):
+                barrier.wait(120)
+                flaky.enabled = False
+                for c in cs:
+                    c._lock.acquire()  # noqa: SLF001
+                try:
+                    held = [c.client_id for c in cs if c._driver.holds()]  # noqa: SLF001
+                    mem = _grouped({k: [m.message for m in cs[k].outgoing_messages]
+                                    for k in range(SESSIONS)})
+                    crashed = crash_copy()
+                    want = {k: v for k, v in returned.items() if v}
+                    rf = {cid for cid, _e in rewrite_fails}
+                    rewrite_fails.clear()
+                    if held:
+                        problems.append(f"round {r}: held {held}")
+                    if mem != want:
+                        problems.append(f"round {r}: memory != returned: "
+                                        f"{diff(mem, want, failed)}")
+                    wrong = _sessions_differing(crashed, want)
+                    if wrong and wrong <= rf and _only_raised_extra(crashed, want, failed):
+                        best_effort += 1  # the documented limit: the next write mends it
+                        for c in cs:
+                            if c.client_id in wrong:
+                                c.save_session()
+                        crashed = crash_copy()
+                    if crashed != want:
+                        problems.append(f"round {r}: rewrites failed {sorted(rf)}; crash copy"
+                                        f" != returned: {diff(crashed, want, failed)}")
+                finally:
+                    for c in reversed(cs):
+                        c._lock.release()  # noqa: SLF001
+                    flaky.enabled = True
+                if problems:
+                    break
+                barrier.wait(120)
+        finally:
+            barrier.abort()
+            for t in threads:
+                t.join(20)
+            flaky.enabled = False
+        assert not any(t.is_alive() for t in threads), "stuck"
+        assert not other, other[:5]
+        assert not problems, (seed, best_effort, problems[:3])
+        assert failed
+
+
+def _count_failed_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(client id, error) of each ``StateFile.rewrite`` whose compaction failed."""
+    fails: list[tuple[str, str]] = []
+    inside = threading.local()
+    orig_rw, orig_compact = store_mod.StateFile.rewrite, SessionLog.compact
+
+    def rw(self: Any, state: Any) -> None:
+        inside.on = True
+        try:
+            orig_rw(self, state)
+        finally:
+            inside.on = False
+
+    def compact(self: Any, state: Any, text: Any = None) -> None:
+        try:
+            orig_compact(self, state, text)
+        except Exception as exc:
+            if getattr(inside, "on", False):
+                fails.append((self.client_id, str(exc)))
+            raise
+
+    monkeypatch.setattr(store_mod.StateFile, "rewrite", rw)
+    monkeypatch.setattr(SessionLog, "compact", compact)
+    return fails
+
+
+def _grouped(per_session: dict[int, list[bytes]]) -> Per:
+    out: Per = {}
+    for k, msgs in per_session.items():
+        for m in msgs:
+            out.setdefault((m.split(b"-")[0].decode(), k), []).append(m)
+    return out
+
+
+def _sessions_differing(a: Per, b: Per) -> set[str]:
+    return {f"s{k}" for k in {k for _t, k in a} | {k for _t, k in b}
+            if any(a.get((t, k), []) != b.get((t, k), []) for t, kk in {*a, *b} if kk == k)}
+
+
+def _only_raised_extra(crashed: Per, want: Per, failed: set[bytes]) -> bool:
+    """Whether all the crash copy holds beyond what returned are publishes that raised, and
+    it misses nothing."""
+    extra = [m for key, v in crashed.items() for m in v if m not in want.get(key, [])]
+    missing = [m for key, v in want.items() for m in v if m not in crashed.get(key, [])]
+    return not missing and all(m in failed for m in extra)
