@@ -2,9 +2,10 @@
 the journal's os (fdatasync, write) and a small JournalMaxBytes (compactions). After each
 round (all threads paused), the session and what a kill -9 would leave (a crash copy of the
 files) hold exactly what returned, in each thread's order, nothing that raised, and nothing
-is left held. (Written by a review of session 21's fix. Faults of the fsyncs and ftruncates
-too can make the rewrite after a failed publish fail as well, which leaves that message in
-the files until the next write: the documented limit, not exercised here.)"""
+is left held. (Written by a review of session 21's fix.) Mode ``all`` adds failing fsyncs
+and ftruncates, which can make the rewrite after a failed publish fail as well: that
+message may then stay in the files until the next write (the documented limit), which the
+test checks takes it out."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ MODES = {
     "sync": dict(fdatasync=0.25),
     "write": dict(write=0.1),
     "sync+write": dict(fdatasync=0.2, write=0.05),
+    "all": dict(fdatasync=0.2, write=0.05, fsync=0.15, ftruncate=0.1),
 }
 
 
@@ -108,6 +110,12 @@ def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, boun
                 rf, rewrite_fails[0] = rewrite_fails[0], 0
                 mem = per_thread([m.message for m in c.outgoing_messages])
                 crashed = per_thread(_crash_copy(path, "rv"))
+                if crashed != returned and rf and not _missing(crashed, returned) \
+                        and _extra(crashed, returned) <= failed:
+                    # the documented limit: the rewrite that takes a failed publish back
+                    # failed too; the next write (here save_session) takes it out
+                    c.save_session()
+                    crashed = per_thread(_crash_copy(path, "rv"))
                 flaky.enabled = True
             if held:
                 problems.append(f"round {r}: held")
@@ -131,3 +139,10 @@ def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, boun
     assert failed
     c.close()
 
+
+def _extra(a: dict[int, list[bytes]], b: dict[int, list[bytes]]) -> set[bytes]:
+    return {m for k, v in a.items() for m in v if m not in b.get(k, [])}
+
+
+def _missing(a: dict[int, list[bytes]], b: dict[int, list[bytes]]) -> set[bytes]:
+    return _extra(b, a)
