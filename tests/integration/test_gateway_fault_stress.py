@@ -178,6 +178,119 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
         assert failed
 
 
+@pytest.mark.parametrize("mode", ["sync+write", "all"])
+def test_async_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              mode: str) -> None:
+    """The same through ``AsyncGateway``: ``publish_many`` tasks and a task a session that
+    awaits ``AsyncSession.publish``, on one loop, the fdatasyncs in the gateway's sync
+    thread."""
+    import asyncio
+
+    from mqttsession import AsyncGateway
+
+    seed = int(os.environ.get("RV_SEED", "0")) or random.randrange(1 << 30)
+    flaky = FlakyOs(MODES[mode], random.Random(seed))
+    flaky.enabled = False
+    rewrite_fails = _count_failed_rewrites(monkeypatch)
+    d = tmp_path / "agw"
+    returned: Per = {}
+    failed: set[bytes] = set()
+    other: list[str] = []
+    problems: list[str] = []
+
+    def ok(t: str, k: int, data: bytes) -> None:
+        returned.setdefault((t, k), []).append(data)
+
+    async def main() -> None:
+        async with AsyncGateway(d) as gw:
+            gw.store.max_log_bytes = 3000
+            ss = [await gw.session(f"s{k}", session_sync="always", connect=False)
+                  for k in range(SESSIONS)]
+            for s in ss:
+                await s.config("QueueInMemory=0")
+                await s.config("JournalMaxBytes=600")
+                s.client.on_error = lambda e: None
+
+            async def many(t: str, r: int) -> None:
+                for i in range(EACH):
+                    msgs = [(ss[k], "t", 1 + (i + k) % 2, f"{t}-{k}-{r}-{i}".encode())
+                            for k in range(SESSIONS)]
+                    try:
+                        await gw.publish_many(msgs)
+                    except PublishManyError as exc:
+                        for k, m in enumerate(msgs):
+                            if k in exc.errors:
+                                if not isinstance(exc.errors[k], PersistenceError):
+                                    other.append(repr(exc.errors[k]))
+                                failed.add(m[3])
+                            else:
+                                ok(t, k, m[3])
+                    except Exception as exc:  # noqa: BLE001
+                        other.append(repr(exc))
+                        failed.update(m[3] for m in msgs)
+                    else:
+                        for k, m in enumerate(msgs):
+                            ok(t, k, m[3])
+
+            async def single(k: int, r: int) -> None:
+                t = f"q{k}"
+                for i in range(EACH):
+                    data = f"{t}-{k}-{r}-{i}".encode()
+                    try:
+                        await ss[k].publish("t", data, 1 + i % 2)
+                    except PersistenceError:
+                        failed.add(data)
+                    except Exception as exc:  # noqa: BLE001
+                        other.append(repr(exc))
+                        failed.add(data)
+                    else:
+                        ok(t, k, data)
+
+            def crash_copy() -> Per:
+                stored = read_sessions(str(d))
+                return _grouped({k: [m.payload for m in stored[f"s{k}"].outgoing.values()]
+                                 if f"s{k}" in stored else [] for k in range(SESSIONS)})
+
+            monkeypatch.setattr(os, "fdatasync", flaky.fdatasync)
+            monkeypatch.setattr(journal_mod, "os", flaky)
+            try:
+                for r in range(ROUNDS):
+                    flaky.enabled = True
+                    await asyncio.gather(*[many(f"p{n}", r) for n in range(MANY)],
+                                         *[single(k, r) for k in range(SESSIONS)])
+                    flaky.enabled = False
+                    held = [s.client_id for s in ss if s.client._driver.holds()]  # noqa: SLF001
+                    mem = _grouped({k: [m.message for m in ss[k].client.outgoing_messages]
+                                    for k in range(SESSIONS)})
+                    crashed = crash_copy()
+                    want = {k: v for k, v in returned.items() if v}
+                    rf = {cid for cid, _e in rewrite_fails}
+                    rewrite_fails.clear()
+                    if held:
+                        problems.append(f"round {r}: held {held}")
+                    if mem != want:
+                        problems.append(f"round {r}: memory != returned: "
+                                        f"{diff(mem, want, failed)}")
+                    wrong = _sessions_differing(crashed, want)
+                    if wrong and wrong <= rf and _only_raised_extra(crashed, want, failed):
+                        for s in ss:  # the documented limit: the next write mends it
+                            if s.client_id in wrong:
+                                await s.save_session()
+                        crashed = crash_copy()
+                    if crashed != want:
+                        problems.append(f"round {r}: rewrites failed {sorted(rf)}; crash copy"
+                                        f" != returned: {diff(crashed, want, failed)}")
+                    if problems:
+                        break
+            finally:
+                flaky.enabled = False
+
+    asyncio.run(main())
+    assert not other, other[:5]
+    assert not problems, (seed, problems[:3])
+    assert failed
+
+
 def _count_failed_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(client id, error) of each ``StateFile.rewrite`` whose compaction failed."""
     fails: list[tuple[str, str]] = []
