@@ -146,3 +146,105 @@ def _extra(a: dict[int, list[bytes]], b: dict[int, list[bytes]]) -> set[bytes]:
 
 def _missing(a: dict[int, list[bytes]], b: dict[int, list[bytes]]) -> set[bytes]:
     return _extra(b, a)
+
+
+@pytest.mark.parametrize("mode", ["sync+write", "all"])
+def test_async_session_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              mode: str) -> None:
+    """The same through ``AsyncSession``: tasks that await ``publish`` and ``publish_many``
+    on one loop (the fdatasyncs off the loop, group commit across the tasks)."""
+    import asyncio
+
+    from mqttsession import AsyncSession
+
+    seed = random.randrange(1 << 30)
+    flaky = FlakyOs(MODES[mode], random.Random(seed))
+    flaky.enabled = False
+    path = tmp_path / "s"
+    returned: dict[int, list[bytes]] = {k: [] for k in range(THREADS)}
+    failed: set[bytes] = set()
+    other: list[str] = []
+    problems: list[str] = []
+    rewrite_fails = [0]
+    from mqttsession import store as store_mod
+    orig_rw = store_mod.StateFile.rewrite
+
+    def rw(self: Any, state: Any) -> None:
+        j = self.journal
+        orig_rw(self, state)
+        if j is not None and (j._broken or j._fd is None):  # noqa: SLF001
+            rewrite_fails[0] += 1
+
+    monkeypatch.setattr(store_mod.StateFile, "rewrite", rw)
+
+    def per_task(messages: list[bytes]) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {k: [] for k in range(THREADS)}
+        for m in messages:
+            out[int(m.split(b"-")[0])].append(m)
+        return out
+
+    async def main() -> None:
+        s = await AsyncSession.create(client_id="rv", state_file=path, session_sync="always",
+                                      connect=False)
+        await s.config("QueueInMemory=0")
+        await s.config("JournalMaxBytes=700")
+        s.client.on_error = lambda e: None
+
+        async def one(k: int, r: int) -> None:
+            for i in range(EACH):
+                data = f"{k}-{r}-{i}".encode()
+                try:
+                    await s.publish("t", data, 1 + i % 2)
+                except PersistenceError:
+                    failed.add(data)
+                except Exception as exc:  # noqa: BLE001
+                    other.append(repr(exc))
+                    failed.add(data)
+                else:
+                    returned[k].append(data)
+
+        async def batch(k: int, r: int) -> None:
+            for i in range(0, EACH, 4):
+                msgs = [("t", 1 + j % 2, f"{k}-{r}-{j}".encode()) for j in range(i, i + 4)]
+                try:
+                    await s.publish_many(msgs)
+                except PersistenceError:  # all or nothing
+                    failed.update(m[2] for m in msgs)
+                except Exception as exc:  # noqa: BLE001
+                    other.append(repr(exc))
+                    failed.update(m[2] for m in msgs)
+                else:
+                    returned[k].extend(m[2] for m in msgs)
+
+        monkeypatch.setattr(journal_mod, "os", flaky)
+        try:
+            for r in range(ROUNDS):
+                flaky.enabled = True
+                await asyncio.gather(*[(batch if k % 3 == 0 else one)(k, r)
+                                       for k in range(THREADS)])
+                flaky.enabled = False
+                held = s.client._driver.holds()  # noqa: SLF001
+                rf, rewrite_fails[0] = rewrite_fails[0], 0
+                mem = per_task([m.message for m in s.client.outgoing_messages])
+                crashed = per_task(_crash_copy(path, "rv"))
+                if crashed != returned and rf and not _missing(crashed, returned) \
+                        and _extra(crashed, returned) <= failed:
+                    await s.save_session()  # the documented limit: the next write mends it
+                    crashed = per_task(_crash_copy(path, "rv"))
+                if held:
+                    problems.append(f"round {r}: held")
+                if mem != returned:
+                    problems.append(f"round {r}: memory != returned: {diff(mem, returned)}")
+                if crashed != returned:
+                    problems.append(f"round {r}: rewrite_fails this round={rf}, crash copy !="
+                                    f" returned: {diff(crashed, returned, failed)}")
+                if problems:
+                    break
+        finally:
+            flaky.enabled = False
+            await s.close()
+
+    asyncio.run(main())
+    assert not other, other[:5]
+    assert not problems, (seed, problems[:3])
+    assert failed
