@@ -409,14 +409,18 @@ class StateFile:
         file may still hold its message (a record written but interrupted before its sync, a
         compaction's snapshot put in place before its journal failed). The file is rewritten
         from memory now, so that a restart does not find a message its publisher was told is
-        not stored (a duplicate once published again); best effort: a failure is left for
-        the next write, which rewrites it then."""
+        not stored (a duplicate once published again); best effort: tried twice (a fault
+        of the disk is often brief), then left for the next write, which rewrites it."""
         j = self.journal
-        if j is not None and self.unrestored is None:  # (never over a session not restored)
+        if j is None or self.unrestored is not None:  # (never over a session not restored)
+            return
+        for attempt in (1, 2):
             try:
                 j.compact(state)
+                return
             except Exception as exc:  # (the journal is marked broken: the next write retries)
-                log.debug("rewriting the state file after a failed publish failed: %s", exc)
+                log.debug("rewriting the state file after a failed publish failed (attempt"
+                          " %d): %s", attempt, exc)
 
     def compact_before_publish(self, state: SessionState) -> None:
         """A due compaction before a publish: a fault here fails a publish not yet made."""

@@ -292,25 +292,29 @@ def test_async_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def _count_failed_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """(client id, error) of each ``StateFile.rewrite`` whose compaction failed."""
+    """(client id, error) of each ``StateFile.rewrite`` whose last compaction failed."""
     fails: list[tuple[str, str]] = []
     inside = threading.local()
     orig_rw, orig_compact = store_mod.StateFile.rewrite, SessionLog.compact
 
     def rw(self: Any, state: Any) -> None:
-        inside.on = True
+        inside.on, inside.last = True, None
         try:
             orig_rw(self, state)
         finally:
             inside.on = False
+            if inside.last is not None:
+                fails.append(inside.last)
 
     def compact(self: Any, state: Any, text: Any = None) -> None:
         try:
             orig_compact(self, state, text)
         except Exception as exc:
             if getattr(inside, "on", False):
-                fails.append((self.client_id, str(exc)))
+                inside.last = (self.client_id, str(exc))
             raise
+        if getattr(inside, "on", False):
+            inside.last = None
 
     monkeypatch.setattr(store_mod.StateFile, "rewrite", rw)
     monkeypatch.setattr(SessionLog, "compact", compact)

@@ -418,6 +418,45 @@ def test_a_publish_interrupted_in_its_fdatasync_is_not_found_after_a_kill(
     c.close()
 
 
+def test_the_rewrite_after_an_interrupted_publish_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same interruption, and the rewrite that takes the message out of the file fails
+    once (its fsync: EIO): it is tried again at once, so what a kill -9 leaves does not hold
+    the message even before the session's next write."""
+    import errno
+
+    path = tmp_path / "s"
+    c = Client(client_id="gc-retry", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    c.on_error = lambda e: None
+    c.publish_data("t", 1, b"first")
+    (_pid, _rest), token = c._publish_locked("t", 1, b"A", None, b"", True)  # noqa: SLF001
+    assert token is not None
+    fsyncs: list[str] = []
+
+    class _Interrupted:  # Ctrl-C in the fdatasync, then one fsync of the rewrite fails
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            raise KeyboardInterrupt
+
+        def fsync(self, fd: int) -> None:
+            fsyncs.append("failed" if not fsyncs else "ok")
+            if len(fsyncs) == 1:
+                raise OSError(errno.EIO, "Input/output error")
+            os.fsync(fd)
+
+    monkeypatch.setattr(journal_mod, "os", _Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        c._driver.settle(token)  # noqa: SLF001
+    monkeypatch.setattr(journal_mod, "os", os)
+    assert fsyncs[:2] == ["failed", "ok"], fsyncs  # the rewrite, then its second try
+    assert [m.message for m in c.outgoing_messages] == [b"first"]
+    assert _crash_copy(path, "gc-retry") == [b"first"]
+    c.close()
+
 def test_a_publish_whose_record_a_failed_sync_cut_right_after_it_was_written_fails(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """(A review's finding.) Another thread's group-commit fdatasync writes a publish's held
