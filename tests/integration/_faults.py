@@ -1,5 +1,6 @@
 """What the fault stress tests share: an ``os`` whose fdatasync, fsync, write and ftruncate
-fail at random (seeded), and a readable difference of two per-publisher message lists."""
+fail at random (seeded), what each publish came to, and a readable difference of two
+per-publisher message lists."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import errno
 import os
 import random
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["FlakyOs", "diff"]
+from mqttsession import PublishManyError
+from mqttsession.errors import PersistenceError
+
+__all__ = ["FlakyOs", "Outcomes", "diff"]
 
 _REAL_FDATASYNC = os.fdatasync
 
@@ -55,6 +59,36 @@ class FlakyOs:
         if self.fail("ftruncate"):
             raise OSError(errno.EIO, "injected ftruncate")
         os.ftruncate(fd, n)
+
+
+class Outcomes:
+    """What returned (per publisher, in order) and what raised; ``other``: errors that are
+    not a ``PersistenceError`` (none is expected)."""
+
+    def __init__(self) -> None:
+        self.returned: dict[Hashable, list[bytes]] = {}
+        self.failed: set[bytes] = set()
+        self.other: list[str] = []
+
+    def ok(self, key: Hashable, data: bytes) -> None:
+        self.returned.setdefault(key, []).append(data)
+
+    def raised(self, exc: BaseException, *data: bytes) -> None:
+        if not isinstance(exc, PersistenceError):
+            self.other.append(repr(exc))
+        self.failed.update(data)
+
+    def batch(self, sent: Sequence[tuple[Hashable, bytes]], exc: BaseException | None) -> None:
+        """A ``publish_many`` of ``sent`` (key, data) that raised ``exc`` (None: returned)."""
+        for i, (key, data) in enumerate(sent):
+            if exc is None or (isinstance(exc, PublishManyError) and i not in exc.errors):
+                self.ok(key, data)
+            else:
+                self.raised(exc.errors[i] if isinstance(exc, PublishManyError) else exc, data)
+
+    def want(self) -> dict[Hashable, list[bytes]]:
+        """What returned, publishers that stored nothing left out."""
+        return {k: v for k, v in self.returned.items() if v}
 
 
 def diff(a: Mapping[Hashable, list[bytes]], b: Mapping[Hashable, list[bytes]],

@@ -13,6 +13,7 @@ shared log's rebuild race of session 22; ``RV_SEED`` and ``RV_ROUNDS`` rerun a c
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -21,16 +22,15 @@ from typing import Any
 
 import pytest
 
-from mqttsession import Gateway, PublishManyError
+from mqttsession import AsyncGateway, Client, Gateway
 from mqttsession import journal as journal_mod
 from mqttsession import store as store_mod
-from mqttsession.errors import PersistenceError
 from mqttsession.sessionlog import SessionLog, read_sessions
 
 try:  # tests/integration may or may not be a package
-    from ._faults import FlakyOs, diff
+    from ._faults import FlakyOs, Outcomes, diff
 except ImportError:  # pragma: no cover - rootdir-relative import
-    from _faults import FlakyOs, diff  # type: ignore[no-redef]
+    from _faults import FlakyOs, Outcomes, diff  # type: ignore[no-redef]
 
 SESSIONS = 4
 MANY = 2  # publish_many threads
@@ -57,6 +57,7 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
     monkeypatch.setattr(_th, "excepthook", lambda a: None)
     rewrite_fails = _count_failed_rewrites(monkeypatch)
     d = tmp_path / "gw"
+    out = Outcomes()
     with Gateway(d) as gw:
         if bound:
             gw.store.max_log_bytes = 3000
@@ -69,35 +70,19 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
         monkeypatch.setattr(os, "fdatasync", flaky.fdatasync)  # (the group commit's)
         monkeypatch.setattr(journal_mod, "os", flaky)
         flaky.enabled = True
-        returned: Per = {}
-        failed: set[bytes] = set()
-        other: list[str] = []
         barrier = threading.Barrier(MANY + SESSIONS + 1)
-
-        def ok(t: str, k: int, data: bytes) -> None:
-            returned.setdefault((t, k), []).append(data)
 
         def many(t: str) -> None:
             for r in range(ROUNDS):
                 for i in range(EACH):
                     msgs = [(cs[k], "t", 1 + (i + k) % 2, f"{t}-{k}-{r}-{i}".encode())
                             for k in range(SESSIONS)]
+                    exc: BaseException | None = None
                     try:
                         gw.publish_many(msgs)
-                    except PublishManyError as exc:
-                        for k, (_c, _t, _q, data) in enumerate(msgs):
-                            if k in exc.errors:
-                                if not isinstance(exc.errors[k], PersistenceError):
-                                    other.append(repr(exc.errors[k]))
-                                failed.add(data)
-                            else:
-                                ok(t, k, data)
-                    except Exception as exc:  # noqa: BLE001
-                        other.append(repr(exc))
-                        failed.update(m[3] for m in msgs)
-                    else:
-                        for k, m in enumerate(msgs):
-                            ok(t, k, m[3])
+                    except Exception as e:  # noqa: BLE001
+                        exc = e
+                    out.batch([((t, k), m[3]) for k, m in enumerate(msgs)], exc)
                 barrier.wait(120)
                 barrier.wait(120)
 
@@ -108,20 +93,12 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
                     data = f"{t}-{k}-{r}-{i}".encode()
                     try:
                         cs[k].publish_data("t", 1 + i % 2, data)
-                    except PersistenceError:
-                        failed.add(data)
                     except Exception as exc:  # noqa: BLE001
-                        other.append(repr(exc))
-                        failed.add(data)
+                        out.raised(exc, data)
                     else:
-                        ok(t, k, data)
+                        out.ok((t, k), data)
                 barrier.wait(120)
                 barrier.wait(120)
-
-        def crash_copy() -> Per:
-            stored = read_sessions(str(d))
-            return _grouped({k: [m.payload for m in stored[f"s{k}"].outgoing.values()]
-                             if f"s{k}" in stored else [] for k in range(SESSIONS)})
 
         threads = [threading.Thread(target=many, args=(f"p{n}",), daemon=True)
                    for n in range(MANY)]
@@ -130,7 +107,6 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
         for t in threads:
             t.start()
         problems: list[str] = []
-        best_effort = 0
         try:
             for r in range(ROUNDS):
                 barrier.wait(120)
@@ -138,28 +114,7 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
                 for c in cs:
                     c._lock.acquire()  # noqa: SLF001
                 try:
-                    held = [c.client_id for c in cs if c._driver.holds()]  # noqa: SLF001
-                    mem = _grouped({k: [m.message for m in cs[k].outgoing_messages]
-                                    for k in range(SESSIONS)})
-                    crashed = crash_copy()
-                    want = {k: v for k, v in returned.items() if v}
-                    rf = {cid for cid, _e in rewrite_fails}
-                    rewrite_fails.clear()
-                    if held:
-                        problems.append(f"round {r}: held {held}")
-                    if mem != want:
-                        problems.append(f"round {r}: memory != returned: "
-                                        f"{diff(mem, want, failed)}")
-                    wrong = _sessions_differing(crashed, want)
-                    if wrong and wrong <= rf and _only_raised_extra(crashed, want, failed):
-                        best_effort += 1  # the documented limit: the next write mends it
-                        for c in cs:
-                            if c.client_id in wrong:
-                                c.save_session()
-                        crashed = crash_copy()
-                    if crashed != want:
-                        problems.append(f"round {r}: rewrites failed {sorted(rf)}; crash copy"
-                                        f" != returned: {diff(crashed, want, failed)}")
+                    problems += _check(r, cs, d, out, rewrite_fails)
                 finally:
                     for c in reversed(cs):
                         c._lock.release()  # noqa: SLF001
@@ -173,9 +128,9 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
                 t.join(20)
             flaky.enabled = False
         assert not any(t.is_alive() for t in threads), "stuck"
-        assert not other, other[:5]
-        assert not problems, (seed, best_effort, problems[:3])
-        assert failed
+        assert not out.other, out.other[:5]
+        assert not problems, (seed, problems[:3])
+        assert out.failed
 
 
 @pytest.mark.parametrize("mode", ["sync+write", "all"])
@@ -184,22 +139,13 @@ def test_async_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     """The same through ``AsyncGateway``: ``publish_many`` tasks and a task a session that
     awaits ``AsyncSession.publish``, on one loop, the fdatasyncs in the gateway's sync
     thread."""
-    import asyncio
-
-    from mqttsession import AsyncGateway
-
     seed = int(os.environ.get("RV_SEED", "0")) or random.randrange(1 << 30)
     flaky = FlakyOs(MODES[mode], random.Random(seed))
     flaky.enabled = False
     rewrite_fails = _count_failed_rewrites(monkeypatch)
     d = tmp_path / "agw"
-    returned: Per = {}
-    failed: set[bytes] = set()
-    other: list[str] = []
+    out = Outcomes()
     problems: list[str] = []
-
-    def ok(t: str, k: int, data: bytes) -> None:
-        returned.setdefault((t, k), []).append(data)
 
     async def main() -> None:
         async with AsyncGateway(d) as gw:
@@ -215,22 +161,12 @@ def test_async_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 for i in range(EACH):
                     msgs = [(ss[k], "t", 1 + (i + k) % 2, f"{t}-{k}-{r}-{i}".encode())
                             for k in range(SESSIONS)]
+                    exc: BaseException | None = None
                     try:
                         await gw.publish_many(msgs)
-                    except PublishManyError as exc:
-                        for k, m in enumerate(msgs):
-                            if k in exc.errors:
-                                if not isinstance(exc.errors[k], PersistenceError):
-                                    other.append(repr(exc.errors[k]))
-                                failed.add(m[3])
-                            else:
-                                ok(t, k, m[3])
-                    except Exception as exc:  # noqa: BLE001
-                        other.append(repr(exc))
-                        failed.update(m[3] for m in msgs)
-                    else:
-                        for k, m in enumerate(msgs):
-                            ok(t, k, m[3])
+                    except Exception as e:  # noqa: BLE001
+                        exc = e
+                    out.batch([((t, k), m[3]) for k, m in enumerate(msgs)], exc)
 
             async def single(k: int, r: int) -> None:
                 t = f"q{k}"
@@ -238,18 +174,10 @@ def test_async_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     data = f"{t}-{k}-{r}-{i}".encode()
                     try:
                         await ss[k].publish("t", data, 1 + i % 2)
-                    except PersistenceError:
-                        failed.add(data)
                     except Exception as exc:  # noqa: BLE001
-                        other.append(repr(exc))
-                        failed.add(data)
+                        out.raised(exc, data)
                     else:
-                        ok(t, k, data)
-
-            def crash_copy() -> Per:
-                stored = read_sessions(str(d))
-                return _grouped({k: [m.payload for m in stored[f"s{k}"].outgoing.values()]
-                                 if f"s{k}" in stored else [] for k in range(SESSIONS)})
+                        out.ok((t, k), data)
 
             monkeypatch.setattr(os, "fdatasync", flaky.fdatasync)
             monkeypatch.setattr(journal_mod, "os", flaky)
@@ -259,36 +187,48 @@ def test_async_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     await asyncio.gather(*[many(f"p{n}", r) for n in range(MANY)],
                                          *[single(k, r) for k in range(SESSIONS)])
                     flaky.enabled = False
-                    held = [s.client_id for s in ss if s.client._driver.holds()]  # noqa: SLF001
-                    mem = _grouped({k: [m.message for m in ss[k].client.outgoing_messages]
-                                    for k in range(SESSIONS)})
-                    crashed = crash_copy()
-                    want = {k: v for k, v in returned.items() if v}
-                    rf = {cid for cid, _e in rewrite_fails}
-                    rewrite_fails.clear()
-                    if held:
-                        problems.append(f"round {r}: held {held}")
-                    if mem != want:
-                        problems.append(f"round {r}: memory != returned: "
-                                        f"{diff(mem, want, failed)}")
-                    wrong = _sessions_differing(crashed, want)
-                    if wrong and wrong <= rf and _only_raised_extra(crashed, want, failed):
-                        for s in ss:  # the documented limit: the next write mends it
-                            if s.client_id in wrong:
-                                await s.save_session()
-                        crashed = crash_copy()
-                    if crashed != want:
-                        problems.append(f"round {r}: rewrites failed {sorted(rf)}; crash copy"
-                                        f" != returned: {diff(crashed, want, failed)}")
+                    problems.extend(_check(r, [s.client for s in ss], d, out, rewrite_fails))
                     if problems:
                         break
             finally:
                 flaky.enabled = False
 
     asyncio.run(main())
-    assert not other, other[:5]
+    assert not out.other, out.other[:5]
     assert not problems, (seed, problems[:3])
-    assert failed
+    assert out.failed
+
+
+def _check(r: int, cs: list[Client], d: Path, out: Outcomes,
+           rewrite_fails: list[tuple[str, str]]) -> list[str]:
+    """Round ``r``'s problems (every publisher paused, faults off)."""
+
+    def crash_copy() -> Per:
+        stored = read_sessions(str(d))
+        return _grouped({k: [m.payload for m in stored[f"s{k}"].outgoing.values()]
+                         if f"s{k}" in stored else [] for k in range(SESSIONS)})
+
+    held = [c.client_id for c in cs if c._driver.holds()]  # noqa: SLF001
+    mem = _grouped({k: [m.message for m in cs[k].outgoing_messages] for k in range(SESSIONS)})
+    crashed = crash_copy()
+    want = out.want()
+    rf = {cid for cid, _e in rewrite_fails}
+    rewrite_fails.clear()
+    problems = []
+    if held:
+        problems.append(f"round {r}: held {held}")
+    if mem != want:
+        problems.append(f"round {r}: memory != returned: {diff(mem, want, out.failed)}")
+    wrong = _sessions_differing(crashed, want)
+    if wrong and wrong <= rf and _only_raised_extra(crashed, want, out.failed):
+        for c in cs:  # the documented limit: the session's next write takes them out
+            if c.client_id in wrong:
+                c.save_session()
+        crashed = crash_copy()
+    if crashed != want:
+        problems.append(f"round {r}: rewrites failed {sorted(rf)}; crash copy != returned:"
+                        f" {diff(crashed, want, out.failed)}")
+    return problems
 
 
 def _count_failed_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
