@@ -11,10 +11,13 @@ import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import pytest
+
 from mqttsession import PublishManyError
+from mqttsession import store as store_mod
 from mqttsession.errors import PersistenceError
 
-__all__ = ["FlakyOs", "Outcomes", "diff"]
+__all__ = ["FlakyOs", "Outcomes", "count_failed_rewrites", "diff"]
 
 _REAL_FDATASYNC = os.fdatasync
 
@@ -89,6 +92,38 @@ class Outcomes:
     def want(self) -> dict[Hashable, list[bytes]]:
         """What returned, publishers that stored nothing left out."""
         return {k: v for k, v in self.returned.items() if v}
+
+
+def count_failed_rewrites(monkeypatch: pytest.MonkeyPatch, store: type
+                          ) -> list[tuple[str, str]]:
+    """(client id, error) of each ``StateFile.rewrite`` whose last try failed: the last
+    ``store.compact`` it called raised (``store``: ``Journal`` or ``SessionLog``)."""
+    fails: list[tuple[str, str]] = []
+    inside = threading.local()
+    orig_rw, orig_compact = store_mod.StateFile.rewrite, store.compact
+
+    def rw(self: Any, state: Any) -> None:
+        inside.on, inside.last = True, None
+        try:
+            orig_rw(self, state)
+        finally:
+            inside.on = False
+            if inside.last is not None:
+                fails.append((state.client_id, inside.last))
+
+    def compact(self: Any, state: Any, *args: Any) -> None:
+        try:
+            orig_compact(self, state, *args)
+        except Exception as exc:
+            if getattr(inside, "on", False):
+                inside.last = str(exc)
+            raise
+        if getattr(inside, "on", False):
+            inside.last = None
+
+    monkeypatch.setattr(store_mod.StateFile, "rewrite", rw)
+    monkeypatch.setattr(store, "compact", compact)
+    return fails
 
 
 def diff(a: Mapping[Hashable, list[bytes]], b: Mapping[Hashable, list[bytes]],

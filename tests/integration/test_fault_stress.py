@@ -14,19 +14,17 @@ import os
 import random
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mqttsession import AsyncSession, Client
 from mqttsession import journal as journal_mod
-from mqttsession import store as store_mod
 
 try:  # tests/integration may or may not be a package
-    from ._faults import FlakyOs, Outcomes, diff
+    from ._faults import FlakyOs, Outcomes, count_failed_rewrites, diff
     from ._procs import crash_copy as _crash_copy
 except ImportError:  # pragma: no cover - rootdir-relative import
-    from _faults import FlakyOs, Outcomes, diff  # type: ignore[no-redef]
+    from _faults import FlakyOs, Outcomes, count_failed_rewrites, diff  # type: ignore[no-redef]
     from _procs import crash_copy as _crash_copy  # type: ignore[no-redef]
 
 THREADS = 6
@@ -59,7 +57,7 @@ def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, boun
     monkeypatch.setattr(journal_mod, "os", flaky)
     import threading as _th
     monkeypatch.setattr(_th, "excepthook", lambda a: None)
-    rewrite_fails = _count_failed_rewrites(monkeypatch)
+    rewrite_fails = count_failed_rewrites(monkeypatch, journal_mod.Journal)
     out = Outcomes()
     barrier = threading.Barrier(THREADS + 1)
 
@@ -110,7 +108,7 @@ def test_async_session_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     flaky = FlakyOs(MODES[mode], random.Random(seed))
     flaky.enabled = False
     path = tmp_path / "s"
-    rewrite_fails = _count_failed_rewrites(monkeypatch)
+    rewrite_fails = count_failed_rewrites(monkeypatch, journal_mod.Journal)
     out = Outcomes()
     problems: list[str] = []
 
@@ -161,10 +159,12 @@ def test_async_session_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert out.failed
 
 
-def _check(r: int, c: Client, path: Path, out: Outcomes, rewrite_fails: list[int]) -> list[str]:
+def _check(r: int, c: Client, path: Path, out: Outcomes,
+           rewrite_fails: list[tuple[str, str]]) -> list[str]:
     """Round ``r``'s problems (every publisher paused, faults off)."""
     returned = {k: out.returned.get(k, []) for k in range(THREADS)}
-    rf, rewrite_fails[0] = rewrite_fails[0], 0
+    rf = len(rewrite_fails)
+    rewrite_fails.clear()
     mem = _per_thread([m.message for m in c.outgoing_messages])
     crashed = _per_thread(_crash_copy(path, "rv"))
     extra = {m for k, v in crashed.items() for m in v if m not in returned[k]}
@@ -190,17 +190,3 @@ def _per_thread(messages: list[bytes]) -> Per:
             out[int(m.split(b"-")[0])].append(m)
     return out
 
-
-def _count_failed_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """[how many ``StateFile.rewrite`` calls left the journal broken since last read]."""
-    fails = [0]
-    orig_rw = store_mod.StateFile.rewrite
-
-    def rw(self: Any, state: Any) -> None:
-        j = self.journal
-        orig_rw(self, state)
-        if j is not None and (j._broken or j._fd is None):  # noqa: SLF001
-            fails[0] += 1
-
-    monkeypatch.setattr(store_mod.StateFile, "rewrite", rw)
-    return fails

@@ -18,19 +18,17 @@ import os
 import random
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mqttsession import AsyncGateway, Client, Gateway
 from mqttsession import journal as journal_mod
-from mqttsession import store as store_mod
 from mqttsession.sessionlog import SessionLog, read_sessions
 
 try:  # tests/integration may or may not be a package
-    from ._faults import FlakyOs, Outcomes, diff
+    from ._faults import FlakyOs, Outcomes, count_failed_rewrites, diff
 except ImportError:  # pragma: no cover - rootdir-relative import
-    from _faults import FlakyOs, Outcomes, diff  # type: ignore[no-redef]
+    from _faults import FlakyOs, Outcomes, count_failed_rewrites, diff  # type: ignore[no-redef]
 
 SESSIONS = 4
 MANY = 2  # publish_many threads
@@ -55,7 +53,7 @@ def test_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: s
     flaky.enabled = False
     import threading as _th
     monkeypatch.setattr(_th, "excepthook", lambda a: None)
-    rewrite_fails = _count_failed_rewrites(monkeypatch)
+    rewrite_fails = count_failed_rewrites(monkeypatch, SessionLog)
     d = tmp_path / "gw"
     out = Outcomes()
     with Gateway(d) as gw:
@@ -142,7 +140,7 @@ def test_async_gateway_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     seed = int(os.environ.get("RV_SEED", "0")) or random.randrange(1 << 30)
     flaky = FlakyOs(MODES[mode], random.Random(seed))
     flaky.enabled = False
-    rewrite_fails = _count_failed_rewrites(monkeypatch)
+    rewrite_fails = count_failed_rewrites(monkeypatch, SessionLog)
     d = tmp_path / "agw"
     out = Outcomes()
     problems: list[str] = []
@@ -229,36 +227,6 @@ def _check(r: int, cs: list[Client], d: Path, out: Outcomes,
         problems.append(f"round {r}: rewrites failed {sorted(rf)}; crash copy != returned:"
                         f" {diff(crashed, want, out.failed)}")
     return problems
-
-
-def _count_failed_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """(client id, error) of each ``StateFile.rewrite`` whose last compaction failed."""
-    fails: list[tuple[str, str]] = []
-    inside = threading.local()
-    orig_rw, orig_compact = store_mod.StateFile.rewrite, SessionLog.compact
-
-    def rw(self: Any, state: Any) -> None:
-        inside.on, inside.last = True, None
-        try:
-            orig_rw(self, state)
-        finally:
-            inside.on = False
-            if inside.last is not None:
-                fails.append(inside.last)
-
-    def compact(self: Any, state: Any, text: Any = None) -> None:
-        try:
-            orig_compact(self, state, text)
-        except Exception as exc:
-            if getattr(inside, "on", False):
-                inside.last = (self.client_id, str(exc))
-            raise
-        if getattr(inside, "on", False):
-            inside.last = None
-
-    monkeypatch.setattr(store_mod.StateFile, "rewrite", rw)
-    monkeypatch.setattr(SessionLog, "compact", compact)
-    return fails
 
 
 def _grouped(per_session: dict[int, list[bytes]]) -> Per:
