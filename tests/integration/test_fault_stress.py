@@ -44,7 +44,7 @@ Per = dict[int, list[bytes]]  # publishing thread (task) -> payloads in order
 @pytest.mark.parametrize("bound", [0, 700])
 @pytest.mark.parametrize("mode", list(MODES))
 def test_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, bound: int) -> None:
-    seed = random.randrange(1 << 30)  # (in every failure message: rerun with it)
+    seed = int(os.environ.get("RV_SEED", "0")) or random.randrange(1 << 30)  # (printed)
     path = tmp_path / "s"
     c = Client(client_id="rv", clean_session=False)
     c.config(f"SessionStateFile={path}")
@@ -104,7 +104,7 @@ def test_async_session_stress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               mode: str) -> None:
     """The same through ``AsyncSession``: tasks that await ``publish`` and ``publish_many``
     on one loop (the fdatasyncs off the loop, group commit across the tasks)."""
-    seed = random.randrange(1 << 30)
+    seed = int(os.environ.get("RV_SEED", "0")) or random.randrange(1 << 30)
     flaky = FlakyOs(MODES[mode], random.Random(seed))
     flaky.enabled = False
     path = tmp_path / "s"

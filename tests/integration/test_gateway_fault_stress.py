@@ -9,7 +9,8 @@ One exception is the documented limit: a publish that raised whose message is st
 log because the rewrite of its session that takes it back failed as well (README, "a failed
 write or fsync"). It is allowed only for a session whose rewrite failed in that round, and
 the session's next write must take it out. (Grown from the reproduction that found the
-shared log's rebuild race of session 22; ``RV_SEED`` and ``RV_ROUNDS`` rerun a case.)"""
+shared log's rebuild race of session 22; ``RV_SEED`` sets the seed of the faults, ``RV_ROUNDS``
+the rounds.)"""
 
 from __future__ import annotations
 
