@@ -41,6 +41,7 @@ from typing import Any
 
 from mqttsession import Client, codec
 from mqttsession.journal import JOURNAL_SUFFIX, Journal
+from mqttsession.spool import QUEUE_SUFFIX
 from mqttsession.state import SessionState
 
 TOPIC = "bench/restore"
@@ -138,6 +139,8 @@ def _fresh_copy(master: str, workdir: str) -> str:
     shutil.copyfile(master, dst)
     if os.path.exists(master + JOURNAL_SUFFIX):
         shutil.copyfile(master + JOURNAL_SUFFIX, dst + JOURNAL_SUFFIX)
+    if os.path.isdir(master + QUEUE_SUFFIX):  # the disk queue: past QueueInMemory
+        shutil.copytree(master + QUEUE_SUFFIX, dst + QUEUE_SUFFIX)
     return dst
 
 
