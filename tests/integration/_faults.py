@@ -16,24 +16,24 @@ import pytest
 from mqttsession import PublishManyError
 from mqttsession import store as store_mod
 from mqttsession.errors import PersistenceError
+from mqttsession.testing.faults import FakeOs
 
-__all__ = ["FlakyOs", "Outcomes", "count_failed_rewrites", "diff"]
+__all__ = ["FlakyOs", "Outcomes", "count_failed_rewrites", "diff", "only_raised_extra"]
 
 _REAL_FDATASYNC = os.fdatasync
 
 
-class FlakyOs:
-    """Stands in for the ``os`` module of ``mqttsession.journal`` (``monkeypatch.setattr``):
-    each call of a name in ``probs`` fails with that probability while ``enabled``."""
+class FlakyOs(FakeOs):
+    """``FakeOs`` (``mqttsession.journal``'s ``os``) whose fdatasync, fsync, write and
+    ftruncate fail at random: each call of a name in ``probs`` with that probability while
+    ``enabled``."""
 
     def __init__(self, probs: Mapping[str, float], rnd: random.Random) -> None:
+        super().__init__()
         self.probs = dict(probs)
         self.rnd = rnd
         self.enabled = True
         self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
 
     def fail(self, what: str) -> bool:
         """Whether this call of ``what`` fails (the seeded draw)."""
@@ -124,6 +124,15 @@ def count_failed_rewrites(monkeypatch: pytest.MonkeyPatch, store: type
     monkeypatch.setattr(store_mod.StateFile, "rewrite", rw)
     monkeypatch.setattr(store, "compact", compact)
     return fails
+
+
+def only_raised_extra(crashed: Mapping[Hashable, list[bytes]],
+                      want: Mapping[Hashable, list[bytes]], failed: set[bytes]) -> bool:
+    """Whether all a crash copy holds beyond what returned are publishes that raised, and it
+    misses nothing that returned."""
+    extra = [m for key, v in crashed.items() for m in v if m not in want.get(key, [])]
+    missing = [m for key, v in want.items() for m in v if m not in crashed.get(key, [])]
+    return not missing and all(m in failed for m in extra)
 
 
 def diff(a: Mapping[Hashable, list[bytes]], b: Mapping[Hashable, list[bytes]],

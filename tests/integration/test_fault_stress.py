@@ -21,10 +21,11 @@ from mqttsession import AsyncSession, Client
 from mqttsession import journal as journal_mod
 
 try:  # tests/integration may or may not be a package
-    from ._faults import FlakyOs, Outcomes, count_failed_rewrites, diff
+    from ._faults import FlakyOs, Outcomes, count_failed_rewrites, diff, only_raised_extra
     from ._procs import crash_copy as _crash_copy
 except ImportError:  # pragma: no cover - rootdir-relative import
-    from _faults import FlakyOs, Outcomes, count_failed_rewrites, diff  # type: ignore[no-redef]
+    from _faults import (FlakyOs, Outcomes, count_failed_rewrites,  # type: ignore[no-redef]
+                         diff, only_raised_extra)
     from _procs import crash_copy as _crash_copy  # type: ignore[no-redef]
 
 THREADS = 6
@@ -167,9 +168,7 @@ def _check(r: int, c: Client, path: Path, out: Outcomes,
     rewrite_fails.clear()
     mem = _per_thread([m.message for m in c.outgoing_messages])
     crashed = _per_thread(_crash_copy(path, "rv"))
-    extra = {m for k, v in crashed.items() for m in v if m not in returned[k]}
-    missing = {m for k, v in returned.items() for m in v if m not in crashed[k]}
-    if crashed != returned and rf and not missing and extra <= out.failed:
+    if crashed != returned and rf and only_raised_extra(crashed, returned, out.failed):
         c.save_session()  # the documented limit: the next write takes them out
         crashed = _per_thread(_crash_copy(path, "rv"))
     problems = []

@@ -27,9 +27,10 @@ from mqttsession import journal as journal_mod
 from mqttsession.sessionlog import SessionLog, read_sessions
 
 try:  # tests/integration may or may not be a package
-    from ._faults import FlakyOs, Outcomes, count_failed_rewrites, diff
+    from ._faults import FlakyOs, Outcomes, count_failed_rewrites, diff, only_raised_extra
 except ImportError:  # pragma: no cover - rootdir-relative import
-    from _faults import FlakyOs, Outcomes, count_failed_rewrites, diff  # type: ignore[no-redef]
+    from _faults import (FlakyOs, Outcomes, count_failed_rewrites,  # type: ignore[no-redef]
+                         diff, only_raised_extra)
 
 SESSIONS = 4
 MANY = 2  # publish_many threads
@@ -219,7 +220,7 @@ def _check(r: int, cs: list[Client], d: Path, out: Outcomes,
     if mem != want:
         problems.append(f"round {r}: memory != returned: {diff(mem, want, out.failed)}")
     wrong = _sessions_differing(crashed, want)
-    if wrong and wrong <= rf and _only_raised_extra(crashed, want, out.failed):
+    if wrong and wrong <= rf and only_raised_extra(crashed, want, out.failed):
         for c in cs:  # the documented limit: the session's next write takes them out
             if c.client_id in wrong:
                 c.save_session()
@@ -239,13 +240,5 @@ def _grouped(per_session: dict[int, list[bytes]]) -> Per:
 
 
 def _sessions_differing(a: Per, b: Per) -> set[str]:
-    return {f"s{k}" for k in {k for _t, k in a} | {k for _t, k in b}
-            if any(a.get((t, k), []) != b.get((t, k), []) for t, kk in {*a, *b} if kk == k)}
+    return {f"s{k}" for (t, k) in {*a, *b} if a.get((t, k), []) != b.get((t, k), [])}
 
-
-def _only_raised_extra(crashed: Per, want: Per, failed: set[bytes]) -> bool:
-    """Whether all the crash copy holds beyond what returned are publishes that raised, and
-    it misses nothing."""
-    extra = [m for key, v in crashed.items() for m in v if m not in want.get(key, [])]
-    missing = [m for key, v in want.items() for m in v if m not in crashed.get(key, [])]
-    return not missing and all(m in failed for m in extra)
