@@ -16,7 +16,7 @@ Part 2, history: 1,000 held messages behind a history of ``--history`` messages 
 accepted, sent and acknowledged, built directly with ``Journal`` and ``SessionState`` exactly as
 the client does (``append``, then ``compact`` when the journal passes its bound):
 
-* the default bound (256 KiB, or half the snapshot when that is larger); "to bound" = as much
+* the default bound (1 MiB, or half the snapshot when that is larger); "to bound" = as much
   history as fits before the next compaction, the most a restore can have to replay;
 * JournalMaxBytes = 1 GiB: nothing is ever compacted, the journal holds the whole history.
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(os.path.dirname(master), ignore_errors=True)
         # ---- part 2: history; -1 = as much as fits under the bound (the worst case)
         hist_points = [0, args.history // 10, args.history, -1]
-        for mjb, label in ((0, "default bound (256 KiB or snapshot/2)"),
+        for mjb, label in ((0, "default bound (1 MiB or snapshot/2)"),
                            (1024 ** 3, "JournalMaxBytes 1 GiB (never compacted)")):
             for history in hist_points if mjb == 0 else hist_points[:3]:
                 master = os.path.join(tempfile.mkdtemp(dir=workdir), "s.json")

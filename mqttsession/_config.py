@@ -36,7 +36,7 @@ class ClientSettings:
     auto_reconnect: bool = True
     reconnect_delay_min: float = 1.0
     reconnect_delay_max: float = 30.0
-    journal_max_bytes: int = 0  # 0: auto (256 KiB, or half the snapshot's size when larger)
+    journal_max_bytes: int = 0  # 0: auto (1 MiB, or half the snapshot's size when larger)
     queue_segment_bytes: int = 1024 * 1024  # a disk queue segment is sealed past this
     receive_maximum: int = 20  # MQTT 5 CONNECT: incoming QoS>0 flows the broker may leave open
     manual_ack: bool = False  # PUBACK / PUBCOMP wait for ack()
@@ -277,7 +277,7 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                               " broker lost the session: ``republish`` (listed in"
                               " ``possible_duplicates``) or ``drop``."),
     "journalmaxbytes": ("JournalMaxBytes", "Compact the state file when its journal passes this"
-                        " many bytes; 0: 256 KiB or half the snapshot, whichever is larger."),
+                        " many bytes; 0: 1 MiB or half the snapshot, whichever is larger."),
     "queuesegmentbytes": ("QueueSegmentBytes", "Size (4096..2**30 bytes) at which a disk queue"
                           " segment is sealed and a new one started."),
     "maxmessagesize": ("MaxMessageSize", "The largest PUBLISH packet ``publish_*`` accepts, in"

@@ -78,7 +78,8 @@ log = logging.getLogger(__name__)
 LOCK_SUFFIX: Final = ".lock"
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
 _OPEN: Final = os.O_RDWR | _NOFOLLOW  # written (or mapped) where ``Journal._size`` says
-AUTO_JOURNAL_BYTES: Final = 256 * 1024
+#: the default bound past which a journal is compacted (or half the snapshot, when larger)
+AUTO_JOURNAL_BYTES: Final = 1024 * 1024
 #: SessionSync=always / interval: zeros are written this far ahead of the journal's records
 #: (recovery reads them as its end). An fdatasync of bytes written over them changes no size
 #: and no extent: a third cheaper on ext4 than one after an append (``bench/README.md``).
@@ -564,7 +565,7 @@ class Journal(GroupCommit):
     @property
     def bound(self) -> int:
         """The journal size past which it is compacted: ``max_journal_bytes`` when set (> 0,
-        a hard bound); by default 256 KiB or half the snapshot's size, whichever is larger. A
+        a hard bound); by default 1 MiB or half the snapshot's size, whichever is larger. A
         restore then reads at most the snapshot and half as much again, so its cost follows
         what the session holds, not the file's history; and each compaction is paid for by a
         journal of half its size."""
