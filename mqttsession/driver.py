@@ -357,6 +357,10 @@ class Driver(Durability):
         later: list[Action] = []
         durable = False  # a record that is not lazy: a compaction may be due
         joined: list[Write] = []  # consecutive PUBLISHes written with one ``write`` (one send)
+        # every record of ``actions`` is applied already: a snapshot written while they are
+        # carried out (a write that found the journal broken by an earlier failure, or cut by
+        # a failed sync, rewrites it from memory) holds all of them
+        folds = f.compactions
         for a in actions:
             if type(a) is Write:
                 if conn is not None:
@@ -382,6 +386,8 @@ class Driver(Durability):
                             conn.hold_publishes()
                 if not a.lazy:
                     durable = True
+                if a.records and f.compactions != folds and type(a.records[0]) is not Spooled:
+                    continue  # in that snapshot: a second copy after it would not replay
                 try:
                     f.append(a.records, st, sync=sync, lazy=a.lazy,
                              held=held and not a.force and not a.lazy)

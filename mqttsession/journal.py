@@ -78,8 +78,7 @@ log = logging.getLogger(__name__)
 LOCK_SUFFIX: Final = ".lock"
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
 _OPEN: Final = os.O_RDWR | _NOFOLLOW  # written (or mapped) where ``Journal._size`` says
-#: the default bound past which a journal is compacted (or half the snapshot, when larger)
-AUTO_JOURNAL_BYTES: Final = 1024 * 1024
+AUTO_JOURNAL_BYTES: Final = 1024 * 1024  # the default bound (``bound``)
 #: SessionSync=always / interval: zeros are written this far ahead of the journal's records
 #: (recovery reads them as its end). An fdatasync of bytes written over them changes no size
 #: and no extent: a third cheaper on ext4 than one after an append (``bench/README.md``).
@@ -209,6 +208,7 @@ class Journal(GroupCommit):
         self._seek = True  # the fd's offset is to be set to ``_size`` before the next write
         self._map = MappedTail()  # the journal's file: records copied in, no write()
         self._broken = False  # a write failed: the next write is a full compaction
+        self.compactions = 0  # snapshots written (``Store.compactions``)
         #: (incarnation, offset) where the last append's records end (``Durability.hold``)
         self.appended_at: tuple[int, int] = (0, 0)
         self._snapshot_size = 0
@@ -610,6 +610,7 @@ class Journal(GroupCommit):
         self._unsynced = False
         self._new_incarnation(self._size)  # written and fsynced whole
         self.client_id = state.client_id
+        self.compactions += 1
         log.info("state file %s compacted: a journal of %d bytes folded into a snapshot of %d"
                  " bytes", self.path, folded, len(text))
 

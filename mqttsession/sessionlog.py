@@ -100,6 +100,7 @@ class SessionLog:
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._unsynced: tuple[int, int] | None = None  # written, not synced (policy always)
         self._snapshot_at: tuple[int, int] | None = None  # the last snapshot synced, its end
+        self.compactions = 0  # snapshots written and synced (``Store.compactions``)
         self.appended_at: tuple[int, int] = (0, 0)  # where the last append's records end
         self._closed = False
 
@@ -145,6 +146,7 @@ class SessionLog:
                 if lg.is_synced(gen, pos):
                     s.prev = None
                     self._snapshot_at = (gen, pos)
+                    self.compactions += 1
             self._unsynced = None
             log.debug("session %s compacted: %d bytes of records folded into a snapshot of %d"
                       " bytes", self.path, folded, len(body))

@@ -34,6 +34,10 @@ __all__ = ["MemoryStore", "StateFile", "Store"]
 class Store(Protocol):
     """Durable session records: appended, synced, compacted into a snapshot, recovered."""
 
+    #: snapshots of the whole state written so far (``compact``, also the one a write that
+    #: found the store broken wrote instead of its records)
+    compactions: int
+
     def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,
                lazy: bool = False, held: bool = False) -> None:
         """Make ``records`` (already applied to ``state``) durable; ``sync``: on disk before
@@ -68,6 +72,7 @@ class MemoryStore:
     def __init__(self, snapshot: SessionState | None = None) -> None:
         self._lock = threading.Lock()
         self.snapshot = codec.encode(snapshot if snapshot is not None else SessionState())
+        self.compactions = 0
         self.written: list[Record] = []
         self.durable = 0  # how many of ``written`` are synced
         self.lazy: list[Record] = []
@@ -140,6 +145,7 @@ class MemoryStore:
         with self._lock:
             self.snapshot = text if text is not None else codec.encode(state)
             self.written, self.lazy, self.durable = [], [], 0
+            self.compactions += 1
 
     def recover(self, power_cut: bool = False) -> SessionState:
         """The state after a kill -9 (``power_cut``: after losing the unsynced records); the
@@ -369,6 +375,13 @@ class StateFile:
             except MQTTSessionError as exc:
                 self._errors.append((getattr(exc, "errno", None) or -1,
                                      f"state file compaction failed: {exc}"))
+
+    @property
+    def compactions(self) -> int:
+        """Snapshots the journal wrote so far (``Driver.run``: one written while it carries
+        out an action list holds all of that list's records)."""
+        j = self.journal
+        return j.compactions if j is not None else 0
 
     @property
     def has_errors(self) -> bool:
