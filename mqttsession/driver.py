@@ -336,30 +336,30 @@ class Driver(Durability):
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
-            quiet: str = "", deferred: bool = False) -> list[Action]:
+            quiet: str = "", deferred: bool = False,
+            later: list[Action] | None = None) -> list[Action]:
         """Carry out the engine's records and packets in order (lock held) and return its
         callbacks for ``finish`` (after the lock is released; the engine puts nothing that
         depends on a delivery in the same list). A failed ``Persist`` stops them all (the
         ``accepted`` message it carried is retracted), unless ``quiet`` names what failed: no
         packet depends on these records, so the failure is reported and the rest goes on. A
         due compaction waits for the whole list (the state holds all of its records). Inside
-        a read batch (not for a publish) syncs wait for the batch's end: one fsync for it."""
+        a read batch (not for a publish) syncs wait for the batch's end: one fsync for it;
+        ``later``: the caller's list for the callbacks (it keeps those before a failure)."""
         conn, st, f = self.conn, self.engine.state, self.file
         # a group commit's record waits in memory for the fdatasync that covers it, when the
         # store writes such records then (a Journal; a gateway's shared log does not)
         held = deferred and getattr(f.journal, "writes_lazy_at_sync", False)
         batch: bool | None = False if accepted is not None or conn is None else None  # None: ask
-        # SessionSync=interval: a publish's records reach the OS now and the disk within
-        # SessionSyncInterval (``_sync_later``); the acks that depend on a record still wait
-        # for its fsync (the network thread's syncs are not deferred)
+        # SessionSync=interval: a publish's records reach the OS now, the disk within the
+        # interval (``_sync_later``); the network thread's syncs (for acks) are not deferred
         later_sync = accepted is not None and (
             deferred or self._settings.session_sync == "interval")
-        later: list[Action] = []
+        later = [] if later is None else later
         durable = False  # a record that is not lazy: a compaction may be due
         joined: list[Write] = []  # consecutive PUBLISHes written with one ``write`` (one send)
-        # every record of ``actions`` is applied already: a snapshot written while they are
-        # carried out (a write that found the journal broken by an earlier failure, or cut by
-        # a failed sync, rewrites it from memory) holds all of them
+        # all of ``actions``' records are applied: a snapshot written meanwhile (a write that
+        # found the journal broken, or cut by a failed sync, rewrites it) holds them all
         folds = f.compactions
         for a in actions:
             if type(a) is Write:
@@ -625,16 +625,23 @@ class Driver(Durability):
         self.do(lambda: self.engine.receive(packet))
 
     def _hook_ack(self, kind: PacketType, packet_id: int) -> None:
-        with self.lock:
-            rest = self.run(self.engine.receive_ack(kind, packet_id))
-        self.finish(rest)
+        self._hook_acks([(kind, packet_id)])
 
     def _hook_acks(self, acks: list[tuple[PacketType, int]]) -> None:
         rest: list[Action] = []
         try:
             with self.lock:  # once for them all: the publishing threads wait once
-                for kind, packet_id in acks:
-                    rest += self.run(self.engine.receive_ack(kind, packet_id))
+                flows: list[Action] = []  # the flows' acks: one run, their PUBLISHes one write
+                try:
+                    for kind, packet_id in acks:
+                        if kind is PacketType.PUBREL:  # a delivery: its own run, after the
+                            ready, flows = flows, []  # others' (none computed past a failure)
+                            self.run(ready, later=rest)
+                            self.run(self.engine.receive_ack(kind, packet_id), later=rest)
+                        else:
+                            flows += self.engine.receive_ack(kind, packet_id)
+                finally:
+                    self.run(flows, later=rest)
         finally:
             self.finish(rest)  # the callbacks of those handled, also if one failed
 

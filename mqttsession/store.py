@@ -324,9 +324,11 @@ class StateFile:
         if records:
             j.append(records, state, sync=sync, lazy=lazy, held=held)
             spool = self.spool
-            if spool is not None and type(records[0]) is Loaded and spool.retirable(state.spool_next):
-                j.fsync()  # the read-back is on disk before its segments go
-                spool.retire(state.spool_next)
+            if spool is not None and type(records[0]) is Loaded:
+                upto = records[0].spool_next  # (the state may be past it: a later read-back
+                if spool.retirable(upto):  # of the same action list, not written yet)
+                    j.fsync()  # the read-back is on disk before its segments go
+                    spool.retire(upto)
         elif sync:
             j.sync_pending()
         else:
