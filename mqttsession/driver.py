@@ -351,8 +351,7 @@ class Driver(Durability):
         # store writes such records then (a Journal; a gateway's shared log does not)
         held = deferred and getattr(f.journal, "writes_lazy_at_sync", False)
         batch: bool | None = False if accepted is not None or conn is None else None  # None: ask
-        # SessionSync=interval: a publish's records reach the OS now, the disk within the
-        # interval (``_sync_later``); the network thread's syncs (for acks) are not deferred
+        # SessionSync=interval: a publish's records reach the disk within the interval
         later_sync = accepted is not None and (
             deferred or self._settings.session_sync == "interval")
         later = [] if later is None else later
@@ -636,12 +635,14 @@ class Driver(Durability):
                     for kind, packet_id in acks:
                         if kind is PacketType.PUBREL:  # a delivery: its own run, after the
                             ready, flows = flows, []  # others' (none computed past a failure)
-                            self.run(ready, later=rest)
+                            if ready:
+                                self.run(ready, later=rest)
                             self.run(self.engine.receive_ack(kind, packet_id), later=rest)
                         else:
                             flows += self.engine.receive_ack(kind, packet_id)
                 finally:
-                    self.run(flows, later=rest)
+                    if flows:
+                        self.run(flows, later=rest)
         finally:
             self.finish(rest)  # the callbacks of those handled, also if one failed
 
@@ -653,12 +654,11 @@ class Driver(Durability):
             and self._settings.session_sync != "none"  # (none: nothing to wait for)
 
     def _hook_batch_end(self) -> asyncio.Future[None] | None:
-        """The packets held during a read batch are about to be written: make the records
-        they depend on durable first (points 2, 3, 4), one fsync for them all. Not under the
-        session lock (the journal has its own): a publisher's fsync does not hold it up.
-        Only when the batch deferred a sync: publishers sync their own records (group commit,
-        or SessionSync=interval's timer), and a batch of PUBACKs needs none. A session on an
-        asyncio loop syncs off it: the packets wait for the future returned."""
+        """Before a read batch's held packets are written, the records they depend on made
+        durable (points 2, 3, 4), one fsync for all, not under the session lock (the journal
+        has its own), when the batch deferred a sync (publishers sync their own records; a
+        batch of PUBACKs needs none). An asyncio session syncs off its loop: the packets
+        wait for the future returned."""
         if self._batch_sync:  # set and cleared on the network thread only
             waits, self._batch_sync = self._hook_batch_waits(), False
             if waits and self.background_sync is not None and self.pump is not None:
