@@ -197,9 +197,8 @@ class Journal(GroupCommit):
         self.journal_path = self.path + JOURNAL_SUFFIX
         self.client_id = client_id
         self.sync = sync
-        # records not synced at once go into a mapping of the file (``_put``); not under
-        # SessionSync=always, whose publishes sync each record: an fdatasync after mapped
-        # stores costs about 4x one after ``write`` (``mapped.py``)
+        # records not synced at once are mapped (``_put``); not under ``always``: an
+        # fdatasync after mapped stores costs about 4x one after ``write`` (``mapped.py``)
         self.mapped = mapped
         self.max_journal_bytes = max_journal_bytes
         self._fd: int | None = None  # journal, opened for writing at ``_size``
@@ -307,10 +306,8 @@ class Journal(GroupCommit):
                                                      self._keep_aside)
         self._snapshot_size = snapshot_size
         if resume_at is not None:
-            # go on appending to the journal where its valid part ends (a torn tail is cut
-            # by the first append, so recovery itself writes nothing; zeros after it, the
-            # space allocated ahead, are written over): a restore costs no rewrite of the
-            # whole session
+            # go on appending where its valid part ends (a torn tail is cut by the first
+            # append, zeros allocated ahead are written over): a restore rewrites nothing
             try:
                 self._fd = os.open(self.journal_path, _OPEN)
                 _own_file(self._fd, self.journal_path)
@@ -470,9 +467,8 @@ class Journal(GroupCommit):
 
     def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
         # the page cache is suspect: the next write rewrites everything from memory. What
-        # was not on disk is cut now, so that a publish told "failed" is not found after a
-        # restart (its record, and any written after it: their publishers fail with it; the
-        # network thread's wait for this sync too)
+        # was not on disk is cut now: a publish told "failed" (and any after it, and the
+        # network thread's records) is not found after a restart
         with self._write_lock:
             self._broken = True
             keep = self._synced
@@ -510,12 +506,13 @@ class Journal(GroupCommit):
             self._wake(everyone=True)  # a new incarnation: each waiter looks again
 
     @_locked
-    def fsync(self) -> None:
-        """Everything written so far on disk, whatever the policy (before a disk queue
-        segment whose read-back this journal holds is deleted)."""
+    def fsync(self) -> bool:
+        """Everything written so far on disk, whatever the policy (before a disk queue segment
+        read back is deleted); False: a failed write or sync left it to the next write."""
         self.flush()
         if self._fd is None or self._broken:
-            return
+            return False
+        end = self._size
         try:
             os.fdatasync(self._fd)
         except OSError as exc:
@@ -524,6 +521,10 @@ class Journal(GroupCommit):
                 exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
         self._unsynced = False
+        with self._sync_cond:  # a failed group sync cuts back to ``_synced``: not these
+            if not self._broken:
+                self._synced = max(self._synced, end)
+        return not self._broken
 
     def _hold_snapshot(self, file_id: tuple[int, int] | None) -> None:
         """Keep the snapshot (device, inode ``file_id``) open; None: hold none."""
@@ -547,9 +548,8 @@ class Journal(GroupCommit):
         this process wrote them: a durable write must not go into a file no restart reads.
         The next write rewrites both from memory (a compaction)."""
         assert self._fd is not None
-        # no path look-ups: on the publish path of SessionSync=always, where each syscall may
-        # hand the GIL to the network thread. Deleting a file, or renaming another over it,
-        # leaves the open one with no name; the journal's is not asked with fstat (``unlinked``)
+        # no path look-ups on ``always``'s publish path (each syscall may hand the GIL over):
+        # a file deleted or renamed over has no name; not asked with fstat (``unlinked``)
         try:
             ok = (self._snapshot_fd is not None and not unlinked(self._fd)
                   and os.fstat(self._snapshot_fd).st_nlink > 0)
@@ -690,9 +690,8 @@ class Journal(GroupCommit):
                     pass
                 self._size = start
             # the next write rewrites everything from memory: ``state`` holds the record (a
-            # caller that keeps it, like the network-thread hooks, needs it on disk; one that
-            # retracts it loses nothing), the lazy records written with it, and after a failed
-            # fsync the page cache is suspect
+            # caller that keeps it needs it on disk; one that retracts it loses nothing) and
+            # the lazy records written with it, and the page cache is suspect
             self._broken = True
             raise PersistenceError(
                 exc.errno, f"cannot write state journal {self.journal_path}: {exc.strerror or exc}"

@@ -227,17 +227,19 @@ class SessionLog:
             if self._unsynced == at:
                 self._unsynced = None
 
-    def fsync(self) -> None:
-        """Everything written so far on disk, whatever the policy."""
+    def fsync(self) -> bool:
+        """Everything written so far on disk, whatever the policy; False: not so (a failed
+        write or sync cut the session's records: its next write rewrites it)."""
         with self._mutex:
             self.flush()
             with self._log._mutex:
                 s = self._log._session(self.client_id)
                 if s.stale or s.snap is None or self._log._fd is None:
-                    return
+                    return False
                 gen, pos = self._log._gen, self._log._size
             self._log.sync_to(gen, pos)
             self._unsynced = None
+            return True
 
     def is_synced(self, gen: int, pos: int) -> bool:
         """(Positions are the shared log's.) Also True for a record a failed sync cut when a

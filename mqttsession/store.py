@@ -327,8 +327,8 @@ class StateFile:
             if spool is not None and type(records[0]) is Loaded:
                 upto = records[0].spool_next  # (the state may be past it: a later read-back
                 if spool.retirable(upto):  # of the same action list, not written yet)
-                    j.fsync()  # the read-back is on disk before its segments go
-                    spool.retire(upto)
+                    if j.fsync():  # the read-back is on disk before its segments go (not
+                        spool.retire(upto)  # when another thread's failed sync cut it)
         elif sync:
             j.sync_pending()
         else:
