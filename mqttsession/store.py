@@ -325,10 +325,12 @@ class StateFile:
             j.append(records, state, sync=sync, lazy=lazy, held=held)
             spool = self.spool
             if spool is not None and type(records[0]) is Loaded:
-                upto = records[0].spool_next  # (the state may be past it: a later read-back
-                if spool.retirable(upto):  # of the same action list, not written yet)
-                    if j.fsync():  # the read-back is on disk before its segments go (not
-                        spool.retire(upto)  # when another thread's failed sync cut it)
+                # up to this record's read-back (the state may be past it: a later one of
+                # the same action list, not written yet), once on disk (not when another
+                # thread's failed sync cut it)
+                upto = records[0].spool_next
+                if spool.retirable(upto) and j.fsync():
+                    spool.retire(upto)
         elif sync:
             j.sync_pending()
         else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import errno
 import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +30,6 @@ import mqttsession.groupcommit as groupcommit_mod
 import mqttsession.journal as journal_mod
 import mqttsession.sharedlog as sharedlog_mod
 from mqttsession import Client, ErrorEvent, Gateway
-from mqttsession.journal import JOURNAL_SUFFIX, read_state
 from mqttsession.sessionlog import read_sessions
 from mqttsession.testing import MosquittoBroker
 from mqttsession.testing.faults import FakeOs
@@ -87,20 +85,6 @@ def _subscriber(broker: MosquittoBroker, counts: collections.Counter[int],
     return sub
 
 
-def _restorable(path: Path, client_id: str, where: Path) -> int:
-    """The files copied as a kill -9 leaves them, then read: how many messages they hold."""
-    copy = where / "copy"
-    shutil.rmtree(copy, ignore_errors=True)
-    copy.mkdir()
-    for src in (path, Path(f"{path}{JOURNAL_SUFFIX}")):
-        if src.exists():
-            shutil.copyfile(src, copy / src.name)
-    queue = Path(f"{path}.queue")
-    if queue.exists():
-        shutil.copytree(queue, copy / queue.name)
-    return len(read_state(str(copy / path.name), client_id).outgoing)
-
-
 def _rounds(c: Client, fake: _NetSyncFails, broker: MosquittoBroker,
             restorable: Callable[[], object]) -> None:
     """Rounds of QoS 2 publishes, one failed sync on the network side each, the files read
@@ -146,7 +130,7 @@ def test_a_failed_sync_on_the_network_thread_leaves_a_restorable_file(
     c.config(f"SessionStateFile={path}")
     c.config(f"SessionSync={sync}")
     try:
-        _rounds(c, fake, mosquitto, lambda: _restorable(path, cid, tmp_path))
+        _rounds(c, fake, mosquitto, lambda: _procs.crash_copy(path, cid))
     finally:
         c.close()
 
