@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--messages", "-n", type=int, default=5000)
     ap.add_argument("--repeats", "-r", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help="comma-separated configurations of bench_throughput.py (default: %(default)s)")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -71,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                    check=True)
     broker = MosquittoBroker(str(HERE / "mosquitto-bench.conf"))
     broker.start()
+    configs = args.configs.split(",")
     times: dict[tuple[str, str, int], list[float]] = {}
     try:
         trees = [("old", old), ("new", ROOT)]
         for r in range(args.repeats):
             for label, tree in trees if r % 2 == 0 else trees[::-1]:
-                for config in CONFIGS:
+                for config in configs:
                     for qos in (1, 2):
                         secs = run_one(tree, config, qos, args.messages, broker.host,
                                        broker.port, work)
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
                        check=False)
     rows = []
-    for config in CONFIGS:
+    for config in configs:
         for qos in (1, 2):
             o = statistics.median(times[("old", config, qos)])
             n = statistics.median(times[("new", config, qos)])

@@ -24,13 +24,16 @@ class Persist:
     (``sync``) or write the lazy ones (``sync`` False). ``force``: synced at once even where
     the driver defers a publish's sync (SessionSync=interval: a packet-id reservation).
     ``ack``: only the acknowledgements after it depend on it (points 2, 3, 4): a PUBLISH
-    written after it in a read batch need not wait for its sync."""
+    written after it in a read batch need not wait for its sync. ``batched``: nothing but
+    those acknowledgements does (no delivery): in a read batch it may wait in memory for the
+    batch's sync, which writes the batch's such records with one ``write``."""
 
     records: tuple[Record, ...]
     sync: bool = False
     lazy: bool = False
     force: bool = False
     ack: bool = False
+    batched: bool = False
 
 
 @quick_init

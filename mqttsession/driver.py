@@ -344,12 +344,12 @@ class Driver(Durability):
         ``accepted`` message it carried is retracted), unless ``quiet`` names what failed: no
         packet depends on these records, so the failure is reported and the rest goes on. A
         due compaction waits for the whole list (the state holds all of its records). Inside
-        a read batch (not for a publish) syncs wait for the batch's end: one fsync for it;
-        ``later``: the caller's list for the callbacks (it keeps those before a failure)."""
+        a read batch (not for a publish) syncs wait for the batch's end: one fsync for it, which
+        writes the records only its acks wait for (``gather``); ``later``: the caller's list
+        for the callbacks (it keeps those before a failure)."""
         conn, st, f = self.conn, self.engine.state, self.file
-        # a group commit's record waits in memory for the fdatasync that covers it, when the
-        # store writes such records then (a Journal; a gateway's shared log does not)
-        held = deferred and getattr(f.journal, "writes_lazy_at_sync", False)
+        # a group commit's record waits in memory for the fdatasync that covers it (a Journal)
+        held, gather = deferred and getattr(f.journal, "writes_lazy_at_sync", False), self.gathers()
         batch: bool | None = False if accepted is not None or conn is None else None  # None: ask
         # SessionSync=interval: a publish's records reach the disk within the interval
         later_sync = accepted is not None and (
@@ -389,7 +389,8 @@ class Driver(Durability):
                     continue  # in that snapshot: a second copy after it would not replay
                 try:
                     f.append(a.records, st, sync=sync, lazy=a.lazy,
-                             held=held and not a.force and not a.lazy)
+                             held=held and not a.force and not a.lazy
+                             or a.batched and bool(batch) and gather)
                 except Exception as exc:
                     if joined:  # written before it: they do not depend on it
                         self._write_joined(joined)
@@ -655,10 +656,9 @@ class Driver(Durability):
 
     def _hook_batch_end(self) -> asyncio.Future[None] | None:
         """Before a read batch's held packets are written, the records they depend on made
-        durable (points 2, 3, 4), one fsync for all, not under the session lock (the journal
-        has its own), when the batch deferred a sync (publishers sync their own records; a
-        batch of PUBACKs needs none). An asyncio session syncs off its loop: the packets
-        wait for the future returned."""
+        durable (points 2, 3, 4): one fsync for all, outside the session lock, when the batch
+        deferred a sync (a batch of PUBACKs needs none). An asyncio session syncs off its
+        loop: the packets wait for the future returned."""
         if self._batch_sync:  # set and cleared on the network thread only
             waits, self._batch_sync = self._hook_batch_waits(), False
             if waits and self.background_sync is not None and self.pump is not None:

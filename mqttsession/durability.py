@@ -91,6 +91,12 @@ class Durability:
         return self._settings.session_sync == "always" and self.file.journal is not None \
             and self.file.unrestored is None
 
+    def gathers(self) -> bool:
+        """Whether a read batch's records that only its acks wait for wait in memory for the
+        batch's sync, which writes them with one ``write`` (a journal that syncs)."""
+        return getattr(self.file.journal, "gathers_batch_records", False) \
+            and self._settings.session_sync != "none"
+
     def sync_time(self) -> float:
         """How long the state file's fdatasyncs take (seconds; 0.0 without a journal)."""
         j = self.file.journal

@@ -452,7 +452,8 @@ class Engine(Outgoing):
                 self._held.pop(pid, None)
                 out.append(Persist((self.state.release(pid)[1],), sync=True, ack=True))
         rec = self.state.receive(pid, topic, p.payload, p.retain, p.dup, props)
-        out.append(Persist((rec,) if rec is not None else (), sync=True, ack=True))
+        out.append(Persist((rec,) if rec is not None else (), sync=True, ack=True,
+                           batched=True))
         out.append(self._ack(PacketType.PUBREC, pid))
         return out
 

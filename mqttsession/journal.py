@@ -185,9 +185,10 @@ def _locked(method: _F) -> _F:
 class Journal(GroupCommit):
     """Owns one state file: recovery, appending records, compaction, the lock."""
 
-    #: a record appended ``lazy`` is written by the ``sync_to`` that covers ``position()``
-    #: (``_write_lazy``): a group commit's publishes append theirs so, with no syscall
-    writes_lazy_at_sync = True
+    #: a record appended ``held`` is written by the ``sync_to`` that covers ``position()``
+    #: (``_write_lazy``, no syscall of its own): a group commit's publishes, and a read
+    #: batch's records that only its acks wait for (written by the batch's ``sync_pending``)
+    writes_lazy_at_sync = gathers_batch_records = True
 
     def __init__(
         self, path: str, client_id: str = "", sync: bool = True,
@@ -359,12 +360,12 @@ class Journal(GroupCommit):
         records appended with ``sync=False`` since the last one, unless another covered them
         (it joins a group commit running in another thread)."""
         with self._mutex:
-            if not self._unsynced or self._fd is None:
+            if not (self._unsynced or self._held) or self._fd is None:
                 return
             if self._broken:
                 raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
                                              " and is rewritten with the next record")
-            gen, pos = self._gen, self._size
+            gen, pos = self._gen, self._size + self._held_bytes  # (held records: written first)
         self.sync_to(gen, pos)
 
     def is_synced(self, gen: int, pos: int) -> bool:

@@ -574,7 +574,7 @@ class Outgoing:
             # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
             if code < 0x80:
                 rec = self.state.moved(m, Event.PUBREC, Phase.AWAIT_PUBCOMP)
-                return [Persist((rec,), sync=True, ack=True), *pubrel]
+                return [Persist((rec,), sync=True, ack=True, batched=True), *pubrel]
             rec = self.state.pubrec(pid, code)
             return self._finished(m, code, [Persist((rec,))])  # [MQTT-4.4.0-2] ends the flow
         log.debug("PUBREC for packet id %d in phase %s: ignored", pid, m.phase.value)

@@ -1203,6 +1203,36 @@ def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_
 
 
 
+def test_sync_pending_writes_a_batchs_held_records_with_one_write_and_syncs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read batch's records that only its acks wait for are appended ``held`` (no syscall);
+    the batch's ``sync_pending`` writes them in one write and syncs them, before the acks
+    leave. Nothing else written since the last sync: it still has them to write."""
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        size = used(p)
+        writes: list[int] = []
+        syncs: list[int] = []
+
+        def write(fd: int, data: bytes) -> int:
+            writes.append(len(data))
+            return os.write(fd, data)
+
+        monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, fdatasync=syncs.append))
+        for pid in (1, 2, 3):  # QoS 2 PUBLISHes received (persistence point 3)
+            rec = st.receive(pid, f"in/{pid}", b"x", False, False, b"")
+            assert rec is not None
+            j.append([rec], st, sync=False, held=True)
+        assert writes == [] and used(p) == size
+        j.sync_pending()
+        assert len(writes) == 1 and len(syncs) == 1  # all three, then one fdatasync
+        assert j.is_synced(*j.position())
+        j.sync_pending()
+        assert len(writes) == 1 and len(syncs) == 1  # nothing left
+    assert sorted(copy_and_recover(p, tmp_path / "copy").incoming) == [1, 2, 3]
+
+
 def test_a_deferred_sync_leaves_droppable_records_for_the_next_append(tmp_path: Path) -> None:
     """``sync_pending`` runs on the network thread outside the session lock, where no
     compaction can follow it: the lazy records it does not need (SEND steps, removals:
