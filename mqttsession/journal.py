@@ -333,8 +333,9 @@ class Journal(GroupCommit):
 
     @_locked
     def flush(self) -> None:
-        """Write the lazy records now (no fsync: losing them costs only resends)."""
-        self._held = self._held_bytes = 0
+        """Write the lazy records now (no fsync: losing them costs only resends; held ones
+        that fail to be written leave the journal broken: their acks must not go)."""
+        held, self._held, self._held_bytes = self._held, 0, 0
         if not self._lazy or self._fd is None or self._broken:
             self._lazy.clear()
             return
@@ -349,23 +350,22 @@ class Journal(GroupCommit):
                 try:
                     self._truncate(self._fd, self._size)
                 except OSError:
-                    self._broken = True
+                    held = 1  # (the page cache is suspect: the next write rewrites all)
+                self._broken = bool(held)  # held ones: their acks wait (``sync_pending``)
                 log.warning("state journal %s: lazy records not written: %s", self.journal_path,
                             exc)
                 return
             self._size += len(data)
 
     def sync_pending(self) -> None:
-        """Make every record written so far durable (policy ``always``): one fsync for all the
-        records appended with ``sync=False`` since the last one, unless another covered them
-        (it joins a group commit running in another thread)."""
+        """Make every record appended so far durable (``always``, ``interval``): synced up to
+        where the last one that is not lazy ended when appended (``appended_at``; held ones
+        too, written first), joining a group commit under way; ``PersistenceError`` when a
+        failed write or sync (a flush's, another thread's) took one of them."""
         with self._mutex:
-            if not (self._unsynced or self._held) or self._fd is None:
+            if not self.sync or self._fd is None:
                 return
-            if self._broken:
-                raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
-                                             " and is rewritten with the next record")
-            gen, pos = self._gen, self._size + self._held_bytes  # (held records: written first)
+            gen, pos = self.appended_at
         self.sync_to(gen, pos)
 
     def is_synced(self, gen: int, pos: int) -> bool:

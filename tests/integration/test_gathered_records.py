@@ -1,12 +1,18 @@
-"""A durable subscriber's read batch: the records of the QoS 2 PUBLISHes it received wait in
-memory and go out with one ``write`` at the batch's end, fsynced before any of the batch's
-PUBRECs leave (persistence point 3), against mosquitto behind ``MQTTProxy``.
+"""A read batch's records that only its acknowledgements wait for (a received QoS 2
+PUBLISH's, the "released" record of a PUBREC) wait in memory and go out with one ``write`` at
+the batch's end, fsynced before any of the batch's PUBRECs or PUBRELs leave (persistence points
+3 and 2).
 
-The subscriber drains what mosquitto held for it while it was away; the journal's ``os`` is
-wrapped to count its writes and to keep, after every fdatasync, the bytes then on disk; the
-proxy logs each PUBREC with the time it arrived. Every PUBREC must come after a sync whose
-bytes hold that message's record, every message must arrive once, and the journal must see
-fewer writes than records (before: one for each received record, one for each removal).
+* Against mosquitto behind ``MQTTProxy``: the subscriber drains what mosquitto held for it
+  while it was away; the journal's ``os`` is wrapped to count its writes and to keep, after
+  every fdatasync, the bytes then on disk; the proxy logs each PUBREC with the time it
+  arrived. Every PUBREC must come after a sync whose bytes hold that message's record, every
+  message must arrive once, and under ``always`` the journal must see fewer writes than
+  records (before: one for each received record, one for each removal; under ``interval``
+  records are copied into a mapping, no write either way).
+* Against ``FakeBroker``, a batch that also writes the held records early (a repeated QoS 2
+  PUBLISH, a repeated PUBREC: their empty records flush what waits): the acks still wait for
+  an fdatasync of them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import mqttsession.journal as journal_mod
 from mqttsession import Client, MessageEvent
+from mqttsession.testing.fake_broker import FakeBroker
 from mqttsession.testing.faults import FakeOs, fd_name
 
 pytestmark = pytest.mark.integration
@@ -133,7 +140,59 @@ def test_a_read_batchs_received_records_are_written_together_and_synced_before_i
         payload = by_id[r.packet_id]
         assert any(t < r.time and payload in data for t, data in watch.synced), \
             f"PUBREC {r.packet_id} left before the record of {payload!r} was synced"
-    # gathered: one write a batch for the received records (the removals are written one
-    # by one, at once after on_message_in, as promised); before, one more for each message
-    assert writes < 1.5 * N, f"{writes} journal writes for {N} messages"
+    if sync == "always":  # (interval copies records into a mapping: no write either way)
+        # gathered: one write a batch for the received records (the removals are written
+        # one by one, at once after on_message_in, as promised); before, one more a message
+        assert writes < 1.5 * N, f"{writes} journal writes for {N} messages"
     assert len(watch.synced) < N / 2
+
+
+def _client_on(fake: FakeBroker, path: Path, sync: str) -> Client:
+    c = Client(client_id=_uid("gather-fake"), clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.config(f"SessionSync={sync}")
+    c.connect(fake.host, fake.port, timeout=TIMEOUT)
+    return c
+
+
+@pytest.mark.parametrize("sync", ["always", "interval"])
+def test_a_repeated_qos2_publish_in_the_batch_does_not_let_its_pubrec_out_unsynced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str) -> None:
+    """A broker's resend (DUP=1) read with the PUBLISH in one batch: the resend's empty record
+    writes the held one at once; the PUBREC still waits for its fdatasync."""
+    path = tmp_path / "sub.session"
+    watch = _Watch(path.name + journal_mod.JOURNAL_SUFFIX)
+    monkeypatch.setattr(journal_mod, "os", watch)
+    with FakeBroker() as fake:
+        c = _client_on(fake, path, sync)
+        try:
+            payload = b"gathered-then-repeated"
+            fake.send_raw(fake.publish("t/x", payload, 2, 1)
+                          + fake.publish("t/x", payload, 2, 1, flags=0x0C))  # QoS 2, DUP
+            first = fake.wait_for("PUBREC", timeout=TIMEOUT)[0]
+        finally:
+            c.close()
+    assert any(t < first.time and payload in data for t, data in watch.synced), \
+        "PUBREC left before the received record was synced"
+
+
+@pytest.mark.parametrize("sync", ["always", "interval"])
+def test_a_repeated_pubrec_in_the_batch_does_not_let_the_pubrel_out_unsynced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str) -> None:
+    """A PUBREC and its resend read in one batch: the resend's empty record writes the held
+    "released" one at once; the PUBREL still waits for an fdatasync after the PUBLISH."""
+    path = tmp_path / "pub.session"
+    watch = _Watch(path.name + journal_mod.JOURNAL_SUFFIX)
+    monkeypatch.setattr(journal_mod, "os", watch)
+    with FakeBroker(qos2_ack="none") as fake:
+        c = _client_on(fake, path, sync)
+        try:
+            pid = c.publish_data("t/x", 2, b"released once synced")
+            sent = fake.wait_for("PUBLISH", timeout=TIMEOUT)[0]
+            rec = fake.ack(0x50, pid)
+            fake.send_raw(rec + rec)
+            pubrel = fake.wait_for("PUBREL", timeout=TIMEOUT)[0]
+        finally:
+            c.close()
+    assert any(sent.time < t < pubrel.time for t, _ in watch.synced), \
+        "PUBREL left before the released record was synced"

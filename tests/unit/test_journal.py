@@ -1233,6 +1233,55 @@ def test_sync_pending_writes_a_batchs_held_records_with_one_write_and_syncs_them
     assert sorted(copy_and_recover(p, tmp_path / "copy").incoming) == [1, 2, 3]
 
 
+def test_held_records_a_flush_wrote_are_still_synced_by_sync_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a read batch an empty record (a repeated PUBLISH or PUBREC) flushes what waits,
+    held records with it: the batch's ``sync_pending`` still fdatasyncs them."""
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        syncs: list[int] = []
+        monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=syncs.append))
+        rec = st.receive(1, "in/1", b"x", False, False, b"")
+        assert rec is not None
+        j.append([rec], st, sync=False, held=True)
+        j.flush()
+        assert syncs == []
+        j.sync_pending()
+        assert len(syncs) == 1 and j.is_synced(*j.appended_at)
+
+
+@pytest.mark.parametrize("where", ["group commit", "flush"])
+def test_held_records_lost_to_a_failed_write_make_sync_pending_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Another thread's group commit (or a flush) takes the batch's held records and its write
+    fails: the batch's ``sync_pending`` raises (its acks must not leave), and the next record
+    rewrites the file from memory, the lost one in it."""
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        rec = st.receive(1, "in/1", b"x", False, False, b"")
+        assert rec is not None
+        j.append([rec], st, sync=False, held=True)
+
+        def enospc(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "no space left on device")
+
+        monkeypatch.setattr(journal_mod, "os", FakeOs(write=enospc))
+        monkeypatch.setattr(j, "mapped", False)  # (a flush would copy into a mapping)
+        if where == "flush":
+            j.flush()
+        else:
+            with pytest.raises(PersistenceError):
+                j.sync_to(*j.position())
+        monkeypatch.setattr(journal_mod, "os", os)
+        with pytest.raises(PersistenceError):
+            j.sync_pending()
+        j.append([st.accept("t/after", b"y", 1)], st, sync=True)  # rewritten whole
+        j.sync_pending()
+    assert 1 in copy_and_recover(p, tmp_path / "copy").incoming
+
+
 def test_a_deferred_sync_leaves_droppable_records_for_the_next_append(tmp_path: Path) -> None:
     """``sync_pending`` runs on the network thread outside the session lock, where no
     compaction can follow it: the lazy records it does not need (SEND steps, removals:
