@@ -51,24 +51,10 @@ from . import codec
 from .errors import PersistenceError, StateError
 from .groupcommit import GroupCommit
 from .mapped import MappedTail
-from .statelock import (
-    _MODE,
-    _own_file,
-    _remove_stale_temps,
-    acquire_lock,
-    require_directory,
-    unlinked,
-)
-from .recovery import (
-    _HEADER_TAG,
-    _JOURNAL_VERSION,
-    _NOFOLLOW,
-    JOURNAL_SUFFIX,
-    frame,
-    load,
-    read_frames,
-    read_state,
-)
+from .statelock import (_MODE, _own_file, _remove_stale_temps, acquire_lock,
+                        require_directory, unlinked)
+from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, _NOFOLLOW, JOURNAL_SUFFIX, frame, load,
+                       read_frames, read_state)
 from .state import Record, SessionState
 
 __all__ = ["Journal", "read_state", "require_directory", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
@@ -366,6 +352,9 @@ class Journal(GroupCommit):
             if not self.sync or self._fd is None:
                 return
             gen, pos = self.appended_at
+            if self._broken and gen == self._gen:  # (a cut may precede ``appended_at``)
+                raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
+                                             " and is rewritten with the next record")
         self.sync_to(gen, pos)
 
     def is_synced(self, gen: int, pos: int) -> bool:
@@ -677,9 +666,15 @@ class Journal(GroupCommit):
                 return
             if sync and self.sync:
                 os.fdatasync(self._fd)
+                with self._write_lock:  # another thread's failed sync cut it, or cuts after
+                    cut = self._was_cut()
+                    if not cut:
+                        with self._sync_cond:
+                            self._synced = max(self._synced, start + len(data))
+                if cut:
+                    self.compact(state)
+                    return
                 self._unsynced = False
-                with self._sync_cond:
-                    self._synced = max(self._synced, start + len(data))
             else:
                 self._unsynced = self.sync
         except OSError as exc:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -1103,6 +1104,19 @@ def _compacted(p: Path, sync: bool) -> Iterator[tuple[Journal, SessionState]]:
         j.close()
 
 
+def _counting_writes(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """The journal module's ``write`` calls (their sizes) and fdatasyncs, from now on."""
+    writes: list[int] = []
+    syncs: list[int] = []
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return os.write(fd, data)
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, fdatasync=syncs.append))
+    return writes, syncs
+
+
 def test_sync_pending_makes_deferred_records_durable_with_one_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1162,13 +1176,7 @@ def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_
     p = tmp_path / NAME
     with _compacted(p, sync=True) as (j, st):
         size = used(p)
-        writes: list[int] = []
-        syncs: list[int] = []
-
-        def write(fd: int, data: bytes) -> int:
-            writes.append(len(data))
-            return os.write(fd, data)
-
+        writes, syncs = _counting_writes(monkeypatch)
         real_put = MappedTail.put
 
         def put(tail: MappedTail, fd: int, alloc: int, at: int, data: bytes) -> bool:
@@ -1177,7 +1185,6 @@ def test_a_group_commit_writes_the_records_waiting_in_memory_with_one_write_and_
                 writes.append(len(data))
             return done
 
-        monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, fdatasync=syncs.append))
         monkeypatch.setattr(MappedTail, "put", put)
         marks = []
         for i in range(3):
@@ -1212,14 +1219,7 @@ def test_sync_pending_writes_a_batchs_held_records_with_one_write_and_syncs_them
     p = tmp_path / NAME
     with _compacted(p, sync=True) as (j, st):
         size = used(p)
-        writes: list[int] = []
-        syncs: list[int] = []
-
-        def write(fd: int, data: bytes) -> int:
-            writes.append(len(data))
-            return os.write(fd, data)
-
-        monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, fdatasync=syncs.append))
+        writes, syncs = _counting_writes(monkeypatch)
         for pid in (1, 2, 3):  # QoS 2 PUBLISHes received (persistence point 3)
             rec = st.receive(pid, f"in/{pid}", b"x", False, False, b"")
             assert rec is not None
@@ -1280,6 +1280,107 @@ def test_held_records_lost_to_a_failed_write_make_sync_pending_raise(
         j.append([st.accept("t/after", b"y", 1)], st, sync=True)  # rewritten whole
         j.sync_pending()
     assert 1 in copy_and_recover(p, tmp_path / "copy").incoming
+
+
+class _CutJournal(Journal):
+    """A journal whose ``position()`` (read by ``append`` after its write) waits, once armed,
+    for another thread's failed group commit to cut the file: the cut lands in between."""
+
+    arm: threading.Event | None = None
+    cut: threading.Event | None = None
+
+    def position(self) -> tuple[int, int]:
+        if self.arm is not None and self.cut is not None and self.arm.is_set():
+            self.arm.clear()
+            self.cut.wait(5)
+        return super().position()
+
+
+def _failing_group_sync(j: Journal, start: threading.Event, done: threading.Event,
+                        monkeypatch: pytest.MonkeyPatch) -> threading.Thread:
+    """A thread whose group-commit fdatasync waits for ``start``, then fails (EIO): the
+    journal is cut back to what was synced; ``done`` then. Returned once it is in there."""
+    plain, inside = os.fdatasync, threading.Event()
+
+    def fdatasync(fd: int) -> None:
+        if threading.current_thread().name == "failing-sync":
+            inside.set()
+            start.wait(5)
+            raise OSError(errno.EIO, "injected EIO")
+        plain(fd)
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=fdatasync))
+
+    def run() -> None:
+        try:
+            with contextlib.suppress(PersistenceError):
+                j.sync_to(*j.position())
+        finally:
+            done.set()
+    t = threading.Thread(target=run, name="failing-sync")
+    t.start()
+    assert inside.wait(5)
+    return t
+
+
+def test_a_cut_between_an_append_and_its_position_makes_sync_pending_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread's failed group sync cuts the journal right after a read batch's record
+    was written, before ``append`` read where it ended: the batch's ``sync_pending`` raises
+    (its ack must not leave), and the next record rewrites the file with that one in it."""
+    p = tmp_path / NAME
+    j = _CutJournal(str(p), CID, sync=True, mapped=False)
+    try:
+        st = fresh_state()
+        j.compact(st)
+        j.append([st.accept("t/a", b"A" * 10, 2)], st, sync=False)  # written, not synced
+        j.arm, j.cut = threading.Event(), threading.Event()
+        t = _failing_group_sync(j, j.arm, j.cut, monkeypatch)  # (it waits in its fdatasync)
+        rec = st.receive(7, "in/7", b"R" * 10, False, False, b"")
+        assert rec is not None
+        j.arm.set()
+        j.append([rec], st, sync=False)  # the cut lands before its position is read
+        t.join(5)
+        assert b"R" * 10 not in p.with_name(NAME + JOURNAL_SUFFIX).read_bytes()
+        with pytest.raises(PersistenceError):
+            j.sync_pending()
+        j.append([st.accept("t/b", b"B", 1)], st, sync=True)  # rewritten whole
+        j.sync_pending()
+    finally:
+        j.close()
+    assert 7 in copy_and_recover(p, tmp_path / "copy").incoming
+
+
+def test_a_synced_append_cut_before_its_own_fdatasync_is_rewritten_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish's record synced at once: another thread's failed group sync cuts it between
+    its write and its fdatasync. The append must not report it durable while it is gone: the
+    file is rewritten from memory, that record in it, before the append returns."""
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        j.mapped = False
+        j.append([st.accept("t/a", b"A" * 10, 2)], st, sync=False)
+        start, done = threading.Event(), threading.Event()
+        plain = os.fdatasync
+        t = _failing_group_sync(j, start, done, monkeypatch)
+
+        def own_sync(fd: int) -> None:
+            if threading.current_thread().name == "failing-sync":
+                start.wait(5)
+                raise OSError(errno.EIO, "injected EIO")
+            start.set()  # the other one fails and cuts now, before this fdatasync
+            done.wait(5)
+            plain(fd)
+
+        monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=own_sync))
+        rec = st.accept("t/b", b"B" * 10, 2)
+        j.append([rec], st, sync=True)
+        t.join(5)
+        assert j.is_synced(*j.appended_at)
+        assert rec.message.seq in copy_and_recover(p, tmp_path / "copy0").outgoing  # (kill -9)
+    assert rec.message.seq in copy_and_recover(p, tmp_path / "copy").outgoing
 
 
 def test_a_deferred_sync_leaves_droppable_records_for_the_next_append(tmp_path: Path) -> None:
