@@ -345,11 +345,11 @@ class Driver(Durability):
         packet depends on these records, so the failure is reported and the rest goes on. A
         due compaction waits for the whole list (the state holds all of its records). Inside
         a read batch (not for a publish) syncs wait for the batch's end: one fsync for it, which
-        writes the records only its acks wait for (``gather``); ``later``: the caller's list
+        writes the records only its acks wait for (``batched``); ``later``: the caller's list
         for the callbacks (it keeps those before a failure)."""
         conn, st, f = self.conn, self.engine.state, self.file
         # a group commit's record waits in memory for the fdatasync that covers it (a Journal)
-        held, gather = deferred and getattr(f.journal, "writes_lazy_at_sync", False), self.gathers()
+        held = deferred and getattr(f.journal, "writes_lazy_at_sync", False)
         batch: bool | None = False if accepted is not None or conn is None else None  # None: ask
         # SessionSync=interval: a publish's records reach the disk within the interval
         later_sync = accepted is not None and (
@@ -390,7 +390,7 @@ class Driver(Durability):
                 try:
                     f.append(a.records, st, sync=sync, lazy=a.lazy,
                              held=held and not a.force and not a.lazy
-                             or a.batched and bool(batch) and gather)
+                             or a.batched and bool(batch) and self.gathers())
                 except Exception as exc:
                     if joined:  # written before it: they do not depend on it
                         self._write_joined(joined)
