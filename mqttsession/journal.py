@@ -203,7 +203,6 @@ class Journal(GroupCommit):
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._held = 0  # how many of them, from the first, a group commit's sync writes
         self._held_bytes = 0  # and their bytes
-        self._unsynced = False  # bytes written since the last fsync (policy ``always``)
         # group commit (``sync_to``): the journal file's incarnation (a compaction or a recovery
         # starts a new one, synced whole), how far it is on disk, and whether an fdatasync
         # outside the mutex is running (closing the fd waits for it)
@@ -415,7 +414,6 @@ class Journal(GroupCommit):
                                                  " sync and is rewritten with the next record")
                 self._put(fd, data, mapped=False)  # (synced next)
                 self._size += len(data)
-            self._unsynced = self.sync
         except OSError as exc:
             raise self._sync_failed(fd, exc) from exc
 
@@ -473,10 +471,6 @@ class Journal(GroupCommit):
     def _fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)  # this module's ``os`` (the fault tests replace it)
 
-    def _synced_to(self, target: int) -> None:
-        if target == self._size:
-            self._unsynced = False
-
     def _was_cut(self) -> bool:
         """A group commit's failed sync cut the journal (another thread, no mutex)."""
         return self._broken
@@ -510,7 +504,6 @@ class Journal(GroupCommit):
             raise PersistenceError(
                 exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
-        self._unsynced = False
         with self._sync_cond:  # a failed group sync cuts back to ``_synced``: not these
             if not self._broken:
                 self._synced = max(self._synced, end)
@@ -597,7 +590,6 @@ class Journal(GroupCommit):
         self._size = len(header)
         self._snapshot_size = len(text)
         self._broken = False
-        self._unsynced = False
         self._new_incarnation(self._size)  # written and fsynced whole
         self.client_id = state.client_id
         self.compactions += 1
@@ -674,9 +666,6 @@ class Journal(GroupCommit):
                 if cut:
                     self.compact(state)
                     return
-                self._unsynced = False
-            else:
-                self._unsynced = self.sync
         except OSError as exc:
             # take the frame back out: a caller told "failed" must not find it after a restart
             with self._write_lock:
