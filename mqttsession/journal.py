@@ -335,8 +335,8 @@ class Journal(GroupCommit):
                 try:
                     self._truncate(self._fd, self._size)
                 except OSError:
-                    held = 1  # (the page cache is suspect: the next write rewrites all)
-                self._broken = bool(held)  # held ones: their acks wait (``sync_pending``)
+                    self._broken = True  # (the page cache is suspect: rewritten next)
+                self._broken |= bool(held)  # held ones: their acks wait (``sync_pending``)
                 log.warning("state journal %s: lazy records not written: %s", self.journal_path,
                             exc)
                 return
@@ -504,10 +504,18 @@ class Journal(GroupCommit):
             raise PersistenceError(
                 exc.errno, f"cannot sync state journal {self.journal_path}: {exc.strerror or exc}"
             ) from exc
-        with self._sync_cond:  # a failed group sync cuts back to ``_synced``: not these
-            if not self._broken:
+        return self._mark_synced(end)
+
+    def _mark_synced(self, end: int) -> bool:
+        """After this thread's own fdatasync: on disk up to ``end``, unless another thread's
+        failed sync cut the journal meanwhile (False). Under the write lock, which that cut
+        holds: it is done, or comes after and keeps these bytes (it cuts to ``_synced``)."""
+        with self._write_lock:
+            if self._was_cut():
+                return False
+            with self._sync_cond:
                 self._synced = max(self._synced, end)
-        return not self._broken
+            return True
 
     def _hold_snapshot(self, file_id: tuple[int, int] | None) -> None:
         """Keep the snapshot (device, inode ``file_id``) open; None: hold none."""
@@ -658,13 +666,8 @@ class Journal(GroupCommit):
                 return
             if sync and self.sync:
                 os.fdatasync(self._fd)
-                with self._write_lock:  # another thread's failed sync cut it, or cuts after
-                    cut = self._was_cut()
-                    if not cut:
-                        with self._sync_cond:
-                            self._synced = max(self._synced, start + len(data))
-                if cut:
-                    self.compact(state)
+                if not self._mark_synced(start + len(data)):
+                    self.compact(state)  # cut meanwhile: ``state`` holds this record
                     return
         except OSError as exc:
             # take the frame back out: a caller told "failed" must not find it after a restart
