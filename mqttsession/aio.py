@@ -305,8 +305,9 @@ class AsyncSession:
         elif token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
             fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
             self._awaiting_sync.append((token, fut))
-            if not self._syncing:
-                self._sync_awaiting()
+            if not self._syncing:  # after the publishes ready to run now have appended theirs
+                self._syncing = True
+                asyncio.get_running_loop().call_soon(self._sync_awaiting)
             # cancelled, ``fut`` is too: the sync job's callback releases the message (or
             # takes it back) all the same
             err = await fut
@@ -317,32 +318,43 @@ class AsyncSession:
     def _sync_awaiting(self) -> None:
         """One executor job makes the records of every publish waiting so far durable (one
         fdatasync: the last one's position covers those before it); the publishes that
-        arrive meanwhile wait for the next job. One thread hop per batch, not per publish."""
-        batch, self._awaiting_sync = self._awaiting_sync, []
-        if not batch:
-            self._syncing = False
-            return
-        self._syncing = True
+        arrive meanwhile wait for the next job. One thread hop per batch, not per publish,
+        and none for a batch whose records the job before already synced."""
+        driver = self._client._driver
+        while True:
+            batch, self._awaiting_sync = self._awaiting_sync, []
+            if not batch:
+                self._syncing = False
+                return
+            self._syncing = True
+            if not driver.is_durable(batch[-1][0]):
+                break
+            self._settle(batch, None)  # (appended before that job's fdatasync wrote them)
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._client._driver.executor,
-                                   self._client._driver.wait_durable, batch[-1][0])
+        job = loop.run_in_executor(driver.executor, driver.wait_durable, batch[-1][0])
 
         def done(f: asyncio.Future[Exception | None]) -> None:
             try:
                 err = f.result()
             except BaseException as exc:  # noqa: BLE001 - the job itself ended (loop shutdown)
                 err = PersistenceError(None, f"the state file sync did not run: {exc!r}")
-            driver = self._client._driver
-            if err is None:  # the batch's messages go out (those written after them wait)
-                driver.release_durable()
-            for held, waiter in batch:
-                if waiter.cancelled():  # its publish was cancelled: released or taken back
-                    driver.release_quietly(held, err)
-                elif not waiter.done():
-                    waiter.set_result(err)
+            self._settle(batch, err)
             self._sync_awaiting()
 
         job.add_done_callback(done)
+
+    def _settle(self, batch: list[tuple[_Token, asyncio.Future[Exception | None]]],
+                err: Exception | None) -> None:
+        """A batch's sync ended: its messages go out (those written after them wait), and
+        each publish gets ``err`` (None: durable)."""
+        driver = self._client._driver
+        if err is None:
+            driver.release_durable()
+        for held, waiter in batch:
+            if waiter.cancelled():  # its publish was cancelled: released or taken back
+                driver.release_quietly(held, err)
+            elif not waiter.done():
+                waiter.set_result(err)
 
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:

@@ -102,6 +102,12 @@ class Durability:
         j = self.file.journal
         return 0.0 if j is None else j.sync_time
 
+    def is_durable(self, token: tuple[int, int, int]) -> bool:
+        """Whether the held publish ``token``'s record is on disk (``wait_durable`` would
+        return None at once; no lock)."""
+        j = self.file.journal
+        return j is None or j.is_synced(token[1], token[2])
+
     def holds(self) -> bool:
         """Whether publishes wait for their records to be durable (``_awaiting``)."""
         return bool(self._awaiting)

@@ -123,6 +123,47 @@ def test_concurrent_asyncio_publishes_share_fdatasyncs(
         counter.close()
 
 
+def test_asyncio_publishes_synced_by_the_job_before_need_no_job_of_their_own(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first of 100 concurrent publishes starts an executor job; its fdatasync writes the
+    # records of all that were appended before it ran, so the ones that waited for the next
+    # job are durable already: they are settled on the loop, without a thread hop
+    counting = FsyncCounter()
+    monkeypatch.setattr(journal_mod, "os", counting)
+    jobs = [0]
+    real = Driver.wait_durable
+
+    def counted(self: Driver, token: tuple[int, int, int], release: bool = False
+                ) -> Exception | None:
+        jobs[0] += 1
+        return real(self, token, release)
+
+    monkeypatch.setattr(Driver, "wait_durable", counted)
+    tag = unique("agj")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def main() -> tuple[int, int]:
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}")
+        session = AsyncSession(opts, client_id=unique("agj"), state_file=str(tmp_path / "a"))
+        async with session as s:
+            before = counting.syncs
+            for r in range(5):
+                await asyncio.gather(*(s.publish(topic, _procs.payload(tag, r * 100 + n), 1)
+                                       for n in range(100)))
+            syncs = counting.syncs - before
+            await s.flush()
+            return jobs[0], syncs
+
+    try:
+        ran, syncs = asyncio.run(main())
+        print(f"5 x 100 concurrent asyncio publishes: {ran} executor jobs, {syncs} fdatasyncs")
+        assert 5 <= ran <= syncs, (ran, syncs)  # (a job whose sync found them synced: none)
+        counter.wait_numbers(tag, range(500))
+    finally:
+        counter.close()
+
+
 def test_a_failed_shared_sync_fails_its_publishes_and_takes_them_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fdatasync a group commit waits for fails (EIO): publish_data raises
