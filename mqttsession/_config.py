@@ -130,7 +130,7 @@ def _set_sync(c: Any, value: str) -> None:
     c._settings.session_sync = v
     # interval: the driver defers a publish's fsync; none and interval: records not synced at
     # once are mapped (always syncs each publish's: ``Journal.mapped``)
-    c._file.set_sync(v != "none", mapped=v != "always")
+    c._file.set_sync(v != "none", mapped=v != "always", interval=v == "interval")
     _reserve_ids(c)
 
 

@@ -674,7 +674,6 @@ class Driver(Durability):
             self._guarded(lambda: self.engine.tick(time.time(), now), "recording activity failed")
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
-        self.net_timer_run(0.0, lost=True)  # SessionSync=interval: before any reconnect wait
         was = self.engine.conn
         code = int(getattr(reason, "value", reason) or 0)
         conn = self.conn
@@ -693,6 +692,7 @@ class Driver(Durability):
                 self.error(-1, f"following the server's Server Reference failed: {exc}")
         self._guarded(lambda: self.engine.connection_lost(time.time(), code, str(reason)),
                       "recording the disconnect time failed")
+        self.net_timer_run(0.0, lost=True)  # interval: before reconnect waits, once unconnected
         if was in (ConnState.CONNECTING, ConnState.RESUMING) and not self._connack.is_set():
             # closed before any CONNACK (e.g. a TLS client certificate the broker refused
             # after the handshake): connect() fails now rather than at its timeout

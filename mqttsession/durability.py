@@ -241,15 +241,33 @@ class Durability:
         self._sync_timer = t
         t.start()
 
-    def _interval_sync(self) -> None:
+    def _interval_sync(self, retry: bool = True) -> None:
+        """The interval's sync. A failed fdatasync keeps the records in the files (a kill -9
+        loses nothing) but leaves the page cache suspect: the state is rewritten from memory
+        at once and synced, then the disk queue; if that fails too, it is tried again after
+        the interval (``retry``; not when closing)."""
         with self.lock:
             self._sync_timer = None
         try:
             self.file.sync_pending()  # the journal's and the queue's own locks
+            return
         except Exception as exc:
-            self.error(getattr(exc, "errno", None) or -1,
-                       f"SessionSync=interval: the state file could not be synced ({exc});"
-                       " the records since the last sync are in the OS, not on disk")
+            failed = exc
+        code = getattr(failed, "errno", None) or -1
+        try:
+            with self.lock:
+                self.file.resync(self.engine.state)
+        except Exception as exc:
+            self.error(getattr(exc, "errno", None) or code,
+                       f"SessionSync=interval: the state file could not be synced ({failed};"
+                       f" rewriting it: {exc}); the records since the last sync are in the OS,"
+                       " not on disk" + ("; tried again after the interval" if retry else ""))
+            if retry:
+                with self.lock:
+                    self._sync_later()
+            return
+        self.error(code, f"SessionSync=interval: a sync of the state file failed ({failed});"
+                         " the state was rewritten from memory and synced")
 
     def _hook_wait(self, timeout: float) -> float:
         """paho's select() timeout, shortened to the interval sync's (network thread)."""
@@ -271,4 +289,4 @@ class Durability:
             t, self._sync_timer = self._sync_timer, None
         if t is not None:
             t.cancel()
-            self._interval_sync()
+            self._interval_sync(retry=False)

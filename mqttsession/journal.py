@@ -194,6 +194,9 @@ class Journal(GroupCommit):
         self._seek = True  # the fd's offset is to be set to ``_size`` before the next write
         self._map = MappedTail()  # the journal's file: records copied in, no write()
         self._broken = False  # a write failed: the next write is a full compaction
+        # SessionSync=interval: a failed sync cuts nothing (its records' publishes returned: a
+        # kill -9 must find them); the next write or ``StateFile.resync`` rewrites them
+        self.keep_unsynced = False
         self.compactions = 0  # snapshots written (``Store.compactions``)
         #: (incarnation, offset) where the last append's records end (``Durability.hold``)
         self.appended_at: tuple[int, int] = (0, 0)
@@ -456,9 +459,14 @@ class Journal(GroupCommit):
     def _sync_failed(self, fd: int, exc: OSError) -> PersistenceError:
         # the page cache is suspect: the next write rewrites everything from memory. What
         # was not on disk is cut now: a publish told "failed" (and any after it, and the
-        # network thread's records) is not found after a restart
+        # network thread's records) is not found after a restart. Not under interval
+        # (``keep_unsynced``): no publish waited for this sync, and every one whose record
+        # it missed has returned
         with self._write_lock:
             self._broken = True
+            if self.keep_unsynced:
+                return PersistenceError(exc.errno, f"cannot sync state journal"
+                                        f" {self.journal_path}: {exc.strerror or exc}")
             keep = self._synced
             try:
                 self._truncate(fd, keep)
@@ -470,6 +478,11 @@ class Journal(GroupCommit):
 
     def _fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)  # this module's ``os`` (the fault tests replace it)
+
+    @property
+    def broken(self) -> bool:
+        """A write or sync failed: the next write rewrites the state from memory."""
+        return self._broken
 
     def _was_cut(self) -> bool:
         """A group commit's failed sync cut the journal (another thread, no mutex)."""

@@ -184,6 +184,7 @@ class StateFile:
         self.path = ""
         self.sync = True
         self.mapped = False  # records not synced at once mapped: SessionSync none / interval
+        self.interval = False  # SessionSync=interval: a failed sync keeps what it missed
         self.max_journal_bytes = 0
         self.segment_bytes = SEGMENT_BYTES  # the disk queue's (QueueSegmentBytes)
         self.journal: Journal | SessionLog | None = None
@@ -202,27 +203,47 @@ class StateFile:
         self.close()
         self.path = path
 
-    def set_sync(self, sync: bool, mapped: bool = False) -> None:
+    def set_sync(self, sync: bool, mapped: bool = False, interval: bool = False) -> None:
         """``sync``: records reach the disk (always, interval); ``mapped``: the records not
-        synced at once are copied into a mapping of the file (none, interval: ``mapped.py``)."""
-        self.sync, self.mapped = sync, mapped
+        synced at once are copied into a mapping of the file (none, interval: ``mapped.py``);
+        ``interval``: SessionSync=interval (``Journal.keep_unsynced``, ``Spool.before_seal``)."""
+        self.sync, self.mapped, self.interval = sync, mapped, interval
         for f in (self.journal, self.spool):
             if f is not None:
                 f.sync = sync
                 if isinstance(f, (Journal, Spool)):
                     f.mapped = mapped
+        self._interval_hooks()
+
+    def _interval_hooks(self) -> None:
+        j, sp = self.journal, self.spool
+        if isinstance(j, Journal):
+            j.keep_unsynced = self.interval
+        if sp is not None:
+            sp.before_seal = self._sync_journal if self.interval else None
+
+    def _sync_journal(self) -> None:
+        """Before the disk queue syncs a segment it seals (interval): the journal's records
+        first, so that no message is on disk before one published ahead of it."""
+        if self.journal is not None:
+            self.journal.sync_pending()
 
     def _new(self, client_id: str) -> Journal | SessionLog:
         if self.shared is not None:
             view = self.shared.session(client_id, max_journal_bytes=self.max_journal_bytes)
             view.sync = self.sync
             return view
-        return Journal(self.path, client_id, sync=self.sync,
-                       max_journal_bytes=self.max_journal_bytes, mapped=self.mapped)
+        j = Journal(self.path, client_id, sync=self.sync,
+                    max_journal_bytes=self.max_journal_bytes, mapped=self.mapped)
+        j.keep_unsynced = self.interval
+        return j
 
     def _spool(self, client_id: str) -> Spool:
-        return Spool(self.queue_path or self.path, client_id, sync=self.sync,
-                     segment_bytes=self.segment_bytes, mapped=self.mapped)
+        sp = Spool(self.queue_path or self.path, client_id, sync=self.sync,
+                   segment_bytes=self.segment_bytes, mapped=self.mapped)
+        if self.interval:
+            sp.before_seal = self._sync_journal
+        return sp
 
     def _recover(self, j: Journal | SessionLog) -> SessionState:
         """The journal's session and its disk queue (``StateError`` on damage: kept)."""
@@ -402,10 +423,21 @@ class StateFile:
         return errors
 
     def sync_pending(self) -> None:
+        """The records written without a sync, on disk: the journal's, then the disk queue's
+        (never a later message before an earlier one)."""
         if self.journal is not None:
             self.journal.sync_pending()
         if self.spool is not None:
             self.spool.sync_pending()
+
+    def resync(self, state: SessionState) -> None:
+        """SessionSync=interval after a failed sync: a journal the failure left broken is
+        rewritten from memory (a compaction: snapshot and journal synced), then the disk
+        queue synced; ``PersistenceError`` if that fails too."""
+        j = self.journal
+        if isinstance(j, Journal) and j.broken and self.unrestored is None:
+            j.compact(state)
+        self.sync_pending()
 
     def flush(self) -> None:
         if self.journal is not None:

@@ -1,0 +1,97 @@
+"""A power-cut model for the interval tests: what a file holds on disk is what it held at its
+last fsync / fdatasync (by inode, so renames are followed). Unsynced bytes may reach the disk
+too, but losing all of them is one legal outcome of a power cut: ``Recorder.image`` builds it.
+``copy_now`` is what a kill -9 leaves (the page cache)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqttsession.journal as journal_mod
+import mqttsession.spool as spool_mod
+
+
+class Recorder:
+    """Stands for ``os`` in the journal and disk-queue modules: records each file's synced
+    bytes; ``fail_next`` fdatasyncs fail with EIO."""
+
+    def __init__(self) -> None:
+        self.durable: dict[tuple[int, int], bytes] = {}
+        self.lock = threading.Lock()
+        self.fail_next = 0
+        self.events: list[str] = []  # "fdatasync NAME SIZE" / "fsync NAME SIZE"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def _record(self, fd: int, what: str) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            return
+        with open(f"/proc/self/fd/{fd}", "rb") as f:  # (the fd may be write-only)
+            data = f.read(st.st_size)
+        try:
+            name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            name = "?"
+        with self.lock:
+            self.durable[(st.st_dev, st.st_ino)] = data
+            self.events.append(f"{what} {name} {len(data)}")
+
+    def fdatasync(self, fd: int) -> None:
+        with self.lock:
+            fail, self.fail_next = self.fail_next > 0, max(0, self.fail_next - 1)
+        if fail:
+            raise OSError(5, "Input/output error (injected)")
+        os.fdatasync(fd)
+        self._record(fd, "fdatasync")
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+        self._record(fd, "fsync")
+
+    def syncs_of(self, prefix: str) -> int:
+        """fdatasyncs of files whose name starts with ``prefix``."""
+        with self.lock:
+            return sum(1 for e in self.events if e.startswith(f"fdatasync {prefix}"))
+
+    def image(self, path: Path, into: Path) -> Path:
+        """The state file's files as a power cut now leaves them (synced bytes only; a file
+        never synced is absent); returns the state file's path in ``into``."""
+        into.mkdir(parents=True)
+        for src in path.parent.rglob("*"):
+            rel = src.relative_to(path.parent)
+            if not str(rel).startswith(path.name) or src.name.endswith(".lock") \
+                    or not src.is_file():
+                continue
+            st = src.stat()
+            data = self.durable.get((st.st_dev, st.st_ino))
+            if data is not None:
+                (into / rel).parent.mkdir(parents=True, exist_ok=True)
+                (into / rel).write_bytes(data)
+        return into / path.name
+
+
+def install(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    r = Recorder()
+    monkeypatch.setattr(journal_mod, "os", r)
+    monkeypatch.setattr(spool_mod, "os", r)
+    return r
+
+
+def copy_now(path: Path, into: Path) -> Path:
+    """The state file's files as a kill -9 now leaves them (what the OS holds)."""
+    into.mkdir(parents=True)
+    for src in path.parent.rglob("*"):
+        rel = src.relative_to(path.parent)
+        if str(rel).startswith(path.name) and src.is_file() and not src.name.endswith(".lock"):
+            (into / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, into / rel)
+    return into / path.name
