@@ -364,8 +364,10 @@ class Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._closed:
-            return
+        with self._lock:  # a publish after this is refused: none lands after the last snapshot
+            if self._closed:
+                return
+            self._closed = True
         try:
             self._driver.cancel_sync_timer()  # SessionSync=interval: what waits goes to disk now
             compacted = self._driver.disconnect() and self._file.journal is not None
@@ -373,7 +375,6 @@ class Client:
                 self._driver.save()  # (a disconnect that compacted wrote the same snapshot)
         finally:
             with self._lock:
-                self._closed = True
                 self._file.close()
 
     def close(self) -> None:

@@ -391,7 +391,7 @@ class Driver(Durability):
                     f.append(a.records, st, sync=sync, lazy=a.lazy,
                              held=held and not a.force and not a.lazy
                              or a.batched and bool(batch) and self.gathers())
-                except Exception as exc:
+                except BaseException as exc:  # (KeyboardInterrupt too: never left held)
                     if joined:  # written before it: they do not depend on it
                         self._write_joined(joined)
                     if accepted is not None:  # publish_many: all of them, last first
@@ -399,7 +399,7 @@ class Driver(Durability):
                                 else (accepted,):
                             self.engine.retract(rec)
                         f.rewrite(st)  # (a snapshot written before the failure may hold it)
-                    if not quiet:
+                    if not quiet or not isinstance(exc, Exception):
                         raise
                     later.append(Notify("on_error", ErrorEvent(
                         getattr(exc, "errno", None) or -1, f"{quiet}: {exc}")))
@@ -410,7 +410,7 @@ class Driver(Durability):
         if durable and deferred and accepted is not None:  # a held record is not durable:
             try:  # a failed compaction dropped it, so the publish fails (not on_error)
                 f.compact_before_publish(st)
-            except Exception:
+            except BaseException:
                 for rec in reversed(accepted) if isinstance(accepted, list) else (accepted,):
                     self.engine.retract(rec)
                 f.rewrite(st)  # (its snapshot may be in place, holding them)

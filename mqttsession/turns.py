@@ -75,6 +75,7 @@ class Turns:
         self.count_lock = threading.Lock()
         self._queue: deque[_Request] = deque()
         self._turn = threading.Lock()
+        self._holder = 0  # the thread whose turn it is (``threading.get_ident``), 0: none
 
     def run(self, owner: _Owner, fn: Callable[[], tuple[_T, Token | None]]
             ) -> tuple[_T, Token | None]:
@@ -83,6 +84,11 @@ class Turns:
         durable with one fdatasync and writes their PUBLISHes together; the others sleep
         meanwhile (no convoy at the lock, one wake-up each). Returns ``fn``'s result, or
         raises its error; the caller then ``settle``s the token (at once when synced)."""
+        if self._holder == threading.get_ident():
+            # a callback the turn runs (``finish``: on_error, on_message_dropped) publishes:
+            # alone, its caller syncs it (queued, it would wait for this very turn)
+            with owner.lock:
+                return fn()
         req = _Request(owner, fn)
         queue = self._queue
         queue.append(req)
@@ -92,12 +98,14 @@ class Turns:
                     req.wake.acquire()  # done, or the turn was handed to this one
                     continue
                 batch: list[_Request] = []
+                self._holder = threading.get_ident()
                 try:
                     self._gather(owner)
                     while queue:
                         batch.append(queue.popleft())
                     self._sync(self._run(batch))
                 finally:
+                    self._holder = 0
                     self._turn.release()
                     for r in batch:
                         self._done(r)
