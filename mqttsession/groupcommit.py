@@ -47,6 +47,11 @@ class GroupCommit:
         """``os.fdatasync`` as the owner's module sees it (tests replace it there)."""
         os.fdatasync(fd)
 
+    def _failed_meanwhile(self) -> bool:
+        """After this thread's fdatasync returned: whether another write or sync of the file
+        failed while it ran (the kernel reports a write-back error to one caller only)."""
+        return False
+
     def _synced_to(self, target: int) -> None:
         """The current incarnation is on disk up to ``target`` (the condition's lock held)."""
 
@@ -131,6 +136,9 @@ class GroupCommit:
                 self._fdatasync(fd)
             except OSError as exc:
                 raise self._sync_failed(fd, exc) from exc
+            if self._failed_meanwhile():  # its success proves nothing: the waiters fail
+                raise PersistenceError(None, "another write or sync of the file failed during"
+                                             " this fdatasync")
             ok = True
             self._sync_time += (time.monotonic() - t0 - self._sync_time) / 8
         finally:

@@ -460,14 +460,10 @@ class Journal(GroupCommit):
         # the page cache is suspect: the next write rewrites everything from memory. What
         # was not on disk is cut now: a publish told "failed" (and any after it, and the
         # network thread's records) is not found after a restart. Not under interval
-        # (``keep_unsynced``): no publish waited for this sync, and every one whose record
-        # it missed has returned
+        # (``keep_unsynced``): every publish whose record it missed has returned
         with self._write_lock:
             self._broken = True
-            if self.keep_unsynced:
-                return PersistenceError(exc.errno, f"cannot sync state journal"
-                                        f" {self.journal_path}: {exc.strerror or exc}")
-            keep = self._synced
+            keep = self._size if self.keep_unsynced else self._synced
             try:
                 self._truncate(fd, keep)
             except OSError:
@@ -483,6 +479,9 @@ class Journal(GroupCommit):
     def broken(self) -> bool:
         """A write or sync failed: the next write rewrites the state from memory."""
         return self._broken
+
+    def _failed_meanwhile(self) -> bool:
+        return self._broken  # (``_sync_start`` raised if it was before)
 
     def _was_cut(self) -> bool:
         """A group commit's failed sync cut the journal (another thread, no mutex)."""

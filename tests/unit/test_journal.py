@@ -1491,3 +1491,43 @@ def test_a_lingering_group_commit_takes_in_the_records_of_writers_that_come_mean
         assert sorted(done) == ["a", "b", "c"]
         assert len(syncs) == 1  # one fdatasync for the three
     assert len(copy_and_recover(p, tmp_path / "copy").outgoing) == 3
+
+
+def test_a_group_sync_overlapped_by_a_failed_sync_of_the_same_file_fails_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reports a write-back error to one fsync caller only: a group commit's fdatasync
+    that returns while another thread's fdatasync of the same file failed proves nothing, so
+    the records it was to cover are not reported durable (before: they were)."""
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        j.mapped = False
+        j.append([st.accept("t/a", b"A" * 10, 2)], st, sync=False)  # written, not synced
+        gen, pos = j.position()
+        plain, inside, go = os.fdatasync, threading.Event(), threading.Event()
+
+        def fdatasync(fd: int) -> None:
+            if threading.current_thread().name == "group-sync":
+                inside.set()
+                go.wait(5)
+                plain(fd)  # returns 0: the error went to the other caller
+            else:
+                raise OSError(errno.EIO, "injected EIO")
+
+        monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=fdatasync))
+        outcome: list[BaseException | bool] = []
+
+        def group() -> None:
+            try:
+                outcome.append(j.sync_to(gen, pos))
+            except PersistenceError as exc:
+                outcome.append(exc)
+        t = threading.Thread(target=group, name="group-sync")
+        t.start()
+        assert inside.wait(5)
+        with pytest.raises(PersistenceError):
+            j.append([st.accept("t/b", b"B" * 10, 2)], st, sync=True)  # its fdatasync fails
+        go.set()
+        t.join(5)
+        assert len(outcome) == 1 and isinstance(outcome[0], PersistenceError), outcome
+        assert not j.is_synced(gen, pos)
