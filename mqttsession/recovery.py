@@ -42,6 +42,7 @@ log = logging.getLogger("mqttsession.journal")  # the state file's logger, as ev
 JOURNAL_SUFFIX: Final = ".journal"
 
 _HEAD: Final = struct.Struct(">II")
+_PAGE: Final = 4096  # what a write-back writes whole: a page, a file system block
 _MAX_FRAME: Final = 256 * 1024 * 1024
 _HEADER_TAG: Final = "mqttsession-journal"
 _JOURNAL_VERSION: Final = 2  # 2: Accepted / Stepped records are binary; 1 (all JSON) is read too
@@ -88,9 +89,32 @@ def read_frames(data: bytes) -> tuple[list[bytes], int, bool]:
     end = zeros_from(data, pos)
     if end == pos:  # only zeros after the valid frames: space allocated ahead, or torn
         return payloads, pos, False
+    if unwritten_page(data, pos, end):  # what follows was not synced either: torn
+        return payloads, pos, False
     if end == size:
         return payloads, pos, _ends_in_record_frame(data, pos)
     return payloads, pos, _frame_ends_within(data, pos, end)
+
+
+def unwritten_page(data: bytes, pos: int, end: int) -> bool:
+    """Whether the bad frame at ``pos`` runs into a page the write-back had not reached when
+    the power went, with bytes after it (before ``end``, where the zeros that end ``data``
+    begin): zeros from ``pos`` (its head too) to a page boundary, or a whole page of zeros
+    within the frame. Records not yet synced reach the disk page by page in no set order
+    (SessionSync none, interval), so good frames after such a page are a torn tail: not
+    synced either, cut with it, never damage [a power cut loses only unsynced records]."""
+    head, size = _HEAD.size, len(data)
+    boundary = pos + _PAGE - pos % _PAGE
+    if boundary - pos >= head and boundary < end and data.count(0, pos, boundary) == boundary - pos:
+        return True  # a page written back before the frame at ``pos`` was appended to it
+    length = _HEAD.unpack_from(data, pos)[0] if pos + head <= size else 0
+    stop = min(pos + head + length if 0 < length <= _MAX_FRAME else pos + head, end)
+    q = boundary
+    while q < stop and q + _PAGE <= end:  # a page of the frame never written back
+        if data.count(0, q, q + _PAGE) == _PAGE:
+            return True
+        q += _PAGE
+    return False
 
 
 def zeros_from(data: bytes, pos: int) -> int:
@@ -267,8 +291,9 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
             raise damaged(f"journal record {i}: {exc}") from None
     torn = valid < len(data) and zeros_from(data, valid) > valid
     if torn:
-        log.warning("state journal %s: torn tail of %d bytes %s (a crash mid-write)",
-                    journal_path, len(data) - valid, cut)
+        log.warning("state journal %s: torn tail of %d bytes %s (a crash mid-write, or a power"
+                    " cut before the write-back reached every page)", journal_path,
+                    len(data) - valid, cut)
     return state, len(snapshot), valid, torn
 
 

@@ -192,3 +192,34 @@ def test_a_restart_syncs_the_disk_queue_a_killed_process_left_unsynced(
         assert rec.syncs_of("q-") >= 1  # at once, not after the interval
     finally:
         b.close()
+
+
+def test_a_power_cut_that_kept_a_later_page_but_not_an_earlier_one_restores_a_prefix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the journal frame torn by the page not written back, with good frames after
+    # it, was 'damage mid-file': StateError, the files kept aside, nothing restored
+    rec = _powercut.install(monkeypatch)
+    path = _state_file(tmp_path)
+    c = _client(path, 60_000, QueueInMemory=1000)
+    sent = [b"m%02d-" % n + b"x" * 300 for n in range(40)]  # three pages not synced
+    try:
+        c.restore_session("")
+        for body in sent:
+            c.publish_data("t/x", 1, body)
+        journal = Path(f"{path}.journal")
+        st = journal.stat()
+        synced = rec.durable[(st.st_dev, st.st_ino)]
+        cached = journal.read_bytes()  # what the page cache holds
+        snapshot = path.read_bytes()
+    finally:
+        c.close()
+    page = 4096
+    start = (len(synced.rstrip(b"\0")) // page + 1) * page  # a page of unsynced records
+    assert start + page < len(cached.rstrip(b"\0"))
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "s").write_bytes(snapshot)
+    (cut / "s.journal").write_bytes(cached[:start] + bytes(page)  # never written back:
+                                    + cached[start + page:])  # the zeros written ahead
+    got = _kept(cut / "s", QueueInMemory=1000)
+    assert len(got) >= 2 and got == sent[:len(got)] and len(got) < len(sent)

@@ -264,7 +264,9 @@ def test_a_real_last_frame_after_garbage_is_still_found_cheaply(
     for garbage in (near_misses(1 << 16), exact_fakes(1 << 16)[:-1], bytes(1 << 16)):
         data = head + garbage + frame(b'{"a": 1}')
         counter.hashed = 0
-        assert read_frames(data)[1:] == (len(head), True)
+        # (zeros then a frame: pages a power cut left unwritten, before one written back: a
+        # torn tail, not damage; ``test_pages_never_written_back_make_a_torn_tail``)
+        assert read_frames(data)[1:] == (len(head), garbage != bytes(1 << 16))
         assert counter.hashed <= 2 * len(data) + 64
 
 
@@ -519,3 +521,46 @@ def test_temporary_files_left_by_a_killed_owner_are_removed(tmp_path: Path) -> N
         assert all(f.exists() for f in kept) and victim.read_bytes() == b"keep"
     finally:
         j.close()
+
+
+PAGE = 4096
+
+
+def _pages_of_frames(sizes: list[int]) -> tuple[bytes, list[int]]:
+    """Frames of the given payload sizes, one after the other; the bytes and where each ends."""
+    data, ends = b"", []
+    for i, n in enumerate(sizes):
+        data += frame(b"[" + bytes([65 + i % 26]) * (n - 1))  # (a record's first byte)
+        ends.append(len(data))
+    return data, ends
+
+
+@given(st.lists(st.integers(1, 1500), min_size=8, max_size=40), st.data())
+@FAST
+def test_pages_never_written_back_make_a_torn_tail(sizes: list[int], data: Any) -> None:
+    """Unsynced records reach the disk page by page in no set order (SessionSync none,
+    interval): a page still holding the zeros written ahead, or only the frames it held at an
+    earlier write-back, before pages written back later. Recovery keeps the frames before
+    it, cuts the rest as a torn tail: a prefix, never damage (before: StateError, nothing
+    restored)."""
+    good, ends = _pages_of_frames(sizes)
+    whole = good + bytes(-len(good) % PAGE + PAGE)  # zeros allocated ahead
+    pages = len(good) // PAGE
+    if pages < 2:
+        return
+    hole = data.draw(st.integers(0, pages - 1), label="page not written back")
+    keep = data.draw(st.integers(0, PAGE), label="bytes of it from an earlier write-back")
+    start = hole * PAGE
+    # an earlier write-back held only whole frames: up to a frame's end within the page
+    held = max([e for e in ends if start <= e <= start + keep] or [start])
+    disk = whole[:held] + bytes(start + PAGE - held) + whole[start + PAGE:]
+    payloads, valid, damaged = read_frames(disk)
+    assert not damaged
+    assert disk[:valid] == good[:valid] and valid in [0, *ends] and valid <= held
+
+
+def test_a_flipped_byte_before_good_frames_is_still_damage_not_a_torn_tail() -> None:
+    good, ends = _pages_of_frames([1000] * 12)
+    bad = bytearray(good + bytes(PAGE))
+    bad[ends[2] + 20] ^= 0x01  # inside the fourth frame's payload
+    assert read_frames(bytes(bad))[1:] == (ends[2], True)
