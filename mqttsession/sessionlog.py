@@ -227,6 +227,19 @@ class SessionLog:
             if self._unsynced == at:
                 self._unsynced = None
 
+    @property
+    def broken(self) -> bool:
+        """A write or sync failed: the session's next write rewrites it (``StateFile.resync``
+        does so at once)."""
+        with self._log._mutex:
+            s = self._log._session(self.client_id)
+            return s.stale or s.snap is None or self._log._needs_rebuild()
+
+    def keep_unsynced(self) -> None:
+        """SessionSync=interval: a failed sync of the shared log cuts none of the records
+        written (``SharedLog.keep_unsynced``, for every session of the log from now on)."""
+        self._log.keep_unsynced = True
+
     def fsync(self) -> bool:
         """Everything written so far on disk, whatever the policy; False: not so (a failed
         write or sync cut the session's records: its next write rewrites it)."""

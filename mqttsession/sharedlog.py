@@ -218,6 +218,7 @@ class SharedLog(GroupCommit):
         self._callers = 0  # sync_to calls under way
         self._broken = False
         self._held: list[bytes] = []  # frames of group commits' publishes, not yet written
+        self.keep_unsynced = False  # once a session is under SessionSync=interval (``_cut``)
         self._held_bytes = 0
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
         self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
@@ -562,9 +563,12 @@ class SharedLog(GroupCommit):
 
     def _cut(self, fd: int | None) -> None:
         """A failed sync: everything not yet on disk is cut (from the file when ``fd``, from
-        memory by the next ``_settle``), and the next write rewrites the log."""
+        memory by the next ``_settle``), and the next write rewrites the log. With a session
+        under SessionSync=interval (``keep_unsynced``) only the held frames: the others'
+        publishes returned, and a kill -9 must find them."""
         with self._write_lock:
-            self._cut_locked(fd, self._synced)
+            self._cut_locked(fd, self._size - self._held_bytes if self.keep_unsynced
+                             else self._synced)
 
     def _cut_locked(self, fd: int | None, keep: int) -> None:
         self._broken = True

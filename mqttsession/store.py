@@ -219,6 +219,8 @@ class StateFile:
         j, sp = self.journal, self.spool
         if isinstance(j, Journal):
             j.keep_unsynced = self.interval
+        elif j is not None and self.interval:
+            j.keep_unsynced()
         if sp is not None:
             sp.before_seal = self._sync_journal if self.interval else None
 
@@ -232,6 +234,8 @@ class StateFile:
         if self.shared is not None:
             view = self.shared.session(client_id, max_journal_bytes=self.max_journal_bytes)
             view.sync = self.sync
+            if self.interval:
+                view.keep_unsynced()
             return view
         j = Journal(self.path, client_id, sync=self.sync,
                     max_journal_bytes=self.max_journal_bytes, mapped=self.mapped)
@@ -435,7 +439,7 @@ class StateFile:
         rewritten from memory (a compaction: snapshot and journal synced), then the disk
         queue synced; ``PersistenceError`` if that fails too."""
         j = self.journal
-        if isinstance(j, Journal) and j.broken and self.unrestored is None:
+        if j is not None and j.broken and self.unrestored is None:
             j.compact(state)
         self.sync_pending()
 

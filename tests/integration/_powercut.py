@@ -14,22 +14,33 @@ from typing import Any
 
 import pytest
 
+import mqttsession.groupcommit as groupcommit_mod
 import mqttsession.journal as journal_mod
+import mqttsession.sessionlog as sessionlog_mod
+import mqttsession.sharedlog as sharedlog_mod
 import mqttsession.spool as spool_mod
 
 
 class Recorder:
-    """Stands for ``os`` in the journal and disk-queue modules: records each file's synced
-    bytes; ``fail_next`` fdatasyncs fail with EIO."""
+    """Stands for ``os`` in the modules that write state files: records each file's synced
+    bytes; the next ``fail_next`` fdatasyncs (of files named ``fail_name``...) fail with EIO."""
 
     def __init__(self) -> None:
         self.durable: dict[tuple[int, int], bytes] = {}
         self.lock = threading.Lock()
         self.fail_next = 0
+        self.fail_name = ""
         self.events: list[str] = []  # "fdatasync NAME SIZE" / "fsync NAME SIZE"
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
+
+    @staticmethod
+    def _name(fd: int) -> str:
+        try:
+            return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            return "?"
 
     def _record(self, fd: int, what: str) -> None:
         st = os.fstat(fd)
@@ -37,17 +48,15 @@ class Recorder:
             return
         with open(f"/proc/self/fd/{fd}", "rb") as f:  # (the fd may be write-only)
             data = f.read(st.st_size)
-        try:
-            name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            name = "?"
+        name = self._name(fd)
         with self.lock:
             self.durable[(st.st_dev, st.st_ino)] = data
             self.events.append(f"{what} {name} {len(data)}")
 
     def fdatasync(self, fd: int) -> None:
         with self.lock:
-            fail, self.fail_next = self.fail_next > 0, max(0, self.fail_next - 1)
+            fail = self.fail_next > 0 and self._name(fd).startswith(self.fail_name)
+            self.fail_next -= fail
         if fail:
             raise OSError(5, "Input/output error (injected)")
         os.fdatasync(fd)
@@ -81,8 +90,8 @@ class Recorder:
 
 def install(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     r = Recorder()
-    monkeypatch.setattr(journal_mod, "os", r)
-    monkeypatch.setattr(spool_mod, "os", r)
+    for m in (journal_mod, spool_mod, sharedlog_mod, sessionlog_mod, groupcommit_mod):
+        monkeypatch.setattr(m, "os", r)
     return r
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from mqttsession import Client
 from mqttsession.durability import _NetTimer
+from mqttsession.gateway import Gateway
 
 try:  # tests/integration may or may not be a package
     from . import _powercut
@@ -223,3 +224,67 @@ def test_a_power_cut_that_kept_a_later_page_but_not_an_earlier_one_restores_a_pr
                                     + cached[start + page:])  # the zeros written ahead
     got = _kept(cut / "s", QueueInMemory=1000)
     assert len(got) >= 2 and got == sent[:len(got)] and len(got) < len(sent)
+
+
+def _device(gw: Gateway, cid: str, interval_ms: int) -> Client:
+    c = gw.client(cid, clean_session=False)
+    c.config("QueueInMemory=10")
+    c.config("SessionSync=interval")
+    c.config(f"SessionSyncInterval={interval_ms}")
+    return c
+
+
+def _kept_by(d: Path, cid: str) -> list[bytes]:
+    gw = Gateway(d)
+    try:
+        c = gw.client(cid, clean_session=False)
+        return [m.message for m in c.outgoing_messages] + [
+            m.payload for m in c._file.queued_messages()]
+    finally:
+        gw.close()
+
+
+def test_a_gateway_sessions_failed_interval_sync_keeps_every_sessions_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the shared log was cut back to its last synced byte, taking out the returned
+    # publishes of every session in it (b's own timer never ran): a kill -9 lost them
+    rec = _powercut.install(monkeypatch)
+    d = tmp_path / "gw"
+    gw = Gateway(d)
+    try:
+        a, b = _device(gw, "a", 100), _device(gw, "b", 60_000)
+        a.publish_data("t/a", 1, b"a0")
+        b.publish_data("t/b", 1, b"b0")
+        rec.fail_name, rec.fail_next = "sessions.log", 1
+        for n in range(1, 4):
+            b.publish_data("t/b", 1, b"b%d" % n)
+        a.publish_data("t/a", 1, b"a1")  # a's timer: its sync fails
+        time.sleep(0.5)
+        killed = _powercut.copy_now(d, tmp_path / "kill9")
+    finally:
+        gw.close()
+    assert _kept_by(killed, "a") == [b"a0", b"a1"]
+    assert _kept_by(killed, "b") == [b"b0", b"b1", b"b2", b"b3"]
+
+
+def test_a_gateway_session_is_made_good_after_a_failed_interval_sync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: each later interval sync raised at the stale session before its disk queue was
+    # synced, and was tried again every interval: a power cut lost every message
+    rec = _powercut.install(monkeypatch)
+    d = tmp_path / "gw"
+    gw = Gateway(d)
+    try:
+        c = _device(gw, "a", 100)
+        c.publish_data("t/x", 1, b"m00")
+        rec.fail_name, rec.fail_next = "sessions.log", 1
+        for n in range(1, 10):
+            c.publish_data("t/x", 1, b"m%02d" % n)
+        time.sleep(0.5)  # the interval's sync failed once
+        for n in range(10, 20):  # into the disk queue
+            c.publish_data("t/x", 1, b"m%02d" % n)
+        time.sleep(0.6)  # more intervals, the disk working again
+        cut = rec.image(d, tmp_path / "cut")
+    finally:
+        gw.close()
+    assert _kept_by(cut, "a") == [b"m%02d" % n for n in range(20)]
