@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from ._config import ClientSettings
@@ -71,6 +72,7 @@ class Durability:
     _awaiting: deque[tuple[int, int, int]]  # held publishes: seq, and where their record ends
     _sync_timer: Cancellable | None  # SessionSync=interval, armed while records wait
     pump: AsyncioPump | None
+    executor: Executor | None  # where a loop's sessions sync (None: the loop's default one)
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
 
@@ -227,7 +229,7 @@ class Durability:
         delay = self._settings.session_sync_interval / 1000
         pump = self.pump
         if pump is not None and not pump.loop.is_closed():
-            self._sync_timer = _LoopTimer(pump.loop, delay, self._interval_sync)
+            self._sync_timer = _LoopTimer(pump.loop, delay, self._interval_sync_off_loop)
             return
         conn = self.conn
         if conn is not None and self.engine.conn is ConnState.CONNECTED:
@@ -240,6 +242,13 @@ class Durability:
         t.name = "mqttsession-sync"
         self._sync_timer = t
         t.start()
+
+    def _interval_sync_off_loop(self) -> None:
+        """The loop's timer: the sync in the executor (the loop never waits for the disk)."""
+        try:
+            asyncio.get_running_loop().run_in_executor(self.executor, self._interval_sync)
+        except RuntimeError:  # the executor is shut down: closing, which syncs anyway
+            self._interval_sync()
 
     def _interval_sync(self, retry: bool = True) -> None:
         """The interval's sync. A failed fdatasync keeps the records in the files (a kill -9

@@ -288,3 +288,39 @@ def test_a_gateway_session_is_made_good_after_a_failed_interval_sync(
     finally:
         gw.close()
     assert _kept_by(cut, "a") == [b"m%02d" % n for n in range(20)]
+
+
+def test_a_connected_gateway_sessions_interval_sync_never_runs_on_the_loop(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the loop's timer ran the fdatasync on the gateway's loop: every session of it
+    # waited for the disk (a slow card: a second)
+    import os  # noqa: PLC0415
+
+    real = os.fdatasync
+    on_loop: list[str] = []
+    got: list[float] = []
+    with Gateway(tmp_path / "gw") as gw:
+
+        def fdatasync(fd: int) -> None:
+            if threading.current_thread() is gw.thread:
+                on_loop.append(os.readlink(f"/proc/self/fd/{fd}"))
+                time.sleep(0.3)
+            real(fd)
+
+        dev = gw.client("dev", clean_session=False)
+        sub = gw.client("sub", clean_session=False)
+        sub.on_message_in = lambda e: got.append(time.monotonic())
+        assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
+        dev.config("SessionSync=interval")
+        dev.config("SessionSyncInterval=50")
+        sub.subscribe("loop/t", 0)
+        time.sleep(0.3)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        dev.publish_data("loop/x", 1, b"x")  # its interval sync: 50 ms later
+        time.sleep(0.2)
+        dev.publish_data("loop/t", 0, b"ping")  # another session's traffic
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        monkeypatch.setattr(os, "fdatasync", real)
+    assert got and on_loop == [], on_loop
