@@ -310,7 +310,12 @@ class AsyncSession:
                 asyncio.get_running_loop().call_soon(self._sync_awaiting)
             # cancelled, ``fut`` is too: the sync job's callback releases the message (or
             # takes it back) all the same
-            err = await fut
+            try:
+                err = await fut
+            except asyncio.CancelledError:  # after ``fut`` got its error: taken back here
+                if fut.done() and not fut.cancelled() and fut.result() is not None:
+                    c._driver.release_quietly(token, fut.result())
+                raise
             if err is not None:  # taken back out of the session, and raised
                 c._driver.release(token, err)
         return pid

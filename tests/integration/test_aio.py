@@ -311,3 +311,60 @@ def _closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+def test_a_publish_cancelled_after_its_sync_failed_is_taken_back(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish whose shared fdatasync failed, cancelled before it could take its message
+    back: the message is taken back all the same (before: it stayed held, and went out with
+    the next record though its publisher saw only CancelledError)."""
+    import errno  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from mqttsession import journal as journal_mod  # noqa: PLC0415
+
+    class _FailOnce:
+        armed = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def fdatasync(self, fd: int) -> None:
+            if self.armed:
+                self.armed = False
+                raise OSError(errno.EIO, "injected EIO")
+            os.fdatasync(fd)
+
+    failing = _FailOnce()
+    monkeypatch.setattr(journal_mod, "os", failing)
+    real_settle = AsyncSession._settle
+
+    async def main() -> None:
+        tag = time.monotonic_ns()
+        pub = await AsyncSession.create(_options(mosquitto), client_id=f"aio-cf-{tag}",
+                                        state_file=tmp_path / "p.session",
+                                        session_sync="always")
+        try:
+            await pub.publish(f"aio/cf/{tag}", b"first", 1)
+            tasks: list[asyncio.Task[int]] = []
+
+            def settle(self: AsyncSession, batch: Any, err: Exception | None) -> None:
+                real_settle(self, batch, err)
+                for t in tasks:  # cancelled once told, before they run again
+                    t.cancel()
+
+            monkeypatch.setattr(AsyncSession, "_settle", settle)
+            failing.armed = True
+            tasks += [asyncio.create_task(pub.publish(f"aio/cf/{tag}", f"c{n}", 1))
+                      for n in range(3)]
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+            monkeypatch.setattr(AsyncSession, "_settle", real_settle)
+            assert not pub.client._driver._awaiting
+            assert b"c0" not in [m.message for m in pub.client.outgoing_messages]
+            await pub.publish(f"aio/cf/{tag}", b"after", 1)
+            assert await pub.flush(10)
+        finally:
+            await pub.close()
+
+    _run(main)
