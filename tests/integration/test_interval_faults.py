@@ -7,11 +7,12 @@ modelled by ``_powercut.Recorder``: only synced bytes survive."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -234,6 +235,28 @@ def _device(gw: Gateway, cid: str, interval_ms: int) -> Client:
     return c
 
 
+class _FailOnce:
+    """Makes the shared log's next fdatasync fail (EIO)."""
+
+    def __init__(self, rec: _powercut.Recorder) -> None:
+        self.rec = rec
+
+    def __call__(self) -> None:
+        self.rec.fail_name, self.rec.fail_next = "sessions.log", 1
+
+
+@contextlib.contextmanager
+def _failing_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                     ) -> Iterator[tuple[Gateway, _FailOnce]]:
+    """A gateway in ``tmp_path / "gw"`` under the power-cut model, closed at the end."""
+    fail_once = _FailOnce(_powercut.install(monkeypatch))
+    gw = Gateway(tmp_path / "gw")
+    try:
+        yield gw, fail_once
+    finally:
+        gw.close()
+
+
 def _kept_by(d: Path, cid: str) -> list[bytes]:
     gw = Gateway(d)
     try:
@@ -248,21 +271,16 @@ def test_a_gateway_sessions_failed_interval_sync_keeps_every_sessions_records(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # before: the shared log was cut back to its last synced byte, taking out the returned
     # publishes of every session in it (b's own timer never ran): a kill -9 lost them
-    rec = _powercut.install(monkeypatch)
-    d = tmp_path / "gw"
-    gw = Gateway(d)
-    try:
+    with _failing_gateway(tmp_path, monkeypatch) as (gw, fail_once):
         a, b = _device(gw, "a", 100), _device(gw, "b", 60_000)
         a.publish_data("t/a", 1, b"a0")
         b.publish_data("t/b", 1, b"b0")
-        rec.fail_name, rec.fail_next = "sessions.log", 1
+        fail_once()
         for n in range(1, 4):
             b.publish_data("t/b", 1, b"b%d" % n)
         a.publish_data("t/a", 1, b"a1")  # a's timer: its sync fails
         time.sleep(0.5)
-        killed = _powercut.copy_now(d, tmp_path / "kill9")
-    finally:
-        gw.close()
+        killed = _powercut.copy_now(tmp_path / "gw", tmp_path / "kill9")
     assert _kept_by(killed, "a") == [b"a0", b"a1"]
     assert _kept_by(killed, "b") == [b"b0", b"b1", b"b2", b"b3"]
 
@@ -271,22 +289,17 @@ def test_a_gateway_session_is_made_good_after_a_failed_interval_sync(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # before: each later interval sync raised at the stale session before its disk queue was
     # synced, and was tried again every interval: a power cut lost every message
-    rec = _powercut.install(monkeypatch)
-    d = tmp_path / "gw"
-    gw = Gateway(d)
-    try:
+    with _failing_gateway(tmp_path, monkeypatch) as (gw, fail_once):
         c = _device(gw, "a", 100)
         c.publish_data("t/x", 1, b"m00")
-        rec.fail_name, rec.fail_next = "sessions.log", 1
+        fail_once()
         for n in range(1, 10):
             c.publish_data("t/x", 1, b"m%02d" % n)
         time.sleep(0.5)  # the interval's sync failed once
         for n in range(10, 20):  # into the disk queue
             c.publish_data("t/x", 1, b"m%02d" % n)
         time.sleep(0.6)  # more intervals, the disk working again
-        cut = rec.image(d, tmp_path / "cut")
-    finally:
-        gw.close()
+        cut = fail_once.rec.image(tmp_path / "gw", tmp_path / "cut")
     assert _kept_by(cut, "a") == [b"m%02d" % n for n in range(20)]
 
 
