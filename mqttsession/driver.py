@@ -47,10 +47,10 @@ _TICK_EVERY = 0.5  # seconds between the engine's timer rounds
 
 
 class Host(Protocol):
-    """A loop in a thread of its own that runs the connections of many sessions
-    (``gateway.Gateway``): a Driver with a host connects through it (``AsyncioPump``)."""
+    """A loop in a thread of its own that runs many sessions' connections and timers."""
 
     thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
 
     def run(self, coro: Coroutine[Any, Any, None], timeout: float | None) -> None:
         """Run ``coro`` on the loop and wait for it (from another thread)."""

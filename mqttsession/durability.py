@@ -22,6 +22,7 @@ from .turns import Turns
 
 if TYPE_CHECKING:
     from ._paho import PahoConnection
+    from .driver import Host
 
 __all__ = ["Cancellable", "Durability"]
 
@@ -73,6 +74,7 @@ class Durability:
     _sync_timer: Cancellable | None  # SessionSync=interval, armed while records wait
     pump: AsyncioPump | None
     executor: Executor | None  # where a loop's sessions sync (None: the loop's default one)
+    host: Host | None  # a Gateway's loop: its sessions' timers, connected or not
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
 
@@ -227,9 +229,12 @@ class Durability:
         if self._sync_timer is not None:
             return
         delay = self._settings.session_sync_interval / 1000
-        pump = self.pump
-        if pump is not None and not pump.loop.is_closed():
-            self._sync_timer = _LoopTimer(pump.loop, delay, self._interval_sync_off_loop)
+        pump, host = self.pump, self.host
+        loop = pump.loop if pump is not None else None
+        if loop is None and host is not None and host.loop.is_running():
+            loop = host.loop  # (no timer thread for each offline session of a gateway)
+        if loop is not None and not loop.is_closed():
+            self._sync_timer = _LoopTimer(loop, delay, self._interval_sync_off_loop)
             return
         conn = self.conn
         if conn is not None and self.engine.conn is ConnState.CONNECTED:

@@ -151,7 +151,7 @@ class Gateway(_Sessions):
         super().__init__(state_dir, connect_rate, hold_publishes=True)
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
+        self._loop = self.loop = asyncio.new_event_loop()  # (``Host.loop``)
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="mqttsession-gateway-connect")
         self._loop.set_default_executor(self._executor)

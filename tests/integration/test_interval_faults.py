@@ -337,3 +337,22 @@ def test_a_connected_gateway_sessions_interval_sync_never_runs_on_the_loop(
             time.sleep(0.01)
         monkeypatch.setattr(os, "fdatasync", real)
     assert got and on_loop == [], on_loop
+
+
+def test_offline_gateway_sessions_sync_on_the_gateways_loop_not_a_thread_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: each offline session under interval started a timer thread of its own
+    rec = _powercut.install(monkeypatch)
+    with Gateway(tmp_path / "gw") as gw:
+        cs = [_device(gw, f"d{i}", 100) for i in range(20)]
+        for c in cs:
+            c.publish_data("t/x", 1, b"x")
+        timers = [t for t in threading.enumerate() if t.name == "mqttsession-sync"]
+        assert not timers, f"{len(timers)} timer threads for 20 offline sessions"
+        deadline = time.monotonic() + 10
+        while rec.syncs_of("sessions.log") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # (every session's timer ran)
+        cut = rec.image(tmp_path / "gw", tmp_path / "cut")
+    for i in range(20):  # a power cut now loses none of them
+        assert _kept_by(cut, f"d{i}") == [b"x"]
