@@ -278,8 +278,8 @@ class Outgoing:
             out = []
         at = float(now) if now is not None and now > 0.0 else 0.0
         sp, limit = self.spool, s.queue_in_memory
-        if (limit and sp is not None and (st.spooled or len(st.outgoing) >= limit)
-                and sp.ready):
+        if (sp is not None and sp.ready  # (behind messages queued there, whatever the limit)
+                and (st.spooled or limit and len(st.outgoing) >= limit)):
             # beyond what memory holds: the disk queue. Nothing is read back here (its
             # record is not written yet); acks, resume and ticks read it back
             spooled = st.spool_checked(topic, payload, qos, retain, properties, at)
@@ -321,8 +321,8 @@ class Outgoing:
             out = self._make_room(sum(len(p) + len(t) + len(x) for t, p, _q, _r, x in durable),
                                   len(durable))
         sp, limit = self.spool, s.queue_in_memory
-        spool = bool(limit and sp is not None and sp.ready
-                     and (st.spooled or len(st.outgoing) + len(durable) > limit))
+        spool = bool(sp is not None and sp.ready
+                     and (st.spooled or limit and len(st.outgoing) + len(durable) > limit))
         records: list[Record] = []
         ids: list[int] = []
         quick: list[Action] = []
@@ -375,6 +375,12 @@ class Outgoing:
                 used -= message_bytes(m)
         out: list[Action] = []
         sp = self.spool
+        queued, queued_bytes = (st.spooled, st.spooled_bytes) if sp else (0, 0)
+        if (max_n and count - queued > max_n) or (max_b and used - queued_bytes > max_b):
+            # (before anything is read back: a Loaded record left unwritten would name
+            # messages the journal never loaded)
+            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
+                                 " nothing was stored")
         while ((max_n and count > max_n) or (max_b and used > max_b)) and st.spooled and sp:
             head = sp.read(1)  # the disk queue's oldest, read back to be dropped
             out += self._loaded(head)

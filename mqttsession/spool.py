@@ -102,9 +102,11 @@ class Spool:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, spool_next: int) -> None:
+    def recover(self, spool_next: int, sync_open: bool = True) -> None:
         """Find the segments and where reading back resumes (every message below
-        ``spool_next`` was read back); ``StateError`` on damage (the files are kept)."""
+        ``spool_next`` was read back); ``StateError`` on damage (the files are kept).
+        ``sync_open``: the open segment synced (a killed process's appends; after the
+        journal's records, which the caller synced first)."""
         with self._mutex:
             self._close_fds()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
@@ -152,8 +154,8 @@ class Spool:
                 self._skip_to(spool_next)
             if segs and not segs[-1].sealed and not self.read_only:
                 self._open_writer(segs[-1])
-                if self.sync and segs[-1].count:  # a killed process's appends, maybe only in
-                    self._unsynced = True  # the page cache: on disk before any new one
+                if sync_open and self.sync and segs[-1].count:  # a killed process's appends,
+                    self._unsynced = True  # maybe in the page cache only: on disk now
                     try:
                         self.sync_pending()
                     except PersistenceError as exc:  # (the next sync tries again)
@@ -306,9 +308,9 @@ class Spool:
         name = f"q-{seg.first:020d}-{seg.last:020d}-{seg.count}-{seg.bytes}-{seg.size}.seg"
         path = os.path.join(self.dir, name)
         os.rename(seg.path, path)
+        seg.path, seg.sealed = path, True  # (before the directory's sync, which may fail)
         if self.sync:
             _fsync_dir(path)
-        seg.path, seg.sealed = path, True
 
     def append(self, messages: list[OutgoingMessage], sync: bool) -> None:
         """Store never-sent messages, in one write (persistence point 1): in the OS before

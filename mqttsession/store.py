@@ -18,13 +18,13 @@ import threading
 from typing import Protocol, Sequence
 
 from . import codec
-from .errors import MQTTSessionError, StateError, UsageError
+from .errors import MQTTSessionError, PersistenceError, StateError, UsageError
 from .journal import Journal, require_directory, write_atomic
 from .sessionlog import SessionLog
 from .sharedlog import SharedLog
 from .records import Loaded, OutgoingMessage, Spooled
 from .spool import SEGMENT_BYTES, Spool
-from .state import Record, SessionState, message_bytes
+from .state import Accepted, Record, SessionState, message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ class StateFile:
         self.sync = True
         self.mapped = False  # records not synced at once mapped: SessionSync none / interval
         self.interval = False  # SessionSync=interval: a failed sync keeps what it missed
+        self._accepted_unsynced = False  # interval: a publish's record since the queue's last
         self.max_journal_bytes = 0
         self.segment_bytes = SEGMENT_BYTES  # the disk queue's (QueueSegmentBytes)
         self.journal: Journal | SessionLog | None = None
@@ -258,7 +259,13 @@ class StateFile:
             if not j.exists():  # the journal's files were kept aside
                 spool.keep_aside("damaged")
             raise
-        spool.recover(state.spool_next)
+        synced = False
+        if self.sync:  # the journal's recovered records on disk before the queue's (a killed
+            try:  # process's page cache): never a later message durable without earlier ones
+                synced = j.fsync()
+            except PersistenceError as exc:
+                log.warning("%s", exc)
+        spool.recover(state.spool_next, sync_open=synced)
         attach(state, spool)
         self.spool = spool
         return state
@@ -344,10 +351,15 @@ class StateFile:
             return
         if records and type(records[0]) is Spooled:  # the disk queue's, never the journal's
             assert self.spool is not None
+            if self._accepted_unsynced:  # interval: the messages published before these
+                self._accepted_unsynced = False  # on disk first (two files, written back in
+                j.sync_pending()  # no set order): once when the queue takes over
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             return
         if records:
             j.append(records, state, sync=sync, lazy=lazy, held=held)
+            if self.interval and not lazy and type(records[-1]) is Accepted:
+                self._accepted_unsynced = True
             spool = self.spool
             if spool is not None and type(records[0]) is Loaded:
                 # up to this record's read-back (the state may be past it: a later one of

@@ -44,9 +44,10 @@ def test_publishes_do_not_wait_for_fsync_and_one_follows_within_the_interval(
     before = counting.syncs
     for n in range(200):  # into memory and into the disk queue
         c.publish_data("t/x", 1, str(n).encode())
-    # none a publish's: the packet-id reservation's (one per 256 ids) and at most the new
-    # queue segment's
-    assert counting.syncs - before <= 2
+    # none a publish's: the packet-id reservation's (one per 256 ids), the journal's once
+    # when the disk queue takes over (the messages before the queue's on disk first), and at
+    # most the new queue segment's
+    assert counting.syncs - before <= 3
     first = counting.syncs
     time.sleep(0.9)  # the timer's interval, with room
     assert counting.syncs >= first + 1  # the deferred fsync ran (journal and queue)
