@@ -422,6 +422,10 @@ class Client:
                                                  group=turns.publishers > 1)
             if token is not None:
                 d.settle(token)  # the group commit: durable before this returns
+        except BaseException:
+            if d.stashed:  # a drop made to make room for it, before its record failed
+                d.finish([])
+            raise
         finally:
             with turns.count_lock:
                 turns.publishers -= 1
@@ -480,13 +484,17 @@ class Client:
         self._require_open("publish_many")
         if not items:
             return []
-        with self._lock:
-            self._require_open("publish_many")
-            if any(i[2] for i in items):
-                self._file.open(self._engine.state)
-                self._file.compact_before_publish(self._engine.state)
-            ids, actions = self._engine.publish_many(items, time.time())
-            rest = self._driver.run(actions, self._engine.accepted_many)  # point 1, all of them
+        try:
+            with self._lock:
+                self._require_open("publish_many")
+                if any(i[2] for i in items):
+                    self._file.open(self._engine.state)
+                    self._file.compact_before_publish(self._engine.state)
+                ids, actions = self._engine.publish_many(items, time.time())
+                rest = self._driver.run(actions, self._engine.accepted_many)  # point 1, all
+        finally:
+            if self._driver.stashed:  # a drop made to make room for them: its notice
+                self._driver.finish([])
         self._driver.finish(rest)
         return ids
 

@@ -67,8 +67,7 @@ class Driver(Durability):
         self._settings = settings
         self.engine = Engine(engine_settings)
         self.file = StateFile()
-        # the disk queue, once the file is open (a proxy: the engine's own reference cycle
-        # must not keep the file open after the Client is gone)
+        # the disk queue (a proxy: the engine's cycle must not keep the file open, Client gone)
         self.engine.spool = cast(QueueSource, weakref.proxy(self.file))
         self.conn: PahoConnection | None = None
         self.delivering: dict[int, Message] = {}  # QoS 1 in on_message_in, auto-acknowledged
@@ -79,14 +78,14 @@ class Driver(Durability):
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
-        # runs a read batch's sync off the loop that drives the connection (a gateway's sync
-        # thread, an AsyncSession's executor): the loop never waits for the disk
+        # a read batch's sync off the loop (a gateway's sync thread, an AsyncSession's executor)
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None
         self._connack_waiter: Callable[[], None] | None = None
         self.on_idle: Callable[[], None] | None = None  # no outgoing message left (lock held)
         self._sync_timer: Cancellable | None = None  # SessionSync=interval
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
         self.turns = Turns()  # publishers in several threads take turns
+        self.stashed: list[Action] = []  # callbacks of a run that raised (``finish``)
         self._tries = 0  # network connections tried since the last CONNACK (the log's count)
         self._lost = False  # the last connection was lost, not closed: a reconnect is under way
         self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)
@@ -357,8 +356,7 @@ class Driver(Durability):
         later = [] if later is None else later
         durable = False  # a record that is not lazy: a compaction may be due
         joined: list[Write] = []  # consecutive PUBLISHes written with one ``write`` (one send)
-        # all of ``actions``' records are applied: a snapshot written meanwhile (a write that
-        # found the journal broken, or cut by a failed sync, rewrites it) holds them all
+        # ``actions``' records are applied: a snapshot written meanwhile (broken, cut) has them
         folds = f.compactions
         for a in actions:
             if type(a) is Write:
@@ -399,6 +397,7 @@ class Driver(Durability):
                                 else (accepted,):
                             self.engine.retract(rec)
                         f.rewrite(st)  # (a snapshot written before the failure may hold it)
+                        self.stashed += later  # (what was done before it: a drop's notice)
                     if not quiet or not isinstance(exc, Exception):
                         raise
                     later.append(Notify("on_error", ErrorEvent(
@@ -441,6 +440,7 @@ class Driver(Durability):
 
     def finish(self, later: list[Action]) -> None:
         """Run the callbacks ``run`` left (never under the lock)."""
+        later = self.take_stashed() + later if self.stashed else later
         for code, text in self.file.take_errors() if self.file.has_errors else ():
             self.error(code, text)
         for a in later:

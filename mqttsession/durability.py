@@ -77,6 +77,7 @@ class Durability:
     host: Host | None  # a Gateway's loop: its sessions' timers, connected or not
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
+    stashed: list[Action]  # callbacks of a ``run`` that raised, for the next ``finish``
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
@@ -88,6 +89,13 @@ class Durability:
 
     def error(self, code: int, description: str) -> None:
         raise NotImplementedError  # the Driver's
+
+    def take_stashed(self) -> list[Action]:
+        """The callbacks a ``run`` that raised left (a drop made before the record that
+        failed): for the next ``finish``, in the thread that got the error."""
+        with self.lock:
+            stashed, self.stashed = self.stashed, []
+        return stashed
 
     def group_commit(self) -> bool:
         """Whether a publish may wait for its sync outside the lock (SessionSync=always with

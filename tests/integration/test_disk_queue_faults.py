@@ -9,15 +9,18 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import mqttsession.journal as journal_mod
 import mqttsession.spool as spool_mod
 from mqttsession import Client, QueueFullError
 from mqttsession.errors import PersistenceError
 from mqttsession.records import OutgoingMessage
 from mqttsession.spool import QUEUE_SUFFIX, Spool
 from mqttsession.testing.fake_broker import FakeBroker
+from mqttsession.testing.faults import FakeOs, fd_name
 
 try:  # tests/integration may or may not be a package
     from . import _powercut
@@ -278,3 +281,48 @@ def test_a_restart_syncs_the_journal_before_the_queue_a_killed_process_left(
     monkeypatch.undo()
     got = _iv_kept(cut / "s", **settings)
     assert got == sent[:len(got)], [x[:3] for x in got]
+
+
+def test_a_drop_made_for_a_publish_that_failed_on_a_full_disk_is_reported(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s.state"
+    c = Client(client_id="full", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.config("QueueInMemory=2")
+    c.config("MaxQueuedMessages=5")
+    c.config("QueueFullPolicy=drop-oldest")
+    dropped: list[int] = []
+    c.on_message_dropped = lambda e: dropped.append(e.seq)
+    c.restore_session("")
+    for n in range(1, 6):
+        c.publish_data("t/x", 1, b"%d" % n + b"x" * 100)
+    assert c.queue_stats().messages == 5 and c._engine.state.spooled == 3
+
+    def write(fd: int, data: Any) -> int:  # the disk queue's file system is full
+        if fd_name(fd).startswith("q-"):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return os.write(fd, data)
+
+    def pwrite(fd: int, data: Any, off: int) -> int:
+        if fd_name(fd).startswith("q-"):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return os.pwrite(fd, data, off)
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(write=write, pwrite=pwrite))
+    failures = 0
+    for _ in range(3):
+        try:
+            c.publish_data("t/x", 1, b"new" + b"y" * 5000)
+        except PersistenceError:
+            failures += 1
+    monkeypatch.setattr(journal_mod, "os", os)
+    left = c.queue_stats().messages
+    c.close()
+    d = Client(client_id="full", clean_session=False)
+    d.config(f"SessionStateFile={path}")
+    d.restore_session("")
+    after_restart = len(d.outgoing_messages) + len(d._file.queued_messages())
+    d.close()
+    assert failures == 3
+    # before: the drops were kept (the state rewritten with them) but never reported
+    assert len(dropped) == 5 - left == 5 - after_restart, (dropped, left, after_restart)
