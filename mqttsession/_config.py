@@ -291,7 +291,8 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
     "maxqueuedbytes": ("MaxQueuedBytes", "Bytes (payloads, topics, properties) of the held"
                        " outgoing messages at most (0: no limit)."),
     "queueinmemory": ("QueueInMemory", "Never-sent messages held in memory at most; with a state"
-                      " file the rest wait in the disk queue (0: all in memory)."),
+                      " file the rest wait in the disk queue (0: all in memory, once what the"
+                      " disk queue holds is read back)."),
     "queuefullpolicy": ("QueueFullPolicy", "``reject`` (``publish_*`` raises ``QueueFullError``)"
                         " or ``drop-oldest`` (the oldest never-sent messages make room, each"
                         " reported through ``on_message_dropped``)."),
