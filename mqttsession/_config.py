@@ -123,6 +123,14 @@ def _set_manual_ack(c: Any, value: str) -> None:
     c._settings.manual_ack = on
 
 
+def _set_segment_bytes(c: Any, value: str) -> None:
+    """QueueSegmentBytes: for the disk queue already open too (a gateway's session opens its
+    file when it is made)."""
+    _attr("_settings", "queue_segment_bytes")[1](c, value)
+    if c._file.spool is not None:
+        c._file.spool.segment_bytes = c._settings.queue_segment_bytes
+
+
 def _set_sync(c: Any, value: str) -> None:
     v = value.strip().lower()
     if v not in ("always", "none", "interval"):
@@ -217,7 +225,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "releasedonsessionlost": (lambda c: c._engine_settings.released_on_session_lost,
                               _set_released),
     "journalmaxbytes": _attr("_settings", "journal_max_bytes"),
-    "queuesegmentbytes": _attr("_settings", "queue_segment_bytes"),
+    "queuesegmentbytes": (_attr("_settings", "queue_segment_bytes")[0], _set_segment_bytes),
     "maxmessagesize": _attr("_engine_settings", "max_message_size"),
     "receivemaximum": _attr("_settings", "receive_maximum"),
     "manualack": _own("manual_ack", _set_manual_ack),

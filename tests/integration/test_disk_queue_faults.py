@@ -326,3 +326,19 @@ def test_a_drop_made_for_a_publish_that_failed_on_a_full_disk_is_reported(tmp_pa
     assert failures == 3
     # before: the drops were kept (the state rewritten with them) but never reported
     assert len(dropped) == 5 - left == 5 - after_restart, (dropped, left, after_restart)
+
+
+def test_queue_segment_bytes_set_after_a_gateway_session_is_made_applies(
+        tmp_path: Path) -> None:
+    # before: a gateway session opens its file (and disk queue) when it is made; the setting
+    # given after that never reached the open queue, whose segments stayed 1 MiB
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client("seg", clean_session=False)
+        c.config("QueueInMemory=1")
+        c.config("QueueSegmentBytes=4096")
+        for n in range(40):
+            c.publish_data("t/x", 1, b"%02d" % n + b"x" * 300)
+        queue = Path(c._file.spool.dir)
+        assert len([p for p in queue.iterdir() if p.suffix == ".seg"]) >= 2
