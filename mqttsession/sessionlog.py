@@ -235,10 +235,15 @@ class SessionLog:
             s = self._log._session(self.client_id)
             return s.stale or s.snap is None or self._log._needs_rebuild()
 
-    def keep_unsynced(self) -> None:
+    @property
+    def keep_unsynced(self) -> bool:
         """SessionSync=interval: a failed sync of the shared log cuts none of the records
-        written (``SharedLog.keep_unsynced``, for every session of the log from now on)."""
-        self._log.keep_unsynced = True
+        written (``SharedLog.keep_unsynced``: once set, for every session of the log)."""
+        return self._log.keep_unsynced
+
+    @keep_unsynced.setter
+    def keep_unsynced(self, keep: bool) -> None:
+        self._log.keep_unsynced = self._log.keep_unsynced or keep
 
     def fsync(self) -> bool:
         """Everything written so far on disk, whatever the policy; False: not so (a failed

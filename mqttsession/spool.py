@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Final, Iterator
+from typing import Final, Iterator
 
 from .errors import PersistenceError, StateError
 from .journal import _fsync_dir, _write_all, zeros_ahead
@@ -95,9 +95,6 @@ class Spool:
         self._map = MappedTail()  # the open segment's file: frames copied in, no write()
         self._errors: list[tuple[int, str]] = []
         self._unsynced = False  # appended without a sync since the last one (policy syncs)
-        # SessionSync=interval: what must reach the disk before a sealed segment does (the
-        # journal's records: a message on disk only after those published before it)
-        self.before_seal: Callable[[], None] | None = None
         self._mutex = threading.RLock()
 
     # ------------------------------------------------------------------ recovery
@@ -296,8 +293,6 @@ class Spool:
     def _seal(self, seg: _Segment) -> None:
         """The open segment is full: its name takes what a restart needs to know."""
         assert self._wfd is not None
-        if self.sync and self.before_seal is not None:
-            self.before_seal()  # (first: a failure here leaves the segment as it was)
         self._map.drop()  # (a mapping past the file's end would fault)
         if self._walloc > seg.size:  # the zeros written ahead: the name says its size
             os.ftruncate(self._wfd, seg.size)

@@ -207,48 +207,30 @@ class StateFile:
     def set_sync(self, sync: bool, mapped: bool = False, interval: bool = False) -> None:
         """``sync``: records reach the disk (always, interval); ``mapped``: the records not
         synced at once are copied into a mapping of the file (none, interval: ``mapped.py``);
-        ``interval``: SessionSync=interval (``Journal.keep_unsynced``, ``Spool.before_seal``)."""
+        ``interval``: SessionSync=interval (a failed sync cuts nothing: ``keep_unsynced``)."""
         self.sync, self.mapped, self.interval = sync, mapped, interval
         for f in (self.journal, self.spool):
             if f is not None:
                 f.sync = sync
                 if isinstance(f, (Journal, Spool)):
                     f.mapped = mapped
-        self._interval_hooks()
-
-    def _interval_hooks(self) -> None:
-        j, sp = self.journal, self.spool
-        if isinstance(j, Journal):
-            j.keep_unsynced = self.interval
-        elif j is not None and self.interval:
-            j.keep_unsynced()
-        if sp is not None:
-            sp.before_seal = self._sync_journal if self.interval else None
-
-    def _sync_journal(self) -> None:
-        """Before the disk queue syncs a segment it seals (interval): the journal's records
-        first, so that no message is on disk before one published ahead of it."""
         if self.journal is not None:
-            self.journal.sync_pending()
+            self.journal.keep_unsynced = interval
 
     def _new(self, client_id: str) -> Journal | SessionLog:
+        j: Journal | SessionLog
         if self.shared is not None:
-            view = self.shared.session(client_id, max_journal_bytes=self.max_journal_bytes)
-            view.sync = self.sync
-            if self.interval:
-                view.keep_unsynced()
-            return view
-        j = Journal(self.path, client_id, sync=self.sync,
-                    max_journal_bytes=self.max_journal_bytes, mapped=self.mapped)
+            j = self.shared.session(client_id, max_journal_bytes=self.max_journal_bytes)
+            j.sync = self.sync
+        else:
+            j = Journal(self.path, client_id, sync=self.sync,
+                        max_journal_bytes=self.max_journal_bytes, mapped=self.mapped)
         j.keep_unsynced = self.interval
         return j
 
     def _spool(self, client_id: str) -> Spool:
-        sp = Spool(self.queue_path or self.path, client_id, sync=self.sync,
-                   segment_bytes=self.segment_bytes, mapped=self.mapped)
-        if self.interval:
-            sp.before_seal = self._sync_journal
-        return sp
+        return Spool(self.queue_path or self.path, client_id, sync=self.sync,
+                     segment_bytes=self.segment_bytes, mapped=self.mapped)
 
     def _recover(self, j: Journal | SessionLog) -> SessionState:
         """The journal's session and its disk queue (``StateError`` on damage: kept)."""
@@ -351,9 +333,9 @@ class StateFile:
             return
         if records and type(records[0]) is Spooled:  # the disk queue's, never the journal's
             assert self.spool is not None
-            if self._accepted_unsynced:  # interval: the messages published before these
-                self._accepted_unsynced = False  # on disk first (two files, written back in
-                j.sync_pending()  # no set order): once when the queue takes over
+            if self._accepted_unsynced:  # interval: the messages published before these on
+                j.sync_pending()  # disk first (two files, written back in no set order, and
+                self._accepted_unsynced = False  # a sealed segment synced): once a switch
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             return
         if records:

@@ -19,6 +19,7 @@ import mqttsession.journal as journal_mod
 import mqttsession.sessionlog as sessionlog_mod
 import mqttsession.sharedlog as sharedlog_mod
 import mqttsession.spool as spool_mod
+from mqttsession import Client
 
 
 class Recorder:
@@ -104,3 +105,25 @@ def copy_now(path: Path, into: Path) -> Path:
             (into / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, into / rel)
     return into / path.name
+
+
+def interval_client(path: Path, interval_ms: int, **settings: object) -> Client:
+    """A client of the state file ``path`` under SessionSync=interval, with ``settings``."""
+    c = Client(client_id="ivf", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.config("SessionSync=interval")
+    c.config(f"SessionSyncInterval={interval_ms}")
+    for k, v in settings.items():
+        c.config(f"{k}={v}")
+    return c
+
+
+def kept(path: Path, **settings: object) -> list[bytes]:
+    """The payloads a restart from ``path`` finds: in memory, then in the disk queue."""
+    d = interval_client(path, 60_000, **settings)
+    try:
+        d.restore_session("")
+        return [m.message for m in d.outgoing_messages] + [
+            m.payload for m in d._file.queued_messages()]
+    finally:
+        d.close()

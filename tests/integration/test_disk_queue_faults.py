@@ -35,10 +35,8 @@ def msg(seq: int) -> OutgoingMessage:
                            accepted_at=1000.0 + seq)
 
 
-def test_a_failed_directory_sync_after_a_seal_leaves_the_segment_readable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sp = Spool(str(tmp_path / "s"), "c", sync=True, segment_bytes=600)
-    sp.recover(0)
+def _failing_dir_sync(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The directory sync after the next seal's rename fails (EIO); ``["n"]`` 0 once it did."""
     real = spool_mod._fsync_dir
     fail = {"n": 1}
 
@@ -49,6 +47,14 @@ def test_a_failed_directory_sync_after_a_seal_leaves_the_segment_readable(
         real(path)
 
     monkeypatch.setattr(spool_mod, "_fsync_dir", fsync_dir)
+    return fail
+
+
+def test_a_failed_directory_sync_after_a_seal_leaves_the_segment_readable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sp = Spool(str(tmp_path / "s"), "c", sync=True, segment_bytes=600)
+    sp.recover(0)
+    fail = _failing_dir_sync(monkeypatch)
     stored = []
     seq = 1
     while seq <= 20:
@@ -68,16 +74,7 @@ def test_a_failed_directory_sync_after_a_seal_leaves_the_segment_readable(
 def test_a_failed_directory_sync_after_a_seal_does_not_stop_the_queue_draining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same fault through a Client: every read-back attempt raises FileNotFoundError on
     the network thread (hook failure: connection dropped, reconnect, again); flush never ends."""
-    real = spool_mod._fsync_dir
-    fail = {"n": 1}
-
-    def fsync_dir(path: str) -> None:
-        if path.endswith(".seg") and fail["n"]:
-            fail["n"] -= 1
-            raise OSError(errno.EIO, "Input/output error (injected)")
-        real(path)
-
-    monkeypatch.setattr(spool_mod, "_fsync_dir", fsync_dir)
+    fail = _failing_dir_sync(monkeypatch)
     c = Client(client_id="ds", clean_session=False)
     c.config(f"SessionStateFile={tmp_path / 's.state'}")
     c.config("QueueInMemory=5")
@@ -178,24 +175,7 @@ def test_queue_in_memory_zero_over_a_queue_left_by_an_earlier_run_loses_nothing(
     assert errors == [] and ok
 
 
-def _iv_client(path: Path, interval_ms: int, **settings: object) -> Client:
-    c = Client(client_id="ivf", clean_session=False)
-    c.config(f"SessionStateFile={path}")
-    c.config("SessionSync=interval")
-    c.config(f"SessionSyncInterval={interval_ms}")
-    for k, v in settings.items():
-        c.config(f"{k}={v}")
-    return c
-
-
-def _iv_kept(path: Path, **settings: object) -> list[bytes]:
-    d = _iv_client(path, 60_000, **settings)
-    try:
-        d.restore_session("")
-        return [m.message for m in d.outgoing_messages] + [
-            m.payload for m in d._file.queued_messages()]
-    finally:
-        d.close()
+_iv_client, _iv_kept = _powercut.interval_client, _powercut.kept
 
 
 def test_interval_the_queue_never_reaches_the_disk_before_earlier_publishes(

@@ -28,25 +28,7 @@ except ImportError:  # pragma: no cover - rootdir-relative import
 pytestmark = pytest.mark.integration
 
 
-def _client(path: Path, interval_ms: int, **settings: object) -> Client:
-    c = Client(client_id="ivf", clean_session=False)
-    c.config(f"SessionStateFile={path}")
-    c.config("SessionSync=interval")
-    c.config(f"SessionSyncInterval={interval_ms}")
-    for k, v in settings.items():
-        c.config(f"{k}={v}")
-    return c
-
-
-def _kept(path: Path, **settings: object) -> list[bytes]:
-    """The payloads a restart from ``path`` finds: in memory, then in the disk queue."""
-    d = _client(path, 60_000, **settings)
-    try:
-        d.restore_session("")
-        return [m.message for m in d.outgoing_messages] + [
-            m.payload for m in d._file.queued_messages()]
-    finally:
-        d.close()
+_client, _kept = _powercut.interval_client, _powercut.kept
 
 
 def _state_file(tmp_path: Path) -> Path:
