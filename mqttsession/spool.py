@@ -95,6 +95,11 @@ class Spool:
         self._map = MappedTail()  # the open segment's file: frames copied in, no write()
         self._errors: list[tuple[int, str]] = []
         self._unsynced = False  # appended without a sync since the last one (policy syncs)
+        # SessionSync=interval: the open segment's bytes from ``_tail_at`` appended since its
+        # last sync (at most a segment); ``_suspect``: a sync of them failed
+        self._tail: list[bytes] = []
+        self._tail_at = 0
+        self._suspect = False
         self._mutex = threading.RLock()
 
     # ------------------------------------------------------------------ recovery
@@ -153,6 +158,7 @@ class Spool:
                 self._open_writer(segs[-1])
                 if sync_open and self.sync and segs[-1].count:  # a killed process's appends,
                     self._unsynced = True  # maybe in the page cache only: on disk now
+                    self._tail, self._tail_at = [self._read(segs[-1].path, 0, segs[-1].size)], 0
                     try:
                         self.sync_pending()
                     except PersistenceError as exc:  # (the next sync tries again)
@@ -287,6 +293,7 @@ class Spool:
             raise
         seg.size = self._walloc = len(head)
         self._wfd, self._wseek = fd, False
+        self._tail, self._suspect = [], False
         self._segs.append(seg)
         return seg
 
@@ -297,8 +304,7 @@ class Spool:
         if self._walloc > seg.size:  # the zeros written ahead: the name says its size
             os.ftruncate(self._wfd, seg.size)
         if self.sync:
-            os.fdatasync(self._wfd)
-            self._unsynced = False
+            self._sync_open()
         self._close_fds()
         name = f"q-{seg.first:020d}-{seg.last:020d}-{seg.count}-{seg.bytes}-{seg.size}.seg"
         path = os.path.join(self.dir, name)
@@ -324,10 +330,12 @@ class Spool:
                 try:
                     self._put(seg, data, self.mapped and not (sync and self.sync))
                     if sync and self.sync:
-                        os.fdatasync(self._wfd)  # type: ignore[arg-type]
-                        self._unsynced = False
-                    else:
-                        self._unsynced = self.sync
+                        self._sync_open()
+                    elif self.sync:
+                        if not self._tail:
+                            self._tail_at = seg.size
+                        self._tail.append(data)
+                        self._unsynced = True
                 except OSError:
                     self._wseek = True
                     self._map.drop()
@@ -373,11 +381,29 @@ class Spool:
             if not self._unsynced or self._wfd is None:
                 return
             try:
-                os.fdatasync(self._wfd)
+                self._sync_open()
             except OSError as exc:
                 raise PersistenceError(exc.errno, f"cannot sync the disk queue {self.dir}:"
                                                   f" {exc.strerror or exc}") from exc
-            self._unsynced = False
+
+    def _sync_open(self) -> None:
+        """fdatasync the open segment. After a failed one its unsynced appends are written
+        again first, from memory: Linux marks the pages of a failed write-back clean, so a
+        sync that then succeeds would not write them (the "fsyncgate" of PostgreSQL)."""
+        fd = self._wfd
+        assert fd is not None
+        try:
+            if self._suspect and self._tail:
+                data, at = memoryview(b"".join(self._tail)), self._tail_at
+                while data:
+                    n = os.pwrite(fd, data, at)
+                    data, at = data[n:], at + n
+            os.fdatasync(fd)
+        except OSError:
+            self._suspect = True
+            raise
+        self._tail.clear()
+        self._suspect = self._unsynced = False
 
     # ------------------------------------------------------------------ reading back
 

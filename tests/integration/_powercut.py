@@ -1,7 +1,12 @@
 """A power-cut model for the interval tests: what a file holds on disk is what it held at its
 last fsync / fdatasync (by inode, so renames are followed). Unsynced bytes may reach the disk
 too, but losing all of them is one legal outcome of a power cut: ``Recorder.image`` builds it.
-``copy_now`` is what a kill -9 leaves (the page cache)."""
+``copy_now`` is what a kill -9 leaves (the page cache).
+
+A failed fdatasync is modelled as Linux handles a write-back error: the file's dirty pages are
+marked clean, so a later sync that succeeds does not write them unless they were written again
+(``write``/``pwrite`` over them, or their content changed, as a mapped store does): until
+then the disk keeps what it had."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import mqttsession.sharedlog as sharedlog_mod
 import mqttsession.spool as spool_mod
 from mqttsession import Client
 
+_PAGE = 4096
+
 
 class Recorder:
     """Stands for ``os`` in the modules that write state files: records each file's synced
@@ -32,6 +39,10 @@ class Recorder:
         self.fail_next = 0
         self.fail_name = ""
         self.events: list[str] = []  # "fdatasync NAME SIZE" / "fsync NAME SIZE"
+        # by inode: pages a failed sync marked clean (their content then), and those of them
+        # written since (a page written again is dirty again)
+        self.clean: dict[tuple[int, int], dict[int, bytes]] = {}
+        self.rewritten: dict[tuple[int, int], set[int]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -43,22 +54,76 @@ class Recorder:
         except OSError:
             return "?"
 
-    def _record(self, fd: int, what: str) -> None:
+    @staticmethod
+    def _content(fd: int) -> tuple[tuple[int, int], bytes] | None:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            return
+            return None
         with open(f"/proc/self/fd/{fd}", "rb") as f:  # (the fd may be write-only)
-            data = f.read(st.st_size)
+            return (st.st_dev, st.st_ino), f.read(st.st_size)
+
+    def _touched(self, fd: int, at: int, n: int) -> None:
+        key = os.fstat(fd)
+        ino = (key.st_dev, key.st_ino)
+        with self.lock:
+            if ino in self.clean:
+                self.rewritten.setdefault(ino, set()).update(
+                    range(at // _PAGE, (at + n + _PAGE - 1) // _PAGE))
+
+    def write(self, fd: int, data: Any) -> int:
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+        n = os.write(fd, data)
+        self._touched(fd, at, n)
+        return n
+
+    def pwrite(self, fd: int, data: Any, at: int) -> int:
+        n = os.pwrite(fd, data, at)
+        self._touched(fd, at, n)
+        return n
+
+    def _record(self, fd: int, what: str) -> None:
+        got = self._content(fd)
+        if got is None:
+            return
+        ino, data = got
         name = self._name(fd)
         with self.lock:
-            self.durable[(st.st_dev, st.st_ino)] = data
+            old = self.durable.get(ino, b"")
+            clean, again = self.clean.get(ino, {}), self.rewritten.pop(ino, set())
+            out = bytearray(data)
+            for p, then in list(clean.items()):
+                page = data[p * _PAGE:(p + 1) * _PAGE]
+                if p in again or page != then or not page:
+                    del clean[p]  # dirty again (or cut off): this sync writes it
+                else:  # still clean: the disk keeps its old bytes
+                    out[p * _PAGE:(p + 1) * _PAGE] = old[p * _PAGE:(p + 1) * _PAGE].ljust(
+                        len(page), b"\0")
+            if not clean:
+                self.clean.pop(ino, None)
+            self.durable[ino] = bytes(out)
             self.events.append(f"{what} {name} {len(data)}")
+
+    def _failed(self, fd: int) -> None:
+        """A write-back error: the pages not on disk are marked clean as they are now."""
+        got = self._content(fd)
+        if got is None:
+            return
+        ino, data = got
+        with self.lock:
+            old = self.durable.get(ino, b"")
+            clean = self.clean.setdefault(ino, {})
+            self.rewritten.pop(ino, None)
+            for p in range((len(data) + _PAGE - 1) // _PAGE):
+                page = data[p * _PAGE:(p + 1) * _PAGE]
+                if page != old[p * _PAGE:(p + 1) * _PAGE]:
+                    clean[p] = page
 
     def fdatasync(self, fd: int) -> None:
         with self.lock:
             fail = self.fail_next > 0 and self._name(fd).startswith(self.fail_name)
             self.fail_next -= fail
         if fail:
+            self._failed(fd)
             raise OSError(5, "Input/output error (injected)")
         os.fdatasync(fd)
         self._record(fd, "fdatasync")

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import mqttsession
 from mqttsession import Client
 from mqttsession.durability import _NetTimer
 from mqttsession.gateway import Gateway
@@ -338,3 +339,55 @@ def test_offline_gateway_sessions_sync_on_the_gateways_loop_not_a_thread_each(
         cut = rec.image(tmp_path / "gw", tmp_path / "cut")
     for i in range(20):  # a power cut now loses none of them
         assert _kept_by(cut, f"d{i}") == [b"x"]
+
+
+def test_a_failed_sync_of_the_disk_queue_is_written_again_before_it_is_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the retry after the failed fdatasync of the queue's open segment "succeeded"
+    # over pages Linux had marked clean: they never reached the disk, and a power cut after
+    # close() lost every queued message
+    rec = _powercut.install(monkeypatch)
+    path = _state_file(tmp_path)
+    errors: list[str] = []
+    c = _client(path, 100, QueueInMemory=2)
+    c.on_error = lambda e: errors.append(e.description)
+    sent = [b"m%02d" % n for n in range(20)]
+    try:
+        c.restore_session("")
+        for n, body in enumerate(sent):  # offline: 2 in memory, the rest into the disk queue
+            c.publish_data("t/x", 1, body)
+            if n == 2:  # (its segment made): the queue's next fdatasync fails once
+                rec.fail_name, rec.fail_next = "q-", 1
+        time.sleep(0.6)  # the interval's sync failed, then was tried again
+        assert rec.fail_next == 0 and rec.syncs_of("q-") >= 1
+        assert any("disk queue" in e for e in errors), errors
+    finally:
+        c.close()
+    assert _kept(rec.image(path, tmp_path / "cut"), QueueInMemory=2) == sent
+
+
+def test_a_failed_seal_of_a_queue_segment_is_written_again_before_it_is_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the next publish sealed the segment again, its fdatasync "succeeding" over the
+    # pages the failed one had left marked clean: a power cut lost the segment's messages
+    rec = _powercut.install(monkeypatch)
+    path = _state_file(tmp_path)
+    settings: dict[str, object] = {"QueueInMemory": 2, "QueueSegmentBytes": 4096}
+    c = _client(path, 60_000, **settings)
+    sent: list[bytes] = []
+    try:
+        c.restore_session("")
+        for n in range(30):  # offline: 2 in memory, the rest into the disk queue
+            body = b"m%02d-" % n + b"x" * 500
+            if n == 3:  # (a segment made): the queue's next fdatasync, a seal's, fails
+                rec.fail_name, rec.fail_next = "q-", 1
+            try:
+                c.publish_data("t/x", 1, body)
+            except mqttsession.PersistenceError:
+                continue  # the publish that sealed: refused, not stored
+            sent.append(body)
+        assert rec.fail_next == 0 and len(sent) == 29
+        assert rec.syncs_of("q-") >= 2  # sealed on the next publish
+    finally:
+        c.close()
+    assert _kept(rec.image(path, tmp_path / "cut"), **settings) == sent  # (close() synced)
