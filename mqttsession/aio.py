@@ -297,7 +297,12 @@ class AsyncSession:
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
         # in the order awaited (nothing here awaits before the message is in the session);
         # always the group commit: the fsync waits in the executor, not on the loop
-        pid, token = c._publish_begin(topic, qos, data, retain, properties)
+        try:
+            pid, token = c._publish_begin(topic, qos, data, retain, properties)
+        except BaseException:
+            if c._driver.stashed:  # a drop made to make room for it, before its record failed
+                c._driver.finish([])
+            raise
         if token is not None and self._group is not None:  # an AsyncGateway's session
             err = await self._group.wait_held(c._driver, token)
             if err is not None:  # taken back out of the session, and raised

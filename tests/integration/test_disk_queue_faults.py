@@ -263,20 +263,47 @@ def test_a_restart_syncs_the_journal_before_the_queue_a_killed_process_left(
     assert got == sent[:len(got)], [x[:3] for x in got]
 
 
-def test_a_drop_made_for_a_publish_that_failed_on_a_full_disk_is_reported(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "s.state"
-    c = Client(client_id="full", clean_session=False)
+def _full_queue_client(path: Path, front: str) -> tuple[Client, Any, Any]:
+    """A client of ``path`` whose disk queue holds 5 messages, drop-oldest at 5; its
+    ``publish_data`` (through an offline ``AsyncSession`` for that ``front``) and closer."""
+    import asyncio  # noqa: PLC0415
+
+    from mqttsession.aio import AsyncSession  # noqa: PLC0415
+
+    loop = asyncio.new_event_loop()
+    session = AsyncSession(client_id="full", state_file=path) if front != "Client" else None
+    c = session._client if session else Client(client_id="full", clean_session=False)
     c.config(f"SessionStateFile={path}")
-    c.config("QueueInMemory=2")
-    c.config("MaxQueuedMessages=5")
-    c.config("QueueFullPolicy=drop-oldest")
-    dropped: list[int] = []
-    c.on_message_dropped = lambda e: dropped.append(e.seq)
-    c.restore_session("")
+    for setting in ("QueueInMemory=2", "MaxQueuedMessages=5", "QueueFullPolicy=drop-oldest"):
+        c.config(setting)
+    if session:
+        loop.run_until_complete(session.start(connect=False))
+    else:
+        c.restore_session("")
     for n in range(1, 6):
         c.publish_data("t/x", 1, b"%d" % n + b"x" * 100)
     assert c.queue_stats().messages == 5 and c._engine.state.spooled == 3
+
+    def publish(topic: str, qos: int, data: bytes) -> int:
+        assert session is not None
+        return loop.run_until_complete(session.publish(topic, data, qos))
+
+    def close() -> None:
+        if session:
+            loop.run_until_complete(session.close())
+        c.close()
+        loop.close()
+    return c, publish if session else c.publish_data, close
+
+
+@pytest.mark.parametrize("front", ["Client", "AsyncSession"])
+def test_a_drop_made_for_a_publish_that_failed_on_a_full_disk_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, front: str) -> None:
+    # AsyncSession: before, its notice waited for the session's next publish
+    path = tmp_path / "s.state"
+    c, publish, close = _full_queue_client(path, front)
+    dropped: list[int] = []
+    c.on_message_dropped = lambda e: dropped.append(e.seq)
 
     def write(fd: int, data: Any) -> int:  # the disk queue's file system is full
         if fd_name(fd).startswith("q-"):
@@ -292,12 +319,13 @@ def test_a_drop_made_for_a_publish_that_failed_on_a_full_disk_is_reported(tmp_pa
     failures = 0
     for _ in range(3):
         try:
-            c.publish_data("t/x", 1, b"new" + b"y" * 5000)
+            publish("t/x", 1, b"new" + b"y" * 5000)
         except PersistenceError:
             failures += 1
+        assert not c._driver.stashed  # reported before the error was raised
     monkeypatch.setattr(journal_mod, "os", os)
     left = c.queue_stats().messages
-    c.close()
+    close()
     d = Client(client_id="full", clean_session=False)
     d.config(f"SessionStateFile={path}")
     d.restore_session("")
