@@ -356,8 +356,7 @@ class Client:
         self._driver.connect(host, port, timeout, _connect_params(self))
 
     def disconnect(self) -> None:
-        """A clean DISCONNECT; the disconnect time is recorded in the session state, and the
-        state file, if any, is compacted."""
+        """A clean DISCONNECT, its time recorded in the session; the state file is compacted."""
         self._driver.disconnect()
 
     def __enter__(self) -> Client:
@@ -369,18 +368,19 @@ class Client:
                 return
             self._closed = True
         try:
-            self._driver.cancel_sync_timer()  # SessionSync=interval: what waits goes to disk now
+            failed = self._driver.cancel_sync_timer()  # interval: what waits goes to disk now
             compacted = self._driver.disconnect() and self._file.journal is not None
             if self._settings.session_state_file and not compacted:
                 self._driver.save()  # (a disconnect that compacted wrote the same snapshot)
+            if failed is not None:  # (the disk queue's: a snapshot does not hold it)
+                raise failed
         finally:
             with self._lock:
                 self._file.close()
 
     def close(self) -> None:
-        """Disconnect and release the state file, for good: ``connect``, ``publish_*``,
-        ``subscribe``, ``unsubscribe``, ``save_session`` and ``restore_session`` then raise
-        ``UsageError``. Idempotent."""
+        """Disconnect and release the state file, for good (``UsageError`` from any call after
+        it; idempotent). ``PersistenceError``: what waited could not be put on disk."""
         self.__exit__(None, None, None)
 
     # ================================================================== publishing

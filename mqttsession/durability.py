@@ -263,16 +263,16 @@ class Durability:
         except RuntimeError:  # the executor is shut down: closing, which syncs anyway
             self._interval_sync()
 
-    def _interval_sync(self, retry: bool = True) -> None:
+    def _interval_sync(self, retry: bool = True) -> PersistenceError | None:
         """The interval's sync. A failed fdatasync keeps the records in the files (a kill -9
         loses nothing) but leaves the page cache suspect: the state is rewritten from memory
         at once and synced, then the disk queue; if that fails too, it is tried again after
-        the interval (``retry``; not when closing)."""
+        the interval (``retry``; not when closing: the error is returned)."""
         with self.lock:
             self._sync_timer = None
         try:
             self.file.sync_pending()  # the journal's and the queue's own locks
-            return
+            return None
         except Exception as exc:
             failed = exc
         code = getattr(failed, "errno", None) or -1
@@ -280,16 +280,18 @@ class Durability:
             with self.lock:
                 self.file.resync(self.engine.state)
         except Exception as exc:
+            text = (f"SessionSync=interval: the state file could not be synced ({failed};"
+                    f" rewriting it: {exc}); the records since the last sync are in the OS,"
+                    " not on disk")
             self.error(getattr(exc, "errno", None) or code,
-                       f"SessionSync=interval: the state file could not be synced ({failed};"
-                       f" rewriting it: {exc}); the records since the last sync are in the OS,"
-                       " not on disk" + ("; tried again after the interval" if retry else ""))
+                       text + ("; tried again after the interval" if retry else ""))
             if retry:
                 with self.lock:
                     self._sync_later()
-            return
+            return PersistenceError(getattr(exc, "errno", None) or code, text)
         self.error(code, f"SessionSync=interval: a sync of the state file failed ({failed});"
                          " the state was rewritten from memory and synced")
+        return None
 
     def _hook_wait(self, timeout: float) -> float:
         """paho's select() timeout, shortened to the interval sync's (network thread)."""
@@ -305,10 +307,11 @@ class Durability:
         if type(t) is _NetTimer and (lost or now >= t.due):
             self._interval_sync()
 
-    def cancel_sync_timer(self) -> None:
-        """Closing: the pending interval sync runs now instead."""
+    def cancel_sync_timer(self) -> PersistenceError | None:
+        """Closing: the pending interval sync runs now instead; the error if it failed."""
         with self.lock:
             t, self._sync_timer = self._sync_timer, None
         if t is not None:
             t.cancel()
-            self._interval_sync(retry=False)
+            return self._interval_sync(retry=False)
+        return None

@@ -29,9 +29,8 @@ records go over them: their fdatasync commits no size change, and a record not s
 (``none``, ``interval``, the network thread's) is copied into a mapping of the file
 (``mapped.py``), no system call. Recovery reads the zeros as the journal's end.
 
-Compaction (``save_session()``, a clean disconnect, the journal passing its size bound):
-write the new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journal
-the same way. The pattern follows diskcache and paho.golang's file store.
+Compaction (``save_session()``, a clean disconnect, the journal passing its size bound): the
+new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journal the same way.
 """
 
 from __future__ import annotations
@@ -72,8 +71,13 @@ AHEAD_BYTES: Final = 64 * 1024
 _ZEROS: Final = bytes(AHEAD_BYTES)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    """``os.write`` until every byte is written (a write may be short)."""
+def _write_all(fd: int, data: bytes | memoryview, at: int | None = None) -> None:
+    """``os.write`` (``os.pwrite`` at ``at``) until every byte is written (it may be short)."""
+    while at is not None and data:
+        n = os.pwrite(fd, data, at)
+        data, at = memoryview(data)[n:], at + n
+    if at is not None:
+        return
     n = os.write(fd, data)
     if n == len(data):
         return
@@ -217,11 +221,6 @@ class Journal(GroupCommit):
         self._write_lock = threading.Lock()  # a write, or the cut after a failed group sync
         self._lock_fd: int | None = None
         self._mutex = threading.RLock()  # the journal's own: callers' locks are theirs
-        self._acquire_lock()
-
-    # ------------------------------------------------------------------ lock
-
-    def _acquire_lock(self) -> None:
         try:
             self._lock_fd = acquire_lock(self.path + LOCK_SUFFIX, f"state file {self.path}")
         except PersistenceError as exc:
@@ -272,11 +271,9 @@ class Journal(GroupCommit):
         kept = []
         for p in (self.path, self.journal_path):
             if os.path.lexists(p):
-                aside = f"{p}.{label}-{stamp}"
-                n = 1
+                n, aside = 1, f"{p}.{label}-{stamp}"
                 while os.path.exists(aside):
-                    n += 1
-                    aside = f"{p}.{label}-{stamp}-{n}"
+                    n, aside = n + 1, f"{p}.{label}-{stamp}-{n + 1}"
                 os.replace(p, aside)
                 kept.append(aside)
         return kept
@@ -351,12 +348,14 @@ class Journal(GroupCommit):
         too, written first), joining a group commit under way; ``PersistenceError`` when a
         failed write or sync (a flush's, another thread's) took one of them."""
         with self._mutex:
-            if not self.sync or self._fd is None:
+            if not self.sync:
                 return
             gen, pos = self.appended_at
             if self._broken and gen == self._gen:  # (a cut may precede ``appended_at``)
                 raise PersistenceError(None, f"state journal {self.journal_path} failed a write"
                                              " and is rewritten with the next record")
+            if self._fd is None:  # none yet, or closed (a failed compaction's: broken)
+                return
         self.sync_to(gen, pos)
 
     def is_synced(self, gen: int, pos: int) -> bool:
@@ -450,8 +449,7 @@ class Journal(GroupCommit):
         self._alloc = size
 
     def _cut_torn(self, fd: int, at: int) -> None:
-        """Cut the torn tail recovery found, on disk before anything is written over it: the
-        records written next in the allocated space must never be followed by stale ones."""
+        """Cut recovery's torn tail, on disk before records are written over it."""
         if os.fstat(fd).st_size > at:
             self._truncate(fd, at)
             os.fsync(fd)
@@ -502,14 +500,17 @@ class Journal(GroupCommit):
             self._wake(everyone=True)  # a new incarnation: each waiter looks again
 
     @_locked
-    def fsync(self) -> bool:
-        """Everything written so far on disk, whatever the policy (before a disk queue segment
-        read back is deleted); False: a failed write or sync left it to the next write."""
+    def fsync(self, rewrite: bool = False) -> bool:
+        """Everything written so far on disk, whatever the policy; False: a failed write or
+        sync left it to the next write. ``rewrite`` (a restart): written again first, from the
+        page cache (an earlier process's failed write-back left its pages clean, not on disk)."""
         self.flush()
         if self._fd is None or self._broken:
             return False
         end = self._size
         try:
+            if rewrite:
+                _write_all(self._fd, os.pread(self._fd, end, 0), 0)
             os.fdatasync(self._fd)
         except OSError as exc:
             self._broken = True
@@ -594,6 +595,7 @@ class Journal(GroupCommit):
         self._held = self._held_bytes = 0
         self._quiesce()
         self._close_fd()
+        self._broken = True  # until the new files are in place: a failure leaves it rewritten
         self._hold_snapshot(write_atomic(self.path, text, sync=True))
         digest = codec.text_digest(text)  # names the snapshot (format 1: sha256 of its text)
         header = frame(
@@ -625,10 +627,9 @@ class Journal(GroupCommit):
         everything (``state`` already holds the record).
 
         ``lazy``: a record whose loss costs only a harmless resend (a SEND step, a removal on
-        PUBACK / PUBCOMP: persistence point 5) waits in memory and goes out in the same write,
-        under the same fsync, as the next record that is not lazy, or at ``flush``.
-        ``held``: lazy too, a group commit's publish: the ``sync_to`` that covers it, or any
-        that runs after it, writes it (and the droppable records before it).
+        PUBACK / PUBCOMP: persistence point 5) waits in memory for the next record that is not
+        lazy (same write, same fsync) or ``flush``. ``held``: lazy too, a group commit's
+        publish: the ``sync_to`` that covers it, or any after it, writes it.
         """
         with self._mutex:
             self._append(records, state, sync, lazy or held)

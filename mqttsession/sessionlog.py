@@ -245,9 +245,10 @@ class SessionLog:
     def keep_unsynced(self, keep: bool) -> None:
         self._log.keep_unsynced = self._log.keep_unsynced or keep
 
-    def fsync(self) -> bool:
+    def fsync(self, rewrite: bool = False) -> bool:
         """Everything written so far on disk, whatever the policy; False: not so (a failed
-        write or sync cut the session's records: its next write rewrites it)."""
+        write or sync cut the session's records: its next write rewrites it). ``rewrite``: the
+        shared log wrote its records again when it was opened (``SharedLog._open``)."""
         with self._mutex:
             self.flush()
             with self._log._mutex:

@@ -258,7 +258,13 @@ class SharedLog(GroupCommit):
             if valid == 0:
                 _write_all(fd, _HEADER)
                 valid = len(_HEADER)
-            if valid != len(data):
+            if self.sync:  # a killed process's records, or pages an earlier failed write-back
+                wfd = os.open(self.path, os.O_WRONLY | _NOFOLLOW)  # left clean: on disk now
+                try:  # (not ``fd``: a pwrite with O_APPEND appends)
+                    _write_all(wfd, data[:valid], 0)
+                finally:
+                    os.close(wfd)
+            if valid != len(data) or self.sync:
                 os.fdatasync(fd)
         except BaseException:
             os.close(fd)

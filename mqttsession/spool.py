@@ -159,6 +159,7 @@ class Spool:
                 if sync_open and self.sync and segs[-1].count:  # a killed process's appends,
                     self._unsynced = True  # maybe in the page cache only: on disk now
                     self._tail, self._tail_at = [self._read(segs[-1].path, 0, segs[-1].size)], 0
+                    self._suspect = True  # (an earlier failed write-back left them clean)
                     try:
                         self.sync_pending()
                     except PersistenceError as exc:  # (the next sync tries again)
@@ -394,10 +395,7 @@ class Spool:
         assert fd is not None
         try:
             if self._suspect and self._tail:
-                data, at = memoryview(b"".join(self._tail)), self._tail_at
-                while data:
-                    n = os.pwrite(fd, data, at)
-                    data, at = data[n:], at + n
+                _write_all(fd, b"".join(self._tail), self._tail_at)
             os.fdatasync(fd)
         except OSError:
             self._suspect = True

@@ -244,7 +244,7 @@ class StateFile:
         synced = False
         if self.sync:  # the journal's recovered records on disk before the queue's (a killed
             try:  # process's page cache): never a later message durable without earlier ones
-                synced = j.fsync()
+                synced = j.fsync(rewrite=True)
             except PersistenceError as exc:
                 log.warning("%s", exc)
         spool.recover(state.spool_next, sync_open=synced)
@@ -333,9 +333,14 @@ class StateFile:
             return
         if records and type(records[0]) is Spooled:  # the disk queue's, never the journal's
             assert self.spool is not None
-            if self._accepted_unsynced:  # interval: the messages published before these on
-                j.sync_pending()  # disk first (two files, written back in no set order, and
-                self._accepted_unsynced = False  # a sealed segment synced): once a switch
+            # interval: the messages published before these on disk first (two files, written
+            # back in no set order, and a sealed segment synced): once a switch; a journal a
+            # failed write or sync left broken is rewritten first (it may be behind the queue)
+            if j.broken:
+                j.compact(state)  # (a Spooled record in it counts nothing: ``attach`` does)
+            elif self._accepted_unsynced:
+                j.sync_pending()
+            self._accepted_unsynced = False
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             return
         if records:

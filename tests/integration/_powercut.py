@@ -31,13 +31,15 @@ _PAGE = 4096
 
 class Recorder:
     """Stands for ``os`` in the modules that write state files: records each file's synced
-    bytes; the next ``fail_next`` fdatasyncs (of files named ``fail_name``...) fail with EIO."""
+    bytes; the next ``fail_next`` fdatasyncs (of files named ``fail_name``...) fail with EIO
+    (fsyncs too with ``fail_fsync``)."""
 
     def __init__(self) -> None:
         self.durable: dict[tuple[int, int], bytes] = {}
         self.lock = threading.Lock()
         self.fail_next = 0
         self.fail_name = ""
+        self.fail_fsync = False
         self.events: list[str] = []  # "fdatasync NAME SIZE" / "fsync NAME SIZE"
         # by inode: pages a failed sync marked clean (their content then), and those of them
         # written since (a page written again is dirty again)
@@ -118,17 +120,23 @@ class Recorder:
                 if page != old[p * _PAGE:(p + 1) * _PAGE]:
                     clean[p] = page
 
-    def fdatasync(self, fd: int) -> None:
+    def _fail(self, fd: int) -> None:
+        """Raise EIO if this sync is to fail (its pages marked clean)."""
         with self.lock:
             fail = self.fail_next > 0 and self._name(fd).startswith(self.fail_name)
             self.fail_next -= fail
         if fail:
             self._failed(fd)
             raise OSError(5, "Input/output error (injected)")
+
+    def fdatasync(self, fd: int) -> None:
+        self._fail(fd)
         os.fdatasync(fd)
         self._record(fd, "fdatasync")
 
     def fsync(self, fd: int) -> None:
+        if self.fail_fsync:
+            self._fail(fd)
         os.fsync(fd)
         self._record(fd, "fsync")
 

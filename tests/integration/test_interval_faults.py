@@ -391,3 +391,118 @@ def test_a_failed_seal_of_a_queue_segment_is_written_again_before_it_is_retried(
     finally:
         c.close()
     assert _kept(rec.image(path, tmp_path / "cut"), **settings) == sent  # (close() synced)
+
+
+def test_an_interval_sync_after_a_failed_compaction_rewrites_the_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the failed compaction closed the journal (its records never synced) without
+    # marking it broken; the interval's sync then found no file, synced nothing and reported
+    # nothing: a power cut lost every publish since the last sync (a sweep's finding)
+    rec = _powercut.install(monkeypatch)
+    rec.fail_fsync = True
+    path = _state_file(tmp_path)
+    c = _client(path, 60_000, JournalMaxBytes=2048)
+    sent = [b"m00"]
+    try:
+        c.restore_session("")
+        c.publish_data("t/x", 1, sent[0])
+        c._driver._interval_sync()
+        rec.fail_name, rec.fail_next = "s.tmp", 1  # the next snapshot's fsync fails
+        while rec.fail_next:  # until one passes JournalMaxBytes: its compaction fails
+            sent.append(b"m%02d-" % len(sent) + b"x" * 300)
+            c.publish_data("t/x", 1, sent[-1])
+        c._driver._interval_sync()  # as its timer runs it
+        cut = rec.image(path, tmp_path / "cut")
+    finally:
+        c.close()
+    assert _kept(cut, JournalMaxBytes=2048) == sent
+
+
+def test_a_journal_left_broken_is_rewritten_before_the_disk_queue_takes_a_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the journal's sync before the first queued message failed, and both rewrites
+    # after it; published again, the message found the journal closed, its sync did nothing,
+    # and the queue went to disk ahead of m02: a power cut restored m00, m01, m03... (a gap;
+    # a sweep's finding)
+    rec = _powercut.install(monkeypatch)
+    rec.fail_fsync = True
+    path = _state_file(tmp_path)
+    c = _client(path, 60_000, QueueInMemory=3)
+    sent = [b"m%02d" % n for n in range(8)]
+    try:
+        c.restore_session("")
+        for body in sent[:2]:
+            c.publish_data("t/x", 1, body)
+        c._driver._interval_sync()
+        c.publish_data("t/x", 1, sent[2])  # in memory, in the OS
+        rec.fail_next = 3  # the journal's fdatasync, then the two rewrites' fsyncs
+        with pytest.raises(mqttsession.PersistenceError):
+            c.publish_data("t/x", 1, sent[3])  # the first into the disk queue: refused
+        assert rec.fail_next == 0
+        for body in sent[3:]:  # published again, and more
+            c.publish_data("t/x", 1, body)
+        c._driver._interval_sync()
+        cut = rec.image(path, tmp_path / "cut")
+    finally:
+        c.close()
+    assert _kept(cut, QueueInMemory=3) == sent
+
+
+def _abandon(c: Client) -> None:
+    """The client's files released as a kill -9 leaves them (no sync; the page cache keeps
+    what was written), in the same boot."""
+    c._closed = True
+    c._driver.cancel_sync_timer = lambda: None  # type: ignore[method-assign]
+    with c._lock:
+        c._file.close()
+
+
+def test_close_raises_when_its_sync_of_the_disk_queue_fails_and_a_restart_makes_it_good(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: close() returned normally (on_error only), and neither it nor a restart in the
+    # same boot wrote the pages the failed write-back left clean: a power cut lost m04-m07
+    # (a sweep's finding)
+    rec = _powercut.install(monkeypatch)
+    path = _state_file(tmp_path)
+    c = _client(path, 60_000, QueueInMemory=2)
+    sent = [b"m%02d" % n for n in range(8)]
+    c.restore_session("")
+    for body in sent[:4]:  # 2 in memory, 2 into the disk queue
+        c.publish_data("t/x", 1, body)
+    c._driver._interval_sync()
+    for body in sent[4:]:  # into the disk queue, in the OS only
+        c.publish_data("t/x", 1, body)
+    rec.fail_name, rec.fail_next = "q-", 2  # close()'s sync of the queue, and its retry
+    with pytest.raises(mqttsession.PersistenceError, match="disk queue"):
+        c.close()
+    assert rec.fail_next == 0
+    assert _kept(path, QueueInMemory=2) == sent  # a restart (then close) in the same boot
+    assert _kept(rec.image(path, tmp_path / "cut"), QueueInMemory=2) == sent
+
+
+def test_a_restart_writes_again_the_journal_records_a_failed_write_back_left_clean(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the restart's fdatasync of the records it recovered wrote nothing: the failed
+    # sync had left their pages clean, and a power cut after the restart lost them
+    rec = _powercut.install(monkeypatch)
+    rec.fail_fsync = True
+    path = _state_file(tmp_path)
+    c = _client(path, 60_000)
+    sent = [b"m%02d" % n for n in range(6)]
+    c.restore_session("")
+    c.publish_data("t/x", 1, sent[0])
+    c._driver._interval_sync()
+    for body in sent[1:]:
+        c.publish_data("t/x", 1, body)
+    rec.fail_next = 3  # the interval's fdatasync, then its rewrite (a snapshot's fsync), twice
+    c._driver._interval_sync()
+    c._driver._interval_sync()
+    assert rec.fail_next == 0
+    _abandon(c)  # killed
+    d = _client(path, 60_000)
+    try:
+        d.restore_session("")
+        cut = rec.image(path, tmp_path / "cut")  # a power cut after the restart
+    finally:
+        d.close()
+    assert _kept(cut) == sent
