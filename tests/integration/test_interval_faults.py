@@ -506,3 +506,34 @@ def test_a_restart_writes_again_the_journal_records_a_failed_write_back_left_cle
     finally:
         d.close()
     assert _kept(cut) == sent
+
+
+def test_a_reopened_shared_log_writes_again_what_a_failed_write_back_left_clean(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: opening the log counted every byte read as synced and synced nothing: the
+    # records of a killed process (in the page cache, or left clean by a failed write-back)
+    # stayed off the disk after the restart
+    from mqttsession.sharedlog import SharedLog  # noqa: PLC0415
+    from mqttsession.state import SessionState  # noqa: PLC0415
+
+    rec = _powercut.install(monkeypatch)
+    d = tmp_path / "gw"
+    d.mkdir()
+    log = SharedLog(str(d))
+    view, st = log.session("a"), SessionState(client_id="a", clean_session=False)
+    view.compact(st)
+    view.keep_unsynced = True  # SessionSync=interval
+    for body in (b"one", b"two"):
+        view.append([st.accept("t", body, 1)], st, sync=False)  # in the OS only
+    rec.fail_name, rec.fail_next = "sessions.log", 1
+    with pytest.raises(mqttsession.PersistenceError):
+        view.sync_pending()  # failed: the pages are clean, not on disk
+    log.close()  # (as a kill -9 leaves it: no sync)
+    SharedLog(str(d)).close()  # a restart
+    cut = rec.image(d / "sessions.log", tmp_path / "cut").parent
+    log = SharedLog(str(cut))
+    try:
+        got = log.session("a").recover()
+        assert [m.payload for m in got.outgoing.values()] == [b"one", b"two"]
+    finally:
+        log.close()
