@@ -104,11 +104,12 @@ class Spool:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, spool_next: int, sync_open: bool = True) -> None:
+    def recover(self, spool_next: int, sync_open: bool = True, rewrite: bool = False) -> None:
         """Find the segments and where reading back resumes (every message below
         ``spool_next`` was read back); ``StateError`` on damage (the files are kept).
         ``sync_open``: the open segment synced (a killed process's appends; after the
-        journal's records, which the caller synced first)."""
+        journal's records, which the caller synced first); ``rewrite``: written again first
+        (``SessionSync=interval``: an earlier failed write-back may have left them clean)."""
         with self._mutex:
             self._close_fds()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
@@ -158,8 +159,9 @@ class Spool:
                 self._open_writer(segs[-1])
                 if sync_open and self.sync and segs[-1].count:  # a killed process's appends,
                     self._unsynced = True  # maybe in the page cache only: on disk now
-                    self._tail, self._tail_at = [self._read(segs[-1].path, 0, segs[-1].size)], 0
-                    self._suspect = True  # (an earlier failed write-back left them clean)
+                    if rewrite:
+                        self._tail = [self._read(segs[-1].path, 0, segs[-1].size)]
+                        self._tail_at, self._suspect = 0, True
                     try:
                         self.sync_pending()
                     except PersistenceError as exc:  # (the next sync tries again)

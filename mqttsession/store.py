@@ -244,10 +244,10 @@ class StateFile:
         synced = False
         if self.sync:  # the journal's recovered records on disk before the queue's (a killed
             try:  # process's page cache): never a later message durable without earlier ones
-                synced = j.fsync(rewrite=True)
+                synced = j.fsync(rewrite=self.interval)  # (a failed sync left them clean?)
             except PersistenceError as exc:
                 log.warning("%s", exc)
-        spool.recover(state.spool_next, sync_open=synced)
+        spool.recover(state.spool_next, sync_open=synced, rewrite=self.interval)
         attach(state, spool)
         self.spool = spool
         return state
