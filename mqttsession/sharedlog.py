@@ -570,8 +570,8 @@ class SharedLog(GroupCommit):
     def _cut(self, fd: int | None) -> None:
         """A failed sync: everything not yet on disk is cut (from the file when ``fd``, from
         memory by the next ``_settle``), and the next write rewrites the log. With a session
-        under SessionSync=interval (``keep_unsynced``) only the held frames: the others'
-        publishes returned, and a kill -9 must find them."""
+        under SessionSync=interval or none (``keep_unsynced``) only the held frames: the
+        others' publishes returned, and a kill -9 must find them."""
         with self._write_lock:
             self._cut_locked(fd, self._size - self._held_bytes if self.keep_unsynced
                              else self._synced)

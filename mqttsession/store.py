@@ -207,7 +207,8 @@ class StateFile:
     def set_sync(self, sync: bool, mapped: bool = False, interval: bool = False) -> None:
         """``sync``: records reach the disk (always, interval); ``mapped``: the records not
         synced at once are copied into a mapping of the file (none, interval: ``mapped.py``);
-        ``interval``: SessionSync=interval (a failed sync cuts nothing: ``keep_unsynced``)."""
+        ``interval``: SessionSync=interval. Under it and none a failed sync cuts nothing
+        (``keep_unsynced``): the records it missed belong to publishes that returned."""
         self.sync, self.mapped, self.interval = sync, mapped, interval
         for f in (self.journal, self.spool):
             if f is not None:
@@ -215,7 +216,7 @@ class StateFile:
                 if isinstance(f, (Journal, Spool)):
                     f.mapped = mapped
         if self.journal is not None:
-            self.journal.keep_unsynced = interval
+            self.journal.keep_unsynced = interval or not sync
 
     def _new(self, client_id: str) -> Journal | SessionLog:
         j: Journal | SessionLog
@@ -225,7 +226,7 @@ class StateFile:
         else:
             j = Journal(self.path, client_id, sync=self.sync,
                         max_journal_bytes=self.max_journal_bytes, mapped=self.mapped)
-        j.keep_unsynced = self.interval
+        j.keep_unsynced = self.interval or not self.sync  # (a gateway's log: for every session)
         return j
 
     def _spool(self, client_id: str) -> Spool:

@@ -162,8 +162,9 @@ class Recorder:
         return into / path.name
 
 
-def install(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    r = Recorder()
+def install(monkeypatch: pytest.MonkeyPatch, r: Recorder | None = None) -> Recorder:
+    """``r`` (a new ``Recorder`` by default) stands for ``os`` in the state-writing modules."""
+    r = Recorder() if r is None else r
     for m in (journal_mod, spool_mod, sharedlog_mod, sessionlog_mod, groupcommit_mod):
         monkeypatch.setattr(m, "os", r)
     return r
@@ -200,3 +201,16 @@ def kept(path: Path, **settings: object) -> list[bytes]:
             m.payload for m in d._file.queued_messages()]
     finally:
         d.close()
+
+
+def gateway_kept(d: Path, cid: str) -> list[bytes]:
+    """The payloads a restart of the gateway directory ``d`` finds for session ``cid``."""
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+
+    gw = Gateway(d)
+    try:
+        c = gw.client(cid, clean_session=False)
+        return [m.message for m in c.outgoing_messages] + [
+            m.payload for m in c._file.queued_messages()]
+    finally:
+        gw.close()

@@ -240,14 +240,7 @@ def _failing_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         gw.close()
 
 
-def _kept_by(d: Path, cid: str) -> list[bytes]:
-    gw = Gateway(d)
-    try:
-        c = gw.client(cid, clean_session=False)
-        return [m.message for m in c.outgoing_messages] + [
-            m.payload for m in c._file.queued_messages()]
-    finally:
-        gw.close()
+_kept_by = _powercut.gateway_kept
 
 
 def test_a_gateway_sessions_failed_interval_sync_keeps_every_sessions_records(
