@@ -83,6 +83,7 @@ class GroupCommit:
         fdatasync. ``linger``: seconds the one that syncs waits first, so that the records of
         other writers under way join this fdatasync (PostgreSQL's ``commit_delay``)."""
         started = lingered = mine = False  # lingered once; ``_lingering`` is this one's
+        turn: threading.Lock | None = None
         try:
             while True:
                 with self._sync_cond:
@@ -123,6 +124,9 @@ class GroupCommit:
             if mine:
                 with self._sync_cond:
                     self._lingering = False
+            if turn is not None and not started:  # interrupted while it waited: out of the
+                with self._sync_cond:  # list, or ``_wake`` could hand the next sync to no one
+                    self._waiters = [w for w in self._waiters if w[2] is not turn]
             if not started and self._waiters and not self._syncing:
                 # leaving without a sync (or raising) when it may have been this one's turn:
                 # the next waiter takes it

@@ -1531,3 +1531,73 @@ def test_a_group_sync_overlapped_by_a_failed_sync_of_the_same_file_fails_too(
         t.join(5)
         assert len(outcome) == 1 and isinstance(outcome[0], PersistenceError), outcome
         assert not j.is_synced(gen, pos)
+
+
+class _InterruptedLock:
+    """A turn lock whose wait is interrupted (KeyboardInterrupt), as Ctrl-C would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def acquire(self) -> bool:
+        self.calls += 1
+        if self.calls > 1:
+            raise KeyboardInterrupt
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_waiter_interrupted_in_a_group_commit_leaves_no_turn_to_no_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread interrupted while it waits for a group commit's fdatasync leaves the waiters'
+    list: the sync that follows is handed to a live waiter (before: to the interrupted one's
+    entry, and the others waited for good)."""
+    import mqttsession.groupcommit as groupcommit_mod  # noqa: PLC0415
+    from mqttsession.testing.fsyncs import StuckFdatasync  # noqa: PLC0415
+
+    class _Threading:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(threading, name)
+
+        @staticmethod
+        def Lock() -> Any:  # noqa: N802 - stands for threading.Lock
+            if threading.current_thread().name == "interrupted":
+                return _InterruptedLock()
+            return threading.Lock()
+
+    p = tmp_path / NAME
+    with _compacted(p, sync=True) as (j, st):
+        monkeypatch.setattr(groupcommit_mod, "threading", _Threading())
+        stuck = StuckFdatasync(monkeypatch.setattr)
+        stuck.armed = True
+        j.append([st.accept("t/a", b"a", 1)], st, sync=False)
+        first = threading.Thread(target=j.sync_to, args=j.position())
+        first.start()
+        assert stuck.entered.wait(5)  # its fdatasync runs (stuck)
+        j.append([st.accept("t/b", b"b", 1)], st, sync=False)
+        interrupted: list[BaseException] = []
+
+        def wait_then_interrupt() -> None:
+            try:
+                j.sync_to(*j.position())
+            except BaseException as exc:  # noqa: BLE001 - the interrupt, recorded
+                interrupted.append(exc)
+
+        t = threading.Thread(target=wait_then_interrupt, name="interrupted")
+        t.start()
+        t.join(5)
+        assert interrupted and isinstance(interrupted[0], KeyboardInterrupt)
+        j.append([st.accept("t/c", b"c", 1)], st, sync=False)
+        last = threading.Thread(target=j.sync_to, args=j.position(), daemon=True)
+        last.start()
+        deadline = time.monotonic() + 5
+        while len(j._waiters) < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        stuck.gate.set()
+        first.join(5)
+        last.join(5)
+        assert not last.is_alive()  # before: it waited for a turn handed to no one
+        assert not j._waiters
