@@ -309,6 +309,13 @@ class PahoConnection(mqtt.Client):
             except OSError:
                 pass
 
+    def drop(self) -> None:
+        """End the connection from any thread: paho's loop finds it lost and reconnects."""
+        try:  # (no socket, or closed meanwhile: nothing to end)
+            getattr(self._sock, "shutdown", lambda _how: None)(socket.SHUT_RDWR)  # noqa: SLF001
+        except OSError:
+            pass
+
     def _sock_close(self) -> None:  # noqa: SLF001
         with self._send_lock:  # not while another thread sends on it
             self._direct = False

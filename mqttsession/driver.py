@@ -474,14 +474,6 @@ class Driver(Durability):
             held = [Message.incoming(m) for m in self.engine.state.incoming.values()]
             return tuple(list(self.delivering.values()) + owed + held)
 
-    def ack(self, message: MessageEvent | int) -> bool:
-        """``Client.ack``: the engine's ``ack`` and its actions."""
-        with self.lock:
-            acked, actions = self.engine.ack(message)
-            rest = self.run(actions)
-        self.finish(rest)
-        return acked
-
     def ack_many(self, messages: Sequence[MessageEvent]) -> None:
         """``ack`` each; on a connection an asyncio loop drives, as one batch: the removals'
         records written at once, one fsync for them all off the loop, then the PUBCOMPs."""

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from ._config import ClientSettings
 from .pump import AsyncioPump
+from .actions import Notify, Persist
 from .engine import Action, ConnState, Engine
 from .errors import PersistenceError
+from .events import ErrorEvent, MessageEvent
 from .state import Accepted, Spooled
 from .store import StateFile
 from .turns import Turns
@@ -97,6 +99,32 @@ class Durability:
             stashed, self.stashed = self.stashed, []
         return stashed
 
+    def ack(self, message: MessageEvent | int) -> bool:
+        """``Client.ack``: the engine's ``ack`` and its actions. When the removal's record
+        fails (persistence point 4) its PUBCOMP waits for the state to be rewritten from
+        memory; if that fails too, the connection is dropped (the broker sends the PUBREL
+        again after reconnecting) and ``PersistenceError`` raised, never the flow left open."""
+        with self.lock:
+            acked, actions = self.engine.ack(message)
+            try:
+                rest, failed = self.run(actions), None
+            except PersistenceError as exc:
+                self.file.rewrite(self.engine.state)
+                j, code = self.file.journal, exc.errno or -1
+                failed = exc if j is not None and j.broken else None
+                what = ("connection dropped, the broker sends it again" if failed else
+                        "the state was rewritten from memory and the acknowledgement sent")
+                rest = [Notify("on_error", ErrorEvent(code, "acknowledging a message: the state"
+                                                            f" file failed ({exc}); {what}"))]
+                if failed is None:
+                    rest += self.run([a for a in actions if type(a) is not Persist])
+                elif self.conn is not None:
+                    self.conn.drop()
+        self.finish(rest)
+        if failed is not None:
+            raise failed
+        return acked
+
     def group_commit(self) -> bool:
         """Whether a publish may wait for its sync outside the lock (SessionSync=always with
         the journal open): threads publishing together then share one fdatasync."""
@@ -175,7 +203,7 @@ class Durability:
                     # cut, in a snapshot rewritten since): the file is rewritten without it
                     self.file.rewrite(self.engine.state)
             # the durable ones behind it go out (a failed one never blocks those after it)
-            rest = self.run(self.engine.durable(self._take_durable()))
+            rest = self._write_durable()
         self.finish(rest)
         if err is not None:
             raise err
@@ -183,13 +211,22 @@ class Durability:
     def release_durable(self) -> None:
         """Group commit: write every held message whose record is durable now (once for a
         batch of publishes). Their records are on disk: a failure here goes to on_error."""
-        try:
-            with self.lock:
-                rest = self.run(self.engine.durable(self._take_durable()))
-        except Exception as exc:
-            self.error(getattr(exc, "errno", None) or -1, f"writing durable messages: {exc}")
-            return
+        with self.lock:
+            rest = self._write_durable()
         self.finish(rest)
+
+    def _write_durable(self) -> list[Action]:
+        """The held messages whose records are durable now, written (lock held). A record
+        failing on the way (the disk queue's read-back, synced at once) leaves them sent in the
+        session but not on the wire: the connection is dropped (they go again after
+        reconnecting) and the failure reported; their publishes succeeded all the same."""
+        try:
+            return self.run(self.engine.durable(self._take_durable()))
+        except Exception as exc:
+            if self.conn is not None:
+                self.conn.drop()
+            return [Notify("on_error", ErrorEvent(getattr(exc, "errno", None) or -1, "writing"
+                           f" durable messages: {exc}; connection dropped, they go again"))]
 
     def settle(self, token: tuple[int, int, int]) -> None:
         """``wait_durable`` then ``release``, in the calling thread. Interrupted in between

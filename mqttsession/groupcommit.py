@@ -6,6 +6,7 @@ go on meanwhile), for everything written so far; the others wait for it.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -140,9 +141,9 @@ class GroupCommit:
                 self._fdatasync(fd)
             except OSError as exc:
                 raise self._sync_failed(fd, exc) from exc
-            if self._failed_meanwhile():  # its success proves nothing: the waiters fail
-                raise PersistenceError(None, "another write or sync of the file failed during"
-                                             " this fdatasync")
+            if self._failed_meanwhile():  # its success proves nothing: a failure (cut)
+                raise self._sync_failed(fd, OSError(errno.EIO, "another write or sync of the"
+                                                    " file failed during this fdatasync"))
             ok = True
             self._sync_time += (time.monotonic() - t0 - self._sync_time) / 8
         finally:
