@@ -51,7 +51,7 @@ from .events import (
     MessageEvent,
     SessionLostEvent,
 )
-from .expiry import effective_interval
+from .expiry import effective_interval, message_remaining, with_remaining
 from .expiry import expired as _expired
 from .state import Configured, Phase, Record, SessionLost, SessionState
 
@@ -306,7 +306,15 @@ class Engine(Outgoing):
         acked, self.recent_acked = list(self.recent_acked), deque()
         if self._moved_from is None or not acked:
             return []
-        items = [(m.topic, m.payload, 1, m.retain, m.properties) for m in acked]
+        items = []
+        for m in acked:  # what is left of a Message Expiry Interval, not all of it again
+            left = message_remaining(m.properties, m.accepted_at, self.now)
+            if left is None:
+                items.append((m.topic, m.payload, 1, m.retain, m.properties))
+            elif left > 0:  # (expired meanwhile: not published again)
+                items.append((m.topic, m.payload, 1, m.retain, with_remaining(m.properties, left)))
+        if not items:
+            return []
         try:
             _ids, out = self.publish_many(items, self.now)
         except MQTTSessionError as exc:  # no room: the queue limits win
@@ -380,7 +388,8 @@ class Engine(Outgoing):
             out += self._pump()
         elif self.state.spooled and not self._pending:
             out += self._pump()  # the disk queue waits and nothing else would read it
-        if now - self._last_activity >= ACTIVITY_EVERY:
+        # (or at once when the clock went back: the last one would stand for hours)
+        if now - self._last_activity >= ACTIVITY_EVERY or now < self._last_activity:
             self._last_activity = now
             out.append(Persist((self.state.activity(now),)))
         else:

@@ -1,0 +1,72 @@
+"""A wall clock that goes back while a durable Client is connected (a sweep's finding; fails
+before): the Activity records the session's expiry estimate rests on kept coming after the
+jump (none was written until the clock caught up, so ``session_expired`` after a crash
+answered from the time before the jump). Real mosquitto; the wall clock is faked in
+``mqttsession.client`` and ``mqttsession.driver`` (their ``time``)."""
+
+from __future__ import annotations
+
+import time as _time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqttsession.client
+import mqttsession.driver
+import mqttsession.engine
+from mqttsession import Client, codec, session_expired
+from mqttsession.journal import read_state
+
+pytestmark = pytest.mark.integration
+T = 1_700_000_000.0
+
+
+class Clock:
+    """``time`` with ``time()`` = the real wall clock + an offset."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return _time.time() + self.offset
+
+    def set(self, wall: float) -> None:
+        self.offset = wall - _time.time()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(mqttsession.client, "time", c)
+    monkeypatch.setattr(mqttsession.driver, "time", c)
+    return c
+
+
+def test_activity_records_go_on_after_the_clock_went_back(
+        tmp_path: Path, mosquitto: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mqttsession.engine, "ACTIVITY_EVERY", 0.5)  # 5 s in the library
+    path = tmp_path / "s"
+    clock.set(T)
+    c = Client(client_id="clock-back", clean_session=False, protocol_version=5)
+    c.config(f"SessionStateFile={path}")
+    c.config("SessionSync=none")
+    c.config("SessionExpInterval=3600")
+    c.restore_session("")
+    try:
+        c.connect(mosquitto.host, mosquitto.port)
+        _time.sleep(1.5)
+        clock.set(T - 3600)  # the wall clock goes back 1 h while connected
+        _time.sleep(2.5)
+        st = read_state(str(path))  # what a process killed now reads back
+        kill = clock.time()
+        verdict = session_expired(codec.encode(st), kill + 5400)  # 90 min after the kill
+        assert st.last_activity is not None and st.last_activity <= kill + 1 \
+            and verdict is not False, (
+                f"last_activity {st.last_activity - T:+.1f} s from T (clock {kill - T:+.1f});"
+                f" session_expired 90 min after a kill now: {verdict}")
+    finally:
+        c.close()
