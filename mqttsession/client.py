@@ -565,9 +565,9 @@ class Client:
             cid = self._engine.state.client_id
             state = self._file.load(cid) if path else codec.decode(state_data)
             rec = self._engine.restore(state, time.time())
-            if path:  # the journal is open; the file holds the rest already. A due compaction
-                # waits for the next record: restoring stays a read of the file
-                self._file.append([rec], state, sync=True)
+            if path:  # the file holds the rest already; a due compaction waits (a read only)
+                self._file.note_restore(rec, state)
+        self._driver.finish([])  # (its record not written, a full disk: on_error)
 
     # ================================================================== events
 

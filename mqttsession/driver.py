@@ -397,7 +397,10 @@ class Driver(Durability):
                                 else (accepted,):
                             self.engine.retract(rec)
                         f.rewrite(st)  # (a snapshot written before the failure may hold it)
-                        self.stashed += later  # (what was done before it: a drop's notice)
+                        # the drops made to make room stay made (before or after it): reported
+                        k = next(i for i, x in enumerate(actions) if x is a)
+                        self.stashed += later + [x for x in actions[k + 1:] if type(x) is Notify
+                                                 and x.name == "on_message_dropped"]
                     if not quiet or not isinstance(exc, Exception):
                         raise
                     later.append(Notify("on_error", ErrorEvent(

@@ -20,6 +20,7 @@ together (a broker restart) come back spread out, not all at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -188,6 +189,7 @@ class Gateway(_Sessions):
         connect). Its connection and events run on the gateway's thread."""
         with self._lock:
             self._add(client_id)
+            c = None
             try:
                 c = Client(client_id=client_id, **kwargs)
                 c._driver.host, c._driver.pacer = self, self.pacer  # noqa: SLF001
@@ -195,6 +197,9 @@ class Gateway(_Sessions):
                 c.restore_session("")
             except BaseException:
                 self._ids.discard(client_id)
+                if c is not None:  # its view of the store released: the id can be asked again
+                    with contextlib.suppress(Exception):
+                        c._file.close()  # noqa: SLF001
                 raise
             self._clients[client_id] = c
             return c

@@ -118,7 +118,10 @@ def acquire_lock(lock_path: str, what: str) -> int:
         if not same:  # unlinked by its previous owner while we waited: take the new one
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # the pid: a hint for the error above, not the lock (the flock is)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock holds all the same
+            log.warning("%s: its pid not written to %s: %s", what, lock_path, exc)
         return fd
     raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover

@@ -457,6 +457,16 @@ class StateFile:
             require_directory(self.path)  # a UsageError that names it, not ENOENT
             write_atomic(self.path, text, sync=self.sync)
 
+    def note_restore(self, rec: Record, state: SessionState) -> None:
+        """``restore_session``'s record, synced. A failure (a full disk) is reported
+        (``take_errors``), not raised: the session is restored already (read from the file),
+        and the next write rewrites the file whole."""
+        try:
+            self.append([rec], state, sync=True)
+        except PersistenceError as exc:
+            self._errors.append((exc.errno or -1, f"restore_session: its record was not"
+                                 f" written ({exc}); the state file is rewritten next"))
+
     def rewrite(self, state: SessionState) -> None:
         """A publish taken back after a failed write, sync or compaction: what reached the
         file may still hold its message (a record written but interrupted before its sync, a
