@@ -97,7 +97,10 @@ class _Sessions:
     def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float,
                  hold_publishes: bool = False) -> None:
         self.state_dir = os.fspath(state_dir)
-        os.makedirs(os.path.join(self.state_dir, "queues"), mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(os.path.join(self.state_dir, "queues"), mode=0o700, exist_ok=True)
+        except OSError as exc:  # (a full disk, a file in the way)
+            raise PersistenceError(exc.errno, f"cannot make {self.state_dir}: {exc}") from exc
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
         self.pacer = Pacer(connect_rate)
         self._ids: set[str] = set()

@@ -266,6 +266,9 @@ class SharedLog(GroupCommit):
                     os.close(wfd)
             if valid != len(data) or self.sync:
                 os.fdatasync(fd)
+        except OSError as exc:  # (a full disk, a failing one)
+            os.close(fd)
+            raise PersistenceError(exc.errno, f"cannot open {self.path}: {exc.strerror}") from exc
         except BaseException:
             os.close(fd)
             raise

@@ -38,7 +38,7 @@ from mqttsession.testing.faults import FakeOs, fd_name
 pytestmark = pytest.mark.integration
 
 
-def _full(*_args: Any) -> Any:
+def _full(*_args: Any, **_kwargs: Any) -> Any:
     raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
 
@@ -211,3 +211,20 @@ def test_a_short_write_not_taken_back_is_a_torn_tail_not_damage(
         assert [m.message for m in d.outgoing_messages] == returned
     finally:
         d.close()
+
+
+def test_a_gateway_that_cannot_make_or_open_its_files_raises_persistence_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mqttsession.gateway as gateway_mod  # noqa: PLC0415
+    import mqttsession.sharedlog as sharedlog_mod  # noqa: PLC0415
+
+    monkeypatch.setattr(gateway_mod, "os", FakeOs(makedirs=_full))
+    with pytest.raises(PersistenceError):  # before: a bare OSError
+        Gateway(tmp_path / "gw")
+    monkeypatch.setattr(gateway_mod, "os", os)
+    Gateway(tmp_path / "gw").close()
+    monkeypatch.setattr(sharedlog_mod, "os", FakeOs(fdatasync=_full))
+    with pytest.raises(PersistenceError):  # its rewrite's sync when opened: a bare OSError
+        Gateway(tmp_path / "gw")
+    monkeypatch.setattr(sharedlog_mod, "os", os)
+    Gateway(tmp_path / "gw").close()  # (nothing left locked)
