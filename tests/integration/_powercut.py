@@ -181,9 +181,10 @@ def copy_now(path: Path, into: Path) -> Path:
     return into / path.name
 
 
-def interval_client(path: Path, interval_ms: int, **settings: object) -> Client:
+def interval_client(path: Path, interval_ms: int, client_id: str = "ivf",
+                    **settings: object) -> Client:
     """A client of the state file ``path`` under SessionSync=interval, with ``settings``."""
-    c = Client(client_id="ivf", clean_session=False)
+    c = Client(client_id=client_id, clean_session=False)
     c.config(f"SessionStateFile={path}")
     c.config("SessionSync=interval")
     c.config(f"SessionSyncInterval={interval_ms}")
@@ -192,9 +193,9 @@ def interval_client(path: Path, interval_ms: int, **settings: object) -> Client:
     return c
 
 
-def kept(path: Path, **settings: object) -> list[bytes]:
+def kept(path: Path, client_id: str = "ivf", **settings: object) -> list[bytes]:
     """The payloads a restart from ``path`` finds: in memory, then in the disk queue."""
-    d = interval_client(path, 60_000, **settings)
+    d = interval_client(path, 60_000, client_id, **settings)
     try:
         d.restore_session("")
         return [m.message for m in d.outgoing_messages] + [

@@ -35,6 +35,11 @@ from mqttsession.gateway import Gateway
 from mqttsession.store import StateFile
 from mqttsession.testing.faults import FakeOs, fd_name
 
+try:  # tests/integration may or may not be a package
+    from . import _powercut
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _powercut  # type: ignore[no-redef]
+
 pytestmark = pytest.mark.integration
 
 
@@ -52,13 +57,7 @@ def _client(path: Path, sync: str = "always", **settings: object) -> Client:
 
 
 def _held(path: Path, **settings: object) -> list[bytes]:
-    d = _client(path, "none", **settings)
-    try:
-        d.restore_session("")
-        return [m.message for m in d.outgoing_messages] + [
-            m.payload for m in d._file.queued_messages()]
-    finally:
-        d.close()
+    return _powercut.kept(path, "full", **settings)
 
 
 def test_a_full_disk_at_the_lock_file_locks_all_the_same(
