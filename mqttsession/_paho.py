@@ -1,18 +1,16 @@
 """The one module that touches paho-mqtt internals: an adapter between paho and the engine.
 
-paho keeps what it is good at: the socket, TLS, keep-alive, CONNECT and DISCONNECT. Every
-session packet (PUBLISH, its acks, SUBACK, UNSUBACK) is decoded by ``_wire`` and handed to
-``Hooks``; the packets the engine returns are queued as the bytes ``_wire`` made (``write``),
-or sent by the publishing thread itself when nothing waits (``_send_now``), so paho's
-``_out_messages`` / ``_in_messages`` stay empty and MQTT 5 properties stay packed end to end.
+paho keeps the socket, TLS, keep-alive, CONNECT and DISCONNECT. Every session packet (PUBLISH,
+its acks, SUBACK, UNSUBACK) is decoded by ``_wire`` and handed to ``Hooks``; the packets the
+engine returns are queued as the bytes ``_wire`` made (``write``), or sent by the publishing
+thread itself when nothing waits (``_send_now``): paho's ``_out_messages`` / ``_in_messages``
+stay empty and MQTT 5 properties stay packed end to end.
 
-Received bytes are read with few large ``recv`` calls and split into packets here (paho's
-reader makes three calls a packet); paho's handler still gets CONNACK, PINGRESP, DISCONNECT
-and AUTH. Acknowledgements written while a read batch is handled wait for the batch's end,
-after ``Hooks._hook_batch_end`` made their records durable (one fsync for the batch); a
-gateway's connection waits for that sync's future instead (``_after_sync``). Timers run in
-paho's loop (``loop_misc``). Every private access is tagged ``# noqa: SLF001``; verified
-against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
+Received bytes are read with few large ``recv`` calls and split into packets here; paho still
+handles CONNACK, PINGRESP, DISCONNECT and AUTH. Acks written during a read batch wait for its
+end, after ``Hooks._hook_batch_end`` made their records durable (one fsync), or for that sync's
+future on a loop (``_after_sync``). Timers run in ``loop_misc``. Private accesses are tagged
+``# noqa: SLF001``; verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
 """
 
 from __future__ import annotations
@@ -115,7 +113,6 @@ class PahoConnection(mqtt.Client):
         self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._batch_publishes: list[_Held] | None = None  # a read batch's PUBLISHes not held
-        self._epoch = 0  # network connections made: a sync done after a reconnect writes nothing
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
         self._rsock: Any = None  # the socket they came from
@@ -189,14 +186,18 @@ class PahoConnection(mqtt.Client):
         with self._batch_lock:
             held, self._batch = self._batch or [], None
             self._after_sync.append((fut, held))
-        epoch = self._epoch
-        fut.add_done_callback(lambda _f: self._synced(epoch))
+        fut.add_done_callback(self._synced)
 
-    def _synced(self, epoch: int) -> None:
+    def _synced(self, done: asyncio.Future[None]) -> None:
         """A sync run off the loop is done (on the loop): write the packets of every batch
         whose sync is done, in order, up to the first still running."""
-        if epoch != self._epoch:
-            return  # the connection it was for is gone: the session resends what is needed
+        gone = None if done.cancelled() else done.exception()  # (read: never "not retrieved")
+        with self._batch_lock:  # dropped: its connection is gone, or an earlier sync failed
+            dropped = all(f is not done for f, _held in self._after_sync)
+        if dropped:  # (the session resends what is needed): a failure reported
+            if isinstance(gone, Exception):
+                self._hook_failed(gone, "making the session records of received packets durable")
+            return
         while True:
             with self._batch_lock:
                 if not self._after_sync or not self._after_sync[0][0].done():
@@ -398,7 +399,6 @@ class PahoConnection(mqtt.Client):
             self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
         self._connack_seen = False  # (paho's reconnect closes the socket: no direct sends)
         with self._batch_lock:
-            self._epoch += 1
             self._after_sync.clear()
         try:
             return super().reconnect()
