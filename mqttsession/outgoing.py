@@ -327,6 +327,7 @@ class Outgoing:
         ids: list[int] = []
         quick: list[Action] = []
         before, first_seq = st.last_packet_id, st.next_seq
+        at = float(now) if now > 0.0 else 0.0  # (a clock before 1970: unknown, as ``publish``)
         for topic, payload, qos, retain, props in items:
             if not qos:
                 pid, actions = self.publish(topic, payload, 0, retain, props)
@@ -335,10 +336,10 @@ class Outgoing:
                 continue
             if spool:
                 rec: Accepted | Spooled = st.spool_checked(topic, payload, qos, retain, props,
-                                                           now)
+                                                           at)
             else:
                 rec = st.accept(topic, payload, qos, retain, props, avoid=self.subs.busy(),
-                                accepted_at=now)
+                                accepted_at=at)
                 self._pending.append(rec.message.seq)
             self.accepted_many.append(rec)
             records.append(rec)

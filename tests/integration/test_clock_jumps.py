@@ -70,3 +70,27 @@ def test_activity_records_go_on_after_the_clock_went_back(
                 f" session_expired 90 min after a kill now: {verdict}")
     finally:
         c.close()
+
+
+def test_publish_many_into_the_disk_queue_under_a_clock_before_1970(
+        tmp_path: Path, clock: Clock) -> None:
+    # before: its queue record held accepted_at -5.0 and every later restore raised StateError
+    path = tmp_path / "s"
+    c = Client(client_id="clock-neg", clean_session=False, protocol_version=5)
+    c.config(f"SessionStateFile={path}")
+    c.config("QueueInMemory=1")
+    c.restore_session("")
+    c.publish_data("t", 1, b"a")  # in memory
+    clock.set(-5.0)  # a clock before 1970 (a wrong RTC)
+    c.publish_many([("t", 1, b"c")])  # into the disk queue
+    c.close()
+    clock.set(T)
+    d = Client(client_id="clock-neg", clean_session=False, protocol_version=5)
+    d.config(f"SessionStateFile={path}")
+    d.config("QueueInMemory=1")
+    try:
+        d.restore_session("")
+        assert [m.message for m in d.outgoing_messages] + [
+            m.payload for m in d._file.queued_messages()] == [b"a", b"c"]
+    finally:
+        d.close()

@@ -126,3 +126,10 @@ def test_failover_republish_leaves_out_a_message_expired_meanwhile() -> None:
     e.connection_lost(T + 2, 0x80, "lost")
     again = _publishes(_connect(e, T + 70, True, broker="b:1"))
     assert [q.payload for q in again] == [b"b"]
+
+
+def test_publish_many_under_a_clock_before_1970_stores_an_unknown_time() -> None:
+    # before: TransitionError ("accepted time -5.0 is not a time"), where publish stores 0
+    e = _engine()
+    _ids, _out = e.publish_many([("t", b"a", 1, False, b"")], -5.0)
+    assert [m.accepted_at for m in e.state.outgoing.values()] == [0.0]
