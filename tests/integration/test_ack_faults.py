@@ -14,29 +14,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from mqttsession import Client, PersistenceError
 
 try:  # tests/integration may or may not be a package
-    from . import _powercut
+    from . import _feeds, _powercut
 except ImportError:  # pragma: no cover - rootdir-relative import
+    import _feeds  # type: ignore[no-redef]
     import _powercut  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
 
-def _publish(broker: Any, topic: str, payload: bytes) -> None:
-    p = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"feed-{uuid.uuid4().hex[:8]}")
-    p.connect(broker.host, broker.port)
-    p.loop_start()
-    try:
-        p.publish(topic, payload, qos=2).wait_for_publish(10)
-    finally:
-        p.disconnect()
-        p.loop_stop()
+_publish = _feeds.publish
 
 
 def _wait(cond: Any, timeout: float = 10) -> bool:

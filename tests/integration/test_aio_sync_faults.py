@@ -17,12 +17,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 import mqttsession.journal as journal_mod
 from mqttsession import AsyncSession, Options
+
+try:  # tests/integration may or may not be a package
+    from . import _feeds
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _feeds  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +47,7 @@ class _StuckThenEIO:
         os.fdatasync(fd)
 
 
-def _publish(broker: Any, topic: str, payload: bytes) -> None:
-    p = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"feed-{uuid.uuid4().hex[:8]}")
-    p.connect(broker.host, broker.port)
-    p.loop_start()
-    try:
-        p.publish(topic, payload, qos=2).wait_for_publish(10)
-    finally:
-        p.disconnect()
-        p.loop_stop()
+_publish = _feeds.publish
 
 
 def test_a_sync_failing_after_the_connection_dropped_is_reported(
