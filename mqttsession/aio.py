@@ -300,8 +300,7 @@ class AsyncSession:
         try:
             pid, token = c._publish_begin(topic, qos, data, retain, properties)
         except BaseException:
-            if c._driver.stashed:  # a drop made to make room for it, before its record failed
-                c._driver.finish([])
+            c._driver.finish_stashed()
             raise
         if token is not None and self._group is not None:  # an AsyncGateway's session
             err = await self._group.wait_held(c._driver, token)

@@ -423,8 +423,7 @@ class Client:
             if token is not None:
                 d.settle(token)  # the group commit: durable before this returns
         except BaseException:
-            if d.stashed:  # a drop made to make room for it, before its record failed
-                d.finish([])
+            d.finish_stashed()
             raise
         finally:
             with turns.count_lock:
@@ -493,8 +492,7 @@ class Client:
                 ids, actions = self._engine.publish_many(items, time.time())
                 rest = self._driver.run(actions, self._engine.accepted_many)  # point 1, all
         finally:
-            if self._driver.stashed:  # a drop made to make room for them: its notice
-                self._driver.finish([])
+            self._driver.finish_stashed()
         self._driver.finish(rest)
         return ids
 

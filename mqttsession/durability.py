@@ -99,6 +99,11 @@ class Durability:
             stashed, self.stashed = self.stashed, []
         return stashed
 
+    def finish_stashed(self) -> None:
+        """A failed publish's callbacks (a drop made to make room for it), before its error."""
+        if self.stashed:
+            self.finish([])
+
     def ack(self, message: MessageEvent | int) -> bool:
         """``Client.ack``: the engine's ``ack`` and its actions. When the removal's record
         fails (persistence point 4) its PUBCOMP waits for the state to be rewritten from

@@ -337,11 +337,12 @@ class StateFile:
             # interval: the messages published before these on disk first (two files, written
             # back in no set order, and a sealed segment synced): once a switch; a journal a
             # failed write or sync left broken is rewritten first (it may be behind the queue)
-            if j.broken:
-                j.compact(state)  # (a Spooled record in it counts nothing: ``attach`` does)
-            elif self._accepted_unsynced:
-                j.sync_pending()
-            self._accepted_unsynced = False
+            if self._accepted_unsynced or self.interval and j.broken:
+                if j.broken:
+                    j.compact(state)  # (a Spooled record in it counts nothing: ``attach``)
+                else:
+                    j.sync_pending()
+                self._accepted_unsynced = False
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             return
         if records:
