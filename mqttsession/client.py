@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 from . import codec
 from ._config import CONFIG, ClientSettings
 from .driver import ConnectParams, Driver
+from .durability import since_boot
 from .properties import pack_properties
 from .engine import Action, EngineSettings
 from .errors import UsageError
@@ -459,7 +460,7 @@ class Client:
             group = group and self._driver.group_commit()
         pid, actions = self._engine.publish(
             topic, payload, qos, self._settings.retain if retain is None else bool(retain),
-            props, time.time(), hold=group)
+            props, time.time(), hold=group, mono=since_boot())
         rec = self._engine.accepted
         group = group and type(rec) is Accepted
         # persistence point 1: the record written; with a group commit its fsync (and so
@@ -489,7 +490,7 @@ class Client:
                 if any(i[2] for i in items):
                     self._file.open(self._engine.state)
                     self._file.compact_before_publish(self._engine.state)
-                ids, actions = self._engine.publish_many(items, time.time())
+                ids, actions = self._engine.publish_many(items, time.time(), since_boot())
                 rest = self._driver.run(actions, self._engine.accepted_many)  # point 1, all
         finally:
             self._driver.finish_stashed()
@@ -500,7 +501,7 @@ class Client:
         """The outgoing QoS 1/2 messages held: how many, their bytes, the oldest's age, and
         how many were dropped or expired since the client was made or restored."""
         with self._lock:
-            return self._engine.queue_stats(time.time())
+            return self._engine.queue_stats(time.time(), since_boot())
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until ``outgoing_messages`` is empty; False on timeout.

@@ -86,6 +86,7 @@ def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
            if state.orphans and version >= 3 else {}),
         **({"reserved": [state.reserved_first, state.reserved_last]}
            if state.reserved_first and version >= 3 else {}),
+        **({"clock_offset": state.clock_offset} if state.clock_offset and version >= 3 else {}),
     }
 
 
@@ -139,7 +140,7 @@ _STATE_KEYS: Final = frozenset(
     " disconnected_at last_activity next_seq last_packet_id outgoing incoming subscriptions"
     .split()
 )
-_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans", "reserved"})
+_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans", "reserved", "clock_offset"})
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
 _OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
@@ -325,6 +326,11 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
                                          for x in reserved):
             raise f.fail("reserved", f"expected two packet ids 1..{MAX_PACKET_ID}")
         state.reserved_first, state.reserved_last = reserved
+    if "clock_offset" in keys:  # ``ClockOffset`` (absent: 0, the wall clock)
+        offset = f.get_opt_time("clock_offset")
+        if offset is None:
+            raise f.fail("clock_offset", "expected a time in seconds")
+        state.clock_offset = offset
     state.check_invariants(topics_checked=topics)
     return state
 

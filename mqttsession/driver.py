@@ -35,7 +35,7 @@ from .failover import REDIRECT_CODES, ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer, gateway_tick
 from .state import Accepted, Spooled, validate_topic
-from .durability import Cancellable, Durability
+from .durability import Cancellable, Durability, since_boot
 from .turns import Turns
 from .store import StateFile
 
@@ -596,7 +596,8 @@ class Driver(Durability):
         self.file.deferring = rc == 0  # on_connected may still restore the file's session
         try:
             self.do(lambda: self.engine.connack(rc, reason, session_present, receive_maximum,
-                                                  maximum_packet_size, time.time(), redirect))
+                                                  maximum_packet_size, time.time(), redirect,
+                                                  since_boot()))
             if rc != 0:
                 if not self._connack.is_set():
                     self._end_connect(rc, reason)
@@ -666,7 +667,8 @@ class Driver(Durability):
         self.net_timer_run(now)
         if now >= self._next_tick:
             self._next_tick = now + _TICK_EVERY
-            self._guarded(lambda: self.engine.tick(time.time(), now), "recording activity failed")
+            self._guarded(lambda: self.engine.tick(time.time(), since_boot()),
+                          "recording activity failed")
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
         was = self.engine.conn

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Final, Protocol
 
 from ._config import ClientSettings
 from .pump import AsyncioPump
@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     from ._paho import PahoConnection
     from .driver import Host
 
-__all__ = ["Cancellable", "Durability"]
+__all__ = ["Cancellable", "Durability", "since_boot"]
+_BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def since_boot() -> float:
+    """The clock held messages age by (``expiry.MessageClock``): monotonic, and counting a
+    suspend too (Linux's ``CLOCK_BOOTTIME``; elsewhere ``time.monotonic``)."""
+    return time.monotonic() if _BOOTTIME is None else time.clock_gettime(_BOOTTIME)
 
 
 class Cancellable(Protocol):

@@ -144,7 +144,7 @@ class Engine(Outgoing):
 
     def connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
                 maximum_packet_size: int | None, now: float,
-                redirect: str | None = None) -> list[Action]:
+                redirect: str | None = None, mono: float | None = None) -> list[Action]:
         """CONNACK. Accepted: ``Connected`` is durable, then ``on_connected`` (which may call
         ``restore``); the driver then calls ``resume``. Refused: ``on_connected`` with the
         code, and ``on_error`` unless ``redirect`` names the server the client follows the
@@ -163,8 +163,10 @@ class Engine(Outgoing):
         self.session_present = session_present
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
         self.max_packet = maximum_packet_size
-        self._last_activity = self.now = now
-        records: list[Record] = [self.state.connected(now, self.broker, session_present)]
+        self._last_activity = now
+        self.now, offset = self.clock_time(now, mono)
+        records: list[Record] = [self.state.connected(now, self.broker, session_present),
+                                 *self.clock_record(offset)]
         self._early_lost = None
         if not session_present:
             self._unreleased, self._releasing = None, 0  # the broker holds no flow of ours
@@ -378,8 +380,9 @@ class Engine(Outgoing):
         records written out, MQTT 3.1.1 resends after ``republish_interval``."""
         if not self.connected:
             return []
-        self.now = now
-        out: list[Action] = []
+        self.now, offset = self.clock_time(now, monotonic)
+        out: list[Action] = [Persist(tuple(self.clock_record(offset)), True)] \
+            if offset != self.state.clock_offset else []
         rate = self.settings.drain_rate_limit
         if rate:  # a token bucket of at most one second's messages
             elapsed = max(0.0, monotonic - self._tokens_at) if self._tokens_at else 1.0

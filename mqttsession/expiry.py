@@ -20,8 +20,8 @@ from typing import Final
 from . import _wire
 from .state import MAX_EXPIRY
 
-__all__ = ["DEFAULT_INTERVAL", "MESSAGE_EXPIRY_INTERVAL", "disconnect_time", "effective_interval",
-           "expired", "message_remaining", "with_remaining"]
+__all__ = ["DEFAULT_INTERVAL", "MESSAGE_EXPIRY_INTERVAL", "MessageClock", "disconnect_time",
+           "effective_interval", "expired", "message_remaining", "with_remaining"]
 
 NEVER: Final = MAX_EXPIRY
 DEFAULT_INTERVAL: Final = 3600  # an MQTT 5 persistent session with no interval set keeps 1 h
@@ -84,8 +84,8 @@ MESSAGE_EXPIRY_INTERVAL: Final = 0x02  # MQTT 5 PUBLISH property (3.3.2.3.3)
 
 def message_remaining(properties: bytes, accepted_at: float, now: float) -> int | None:
     """Seconds left of a held message's Message Expiry Interval (None: it has none). Counted
-    by the wall clock since ``accepted_at``; a clock that went back counts no time (nothing
-    expires early), and an unknown publish time (0: an older file) counts none either."""
+    since ``accepted_at`` on the ``MessageClock``; a clock that went back counts no time
+    (nothing expires early), and an unknown publish time (0: an older file) counts none."""
     if not properties:
         return None
     try:
@@ -106,3 +106,44 @@ def with_remaining(properties: bytes, left: int) -> bytes:
     return _wire.pack_properties([(k, max(left, 1) if k == MESSAGE_EXPIRY_INTERVAL else v)
                                   for k, v in _wire.parse_properties(properties)])
 
+
+
+class MessageClock:
+    """The clock a held message's age is counted on (``accepted_at``, the Message Expiry
+    Interval [MQTT-3.3.2-6], the queue's age): the wall clock plus the session's
+    ``clock_offset``, held to the monotonic clock within a process. A wall-clock step larger
+    than ``STEP`` plus 0.1% of the time since the last reading (a slew is followed) moves the
+    offset the other way: held messages neither age nor grow young by the jump. A jump while
+    no process ran is seen only when the clock reads earlier than a held message's time
+    (``Outgoing.clock_time``: then no time passed)."""
+
+    STEP: Final = 1.0
+
+    def __init__(self) -> None:
+        self._at: tuple[float, float] | None = None  # the last reading: (monotonic, time)
+
+    @property
+    def fresh(self) -> bool:
+        """No reading kept since made or ``reset``."""
+        return self._at is None
+
+    def reset(self) -> None:
+        """A new session or offset: the next reading starts afresh from the wall clock."""
+        self._at = None
+
+    def peek(self, wall: float, mono: float | None, offset: float) -> tuple[float, float]:
+        """(the time now, the offset it implies); the offset changed: the wall clock jumped."""
+        t = wall + offset
+        if mono is not None and self._at is not None:
+            since = max(0.0, mono - self._at[0])
+            steady = self._at[1] + since
+            if abs(t - steady) > self.STEP + since / 1000:
+                return steady, offset + steady - t
+        return t, offset
+
+    def read(self, wall: float, mono: float | None, offset: float) -> tuple[float, float]:
+        """``peek``, and the reading kept (the next one is counted from it)."""
+        t, offset = self.peek(wall, mono, offset)
+        if mono is not None:
+            self._at = (mono, t)
+        return t, offset

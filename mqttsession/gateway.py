@@ -104,6 +104,7 @@ class _Sessions:
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
         self.pacer = Pacer(connect_rate)
         self._ids: set[str] = set()
+        self._hosted: dict[str, Client] = {}  # each session's Client, by client id
         self._closed = False
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
         #: kept aside; ``StateLockedError`` when another process has the directory).
@@ -115,8 +116,11 @@ class _Sessions:
             raise UsageError("the gateway is closed")
         if not client_id or not isinstance(client_id, str):
             raise UsageError("each session of a gateway needs its own client_id")
-        if client_id in self._ids:
+        old = self._hosted.get(client_id)
+        if client_id in self._ids and not (old is not None and old._closed  # noqa: SLF001
+                                           and old._file.journal is None):  # noqa: SLF001
             raise UsageError(f"the gateway already has a session {client_id!r}")
+        # (one closed, its view of the store released: the id may be asked for again)
         raise_fd_limit(len(self._ids) + 1 + FD_RESERVE)
         self._ids.add(client_id)
 
@@ -204,7 +208,7 @@ class Gateway(_Sessions):
                     with contextlib.suppress(Exception):
                         c._file.close()  # noqa: SLF001
                 raise
-            self._clients[client_id] = c
+            self._clients[client_id] = self._hosted[client_id] = c
             return c
 
     @property
@@ -407,7 +411,7 @@ class AsyncGateway(_Sessions):
         except BaseException:
             self._ids.discard(client_id)
             raise
-        self._sessions[client_id] = s
+        self._sessions[client_id], self._hosted[client_id] = s, s.client
         return s
 
     async def publish_many(self, messages: Iterable[AsyncGatewayMessage]) -> list[int]:

@@ -35,6 +35,7 @@ new snapshot (temp file, fsync, rename, fsync the directory), then a fresh journ
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -237,10 +238,8 @@ class Journal(GroupCommit):
         self._close_fd()
         self._hold_snapshot(None)
         if self._lock_fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.path + LOCK_SUFFIX)
-            except OSError:
-                pass
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -251,10 +250,8 @@ class Journal(GroupCommit):
             self._fd = None
 
     def __del__(self) -> None:  # pragma: no cover - safety net
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     # ------------------------------------------------------------------ recovery
 
@@ -441,11 +438,17 @@ class Journal(GroupCommit):
             raise
         self._alloc = max(self._alloc, end)
 
-    def _truncate(self, fd: int, size: int) -> None:
-        """The file cut to ``size`` (a failed write or sync): nothing allocated after it."""
+    def _truncate(self, fd: int, size: int, end: int = 0) -> None:
+        """The file cut to ``size`` (a failed write or sync): nothing allocated after it. If
+        that fails, zeros over what was written up to ``end`` (its blocks are allocated), so
+        that a caller told "failed" does not find its record after a restart; then raises."""
         self._seek = True
         self._map.drop()  # (a mapping past the file's end would fault)
-        os.ftruncate(fd, size)
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            _write_all(fd, bytes(max(0, end - size)), size)
+            raise
         self._alloc = size
 
     def _cut_torn(self, fd: int, at: int) -> None:
@@ -462,10 +465,8 @@ class Journal(GroupCommit):
         with self._write_lock:
             self._broken = True
             keep = self._size if self.keep_unsynced else self._synced
-            try:
-                self._truncate(fd, keep)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                self._truncate(fd, keep, self._size)
             self._size = keep
         return PersistenceError(exc.errno, f"cannot sync state journal {self.journal_path}:"
                                            f" {exc.strerror or exc}")
@@ -685,10 +686,8 @@ class Journal(GroupCommit):
         except OSError as exc:
             # take the frame back out: a caller told "failed" must not find it after a restart
             with self._write_lock:
-                try:
-                    self._truncate(self._fd, start)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    self._truncate(self._fd, start, start + len(data))
                 self._size = start
             # the next write rewrites everything from memory: ``state`` holds the record (a
             # caller that keeps it needs it on disk; one that retracts it loses nothing) and

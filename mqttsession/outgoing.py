@@ -25,8 +25,8 @@ from .events import (
     MessageEvent,
     QueueStats,
 )
-from .expiry import message_remaining, with_remaining
-from .records import Event
+from .expiry import MessageClock, message_remaining, with_remaining
+from .records import Event, Record
 from .state import (
     MAX_REMAINING_LENGTH,
     Accepted,
@@ -110,7 +110,8 @@ class Outgoing:
         self._holding: set[int] = set()  # accepted, record not durable yet: not written
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
-        self.now = 0.0  # the latest wall time an input brought (publish, tick, CONNACK)
+        self.now = 0.0  # the MessageClock's time at the latest input (publish, tick, CONNACK)
+        self.clock = MessageClock()
         self._tokens = 0.0  # DrainRateLimit: new PUBLISHes that may go now
         # FailoverRepublish: the QoS 1 messages the current server acknowledged last
         self.recent_acked: deque[OutgoingMessage] = deque()
@@ -170,6 +171,37 @@ class Outgoing:
         first = (kind << 4) | (0x02 if kind is PacketType.PUBREL else 0)
         return Write(bytes((first, 2, packet_id >> 8, packet_id & 0xFF)), kind, packet_id)
 
+    def clock_time(self, now: float, mono: float | None) -> tuple[float, float]:
+        """The ``MessageClock``'s time at wall time ``now`` (``mono``: the monotonic clock's;
+        None: no jump is seen) and the session's clock offset it implies: changed by a jump,
+        or 0 again once no message is held (``clock_record`` makes it durable)."""
+        st = self.state
+        offset = st.clock_offset
+        if offset and not st.held and not self.recent_acked:  # none is counted on it
+            self.clock.reset()
+            offset = 0.0
+        elif mono is not None and self.clock.fresh and st.held:
+            # a new process whose clock is behind the newest held message's time: it went
+            # back while none ran, and how much time passed is unknown: none is counted
+            sp, m = self.spool, next(reversed(st.outgoing.values()), None)
+            newest = ((sp.head_time() if st.spooled and sp is not None else None)
+                      or (m.accepted_at if m is not None else 0.0))
+            if now + offset < newest:
+                offset = newest - now
+        return self.clock.read(now, mono, offset)
+
+    def clock_record(self, offset: float) -> list[Record]:
+        """The ``ClockOffset`` record (applied) of a new ``offset``. Made only with the
+        records stored with it: a reading whose offset was never stored sees the jump again."""
+        st = self.state
+        if offset == st.clock_offset:
+            return []
+        if offset:
+            log.warning("the wall clock jumped by %+.1f s: held messages' ages are counted"
+                        " across it (their clock is %+.1f s from the wall clock's)",
+                        st.clock_offset - offset, offset)
+        return [st.set_clock_offset(offset)]
+
     # ---------------------------------------------------------------- packet ids
 
     def _recovered(self) -> None:
@@ -178,6 +210,7 @@ class Outgoing:
         broker. They are never handed out again before their PUBRELs are sent: allocation goes
         on after the reservation (until it wraps round to them, 65,000 ids later)."""
         st = self.state
+        self.clock.reset()
         first, last = st.reserved_first, st.reserved_last
         self._unreleased = (first, last) if first else None
         self._releasing = 0
@@ -245,7 +278,7 @@ class Outgoing:
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
                 properties: bytes = b"", now: float | None = None,
-                hold: bool = False) -> tuple[int, list[Action]]:
+                hold: bool = False, mono: float | None = None) -> tuple[int, list[Action]]:
         """The application published (topic and QoS validated by the caller). Returns the
         packet id (0 for QoS 0) and the actions: for QoS 1/2 ``Persist(sync)`` of the message
         (persistence point 1, after the records of what ``QueueFullPolicy=drop-oldest`` took
@@ -269,14 +302,15 @@ class Outgoing:
             body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
                                        + payload)
             return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
-        if now is not None:
-            self.now = now
         st, s = self.state, self.settings
+        offset = st.clock_offset
+        if now is not None:
+            self.now, offset = self.clock_time(now, mono)
         if s.max_queued_bytes or s.max_queued_messages:
             out = self._make_room(len(payload) + len(topic) + len(properties))
         else:
             out = []
-        at = float(now) if now is not None and now > 0.0 else 0.0
+        at = float(self.now) if now is not None and self.now > 0.0 else 0.0
         sp, limit = self.spool, s.queue_in_memory
         if (sp is not None and sp.ready  # (behind messages queued there, whatever the limit)
                 and (st.spooled or limit and len(st.outgoing) >= limit)):
@@ -284,6 +318,8 @@ class Outgoing:
             # record is not written yet); acks, resume and ticks read it back
             spooled = st.spool_checked(topic, payload, qos, retain, properties, at)
             self.accepted = spooled
+            if offset != st.clock_offset:  # (the journal's, before the queue's record)
+                out.append(Persist(tuple(self.clock_record(offset)), True))
             out.append(Persist((spooled,), True))
             return 0, out
         rec = st.accept_checked(topic, payload, qos, retain, properties, self.subs.busy(), at)
@@ -294,13 +330,15 @@ class Outgoing:
         if s.reserve_packet_ids and rec.message.packet_id:  # SessionSync=interval
             # _undo_last_packet_id: last_packet_id before this accept (``retract``'s)
             out += self._reserve(st._undo_last_packet_id, rec.message.seq)
-        out.append(Persist((rec,), True))
+        out.append(Persist((*self.clock_record(offset), rec), True) if offset != st.clock_offset
+                   else Persist((rec,), True))
         if self.conn is _CONNECTED:
             out += self._pump()
         return rec.message.packet_id, out
 
     def publish_many(self, items: Sequence[tuple[str, bytes, int, bool, bytes]],
-                     now: float) -> tuple[list[int], list[Action]]:
+                     now: float, mono: float | None = None
+                     ) -> tuple[list[int], list[Action]]:
         """Several messages (topic, payload, qos, retain, properties; validated by the
         caller) in one step: their records in ONE ``Persist`` (one write, one sync), all in
         memory or all in the disk queue, then their PUBLISHes. All or nothing: too large,
@@ -312,8 +350,7 @@ class Outgoing:
                 raise UsageError(f"message to {topic!r} too large to send: {why}")
         self.accepted = None
         self.accepted_many = []
-        if now > 0.0:
-            self.now = now
+        self.now, offset = self.clock_time(now, mono)
         st, s = self.state, self.settings
         durable = [i for i in items if i[2]]
         out: list[Action] = []
@@ -327,7 +364,7 @@ class Outgoing:
         ids: list[int] = []
         quick: list[Action] = []
         before, first_seq = st.last_packet_id, st.next_seq
-        at = float(now) if now > 0.0 else 0.0  # (a clock before 1970: unknown, as ``publish``)
+        at = self.now if self.now > 0.0 else 0.0  # (a clock before 1970: unknown, as ``publish``)
         for topic, payload, qos, retain, props in items:
             if not qos:
                 pid, actions = self.publish(topic, payload, 0, retain, props)
@@ -347,7 +384,10 @@ class Outgoing:
         if records:
             if not spool:
                 out += self._reserve(before, first_seq)
-            out.append(Persist(tuple(records), True))
+            clock = self.clock_record(offset)
+            if clock and spool:  # (the journal's, before the queue's records)
+                out.append(Persist(tuple(clock), True))
+            out.append(Persist(tuple(records) if spool else (*clock, *records), True))
         out += quick
         if records and not spool and self.conn is _CONNECTED:
             out += self._pump()
@@ -439,9 +479,11 @@ class Outgoing:
         log.info("message seq %d to %r dropped: %s", m.seq, m.topic, reason)
         return out
 
-    def queue_stats(self, now: float) -> QueueStats:
-        """What the outgoing queue holds (``now``: the wall clock, for the oldest's age)."""
+    def queue_stats(self, now: float, mono: float | None = None) -> QueueStats:
+        """What the outgoing queue holds (``now``, ``mono``: the wall and monotonic clocks,
+        for the oldest's age on the ``MessageClock``)."""
         st, sp = self.state, self.spool
+        now = self.clock.peek(now, mono, st.clock_offset)[0]
         first = next(iter(st.outgoing.values()), None)
         at = first.accepted_at if first is not None else (
             (sp.head_time() or 0.0) if st.spooled and sp is not None else 0.0)

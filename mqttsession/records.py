@@ -24,7 +24,7 @@ from .errors import StateError
 __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
     "Stepped", "Received", "Released", "Taken", "Subscribed", "Unsubscribed", "Connected",
-    "SessionReset", "Disconnected", "Activity", "Spooled", "Loaded", "Orphaned",
+    "SessionReset", "Disconnected", "Activity", "ClockOffset", "Spooled", "Loaded", "Orphaned",
     "OrphansReleased", "Reserved", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record", "encode_message",
     "decode_record", "quick_init", "MAX_SEQ",
@@ -246,6 +246,16 @@ class Activity:
 
 @quick_init
 @dataclass(frozen=True, slots=True)
+class ClockOffset:
+    """The wall clock jumped: held messages' times (``accepted_at``) are counted on the wall
+    clock plus ``offset`` seconds (0: the wall clock), so the jump neither ages them nor
+    makes them young (``expiry.MessageClock``)."""
+
+    offset: float
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Spooled:
     """publish_* accepted a QoS>0 message into the disk queue (persistence point 1): it is
     written to the queue's segment files (``spool``), never to the journal; packet id 0."""
@@ -307,6 +317,7 @@ Record = Union[
     SessionReset,
     Disconnected,
     Activity,
+    ClockOffset,
     Spooled,
     Loaded,
     Orphaned,
@@ -422,6 +433,8 @@ KINDS: Final[dict[type, Kind]] = {
                        lambda f: Disconnected(_time(f, "at"), f.get_opt_int(
                            "session_expiry_interval", 0, MAX_EXPIRY))),
     Activity: Kind("T", ("at",), lambda r: [r.at], lambda f: Activity(_time(f, "at"))),
+    ClockOffset: Kind("W", ("offset",), lambda r: [r.offset],
+                      lambda f: ClockOffset(_time(f, "offset"))),
     Orphaned: Kind("O", ("packet_ids",), lambda r: [list(r.packet_ids)],
                    lambda f: Orphaned(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
     OrphansReleased: Kind("P", ("packet_ids",), lambda r: [list(r.packet_ids)],

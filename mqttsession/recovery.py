@@ -51,6 +51,7 @@ _RECORD_START_BYTES: Final = frozenset(start[0] for start in _RECORD_STARTS)
 _SCAN_CHUNK: Final = 32 * 1024  # bytes of a garbage tail compared at once
 _TAIL_SCAN: Final = 4 * 1024 * 1024  # bytes before zeros searched for a frame, at most
 _ZEROS_HASHED: Final = 64 * 1024 * 1024  # and zeros hashed in that search, at most
+_HASHED: Final = 1024 * 1024  # and bytes before the zeros hashed, beyond the bytes searched
 _RECORD_START: Final = re.compile(
     b"[" + b"".join(re.escape(bytes([c])) for c in sorted(_RECORD_START_BYTES)) + b"]")
 _DESCENDING: Final = bytes(range(255, -1, -1)) * (_SCAN_CHUNK // 256 + 2)
@@ -133,14 +134,16 @@ def _frame_ends_within(data: bytes, pos: int, end: int) -> bool:
     later (its payload may end in zeros itself), with only zeros after it: the damage test of
     ``read_frames`` for a file written over zeros. The candidates (a record's first byte after
     a frame head) are found at C speed and checked nearest the end first, so a real last frame
-    is found before the budgets run out: its bytes before ``end`` count against ``end - pos``,
-    the zeros it covers against ``_ZEROS_HASHED``. Past a budget, or ``_TAIL_SCAN`` bytes before
-    the zeros, the answer is yes: the file is kept, never cut."""
+    is found before the budgets run out: its bytes before ``end`` count against ``end - pos``
+    plus ``_HASHED`` (a torn frame's own bytes hold candidates too: a short write's half frame
+    holding two spent ``end - pos``), the zeros it covers against ``_ZEROS_HASHED``. Past a
+    budget, or ``_TAIL_SCAN`` bytes before the zeros, the answer is yes: the file is kept,
+    never cut."""
     if end - pos > _TAIL_SCAN:
         return True
     size, head = len(data), _HEAD.size
     unpack, crc32 = _HEAD.unpack_from, zlib.crc32
-    budget, zeros = end - pos, _ZEROS_HASHED
+    budget, zeros = end - pos + _HASHED, _ZEROS_HASHED
     view = memoryview(data)
     lo, hi = pos + 1 + head, min(end + head, size)  # where a candidate's payload starts
     while hi > lo:

@@ -345,8 +345,11 @@ class Spool:
                     try:
                         os.ftruncate(self._wfd, seg.size)  # type: ignore[arg-type]
                         self._walloc = seg.size
-                    except OSError:
-                        pass
+                    except OSError:  # zeros over it instead (its blocks are allocated):
+                        try:  # a restart must not find a publish told "failed"
+                            os.pwrite(self._wfd, bytes(len(data)), seg.size)  # type: ignore[arg-type]
+                        except OSError:
+                            pass
                     raise
             except OSError as exc:
                 raise PersistenceError(exc.errno, f"cannot write the disk queue {self.dir}:"

@@ -31,6 +31,7 @@ from .records import (
     MAX_PACKET_ID,
     Accepted,
     Activity,
+    ClockOffset,
     Configured,
     Connected,
     Disconnected,
@@ -81,6 +82,7 @@ __all__ = [
     "SessionReset",
     "Disconnected",
     "Activity",
+    "ClockOffset",
     "Spooled",
     "Loaded",
     "Orphaned",
@@ -159,6 +161,8 @@ class SessionState:
     # reserved_last in allocation order; 0, 0: none
     reserved_first: int = 0
     reserved_last: int = 0
+    # held messages' times are on the wall clock plus this (``ClockOffset``; 0: the wall's)
+    clock_offset: float = 0.0
 
     def __post_init__(self) -> None:
         self._by_packet_id = {m.packet_id: s for s, m in self.outgoing.items() if m.packet_id}
@@ -185,6 +189,7 @@ class SessionState:
             self.spool_next,
             self.reserved_first,
             self.reserved_last,
+            self.clock_offset,
             list(self.outgoing.items()),
             sorted(self.incoming.items()),
             sorted(self.subscriptions.items()),
@@ -231,7 +236,7 @@ class SessionState:
             raise StateError(f"reserved packet ids out of range: {first!r}..{last!r}")
         if not 0 <= self.spool_next <= self.next_seq:
             raise StateError(f"spool_next {self.spool_next!r} is past next_seq {self.next_seq}")
-        for name in ("connected_at", "disconnected_at", "last_activity"):
+        for name in ("connected_at", "disconnected_at", "last_activity", "clock_offset"):
             t = getattr(self, name)
             if t is not None and not math.isfinite(t):
                 raise StateError(f"{name} must be a finite time, got {t!r}")
@@ -627,6 +632,11 @@ class SessionState:
 
     def activity(self, at: float) -> Activity:
         rec = Activity(at)
+        self.apply(rec)
+        return rec
+
+    def set_clock_offset(self, offset: float) -> ClockOffset:
+        rec = ClockOffset(offset)
         self.apply(rec)
         return rec
 

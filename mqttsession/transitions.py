@@ -54,6 +54,7 @@ from .records import (
     MAX_PACKET_ID,
     Accepted,
     Activity,
+    ClockOffset,
     Configured,
     Connected,
     Disconnected,
@@ -355,6 +356,10 @@ def _apply_activity(st: SessionState, rec: Activity) -> None:
     st.last_activity = _check_time("activity time", rec.at)
 
 
+def _apply_clock_offset(st: SessionState, rec: ClockOffset) -> None:
+    st.clock_offset = _check_time("clock offset", rec.offset)
+
+
 def _apply_reserved(st: SessionState, rec: Reserved) -> None:
     first, last = rec.first, rec.last
     if (type(first) is not int or type(last) is not int or not 0 <= first <= MAX_PACKET_ID
@@ -376,6 +381,7 @@ APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     SessionReset: _apply_reset,
     Disconnected: _apply_disconnected,
     Activity: _apply_activity,
+    ClockOffset: _apply_clock_offset,
     Spooled: _apply_spooled,
     Loaded: _apply_loaded,
     Orphaned: _apply_orphaned,

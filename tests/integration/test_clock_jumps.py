@@ -11,12 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 import mqttsession.client
 import mqttsession.driver
 import mqttsession.engine
 from mqttsession import Client, codec, session_expired
 from mqttsession.journal import read_state
+
+try:
+    from ._procs import Counter, unique, wait_until
+except ImportError:  # run as a top-level module (rootdir-relative)
+    from _procs import Counter, unique, wait_until  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 T = 1_700_000_000.0
@@ -94,3 +101,42 @@ def test_publish_many_into_the_disk_queue_under_a_clock_before_1970(
             m.payload for m in d._file.queued_messages()] == [b"a", b"c"]
     finally:
         d.close()
+
+
+def test_messages_queued_under_a_1970_clock_outlive_the_ntp_fix_and_a_restart(
+        tmp_path: Path, mosquitto: Any, clock: Clock) -> None:
+    """A gateway booted with a 1970 clock queues five messages with a 1 h Message Expiry
+    Interval (three in the disk queue); NTP sets the clock; the process restarts and
+    connects. Before: every message published before the correction was dropped as
+    expired, 0.3 s old."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = 3600
+    path, topic = tmp_path / "s", unique("clock/ntp")
+
+    def client() -> Client:
+        c = Client(client_id="clock-ntp", clean_session=False, protocol_version=5)
+        c.config(f"SessionStateFile={path}")
+        c.config("QueueInMemory=2")
+        c.restore_session("")
+        return c
+
+    clock.set(40.0)
+    c = client()
+    for i in range(4):
+        c.publish_data(topic, 1 + i % 2, b"m%d" % i, properties=props)
+    _time.sleep(0.3)
+    clock.set(T)  # NTP
+    c.publish_data(topic, 1, b"m4", properties=props)  # the jump is stored with it
+    c.close()
+    counter = Counter(mosquitto.host, mosquitto.port, topic, protocol=5)
+    d = client()
+    try:
+        d.connect(mosquitto.host, mosquitto.port)
+        wait_until(lambda: len(counter.received) >= 5 or d.queue_stats().expired,
+                   what="five deliveries")
+        assert d.queue_stats().expired == 0
+        assert sorted(p for p, _q, _d in counter.received) == [b"m%d" % i for i in range(5)]
+    finally:
+        d.close()
+        counter.paho.disconnect()
+        counter.paho.loop_stop()

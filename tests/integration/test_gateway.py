@@ -419,3 +419,31 @@ def test_async_gateway_a_stuck_fdatasync_holds_up_only_its_acks(
             assert await pub.flush(10)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_closed_session_can_be_asked_for_again(tmp_path: Path) -> None:
+    """A device that went away and came back: its session, closed, is hosted again by the
+    same gateway with what it held (before: ``UsageError`` "already has a session" until the
+    gateway itself was closed). An open one is still refused."""
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client("back", clean_session=False)
+        c.publish_data("back/x", 1, b"a")
+        with pytest.raises(UsageError, match="already has a session"):
+            gw.client("back", clean_session=False)
+        c.close()
+        again = gw.client("back", clean_session=False)
+        assert [m.message for m in again.outgoing_messages] == [b"a"]
+        again.publish_data("back/x", 2, b"b")
+        assert gw.clients["back"] is again
+    with Gateway(tmp_path / "gw") as gw:
+        assert [m.message for m in gw.client("back").outgoing_messages] == [b"a", b"b"]
+
+    async def main() -> list[bytes]:
+        async with AsyncGateway(tmp_path / "agw") as agw:
+            s = await agw.session("back", connect=False)
+            await s.publish("back/x", b"c")
+            await s.close()
+            t = await agw.session("back", connect=False)
+            return [m.message for m in t.client.outgoing_messages]
+
+    assert asyncio.run(main()) == [b"c"]

@@ -220,7 +220,8 @@ class SessionMachine(RuleBasedStateMachine):
                     assert now is not None and now.phase is Phase.QUEUED and now.packet_id == 0
         self.keep(rec)
 
-    @rule(at=TIMES, which=st.sampled_from(["connected", "disconnected", "activity", "configure"]),
+    @rule(at=TIMES, which=st.sampled_from(["connected", "disconnected", "activity", "configure",
+                                           "clock"]),
           version=st.sampled_from([4, 5]),
           expiry=st.one_of(st.none(), st.sampled_from([0, 2, 0xFFFFFFFF])))
     def clock_or_configure(self, at: float, which: str, version: int, expiry: int | None) -> None:
@@ -230,6 +231,8 @@ class SessionMachine(RuleBasedStateMachine):
             self.keep(self.state.disconnected(at))
         elif which == "activity":
             self.keep(self.state.activity(at))
+        elif which == "clock":  # a ClockOffset: either way from the wall clock, or none
+            self.keep(self.state.set_clock_offset(at - 1e9 if at > 1 else 0.0))
         else:
             self.keep(self.state.configure(protocol_version=version, session_expiry_interval=expiry))
 
