@@ -140,3 +140,26 @@ def test_messages_queued_under_a_1970_clock_outlive_the_ntp_fix_and_a_restart(
         d.close()
         counter.paho.disconnect()
         counter.paho.loop_stop()
+
+
+def test_a_gateway_session_keeps_its_clock_correction_in_the_shared_log(
+        tmp_path: Path, clock: Clock) -> None:
+    """The correction a jump makes is a record of the gateway's shared log too: a new
+    gateway process restores it with the session, so the message keeps its age."""
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = 3600
+    clock.set(40.0)
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client("clock-gw", clean_session=False, protocol_version=5)
+        c.publish_data("t", 1, b"a", properties=props)
+        _time.sleep(0.2)
+        clock.set(T)  # NTP
+        c.publish_data("t", 1, b"b", properties=props)
+        offset = c._engine.state.clock_offset
+        assert -T + 40 < offset < -T + 50
+    with Gateway(tmp_path / "gw") as gw:
+        d = gw.client("clock-gw", clean_session=False, protocol_version=5)
+        assert d._engine.state.clock_offset == offset
+        assert 0 <= d.queue_stats().oldest_age < 10
