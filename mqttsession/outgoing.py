@@ -16,7 +16,7 @@ from typing import Container, Final, Protocol, Sequence
 from . import _wire
 from ._wire import PacketType
 from .actions import Action, ConnState, EngineSettings, Notify, Persist, Write
-from .errors import QueueFullError, UsageError
+from .errors import MQTTSessionError, QueueFullError, UsageError
 from .events import (
     DIRECTION_CLIENT,
     ErrorEvent,
@@ -184,8 +184,11 @@ class Outgoing:
             # a new process whose clock is behind the newest held message's time: it went
             # back while none ran, and how much time passed is unknown: none is counted
             sp, m = self.spool, next(reversed(st.outgoing.values()), None)
-            newest = ((sp.head_time() if st.spooled and sp is not None else None)
-                      or (m.accepted_at if m is not None else 0.0))
+            try:
+                newest = ((sp.head_time() if st.spooled and sp is not None else None)
+                          or (m.accepted_at if m is not None else 0.0))
+            except (OSError, MQTTSessionError):  # (a queue that cannot be read: reported there)
+                newest = m.accepted_at if m is not None else 0.0
             if now + offset < newest:
                 offset = newest - now
         return self.clock.read(now, mono, offset)

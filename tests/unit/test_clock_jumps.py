@@ -193,3 +193,23 @@ def test_a_clock_behind_the_held_messages_after_a_restart_counts_no_downtime() -
     assert again.state.clock_offset == T + 100 - 40.0
     out = _connect(again, T + 7200, mono=61.0)  # NTP, a minute later
     assert [p.prop(0x02) for p in _publishes(out)] == [3440, 3540, 3540]
+
+
+def test_a_disk_queue_that_cannot_be_read_does_not_fail_the_first_publish() -> None:
+    """The first reading of a new process looks at the disk queue's oldest time; a read
+    error there is the queue's to report, never a publish's."""
+    from mqttsession.store import MemoryStore  # noqa: PLC0415
+
+    class Unreadable(MemoryStore):
+        def head_time(self) -> float | None:
+            raise OSError(5, "Input/output error")
+
+    e = _engine(queue_in_memory=1)
+    e.spool = Unreadable()
+    e.spool.ready = True
+    e.publish("t", b"a", 1, False, b"", now=T, mono=M)
+    e.publish("t", b"b", 1, False, b"", now=T, mono=M)  # (into the queue)
+    again = Engine(EngineSettings(queue_in_memory=1), e.state)
+    again.spool = e.spool
+    again.publish("t", b"c", 1, False, b"", now=T + 1, mono=1.0)
+    assert again.state.held == 3
