@@ -563,9 +563,9 @@ class Client:
             path = self._settings.session_state_file
             cid = self._engine.state.client_id
             state = self._file.load(cid) if path else codec.decode(state_data)
-            rec = self._engine.restore(state, time.time())
+            records = self._engine.restore(state, time.time(), since_boot())
             if path:  # the file holds the rest already; a due compaction waits (a read only)
-                self._file.note_restore(rec, state)
+                self._file.note_restore(records, state)
         self._driver.finish([])  # (its record not written, a full disk: on_error)
 
     # ================================================================== events

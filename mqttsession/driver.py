@@ -115,6 +115,7 @@ class Driver(Durability):
         with self.lock:
             if self.engine.connected:
                 self.engine.state.activity(time.time())  # part of the snapshot written below
+            self.engine.read_clock(time.time(), since_boot())  # (a jump seen: in it too)
             text = codec.encode(self.engine.state)
             self.file.save(self.engine.state, text)
             return text
@@ -322,7 +323,7 @@ class Driver(Durability):
             conn = self.conn
             if conn is None:
                 return False
-            self.run(self.engine.disconnect(time.time()))
+            self.run(self.engine.disconnect(time.time(), since_boot()))
             props = disconnect_properties(self.expiry_interval()) if self.engine.v5 else None
         self._stop(conn, props)
         with self.lock:

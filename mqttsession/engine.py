@@ -355,12 +355,13 @@ class Engine(Outgoing):
             h.pubcomp_due = False
         return self.subs.requeue_unanswered()
 
-    def disconnect(self, now: float) -> list[Action]:
-        """The application disconnects: the time is durable before DISCONNECT."""
+    def disconnect(self, now: float, mono: float | None = None) -> list[Action]:
+        """The application disconnects: the time (and a clock reading) is durable before
+        DISCONNECT."""
         out: list[Action] = []
         if self.connected:
             st = self.state
-            records: list[Record] = [st.disconnected(now)]
+            records: list[Record] = [st.disconnected(now), *self.read_clock(now, mono)]
             if st.reserved_first and self._unreleased is None:
                 # every record is on disk with this one: the broker holds no flow for an id
                 # the session does not hold, and the next process has nothing to release
@@ -534,9 +535,11 @@ class Engine(Outgoing):
             raise UsageError(f"restore_session would replace {cur.held} outgoing and"
                              f" {len(cur.incoming)} incoming messages this client holds")
 
-    def restore(self, state: SessionState, now: float) -> Configured:
+    def restore(self, state: SessionState, now: float, mono: float | None = None
+                ) -> list[Record]:
         """Replace the (empty) session with a saved one; the client's own settings win over
-        those saved with it. Returns the settings record (already applied)."""
+        those saved with it. Returns the settings record and the first clock reading's
+        (``read_clock``: a clock behind the session's own times), already applied."""
         self.check_restorable()
         cur = self.state
         if cur.client_id and state.client_id and state.client_id != cur.client_id:
@@ -563,4 +566,4 @@ class Engine(Outgoing):
         self.restored_expired = expired
         self.subs.restored()
         self.dropped = self.expired = 0
-        return rec
+        return [rec, *self.read_clock(now, mono)]

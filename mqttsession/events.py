@@ -244,9 +244,9 @@ class QueueStats:
     """``Client.queue_stats()``: the outgoing QoS 1/2 messages the session holds.
 
     ``bytes``: their payloads, topics and properties; ``oldest_age``: seconds since the oldest
-    was published (None with none held, or when it was published before this process restored
-    the session); ``dropped`` / ``expired``: removed without delivery since the client was made
-    or restored."""
+    was published, counted across clock jumps as its expiry is (None with none held, or when
+    its publish time is unknown: a file older than publish times); ``dropped`` / ``expired``:
+    removed without delivery since the client was made or restored."""
 
     messages: int
     bytes: int

@@ -77,6 +77,9 @@ class QueueSource(Protocol):
     def head_time(self) -> float | None:
         """When the oldest of them was published."""
 
+    def tail_time(self) -> float | None:
+        """When the newest of them was published."""
+
     def queued(self) -> tuple[int, int]:
         """How many are not read back yet, and their bytes."""
 
@@ -173,25 +176,35 @@ class Outgoing:
 
     def clock_time(self, now: float, mono: float | None) -> tuple[float, float]:
         """The ``MessageClock``'s time at wall time ``now`` (``mono``: the monotonic clock's;
-        None: no jump is seen) and the session's clock offset it implies: changed by a jump,
-        or 0 again once no message is held (``clock_record`` makes it durable)."""
+        None: no jump is seen) and the session's clock offset it implies: changed by a jump;
+        0 again once no message is held; never a time before 1970 (a message's time would
+        be unknown: it would never expire) (``clock_record`` makes it durable)."""
         st = self.state
         offset = st.clock_offset
-        if offset and not st.held and not self.recent_acked:  # none is counted on it
-            self.clock.reset()
-            offset = 0.0
-        elif mono is not None and self.clock.fresh and st.held:
+        if not st.held and not self.recent_acked:  # none is counted on it: the wall clock's
+            if offset != (natural := 0.0 if now >= 0.0 else 1.0 - now):
+                self.clock.reset()
+                offset = natural
+        elif mono is not None and self.clock.fresh:
             # a new process whose clock is behind the newest held message's time: it went
             # back while none ran, and how much time passed is unknown: none is counted
             sp, m = self.spool, next(reversed(st.outgoing.values()), None)
             try:
-                newest = ((sp.head_time() if st.spooled and sp is not None else None)
-                          or (m.accepted_at if m is not None else 0.0))
+                queued = (sp.tail_time() if st.spooled and sp is not None else None) or 0.0
             except (OSError, MQTTSessionError):  # (a queue that cannot be read: reported there)
-                newest = m.accepted_at if m is not None else 0.0
+                queued = 0.0
+            newest = max(queued, m.accepted_at if m is not None else 0.0)
             if now + offset < newest:
                 offset = newest - now
+            elif now + offset < 0.0:  # (every held message's time unknown)
+                offset = 1.0 - now
         return self.clock.read(now, mono, offset)
+
+    def read_clock(self, now: float, mono: float | None) -> list[Record]:
+        """A reading with no record of its own to ride on (a restore, a snapshot, a close):
+        the ``ClockOffset`` record (applied) of what it found."""
+        self.now, offset = self.clock_time(now, mono)
+        return self.clock_record(offset)
 
     def clock_record(self, offset: float) -> list[Record]:
         """The ``ClockOffset`` record (applied) of a new ``offset``. Made only with the

@@ -82,6 +82,7 @@ class Spool:
         self.count = 0  # messages not read back yet
         self.bytes = 0
         self.last_seq = 0  # the newest message's seq (0: none ever, in these files)
+        self._newest: float | None = None  # its publish time (None: not read yet)
         self.read_to = 0  # every message below it was read back, or lost to damage
         self._segs: list[_Segment] = []
         self._ri = 0  # index in _segs of the segment being read back
@@ -115,6 +116,7 @@ class Spool:
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
             self._rcount = self._rbytes = 0
             self.count = self.bytes = self.last_seq = 0
+            self._newest = None
             self.read_to = spool_next
             try:
                 names = os.listdir(self.dir)
@@ -237,7 +239,7 @@ class Spool:
         for m in self._messages(payloads[1:], seg.path):
             if m.seq <= prev:
                 raise StateError(f"disk queue segment {seg.path}: seq {m.seq} out of order")
-            prev = m.seq
+            prev, self._newest = m.seq, m.accepted_at
             seg.count += 1
             seg.bytes += message_bytes(m)
         seg.last = prev if seg.count else 0
@@ -359,6 +361,7 @@ class Spool:
             seg.count += len(messages)
             seg.bytes += n
             seg.last = self.last_seq = messages[-1].seq
+            self._newest = messages[-1].accepted_at
             self.count += len(messages)
             self.bytes += n
 
@@ -507,6 +510,17 @@ class Spool:
                     return m.accepted_at or None
             return None
 
+    def tail_time(self) -> float | None:
+        """When the newest message not read back was published (None: none, or unknown;
+        the newest segment read once if sealed before this process)."""
+        with self._mutex:
+            if self.count <= 0 or not self._segs:
+                return None
+            if self._newest is None:
+                for m in self._segment_messages(self._segs[-1]):
+                    self._newest = m.accepted_at
+            return self._newest or None
+
     def _segment_messages(self, seg: _Segment) -> Iterator[OutgoingMessage]:
         payloads, _, _ = read_frames(self._read(seg.path, 0, seg.size))
         return self._messages(payloads[1:], seg.path)
@@ -581,6 +595,7 @@ class Spool:
             self._close_fds()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
             self.count = self.bytes = self.last_seq = 0
+            self._newest = None
             if not os.path.isdir(self.dir) or not os.listdir(self.dir):
                 return []
             aside = f"{self.dir}.{label}-{time.strftime('%Y%m%dT%H%M%S')}"

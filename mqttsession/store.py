@@ -100,6 +100,10 @@ class MemoryStore:
         with self._lock:
             return self.queue[self.queue_read].accepted_at if self.queue_read < len(self.queue) else None
 
+    def tail_time(self) -> float | None:
+        with self._lock:
+            return self.queue[-1].accepted_at if self.queue_read < len(self.queue) else None
+
     def queued(self) -> tuple[int, int]:
         with self._lock:
             rest = self.queue[self.queue_read:]
@@ -375,6 +379,9 @@ class StateFile:
     def head_time(self) -> float | None:
         return self.spool.head_time() if self.spool is not None else None
 
+    def tail_time(self) -> float | None:
+        return self.spool.tail_time() if self.spool is not None else None
+
     def queued(self) -> tuple[int, int]:
         return (self.spool.count, self.spool.bytes) if self.spool is not None else (0, 0)
 
@@ -458,12 +465,12 @@ class StateFile:
             require_directory(self.path)  # a UsageError that names it, not ENOENT
             write_atomic(self.path, text, sync=self.sync)
 
-    def note_restore(self, rec: Record, state: SessionState) -> None:
-        """``restore_session``'s record, synced. A failure (a full disk) is reported
+    def note_restore(self, records: list[Record], state: SessionState) -> None:
+        """``restore_session``'s records, synced. A failure (a full disk) is reported
         (``take_errors``), not raised: the session is restored already (read from the file),
         and the next write rewrites the file whole."""
         try:
-            self.append([rec], state, sync=True)
+            self.append(records, state, sync=True)
         except PersistenceError as exc:
             self._errors.append((exc.errno or -1, f"restore_session: its record was not"
                                  f" written ({exc}); the state file is rewritten next"))

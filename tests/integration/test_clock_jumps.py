@@ -16,6 +16,7 @@ from paho.mqtt.properties import Properties
 
 import mqttsession.client
 import mqttsession.driver
+import mqttsession.durability
 import mqttsession.engine
 from mqttsession import Client, codec, session_expired
 from mqttsession.journal import read_state
@@ -30,19 +31,37 @@ T = 1_700_000_000.0
 
 
 class Clock:
-    """``time`` with ``time()`` = the real wall clock + an offset."""
+    """``time`` with ``time()`` = the real wall clock + an offset, and the boot clock
+    (``since_boot``) the real one + its own."""
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.boot_offset = 0.0
 
     def time(self) -> float:
         return _time.time() + self.offset
 
+    def since_boot(self) -> float:
+        return _real_since_boot() + self.boot_offset
+
     def set(self, wall: float) -> None:
         self.offset = wall - _time.time()
 
+    def elapse(self, seconds: float) -> None:
+        """Both clocks move on (without waiting)."""
+        self.offset += seconds
+        self.boot_offset += seconds
+
+    def reboot(self, wall: float) -> None:
+        """A new boot: the boot clock starts again near 0, the wall clock reads ``wall``."""
+        self.boot_offset = 5.0 - _real_since_boot()
+        self.set(wall)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(_time, name)
+
+
+_real_since_boot = mqttsession.durability.since_boot
 
 
 @pytest.fixture
@@ -50,6 +69,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
     monkeypatch.setattr(mqttsession.client, "time", c)
     monkeypatch.setattr(mqttsession.driver, "time", c)
+    for module in (mqttsession.client, mqttsession.driver):
+        monkeypatch.setattr(module, "since_boot", c.since_boot)
     return c
 
 
@@ -163,3 +184,78 @@ def test_a_gateway_session_keeps_its_clock_correction_in_the_shared_log(
         d = gw.client("clock-gw", clean_session=False, protocol_version=5)
         assert d._engine.state.clock_offset == offset
         assert 0 <= d.queue_stats().oldest_age < 10
+
+
+def _offline(path: Path, **settings: object) -> Client:
+    c = Client(client_id="clock-off", clean_session=False, protocol_version=5)
+    c.config(f"SessionStateFile={path}")
+    for k, v in settings.items():
+        c.config(f"{k}={v}")
+    c.restore_session("")
+    return c
+
+
+def _expiring(seconds: int) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = seconds
+    return props
+
+
+def test_a_jump_seen_by_no_publish_is_stored_by_close(tmp_path: Path, clock: Clock) -> None:
+    """Booted with a 1970 clock, offline: a publish, then NTP sets the clock and the
+    application closes (no publish, no connection in between). Before: the jump was never
+    stored, and the new process counted 54 years of age (dropped as expired on connect)."""
+    clock.set(40.0)
+    c = _offline(tmp_path / "s")
+    c.publish_data("t", 1, b"m", properties=_expiring(3600))
+    clock.elapse(30)
+    clock.set(T)  # NTP
+    c.close()
+    d = _offline(tmp_path / "s")
+    try:
+        age = d.queue_stats().oldest_age
+        assert age is not None and 29 <= age < 40, age
+    finally:
+        d.close()
+
+
+def test_a_clock_behind_the_session_is_seen_when_it_is_restored(
+        tmp_path: Path, clock: Clock) -> None:
+    """A board without an RTC battery boots at 1970 twice: the second time the clock reads
+    earlier than the held message and NTP sets it 20 s after the restore, before any
+    publish. Before: the first reading came after NTP, so the message was 54 years old."""
+    clock.set(40.0)
+    c = _offline(tmp_path / "s")
+    c.publish_data("t", 1, b"m", properties=_expiring(3600))
+    clock.elapse(60)
+    c.close()
+    clock.reboot(30.0)
+    d = _offline(tmp_path / "s")
+    try:
+        clock.elapse(20)
+        clock.set(T)  # NTP
+        age = d.queue_stats().oldest_age
+        assert age is not None and 19 <= age < 90, age  # (the downtime counts as none)
+    finally:
+        d.close()
+
+
+def test_the_newest_message_in_the_disk_queue_bounds_a_clock_set_back(
+        tmp_path: Path, clock: Clock) -> None:
+    """Three messages, two in the disk queue; the clock reads 50 s before the newest after a
+    restart. Before: the disk queue's OLDEST was taken for the newest, and the oldest message
+    was counted 150 s old instead of at least 200."""
+    clock.set(T)
+    c = _offline(tmp_path / "s", QueueInMemory=1)
+    for i in range(3):
+        c.publish_data("t", 1, b"m%d" % i, properties=_expiring(180))
+        if i < 2:
+            clock.elapse(100)
+    c.close()
+    clock.reboot(T + 150)
+    d = _offline(tmp_path / "s", QueueInMemory=1)
+    try:
+        age = d.queue_stats().oldest_age
+        assert age is not None and age >= 199, age
+    finally:
+        d.close()

@@ -124,11 +124,13 @@ def test_failover_republish_leaves_out_a_message_expired_meanwhile() -> None:
     assert [q.payload for q in again] == [b"b"]
 
 
-def test_publish_many_under_a_clock_before_1970_stores_an_unknown_time() -> None:
-    # before: TransitionError ("accepted time -5.0 is not a time"), where publish stores 0
+def test_publish_many_under_a_clock_before_1970_stores_a_time_after_it() -> None:
+    # before: TransitionError ("accepted time -5.0 is not a time"); then a time of 0
+    # (unknown: the message never expired); now the session's clock starts at 1.0
     e = _engine()
-    _ids, _out = e.publish_many([("t", b"a", 1, False, b"")], -5.0)
-    assert [m.accepted_at for m in e.state.outgoing.values()] == [0.0]
+    _ids, out = e.publish_many([("t", b"a", 1, False, b"")], -5.0)
+    assert [m.accepted_at for m in e.state.outgoing.values()] == [1.0]
+    assert ClockOffset(6.0) in _persisted(out)
 
 
 def _persisted(actions: list[object]) -> list[object]:
@@ -213,3 +215,17 @@ def test_a_disk_queue_that_cannot_be_read_does_not_fail_the_first_publish() -> N
     again.spool = e.spool
     again.publish("t", b"c", 1, False, b"", now=T + 1, mono=1.0)
     assert again.state.held == 3
+
+
+def test_a_clock_before_1970_then_ntp_still_ages_the_messages() -> None:
+    """Published at wall -100 (a wrong RTC), then NTP; a second message with a 60 s expiry.
+    Before: both stored with time 0 ("unknown") for as long as anything was held (the
+    session's clock stayed below 0): never expired, no age in ``queue_stats``."""
+    e = _engine()
+    e.publish("t", b"m1", 1, False, b"", now=-100.0, mono=M)
+    e.publish("t", b"m2", 1, False, _expiring(60), now=T, mono=M + 5)
+    assert [m.accepted_at for m in e.state.outgoing.values()] == [1.0, 6.0]
+    assert e.queue_stats(T + 200, M + 205).oldest_age == 205.0
+    out = _connect(e, T + 200, mono=M + 205)
+    assert [p.payload for p in _publishes(out)] == [b"m1"]
+    assert [d.reason for d in _dropped(out)] == ["expired"]
