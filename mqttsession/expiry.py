@@ -120,31 +120,37 @@ class MessageClock:
     STEP: Final = 1.0
 
     def __init__(self) -> None:
-        self._mono: float | None = None  # the last reading kept: the monotonic clock's,
+        self.mono: float | None = None  # the last reading kept: the monotonic clock's
         self._time = 0.0  # and the time it gave
 
     @property
     def fresh(self) -> bool:
         """No reading kept since made or ``reset``."""
-        return self._mono is None
+        return self.mono is None
 
     def reset(self) -> None:
         """A new session or offset: the next reading starts afresh from the wall clock."""
-        self._mono = None
+        self.mono = None
 
     def peek(self, wall: float, mono: float | None, offset: float) -> tuple[float, float]:
         """(the time now, the offset it implies); the offset changed: the wall clock jumped."""
         t = wall + offset
-        if mono is not None and self._mono is not None:
-            since = max(0.0, mono - self._mono)
+        if mono is not None and self.mono is not None:
+            since = mono - self.mono if mono > self.mono else 0.0
             jump = t - self._time - since
-            if abs(jump) > self.STEP + since / 1000:
+            if jump > self.STEP + since / 1000 or -jump > self.STEP + since / 1000:
                 return t - jump, offset - jump
         return t, offset
 
     def read(self, wall: float, mono: float | None, offset: float) -> tuple[float, float]:
         """``peek``, and the reading kept (the next one is counted from it)."""
-        t, offset = self.peek(wall, mono, offset)
-        if mono is not None:
-            self._mono, self._time = mono, t
+        t = wall + offset
+        if mono is None:
+            return t, offset
+        if self.mono is not None:
+            since = mono - self.mono if mono > self.mono else 0.0
+            jump = t - self._time - since
+            if jump > self.STEP + since / 1000 or -jump > self.STEP + since / 1000:
+                t, offset = t - jump, offset - jump
+        self.mono, self._time = mono, t
         return t, offset

@@ -179,13 +179,15 @@ class Outgoing:
         None: no jump is seen) and the session's clock offset it implies: changed by a jump;
         0 again once no message is held; never a time before 1970 (a message's time would
         be unknown: it would never expire) (``clock_record`` makes it durable)."""
-        st = self.state
+        st, clock = self.state, self.clock
         offset = st.clock_offset
+        if not (offset or now < 0.0 or clock.mono is None):  # (the usual case)
+            return clock.read(now, mono, offset)
         if not st.held and not self.recent_acked:  # none is counted on it: the wall clock's
             if offset != (natural := 0.0 if now >= 0.0 else 1.0 - now):
-                self.clock.reset()
+                clock.reset()
                 offset = natural
-        elif mono is not None and self.clock.fresh:
+        elif mono is not None and clock.fresh:
             # a new process whose clock is behind the newest held message's time: it went
             # back while none ran, and how much time passed is unknown: none is counted
             sp, m = self.spool, next(reversed(st.outgoing.values()), None)
@@ -198,7 +200,7 @@ class Outgoing:
                 offset = newest - now
             elif now + offset < 0.0:  # (every held message's time unknown)
                 offset = 1.0 - now
-        return self.clock.read(now, mono, offset)
+        return clock.read(now, mono, offset)
 
     def read_clock(self, now: float, mono: float | None) -> list[Record]:
         """A reading with no record of its own to ride on (a restore, a snapshot, a close):
