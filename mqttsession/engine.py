@@ -53,7 +53,7 @@ from .events import (
 )
 from .expiry import effective_interval, message_remaining, with_remaining
 from .expiry import expired as _expired
-from .state import Configured, Phase, Record, SessionLost, SessionState
+from .state import Phase, Record, SessionLost, SessionState
 
 __all__ = [
     "Action", "ConnState", "Deliver", "Engine", "EngineSettings", "Notify", "Persist", "Write",

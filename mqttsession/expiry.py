@@ -107,7 +107,6 @@ def with_remaining(properties: bytes, left: int) -> bytes:
                                   for k, v in _wire.parse_properties(properties)])
 
 
-
 class MessageClock:
     """The clock a held message's age is counted on (``accepted_at``, the Message Expiry
     Interval [MQTT-3.3.2-6], the queue's age): the wall clock plus the session's
@@ -143,7 +142,8 @@ class MessageClock:
         return t, offset
 
     def read(self, wall: float, mono: float | None, offset: float) -> tuple[float, float]:
-        """``peek``, and the reading kept (the next one is counted from it)."""
+        """``peek``, and the reading kept (the next one is counted from it). (Its steps
+        inline: every publish takes this reading.)"""
         t = wall + offset
         if mono is None:
             return t, offset

@@ -26,7 +26,7 @@ from .events import (
     QueueStats,
 )
 from .expiry import MessageClock, message_remaining, with_remaining
-from .records import Event, Record
+from .records import Event
 from .state import (
     MAX_REMAINING_LENGTH,
     Accepted,
