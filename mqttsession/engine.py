@@ -318,7 +318,8 @@ class Engine(Outgoing):
         if not items:
             return []
         try:
-            _ids, out = self.publish_many(items, self.now)
+            # (the wall clock's time: ``self.now`` is the session's clock, offset already)
+            _ids, out = self.publish_many(items, self.now - self.state.clock_offset)
         except MQTTSessionError as exc:  # no room: the queue limits win
             log.warning("moved from %s to %s: the last %d QoS 1 messages %s acknowledged were"
                         " not published again (FailoverRepublish): %s", self._moved_from,

@@ -516,9 +516,12 @@ class Spool:
         with self._mutex:
             if self.count <= 0 or not self._segs:
                 return None
-            if self._newest is None:
-                for m in self._segment_messages(self._segs[-1]):
-                    self._newest = m.accepted_at
+            for seg in reversed(self._segs):  # (the newest may hold none: a failed append)
+                if self._newest is not None:
+                    break
+                if seg.count:
+                    for m in self._segment_messages(seg):
+                        self._newest = m.accepted_at
             return self._newest or None
 
     def _segment_messages(self, seg: _Segment) -> Iterator[OutgoingMessage]:

@@ -22,7 +22,7 @@ from .errors import MQTTSessionError, PersistenceError, StateError, UsageError
 from .journal import Journal, require_directory, write_atomic
 from .sessionlog import SessionLog
 from .sharedlog import SharedLog
-from .records import Loaded, OutgoingMessage, Spooled
+from .records import ClockOffset, Loaded, OutgoingMessage, Spooled
 from .spool import SEGMENT_BYTES, Spool
 from .state import Accepted, Record, SessionState, message_bytes
 
@@ -351,7 +351,8 @@ class StateFile:
             return
         if records:
             j.append(records, state, sync=sync, lazy=lazy, held=held)
-            if self.interval and not lazy and type(records[-1]) is Accepted:
+            # (a clock correction too: the queue's messages are counted by it)
+            if self.interval and not lazy and type(records[-1]) in (Accepted, ClockOffset):
                 self._accepted_unsynced = True
             spool = self.spool
             if spool is not None and type(records[0]) is Loaded:

@@ -11,6 +11,8 @@ once (``expiry.MessageClock`` now counts it across jumps).
 
 from __future__ import annotations
 
+import pytest
+
 from mqttsession import _wire, codec, session_expired
 from mqttsession.engine import Engine, EngineSettings, Notify, Persist, Write
 from mqttsession.records import Activity, ClockOffset, decode_record, encode_record
@@ -203,7 +205,7 @@ def test_a_disk_queue_that_cannot_be_read_does_not_fail_the_first_publish() -> N
     from mqttsession.store import MemoryStore  # noqa: PLC0415
 
     class Unreadable(MemoryStore):
-        def head_time(self) -> float | None:
+        def tail_time(self) -> float | None:
             raise OSError(5, "Input/output error")
 
     e = _engine(queue_in_memory=1)
@@ -229,3 +231,25 @@ def test_a_clock_before_1970_then_ntp_still_ages_the_messages() -> None:
     out = _connect(e, T + 200, mono=M + 205)
     assert [p.payload for p in _publishes(out)] == [b"m1"]
     assert [d.reason for d in _dropped(out)] == ["expired"]
+
+
+@pytest.mark.parametrize("other_held", [True, False])
+def test_failover_republish_after_a_jump_stamps_the_copy_with_the_sessions_time(
+        other_held: bool) -> None:
+    """NTP steps the clock 1 h forward while a QoS 1 message is in flight; its PUBACK comes,
+    then the client moves to another server, which gets a copy (FailoverRepublish). Before:
+    the copy was stamped with the session's time taken for a wall time (its offset counted
+    twice, or dropped): it looked an hour old and was resent with 1 s of its expiry."""
+    e = _engine(failover_republish=5)
+    e.publish("t", b"m1", 1, False, _expiring(3600), now=T, mono=M)
+    [m1] = _publishes(_connect(e, T + 1, broker="a:1", mono=M + 1))
+    if other_held:
+        e.publish("t", b"m2", 1, False, b"", now=T + 2, mono=M + 2)
+    e.tick(T + 3600 + 5, M + 5)  # NTP
+    e.receive_ack(_wire.PacketType.PUBACK, m1.packet_id, 0)
+    e.connection_lost(T + 3600 + 6, 0x80, "lost")
+    out = _connect(e, T + 3600 + 20, True, broker="b:1", mono=M + 20)
+    assert [p.prop(0x02) for p in _publishes(out) if p.payload == b"m1"] == [3580]
+    assert e.queue_stats(T + 3600 + 21, M + 21).oldest_age == (19.0 if other_held else 1.0)
+    again = _publishes(_connect(e, T + 3600 + 40, True, broker="b:1", mono=M + 40))
+    assert [p.prop(0x02) for p in again if p.payload == b"m1"] == [3560]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mqttsession.errors import StateError
+from mqttsession.errors import PersistenceError, StateError
 from mqttsession.records import OutgoingMessage
 from mqttsession.spool import QUEUE_SUFFIX, Spool
 from mqttsession.state import message_bytes
@@ -187,3 +187,32 @@ def test_read_only_recovery_changes_nothing(tmp_path: Path) -> None:
     assert sp.count == 29 - 9
     after = {n: (Path(str(tmp_path / "s") + QUEUE_SUFFIX) / n).read_bytes() for n in files(tmp_path)}
     assert after == before
+
+
+def test_the_newest_publish_time_is_found_behind_an_empty_open_segment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tail_time`` (a new process's clock is never set before it): a new segment whose first
+    append failed (a full disk) holds only its header. Before: after a restart it answered
+    None, the messages in the sealed segment before it not looked at."""
+    import errno  # noqa: PLC0415
+
+    path = str(tmp_path / "state")
+    t = 1_700_000_000.0
+    sp = Spool(path, "c", sync=False, segment_bytes=200, mapped=False)
+    sp.recover(0)
+    for i in range(1, 5):
+        sp.append([OutgoingMessage(i, 0, "t", b"x" * 100, 1, accepted_at=t + i)], False)
+
+    def full(*_a: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    monkeypatch.setattr(Spool, "_put", full)
+    with pytest.raises(PersistenceError):
+        sp.append([OutgoingMessage(5, 0, "t", b"x" * 100, 1, accepted_at=t + 5)], False)
+    monkeypatch.undo()
+    assert sp.tail_time() == t + 4
+    sp.close()
+    again = Spool(path, "c", sync=False, segment_bytes=200, mapped=False)
+    again.recover(0)
+    assert (again.count, again.tail_time()) == (4, t + 4)
+    again.close()
