@@ -132,18 +132,14 @@ class MessageClock:
         self.mono = None
 
     def peek(self, wall: float, mono: float | None, offset: float) -> tuple[float, float]:
-        """(the time now, the offset it implies); the offset changed: the wall clock jumped."""
-        t = wall + offset
-        if mono is not None and self.mono is not None:
-            since = mono - self.mono if mono > self.mono else 0.0
-            jump = t - self._time - since
-            if jump > self.STEP + since / 1000 or -jump > self.STEP + since / 1000:
-                return t - jump, offset - jump
-        return t, offset
+        """``read`` without keeping the reading."""
+        other = MessageClock()
+        other.mono, other._time = self.mono, self._time
+        return other.read(wall, mono, offset)
 
     def read(self, wall: float, mono: float | None, offset: float) -> tuple[float, float]:
-        """``peek``, and the reading kept (the next one is counted from it). (Its steps
-        inline: every publish takes this reading.)"""
+        """(the time now, the offset it implies; the offset changed: the wall clock jumped),
+        and the reading kept (the next one is counted from it)."""
         t = wall + offset
         if mono is None:
             return t, offset

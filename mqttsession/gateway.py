@@ -104,7 +104,6 @@ class _Sessions:
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
         self.pacer = Pacer(connect_rate)
         self._ids: set[str] = set()
-        self._hosted: dict[str, Client] = {}  # each session's Client, by client id
         self._closed = False
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
         #: kept aside; ``StateLockedError`` when another process has the directory).
@@ -116,13 +115,17 @@ class _Sessions:
             raise UsageError("the gateway is closed")
         if not client_id or not isinstance(client_id, str):
             raise UsageError("each session of a gateway needs its own client_id")
-        old = self._hosted.get(client_id)
+        old = self._hosted(client_id)
         if client_id in self._ids and not (old is not None and old._closed  # noqa: SLF001
                                            and old._file.journal is None):  # noqa: SLF001
             raise UsageError(f"the gateway already has a session {client_id!r}")
         # (one closed, its view of the store released: the id may be asked for again)
         raise_fd_limit(len(self._ids) + 1 + FD_RESERVE)
         self._ids.add(client_id)
+
+    def _hosted(self, client_id: str) -> Client | None:
+        """The ``Client`` of the session ``client_id`` (None: none)."""
+        raise NotImplementedError
 
     def _share(self, c: Client) -> str:
         """Make ``c``'s records go to the gateway's store; its ``SessionStateFile`` name."""
@@ -208,8 +211,11 @@ class Gateway(_Sessions):
                     with contextlib.suppress(Exception):
                         c._file.close()  # noqa: SLF001
                 raise
-            self._clients[client_id] = self._hosted[client_id] = c
+            self._clients[client_id] = c
             return c
+
+    def _hosted(self, client_id: str) -> Client | None:
+        return self._clients.get(client_id)
 
     @property
     def clients(self) -> dict[str, Client]:
@@ -394,6 +400,10 @@ class AsyncGateway(_Sessions):
         # and the fdatasyncs in the sync thread (one covers every session's records before it)
         self._sync = _StoreSync(self.store, self._syncs.executor)
 
+    def _hosted(self, client_id: str) -> Client | None:
+        s = self._sessions.get(client_id)
+        return None if s is None else s.client
+
     async def session(self, client_id: str, options: Options | None = None, *,
                       session_sync: str | None = None, connect: bool = True) -> AsyncSession:
         """A started session of this gateway (restored from its store; connected unless
@@ -411,7 +421,7 @@ class AsyncGateway(_Sessions):
         except BaseException:
             self._ids.discard(client_id)
             raise
-        self._sessions[client_id], self._hosted[client_id] = s, s.client
+        self._sessions[client_id] = s
         return s
 
     async def publish_many(self, messages: Iterable[AsyncGatewayMessage]) -> list[int]:

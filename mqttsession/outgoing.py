@@ -220,6 +220,17 @@ class Outgoing:
                         st.clock_offset - offset, offset)
         return [st.set_clock_offset(offset)]
 
+    def _stored(self, offset: float, records: tuple[Record, ...]) -> list[Action]:
+        """The ``Persist`` of a publish's records (persistence point 1), after the record of
+        a new clock ``offset``: in it, or before it on its own (the journal's) when they are
+        the disk queue's."""
+        if offset == self.state.clock_offset:
+            return [Persist(records, True)]
+        clock = tuple(self.clock_record(offset))
+        if type(records[0]) is Spooled:
+            return [Persist(clock, True), Persist(records, True)]
+        return [Persist((*clock, *records), True)]
+
     # ---------------------------------------------------------------- packet ids
 
     def _recovered(self) -> None:
@@ -336,9 +347,7 @@ class Outgoing:
             # record is not written yet); acks, resume and ticks read it back
             spooled = st.spool_checked(topic, payload, qos, retain, properties, at)
             self.accepted = spooled
-            if offset != st.clock_offset:  # (the journal's, before the queue's record)
-                out.append(Persist(tuple(self.clock_record(offset)), True))
-            out.append(Persist((spooled,), True))
+            out += self._stored(offset, (spooled,))
             return 0, out
         rec = st.accept_checked(topic, payload, qos, retain, properties, self.subs.busy(), at)
         self.accepted = rec
@@ -348,8 +357,10 @@ class Outgoing:
         if s.reserve_packet_ids and rec.message.packet_id:  # SessionSync=interval
             # _undo_last_packet_id: last_packet_id before this accept (``retract``'s)
             out += self._reserve(st._undo_last_packet_id, rec.message.seq)
-        out.append(Persist((*self.clock_record(offset), rec), True) if offset != st.clock_offset
-                   else Persist((rec,), True))
+        if offset == st.clock_offset:  # (the usual case: no new clock correction)
+            out.append(Persist((rec,), True))
+        else:
+            out += self._stored(offset, (rec,))
         if self.conn is _CONNECTED:
             out += self._pump()
         return rec.message.packet_id, out
@@ -402,10 +413,7 @@ class Outgoing:
         if records:
             if not spool:
                 out += self._reserve(before, first_seq)
-            clock = self.clock_record(offset)
-            if clock and spool:  # (the journal's, before the queue's records)
-                out.append(Persist(tuple(clock), True))
-            out.append(Persist(tuple(records) if spool else (*clock, *records), True))
+            out += self._stored(offset, tuple(records))
         out += quick
         if records and not spool and self.conn is _CONNECTED:
             out += self._pump()

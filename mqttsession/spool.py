@@ -349,7 +349,7 @@ class Spool:
                         self._walloc = seg.size
                     except OSError:  # zeros over it instead (its blocks are allocated):
                         try:  # a restart must not find a publish told "failed"
-                            os.pwrite(self._wfd, bytes(len(data)), seg.size)  # type: ignore[arg-type]
+                            _write_all(self._wfd, bytes(len(data)), seg.size)  # type: ignore[arg-type]
                         except OSError:
                             pass
                     raise
@@ -516,12 +516,10 @@ class Spool:
         with self._mutex:
             if self.count <= 0 or not self._segs:
                 return None
-            for seg in reversed(self._segs):  # (the newest may hold none: a failed append)
-                if self._newest is not None:
-                    break
-                if seg.count:
-                    for m in self._segment_messages(seg):
-                        self._newest = m.accepted_at
+            if self._newest is None:  # (the newest segment may hold none: a failed append)
+                seg = next((s for s in reversed(self._segs) if s.count), None)
+                for m in self._segment_messages(seg) if seg is not None else ():
+                    self._newest = m.accepted_at
             return self._newest or None
 
     def _segment_messages(self, seg: _Segment) -> Iterator[OutgoingMessage]:
