@@ -17,8 +17,9 @@ Files (mode 0600, never opened through a symlink):
 
 Whole segments are deleted once every message in them was read back and that is durable in
 the journal (``retire``); nothing is ever rewritten. Recovery: a sealed segment whose size is
-not the one its name says, a damaged frame followed by good ones in the open segment, or a
-segment of another client is ``StateError`` (the files are kept); a torn tail of the open
+not the one its name says, one named read back that holds a message not yet read back, a
+damaged frame followed by good ones in the open segment, or a segment of another client is
+``StateError`` (the files are kept); a torn tail of the open
 segment (a crash mid-write, a power cut's zeros) is cut. A sealed segment found damaged while
 it is read back is kept aside (``*.damaged-<time>``) and reported (``take_errors``): the
 messages after the damage in it are lost, never invented or reordered.
@@ -150,6 +151,8 @@ class Spool:
             while segs and segs[0].last < spool_next and (segs[0].sealed or len(segs) > 1):
                 dead = segs.pop(0)
                 if not self.read_only:
+                    if dead.sealed:
+                        self._check_read_back(dead, spool_next)
                     self._unlink(dead.path)
             self._segs = segs
             self.last_seq = max((s.last for s in segs), default=0)
@@ -181,6 +184,23 @@ class Spool:
                              f" {seg.size} (cut short or damaged); kept")
         if seg.count <= 0 or seg.first > seg.last or seg.bytes < 0:
             raise StateError(f"disk queue segment {seg.path}: its name is not consistent")
+
+    def _check_read_back(self, seg: _Segment, spool_next: int) -> None:
+        """Before a sealed segment whose name says it was read back is deleted: none of the
+        messages it holds is still to be read (``StateError`` otherwise: a name that is not
+        its contents', the file kept). Frames that cannot be read (a power cut's zeros under
+        ``SessionSync=none``) are no such proof; the journal says they were read back."""
+        payloads, _valid, _damaged = read_frames(self._read(seg.path))
+        if not payloads or not self._header_ok(payloads[0], seg):
+            return
+        for payload in payloads[1:]:
+            try:
+                m = self._message(payload, seg.path)
+            except StateError:
+                continue
+            if m.seq >= spool_next:
+                raise StateError(f"disk queue segment {seg.path} holds message {m.seq}, not yet"
+                                 f" read back, but its name says it ends at {seg.last}; kept")
 
     def _read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         """The bytes of ``path`` from ``offset`` (to ``size``: the segment's frames; no fstat

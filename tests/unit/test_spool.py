@@ -98,6 +98,31 @@ def test_a_crash_before_a_retired_segment_was_deleted(tmp_path: Path) -> None:
     assert again.read(100) == [msg(s) for s in range(26, 41)]
 
 
+def test_a_sealed_segment_renamed_to_claim_it_was_read_back_is_kept(tmp_path: Path) -> None:
+    filled(tmp_path, list(range(1, 41))).close()
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    first = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[0]
+    f, last, count, nbytes, size = first[2:-4].split("-")
+    lie = f"q-{f}-{int(f):020d}-1-{nbytes}-{size}.seg"  # by hand: "only its first message"
+    os.rename(d / first, d / lie)
+    with pytest.raises(StateError, match="not yet read back"):
+        reopened(tmp_path, int(f) + 1)  # the journal read back the first message only
+    assert lie in os.listdir(d)  # kept, not deleted unread
+    os.rename(d / lie, d / first)  # the true name: the messages after the first are read
+    assert [m.seq for m in reopened(tmp_path, int(f) + 1).read(3)] == [int(f) + 1, int(f) + 2,
+                                                                        int(f) + 3]
+
+
+def test_a_read_back_sealed_segment_of_zeros_is_still_deleted(tmp_path: Path) -> None:
+    filled(tmp_path, list(range(1, 41))).close()  # (a power cut under none: its pages lost)
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    first = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[0]
+    last = int(first[2:-4].split("-")[1])
+    (d / first).write_bytes(bytes((d / first).stat().st_size))
+    sp = reopened(tmp_path, last + 1)
+    assert first not in os.listdir(d) and sp.read(1)[0].seq == last + 1
+
+
 def _open_segment(tmp: Path) -> Path:
     d = Path(str(tmp / "s") + QUEUE_SUFFIX)
     return next(d / n for n in os.listdir(d) if n.endswith(".open"))
