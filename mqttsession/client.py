@@ -370,9 +370,9 @@ class Client:
             self._closed = True
         try:
             failed = self._driver.cancel_sync_timer()  # interval: what waits goes to disk now
-            compacted = self._driver.disconnect() and self._file.journal is not None
+            compacted = self._driver.disconnect() and self._file.owned
             if self._settings.session_state_file and not compacted:
-                self._driver.save()  # (a disconnect that compacted wrote the same snapshot)
+                self._driver.save(closing=True)  # (a disconnect's compaction wrote the same)
             if failed is not None:  # (the disk queue's: a snapshot does not hold it)
                 raise failed
         finally:

@@ -110,14 +110,15 @@ class Driver(Durability):
             if any(getattr(st, k) != v for k, v in change.items()):
                 self.file.append([st.configure(**change)], st)
 
-    def save(self) -> str:
-        """The state file's snapshot (the disk queue by reference), written; its text."""
+    def save(self, closing: bool = False) -> str:
+        """The state file's snapshot (the disk queue by reference), written; its text
+        (``closing``: ``StateFile.save``'s)."""
         with self.lock:
             if self.engine.connected:
                 self.engine.state.activity(time.time())  # part of the snapshot written below
             self.engine.read_clock(time.time(), since_boot())  # (a jump seen: in it too)
             text = codec.encode(self.engine.state)
-            self.file.save(self.engine.state, text)
+            self.file.save(self.engine.state, text, closing)
             return text
 
     def flush(self, timeout: float | None) -> bool:
@@ -330,8 +331,7 @@ class Driver(Durability):
             if self.conn is conn:
                 self.conn = None
                 self.engine.closed()
-            if self.file.journal is not None:
-                self.file.journal.compact(self.engine.state)
+            self.file.compact(self.engine.state)
         return True
 
     def run(self, actions: list[Action],

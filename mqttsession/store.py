@@ -19,7 +19,7 @@ from typing import Protocol, Sequence
 
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, UsageError
-from .journal import Journal, require_directory, write_atomic
+from .journal import Journal, require_directory
 from .sessionlog import SessionLog
 from .sharedlog import SharedLog
 from .records import ClockOffset, Loaded, OutgoingMessage, Spooled
@@ -456,15 +456,33 @@ class StateFile:
         if self.journal is not None:
             self.journal.flush()
 
-    def save(self, state: SessionState, text: str) -> None:
-        """``save_session``: the whole state as the snapshot."""
+    def save(self, state: SessionState, text: str, closing: bool = False) -> None:
+        """``save_session`` (``closing``: ``close()``'s last one): the whole state as the
+        snapshot. The file is owned first, as a publish owns it (its lock; a session in it
+        not restored is kept aside). ``closing`` leaves alone a file this session never
+        owned, or whose session it neither restored nor wrote over: nothing of it to save."""
         if self.journal is None and self.shared is not None:
             self.journal = self._new(state.client_id)
-        if self.journal is not None:
-            self.journal.compact(state, text)
+        elif closing and not self.owned:
+            return
         elif self.path:
             require_directory(self.path)  # a UsageError that names it, not ENOENT
-            write_atomic(self.path, text, sync=self.sync)
+            self.open(state)
+            if self.unrestored is not None:
+                self.settle(state)
+        if self.journal is not None:
+            self.journal.compact(state, text)
+
+    @property
+    def owned(self) -> bool:
+        """This session's state is the file's: opened, its session restored or set aside."""
+        return self.journal is not None and self.unrestored is None
+
+    def compact(self, state: SessionState) -> None:
+        """The whole state written (a clean disconnect), when the file is this session's."""
+        if self.owned:
+            assert self.journal is not None
+            self.journal.compact(state)
 
     def note_restore(self, records: list[Record], state: SessionState) -> None:
         """``restore_session``'s records, synced. A failure (a full disk) is reported
