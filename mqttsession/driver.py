@@ -273,7 +273,7 @@ class Driver(Durability):
         s, st = self._settings, self.engine.state
         conn = PahoConnection(self, st.client_id, st.protocol_version, st.clean_session,
                               transport=p.transport)
-        conn.reconnect_delay_set(int(s.reconnect_delay_min), int(s.reconnect_delay_max))
+        conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]  # (fractions)
         if p.transport == "websockets":
             conn.ws_set_options(path=p.ws_path, headers=p.ws_headers)
         if p.username is not None:
@@ -471,11 +471,12 @@ class Driver(Durability):
 
     def incoming_messages(self) -> tuple[Message, ...]:
         """``Client.incoming_messages``: the QoS 1 messages in ``on_message_in`` now, those
-        whose ack is owed, then the QoS 2 ones held."""
+        whose ack is owed, then the QoS 2 ones held (the orphans last)."""
         with self.lock:
             owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate)
                     for e in self.engine.owed_messages() if e.packet_id not in self.delivering]
-            held = [Message.incoming(m) for m in self.engine.state.incoming.values()]
+            st = self.engine.state
+            held = [Message.incoming(m) for m in [*st.incoming.values(), *st.orphans]]
             return tuple(list(self.delivering.values()) + owed + held)
 
     def ack_many(self, messages: Sequence[MessageEvent]) -> None:

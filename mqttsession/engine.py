@@ -53,7 +53,7 @@ from .events import (
 )
 from .expiry import effective_interval, message_remaining, with_remaining
 from .expiry import expired as _expired
-from .state import Phase, Record, SessionLost, SessionState
+from .state import IncomingMessage, Phase, Record, SessionLost, SessionState
 
 __all__ = [
     "Action", "ConnState", "Deliver", "Engine", "EngineSettings", "Notify", "Persist", "Write",
@@ -105,6 +105,10 @@ class Engine(Outgoing):
         self.restored_expired = False  # the client's clock said the restored session expired
         self._owed: deque[_Owed] = deque()  # QoS 1, in arrival order [MQTT-4.6.0-2]
         self._held: dict[int, _Held] = {}  # QoS 2, by packet id
+        # orphans handed to the application and not taken yet: each leaves the session when
+        # it is (``ack``); a restart delivers the others again
+        self._orphans_out: list[tuple[MessageEvent, IncomingMessage]] = []
+        self._orphans_now: list[IncomingMessage] = []  # delivered by ``lost_incoming``
         self._last_activity = 0.0
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
         self._last_server: str | None = None  # of the last accepted CONNACK
@@ -196,17 +200,25 @@ class Engine(Outgoing):
     def lost_incoming(self) -> list[Action]:
         """After ``on_connected``, before ``resume``: incoming QoS 2 messages a broker that
         answered SessionPresent=0 will never release (the orphans, also those an earlier
-        process did not finish). They are delivered now (the state does not change: ``resume``
-        removes them once this has run); first, the record of those a session restored in
-        ``on_connected`` brought."""
+        process did not finish). They are delivered now; each leaves the session when the
+        application has taken it (``ack``: persistence point 4), so a kill repeats only the
+        ones not taken. First, the record of those a session restored in ``on_connected``
+        brought."""
         out: list[Action] = []
         if not self.session_present:
             orphaned = self.state.orphan()  # a session restored in on_connected: its own
             if orphaned is not None:
                 out.append(Persist((orphaned,), sync=True))
-        out += [Deliver(MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain,
-                                     im.dup, im.properties))
-                for im in self.state.orphans if im.packet_id not in self._held and not im.taken]
+        handed = [im for _, im in self._orphans_out]
+        self._orphans_now = []
+        for im in self.state.orphans:
+            if im.taken or any(im is h for h in handed):
+                continue  # taken at a move (``resume`` removes it), or handed out already
+            event = MessageEvent(im.packet_id, im.topic, im.qos, im.payload, im.retain,
+                                 im.dup, im.properties)
+            self._orphans_out.append((event, im))
+            self._orphans_now.append(im)
+            out.append(Deliver(event))
         if self.session_present and self._moved_from is not None:
             out += self._deliver_unreleased()
         return out
@@ -246,18 +258,17 @@ class Engine(Outgoing):
         )
         out: list[Action] = []
         lost, early, self._early_lost = plan.lost, self._early_lost, None
-        orphans, released = st.release_orphans()  # delivered by lost_incoming
-        orphans = tuple(im for im in orphans if not im.taken)  # (taken before: not again)
+        orphans, self._orphans_now = tuple(self._orphans_now), []  # delivered by lost_incoming
+        taken = [im for im in st.orphans if im.taken]  # taken at a move: not again, gone now
+        released = tuple(r for r in map(st.release_orphan, taken) if r is not None)
         if early is not None:  # the outgoing part was reset at CONNACK: report it all
             lost = SessionLost(early.republished, early.dropped, early.queued, orphans,
                                early.resubscribed, early.possible_duplicates)
         elif lost is not None:
             lost = SessionLost(lost.republished, lost.dropped, lost.queued, orphans,
                                lost.resubscribed, lost.possible_duplicates)
-        for im in orphans:  # handed out before and not acknowledged, or
-            self._held.pop(im.packet_id, None)  # delivered by lost_incoming: not again
-        if reset is not None or released is not None:
-            out.append(Persist(tuple(r for r in (reset, released) if r is not None), sync=True))
+        if reset is not None or released:
+            out.append(Persist(((reset,) if reset is not None else ()) + released, sync=True))
         for m in lost.dropped if lost is not None else ():
             out += self._dropped(m, None, "session-lost")
         self._pending = deque(m.seq for m in plan.outgoing)
@@ -519,6 +530,15 @@ class Engine(Outgoing):
                     out.append(Persist((rec,), sync=True, ack=True))  # persistence point 4
                 if h.pubcomp_due and self._live:
                     out.append(self._ack(PacketType.PUBCOMP, pid))
+        if not acked and qos in (0, 2):
+            for i, (event, im) in enumerate(self._orphans_out):
+                if event is message or by_id and event.packet_id == pid:
+                    del self._orphans_out[i]
+                    acked = True
+                    gone = self.state.release_orphan(im)
+                    if gone is not None:  # persistence point 4 (no PUBCOMP: the broker forgot it)
+                        out.append(Persist((gone,), sync=True, ack=True))
+                    break
         if acked and "on_message_ack" in self.listeners:
             out.append(Notify("on_message_ack", MessageAckEvent(pid, DIRECTION_SERVER, 0)))
         return acked, out
@@ -563,6 +583,7 @@ class Engine(Outgoing):
             log.info("saved session of %r has expired by this clock (MQTT 5); connecting with"
                      " Clean Start 0 all the same: SessionPresent decides", state.client_id)
         self.state = state
+        self._orphans_out = []
         self._recovered()
         self.restored_expired = expired
         self.subs.restored()

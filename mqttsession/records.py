@@ -25,7 +25,7 @@ __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
     "Stepped", "Received", "Released", "Taken", "Subscribed", "Unsubscribed", "Connected",
     "SessionReset", "Disconnected", "Activity", "ClockOffset", "Spooled", "Loaded", "Orphaned",
-    "OrphansReleased", "Reserved", "SessionLost", "ResumePlan",
+    "OrphansReleased", "OrphanReleased", "Reserved", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record", "encode_message",
     "decode_record", "quick_init", "MAX_SEQ",
 ]
@@ -294,6 +294,17 @@ class OrphansReleased:
 
 @quick_init
 @dataclass(frozen=True, slots=True)
+class OrphanReleased:
+    """One orphan (the ``index``-th of the list, with this packet id) was taken by the
+    application (its ``on_message_in`` returned, or ``ack()`` under ManualAck) and leaves the
+    session: the others stay, to be delivered again after a restart."""
+
+    index: int
+    packet_id: int
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Reserved:
     """SessionSync=interval: outgoing packet ids ``first`` to ``last`` (cyclically, 65535 is
     followed by 1) may be handed out by records not yet synced, whose PUBLISHes leave at once.
@@ -322,6 +333,7 @@ Record = Union[
     Loaded,
     Orphaned,
     OrphansReleased,
+    OrphanReleased,
     Reserved,
 ]
 
@@ -439,6 +451,9 @@ KINDS: Final[dict[type, Kind]] = {
                    lambda f: Orphaned(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
     OrphansReleased: Kind("P", ("packet_ids",), lambda r: [list(r.packet_ids)],
                           lambda f: OrphansReleased(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
+    OrphanReleased: Kind("Q", ("index", "packet_id"), lambda r: [r.index, r.packet_id],
+                         lambda f: OrphanReleased(f.get_int("index", 0, 2**31),
+                                                  f.get_int("packet_id", 1, MAX_PACKET_ID))),
     Reserved: Kind("V", ("first", "last"), lambda r: [r.first, r.last],
                    lambda f: Reserved(f.get_int("first", 0, MAX_PACKET_ID),
                                       f.get_int("last", 0, MAX_PACKET_ID))),

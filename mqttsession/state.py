@@ -50,6 +50,7 @@ from .records import (
     Loaded,
     Orphaned,
     OrphansReleased,
+    OrphanReleased,
     Stepped,
     Subscribed,
     Taken,
@@ -87,6 +88,7 @@ __all__ = [
     "Loaded",
     "Orphaned",
     "OrphansReleased",
+    "OrphanReleased",
     "Reserved",
     "id_range",
     "validate_topic",
@@ -147,7 +149,7 @@ class SessionState:
     incoming: dict[int, IncomingMessage] = field(default_factory=dict)  # by packet id
     subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> qos
     # incoming QoS 2 messages a broker that lost the session will never release: out of
-    # packet-id space, delivered from here (``Orphaned``, ``OrphansReleased``)
+    # packet-id space, delivered from here (``Orphaned``, ``OrphanReleased``)
     orphans: list[IncomingMessage] = field(default_factory=list)
     _by_packet_id: dict[int, int] = field(default_factory=dict, repr=False)  # outgoing id -> seq
     _undo_last_packet_id: int = field(default=0, repr=False)  # for ``retract``
@@ -598,14 +600,15 @@ class SessionState:
         self.apply(rec)
         return rec
 
-    def release_orphans(self) -> tuple[tuple[IncomingMessage, ...], OrphansReleased | None]:
-        """The orphans were handed to the application: they leave the session."""
-        gone = tuple(self.orphans)
-        if not gone:
-            return gone, None
-        rec = OrphansReleased(tuple(im.packet_id for im in gone))
-        self.apply(rec)
-        return gone, rec
+    def release_orphan(self, im: IncomingMessage) -> OrphanReleased | None:
+        """The application took orphan ``im`` (this object): it leaves the session (None: it
+        is not in the list, a session restored meanwhile)."""
+        for i, o in enumerate(self.orphans):
+            if o is im:
+                rec = OrphanReleased(i, im.packet_id)
+                self.apply(rec)
+                return rec
+        return None
 
     def subscribe(self, topic_filter: str, qos: int) -> Subscribed:
         validate_filter(topic_filter)

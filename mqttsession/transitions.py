@@ -63,6 +63,7 @@ from .records import (
     OutgoingMessage,
     Orphaned,
     OrphansReleased,
+    OrphanReleased,
     Phase,
     Received,
     Released,
@@ -352,6 +353,12 @@ def _apply_orphans_released(st: SessionState, rec: OrphansReleased) -> None:
     del st.orphans[:n]
 
 
+def _apply_orphan_released(st: SessionState, rec: OrphanReleased) -> None:
+    if not (rec.index < len(st.orphans) and st.orphans[rec.index].packet_id == rec.packet_id):
+        raise TransitionError(f"orphan {rec.packet_id} released at {rec.index}, not held there")
+    del st.orphans[rec.index]
+
+
 def _apply_activity(st: SessionState, rec: Activity) -> None:
     st.last_activity = _check_time("activity time", rec.at)
 
@@ -386,5 +393,6 @@ APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     Loaded: _apply_loaded,
     Orphaned: _apply_orphaned,
     OrphansReleased: _apply_orphans_released,
+    OrphanReleased: _apply_orphan_released,
     Reserved: _apply_reserved,
 }

@@ -35,6 +35,7 @@ from mqttsession.state import (
     Event,
     Orphaned,
     OrphansReleased,
+    OrphanReleased,
     Phase,
     Received,
     Released,
@@ -406,19 +407,59 @@ def test_resume_session_absent_drop_released() -> None:
 
 def test_resume_session_absent_delivers_held_incoming_qos2() -> None:
     """QoS 2 received (PUBREC sent) and never released: the broker forgot the PUBREL, so the
-    message leaves packet-id space with the CONNACK's record (an orphan), is handed over, then
-    its removal is recorded."""
+    message leaves packet-id space with the CONNACK's record (an orphan), is handed over, and
+    its removal is recorded once the application took it (point 4), not before."""
     e = connected()
     e.receive(publish_in(4, 2, b"held"))
     e.connection_lost(1.0, 0, "gone")
     out = connect(e, session_present=False)
     first = out[index(out, Persist, record=Connected)]
     assert isinstance(first, Persist) and Orphaned((4,)) in first.records and first.sync
-    d = index(out, Deliver)
-    assert d < index(out, Persist, record=OrphansReleased)
-    deliver = out[d]
+    deliver = out[index(out, Deliver)]
     assert isinstance(deliver, Deliver) and deliver.message.message == b"held"
-    assert not e.state.incoming and not e.state.orphans
+    assert not e.state.incoming and [im.payload for im in e.state.orphans] == [b"held"]
+    acked, done = e.ack(deliver.message)
+    assert acked and done[0] == Persist((OrphanReleased(0, 4),), sync=True, ack=True)
+    assert not e.state.orphans and not writes(done)  # (no PUBCOMP: the broker forgot it)
+
+
+def _orphans_delivered(e: Engine, pids: Sequence[int]) -> list[MessageEvent]:
+    e.connection_lost(1.0, 0, "gone")
+    out = connect(e, session_present=False)
+    return [a.message for a in out if isinstance(a, Deliver) and a.message.packet_id in pids]
+
+
+def test_orphans_leave_the_session_one_by_one_as_they_are_taken() -> None:
+    """A kill while the application handles the third orphan repeats that one only: the
+    first two left the session when they were taken (before: all three at once, after the
+    last one's callback, so all three were delivered again)."""
+    e = connected()
+    for pid in (1, 2, 3):
+        e.receive(publish_in(pid, 2, bytes([pid])))
+    events = _orphans_delivered(e, (1, 2, 3))
+    assert [m.packet_id for m in events] == [1, 2, 3]
+    for m in events[:2]:
+        assert e.ack(m)[0]
+    assert [im.packet_id for im in e.state.orphans] == [3]  # what a restart delivers again
+    again = Engine(state=codec.decode(codec.encode(e.state)))
+    out = connect(again, session_present=False)
+    assert [a.message.message for a in out if isinstance(a, Deliver)] == [b"\x03"]
+
+
+def test_orphans_acked_out_of_order_under_the_same_packet_id() -> None:
+    """ManualAck: orphans are taken in any order, also two under one packet id (orphaned on
+    two connections); the record names which one left, so a replay removes that one."""
+    e = connected()
+    e.receive(publish_in(7, 2, b"old"))
+    (old,) = _orphans_delivered(e, (7,))  # not taken yet
+    e.receive(publish_in(7, 2, b"new"))
+    e.receive(publish_in(8, 2, b"other"))
+    new, other = _orphans_delivered(e, (7, 8))  # the old one is not handed out twice
+    assert (new.message, other.message) == (b"new", b"other")
+    assert e.ack(other)[0] and e.ack(new)[0]
+    assert [im.payload for im in e.state.orphans] == [b"old"]
+    assert not e.ack(new)[0]  # taken already
+    assert e.ack(7)[0] and not e.state.orphans  # by id: the one left
 
 
 # ------------------------------------------------------------------------ acknowledgements
@@ -558,7 +599,7 @@ def test_orphans_round_trip_through_records_and_snapshot() -> None:
     e.connack(0, "", False, 65535, None, 2.0)
     st = e.state
     assert not st.incoming and [im.packet_id for im in st.orphans] == [4]
-    for rec in (Orphaned((4, 9)), OrphansReleased((4,))):
+    for rec in (Orphaned((4, 9)), OrphansReleased((4,)), OrphanReleased(3, 9)):
         assert decode_record(encode_record(rec)) == rec
     again = codec.decode(codec.encode(st))
     assert again == st and [im.payload for im in again.orphans] == [b"held"]

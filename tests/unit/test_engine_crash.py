@@ -60,6 +60,7 @@ from mqttsession.state import (
     Reserved,
     Event,
     OrphansReleased,
+    OrphanReleased,
     OutgoingMessage,
     Phase,
     Received,
@@ -269,11 +270,17 @@ class AppModel:
         self.pending: list[MessageEvent] = []  # delivered, ack() not called yet
         self.acked: set[bytes] = set()  # ack() called (QoS 1 and 2)
         self.handed: dict[int, bytes] = {}  # QoS 2 delivered, removal not run, by packet id
+        self.orphans: set[bytes] = set()  # orphans delivered, removal not run (any packet id)
         self.committed: Counter[bytes] = Counter()
 
-    def deliver(self, m: MessageEvent) -> None:
+    def deliver(self, m: MessageEvent, orphan: bool = False) -> None:
         assert m.qos in (1, 2) and m.topic == "in"
-        if m.qos == 2:
+        if orphan:  # out of packet-id space: a new message may come under its id
+            assert not self.committed[m.message], (
+                f"orphan {m.message!r} delivered again after the app took it")
+            assert m.message not in self.orphans, f"orphan {m.message!r} handed out twice"
+            self.orphans.add(m.message)
+        elif m.qos == 2:
             assert not self.committed[m.message], (
                 f"QoS 2 message {m.message!r} delivered again after the app took it")
             assert m.packet_id not in self.handed, f"QoS 2 id {m.packet_id} handed out twice"
@@ -286,9 +293,16 @@ class AppModel:
             self.committed[payload] += 1
             assert self.committed[payload] == 1, f"QoS 2 message {payload!r} taken twice"
 
+    def removed_orphan(self, payload: bytes) -> None:
+        assert payload in self.orphans, f"orphan {payload!r} removed, never handed out"
+        self.orphans.discard(payload)
+        self.committed[payload] += 1
+        assert self.committed[payload] == 1, f"orphan {payload!r} taken twice"
+
     def crashed(self) -> None:
         self.pending.clear()
         self.handed.clear()
+        self.orphans.clear()
 
 
 # ------------------------------------------------------------------------------ the machine
@@ -323,6 +337,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
         # but for the PUBLISHes no record of the batch is needed for (``Persist.ack``)
         self.batch: list[Write] | None = None
         self.batch_publish_held = False
+        self.acking: MessageEvent | None = None  # the message ``ack`` is taking now
         self._fresh(SessionState())
 
     def _fresh(self, state: SessionState, queue: list[OutgoingMessage] | None = None) -> None:
@@ -430,6 +445,10 @@ class EngineCrashMachine(RuleBasedStateMachine):
                     assert a.sync, "released orphans must be synced (point 4)"
                     for pid in rec.packet_ids:
                         self.app.removed(pid)
+                elif isinstance(rec, OrphanReleased):  # the one ``ack`` took, or taken before
+                    assert a.sync, "a released orphan must be synced (point 4)"
+                    if self.acking is not None:
+                        self.app.removed_orphan(self.acking.message)
         elif isinstance(a, Write):
             if self.batch is not None and (a.kind is not PacketType.PUBLISH
                                            or self.batch_publish_held):
@@ -441,7 +460,9 @@ class EngineCrashMachine(RuleBasedStateMachine):
             if self.online:
                 self.c2b.append(a.packet)
         elif isinstance(a, Deliver):
-            self.app.deliver(a.message)
+            m = a.message
+            self.app.deliver(m, orphan=any(im.payload == m.message and im.packet_id == m.packet_id
+                                           for im in self.engine.state.orphans))
         elif a.name == "on_session_lost":
             assert isinstance(a.event, SessionLostEvent)
             named = {m.message for m in a.event.possible_duplicates}
@@ -465,7 +486,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
                     synced.update(a.records if a.records else ("bare",))
                 if a.ack:  # only acks wait for it (a PUBLISH in a read batch does not)
                     assert a.sync and all(
-                        isinstance(r, (Received, Released, Taken))
+                        isinstance(r, (Received, Released, Taken, OrphanReleased))
                         or (isinstance(r, Stepped) and r.event is Event.PUBREC)
                         for r in a.records), f"an acknowledgement's Persist holds {a.records}"
                 continue
@@ -678,9 +699,15 @@ class EngineCrashMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 7))
     def app_acks(self, i: int) -> None:
         with self.step():
-            m = self.app.pending.pop(i % len(self.app.pending))
-            self.app.acked.add(m.message)
+            self.ack(self.app.pending.pop(i % len(self.app.pending)))
+
+    def ack(self, m: MessageEvent) -> None:
+        self.app.acked.add(m.message)
+        self.acking = m
+        try:
             self.run(self.engine.ack(m)[1])
+        finally:
+            self.acking = None
 
     @rule()
     def tick(self) -> None:
@@ -818,9 +845,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
             while self.b2c:
                 self.run(self.engine.receive(self.incoming(self.b2c.popleft())))
             while acks and self.app.pending:
-                m = self.app.pending.pop(0)
-                self.app.acked.add(m.message)
-                self.run(self.engine.ack(m)[1])
+                self.ack(self.app.pending.pop(0))
         return moved
 
     # ---------------------------------------------------------------- crashes
