@@ -8,6 +8,7 @@ Client's CONNECT parameters as the driver takes them (``ConnectParams``).
 
 from __future__ import annotations
 
+import math
 import ssl
 from dataclasses import dataclass
 from typing import Any, Callable, Final
@@ -18,6 +19,7 @@ from .records import MAX_EXPIRY
 
 __all__ = ["ClientSettings", "CONFIG", "ConnectParams", "parse_bool", "parse_int"]
 
+MIN_RECONNECT_DELAY: Final = 0.05  # seconds (as ``pump.AsyncioPump``'s)
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
 
@@ -42,6 +44,13 @@ class ClientSettings:
     manual_ack: bool = False  # PUBACK / PUBCOMP wait for ack()
     failover_servers: str = ""  # "host:port,host:port": tried after connect()'s own, in turn
     follow_server_reference: bool = False  # MQTT 5 4.11: go where 0x9C / 0x9D point
+
+    def reconnect_delays(self) -> tuple[float, float]:
+        """(first, largest) reconnect delay in seconds as paho's backoff takes them: fractions
+        kept (its wait is float arithmetic and ``time.sleep``, though annotated ``int``), at
+        least 0.05 s (0 would reconnect in a busy loop), the largest at least the first."""
+        lo = max(self.reconnect_delay_min, MIN_RECONNECT_DELAY)
+        return lo, max(self.reconnect_delay_max, lo)
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -68,8 +77,8 @@ def _parse_float(name: str, value: str, lo: float) -> float:
         x = float(value.strip())
     except ValueError:
         raise UsageError(f"{name} must be a number, got {value!r}") from None
-    if not x >= lo:
-        raise UsageError(f"{name} must be >= {lo}, got {value!r}")
+    if not lo <= x < math.inf:  # NaN and inf too: no setting waits forever (or overflows int)
+        raise UsageError(f"{name} must be a finite number >= {lo}, got {value!r}")
     return x
 
 
@@ -273,9 +282,12 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                        " ``unsubscribe`` string."),
     "autoreconnect": ("AutoReconnect", "Reconnect after a lost connection (with backoff between"
                       " ``ReconnectDelayMin`` and ``ReconnectDelayMax``) and resume the session."),
-    "reconnectdelaymin": ("ReconnectDelayMin", "Seconds before the first reconnect attempt."),
+    "reconnectdelaymin": ("ReconnectDelayMin", "Seconds before the first reconnect attempt: a"
+                          " finite number, fractions honoured (e.g. ``0.5``); below 0.05 counts"
+                          " as 0.05."),
     "reconnectdelaymax": ("ReconnectDelayMax", "Seconds between attempts at most (the delay"
-                          " doubles up to it)."),
+                          " doubles up to it): a finite number, fractions honoured; below"
+                          " ``ReconnectDelayMin`` counts as ``ReconnectDelayMin``."),
     "maxinflight": ("MaxInflight", "Outgoing QoS 1/2 messages sent and not yet acknowledged at"
                     " most (also bounded by the broker's MQTT 5 Receive Maximum)."),
     "republishonsessionlost": ("RepublishOnSessionLost", "When the broker lost the session,"

@@ -17,7 +17,7 @@ from . import codec
 from ._config import CONFIG, ClientSettings
 from .driver import ConnectParams, Driver
 from .durability import since_boot
-from .properties import pack_properties
+from .properties import publish_properties
 from .engine import Action, EngineSettings
 from .errors import UsageError
 from .options import DEFAULT_WS_PATH, check_transport, check_ws_headers, check_ws_path
@@ -35,7 +35,8 @@ from .events import (
     SubscribedEvent,
     UnsubscribedEvent,
 )
-from .state import Accepted, validate_filter, validate_qos, validate_topic
+from .state import Accepted, validate_filter, validate_qos
+from .validation import validate_publish_topic
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -79,7 +80,7 @@ def _message(c: Client, topic: str, qos: int, data: object,
              properties: Properties | None) -> tuple[bytes, bytes]:
     """A message's payload and packed properties, its topic and QoS checked
     (``UsageError``; properties need ``c`` to speak MQTT 5)."""
-    validate_topic(topic)
+    validate_publish_topic(topic)
     validate_qos(qos)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise UsageError(f"data must be bytes, got {type(data).__name__}")
@@ -87,7 +88,7 @@ def _message(c: Client, topic: str, qos: int, data: object,
     if properties is not None:
         if c.protocol_version != 5:
             raise UsageError("properties need MQTT 5 (protocol_version=5)")
-        props = pack_properties(properties)
+        props = publish_properties(properties)
     return bytes(data), props
 
 

@@ -3,15 +3,25 @@ CONNECT / DISCONNECT properties the session sets (Session Expiry Interval, Recei
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .errors import UsageError
+from .validation import check_sendable_text
+
 __all__ = [
     "connect_properties", "disconnect_properties", "expiry_properties", "pack_properties",
-    "server_reference", "unpack_properties",
+    "publish_properties", "server_reference", "unpack_properties",
 ]
+
+# PUBLISH properties a client may not put in a message the session stores and resends:
+# Subscription Identifier [MQTT-3.3.4-6]; a Topic Alias names a mapping of one connection
+# [MQTT-3.3.2-7] and must not exceed that connection's Topic Alias Maximum [MQTT-3.3.2-9]
+_NOT_STORABLE: Final = {"SubscriptionIdentifier": "a client must not send it [MQTT-3.3.4-6]",
+                        "TopicAlias": "an alias holds for one connection only [MQTT-3.3.2-7],"
+                                      " and a stored message is resent on later ones"}
 
 
 def pack_properties(props: Properties | None) -> bytes:
@@ -20,6 +30,42 @@ def pack_properties(props: Properties | None) -> bytes:
         return b""
     packed = props.pack()  # type: ignore[no-untyped-call]
     return b"" if packed == b"\x00" else bytes(packed)
+
+
+def publish_properties(props: object) -> bytes:
+    """The packed properties of a message to publish: paho ``Properties`` made for PUBLISH,
+    without what a stored message cannot carry (``UsageError``)."""
+    if not isinstance(props, Properties):
+        raise UsageError(f"properties must be paho Properties, got {type(props).__name__}")
+    if props.packetType != PacketTypes.PUBLISH:
+        kind = PacketTypes.Names[props.packetType] if props.packetType in range(
+            len(PacketTypes.Names)) else props.packetType
+        raise UsageError(f"properties are for {kind}, not PUBLISH: make them with"
+                         " Properties(PacketTypes.PUBLISH)")
+    for name, why in _NOT_STORABLE.items():
+        if hasattr(props, name):
+            raise UsageError(f"a message to publish must not carry a {name}: {why}")
+    _check_strings(props)
+    try:
+        return pack_properties(props)
+    except Exception as exc:  # a value paho cannot pack (set past its checks)
+        raise UsageError(f"properties cannot be packed: {exc}") from None
+
+
+def _check_strings(props: Properties) -> None:
+    """The UTF-8 strings of PUBLISH properties as a broker takes them (mosquitto drops the
+    connection over a control character); a Response Topic without wildcards [MQTT-3.3.2-14]."""
+    for name in ("ContentType", "ResponseTopic"):
+        if hasattr(props, name):
+            check_sendable_text(name, getattr(props, name))
+    topic = getattr(props, "ResponseTopic", None)
+    if isinstance(topic, str) and ("+" in topic or "#" in topic):
+        raise UsageError(f"ResponseTopic {topic!r} must not contain wildcards")
+    for pair in getattr(props, "UserProperty", ()):
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise UsageError(f"a UserProperty must be a (name, value) pair, got {pair!r:.60}")
+        for text in pair:
+            check_sendable_text("UserProperty", text)
 
 
 def unpack_properties(data: bytes, packet_type: int = PacketTypes.PUBLISH) -> Properties | None:

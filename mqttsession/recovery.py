@@ -216,19 +216,25 @@ def _header(payload: bytes) -> tuple[int, str, str] | None:
 
 
 def _read_file(path: str) -> bytes | None:
-    """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``."""
+    """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``, or
+    for anything but a regular file (a directory, a FIFO: opened without blocking, not read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)  # a FIFO: no wait for a writer
     except FileNotFoundError:
         return None
     except OSError as exc:
         _refuse_link(path, exc)
         raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
-    with open(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):  # before open(): a directory is IsADirectoryError there
+        os.close(fd)
+        raise StateError(f"{path} is not a regular file; not read")
+    with open(fd, "rb") as f:
         size = st.st_size
-        if not stat.S_ISREG(st.st_mode):
-            raise StateError(f"{path} is not a regular file; not read")
         if size > MAX_STATE_BYTES:
             raise StateError(f"{path} is {size} bytes, larger than the {MAX_STATE_BYTES} bytes a"
                              " state file may be; not read")

@@ -4,17 +4,24 @@ the size of the PUBLISH a message makes. Pure; errors are ``UsageError``."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Final, Iterable
 
 from .errors import TransitionError, UsageError
 from .records import MAX_EXPIRY
 
-__all__ = ["MAX_REMAINING_LENGTH", "check_expiry", "check_text", "check_time", "MAX_TOPIC_BYTES", "publish_packet_size", "validate_filter",
-           "validate_qos", "validate_topic"]
+__all__ = ["MAX_REMAINING_LENGTH", "check_expiry", "check_text", "check_sendable_text", "check_time", "MAX_TOPIC_BYTES", "publish_packet_size", "validate_filter",
+           "validate_publish_topic", "validate_qos", "validate_topic"]
 
 MAX_TOPIC_BYTES: Final = 65535
 
-_GOOD_TOPICS: set[str] = set()  # topic names already found valid (a bounded memo)
+# Control characters and non-characters: a UTF-8 string SHOULD NOT hold them and a server MAY
+# treat them as malformed (MQTT 3.1.1 1.5.3, MQTT 5 1.5.4, no statement id); mosquitto does (it
+# drops the connection), so a stored message holding one would block the outgoing queue for good.
+_UNSENDABLE: Final = re.compile(
+    "[\x01-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000)) + "]")
+_GOOD_TOPICS: set[str] = set()  # topic names found valid and sendable (a bounded memo)
 _GOOD_TOPICS_MAX: Final = 4096
 
 
@@ -42,17 +49,62 @@ def _check_utf8(what: str, text: object) -> bytes:
 
 
 def validate_topic(topic: object) -> str:
-    """A topic name to publish to: non-empty UTF-8, no wildcards [MQTT-3.3.2-2]."""
+    """A topic name as MQTT allows it: non-empty UTF-8, no wildcards [MQTT-3.3.2-2] (what a
+    record or a received message may hold; ``validate_publish_topic`` for a new message)."""
     if type(topic) is str and topic in _GOOD_TOPICS:
         return topic  # the same few topics are published again and again
+    _check_topic(topic)
+    assert isinstance(topic, str)
+    if _sendable(topic):
+        _remember(topic)
+    return topic
+
+
+def validate_publish_topic(topic: object) -> str:
+    """A topic name to publish to: ``validate_topic``'s, and no control character or
+    non-character, which a broker may refuse (MQTT 5 1.5.4; U+0000: [MQTT-1.5.4-2])."""
+    if type(topic) is str and topic in _GOOD_TOPICS:
+        return topic
+    _check_topic(topic)
+    assert isinstance(topic, str)
+    if not _sendable(topic):
+        bad = _UNSENDABLE.search(topic)
+        assert bad is not None
+        raise UsageError(f"topic {topic!r} contains U+{ord(bad.group()):04X}: control characters"
+                         " and non-characters are refused by brokers")
+    _remember(topic)
+    return topic
+
+
+def check_sendable_text(what: str, text: object) -> None:
+    """A UTF-8 string field of a message to publish (a property's): no U+0000
+    [MQTT-1.5.4-2], no control character or non-character (``UsageError``)."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be str, got {type(text).__name__}")
+    bad = _UNSENDABLE.search(text) if "\x00" not in text else None
+    if "\x00" in text or bad is not None:
+        code = ord(bad.group()) if bad is not None else 0
+        raise UsageError(f"{what} {text!r:.60} contains U+{code:04X}: control characters and"
+                         " non-characters are refused by brokers")
+
+
+def _check_topic(topic: object) -> None:
     _check_utf8("topic", topic)
     assert isinstance(topic, str)
     if "+" in topic or "#" in topic:
-        raise UsageError(f"topic {topic!r} must not contain wildcards")
+        raise UsageError(f"topic {topic!r} must not contain wildcards")  # [MQTT-3.3.2-2]
+
+
+def _sendable(topic: str) -> bool:
+    """No control character or non-character: ``isprintable`` (C speed) is false for every
+    one of them (categories Cc, Cn), so only a topic it refuses is searched."""
+    return topic.isprintable() or _UNSENDABLE.search(topic) is None
+
+
+def _remember(topic: str) -> None:
     if len(_GOOD_TOPICS) >= _GOOD_TOPICS_MAX:
         _GOOD_TOPICS.clear()
     _GOOD_TOPICS.add(topic)
-    return topic
 
 
 def validate_filter(topic_filter: object) -> str:

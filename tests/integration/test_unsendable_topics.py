@@ -1,0 +1,70 @@
+"""What ``validate_publish_topic`` refuses is what mosquitto refuses (defect D2): a PUBLISH whose
+topic holds a control character or a non-character costs the connection, one with a character
+next to them goes through; the session refuses the first kind up front, so the messages after
+it still flow."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+import mqttsession
+from mqttsession import UsageError
+from mqttsession.validation import validate_publish_topic
+
+try:  # tests/integration may or may not be a package
+    from ._procs import EventLog, unique
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from _procs import EventLog, unique  # type: ignore[no-redef]
+
+REFUSED = ["\x01", "\x7f", "\x85", "\ufdd0", "\ufffe", "\U0010ffff"]
+TAKEN = ["\ufeff", "\u00a0", "\ufdf0", "\U0001f600"]
+
+
+def _broker_takes(mosquitto: Any, topic: str) -> bool:
+    """Whether mosquitto acknowledges a QoS 1 PUBLISH to ``topic`` (raw paho, no checks)."""
+    acked, lost = threading.Event(), threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("raw"))
+    c.on_publish = lambda *a: acked.set()
+    c.on_disconnect = lambda *a: lost.set()
+    c.connect(mosquitto.host, mosquitto.port)
+    c.loop_start()
+    try:
+        c.publish(topic, b"x", 1)
+        for _ in range(50):
+            if acked.wait(0.1) or lost.is_set():
+                break
+        return acked.is_set()
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+@pytest.mark.parametrize("char", REFUSED + TAKEN, ids=lambda ch: f"U+{ord(ch):04X}")
+def test_the_session_refuses_what_mosquitto_refuses(mosquitto: Any, char: str) -> None:
+    topic = f"mqs/{unique('odd')}/{char}"
+    try:
+        validate_publish_topic(topic)
+        refused = False
+    except UsageError:
+        refused = True
+    assert refused == (not _broker_takes(mosquitto, topic))
+    assert refused == (char in REFUSED)
+
+
+def test_a_refused_topic_leaves_the_queue_flowing(mosquitto: Any) -> None:
+    c = mqttsession.Client(client_id=unique("gw"), clean_session=False)
+    log = EventLog(c)
+    try:
+        c.connect(mosquitto.host, mosquitto.port)
+        with pytest.raises(UsageError):
+            c.publish_data("mqs/t/\x7f", 1, b"poison")
+        c.publish_data(f"mqs/{unique('t')}", 1, b"good")
+        assert c.flush(10)
+        assert not log.of("on_disconnected")
+    finally:
+        c.close()
