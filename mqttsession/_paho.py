@@ -40,10 +40,11 @@ CLEAN_START_FIRST_ONLY: Final = mqtt.MQTT_CLEAN_START_FIRST_ONLY
 
 log = logging.getLogger(__name__)
 
-_SESSION_PACKETS: Final = frozenset({
-    PacketType.PUBLISH, PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
-    PacketType.PUBCOMP, PacketType.SUBACK, PacketType.UNSUBACK,
-})
+_SESSION_PACKETS: Final = frozenset({PacketType.PUBLISH, PacketType.PUBACK, PacketType.PUBREC,
+                                     PacketType.PUBREL, PacketType.PUBCOMP, PacketType.SUBACK,
+                                     PacketType.UNSUBACK})
+_PAHO_PACKETS: Final = frozenset({PacketType.PINGREQ, PacketType.PINGRESP, PacketType.DISCONNECT,
+                                  PacketType.AUTH})  # paho's to handle; any other: a violation
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _Held = tuple[int, bytes, int, int]  # a packet held back: kind, bytes, packet id, QoS
@@ -83,14 +84,8 @@ def _joinable(p: Any) -> bool:
 class PahoConnection(mqtt.Client):
     """paho's Client with the session moved out to ``hooks``."""
 
-    def __init__(
-        self,
-        hooks: Hooks,
-        client_id: str,
-        protocol_version: int,
-        clean_session: bool,
-        transport: str = "tcp",
-    ) -> None:
+    def __init__(self, hooks: Hooks, client_id: str, protocol_version: int,
+                 clean_session: bool, transport: str = "tcp") -> None:
         proto = MQTTProtocolVersion.MQTTv5 if protocol_version == 5 else MQTTProtocolVersion.MQTTv311
         super().__init__(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -421,14 +416,8 @@ class PahoConnection(mqtt.Client):
         return super()._send_connect(keepalive)  # noqa: SLF001
 
     def _violation(self, code: int, what: str) -> MQTTErrorCode:
-        """The broker broke the protocol: close the connection (MQTT 5: a DISCONNECT with
-        ``code`` first [MQTT-4.13.1-1]), report it, and leave the session as it was."""
-        sock = self._sock  # noqa: SLF001
-        if self._level == 5 and sock is not None:
-            try:
-                sock.send(_wire.encode_disconnect(code, protocol=5))
-            except OSError:
-                pass
+        """The broker broke the protocol: close the connection, report it, and leave the
+        session as it was (``_hook_failed``)."""
         self._hook_failed(ProtocolViolation(code, what), "a protocol violation by the broker")
         return _DROP
 
@@ -619,6 +608,8 @@ class PahoConnection(mqtt.Client):
                                          " not an MQTT broker there?")
         try:
             if kind != PacketType.CONNACK and kind not in _SESSION_PACKETS:
+                if kind not in _PAHO_PACKETS:  # (paho would drop it unreported)
+                    return self._violation(0x82, f"a packet of type {kind} from a broker")
                 return self._paho_handle(first, body)  # PINGRESP, DISCONNECT, AUTH
             p = _wire.decode(first, body, self._level)
         except MalformedPacket as exc:
@@ -691,8 +682,15 @@ class PahoConnection(mqtt.Client):
             return _DROP
 
     def _hook_failed(self, exc: Exception, context: str) -> None:
-        """Report a failed hook; the caller drops the connection without the dependent ack."""
+        """Report a failed hook; the caller drops the connection without the dependent ack
+        (a ``ProtocolViolation``: on MQTT 5 after a DISCONNECT with its code [MQTT-4.13.1-1])."""
         log.debug("session hook failed: %s", context, exc_info=True)
+        sock = self._sock  # noqa: SLF001
+        if isinstance(exc, ProtocolViolation) and self._level == 5 and sock is not None:
+            try:
+                sock.send(_wire.encode_disconnect(exc.code, protocol=5))
+            except OSError:
+                pass
         try:
             self.hooks._hook_failure(exc, context)
         except Exception:  # pragma: no cover - reporting must not kill the thread either

@@ -299,6 +299,28 @@ def parse_properties(data: bytes) -> tuple[Property, ...]:
     return props
 
 
+# MQTT 5 PUBLISH properties (3.3.2.3), and those of them that may come more than once
+_PUBLISH_PROPS: Final = frozenset({0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x23, 0x26})
+_REPEATABLE: Final = frozenset({0x0B, 0x26})
+
+
+def received_publish_fault(topic: str, props: bytes) -> tuple[int, str] | None:
+    """What is wrong with an MQTT 5 PUBLISH a client received (its topic and packed properties;
+    a reason code and words, None: nothing), for a client that sets no Topic Alias Maximum."""
+    seen: set[int] = set()
+    for prop_id, _value in parse_properties(props) if len(props) > 1 else ():
+        if prop_id == 0x23:  # [MQTT-3.1.2-27] the client allowed none (Topic Alias Maximum 0)
+            return 0x94, "a Topic Alias, though this client allows none [MQTT-3.1.2-27]"
+        if prop_id not in _PUBLISH_PROPS:
+            return 0x82, f"property 0x{prop_id:02x}, which a PUBLISH cannot carry"
+        if prop_id in seen and prop_id not in _REPEATABLE:  # (2.2.2.2: a Protocol Error)
+            return 0x82, f"property 0x{prop_id:02x} twice"
+        seen.add(prop_id)
+    if not topic:  # [MQTT-4.7.3-1], with no Topic Alias to stand for it
+        return 0x82, "an empty topic name and no Topic Alias [MQTT-4.7.3-1]"
+    return None
+
+
 class _Reader:
     """Reads the fields of one packet body; MalformedPacket for anything past its end."""
 

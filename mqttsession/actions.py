@@ -81,6 +81,8 @@ class ConnState(enum.Enum):
 class EngineSettings:
     """The settings the engine reads (the Client's ``config()`` writes them)."""
 
+    receive_maximum: int = 0  # MQTT 5: incoming QoS 1/2 flows the CONNECT let the broker
+    # leave open (0: not checked)
     max_inflight: int = 20  # mosquitto's default max_inflight_messages: beyond it a 3.1.1
     # broker may discard a QoS 1 message yet PUBACK it (3.1.1 PUBACK has no reason code)
     republish_interval: float = 0.0  # MQTT 3.1.1: resend unacknowledged messages after this

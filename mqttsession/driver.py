@@ -161,6 +161,7 @@ class Driver(Durability):
         st = self.engine.state
         try:
             if st.protocol_version == 5:
+                self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
                 # a persistent session always asks with Clean Start 0, also when the client's
                 # clock says it expired: a clock that jumped must not destroy a session the
                 # broker may still hold; SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]

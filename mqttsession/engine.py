@@ -38,8 +38,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, Sequence
 
-from ._wire import Packet, PacketType
-from .errors import MQTTSessionError, StateError, TransitionError, UsageError
+from ._wire import Packet, PacketType, received_publish_fault
+from .errors import MQTTSessionError, ProtocolViolation, StateError, TransitionError, UsageError
 from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist, Write
 from .outgoing import Outgoing, QueueSource
 from .subscriptions import SUBSCRIBE_TRIES
@@ -459,8 +459,17 @@ class Engine(Outgoing):
         pid, qos = p.packet_id or 0, p.qos
         props = b"" if p.properties == b"\x00" else p.properties
         topic = p.topic or ""
+        if self.v5 and (props or not topic):
+            fault = received_publish_fault(topic, props)
+            if fault is not None:  # nothing delivered, stored or acknowledged
+                raise ProtocolViolation(fault[0], f"a PUBLISH with {fault[1]}")
         if qos == 0:
             return [Deliver(MessageEvent(-1, topic, 0, p.payload, p.retain, p.dup, props))]
+        limit = self.settings.receive_maximum
+        if (limit and self.v5 and len(self._owed) + len(self.state.incoming) >= limit
+                and (qos == 1 or pid not in self.state.incoming)):  # (a resent QoS 2: no new flow)
+            # [MQTT-3.3.4-9]: the broker opened a flow beyond the CONNECT's Receive Maximum
+            raise ProtocolViolation(0x93, f"a PUBLISH beyond the Receive Maximum {limit}")
         if qos == 1:
             event = MessageEvent(pid, topic, 1, p.payload, p.retain, p.dup, props)
             self._owed.append(_Owed(event))  # PUBACK after delivery, at ack()
@@ -483,6 +492,8 @@ class Engine(Outgoing):
         return out
 
     def _pubrel(self, pid: int) -> list[Action]:
+        if not pid:  # [MQTT-2.2.1-3] (its PUBCOMP would name no flow)
+            raise ProtocolViolation(0x81, "a PUBREL with packet id 0")
         held = self._held.get(pid)
         if held is not None:
             held.pubcomp_due = True  # handed out before, not acknowledged: PUBCOMP at ack()

@@ -8,8 +8,10 @@
   its connection goes out again; one a broker answers by closing the connection (RabbitMQ 3.x)
   counts as refused after three closes in a row, so no reconnect loop follows.
 * A protocol violation (a second CONNACK, a PUBLISH with QoS bits 11, SessionPresent=1 answering
-  Clean Start 1) closes the connection (MQTT 5: DISCONNECT 0x81 / 0x82 first), is reported
-  through ``on_error`` and changes nothing in the session.
+  Clean Start 1, an MQTT 5 PUBLISH with a Topic Alias or a property twice, a flow beyond the
+  Receive Maximum, a packet type no broker sends, a PUBREL with packet id 0) closes the
+  connection (MQTT 5: DISCONNECT with its reason code first), is reported through
+  ``on_error`` and changes nothing in the session.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 
 import mqttsession
-from mqttsession import ConnectError
+from mqttsession import ConnectError, _wire
 from mqttsession.errors import UsageError
 from mqttsession.testing.fake_broker import FakeBroker
 
@@ -223,6 +225,85 @@ def test_publish_with_qos_bits_11_is_refused(fake: FakeBroker, protocol: int) ->
         assert log.of("on_message_in") == []
         if protocol == 5:
             assert _disconnect_codes(fake) == [0x81]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+@pytest.mark.parametrize("topic,props,code,words", [
+    ("", [(0x23, 1)], 0x94, "Topic Alias"),  # [MQTT-3.1.2-27]: the client allows none
+    ("t/in", [(0x23, 1)], 0x94, "Topic Alias"),
+    ("t/in", [(0x02, 60), (0x02, 60)], 0x82, "twice"),  # 2.2.2.2
+    ("t/in", [(0x11, 60)], 0x82, "cannot carry"),  # Session Expiry Interval: CONNECT's
+], ids=["alias-for-topic", "alias-beside-topic", "property-twice", "connect-property"])
+def test_mqtt5_publish_a_client_must_refuse(fake: FakeBroker, qos: int, topic: str,
+                                            props: list[tuple[int, int]], code: int,
+                                            words: str) -> None:
+    """Before: the QoS 0 and 1 ones were delivered (with an empty topic for an alias) and
+    PUBACKed, the rest passed silently."""
+    c = _client(5)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        fake.send_raw(_wire.encode_publish(topic, b"bad", qos=qos, packet_id=7 if qos else None,
+                                           protocol=5, properties=props))
+        errors = log.wait("on_error")
+        assert errors[0].error_code == code and words in errors[0].description
+        assert _disconnect_codes(fake) == [code]
+        fake.wait_connections(2)
+        assert log.of("on_message_in") == [] and c.incoming_messages == ()
+        assert not fake.packets("PUBACK") and not fake.packets("PUBREC")
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_flows_beyond_the_receive_maximum_are_refused(fake: FakeBroker, qos: int) -> None:
+    """MQTT 5: the CONNECT's Receive Maximum (5 here) bounds the QoS 1/2 flows the broker may
+    leave open [MQTT-3.3.4-9]; the sixth is DISCONNECT 0x93 (before: every one was taken)."""
+    c = _client(5)
+    c.config("ReceiveMaximum=5")
+    c.config("ManualAck=True")  # none acknowledged: five flows stay open
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        for pid in range(1, 6):
+            fake.send_raw(_wire.encode_publish("t/in", b"%d" % pid, qos=qos, packet_id=pid,
+                                               protocol=5))
+        if qos == 1:
+            log.wait("on_message_in", 5)
+        else:  # (delivered on PUBREL)
+            fake.wait_for("PUBREC", 5)
+        fake.send_raw(_wire.encode_publish("t/in", b"6", qos=qos, packet_id=6, protocol=5))
+        errors = log.wait("on_error")
+        assert errors[0].error_code == 0x93 and "Receive Maximum 5" in errors[0].description
+        assert _disconnect_codes(fake) == [0x93]
+        taken = [b"1", b"2", b"3", b"4", b"5"]
+        assert [e.message for e in log.of("on_message_in")] == (taken if qos == 1 else [])
+        assert len(fake.packets("PUBREC")) == (0 if qos == 1 else 5)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("packet", [b"\x00\x00", _wire.encode_subscribe(1, [("t", 0)]),
+                                    b"\x62\x02\x00\x00"],
+                         ids=["reserved-type-0", "subscribe", "pubrel-id-0"])
+@PROTOCOLS
+def test_a_packet_no_broker_may_send_is_reported(fake: FakeBroker, protocol: int,
+                                                 packet: bytes) -> None:
+    """Before: paho dropped the connection with no ``on_error`` (a reserved type, a
+    SUBSCRIBE), or a PUBREL with packet id 0 was answered with PUBCOMP 0."""
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port)
+        fake.send_raw(packet)
+        errors = log.wait("on_error")
+        assert errors[0].error_code in (0x81, 0x82)
+        fake.wait_connections(2)
+        assert not fake.packets("PUBCOMP")
+        if protocol == 5:
+            assert _disconnect_codes(fake) == [errors[0].error_code]
     finally:
         c.close()
 

@@ -454,3 +454,17 @@ def test_module_is_pure() -> None:
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
     assert imported <= {"__future__", "struct", "collections", "dataclasses", "enum", "typing"}
+
+
+def test_received_publish_fault() -> None:
+    """What an MQTT 5 client refuses in a PUBLISH it receives (it sets no Topic Alias Maximum)."""
+    from mqttsession._wire import pack_properties, received_publish_fault
+
+    assert received_publish_fault("t", b"") is None
+    assert received_publish_fault("t", b"\x00") is None
+    repeatable = pack_properties([(0x26, ("a", "1")), (0x26, ("a", "2")), (0x0B, 1), (0x0B, 2)])
+    assert received_publish_fault("t", repeatable) is None
+    assert received_publish_fault("", b"")[0] == 0x82  # type: ignore[index]
+    assert received_publish_fault("", pack_properties([(0x23, 3)]))[0] == 0x94  # type: ignore[index]
+    assert received_publish_fault("t", pack_properties([(0x02, 5), (0x02, 6)]))[0] == 0x82  # type: ignore[index]
+    assert received_publish_fault("t", pack_properties([(0x21, 5)]))[0] == 0x82  # type: ignore[index]
