@@ -308,9 +308,10 @@ class Client:
 
     @property
     def outgoing_messages(self) -> tuple[Message, ...]:
-        """QoS>0 messages accepted by publish_* and not fully acknowledged, in publish order."""
+        """QoS>0 messages accepted by publish_* and not fully acknowledged, in publish order
+        (the disk queue's read from it, packet id 0: ``queue_stats()`` counts without reading)."""
         with self._lock:
-            return tuple(Message.outgoing(m) for m in self._engine.state.outgoing.values())
+            return tuple(map(Message.outgoing, self._file.outgoing(self._engine.state)))
 
     # ================================================================== config
 
@@ -397,7 +398,8 @@ class Client:
 
     def publish_data(self, topic: str, qos: int, data: bytes, *, retain: bool | None = None,
                      properties: Properties | None = None) -> int:
-        """Publish bytes; returns the packet id (0 for QoS 0, or while all ids are taken).
+        """Publish bytes; returns the packet id (0 for QoS 0, while all ids are taken, or
+        while it waits in the disk queue).
 
         QoS 1/2 messages are part of the session before this returns (durable with a
         SessionStateFile); while disconnected they wait and go out on connect, in order.

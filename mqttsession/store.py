@@ -393,6 +393,10 @@ class StateFile:
         """Every message in the disk queue (not read back), for ``save_session``'s text."""
         return self.spool.read_all() if self.spool is not None else []
 
+    def outgoing(self, state: SessionState) -> list[OutgoingMessage]:
+        """The outgoing messages held, in publish order: memory's, then the disk queue's."""
+        return [*state.outgoing.values(), *(self.queued_messages() if state.spooled else ())]
+
     def with_queue(self, state: SessionState) -> SessionState:
         """``state`` with the disk queue's messages in ``outgoing`` (a copy; ``state`` itself
         when none wait there): the whole session, as ``save_session``'s text holds it."""

@@ -247,3 +247,24 @@ def test_a_segment_damaged_on_disk_is_reported_kept_and_skipped(
     e.publish_message(topic, 1, _procs.payload(tag, N + 2))
     assert e.queue_stats().messages == 1
     e.close()
+
+
+def test_outgoing_messages_lists_the_disk_queue_too(tmp_path: Path) -> None:
+    """``outgoing_messages`` is every message held, in publish order, the disk queue's with
+    packet id 0 (before: only memory's, so 60 of 80 went unlisted); ``publish_data`` returns 0
+    for one that waits there. Also after a restore."""
+    path = tmp_path / "s"
+    c = _client(path, unique("dq"))
+    c.restore_session("")
+    ids = [c.publish_data("t/x", 1, b"%d" % n) for n in range(80)]
+    assert all(ids[:20]) and ids[20:] == [0] * 60
+    for client in (c, None):
+        if client is None:
+            c.close()
+            client = _client(path, c.client_id)
+            client.restore_session("")
+        held = client.outgoing_messages
+        assert [m.message for m in held] == [b"%d" % n for n in range(80)]
+        assert [m.packet_id for m in held][20:] == [0] * 60
+        assert len(held) == client.queue_stats().messages == 80
+    client.close()
