@@ -113,6 +113,7 @@ class Outgoing:
         self._holding: set[int] = set()  # accepted, record not durable yet: not written
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired = 0
+        self._expiry_scan = float("-inf")  # when a full queue was last searched for expired
         self.now = 0.0  # the MessageClock's time at the latest input (publish, tick, CONNACK)
         self.clock = MessageClock()
         self._tokens = 0.0  # DrainRateLimit: new PUBLISHes that may go now
@@ -428,6 +429,11 @@ class Outgoing:
         count, used = st.held + n, st.held_bytes + size
         if (not max_n or count <= max_n) and (not max_b or used <= max_b):
             return []
+        gone = self._drop_expired()  # expired: never to be sent, so no room of their own
+        if gone:
+            count, used = st.held + n, st.held_bytes + size
+            if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+                return gone
         full = (f"the queue is full ({st.held} messages, {st.held_bytes} bytes;"
                 f" MaxQueuedMessages={max_n}, MaxQueuedBytes={max_b})")
         if s.queue_full_policy != "drop-oldest":
@@ -458,7 +464,21 @@ class Outgoing:
         if (max_n and count > max_n) or (max_b and used > max_b):
             raise QueueFullError(f"{full}, and no message that was never sent can make room:"
                                  " nothing was stored")
-        return out + [a for m in victims for a in self._dropped(m, st.drop(m.seq), "queue-full")]
+        return gone + out + [a for m in victims
+                             for a in self._dropped(m, st.drop(m.seq), "queue-full")]
+
+    def _drop_expired(self) -> list[Action]:
+        """MQTT 5, a full queue: the never-sent messages in memory whose Message Expiry
+        Interval ran out are dropped ("expired"), as sending would (3.3.2.3.3); looked for
+        once a second at most (a queue that stays full is not searched at every publish)."""
+        if not self.v5 or self.now - self._expiry_scan < 1.0:
+            return []
+        self._expiry_scan = self.now
+        st, out = self.state, []
+        for m in [m for m in st.outgoing.values() if m.phase is Phase.QUEUED and m.properties
+                  and self._remaining(m) == 0]:
+            out += self._dropped(m, st.expire(m.seq), "expired")
+        return out
 
     def durable(self, seqs: Sequence[int]) -> list[Action]:
         """Held messages whose records a group commit made durable (in seq order): they may

@@ -157,3 +157,23 @@ def test_drain_rate_limit_paces_new_publishes() -> None:
     assert publishes(e.tick(1.5, 100.5)) == 5
     assert publishes(e.tick(5.0, 104.0)) == 10  # never more than a second's worth at once
     assert publishes(e.publish("t/new", b"x", 1, False)[1]) == 0  # waits its turn
+
+
+@pytest.mark.parametrize("policy", ["reject", "drop-oldest"])
+def test_a_full_queue_of_expired_messages_makes_room_as_expired(policy: str) -> None:
+    """MQTT 5, offline: messages whose Message Expiry Interval ran out are never sent, so a
+    full queue of them takes a new message, reported "expired" (before: ``reject`` raised
+    ``QueueFullError`` and ``drop-oldest`` dropped them as "queue-full")."""
+    from mqttsession import _wire
+
+    e = Engine(EngineSettings(max_queued_messages=3, queue_full_policy=policy),
+               SessionState(client_id="c", clean_session=False, protocol_version=5))
+    expiring = _wire.pack_properties([(0x02, 10)])
+    for n in range(3):
+        e.publish(f"t/{n}", b"old", 1, False, expiring, now=1000.0 + n)
+    _, actions = e.publish("t/new", b"new", 1, False, b"", now=1011.5)  # two ran out (10 s)
+    reasons = [a.event.reason for a in actions if isinstance(a, Notify)
+               and a.name == "on_message_dropped"]
+    assert reasons == ["expired", "expired"]
+    assert [m.topic for m in e.state.outgoing.values()] == ["t/2", "t/new"]
+    assert e.queue_stats(1011.5).expired == 2
