@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
@@ -117,6 +118,20 @@ def _filters(topic_filter: str, delimiter: str) -> list[str]:
     if not isinstance(topic_filter, str):
         raise UsageError(f"topic filter must be str, got {type(topic_filter).__name__}")
     return [validate_filter(f.strip()) for f in topic_filter.split(delimiter)]
+
+
+def _close(c: Client) -> None:
+    """``close()``'s work: what waits written, disconnected, saved, the state file released."""
+    try:
+        failed = c._driver.cancel_sync_timer()  # interval: what waits goes to disk now
+        compacted = c._driver.disconnect() and c._file.owned
+        if c._settings.session_state_file and not compacted:
+            c._driver.save(closing=True)  # (a disconnect's compaction wrote the same)
+        if failed is not None:  # (the disk queue's: a snapshot does not hold it)
+            raise failed
+    finally:
+        with c._lock:
+            c._file.close()
 
 
 def _connect_params(c: Client) -> ConnectParams:
@@ -370,16 +385,10 @@ class Client:
             if self._closed:
                 return
             self._closed = True
-        try:
-            failed = self._driver.cancel_sync_timer()  # interval: what waits goes to disk now
-            compacted = self._driver.disconnect() and self._file.owned
-            if self._settings.session_state_file and not compacted:
-                self._driver.save(closing=True)  # (a disconnect's compaction wrote the same)
-            if failed is not None:  # (the disk queue's: a snapshot does not hold it)
-                raise failed
-        finally:
-            with self._lock:
-                self._file.close()
+        if self._driver.delivering_in == threading.get_ident():  # inside on_message_in:
+            self._driver.close_after = lambda: _close(self)  # after its ack is written
+        else:
+            _close(self)
 
     def close(self) -> None:
         """Disconnect and release the state file, for good (``UsageError`` from any call after

@@ -15,7 +15,6 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any, Callable, Coroutine, Protocol, cast
 
@@ -71,6 +70,8 @@ class Driver(Durability):
         self.engine.spool = cast(QueueSource, weakref.proxy(self.file))
         self.conn: PahoConnection | None = None
         self.delivering: dict[int, Message] = {}  # QoS 1 in on_message_in, auto-acknowledged
+        self.delivering_in: int | None = None  # the thread in on_message_in (auto-ack)
+        self.close_after: Callable[[], None] | None = None  # a close() there: after its ack
         self._connack = threading.Event()
         self._connack_result: tuple[int, str] = (-1, "")
         self._next_tick = 0.0
@@ -464,11 +465,20 @@ class Driver(Durability):
         if e.qos == 1:
             self.delivering[e.packet_id] = Message(e.packet_id, e.topic, 1, e.message,
                                                     e.retained, e.duplicate)
+        self.delivering_in = threading.get_ident()  # a close() in it waits for the ack
         try:
-            self._fire("on_message_in", e)  # delivered BEFORE its ack (at least once)
+            try:
+                self._fire("on_message_in", e)  # delivered BEFORE its ack (at least once)
+            finally:
+                self.delivering.pop(e.packet_id, None)
+            self.ack(e)
         finally:
-            self.delivering.pop(e.packet_id, None)
-        self.ack(e)
+            self.delivering_in, close, self.close_after = None, self.close_after, None
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # (on the network thread: never raised into paho)
+                    self.error(getattr(exc, "errno", None) or -1, f"close(): {exc}")
 
     def incoming_messages(self) -> tuple[Message, ...]:
         """``Client.incoming_messages``: the QoS 1 messages in ``on_message_in`` now, those
@@ -479,26 +489,6 @@ class Driver(Durability):
             st = self.engine.state
             held = [Message.incoming(m) for m in [*st.incoming.values(), *st.orphans]]
             return tuple(list(self.delivering.values()) + owed + held)
-
-    def ack_many(self, messages: Sequence[MessageEvent]) -> None:
-        """``ack`` each; on a connection an asyncio loop drives, as one batch: the removals'
-        records written at once, one fsync for them all off the loop, then the PUBCOMPs."""
-        conn = self.conn
-        if conn is None or self.pump is None or len(messages) == 0:
-            for m in messages:
-                self.ack(m)
-            return
-        conn.as_batch(lambda: self._ack_each(messages))
-
-    def _ack_each(self, messages: Sequence[MessageEvent]) -> None:
-        errors: list[Exception] = []
-        for m in messages:  # one failure does not keep the others back
-            try:
-                self.ack(m)
-            except Exception as exc:  # noqa: BLE001 - raised below
-                errors.append(exc)
-        if errors:
-            raise errors[0]
 
     def do(self, step: Callable[[], list[Action]]) -> None:
         """One engine input and its actions."""

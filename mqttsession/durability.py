@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Callable, Final, Protocol
 
@@ -136,6 +137,26 @@ class Durability:
         if failed is not None:
             raise failed
         return acked
+
+    def ack_many(self, messages: Sequence[MessageEvent]) -> None:
+        """``ack`` each; on a connection an asyncio loop drives, as one batch: the removals'
+        records written at once, one fsync for them all off the loop, then the PUBCOMPs."""
+        conn = self.conn
+        if conn is None or self.pump is None or len(messages) == 0:
+            for m in messages:
+                self.ack(m)
+            return
+        conn.as_batch(lambda: self._ack_each(messages))
+
+    def _ack_each(self, messages: Sequence[MessageEvent]) -> None:
+        errors: list[Exception] = []
+        for m in messages:  # one failure does not keep the others back
+            try:
+                self.ack(m)
+            except Exception as exc:  # noqa: BLE001 - raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def group_commit(self) -> bool:
         """Whether a publish may wait for its sync outside the lock (SessionSync=always with

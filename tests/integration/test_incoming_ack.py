@@ -382,3 +382,47 @@ def test_mesh_session_acks_what_the_application_took(
         assert got == [b"m4", b"m5"]  # the broker kept them
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_close_inside_on_message_in_still_writes_its_removal(tmp_path: Path, qos: int) -> None:
+    """``close()`` called in ``on_message_in`` (automatic ack) releases the state file only
+    after that message's acknowledgement: its removal is written and a restart does not
+    deliver it again (before: the file was released first, the removal never written, and
+    the QoS 2 message came again after the restart, with no kill and no ``on_error``)."""
+    from mqttsession import _wire
+    from mqttsession.testing.fake_broker import FakeBroker
+
+    fake = FakeBroker()
+    path = tmp_path / "s"
+    got: list[bytes] = []
+    errors: list[str] = []
+    c = Client(client_id=_uid("cl"), clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+
+    def on_in(e: MessageEvent) -> None:
+        got.append(e.message)
+        c.close()
+
+    c.on_message_in = on_in
+    c.on_error = lambda e: errors.append(e.description)
+    try:
+        c.connect(fake.host, fake.port, 5)
+        fake.send_raw(_wire.encode_publish("t/a", b"once", qos=qos, packet_id=5))
+        if qos == 2:
+            fake.wait_for("PUBREC")
+            fake.send_raw(_wire.encode_ack(_wire.PacketType.PUBREL, 5))
+        deadline = time.monotonic() + 10
+        while (not got or not fake.packets("DISCONNECT")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == [b"once"] and errors == []
+        assert read_state(str(path)).incoming == {}  # the removal is in the file
+        again = Client(client_id=c.client_id, clean_session=False)
+        again.config(f"SessionStateFile={path}")
+        again.restore_session("")
+        assert again.incoming_messages == ()
+        again.close()
+    finally:
+        c.close()
+        fake.stop()
