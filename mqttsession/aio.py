@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from .client import Client, _connect_params
+from .client import Client, _connect_params, _store_many
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .mesh import new_client
@@ -367,8 +367,39 @@ class AsyncSession:
 
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:
-        """``Client.publish_many``: all of them in the session with one write and one sync."""
-        return self._check().publish_many(messages)
+        """``Client.publish_many``: all of them in the session with one write and one sync
+        (under ``SessionSync=always`` that fdatasync waits in the executor, not on the loop)."""
+        c = self._check()
+        ids, tokens = _store_many(c, messages, group=True)
+        if tokens:
+            await self._durable(c, tokens)
+        return ids
+
+    async def _durable(self, c: Client, tokens: list[_Token]) -> None:
+        """Held publishes: wait, off the loop, for the fdatasync that covers their records;
+        then each is released to the wire, or taken back and the error raised. Cancelled,
+        each is released or taken back all the same once that sync ends."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Exception | None]] = []
+        for token in tokens:
+            if self._group is not None:  # an AsyncGateway's session
+                futs.append(self._group.wait_held(c._driver, token))
+            else:
+                futs.append(loop.create_future())
+                self._awaiting_sync.append((token, futs[-1]))
+        if self._group is None and not self._syncing:
+            self._syncing = True
+            loop.call_soon(self._sync_awaiting)
+        try:
+            errs = await asyncio.gather(*futs)
+        except asyncio.CancelledError:  # those that got their error first: taken back here
+            for token, fut in zip(tokens, futs):
+                if fut.done() and not fut.cancelled() and fut.result() is not None:
+                    c._driver.release_quietly(token, fut.result())
+            raise
+        err = next((e for e in errs if e is not None), None)
+        if err is not None:  # all of them taken back (one record: one fate), and raised
+            c._driver.release(tokens[-1], err, batch=tokens)
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""

@@ -120,6 +120,35 @@ def _filters(topic_filter: str, delimiter: str) -> list[str]:
     return [validate_filter(f.strip()) for f in topic_filter.split(delimiter)]
 
 
+def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest],
+                group: bool) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """``publish_many``: all of them stored (persistence point 1). ``group``: under
+    ``SessionSync=always`` their records wait for a group commit's fdatasync, their PUBLISHes
+    held; a token each for ``Driver.wait_durable`` / ``release`` (``AsyncSession``'s)."""
+    items = _messages(c, messages)
+    c._require_open("publish_many")
+    if not items:
+        return [], []
+    d, tokens = c._driver, []
+    try:
+        with c._lock:
+            c._require_open("publish_many")
+            if any(i[2] for i in items):
+                c._file.open(c._engine.state)
+                c._file.compact_before_publish(c._engine.state)
+            group = group and d.group_commit()
+            ids, actions = c._engine.publish_many(items, time.time(), since_boot(), group)
+            accepted = c._engine.accepted_many
+            group = group and bool(accepted) and type(accepted[0]) is Accepted
+            rest = d.run(actions, accepted, deferred=group)  # point 1, all
+            if group:  # (one Persist: one position, which every token names)
+                tokens = [t for r in accepted if (t := d.hold(r.message.seq)) is not None]
+    finally:
+        d.finish_stashed()
+    d.finish(rest)
+    return ids, tokens
+
+
 def _close(c: Client) -> None:
     """``close()``'s work: what waits written, disconnected, saved, the state file released."""
     try:
@@ -492,22 +521,7 @@ class Client:
         any is stored (``UsageError``; ``QueueFullError`` when the limits leave no room for
         all of them; ``PersistenceError`` when the record cannot be written).
         """
-        items = _messages(self, messages)
-        self._require_open("publish_many")
-        if not items:
-            return []
-        try:
-            with self._lock:
-                self._require_open("publish_many")
-                if any(i[2] for i in items):
-                    self._file.open(self._engine.state)
-                    self._file.compact_before_publish(self._engine.state)
-                ids, actions = self._engine.publish_many(items, time.time(), since_boot())
-                rest = self._driver.run(actions, self._engine.accepted_many)  # point 1, all
-        finally:
-            self._driver.finish_stashed()
-        self._driver.finish(rest)
-        return ids
+        return _store_many(self, messages, group=False)[0]
 
     def queue_stats(self) -> QueueStats:
         """The outgoing QoS 1/2 messages held: how many, their bytes, the oldest's age, and

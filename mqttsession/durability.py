@@ -212,9 +212,12 @@ class Durability:
             return exc
         return None
 
-    def release(self, token: tuple[int, int, int], err: Exception | None) -> None:
+    def release(self, token: tuple[int, int, int], err: Exception | None,
+                batch: Sequence[tuple[int, int, int]] = ()) -> None:
         """After ``wait_durable``: the durable held messages are written, in order (by
-        whichever publisher gets here first); a failed one is withdrawn and ``err`` raised."""
+        whichever publisher gets here first); a failed one is withdrawn and ``err`` raised.
+        ``batch``: ``publish_many``'s tokens (``token`` the last; one record, one fate),
+        withdrawn together before the file is rewritten: all or none stay."""
         with self.lock:
             j = self.file.journal
             if err is not None and j is not None and token in self._awaiting \
@@ -225,16 +228,16 @@ class Durability:
                 # back, it would come back after a restart though the publisher was told it
                 # failed (a duplicate once published again)
                 err = None
-            if err is not None:
-                try:
-                    self._awaiting.remove(token)
-                except ValueError:  # pragma: no cover - released by a sync that covered it
-                    err = None
-                else:
-                    self.engine.withdraw(token[0])
-                    # its record may reach the disk yet (written, its sync interrupted; or
-                    # cut, in a snapshot rewritten since): the file is rewritten without it
-                    self.file.rewrite(self.engine.state)
+            gone = [t for t in batch or (token,) if t in self._awaiting]
+            if err is not None and not gone:  # pragma: no cover - released by a sync that
+                err = None  # covered it
+            elif err is not None:
+                for t in reversed(gone):
+                    self._awaiting.remove(t)
+                    self.engine.withdraw(t[0])
+                # its record may reach the disk yet (written, its sync interrupted; or cut,
+                # in a snapshot rewritten since): the file is rewritten without it
+                self.file.rewrite(self.engine.state)
             # the durable ones behind it go out (a failed one never blocks those after it)
             rest = self._write_durable()
         self.finish(rest)

@@ -367,13 +367,14 @@ class Outgoing:
         return rec.message.packet_id, out
 
     def publish_many(self, items: Sequence[tuple[str, bytes, int, bool, bytes]],
-                     now: float, mono: float | None = None
+                     now: float, mono: float | None = None, hold: bool = False
                      ) -> tuple[list[int], list[Action]]:
         """Several messages (topic, payload, qos, retain, properties; validated by the
         caller) in one step: their records in ONE ``Persist`` (one write, one sync), all in
         memory or all in the disk queue, then their PUBLISHes. All or nothing: too large,
         or no room (``QueueFullError``), raises before anything is stored; a driver whose
-        ``Persist`` fails calls ``retract`` with each of ``self.accepted_many``, last first."""
+        ``Persist`` fails calls ``retract`` with each of ``self.accepted_many``, last first.
+        ``hold``: as ``publish``'s (a group commit), for those kept in memory."""
         for topic, payload, qos, _r, props in items:
             why = self.size_limit(topic, len(payload), qos, len(props))
             if why is not None:
@@ -408,6 +409,8 @@ class Outgoing:
                 rec = st.accept(topic, payload, qos, retain, props, avoid=self.subs.busy(),
                                 accepted_at=at)
                 self._pending.append(rec.message.seq)
+                if hold:  # its PUBLISH waits for ``durable`` (persistence point 1)
+                    self._holding.add(rec.message.seq)
             self.accepted_many.append(rec)
             records.append(rec)
             ids.append(rec.message.packet_id)

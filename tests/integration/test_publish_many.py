@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -162,3 +163,55 @@ def test_the_publishes_of_one_batch_leave_in_one_write_in_order(
     finally:
         counter.close()
         c.close()
+
+
+class _RecordingSyncs:
+    """``journal``'s ``os``: records the thread of each fdatasync; ``fail`` makes the next EIO."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+        self.fail = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        if self.fail:
+            self.fail = False
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        os.fdatasync(fd)
+
+
+def test_asyncio_publish_many_syncs_off_the_loop_and_all_or_nothing(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AsyncSession.publish_many`` under ``always``: its fdatasync runs in the executor, not
+    on the loop's thread (before: on the loop, whatever the README said); a failed one takes
+    every message of the batch back and raises, and the session goes on."""
+    syncs = _RecordingSyncs()
+    tag = unique("amany")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def main() -> None:
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}")
+        async with AsyncSession(opts, client_id=unique("aio"), state_file=str(tmp_path / "a"),
+                                session_sync="always") as s:
+            monkeypatch.setattr(journal_mod, "os", syncs)
+            loop_thread = threading.get_ident()
+            ids = await s.publish_many([(topic, 1, _procs.payload(tag, n)) for n in range(10)])
+            assert len(ids) == 10 and syncs.threads and loop_thread not in syncs.threads
+            await s.flush()
+            syncs.fail = True
+            with pytest.raises(PersistenceError):
+                await s.publish_many([(topic, 2, _procs.payload(tag, n)) for n in range(10, 20)])
+            assert s.client.queue_stats().messages == 0  # every one of them taken back
+            await s.publish_many([(topic, 1, _procs.payload(tag, n)) for n in range(20, 25)])
+            await s.flush()
+
+    try:
+        asyncio.run(main())
+        counter.wait_numbers(tag, [*range(10), *range(20, 25)])
+        assert not [n for n in range(10, 20) if counter.counts(tag).get(n)]
+    finally:
+        counter.close()

@@ -135,8 +135,8 @@ def test_a_publish_once_close_has_begun_is_refused_and_not_found_after_a_restart
     late: list[BaseException | int] = []
     real = Driver.save
 
-    def save(self: Driver) -> str:
-        text = real(self)
+    def save(self: Driver, closing: bool = False) -> str:
+        text = real(self, closing)
         if not late:  # another thread publishing while close() runs
 
             def publish() -> None:
