@@ -22,7 +22,7 @@ from . import codec
 from ._config import ClientSettings, ConnectParams
 from ._paho import PahoConnection
 from .properties import connect_properties, disconnect_properties, server_reference
-from .pump import AsyncioPump
+from .pump import AsyncioPump, off_loop
 from .refusals import describe_connect_error, refusal_message
 from ._wire import Packet, PacketType
 from .engine import (Action, ConnState, Deliver, Engine, EngineSettings, Notify, Persist,
@@ -253,6 +253,7 @@ class Driver(Durability):
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
                                 tick, pacer=pacer, jitter=pacer is not None,
                                 loop_thread=threading.current_thread(), executor=self.executor)
+        self.file.off_loop = lambda job: off_loop(loop, self.executor, job)  # (a retire)
         done = asyncio.Event()
         def waiter() -> None:
             loop.call_soon_threadsafe(done.set)

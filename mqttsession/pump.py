@@ -17,7 +17,7 @@ from .pacing import Pacer, jittered
 if TYPE_CHECKING:
     from ._paho import PahoConnection
 
-__all__ = ["AsyncioPump"]
+__all__ = ["AsyncioPump", "off_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +211,20 @@ class AsyncioPump:
         if self._sock is not None:
             self.loop.remove_reader(self._sock)
             self.loop.remove_writer(self._sock)
+
+
+def off_loop(loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor | None,
+             job: Callable[[], None]) -> None:
+    """Run ``job`` (it reports its own failures) in ``executor`` (None: the loop's default),
+    asked from any thread; dropped once the loop or the executor is closed (a session ending:
+    what it did is done again after a restart)."""
+    def start() -> None:
+        try:
+            loop.run_in_executor(executor, job)
+        except RuntimeError:  # (the executor shut down)
+            log.debug("a job for after the loop's end was dropped")
+
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:  # (the loop closed)
+        log.debug("a job for after the loop's end was dropped")

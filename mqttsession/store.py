@@ -13,9 +13,10 @@ procedure 1 restores it in ``on_connected``), and never overwrites one: it is ke
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, UsageError
@@ -200,6 +201,8 @@ class StateFile:
         self.shared: SharedLog | None = None
         self.queue_path = ""
         self.deferring = False  # on_connected runs: it may still restore the file's session
+        # a loop's session: where a job that waits for the disk runs (None: in this thread)
+        self.off_loop: Callable[[Callable[[], None]], None] | None = None
 
     def set_path(self, path: str) -> None:
         if self.shared is not None and not path.startswith(self.shared.path + "#"):
@@ -360,7 +363,9 @@ class StateFile:
                 # the same action list, not written yet), once on disk (not when another
                 # thread's failed sync cut it)
                 upto = records[0].spool_next
-                if spool.retirable(upto) and j.fsync():
+                if spool.retirable(upto) and self.off_loop is not None:
+                    self.off_loop(functools.partial(_retire, j, spool, upto, j.appended_at))
+                elif spool.retirable(upto) and j.fsync():
                     spool.retire(upto)
         elif sync:
             j.sync_pending()
@@ -532,6 +537,19 @@ class StateFile:
             self.journal.close()
             self.journal = None
         self._close_spool()
+
+
+def _retire(j: Journal | SessionLog, spool: Spool, upto: int, at: tuple[int, int]) -> None:
+    """Off a loop: the disk queue's segments read back below ``upto`` deleted once the
+    ``Loaded`` record saying so (ending at ``at``) is on disk; a failed sync keeps them (a
+    restart deletes them, the record on disk then)."""
+    try:
+        j.sync_to(*at)
+    except PersistenceError as exc:
+        log.warning("a read-back disk queue segment is kept for now: %s", exc)
+        return
+    if j.is_synced(*at):
+        spool.retire(upto)
 
 
 def attach(state: SessionState, spool: Spool) -> None:

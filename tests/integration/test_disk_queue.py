@@ -268,3 +268,48 @@ def test_outgoing_messages_lists_the_disk_queue_too(tmp_path: Path) -> None:
         assert [m.packet_id for m in held][20:] == [0] * 60
         assert len(held) == client.queue_stats().messages == 80
     client.close()
+
+
+def test_an_asyncio_session_deletes_read_back_segments_off_the_loop(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``AsyncSession`` draining its disk queue deletes each segment read back after the
+    sync of the record saying so, in the executor (before: that fsync, then the deletion, ran
+    on the event loop's thread, once a segment)."""
+    import asyncio
+    import threading
+
+    from mqttsession import AsyncSession, Options
+    from mqttsession.spool import Spool
+
+    path, cid = tmp_path / "s", unique("dqa")
+    c = _client(path, cid)
+    c.restore_session("")
+    for n in range(N):
+        c.publish_data("t/dq", 1, b"%d" % n)
+    c.close()
+    assert len(_segments(path)) >= 5
+    retired_in: list[int] = []
+    real = Spool.retire
+
+    def retire(self: Spool, spool_next: int) -> int:
+        retired_in.append(threading.get_ident())
+        return real(self, spool_next)
+
+    monkeypatch.setattr(Spool, "retire", retire)
+
+    async def main() -> int:
+        s = AsyncSession(Options(address=f"{mosquitto.host}:{mosquitto.port}"), client_id=cid,
+                         state_file=str(path), session_sync="always")
+        s.client.config("QueueInMemory=20")
+        s.client.config("QueueSegmentBytes=4096")
+        async with s:
+            await s.flush()
+            for _ in range(200):  # the last deletions run after the flush, off the loop
+                if len(_segments(path)) <= 2:
+                    break
+                await asyncio.sleep(0.02)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert retired_in and loop_thread not in retired_in
+    assert len(_segments(path)) <= 2
