@@ -16,6 +16,7 @@ future on a loop (``_after_sync``). Timers run in ``loop_misc``. Private accesse
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import threading
@@ -397,11 +398,11 @@ class PahoConnection(mqtt.Client):
             self._after_sync.clear()
         try:
             return super().reconnect()
-        except OSError as exc:
-            if self._was_connected:  # a first connect() raises ConnectError saying why
+        except (OSError, ValueError) as exc:  # ValueError: a host name IDNA refuses; paho's
+            if self._was_connected:  # thread retries an OSError only (a first connect()
                 log.info("reconnecting to %s:%s failed: %s", self._host, self._port,  # noqa: SLF001
-                         describe_connect_error(exc))
-            raise
+                         describe_connect_error(exc))  # raises ConnectError saying why)
+            raise exc if isinstance(exc, OSError) else OSError(errno.EINVAL, str(exc))
 
     def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
         # the Clean Start / CleanSession flag exactly as paho writes it (it may be "first only")

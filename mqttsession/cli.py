@@ -19,6 +19,7 @@ from . import __version__
 from .codec import SavedState, load_state
 from .errors import MQTTSessionError, StateError
 from .options import ENV_PASSWORD, ENV_USERNAME
+from .refusals import describe_connect_error
 
 __all__ = ["main"]
 
@@ -148,7 +149,12 @@ def _demo(args: argparse.Namespace) -> int:
     sub.on_subscribe = lambda *_a: subscribed.set()
     total, crash_at = args.count, args.count // 2
     try:
-        sub.connect(host, port)
+        try:
+            sub.connect(host, port)
+        except (OSError, ValueError) as exc:  # an unreachable or unknown --broker: said so
+            print(f"mqttsession demo: cannot connect to {host}:{port}:"
+                  f" {describe_connect_error(exc)}", file=sys.stderr)
+            return 2
         sub.loop_start()
         sub.subscribe(DEMO_TOPIC, 2)
         if not subscribed.wait(10):
@@ -492,6 +498,12 @@ def _jobs(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 2 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected 2..1000000 messages, got {text!r}")
+    return int(text)
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -535,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="crash a publisher mid-stream, restore it, count deliveries")
     d.add_argument("--broker", type=_split_broker, metavar="HOST:PORT",
                    help="the broker to use (default: start one, see --embedded)")
-    d.add_argument("--count", type=int, default=200, help="messages to send (default 200)")
+    d.add_argument("--count", type=_count, default=200, help="messages to send (default 200)")
     d.add_argument("--embedded", choices=("auto", "mosquitto", "amqtt"), default="auto",
                    help="broker to start when --broker is not given (default auto: mosquitto"
                         " if installed, else amqtt in-process, whose 0.12 releases may deliver a"

@@ -8,6 +8,7 @@ may call back into the client.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 import threading
 import time
@@ -118,6 +119,18 @@ def _filters(topic_filter: str, delimiter: str) -> list[str]:
     if not isinstance(topic_filter, str):
         raise UsageError(f"topic filter must be str, got {type(topic_filter).__name__}")
     return [validate_filter(f.strip()) for f in topic_filter.split(delimiter)]
+
+
+def _target(host: object, port: object, timeout: object) -> tuple[str, int, float]:
+    """``connect()``'s arguments, checked (``UsageError``: a raw TypeError from the socket
+    layer would leave the client half set up)."""
+    if not isinstance(host, str) or not host:
+        raise UsageError(f"host must be a non-empty str, got {host!r}")
+    if type(port) is not int or not 0 < port < 65536:
+        raise UsageError(f"port must be an int 1-65535, got {port!r}")
+    if type(timeout) not in (int, float) or not 0 < timeout < math.inf:  # type: ignore[operator]
+        raise UsageError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return host, port, float(timeout)  # type: ignore[arg-type]
 
 
 def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest],
@@ -400,7 +413,7 @@ class Client:
         then reconnects to the next server in that list, round robin.
         """
         self._require_open("connect")
-        self._driver.connect(host, port, timeout, _connect_params(self))
+        self._driver.connect(*_target(host, port, timeout), _connect_params(self))
 
     def disconnect(self) -> None:
         """A clean DISCONNECT, its time recorded in the session; the state file is compacted."""

@@ -180,3 +180,20 @@ def test_inspect_reads_the_journal_and_says_stdin_is_the_text_alone(tmp_path: Pa
         assert "never sent:       0" in alone.stdout.splitlines(), alone.stdout
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("broker", ["127.0.0.1:1", "nosuchhost.invalid:1883"])
+def test_demo_at_a_broker_it_cannot_reach_says_so_in_one_line(
+        broker: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a raw ConnectionRefusedError / gaierror traceback and exit code 1."""
+    assert main(["demo", "--broker", broker]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mqttsession demo: cannot connect to {broker}") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("count", ["-3", "0", "1", "x"])
+def test_demo_refuses_a_count_it_cannot_run(count: str) -> None:
+    """Before: ``--count -3`` printed "sent -3 ... nothing lost" and exit code 0."""
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--count", count])
+    assert exc.value.code == 2

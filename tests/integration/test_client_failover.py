@@ -155,6 +155,26 @@ def test_async_session_fails_over_by_itself(mosquitto_factory: Any) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("bad", ["broker..example.com", "a" * 70 + ".example"],
+                         ids=["empty-label", "label-over-63"])
+def test_a_host_name_idna_refuses_is_passed_over_by_the_reconnect(mosquitto_factory: Any,
+                                                                    bad: str) -> None:
+    """A FailoverServers host name the IDNA codec refuses (``UnicodeError``, a ValueError)
+    failed that reconnect attempt inside paho's network thread, which it ended: the client
+    never reconnected, with no ``on_error``. It is now a failed attempt like a refusal."""
+    a, b = mosquitto_factory(), mosquitto_factory()
+    c = _client(4, FailoverServers=f"{bad}:1883,{_addr(b)}", ReconnectDelayMin="0.2",
+                ReconnectDelayMax="0.5")
+    try:
+        c.connect(a.host, a.port, timeout=TIMEOUT)
+        a.kill()
+        c.publish_message(f"mqs/{c.client_id}", 1, "after the kill")
+        assert c.flush(3 * TIMEOUT), "never reached the server after the bad name"
+        assert c.config("ConnectedServer") == _addr(b)
+    finally:
+        c.close()
+
+
 class _QoS1Counter(Counter):  # type: ignore[misc,valid-type]
     """``Counter`` subscribed at QoS 1: it counts a message when its PUBLISH arrives. (paho
     hands a QoS 2 delivery over on PUBREL; a broker SIGKILLed between its PUBLISH and its PUBREL

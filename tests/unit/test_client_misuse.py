@@ -173,3 +173,23 @@ def test_an_async_session_names_the_missing_directory(tmp_path: Path) -> None:
                                       state_file=where / "s", connect=False)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("host,port,timeout", [
+    ("localhost", "1883", 5.0), ("localhost", None, 5.0), (None, 1883, 5.0), (123, 1883, 5.0),
+    ("", 1883, 5.0), ("localhost", 0, 5.0), ("localhost", 70000, 5.0), ("localhost", True, 5.0),
+    ("localhost", 1883, "5"), ("localhost", 1883, 0), ("localhost", 1883, -1.0),
+    ("localhost", 1883, float("nan")), ("localhost", 1883, float("inf")),
+])
+def test_connect_with_arguments_of_the_wrong_kind_is_usage_error(host: object, port: object,
+                                                                 timeout: object) -> None:
+    """Before: a raw TypeError from the socket layer (or "no CONNACK within nan s"), and every
+    later ``connect()`` then said "already connected" though it never connected."""
+    c = Client(client_id="args", clean_session=True)
+    try:
+        for _ in range(2):  # and again: nothing was left half set up
+            with pytest.raises(UsageError):
+                c.connect(host, port, timeout)  # type: ignore[arg-type]
+        assert not c.connected
+    finally:
+        c.close()
