@@ -89,6 +89,7 @@ class Driver(Durability):
         self.stashed: list[Action] = []  # callbacks of a run that raised (``finish``)
         self._tries = 0  # network connections tried since the last CONNACK (the log's count)
         self._lost = False  # the last connection was lost, not closed: a reconnect is under way
+        self._connack_within, self._connack_by = 30.0, 0.0  # a reconnect's CONNACK: by then
         self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)
         self._fresh = False  # the next paho reconnect() is connect()'s own: same server
         self._batch_sync = False  # a read batch deferred a sync to its end
@@ -184,9 +185,11 @@ class Driver(Durability):
             raise ConnectError(refusal_message(where, rc, reason, params.tls,
                                                params.tls and bool(params.tls_cert)), rc)
 
-    def _rotation(self, host: str, port: int, params: ConnectParams) -> ServerRotation:
+    def _rotation(self, host: str, port: int, params: ConnectParams, timeout: float
+                  ) -> ServerRotation:
         """connect()'s servers: the one it was given, then FailoverServers (TLS and the
-        credentials apply to each)."""
+        credentials apply to each); ``timeout``: for a CONNACK, also after a reconnect."""
+        self._connack_within = timeout
         servers = [(host, port)]
         if self._settings.failover_servers:
             servers += parse_addresses(self._settings.failover_servers, tls=params.tls,
@@ -206,7 +209,7 @@ class Driver(Durability):
         if self.host is not None:
             self.host.run(self.connect_async(host, port, timeout, params), None)
             return
-        rot = self._rotation(host, port, params)
+        rot = self._rotation(host, port, params, timeout)
         failures: list[tuple[tuple[str, int], ConnectError]] = []
         for target in rot.attempts():
             try:
@@ -232,7 +235,7 @@ class Driver(Durability):
                             params: ConnectParams) -> None:
         """``connect`` for asyncio: the running loop runs the connection (``AsyncioPump``);
         only the TCP connect waits in the loop's default executor."""
-        rot = self._rotation(host, port, params)
+        rot = self._rotation(host, port, params, timeout)
         failures: list[tuple[tuple[str, int], ConnectError]] = []
         for target in rot.attempts():
             try:
@@ -550,6 +553,7 @@ class Driver(Durability):
                 before = rot.current
                 target = rot.next()
                 self.engine.broker = format_address(*target)
+        self._connack_by = time.monotonic() + self._connack_within if self._lost else 0.0
         if self._lost:
             moved = (f"; the last connection was to {format_address(*before)}"
                      if before is not None and target != before else "")
@@ -577,6 +581,7 @@ class Driver(Durability):
                       maximum_packet_size: int | None, server_reference: str | None = None
                       ) -> None:
         redirect = self._follow(rc, server_reference) if rc != 0 else None
+        self._connack_by = 0.0
         if rc == 0:
             with self.lock:
                 if self.servers is not None:
@@ -659,6 +664,10 @@ class Driver(Durability):
     def _hook_tick(self) -> None:
         now = time.monotonic()
         self.net_timer_run(now)
+        if self._connack_by and now > self._connack_by and self.conn is not None:
+            self._connack_by = 0.0  # a server silent after the TCP connect (no keep-alive
+            log.info("no CONNACK from %s within %s s", self.engine.broker, self._connack_within)
+            self.conn.drop()  # ends that wait when it is 0): the reconnect tries the next one
         if now >= self._next_tick:
             self._next_tick = now + _TICK_EVERY
             self._guarded(lambda: self.engine.tick(time.time(), since_boot()),

@@ -175,6 +175,32 @@ def test_a_host_name_idna_refuses_is_passed_over_by_the_reconnect(mosquitto_fact
         c.close()
 
 
+def test_a_reconnect_to_a_silent_server_gives_up_after_connects_timeout(
+        mosquitto_factory: Any) -> None:
+    """A server that takes the TCP connection and never answers (keep-alive 0: paho's check
+    never ends that wait) held the automatic reconnect for good: the client never moved on.
+    It now waits ``connect()``'s ``timeout`` for the CONNACK, as ``connect()`` does."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    a, b = mosquitto_factory(), mosquitto_factory()
+    c = mqttsession.Client(client_id=unique("silent"), clean_session=False, keep_alive_interval=0)
+    c.config("ReconnectDelayMin=0.2")
+    c.config("ReconnectDelayMax=0.5")
+    c.config(f"FailoverServers=127.0.0.1:{silent.getsockname()[1]},{_addr(b)}")
+    try:
+        c.connect(a.host, a.port, timeout=2)
+        a.kill()
+        c.publish_message(f"mqs/{c.client_id}", 1, "after the kill")
+        assert c.flush(3 * TIMEOUT), "stayed on the silent server"
+        assert c.config("ConnectedServer") == _addr(b)
+    finally:
+        c.close()
+        silent.close()
+
+
 class _QoS1Counter(Counter):  # type: ignore[misc,valid-type]
     """``Counter`` subscribed at QoS 1: it counts a message when its PUBLISH arrives. (paho
     hands a QoS 2 delivery over on PUBREL; a broker SIGKILLed between its PUBLISH and its PUBREL
