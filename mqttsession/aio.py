@@ -456,6 +456,8 @@ class AsyncSession:
 
         Acknowledges the messages handed out before (``ack()``) first.
         """
+        if self._closed:  # the queued ones were never acknowledged: the next session start
+            return None  # gets them again (handed out now, they would come twice)
         await self.ack()
         try:  # (one waiting already: no task and timer for wait_for)
             item = self._queue.get_nowait() if not self._queue.empty() else \

@@ -23,7 +23,11 @@ A ``Session`` is a persistent MQTT session on the broker; its id is the MQTT cli
 Incoming messages are queued in the session (at most ``options.inbound_queue_size``; when full,
 the network thread waits for room): ``receive(timeout)`` or ``for m in session.messages(timeout):``.
 A QoS 1/2 message is acknowledged only once the application has taken it: when it asks for the
-next one, calls ``ack()``, or closes the session; one still queued at a crash is sent again.
+next one, calls ``ack()``, or closes the session; one still queued at a crash (or at
+``close()``: ``receive`` hands out nothing after it) is sent again, QoS 1 by the broker. A QoS 2
+message is received (PUBREC) on its PUBLISH and delivered on its PUBREL: a session without a state
+file (this one; ``AsyncSession(state_file=...)`` has one) loses a QoS 2 message still queued at a
+crash, since the broker then sends only the PUBREL.
 """
 
 from __future__ import annotations
@@ -280,8 +284,8 @@ class Session:
             if self._opened:
                 c = self._client
                 self.ack()  # taken; those still queued stay unacknowledged
-                if c.connected and c.outgoing_messages and not c.flush(
-                        self._options.request_timeout_seconds):
+                # (disconnected too: the reconnect under way may still deliver them)
+                if c.outgoing_messages and not c.flush(self._options.request_timeout_seconds):
                     log.warning("session %s closes with %d unacknowledged messages",
                                 self._id, len(c.outgoing_messages))
                 if end_session:
@@ -388,6 +392,8 @@ class Session:
 
         Acknowledges the messages handed out before (``ack()``) first.
         """
+        if self._closed:  # the queued ones were never acknowledged: the broker sends them
+            return None  # again, to the session attached next (handed out now: twice)
         self.ack()
         try:
             item = self._messages.get(timeout=timeout)

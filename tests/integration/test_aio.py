@@ -16,6 +16,7 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -368,3 +369,33 @@ def test_a_publish_cancelled_after_its_sync_failed_is_taken_back(
             await pub.close()
 
     _run(main)
+
+
+def test_receive_after_close_hands_out_nothing(mosquitto: Any) -> None:
+    """Before: ``receive()`` went on handing out queued messages after ``close()``, which
+    could not be acknowledged any more (the next start got them again)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    async def main() -> list[object]:
+        s = await AsyncSession.create(Options(address=mosquitto.address),
+                                      client_id=f"rac-{uuid.uuid4().hex[:8]}",
+                                      clean_session=False)
+        topic = f"aio/closed/{s.client_id}"
+        await s.subscribe(topic, 1)
+        p = mqtt.Client(CallbackAPIVersion.VERSION2)
+        p.connect(mosquitto.host, mosquitto.port)
+        p.loop_start()
+        for n in range(3):
+            p.publish(topic, f"m{n}", qos=1).wait_for_publish(10)
+        p.disconnect()
+        p.loop_stop()
+        for _ in range(500):
+            if s._queue.qsize() >= 3:
+                break
+            await asyncio.sleep(0.01)
+        first = await s.receive(5)
+        await s.close()
+        return [first.message if first else None] + [await s.receive(0.1) for _ in range(2)]
+
+    assert asyncio.run(main()) == [b"m0", None, None]

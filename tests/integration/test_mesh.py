@@ -114,3 +114,56 @@ def test_unknown_session_id(mosquitto: Any, version: int) -> None:
     assert kept.session_present is True
     kept.close()
     _assert_gone(connection, unknown)
+
+
+def test_receive_after_close_hands_out_nothing_and_the_next_session_gets_them(
+        mosquitto: Any, version: int) -> None:
+    """Before: ``receive()`` went on handing out the queued messages after ``close()``; they
+    could not be acknowledged any more, so the session attached next got them again."""
+    import time
+
+    connection = _connection(mosquitto, version)
+    s = connection.create_session()
+    s.open()
+    topic = f"mesh/closed/{s.session_id}"
+    s.subscribe(topic, 1)
+    for n in range(4):
+        _publish(mosquitto, topic, f"m{n}")
+    deadline = time.monotonic() + 10
+    while s._messages.qsize() < 4 and time.monotonic() < deadline:  # (all four queued)
+        time.sleep(0.02)
+    first = s.receive(timeout=5)
+    assert first is not None and first.message == b"m0"
+    s.close(end_session=False)
+    assert [s.receive(timeout=0.1) for _ in range(3)] == [None, None, None]
+    assert list(s.messages(timeout=0.1)) == []
+    again = connection.connect_to_session(s.session_id)
+    try:
+        got = [m.message for m in again.messages(timeout=2)]
+        assert got == [b"m1", b"m2", b"m3"]  # m0 was taken and acknowledged: not again
+    finally:
+        again.close()
+
+
+def test_close_while_disconnected_waits_for_the_reconnect_to_deliver(
+        mosquitto_factory: Any, version: int) -> None:
+    """Before: ``close()`` skipped its wait when the connection was down at that moment: the
+    QoS 1 messages published meanwhile were dropped with the in-memory session, silently."""
+    import threading
+
+    broker = mosquitto_factory()
+    connection = _connection(broker, version)
+    s = connection.create_session()
+    s.open()
+    s.client.config("ReconnectDelayMin=0.2")
+    s.client.config("ReconnectDelayMax=0.5")
+    broker.stop()
+    for n in range(3):
+        s.publish(f"mesh/down/{s.session_id}", f"m{n}", qos=1)
+    restart = threading.Timer(1.0, broker.start)
+    restart.start()
+    try:
+        s.close(end_session=False)
+        assert s.client.outgoing_messages == ()  # delivered before close() returned
+    finally:
+        restart.join()
