@@ -209,6 +209,13 @@ class Engine(Outgoing):
             orphaned = self.state.orphan()  # a session restored in on_connected: its own
             if orphaned is not None:
                 out.append(Persist((orphaned,), sync=True))
+            for pid, h in list(self._held.items()):  # handed out before (on its PUBREL, or
+                # at a move) and not taken yet: it stays handed out, an orphan now, never
+                # delivered twice; ``ack`` then removes it as one
+                im = next((o for o in reversed(self.state.orphans) if o.packet_id == pid), None)
+                if im is not None and not im.taken:
+                    del self._held[pid]
+                    self._orphans_out.append((h.event, im))
         handed = [im for _, im in self._orphans_out]
         self._orphans_now = []
         for im in self.state.orphans:

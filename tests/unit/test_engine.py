@@ -446,6 +446,19 @@ def test_orphans_leave_the_session_one_by_one_as_they_are_taken() -> None:
     assert [a.message.message for a in out if isinstance(a, Deliver)] == [b"\x03"]
 
 
+def test_a_message_handed_out_on_its_pubrel_and_then_orphaned_is_not_delivered_again() -> None:
+    """Delivered on its PUBREL, not acknowledged yet, then SessionPresent=0: it stays handed
+    out, an orphan now (not delivered a second time), and its ``ack`` removes it as one."""
+    e = connected()
+    e.receive(publish_in(1, 2, b"i1"))
+    (first,) = [a.message for a in e.receive(ack_in(PacketType.PUBREL, 1)) if isinstance(a, Deliver)]
+    assert _orphans_delivered(e, (1,)) == []  # not again
+    e.receive(publish_in(1, 2, b"i2"))  # a new flow under the same id is no clash
+    acked, done = e.ack(first)
+    assert acked and done[0] == Persist((OrphanReleased(0, 1),), sync=True, ack=True)
+    assert not e.state.orphans and [im.payload for im in e.state.incoming.values()] == [b"i2"]
+
+
 def test_orphans_acked_out_of_order_under_the_same_packet_id() -> None:
     """ManualAck: orphans are taken in any order, also two under one packet id (orphaned on
     two connections); the record names which one left, so a replay removes that one."""

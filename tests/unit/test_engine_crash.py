@@ -59,6 +59,7 @@ from mqttsession.state import (
     Accepted,
     Reserved,
     Event,
+    Orphaned,
     OrphansReleased,
     OrphanReleased,
     OutgoingMessage,
@@ -445,6 +446,11 @@ class EngineCrashMachine(RuleBasedStateMachine):
                     assert a.sync, "released orphans must be synced (point 4)"
                     for pid in rec.packet_ids:
                         self.app.removed(pid)
+                elif isinstance(rec, Orphaned):  # handed out, not taken: an orphan now
+                    for pid in rec.packet_ids:
+                        payload = self.app.handed.pop(pid, None)
+                        if payload is not None:
+                            self.app.orphans.add(payload)
                 elif isinstance(rec, OrphanReleased):  # the one ``ack`` took, or taken before
                     assert a.sync, "a released orphan must be synced (point 4)"
                     if self.acking is not None:
