@@ -108,6 +108,8 @@ class Driver(Durability):
         only while disconnected."""
         with self.lock:
             self.require_disconnected(what)
+            if "client_id" in change and self.file.shared is not None:  # (its store's key)
+                raise UsageError("a gateway's session keeps its client id: ask the gateway")
             st = self.engine.state
             if any(getattr(st, k) != v for k, v in change.items()):
                 self.file.append([st.configure(**change)], st)
@@ -483,16 +485,6 @@ class Driver(Durability):
                     close()
                 except Exception as exc:  # (on the network thread: never raised into paho)
                     self.error(getattr(exc, "errno", None) or -1, f"close(): {exc}")
-
-    def incoming_messages(self) -> tuple[Message, ...]:
-        """``Client.incoming_messages``: the QoS 1 messages in ``on_message_in`` now, those
-        whose ack is owed, then the QoS 2 ones held (the orphans last)."""
-        with self.lock:
-            owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate)
-                    for e in self.engine.owed_messages() if e.packet_id not in self.delivering]
-            st = self.engine.state
-            held = [Message.incoming(m) for m in [*st.incoming.values(), *st.orphans]]
-            return tuple(list(self.delivering.values()) + owed + held)
 
     def do(self, step: Callable[[], list[Action]]) -> None:
         """One engine input and its actions."""

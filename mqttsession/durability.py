@@ -18,7 +18,7 @@ from .pump import AsyncioPump
 from .actions import Notify, Persist
 from .engine import Action, ConnState, Engine
 from .errors import PersistenceError
-from .events import ErrorEvent, MessageEvent
+from .events import ErrorEvent, Message, MessageEvent
 from .state import Accepted, Spooled
 from .store import StateFile
 from .turns import Turns
@@ -88,6 +88,7 @@ class Durability:
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
     stashed: list[Action]  # callbacks of a ``run`` that raised, for the next ``finish``
+    delivering: dict[int, Message]  # QoS 1 in on_message_in, auto-acknowledged
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
@@ -137,6 +138,16 @@ class Durability:
         if failed is not None:
             raise failed
         return acked
+
+    def incoming_messages(self) -> tuple[Message, ...]:
+        """``Client.incoming_messages``: the QoS 1 messages in ``on_message_in`` now, those
+        whose ack is owed, then the QoS 2 ones held (the orphans last)."""
+        with self.lock:
+            owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate)
+                    for e in self.engine.owed_messages() if e.packet_id not in self.delivering]
+            st = self.engine.state
+            held = [Message.incoming(m) for m in [*st.incoming.values(), *st.orphans]]
+            return tuple(list(self.delivering.values()) + owed + held)
 
     def ack_many(self, messages: Sequence[MessageEvent]) -> None:
         """``ack`` each; on a connection an asyncio loop drives, as one batch: the removals'

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -54,6 +55,15 @@ GatewayMessage = Union[tuple[Client, str, int, Union[bytes, str]], tuple[Client,
 #: The same for ``AsyncGateway.publish_many``, with its ``AsyncSession``.
 AsyncGatewayMessage = Union[tuple[AsyncSession, str, int, Union[bytes, str]],
                             tuple[AsyncSession, PublishRequest]]
+
+
+def queue_name(client_id: str) -> str:
+    """The file name of a session's disk queue (``.queue`` is added): its id %-encoded, and
+    a long one cut, with a hash of the whole id, to fit the file system's 255 bytes."""
+    name = quote(client_id, safe="")
+    if len(name) <= 200:
+        return name
+    return f"{name[:160]}~{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -132,7 +142,7 @@ class _Sessions:
         f = c._driver.file  # noqa: SLF001
         c._driver.background_sync = self._syncs  # noqa: SLF001
         f.shared = self.store
-        f.queue_path = os.path.join(self.state_dir, "queues", quote(c.client_id, safe=""))
+        f.queue_path = os.path.join(self.state_dir, "queues", queue_name(c.client_id))
         return f"{self.store.path}#{c.client_id}"
 
     def stored_sessions(self) -> list[str]:
@@ -287,7 +297,11 @@ class Gateway(_Sessions):
 
     def close(self) -> None:
         """Close every session (a clean DISCONNECT; each session stays in the store) and stop
-        the loop. Idempotent."""
+        the loop. Idempotent. Not from an event callback (the gateway's thread: it would
+        have to wait for itself): ``UsageError``."""
+        if threading.current_thread() is self.thread:
+            raise UsageError("Gateway.close() inside an event callback would wait for itself;"
+                             " call it from another thread")
         with self._lock:
             if self._closed:
                 return

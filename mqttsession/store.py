@@ -474,11 +474,11 @@ class StateFile:
             self.journal = self._new(state.client_id)
         elif closing and not self.owned:
             return
-        elif self.path:
+        elif self.journal is None and self.path:
             require_directory(self.path)  # a UsageError that names it, not ENOENT
             self.open(state)
-            if self.unrestored is not None:
-                self.settle(state)
+        if self.unrestored is not None:
+            self.settle(state)
         if self.journal is not None:
             self.journal.compact(state, text)
 

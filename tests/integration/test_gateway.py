@@ -447,3 +447,61 @@ def test_a_closed_session_can_be_asked_for_again(tmp_path: Path) -> None:
             return [m.message for m in t.client.outgoing_messages]
 
     assert asyncio.run(main()) == [b"c"]
+
+
+@pytest.mark.parametrize("client_id", ["传感器" * 30, "d" * 250, "site/dev-1"],
+                         ids=["cjk-90-bytes", "ascii-250", "slash"])
+def test_a_long_or_slashed_client_id_is_stored_saved_and_restored(tmp_path: Path,
+                                                                  client_id: str) -> None:
+    """Before: a %-encoded id over the file system's 255 bytes made every later
+    ``gw.client(id)`` ``StateError`` "File name too long" (its message unreachable), and an id
+    holding '/' made ``save_session()`` and ``close()`` a bogus ``UsageError`` about a
+    directory ``sessions.log#site`` that does not exist."""
+    with Gateway(tmp_path) as gw:
+        c = gw.client(client_id, clean_session=False)
+        c.config("QueueInMemory=1")  # the second one goes to the disk queue
+        c.publish_data("t/x", 1, b"m1")
+        c.publish_data("t/x", 1, b"m2")
+        c.save_session()
+        c.close()
+        again = gw.client(client_id, clean_session=False)  # asked again in the same gateway
+        assert [m.message for m in again.outgoing_messages] == [b"m1", b"m2"]
+    with Gateway(tmp_path) as gw:
+        assert [m.message for m in gw.client(client_id).outgoing_messages] == [b"m1", b"m2"]
+
+
+def test_a_gateway_sessions_client_id_cannot_change(tmp_path: Path) -> None:
+    """Before: accepted and recorded; the next start found dev-A's part of the log naming
+    dev-B, called it damaged and set it aside (its message no longer restored)."""
+    with Gateway(tmp_path) as gw:
+        a = gw.client("dev-A", clean_session=False)
+        a.publish_data("t/x", 1, b"from-A")
+        with pytest.raises(UsageError, match="keeps its client id"):
+            a.client_id = "dev-B"
+    with Gateway(tmp_path) as gw:
+        assert [m.message for m in gw.client("dev-A").outgoing_messages] == [b"from-A"]
+
+
+def test_gateway_close_inside_an_event_callback_is_refused(tmp_path: Path) -> None:
+    """Before: it stopped the loop halfway ("cannot join current thread"), kept the
+    directory's lock, and a later ``close()`` did nothing."""
+    gw = Gateway(tmp_path)
+    c = gw.client("cb", clean_session=False)
+    raised: list[BaseException] = []
+
+    def on_error(e: ErrorEvent) -> None:
+        try:
+            gw.close()
+        except BaseException as exc:  # noqa: BLE001
+            raised.append(exc)
+
+    c.on_error = on_error
+    gw.loop.call_soon_threadsafe(c._driver.error, -1, "a fault, to have a callback run")
+    deadline = time.monotonic() + 10
+    while not raised and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert raised and isinstance(raised[0], UsageError)
+    gw.close()  # from this thread: closes for good
+    assert not gw.thread.is_alive()
+    with Gateway(tmp_path) as again:  # the lock was released
+        assert "cb" in again.stored_sessions()
