@@ -79,13 +79,19 @@ class ServerRotation:
 
     def attempts(self) -> Iterator[Server]:
         """The servers connect() tries, in turn: each in the list once, and after a refusal
-        that named another server (FollowServerReference) that server first."""
+        that named another server (FollowServerReference) that server first; a list entry
+        a redirection already went to is left out."""
         yield self.current
-        tried = 1
-        while self.redirect_pending or tried < len(self.servers):
+        tried, steps = {self.current}, 1
+        while self.redirect_pending or steps < len(self.servers):
             if not self.redirect_pending:
-                tried += 1
-            yield self.next()
+                steps += 1
+                if self.servers[(self.index + 1) % len(self.servers)] in tried:
+                    self.index = (self.index + 1) % len(self.servers)  # (tried already)
+                    continue
+            target = self.next()
+            tried.add(target)
+            yield target
 
     def accepted(self) -> None:
         """A CONNACK accepted the connection: the redirection count starts again."""

@@ -172,3 +172,15 @@ def test_engine_connack_names_the_server_and_a_followed_redirect_is_no_error() -
     accepted = [a for a in e.connack(0, "Success", False, 65535, None, 0.0)
                 if isinstance(a, Notify)]
     assert accepted == [Notify("on_connected", ConnectedEvent(0, "Success", False, "real:2"))]
+
+
+def test_connects_attempts_leave_out_a_server_a_redirection_went_to() -> None:
+    """Before: a Server Reference target that is also in the list got a second CONNECT in the
+    same ``connect()`` (README: each server once)."""
+    r = ServerRotation([("a", 1), ("b", 2), ("c", 3)])
+    got = []
+    for server in r.attempts():
+        got.append(server)
+        if server == ("a", 1):
+            r.redirect(USE_ANOTHER_SERVER, "c:3", "a:1")  # a refuses, naming c
+    assert got == [("a", 1), ("c", 3), ("b", 2)]
