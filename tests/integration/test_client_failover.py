@@ -155,6 +155,15 @@ def test_async_session_fails_over_by_itself(mosquitto_factory: Any) -> None:
     asyncio.run(main())
 
 
+def _moves_on(c: mqttsession.Client, a: Any, b: Any, timeout: float, why: str) -> None:
+    """``c`` connects to ``a``, which is killed: its next message goes out through ``b``."""
+    c.connect(a.host, a.port, timeout=timeout)
+    a.kill()
+    c.publish_message(f"mqs/{c.client_id}", 1, "after the kill")
+    assert c.flush(3 * TIMEOUT), why
+    assert c.config("ConnectedServer") == _addr(b)
+
+
 @pytest.mark.parametrize("bad", ["broker..example.com", "a" * 70 + ".example"],
                          ids=["empty-label", "label-over-63"])
 def test_a_host_name_idna_refuses_is_passed_over_by_the_reconnect(mosquitto_factory: Any,
@@ -166,11 +175,7 @@ def test_a_host_name_idna_refuses_is_passed_over_by_the_reconnect(mosquitto_fact
     c = _client(4, FailoverServers=f"{bad}:1883,{_addr(b)}", ReconnectDelayMin="0.2",
                 ReconnectDelayMax="0.5")
     try:
-        c.connect(a.host, a.port, timeout=TIMEOUT)
-        a.kill()
-        c.publish_message(f"mqs/{c.client_id}", 1, "after the kill")
-        assert c.flush(3 * TIMEOUT), "never reached the server after the bad name"
-        assert c.config("ConnectedServer") == _addr(b)
+        _moves_on(c, a, b, TIMEOUT, "never reached the server after the bad name")
     finally:
         c.close()
 
@@ -191,11 +196,7 @@ def test_a_reconnect_to_a_silent_server_gives_up_after_connects_timeout(
     c.config("ReconnectDelayMax=0.5")
     c.config(f"FailoverServers=127.0.0.1:{silent.getsockname()[1]},{_addr(b)}")
     try:
-        c.connect(a.host, a.port, timeout=2)
-        a.kill()
-        c.publish_message(f"mqs/{c.client_id}", 1, "after the kill")
-        assert c.flush(3 * TIMEOUT), "stayed on the silent server"
-        assert c.config("ConnectedServer") == _addr(b)
+        _moves_on(c, a, b, 2, "stayed on the silent server")
     finally:
         c.close()
         silent.close()
