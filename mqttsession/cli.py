@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -435,6 +436,9 @@ def _compat(args: argparse.Namespace) -> int:
                         failover=args.failover)
         try:
             check_broker(target)
+            if args.failover is not None:  # (a dead --failover node is not the broker's fail)
+                check_broker(dataclasses.replace(target, host=args.failover[0],
+                                                 port=args.failover[1], failover=None))
         except BrokerUnavailable as exc:
             print(f"mqttsession compat: {exc}", file=sys.stderr)
             return 2

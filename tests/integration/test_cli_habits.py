@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,14 @@ def test_demo_refuses_a_count_it_cannot_run(count: str) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--count", count])
     assert exc.value.code == 2
+
+
+def test_compat_with_a_failover_node_it_cannot_reach_says_so(mosquitto: Any) -> None:
+    """Before: the broker was reported FAILing ``failover-resume`` (exit 1) for a --failover
+    node that was simply not there; now, like an unreachable --broker: one line, exit 2."""
+    from mqttsession.testing.brokers import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    out = run_cli("compat", "--broker", mosquitto.address, "--failover", dead, env=_env())
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"cannot reach the broker at {dead}" in out.stderr
