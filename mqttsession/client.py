@@ -37,8 +37,8 @@ from .events import (
     SubscribedEvent,
     UnsubscribedEvent,
 )
-from .state import Accepted, validate_filter, validate_qos
-from .validation import validate_publish_topic
+from .state import Accepted, validate_qos
+from .validation import validate_publish_topic, validate_subscribe_filter
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -118,7 +118,7 @@ def _filters(topic_filter: str, delimiter: str) -> list[str]:
     """The filters of a ``subscribe`` / ``unsubscribe`` string, each checked."""
     if not isinstance(topic_filter, str):
         raise UsageError(f"topic filter must be str, got {type(topic_filter).__name__}")
-    return [validate_filter(f.strip()) for f in topic_filter.split(delimiter)]
+    return [validate_subscribe_filter(f.strip()) for f in topic_filter.split(delimiter)]
 
 
 def _target(host: object, port: object, timeout: object) -> tuple[str, int, float]:

@@ -11,7 +11,7 @@ from .errors import TransitionError, UsageError
 from .records import MAX_EXPIRY
 
 __all__ = ["MAX_REMAINING_LENGTH", "check_expiry", "check_text", "check_sendable_text", "check_time", "MAX_TOPIC_BYTES", "publish_packet_size", "validate_filter",
-           "validate_publish_topic", "validate_qos", "validate_topic"]
+           "validate_publish_topic", "validate_subscribe_filter", "validate_qos", "validate_topic"]
 
 MAX_TOPIC_BYTES: Final = 65535
 
@@ -67,11 +67,7 @@ def validate_publish_topic(topic: object) -> str:
         return topic
     _check_topic(topic)
     assert isinstance(topic, str)
-    if not _sendable(topic):
-        bad = _UNSENDABLE.search(topic)
-        assert bad is not None
-        raise UsageError(f"topic {topic!r} contains U+{ord(bad.group()):04X}: control characters"
-                         " and non-characters are refused by brokers")
+    _require_sendable("topic", topic)
     _remember(topic)
     return topic
 
@@ -81,9 +77,14 @@ def check_sendable_text(what: str, text: object) -> None:
     [MQTT-1.5.4-2], no control character or non-character (``UsageError``)."""
     if not isinstance(text, str):
         raise UsageError(f"{what} must be str, got {type(text).__name__}")
-    bad = _UNSENDABLE.search(text) if "\x00" not in text else None
-    if "\x00" in text or bad is not None:
-        code = ord(bad.group()) if bad is not None else 0
+    _require_sendable(what, text)
+
+
+def _require_sendable(what: str, text: str) -> None:
+    """``UsageError`` naming the first control character or non-character (or U+0000)."""
+    if "\x00" in text or not _sendable(text):
+        bad = _UNSENDABLE.search(text)
+        code = ord(bad.group()) if bad is not None and "\x00" not in text else 0
         raise UsageError(f"{what} {text!r:.60} contains U+{code:04X}: control characters and"
                          " non-characters are refused by brokers")
 
@@ -117,6 +118,16 @@ def validate_filter(topic_filter: object) -> str:
             raise UsageError(f"topic filter {topic_filter!r}: '#' must be the whole last level")
         if "+" in level and level != "+":
             raise UsageError(f"topic filter {topic_filter!r}: '+' must be a whole level")
+    return topic_filter
+
+
+def validate_subscribe_filter(topic_filter: object) -> str:
+    """A filter to send in a SUBSCRIBE / UNSUBSCRIBE: ``validate_filter``'s, and no control
+    character or non-character (a broker may drop the connection: a stored subscription would
+    fail every reconnect; MQTT 5 1.5.4)."""
+    validate_filter(topic_filter)
+    assert isinstance(topic_filter, str)
+    _require_sendable("topic filter", topic_filter)
     return topic_filter
 
 

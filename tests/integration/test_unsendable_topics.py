@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import mqttsession
 from mqttsession import UsageError
-from mqttsession.validation import validate_publish_topic
+from mqttsession.validation import validate_publish_topic, validate_subscribe_filter
 
 try:  # tests/integration may or may not be a package
     from ._procs import EventLog, unique
@@ -68,3 +68,36 @@ def test_a_refused_topic_leaves_the_queue_flowing(mosquitto: Any) -> None:
         assert not log.of("on_disconnected")
     finally:
         c.close()
+
+
+def _broker_takes_filter(mosquitto: Any, topic_filter: str) -> bool:
+    """Whether mosquitto answers a SUBSCRIBE to ``topic_filter`` (raw paho, no checks)."""
+    acked, lost = threading.Event(), threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("raw"))
+    c.on_subscribe = lambda *a: acked.set()
+    c.on_disconnect = lambda *a: lost.set()
+    c.connect(mosquitto.host, mosquitto.port)
+    c.loop_start()
+    try:
+        c.subscribe(topic_filter, 1)
+        for _ in range(50):
+            if acked.wait(0.1) or lost.is_set():
+                break
+        return acked.is_set()
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+@pytest.mark.parametrize("char", REFUSED[:3] + TAKEN[:2], ids=lambda ch: f"U+{ord(ch):04X}")
+def test_the_session_refuses_the_filters_mosquitto_refuses(mosquitto: Any, char: str) -> None:
+    """A subscription is sent again at every reconnect: one mosquitto refuses would cost
+    every connection after it, so the session refuses it up front."""
+    topic_filter = f"mqs/{unique('odd')}/{char}/#"
+    try:
+        validate_subscribe_filter(topic_filter)
+        refused = False
+    except UsageError:
+        refused = True
+    assert refused == (not _broker_takes_filter(mosquitto, topic_filter))
+    assert refused == (char in REFUSED)

@@ -128,3 +128,36 @@ def test_publish_properties_are_still_taken(tmp_path: Path) -> None:
     assert getattr(back, "ResponseTopic", None) == "r/é"
     assert getattr(back, "UserProperty", None) == [("k", "v é")]
     c.close()
+
+
+SUBSCRIPTION_CALLS: dict[str, Callable[[Client, str], object]] = {
+    "subscribe": lambda c, f: c.subscribe(f, 1),
+    "subscribe a list": lambda c, f: c.subscribe(f"ok/+,{f}", 1),
+    "unsubscribe": lambda c, f: c.unsubscribe(f),
+}
+
+
+@pytest.mark.parametrize("char", UNSENDABLE[::2], ids=lambda ch: f"U+{ord(ch):04X}")
+@pytest.mark.parametrize("call", list(SUBSCRIPTION_CALLS))
+def test_a_filter_a_broker_refuses_is_not_stored(tmp_path: Path, char: str, call: str) -> None:
+    """A subscription stored with such a filter would be sent again at every reconnect, and
+    mosquitto drops the connection at each (``tests/integration/test_unsendable_topics.py``)."""
+    c = _client(tmp_path)
+    c.subscribe("kept/#", 1)
+    text = c.save_session()
+    before = _files(tmp_path)
+    with pytest.raises(UsageError, match=f"U\\+{ord(char):04X}: control characters"):
+        SUBSCRIPTION_CALLS[call](c, f"f/{char}/+")
+    assert _files(tmp_path) == before
+    assert c.save_session() == text
+    c.close()
+
+
+@pytest.mark.parametrize("char", UNSENDABLE[1::2], ids=lambda ch: f"U+{ord(ch):04X}")
+def test_a_will_topic_a_broker_refuses_fails_connect(tmp_path: Path, char: str) -> None:
+    c = _client(tmp_path)
+    c.will_topic = f"will/{char}"
+    with pytest.raises(UsageError, match=f"U\\+{ord(char):04X}: control characters"):
+        c.connect("127.0.0.1", 1, timeout=0.5)  # refused before any socket is opened
+    assert not c.connected
+    c.close()
