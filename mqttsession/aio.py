@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
@@ -302,26 +302,8 @@ class AsyncSession:
         except BaseException:
             c._driver.finish_stashed()
             raise
-        if token is not None and self._group is not None:  # an AsyncGateway's session
-            err = await self._group.wait_held(c._driver, token)
-            if err is not None:  # taken back out of the session, and raised
-                c._driver.release(token, err)
-        elif token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
-            fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-            self._awaiting_sync.append((token, fut))
-            if not self._syncing:  # after the publishes ready to run now have appended theirs
-                self._syncing = True
-                asyncio.get_running_loop().call_soon(self._sync_awaiting)
-            # cancelled, ``fut`` is too: the sync job's callback releases the message (or
-            # takes it back) all the same
-            try:
-                err = await fut
-            except asyncio.CancelledError:  # after ``fut`` got its error: taken back here
-                if fut.done() and not fut.cancelled() and fut.result() is not None:
-                    c._driver.release_quietly(token, fut.result())
-                raise
-            if err is not None:  # taken back out of the session, and raised
-                c._driver.release(token, err)
+        if token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
+            await self._durable(c, (token,))
         return pid
 
     def _sync_awaiting(self) -> None:
@@ -375,7 +357,7 @@ class AsyncSession:
             await self._durable(c, tokens)
         return ids
 
-    async def _durable(self, c: Client, tokens: list[_Token]) -> None:
+    async def _durable(self, c: Client, tokens: Sequence[_Token]) -> None:
         """Held publishes: wait, off the loop, for the fdatasync that covers their records;
         then each is released to the wire, or taken back and the error raised. Cancelled,
         each is released or taken back all the same once that sync ends."""
@@ -387,11 +369,11 @@ class AsyncSession:
             else:
                 futs.append(loop.create_future())
                 self._awaiting_sync.append((token, futs[-1]))
-        if self._group is None and not self._syncing:
-            self._syncing = True
+        if self._group is None and not self._syncing:  # after the publishes ready to run
+            self._syncing = True  # now have appended their records
             loop.call_soon(self._sync_awaiting)
         try:
-            errs = await asyncio.gather(*futs)
+            errs = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs)
         except asyncio.CancelledError:  # those that got their error first: taken back here
             for token, fut in zip(tokens, futs):
                 if fut.done() and not fut.cancelled() and fut.result() is not None:
