@@ -483,6 +483,8 @@ class Driver(Durability):
             self.delivering_in, close, self.close_after = None, self.close_after, None
             if close is not None:
                 try:
+                    if self.conn is not None and self.conn.in_batch():
+                        self._release_batch()  # this ack (and those before) before DISCONNECT
                     close()
                 except Exception as exc:  # (on the network thread: never raised into paho)
                     self.error(getattr(exc, "errno", None) or -1, f"close(): {exc}")
@@ -602,12 +604,16 @@ class Driver(Durability):
             lost = self.run(self.engine.lost_incoming())
         self.finish(lost)  # delivered before resume() removes them
         self.do(self.engine.resume)
-        with self.lock:  # the resume plan is on its way before connect() returns
+        self._release_batch()  # the resume plan is on its way before connect() returns
+        self._end_connect(0, reason)
+
+    def _release_batch(self) -> None:
+        """The read batch's records so far made durable, then its held packets written."""
+        with self.lock:
             self.file.sync_pending()
             self._batch_sync = False  # (that sync covers the batch's records so far)
             if self.conn is not None:
                 self.conn.release_held()
-        self._end_connect(0, reason)
 
     def _hook_packet(self, packet: Packet) -> None:
         self.do(lambda: self.engine.receive(packet))
