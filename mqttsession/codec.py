@@ -38,6 +38,7 @@ from .state import (
     OutgoingMessage,
     Phase,
     SessionState,
+    validate_filter,
     validate_topic,
 )
 
@@ -87,6 +88,7 @@ def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
         **({"reserved": [state.reserved_first, state.reserved_last]}
            if state.reserved_first and version >= 3 else {}),
         **({"clock_offset": state.clock_offset} if state.clock_offset and version >= 3 else {}),
+        **({"unanswered": sorted(state.unanswered)} if state.unanswered and version >= 3 else {}),
     }
 
 
@@ -140,7 +142,8 @@ _STATE_KEYS: Final = frozenset(
     " disconnected_at last_activity next_seq last_packet_id outgoing incoming subscriptions"
     .split()
 )
-_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans", "reserved", "clock_offset"})
+_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans", "reserved", "clock_offset",
+                                    "unanswered"})
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
 _OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
@@ -331,6 +334,12 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
         if offset is None:
             raise f.fail("clock_offset", "expected a time in seconds")
         state.clock_offset = offset
+    if "unanswered" in keys:  # filters whose SUBSCRIBE / UNSUBSCRIBE waits for its ack
+        unanswered = f.get_list("unanswered")
+        try:
+            state.unanswered = {validate_filter(flt) for flt in unanswered}
+        except UsageError as exc:
+            raise f.fail("unanswered", str(exc)) from None
     state.check_invariants(topics_checked=topics)
     return state
 

@@ -25,7 +25,7 @@ __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
     "Stepped", "Received", "Released", "Taken", "Subscribed", "Unsubscribed", "Connected",
     "SessionReset", "Disconnected", "Activity", "ClockOffset", "Spooled", "Loaded", "Orphaned",
-    "OrphansReleased", "OrphanReleased", "Reserved", "SessionLost", "ResumePlan",
+    "OrphansReleased", "OrphanReleased", "Reserved", "Answered", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record", "encode_message",
     "decode_record", "quick_init", "MAX_SEQ",
 ]
@@ -315,6 +315,16 @@ class Reserved:
     last: int
 
 
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The broker answered the SUBSCRIBE / UNSUBSCRIBE of these filters (SUBACK, UNSUBACK, or
+    taken as refused): a restored session sends them no more. ``Subscribed`` and
+    ``Unsubscribed`` leave a filter unanswered until then."""
+
+    filters: tuple[str, ...]
+
+
 Record = Union[
     Configured,
     Accepted,
@@ -335,6 +345,7 @@ Record = Union[
     OrphansReleased,
     OrphanReleased,
     Reserved,
+    Answered,
 ]
 
 
@@ -384,6 +395,13 @@ def _int_list(f: Fields, key: str, lo: int, hi: int) -> tuple[int, ...]:
     items = f.get_list(key)
     if not all(type(x) is int and lo <= x <= hi for x in items):
         raise f.fail(key, f"expected a list of integers {lo}..{hi}")
+    return tuple(items)
+
+
+def _str_list(f: Fields, key: str) -> tuple[str, ...]:
+    items = f.get_list(key)
+    if not all(isinstance(x, str) and x for x in items):
+        raise f.fail(key, "expected a list of non-empty strings")
     return tuple(items)
 
 
@@ -454,6 +472,8 @@ KINDS: Final[dict[type, Kind]] = {
     OrphanReleased: Kind("Q", ("index", "packet_id"), lambda r: [r.index, r.packet_id],
                          lambda f: OrphanReleased(f.get_int("index", 0, 2**31),
                                                   f.get_int("packet_id", 1, MAX_PACKET_ID))),
+    Answered: Kind("N", ("filters",), lambda r: [list(r.filters)],
+                   lambda f: Answered(_str_list(f, "filters"))),
     Reserved: Kind("V", ("first", "last"), lambda r: [r.first, r.last],
                    lambda f: Reserved(f.get_int("first", 0, MAX_PACKET_ID),
                                       f.get_int("last", 0, MAX_PACKET_ID))),

@@ -43,6 +43,7 @@ from .records import (
     Record,
     Released,
     Reserved,
+    Answered,
     ResumePlan,
     SessionLost,
     SessionReset,
@@ -58,12 +59,7 @@ from .records import (
 )
 
 __all__ = [
-    "MAX_PACKET_ID",
-    "MAX_EXPIRY",
-    "Phase",
-    "Event",
-    "OUTGOING_TRANSITIONS",
-    "PHASES_FOR_QOS",
+    "MAX_PACKET_ID", "MAX_EXPIRY", "Phase", "Event", "OUTGOING_TRANSITIONS", "PHASES_FOR_QOS",
     "KEEP",
     "OutgoingMessage",
     "IncomingMessage",
@@ -90,6 +86,7 @@ __all__ = [
     "OrphansReleased",
     "OrphanReleased",
     "Reserved",
+    "Answered",
     "id_range",
     "validate_topic",
     "validate_filter",
@@ -148,6 +145,7 @@ class SessionState:
     outgoing: dict[int, OutgoingMessage] = field(default_factory=dict)  # by seq, in seq order
     incoming: dict[int, IncomingMessage] = field(default_factory=dict)  # by packet id
     subscriptions: dict[str, int] = field(default_factory=dict)  # filter -> qos
+    unanswered: set[str] = field(default_factory=set)  # SUBSCRIBE / UNSUBSCRIBE not acked
     # incoming QoS 2 messages a broker that lost the session will never release: out of
     # packet-id space, delivered from here (``Orphaned``, ``OrphanReleased``)
     orphans: list[IncomingMessage] = field(default_factory=list)
@@ -195,6 +193,7 @@ class SessionState:
             list(self.outgoing.items()),
             sorted(self.incoming.items()),
             sorted(self.subscriptions.items()),
+            sorted(self.unanswered),
             list(self.orphans),
         )
 
@@ -204,7 +203,7 @@ class SessionState:
     def empty(self) -> bool:
         """True when there are no messages or subscriptions to carry over."""
         return not (self.outgoing or self.incoming or self.subscriptions or self.spooled
-                    or self.orphans)
+                    or self.orphans or self.unanswered)
 
     @property
     def held(self) -> int:

@@ -1,5 +1,10 @@
 """The session's SUBSCRIBE / UNSUBSCRIBE flows: packet ids, SUBACK and UNSUBACK, what a lost
-connection leaves unanswered, and a broker that answers a SUBSCRIBE by closing the connection.
+connection leaves unanswered, and a broker that answers a SUBSCRIBE / UNSUBSCRIBE by closing
+the connection.
+
+A filter stays in ``state.unanswered`` (durable) from its ``subscribe`` / ``unsubscribe`` to
+its ack: a restored session sends it again on the next connection, SessionPresent=1 too (the
+broker may never have seen it; a SUBSCRIBE replaces an equal one [MQTT-3.8.4-3]).
 
 Part of the engine (pure; ``engine.Engine.subs``): each method returns the engine's actions.
 """
@@ -13,7 +18,7 @@ from ._wire import PacketType
 from .actions import Action, Notify, Persist, Write
 from .errors import UsageError
 from .events import SubscribedEvent, UnsubscribedEvent
-from .records import MAX_PACKET_ID
+from .records import MAX_PACKET_ID, Answered
 
 if TYPE_CHECKING:
     from .outgoing import Outgoing
@@ -32,6 +37,9 @@ class Subscriptions:
         self._sub_ids: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBEs awaiting SUBACK
         self._sub_closes: dict[str, int] = {}  # filter -> connections closed on its SUBSCRIBE
         self._unsub_ids: dict[int, list[str]] = {}
+        self._unsub_closes: dict[str, int] = {}  # the same for UNSUBSCRIBE
+        self._order: dict[int, None] = {}  # the packet ids awaiting an ack, oldest first
+        self._sent: dict[str, int] = {}  # filter -> packets awaiting an ack that carry it
         self._unsent_subs: dict[str, int] = {}
         self._unsent_unsubs: set[str] = set()
         self._last_sub_id = 0
@@ -46,15 +54,25 @@ class Subscriptions:
         return set(self._sub_ids) | set(self._unsub_ids)
 
     def restored(self) -> None:
-        """A saved session replaced the state: nothing is waiting to be sent."""
-        self._unsent_subs.clear()
+        """A saved session replaced the state: what it holds unanswered waits to be sent,
+        nothing of the session before does."""
+        st = self._e.state
+        for pending in (self._sub_ids, self._sub_closes, self._unsub_ids, self._unsub_closes,
+                        self._order, self._sent):
+            pending.clear()
+        self._unsent_subs = {f: st.subscriptions[f] for f in st.unanswered
+                             if f in st.subscriptions}
+        self._unsent_unsubs = {f for f in st.unanswered if f not in st.subscriptions}
 
     def resume(self, lost: Sequence[tuple[str, int]]) -> list[Action]:
-        """After CONNACK: what waited (and ``lost``, the subscriptions a broker forgot)."""
+        """After CONNACK: what waited (and ``lost``, the subscriptions a broker forgot, each
+        unanswered again until its SUBACK: a kill before it must not lose it)."""
         out: list[Action] = []
+        if lost:
+            out.append(Persist(tuple(self._e.state.subscribe(f, q) for f, q in lost)))
         self._unsent_subs.update(lost)
         if self._unsent_unsubs:
-            out += self._unsubscribe_packet(sorted(self._unsent_unsubs))
+            out += self._unsubscribe_packets(sorted(self._unsent_unsubs))
             self._unsent_unsubs.clear()
         subs, self._unsent_subs = dict(self._unsent_subs), {}
         if subs:
@@ -91,7 +109,7 @@ class Subscriptions:
             self._unsent_subs.pop(f, None)
         out: list[Action] = [Persist(tuple(recs))]
         if connected:
-            out += self._unsubscribe_packet(list(filters))
+            out += self._unsubscribe_packets(list(filters))
         else:
             self._unsent_unsubs.update(filters)
         return out
@@ -106,18 +124,51 @@ class Subscriptions:
         for batch in batches:
             pid = self._next_sub_id()
             self._sub_ids[pid] = batch
+            self._sending(pid, [f for f, _q in batch])
             out.append(Write(_wire.encode_subscribe(pid, batch, protocol=proto),
                              PacketType.SUBSCRIBE, pid))
         return out
 
-    def _unsubscribe_packet(self, filters: list[str]) -> list[Action]:
-        pid = self._next_sub_id()
-        self._unsub_ids[pid] = filters
-        return [Write(_wire.encode_unsubscribe(pid, filters, protocol=5 if self._e.v5 else 4),
-                      PacketType.UNSUBSCRIBE, pid)]
+    def _unsubscribe_packets(self, filters: list[str]) -> list[Action]:
+        """UNSUBSCRIBE; as for SUBSCRIBE, a filter a broker closed the connection on goes alone."""
+        fresh = [f for f in filters if f not in self._unsub_closes]
+        batches = ([fresh] if fresh else []) + [[f] for f in filters if f in self._unsub_closes]
+        out: list[Action] = []
+        for batch in batches:
+            pid = self._next_sub_id()
+            self._unsub_ids[pid] = batch
+            self._sending(pid, batch)
+            out.append(Write(_wire.encode_unsubscribe(pid, batch, protocol=5 if self._e.v5 else 4),
+                             PacketType.UNSUBSCRIBE, pid))
+        return out
+
+    def _sending(self, pid: int, filters: Sequence[str]) -> None:
+        self._order[pid] = None
+        for f in filters:
+            self._sent[f] = self._sent.get(f, 0) + 1
+
+    def _acked(self, pid: int, filters: Sequence[str]) -> None:
+        self._order.pop(pid, None)
+        for f in filters:
+            left = self._sent.pop(f, 0) - 1
+            if left > 0:
+                self._sent[f] = left
+
+    def _answered(self, filters: Sequence[str]) -> list[Action]:
+        """The ``Answered`` record of ``filters`` no other SUBSCRIBE / UNSUBSCRIBE waits for
+        (lazy: lost, a restored session only sends them once more)."""
+        st, sent, subs, unsubs = self._e.state, self._sent, self._unsent_subs, self._unsent_unsubs
+        done = tuple(dict.fromkeys(f for f in filters if f in st.unanswered and f not in sent
+                                   and f not in subs and f not in unsubs))
+        if not done:
+            return []
+        rec = Answered(done)
+        st.apply(rec)
+        return [Persist((rec,), lazy=True)]
 
     def suback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
         subs = self._sub_ids.pop(pid, [])
+        self._acked(pid, [f for f, _q in subs])
         out: list[Action] = []
         failed = []
         for flt, _qos in subs:
@@ -126,43 +177,69 @@ class Subscriptions:
             if code >= 0x80 and self._e.state.subscriptions.get(flt) is not None:
                 out.append(Persist((self._e.state.unsubscribe(flt),)))
                 failed.append(flt)
+        out += self._answered([flt for flt, _qos in subs])
         for (flt, qos), code in zip(subs, codes):
             out.append(Notify("on_subscribed", SubscribedEvent(flt, qos, code)))
-        for flt in failed:
-            out.append(self._e.error(0x80, f"subscription to {flt!r} refused by the broker"))
+        for (flt, _qos), code in zip(subs, codes):
+            if flt in failed:
+                out.append(self._e.error(code, f"subscription to {flt!r} refused by the broker"
+                                               f" (0x{code:02X})"))
         return out
 
     def unsuback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
         filters = self._unsub_ids.pop(pid, [])
+        self._acked(pid, filters)
+        for f in filters:
+            self._unsub_closes.pop(f, None)
         codes = codes or (0,) * len(filters)
-        return [Notify("on_unsubscribed", UnsubscribedEvent(f, c)) for f, c in zip(filters, codes)]
+        return [*self._answered(filters),
+                *[Notify("on_unsubscribed", UnsubscribedEvent(f, c)) for f, c in zip(filters, codes)]]
 
     def requeue_unanswered(self) -> list[Action]:
         """SUBSCRIBE / UNSUBSCRIBE left without their ack by a lost connection: the broker may
         never have seen them, so they go out again on the next one (a SUBSCRIBE replaces an
         equal one [MQTT-3.8.4-3]). The oldest unanswered SUBSCRIBE is the one a broker that
         closes instead of refusing choked on (it reads in order); after ``SUBSCRIBE_TRIES``
-        such closes in a row its filters count as refused and leave the session."""
+        such closes in a row its filters count as refused (a SUBSCRIBE's leave the session, an
+        UNSUBSCRIBE's are no longer sent)."""
         out: list[Action] = []
-        for i, subs in enumerate(self._sub_ids.values()):
+        oldest = next(iter(self._order), None)
+        given_up: list[str] = []
+        for pid, subs in self._sub_ids.items():
             for flt, qos in subs:
                 if self._e.state.subscriptions.get(flt) is None:
                     continue  # unsubscribed since
-                tries = self._sub_closes.get(flt, 0) + (1 if i == 0 else 0)
+                tries = self._sub_closes.get(flt, 0) + (1 if pid == oldest else 0)
                 if tries >= SUBSCRIBE_TRIES:
                     del self._sub_closes[flt]
                     self._unsent_subs.pop(flt, None)
+                    given_up.append(flt)
                     out.append(Persist((self._e.state.unsubscribe(flt),)))
                     out.append(Notify("on_subscribed", SubscribedEvent(flt, qos, 0x80)))
-                    out.append(self._e.error(
-                        0x80, f"the broker closed the connection {SUBSCRIBE_TRIES} times in"
-                              f" answer to SUBSCRIBE {flt!r}: taken as refused (subscribe"
-                              " again to retry)"))
+                    out.append(self._gave_up("SUBSCRIBE", flt, "subscribe"))
                 else:
                     self._sub_closes[flt] = tries
                     self._unsent_subs.setdefault(flt, qos)
-        for filters in self._unsub_ids.values():
-            self._unsent_unsubs.update(f for f in filters if f not in self._e.state.subscriptions)
+        for pid, filters in self._unsub_ids.items():
+            for flt in filters:
+                if flt in self._e.state.subscriptions:
+                    continue  # subscribed since
+                tries = self._unsub_closes.get(flt, 0) + (1 if pid == oldest else 0)
+                if tries >= SUBSCRIBE_TRIES:
+                    del self._unsub_closes[flt]
+                    given_up.append(flt)
+                    out.append(Notify("on_unsubscribed", UnsubscribedEvent(flt, 0x80)))
+                    out.append(self._gave_up("UNSUBSCRIBE", flt, "unsubscribe"))
+                else:
+                    self._unsub_closes[flt] = tries
+                    self._unsent_unsubs.add(flt)
         self._sub_ids.clear()
         self._unsub_ids.clear()
-        return out
+        self._order.clear()
+        self._sent.clear()
+        return out + self._answered(given_up)  # (after their ``Unsubscribed`` records)
+
+    def _gave_up(self, packet: str, flt: str, call: str) -> Action:
+        return self._e.error(0x80, f"the broker closed the connection {SUBSCRIBE_TRIES} times in"
+                                   f" answer to {packet} {flt!r}: taken as refused ({call}"
+                                   " again to retry)")

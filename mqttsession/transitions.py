@@ -69,6 +69,7 @@ from .records import (
     Released,
     Taken,
     Reserved,
+    Answered,
     SessionReset,
     Spooled,
     Stepped,
@@ -282,6 +283,7 @@ def _apply_subscribed(st: SessionState, rec: Subscribed) -> None:
     except UsageError as exc:
         raise TransitionError(f"subscribe: {exc}") from None
     st.subscriptions[rec.topic_filter] = rec.qos
+    st.unanswered.add(rec.topic_filter)  # until its SUBACK (``Answered``)
 
 
 def _apply_unsubscribed(st: SessionState, rec: Unsubscribed) -> None:
@@ -290,6 +292,11 @@ def _apply_unsubscribed(st: SessionState, rec: Unsubscribed) -> None:
     except UsageError as exc:
         raise TransitionError(f"unsubscribe: {exc}") from None
     st.subscriptions.pop(rec.topic_filter, None)
+    st.unanswered.add(rec.topic_filter)  # until its UNSUBACK (``Answered``)
+
+
+def _apply_answered(st: SessionState, rec: Answered) -> None:
+    st.unanswered.difference_update(rec.filters)
 
 
 def _apply_connected(st: SessionState, rec: Connected) -> None:
@@ -395,4 +402,5 @@ APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     OrphansReleased: _apply_orphans_released,
     OrphanReleased: _apply_orphan_released,
     Reserved: _apply_reserved,
+    Answered: _apply_answered,
 }

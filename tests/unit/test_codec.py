@@ -539,6 +539,22 @@ def test_duplicates_in_incoming_and_subscriptions_are_named() -> None:
     _check(dup_sub, "state.subscriptions[1].filter")
 
 
+def test_unanswered_filters_round_trip_and_are_checked() -> None:
+    """Filters whose SUBSCRIBE / UNSUBSCRIBE the broker has not answered (format 3, optional:
+    absent, none)."""
+    state = sample_state()
+    state.unanswered = {"x/+", "gone/#"}
+    text = codec.encode(state)
+    assert '"unanswered":["gone/#","x/+"]' in text
+    assert codec.decode(text) == state and codec.decode(text).unanswered == {"x/+", "gone/#"}
+    assert "unanswered" not in codec.encode(sample_state())
+
+    def bad(obj: dict[str, Any]) -> None:
+        obj["unanswered"] = ["x/#/y"]
+
+    _check(bad, "state.unanswered", versions=(3,))
+
+
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 @pytest.mark.parametrize("field", ["connected_at", "disconnected_at", "last_activity"])
 def test_non_finite_time_is_refused(constant: str, field: str) -> None:

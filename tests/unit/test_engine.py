@@ -28,9 +28,11 @@ from mqttsession.events import (
     MessageEvent,
     SessionLostEvent,
     SubscribedEvent,
+    UnsubscribedEvent,
 )
 from mqttsession.state import (
     Accepted,
+    Answered,
     Connected,
     Event,
     Orphaned,
@@ -576,6 +578,98 @@ def test_subscribe_while_disconnected_goes_out_on_resume() -> None:
     assert isinstance(out[0], Persist) and not writes(out)
     got = packets(connect(e))
     assert [(p.type, p.filters) for p in got] == [(PacketType.SUBSCRIBE, ("s",))]
+
+
+def _restarted(e: Engine) -> Engine:
+    """A new engine restoring ``e``'s session from its text (a restart, or a kill -9 whose
+    journal held everything: the text is what its records rebuild)."""
+    fresh = make()
+    fresh.restore(codec.decode(codec.encode(e.state)), 0.0)
+    return fresh
+
+
+def test_a_subscribe_the_broker_never_answered_goes_out_after_a_restore() -> None:
+    """Unanswered at a kill or ``save_session()`` (made offline, or its SUBACK not back): the
+    restored session sends it on the next connection, SessionPresent=1 too (before: the
+    filter was listed and never sent, and every message on it was lost)."""
+    e = connected()
+    (acked,) = packets(e.subscribe(["kept/#"], 1))
+    assert acked.packet_id is not None
+    e.receive(incoming(_wire.encode_suback(acked.packet_id, [1])))
+    packets(e.subscribe(["sent/+"], 1))  # its SUBACK never comes
+    e.connection_lost(1.0, 0, "lost")
+    e.subscribe(["offline"], 2)
+    e.unsubscribe(["kept/#"])
+    assert e.state.unanswered == {"sent/+", "offline", "kept/#"}
+    again = _restarted(e)
+    assert again.state.subscriptions == {"sent/+": 1, "offline": 2}
+    got = packets(connect(again, session_present=True))
+    assert [(p.type, sorted(p.filters or ())) for p in got] == [
+        (PacketType.UNSUBSCRIBE, ["kept/#"]), (PacketType.SUBSCRIBE, ["offline", "sent/+"])]
+    unsub, sub = got
+    assert unsub.packet_id is not None and sub.packet_id is not None
+    out = again.receive(incoming(_wire.encode_suback(sub.packet_id, [1, 2])))
+    out += again.receive(incoming(_wire.encode_unsuback(unsub.packet_id)))
+    assert any(isinstance(a, Persist) and a.lazy and isinstance(a.records[0], Answered)
+               for a in out)
+    assert again.state.unanswered == set()
+    assert packets(connect(_restarted(again), session_present=True)) == []  # answered: not again
+
+
+def test_subscriptions_a_broker_forgot_are_unanswered_until_their_suback() -> None:
+    """SessionPresent=0 sends every subscription again; killed before the SUBACK, the next
+    start (SessionPresent=1: the broker's new session) must send them again."""
+    e = connected()
+    (sub,) = packets(e.subscribe(["a", "b"], 1))
+    assert sub.packet_id is not None
+    e.receive(incoming(_wire.encode_suback(sub.packet_id, [1, 1])))
+    assert e.state.unanswered == set()
+    e.connection_lost(1.0, 0, "lost")
+    (again,) = [p for p in packets(connect(e, session_present=False))
+                if p.type is PacketType.SUBSCRIBE]
+    assert e.state.unanswered == {"a", "b"}
+    got = packets(connect(_restarted(e), session_present=True))
+    assert [(p.type, sorted(p.filters or ())) for p in got] == [
+        (PacketType.SUBSCRIBE, ["a", "b"])]
+
+
+def test_an_answer_for_a_filter_sent_again_meanwhile_leaves_it_unanswered() -> None:
+    e = connected()
+    (first,) = packets(e.subscribe(["f"], 1))
+    packets(e.subscribe(["f"], 2))  # the QoS changed before the first SUBACK
+    assert first.packet_id is not None
+    e.receive(incoming(_wire.encode_suback(first.packet_id, [1])))
+    assert e.state.unanswered == {"f"}  # the second still waits
+    assert _restarted(e).state.unanswered == {"f"}
+
+
+def test_unsubscribe_unanswered_on_three_closes_is_given_up() -> None:
+    """An UNSUBSCRIBE a broker answers by closing the connection (mosquitto: one over its
+    max_packet_size): each filter goes alone after the first close, and after SUBSCRIBE_TRIES
+    closes it is given up (before: sent again at every reconnect, for good, ahead of the
+    publishes waiting)."""
+    e = connected()
+    (sub,) = packets(e.subscribe(["a", "b"], 1))
+    assert sub.packet_id is not None
+    e.receive(incoming(_wire.encode_suback(sub.packet_id, [1, 1])))
+    (unsub,) = packets(e.unsubscribe(["a", "b"]))
+    assert unsub.filters == ("a", "b")
+    for n in range(1, SUBSCRIBE_TRIES + 1):
+        out = e.connection_lost(float(n), 0, "closed")
+        if n < SUBSCRIBE_TRIES:
+            assert not notified(out, "on_error")
+            got = packets(connect(e, session_present=True))
+            assert [(p.type, p.filters) for p in got] == [
+                (PacketType.UNSUBSCRIBE, ("a",)), (PacketType.UNSUBSCRIBE, ("b",))]
+            if n == 2:  # the broker answers b's: only a's counts as choked on
+                assert got[1].packet_id is not None
+                e.receive(incoming(_wire.encode_unsuback(got[1].packet_id)))
+        else:
+            assert notified(out, "on_unsubscribed") == [UnsubscribedEvent("a", 0x80)]
+            (err,) = notified(out, "on_error")
+            assert isinstance(err, ErrorEvent) and "UNSUBSCRIBE 'a'" in err.description
+    assert e.state.unanswered == set()
+    assert packets(connect(e, session_present=True)) == []
 
 
 # ------------------------------------------------------------------------ message size
