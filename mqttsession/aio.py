@@ -105,13 +105,16 @@ class AsyncSession:
         self._idle: list[asyncio.Future[bool]] = []  # flush() calls waiting
         # SessionSync=always: publishes waiting for their record's fdatasync, and whether the
         # one executor job that syncs for all of them is under way
-        self._awaiting_sync: list[tuple[_Token, asyncio.Future[Exception | None]]] = []
+        # (a publish_many's tokens together: one record, one fate)
+        self._awaiting_sync: list[tuple[tuple[_Token, ...], asyncio.Future[Exception | None]]] = []
+        self._sync_job: asyncio.Future[Exception | None] | None = None
         # the read (and ack) batches' fsync running in the executor, and the one after it
         self._bg_sync: asyncio.Future[None] | None = None
         self._bg_next: asyncio.Future[None] | None = None
         self._syncing = False
         self._group: GroupSync | None = None  # an AsyncGateway's shared sync
         self._started = False
+        self._closing: asyncio.Future[None] | None = None  # close() under way: its end
         self._closed = False
         self._client.on_message_in = self._on_loop(self._on_message_in)
         self._client.on_subscribed = self._on_loop(self._on_subscribed)
@@ -195,6 +198,9 @@ class AsyncSession:
             else:
                 waiter.set_result(None)
         job.add_done_callback(answer)
+
+    def _in_close(self) -> bool:
+        return self._closing is not None
 
     def _check(self) -> Client:
         if self._closed:
@@ -318,11 +324,12 @@ class AsyncSession:
                 self._syncing = False
                 return
             self._syncing = True
-            if not driver.is_durable(batch[-1][0]):
+            if not driver.is_durable(batch[-1][0][-1]):
                 break
             self._settle(batch, None)  # (appended before that job's fdatasync wrote them)
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(driver.executor, driver.wait_durable, batch[-1][0])
+        job = loop.run_in_executor(driver.executor, driver.wait_durable, batch[-1][0][-1])
+        self._sync_job = job
 
         def done(f: asyncio.Future[Exception | None]) -> None:
             try:
@@ -334,7 +341,7 @@ class AsyncSession:
 
         job.add_done_callback(done)
 
-    def _settle(self, batch: list[tuple[_Token, asyncio.Future[Exception | None]]],
+    def _settle(self, batch: list[tuple[tuple[_Token, ...], asyncio.Future[Exception | None]]],
                 err: Exception | None) -> None:
         """A batch's sync ended: its messages go out (those written after them wait), and
         each publish gets ``err`` (None: durable)."""
@@ -343,7 +350,7 @@ class AsyncSession:
             driver.release_durable()
         for held, waiter in batch:
             if waiter.cancelled():  # its publish was cancelled: released or taken back
-                driver.release_quietly(held, err)
+                driver.release_quietly(held[-1], err, batch=held)
             elif not waiter.done():
                 waiter.set_result(err)
 
@@ -363,21 +370,23 @@ class AsyncSession:
         each is released or taken back all the same once that sync ends."""
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[Exception | None]] = []
-        for token in tokens:
-            if self._group is not None:  # an AsyncGateway's session
-                futs.append(self._group.wait_held(c._driver, token))
-            else:
-                futs.append(loop.create_future())
-                self._awaiting_sync.append((token, futs[-1]))
-        if self._group is None and not self._syncing:  # after the publishes ready to run
-            self._syncing = True  # now have appended their records
-            loop.call_soon(self._sync_awaiting)
+        groups: list[tuple[_Token, ...]]
+        if self._group is not None:  # an AsyncGateway's session
+            groups = [(token,) for token in tokens]
+            futs += [self._group.wait_held(c._driver, token) for token in tokens]
+        else:
+            groups = [tuple(tokens)]
+            futs.append(loop.create_future())
+            self._awaiting_sync.append((groups[0], futs[0]))
+            if not self._syncing:  # after the publishes ready to run now have appended theirs
+                self._syncing = True
+                loop.call_soon(self._sync_awaiting)
         try:
             errs = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs)
         except asyncio.CancelledError:  # those that got their error first: taken back here
-            for token, fut in zip(tokens, futs):
+            for held, fut in zip(groups, futs):
                 if fut.done() and not fut.cancelled() and fut.result() is not None:
-                    c._driver.release_quietly(token, fut.result())
+                    c._driver.release_quietly(held[-1], fut.result(), batch=held)
             raise
         err = next((e for e in errs if e is not None), None)
         if err is not None:  # all of them taken back (one record: one fate), and raised
@@ -438,8 +447,8 @@ class AsyncSession:
 
         Acknowledges the messages handed out before (``ack()``) first.
         """
-        if self._closed:  # the queued ones were never acknowledged: the next session start
-            return None  # gets them again (handed out now, they would come twice)
+        if self._in_close():  # the queued ones are never acknowledged: the next session
+            return None  # start gets them again (handed out now, they would come twice)
         await self.ack()
         try:  # (one waiting already: no task and timer for wait_for)
             item = self._queue.get_nowait() if not self._queue.empty() else \
@@ -448,6 +457,8 @@ class AsyncSession:
             return None
         if isinstance(item, _Closed):
             self._queue.put_nowait(item)  # every later reader sees it too
+            return None
+        if self._in_close():  # close() began while this one waited: nor this one
             return None
         pump = self._client._driver.pump
         # reading goes on once half the bound is taken: toggling the socket's watch at each
@@ -475,6 +486,10 @@ class AsyncSession:
         state file (saved, compacted) and end ``messages()``. Idempotent."""
         if self._closed:
             return
+        if self._closing is not None:  # another task closes it: done when that one is
+            await asyncio.shield(self._closing)
+            return
+        self._closing = closing = asyncio.get_running_loop().create_future()
         c = self._client
         try:
             await self.ack()  # taken; those still queued stay unacknowledged
@@ -482,12 +497,32 @@ class AsyncSession:
                     self._options.request_timeout_seconds):
                 log.warning("%s closes with %d unacknowledged messages",
                             c.client_id, len(c.outgoing_messages))
+            await self._syncs_settled()
         finally:
             self._closed = True
             try:
                 c.close()
             finally:
                 self._queue.put_nowait(_CLOSED)
+                for fut in self._idle:  # flush() calls waiting: not all acknowledged
+                    if not fut.done():
+                        fut.set_result(False)
+                closing.set_result(None)
+
+    async def _syncs_settled(self) -> None:
+        """Publishes waiting for their sync end (released, or taken back and raised) before
+        the file closes: one taken back after it could still be in the closing snapshot
+        (up to ``request_timeout_seconds``)."""
+        deadline = asyncio.get_running_loop().time() + self._options.request_timeout_seconds
+        while self._syncing or self._awaiting_sync:
+            left = deadline - asyncio.get_running_loop().time()
+            job = self._sync_job
+            if left <= 0:
+                return
+            if job is not None and not job.done():
+                await asyncio.wait([job], timeout=left)
+            else:
+                await asyncio.sleep(0.001)
 
     async def __aenter__(self) -> AsyncSession:
         await self.start()

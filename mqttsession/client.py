@@ -174,6 +174,7 @@ def _close(c: Client) -> None:
     finally:
         with c._lock:
             c._file.close()
+        c._driver.end()
 
 
 def _connect_params(c: Client) -> ConnectParams:

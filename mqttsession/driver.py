@@ -126,15 +126,6 @@ class Driver(Durability):
             self.file.save(self.engine.state, text, closing)
             return text
 
-    def flush(self, timeout: float | None) -> bool:
-        """``Client.flush``: wait until no outgoing message is held; False on timeout."""
-        conn = self.conn
-        if conn is not None and conn.in_network_thread():
-            raise UsageError("flush() inside an event callback would wait forever")
-        with self.changed:
-            return self.changed.wait_for(
-                lambda: not (self.engine.state.outgoing or self.engine.state.spooled), timeout)
-
     def _open(self, host: str, port: int, params: ConnectParams,
               servers: ServerRotation) -> PahoConnection:
         """A new connection for the session (not connected yet)."""
@@ -179,6 +170,9 @@ class Driver(Durability):
             self._teardown()
             raise ConnectError(f"cannot connect to {format_address(host, port)}:"
                                f" {describe_connect_error(exc)}") from exc
+        except BaseException:  # never left half set up ("already connected" for good)
+            self._teardown()
+            raise
 
     def _connected(self, where: str, params: ConnectParams) -> None:
         """``ConnectError`` (and the connection torn down) unless CONNACK accepted it."""
@@ -266,16 +260,19 @@ class Driver(Durability):
         self._connack_waiter = waiter
         if self._connack.is_set():
             done.set()
-        if pacer is not None:  # many sessions: connection attempts spread over time
-            await asyncio.sleep(pacer.delay(loop.time()))
-        await loop.run_in_executor(self.executor, self._tcp_connect, conn, host, port,
-                                   params.keep_alive)
         try:
+            if pacer is not None:  # many sessions: connection attempts spread over time
+                await asyncio.sleep(pacer.delay(loop.time()))
+            await loop.run_in_executor(self.executor, self._tcp_connect, conn, host, port,
+                                       params.keep_alive)
             await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:
             self._teardown()
             raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s"
                                ) from None
+        except BaseException:  # cancelled (``wait_for(connect(), t)``): not left half set up
+            self._teardown()
+            raise
         self._connected(format_address(host, port), params)
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:

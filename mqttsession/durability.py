@@ -17,7 +17,7 @@ from ._config import ClientSettings
 from .pump import AsyncioPump
 from .actions import Notify, Persist
 from .engine import Action, ConnState, Engine
-from .errors import PersistenceError
+from .errors import PersistenceError, UsageError
 from .events import ErrorEvent, Message, MessageEvent
 from .state import Accepted, Spooled
 from .store import StateFile
@@ -89,6 +89,27 @@ class Durability:
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
     stashed: list[Action]  # callbacks of a ``run`` that raised, for the next ``finish``
     delivering: dict[int, Message]  # QoS 1 in on_message_in, auto-acknowledged
+    changed: threading.Condition  # notified when messages leave the session
+    closed = False  # the Client closed (``end``)
+
+    def flush(self, timeout: float | None) -> bool:
+        """``Client.flush``: wait until no outgoing message is held; False on timeout, or
+        when the Client closes meanwhile with messages held."""
+        conn = self.conn
+        if conn is not None and conn.in_network_thread():
+            raise UsageError("flush() inside an event callback would wait forever")
+        if self.closed:
+            raise UsageError("flush() after close()")
+        with self.changed:
+            self.changed.wait_for(lambda: self.closed or not (
+                self.engine.state.outgoing or self.engine.state.spooled), timeout)
+            return not (self.engine.state.outgoing or self.engine.state.spooled)
+
+    def end(self) -> None:
+        """The Client closed: a ``flush`` waiting returns."""
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
@@ -291,14 +312,15 @@ class Durability:
         """Whether the held publish ``token`` still waits to be released."""
         return token in self._awaiting
 
-    def release_quietly(self, token: tuple[int, int, int], err: Exception | None) -> None:
+    def release_quietly(self, token: tuple[int, int, int], err: Exception | None,
+                        batch: Sequence[tuple[int, int, int]] = ()) -> None:
         """``release`` for a publisher that is gone (cancelled): a failure goes to on_error."""
         j = self.file.journal
         if err is None and j is not None and not j.is_synced(token[1], token[2]):
             err = PersistenceError(None, "the publish was interrupted before its record was"
                                          " synced: the message was taken back")
         try:
-            self.release(token, err)
+            self.release(token, err, batch)
         except Exception as exc:
             self.error(getattr(exc, "errno", None) or -1, f"publish (seq {token[0]}): {exc}")
 

@@ -106,8 +106,9 @@ def acquire_lock(lock_path: str, what: str) -> int:
                 owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             finally:
                 os.close(fd)
-            raise StateLockedError(
-                f"{what} is in use by another process (pid {owner or '?'})") from None
+            who = ("another session or client in this process (close it first)"
+                   if owner == str(os.getpid()) else f"another process (pid {owner or '?'})")
+            raise StateLockedError(f"{what} is in use by {who}") from None
         except BaseException:
             os.close(fd)
             raise
