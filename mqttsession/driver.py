@@ -34,7 +34,7 @@ from .failover import REDIRECT_CODES, ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer, gateway_tick
 from .state import Accepted, Spooled
-from .validation import validate_publish_topic
+from .validation import validate_publish_topic, will_payload
 from .durability import Cancellable, Durability, since_boot
 from .turns import Turns
 from .store import StateFile
@@ -292,7 +292,8 @@ class Driver(Durability):
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise UsageError(f"TLS settings: {exc}") from exc
         if p.will_topic:
-            conn.will_set(validate_publish_topic(p.will_topic), p.will_message, s.will_qos, s.will_retain)
+            conn.will_set(validate_publish_topic(p.will_topic), will_payload(p.will_message),
+                          s.will_qos, s.will_retain)
         conn.on_disconnect = self._paho_on_disconnect
         conn.set_auto_reconnect(s.auto_reconnect)
         return conn

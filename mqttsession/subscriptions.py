@@ -11,7 +11,7 @@ Part of the engine (pure; ``engine.Engine.subs``): each method returns the engin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Container, Final, Sequence
+from typing import TYPE_CHECKING, Callable, Container, Final, Sequence, TypeVar
 
 from . import _wire
 from ._wire import PacketType
@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 __all__ = ["SUBSCRIBE_TRIES", "Subscriptions"]
 
 SUBSCRIBE_TRIES: Final = 3  # connections closed on one SUBSCRIBE before it counts as refused
+_OVERHEAD: Final = 8  # a (UN)SUBSCRIBE's bytes besides its filters, at most: fixed header 5,
+# packet id 2, MQTT 5 property length 1 (no properties)
+_T = TypeVar("_T")
+
+
+def _filter_size(topic_filter: str, option: int) -> int:
+    """A filter's bytes in a packet: length 2, UTF-8, a SUBSCRIBE's options byte."""
+    return 2 + len(topic_filter.encode("utf-8")) + option
 
 
 class Subscriptions:
@@ -89,8 +97,37 @@ class Subscriptions:
                 return pid
         raise UsageError("no free packet id for SUBSCRIBE / UNSUBSCRIBE")
 
+    def _check_size(self, filters: Sequence[str], option: int) -> None:
+        """``UsageError`` for a filter whose packet alone is over the broker's Maximum Packet
+        Size (MQTT 5 CONNACK) [MQTT-3.1.2-24]: sent, it would cost the connection."""
+        cap = self._e.max_packet
+        if cap is None:
+            return
+        for f in filters:
+            if _OVERHEAD + _filter_size(f, option) > cap:
+                raise UsageError(f"topic filter {f!r:.60} does not fit in the broker's Maximum"
+                                 f" Packet Size {cap} (MQTT 5)")
+
+    def _fitting(self, items: Sequence[_T], size: Callable[[_T], int]) -> list[list[_T]]:
+        """``items`` in packets each within the broker's Maximum Packet Size (if one is
+        known; a filter too large alone still goes alone)."""
+        cap = self._e.max_packet
+        if cap is None:
+            return [list(items)]
+        out: list[list[_T]] = [[]]
+        used = _OVERHEAD
+        for item in items:
+            n = size(item)
+            if out[-1] and used + n > cap:
+                out.append([])
+                used = _OVERHEAD
+            out[-1].append(item)
+            used += n
+        return out
+
     def subscribe(self, filters: Sequence[str], qos: int, connected: bool) -> list[Action]:
         """The application subscribed (filters validated); works while disconnected."""
+        self._check_size(filters, 1)
         recs = []
         for f in filters:
             recs.append(self._e.state.subscribe(f, qos))
@@ -103,6 +140,7 @@ class Subscriptions:
         return out
 
     def unsubscribe(self, filters: Sequence[str], connected: bool) -> list[Action]:
+        self._check_size(filters, 0)
         recs = []
         for f in filters:
             recs.append(self._e.state.unsubscribe(f))
@@ -118,7 +156,8 @@ class Subscriptions:
         """SUBSCRIBE; a filter whose SUBSCRIBE a broker answered by closing the connection goes
         in a packet of its own, so the next close names it alone."""
         fresh = [s for s in subs if s[0] not in self._sub_closes]
-        batches = ([fresh] if fresh else []) + [[s] for s in subs if s[0] in self._sub_closes]
+        batches = (self._fitting(fresh, lambda s: _filter_size(s[0], 1)) if fresh else []) \
+            + [[s] for s in subs if s[0] in self._sub_closes]
         out: list[Action] = []
         proto = 5 if self._e.v5 else 4
         for batch in batches:
@@ -132,7 +171,8 @@ class Subscriptions:
     def _unsubscribe_packets(self, filters: list[str]) -> list[Action]:
         """UNSUBSCRIBE; as for SUBSCRIBE, a filter a broker closed the connection on goes alone."""
         fresh = [f for f in filters if f not in self._unsub_closes]
-        batches = ([fresh] if fresh else []) + [[f] for f in filters if f in self._unsub_closes]
+        batches = (self._fitting(fresh, lambda f: _filter_size(f, 0)) if fresh else []) \
+            + [[f] for f in filters if f in self._unsub_closes]
         out: list[Action] = []
         for batch in batches:
             pid = self._next_sub_id()

@@ -11,7 +11,7 @@ from .errors import TransitionError, UsageError
 from .records import MAX_EXPIRY
 
 __all__ = ["MAX_REMAINING_LENGTH", "check_expiry", "check_text", "check_sendable_text", "check_time", "MAX_TOPIC_BYTES", "publish_packet_size", "validate_filter",
-           "validate_publish_topic", "validate_subscribe_filter", "validate_qos", "validate_topic"]
+           "validate_publish_topic", "validate_subscribe_filter", "will_payload", "validate_qos", "validate_topic"]
 
 MAX_TOPIC_BYTES: Final = 65535
 
@@ -128,7 +128,27 @@ def validate_subscribe_filter(topic_filter: object) -> str:
     validate_filter(topic_filter)
     assert isinstance(topic_filter, str)
     _require_sendable("topic filter", topic_filter)
+    if topic_filter.startswith("$share/"):  # a shared subscription: $share/{name}/{filter}
+        _, name, *rest = topic_filter.split("/", 2)
+        if not name or "+" in name or "#" in name or not rest or not rest[0]:
+            raise UsageError(f"shared subscription {topic_filter!r}: expected $share/NAME/FILTER,"
+                             " NAME not empty and without wildcards [MQTT-4.8.2-1, 4.8.2-2]")
     return topic_filter
+
+
+def will_payload(message: object) -> bytes:
+    """A will message's payload: bytes, or text (UTF-8); at most 65,535 bytes, its length
+    being two bytes in CONNECT (MQTT 3.1.3.3) (``UsageError``)."""
+    if isinstance(message, str):
+        try:
+            message = message.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UsageError(f"will_message is not valid UTF-8: {exc}") from None
+    if not isinstance(message, (bytes, bytearray)):
+        raise UsageError(f"will_message must be bytes or str, got {type(message).__name__}")
+    if len(message) > 65535:
+        raise UsageError(f"will_message is {len(message)} bytes; at most 65535")
+    return bytes(message)
 
 
 MAX_REMAINING_LENGTH: Final = 268_435_455  # the largest Remaining Length MQTT can encode

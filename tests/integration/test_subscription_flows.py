@@ -1,11 +1,12 @@
-"""A SUBSCRIBE / UNSUBSCRIBE the broker has not answered survives a kill -9 (real mosquitto,
-a real child process): the restored session sends it on its next connection, SessionPresent=1
-too. Before, the restored session listed the filter and never sent it, so every QoS 1 message
-on it was lost (and an UNSUBSCRIBE never reached the broker, which went on delivering).
+"""SUBSCRIBE / UNSUBSCRIBE flows against real mosquitto. One the broker has not answered
+survives a kill -9 (a real child process): the restored session sends it on its next
+connection, SessionPresent=1 too. Before, the restored session listed the filter and never
+sent it, so every QoS 1 message on it was lost (and an UNSUBSCRIBE never reached the broker,
+which went on delivering).
 
 Also: an UNSUBSCRIBE mosquitto answers by closing the connection (one over its
 max_packet_size) is split, then given up, instead of being sent again at every reconnect ahead
-of the publishes waiting."""
+of the publishes waiting; and MQTT 5 subscriptions fit the broker's Maximum Packet Size."""
 
 from __future__ import annotations
 
@@ -125,6 +126,29 @@ def test_an_unsubscribe_the_broker_closes_on_does_not_block_the_session(
         assert c.flush(TIMEOUT)
         wait_until(lambda: len(unsubscribed) == 100, TIMEOUT, "100 UNSUBACK filters")
         assert len(log.of("on_disconnected")) <= 2
+        c.close()
+    finally:
+        broker.stop()
+
+
+def test_subscribes_fit_the_brokers_maximum_packet_size(tmp_path: Path) -> None:
+    """MQTT 5, mosquitto announcing Maximum Packet Size 2000: a filter too large for it is
+    refused up front, and 100 filters in one call go in packets within it (before: sent
+    whole; mosquitto closed the connection three times, then they counted as refused)."""
+    broker = MosquittoBroker("mosquitto.conf", extra_config="max_packet_size 2000").start()
+    try:
+        c = mqttsession.Client(client_id=unique("sub-size"), clean_session=False,
+                               protocol_version=5)
+        log = EventLog(c)
+        c.connect(broker.host, broker.port)
+        with pytest.raises(mqttsession.UsageError, match="Maximum Packet Size 2000"):
+            c.subscribe("big/" + "x" * 3000, 1)
+        filters = [f"sensors/building-{i:03d}/temperature" for i in range(100)]
+        c.subscribe(",".join(filters), 1)
+        granted = log.wait("on_subscribed", 100)
+        assert sorted(e.topic_filter for e in granted) == filters
+        assert all(e.response_code == 1 for e in granted)
+        assert not log.of("on_disconnected") and not log.of("on_error")
         c.close()
     finally:
         broker.stop()
