@@ -187,7 +187,8 @@ def _attr(where: str, attr: str) -> tuple[Getter, Setter]:
     def put(c: Any, value: str) -> None:
         target = getattr(c, where)
         cur = getattr(target, attr)
-        name = attr.title().replace("_", "")
+        key = attr.replace("_", "")  # the setting's own spelling (WillQOS, not WillQos)
+        name = SETTING_DOCS[key][0] if key in SETTING_DOCS else attr.title().replace("_", "")
         if isinstance(cur, bool):
             new: object = parse_bool(name, value)
         elif isinstance(cur, int):

@@ -193,3 +193,13 @@ def test_connect_with_arguments_of_the_wrong_kind_is_usage_error(host: object, p
         assert not c.connected
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("setting, name", [("WillQOS=5", "WillQOS"), ("MaxInflight=0",
+                         "MaxInflight"), ("SessionSyncInterval=0", "SessionSyncInterval")])
+def test_a_bad_setting_is_named_as_spelled(setting: str, name: str) -> None:
+    """The error names the setting as the docs spell it (before: "WillQos must be 0..2")."""
+    c = Client(client_id="named")
+    with pytest.raises(UsageError, match=f"^{name} must be"):
+        c.config(setting)
+    c.close()
