@@ -1,0 +1,363 @@
+"""Closing an ``AsyncSession`` (and a Mesh ``Session``) while other calls are under way, a
+cancelled ``connect()``, a cancelled ``publish_many`` whose sync fails, and the lock error of a
+second session on the same state file in the same process. Real mosquitto; an ``MQTTProxy`` in
+front of it drops packets or stands for a broker that is down; a failing fdatasync is the
+journal's ``os`` replaced (as in ``test_aio_sync_faults`` / ``test_publish_many``).
+
+Each test fails on the code before the fix (a defect hunt's repros, made tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+import mqttsession.journal as journal_mod
+from mqttsession import AsyncSession, Connection, Options, StateLockedError, UsageError
+from mqttsession.errors import PersistenceError
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+number_of, payload, unique, wait_until = (_procs.number_of, _procs.payload, _procs.unique,
+                                          _procs.wait_until)
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+
+def _run(main: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(main(), timeout)
+    return asyncio.run(bounded())
+
+
+def _options(address: str, request_timeout: float = 5.0) -> Options:
+    return Options(address=address, request_timeout_seconds=request_timeout)
+
+
+async def _until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    """Poll ``pred`` on the loop; AssertionError after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class _StuckThenEIO:
+    """``journal``'s ``os``: once armed, the next fdatasync waits for ``gate`` (``entered`` set
+    meanwhile), then fails with EIO; every other call is the real one."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.gate.wait(10)
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        os.fdatasync(fd)
+
+
+# ================================================================================================
+# receive() while close() runs
+
+
+def test_receive_during_close_hands_out_nothing(mosquitto: Any, mqtt_proxy_factory: Any,
+                                                tmp_path: Path) -> None:
+    """Before: ``receive()`` called while ``close()`` waited for its flush handed a queued QoS 2
+    message out after close's own ``ack()``; it was never acknowledged, so the next session on
+    the state file handed it out again (a QoS 2 duplicate after a clean close). Now nothing is
+    handed out once ``close()`` begins, and the next session gets every message once."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    proxy.drop("s2c", "PUBACK")  # our own publish stays unacknowledged: close() waits for it
+    tag, cid, state = unique("rdc"), unique("rdc"), tmp_path / "s.session"
+    topic = f"aio/close/{tag}"
+    seen: list[int | None] = []
+
+    async def first() -> None:
+        s = await AsyncSession.create(_options(proxy.address, 1.5), client_id=cid,
+                                      state_file=state)
+        await s.subscribe(topic, 2)
+        await asyncio.to_thread(_procs.publish_direct, mosquitto.host, mosquitto.port, topic,
+                                [(2, payload(tag, n)) for n in range(3)])
+        await _until(lambda: s._queue.qsize() >= 3, "3 messages queued, none taken")
+        await s.publish(f"aio/close/{tag}/other", "x", 1)  # its PUBACK is dropped
+        closing = asyncio.create_task(s.close())
+        await _until(lambda: bool(s._idle), "close() waiting in its flush")
+        m = await s.receive(0.5)
+        seen.append(None if m is None else number_of(tag, m.message))
+        await closing
+        assert m is None, "receive() handed a message out while close() ran"
+
+    async def again() -> None:
+        s = await AsyncSession.create(_options(mosquitto.address), client_id=cid,
+                                      state_file=state)
+        try:
+            while (m := await s.receive(1.0)) is not None:
+                seen.append(number_of(tag, m.message))
+        finally:
+            await s.close()
+
+    try:
+        _run(first)
+    finally:
+        _run(again)
+    counts = collections.Counter(n for n in seen if n is not None)
+    assert counts == {0: 1, 1: 1, 2: 1}, f"handed out over both sessions: {seen}"
+
+
+# ================================================================================================
+# publish_many cancelled while its fdatasync fails
+
+
+def test_cancelled_publish_many_whose_sync_fails_is_all_or_none(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a ``publish_many`` (SessionSync=always) cancelled while its fdatasync ran, that
+    fdatasync then failing, had only one of its messages taken back: the other four went out
+    (one record, split fates). Now the whole batch has one fate (here: none goes out)."""
+    failing = _StuckThenEIO()
+    monkeypatch.setattr(journal_mod, "os", failing)
+    tag = unique("mcf")
+    topic = f"aio/many/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def main() -> None:
+        async with AsyncSession(_options(mosquitto.address), client_id=unique("mcf"),
+                                state_file=tmp_path / "m.session", session_sync="always") as s:
+            await s.publish(topic, payload(tag, 0), 1)
+            failing.armed = True
+            task = asyncio.create_task(
+                s.publish_many([(topic, 1, payload(tag, n)) for n in range(1, 6)]))
+            assert await asyncio.to_thread(failing.entered.wait, 10), "no sync began"
+            task.cancel()
+            await asyncio.sleep(0.05)  # (the cancel is delivered while the sync still runs)
+            failing.gate.set()  # ... and the sync fails
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await _until(lambda: not s._awaiting_sync and not s._syncing, "the sync settled")
+            await s.publish(topic, payload(tag, 6), 2)  # a sentinel after the batch
+            assert await s.flush(10)
+
+    try:
+        _run(main)
+        counter.wait_numbers(tag, [0, 6])
+        counts = counter.counts(tag)
+    finally:
+        counter.close()
+    batch = sorted(n for n in counts if 1 <= n <= 5)
+    assert batch in ([], [1, 2, 3, 4, 5]), f"a batch of 5 split: {batch} went out"
+
+
+# ================================================================================================
+# close() offline while publishes wait for a sync that fails
+
+
+def test_close_offline_waits_for_pending_syncs(mosquitto: Any, mqtt_proxy_factory: Any,
+                                               tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: ``close()`` (offline) saved its final snapshot while publishes still waited
+    for an fdatasync; that sync then failed, so a publish raised ``PersistenceError`` ("taken
+    back") although the snapshot held its message, which went out after a restart. Now
+    ``close()`` lets the pending syncs settle first: each publish either returned (and its
+    message goes out after the restart) or raised (and it never does)."""
+    failing = _StuckThenEIO()
+    monkeypatch.setattr(journal_mod, "os", failing)
+    proxy = mqtt_proxy_factory(mosquitto)
+    tag, cid, state = unique("cpo"), unique("cpo"), tmp_path / "c.session"
+    topic = f"aio/pending/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def first() -> list[int | BaseException]:
+        s = await AsyncSession.create(_options(proxy.address), client_id=cid, state_file=state)
+        proxy.stop()  # the broker is down from now on
+        await _until(lambda: not s.connected, "the session offline")
+        failing.armed = True
+        tasks = [asyncio.create_task(s.publish(topic, payload(tag, n), 1)) for n in range(10)]
+        assert await asyncio.to_thread(failing.entered.wait, 10), "no sync began"
+        closer = asyncio.create_task(s.close())
+        await asyncio.wait([closer], timeout=0.3)  # (before: it had closed by now)
+        failing.gate.set()  # the sync fails
+        res = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+        await asyncio.wait_for(closer, 15)
+        return res
+
+    async def again() -> None:
+        s = await AsyncSession.create(_options(mosquitto.address), client_id=cid,
+                                      state_file=state)
+        try:
+            assert await s.flush(10)
+            await s.publish(topic, f"{tag}:end", 2)
+            assert await s.flush(10)
+        finally:
+            await s.close()
+
+    try:
+        results = _run(first)
+        _run(again)
+        counter.wait_payload(f"{tag}:end")
+        counts = counter.counts(tag)
+    finally:
+        counter.close()
+    raised = [n for n, r in enumerate(results) if isinstance(r, BaseException)]
+    assert raised and all(isinstance(results[n], PersistenceError) for n in raised), results
+    wrong = [f"{n} raised but went out" if n in raised else f"{n} returned but was lost"
+             for n in range(10) if (n in raised) == bool(counts[n])]
+    assert not wrong, f"{wrong}; results {results}; delivered {dict(counts)}"
+
+
+# ================================================================================================
+# flush() across / after close()
+
+
+def test_aio_flush_waiting_across_close_returns_false(mosquitto: Any, mqtt_proxy_factory: Any
+                                                      ) -> None:
+    """Before: a task waiting in ``flush()`` (no timeout, broker down) went on waiting for
+    good once another task closed the session: nothing can empty a closed session's queue.
+    Now the waiting ``flush()`` returns False when ``close()`` ends; a later one raises."""
+    proxy = mqtt_proxy_factory(mosquitto)
+
+    async def main() -> None:
+        s = await AsyncSession.create(_options(proxy.address, 1.0), client_id=unique("fl"),
+                                      clean_session=False)
+        proxy.stop()
+        await _until(lambda: not s.connected, "the session offline")
+        await s.publish("aio/flush/x", "a", 1)
+        waiting = asyncio.create_task(s.flush())
+        await _until(lambda: bool(s._idle), "flush() waiting")
+        await s.close()
+        try:
+            flushed = await asyncio.wait_for(waiting, 3)
+        except asyncio.TimeoutError:
+            pytest.fail("flush() still waiting 3 s after close() returned")
+        assert flushed is False
+        with pytest.raises(UsageError):
+            await s.flush()
+
+    _run(main)
+
+
+def _mesh_session_offline(mosquitto: Any, mqtt_proxy_factory: Any) -> Any:
+    """An open Mesh session through a proxy, the proxy then stopped (the broker down), one QoS 1
+    message waiting in it."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    conn = Connection.insecure(proxy.address, options=_options(proxy.address, 1.0))
+    s = conn.create_session()
+    s.open()
+    proxy.stop()
+    wait_until(lambda: not s.client.connected, what="the session offline")
+    s.publish("mesh/flush/x", "a", 1)
+    return s
+
+
+def test_mesh_flush_waiting_across_close_returns_false(mosquitto: Any, mqtt_proxy_factory: Any
+                                                       ) -> None:
+    """Before: a thread waiting in the Mesh ``Session.flush()`` (no timeout, broker down) hung
+    for good once another thread closed the session. Now it returns False."""
+    s = _mesh_session_offline(mosquitto, mqtt_proxy_factory)
+    box: list[object] = []
+
+    def flush() -> None:
+        try:
+            box.append(s.flush())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            box.append(exc)
+
+    t = threading.Thread(target=flush, daemon=True)
+    t.start()
+    time.sleep(0.1)  # the thread waits in flush() (close() gives it another second anyway:
+    s.close(end_session=False)  # it waits request_timeout_seconds for its own flush first)
+    t.join(3)
+    assert box, "flush() still waiting 3 s after close() returned"
+    assert box == [False]
+
+
+def test_mesh_flush_after_close_raises(mosquitto: Any, mqtt_proxy_factory: Any) -> None:
+    """Before: the Mesh ``Session.flush()`` after ``close()`` (every other call raises
+    ``UsageError`` then) waited for a message that can never be acknowledged any more: for
+    good without a timeout. Now it raises ``UsageError``."""
+    s = _mesh_session_offline(mosquitto, mqtt_proxy_factory)
+    s.close(end_session=False)
+    with pytest.raises(UsageError, match="after close"):
+        s.flush(1.0)  # (bounded: before, False after the timeout instead of an error)
+
+
+# ================================================================================================
+# a cancelled connect()
+
+
+def test_a_cancelled_connect_is_torn_down(mosquitto: Any, mqtt_proxy_factory: Any) -> None:
+    """Before: ``connect()`` cancelled while it waited for CONNACK (``asyncio.wait_for(
+    session.connect(), t)`` cancels it so) left the connection half set up: every later
+    ``connect()`` raised ``UsageError`` ("already connected") for good. Now the cancelled
+    attempt is torn down and a later ``connect()`` works."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    proxy.drop("s2c", "CONNACK", count=1)  # the first attempt gets no answer
+
+    async def main() -> None:
+        s = await AsyncSession.create(_options(proxy.address), client_id=unique("cc"),
+                                      connect=False)
+        try:
+            attempt = asyncio.create_task(s.connect())
+            await asyncio.to_thread(proxy.wait_for, "s2c", "CONNACK", timeout=10)  # dropped
+            attempt.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await attempt
+            assert not s.connected
+            await asyncio.wait_for(s.connect(), 10)
+            assert s.connected
+            topic = f"aio/cc/{s.client_id}"
+            await s.subscribe(topic, 1)
+            await s.publish(topic, "hello", 1)
+            m = await s.receive(10)
+            assert m is not None and m.message == b"hello"
+        finally:
+            await s.close()
+
+    _run(main)
+
+
+# ================================================================================================
+# the lock error of a second session in this process
+
+
+def test_a_second_session_on_the_file_in_this_process_is_named_so(mosquitto: Any,
+                                                                  tmp_path: Path) -> None:
+    """Before: a second session on a state file this process already holds was refused as
+    'in use by another process (pid N)', N being this very process. Now the error says it is
+    another session or client in this process."""
+    state = tmp_path / "s.session"
+
+    async def main() -> None:
+        first = await AsyncSession.create(_options(mosquitto.address), client_id="same",
+                                          state_file=state, connect=False)
+        try:
+            with pytest.raises(StateLockedError) as info:
+                await AsyncSession.create(_options(mosquitto.address), client_id="same",
+                                          state_file=state, connect=False)
+            text = str(info.value)
+            assert "another session or client in this process" in text, text
+            assert "another process" not in text, text
+        finally:
+            await first.close()
+
+    _run(main)
