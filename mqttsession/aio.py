@@ -59,10 +59,12 @@ class _Closed:
 class GroupSync(Protocol):
     """Makes a shared store durable for the held publishes of many sessions at once."""
 
-    def wait_held(self, driver: Driver, token: _Token) -> asyncio.Future[Exception | None]:
-        """A future: None once the held publish ``token``'s record is on disk and the message
-        released to the wire, else the error (the caller takes the message back). Cancelled,
-        the message is released or taken back all the same."""
+    def wait_held(self, driver: Driver, tokens: tuple[_Token, ...]
+                  ) -> asyncio.Future[Exception | None]:
+        """A future: None once the record of the held publishes ``tokens`` (one, or a
+        ``publish_many``'s) is on disk and they are released to the wire, else the error (the
+        caller takes them back). Cancelled, they are released or taken back all the same,
+        together."""
 
 
 _CLOSED: Final = _Closed()
@@ -365,32 +367,27 @@ class AsyncSession:
         return ids
 
     async def _durable(self, c: Client, tokens: Sequence[_Token]) -> None:
-        """Held publishes: wait, off the loop, for the fdatasync that covers their records;
-        then each is released to the wire, or taken back and the error raised. Cancelled,
-        each is released or taken back all the same once that sync ends."""
+        """Held publishes (one, or a ``publish_many``'s: one record): wait, off the loop, for
+        the fdatasync that covers their record; then they are released to the wire, or all
+        taken back and the error raised. Cancelled, the same happens once that sync ends."""
         loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[Exception | None]] = []
-        groups: list[tuple[_Token, ...]]
+        held = tuple(tokens)
         if self._group is not None:  # an AsyncGateway's session
-            groups = [(token,) for token in tokens]
-            futs += [self._group.wait_held(c._driver, token) for token in tokens]
+            fut = self._group.wait_held(c._driver, held)
         else:
-            groups = [tuple(tokens)]
-            futs.append(loop.create_future())
-            self._awaiting_sync.append((groups[0], futs[0]))
+            fut = loop.create_future()
+            self._awaiting_sync.append((held, fut))
             if not self._syncing:  # after the publishes ready to run now have appended theirs
                 self._syncing = True
                 loop.call_soon(self._sync_awaiting)
         try:
-            errs = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs)
-        except asyncio.CancelledError:  # those that got their error first: taken back here
-            for held, fut in zip(groups, futs):
-                if fut.done() and not fut.cancelled() and fut.result() is not None:
-                    c._driver.release_quietly(held[-1], fut.result(), batch=held)
+            err = await fut
+        except asyncio.CancelledError:  # after ``fut`` got its error: taken back here
+            if fut.done() and not fut.cancelled() and fut.result() is not None:
+                c._driver.release_quietly(held[-1], fut.result(), batch=held)
             raise
-        err = next((e for e in errs if e is not None), None)
         if err is not None:  # all of them taken back (one record: one fate), and raised
-            c._driver.release(tokens[-1], err, batch=tokens)
+            c._driver.release(held[-1], err, batch=held)
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""

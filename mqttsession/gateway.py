@@ -346,10 +346,10 @@ class _StoreSync:
         self._waiting: list[_Held] = []
         self._busy = False
 
-    def wait_held(self, driver: Driver, token: tuple[int, int, int]
+    def wait_held(self, driver: Driver, tokens: tuple[tuple[int, int, int], ...]
                   ) -> asyncio.Future[Exception | None]:
         fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((driver, token, fut))
+        self._waiting.append((driver, tokens, fut))
         if not self._busy:
             self._next()
         return fut
@@ -366,7 +366,7 @@ class _StoreSync:
         self._busy = bool(batch)
         if not batch:
             return
-        gen, pos = max(token[1:] for _, token, _ in batch)
+        gen, pos = max(tokens[-1][1:] for _, tokens, _ in batch)
         job = asyncio.get_running_loop().run_in_executor(self._executor, self._sync, gen, pos)
         job.add_done_callback(lambda f: self._done(batch, f))
 
@@ -377,8 +377,8 @@ class _StoreSync:
             err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
         results: list[Exception | None] = []
         durable: dict[int, Driver] = {}
-        for driver, (_, g, p), _ in batch:
-            if self._store.is_synced(g, p):
+        for driver, tokens, _ in batch:
+            if self._store.is_synced(tokens[-1][1], tokens[-1][2]):
                 results.append(None)
                 durable.setdefault(id(driver), driver)
             else:
@@ -386,15 +386,15 @@ class _StoreSync:
                     None, "a failed sync of the shared log cut the record"))
         for driver in durable.values():  # each session's durable held messages, in order
             driver.release_durable()
-        for (driver, token, waiter), res in zip(batch, results):
+        for (driver, tokens, waiter), res in zip(batch, results):
             if waiter.cancelled():  # its publisher is gone: released, or taken back here
-                driver.release_quietly(token, res)
+                driver.release_quietly(tokens[-1], res, batch=tokens)  # (one record, one fate)
             elif not waiter.done():
                 waiter.set_result(res)
         self._next()
 
 
-_Held = tuple["Driver", tuple[int, int, int], "asyncio.Future[Exception | None]"]
+_Held = tuple["Driver", tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]"]
 
 
 class AsyncGateway(_Sessions):
@@ -481,7 +481,7 @@ class AsyncGateway(_Sessions):
         settled: set[int] = set()
         awaiting = last_i  # its future, cancelled, is the sync callback's to settle
         try:
-            err = await self._sync.wait_held(last_c._driver, last_token)  # noqa: SLF001
+            err = await self._sync.wait_held(last_c._driver, (last_token,))  # noqa: SLF001
             settled.add(last_i)
             done = {id(last_c._driver)}  # noqa: SLF001  (the sync's callback released it)
             for i, c, token in waits:
@@ -493,7 +493,7 @@ class AsyncGateway(_Sessions):
                     settled.add(i)
                     continue
                 awaiting = i
-                e = err if i == last_i else await self._sync.wait_held(d, token)
+                e = err if i == last_i else await self._sync.wait_held(d, (token,))
                 settled.add(i)
                 if e is not None:
                     try:
@@ -505,7 +505,7 @@ class AsyncGateway(_Sessions):
                 if i not in settled and i != awaiting:
                     # cancelled: the sync under way decides, as for a cancelled publish (its
                     # callback releases each message if durable, else takes it back)
-                    self._sync.wait_held(c._driver, token).cancel()  # noqa: SLF001
+                    self._sync.wait_held(c._driver, (token,)).cancel()  # noqa: SLF001
 
     @property
     def sessions(self) -> dict[str, AsyncSession]:

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import pytest
 
 import mqttsession.journal as journal_mod
-from mqttsession import AsyncSession, Connection, Options, StateLockedError, UsageError
+import mqttsession.groupcommit as groupcommit_mod
+from mqttsession import AsyncGateway, AsyncSession, Connection, Options, StateLockedError, UsageError
 from mqttsession.errors import PersistenceError
 
 try:  # tests/integration may or may not be a package
@@ -155,6 +156,44 @@ def test_cancelled_publish_many_whose_sync_fails_is_all_or_none(
             with pytest.raises(asyncio.CancelledError):
                 await task
             await _until(lambda: not s._awaiting_sync and not s._syncing, "the sync settled")
+            await s.publish(topic, payload(tag, 6), 2)  # a sentinel after the batch
+            assert await s.flush(10)
+
+    try:
+        _run(main)
+        counter.wait_numbers(tag, [0, 6])
+        counts = counter.counts(tag)
+    finally:
+        counter.close()
+    batch = sorted(n for n in counts if 1 <= n <= 5)
+    assert batch in ([], [1, 2, 3, 4, 5]), f"a batch of 5 split: {batch} went out"
+
+
+def test_cancelled_publish_many_of_a_gateway_session_is_all_or_none(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through an ``AsyncGateway``'s shared log (its group commit answered each held
+    message of the batch on its own: message 1 taken back, 2-5 sent)."""
+    failing = _StuckThenEIO()
+    monkeypatch.setattr(groupcommit_mod, "os", failing)  # (the shared log's)
+    tag = unique("gmcf")
+    topic = f"aio/gwmany/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def main() -> None:
+        async with AsyncGateway(tmp_path / "agw") as gw:
+            s = await gw.session(unique("gmcf"), _options(mosquitto.address),
+                                 session_sync="always")
+            await s.publish(topic, payload(tag, 0), 1)
+            failing.armed = True
+            task = asyncio.create_task(
+                s.publish_many([(topic, 1, payload(tag, n)) for n in range(1, 6)]))
+            assert await asyncio.to_thread(failing.entered.wait, 10), "no sync began"
+            task.cancel()
+            await asyncio.sleep(0.05)  # (the cancel is delivered while the sync still runs)
+            failing.gate.set()  # ... and the sync fails
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.2)  # (the group commit's callback settles the batch)
             await s.publish(topic, payload(tag, 6), 2)  # a sentinel after the batch
             assert await s.flush(10)
 
