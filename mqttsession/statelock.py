@@ -106,7 +106,7 @@ def acquire_lock(lock_path: str, what: str) -> int:
                 owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             finally:
                 os.close(fd)
-            who = ("another session or client in this process (close it first)"
+            who = (f"another session or client in this process (pid {owner}; close it first)"
                    if owner == str(os.getpid()) else f"another process (pid {owner or '?'})")
             raise StateLockedError(f"{what} is in use by {who}") from None
         except BaseException:
