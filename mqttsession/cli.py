@@ -8,6 +8,8 @@ import getpass
 import json
 import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,8 +20,8 @@ from typing import Any, Sequence
 
 from . import __version__
 from .codec import SavedState, load_state
-from .errors import MQTTSessionError, StateError
-from .options import ENV_PASSWORD, ENV_USERNAME
+from .errors import MQTTSessionError, StateError, UsageError
+from .options import ENV_PASSWORD, ENV_USERNAME, format_address, parse_address
 from .refusals import describe_connect_error
 
 __all__ = ["main"]
@@ -46,11 +48,30 @@ def _amqtt_missing(command: str, also: str = "") -> str | None:
     return None
 
 
+class _BadArguments(Exception):
+    """A usage error found after parsing (exit code 2, as argparse's own)."""
+
+
 def _split_broker(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    """``HOST:PORT`` or ``[IPv6]:PORT``, the port 1..65535 (``--broker``, ``--failover``)."""
+    if not re.fullmatch(r".+:[0-9]+", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (or [IPv6]:PORT), got {text!r}")
+    try:
+        return parse_address(text, source="address")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _same_node(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two ``(host, port)`` name one listener: the same port, an address in common."""
+
+    def addresses(host: str) -> set[str]:
+        try:
+            return {str(info[4][0]) for info in socket.getaddrinfo(host, a[1], type=socket.SOCK_STREAM)}
+        except OSError:  # unresolvable: check_broker says so
+            return {host}
+
+    return a[1] == b[1] and bool(addresses(a[0]) & addresses(b[0]))
 
 
 # ====================================================================== demo
@@ -163,7 +184,7 @@ def _demo(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             state = os.path.join(tmp, "publisher.session")
             name = os.path.basename(state)
-            broker = f"{host}:{port}"
+            broker = format_address(host, port)
             print(f"mqttsession demo against {where}")
             print(f"1. publisher process sends messages 0..{crash_at - 1} (QoS 1 and 2 alternating)"
                   " and is killed without disconnecting")
@@ -402,11 +423,17 @@ def _compat(args: argparse.Namespace) -> int:
         print("mqttsession compat: --failover names another node of the --broker's cluster:"
               " give --broker too", file=sys.stderr)
         return 2
+    if args.failover is not None and _same_node(args.broker, args.failover):
+        print(f"mqttsession compat: --failover {format_address(*args.failover)} is the --broker"
+              " itself: name another node of its cluster", file=sys.stderr)
+        return 2
     try:
         scenarios = find_scenarios(args.scenario)
     except KeyError as exc:
         print(f"mqttsession compat: {exc.args[0]} (see --list)", file=sys.stderr)
         return 2
+    username = args.username if args.username is not None else os.environ.get(ENV_USERNAME) or None
+    password = _password(args)  # (asked for before a broker is started)
     embedded: Any = None
     label = ""
     if args.broker is None:
@@ -431,8 +458,7 @@ def _compat(args: argparse.Namespace) -> int:
     else:
         host, port = args.broker
     try:
-        username = args.username if args.username is not None else os.environ.get(ENV_USERNAME) or None
-        target = Target(host, port, args.protocol, username, _password(args), timeout=args.timeout,
+        target = Target(host, port, args.protocol, username, password, timeout=args.timeout,
                         failover=args.failover)
         try:
             check_broker(target)
@@ -530,12 +556,12 @@ def _password(args: argparse.Namespace) -> str | None:
     given: str | None = args.password
     if args.password_prompt or given == "-":
         if given not in (None, "-"):
-            raise MQTTSessionError("--password-prompt and --password PASSWORD: give one of them")
+            raise _BadArguments("--password-prompt and --password PASSWORD: give one of them")
         if sys.stdin.isatty():
             return getpass.getpass("MQTT password: ")
         line = sys.stdin.readline()
         if not line:
-            raise MQTTSessionError("--password-prompt: no password on standard input")
+            raise _BadArguments("--password-prompt: no password on standard input")
         return line.rstrip("\r\n")
     if given is not None:
         return given
@@ -543,6 +569,8 @@ def _password(args: argparse.Namespace) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .compat.scenarios import TOPIC_ROOT
+
     p = argparse.ArgumentParser(prog="mqttsession", description="Durable MQTT sessions.")
     p.add_argument("--version", action="version", version=f"mqttsession {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -560,13 +588,20 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compat", help="check a broker's session behaviour, one row per scenario",
                        description="Run MQTT session scenarios against a broker with raw packets and"
                                    " print one row each: pass, FAIL with the reason, or n/a. Exit code"
-                                   " 0 when every applicable scenario passed, 1 otherwise, 2 when the"
-                                   " broker cannot be reached or refuses the protocol.")
+                                   " 0 when every applicable scenario passed, 1 when one failed, 2 for"
+                                   " a usage error or when the broker cannot be reached, refuses the"
+                                   " protocol, or does not let the user publish and subscribe under"
+                                   f" {TOPIC_ROOT}/# (every scenario's topics; tried first; client ids"
+                                   " begin with msc). It never restarts a broker it did not start, so"
+                                   " it does not check that sessions survive a broker restart (the"
+                                   " test suite does, for the brokers it starts).")
     c.add_argument("--broker", type=_split_broker, metavar="HOST:PORT",
-                   help="the broker to check (default: start an embedded amqtt broker)")
+                   help="the broker to check, HOST:PORT or [IPv6]:PORT (default: start an embedded"
+                        " amqtt broker)")
     c.add_argument("--failover", type=_split_broker, metavar="HOST:PORT",
-                   help="another node of the --broker's cluster: scenario failover-resume makes a"
-                        " session on --broker and resumes it there (n/a without)")
+                   help="another node of the --broker's cluster (not the --broker itself): scenario"
+                        " failover-resume makes a session on --broker and resumes it there (n/a"
+                        " without)")
     c.add_argument("--protocol", type=int, choices=(4, 5), default=4,
                    help="4 = MQTT 3.1.1 (default), 5 = MQTT 5")
     c.add_argument("--username", help=f"user name for every CONNECT (default: ${ENV_USERNAME})")
@@ -627,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except StateError as exc:
+    except (StateError, _BadArguments) as exc:
         print(f"mqttsession: {exc}", file=sys.stderr)
         return 2
     except MQTTSessionError as exc:

@@ -33,6 +33,7 @@ from ..errors import MQTTSessionError
 _R = TypeVar("_R", bound="RawClient")
 
 __all__ = [
+    "BeyondServerLimit",
     "ConnectionClosed",
     "MalformedPacket",
     "Packet",
@@ -55,6 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NEVER_EXPIRES: Final = 0xFFFFFFFF
+MAXIMUM_QOS: Final = 0x24
+MAXIMUM_PACKET_SIZE: Final = 0x27
 
 
 class RawError(MQTTSessionError):
@@ -71,6 +74,11 @@ class MalformedPacket(RawError, wire.MalformedPacket):
 
 class Timeout(RawError):
     """An expected packet did not arrive in time."""
+
+
+class BeyondServerLimit(RawError):
+    """Not sent: the broker's MQTT 5 CONNACK forbids the client this packet (a PUBLISH above its
+    Maximum QoS [MQTT-3.2.2-11], a packet over its Maximum Packet Size [MQTT-3.2.2-15])."""
 
 
 class Refused(RawError):
@@ -177,6 +185,21 @@ class RawClient:
     def session_present(self) -> bool:
         return bool(self.connack is not None and self.connack.session_present)
 
+    def _connack_int(self, prop_id: int) -> int | None:
+        value = self.connack.prop(prop_id) if self.protocol == 5 and self.connack is not None else None
+        return value if isinstance(value, int) else None
+
+    @property
+    def max_qos(self) -> int:
+        """The CONNACK's Maximum QoS (MQTT 5); 2 when it has none (3.2.2.3.4)."""
+        value = self._connack_int(MAXIMUM_QOS)
+        return 2 if value is None else value
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The CONNACK's Maximum Packet Size (MQTT 5); None: no limit but the protocol's."""
+        return self._connack_int(MAXIMUM_PACKET_SIZE)
+
     def open(self) -> None:
         """Open the TCP connection (``OSError`` if it cannot be made)."""
         self.close()
@@ -185,6 +208,7 @@ class RawClient:
         self._buf.clear()
         self.pending.clear()
         self.closed_by_broker = False
+        self.connack = None  # the limits of the last connection are not this one's
 
     def connect(self, client_id: str, *, clean: bool, session_expiry: int | None = None,
                 username: str | None = None, password: str | None = None, keepalive: int = 60) -> Packet:
@@ -234,15 +258,31 @@ class RawClient:
     # -- raw I/O -----------------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Write one encoded packet."""
+        """Write one encoded packet; ``BeyondServerLimit`` (nothing sent) for one the CONNACK
+        forbids."""
         if self.sock is None:
             raise ConnectionClosed(f"{self.name}: not connected")
+        self._check_limits(data)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s > %s", self.name, _describe_raw(data, self.protocol))
         try:
             self.sock.sendall(data)
         except OSError as exc:
             raise ConnectionClosed(f"connection lost while sending: {exc.strerror or exc}") from exc
+
+    def _check_limits(self, data: bytes) -> None:
+        """What a client must not send after this CONNACK (MQTT 5 only; a 3.1.1 one has none)."""
+        if self.connack is None:
+            return
+        qos = (data[0] >> 1) & 3
+        if data[0] >> 4 == PacketType.PUBLISH and qos > self.max_qos:
+            raise BeyondServerLimit(f"CONNACK Maximum QoS {self.max_qos}: a client must not publish"
+                                    f" at QoS {qos} [MQTT-3.2.2-11]")
+        limit = self.max_packet_size
+        if limit is not None and len(data) > limit:
+            raise BeyondServerLimit(f"CONNACK Maximum Packet Size {limit}: a client must not send a"
+                                    f" {len(data)}-byte {_describe_raw(data, self.protocol).split()[0]}"
+                                    " [MQTT-3.2.2-15]")
 
     def _read(self, deadline: float) -> Packet | None:
         """The next packet from the socket, None at ``deadline``; ConnectionClosed on EOF."""

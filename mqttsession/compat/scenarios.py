@@ -2,7 +2,10 @@
 
 Each scenario uses its own client ids and topics (random suffix), checks one spec statement,
 and reports ``pass``, ``FAIL`` with a one-line reason, or ``n/a``; it never raises. Sessions it
-made are removed afterwards with a clean connection.
+made are removed afterwards with a clean connection. A packet an MQTT 5 broker's CONNACK forbids
+(a PUBLISH above its Maximum QoS, a packet over its Maximum Packet Size) is never sent: the
+scenario that needs it is ``n/a`` with that reason. Every topic is under :data:`TOPIC_ROOT`;
+:func:`check_broker` makes sure the user may publish and subscribe there before anything runs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Final
 
 from .raw import (
     NEVER_EXPIRES,
+    BeyondServerLimit,
     Packet,
     PacketType,
     RawClient,
@@ -31,6 +35,7 @@ from .raw import (
 
 __all__ = [
     "SCENARIOS",
+    "TOPIC_ROOT",
     "BrokerUnavailable",
     "Context",
     "Fail",
@@ -53,6 +58,10 @@ enough that a session left behind (the broker went away before cleanup) goes by 
 
 _DEFAULT: Final = -1  # Context.connect: the expiry that goes with the clean flag
 
+TOPIC_ROOT: Final = "mqttsession-compat"
+"""Every topic the scenarios use is under ``TOPIC_ROOT/#`` (``TOPIC_ROOT/RANDOM/NAME``): the user
+must be allowed to publish and subscribe there (:func:`check_broker` tries it first)."""
+
 
 class Status(Enum):
     """A scenario's outcome."""
@@ -74,11 +83,13 @@ class Fail(Exception):
 
 class NotApplicable(Exception):
     """The scenario cannot check its statement on this broker (e.g. it took QoS 2 as QoS 1,
-    which another scenario reports); the message says why."""
+    which another scenario reports; or its CONNACK's Maximum QoS forbids the QoS the scenario
+    publishes at: ``raw.BeyondServerLimit`` counts as this); the message says why."""
 
 
 class BrokerUnavailable(Exception):
-    """The broker cannot be reached, or refuses the protocol: nothing can be checked."""
+    """The broker cannot be reached, refuses the protocol, or does not let the user publish and
+    subscribe under ``TOPIC_ROOT/#``: nothing can be checked."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,8 @@ class Target:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` (``[v6]:port`` for an IPv6 address)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,7 @@ class Context:
         return cid
 
     def topic(self, name: str = "t") -> str:
-        return f"mqttsession-compat/{self.tag}/{name}"
+        return f"{TOPIC_ROOT}/{self.tag}/{name}"
 
     def connect(self, client_id: str, *, clean: bool, expiry: int | None = _DEFAULT,
                 failover: bool = False) -> RawClient:
@@ -346,8 +358,10 @@ def session_present_unsubscribed(ctx: Context) -> None:
     topic = ctx.topic()
     cid = ctx.client_id("p")
     p = ctx.connect(cid, clean=False)
-    p.send(encode_publish(topic, b"held", qos=2, packet_id=5, protocol=ctx.protocol))
-    held = p.expect_pubrec(5) is not None
+    held = False  # (CONNACK Maximum QoS below 2: the session holds nothing but its existence)
+    if p.max_qos == 2:
+        p.send(encode_publish(topic, b"held", qos=2, packet_id=5, protocol=ctx.protocol))
+        held = p.expect_pubrec(5) is not None
     p.disconnect()  # before PUBREL
     ctx.away()
     p = ctx.connect(cid, clean=False)
@@ -448,25 +462,38 @@ def first_delivery_dup(ctx: Context) -> None:
     s.disconnect()
 
 
+_QOS_CASES: Final = ((1, 2), (0, 2), (2, 1), (2, 0), (1, 1))  # (published, subscribed)
+
+
 def delivered_qos_min(ctx: Context) -> None:
-    # [MQTT-3.8.4-6] (5: [MQTT-3.8.4-8]) delivered QoS = min(published QoS, granted QoS)
+    # [MQTT-3.8.4-6] (5: [MQTT-3.8.4-8]) delivered QoS = min(published QoS, granted QoS). Judged
+    # on what arrived: a message due at QoS 0 is "at most once" (4.3.1) and may be dropped
     s = ctx.connect(ctx.client_id("s"), clean=True)
     granted = {q: s.subscribe(ctx.topic(f"sub{q}"), q) for q in (0, 1, 2)}
-    cases = [(1, 2), (0, 2), (2, 1), (2, 0), (1, 1)]  # (published, subscribed)
     p = _publisher(ctx)
+    cases = [(pub, sub) for pub, sub in _QOS_CASES if pub <= p.max_qos]
+    if len(cases) < len(_QOS_CASES):
+        ctx.note(f"CONNACK Maximum QoS {p.max_qos}: nothing published above it [MQTT-3.2.2-11]")
     for pub, sub in cases:
         p.publish(ctx.topic(f"sub{sub}"), f"{pub}>{sub}".encode(), pub)
     got = {m.payload.decode("utf-8", "replace"): m.qos for m in s.drain(ctx.target.timeout, count=len(cases))}
-    wrong = []
+    wrong, dropped = [], []
     for pub, sub in cases:
         key, want = f"{pub}>{sub}", min(pub, granted[sub])
-        if key not in got:
+        if key not in got and want == 0:
+            dropped.append(f"QoS {pub} to a QoS {sub} subscription (granted {granted[sub]})")
+        elif key not in got:
             wrong.append(f"QoS {pub} to a QoS {sub} subscription not delivered")
         elif got[key] != want:
             wrong.append(f"QoS {pub} to a QoS {sub} subscription (granted {granted[sub]}) delivered"
                          f" at QoS {got[key]}")
     if wrong:
         raise Fail("; ".join(wrong))
+    if not got:
+        raise NotApplicable("nothing arrived, and all was due at QoS 0 (which may be lost): no"
+                            " delivered QoS to check")
+    if dropped:
+        ctx.note(f"not delivered, allowed at QoS 0 (at most once): {', '.join(dropped)}")
     if lower := [f"{q} as {g}" for q, g in granted.items() if g < q]:
         ctx.note(f"SUBACK granted QoS {', '.join(lower)} (allowed)")
 
@@ -586,10 +613,7 @@ def qos2_publish_pubrec(ctx: Context) -> None:
     # [MQTT-4.3.3-2] (5: [MQTT-4.3.3-8]) the receiver of a QoS 2 PUBLISH answers PUBREC
     topic = ctx.topic()
     p = _publisher(ctx)
-    maximum = p.connack.prop(0x24) if ctx.protocol == 5 and p.connack is not None else None
-    if isinstance(maximum, int) and maximum < 2:
-        raise NotApplicable(f"CONNACK Maximum QoS {maximum}: a client must not publish at QoS 2"
-                            " [MQTT-3.2.2-11]")
+    # (CONNACK Maximum QoS below 2: n/a, by RawClient.send [MQTT-3.2.2-11])
     p.send(encode_publish(topic, b"qos2", qos=2, packet_id=3, protocol=ctx.protocol))
     if p.expect_pubrec(3) is None:
         raise Fail("a QoS 2 PUBLISH was answered with PUBACK, not PUBREC: the broker took it as"
@@ -710,6 +734,18 @@ def clean_discards_session(ctx: Context) -> None:
     if _payloads(s.drain(ctx.target.quiet), topic):
         raise Fail("the old session's queued message was delivered to the clean session")
     s.subscribe(topic, 1)  # belongs to the clean session: must end with its connection
+    # positive control: the absences judged here mean something only if this one arrives
+    p.publish(topic, b"control", 1)
+    try:
+        control = s.wait_for(lambda m: m.type is PacketType.PUBLISH and m.topic == topic
+                             and m.payload == b"control", "PUBLISH of the control message")
+    except Timeout:
+        raise Fail(f"control: a QoS 1 message to the clean session's own subscription did not"
+                   f" arrive within {ctx.target.timeout:.1f} s, so no absence here shows"
+                   " anything") from None
+    s.ack(control)
+    if _payloads(s.pending, topic):
+        raise Fail("the old session's queued message was delivered to the clean session")
     s.disconnect()
     s = ctx.connect(cid, clean=False)
     if s.session_present:
@@ -912,6 +948,8 @@ def run_scenario(scenario: Scenario, target: Target) -> Result:
         reason = "; ".join(ctx.notes)
     except NotApplicable as exc:
         status, reason = Status.NA, str(exc)
+    except BeyondServerLimit as exc:  # the scenario needs what this broker does not offer
+        status, reason = Status.NA, str(exc)
     except Fail as exc:
         reason = str(exc)
     except Refused as exc:
@@ -935,8 +973,9 @@ def run_scenario(scenario: Scenario, target: Target) -> Result:
 
 
 def check_broker(target: Target) -> None:
-    """Connect once with a clean session; ``BrokerUnavailable`` with a one-line reason if that
-    fails (unreachable, refused protocol or credentials, no CONNACK)."""
+    """Connect once with a clean session, subscribe to a topic under ``TOPIC_ROOT/#``, publish
+    to it and get the message back; ``BrokerUnavailable`` with a one-line reason if that fails
+    (unreachable, refused protocol or credentials, no CONNACK, topics not allowed)."""
     version = "MQTT 5" if target.protocol == 5 else "MQTT 3.1.1"
     client = RawClient(target.host, target.port, protocol=target.protocol, timeout=target.timeout,
                        name="probe")
@@ -957,9 +996,34 @@ def check_broker(target: Target) -> None:
         except (RawError, OSError) as exc:
             raise BrokerUnavailable(
                 f"no {version} CONNACK from the broker at {target.address}: {exc}") from None
+        _check_topics(client, target)
         client.disconnect(linger=0.5)
     finally:
         client.close()
+
+
+def _check_topics(client: RawClient, target: Target) -> None:
+    """Subscribe and publish once under ``TOPIC_ROOT/#`` and get the message back: without
+    that (an ACL, a SUBACK failure, PUBACK 0x87) every scenario would blame the broker."""
+    topic = f"{TOPIC_ROOT}/{secrets.token_hex(4)}/probe"
+    qos = min(1, client.max_qos)
+
+    def denied(why: str) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"not allowed to use {TOPIC_ROOT}/# (the topics of every scenario) at {target.address}:"
+            f" {why}; let the user publish and subscribe there")
+
+    step = ""  # what worked before the error
+    try:
+        client.subscribe(topic, qos)
+        step = f"PUBLISH {topic!r} qos {qos}: "
+        client.publish(topic, b"probe", qos)
+        step = f"subscribed to and published on {topic!r}, but "
+        client.ack(client.expect_publish(topic))
+    except BeyondServerLimit as exc:  # a Maximum Packet Size too small for any scenario
+        raise BrokerUnavailable(f"cannot check the broker at {target.address}: {exc}") from None
+    except RawError as exc:
+        raise denied(f"{step}{exc}") from None
 
 
 def run_all(target: Target, scenarios: Sequence[Scenario] | None = None, jobs: int = 4) -> list[Result]:

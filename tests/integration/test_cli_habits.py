@@ -6,7 +6,10 @@
   for (``--password-prompt`` / ``--password -``: no echo on a terminal, else one line of stdin),
   checked against a real mosquitto listener that wants a password;
 * ``inspect FILE`` reads the snapshot AND its journal (what only the journal holds is shown);
-  ``inspect -`` says it read the text alone.
+  ``inspect -`` says it read the text alone;
+* ``HOST:PORT`` arguments take a port 1..65535 and ``[IPv6]:PORT``; ``compat --failover`` may not
+  name the ``--broker`` itself; ``compat --help`` names the topic tree it needs and what it
+  cannot check (a broker restart).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import pytest
 
 import mqttsession
 from mqttsession import Client
-from mqttsession.cli import main
+from mqttsession.cli import _split_broker, main
 from mqttsession.testing import MosquittoBroker
 from mqttsession.testing.brokers import load_template, render_template
 from mqttsession.testing.pytest_plugin import require_mosquitto
@@ -137,10 +140,12 @@ def test_compat_password_prompt_reads_a_line_of_stdin(auth_broker: MosquittoBrok
     # asked for, it wins over the environment
     _passed(_compat(auth_broker, "--username", USER, "--password-prompt", stdin=PASSWORD + "\n",
                     env=_env(MQTTSESSION_PASSWORD="wrong")))
+    # usage errors: exit 2 like argparse's (1 means "a scenario failed"), nothing run
     empty = _compat(auth_broker, "--username", USER, "--password-prompt", stdin="")
-    assert empty.returncode == 1 and "no password on standard input" in empty.stderr, empty.stderr
+    assert empty.returncode == 2 and "no password on standard input" in empty.stderr, empty.stderr
     both = _compat(auth_broker, "--username", USER, "--password-prompt", "--password", PASSWORD)
-    assert both.returncode == 1 and "give one of them" in both.stderr, both.stderr
+    assert both.returncode == 2 and "give one of them" in both.stderr, both.stderr
+    assert empty.stdout == both.stdout == ""
 
 
 @pytest.mark.mosquitto
@@ -209,3 +214,44 @@ def test_compat_with_a_failover_node_it_cannot_reach_says_so(mosquitto: Any) -> 
     out = run_cli("compat", "--broker", mosquitto.address, "--failover", dead, env=_env())
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"cannot reach the broker at {dead}" in out.stderr
+
+
+# ------------------------------------------------------------------------------ HOST:PORT
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:67419", "host:",
+                                     "127.0.0.1", "[::1]", "::1:1883", "127.0.0.1:-1", "h:1883x"])
+@pytest.mark.parametrize("option", [["compat", "--broker"], ["compat", "--broker", "127.0.0.1:1883",
+                                                              "--failover"], ["demo", "--broker"]],
+                         ids=["compat-broker", "compat-failover", "demo-broker"])
+def test_a_broker_address_needs_a_port_of_1_to_65535(option: list[str], address: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: 127.0.0.1:67419 (1883 + 65536) was accepted and the broker on 1883 checked."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*option, address])
+    assert exit_.value.code == 2
+    assert f"argument {option[-1]}: " in capsys.readouterr().err
+
+
+def test_a_broker_address_may_be_bracketed_ipv6() -> None:
+    assert _split_broker("[::1]:1883") == ("::1", 1883)
+    assert _split_broker("localhost:65535") == ("localhost", 65535)
+    assert _split_broker("127.0.0.1:1") == ("127.0.0.1", 1)
+
+
+@pytest.mark.parametrize("failover", ["127.0.0.1:{port}", "localhost:{port}"])
+def test_compat_refuses_a_failover_node_that_is_the_broker_itself(mosquitto: Any, failover: str) -> None:
+    """Before: failover-resume passed against one mosquitto named twice (no cluster at all)."""
+    node = failover.format(port=mosquitto.port)
+    out = run_cli("compat", "--broker", mosquitto.address, "--failover", node, "--scenario",
+                  "failover-resume", env=_env())
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+    assert out.stderr == (f"mqttsession compat: --failover {node} is the --broker itself: name"
+                          " another node of its cluster\n")
+
+
+def test_compat_help_names_the_topic_tree_and_says_it_restarts_no_broker() -> None:
+    text = " ".join(run_cli("compat", "--help").stdout.split())
+    assert "publish and subscribe under mqttsession-compat/#" in text, text
+    assert "never restarts a broker it did not start" in text, text
+    assert "does not check that sessions survive a broker restart" in text, text
