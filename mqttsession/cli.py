@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .codec import SavedState, load_state
+from .expiry import effective_interval
 from .errors import MQTTSessionError, StateError, UsageError
 from .options import ENV_PASSWORD, ENV_USERNAME, format_address, parse_address
 from .refusals import describe_connect_error
@@ -269,6 +270,8 @@ def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int], source: str) 
         "protocol_version": s.protocol_version,
         "clean_session": s.clean_session,
         "session_expiry_interval": s.session_expiry_interval,
+        "effective_expiry_interval": effective_interval(s.protocol_version, s.clean_session,
+                                                        s.session_expiry_interval),
         "expired": s.expired(now),
         "broker": s.broker,
         "connected_at": s.connected_at,
@@ -350,9 +353,9 @@ def _inspect(args: argparse.Namespace) -> int:
     exp = {True: "yes", False: "no", None: "unknown"}[info["expired"]]
     if s.protocol_version != 5:
         exp = "n/a (MQTT 3.1.1 sessions do not expire)"
-    interval = s.session_expiry_interval
-    shown = "absent (0)" if interval is None else ("never (0xFFFFFFFF)" if interval == 0xFFFFFFFF
-                                                  else f"{interval} s")
+    interval, sent = s.session_expiry_interval, info["effective_expiry_interval"]
+    shown = ("never (0xFFFFFFFF)" if interval == 0xFFFFFFFF else f"{interval} s"
+             if interval is not None else f"unset ({sent} s sent)" if sent else "absent (0)")
     print(f"client id:        {s.client_id!r}")
     print(f"protocol:         {'MQTT 5' if s.protocol_version == 5 else 'MQTT 3.1.1'}")
     print(f"clean session:    {s.clean_session}")

@@ -16,7 +16,7 @@ from typing import Container, Final, Protocol, Sequence
 from . import _wire
 from ._wire import PacketType
 from .actions import Action, ConnState, EngineSettings, Notify, Persist, Write
-from .errors import MQTTSessionError, QueueFullError, UsageError
+from .errors import MQTTSessionError, UsageError
 from .events import (
     DIRECTION_CLIENT,
     ErrorEvent,
@@ -37,9 +37,9 @@ from .state import (
     Spooled,
     Stepped,
     id_range,
-    message_bytes,
     publish_packet_size,
 )
+from .queuelimits import QueueLimits
 from .subscriptions import Subscriptions
 
 __all__ = ["Outgoing", "QueueSource"]
@@ -90,7 +90,7 @@ class QueueSource(Protocol):
 # ------------------------------------------------------------------------------------ outgoing
 
 
-class Outgoing:
+class Outgoing(QueueLimits):
     """The outgoing flows of one session (``Engine`` is one); ``state`` is the durable
     part (``state.SessionState``)."""
 
@@ -423,66 +423,6 @@ class Outgoing:
             out += self._pump()
         return ids, out
 
-    def _make_room(self, size: int, n: int = 1) -> list[Action]:
-        """Room for ``n`` more messages of ``size`` bytes within MaxQueuedMessages and
-        MaxQueuedBytes: nothing to do, the oldest never-sent messages dropped
-        (``drop-oldest``), or ``QueueFullError`` (``reject``, or nothing that may go)."""
-        s, st = self.settings, self.state
-        max_n, max_b = s.max_queued_messages, s.max_queued_bytes
-        count, used = st.held + n, st.held_bytes + size
-        if (not max_n or count <= max_n) and (not max_b or used <= max_b):
-            return []
-        gone = self._drop_expired()  # expired: never to be sent, so no room of their own
-        if gone:
-            count, used = st.held + n, st.held_bytes + size
-            if (not max_n or count <= max_n) and (not max_b or used <= max_b):
-                return gone
-        full = (f"the queue is full ({st.held} messages, {st.held_bytes} bytes;"
-                f" MaxQueuedMessages={max_n}, MaxQueuedBytes={max_b})")
-        if s.queue_full_policy != "drop-oldest":
-            raise QueueFullError(f"{full}: nothing was stored (QueueFullPolicy=reject)")
-        victims: list[OutgoingMessage] = []
-        for m in st.outgoing.values():  # in publish order: the in-flight ones come first
-            if (not max_n or count <= max_n) and (not max_b or used <= max_b):
-                break
-            if m.phase is Phase.QUEUED:
-                victims.append(m)
-                count -= 1
-                used -= message_bytes(m)
-        out: list[Action] = []
-        sp = self.spool
-        queued, queued_bytes = (st.spooled, st.spooled_bytes) if sp else (0, 0)
-        if (max_n and count - queued > max_n) or (max_b and used - queued_bytes > max_b):
-            # (before anything is read back: a Loaded record left unwritten would name
-            # messages the journal never loaded)
-            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
-                                 " nothing was stored")
-        while ((max_n and count > max_n) or (max_b and used > max_b)) and st.spooled and sp:
-            head = sp.read(1)  # the disk queue's oldest, read back to be dropped
-            out += self._loaded(head)
-            for m in head:
-                victims.append(st.outgoing[m.seq])
-                count -= 1
-                used -= message_bytes(m)
-        if (max_n and count > max_n) or (max_b and used > max_b):
-            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
-                                 " nothing was stored")
-        return gone + out + [a for m in victims
-                             for a in self._dropped(m, st.drop(m.seq), "queue-full")]
-
-    def _drop_expired(self) -> list[Action]:
-        """MQTT 5, a full queue: the never-sent messages in memory whose Message Expiry
-        Interval ran out are dropped ("expired"), as sending would (3.3.2.3.3); looked for
-        once a second at most (a queue that stays full is not searched at every publish)."""
-        if not self.v5 or self.now - self._expiry_scan < 1.0:
-            return []
-        self._expiry_scan = self.now
-        st, out = self.state, []
-        for m in [m for m in st.outgoing.values() if m.phase is Phase.QUEUED and m.properties
-                  and self._remaining(m) == 0]:
-            out += self._dropped(m, st.expire(m.seq), "expired")
-        return out
-
     def durable(self, seqs: Sequence[int]) -> list[Action]:
         """Held messages whose records a group commit made durable (in seq order): they may
         be written now."""
@@ -565,7 +505,13 @@ class Outgoing:
         out: list[Action] = self._refill() if self.state.spooled else []
         pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
         rate = self.settings.drain_rate_limit
-        while pending and len(inflight) < self._window:
+        while len(inflight) < self._window:
+            if not pending:  # (all dropped as expired, say): more from the disk queue now,
+                if not self.state.spooled:  # not at the next tick
+                    break
+                out += self._refill()
+                if not pending:
+                    break
             seq = pending[0]
             if seq in self._holding:
                 break  # its record is not on disk yet: it, and all after it, wait [MQTT-4.6.0-1]

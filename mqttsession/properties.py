@@ -45,6 +45,9 @@ def publish_properties(props: object) -> bytes:
     for name, why in _NOT_STORABLE.items():
         if hasattr(props, name):
             raise UsageError(f"a message to publish must not carry a {name}: {why}")
+    if getattr(props, "MessageExpiryInterval", None) == 0:  # expired before it was stored
+        raise UsageError("MessageExpiryInterval 0: the message would never be sent (leave it"
+                         " unset for no expiry)")
     _check_strings(props)
     try:
         return pack_properties(props)

@@ -183,3 +183,18 @@ def test_inspect_a_file_in_use_by_a_live_client(mosquitto: MosquittoBroker, tmp_
         assert c.flush(10)
     finally:
         c.close()
+
+
+def test_inspect_an_unset_interval_shows_the_one_sent(tmp_path: Path) -> None:
+    """An MQTT 5 persistent session with SessionExpInterval unset sends 3600 (README), and
+    its expiry is judged on 3600; inspect said "absent (0)" (``--json``: null only)."""
+    path = tmp_path / "unset.state"
+    c = mqttsession.Client(client_id="unset", clean_session=False, protocol_version=5)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    c.publish_message("t", 1, "held")
+    c.close()
+    out = run_cli("inspect", str(path))
+    assert out.returncode == 0 and "expiry interval:  unset (3600 s sent)" in out.stdout, out.stdout
+    doc = json.loads(run_cli("inspect", str(path), "--json").stdout)
+    assert doc["session_expiry_interval"] is None and doc["effective_expiry_interval"] == 3600

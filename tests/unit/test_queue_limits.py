@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqttsession import Client, MessageDroppedEvent, QueueFullError, UsageError
-from mqttsession.engine import Engine, EngineSettings, Notify, Persist
-from mqttsession.state import Accepted, Event, Record, SessionState, Stepped, message_bytes
+from mqttsession import _wire
+from mqttsession._wire import PacketType
+from mqttsession.engine import Engine, EngineSettings, Notify, Persist, Write
+from mqttsession.state import (Accepted, Event, OutgoingMessage, Record, SessionState, Spooled,
+                               Stepped, message_bytes)
 
 
 def _engine(**kw: Any) -> Engine:
@@ -177,3 +180,102 @@ def test_a_full_queue_of_expired_messages_makes_room_as_expired(policy: str) -> 
     assert reasons == ["expired", "expired"]
     assert [m.topic for m in e.state.outgoing.values()] == ["t/2", "t/new"]
     assert e.queue_stats(1011.5).expired == 2
+
+
+class _ListQueue:
+    """The engine's disk queue (``QueueSource``) as a list: what the engine spooled, read
+    back in order."""
+
+    ready = True
+
+    def __init__(self) -> None:
+        self.messages: list[OutgoingMessage] = []
+        self.next = 0
+
+    def read(self, n: int) -> list[OutgoingMessage]:
+        out, self.messages = self.messages[:n], self.messages[n:]
+        if out:
+            self.next = out[-1].seq + 1
+        return out
+
+    def head_time(self) -> float | None:
+        return self.messages[0].accepted_at if self.messages else None
+
+    def tail_time(self) -> float | None:
+        return self.messages[-1].accepted_at if self.messages else None
+
+    def queued(self) -> tuple[int, int]:
+        return len(self.messages), sum(map(message_bytes, self.messages))
+
+    def read_to(self) -> int:
+        return self.messages[0].seq if self.messages else self.next
+
+
+def _spooling_engine(**kw: Any) -> tuple[Engine, _ListQueue]:
+    e = Engine(EngineSettings(**kw),
+               SessionState(client_id="c", clean_session=False, protocol_version=5))
+    q = _ListQueue()
+    e.spool = q
+    return e, q
+
+
+def _publish(e: Engine, q: _ListQueue, topic: str, props: bytes, now: float) -> list[Any]:
+    _, actions = e.publish(topic, b"x", 1, False, props, now=now)
+    for a in actions:  # the store's part: a Spooled record's message goes to the disk queue
+        for rec in a.records if isinstance(a, Persist) else ():
+            if isinstance(rec, Spooled):
+                q.messages.append(rec.message)
+    return actions
+
+
+def _dropped(actions: list[Any]) -> list[str]:
+    return [a.event.reason for a in actions
+            if isinstance(a, Notify) and a.name == "on_message_dropped"]
+
+
+@pytest.mark.parametrize("policy", ["reject", "drop-oldest"])
+def test_expired_messages_in_the_disk_queue_make_room_as_expired(policy: str) -> None:
+    """Beyond QueueInMemory the expired messages wait in the disk queue: they took room
+    (``reject`` raised ``QueueFullError``; ``drop-oldest`` reported them "queue-full")."""
+    e, q = _spooling_engine(max_queued_messages=5, queue_full_policy=policy, queue_in_memory=1)
+    expiring = _wire.pack_properties([(0x02, 1)])
+    for n in range(5):
+        _publish(e, q, f"old/{n}", expiring, 1000.0)
+    assert len(q.messages) == 4
+    reasons = []
+    for n in range(5):
+        reasons += _dropped(_publish(e, q, f"new/{n}", b"", 1002.0))
+    assert reasons == ["expired"] * 5
+    assert e.queue_stats(1002.0).expired == 5 and e.state.held == 5
+
+
+def test_a_full_queue_is_searched_again_after_the_clock_went_back() -> None:
+    """The once-a-second search for expired messages was timed on the message clock: a
+    search made while it read a day ahead (a wall clock set back, then nothing held) kept
+    the next one off for that day."""
+    e = Engine(EngineSettings(max_queued_messages=3),
+               SessionState(client_id="c", clean_session=False, protocol_version=5))
+    expiring = _wire.pack_properties([(0x02, 10)])
+    e._expiry_scan = 1000.0 + 86400.0  # the last search, on a clock then a day ahead
+    for n in range(3):
+        e.publish(f"t/{n}", b"old", 1, False, expiring, now=1000.0 + n)
+    _, actions = e.publish("t/new", b"new", 1, False, b"", now=1011.5)
+    assert _dropped(actions) == ["expired", "expired"]
+
+
+def test_a_backlog_of_expired_messages_does_not_hold_back_the_fresh_ones() -> None:
+    """A pump that dropped every message read back as expired read no more until the next
+    tick (one QueueInMemory batch a tick: 20,000 expired took 19 s, and a fresh message
+    waited behind them). It now reads on while its window has room."""
+    e, q = _spooling_engine(queue_in_memory=10)
+    expiring = _wire.pack_properties([(0x02, 1)])
+    for n in range(100):
+        _publish(e, q, f"old/{n}", expiring, 1000.0)
+    _publish(e, q, "fresh", b"", 1005.0)
+    e.tick(1005.0, 5.0)
+    e.reset()
+    e.connecting("broker:1883")
+    out = e.connack(0, "", False, 65535, None, 1005.0) + e.lost_incoming() + e.resume()
+    sent = [w for w in out if isinstance(w, Write) and w.kind is PacketType.PUBLISH]
+    assert len(sent) == 1 and b"fresh" in sent[0].packet
+    assert _dropped(out).count("expired") == 100

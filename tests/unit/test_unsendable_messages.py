@@ -161,3 +161,17 @@ def test_a_will_topic_a_broker_refuses_fails_connect(tmp_path: Path, char: str) 
         c.connect("127.0.0.1", 1, timeout=0.5)  # refused before any socket is opened
     assert not c.connected
     c.close()
+
+
+def test_a_message_expiry_interval_of_0_is_refused(tmp_path: Path) -> None:
+    """Accepted before, then dropped as "expired" without ever being sent (mosquitto reads 0
+    as no expiry; here it expired the instant it was stored)."""
+    c = _client(tmp_path, version=5)
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = 0
+    with pytest.raises(UsageError, match="MessageExpiryInterval 0"):
+        c.publish_data("t/zero", 1, b"x", properties=props)
+    props.MessageExpiryInterval = 1
+    c.publish_data("t/one", 1, b"x", properties=props)
+    assert [m.topic for m in c.outgoing_messages] == ["t/before", "t/one"]
+    c.close()

@@ -1,0 +1,116 @@
+"""MaxQueuedMessages / MaxQueuedBytes: room for new messages (``QueueFullPolicy``), and the
+never-sent messages whose MQTT 5 Message Expiry Interval ran out, which take none.
+
+Part of the engine (pure; a base of ``outgoing.Outgoing``, whose state it reads).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .actions import Action, EngineSettings
+from .errors import QueueFullError
+from .state import OutgoingMessage, Phase, SessionState, message_bytes
+
+if TYPE_CHECKING:
+    from .outgoing import QueueSource
+    from .records import Stepped
+
+__all__ = ["QueueLimits"]
+
+
+class QueueLimits:
+    """The queue bounds of an ``Outgoing`` (its attributes and methods, declared here)."""
+
+    settings: EngineSettings
+    state: SessionState
+    spool: QueueSource | None
+    now: float  # the MessageClock's time at the latest input
+    _expiry_scan: float  # when a full queue was last searched for expired messages
+
+    @property
+    def v5(self) -> bool:
+        raise NotImplementedError  # Outgoing's
+
+    def _remaining(self, m: OutgoingMessage) -> int | None:
+        raise NotImplementedError  # Outgoing's
+
+    def _loaded(self, messages: list[OutgoingMessage]) -> list[Action]:
+        raise NotImplementedError  # Outgoing's
+
+    def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
+        raise NotImplementedError  # Outgoing's
+
+    def _make_room(self, size: int, n: int = 1) -> list[Action]:
+        """Room for ``n`` more messages of ``size`` bytes within MaxQueuedMessages and
+        MaxQueuedBytes: nothing to do, the oldest never-sent messages dropped
+        (``drop-oldest``), or ``QueueFullError`` (``reject``, or nothing that may go)."""
+        s, st = self.settings, self.state
+        max_n, max_b = s.max_queued_messages, s.max_queued_bytes
+        count, used = st.held + n, st.held_bytes + size
+        if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+            return []
+        gone = self._drop_expired()  # expired: never to be sent, so no room of their own
+        if gone:
+            count, used = st.held + n, st.held_bytes + size
+            if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+                return gone
+        full = (f"the queue is full ({st.held} messages, {st.held_bytes} bytes;"
+                f" MaxQueuedMessages={max_n}, MaxQueuedBytes={max_b})")
+        if s.queue_full_policy != "drop-oldest":
+            raise QueueFullError(f"{full}: nothing was stored (QueueFullPolicy=reject)")
+        victims: list[OutgoingMessage] = []
+        for m in st.outgoing.values():  # in publish order: the in-flight ones come first
+            if (not max_n or count <= max_n) and (not max_b or used <= max_b):
+                break
+            if m.phase is Phase.QUEUED:
+                victims.append(m)
+                count -= 1
+                used -= message_bytes(m)
+        out: list[Action] = []
+        sp = self.spool
+        queued, queued_bytes = (st.spooled, st.spooled_bytes) if sp else (0, 0)
+        if (max_n and count - queued > max_n) or (max_b and used - queued_bytes > max_b):
+            # (before anything is read back: a Loaded record left unwritten would name
+            # messages the journal never loaded)
+            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
+                                 " nothing was stored")
+        while ((max_n and count > max_n) or (max_b and used > max_b)) and st.spooled and sp:
+            head = sp.read(1)  # the disk queue's oldest, read back to be dropped
+            out += self._loaded(head)
+            for m in head:
+                victims.append(st.outgoing[m.seq])
+                count -= 1
+                used -= message_bytes(m)
+        if (max_n and count > max_n) or (max_b and used > max_b):
+            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
+                                 " nothing was stored")
+        for m in victims:  # (one that expired since the last search: reported as such)
+            if self.v5 and m.properties and self._remaining(m) == 0:
+                out += self._dropped(m, st.expire(m.seq), "expired")
+            else:
+                out += self._dropped(m, st.drop(m.seq), "queue-full")
+        return gone + out
+
+    def _drop_expired(self) -> list[Action]:
+        """MQTT 5, a full queue: the never-sent messages whose Message Expiry Interval ran out
+        are dropped ("expired"), as sending would (3.3.2.3.3): those in memory, then those at
+        the disk queue's head (read back while they are expired); looked for once a second at
+        most (a queue that stays full is not searched at every publish; a clock set back
+        searches again)."""
+        if not self.v5 or 0.0 <= self.now - self._expiry_scan < 1.0:
+            return []
+        self._expiry_scan = self.now
+        st, sp, out = self.state, self.spool, []
+        for m in [m for m in st.outgoing.values() if m.phase is Phase.QUEUED and m.properties
+                  and self._remaining(m) == 0]:
+            out += self._dropped(m, st.expire(m.seq), "expired")
+        while sp is not None and st.spooled:
+            head = sp.read(64)
+            out += self._loaded(head)
+            expired = [m for m in head if m.properties and self._remaining(m) == 0]
+            for m in expired:
+                out += self._dropped(m, st.expire(m.seq), "expired")
+            if len(expired) < len(head) or not head:
+                break
+        return out
