@@ -18,7 +18,7 @@ from mqttsession import store as store_mod
 from mqttsession.errors import PersistenceError
 from mqttsession.testing.faults import FakeOs
 
-__all__ = ["FlakyOs", "Outcomes", "count_failed_rewrites", "diff", "only_raised_extra"]
+__all__ = ["FlakyOs", "Outcomes", "StuckThenEIO", "count_failed_rewrites", "diff", "only_raised_extra"]
 
 _REAL_FDATASYNC = os.fdatasync
 
@@ -62,6 +62,27 @@ class FlakyOs(FakeOs):
         if self.fail("ftruncate"):
             raise OSError(errno.EIO, "injected ftruncate")
         os.ftruncate(fd, n)
+
+
+class StuckThenEIO:
+    """A module's ``os`` (``journal``'s, ``groupcommit``'s): once ``armed``, the next
+    fdatasync waits for ``gate`` (``entered`` set meanwhile), then fails with EIO; every other
+    call is the real one."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.gate.wait(10)
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        _REAL_FDATASYNC(fd)
 
 
 class Outcomes:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +25,9 @@ from mqttsession import AsyncGateway, AsyncSession, Connection, Options, StateLo
 from mqttsession.errors import PersistenceError
 
 try:  # tests/integration may or may not be a package
-    from . import _procs
+    from . import _faults, _procs
 except ImportError:  # pragma: no cover - rootdir-relative import
+    import _faults  # type: ignore[no-redef]
     import _procs  # type: ignore[no-redef]
 
 number_of, payload, unique, wait_until = (_procs.number_of, _procs.payload, _procs.unique,
@@ -59,24 +58,7 @@ async def _until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> N
         await asyncio.sleep(0.01)
 
 
-class _StuckThenEIO:
-    """``journal``'s ``os``: once armed, the next fdatasync waits for ``gate`` (``entered`` set
-    meanwhile), then fails with EIO; every other call is the real one."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.entered, self.gate = threading.Event(), threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            self.gate.wait(10)
-            raise OSError(errno.EIO, "Input/output error (injected)")
-        os.fdatasync(fd)
+_StuckThenEIO = _faults.StuckThenEIO
 
 
 # ================================================================================================
@@ -131,33 +113,46 @@ def test_receive_during_close_hands_out_nothing(mosquitto: Any, mqtt_proxy_facto
 # publish_many cancelled while its fdatasync fails
 
 
+@pytest.mark.parametrize("where", ["session", "gateway"])
 def test_cancelled_publish_many_whose_sync_fails_is_all_or_none(
-        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """Before: a ``publish_many`` (SessionSync=always) cancelled while its fdatasync ran, that
     fdatasync then failing, had only one of its messages taken back: the other four went out
-    (one record, split fates). Now the whole batch has one fate (here: none goes out)."""
+    (one record, split fates). Now the whole batch has one fate (here: none goes out). The
+    same through an ``AsyncGateway``'s shared log (its group commit, ``groupcommit``'s
+    ``os``)."""
     failing = _StuckThenEIO()
-    monkeypatch.setattr(journal_mod, "os", failing)
+    monkeypatch.setattr(journal_mod if where == "session" else groupcommit_mod, "os", failing)
     tag = unique("mcf")
     topic = f"aio/many/{tag}"
     counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
 
+    async def batch(s: AsyncSession) -> None:
+        await s.publish(topic, payload(tag, 0), 1)
+        failing.armed = True
+        task = asyncio.create_task(
+            s.publish_many([(topic, 1, payload(tag, n)) for n in range(1, 6)]))
+        assert await asyncio.to_thread(failing.entered.wait, 10), "no sync began"
+        task.cancel()
+        await asyncio.sleep(0.05)  # (the cancel is delivered while the sync still runs)
+        failing.gate.set()  # ... and the sync fails
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _until(lambda: not s._awaiting_sync and not s._syncing, "the sync settled")
+        await asyncio.sleep(0.2)  # (a gateway's: its group commit's callback settles it)
+        await s.publish(topic, payload(tag, 6), 2)  # a sentinel after the batch
+        assert await s.flush(10)
+
     async def main() -> None:
-        async with AsyncSession(_options(mosquitto.address), client_id=unique("mcf"),
-                                state_file=tmp_path / "m.session", session_sync="always") as s:
-            await s.publish(topic, payload(tag, 0), 1)
-            failing.armed = True
-            task = asyncio.create_task(
-                s.publish_many([(topic, 1, payload(tag, n)) for n in range(1, 6)]))
-            assert await asyncio.to_thread(failing.entered.wait, 10), "no sync began"
-            task.cancel()
-            await asyncio.sleep(0.05)  # (the cancel is delivered while the sync still runs)
-            failing.gate.set()  # ... and the sync fails
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await _until(lambda: not s._awaiting_sync and not s._syncing, "the sync settled")
-            await s.publish(topic, payload(tag, 6), 2)  # a sentinel after the batch
-            assert await s.flush(10)
+        if where == "session":
+            async with AsyncSession(_options(mosquitto.address), client_id=unique("mcf"),
+                                    state_file=tmp_path / "m.session",
+                                    session_sync="always") as s:
+                await batch(s)
+        else:
+            async with AsyncGateway(tmp_path / "agw") as gw:
+                await batch(await gw.session(unique("gmcf"), _options(mosquitto.address),
+                                             session_sync="always"))
 
     try:
         _run(main)
@@ -165,46 +160,8 @@ def test_cancelled_publish_many_whose_sync_fails_is_all_or_none(
         counts = counter.counts(tag)
     finally:
         counter.close()
-    batch = sorted(n for n in counts if 1 <= n <= 5)
-    assert batch in ([], [1, 2, 3, 4, 5]), f"a batch of 5 split: {batch} went out"
-
-
-def test_cancelled_publish_many_of_a_gateway_session_is_all_or_none(
-        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same through an ``AsyncGateway``'s shared log (its group commit answered each held
-    message of the batch on its own: message 1 taken back, 2-5 sent)."""
-    failing = _StuckThenEIO()
-    monkeypatch.setattr(groupcommit_mod, "os", failing)  # (the shared log's)
-    tag = unique("gmcf")
-    topic = f"aio/gwmany/{tag}"
-    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
-
-    async def main() -> None:
-        async with AsyncGateway(tmp_path / "agw") as gw:
-            s = await gw.session(unique("gmcf"), _options(mosquitto.address),
-                                 session_sync="always")
-            await s.publish(topic, payload(tag, 0), 1)
-            failing.armed = True
-            task = asyncio.create_task(
-                s.publish_many([(topic, 1, payload(tag, n)) for n in range(1, 6)]))
-            assert await asyncio.to_thread(failing.entered.wait, 10), "no sync began"
-            task.cancel()
-            await asyncio.sleep(0.05)  # (the cancel is delivered while the sync still runs)
-            failing.gate.set()  # ... and the sync fails
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await asyncio.sleep(0.2)  # (the group commit's callback settles the batch)
-            await s.publish(topic, payload(tag, 6), 2)  # a sentinel after the batch
-            assert await s.flush(10)
-
-    try:
-        _run(main)
-        counter.wait_numbers(tag, [0, 6])
-        counts = counter.counts(tag)
-    finally:
-        counter.close()
-    batch = sorted(n for n in counts if 1 <= n <= 5)
-    assert batch in ([], [1, 2, 3, 4, 5]), f"a batch of 5 split: {batch} went out"
+    batch_sent = sorted(n for n in counts if 1 <= n <= 5)
+    assert batch_sent in ([], [1, 2, 3, 4, 5]), f"a batch of 5 split: {batch_sent} went out"
 
 
 # ================================================================================================

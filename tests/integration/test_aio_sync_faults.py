@@ -7,11 +7,8 @@ The message is delivered once all the same (the broker sends it again)."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
-import os
 import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,28 +20,15 @@ import mqttsession.journal as journal_mod
 from mqttsession import AsyncSession, Options
 
 try:  # tests/integration may or may not be a package
-    from . import _feeds
+    from . import _faults, _feeds
 except ImportError:  # pragma: no cover - rootdir-relative import
+    import _faults  # type: ignore[no-redef]
     import _feeds  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
 
-class _StuckThenEIO:
-    def __init__(self) -> None:
-        self.armed = False
-        self.entered, self.gate = threading.Event(), threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            self.gate.wait(10)
-            raise OSError(errno.EIO, "Input/output error (injected)")
-        os.fdatasync(fd)
+_StuckThenEIO = _faults.StuckThenEIO
 
 
 _publish = _feeds.publish

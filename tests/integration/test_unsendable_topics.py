@@ -1,4 +1,5 @@
-"""What ``validate_publish_topic`` refuses is what mosquitto refuses (defect D2): a PUBLISH whose
+"""What ``validate_publish_topic`` (and ``validate_subscribe_filter``) refuses is what mosquitto
+refuses (defect D2): a PUBLISH whose
 topic holds a control character or a non-character costs the connection, one with a character
 next to them goes through; the session refuses the first kind up front, so the messages after
 it still flow."""
@@ -6,6 +7,7 @@ it still flow."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,16 +27,18 @@ REFUSED = ["\x01", "\x7f", "\x85", "\ufdd0", "\ufffe", "\U0010ffff"]
 TAKEN = ["\ufeff", "\u00a0", "\ufdf0", "\U0001f600"]
 
 
-def _broker_takes(mosquitto: Any, topic: str) -> bool:
-    """Whether mosquitto acknowledges a QoS 1 PUBLISH to ``topic`` (raw paho, no checks)."""
+def _broker_answers(mosquitto: Any, send: Callable[[mqtt.Client], object],
+                    answer: str) -> bool:
+    """Whether mosquitto answers what ``send`` sends (raw paho, no checks): ``answer`` is the
+    paho callback (``on_publish``, ``on_subscribe``) that says so."""
     acked, lost = threading.Event(), threading.Event()
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("raw"))
-    c.on_publish = lambda *a: acked.set()
+    setattr(c, answer, lambda *a: acked.set())
     c.on_disconnect = lambda *a: lost.set()
     c.connect(mosquitto.host, mosquitto.port)
     c.loop_start()
     try:
-        c.publish(topic, b"x", 1)
+        send(c)
         for _ in range(50):
             if acked.wait(0.1) or lost.is_set():
                 break
@@ -44,15 +48,27 @@ def _broker_takes(mosquitto: Any, topic: str) -> bool:
         c.loop_stop()
 
 
+# what the session checks, what paho sends to mosquitto, the callback of mosquitto's answer
+_KINDS: dict[str, tuple[Callable[[object], str], Callable[[mqtt.Client, str], object], str]] = {
+    "topic": (validate_publish_topic, lambda c, t: c.publish(t, b"x", 1), "on_publish"),
+    # a subscription is sent again at every reconnect: one mosquitto refuses would cost every
+    # connection after it
+    "filter": (validate_subscribe_filter, lambda c, t: c.subscribe(t + "/#", 1), "on_subscribe"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_KINDS))
 @pytest.mark.parametrize("char", REFUSED + TAKEN, ids=lambda ch: f"U+{ord(ch):04X}")
-def test_the_session_refuses_what_mosquitto_refuses(mosquitto: Any, char: str) -> None:
+def test_the_session_refuses_what_mosquitto_refuses(mosquitto: Any, char: str,
+                                                    kind: str) -> None:
+    check, send, answer = _KINDS[kind]
     topic = f"mqs/{unique('odd')}/{char}"
     try:
-        validate_publish_topic(topic)
+        check(topic)
         refused = False
     except UsageError:
         refused = True
-    assert refused == (not _broker_takes(mosquitto, topic))
+    assert refused == (not _broker_answers(mosquitto, lambda c: send(c, topic), answer))
     assert refused == (char in REFUSED)
 
 
@@ -68,36 +84,3 @@ def test_a_refused_topic_leaves_the_queue_flowing(mosquitto: Any) -> None:
         assert not log.of("on_disconnected")
     finally:
         c.close()
-
-
-def _broker_takes_filter(mosquitto: Any, topic_filter: str) -> bool:
-    """Whether mosquitto answers a SUBSCRIBE to ``topic_filter`` (raw paho, no checks)."""
-    acked, lost = threading.Event(), threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("raw"))
-    c.on_subscribe = lambda *a: acked.set()
-    c.on_disconnect = lambda *a: lost.set()
-    c.connect(mosquitto.host, mosquitto.port)
-    c.loop_start()
-    try:
-        c.subscribe(topic_filter, 1)
-        for _ in range(50):
-            if acked.wait(0.1) or lost.is_set():
-                break
-        return acked.is_set()
-    finally:
-        c.disconnect()
-        c.loop_stop()
-
-
-@pytest.mark.parametrize("char", REFUSED[:3] + TAKEN[:2], ids=lambda ch: f"U+{ord(ch):04X}")
-def test_the_session_refuses_the_filters_mosquitto_refuses(mosquitto: Any, char: str) -> None:
-    """A subscription is sent again at every reconnect: one mosquitto refuses would cost
-    every connection after it, so the session refuses it up front."""
-    topic_filter = f"mqs/{unique('odd')}/{char}/#"
-    try:
-        validate_subscribe_filter(topic_filter)
-        refused = False
-    except UsageError:
-        refused = True
-    assert refused == (not _broker_takes_filter(mosquitto, topic_filter))
-    assert refused == (char in REFUSED)
