@@ -1,8 +1,7 @@
 """What ``validate_publish_topic`` (and ``validate_subscribe_filter``) refuses is what mosquitto
-refuses (defect D2): a PUBLISH whose
-topic holds a control character or a non-character costs the connection, one with a character
-next to them goes through; the session refuses the first kind up front, so the messages after
-it still flow."""
+refuses (defect D2): a PUBLISH (or SUBSCRIBE) whose topic holds a control character or a
+non-character costs the connection, one with a character next to them goes through; the
+session refuses the first kind up front, so the messages after it still flow."""
 
 from __future__ import annotations
 
