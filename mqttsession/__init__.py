@@ -83,6 +83,8 @@ def session_expired(state_data: str, now: float | None = None) -> bool | None:
     """MQTT 5 client-side expiry of a saved session: True, False, or None when unknowable.
 
     None for MQTT 3.1.1 and when the clock reads earlier than the recorded disconnect.
-    ``StateError`` on bad state data.
+    ``StateError`` on bad state data. An estimate: it uses the interval the session holds,
+    which a restart that set another ``SessionExpInterval`` and never connected has already
+    changed (the broker still applies the one it last got); SessionPresent decides.
     """
     return load_state(state_data).expired(time.time() if now is None else now)
