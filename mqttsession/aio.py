@@ -455,8 +455,6 @@ class AsyncSession:
         if isinstance(item, _Closed):
             self._queue.put_nowait(item)  # every later reader sees it too
             return None
-        if self._in_close():  # close() began while this one waited: nor this one
-            return None
         pump = self._client._driver.pump
         # reading goes on once half the bound is taken: toggling the socket's watch at each
         # message would cost two epoll changes a message
@@ -495,6 +493,7 @@ class AsyncSession:
                 log.warning("%s closes with %d unacknowledged messages",
                             c.client_id, len(c.outgoing_messages))
             await self._syncs_settled()
+            await self.ack()  # one a receive() already waiting handed out meanwhile
         finally:
             self._closed = True
             try:

@@ -288,6 +288,7 @@ class Session:
                 if c.outgoing_messages and not c.flush(self._options.request_timeout_seconds):
                     log.warning("session %s closes with %d unacknowledged messages",
                                 self._id, len(c.outgoing_messages))
+                self.ack()  # one a receive() already waiting handed out meanwhile
                 if end_session:
                     self._end(connected=c.connected)
                 else:

@@ -109,6 +109,50 @@ def test_receive_during_close_hands_out_nothing(mosquitto: Any, mqtt_proxy_facto
     assert counts == {0: 1, 1: 1, 2: 1}, f"handed out over both sessions: {seen}"
 
 
+@pytest.mark.parametrize("qos", [1, 2])
+def test_a_receive_waiting_when_close_begins_gets_its_message_acknowledged(
+        mosquitto: Any, mqtt_proxy_factory: Any, qos: int) -> None:
+    """A ``receive()`` already waiting when ``close()`` began, handed a message while the
+    close waited for its flush: ``close()`` acknowledges it too. Without a state file (the
+    broker keeps the session): before, QoS 1 came again in the next session (twice); not
+    handing it out at all would lose a QoS 2 one (the broker then sends only its PUBREL)."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    proxy.drop("s2c", "PUBACK")  # our own publish stays unacknowledged: close() waits for it
+    tag, cid = unique("rwc"), unique("rwc")
+    topic = f"aio/wait/{tag}"
+    seen: list[int | None] = []
+
+    def opts(address: str) -> Options:
+        return _options(address, 1.5)
+
+    async def first() -> None:
+        s = AsyncSession(opts(proxy.address), client_id=cid, clean_session=False)
+        await s.start()
+        await s.subscribe(topic, qos)
+        waiting = asyncio.create_task(s.receive(10))
+        await s.publish(f"aio/wait/{tag}/other", "x", 1)  # its PUBACK is dropped
+        closing = asyncio.create_task(s.close())
+        await _until(lambda: bool(s._idle), "close() waiting in its flush")
+        await asyncio.to_thread(_procs.publish_direct, mosquitto.host, mosquitto.port, topic,
+                                [(qos, payload(tag, 0))])
+        m = await waiting
+        seen.append(None if m is None else number_of(tag, m.message))
+        await closing
+
+    async def again() -> None:
+        s = AsyncSession(opts(mosquitto.address), client_id=cid, clean_session=False)
+        await s.start()
+        try:
+            while (m := await s.receive(1.0)) is not None:
+                seen.append(number_of(tag, m.message))
+        finally:
+            await s.close()
+
+    _run(first)
+    _run(again)
+    assert [n for n in seen if n is not None] == [0], f"handed out over both sessions: {seen}"
+
+
 # ================================================================================================
 # publish_many cancelled while its fdatasync fails
 
