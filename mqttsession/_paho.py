@@ -54,9 +54,8 @@ _PUBREL_FIRST: Final = int(PacketType.PUBREL) << 4 | 2  # a PUBREL's first byte 
 _READ_BATCH: Final = 64  # packets read per network-loop round at most (a whole recv more)
 _RECV_BYTES: Final = 65536  # asked of one recv call
 _time_func: Final = getattr(mqtt, "time_func", time.monotonic)  # paho's keep-alive clock
-_CLOSED_ON_PURPOSE: Final = (  # paho states after disconnect()
-    _ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED,
-)
+_CLOSED_ON_PURPOSE: Final = (_ConnectionState.MQTT_CS_DISCONNECTING,  # paho's states after
+                             _ConnectionState.MQTT_CS_DISCONNECTED)  # disconnect()
 _ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
                                          PacketType.PUBCOMP)}
 # first bytes of the acks of the client's own flows (flags 0): they deliver nothing
@@ -69,6 +68,12 @@ def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
     """An entry of paho's ``_out_packet`` queue, as its ``_packet_queue`` makes one."""
     return {"command": kind << 4, "mid": packet_id, "qos": qos, "pos": 0,
             "to_process": len(packet), "packet": packet, "info": info}
+
+
+def _in_packet(first: int, body: bytes, have: int) -> Any:
+    """paho's ``_in_packet``, as its reader leaves it with a whole packet (or none) read."""
+    return {"command": first, "have_remaining": have, "remaining_count": [], "remaining_mult": 1,
+            "remaining_length": len(body), "packet": bytearray(body), "to_process": 0, "pos": 0}
 
 
 _JOIN_BYTES: Final = 65536  # bytes joined into one send at most
@@ -89,18 +94,14 @@ class PahoConnection(mqtt.Client):
                  clean_session: bool, transport: str = "tcp") -> None:
         proto = MQTTProtocolVersion.MQTTv5 if protocol_version == 5 else MQTTProtocolVersion.MQTTv311
         super().__init__(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=None if protocol_version == 5 else clean_session,
-            protocol=proto,
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+            clean_session=None if protocol_version == 5 else clean_session, protocol=proto,
             transport="websockets" if transport == "websockets" else "tcp",
-            reconnect_on_failure=True,
-        )
+            reconnect_on_failure=True)
         self.hooks = hooks
         self._level = protocol_version
-        # a backstop: an exception in one of our callbacks is logged by paho, never raised
-        # into its network thread (which would end it: no reconnect, no events)
-        self.suppress_exceptions = True
+        # a backstop: an exception in our callbacks is logged by paho, never raised into its
+        self.suppress_exceptions = True  # network thread (which would end: no reconnect)
         self._batch: list[_Held] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self._batch_lock = threading.Lock()  # guards _batch and the three below (not a write)
@@ -122,6 +123,7 @@ class PahoConnection(mqtt.Client):
         self._direct = False  # connected (CONNACK handled) on a socket that allows it
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
+        self._early: list[tuple[int, bytes]] = []  # PUBLISHes before it (aedes): after it
         self._new_sock: Any = None  # the socket being set up by _create_socket
         self._was_connected = False  # a CONNACK arrived on some connection: reconnects follow
         self.enable_logger(PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
@@ -393,7 +395,7 @@ class PahoConnection(mqtt.Client):
             server = None
         if server is not None:  # FailoverServers / a followed Server Reference
             self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
-        self._connack_seen = False  # (paho's reconnect closes the socket: no direct sends)
+        self._connack_seen, self._early = False, []  # (paho's reconnect closes the socket)
         with self._batch_lock:
             self._after_sync.clear()
         try:
@@ -604,6 +606,9 @@ class PahoConnection(mqtt.Client):
         """One whole packet received: the session's to the hooks, the rest to paho."""
         kind = first >> 4
         if kind != PacketType.CONNACK and not self._connack_seen:
+            if kind == PacketType.PUBLISH and len(self._early) < 64:  # aedes 1.2 sends queued
+                self._early.append((first, body))  # ones first at times: handled after CONNACK
+                return _OK
             name = PacketType(kind).name if kind else f"type {kind}"
             return self._violation(0x82, f"a {name} packet before CONNACK [MQTT-3.2.0-1]:"
                                          " not an MQTT broker there?")
@@ -630,17 +635,11 @@ class PahoConnection(mqtt.Client):
     def _paho_handle(self, first: int, body: bytes) -> MQTTErrorCode:
         """paho's own handler for a packet that is not the session's, given as paho's reader
         would have left it in ``_in_packet``."""
-        self._in_packet = {  # noqa: SLF001
-            "command": first, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
-            "remaining_length": len(body), "packet": bytearray(body), "to_process": 0, "pos": 0,
-        }
+        self._in_packet = _in_packet(first, body, 1)  # noqa: SLF001
         try:
             return super()._packet_handle()  # noqa: SLF001
         finally:
-            self._in_packet = {  # noqa: SLF001
-                "command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
-                "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0,
-            }
+            self._in_packet = _in_packet(0, b"", 0)  # noqa: SLF001
 
     def _connack(self, c: Packet, first: int, body: bytes) -> MQTTErrorCode:
         if self._connack_seen:
@@ -677,6 +676,9 @@ class PahoConnection(mqtt.Client):
             # the resume plan is queued: other threads may send themselves from now on
             self._direct = (self._thread is not None and not self._ssl  # noqa: SLF001
                             and self._transport == "tcp" and self._sock is not None)  # noqa: SLF001
+            early, self._early = self._early, []
+            for f, b in early:  # (the session resumed: as if they came right after CONNACK)
+                result = self._handle(f, b) if result == _OK else result
             return result
         except Exception as exc:  # a hook must never kill paho's network thread
             self._hook_failed(exc, "handling a CONNACK packet")

@@ -546,3 +546,35 @@ def test_packets_written_together_arrive_whole_and_in_order(fake: FakeBroker,
         assert log.of("on_error") == []
     finally:
         c.close()
+
+
+# ------------------------------------------------------------------ a PUBLISH before CONNACK
+
+
+@PROTOCOLS
+@pytest.mark.parametrize("qos", [1, 2])
+def test_a_publish_before_connack_is_handled_after_it(fake: FakeBroker, protocol: int,
+                                                      qos: int) -> None:
+    """aedes 1.2 (with its Redis persistence) at times sends a queued PUBLISH before the
+    CONNACK [MQTT-3.2.0-1]. Before: ``connect()`` failed, "not an MQTT broker there?", now and
+    then at a restart. Now it is handled right after the CONNACK: delivered once and acked."""
+    fake.session_present = True
+
+    def early(fb: FakeBroker, rec: Any) -> None:
+        if rec.type == "CONNECT":
+            fb.send_raw(_wire.encode_publish("t/early", b"queued", qos=qos, packet_id=7,
+                                             protocol=protocol))
+
+    fake.on_packet = early
+    c = _client(protocol)
+    log = _procs.EventLog(c)
+    try:
+        c.connect(fake.host, fake.port, 5)
+        fake.wait_for("PUBACK" if qos == 1 else "PUBREC")
+        if qos == 2:
+            fake.send_raw(_wire.encode_ack(_wire.PacketType.PUBREL, 7))
+            fake.wait_for("PUBCOMP")
+        assert [e.message for e in log.wait("on_message_in")] == [b"queued"]
+        assert not log.of("on_error") and not log.of("on_disconnected")
+    finally:
+        c.close()
