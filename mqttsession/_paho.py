@@ -59,8 +59,7 @@ _CLOSED_ON_PURPOSE: Final = (_ConnectionState.MQTT_CS_DISCONNECTING,  # paho's s
 _ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
                                          PacketType.PUBCOMP)}
 # first bytes of the acks of the client's own flows (flags 0): they deliver nothing
-_FLOW_ACKS: Final = frozenset(int(t) << 4 for t in (PacketType.PUBACK, PacketType.PUBREC,
-                                                     PacketType.PUBCOMP))
+_FLOW_ACKS: Final = frozenset(k << 4 for k in _ACK_TYPES if k != PacketType.PUBREL)
 
 
 def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
@@ -402,8 +401,10 @@ class PahoConnection(mqtt.Client):
             return super().reconnect()
         except (OSError, ValueError) as exc:  # ValueError: a host name IDNA refuses; paho's
             if self._was_connected:  # thread retries an OSError only (a first connect()
-                log.info("reconnecting to %s:%s failed: %s", self._host, self._port,  # noqa: SLF001
-                         describe_connect_error(exc))  # raises ConnectError saying why)
+                log.log(logging.WARNING if type(exc).__module__ == "ssl" else logging.INFO,
+                        "reconnecting to %s:%s failed: %s", self._host,  # noqa: SLF001
+                        self._port, describe_connect_error(exc))  # raises ConnectError);
+                # WARNING: a TLS refusal needs attention (a certificate changed)
             raise exc if isinstance(exc, OSError) else OSError(errno.EINVAL, str(exc))
 
     def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
@@ -676,8 +677,7 @@ class PahoConnection(mqtt.Client):
             # the resume plan is queued: other threads may send themselves from now on
             self._direct = (self._thread is not None and not self._ssl  # noqa: SLF001
                             and self._transport == "tcp" and self._sock is not None)  # noqa: SLF001
-            early, self._early = self._early, []
-            for f, b in early:  # (the session resumed: as if they came right after CONNACK)
+            for f, b in self._early:  # as if they came after it (emptied at the next connect)
                 result = self._handle(f, b) if result == _OK else result
             return result
         except Exception as exc:  # a hook must never kill paho's network thread

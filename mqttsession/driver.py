@@ -131,7 +131,9 @@ class Driver(Durability):
         """A new connection for the session (not connected yet)."""
         with self.lock:
             if self.conn is not None:
-                raise UsageError("already connected; call disconnect() first")
+                raise UsageError("already connected; call disconnect() first" if self.engine.connected
+                                 else "a reconnect (or a disconnect()) is under way: call"
+                                      " disconnect() first, from outside the client's callbacks")
             self.servers = servers
             st = self.engine.state
             if not st.client_id:
@@ -580,10 +582,9 @@ class Driver(Durability):
                 if self.servers is not None:
                     self.servers.accepted()
             st = self.engine.state
-            log.info("%s %s as %r (MQTT %s, SessionPresent=%d)",
-                     "reconnected to" if self._lost else "connected to", self.engine.broker,
-                     st.client_id, "5" if st.protocol_version == 5 else "3.1.1",
-                     session_present)
+            log.info("%s %s as %r (MQTT %s, SessionPresent=%d)", "reconnected to" if self._lost
+                     else "connected to", self.engine.broker, st.client_id,
+                     "5" if st.protocol_version == 5 else "3.1.1", session_present)
             self._tries, self._lost = 0, False
         self.file.deferring = rc == 0  # on_connected may still restore the file's session
         try:
@@ -596,30 +597,27 @@ class Driver(Durability):
                 return
         finally:
             self.file.deferring = False
-        with self.lock:
-            if self.file.unrestored is not None:
-                self.file.settle(self.engine.state)
-            lost = self.run(self.engine.lost_incoming())
-        self.finish(lost)  # delivered before resume() removes them
-        self.do(self.engine.resume)
-        self._release_batch()  # the resume plan is on its way before connect() returns
+        if self.conn is not None:  # (on_connected may have closed or disconnected it)
+            with self.lock:
+                if self.file.unrestored is not None:
+                    self.file.settle(self.engine.state)
+                lost = self.run(self.engine.lost_incoming())
+            self.finish(lost)  # delivered before resume() removes them
+        if self.conn is not None:
+            self.do(self.engine.resume)
+            self._release_batch()  # the resume plan is on its way before connect() returns
         self._end_connect(0, reason)
 
-    def _release_batch(self) -> None:
-        """The read batch's records so far made durable, then its held packets written."""
-        with self.lock:
-            self.file.sync_pending()
-            self._batch_sync = False  # (that sync covers the batch's records so far)
-            if self.conn is not None:
-                self.conn.release_held()
-
     def _hook_packet(self, packet: Packet) -> None:
-        self.do(lambda: self.engine.receive(packet))
+        if self.conn is not None:  # else a callback closed or disconnected: the broker resends
+            self.do(lambda: self.engine.receive(packet))
 
     def _hook_ack(self, kind: PacketType, packet_id: int) -> None:
         self._hook_acks([(kind, packet_id)])
 
     def _hook_acks(self, acks: list[tuple[PacketType, int]]) -> None:
+        if self.conn is None:  # a callback closed or disconnected: these go unheard
+            return
         rest: list[Action] = []
         try:
             with self.lock:  # once for them all: the publishing threads wait once
@@ -667,8 +665,7 @@ class Driver(Durability):
             self.conn.drop()  # ends that wait when it is 0): the reconnect tries the next one
         if now >= self._next_tick:
             self._next_tick = now + _TICK_EVERY
-            self._guarded(lambda: self.engine.tick(time.time(), since_boot()),
-                          "recording activity failed")
+            self._guarded(lambda: self.engine.tick(time.time(), since_boot()), "recording activity failed")
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
         was = self.engine.conn

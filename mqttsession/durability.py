@@ -91,6 +91,7 @@ class Durability:
     delivering: dict[int, Message]  # QoS 1 in on_message_in, auto-acknowledged
     changed: threading.Condition  # notified when messages leave the session
     closed = False  # the Client closed (``end``)
+    _batch_sync: bool  # a read batch deferred a sync to its end (the Driver's)
 
     def flush(self, timeout: float | None) -> bool:
         """``Client.flush``: wait until no outgoing message is held; False on timeout, or
@@ -104,6 +105,14 @@ class Durability:
             self.changed.wait_for(lambda: self.closed or not (
                 self.engine.state.outgoing or self.engine.state.spooled), timeout)
             return not (self.engine.state.outgoing or self.engine.state.spooled)
+
+    def _release_batch(self) -> None:
+        """The read batch's records so far made durable, then its held packets written."""
+        with self.lock:
+            self.file.sync_pending()
+            self._batch_sync = False  # (that sync covers the batch's records so far)
+            if self.conn is not None:
+                self.conn.release_held()
 
     def end(self) -> None:
         """The Client closed: a ``flush`` waiting returns."""

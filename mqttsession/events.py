@@ -33,7 +33,9 @@ attribute                 event                      thread
 ========================  =========================  ====================================================
 
 A callback that raises is logged (``mqttsession`` logger, with its traceback) and reported
-through ``on_error``; the session goes on.
+through ``on_error``; the session goes on. An ``on_message_in`` that raises has still taken its
+message: without ManualAck it is acknowledged all the same (not delivered again); to have it
+again, use ManualAck and ``ack()`` only what was handled.
 """
 
 from __future__ import annotations

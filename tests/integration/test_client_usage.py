@@ -284,3 +284,30 @@ def test_plain_disconnect_reports_status_0(mosquitto: Any) -> None:
         assert len(log.of("on_disconnected")) == 1
     finally:
         c.close()
+
+
+def test_connect_while_a_disconnect_is_under_way_says_so() -> None:
+    """``connect()`` in ``on_disconnected`` during ``disconnect()`` (the network thread is
+    being stopped): it said "already connected; call disconnect() first" to a client that was
+    not connected and had just called ``disconnect()``."""
+    from mqttsession.testing.fake_broker import FakeBroker
+
+    fake = FakeBroker()
+    said: list[str] = []
+    c = mqttsession.Client(client_id="under-way", clean_session=True)
+
+    def again(_e: Any) -> None:
+        try:
+            c.connect(fake.host, fake.port, 5)
+        except mqttsession.UsageError as exc:
+            said.append(str(exc))
+
+    try:
+        c.connect(fake.host, fake.port, 5)
+        c.on_disconnected = again
+        c.disconnect()
+        assert len(said) == 1 and "already connected" not in said[0], said
+        assert "under way" in said[0]
+    finally:
+        c.close()
+        fake.stop()
