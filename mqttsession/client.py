@@ -179,6 +179,9 @@ def _close(c: Client) -> None:
 
 def _connect_params(c: Client) -> ConnectParams:
     """What ``connect`` hands the driver: the Client's connection settings."""
+    if not isinstance(c.username, (str, type(None))) or not isinstance(c.password,
+                                                                      (str, bytes, type(None))):
+        raise UsageError("username must be str (or None), password str or bytes (or None)")
     tls = c.tls_options
     on = tls is not None and tls.enabled
     ctx = c._tls_context or (_tls_context_of(tls) if on else None)
@@ -291,7 +294,9 @@ class Client:
 
     @clean_session.setter
     def clean_session(self, value: bool) -> None:
-        self._driver.configure("clean_session", clean_session=bool(value))
+        if type(value) is not bool:  # ("False" would be True: a clean session, silently)
+            raise UsageError(f"clean_session must be a bool, got {value!r}")
+        self._driver.configure("clean_session", clean_session=value)
 
     @property
     def protocol_version(self) -> int:

@@ -125,7 +125,9 @@ class MessageEvent:
     """``on_message_in`` (a message received: QoS 0/1 on PUBLISH, QoS 2 on PUBREL, before its
     acknowledgement) / ``on_message_out`` (a message sent and fully acknowledged; QoS 0 once
     written). ``packet_id`` is -1 for QoS 0 (IPWorks). Network thread (``on_message_out`` for
-    QoS 0: the publishing thread)."""
+    QoS 0: the publishing thread). ``duplicate``: received, the PUBLISH's DUP flag; sent
+    (``on_message_out``, ``outgoing_messages``), the message went out before, so a PUBLISH of
+    it written again carries DUP=1 (in ``on_message_out`` always True for QoS 1 / 2)."""
 
     packet_id: int
     topic: str

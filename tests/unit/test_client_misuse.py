@@ -203,3 +203,25 @@ def test_a_bad_setting_is_named_as_spelled(setting: str, name: str) -> None:
     with pytest.raises(UsageError, match=f"^{name} must be"):
         c.config(setting)
     c.close()
+
+
+@pytest.mark.parametrize("value", ["False", "0", 0, None])
+def test_clean_session_takes_a_bool_only(value: object) -> None:
+    """``bool("False")`` is True: a string made the session clean (the broker threw away its
+    queue) without an error; ``None`` made it persistent."""
+    with pytest.raises(UsageError, match="clean_session must be a bool"):
+        Client(client_id="cs", clean_session=value)  # type: ignore[arg-type]
+    c = Client(client_id="cs", clean_session=False)
+    with pytest.raises(UsageError, match="clean_session must be a bool"):
+        c.clean_session = value  # type: ignore[assignment]
+    assert c.clean_session is False
+    c.close()
+
+
+def test_a_username_of_the_wrong_type_is_a_usage_error() -> None:
+    """Before: paho's raw ``AttributeError`` ('int' object has no attribute 'encode')."""
+    c = Client(client_id="user")
+    c.username = 5  # type: ignore[assignment]
+    with pytest.raises(UsageError, match="username must be str"):
+        c.connect("127.0.0.1", 1, timeout=0.5)
+    c.close()
