@@ -27,6 +27,7 @@ import os
 import re
 import stat
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from typing import Final
@@ -35,7 +36,8 @@ from . import codec
 from .errors import MQTTSessionError, StateError
 from .state import SessionState
 
-__all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "load", "read_frames", "read_state"]
+__all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "keep_cut_copy", "load", "read_frames",
+           "read_state"]
 
 log = logging.getLogger("mqttsession.journal")  # the state file's logger, as ever
 
@@ -116,6 +118,44 @@ def unwritten_page(data: bytes, pos: int, end: int) -> bool:
             return True
         q += _PAGE
     return False
+
+
+def frames_after(data: bytes, pos: int) -> int:
+    """Valid frames right after the bad frame at ``pos``, read by its own length: more than a
+    torn last record would be cut with it (a power cut's unwritten page, or a byte gone bad in
+    a record holding a page of zeros, which ``unwritten_page`` cannot tell apart)."""
+    head, size, n = _HEAD.size, len(data), 0
+    length = _HEAD.unpack_from(data, pos)[0] if pos + head <= size else 0
+    q = pos + head + length if 0 < length <= _MAX_FRAME else size
+    while q + head <= size:
+        length, crc = _HEAD.unpack_from(data, q)
+        end = q + head + length
+        if end > size or not 0 < length <= _MAX_FRAME or zlib.crc32(data[q + head:end]) != crc:
+            break
+        n, q = n + 1, end
+    return n
+
+
+def keep_cut_copy(path: str, data: bytes, valid: int) -> str:
+    """Before the tail from ``valid`` is cut: when valid frames follow the bad one, the file as
+    found is kept as ``PATH.cut-<time>`` and the loss logged at ERROR, never cut silently; the
+    words for the log line ("" when only a torn last record goes)."""
+    n = frames_after(data, valid)
+    if not n:
+        return ""
+    aside = f"{path}.cut-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    log.error("%s: a bad record at byte %d is followed by %d valid ones, cut with it (a power cut"
+              " before the write-back reached every page, or damage): the file as found is kept"
+              " as %s", path, valid, n, aside)
+    return f"; {n} valid records after it, the file kept as {aside}"
 
 
 def zeros_from(data: bytes, pos: int) -> int:
@@ -300,9 +340,10 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
             raise damaged(f"journal record {i}: {exc}") from None
     torn = valid < len(data) and zeros_from(data, valid) > valid
     if torn:
+        kept = "" if read_only else keep_cut_copy(journal_path, data, valid)
         log.warning("state journal %s: torn tail of %d bytes %s (a crash mid-write, or a power"
-                    " cut before the write-back reached every page)", journal_path,
-                    len(data) - valid, cut)
+                    " cut before the write-back reached every page)%s", journal_path,
+                    len(data) - valid, cut, kept)
     return state, len(snapshot), valid, torn
 
 

@@ -52,6 +52,8 @@ from .journal import _write_all, write_atomic
 from .statelock import _own_file, _remove_stale_temps, acquire_lock, require_directory, unlinked
 from .recovery import (
     _NOFOLLOW,
+    keep_cut_copy,
+    zeros_from,
     _read_file,
     _refuse_link,
     frame,
@@ -252,8 +254,10 @@ class SharedLog(GroupCommit):
             _own_file(fd, self.path)
             valid = self._load(data)
             if valid < len(data):
-                log.warning("shared log %s: torn tail of %d bytes cut (a crash mid-write)",
-                            self.path, len(data) - valid)
+                kept = keep_cut_copy(self.path, data, valid) if zeros_from(data, valid) > valid \
+                    else ""  # (zeros alone: written ahead)
+                log.warning("shared log %s: torn tail of %d bytes cut (a crash mid-write)%s",
+                            self.path, len(data) - valid, kept)
                 os.ftruncate(fd, valid)
             if valid == 0:
                 _write_all(fd, _HEADER)

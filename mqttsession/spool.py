@@ -40,7 +40,7 @@ from .errors import PersistenceError, StateError
 from .journal import _fsync_dir, _write_all, zeros_ahead
 from .mapped import MappedTail
 from .statelock import _own_file
-from .recovery import _NOFOLLOW, frame, read_frames, zeros_from
+from .recovery import _NOFOLLOW, frame, keep_cut_copy, read_frames, zeros_from
 from .records import Accepted, OutgoingMessage, decode_record, encode_message
 from .state import message_bytes
 
@@ -265,8 +265,9 @@ class Spool:
         seg.last = prev if seg.count else 0
         seg.size = valid
         if zeros_from(data, valid) > valid:  # (zeros alone: written ahead, written over)
-            log.warning("disk queue segment %s: torn tail of %d bytes %s (a crash mid-write)",
-                        seg.path, len(data) - valid, "ignored" if self.read_only else "cut")
+            kept = "" if self.read_only else keep_cut_copy(seg.path, data, valid)
+            log.warning("disk queue segment %s: torn tail of %d bytes %s (a crash mid-write)%s",
+                        seg.path, len(data) - valid, "ignored" if self.read_only else "cut", kept)
             if not self.read_only:
                 fd = os.open(seg.path, os.O_WRONLY | _NOFOLLOW)
                 try:
