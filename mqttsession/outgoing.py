@@ -106,6 +106,7 @@ class Outgoing(QueueLimits):
         self._inflight: dict[int, float] = {}  # seq -> when written on this connection
         self.subs = Subscriptions(self)
         self._mismatch_logged = False  # on this connection
+        self._beyond_logged = False  # flows beyond the Receive Maximum (the engine's), the same
         self.listeners: Container[str] = _ALL  # events anyone listens to (others are not built)
         self.accepted: Accepted | Spooled | None = None  # the last publish()'s (for retract)
         self.accepted_many: list[Accepted | Spooled] = []  # the last publish_many()'s

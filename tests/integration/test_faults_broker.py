@@ -258,9 +258,13 @@ def test_mqtt5_publish_a_client_must_refuse(fake: FakeBroker, qos: int, topic: s
 
 
 @pytest.mark.parametrize("qos", [1, 2])
-def test_flows_beyond_the_receive_maximum_are_refused(fake: FakeBroker, qos: int) -> None:
+def test_flows_beyond_the_receive_maximum_are_taken_and_logged(
+        fake: FakeBroker, qos: int, caplog: pytest.LogCaptureFixture) -> None:
     """MQTT 5: the CONNECT's Receive Maximum (5 here) bounds the QoS 1/2 flows the broker may
-    leave open [MQTT-3.3.4-9]; the sixth is DISCONNECT 0x93 (before: every one was taken)."""
+    leave open [MQTT-3.3.4-9]. mosquitto 2.0.11 opens more when the application acks slowly;
+    session 29 closed the connection (DISCONNECT 0x93) for the one beyond, and each reconnect
+    overshot again: a ManualAck subscriber looped, 39 of 60 messages never delivered. The
+    flow is now taken, logged once a connection at WARNING."""
     c = _client(5)
     c.config("ReceiveMaximum=5")
     c.config("ManualAck=True")  # none acknowledged: five flows stay open
@@ -274,13 +278,16 @@ def test_flows_beyond_the_receive_maximum_are_refused(fake: FakeBroker, qos: int
             log.wait("on_message_in", 5)
         else:  # (delivered on PUBREL)
             fake.wait_for("PUBREC", 5)
-        fake.send_raw(_wire.encode_publish("t/in", b"6", qos=qos, packet_id=6, protocol=5))
-        errors = log.wait("on_error")
-        assert errors[0].error_code == 0x93 and "Receive Maximum 5" in errors[0].description
-        assert _disconnect_codes(fake) == [0x93]
-        taken = [b"1", b"2", b"3", b"4", b"5"]
-        assert [e.message for e in log.of("on_message_in")] == (taken if qos == 1 else [])
-        assert len(fake.packets("PUBREC")) == (0 if qos == 1 else 5)
+        with caplog.at_level(logging.WARNING, logger="mqttsession"):
+            for pid in (6, 7):
+                fake.send_raw(_wire.encode_publish("t/in", b"%d" % pid, qos=qos,
+                                                   packet_id=pid, protocol=5))
+            if qos == 1:
+                log.wait("on_message_in", 7)
+            else:
+                fake.wait_for("PUBREC", 7)
+        assert caplog.text.count("more QoS 1/2 flows than the Receive Maximum 5") == 1
+        assert not log.of("on_error") and not fake.packets("DISCONNECT")
     finally:
         c.close()
 
