@@ -545,8 +545,10 @@ class Engine(Outgoing):
             if h is not None and (by_id or h.event is message):
                 del self._held[pid]
                 acked = True
-                if h.early and not h.pubcomp_due and pid in self.state.incoming:
-                    # taken ahead of its PUBREL: its id stays held until then
+                if not (h.pubcomp_due and self._live) and pid in self.state.incoming:
+                    # no PUBCOMP can go now (taken ahead of its PUBREL, or its connection
+                    # lost): its id stays held until the PUBREL, so that the broker's resend of
+                    # the PUBLISH (mosquitto 2.0.11 sends one after a restart) is not new
                     out.append(Persist((self.state.take(pid),), sync=True, ack=True))
                 elif pid in self.state.incoming:
                     _, rec = self.state.release(pid)
