@@ -384,6 +384,23 @@ def test_mesh_session_acks_what_the_application_took(
         again.close()
 
 
+def _closing_in_callback(path: Path, call: str) -> tuple[Client, list[bytes]]:
+    """A client on the state file ``path`` whose ``on_message_in`` records each message and
+    calls ``close()`` / ``disconnect()`` (``call``) in the first one."""
+    got: list[bytes] = []
+    c = Client(client_id=_uid("cl"), clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+
+    def on_in(e: MessageEvent) -> None:
+        got.append(e.message)
+        if len(got) == 1:
+            getattr(c, call)()
+
+    c.on_message_in = on_in
+    return c, got
+
+
 @pytest.mark.parametrize("qos", [1, 2])
 def test_close_inside_on_message_in_still_writes_its_removal(tmp_path: Path, qos: int) -> None:
     """``close()`` called in ``on_message_in`` (automatic ack) releases the state file only
@@ -395,17 +412,8 @@ def test_close_inside_on_message_in_still_writes_its_removal(tmp_path: Path, qos
 
     fake = FakeBroker()
     path = tmp_path / "s"
-    got: list[bytes] = []
     errors: list[str] = []
-    c = Client(client_id=_uid("cl"), clean_session=False)
-    c.config(f"SessionStateFile={path}")
-    c.restore_session("")
-
-    def on_in(e: MessageEvent) -> None:
-        got.append(e.message)
-        c.close()
-
-    c.on_message_in = on_in
+    c, got = _closing_in_callback(path, "close")
     c.on_error = lambda e: errors.append(e.description)
     try:
         c.connect(fake.host, fake.port, 5)
@@ -445,17 +453,7 @@ def test_nothing_is_delivered_after_a_close_inside_on_message_in(tmp_path: Path,
 
     fake = FakeBroker()
     path = tmp_path / "s"
-    got: list[bytes] = []
-    c = Client(client_id=_uid("cl"), clean_session=False)
-    c.config(f"SessionStateFile={path}")
-    c.restore_session("")
-
-    def on_in(e: MessageEvent) -> None:
-        got.append(e.message)
-        if len(got) == 1:
-            getattr(c, call)()
-
-    c.on_message_in = on_in
+    c, got = _closing_in_callback(path, call)
     try:
         c.connect(fake.host, fake.port, 5)
         fake.send_raw(b"".join(_wire.encode_publish(f"t/{n}", b"m%d" % n, qos=qos,
