@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mqttsession.journal as journal_mod
@@ -263,4 +263,5 @@ def test_a_last_frame_cut_anywhere_before_the_zeros_is_a_torn_tail(
     head = frame(b'["h"]') + b"".join(frame(encode_message(m)) for m in messages[:-1])
     last = frame(encode_message(messages[-1]))
     cut = data.draw(st.integers(1, len(last) - 1))
+    assume(any(last[cut:]))  # (a record ending in zeros, cut in them, is whole over the zeros)
     assert read_frames(head + last[:cut] + bytes(4096))[1:] == (len(head), False)
