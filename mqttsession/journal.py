@@ -193,6 +193,7 @@ class Journal(GroupCommit):
         # fdatasync after mapped stores costs about 4x one after ``write`` (``mapped.py``)
         self.mapped = mapped
         self.max_journal_bytes = max_journal_bytes
+        self.cut_notes: list[str] = []  # valid records a recovery cut (``on_error``: the store)
         self._fd: int | None = None  # journal, opened for writing at ``_size``
         self._size = 0  # where its records end
         self._alloc = 0  # the file's size: ``_size`` and the zeros allocated ahead
@@ -286,7 +287,7 @@ class Journal(GroupCommit):
         self._quiesce()
         self._close_fd()
         state, snapshot_size, resume_at, torn = load(self.path, self.client_id,
-                                                     self._keep_aside)
+                                                     self._keep_aside, notes=self.cut_notes)
         self._snapshot_size = snapshot_size
         if resume_at is not None:
             # go on appending where its valid part ends (a torn tail is cut by the first

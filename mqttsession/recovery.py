@@ -282,20 +282,23 @@ def _read_file(path: str) -> bytes | None:
 
 
 def load(path: str, client_id: str, damaged: Callable[[str], StateError],
-          *, read_only: bool = False) -> tuple[SessionState, int, int | None, bool]:
+          *, read_only: bool = False, notes: list[str] | None = None
+          ) -> tuple[SessionState, int, int | None, bool]:
     """Snapshot + valid journal prefix of ``path``; ``damaged(why)`` makes the error to raise.
 
     Returns the state, the snapshot's size, where the journal's valid part ends when it
     belongs to this snapshot (None: there is no usable journal to append to), and whether
     bytes other than zeros follow it (a torn tail, to cut before appending; zeros are the
-    space the journal allocated ahead, written over in place).
+    space the journal allocated ahead, written over in place). ``notes`` gets the words for
+    ``on_error`` when valid records were cut with a bad one (``keep_cut_copy``).
     """
     with codec.gc_paused():
-        return _load_files(path, client_id, damaged, read_only)
+        return _load_files(path, client_id, damaged, read_only, notes)
 
 
 def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
-                read_only: bool) -> tuple[SessionState, int, int | None, bool]:
+                read_only: bool, notes: list[str] | None = None
+                ) -> tuple[SessionState, int, int | None, bool]:
     journal_path = path + JOURNAL_SUFFIX
     snapshot = _read_file(path)
     if snapshot is None:
@@ -344,6 +347,9 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
         log.warning("state journal %s: torn tail of %d bytes %s (a crash mid-write, or a power"
                     " cut before the write-back reached every page)%s", journal_path,
                     len(data) - valid, cut, kept)
+        if kept and notes is not None:
+            notes.append(f"state journal {journal_path}: a bad record at byte {valid} was cut"
+                         f" with what followed it{kept}")
     return state, len(snapshot), valid, torn
 
 

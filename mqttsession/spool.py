@@ -268,6 +268,9 @@ class Spool:
             kept = "" if self.read_only else keep_cut_copy(seg.path, data, valid)
             log.warning("disk queue segment %s: torn tail of %d bytes %s (a crash mid-write)%s",
                         seg.path, len(data) - valid, "ignored" if self.read_only else "cut", kept)
+            if kept:  # valid messages went with it: the application is told (on_error)
+                self._errors.append((-1, f"disk queue segment {seg.path}: a bad message at byte"
+                                         f" {valid} was cut with what followed it{kept}"))
             if not self.read_only:
                 fd = os.open(seg.path, os.O_WRONLY | _NOFOLLOW)
                 try:

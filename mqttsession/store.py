@@ -249,6 +249,10 @@ class StateFile:
             if not j.exists():  # the journal's files were kept aside
                 spool.keep_aside("damaged")
             raise
+        notes: list[str] = getattr(j, "cut_notes", [])  # (a gateway's log: logged only)
+        if notes:  # records cut with a bad one: told, not only logged
+            self._errors += [(-1, note) for note in notes]
+            notes.clear()
         synced = False
         if self.sync:  # the journal's recovered records on disk before the queue's (a killed
             try:  # process's page cache): never a later message durable without earlier ones

@@ -52,12 +52,16 @@ def test_a_cut_with_valid_records_after_it_keeps_the_file(tmp_path: Path, where:
     files = sorted(tmp_path.rglob("*.open")) if where == "disk queue" else [tmp_path / "s.journal"]
     damaged = files[-1]
     found = _flip_in_zeros(damaged)
+    errors: list[str] = []
     with caplog.at_level(logging.ERROR):
         again = _client(tmp_path, 1000)
+        again.on_error = lambda e: errors.append(e.description)
         again.restore_session("")
     kept = sorted(damaged.parent.glob(damaged.name + ".cut-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == found
     assert "50 valid ones, cut with it" in caplog.text
+    # the application is told too (on_error), not only the log
+    assert [e for e in errors if "cut with what followed it" in e and str(kept[0]) in e], errors
     again.close()
 
 
