@@ -197,7 +197,9 @@ class Driver(Durability):
 
     def _failed_attempt(self, rot: ServerRotation, target: tuple[str, int],
                         exc: ConnectError) -> None:
-        if rot.redirect_pending or len(rot.servers) > 1:
+        if rot.redirect_pending:  # followed: its INFO line says where (not a failure)
+            log.debug("connect: %s (%s); redirected", format_address(*target), exc)
+        elif len(rot.servers) > 1:
             log.warning("connect: %s (%s); trying the next server", format_address(*target), exc)
 
     def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
@@ -581,6 +583,8 @@ class Driver(Durability):
             with self.lock:
                 if self.servers is not None:
                     self.servers.accepted()
+            if self.pump is not None:  # the backoff starts low again (not before a CONNACK)
+                self.pump.accepted()
             st = self.engine.state
             log.info("%s %s as %r (MQTT %s, SessionPresent=%d)", "reconnected to" if self._lost
                      else "connected to", self.engine.broker, st.client_id,

@@ -111,7 +111,6 @@ class Engine(Outgoing):
         self._orphans_now: list[IncomingMessage] = []  # delivered by ``lost_incoming``
         self._last_activity = 0.0
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
-        self._last_server: str | None = None  # of the last accepted CONNACK
         self._moved_from: str | None = None  # this connection's server is another: the one before
 
     # ---------------------------------------------------------------- views
@@ -162,7 +161,8 @@ class Engine(Outgoing):
                     self.error(rc, f"connection refused: {reason}")]
         self.conn = ConnState.RESUMING
         self._mismatch_logged = self._beyond_logged = False
-        prev, self._last_server = self._last_server, self.broker
+        # the session's last server (its ``Connected`` record: also after a restart)
+        prev = self.state.broker
         self._moved_from = prev if prev is not None and prev != self.broker else None
         self.session_present = session_present
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))

@@ -142,8 +142,12 @@ class AsyncioPump:
         if self.stopped or self._sock is None:
             return
         if self.conn.loop_misc() == _OK and self._sock is not None:
-            self._delay = self._delay_min  # connected and alive: the next backoff starts low
             self._schedule_misc()
+
+    def accepted(self) -> None:
+        """A CONNACK accepted the connection: the next backoff starts at the minimum (a
+        server that takes the TCP connection but never answers leaves it growing)."""
+        self._delay = self._delay_min
 
     def _schedule_reconnect(self) -> None:
         delay, self._delay = self._delay, min(self._delay * 2, self._delay_max)

@@ -155,6 +155,54 @@ def test_async_session_fails_over_by_itself(mosquitto_factory: Any) -> None:
     asyncio.run(main())
 
 
+def test_async_backoff_grows_across_a_server_that_never_answers(
+        mosquitto_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """``AsyncSession`` (the loop's pump): a reconnect to a server that takes the TCP
+    connection and never sends CONNACK reset the backoff to ``ReconnectDelayMin`` at each
+    healthy tick of that socket, so it never grew; it starts low again only after an
+    accepted CONNACK, as README says and the paho-driven Client does (a defect hunt)."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    mosquitto = mosquitto_factory()
+    options = mqttsession.Options(
+        address=f"{_addr(mosquitto)},127.0.0.1:{silent.getsockname()[1]}",
+        request_timeout_seconds=0.3)
+    starts: list[float] = []
+
+    class Attempts(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("reconnecting to "):
+                starts.append(time.monotonic())
+
+    handler = Attempts()
+    logging.getLogger("mqttsession").addHandler(handler)
+
+    async def main() -> None:
+        session = AsyncSession(options, client_id=unique("aio-backoff"), clean_session=False)
+        session.client.config("ReconnectDelayMin=0.2")
+        session.client.config("ReconnectDelayMax=5")
+        await session.start()
+        mosquitto.kill()  # then: the silent one, the dead one, the silent one, ...
+        deadline = time.monotonic() + 20
+        while len(starts) < 6 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await session.close()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="mqttsession"):
+            asyncio.run(main())
+    finally:
+        logging.getLogger("mqttsession").removeHandler(handler)
+        silent.close()
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(gaps) >= 5, starts
+    assert max(gaps) > 1.5, gaps  # 0.2 s doubled 0.4, 0.8, 1.6; was at most 0.2 + 0.4 + 0.3
+
+
 def _moves_on(c: mqttsession.Client, a: Any, b: Any, timeout: float, why: str) -> None:
     """``c`` connects to ``a``, which is killed: its next message goes out through ``b``."""
     c.connect(a.host, a.port, timeout=timeout)
@@ -381,12 +429,16 @@ def test_failover_to_an_independent_broker_loses_nothing(
 # ------------------------------------------------------------------------------- redirection
 
 
-def test_connack_use_another_server_followed(mosquitto: Any) -> None:
+def test_connack_use_another_server_followed(mosquitto: Any,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     with FakeBroker(connack_reason=0x9C, server_reference=f"{_addr(mosquitto)} 127.0.0.1:1") as fake:
         c = _client(FollowServerReference="true")
         log = EventLog(c)
         try:
-            c.connect(fake.host, fake.port, timeout=TIMEOUT)
+            with caplog.at_level(logging.INFO, logger="mqttsession"):
+                c.connect(fake.host, fake.port, timeout=TIMEOUT)
+            # followed: its INFO line only (a WARNING "trying the next server" said otherwise)
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
             first, second = log.wait("on_connected", 2)
             assert (first.status_code, first.server) == (0x9C, f"{fake.host}:{fake.port}")
             assert f"redirected to {_addr(mosquitto)}" in first.description

@@ -971,6 +971,25 @@ def test_a_taken_message_is_not_delivered_again_after_a_restart() -> None:
     assert [a.message.message for a in got if isinstance(a, Deliver)] == [b"eight"]
 
 
+def test_a_move_is_seen_after_a_restart_too() -> None:
+    """kill -9 while QoS 2 messages waited for their PUBREL on "broker:1883"; the restarted
+    process's first connection lands on another node that found the session (the first is
+    down): that is a move (the session's ``Connected`` record names the server before), so
+    they are delivered without the PUBREL that node never sends (was: only a move seen in
+    memory counted, and they waited for good; a defect hunt)."""
+    e = connected()
+    e.receive(publish_in(7, 2, b"seven"))
+    state = codec.decode(codec.encode(e.state))  # what the file holds at the kill
+    again = Engine(EngineSettings(), state)
+    again.connecting("other:1883")
+    out = again.connack(0, "", True, 65535, None, 0.0) + again.lost_incoming() + again.resume()
+    assert [a.message.message for a in out if isinstance(a, Deliver)] == [b"seven"]
+    same = Engine(EngineSettings(), codec.decode(codec.encode(e.state)))
+    same.connecting("broker:1883")  # the same server: its PUBREL will come
+    out = same.connack(0, "", True, 65535, None, 0.0) + same.lost_incoming() + same.resume()
+    assert not any(isinstance(a, Deliver) for a in out)
+
+
 def test_a_new_message_under_an_id_delivered_at_a_move_is_a_new_message() -> None:
     """After the move, a PUBLISH with the id of one delivered there but not a resend of it
     (another topic or payload: the server forgot that flow) is a new message: the old one is
