@@ -309,8 +309,8 @@ def _read_state(path: str) -> tuple[SavedState, dict[str, int]]:
              "journal_bytes": os.path.getsize(journal) if os.path.exists(journal) else 0}
     queue = path + QUEUE_SUFFIX
     if os.path.isdir(queue):
-        sizes["disk_queue_bytes"] = sum(os.path.getsize(os.path.join(queue, n))
-                                        for n in os.listdir(queue))
+        sizes["disk_queue_bytes"] = sum(os.lstat(os.path.join(queue, n)).st_size
+                                        for n in os.listdir(queue))  # (a dangling link too)
     return state, sizes
 
 

@@ -43,7 +43,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -54,7 +53,7 @@ from .mapped import MappedTail
 from .statelock import (_MODE, _own_file, _remove_stale_temps, acquire_lock,
                         require_directory, unlinked)
 from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, _NOFOLLOW, JOURNAL_SUFFIX, frame, load,
-                       read_frames, read_state)
+                       move_aside, read_frames, read_state)
 from .state import Record, SessionState
 
 __all__ = ["Journal", "read_state", "require_directory", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
@@ -258,26 +257,21 @@ class Journal(GroupCommit):
 
     def exists(self) -> bool:
         """Whether the state file holds a session (its snapshot exists)."""
-        return os.path.exists(self.path)
+        return os.path.lexists(self.path)  # a dangling link too: refused, not replaced
 
     @_locked
     def keep_aside(self, label: str) -> list[str]:
         """Move the files out of the way as ``*.<label>-<time>``; returns the new names."""
         self._quiesce()
         self._close_fd()
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        kept = []
-        for p in (self.path, self.journal_path):
-            if os.path.lexists(p):
-                n, aside = 1, f"{p}.{label}-{stamp}"
-                while os.path.exists(aside):
-                    n, aside = n + 1, f"{p}.{label}-{stamp}-{n + 1}"
-                os.replace(p, aside)
-                kept.append(aside)
-        return kept
+        return move_aside(self.path, (self.path, self.journal_path), label)
 
     def _keep_aside(self, why: str) -> StateError:
-        kept = self.keep_aside("damaged")
+        try:
+            kept = self.keep_aside("damaged")
+        except PersistenceError as exc:
+            log.error("state file %s is damaged (%s); %s", self.path, why, exc)
+            return StateError(f"state file {self.path} is damaged: {why}; {exc}")
         log.error("state file %s is damaged (%s); kept aside as %s", self.path, why, kept)
         return StateError(f"state file {self.path} is damaged: {why}; kept aside as {', '.join(kept)}")
 

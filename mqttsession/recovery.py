@@ -19,6 +19,7 @@ read-only: no lock, nothing moved or written. The files themselves, and writing 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -33,11 +34,11 @@ from collections.abc import Callable
 from typing import Final
 
 from . import codec
-from .errors import MQTTSessionError, StateError
+from .errors import MQTTSessionError, PersistenceError, StateError
 from .state import SessionState
 
-__all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "keep_cut_copy", "load", "read_frames",
-           "read_state"]
+__all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "keep_cut_copy", "load", "move_aside",
+           "read_frames", "read_state"]
 
 log = logging.getLogger("mqttsession.journal")  # the state file's logger, as ever
 
@@ -144,18 +145,48 @@ def keep_cut_copy(path: str, data: bytes, valid: int) -> str:
     if not n:
         return ""
     aside = f"{path}.cut-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:  # (a full disk): nothing cut, no partial copy left; try again later
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
+        raise PersistenceError(exc.errno, f"{path}: a bad record at byte {valid} is followed by"
+                                          f" {n} valid ones; the copy kept before cutting them"
+                                          f" could not be written ({exc.strerror or exc}):"
+                                          " nothing cut") from exc
     log.error("%s: a bad record at byte %d is followed by %d valid ones, cut with it (a power cut"
               " before the write-back reached every page, or damage): the file as found is kept"
               " as %s", path, valid, n, aside)
     return f"; {n} valid records after it, the file kept as {aside}"
+
+
+def move_aside(path: str, paths: tuple[str, ...], label: str) -> list[str]:
+    """Rename those of ``paths`` that exist to ``*.<label>-<time>``; the new names.
+    ``PersistenceError`` (all left in place) when one cannot be moved."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved: list[tuple[str, str]] = []
+    try:
+        for p in paths:
+            if os.path.lexists(p):
+                n, aside = 1, f"{p}.{label}-{stamp}"
+                while os.path.lexists(aside):
+                    n, aside = n + 1, f"{p}.{label}-{stamp}-{n + 1}"
+                os.replace(p, aside)
+                moved.append((p, aside))
+    except OSError as exc:  # (a directory that refuses renames)
+        for p, aside in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.replace(aside, p)
+        raise PersistenceError(exc.errno, f"cannot keep {path} aside: {exc.strerror or exc};"
+                                          " left in place") from exc
+    return [aside for _p, aside in moved]
 
 
 def zeros_from(data: bytes, pos: int) -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import re
 import threading
 import time
@@ -136,8 +137,9 @@ class Spool:
                     segs.append(_Segment(int(m.group(1)), path, False))
             segs.sort(key=lambda s: s.first)
             for seg in segs:
+                st = self._check_regular(seg)
                 if seg.sealed:
-                    self._check_sealed(seg)
+                    self._check_sealed(seg, st)
                 else:
                     self._scan_open(seg)
             segs = [seg for seg in segs if seg.size]  # an open one with a torn header: gone
@@ -172,13 +174,19 @@ class Spool:
                     except PersistenceError as exc:  # (the next sync tries again)
                         log.warning("%s", exc)
 
-    def _check_sealed(self, seg: _Segment) -> None:
+    @staticmethod
+    def _check_regular(seg: _Segment) -> os.stat_result:
+        """A segment is a regular file (a FIFO would hang the read, a link or a directory
+        raise a raw OSError): ``StateError`` otherwise, the file kept."""
         try:
             st = os.lstat(seg.path)
         except OSError as exc:
             raise StateError(f"disk queue segment {seg.path}: {exc.strerror}") from exc
-        if not os.path.isfile(seg.path) or os.path.islink(seg.path):
-            raise StateError(f"disk queue segment {seg.path} is not a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"disk queue segment {seg.path} is not a regular file; kept")
+        return st
+
+    def _check_sealed(self, seg: _Segment, st: os.stat_result) -> None:
         if st.st_size != seg.size:
             raise StateError(f"disk queue segment {seg.path} is {st.st_size} bytes; its name says"
                              f" {seg.size} (cut short or damaged); kept")
@@ -615,21 +623,36 @@ class Spool:
             return errors
 
     def keep_aside(self, label: str) -> list[str]:
-        """Move the queue out of the way as ``P.queue.<label>-<time>``; the new names."""
+        """Move the queue out of the way as ``P.queue.<label>-<time>`` (a queue directory that
+        cannot be renamed, a mount point: its segments into ``P.queue/<label>-<time>``); the
+        new names. ``PersistenceError`` when they cannot be moved (left in place)."""
         with self._mutex:
             self._close_fds()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
             self.count = self.bytes = self.last_seq = 0
             self._newest = None
-            if not os.path.isdir(self.dir) or not os.listdir(self.dir):
+            names = [n for n in os.listdir(self.dir) if _OPEN_NAME.match(n)
+                     or _SEALED_NAME.match(n)] if os.path.isdir(self.dir) else []
+            if not names:
                 return []
-            aside = f"{self.dir}.{label}-{time.strftime('%Y%m%dT%H%M%S')}"
-            n = 1
-            while os.path.exists(aside):
+            stamp, n = time.strftime('%Y%m%dT%H%M%S'), 1
+            aside = f"{self.dir}.{label}-{stamp}"
+            while os.path.lexists(aside):
                 n += 1
-                aside = f"{self.dir}.{label}-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
-            os.rename(self.dir, aside)
-            return [aside]
+                aside = f"{self.dir}.{label}-{stamp}-{n}"
+            try:
+                os.rename(self.dir, aside)
+                return [aside]
+            except OSError:  # (EBUSY: a mount point) its segments, within it
+                inner = os.path.join(self.dir, aside[len(self.dir) + 1:])
+            try:
+                os.mkdir(inner, 0o700)
+                for name in names:
+                    os.rename(os.path.join(self.dir, name), os.path.join(inner, name))
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot keep the disk queue {self.dir} aside:"
+                                                  f" {exc.strerror or exc}") from exc
+            return [inner]
 
     def _close_fds(self) -> None:
         self._map.drop()

@@ -323,7 +323,11 @@ class StateFile:
         j = self.journal
         if old is None or j is None:
             return
-        aside = j.keep_aside("unrestored")
+        try:
+            aside = j.keep_aside("unrestored")
+        except BaseException:
+            self.unrestored = old  # still there: never written over
+            raise
         if self.spool is not None:
             aside += self.spool.keep_aside("unrestored")
         self._errors.append((0, f"{self.path} held a session ({len(old.outgoing)} outgoing,"

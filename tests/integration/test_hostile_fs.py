@@ -1,0 +1,203 @@
+"""State files on a hostile filesystem (a defect hunt; each case failed before its fix):
+
+* a dangling symlink (or a loop) at ``FILE`` was replaced by a regular file by a publish or a
+  ``save_session`` without a restore (a fresh session on the wrong disk);
+* a FIFO, a symlink or a directory at the disk queue's open segment hung the restore (and an
+  ``AsyncSession``'s loop) or raised a raw ``OSError``;
+* the copy recovery keeps before cutting valid records (``FILE.cut-<time>``) on a full disk
+  raised a raw ``OSError`` and left an empty copy at every try;
+* a damaged or unrestored state file in a directory that refuses renames raised a raw
+  ``PermissionError`` (the unrestored one's session was then written over by ``close()``);
+* a disk queue directory that is a mount point (cannot be renamed): a session not restored
+  could not be kept aside (raw ``EBUSY``), and its queued messages became the new session's.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqttsession
+import mqttsession.recovery as recovery_mod
+from mqttsession import Client
+from mqttsession.errors import PersistenceError, StateError
+from mqttsession.testing.faults import FakeOs, fd_name
+
+pytestmark = pytest.mark.integration
+
+
+def _client(path: Path, **settings: object) -> Client:
+    c = Client(client_id="fs", clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    for k, v in settings.items():
+        c.config(f"{k}={v}")
+    return c
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+@pytest.mark.parametrize("op", ["publish", "save"])
+def test_a_dangling_link_at_the_state_file_is_refused_not_replaced(tmp_path: Path, link: str,
+                                                                    op: str) -> None:
+    path = tmp_path / "s"
+    os.symlink(tmp_path / "not-mounted" / "s" if link == "dangling" else path, path)
+    c = _client(path)
+    with pytest.raises(StateError, match="symbolic link"):
+        if op == "publish":
+            c.publish_data("t", 1, b"x")
+        else:
+            c.save_session()
+    assert path.is_symlink()  # kept, nothing written in its place
+    c.close()
+    assert path.is_symlink()
+
+
+def _queued(path: Path) -> None:
+    """A session with messages in its disk queue's open segment (``QueueInMemory=1``)."""
+    c = _client(path, QueueInMemory=1)
+    c.restore_session("")
+    for i in range(4):
+        c.publish_data("t", 1, f"m{i}".encode())
+    c.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_a_special_file_at_the_open_segment_is_state_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "s"
+    _queued(path)
+    (seg,) = (path.parent / "s.queue").glob("*.open")
+    moved = tmp_path / "segment"
+    seg.rename(moved)
+    if kind == "fifo":
+        os.mkfifo(seg)
+    elif kind == "symlink":
+        os.symlink(moved, seg)
+    else:
+        seg.mkdir()
+    c = _client(path)
+    with pytest.raises(StateError, match="not a regular file"):
+        c.restore_session("")  # before: a hang (FIFO) or a raw OSError
+    c.close()
+    env = dict(os.environ, PYTHONPATH=str(Path(mqttsession.__file__).parent.parent))
+    run = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", str(path)], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "not a regular file" in run.stderr, run
+
+
+def _cut_case(path: Path) -> bytes:
+    """A journal whose bad record (a byte of its page of zeros flipped) is followed by valid
+    ones: recovery keeps a copy before it cuts them."""
+    c = _client(path, SessionSync="always")
+    c.restore_session("")
+    c.publish_data("t", 1, b"first")
+    c.publish_data("t", 1, b"Z" + bytes(20000) + b"Z")
+    for i in range(5):
+        c.publish_data("t", 1, f"m{i}".encode())
+    del c  # as a kill: nothing compacted
+    journal = Path(str(path) + ".journal")
+    data = bytearray(journal.read_bytes())
+    data[data.find(bytes(20000)) + 6000] ^= 1
+    journal.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_a_full_disk_at_the_cut_copy_cuts_nothing(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s"
+    found = _cut_case(path)
+
+    def write(fd: int, data: Any) -> int:
+        if ".cut-" in fd_name(fd):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return os.write(fd, data)
+
+    monkeypatch.setattr(recovery_mod, "os", FakeOs(write=write))
+    for _ in range(2):
+        c = _client(path)
+        with pytest.raises(PersistenceError, match="nothing cut"):
+            c.restore_session("")
+        c.close()
+    assert not list(tmp_path.glob("*.cut-*"))  # no empty copy left at each try
+    assert Path(str(path) + ".journal").read_bytes() == found
+    monkeypatch.setattr(recovery_mod, "os", os)
+    c = _client(path)
+    c.restore_session("")  # room again: the copy kept, the records cut
+    assert [m.message for m in c.outgoing_messages] == [b"first"]
+    c.close()
+    (kept,) = tmp_path.glob("*.cut-*")
+    assert kept.read_bytes() == found
+
+
+def _refusing_renames(monkeypatch: pytest.MonkeyPatch) -> None:
+    def replace(src: Any, dst: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted (injected)")
+
+    monkeypatch.setattr(recovery_mod, "os", FakeOs(replace=replace))
+
+
+def test_a_damaged_file_that_cannot_be_moved_aside_is_state_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s"
+    path.write_bytes(b"not a state")
+    _refusing_renames(monkeypatch)
+    c = _client(path)
+    with pytest.raises(StateError, match="left in place"):
+        c.restore_session("")
+    c.close()
+    assert path.read_bytes() == b"not a state"
+
+
+def test_an_unrestored_session_that_cannot_be_moved_aside_is_never_written_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s"
+    c = _client(path)
+    c.restore_session("")
+    c.publish_data("t", 1, b"old")
+    c.close()
+    _refusing_renames(monkeypatch)
+    c = _client(path)
+    with pytest.raises(PersistenceError, match="left in place"):
+        c.publish_data("t", 1, b"new")  # without a restore: the old session goes aside first
+    with pytest.raises(PersistenceError):
+        c.publish_data("t", 1, b"new")  # still refused: never compacted over the old one
+    c.close()
+    monkeypatch.setattr(recovery_mod, "os", os)
+    again = _client(path)
+    again.restore_session("")
+    assert [m.message for m in again.outgoing_messages] == [b"old"]
+    again.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
+def test_a_disk_queue_on_its_own_mount_keeps_an_unrestored_session(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    queue = tmp_path / "s.queue"
+    queue.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(queue)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        c = _client(path, QueueInMemory=1)
+        c.restore_session("")
+        for i in range(4):
+            c.publish_data("t", 1, f"old{i}".encode())
+        c.close()
+        c = _client(path, QueueInMemory=1)
+        errors: list[str] = []
+        c.on_error = lambda e: errors.append(e.description)
+        c.publish_data("t", 1, b"new")  # not restored: kept aside, inside the mount
+        c.close()
+        assert any("not restored" in e for e in errors), errors
+        again = _client(path, QueueInMemory=1)
+        again.restore_session("")
+        assert [m.message for m in again.outgoing_messages] == [b"new"]
+        again.close()
+        (inner,) = [p for p in queue.iterdir() if p.is_dir()]
+        assert inner.name.startswith("unrestored-") and len(list(inner.iterdir())) >= 1
+    finally:
+        subprocess.run(["umount", "-l", str(queue)], check=False)
