@@ -608,10 +608,18 @@ class Client:
             path = self._settings.session_state_file
             cid = self._engine.state.client_id
             state = self._file.load(cid) if path else codec.decode(state_data)
-            records = self._engine.restore(state, time.time(), since_boot())
+            try:
+                records = self._engine.restore(state, time.time(), since_boot())
+            except BaseException:
+                if path:  # not taken: it waits, never written over (``StateFile.settle``)
+                    self._file.unrestored = state
+                raise
             if path:  # the file holds the rest already; a due compaction waits (a read only)
                 self._file.note_restore(records, state)
         self._driver.finish([])  # (its record not written, a full disk: on_error)
+        if path and state_data:  # (a gateway's session has a file too): never silently
+            self._driver.error(0, f"restore_session: the session was read from {path}; the"
+                                  f" state text given ({len(state_data)} characters) was ignored")
 
     # ================================================================== events
 

@@ -105,13 +105,15 @@ class Driver(Durability):
             raise UsageError(f"{what} cannot change while connected")
 
     def configure(self, what: str, **change: Any) -> None:
-        """A Client property kept in the session state changed (``Configured``, recorded);
-        only while disconnected."""
+        """A Client property kept in the session state changed (``Configured``); disconnected."""
         with self.lock:
             self.require_disconnected(what)
-            if "client_id" in change and self.file.shared is not None:  # (its store's key)
-                raise UsageError("a gateway's session keeps its client id: ask the gateway")
             st = self.engine.state
+            if "client_id" in change and change["client_id"] != st.client_id and (
+                    self.file.shared is not None or self.file.journal is not None):
+                raise UsageError(f"the state file holds client id {st.client_id!r}'s session"
+                                 " (its journal, disk queue, a gateway's store): set client_id"
+                                 " before the file is opened (restore_session)")
             if any(getattr(st, k) != v for k, v in change.items()):
                 self.file.append([st.configure(**change)], st)
 

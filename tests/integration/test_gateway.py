@@ -476,7 +476,7 @@ def test_a_gateway_sessions_client_id_cannot_change(tmp_path: Path) -> None:
     with Gateway(tmp_path) as gw:
         a = gw.client("dev-A", clean_session=False)
         a.publish_data("t/x", 1, b"from-A")
-        with pytest.raises(UsageError, match="keeps its client id"):
+        with pytest.raises(UsageError, match="holds client id"):
             a.client_id = "dev-B"
     with Gateway(tmp_path) as gw:
         assert [m.message for m in gw.client("dev-A").outgoing_messages] == [b"from-A"]
