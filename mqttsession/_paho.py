@@ -651,8 +651,6 @@ class PahoConnection(mqtt.Client):
             return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"
                                          " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")
         rc = c.reason_code or 0  # 3.1.1: the return code 0..5; 5.0: the reason code
-        recv_max = c.prop(_wire.RECEIVE_MAXIMUM)
-        max_packet = c.prop(_wire.MAXIMUM_PACKET_SIZE)
         if self._level == 5 and c.properties:
             reason = str(ReasonCode(PacketTypes.CONNACK, identifier=rc))
         else:
@@ -669,11 +667,7 @@ class PahoConnection(mqtt.Client):
             # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
             # on_connected and sends the resume plan before anything else is written.
             result = self._paho_handle(first, body)
-            self.hooks._hook_connack(
-                0, reason, bool(c.session_present),
-                recv_max if isinstance(recv_max, int) else 65535,
-                max_packet if isinstance(max_packet, int) else None,
-            )
+            self.hooks._hook_connack(0, reason, bool(c.session_present), *_wire.connack_limits(c))
             # the resume plan is queued: other threads may send themselves from now on
             self._direct = (self._thread is not None and not self._ssl  # noqa: SLF001
                             and self._transport == "tcp" and self._sock is not None)  # noqa: SLF001

@@ -86,6 +86,8 @@ SESSION_EXPIRY_INTERVAL: Final = 0x11
 SERVER_REFERENCE: Final = 0x1C  # CONNACK / DISCONNECT: another server to use (MQTT 5 4.11)
 REASON_STRING: Final = 0x1F
 RECEIVE_MAXIMUM: Final = 0x21
+MAXIMUM_QOS: Final = 0x24
+RETAIN_AVAILABLE: Final = 0x25
 MAXIMUM_PACKET_SIZE: Final = 0x27
 
 PropValue = int | str | bytes | tuple[str, str]
@@ -756,3 +758,14 @@ def _reason_and_properties(reason: int, props: Sequence[Property], protocol: int
     if props:
         return bytes([reason]) + _props(protocol, props, what)
     return bytes([reason]) if reason else b""
+
+
+def connack_limits(c: Packet) -> tuple[int, int | None, None, int, bool]:
+    """An accepted CONNACK's limits, as ``Hooks._hook_connack`` takes them after its first
+    three: Receive Maximum, Maximum Packet Size, no Server Reference, Maximum QoS, Retain
+    Available (MQTT 5; absent, or MQTT 3.1.1: no limit)."""
+    recv_max, max_packet = c.prop(RECEIVE_MAXIMUM), c.prop(MAXIMUM_PACKET_SIZE)
+    max_qos, retain = c.prop(MAXIMUM_QOS), c.prop(RETAIN_AVAILABLE)
+    return (recv_max if isinstance(recv_max, int) else 65535,
+            max_packet if isinstance(max_packet, int) else None, None,
+            max_qos if isinstance(max_qos, int) and max_qos < 2 else 2, retain != 0)

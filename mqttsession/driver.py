@@ -577,8 +577,8 @@ class Driver(Durability):
         return None if target is None else format_address(*target)
 
     def _hook_connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
-                      maximum_packet_size: int | None, server_reference: str | None = None
-                      ) -> None:
+                      maximum_packet_size: int | None, server_reference: str | None = None,
+                      max_qos: int = 2, retain_available: bool = True) -> None:
         redirect = self._follow(rc, server_reference) if rc != 0 else None
         self._connack_by = 0.0
         if rc == 0:
@@ -596,7 +596,7 @@ class Driver(Durability):
         try:
             self.do(lambda: self.engine.connack(rc, reason, session_present, receive_maximum,
                                                   maximum_packet_size, time.time(), redirect,
-                                                  since_boot()))
+                                                  since_boot(), (max_qos, retain_available)))
             if rc != 0:
                 if not self._connack.is_set():
                     self._end_connect(rc, reason)

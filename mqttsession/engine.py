@@ -147,7 +147,8 @@ class Engine(Outgoing):
 
     def connack(self, rc: int, reason: str, session_present: bool, receive_maximum: int,
                 maximum_packet_size: int | None, now: float,
-                redirect: str | None = None, mono: float | None = None) -> list[Action]:
+                redirect: str | None = None, mono: float | None = None,
+                limits: tuple[int, bool] = (2, True)) -> list[Action]:
         """CONNACK. Accepted: ``Connected`` is durable, then ``on_connected`` (which may call
         ``restore``); the driver then calls ``resume``. Refused: ``on_connected`` with the
         code, and ``on_error`` unless ``redirect`` names the server the client follows the
@@ -167,6 +168,7 @@ class Engine(Outgoing):
         self.session_present = session_present
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
         self.max_packet = maximum_packet_size
+        self.max_qos, self.retain_available = limits  # MQTT 5 Maximum QoS, Retain Available
         self._last_activity = now
         self.now, offset = self.clock_time(now, mono)
         records: list[Record] = [self.state.connected(now, self.broker, session_present),

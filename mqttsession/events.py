@@ -231,8 +231,9 @@ class MessageDroppedEvent:
     """``on_message_dropped``: a QoS 1/2 message left the session without being delivered.
 
     ``reason``: ``queue-full`` (QueueFullPolicy=drop-oldest made room), ``expired``,
-    ``too-large`` (over the broker's Maximum Packet Size) or ``session-lost`` (the broker forgot
-    the session and the settings drop what it may have had). ``seq``: the message's sequence
+    ``too-large`` (over the broker's Maximum Packet Size), ``session-lost`` (the broker forgot
+    the session and the settings drop what it may have had) or ``unsupported`` (over the
+    broker's Maximum QoS, or retained where it takes no retained messages: MQTT 5 CONNACK). ``seq``: the message's sequence
     number in the session. Where the queue moved on: the network thread, or the thread calling
     ``publish_*`` (always for ``queue-full``)."""
 

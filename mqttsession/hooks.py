@@ -18,6 +18,7 @@ class Hooks(Protocol):
     def _hook_connack(
         self, rc: int, reason: str, session_present: bool, receive_maximum: int,
         maximum_packet_size: int | None, server_reference: str | None = None,
+        max_qos: int = 2, retain_available: bool = True,
     ) -> None: ...  # server_reference: MQTT 5, of a refusal (4.11 Server redirection)
 
     def _hook_packet(self, packet: Packet) -> None: ...  # a session packet, decoded

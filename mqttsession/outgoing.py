@@ -100,6 +100,7 @@ class Outgoing(QueueLimits):
         self.state = state if state is not None else SessionState()
         self.conn = ConnState.DISCONNECTED
         self.max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
+        self.max_qos, self.retain_available = 2, True  # the broker's (MQTT 5 CONNACK)
         self.mismatched_acks = 0  # acknowledgements of the wrong kind, ever
         self._window = 65535
         self._pending: deque[int] = deque()  # seqs to write, in order
@@ -307,6 +308,15 @@ class Outgoing(QueueLimits):
             return f"{size} bytes, over the broker's Maximum Packet Size {broker}"
         return None
 
+    def unsupported(self, qos: int, retain: bool) -> str | None:
+        """Why the broker would refuse a PUBLISH with this QoS and retain flag (None: it takes
+        it); the limits of its last CONNACK."""
+        if qos > self.max_qos:  # [MQTT-3.2.2-11]
+            return f"QoS {qos} is over the broker's Maximum QoS {self.max_qos}"
+        if retain and not self.retain_available:  # [MQTT-3.2.2-14]
+            return "the broker takes no retained messages (Retain Available 0)"
+        return None
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
                 properties: bytes = b"", now: float | None = None,
                 hold: bool = False, mono: float | None = None) -> tuple[int, list[Action]]:
@@ -322,6 +332,8 @@ class Outgoing(QueueLimits):
         why = self.size_limit(topic, len(payload), qos, len(properties))
         if why is not None:
             raise UsageError(f"message to {topic!r} too large to send: {why}")
+        if qos > self.max_qos or retain and not self.retain_available:
+            raise UsageError(f"message to {topic!r} cannot be sent: {self.unsupported(qos, retain)}")
         self.accepted = None
         if qos == 0:
             if not self.connected:
@@ -376,10 +388,12 @@ class Outgoing(QueueLimits):
         or no room (``QueueFullError``), raises before anything is stored; a driver whose
         ``Persist`` fails calls ``retract`` with each of ``self.accepted_many``, last first.
         ``hold``: as ``publish``'s (a group commit), for those kept in memory."""
-        for topic, payload, qos, _r, props in items:
+        for topic, payload, qos, retain, props in items:
             why = self.size_limit(topic, len(payload), qos, len(props))
             if why is not None:
                 raise UsageError(f"message to {topic!r} too large to send: {why}")
+            if (why := self.unsupported(qos, retain)) is not None:
+                raise UsageError(f"message to {topic!r} cannot be sent: {why}")
         self.accepted = None
         self.accepted_many = []
         self.now, offset = self.clock_time(now, mono)
@@ -529,11 +543,16 @@ class Outgoing(QueueLimits):
                 out += self._dropped(m, self.state.expire(seq), "expired")
                 continue
             if m.phase is not Phase.AWAIT_PUBCOMP:
-                why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
-                if why is not None:  # it became unsendable (a smaller broker limit): out
-                    out += self._dropped(m, self.state.too_large(seq), "too-large")
-                    out.append(self.error(0x95, f"message seq {seq} (packet id {m.packet_id})"
-                                                 f" to {m.topic!r} taken out of the session: {why}"))
+                why, reason = self.size_limit(m.topic, len(m.payload), m.qos,
+                                              len(m.properties)), "too-large"
+                if why is None and (why := self.unsupported(m.qos, m.retain)) is not None:
+                    reason = "unsupported"
+                if why is not None:  # it became unsendable (the broker's limits): out
+                    out += self._dropped(m, self.state.too_large(seq), reason)
+                    out.append(self.error(0x95 if reason == "too-large" else 0x9A if m.qos
+                                          <= self.max_qos else 0x9B, f"message seq {seq} (packet"
+                                          f" id {m.packet_id}) to {m.topic!r} taken out of the"
+                                          f" session: {why}"))
                     continue
             out += self._write(m)
             inflight[seq] = 0.0

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -80,3 +82,41 @@ def test_retain_per_message(mosquitto: Any) -> None:
         assert late.flush(10)
     finally:
         late.close()
+
+
+@pytest.mark.parametrize("limit", ["max_qos 1", "retain_available false"])
+def test_a_message_the_broker_does_not_take_is_taken_out_not_resent_forever(
+        mosquitto_factory: Any, limit: str) -> None:
+    """MQTT 5 CONNACK Maximum QoS / Retain Available: a held message over them (queued before
+    the client knew) was sent anyway; mosquitto closed the connection each time and every
+    reconnect sent it first again (7 connections in 7 s, nothing delivered, no ``on_error``;
+    a defect hunt). It is taken out (``unsupported``, ``on_error``) and the rest goes; a new
+    publish over them is ``UsageError`` [MQTT-3.2.2-11, 3.2.2-14]."""
+    broker = mosquitto_factory("mosquitto.conf", extra_config=limit)
+    topic = f"mqs/{unique('lim')}"
+    sub = mqttsession.Client(client_id=unique("sub"), protocol_version=5)
+    got = EventLog(sub)
+    pub = mqttsession.Client(client_id=unique("pub"), clean_session=False, protocol_version=5)
+    log = EventLog(pub)
+    dropped_events: list[Any] = []
+    pub.on_message_dropped = dropped_events.append
+    try:
+        sub.connect(broker.host, broker.port)
+        sub.subscribe(topic, 1)
+        got.wait("on_subscribed")
+        over = {"qos": 2, "retain": False} if "qos" in limit else {"qos": 1, "retain": True}
+        pub.publish_data(topic, over["qos"], b"over", retain=over["retain"])  # offline
+        for i in range(3):
+            pub.publish_data(topic, 1, f"m{i}".encode())
+        pub.connect(broker.host, broker.port)
+        assert pub.flush(10)
+        assert sorted(e.message for e in got.wait("on_message_in", 3)) == [b"m0", b"m1", b"m2"]
+        (dropped,) = dropped_events
+        assert dropped.reason == "unsupported" and dropped.seq == 1
+        assert [e for e in log.of("on_error") if "taken out" in e.description]
+        assert len(log.of("on_connected")) == 1  # one connection: never closed by the broker
+        with pytest.raises(mqttsession.UsageError, match="cannot be sent"):
+            pub.publish_data(topic, over["qos"], b"again", retain=over["retain"])
+    finally:
+        pub.close()
+        sub.close()
