@@ -417,6 +417,10 @@ class PahoConnection(mqtt.Client):
             )
         else:
             self._clean_start_sent = bool(self._clean_session)  # noqa: SLF001
+        # the keep-alive asked for, at every reconnect too: paho keeps a Server Keep Alive
+        # (MQTT 5 CONNACK) as its own and would send it to the next server (0: no PINGREQ)
+        self._keepalive = keepalive = self._asked_keepalive = getattr(  # noqa: SLF001
+            self, "_asked_keepalive", keepalive)
         return super()._send_connect(keepalive)  # noqa: SLF001
 
     def _violation(self, code: int, what: str) -> MQTTErrorCode:

@@ -11,12 +11,12 @@ Part of the engine (pure; ``engine.Engine.subs``): each method returns the engin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Container, Final, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Container, Final, Sequence, Sized, TypeVar
 
 from . import _wire
 from ._wire import PacketType
 from .actions import Action, Notify, Persist, Write
-from .errors import UsageError
+from .errors import ProtocolViolation, UsageError
 from .events import SubscribedEvent, UnsubscribedEvent
 from .records import MAX_PACKET_ID, Answered
 
@@ -207,6 +207,7 @@ class Subscriptions:
         return [Persist((rec,), lazy=True)]
 
     def suback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
+        _count(self._sub_ids.get(pid), codes, "SUBACK")
         subs = self._sub_ids.pop(pid, [])
         self._acked(pid, [f for f, _q in subs])
         out: list[Action] = []
@@ -227,6 +228,8 @@ class Subscriptions:
         return out
 
     def unsuback(self, pid: int, codes: tuple[int, ...]) -> list[Action]:
+        if codes:  # (MQTT 3.1.1: none)
+            _count(self._unsub_ids.get(pid), codes, "UNSUBACK")
         filters = self._unsub_ids.pop(pid, [])
         self._acked(pid, filters)
         for f in filters:
@@ -283,3 +286,12 @@ class Subscriptions:
         return self._e.error(0x80, f"the broker closed the connection {SUBSCRIBE_TRIES} times in"
                                    f" answer to {packet} {flt!r}: taken as refused ({call}"
                                    " again to retry)")
+
+
+def _count(pending: Sized | None, codes: tuple[int, ...], packet: str) -> None:
+    """One reason code a filter (3.1.1 [MQTT-3.8.4-5], 5.0 [MQTT-3.8.4-6]; MQTT 5 UNSUBACK
+    3.11.3): a list short or long leaves filters unanswered or answered wrongly, so the
+    connection is dropped (they go again)."""
+    if pending is not None and len(codes) != len(pending):
+        raise ProtocolViolation(0x82, f"a {packet} with {len(codes)} reason codes for"
+                                      f" {len(pending)} topic filters")

@@ -271,3 +271,37 @@ def test_connection_cut_mid_stream_loses_nothing(
         resumed = [r for r in out if (r.type == "PUBLISH" and r.dup)
                    or (r.type == "PUBREL" and r.packet_id not in published)]
         assert resumed, proxy.log_text()
+
+
+def test_a_server_keep_alive_does_not_outlive_its_connection() -> None:
+    """MQTT 5 Server Keep Alive (CONNACK 0x13) is the keep-alive of THAT connection: paho kept
+    it as its own and every automatic reconnect sent it (0 from one server: no PINGREQ on any
+    later connection, a dead link never noticed; a defect hunt). The reconnect asks for the
+    client's own ``keep_alive_interval`` again."""
+    from mqttsession import _wire
+    from mqttsession.testing.fake_broker import FakeBroker
+
+    class ZeroKeepAliveOnce(FakeBroker):
+        first = True
+
+        def connack(self, session_present: bool = False, reason: int = 0) -> bytes:
+            if not self.first:
+                return super().connack(session_present, reason)
+            self.first = False
+            return _wire.encode_connack(session_present, reason, protocol=5,
+                                        properties=[(0x13, 0)])
+
+    fake = ZeroKeepAliveOnce()
+    c = mqttsession.Client(client_id=_procs.unique("ska"), clean_session=False,
+                           protocol_version=5, keep_alive_interval=5)
+    c.config("ReconnectDelayMin=0.1")
+    c.config("ReconnectDelayMax=0.1")
+    try:
+        c.connect(fake.host, fake.port)
+        fake.close_client()
+        fake.wait_connections(2, timeout=10)
+        assert _procs.wait_until(lambda: len(fake.packets("CONNECT")) >= 2)
+        assert [p.keepalive for p in fake.packets("CONNECT")][:2] == [5, 5]
+    finally:
+        c.close()
+        fake.stop()

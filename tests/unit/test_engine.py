@@ -21,7 +21,7 @@ from mqttsession.engine import (
     Persist,
     Write,
 )
-from mqttsession.errors import UsageError
+from mqttsession.errors import ProtocolViolation, UsageError
 from mqttsession.events import (
     ErrorEvent,
     MessageAckEvent,
@@ -555,6 +555,22 @@ def test_suback_failure_removes_the_subscription_and_notifies_on_error() -> None
     (err,) = notified(out, "on_error")
     assert isinstance(err, ErrorEvent) and err.error_code == 0x80 and "'b'" in err.description
     assert e.state.subscriptions == {"a/#": 1}
+
+
+@pytest.mark.parametrize("codes", [[1], [1, 1, 1]], ids=["short", "long"])
+def test_a_suback_with_the_wrong_number_of_codes_is_a_violation(codes: list[int]) -> None:
+    """One code a filter [MQTT-3.8.4-6]: a SUBACK with fewer was taken, the filters without
+    a code counted as answered and never sent again (a defect hunt). The connection is
+    dropped instead, the session unchanged: the SUBSCRIBE goes again on the next one."""
+    e = connected(5)
+    (sub,) = packets(e.subscribe(["a/1", "b/2"], 1), 5)
+    assert sub.packet_id is not None
+    with pytest.raises(ProtocolViolation, match="reason codes for 2 topic filters"):
+        e.receive(incoming(_wire.encode_suback(sub.packet_id, codes, protocol=5), 5))
+    e.connection_lost(1.0, 0, "violation")
+    again = packets(connect(e, session_present=True), 5)  # (one a packet after a close)
+    assert {f for p in again if p.type is PacketType.SUBSCRIBE for f in p.filters or ()} \
+        == {"a/1", "b/2"}
 
 
 def test_subscribe_unanswered_on_three_closes_is_refused() -> None:
