@@ -155,7 +155,10 @@ def write_atomic(path: str, data: str | bytes, sync: bool = True,
                 os.unlink(tmp)
             except OSError:
                 pass
-        raise PersistenceError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+        hint = ("; it is a mount point (a file mounted on its own, as by docker -v): mount its"
+                " directory instead") if exc.errno == errno.EBUSY else ""
+        raise PersistenceError(exc.errno, f"cannot write {path}: {exc.strerror or exc}{hint}"
+                               ) from exc
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -332,6 +332,10 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
                 ) -> tuple[SessionState, int, int | None, bool]:
     journal_path = path + JOURNAL_SUFFIX
     snapshot = _read_file(path)
+    if snapshot is not None and not read_only and os.lstat(path).st_nlink > 1:
+        # a second name has its own lock and journal: two owners of one session
+        raise StateError(f"{path} has {os.lstat(path).st_nlink} names (hard links): a state"
+                         " file must have one; refused, nothing written")
     if snapshot is None:
         if os.path.lexists(journal_path):
             raise damaged("journal without its snapshot")

@@ -201,3 +201,44 @@ def test_a_disk_queue_on_its_own_mount_keeps_an_unrestored_session(tmp_path: Pat
         assert inner.name.startswith("unrestored-") and len(list(inner.iterdir())) >= 1
     finally:
         subprocess.run(["umount", "-l", str(queue)], check=False)
+
+
+def test_a_state_file_with_a_second_name_is_refused(tmp_path: Path) -> None:
+    """A hard link to the state file: each name has its own lock and journal, so two
+    processes owned one session and both sent its held QoS 2 messages (delivered twice; a
+    defect hunt). A snapshot with more than one name is refused, by either name."""
+    path = tmp_path / "s"
+    c = _client(path)
+    c.restore_session("")
+    c.publish_data("t", 2, b"held")
+    c.close()
+    os.link(path, tmp_path / "s-hardlink")
+    for name in ("s", "s-hardlink"):
+        again = _client(tmp_path / name)
+        with pytest.raises(StateError, match="hard links"):
+            again.restore_session("")
+        again.close()
+    os.unlink(tmp_path / "s-hardlink")
+    again = _client(path)
+    again.restore_session("")
+    assert [m.message for m in again.outgoing_messages] == [b"held"]
+    again.close()
+
+
+def test_a_state_file_mounted_on_its_own_says_so(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state file bind-mounted on its own (``docker -v host/state:/app/state``): every
+    snapshot's rename fails with EBUSY for good; the error said only "Device or resource
+    busy". It now says what to do (mount the directory)."""
+    import mqttsession.journal as journal_mod
+
+    def replace(src: Any, dst: Any) -> None:
+        raise OSError(errno.EBUSY, "Device or resource busy (injected)")
+
+    c = _client(tmp_path / "s")
+    c.restore_session("")
+    monkeypatch.setattr(journal_mod, "os", FakeOs(replace=replace))
+    with pytest.raises(PersistenceError, match="mount its directory instead"):
+        c.save_session()
+    monkeypatch.setattr(journal_mod, "os", os)
+    c.close()
