@@ -112,6 +112,7 @@ class Engine(Outgoing):
         self._last_activity = 0.0
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
         self._moved_from: str | None = None  # this connection's server is another: the one before
+        self._accepted_by: str | None = None  # the server of the connection accepted last
 
     # ---------------------------------------------------------------- views
 
@@ -165,6 +166,9 @@ class Engine(Outgoing):
         # the session's last server (its ``Connected`` record: also after a restart)
         prev = self.state.broker
         self._moved_from = prev if prev is not None and prev != self.broker else None
+        self._accepted_by = self.broker
+        if session_present and self._moved_from is not None and self.broker is not None:
+            self.subs.returned(self.broker)
         self.session_present = session_present
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
         self.max_packet = maximum_packet_size
@@ -374,6 +378,9 @@ class Engine(Outgoing):
         self._owed.clear()
         for h in self._held.values():
             h.pubcomp_due = False
+        if self._accepted_by is not None:  # (before the unanswered are requeued)
+            self.subs.left(self._accepted_by)
+            self._accepted_by = None
         return self.subs.requeue_unanswered()
 
     def disconnect(self, now: float, mono: float | None = None) -> list[Action]:

@@ -51,6 +51,9 @@ class Subscriptions:
         self._unsent_subs: dict[str, int] = {}
         self._unsent_unsubs: set[str] = set()
         self._last_sub_id = 0
+        # server -> the subscriptions it held when its connection ended (this process only):
+        # a return to it with SessionPresent=1 finds that session, not the one made elsewhere
+        self._left: dict[str, dict[str, int]] = {}
 
     def busy(self) -> Container[int]:
         """Packet ids held by SUBSCRIBE / UNSUBSCRIBE awaiting their ack."""
@@ -71,6 +74,29 @@ class Subscriptions:
         self._unsent_subs = {f: st.subscriptions[f] for f in st.unanswered
                              if f in st.subscriptions}
         self._unsent_unsubs = {f for f in st.unanswered if f not in st.subscriptions}
+        self._left.clear()
+
+    def left(self, server: str) -> None:
+        """The connection to ``server`` ended: what it surely holds (not what was never sent
+        or is unanswered; an unsubscribed filter it may still hold counts as held)."""
+        held = dict(self._e.state.subscriptions)
+        for f in [*self._unsent_subs, *(f for subs in self._sub_ids.values() for f, _q in subs)]:
+            held.pop(f, None)
+        for f in [*self._unsent_unsubs, *(f for fs in self._unsub_ids.values() for f in fs)]:
+            held.setdefault(f, -1)
+        self._left[server] = held
+
+    def returned(self, server: str) -> None:
+        """Back on ``server`` from another (SessionPresent=1): its session is as it was left,
+        so the subscriptions made or dropped elsewhere since go to it now (a SUBSCRIBE replaces
+        an equal one [MQTT-3.8.4-3]); nothing when this process never left it."""
+        left, cur = self._left.get(server), self._e.state.subscriptions
+        if left is None:
+            return
+        for f, q in cur.items():
+            if left.get(f) != q:
+                self._unsent_subs.setdefault(f, q)
+        self._unsent_unsubs.update(f for f in left if f not in cur)
 
     def resume(self, lost: Sequence[tuple[str, int]]) -> list[Action]:
         """After CONNACK: what waited (and ``lost``, the subscriptions a broker forgot, each

@@ -1006,6 +1006,44 @@ def test_a_move_is_seen_after_a_restart_too() -> None:
     assert not any(isinstance(a, Deliver) for a in out)
 
 
+def _on(e: Engine, server: str, session_present: bool) -> list[Packet]:
+    """The connection before is lost; the next CONNACK comes from ``server``."""
+    if e.connected:
+        e.connection_lost(0.0, 0, "gone")
+    e.reset()
+    e.connecting(server)
+    return packets(e.connack(0, "", session_present, 65535, None, 0.0) + e.lost_incoming()
+                   + e.resume())
+
+
+def _answer(e: Engine, sent: list[Packet]) -> None:
+    for p in sent:
+        assert p.packet_id is not None
+        if p.type is PacketType.SUBSCRIBE:
+            e.receive(incoming(_wire.encode_suback(p.packet_id, [1] * len(p.filters or ()))))
+        elif p.type is PacketType.UNSUBSCRIBE:
+            e.receive(incoming(_wire.encode_unsuback(p.packet_id)))
+
+
+def test_a_return_to_a_stale_session_gets_the_subscriptions_made_elsewhere() -> None:
+    """A (not clustered) held s/one; the client moved to B (SessionPresent=0: its
+    subscriptions sent again), subscribed s/two and dropped s/old there, and came back to A,
+    which still held the session as it was left (SessionPresent=1): s/two was never sent to
+    A, so every message on it was lost (a defect hunt). What changed since the client left A
+    goes to A now; a server the client never left gets nothing more."""
+    e = make()
+    _answer(e, _on(e, "a:1883", False) + packets(e.subscribe(["s/one", "s/old"], 1)))
+    sent_b = _on(e, "b:1883", False)
+    assert {f for p in sent_b for f in p.filters or ()} == {"s/one", "s/old"}
+    _answer(e, sent_b + packets(e.subscribe(["s/two"], 1)) + packets(e.unsubscribe(["s/old"])))
+    back = _on(e, "a:1883", True)
+    assert [(p.type, p.filters) for p in back] == [(PacketType.UNSUBSCRIBE, ("s/old",)),
+                                                   (PacketType.SUBSCRIBE, ("s/two",))]
+    _answer(e, back)
+    assert _on(e, "c:1883", True) == []  # never left in this process: nothing known of it
+    assert _on(e, "a:1883", True) == []  # left as it is now
+
+
 def test_a_new_message_under_an_id_delivered_at_a_move_is_a_new_message() -> None:
     """After the move, a PUBLISH with the id of one delivered there but not a resend of it
     (another topic or payload: the server forgot that flow) is a new message: the old one is
