@@ -46,7 +46,7 @@ from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
-from .options import Options, TlsOptions, format_address
+from .options import Options, TlsOptions, format_address, parse_address
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -96,11 +96,17 @@ def new_client(options: Options, client_id: str, clean_session: bool) -> Client:
     return c
 
 
-def end_session_on_broker(options: Options, client_id: str) -> None:
-    """Make the broker drop ``client_id``'s session: connect clean, then disconnect."""
+def end_session_on_broker(options: Options, client_id: str, last: str | None = None) -> None:
+    """Make the broker drop ``client_id``'s session: connect clean, then disconnect. ``last``:
+    the server that held it last (``host:port``), tried before the others of the list."""
     c = new_client(options, client_id, clean_session=True)
+    servers = list(options.servers)
+    if last is not None and len(servers) > 1:
+        first = parse_address(last)
+        servers = [first, *(s for s in servers if s != first)]
+        c.config("FailoverServers=" + ",".join(format_address(h, p) for h, p in servers[1:]))
     try:
-        c.connect(options.host, options.port, options.request_timeout_seconds)
+        c.connect(*servers[0], options.request_timeout_seconds)
         c.disconnect()
     finally:
         c.close()
@@ -305,8 +311,9 @@ class Session:
             c.config("SessionExpInterval=0")  # sent in the DISCONNECT: the broker drops it now
             c.close()
             return
+        last = c._engine.state.broker  # noqa: SLF001 - the server that held the session last
         c.close()
-        end_session_on_broker(self._options, self._id)
+        end_session_on_broker(self._options, self._id, last)
 
     def __enter__(self) -> Session:
         self.open()

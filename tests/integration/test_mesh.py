@@ -167,3 +167,23 @@ def test_close_while_disconnected_waits_for_the_reconnect_to_deliver(
         assert s.client.outgoing_messages == ()  # delivered before close() returned
     finally:
         restart.join()
+
+
+def test_close_ends_the_session_on_the_server_that_holds_it(mosquitto_factory: Any,
+                                                            version: int) -> None:
+    """A server list, the first down when the session opened on the second, then back:
+    ``close()`` (MQTT 3.1.1: a clean connect and disconnect) ended the session on the first
+    server that accepted, so the second kept it and queued QoS 1 messages for it for good (a
+    defect hunt). It goes to the server that held the session last."""
+    a, b = mosquitto_factory(), mosquitto_factory()
+    a.stop()
+    connection = Connection.insecure(f"{a.address},{b.address}", options=Options(
+        protocol_version=version, request_timeout_seconds=5.0))
+    session = connection.create_session()
+    session.open()
+    assert session.client.config("ConnectedServer") == b.address
+    session.subscribe(f"mesh/{session.session_id}", 1)
+    a.start()
+    session.close()
+    _assert_gone(Connection.insecure(b.address, options=Options(
+        protocol_version=version, request_timeout_seconds=5.0)), session.session_id)
