@@ -310,7 +310,9 @@ def received_publish_fault(topic: str, props: bytes) -> tuple[int, str] | None:
     """What is wrong with an MQTT 5 PUBLISH a client received (its topic and packed properties;
     a reason code and words, None: nothing), for a client that sets no Topic Alias Maximum."""
     seen: set[int] = set()
-    for prop_id, _value in parse_properties(props) if len(props) > 1 else ():
+    for prop_id, value in parse_properties(props) if len(props) > 1 else ():
+        if prop_id == 0x0B and value == 0:  # 3.3.2.3.8: a Subscription Identifier of 0
+            return 0x82, "a Subscription Identifier of 0 (a Protocol Error, MQTT 5 3.3.2.3.8)"
         if prop_id == 0x23:  # [MQTT-3.1.2-27] the client allowed none (Topic Alias Maximum 0)
             return 0x94, "a Topic Alias, though this client allows none [MQTT-3.1.2-27]"
         if prop_id not in _PUBLISH_PROPS:

@@ -468,3 +468,5 @@ def test_received_publish_fault() -> None:
     assert received_publish_fault("", pack_properties([(0x23, 3)]))[0] == 0x94  # type: ignore[index]
     assert received_publish_fault("t", pack_properties([(0x02, 5), (0x02, 6)]))[0] == 0x82  # type: ignore[index]
     assert received_publish_fault("t", pack_properties([(0x21, 5)]))[0] == 0x82  # type: ignore[index]
+    # a Subscription Identifier of 0 is a Protocol Error (3.3.2.3.8): was delivered and acked
+    assert received_publish_fault("t", pack_properties([(0x0B, 0)]))[0] == 0x82  # type: ignore[index]
