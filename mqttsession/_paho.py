@@ -619,9 +619,9 @@ class PahoConnection(mqtt.Client):
                                          " not an MQTT broker there?")
         try:
             if kind != PacketType.CONNACK and kind not in _SESSION_PACKETS:
-                if kind not in _PAHO_PACKETS:  # (paho would drop it unreported)
-                    return self._violation(0x82, f"a packet of type {kind} from a broker")
-                return self._paho_handle(first, body)  # PINGRESP, DISCONNECT, AUTH
+                fault = (0x82, f"a packet of type {kind} from a broker") if kind not in \
+                    _PAHO_PACKETS else _wire.paho_packet_fault(first, body, self._level)
+                return self._violation(*fault) if fault else self._paho_handle(first, body)
             p = _wire.decode(first, body, self._level)
         except MalformedPacket as exc:
             return self._violation(0x81, str(exc))
@@ -650,6 +650,8 @@ class PahoConnection(mqtt.Client):
         if self._connack_seen:
             return self._violation(0x82, "a second CONNACK on one connection")
         self._connack_seen = True
+        if (fault := _wire.connack_fault(c, self._level)) is not None:
+            return self._violation(*fault)
         self._was_connected = True
         if c.session_present and self._clean_start_sent:
             return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"

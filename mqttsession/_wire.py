@@ -325,6 +325,41 @@ def received_publish_fault(topic: str, props: bytes) -> tuple[int, str] | None:
     return None
 
 
+def connack_fault(c: Packet, level: int) -> tuple[int, str] | None:
+    """What is wrong with an MQTT 5 CONNACK's properties that paho would raise on (a reason
+    code and words for the violation; None: nothing)."""
+    if level == 5 and not c.properties and not c.reason_code:  # (a refusal: paho never sees it)
+        return 0x81, "an MQTT 5 CONNACK without its Property Length (a 3.1.1 one?)"
+    seen: set[int] = set()
+    for prop_id, value in parse_properties(c.properties) if len(c.properties) > 1 else ():
+        if prop_id in seen and prop_id not in _REPEATABLE:  # (2.2.2.2: a Protocol Error)
+            return 0x82, f"a CONNACK with property 0x{prop_id:02x} twice"
+        seen.add(prop_id)
+        if prop_id in (RECEIVE_MAXIMUM, MAXIMUM_PACKET_SIZE) and value == 0:  # 3.2.2.3.3, .6
+            return 0x82, f"a CONNACK with property 0x{prop_id:02x} 0 (a Protocol Error)"
+    return None
+
+
+def paho_packet_fault(first: int, body: bytes, level: int) -> tuple[int, str] | None:
+    """What is wrong with a PINGREQ, PINGRESP, DISCONNECT or AUTH a client received (paho
+    handles them; a reason code and words, None: nothing) from a broker on a connection of
+    ``level``, for a client that asks for no enhanced authentication."""
+    kind = first >> 4
+    if kind == PacketType.PINGREQ:
+        return 0x82, "a PINGREQ from a broker (only a client sends one)"
+    if kind == PacketType.DISCONNECT and level != 5:
+        return 0x82, "a DISCONNECT from a broker (MQTT 3.1.1 has none from a server)"
+    if kind == PacketType.AUTH and level == 5:  # [MQTT-4.12.0-6]
+        return 0x82, "an AUTH, though this client asked for no enhanced authentication"
+    try:
+        p = decode(first, body, level)
+    except MalformedPacket as exc:
+        return 0x81, str(exc)
+    if kind == PacketType.DISCONNECT and p.prop(SESSION_EXPIRY_INTERVAL) is not None:
+        return 0x82, "a DISCONNECT from a broker with a Session Expiry Interval [MQTT-3.14.2-2]"
+    return None
+
+
 class _Reader:
     """Reads the fields of one packet body; MalformedPacket for anything past its end."""
 

@@ -293,8 +293,10 @@ def test_flows_beyond_the_receive_maximum_are_taken_and_logged(
 
 
 @pytest.mark.parametrize("packet", [b"\x00\x00", _wire.encode_subscribe(1, [("t", 0)]),
-                                    b"\x62\x02\x00\x00"],
-                         ids=["reserved-type-0", "subscribe", "pubrel-id-0"])
+                                    b"\x62\x02\x00\x00", b"\xc0\x00", b"\xd0\x01\x00",
+                                    b"\xd1\x00"],
+                         ids=["reserved-type-0", "subscribe", "pubrel-id-0", "pingreq",
+                              "pingresp-body", "pingresp-flags"])
 @PROTOCOLS
 def test_a_packet_no_broker_may_send_is_reported(fake: FakeBroker, protocol: int,
                                                  packet: bytes) -> None:

@@ -470,3 +470,38 @@ def test_received_publish_fault() -> None:
     assert received_publish_fault("t", pack_properties([(0x21, 5)]))[0] == 0x82  # type: ignore[index]
     # a Subscription Identifier of 0 is a Protocol Error (3.3.2.3.8): was delivered and acked
     assert received_publish_fault("t", pack_properties([(0x0B, 0)]))[0] == 0x82  # type: ignore[index]
+
+
+def test_packets_paho_handles_are_checked_first() -> None:
+    """PINGREQ / PINGRESP / DISCONNECT / AUTH went to paho unchecked: a PINGREQ from a broker
+    or a flagged PINGRESP was taken, a 3.1.1 DISCONNECT or an AUTH ended the connection with
+    no ``on_error`` (a defect hunt). Each is a violation now."""
+    from mqttsession._wire import pack_properties, paho_packet_fault
+
+    assert paho_packet_fault(0xD0, b"", 4) is None  # a PINGRESP
+    assert paho_packet_fault(0xE0, b"", 5) is None  # a DISCONNECT, MQTT 5
+    assert paho_packet_fault(0xE0, b"\x8b" + pack_properties([(0x1F, "bye")]), 5) is None
+    for first, body, level, code in [(0xC0, b"", 4, 0x82), (0xD0, b"\x00", 5, 0x81),
+                                     (0xD1, b"", 4, 0x81), (0xE0, b"", 4, 0x82),
+                                     (0xF0, b"", 5, 0x82), (0xE1, b"", 5, 0x81),
+                                     (0xE0, b"\x00" + pack_properties([(0x11, 5)]), 5, 0x82)]:
+        fault = paho_packet_fault(first, body, level)
+        assert fault is not None and fault[0] == code, (hex(first), body, fault)
+
+
+def test_connack_properties_paho_raises_on_are_violations() -> None:
+    """A CONNACK with a property twice, Receive Maximum or Maximum Packet Size 0, or no
+    Property Length at all (MQTT 5): paho raised and the error read as the session's own
+    (-1, its raw text); now a violation (0x81 / 0x82)."""
+    from mqttsession._wire import connack_fault, decode, pack_properties
+
+    def connack(props: bytes) -> Packet:
+        return decode(0x20, b"\x00\x00" + props, 5)
+
+    assert connack_fault(connack(pack_properties([(0x21, 10)])), 5) is None
+    assert connack_fault(decode(0x20, b"\x00\x00", 4), 4) is None
+    assert connack_fault(connack(b""), 5) == (0x81, connack_fault(connack(b""), 5)[1])  # type: ignore[index]
+    for props in ([(0x21, 10), (0x21, 11)], [(0x21, 0)], [(0x27, 0)]):
+        fault = connack_fault(connack(pack_properties(props)), 5)
+        assert fault is not None and fault[0] == 0x82, props
+
