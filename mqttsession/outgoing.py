@@ -534,14 +534,15 @@ class Outgoing(QueueLimits):
             if m is None or seq in inflight:
                 pending.popleft()
                 continue
+            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0:
+                pending.popleft()  # (before the rate: an expired one is never written)
+                out += self._dropped(m, self.state.expire(seq), "expired")
+                continue
             if rate and m.phase is Phase.QUEUED:  # DrainRateLimit: new PUBLISHes only
                 if self._tokens < 1.0:
                     break  # the next tick lets more go
                 self._tokens -= 1.0
             pending.popleft()
-            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0:
-                out += self._dropped(m, self.state.expire(seq), "expired")
-                continue
             if m.phase is not Phase.AWAIT_PUBCOMP:
                 why, reason = self.size_limit(m.topic, len(m.payload), m.qos,
                                               len(m.properties)), "too-large"

@@ -162,6 +162,24 @@ def test_drain_rate_limit_paces_new_publishes() -> None:
     assert publishes(e.publish("t/new", b"x", 1, False)[1]) == 0  # waits its turn
 
 
+def test_expired_messages_take_no_drain_rate_token() -> None:
+    """DrainRateLimit: an expired message is dropped, never written, yet it took a token, so
+    live messages behind 4,000 expired ones waited 20 s at 200 a second (a defect hunt)."""
+    e = Engine(EngineSettings(drain_rate_limit=10, max_inflight=1000),
+               SessionState(client_id="c", clean_session=False, protocol_version=5))
+    expiring = _wire.pack_properties([(0x02, 1)])
+    for n in range(100):
+        e.publish(f"t/{n}", b"old", 1, False, expiring, now=1000.0)
+    for n in range(5):
+        e.publish(f"alarm/{n}", b"live", 1, False, now=1000.0)
+    e.connecting("b:1")
+    e.connack(0, "ok", False, 65535, None, 1003.0)
+    e.resume()
+    out = e.tick(1004.0, 100.0)
+    sent = [a for a in out if isinstance(a, Write) and a.kind is PacketType.PUBLISH]
+    assert len(sent) == 5  # the five live ones, at once: the expired took no token
+
+
 @pytest.mark.parametrize("policy", ["reject", "drop-oldest"])
 def test_a_full_queue_of_expired_messages_makes_room_as_expired(policy: str) -> None:
     """MQTT 5, offline: messages whose Message Expiry Interval ran out are never sent, so a
