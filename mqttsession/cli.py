@@ -24,6 +24,7 @@ from .expiry import effective_interval
 from .errors import MQTTSessionError, StateError, UsageError
 from .options import ENV_PASSWORD, ENV_USERNAME, format_address, parse_address
 from .refusals import describe_connect_error
+from .validation import topic_bytes
 
 __all__ = ["main"]
 
@@ -283,7 +284,7 @@ def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int], source: str) 
         "subscriptions": dict(s.subscriptions),
         "payload_bytes": payload_bytes,
         "queue": {"messages": len(s.outgoing) + s.on_disk,
-                  "bytes": sum(len(m.payload) + len(m.topic) + len(m.properties)
+                  "bytes": sum(len(m.payload) + topic_bytes(m.topic) + len(m.properties)
                                for m in s.outgoing) + s.on_disk_bytes,
                   "on_disk": s.on_disk},
         "sizes": {**sizes, "payload_bytes": payload_bytes},

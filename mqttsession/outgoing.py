@@ -38,6 +38,7 @@ from .state import (
     Stepped,
     id_range,
     publish_packet_size,
+    topic_bytes,
 )
 from .queuelimits import QueueLimits
 from .subscriptions import Subscriptions
@@ -350,7 +351,7 @@ class Outgoing(QueueLimits):
         if now is not None:
             self.now, offset = self.clock_time(now, mono)
         if s.max_queued_bytes or s.max_queued_messages:
-            out = self._make_room(len(payload) + len(topic) + len(properties))
+            out = self._make_room(len(payload) + topic_bytes(topic) + len(properties))
         else:
             out = []
         at = float(self.now) if now is not None and self.now > 0.0 else 0.0
@@ -401,7 +402,8 @@ class Outgoing(QueueLimits):
         durable = [i for i in items if i[2]]
         out: list[Action] = []
         if durable and (s.max_queued_bytes or s.max_queued_messages):
-            out = self._make_room(sum(len(p) + len(t) + len(x) for t, p, _q, _r, x in durable),
+            out = self._make_room(sum(len(p) + topic_bytes(t) + len(x)
+                                      for t, p, _q, _r, x in durable),
                                   len(durable))
         sp, limit = self.spool, s.queue_in_memory
         spool = bool(sp is not None and sp.ready

@@ -480,7 +480,7 @@ class Spool:
             return None
         payload = self._frames.pop()
         self._roff += 8 + len(payload)
-        n = len(m.payload) + len(m.topic) + len(m.properties)
+        n = message_bytes(m)
         self._rcount += 1
         self._rbytes += n
         self.read_to = m.seq + 1

@@ -22,6 +22,7 @@ from .transitions import APPLY, OUTGOING_TRANSITIONS, PHASES_FOR_QOS, message_by
 from .validation import (
     MAX_REMAINING_LENGTH,
     publish_packet_size,
+    topic_bytes,
     validate_filter,
     validate_qos,
     validate_topic,
@@ -93,6 +94,7 @@ __all__ = [
     "validate_qos",
     "MAX_REMAINING_LENGTH",
     "publish_packet_size",
+    "topic_bytes",
     "message_bytes",
 ]
 
@@ -417,7 +419,7 @@ class SessionState:
                             accepted_at)
         self.next_seq = seq + 1
         self.spooled += 1
-        self.spooled_bytes += len(payload) + len(topic) + len(properties)
+        self.spooled_bytes += len(payload) + topic_bytes(topic) + len(properties)
         return Spooled(m)
 
     def retract_spooled(self, rec: Spooled) -> None:
@@ -504,7 +506,7 @@ class SessionState:
             self._undo_last_packet_id = last
             self.last_packet_id = pid
         self.outgoing[seq] = m
-        self.outgoing_bytes += len(payload) + len(topic) + len(properties)
+        self.outgoing_bytes += len(payload) + topic_bytes(topic) + len(properties)
         self.next_seq = seq + 1
         return Accepted(m)
 
@@ -521,7 +523,7 @@ class SessionState:
         it leaves the session."""
         del self.outgoing[m.seq]
         del self._by_packet_id[m.packet_id]
-        self.outgoing_bytes -= len(m.payload) + len(m.topic) + len(m.properties)
+        self.outgoing_bytes -= len(m.payload) + topic_bytes(m.topic) + len(m.properties)
         return Stepped(m.seq, event, m.packet_id)
 
     def _by_ack(self, packet_id: int, what: str) -> int:

@@ -46,6 +46,7 @@ from .validation import (
     check_expiry as _check_expiry,
     check_text as _check_text,
     check_time as _check_time,
+    topic_bytes,
     validate_filter,
     validate_qos,
     validate_topic,
@@ -119,7 +120,7 @@ PHASES_FOR_QOS: Final[Mapping[int, frozenset[Phase]]] = {
 
 def message_bytes(m: OutgoingMessage) -> int:
     """What a held message counts against MaxQueuedBytes: payload, topic and properties."""
-    return len(m.payload) + len(m.topic) + len(m.properties)
+    return len(m.payload) + topic_bytes(m.topic) + len(m.properties)
 
 
 # --------------------------------------------------------------------------- apply

@@ -25,6 +25,11 @@ _GOOD_TOPICS: set[str] = set()  # topic names found valid and sendable (a bounde
 _GOOD_TOPICS_MAX: Final = 4096
 
 
+def topic_bytes(topic: str) -> int:
+    """A topic's size in UTF-8, what MaxQueuedBytes counts (its length when it is ASCII)."""
+    return len(topic) if topic.isascii() else len(topic.encode("utf-8"))
+
+
 def validate_qos(qos: object, allowed: Iterable[int] = (0, 1, 2)) -> int:
     """Return ``qos`` if it is one of ``allowed``, else raise ``UsageError``."""
     if type(qos) is not int or qos not in tuple(allowed):

@@ -42,6 +42,18 @@ def test_bytes_limit_counts_payload_topic_and_properties() -> None:
     assert e.queue_stats(0.0).bytes == 20
 
 
+def test_bytes_limit_counts_a_topic_in_utf8_bytes() -> None:
+    """A topic of 3 characters and 6 bytes ("ü€x"): MaxQueuedBytes counted its characters (a
+    defect hunt: 1,624 bytes held under a 1,000-byte limit, ``queue_stats`` saying 917)."""
+    e = _engine(max_queued_bytes=20)
+    e.publish("ü€x", b"x" * 10, 1, False)  # 6 + 10 = 16 bytes
+    assert e.state.outgoing_bytes == 16 == e.queue_stats(0.0).bytes
+    with pytest.raises(QueueFullError):
+        e.publish("t", b"y" * 4, 1, False)  # 16 + 5 > 20
+    e.state.expire(1)  # it leaves: the same count comes off
+    assert e.state.outgoing_bytes == 0
+
+
 def test_drop_oldest_drops_never_sent_messages_before_storing_the_new_one() -> None:
     e = _engine(max_queued_messages=2, queue_full_policy="drop-oldest")
     e.publish("t/1", b"a", 1, False)
