@@ -66,17 +66,19 @@ def queue_name(client_id: str) -> str:
     return f"{name[:160]}~{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
 
 
-def raise_fd_limit(needed: int) -> int:
+def raise_fd_limit(needed: int, least: int | None = None) -> int:
     """The soft limit on open files, raised to the hard limit when ``needed`` descriptors
-    would pass it; ``UsageError`` when even the hard limit is too low. Returns the limit."""
+    would pass it; ``UsageError`` when even the hard limit is below ``least`` (default
+    ``needed``: what cannot do without). Returns the limit."""
     import resource  # noqa: PLC0415 - Unix only; a gateway elsewhere just does not raise it
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or needed <= soft:
         return needed if soft == resource.RLIM_INFINITY else soft
-    if hard != resource.RLIM_INFINITY and needed > hard:
+    must = needed if least is None else least
+    if hard != resource.RLIM_INFINITY and must > hard:
         raise UsageError(
-            f"{needed} file descriptors are needed (one a session and {FD_RESERVE} more), but"
+            f"{must} file descriptors are needed (one a session and {FD_RESERVE} more), but"
             f" the hard limit on open files is {hard}: raise it (ulimit -Hn, or LimitNOFILE= in"
             " a systemd unit) or host fewer sessions in this process")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -130,7 +132,10 @@ class _Sessions:
                                            and old._file.journal is None):  # noqa: SLF001
             raise UsageError(f"the gateway already has a session {client_id!r}")
         # (one closed, its view of the store released: the id may be asked for again)
-        raise_fd_limit(len(self._ids) + 1 + FD_RESERVE)
+        # a socket each, and one with a disk queue holds its open segment and that segment's
+        # mapping too (two more): raised for those, refused only below the sockets' need
+        n = len(self._ids) + 1
+        raise_fd_limit(3 * n + FD_RESERVE, n + FD_RESERVE)
         self._ids.add(client_id)
 
     def _hosted(self, client_id: str) -> Client | None:

@@ -165,16 +165,25 @@ def test_gateway_misuse(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
 
 
 _FD_SCRIPT = """
-import resource, sys
-from mqttsession.gateway import raise_fd_limit
+import resource, sys, tempfile
+from mqttsession.gateway import Gateway, raise_fd_limit
 from mqttsession.errors import UsageError
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+# 70 sessions: 70 sockets fit in 256, but each may hold an open disk-queue segment and its
+# mapping too (it ran out of descriptors at session 507 of 700 under 1024: never raised)
+gw = Gateway(tempfile.mkdtemp())
+for i in range(70):
+    gw.client(f"dev-{i}")
+assert resource.getrlimit(resource.RLIMIT_NOFILE) == (512, 512)
+gw.close()
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
 assert raise_fd_limit(200) == 256          # enough: unchanged
 assert raise_fd_limit(300) == 512          # raised to the hard limit
 assert resource.getrlimit(resource.RLIMIT_NOFILE) == (512, 512)
+assert raise_fd_limit(1800, 300) == 512    # three a session may be needed, a socket each must
 try:
-    raise_fd_limit(600)
+    raise_fd_limit(1800, 600)
 except UsageError as exc:
     print("refused:", exc)
 else:
