@@ -94,9 +94,9 @@ class QueueLimits:
 
     def _drop_expired(self) -> list[Action]:
         """MQTT 5, a full queue: the never-sent messages whose Message Expiry Interval ran out
-        are dropped ("expired"), as sending would (3.3.2.3.3): those in memory, then those at
-        the disk queue's head (read back while they are expired); looked for once a second at
-        most (a queue that stays full is not searched at every publish; a clock set back
+        are dropped ("expired"), as sending would (3.3.2.3.3): those in memory, then those in
+        the disk queue (read back while memory holds less than ``_SCAN_IN_MEMORY``); looked
+        for once a second at most (a queue that stays full is not searched at every publish; a clock set back
         searches again)."""
         if not self.v5 or 0.0 <= self.now - self._expiry_scan < 1.0:
             return []
@@ -105,12 +105,19 @@ class QueueLimits:
         for m in [m for m in st.outgoing.values() if m.phase is Phase.QUEUED and m.properties
                   and self._remaining(m) == 0]:
             out += self._dropped(m, st.expire(m.seq), "expired")
-        while sp is not None and st.spooled:
+        # past live messages too, read back into memory while it holds less than a bound:
+        # expired ones behind a run of live ones at the head took room (a live one refused or
+        # dropped instead); the next search goes on where this one stopped
+        while sp is not None and st.spooled and \
+                st.outgoing_bytes + 200 * len(st.outgoing) < _SCAN_IN_MEMORY:
             head = sp.read(64)
-            out += self._loaded(head)
-            expired = [m for m in head if m.properties and self._remaining(m) == 0]
-            for m in expired:
-                out += self._dropped(m, st.expire(m.seq), "expired")
-            if len(expired) < len(head) or not head:
+            if not head:
                 break
+            out += self._loaded(head)
+            for m in head:
+                if m.properties and self._remaining(m) == 0:
+                    out += self._dropped(m, st.expire(m.seq), "expired")
         return out
+
+
+_SCAN_IN_MEMORY = 8 << 20  # what the search reads back to while memory holds less (bytes)
