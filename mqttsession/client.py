@@ -608,6 +608,7 @@ class Client:
             path = self._settings.session_state_file
             cid = self._engine.state.client_id
             state = self._file.load(cid) if path else codec.decode(state_data)
+            state.spool_last = state.spool_last if path else 0  # (another's disk queue)
             try:
                 records = self._engine.restore(state, time.time(), since_boot())
             except BaseException:

@@ -83,6 +83,8 @@ def state_to_obj(state: SessionState, version: int = VERSION) -> dict[str, Any]:
         "incoming": [incoming_to_obj(m) for m in state.incoming.values()],
         "subscriptions": [{"filter": f, "qos": q} for f, q in state.subscriptions.items()],
         **({"spool_next": state.spool_next} if state.spool_next and version >= 3 else {}),
+        **({"spool_last": state.spool_last}
+           if state.spool_last >= max(state.spool_next, 1) and version >= 3 else {}),
         **({"orphans": [incoming_to_obj(m) for m in state.orphans]}
            if state.orphans and version >= 3 else {}),
         **({"reserved": [state.reserved_first, state.reserved_last]}
@@ -142,8 +144,8 @@ _STATE_KEYS: Final = frozenset(
     " disconnected_at last_activity next_seq last_packet_id outgoing incoming subscriptions"
     .split()
 )
-_OPTIONAL_KEYS: Final = frozenset({"spool_next", "orphans", "reserved", "clock_offset",
-                                    "unanswered"})
+_OPTIONAL_KEYS: Final = frozenset({"spool_next", "spool_last", "orphans", "reserved",
+                                    "clock_offset", "unanswered"})
 _OUT_KEYS: Final = frozenset("seq packet_id topic payload qos retain properties phase".split())
 _OUT_KEYS_AT: Final = _OUT_KEYS | {"accepted_at"}
 _IN_KEYS: Final = frozenset("packet_id topic payload qos retain dup properties".split())
@@ -320,6 +322,7 @@ def obj_to_state(obj: object, version: int = VERSION) -> SessionState:
         incoming=incoming,
         subscriptions=subscriptions,
         spool_next=f.get_int("spool_next", 1, _MAX_SEQ) if "spool_next" in keys else 0,
+        spool_last=f.get_int("spool_last", 1, _MAX_SEQ) if "spool_last" in keys else 0,
         orphans=[_incoming(item, f"state.orphans[{i}]")
                  for i, item in enumerate(f.get_list("orphans"))] if "orphans" in keys else [],
     )

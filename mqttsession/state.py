@@ -157,6 +157,8 @@ class SessionState:
     # the disk queue (``spool``): every queued message below spool_next was read back into
     # ``outgoing`` (durable); how many it holds and their bytes (the store counts them)
     spool_next: int = 0
+    # the last message appended there (a snapshot names it: ``StateFile._recover``)
+    spool_last: int = field(default=0, compare=False)
     spooled: int = field(default=0, repr=False, compare=False)
     spooled_bytes: int = field(default=0, repr=False, compare=False)
     # SessionSync=interval: the packet ids reserved (``Reserved``), reserved_first to

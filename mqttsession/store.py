@@ -260,6 +260,13 @@ class StateFile:
             except PersistenceError as exc:
                 log.warning("%s", exc)
         spool.recover(state.spool_next, sync_open=synced, rewrite=self.interval)
+        if (self.sync and not self.interval and state.spool_last >= max(state.spool_next, 1)
+                and spool.last_seq < state.spool_last):  # (always: what it names was synced)
+            spool.close()
+            raise StateError(f"the disk queue {spool.dir} lacks the messages up to seq"
+                             f" {state.spool_last} that the session holds there (a volume not"
+                             " mounted, files deleted?): nothing was changed; put them back, or"
+                             f" move {self.path} aside to start over")
         attach(state, spool)
         self.spool = spool
         return state
@@ -359,6 +366,7 @@ class StateFile:
                     j.sync_pending()
                 self._accepted_unsynced = False
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
+            state.spool_last = self.spool.last_seq  # (a snapshot names it: ``_recover``)
             return
         if records:
             j.append(records, state, sync=sync, lazy=lazy, held=held)
@@ -417,7 +425,7 @@ class StateFile:
             return state
         whole = copy.copy(state)
         whole.outgoing = {**state.outgoing, **{m.seq: m for m in self.queued_messages()}}
-        whole.spooled = whole.spooled_bytes = 0
+        whole.spooled = whole.spooled_bytes = whole.spool_last = 0
         return whole
 
     def compact_if_due(self, state: SessionState) -> None:
@@ -563,5 +571,6 @@ def _retire(j: Journal | SessionLog, spool: Spool, upto: int, at: tuple[int, int
 def attach(state: SessionState, spool: Spool) -> None:
     """Count the disk queue's messages into a recovered state."""
     state.spooled, state.spooled_bytes = spool.count, spool.bytes
+    state.spool_last = spool.last_seq
     if spool.last_seq >= state.next_seq:  # spooled after the journal last counted
         state.next_seq = spool.last_seq + 1
