@@ -21,7 +21,7 @@ from .driver import ConnectParams, Driver
 from .durability import since_boot
 from .properties import publish_properties
 from .engine import Action, EngineSettings
-from .errors import UsageError
+from .errors import QueueFullError, UsageError
 from .options import DEFAULT_WS_PATH, check_transport, check_ws_headers, check_ws_path
 from .events import (
     ConnectedEvent,
@@ -150,7 +150,11 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
                 c._file.open(c._engine.state)
                 c._file.compact_before_publish(c._engine.state)
             group = group and d.group_commit()
-            ids, actions = c._engine.publish_many(items, time.time(), since_boot(), group)
+            try:
+                ids, actions = c._engine.publish_many(items, time.time(), since_boot(), group)
+            except QueueFullError as exc:
+                d.run_refused(exc)
+                raise
             accepted = c._engine.accepted_many
             group = group and bool(accepted) and type(accepted[0]) is Accepted
             rest = d.run(actions, accepted, deferred=group)  # point 1, all
@@ -518,9 +522,13 @@ class Client:
             # only while other publishes are under way: alone, the sync under the lock
             # costs less than handing it over
             group = group and self._driver.group_commit()
-        pid, actions = self._engine.publish(
-            topic, payload, qos, self._settings.retain if retain is None else bool(retain),
-            props, time.time(), hold=group, mono=since_boot())
+        try:
+            pid, actions = self._engine.publish(
+                topic, payload, qos, self._settings.retain if retain is None else bool(retain),
+                props, time.time(), hold=group, mono=since_boot())
+        except QueueFullError as exc:
+            self._driver.run_refused(exc)
+            raise
         rec = self._engine.accepted
         group = group and type(rec) is Accepted
         # persistence point 1: the record written; with a group commit its fsync (and so

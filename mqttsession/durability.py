@@ -11,13 +11,13 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Callable, Final, Protocol
+from typing import TYPE_CHECKING, Callable, Final, Protocol, cast
 
 from ._config import ClientSettings
 from .pump import AsyncioPump
 from .actions import Notify, Persist
 from .engine import Action, ConnState, Engine
-from .errors import PersistenceError, UsageError
+from .errors import PersistenceError, QueueFullError, UsageError
 from .events import ErrorEvent, Message, MessageEvent
 from .state import Accepted, Spooled
 from .store import StateFile
@@ -130,6 +130,13 @@ class Durability:
 
     def error(self, code: int, description: str) -> None:
         raise NotImplementedError  # the Driver's
+
+    def run_refused(self, exc: QueueFullError) -> None:
+        """A publish refused for room after its search changed the session (read back from
+        the disk queue, expired ones dropped): those records written all the same (lock
+        held), their callbacks stashed for the caller's ``finish_stashed``."""
+        if exc.pending:
+            self.stashed += self.run(cast("list[Action]", list(exc.pending)))
 
     def take_stashed(self) -> list[Action]:
         """The callbacks a ``run`` that raised left (a drop made before the record that

@@ -163,13 +163,9 @@ class Engine(Outgoing):
                     self.error(rc, f"connection refused: {reason}")]
         self.conn = ConnState.RESUMING
         self._mismatch_logged = self._beyond_logged = False
-        # the session's last server (its ``Connected`` record: also after a restart)
-        prev = self.state.broker
-        self._moved_from = prev if prev is not None and prev != self.broker else None
         self._accepted_by = self.broker
-        if session_present and self._moved_from is not None and self.broker is not None:
-            self.subs.returned(self.broker)
         self.session_present = session_present
+        self._moving()
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
         self.max_packet = maximum_packet_size
         self.max_qos, self.retain_available = limits  # MQTT 5 Maximum QoS, Retain Available
@@ -235,6 +231,15 @@ class Engine(Outgoing):
         if self.session_present and self._moved_from is not None:
             out += self._deliver_unreleased()
         return out
+
+    def _moving(self) -> None:
+        """Whether this connection's server is another than the session's last (its
+        ``Connected`` record: also after a restart); then, if it found the session, what
+        changed elsewhere goes to it (``Subscriptions.returned``)."""
+        prev = self.state.broker
+        self._moved_from = prev if prev is not None and prev != self.broker else None
+        if self.session_present and self._moved_from is not None and self.broker is not None:
+            self.subs.returned(self.broker)
 
     def _deliver_unreleased(self) -> list[Action]:
         """Moved to another server that found the session (SessionPresent=1): the QoS 2
@@ -621,5 +626,7 @@ class Engine(Outgoing):
         self._recovered()
         self.restored_expired = expired
         self.subs.restored()
+        if self.conn is ConnState.RESUMING:  # in on_connected: a move judged by this session
+            self._moving()
         self.dropped = self.expired = 0
         return [rec, *self.read_clock(now, mono)]

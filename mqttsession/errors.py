@@ -74,6 +74,8 @@ class QueueFullError(MQTTSessionError):
     """``publish_*`` found the outgoing queue at MaxQueuedMessages / MaxQueuedBytes with
     QueueFullPolicy=reject (or nothing it may drop): nothing was stored."""
 
+    pending: tuple[object, ...] = ()  # (the engine's actions of its search for room, to run)
+
 
 class PublishManyError(MQTTSessionError):
     """``Gateway.publish_many`` (or ``AsyncGateway``'s) could not store some of its messages;

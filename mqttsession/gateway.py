@@ -81,9 +81,18 @@ def raise_fd_limit(needed: int, least: int | None = None) -> int:
             f"{must} file descriptors are needed (one a session and {FD_RESERVE} more), but"
             f" the hard limit on open files is {hard}: raise it (ulimit -Hn, or LimitNOFILE= in"
             " a systemd unit) or host fewer sessions in this process")
+    if soft >= hard:  # at the hard limit already: said once (not "raised from N to N")
+        if not _FD_WARNED:
+            _FD_WARNED.append(needed)
+            log.warning("open files limit %d is the hard limit; %d may be needed (three a"
+                        " session whose disk queue spilled): raise it (ulimit -Hn)", soft, needed)
+        return int(soft)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log.info("open files limit raised from %d to %d (%d needed)", soft, hard, needed)
     return int(hard)
+
+
+_FD_WARNED: list[int] = []  # (``raise_fd_limit``'s one warning a process)
 
 
 class _SyncThread:

@@ -58,7 +58,7 @@ class QueueLimits:
         full = (f"the queue is full ({st.held} messages, {st.held_bytes} bytes;"
                 f" MaxQueuedMessages={max_n}, MaxQueuedBytes={max_b})")
         if s.queue_full_policy != "drop-oldest":
-            raise QueueFullError(f"{full}: nothing was stored (QueueFullPolicy=reject)")
+            raise _refused(f"{full}: nothing was stored (QueueFullPolicy=reject)", gone)
         victims: list[OutgoingMessage] = []
         for m in st.outgoing.values():  # in publish order: the in-flight ones come first
             if (not max_n or count <= max_n) and (not max_b or used <= max_b):
@@ -73,8 +73,8 @@ class QueueLimits:
         if (max_n and count - queued > max_n) or (max_b and used - queued_bytes > max_b):
             # (before anything is read back: a Loaded record left unwritten would name
             # messages the journal never loaded)
-            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
-                                 " nothing was stored")
+            raise _refused(f"{full}, and no message that was never sent can make room:"
+                           " nothing was stored", gone)
         while ((max_n and count > max_n) or (max_b and used > max_b)) and st.spooled and sp:
             head = sp.read(1)  # the disk queue's oldest, read back to be dropped
             out += self._loaded(head)
@@ -83,8 +83,8 @@ class QueueLimits:
                 count -= 1
                 used -= message_bytes(m)
         if (max_n and count > max_n) or (max_b and used > max_b):
-            raise QueueFullError(f"{full}, and no message that was never sent can make room:"
-                                 " nothing was stored")
+            raise _refused(f"{full}, and no message that was never sent can make room:"
+                           " nothing was stored", gone + out)
         for m in victims:  # (one that expired since the last search: reported as such)
             if self.v5 and m.properties and self._remaining(m) == 0:
                 out += self._dropped(m, st.expire(m.seq), "expired")
@@ -95,7 +95,7 @@ class QueueLimits:
     def _drop_expired(self) -> list[Action]:
         """MQTT 5, a full queue: the never-sent messages whose Message Expiry Interval ran out
         are dropped ("expired"), as sending would (3.3.2.3.3): those in memory, then those in
-        the disk queue (read back while memory holds less than ``_SCAN_IN_MEMORY``); looked
+        the disk queue (read back while memory holds less than twice QueueInMemory); looked
         for once a second at most (a queue that stays full is not searched at every publish; a clock set back
         searches again)."""
         if not self.v5 or 0.0 <= self.now - self._expiry_scan < 1.0:
@@ -105,11 +105,12 @@ class QueueLimits:
         for m in [m for m in st.outgoing.values() if m.phase is Phase.QUEUED and m.properties
                   and self._remaining(m) == 0]:
             out += self._dropped(m, st.expire(m.seq), "expired")
-        # past live messages too, read back into memory while it holds less than a bound:
-        # expired ones behind a run of live ones at the head took room (a live one refused or
-        # dropped instead); the next search goes on where this one stopped
-        while sp is not None and st.spooled and \
-                st.outgoing_bytes + 200 * len(st.outgoing) < _SCAN_IN_MEMORY:
+        # past live messages too, read back while memory holds less than twice QueueInMemory
+        # (and 8 MiB): expired ones behind a run of live ones at the head took room (a live
+        # one refused or dropped instead)
+        most = 2 * self.settings.queue_in_memory + 64
+        while sp is not None and st.spooled and len(st.outgoing) < most and \
+                st.outgoing_bytes < _SCAN_IN_MEMORY:
             head = sp.read(64)
             if not head:
                 break
@@ -121,3 +122,12 @@ class QueueLimits:
 
 
 _SCAN_IN_MEMORY = 8 << 20  # what the search reads back to while memory holds less (bytes)
+
+
+def _refused(text: str, done: list[Action]) -> QueueFullError:
+    """``QueueFullError``, carrying what the search for room did (messages read back from the
+    disk queue, expired ones dropped): its records must be written all the same, or the
+    journal would name messages it never loaded (``Durability.run_refused``)."""
+    exc = QueueFullError(text)
+    exc.pending = tuple(done)
+    return exc

@@ -628,31 +628,32 @@ class Spool:
         new names. ``PersistenceError`` when they cannot be moved (left in place)."""
         with self._mutex:
             self._close_fds()
+            names = [n for n in os.listdir(self.dir) if _OPEN_NAME.match(n)
+                     or _SEALED_NAME.match(n)] if os.path.isdir(self.dir) else []
+            if names:
+                aside = self._move_aside(label, names)
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
             self.count = self.bytes = self.last_seq = 0
             self._newest = None
-            names = [n for n in os.listdir(self.dir) if _OPEN_NAME.match(n)
-                     or _SEALED_NAME.match(n)] if os.path.isdir(self.dir) else []
-            if not names:
-                return []
-            stamp, n = time.strftime('%Y%m%dT%H%M%S'), 1
-            aside = f"{self.dir}.{label}-{stamp}"
-            while os.path.lexists(aside):
-                n += 1
-                aside = f"{self.dir}.{label}-{stamp}-{n}"
-            try:
-                os.rename(self.dir, aside)
-                return [aside]
-            except OSError:  # (EBUSY: a mount point) its segments, within it
-                inner = os.path.join(self.dir, aside[len(self.dir) + 1:])
-            try:
-                os.mkdir(inner, 0o700)
-                for name in names:
-                    os.rename(os.path.join(self.dir, name), os.path.join(inner, name))
-            except OSError as exc:
-                raise PersistenceError(exc.errno, f"cannot keep the disk queue {self.dir} aside:"
-                                                  f" {exc.strerror or exc}") from exc
-            return [inner]
+            return [aside] if names else []
+
+    def _move_aside(self, label: str, names: list[str]) -> str:
+        stamp = time.strftime('%Y%m%dT%H%M%S')
+        try:
+            aside = _free_name(f"{self.dir}.{label}-{stamp}")
+            os.rename(self.dir, aside)
+            return aside
+        except OSError:  # (EBUSY: a mount point) its segments, within it
+            pass
+        inner = _free_name(os.path.join(self.dir, f"{label}-{stamp}"))
+        try:
+            os.mkdir(inner, 0o700)
+            for name in names:
+                os.rename(os.path.join(self.dir, name), os.path.join(inner, name))
+        except OSError as exc:
+            raise PersistenceError(exc.errno, f"cannot keep the disk queue {self.dir} aside:"
+                                              f" {exc.strerror or exc}") from exc
+        return inner
 
     def _close_fds(self) -> None:
         self._map.drop()
@@ -664,3 +665,11 @@ class Spool:
         with self._mutex:
             self._close_fds()
 
+
+def _free_name(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... : the first that does not exist."""
+    n, name = 1, base
+    while os.path.lexists(name):
+        n += 1
+        name = f"{base}-{n}"
+    return name

@@ -330,13 +330,12 @@ class StateFile:
         j = self.journal
         if old is None or j is None:
             return
-        try:
-            aside = j.keep_aside("unrestored")
+        try:  # its queue first: a journal kept aside without it could not be undone
+            aside = self.spool.keep_aside("unrestored") if self.spool is not None else []
+            aside = j.keep_aside("unrestored") + aside
         except BaseException:
             self.unrestored = old  # still there: never written over
             raise
-        if self.spool is not None:
-            aside += self.spool.keep_aside("unrestored")
         self._errors.append((0, f"{self.path} held a session ({len(old.outgoing)} outgoing,"
                        f" {len(old.incoming)} incoming messages) that was not restored;"
                        f" kept as {aside}"))

@@ -89,10 +89,12 @@ class Subscriptions:
     def returned(self, server: str) -> None:
         """Back on ``server`` from another (SessionPresent=1): its session is as it was left,
         so the subscriptions made or dropped elsewhere since go to it now (a SUBSCRIBE replaces
-        an equal one [MQTT-3.8.4-3]); nothing when this process never left it."""
+        an equal one [MQTT-3.8.4-3]); nothing for a server this process never left though it
+        left others (a cluster node: as found); all of them when it left none (a restart)."""
         left, cur = self._left.get(server), self._e.state.subscriptions
-        if left is None:
+        if left is None and self._left:
             return
+        left = left or {}
         for f, q in cur.items():
             if left.get(f) != q:
                 self._unsent_subs.setdefault(f, q)

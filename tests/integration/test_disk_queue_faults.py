@@ -349,3 +349,59 @@ def test_queue_segment_bytes_set_after_a_gateway_session_is_made_applies(
             c.publish_data("t/x", 1, b"%02d" % n + b"x" * 300)
         queue = Path(c._file.spool.dir)
         assert len([p for p in queue.iterdir() if p.suffix == ".seg"]) >= 2
+
+
+def test_a_refused_publish_after_a_read_back_loses_nothing_at_a_kill(tmp_path: Path) -> None:
+    """MQTT 5, a full queue (QueueFullPolicy=reject): the search for expired messages read
+    the disk queue back (packet ids given, the read position moved), then ``QueueFullError``
+    threw its records away. The sends that followed named messages the journal never loaded:
+    after a kill -9 the restore was ``StateError`` ("send: no outgoing message with seq 6"),
+    the files kept aside, all 50 messages gone from the session (a regression review). The
+    search's records are written before the error is raised."""
+    import signal
+    import subprocess
+    import sys
+
+    from mqttsession.testing.fake_broker import FakeBroker
+
+    path = tmp_path / "s"
+    setup = f"""
+import mqttsession
+def client():
+    c = mqttsession.Client(client_id="fullq", clean_session=False, protocol_version=5)
+    c.config("SessionStateFile={path}"); c.config("SessionExpInterval=600")
+    c.config("QueueInMemory=5"); c.config("MaxQueuedMessages=50")
+    c.config("QueueFullPolicy=reject")
+    c.restore_session("")
+    return c
+"""
+    fake = FakeBroker(qos1_ack="none")
+    child = subprocess.Popen([sys.executable, "-u", "-c", setup + f"""
+import time
+c = client()
+for i in range(50):
+    c.publish_message("q1/t", 1, "m%02d" % i)
+try:
+    c.publish_message("q1/t", 1, "one too many")
+except mqttsession.QueueFullError:
+    print("refused", flush=True)
+c.connect("{fake.host}", {fake.port}, 5)
+print("connected", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "refused"
+        assert child.stdout.readline().strip() == "connected"
+        fake.wait_for("PUBLISH", 20)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate()
+        fake.stop()
+    ns: dict[str, Any] = {}
+    exec(setup, ns)  # noqa: S102 - the same client, in this process
+    c = ns["client"]()
+    try:
+        assert len(c.outgoing_messages) == 50
+    finally:
+        c.close()

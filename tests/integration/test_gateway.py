@@ -165,7 +165,8 @@ def test_gateway_misuse(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
 
 
 _FD_SCRIPT = """
-import resource, sys, tempfile
+import logging, resource, sys, tempfile
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
 from mqttsession.gateway import Gateway, raise_fd_limit
 from mqttsession.errors import UsageError
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -197,6 +198,9 @@ def test_open_files_limit_raised_then_refused() -> None:
     assert out.returncode == 0, out.stderr
     assert "refused: 600 file descriptors are needed" in out.stdout
     assert "hard limit on open files is 512" in out.stdout
+    # at the hard limit already: one WARNING, not "raised from 512 to 512" (a review)
+    assert "raised from 512 to 512" not in out.stdout
+    assert out.stdout.count("WARNING open files limit 512 is the hard limit") == 1
 
 
 def test_async_gateway_on_the_running_loop(mosquitto: MosquittoBroker, tmp_path: Path,

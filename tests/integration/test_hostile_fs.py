@@ -279,3 +279,39 @@ def test_a_disk_queue_not_there_at_the_restart_is_refused_not_emptied(tmp_path: 
     again.restore_session("")
     assert [m.message for m in again.outgoing_messages] == [f"m{i}".encode() for i in range(5)]
     again.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
+def test_two_sessions_kept_aside_in_one_second_on_a_mounted_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second keep-aside within the same second took the first's name inside the mount
+    (``File exists``) after the journal had gone aside and the queue's counts were emptied:
+    the next restore adopted the unrestored session's queued messages (a review)."""
+    import mqttsession.spool as spool_mod
+
+    class Clock:  # the same second for every name
+        @staticmethod
+        def strftime(fmt: str) -> str:
+            return "20261205T120000"
+
+    monkeypatch.setattr(spool_mod, "time", Clock)
+    path, queue = tmp_path / "s", tmp_path / "s.queue"
+    queue.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(queue)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        for run in range(3):
+            c = _client(path, QueueInMemory=1)
+            for i in range(4):  # run 0 restores nothing; runs 1, 2 go on without restoring
+                c.publish_data("t", 1, f"s{run}-{i}".encode())
+            c.close()
+        again = _client(path, QueueInMemory=1)
+        again.restore_session("")
+        assert [m.message for m in again.outgoing_messages] == [f"s2-{i}".encode()
+                                                               for i in range(4)]
+        again.close()
+        assert sorted(p.name for p in queue.iterdir() if p.is_dir()) == [
+            "unrestored-20261205T120000", "unrestored-20261205T120000-2"]
+    finally:
+        subprocess.run(["umount", "-l", str(queue)], check=False)

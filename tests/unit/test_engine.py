@@ -1044,6 +1044,34 @@ def test_a_return_to_a_stale_session_gets_the_subscriptions_made_elsewhere() -> 
     assert _on(e, "a:1883", True) == []  # left as it is now
 
 
+def test_a_move_is_seen_when_the_session_is_restored_in_on_connected() -> None:
+    """The same as above, with the documented ``restore_session`` inside ``on_connected``:
+    the move was judged at CONNACK from the still empty session, so the held message waited
+    for a PUBREL the new node never sends (a regression review)."""
+    e = connected()
+    e.receive(publish_in(7, 2, b"seven"))
+    saved = codec.encode(e.state)
+    again = Engine(EngineSettings(), SessionState(client_id=e.state.client_id,
+                                                  clean_session=False))
+    again.connecting("other:1883")
+    out = again.connack(0, "", True, 65535, None, 0.0)
+    again.restore(codec.decode(saved), 0.0)  # in on_connected
+    out += again.lost_incoming() + again.resume()
+    assert [a.message.message for a in out if isinstance(a, Deliver)] == [b"seven"]
+
+
+def test_the_first_move_after_a_restart_sends_every_subscription() -> None:
+    """After a restart this process knows nothing of what the other server holds: a move
+    to it that finds a session (SessionPresent=1, maybe stale: independent brokers) sends
+    every subscription again, as it cannot know which it lacks (a regression review)."""
+    e = make()
+    _answer(e, _on(e, "b:1883", False) + packets(e.subscribe(["s/one", "s/two"], 1)))
+    again = Engine(EngineSettings(), codec.decode(codec.encode(e.state)))
+    sent = _on(again, "a:1883", True)
+    assert {f for p in sent if p.type is PacketType.SUBSCRIBE for f in p.filters or ()} \
+        == {"s/one", "s/two"}
+
+
 def test_a_new_message_under_an_id_delivered_at_a_move_is_a_new_message() -> None:
     """After the move, a PUBLISH with the id of one delivered there but not a resend of it
     (another topic or payload: the server forgot that flow) is a new message: the old one is

@@ -284,16 +284,17 @@ def test_expired_messages_behind_live_ones_in_the_disk_queue_make_room(policy: s
     """A run of live messages (more than one read batch, 64) at the disk queue's head, the
     expired ones behind it: the search stopped at the first batch with a live one, so they
     took room (a hunt: ``reject`` refused a new alarm, ``drop-oldest`` dropped a live one)."""
-    e, q = _spooling_engine(max_queued_messages=300, queue_full_policy=policy,
-                            queue_in_memory=10)
+    e, q = _spooling_engine(max_queued_messages=320, queue_full_policy=policy,
+                            queue_in_memory=50)
     expiring = _wire.pack_properties([(0x02, 1)])
-    for n in range(100):
+    for n in range(120):  # 70 of them on disk: more than a read batch
         _publish(e, q, f"alarm/{n}", b"", 1000.0)
     for n in range(200):
         _publish(e, q, f"reading/{n}", expiring, 1000.0)
     reasons = _dropped(_publish(e, q, "alarm/new", b"", 1002.0))
     assert reasons == ["expired"] * 200
-    assert e.state.held == 101
+    assert e.state.held == 121
+    assert len(e.state.outgoing) <= 2 * 50 + 64  # read back within twice QueueInMemory
 
 
 def test_a_full_queue_is_searched_again_after_the_clock_went_back() -> None:
