@@ -133,6 +133,10 @@ class Outgoing(QueueLimits):
         self._releasing = 0
         self._released_before = 0
         self._unreserve: tuple[int, int, int] | None = None
+        # QoS 2 messages read back waiting, with a packet id: their SEND step is lazy, so one
+        # may have reached the broker before a kill; never taken out as never sent (expired,
+        # dropped for room) while the broker may hold its flow: sent, to end it
+        self._maybe_sent: set[int] = set()
         self._recovered()
 
     # ---------------------------------------------------------------- views
@@ -244,6 +248,8 @@ class Outgoing(QueueLimits):
         on after the reservation (until it wraps round to them, 65,000 ids later)."""
         st = self.state
         self.clock.reset()
+        self._maybe_sent = {s for s, m in st.outgoing.items()
+                            if m.qos == 2 and m.packet_id and m.phase is Phase.QUEUED}
         first, last = st.reserved_first, st.reserved_last
         self._unreleased = (first, last) if first else None
         self._releasing = 0
@@ -536,7 +542,8 @@ class Outgoing(QueueLimits):
             if m is None or seq in inflight:
                 pending.popleft()
                 continue
-            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0:
+            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0 \
+                    and seq not in self._maybe_sent:
                 pending.popleft()  # (before the rate: an expired one is never written)
                 out += self._dropped(m, self.state.expire(seq), "expired")
                 continue
@@ -562,6 +569,8 @@ class Outgoing(QueueLimits):
         return out
 
     def _write(self, m: OutgoingMessage) -> list[Action]:
+        if self._maybe_sent:
+            self._maybe_sent.discard(m.seq)
         if m.phase is Phase.QUEUED:
             if m.packet_id:
                 # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
