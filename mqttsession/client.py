@@ -311,6 +311,9 @@ class Client:
     def protocol_version(self, value: int) -> None:
         if value not in (4, 5):
             raise UsageError(f"protocol_version must be 4 (MQTT 3.1.1) or 5, got {value!r}")
+        if value == 4 and self._engine.holds_properties():
+            raise UsageError("the session holds MQTT 5 messages with properties: it stays"
+                             " protocol_version=5 until they are delivered")
         self._driver.configure("protocol_version", protocol_version=value)
 
     @property

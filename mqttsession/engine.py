@@ -233,6 +233,10 @@ class Engine(Outgoing):
             out += self._deliver_unreleased()
         return out
 
+    def holds_properties(self) -> bool:
+        """Whether messages held to send carry MQTT 5 properties."""
+        return _with_properties(self.state)
+
     def _moving(self) -> None:
         """Whether this connection's server is another than the session's last (its
         ``Connected`` record: also after a restart); then, if it found the session, what
@@ -606,6 +610,9 @@ class Engine(Outgoing):
         if cur.client_id and state.client_id and state.client_id != cur.client_id:
             raise StateError(f"the saved session belongs to client id {state.client_id!r},"
                              f" not {cur.client_id!r}")
+        if cur.protocol_version != 5 and _with_properties(state):
+            raise StateError("the saved session holds MQTT 5 messages with properties (their"
+                             " expiry, their data): restore it with protocol_version=5")
         state.client_id = state.client_id or cur.client_id
         expired = False
         if self.conn is not ConnState.RESUMING and state.protocol_version == 5 and not state.empty:
@@ -631,3 +638,10 @@ class Engine(Outgoing):
             self._moving()
         self.dropped = self.expired = 0
         return [rec, *self.read_clock(now, mono)]
+
+
+def _with_properties(state: SessionState) -> bool:
+    """Whether messages held to send carry MQTT 5 properties (MQTT 3.1.1 would drop them
+    without a word, their expiry with them)."""
+    return any(m.properties for m in state.outgoing.values())
+

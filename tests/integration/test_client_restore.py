@@ -482,3 +482,32 @@ def test_a_text_ignored_for_the_state_file_is_reported(tmp_path: Path) -> None:
         assert len(errors) == 1
     finally:
         gw.close()
+
+
+def test_mqtt5_messages_with_properties_never_go_out_as_mqtt311(tmp_path: Path) -> None:
+    """A session holding an MQTT 5 message with properties (a Message Expiry Interval,
+    Correlation Data), restored by a client left at the default protocol_version=4: the
+    expired message was sent, its properties dropped without a word (a hunt). Such a restore
+    is ``StateError`` (the file kept), and so is switching a client that holds them to 4."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    path = tmp_path / "s"
+    c = mqttsession.Client(client_id="v5", clean_session=False, protocol_version=5)
+    c.config(f"SessionStateFile={path}")
+    c.restore_session("")
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.MessageExpiryInterval = 2
+    c.publish_data("t", 1, b"short-lived", properties=props)
+    with pytest.raises(mqttsession.UsageError, match="stays protocol_version=5"):
+        c.protocol_version = 4
+    c.close()
+    v4 = _file_client(path, "v5")
+    with pytest.raises(mqttsession.StateError, match="protocol_version=5"):
+        v4.restore_session("")
+    v4.close()
+    v5 = mqttsession.Client(client_id="v5", clean_session=False, protocol_version=5)
+    v5.config(f"SessionStateFile={path}")
+    v5.restore_session("")
+    assert [m.message for m in v5.outgoing_messages] == [b"short-lived"]
+    v5.close()
