@@ -123,8 +123,8 @@ class DisconnectedEvent:
 @dataclass(frozen=True, slots=True)
 class MessageEvent:
     """``on_message_in`` (a message received: QoS 0/1 on PUBLISH, QoS 2 on PUBREL, before its
-    acknowledgement) / ``on_message_out`` (a message sent and fully acknowledged; QoS 0 once
-    written). ``packet_id`` is -1 for QoS 0 (IPWorks). Network thread (``on_message_out`` for
+    acknowledgement) / ``on_message_out`` (a message sent and fully acknowledged, not
+    refused; QoS 0 once written). ``packet_id`` is -1 for QoS 0 (IPWorks). Network thread (``on_message_out`` for
     QoS 0: the publishing thread). ``duplicate``: received, the PUBLISH's DUP flag; sent
     (``on_message_out``, ``outgoing_messages``), the message went out before, so a PUBLISH of
     it written again carries DUP=1 (in ``on_message_out`` always True for QoS 1 / 2)."""
@@ -232,8 +232,9 @@ class MessageDroppedEvent:
 
     ``reason``: ``queue-full`` (QueueFullPolicy=drop-oldest made room), ``expired``,
     ``too-large`` (over the broker's Maximum Packet Size), ``session-lost`` (the broker forgot
-    the session and the settings drop what it may have had) or ``unsupported`` (over the
-    broker's Maximum QoS, or retained where it takes no retained messages: MQTT 5 CONNACK). ``seq``: the message's sequence
+    the session and the settings drop what it may have had), ``unsupported`` (over the
+    broker's Maximum QoS, or retained where it takes no retained messages: MQTT 5 CONNACK) or
+    ``refused`` (an MQTT 5 PUBACK / PUBREC reason code of 0x80 or more). ``seq``: the message's sequence
     number in the session. Where the queue moved on: the network thread, or the thread calling
     ``publish_*`` (always for ``queue-full``)."""
 

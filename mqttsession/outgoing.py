@@ -607,7 +607,13 @@ class Outgoing(QueueLimits):
         if "on_message_ack" in self.listeners:
             out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
                                                                 reason_code)))
-        if "on_message_out" in self.listeners:
+        if reason_code >= 0x80:  # refused (MQTT 5): the flow ends, the message undelivered
+            self.dropped += 1
+            out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq,
+                                                                        "refused")))
+            out.append(self.error(reason_code, f"message seq {m.seq} to {m.topic!r} refused by"
+                                               f" the broker (0x{reason_code:02X})"))
+        elif "on_message_out" in self.listeners:
             out.append(Notify("on_message_out", _event(m)))
         return out
 

@@ -25,6 +25,7 @@ from mqttsession.errors import ProtocolViolation, UsageError
 from mqttsession.events import (
     ErrorEvent,
     MessageAckEvent,
+    MessageDroppedEvent,
     MessageEvent,
     SessionLostEvent,
     SubscribedEvent,
@@ -220,6 +221,21 @@ def test_point2_failed_pubrec_ends_the_flow_without_pubrel() -> None:
     assert pid not in e.state._by_packet_id and not e.state.outgoing
     (ack,) = notified(actions, "on_message_ack")
     assert isinstance(ack, MessageAckEvent) and ack.response_code == 0x87
+    # not delivered: reported as such (it was "sent and acknowledged": a hunt)
+    assert not notified(actions, "on_message_out")
+    (dropped,) = notified(actions, "on_message_dropped")
+    assert isinstance(dropped, MessageDroppedEvent) and dropped.reason == "refused"
+    (err,) = notified(actions, "on_error")
+    assert isinstance(err, ErrorEvent) and err.error_code == 0x87
+    assert e.queue_stats(0.0).dropped == 1
+
+
+def test_a_refused_puback_reports_the_message_dropped() -> None:
+    e = connected(protocol=5)
+    pid, _ = publish(e, b"x", 1)
+    actions = e.receive(ack_in(PacketType.PUBACK, pid, reason=0x97, protocol=5))
+    assert not notified(actions, "on_message_out") and not e.state.outgoing
+    assert [d.reason for d in notified(actions, "on_message_dropped")] == ["refused"]  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------ persistence point 3
