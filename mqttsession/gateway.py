@@ -95,6 +95,12 @@ def raise_fd_limit(needed: int, least: int | None = None) -> int:
 _FD_WARNED: list[int] = []  # (``raise_fd_limit``'s one warning a process)
 
 
+def _released(c: Client | None) -> bool:
+    """A session closed whose view of the store is released (None: never made, a failed
+    ``session()``)."""
+    return c is not None and c._closed and c._file.journal is None  # noqa: SLF001
+
+
 class _SyncThread:
     """The fdatasyncs of a gateway's sessions, one at a time in a thread of their own, never
     on the loop that reads every session's socket: a slow disk (an SD card's 2-20 ms) holds up
@@ -136,11 +142,13 @@ class _Sessions:
             raise UsageError("the gateway is closed")
         if not client_id or not isinstance(client_id, str):
             raise UsageError("each session of a gateway needs its own client_id")
-        old = self._hosted(client_id)
-        if client_id in self._ids and not (old is not None and old._closed  # noqa: SLF001
-                                           and old._file.journal is None):  # noqa: SLF001
+        # sessions closed, their views of the store released: forgotten (their ids may be asked
+        # for again; a device that comes and goes costs neither memory nor a descriptor)
+        for gone in [i for i in self._ids if _released(self._hosted(i))]:
+            self._ids.discard(gone)
+            self._forget(gone)
+        if client_id in self._ids:
             raise UsageError(f"the gateway already has a session {client_id!r}")
-        # (one closed, its view of the store released: the id may be asked for again)
         # a socket each, and one with a disk queue holds its open segment and that segment's
         # mapping too (two more): raised for those, refused only below the sockets' need
         n = len(self._ids) + 1
@@ -149,6 +157,10 @@ class _Sessions:
 
     def _hosted(self, client_id: str) -> Client | None:
         """The ``Client`` of the session ``client_id`` (None: none)."""
+        raise NotImplementedError
+
+    def _forget(self, client_id: str) -> None:
+        """A closed session leaves the gateway's map."""
         raise NotImplementedError
 
     def _share(self, c: Client) -> str:
@@ -221,6 +233,9 @@ class Gateway(_Sessions):
         """A session of this gateway: a ``Client`` built with these keyword arguments, its
         session restored from the gateway's store (procedure 1: found there, resumed on
         connect). Its connection and events run on the gateway's thread."""
+        if kwargs.get("clean_session", False) is not False:  # (restored: it would be False)
+            raise UsageError("a gateway's sessions are persistent (its store keeps them):"
+                             " clean_session=True is for a Client of its own")
         with self._lock:
             self._add(client_id)
             c = None
@@ -240,6 +255,9 @@ class Gateway(_Sessions):
 
     def _hosted(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
+
+    def _forget(self, client_id: str) -> None:
+        self._clients.pop(client_id, None)
 
     @property
     def clients(self) -> dict[str, Client]:
@@ -431,6 +449,9 @@ class AsyncGateway(_Sessions):
     def _hosted(self, client_id: str) -> Client | None:
         s = self._sessions.get(client_id)
         return None if s is None else s.client
+
+    def _forget(self, client_id: str) -> None:
+        self._sessions.pop(client_id, None)
 
     async def session(self, client_id: str, options: Options | None = None, *,
                       session_sync: str | None = None, connect: bool = True) -> AsyncSession:

@@ -489,6 +489,15 @@ class Outgoing(QueueLimits):
         out: list[Action] = [Persist((rec,))] if rec is not None else []
         out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq, reason)))
         log.info("message seq %d to %r dropped: %s", m.seq, m.topic, reason)
+        # the seqs to write hold it until the next write reaches it (offline: never, a day's
+        # drops piled up): those gone are taken out, in place (``_pump`` may be reading it)
+        pending, held = self._pending, self.state.outgoing
+        while pending and pending[0] not in held:
+            pending.popleft()
+        if len(pending) > 2 * len(held) + 64:
+            kept = [seq for seq in pending if seq in held]
+            pending.clear()
+            pending.extend(kept)
         return out
 
     def queue_stats(self, now: float, mono: float | None = None) -> QueueStats:

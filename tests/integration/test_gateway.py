@@ -518,3 +518,26 @@ def test_gateway_close_inside_an_event_callback_is_refused(tmp_path: Path) -> No
     assert not gw.thread.is_alive()
     with Gateway(tmp_path) as again:  # the lock was released
         assert "cb" in again.stored_sessions()
+
+
+def test_closed_sessions_leave_the_gateway(tmp_path: Path) -> None:
+    """Devices that come and go: every closed session stayed in ``gw.clients`` (18 KB each)
+    and counted against the open files limit, so after about as many distinct ids as the
+    hard limit new devices were refused with no socket open (a soak hunt). A closed session
+    whose view of the store is released leaves the gateway at the next ``client()``; its
+    store keeps its session for when it comes back."""
+    gw = Gateway(tmp_path / "gw")
+    try:
+        for i in range(50):
+            c = gw.client(f"dev-{i}")
+            c.publish_data("t", 1, f"m{i}".encode())  # offline: held in the store
+            c.close()
+        last = gw.client("dev-last")
+        assert list(gw.clients) == ["dev-last"] and gw._ids == {"dev-last"}  # noqa: SLF001
+        again = gw.client("dev-7")  # comes back: its session restored from the store
+        assert [m.message for m in again.outgoing_messages] == [b"m7"]
+        assert last is not again
+        with pytest.raises(UsageError, match="persistent"):
+            gw.client("dev-clean", clean_session=True)  # was made persistent without a word
+    finally:
+        gw.close()
