@@ -112,7 +112,7 @@ def _set_expiry(c: Any, value: str) -> None:
     interval = parse_int("SessionExpInterval", value, 0, MAX_EXPIRY)
     st = c._engine.state
     if c._driver.conn is not None and st.protocol_version == 5 and interval and \
-            not c._driver.expiry_interval():  # (what this connection's CONNECT carried)
+            not c._engine.sent_expiry:  # (what this connection's CONNECT carried)
         raise UsageError("SessionExpInterval cannot go from 0 to more while connected: the"
                          " broker drops the session at the disconnect all the same, and a"
                          " DISCONNECT carrying it is a protocol error [MQTT-3.14.2-2]; set it"

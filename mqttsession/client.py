@@ -300,6 +300,8 @@ class Client:
     def clean_session(self, value: bool) -> None:
         if type(value) is not bool:  # ("False" would be True: a clean session, silently)
             raise UsageError(f"clean_session must be a bool, got {value!r}")
+        if value and self._driver.file.shared is not None:
+            raise UsageError("a gateway's sessions are persistent (its store keeps them)")
         self._driver.configure("clean_session", clean_session=value)
 
     @property

@@ -338,7 +338,7 @@ class Driver(Durability):
             if conn is None:
                 return False
             self.run(self.engine.disconnect(time.time(), since_boot()))
-            props = disconnect_properties(self.expiry_interval()) if self.engine.v5 else None
+            props = disconnect_properties(self.engine.disconnect_expiry())  # (3.1.1: None)
         self._stop(conn, props)
         with self.lock:
             if self.conn is conn:

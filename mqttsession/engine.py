@@ -112,6 +112,7 @@ class Engine(Outgoing):
         self._last_activity = 0.0
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
         self._moved_from: str | None = None  # this connection's server is another: the one before
+        self.sent_expiry: int | None = None  # the Session Expiry Interval of the last CONNECT
         self._accepted_by: str | None = None  # the server of the connection accepted last
 
     # ---------------------------------------------------------------- views
@@ -164,6 +165,10 @@ class Engine(Outgoing):
         self.conn = ConnState.RESUMING
         self._mismatch_logged = self._beyond_logged = False
         self._accepted_by = self.broker
+        st = self.state  # what this connection's CONNECT carried (its DISCONNECT may not
+        # raise it from 0 [MQTT-3.14.2-2]: a later setting or restore waits for the next one)
+        self.sent_expiry = effective_interval(st.protocol_version, st.clean_session,
+                                              st.session_expiry_interval)
         self.session_present = session_present
         self._moving()
         self._window = max(1, min(self.settings.max_inflight, receive_maximum))
@@ -232,6 +237,15 @@ class Engine(Outgoing):
         if self.session_present and self._moved_from is not None:
             out += self._deliver_unreleased()
         return out
+
+    def disconnect_expiry(self) -> int | None:
+        """The Session Expiry Interval a DISCONNECT carries (MQTT 3.1.1: None): the session's,
+        never raised from the 0 its connection's CONNECT carried [MQTT-3.14.2-2]."""
+        st = self.state
+        if st.protocol_version != 5:
+            return None
+        now = effective_interval(5, st.clean_session, st.session_expiry_interval)
+        return now if self.sent_expiry or not now else 0
 
     def holds_properties(self) -> bool:
         """Whether messages held to send carry MQTT 5 properties."""
@@ -612,7 +626,8 @@ class Engine(Outgoing):
                              f" not {cur.client_id!r}")
         if cur.protocol_version != 5 and _with_properties(state):
             raise StateError("the saved session holds MQTT 5 messages with properties (their"
-                             " expiry, their data): restore it with protocol_version=5")
+                             " expiry, their data), or in its disk queue: restore it with"
+                             " protocol_version=5")
         state.client_id = state.client_id or cur.client_id
         expired = False
         if self.conn is not ConnState.RESUMING and state.protocol_version == 5 and not state.empty:
@@ -632,6 +647,8 @@ class Engine(Outgoing):
         self.state = state
         self._orphans_out = []
         self._recovered()
+        if self.conn is ConnState.RESUMING and not self.session_present:
+            self._maybe_sent.clear()  # (in on_connected: this broker holds no flow of ours)
         self.restored_expired = expired
         self.subs.restored()
         if self.conn is ConnState.RESUMING:  # in on_connected: a move judged by this session
@@ -641,7 +658,9 @@ class Engine(Outgoing):
 
 
 def _with_properties(state: SessionState) -> bool:
-    """Whether messages held to send carry MQTT 5 properties (MQTT 3.1.1 would drop them
-    without a word, their expiry with them)."""
-    return any(m.properties for m in state.outgoing.values())
+    """Whether messages held to send may carry MQTT 5 properties (MQTT 3.1.1 would drop them
+    without a word, their expiry with them): those in memory, or any of an MQTT 5 session in
+    the disk queue (not read here: its length is not bounded)."""
+    return (state.protocol_version == 5 and state.spooled > 0) or any(
+        m.properties for m in state.outgoing.values())
 

@@ -304,7 +304,8 @@ class Gateway(_Sessions):
         first: dict[int, int] = {}  # a session's place: its first message's index
         for m in messages:
             c = m[0] if isinstance(m, tuple) and m else None
-            if not isinstance(c, Client) or self._clients.get(c.client_id) is not c:
+            # (one of its sessions, closed too: forgotten since, it fails alone below)
+            if not isinstance(c, Client) or c._driver.host is not self:  # noqa: SLF001
                 raise UsageError("publish_many takes (client, topic, qos, data) or (client,"
                                  " PublishRequest) tuples, client a session of this gateway")
             topic, payload, qos, retain, props = _messages(
@@ -482,7 +483,7 @@ class AsyncGateway(_Sessions):
         items = []
         for m in messages:
             s = m[0] if isinstance(m, tuple) and m else None
-            if not isinstance(s, AsyncSession) or self._sessions.get(s.client_id) is not s:
+            if not isinstance(s, AsyncSession) or s._group is not self._sync:  # noqa: SLF001
                 raise UsageError("publish_many takes (session, topic, qos, data) or (session,"
                                  " PublishRequest) tuples, session one of this gateway's")
             items.append((s.client, _messages(s.client, [m[1] if len(m) == 2 else m[1:]])[0]))

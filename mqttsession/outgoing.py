@@ -248,8 +248,12 @@ class Outgoing(QueueLimits):
         on after the reservation (until it wraps round to them, 65,000 ids later)."""
         st = self.state
         self.clock.reset()
-        self._maybe_sent = {s for s, m in st.outgoing.items()
-                            if m.qos == 2 and m.packet_id and m.phase is Phase.QUEUED}
+        # only a session that ended connected (killed: no disconnect recorded) may have sent
+        # one; a clean close, a lost connection, a session never connected: none
+        live = st.connected_at is not None and (st.disconnected_at is None
+                                                or st.disconnected_at < st.connected_at)
+        self._maybe_sent = {s for s, m in st.outgoing.items() if m.qos == 2 and m.packet_id
+                            and m.phase is Phase.QUEUED} if live else set()
         first, last = st.reserved_first, st.reserved_last
         self._unreleased = (first, last) if first else None
         self._releasing = 0
@@ -604,9 +608,11 @@ class Outgoing(QueueLimits):
 
     # ---------------------------------------------------------------- acknowledgements
 
-    def _finished(self, m: OutgoingMessage, reason_code: int, out: list[Action]) -> list[Action]:
+    def _finished(self, m: OutgoingMessage, reason_code: int, out: list[Action],
+                  refused: bool = False) -> list[Action]:
         """An outgoing flow ended: free the window, then the events (built for listeners
-        only: this runs once per message)."""
+        only: this runs once per message). ``refused``: by the PUBACK / PUBREC's reason code
+        (a PUBCOMP's, 0x92 for a flow the broker already ended, refuses nothing)."""
         self._inflight.pop(m.seq, None)
         if self._unreleased is not None and self._releasing and m.seq >= self._released_before:
             self._unreleased, self._releasing = None, 0  # the broker read the PUBRELs
@@ -616,8 +622,9 @@ class Outgoing(QueueLimits):
         if "on_message_ack" in self.listeners:
             out.append(Notify("on_message_ack", MessageAckEvent(m.packet_id, DIRECTION_CLIENT,
                                                                 reason_code)))
-        if reason_code >= 0x80:  # refused (MQTT 5): the flow ends, the message undelivered
+        if refused:  # (MQTT 5) the flow ends, the message undelivered
             self.dropped += 1
+            log.info("message seq %d to %r dropped: refused", m.seq, m.topic)
             out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq,
                                                                         "refused")))
             out.append(self.error(reason_code, f"message seq {m.seq} to {m.topic!r} refused by"
@@ -648,7 +655,7 @@ class Outgoing(QueueLimits):
                 self.recent_acked.popleft()
         # point 5: a lost removal only costs a resend
         return self._finished(m, code, [Persist((self.state.finished(m, Event.PUBACK),),
-                                                lazy=True)])
+                                                lazy=True)], code >= 0x80)
 
     def _pubrec(self, pid: int, code: int) -> list[Action]:
         m = self.state.outgoing_by_packet_id(pid)
@@ -659,7 +666,8 @@ class Outgoing(QueueLimits):
             return [Persist((), sync=True, ack=True), *pubrel]  # a repeated PUBREC: PUBREL again
         if m.phase is Phase.AWAIT_PUBACK:
             self._mismatched("PUBREC", m)  # QoS 1 taken as QoS 2: it has the message
-            out = self._finished(m, code, [Persist((self.state.pubrec(pid, code),), lazy=True)])
+            out = self._finished(m, code, [Persist((self.state.pubrec(pid, code),), lazy=True)],
+                                 code >= 0x80)
             return out + pubrel if code < 0x80 else out  # PUBREL lets the broker finish
         if m.phase is Phase.AWAIT_PUBREC:
             # persistence point 2: "released" is durable before PUBREL [MQTT-4.3.3-6]
@@ -667,7 +675,7 @@ class Outgoing(QueueLimits):
                 rec = self.state.moved(m, Event.PUBREC, Phase.AWAIT_PUBCOMP)
                 return [Persist((rec,), sync=True, ack=True, batched=True), *pubrel]
             rec = self.state.pubrec(pid, code)
-            return self._finished(m, code, [Persist((rec,))])  # [MQTT-4.4.0-2] ends the flow
+            return self._finished(m, code, [Persist((rec,))], True)  # [MQTT-4.4.0-2] ends it
         log.debug("PUBREC for packet id %d in phase %s: ignored", pid, m.phase.value)
         return []
 

@@ -195,7 +195,13 @@ def test_mqtt5_expiry_cannot_go_up_from_zero_while_connected(mosquitto: Any, cle
         with pytest.raises(mqttsession.UsageError, match="MQTT-3.14.2-2"):
             c.config("SessionExpInterval=300")
         c.config("SessionExpInterval=0")  # (no change of what the DISCONNECT may carry)
+        saved = c.save_session()
         c.disconnect()
+        c.config("SessionExpInterval=300")  # disconnected: for the next CONNECT
+        c.connect(mosquitto.host, mosquitto.port)
+        c.config("SessionExpInterval=0")
+        c.config("SessionExpInterval=300")  # back to what this CONNECT carried: allowed
+        assert saved
         c.config("SessionExpInterval=300")  # disconnected: for the next CONNECT
     finally:
         c.close()

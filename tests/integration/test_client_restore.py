@@ -506,6 +506,19 @@ def test_mqtt5_messages_with_properties_never_go_out_as_mqtt311(tmp_path: Path) 
     with pytest.raises(mqttsession.StateError, match="protocol_version=5"):
         v4.restore_session("")
     v4.close()
+    spilled = mqttsession.Client(client_id="v5b", clean_session=False, protocol_version=5)
+    spilled.config(f"SessionStateFile={tmp_path / 'b'}")
+    spilled.config("QueueInMemory=1")
+    spilled.restore_session("")
+    spilled.publish_data("t", 1, b"plain")
+    spilled.publish_data("t", 1, b"in the disk queue", properties=props)  # (a review)
+    with pytest.raises(mqttsession.UsageError, match="stays protocol_version=5"):
+        spilled.protocol_version = 4
+    spilled.close()
+    v4 = _file_client(tmp_path / "b", "v5b")
+    with pytest.raises(mqttsession.StateError, match="disk queue"):
+        v4.restore_session("")
+    v4.close()
     v5 = mqttsession.Client(client_id="v5", clean_session=False, protocol_version=5)
     v5.config(f"SessionStateFile={path}")
     v5.restore_session("")

@@ -539,5 +539,26 @@ def test_closed_sessions_leave_the_gateway(tmp_path: Path) -> None:
         assert last is not again
         with pytest.raises(UsageError, match="persistent"):
             gw.client("dev-clean", clean_session=True)  # was made persistent without a word
+        with pytest.raises(UsageError, match="persistent"):
+            again.clean_session = True  # (the property: connected as a clean session)
+    finally:
+        gw.close()
+
+
+def test_publish_many_with_a_closed_session_fails_it_alone(tmp_path: Path) -> None:
+    """A closed session forgotten by the gateway (at the next ``client()``) made
+    ``publish_many`` raise ``UsageError`` and store nothing, where a closed one fails alone
+    (``PublishManyError``) (a review)."""
+    from mqttsession import PublishManyError
+
+    gw = Gateway(tmp_path / "gw")
+    try:
+        a, b = gw.client("dev-a"), gw.client("dev-b")
+        b.close()
+        gw.client("dev-c")  # dev-b leaves the gateway's map
+        with pytest.raises(PublishManyError) as info:
+            gw.publish_many([(a, "t/a", 1, b"kept"), (b, "t/b", 1, b"closed")])
+        assert info.value.ids[0] is not None and info.value.ids[1] is None
+        assert [m.message for m in a.outgoing_messages] == [b"kept"]
     finally:
         gw.close()

@@ -230,6 +230,18 @@ def test_point2_failed_pubrec_ends_the_flow_without_pubrel() -> None:
     assert e.queue_stats(0.0).dropped == 1
 
 
+def test_a_pubcomp_reason_code_refuses_nothing() -> None:
+    """PUBREC 0x00 took the message; a PUBCOMP 0x92 (Packet Identifier not found: EMQX and
+    HiveMQ for a flow they already ended, after a PUBREL resent) is no refusal: it was
+    reported dropped "refused", and an application republishing those duplicates QoS 2."""
+    e = connected(protocol=5)
+    pid, _ = publish(e, b"x", 2)
+    e.receive(ack_in(PacketType.PUBREC, pid, protocol=5))
+    actions = e.receive(ack_in(PacketType.PUBCOMP, pid, reason=0x92, protocol=5))
+    assert not notified(actions, "on_message_dropped") and not notified(actions, "on_error")
+    assert len(notified(actions, "on_message_out")) == 1
+
+
 def test_a_refused_puback_reports_the_message_dropped() -> None:
     e = connected(protocol=5)
     pid, _ = publish(e, b"x", 1)
@@ -1114,3 +1126,20 @@ def test_held_qos2_waits_for_its_pubrel_on_the_same_server() -> None:
     assert set(e.state.incoming) == {7, 8}
     got = e.receive(ack_in(PacketType.PUBREL, 7))
     assert [a.message.message for a in got if isinstance(a, Deliver)] == [b"seven"]
+
+
+def test_a_disconnect_never_raises_the_expiry_its_connect_carried_as_0() -> None:
+    """MQTT 5: a CONNECT with no Session Expiry Interval, then ``restore_session`` in
+    ``on_connected`` of a session with 600: the DISCONNECT carried 600, a protocol error
+    [MQTT-3.14.2-2] (mosquitto published the will; a review). It carries 0 on that
+    connection; the next CONNECT carries 600."""
+    saved = SessionState(client_id="c", clean_session=False, protocol_version=5,
+                         session_expiry_interval=600)
+    e = Engine(EngineSettings(), SessionState(client_id="c", clean_session=True,
+                                              protocol_version=5))
+    e.connecting("b:1")
+    e.connack(0, "", False, 65535, None, 0.0)
+    assert e.disconnect_expiry() is None  # (none sent, none to send)
+    e.restore(saved, 0.0)  # in on_connected
+    assert e.state.session_expiry_interval == 600 and e.disconnect_expiry() == 0
+

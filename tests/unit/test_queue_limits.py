@@ -343,6 +343,9 @@ def test_a_qos2_message_that_may_have_been_sent_is_not_taken_out_as_never_sent(
                                               protocol_version=5))
     e.publish("t/q2", b"short-lived", 2, False, _wire.pack_properties([(0x02, 2)]),
               now=1000.0)
+    # the file after a kill: connected (its Connected record), the PUBLISH sent, but the
+    # lazy record of that send lost
+    e.state.connected(1000.5, "b:1", False)
     again = Engine(EngineSettings(max_queued_messages=1, queue_full_policy="drop-oldest"),
                    codec.decode(codec.encode(e.state)))  # read back after the kill
     with pytest.raises(QueueFullError):  # never the one to make room
@@ -369,4 +372,32 @@ def test_messages_dropped_offline_leave_nothing_behind() -> None:
     for n in range(3000):  # each second's publishes expire the second before's
         v5.publish("t", b"x", 1, False, expiring, now=1000.0 + n / 5)
     assert len(v5._pending) <= 2 * len(v5.state.outgoing) + 64  # noqa: SLF001
+
+
+@pytest.mark.parametrize("how", ["never-connected", "closed-cleanly"])
+def test_a_waiting_qos2_message_of_a_session_that_did_not_end_connected_expires(
+        how: str) -> None:
+    """Only a session that ended connected (killed) may have sent a waiting QoS 2 message:
+    one queued offline, or before a clean disconnect, expires and makes room as ever (the
+    first form of the fix kept them all, sent expired ones and wedged drop-oldest: a review)."""
+    from mqttsession import codec
+
+    e = Engine(EngineSettings(), SessionState(client_id="c", clean_session=False,
+                                              protocol_version=5))
+    if how == "closed-cleanly":
+        e.connecting("b:1")
+        e.connack(0, "", False, 65535, None, 990.0)
+        e.resume()
+        e.disconnect(995.0)
+    for n in range(2):
+        e.publish(f"t/{n}", b"short-lived", 2, False, _wire.pack_properties([(0x02, 2)]),
+                  now=1000.0)
+    again = Engine(EngineSettings(max_queued_messages=2, queue_full_policy="drop-oldest"),
+                   codec.decode(codec.encode(e.state)))
+    _, made_room = again.publish("t/new", b"new", 2, False, now=1001.0)  # drop-oldest
+    assert _dropped(made_room) == ["queue-full"]
+    again.connecting("b:1")
+    out = again.connack(0, "", True, 65535, None, 1005.0)
+    out += again.lost_incoming() + again.resume()
+    assert _dropped(out) == ["expired"]
 
