@@ -492,34 +492,26 @@ def test_mqtt5_messages_with_properties_never_go_out_as_mqtt311(tmp_path: Path) 
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    path = tmp_path / "s"
-    c = mqttsession.Client(client_id="v5", clean_session=False, protocol_version=5)
-    c.config(f"SessionStateFile={path}")
-    c.restore_session("")
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.MessageExpiryInterval = 2
-    c.publish_data("t", 1, b"short-lived", properties=props)
-    with pytest.raises(mqttsession.UsageError, match="stays protocol_version=5"):
-        c.protocol_version = 4
-    c.close()
-    v4 = _file_client(path, "v5")
-    with pytest.raises(mqttsession.StateError, match="protocol_version=5"):
-        v4.restore_session("")
-    v4.close()
-    spilled = mqttsession.Client(client_id="v5b", clean_session=False, protocol_version=5)
-    spilled.config(f"SessionStateFile={tmp_path / 'b'}")
-    spilled.config("QueueInMemory=1")
-    spilled.restore_session("")
-    spilled.publish_data("t", 1, b"plain")
-    spilled.publish_data("t", 1, b"in the disk queue", properties=props)  # (a review)
-    with pytest.raises(mqttsession.UsageError, match="stays protocol_version=5"):
-        spilled.protocol_version = 4
-    spilled.close()
-    v4 = _file_client(tmp_path / "b", "v5b")
-    with pytest.raises(mqttsession.StateError, match="disk queue"):
-        v4.restore_session("")
-    v4.close()
-    v5 = mqttsession.Client(client_id="v5", clean_session=False, protocol_version=5)
+    # in memory; and (a review) in the disk queue, behind a plain one
+    for name, in_memory, held in (("s", 1000, [b"short-lived"]),
+                                  ("b", 1, [b"plain", b"in the disk queue"])):
+        c = mqttsession.Client(client_id=f"v5{name}", clean_session=False, protocol_version=5)
+        c.config(f"SessionStateFile={tmp_path / name}")
+        c.config(f"QueueInMemory={in_memory}")
+        c.restore_session("")
+        for i, payload in enumerate(held):
+            c.publish_data("t", 1, payload, properties=props if i == len(held) - 1 else None)
+        with pytest.raises(mqttsession.UsageError, match="stays protocol_version=5"):
+            c.protocol_version = 4
+        c.close()
+        v4 = _file_client(tmp_path / name, f"v5{name}")
+        with pytest.raises(mqttsession.StateError, match="protocol_version=5"):
+            v4.restore_session("")
+        v4.close()
+    path = tmp_path / "s"
+    v5 = mqttsession.Client(client_id="v5s", clean_session=False, protocol_version=5)
     v5.config(f"SessionStateFile={path}")
     v5.restore_session("")
     assert [m.message for m in v5.outgoing_messages] == [b"short-lived"]
