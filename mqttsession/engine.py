@@ -181,7 +181,6 @@ class Engine(Outgoing):
         self._early_lost = None
         if not session_present:
             self._unreleased, self._releasing = None, 0  # the broker holds no flow of ours
-            self._maybe_sent.clear()
             # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
             # out of packet-id space now, durably, so that the new session's PUBLISH with the
             # same id is never taken for a duplicate of one of them [MQTT-4.3.3-10], whenever
@@ -647,8 +646,6 @@ class Engine(Outgoing):
         self.state = state
         self._orphans_out = []
         self._recovered()
-        if self.conn is ConnState.RESUMING and not self.session_present:
-            self._maybe_sent.clear()  # (in on_connected: this broker holds no flow of ours)
         self.restored_expired = expired
         self.subs.restored()
         if self.conn is ConnState.RESUMING:  # in on_connected: a move judged by this session

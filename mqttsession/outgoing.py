@@ -133,10 +133,6 @@ class Outgoing(QueueLimits):
         self._releasing = 0
         self._released_before = 0
         self._unreserve: tuple[int, int, int] | None = None
-        # QoS 2 messages read back waiting, with a packet id: their SEND step is lazy, so one
-        # may have reached the broker before a kill; never taken out as never sent (expired,
-        # dropped for room) while the broker may hold its flow: sent, to end it
-        self._maybe_sent: set[int] = set()
         self._recovered()
 
     # ---------------------------------------------------------------- views
@@ -248,12 +244,6 @@ class Outgoing(QueueLimits):
         on after the reservation (until it wraps round to them, 65,000 ids later)."""
         st = self.state
         self.clock.reset()
-        # only a session that ended connected (killed: no disconnect recorded) may have sent
-        # one; a clean close, a lost connection, a session never connected: none
-        live = st.connected_at is not None and (st.disconnected_at is None
-                                                or st.disconnected_at < st.connected_at)
-        self._maybe_sent = {s for s, m in st.outgoing.items() if m.qos == 2 and m.packet_id
-                            and m.phase is Phase.QUEUED} if live else set()
         first, last = st.reserved_first, st.reserved_last
         self._unreleased = (first, last) if first else None
         self._releasing = 0
@@ -555,8 +545,7 @@ class Outgoing(QueueLimits):
             if m is None or seq in inflight:
                 pending.popleft()
                 continue
-            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0 \
-                    and seq not in self._maybe_sent:
+            if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0:
                 pending.popleft()  # (before the rate: an expired one is never written)
                 out += self._dropped(m, self.state.expire(seq), "expired")
                 continue
@@ -582,14 +571,18 @@ class Outgoing(QueueLimits):
         return out
 
     def _write(self, m: OutgoingMessage) -> list[Action]:
-        if self._maybe_sent:
-            self._maybe_sent.discard(m.seq)
         if m.phase is Phase.QUEUED:
             if m.packet_id:
-                # lazy: if lost, the message is resent as if never sent (same id; DUP=0)
+                # lazy: if lost, the message is resent as if never sent (same id; DUP=0); but a
+                # QoS 2 one that could be taken out as never sent (it may expire, or be dropped
+                # for room) is written before its PUBLISH leaves: taken out after a kill -9, its
+                # flow would stay open on the broker for good, a slot of its Receive Maximum (a
+                # later message refused 0x97 and lost)
                 step = self.state.moved(m, Event.SEND,
                                         Phase.AWAIT_PUBACK if m.qos == 1 else Phase.AWAIT_PUBREC)
-                return [Persist((step,), lazy=True), self._publish(m, False)]
+                keep = m.qos == 2 and (bool(m.properties)
+                                       or self.settings.queue_full_policy == "drop-oldest")
+                return [Persist((step,), lazy=not keep), self._publish(m, False)]
             before = self.state.last_packet_id
             step = self.state.send(m.seq, avoid=self.subs.busy())
             # an id given now (the message was published anew after SessionPresent=0, or when

@@ -27,7 +27,6 @@ class QueueLimits:
     spool: QueueSource | None
     now: float  # the MessageClock's time at the latest input
     _expiry_scan: float  # when a full queue was last searched for expired messages
-    _maybe_sent: set[int]  # QoS 2 messages that may have reached the broker (``Outgoing``)
 
     @property
     def v5(self) -> bool:
@@ -64,7 +63,7 @@ class QueueLimits:
         for m in st.outgoing.values():  # in publish order: the in-flight ones come first
             if (not max_n or count <= max_n) and (not max_b or used <= max_b):
                 break
-            if m.phase is Phase.QUEUED and m.seq not in self._maybe_sent:
+            if m.phase is Phase.QUEUED:
                 victims.append(m)
                 count -= 1
                 used -= message_bytes(m)
@@ -104,7 +103,7 @@ class QueueLimits:
         self._expiry_scan = self.now
         st, sp, out = self.state, self.spool, []
         for m in [m for m in st.outgoing.values() if m.phase is Phase.QUEUED and m.properties
-                  and self._remaining(m) == 0 and m.seq not in self._maybe_sent]:
+                  and self._remaining(m) == 0]:
             out += self._dropped(m, st.expire(m.seq), "expired")
         # past live messages too, read back while memory holds less than twice QueueInMemory
         # (and 8 MiB): expired ones behind a run of live ones at the head took room (a live
