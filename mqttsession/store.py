@@ -336,9 +336,9 @@ class StateFile:
         except BaseException:
             self.unrestored = old  # still there: never written over
             raise
-        self._errors.append((0, f"{self.path} held a session ({len(old.outgoing)} outgoing,"
-                       f" {len(old.incoming)} incoming messages) that was not restored;"
-                       f" kept as {aside}"))
+        self._errors.append((0, f"{self.path} held a session ({len(old.outgoing) + old.spooled}"
+                       f" outgoing, {len(old.incoming)} incoming messages) that was not"
+                       f" restored; kept as {aside}"))
         j.compact(state)
 
     def append(self, records: Sequence[Record], state: SessionState, *, sync: bool = False,

@@ -516,3 +516,22 @@ def test_mqtt5_messages_with_properties_never_go_out_as_mqtt311(tmp_path: Path) 
     v5.restore_session("")
     assert [m.message for m in v5.outgoing_messages] == [b"short-lived"]
     v5.close()
+
+
+def test_the_note_of_a_session_kept_aside_counts_its_disk_queue(tmp_path: Path) -> None:
+    """"held a session (1 outgoing ...)" for a session of 4 messages, 3 of them in its disk
+    queue (a review): the note counts them all."""
+    path = tmp_path / "s"
+    c = _file_client(path, "q")
+    c.config("QueueInMemory=1")
+    c.restore_session("")
+    for i in range(4):
+        c.publish_data("t", 1, f"m{i}".encode())
+    c.close()
+    again = _file_client(path, "q")
+    again.config("QueueInMemory=1")
+    errors: list[str] = []
+    again.on_error = lambda e: errors.append(e.description)
+    again.publish_data("t", 1, b"new")  # not restored: kept aside
+    again.close()
+    assert [e for e in errors if "(4 outgoing, 0 incoming messages) that was not restored" in e]
