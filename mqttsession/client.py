@@ -621,7 +621,8 @@ class Client:
             path = self._settings.session_state_file
             cid = self._engine.state.client_id
             state = self._file.load(cid) if path else codec.decode(state_data)
-            state.spool_last = state.spool_last if path else 0  # (another's disk queue)
+            if not path:
+                state.spool_last = 0  # (the disk queue of another file)
             try:
                 records = self._engine.restore(state, time.time(), since_boot())
             except BaseException:

@@ -555,16 +555,15 @@ class Outgoing(QueueLimits):
                 self._tokens -= 1.0
             pending.popleft()
             if m.phase is not Phase.AWAIT_PUBCOMP:
-                why, reason = self.size_limit(m.topic, len(m.payload), m.qos,
-                                              len(m.properties)), "too-large"
+                why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
+                reason, code = "too-large", 0x95
                 if why is None and (why := self.unsupported(m.qos, m.retain)) is not None:
-                    reason = "unsupported"
+                    # 0x9B QoS not supported, 0x9A Retain not supported
+                    reason, code = "unsupported", 0x9B if m.qos > self.max_qos else 0x9A
                 if why is not None:  # it became unsendable (the broker's limits): out
                     out += self._dropped(m, self.state.too_large(seq), reason)
-                    out.append(self.error(0x95 if reason == "too-large" else 0x9A if m.qos
-                                          <= self.max_qos else 0x9B, f"message seq {seq} (packet"
-                                          f" id {m.packet_id}) to {m.topic!r} taken out of the"
-                                          f" session: {why}"))
+                    out.append(self.error(code, f"message seq {seq} (packet id {m.packet_id})"
+                                                f" to {m.topic!r} taken out of the session: {why}"))
                     continue
             out += self._write(m)
             inflight[seq] = 0.0
