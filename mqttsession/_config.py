@@ -103,6 +103,11 @@ def _reserve_ids(c: Any) -> None:
 
 
 def _set_state_file(c: Any, value: str) -> None:
+    spooled = c._engine.state.spooled
+    if spooled and value.strip() != c._settings.session_state_file:  # (they stay in its queue)
+        raise UsageError(f"{spooled} messages wait in the disk queue of"
+                         f" {c._settings.session_state_file}: SessionStateFile cannot change"
+                         " until they are sent (or restore that file in a new Client)")
     c._file.set_path(value.strip())
     c._settings.session_state_file = value.strip()
     _reserve_ids(c)
@@ -155,6 +160,14 @@ def _set_sync(c: Any, value: str) -> None:
     # once are mapped (always syncs each publish's: ``Journal.mapped``)
     c._file.set_sync(v != "none", mapped=v != "always", interval=v == "interval")
     _reserve_ids(c)
+
+
+def _set_sync_interval(c: Any, value: str) -> None:
+    lo, hi = _INT_RANGES["session_sync_interval"]
+    new = parse_int("SessionSyncInterval", value, lo, hi)
+    lowered, c._settings.session_sync_interval = new < c._settings.session_sync_interval, new
+    if lowered:  # a sync armed under the old value: due within the new one
+        c._driver.rearm_sync_timer()
 
 
 def _policy(c: Any, value: str) -> None:
@@ -227,7 +240,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     ),
     "protocolversion": (lambda c: str(c._engine.state.protocol_version), _set_protocol),
     "sessionsync": _own("session_sync", _set_sync),
-    "sessionsyncinterval": _attr("_settings", "session_sync_interval"),
+    "sessionsyncinterval": _own("session_sync_interval", _set_sync_interval),
     "retain": _attr("_settings", "retain"),
     "republishinterval": _attr("_engine_settings", "republish_interval"),
     "willqos": _attr("_settings", "will_qos"),

@@ -429,6 +429,14 @@ class Durability:
         if type(t) is _NetTimer and (lost or now >= t.due):
             self._interval_sync()
 
+    def rearm_sync_timer(self) -> None:
+        """SessionSyncInterval lowered: an armed interval sync armed again with the new one."""
+        with self.lock:
+            t, self._sync_timer = self._sync_timer, None
+            if t is not None:
+                t.cancel()
+                self._sync_later()
+
     def cancel_sync_timer(self) -> PersistenceError | None:
         """Closing: the pending interval sync runs now instead; the error if it failed."""
         with self.lock:

@@ -38,6 +38,7 @@ from .errors import ConnectError, PersistenceError, PublishManyError, UsageError
 from .events import PublishRequest
 from .options import Options
 from .pacing import Pacer
+from .recovery import makedirs_durable
 from .sharedlog import SharedLog
 from .turns import _Request, run_batch
 
@@ -125,7 +126,7 @@ class _Sessions:
                  hold_publishes: bool = False) -> None:
         self.state_dir = os.fspath(state_dir)
         try:
-            os.makedirs(os.path.join(self.state_dir, "queues"), mode=0o700, exist_ok=True)
+            makedirs_durable(os.path.join(self.state_dir, "queues"))  # (power cuts)
         except OSError as exc:  # (a full disk, a file in the way)
             raise PersistenceError(exc.errno, f"cannot make {self.state_dir}: {exc}") from exc
         #: Connection attempts of every session take turns at ``connect_rate`` a second.

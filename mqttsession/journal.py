@@ -52,8 +52,8 @@ from .groupcommit import GroupCommit
 from .mapped import MappedTail
 from .statelock import (_MODE, _own_file, _remove_stale_temps, acquire_lock,
                         require_directory, unlinked)
-from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, _NOFOLLOW, JOURNAL_SUFFIX, frame, load,
-                       move_aside, read_frames, read_state)
+from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, _NOFOLLOW, JOURNAL_SUFFIX, _fsync_dir,
+                       frame, load, move_aside, read_frames, read_state)
 from .state import Record, SessionState
 
 __all__ = ["Journal", "read_state", "require_directory", "write_atomic", "read_frames", "frame", "JOURNAL_SUFFIX", "LOCK_SUFFIX"]
@@ -98,14 +98,6 @@ def zeros_ahead(fd: int, size: int, end: int, bound: int) -> int:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
     return at
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _temp_suffix() -> str:

@@ -62,6 +62,28 @@ _NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink at a state file's p
 MAX_STATE_BYTES = 1 << 30  # a snapshot or journal larger than this is refused, not read
 
 
+def _fsync_dir(path: str) -> None:
+    """The directory holding ``path`` synced: its entries (a new or renamed name) survive a
+    power cut."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: str) -> None:
+    """``path`` and its missing parents made (mode 0700), each new one's name synced in its
+    parent: a directory made for records never vanishes in a power cut with them."""
+    made, p = [], os.path.abspath(path)
+    while not os.path.lexists(p) and os.path.dirname(p) != p:
+        made.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, 0o700, exist_ok=True)
+    for d in reversed(made):
+        _fsync_dir(d)
+
+
 def frame(payload: bytes) -> bytes:
     """One journal frame around ``payload``."""
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
@@ -154,6 +176,7 @@ def keep_cut_copy(path: str, data: bytes, valid: int) -> str:
             os.fsync(fd)
         finally:
             os.close(fd)
+        _fsync_dir(aside)  # the copy's name durable before the cut is
     except OSError as exc:  # (a full disk): nothing cut, no partial copy left; try again later
         with contextlib.suppress(OSError):
             os.unlink(aside)

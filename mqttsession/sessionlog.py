@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Final
 
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError
-from .journal import _fsync_dir, write_atomic
-from .recovery import _HEADER_TAG, _JOURNAL_VERSION, JOURNAL_SUFFIX, _read_file, frame
+from .journal import write_atomic
+from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, JOURNAL_SUFFIX, _fsync_dir, _read_file,
+                       frame, makedirs_durable)
 from .sharedlog import (
     LOG_NAME,
     _END,
@@ -306,7 +307,7 @@ class SessionLog:
                 return []
             folder = os.path.join(lg.directory, ASIDE_DIR)
             try:
-                os.makedirs(folder, mode=0o700, exist_ok=True)
+                makedirs_durable(folder)  # (its name too: the session leaves the log)
             except OSError as exc:
                 raise PersistenceError(exc.errno, f"cannot create {folder}: {exc}") from exc
             stamp = time.strftime("%Y%m%dT%H%M%S")

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from typing import Final, Iterator
 
 from .errors import PersistenceError, StateError
-from .journal import _fsync_dir, _write_all, zeros_ahead
+from .journal import _write_all, zeros_ahead
 from .mapped import MappedTail
 from .statelock import _own_file
-from .recovery import _NOFOLLOW, frame, keep_cut_copy, read_frames, zeros_from
+from .recovery import _NOFOLLOW, _fsync_dir, frame, keep_cut_copy, read_frames, zeros_from
 from .records import Accepted, OutgoingMessage, decode_record, encode_message
 from .state import message_bytes
 
@@ -316,6 +316,8 @@ class Spool:
                 pass
             if os.path.islink(self.dir) or not os.path.isdir(self.dir):
                 raise StateError(f"{self.dir} is not a directory (a symbolic link is refused)")
+        if self.sync and not self._segs:  # the queue's own name durable in its parent too
+            _fsync_dir(self.dir)  # (made now, or by a run that did not sync: a power cut)
         seg = _Segment(first, os.path.join(self.dir, f"q-{first:020d}.open"), False)
         fd = os.open(seg.path, _CREATE, 0o600)
         try:

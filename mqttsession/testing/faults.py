@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pytest
 
 import mqttsession.journal as journal_mod
+import mqttsession.recovery as recovery_mod
 from mqttsession.journal import JOURNAL_SUFFIX
 from mqttsession.mapped import MappedTail
 
@@ -108,8 +109,8 @@ def _unmapped(_self: MappedTail, _fd: int, _alloc: int, _at: int, _data: bytes) 
 
 
 class Injector:
-    """Installs one Fault into mqttsession.journal's ``os`` until ``disarm()`` (or the end of
-    the test: ``monkeypatch`` undoes it)."""
+    """Installs one Fault into mqttsession.journal's (and recovery's) ``os`` until
+    ``disarm()`` (or the end of the test: ``monkeypatch`` undoes it)."""
 
     def __init__(self, mp: pytest.MonkeyPatch, fault: Fault) -> None:
         self.fault = fault
@@ -131,7 +132,9 @@ class Injector:
                     raise OSError(fault.err, os.strerror(fault.err))
             return real(*args, **kwargs)
 
-        mp.setattr(journal_mod, "os", FakeOs(**{fault.func: faulty}))
+        fake = FakeOs(**{fault.func: faulty})
+        mp.setattr(journal_mod, "os", fake)
+        mp.setattr(recovery_mod, "os", fake)  # (the directory fsync: ``recovery._fsync_dir``)
         if fault.func == "write":  # the write path: a file system where files cannot be mapped
             mp.setattr(MappedTail, "put", _unmapped)
 

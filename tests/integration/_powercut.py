@@ -10,6 +10,7 @@ then the disk keeps what it had."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -21,6 +22,7 @@ import pytest
 
 import mqttsession.groupcommit as groupcommit_mod
 import mqttsession.journal as journal_mod
+import mqttsession.recovery as recovery_mod
 import mqttsession.sessionlog as sessionlog_mod
 import mqttsession.sharedlog as sharedlog_mod
 import mqttsession.spool as spool_mod
@@ -162,10 +164,84 @@ class Recorder:
         return into / path.name
 
 
+Entries = dict[str, tuple[tuple[int, int], bool]]  # name: (inode, a directory?)
+
+
+class DirRecorder(Recorder):
+    """Directories too (POSIX): a new name, a rename or an unlink survives a power cut only
+    once its directory is fsynced. Everything under ``base`` when made counts as durable;
+    ``dir_image`` rebuilds ``base`` as a power cut now leaves it. ``release`` when done."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
+        self.dirs: dict[tuple[int, int], Entries] = {}
+        self.pinned: dict[tuple[int, int], int] = {}  # an fd on each file seen: never reused
+        for root, _dirs, files in os.walk(base):
+            self._list(root)
+            for f in files:
+                self._pin(os.path.join(root, f))
+                with open(os.path.join(root, f), "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    self.durable[(st.st_dev, st.st_ino)] = fh.read()
+
+    def _list(self, path: str) -> None:
+        entries: Entries = {}
+        for name in os.listdir(path):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(os.path.join(path, name))
+                entries[name] = ((st.st_dev, st.st_ino), stat.S_ISDIR(st.st_mode))
+                if stat.S_ISREG(st.st_mode):
+                    self._pin(os.path.join(path, name))
+        st = os.stat(path)
+        with self.lock:
+            self.dirs[(st.st_dev, st.st_ino)] = entries
+
+    def _pin(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in self.pinned:
+                os.close(fd)
+            else:
+                self.pinned[(st.st_dev, st.st_ino)] = fd
+
+    def _record(self, fd: int, what: str) -> None:
+        self._pin(f"/proc/self/fd/{fd}")
+        super()._record(fd, what)
+
+    def fsync(self, fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.fsync(fd)
+            self._list(os.readlink(f"/proc/self/fd/{fd}"))
+            return
+        super().fsync(fd)
+
+    def dir_image(self, into: Path) -> None:
+        """``base`` as a power cut now leaves it, made in ``into`` (a new directory)."""
+        st = os.stat(self.base)
+        into.mkdir(parents=True)
+        self._build((st.st_dev, st.st_ino), into)
+
+    def _build(self, ino: tuple[int, int], into: Path) -> None:
+        for name, (child, is_dir) in self.dirs.get(ino, {}).items():
+            if is_dir:
+                (into / name).mkdir()
+                self._build(child, into / name)
+            elif not name.endswith(".lock"):
+                (into / name).write_bytes(self.durable.get(child, b""))
+
+    def release(self) -> None:
+        for fd in self.pinned.values():
+            os.close(fd)
+        self.pinned.clear()
+
+
 def install(monkeypatch: pytest.MonkeyPatch, r: Recorder | None = None) -> Recorder:
     """``r`` (a new ``Recorder`` by default) stands for ``os`` in the state-writing modules."""
     r = Recorder() if r is None else r
-    for m in (journal_mod, spool_mod, sharedlog_mod, sessionlog_mod, groupcommit_mod):
+    for m in (journal_mod, spool_mod, sharedlog_mod, sessionlog_mod, groupcommit_mod,
+              recovery_mod):
         monkeypatch.setattr(m, "os", r)
     return r
 

@@ -212,13 +212,13 @@ def test_a_short_write_not_taken_back_is_a_torn_tail_not_damage(
 
 def test_a_gateway_that_cannot_make_or_open_its_files_raises_persistence_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mqttsession.gateway as gateway_mod  # noqa: PLC0415
+    import mqttsession.recovery as recovery_mod  # noqa: PLC0415
     import mqttsession.sharedlog as sharedlog_mod  # noqa: PLC0415
 
-    monkeypatch.setattr(gateway_mod, "os", FakeOs(makedirs=_full))
+    monkeypatch.setattr(recovery_mod, "os", FakeOs(makedirs=_full))  # (makedirs_durable)
     with pytest.raises(PersistenceError):  # before: a bare OSError
         Gateway(tmp_path / "gw")
-    monkeypatch.setattr(gateway_mod, "os", os)
+    monkeypatch.setattr(recovery_mod, "os", os)
     Gateway(tmp_path / "gw").close()
     monkeypatch.setattr(sharedlog_mod, "os", FakeOs(fdatasync=_full))
     with pytest.raises(PersistenceError):  # its rewrite's sync when opened: a bare OSError
