@@ -523,17 +523,31 @@ class Engine(Outgoing):
         out: list[Action] = []
         im = self.state.incoming.get(pid) if self.state.incoming else None
         if im is not None and (im.topic != topic or im.payload != p.payload):
-            h = self._held.get(pid)
-            if im.taken or (h is not None and h.early):
-                # a new message under the id of one delivered at a move: the server forgot
-                # that flow (a resend is the same message; aedes sends it with DUP=0)
-                self._held.pop(pid, None)
+            # a new message under a held one's id: the server forgot that flow (a resend is
+            # the same message; aedes sends it with DUP=0)
+            h = self._held.pop(pid, None)
+            if im.taken or (h is not None and h.early):  # delivered at a move: it leaves
                 out.append(Persist((self.state.release(pid)[1],), sync=True, ack=True))
+            else:  # its PUBREL never comes (a server back from an older save): an orphan,
+                out += self._orphaned(im, h)  # delivered once, as those of a lost session
         rec = self.state.receive(pid, topic, p.payload, p.retain, p.dup, props)
         out.append(Persist((rec,) if rec is not None else (), sync=True, ack=True,
                            batched=True))
         out.append(self._ack(PacketType.PUBREC, pid))
         return out
+
+    def _orphaned(self, im: IncomingMessage, h: _Held | None) -> list[Action]:
+        """Held incoming QoS 2 message ``im`` will never be released: an orphan (durable
+        first), handed out unless it was (``h``); ``ack`` then removes it."""
+        rec = self.state.orphan((im.packet_id,))
+        assert rec is not None
+        event = h.event if h is not None else MessageEvent(
+            im.packet_id, im.topic, im.qos, im.payload, im.retain, im.dup, im.properties)
+        self._orphans_out.append((event, im))
+        log.warning("the server sent a new message under packet id %d, still held for another"
+                    " (its flow forgotten: a restart from an older save); that one is delivered"
+                    " now, without its PUBREL", im.packet_id)
+        return [Persist((rec,), sync=True)] + ([] if h is not None else [Deliver(event)])
 
     def _pubrel(self, pid: int) -> list[Action]:
         if not pid:  # [MQTT-2.2.1-3] (its PUBCOMP would name no flow)

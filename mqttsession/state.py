@@ -595,11 +595,11 @@ class SessionState:
         self.apply(rec)
         return rec
 
-    def orphan(self) -> Orphaned | None:
-        """SessionPresent=0: the incoming QoS 2 messages leave packet-id space (None: none)."""
+    def orphan(self, ids: tuple[int, ...] = ()) -> Orphaned | None:
+        """SessionPresent=0: the incoming QoS 2 messages (``ids``: those) leave packet-id space."""
         if not self.incoming:
             return None
-        rec = Orphaned(tuple(sorted(self.incoming)))
+        rec = Orphaned(ids or tuple(sorted(self.incoming)))
         self.apply(rec)
         return rec
 

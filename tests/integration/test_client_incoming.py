@@ -111,3 +111,65 @@ def test_incoming_qos2_resumed_in_new_process_delivered_once(
     for pid in (id1, id2):
         assert [r for r in conn2 if r.direction == "s2c" and r.type == "PUBREL" and r.packet_id == pid]
         assert [r for r in conn2 if r.direction == "c2s" and r.type == "PUBCOMP" and r.packet_id == pid]
+
+
+@pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_broker_back_from_an_older_save_reuses_a_held_id(
+    mosquitto_factory: Any, mqtt_proxy_factory: Any, tmp_path: Any, protocol: int
+) -> None:
+    """mosquitto killed and back from its last save keeps the session but not a QoS 2 flow
+    whose PUBREL the subscriber never got; its next QoS 2 message takes the same packet id.
+    Both messages are delivered, once each (before: the new one was taken for a resend of the
+    held one and never delivered)."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from mqttsession import Client  # noqa: PLC0415
+
+    broker = mosquitto_factory("mosquitto-persist.conf")
+    proxy = mqtt_proxy_factory(broker)
+    got: list[bytes] = []
+    present: list[bool] = []
+    sub = Client(client_id=unique("stale"), clean_session=False, protocol_version=protocol)
+    sub.config(f"SessionStateFile={tmp_path / 'sub'}")
+    sub.config("ReconnectDelayMax=0.5")
+    if protocol == 5:
+        sub.config("SessionExpInterval=600")
+    sub.restore_session("")
+    sub.on_message_in = lambda e: got.append(e.message)
+    sub.on_connected = lambda e: present.append(e.session_present)
+    subscribed = threading.Event()
+    sub.on_subscribed = lambda e: subscribed.set()
+    try:
+        sub.connect(proxy.host, proxy.port, timeout=10)
+        sub.subscribe("stale/t", 2)
+        assert subscribed.wait(10)
+        os.kill(broker.pid, signal.SIGUSR1)  # its save: the session, no flow yet
+        deadline = time.monotonic() + 10
+        while not (broker.persistence_dir / "mosquitto.db").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proxy.drop("s2c", "PUBREL")  # M1's flow stays open at the subscriber
+        _procs.publish_direct(broker.host, broker.port, "stale/t", [(2, "M1")], protocol)
+        first = proxy.wait_for("s2c", "PUBREL", predicate=lambda r: r.dropped)
+        assert [m.packet_id for m in sub.incoming_messages] == [first.packet_id]
+        broker.restart(kill=True)  # back to its last save: M1's flow forgotten
+        proxy.clear_drops()
+        deadline = time.monotonic() + 20
+        while not (sub.connected and len(present) >= 2):
+            assert time.monotonic() < deadline, "no reconnect"
+            time.sleep(0.05)
+        assert present[-1] is True
+        _procs.publish_direct(broker.host, broker.port, "stale/t", [(2, "M2")], protocol)
+        again = proxy.wait_for("s2c", "PUBLISH", predicate=lambda r: r.payload == b"M2")
+        assert again.packet_id == first.packet_id  # (what the test is about)
+        deadline = time.monotonic() + 10
+        while sorted(got) != [b"M1", b"M2"]:
+            assert time.monotonic() < deadline, f"delivered {got}"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert sorted(got) == [b"M1", b"M2"]
+    finally:
+        sub.close()

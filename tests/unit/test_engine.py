@@ -515,6 +515,45 @@ def test_orphans_acked_out_of_order_under_the_same_packet_id() -> None:
     assert e.ack(7)[0] and not e.state.orphans  # by id: the one left
 
 
+@pytest.mark.parametrize("released", [False, True])
+def test_a_new_message_under_a_held_id_orphans_the_held_one(released: bool) -> None:
+    """SessionPresent=1 but the broker forgot a flow (mosquitto back from an older save): a
+    PUBLISH with another payload under a held id is a new message. The held one (PUBREC sent;
+    ``released``: also handed out on its PUBREL) will never be released: an orphan, delivered
+    once; the new one is stored before its PUBREC and delivered on its PUBREL (before: taken
+    for a resend, PUBREC answered, never delivered)."""
+    e = connected()
+    e.receive(publish_in(1, 2, b"M1"))
+    first: list[MessageEvent] = []
+    if released:
+        first = [a.message for a in e.receive(ack_in(PacketType.PUBREL, 1))
+                 if isinstance(a, Deliver)]
+    e.connection_lost(1.0, 0, "gone")
+    connect(e, session_present=True)
+    out = e.receive(publish_in(1, 2, b"M2"))
+    orphaned = out[index(out, Persist, record=Orphaned)]
+    assert isinstance(orphaned, Persist) and orphaned.records == (Orphaned((1,)),)
+    delivered = [a.message for a in out if isinstance(a, Deliver)]
+    assert [m.message for m in delivered] == ([] if released else [b"M1"])  # once only
+    assert index(out, Persist, record=Received) < index(out, Write)  # point 3
+    assert [im.payload for im in e.state.incoming.values()] == [b"M2"]
+    (m1,) = first or delivered
+    acked, done = e.ack(m1)
+    assert acked and done[0] == Persist((OrphanReleased(0, 1),), sync=True, ack=True)
+    out = e.receive(ack_in(PacketType.PUBREL, 1))
+    assert [a.message.message for a in out if isinstance(a, Deliver)] == [b"M2"]
+
+
+def test_a_resend_under_a_held_id_is_not_a_new_message() -> None:
+    """The same topic and payload under a held id (DUP or not): a resend, PUBREC only."""
+    e = connected()
+    e.receive(publish_in(1, 2, b"M1"))
+    for dup in (True, False):
+        out = e.receive(publish_in(1, 2, b"M1", dup=dup))
+        assert not [a for a in out if isinstance(a, Deliver)] and not e.state.orphans
+        assert [p.type for p in packets(out)] == [PacketType.PUBREC]
+
+
 # ------------------------------------------------------------------------ acknowledgements
 
 
