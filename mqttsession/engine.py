@@ -547,7 +547,8 @@ class Engine(Outgoing):
         log.warning("the server sent a new message under packet id %d, still held for another"
                     " (its flow forgotten: a restart from an older save); that one is delivered"
                     " now, without its PUBREL", im.packet_id)
-        return [Persist((rec,), sync=True)] + ([] if h is not None else [Deliver(event)])
+        out: list[Action] = [Persist((rec,), sync=True)]
+        return out if h is not None else [*out, Deliver(event)]
 
     def _pubrel(self, pid: int) -> list[Action]:
         if not pid:  # [MQTT-2.2.1-3] (its PUBCOMP would name no flow)
