@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
+from . import handover
 from .client import Client, _connect_params, _store_many
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
@@ -159,6 +160,8 @@ class AsyncSession:
             if self._state_file is not None:
                 await self.config(f"SessionStateFile={self._state_file}")
                 self._client.restore_session("")
+            elif not self._client.clean_session:  # what one closed before still held
+                handover.restore(self._options.address, self._client)
             if connect:
                 await self.connect()
         except BaseException:
@@ -497,7 +500,12 @@ class AsyncSession:
         finally:
             self._closed = True
             try:
-                c.close()
+                try:  # without a state file: what it holds goes to the next (handover.py)
+                    if self._state_file is None and not c.clean_session and self._started:
+                        c.disconnect()
+                        handover.keep(self._options.address, c)
+                finally:
+                    c.close()
             finally:
                 self._queue.put_nowait(_CLOSED)
                 for fut in self._idle:  # flush() calls waiting: not all acknowledged

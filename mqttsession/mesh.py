@@ -42,6 +42,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+from . import handover
 from ._inbox import Slots
 from .client import Client
 from .errors import MQTTSessionError, UsageError
@@ -265,6 +266,7 @@ class Session:
         if self._opened:
             return
         o = self._options
+        handover.restore(o.address, self._client)  # what one closed before still held
         self._client.connect(o.host, o.port, o.request_timeout_seconds)
         present = self._client.config("SessionPresent") == "True"
         where = self._client.config("ConnectedServer") or o.address  # of a server list: its own
@@ -297,8 +299,12 @@ class Session:
                 self.ack()  # one a receive() already waiting handed out meanwhile
                 if end_session:
                     self._end(connected=c.connected)
-                else:
-                    c.close()
+                else:  # what it still holds goes to the session attached next (handover.py)
+                    try:
+                        c.disconnect()
+                        handover.keep(self._options.address, c)
+                    finally:
+                        c.close()
             else:
                 self._client.close()  # never connected: nothing to end on the broker
         finally:

@@ -153,6 +153,41 @@ def test_a_receive_waiting_when_close_begins_gets_its_message_acknowledged(
     assert [n for n in seen if n is not None] == [0], f"handed out over both sessions: {seen}"
 
 
+def test_qos2_messages_queued_at_close_go_to_the_next_session(mosquitto: Any) -> None:
+    """No state file, ``clean_session=False``: QoS 2 messages still queued at ``close()``
+    (PUBREC answered on arrival: the broker sends the next session only their PUBREL) are
+    delivered by the next ``AsyncSession`` of that id in this process (``handover.py``);
+    before, they went with the closed client: lost."""
+    tag, cid = unique("hand"), unique("hand")
+    topic = f"aio/hand/{tag}"
+    seen: list[int] = []
+
+    async def first() -> None:
+        s = AsyncSession(_options(mosquitto.address), client_id=cid, clean_session=False)
+        await s.start()
+        await s.subscribe(topic, 2)
+        await asyncio.to_thread(_procs.publish_direct, mosquitto.host, mosquitto.port, topic,
+                                [(2, payload(tag, n)) for n in range(4)])
+        await _until(lambda: s._queue.qsize() >= 4, "all four queued")
+        m = await s.receive(5)
+        assert m is not None
+        seen.append(number_of(tag, m.message))
+        await s.close()
+
+    async def again() -> None:
+        s = AsyncSession(_options(mosquitto.address), client_id=cid, clean_session=False)
+        await s.start()
+        try:
+            while (m := await s.receive(1.0)) is not None:
+                seen.append(number_of(tag, m.message))
+        finally:
+            await s.close()
+
+    _run(first)
+    _run(again)
+    assert seen == [0, 1, 2, 3]
+
+
 # ================================================================================================
 # publish_many cancelled while its fdatasync fails
 
