@@ -31,7 +31,7 @@ from .errors import ConnectError, PersistenceError, ProtocolViolation, UsageErro
 from .events import ErrorEvent, Message, MessageEvent
 from .expiry import effective_interval
 from .failover import REDIRECT_CODES, ServerRotation, none_accepted
-from .options import format_address, parse_addresses
+from .options import format_address, parse_addresses, same_server
 from .pacing import Pacer, gateway_tick
 from .state import Accepted, Spooled
 from .validation import validate_publish_topic, will_payload
@@ -65,7 +65,7 @@ class Driver(Durability):
         self.changed = threading.Condition(self.lock)
         self._fire = fire
         self._settings = settings
-        self.engine = Engine(engine_settings)
+        self.engine = Engine(engine_settings, None, lambda was: same_server(was, self.conn))
         self.file = StateFile()
         # the disk queue (a proxy: the engine's cycle must not keep the file open, Client gone)
         self.engine.spool = cast(QueueSource, weakref.proxy(self.file))

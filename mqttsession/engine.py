@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Sequence
+from typing import Callable, Final, Sequence
 
 from ._wire import Packet, PacketType, received_publish_fault
 from .errors import MQTTSessionError, ProtocolViolation, StateError, TransitionError, UsageError
@@ -98,9 +98,13 @@ class Engine(Outgoing):
     (``state.SessionState``); the rest lives for one connection or one process."""
 
     def __init__(self, settings: EngineSettings | None = None,
-                 state: SessionState | None = None) -> None:
+                 state: SessionState | None = None,
+                 same_server: Callable[[str], bool] | None = None) -> None:
         super().__init__(settings, state)
         self.broker: str | None = None
+        # whether a server name the session recorded is this connection's under another one
+        # (the driver asks the network: a restart naming the broker otherwise is no move)
+        self.same_server = same_server or (lambda _recorded: False)
         self.session_present = False
         self.restored_expired = False  # the client's clock said the restored session expired
         self._owed: deque[_Owed] = deque()  # QoS 1, in arrival order [MQTT-4.6.0-2]
@@ -255,7 +259,8 @@ class Engine(Outgoing):
         ``Connected`` record: also after a restart); then, if it found the session, what
         changed elsewhere goes to it (``Subscriptions.returned``)."""
         prev = self.state.broker
-        self._moved_from = prev if prev is not None and prev != self.broker else None
+        moved = prev is not None and prev != self.broker and not self.same_server(prev)
+        self._moved_from = prev if moved else None
         if self.session_present and self._moved_from is not None and self.broker is not None:
             self.subs.returned(self.broker)
 

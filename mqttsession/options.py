@@ -38,11 +38,12 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from types import MappingProxyType
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from .errors import UsageError
 from .expiry import DEFAULT_INTERVAL
@@ -133,6 +134,18 @@ def parse_address(address: str, *, tls: bool = False, source: str = "address") -
     if not 1 <= port <= 65535:
         raise UsageError(f"{source} port must be 1..65535, got {address!r}")
     return host, port
+
+
+def same_server(recorded: str, conn: Any) -> bool:
+    """Whether ``recorded`` (``"host:port"``) names the server ``conn`` (paho's client) is
+    connected to: the same port, and its host resolves to the peer's address."""
+    try:
+        peer = conn.socket().getpeername()
+        host, port = parse_address(recorded)
+        return bool(port == peer[1] and any(
+            a[4][0] == peer[0] for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+    except (AttributeError, OSError, UsageError, ValueError, UnicodeError):
+        return False
 
 
 def parse_addresses(text: str, *, tls: bool = False, source: str = "address"

@@ -604,3 +604,45 @@ def test_publisher_killed_after_failover_resumes_from_its_file(
     finally:
         second.close()
         subs.close()
+
+
+def test_a_restart_naming_the_same_broker_otherwise_is_no_move(mosquitto: Any,
+                                                               tmp_path: Path) -> None:
+    """The session last ran on ``127.0.0.1:PORT``; a restart connects to ``localhost:PORT``,
+    the same mosquitto: no move (before: every subscription was sent again and the broker's
+    retained QoS 2 message delivered a second time)."""
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    topic = f"move/alias/{tmp_path.name}"
+    p = mqtt.Client(CallbackAPIVersion.VERSION2)
+    p.connect(mosquitto.host, mosquitto.port)
+    p.loop_start()
+    p.publish(topic, b"config-v1", 2, retain=True).wait_for_publish(10)
+    p.disconnect()
+    p.loop_stop()
+
+    def run(host: str) -> list[bytes]:
+        got: list[bytes] = []
+        c = mqttsession.Client(client_id=f"alias-{tmp_path.name}"[:23], clean_session=False)
+        c.config(f"SessionStateFile={tmp_path / 's'}")
+        c.restore_session("")
+        c.on_message_in = lambda e: got.append(e.message)
+        done = threading.Event()
+        c.on_subscribed = lambda e: done.set()
+        try:
+            c.connect(host, mosquitto.port, timeout=10)
+            if c.config("SessionPresent") != "True":
+                c.subscribe(topic, 2)
+                assert done.wait(10)
+            time.sleep(0.5)
+        finally:
+            c.close()
+        return got
+
+    assert run("127.0.0.1") == [b"config-v1"]
+    assert run("localhost") == []
+    assert run("127.0.0.1") == []
