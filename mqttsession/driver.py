@@ -65,7 +65,8 @@ class Driver(Durability):
         self.changed = threading.Condition(self.lock)
         self._fire = fire
         self._settings = settings
-        self.engine = Engine(engine_settings, None, lambda was: same_server(was, self.conn))
+        me = weakref.ref(self)  # (no cycle: a dropped Client frees its state file)
+        self.engine = Engine(engine_settings, None, lambda was: same_server(was, me()))
         self.file = StateFile()
         # the disk queue (a proxy: the engine's cycle must not keep the file open, Client gone)
         self.engine.spool = cast(QueueSource, weakref.proxy(self.file))
@@ -205,10 +206,9 @@ class Driver(Durability):
             log.warning("connect: %s (%s); trying the next server", format_address(*target), exc)
 
     def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
-        """``Client.connect``: CONNECT to each server in turn (``ServerRotation.attempts``)
-        until one accepts, and wait for CONNACK and the resume plan; paho's network thread runs the
-        connection from then on. ``timeout`` is per server. A session of a ``Gateway``
-        connects on the gateway's loop instead (``connect_async`` there)."""
+        """``Client.connect``: CONNECT to each server in turn (``ServerRotation.attempts``) until
+        one accepts, and wait for CONNACK and the resume plan; paho's network thread runs it from
+        then on. ``timeout`` is per server. A gateway's session: on its loop (``connect_async``)."""
         if self.host is not None:
             self.host.run(self.connect_async(host, port, timeout, params), None)
             return

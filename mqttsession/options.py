@@ -136,11 +136,11 @@ def parse_address(address: str, *, tls: bool = False, source: str = "address") -
     return host, port
 
 
-def same_server(recorded: str, conn: Any) -> bool:
-    """Whether ``recorded`` (``"host:port"``) names the server ``conn`` (paho's client) is
-    connected to: the same port, and its host resolves to the peer's address."""
+def same_server(recorded: str, driver: Any) -> bool:
+    """Whether ``recorded`` (``"host:port"``) names the server the ``driver``'s connection (its
+    ``conn``, paho's client) is to: the same port, its host resolving to the peer's address."""
     try:
-        peer = conn.socket().getpeername()
+        peer = driver.conn.socket().getpeername()
         host, port = parse_address(recorded)
         return bool(port == peer[1] and any(
             a[4][0] == peer[0] for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
