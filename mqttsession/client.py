@@ -169,6 +169,7 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
 def _close(c: Client) -> None:
     """``close()``'s work: what waits written, disconnected, saved, the state file released."""
     try:
+        c._closer = 0  # begun: its ``finally`` releases the file whatever happens
         failed = c._driver.cancel_sync_timer()  # interval: what waits goes to disk now
         compacted = c._driver.disconnect() and c._file.owned
         if c._settings.session_state_file and not compacted:
@@ -235,6 +236,7 @@ class Client:
         d.engine.listeners = _Listening(weakref.ref(self))
         self._lock, self._engine, self._file = d.lock, d.engine, d.file
         self._closed = False  # close() (or the with block's end) was called: for good
+        self._closer = 0  # the thread whose close() has not begun its work yet (interrupted)
         #: MQTT username (None: none sent).
         self.username = username
         #: MQTT password (needs ``username``).
@@ -438,11 +440,13 @@ class Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        me = threading.get_ident()
         with self._lock:  # a publish after this is refused: none lands after the last snapshot
-            if self._closed:
-                return
-            self._closed = True
-        if self._driver.delivering_in == threading.get_ident():  # inside on_message_in:
+            if self._closed and self._closer != me:  # (a close() a KeyboardInterrupt cut
+                return  # before its work began: done by this thread's next one)
+            self._closed, self._closer = True, me
+        if self._driver.delivering_in == me:  # inside on_message_in:
+            self._closer = 0
             self._driver.close_after = lambda: _close(self)  # after its ack is written
         else:
             _close(self)
@@ -478,9 +482,10 @@ class Client:
         if not qos:  # nothing to make durable: no turn to take
             return self._publish_begin(topic, qos, data, retain, properties, group=False)[0]
         turns = d.turns  # (counts QoS 1/2 publishes only: a turn gathers those)
-        with turns.count_lock:
-            turns.publishers += 1
+        counted = False
         try:
+            with turns.count_lock:  # (counted in the ``try``: an interrupt leaks no count)
+                turns.publishers, counted = turns.publishers + 1, True
             if turns.publishers > 1 and d.group_commit():
                 # publishers in several threads: one of them runs the others' locked parts
                 payload, props = _message(self, topic, qos, data, properties)
@@ -496,8 +501,9 @@ class Client:
             d.finish_stashed()
             raise
         finally:
-            with turns.count_lock:
-                turns.publishers -= 1
+            if counted:
+                with turns.count_lock:
+                    turns.publishers -= 1
         return pid
 
     def _publish_begin(self, topic: str, qos: int, data: bytes, retain: bool | None,
@@ -639,12 +645,25 @@ class Client:
     # ================================================================== events
 
     def _fire(self, name: str, event: object) -> None:
-        cb = getattr(self, name)
-        if cb is None:
-            return
-        try:
-            cb(event)
-        except Exception as exc:
-            log.exception("%s callback raised", name)
-            if name != "on_error":
-                self._fire("on_error", ErrorEvent(-1, f"{name} callback raised: {exc!r}"))
+        _call_back(self, name, event)
+
+
+def _call_back(c: Client, name: str, event: object) -> None:
+    """The callback ``name`` with ``event``. What it raises is logged and reported
+    (``on_error``); SystemExit and KeyboardInterrupt too, but in the main thread only: paho's
+    network thread or a gateway's loop would die of them, the connection dead unnoticed."""
+    cb = getattr(c, name)
+    if cb is None:
+        return
+    try:
+        cb(event)
+        return
+    except Exception as exc:
+        what: BaseException = exc
+    except BaseException as exc:
+        if threading.current_thread() is threading.main_thread():
+            raise
+        what = exc
+    log.error("%s callback raised", name, exc_info=what)
+    if name != "on_error":
+        c._fire("on_error", ErrorEvent(-1, f"{name} callback raised: {what!r}"))

@@ -33,7 +33,8 @@ attribute                 event                      thread
 ========================  =========================  ====================================================
 
 A callback that raises is logged (``mqttsession`` logger, with its traceback) and reported
-through ``on_error``; the session goes on. An ``on_message_in`` that raises has still taken its
+through ``on_error``; the session goes on (SystemExit and KeyboardInterrupt too, except in the
+main thread, where they end the program as ever). An ``on_message_in`` that raises has still taken its
 message: without ManualAck it is acknowledged all the same (not delivered again); to have it
 again, use ManualAck and ``ack()`` only what was handled.
 """

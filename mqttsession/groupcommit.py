@@ -24,6 +24,7 @@ class GroupCommit:
     _gen: int  # the file's incarnation (a compaction or rotation starts a new one)
     _synced: int  # how far the current incarnation is on disk
     _syncing: bool  # an fdatasync is running outside the mutex
+    _sync_owner = 0  # the thread that runs it (``threading.get_ident``)
     _lingering = False  # the thread that syncs next waits ``linger`` before it starts
     _sync_time = 0.0  # how long the fdatasyncs take, a moving average (seconds)
     _size: int  # how far the file is written
@@ -83,6 +84,19 @@ class GroupCommit:
         """The bytes up to ``pos`` of incarnation ``gen`` on disk; True when this call ran the
         fdatasync. ``linger``: seconds the one that syncs waits first, so that the records of
         other writers under way join this fdatasync (PostgreSQL's ``commit_delay``)."""
+        try:
+            return self._claim_and_sync(gen, pos, linger)
+        except BaseException:  # (a KeyboardInterrupt between claiming the sync and the
+            me = threading.get_ident()  # ``finally`` that gives it back: every later sync
+            if self._syncing and self._sync_owner == me:  # and compaction would wait for ever)
+                with self._sync_cond:
+                    if self._syncing and self._sync_owner == me:
+                        self._syncing = False
+                        self._sync_cond.notify_all()
+                        self._wake(everyone=True)
+            raise
+
+    def _claim_and_sync(self, gen: int, pos: int, linger: float) -> bool:
         started = lingered = mine = False  # lingered once; ``_lingering`` is this one's
         turn: threading.Lock | None = None
         try:
@@ -117,6 +131,7 @@ class GroupCommit:
                             self._lingering = mine = False
                         if self._syncing:
                             continue  # another thread got there first: wait for its sync
+                        self._sync_owner = threading.get_ident()
                         self._syncing = True
                     target = self._size
                 started = True

@@ -235,14 +235,14 @@ class Journal(GroupCommit):
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path + LOCK_SUFFIX)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None  # (forgotten first: an interrupt between
+            os.close(fd)  # leaves no number that may be another file's by then)
 
     def _close_fd(self) -> None:
         self._map.drop()
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def __del__(self) -> None:  # pragma: no cover - safety net
         with contextlib.suppress(Exception):
@@ -524,8 +524,8 @@ class Journal(GroupCommit):
     def _hold_snapshot(self, file_id: tuple[int, int] | None) -> None:
         """Keep the snapshot (device, inode ``file_id``) open; None: hold none."""
         if self._snapshot_fd is not None:
-            os.close(self._snapshot_fd)
-            self._snapshot_fd = None
+            held, self._snapshot_fd = self._snapshot_fd, None  # (forgotten first)
+            os.close(held)
         if file_id is None:
             return
         try:

@@ -613,8 +613,8 @@ class SharedLog(GroupCommit):
                     except OSError as exc:
                         log.warning("shared log %s: held records not written: %s", self.path,
                                     exc)
-                os.close(self._fd)
-                self._fd = None
+                fd, self._fd = self._fd, None  # (forgotten first: an interrupt leaves no number)
+                os.close(fd)
             self._unlock()
 
     def _unlock(self) -> None:
@@ -623,5 +623,5 @@ class SharedLog(GroupCommit):
                 os.unlink(os.path.join(self.directory, LOCK_NAME))
             except OSError:
                 pass
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)

@@ -660,8 +660,8 @@ class Spool:
     def _close_fds(self) -> None:
         self._map.drop()
         if self._wfd is not None:
-            os.close(self._wfd)
-            self._wfd = None
+            fd, self._wfd = self._wfd, None  # (forgotten first: an interrupt leaves no number)
+            os.close(fd)
 
     def close(self) -> None:
         with self._mutex:

@@ -112,17 +112,20 @@ def acquire_lock(lock_path: str, what: str) -> int:
         except BaseException:
             os.close(fd)
             raise
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # unlinked by its previous owner while we waited: take the new one
+        try:  # (an interrupt from here on closes the locked fd: never a lock left held)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                try:  # the pid: a hint for the error above, not the lock (the flock is)
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                except OSError as exc:  # a full disk: the lock holds all the same
+                    log.warning("%s: its pid not written to %s: %s", what, lock_path, exc)
+                return fd
+        except BaseException:
             os.close(fd)
-            continue
-        try:  # the pid: a hint for the error above, not the lock (the flock is)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as exc:  # a full disk: the lock holds all the same
-            log.warning("%s: its pid not written to %s: %s", what, lock_path, exc)
-        return fd
+            raise
+        os.close(fd)  # unlinked by its previous owner while we waited: take the new one
     raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover
