@@ -16,6 +16,7 @@ import weakref
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from . import codec
+from .statelock import forks
 from ._config import CONFIG, ClientSettings
 from .driver import ConnectParams, Driver
 from .durability import since_boot
@@ -166,6 +167,24 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
     return ids, tokens
 
 
+def _foreign(c: Client) -> bool:
+    """``c`` was made before a fork() that made this process: its connection, state file and
+    lock are the parent's. Closed here (``UsageError`` from any call), without a byte written,
+    a lock taken, a socket or a file touched."""
+    if c._born == forks():
+        return False
+    c._closed = True
+    return True
+
+
+def _closed_text(c: Client, what: str) -> str:
+    if c._born != forks():
+        return (f"{what} in a child of fork(): this Client (and its state file, lock and"
+                f" connection) belongs to the parent process; make a new Client here")
+    return (f"{what} after close(): the client is closed (its state file released); make a"
+            " new Client")
+
+
 def _close(c: Client) -> None:
     """``close()``'s work: what waits written, disconnected, saved, the state file released."""
     try:
@@ -237,6 +256,7 @@ class Client:
         self._lock, self._engine, self._file = d.lock, d.engine, d.file
         self._closed = False  # close() (or the with block's end) was called: for good
         self._closer = 0  # the thread whose close() has not begun its work yet (interrupted)
+        self._born = forks()  # (made before a fork(): the parent's, ``_foreign``)
         #: MQTT username (None: none sent).
         self.username = username
         #: MQTT password (needs ``username``).
@@ -415,9 +435,8 @@ class Client:
 
     def _require_open(self, what: str) -> None:
         """``UsageError`` once ``close()`` released the client (and its state file)."""
-        if self._closed:
-            raise UsageError(f"{what} after close(): the client is closed (its state file"
-                             " released); make a new Client")
+        if self._closed or _foreign(self):
+            raise UsageError(_closed_text(self, what))
 
     def connect(self, host: str = "localhost", port: int = 1883, timeout: float = 30.0) -> None:
         """Connect and block until CONNACK; the network loop then runs in a background thread.
@@ -440,6 +459,8 @@ class Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if _foreign(self):  # (no lock, no I/O: they are the parent's)
+            return
         me = threading.get_ident()
         with self._lock:  # a publish after this is refused: none lands after the last snapshot
             if self._closed and self._closer != me:  # (a close() a KeyboardInterrupt cut

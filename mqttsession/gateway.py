@@ -40,6 +40,7 @@ from .options import Options
 from .pacing import Pacer
 from .recovery import makedirs_durable
 from .sharedlog import SharedLog
+from .statelock import forks
 from .turns import _Request, run_batch
 
 __all__ = ["AsyncGateway", "Gateway", "raise_fd_limit"]
@@ -133,12 +134,23 @@ class _Sessions:
         self.pacer = Pacer(connect_rate)
         self._ids: set[str] = set()
         self._closed = False
+        self._born = forks()  # (in a fork()'s child: the parent's; ``_foreign``)
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
         #: kept aside; ``StateLockedError`` when another process has the directory).
         self.store = SharedLog(self.state_dir, hold_publishes=hold_publishes)
         self._syncs = _SyncThread()
 
+    def _foreign(self) -> bool:
+        """Made before a fork() that made this process: closed here, nothing of the parent's
+        (its store's lock and files, its sessions' sockets) touched."""
+        if self._born != forks():
+            self._closed = True
+        return self._born != forks()
+
     def _add(self, client_id: str) -> None:
+        if self._foreign():
+            raise UsageError("a gateway made before fork() belongs to the parent process:"
+                             " make a new Gateway in the child")
         if self._closed:
             raise UsageError("the gateway is closed")
         if not client_id or not isinstance(client_id, str):
@@ -336,6 +348,8 @@ class Gateway(_Sessions):
         if threading.current_thread() is self.thread:
             raise UsageError("Gateway.close() inside an event callback would wait for itself;"
                              " call it from another thread")
+        if self._foreign():
+            return
         with self._lock:
             if self._closed:
                 return
@@ -551,7 +565,7 @@ class AsyncGateway(_Sessions):
 
     async def close(self) -> None:
         """Close every session (flushed, disconnected, kept in the store). Idempotent."""
-        if self._closed:
+        if self._closed or self._foreign():
             return
         self._closed = True
         try:

@@ -50,7 +50,7 @@ from . import codec
 from .errors import PersistenceError, StateError
 from .groupcommit import GroupCommit
 from .mapped import MappedTail
-from .statelock import (_MODE, _own_file, _remove_stale_temps, acquire_lock,
+from .statelock import (_MODE, _own_file, _remove_stale_temps, acquire_lock, forks,
                         require_directory, unlinked)
 from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, _NOFOLLOW, JOURNAL_SUFFIX, _fsync_dir,
                        frame, load, move_aside, read_frames, read_state)
@@ -216,6 +216,7 @@ class Journal(GroupCommit):
         self._sync_cond = threading.Condition(threading.Lock())
         self._write_lock = threading.Lock()  # a write, or the cut after a failed group sync
         self._lock_fd: int | None = None
+        self._born = forks()  # (a fork()'s child leaves the parent's files alone)
         self._mutex = threading.RLock()  # the journal's own: callers' locks are theirs
         try:
             self._lock_fd = acquire_lock(self.path + LOCK_SUFFIX, f"state file {self.path}")
@@ -246,7 +247,8 @@ class Journal(GroupCommit):
 
     def __del__(self) -> None:  # pragma: no cover - safety net
         with contextlib.suppress(Exception):
-            self.close()
+            if self._born == forks():  # (in a fork()'s child: the parent's lock and files)
+                self.close()
 
     # ------------------------------------------------------------------ recovery
 

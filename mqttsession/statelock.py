@@ -18,7 +18,24 @@ from typing import Final
 from .errors import PersistenceError, StateError, StateLockedError, UsageError
 from .recovery import _NOFOLLOW, JOURNAL_SUFFIX, _refuse_link
 
-__all__ = ["acquire_lock", "require_directory", "unlinked"]
+__all__ = ["acquire_lock", "forks", "require_directory", "unlinked"]
+
+_forks = 0  # fork()s between the process that imported this module and this one
+
+
+def _after_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def forks() -> int:
+    """fork()s since this module was imported: an object that recorded another count was made
+    in a parent process, whose state file lock, files and socket it holds (never this one's
+    to write, close or unlink)."""
+    return _forks
 
 log = logging.getLogger("mqttsession.journal")  # the state file's logger, as ever
 

@@ -1,8 +1,9 @@
-"""Ctrl-C and ``sys.exit()`` at bad moments. A KeyboardInterrupt raised at one named line (a
-trace function on the calling thread raises it there, as SIGINT's handler would if the signal
-arrived then) leaves the client usable, its file never locked for good, no fd number stale;
-a callback that raises SystemExit on the network thread is reported, and the connection goes
-on. Each test failed on the code before the fix (a defect hunt's repros)."""
+"""Ctrl-C, ``sys.exit()`` and ``fork()`` at bad moments. A KeyboardInterrupt raised at one
+named line (a trace function on the calling thread raises it there, as SIGINT's handler would if
+the signal arrived then) leaves the client usable, its file never locked for good, no fd number
+stale; a callback that raises SystemExit on the network thread is reported, and the connection
+goes on; a fork()'s child leaves the parent's session alone. Each test failed on the code before
+the fix (a defect hunt's repros)."""
 
 from __future__ import annotations
 
@@ -183,3 +184,50 @@ def test_system_exit_in_a_callback_on_the_network_thread_is_reported(mosquitto: 
     finally:
         p.close()
         c.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_child_gets_a_clear_error_and_leaves_the_parents_session(mosquitto: Any,
+                                                                        tmp_path: Path) -> None:
+    """fork() after connect (a script that daemonizes): the child's calls on the parent's
+    Client are ``UsageError``, its ``close()`` and its garbage collection touch nothing (the
+    lock file stays, no DISCONNECT on the shared socket); the parent goes on. Before, the
+    child's publishes took packet ids the parent then reused and were written into the same
+    journal (one flock shared through the inherited descriptor)."""
+    import os  # noqa: PLC0415
+
+    c = _client(tmp_path / "s", "kbi-fork")
+    c.restore_session("")
+    c.connect(mosquitto.host, mosquitto.port, 10)
+    c.publish_message("kbi/fork", 1, "before")
+    assert c.flush(10)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then run the finalizers, then leave without pytest
+        code = 1
+        try:
+            try:
+                c.publish_message("kbi/fork", 1, "child")
+            except Exception as exc:  # noqa: BLE001
+                os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            c.close()
+            del c
+            gc.collect()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    said = os.read(read, 4096).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert said.startswith("UsageError") and "fork()" in said, said
+    assert (tmp_path / "s.lock").exists()
+    assert c.connected
+    for i in range(3):
+        c.publish_message("kbi/fork", 1, f"parent{i}")
+    assert c.flush(10)
+    with pytest.raises(Exception, match="in use"):  # the parent's lock still holds
+        _client(tmp_path / "s", "kbi-fork").restore_session("")
+    c.close()
+    assert _held(tmp_path / "s", "kbi-fork") == []
