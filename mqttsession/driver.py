@@ -16,7 +16,7 @@ import uuid
 import weakref
 from collections import deque
 from concurrent.futures import Executor
-from typing import Any, Callable, Coroutine, Protocol, cast
+from typing import Any, Callable, cast
 
 from . import codec
 from ._config import ClientSettings, ConnectParams
@@ -35,7 +35,7 @@ from .options import format_address, parse_addresses, same_server
 from .pacing import Pacer, gateway_tick
 from .state import Accepted, Spooled
 from .validation import validate_publish_topic, will_payload
-from .durability import Cancellable, Durability, since_boot
+from .durability import Cancellable, Durability, Host, since_boot
 from .turns import Turns
 from .store import StateFile
 
@@ -44,16 +44,6 @@ __all__ = ["ConnectParams", "Driver", "Host"]
 log = logging.getLogger("mqttsession")
 
 _TICK_EVERY = 0.5  # seconds between the engine's timer rounds
-
-
-class Host(Protocol):
-    """A loop in a thread of its own that runs many sessions' connections and timers."""
-
-    thread: threading.Thread
-    loop: asyncio.AbstractEventLoop
-
-    def run(self, coro: Coroutine[Any, Any, None], timeout: float | None) -> None:
-        """Run ``coro`` on the loop and wait for it (from another thread)."""
 
 
 class Driver(Durability):
@@ -160,6 +150,7 @@ class Driver(Durability):
     def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int) -> None:
         """paho's connect: the TCP (and TLS) connection and CONNECT (blocking)."""
         st = self.engine.state
+        conn.connect_timeout = self._connack_within or 30.0  # (the TCP connect's, paho's 5 s)
         try:
             if st.protocol_version == 5:
                 self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
@@ -328,7 +319,14 @@ class Driver(Durability):
                 conn.release()
             pump.call(stop)
         elif not conn.in_network_thread():
+            # a peer that takes no more bytes (a stalled link): paho's thread would never end
+            # with the DISCONNECT unsent; cut after connect()'s timeout (the session keeps
+            # every message not confirmed)
+            cut = threading.Timer(self._connack_within or 30.0, conn.drop)
+            cut.daemon = True
+            cut.start()
             conn.loop_stop()
+            cut.cancel()
             conn.release()
 
     def disconnect(self) -> bool:

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Callable, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Final, Protocol, cast
 
 from ._config import ClientSettings
 from .pump import AsyncioPump
@@ -25,7 +25,6 @@ from .turns import Turns
 
 if TYPE_CHECKING:
     from ._paho import PahoConnection
-    from .driver import Host
 
 __all__ = ["Cancellable", "Durability", "since_boot"]
 _BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
@@ -35,6 +34,16 @@ def since_boot() -> float:
     """The clock held messages age by (``expiry.MessageClock``): monotonic, and counting a
     suspend too (Linux's ``CLOCK_BOOTTIME``; elsewhere ``time.monotonic``)."""
     return time.monotonic() if _BOOTTIME is None else time.clock_gettime(_BOOTTIME)
+
+
+class Host(Protocol):
+    """A loop in a thread of its own that runs many sessions' connections and timers."""
+
+    thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, coro: Coroutine[Any, Any, None], timeout: float | None) -> None:
+        """Run ``coro`` on the loop and wait for it (from another thread)."""
 
 
 class Cancellable(Protocol):

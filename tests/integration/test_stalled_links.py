@@ -1,0 +1,85 @@
+"""Links that stop moving bytes: a server whose TCP handshake is never answered, and a peer that
+stops reading (a stalled link, its send buffer full). ``connect(timeout=T)`` gives up after
+about T (before: paho's fixed 5 s, whatever T); ``close()`` and ``disconnect()`` return after
+connect()'s timeout at most, the session kept whole (before: until the keep-alive noticed,
+for ever with keep-alive 0). A scripted broker on loopback (``FakeBroker``) stops reading."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import Client, ConnectError
+from mqttsession.testing.fake_broker import FakeBroker
+
+pytestmark = pytest.mark.integration
+
+
+def test_connect_timeout_bounds_the_tcp_handshake() -> None:
+    """A server whose accept queue is full drops the SYN: ``connect(timeout=1)`` raises
+    ``ConnectError`` after about a second, not paho's 5."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.socket()
+    filler.connect(listener.getsockname())  # the accept queue is full from now on
+    c = Client(client_id="syn-drop")
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match="timed out"):
+            c.connect("127.0.0.1", listener.getsockname()[1], timeout=1.0)
+        assert time.monotonic() - started < 3.5
+    finally:
+        c.close()
+        filler.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("call", ["close", "disconnect"])
+@pytest.mark.parametrize("keep_alive", [0, 60])
+def test_close_on_a_stalled_link_returns(tmp_path: Path, call: str, keep_alive: int) -> None:
+    """The broker stops reading while 5 MB of QoS 1 messages are on their way: ``close()`` /
+    ``disconnect()`` cut the link after connect()'s timeout (2 s here); every message stays in
+    the session."""
+    stalled = threading.Event()
+    release = threading.Event()
+
+    def stall(_fb: FakeBroker, rec: Any) -> None:
+        if rec.type == "PUBLISH":
+            stalled.set()
+            release.wait(60)  # the broker reads nothing more: the client's send buffer fills
+
+    fb = FakeBroker(qos1_ack="none")
+    fb.on_packet = stall
+    c = Client(client_id="stall", clean_session=False, keep_alive_interval=keep_alive)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.config("SessionSync=none")
+    c.restore_session("")
+    done = threading.Event()
+    try:
+        c.connect(fb.host, fb.port, timeout=2.0)
+        big = b"y" * (256 * 1024)
+        for i in range(20):
+            c.publish_data("stall/t", 1, b"%d-" % i + big)
+        assert stalled.wait(10)
+        time.sleep(0.5)  # the socket's buffers fill
+        worker = threading.Thread(target=lambda: (getattr(c, call)(), done.set()), daemon=True)
+        worker.start()
+        assert done.wait(20), f"{call}() still blocked after 20 s on the stalled link"
+    finally:
+        release.set()
+        if done.is_set():
+            c.close()
+        fb.stop()
+    again = Client(client_id="stall", clean_session=False)
+    again.config(f"SessionStateFile={tmp_path / 's'}")
+    try:
+        again.restore_session("")
+        assert len(again.outgoing_messages) == 20
+    finally:
+        again.close()
