@@ -1,21 +1,19 @@
 """The one module that touches paho-mqtt internals: an adapter between paho and the engine.
 
 paho keeps the socket, TLS, keep-alive, CONNECT and DISCONNECT. Every session packet (PUBLISH,
-its acks, SUBACK, UNSUBACK) is decoded by ``_wire`` and handed to ``Hooks``; the packets the
-engine returns are queued as the bytes ``_wire`` made (``write``), or sent by the publishing
-thread itself when nothing waits (``_send_now``): paho's ``_out_messages`` / ``_in_messages``
-stay empty and MQTT 5 properties stay packed end to end.
-
-Received bytes are read with few large ``recv`` calls and split into packets here; paho still
-handles CONNACK, PINGRESP, DISCONNECT and AUTH. Acks written during a read batch wait for its
-end, after ``Hooks._hook_batch_end`` made their records durable (one fsync), or for that sync's
-future on a loop (``_after_sync``). Timers run in ``loop_misc``. Private accesses are tagged
-``# noqa: SLF001``; verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``).
-"""
+its acks, SUBACK, UNSUBACK) is decoded by ``_wire`` and handed to ``Hooks``; the engine's packets
+are queued as the bytes ``_wire`` made (``write``), or sent by the publishing thread itself when
+nothing waits (``_send_now``): paho's ``_out_messages`` / ``_in_messages`` stay empty and MQTT 5
+properties stay packed end to end. Bytes are read with few large ``recv`` calls and split here;
+paho still handles CONNACK, PINGRESP, DISCONNECT and AUTH. Acks written during a read batch wait
+for its end, after ``Hooks._hook_batch_end`` made their records durable (one fsync), or for that
+sync's future on a loop (``_after_sync``). Timers run in ``loop_misc``. Private accesses are
+tagged ``# noqa: SLF001``; verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -309,10 +307,17 @@ class PahoConnection(mqtt.Client):
 
     def drop(self) -> None:
         """End the connection from any thread: paho's loop finds it lost and reconnects."""
-        try:  # (no socket, or closed meanwhile: nothing to end)
-            getattr(self._sock, "shutdown", lambda _how: None)(socket.SHUT_RDWR)  # noqa: SLF001
-        except OSError:
-            pass
+        sock = getattr(self._sock, "_socket", self._sock)  # noqa: SLF001 (websockets: paho's wrapper)
+        with contextlib.suppress(OSError):  # (no socket, or closed meanwhile: nothing to end)
+            getattr(sock, "shutdown", lambda _how: None)(socket.SHUT_RDWR)
+
+    def peer(self) -> tuple[str, int] | None:
+        """The server's address (IP, port) this connection reached; None: none."""
+        sock: Any = getattr(self._sock, "_socket", self._sock)  # noqa: SLF001 (websockets)
+        try:
+            return sock.getpeername()[:2]  # type: ignore[no-any-return]
+        except (AttributeError, OSError):
+            return None
 
     def _sock_close(self) -> None:  # noqa: SLF001
         with self._send_lock:  # not while another thread sends on it
@@ -647,15 +652,10 @@ class PahoConnection(mqtt.Client):
             self._in_packet = _in_packet(0, b"", 0)  # noqa: SLF001
 
     def _connack(self, c: Packet, first: int, body: bytes) -> MQTTErrorCode:
-        if self._connack_seen:
-            return self._violation(0x82, "a second CONNACK on one connection")
-        self._connack_seen = True
-        if (fault := _wire.connack_fault(c, self._level)) is not None:
+        again, self._connack_seen = self._connack_seen, True
+        if (fault := _wire.connack_fault(c, self._level, again, self._clean_start_sent)):
             return self._violation(*fault)
         self._was_connected = True
-        if c.session_present and self._clean_start_sent:
-            return self._violation(0x82, "CONNACK with SessionPresent=1 answering Clean Start 1"
-                                         " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")
         rc = c.reason_code or 0  # 3.1.1: the return code 0..5; 5.0: the reason code
         if self._level == 5 and c.properties:
             reason = str(ReasonCode(PacketTypes.CONNACK, identifier=rc))

@@ -325,9 +325,16 @@ def received_publish_fault(topic: str, props: bytes) -> tuple[int, str] | None:
     return None
 
 
-def connack_fault(c: Packet, level: int) -> tuple[int, str] | None:
-    """What is wrong with an MQTT 5 CONNACK's properties that paho would raise on (a reason
-    code and words for the violation; None: nothing)."""
+def connack_fault(c: Packet, level: int, again: bool = False,
+                  clean_start: bool = False) -> tuple[int, str] | None:
+    """What is wrong with a CONNACK (``again``: a second one; ``clean_start``: answering Clean
+    Start 1), its MQTT 5 properties paho would raise on included: a reason code and words for
+    the violation; None: nothing."""
+    if again:
+        return 0x82, "a second CONNACK on one connection"
+    if c.session_present and clean_start:
+        return 0x82, ("CONNACK with SessionPresent=1 answering Clean Start 1"
+                      " (3.1.1 [MQTT-3.2.2-1], 5.0 [MQTT-3.2.2-2])")
     if level == 5 and not c.properties and not c.reason_code:  # (a refusal: paho never sees it)
         return 0x81, "an MQTT 5 CONNACK without its Property Length (a 3.1.1 one?)"
     seen: set[int] = set()

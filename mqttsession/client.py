@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from . import codec
+from .lifecycle import call_back, close_client, closed_text, configure, foreign, live
 from .statelock import forks
 from ._config import CONFIG, ClientSettings
 from .driver import ConnectParams, Driver
@@ -167,40 +167,6 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
     return ids, tokens
 
 
-def _foreign(c: Client) -> bool:
-    """``c`` was made before a fork() that made this process: its connection, state file and
-    lock are the parent's. Closed here (``UsageError`` from any call), without a byte written,
-    a lock taken, a socket or a file touched."""
-    if c._born == forks():
-        return False
-    c._closed = True
-    return True
-
-
-def _closed_text(c: Client, what: str) -> str:
-    if c._born != forks():
-        return (f"{what} in a child of fork(): this Client (and its state file, lock and"
-                f" connection) belongs to the parent process; make a new Client here")
-    return (f"{what} after close(): the client is closed (its state file released); make a"
-            " new Client")
-
-
-def _close(c: Client) -> None:
-    """``close()``'s work: what waits written, disconnected, saved, the state file released."""
-    try:
-        c._closer = 0  # begun: its ``finally`` releases the file whatever happens
-        failed = c._driver.cancel_sync_timer()  # interval: what waits goes to disk now
-        compacted = c._driver.disconnect() and c._file.owned
-        if c._settings.session_state_file and not compacted:
-            c._driver.save(closing=True)  # (a disconnect's compaction wrote the same)
-        if failed is not None:  # (the disk queue's: a snapshot does not hold it)
-            raise failed
-    finally:
-        with c._lock:
-            c._file.close()
-        c._driver.end()
-
-
 def _connect_params(c: Client) -> ConnectParams:
     """What ``connect`` hands the driver: the Client's connection settings."""
     if not isinstance(c.username, (str, type(None))) or not isinstance(c.password,
@@ -256,7 +222,7 @@ class Client:
         self._lock, self._engine, self._file = d.lock, d.engine, d.file
         self._closed = False  # close() (or the with block's end) was called: for good
         self._closer = 0  # the thread whose close() has not begun its work yet (interrupted)
-        self._born = forks()  # (made before a fork(): the parent's, ``_foreign``)
+        self._born = forks()  # (made before a fork(): the parent's, ``lifecycle.foreign``)
         #: MQTT username (None: none sent).
         self.username = username
         #: MQTT password (needs ``username``).
@@ -311,7 +277,7 @@ class Client:
     def client_id(self, value: str) -> None:
         if not isinstance(value, str):
             raise UsageError(f"client_id must be str, got {type(value).__name__}")
-        self._driver.configure("client_id", client_id=value)
+        configure(self, "client_id", client_id=value)
 
     @property
     def clean_session(self) -> bool:
@@ -324,7 +290,7 @@ class Client:
             raise UsageError(f"clean_session must be a bool, got {value!r}")
         if value and self._driver.file.shared is not None:
             raise UsageError("a gateway's sessions are persistent (its store keeps them)")
-        self._driver.configure("clean_session", clean_session=value)
+        configure(self, "clean_session", clean_session=value)
 
     @property
     def protocol_version(self) -> int:
@@ -338,7 +304,7 @@ class Client:
         if value == 4 and self._engine.holds_properties():
             raise UsageError("the session holds MQTT 5 messages with properties: it stays"
                              " protocol_version=5 until they are delivered")
-        self._driver.configure("protocol_version", protocol_version=value)
+        configure(self, "protocol_version", protocol_version=value)
 
     @property
     def keep_alive_interval(self) -> int:
@@ -422,6 +388,7 @@ class Client:
             return getter(self)
         if setter is None:
             raise UsageError(f"config setting {name.strip()!r} is read-only")
+        live(self, "config")
         with self._lock:
             setter(self, value)
         f = self._file
@@ -435,8 +402,8 @@ class Client:
 
     def _require_open(self, what: str) -> None:
         """``UsageError`` once ``close()`` released the client (and its state file)."""
-        if self._closed or _foreign(self):
-            raise UsageError(_closed_text(self, what))
+        if self._closed or foreign(self):
+            raise UsageError(closed_text(self, what))
 
     def connect(self, host: str = "localhost", port: int = 1883, timeout: float = 30.0) -> None:
         """Connect and block until CONNACK; the network loop then runs in a background thread.
@@ -453,24 +420,14 @@ class Client:
 
     def disconnect(self) -> None:
         """A clean DISCONNECT, its time recorded in the session; the state file is compacted."""
+        live(self, "disconnect")
         self._driver.disconnect()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if _foreign(self):  # (no lock, no I/O: they are the parent's)
-            return
-        me = threading.get_ident()
-        with self._lock:  # a publish after this is refused: none lands after the last snapshot
-            if self._closed and self._closer != me:  # (a close() a KeyboardInterrupt cut
-                return  # before its work began: done by this thread's next one)
-            self._closed, self._closer = True, me
-        if self._driver.delivering_in == me:  # inside on_message_in:
-            self._closer = 0
-            self._driver.close_after = lambda: _close(self)  # after its ack is written
-        else:
-            _close(self)
+        close_client(self)
 
     def close(self) -> None:
         """Disconnect and release the state file, for good (``UsageError`` from any call after
@@ -593,6 +550,7 @@ class Client:
 
         Not from an event callback: those run on the thread that processes the acks.
         """
+        live(self, "flush")
         return self._driver.flush(timeout)
 
     # ================================================================== subscriptions
@@ -621,6 +579,7 @@ class Client:
         False when nothing waited: QoS 0, acknowledged before, or owed to a connection that
         has dropped since (the broker sends that message again). Any thread, and callbacks.
         """
+        live(self, "ack")
         return self._driver.ack(message)
 
     # ================================================================== save / restore
@@ -666,25 +625,6 @@ class Client:
     # ================================================================== events
 
     def _fire(self, name: str, event: object) -> None:
-        _call_back(self, name, event)
+        call_back(self, name, event)
 
 
-def _call_back(c: Client, name: str, event: object) -> None:
-    """The callback ``name`` with ``event``. What it raises is logged and reported
-    (``on_error``); SystemExit and KeyboardInterrupt too, but in the main thread only: paho's
-    network thread or a gateway's loop would die of them, the connection dead unnoticed."""
-    cb = getattr(c, name)
-    if cb is None:
-        return
-    try:
-        cb(event)
-        return
-    except Exception as exc:
-        what: BaseException = exc
-    except BaseException as exc:
-        if threading.current_thread() is threading.main_thread():
-            raise
-        what = exc
-    log.error("%s callback raised", name, exc_info=what)
-    if name != "on_error":
-        c._fire("on_error", ErrorEvent(-1, f"{name} callback raised: {what!r}"))

@@ -55,8 +55,7 @@ class Driver(Durability):
         self.changed = threading.Condition(self.lock)
         self._fire = fire
         self._settings = settings
-        me = weakref.ref(self)  # (no cycle: a dropped Client frees its state file)
-        self.engine = Engine(engine_settings, None, lambda was: same_server(was, me()))
+        self.engine = Engine(engine_settings)
         self.file = StateFile()
         # the disk queue (a proxy: the engine's cycle must not keep the file open, Client gone)
         self.engine.spool = cast(QueueSource, weakref.proxy(self.file))
@@ -319,9 +318,8 @@ class Driver(Durability):
                 conn.release()
             pump.call(stop)
         elif not conn.in_network_thread():
-            # a peer that takes no more bytes (a stalled link): paho's thread would never end
-            # with the DISCONNECT unsent; cut after connect()'s timeout (the session keeps
-            # every message not confirmed)
+            # a stalled peer (no more bytes taken): paho's thread would never end with the
+            # DISCONNECT unsent; cut after connect()'s timeout (the session keeps the rest)
             cut = threading.Timer(self._connack_within or 30.0, conn.drop)
             cut.daemon = True
             cut.start()
@@ -590,6 +588,10 @@ class Driver(Durability):
                      else "connected to", self.engine.broker, st.client_id,
                      "5" if st.protocol_version == 5 else "3.1.1", session_present)
             self._tries, self._lost = 0, False
+            prev, conn = st.broker, self.conn  # the session's last server, this one named
+            # otherwise? (resolved here, not under the lock; on a loop: IP addresses only)
+            self.engine.same_as = prev if prev and prev != self.engine.broker and conn and \
+                same_server(prev, conn.peer(), resolve=self.pump is None) else None
         self.file.deferring = rc == 0  # on_connected may still restore the file's session
         try:
             self.do(lambda: self.engine.connack(rc, reason, session_present, receive_maximum,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Final, Sequence
+from typing import Final, Sequence
 
 from ._wire import Packet, PacketType, received_publish_fault
 from .errors import MQTTSessionError, ProtocolViolation, StateError, TransitionError, UsageError
@@ -98,13 +98,12 @@ class Engine(Outgoing):
     (``state.SessionState``); the rest lives for one connection or one process."""
 
     def __init__(self, settings: EngineSettings | None = None,
-                 state: SessionState | None = None,
-                 same_server: Callable[[str], bool] | None = None) -> None:
+                 state: SessionState | None = None) -> None:
         super().__init__(settings, state)
         self.broker: str | None = None
-        # whether a server name the session recorded is this connection's under another one
-        # (the driver asks the network: a restart naming the broker otherwise is no move)
-        self.same_server = same_server or (lambda _recorded: False)
+        # the session's recorded server when the driver found it is this connection's under
+        # another name (a restart naming the broker otherwise is no move)
+        self.same_as: str | None = None
         self.session_present = False
         self.restored_expired = False  # the client's clock said the restored session expired
         self._owed: deque[_Owed] = deque()  # QoS 1, in arrival order [MQTT-4.6.0-2]
@@ -259,7 +258,7 @@ class Engine(Outgoing):
         ``Connected`` record: also after a restart); then, if it found the session, what
         changed elsewhere goes to it (``Subscriptions.returned``)."""
         prev = self.state.broker
-        moved = prev is not None and prev != self.broker and not self.same_server(prev)
+        moved = prev is not None and prev != self.broker and prev != self.same_as
         self._moved_from = prev if moved else None
         if self.session_present and self._moved_from is not None and self.broker is not None:
             self.subs.returned(self.broker)

@@ -7,12 +7,14 @@ the next one. In memory only: a crash loses it (a state file keeps it)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .client import Client
 
+log = logging.getLogger("mqttsession")
 _kept: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 
@@ -40,8 +42,10 @@ def restore(server: str, client: Client) -> None:
         return
     try:
         client.restore_session(text)
-    except BaseException:
+    except BaseException as exc:
         with _lock:
             _kept.setdefault(key, text)
+        log.warning("the session a closed %r left on %s (kept in this process) cannot be"
+                    " restored into this one: %s; it stays kept", client.client_id, server, exc)
         raise
 

@@ -226,9 +226,14 @@ class Journal(GroupCommit):
             raise
         _remove_stale_temps(self.path)
 
-    @_locked
     def close(self) -> None:
-        """Close the journal and release the lock (the lock file is removed)."""
+        """Close the journal and release the lock (the lock file is removed); in a child of
+        fork() nothing (the parent's files and lock: its mutex may be held for good)."""
+        if self._born == forks():
+            self._close()
+
+    @_locked
+    def _close(self) -> None:
         self.flush()
         self._quiesce()
         self._close_fd()
@@ -247,8 +252,7 @@ class Journal(GroupCommit):
 
     def __del__(self) -> None:  # pragma: no cover - safety net
         with contextlib.suppress(Exception):
-            if self._born == forks():  # (in a fork()'s child: the parent's lock and files)
-                self.close()
+            self.close()
 
     # ------------------------------------------------------------------ recovery
 

@@ -267,7 +267,11 @@ class Session:
             return
         o = self._options
         handover.restore(o.address, self._client)  # what one closed before still held
-        self._client.connect(o.host, o.port, o.request_timeout_seconds)
+        try:
+            self._client.connect(o.host, o.port, o.request_timeout_seconds)
+        except BaseException:  # (kept again for the next attempt: nothing lost)
+            handover.keep(o.address, self._client)
+            raise
         present = self._client.config("SessionPresent") == "True"
         where = self._client.config("ConnectedServer") or o.address  # of a server list: its own
         self._session_present = present

@@ -43,7 +43,7 @@ import ssl
 from collections.abc import Mapping
 from types import MappingProxyType
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from .errors import UsageError
 from .expiry import DEFAULT_INTERVAL
@@ -136,15 +136,18 @@ def parse_address(address: str, *, tls: bool = False, source: str = "address") -
     return host, port
 
 
-def same_server(recorded: str, driver: Any) -> bool:
-    """Whether ``recorded`` (``"host:port"``) names the server the ``driver``'s connection (its
-    ``conn``, paho's client) is to: the same port, its host resolving to the peer's address."""
+def same_server(recorded: str, peer: tuple[str, int] | None, resolve: bool = True) -> bool:
+    """Whether ``recorded`` (``"host:port"``) names the server at ``peer`` (a connection's
+    IP address and port): the same port, its host that address or (``resolve``: a name
+    lookup, which may wait for DNS) resolving to it."""
     try:
-        peer = driver.conn.socket().getpeername()
         host, port = parse_address(recorded)
-        return bool(port == peer[1] and any(
-            a[4][0] == peer[0] for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
-    except (AttributeError, OSError, UsageError, ValueError, UnicodeError):
+        if peer is None or port != peer[1]:
+            return False
+        flags = 0 if resolve else socket.AI_NUMERICHOST
+        return any(a[4][0] == peer[0] for a in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=flags))
+    except (OSError, UsageError, ValueError, UnicodeError):
         return False
 
 

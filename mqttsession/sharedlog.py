@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Final
 from .errors import PersistenceError, StateError, StateLockedError
 from .groupcommit import GroupCommit
 from .journal import _write_all, write_atomic
-from .statelock import _own_file, _remove_stale_temps, acquire_lock, require_directory, unlinked
+from .statelock import (_own_file, _remove_stale_temps, acquire_lock, forks, require_directory,
+                        unlinked)
 from .recovery import (
     _NOFOLLOW,
     keep_cut_copy,
@@ -229,6 +230,7 @@ class SharedLog(GroupCommit):
         self._next_sid = 1
         self._live = len(_HEADER)
         require_directory(self.path)
+        self._born = forks()  # (a fork()'s child leaves the parent's log alone)
         self._lock_fd: int | None = acquire_lock(os.path.join(self.directory, LOCK_NAME),
                                                    f"gateway directory {self.directory}")
         try:
@@ -599,7 +601,10 @@ class SharedLog(GroupCommit):
     # ------------------------------------------------------------------ closing
 
     def close(self) -> None:
-        """Write the views' lazy records, close the log, release the lock (file removed)."""
+        """Write the views' lazy records, close the log, release the lock (file removed); in a
+        child of fork() nothing (the parent's)."""
+        if self._born != forks():
+            return
         with self._mutex:
             views = list(self._views.values())
         for view in views:  # (a view's lock comes before the log's)

@@ -190,3 +190,48 @@ def test_close_ends_the_session_on_the_server_that_holds_it(mosquitto_factory: A
     session.close()
     _assert_gone(Connection.insecure(b.address, options=Options(
         protocol_version=version, request_timeout_seconds=5.0)), session.session_id)
+
+
+def test_a_failed_attach_keeps_what_the_closed_session_held(mosquitto_factory: Any,
+                                                            version: int) -> None:
+    """A QoS 1 message published while the broker is down, the session closed with
+    ``end_session=False`` (kept in memory, ``handover.py``); an attach while the broker is
+    still down fails: the message stays kept, and the attach after the broker is back
+    publishes it (before: the failed attach had taken it, lost)."""
+    import threading
+    import time
+
+    from mqttsession import ConnectError
+
+    broker = mosquitto_factory()
+    connection = Connection.insecure(broker.address, options=Options(
+        protocol_version=version, request_timeout_seconds=1.0))
+    s = connection.create_session()
+    s.open()
+    broker.stop()
+    s.publish("mesh/kept", "precious", qos=1)
+    s.close(end_session=False)  # its flush times out: the message is kept
+    with pytest.raises(ConnectError):
+        connection.connect_to_session(s.session_id, must_exist=False)
+    broker.start()
+    got: list[bytes] = []
+    ready = threading.Event()
+    obs = mqtt.Client(CallbackAPIVersion.VERSION2)
+    obs.on_subscribe = lambda *_a: ready.set()
+    obs.on_message = lambda _c, _u, m: got.append(m.payload)
+    obs.connect(broker.host, broker.port)
+    obs.loop_start()
+    try:
+        obs.subscribe("mesh/kept", 1)
+        assert ready.wait(10)
+        again = connection.connect_to_session(s.session_id, must_exist=False)
+        try:
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert got == [b"precious"]
+        finally:
+            again.close()
+    finally:
+        obs.disconnect()
+        obs.loop_stop()
