@@ -32,6 +32,7 @@ from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
 from .hooks import Hooks
 from .refusals import PahoLog, describe_connect_error
+from .tcpinfo import bytes_acked
 
 __all__ = ["CLEAN_START_FIRST_ONLY", "Hooks", "PahoConnection"]
 
@@ -97,13 +98,11 @@ class PahoConnection(mqtt.Client):
             reconnect_on_failure=True)
         self.hooks = hooks
         self._level = protocol_version
-        # a backstop: an exception in our callbacks is logged by paho, never raised into its
-        self.suppress_exceptions = True  # network thread (which would end: no reconnect)
+        self.suppress_exceptions = True  # a backstop: our callbacks never end its thread
         self._batch: list[_Held] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self._batch_lock = threading.Lock()  # guards _batch and the three below (not a write)
-        # batches whose sync runs off the loop: each one's future and the packets waiting for
-        # it (and for the ones before it), in order; packets written meanwhile join the last
+        # batches whose sync runs off the loop, in order: each one's future, the packets after it
         self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._batch_publishes: list[_Held] | None = None  # a read batch's PUBLISHes not held
@@ -114,8 +113,7 @@ class PahoConnection(mqtt.Client):
         # an AsyncioPump's: has the loop write what other threads queued (coalesced)
         self.wake_writer: Callable[[], None] | None = None
         self._write_due = False  # the network thread queued packets without a wake-up
-        # other threads send on a plain TCP connection themselves while nothing is queued
-        # (``_send_now``, no thread woken); every send and the socket's close hold this lock
+        # other threads send on plain TCP when nothing is queued (``_send_now``), under this lock
         self._send_lock = threading.RLock()
         self._direct = False  # connected (CONNACK handled) on a socket that allows it
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
@@ -123,6 +121,7 @@ class PahoConnection(mqtt.Client):
         self._early: list[tuple[int, bytes]] = []  # PUBLISHes before it (aedes): after it
         self._new_sock: Any = None  # the socket being set up by _create_socket
         self._was_connected = False  # a CONNACK arrived on some connection: reconnects follow
+        self._acked: int | None = None  # bytes the peer acknowledged, while a PINGRESP is due
         self.enable_logger(PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
@@ -245,16 +244,14 @@ class PahoConnection(mqtt.Client):
             self._write_due = True
             return
         if self.wake_writer is not None and me is not self.loop_thread:
-            # another thread than the loop's: queued for the loop, which one wake-up makes
-            # write everything queued by then (no writer registered per packet, and no byte
-            # into paho's socket pair, which nothing reads under a loop)
+            # another thread than the loop's: queued, one wake-up makes the loop write all of
+            # them (no writer registered per packet, no byte into paho's socket pair)
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.wake_writer()
             return
         if me is self.loop_thread and self._in_callback_mutex.acquire(False):  # noqa: SLF001
-            # the loop that runs this connection, outside paho's callbacks: write it now, as
-            # paho does without socket callbacks (no writer registered, no loop round for it);
-            # what the socket does not take waits for the writer paho then registers
+            # the loop that runs this connection, outside paho's callbacks: written now; what the
+            # socket does not take waits for the writer paho then registers
             self._in_callback_mutex.release()  # noqa: SLF001
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.loop_write()
@@ -435,15 +432,21 @@ class PahoConnection(mqtt.Client):
         return _DROP
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
-        # With no socket paho logs "Client is not connected" at ERROR (after a DISCONNECT,
-        # and after each failed reconnect attempt, logged at INFO): the same, without it.
-        # select() waits at most until the session's next timer (``_hook_wait``).
+        # no socket: paho would log "Client is not connected" at ERROR (after a DISCONNECT or a
+        # failed reconnect). select() waits at most until the session's next timer.
         if self._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         return super()._loop(self.hooks._hook_wait(timeout))  # noqa: SLF001
 
     def loop_misc(self) -> MQTTErrorCode:
-        """paho's keep-alive check, then the session's timers (``hooks._hook_tick``)."""
+        """paho's keep-alive check, then the session's timers (``hooks._hook_tick``). A PINGRESP
+        late behind an upload the broker is taking (bytes acknowledged since the last look) is
+        waited for again: a message slower than the keep-alive is no dead link."""
+        acked = bytes_acked(self._sock) if self._ping_t else None  # noqa: SLF001
+        if acked is not None and acked != self._acked:
+            with self._msgtime_mutex:  # noqa: SLF001
+                self._ping_t = self._last_bytes_received = _time_func()  # noqa: SLF001
+        self._acked = acked
         rc = super().loop_misc()
         if rc == _OK:
             try:
@@ -574,10 +577,9 @@ class PahoConnection(mqtt.Client):
                 kind = first >> 4
                 if length == 2 and self._connack_seen and (first in _FLOW_ACKS
                                                            or first == _PUBREL_FIRST):
-                    # the usual ack is the packet id alone (3.1.1 always, 5 on success without
-                    # properties [MQTT 5 3.4.2.1]): no general decode for it; the flow acks that
-                    # follow it are handed over with it (one hold of the session lock). A
-                    # PUBREL may deliver (and pause reading): alone
+                    # the usual ack: the packet id alone [MQTT 5 3.4.2.1], no general decode;
+                    # the flow acks after it go with it (one hold of the session lock); a
+                    # PUBREL (it may deliver, and pause reading) alone
                     acks = [(_ACK_TYPES[kind], buf[i] << 8 | buf[i + 1])]
                     pos = i + 2
                     while (first != _PUBREL_FIRST and end - pos >= 4 and buf[pos + 1] == 2
@@ -663,15 +665,13 @@ class PahoConnection(mqtt.Client):
             reason = mqtt.connack_string(rc)
         try:
             if rc != 0:
-                # refused: skip paho's handler (it would silently downgrade to MQTT 3.1);
-                # SessionPresent is 0 on a refusal [MQTT-3.2.2-4] (5.0: [MQTT-3.2.2-6]).
-                # MQTT 5 4.11: 0x9C / 0x9D may name another server to use
+                # refused: not paho's handler (it would downgrade to MQTT 3.1); SessionPresent 0
+                # [MQTT-3.2.2-4] (5.0: -6); MQTT 5 4.11: 0x9C / 0x9D may name another server
                 ref = c.prop(_wire.SERVER_REFERENCE) if self._level == 5 else None
                 self.hooks._hook_connack(rc, reason, False, 65535, None,
                                          ref if isinstance(ref, str) else None)
                 return MQTTErrorCode.MQTT_ERR_CONN_REFUSED
-            # paho's CONNACK handling (state, keepalive) runs first; the hook then fires
-            # on_connected and sends the resume plan before anything else is written.
+            # paho's handling (state, keepalive) first; then on_connected, the resume plan
             result = self._paho_handle(first, body)
             self.hooks._hook_connack(0, reason, bool(c.session_present), *_wire.connack_limits(c))
             # the resume plan is queued: other threads may send themselves from now on
