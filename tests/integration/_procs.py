@@ -461,7 +461,7 @@ class EventLog:
 
 
 def publish_direct(host: str, port: int, topic: str, messages: Iterable[tuple[int, str]],
-                   protocol: int = 4) -> None:
+                   protocol: int = 4, retain: bool = False) -> None:
     """Publish ``(qos, text)`` messages with a plain paho client straight to the broker and wait
     until each flow is complete."""
     import paho.mqtt.client as mqtt  # noqa: PLC0415
@@ -477,13 +477,37 @@ def publish_direct(host: str, port: int, topic: str, messages: Iterable[tuple[in
     try:
         if not connected.wait(TIMEOUT):
             raise AssertionError("publisher: no CONNACK")
-        infos = [client.publish(topic, text, qos) for qos, text in messages]
+        infos = [client.publish(topic, text, qos, retain) for qos, text in messages]
         for info in infos:
             info.wait_for_publish(TIMEOUT)
             assert info.is_published()
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def run_subscriber(host: str, port: int, state_file: str, client_id: str, topic: str,
+                   transport: str = "tcp") -> list[bytes]:
+    """One run of a persistent QoS 2 subscriber of ``topic`` with ``state_file``: it subscribes
+    unless the broker found its session, and returns what it was handed within 0.5 s."""
+    from mqttsession import Client  # noqa: PLC0415
+
+    got: list[bytes] = []
+    c = Client(client_id=client_id, clean_session=False, transport=transport)
+    c.config(f"SessionStateFile={state_file}")
+    c.restore_session("")
+    c.on_message_in = lambda e: got.append(e.message)
+    done = threading.Event()
+    c.on_subscribed = lambda e: done.set()
+    try:
+        c.connect(host, port, timeout=10)
+        if c.config("SessionPresent") != "True":
+            c.subscribe(topic, 2)
+            assert done.wait(10)
+        time.sleep(0.5)
+    finally:
+        c.close()
+    return got
 
 
 def assert_delivered(counts: collections.Counter[int], numbers: Iterable[int]) -> None:

@@ -139,18 +139,20 @@ def test_a_receive_waiting_when_close_begins_gets_its_message_acknowledged(
         seen.append(None if m is None else number_of(tag, m.message))
         await closing
 
-    async def again() -> None:
-        s = AsyncSession(opts(mosquitto.address), client_id=cid, clean_session=False)
-        await s.start()
-        try:
-            while (m := await s.receive(1.0)) is not None:
-                seen.append(number_of(tag, m.message))
-        finally:
-            await s.close()
-
     _run(first)
-    _run(again)
+    _run(lambda: _drain(opts(mosquitto.address), cid, tag, seen))
     assert [n for n in seen if n is not None] == [0], f"handed out over both sessions: {seen}"
+
+
+async def _drain(options: Options, cid: str, tag: str, seen: list[int | None]) -> None:
+    """The next session of ``cid``: the numbers of the messages it is handed, into ``seen``."""
+    s = AsyncSession(options, client_id=cid, clean_session=False)
+    await s.start()
+    try:
+        while (m := await s.receive(1.0)) is not None:
+            seen.append(number_of(tag, m.message))
+    finally:
+        await s.close()
 
 
 def test_qos2_messages_queued_at_close_go_to_the_next_session(mosquitto: Any) -> None:
@@ -160,7 +162,7 @@ def test_qos2_messages_queued_at_close_go_to_the_next_session(mosquitto: Any) ->
     before, they went with the closed client: lost."""
     tag, cid = unique("hand"), unique("hand")
     topic = f"aio/hand/{tag}"
-    seen: list[int] = []
+    seen: list[int | None] = []
 
     async def first() -> None:
         s = AsyncSession(_options(mosquitto.address), client_id=cid, clean_session=False)
@@ -174,17 +176,8 @@ def test_qos2_messages_queued_at_close_go_to_the_next_session(mosquitto: Any) ->
         seen.append(number_of(tag, m.message))
         await s.close()
 
-    async def again() -> None:
-        s = AsyncSession(_options(mosquitto.address), client_id=cid, clean_session=False)
-        await s.start()
-        try:
-            while (m := await s.receive(1.0)) is not None:
-                seen.append(number_of(tag, m.message))
-        finally:
-            await s.close()
-
     _run(first)
-    _run(again)
+    _run(lambda: _drain(_options(mosquitto.address), cid, tag, seen))
     assert seen == [0, 1, 2, 3]
 
 

@@ -611,37 +611,11 @@ def test_a_restart_naming_the_same_broker_otherwise_is_no_move(mosquitto: Any,
     """The session last ran on ``127.0.0.1:PORT``; a restart connects to ``localhost:PORT``,
     the same mosquitto: no move (before: every subscription was sent again and the broker's
     retained QoS 2 message delivered a second time)."""
-    import threading  # noqa: PLC0415
-    import time  # noqa: PLC0415
-
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
-    topic = f"move/alias/{tmp_path.name}"
-    p = mqtt.Client(CallbackAPIVersion.VERSION2)
-    p.connect(mosquitto.host, mosquitto.port)
-    p.loop_start()
-    p.publish(topic, b"config-v1", 2, retain=True).wait_for_publish(10)
-    p.disconnect()
-    p.loop_stop()
+    topic, cid = f"move/alias/{tmp_path.name}", f"alias-{tmp_path.name}"[:23]
+    _procs.publish_direct(mosquitto.host, mosquitto.port, topic, [(2, "config-v1")], retain=True)
 
     def run(host: str) -> list[bytes]:
-        got: list[bytes] = []
-        c = mqttsession.Client(client_id=f"alias-{tmp_path.name}"[:23], clean_session=False)
-        c.config(f"SessionStateFile={tmp_path / 's'}")
-        c.restore_session("")
-        c.on_message_in = lambda e: got.append(e.message)
-        done = threading.Event()
-        c.on_subscribed = lambda e: done.set()
-        try:
-            c.connect(host, mosquitto.port, timeout=10)
-            if c.config("SessionPresent") != "True":
-                c.subscribe(topic, 2)
-                assert done.wait(10)
-            time.sleep(0.5)
-        finally:
-            c.close()
-        return got
+        return _procs.run_subscriber(host, mosquitto.port, str(tmp_path / "s"), cid, topic)
 
     assert run("127.0.0.1") == [b"config-v1"]
     assert run("localhost") == []

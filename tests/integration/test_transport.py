@@ -22,6 +22,11 @@ from mqttsession.testing import MosquittoBroker
 from mqttsession.testing.brokers import free_port, load_template, render_template, wait_for_port
 from mqttsession.testing.pytest_plugin import require_mosquitto
 
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
 
 
@@ -214,38 +219,13 @@ def test_a_restart_naming_the_broker_otherwise_is_no_move_over_websockets(
     """As over TCP (``test_client_failover``): the session last ran on ``127.0.0.1``, a
     restart names ``localhost``; paho's websocket wrapper has no ``getpeername`` of its own
     (before: taken for a move, every subscription sent again, the retained message again)."""
-    import time  # noqa: PLC0415
-
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
     broker, ws_port = ws_broker
-    topic = f"ws/alias/{uuid.uuid4().hex[:8]}"
-    p = mqtt.Client(CallbackAPIVersion.VERSION2)
-    p.connect(broker.host, broker.port)
-    p.loop_start()
-    p.publish(topic, b"config-v1", 2, retain=True).wait_for_publish(10)
-    p.disconnect()
-    p.loop_stop()
-    cid = f"ws-alias-{uuid.uuid4().hex[:8]}"
+    topic, cid = f"ws/alias/{uuid.uuid4().hex[:8]}", f"ws-alias-{uuid.uuid4().hex[:8]}"
+    _procs.publish_direct(broker.host, broker.port, topic, [(2, "config-v1")], retain=True)
 
     def run(host: str) -> list[bytes]:
-        got: list[bytes] = []
-        c = Client(client_id=cid, clean_session=False, transport="websockets")
-        c.config(f"SessionStateFile={tmp_path / 's'}")
-        c.restore_session("")
-        c.on_message_in = lambda e: got.append(e.message)
-        done = threading.Event()
-        c.on_subscribed = lambda e: done.set()
-        try:
-            c.connect(host, ws_port, 10)
-            if c.config("SessionPresent") != "True":
-                c.subscribe(topic, 2)
-                assert done.wait(10)
-            time.sleep(0.5)
-        finally:
-            c.close()
-        return got
+        return _procs.run_subscriber(host, ws_port, str(tmp_path / "s"), cid, topic,
+                                     transport="websockets")
 
     assert run("127.0.0.1") == [b"config-v1"]
     assert run("localhost") == []
