@@ -32,7 +32,7 @@ from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
 from .hooks import Hooks
 from .refusals import PahoLog, describe_connect_error
-from .tcpinfo import bytes_acked
+from .tcpinfo import PingWait
 
 __all__ = ["CLEAN_START_FIRST_ONLY", "Hooks", "PahoConnection"]
 
@@ -121,7 +121,7 @@ class PahoConnection(mqtt.Client):
         self._early: list[tuple[int, bytes]] = []  # PUBLISHes before it (aedes): after it
         self._new_sock: Any = None  # the socket being set up by _create_socket
         self._was_connected = False  # a CONNACK arrived on some connection: reconnects follow
-        self._acked: int | None = None  # bytes the peer acknowledged, while a PINGRESP is due
+        self._ping_wait = PingWait()  # a PINGRESP late behind an upload the broker is taking
         self.enable_logger(PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
@@ -297,24 +297,23 @@ class PahoConnection(mqtt.Client):
     def wake(self) -> None:
         """Wake paho's network thread from its select() (packets to write, a new timer)."""
         if self._sockpairW is not None:  # noqa: SLF001
-            try:
+            with contextlib.suppress(OSError):
                 self._sockpairW.send(b"0")  # noqa: SLF001
-            except OSError:
-                pass
+
+    def tcp(self) -> Any:
+        """The TCP (or TLS) socket, also under paho's websocket wrapper (None: none)."""
+        return getattr(self._sock, "_socket", self._sock)  # noqa: SLF001
 
     def drop(self) -> None:
         """End the connection from any thread: paho's loop finds it lost and reconnects."""
-        sock = getattr(self._sock, "_socket", self._sock)  # noqa: SLF001 (websockets: paho's wrapper)
         with contextlib.suppress(OSError):  # (no socket, or closed meanwhile: nothing to end)
-            getattr(sock, "shutdown", lambda _how: None)(socket.SHUT_RDWR)
+            getattr(self.tcp(), "shutdown", lambda _how: None)(socket.SHUT_RDWR)
 
     def peer(self) -> tuple[str, int] | None:
         """The server's address (IP, port) this connection reached; None: none."""
-        sock: Any = getattr(self._sock, "_socket", self._sock)  # noqa: SLF001 (websockets)
-        try:
-            return sock.getpeername()[:2]  # type: ignore[no-any-return]
-        except (AttributeError, OSError):
-            return None
+        with contextlib.suppress(AttributeError, OSError):
+            return self.tcp().getpeername()[:2]  # type: ignore[no-any-return]
+        return None
 
     def _sock_close(self) -> None:  # noqa: SLF001
         with self._send_lock:  # not while another thread sends on it
@@ -328,6 +327,9 @@ class PahoConnection(mqtt.Client):
         are written alone, as paho writes them."""
         with self._send_lock:
             return self._write_queued()
+
+    def _queued(self) -> int:  # bytes queued, not in the socket yet
+        return sum(int(p["to_process"]) for p in list(self._out_packet))  # noqa: SLF001
 
     def _write_queued(self) -> MQTTErrorCode:
         out = self._out_packet  # noqa: SLF001  (appended to by other threads, at the right)
@@ -439,14 +441,11 @@ class PahoConnection(mqtt.Client):
         return super()._loop(self.hooks._hook_wait(timeout))  # noqa: SLF001
 
     def loop_misc(self) -> MQTTErrorCode:
-        """paho's keep-alive check, then the session's timers (``hooks._hook_tick``). A PINGRESP
-        late behind an upload the broker is taking (bytes acknowledged since the last look) is
-        waited for again: a message slower than the keep-alive is no dead link."""
-        acked = bytes_acked(self._sock) if self._ping_t else None  # noqa: SLF001
-        if acked is not None and acked != self._acked:
+        """paho's keep-alive check (a PINGRESP late behind an upload the broker is taking waited
+        for again: ``tcpinfo.PingWait``), then the session's timers (``hooks._hook_tick``)."""
+        if self._ping_wait.behind(self.tcp(), bool(self._ping_t), self._queued):  # noqa: SLF001
             with self._msgtime_mutex:  # noqa: SLF001
                 self._ping_t = self._last_bytes_received = _time_func()  # noqa: SLF001
-        self._acked = acked
         rc = super().loop_misc()
         if rc == _OK:
             try:

@@ -8,7 +8,6 @@ may call back into the client.
 from __future__ import annotations
 
 import logging
-import math
 import ssl
 import time
 import weakref
@@ -129,8 +128,9 @@ def _target(host: object, port: object, timeout: object) -> tuple[str, int, floa
         raise UsageError(f"host must be a non-empty str, got {host!r}")
     if type(port) is not int or not 0 < port < 65536:
         raise UsageError(f"port must be an int 1-65535, got {port!r}")
-    if type(timeout) not in (int, float) or not 0 < timeout < math.inf:  # type: ignore[operator]
-        raise UsageError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if type(timeout) not in (int, float) or not 0 < timeout <= 1e9:  # type: ignore[operator]
+        raise UsageError(f"timeout must be a positive number of seconds (at most 1e9),"
+                         f" got {timeout!r}")
     return host, port, float(timeout)  # type: ignore[arg-type]
 
 

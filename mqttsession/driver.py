@@ -38,6 +38,7 @@ from .validation import validate_publish_topic, will_payload
 from .durability import Cancellable, Durability, Host, since_boot
 from .turns import Turns
 from .store import StateFile
+from .tcpinfo import cut_when_stalled
 
 __all__ = ["ConnectParams", "Driver", "Host"]
 
@@ -318,13 +319,11 @@ class Driver(Durability):
                 conn.release()
             pump.call(stop)
         elif not conn.in_network_thread():
-            # a stalled peer (no more bytes taken): paho's thread would never end with the
-            # DISCONNECT unsent; cut after connect()'s timeout (the session keeps the rest)
-            cut = threading.Timer(self._connack_within or 30.0, conn.drop)
-            cut.daemon = True
-            cut.start()
+            # a stalled peer (nothing taken for connect()'s timeout): paho's thread would never
+            # end with the DISCONNECT unsent; cut (the session keeps what was not confirmed)
+            watching = cut_when_stalled(conn.tcp, conn.drop, self._connack_within or 30.0)
             conn.loop_stop()
-            cut.cancel()
+            watching.set()
             conn.release()
 
     def disconnect(self) -> bool:

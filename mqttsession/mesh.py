@@ -193,7 +193,11 @@ class Connection:
         a new session with that id is kept instead; see ``session.session_present``).
         """
         session = Session(self, str(session_id), attach=must_exist)
-        session.open()
+        try:
+            session.open()
+        except BaseException:  # what it took over goes on to the next one (handover.py)
+            session.close(end_session=False)
+            raise
         return session
 
     def __repr__(self) -> str:
@@ -267,11 +271,7 @@ class Session:
             return
         o = self._options
         handover.restore(o.address, self._client)  # what one closed before still held
-        try:
-            self._client.connect(o.host, o.port, o.request_timeout_seconds)
-        except BaseException:  # (kept again for the next attempt: nothing lost)
-            handover.keep(o.address, self._client)
-            raise
+        self._client.connect(o.host, o.port, o.request_timeout_seconds)
         present = self._client.config("SessionPresent") == "True"
         where = self._client.config("ConnectedServer") or o.address  # of a server list: its own
         self._session_present = present
@@ -309,8 +309,10 @@ class Session:
                         handover.keep(self._options.address, c)
                     finally:
                         c.close()
-            else:
-                self._client.close()  # never connected: nothing to end on the broker
+            else:  # never connected: nothing to end on the broker; what it holds (published
+                if not end_session:  # offline, or taken over) goes to the next one
+                    handover.keep(self._options.address, self._client)
+                self._client.close()
         finally:
             self._messages.put(_CLOSED)
         log.info("session %s closed%s", self._id, " and ended" if end_session else "")

@@ -235,3 +235,42 @@ def test_a_failed_attach_keeps_what_the_closed_session_held(mosquitto_factory: A
     finally:
         obs.disconnect()
         obs.loop_stop()
+
+
+def test_open_again_after_a_failed_open(mosquitto_factory: Any, version: int) -> None:
+    """A session that published offline, whose ``open()`` failed (broker down), opens on the
+    next try and publishes the message (before: the failed open kept the session for the next
+    one, and every retry refused to restore it over the messages it still held)."""
+    import threading
+    import time
+
+    from mqttsession import ConnectError
+
+    broker = mosquitto_factory()
+    broker.stop()
+    connection = Connection.insecure(broker.address, options=Options(
+        protocol_version=version, request_timeout_seconds=1.0))
+    s = connection.create_session()
+    s.publish("mesh/retry", "kept", qos=1)
+    with pytest.raises(ConnectError):
+        s.open()
+    broker.start()
+    got: list[bytes] = []
+    ready = threading.Event()
+    obs = mqtt.Client(CallbackAPIVersion.VERSION2)
+    obs.on_subscribe = lambda *_a: ready.set()
+    obs.on_message = lambda _c, _u, m: got.append(m.payload)
+    obs.connect(broker.host, broker.port)
+    obs.loop_start()
+    try:
+        obs.subscribe("mesh/retry", 1)
+        assert ready.wait(10)
+        s.open()
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [b"kept"]
+    finally:
+        s.close()
+        obs.disconnect()
+        obs.loop_stop()

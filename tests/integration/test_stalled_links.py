@@ -148,3 +148,58 @@ def test_an_upload_slower_than_the_keep_alive_is_delivered(mosquitto: Any, proto
     finally:
         c.close()
         link.close()
+
+
+def test_a_frozen_broker_is_noticed_while_the_client_publishes(mosquitto_factory: Any) -> None:
+    """mosquitto stopped (SIGSTOP: its kernel still acknowledges what arrives) while QoS 0
+    readings go out every 0.2 s, keep-alive 2: the missing PINGRESP cuts the link within
+    about 3x the keep-alive (bytes sent after the PINGREQ are no sign of life)."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    broker = mosquitto_factory()
+    lost = threading.Event()
+    c = Client(client_id="frozen", keep_alive_interval=2)
+    c.on_disconnected = lambda e: lost.set()
+    try:
+        c.connect(broker.host, broker.port, timeout=5)
+        os.kill(broker.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 8
+        while not lost.is_set() and time.monotonic() < deadline:
+            c.publish_data("tele/x", 0, b"t" * 100)
+            time.sleep(0.2)
+        assert lost.is_set(), "a frozen broker went unnoticed for 8 s (keep-alive 2)"
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+        c.close()
+
+
+def test_close_leaves_a_slow_link_that_moves_alone(mosquitto: Any) -> None:
+    """``close()`` behind 16 MB of QoS 0 on a 4 MB/s uplink, ``connect(timeout=1)``: the link
+    moves, so it is not cut: the DISCONNECT arrives and the broker keeps the Will to itself
+    (before: cut after the timeout, the Will published)."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    wills: list[bytes] = []
+    ready = threading.Event()
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
+    watcher.on_subscribe = lambda *_a: ready.set()
+    watcher.on_message = lambda _c, _u, m: wills.append(m.payload)
+    watcher.connect(mosquitto.host, mosquitto.port)
+    watcher.loop_start()
+    link = _SlowUplink((mosquitto.host, mosquitto.port), 4_000_000)
+    c = Client(client_id="slow-close", will_topic="slow/will", will_message=b"gone")
+    try:
+        watcher.subscribe("slow/will", 1)
+        assert ready.wait(10)
+        c.connect("127.0.0.1", link.port, timeout=1.0)
+        for _ in range(16):
+            c.publish_data("slow/data", 0, b"q" * 1_000_000)
+        c.close()
+        time.sleep(1.0)
+        assert wills == [], "close() cut a link that moved: the broker published the Will"
+    finally:
+        link.close()
+        watcher.disconnect()
+        watcher.loop_stop()

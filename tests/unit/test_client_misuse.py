@@ -179,7 +179,7 @@ def test_an_async_session_names_the_missing_directory(tmp_path: Path) -> None:
     ("localhost", "1883", 5.0), ("localhost", None, 5.0), (None, 1883, 5.0), (123, 1883, 5.0),
     ("", 1883, 5.0), ("localhost", 0, 5.0), ("localhost", 70000, 5.0), ("localhost", True, 5.0),
     ("localhost", 1883, "5"), ("localhost", 1883, 0), ("localhost", 1883, -1.0),
-    ("localhost", 1883, float("nan")), ("localhost", 1883, float("inf")),
+    ("localhost", 1883, float("nan")), ("localhost", 1883, float("inf")), ("localhost", 1883, 1e10),
 ])
 def test_connect_with_arguments_of_the_wrong_kind_is_usage_error(host: object, port: object,
                                                                  timeout: object) -> None:
