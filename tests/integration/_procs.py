@@ -17,6 +17,7 @@ QoS 1, even numbers QoS 2 (:func:`qos_of`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -27,7 +28,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 MARK = "@@mqttsession-worker@@ "
@@ -484,6 +485,30 @@ def publish_direct(host: str, port: int, topic: str, messages: Iterable[tuple[in
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+@contextlib.contextmanager
+def observed(host: str, port: int, topic: str) -> Iterator[list[bytes]]:
+    """A plain paho subscriber of ``topic`` (QoS 1) for the block, subscribed before it runs:
+    the payloads it got."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    got: list[bytes] = []
+    ready = threading.Event()
+    obs = mqtt.Client(CallbackAPIVersion.VERSION2)
+    obs.on_subscribe = lambda *_a: ready.set()
+    obs.on_message = lambda _c, _u, m: got.append(m.payload)
+    obs.connect(host, port)
+    obs.loop_start()
+    try:
+        obs.subscribe(topic, 1)
+        if not ready.wait(TIMEOUT):
+            raise AssertionError("observer: no SUBACK")
+        yield got
+    finally:
+        obs.disconnect()
+        obs.loop_stop()
 
 
 def run_subscriber(host: str, port: int, state_file: str, client_id: str, topic: str,

@@ -20,6 +20,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from mqttsession import Connection, Options, Session, SessionNotFoundError, UsageError
 
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
 pytestmark = pytest.mark.parametrize("version", [4, 5], ids=["mqtt311", "mqtt5"])
 
 
@@ -198,9 +203,6 @@ def test_a_failed_attach_keeps_what_the_closed_session_held(mosquitto_factory: A
     ``end_session=False`` (kept in memory, ``handover.py``); an attach while the broker is
     still down fails: the message stays kept, and the attach after the broker is back
     publishes it (before: the failed attach had taken it, lost)."""
-    import threading
-    import time
-
     from mqttsession import ConnectError
 
     broker = mosquitto_factory()
@@ -214,36 +216,19 @@ def test_a_failed_attach_keeps_what_the_closed_session_held(mosquitto_factory: A
     with pytest.raises(ConnectError):
         connection.connect_to_session(s.session_id, must_exist=False)
     broker.start()
-    got: list[bytes] = []
-    ready = threading.Event()
-    obs = mqtt.Client(CallbackAPIVersion.VERSION2)
-    obs.on_subscribe = lambda *_a: ready.set()
-    obs.on_message = lambda _c, _u, m: got.append(m.payload)
-    obs.connect(broker.host, broker.port)
-    obs.loop_start()
-    try:
-        obs.subscribe("mesh/kept", 1)
-        assert ready.wait(10)
+    with _procs.observed(broker.host, broker.port, "mesh/kept") as got:
         again = connection.connect_to_session(s.session_id, must_exist=False)
         try:
-            deadline = time.monotonic() + 10
-            while not got and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _procs.wait_until(lambda: got, 10, "the kept message")
             assert got == [b"precious"]
         finally:
             again.close()
-    finally:
-        obs.disconnect()
-        obs.loop_stop()
 
 
 def test_open_again_after_a_failed_open(mosquitto_factory: Any, version: int) -> None:
     """A session that published offline, whose ``open()`` failed (broker down), opens on the
     next try and publishes the message (before: the failed open kept the session for the next
     one, and every retry refused to restore it over the messages it still held)."""
-    import threading
-    import time
-
     from mqttsession import ConnectError
 
     broker = mosquitto_factory()
@@ -255,22 +240,10 @@ def test_open_again_after_a_failed_open(mosquitto_factory: Any, version: int) ->
     with pytest.raises(ConnectError):
         s.open()
     broker.start()
-    got: list[bytes] = []
-    ready = threading.Event()
-    obs = mqtt.Client(CallbackAPIVersion.VERSION2)
-    obs.on_subscribe = lambda *_a: ready.set()
-    obs.on_message = lambda _c, _u, m: got.append(m.payload)
-    obs.connect(broker.host, broker.port)
-    obs.loop_start()
-    try:
-        obs.subscribe("mesh/retry", 1)
-        assert ready.wait(10)
-        s.open()
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert got == [b"kept"]
-    finally:
-        s.close()
-        obs.disconnect()
-        obs.loop_stop()
+    with _procs.observed(broker.host, broker.port, "mesh/retry") as got:
+        try:
+            s.open()
+            _procs.wait_until(lambda: got, 10, "the kept message")
+            assert got == [b"kept"]
+        finally:
+            s.close()

@@ -19,6 +19,11 @@ import pytest
 from mqttsession import Client, ConnectError
 from mqttsession.testing.fake_broker import FakeBroker
 
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
 pytestmark = pytest.mark.integration
 
 
@@ -178,28 +183,15 @@ def test_close_leaves_a_slow_link_that_moves_alone(mosquitto: Any) -> None:
     """``close()`` behind 16 MB of QoS 0 on a 4 MB/s uplink, ``connect(timeout=1)``: the link
     moves, so it is not cut: the DISCONNECT arrives and the broker keeps the Will to itself
     (before: cut after the timeout, the Will published)."""
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
-    wills: list[bytes] = []
-    ready = threading.Event()
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
-    watcher.on_subscribe = lambda *_a: ready.set()
-    watcher.on_message = lambda _c, _u, m: wills.append(m.payload)
-    watcher.connect(mosquitto.host, mosquitto.port)
-    watcher.loop_start()
     link = _SlowUplink((mosquitto.host, mosquitto.port), 4_000_000)
     c = Client(client_id="slow-close", will_topic="slow/will", will_message=b"gone")
     try:
-        watcher.subscribe("slow/will", 1)
-        assert ready.wait(10)
-        c.connect("127.0.0.1", link.port, timeout=1.0)
-        for _ in range(16):
-            c.publish_data("slow/data", 0, b"q" * 1_000_000)
-        c.close()
-        time.sleep(1.0)
-        assert wills == [], "close() cut a link that moved: the broker published the Will"
+        with _procs.observed(mosquitto.host, mosquitto.port, "slow/will") as wills:
+            c.connect("127.0.0.1", link.port, timeout=1.0)
+            for _ in range(16):
+                c.publish_data("slow/data", 0, b"q" * 1_000_000)
+            c.close()
+            time.sleep(1.0)
+            assert wills == [], "close() cut a link that moved: the broker published the Will"
     finally:
         link.close()
-        watcher.disconnect()
-        watcher.loop_stop()
