@@ -396,8 +396,9 @@ class PahoConnection(mqtt.Client):
         except Exception as exc:  # never into paho's thread: reconnect to the same server
             self._hook_failed(exc, "choosing the server to reconnect to")
             server = None
-        if server is not None:  # FailoverServers / a followed Server Reference
+        if server is not None:  # FailoverServers / a followed Server Reference; a dead server
             self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
+            self._connect_timeout = min(5.0, self._connect_timeout)  # noqa: SLF001 (holds no thread long)
         self._connack_seen, self._early = False, []  # (paho's reconnect closes the socket)
         with self._batch_lock:
             self._after_sync.clear()

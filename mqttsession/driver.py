@@ -150,8 +150,8 @@ class Driver(Durability):
     def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int) -> None:
         """paho's connect: the TCP (and TLS) connection and CONNECT (blocking)."""
         st = self.engine.state
-        conn.connect_timeout = self._connack_within or 30.0  # (the TCP connect's, paho's 5 s)
-        try:
+        conn.connect_timeout = self._connack_within or 30.0  # this TCP connect's (a reconnect's:
+        try:  # at most paho's 5 s, ``PahoConnection.reconnect``)
             if st.protocol_version == 5:
                 self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
                 # a persistent session always asks with Clean Start 0, also when the client's
