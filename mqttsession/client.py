@@ -14,7 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from . import codec
-from .lifecycle import call_back, close_client, closed_text, configure, foreign, live
+from .lifecycle import call_back, close_client, closed_text, configure, live
 from .statelock import forks
 from ._config import CONFIG, ClientSettings
 from .driver import ConnectParams, Driver
@@ -402,7 +402,7 @@ class Client:
 
     def _require_open(self, what: str) -> None:
         """``UsageError`` once ``close()`` released the client (and its state file)."""
-        if self._closed or foreign(self):
+        if self._closed or self._born != forks():  # (closed, or the parent's: ``foreign``)
             raise UsageError(closed_text(self, what))
 
     def connect(self, host: str = "localhost", port: int = 1883, timeout: float = 30.0) -> None:
@@ -624,7 +624,4 @@ class Client:
 
     # ================================================================== events
 
-    def _fire(self, name: str, event: object) -> None:
-        call_back(self, name, event)
-
-
+    _fire = call_back  # an event to its callback (``lifecycle.call_back``)

@@ -141,10 +141,8 @@ class _Sessions:
         self._syncs = _SyncThread()
 
     def _foreign(self) -> bool:
-        """Made before a fork() that made this process: closed here, nothing of the parent's
-        (its store's lock and files, its sessions' sockets) touched."""
-        if self._born != forks():
-            self._closed = True
+        """Made before a fork() that made this process: the parent's (its store's lock and
+        files, its sessions' sockets), never touched here."""
         return self._born != forks()
 
     def _add(self, client_id: str) -> None:
@@ -349,6 +347,7 @@ class Gateway(_Sessions):
             raise UsageError("Gateway.close() inside an event callback would wait for itself;"
                              " call it from another thread")
         if self._foreign():
+            self._closed = True
             return
         with self._lock:
             if self._closed:

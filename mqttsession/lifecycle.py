@@ -22,16 +22,12 @@ log = logging.getLogger("mqttsession")
 
 def foreign(c: Client) -> bool:
     """``c`` was made before a fork() that made this process: its connection, state file and
-    lock are the parent's. Closed here (``UsageError`` from any call), without a byte written,
-    a lock taken, a socket or a file touched."""
-    if c._born == forks():
-        return False
-    c._closed = True
-    return True
+    lock are the parent's (``UsageError`` from any call; nothing of them touched here)."""
+    return c._born != forks()
 
 
 def closed_text(c: Client, what: str) -> str:
-    if c._born != forks():
+    if foreign(c):
         return (f"{what} in a child of fork(): this Client (and its state file, lock and"
                 f" connection) belongs to the parent process; make a new Client here")
     return (f"{what} after close(): the client is closed (its state file released); make a"
@@ -42,6 +38,7 @@ def close_client(c: Client) -> None:
     """``close()``: refused to publishes from now on, then ``_close`` (after the ack of the
     message ``on_message_in`` handles, when called there)."""
     if foreign(c):  # (no lock, no I/O: they are the parent's)
+        c._closed = True
         return
     me = threading.get_ident()
     with c._lock:  # a publish after this is refused: none lands after the last snapshot
