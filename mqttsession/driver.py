@@ -3,8 +3,7 @@
 One per ``Client``. It owns the lock that guards the engine, the connection (``_paho``) and the
 ``store.StateFile``; it implements the ``_paho.Hooks`` the network thread calls, and hands
 events to the Client's callbacks (``fire``) never under the lock. Threads: the caller's and
-paho's network thread, which also runs the timers (``_hook_tick``): none of its own.
-"""
+paho's network thread, which runs the timers too (``_hook_tick``): none of its own."""
 
 from __future__ import annotations
 
@@ -71,6 +70,7 @@ class Driver(Durability):
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
+        self.connects: Executor | None = None  # a gateway's TCP connects' pool (None: executor)
         # a read batch's sync off the loop (a gateway's sync thread, an AsyncSession's executor)
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None
         self._connack_waiter: Callable[[], None] | None = None
@@ -227,8 +227,8 @@ class Driver(Durability):
 
     async def connect_async(self, host: str, port: int, timeout: float,
                             params: ConnectParams) -> None:
-        """``connect`` for asyncio: the running loop runs the connection (``AsyncioPump``);
-        only the TCP connect waits in the loop's default executor."""
+        """``connect`` for asyncio: the loop runs the connection (``AsyncioPump``); the TCP
+        connect waits in an executor (``connects``: a gateway's pool; else the default)."""
         rot = self._rotation(host, port, params, timeout)
         failures: list[tuple[tuple[str, int], ConnectError]] = []
         for target in rot.attempts():
@@ -247,9 +247,10 @@ class Driver(Durability):
         conn = self._open(host, port, params, rot)
         s, pacer = self._settings, self.pacer
         tick = _TICK_EVERY if pacer is None else gateway_tick(params.keep_alive, _TICK_EVERY)
+        connects = self.executor if self.connects is None else self.connects
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
                                 tick, pacer=pacer, jitter=pacer is not None,
-                                loop_thread=threading.current_thread(), executor=self.executor)
+                                loop_thread=threading.current_thread(), executor=connects)
         self.file.off_loop = lambda job: off_loop(loop, self.executor, job)  # (a retire)
         done = asyncio.Event()
         def waiter() -> None:
@@ -260,7 +261,7 @@ class Driver(Durability):
         try:
             if pacer is not None:  # many sessions: connection attempts spread over time
                 await asyncio.sleep(pacer.delay(loop.time()))
-            await loop.run_in_executor(self.executor, self._tcp_connect, conn, host, port,
+            await loop.run_in_executor(connects, self._tcp_connect, conn, host, port,
                                        params.keep_alive)
             await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:

@@ -3,9 +3,10 @@
 A gateway speaks for many devices, each with its own MQTT identity and durable session.
 ``Gateway(state_dir)`` runs the connections of all its sessions on ONE asyncio loop in a thread
 of its own (paho's socket callbacks, ``pump.AsyncioPump``, as ``AsyncSession`` does): no
-network thread or timer thread per session; blocking TCP connects wait, one at a time, in
-one more thread, and fdatasyncs run in a third, so the loop never waits for the disk (the acks
-that depend on a sync wait for it, the other sessions' traffic does not). Each session is a
+network thread or timer thread per session; blocking TCP connects (with TLS and WebSocket
+handshakes) wait in a pool of up to ``CONNECT_THREADS`` threads, so a server that drops SYNs
+holds up no other session, and fdatasyncs run in a thread of their own, so the loop never waits
+for the disk (the acks that depend on a sync wait for it, the other sessions' traffic does not). Each session is a
 full ``Client`` (``gateway.client(client_id, ...)``); its events run on the gateway's thread,
 so a callback that blocks holds up every session.
 ``AsyncGateway`` does the same on the running loop with ``AsyncSession`` values.
@@ -51,6 +52,9 @@ log = logging.getLogger("mqttsession")
 FD_RESERVE = 64
 #: Connection attempts a second, by default (the first connects and every reconnect).
 CONNECT_RATE = 200.0
+#: Blocking TCP connects (TLS, WebSocket handshakes) that may wait at once: one each to a dead
+#: server (up to 5 s a reconnect, ``connect()``'s timeout a first connect) leaves the rest.
+CONNECT_THREADS = 32
 
 #: A message for ``Gateway.publish_many``: its session, then what ``Client.publish_many`` takes.
 GatewayMessage = Union[tuple[Client, str, int, Union[bytes, str]], tuple[Client, PublishRequest]]
@@ -132,6 +136,9 @@ class _Sessions:
             raise PersistenceError(exc.errno, f"cannot make {self.state_dir}: {exc}") from exc
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
         self.pacer = Pacer(connect_rate)
+        #: Where they wait: a server that never answers holds one thread, not every session.
+        self._connects = ThreadPoolExecutor(max_workers=CONNECT_THREADS,
+                                            thread_name_prefix="mqttsession-gateway-connect")
         self._ids: set[str] = set()
         self._closed = False
         self._born = forks()  # (in a fork()'s child: the parent's; ``_foreign``)
@@ -210,8 +217,9 @@ class Gateway(_Sessions):
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
         self._loop = self.loop = asyncio.new_event_loop()  # (``Host.loop``)
+        # the loop's other jobs (a SessionSync=interval sync, a disk-queue segment's removal)
         self._executor = ThreadPoolExecutor(max_workers=1,
-                                            thread_name_prefix="mqttsession-gateway-connect")
+                                            thread_name_prefix="mqttsession-gateway-jobs")
         self._loop.set_default_executor(self._executor)
         started = threading.Event()
         #: The thread that runs every session's connection and events.
@@ -253,6 +261,7 @@ class Gateway(_Sessions):
             try:
                 c = Client(client_id=client_id, **kwargs)
                 c._driver.host, c._driver.pacer = self, self.pacer  # noqa: SLF001
+                c._driver.connects = self._connects  # noqa: SLF001
                 c.config(f"SessionStateFile={self._share(c)}")
                 c.restore_session("")
             except BaseException:
@@ -368,6 +377,7 @@ class Gateway(_Sessions):
             if not self.thread.is_alive():
                 self._loop.close()
             self._executor.shutdown(wait=False)
+            self._connects.shutdown(wait=False)
             self.store.close()
 
     def __enter__(self) -> Gateway:
@@ -445,9 +455,9 @@ _Held = tuple["Driver", tuple[tuple[int, int, int], ...], "asyncio.Future[Except
 
 
 class AsyncGateway(_Sessions):
-    """The asyncio form: sessions are ``AsyncSession`` values on the running loop; one thread
-    of the gateway's own runs the blocking TCP connects of all of them, and another their
-    fdatasyncs, one at a time. ``async with AsyncGateway(dir) as gw:`` closes them all."""
+    """The asyncio form: sessions are ``AsyncSession`` values on the running loop; threads of
+    the gateway's own run their blocking TCP connects (``CONNECT_THREADS`` at once), and one
+    more their fdatasyncs, one at a time. ``async with AsyncGateway(dir) as gw:`` closes them all."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *,
                  connect_rate: float = CONNECT_RATE) -> None:
@@ -455,9 +465,9 @@ class AsyncGateway(_Sessions):
         # every session's in one write before its fdatasync
         super().__init__(state_dir, connect_rate, hold_publishes=True)
         self._sessions: dict[str, AsyncSession] = {}
-        # the blocking TCP connects of every session wait here, one at a time
+        # the loop's other jobs (a SessionSync=interval sync, a disk-queue segment's removal)
         self._executor = ThreadPoolExecutor(max_workers=1,
-                                            thread_name_prefix="mqttsession-gateway-connect")
+                                            thread_name_prefix="mqttsession-gateway-jobs")
         # and the fdatasyncs in the sync thread (one covers every session's records before it)
         self._sync = _StoreSync(self.store, self._syncs.executor)
 
@@ -479,6 +489,7 @@ class AsyncGateway(_Sessions):
                              session_sync=session_sync)
             s.client._driver.pacer = self.pacer  # noqa: SLF001
             s.client._driver.executor = self._executor  # noqa: SLF001
+            s.client._driver.connects = self._connects  # noqa: SLF001
             s._group = self._sync  # noqa: SLF001
             self._share(s.client)
             await s.start(connect=connect)
@@ -575,6 +586,7 @@ class AsyncGateway(_Sessions):
                     log.error("closing gateway session %r: %r", s.client_id, r)
         finally:
             self._executor.shutdown(wait=False)
+            self._connects.shutdown(wait=False)
             self._syncs.close()
             self.store.close()
 

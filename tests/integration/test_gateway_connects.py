@@ -1,0 +1,142 @@
+"""A gateway's TCP connects wait in a pool of threads (``gateway.CONNECT_THREADS``): a session
+whose server drops SYNs (a listener whose accept queue is full, as a host gone off the net)
+holds one of them, not every session of the gateway. Before: one connect thread for all, so a
+healthy session's first connect or reconnect waited behind the dead one's whole timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import ConnectError
+from mqttsession.gateway import CONNECT_THREADS, AsyncGateway, Gateway
+from mqttsession.options import Options
+from mqttsession.testing import MosquittoBroker
+from mqttsession.testing.proxy import MQTTProxy
+
+try:  # tests/integration may or may not be a package
+    from ._procs import wait_until
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from _procs import wait_until  # type: ignore[no-redef]
+
+pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
+
+
+@contextlib.contextmanager
+def _dropping_syns(port: int = 0) -> Iterator[int]:
+    """A port on 127.0.0.1 whose SYNs go unanswered (its listener's accept queue is full)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(listener.getsockname())
+        fillers.append(s)
+    time.sleep(0.1)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def test_a_session_connects_while_another_waits_for_a_dead_server(
+        mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """A's ``connect(timeout=4)`` to a server that drops SYNs is under way; B's connect to a
+    healthy broker returns, and B publishes, before A's attempt ends."""
+    with Gateway(tmp_path / "gw") as gw, _dropping_syns() as dead:
+        a = gw.client("dead-a", clean_session=False)
+        b = gw.client("live-b", clean_session=False)
+        failed: list[BaseException] = []
+
+        def connect_a() -> None:
+            try:
+                a.connect("127.0.0.1", dead, timeout=4.0)
+            except ConnectError as exc:
+                failed.append(exc)
+
+        ta = threading.Thread(target=connect_a, daemon=True)
+        ta.start()
+        time.sleep(0.3)  # A's TCP connect waits in a connect thread
+        b.connect(mosquitto.host, mosquitto.port, timeout=10.0)
+        b.publish_message("gwc/b", 1, "up")
+        assert b.flush(10)
+        assert ta.is_alive(), "B connected only after A's attempt to the dead server ended"
+        ta.join(15)
+        assert len(failed) == 1 and not a.connected
+
+
+def test_a_reconnect_is_not_held_up_by_another_sessions_dead_server(
+        mosquitto_factory: Any, tmp_path: Path) -> None:
+    """A's broker goes and its port drops SYNs (A's automatic reconnects hang up to 5 s each);
+    B's link (a healthy broker, through a proxy) is cut: B reconnects within its own backoff,
+    and its message is delivered."""
+    a_broker, b_broker = mosquitto_factory(), mosquitto_factory()
+    with Gateway(tmp_path / "gw") as gw, MQTTProxy(b_broker.host, b_broker.port) as link:
+        a = gw.client("gone-a", clean_session=False, keep_alive_interval=5)
+        b = gw.client("cut-b", clean_session=False, keep_alive_interval=5)
+        for c in (a, b):
+            c.config("ReconnectDelayMin=0.2")
+            c.config("ReconnectDelayMax=0.5")
+        a.connect(a_broker.host, a_broker.port, timeout=10)
+        b.connect(link.host, link.port, timeout=10)
+        port = a_broker.port
+        a_broker.stop()
+        wait_until(lambda: not a.connected, what="A's broker gone")
+        with _dropping_syns(port):
+            time.sleep(1.0)  # A is in a hanging reconnect attempt now
+            ups: list[float] = []
+            b.on_connected = lambda e: ups.append(time.monotonic())
+            cut = time.monotonic()
+            link.cut()
+            wait_until(lambda: ups, timeout=20, what="B reconnected")
+            # B's backoff is at most 0.5 s (jittered); A's attempt holds a thread up to 5 s
+            assert ups[0] - cut < 3.0, f"B reconnected {ups[0] - cut:.1f} s after its cut"
+            b.publish_message("gwc/b", 1, "after")
+            assert b.flush(10)
+            assert not a.connected
+
+
+def test_async_gateway_a_session_starts_while_another_waits_for_a_dead_server(
+        mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """The same on ``AsyncGateway``: a session to a healthy broker starts while another's
+    connect to a server that drops SYNs is under way."""
+    async def main() -> None:
+        with _dropping_syns() as dead:
+            async with AsyncGateway(tmp_path) as gw:
+                stuck = asyncio.ensure_future(gw.session(
+                    "adead", Options(address=f"127.0.0.1:{dead}", request_timeout_seconds=4)))
+                await asyncio.sleep(0.3)
+                live = await gw.session("alive", Options(address=mosquitto.address))
+                await live.publish("agwc/x", b"up")
+                assert await live.flush(10)
+                assert not stuck.done(), "a session started only after the dead one gave up"
+                with pytest.raises(ConnectError):
+                    await stuck
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_connect_threads_are_bounded(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """Sessions to servers that drop SYNs, more than ``CONNECT_THREADS``: the gateway starts
+    no more connect threads than that, and every attempt still ends with its error."""
+    before = {t.ident for t in threading.enumerate()}
+    with Gateway(tmp_path / "gw") as gw, _dropping_syns() as dead:
+        for i in range(CONNECT_THREADS + 8):
+            gw.client(f"many-{i}", clean_session=False)
+        failed = gw.connect_all("127.0.0.1", dead, timeout=1.5)
+        assert len(failed) == CONNECT_THREADS + 8
+        new = [t.name for t in threading.enumerate() if t.ident not in before]
+        assert 1 < sum(n.startswith("mqttsession-gateway-connect") for n in new) <= CONNECT_THREADS
