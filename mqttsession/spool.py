@@ -8,22 +8,22 @@ Memory and start-up time follow the window, not the queue's length.
 Files (mode 0600, never opened through a symlink):
 
 - ``q-<first seq>.open``: the segment being appended to: a header frame
-  (``["mqttsession-queue", 1, client id, first seq]``) and one journal frame
+  (``["mqttsession-queue", 1, client id, first seq, prev]``, ``prev`` the newest seq queued
+  before it, so a restart finds a segment deleted before it) and one journal frame
   (``journal.frame``) per message, its ``Accepted`` record (``records.encode_message``), over
   zeros written ahead (copied into a mapping of the file unless synced at once: ``mapped.py``);
-- ``q-<first>-<last>-<count>-<bytes>-<size>.seg``: a full segment, sealed by a rename once it
+- ``q-<first>-<last>-<count>-<bytes>-<size>-p<prev>.seg``: a full segment, sealed by a rename once it
   passed ``SEGMENT_BYTES`` (fsynced first under ``SessionSync=always``). Its name holds what a
   restart needs, so a restart reads only the segment being read back and the open one.
 
 Whole segments are deleted once every message in them was read back and that is durable in
 the journal (``retire``); nothing is ever rewritten. Recovery: a sealed segment whose size is
 not the one its name says, one named read back that holds a message not yet read back, a
-damaged frame followed by good ones in the open segment, or a segment of another client is
-``StateError`` (the files are kept); a torn tail of the open
-segment (a crash mid-write, a power cut's zeros) is cut. A sealed segment found damaged while
-it is read back is kept aside (``*.damaged-<time>``) and reported (``take_errors``): the
-messages after the damage in it are lost, never invented or reordered.
-"""
+damaged frame followed by good ones in the open segment, a segment missing before another
+(``gap``: the store decides) or of another client is ``StateError`` (the files are kept); a
+torn tail of the open segment (a crash mid-write, a power cut's zeros) is cut. A sealed
+segment found damaged while read back is kept aside (``*.damaged-<time>``) and reported
+(``take_errors``): the messages after the damage in it are lost, never invented or reordered."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ SEGMENT_BYTES: Final = 1024 * 1024  # a segment is sealed past this; a restart r
 _HEADER_TAG: Final = "mqttsession-queue"
 _VERSION: Final = 1
 _OPEN_NAME: Final = re.compile(r"q-(\d{20})\.open\Z")
-_SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)\.seg\Z")
+_SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)(?:-p(\d+))?\.seg\Z")
+_DAMAGED_NAME: Final = re.compile(r"q-(\d{20})[-.].*\.damaged-")  # (``_damaged``)
 _CREATE: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW  # written at ``seg.size``
 
 
@@ -67,6 +68,7 @@ class _Segment:
     count: int = 0  # messages in it
     bytes: int = 0  # their ``message_bytes``
     size: int = 0  # bytes of the file that are valid frames
+    prev: int | None = None  # the newest seq queued before it was made (None: not recorded)
 
 
 class Spool:
@@ -84,6 +86,7 @@ class Spool:
         self.count = 0  # messages not read back yet
         self.bytes = 0
         self.last_seq = 0  # the newest message's seq (0: none ever, in these files)
+        self.gap: int | None = None  # messages up to it not read back are missing (``_gap``)
         self._newest: float | None = None  # its publish time (None: not read yet)
         self.read_to = 0  # every message below it was read back, or lost to damage
         self._segs: list[_Segment] = []
@@ -116,9 +119,8 @@ class Spool:
         with self._mutex:
             self._close_fds()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
-            self._rcount = self._rbytes = 0
-            self.count = self.bytes = self.last_seq = 0
-            self._newest = None
+            self._rcount = self._rbytes = self.count = self.bytes = self.last_seq = 0
+            self._newest = self.gap = None
             self.read_to = spool_next
             try:
                 names = os.listdir(self.dir)
@@ -126,15 +128,18 @@ class Spool:
                 return
             except OSError as exc:
                 raise StateError(f"cannot read the disk queue {self.dir}: {exc.strerror}") from exc
-            segs = []
+            segs, damaged = [], []
             for name in names:
                 path = os.path.join(self.dir, name)
                 m = _SEALED_NAME.match(name)
                 if m is not None:
-                    first, last, count, nbytes, size = map(int, m.groups())
-                    segs.append(_Segment(first, path, True, last, count, nbytes, size))
+                    first, last, count, nbytes, size = map(int, m.groups()[:5])
+                    prev = None if m.group(6) is None else int(m.group(6))
+                    segs.append(_Segment(first, path, True, last, count, nbytes, size, prev))
                 elif (m := _OPEN_NAME.match(name)) is not None:
                     segs.append(_Segment(int(m.group(1)), path, False))
+                elif (m := _DAMAGED_NAME.match(name)) is not None:
+                    damaged.append(int(m.group(1)))
             segs.sort(key=lambda s: s.first)
             for seg in segs:
                 st = self._check_regular(seg)
@@ -157,6 +162,7 @@ class Spool:
                         self._check_read_back(dead, spool_next)
                     self._unlink(dead.path)
             self._segs = segs
+            self.gap = _gap(segs, spool_next, damaged)
             self.last_seq = max((s.last for s in segs), default=0)
             self.count = sum(s.count for s in segs)
             self.bytes = sum(s.bytes for s in segs)
@@ -226,9 +232,11 @@ class Spool:
             arr = json.loads(payload.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):
             return False
-        if not (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG
-                and arr[1] == _VERSION and isinstance(arr[2], str) and arr[3] == seg.first):
+        if not (isinstance(arr, list) and len(arr) in (4, 5) and arr[0] == _HEADER_TAG
+                and arr[1] == _VERSION and isinstance(arr[2], str) and arr[3] == seg.first
+                and type((arr + [0])[4]) is int):
             return False
+        seg.prev = arr[4] if len(arr) == 5 else None  # (4: made before ``prev``)
         if self.client_id and arr[2] and arr[2] != self.client_id:
             raise StateError(f"disk queue {self.dir} is for client id {arr[2]!r}")
         return True
@@ -318,10 +326,11 @@ class Spool:
                 raise StateError(f"{self.dir} is not a directory (a symbolic link is refused)")
         if self.sync and not self._segs:  # the queue's own name durable in its parent too
             _fsync_dir(self.dir)  # (made now, or by a run that did not sync: a power cut)
-        seg = _Segment(first, os.path.join(self.dir, f"q-{first:020d}.open"), False)
+        seg = _Segment(first, os.path.join(self.dir, f"q-{first:020d}.open"), False, prev=self.last_seq)
         fd = os.open(seg.path, _CREATE, 0o600)
         try:
-            head = frame(json.dumps([_HEADER_TAG, _VERSION, self.client_id, first]).encode())
+            head = frame(json.dumps([_HEADER_TAG, _VERSION, self.client_id, first,
+                                     seg.prev]).encode())
             _write_all(fd, head)
             if self.sync:
                 os.fdatasync(fd)
@@ -345,7 +354,8 @@ class Spool:
         if self.sync:
             self._sync_open()
         self._close_fds()
-        name = f"q-{seg.first:020d}-{seg.last:020d}-{seg.count}-{seg.bytes}-{seg.size}.seg"
+        name = (f"q-{seg.first:020d}-{seg.last:020d}-{seg.count}-{seg.bytes}-{seg.size}"
+                f"{'' if seg.prev is None else f'-p{seg.prev}'}.seg")
         path = os.path.join(self.dir, name)
         os.rename(seg.path, path)
         seg.path, seg.sealed = path, True  # (before the directory's sync, which may fail)
@@ -666,6 +676,19 @@ class Spool:
     def close(self) -> None:
         with self._mutex:
             self._close_fds()
+
+
+def _gap(segs: list[_Segment], spool_next: int, damaged: list[int]) -> int | None:
+    """The newest seq of messages not read back that no segment holds (a segment deleted, a
+    volume's files lost), by each segment's record of the one before it; None: none. A
+    segment kept aside as damaged (its loss reported then) fills the gap it leaves."""
+    seen = max(spool_next - 1, 0)  # every message up to it was read back (0: none)
+    for seg in segs:
+        if (seg.prev is not None and seg.prev > seen
+                and not any(seen < f <= seg.prev for f in damaged)):
+            return seg.prev
+        seen = max(seen, seg.last)
+    return None
 
 
 def _free_name(base: str) -> str:

@@ -267,6 +267,14 @@ class StateFile:
                              f" {state.spool_last} that the session holds there (a volume not"
                              " mounted, files deleted?): nothing was changed; put them back, or"
                              f" move {self.path} aside to start over")
+        if spool.gap is not None:  # a segment before others gone (synced when made, but none)
+            text = (f"the disk queue {spool.dir} lacks a segment: messages up to seq"
+                    f" {spool.gap} are missing (files deleted?)")
+            if self.sync:
+                spool.close()
+                raise StateError(f"{text}: nothing was changed; put them back, or move"
+                                 f" {self.path} aside to start over")
+            self._errors.append((-1, f"{text}; lost (SessionSync=none: a power cut)"))
         attach(state, spool)
         self.spool = spool
         return state

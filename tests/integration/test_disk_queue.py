@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mqttsession import Client, load_state
+from mqttsession import Client, StateError, load_state
 from mqttsession.spool import QUEUE_SUFFIX
 
 try:  # tests/integration may or may not be a package
@@ -247,6 +247,45 @@ def test_a_segment_damaged_on_disk_is_reported_kept_and_skipped(
     e.publish_message(topic, 1, _procs.payload(tag, N + 2))
     assert e.queue_stats().messages == 1
     e.close()
+
+
+@pytest.mark.parametrize("sync", ["always", "interval", "none"])
+def test_a_deleted_segment_before_others_is_found(tmp_path: Path, sync: str) -> None:
+    """A sealed segment not read back deleted (by hand, a cleanup script) while later ones
+    stay: under ``always`` and ``interval`` (every segment's name synced when made) restoring
+    raises ``StateError`` and changes nothing (before: its messages silently gone); under
+    ``none`` (a power cut may take a name) the loss is reported to ``on_error``."""
+    path = tmp_path / "s"
+    c = _client(path, unique("gap"))
+    cid = c.client_id
+    c.config(f"SessionSync={sync}")
+    c.restore_session("")
+    for n in range(N):
+        c.publish_data("t/gap", 1, b"%d" % n)
+    c.close()
+    folder = Path(str(path) + QUEUE_SUFFIX)
+    sealed = sorted(p for p in folder.iterdir() if p.suffix == ".seg")
+    assert len(sealed) >= 3
+    kept = sealed[1].read_bytes()
+    sealed[1].unlink()
+    before = sorted(p.name for p in folder.iterdir())
+    d = _client(path, cid)
+    d.config(f"SessionSync={sync}")
+    errors: list[str] = []
+    d.on_error = lambda e: errors.append(e.description)
+    try:
+        if sync == "none":
+            d.restore_session("")
+            assert any("lacks a segment" in e for e in errors), errors
+        else:
+            with pytest.raises(StateError, match="lacks a segment"):
+                d.restore_session("")
+            assert sorted(p.name for p in folder.iterdir()) == before  # nothing touched
+            sealed[1].write_bytes(kept)  # put back: every message is there again
+            d.restore_session("")
+            assert d.queue_stats().messages == N
+    finally:
+        d.close()
 
 
 def test_outgoing_messages_lists_the_disk_queue_too(tmp_path: Path) -> None:

@@ -102,8 +102,8 @@ def test_a_sealed_segment_renamed_to_claim_it_was_read_back_is_kept(tmp_path: Pa
     filled(tmp_path, list(range(1, 41))).close()
     d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
     first = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[0]
-    f, last, count, nbytes, size = first[2:-4].split("-")
-    lie = f"q-{f}-{int(f):020d}-1-{nbytes}-{size}.seg"  # by hand: "only its first message"
+    f, last, count, nbytes, size, prev = first[2:-4].split("-")
+    lie = f"q-{f}-{int(f):020d}-1-{nbytes}-{size}-{prev}.seg"  # by hand: "its first only"
     os.rename(d / first, d / lie)
     with pytest.raises(StateError, match="not yet read back"):
         reopened(tmp_path, int(f) + 1)  # the journal read back the first message only
@@ -111,6 +111,30 @@ def test_a_sealed_segment_renamed_to_claim_it_was_read_back_is_kept(tmp_path: Pa
     os.rename(d / lie, d / first)  # the true name: the messages after the first are read
     assert [m.seq for m in reopened(tmp_path, int(f) + 1).read(3)] == [int(f) + 1, int(f) + 2,
                                                                         int(f) + 3]
+
+
+def test_a_segment_missing_before_others_is_a_gap(tmp_path: Path) -> None:
+    """Each segment records the newest seq queued before it (in its header, and in its name
+    once sealed): a restart finds one deleted before it (``gap``), unless its messages were
+    read back, or it was kept aside as damaged (that loss was reported when found)."""
+    filled(tmp_path, list(range(1, 41))).close()
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    sealed = sorted(n for n in os.listdir(d) if n.endswith(".seg"))
+    assert len(sealed) >= 3 and all("-p" in n for n in sealed)
+    lasts = [int(n[2:-4].split("-")[1]) for n in sealed]
+    assert reopened(tmp_path).gap is None
+    os.rename(d / sealed[1], tmp_path / "away")
+    assert reopened(tmp_path).gap == lasts[1]
+    aside = d / f"{sealed[1]}.damaged-20261205T120000"
+    os.rename(tmp_path / "away", aside)
+    assert reopened(tmp_path).gap is None
+    os.rename(aside, tmp_path / "away")
+    for n in sealed[2:]:  # segments named before the record: no check, as before
+        os.rename(d / n, d / (n.rsplit("-p", 1)[0] + ".seg"))
+    assert reopened(tmp_path).gap is None
+    os.remove(d / (sealed[-1].rsplit("-p", 1)[0] + ".seg"))  # the open one's header knows
+    assert reopened(tmp_path).gap == lasts[-1]
+    assert reopened(tmp_path, lasts[-1] + 1).gap is None  # all read back before it: no loss
 
 
 def test_a_read_back_sealed_segment_of_zeros_is_still_deleted(tmp_path: Path) -> None:
