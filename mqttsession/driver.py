@@ -109,8 +109,7 @@ class Driver(Durability):
                 self.file.append([st.configure(**change)], st)
 
     def save(self, closing: bool = False) -> str:
-        """The state file's snapshot (the disk queue by reference), written; its text
-        (``closing``: ``StateFile.save``'s)."""
+        """The state file's snapshot written (the disk queue by reference); its text."""
         with self.lock:
             if self.engine.connected:
                 self.engine.state.activity(time.time())  # part of the snapshot written below
@@ -154,9 +153,8 @@ class Driver(Durability):
         try:  # at most paho's 5 s, ``PahoConnection.reconnect``)
             if st.protocol_version == 5:
                 self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
-                # a persistent session always asks with Clean Start 0, also when the client's
-                # clock says it expired: a clock that jumped must not destroy a session the
-                # broker may still hold; SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
+                # a persistent session asks with Clean Start 0 also when the clock says it
+                # expired (a jump); SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
                 conn.connect(host, port, keep_alive, clean_start=st.clean_session,
                              properties=connect_properties(self.expiry_interval(),
                                                            self._settings.receive_maximum))
@@ -191,6 +189,8 @@ class Driver(Durability):
 
     def _failed_attempt(self, rot: ServerRotation, target: tuple[str, int],
                         exc: ConnectError) -> None:
+        if exc.status_code == -4:  # the client closed: no next server
+            raise exc
         if rot.redirect_pending:  # followed: its INFO line says where (not a failure)
             log.debug("connect: %s (%s); redirected", format_address(*target), exc)
         elif len(rot.servers) > 1:
@@ -320,8 +320,8 @@ class Driver(Durability):
                 conn.release()
             pump.call(stop)
         elif not conn.in_network_thread():
-            # a stalled peer (nothing taken for connect()'s timeout): paho's thread would never
-            # end with the DISCONNECT unsent; cut (the session keeps what was not confirmed)
+            # a stalled peer (nothing taken for connect()'s timeout): cut, or paho's thread
+            # never ends, the DISCONNECT unsent (the session keeps what was not confirmed)
             watching = cut_when_stalled(conn.tcp, conn.drop, self._connack_within or 30.0)
             conn.loop_stop()
             watching.set()
@@ -341,21 +341,22 @@ class Driver(Durability):
                 self.conn = None
                 self.engine.closed()
             self.file.compact(self.engine.state)
+        if not self._connack.is_set():  # a connect() waiting for its CONNACK ends now
+            self._end_connect(-4, "close() or disconnect() before a CONNACK")
         return True
 
     def run(self, actions: list[Action],
             accepted: Accepted | Spooled | list[Accepted | Spooled] | None = None,
             quiet: str = "", deferred: bool = False,
             later: list[Action] | None = None) -> list[Action]:
-        """Carry out the engine's records and packets in order (lock held) and return its
-        callbacks for ``finish`` (after the lock is released; the engine puts nothing that
-        depends on a delivery in the same list). A failed ``Persist`` stops them all (the
-        ``accepted`` message it carried is retracted), unless ``quiet`` names what failed: no
-        packet depends on these records, so the failure is reported and the rest goes on. A
-        due compaction waits for the whole list (the state holds all of its records). Inside
-        a read batch (not for a publish) syncs wait for the batch's end: one fsync for it, which
-        writes the records only its acks wait for (``batched``); ``later``: the caller's list
-        for the callbacks (it keeps those before a failure)."""
+        """Carry out the engine's records and packets in order (lock held); its callbacks for
+        ``finish`` (after the lock is released; nothing in the list depends on a delivery). A
+        failed ``Persist`` stops them all (its ``accepted`` message retracted), unless ``quiet``
+        names what failed: no packet depends on these records, so it is reported and the rest
+        goes on. A due compaction waits for the whole list. In a read batch (not a publish)
+        syncs wait for the batch's end: one fsync, which writes the records only its acks wait
+        for (``batched``); ``later``: the caller's list for the callbacks (it keeps those
+        before a failure)."""
         conn, st, f = self.conn, self.engine.state, self.file
         # a group commit's record waits in memory for the fdatasync that covers it (a Journal)
         held = deferred and getattr(f.journal, "writes_lazy_at_sync", False)
@@ -694,7 +695,6 @@ class Driver(Durability):
                       "recording the disconnect time failed")
         self.net_timer_run(0.0, lost=True)  # interval: before reconnect waits, once unconnected
         if was in (ConnState.CONNECTING, ConnState.RESUMING) and not self._connack.is_set():
-            # closed before any CONNACK (e.g. a TLS client certificate the broker refused
-            # after the handshake): connect() fails now rather than at its timeout
+            # closed before any CONNACK (a TLS client certificate refused): fail connect() now
             self._end_connect(-2, f"paho: {reason}")
 

@@ -21,19 +21,21 @@ together (a broker restart) come back spread out, not all at once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
 import os
 import threading
+import time
 from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Callable, Coroutine, Iterable, Union, cast
+from typing import Any, Callable, Coroutine, Iterable, TypeVar, Union, cast
 
 from .actions import Action
 from .aio import AsyncSession
-from .client import Client, _connect_params, _messages
+from .client import Client, _connect_params, _messages, _target
 from .driver import Driver
 from .errors import ConnectError, PersistenceError, PublishManyError, UsageError
 from .events import PublishRequest
@@ -56,6 +58,8 @@ CONNECT_RATE = 200.0
 #: server (up to 5 s a reconnect, ``connect()``'s timeout a first connect) leaves the rest.
 CONNECT_THREADS = 32
 
+_T = TypeVar("_T")
+
 #: A message for ``Gateway.publish_many``: its session, then what ``Client.publish_many`` takes.
 GatewayMessage = Union[tuple[Client, str, int, Union[bytes, str]], tuple[Client, PublishRequest]]
 #: The same for ``AsyncGateway.publish_many``, with its ``AsyncSession``.
@@ -65,11 +69,12 @@ AsyncGatewayMessage = Union[tuple[AsyncSession, str, int, Union[bytes, str]],
 
 def queue_name(client_id: str) -> str:
     """The file name of a session's disk queue (``.queue`` is added): its id %-encoded, and
-    a long one cut, with a hash of the whole id, to fit the file system's 255 bytes."""
+    a long one cut, with a hash of the whole id, to fit the file system's 255 bytes; ``!``
+    (never in an encoded id) marks a cut one, so no id's name is another's (``~`` was)."""
     name = quote(client_id, safe="")
     if len(name) <= 200:
         return name
-    return f"{name[:160]}~{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
+    return f"{name[:160]}!{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
 
 
 def raise_fd_limit(needed: int, least: int | None = None) -> int:
@@ -244,7 +249,23 @@ class Gateway(_Sessions):
         if not self._loop.is_running():
             coro.close()
             raise UsageError("the gateway is closed")
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        self._wait(asyncio.run_coroutine_threadsafe(coro, self._loop), timeout)
+
+    def _wait(self, fut: concurrent.futures.Future[_T], timeout: float | None) -> _T:
+        """``fut``'s result; ``ConnectError`` when the gateway closes first (its loop's tasks
+        cancelled, or the loop stopped before it ran)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return fut.result(1.0 if end is None else min(1.0, max(0.0, end - time.monotonic())))
+            except concurrent.futures.CancelledError:
+                raise ConnectError("the gateway closed while connecting") from None
+            except concurrent.futures.TimeoutError:
+                if end is not None and time.monotonic() >= end:
+                    raise
+                if not self._loop.is_running():
+                    fut.cancel()
+                    raise ConnectError("the gateway closed while connecting") from None
 
     # ------------------------------------------------------------------ sessions
 
@@ -289,6 +310,7 @@ class Gateway(_Sessions):
                     timeout: float = 30.0) -> dict[str, ConnectError]:
         """Connect every session not connected, together (at ``connect_rate``); the ones that
         failed, with their errors. ``timeout`` is per session and server."""
+        host, port, timeout = _target(host, port, timeout)  # (``UsageError``, as connect())
         todo = [c for c in self.clients.values() if not c.connected and not c._closed]  # noqa: SLF001
 
         async def each(c: Client) -> None:
@@ -299,7 +321,7 @@ class Gateway(_Sessions):
 
         if threading.current_thread() is self.thread:
             raise UsageError("connect_all() inside an event callback would wait forever")
-        results = asyncio.run_coroutine_threadsafe(every(), self._loop).result()
+        results = self._wait(asyncio.run_coroutine_threadsafe(every(), self._loop), None)
         failed: dict[str, ConnectError] = {}
         for c, r in zip(todo, results):
             if isinstance(r, ConnectError):
@@ -372,13 +394,23 @@ class Gateway(_Sessions):
         finally:
             self._syncs.close()  # (their futures are answered on the loop, still running)
             if self._loop.is_running():
-                self._loop.call_soon_threadsafe(self._loop.stop)
+                asyncio.run_coroutine_threadsafe(self._wind_down(), self._loop)
             self.thread.join(10.0)
             if not self.thread.is_alive():
                 self._loop.close()
             self._executor.shutdown(wait=False)
             self._connects.shutdown(wait=False)
             self.store.close()
+
+    async def _wind_down(self) -> None:
+        """The loop's last tasks (a connect waiting) cancelled and run out; the loop stops."""
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        asyncio.get_running_loop().stop()
 
     def __enter__(self) -> Gateway:
         return self

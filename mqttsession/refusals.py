@@ -33,7 +33,9 @@ def describe_connect_error(exc: BaseException) -> str:
 
 def refusal_message(where: str, rc: int, reason: str, tls_enabled: bool, client_cert: bool) -> str:
     """Why ``connect()`` failed after the TCP connection: rc -3 a session fault on CONNACK,
-    -2 closed before CONNACK, else the broker's refusal code."""
+    -2 closed before CONNACK, -4 ended by ``close()``, else the broker's refusal code."""
+    if rc == -4:
+        return f"connect() to {where} ended by {reason}"
     if rc == -3:
         return f"connected to {where}, but {reason}"
     if rc == -2:

@@ -1,7 +1,9 @@
-"""A gateway's TCP connects wait in a pool of threads (``gateway.CONNECT_THREADS``): a session
-whose server drops SYNs (a listener whose accept queue is full, as a host gone off the net)
-holds one of them, not every session of the gateway. Before: one connect thread for all, so a
-healthy session's first connect or reconnect waited behind the dead one's whole timeout."""
+"""Connects that wait. A gateway's TCP connects wait in a pool of threads
+(``gateway.CONNECT_THREADS``): a session whose server drops SYNs (a listener whose accept queue
+is full, as a host gone off the net) holds one of them, not every session of the gateway
+(before: one connect thread for all, so a healthy session's first connect or reconnect waited
+behind the dead one's whole timeout). ``close()`` during a connect waiting for its CONNACK ends
+it at once (before: it waited out its timeout; after ``Gateway.close()`` for ever)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mqttsession import ConnectError
+from mqttsession import AsyncSession, Client, ConnectError, UsageError
 from mqttsession.gateway import CONNECT_THREADS, AsyncGateway, Gateway
 from mqttsession.options import Options
 from mqttsession.testing import MosquittoBroker
@@ -140,3 +142,89 @@ def test_connect_threads_are_bounded(mosquitto: MosquittoBroker, tmp_path: Path)
         assert len(failed) == CONNECT_THREADS + 8
         new = [t.name for t in threading.enumerate() if t.ident not in before]
         assert 1 < sum(n.startswith("mqttsession-gateway-connect") for n in new) <= CONNECT_THREADS
+
+
+@contextlib.contextmanager
+def _silent() -> Iterator[int]:
+    """A port on 127.0.0.1 that takes TCP connections and never answers (no CONNACK)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def _connect_in_thread(connect: Any) -> tuple[threading.Thread, list[BaseException]]:
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            connect()
+        except BaseException as exc:  # noqa: BLE001 - looked at by the test
+            raised.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, raised
+
+
+@pytest.mark.parametrize("kind", ["client", "gateway"])
+def test_close_ends_a_connect_waiting_for_its_connack(tmp_path: Path, kind: str) -> None:
+    """``close()`` while ``connect(timeout=20)`` waits for a CONNACK that never comes: the
+    connect raises ``ConnectError`` saying so at once (before: after its whole timeout, as
+    "no CONNACK within 20 s")."""
+    with _silent() as port, Gateway(tmp_path / "gw") as gw:
+        c = Client(client_id="silent") if kind == "client" else gw.client("silent",
+                                                                          clean_session=False)
+        t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=20))
+        time.sleep(0.5)
+        c.close()
+        t.join(8)
+        assert not t.is_alive(), "connect() still waits after close()"
+        assert len(raised) == 1 and isinstance(raised[0], ConnectError), raised
+        assert "ended by close()" in str(raised[0])
+
+
+def test_async_session_close_ends_its_start() -> None:
+    async def main() -> None:
+        with _silent() as port:
+            s = AsyncSession(Options(address=f"127.0.0.1:{port}", request_timeout_seconds=20),
+                             client_id="asilent")
+            start = asyncio.ensure_future(s.start())
+            await asyncio.sleep(0.5)
+            await s.close()
+            with pytest.raises(ConnectError, match="ended by close"):
+                await asyncio.wait_for(start, 8)
+
+    asyncio.run(main())
+
+
+def test_gateway_close_ends_connect_and_connect_all(tmp_path: Path) -> None:
+    """``Gateway.close()`` while a session's ``connect()`` and ``connect_all()`` wait for
+    CONNACKs: both raise ``ConnectError`` (before: neither ever returned, the loop stopped
+    under them)."""
+    with _silent() as port:
+        gw = Gateway(tmp_path / "gw")
+        one = gw.client("one", clean_session=False)
+        gw.client("two", clean_session=False)
+        t1, r1 = _connect_in_thread(lambda: one.connect("127.0.0.1", port, timeout=20))
+        time.sleep(0.3)
+        t2, r2 = _connect_in_thread(lambda: gw.connect_all("127.0.0.1", port, timeout=20))
+        time.sleep(0.3)
+        gw.close()
+        for t in (t1, t2):
+            t.join(8)
+            assert not t.is_alive(), "a connect still waits after Gateway.close()"
+        assert [type(e) for e in r1 + r2] == [ConnectError, ConnectError], r1 + r2
+
+
+def test_connect_all_checks_its_arguments(tmp_path: Path) -> None:
+    """The same ``UsageError`` as ``connect()`` (before: a raw TypeError or ValueError, or a
+    ConnectError per session for port 0)."""
+    with Gateway(tmp_path / "gw") as gw:
+        gw.client("args", clean_session=False)
+        for bad in ({"port": "1883"}, {"port": 0}, {"timeout": -1}, {"host": ""}):
+            with pytest.raises(UsageError):
+                gw.connect_all(**{"host": "127.0.0.1", "port": 1883, **bad})
