@@ -24,7 +24,8 @@ from .errors import StateError
 __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
     "Stepped", "Received", "Released", "Taken", "Subscribed", "Unsubscribed", "Connected",
-    "SessionReset", "Disconnected", "Activity", "ClockOffset", "Spooled", "Loaded", "Orphaned",
+    "SessionReset", "Disconnected", "Activity", "ClockOffset", "Spooled", "Loaded", "SpoolMark",
+    "Orphaned",
     "OrphansReleased", "OrphanReleased", "Reserved", "Answered", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record", "encode_message",
     "decode_record", "quick_init", "MAX_SEQ",
@@ -275,6 +276,15 @@ class Loaded:
 
 @quick_init
 @dataclass(frozen=True, slots=True)
+class SpoolMark:
+    """The disk queue holds messages up to ``seq`` (durable there first): a restart that finds
+    it without them is ``StateError`` (written as a segment begins, under ``always``)."""
+
+    seq: int
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Orphaned:
     """CONNACK said SessionPresent=0: the incoming QoS 2 messages awaiting PUBREL (these
     packet ids) will never be released by the broker; they leave packet-id space for the
@@ -341,6 +351,7 @@ Record = Union[
     ClockOffset,
     Spooled,
     Loaded,
+    SpoolMark,
     Orphaned,
     OrphansReleased,
     OrphanReleased,
@@ -465,6 +476,8 @@ KINDS: Final[dict[type, Kind]] = {
     Activity: Kind("T", ("at",), lambda r: [r.at], lambda f: Activity(_time(f, "at"))),
     ClockOffset: Kind("W", ("offset",), lambda r: [r.offset],
                       lambda f: ClockOffset(_time(f, "offset"))),
+    SpoolMark: Kind("M", ("seq",), lambda r: [r.seq],
+                    lambda f: SpoolMark(f.get_int("seq", 1, MAX_SEQ))),
     Orphaned: Kind("O", ("packet_ids",), lambda r: [list(r.packet_ids)],
                    lambda f: Orphaned(_int_list(f, "packet_ids", 1, MAX_PACKET_ID))),
     OrphansReleased: Kind("P", ("packet_ids",), lambda r: [list(r.packet_ids)],

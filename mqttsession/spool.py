@@ -27,6 +27,7 @@ segment found damaged while read back is kept aside (``*.damaged-<time>``) and r
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from typing import Final, Iterator
 from .errors import PersistenceError, StateError
 from .journal import _write_all, zeros_ahead
 from .mapped import MappedTail
-from .statelock import _own_file
+from .statelock import _own_file, unlinked
 from .recovery import _NOFOLLOW, _fsync_dir, frame, keep_cut_copy, read_frames, zeros_from
 from .records import Accepted, OutgoingMessage, decode_record, encode_message
 from .state import message_bytes
@@ -113,9 +114,8 @@ class Spool:
     def recover(self, spool_next: int, sync_open: bool = True, rewrite: bool = False) -> None:
         """Find the segments and where reading back resumes (every message below
         ``spool_next`` was read back); ``StateError`` on damage (the files are kept).
-        ``sync_open``: the open segment synced (a killed process's appends; after the
-        journal's records, which the caller synced first); ``rewrite``: written again first
-        (``SessionSync=interval``: an earlier failed write-back may have left them clean)."""
+        ``sync_open``: the open segment synced (a killed process's appends, after the
+        journal's); ``rewrite``: written again first (``interval``: a failed write-back)."""
         with self._mutex:
             self._close_fds()
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
@@ -194,16 +194,15 @@ class Spool:
 
     def _check_sealed(self, seg: _Segment, st: os.stat_result) -> None:
         if st.st_size != seg.size:
-            raise StateError(f"disk queue segment {seg.path} is {st.st_size} bytes; its name says"
+            raise StateError(f"disk queue segment {seg.path} is {st.st_size} bytes, its name says"
                              f" {seg.size} (cut short or damaged); kept")
         if seg.count <= 0 or seg.first > seg.last or seg.bytes < 0:
             raise StateError(f"disk queue segment {seg.path}: its name is not consistent")
 
     def _check_read_back(self, seg: _Segment, spool_next: int) -> None:
-        """Before a sealed segment whose name says it was read back is deleted: none of the
-        messages it holds is still to be read (``StateError`` otherwise: a name that is not
-        its contents', the file kept). Frames that cannot be read (a power cut's zeros under
-        ``SessionSync=none``) are no such proof; the journal says they were read back."""
+        """Before a sealed segment named read back is deleted: none of its messages is still
+        to be read (``StateError`` otherwise, the file kept). Unreadable frames (a power cut's
+        zeros under ``none``) are no such proof; the journal says they were read back."""
         payloads, _valid, _damaged = read_frames(self._read(seg.path))
         if not payloads or not self._header_ok(payloads[0], seg):
             return
@@ -217,8 +216,7 @@ class Spool:
                                  f" read back, but its name says it ends at {seg.last}; kept")
 
     def _read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        """The bytes of ``path`` from ``offset`` (to ``size``: the segment's frames; no fstat
-        of the segment being written, whose next fdatasync it would slow: ``statelock``)."""
+        """``path``'s bytes from ``offset`` (to ``size``: no fstat to slow an fdatasync)."""
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         try:
             if size is None:
@@ -362,6 +360,10 @@ class Spool:
         if self.sync:
             _fsync_dir(path)
 
+    @property
+    def newest_first(self) -> int:  # the first seq of the newest segment (0: none)
+        return self._segs[-1].first if self._segs else 0
+
     def append(self, messages: list[OutgoingMessage], sync: bool) -> None:
         """Store never-sent messages, in one write (persistence point 1): in the OS before
         returning, on disk with ``sync`` under ``SessionSync=always``; ``PersistenceError``
@@ -446,6 +448,8 @@ class Spool:
         fd = self._wfd
         assert fd is not None
         try:
+            if unlinked(fd):  # deleted in use: a restart would refuse the queue (``SpoolMark``)
+                raise OSError(errno.ENOENT, "its open segment was deleted while in use")
             if self._suspect and self._tail:
                 _write_all(fd, b"".join(self._tail), self._tail_at)
             os.fdatasync(fd)
@@ -635,9 +639,8 @@ class Spool:
             return errors
 
     def keep_aside(self, label: str) -> list[str]:
-        """Move the queue out of the way as ``P.queue.<label>-<time>`` (a queue directory that
-        cannot be renamed, a mount point: its segments into ``P.queue/<label>-<time>``); the
-        new names. ``PersistenceError`` when they cannot be moved (left in place)."""
+        """The queue moved aside as ``P.queue.<label>-<time>`` (a mount point: its segments
+        into ``P.queue/<label>-<time>``); the new names. ``PersistenceError``: left in place."""
         with self._mutex:
             self._close_fds()
             names = [n for n in os.listdir(self.dir) if _OPEN_NAME.match(n)
@@ -645,8 +648,7 @@ class Spool:
             if names:
                 aside = self._move_aside(label, names)
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
-            self.count = self.bytes = self.last_seq = 0
-            self._newest = None
+            self.count, self.bytes, self.last_seq, self._newest = 0, 0, 0, None
             return [aside] if names else []
 
     def _move_aside(self, label: str, names: list[str]) -> str:
@@ -679,13 +681,11 @@ class Spool:
 
 
 def _gap(segs: list[_Segment], spool_next: int, damaged: list[int]) -> int | None:
-    """The newest seq of messages not read back that no segment holds (a segment deleted, a
-    volume's files lost), by each segment's record of the one before it; None: none. A
-    segment kept aside as damaged (its loss reported then) fills the gap it leaves."""
+    """The newest seq of messages not read back that no segment holds (one deleted), by each
+    segment's ``prev``; None: none. One kept aside as damaged (reported then) is no gap."""
     seen = max(spool_next - 1, 0)  # every message up to it was read back (0: none)
     for seg in segs:
-        if (seg.prev is not None and seg.prev > seen
-                and not any(seen < f <= seg.prev for f in damaged)):
+        if seg.prev is not None and seg.prev > seen and not any(seen < f <= seg.prev for f in damaged):
             return seg.prev
         seen = max(seen, seg.last)
     return None

@@ -23,7 +23,7 @@ from .errors import MQTTSessionError, PersistenceError, StateError, UsageError
 from .journal import Journal, require_directory
 from .sessionlog import SessionLog
 from .sharedlog import SharedLog
-from .records import ClockOffset, Loaded, OutgoingMessage, Spooled
+from .records import ClockOffset, Loaded, OutgoingMessage, SpoolMark, Spooled
 from .spool import SEGMENT_BYTES, Spool
 from .state import Accepted, Record, SessionState, message_bytes
 
@@ -261,7 +261,8 @@ class StateFile:
                 log.warning("%s", exc)
         spool.recover(state.spool_next, sync_open=synced, rewrite=self.interval)
         if (self.sync and not self.interval and state.spool_last >= max(state.spool_next, 1)
-                and spool.last_seq < state.spool_last):  # (always: what it names was synced)
+                and max(spool.last_seq, spool.newest_first) < state.spool_last):  # (always:
+                # what a snapshot names was synced; a ``SpoolMark``, a segment's header)
             spool.close()
             raise StateError(f"the disk queue {spool.dir} lacks the messages up to seq"
                              f" {state.spool_last} that the session holds there (a volume not"
@@ -372,8 +373,13 @@ class StateFile:
                 else:
                     j.sync_pending()
                 self._accepted_unsynced = False
+            begun = self.spool.newest_first
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             state.spool_last = self.spool.last_seq  # (a snapshot names it: ``_recover``)
+            if self.spool.newest_first != begun and self.sync and not self.interval:
+                # a segment begun (its header on disk): the journal names it, so a restart
+                # after a crash finds a queue without it (before the next snapshot does)
+                j.append([SpoolMark(self.spool.newest_first)], state, sync=True)
             return
         if records:
             j.append(records, state, sync=sync, lazy=lazy, held=held)

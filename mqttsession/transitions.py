@@ -61,6 +61,7 @@ from .records import (
     Disconnected,
     Event,
     Loaded,
+    SpoolMark,
     OutgoingMessage,
     Orphaned,
     OrphansReleased,
@@ -178,6 +179,12 @@ def _apply_spooled(st: SessionState, rec: Spooled) -> None:
     st.next_seq = m.seq + 1
     st.spooled += 1
     st.spooled_bytes += message_bytes(m)
+
+
+def _apply_spool_mark(st: SessionState, rec: SpoolMark) -> None:
+    if type(rec.seq) is not int or rec.seq < 1:
+        raise TransitionError(f"disk queue mark {rec.seq!r}: not a seq")
+    st.spool_last = max(st.spool_last, rec.seq)
 
 
 def _apply_loaded(st: SessionState, rec: Loaded) -> None:
@@ -399,6 +406,7 @@ APPLY: Final[dict[type, Callable[[SessionState, Any], None]]] = {
     ClockOffset: _apply_clock_offset,
     Spooled: _apply_spooled,
     Loaded: _apply_loaded,
+    SpoolMark: _apply_spool_mark,
     Orphaned: _apply_orphaned,
     OrphansReleased: _apply_orphans_released,
     OrphanReleased: _apply_orphan_released,

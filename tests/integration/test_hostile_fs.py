@@ -281,6 +281,55 @@ def test_a_disk_queue_not_there_at_the_restart_is_refused_not_emptied(tmp_path: 
     again.close()
 
 
+def test_a_disk_queue_not_there_after_a_crash_is_refused_not_emptied(tmp_path: Path) -> None:
+    """The same after a kill -9 (the files copied as the process left them): no snapshot
+    named the queue's messages yet, so the restart came back without them, silently (a defect
+    hunt). The journal names each segment as it begins (``SpoolMark``)."""
+    import shutil  # noqa: PLC0415
+
+    path = tmp_path / "s"
+    c = _client(path, QueueInMemory=1)
+    c.restore_session("")
+    for i in range(5):
+        c.publish_data("t", 1, f"m{i}".encode())
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    for name in ("s", "s.journal"):  # what a kill -9 leaves, but the queue's volume
+        if (tmp_path / name).exists():
+            shutil.copy(tmp_path / name, crash / name)
+    c.close()
+    d = _client(crash / "s", QueueInMemory=1)
+    with pytest.raises(StateError, match="lacks the messages"):
+        d.restore_session("")
+    d.close()
+    shutil.copytree(tmp_path / "s.queue", crash / "s.queue")  # the volume is back
+    e = _client(crash / "s", QueueInMemory=1)
+    e.restore_session("")
+    assert [m.message for m in e.outgoing_messages] == [f"m{i}".encode() for i in range(5)]
+    e.close()
+
+
+def test_a_disk_queue_deleted_in_use_fails_the_publishes_into_it(tmp_path: Path) -> None:
+    """The queue's directory deleted while messages wait there (``rm -rf``): each publish
+    into it under ``always`` returned as stored, into a file no restart reads (a defect hunt);
+    now ``PersistenceError``, and the restart refuses the queue (``StateError``)."""
+    import shutil  # noqa: PLC0415
+
+    path = tmp_path / "s"
+    c = _client(path, QueueInMemory=1)
+    c.restore_session("")
+    for i in range(3):
+        c.publish_data("t", 1, f"m{i}".encode())
+    shutil.rmtree(tmp_path / "s.queue")
+    with pytest.raises(PersistenceError, match="deleted while in use"):
+        c.publish_data("t", 1, b"into nowhere")
+    c.close()
+    d = _client(path, QueueInMemory=1)
+    with pytest.raises(StateError, match="lacks the messages"):
+        d.restore_session("")
+    d.close()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
 def test_two_sessions_kept_aside_in_one_second_on_a_mounted_queue(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,3 +150,20 @@ def test_taken_keeps_the_message_and_its_id_until_released() -> None:
     assert again.incoming[5].taken
     s.release(5)
     assert not s.incoming
+
+
+@FAST
+@given(st.integers(1, 2**63 - 1), st.integers(0, 2**63 - 1))
+def test_spool_marks_round_trip_and_only_raise_spool_last(seq: int, before: int) -> None:
+    """A ``SpoolMark`` (a disk-queue segment begun at ``seq``) reads back as written and
+    raises ``spool_last`` to it, never lowers it; a seq below 1 is refused."""
+    from mqttsession.records import SpoolMark  # noqa: PLC0415
+
+    rec = SpoolMark(seq)
+    assert codec.decode_record(codec.encode_record(rec)) == rec
+    s = SessionState()
+    s.spool_last = before
+    s.apply(rec)
+    assert s.spool_last == max(before, seq)
+    with pytest.raises(StateError):
+        codec.decode_record(codec.encode_record(SpoolMark(0)))
