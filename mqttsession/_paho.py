@@ -1,14 +1,12 @@
 """The one module that touches paho-mqtt internals: an adapter between paho and the engine.
 
-paho keeps the socket, TLS, keep-alive, CONNECT and DISCONNECT. Every session packet (PUBLISH,
-its acks, SUBACK, UNSUBACK) is decoded by ``_wire`` and handed to ``Hooks``; the engine's packets
-are queued as the bytes ``_wire`` made (``write``), or sent by the publishing thread itself when
-nothing waits (``_send_now``): paho's ``_out_messages`` / ``_in_messages`` stay empty and MQTT 5
-properties stay packed end to end. Bytes are read with few large ``recv`` calls and split here;
-paho still handles CONNACK, PINGRESP, DISCONNECT and AUTH. Acks written during a read batch wait
-for its end, after ``Hooks._hook_batch_end`` made their records durable (one fsync), or for that
-sync's future on a loop (``_after_sync``). Timers run in ``loop_misc``. Private accesses are
-tagged ``# noqa: SLF001``; verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``)."""
+paho keeps the socket, TLS, keep-alive, CONNECT and DISCONNECT. Session packets are decoded by
+``_wire`` and handed to ``Hooks``; the engine's are queued as ``_wire``'s bytes (``write``) or
+sent by the publishing thread when nothing waits (``_send_now``): paho's ``_out_messages`` /
+``_in_messages`` stay empty. Bytes are read with few large ``recv`` calls and split here. Acks
+written during a read batch wait for its end, after ``Hooks._hook_batch_end`` made their records
+durable, or for that sync's future on a loop (``_after_sync``). Private accesses are tagged
+``# noqa: SLF001``; verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``)."""
 
 from __future__ import annotations
 
@@ -49,16 +47,11 @@ _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
 _Held = tuple[int, bytes, int, int]  # a packet held back: kind, bytes, packet id, QoS
 _PUBLISH_CMD: Final = int(PacketType.PUBLISH) << 4
-_PUBREL_FIRST: Final = int(PacketType.PUBREL) << 4 | 2  # a PUBREL's first byte (flags 0010)
 _READ_BATCH: Final = 64  # packets read per network-loop round at most (a whole recv more)
 _RECV_BYTES: Final = 65536  # asked of one recv call
 _time_func: Final = getattr(mqtt, "time_func", time.monotonic)  # paho's keep-alive clock
 _CLOSED_ON_PURPOSE: Final = (_ConnectionState.MQTT_CS_DISCONNECTING,  # paho's states after
                              _ConnectionState.MQTT_CS_DISCONNECTED)  # disconnect()
-_ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
-                                         PacketType.PUBCOMP)}
-# first bytes of the acks of the client's own flows (flags 0): they deliver nothing
-_FLOW_ACKS: Final = frozenset(k << 4 for k in _ACK_TYPES if k != PacketType.PUBREL)
 
 
 def _out_packet(kind: int, packet: bytes, packet_id: int, qos: int,
@@ -127,11 +120,10 @@ class PahoConnection(mqtt.Client):
     # ------------------------------------------------------------------ sending
 
     def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
-        """Queue one encoded packet (any thread). During a read batch it waits for the batch's
-        end (after the records its acks depend on are synced), behind those held: the order
-        stays. A PUBLISH goes at the batch's end before that sync (a waiting publisher's at
-        once): no PUBLISH needs the records of points 2, 3, 4, and MQTT orders each kind of
-        packet alone [MQTT-4.6.0-1..4]; after one that waits (``hold_publishes``), behind it."""
+        """Queue one encoded packet (any thread). In a read batch it waits for the batch's end
+        (its records synced), in order. A PUBLISH goes before that sync (no PUBLISH needs the
+        records of points 2-4; MQTT orders each kind alone [MQTT-4.6.0-1..4]), unless one
+        waits (``hold_publishes``)."""
         with self._batch_lock:
             if self._batch is not None or self._after_sync:  # (no tuple for the common path)
                 item = (kind, packet, packet_id, qos)
@@ -158,8 +150,7 @@ class PahoConnection(mqtt.Client):
 
     def _release(self, keep: bool = False) -> None:
         """Write what the batch held, in order (after its sync); ``keep``: the batch goes on.
-        Packets held meanwhile by other threads follow the ones before them; all of them wait
-        behind a batch whose sync is still running off the loop."""
+        All of them wait behind a batch whose sync still runs off the loop."""
         while True:
             with self._batch_lock:
                 held = self._batch
@@ -264,10 +255,8 @@ class PahoConnection(mqtt.Client):
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
 
     def _send_now(self, kind: int, packet: bytes, packet_id: int, qos: int) -> bool:
-        """A thread other than the network thread sends ``packet`` itself when nothing waits
-        in paho's queue and no other thread is sending (plain TCP: one thread may send while
-        another reads). What the socket does not take is queued for the network thread,
-        which a wake-up byte makes write it. False: queue it as paho does."""
+        """Another thread sends ``packet`` itself when nothing is queued and no one sends
+        (plain TCP); the rest queued, the network thread woken. False: queue it as paho."""
         lock = self._send_lock
         if not lock.acquire(False):
             return False
@@ -315,16 +304,22 @@ class PahoConnection(mqtt.Client):
             return self.tcp().getpeername()[:2]  # type: ignore[no-any-return]
         return None
 
+    def _sock_send(self, buf: Any) -> int:  # noqa: SLF001
+        n: int = super()._sock_send(buf)  # noqa: SLF001
+        if n == 0 and buf and getattr(self._sock, "_sendbuffer", None):  # noqa: SLF001
+            # paho's WebSocket wrapper sent part of a frame (paho would drop the packet): again
+            self._call_socket_register_write()  # noqa: SLF001
+            raise BlockingIOError
+        return n
+
     def _sock_close(self) -> None:  # noqa: SLF001
         with self._send_lock:  # not while another thread sends on it
             self._direct = False
             super()._sock_close()  # noqa: SLF001
 
     def _packet_write(self) -> MQTTErrorCode:  # noqa: SLF001
-        """paho's writer, with the packets waiting at the head of the queue joined into one
-        ``send`` (each ``send`` releases the GIL: a hand-over to another thread and back).
-        A QoS 0 PUBLISH (paho marks its info published) and DISCONNECT (paho closes after it)
-        are written alone, as paho writes them."""
+        """paho's writer, the packets at the queue's head joined into one ``send`` (each
+        hands the GIL over); a QoS 0 PUBLISH and DISCONNECT alone, as paho writes them."""
         with self._send_lock:
             return self._write_queued()
 
@@ -360,16 +355,36 @@ class PahoConnection(mqtt.Client):
         return self._new_sock
 
     def _create_socket(self) -> Any:  # noqa: SLF001
-        # ... and the socket (TCP, or TLS over it) when the WebSocket upgrade fails
-        self._new_sock = None
+        # ... and the socket (TCP, or TLS over it) when the WebSocket upgrade fails; a TLS or
+        # WebSocket handshake (paho's timeout bounds each recv) is cut at the connect timeout
+        self._new_sock, cut, t = None, threading.Event(), self._connect_timeout  # noqa: SLF001
+        limit = threading.Timer(t, self.abort_setup, (cut,))
+        if self._ssl or self._transport == "websockets":  # noqa: SLF001
+            limit.daemon = True
+            limit.start()
         try:
             return super()._create_socket()  # noqa: SLF001
-        except BaseException:
+        except BaseException as exc:
             if self._new_sock is not None:
                 self._new_sock.close()
+            if cut.is_set():
+                raise TimeoutError(f"the {'WebSocket' if self._transport == 'websockets' else 'TLS'}"  # noqa: SLF001
+                                   f" handshake not done within {t:g} s") from exc
             raise
         finally:
+            limit.cancel()
             self._new_sock = None
+
+    def abort_setup(self, cut: threading.Event | None = None) -> None:
+        """End a connection attempt still in its handshakes (from any thread)."""
+        if cut is not None:
+            cut.set()
+        with contextlib.suppress(AttributeError, OSError):
+            self._new_sock.shutdown(socket.SHUT_RDWR)
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> MQTTErrorCode:
+        self.abort_setup()  # (an attempt in progress: not waited for)
+        return super().disconnect(*args, **kwargs)
 
     def release(self) -> None:
         """Close every socket paho still holds (it leaves its wake-up pair to ``__del__``)."""
@@ -380,8 +395,7 @@ class PahoConnection(mqtt.Client):
         self._reconnect_on_failure = on  # noqa: SLF001
 
     def in_network_thread(self) -> bool:
-        """Whether the caller is the thread that runs this connection (paho's, or the loop's
-        of an ``AsyncioPump`` run in a thread of its own, as a ``Gateway``'s)."""
+        """Whether the caller runs this connection (paho's thread, or a Gateway's loop's)."""
         me = threading.current_thread()
         return me is self._thread or me is self.loop_thread  # noqa: SLF001
 
@@ -429,21 +443,19 @@ class PahoConnection(mqtt.Client):
         return super()._send_connect(keepalive)  # noqa: SLF001
 
     def _violation(self, code: int, what: str) -> MQTTErrorCode:
-        """The broker broke the protocol: close the connection, report it, and leave the
-        session as it was (``_hook_failed``)."""
+        """The broker broke the protocol: the connection closed, reported, the session kept."""
         self._hook_failed(ProtocolViolation(code, what), "a protocol violation by the broker")
         return _DROP
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
-        # no socket: paho would log "Client is not connected" at ERROR (after a DISCONNECT or a
-        # failed reconnect). select() waits at most until the session's next timer.
+        # no socket: paho would log "Client is not connected" at ERROR; select() waits at most
+        # until the session's next timer
         if self._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         return super()._loop(self.hooks._hook_wait(timeout))  # noqa: SLF001
 
     def loop_misc(self) -> MQTTErrorCode:
-        """paho's keep-alive check (a PINGRESP late behind an upload the broker is taking waited
-        for again: ``tcpinfo.PingWait``), then the session's timers (``hooks._hook_tick``)."""
+        """paho's keep-alive check (``tcpinfo.PingWait``), then the session's timers."""
         if self._ping_wait.behind(self.tcp(), bool(self._ping_t), self._queued):  # noqa: SLF001
             with self._msgtime_mutex:  # noqa: SLF001
                 self._ping_t = self._last_bytes_received = _time_func()  # noqa: SLF001
@@ -458,9 +470,8 @@ class PahoConnection(mqtt.Client):
     # ------------------------------------------------------------------ receiving
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read every packet that is waiting (up to a bound), not just one per round (paho
-        sizes its batch by ``_out_messages`` + ``_in_messages``, empty here); then write the
-        packets that wait for the batch's records to be durable."""
+        """Read every packet waiting (up to a bound; paho sizes its batch by its message
+        dicts, empty here); then write those that wait for the batch's records."""
         with self._batch_lock:
             self._batch, self._batch_publishes = [], []
         self._batch_thread = threading.current_thread()
@@ -496,10 +507,8 @@ class PahoConnection(mqtt.Client):
         return rc
 
     def as_batch(self, fn: Callable[[], None]) -> None:
-        """``fn`` on the thread that reads this connection, between its read batches, handled
-        as one: the syncs its records ask for become one at its end, and the packets that
-        depend on them wait for it (an asyncio session's acknowledgements: one fsync, off the
-        loop, for all the removals)."""
+        """``fn`` on the thread that reads this connection, between read batches, as one: its
+        records' syncs become one at its end, the packets that depend on them wait for it."""
         with self._batch_lock:
             nested = self._batch is not None  # within a read batch: its end does it
             if not nested:
@@ -520,9 +529,8 @@ class PahoConnection(mqtt.Client):
             self._after_sync.clear()
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
-        """Read what the socket holds with few large ``recv`` calls and handle every complete
-        packet in it. paho's own reader makes three ``recv`` calls a packet (type byte, length,
-        body): each a system call that hands the GIL to the publishing thread and back."""
+        """Read what the socket holds with few large ``recv`` calls, and handle each complete
+        packet (paho's reader: three ``recv`` calls a packet, each a GIL hand-over)."""
         sock = self._sock  # noqa: SLF001
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -544,8 +552,10 @@ class PahoConnection(mqtt.Client):
                 return _OK
             try:
                 data = self._sock_recv(_RECV_BYTES)  # noqa: SLF001
-            except BlockingIOError:
-                return _OK
+            except BlockingIOError:  # (a WebSocket PING answered: a TLS layer may hold more)
+                if plain or not getattr(sock, "pending", lambda: 0)():
+                    return _OK
+                continue
             except OSError as err:  # TimeoutError, ConnectionError (no socket) among them
                 log.debug("failed to receive on socket: %s", err)
                 return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
@@ -574,18 +584,12 @@ class PahoConnection(mqtt.Client):
                     length, i = got
                 if end - i < length:
                     return rc, n  # the rest of this packet is still on its way
-                kind = first >> 4
-                if length == 2 and self._connack_seen and (first in _FLOW_ACKS
-                                                           or first == _PUBREL_FIRST):
-                    # the usual ack: the packet id alone [MQTT 5 3.4.2.1], no general decode;
-                    # the flow acks after it go with it (one hold of the session lock); a
-                    # PUBREL (it may deliver, and pause reading) alone
-                    acks = [(_ACK_TYPES[kind], buf[i] << 8 | buf[i + 1])]
-                    pos = i + 2
-                    while (first != _PUBREL_FIRST and end - pos >= 4 and buf[pos + 1] == 2
-                           and buf[pos] in _FLOW_ACKS):
-                        acks.append((_ACK_TYPES[buf[pos] >> 4], buf[pos + 2] << 8 | buf[pos + 3]))
-                        pos += 4
+                # the usual ack, no general decode; the flow acks after it go with it (one
+                # hold of the session lock); a PUBREL (it may deliver, pause reading) alone
+                run = _wire.ack_run(buf, first, i, end) if length == 2 and self._connack_seen \
+                    else None
+                if run is not None:
+                    acks, pos = run
                     n += len(acks)
                     try:
                         if len(acks) == 1:
@@ -645,8 +649,7 @@ class PahoConnection(mqtt.Client):
         return _OK
 
     def _paho_handle(self, first: int, body: bytes) -> MQTTErrorCode:
-        """paho's own handler for a packet that is not the session's, given as paho's reader
-        would have left it in ``_in_packet``."""
+        """paho's handler for a packet not the session's, given as paho's reader leaves it."""
         self._in_packet = _in_packet(first, body, 1)  # noqa: SLF001
         try:
             return super()._packet_handle()  # noqa: SLF001
@@ -659,10 +662,8 @@ class PahoConnection(mqtt.Client):
             return self._violation(*fault)
         self._was_connected = True
         rc = c.reason_code or 0  # 3.1.1: the return code 0..5; 5.0: the reason code
-        if self._level == 5 and c.properties:
-            reason = str(ReasonCode(PacketTypes.CONNACK, identifier=rc))
-        else:
-            reason = mqtt.connack_string(rc)
+        reason = str(ReasonCode(PacketTypes.CONNACK, identifier=rc)) \
+            if self._level == 5 and c.properties else mqtt.connack_string(rc)
         try:
             if rc != 0:
                 # refused: not paho's handler (it would downgrade to MQTT 3.1); SessionPresent 0
@@ -685,15 +686,13 @@ class PahoConnection(mqtt.Client):
             return _DROP
 
     def _hook_failed(self, exc: Exception, context: str) -> None:
-        """Report a failed hook; the caller drops the connection without the dependent ack
-        (a ``ProtocolViolation``: on MQTT 5 after a DISCONNECT with its code [MQTT-4.13.1-1])."""
+        """Report a failed hook; the caller drops the connection without the dependent ack (a
+        ``ProtocolViolation``: MQTT 5 after a DISCONNECT with its code [MQTT-4.13.1-1])."""
         log.debug("session hook failed: %s", context, exc_info=True)
         sock = self._sock  # noqa: SLF001
         if isinstance(exc, ProtocolViolation) and self._level == 5 and sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.send(_wire.encode_disconnect(exc.code, protocol=5))
-            except OSError:
-                pass
         try:
             self.hooks._hook_failure(exc, context)
         except Exception:  # pragma: no cover - reporting must not kill the thread either

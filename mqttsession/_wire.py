@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import Final
 
 __all__ = [
+    "ack_run",
     "MAXIMUM_PACKET_SIZE",
     "MAX_VARINT",
     "RECEIVE_MAXIMUM",
@@ -233,6 +234,29 @@ def decode_varint(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int] | Non
             return value, pos
         shift += 7
     raise MalformedPacket("Variable Byte Integer longer than 4 bytes")
+
+
+_PUBREL_FIRST: Final = int(PacketType.PUBREL) << 4 | 2  # a PUBREL's first byte (flags 0010)
+_ACK_TYPES: Final = {int(t): t for t in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL,
+                                         PacketType.PUBCOMP)}
+# first bytes of the acks of the client's own flows (flags 0): they deliver nothing
+_FLOW_ACKS: Final = frozenset(k << 4 for k in _ACK_TYPES if k != PacketType.PUBREL)
+
+
+def ack_run(buf: bytes | bytearray, first: int, pos: int, end: int
+            ) -> tuple[list[tuple[PacketType, int]], int] | None:
+    """The usual ack whose first byte is ``first`` and whose packet id alone (a Remaining
+    Length of 2 [MQTT 5 3.4.2.1]) is at ``pos``, with the flow acks of the same form right
+    after it in ``buf[:end]`` (none after a PUBREL: it may deliver): the acks, and where they
+    end. None: ``first`` is no such ack."""
+    if first not in _FLOW_ACKS and first != _PUBREL_FIRST:
+        return None
+    acks = [(_ACK_TYPES[first >> 4], buf[pos] << 8 | buf[pos + 1])]
+    pos += 2
+    while first != _PUBREL_FIRST and end - pos >= 4 and buf[pos + 1] == 2 and buf[pos] in _FLOW_ACKS:
+        acks.append((_ACK_TYPES[buf[pos] >> 4], buf[pos + 2] << 8 | buf[pos + 3]))
+        pos += 4
+    return acks, pos
 
 
 def split(buf: bytes | bytearray) -> tuple[int, int] | None:

@@ -17,17 +17,22 @@ def describe_connect_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"the broker's TLS certificate was not accepted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or str(exc)
+        reason = getattr(exc, "reason", None) or str(exc)  # (not every SSLError has one)
         if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
             return f"TLS handshake refused: the broker wants a client certificate ({reason})"
         if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
             return f"TLS handshake refused: the broker does not trust our client certificate ({reason})"
+        if "WRONG_VERSION_NUMBER" in reason or "UNEXPECTED_EOF" in reason:
+            return f"TLS error: {reason} (the server does not speak TLS there: a plain listener?)"
         return f"TLS error: {reason}"
     if isinstance(exc, mqtt.WebsocketConnectionError):
-        return (f"{exc} (not a WebSockets listener there, or it refused the path or the"
-                " headers)")
+        return (f"{exc} (not a WebSockets listener there, a TLS one (wss), or it refused the"
+                " path or the headers)")
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (no broker listening there?)"
+    if isinstance(exc, ConnectionResetError):
+        return (f"{exc.strerror or exc} while connecting (a TLS client on a plain listener? or"
+                " the server refused us)")
     return str(exc) or type(exc).__name__
 
 
@@ -40,7 +45,7 @@ def refusal_message(where: str, rc: int, reason: str, tls_enabled: bool, client_
         return f"connected to {where}, but {reason}"
     if rc == -2:
         if not tls_enabled:
-            hint = "not an MQTT broker there, or it stopped?"
+            hint = "not an MQTT broker there, a TLS listener (turn TLS on), or it stopped?"
         elif not client_cert:
             hint = "a TLS listener that requires a client certificate does this"
         else:  # TLS 1.3: a refused client certificate shows only after the handshake

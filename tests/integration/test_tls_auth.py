@@ -483,3 +483,72 @@ def test_failover_servers_share_tls_and_credentials(
 
 def _free_port() -> int:
     return free_port()
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    return bytes([0x80 | opcode]) + (bytes([n]) if n < 126 else b"\x7e" + n.to_bytes(2, "big")) \
+        + payload
+
+
+def test_async_session_reads_what_tls_holds_behind_a_websocket_ping(pki: Pki) -> None:
+    """A wss server sends a WebSocket PING and an MQTT PUBLISH in one TLS record: an
+    ``AsyncSession`` receives the PUBLISH at once. Before: paho's wrapper answered the PING
+    and reported nothing read; the PUBLISH waited, decrypted in OpenSSL's buffer where the
+    loop's readiness cannot see it, until more bytes came (up to a keep-alive)."""
+    import base64  # noqa: PLC0415
+    import hashlib  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # (the test ended first)
+            answer()
+
+    def answer() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki.server_cert, pki.server_key)
+        raw, _ = listener.accept()
+        with ctx.wrap_socket(raw, server_side=True) as c:
+            req = b""
+            while b"\r\n\r\n" not in req:
+                req += c.recv(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in req.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key"))
+            accept = base64.b64encode(hashlib.sha1(  # noqa: S324 - the WebSocket spec's
+                key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection:"
+                      b" Upgrade\r\nSec-WebSocket-Accept: " + accept +
+                      b"\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+            c.recv(4096)  # CONNECT
+            c.sendall(_ws_frame(2, b"\x20\x02\x00\x00"))  # CONNACK
+            stop.wait(1.0)
+            publish = b"\x30\x0b\x00\x04pinghello"  # QoS 0 "ping": "hello"
+            c.sendall(_ws_frame(9, b"") + _ws_frame(2, publish))  # one TLS record
+            stop.wait(30)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def main() -> bytes | None:
+        s = await AsyncSession.create(Options(
+            address=f"localhost:{listener.getsockname()[1]}", transport="websockets",
+            tls_options=TlsOptions(True, pki.ca), request_timeout_seconds=5,
+            keep_alive=60))
+        try:
+            m = await s.receive(timeout=4)
+            return None if m is None else m.message
+        finally:
+            stop.set()
+            await s.close()
+
+    try:
+        assert asyncio.run(main()) == b"hello"
+    finally:
+        stop.set()
+        listener.close()
+        server.join(5)

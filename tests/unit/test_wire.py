@@ -505,3 +505,28 @@ def test_connack_properties_paho_raises_on_are_violations() -> None:
         fault = connack_fault(connack(pack_properties(props)), 5)
         assert fault is not None and fault[0] == 0x82, props
 
+
+
+ACK_KINDS = [PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL, PacketType.PUBCOMP]
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(ACK_KINDS), u16), min_size=1, max_size=6),
+       st.binary(max_size=6))
+def test_an_ack_run_is_the_acks_encoded_back_to_back(acks: list[tuple[PacketType, int]],
+                                                     tail: bytes) -> None:
+    """``ack_run`` (the network thread's fast path): the first ack and the flow acks right
+    after it, as ``decode`` reads them; none after a PUBREL (it may deliver); anything else
+    (a longer ack, another packet, bytes cut short) left for the general decoder."""
+    data = b"".join(w.encode_ack(t, pid, protocol=4) for t, pid in acks) + b"\x30" + tail
+    run = w.ack_run(data, data[0], 2, len(data))
+    assert run is not None
+    got, end = run
+    expect = [acks[0]]
+    if acks[0][0] is not PacketType.PUBREL:
+        for t, pid in acks[1:]:
+            if t is PacketType.PUBREL:
+                break
+            expect.append((t, pid))
+    assert got == expect and end == 4 * len(expect)
+    assert w.ack_run(b"\x30\x02\x00\x01", 0x30, 2, 4) is None  # a PUBLISH is no ack
