@@ -102,6 +102,7 @@ class Spool:
         self._map = MappedTail()  # the open segment's file: frames copied in, no write()
         self._errors: list[tuple[int, str]] = []
         self._unsynced = False  # appended without a sync since the last one (policy syncs)
+        self._look_at = 0.0  # when ``_sync_open`` asks whether the open segment was deleted
         # SessionSync=interval: the open segment's bytes from ``_tail_at`` appended since its
         # last sync (at most a segment); ``_suspect``: a sync of them failed
         self._tail: list[bytes] = []
@@ -412,8 +413,7 @@ class Spool:
             self.bytes += n
 
     def _put(self, seg: _Segment, data: bytes, mapped: bool) -> None:
-        """Write ``data`` at the open segment's end (``seg.size``), over zeros written ahead of
-        it within the segment's bound (an fdatasync commits no size change: ``zeros_ahead``).
+        """Write ``data`` at the open segment's end, over zeros written ahead (``zeros_ahead``);
         ``mapped``: copied into a mapping of the file, no system call (``Journal._put``)."""
         fd = self._wfd
         assert fd is not None
@@ -430,8 +430,7 @@ class Spool:
         self._walloc = max(self._walloc, end)
 
     def sync_pending(self) -> None:
-        """The open segment's appends written without a sync, on disk (``SessionSync=interval``);
-        ``PersistenceError`` if that fails."""
+        """The open segment's appends not synced, on disk (``interval``); ``PersistenceError``."""
         with self._mutex:
             if not self._unsynced or self._wfd is None:
                 return
@@ -448,8 +447,10 @@ class Spool:
         fd = self._wfd
         assert fd is not None
         try:
-            if unlinked(fd):  # deleted in use: a restart would refuse the queue (``SpoolMark``)
-                raise OSError(errno.ENOENT, "its open segment was deleted while in use")
+            if time.monotonic() >= self._look_at:  # deleted in use (``rm -rf``)? once a second
+                self._look_at = time.monotonic() + 1.0  # (a system call hands the GIL over)
+                if unlinked(fd):
+                    raise OSError(errno.ENOENT, "its open segment was deleted while in use")
             if self._suspect and self._tail:
                 _write_all(fd, b"".join(self._tail), self._tail_at)
             os.fdatasync(fd)
@@ -597,8 +598,7 @@ class Spool:
                 and self._roff >= self._segs[-1].size)
 
     def retire(self, spool_next: int) -> int:
-        """Delete the segments read back below ``spool_next`` (the caller made that durable);
-        how many went."""
+        """Delete the segments read back below ``spool_next`` (made durable); how many went."""
         gone = 0
         with self._mutex:
             while self._ri > 0 and self._segs[0].last < spool_next:
