@@ -38,7 +38,7 @@ from .aio import AsyncSession
 from .client import Client, _connect_params, _messages, _target
 from .driver import Driver
 from .errors import ConnectError, PersistenceError, PublishManyError, UsageError
-from .events import PublishRequest
+from .events import ErrorEvent, PublishRequest
 from .options import Options
 from .pacing import Pacer
 from .recovery import makedirs_durable
@@ -269,10 +269,12 @@ class Gateway(_Sessions):
 
     # ------------------------------------------------------------------ sessions
 
-    def client(self, client_id: str, **kwargs: Any) -> Client:
+    def client(self, client_id: str, *, on_error: Callable[[ErrorEvent], None] | None = None,
+               **kwargs: Any) -> Client:
         """A session of this gateway: a ``Client`` built with these keyword arguments, its
         session restored from the gateway's store (procedure 1: found there, resumed on
-        connect). Its connection and events run on the gateway's thread."""
+        connect). Its connection and events run on the gateway's thread. ``on_error`` is set
+        before the restore, so what it found (records a cut took, a damaged segment) is told."""
         if kwargs.get("clean_session", False) is not False:  # (restored: it would be False)
             raise UsageError("a gateway's sessions are persistent (its store keeps them):"
                              " clean_session=True is for a Client of its own")
@@ -281,6 +283,7 @@ class Gateway(_Sessions):
             c = None
             try:
                 c = Client(client_id=client_id, **kwargs)
+                c.on_error = on_error
                 c._driver.host, c._driver.pacer = self, self.pacer  # noqa: SLF001
                 c._driver.connects = self._connects  # noqa: SLF001
                 c.config(f"SessionStateFile={self._share(c)}")

@@ -105,6 +105,11 @@ class SessionLog:
         self.appended_at: tuple[int, int] = (0, 0)  # where the last append's records end
         self._closed = False
 
+    @property
+    def cut_notes(self) -> list[str]:
+        """Valid records the log's opening cut, maybe this session's: for its ``on_error``."""
+        return list(self._log.cut_notes)
+
     def exists(self) -> bool:
         """Whether the log holds a session of this client id."""
         return self._log.has(self.client_id)

@@ -225,6 +225,7 @@ class SharedLog(GroupCommit):
         self._held_bytes = 0
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
         self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
+        self.cut_notes: list[str] = []  # valid records the opening cut (each session's view)
         self._sessions: dict[str, _Session] = {}
         self._views: dict[str, SessionLog] = {}
         self._next_sid = 1
@@ -260,6 +261,9 @@ class SharedLog(GroupCommit):
                     else ""  # (zeros alone: written ahead)
                 log.warning("shared log %s: torn tail of %d bytes cut (a crash mid-write)%s",
                             self.path, len(data) - valid, kept)
+                if kept:  # valid records went with it: every session is told (``on_error``)
+                    self.cut_notes.append(f"shared log {self.path}: a bad record at byte"
+                                          f" {valid} was cut with what followed it{kept}")
                 os.ftruncate(fd, valid)
             if valid == 0:
                 _write_all(fd, _HEADER)

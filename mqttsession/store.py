@@ -249,7 +249,7 @@ class StateFile:
             if not j.exists():  # the journal's files were kept aside
                 spool.keep_aside("damaged")
             raise
-        notes: list[str] = getattr(j, "cut_notes", [])  # (a gateway's log: logged only)
+        notes: list[str] = j.cut_notes  # (a gateway's log: each session's view a copy)
         if notes:  # records cut with a bad one: told, not only logged
             self._errors += [(-1, note) for note in notes]
             notes.clear()

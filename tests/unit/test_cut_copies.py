@@ -109,4 +109,10 @@ os._exit(0)  # as a kill -9: nothing closed
     kept = sorted(log_path.parent.glob("sessions.log.cut-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == found
     assert "valid ones, cut with it" in caplog.text
+    # every session is told too (on_error, set before the restore), not only the log (before:
+    # logged only: the application never knew a session may have lost records)
+    for cid in ("dev-a", "dev-b"):
+        errors: list[str] = []
+        gw.client(cid, on_error=lambda e: errors.append(e.description))
+        assert any("was cut with what followed it" in e for e in errors), errors
     gw.close()
