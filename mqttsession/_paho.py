@@ -95,7 +95,7 @@ class PahoConnection(mqtt.Client):
         self._batch: list[_Held] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self._batch_lock = threading.Lock()  # guards _batch and the three below (not a write)
-        # batches whose sync runs off the loop, in order: each one's future, the packets after it
+        # batches whose sync runs off the loop, in order: its future, the packets after it
         self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._batch_publishes: list[_Held] | None = None  # a read batch's PUBLISHes not held
@@ -103,11 +103,9 @@ class PahoConnection(mqtt.Client):
         self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
         self._rsock: Any = None  # the socket they came from
         self.loop_thread: threading.Thread | None = None  # an AsyncioPump's, in its own thread
-        # an AsyncioPump's: has the loop write what other threads queued (coalesced)
-        self.wake_writer: Callable[[], None] | None = None
+        self.wake_writer: Callable[[], None] | None = None  # an AsyncioPump's (coalesced)
         self._write_due = False  # the network thread queued packets without a wake-up
-        # other threads send on plain TCP when nothing is queued (``_send_now``), under this lock
-        self._send_lock = threading.RLock()
+        self._send_lock = threading.RLock()  # others send on plain TCP (``_send_now``) under it
         self._direct = False  # connected (CONNACK handled) on a socket that allows it
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
@@ -139,8 +137,7 @@ class PahoConnection(mqtt.Client):
         self._queue(kind, packet, packet_id, qos)
 
     def hold_publishes(self) -> None:
-        """The read batch wrote a record a PUBLISH may need (a packet id given, a reservation,
-        a load from the disk queue): its PUBLISHes from now on wait for its sync too."""
+        """The batch wrote a record a PUBLISH may need: its PUBLISHes from now wait too."""
         with self._batch_lock:
             self._publish_held |= self._batch is not None
 
@@ -149,8 +146,7 @@ class PahoConnection(mqtt.Client):
         return self._batch is not None and threading.current_thread() is self._batch_thread
 
     def _release(self, keep: bool = False) -> None:
-        """Write what the batch held, in order (after its sync); ``keep``: the batch goes on.
-        All of them wait behind a batch whose sync still runs off the loop."""
+        """Write what the batch held, in order, after its sync (``keep``: the batch goes on)."""
         while True:
             with self._batch_lock:
                 held = self._batch
@@ -166,16 +162,14 @@ class PahoConnection(mqtt.Client):
                 self._queue(kind, packet, packet_id, qos)
 
     def _wait_sync(self, fut: asyncio.Future[None]) -> None:
-        """The batch's packets (and every packet after them) wait for ``fut``, a sync run off
-        the loop; a failed one drops the connection without them [points 2, 3, 4]."""
+        """The batch's packets and later ones wait for ``fut``, a sync off the loop [2-4]."""
         with self._batch_lock:
             held, self._batch = self._batch or [], None
             self._after_sync.append((fut, held))
         fut.add_done_callback(self._synced)
 
     def _synced(self, done: asyncio.Future[None]) -> None:
-        """A sync run off the loop is done (on the loop): write the packets of every batch
-        whose sync is done, in order, up to the first still running."""
+        """A sync off the loop done: the packets of every batch synced, in order, written."""
         gone = None if done.cancelled() else done.exception()  # (read: never "not retrieved")
         with self._batch_lock:  # dropped: its connection is gone, or an earlier sync failed
             dropped = all(f is not done for f, _held in self._after_sync)
@@ -229,20 +223,17 @@ class PahoConnection(mqtt.Client):
         info = mqtt.MQTTMessageInfo(0) if kind == PacketType.PUBLISH and qos == 0 else None
         me = threading.current_thread()
         if self._batch_thread is not None and me is self._thread:  # noqa: SLF001
-            # the network thread writes it at the end of this round (loop_read): no wake-up
-            # byte through paho's socket pair for a thread that is awake
+            # the network thread writes it at this round's end (loop_read): no wake-up byte
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self._write_due = True
             return
         if self.wake_writer is not None and me is not self.loop_thread:
-            # another thread than the loop's: queued, one wake-up makes the loop write all of
-            # them (no writer registered per packet, no byte into paho's socket pair)
+            # another thread than the loop's: queued, one wake-up makes the loop write them all
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.wake_writer()
             return
         if me is self.loop_thread and self._in_callback_mutex.acquire(False):  # noqa: SLF001
-            # the loop that runs this connection, outside paho's callbacks: written now; what the
-            # socket does not take waits for the writer paho then registers
+            # the loop, outside paho's callbacks: written now (the rest: paho's writer's)
             self._in_callback_mutex.release()  # noqa: SLF001
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.loop_write()
@@ -355,14 +346,15 @@ class PahoConnection(mqtt.Client):
         return self._new_sock
 
     def _create_socket(self) -> Any:  # noqa: SLF001
-        # ... and the socket (TCP, or TLS over it) when the WebSocket upgrade fails; a TLS or
-        # WebSocket handshake (paho's timeout bounds each recv) is cut at the connect timeout
+        # ... and the socket when the WebSocket upgrade fails; a TLS or WebSocket handshake
+        # (paho's timeout bounds each recv) is cut at the connect timeout
         self._new_sock, cut, t = None, threading.Event(), self._connect_timeout  # noqa: SLF001
         limit = threading.Timer(t, self.abort_setup, (cut,))
-        if self._ssl or self._transport == "websockets":  # noqa: SLF001
-            limit.daemon = True
-            limit.start()
+        limit.daemon = True
         try:
+            if self._ssl or self._transport == "websockets":  # noqa: SLF001
+                with contextlib.suppress(RuntimeError):  # (no thread to be had: no deadline)
+                    limit.start()
             return super()._create_socket()  # noqa: SLF001
         except BaseException as exc:
             if self._new_sock is not None:
@@ -385,6 +377,13 @@ class PahoConnection(mqtt.Client):
     def disconnect(self, *args: Any, **kwargs: Any) -> MQTTErrorCode:
         self.abort_setup()  # (an attempt in progress: not waited for)
         return super().disconnect(*args, **kwargs)
+
+    def loop_start(self) -> MQTTErrorCode:
+        try:
+            return super().loop_start()
+        except RuntimeError as exc:  # no thread to be had: not left "started" (a join fails)
+            self._thread = None  # noqa: SLF001
+            raise OSError(errno.EAGAIN, f"cannot start the network thread: {exc}") from exc
 
     def release(self) -> None:
         """Close every socket paho still holds (it leaves its wake-up pair to ``__del__``)."""
@@ -425,6 +424,9 @@ class PahoConnection(mqtt.Client):
                         self._port, describe_connect_error(exc))  # raises ConnectError);
                 # WARNING: a TLS refusal needs attention (a certificate changed)
             raise exc if isinstance(exc, OSError) else OSError(errno.EINVAL, str(exc))
+        except Exception as exc:  # never into paho's thread: an OSError, which it retries
+            self._hook_failed(exc, "reconnecting")
+            raise OSError(errno.EIO, f"reconnecting: {exc!r}") from exc
 
     def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
         # the Clean Start / CleanSession flag exactly as paho writes it (it may be "first only")
@@ -436,8 +438,7 @@ class PahoConnection(mqtt.Client):
             )
         else:
             self._clean_start_sent = bool(self._clean_session)  # noqa: SLF001
-        # the keep-alive asked for, at every reconnect too: paho keeps a Server Keep Alive
-        # (MQTT 5 CONNACK) as its own and would send it to the next server (0: no PINGREQ)
+        # the keep-alive asked for at every reconnect too (not a CONNACK's Server Keep Alive)
         self._keepalive = keepalive = self._asked_keepalive = getattr(  # noqa: SLF001
             self, "_asked_keepalive", keepalive)
         return super()._send_connect(keepalive)  # noqa: SLF001
@@ -448,8 +449,7 @@ class PahoConnection(mqtt.Client):
         return _DROP
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: SLF001
-        # no socket: paho would log "Client is not connected" at ERROR; select() waits at most
-        # until the session's next timer
+        # no socket: paho would log at ERROR; select() waits until the next timer at most
         if self._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         return super()._loop(self.hooks._hook_wait(timeout))  # noqa: SLF001
@@ -470,13 +470,16 @@ class PahoConnection(mqtt.Client):
     # ------------------------------------------------------------------ receiving
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read every packet waiting (up to a bound; paho sizes its batch by its message
-        dicts, empty here); then write those that wait for the batch's records."""
+        """Read every packet waiting (up to a bound), then write those its records held."""
         with self._batch_lock:
             self._batch, self._batch_publishes = [], []
         self._batch_thread = threading.current_thread()
         try:
             rc = self._read_batch(max_packets)
+        except MemoryError as exc:  # (a huge packet under a memory limit): never into paho's
+            self._drop_held()  # thread; the connection dropped, the session resends
+            self._hook_failed(exc, "reading a packet")
+            return self._loop_rc_handle(_DROP)  # noqa: SLF001
         except BaseException:
             self._drop_held()
             raise
@@ -529,16 +532,15 @@ class PahoConnection(mqtt.Client):
             self._after_sync.clear()
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
-        """Read what the socket holds with few large ``recv`` calls, and handle each complete
-        packet (paho's reader: three ``recv`` calls a packet, each a GIL hand-over)."""
+        """Read with few large ``recv`` calls (paho's: three a packet), handle each packet."""
         sock = self._sock  # noqa: SLF001
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         if self._rsock is not sock:  # a new network connection: nothing of the old one's
             self._rsock, self._rbuf = sock, bytearray()
         bound, handled, drained = max(max_packets, _READ_BATCH), 0, False
-        # a plain TCP socket that gave less than asked for is empty for now (more data makes
-        # it readable again); TLS and WebSocket layers may hold bytes select() does not see
+        # a plain TCP socket that gave less than asked for is empty for now (TLS and WebSocket
+        # layers may hold bytes select() does not see)
         plain = type(sock) is socket.socket
         while True:
             if self._rbuf:
@@ -567,8 +569,7 @@ class PahoConnection(mqtt.Client):
             drained = plain and len(data) < _RECV_BYTES
 
     def _handle_buffered(self, sock: Any) -> tuple[MQTTErrorCode, int]:
-        """Handle the complete packets at the head of the read buffer (all of them unless
-        reading is paused or a handler closed the connection); keep a partial one."""
+        """Handle the whole packets at the read buffer's head (a partial one stays)."""
         buf = self._rbuf
         pos, end, n, rc = 0, len(buf), 0, _OK
         try:
@@ -666,8 +667,8 @@ class PahoConnection(mqtt.Client):
             if self._level == 5 and c.properties else mqtt.connack_string(rc)
         try:
             if rc != 0:
-                # refused: not paho's handler (it would downgrade to MQTT 3.1); SessionPresent 0
-                # [MQTT-3.2.2-4] (5.0: -6); MQTT 5 4.11: 0x9C / 0x9D may name another server
+                # refused: not paho's handler (it would downgrade to 3.1); SessionPresent 0
+                # [MQTT-3.2.2-4] [MQTT-3.2.2-6]; MQTT 5 4.11: 0x9C / 0x9D name another server
                 ref = c.prop(_wire.SERVER_REFERENCE) if self._level == 5 else None
                 self.hooks._hook_connack(rc, reason, False, 65535, None,
                                          ref if isinstance(ref, str) else None)

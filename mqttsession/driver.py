@@ -146,8 +146,10 @@ class Driver(Durability):
             self._connack_result = (-1, "")
             return conn
 
-    def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int) -> None:
-        """paho's connect: the TCP (and TLS) connection and CONNECT (blocking)."""
+    def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int,
+                     thread: bool = False) -> None:
+        """paho's connect: the TCP (and TLS) connection and CONNECT (blocking); ``thread``:
+        paho's network thread started (``ConnectError`` when none can be)."""
         st = self.engine.state
         conn.connect_timeout = self._connack_within or 30.0  # this TCP connect's (a reconnect's:
         try:  # at most paho's 5 s, ``PahoConnection.reconnect``)
@@ -160,6 +162,8 @@ class Driver(Durability):
                                                            self._settings.receive_maximum))
             else:
                 conn.connect(host, port, keep_alive)
+            if thread:
+                conn.loop_start()
         except (OSError, ValueError) as exc:
             self._teardown()
             raise ConnectError(f"cannot connect to {format_address(host, port)}:"
@@ -197,9 +201,8 @@ class Driver(Durability):
             log.warning("connect: %s (%s); trying the next server", format_address(*target), exc)
 
     def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
-        """``Client.connect``: CONNECT to each server in turn (``ServerRotation.attempts``) until
-        one accepts, and wait for CONNACK and the resume plan; paho's network thread runs it from
-        then on. ``timeout`` is per server. A gateway's session: on its loop (``connect_async``)."""
+        """``Client.connect``: CONNECT to each server in turn until one accepts (``timeout``
+        each), then paho's network thread runs it; a gateway's on its loop (``connect_async``)."""
         if self.host is not None:
             self.host.run(self.connect_async(host, port, timeout, params), None)
             return
@@ -218,8 +221,7 @@ class Driver(Durability):
                       params: ConnectParams) -> None:
         host, port = target
         conn = self._open(host, port, params, rot)
-        self._tcp_connect(conn, host, port, params.keep_alive)
-        conn.loop_start()
+        self._tcp_connect(conn, host, port, params.keep_alive, thread=True)
         if not self._connack.wait(timeout):
             self._teardown()
             raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s")
@@ -517,8 +519,7 @@ class Driver(Durability):
         self.error(code, description)
 
     def _end_connect(self, rc: int, reason: str) -> None:
-        """A waiting ``connect()`` returns (rc != 0: it raises and tears down, so paho must
-        not retry in the background first)."""
+        """A waiting ``connect()`` returns (rc != 0: it raises; paho must not retry first)."""
         conn = self.conn
         if rc != 0 and conn is not None:
             conn.set_auto_reconnect(False)
@@ -528,8 +529,7 @@ class Driver(Durability):
             self._connack_waiter()
 
     def _guarded(self, step: Callable[[], list[Action]], context: str) -> None:
-        """``do`` on the network thread where no packet depends on the records: a failure is
-        reported through on_error, never raised into paho's thread."""
+        """``step`` where no packet depends on the records: a failure goes to on_error."""
         with self.lock:
             rest = self.run(step(), quiet=context)
         self.finish(rest)
@@ -553,8 +553,7 @@ class Driver(Durability):
         if self._lost:
             moved = (f"; the last connection was to {format_address(*before)}"
                      if before is not None and target != before else "")
-            log.info("reconnecting to %s (attempt %d%s)", self.engine.broker, self._tries,
-                     moved)
+            log.info("reconnecting to %s (attempt %d%s)", self.engine.broker, self._tries, moved)
         return target
 
     def _follow(self, code: int, reference: str | None) -> str | None:

@@ -6,6 +6,7 @@ timer. A part of ``Driver`` (its base class): the same lock, state file and engi
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from ._paho import PahoConnection
 
 __all__ = ["Cancellable", "Durability", "since_boot"]
+
+log = logging.getLogger(__name__)
 _BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
 
 
@@ -384,8 +387,13 @@ class Durability:
         t = threading.Timer(delay, self._interval_sync)
         t.daemon = True
         t.name = "mqttsession-sync"
+        try:
+            t.start()
+        except RuntimeError as exc:  # no thread to be had: synced now (the record is kept;
+            log.warning("no sync timer thread (%s): synced at once", exc)  # never raised)
+            self._interval_sync(retry=False)
+            return
         self._sync_timer = t
-        t.start()
 
     def _interval_sync_off_loop(self) -> None:
         """The loop's timer: the sync in the executor (the loop never waits for the disk)."""

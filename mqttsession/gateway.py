@@ -37,7 +37,8 @@ from .actions import Action
 from .aio import AsyncSession
 from .client import Client, _connect_params, _messages, _target
 from .driver import Driver
-from .errors import ConnectError, PersistenceError, PublishManyError, UsageError
+from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishManyError,
+                     UsageError)
 from .events import ErrorEvent, PublishRequest
 from .options import Options
 from .pacing import Pacer
@@ -221,16 +222,26 @@ class Gateway(_Sessions):
         super().__init__(state_dir, connect_rate, hold_publishes=True)
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
-        self._loop = self.loop = asyncio.new_event_loop()  # (``Host.loop``)
-        # the loop's other jobs (a SessionSync=interval sync, a disk-queue segment's removal)
-        self._executor = ThreadPoolExecutor(max_workers=1,
-                                            thread_name_prefix="mqttsession-gateway-jobs")
-        self._loop.set_default_executor(self._executor)
-        started = threading.Event()
-        #: The thread that runs every session's connection and events.
-        self.thread = threading.Thread(target=self._run_loop, args=(started,),
-                                       name="mqttsession-gateway", daemon=True)
-        self.thread.start()
+        try:
+            self._loop = self.loop = asyncio.new_event_loop()  # (``Host.loop``)
+            # the loop's other jobs (an interval sync, a disk-queue segment's removal)
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="mqttsession-gateway-jobs")
+            self._loop.set_default_executor(self._executor)
+            started = threading.Event()
+            #: The thread that runs every session's connection and events.
+            self.thread = threading.Thread(target=self._run_loop, args=(started,),
+                                           name="mqttsession-gateway", daemon=True)
+            self.thread.start()
+        except BaseException as exc:  # (no file descriptor, no thread): the store released
+            self.store.close()  # (its lock too: a later Gateway on the directory may run)
+            if getattr(self, "_loop", None) is not None:
+                self._loop.close()
+            if isinstance(exc, OSError):
+                raise PersistenceError(exc.errno, f"cannot start the gateway: {exc}") from exc
+            if isinstance(exc, RuntimeError):  # ("can't start new thread")
+                raise MQTTSessionError(f"cannot start the gateway's thread: {exc}") from exc
+            raise
         started.wait()
 
     def _run_loop(self, started: threading.Event) -> None:

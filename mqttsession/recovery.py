@@ -309,6 +309,14 @@ def _header(payload: bytes) -> tuple[int, str, str] | None:
     return None
 
 
+def unreadable(what: str, exc: OSError) -> MQTTSessionError:
+    """The error for a file that cannot be read: ``PersistenceError`` when the machine lacks
+    something now (file descriptors, memory: the state is fine), else ``StateError``."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN):
+        return PersistenceError(exc.errno, f"{what}: {exc.strerror or exc}")
+    return StateError(f"{what}: {exc.strerror or exc}")
+
+
 def _read_file(path: str) -> bytes | None:
     """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``, or
     for anything but a regular file (a directory, a FIFO: opened without blocking, not read)."""
@@ -318,7 +326,7 @@ def _read_file(path: str) -> bytes | None:
         return None
     except OSError as exc:
         _refuse_link(path, exc)
-        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
+        raise unreadable(f"cannot read state file {path}", exc) from exc
     try:
         st = os.fstat(fd)
     except BaseException:

@@ -42,7 +42,8 @@ from .errors import PersistenceError, StateError
 from .journal import _write_all, zeros_ahead
 from .mapped import MappedTail
 from .statelock import _own_file, unlinked
-from .recovery import _NOFOLLOW, _fsync_dir, frame, keep_cut_copy, read_frames, zeros_from
+from .recovery import (_NOFOLLOW, _fsync_dir, frame, keep_cut_copy, read_frames, unreadable,
+                       zeros_from)
 from .records import Accepted, OutgoingMessage, decode_record, encode_message
 from .state import message_bytes
 
@@ -128,7 +129,7 @@ class Spool:
             except FileNotFoundError:
                 return
             except OSError as exc:
-                raise StateError(f"cannot read the disk queue {self.dir}: {exc.strerror}") from exc
+                raise unreadable(f"cannot read the disk queue {self.dir}", exc) from exc
             segs, damaged = [], []
             for name in names:
                 path = os.path.join(self.dir, name)
@@ -183,8 +184,7 @@ class Spool:
 
     @staticmethod
     def _check_regular(seg: _Segment) -> os.stat_result:
-        """A segment is a regular file (a FIFO would hang the read, a link or a directory
-        raise a raw OSError): ``StateError`` otherwise, the file kept."""
+        """A segment is a regular file (not a FIFO, a link, a directory): else ``StateError``."""
         try:
             st = os.lstat(seg.path)
         except OSError as exc:

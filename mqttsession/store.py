@@ -424,8 +424,12 @@ class StateFile:
         return self.spool.read_to if self.spool is not None else 0
 
     def queued_messages(self) -> list[OutgoingMessage]:
-        """Every message in the disk queue (not read back), for ``save_session``'s text."""
-        return self.spool.read_all() if self.spool is not None else []
+        """Every message in the disk queue (not read back), for ``save_session``'s text;
+        ``PersistenceError`` when it cannot be read now (no file descriptor free)."""
+        try:
+            return self.spool.read_all() if self.spool is not None else []
+        except OSError as exc:
+            raise PersistenceError(exc.errno, f"cannot read the disk queue: {exc}") from exc
 
     def outgoing(self, state: SessionState) -> list[OutgoingMessage]:
         """The outgoing messages held, in publish order: memory's, then the disk queue's."""

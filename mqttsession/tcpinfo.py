@@ -76,5 +76,8 @@ def cut_when_stalled(sock: Callable[[], Any], cut: Callable[[], None],
                 return
             seen = now
 
-    threading.Thread(target=watch, name="mqttsession-close-watch", daemon=True).start()
+    try:
+        threading.Thread(target=watch, name="mqttsession-close-watch", daemon=True).start()
+    except RuntimeError:  # no thread to be had: no watch (the close waits as paho's would)
+        pass
     return done
