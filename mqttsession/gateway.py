@@ -271,6 +271,8 @@ class Gateway(_Sessions):
                 return fut.result(1.0 if end is None else min(1.0, max(0.0, end - time.monotonic())))
             except concurrent.futures.CancelledError:
                 raise ConnectError("the gateway closed while connecting") from None
+            except RuntimeError as exc:  # ("can't start new thread": the connect pool's)
+                raise ConnectError(f"cannot connect: {exc}") from exc
             except concurrent.futures.TimeoutError:
                 if end is not None and time.monotonic() >= end:
                     raise

@@ -196,3 +196,15 @@ e.close()
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["outgoing: PersistenceError",
                                           "restore: PersistenceError"], out.stdout + out.stderr
+
+
+def test_a_gateway_session_connect_without_a_thread_is_connect_error(
+        mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connect pool cannot start its thread: ``ConnectError`` (before: a raw
+    RuntimeError); the next connect works."""
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client("pool-no-thread", clean_session=False)
+        with _no_threads(monkeypatch), pytest.raises(ConnectError, match="thread"):
+            c.connect(mosquitto.host, mosquitto.port, 5)
+        c.connect(mosquitto.host, mosquitto.port, 5)
+        assert c.connected
