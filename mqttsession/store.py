@@ -378,8 +378,9 @@ class StateFile:
             state.spool_last = self.spool.last_seq  # (a snapshot names it: ``_recover``)
             if self.spool.newest_first != begun and self.sync and not self.interval:
                 # a segment begun (its header on disk): the journal names it, so a restart
-                # after a crash finds a queue without it (before the next snapshot does)
-                j.append([SpoolMark(self.spool.newest_first)], state, sync=True)
+                # after a kill -9 finds a queue without it (before the next snapshot does);
+                # in the OS at once, no fdatasync of its own (the next one covers it)
+                j.append([SpoolMark(self.spool.newest_first)], state, sync=False)
             return
         if records:
             j.append(records, state, sync=sync, lazy=lazy, held=held)
