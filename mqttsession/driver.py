@@ -84,6 +84,7 @@ class Driver(Durability):
         self._connack_within, self._connack_by = 30.0, 0.0  # a reconnect's CONNACK: by then
         self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)
         self._fresh = False  # the next paho reconnect() is connect()'s own: same server
+        self._ended = False  # close() / disconnect() came while connect() was under way
         self._batch_sync = False  # a read batch deferred a sync to its end
 
     def expiry_interval(self) -> int | None:
@@ -148,11 +149,11 @@ class Driver(Durability):
 
     def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int,
                      thread: bool = False) -> None:
-        """paho's connect: the TCP (and TLS) connection and CONNECT (blocking); ``thread``:
-        paho's network thread started (``ConnectError`` when none can be)."""
+        """paho's connect: TCP (TLS), CONNECT (blocking); ``thread``: paho's thread started."""
         st = self.engine.state
         conn.connect_timeout = self._connack_within or 30.0  # this TCP connect's (a reconnect's:
         try:  # at most paho's 5 s, ``PahoConnection.reconnect``)
+            self._check_ended(host, port)  # (a gateway's: waited for its turn, or a thread)
             if st.protocol_version == 5:
                 self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
                 # a persistent session asks with Clean Start 0 also when the clock says it
@@ -162,15 +163,21 @@ class Driver(Durability):
                                                            self._settings.receive_maximum))
             else:
                 conn.connect(host, port, keep_alive)
+            self._check_ended(host, port)  # (closed during the TCP connect: no thread for it)
             if thread:
                 conn.loop_start()
         except (OSError, ValueError) as exc:
-            self._teardown()
+            self._teardown(conn)
+            self._check_ended(host, port)
             raise ConnectError(f"cannot connect to {format_address(host, port)}:"
                                f" {describe_connect_error(exc)}") from exc
         except BaseException:  # never left half set up ("already connected" for good)
-            self._teardown()
+            self._teardown(conn)  # (this attempt's: a close() may have taken ``self.conn``)
             raise
+
+    def _check_ended(self, host: str, port: int) -> None:  # (no next server: -4)
+        if self._ended:
+            raise ConnectError(f"connect() to {format_address(host, port)} ended by close()", -4)
 
     def _connected(self, where: str, params: ConnectParams) -> None:
         """``ConnectError`` (and the connection torn down) unless CONNACK accepted it."""
@@ -182,9 +189,8 @@ class Driver(Durability):
 
     def _rotation(self, host: str, port: int, params: ConnectParams, timeout: float
                   ) -> ServerRotation:
-        """connect()'s servers: the one it was given, then FailoverServers (TLS and the
-        credentials apply to each); ``timeout``: for a CONNACK, also after a reconnect."""
-        self._connack_within = timeout
+        """connect()'s servers: the one given, then FailoverServers (``timeout`` each)."""
+        self._connack_within, self._ended = timeout, False
         servers = [(host, port)]
         if self._settings.failover_servers:
             servers += parse_addresses(self._settings.failover_servers, tls=params.tls,
@@ -223,14 +229,13 @@ class Driver(Durability):
         conn = self._open(host, port, params, rot)
         self._tcp_connect(conn, host, port, params.keep_alive, thread=True)
         if not self._connack.wait(timeout):
-            self._teardown()
+            self._teardown(conn)
             raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s")
         self._connected(format_address(host, port), params)
 
     async def connect_async(self, host: str, port: int, timeout: float,
                             params: ConnectParams) -> None:
-        """``connect`` for asyncio: the loop runs the connection (``AsyncioPump``); the TCP
-        connect waits in an executor (``connects``: a gateway's pool; else the default)."""
+        """``connect`` for asyncio (``AsyncioPump``); the TCP connect in ``connects``."""
         rot = self._rotation(host, port, params, timeout)
         failures: list[tuple[tuple[str, int], ConnectError]] = []
         for target in rot.attempts():
@@ -267,11 +272,11 @@ class Driver(Durability):
                                        params.keep_alive)
             await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:
-            self._teardown()
+            self._teardown(conn)
             raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s"
                                ) from None
         except BaseException:  # cancelled (``wait_for(connect(), t)``): not left half set up
-            self._teardown()
+            self._teardown(conn)
             raise
         self._connected(format_address(host, port), params)
 
@@ -298,17 +303,17 @@ class Driver(Durability):
         conn.set_auto_reconnect(s.auto_reconnect)
         return conn
 
-    def _teardown(self) -> None:
-        """Stop the network loop and forget the connection (never under the lock)."""
+    def _teardown(self, conn: PahoConnection | None = None) -> None:
+        """Stop the network loop, forget the connection (``conn``: that one); not locked."""
         with self.lock:
-            conn, self.conn = self.conn, None
-            self.engine.closed()
+            if conn is None or conn is self.conn:
+                conn, self.conn = self.conn, None
+                self.engine.closed()
         if conn is not None:
             self._stop(conn, None)
 
     def _stop(self, conn: PahoConnection, props: Any) -> None:
-        """DISCONNECT, end paho's loop, close its sockets (never under the lock: loop_stop
-        joins the network thread, which may be waiting for the lock)."""
+        """DISCONNECT, end paho's loop, close its sockets (not locked: loop_stop joins)."""
         conn.set_auto_reconnect(False)
         try:
             conn.disconnect(properties=props)
@@ -332,6 +337,7 @@ class Driver(Durability):
     def disconnect(self) -> bool:
         """``Client.disconnect()``; False when there was no connection (nothing compacted)."""
         with self.lock:
+            self._ended |= not self._connack.is_set()  # a connect() under way ends
             conn = self.conn
             if conn is None:
                 return False
@@ -445,8 +451,7 @@ class Driver(Durability):
         return later
 
     def _write_joined(self, writes: list[Write]) -> None:
-        """QoS 1/2 PUBLISHes, in order, as one write (one ``send``: each releases the GIL, a
-        hand-over to another thread and back); emptied."""
+        """QoS 1/2 PUBLISHes, in order, as one write (one ``send``); emptied."""
         conn, w = self.conn, writes[0]
         if conn is not None and len(writes) == 1:
             conn.write(w.packet, w.kind, w.packet_id, w.qos)
@@ -503,8 +508,7 @@ class Driver(Durability):
         self._fire("on_error", ErrorEvent(code, description))
 
     def _hook_failure(self, exc: Exception, context: str) -> None:
-        """A hook failed on the network thread (the connection is dropped without the ack
-        that depended on it; paho reconnects): report it, and end a waiting ``connect()``."""
+        """A hook failed on the network thread (dropped without the ack): reported."""
         retry = ", reconnecting" if self._connack.is_set() else ""
         if isinstance(exc, ProtocolViolation):
             code = exc.code
@@ -535,9 +539,8 @@ class Driver(Durability):
         self.finish(rest)
 
     def _hook_connection_reset(self) -> tuple[str, int] | None:
-        """A new network connection is being made: the old one's flows are forgotten, and
-        an automatic reconnect goes to the next server (FailoverServers, or where a followed
-        Server Reference pointed); None: connect()'s own attempt, to the server it chose."""
+        """A new network connection: the old flows forgotten; the server a reconnect goes to
+        (FailoverServers, a Server Reference); None: connect()'s own attempt's."""
         self._tries += 1
         self._guarded(self.engine.reset, "recording a refused subscription failed")
         with self.lock:
@@ -557,9 +560,8 @@ class Driver(Durability):
         return target
 
     def _follow(self, code: int, reference: str | None) -> str | None:
-        """A CONNACK / DISCONNECT with 0x9C Use another server or 0x9D Server moved (MQTT 5
-        4.11): with FollowServerReference on, the next attempt goes to the server its Server
-        Reference names (bounded: ``failover.MAX_REDIRECTS`` in a row); that server, or None."""
+        """0x9C / 0x9D (MQTT 5 4.11) with FollowServerReference: the next attempt goes where
+        the Server Reference says (``failover.MAX_REDIRECTS`` in a row); that server, or None."""
         if code not in REDIRECT_CODES:
             return None
         with self.lock:
@@ -651,10 +653,9 @@ class Driver(Durability):
             and self._settings.session_sync != "none"  # (none: nothing to wait for)
 
     def _hook_batch_end(self) -> asyncio.Future[None] | None:
-        """Before a read batch's held packets are written, the records they depend on made
-        durable (points 2, 3, 4): one fsync for all, outside the session lock, when the batch
-        deferred a sync (a batch of PUBACKs needs none). An asyncio session syncs off its
-        loop: the packets wait for the future returned."""
+        """Before a read batch's held packets are written, their records made durable (points
+        2-4): one fsync, not locked, when the batch deferred one; an asyncio session's off its
+        loop (the packets wait for the future returned)."""
         if self._batch_sync:  # set and cleared on the network thread only
             waits, self._batch_sync = self._hook_batch_waits(), False
             if waits and self.background_sync is not None and self.pump is not None:

@@ -337,6 +337,8 @@ class Gateway(_Sessions):
 
         if threading.current_thread() is self.thread:
             raise UsageError("connect_all() inside an event callback would wait forever")
+        if not self._loop.is_running():
+            raise UsageError("the gateway is closed")
         results = self._wait(asyncio.run_coroutine_threadsafe(every(), self._loop), None)
         failed: dict[str, ConnectError] = {}
         for c, r in zip(todo, results):

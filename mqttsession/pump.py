@@ -97,8 +97,8 @@ class AsyncioPump:
         self._soon(closed)
 
     def _on_want_write(self, _c: Any, _u: Any, sock: Any) -> None:
-        def want() -> None:
-            if not self.stopped:
+        def want() -> None:  # (not a socket closed meanwhile: a DISCONNECT written, closed)
+            if not self.stopped and sock is self._sock and sock.fileno() != -1:
                 self.loop.add_writer(sock, self._write)
                 self._writer = sock
         self._soon(want)

@@ -379,8 +379,14 @@ class StateFile:
             if self.spool.newest_first != begun and self.sync and not self.interval:
                 # a segment begun (its header on disk): the journal names it, so a restart
                 # after a kill -9 finds a queue without it (before the next snapshot does);
-                # in the OS at once, no fdatasync of its own (the next one covers it)
-                j.append([SpoolMark(self.spool.newest_first)], state, sync=False)
+                # in the OS at once, no fdatasync of its own (the next one covers it); the
+                # message is durable in the queue already: a failed mark is told, not raised
+                try:
+                    j.append([SpoolMark(self.spool.newest_first)], state, sync=False)
+                except PersistenceError as exc:
+                    self._errors.append((exc.errno or -1, f"the disk queue's segment mark was"
+                                         f" not written ({exc}); a restart after a crash may"
+                                         " not find the queue's loss"))
             return
         if records:
             j.append(records, state, sync=sync, lazy=lazy, held=held)

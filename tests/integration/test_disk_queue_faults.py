@@ -405,3 +405,40 @@ time.sleep(60)
         assert len(c.outgoing_messages) == 50
     finally:
         c.close()
+
+
+def test_a_failed_segment_mark_neither_fails_the_publish_nor_loses_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal record naming a new segment (``SpoolMark``) fails to be written (a full
+    disk, EIO) after the message went into the segment: the publish returns (its message is
+    durable in the queue) and the failure goes to ``on_error``. Before (a review): the publish
+    raised PersistenceError and was taken back in memory while the segment kept it; the next
+    publish reused its seq and was never delivered, and the restart was StateError."""
+    from mqttsession.records import SpoolMark  # noqa: PLC0415
+
+    c = Client(client_id="mark", clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.config("QueueInMemory=1")
+    errors: list[str] = []
+    c.on_error = lambda e: errors.append(e.description)
+    c.restore_session("")
+    real = journal_mod.Journal.append
+
+    def append(self: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(isinstance(r, SpoolMark) for r in records):
+            raise PersistenceError(errno.EIO, "injected")
+        return real(self, records, *args, **kwargs)
+
+    c.publish_data("t", 1, b"one")  # memory
+    monkeypatch.setattr(journal_mod.Journal, "append", append)
+    c.publish_data("t", 1, b"two")  # the queue's first segment begins: its mark fails
+    monkeypatch.setattr(journal_mod.Journal, "append", real)
+    c.publish_data("t", 1, b"three")
+    assert any("segment mark was not written" in e for e in errors), errors
+    assert [m.message for m in c.outgoing_messages] == [b"one", b"two", b"three"]
+    c.close()
+    d = Client(client_id="mark", clean_session=False)
+    d.config(f"SessionStateFile={tmp_path / 's'}")
+    d.restore_session("")
+    assert [m.message for m in d.outgoing_messages] == [b"one", b"two", b"three"]
+    d.close()

@@ -228,3 +228,62 @@ def test_connect_all_checks_its_arguments(tmp_path: Path) -> None:
         for bad in ({"port": "1883"}, {"port": 0}, {"timeout": -1}, {"host": ""}):
             with pytest.raises(UsageError):
                 gw.connect_all(**{"host": "127.0.0.1", "port": 1883, **bad})
+
+
+def test_close_while_sessions_publish_reports_no_raw_asyncio_error(
+        mosquitto: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Sessions publishing from threads when ``Gateway.close()`` comes: no "Exception in
+    callback ... want" (a writer asked for a socket the DISCONNECT had closed: a raw
+    ValueError from asyncio, a review's finding); ``connect_all()`` after the close is
+    ``UsageError`` (before: a raw RuntimeError, a coroutine never awaited)."""
+    import logging  # noqa: PLC0415
+
+    gw = Gateway(tmp_path / "gw")
+    sessions = [gw.client(f"busy-{i}", clean_session=False) for i in range(4)]
+    for s in sessions:
+        s.config("SessionSync=none")
+    assert gw.connect_all(mosquitto.host, mosquitto.port) == {}
+    stop = threading.Event()
+
+    def publish(s: Any) -> None:
+        while not stop.is_set():
+            try:
+                s.publish_data("gwc/busy", 1, b"x" * 100)
+            except Exception:  # noqa: BLE001 - closed under it: expected
+                return
+
+    workers = [threading.Thread(target=publish, args=(s,), daemon=True) for s in sessions]
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for w in workers:
+            w.start()
+        time.sleep(0.5)
+        gw.close()
+        stop.set()
+        for w in workers:
+            w.join(5)
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+    with pytest.raises(UsageError, match="closed"):
+        gw.connect_all(mosquitto.host, mosquitto.port)
+
+
+def test_close_during_the_tcp_connect_tries_no_next_server(
+        mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """``close()`` while ``connect()`` waits in its TCP connect to a server that drops SYNs,
+    FailoverServers naming a healthy broker: the connect ends ("ended by close()"), no next
+    server is tried, and the state file is free for a new Client. Before (a review): it went
+    on to the next server and connected a closed client, which took the file's lock again."""
+    with _dropping_syns() as dead:
+        c = Client(client_id="closed-mid-tcp", clean_session=False)
+        c.config(f"SessionStateFile={tmp_path / 's'}")
+        c.restore_session("")
+        c.config(f"FailoverServers={mosquitto.host}:{mosquitto.port}")
+        t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=3))
+        time.sleep(0.5)
+        c.close()
+        t.join(10)
+        assert [type(e) for e in raised] == [ConnectError] and "close()" in str(raised[0])
+        assert not c.connected
+        d = Client(client_id="closed-mid-tcp", clean_session=False)
+        d.config(f"SessionStateFile={tmp_path / 's'}")
+        d.restore_session("")  # (before: StateLockedError)
+        d.close()
