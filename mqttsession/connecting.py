@@ -1,0 +1,306 @@
+"""A session's connections: ``connect()`` to each server in turn (paho's network thread, or an
+asyncio loop through ``pump.AsyncioPump``), waiting for CONNACK, and their end (``disconnect()``,
+``close()``), which also ends a ``connect()`` under way. The ``Driver``'s base: the hooks the
+network thread calls and the actions it carries out stay in ``driver.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, Callable, cast
+
+from ._config import ConnectParams
+from ._paho import PahoConnection
+from .durability import Durability, since_boot
+from .errors import ConnectError, UsageError
+from .expiry import effective_interval
+from .failover import ServerRotation, none_accepted
+from .options import format_address, parse_addresses
+from .pacing import Pacer, gateway_tick
+from .properties import connect_properties, disconnect_properties
+from .pump import AsyncioPump, off_loop
+from .refusals import describe_connect_error, refusal_message
+from .tcpinfo import cut_when_stalled
+from .validation import validate_publish_topic, will_payload
+
+if TYPE_CHECKING:
+    from .hooks import Hooks
+
+__all__ = ["Connecting"]
+
+log = logging.getLogger("mqttsession")
+
+_TICK_EVERY = 0.5  # seconds between the engine's timer rounds
+
+
+class Connecting(Durability):
+    """``connect()`` and its end, for the ``Driver`` (its attributes are the Driver's)."""
+
+    _connack: threading.Event  # set by a CONNACK (or a failure) a connect() waits for
+    _connack_result: tuple[int, str]
+    _connack_waiter: Callable[[], None] | None  # an asyncio connect()'s wake-up
+    _connack_within: float  # a CONNACK's timeout (connect()'s, also a reconnect's)
+    _ended: bool  # close() / disconnect() came while connect() was under way
+    _tries: int
+    _lost: bool
+    _fresh: bool
+    connects: Executor | None
+    servers: ServerRotation | None
+    pacer: Pacer | None
+
+    def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any
+                            ) -> None:
+        raise NotImplementedError  # the Driver's
+
+    def expiry_interval(self) -> int | None:
+        """The Session Expiry Interval sent in CONNECT and DISCONNECT (MQTT 5)."""
+        st = self.engine.state
+        return effective_interval(st.protocol_version, st.clean_session, st.session_expiry_interval)
+
+    def _open(self, host: str, port: int, params: ConnectParams,
+              servers: ServerRotation) -> PahoConnection:
+        """A new connection for the session (not connected yet)."""
+        with self.lock:
+            if self.conn is not None:
+                raise UsageError("already connected; call disconnect() first" if self.engine.connected
+                                 else "a reconnect (or a disconnect()) is under way: call"
+                                      " disconnect() first, from outside the client's callbacks")
+            self.servers = servers
+            st = self.engine.state
+            if not st.client_id:
+                if not st.clean_session:
+                    # [MQTT-3.1.3-7] an empty client id requires CleanSession=1 (IPWorks: error)
+                    raise UsageError("client_id must be set when clean_session is False")
+                self.file.append([st.configure(client_id=f"mqttsession-{uuid.uuid4().hex[:16]}")], st)
+            self.file.open(st)
+            if st.protocol_version == 5 and not st.clean_session and self.expiry_interval() == 0:
+                log.warning("client %r asks for a persistent session with SessionExpInterval=0:"
+                            " the broker ends it at every disconnect", st.client_id)
+            conn = self._new_connection(params)
+            self.conn = conn
+            self._fresh = True
+            self.engine.connecting(format_address(host, port))
+            self._tries, self._lost = 0, False
+            self._connack.clear()
+            self._connack_result = (-1, "")
+            return conn
+
+    def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int,
+                     thread: bool = False) -> None:
+        """paho's connect: TCP (TLS), CONNECT (blocking); ``thread``: paho's thread started."""
+        st = self.engine.state
+        conn.connect_timeout = self._connack_within or 30.0  # this TCP connect's (a reconnect's:
+        try:  # at most paho's 5 s, ``PahoConnection.reconnect``)
+            self._check_ended(host, port)  # (a gateway's: waited for its turn, or a thread)
+            if st.protocol_version == 5:
+                self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
+                # a persistent session asks with Clean Start 0 also when the clock says it
+                # expired (a jump); SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
+                conn.connect(host, port, keep_alive, clean_start=st.clean_session,
+                             properties=connect_properties(self.expiry_interval(),
+                                                           self._settings.receive_maximum))
+            else:
+                conn.connect(host, port, keep_alive)
+            self._check_ended(host, port)  # (closed during the TCP connect: no thread for it)
+            if thread:
+                conn.loop_start()
+        except (OSError, ValueError) as exc:
+            self._teardown(conn)
+            self._check_ended(host, port)
+            raise ConnectError(f"cannot connect to {format_address(host, port)}:"
+                               f" {describe_connect_error(exc)}") from exc
+        except BaseException:  # never left half set up ("already connected" for good)
+            self._teardown(conn)  # (this attempt's: a close() may have taken ``self.conn``)
+            raise
+
+    def _check_ended(self, host: str, port: int) -> None:  # (no next server: -4)
+        if self._ended:
+            raise ConnectError(f"connect() to {format_address(host, port)} ended by close()", -4)
+
+    def _connected(self, where: str, params: ConnectParams) -> None:
+        """``ConnectError`` (and the connection torn down) unless CONNACK accepted it."""
+        rc, reason = self._connack_result
+        if rc != 0:
+            self._teardown()
+            raise ConnectError(refusal_message(where, rc, reason, params.tls,
+                                               params.tls and bool(params.tls_cert)), rc)
+
+    def _rotation(self, host: str, port: int, params: ConnectParams, timeout: float
+                  ) -> ServerRotation:
+        """connect()'s servers: the one given, then FailoverServers (``timeout`` each)."""
+        self._connack_within, self._ended = timeout, False
+        servers = [(host, port)]
+        if self._settings.failover_servers:
+            servers += parse_addresses(self._settings.failover_servers, tls=params.tls,
+                                       source="FailoverServers")
+        return ServerRotation(servers, tls=params.tls)
+
+    def _failed_attempt(self, rot: ServerRotation, target: tuple[str, int],
+                        exc: ConnectError) -> None:
+        if exc.status_code == -4:  # the client closed: no next server
+            raise exc
+        if rot.redirect_pending:  # followed: its INFO line says where (not a failure)
+            log.debug("connect: %s (%s); redirected", format_address(*target), exc)
+        elif len(rot.servers) > 1:
+            log.warning("connect: %s (%s); trying the next server", format_address(*target), exc)
+
+    def connect(self, host: str, port: int, timeout: float, params: ConnectParams) -> None:
+        """``Client.connect``: CONNECT to each server in turn until one accepts (``timeout``
+        each), then paho's network thread runs it; a gateway's on its loop (``connect_async``)."""
+        if self.host is not None:
+            self.host.run(self.connect_async(host, port, timeout, params), None)
+            return
+        rot = self._rotation(host, port, params, timeout)
+        failures: list[tuple[tuple[str, int], ConnectError]] = []
+        for target in rot.attempts():
+            try:
+                self._connect_once(target, rot, timeout, params)
+                return
+            except ConnectError as exc:
+                failures.append((target, exc))
+                self._failed_attempt(rot, target, exc)
+        raise none_accepted(failures)
+
+    def _connect_once(self, target: tuple[str, int], rot: ServerRotation, timeout: float,
+                      params: ConnectParams) -> None:
+        host, port = target
+        conn = self._open(host, port, params, rot)
+        self._tcp_connect(conn, host, port, params.keep_alive, thread=True)
+        if not self._connack.wait(timeout):
+            self._teardown(conn)
+            raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s")
+        self._connected(format_address(host, port), params)
+
+    async def connect_async(self, host: str, port: int, timeout: float,
+                            params: ConnectParams) -> None:
+        """``connect`` for asyncio (``AsyncioPump``); the TCP connect in ``connects``."""
+        rot = self._rotation(host, port, params, timeout)
+        failures: list[tuple[tuple[str, int], ConnectError]] = []
+        for target in rot.attempts():
+            try:
+                await self._connect_once_async(target, rot, timeout, params)
+                return
+            except ConnectError as exc:
+                failures.append((target, exc))
+                self._failed_attempt(rot, target, exc)
+        raise none_accepted(failures)
+
+    async def _connect_once_async(self, target: tuple[str, int], rot: ServerRotation,
+                                  timeout: float, params: ConnectParams) -> None:
+        host, port = target
+        loop = asyncio.get_running_loop()
+        conn = self._open(host, port, params, rot)
+        s, pacer = self._settings, self.pacer
+        tick = _TICK_EVERY if pacer is None else gateway_tick(params.keep_alive, _TICK_EVERY)
+        connects = self.executor if self.connects is None else self.connects
+        self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
+                                tick, pacer=pacer, jitter=pacer is not None,
+                                loop_thread=threading.current_thread(), executor=connects)
+        self.file.off_loop = lambda job: off_loop(loop, self.executor, job)  # (a retire)
+        done = asyncio.Event()
+        def waiter() -> None:
+            loop.call_soon_threadsafe(done.set)
+        self._connack_waiter = waiter
+        if self._connack.is_set():
+            done.set()
+        try:
+            if pacer is not None:  # many sessions: connection attempts spread over time
+                await asyncio.sleep(pacer.delay(loop.time()))
+            await loop.run_in_executor(connects, self._tcp_connect, conn, host, port,
+                                       params.keep_alive)
+            await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
+            self._teardown(conn)
+            raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s"
+                               ) from None
+        except BaseException:  # cancelled (``wait_for(connect(), t)``): not left half set up
+            self._teardown(conn)
+            raise
+        self._connected(format_address(host, port), params)
+
+    def _new_connection(self, p: ConnectParams) -> PahoConnection:
+        s, st = self._settings, self.engine.state
+        conn = PahoConnection(cast("Hooks", self), st.client_id, st.protocol_version, st.clean_session,
+                              transport=p.transport)
+        conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]  # (fractions)
+        if p.transport == "websockets":
+            conn.ws_set_options(path=p.ws_path, headers=p.ws_headers)
+        if p.username is not None:
+            conn.username_pw_set(p.username, p.password)
+        if p.tls_context is not None:
+            conn.tls_set_context(p.tls_context)
+        elif p.tls:
+            try:
+                conn.tls_set(ca_certs=p.tls_ca, certfile=p.tls_cert, keyfile=p.tls_key)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise UsageError(f"TLS settings: {exc}") from exc
+        if p.will_topic:
+            conn.will_set(validate_publish_topic(p.will_topic), will_payload(p.will_message),
+                          s.will_qos, s.will_retain)
+        conn.on_disconnect = self._paho_on_disconnect
+        conn.set_auto_reconnect(s.auto_reconnect)
+        return conn
+
+    def _teardown(self, conn: PahoConnection | None = None) -> None:
+        """Stop the network loop, forget the connection (``conn``: that one); not locked."""
+        with self.lock:
+            if conn is None or conn is self.conn:
+                conn, self.conn = self.conn, None
+                self.engine.closed()
+        if conn is not None:
+            self._stop(conn, None)
+
+    def _stop(self, conn: PahoConnection, props: Any) -> None:
+        """DISCONNECT, end paho's loop, close its sockets (not locked: loop_stop joins)."""
+        conn.set_auto_reconnect(False)
+        try:
+            conn.disconnect(properties=props)
+        except Exception:  # pragma: no cover - best effort on a dead socket
+            log.debug("DISCONNECT not sent", exc_info=True)
+        pump, self.pump = self.pump, None
+        if pump is not None:  # asyncio: write the DISCONNECT now, on the loop
+            def stop() -> None:
+                conn.loop_write()
+                pump.stop()
+                conn.release()
+            pump.call(stop)
+        elif not conn.in_network_thread():
+            # a stalled peer (nothing taken for connect()'s timeout): cut, or paho's thread
+            # never ends, the DISCONNECT unsent (the session keeps what was not confirmed)
+            watching = cut_when_stalled(conn.tcp, conn.drop, self._connack_within or 30.0)
+            conn.loop_stop()
+            watching.set()
+            conn.release()
+
+    def disconnect(self) -> bool:
+        """``Client.disconnect()``; False when there was no connection (nothing compacted)."""
+        with self.lock:
+            self._ended |= not self._connack.is_set()  # a connect() under way ends
+            conn = self.conn
+            if conn is None:
+                return False
+            self.run(self.engine.disconnect(time.time(), since_boot()))
+            props = disconnect_properties(self.engine.disconnect_expiry())  # (3.1.1: None)
+        self._stop(conn, props)
+        with self.lock:
+            if self.conn is conn:
+                self.conn = None
+                self.engine.closed()
+            self.file.compact(self.engine.state)
+        if not self._connack.is_set():  # a connect() waiting for its CONNACK ends now
+            self._end_connect(-4, "close() or disconnect() before a CONNACK")
+        return True
+
+    def _end_connect(self, rc: int, reason: str) -> None:
+        """A waiting ``connect()`` returns (rc != 0: it raises; paho must not retry first)."""
+        conn = self.conn
+        if rc != 0 and conn is not None:
+            conn.set_auto_reconnect(False)
+        self._connack_result = (rc, reason)
+        self._connack.set()
+        if self._connack_waiter is not None:
+            self._connack_waiter()
