@@ -44,7 +44,7 @@ class Connecting(Durability):
     _connack_result: tuple[int, str]
     _connack_waiter: Callable[[], None] | None  # an asyncio connect()'s wake-up
     _connack_within: float  # a CONNACK's timeout (connect()'s, also a reconnect's)
-    _ended: bool  # close() / disconnect() came while connect() was under way
+    _gen: int  # one more at each connect() and disconnect(): an attempt of an older one ends
     _tries: int
     _lost: bool
     _fresh: bool
@@ -90,12 +90,12 @@ class Connecting(Durability):
             return conn
 
     def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int,
-                     thread: bool = False) -> None:
+                     gen: int, thread: bool = False) -> None:
         """paho's connect: TCP (TLS), CONNECT (blocking); ``thread``: paho's thread started."""
         st = self.engine.state
         conn.connect_timeout = self._connack_within or 30.0  # this TCP connect's (a reconnect's:
         try:  # at most paho's 5 s, ``PahoConnection.reconnect``)
-            self._check_ended(host, port)  # (a gateway's: waited for its turn, or a thread)
+            self._check_ended(gen, conn, host, port)  # (a gateway's: waited for its turn)
             if st.protocol_version == 5:
                 self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
                 # a persistent session asks with Clean Start 0 also when the clock says it
@@ -105,20 +105,22 @@ class Connecting(Durability):
                                                            self._settings.receive_maximum))
             else:
                 conn.connect(host, port, keep_alive)
-            self._check_ended(host, port)  # (closed during the TCP connect: no thread for it)
+            self._check_ended(gen, conn, host, port)  # (ended in the TCP connect: no thread)
             if thread:
                 conn.loop_start()
         except (OSError, ValueError) as exc:
             self._teardown(conn)
-            self._check_ended(host, port)
+            self._check_ended(gen, None, host, port)  # (torn down: ``conn`` is not the session's)
             raise ConnectError(f"cannot connect to {format_address(host, port)}:"
                                f" {describe_connect_error(exc)}") from exc
         except BaseException:  # never left half set up ("already connected" for good)
             self._teardown(conn)  # (this attempt's: a close() may have taken ``self.conn``)
             raise
 
-    def _check_ended(self, host: str, port: int) -> None:  # (no next server: -4)
-        if self._ended:
+    def _check_ended(self, gen: int, conn: PahoConnection | None, host: str, port: int) -> None:
+        """-4 (no next server) once a disconnect() or another connect() came, or the
+        attempt's connection is no longer the session's."""
+        if gen != self._gen or (conn is not None and conn is not self.conn):
             raise ConnectError(f"connect() to {format_address(host, port)} ended by close()", -4)
 
     def _connected(self, where: str, params: ConnectParams) -> None:
@@ -132,7 +134,7 @@ class Connecting(Durability):
     def _rotation(self, host: str, port: int, params: ConnectParams, timeout: float
                   ) -> ServerRotation:
         """connect()'s servers: the one given, then FailoverServers (``timeout`` each)."""
-        self._connack_within, self._ended = timeout, False
+        self._connack_within, self._gen = timeout, self._gen + 1
         servers = [(host, port)]
         if self._settings.failover_servers:
             servers += parse_addresses(self._settings.failover_servers, tls=params.tls,
@@ -140,9 +142,10 @@ class Connecting(Durability):
         return ServerRotation(servers, tls=params.tls)
 
     def _failed_attempt(self, rot: ServerRotation, target: tuple[str, int],
-                        exc: ConnectError) -> None:
+                        exc: ConnectError, gen: int) -> None:
         if exc.status_code == -4:  # the client closed: no next server
             raise exc
+        self._check_ended(gen, None, *target)
         if rot.redirect_pending:  # followed: its INFO line says where (not a failure)
             log.debug("connect: %s (%s); redirected", format_address(*target), exc)
         elif len(rot.servers) > 1:
@@ -155,42 +158,52 @@ class Connecting(Durability):
             self.host.run(self.connect_async(host, port, timeout, params), None)
             return
         rot = self._rotation(host, port, params, timeout)
-        failures: list[tuple[tuple[str, int], ConnectError]] = []
+        gen, failures = self._gen, []
         for target in rot.attempts():
             try:
-                self._connect_once(target, rot, timeout, params)
+                self._connect_once(target, rot, timeout, params, gen)
                 return
             except ConnectError as exc:
                 failures.append((target, exc))
-                self._failed_attempt(rot, target, exc)
+                self._failed_attempt(rot, target, exc, gen)
         raise none_accepted(failures)
 
     def _connect_once(self, target: tuple[str, int], rot: ServerRotation, timeout: float,
-                      params: ConnectParams) -> None:
+                      params: ConnectParams, gen: int) -> None:
         host, port = target
         conn = self._open(host, port, params, rot)
-        self._tcp_connect(conn, host, port, params.keep_alive, thread=True)
-        if not self._connack.wait(timeout):
+        self._tcp_connect(conn, host, port, params.keep_alive, gen, thread=True)
+        self._answered(self._connack.wait(timeout), gen, conn, target, timeout, params)
+
+    def _answered(self, got: bool, gen: int, conn: PahoConnection, target: tuple[str, int],
+                  timeout: float, params: ConnectParams) -> None:
+        """The CONNACK wait's end: this attempt's (``ConnectError`` unless accepted)."""
+        try:
+            self._check_ended(gen, None, *target)  # (a CONNACK seen may be another's)
+        except ConnectError:
             self._teardown(conn)
-            raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s")
-        self._connected(format_address(host, port), params)
+            raise
+        if not got:
+            self._teardown(conn)
+            raise ConnectError(f"no CONNACK from {format_address(*target)} within {timeout} s")
+        self._connected(format_address(*target), params)
 
     async def connect_async(self, host: str, port: int, timeout: float,
                             params: ConnectParams) -> None:
         """``connect`` for asyncio (``AsyncioPump``); the TCP connect in ``connects``."""
         rot = self._rotation(host, port, params, timeout)
-        failures: list[tuple[tuple[str, int], ConnectError]] = []
+        gen, failures = self._gen, []
         for target in rot.attempts():
             try:
-                await self._connect_once_async(target, rot, timeout, params)
+                await self._connect_once_async(target, rot, timeout, params, gen)
                 return
             except ConnectError as exc:
                 failures.append((target, exc))
-                self._failed_attempt(rot, target, exc)
+                self._failed_attempt(rot, target, exc, gen)
         raise none_accepted(failures)
 
     async def _connect_once_async(self, target: tuple[str, int], rot: ServerRotation,
-                                  timeout: float, params: ConnectParams) -> None:
+                                  timeout: float, params: ConnectParams, gen: int) -> None:
         host, port = target
         loop = asyncio.get_running_loop()
         conn = self._open(host, port, params, rot)
@@ -211,16 +224,14 @@ class Connecting(Durability):
             if pacer is not None:  # many sessions: connection attempts spread over time
                 await asyncio.sleep(pacer.delay(loop.time()))
             await loop.run_in_executor(connects, self._tcp_connect, conn, host, port,
-                                       params.keep_alive)
-            await asyncio.wait_for(done.wait(), timeout)
+                                       params.keep_alive, gen)
+            got: bool = await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:
-            self._teardown(conn)
-            raise ConnectError(f"no CONNACK from {format_address(host, port)} within {timeout} s"
-                               ) from None
+            got = False
         except BaseException:  # cancelled (``wait_for(connect(), t)``): not left half set up
             self._teardown(conn)
             raise
-        self._connected(format_address(host, port), params)
+        self._answered(got, gen, conn, target, timeout, params)
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:
         s, st = self._settings, self.engine.state
@@ -261,13 +272,16 @@ class Connecting(Durability):
             conn.disconnect(properties=props)
         except Exception:  # pragma: no cover - best effort on a dead socket
             log.debug("DISCONNECT not sent", exc_info=True)
-        pump, self.pump = self.pump, None
+        pump = self.pump if self.pump is not None and self.pump.conn is conn else None
         if pump is not None:  # asyncio: write the DISCONNECT now, on the loop
+            self.pump = None
             def stop() -> None:
                 conn.loop_write()
                 pump.stop()
                 conn.release()
             pump.call(stop)
+        elif conn.loop_thread is not None:  # an asyncio attempt whose pump went before
+            conn.release()
         elif not conn.in_network_thread():
             # a stalled peer (nothing taken for connect()'s timeout): cut, or paho's thread
             # never ends, the DISCONNECT unsent (the session keeps what was not confirmed)
@@ -279,8 +293,9 @@ class Connecting(Durability):
     def disconnect(self) -> bool:
         """``Client.disconnect()``; False when there was no connection (nothing compacted)."""
         with self.lock:
-            self._ended |= not self._connack.is_set()  # a connect() under way ends
             conn = self.conn
+            if conn is None or not conn.in_network_thread():  # (in on_connected: connect()
+                self._gen += 1  # returns as before) a connect() under way ends
             if conn is None:
                 return False
             self.run(self.engine.disconnect(time.time(), since_boot()))

@@ -78,7 +78,7 @@ class Driver(Connecting):
         self._connack_within, self._connack_by = 30.0, 0.0  # a reconnect's CONNACK: by then
         self.servers: ServerRotation | None = None  # of the last connect() (FailoverServers)
         self._fresh = False  # the next paho reconnect() is connect()'s own: same server
-        self._ended = False  # close() / disconnect() came while connect() was under way
+        self._gen = 0  # one more at each connect() and disconnect() (``Connecting``)
         self._batch_sync = False  # a read batch deferred a sync to its end
 
     def require_disconnected(self, what: str) -> None:

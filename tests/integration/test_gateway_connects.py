@@ -287,3 +287,30 @@ def test_close_during_the_tcp_connect_tries_no_next_server(
         d.config(f"SessionStateFile={tmp_path / 's'}")
         d.restore_session("")  # (before: StateLockedError)
         d.close()
+
+
+@pytest.mark.parametrize("kind", ["client", "gateway"])
+def test_disconnect_then_connect_from_another_thread_leaves_the_new_connection_alone(
+        mosquitto: MosquittoBroker, tmp_path: Path, kind: str) -> None:
+    """Thread A's ``connect()`` waits in its TCP connect to a server that drops SYNs; thread
+    B calls ``disconnect()`` (ending A's) then ``connect()`` to a healthy broker. A raises
+    "ended by close()"; B's connection works (a QoS 1 message is acknowledged). Before (a
+    review): A's failure tore down B's pump (a gateway session said connected, nothing moved)
+    or A connected too, with a second paho thread."""
+    with _dropping_syns() as dead, Gateway(tmp_path / "gw") as gw:
+        c = Client(client_id="raced") if kind == "client" else gw.client("raced",
+                                                                         clean_session=False)
+        try:
+            t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=3))
+            time.sleep(0.5)
+            c.disconnect()
+            c.connect(mosquitto.host, mosquitto.port, timeout=5)
+            t.join(15)
+            assert [type(e) for e in raised] == [ConnectError] and "close()" in str(raised[0])
+            time.sleep(0.3)
+            c.publish_message("gwc/raced", 1, "after")
+            assert c.flush(8), "the new connection was torn down by the old attempt's end"
+            assert [th.name for th in threading.enumerate()
+                    if th.name.startswith("paho")] in ([], ["paho-mqtt-client-raced"])
+        finally:
+            c.close()
