@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
 from urllib.parse import quote
@@ -130,6 +131,52 @@ class _SyncThread:
         self.executor.shutdown(wait=True)
 
 
+class _DaemonPool(concurrent.futures.Executor):
+    """Up to ``size`` daemon threads, started as jobs wait at once: a TCP connect to a dead
+    server (``CONNECT_THREADS``) never holds the interpreter's exit after ``close()``, as a
+    ``ThreadPoolExecutor``'s threads (joined at exit) would, for the connect's whole timeout."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size, self._name = size, name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads, self._idle, self._shut = 0, 0, False
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+               ) -> concurrent.futures.Future[_T]:
+        fut: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def job() -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to the future
+                    fut.set_exception(exc)
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._idle == 0 and self._threads < self._size:
+                threading.Thread(target=self._work, daemon=True,  # (raises: no thread to be
+                                 name=f"{self._name}_{self._threads}").start()  # had: not queued)
+                self._threads += 1
+            else:
+                self._idle -= 1
+            self._jobs.put(job)
+        return fut
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shut = True
+            for _ in range(self._threads):
+                self._jobs.put(None)
+
+
 class _Sessions:
     """What both gateway forms share: the state directory, the pacer, the sessions' count."""
 
@@ -143,8 +190,7 @@ class _Sessions:
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
         self.pacer = Pacer(connect_rate)
         #: Where they wait: a server that never answers holds one thread, not every session.
-        self._connects = ThreadPoolExecutor(max_workers=CONNECT_THREADS,
-                                            thread_name_prefix="mqttsession-gateway-connect")
+        self._connects = _DaemonPool(CONNECT_THREADS, "mqttsession-gateway-connect")
         self._ids: set[str] = set()
         self._closed = False
         self._born = forks()  # (in a fork()'s child: the parent's; ``_foreign``)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -314,3 +315,45 @@ def test_disconnect_then_connect_from_another_thread_leaves_the_new_connection_a
                     if th.name.startswith("paho")] in ([], ["paho-mqtt-client-raced"])
         finally:
             c.close()
+
+
+def test_the_process_exits_at_once_after_close_with_a_connect_in_the_pool(tmp_path: Path) -> None:
+    """A session's ``connect(timeout=20)`` to a server that drops SYNs, then
+    ``Gateway.close()`` and the end of the program: the process exits at once. Before (a
+    review): the pool's thread, still in the TCP connect, was joined at the interpreter's exit
+    (a ThreadPoolExecutor's), for the connect's whole timeout."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import mqttsession  # noqa: PLC0415
+
+    child = f"""
+import socket, threading, time
+from mqttsession.gateway import Gateway
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(0)
+fillers = []
+for _ in range(3):
+    s = socket.socket(); s.setblocking(False); s.connect_ex(listener.getsockname()); fillers.append(s)
+time.sleep(0.1)
+gw = Gateway({str(tmp_path / "gw")!r})
+c = gw.client("exiting", clean_session=False)
+def connect():
+    try:
+        c.connect("127.0.0.1", listener.getsockname()[1], timeout=20)
+    except Exception:
+        pass
+t = threading.Thread(target=connect, daemon=True)
+t.start()
+time.sleep(0.5)
+gw.close()
+t.join(5)
+print("MAIN-END", flush=True)
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(mqttsession.__file__).parent.parent))
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", child], env=env, timeout=60,
+                         capture_output=True, text=True)
+    assert "MAIN-END" in out.stdout, out.stderr
+    assert time.monotonic() - started < 12, "the exit waited for a connect thread"
