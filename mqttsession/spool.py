@@ -447,8 +447,8 @@ class Spool:
         fd = self._wfd
         assert fd is not None
         try:
-            if time.monotonic() >= self._look_at:  # deleted in use (``rm -rf``)? once a second
-                self._look_at = time.monotonic() + 1.0  # (a system call hands the GIL over)
+            if (now := time.monotonic()) >= self._look_at:  # deleted in use (``rm -rf``)? once
+                self._look_at = now + 1.0  # a second (a system call hands the GIL over)
                 if unlinked(fd):
                     raise OSError(errno.ENOENT, "its open segment was deleted while in use")
             if self._suspect and self._tail:
