@@ -25,7 +25,7 @@ from paho.mqtt.enums import _ConnectionState  # noqa: SLF001
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from . import _wire
+from . import _wire, dialing
 from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
 from .hooks import Hooks
@@ -113,6 +113,7 @@ class PahoConnection(mqtt.Client):
         self._new_sock: Any = None  # the socket being set up by _create_socket
         self._was_connected = False  # a CONNACK arrived on some connection: reconnects follow
         self._ping_wait = PingWait()  # a PINGRESP late behind an upload the broker is taking
+        self.ended, self._life_lock = False, threading.Lock()  # disconnect(), loop_stop() ran
         self.enable_logger(PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
@@ -309,8 +310,7 @@ class PahoConnection(mqtt.Client):
             super()._sock_close()  # noqa: SLF001
 
     def _packet_write(self) -> MQTTErrorCode:  # noqa: SLF001
-        """paho's writer, the packets at the queue's head joined into one ``send`` (each
-        hands the GIL over); a QoS 0 PUBLISH and DISCONNECT alone, as paho writes them."""
+        # the packets at the queue's head joined into one send (QoS 0 PUBLISH, DISCONNECT: alone)
         with self._send_lock:
             return self._write_queued()
 
@@ -333,57 +333,60 @@ class PahoConnection(mqtt.Client):
         return super()._packet_write()  # noqa: SLF001
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
-        # paho leaves the TCP socket to the garbage collector when the TLS handshake fails
-        try:
-            self._new_sock = super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001
-        except BaseException:
-            tcp_sock.close()
-            raise
-        return self._new_sock
+        self._new_sock = super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001  (failing: the
+        return self._new_sock  # TCP socket stays _new_sock, which _create_socket closes)
 
     def _create_socket_connection(self) -> Any:  # noqa: SLF001
-        self._new_sock = super()._create_socket_connection()  # noqa: SLF001
-        return self._new_sock
+        # the socket known before its TCP connect: abort_setup ends that connect at once
+        if self._get_proxy():  # noqa: SLF001
+            self._new_sock = super()._create_socket_connection()  # noqa: SLF001
+            return self._new_sock
+        return dialing.connect_tcp(self._host, self._port, self._connect_timeout,  # noqa: SLF001
+                                   (self._bind_address, self._bind_port), self._track)  # noqa: SLF001
+
+    def _track(self, sock: Any) -> None:
+        self._new_sock = sock
+        if self.ended:  # (disconnect() came before: its abort_setup missed this socket)
+            raise ConnectionAbortedError(errno.ECONNABORTED, "the connect was ended")
 
     def _create_socket(self) -> Any:  # noqa: SLF001
-        # ... and the socket when the WebSocket upgrade fails; a TLS or WebSocket handshake
-        # (paho's timeout bounds each recv) is cut at the connect timeout
-        self._new_sock, cut, t = None, threading.Event(), self._connect_timeout  # noqa: SLF001
-        limit = threading.Timer(t, self.abort_setup, (cut,))
-        limit.daemon = True
+        # closed when a handshake fails (paho: not); a handshake cut at the connect timeout
+        self._new_sock = None
+        what = "WebSocket" if self._transport == "websockets" else "TLS" if self._ssl else None  # noqa: SLF001
         try:
-            if self._ssl or self._transport == "websockets":  # noqa: SLF001
-                with contextlib.suppress(RuntimeError):  # (no thread to be had: no deadline)
-                    limit.start()
-            return super()._create_socket()  # noqa: SLF001
-        except BaseException as exc:
+            with dialing.handshake_deadline(self._connect_timeout, self.abort_setup, what):  # noqa: SLF001
+                return super()._create_socket()  # noqa: SLF001
+        except BaseException:
             if self._new_sock is not None:
                 self._new_sock.close()
-            if cut.is_set():
-                raise TimeoutError(f"the {'WebSocket' if self._transport == 'websockets' else 'TLS'}"  # noqa: SLF001
-                                   f" handshake not done within {t:g} s") from exc
             raise
         finally:
-            limit.cancel()
             self._new_sock = None
 
-    def abort_setup(self, cut: threading.Event | None = None) -> None:
-        """End a connection attempt still in its handshakes (from any thread)."""
-        if cut is not None:
-            cut.set()
+    def abort_setup(self) -> None:
+        """End a connection attempt still in its TCP connect or handshakes (any thread)."""
         with contextlib.suppress(AttributeError, OSError):
             self._new_sock.shutdown(socket.SHUT_RDWR)
 
     def disconnect(self, *args: Any, **kwargs: Any) -> MQTTErrorCode:
+        self.ended = True  # (for good: a connection is not connected again once ended)
         self.abort_setup()  # (an attempt in progress: not waited for)
         return super().disconnect(*args, **kwargs)
 
     def loop_start(self) -> MQTTErrorCode:
-        try:
-            return super().loop_start()
-        except RuntimeError as exc:  # no thread to be had: not left "started" (a join fails)
-            self._thread = None  # noqa: SLF001
-            raise OSError(errno.EAGAIN, f"cannot start the network thread: {exc}") from exc
+        with self._life_lock:  # (a loop_stop in another thread: before or after, not between)
+            if self.ended:
+                raise ConnectionAbortedError(errno.ECONNABORTED, "disconnected before its start")
+            try:
+                return super().loop_start()
+            except RuntimeError as exc:  # no thread to be had: not left "started"
+                self._thread = None  # noqa: SLF001
+                raise OSError(errno.EAGAIN, f"cannot start the network thread: {exc}") from exc
+
+    def loop_stop(self) -> MQTTErrorCode:
+        with self._life_lock:
+            self.ended = True
+        return super().loop_stop()
 
     def release(self) -> None:
         """Close every socket paho still holds (it leaves its wake-up pair to ``__del__``)."""
@@ -573,18 +576,14 @@ class PahoConnection(mqtt.Client):
         buf = self._rbuf
         pos, end, n, rc = 0, len(buf), 0, _OK
         try:
-            while end - pos >= 2:
-                first, length, i = buf[pos], buf[pos + 1], pos + 2
-                if length & 0x80:  # a Remaining Length of more than one byte [MQTT-1.5.5]
-                    try:
-                        got = _wire.decode_varint(buf, pos + 1)
-                    except MalformedPacket as exc:  # over four bytes, or not the shortest
-                        return self._violation(0x81, f"a Remaining Length: {exc}"), n
-                    if got is None:
-                        return rc, n  # the length itself is not all here yet
-                    length, i = got
-                if end - i < length:
-                    return rc, n  # the rest of this packet is still on its way
+            while True:
+                try:
+                    frame = _wire.split(buf, pos)
+                except MalformedPacket as exc:  # [MQTT-1.5.5-1]
+                    return self._violation(0x81, f"a Remaining Length: {exc}"), n
+                if frame is None:
+                    return rc, n  # the rest is still on its way
+                first, i, length = buf[pos], pos + frame[0], frame[1] - frame[0]
                 # the usual ack, no general decode; the flow acks after it go with it (one
                 # hold of the session lock); a PUBREL (it may deliver, pause reading) alone
                 run = _wire.ack_run(buf, first, i, end) if length == 2 and self._connack_seen \
@@ -608,7 +607,6 @@ class PahoConnection(mqtt.Client):
                         return rc, n
                 if self._sock is not sock or self.reading_paused:  # noqa: SLF001
                     return rc, n
-            return rc, n
         finally:
             if self._sock is not sock:  # noqa: SLF001
                 self._rbuf = bytearray()

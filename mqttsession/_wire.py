@@ -259,17 +259,16 @@ def ack_run(buf: bytes | bytearray, first: int, pos: int, end: int
     return acks, pos
 
 
-def split(buf: bytes | bytearray) -> tuple[int, int] | None:
-    """``(header length, total length)`` of the first whole packet in ``buf``; None if incomplete.
+def split(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int] | None:
+    """``(header length, total length)`` of the whole packet at ``buf[pos]``; None if incomplete.
 
     MalformedPacket if the Remaining Length cannot be one (the stream cannot be framed).
     """
-    found = decode_varint(buf, 1)
+    found = decode_varint(buf, pos + 1)
     if found is None:
         return None
-    remaining, header = found
-    total = header + remaining
-    return (header, total) if len(buf) >= total else None
+    remaining, end = found
+    return (end - pos, end - pos + remaining) if len(buf) >= end + remaining else None
 
 
 def encode_packet(first: int, body: bytes) -> bytes:

@@ -109,8 +109,9 @@ class Connecting(Durability):
             if thread:
                 conn.loop_start()
         except (OSError, ValueError) as exc:
+            ended = conn.ended  # (a close() on the loop ended it: ``gen`` is the same)
             self._teardown(conn)
-            self._check_ended(gen, None, host, port)  # (torn down: ``conn`` is not the session's)
+            self._check_ended(gen - 1 if ended else gen, None, host, port)  # (conn: torn down)
             raise ConnectError(f"cannot connect to {format_address(host, port)}:"
                                f" {describe_connect_error(exc)}") from exc
         except BaseException:  # never left half set up ("already connected" for good)

@@ -357,3 +357,59 @@ print("MAIN-END", flush=True)
                          capture_output=True, text=True)
     assert "MAIN-END" in out.stdout, out.stderr
     assert time.monotonic() - started < 12, "the exit waited for a connect thread"
+
+
+@pytest.mark.parametrize("kind", ["client", "gateway", "async"])
+def test_close_ends_a_tcp_connect_to_a_dead_server_at_once(tmp_path: Path, kind: str) -> None:
+    """``close()`` while ``connect(timeout=20)`` waits in its TCP connect to a server that
+    drops SYNs: the connect raises "ended by close()" at once and no thread stays in it.
+    Before: the connect (and a gateway's pool thread) waited out the whole 20 s."""
+    with _dropping_syns() as dead, Gateway(tmp_path / "gw") as gw:
+        if kind == "async":
+            async def main() -> None:
+                s = AsyncSession(Options(address=f"127.0.0.1:{dead}",
+                                         request_timeout_seconds=20), client_id="adead")
+                start = asyncio.ensure_future(s.start())
+                await asyncio.sleep(0.5)
+                await s.close()
+                with pytest.raises(ConnectError, match="ended by close"):
+                    await asyncio.wait_for(start, 5)
+            asyncio.run(main())
+            return
+        c = Client(client_id="dead") if kind == "client" else gw.client("dead",
+                                                                        clean_session=False)
+        t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=20))
+        time.sleep(0.5)
+        c.close()
+        t.join(5)
+        assert not t.is_alive(), "connect() still in its TCP connect after close()"
+        assert [type(e) for e in raised] == [ConnectError] and "close()" in str(raised[0])
+        gw.close()  # (its pool's threads end, none still in a connect)
+        wait_until(lambda: not [th for th in threading.enumerate()
+                                if th.name.startswith("mqttsession-gateway-connect")], 5)
+
+
+def test_close_while_connect_starts_the_network_thread(
+        mosquitto: MosquittoBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``close()`` between paho's network thread made and started (the start slowed here):
+    close() waits for the start, then ends the thread; connect() raises ``ConnectError``.
+    Before (a review, about 1 race in 110): close() raised a raw RuntimeError("cannot join
+    thread before it is started") and left the connect waiting."""
+    real_start, starting = threading.Thread.start, threading.Event()
+
+    def slow_start(self: threading.Thread) -> None:
+        if self.name.startswith("paho-mqtt-client-slow"):
+            starting.set()
+            time.sleep(0.5)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    c = Client(client_id="slow-start")
+    t, raised = _connect_in_thread(lambda: c.connect(mosquitto.host, mosquitto.port, timeout=10))
+    assert starting.wait(5)
+    c.close()  # (before: RuntimeError)
+    t.join(5)
+    assert not t.is_alive() and not c.connected
+    assert [type(e) for e in raised] in ([ConnectError], []), raised
+    wait_until(lambda: not [th for th in threading.enumerate()
+                            if th.name.startswith("paho-mqtt-client-slow")], 5)

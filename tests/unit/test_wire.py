@@ -278,6 +278,18 @@ def test_every_truncation_is_incomplete(packet: tuple[bytes, int], more: bytes) 
     assert w.decode(data[0], data[header:total], protocol).type == data[0] >> 4
 
 
+@FAST
+@given(valid_packets(), st.binary(max_size=8), st.binary(max_size=8))
+def test_split_at_an_offset_frames_the_packet_there(packet: tuple[bytes, int], before: bytes,
+                                                    more: bytes) -> None:
+    """The network thread frames packets in place in its read buffer (``split(buf, pos)``)."""
+    data, _ = packet
+    at = len(before)
+    assert w.split(before + data + more, at) == w.split(data)
+    for i in range(len(data)):
+        assert w.split(before + data[:i], at) is None
+
+
 def test_split_large_remaining_length() -> None:
     data = w.encode_publish("t", bytes(200_000))  # Remaining Length 200 003: three bytes
     assert w.split(data) == (4, 200_007)

@@ -1,0 +1,61 @@
+"""A connection's set-up that another thread can end at once: the TCP connect (its socket
+known before it connects) and the TLS / WebSocket handshakes (a deadline)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Any, Callable, Iterator
+
+__all__ = ["connect_tcp", "handshake_deadline"]
+
+
+def connect_tcp(host: str, port: int, timeout: float | None, source: tuple[str, int],
+                track: Callable[[socket.socket], None]) -> socket.socket:
+    """``socket.create_connection``, each socket given to ``track`` before its connect: a
+    ``shutdown`` of it from another thread ends a connect in progress (Linux: SYN_SENT)."""
+    err: OSError = OSError(f"no address for {host}")
+    for af, kind, proto, _name, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(af, kind, proto)
+        try:
+            track(sock)  # (it raises once the attempt was ended)
+            sock.settimeout(timeout)
+            sock.bind(source)
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            err = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise err
+
+
+@contextlib.contextmanager
+def handshake_deadline(timeout: float, end: Callable[[], Any], what: str | None
+                       ) -> Iterator[None]:
+    """``end()`` (from a timer thread) once ``what`` (a handshake; None: no deadline) is
+    still under way after ``timeout`` s; the failure it causes becomes a ``TimeoutError``."""
+    if what is None:
+        yield
+        return
+    cut = threading.Event()
+
+    def expire() -> None:
+        cut.set()
+        end()
+
+    limit = threading.Timer(timeout, expire)
+    limit.daemon = True
+    with contextlib.suppress(RuntimeError):  # (no thread to be had: no deadline)
+        limit.start()
+    try:
+        yield
+    except BaseException as exc:
+        if cut.is_set():
+            raise TimeoutError(f"the {what} handshake not done within {timeout:g} s") from exc
+        raise
+    finally:
+        limit.cancel()
