@@ -364,12 +364,14 @@ class Client:
     @property
     def incoming_messages(self) -> tuple[Message, ...]:
         """Received QoS>0 messages not yet fully acknowledged."""
+        live(self, "incoming_messages")  # (before a lock: a fork()'s child may never get it)
         return self._driver.incoming_messages()
 
     @property
     def outgoing_messages(self) -> tuple[Message, ...]:
         """QoS>0 messages accepted by publish_* and not fully acknowledged, in publish order
         (the disk queue's read from it, packet id 0: ``queue_stats()`` counts without reading)."""
+        live(self, "outgoing_messages")
         with self._lock:
             return tuple(map(Message.outgoing, self._file.outgoing(self._engine.state)))
 
@@ -456,6 +458,7 @@ class Client:
         ``QueueFullError`` when MaxQueuedMessages / MaxQueuedBytes leave no room;
         ``UsageError`` after ``close()``.
         """
+        live(self, "publish")
         d = self._driver
         if not qos:  # nothing to make durable: no turn to take
             return self._publish_begin(topic, qos, data, retain, properties, group=False)[0]
@@ -542,6 +545,7 @@ class Client:
     def queue_stats(self) -> QueueStats:
         """The outgoing QoS 1/2 messages held: how many, their bytes, the oldest's age, and
         how many were dropped or expired since the client was made or restored."""
+        live(self, "queue_stats")
         with self._lock:
             return self._engine.queue_stats(time.time(), since_boot())
 
@@ -559,6 +563,7 @@ class Client:
         """Subscribe to one filter or a TopicDelimiter-separated list; works while disconnected."""
         validate_qos(qos)
         filters = _filters(topic_filter, self._settings.topic_delimiter)
+        live(self, "subscribe")
         with self._lock:
             self._require_open("subscribe")
             self._file.open(self._engine.state)
@@ -587,6 +592,7 @@ class Client:
     def save_session(self) -> str:
         """The whole session state as text; also written atomically to SessionStateFile.
         ``UsageError`` after ``close()``: the file is no longer this client's to write."""
+        live(self, "save_session")
         with self._lock:
             self._require_open("save_session")
             text = self._driver.save()
@@ -601,6 +607,7 @@ class Client:
         is an empty session). Bad input raises ``StateError`` and changes nothing. Called from
         ``on_connected`` it resumes the session on that connection.
         """
+        live(self, "restore_session")
         with self._lock:
             self._require_open("restore_session")
             self._engine.check_restorable()

@@ -174,7 +174,12 @@ class Connecting(Durability):
         host, port = target
         conn = self._open(host, port, params, rot)
         self._tcp_connect(conn, host, port, params.keep_alive, gen, thread=True)
-        self._answered(self._connack.wait(timeout), gen, conn, target, timeout, params)
+        try:
+            got = self._connack.wait(timeout)
+        except BaseException:  # Ctrl-C: not left connecting (and connected) in the background
+            self._teardown(conn)
+            raise
+        self._answered(got, gen, conn, target, timeout, params)
 
     def _answered(self, got: bool, gen: int, conn: PahoConnection, target: tuple[str, int],
                   timeout: float, params: ConnectParams) -> None:

@@ -50,7 +50,7 @@ from . import codec
 from .errors import PersistenceError, StateError
 from .groupcommit import GroupCommit
 from .mapped import MappedTail
-from .statelock import (_MODE, _own_file, _remove_stale_temps, acquire_lock, forks,
+from .statelock import (_MODE, _own_file, _remove_stale_temps, acquire_lock, forks, release_lock,
                         require_directory, unlinked)
 from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, _NOFOLLOW, JOURNAL_SUFFIX, _fsync_dir,
                        frame, load, move_aside, read_frames, read_state)
@@ -242,7 +242,7 @@ class Journal(GroupCommit):
             with contextlib.suppress(OSError):
                 os.unlink(self.path + LOCK_SUFFIX)
             fd, self._lock_fd = self._lock_fd, None  # (forgotten first: an interrupt between
-            os.close(fd)  # leaves no number that may be another file's by then)
+            release_lock(fd)  # leaves no number that may be another file's by then)
 
     def _close_fd(self) -> None:
         self._map.drop()

@@ -95,5 +95,5 @@ class MappedTail:
     def drop(self) -> None:
         """Unmap (before the file is cut or closed: a mapping past its end would fault)."""
         if self._map is not None:
-            self._map.close()
-            self._map = None
+            m, self._map = self._map, None  # (forgotten first: a Ctrl-C leaves no closed map)
+            m.close()

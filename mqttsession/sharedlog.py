@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Final
 from .errors import PersistenceError, StateError, StateLockedError
 from .groupcommit import GroupCommit
 from .journal import _write_all, write_atomic
-from .statelock import (_own_file, _remove_stale_temps, acquire_lock, forks, require_directory,
-                        unlinked)
+from .statelock import (_own_file, _remove_stale_temps, acquire_lock, forks, release_lock,
+                        require_directory, unlinked)
 from .recovery import (
     _NOFOLLOW,
     keep_cut_copy,
@@ -633,4 +633,4 @@ class SharedLog(GroupCommit):
             except OSError:
                 pass
             fd, self._lock_fd = self._lock_fd, None
-            os.close(fd)
+            release_lock(fd)

@@ -94,8 +94,7 @@ class Spool:
         self._segs: list[_Segment] = []
         self._ri = 0  # index in _segs of the segment being read back
         self._roff = 0  # offset in it of the next frame to read (0: before its header)
-        self._rcount = 0  # messages read from it, and their bytes
-        self._rbytes = 0
+        self._rcount = self._rbytes = 0  # messages read from it, and their bytes
         self._frames: list[bytes] = []  # frames of it read ahead, from _roff
         self._wfd: int | None = None  # the open segment (the last), for appending
         self._walloc = 0  # its file's size: its frames, and zeros written ahead of them
@@ -107,8 +106,7 @@ class Spool:
         # SessionSync=interval: the open segment's bytes from ``_tail_at`` appended since its
         # last sync (at most a segment); ``_suspect``: a sync of them failed
         self._tail: list[bytes] = []
-        self._tail_at = 0
-        self._suspect = False
+        self._tail_at, self._suspect = 0, False
         self._mutex = threading.RLock()
 
     # ------------------------------------------------------------------ recovery
@@ -388,7 +386,9 @@ class Spool:
                             self._tail_at = seg.size
                         self._tail.append(data)
                         self._unsynced = True
-                except OSError:
+                except BaseException:  # (a Ctrl-C too: the publish is taken back, its seq reused)
+                    if self._tail and self._tail[-1] is data:
+                        self._tail.pop()
                     self._wseek = True
                     self._map.drop()
                     try:

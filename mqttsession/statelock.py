@@ -8,6 +8,7 @@ opened through a symlink, and one with a second (hard) name is refused.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -18,14 +19,27 @@ from typing import Final
 from .errors import PersistenceError, StateError, StateLockedError, UsageError
 from .recovery import _NOFOLLOW, JOURNAL_SUFFIX, _refuse_link
 
-__all__ = ["acquire_lock", "forks", "require_directory", "unlinked"]
+__all__ = ["acquire_lock", "forks", "release_lock", "require_directory", "unlinked"]
 
 _forks = 0  # fork()s between the process that imported this module and this one
+_held: set[int] = set()  # the lock fds this process holds (``acquire_lock``)
 
 
 def _after_fork() -> None:
+    """In a fork()'s child: its copies of the parent's lock fds let go of the flock (it is
+    the open file's: a child that outlives a killed parent would hold its restart off), each
+    number kept, pointing at /dev/null (the parent's objects here may close it)."""
     global _forks
     _forks += 1
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:  # pragma: no cover - no /dev/null
+        return
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd, inheritable=False)
+    _held.clear()
+    os.close(null)
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -140,9 +154,16 @@ def acquire_lock(lock_path: str, what: str) -> int:
                     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                 except OSError as exc:  # a full disk: the lock holds all the same
                     log.warning("%s: its pid not written to %s: %s", what, lock_path, exc)
+                _held.add(fd)
                 return fd
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)  # unlinked by its previous owner while we waited: take the new one
     raise StateLockedError(f"cannot lock {lock_path}")  # pragma: no cover
+
+
+def release_lock(fd: int) -> None:
+    """Close lock fd ``fd`` (``acquire_lock``'s): the flock released."""
+    _held.discard(fd)
+    os.close(fd)

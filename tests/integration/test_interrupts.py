@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from mqttsession import Client
-from mqttsession import groupcommit, journal, lifecycle, statelock
+from mqttsession import groupcommit, journal, lifecycle, mapped, spool, statelock
+from mqttsession.connecting import Connecting
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +238,209 @@ def test_a_fork_child_gets_a_clear_error_and_leaves_the_parents_session(mosquitt
         _client(tmp_path / "s", "kbi-fork").restore_session("")
     c.close()
     assert _held(tmp_path / "s", "kbi-fork") == []
+
+
+def test_interrupted_disk_queue_sync_takes_the_publish_back(tmp_path: Path) -> None:
+    """Ctrl-C as a publish into the disk queue returns from its fdatasync (``always``): that
+    publish raises, the ones after it work, and the restart holds exactly the publishes that
+    returned. Before: its frame stayed in the segment and the next publish wrote the same seq
+    after it; every restart was ``StateError`` ("seq out of order")."""
+    c = _client(tmp_path / "s", "kbi-q")
+    c.config("SessionSync=always")
+    c.config("QueueInMemory=2")
+    c.restore_session("")
+    sent = []
+    for i in range(4):  # the last two in the disk queue
+        c.publish_message("kbi/q", 1, f"m{i}")
+        sent.append(f"m{i}".encode())
+    with interrupt_at(spool.Spool._sync_open, "self._tail.clear()") as fired, \
+            pytest.raises(KeyboardInterrupt):
+        c.publish_message("kbi/q", 1, "cut")
+    assert fired
+    for i in range(4, 7):
+        c.publish_message("kbi/q", 1, f"m{i}")
+        sent.append(f"m{i}".encode())
+    c.close()
+    assert _held(tmp_path / "s", "kbi-q") == sent
+
+
+@pytest.mark.parametrize("sync", ["none", "interval"])
+def test_an_interrupt_anywhere_in_unmapping_leaves_the_disk_queue_usable(tmp_path: Path,
+                                                                       sync: str) -> None:
+    """Ctrl-C at each line of the disk queue's ``MappedTail.drop`` in turn (the mapping
+    grows): the publish raises, the next ones work, the restart holds exactly the ones that
+    returned. Before: an interrupt after the unmap left a closed map, and every later
+    publish into the queue raised a raw ``ValueError`` (mmap closed)."""
+    c = _client(tmp_path / "s", "kbi-m")
+    c.config(f"SessionSync={sync}")
+    c.config("QueueInMemory=2")
+    c.restore_session("")
+    big, sent = "x" * 4000, []
+
+    def publish() -> None:
+        text = f"{len(sent)}:{big}"
+        c.publish_message("kbi/m", 1, text)
+        sent.append(text.encode())
+
+    for _ in range(3):
+        publish()
+    tail = c._file.spool._map  # noqa: SLF001  (the disk queue's mapping: the one aimed at)
+    src, first = inspect.getsourcelines(mapped.MappedTail.drop)
+    hits = 0
+    for line in range(first + 1, first + len(src)):
+        fired: list[int] = []
+
+        def tracer(frame: FrameType, _event: str, _arg: object, line: int = line) -> Any:
+            if frame.f_code is not mapped.MappedTail.drop.__code__ or fired \
+                    or frame.f_locals.get("self") is not tail:
+                return None
+
+            def local(frame: FrameType, event: str, _arg: object) -> Any:
+                if event == "line" and frame.f_lineno == line and not fired:
+                    fired.append(1)
+                    raise KeyboardInterrupt
+                return local
+            return local
+
+        sys.settrace(tracer)
+        try:
+            for _ in range(200):
+                with contextlib.suppress(KeyboardInterrupt):
+                    publish()
+                if fired:
+                    break
+        finally:
+            sys.settrace(None)
+        hits += bool(fired)
+        for _ in range(3):
+            publish()  # (before: a raw ValueError)
+    assert hits >= 2
+    c.close()
+    assert _held(tmp_path / "s", "kbi-m") == sent
+
+
+def test_interrupted_connack_wait_leaves_no_connection_behind(mosquitto: Any) -> None:
+    """Ctrl-C while ``connect()`` waits for the CONNACK: the attempt is ended (no network
+    thread, not connected a moment later) and the next ``connect()`` works. Before: the
+    client connected in the background after the program was told the connect was
+    interrupted, and the next ``connect()`` was ``UsageError``."""
+    c = Client(client_id="kbi-connack")
+    try:
+        with interrupt_at(Connecting._connect_once, "self._connack.wait(timeout)") as fired, \
+                pytest.raises(KeyboardInterrupt):
+            c.connect(mosquitto.host, mosquitto.port, 5)
+        assert fired
+        time.sleep(1.0)
+        assert not c.connected
+        assert not [t for t in threading.enumerate() if t.name.startswith("paho-mqtt-client-kbi")]
+        c.connect(mosquitto.host, mosquitto.port, 5)
+        assert c.connected
+    finally:
+        c.close()
+
+
+_FORKER = """
+import os, sys, time
+from mqttsession import Client
+from mqttsession.gateway import Gateway
+if sys.argv[2] == "client":
+    c = Client(client_id="forked", clean_session=False)
+    c.config("SessionStateFile=" + sys.argv[1])
+else:
+    gw = Gateway(sys.argv[1])
+    c = gw.client("forked", clean_session=False)
+c.restore_session("")
+c.publish_message("kbi/fork", 1, "kept")
+if os.fork() == 0:  # a worker that never touches the client
+    print(os.getpid(), flush=True)  # (its fork handlers ran)
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("kind", ["client", "gateway"])
+def test_a_fork_child_does_not_hold_the_lock_after_its_parent_is_killed(tmp_path: Path,
+                                                                        kind: str) -> None:
+    """A process with a session forks a worker that never touches it, then is killed (-9):
+    the restart restores the session while the worker lives. Before: ``StateLockedError``
+    naming the dead pid (the worker's inherited descriptor held the flock)."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    import mqttsession  # noqa: PLC0415
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+
+    where = str(tmp_path / ("s" if kind == "client" else "gw"))
+    env = dict(os.environ, PYTHONPATH=str(Path(mqttsession.__file__).parent.parent),
+               PYTHONWARNINGS="ignore")
+    p = subprocess.Popen([sys.executable, "-c", _FORKER, where, kind], stdout=subprocess.PIPE,
+                         env=env)
+    assert p.stdout is not None
+    worker = int(p.stdout.readline())
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        if kind == "client":
+            assert _held(tmp_path / "s", "forked") == [b"kept"]
+        else:
+            with Gateway(where) as gw:
+                c = gw.client("forked", clean_session=False)  # (restored)
+                assert [m.message for m in c.outgoing_messages] == [b"kept"]
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        p.stdout.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_child_gets_usage_error_while_a_parent_thread_held_the_lock(tmp_path: Path) -> None:
+    """fork() while another thread of the parent holds the client's lock (a publish under
+    way): in the child every call on the client is ``UsageError`` at once. Before: the child
+    waited for ever for the lock of a thread it does not have."""
+    import os  # noqa: PLC0415
+
+    c = _client(tmp_path / "s", "kbi-fork-lock")
+    c.restore_session("")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with c._lock:  # noqa: SLF001  (as a publish in another thread holds it)
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    assert held.wait(5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            calls: list[Callable[[], object]] = [
+                lambda: c.publish_message("kbi/fork", 1, "child"),
+                lambda: c.publish_message("kbi/fork", 0, "child"),
+                lambda: c.subscribe("kbi/#", 1), c.save_session, lambda: c.restore_session(""),
+                lambda: c.outgoing_messages, lambda: c.incoming_messages, c.queue_stats]
+            for call in calls:
+                try:
+                    call()
+                except Exception as exc:  # noqa: BLE001
+                    os.write(write, f"{type(exc).__name__}\n".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    said = os.read(read, 4096).decode().split()
+    os.close(read)
+    release.set()
+    t.join(5)
+    c.close()
+    assert done[0] != 0, "the child hung on the parent's lock"
+    assert said == ["UsageError"] * 8
