@@ -31,6 +31,8 @@ def _after_fork() -> None:
     number kept, pointing at /dev/null (the parent's objects here may close it)."""
     global _forks
     _forks += 1
+    if not _held:
+        return
     try:
         null = os.open(os.devnull, os.O_RDWR)
     except OSError:  # pragma: no cover - no /dev/null
