@@ -183,7 +183,7 @@ class Engine(Outgoing):
                                  *self.clock_record(offset)]
         self._early_lost = None
         if not session_present:
-            self._unreleased, self._releasing = None, 0  # the broker holds no flow of ours
+            self._end_release()  # the broker holds no flow of ours
             # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
             # out of packet-id space now, durably, so that the new session's PUBLISH with the
             # same id is never taken for a duplicate of one of them [MQTT-4.3.3-10], whenever
@@ -317,11 +317,13 @@ class Engine(Outgoing):
         # [MQTT-3.2.2-5] a broker that forgot the session forgot its subscriptions too
         lost_subs = plan.resubscribe if not self.session_present and had_state else ()
         out += self.subs.resume(lost_subs)
-        out += self._pump()  # in seq order [MQTT-4.6.0-1]
+        self._release_out = set()  # (the last connection's: sent again below)
+        out += self._pump(resends_only=True)  # in seq order [MQTT-4.6.0-1]
         if not self.session_present:
-            self._unreleased = None  # a session restored in on_connected: the broker has none
-        elif self._unreleased is not None:
-            out += self._release_reserved()  # after the resends: these were published later
+            self._end_release()  # a session restored in on_connected: the broker has none
+        elif self._unreleased is not None:  # after the resends (published later), before any
+            out += self._release_reserved()  # new PUBLISH: their flows fill the broker's quota
+        out += self._pump()
         expired, self.restored_expired = self.restored_expired, False
         if self.session_present:
             resent = pubrel = 0

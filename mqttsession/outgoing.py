@@ -132,6 +132,7 @@ class Outgoing(QueueLimits):
         self._unreleased: tuple[int, int] | None = None
         self._releasing = 0
         self._released_before = 0
+        self._release_out: set[int] = set()  # those PUBRELs not answered: broker quota taken
         self._unreserve: tuple[int, int, int] | None = None
         self._recovered()
 
@@ -246,7 +247,7 @@ class Outgoing(QueueLimits):
         self.clock.reset()
         first, last = st.reserved_first, st.reserved_last
         self._unreleased = (first, last) if first else None
-        self._releasing = 0
+        self._releasing, self._release_out = 0, set()
         if first:
             # not recorded: the next record that hands out an id sets it, and until then the
             # file's last_packet_id is in the reservation or (after a restart that did not
@@ -278,6 +279,7 @@ class Outgoing(QueueLimits):
         first, last = self._unreleased
         held = self.state.outgoing_by_packet_id
         ids = [pid for pid in id_range(first, last) if held(pid) is None]
+        self._release_out = set(ids)  # (a slot of the window each, up to its last but one)
         log.info("%d PUBREL sent for packet ids %d..%d reserved before the restart"
                  " (SessionSync=interval: a power cut may have taken the records of messages"
                  " the broker holds)", len(ids), first, last)
@@ -286,6 +288,10 @@ class Outgoing(QueueLimits):
         self._releasing = ids[-1] if ids else 0
         self._released_before = self.state.next_seq
         return [self._ack(PacketType.PUBREL, pid) for pid in ids]
+
+    def _end_release(self) -> None:
+        """The reserved ids read back need no PUBREL any more (the broker holds no flow)."""
+        self._unreleased, self._releasing, self._release_out = None, 0, set()
 
     # ---------------------------------------------------------------- publishing
 
@@ -524,14 +530,18 @@ class Outgoing(QueueLimits):
         if self._pending and self._pending[-1] == seq:
             self._pending.pop()
 
-    def _pump(self) -> list[Action]:
-        """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]."""
+    def _pump(self, resends_only: bool = False) -> list[Action]:
+        """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]: the
+        reserved ids' PUBRELs unanswered take room too (the broker's flows), all but one slot
+        (a broker that never answers them must not stall the session). ``resends_only``: up to
+        the first message never sent."""
         if self.conn is not _CONNECTED:
             return []
         out: list[Action] = self._refill() if self.state.spooled else []
         pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
         rate = self.settings.drain_rate_limit
-        while len(inflight) < self._window:
+        room = self._window - min(len(self._release_out), self._window - 1)
+        while len(inflight) < room:
             if not pending:  # (all dropped as expired, say): more from the disk queue now,
                 if not self.state.spooled:  # not at the next tick
                     break
@@ -545,6 +555,8 @@ class Outgoing(QueueLimits):
             if m is None or seq in inflight:
                 pending.popleft()
                 continue
+            if resends_only and m.phase is Phase.QUEUED:
+                break
             if m.phase is Phase.QUEUED and m.properties and self._remaining(m) == 0:
                 pending.popleft()  # (before the rate: an expired one is never written)
                 out += self._dropped(m, self.state.expire(seq), "expired")
@@ -607,7 +619,7 @@ class Outgoing(QueueLimits):
         (a PUBCOMP's, 0x92 for a flow the broker already ended, refuses nothing)."""
         self._inflight.pop(m.seq, None)
         if self._unreleased is not None and self._releasing and m.seq >= self._released_before:
-            self._unreleased, self._releasing = None, 0  # the broker read the PUBRELs
+            self._end_release()  # the broker read the PUBRELs
         pending = self._pending
         if (pending and pending[0] not in self._holding) or self.state.spooled:
             out += self._pump()  # (the next one held for its sync: nothing to write yet)
@@ -674,8 +686,11 @@ class Outgoing(QueueLimits):
     def _pubcomp(self, pid: int, code: int) -> list[Action]:
         m = self.state.outgoing_by_packet_id(pid)
         if m is None or m.phase is not Phase.AWAIT_PUBCOMP:
-            if m is None and pid == self._releasing:  # the reserved ids read back are free
-                self._unreleased, self._releasing = None, 0  # [MQTT-4.3.3-12]
+            if m is None and pid in self._release_out:  # a reserved id's flow ended
+                self._release_out.discard(pid)
+                if pid == self._releasing:  # the reserved ids read back are free
+                    self._end_release()  # [MQTT-4.3.3-12]
+                return self._pump()  # (its slot of the window free)
             log.debug("PUBCOMP for packet id %d, which awaits none: ignored", pid)
             return []
         rec = self.state.finished(m, Event.PUBCOMP)

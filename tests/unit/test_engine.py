@@ -870,14 +870,15 @@ def _recovered_state() -> SessionState:
 def test_recovered_reservation_pubrel_for_ids_not_held_on_session_present() -> None:
     """[MQTT-4.3.3-10] the broker may hold QoS 2 flows for ids 2..4 whose records were lost:
     they are never handed out again before a PUBREL completes them ([MQTT-4.3.3-11]: it
-    answers PUBCOMP whether it holds one or not); message 1 is resent as usual."""
+    answers PUBCOMP whether it holds one or not); message 1 is resent as usual, before
+    them; the new message after them (their flows fill the broker's quota)."""
     e = Engine(EngineSettings(reserve_packet_ids=4), _recovered_state())
     assert e.state.last_packet_id == 4  # allocation goes on after the range
     pid, out = publish(e, b"new", qos=2)  # offline: a new block that keeps the old range
     assert pid == 5 and _reserved(out) == [(1, 8)]
     sent = [(p.type, p.packet_id) for p in packets(connect(e, session_present=True))]
-    assert sent == [(PacketType.PUBLISH, 1), (PacketType.PUBLISH, 5), (PacketType.PUBREL, 2),
-                    (PacketType.PUBREL, 3), (PacketType.PUBREL, 4)]
+    assert sent == [(PacketType.PUBLISH, 1), (PacketType.PUBREL, 2), (PacketType.PUBREL, 3),
+                    (PacketType.PUBREL, 4), (PacketType.PUBLISH, 5)]  # (the new one last)
     assert e.receive(ack_in(PacketType.PUBCOMP, 2)) == []
     assert e._unreleased is not None
     e.receive(ack_in(PacketType.PUBCOMP, 4))  # the last one: the broker read them all
@@ -1182,3 +1183,21 @@ def test_a_disconnect_never_raises_the_expiry_its_connect_carried_as_0() -> None
     e.restore(saved, 0.0)  # in on_connected
     assert e.state.session_expiry_interval == 600 and e.disconnect_expiry() == 0
 
+
+
+def test_recovered_reservation_pubrels_take_window_room_until_answered() -> None:
+    """The broker's quota holds the flows of the reserved ids until their PUBCOMPs: with
+    MaxInflight 3, message 1 in flight and three PUBRELs out, the new messages wait, one
+    going as each PUBCOMP frees a slot (all but one slot at most: a broker that never
+    answers them must not stall the session). Before (a hunt): every new PUBLISH went
+    first, and a broker at its Receive Maximum refused them (0x97, lost)."""
+    e = Engine(EngineSettings(reserve_packet_ids=4, max_inflight=3), _recovered_state())
+    sent = [(p.type, p.packet_id) for p in packets(connect(e, session_present=True))]
+    assert sent == [(PacketType.PUBLISH, 1), (PacketType.PUBREL, 2), (PacketType.PUBREL, 3),
+                    (PacketType.PUBREL, 4)]
+    pids = [publish(e, f"n{i}".encode(), qos=1)[0] for i in range(3)]
+    assert packets(e.receive(ack_in(PacketType.PUBCOMP, 2))) == []  # message 1 holds the slot
+    assert [p.packet_id for p in packets(e.receive(ack_in(PacketType.PUBCOMP, 3)))] == [pids[0]]
+    assert e._unreleased is not None
+    assert [p.packet_id for p in packets(e.receive(ack_in(PacketType.PUBCOMP, 4)))] == [pids[1]]
+    assert e._unreleased is None
