@@ -11,6 +11,7 @@ from .codec import SavedState, load_state
 from .errors import (
     ConnectError,
     MQTTSessionError,
+    NewerFormatError,
     PacketIdsExhausted,
     PersistenceError,
     PublishManyError,
@@ -42,6 +43,7 @@ __all__ = [
     "Client",
     "ConnectError",
     "MQTTSessionError",
+    "NewerFormatError",
     "PacketIdsExhausted",
     "PersistenceError",
     "PublishManyError",

@@ -30,7 +30,7 @@ from ._fields import b64 as _b64
 from ._fields import b64decode as _b64decode
 from ._fields import dump as _dump
 from ._fields import parse_json as _parse_json
-from .errors import StateError, UsageError
+from .errors import NewerFormatError, StateError, UsageError
 from .expiry import effective_interval, expired
 from .state import (
     MAX_PACKET_ID,
@@ -388,7 +388,7 @@ def _doc_to_state(doc: object, text: str) -> SessionState:
     if type(version) is not int:
         raise StateError(f"state format version must be an integer, got {version!r:.40}")
     if version > VERSION:
-        raise StateError(
+        raise NewerFormatError(
             f"state format version {version} is newer than this mqttsession reads ({VERSION});"
             " upgrade mqttsession"
         )

@@ -33,6 +33,10 @@ class StateLockedError(StateError):
     """The state file is owned by another live process."""
 
 
+class NewerFormatError(StateError):
+    """The state was written by a newer mqttsession: refused, its files left as they are."""
+
+
 class UsageError(MQTTSessionError, ValueError):
     """The caller asked for something invalid (bad topic, QoS, setting, client id)."""
 

@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable, Final, TypeVar, Union
 
 from ._fields import Fields, dump, parse_json
-from .errors import StateError
+from .errors import NewerFormatError, StateError
 
 __all__ = [
     "Phase", "Event", "OutgoingMessage", "IncomingMessage", "Record", "Configured", "Accepted",
@@ -661,6 +661,9 @@ def decode_record(data: bytes) -> Record:
     """Parse one journal record; ``StateError`` names what is wrong."""
     if data[:1] in BINARY_TAGS:
         return _decode_binary(data)
+    if data[:1].islower() and data[:1].isascii():  # a binary tag (CRC-checked) we lack
+        raise NewerFormatError(f"journal record of a kind unknown to this mqttsession (tag"
+                               f" {data[:1].decode()!r}): written by a newer one?")
     try:
         arr = parse_json(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -669,7 +672,10 @@ def decode_record(data: bytes) -> Record:
         raise StateError("journal record must be a JSON array starting with its tag")
     tag = arr[0]
     found = _BY_TAG.get(tag)
-    if found is None:
+    if found is None:  # one letter, in a CRC-checked frame: a newer version's kind of record
+        if len(tag) == 1 and tag.isascii() and tag.isalpha():
+            raise NewerFormatError(f"unknown journal record tag {tag!r}: written by a newer"
+                                   " mqttsession?")
         raise StateError(f"unknown journal record tag {tag!r:.20}")
     kind, keys = found
     if len(arr) != len(kind.fields) + 1:

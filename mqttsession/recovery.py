@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Final
 
 from . import codec
-from .errors import MQTTSessionError, PersistenceError, StateError
+from .errors import MQTTSessionError, NewerFormatError, PersistenceError, StateError
 from .state import SessionState
 
 __all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "keep_cut_copy", "load", "move_aside",
@@ -303,7 +303,7 @@ def _header(payload: bytes) -> tuple[int, str, str] | None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if (isinstance(arr, list) and len(arr) == 4 and arr[0] == _HEADER_TAG
-            and type(arr[1]) is int and 1 <= arr[1] <= _JOURNAL_VERSION
+            and type(arr[1]) is int and 1 <= arr[1]
             and isinstance(arr[2], str) and isinstance(arr[3], str)):
         return arr[1], arr[2], arr[3]
     return None
@@ -373,6 +373,8 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
         return SessionState(client_id=client_id, clean_session=False), 0, None, False
     try:
         state, digest = codec.decode_with_digest(snapshot)
+    except NewerFormatError as exc:  # not damage: left where it is, for the newer version
+        raise NewerFormatError(f"state file {path}: {exc} (nothing was changed)") from None
     except StateError as exc:
         raise damaged(str(exc)) from None
     if client_id and state.client_id and state.client_id != client_id:
@@ -394,6 +396,10 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
     if header is None:
         raise damaged("journal header is not valid")
     version, named, owner = header
+    if version > _JOURNAL_VERSION:
+        raise NewerFormatError(f"state journal {journal_path}: format version {version} is newer"
+                               f" than this mqttsession reads ({_JOURNAL_VERSION}); upgrade"
+                               " mqttsession (nothing was changed)")
     if version == 1:
         digest = hashlib.sha256(snapshot.strip()).hexdigest()
     if named != digest:
@@ -405,6 +411,9 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
     for i, payload in enumerate(payloads[1:], 1):
         try:
             state.apply(codec.decode_record(payload))
+        except NewerFormatError as exc:
+            raise NewerFormatError(f"state journal {journal_path}: record {i}: {exc}; upgrade"
+                                   " mqttsession (nothing was changed)") from None
         except MQTTSessionError as exc:
             raise damaged(f"journal record {i}: {exc}") from None
     torn = valid < len(data) and zeros_from(data, valid) > valid

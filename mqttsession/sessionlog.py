@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from . import codec
-from .errors import MQTTSessionError, PersistenceError, StateError
+from .errors import MQTTSessionError, NewerFormatError, PersistenceError, StateError
 from .journal import write_atomic
 from .recovery import (_HEADER_TAG, _JOURNAL_VERSION, JOURNAL_SUFFIX, _fsync_dir, _read_file,
                        frame, makedirs_durable)
@@ -54,6 +54,8 @@ def decode_session(client_id: str, snap: bytes, recs: Sequence[bytes]) -> Sessio
         for i, r in enumerate(recs, 1):
             try:
                 state.apply(codec.decode_record(r[_SKIP:]))
+            except NewerFormatError as exc:
+                raise NewerFormatError(f"record {i}: {exc}") from None
             except MQTTSessionError as exc:
                 raise StateError(f"record {i}: {exc}") from None
     return state
@@ -126,6 +128,9 @@ class SessionLog:
                 return SessionState(client_id=self.client_id, clean_session=False)
             try:
                 state = decode_session(self.client_id, snap, recs)
+            except NewerFormatError as exc:  # not damage: the session stays in the log
+                raise NewerFormatError(f"session {self.path}: {exc} (nothing was changed)"
+                                       ) from None
             except StateError as exc:
                 kept = self.keep_aside("damaged")
                 log.error("session %s is damaged (%s); kept aside as %s", self.path, exc, kept)

@@ -50,6 +50,7 @@ from mqttsession.mapped import MappedTail
 from mqttsession import codec
 from mqttsession.errors import (
     MQTTSessionError,
+    NewerFormatError,
     PersistenceError,
     StateError,
     StateLockedError,
@@ -731,7 +732,7 @@ def test_a_record_that_does_not_fit_is_state_error(tmp_path: Path, bad_record: b
     [
         b"[" * 100_000,  # BUG: json.loads raised RecursionError in the journal header reader
         b"not json",
-        b'["mqttsession-journal",3,"x","y"]',
+        b'["mqttsession-journal",0,"x","y"]',
         b'["mqttsession-journal",1,"x"]',
         b"\xc3\x28",
     ],
@@ -744,6 +745,36 @@ def test_an_invalid_journal_header_is_state_error(tmp_path: Path, payload: bytes
         with pytest.raises(StateError, match="kept aside"):
             recover(p)
         assert_kept_aside(p, h.snapshot, bad)
+
+
+def _newer(h: Any, how: str) -> tuple[bytes, bytes]:
+    """The snapshot and journal of ``h`` as a newer mqttsession may have written them."""
+    if how == "snapshot":
+        text = h.snapshot.decode("utf-8")
+        doc = json.loads(text)
+        doc["version"] = 99
+        return json.dumps(doc).encode("utf-8"), h.journal
+    if how == "journal-header":
+        digest = json.loads(read_frames(h.journal)[0][0])[2]
+        head = frame(json.dumps(["mqttsession-journal", 9, digest, CID]).encode("utf-8"))
+        return h.snapshot, head + h.journal[h.ends[0]:]
+    record = b'["Y",1]' if how == "json-record" else b"y\x00\x01"
+    return h.snapshot, h.journal + frame(record)
+
+
+@pytest.mark.parametrize("how", ["snapshot", "journal-header", "json-record", "binary-record"])
+def test_files_of_a_newer_version_are_refused_and_left_in_place(tmp_path: Path, how: str) -> None:
+    """A downgrade: ``NewerFormatError`` (a ``StateError``) naming the upgrade, the files left
+    where they are, unchanged, every time (the newer version finds them). Before (a hunt):
+    kept aside as damaged, and the next start was an empty session."""
+    h = fixed_history(tmp_path / "rec")
+    snapshot, journal = _newer(h, how)
+    p = place(tmp_path / "w", snapshot, journal)
+    for _ in range(2):
+        with pytest.raises(NewerFormatError, match="newer"):
+            recover(p)
+        assert p.read_bytes() == snapshot and jpath(p).read_bytes() == journal
+        assert damaged_copies(p) == ([], [])
 
 
 JSONISH = st.recursive(
@@ -781,6 +812,9 @@ def test_random_bytes_recover_or_state_error(kind: str, blob: bytes, frames: lis
         p = place(Path(d), snapshot, journal)
         try:
             got = recover(p)
+        except NewerFormatError:  # a record kind of a newer version: refused, left in place
+            assert p.exists()
+            return
         except StateError as exc:
             # damage: whatever was there is kept aside, nothing is left at P / P.journal
             assert "kept aside" in str(exc)

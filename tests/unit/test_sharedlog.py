@@ -592,3 +592,32 @@ def test_a_failed_rebuild_raises_and_the_next_write_rebuilds(
     assert codec.encode(log.session("a").recover()) == codec.encode(sa)
     assert codec.encode(log.session("b").recover()) == codec.encode(sb)
     log.close()
+
+
+def test_a_gateway_session_of_a_newer_version_is_refused_and_stays(tmp_path: Path) -> None:
+    """A session whose snapshot a newer mqttsession wrote: ``NewerFormatError`` at each start,
+    the log unchanged, the session never kept aside; the other sessions are untouched. Before
+    (a hunt): kept aside as damaged, and the next start restored it empty."""
+    from mqttsession import NewerFormatError  # noqa: PLC0415
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+    from mqttsession.recovery import frame  # noqa: PLC0415
+
+    with Gateway(tmp_path) as gw:
+        for cid in ("a", "b"):
+            c = gw.client(cid, clean_session=False)
+            for n in range(3):
+                c.publish_message("t", 1, f"{cid}{n}")
+    log = tmp_path / LOG_NAME
+    payloads, _valid, _ = read_frames(log.read_bytes())
+    snaps = [i for i, p in enumerate(payloads) if b'"version":3' in p and b'"client_id":"a"' in p]
+    patched = b"".join(frame(p.replace(b'"version":3', b'"version":4', 1) if i == snaps[-1]
+                             else p) for i, p in enumerate(payloads))
+    log.write_bytes(patched)
+    for _ in range(2):
+        with Gateway(tmp_path) as gw:
+            with pytest.raises(NewerFormatError, match="newer"):
+                gw.client("a", clean_session=False)
+            assert len(gw.client("b", clean_session=False).outgoing_messages) == 3
+        assert not (tmp_path / "aside").exists() or not list((tmp_path / "aside").iterdir())
+    assert read_frames(log.read_bytes())[0][:len(payloads)] == payloads[:snaps[-1]] + [
+        payloads[snaps[-1]].replace(b'"version":3', b'"version":4', 1)] + payloads[snaps[-1] + 1:]
