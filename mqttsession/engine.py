@@ -43,6 +43,7 @@ from .errors import MQTTSessionError, ProtocolViolation, StateError, TransitionE
 from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist, Write
 from .outgoing import Outgoing, QueueSource
 from .subscriptions import SUBSCRIBE_TRIES
+from .stalls import HeadCloses
 from .events import (
     DIRECTION_SERVER,
     ConnectedEvent,
@@ -107,6 +108,7 @@ class Engine(Outgoing):
         self.session_present = False
         self.restored_expired = False  # the client's clock said the restored session expired
         self._owed: deque[_Owed] = deque()  # QoS 1, in arrival order [MQTT-4.6.0-2]
+        self._closes = HeadCloses()  # a message the broker closes the connection on
         self._held: dict[int, _Held] = {}  # QoS 2, by packet id
         # orphans handed to the application and not taken yet: each leaves the session when
         # it is (``ack``); a restart delivers the others again
@@ -395,7 +397,20 @@ class Engine(Outgoing):
             out.append(Persist((self.state.disconnected(now),)))
             out.append(Notify("on_disconnected",
                               DisconnectedEvent(reason_code or 0x80, f"connection lost: {reason}")))
+            out += self._head_closed()
         return out + self.reset()
+
+    def _head_closed(self) -> list[Action]:
+        """``on_error`` once ``SUBSCRIBE_TRIES`` connections in a row closed, no ack, the same
+        message the oldest PUBLISH in flight (it holds the queue up; kept: a close is no proof)."""
+        seq = min((s for s in self._inflight if (m := self.state.outgoing.get(s)) is not None
+                   and m.phase is not Phase.AWAIT_PUBCOMP), default=None)
+        if self._closes.closed(seq) != SUBSCRIBE_TRIES or seq is None:
+            return []
+        m = self.state.outgoing[seq]
+        return [self.error(0x80, f"the broker closed {SUBSCRIBE_TRIES} connections in a row, no"
+                                 f" ack, message seq {seq} to {m.topic!r} first in flight (too"
+                                 " large? a QoS, retain or topic it refuses?): the session keeps it")]
 
     def reset(self) -> list[Action]:
         """A new network connection is about to be made: forget the old one's flows."""
@@ -477,6 +492,7 @@ class Engine(Outgoing):
         ``Packet``: the usual ack is read straight from its two bytes)."""
         if log.isEnabledFor(_DEBUG):
             log.debug("%s received for packet id %d (reason code %d)", kind.name, pid, code)
+        self._closes.acked |= kind is not PacketType.PUBREL
         if kind is PacketType.PUBACK:
             return self._puback(pid, code)
         if kind is PacketType.PUBREC:
