@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import json
 import logging
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -30,7 +32,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("mqttsession.cli")
 
-DEMO_TOPIC = "mqttsession/demo"
+DEMO_TOPIC = "mqttsession/demo"  # a run publishes on DEMO_TOPIC/RANDOM, its client ids end -RANDOM
 
 # the extra that brings the embedded amqtt broker (setup.cfg [options.extras_require])
 AMQTT_EXTRA = 'pip install "mqttsession[demo]"'
@@ -43,10 +45,9 @@ def _amqtt_missing(command: str, also: str = "") -> str | None:
         import amqtt.broker  # noqa: F401, PLC0415 - only asked whether it imports
         import yaml  # type: ignore[import-untyped]  # noqa: F401, PLC0415
     except ImportError as exc:
-        what = exc.name or "amqtt"
-        return (f"mqttsession {command}: starting the embedded amqtt broker needs {what}, which"
-                f" is not installed.\nInstall it with: {AMQTT_EXTRA}\n(or pass --broker HOST:PORT"
-                f" of a running broker{also})")
+        return (f"mqttsession {command}: starting the embedded amqtt broker needs {exc.name or 'amqtt'},"
+                f" which is not installed.\nInstall it with: {AMQTT_EXTRA}\n(or pass --broker"
+                f" HOST:PORT of a running broker{also})")
     return None
 
 
@@ -83,19 +84,15 @@ def _demo_publisher(args: argparse.Namespace) -> int:
     """Child process of the demo: publish a numbered stream with a state file."""
     from .client import Client
 
-    host, port = args.broker
-    c = Client(client_id="mqttsession-demo-publisher", clean_session=False)
+    c = Client(client_id=args.client_id, clean_session=False)
     c.config(f"SessionStateFile={args.state}")
     c.restore_session("")  # the IPWorks restart: state file set, restore, connect
     held = len(c.outgoing_messages)
-    c.connect(host, port, timeout=10)
+    c.connect(args.broker[0], args.broker[1], timeout=10)
     for n in range(args.first, args.last):
-        c.publish_message(DEMO_TOPIC, 1 + n % 2, str(n))
-    if args.crash:
-        # a "crash": the process ends without DISCONNECT, messages still in flight
-        inflight = len(c.outgoing_messages)
-        sys.stdout.write(f"{held} {inflight}\n")
-        sys.stdout.flush()
+        c.publish_message(args.topic, 1 + n % 2, str(n))
+    if args.crash:  # a "crash": the process ends without DISCONNECT, messages still in flight
+        print(held, len(c.outgoing_messages), flush=True)
         os._exit(0)
     c.flush(15)  # a broker may leave a flow open (amqtt: PUBCOMP after a reconnect)
     c.disconnect()
@@ -104,9 +101,8 @@ def _demo_publisher(args: argparse.Namespace) -> int:
 
 
 def _run_child(args: Sequence[str]) -> tuple[int, int]:
-    out = subprocess.run(
-        [sys.executable, "-m", "mqttsession", *args], capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([sys.executable, "-m", "mqttsession", *args], capture_output=True,
+                         text=True, timeout=120)
     if out.returncode != 0:
         raise MQTTSessionError(f"demo publisher failed:\n{out.stderr.strip()[-2000:]}")
     held, inflight = (int(x) for x in out.stdout.split()[-2:])
@@ -130,11 +126,38 @@ AMQTT_QOS2_NOTE = (
 )
 
 
+def _tally_connect(sub: Any, host: str, port: int) -> str | None:
+    """Connect the demo's tally subscriber and wait for its CONNACK: None when the broker
+    accepted it, else why not (unreachable, refused, closed, no answer in 10 s)."""
+    where, got, why = f"the broker at {format_address(host, port)}", threading.Event(), [""]
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure and not got.is_set():
+            hint = " (the demo sends no user name or password)" if rc.value in (0x86, 0x87) else ""
+            why[0] = f"{where} refused the demo's MQTT 3.1.1 CONNECT: CONNACK {rc}{hint}"
+        got.set()
+
+    def on_disconnect(*_a: Any) -> None:  # (after on_connect: a refusal, said already)
+        why[0] = why[0] or ("" if got.is_set() else f"{where} closed the connection before"
+                            " CONNACK (not an MQTT broker there, or a TLS listener?)")
+        got.set()
+
+    sub.on_connect, sub.on_disconnect = on_connect, on_disconnect
+    try:
+        sub.connect(host, port)
+    except (OSError, ValueError) as exc:  # an unreachable or unknown --broker: said so
+        return f"cannot connect to {host}:{port}: {describe_connect_error(exc)}"
+    sub.loop_start()
+    if not got.wait(10):
+        return f"no CONNACK from {where} in 10 s (not an MQTT broker there, or a TLS listener?)"
+    return why[0] or None
+
+
 def _demo(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from .testing import EmbeddedAmqtt, MosquittoBroker
+    from .testing import BrokerStartError, EmbeddedAmqtt, MosquittoBroker
     from .testing.brokers import find_mosquitto
 
     embedded: Any = None
@@ -151,7 +174,16 @@ def _demo(args: argparse.Namespace) -> int:
             return 2
         if amqtt and not args.verbose:
             logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # its warnings are not ours
-        embedded = (MosquittoBroker() if kind == "mosquitto" else EmbeddedAmqtt()).start()
+        try:
+            embedded = (MosquittoBroker() if kind == "mosquitto" else EmbeddedAmqtt()).start()
+        except (FileNotFoundError, BrokerStartError) as exc:  # say what, and how to get it
+            what = (f"needs {kind}, which is not installed" if isinstance(exc, FileNotFoundError)
+                    else f"failed: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}")
+            get = ("apt-get install mosquitto (or pass --embedded amqtt or" if kind == "mosquitto"
+                   else f"{AMQTT_EXTRA} (or pass")
+            print(f"mqttsession demo: starting the embedded {kind} broker {what}; install it:"
+                  f" {get} --broker HOST:PORT of a running broker)", file=sys.stderr)
+            return 2
         host, port = embedded.host, embedded.port
         where = f"its own {kind} broker on {embedded.address}"
         if amqtt and args.embedded == "auto":
@@ -160,44 +192,43 @@ def _demo(args: argparse.Namespace) -> int:
         host, port = args.broker
         where = f"the broker at {host}:{port}"
     counts: Counter[int] = Counter()
-    lock = threading.Lock()
-    subscribed = threading.Event()
+    lock, subscribed, all_in = threading.Lock(), threading.Event(), threading.Event()
+    total, crash_at = args.count, args.count // 2
 
     def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        n = int(msg.payload)
         with lock:
-            counts[n] += 1
+            counts[int(msg.payload)] += 1
+            if len(counts) >= total:
+                all_in.set()
 
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mqttsession-demo-tally")
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *_a: subscribed.set()
-    total, crash_at = args.count, args.count // 2
+    run = secrets.token_hex(4)  # this run's ids and topic: another demo on the broker is not ours
+    topic, publisher = f"{DEMO_TOPIC}/{run}", f"mqttsession-demo-publisher-{run}"
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"mqttsession-demo-tally-{run}")
+    sub.on_message, sub.on_subscribe = on_message, lambda *_a: subscribed.set()
     try:
-        try:
-            sub.connect(host, port)
-        except (OSError, ValueError) as exc:  # an unreachable or unknown --broker: said so
-            print(f"mqttsession demo: cannot connect to {host}:{port}:"
-                  f" {describe_connect_error(exc)}", file=sys.stderr)
+        refused = _tally_connect(sub, host, port)
+        if refused is not None:
+            print(f"mqttsession demo: {refused}", file=sys.stderr)
             return 2
-        sub.loop_start()
-        sub.subscribe(DEMO_TOPIC, 2)
+        sub.subscribe(topic, 2)
         if not subscribed.wait(10):
             raise MQTTSessionError("the tally subscriber got no SUBACK")
         with tempfile.TemporaryDirectory() as tmp:
-            state = os.path.join(tmp, "publisher.session")
-            name = os.path.basename(state)
-            broker = format_address(host, port)
+            name = "publisher.session"
+            state, broker = os.path.join(tmp, name), format_address(host, port)
             print(f"mqttsession demo against {where}")
             print(f"1. publisher process sends messages 0..{crash_at - 1} (QoS 1 and 2 alternating)"
                   " and is killed without disconnecting")
-            _, inflight = _run_child(["_demo-publisher", "--broker", broker, "--state", state,
-                                      "--first", "0", "--last", str(crash_at), "--crash"])
+            child = ["_demo-publisher", "--broker", broker, "--state", state, "--client-id",
+                     publisher, "--topic", topic]
+            _, inflight = _run_child([*child, "--first", "0", "--last", str(crash_at), "--crash"])
             print(f"   its last count before the kill: {inflight} message(s) not yet"
                   " acknowledged by the broker")
             saved, _ = _read_state(state)
-            in_file = len(saved.outgoing)
+            in_file = len(saved.outgoing) + saved.on_disk  # (the disk queue's are never sent)
+            queued = f", {saved.on_disk} of them in its disk queue {name}.queue/" if saved.on_disk else ""
             print(f"   {name} holds {in_file} message(s) to finish ({len(saved.in_flight)} sent"
-                  f" and unconfirmed, {len(saved.never_sent)} never sent)")
+                  f" and unconfirmed, {len(saved.never_sent) + saved.on_disk} never sent{queued})")
             if in_file != inflight:
                 print("   (not the last count: the network thread went on between that count and"
                       " the kill, and an\n   acknowledgement's removal is written lazily, so the"
@@ -205,8 +236,7 @@ def _demo(args: argparse.Namespace) -> int:
                       " again, a repeat that QoS 1 allows and QoS 2 dedupes)")
             print(f"2. a NEW process restores the session from {name}, resends,"
                   f" then sends {crash_at}..{total - 1}")
-            held, left = _run_child(["_demo-publisher", "--broker", broker, "--state", state,
-                                     "--first", str(crash_at), "--last", str(total)])
+            held, left = _run_child([*child, "--first", str(crash_at), "--last", str(total)])
             print(f"   it restored {held} message(s); {left} left unacknowledged at the end")
             if left and amqtt:
                 print("   (amqtt 0.12 does not answer a PUBREL for a QoS 2 flow it has no record of"
@@ -215,12 +245,7 @@ def _demo(args: argparse.Namespace) -> int:
             elif left:
                 print("   (the broker had not finished those flows within 15 s: they stay in the"
                       " session file and\n   are finished on the next connect)")
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with lock:
-                    if len(counts) >= total:
-                        break
-                time.sleep(0.05)
+            all_in.wait(10)
             time.sleep(0.5)  # let late duplicates show up in the tally
         with lock:
             missing = [n for n in range(total) if counts[n] == 0]
@@ -260,28 +285,19 @@ def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int], source: str) 
         d = {"packet_id": m.packet_id, "topic": m.topic, "qos": m.qos, "bytes": len(m.payload),
              "retain": m.retain}
         if hasattr(m, "seq"):
-            d["seq"] = m.seq
-            d["phase"] = m.phase.value
+            d.update(seq=m.seq, phase=m.phase.value)
         return d
 
     payload_bytes = sum(len(m.payload) for m in s.outgoing + s.incoming)
     return {
-        "source": source,
-        "client_id": s.client_id,
-        "protocol_version": s.protocol_version,
-        "clean_session": s.clean_session,
-        "session_expiry_interval": s.session_expiry_interval,
+        "source": source, "client_id": s.client_id, "protocol_version": s.protocol_version,
+        "clean_session": s.clean_session, "session_expiry_interval": s.session_expiry_interval,
         "effective_expiry_interval": effective_interval(s.protocol_version, s.clean_session,
                                                         s.session_expiry_interval),
-        "expired": s.expired(now),
-        "broker": s.broker,
-        "connected_at": s.connected_at,
-        "disconnected_at": s.disconnected_at,
-        "last_activity": s.last_activity,
-        "never_sent": [msg(m) for m in s.never_sent],
-        "in_flight": [msg(m) for m in s.in_flight],
-        "incoming": [msg(m) for m in s.incoming],
-        "subscriptions": dict(s.subscriptions),
+        "expired": s.expired(now), "broker": s.broker, "connected_at": s.connected_at,
+        "disconnected_at": s.disconnected_at, "last_activity": s.last_activity,
+        "never_sent": [msg(m) for m in s.never_sent], "in_flight": [msg(m) for m in s.in_flight],
+        "incoming": [msg(m) for m in s.incoming], "subscriptions": dict(s.subscriptions),
         "payload_bytes": payload_bytes,
         "queue": {"messages": len(s.outgoing) + s.on_disk,
                   "bytes": sum(len(m.payload) + topic_bytes(m.topic) + len(m.properties)
@@ -291,28 +307,51 @@ def _inspect_obj(s: SavedState, now: float, sizes: dict[str, int], source: str) 
     }
 
 
+def _size(path: str) -> int:
+    """``path``'s size, a link's own; 0 when it is gone (a live client deleted it meanwhile)."""
+    with contextlib.suppress(FileNotFoundError):
+        return os.lstat(path).st_size
+    return 0
+
+
 def _read_state(path: str) -> tuple[SavedState, dict[str, int]]:
-    """The saved session and the sizes of what it was read from; read-only (no lock taken,
-    a damaged file is reported, never moved aside)."""
-    if path == "-":
-        data = sys.stdin.buffer.read()
-        return load_state(data), {"input_bytes": len(data)}
+    """The saved session and the sizes of what it was read from; read-only (no lock taken, a
+    damaged file reported, never moved aside), read again when a live client's file went away."""
+    from . import recovery
     from .journal import JOURNAL_SUFFIX, read_state
     from .spool import QUEUE_SUFFIX
 
+    if path == "-":  # refused past MAX_STATE_BYTES as a file is, read no further
+        limit, chunks, total = recovery.MAX_STATE_BYTES, [], 0
+        while chunk := sys.stdin.buffer.read(min(1 << 20, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise StateError(f"standard input is more than the {limit} bytes a state file"
+                                 " may be; not read")
+        return load_state(b"".join(chunks)), {"input_bytes": total}
     if not os.path.exists(path):
         raise StateError(f"{path}: no such file")
     if os.path.isdir(path):
         raise StateError(f"{path}: is a directory, not a state file")
-    state = SavedState.of(read_state(path))
-    journal = path + JOURNAL_SUFFIX
-    sizes = {"snapshot_bytes": os.path.getsize(path),
-             "journal_bytes": os.path.getsize(journal) if os.path.exists(journal) else 0}
     queue = path + QUEUE_SUFFIX
-    if os.path.isdir(queue):
-        sizes["disk_queue_bytes"] = sum(os.lstat(os.path.join(queue, n)).st_size
-                                        for n in os.listdir(queue))  # (a dangling link too)
-    return state, sizes
+    for attempt in range(6):
+        try:
+            state = SavedState.of(read_state(path))
+            sizes = {"snapshot_bytes": _size(path), "journal_bytes": _size(path + JOURNAL_SUFFIX)}
+            if os.path.isdir(queue):  # (a dangling link counted too)
+                sizes["disk_queue_bytes"] = sum(_size(os.path.join(queue, n))
+                                                for n in os.listdir(queue))
+            return state, sizes
+        except (OSError, StateError) as exc:
+            cause: BaseException | None = exc  # a file that went away under the read: again
+            while cause is not None and not isinstance(cause, FileNotFoundError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            log.debug("%s changed while it was read (%s): again", path, exc)
+        time.sleep(0.01 * 2 ** attempt)
+    raise StateError(f"{path}: the session changed while it was read; try again")
 
 
 def _when(t: float | None) -> str:
@@ -323,9 +362,8 @@ def _inspect_gateway(directory: str, as_json: bool) -> int:
     """``inspect DIR`` of a ``Gateway``'s directory: its sessions, one line each."""
     from .sessionlog import read_sessions
 
-    now = time.time()
     sessions = {cid: SavedState.of(st) for cid, st in sorted(read_sessions(directory).items())}
-    info = {cid: _inspect_obj(s, now, {}, GATEWAY_SOURCE) for cid, s in sessions.items()}
+    info = {cid: _inspect_obj(s, time.time(), {}, GATEWAY_SOURCE) for cid, s in sessions.items()}
     if as_json:
         print(json.dumps({"source": GATEWAY_SOURCE, "directory": directory,
                           "sessions": list(info.values())}, indent=2))
@@ -401,16 +439,8 @@ def _compat_list(as_json: bool) -> int:
 
 
 def _compat(args: argparse.Namespace) -> int:
-    from .compat import (
-        BrokerUnavailable,
-        Target,
-        all_passed,
-        check_broker,
-        find_scenarios,
-        format_table,
-        run_all,
-        to_json,
-    )
+    from .compat import (BrokerUnavailable, Target, all_passed, check_broker, find_scenarios,
+                         format_table, run_all, to_json)
 
     if args.list:
         return _compat_list(args.json)
@@ -512,8 +542,7 @@ def _compat_matrix(args: argparse.Namespace) -> int:
             "results": {str(p): [x.to_json() for x in res] for p, res in r.results.items()},
         } for r in runs], indent=2))
     else:
-        print()
-        print(matrix.format_text(runs))
+        print("\n" + matrix.format_text(runs))
     if args.update_readme:
         path = matrix.readme_path()
         matrix.update_readme(path, matrix.format_rst(runs))
@@ -526,26 +555,21 @@ def _brokers(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _jobs(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 32:
-        raise argparse.ArgumentTypeError(f"expected 1..32, got {text!r}")
+def _jobs(text: str, low: int = 1, high: int = 32, unit: str = "") -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"expected {low}..{high}{unit}, got {text!r}")
     return int(text)
 
 
 def _count(text: str) -> int:
-    if not text.isdigit() or not 2 <= int(text) <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected 2..1000000 messages, got {text!r}")
-    return int(text)
+    return _jobs(text, 2, 1_000_000, " messages")
 
 
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"expected seconds in (0, 60], got {text!r}")
-    return value
+    with contextlib.suppress(ValueError):
+        if 0 < float(text) <= 60:
+            return float(text)
+    raise argparse.ArgumentTypeError(f"expected seconds in (0, 60], got {text!r}")
 
 
 # ====================================================================== main
@@ -567,9 +591,7 @@ def _password(args: argparse.Namespace) -> str | None:
         if not line:
             raise _BadArguments("--password-prompt: no password on standard input")
         return line.rstrip("\r\n")
-    if given is not None:
-        return given
-    return os.environ.get(ENV_PASSWORD) or None
+    return given if given is not None else os.environ.get(ENV_PASSWORD) or None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -590,15 +612,14 @@ def _parser() -> argparse.ArgumentParser:
                         " resent QoS 2 message twice)")
     d.set_defaults(func=_demo)
     c = sub.add_parser("compat", help="check a broker's session behaviour, one row per scenario",
-                       description="Run MQTT session scenarios against a broker with raw packets and"
-                                   " print one row each: pass, FAIL with the reason, or n/a. Exit code"
-                                   " 0 when every applicable scenario passed, 1 when one failed, 2 for"
-                                   " a usage error or when the broker cannot be reached, refuses the"
-                                   " protocol, or does not let the user publish and subscribe under"
-                                   f" {TOPIC_ROOT}/# (every scenario's topics; tried first; client ids"
-                                   " begin with msc). It never restarts a broker it did not start, so"
-                                   " it does not check that sessions survive a broker restart (the"
-                                   " test suite does, for the brokers it starts).")
+                       description=(
+        "Run MQTT session scenarios against a broker with raw packets and print one row each: pass,"
+        " FAIL with the reason, or n/a. Exit code 0 when every applicable scenario passed, 1 when"
+        " one failed, 2 for a usage error or when the broker cannot be reached, refuses the"
+        f" protocol, or does not let the user publish and subscribe under {TOPIC_ROOT}/# (every"
+        " scenario's topics; tried first; client ids begin with msc). It never restarts a broker it"
+        " did not start, so it does not check that sessions survive a broker restart (the test"
+        " suite does, for the brokers it starts)."))
     c.add_argument("--broker", type=_split_broker, metavar="HOST:PORT",
                    help="the broker to check, HOST:PORT or [IPv6]:PORT (default: start an embedded"
                         " amqtt broker)")
@@ -638,13 +659,12 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_compat)
     i = sub.add_parser("inspect", help="show a saved session (a state file, a gateway directory,"
                                        " or - for stdin)",
-                       description="Show a saved session. FILE is a SessionStateFile: its snapshot,"
-                                   " its journal (FILE.journal) and its disk queue (FILE.queue/)"
-                                   " are read, as restore_session would, and nothing is written."
-                                   " A Gateway's directory: its sessions are listed, read from its"
-                                   " shared log (nothing locked or written)."
-                                   " With - the save_session() text is read from standard input"
-                                   " alone: no journal, no disk queue.")
+                       description=(
+        "Show a saved session. FILE is a SessionStateFile: its snapshot, its journal (FILE.journal)"
+        " and its disk queue (FILE.queue/) are read, as restore_session would, and nothing is"
+        " written. A Gateway's directory: its sessions are listed, read from its shared log"
+        " (nothing locked or written). With - the save_session() text is read from standard input"
+        " alone: no journal, no disk queue."))
     i.add_argument("file", metavar="FILE")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=_inspect)
@@ -656,6 +676,8 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--first", type=int, required=True)
     h.add_argument("--last", type=int, required=True)
     h.add_argument("--crash", action="store_true")
+    h.add_argument("--client-id", required=True)
+    h.add_argument("--topic", required=True)
     h.set_defaults(func=_demo_publisher)
     return p
 

@@ -1005,6 +1005,8 @@ def check_broker(target: Target) -> None:
 def _check_topics(client: RawClient, target: Target) -> None:
     """Subscribe and publish once under ``TOPIC_ROOT/#`` and get the message back: without
     that (an ACL, a SUBACK failure, PUBACK 0x87) every scenario would blame the broker."""
+    from .raw import MalformedPacket  # noqa: PLC0415 - (kept to this function)
+
     topic = f"{TOPIC_ROOT}/{secrets.token_hex(4)}/probe"
     qos = min(1, client.max_qos)
 
@@ -1022,6 +1024,9 @@ def _check_topics(client: RawClient, target: Target) -> None:
         client.ack(client.expect_publish(topic))
     except BeyondServerLimit as exc:  # a Maximum Packet Size too small for any scenario
         raise BrokerUnavailable(f"cannot check the broker at {target.address}: {exc}") from None
+    except MalformedPacket as exc:  # a protocol error, not an ACL's doing
+        raise BrokerUnavailable(
+            f"the broker at {target.address} sent a malformed packet: {step}{exc}") from None
     except RawError as exc:
         raise denied(f"{step}{exc}") from None
 
