@@ -28,8 +28,7 @@ in-flight window, the acknowledgements that end an outgoing flow); this module a
 connection (CONNACK, the resume plan, a lost connection, ticks), the incoming flows (PUBLISH,
 PUBREL, ``ack``) and restoring a saved session.
 
-The engine is not thread-safe: one owner calls it (under the Client's lock).
-"""
+The engine is not thread-safe: one owner calls it (under the Client's lock)."""
 
 from __future__ import annotations
 
@@ -464,6 +463,7 @@ class Engine(Outgoing):
             out += self._pump()
         elif self.state.spooled and not self._pending:
             out += self._pump()  # the disk queue waits and nothing else would read it
+        out += self.subs.retry()
         # (or at once when the clock went back: the last one would stand for hours)
         if now - self._last_activity >= ACTIVITY_EVERY or now < self._last_activity:
             self._last_activity = now

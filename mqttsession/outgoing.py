@@ -4,8 +4,7 @@ Pure, like ``engine.py`` (whose ``Engine`` builds on ``Outgoing``): the size lim
 queue in memory and in the disk queue (``QueueSource``: MaxQueuedMessages / MaxQueuedBytes,
 drop-oldest, message expiry), the in-flight window and DrainRateLimit (``_pump``), each
 PUBLISH and PUBREL written (``_write``: persistence points 1 and 2), and the PUBACK / PUBREC /
-PUBCOMP that end a flow (point 5). Each method returns the engine's ordered actions.
-"""
+PUBCOMP that end a flow (point 5). Each method returns the engine's ordered actions."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from typing import Container, Final, Protocol, Sequence
 from . import _wire
 from ._wire import PacketType
 from .actions import Action, ConnState, EngineSettings, Notify, Persist, Write
-from .errors import MQTTSessionError, UsageError
+from .errors import MQTTSessionError, PacketIdsExhausted, UsageError
 from .events import (
     DIRECTION_CLIENT,
     ErrorEvent,
@@ -531,10 +530,8 @@ class Outgoing(QueueLimits):
             self._pending.pop()
 
     def _pump(self, resends_only: bool = False) -> list[Action]:
-        """Write pending messages while the in-flight window has room [MQTT-3.3.4-7]: the
-        reserved ids' PUBRELs unanswered take room too (the broker's flows), all but one slot
-        (a broker that never answers them must not stall the session). ``resends_only``: up to
-        the first message never sent."""
+        """Write pending messages while the window has room [MQTT-3.3.4-7] (the reserved ids'
+        unanswered PUBRELs take all but one slot); ``resends_only``: up to the first never sent."""
         if self.conn is not _CONNECTED:
             return []
         out: list[Action] = self._refill() if self.state.spooled else []
@@ -577,7 +574,11 @@ class Outgoing(QueueLimits):
                     out.append(self.error(code, f"message seq {seq} (packet id {m.packet_id})"
                                                 f" to {m.topic!r} taken out of the session: {why}"))
                     continue
-            out += self._write(m)
+            try:
+                out += self._write(m)
+            except PacketIdsExhausted:  # it needs an id and SUBSCRIBEs hold the free ones:
+                pending.appendleft(seq)  # it waits for one (an ack's)
+                break
             inflight[seq] = 0.0
         return out
 
@@ -585,10 +586,9 @@ class Outgoing(QueueLimits):
         if m.phase is Phase.QUEUED:
             if m.packet_id:
                 # lazy: if lost, the message is resent as if never sent (same id; DUP=0); but a
-                # QoS 2 one that could be taken out as never sent (it may expire, or be dropped
-                # for room) is written before its PUBLISH leaves: taken out after a kill -9, its
-                # flow would stay open on the broker for good, a slot of its Receive Maximum (a
-                # later message refused 0x97 and lost)
+                # QoS 2 one that could be taken out as never sent (expired, dropped for room) is
+                # written before its PUBLISH leaves: taken out after a kill -9, its flow would
+                # hold a slot of the broker's Receive Maximum for good (a later one refused)
                 step = self.state.moved(m, Event.SEND,
                                         Phase.AWAIT_PUBACK if m.qos == 1 else Phase.AWAIT_PUBREC)
                 keep = m.qos == 2 and (bool(m.properties)

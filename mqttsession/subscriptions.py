@@ -11,6 +11,7 @@ Part of the engine (pure; ``engine.Engine.subs``): each method returns the engin
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Callable, Container, Final, Sequence, Sized, TypeVar
 
 from . import _wire
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from .outgoing import Outgoing
 
 __all__ = ["SUBSCRIBE_TRIES", "Subscriptions"]
+
+log = logging.getLogger("mqttsession")
 
 SUBSCRIBE_TRIES: Final = 3  # connections closed on one SUBSCRIBE before it counts as refused
 _OVERHEAD: Final = 8  # a (UN)SUBSCRIBE's bytes besides its filters, at most: fixed header 5,
@@ -115,7 +118,8 @@ class Subscriptions:
             out += self._subscribe_packets(sorted(subs.items()))
         return out
 
-    def _next_sub_id(self) -> int:
+    def _next_sub_id(self) -> int | None:
+        """A packet id no message and no SUBSCRIBE / UNSUBSCRIBE holds; None: none is free."""
         busy, held = self.busy(), self._e.state.outgoing_by_packet_id
         pid = self._last_sub_id
         for _ in range(MAX_PACKET_ID):
@@ -123,7 +127,16 @@ class Subscriptions:
             if pid not in busy and held(pid) is None:
                 self._last_sub_id = pid
                 return pid
-        raise UsageError("no free packet id for SUBSCRIBE / UNSUBSCRIBE")
+        return None
+
+    def retry(self) -> list[Action]:
+        """Connected: the SUBSCRIBE / UNSUBSCRIBE that waited for a free packet id (every id
+        held by messages), sent once one is free (each tick)."""
+        return self.resume(()) if self._unsent_subs or self._unsent_unsubs else []
+
+    def _no_id(self, what: str, filters: Sequence[str]) -> None:
+        log.warning("no free packet id for %s %s (every one is held by a message): it waits"
+                    " for one", what, ", ".join(map(repr, filters[:3])))
 
     def _check_size(self, filters: Sequence[str], option: int) -> None:
         """``UsageError`` for a filter whose packet alone is over the broker's Maximum Packet
@@ -188,8 +201,13 @@ class Subscriptions:
             + [[s] for s in subs if s[0] in self._sub_closes]
         out: list[Action] = []
         proto = 5 if self._e.v5 else 4
-        for batch in batches:
+        for i, batch in enumerate(batches):
             pid = self._next_sub_id()
+            if pid is None:  # they wait (``retry``), the session changed already
+                waiting = [s for b in batches[i:] for s in b]
+                self._unsent_subs.update(waiting)
+                self._no_id("SUBSCRIBE", [f for f, _q in waiting])
+                break
             self._sub_ids[pid] = batch
             self._sending(pid, [f for f, _q in batch])
             out.append(Write(_wire.encode_subscribe(pid, batch, protocol=proto),
@@ -202,8 +220,13 @@ class Subscriptions:
         batches = (self._fitting(fresh, lambda f: _filter_size(f, 0)) if fresh else []) \
             + [[f] for f in filters if f in self._unsub_closes]
         out: list[Action] = []
-        for batch in batches:
+        for i, batch in enumerate(batches):
             pid = self._next_sub_id()
+            if pid is None:
+                waiting = [f for b in batches[i:] for f in b]
+                self._unsent_unsubs.update(waiting)
+                self._no_id("UNSUBSCRIBE", waiting)
+                break
             self._unsub_ids[pid] = batch
             self._sending(pid, batch)
             out.append(Write(_wire.encode_unsubscribe(pid, batch, protocol=5 if self._e.v5 else 4),

@@ -1201,3 +1201,42 @@ def test_recovered_reservation_pubrels_take_window_room_until_answered() -> None
     assert e._unreleased is not None
     assert [p.packet_id for p in packets(e.receive(ack_in(PacketType.PUBCOMP, 4)))] == [pids[1]]
     assert e._unreleased is None
+
+
+def _all_ids_held() -> Engine:
+    """Connected, 65,535 QoS 1 messages held (MaxInflight 1: one in flight), every id taken."""
+    e = connected(max_inflight=1)
+    for i in range(65_535):
+        e.publish("t", b"m", 1, False)
+    return e
+
+
+def test_subscribe_with_every_id_held_waits_for_one() -> None:
+    """Every packet id held by a message (a long outage): ``subscribe`` changes the session
+    and its SUBSCRIBE waits, sent at the first tick after an ack frees an id. Before (a
+    hunt): ``UsageError`` though the session had changed, and later the filter was dropped
+    as refused by the broker."""
+    e = _all_ids_held()
+    out = e.subscribe(["cmd/#"], 1)
+    assert "cmd/#" in e.state.subscriptions and not packets(out)
+    assert not packets(e.tick(1.0, 1.0))
+    e.receive(ack_in(PacketType.PUBACK, 1))  # an id free
+    assert [p.type for p in packets(e.tick(2.0, 2.0))] == [PacketType.SUBSCRIBE]
+
+
+def test_resubscribe_after_session_lost_with_every_id_held_is_not_lost() -> None:
+    """An outage queues 65,535 messages (every id taken), then SessionPresent=0: the
+    re-SUBSCRIBE waits (the filter kept, no error in the CONNACK's handling) and goes once an
+    ack frees an id. Before (a hunt): the CONNACK's handling raised, the connection dropped,
+    and the next connection (SessionPresent=1) never sent it: the subscription was lost."""
+    e = connected(max_inflight=1)
+    (sub,) = packets(e.subscribe(["cmd/#"], 1))
+    e.receive(incoming(_wire.encode_suback(sub.packet_id or 0, [1])))
+    e.connection_lost(1.0, 0, "outage")
+    for _ in range(65_535):
+        e.publish("t", b"m", 1, False)
+    out = connect(e, session_present=False)
+    assert "cmd/#" in e.state.subscriptions
+    assert [p.type for p in packets(out)] == [PacketType.PUBLISH]  # (MaxInflight 1)
+    e.receive(ack_in(PacketType.PUBACK, packets(out)[0].packet_id or 0))
+    assert PacketType.SUBSCRIBE in [p.type for p in packets(e.tick(3.0, 3.0))]
