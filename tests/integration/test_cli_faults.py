@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -167,10 +168,12 @@ def test_demo_against_a_broker_that_refuses_the_connect() -> None:
     assert "RESULT" not in out.stdout and "SUBACK" not in out.stderr, out
 
 
-@pytest.fixture
-def closing_server() -> Iterator[int]:
-    """A TCP port that accepts and closes every connection before any CONNACK."""
+@contextlib.contextmanager
+def _server(answer: bytes | None) -> Iterator[int]:
+    """A TCP port that reads each connection's CONNECT, then closes it (``answer`` None) or
+    sends ``answer`` and keeps it open."""
     srv = socket.create_server(("127.0.0.1", 0))
+    conns: list[socket.socket] = []
 
     def serve() -> None:
         while True:
@@ -179,13 +182,26 @@ def closing_server() -> Iterator[int]:
             except OSError:
                 return
             conn.recv(4096)
-            conn.close()
+            if answer is None:
+                conn.close()
+            else:
+                conns.append(conn)
+                conn.sendall(answer)
 
     threading.Thread(target=serve, daemon=True).start()
     try:
         yield srv.getsockname()[1]
     finally:
         srv.close()
+        for conn in conns:
+            conn.close()
+
+
+@pytest.fixture
+def closing_server() -> Iterator[int]:
+    """A TCP port that accepts and closes every connection before any CONNACK."""
+    with _server(None) as port:
+        yield port
 
 
 def test_demo_against_a_server_that_closes_before_connack(closing_server: int) -> None:
@@ -264,26 +280,8 @@ def test_two_demos_at_once_on_one_broker(mosquitto: Any) -> None:
 @pytest.fixture
 def garbage_server() -> Iterator[int]:
     """Accepts the CONNECT, then a packet whose Remaining Length never ends."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    conns: list[socket.socket] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            conns.append(conn)
-            conn.recv(4096)
-            conn.sendall(b"\x20\x02\x00\x00" + b"\xff" * 64)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield srv.getsockname()[1]
-    finally:
-        srv.close()
-        for conn in conns:
-            conn.close()
+    with _server(b"\x20\x02\x00\x00" + b"\xff" * 64) as port:
+        yield port
 
 
 def test_compat_names_a_malformed_packet_not_an_acl(

@@ -171,6 +171,17 @@ def _connect_in_thread(connect: Any) -> tuple[threading.Thread, list[BaseExcepti
     return t, raised
 
 
+def _closed_mid_connect(c: Any, port: int) -> list[BaseException]:
+    """``c.connect(timeout=20)`` in a thread, ``close()`` half a second later: what the
+    connect raised (it must have ended within 5 s)."""
+    t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=20))
+    time.sleep(0.5)
+    c.close()
+    t.join(5)
+    assert not t.is_alive(), "connect() still waits after close()"
+    return raised
+
+
 @pytest.mark.parametrize("kind", ["client", "gateway"])
 def test_close_ends_a_connect_waiting_for_its_connack(tmp_path: Path, kind: str) -> None:
     """``close()`` while ``connect(timeout=20)`` waits for a CONNACK that never comes: the
@@ -179,11 +190,7 @@ def test_close_ends_a_connect_waiting_for_its_connack(tmp_path: Path, kind: str)
     with _silent() as port, Gateway(tmp_path / "gw") as gw:
         c = Client(client_id="silent") if kind == "client" else gw.client("silent",
                                                                           clean_session=False)
-        t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=20))
-        time.sleep(0.5)
-        c.close()
-        t.join(8)
-        assert not t.is_alive(), "connect() still waits after close()"
+        raised = _closed_mid_connect(c, port)
         assert len(raised) == 1 and isinstance(raised[0], ConnectError), raised
         assert "ended by close()" in str(raised[0])
 
@@ -378,11 +385,7 @@ def test_close_ends_a_tcp_connect_to_a_dead_server_at_once(tmp_path: Path, kind:
             return
         c = Client(client_id="dead") if kind == "client" else gw.client("dead",
                                                                         clean_session=False)
-        t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=20))
-        time.sleep(0.5)
-        c.close()
-        t.join(5)
-        assert not t.is_alive(), "connect() still in its TCP connect after close()"
+        raised = _closed_mid_connect(c, dead)  # (before: the connect waited 20 s)
         assert [type(e) for e in raised] == [ConnectError] and "close()" in str(raised[0])
         gw.close()  # (its pool's threads end, none still in a connect)
         wait_until(lambda: not [th for th in threading.enumerate()

@@ -28,15 +28,18 @@ pytestmark = pytest.mark.integration
 
 
 @contextlib.contextmanager
-def interrupt_at(fn: Callable[..., Any], text: str) -> Iterator[list[int]]:
-    """KeyboardInterrupt at the first line of ``fn`` holding ``text`` that this thread runs;
-    the list yielded gets an item once it fired."""
+def interrupt_at(fn: Callable[..., Any], text: str, line: int = 0,
+                 only_self: object = None) -> Iterator[list[int]]:
+    """KeyboardInterrupt at the first line of ``fn`` holding ``text`` (or at line number
+    ``line``) that this thread runs (``only_self``: in a call on that object); the list
+    yielded gets an item once it fired."""
     src, first = inspect.getsourcelines(fn)
-    line = first + next(i for i, s in enumerate(src) if text in s)
+    line = line or first + next(i for i, s in enumerate(src) if text in s)
     code, fired = fn.__code__, []
 
     def tracer(frame: FrameType, _event: str, _arg: object) -> Any:
-        if frame.f_code is not code or fired:
+        if frame.f_code is not code or fired or (
+                only_self is not None and frame.f_locals.get("self") is not only_self):
             return None
 
         def local(frame: FrameType, event: str, _arg: object) -> Any:
@@ -288,29 +291,12 @@ def test_an_interrupt_anywhere_in_unmapping_leaves_the_disk_queue_usable(tmp_pat
     src, first = inspect.getsourcelines(mapped.MappedTail.drop)
     hits = 0
     for line in range(first + 1, first + len(src)):
-        fired: list[int] = []
-
-        def tracer(frame: FrameType, _event: str, _arg: object, line: int = line) -> Any:
-            if frame.f_code is not mapped.MappedTail.drop.__code__ or fired \
-                    or frame.f_locals.get("self") is not tail:
-                return None
-
-            def local(frame: FrameType, event: str, _arg: object) -> Any:
-                if event == "line" and frame.f_lineno == line and not fired:
-                    fired.append(1)
-                    raise KeyboardInterrupt
-                return local
-            return local
-
-        sys.settrace(tracer)
-        try:
+        with interrupt_at(mapped.MappedTail.drop, "", line, tail) as fired:
             for _ in range(200):
                 with contextlib.suppress(KeyboardInterrupt):
                     publish()
                 if fired:
                     break
-        finally:
-            sys.settrace(None)
         hits += bool(fired)
         for _ in range(3):
             publish()  # (before: a raw ValueError)
