@@ -45,7 +45,8 @@ def refusal_message(where: str, rc: int, reason: str, tls_enabled: bool, client_
         return f"connected to {where}, but {reason}"
     if rc == -2:
         if not tls_enabled:
-            hint = "not an MQTT broker there, a TLS listener (turn TLS on), or it stopped?"
+            hint = ("not an MQTT broker there, a TLS listener (turn TLS on), it stopped, or it"
+                    " refused something in the CONNECT (a will topic too deep or too long?)")
         elif not client_cert:
             hint = "a TLS listener that requires a client certificate does this"
         else:  # TLS 1.3: a refused client certificate shows only after the handshake

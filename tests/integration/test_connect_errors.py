@@ -76,3 +76,15 @@ def test_closed_before_connack_does_not_blame_certificates(server: tuple[str, in
     # a plain client at a TLS listener is closed so; nothing blames our TLS settings)
     assert f"{host}:{port}" in text and "CONNACK" in text, text
     assert "not an MQTT broker" in text, text
+
+
+@pytest.mark.mosquitto
+def test_a_will_topic_the_broker_refuses_is_named_as_a_possible_cause(mosquitto: object) -> None:
+    """mosquitto closes a connection whose will topic is deeper than 200 levels, before
+    CONNACK: the error names that possibility (before, a hunt: only "not an MQTT broker, a
+    TLS listener, or it stopped", all wrong here)."""
+    c = Client(client_id="deep-will", clean_session=True, will_topic="a/" * 250 + "b")
+    c.on_error = lambda _e: None
+    with pytest.raises(ConnectError, match="will topic"):
+        c.connect(mosquitto.host, mosquitto.port, timeout=10)  # type: ignore[attr-defined]
+    c.close()
