@@ -379,6 +379,27 @@ def text_digest(text: str) -> str:
     return text[len(_PREFIX):len(_PREFIX) + 64]
 
 
+def _newer_or_damaged(doc: dict[str, Any], text: str, version: int) -> StateError:
+    """A version above ours: ``NewerFormatError``, unless the text's checksum holds and its
+    body reads as this version's (the version digit alone is damaged: the checksum does not
+    cover it) or the checksum fails (damage)."""
+    prefix = f'{{"format":"mqttsession","version":{version},"sha256":"'
+    digest, rest = text[len(prefix):len(prefix) + 64], text[len(prefix) + 64:]
+    if text.startswith(prefix) and rest.startswith('","state":') and rest.endswith("}"):
+        body = rest[len('","state":'):-1].encode("utf-8", "surrogatepass")
+        if hashlib.sha256(body).hexdigest() != digest:
+            return StateError("state text checksum mismatch: the text was changed or damaged")
+        try:
+            obj_to_state(doc.get("state"), VERSION)
+        except (StateError, ValueError, TypeError):
+            pass
+        else:
+            return StateError(f"state format version {version}, but the state is this version's"
+                              f" ({VERSION}): the version field is damaged")
+    return NewerFormatError(f"state format version {version} is newer than this mqttsession"
+                            f" reads ({VERSION}); upgrade mqttsession")
+
+
 def _doc_to_state(doc: object, text: str) -> SessionState:
     if not isinstance(doc, dict):
         raise StateError(f"state text must be a JSON object, got {type(doc).__name__}")
@@ -388,10 +409,7 @@ def _doc_to_state(doc: object, text: str) -> SessionState:
     if type(version) is not int:
         raise StateError(f"state format version must be an integer, got {version!r:.40}")
     if version > VERSION:
-        raise NewerFormatError(
-            f"state format version {version} is newer than this mqttsession reads ({VERSION});"
-            " upgrade mqttsession"
-        )
+        raise _newer_or_damaged(doc, text, version)
     if version < 1:
         raise StateError(f"unknown state format version {version}")
     if set(doc) != {"format", "version", "sha256", "state"}:

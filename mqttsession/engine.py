@@ -42,7 +42,7 @@ from .errors import MQTTSessionError, ProtocolViolation, StateError, TransitionE
 from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist, Write
 from .outgoing import Outgoing, QueueSource
 from .subscriptions import SUBSCRIBE_TRIES
-from .stalls import HeadCloses
+from .stalls import HeadCloses, oldest_publish
 from .events import (
     DIRECTION_SERVER,
     ConnectedEvent,
@@ -402,8 +402,7 @@ class Engine(Outgoing):
     def _head_closed(self) -> list[Action]:
         """``on_error`` once ``SUBSCRIBE_TRIES`` connections in a row closed, no ack, the same
         message the oldest PUBLISH in flight (it holds the queue up; kept: a close is no proof)."""
-        seq = min((s for s in self._inflight if (m := self.state.outgoing.get(s)) is not None
-                   and m.phase is not Phase.AWAIT_PUBCOMP), default=None)
+        seq = None if self.subs.unanswered() else oldest_publish(self._inflight, self.state.outgoing)
         if self._closes.closed(seq) != SUBSCRIBE_TRIES or seq is None:
             return []
         m = self.state.outgoing[seq]
@@ -461,8 +460,8 @@ class Engine(Outgoing):
             self._tokens = min(float(rate), self._tokens + elapsed * rate)
             self._tokens_at = monotonic
             out += self._pump()
-        elif self.state.spooled and not self._pending:
-            out += self._pump()  # the disk queue waits and nothing else would read it
+        elif self.state.spooled or self._pending:  # the disk queue, or a message that waited
+            out += self._pump()  # for a packet id only SUBSCRIBEs held: nothing else pumps
         out += self.subs.retry()
         # (or at once when the clock went back: the last one would stand for hours)
         if now - self._last_activity >= ACTIVITY_EVERY or now < self._last_activity:

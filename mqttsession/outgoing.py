@@ -126,12 +126,12 @@ class Outgoing(QueueLimits):
         # does not hold get a PUBREL on the next SessionPresent=1 connection; _releasing: the
         # last of them sent, whose PUBCOMP ends it, as does the end of a flow published after
         # them (seq _released_before and later: a broker that answers no PUBCOMP for an id it
-        # does not hold read them); _unreserve: the seq of the publish that made the latest
-        # reservation and the one before it (for ``retract``)
+        # does not hold read them); _release_out: those unanswered (a window slot each, up to
+        # _release_cap); _unreserve: the seq of the publish that made the latest reservation
+        # and the one before it (for ``retract``)
         self._unreleased: tuple[int, int] | None = None
-        self._releasing = 0
-        self._released_before = 0
-        self._release_out: set[int] = set()  # those PUBRELs not answered: broker quota taken
+        self._releasing = self._released_before = self._release_cap = 0
+        self._release_out: set[int] = set()
         self._unreserve: tuple[int, int, int] | None = None
         self._recovered()
 
@@ -242,16 +242,14 @@ class Outgoing(QueueLimits):
         cover ids that records a power cut took gave to messages whose PUBLISHes reached the
         broker. They are never handed out again before their PUBRELs are sent: allocation goes
         on after the reservation (until it wraps round to them, 65,000 ids later)."""
-        st = self.state
         self.clock.reset()
-        first, last = st.reserved_first, st.reserved_last
-        self._unreleased = (first, last) if first else None
-        self._releasing, self._release_out = 0, set()
+        first, last = self.state.reserved_first, self.state.reserved_last
+        self._unreleased, self._releasing, self._release_out = (first, last) if first else None, 0, set()
         if first:
             # not recorded: the next record that hands out an id sets it, and until then the
             # file's last_packet_id is in the reservation or (after a restart that did not
             # record this) before it: either way the next process moves it here again
-            st.last_packet_id = last
+            self.state.last_packet_id = last
 
     def _reserve(self, before: int, seq: int) -> list[Action]:
         """``reserve_packet_ids``: the ids handed out since ``last_packet_id`` was ``before``
@@ -278,7 +276,9 @@ class Outgoing(QueueLimits):
         first, last = self._unreleased
         held = self.state.outgoing_by_packet_id
         ids = [pid for pid in id_range(first, last) if held(pid) is None]
-        self._release_out = set(ids)  # (a slot of the window each, up to its last but one)
+        # a window slot each, but one new PUBLISH always goes beside the resends in flight (its
+        self._release_out = set(ids)  # ack shows a broker that never answers them read them)
+        self._release_cap = max(0, self._window - len(self._inflight) - 1)
         log.info("%d PUBREL sent for packet ids %d..%d reserved before the restart"
                  " (SessionSync=interval: a power cut may have taken the records of messages"
                  " the broker holds)", len(ids), first, last)
@@ -537,7 +537,7 @@ class Outgoing(QueueLimits):
         out: list[Action] = self._refill() if self.state.spooled else []
         pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
         rate = self.settings.drain_rate_limit
-        room = self._window - min(len(self._release_out), self._window - 1)
+        room = self._window - min(len(self._release_out), self._release_cap)
         while len(inflight) < room:
             if not pending:  # (all dropped as expired, say): more from the disk queue now,
                 if not self.state.spooled:  # not at the next tick

@@ -243,8 +243,8 @@ class Spool:
         """The queued message a frame holds; ``StateError`` naming ``where`` otherwise."""
         try:
             rec = decode_record(payload)
-        except StateError as exc:
-            raise StateError(f"{where}: {exc}") from None
+        except StateError as exc:  # (a NewerFormatError stays one)
+            raise type(exc)(f"{where}: {exc}") from None
         if type(rec) is not Accepted or rec.message.packet_id:
             raise StateError(f"{where}: not a queued message")
         return rec.message

@@ -6,7 +6,18 @@ up). Pure."""
 
 from __future__ import annotations
 
-__all__ = ["HeadCloses"]
+from collections.abc import Iterable, Mapping
+
+from .state import OutgoingMessage, Phase
+
+__all__ = ["HeadCloses", "oldest_publish"]
+
+
+def oldest_publish(inflight: Iterable[int], outgoing: Mapping[int, OutgoingMessage]
+                   ) -> int | None:
+    """The seq of the oldest message in flight whose PUBLISH (not PUBREL) awaits its ack."""
+    return min((s for s in inflight if (m := outgoing.get(s)) is not None
+                and m.phase is not Phase.AWAIT_PUBCOMP), default=None)
 
 
 class HeadCloses:

@@ -110,9 +110,9 @@ class Subscriptions:
         if lost:
             out.append(Persist(tuple(self._e.state.subscribe(f, q) for f, q in lost)))
         self._unsent_subs.update(lost)
-        if self._unsent_unsubs:
-            out += self._unsubscribe_packets(sorted(self._unsent_unsubs))
-            self._unsent_unsubs.clear()
+        unsubs, self._unsent_unsubs = sorted(self._unsent_unsubs), set()
+        if unsubs:  # (those without a free packet id come back, waiting)
+            out += self._unsubscribe_packets(unsubs)
         subs, self._unsent_subs = dict(self._unsent_subs), {}
         if subs:
             out += self._subscribe_packets(sorted(subs.items()))
@@ -128,6 +128,10 @@ class Subscriptions:
                 self._last_sub_id = pid
                 return pid
         return None
+
+    def unanswered(self) -> bool:
+        """A SUBSCRIBE / UNSUBSCRIBE written on this connection is not answered yet."""
+        return bool(self._order)
 
     def retry(self) -> list[Action]:
         """Connected: the SUBSCRIBE / UNSUBSCRIBE that waited for a free packet id (every id

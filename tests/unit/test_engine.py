@@ -1187,20 +1187,33 @@ def test_a_disconnect_never_raises_the_expiry_its_connect_carried_as_0() -> None
 
 def test_recovered_reservation_pubrels_take_window_room_until_answered() -> None:
     """The broker's quota holds the flows of the reserved ids until their PUBCOMPs: with
-    MaxInflight 3, message 1 in flight and three PUBRELs out, the new messages wait, one
-    going as each PUBCOMP frees a slot (all but one slot at most: a broker that never
-    answers them must not stall the session). Before (a hunt): every new PUBLISH went
-    first, and a broker at its Receive Maximum refused them (0x97, lost)."""
+    MaxInflight 3, message 1 in flight and three PUBRELs out, one new message goes (always
+    one beside the resends: a broker that never answers such PUBRELs, amqtt, must not stall
+    the session; its ack ends them), the next ones as the PUBCOMPs free slots. Before (a
+    hunt): every new PUBLISH went first, and a broker at its Receive Maximum refused them."""
     e = Engine(EngineSettings(reserve_packet_ids=4, max_inflight=3), _recovered_state())
     sent = [(p.type, p.packet_id) for p in packets(connect(e, session_present=True))]
     assert sent == [(PacketType.PUBLISH, 1), (PacketType.PUBREL, 2), (PacketType.PUBREL, 3),
                     (PacketType.PUBREL, 4)]
-    pids = [publish(e, f"n{i}".encode(), qos=1)[0] for i in range(3)]
-    assert packets(e.receive(ack_in(PacketType.PUBCOMP, 2))) == []  # message 1 holds the slot
-    assert [p.packet_id for p in packets(e.receive(ack_in(PacketType.PUBCOMP, 3)))] == [pids[0]]
+    outs = [publish(e, f"n{i}".encode(), qos=1) for i in range(3)]
+    assert [len(packets(out)) for _pid, out in outs] == [1, 0, 0]
+    assert packets(e.receive(ack_in(PacketType.PUBCOMP, 2))) == []
+    assert packets(e.receive(ack_in(PacketType.PUBCOMP, 3))) == []
     assert e._unreleased is not None
-    assert [p.packet_id for p in packets(e.receive(ack_in(PacketType.PUBCOMP, 4)))] == [pids[1]]
+    assert [p.packet_id for p in packets(e.receive(ack_in(PacketType.PUBCOMP, 4)))] == [outs[1][0]]
     assert e._unreleased is None
+
+
+def test_recovered_reservation_pubrels_never_answered_do_not_stall() -> None:
+    """A broker that answers no PUBREL for a flow it does not hold (amqtt): the new message
+    beside the resends goes, and its ack ends the reserved PUBRELs' hold on the window.
+    Before (a review): their slots and an unanswered resend filled the window for good."""
+    e = Engine(EngineSettings(reserve_packet_ids=4, max_inflight=2), _recovered_state())
+    connect(e, session_present=True)
+    pid, out = publish(e, b"new", qos=1)
+    assert [p.packet_id for p in packets(out)] == [pid]
+    e.receive(ack_in(PacketType.PUBACK, pid))
+    assert e._unreleased is None and e._release_out == set()
 
 
 def _all_ids_held() -> Engine:
@@ -1240,3 +1253,52 @@ def test_resubscribe_after_session_lost_with_every_id_held_is_not_lost() -> None
     assert [p.type for p in packets(out)] == [PacketType.PUBLISH]  # (MaxInflight 1)
     e.receive(ack_in(PacketType.PUBACK, packets(out)[0].packet_id or 0))
     assert PacketType.SUBSCRIBE in [p.type for p in packets(e.tick(3.0, 3.0))]
+
+
+def test_a_message_that_waited_for_an_id_a_resubscribe_took_goes_at_the_next_tick() -> None:
+    """SessionPresent=0 with every id held: the re-SUBSCRIBE takes the one free id (the one
+    the message in flight had), so that message, first in the queue, waits for an id; the
+    SUBACK frees it and the next tick sends the message. Before (a review): nothing pumped
+    the queue again, 65,535 messages held while connected."""
+    e = connected(max_inflight=1)
+    (sub,) = packets(e.subscribe(["cmd/#"], 1))
+    e.receive(incoming(_wire.encode_suback(sub.packet_id or 0, [1])))
+    e.publish("t", b"A", 1, False)
+    e.connection_lost(1.0, 0, "outage")
+    for _ in range(65_534):
+        e.publish("t", b"m", 1, False)
+    out = connect(e, session_present=False)
+    (resub,) = [p for p in packets(out) if p.type is PacketType.SUBSCRIBE]
+    e.receive(incoming(_wire.encode_suback(resub.packet_id or 0, [1])))
+    assert [p.type for p in packets(e.tick(2.0, 2.0))] == [PacketType.PUBLISH]
+
+
+def test_an_unsubscribe_waiting_for_a_packet_id_is_kept_until_sent() -> None:
+    """``unsubscribe`` with every id held waits across ticks and goes once an ack frees an id.
+    Before (a review): the first tick without a free id forgot it; the broker went on
+    delivering."""
+    e = connected(max_inflight=1)
+    (sub,) = packets(e.subscribe(["cmd/#"], 1))
+    e.receive(incoming(_wire.encode_suback(sub.packet_id or 0, [1])))
+    for _ in range(65_535):
+        e.publish("t", b"m", 1, False)
+    assert not packets(e.unsubscribe(["cmd/#"]))
+    assert not packets(e.tick(1.0, 1.0))
+    inflight = next(m.packet_id for m in e.state.outgoing.values() if m.phase is not Phase.QUEUED)
+    e.receive(ack_in(PacketType.PUBACK, inflight))
+    assert PacketType.UNSUBSCRIBE in [p.type for p in packets(e.tick(2.0, 2.0))]
+
+
+def test_closes_answering_a_subscribe_blame_no_message() -> None:
+    """The broker closes each connection on a SUBSCRIBE written ahead of the resends: those
+    closes are the SUBSCRIBE's (``requeue_unanswered``), no message is named in ``on_error``
+    (before, a review: "message seq 1 ... first in flight")."""
+    e = connected()
+    publish(e, b"innocent", qos=1)
+    e.subscribe(["refused/#"], 1)
+    said = []
+    for i in range(3):
+        out = e.connection_lost(float(i), 0, "closed by the broker")
+        said += [ev.description for ev in notified(out, "on_error")]
+        connect(e, session_present=True)
+    assert not [s for s in said if "first in flight" in s], said
