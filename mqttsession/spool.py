@@ -27,15 +27,13 @@ segment found damaged while read back is kept aside (``*.damaged-<time>``) and r
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import json
 import logging
 import os
 import stat
-import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Final, Iterator
 
 from .errors import PersistenceError, StateError
@@ -45,6 +43,7 @@ from .statelock import _own_file, unlinked
 from .recovery import (_NOFOLLOW, _fsync_dir, frame, keep_cut_copy, read_frames, unreadable,
                        zeros_from)
 from .records import Accepted, OutgoingMessage, decode_record, encode_message
+from .segments import DAMAGED_NAME, OPEN_NAME, SEALED_NAME, Segment, header, read_header
 from .state import message_bytes
 
 __all__ = ["QUEUE_SUFFIX", "SEGMENT_BYTES", "Spool"]
@@ -53,24 +52,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_SUFFIX: Final = ".queue"
 SEGMENT_BYTES: Final = 1024 * 1024  # a segment is sealed past this; a restart reads <= 2
-_HEADER_TAG: Final = "mqttsession-queue"
-_VERSION: Final = 1
-_OPEN_NAME: Final = re.compile(r"q-(\d{20})\.open\Z")
-_SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)(?:-p(\d+))?\.seg\Z")
-_DAMAGED_NAME: Final = re.compile(r"q-(\d{20})[-.].*\.damaged-")  # (``_damaged``)
 _CREATE: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW  # written at ``seg.size``
-
-
-@dataclass
-class _Segment:
-    first: int  # seq of its first message (its name)
-    path: str
-    sealed: bool
-    last: int = 0  # seq of its last message (0: none yet)
-    count: int = 0  # messages in it
-    bytes: int = 0  # their ``message_bytes``
-    size: int = 0  # bytes of the file that are valid frames
-    prev: int | None = None  # the newest seq queued before it was made (None: not recorded)
 
 
 class Spool:
@@ -91,7 +73,7 @@ class Spool:
         self.gap: int | None = None  # messages up to it not read back are missing (``_gap``)
         self._newest: float | None = None  # its publish time (None: not read yet)
         self.read_to = 0  # every message below it was read back, or lost to damage
-        self._segs: list[_Segment] = []
+        self._segs: list[Segment] = []
         self._ri = 0  # index in _segs of the segment being read back
         self._roff = 0  # offset in it of the next frame to read (0: before its header)
         self._rcount = self._rbytes = 0  # messages read from it, and their bytes
@@ -107,6 +89,8 @@ class Spool:
         # last sync (at most a segment); ``_suspect``: a sync of them failed
         self._tail: list[bytes] = []
         self._tail_at, self._suspect = 0, False
+        self._undo: tuple[int, bytes, Segment, tuple[int, int, int, int],
+                          tuple[int, float | None, int, int]] | None = None  # the last append's
         self._mutex = threading.RLock()
 
     # ------------------------------------------------------------------ recovery
@@ -131,14 +115,14 @@ class Spool:
             segs, damaged = [], []
             for name in names:
                 path = os.path.join(self.dir, name)
-                m = _SEALED_NAME.match(name)
+                m = SEALED_NAME.match(name)
                 if m is not None:
                     first, last, count, nbytes, size = map(int, m.groups()[:5])
                     prev = None if m.group(6) is None else int(m.group(6))
-                    segs.append(_Segment(first, path, True, last, count, nbytes, size, prev))
-                elif (m := _OPEN_NAME.match(name)) is not None:
-                    segs.append(_Segment(int(m.group(1)), path, False))
-                elif (m := _DAMAGED_NAME.match(name)) is not None:
+                    segs.append(Segment(first, path, True, last, count, nbytes, size, prev))
+                elif (m := OPEN_NAME.match(name)) is not None:
+                    segs.append(Segment(int(m.group(1)), path, False))
+                elif (m := DAMAGED_NAME.match(name)) is not None:
                     damaged.append(int(m.group(1)))
             segs.sort(key=lambda s: s.first)
             for seg in segs:
@@ -181,7 +165,7 @@ class Spool:
                         log.warning("%s", exc)
 
     @staticmethod
-    def _check_regular(seg: _Segment) -> os.stat_result:
+    def _check_regular(seg: Segment) -> os.stat_result:
         """A segment is a regular file (not a FIFO, a link, a directory): else ``StateError``."""
         try:
             st = os.lstat(seg.path)
@@ -191,14 +175,14 @@ class Spool:
             raise StateError(f"disk queue segment {seg.path} is not a regular file; kept")
         return st
 
-    def _check_sealed(self, seg: _Segment, st: os.stat_result) -> None:
+    def _check_sealed(self, seg: Segment, st: os.stat_result) -> None:
         if st.st_size != seg.size:
             raise StateError(f"disk queue segment {seg.path} is {st.st_size} bytes, its name says"
                              f" {seg.size} (cut short or damaged); kept")
         if seg.count <= 0 or seg.first > seg.last or seg.bytes < 0:
             raise StateError(f"disk queue segment {seg.path}: its name is not consistent")
 
-    def _check_read_back(self, seg: _Segment, spool_next: int) -> None:
+    def _check_read_back(self, seg: Segment, spool_next: int) -> None:
         """Before a sealed segment named read back is deleted: none of its messages is still
         to be read (``StateError`` otherwise, the file kept). Unreadable frames (a power cut's
         zeros under ``none``) are no such proof; the journal says they were read back."""
@@ -224,18 +208,13 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _header_ok(self, payload: bytes, seg: _Segment) -> bool:
-        try:
-            arr = json.loads(payload.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
+    def _header_ok(self, payload: bytes, seg: Segment) -> bool:
+        found = read_header(payload, seg.first)
+        if found is None:
             return False
-        if not (isinstance(arr, list) and len(arr) in (4, 5) and arr[0] == _HEADER_TAG
-                and arr[1] == _VERSION and isinstance(arr[2], str) and arr[3] == seg.first
-                and type((arr + [0])[4]) is int):
-            return False
-        seg.prev = arr[4] if len(arr) == 5 else None  # (4: made before ``prev``)
-        if self.client_id and arr[2] and arr[2] != self.client_id:
-            raise StateError(f"disk queue {self.dir} is for client id {arr[2]!r}")
+        owner, seg.prev = found
+        if self.client_id and owner and owner != self.client_id:
+            raise StateError(f"disk queue {self.dir} is for client id {owner!r}")
         return True
 
     @staticmethod
@@ -253,7 +232,7 @@ class Spool:
         for payload in payloads:
             yield self._message(payload, where)
 
-    def _scan_open(self, seg: _Segment) -> None:
+    def _scan_open(self, seg: Segment) -> None:
         """Read the open segment: its messages counted, a torn tail cut."""
         data = self._read(seg.path)
         payloads, valid, damaged_mid = read_frames(data)
@@ -303,7 +282,7 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
 
-    def _open_writer(self, seg: _Segment) -> None:
+    def _open_writer(self, seg: Segment) -> None:
         fd = os.open(seg.path, os.O_RDWR | _NOFOLLOW)
         try:
             _own_file(fd, seg.path)
@@ -313,7 +292,7 @@ class Spool:
             raise
         self._wfd, self._wseek = fd, True
 
-    def _new_segment(self, first: int) -> _Segment:
+    def _new_segment(self, first: int) -> Segment:
         if not os.path.isdir(self.dir):
             try:
                 os.mkdir(self.dir, 0o700)
@@ -323,11 +302,14 @@ class Spool:
                 raise StateError(f"{self.dir} is not a directory (a symbolic link is refused)")
         if self.sync and not self._segs:  # the queue's own name durable in its parent too
             _fsync_dir(self.dir)  # (made now, or by a run that did not sync: a power cut)
-        seg = _Segment(first, os.path.join(self.dir, f"q-{first:020d}.open"), False, prev=self.last_seq)
-        fd = os.open(seg.path, _CREATE, 0o600)
+        seg = Segment(first, os.path.join(self.dir, f"q-{first:020d}.open"), False, prev=self.last_seq)
+        try:  # (one an interrupt left, not a segment of ours: made again)
+            fd = os.open(seg.path, _CREATE, 0o600)
+        except FileExistsError:
+            self._unlink(seg.path)
+            fd = os.open(seg.path, _CREATE, 0o600)
         try:
-            head = frame(json.dumps([_HEADER_TAG, _VERSION, self.client_id, first,
-                                     seg.prev]).encode())
+            head = frame(header(self.client_id, first, seg.prev))
             _write_all(fd, head)
             if self.sync:
                 os.fdatasync(fd)
@@ -342,7 +324,7 @@ class Spool:
         self._segs.append(seg)
         return seg
 
-    def _seal(self, seg: _Segment) -> None:
+    def _seal(self, seg: Segment) -> None:
         """The open segment is full: its name takes what a restart needs to know."""
         assert self._wfd is not None
         self._map.drop()  # (a mapping past the file's end would fault)
@@ -369,6 +351,7 @@ class Spool:
         otherwise (and none of them stored)."""
         frames = [frame(encode_message(m)) for m in messages]  # a Spooled record's bytes
         data = frames[0] if len(frames) == 1 else b"".join(frames)
+        n = sum(map(message_bytes, messages))
         with self._mutex:
             try:
                 seg = self._segs[-1] if self._segs and self._wfd is not None else None
@@ -377,7 +360,9 @@ class Spool:
                     seg = None
                 if seg is None:
                     seg = self._new_segment(messages[0].seq)
-                try:
+                self._undo = (messages[0].seq, data, seg, (seg.size, seg.count, seg.bytes, seg.last),
+                              (self.last_seq, self._newest, self.count, self.bytes))
+                try:  # (a Ctrl-C too, anywhere: the publish is taken back, its seq reused)
                     self._put(seg, data, self.mapped and not (sync and self.sync))
                     if sync and self.sync:
                         self._sync_open()
@@ -386,33 +371,41 @@ class Spool:
                             self._tail_at = seg.size
                         self._tail.append(data)
                         self._unsynced = True
-                except BaseException:  # (a Ctrl-C too: the publish is taken back, its seq reused)
-                    if self._tail and self._tail[-1] is data:
-                        self._tail.pop()
-                    self._wseek = True
-                    self._map.drop()
-                    try:
-                        os.ftruncate(self._wfd, seg.size)  # type: ignore[arg-type]
-                        self._walloc = seg.size
-                    except OSError:  # zeros over it instead (its blocks are allocated):
-                        try:  # a restart must not find a publish told "failed"
-                            _write_all(self._wfd, bytes(len(data)), seg.size)  # type: ignore[arg-type]
-                        except OSError:
-                            pass
+                    k, seg.size, seg.last = len(messages), seg.size + len(data), messages[-1].seq
+                    seg.count, seg.bytes, self.count, self.bytes = \
+                        seg.count + k, seg.bytes + n, self.count + k, self.bytes + n
+                    self.last_seq, self._newest = seg.last, messages[-1].accepted_at
+                except BaseException:
+                    self.take_back(messages[0].seq)
                     raise
             except OSError as exc:
                 raise PersistenceError(exc.errno, f"cannot write the disk queue {self.dir}:"
                                                   f" {exc.strerror or exc}") from exc
-            seg.size += len(data)
-            n = sum(map(message_bytes, messages))
-            seg.count += len(messages)
-            seg.bytes += n
-            seg.last = self.last_seq = messages[-1].seq
-            self._newest = messages[-1].accepted_at
-            self.count += len(messages)
-            self.bytes += n
 
-    def _put(self, seg: _Segment, data: bytes, mapped: bool) -> None:
+    def take_back(self, seq: int) -> bool:
+        """The last append's messages from ``seq`` were taken back (its publish raised, a
+        Ctrl-C or a fault, after they were written): the open segment cut back to its size
+        before. False: nothing to take back."""
+        with self._mutex:
+            undo, fd = self._undo, self._wfd
+            if undo is None or undo[0] < seq or fd is None or undo[2] is not self._segs[-1]:
+                return False
+            _, data, seg, counts, totals = undo
+            seg.size, seg.count, seg.bytes, seg.last = counts
+            self.last_seq, self._newest, self.count, self.bytes = totals
+            self._undo, self._wseek, size = None, True, seg.size
+            if self._tail and self._tail[-1] is data:
+                self._tail.pop()
+            self._map.drop()
+            try:
+                os.ftruncate(fd, size)
+                self._walloc = size
+            except OSError:  # zeros over it instead (its blocks are allocated): a restart
+                with contextlib.suppress(OSError):  # must not find a publish told "failed"
+                    _write_all(fd, bytes(len(data)), size)
+            return True
+
+    def _put(self, seg: Segment, data: bytes, mapped: bool) -> None:
         """Write ``data`` at the open segment's end, over zeros written ahead (``zeros_ahead``);
         ``mapped``: copied into a mapping of the file, no system call (``Journal._put``)."""
         fd = self._wfd
@@ -462,7 +455,7 @@ class Spool:
 
     # ------------------------------------------------------------------ reading back
 
-    def _fill(self, seg: _Segment) -> bool:
+    def _fill(self, seg: Segment) -> bool:
         """Frames of ``seg`` from the read position are in ``_frames``; False: none left."""
         if self._frames:
             return True
@@ -505,7 +498,7 @@ class Spool:
         self.bytes -= n
         return m
 
-    def _damaged(self, seg: _Segment, why: str) -> None:
+    def _damaged(self, seg: Segment, why: str) -> None:
         """A segment found damaged while read back: kept aside, the rest of it skipped."""
         lost = max(0, seg.count - self._rcount)
         self.read_to = max(self.read_to, seg.last + 1)
@@ -571,7 +564,7 @@ class Spool:
                     self._newest = m.accepted_at
             return self._newest or None
 
-    def _segment_messages(self, seg: _Segment) -> Iterator[OutgoingMessage]:
+    def _segment_messages(self, seg: Segment) -> Iterator[OutgoingMessage]:
         payloads, _, _ = read_frames(self._read(seg.path, 0, seg.size))
         return self._messages(payloads[1:], seg.path)
 
@@ -643,8 +636,8 @@ class Spool:
         into ``P.queue/<label>-<time>``); the new names. ``PersistenceError``: left in place."""
         with self._mutex:
             self._close_fds()
-            names = [n for n in os.listdir(self.dir) if _OPEN_NAME.match(n)
-                     or _SEALED_NAME.match(n)] if os.path.isdir(self.dir) else []
+            names = [n for n in os.listdir(self.dir) if OPEN_NAME.match(n)
+                     or SEALED_NAME.match(n)] if os.path.isdir(self.dir) else []
             if names:
                 aside = self._move_aside(label, names)
             self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
@@ -680,7 +673,7 @@ class Spool:
             self._close_fds()
 
 
-def _gap(segs: list[_Segment], spool_next: int, damaged: list[int]) -> int | None:
+def _gap(segs: list[Segment], spool_next: int, damaged: list[int]) -> int | None:
     """The newest seq of messages not read back that no segment holds (one deleted), by each
     segment's ``prev``; None: none. One kept aside as damaged (reported then) is no gap."""
     seen = max(spool_next - 1, 0)  # every message up to it was read back (0: none)

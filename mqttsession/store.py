@@ -553,6 +553,8 @@ class StateFile:
         j = self.journal
         if j is None or self.unrestored is not None:  # (never over a session not restored)
             return
+        if self.spool is not None and self.spool.take_back(state.next_seq):  # (written, then
+            state.spool_last = self.spool.last_seq  # an interrupt before the publish returned)
         for attempt in (1, 2):
             try:
                 j.compact(state)

@@ -14,7 +14,8 @@ PACKAGE = Path(mqttsession.__file__).parent
 # sans-I/O: no paho, sockets, threads, event loops (the engine takes the time as an argument)
 PURE = {
     "_fields", "_wire", "actions", "codec", "engine", "errors", "events", "expiry", "failover",
-    "outgoing", "pacing", "queuelimits", "records", "stalls", "state", "subscriptions",
+    "outgoing", "pacing", "queuelimits", "records", "segments", "stalls", "state",
+    "subscriptions",
     "transitions", "validation",
 }
 IO_MODULES = {"paho", "socket", "ssl", "select", "selectors", "threading", "asyncio",

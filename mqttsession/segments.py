@@ -1,0 +1,48 @@
+"""The disk queue's segment files (``spool.py``): their names, what a segment is, and its
+header frame ``["mqttsession-queue", 1, client id, first seq, prev]``. Pure."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DAMAGED_NAME", "OPEN_NAME", "SEALED_NAME", "Segment", "header", "read_header"]
+
+_HEADER_TAG: Final = "mqttsession-queue"
+_VERSION: Final = 1
+OPEN_NAME: Final = re.compile(r"q-(\d{20})\.open\Z")
+SEALED_NAME: Final = re.compile(r"q-(\d{20})-(\d{20})-(\d+)-(\d+)-(\d+)(?:-p(\d+))?\.seg\Z")
+DAMAGED_NAME: Final = re.compile(r"q-(\d{20})[-.].*\.damaged-")  # (``Spool._damaged``)
+
+
+@dataclass
+class Segment:
+    first: int  # seq of its first message (its name)
+    path: str
+    sealed: bool
+    last: int = 0  # seq of its last message (0: none yet)
+    count: int = 0  # messages in it
+    bytes: int = 0  # their ``message_bytes``
+    size: int = 0  # bytes of the file that are valid frames
+    prev: int | None = None  # the newest seq queued before it was made (None: not recorded)
+
+
+def header(client_id: str, first: int, prev: int | None) -> bytes:
+    """A segment's header payload (framed by the caller)."""
+    return json.dumps([_HEADER_TAG, _VERSION, client_id, first, prev]).encode()
+
+
+def read_header(payload: bytes, first: int) -> tuple[str, int | None] | None:
+    """(client id, prev) of a header payload of the segment named ``first``; None: no valid
+    header (prev None: written before segments named it)."""
+    try:
+        arr = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not (isinstance(arr, list) and len(arr) in (4, 5) and arr[0] == _HEADER_TAG
+            and arr[1] == _VERSION and isinstance(arr[2], str) and arr[3] == first
+            and type((arr + [0])[4]) is int):
+        return None
+    return arr[2], arr[4] if len(arr) == 5 else None
