@@ -409,8 +409,10 @@ class AsyncSession:
             for f, fut in futures:
                 try:
                     code = await asyncio.wait_for(fut, timeout)
-                except asyncio.TimeoutError:
-                    raise MQTTSessionError(f"no SUBACK for {f!r} within {timeout} s") from None
+                except asyncio.TimeoutError:  # (3.12+: also with the SUBACK there at the deadline)
+                    if not fut.done() or fut.cancelled():
+                        raise MQTTSessionError(f"no SUBACK for {f!r} within {timeout} s") from None
+                    code = fut.result()
                 if code >= 0x80:
                     raise MQTTSessionError(f"the broker refused the subscription to {f!r}")
         finally:

@@ -232,8 +232,8 @@ class Connecting(Durability):
             await loop.run_in_executor(connects, self._tcp_connect, conn, host, port,
                                        params.keep_alive, gen)
             got: bool = await asyncio.wait_for(done.wait(), timeout)
-        except asyncio.TimeoutError:
-            got = False
+        except asyncio.TimeoutError:  # (the CONNACK may have come as the deadline passed: a
+            got = self._connack.is_set()  # loop busy then; 3.12+ lets the timeout win)
         except BaseException:  # cancelled (``wait_for(connect(), t)``): not left half set up
             self._teardown(conn)
             raise

@@ -297,7 +297,7 @@ class Driver(Connecting):
                 before = rot.current
                 target = rot.next()
                 self.engine.broker = format_address(*target)
-        self._connack_by = time.monotonic() + self._connack_within if self._lost else 0.0
+        self._connack_by = -1.0 if self._lost else 0.0  # (its clock starts with the socket)
         if self._lost:
             moved = (f"; the last connection was to {format_address(*before)}"
                      if before is not None and target != before else "")
@@ -411,7 +411,9 @@ class Driver(Connecting):
     def _hook_tick(self) -> None:
         now = time.monotonic()
         self.net_timer_run(now)
-        if self._connack_by and now > self._connack_by and self.conn is not None:
+        if self._connack_by < 0 and self.conn is not None and self.conn.tcp() is not None:
+            self._connack_by = now + self._connack_within  # (not while resolving, connecting)
+        if self._connack_by > 0 and now > self._connack_by and self.conn is not None:
             self._connack_by = 0.0  # a server silent after the TCP connect (no keep-alive
             log.info("no CONNACK from %s within %s s", self.engine.broker, self._connack_within)
             self.conn.drop()  # ends that wait when it is 0): the reconnect tries the next one

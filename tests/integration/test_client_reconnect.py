@@ -305,3 +305,49 @@ def test_a_server_keep_alive_does_not_outlive_its_connection() -> None:
     finally:
         c.close()
         fake.stop()
+
+
+def test_a_reconnect_through_a_dead_first_address_gets_its_connack_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker's name resolves to an address that drops SYNs (::1 with a full accept
+    queue), then to mosquitto's: a reconnect spends ``timeout`` on the first address; its
+    CONNACK wait starts once the socket is connected. Before (a review): the wait counted
+    from before the TCP connect, so every reconnect was dropped at "no CONNACK", for ever."""
+    import socket  # noqa: PLC0415
+
+    from mqttsession import Client  # noqa: PLC0415
+    from mqttsession.testing import MosquittoBroker  # noqa: PLC0415
+
+    with MosquittoBroker() as b:
+        try:
+            hole = socket.socket(socket.AF_INET6)
+            hole.bind(("::1", b.port))
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        hole.listen(0)
+        fill = [socket.socket(socket.AF_INET6) for _ in range(3)]
+        for s in fill:
+            s.setblocking(False)
+            s.connect_ex(("::1", b.port))
+        real = socket.getaddrinfo
+
+        def gai(host: Any, port: Any, *a: Any, **k: Any) -> Any:
+            if host == "dual-stack-broker":
+                return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+            return real(host, port, *a, **k)
+
+        monkeypatch.setattr(socket, "getaddrinfo", gai)
+        c = Client(client_id="dead-first-address", clean_session=False)
+        c.config("ReconnectDelayMin=0.5")
+        c.config("ReconnectDelayMax=0.5")
+        try:
+            c.connect("dual-stack-broker", b.port, 2)
+            b.stop()
+            c.publish_message("t/dead-first", 1, "published while the broker was down")
+            b.start()
+            assert c.flush(20), "never reconnected: each CONNACK wait ran out in the TCP connect"
+        finally:
+            c.close()
+            for s in [hole, *fill]:
+                s.close()

@@ -72,8 +72,9 @@ def test_demo_without_mosquitto_passes_or_says_why() -> None:
     if out.returncode == 0:
         assert "RESULT: nothing lost, no QoS 2 duplicate" in out.stdout, text
         assert tally.group(2) == "0", text
-    else:  # amqtt 0.12 may deliver a resent QoS 2 message twice: said plainly, not hidden
-        assert out.returncode == 1, text
+    else:  # amqtt 0.12 may deliver a resent QoS 2 message twice, or (Python 3.13) drop
+        assert out.returncode == 1, text  # messages it acknowledged: said plainly, not hidden
         assert "RESULT: FAILED because of the broker" in out.stdout, text
-        assert "amqtt 0.12" in out.stdout and "install mosquitto" in out.stdout, text
-        assert "missing 0" in out.stdout, text
+        if "acknowledged, never delivered" not in out.stdout:
+            assert "amqtt 0.12" in out.stdout and "install mosquitto" in out.stdout, text
+            assert "missing 0" in out.stdout, text

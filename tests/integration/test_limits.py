@@ -38,7 +38,8 @@ def _no_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise RuntimeError("can't start new thread")
 
     with monkeypatch.context() as m:
-        m.setattr(threading, "_start_new_thread", refused)
+        m.setattr(threading, "_start_joinable_thread" if hasattr(threading, "_start_joinable_thread")
+                  else "_start_new_thread", refused)  # (3.13 renamed it)
         yield
 
 
