@@ -264,6 +264,9 @@ def split(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int] | None:
 
     MalformedPacket if the Remaining Length cannot be one (the stream cannot be framed).
     """
+    if len(buf) - pos >= 2 and buf[pos + 1] < 0x80:  # one byte: every ack (the network thread)
+        total = 2 + buf[pos + 1]
+        return (2, total) if len(buf) - pos >= total else None
     found = decode_varint(buf, pos + 1)
     if found is None:
         return None

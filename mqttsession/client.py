@@ -458,7 +458,8 @@ class Client:
         ``QueueFullError`` when MaxQueuedMessages / MaxQueuedBytes leave no room;
         ``UsageError`` after ``close()``.
         """
-        live(self, "publish")
+        if self._born != forks():  # (before a lock: a fork()'s child may never get it)
+            live(self, "publish")
         d = self._driver
         if not qos:  # nothing to make durable: no turn to take
             return self._publish_begin(topic, qos, data, retain, properties, group=False)[0]

@@ -279,12 +279,10 @@ class Outgoing(QueueLimits):
         # a window slot each, but one new PUBLISH always goes beside the resends in flight (its
         self._release_out = set(ids)  # ack shows a broker that never answers them read them)
         self._release_cap = max(0, self._window - len(self._inflight) - 1)
-        log.info("%d PUBREL sent for packet ids %d..%d reserved before the restart"
-                 " (SessionSync=interval: a power cut may have taken the records of messages"
-                 " the broker holds)", len(ids), first, last)
-        if not ids:
-            self._unreleased = None
-        self._releasing = ids[-1] if ids else 0
+        log.info("%d PUBREL sent for packet ids %d..%d reserved before the restart (interval:"
+                 " a power cut may have taken the records of messages the broker holds)",
+                 len(ids), first, last)
+        self._unreleased, self._releasing = (self._unreleased, ids[-1]) if ids else (None, 0)
         self._released_before = self.state.next_seq
         return [self._ack(PacketType.PUBREL, pid) for pid in ids]
 
@@ -530,14 +528,15 @@ class Outgoing(QueueLimits):
             self._pending.pop()
 
     def _pump(self, resends_only: bool = False) -> list[Action]:
-        """Write pending messages while the window has room [MQTT-3.3.4-7] (the reserved ids'
-        unanswered PUBRELs take all but one slot); ``resends_only``: up to the first never sent."""
+        """Write pending messages while the window has room [MQTT-3.3.4-7] (less the reserved
+        ids' unanswered PUBRELs, ``_release_cap`` at most); ``resends_only``: to the first new."""
         if self.conn is not _CONNECTED:
             return []
         out: list[Action] = self._refill() if self.state.spooled else []
         pending, inflight, outgoing = self._pending, self._inflight, self.state.outgoing
-        rate = self.settings.drain_rate_limit
-        room = self._window - min(len(self._release_out), self._release_cap)
+        rate, room = self.settings.drain_rate_limit, self._window
+        if self._release_out:  # (their flows hold the broker's quota)
+            room -= min(len(self._release_out), self._release_cap)
         while len(inflight) < room:
             if not pending:  # (all dropped as expired, say): more from the disk queue now,
                 if not self.state.spooled:  # not at the next tick
