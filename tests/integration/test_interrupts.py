@@ -252,19 +252,22 @@ def test_interrupted_disk_queue_sync_takes_the_publish_back(tmp_path: Path) -> N
     c.config("SessionSync=always")
     c.config("QueueInMemory=2")
     c.restore_session("")
+    _interrupted_round(c, spool.Spool._sync_open, "self._tail.clear()", tmp_path / "s")
+
+
+def _interrupted_round(c: Client, fn: Callable[..., Any], text: str, path: Path) -> None:
+    """Four publishes (two into the disk queue), one interrupted at ``fn``'s ``text``, three
+    more, then ``close()``: the restart holds exactly the seven that returned."""
     sent = []
-    for i in range(4):  # the last two in the disk queue
-        c.publish_message("kbi/q", 1, f"m{i}")
-        sent.append(f"m{i}".encode())
-    with interrupt_at(spool.Spool._sync_open, "self._tail.clear()") as fired, \
-            pytest.raises(KeyboardInterrupt):
-        c.publish_message("kbi/q", 1, "cut")
-    assert fired
-    for i in range(4, 7):
+    for i in range(7):
+        if i == 4:
+            with interrupt_at(fn, text) as fired, pytest.raises(KeyboardInterrupt):
+                c.publish_message("kbi/q", 1, "interrupted")
+            assert fired
         c.publish_message("kbi/q", 1, f"m{i}")
         sent.append(f"m{i}".encode())
     c.close()
-    assert _held(tmp_path / "s", "kbi-q") == sent
+    assert _held(path, c.client_id) == sent
 
 
 @pytest.mark.parametrize("sync", ["none", "interval"])
@@ -448,18 +451,7 @@ def test_an_interrupt_after_the_disk_queue_wrote_takes_the_publish_back(
     c.config(f"SessionSync={sync}")
     c.config("QueueInMemory=2")
     c.restore_session("")
-    sent = []
-    for i in range(4):
-        c.publish_message("kbi/w", 1, f"m{i}")
-        sent.append(f"m{i}".encode())
-    with interrupt_at(fn, text) as fired, pytest.raises(KeyboardInterrupt):
-        c.publish_message("kbi/w", 1, "interrupted")
-    assert fired
-    for i in range(4, 7):
-        c.publish_message("kbi/w", 1, f"m{i}")
-        sent.append(f"m{i}".encode())
-    c.close()
-    assert _held(tmp_path / "s", "kbi-w") == sent
+    _interrupted_round(c, fn, text, tmp_path / "s")
 
 
 def test_a_segment_file_an_interrupt_left_is_made_again(tmp_path: Path) -> None:
