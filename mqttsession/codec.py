@@ -383,12 +383,7 @@ def _newer_or_damaged(doc: dict[str, Any], text: str, version: int) -> StateErro
     """A version above ours: ``NewerFormatError``, unless the text's checksum holds and its
     body reads as this version's (the version digit alone is damaged: the checksum does not
     cover it) or the checksum fails (damage)."""
-    prefix = f'{{"format":"mqttsession","version":{version},"sha256":"'
-    digest, rest = text[len(prefix):len(prefix) + 64], text[len(prefix) + 64:]
-    if text.startswith(prefix) and rest.startswith('","state":') and rest.endswith("}"):
-        body = rest[len('","state":'):-1].encode("utf-8", "surrogatepass")
-        if hashlib.sha256(body).hexdigest() != digest:
-            return StateError("state text checksum mismatch: the text was changed or damaged")
+    if _verified(text, f'{{"format":"mqttsession","version":{version},"sha256":"'):
         try:
             obj_to_state(doc.get("state"), VERSION)
         except (StateError, ValueError, TypeError):
@@ -414,20 +409,25 @@ def _doc_to_state(doc: object, text: str) -> SessionState:
         raise StateError(f"unknown state format version {version}")
     if set(doc) != {"format", "version", "sha256", "state"}:
         raise StateError(f"state text has fields {sorted(doc)}, expected format, version, sha256, state")
-    prefix = _PREFIXES[version]
-    digest = text[len(prefix):len(prefix) + 64]
-    rest = text[len(prefix) + 64:]
+    if not _verified(text, _PREFIXES[version]):
+        raise StateError("state text layout was altered (it must be kept exactly as saved)")
+    return obj_to_state(doc["state"], version)
+
+
+def _verified(text: str, prefix: str) -> bool:
+    """Whether ``text`` has the saved layout behind ``prefix``; ``StateError`` when its
+    state's checksum fails (or it is not UTF-8)."""
+    digest, rest = text[len(prefix):len(prefix) + 64], text[len(prefix) + 64:]
     if not (text.startswith(prefix) and _HEX64.fullmatch(digest) and rest.startswith('","state":')
             and rest.endswith("}")):
-        raise StateError("state text layout was altered (it must be kept exactly as saved)")
-    body = rest[len('","state":'):-1]
+        return False
     try:
-        raw = body.encode("utf-8")
+        raw = rest[len('","state":'):-1].encode("utf-8")
     except UnicodeEncodeError:
         raise StateError("state text holds a character that is not valid UTF-8") from None
     if hashlib.sha256(raw).hexdigest() != digest:
         raise StateError("state text checksum mismatch: the text was changed or damaged")
-    return obj_to_state(doc["state"], version)
+    return True
 
 
 # --------------------------------------------------------------------------- read-only view

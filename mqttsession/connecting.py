@@ -111,17 +111,18 @@ class Connecting(Durability):
         except (OSError, ValueError) as exc:
             ended = conn.ended  # (a close() on the loop ended it: ``gen`` is the same)
             self._teardown(conn)
-            self._check_ended(gen - 1 if ended else gen, None, host, port)  # (conn: torn down)
+            self._check_ended(gen, None, host, port, ended)  # (torn down: not the session's)
             raise ConnectError(f"cannot connect to {format_address(host, port)}:"
                                f" {describe_connect_error(exc)}") from exc
         except BaseException:  # never left half set up ("already connected" for good)
             self._teardown(conn)  # (this attempt's: a close() may have taken ``self.conn``)
             raise
 
-    def _check_ended(self, gen: int, conn: PahoConnection | None, host: str, port: int) -> None:
-        """-4 (no next server) once a disconnect() or another connect() came, or the
-        attempt's connection is no longer the session's."""
-        if gen != self._gen or (conn is not None and conn is not self.conn):
+    def _check_ended(self, gen: int, conn: PahoConnection | None, host: str, port: int,
+                     ended: bool = False) -> None:
+        """-4 (no next server) once a disconnect() or another connect() came, the attempt's
+        connection is no longer the session's, or it was ``ended``."""
+        if ended or gen != self._gen or (conn is not None and conn is not self.conn):
             raise ConnectError(f"connect() to {format_address(host, port)} ended by close()", -4)
 
     def _connected(self, where: str, params: ConnectParams) -> None:

@@ -24,12 +24,11 @@ def connect_tcp(host: str, port: int, timeout: float | None, source: tuple[str, 
             sock.bind(source)
             sock.connect(addr)
             return sock
-        except OSError as exc:
+        except BaseException as exc:
             sock.close()
+            if not isinstance(exc, OSError):
+                raise
             err = exc
-        except BaseException:
-            sock.close()
-            raise
     raise err
 
 
