@@ -332,10 +332,6 @@ class PahoConnection(mqtt.Client):
                 out.appendleft({**taken[0], "to_process": len(joined), "packet": joined})
         return super()._packet_write()  # noqa: SLF001
 
-    def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:  # noqa: SLF001
-        self._new_sock = super()._ssl_wrap_socket(tcp_sock)  # noqa: SLF001  (failing: the
-        return self._new_sock  # TCP socket stays _new_sock, which _create_socket closes)
-
     def _create_socket_connection(self) -> Any:  # noqa: SLF001
         # the socket known before its TCP connect: abort_setup ends that connect at once
         if self._get_proxy():  # noqa: SLF001
@@ -352,6 +348,8 @@ class PahoConnection(mqtt.Client):
     def _create_socket(self) -> Any:  # noqa: SLF001
         # closed when a handshake fails (paho: not); a handshake cut at the connect timeout
         self._new_sock = None
+        if self._ssl_context and not isinstance(self._ssl_context, dialing.TrackedContext):  # noqa: SLF001
+            self._ssl_context = dialing.TrackedContext(self._ssl_context, self._track)  # type: ignore[assignment]  # noqa: SLF001
         what = "WebSocket" if self._transport == "websockets" else "TLS" if self._ssl else None  # noqa: SLF001
         try:
             with dialing.handshake_deadline(self._connect_timeout, self.abort_setup, what):  # noqa: SLF001

@@ -1,14 +1,16 @@
 """A connection's set-up that another thread can end at once: the TCP connect (its socket
-known before it connects) and the TLS / WebSocket handshakes (a deadline)."""
+known before it connects), the TLS handshake (its socket known before it starts) and the TLS /
+WebSocket handshakes (a deadline)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from typing import Any, Callable, Iterator
 
-__all__ = ["connect_tcp", "handshake_deadline"]
+__all__ = ["TrackedContext", "connect_tcp", "handshake_deadline"]
 
 
 def connect_tcp(host: str, port: int, timeout: float | None, source: tuple[str, int],
@@ -30,6 +32,22 @@ def connect_tcp(host: str, port: int, timeout: float | None, source: tuple[str, 
                 raise
             err = exc
     raise err
+
+
+class TrackedContext:
+    """An ``ssl.SSLContext`` whose ``wrap_socket`` gives each TLS socket to ``track`` before
+    its handshake: the TCP socket it wrapped is detached, a ``shutdown`` of it ends nothing."""
+
+    def __init__(self, context: ssl.SSLContext, track: Callable[[socket.socket], None]) -> None:
+        self.context, self._track = context, track
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = self.context.wrap_socket(*args, **kwargs)
+        self._track(sock)  # (it raises once the attempt was ended: the caller closes sock)
+        return sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.context, name)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -193,6 +194,18 @@ def test_close_ends_a_connect_waiting_for_its_connack(tmp_path: Path, kind: str)
         raised = _closed_mid_connect(c, port)
         assert len(raised) == 1 and isinstance(raised[0], ConnectError), raised
         assert "ended by close()" in str(raised[0])
+
+
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+def test_close_ends_a_tls_handshake_at_once(transport: str) -> None:
+    """``close()`` while ``connect(timeout=20)`` waits in a TLS handshake (wss: the one under
+    the WebSocket handshake) that the server never answers: "ended by close()" at once.
+    Before: it waited out the 20 s (the TCP socket close() shut down was detached from it)."""
+    with _silent() as port:
+        c = Client(client_id="tls-silent", tls_context=ssl.create_default_context(),
+                   transport=transport)
+        raised = _closed_mid_connect(c, port)
+        assert [type(e) for e in raised] == [ConnectError] and "close()" in str(raised[0])
 
 
 def test_async_session_close_ends_its_start() -> None:
