@@ -34,23 +34,6 @@ log = logging.getLogger("mqttsession.cli")
 
 DEMO_TOPIC = "mqttsession/demo"  # a run publishes on DEMO_TOPIC/RANDOM, its client ids end -RANDOM
 
-# the extra that brings the embedded amqtt broker (setup.cfg [options.extras_require])
-AMQTT_EXTRA = 'pip install "mqttsession[demo]"'
-
-
-def _amqtt_missing(command: str, also: str = "") -> str | None:
-    """Why ``command`` cannot start the embedded amqtt broker here (None when it can): amqtt
-    and PyYAML are the ``demo`` extra's, not ``pip install mqttsession``'s."""
-    try:
-        import amqtt.broker  # noqa: F401, PLC0415 - only asked whether it imports
-        import yaml  # type: ignore[import-untyped]  # noqa: F401, PLC0415
-    except ImportError as exc:
-        return (f"mqttsession {command}: starting the embedded amqtt broker needs {exc.name or 'amqtt'},"
-                f" which is not installed.\nInstall it with: {AMQTT_EXTRA}\n(or pass --broker"
-                f" HOST:PORT of a running broker{also})")
-    return None
-
-
 class _BadArguments(Exception):
     """A usage error found after parsing (exit code 2, as argparse's own)."""
 
@@ -158,7 +141,7 @@ def _demo(args: argparse.Namespace) -> int:
     from paho.mqtt.enums import CallbackAPIVersion
 
     from .testing import BrokerStartError, EmbeddedAmqtt, MosquittoBroker
-    from .testing.brokers import find_mosquitto
+    from .testing.brokers import AMQTT_EXTRA, amqtt_missing, find_mosquitto
 
     embedded: Any = None
     amqtt = False
@@ -168,7 +151,7 @@ def _demo(args: argparse.Namespace) -> int:
             kind = "mosquitto" if find_mosquitto() else "amqtt"
         amqtt = kind == "amqtt"
         also = ", or install mosquitto: apt-get install mosquitto" if args.embedded == "auto" else ""
-        unavailable = _amqtt_missing("demo", also) if amqtt else None
+        unavailable = amqtt_missing("demo", also) if amqtt else None
         if unavailable is not None:
             print(unavailable, file=sys.stderr)
             return 2
@@ -474,7 +457,9 @@ def _compat(args: argparse.Namespace) -> int:
     if args.broker is None:
         from importlib.metadata import version
 
-        unavailable = _amqtt_missing("compat")
+        from .testing.brokers import amqtt_missing
+
+        unavailable = amqtt_missing("compat")
         if unavailable is not None:
             print(unavailable, file=sys.stderr)
             return 2
@@ -531,6 +516,11 @@ def _compat_matrix(args: argparse.Namespace) -> int:
         print(f"mqttsession compat: unknown broker(s) {', '.join(unknown)}; known:"
               f" {', '.join(matrix.BROKERS)}", file=sys.stderr)
         return 2
+    if args.update_readme:  # (checked before any broker starts: a run takes minutes)
+        try:
+            matrix.readme_table(matrix.readme_path())
+        except (OSError, ValueError) as exc:
+            raise _BadArguments(f"--update-readme (a source checkout's README.rst): {exc}") from None
     if not args.verbose:
         logging.getLogger("amqtt").setLevel(logging.CRITICAL)
     runs = matrix.run_matrix(names, jobs=args.jobs, timeout=args.timeout,
@@ -688,7 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # (a reader gone: its BrokenPipeError here, not at the exit)
+        return code
     except (StateError, _BadArguments) as exc:
         print(f"mqttsession: {exc}", file=sys.stderr)
         return 2
@@ -697,3 +689,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # (its reader left, as ``| head`` does: the rest is not wanted)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no error at exit)
+        return 141

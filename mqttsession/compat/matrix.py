@@ -53,6 +53,7 @@ __all__ = [
     "format_rst",
     "format_text",
     "readme_path",
+    "readme_table",
     "run_broker",
     "run_matrix",
     "update_readme",
@@ -396,15 +397,21 @@ def format_text(runs: Sequence[BrokerRun]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, body: str) -> None:
-    """Replace what lies between :data:`MARK_START` and :data:`MARK_END` in ``path``."""
+def readme_table(path: Path) -> tuple[str, int, int]:
+    """``path``'s text and where its table lies (after :data:`MARK_START`, before
+    :data:`MARK_END`); ``ValueError`` when the markers are missing."""
     text = path.read_text(encoding="utf-8")
     start = text.find(MARK_START)
     end = text.find(MARK_END)
     if start < 0 or end < start:
         raise ValueError(f"{path}: the marker comments {MARK_START!r} ... {MARK_END!r} are missing")
-    head = text[: start + len(MARK_START)]
-    path.write_text(f"{head}\n\n{body}\n{text[end:]}", encoding="utf-8")
+    return text, start + len(MARK_START), end
+
+
+def update_readme(path: Path, body: str) -> None:
+    """Replace what lies between :data:`MARK_START` and :data:`MARK_END` in ``path``."""
+    text, start, end = readme_table(path)
+    path.write_text(f"{text[:start]}\n\n{body}\n{text[end:]}", encoding="utf-8")
 
 
 def readme_path() -> Path:

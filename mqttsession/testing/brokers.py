@@ -17,8 +17,9 @@ the properties ``host``, ``port``, ``address``, ``pid``, ``running`` and use as 
 
 Configuration templates live in the repository's ``broker_conf/`` directory (or the directory named
 by the environment variable ``MQTTSESSION_BROKER_CONF``); placeholders such as ``{port}`` are
-replaced by plain text substitution. When no such directory exists (an installed wheel), a built-in
-minimal copy of the same templates is used.
+replaced by plain text substitution. When no such directory exists (an installed wheel), built-in
+minimal copies of mosquitto's and amqtt's templates are used; ejabberd, RabbitMQ and ActiveMQ need
+the checkout's (``MQTTSESSION_BROKER_CONF``).
 
 PyYAML and amqtt are imported when an amqtt broker is configured or started, not on import.
 """
@@ -57,6 +58,9 @@ __all__ = [
     "broker_conf_dir",
     "find_mosquitto",
     "free_port",
+    "AMQTT_EXTRA",
+    "amqtt_absent",
+    "amqtt_missing",
     "load_template",
     "render_template",
     "wait_for_port",
@@ -122,6 +126,31 @@ class BrokerStartError(RuntimeError):
 # helpers
 
 
+# the extra that brings the embedded amqtt broker (setup.cfg [options.extras_require])
+AMQTT_EXTRA = 'pip install "mqttsession[demo]"'
+
+
+def amqtt_absent() -> str | None:
+    """The module an amqtt broker needs that is not installed (None: none): amqtt and PyYAML
+    are the ``demo`` extra's, not ``pip install mqttsession``'s."""
+    try:
+        import amqtt.broker  # noqa: F401, PLC0415 - only asked whether it imports
+        _yaml()
+    except ImportError as exc:
+        return exc.name or "amqtt"
+    return None
+
+
+def amqtt_missing(command: str, also: str = "") -> str | None:
+    """Why ``command`` cannot start the embedded amqtt broker here (None when it can)."""
+    absent = amqtt_absent()
+    if absent is None:
+        return None
+    return (f"mqttsession {command}: starting the embedded amqtt broker needs {absent}, which is"
+            f" not installed.\nInstall it with: {AMQTT_EXTRA}\n(or pass --broker HOST:PORT of a"
+            f" running broker{also})")
+
+
 def broker_conf_dir() -> Path | None:
     """The directory holding the broker configuration templates, or None if there is none.
 
@@ -151,7 +180,10 @@ def load_template(template: str | os.PathLike[str]) -> tuple[str, str]:
         return found.read_text(encoding="utf-8"), str(found)
     if name in _BUILTIN_TEMPLATES:
         return _BUILTIN_TEMPLATES[name], f"<built-in {name}>"
-    raise FileNotFoundError(f"broker configuration template not found: {template!r}")
+    raise FileNotFoundError(
+        f"broker configuration template not found: {template!r} (an installed package has"
+        " mosquitto's and amqtt's alone: set MQTTSESSION_BROKER_CONF to a source checkout's"
+        " broker_conf/)")
 
 
 def render_template(text: str, **values: object) -> str:

@@ -26,7 +26,9 @@ When the mosquitto binary is missing, the mosquitto fixtures skip the test, unle
 variable ``CI`` is set (to anything but ``""``, ``0``, ``false``, ``no``, ``off``): then they fail it.
 The aedes fixtures skip when Node.js is absent; when aedes' npm packages are missing they first try
 ``npm ci --offline`` (from npm's cache), then skip saying ``npm ci --prefix brokers/aedes`` (fail
-under ``CI``), and likewise for a missing ``redis-server``.
+under ``CI``), and likewise for a missing ``redis-server``. The amqtt fixtures skip when amqtt or
+PyYAML (``pip install "mqttsession[demo]"``) is not installed (fail under ``CI``). The plugin runs
+on pytest 7.4 and newer.
 
 Tests using a broker fixture get the ``integration`` marker (and ``mosquitto`` for mosquitto ones)
 automatically. When a test fails, the logs of the brokers and proxies it used are added to its
@@ -47,11 +49,13 @@ from typing import Any, Protocol, runtime_checkable
 import pytest
 
 from mqttsession.testing.brokers import (
+    AMQTT_EXTRA,
     AmqttProcess,
     AnyBroker,
     EmbeddedAmqtt,
     MosquittoBroker,
     _ProcessBroker,
+    amqtt_absent,
     find_mosquitto,
 )
 from mqttsession.testing.node_brokers import (
@@ -118,6 +122,17 @@ def require_mosquitto() -> str:
             pytest.fail(f"{message}; CI is set, so this is an error, not a skip", pytrace=False)
         pytest.skip(message)
     return binary
+
+
+def require_amqtt() -> None:
+    """Skip the test when amqtt or PyYAML (the ``demo`` extra) is not installed, saying how to
+    get it (fail it instead under CI)."""
+    absent = amqtt_absent()
+    if absent is not None:
+        message = f"the amqtt broker needs {absent}, which is not installed ({AMQTT_EXTRA})"
+        if in_ci():
+            pytest.fail(f"{message}; CI is set, so this is an error, not a skip", pytrace=False)
+        pytest.skip(message)
 
 
 _NPM_CI_TRIED: dict[str, bool] = {}
@@ -272,6 +287,7 @@ def mosquitto_factory() -> Iterator[MosquittoFactory]:
 @pytest.fixture(scope="module")
 def amqtt_broker() -> Iterator[AmqttProcess]:
     """amqtt (MQTT 3.1.1) as a separate process on 127.0.0.1, shared by the tests of a module."""
+    require_amqtt()
     broker = AmqttProcess()
     broker.start()
     try:
@@ -283,6 +299,7 @@ def amqtt_broker() -> Iterator[AmqttProcess]:
 @pytest.fixture
 def amqtt_factory() -> Iterator[AmqttFactory]:
     """Start amqtt broker processes; all are stopped at teardown."""
+    require_amqtt()
     factory = AmqttFactory()
     try:
         yield factory
@@ -293,6 +310,7 @@ def amqtt_factory() -> Iterator[AmqttFactory]:
 @pytest.fixture
 def embedded_amqtt() -> Iterator[EmbeddedAmqtt]:
     """amqtt running in this process (asyncio loop in a daemon thread)."""
+    require_amqtt()
     # INFO, not DEBUG: amqtt's records also reach pytest's own "Captured log" sections.
     broker = EmbeddedAmqtt(log_level=logging.INFO)
     broker.start()
@@ -379,11 +397,11 @@ def _log_sources(item: pytest.Item) -> list[LogSource]:
     return sources
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)  # (not wrapper=True: that needs pluggy 1.1, pytest 8)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
+) -> Generator[None, Any, None]:
+    report: pytest.TestReport = (yield).get_result()
     sources = _log_sources(item)
     if report.failed:
         for source in sources:
@@ -395,7 +413,6 @@ def pytest_runtest_makereport(
                 _LOG_MARKS[source] = len(source.log_text())
             except Exception:  # noqa: BLE001, S112 - never break reporting
                 continue
-    return report
 
 
 def _section(source: LogSource, offset: int) -> tuple[str, str]:

@@ -255,3 +255,54 @@ def test_compat_help_names_the_topic_tree_and_says_it_restarts_no_broker() -> No
     assert "publish and subscribe under mqttsession-compat/#" in text, text
     assert "never restarts a broker it did not start" in text, text
     assert "does not check that sessions survive a broker restart" in text, text
+
+
+# ------------------------------------------------------------------ a reader that leaves, a wheel
+
+
+def _cli_popen(*args: str, cwd: Path | None = None, pythonpath: Path = ROOT
+               ) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(pythonpath))
+    return subprocess.Popen([sys.executable, "-m", "mqttsession", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("many", [True, False])
+def test_output_into_a_reader_that_leaves_ends_quietly(tmp_path: Path, many: bool) -> None:
+    """``mqttsession inspect FILE --json | head -1`` (a long output: the pipe breaks while it
+    writes) and ``compat --list`` into a reader gone before it wrote (broken at the exit's
+    flush): no traceback, exit 141 as a shell's for SIGPIPE (before: a BrokenPipeError
+    traceback, exit 1 or 120)."""
+    if many:
+        path = tmp_path / "pipe.session"
+        c = Client(client_id="pipe", clean_session=False)
+        c.config(f"SessionStateFile={path}")
+        c.config("SessionSync=none")
+        c.restore_session("")
+        for _ in range(1500):
+            c.publish_message("t/pipe", 1, "x" * 10)  # not connected: all held
+        c.close()
+        proc = _cli_popen("inspect", str(path), "--json")
+        assert proc.stdout is not None and proc.stdout.readline()
+    else:
+        proc = _cli_popen("compat", "--list")
+        assert proc.stdout is not None
+    proc.stdout.close()
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == "", (proc.returncode, err)
+
+
+def test_update_readme_without_a_checkout_readme_stops_before_any_broker(tmp_path: Path) -> None:
+    """``compat --matrix --update-readme`` from an installed package (no README.rst beside
+    it): exit 2 at once, saying why (before: every broker ran, minutes, then a traceback
+    and the table lost)."""
+    shutil.copytree(ROOT / "mqttsession", tmp_path / "site" / "mqttsession",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    proc = _cli_popen("compat", "--matrix", "--update-readme", "--brokers", "mosquitto",
+                      cwd=tmp_path, pythonpath=tmp_path / "site")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert b"--update-readme" in err and b"README.rst" in err and b"Traceback" not in err, err
+    assert b"mosquitto" not in out, out  # no broker started

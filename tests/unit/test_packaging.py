@@ -75,11 +75,11 @@ def test_the_sdist_carries_tests_examples_broker_conf_and_documents(tmp_path: Pa
     with tarfile.open(tarball) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     wanted = {p.relative_to(ROOT).as_posix() for pattern in (
-        "tests/**/*.py", "examples/*.py", "broker_conf/*", "mqttsession/**/*.py",
+        "tests/**/*.py", "examples/*.py", "broker_conf/*", "mqttsession/**/*.py", "docs/*",
         "brokers/aedes/*.js", "brokers/aedes/*.json")
         for p in ROOT.glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
     wanted |= {"LICENSE", "README.rst", "CHANGELOG.rst", "BROKERS.md", "setup.cfg",
-               "pyproject.toml", "mqttsession/py.typed"}
+               "pyproject.toml", "mqttsession/py.typed", ".ci/run"}
     assert any(n.startswith("tests/unit/") for n in wanted)
     assert sorted(wanted - names) == []
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

@@ -263,3 +263,37 @@ def test_the_installed_metadata_lists_paho_mqtt_alone() -> None:
         pytest.skip(f"the installed mqttsession is not this checkout's ({url or where})")
     required = [r for r in dist.requires or [] if "extra ==" not in r]
     assert [_name(r) for r in required] == ["paho-mqtt"], required
+
+
+USER_SUITE = '''
+pytest_plugins = ["mqttsession.testing.pytest_plugin"]
+
+
+def test_embedded(embedded_amqtt):
+    raise AssertionError("ran without amqtt")
+
+
+def test_process(amqtt_broker):
+    raise AssertionError("ran without amqtt")
+
+
+def test_factory(amqtt_factory):
+    raise AssertionError("ran without amqtt")
+'''
+
+
+def test_a_users_suite_skips_the_amqtt_fixtures_saying_how_to_get_it(tmp_path: Path) -> None:
+    """A user's own suite with the plugin, amqtt and PyYAML not installed: the amqtt fixtures
+    skip with the extra to install (fail under CI). Before: a raw ``ModuleNotFoundError`` in
+    one, in the others a "did not start within 15 s" after waiting for a child that had died."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_user.py").write_text(USER_SUITE)
+    args = ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+            "-W", "error", str(suite / "test_user.py")]
+    blocker = _blocker(tmp_path)
+    for ci, outcome in (("", r"3 skipped"), ("true", r"3 errors")):
+        env = {k: v for k, v in os.environ.items() if k != "CI"} | ({"CI": ci} if ci else {})
+        result = _run([*args, "--rootdir", str(suite)], blocker, env)
+        assert re.search(outcome, result.stdout), result.stdout[-3000:] + result.stderr[-2000:]
+        assert result.stdout.count('pip install "mqttsession[demo]"') >= 3, result.stdout[-3000:]
