@@ -440,7 +440,7 @@ class Client:
 
     def publish_message(self, topic: str, qos: int, message: str, *, retain: bool | None = None,
                         properties: Properties | None = None) -> int:
-        """Publish text (UTF-8); returns the packet id (0 for QoS 0)."""
+        """Publish text (UTF-8); returns the packet id (0: see ``publish_data``)."""
         if not isinstance(message, str):
             raise UsageError(f"message must be str, got {type(message).__name__}")
         return self.publish_data(topic, qos, message.encode("utf-8"), retain=retain,

@@ -253,7 +253,8 @@ class QueueStats:
     ``bytes``: their payloads, topics and properties; ``oldest_age``: seconds since the oldest
     was published, counted across clock jumps as its expiry is (None with none held, or when
     its publish time is unknown: a file older than publish times); ``dropped`` / ``expired``:
-    removed without delivery since the client was made or restored."""
+    removed without delivery since the client was made or restored (``dropped`` also counts
+    messages lost to a damaged disk-queue segment, once the queue reaches it)."""
 
     messages: int
     bytes: int

@@ -341,8 +341,8 @@ class Session:
 
     def publish(self, topic: str, payload: str | bytes, qos: int = 1, *,
                 retain: bool | None = None, properties: Properties | None = None) -> int:
-        """Publish (text is UTF-8); returns the packet id. QoS 1/2 wait in the session while
-        disconnected. ``UsageError`` once closed."""
+        """Publish (text is UTF-8); returns the packet id (0: as ``Client.publish_data``).
+        QoS 1/2 wait in the session while disconnected. ``UsageError`` once closed."""
         c = self._check("publish")
         if isinstance(payload, str):
             return c.publish_message(topic, qos, payload, retain=retain, properties=properties)

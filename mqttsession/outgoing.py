@@ -467,13 +467,14 @@ class Outgoing(QueueLimits):
         them is written [MQTT-2.3.1-2]."""
         st, sp = self.state, self.spool
         upto = max(messages[-1].seq + 1 if messages else 0, sp.read_to() if sp is not None else 0)
-        if not messages:
-            if sp is not None:  # a damaged segment the queue skipped: its count
-                st.spooled, st.spooled_bytes = sp.queued()
-            if upto <= st.spool_next:
-                return []
         before = st.last_packet_id
-        rec = st.load(messages, upto, avoid=self.subs.busy())
+        rec = st.load(messages, upto, avoid=self.subs.busy()) if messages or upto > st.spool_next \
+            else None
+        if sp is not None:  # a damaged segment the queue skipped (on_error named it): dropped
+            self.dropped += max(0, st.spooled - sp.queued()[0])
+            st.spooled, st.spooled_bytes = sp.queued()
+        if rec is None:
+            return []
         self._pending.extend(m.seq for m in messages)
         return [*self._reserve(before, 0), Persist((rec,), sync=True)]
 

@@ -38,7 +38,7 @@ from .errors import MQTTSessionError, NewerFormatError, PersistenceError, StateE
 from .state import SessionState
 
 __all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "keep_cut_copy", "load", "move_aside",
-           "read_frames", "read_state"]
+           "read_frames", "read_state", "with_queue"]
 
 log = logging.getLogger("mqttsession.journal")  # the state file's logger, as ever
 
@@ -434,12 +434,17 @@ def read_state(path: str, client_id: str = "") -> SessionState:
     Same recovery as ``Journal.recover`` (a torn tail is ignored); damage raises ``StateError``
     and leaves the files where they are. A missing file is an empty session.
     """
-    from .spool import Spool  # (it builds on this module)
-    from .store import attach
-
     path = os.fspath(path)
     state = load(path, client_id,
                   lambda why: StateError(f"state file {path} is damaged: {why}"), read_only=True)[0]
+    return with_queue(state, path)
+
+
+def with_queue(state: SessionState, path: str) -> SessionState:
+    """``state`` with its disk queue (``path`` + ``.queue``) counted in, read-only."""
+    from .spool import Spool  # (it builds on this module)
+    from .store import attach
+
     spool = Spool(path, state.client_id, read_only=True)
     spool.recover(state.spool_next)
     attach(state, spool)

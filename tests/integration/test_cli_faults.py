@@ -86,7 +86,7 @@ def test_inspect_reads_again_what_went_away_under_it(
 
     def listdir(path: Any = ".") -> list[str]:
         names = real_listdir(path)
-        if sys._getframe(1).f_globals.get("__name__") == "mqttsession.cli" and "x.tmp" in names:
+        if sys._getframe(1).f_globals.get("__name__") == "mqttsession.inspecting" and "x.tmp" in names:
             os.unlink(leftover)
             vanished.append(leftover)
         return names

@@ -208,8 +208,9 @@ def test_inspect_counts_the_disk_queue(tmp_path: Path) -> None:
 def test_a_segment_damaged_on_disk_is_reported_kept_and_skipped(
         mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Random damage in a sealed segment is found when it is read back: on_error says how
-    many messages it held after the damage, the file is kept aside, the rest of the queue
-    goes out in order, and the session goes on (a restart reads it without error)."""
+    many messages it held after the damage, ``queue_stats().dropped`` counts them, the file
+    is kept aside, the rest of the queue goes out in order, and the session goes on (a
+    restart reads it without error)."""
     path = tmp_path / "gw.state"
     tag = unique("dmg")
     topic = f"mqs/{tag}"
@@ -237,6 +238,8 @@ def test_a_segment_damaged_on_disk_is_reported_kept_and_skipped(
         assert sent == sorted(sent) and len(set(sent)) == len(sent)  # nothing invented
         assert N - 60 < len(sent) < N and sent[-1] == N  # one segment's tail lost, no more
         assert any(p.name.startswith(victim.name + ".damaged-") for p in folder.iterdir())
+        stats = d.queue_stats()  # those lost count as dropped (before: not counted at all)
+        assert (stats.messages, stats.dropped) == (0, N - len(sent)), stats
         d.publish_message(topic, 1, _procs.payload(tag, N + 1))
         assert d.flush(30) is True
     finally:

@@ -279,13 +279,35 @@ def test_inspect_lists_the_sessions_of_a_gateway_directory(tmp_path: Path) -> No
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         lines = [line.split() for line in out.stdout.splitlines() if "'insp-" in line]
-        assert lines == [["'insp-0'", "1", "0", "0", "0"], ["'insp-1'", "2", "0", "0", "0"],
-                         ["'insp-2'", "3", "0", "0", "1"]]
+        assert lines == [["'insp-0'", "1", "0", "0", "0", "0"], ["'insp-1'", "2", "0", "0", "0", "0"],
+                         ["'insp-2'", "3", "0", "0", "1", "0"]]
     out = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", "--json", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     doc = json.loads(out.stdout)
     assert [s["client_id"] for s in doc["sessions"]] == ["insp-0", "insp-1", "insp-2"]
     assert doc["sessions"][2]["subscriptions"] == {"insp/#": 1}
+
+
+def test_inspect_of_a_gateway_directory_counts_each_sessions_disk_queue(tmp_path: Path) -> None:
+    """A session holding 50 messages, 48 of them in its disk queue (``queues/``): ``inspect
+    DIR`` says 50 never sent, 48 of them on disk (before: 2, and ``on_disk`` 0 in ``--json``)."""
+    import json  # noqa: PLC0415
+
+    with Gateway(tmp_path) as gw:
+        c = gw.client("insp-disk", clean_session=False)
+        c.config("QueueInMemory=2")
+        for _ in range(50):
+            c.publish_message("insp/x", 1, "m")
+        for form in ([], ["--json"]):
+            out = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", *form,
+                                  str(tmp_path)], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            if form:
+                queue = json.loads(out.stdout)["sessions"][0]["queue"]
+                assert (queue["messages"], queue["on_disk"], queue["bytes"]) == (50, 48, 50 * 7)
+            else:
+                (line,) = [line.split() for line in out.stdout.splitlines() if "'insp-" in line]
+                assert line == ["'insp-disk'", "50", "0", "0", "0", "48"], out.stdout
 
 
 def test_readme_gateway_snippet_runs(mosquitto: MosquittoBroker, tmp_path: Path,
