@@ -366,6 +366,8 @@ def _compat_matrix(args: argparse.Namespace) -> int:
     if args.update_readme:  # (checked before any broker starts: a run takes minutes)
         try:
             matrix.readme_table(matrix.readme_path())
+            if not os.access(matrix.readme_path(), os.W_OK):
+                raise PermissionError(f"{matrix.readme_path()}: not writable")
         except (OSError, ValueError) as exc:
             raise _BadArguments(f"--update-readme (a source checkout's README.rst): {exc}") from None
     if not args.verbose:

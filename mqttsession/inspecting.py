@@ -95,16 +95,21 @@ def read_saved(path: str) -> tuple[SavedState, dict[str, int]]:
 _T = TypeVar("_T")
 
 
+def _gone(exc: BaseException) -> bool:
+    """Whether a ``FileNotFoundError`` is behind ``exc`` (a file went away under the read)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, FileNotFoundError):
+        cause = cause.__cause__
+    return cause is not None
+
+
 def _again(read: Callable[[], _T], path: str) -> _T:
     """``read()``, again when a file went away under it (a live client's, deleted meanwhile)."""
     for attempt in range(6):
         try:
             return read()
         except (OSError, StateError) as exc:
-            cause: BaseException | None = exc
-            while cause is not None and not isinstance(cause, FileNotFoundError):
-                cause = cause.__cause__
-            if cause is None:
+            if not _gone(exc):
                 raise
             log.debug("%s changed while it was read (%s): again", path, exc)
         time.sleep(0.01 * 2 ** attempt)
@@ -121,16 +126,29 @@ def _inspect_gateway(directory: str, as_json: bool) -> int:
     from .recovery import with_queue
     from .sessionlog import read_sessions
 
+    damaged: dict[str, str] = {}
+
+    def counted(cid: str, st: Any) -> SavedState:
+        try:
+            return SavedState.of(with_queue(st, os.path.join(directory, "queues", queue_name(cid))))
+        except (OSError, StateError) as exc:
+            if _gone(exc):  # (a live gateway deleted a file meanwhile: read all again)
+                raise
+            damaged[cid] = f"its disk queue is not counted: {exc}"
+            return SavedState.of(st)
+
     def read() -> dict[str, SavedState]:
-        return {cid: SavedState.of(with_queue(st, os.path.join(directory, "queues", queue_name(cid))))
-                for cid, st in sorted(read_sessions(directory).items())}
+        damaged.clear()
+        return {cid: counted(cid, st) for cid, st in sorted(read_sessions(directory).items())}
 
     sessions = _again(read, directory)
     info = {cid: _inspect_obj(s, time.time(), {}, GATEWAY_SOURCE) for cid, s in sessions.items()}
+    for cid, why in damaged.items():
+        info[cid]["error"] = why
     if as_json:
         print(json.dumps({"source": GATEWAY_SOURCE, "directory": directory,
                           "sessions": list(info.values())}, indent=2))
-        return 0
+        return 2 if damaged else 0
     print(f"read from:        {GATEWAY_SOURCE}")
     print(f"sessions:         {len(info)}")
     print(f"    {'client id':<32} {'never sent':>10} {'in flight':>9} {'incoming':>8}"
@@ -138,8 +156,10 @@ def _inspect_gateway(directory: str, as_json: bool) -> int:
     for cid, i in info.items():
         print(f"    {cid!r:<32} {len(i['never_sent']) + i['queue']['on_disk']:>10}"
               f" {len(i['in_flight']):>9} {len(i['incoming']):>8} {len(i['subscriptions']):>13}"
-              f" {i['queue']['on_disk']:>15}")
-    return 0
+              f" {'?' if cid in damaged else i['queue']['on_disk']:>15}")
+    for cid, why in damaged.items():
+        print(f"{cid!r}: {why}")
+    return 2 if damaged else 0  # (the others listed all the same)
 
 
 def inspect(args: argparse.Namespace) -> int:

@@ -310,6 +310,33 @@ def test_inspect_of_a_gateway_directory_counts_each_sessions_disk_queue(tmp_path
                 assert line == ["'insp-disk'", "50", "0", "0", "0", "48"], out.stdout
 
 
+def test_inspect_of_a_gateway_directory_lists_every_session_past_a_damaged_queue(
+        tmp_path: Path) -> None:
+    """One session's disk queue cut short: ``inspect DIR`` still lists every session, says
+    which queue it could not count (``error`` in ``--json``), exit 2."""
+    import json  # noqa: PLC0415
+
+    with Gateway(tmp_path) as gw:
+        for cid in ("bad", "good"):
+            c = gw.client(cid, clean_session=False)
+            c.config("QueueInMemory=5")
+            c.config("QueueSegmentBytes=4096")
+            for _ in range(200):
+                c.publish_message("insp/x", 1, "m" * 20)
+    queue = tmp_path / "queues" / "bad.queue"
+    seg = sorted(p for p in queue.iterdir() if p.suffix == ".seg")[0]
+    seg.write_bytes(seg.read_bytes()[:1000])
+    out = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", "--json", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    doc = {s["client_id"]: s for s in json.loads(out.stdout)["sessions"]}
+    assert "cut short" in doc["bad"]["error"] and "error" not in doc["good"], doc.keys()
+    assert doc["good"]["queue"]["messages"] == 200
+    text = subprocess.run([sys.executable, "-m", "mqttsession", "inspect", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert text.returncode == 2 and "'bad': its disk queue is not counted" in text.stdout
+
+
 def test_readme_gateway_snippet_runs(mosquitto: MosquittoBroker, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
