@@ -65,10 +65,7 @@ class Connecting(Durability):
               servers: ServerRotation) -> PahoConnection:
         """A new connection for the session (not connected yet)."""
         with self.lock:
-            if self.conn is not None:
-                raise UsageError("already connected; call disconnect() first" if self.engine.connected
-                                 else "a reconnect (or a disconnect()) is under way: call"
-                                      " disconnect() first, from outside the client's callbacks")
+            self._refuse_if_busy()
             self.servers = servers
             st = self.engine.state
             if not st.client_id:
@@ -133,10 +130,19 @@ class Connecting(Durability):
             raise ConnectError(refusal_message(where, rc, reason, params.tls,
                                                params.tls and bool(params.tls_cert)), rc)
 
+    def _refuse_if_busy(self) -> None:
+        """``UsageError`` while a connection is up or under way (lock held)."""
+        if self.conn is not None:
+            raise UsageError("already connected; call disconnect() first" if self.engine.connected
+                             else "a connect, reconnect (or disconnect()) is under way: call"
+                                  " disconnect() first, from outside the client's callbacks")
+
     def _rotation(self, host: str, port: int, params: ConnectParams, timeout: float
                   ) -> ServerRotation:
         """connect()'s servers: the one given, then FailoverServers (``timeout`` each)."""
-        self._connack_within, self._gen = timeout, self._gen + 1
+        with self.lock:  # (refused before its attempt number ends the one under way)
+            self._refuse_if_busy()
+            self._connack_within, self._gen = timeout, self._gen + 1
         servers = [(host, port)]
         if self._settings.failover_servers:
             servers += parse_addresses(self._settings.failover_servers, tls=params.tls,

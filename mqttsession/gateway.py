@@ -370,10 +370,11 @@ class Gateway(_Sessions):
 
     def connect_all(self, host: str = "localhost", port: int = 1883,
                     timeout: float = 30.0) -> dict[str, ConnectError]:
-        """Connect every session not connected, together (at ``connect_rate``); the ones that
-        failed, with their errors. ``timeout`` is per session and server."""
+        """Connect every session not connected nor connecting (reconnecting: left to it),
+        together (at ``connect_rate``); those that failed, with their errors. ``timeout`` is
+        per session and server."""
         host, port, timeout = _target(host, port, timeout)  # (``UsageError``, as connect())
-        todo = [c for c in self.clients.values() if not c.connected and not c._closed]  # noqa: SLF001
+        todo = [c for c in self.clients.values() if c._driver.conn is None and not c._closed]  # noqa: SLF001
 
         async def each(c: Client) -> None:
             await c._driver.connect_async(host, port, timeout, _connect_params(c))  # noqa: SLF001

@@ -205,7 +205,9 @@ class StateFile:
         self.off_loop: Callable[[Callable[[], None]], None] | None = None
 
     def set_path(self, path: str) -> None:
-        if self.shared is not None and not path.startswith(self.shared.path + "#"):
+        if path == self.path:  # (re-opened, it would be a session this run did not restore)
+            return
+        if self.shared is not None and (self.path or not path.startswith(self.shared.path + "#")):
             raise UsageError("a gateway's session is kept in the gateway's directory: its"
                              " SessionStateFile cannot change")
         self.close()

@@ -355,3 +355,43 @@ def test_an_asyncio_session_deletes_read_back_segments_off_the_loop(
     loop_thread = asyncio.run(main())
     assert retired_in and loop_thread not in retired_in
     assert len(_segments(path)) <= 2
+
+
+@pytest.mark.parametrize("kind", ["client", "gateway"])
+def test_setting_the_state_file_to_its_own_name_changes_nothing(tmp_path: Path, kind: str) -> None:
+    """``config("SessionStateFile=" + its own value)`` (a settings dict applied to every
+    session, say) with messages in the disk queue: nothing happens. Before: the files were
+    closed and opened again as a session this run had not restored, kept aside with the disk
+    queue: 4 of 5 held messages never sent, the next start ``StateError``. A gateway session
+    refuses any other name."""
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+    from mqttsession.errors import UsageError  # noqa: PLC0415
+
+    def held(c: Client) -> int:
+        c.restore_session("") if kind == "client" else None
+        return c.queue_stats().messages
+
+    gw = Gateway(tmp_path / "gw") if kind == "gateway" else None
+    c = _client(tmp_path / "s", "same") if gw is None else gw.client("same")
+    if gw is None:
+        c.restore_session("")
+    c.config("QueueInMemory=1")
+    for n in range(5):
+        c.publish_message("t/same", 1, f"m{n}")
+    c.config("SessionStateFile=" + c.config("SessionStateFile"))
+    assert c.queue_stats().messages == 5 and len(c.outgoing_messages) == 5
+    if gw is not None:
+        with pytest.raises(UsageError, match="cannot change"):
+            c.config(f"SessionStateFile={tmp_path / 'other'}")
+    c.close()
+    if gw is not None:
+        gw.close()
+        gw = Gateway(tmp_path / "gw")
+    d = _client(tmp_path / "s", "same") if gw is None else gw.client("same")
+    try:
+        assert held(d) == 5 and [m.message for m in d.outgoing_messages] == [
+            f"m{n}".encode() for n in range(5)]
+    finally:
+        d.close()
+        if gw is not None:
+            gw.close()

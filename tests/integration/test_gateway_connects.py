@@ -429,3 +429,27 @@ def test_close_while_connect_starts_the_network_thread(
     assert [type(e) for e in raised] in ([ConnectError], []), raised
     wait_until(lambda: not [th for th in threading.enumerate()
                             if th.name.startswith("paho-mqtt-client-slow")], 5)
+
+
+@pytest.mark.parametrize("second", ["connect", "connect_all"])
+def test_a_second_connect_leaves_the_one_under_way_alone(
+        mosquitto: MosquittoBroker, tmp_path: Path, second: str) -> None:
+    """A session's ``connect(timeout=2)`` waits for a CONNACK; meanwhile another thread calls
+    ``connect()`` on it (``UsageError``) or ``Gateway.connect_all`` (it connects the other
+    sessions and leaves this one to its connect). The first connect ends as its own: "no
+    CONNACK within 2 s". Before: the second bumped the attempt number before refusing, so the
+    first failed at once with "ended by close()"; ``connect_all`` raised ``UsageError``."""
+    with _silent() as port, Gateway(tmp_path / "gw") as gw:
+        waiting = gw.client("waiting")
+        other = gw.client("other")
+        t, raised = _connect_in_thread(lambda: waiting.connect("127.0.0.1", port, timeout=2))
+        time.sleep(0.5)
+        if second == "connect":
+            with pytest.raises(UsageError, match="under way"):
+                waiting.connect(mosquitto.host, mosquitto.port, timeout=5)
+        else:
+            assert gw.connect_all(mosquitto.host, mosquitto.port, timeout=5) == {}
+            assert other.connected
+        t.join(10)
+        assert [type(e) for e in raised] == [ConnectError], raised
+        assert "no CONNACK" in str(raised[0]), raised
