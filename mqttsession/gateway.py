@@ -403,9 +403,9 @@ class Gateway(_Sessions):
         of this gateway; each session's QoS 1/2 messages go out in the order given (QoS 0 at
         once, as ``Client.publish_many``'s). Returns their packet ids.
 
-        A bad message (``UsageError``) raises before any is stored. One that its session
-        cannot store (``QueueFullError``, ``PersistenceError``, a closed session) does not
-        stop the others: once they are durable, ``PublishManyError`` says which failed.
+        A bad message (topic, QoS, type: ``UsageError``) raises before any is stored. One its
+        session refuses (over its ``MaxMessageSize``, ``QueueFullError``, ``PersistenceError``,
+        closed) does not stop the others: once durable, ``PublishManyError`` says which.
         """
         batch: list[_Request] = []
         first: dict[int, int] = {}  # a session's place: its first message's index
@@ -589,11 +589,12 @@ class AsyncGateway(_Sessions):
             s.client._driver.connects = self._connects  # noqa: SLF001
             s._group = self._sync  # noqa: SLF001
             self._share(s.client)
+            self._sessions[client_id] = s  # (before its start: close() ends that start too)
             await s.start(connect=connect)
         except BaseException:
             self._ids.discard(client_id)
+            self._sessions.pop(client_id, None)
             raise
-        self._sessions[client_id] = s
         return s
 
     async def publish_many(self, messages: Iterable[AsyncGatewayMessage]) -> list[int]:
@@ -676,9 +677,9 @@ class AsyncGateway(_Sessions):
             return
         self._closed = True
         try:
-            results = await asyncio.gather(*(s.close() for s in self._sessions.values()),
-                                           return_exceptions=True)
-            for s, r in zip(self._sessions.values(), results):
+            sessions = list(self._sessions.values())  # (one failing to start leaves it)
+            results = await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+            for s, r in zip(sessions, results):
                 if isinstance(r, BaseException):
                     log.error("closing gateway session %r: %r", s.client_id, r)
         finally:

@@ -136,6 +136,10 @@ def _apply_configured(st: SessionState, rec: Configured) -> None:
         _check_text("client_id", rec.client_id)
     except TransitionError as exc:
         raise UsageError(str(exc)) from None
+    if len(rec.client_id) > 21845 and len(rec.client_id.encode("utf-8")) > 65535:
+        # a UTF-8 string's length is two bytes (MQTT 5 1.5.4, 3.1.1 1.5.3): no CONNECT carries it
+        raise UsageError(f"client_id is {len(rec.client_id.encode('utf-8'))} bytes of UTF-8;"
+                         " at most 65535")
     st.client_id = rec.client_id
     st.protocol_version = rec.protocol_version
     st.clean_session = bool(rec.clean_session)

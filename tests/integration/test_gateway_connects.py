@@ -222,6 +222,23 @@ def test_async_session_close_ends_its_start() -> None:
     asyncio.run(main())
 
 
+def test_async_gateway_close_ends_a_session_still_starting(tmp_path: Path) -> None:
+    """``AsyncGateway.close()`` while ``session()`` waits for its CONNACK: the session's start
+    raises "ended by close()" at once. Before: close() left it alone, the start waited out its
+    timeout and raised ``PersistenceError`` (the store closed under it)."""
+    async def main() -> None:
+        with _silent() as port:
+            gw = AsyncGateway(tmp_path / "agw")
+            start = asyncio.ensure_future(gw.session(
+                "starting", Options(address=f"127.0.0.1:{port}", request_timeout_seconds=20)))
+            await asyncio.sleep(0.5)
+            await gw.close()
+            with pytest.raises(ConnectError, match="ended by close"):
+                await asyncio.wait_for(start, 5)
+
+    asyncio.run(main())
+
+
 def test_gateway_close_ends_connect_and_connect_all(tmp_path: Path) -> None:
     """``Gateway.close()`` while a session's ``connect()`` and ``connect_all()`` wait for
     CONNACKs: both raise ``ConnectError`` (before: neither ever returned, the loop stopped

@@ -225,3 +225,22 @@ def test_a_username_of_the_wrong_type_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="username must be str"):
         c.connect("127.0.0.1", 1, timeout=0.5)
     c.close()
+
+
+def test_a_client_id_no_connect_can_carry_is_refused(tmp_path: Path) -> None:
+    """A client id over 65,535 bytes of UTF-8 (MQTT 5 1.5.4): ``UsageError`` when it is set,
+    in a ``Client`` and a gateway's session, nothing stored. Before: accepted and stored; its
+    messages could never leave (connect: a raw struct error)."""
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+
+    with pytest.raises(UsageError, match="80000 bytes"):
+        Client(client_id="\u00e9" * 40000)
+    c = Client(client_id="x")
+    with pytest.raises(UsageError, match="65536 bytes"):
+        c.client_id = "a" * 65536
+    c.client_id = "a" * 65535  # the most a CONNECT carries
+    c.close()
+    with Gateway(tmp_path / "gw") as gw:
+        with pytest.raises(UsageError, match="at most 65535"):
+            gw.client("\u00e9" * 40000)
+        assert gw.stored_sessions() == []
