@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import queue
 import threading
 import time
 from urllib.parse import quote
@@ -41,6 +40,7 @@ from .driver import Driver
 from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishManyError,
                      UsageError)
 from .events import ErrorEvent, PublishRequest
+from .hosting import FD_RESERVE, DaemonPool, SyncThread, raise_fd_limit
 from .options import Options
 from .pacing import Pacer
 from .recovery import makedirs_durable
@@ -52,8 +52,6 @@ __all__ = ["AsyncGateway", "Gateway", "raise_fd_limit"]
 
 log = logging.getLogger("mqttsession")
 
-#: File descriptors a gateway needs beyond one a session (its store, the loop, the process's).
-FD_RESERVE = 64
 #: Connection attempts a second, by default (the first connects and every reconnect).
 CONNECT_RATE = 200.0
 #: Blocking TCP connects (TLS, WebSocket handshakes) that may wait at once: one each to a dead
@@ -79,102 +77,10 @@ def queue_name(client_id: str) -> str:
     return f"{name[:160]}!{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
 
 
-def raise_fd_limit(needed: int, least: int | None = None) -> int:
-    """The soft limit on open files, raised to the hard limit when ``needed`` descriptors
-    would pass it; ``UsageError`` when even the hard limit is below ``least`` (default
-    ``needed``: what cannot do without). Returns the limit."""
-    import resource  # noqa: PLC0415 - Unix only; a gateway elsewhere just does not raise it
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or needed <= soft:
-        return needed if soft == resource.RLIM_INFINITY else soft
-    must = needed if least is None else least
-    if hard != resource.RLIM_INFINITY and must > hard:
-        raise UsageError(
-            f"{must} file descriptors are needed (one a session and {FD_RESERVE} more), but"
-            f" the hard limit on open files is {hard}: raise it (ulimit -Hn, or LimitNOFILE= in"
-            " a systemd unit) or host fewer sessions in this process")
-    if soft >= hard:  # at the hard limit already: said once (not "raised from N to N")
-        if not _FD_WARNED:
-            _FD_WARNED.append(needed)
-            log.warning("open files limit %d is the hard limit; %d may be needed (three a"
-                        " session whose disk queue spilled): raise it (ulimit -Hn)", soft, needed)
-        return int(soft)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    log.info("open files limit raised from %d to %d (%d needed)", soft, hard, needed)
-    return int(hard)
-
-
-_FD_WARNED: list[int] = []  # (``raise_fd_limit``'s one warning a process)
-
-
 def _released(c: Client | None) -> bool:
     """A session closed whose view of the store is released (None: never made, a failed
     ``session()``)."""
     return c is not None and c._closed and c._file.journal is None  # noqa: SLF001
-
-
-class _SyncThread:
-    """The fdatasyncs of a gateway's sessions, one at a time in a thread of their own, never
-    on the loop that reads every session's socket: a slow disk (an SD card's 2-20 ms) holds up
-    only the packets that wait for the records, not the other sessions' traffic."""
-
-    def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1,
-                                           thread_name_prefix="mqttsession-gateway-sync")
-
-    def __call__(self, sync: Callable[[], None]) -> asyncio.Future[None]:
-        """``sync`` run in the sync thread; its future on the running loop."""
-        return asyncio.wrap_future(self.executor.submit(sync), loop=asyncio.get_running_loop())
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True)
-
-
-class _DaemonPool(concurrent.futures.Executor):
-    """Up to ``size`` daemon threads, started as jobs wait at once: a TCP connect to a dead
-    server (``CONNECT_THREADS``) never holds the interpreter's exit after ``close()``, as a
-    ``ThreadPoolExecutor``'s threads (joined at exit) would, for the connect's whole timeout."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size, self._name = size, name
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads, self._idle, self._shut = 0, 0, False
-
-    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any
-               ) -> concurrent.futures.Future[_T]:
-        fut: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-        def job() -> None:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn(*args, **kwargs))
-                except BaseException as exc:  # noqa: BLE001 - handed to the future
-                    fut.set_exception(exc)
-        with self._lock:
-            if self._shut:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._idle == 0 and self._threads < self._size:
-                threading.Thread(target=self._work, daemon=True,  # (raises: no thread to be
-                                 name=f"{self._name}_{self._threads}").start()  # had: not queued)
-                self._threads += 1
-            else:
-                self._idle -= 1
-            self._jobs.put(job)
-        return fut
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-            with self._lock:
-                self._idle += 1
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            self._shut = True
-            for _ in range(self._threads):
-                self._jobs.put(None)
 
 
 class _Sessions:
@@ -190,14 +96,14 @@ class _Sessions:
         #: Connection attempts of every session take turns at ``connect_rate`` a second.
         self.pacer = Pacer(connect_rate)
         #: Where they wait: a server that never answers holds one thread, not every session.
-        self._connects = _DaemonPool(CONNECT_THREADS, "mqttsession-gateway-connect")
+        self._connects = DaemonPool(CONNECT_THREADS, "mqttsession-gateway-connect")
         self._ids: set[str] = set()
         self._closed = False
         self._born = forks()  # (in a fork()'s child: the parent's; ``_foreign``)
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
         #: kept aside; ``StateLockedError`` when another process has the directory).
         self.store = SharedLog(self.state_dir, hold_publishes=hold_publishes)
-        self._syncs = _SyncThread()
+        self._syncs = SyncThread()
 
     def _foreign(self) -> bool:
         """Made before a fork() that made this process: the parent's (its store's lock and
