@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from urllib.parse import quote
@@ -43,7 +44,8 @@ from .events import ErrorEvent, PublishRequest
 from .hosting import FD_RESERVE, DaemonPool, SyncThread, raise_fd_limit
 from .options import Options
 from .pacing import Pacer
-from .recovery import makedirs_durable
+from .recovery import _fsync_dir, makedirs_durable
+from .spool import QUEUE_SUFFIX
 from .sharedlog import SharedLog
 from .statelock import forks
 from .turns import _Request, run_batch
@@ -98,6 +100,7 @@ class _Sessions:
         #: Where they wait: a server that never answers holds one thread, not every session.
         self._connects = DaemonPool(CONNECT_THREADS, "mqttsession-gateway-connect")
         self._ids: set[str] = set()
+        self._lock = threading.Lock()  # (``Gateway``: its sessions' map, and the ids with it)
         self._closed = False
         self._born = forks()  # (in a fork()'s child: the parent's; ``_foreign``)
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
@@ -151,6 +154,32 @@ class _Sessions:
         """The client ids whose sessions the store holds (hosted now or not)."""
         return self.store.sessions()
 
+    def forget(self, client_id: str) -> bool:
+        """Drop the stored session of ``client_id`` for good (a device retired): its disk
+        queue deleted, then its records out of the store (synced); its held messages are
+        never sent, as with a clean start asked for by name. Not while this gateway hosts it
+        (``UsageError``: close that session first). False when the store held none."""
+        with self._lock:
+            self._add(client_id)  # (refused while hosted; no session of it starts meanwhile)
+        try:
+            queue = os.path.join(self.state_dir, "queues", queue_name(client_id) + QUEUE_SUFFIX)
+            try:
+                if os.path.lexists(queue):  # (first: a cut leaves a session to forget again)
+                    shutil.rmtree(queue)
+                    _fsync_dir(queue)
+                if not self.store.has(client_id):
+                    return False
+                view = self.store.session(client_id)
+            except OSError as exc:
+                raise PersistenceError(exc.errno, f"cannot forget {client_id!r}: {exc}") from exc
+            try:
+                return view.discard()
+            finally:
+                view.close()
+        finally:
+            with self._lock:
+                self._ids.discard(client_id)
+
 
 def _locked(c: Client, topic: str, qos: int, payload: bytes, retain: bool, props: bytes
             ) -> Callable[[], tuple[tuple[int, list[Action]], tuple[int, int, int] | None]]:
@@ -173,7 +202,6 @@ class Gateway(_Sessions):
         # memory for the sync that covers them, which writes every session's with one write
         super().__init__(state_dir, connect_rate, hold_publishes=True)
         self._clients: dict[str, Client] = {}
-        self._lock = threading.Lock()
         try:
             self._loop = self.loop = asyncio.new_event_loop()  # (``Host.loop``)
             # the loop's other jobs (an interval sync, a disk-queue segment's removal)

@@ -337,14 +337,22 @@ class SessionLog:
                              header + b"".join(frame(r[_SKIP:]) for r in recs), sync=True)
                 kept.append(path + JOURNAL_SUFFIX)
             _fsync_dir(path)
+            self.discard()
+            return kept
+
+    def discard(self) -> bool:
+        """Take the session out of the log for good (synced); False when it held none."""
+        with self._mutex:
+            self._lazy.clear()
+            lg = self._log
             with lg._mutex:
                 s = lg._session(self.client_id)
                 if s.snap is None:
-                    return kept
+                    return False
                 gen, pos = lg._write(s, [_tagged(_END, s.sid, b"")], _END)
             lg.sync_to(gen, pos)
             self._unsynced = None
-            return kept
+            return True
 
     def close(self) -> None:
         """Write the lazy records and release the view (the shared log stays open)."""

@@ -625,3 +625,40 @@ def test_publish_many_with_a_closed_session_fails_it_alone(tmp_path: Path) -> No
         assert [m.message for m in a.outgoing_messages] == [b"kept"]
     finally:
         gw.close()
+
+
+def test_forget_drops_a_stored_session_and_its_disk_queue(tmp_path: Path) -> None:
+    """``Gateway.forget(id)``: a retired device's session leaves the store and its disk queue
+    is deleted (held messages never sent); refused while hosted; False for none; a gateway
+    opened later does not list it, and the id starts over empty."""
+    from mqttsession import UsageError  # noqa: PLC0415
+
+    with Gateway(tmp_path) as gw:
+        c = gw.client("retired", clean_session=False)
+        c.config("QueueInMemory=2")
+        for n in range(10):
+            c.publish_message("t/retired", 1, f"m{n}")
+        gw.client("kept").publish_message("t/kept", 1, "k")
+        queue = tmp_path / "queues" / "retired.queue"
+        assert queue.is_dir()
+        with pytest.raises(UsageError, match="already has a session"):
+            gw.forget("retired")  # hosted: close it first
+        c.close()
+        assert gw.forget("retired") is True
+        assert gw.stored_sessions() == ["kept"] and not queue.exists()
+        assert gw.forget("retired") is False and gw.forget("never") is False
+    with Gateway(tmp_path) as gw:
+        assert gw.stored_sessions() == ["kept"]
+        assert gw.client("retired").queue_stats().messages == 0
+        assert gw.client("kept").queue_stats().messages == 1
+
+
+def test_an_async_gateway_forgets_too(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with AsyncGateway(tmp_path) as gw:
+            s = await gw.session("retired", connect=False)
+            await s.publish("t/x", b"m", 1)
+            await s.close()
+            assert gw.forget("retired") is True and gw.stored_sessions() == []
+
+    asyncio.run(main())
