@@ -16,6 +16,7 @@ from typing import Any, Callable, Final
 from .errors import UsageError
 from .options import parse_addresses
 from .records import MAX_EXPIRY
+from .store import same_file
 
 __all__ = ["ClientSettings", "CONFIG", "ConnectParams", "parse_bool", "parse_int"]
 
@@ -103,8 +104,11 @@ def _reserve_ids(c: Any) -> None:
 
 
 def _set_state_file(c: Any, value: str) -> None:
-    spooled = c._engine.state.spooled
-    if spooled and value.strip() != c._settings.session_state_file:  # (they stay in its queue)
+    spooled, other = c._engine.state.spooled, not same_file(value.strip(), c._file.path)
+    if other and c._driver.conn is not None:  # (its flows would have no file until a write)
+        raise UsageError("SessionStateFile cannot change while connected or connecting:"
+                         " disconnect() first")
+    if spooled and other:  # (they stay in its queue)
         raise UsageError(f"{spooled} messages wait in the disk queue of"
                          f" {c._settings.session_state_file}: SessionStateFile cannot change"
                          " until they are sent (or restore that file in a new Client)")

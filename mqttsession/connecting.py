@@ -236,8 +236,13 @@ class Connecting(Durability):
         try:
             if pacer is not None:  # many sessions: connection attempts spread over time
                 await asyncio.sleep(pacer.delay(loop.time()))
-            await loop.run_in_executor(connects, self._tcp_connect, conn, host, port,
-                                       params.keep_alive, gen)
+            try:
+                job = loop.run_in_executor(connects, self._tcp_connect, conn, host, port,
+                                           params.keep_alive, gen)
+            except RuntimeError:  # (its gateway's threads shut down: its close() came)
+                self._check_ended(gen, conn, host, port, ended=conn.ended)
+                raise
+            await job
             got: bool = await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:  # (the CONNACK may have come as the deadline passed: a
             got = self._connack.is_set()  # loop busy then; 3.12+ lets the timeout win)

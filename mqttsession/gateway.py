@@ -305,10 +305,14 @@ class Gateway(_Sessions):
     def connect_all(self, host: str = "localhost", port: int = 1883,
                     timeout: float = 30.0) -> dict[str, ConnectError]:
         """Connect every session not connected nor connecting (reconnecting: left to it),
-        together (at ``connect_rate``); those that failed, with their errors. ``timeout`` is
-        per session and server."""
+        together (at ``connect_rate``); those that failed, with their errors (one whose link
+        was lost under ``AutoReconnect=False`` among them). ``timeout`` per session and server."""
         host, port, timeout = _target(host, port, timeout)  # (``UsageError``, as connect())
         todo = [c for c in self.clients.values() if c._driver.conn is None and not c._closed]  # noqa: SLF001
+        dead = {c.client_id: ConnectError("its connection was lost and AutoReconnect is off:"
+                                          " disconnect() it, then connect() again")
+                for c in self.clients.values() if c._driver.conn is not None and not c.connected  # noqa: SLF001
+                and not c._closed and not c._driver.conn.wants_reconnect()}  # noqa: SLF001
 
         async def each(c: Client) -> None:
             await c._driver.connect_async(host, port, timeout, _connect_params(c))  # noqa: SLF001
@@ -321,7 +325,7 @@ class Gateway(_Sessions):
         if not self._loop.is_running():
             raise UsageError("the gateway is closed")
         results = self._wait(asyncio.run_coroutine_threadsafe(every(), self._loop), None)
-        failed: dict[str, ConnectError] = {}
+        failed: dict[str, ConnectError] = dead
         for c, r in zip(todo, results):
             if isinstance(r, ConnectError):
                 failed[c.client_id] = r

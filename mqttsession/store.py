@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import threading
 from typing import Callable, Protocol, Sequence
 
@@ -29,7 +30,7 @@ from .state import Accepted, Record, SessionState, message_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MemoryStore", "StateFile", "Store"]
+__all__ = ["MemoryStore", "StateFile", "Store", "same_file"]
 
 
 class Store(Protocol):
@@ -180,6 +181,12 @@ class MemoryStore:
         self.flush()
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two ``SessionStateFile`` values name one file (``./x`` and ``x``, a link)."""
+    return a == b or (bool(a) and bool(b) and "#" not in a + b
+                      and os.path.realpath(a) == os.path.realpath(b))
+
+
 class StateFile:
     """A Client's ``SessionStateFile``: the journal, opened on first use, and a session found
     in the file that waits for ``restore_session``."""
@@ -204,8 +211,14 @@ class StateFile:
         # a loop's session: where a job that waits for the disk runs (None: in this thread)
         self.off_loop: Callable[[Callable[[], None]], None] | None = None
 
+    def _start_over(self) -> str:
+        """How to drop this session (the disk queue's advice)."""
+        if self.shared is not None:
+            return f"gw.forget({self.path.rpartition('#')[2]!r}) to start over"
+        return f"move {self.path} aside to start over"
+
     def set_path(self, path: str) -> None:
-        if path == self.path:  # (re-opened, it would be a session this run did not restore)
+        if same_file(path, self.path):  # (re-opened: a session this run did not restore)
             return
         if self.shared is not None and (self.path or not path.startswith(self.shared.path + "#")):
             raise UsageError("a gateway's session is kept in the gateway's directory: its"
@@ -269,14 +282,14 @@ class StateFile:
             raise StateError(f"the disk queue {spool.dir} lacks the messages up to seq"
                              f" {state.spool_last} that the session holds there (a volume not"
                              " mounted, files deleted?): nothing was changed; put them back, or"
-                             f" move {self.path} aside to start over")
+                             f" {self._start_over()}")
         if spool.gap is not None:  # a segment before others gone (synced when made, but none)
             text = (f"the disk queue {spool.dir} lacks a segment: messages up to seq"
                     f" {spool.gap} are missing (files deleted?)")
             if self.sync:
                 spool.close()
-                raise StateError(f"{text}: nothing was changed; put them back, or move"
-                                 f" {self.path} aside to start over")
+                raise StateError(f"{text}: nothing was changed; put them back, or"
+                                 f" {self._start_over()}")
             self._errors.append((-1, f"{text}; lost (SessionSync=none: a power cut)"))
         attach(state, spool)
         self.spool = spool

@@ -136,7 +136,7 @@ def _apply_configured(st: SessionState, rec: Configured) -> None:
         _check_text("client_id", rec.client_id)
     except TransitionError as exc:
         raise UsageError(str(exc)) from None
-    if len(rec.client_id) > 21845 and len(rec.client_id.encode("utf-8")) > 65535:
+    if len(rec.client_id) > 16383 and len(rec.client_id.encode("utf-8")) > 65535:
         # a UTF-8 string's length is two bytes (MQTT 5 1.5.4, 3.1.1 1.5.3): no CONNECT carries it
         raise UsageError(f"client_id is {len(rec.client_id.encode('utf-8'))} bytes of UTF-8;"
                          " at most 65535")

@@ -395,3 +395,37 @@ def test_setting_the_state_file_to_its_own_name_changes_nothing(tmp_path: Path, 
         d.close()
         if gw is not None:
             gw.close()
+
+
+def test_the_state_file_under_another_spelling_is_the_same(tmp_path: Path) -> None:
+    """``./s`` for ``s``, or through a linked directory: the same file, nothing closed or set
+    aside (review: before, the session was kept aside as not restored)."""
+    (tmp_path / "link").symlink_to(tmp_path)
+    c = _client(tmp_path / "s", unique("spell"))
+    c.restore_session("")
+    errors: list[str] = []
+    c.on_error = lambda e: errors.append(e.description)
+    for n in range(3):
+        c.publish_message("t/spell", 1, f"m{n}")
+    for other in (f"{tmp_path}/./s", f"{tmp_path}/link/s"):
+        c.config(f"SessionStateFile={other}")
+        c.publish_message("t/spell", 1, "more")
+    assert c.queue_stats().messages == 5 and errors == []
+    c.close()
+    assert not [p for p in tmp_path.iterdir() if "unrestored" in p.name]
+
+
+def test_the_state_file_cannot_change_while_connected(mosquitto: Any, tmp_path: Path) -> None:
+    """Another file while connected: ``UsageError`` (review: the session's flows went to no
+    file until its next write; a kill -9 then lost an incoming QoS 2 message)."""
+    from mqttsession import UsageError  # noqa: PLC0415
+
+    c = _client(tmp_path / "a", unique("swap"))
+    c.restore_session("")
+    c.connect(mosquitto.host, mosquitto.port)
+    try:
+        with pytest.raises(UsageError, match="while connected"):
+            c.config(f"SessionStateFile={tmp_path / 'b'}")
+        c.config(f"SessionStateFile={tmp_path / 'a'}")  # its own: fine
+    finally:
+        c.close()

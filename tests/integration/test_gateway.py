@@ -662,3 +662,22 @@ def test_an_async_gateway_forgets_too(tmp_path: Path) -> None:
             assert gw.forget("retired") is True and gw.stored_sessions() == []
 
     asyncio.run(main())
+
+
+def test_a_session_missing_its_disk_queue_is_told_to_forget(tmp_path: Path) -> None:
+    """A session whose disk queue went (a forget cut short, files deleted): ``StateError``
+    names ``gw.forget(id)`` (review: it said to move a ``sessions.log#id`` "file" aside)."""
+    import shutil  # noqa: PLC0415
+
+    from mqttsession import StateError  # noqa: PLC0415
+
+    with Gateway(tmp_path) as gw:
+        c = gw.client("z")
+        c.config("QueueInMemory=1")
+        for _ in range(5):
+            c.publish_message("t/z", 1, "m")
+    shutil.rmtree(tmp_path / "queues" / "z.queue")
+    with Gateway(tmp_path) as gw:
+        with pytest.raises(StateError, match=r"gw\.forget\('z'\)"):
+            gw.client("z")
+        assert gw.forget("z") is True and gw.client("z").queue_stats().messages == 0

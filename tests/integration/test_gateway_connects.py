@@ -470,3 +470,17 @@ def test_a_second_connect_leaves_the_one_under_way_alone(
         t.join(10)
         assert [type(e) for e in raised] == [ConnectError], raised
         assert "no CONNACK" in str(raised[0]), raised
+
+
+def test_connect_all_names_a_session_whose_link_died_without_auto_reconnect(
+        mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """A session connected with ``AutoReconnect=False`` whose link is cut: ``connect_all``
+    names it in its result (review: the session was silently skipped, left down for good)."""
+    with MQTTProxy(mosquitto.host, mosquitto.port) as proxy, Gateway(tmp_path / "gw") as gw:
+        c = gw.client("cut-off")
+        c.config("AutoReconnect=False")
+        c.connect(proxy.host, proxy.port, timeout=5)
+        proxy.cut()
+        wait_until(lambda: not c.connected, 5)
+        failed = gw.connect_all(mosquitto.host, mosquitto.port, timeout=5)
+        assert list(failed) == ["cut-off"] and "AutoReconnect is off" in str(failed["cut-off"])

@@ -238,6 +238,8 @@ def test_a_client_id_no_connect_can_carry_is_refused(tmp_path: Path) -> None:
     c = Client(client_id="x")
     with pytest.raises(UsageError, match="65536 bytes"):
         c.client_id = "a" * 65536
+    with pytest.raises(UsageError, match="65536 bytes"):
+        c.client_id = "\U0001F600" * 16384  # four bytes each (review: a 3-byte guess passed it)
     c.client_id = "a" * 65535  # the most a CONNECT carries
     c.close()
     with Gateway(tmp_path / "gw") as gw:
