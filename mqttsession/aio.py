@@ -162,6 +162,8 @@ class AsyncSession:
                 self._client.restore_session("")
             elif not self._client.clean_session:  # what one closed before still held
                 handover.restore(self._options.address, self._client)
+            else:
+                handover.discard(self._options.address, self._client.client_id)
             if connect:
                 await self.connect()
         except BaseException:
@@ -207,9 +209,12 @@ class AsyncSession:
     def _in_close(self) -> bool:
         return self._closing is not None
 
-    def _check(self) -> Client:
+    def _check(self, started: bool = True) -> Client:
         if self._closed:
             raise UsageError("the session is closed")
+        if started and not self._started:  # (start() restores: it would replace what came)
+            raise UsageError("the session is not started: await start() first (create() and"
+                             " async with start it)")
         return self._client
 
     def _on_loop(self, fn: Callable[[T], None]) -> Callable[..., None]:
@@ -298,7 +303,7 @@ class AsyncSession:
 
     async def config(self, setting: str) -> str:
         """``Client.config``: ``"Name=Value"`` sets, ``"Name"`` reads."""
-        return self._check().config(setting)
+        return self._check(started=False).config(setting)
 
     async def publish(self, topic: str, payload: str | bytes, qos: int = 1, *,
                       retain: bool | None = None, properties: Properties | None = None) -> int:

@@ -49,3 +49,12 @@ def restore(server: str, client: Client) -> None:
                     " restored into this one: %s; it stays kept", client.client_id, server, exc)
         raise
 
+
+
+def discard(server: str, client_id: str) -> None:
+    """A clean start of ``client_id`` on ``server``: the session kept for it is gone (the
+    broker discards its own) [MQTT-3.1.2-6]."""
+    with _lock:
+        if _kept.pop((server, client_id), None) is not None:
+            log.info("the session a closed %r left on %s (kept in this process) is discarded:"
+                     " a clean start", client_id, server)

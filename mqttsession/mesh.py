@@ -416,7 +416,7 @@ class Session:
             return None  # again, to the session attached next (handed out now: twice)
         self.ack()
         try:
-            item = self._messages.get(timeout=timeout)
+            item = self._messages.get(timeout=None if timeout is None else max(0.0, timeout))
         except queue.Empty:
             return None
         if isinstance(item, _Closed):
