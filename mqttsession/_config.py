@@ -112,7 +112,8 @@ def _set_state_file(c: Any, value: str) -> None:
         raise UsageError(f"{spooled} messages wait in the disk queue of"
                          f" {c._settings.session_state_file}: SessionStateFile cannot change"
                          " until they are sent (or restore that file in a new Client)")
-    if other and c._file.journal is not None and not c._engine.state.empty:
+    if other and c._file.journal is not None and not c._engine.state.empty \
+            and c._file.shared is None:  # (a gateway's session: its own refusal)
         raise UsageError(f"the session lives in {c._file.path}: SessionStateFile cannot change"
                          " while it holds messages or subscriptions (it would be in two files);"
                          " restore the other file in a new Client")

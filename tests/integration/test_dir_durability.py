@@ -99,7 +99,9 @@ def test_cut_copy_name_durable_before_the_cut(monkeypatch: pytest.MonkeyPatch, b
 
 def test_state_file_change_refused_while_disk_queue_holds(tmp_path: Path) -> None:
     """SessionStateFile cannot move while messages wait in its disk queue (a new file would
-    name a queue without them): UsageError, nothing changed; without a disk queue it moves."""
+    name a queue without them): UsageError, nothing changed; nor, without a disk queue, while
+    the session in the open file holds messages (session 35: the old file kept them too, a
+    message live in two files); an empty session moves."""
     c = Client(client_id="sw", clean_session=False)
     c.config(f"SessionStateFile={tmp_path / 'a'}")
     c.config("QueueInMemory=2")
@@ -118,10 +120,19 @@ def test_state_file_change_refused_while_disk_queue_holds(tmp_path: Path) -> Non
     d.restore_session("")
     for body in SENT:
         d.publish_data("t/x", 1, body)
-    d.config(f"SessionStateFile={tmp_path / 'e'}")
-    d.save_session()
+    with pytest.raises(UsageError, match="two files"):
+        d.config(f"SessionStateFile={tmp_path / 'e'}")
     d.close()
-    assert kept(tmp_path / "e", "sw2") == SENT
+    assert kept(tmp_path / "c", "sw2") == SENT and not (tmp_path / "e").exists()
+    f = Client(client_id="sw3", clean_session=False)
+    f.config(f"SessionStateFile={tmp_path / 'g'}")
+    f.restore_session("")
+    f.config(f"SessionStateFile={tmp_path / 'h'}")  # empty: it moves
+    f.restore_session("")
+    for body in SENT:
+        f.publish_data("t/x", 1, body)
+    f.close()
+    assert kept(tmp_path / "h", "sw3") == SENT
 
 
 def test_lowered_sync_interval_governs_an_armed_sync(monkeypatch: pytest.MonkeyPatch,
