@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import MQTTSessionError, StateError, UsageError
-from .inspecting import inspect as _inspect, read_saved as _read_state
+from .inspecting import inspect as _report, read_saved as _read_state
 from .options import ENV_PASSWORD, ENV_USERNAME, format_address, parse_address
 from .refusals import describe_connect_error
 
@@ -252,6 +252,16 @@ def _demo(args: argparse.Namespace) -> int:
         sub.disconnect()
         if embedded is not None:
             embedded.stop()
+
+
+# ====================================================================== inspect
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    code, lines = _report(args)
+    for line in lines:
+        print(line)
+    return code
 
 
 # ====================================================================== compat

@@ -120,7 +120,7 @@ def _when(t: float | None) -> str:
     return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _inspect_gateway(directory: str, as_json: bool) -> int:
+def _inspect_gateway(directory: str, as_json: bool) -> tuple[int, list[str]]:
     """``inspect DIR`` of a ``Gateway``'s directory: its sessions, one line each."""
     from .gateway import queue_name
     from .recovery import with_queue
@@ -145,25 +145,25 @@ def _inspect_gateway(directory: str, as_json: bool) -> int:
     info = {cid: _inspect_obj(s, time.time(), {}, GATEWAY_SOURCE) for cid, s in sessions.items()}
     for cid, why in damaged.items():
         info[cid]["error"] = why
+    code = 2 if damaged else 0  # (the others listed all the same)
     if as_json:
-        print(json.dumps({"source": GATEWAY_SOURCE, "directory": directory,
-                          "sessions": list(info.values())}, indent=2))
-        return 2 if damaged else 0
-    print(f"read from:        {GATEWAY_SOURCE}")
-    print(f"sessions:         {len(info)}")
-    print(f"    {'client id':<32} {'never sent':>10} {'in flight':>9} {'incoming':>8}"
-          f" {'subscriptions':>13} {'of them on disk':>15}")
+        return code, [json.dumps({"source": GATEWAY_SOURCE, "directory": directory,
+                                  "sessions": list(info.values())}, indent=2)]
+    out = [f"read from:        {GATEWAY_SOURCE}", f"sessions:         {len(info)}"]
+    out.append(f"    {'client id':<32} {'never sent':>10} {'in flight':>9} {'incoming':>8}"
+               f" {'subscriptions':>13} {'of them on disk':>15}")
     for cid, i in info.items():
-        print(f"    {cid!r:<32} {len(i['never_sent']) + i['queue']['on_disk']:>10}"
-              f" {len(i['in_flight']):>9} {len(i['incoming']):>8} {len(i['subscriptions']):>13}"
-              f" {'?' if cid in damaged else i['queue']['on_disk']:>15}")
+        out.append(f"    {cid!r:<32} {len(i['never_sent']) + i['queue']['on_disk']:>10}"
+                   f" {len(i['in_flight']):>9} {len(i['incoming']):>8} {len(i['subscriptions']):>13}"
+                   f" {'?' if cid in damaged else i['queue']['on_disk']:>15}")
     for cid, why in damaged.items():
-        print(f"{cid!r}: {why}")
-    return 2 if damaged else 0  # (the others listed all the same)
+        out.append(f"{cid!r}: {why}")
+    return code, out
 
 
-def inspect(args: argparse.Namespace) -> int:
-    """``mqttsession inspect FILE`` (or ``-``, or a gateway directory)."""
+def inspect(args: argparse.Namespace) -> tuple[int, list[str]]:
+    """``mqttsession inspect FILE`` (or ``-``, or a gateway directory): its exit code and the
+    lines of its report (the command prints them)."""
     from .sharedlog import LOG_NAME
 
     if os.path.isdir(args.file) and os.path.exists(os.path.join(args.file, LOG_NAME)):
@@ -171,38 +171,38 @@ def inspect(args: argparse.Namespace) -> int:
     s, sizes = read_saved(args.file)
     info = _inspect_obj(s, time.time(), sizes, STDIN_SOURCE if args.file == "-" else FILE_SOURCE)
     if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"read from:        {info['source']}")
+        return 0, [json.dumps(info, indent=2)]
+    out: list[str] = []
+    out.append(f"read from:        {info['source']}")
     exp = {True: "yes", False: "no", None: "unknown"}[info["expired"]]
     if s.protocol_version != 5:
         exp = "n/a (MQTT 3.1.1 sessions do not expire)"
     interval, sent = s.session_expiry_interval, info["effective_expiry_interval"]
     shown = ("never (0xFFFFFFFF)" if interval == 0xFFFFFFFF else f"{interval} s"
              if interval is not None else f"unset ({sent} s sent)" if sent else "absent (0)")
-    print(f"client id:        {s.client_id!r}")
-    print(f"protocol:         {'MQTT 5' if s.protocol_version == 5 else 'MQTT 3.1.1'}")
-    print(f"clean session:    {s.clean_session}")
-    print(f"expiry interval:  {shown}  (expired: {exp})")
-    print(f"broker:           {s.broker or 'unknown'}")
-    print(f"last connect:     {_when(s.connected_at)}; last disconnect: {_when(s.disconnected_at)}")
+    out.append(f"client id:        {s.client_id!r}")
+    out.append(f"protocol:         {'MQTT 5' if s.protocol_version == 5 else 'MQTT 3.1.1'}")
+    out.append(f"clean session:    {s.clean_session}")
+    out.append(f"expiry interval:  {shown}  (expired: {exp})")
+    out.append(f"broker:           {s.broker or 'unknown'}")
+    out.append(f"last connect:     {_when(s.connected_at)}; last disconnect: {_when(s.disconnected_at)}")
     for key, label in (("never_sent", "never sent"), ("in_flight", "in flight"),
                        ("incoming", "incoming QoS 2")):
         items = info[key]
-        print(f"{label + ':':<18}{len(items)}")
+        out.append(f"{label + ':':<18}{len(items)}")
         for m in items[:20]:
             extra = f" {m['phase']}" if "phase" in m else ""
-            print(f"    id {m['packet_id']:>5} qos {m['qos']} {m['topic']!r} {m['bytes']} B{extra}")
+            out.append(f"    id {m['packet_id']:>5} qos {m['qos']} {m['topic']!r} {m['bytes']} B{extra}")
         if len(items) > 20:
-            print(f"    ... {len(items) - 20} more")
-    print(f"subscriptions:    {len(s.subscriptions)}")
+            out.append(f"    ... {len(items) - 20} more")
+    out.append(f"subscriptions:    {len(s.subscriptions)}")
     for f, q in sorted(s.subscriptions.items()):
-        print(f"    {f!r} qos {q}")
-    print(f"payload bytes:    {info['payload_bytes']}")
+        out.append(f"    {f!r} qos {q}")
+    out.append(f"payload bytes:    {info['payload_bytes']}")
     q = info["queue"]
-    print(f"outgoing queue:   {q['messages']} messages, {q['bytes']} bytes (what MaxQueuedMessages"
-          " / MaxQueuedBytes count)")
+    out.append(f"outgoing queue:   {q['messages']} messages, {q['bytes']} bytes (what MaxQueuedMessages"
+               " / MaxQueuedBytes count)")
     if s.on_disk:
-        print(f"    of which {s.on_disk} wait in the disk queue ({args.file}.queue/), never sent")
-    print("sizes:            " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()))
-    return 0
+        out.append(f"    of which {s.on_disk} wait in the disk queue ({args.file}.queue/), never sent")
+    out.append("sizes:            " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()))
+    return 0, out
