@@ -16,7 +16,6 @@ from typing import Any, Callable, Final
 from .errors import UsageError
 from .options import parse_addresses
 from .records import MAX_EXPIRY
-from .store import same_file
 
 __all__ = ["ClientSettings", "CONFIG", "ConnectParams", "parse_bool", "parse_int"]
 
@@ -104,20 +103,7 @@ def _reserve_ids(c: Any) -> None:
 
 
 def _set_state_file(c: Any, value: str) -> None:
-    spooled, other = c._engine.state.spooled, not same_file(value.strip(), c._file.path)
-    if other and c._driver.conn is not None:  # (its flows would have no file until a write)
-        raise UsageError("SessionStateFile cannot change while connected or connecting:"
-                         " disconnect() first")
-    if spooled and other:  # (they stay in its queue)
-        raise UsageError(f"{spooled} messages wait in the disk queue of"
-                         f" {c._settings.session_state_file}: SessionStateFile cannot change"
-                         " until they are sent (or restore that file in a new Client)")
-    if other and c._file.journal is not None and not c._engine.state.empty \
-            and c._file.shared is None:  # (a gateway's session: its own refusal)
-        raise UsageError(f"the session lives in {c._file.path}: SessionStateFile cannot change"
-                         " while it holds messages or subscriptions (it would be in two files);"
-                         " restore the other file in a new Client")
-    c._file.set_path(value.strip())
+    c._file.set_path(value.strip(), c._engine.state, connected=c._driver.conn is not None)
     c._settings.session_state_file = value.strip()
     _reserve_ids(c)
 

@@ -79,6 +79,11 @@ def queue_name(client_id: str) -> str:
     return f"{name[:160]}!{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
 
 
+def queue_path(state_dir: str, client_id: str) -> str:
+    """Where a session's disk queue lives in a gateway's directory (``.queue`` is added)."""
+    return os.path.join(state_dir, "queues", queue_name(client_id))
+
+
 def _released(c: Client | None) -> bool:
     """A session closed whose view of the store is released (None: never made, a failed
     ``session()``)."""
@@ -147,7 +152,7 @@ class _Sessions:
         f = c._driver.file  # noqa: SLF001
         c._driver.background_sync = self._syncs  # noqa: SLF001
         f.shared = self.store
-        f.queue_path = os.path.join(self.state_dir, "queues", queue_name(c.client_id))
+        f.queue_path = queue_path(self.state_dir, c.client_id)
         return f"{self.store.path}#{c.client_id}"
 
     def stored_sessions(self) -> list[str]:
@@ -162,7 +167,7 @@ class _Sessions:
         with self._lock:
             self._add(client_id)  # (refused while hosted; no session of it starts meanwhile)
         try:
-            queue = os.path.join(self.state_dir, "queues", queue_name(client_id) + QUEUE_SUFFIX)
+            queue = queue_path(self.state_dir, client_id) + QUEUE_SUFFIX
             try:
                 if os.path.lexists(queue):  # (first: a cut leaves a session to forget again)
                     shutil.rmtree(queue)

@@ -50,7 +50,6 @@ def restore(server: str, client: Client) -> None:
         raise
 
 
-
 def discard(server: str, client_id: str) -> None:
     """A clean start of ``client_id`` on ``server``: the session kept for it is gone (the
     broker discards its own) [MQTT-3.1.2-6]."""

@@ -122,7 +122,7 @@ def _when(t: float | None) -> str:
 
 def _inspect_gateway(directory: str, as_json: bool) -> tuple[int, list[str]]:
     """``inspect DIR`` of a ``Gateway``'s directory: its sessions, one line each."""
-    from .gateway import queue_name
+    from .gateway import queue_path
     from .recovery import with_queue
     from .sessionlog import read_sessions
 
@@ -130,7 +130,7 @@ def _inspect_gateway(directory: str, as_json: bool) -> tuple[int, list[str]]:
 
     def counted(cid: str, st: Any) -> SavedState:
         try:
-            return SavedState.of(with_queue(st, os.path.join(directory, "queues", queue_name(cid))))
+            return SavedState.of(with_queue(st, queue_path(directory, cid)))
         except (OSError, StateError) as exc:
             if _gone(exc):  # (a live gateway deleted a file meanwhile: read all again)
                 raise

@@ -30,7 +30,7 @@ from .state import Accepted, Record, SessionState, message_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MemoryStore", "StateFile", "Store", "same_file"]
+__all__ = ["MemoryStore", "StateFile", "Store"]
 
 
 class Store(Protocol):
@@ -217,12 +217,24 @@ class StateFile:
             return f"gw.forget({self.path.rpartition('#')[2]!r}) to start over"
         return f"move {self.path} aside to start over"
 
-    def set_path(self, path: str) -> None:
+    def set_path(self, path: str, state: SessionState, connected: bool = False) -> None:
+        """Another ``SessionStateFile``; ``UsageError`` where the session would be split."""
         if same_file(path, self.path):  # (re-opened: a session this run did not restore)
             return
         if self.shared is not None and (self.path or not path.startswith(self.shared.path + "#")):
             raise UsageError("a gateway's session is kept in the gateway's directory: its"
                              " SessionStateFile cannot change")
+        if connected:  # (its flows would have no file until the next write)
+            raise UsageError("SessionStateFile cannot change while connected or connecting:"
+                             " disconnect() first")
+        if state.spooled:  # (they stay in its queue)
+            raise UsageError(f"{state.spooled} messages wait in the disk queue of {self.path}:"
+                             " SessionStateFile cannot change until they are sent (or restore"
+                             " that file in a new Client)")
+        if self.journal is not None and not state.empty:
+            raise UsageError(f"the session lives in {self.path}: SessionStateFile cannot change"
+                             " while it holds messages or subscriptions (it would be in two"
+                             " files); restore the other file in a new Client")
         self.close()
         self.path = path
 
