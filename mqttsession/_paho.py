@@ -399,6 +399,10 @@ class PahoConnection(mqtt.Client):
         me = threading.current_thread()
         return me is self._thread or me is self.loop_thread  # noqa: SLF001
 
+    def lost_for_good(self) -> bool:
+        """The connection was lost (not closed on purpose) and auto-reconnect is off."""
+        return not self._reconnect_on_failure and self._state not in _CLOSED_ON_PURPOSE  # noqa: SLF001
+
     def wants_reconnect(self) -> bool:
         """The connection was lost (not closed on purpose) and auto-reconnect is on."""
         return bool(self._reconnect_on_failure) and self._state not in _CLOSED_ON_PURPOSE  # noqa: SLF001

@@ -120,7 +120,8 @@ class Connecting(Durability):
         """-4 (no next server) once a disconnect() or another connect() came, the attempt's
         connection is no longer the session's, or it was ``ended``."""
         if ended or gen != self._gen or (conn is not None and conn is not self.conn):
-            raise ConnectError(f"connect() to {format_address(host, port)} ended by close()", -4)
+            raise ConnectError(f"connect() to {format_address(host, port)} ended by close() or"
+                               " disconnect()", -4)
 
     def _connected(self, where: str, params: ConnectParams) -> None:
         """``ConnectError`` (and the connection torn down) unless CONNACK accepted it."""
@@ -132,10 +133,23 @@ class Connecting(Durability):
 
     def _refuse_if_busy(self) -> None:
         """``UsageError`` while a connection is up or under way (lock held)."""
-        if self.conn is not None:
-            raise UsageError("already connected; call disconnect() first" if self.engine.connected
-                             else "a connect, reconnect (or disconnect()) is under way: call"
-                                  " disconnect() first, from outside the client's callbacks")
+        conn = self.conn
+        if conn is None:
+            return
+        if self.engine.connected:
+            raise UsageError("already connected; call disconnect() first")
+        if self.lost_for_good():
+            raise UsageError("the connection was lost and AutoReconnect is off: call"
+                             " disconnect() first, then connect() again")
+        raise UsageError("a connect, reconnect (or disconnect()) is under way: call"
+                         " disconnect() first, from outside the client's callbacks")
+
+    def lost_for_good(self) -> bool:
+        """The link was lost after its CONNACK and AutoReconnect is off (not closed on purpose:
+        disconnect() ends it)."""
+        conn = self.conn
+        return (conn is not None and self._connack.is_set() and not self.engine.connected
+                and conn.lost_for_good())
 
     def _rotation(self, host: str, port: int, params: ConnectParams, timeout: float
                   ) -> ServerRotation:

@@ -316,8 +316,7 @@ class Gateway(_Sessions):
         todo = [c for c in self.clients.values() if c._driver.conn is None and not c._closed]  # noqa: SLF001
         dead = {c.client_id: ConnectError("its connection was lost and AutoReconnect is off:"
                                           " disconnect() it, then connect() again")
-                for c in self.clients.values() if c._driver.conn is not None and not c.connected  # noqa: SLF001
-                and not c._closed and not c._driver.conn.wants_reconnect()}  # noqa: SLF001
+                for c in self.clients.values() if not c._closed and c._driver.lost_for_good()}  # noqa: SLF001
 
         async def each(c: Client) -> None:
             await c._driver.connect_async(host, port, timeout, _connect_params(c))  # noqa: SLF001

@@ -265,18 +265,21 @@ class Session:
         return self._client
 
     def open(self) -> None:
-        """Connect (block until CONNACK); a no-op when already open. ``ConnectError`` on failure."""
+        """Connect (block until CONNACK); a no-op when open (connected or reconnecting), a
+        connect again after ``client.disconnect()``. ``ConnectError`` on failure."""
         self._check("open")
-        if self._opened:
+        again = self._opened
+        if again and self._client._driver.conn is not None:  # noqa: SLF001
             return
         o = self._options
-        handover.restore(o.address, self._client)  # what one closed before still held
+        if not again:
+            handover.restore(o.address, self._client)  # what one closed before still held
         self._client.connect(o.host, o.port, o.request_timeout_seconds)
         present = self._client.config("SessionPresent") == "True"
         where = self._client.config("ConnectedServer") or o.address  # of a server list: its own
         self._session_present = present
         self._opened = True
-        if self._attach and not present:
+        if self._attach and not present and not again:
             # connecting created an empty session on the broker: take it away again
             self._closed = True
             self._slots.close()

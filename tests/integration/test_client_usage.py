@@ -311,3 +311,26 @@ def test_connect_while_a_disconnect_is_under_way_says_so() -> None:
     finally:
         c.close()
         fake.stop()
+
+
+def test_connect_after_a_lost_link_without_auto_reconnect_says_so(mosquitto: Any) -> None:
+    """``AutoReconnect=False``, the link cut: ``connect()`` names the lost link and the way out
+    (before: "a connect, reconnect ... is under way", though nothing was); after
+    ``disconnect()`` the connect works and the session is the same."""
+    from mqttsession.testing.proxy import MQTTProxy
+
+    c = mqttsession.Client(client_id=unique("cut"), clean_session=False)
+    c.config("AutoReconnect=False")
+    try:
+        with MQTTProxy(mosquitto.host, mosquitto.port) as proxy:
+            c.connect(proxy.host, proxy.port, 5)
+            proxy.cut()
+            _procs.wait_until(lambda: not c.connected, 5)
+            with pytest.raises(mqttsession.UsageError, match="AutoReconnect is off") as raised:
+                c.connect(proxy.host, proxy.port, 5)
+            assert "under way" not in str(raised.value)
+            c.disconnect()
+            c.connect(proxy.host, proxy.port, 5)
+            assert c.connected
+    finally:
+        c.close()

@@ -448,16 +448,19 @@ def test_close_while_connect_starts_the_network_thread(
                             if th.name.startswith("paho-mqtt-client-slow")], 5)
 
 
+@pytest.mark.parametrize("auto", [True, False])
 @pytest.mark.parametrize("second", ["connect", "connect_all"])
 def test_a_second_connect_leaves_the_one_under_way_alone(
-        mosquitto: MosquittoBroker, tmp_path: Path, second: str) -> None:
+        mosquitto: MosquittoBroker, tmp_path: Path, second: str, auto: bool) -> None:
     """A session's ``connect(timeout=2)`` waits for a CONNACK; meanwhile another thread calls
     ``connect()`` on it (``UsageError``) or ``Gateway.connect_all`` (it connects the other
     sessions and leaves this one to its connect). The first connect ends as its own: "no
     CONNACK within 2 s". Before: the second bumped the attempt number before refusing, so the
-    first failed at once with "ended by close()"; ``connect_all`` raised ``UsageError``."""
+    first failed at once with "ended by close()"; ``connect_all`` raised ``UsageError`` (under
+    ``AutoReconnect=False``, until session 36, it named the session as one whose link was lost)."""
     with _silent() as port, Gateway(tmp_path / "gw") as gw:
         waiting = gw.client("waiting")
+        waiting.config(f"AutoReconnect={auto}")
         other = gw.client("other")
         t, raised = _connect_in_thread(lambda: waiting.connect("127.0.0.1", port, timeout=2))
         time.sleep(0.5)

@@ -247,3 +247,22 @@ def test_open_again_after_a_failed_open(mosquitto_factory: Any, version: int) ->
             assert got == [b"kept"]
         finally:
             s.close()
+
+
+def test_open_again_after_the_client_was_disconnected(mosquitto: Any, version: int) -> None:
+    """``session.client.disconnect()``, a message published meanwhile, then ``open()``: it
+    connects again and the message goes out (before: a silent no-op, ``is_open`` True and
+    the session offline for good)."""
+    s = _connection(mosquitto, version).create_session()
+    s.open()
+    with _procs.observed(mosquitto.host, mosquitto.port, "mesh/again") as got:
+        try:
+            s.client.disconnect()
+            s.publish("mesh/again", "held", qos=1)
+            s.open()
+            assert s.client.connected and s.is_open
+            _procs.wait_until(lambda: got, 10, "the held message")
+            assert got == [b"held"]
+            s.open()  # open: a no-op
+        finally:
+            s.close()
