@@ -159,13 +159,13 @@ class _Sessions:
         """The client ids whose sessions the store holds (hosted now or not)."""
         return self.store.sessions()
 
-    def forget(self, client_id: str) -> bool:
-        """Drop the stored session of ``client_id`` for good (a device retired): its disk
-        queue deleted, then its records out of the store (synced); its held messages are
-        never sent, as with a clean start asked for by name. Not while this gateway hosts it
-        (``UsageError``: close that session first). False when the store held none."""
+    def _drop_stored(self, client_id: str) -> bool:
+        """``forget``: the disk queue deleted, then the records out of the store (synced)."""
         with self._lock:
-            self._add(client_id)  # (refused while hosted; no session of it starts meanwhile)
+            if client_id in self._ids and not _released(self._hosted(client_id)):
+                raise UsageError(f"the gateway hosts a session {client_id!r}: close it before"
+                                 " forget()")
+            self._add(client_id)  # (no session of it starts meanwhile)
         try:
             queue = queue_path(self.state_dir, client_id) + QUEUE_SUFFIX
             try:
@@ -297,6 +297,14 @@ class Gateway(_Sessions):
 
     def _hosted(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
+
+    def forget(self, client_id: str) -> bool:
+        """Drop the stored session of ``client_id`` for good (a device retired): its disk
+        queue deleted, then its records out of the store (synced); its held messages are
+        never sent, as with a clean start asked for by name. Not while this gateway hosts it
+        (``UsageError``: close that session first). False when the store held none. Copies
+        set aside before (``*.damaged-*``, ``aside/``) are kept."""
+        return self._drop_stored(client_id)
 
     def _forget(self, client_id: str) -> None:
         self._clients.pop(client_id, None)
@@ -504,6 +512,7 @@ class AsyncGateway(_Sessions):
         # every session's in one write before its fdatasync
         super().__init__(state_dir, connect_rate, hold_publishes=True)
         self._sessions: dict[str, AsyncSession] = {}
+        self._forgetting: set[asyncio.Future[bool]] = set()  # ``forget`` jobs under way
         # the loop's other jobs (a SessionSync=interval sync, a disk-queue segment's removal)
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="mqttsession-gateway-jobs")
@@ -516,6 +525,20 @@ class AsyncGateway(_Sessions):
 
     def _forget(self, client_id: str) -> None:
         self._sessions.pop(client_id, None)
+
+    async def forget(self, client_id: str) -> bool:
+        """``Gateway.forget`` off the loop (its deletions and fdatasync run in the gateway's
+        jobs thread)."""
+        if self._closed:
+            raise UsageError("the gateway is closed")
+        job = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._drop_stored, client_id)
+        self._forgetting.add(job)  # (close() waits for it before it closes the store)
+        try:
+            return await asyncio.shield(job)
+        finally:
+            if job.done():
+                self._forgetting.discard(job)
 
     async def session(self, client_id: str, options: Options | None = None, *,
                       session_sync: str | None = None, connect: bool = True) -> AsyncSession:
@@ -621,6 +644,7 @@ class AsyncGateway(_Sessions):
         try:
             sessions = list(self._sessions.values())  # (one failing to start leaves it)
             results = await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+            await asyncio.gather(*self._forgetting, return_exceptions=True)
             for s, r in zip(sessions, results):
                 if isinstance(r, BaseException):
                     log.error("closing gateway session %r: %r", s.client_id, r)

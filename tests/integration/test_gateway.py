@@ -641,7 +641,7 @@ def test_forget_drops_a_stored_session_and_its_disk_queue(tmp_path: Path) -> Non
         gw.client("kept").publish_message("t/kept", 1, "k")
         queue = tmp_path / "queues" / "retired.queue"
         assert queue.is_dir()
-        with pytest.raises(UsageError, match="already has a session"):
+        with pytest.raises(UsageError, match="close it before forget"):
             gw.forget("retired")  # hosted: close it first
         c.close()
         assert gw.forget("retired") is True
@@ -654,12 +654,33 @@ def test_forget_drops_a_stored_session_and_its_disk_queue(tmp_path: Path) -> Non
 
 
 def test_an_async_gateway_forgets_too(tmp_path: Path) -> None:
+    """``await AsyncGateway.forget(id)``: off the loop (another task runs while its deletions
+    and fdatasync are under way; before: a plain call that blocked the loop), refused while
+    hosted and once closed; the session is gone after a restart."""
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
     async def main() -> None:
         async with AsyncGateway(tmp_path) as gw:
             s = await gw.session("retired", connect=False)
             await s.publish("t/x", b"m", 1)
+            with pytest.raises(UsageError, match="close"):
+                await gw.forget("retired")
             await s.close()
-            assert gw.forget("retired") is True and gw.stored_sessions() == []
+
+            async def forgetting() -> None:
+                assert await gw.forget("retired") is True
+                ran.append("forgot")
+
+            await asyncio.gather(forgetting(), other())
+            assert ran == ["other", "forgot"] and gw.stored_sessions() == []
+        with pytest.raises(UsageError, match="closed"):
+            await gw.forget("retired")
+        async with AsyncGateway(tmp_path) as gw:
+            assert gw.stored_sessions() == []
+            assert (await gw.session("retired", connect=False)).client.queue_stats().messages == 0
 
     asyncio.run(main())
 
