@@ -44,7 +44,7 @@ from .events import ErrorEvent, PublishRequest
 from .hosting import FD_RESERVE, DaemonPool, SyncThread, raise_fd_limit
 from .options import Options
 from .pacing import Pacer
-from .recovery import _fsync_dir, makedirs_durable
+from .recovery import _fsync_dir, makedirs_durable, own_dir, refuse_foreign
 from .spool import QUEUE_SUFFIX
 from .sharedlog import SharedLog
 from .statelock import forks
@@ -98,6 +98,8 @@ class _Sessions:
         self.state_dir = os.fspath(state_dir)
         try:
             makedirs_durable(os.path.join(self.state_dir, "queues"))  # (power cuts)
+            refuse_foreign(os.stat(self.state_dir), self.state_dir)  # (a symlink to it: as given)
+            own_dir(os.path.join(self.state_dir, "queues"))
         except OSError as exc:  # (a full disk, a file in the way)
             raise PersistenceError(exc.errno, f"cannot make {self.state_dir}: {exc}") from exc
         #: Connection attempts of every session take turns at ``connect_rate`` a second.

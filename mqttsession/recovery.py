@@ -79,7 +79,11 @@ def makedirs_durable(path: str) -> None:
     while not os.path.lexists(p) and os.path.dirname(p) != p:
         made.append(p)
         p = os.path.dirname(p)
-    os.makedirs(path, 0o700, exist_ok=True)
+    for d in reversed(made):  # (os.makedirs gives its mode to the last one only)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+    if not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
     for d in reversed(made):
         _fsync_dir(d)
 
@@ -296,6 +300,27 @@ def _refuse_link(path: str, exc: OSError) -> None:
                          " must be regular files (refused, nothing written)") from None
 
 
+def refuse_foreign(st: os.stat_result, path: str) -> None:
+    """``StateError`` for a file or directory another user owns: in a shared directory (/tmp)
+    they could plant messages to send as ours, or read what we write (root too: refused)."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise StateError(f"{path} belongs to uid {st.st_uid}, not to this process's uid {uid};"
+                         " refused, nothing read or written (chown it, or choose another path)")
+
+
+def own_dir(path: str, read_only: bool = False) -> None:
+    """``StateError`` but for a directory (not a symlink) of ours (``refuse_foreign``); a wider
+    mode narrowed to 0700 (``read_only``: any directory, as it is)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError(f"{path} is not a directory (a symbolic link is refused)")
+    if not read_only:
+        refuse_foreign(st, path)
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+
+
 def _header(payload: bytes) -> tuple[int, str, str] | None:
     """(format version, snapshot digest, client id) of a journal header frame."""
     try:
@@ -317,9 +342,10 @@ def unreadable(what: str, exc: OSError) -> MQTTSessionError:
     return StateError(f"{what}: {exc.strerror or exc}")
 
 
-def _read_file(path: str) -> bytes | None:
+def _read_file(path: str, mine: bool = False) -> bytes | None:
     """The bytes of ``path`` (None: no such file); ``StateError`` past ``MAX_STATE_BYTES``, or
-    for anything but a regular file (a directory, a FIFO: opened without blocking, not read)."""
+    for anything but a regular file (a directory, a FIFO: opened without blocking, not read);
+    ``mine``: also for a file another user owns (``refuse_foreign``)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)  # a FIFO: no wait for a writer
     except FileNotFoundError:
@@ -335,6 +361,12 @@ def _read_file(path: str) -> bytes | None:
     if not stat.S_ISREG(st.st_mode):  # before open(): a directory is IsADirectoryError there
         os.close(fd)
         raise StateError(f"{path} is not a regular file; not read")
+    if mine:
+        try:
+            refuse_foreign(st, path)
+        except StateError:
+            os.close(fd)
+            raise
     with open(fd, "rb") as f:
         size = st.st_size
         if size > MAX_STATE_BYTES:
@@ -362,7 +394,7 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
                 read_only: bool, notes: list[str] | None = None
                 ) -> tuple[SessionState, int, int | None, bool]:
     journal_path = path + JOURNAL_SUFFIX
-    snapshot = _read_file(path)
+    snapshot = _read_file(path, mine=not read_only)
     if snapshot is not None and not read_only and os.lstat(path).st_nlink > 1:
         # a second name has its own lock and journal: two owners of one session
         raise StateError(f"{path} has {os.lstat(path).st_nlink} names (hard links): a state"
@@ -381,7 +413,7 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
         raise StateError(
             f"state file {path} belongs to client id {state.client_id!r}, not {client_id!r}"
         )
-    data = _read_file(journal_path)
+    data = _read_file(journal_path, mine=not read_only)
     if data is None:
         return state, len(snapshot), None, False
     payloads, valid, damaged_mid = read_frames(data)

@@ -40,8 +40,8 @@ from .errors import PersistenceError, StateError
 from .journal import _write_all, zeros_ahead
 from .mapped import MappedTail
 from .statelock import _own_file, unlinked
-from .recovery import (_NOFOLLOW, _fsync_dir, frame, keep_cut_copy, read_frames, unreadable,
-                       zeros_from)
+from .recovery import (_NOFOLLOW, _fsync_dir, frame, keep_cut_copy, own_dir, read_frames,
+                       unreadable, zeros_from)
 from .records import Accepted, OutgoingMessage, decode_record, encode_message
 from .segments import DAMAGED_NAME, OPEN_NAME, SEALED_NAME, Segment, header, read_header
 from .state import message_bytes
@@ -107,6 +107,7 @@ class Spool:
             self._newest = self.gap = None
             self.read_to = spool_next
             try:
+                own_dir(self.dir, self.read_only)
                 names = os.listdir(self.dir)
             except FileNotFoundError:
                 return
@@ -293,13 +294,11 @@ class Spool:
         self._wfd, self._wseek = fd, True
 
     def _new_segment(self, first: int) -> Segment:
-        if not os.path.isdir(self.dir):
-            try:
-                os.mkdir(self.dir, 0o700)
-            except FileExistsError:
-                pass
-            if os.path.islink(self.dir) or not os.path.isdir(self.dir):
-                raise StateError(f"{self.dir} is not a directory (a symbolic link is refused)")
+        try:
+            os.mkdir(self.dir, 0o700)
+        except FileExistsError:
+            pass
+        own_dir(self.dir, self.read_only)  # (made now, or found: no symlink, ours)
         if self.sync and not self._segs:  # the queue's own name durable in its parent too
             _fsync_dir(self.dir)  # (made now, or by a run that did not sync: a power cut)
         seg = Segment(first, os.path.join(self.dir, f"q-{first:020d}.open"), False, prev=self.last_seq)

@@ -17,7 +17,7 @@ import stat
 from typing import Final
 
 from .errors import PersistenceError, StateError, StateLockedError, UsageError
-from .recovery import _NOFOLLOW, JOURNAL_SUFFIX, _refuse_link
+from .recovery import _NOFOLLOW, JOURNAL_SUFFIX, _refuse_link, refuse_foreign
 
 __all__ = ["acquire_lock", "forks", "release_lock", "require_directory", "unlinked"]
 
@@ -75,11 +75,13 @@ def unlinked(fd: int) -> bool:
 
 def _own_file(fd: int, path: str) -> None:
     """Check a state file opened for writing: one regular file with one name (a hard link
-    would let a write reach another file: ``StateError``); a wider mode is narrowed to 0600."""
+    would let a write reach another file: ``StateError``), ours (``refuse_foreign``); a wider
+    mode is narrowed to 0600."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         raise StateError(f"{path} is not a regular file with one link (it has {st.st_nlink});"
                          " refused, nothing written")
+    refuse_foreign(st, path)
     if st.st_mode & 0o077:
         try:
             os.fchmod(fd, _MODE)

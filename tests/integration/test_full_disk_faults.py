@@ -215,7 +215,7 @@ def test_a_gateway_that_cannot_make_or_open_its_files_raises_persistence_error(
     import mqttsession.recovery as recovery_mod  # noqa: PLC0415
     import mqttsession.sharedlog as sharedlog_mod  # noqa: PLC0415
 
-    monkeypatch.setattr(recovery_mod, "os", FakeOs(makedirs=_full))  # (makedirs_durable)
+    monkeypatch.setattr(recovery_mod, "os", FakeOs(mkdir=_full))  # (makedirs_durable)
     with pytest.raises(PersistenceError):  # before: a bare OSError
         Gateway(tmp_path / "gw")
     monkeypatch.setattr(recovery_mod, "os", os)

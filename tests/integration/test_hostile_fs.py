@@ -267,7 +267,8 @@ def test_a_disk_queue_not_there_at_the_restart_is_refused_not_emptied(tmp_path: 
         os.symlink(tmp_path / "not-mounted", queue)
     before = path.read_bytes()
     c = _client(path, QueueInMemory=1)
-    with pytest.raises(StateError, match="lacks the messages up to seq 5"):
+    # (a symlink at the queue is refused as such since session 36: another user's, maybe)
+    with pytest.raises(StateError, match="lacks the messages up to seq 5|symbolic link"):
         c.restore_session("")
     with pytest.raises(StateError):
         c.publish_data("t", 1, b"new")  # not restored: the same refusal, nothing written
