@@ -449,6 +449,7 @@ class Engine(Outgoing):
     def tick(self, now: float, monotonic: float) -> list[Action]:
         """Timers: an Activity record (bounds the disconnect time after a crash), the lazy
         records written out, MQTT 3.1.1 resends after ``republish_interval``."""
+        self.drops.flush()  # (the drops counted in the last window, summed up)
         if not self.connected:
             return []
         self.now, offset = self.clock_time(now, monotonic)

@@ -36,12 +36,14 @@ Server = tuple[str, int]
 def parse_server_reference(reference: str, *, tls: bool = False) -> Server | None:
     """The server a Server Reference names (MQTT 5 section 4.11: ``host[:port]``, possibly a
     space-separated list, of which the first is taken; without a port, 1883, or 8883 with TLS).
-    None when it names none that can be read."""
+    None when it names none that can be read (a host with control characters: a hostile
+    broker's text would reach the log as it is)."""
     for word in reference.split():
         try:
-            return parse_address(word, tls=tls, source="Server Reference")
+            server = parse_address(word, tls=tls, source="Server Reference")
         except UsageError:
             return None
+        return server if server[0].isprintable() else None
     return None
 
 

@@ -280,7 +280,7 @@ class Options:
     inbound_queue_size: int = DEFAULT_INBOUND_QUEUE_SIZE
     transport: str = "tcp"
     websocket_path: str = DEFAULT_WS_PATH
-    websocket_headers: Mapping[str, str] | None = None
+    websocket_headers: Mapping[str, str] | None = field(default=None, repr=False)  # (tokens)
 
     def __post_init__(self) -> None:
         check_transport(self.transport, "transport")
@@ -448,7 +448,10 @@ def check_ws_headers(value: object, source: str) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, str) or not k or any(
                 c in k + v for c in "\r\n") or ":" in k:
-            raise UsageError(f"{source}: bad header {k!r}: {v!r}")
+            what = "its name" if not isinstance(k, str) or not k or ":" in k or any(
+                c in k for c in "\r\n") else "its value (not shown: it may be a secret)"
+            raise UsageError(f"{source}: bad header {k if isinstance(k, str) else type(k)!r}:"
+                             f" {what} must be text without line breaks")
         out[k] = v
     return out
 
@@ -457,6 +460,7 @@ def _env_headers(raw: str) -> dict[str, str]:
     try:
         value = json.loads(raw)
     except ValueError:
-        raise UsageError(f"{ENV_WS_HEADERS} must be a JSON object of header names to values,"
-                         f" got {raw!r}") from None
+        raise UsageError(f"{ENV_WS_HEADERS} must be a JSON object of header names to values;"
+                         f" its {len(raw)} characters are not JSON (not shown: they may hold a"
+                         " secret)") from None
     return check_ws_headers(value, ENV_WS_HEADERS)

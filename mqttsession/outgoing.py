@@ -39,7 +39,7 @@ from .state import (
     publish_packet_size,
     topic_bytes,
 )
-from .queuelimits import QueueLimits
+from .queuelimits import DropLog, QueueLimits
 from .subscriptions import Subscriptions
 
 __all__ = ["Outgoing", "QueueSource"]
@@ -114,7 +114,7 @@ class Outgoing(QueueLimits):
         self.spool: QueueSource | None = None  # the disk queue, with a state file
         self._holding: set[int] = set()  # accepted, record not durable yet: not written
         self.dropped = 0  # messages removed without delivery since made or restored
-        self.expired = 0
+        self.expired, self.drops = 0, DropLog()
         self._expiry_scan = float("-inf")  # when a full queue was last searched for expired
         self.now = 0.0  # the MessageClock's time at the latest input (publish, tick, CONNACK)
         self.clock = MessageClock()
@@ -341,7 +341,7 @@ class Outgoing(QueueLimits):
         self.accepted = None
         if qos == 0:
             if not self.connected:
-                log.info("QoS 0 message to %r dropped: not connected", topic)
+                self.drops.dropped(None, topic, "not connected (QoS 0)")
                 return 0, []
             event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
             t = topic.encode("utf-8")
@@ -486,7 +486,7 @@ class Outgoing(QueueLimits):
             self.dropped += 1
         out: list[Action] = [Persist((rec,))] if rec is not None else []
         out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq, reason)))
-        log.info("message seq %d to %r dropped: %s", m.seq, m.topic, reason)
+        self.drops.dropped(m.seq, m.topic, reason)  # (no flood: a WARNING a window)
         # the seqs to write hold it until the next write reaches it (offline: never, a day's
         # drops piled up): those gone are taken out, in place (``_pump`` may be reading it)
         pending, held = self._pending, self.state.outgoing

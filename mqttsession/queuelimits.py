@@ -6,7 +6,10 @@ Part of the engine (pure; a base of ``outgoing.Outgoing``, whose state it reads)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Final
 
 from .actions import Action, EngineSettings
 from .errors import QueueFullError
@@ -16,7 +19,45 @@ if TYPE_CHECKING:
     from .outgoing import QueueSource
     from .records import Stepped
 
-__all__ = ["QueueLimits"]
+__all__ = ["DropLog", "QueueLimits"]
+
+log = logging.getLogger("mqttsession")
+
+#: Drops logged at most once a window (a gateway offline drops at its publish rate).
+DROP_LOG_WINDOW: Final = 10.0
+
+
+class DropLog:
+    """Dropped and expired messages in the log without a flood: the first drop of a window
+    at WARNING with its detail, the others at DEBUG, counted and summed up at WARNING by the
+    first drop after the window (or ``flush``: the engine's tick). ``on_message_dropped`` and
+    ``queue_stats()`` carry every one."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._counts: Counter[str] = Counter()
+
+    def dropped(self, seq: int | None, topic: str, reason: str) -> None:
+        """One drop (``seq`` None: a QoS 0 message, never stored)."""
+        now = time.monotonic()
+        what = "QoS 0 message" if seq is None else f"message seq {seq}"
+        if self._since is not None and now - self._since < DROP_LOG_WINDOW:
+            self._counts[reason] += 1
+            log.debug("%s to %r dropped: %s", what, topic, reason)
+            return
+        self.flush(now)
+        self._since = now
+        log.warning("%s to %r dropped: %s (further drops within %g s are summed up)", what,
+                    topic, reason, DROP_LOG_WINDOW)
+
+    def flush(self, now: float | None = None) -> None:
+        """The drops counted since the window's first, summed up once the window is over."""
+        now = time.monotonic() if now is None else now
+        if self._counts and self._since is not None and now - self._since >= DROP_LOG_WINDOW:
+            log.warning("%d more messages dropped in %.0f s (%s)", sum(self._counts.values()),
+                        now - self._since, ", ".join(f"{r}: {n}" for r, n in
+                                                     sorted(self._counts.items())))
+            self._counts.clear()
 
 
 class QueueLimits:

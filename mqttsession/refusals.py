@@ -66,4 +66,13 @@ class PahoLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if level >= logging.WARNING and isinstance(msg, str) and msg.startswith(_CONNECTION_LOSS):
             level = logging.INFO
+        if not self.isEnabledFor(level):
+            return
+        if args and isinstance(msg, str):  # (paho's "%s" of a broker's reason strings and
+            try:  # properties: their newlines and escapes would forge log lines)
+                msg, args = msg % args, ()
+            except (TypeError, ValueError):
+                pass
+        if isinstance(msg, str) and not msg.isprintable():
+            msg = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in msg)
         super().log(level, msg, *args, **kwargs)

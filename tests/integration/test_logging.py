@@ -128,3 +128,46 @@ def test_a_broker_restart_that_loses_the_session_is_logged_at_info(
     info = [r.getMessage() for r in ours if r.levelno == logging.INFO]
     assert any(f"the broker lost the session of '{cid}' (SessionPresent=0)" in line
                and "1 subscriptions sent again" in line for line in info), info
+
+
+def test_a_hostile_brokers_text_never_forges_or_colours_a_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A CONNACK Reason String with a newline and a forged record after it (paho's DEBUG line
+    held it as it was: a whole fake log line), then a DISCONNECT 0x9C whose Server Reference
+    holds terminal escapes (logged as it was in five INFO records: "redirects to", "reconnecting
+    to"): no record's text holds a control character, and the reference is not followed."""
+    import time
+
+    from mqttsession import _wire as wire
+    from mqttsession.testing.fake_broker import FakeBroker
+
+    forged = "ok\nCRITICAL mqttsession: FAKE session lost"
+    escapes = "\x1b[2J\x1b[31mbroker\x1b[0m:1883"
+
+    class Hostile(FakeBroker):
+        def connack(self, session_present: bool = False, reason: int = 0) -> bytes:
+            return wire.encode_connack(session_present, reason, protocol=self._level,
+                                       properties=[(wire.REASON_STRING, forged)])
+
+    caplog.set_level(logging.DEBUG, logger="mqttsession")
+    b = Hostile()
+    c = Client(client_id="hostile-log", clean_session=True, protocol_version=5)
+    c.config("FollowServerReference=True")
+    c.config("ReconnectDelayMin=0.1")
+    c.config("ReconnectDelayMax=0.2")
+    try:
+        c.connect(b.host, b.port, 5)
+        b.send_raw(wire.encode_disconnect(0x9C, protocol=5,
+                                          properties=[(wire.SERVER_REFERENCE, escapes)]))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+                "Server Reference" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        time.sleep(0.5)  # (a reconnect attempt or two)
+    finally:
+        c.close()
+        b.stop()
+    texts = [r.getMessage() for r in caplog.records if r.name.startswith("mqttsession")]
+    assert any("FAKE" in t for t in texts)  # the reason string was logged (escaped)
+    assert any("not redirected" in t for t in texts)
+    assert [t for t in texts if not t.isprintable()] == []

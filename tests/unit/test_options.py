@@ -221,6 +221,28 @@ def test_bad_transport_variable_is_named(monkeypatch: pytest.MonkeyPatch, name: 
         Options.from_env()
 
 
+def test_websocket_header_values_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WebSocket header often holds a token (``Authorization``): it was in ``repr(Options)``
+    and in the ``UsageError`` of a bad header (a token read from a file with its newline), and
+    a bad ``MQTTSESSION_WS_HEADERS`` was echoed whole (a security hunt)."""
+    from mqttsession import Client
+
+    secret = "Bearer s3cr3t-t0k3n"
+    o = Options(transport="websockets", websocket_headers={"Authorization": secret},
+                username="u", password="pw-s3cr3t")
+    assert secret not in repr(o) and "pw-s3cr3t" not in repr(o)
+    for make in (lambda: Options(websocket_headers={"Authorization": secret + "\n"}),
+                 lambda: Client(transport="websockets",
+                                websocket_headers={"Authorization": secret + "\n"})):
+        with pytest.raises(UsageError, match="'Authorization'") as raised:
+            make()
+        assert "s3cr3t" not in str(raised.value)
+    monkeypatch.setenv("MQTTSESSION_WS_HEADERS", '{"Authorization": "' + secret + '"')  # (no })
+    with pytest.raises(UsageError, match="MQTTSESSION_WS_HEADERS") as raised:
+        Options.from_env()
+    assert "s3cr3t" not in str(raised.value)
+
+
 def test_websocket_headers_are_a_read_only_copy() -> None:
     given = {"X-A": "1"}
     o = Options(transport="websockets", websocket_headers=given)

@@ -3,6 +3,7 @@ leaves without delivery reported. Pure: the engine, and a Client that never conn
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,33 @@ def test_a_waiting_qos2_message_of_a_session_that_did_not_end_connected_expires(
     out += again.lost_incoming() + again.resume()
     assert _dropped(out) == ["expired"]
 
+
+
+def test_drops_are_logged_without_a_flood(monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway offline under drop-oldest drops at its publish rate: one INFO record each
+    flooded the log (2,900 records in 0.06 s; a security hunt). The first drop of a window is
+    a WARNING with its detail, the others DEBUG, summed up once the window is over (by the
+    next drop, or the engine's tick)."""
+    import mqttsession.queuelimits as ql
+
+    clock = [1000.0]
+    monkeypatch.setattr(ql.time, "monotonic", lambda: clock[0])
+    caplog.set_level(logging.DEBUG, logger="mqttsession")
+    e = _engine(max_queued_messages=1, queue_full_policy="drop-oldest")
+    for n in range(51):
+        e.publish("t/x", f"m{n}".encode(), 1, False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["message seq 1 to 't/x' dropped: queue-full (further drops within 10 s"
+                        " are summed up)"]
+    assert sum("dropped: queue-full" in r.getMessage() for r in caplog.records) == 50
+    caplog.clear()
+    clock[0] += 5
+    e.tick(0.0, clock[0])  # (within the window: nothing yet)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    clock[0] += 6
+    e.tick(0.0, clock[0])
+    e.publish("t/x", b"again", 1, False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "49 more messages dropped in 11 s (queue-full: 49)",
+        "message seq 51 to 't/x' dropped: queue-full (further drops within 10 s are summed up)"]
