@@ -220,10 +220,10 @@ class AsyncSession:
     def _on_loop(self, fn: Callable[[T], None]) -> Callable[..., None]:
         """A Client callback that runs ``fn(event)`` on the loop (it is called there, except
         for a few events of a reconnect, which runs in the loop's executor)."""
-        def callback(event: T | None = None) -> None:
+        def callback(event: T | None = None) -> None:  # (logged by its kind: no payload)
             loop = self._loop
             if loop is None:
-                log.warning("event %r dropped: the session was never started", event)
+                log.warning("%s dropped: the session was never started", type(event).__name__)
                 return
             try:
                 running = asyncio.get_running_loop() is loop
@@ -235,7 +235,7 @@ class AsyncSession:
             try:
                 loop.call_soon_threadsafe(fn, event)  # type: ignore[arg-type]
             except RuntimeError:  # the loop is closed: nobody is listening any more
-                log.warning("event %r dropped: its event loop is closed", event)
+                log.warning("%s dropped: its event loop is closed", type(event).__name__)
         return callback
 
     def _on_message_in(self, e: MessageEvent) -> None:

@@ -246,3 +246,16 @@ def test_a_client_id_no_connect_can_carry_is_refused(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="at most 65535"):
             gw.client("\u00e9" * 40000)
         assert gw.stored_sessions() == []
+
+
+def test_an_event_an_async_session_cannot_deliver_is_logged_without_its_payload(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A message event for an ``AsyncSession`` not started (or whose loop closed) is logged
+    and dropped: by its kind, never with its payload (a security hunt: its ``repr`` held the
+    message, which may be private)."""
+    from mqttsession.events import MessageEvent
+
+    s = AsyncSession(client_id="not-started")
+    s.client.on_message_in(MessageEvent(5, "t/secret", 1, b"pin=1234", False, False))
+    assert [r.getMessage() for r in caplog.records] == [
+        "MessageEvent dropped: the session was never started"]
