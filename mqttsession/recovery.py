@@ -318,7 +318,8 @@ def own_dir(path: str, read_only: bool = False) -> None:
     if not read_only:
         refuse_foreign(st, path)
         if st.st_mode & 0o077:
-            os.chmod(path, 0o700)
+            with contextlib.suppress(OSError):  # (FAT: no modes to change; it is ours)
+                os.chmod(path, 0o700)
 
 
 def _header(payload: bytes) -> tuple[int, str, str] | None:
