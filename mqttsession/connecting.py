@@ -120,8 +120,8 @@ class Connecting(Durability):
         """-4 (no next server) once a disconnect() or another connect() came, the attempt's
         connection is no longer the session's, or it was ``ended``."""
         if ended or gen != self._gen or (conn is not None and conn is not self.conn):
-            raise ConnectError(f"connect() to {format_address(host, port)} ended by close() or"
-                               " disconnect()", -4)
+            raise ConnectError(f"connect() to {format_address(host, port)} ended by close(),"
+                               " disconnect() or another thread's connect()", -4)
 
     def _connected(self, where: str, params: ConnectParams) -> None:
         """``ConnectError`` (and the connection torn down) unless CONNACK accepted it."""
