@@ -97,8 +97,9 @@ class _Sessions:
                  hold_publishes: bool = False) -> None:
         self.state_dir = os.fspath(state_dir)
         try:
-            makedirs_durable(os.path.join(self.state_dir, "queues"))  # (power cuts)
+            makedirs_durable(self.state_dir)  # (power cuts)
             refuse_foreign(os.stat(self.state_dir), self.state_dir)  # (a symlink to it: as given)
+            makedirs_durable(os.path.join(self.state_dir, "queues"))  # (nothing made before)
             own_dir(os.path.join(self.state_dir, "queues"))
         except OSError as exc:  # (a full disk, a file in the way)
             raise PersistenceError(exc.errno, f"cannot make {self.state_dir}: {exc}") from exc
@@ -107,6 +108,7 @@ class _Sessions:
         #: Where they wait: a server that never answers holds one thread, not every session.
         self._connects = DaemonPool(CONNECT_THREADS, "mqttsession-gateway-connect")
         self._ids: set[str] = set()
+        self._dropping: set[str] = set()  # ids a ``forget`` holds
         self._lock = threading.Lock()  # (``Gateway``: its sessions' map, and the ids with it)
         self._closed = False
         self._born = forks()  # (in a fork()'s child: the parent's; ``_foreign``)
@@ -134,7 +136,8 @@ class _Sessions:
             self._ids.discard(gone)
             self._forget(gone)
         if client_id in self._ids:
-            raise UsageError(f"the gateway already has a session {client_id!r}")
+            raise UsageError(f"a forget() of {client_id!r} is under way" if client_id in
+                             self._dropping else f"the gateway already has a session {client_id!r}")
         # a socket each, and one with a disk queue holds its open segment and that segment's
         # mapping too (two more): raised for those, refused only below the sockets' need
         n = len(self._ids) + 1
@@ -161,13 +164,19 @@ class _Sessions:
         """The client ids whose sessions the store holds (hosted now or not)."""
         return self.store.sessions()
 
-    def _drop_stored(self, client_id: str) -> bool:
-        """``forget``: the disk queue deleted, then the records out of the store (synced)."""
+    def _reserve(self, client_id: str) -> None:
+        """``forget``'s hold on ``client_id``: no session of it starts until ``_drop_stored``."""
         with self._lock:
-            if client_id in self._ids and not _released(self._hosted(client_id)):
+            if client_id in self._ids and not _released(self._hosted(client_id)) \
+                    and client_id not in self._dropping:
                 raise UsageError(f"the gateway hosts a session {client_id!r}: close it before"
                                  " forget()")
-            self._add(client_id)  # (no session of it starts meanwhile)
+            self._add(client_id)
+            self._dropping.add(client_id)
+
+    def _drop_stored(self, client_id: str) -> bool:
+        """``forget`` (``_reserve`` held the id): the disk queue deleted, then the records out
+        of the store (synced); the id let go."""
         try:
             queue = queue_path(self.state_dir, client_id) + QUEUE_SUFFIX
             try:
@@ -186,6 +195,7 @@ class _Sessions:
         finally:
             with self._lock:
                 self._ids.discard(client_id)
+                self._dropping.discard(client_id)
 
 
 def _locked(c: Client, topic: str, qos: int, payload: bytes, retain: bool, props: bytes
@@ -306,6 +316,7 @@ class Gateway(_Sessions):
         never sent, as with a clean start asked for by name. Not while this gateway hosts it
         (``UsageError``: close that session first). False when the store held none. Copies
         set aside before (``*.damaged-*``, ``aside/``) are kept."""
+        self._reserve(client_id)
         return self._drop_stored(client_id)
 
     def _forget(self, client_id: str) -> None:
@@ -531,10 +542,15 @@ class AsyncGateway(_Sessions):
     async def forget(self, client_id: str) -> bool:
         """``Gateway.forget`` off the loop (its deletions and fdatasync run in the gateway's
         jobs thread)."""
-        if self._closed:
-            raise UsageError("the gateway is closed")
-        job = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._drop_stored, client_id)
+        self._reserve(client_id)  # (on the loop: refused here, or held until the job ends)
+        try:
+            job = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._drop_stored, client_id)
+        except BaseException:
+            with self._lock:
+                self._ids.discard(client_id)
+                self._dropping.discard(client_id)
+            raise
         self._forgetting.add(job)  # (close() waits for it before it closes the store)
         try:
             return await asyncio.shield(job)

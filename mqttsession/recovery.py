@@ -73,18 +73,28 @@ def _fsync_dir(path: str) -> None:
 
 
 def makedirs_durable(path: str) -> None:
-    """``path`` and its missing parents made (mode 0700), each new one's name synced in its
+    """``path`` and its missing parents made, as ``os.makedirs`` walks them ("a/../b" too), each
+    mode 0700 (``os.makedirs`` gives its mode to the last one only) and its name synced in its
     parent: a directory made for records never vanishes in a power cut with them."""
-    made, p = [], os.path.abspath(path)
-    while not os.path.lexists(p) and os.path.dirname(p) != p:
-        made.append(p)
-        p = os.path.dirname(p)
-    for d in reversed(made):  # (os.makedirs gives its mode to the last one only)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(d, 0o700)
-    if not os.path.isdir(path):
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
-    for d in reversed(made):
+    made: list[str] = []
+
+    def make(p: str) -> None:
+        head, tail = os.path.split(p)
+        if not tail:
+            head, tail = os.path.split(head)
+        if head and tail and not os.path.exists(head):
+            make(head)
+            if tail == os.curdir:
+                return
+        try:
+            os.mkdir(p, 0o700)
+            made.append(p)
+        except FileExistsError:
+            if not os.path.isdir(p):
+                raise
+
+    make(os.fspath(path))
+    for d in made:
         _fsync_dir(d)
 
 

@@ -653,6 +653,34 @@ def test_forget_drops_a_stored_session_and_its_disk_queue(tmp_path: Path) -> Non
         assert gw.client("kept").queue_stats().messages == 1
 
 
+def test_forgets_started_before_close_end_their_work(tmp_path: Path) -> None:
+    """Two ``forget()`` tasks started, then ``close()``: both sessions are gone (review: the
+    second's job, run after ``close()`` began, was refused "the gateway is closed", the
+    retired session kept and its held message sent later). Meanwhile a ``session()`` of an id
+    being forgotten says so."""
+    async def main() -> None:
+        gw = AsyncGateway(tmp_path)
+        for cid in ("a", "b"):
+            s = await gw.session(cid, connect=False)
+            await s.publish("t/x", b"m", 1)
+            await s.close()
+        busy = threading.Event()  # the jobs thread held (as by an interval sync)
+        gw._executor.submit(busy.wait, 10)  # noqa: SLF001
+        jobs = [asyncio.ensure_future(gw.forget(c)) for c in ("a", "b")]
+        await asyncio.sleep(0)  # both under way: their ids held
+        with pytest.raises(UsageError, match="forget\\(\\) of 'b' is under way"):
+            await gw.session("b", connect=False)
+        closing = asyncio.ensure_future(gw.close())
+        await asyncio.sleep(0.1)
+        busy.set()
+        await closing
+        assert [j.result() for j in jobs] == [True, True]
+        async with AsyncGateway(tmp_path) as again:
+            assert again.stored_sessions() == []
+
+    asyncio.run(main())
+
+
 def test_an_async_gateway_forgets_too(tmp_path: Path) -> None:
     """``await AsyncGateway.forget(id)``: off the loop (another task runs while its deletions
     and fdatasync are under way; before: a plain call that blocked the loop), refused while

@@ -157,10 +157,25 @@ def test_another_users_gateway_directory_is_refused(tmp_path: Path) -> None:
     os.chown(d, OTHER, OTHER)
     with pytest.raises(StateError, match=f"uid {OTHER}"):
         Gateway(d)
+    theirs = tmp_path / "theirs"  # (review: ``queues`` was made in it before the refusal)
+    theirs.mkdir(mode=0o777)
+    os.chown(theirs, OTHER, OTHER)
+    with pytest.raises(StateError, match=f"uid {OTHER}"):
+        Gateway(theirs)
+    assert os.listdir(theirs) == []
     os.chown(d, 0, 0)
     os.chown(d / "sessions.log", OTHER, OTHER)
     with pytest.raises(StateError, match=f"uid {OTHER}"):
         Gateway(d)
     os.chown(d / "sessions.log", 0, 0)
     with Gateway(d) as gw:  # (nothing was moved aside: all there once it is ours again)
+        assert gw.client("dev").queue_stats().messages == 1
+
+
+def test_a_gateway_path_through_a_new_directory_and_dotdot_works(tmp_path: Path) -> None:
+    """``Gateway("base/app/../gw")`` with ``app`` not made yet: made as ``os.makedirs`` makes
+    it (review: the 0700 rewrite of ``makedirs_durable`` refused it, "not a directory")."""
+    with Gateway(f"{tmp_path}/app/../gw") as gw:
+        gw.client("dev").publish_message("t/x", 1, "held")
+    with Gateway(tmp_path / "gw") as gw:
         assert gw.client("dev").queue_stats().messages == 1
