@@ -44,6 +44,7 @@ from .events import ErrorEvent, PublishRequest
 from .hosting import FD_RESERVE, DaemonPool, SyncThread, raise_fd_limit
 from .options import Options
 from .pacing import Pacer
+from .queuelimits import DropLog
 from .recovery import _fsync_dir, makedirs_durable, own_dir, refuse_foreign
 from .spool import QUEUE_SUFFIX
 from .sharedlog import SharedLog
@@ -109,6 +110,7 @@ class _Sessions:
         self._connects = DaemonPool(CONNECT_THREADS, "mqttsession-gateway-connect")
         self._ids: set[str] = set()
         self._dropping: set[str] = set()  # ids a ``forget`` holds
+        self._drops = DropLog(shared=True, lock=threading.Lock())  # its sessions' dropped messages in the log
         self._lock = threading.Lock()  # (``Gateway``: its sessions' map, and the ids with it)
         self._closed = False
         self._born = forks()  # (in a fork()'s child: the parent's; ``_foreign``)
@@ -156,6 +158,7 @@ class _Sessions:
         """Make ``c``'s records go to the gateway's store; its ``SessionStateFile`` name."""
         f = c._driver.file  # noqa: SLF001
         c._driver.background_sync = self._syncs  # noqa: SLF001
+        c._driver.engine.drops = self._drops  # noqa: SLF001  (one log of drops: no flood)
         f.shared = self.store
         f.queue_path = queue_path(self.state_dir, c.client_id)
         return f"{self.store.path}#{c.client_id}"

@@ -67,6 +67,7 @@ def _close(c: Client) -> None:
     """``close()``'s work: what waits written, disconnected, saved, the state file released."""
     try:
         c._closer = 0  # begun: its ``finally`` releases the file whatever happens
+        c._driver.engine.drops.flush(force=True)  # (the drops counted, summed up)
         failed = c._driver.cancel_sync_timer()  # interval: what waits goes to disk now
         compacted = c._driver.disconnect() and c._file.owned
         if c._settings.session_state_file and not compacted:

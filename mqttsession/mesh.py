@@ -266,10 +266,13 @@ class Session:
 
     def open(self) -> None:
         """Connect (block until CONNACK); a no-op when open (connected or reconnecting), a
-        connect again after ``client.disconnect()``. ``ConnectError`` on failure."""
+        connect again after ``client.disconnect()`` or a link lost under AutoReconnect=False.
+        ``ConnectError`` on failure."""
         self._check("open")
-        again = self._opened
-        if again and self._client._driver.conn is not None:  # noqa: SLF001
+        again, driver = self._opened, self._client._driver  # noqa: SLF001
+        if again and driver.lost_for_good():
+            self._client.disconnect()  # (what it holds stays in the session)
+        if again and driver.conn is not None:
             return
         o = self._options
         if not again:

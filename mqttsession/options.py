@@ -448,10 +448,12 @@ def check_ws_headers(value: object, source: str) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, str) or not k or any(
                 c in k + v for c in "\r\n") or ":" in k:
-            what = "its name" if not isinstance(k, str) or not k or ":" in k or any(
-                c in k for c in "\r\n") else "its value (not shown: it may be a secret)"
-            raise UsageError(f"{source}: bad header {k if isinstance(k, str) else type(k)!r}:"
-                             f" {what} must be text without line breaks")
+            name = (k.split(":")[0].splitlines() or [""])[0] if isinstance(k, str) else k
+            what = "its name must be text without ':' or line breaks" if name != k or not k \
+                or not isinstance(k, str) else "its value (not shown: it may be a secret) must" \
+                " be text without line breaks"
+            raise UsageError(f"{source}: bad header {name if isinstance(k, str) else type(k)!r}:"
+                             f" {what}")
         out[k] = v
     return out
 

@@ -341,7 +341,7 @@ class Outgoing(QueueLimits):
         self.accepted = None
         if qos == 0:
             if not self.connected:
-                self.drops.dropped(None, topic, "not connected (QoS 0)")
+                self.drops.dropped(None, topic, "not connected (QoS 0)", self.state.client_id)
                 return 0, []
             event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
             t = topic.encode("utf-8")
@@ -486,7 +486,7 @@ class Outgoing(QueueLimits):
             self.dropped += 1
         out: list[Action] = [Persist((rec,))] if rec is not None else []
         out.append(Notify("on_message_dropped", MessageDroppedEvent(m.topic, m.qos, m.seq, reason)))
-        self.drops.dropped(m.seq, m.topic, reason)  # (no flood: a WARNING a window)
+        self.drops.dropped(m.seq, m.topic, reason, self.state.client_id)  # (no flood)
         # the seqs to write hold it until the next write reaches it (offline: never, a day's
         # drops piled up): those gone are taken out, in place (``_pump`` may be reading it)
         pending, held = self._pending, self.state.outgoing

@@ -6,10 +6,11 @@ Part of the engine (pure; a base of ``outgoing.Outgoing``, whose state it reads)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ContextManager, Final
 
 from .actions import Action, EngineSettings
 from .errors import QueueFullError
@@ -30,30 +31,42 @@ DROP_LOG_WINDOW: Final = 10.0
 class DropLog:
     """Dropped and expired messages in the log without a flood: the first drop of a window
     at WARNING with its detail, the others at DEBUG, counted and summed up at WARNING by the
-    first drop after the window (or ``flush``: the engine's tick). ``on_message_dropped`` and
-    ``queue_stats()`` carry every one."""
+    first drop after the window, or ``flush`` (the engine's tick; ``close()``). ``shared``: a
+    gateway's, for all its sessions (each record names the session). ``on_message_dropped``
+    and ``queue_stats()`` carry every drop."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False, lock: ContextManager[object] | None = None) -> None:
+        self.shared = shared
+        # (a gateway's sessions drop in several threads: its lock; a client's: under its own)
+        self._lock: ContextManager[object] = contextlib.nullcontext() if lock is None else lock
         self._since: float | None = None
         self._counts: Counter[str] = Counter()
 
-    def dropped(self, seq: int | None, topic: str, reason: str) -> None:
+    def dropped(self, seq: int | None, topic: str, reason: str, client_id: str = "") -> None:
         """One drop (``seq`` None: a QoS 0 message, never stored)."""
-        now = time.monotonic()
         what = "QoS 0 message" if seq is None else f"message seq {seq}"
-        if self._since is not None and now - self._since < DROP_LOG_WINDOW:
-            self._counts[reason] += 1
-            log.debug("%s to %r dropped: %s", what, topic, reason)
-            return
-        self.flush(now)
-        self._since = now
+        if self.shared:
+            what = f"session {client_id!r}: {what}"
+        with self._lock:
+            now = time.monotonic()
+            if self._since is not None and now - self._since < DROP_LOG_WINDOW:
+                self._counts[reason] += 1
+                log.debug("%s to %r dropped: %s", what, topic, reason)
+                return
+            self._flush(now, False)
+            self._since = now
         log.warning("%s to %r dropped: %s (further drops within %g s are summed up)", what,
                     topic, reason, DROP_LOG_WINDOW)
 
-    def flush(self, now: float | None = None) -> None:
-        """The drops counted since the window's first, summed up once the window is over."""
-        now = time.monotonic() if now is None else now
-        if self._counts and self._since is not None and now - self._since >= DROP_LOG_WINDOW:
+    def flush(self, force: bool = False) -> None:
+        """The drops counted since the window's first, summed up once the window is over
+        (``force``: now)."""
+        with self._lock:
+            self._flush(time.monotonic(), force)
+
+    def _flush(self, now: float, force: bool) -> None:
+        if self._counts and self._since is not None and (
+                force or now - self._since >= DROP_LOG_WINDOW):
             log.warning("%d more messages dropped in %.0f s (%s)", sum(self._counts.values()),
                         now - self._since, ", ".join(f"{r}: {n}" for r, n in
                                                      sorted(self._counts.items())))

@@ -653,6 +653,25 @@ def test_forget_drops_a_stored_session_and_its_disk_queue(tmp_path: Path) -> Non
         assert gw.client("kept").queue_stats().messages == 1
 
 
+def test_a_gateways_drops_are_logged_once_for_all_its_sessions(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """300 sessions offline, 10 QoS 0 publishes each (dropped): one WARNING naming the session
+    and one summary at close (review: one WARNING per session, 300 in 0.02 s)."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="mqttsession")
+    with Gateway(tmp_path) as gw:
+        for i in range(300):
+            c = gw.client(f"dev{i}")
+            for _ in range(10):
+                c.publish_message("t/x", 0, "m")
+    texts = [r.getMessage() for r in caplog.records]
+    assert texts == ["session 'dev0': QoS 0 message to 't/x' dropped: not connected (QoS 0)"
+                     " (further drops within 10 s are summed up)",
+                     texts[1]], texts[:5]
+    assert texts[1].startswith("2999 more messages dropped in ")
+
+
 def test_forgets_started_before_close_end_their_work(tmp_path: Path) -> None:
     """Two ``forget()`` tasks started, then ``close()``: both sessions are gone (review: the
     second's job, run after ``close()`` began, was refused "the gateway is closed", the

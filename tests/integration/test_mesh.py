@@ -266,3 +266,27 @@ def test_open_again_after_the_client_was_disconnected(mosquitto: Any, version: i
             s.open()  # open: a no-op
         finally:
             s.close()
+
+
+def test_open_again_after_a_lost_link_without_auto_reconnect(mosquitto: Any, version: int) -> None:
+    """``AutoReconnect=False``, the link cut, a message published meanwhile, then ``open()``:
+    it connects again and the message goes out (review: a silent no-op, the session offline
+    for good with ``is_open`` True)."""
+    from mqttsession.testing.proxy import MQTTProxy
+
+    with MQTTProxy(mosquitto.host, mosquitto.port) as proxy:
+        s = Connection.insecure(f"{proxy.host}:{proxy.port}", options=Options(
+            protocol_version=version, request_timeout_seconds=10.0)).create_session()
+        s.client.config("AutoReconnect=False")
+        s.open()
+        with _procs.observed(mosquitto.host, mosquitto.port, "mesh/lost") as got:
+            try:
+                proxy.cut()
+                _procs.wait_until(lambda: not s.client.connected, 5, "the cut")
+                s.publish("mesh/lost", "held", qos=1)
+                s.open()
+                assert s.client.connected and s.is_open
+                _procs.wait_until(lambda: got, 10, "the held message")
+                assert got == [b"held"]
+            finally:
+                s.close()

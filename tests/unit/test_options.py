@@ -232,6 +232,7 @@ def test_websocket_header_values_are_never_shown(monkeypatch: pytest.MonkeyPatch
                 username="u", password="pw-s3cr3t")
     assert secret not in repr(o) and "pw-s3cr3t" not in repr(o)
     for make in (lambda: Options(websocket_headers={"Authorization": secret + "\n"}),
+                 lambda: Options(websocket_headers={"Authorization: " + secret: ""}),  # (curl's)
                  lambda: Client(transport="websockets",
                                 websocket_headers={"Authorization": secret + "\n"})):
         with pytest.raises(UsageError, match="'Authorization'") as raised:

@@ -411,3 +411,17 @@ def test_drops_are_logged_without_a_flood(monkeypatch: pytest.MonkeyPatch,
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "49 more messages dropped in 11 s (queue-full: 49)",
         "message seq 51 to 't/x' dropped: queue-full (further drops within 10 s are summed up)"]
+
+
+def test_close_sums_up_the_drops_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Drops offline, then ``close()`` within the window: the summary is logged then (review:
+    it waited for a tick, which needs a connection, or a later drop: never came)."""
+    caplog.set_level(logging.WARNING, logger="mqttsession")
+    c = Client(client_id="drops", clean_session=True)
+    c.config("MaxQueuedMessages=1")
+    c.config("QueueFullPolicy=drop-oldest")
+    for n in range(4):
+        c.publish_message("t/x", 1, f"m{n}")
+    c.close()
+    texts = [r.getMessage() for r in caplog.records]
+    assert len(texts) == 2 and texts[1].startswith("2 more messages dropped in 0 s (queue-full: 2)")
