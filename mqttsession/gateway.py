@@ -96,7 +96,7 @@ class _Sessions:
 
     def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float,
                  hold_publishes: bool = False) -> None:
-        self.state_dir = os.fspath(state_dir)
+        self.state_dir = os.path.abspath(state_dir)  # (a later chdir moves nothing)
         try:
             makedirs_durable(self.state_dir)  # (power cuts)
             refuse_foreign(os.stat(self.state_dir), self.state_dir)  # (a symlink to it: as given)

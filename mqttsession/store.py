@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import threading
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Final, Protocol, Sequence
 
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, UsageError
@@ -181,10 +181,53 @@ class MemoryStore:
         self.flush()
 
 
-def same_file(a: str, b: str) -> bool:
-    """Whether two ``SessionStateFile`` values name one file (``./x`` and ``x``, a link)."""
-    return a == b or (bool(a) and bool(b) and "#" not in a + b
+def same_file(a: str, b: str, shared: bool = False) -> bool:
+    """Whether two ``SessionStateFile`` values name one file (``./x`` and ``x``, a link);
+    ``shared``: a gateway's ``LOG#client_id`` names, equal or not."""
+    return a == b or (bool(a) and bool(b) and not shared
                       and os.path.realpath(a) == os.path.realpath(b))
+
+
+#: What the longest name made beside a state file adds to it (``.journal.unrestored-<time>``).
+SUFFIX_BYTES: Final = 35
+
+
+def check_name(path: str) -> str:
+    """``path`` made absolute (a later ``chdir`` moves nothing); ``UsageError`` when the names
+    made beside it (journal, temp files, copies set aside, disk-queue segments) would be too
+    long for the file system: refused here, not when a write, a compaction or a copy set
+    aside fails in the middle of a run."""
+    path = os.path.abspath(path)
+    folder, base = os.path.split(path)
+    try:
+        name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):  # (a missing directory: ``require_directory`` names it)
+        name_max, path_max = 255, 4096
+    size, whole = len(os.fsencode(base)), len(os.fsencode(path))
+    if size + SUFFIX_BYTES > name_max:
+        raise UsageError(f"SessionStateFile {path}: its name is {size} bytes; the names made"
+                         f" beside it add up to {SUFFIX_BYTES} more, past the file system's"
+                         f" {name_max}: choose a shorter one")
+    if whole + 160 > path_max:
+        raise UsageError(f"SessionStateFile {path}: the path is {whole} bytes; its disk queue's"
+                         f" files add up to 160 more, past the file system's {path_max}: choose"
+                         " a shorter one")
+    return path
+
+
+def _put_back(queue: str, aside: str) -> None:
+    """A disk queue ``Spool.keep_aside`` moved to ``aside`` back at ``queue`` (its journal
+    could not follow); a failure is logged (the queue stays at ``aside``, named)."""
+    try:
+        if os.path.dirname(aside) == queue:  # (a mount point: its segments moved within)
+            for name in os.listdir(aside):
+                os.rename(os.path.join(aside, name), os.path.join(queue, name))
+            os.rmdir(aside)
+        else:
+            os.rename(aside, queue)
+    except OSError as exc:
+        log.error("the disk queue %s moved to %s could not be put back (%s): move it back"
+                  " before restoring", queue, aside, exc)
 
 
 class StateFile:
@@ -214,13 +257,16 @@ class StateFile:
     def _start_over(self) -> str:
         """How to drop this session (the disk queue's advice)."""
         if self.shared is not None:
-            return f"gw.forget({self.path.rpartition('#')[2]!r}) to start over"
+            return f"gw.forget({self.path[len(self.shared.path) + 1:]!r}) to start over"
         return f"move {self.path} aside to start over"
 
     def set_path(self, path: str, state: SessionState, connected: bool = False) -> None:
-        """Another ``SessionStateFile``; ``UsageError`` where the session would be split."""
-        if same_file(path, self.path):  # (re-opened: a session this run did not restore)
-            return
+        """Another ``SessionStateFile`` (a plain one made absolute: ``check_name``);
+        ``UsageError`` where the session would be split."""
+        if self.shared is None and path:
+            path = check_name(path)
+        if same_file(path, self.path, self.shared is not None):  # (re-opened: a session
+            return  # this run did not restore)
         if self.shared is not None and (self.path or not path.startswith(self.shared.path + "#")):
             raise UsageError("a gateway's session is kept in the gateway's directory: its"
                              " SessionStateFile cannot change")
@@ -366,11 +412,14 @@ class StateFile:
         j = self.journal
         if old is None or j is None:
             return
+        moved: list[str] = []
         try:  # its queue first: a journal kept aside without it could not be undone
-            aside = self.spool.keep_aside("unrestored") if self.spool is not None else []
-            aside = j.keep_aside("unrestored") + aside
+            moved = self.spool.keep_aside("unrestored") if self.spool is not None else []
+            aside = j.keep_aside("unrestored") + moved
         except BaseException:
-            self.unrestored = old  # still there: never written over
+            self.unrestored = old  # still there: never written over, its queue with it
+            for name in moved:
+                _put_back(self.spool.dir if self.spool is not None else "", name)
             raise
         self._errors.append((0, f"{self.path} held a session ({len(old.outgoing) + old.spooled}"
                        f" outgoing, {len(old.incoming)} incoming messages) that was not"

@@ -174,6 +174,32 @@ def test_an_unrestored_session_that_cannot_be_moved_aside_is_never_written_over(
     again.close()
 
 
+def test_an_unrestored_session_whose_journal_cannot_go_aside_keeps_its_disk_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unrestored session with messages in its disk queue, a publish without a restore,
+    the journal's move aside refused: the queue, moved first, is put back. Before (a names
+    hunt: a 224-byte name made the journal's aside name too long), it stayed aside: a restore
+    then found the journal without its queue and m2-m5 were never sent."""
+    path = tmp_path / "s"
+    c = _client(path, QueueInMemory=2)
+    c.restore_session("")
+    for i in range(6):
+        c.publish_data("t", 1, f"m{i}".encode())
+    c.close()
+    _refusing_renames(monkeypatch)  # (the journal's: the disk queue's own rename still works)
+    c = _client(path, QueueInMemory=2)
+    with pytest.raises(PersistenceError, match="left in place"):
+        c.publish_data("t", 1, b"new")
+    c.close()
+    monkeypatch.setattr(recovery_mod, "os", os)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.journal", "s.queue"]
+    again = _client(path, QueueInMemory=2)
+    again.restore_session("")
+    assert again.queue_stats().messages == 6
+    assert [m.message for m in again.outgoing_messages] == [f"m{i}".encode() for i in range(6)]
+    again.close()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
 def test_a_disk_queue_on_its_own_mount_keeps_an_unrestored_session(tmp_path: Path) -> None:
     path = tmp_path / "s"
