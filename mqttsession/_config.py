@@ -9,6 +9,7 @@ Client's CONNECT parameters as the driver takes them (``ConnectParams``).
 from __future__ import annotations
 
 import math
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any, Callable, Final
@@ -106,6 +107,12 @@ def _set_state_file(c: Any, value: str) -> None:
     c._file.set_path(value.strip(), c._engine.state, connected=c._driver.conn is not None)
     c._settings.session_state_file = value.strip()
     _reserve_ids(c)
+    # a new file: what the session holds is in it now, not at the next change (a kill -9
+    # before it lost them); files there: restore_session, or the next change, settles them
+    path = c._file.path
+    if path and not c._engine.state.empty and not any(
+            os.path.lexists(path + x) for x in ("", ".journal", ".queue")):
+        c._file.open(c._engine.state)
 
 
 def _set_expiry(c: Any, value: str) -> None:
@@ -219,6 +226,24 @@ def _attr(where: str, attr: str) -> tuple[Getter, Setter]:
     return get, put
 
 
+def _then(setting: tuple[Getter, Setter], after: Callable[[Any], None]) -> tuple[Getter, Setter]:
+    """``setting``, then ``after(c)``: a change that reaches the connection (or the engine)
+    under way, not only the next ``connect()``."""
+    get, put = setting
+
+    def put_then(c: Any, value: str) -> None:
+        put(c, value)
+        after(c)
+    return get, put_then
+
+
+def _drain_rate(c: Any) -> None:
+    """DrainRateLimit lowered: the bucket's tokens no more than the new rate (a second's)."""
+    rate = c._engine_settings.drain_rate_limit
+    if rate:
+        c._engine._tokens = min(c._engine._tokens, float(rate))
+
+
 def _own(attr: str, setter: Setter) -> tuple[Getter, Setter]:
     """A setting kept in ``client._settings.<attr>`` with a setter of its own."""
     return _attr("_settings", attr)[0], setter
@@ -241,9 +266,11 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "willqos": _attr("_settings", "will_qos"),
     "willretain": _attr("_settings", "will_retain"),
     "topicdelimiter": _attr("_settings", "topic_delimiter"),
-    "autoreconnect": _attr("_settings", "auto_reconnect"),
-    "reconnectdelaymin": _attr("_settings", "reconnect_delay_min"),
-    "reconnectdelaymax": _attr("_settings", "reconnect_delay_max"),
+    "autoreconnect": _then(_attr("_settings", "auto_reconnect"), lambda c: c._driver.reconnecting()),
+    "reconnectdelaymin": _then(_attr("_settings", "reconnect_delay_min"),
+                               lambda c: c._driver.reconnecting()),
+    "reconnectdelaymax": _then(_attr("_settings", "reconnect_delay_max"),
+                               lambda c: c._driver.reconnecting()),
     "maxinflight": _attr("_engine_settings", "max_inflight"),
     "republishonsessionlost": _attr("_engine_settings", "republish_on_session_lost"),
     "releasedonsessionlost": (lambda c: c._engine_settings.released_on_session_lost,
@@ -257,7 +284,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "maxqueuedbytes": _attr("_engine_settings", "max_queued_bytes"),
     "queueinmemory": _attr("_engine_settings", "queue_in_memory"),
     "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
-    "drainratelimit": _attr("_engine_settings", "drain_rate_limit"),
+    "drainratelimit": _then(_attr("_engine_settings", "drain_rate_limit"), _drain_rate),
     "failoverservers": (lambda c: c._settings.failover_servers, _failover),
     "followserverreference": _attr("_settings", "follow_server_reference"),
     "failoverrepublish": _attr("_engine_settings", "failover_republish"),

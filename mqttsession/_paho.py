@@ -436,11 +436,11 @@ class PahoConnection(mqtt.Client):
     def _send_connect(self, keepalive: int) -> MQTTErrorCode:  # noqa: SLF001
         # the Clean Start / CleanSession flag exactly as paho writes it (it may be "first only")
         if self._protocol == mqtt.MQTTv5:  # noqa: SLF001
-            self._clean_start_sent = bool(
-                self._clean_start is True  # noqa: SLF001
-                or (self._clean_start == CLEAN_START_FIRST_ONLY  # noqa: SLF001
-                    and self._mqttv5_first_connect)  # noqa: SLF001
-            )
+            first = self._clean_start == CLEAN_START_FIRST_ONLY  # noqa: SLF001
+            self._clean_start_sent = self._clean_start is True or bool(  # noqa: SLF001
+                first and self._mqttv5_first_connect)  # noqa: SLF001
+            # the properties of now at a reconnect too (a SessionExpInterval set meanwhile)
+            self._connect_properties = self.hooks._hook_connect_properties()  # noqa: SLF001
         else:
             self._clean_start_sent = bool(self._clean_session)  # noqa: SLF001
         # the keep-alive asked for at every reconnect too (not a CONNACK's Server Keep Alive)

@@ -308,7 +308,8 @@ class Client:
 
     @property
     def keep_alive_interval(self) -> int:
-        """Keep-alive in seconds, 0..65535 (default 60)."""
+        """Keep-alive in seconds, 0..65535 (default 60); set while connected, it applies from
+        the next ``connect()`` (a reconnect asks for the one its connect() did)."""
         return self._keep_alive
 
     @keep_alive_interval.setter

@@ -61,6 +61,22 @@ class Connecting(Durability):
         st = self.engine.state
         return effective_interval(st.protocol_version, st.clean_session, st.session_expiry_interval)
 
+    def reconnecting(self) -> None:
+        """AutoReconnect / ReconnectDelayMin / Max set: the connection's (and its pump's) now,
+        not only the next ``connect()``'s (one under way before its CONNACK: its own)."""
+        with self.lock:
+            conn, s = self.conn, self._settings
+            if conn is None or not self._connack.is_set():
+                return
+            conn.set_auto_reconnect(s.auto_reconnect)
+            conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]
+            if self.pump is not None:
+                self.pump.set_delays(*s.reconnect_delays())
+
+    def _hook_connect_properties(self) -> Any:
+        """A CONNECT's MQTT 5 properties as the session is now (each reconnect's too)."""
+        return connect_properties(self.expiry_interval(), self.engine.settings.receive_maximum)
+
     def _open(self, host: str, port: int, params: ConnectParams,
               servers: ServerRotation) -> PahoConnection:
         """A new connection for the session (not connected yet)."""

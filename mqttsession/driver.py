@@ -419,6 +419,7 @@ class Driver(Connecting):
             self.conn.drop()  # ends that wait when it is 0): the reconnect tries the next one
         if now >= self._next_tick:
             self._next_tick = now + _TICK_EVERY
+            self.engine.drops.flush()  # (the drops counted in a window over, summed up)
             self._guarded(lambda: self.engine.tick(time.time(), since_boot()), "recording activity failed")
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:

@@ -175,7 +175,7 @@ class Engine(Outgoing):
                                               st.session_expiry_interval)
         self.session_present = session_present
         self._moving()
-        self._window = max(1, min(self.settings.max_inflight, receive_maximum))
+        self._receive_max = receive_maximum  # (``_window``: MaxInflight within it)
         self.max_packet = maximum_packet_size
         self.max_qos, self.retain_available = limits  # MQTT 5 Maximum QoS, Retain Available
         self._last_activity = now
@@ -359,7 +359,8 @@ class Engine(Outgoing):
         cluster node can die with messages it acknowledged and had not yet handed on (aedes,
         BROKERS.md); QoS 1 allows the duplicates this makes when it had [MQTT-4.3.2]. Never
         QoS 2: a message published twice would be delivered twice."""
-        acked, self.recent_acked = list(self.recent_acked), deque()
+        acked, self.recent_acked = list(self.recent_acked), deque()  # the setting's last
+        acked = acked[len(acked) - self.settings.failover_republish:]  # (lowered since: 0)
         if self._moved_from is None or not acked:
             return []
         items = []
@@ -449,7 +450,6 @@ class Engine(Outgoing):
     def tick(self, now: float, monotonic: float) -> list[Action]:
         """Timers: an Activity record (bounds the disconnect time after a crash), the lazy
         records written out, MQTT 3.1.1 resends after ``republish_interval``."""
-        self.drops.flush()  # (the drops counted in the last window, summed up)
         if not self.connected:
             return []
         self.now, offset = self.clock_time(now, monotonic)

@@ -4,7 +4,7 @@ adapter (``driver.Driver`` implements it)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._wire import Packet, PacketType
 
@@ -42,6 +42,7 @@ class Hooks(Protocol):
     def _hook_connection_reset(self) -> tuple[str, int] | None: ...
     # a new network connection is being made; to this server (None: the same as before)
 
+    def _hook_connect_properties(self) -> Any: ...  # MQTT 5 CONNECT's, as the session is now
     def _hook_tick(self) -> None: ...  # once per network-loop round
     def _hook_wait(self, timeout: float) -> float: ...  # select()'s timeout: the next timer's
 

@@ -102,7 +102,7 @@ class Outgoing(QueueLimits):
         self.max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5 CONNACK)
         self.max_qos, self.retain_available = 2, True  # the broker's (MQTT 5 CONNACK)
         self.mismatched_acks = 0  # acknowledgements of the wrong kind, ever
-        self._window = 65535
+        self._receive_max = 65535  # the broker's Receive Maximum (``_window``)
         self._pending: deque[int] = deque()  # seqs to write, in order
         self._inflight: dict[int, float] = {}  # seq -> when written on this connection
         self.subs = Subscriptions(self)
@@ -292,10 +292,10 @@ class Outgoing(QueueLimits):
 
     # ---------------------------------------------------------------- publishing
 
-    def size_limit(self, topic: str, payload_size: int, qos: int,
-                   properties_size: int = 0) -> str | None:
-        """Why a PUBLISH of this size cannot be sent (None: it can)."""
-        cap, broker = self.settings.max_message_size, self.max_packet
+    def size_limit(self, topic: str, payload_size: int, qos: int, properties_size: int = 0,
+                   own: bool = True) -> str | None:
+        """Why a PUBLISH of this size cannot be sent (None: it can); ``own``: MaxMessageSize too."""
+        cap, broker = self.settings.max_message_size if own else 0, self.max_packet
         most = MAX_REMAINING_LENGTH
         if not cap and broker is None and payload_size < 65536 and properties_size < 65536:
             return None  # the usual message: far below MQTT's own limit
@@ -564,7 +564,7 @@ class Outgoing(QueueLimits):
                 self._tokens -= 1.0
             pending.popleft()
             if m.phase is not Phase.AWAIT_PUBCOMP:
-                why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties))
+                why = self.size_limit(m.topic, len(m.payload), m.qos, len(m.properties), False)
                 reason, code = "too-large", 0x95
                 if why is None and (why := self.unsupported(m.qos, m.retain)) is not None:
                     # 0x9B QoS not supported, 0x9A Retain not supported
@@ -655,7 +655,7 @@ class Outgoing(QueueLimits):
             return []
         elif code < 0x80 and self.settings.failover_republish > 0:  # (memory only)
             self.recent_acked.append(m)
-            if len(self.recent_acked) > self.settings.failover_republish:
+            while len(self.recent_acked) > self.settings.failover_republish:
                 self.recent_acked.popleft()
         # point 5: a lost removal only costs a resend
         return self._finished(m, code, [Persist((self.state.finished(m, Event.PUBACK),),

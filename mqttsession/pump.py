@@ -144,6 +144,11 @@ class AsyncioPump:
         if self.conn.loop_misc() == _OK and self._sock is not None:
             self._schedule_misc()
 
+    def set_delays(self, delay_min: float, delay_max: float) -> None:
+        """ReconnectDelayMin / Max set while this connection runs (the backoff under way too)."""
+        self._delay_min, self._delay_max = max(delay_min, 0.05), max(delay_max, delay_min)
+        self._delay = min(max(self._delay, self._delay_min), self._delay_max)
+
     def accepted(self) -> None:
         """A CONNACK accepted the connection: the next backoff starts at the minimum (a
         server that takes the TCP connection but never answers leaves it growing)."""

@@ -80,7 +80,14 @@ class QueueLimits:
     state: SessionState
     spool: QueueSource | None
     now: float  # the MessageClock's time at the latest input
+    _receive_max: int  # the broker's MQTT 5 Receive Maximum (CONNACK; 65535 before one)
     _expiry_scan: float  # when a full queue was last searched for expired messages
+
+    @property
+    def _window(self) -> int:
+        """QoS 1/2 PUBLISHes in flight at most: MaxInflight within the broker's Receive Maximum
+        (MaxInflight set while connected counts from the next message on)."""
+        return max(1, min(self.settings.max_inflight, self._receive_max))
 
     @property
     def v5(self) -> bool:
