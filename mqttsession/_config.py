@@ -105,7 +105,7 @@ def _reserve_ids(c: Any) -> None:
 
 def _set_state_file(c: Any, value: str) -> None:
     c._file.set_path(value.strip(), c._engine.state, connected=c._driver.conn is not None)
-    c._settings.session_state_file = value.strip()
+    c._settings.session_state_file = c._file.path  # (absolute: the file in use, also read back)
     _reserve_ids(c)
     # a new file: what the session holds is in it now, not at the next change (a kill -9
     # before it lost them); files there: restore_session, or the next change, settles them

@@ -99,7 +99,8 @@ class AsyncSession:
         clean = (state_file is None) if clean_session is None else clean_session
         self._client = new_client(self._options, client_id, clean_session=clean)
         self._client.config("ManualAck=True")
-        self._state_file = None if state_file is None else os.fspath(state_file)
+        self._state_file = None if state_file is None else os.path.join(  # (a chdir before
+            os.getcwd(), os.fspath(state_file))  # start() moves nothing)
         self._session_sync = session_sync
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[MessageEvent | _Closed] = asyncio.Queue()

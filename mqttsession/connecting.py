@@ -62,11 +62,11 @@ class Connecting(Durability):
         return effective_interval(st.protocol_version, st.clean_session, st.session_expiry_interval)
 
     def reconnecting(self) -> None:
-        """AutoReconnect / ReconnectDelayMin / Max set: the connection's (and its pump's) now,
-        not only the next ``connect()``'s (one under way before its CONNACK: its own)."""
-        with self.lock:
+        """AutoReconnect / ReconnectDelayMin / Max set: the connection's (and its pump's) from
+        its next loss on (a wait under way ends as it was), not only the next ``connect()``'s."""
+        with self.lock:  # (lost for good: its loop ended; disconnect() + connect() revive it)
             conn, s = self.conn, self._settings
-            if conn is None or not self._connack.is_set():
+            if conn is None or not self._connack.is_set() or self.lost_for_good():
                 return
             conn.set_auto_reconnect(s.auto_reconnect)
             conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]

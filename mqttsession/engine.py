@@ -360,7 +360,7 @@ class Engine(Outgoing):
         BROKERS.md); QoS 1 allows the duplicates this makes when it had [MQTT-4.3.2]. Never
         QoS 2: a message published twice would be delivered twice."""
         acked, self.recent_acked = list(self.recent_acked), deque()  # the setting's last
-        acked = acked[len(acked) - self.settings.failover_republish:]  # (lowered since: 0)
+        acked = acked[max(0, len(acked) - self.settings.failover_republish):]  # (0: none)
         if self._moved_from is None or not acked:
             return []
         items = []

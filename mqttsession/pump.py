@@ -145,7 +145,8 @@ class AsyncioPump:
             self._schedule_misc()
 
     def set_delays(self, delay_min: float, delay_max: float) -> None:
-        """ReconnectDelayMin / Max set while this connection runs (the backoff under way too)."""
+        """ReconnectDelayMin / Max set while this connection runs (a wait under way ends as it
+        was)."""
         self._delay_min, self._delay_max = max(delay_min, 0.05), max(delay_max, delay_min)
         self._delay = min(max(self._delay, self._delay_min), self._delay_max)
 

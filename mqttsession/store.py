@@ -197,7 +197,9 @@ def check_name(path: str) -> str:
     made beside it (journal, temp files, copies set aside, disk-queue segments) would be too
     long for the file system: refused here, not when a write, a compaction or a copy set
     aside fails in the middle of a run."""
-    path = os.path.abspath(path)
+    if path.endswith(os.sep):
+        raise UsageError(f"SessionStateFile {path} names a directory: give a file's name")
+    path = os.path.join(os.getcwd(), path)  # (not normalized: "link/.." is the kernel's)
     folder, base = os.path.split(path)
     try:
         name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
@@ -217,7 +219,7 @@ def check_name(path: str) -> str:
 
 def _put_back(queue: str, aside: str) -> None:
     """A disk queue ``Spool.keep_aside`` moved to ``aside`` back at ``queue`` (its journal
-    could not follow); a failure is logged (the queue stays at ``aside``, named)."""
+    could not follow); ``PersistenceError`` naming where it is when it cannot be."""
     try:
         if os.path.dirname(aside) == queue:  # (a mount point: its segments moved within)
             for name in os.listdir(aside):
@@ -226,8 +228,9 @@ def _put_back(queue: str, aside: str) -> None:
         else:
             os.rename(aside, queue)
     except OSError as exc:
-        log.error("the disk queue %s moved to %s could not be put back (%s): move it back"
-                  " before restoring", queue, aside, exc)
+        raise PersistenceError(exc.errno, f"the session's journal could not be kept aside and"
+                               f" its disk queue, moved to {aside}, not put back ({exc}): move"
+                               f" it back to {queue} before restoring") from exc
 
 
 class StateFile:
@@ -418,8 +421,9 @@ class StateFile:
             aside = j.keep_aside("unrestored") + moved
         except BaseException:
             self.unrestored = old  # still there: never written over, its queue with it
-            for name in moved:
-                _put_back(self.spool.dir if self.spool is not None else "", name)
+            if moved and self.spool is not None:  # (read again: keep_aside emptied it)
+                _put_back(self.spool.dir, moved[0])
+                self.spool.recover(old.spool_next, sync_open=False)
             raise
         self._errors.append((0, f"{self.path} held a session ({len(old.outgoing) + old.spooled}"
                        f" outgoing, {len(old.incoming)} incoming messages) that was not"

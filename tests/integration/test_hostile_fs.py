@@ -190,8 +190,10 @@ def test_an_unrestored_session_whose_journal_cannot_go_aside_keeps_its_disk_queu
     c = _client(path, QueueInMemory=2)
     with pytest.raises(PersistenceError, match="left in place"):
         c.publish_data("t", 1, b"new")
-    c.close()
     monkeypatch.setattr(recovery_mod, "os", os)
+    c.restore_session("")  # the same client (review: its disk queue was read as empty)
+    assert [m.message for m in c.outgoing_messages] == [f"m{i}".encode() for i in range(6)]
+    c.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.journal", "s.queue"]
     again = _client(path, QueueInMemory=2)
     again.restore_session("")

@@ -122,9 +122,27 @@ def test_reconnect_settings_set_while_connected_reach_the_connection() -> None:
             wait_until(lambda: c.connected, 5, "the reconnect")
         finally:
             c.close()
+    with FakeBroker() as fb:  # set after a loss under AutoReconnect=False: its loop ended,
+        c = Client(client_id="ar3", clean_session=True)  # disconnect() + connect() (review:
+        c.config("AutoReconnect=False")  # it said "under way", and connect_all skipped it)
+        try:
+            c.connect(fb.host, fb.port, 5)
+            fb.close_client()
+            wait_until(lambda: not c.connected, 5, "the cut")
+            c.config("AutoReconnect=True")
+            with pytest.raises(Exception, match="disconnect\\(\\) first, then connect"):
+                c.connect(fb.host, fb.port, 5)
+            c.disconnect()
+            c.connect(fb.host, fb.port, 5)
+            assert c.connected
+        finally:
+            c.close()
 
 
-def test_failover_republish_lowered_republishes_only_that_many() -> None:
+@pytest.mark.parametrize("sent,setting,expected", [(10, 2, [8, 9]), (7, 10, list(range(7)))])
+def test_failover_republish_lowered_republishes_only_that_many(
+        sent: int, setting: int, expected: list[int]) -> None:
+    """(review: ``FailoverRepublish=10`` with 7 acknowledged republished the last 3 only)."""
     with FakeBroker() as a, FakeBroker() as b:
         c = Client(client_id="fr", clean_session=False)
         c.config("ReconnectDelayMin=0.1")
@@ -132,16 +150,17 @@ def test_failover_republish_lowered_republishes_only_that_many() -> None:
         c.config("FailoverRepublish=40")
         try:
             c.connect(a.host, a.port, 5)
-            for i in range(10):
+            for i in range(sent):
                 c.publish_message("t/fr", 1, str(i))
             assert c.flush(5)
-            c.config("FailoverRepublish=2")
+            c.config(f"FailoverRepublish={setting}")
             a.stop()
             wait_until(lambda: c.connected and c.config("ConnectedServer").endswith(
                 str(b.port)), 10, "the failover")
-            wait_until(lambda: len(b.packets("PUBLISH")) >= 2, 5, "the republished")
+            wait_until(lambda: len(b.packets("PUBLISH")) >= len(expected), 5, "the republished")
             time.sleep(0.3)
-            assert [bytes(r.payload) for r in b.packets("PUBLISH")] == [b"8", b"9"]
+            assert [bytes(r.payload) for r in b.packets("PUBLISH")] == [
+                str(i).encode() for i in expected]
         finally:
             c.close()
 

@@ -131,3 +131,43 @@ def test_a_gateway_id_with_a_hash_is_advised_by_its_whole_name(tmp_path: Path) -
         with pytest.raises(StateError, match=r"gw\.forget\('site#7'\)"):
             gw.client("site#7")
         assert gw.forget("site#7") is True
+
+
+def test_relative_names_are_read_back_absolute_and_keep_the_kernels_meaning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) ``config("SessionStateFile")`` reads back the file in use (it gave the text
+    as given, another file after a chdir); ``link/../s`` is where the kernel goes (``real/s``
+    for ``link -> real/sub``; ``abspath`` made it ``./s``: a stored session not found); a name
+    ending in a slash names a directory."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "real" / "sub", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    c = _client("link/../s")
+    c.restore_session("")
+    c.publish_message("t/x", 1, "held")
+    assert c.config("SessionStateFile") == f"{tmp_path}/link/../s"
+    c.close()
+    assert (tmp_path / "real" / "s").exists() and not (tmp_path / "s").exists()
+    with pytest.raises(UsageError, match="names a directory"):
+        Client(client_id="slash").config("SessionStateFile=nodir/")
+
+
+def test_an_async_sessions_relative_state_file_is_resolved_when_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from mqttsession import AsyncSession
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    s = AsyncSession(client_id="rel", state_file="s")
+    monkeypatch.chdir(tmp_path / "b")
+
+    async def main() -> None:
+        await s.start(connect=False)
+        await s.publish("t/x", b"m", 1)
+        await s.close()
+
+    asyncio.run(main())
+    assert (tmp_path / "a" / "s").exists() and list((tmp_path / "b").iterdir()) == []
