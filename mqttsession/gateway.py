@@ -96,8 +96,8 @@ class _Sessions:
 
     def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float,
                  hold_publishes: bool = False) -> None:
-        self.state_dir = os.path.join(os.getcwd(), state_dir)  # (a later chdir moves nothing;
-        # not normalized: "link/.." is where the kernel goes)
+        self.state_dir = os.path.realpath(state_dir)  # (a later chdir moves nothing; "link/.."
+        # where the kernel goes; one form for the log, the queues and their directory syncs)
         try:
             makedirs_durable(self.state_dir)  # (power cuts)
             refuse_foreign(os.stat(self.state_dir), self.state_dir)  # (a symlink to it: as given)

@@ -165,12 +165,13 @@ class AsyncioPump:
 
     def _reconnect(self) -> None:
         self._retry = None
-        if self.stopped:
+        if self.stopped or not self.conn.wants_reconnect():  # (AutoReconnect=False set since)
             return
         fut = self.loop.run_in_executor(self.executor, self.conn.reconnect)
 
         def done(f: Any) -> None:
-            if f.cancelled() or f.exception() is None or self.stopped:
+            if f.cancelled() or f.exception() is None or self.stopped \
+                    or not self.conn.wants_reconnect():
                 return
             log.debug("reconnect failed: %s", f.exception())
             self._schedule_reconnect()

@@ -193,14 +193,18 @@ SUFFIX_BYTES: Final = 35
 
 
 def check_name(path: str) -> str:
-    """``path`` made absolute (a later ``chdir`` moves nothing); ``UsageError`` when the names
+    """``path`` made absolute, its directory resolved (a later ``chdir`` moves nothing);
+    ``UsageError`` when the names
     made beside it (journal, temp files, copies set aside, disk-queue segments) would be too
     long for the file system: refused here, not when a write, a compaction or a copy set
     aside fails in the middle of a run."""
     if path.endswith(os.sep):
         raise UsageError(f"SessionStateFile {path} names a directory: give a file's name")
-    path = os.path.join(os.getcwd(), path)  # (not normalized: "link/.." is the kernel's)
-    folder, base = os.path.split(path)
+    folder, base = os.path.split(os.path.join(os.getcwd(), path))
+    # its directory as the kernel finds it ("link/.." through a symlink), the name as given
+    # (a symlink there is refused when opened): one form for every name made from it
+    folder = os.path.realpath(folder)
+    path = os.path.join(folder, base)
     try:
         name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
     except (OSError, ValueError):  # (a missing directory: ``require_directory`` names it)
@@ -249,6 +253,7 @@ class StateFile:
         self.journal: Journal | SessionLog | None = None
         self.spool: Spool | None = None  # the disk queue, with the journal
         self.unrestored: SessionState | None = None  # the file's session, awaiting restore
+        self._reread = False  # its disk queue to be read again (a failed ``settle``)
         # a Gateway's session: its records go to the gateway's one log (``path`` only names
         # it), its disk queue to ``queue_path``
         self.shared: SharedLog | None = None
@@ -391,6 +396,10 @@ class StateFile:
         """The file's session, for ``restore_session`` (the journal stays open)."""
         if self.unrestored is not None:
             state, self.unrestored = self.unrestored, None
+            if self._reread and self.journal is not None:  # (a failed ``settle``)
+                self._reread = False
+                self._close_spool()
+                return self._recover(self.journal)
             return state
         if self.journal is not None:
             self._close_spool()
@@ -421,9 +430,9 @@ class StateFile:
             aside = j.keep_aside("unrestored") + moved
         except BaseException:
             self.unrestored = old  # still there: never written over, its queue with it
-            if moved and self.spool is not None:  # (read again: keep_aside emptied it)
+            if moved and self.spool is not None:  # (``load`` reads the files again:
+                self._reread = True  # keep_aside emptied the queue's reader)
                 _put_back(self.spool.dir, moved[0])
-                self.spool.recover(old.spool_next, sync_open=False)
             raise
         self._errors.append((0, f"{self.path} held a session ({len(old.outgoing) + old.spooled}"
                        f" outgoing, {len(old.incoming)} incoming messages) that was not"

@@ -202,6 +202,37 @@ def test_an_unrestored_session_whose_journal_cannot_go_aside_keeps_its_disk_queu
     again.close()
 
 
+def test_a_disk_queue_that_cannot_be_put_back_is_named_and_read_when_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal cannot go aside, nor its disk queue back: the error names where the queue
+    is (it said "left in place"); moved back by hand, a restore in the same client reads it
+    (review: m2-m5 stayed unsent, ``flush()`` True)."""
+    import mqttsession.store as store_mod
+
+    path = tmp_path / "s"
+    c = _client(path, QueueInMemory=2)
+    c.restore_session("")
+    for i in range(6):
+        c.publish_data("t", 1, f"m{i}".encode())
+    c.close()
+    _refusing_renames(monkeypatch)
+    monkeypatch.setattr(store_mod, "os", FakeOs(rename=lambda *a: _raise(errno.EPERM)))
+    c = _client(path, QueueInMemory=2)
+    with pytest.raises(PersistenceError, match="move it back to"):
+        c.publish_data("t", 1, b"new")
+    monkeypatch.setattr(recovery_mod, "os", os)
+    monkeypatch.setattr(store_mod, "os", os)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("s.queue.unrestored-")]
+    aside[0].rename(tmp_path / "s.queue")
+    c.restore_session("")
+    assert [m.message for m in c.outgoing_messages] == [f"m{i}".encode() for i in range(6)]
+    c.close()
+
+
+def _raise(code: int) -> None:
+    raise OSError(code, os.strerror(code))
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
 def test_a_disk_queue_on_its_own_mount_keeps_an_unrestored_session(tmp_path: Path) -> None:
     path = tmp_path / "s"

@@ -209,3 +209,41 @@ time.sleep(60)
         assert [m.message for m in c.outgoing_messages] == [str(i).encode() for i in range(5)]
     finally:
         c.close()
+
+
+def test_auto_reconnect_off_during_an_async_backoff_stops_the_attempts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``AsyncSession`` retrying a gone broker; ``AutoReconnect=False`` set meanwhile: at
+    most the attempt under way, then none (review: its pump rescheduled after every failed
+    attempt, for ever, while ``connect()`` was refused as "lost")."""
+    import asyncio
+
+    from mqttsession import AsyncSession, Options
+    from mqttsession._paho import PahoConnection
+
+    calls: list[float] = []
+    real = PahoConnection.reconnect
+
+    def counted(self: PahoConnection) -> Any:
+        calls.append(time.monotonic())
+        return real(self)
+
+    monkeypatch.setattr(PahoConnection, "reconnect", counted)
+
+    async def main() -> None:
+        fb = FakeBroker()
+        s = AsyncSession(Options(address=f"127.0.0.1:{fb.port}"), client_id="ar-aio")
+        await s.start(connect=False)
+        for setting in ("ReconnectDelayMin=0.2", "ReconnectDelayMax=0.2"):
+            await s.config(setting)
+        await s.connect()
+        fb.stop()
+        await asyncio.sleep(1.0)
+        assert calls  # (retrying)
+        await s.config("AutoReconnect=False")
+        since = time.monotonic() + 0.5
+        await asyncio.sleep(2.0)
+        assert [t for t in calls if t > since] == []
+        await s.close()
+
+    asyncio.run(main())

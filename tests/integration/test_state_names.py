@@ -135,17 +135,21 @@ def test_a_gateway_id_with_a_hash_is_advised_by_its_whole_name(tmp_path: Path) -
 
 def test_relative_names_are_read_back_absolute_and_keep_the_kernels_meaning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """(review) ``config("SessionStateFile")`` reads back the file in use (it gave the text
+    """(reviews) ``config("SessionStateFile")`` reads back the file in use (it gave the text
     as given, another file after a chdir); ``link/../s`` is where the kernel goes (``real/s``
-    for ``link -> real/sub``; ``abspath`` made it ``./s``: a stored session not found); a name
-    ending in a slash names a directory."""
+    for ``link -> real/sub``; ``abspath`` made it ``./s``: a stored session not found; left
+    unnormalized, the disk queue and directory syncs went to ``./``): its directory resolved;
+    a name ending in a slash names a directory."""
     (tmp_path / "real" / "sub").mkdir(parents=True)
     os.symlink(tmp_path / "real" / "sub", tmp_path / "link")
     monkeypatch.chdir(tmp_path)
     c = _client("link/../s")
+    c.config("QueueInMemory=1")
     c.restore_session("")
     c.publish_message("t/x", 1, "held")
-    assert c.config("SessionStateFile") == f"{tmp_path}/link/../s"
+    assert c.config("SessionStateFile") == str(tmp_path.resolve() / "real" / "s")
+    for i in range(4):  # (the disk queue too: review, it was made at the lexical "./s.queue")
+        c.publish_message("t/x", 1, f"more {i}")
     c.close()
     assert (tmp_path / "real" / "s").exists() and not (tmp_path / "s").exists()
     with pytest.raises(UsageError, match="names a directory"):
@@ -171,3 +175,19 @@ def test_an_async_sessions_relative_state_file_is_resolved_when_made(
 
     asyncio.run(main())
     assert (tmp_path / "a" / "s").exists() and list((tmp_path / "b").iterdir()) == []
+
+
+def test_a_gateway_directory_through_a_symlink_and_dotdot(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Gateway("link/../gw")`` with ``link -> real/sub``: ``real/gw``, as the kernel goes,
+    its log and queues together (review: the unnormalized form failed, "No such file")."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "real" / "sub", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    with Gateway("link/../gw") as gw:
+        c = gw.client("dev")
+        c.config("QueueInMemory=1")
+        for i in range(4):
+            c.publish_message("t/x", 1, f"m{i}")
+    with Gateway(tmp_path / "real" / "gw") as gw:
+        assert gw.client("dev").queue_stats().messages == 4
