@@ -180,25 +180,20 @@ def test_an_unrestored_session_whose_journal_cannot_go_aside_keeps_its_disk_queu
     the journal's move aside refused: the queue, moved first, is put back. Before (a names
     hunt: a 224-byte name made the journal's aside name too long), it stayed aside: a restore
     then found the journal without its queue and m2-m5 were never sent."""
-    path = tmp_path / "s"
-    c = _client(path, QueueInMemory=2)
-    c.restore_session("")
-    for i in range(6):
-        c.publish_data("t", 1, f"m{i}".encode())
-    c.close()
+    path = _six_held(tmp_path)
     _refusing_renames(monkeypatch)  # (the journal's: the disk queue's own rename still works)
     c = _client(path, QueueInMemory=2)
     with pytest.raises(PersistenceError, match="left in place"):
         c.publish_data("t", 1, b"new")
     monkeypatch.setattr(recovery_mod, "os", os)
     c.restore_session("")  # the same client (review: its disk queue was read as empty)
-    assert [m.message for m in c.outgoing_messages] == [f"m{i}".encode() for i in range(6)]
+    assert [m.message for m in c.outgoing_messages] == SIX
     c.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.journal", "s.queue"]
     again = _client(path, QueueInMemory=2)
     again.restore_session("")
     assert again.queue_stats().messages == 6
-    assert [m.message for m in again.outgoing_messages] == [f"m{i}".encode() for i in range(6)]
+    assert [m.message for m in again.outgoing_messages] == SIX
     again.close()
 
 
@@ -209,12 +204,7 @@ def test_a_disk_queue_that_cannot_be_put_back_is_named_and_read_when_back(
     (review: m2-m5 stayed unsent, ``flush()`` True)."""
     import mqttsession.store as store_mod
 
-    path = tmp_path / "s"
-    c = _client(path, QueueInMemory=2)
-    c.restore_session("")
-    for i in range(6):
-        c.publish_data("t", 1, f"m{i}".encode())
-    c.close()
+    path = _six_held(tmp_path)
     _refusing_renames(monkeypatch)
     monkeypatch.setattr(store_mod, "os", FakeOs(rename=lambda *a: _raise(errno.EPERM)))
     c = _client(path, QueueInMemory=2)
@@ -225,8 +215,22 @@ def test_a_disk_queue_that_cannot_be_put_back_is_named_and_read_when_back(
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("s.queue.unrestored-")]
     aside[0].rename(tmp_path / "s.queue")
     c.restore_session("")
-    assert [m.message for m in c.outgoing_messages] == [f"m{i}".encode() for i in range(6)]
+    assert [m.message for m in c.outgoing_messages] == SIX
     c.close()
+
+
+SIX = [f"m{i}".encode() for i in range(6)]
+
+
+def _six_held(tmp_path: Path) -> Path:
+    """A stored session ``tmp_path/s`` holding m0-m5, four of them in its disk queue."""
+    path = tmp_path / "s"
+    c = _client(path, QueueInMemory=2)
+    c.restore_session("")
+    for m in SIX:
+        c.publish_data("t", 1, m)
+    c.close()
+    return path
 
 
 def _raise(code: int) -> None:
