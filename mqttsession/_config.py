@@ -14,9 +14,10 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Callable, Final
 
-from .errors import UsageError
+from .errors import StateError, UsageError
 from .options import parse_addresses
 from .records import MAX_EXPIRY
+from .recovery import JOURNAL_SUFFIX, load
 
 __all__ = ["ClientSettings", "CONFIG", "ConnectParams", "parse_bool", "parse_int"]
 
@@ -107,12 +108,23 @@ def _set_state_file(c: Any, value: str) -> None:
     c._file.set_path(value.strip(), c._engine.state, connected=c._driver.conn is not None)
     c._settings.session_state_file = c._file.path  # (absolute: the file in use, also read back)
     _reserve_ids(c)
-    # a new file: what the session holds is in it now, not at the next change (a kill -9
-    # before it lost them); files there: restore_session, or the next change, settles them
-    path = c._file.path
-    if path and not c._engine.state.empty and not any(
-            os.path.lexists(path + x) for x in ("", ".journal", ".queue")):
-        c._file.open(c._engine.state)
+    _hold_now(c._file, c._engine.state)
+
+
+def _hold_now(f: Any, state: Any) -> None:
+    """A session holding messages given a ``SessionStateFile``: in the file at once, not at
+    the next change (a kill -9 before it lost them all), unless the file holds a session of
+    its own, or a damaged one: that waits for ``restore_session`` (never written over)."""
+    if not f.path or f.shared is not None or f.journal is not None or state.empty:
+        return
+    if os.path.lexists(f.path) or os.path.lexists(f.path + JOURNAL_SUFFIX):
+        try:
+            there = load(f.path, state.client_id, StateError, read_only=True)[0]
+        except StateError:
+            return  # (restore_session says what is wrong, and keeps it)
+        if not there.empty or there.reserved_first:
+            return
+    f.open(state)  # (a queue there without its file: kept aside as "orphaned", told)
 
 
 def _set_expiry(c: Any, value: str) -> None:

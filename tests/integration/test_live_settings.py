@@ -181,9 +181,18 @@ def test_drain_rate_lowered_caps_at_once() -> None:
             c.close()
 
 
+@pytest.mark.parametrize("before", ["no file", "an empty session"])
 def test_a_state_file_set_on_a_session_holding_messages_has_them_at_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, before: str) -> None:
+    """(and a crash hunt: a file an earlier run left with an empty session was not written
+    either, 0 of 6 restored)"""
     path = tmp_path / "s"
+    if before == "an empty session":
+        earlier = Client(client_id="late", clean_session=False)
+        earlier.config(f"SessionStateFile={path}")
+        earlier.restore_session("")
+        earlier.close()
+        assert path.exists()
     child = f"""
 import os, sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
