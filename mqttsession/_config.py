@@ -249,6 +249,11 @@ def _then(setting: tuple[Getter, Setter], after: Callable[[Any], None]) -> tuple
     return get, put_then
 
 
+def _reconnecting(c: Any) -> None:
+    """AutoReconnect / ReconnectDelayMin / Max: the live connection's too."""
+    c._driver.reconnecting()
+
+
 def _drain_rate(c: Any) -> None:
     """DrainRateLimit lowered: the bucket's tokens no more than the new rate (a second's)."""
     rate = c._engine_settings.drain_rate_limit
@@ -278,11 +283,9 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "willqos": _attr("_settings", "will_qos"),
     "willretain": _attr("_settings", "will_retain"),
     "topicdelimiter": _attr("_settings", "topic_delimiter"),
-    "autoreconnect": _then(_attr("_settings", "auto_reconnect"), lambda c: c._driver.reconnecting()),
-    "reconnectdelaymin": _then(_attr("_settings", "reconnect_delay_min"),
-                               lambda c: c._driver.reconnecting()),
-    "reconnectdelaymax": _then(_attr("_settings", "reconnect_delay_max"),
-                               lambda c: c._driver.reconnecting()),
+    "autoreconnect": _then(_attr("_settings", "auto_reconnect"), _reconnecting),
+    "reconnectdelaymin": _then(_attr("_settings", "reconnect_delay_min"), _reconnecting),
+    "reconnectdelaymax": _then(_attr("_settings", "reconnect_delay_max"), _reconnecting),
     "maxinflight": _attr("_engine_settings", "max_inflight"),
     "republishonsessionlost": _attr("_engine_settings", "republish_on_session_lost"),
     "releasedonsessionlost": (lambda c: c._engine_settings.released_on_session_lost,

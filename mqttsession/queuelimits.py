@@ -44,19 +44,21 @@ class DropLog:
 
     def dropped(self, seq: int | None, topic: str, reason: str, client_id: str = "") -> None:
         """One drop (``seq`` None: a QoS 0 message, never stored)."""
-        what = "QoS 0 message" if seq is None else f"message seq {seq}"
-        if self.shared:
-            what = f"session {client_id!r}: {what}"
         with self._lock:
             now = time.monotonic()
-            if self._since is not None and now - self._since < DROP_LOG_WINDOW:
+            counted = self._since is not None and now - self._since < DROP_LOG_WINDOW
+            if counted:
                 self._counts[reason] += 1
-                log.debug("%s to %r dropped: %s", what, topic, reason)
-                return
-            self._flush(now, False)
-            self._since = now
-        log.warning("%s to %r dropped: %s (further drops within %g s are summed up)", what,
-                    topic, reason, DROP_LOG_WINDOW)
+            else:
+                self._flush(now, False)
+                self._since = now
+        level = logging.DEBUG if counted else logging.WARNING
+        if log.isEnabledFor(level):  # (a flood of drops builds no text the log drops)
+            what = "QoS 0 message" if seq is None else f"message seq {seq}"
+            log.log(level, "%s%s to %r dropped: %s%s",
+                    f"session {client_id!r}: " if self.shared else "", what, topic, reason,
+                    "" if counted else f" (further drops within {DROP_LOG_WINDOW:g} s are"
+                    " summed up)")
 
     def flush(self, force: bool = False) -> None:
         """The drops counted since the window's first, summed up once the window is over

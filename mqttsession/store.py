@@ -194,10 +194,9 @@ SUFFIX_BYTES: Final = 35
 
 def check_name(path: str) -> str:
     """``path`` made absolute, its directory resolved (a later ``chdir`` moves nothing);
-    ``UsageError`` when the names
-    made beside it (journal, temp files, copies set aside, disk-queue segments) would be too
-    long for the file system: refused here, not when a write, a compaction or a copy set
-    aside fails in the middle of a run."""
+    ``UsageError`` when the names made beside it (journal, temp files, copies set aside,
+    disk-queue segments) would be too long for the file system: refused here, not when a
+    write, a compaction or a copy set aside fails in the middle of a run."""
     if path.endswith(os.sep):
         raise UsageError(f"SessionStateFile {path} names a directory: give a file's name")
     folder, base = os.path.split(os.path.join(os.getcwd(), path))
