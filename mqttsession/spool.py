@@ -652,11 +652,17 @@ class Spool:
         except OSError:  # (EBUSY: a mount point) its segments, within it
             pass
         inner = _free_name(os.path.join(self.dir, f"{label}-{stamp}"))
+        moved: list[str] = []
         try:
             os.mkdir(inner, 0o700)
             for name in names:
                 os.rename(os.path.join(self.dir, name), os.path.join(inner, name))
+                moved.append(name)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # (all of them back: left in place)
+                for name in reversed(moved):
+                    os.rename(os.path.join(inner, name), os.path.join(self.dir, name))
+                os.rmdir(inner)
             raise PersistenceError(exc.errno, f"cannot keep the disk queue {self.dir} aside:"
                                               f" {exc.strerror or exc}") from exc
         return inner

@@ -220,20 +220,22 @@ def check_name(path: str) -> str:
     return path
 
 
-def _put_back(queue: str, aside: str) -> None:
-    """A disk queue ``Spool.keep_aside`` moved to ``aside`` back at ``queue`` (its journal
-    could not follow); ``PersistenceError`` naming where it is when it cannot be."""
+def _put_back(j: Journal | SessionLog, state: SessionState, kept: list[str]) -> None:
+    """A session ``keep_aside`` moved to ``kept`` back in place (its disk queue could not
+    follow); ``PersistenceError`` naming where it is when it cannot be."""
     try:
-        if os.path.dirname(aside) == queue:  # (a mount point: its segments moved within)
-            for name in os.listdir(aside):
-                os.rename(os.path.join(aside, name), os.path.join(queue, name))
-            os.rmdir(aside)
-        else:
-            os.rename(aside, queue)
-    except OSError as exc:
-        raise PersistenceError(exc.errno, f"the session's journal could not be kept aside and"
-                               f" its disk queue, moved to {aside}, not put back ({exc}): move"
-                               f" it back to {queue} before restoring") from exc
+        if isinstance(j, SessionLog):  # (written out of the gateway's log: written back)
+            j.compact(state)
+            for name in kept:
+                os.unlink(name)
+            return
+        for aside in reversed(kept):  # the journal before its snapshot (a cut between: the
+            os.replace(aside, aside[:aside.rindex(".unrestored-")])  # journal alone, refused)
+    except (OSError, PersistenceError) as exc:
+        raise PersistenceError(getattr(exc, "errno", None), f"the session's disk queue could"
+                               f" not be kept aside and its state file, moved to {kept}, not"
+                               f" put back ({exc}): move it back to {j.path} before"
+                               " restoring") from exc
 
 
 class StateFile:
@@ -423,15 +425,21 @@ class StateFile:
         j = self.journal
         if old is None or j is None:
             return
-        moved: list[str] = []
-        try:  # its queue first: a journal kept aside without it could not be undone
-            moved = self.spool.keep_aside("unrestored") if self.spool is not None else []
-            aside = j.keep_aside("unrestored") + moved
+        # its journal first: a kill -9 before the queue follows leaves a queue without its
+        # file, which the next run keeps aside as orphaned and tells (the other way round, a
+        # restore found the journal without its queue: those messages never sent)
+        try:
+            aside = j.keep_aside("unrestored")
         except BaseException:
             self.unrestored = old  # still there: never written over, its queue with it
-            if moved and self.spool is not None:  # (``load`` reads the files again:
-                self._reread = True  # keep_aside emptied the queue's reader)
-                _put_back(self.spool.dir, moved[0])
+            raise
+        try:
+            aside += self.spool.keep_aside("unrestored") if self.spool is not None else []
+        except BaseException:
+            self.unrestored = old
+            self._reread = True  # (``load`` reads the files again: keep_aside closed them)
+            if aside:
+                _put_back(j, old, aside)
             raise
         self._errors.append((0, f"{self.path} held a session ({len(old.outgoing) + old.spooled}"
                        f" outgoing, {len(old.incoming)} incoming messages) that was not"
