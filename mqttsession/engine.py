@@ -43,14 +43,8 @@ from .actions import Action, ConnState, Deliver, EngineSettings, Notify, Persist
 from .outgoing import Outgoing, QueueSource
 from .subscriptions import SUBSCRIBE_TRIES
 from .stalls import HeadCloses, oldest_publish
-from .events import (
-    DIRECTION_SERVER,
-    ConnectedEvent,
-    DisconnectedEvent,
-    MessageAckEvent,
-    MessageEvent,
-    SessionLostEvent,
-)
+from .events import (DIRECTION_SERVER, ConnectedEvent, DisconnectedEvent, MessageAckEvent,
+                     MessageEvent, SessionLostEvent)
 from .expiry import effective_interval, message_remaining, with_remaining
 from .expiry import expired as _expired
 from .state import IncomingMessage, Phase, Record, SessionLost, SessionState
@@ -115,6 +109,7 @@ class Engine(Outgoing):
         self._orphans_now: list[IncomingMessage] = []  # delivered by ``lost_incoming``
         self._last_activity = 0.0
         self._early_lost: SessionLost | None = None  # CONNACK's SessionPresent=0 reset
+        self._never_accepted = False  # no broker accepted this session before this CONNACK
         self._moved_from: str | None = None  # this connection's server is another: the one before
         self.sent_expiry: int | None = None  # the Session Expiry Interval of the last CONNECT
         self._accepted_by: str | None = None  # the server of the connection accepted last
@@ -180,6 +175,7 @@ class Engine(Outgoing):
         self.max_qos, self.retain_available = limits  # MQTT 5 Maximum QoS, Retain Available
         self._last_activity = now
         self.now, offset = self.clock_time(now, mono)
+        self._never_accepted = st.connected_at is None  # (durable with the Connected record)
         records: list[Record] = [self.state.connected(now, self.broker, session_present),
                                  *self.clock_record(offset)]
         self._early_lost = None
@@ -308,6 +304,9 @@ class Engine(Outgoing):
         elif lost is not None:
             lost = SessionLost(lost.republished, lost.dropped, lost.queued, orphans,
                                lost.resubscribed, lost.possible_duplicates)
+        if lost is not None and self._never_accepted and not (
+                lost.republished or lost.dropped or lost.delivered_incoming):
+            lost = None  # nothing reached a broker yet (made offline, or in on_connected)
         if reset is not None or released:
             out.append(Persist(((reset,) if reset is not None else ()) + released, sync=True))
         for m in lost.dropped if lost is not None else ():
@@ -687,6 +686,7 @@ class Engine(Outgoing):
         self.subs.restored()
         if self.conn is ConnState.RESUMING:  # in on_connected: a move judged by this session
             self._moving()
+            self._never_accepted = state.connected_at is None
         self.dropped = self.expired = 0
         return [rec, *self.read_clock(now, mono)]
 

@@ -179,7 +179,8 @@ class UnsubscribedEvent:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class SessionLostEvent:
-    """The broker answered SessionPresent=0 while the client held session state.
+    """The broker answered SessionPresent=0 while the client held session state that a
+    broker accepted before (never for a session's first accepted connection).
 
     republished: sent but unconfirmed, published again as new messages (new packet ids, DUP=0);
     possible_duplicates: those of them that were past PUBREC (``ReleasedOnSessionLost=republish``:

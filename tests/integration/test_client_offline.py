@@ -74,10 +74,8 @@ def test_published_before_first_connect_survive_restore_and_go_out_in_order(
         assert [r.packet_id for r in pubs] == ids
         assert not any(r.dup for r in pubs)
         assert [r.qos for r in pubs] == [qos_of(n) for n in NUMBERS]
-        # the broker had no session for this id (SessionPresent=0): if the client says so, the
-        # never-sent messages are "queued", nothing was republished or dropped
-        for lost in (e for e in events if e["event"] == "on_session_lost"):
-            assert lost["republished"] == [] and lost["dropped"] == []
-            assert [number_of(tag, m["message"]) for m in lost["queued"]] == NUMBERS
+        # the broker had no session for this id (SessionPresent=0), and no broker ever had
+        # this one: nothing was lost (a hunt: on_session_lost said so, "queued" all six)
+        assert not [e for e in events if e["event"] == "on_session_lost"], events
     finally:
         counter.close()

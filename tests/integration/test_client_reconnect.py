@@ -351,3 +351,38 @@ def test_a_reconnect_through_a_dead_first_address_gets_its_connack_time(
             c.close()
             for s in [hole, *fill]:
                 s.close()
+
+
+def test_a_session_no_broker_had_is_not_reported_lost(mosquitto_factory: Any, tmp_path: Any
+                                                      ) -> None:
+    """A new session that subscribes in ``on_connected`` (paho's habit) and published before
+    its first connect: SessionPresent=0 there is no loss (a hunt: ``on_session_lost`` fired at
+    every first deployment, "the broker lost the session" logged). Once a broker accepted it,
+    a restart that forgets it is reported, the subscription in ``resubscribed``, also after a
+    restart of the client between."""
+    broker = mosquitto_factory()  # persistence false: a restart forgets every session
+    tag = unique("new")
+    topic = f"mqs/{tag}"
+    cid = unique("gw")
+    c = _client(cid, 5)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.restore_session("")
+    log = EventLog(c)
+    c.on_connected = lambda e: c.subscribe(f"{topic}/cmd", 1)
+    c.publish_message(topic, 1, payload(tag, 1))
+    c.connect(broker.host, broker.port)
+    assert c.flush(_procs.TIMEOUT)
+    log.wait("on_subscribed")
+    c.close()
+    assert log.of("on_session_lost") == []
+    again = _client(cid, 5)
+    again.config(f"SessionStateFile={tmp_path / 's'}")
+    again.restore_session("")
+    log = EventLog(again)
+    try:
+        broker.restart()
+        again.connect(broker.host, broker.port)
+        lost = log.wait("on_session_lost")[0]
+        assert lost.resubscribed == ((f"{topic}/cmd", 1),)
+    finally:
+        again.close()
