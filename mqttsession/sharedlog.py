@@ -165,7 +165,7 @@ def parse(data: bytes, damaged: Callable[[str], StateError]
             return sessions, 1, 0  # a torn header: nothing was ever written after it
         raise damaged("no shared log header")
     by_sid: dict[int, _Session] = {}
-    pos, top = len(_HEADER), 0
+    pos, top, seen = len(_HEADER), 0, set()
     for p in payloads[1:]:
         end = pos + _FRAME_HEAD + len(p)
         tag, sid = p[:1], int.from_bytes(p[1:5], "big")
@@ -177,9 +177,12 @@ def parse(data: bytes, damaged: Callable[[str], StateError]
                 cid = p[5:].decode("utf-8")
             except UnicodeDecodeError:
                 raise damaged(f"client id at byte {pos} is not UTF-8") from None
-            if cid in sessions or sid <= top:
+            # ids are never used twice in a file, but not attached in their order: a session
+            # whose first snapshot failed (a full disk) keeps its id, attached later
+            if cid in sessions or sid in seen:
                 raise damaged(f"session {sid} ({cid!r}) at byte {pos} attached twice")
-            top = sid
+            top = max(top, sid)
+            seen.add(sid)
             s = by_sid[sid] = sessions[cid] = _Session(cid, sid, attach_at=pos)
         elif tag == _SNAPSHOT and s is not None:
             s.snap, s.snap_at, s.recs, s.offs, s.rec_bytes = data[pos:end], pos, [], [], 0

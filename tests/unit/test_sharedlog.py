@@ -632,3 +632,44 @@ def test_a_gateway_session_of_a_newer_version_is_refused_and_stays(tmp_path: Pat
             assert len(gw.client("b", clean_session=False).outgoing_messages) == 3
         assert not (tmp_path / "aside").exists() or not list((tmp_path / "aside").iterdir())
     assert read_frames(log.read_bytes())[0][:len(payloads)] == payloads
+
+
+def test_a_session_whose_first_snapshot_failed_attaches_later_with_its_id(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session "a" takes id 1 but its first snapshot fails (a full disk); "b" attaches with
+    id 2, then "a" with id 1. A counter hunt: the next open refused the whole log as damaged
+    ("attached twice": ids had to rise), every session of the gateway set aside."""
+    log = SharedLog(str(shm))
+    a, b = log.session("a"), log.session("b")
+    sa = SessionState(client_id="a", clean_session=False)
+    sb = SessionState(client_id="b", clean_session=False)
+    real = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(PersistenceError):
+        a.compact(sa)
+    monkeypatch.setattr(os, "write", real)
+    b.compact(sb)
+    b.append([sb.accept("t", b"b1", 1)], sb, sync=True)
+    a.compact(sa)
+    a.append([sa.accept("t", b"a1", 1)], sa, sync=True)
+    log.close()
+    log = SharedLog(str(shm))
+    assert codec.encode(log.session("a").recover()) == codec.encode(sa)
+    assert codec.encode(log.session("b").recover()) == codec.encode(sb)
+    log.close()
+
+
+def test_an_id_attached_twice_in_a_file_is_damage(shm: Path) -> None:
+    from mqttsession.sharedlog import _ATTACH, _END, _HEADER, _SNAPSHOT, _tagged, parse
+
+    snap = codec.encode(SessionState(client_id="a", clean_session=False)).encode()
+    one = _HEADER + _tagged(_ATTACH, 2, b"a") + _tagged(_SNAPSHOT, 2, snap)
+    sessions, next_sid, _ = parse(one + _tagged(_ATTACH, 1, b"b") + _tagged(_SNAPSHOT, 1, snap),
+                                  StateError)
+    assert sorted(sessions) == ["a", "b"] and next_sid == 3
+    with pytest.raises(StateError, match="attached twice"):  # (an id ended is not used again)
+        parse(one + _tagged(_END, 2, b"") + _tagged(_ATTACH, 2, b"b"), StateError)
