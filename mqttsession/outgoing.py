@@ -251,14 +251,14 @@ class Outgoing(QueueLimits):
             # record this) before it: either way the next process moves it here again
             self.state.last_packet_id = last
 
-    def _reserve(self, before: int, seq: int) -> list[Action]:
+    def _reserve(self, before: int, seq: int, handed: bool = True) -> list[Action]:
         """``reserve_packet_ids``: the ids handed out since ``last_packet_id`` was ``before``
-        lie in a reservation; if they do not, a new one, synced before anything that uses them
-        is written (``force``: also where a publish's sync waits, SessionSync=interval).
-        ``seq``: the (first) message published, for ``retract``."""
+        lie in a reservation; if not, a new one, synced before anything that uses them is
+        written (``force``: also where a publish's sync waits). ``seq``: the (first) message
+        published (``retract``); ``handed``: an id was (a batch may go all the way round)."""
         st = self.state
         n, last = self.settings.reserve_packet_ids, st.last_packet_id
-        if not n or last == before or st.covers(before, last):
+        if not n or not handed or st.covers(before, last):
             return []
         undo = (seq, st.reserved_first, st.reserved_last)
         rec = st.reserve(before, n, keep_first=self._unreleased is not None)
@@ -436,7 +436,7 @@ class Outgoing(QueueLimits):
             ids.append(rec.message.packet_id)
         if records:
             if not spool:
-                out += self._reserve(before, first_seq)
+                out += self._reserve(before, first_seq, any(ids))
             out += self._stored(offset, tuple(records))
         out += quick
         if records and not spool and self.conn is _CONNECTED:
@@ -476,7 +476,8 @@ class Outgoing(QueueLimits):
         if rec is None:
             return []
         self._pending.extend(m.seq for m in messages)
-        return [*self._reserve(before, 0), Persist((rec,), sync=True)]
+        return [*self._reserve(before, 0, any(m.packet_id for m in rec.messages)),
+                Persist((rec,), sync=True)]
 
     def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
         """A message left without delivery: its record, and ``on_message_dropped``."""
@@ -596,10 +597,9 @@ class Outgoing(QueueLimits):
                 return [Persist((step,), lazy=not keep), self._publish(m, False)]
             before = self.state.last_packet_id
             step = self.state.send(m.seq, avoid=self.subs.busy())
-            # an id given now (the message was published anew after SessionPresent=0, or when
-            # every id was taken) is durable before the broker holds it: a lost record would
-            # hand the same id to another message while the broker still holds it
-            # [MQTT-2.3.1-2]
+            # an id given now (published anew after SessionPresent=0, or every id was taken)
+            # is durable before the broker holds it: a lost record would hand the same id to
+            # another message while the broker still holds it [MQTT-2.3.1-2]
             m = self.state.outgoing[m.seq]
             return [*self._reserve(before, 0), Persist((step,), sync=True),
                     self._publish(m, False)]

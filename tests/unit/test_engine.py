@@ -841,6 +841,19 @@ def test_reservation_off_by_default_and_for_publish_many_one_block() -> None:
     assert index(out, Persist, record=Reserved) < index(out, Persist, record=Accepted)
 
 
+def test_a_batch_whose_ids_go_all_the_way_round_is_reserved() -> None:
+    """Id 1 used and acknowledged, then 65535 messages: ids 2..65535 and 1 again, so the last
+    id is back where it began. A counter hunt: taken for "no id handed out", no ``Reserved``
+    was written (a power cut could then give the broker's held ids to new messages)."""
+    e = connected(reserve_packet_ids=256)
+    pid, _ = publish(e, b"first")
+    e.receive(ack_in(PacketType.PUBACK, pid))
+    assert (pid, e.state.reserved_last) == (1, 256)
+    ids, out = e.publish_many([("t", b"%d" % i, 2, False, b"") for i in range(65535)], 1.0)
+    assert ids[0] == 2 and ids[-1] == 1
+    assert _reserved(out) == [(2, 1)]  # every id, from the one after where it began
+
+
 def test_retract_gives_the_unsynced_reservation_back() -> None:
     e = connected(reserve_packet_ids=4)
     before = e.state.snapshot_fields()
