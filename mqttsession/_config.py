@@ -336,7 +336,8 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
     "willqos": ("WillQOS", "QoS (0..2) of the will message (``Client.will_topic``)."),
     "willretain": ("WillRetain", "RETAIN flag of the will message."),
     "topicdelimiter": ("TopicDelimiter", "Separates several filters in one ``subscribe`` /"
-                       " ``unsubscribe`` string."),
+                       " ``unsubscribe`` string (spaces around each are dropped; a string"
+                       " without it is one filter, taken as given)."),
     "autoreconnect": ("AutoReconnect", "Reconnect after a lost connection (with backoff between"
                       " ``ReconnectDelayMin`` and ``ReconnectDelayMax``) and resume the session."),
     "reconnectdelaymin": ("ReconnectDelayMin", "Seconds before the first reconnect attempt: a"

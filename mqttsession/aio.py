@@ -37,6 +37,7 @@ from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .mesh import new_client
 from .options import Options
+from .validation import split_filters, text_payload
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -311,7 +312,7 @@ class AsyncSession:
         """Publish (text is UTF-8); returns the packet id once the message is in the session
         (durable with a state file); it goes out now, or on connect."""
         c = self._check()
-        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        data = text_payload(payload) if isinstance(payload, str) else payload
         # in the order awaited (nothing here awaits before the message is in the session);
         # always the group commit: the fsync waits in the executor, not on the loop
         try:
@@ -402,7 +403,7 @@ class AsyncSession:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
         c = self._check()
         delimiter = c.config("TopicDelimiter")
-        filters = [f.strip() for f in topic_filter.split(delimiter)]
+        filters = split_filters(topic_filter, delimiter)
         futures: list[tuple[str, asyncio.Future[int]]] = []
         if c.connected:
             for f in filters:

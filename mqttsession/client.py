@@ -38,7 +38,8 @@ from .events import (
     UnsubscribedEvent,
 )
 from .state import Accepted, validate_qos
-from .validation import validate_publish_topic, validate_subscribe_filter
+from .validation import (split_filters, text_payload, validate_publish_topic,
+                         validate_subscribe_filter)
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -108,7 +109,7 @@ def _messages(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Publi
             raise UsageError(f"publish_many takes (topic, qos, data) tuples or PublishRequest"
                              f" values, got {type(m).__name__}")
         payload, packed = _message(
-            c, topic, qos, data.encode("utf-8") if isinstance(data, str) else data, props)
+            c, topic, qos, text_payload(data) if isinstance(data, str) else data, props)
         items.append((topic, payload, qos,
                       c._settings.retain if retain is None else bool(retain), packed))
     return items
@@ -118,7 +119,20 @@ def _filters(topic_filter: str, delimiter: str) -> list[str]:
     """The filters of a ``subscribe`` / ``unsubscribe`` string, each checked."""
     if not isinstance(topic_filter, str):
         raise UsageError(f"topic filter must be str, got {type(topic_filter).__name__}")
-    return [validate_subscribe_filter(f.strip()) for f in topic_filter.split(delimiter)]
+    return [validate_subscribe_filter(f) for f in split_filters(topic_filter, delimiter)]
+
+
+def _timeout(timeout: float | None) -> float | None:
+    if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0):
+        raise UsageError(f"timeout must be None or seconds >= 0, got {timeout!r}")
+    return timeout
+
+
+def _ackable(message: MessageEvent | int) -> MessageEvent | int:
+    if not isinstance(message, MessageEvent) and type(message) is not int:
+        raise UsageError(f"ack takes an on_message_in event or its packet id, got"
+                         f" {type(message).__name__}")
+    return message
 
 
 def _target(host: object, port: object, timeout: object) -> tuple[str, int, float]:
@@ -444,7 +458,7 @@ class Client:
         """Publish text (UTF-8); returns the packet id (0: see ``publish_data``)."""
         if not isinstance(message, str):
             raise UsageError(f"message must be str, got {type(message).__name__}")
-        return self.publish_data(topic, qos, message.encode("utf-8"), retain=retain,
+        return self.publish_data(topic, qos, text_payload(message), retain=retain,
                                  properties=properties)
 
     def publish_data(self, topic: str, qos: int, data: bytes, *, retain: bool | None = None,
@@ -557,7 +571,7 @@ class Client:
         Not from an event callback: those run on the thread that processes the acks.
         """
         live(self, "flush")
-        return self._driver.flush(timeout)
+        return self._driver.flush(_timeout(timeout))
 
     # ================================================================== subscriptions
 
@@ -587,7 +601,7 @@ class Client:
         has dropped since (the broker sends that message again). Any thread, and callbacks.
         """
         live(self, "ack")
-        return self._driver.ack(message)
+        return self._driver.ack(_ackable(message))
 
     # ================================================================== save / restore
 

@@ -48,6 +48,7 @@ from .client import Client
 from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .options import Options, TlsOptions, format_address, parse_address
+from .validation import split_filters
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -363,7 +364,7 @@ class Session:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
         self._check("subscribe")
         delimiter = self._client.config("TopicDelimiter")
-        filters = [f.strip() for f in topic_filter.split(delimiter)]
+        filters = split_filters(topic_filter, delimiter)
         waits: list[tuple[str, threading.Event, list[int]]] = []
         if self._client.connected:
             with self._suback_lock:

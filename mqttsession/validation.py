@@ -126,6 +126,14 @@ def validate_filter(topic_filter: object) -> str:
     return topic_filter
 
 
+def split_filters(topic_filter: str, delimiter: str) -> list[str]:
+    """The filters of a ``subscribe`` / ``unsubscribe`` string: one filter is taken as given
+    (spaces are part of a topic); in a list, spaces around each are dropped ("a, b")."""
+    if delimiter not in topic_filter:
+        return [topic_filter]
+    return [f.strip() for f in topic_filter.split(delimiter)]
+
+
 def validate_subscribe_filter(topic_filter: object) -> str:
     """A filter to send in a SUBSCRIBE / UNSUBSCRIBE: ``validate_filter``'s, and no control
     character or non-character (a broker may drop the connection: a stored subscription would
@@ -141,14 +149,19 @@ def validate_subscribe_filter(topic_filter: object) -> str:
     return topic_filter
 
 
+def text_payload(text: str, what: str = "message") -> bytes:
+    """A text payload as UTF-8 (``UsageError`` for text that has none: lone surrogates)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"{what} is not valid UTF-8: {exc}") from None
+
+
 def will_payload(message: object) -> bytes:
     """A will message's payload: bytes, or text (UTF-8); at most 65,535 bytes, its length
     being two bytes in CONNECT (MQTT 3.1.3.3) (``UsageError``)."""
     if isinstance(message, str):
-        try:
-            message = message.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise UsageError(f"will_message is not valid UTF-8: {exc}") from None
+        message = text_payload(message, "will_message")
     if not isinstance(message, (bytes, bytearray)):
         raise UsageError(f"will_message must be bytes or str, got {type(message).__name__}")
     if len(message) > 65535:

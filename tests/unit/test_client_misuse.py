@@ -259,3 +259,51 @@ def test_an_event_an_async_session_cannot_deliver_is_logged_without_its_payload(
     s.client.on_message_in(MessageEvent(5, "t/secret", 1, b"pin=1234", False, False))
     assert [r.getMessage() for r in caplog.records] == [
         "MessageEvent dropped: the session was never started"]
+
+
+BAD_TEXT = "reading \udcff"  # (read with errors="surrogateescape": no UTF-8 for it)
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.publish_message("a/b", 1, BAD_TEXT),
+    lambda c: c.publish_many([("a/b", 1, BAD_TEXT)]),
+    lambda c: c.publish_many([PublishRequest("a/b", 1, BAD_TEXT)]),
+    lambda c: c.ack("x"),
+    lambda c: c.ack(None),
+    lambda c: c.flush("1"),
+    lambda c: c.flush(-1),
+    lambda c: c.flush(float("nan")),
+], ids=["text", "many-text", "many-request", "ack-str", "ack-none", "flush-str",
+        "flush-negative", "flush-nan"])
+def test_common_mistakes_are_usage_errors(call: Callable[[Client], object]) -> None:
+    """A paho-user hunt: raw ``UnicodeEncodeError``, ``AttributeError`` and ``TypeError``;
+    nothing is held after them."""
+    with Client(client_id="m", clean_session=False) as c:
+        with pytest.raises(UsageError):
+            call(c)
+        assert not c.outgoing_messages
+
+
+def test_an_async_session_refuses_text_without_utf8(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="m-aio",
+                                      state_file=tmp_path / "aio.session", connect=False)
+        with pytest.raises(UsageError, match="not valid UTF-8"):
+            await s.publish("a/b", BAD_TEXT)
+        with pytest.raises(UsageError, match="not valid UTF-8"):
+            await s.publish_many([("a/b", 1, BAD_TEXT)])
+        assert not s.client.outgoing_messages
+        await s.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("given, filters", [
+    ("a/b ", ["a/b "]), (" a", [" a"]), ("a, b ,c", ["a", "b", "c"]), ("x/#", ["x/#"]),
+])
+def test_one_filter_is_taken_as_given_and_a_list_is_trimmed(given: str,
+                                                            filters: list[str]) -> None:
+    """Spaces are part of a topic: ``subscribe("a/b ")`` subscribed to ``a/b`` (a hunt)."""
+    with Client(client_id="m", clean_session=False) as c:
+        c.subscribe(given, 1)
+        assert sorted(c._engine.state.subscriptions) == sorted(filters)
