@@ -68,6 +68,10 @@ class GroupSync(Protocol):
         caller takes them back). Cancelled, they are released or taken back all the same,
         together."""
 
+    def pending(self, driver: Driver) -> asyncio.Future[Exception | None] | None:
+        """The sync job under way or due that ``driver``'s held publishes wait for (None:
+        none waits)."""
+
 
 _CLOSED: Final = _Closed()
 
@@ -498,14 +502,23 @@ class AsyncSession:
             return
         self._closing = closing = asyncio.get_running_loop().create_future()
         c = self._client
+        cancelled = False
         try:
-            await self.ack()  # taken; those still queued stay unacknowledged
-            if c.connected and c.outgoing_messages and not await self.flush(
-                    self._options.request_timeout_seconds):
-                log.warning("%s closes with %d unacknowledged messages",
-                            c.client_id, len(c.outgoing_messages))
-            await self._syncs_settled()
-            await self.ack()  # one a receive() already waiting handed out meanwhile
+            try:
+                await self.ack()  # taken; those still queued stay unacknowledged
+                if c.connected and c.outgoing_messages and not await self.flush(
+                        self._options.request_timeout_seconds):
+                    log.warning("%s closes with %d unacknowledged messages",
+                                c.client_id, len(c.outgoing_messages))
+            except asyncio.CancelledError:
+                cancelled = True  # the flush cut short; never what follows (raised after it)
+            tail = asyncio.ensure_future(self._close_tail())
+            while not tail.done():
+                try:
+                    await asyncio.shield(tail)
+                except asyncio.CancelledError:
+                    cancelled = True
+            tail.result()
         finally:
             self._closed = True
             try:
@@ -521,15 +534,25 @@ class AsyncSession:
                     if not fut.done():
                         fut.set_result(False)
                 closing.set_result(None)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _close_tail(self) -> None:
+        """What ``close()`` does even when cancelled: the syncs under way settled (a publish
+        taken back after the file closed could be in its snapshot), the last ``ack``."""
+        await self._syncs_settled()
+        await self.ack()  # one a receive() already waiting handed out meanwhile
 
     async def _syncs_settled(self) -> None:
         """Publishes waiting for their sync end (released, or taken back and raised) before
         the file closes: one taken back after it could still be in the closing snapshot
-        (up to ``request_timeout_seconds``)."""
+        (up to ``request_timeout_seconds``); a gateway's session, its shared syncs."""
         deadline = asyncio.get_running_loop().time() + self._options.request_timeout_seconds
-        while self._syncing or self._awaiting_sync:
+        group, d = self._group, self._client._driver
+        while self._syncing or self._awaiting_sync or (
+                group is not None and group.pending(d) is not None):
             left = deadline - asyncio.get_running_loop().time()
-            job = self._sync_job
+            job = self._sync_job if group is None else group.pending(d)
             if left <= 0:
                 return
             if job is not None and not job.done():

@@ -465,6 +465,8 @@ class _StoreSync:
         self._store = store
         self._executor = executor
         self._waiting: list[_Held] = []
+        self._batch: list[_Held] = []  # the job's (``pending``)
+        self._job: asyncio.Future[Exception | None] | None = None
         self._busy = False
 
     def wait_held(self, driver: Driver, tokens: tuple[tuple[int, int, int], ...]
@@ -475,6 +477,12 @@ class _StoreSync:
             self._next()
         return fut
 
+    def pending(self, driver: Driver) -> asyncio.Future[Exception | None] | None:
+        """The job ``driver``'s held publishes wait for (``AsyncSession.close``)."""
+        if any(d is driver for d, _, _ in self._waiting + self._batch):
+            return self._job
+        return None
+
     def _sync(self, gen: int, pos: int) -> Exception | None:
         try:
             self._store.sync_to(gen, pos)
@@ -484,12 +492,13 @@ class _StoreSync:
 
     def _next(self) -> None:
         batch, self._waiting = self._waiting, []
-        self._busy = bool(batch)
+        self._busy, self._batch, self._job = bool(batch), batch, None
         if not batch:
             return
         gen, pos = max(tokens[-1][1:] for _, tokens, _ in batch)
         job = asyncio.get_running_loop().run_in_executor(self._executor, self._sync, gen, pos)
         job.add_done_callback(lambda f: self._done(batch, f))
+        self._job = job
 
     def _done(self, batch: list[_Held], f: asyncio.Future[Exception | None]) -> None:
         try:
@@ -626,8 +635,9 @@ class AsyncGateway(_Sessions):
         last_i, last_c, last_token = waits[-1]
         settled: set[int] = set()
         awaiting = last_i  # its future, cancelled, is the sync callback's to settle
+        fut = self._sync.wait_held(last_c._driver, (last_token,))  # noqa: SLF001
         try:
-            err = await self._sync.wait_held(last_c._driver, (last_token,))  # noqa: SLF001
+            err = await fut
             settled.add(last_i)
             done = {id(last_c._driver)}  # noqa: SLF001  (the sync's callback released it)
             for i, c, token in waits:
@@ -639,7 +649,9 @@ class AsyncGateway(_Sessions):
                     settled.add(i)
                     continue
                 awaiting = i
-                e = err if i == last_i else await self._sync.wait_held(d, (token,))
+                if i != last_i:
+                    fut = self._sync.wait_held(d, (token,))
+                e = err if i == last_i else await fut
                 settled.add(i)
                 if e is not None:
                     try:
@@ -648,10 +660,11 @@ class AsyncGateway(_Sessions):
                         errors[i], ids[i] = exc, None
         finally:
             for i, c, token in waits:
-                if i not in settled and i != awaiting:
-                    # cancelled: the sync under way decides, as for a cancelled publish (its
-                    # callback releases each message if durable, else takes it back)
+                if i not in settled and i != awaiting:  # cancelled: the sync under way
+                    # decides (its callback releases each if durable, else takes it back)
                     self._sync.wait_held(c._driver, (token,)).cancel()  # noqa: SLF001
+                elif i not in settled and fut.done() and not fut.cancelled() and fut.result():
+                    c._driver.release_quietly(token, fut.result())  # (error given: taken back)
 
     @property
     def sessions(self) -> dict[str, AsyncSession]:

@@ -1,0 +1,205 @@
+"""The asyncio front ends cancelled around a failed fdatasync (a cancellation hunt; each case
+failed before its fix): a publish whose await was cancelled after its sync failed must be
+taken back (the caller saw only ``CancelledError``, never a success), and a ``close()``
+cancelled half way still settles the syncs under way and the last ``ack``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqttsession.groupcommit as groupcommit_mod
+from mqttsession import AsyncGateway, Options
+from mqttsession.gateway import _StoreSync
+
+try:  # tests/integration may or may not be a package
+    from . import _faults, _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _faults  # type: ignore[no-redef]
+    import _procs  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+_REAL_FDATASYNC = os.fdatasync
+
+
+class _FailOnce:
+    """A module's ``os``: once ``armed``, the next fdatasync fails with EIO."""
+
+    armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        _REAL_FDATASYNC(fd)
+
+
+def test_a_gateway_publish_many_cancelled_after_its_sync_failed_is_taken_back(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel lands after the sync's callback handed the error to the waiting future,
+    before the task resumed (a ``wait_for`` deadline in the same loop iteration). Before, the
+    message stayed held and went out with the next publish."""
+    failing = _FailOnce()
+    monkeypatch.setattr(groupcommit_mod, "os", failing)
+    tag = _procs.unique("gpm")
+    topic = f"mqs/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    tasks: list[asyncio.Task[Any]] = []
+    real_done = _StoreSync._done
+
+    def done(self: _StoreSync, batch: Any, f: Any) -> None:
+        real_done(self, batch, f)
+        for t in tasks:
+            t.cancel()
+
+    async def main() -> None:
+        async with AsyncGateway(tmp_path / "gw") as gw:
+            s = await gw.session(_procs.unique("gs"), Options(address=mosquitto.address,
+                                                               request_timeout_seconds=5),
+                                 session_sync="always")
+            await s.publish(topic, _procs.payload(tag, 1), 1)
+            monkeypatch.setattr(_StoreSync, "_done", done)
+            failing.armed = True
+            tasks.append(asyncio.create_task(gw.publish_many([(s, topic, 1,
+                                                               _procs.payload(tag, 2))])))
+            (r,) = await asyncio.gather(*tasks, return_exceptions=True)
+            monkeypatch.setattr(_StoreSync, "_done", real_done)
+            assert isinstance(r, asyncio.CancelledError), r
+            assert not s.client.outgoing_messages  # taken back
+            await s.publish(topic, f"{tag}:END", 2)
+            assert await s.flush(_procs.TIMEOUT)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+        counter.wait_payload(f"{tag}:END")
+        assert counter.counts(tag) == {1: 1}, counter.counts(tag)
+    finally:
+        counter.close()
+
+
+def _judge(results: list[Any], counter: Any, tag: str) -> None:
+    """Each publish returned (delivered after the restart) or raised (never delivered)."""
+    for n, r in enumerate(results):
+        delivered = counter.counts(tag)[n]
+        assert delivered == (0 if isinstance(r, BaseException) else 1), (n, r, delivered)
+    assert any(isinstance(r, BaseException) for r in results)  # (the failed sync's)
+
+
+@pytest.mark.parametrize("cancel", [True, False], ids=["close-cancelled", "close"])
+@pytest.mark.parametrize("host", ["session", "gateway"])
+def test_close_waits_for_a_failing_sync_even_cancelled(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str,
+        cancel: bool) -> None:
+    """Offline, ``always``: ten publishes wait for an fdatasync that fails; ``close()`` runs
+    meanwhile (and is cancelled). Before: a cancelled ``AsyncSession.close()`` closed the file
+    at once (a publish that raised came back in the closing snapshot, delivered after the
+    restart); a gateway session's ``close()`` never waited for the shared sync (it blocked
+    the loop in its compaction, and publishes told success were lost)."""
+    import mqttsession.journal as journal_mod
+
+    from mqttsession import AsyncSession
+
+    failing = _faults.StuckThenEIO()
+    monkeypatch.setattr(groupcommit_mod if host == "gateway" else journal_mod, "os", failing)
+    tag = _procs.unique("close")
+    topic = f"mqs/{tag}"
+    cid = _procs.unique("c")
+    opts = Options(address=mosquitto.address, request_timeout_seconds=5)
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def waits(s: Any) -> list[Any]:
+        failing.armed = True
+        tasks = [asyncio.create_task(s.publish(topic, _procs.payload(tag, n), 1))
+                 for n in range(10)]
+        assert await asyncio.to_thread(failing.entered.wait, 10)
+        closer = asyncio.create_task(s.close())
+        await asyncio.wait([closer], timeout=0.05)
+        assert not closer.done()  # (waits, off the loop)
+        if cancel:
+            closer.cancel()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, failing.gate.set)  # then the sync fails
+        with contextlib.suppress(asyncio.CancelledError):
+            await closer
+        assert s.closed
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+
+    async def first() -> list[Any]:
+        if host == "gateway":
+            async with AsyncGateway(tmp_path / "gw") as gw:
+                return await waits(await gw.session(cid, opts, session_sync="always",
+                                                    connect=False))
+        return await waits(await AsyncSession.create(opts, client_id=cid, connect=False,
+                                                     state_file=tmp_path / "s.session"))
+
+    async def again() -> None:
+        if host == "gateway":
+            async with AsyncGateway(tmp_path / "gw") as gw:
+                s = await gw.session(cid, opts, session_sync="always")
+                await s.publish(topic, f"{tag}:END", 2)
+                assert await s.flush(_procs.TIMEOUT)
+            return
+        async with AsyncSession(opts, client_id=cid, state_file=tmp_path / "s.session") as s:
+            await s.publish(topic, f"{tag}:END", 2)
+            assert await s.flush(_procs.TIMEOUT)
+
+    try:
+        results = asyncio.run(first())
+        monkeypatch.setattr(groupcommit_mod if host == "gateway" else journal_mod, "os", os)
+        asyncio.run(asyncio.wait_for(again(), 60))
+        counter.wait_payload(f"{tag}:END")
+        _judge(results, counter, tag)
+    finally:
+        counter.close()
+
+
+def test_a_cancelled_close_still_acks_what_a_waiting_receive_took(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path) -> None:
+    """A ``receive()`` waiting when ``close()`` began is handed a QoS 2 message during its
+    flush; ``close()`` is then cancelled. Before, its last ``ack()`` was skipped: the next
+    session handed the message out again (a QoS 2 duplicate)."""
+    from mqttsession import AsyncSession
+
+    proxy = mqtt_proxy_factory(mosquitto)
+    proxy.drop("s2c", "PUBACK")  # close() waits in its flush
+    cid, topic = _procs.unique("f"), f"mqs/{_procs.unique('f')}"
+    state = tmp_path / "f.session"
+    seen: list[bytes | None] = []
+
+    async def first() -> None:
+        s = await AsyncSession.create(Options(address=proxy.address, request_timeout_seconds=3),
+                                      client_id=cid, state_file=state)
+        await s.subscribe(topic, 2)
+        waiting = asyncio.create_task(s.receive(10))
+        await s.publish(topic + "/other", "x", 1)
+        closing = asyncio.create_task(s.close())
+        while not s._idle:  # (close() flushes)
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(_procs.publish_direct, mosquitto.host, mosquitto.port, topic,
+                                [(2, "q2-msg")])
+        m = await waiting
+        seen.append(m and m.message)
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        assert s.closed
+
+    async def second() -> None:
+        async with AsyncSession(Options(address=mosquitto.address, request_timeout_seconds=3),
+                                client_id=cid, state_file=state) as s:
+            while (m := await s.receive(1.5)) is not None:
+                seen.append(m.message)
+
+    asyncio.run(asyncio.wait_for(first(), 60))
+    asyncio.run(asyncio.wait_for(second(), 60))
+    assert seen == [b"q2-msg"], seen
