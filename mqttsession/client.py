@@ -425,9 +425,9 @@ class Client:
     def connect(self, host: str = "localhost", port: int = 1883, timeout: float = 30.0) -> None:
         """Connect and block until CONNACK; the network loop then runs in a background thread.
 
-        Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK within
-        ``timeout`` seconds; ``UsageError`` for an empty client_id with clean_session False,
-        or after ``close()``. With ``config("FailoverServers=host:port,...")`` the servers
+        Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK (and
+        ``on_connected`` returned) within ``timeout`` s; ``UsageError`` for an empty
+        client_id with clean_session False, or after ``close()``. With ``config("FailoverServers=host:port,...")`` the servers
         listed are tried after this one, in order, each once (``timeout`` per server);
         ``ConnectError`` only when none accepted (naming each one's failure). A lost connection
         then reconnects to the next server in that list, round robin.

@@ -37,11 +37,20 @@ log = logging.getLogger("mqttsession")
 _TICK_EVERY = 0.5  # seconds between the engine's timer rounds
 
 
+def _late(heard: bool, where: str, timeout: float) -> str:
+    """Why a connect attempt timed out: no CONNACK, or ``on_connected`` still running."""
+    if heard:
+        return (f"{where} accepted the connection, but on_connected (or the resume after it)"
+                f" did not return within {timeout} s: connection closed")
+    return f"no CONNACK from {where} within {timeout} s"
+
+
 class Connecting(Durability):
     """``connect()`` and its end, for the ``Driver`` (its attributes are the Driver's)."""
 
     _connack: threading.Event  # set by a CONNACK (or a failure) a connect() waits for
     _connack_result: tuple[int, str]
+    _connack_heard: bool
     _connack_waiter: Callable[[], None] | None  # an asyncio connect()'s wake-up
     _connack_within: float  # a CONNACK's timeout (connect()'s, also a reconnect's)
     _gen: int  # one more at each connect() and disconnect(): an attempt of an older one ends
@@ -99,7 +108,7 @@ class Connecting(Durability):
             self.engine.connecting(format_address(host, port))
             self._tries, self._lost = 0, False
             self._connack.clear()
-            self._connack_result = (-1, "")
+            self._connack_result, self._connack_heard = (-1, ""), False
             return conn
 
     def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int,
@@ -228,7 +237,7 @@ class Connecting(Durability):
             raise
         if not got:
             self._teardown(conn)
-            raise ConnectError(f"no CONNACK from {format_address(*target)} within {timeout} s")
+            raise ConnectError(_late(self._connack_heard, format_address(*target), timeout))
         self._connected(format_address(*target), params)
 
     async def connect_async(self, host: str, port: int, timeout: float,

@@ -59,6 +59,7 @@ class Driver(Connecting):
         self.close_after: Callable[[], None] | None = None  # a close() there: after its ack
         self._connack = threading.Event()
         self._connack_result: tuple[int, str] = (-1, "")
+        self._connack_heard = False  # an accepting CONNACK came; on_connected may still run
         self._next_tick = 0.0
         self.pump: AsyncioPump | None = None  # asyncio: the loop drives the connection
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
@@ -325,6 +326,7 @@ class Driver(Connecting):
         redirect = self._follow(rc, server_reference) if rc != 0 else None
         self._connack_by = 0.0
         if rc == 0:
+            self._connack_heard = True
             with self.lock:
                 if self.servers is not None:
                     self.servers.accepted()

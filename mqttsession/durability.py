@@ -49,6 +49,14 @@ class Host(Protocol):
         """Run ``coro`` on the loop and wait for it (from another thread)."""
 
 
+def _on_loop(*loops: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether the caller runs on one of ``loops``."""
+    try:
+        return asyncio.get_running_loop() in loops
+    except RuntimeError:
+        return False
+
+
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
@@ -108,8 +116,7 @@ class Durability:
     def flush(self, timeout: float | None) -> bool:
         """``Client.flush``: wait until no outgoing message is held; False on timeout, or
         when the Client closes meanwhile with messages held."""
-        conn = self.conn
-        if conn is not None and conn.in_network_thread():
+        if self.in_callback():
             raise UsageError("flush() inside an event callback would wait forever")
         if self.closed:
             raise UsageError("flush() after close()")
@@ -117,6 +124,13 @@ class Durability:
             self.changed.wait_for(lambda: self.closed or not (
                 self.engine.state.outgoing or self.engine.state.spooled), timeout)
             return not (self.engine.state.outgoing or self.engine.state.spooled)
+
+    def in_callback(self) -> bool:
+        """Whether the caller runs the session's events: paho's thread, or the loop that
+        runs the session (connected or not: it would connect it), where nothing may wait."""
+        conn, pump, host = self.conn, self.pump, self.host
+        return conn is not None and conn.in_network_thread() or _on_loop(
+            pump.loop if pump is not None else None, host.loop if host is not None else None)
 
     def _release_batch(self) -> None:
         """The read batch's records so far made durable, then its held packets written."""

@@ -297,6 +297,9 @@ class Session:
         then disconnect; ``end_session`` also ends the session on the broker."""
         if self._closed:
             return
+        if self._opened and self._client._driver.in_callback():  # noqa: SLF001
+            raise UsageError("close() inside an event callback would wait forever for the"
+                             " acks it handles: close from another thread")
         self._closed = True
         self._slots.close()  # a network thread waiting for room queues nothing more
         try:
@@ -361,12 +364,14 @@ class Session:
         return self._check("publish_many").publish_many(messages)
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
-        """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
+        """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused),
+        unless called inside an event callback."""
         self._check("subscribe")
         delimiter = self._client.config("TopicDelimiter")
         filters = split_filters(topic_filter, delimiter)
         waits: list[tuple[str, threading.Event, list[int]]] = []
-        if self._client.connected:
+        # (inside an event callback: not waited for, the SUBACK comes after it returns)
+        if self._client.connected and not self._client._driver.in_callback():  # noqa: SLF001
             with self._suback_lock:
                 for f in filters:
                     ev, box = threading.Event(), list[int]()
