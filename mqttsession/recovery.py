@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Final
 
 from . import codec
-from .errors import MQTTSessionError, NewerFormatError, PersistenceError, StateError
+from .errors import MQTTSessionError, NewerFormatError, PersistenceError, StateError, UsageError
 from .state import SessionState
 
 __all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "keep_cut_copy", "load", "move_aside",
@@ -202,6 +202,45 @@ def keep_cut_copy(path: str, data: bytes, valid: int) -> str:
               " before the write-back reached every page, or damage): the file as found is kept"
               " as %s", path, valid, n, aside)
     return f"; {n} valid records after it, the file kept as {aside}"
+
+
+def same_file(a: str, b: str, shared: bool = False) -> bool:
+    """Whether two ``SessionStateFile`` values name one file (``./x`` and ``x``, a link);
+    ``shared``: a gateway's ``LOG#client_id`` names, equal or not."""
+    return a == b or (bool(a) and bool(b) and not shared
+                      and os.path.realpath(a) == os.path.realpath(b))
+
+
+#: What the longest name made beside a state file adds to it (``.journal.unrestored-<time>``).
+SUFFIX_BYTES: Final = 35
+
+
+def check_name(path: str) -> str:
+    """``path`` made absolute, its directory resolved (a later ``chdir`` moves nothing);
+    ``UsageError`` when the names made beside it (journal, temp files, copies set aside,
+    disk-queue segments) would be too long for the file system: refused here, not when a
+    write, a compaction or a copy set aside fails in the middle of a run."""
+    if path.endswith(os.sep):
+        raise UsageError(f"SessionStateFile {path} names a directory: give a file's name")
+    folder, base = os.path.split(os.path.join(os.getcwd(), path))
+    # its directory as the kernel finds it ("link/.." through a symlink), the name as given
+    # (a symlink there is refused when opened): one form for every name made from it
+    folder = os.path.realpath(folder)
+    path = os.path.join(folder, base)
+    try:
+        name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):  # (a missing directory: ``require_directory`` names it)
+        name_max, path_max = 255, 4096
+    size, whole = len(os.fsencode(base)), len(os.fsencode(path))
+    if size + SUFFIX_BYTES > name_max:
+        raise UsageError(f"SessionStateFile {path}: its name is {size} bytes; the names made"
+                         f" beside it add up to {SUFFIX_BYTES} more, past the file system's"
+                         f" {name_max}: choose a shorter one")
+    if whole + 160 > path_max:
+        raise UsageError(f"SessionStateFile {path}: the path is {whole} bytes; its disk queue's"
+                         f" files add up to 160 more, past the file system's {path_max}: choose"
+                         " a shorter one")
+    return path
 
 
 def move_aside(path: str, paths: tuple[str, ...], label: str) -> list[str]:

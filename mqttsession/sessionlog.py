@@ -350,7 +350,11 @@ class SessionLog:
                 if s.snap is None:
                     return False
                 gen, pos = lg._write(s, [_tagged(_END, s.sid, b"")], _END)
-            lg.sync_to(gen, pos)
+            try:
+                lg.sync_to(gen, pos)
+            except PersistenceError:  # the end frame cut (the session gone from memory,
+                with lg._mutex:  # not from the file): the log rewritten without it now
+                    lg._rotate(rebuild=True)
             self._unsynced = None
             return True
 

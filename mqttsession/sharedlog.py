@@ -618,6 +618,11 @@ class SharedLog(GroupCommit):
             view.close()
         with self._mutex:
             self._quiesce()
+            if self._broken and self._fd is not None:  # (a failed sync's cut: the file
+                try:  # as memory has it, a session ended there gone from both)
+                    self._rotate(rebuild=True)
+                except PersistenceError as exc:
+                    log.warning("shared log %s: not rebuilt at close: %s", self.path, exc)
             if self._fd is not None:
                 with self._write_lock:
                     try:

@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import threading
-from typing import Callable, Final, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from . import codec
 from .errors import MQTTSessionError, PersistenceError, StateError, UsageError
@@ -25,6 +25,7 @@ from .journal import Journal, require_directory
 from .sessionlog import SessionLog
 from .sharedlog import SharedLog
 from .records import ClockOffset, Loaded, OutgoingMessage, SpoolMark, Spooled
+from .recovery import check_name, same_file, unreadable
 from .spool import SEGMENT_BYTES, Spool
 from .state import Accepted, Record, SessionState, message_bytes
 
@@ -181,61 +182,22 @@ class MemoryStore:
         self.flush()
 
 
-def same_file(a: str, b: str, shared: bool = False) -> bool:
-    """Whether two ``SessionStateFile`` values name one file (``./x`` and ``x``, a link);
-    ``shared``: a gateway's ``LOG#client_id`` names, equal or not."""
-    return a == b or (bool(a) and bool(b) and not shared
-                      and os.path.realpath(a) == os.path.realpath(b))
-
-
-#: What the longest name made beside a state file adds to it (``.journal.unrestored-<time>``).
-SUFFIX_BYTES: Final = 35
-
-
-def check_name(path: str) -> str:
-    """``path`` made absolute, its directory resolved (a later ``chdir`` moves nothing);
-    ``UsageError`` when the names made beside it (journal, temp files, copies set aside,
-    disk-queue segments) would be too long for the file system: refused here, not when a
-    write, a compaction or a copy set aside fails in the middle of a run."""
-    if path.endswith(os.sep):
-        raise UsageError(f"SessionStateFile {path} names a directory: give a file's name")
-    folder, base = os.path.split(os.path.join(os.getcwd(), path))
-    # its directory as the kernel finds it ("link/.." through a symlink), the name as given
-    # (a symlink there is refused when opened): one form for every name made from it
-    folder = os.path.realpath(folder)
-    path = os.path.join(folder, base)
-    try:
-        name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
-    except (OSError, ValueError):  # (a missing directory: ``require_directory`` names it)
-        name_max, path_max = 255, 4096
-    size, whole = len(os.fsencode(base)), len(os.fsencode(path))
-    if size + SUFFIX_BYTES > name_max:
-        raise UsageError(f"SessionStateFile {path}: its name is {size} bytes; the names made"
-                         f" beside it add up to {SUFFIX_BYTES} more, past the file system's"
-                         f" {name_max}: choose a shorter one")
-    if whole + 160 > path_max:
-        raise UsageError(f"SessionStateFile {path}: the path is {whole} bytes; its disk queue's"
-                         f" files add up to 160 more, past the file system's {path_max}: choose"
-                         " a shorter one")
-    return path
-
-
 def _put_back(j: Journal | SessionLog, state: SessionState, kept: list[str]) -> None:
     """A session ``keep_aside`` moved to ``kept`` back in place (its disk queue could not
     follow); ``PersistenceError`` naming where it is when it cannot be."""
     try:
         if isinstance(j, SessionLog):  # (written out of the gateway's log: written back)
             j.compact(state)
-            for name in kept:
-                os.unlink(name)
-            return
         for aside in reversed(kept):  # the journal before its snapshot (a cut between: the
-            os.replace(aside, aside[:aside.rindex(".unrestored-")])  # journal alone, refused)
+            if isinstance(j, SessionLog):  # journal alone, refused)
+                os.unlink(aside)
+            else:
+                os.replace(aside, aside[:aside.rindex(".unrestored-")])
     except (OSError, PersistenceError) as exc:
         raise PersistenceError(getattr(exc, "errno", None), f"the session's disk queue could"
                                f" not be kept aside and its state file, moved to {kept}, not"
-                               f" put back ({exc}): move it back to {j.path} before"
-                               " restoring") from exc
+                               f" put back ({exc}): move it back to {j.path} before restoring"
+                               ) from exc
 
 
 class StateFile:
@@ -341,7 +303,11 @@ class StateFile:
                 synced = j.fsync(rewrite=self.interval)  # (a failed sync left them clean?)
             except PersistenceError as exc:
                 log.warning("%s", exc)
-        spool.recover(state.spool_next, sync_open=synced, rewrite=self.interval)
+        try:
+            spool.recover(state.spool_next, sync_open=synced, rewrite=self.interval)
+        except OSError as exc:  # (EIO reading a segment: told as the library's error)
+            spool.close()
+            raise unreadable(f"cannot read the disk queue {spool.dir}", exc) from exc
         if (self.sync and not self.interval and state.spool_last >= max(state.spool_next, 1)
                 and max(spool.last_seq, spool.newest_first) < state.spool_last):  # (always:
                 # what a snapshot names was synced; a ``SpoolMark``, a segment's header)
@@ -606,10 +572,10 @@ class StateFile:
         snapshot. The file is owned first, as a publish owns it (its lock; a session in it
         not restored is kept aside). ``closing`` leaves alone a file this session never
         owned, or whose session it neither restored nor wrote over: nothing of it to save."""
+        if closing and not self.owned:  # (a gateway's session whose restore failed too:
+            return  # an empty state compacted over the log's session lost its messages)
         if self.journal is None and self.shared is not None:
             self.journal = self._new(state.client_id)
-        elif closing and not self.owned:
-            return
         elif self.journal is None and self.path:
             require_directory(self.path)  # a UsageError that names it, not ENOENT
             self.open(state)
