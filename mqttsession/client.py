@@ -125,7 +125,7 @@ def _filters(topic_filter: str, delimiter: str) -> list[str]:
 def _timeout(timeout: float | None) -> float | None:
     if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0):
         raise UsageError(f"timeout must be None or seconds >= 0, got {timeout!r}")
-    return timeout
+    return None if timeout is not None and timeout > 1e9 else timeout  # (inf: no time_t)
 
 
 def _ackable(message: MessageEvent | int) -> MessageEvent | int:

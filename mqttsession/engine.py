@@ -118,8 +118,7 @@ class Engine(Outgoing):
 
     @property
     def server(self) -> str:
-        """``host:port`` of the connection a CONNACK accepted (also inside on_connected),
-        ``""`` without one."""
+        """``host:port`` a CONNACK accepted (also in on_connected), ``""`` without one."""
         return (self.broker or "") if self._live else ""
 
     def owed_messages(self) -> list[MessageEvent]:
@@ -182,9 +181,8 @@ class Engine(Outgoing):
         if not session_present:
             self._end_release()  # the broker holds no flow of ours
             # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
-            # out of packet-id space now, durably, so that the new session's PUBLISH with the
-            # same id is never taken for a duplicate of one of them [MQTT-4.3.3-10], whenever
-            # this process dies; they are delivered from the orphans list
+            # out of packet-id space now, durably (the new session's PUBLISH with the same id
+            # is never a duplicate of one [MQTT-4.3.3-10]); delivered from the orphans list
             orphaned = self.state.orphan()
             if orphaned is not None:
                 records.append(orphaned)
@@ -684,11 +682,13 @@ class Engine(Outgoing):
         self._recovered()
         self.restored_expired = expired
         self.subs.restored()
+        out = [rec, *self.read_clock(now, mono)]
         if self.conn is ConnState.RESUMING:  # in on_connected: a move judged by this session
-            self._moving()
+            self._moving()  # (then this connection's record: a broker has accepted it now)
             self._never_accepted = state.connected_at is None
+            out.append(state.connected(now, self.broker, self.session_present))
         self.dropped = self.expired = 0
-        return [rec, *self.read_clock(now, mono)]
+        return out
 
 
 def _with_properties(state: SessionState) -> bool:

@@ -386,3 +386,33 @@ def test_a_session_no_broker_had_is_not_reported_lost(mosquitto_factory: Any, tm
         assert lost.resubscribed == ((f"{topic}/cmd", 1),)
     finally:
         again.close()
+
+
+def test_a_session_restored_in_on_connected_counts_as_accepted(mosquitto_factory: Any) -> None:
+    """A session saved by a client that never connected, restored inside the first
+    ``on_connected`` (SUBACK received): a broker restart that forgets it is reported (a
+    review: its ``connected_at`` stayed unset, so the loss was taken for a first connect)."""
+    broker = mosquitto_factory()
+    offline = _client(unique("gw"), 5)
+    offline.subscribe("mqs/restored/cmd", 1)
+    saved = offline.save_session()
+    cid = offline.client_id
+    offline.close()
+    c = _client(cid, 5)
+    log = EventLog(c)
+    restored: list[bool] = []
+
+    def on_connected(_e: Any) -> None:
+        if not restored:  # (the first connection only)
+            restored.append(True)
+            c.restore_session(saved)
+
+    c.on_connected = on_connected
+    try:
+        c.connect(broker.host, broker.port)
+        log.wait("on_subscribed")
+        broker.restart()
+        lost = log.wait("on_session_lost")[0]
+        assert lost.resubscribed == (("mqs/restored/cmd", 1),)
+    finally:
+        c.close()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -307,3 +308,11 @@ def test_one_filter_is_taken_as_given_and_a_list_is_trimmed(given: str,
     with Client(client_id="m", clean_session=False) as c:
         c.subscribe(given, 1)
         assert sorted(c._engine.state.subscriptions) == sorted(filters)
+
+
+def test_flush_with_an_infinite_timeout_waits_without_overflow() -> None:
+    """``flush(float("inf"))`` raised a raw ``OverflowError`` (a review): no limit now."""
+    c = Client(client_id="m-inf", clean_session=False)
+    c.publish_data("t", 1, b"held")  # offline: flush waits until the client closes
+    threading.Timer(0.2, c.close).start()
+    assert c.flush(float("inf")) is False
