@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -450,8 +451,11 @@ def _load_files(path: str, client_id: str, damaged: Callable[[str], StateError],
         raise StateError(f"{path} has {os.lstat(path).st_nlink} names (hard links): a state"
                          " file must have one; refused, nothing written")
     if snapshot is None:
-        if os.path.lexists(journal_path):
-            raise damaged("journal without its snapshot")
+        if os.path.lexists(journal_path):  # (a kill -9 putting a session back between its
+            aside = sorted(glob.glob(glob.escape(path) + ".unrestored-*[0-9]"))  # two files)
+            raise damaged("journal without its snapshot" + (
+                f" (a snapshot set aside is {aside[-1]}: put it back at {path}, and this"
+                f" journal at {journal_path}, to restore the session)" if aside else ""))
         return SessionState(client_id=client_id, clean_session=False), 0, None, False
     try:
         state, digest = codec.decode_with_digest(snapshot)

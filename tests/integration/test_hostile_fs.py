@@ -507,3 +507,23 @@ def test_two_sessions_kept_aside_in_one_second_on_a_mounted_queue(
             "unrestored-20261205T120000", "unrestored-20261205T120000-2"]
     finally:
         subprocess.run(["umount", "-l", str(queue)], check=False)
+
+
+def test_a_journal_without_its_snapshot_names_the_snapshot_set_aside(tmp_path: Path) -> None:
+    """A kill -9 while a session is put back (the journal back, not yet its snapshot): the
+    damage error names the snapshot set aside (a review: it said only "journal without its
+    snapshot", the intact snapshot never named). Put back by hand, all six are there."""
+    path = _six_held(tmp_path)
+    aside = tmp_path / "s.unrestored-20261206T120000"
+    path.rename(aside)
+    c = _client(path, QueueInMemory=2)
+    with pytest.raises(StateError, match="s.unrestored-20261206T120000: put it back"):
+        c.restore_session("")
+    c.close()
+    aside.rename(path)
+    (damaged,) = tmp_path.glob("s.journal.damaged-*")
+    damaged.rename(tmp_path / "s.journal")
+    again = _client(path, QueueInMemory=2)
+    again.restore_session("")
+    assert [m.message for m in again.outgoing_messages] == SIX
+    again.close()
