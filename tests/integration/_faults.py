@@ -18,7 +18,7 @@ from mqttsession import store as store_mod
 from mqttsession.errors import PersistenceError
 from mqttsession.testing.faults import FakeOs
 
-__all__ = ["FlakyOs", "Outcomes", "StuckThenEIO", "count_failed_rewrites", "diff", "only_raised_extra"]
+__all__ = ["FailOnce", "FlakyOs", "Outcomes", "StuckThenEIO", "count_failed_rewrites", "diff", "only_raised_extra"]
 
 _REAL_FDATASYNC = os.fdatasync
 
@@ -62,6 +62,22 @@ class FlakyOs(FakeOs):
         if self.fail("ftruncate"):
             raise OSError(errno.EIO, "injected ftruncate")
         os.ftruncate(fd, n)
+
+
+class FailOnce:
+    """A module's ``os``: once ``armed``, the next fdatasync fails with EIO; every other call
+    is the real one."""
+
+    armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        _REAL_FDATASYNC(fd)
 
 
 class StuckThenEIO:

@@ -26,8 +26,10 @@ import pytest
 from mqttsession import AsyncSession, ConnectError, Options, UsageError
 
 try:  # tests/integration may or may not be a package
+    from . import _faults
     from ._procs import wait_until
 except ImportError:  # pragma: no cover - rootdir-relative import
+    import _faults  # type: ignore[no-redef]
     from _procs import wait_until  # type: ignore[no-redef]
 
 T = TypeVar("T")
@@ -319,24 +321,9 @@ def test_a_publish_cancelled_after_its_sync_failed_is_taken_back(
     """A publish whose shared fdatasync failed, cancelled before it could take its message
     back: the message is taken back all the same (before: it stayed held, and went out with
     the next record though its publisher saw only CancelledError)."""
-    import errno  # noqa: PLC0415
-    import os  # noqa: PLC0415
-
     from mqttsession import journal as journal_mod  # noqa: PLC0415
 
-    class _FailOnce:
-        armed = False
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
-        def fdatasync(self, fd: int) -> None:
-            if self.armed:
-                self.armed = False
-                raise OSError(errno.EIO, "injected EIO")
-            os.fdatasync(fd)
-
-    failing = _FailOnce()
+    failing = _faults.FailOnce()
     monkeypatch.setattr(journal_mod, "os", failing)
     real_settle = AsyncSession._settle
 
@@ -347,6 +334,7 @@ def test_a_publish_cancelled_after_its_sync_failed_is_taken_back(
                                         session_sync="always")
         try:
             await pub.publish(f"aio/cf/{tag}", b"first", 1)
+            assert await pub.flush(10)  # (its ack's record's sync never takes the failure)
             tasks: list[asyncio.Task[int]] = []
 
             def settle(self: AsyncSession, batch: Any, err: Exception | None) -> None:

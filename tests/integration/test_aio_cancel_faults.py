@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -26,30 +25,12 @@ except ImportError:  # pragma: no cover - rootdir-relative import
 
 pytestmark = pytest.mark.integration
 
-_REAL_FDATASYNC = os.fdatasync
-
-
-class _FailOnce:
-    """A module's ``os``: once ``armed``, the next fdatasync fails with EIO."""
-
-    armed = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        if self.armed:
-            self.armed = False
-            raise OSError(errno.EIO, "Input/output error (injected)")
-        _REAL_FDATASYNC(fd)
-
-
 def test_a_gateway_publish_many_cancelled_after_its_sync_failed_is_taken_back(
         mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cancel lands after the sync's callback handed the error to the waiting future,
     before the task resumed (a ``wait_for`` deadline in the same loop iteration). Before, the
     message stayed held and went out with the next publish."""
-    failing = _FailOnce()
+    failing = _faults.FailOnce()
     monkeypatch.setattr(groupcommit_mod, "os", failing)
     tag = _procs.unique("gpm")
     topic = f"mqs/{tag}"
@@ -68,6 +49,7 @@ def test_a_gateway_publish_many_cancelled_after_its_sync_failed_is_taken_back(
                                                                request_timeout_seconds=5),
                                  session_sync="always")
             await s.publish(topic, _procs.payload(tag, 1), 1)
+            assert await s.flush(_procs.TIMEOUT)  # (its ack's sync never takes the failure)
             monkeypatch.setattr(_StoreSync, "_done", done)
             failing.armed = True
             tasks.append(asyncio.create_task(gw.publish_many([(s, topic, 1,
