@@ -587,6 +587,11 @@ def test_a_failed_rebuild_raises_and_the_next_write_rebuilds(
     monkeypatch.undo()
     b.append([sb.accept("t", b"bee again", 1)], sb, sync=True)
     a.append([sa.accept("t", b"three", 1)], sa, sync=True)
+    _reopened_holds(log, shm, sa, sb)
+
+
+def _reopened_holds(log: SharedLog, shm: Path, sa: SessionState, sb: SessionState) -> None:
+    """``log`` closed and opened again: sessions "a" and "b" are ``sa`` and ``sb``."""
     log.close()
     log = SharedLog(str(shm))
     assert codec.encode(log.session("a").recover()) == codec.encode(sa)
@@ -656,11 +661,7 @@ def test_a_session_whose_first_snapshot_failed_attaches_later_with_its_id(
     b.append([sb.accept("t", b"b1", 1)], sb, sync=True)
     a.compact(sa)
     a.append([sa.accept("t", b"a1", 1)], sa, sync=True)
-    log.close()
-    log = SharedLog(str(shm))
-    assert codec.encode(log.session("a").recover()) == codec.encode(sa)
-    assert codec.encode(log.session("b").recover()) == codec.encode(sb)
-    log.close()
+    _reopened_holds(log, shm, sa, sb)
 
 
 def test_an_id_attached_twice_in_a_file_is_damage(shm: Path) -> None:
