@@ -76,6 +76,12 @@ class GroupSync(Protocol):
 _CLOSED: Final = _Closed()
 
 
+def _held(c: Client) -> int:
+    """The outgoing messages ``c`` holds, counted (``outgoing_messages`` reads the disk
+    queue's back: a read error there raised from ``flush()``)."""
+    return c._driver.engine.state.held
+
+
 class AsyncSession:
     """An MQTT session for asyncio code.
 
@@ -439,14 +445,14 @@ class AsyncSession:
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every outgoing QoS 1/2 message is acknowledged; False on timeout."""
         c = self._check()
-        if not c.outgoing_messages:
+        if not _held(c):
             return True
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._idle.append(fut)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            return not c.outgoing_messages
+            return not _held(c)
         finally:
             if fut in self._idle:
                 self._idle.remove(fut)
@@ -506,10 +512,10 @@ class AsyncSession:
         try:
             try:
                 await self.ack()  # taken; those still queued stay unacknowledged
-                if c.connected and c.outgoing_messages and not await self.flush(
+                if c.connected and _held(c) and not await self.flush(
                         self._options.request_timeout_seconds):
                     log.warning("%s closes with %d unacknowledged messages",
-                                c.client_id, len(c.outgoing_messages))
+                                c.client_id, _held(c))
             except asyncio.CancelledError:
                 cancelled = True  # the flush cut short; never what follows (raised after it)
             tail = asyncio.ensure_future(self._close_tail())

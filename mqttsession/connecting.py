@@ -355,16 +355,23 @@ class Connecting(Durability):
                 self._gen += 1  # returns as before) a connect() under way ends
             if conn is None:
                 return False
-            self.run(self.engine.disconnect(time.time(), since_boot()))
+            err: Exception | None = None
+            try:
+                self.run(self.engine.disconnect(time.time(), since_boot()))
+            except Exception as exc:  # (its record not written: the link ends all the same;
+                err = exc  # a closed client went on receiving and reconnecting)
             props = disconnect_properties(self.engine.disconnect_expiry())  # (3.1.1: None)
         self._stop(conn, props)
         with self.lock:
             if self.conn is conn:
                 self.conn = None
                 self.engine.closed()
-            self.file.compact(self.engine.state)
+            if err is None:
+                self.file.compact(self.engine.state)
         if not self._connack.is_set():  # a connect() waiting for its CONNACK ends now
             self._end_connect(-4, "close() or disconnect() before a CONNACK")
+        if err is not None:
+            raise err
         return True
 
     def _end_connect(self, rc: int, reason: str) -> None:

@@ -202,6 +202,7 @@ class Journal(GroupCommit):
         self.appended_at: tuple[int, int] = (0, 0)
         self._snapshot_size = 0
         self._snapshot_fd: int | None = None  # the snapshot, held open to see it unlinked
+        self._snapshot_id: tuple[int, int] | None = None  # its device and inode
         self._cut_at: int | None = None  # a torn journal tail to cut before appending
         self._lazy: list[bytes] = []  # frames of lazy records not yet written
         self._held = 0  # how many of them, from the first, a group commit's sync writes
@@ -529,6 +530,7 @@ class Journal(GroupCommit):
 
     def _hold_snapshot(self, file_id: tuple[int, int] | None) -> None:
         """Keep the snapshot (device, inode ``file_id``) open; None: hold none."""
+        self._snapshot_id = file_id  # (an open that failed is tried again: ``_check_in_place``)
         if self._snapshot_fd is not None:
             held, self._snapshot_fd = self._snapshot_fd, None  # (forgotten first)
             os.close(held)
@@ -549,6 +551,8 @@ class Journal(GroupCommit):
         this process wrote them: a durable write must not go into a file no restart reads.
         The next write rewrites both from memory (a compaction)."""
         assert self._fd is not None
+        if self._snapshot_fd is None and self._snapshot_id is not None:  # its open failed
+            self._hold_snapshot(self._snapshot_id)  # (EIO, EMFILE): the same file, or not ours
         # no path look-ups on ``always``'s publish path (each syscall may hand the GIL over):
         # a file deleted or renamed over has no name; not asked with fstat (``unlinked``)
         try:

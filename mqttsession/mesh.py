@@ -307,9 +307,9 @@ class Session:
                 c = self._client
                 self.ack()  # taken; those still queued stay unacknowledged
                 # (disconnected too: the reconnect under way may still deliver them)
-                if c.outgoing_messages and not c.flush(self._options.request_timeout_seconds):
+                if not c.flush(self._options.request_timeout_seconds):
                     log.warning("session %s closes with %d unacknowledged messages",
-                                self._id, len(c.outgoing_messages))
+                                self._id, c.queue_stats().messages)
                 self.ack()  # one a receive() already waiting handed out meanwhile
                 if end_session:
                     self._end(connected=c.connected)
