@@ -474,9 +474,9 @@ class AsyncSession:
                 await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
             return None
-        if isinstance(item, _Closed):
-            self._queue.put_nowait(item)  # every later reader sees it too
-            return None
+        if isinstance(item, _Closed) or self._closed:  # (closed while it waited: not handed
+            self._queue.put_nowait(_CLOSED)  # out, the next session gets it; every later
+            return None  # reader sees the end too)
         pump = self._client._driver.pump
         # reading goes on once half the bound is taken: toggling the socket's watch at each
         # message would cost two epoll changes a message
@@ -489,6 +489,9 @@ class AsyncSession:
     async def ack(self) -> None:
         """Acknowledge the messages handed out so far: PUBACK for QoS 1; QoS 2: the removal
         made durable, then PUBCOMP. ``receive()``, ``messages()`` and ``close()`` call it."""
+        self._ack_now()
+
+    def _ack_now(self) -> None:
         handed, self._handed = self._handed, []
         if not self._closed and handed:
             self._client._driver.ack_many(handed)  # one fsync for their removals
@@ -518,15 +521,16 @@ class AsyncSession:
                                 c.client_id, _held(c))
             except asyncio.CancelledError:
                 cancelled = True  # the flush cut short; never what follows (raised after it)
-            tail = asyncio.ensure_future(self._close_tail())
-            while not tail.done():
+            tail = asyncio.ensure_future(self._syncs_settled())  # (never cut: a publish taken
+            while not tail.done():  # back after the file closed could be in its snapshot)
                 try:
                     await asyncio.shield(tail)
                 except asyncio.CancelledError:
                     cancelled = True
             tail.result()
         finally:
-            self._closed = True
+            self._ack_now()  # one a receive() already waiting handed out meanwhile (no
+            self._closed = True  # await from here on: none handed out after it)
             try:
                 try:  # without a state file: what it holds goes to the next (handover.py)
                     if self._state_file is None and not c.clean_session and self._started:
@@ -542,12 +546,6 @@ class AsyncSession:
                 closing.set_result(None)
         if cancelled:
             raise asyncio.CancelledError
-
-    async def _close_tail(self) -> None:
-        """What ``close()`` does even when cancelled: the syncs under way settled (a publish
-        taken back after the file closed could be in its snapshot), the last ``ack``."""
-        await self._syncs_settled()
-        await self.ack()  # one a receive() already waiting handed out meanwhile
 
     async def _syncs_settled(self) -> None:
         """Publishes waiting for their sync end (released, or taken back and raised) before

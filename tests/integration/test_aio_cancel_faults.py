@@ -183,5 +183,6 @@ def test_a_cancelled_close_still_acks_what_a_waiting_receive_took(
                 seen.append(m.message)
 
     asyncio.run(asyncio.wait_for(first(), 60))
+    _procs.wait_until(lambda: proxy.active_connections == 0)  # (its last acks forwarded)
     asyncio.run(asyncio.wait_for(second(), 60))
     assert seen == [b"q2-msg"], seen
