@@ -360,8 +360,9 @@ class Driver(Connecting):
             self.finish(lost)  # delivered before resume() removes them
         if self.conn is not None:
             self.do(self.engine.resume)
-            self._release_batch()  # the resume plan is on its way before connect() returns
-        self._end_connect(0, reason)
+            if self.background_sync is None or self.pump is None:  # (a loop's session: the
+                self._release_batch()  # batch's end syncs off the loop, the plan after it)
+        self._end_connect(0, reason)  # the resume plan on its way (or waiting for that sync)
 
     def _hook_packet(self, packet: Packet) -> None:
         if self.conn is not None:  # else a callback closed or disconnected: the broker resends
