@@ -529,8 +529,12 @@ class AsyncSession:
                     cancelled = True
             tail.result()
         finally:
-            self._ack_now()  # one a receive() already waiting handed out meanwhile (no
-            self._closed = True  # await from here on: none handed out after it)
+            acked: Exception | None = None
+            try:  # one a receive() already waiting handed out meanwhile (no await from
+                self._ack_now()  # here on: none handed out after it)
+            except Exception as exc:  # (raised once closed)
+                acked = exc
+            self._closed = True
             try:
                 try:  # without a state file: what it holds goes to the next (handover.py)
                     if self._state_file is None and not c.clean_session and self._started:
@@ -546,6 +550,8 @@ class AsyncSession:
                 closing.set_result(None)
         if cancelled:
             raise asyncio.CancelledError
+        if acked is not None:
+            raise acked
 
     async def _syncs_settled(self) -> None:
         """Publishes waiting for their sync end (released, or taken back and raised) before

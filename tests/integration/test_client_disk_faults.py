@@ -134,3 +134,55 @@ def test_async_flush_counts_without_reading_the_disk_queue(
         await s.close()
 
     asyncio.run(main())
+
+
+def test_a_close_whose_last_ack_fails_still_closes(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``receive()`` waiting when ``close()`` began hands out a QoS 2 message during the
+    flush, then the disk fails: the last ack raises. A review: the session stayed open (its
+    client reconnecting), and a second ``close()`` never returned."""
+    from mqttsession.mapped import MappedTail
+
+    armed = [False]
+
+    def failing(real: Any) -> Any:
+        def call(*a: Any) -> Any:
+            if armed[0]:
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            return real(*a)
+        return call
+
+    monkeypatch.setattr(journal_mod, "os", FakeOs(write=failing(os.write),
+                                                  fsync=failing(os.fsync),
+                                                  fdatasync=failing(os.fdatasync)))
+    real_put = MappedTail.put
+    monkeypatch.setattr(MappedTail, "put",
+                        lambda self, *a: False if armed[0] else real_put(self, *a))
+    proxy = mqtt_proxy_factory(mosquitto)
+    cid = _procs.unique("ca")
+    topic = f"mqs/{cid}"
+
+    async def main() -> None:
+        s = await AsyncSession.create(Options(address=proxy.address, request_timeout_seconds=2),
+                                      client_id=cid, state_file=tmp_path / "s",
+                                      session_sync="always")
+        await s.subscribe(f"{topic}/in", 2)
+        proxy.drop("s2c", "PUBACK")  # close() waits in its flush
+        await s.publish(f"{topic}/out", "x", 1)
+        rx = asyncio.ensure_future(s.receive())
+        await asyncio.sleep(0.1)
+        closer = asyncio.ensure_future(s.close())
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_procs.publish_direct, mosquitto.host, mosquitto.port,
+                                f"{topic}/in", [(2, "q2")])
+        m = await asyncio.wait_for(rx, 5)
+        assert m is not None and m.message == b"q2"
+        armed[0] = True
+        with pytest.raises(PersistenceError):
+            await asyncio.wait_for(closer, 10)
+        assert s.closed and not s.client.connected
+        await asyncio.wait_for(s.close(), 5)  # (before: never returned)
+        armed[0] = False
+
+    asyncio.run(main())
