@@ -312,10 +312,11 @@ class StateFile:
                 and max(spool.last_seq, spool.newest_first) < state.spool_last):  # (always:
                 # what a snapshot names was synced; a ``SpoolMark``, a segment's header)
             spool.close()
+            why = "a forget() cut short, " if self.shared is not None else ""
             raise StateError(f"the disk queue {spool.dir} lacks the messages up to seq"
-                             f" {state.spool_last} that the session holds there (a volume not"
-                             " mounted, files deleted?): nothing was changed; put them back, or"
-                             f" {self._start_over()}")
+                             f" {state.spool_last} that the session holds there ({why}a volume"
+                             " not mounted, files deleted?): nothing was changed; put them back,"
+                             f" or {self._start_over()}")
         if spool.gap is not None:  # a segment before others gone (synced when made, but none)
             text = (f"the disk queue {spool.dir} lacks a segment: messages up to seq"
                     f" {spool.gap} are missing (files deleted?)")

@@ -106,3 +106,23 @@ def test_forget_whose_end_frame_sync_fails_is_forgotten_in_the_file_too(
         assert gw.stored_sessions() == ["A"]
         assert [m.message for m in gw.client("A").outgoing_messages] == [b"A-0"]
         assert gw.client("C").outgoing_messages == ()
+
+
+def test_a_forget_cut_after_its_queue_went_is_named(tmp_path: Path) -> None:
+    """``forget()`` removes the disk queue, then ends the session in the log: a kill -9
+    between left the session without its queue. The error named only "a volume not mounted,
+    files deleted?" (a sweep's note): it names a forget() cut short too."""
+    import shutil
+
+    d = tmp_path / "gw"
+    with Gateway(d) as gw:
+        c = gw.client("C")
+        c.config("QueueInMemory=2")
+        for i in range(4):
+            c.publish_data("t/C", 1, f"C-{i}".encode())
+        c.close()
+    shutil.rmtree(d / "queues" / "C.queue")
+    with Gateway(d) as gw:
+        with pytest.raises(StateError, match=r"a forget\(\) cut short"):
+            gw.client("C")
+        assert gw.forget("C")
