@@ -426,11 +426,11 @@ class Client:
         """Connect and block until CONNACK; the network loop then runs in a background thread.
 
         Raises ``ConnectError`` on refusal, an unreachable broker or no CONNACK (and
-        ``on_connected`` returned) within ``timeout`` s; ``UsageError`` for an empty
-        client_id with clean_session False, or after ``close()``. With ``config("FailoverServers=host:port,...")`` the servers
-        listed are tried after this one, in order, each once (``timeout`` per server);
-        ``ConnectError`` only when none accepted (naming each one's failure). A lost connection
-        then reconnects to the next server in that list, round robin.
+        ``on_connected`` returned) within ``timeout`` s; ``UsageError`` for an empty client_id
+        with clean_session False, or after ``close()``. The servers of ``FailoverServers``
+        (``config("FailoverServers=host:port,...")``) are tried after this one, in order, each
+        once (``timeout`` each); ``ConnectError`` only when none accepted (naming each
+        failure). A lost connection then goes to the next in that list, round robin.
         """
         self._require_open("connect")
         self._driver.connect(*_target(host, port, timeout), _connect_params(self))

@@ -465,15 +465,14 @@ class _StoreSync:
         self._store = store
         self._executor = executor
         self._waiting: list[_Held] = []
-        self._batch: list[_Held] = []  # the job's (``pending``)
+        self._batch: list[_Held] = []  # the job's (none: no job under way)
         self._job: asyncio.Future[Exception | None] | None = None
-        self._busy = False
 
     def wait_held(self, driver: Driver, tokens: tuple[tuple[int, int, int], ...]
                   ) -> asyncio.Future[Exception | None]:
         fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((driver, tokens, fut))
-        if not self._busy:
+        if not self._batch:
             self._next()
         return fut
 
@@ -492,7 +491,7 @@ class _StoreSync:
 
     def _next(self) -> None:
         batch, self._waiting = self._waiting, []
-        self._busy, self._batch, self._job = bool(batch), batch, None
+        self._batch, self._job = batch, None
         if not batch:
             return
         gen, pos = max(tokens[-1][1:] for _, tokens, _ in batch)

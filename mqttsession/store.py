@@ -188,11 +188,11 @@ def _put_back(j: Journal | SessionLog, state: SessionState, kept: list[str]) -> 
     try:
         if isinstance(j, SessionLog):  # (written out of the gateway's log: written back)
             j.compact(state)
-        for aside in reversed(kept):  # the journal before its snapshot (a cut between: the
-            if isinstance(j, SessionLog):  # journal alone, refused)
+            for aside in kept:
                 os.unlink(aside)
-            else:
-                os.replace(aside, aside[:aside.rindex(".unrestored-")])
+            return
+        for aside in reversed(kept):  # the journal before its snapshot (a cut between: the
+            os.replace(aside, aside[:aside.rindex(".unrestored-")])  # journal alone, refused)
     except (OSError, PersistenceError) as exc:
         raise PersistenceError(getattr(exc, "errno", None), f"the session's disk queue could"
                                f" not be kept aside and its state file, moved to {kept}, not"
