@@ -45,7 +45,7 @@ from .hosting import FD_RESERVE, DaemonPool, SyncThread, raise_fd_limit
 from .options import Options
 from .pacing import Pacer
 from .queuelimits import DropLog
-from .recovery import _fsync_dir, makedirs_durable, own_dir, refuse_foreign
+from .recovery import _fsync_dir, check_dir, makedirs_durable, own_dir, refuse_foreign
 from .spool import QUEUE_SUFFIX
 from .sharedlog import SharedLog
 from .statelock import forks
@@ -96,8 +96,8 @@ class _Sessions:
 
     def __init__(self, state_dir: str | os.PathLike[str], connect_rate: float,
                  hold_publishes: bool = False) -> None:
-        self.state_dir = os.path.realpath(state_dir)  # (a later chdir moves nothing; "link/.."
-        # where the kernel goes; one form for the log, the queues and their directory syncs)
+        # one form for the log, the queues and their directory syncs (``check_dir``)
+        self.state_dir = check_dir(state_dir)
         try:
             makedirs_durable(self.state_dir)  # (power cuts)
             refuse_foreign(os.stat(self.state_dir), self.state_dir)  # (a symlink to it: as given)

@@ -216,6 +216,19 @@ def same_file(a: str, b: str, shared: bool = False) -> bool:
 SUFFIX_BYTES: Final = 35
 
 
+def check_dir(state_dir: object) -> str:
+    """A gateway's ``state_dir`` made absolute and resolved (a later ``chdir`` moves nothing;
+    "link/.." where the kernel goes); ``UsageError`` for an empty name, bytes or a number."""
+    try:
+        path = os.fspath(state_dir)  # type: ignore[call-overload]
+    except TypeError:
+        path = b""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise UsageError(f"state_dir must name a directory (str or os.PathLike[str]), not"
+                         f" {state_dir!r}")
+    return os.path.realpath(path)
+
+
 def check_name(path: str) -> str:
     """``path`` made absolute, its directory resolved (a later ``chdir`` moves nothing);
     ``UsageError`` when the names made beside it (journal, temp files, copies set aside,

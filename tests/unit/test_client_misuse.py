@@ -316,3 +316,18 @@ def test_flush_with_an_infinite_timeout_waits_without_overflow() -> None:
     c.publish_data("t", 1, b"held")  # offline: flush waits until the client closes
     threading.Timer(0.2, c.close).start()
     assert c.flush(float("inf")) is False
+
+
+@pytest.mark.parametrize("state_dir", [b"/tmp/gw-bytes", 123, "", "gw\x00x", None])
+def test_a_gateway_state_dir_that_names_no_directory_is_refused(
+        state_dir: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Gateway`` / ``AsyncGateway`` given bytes, a number, ``None``, a NUL or an empty name:
+    ``UsageError`` naming ``state_dir``, nothing made. Before: a raw ``TypeError`` /
+    ``ValueError``, and ``""`` made the current directory a gateway's (its log and queues)."""
+    from mqttsession.gateway import AsyncGateway, Gateway  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    for kind in (Gateway, AsyncGateway):
+        with pytest.raises(UsageError, match="state_dir must name a directory"):
+            kind(state_dir)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
