@@ -24,7 +24,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import time
 
@@ -78,10 +78,12 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
                 for i in range(0, n, batch):
                     c.publish_many([(TOPIC, 1, PAYLOAD)] * min(batch, n - i))
             elif threads > 1:
-                def worker() -> None:
-                    for _ in range(n // threads):
+                def worker(count: int) -> None:
+                    for _ in range(count):
                         c.publish_data(TOPIC, 1, PAYLOAD)
-                ts = [threading.Thread(target=worker) for _ in range(threads)]
+                # n in all, whatever n is (each thread n // threads, the first ones one more)
+                ts = [threading.Thread(target=worker, args=(n // threads + (k < n % threads),))
+                      for k in range(threads)]
                 for th in ts:
                     th.start()
                 for th in ts:
@@ -117,8 +119,9 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> Figures
             spool_mod.os = counting  # type: ignore[assignment]
             before = usage()
             t = time.perf_counter()
-            for _ in range(n // concurrent):
-                await asyncio.gather(*(s.publish(TOPIC, PAYLOAD, 1) for _ in range(concurrent)))
+            for i in range(0, n, concurrent):  # n in all (the last round: what is left)
+                await asyncio.gather(*(s.publish(TOPIC, PAYLOAD, 1)
+                                       for _ in range(min(concurrent, n - i))))
             await s.flush()
             return figures(n, time.perf_counter() - t, counting.syncs, before)
 

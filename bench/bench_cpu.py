@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def child(host: str, port: int, sync: str, qos: int, n: int) -> None:
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     print(f"{cpu / n * 1e6:.2f} {n / (t1 - t0):.1f}")
     c.close()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def main() -> int:
