@@ -102,6 +102,29 @@ def test_interrupted_group_commit_gives_its_sync_back(tmp_path: Path) -> None:
     assert b"after" in _held(tmp_path / "s")
 
 
+def test_a_publish_interrupted_before_its_sync_is_taken_back(tmp_path: Path) -> None:
+    """A group-commit publish (publishers in several threads) whose caller is gone before
+    its record's fdatasync (Ctrl-C, a cancelled task): the message is taken back (the caller
+    was told it failed: kept, a later sync would write it and send it, a duplicate once the
+    caller publishes it again) and ``on_error`` says so; the publishes around it are held and
+    restored (a mutation hunt: skipping the take-back passed every test). The two halves of
+    ``publish`` are called here, so that no other thread's sync covers the record first."""
+    c = _client(tmp_path / "s")
+    c.config("SessionSync=always")
+    errors: list[str] = []
+    c.on_error = lambda e: errors.append(e.description)
+    c.restore_session("")
+    c.publish_message("k/t", 1, "before")
+    _pid, token = c._publish_begin("k/t", 1, b"gone", None, None, group=True)
+    assert token is not None
+    c._driver.release_quietly(token, None)  # what ``settle`` does for a caller interrupted
+    assert [m.message for m in c.outgoing_messages] == [b"before"]
+    assert any("interrupted before its record was synced" in e for e in errors), errors
+    c.publish_message("k/t", 1, "after")
+    c.close()
+    assert _held(tmp_path / "s") == [b"before", b"after"]
+
+
 @pytest.mark.parametrize("sync", ["always", "none"])
 def test_interrupted_snapshot_swap_leaves_no_stale_fd(tmp_path: Path, sync: str) -> None:
     """Ctrl-C in ``save_session`` as the journal let go of the snapshot it held: before, the

@@ -497,6 +497,39 @@ def test_torn_tail_is_cut_and_the_files_stay_usable(
     assert not damaged and not any(jpath(p).read_bytes()[valid:])  # zeros after: ahead
 
 
+@pytest.mark.parametrize("sync", [True, False])
+def test_the_cut_of_a_torn_tail_is_on_disk_before_a_record_goes_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool) -> None:
+    """Recovery's cut of a torn journal tail is fsynced before the first record is written
+    where the torn bytes were, under ``SessionSync=none`` too (no other fsync there): else a
+    power cut could bring the old bytes back after the new record, and the next start would
+    read "damaged mid-file" and set the session aside (a mutation hunt: dropping that fsync
+    passed every test)."""
+    h = fixed_history(tmp_path / "rec")
+    p = place(tmp_path / "work", h.snapshot, h.journal[:h.ends[6] + 7])
+    calls: list[str] = []
+    real_ftruncate, real_fsync = os.ftruncate, os.fsync
+
+    def ftruncate(fd: int, size: int) -> None:
+        calls.append(f"ftruncate {size}")
+        real_ftruncate(fd, size)
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+    j = Journal(str(p), CID, sync=sync)
+    try:
+        state = j.recover()
+        monkeypatch.setattr(journal_mod.os, "ftruncate", ftruncate)
+        monkeypatch.setattr(journal_mod.os, "fsync", fsync)
+        j.append([state.accept("after/cut", b"new", 1)], state)
+    finally:
+        monkeypatch.undo()
+        j.close()
+    cut = calls.index(f"ftruncate {h.ends[6]}")
+    assert "fsync" in calls[cut + 1:], calls
+
+
 def test_every_damaged_journal_byte_gives_a_prefix_or_state_error(shm_path: Path) -> None:
     h = fixed_history(shm_path / "rec")
     for pos in range(len(h.journal)):

@@ -113,6 +113,51 @@ def test_a_sealed_segment_renamed_to_claim_it_was_read_back_is_kept(tmp_path: Pa
                                                                         int(f) + 3]
 
 
+def test_a_segment_named_to_end_one_before_its_last_message_is_kept(tmp_path: Path) -> None:
+    """The edge of the check above: a sealed segment holding messages up to L whose name says
+    it ends at L - 1, the journal having read back to L - 1: message L is still to send, so
+    the file is kept (``StateError``), never deleted with it (a mutation hunt: ``>`` for
+    ``>=`` passed every test)."""
+    filled(tmp_path, list(range(1, 41))).close()
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    first = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[0]
+    f, last, count, nbytes, size, prev = first[2:-4].split("-")
+    lie = f"q-{f}-{int(last) - 1:020d}-{int(count) - 1}-{nbytes}-{size}-{prev}.seg"
+    os.rename(d / first, d / lie)
+    with pytest.raises(StateError, match=f"holds message {int(last)}, not yet read back"):
+        reopened(tmp_path, int(last))
+    assert lie in os.listdir(d)
+
+
+@pytest.mark.parametrize("seqs", [[5, 6, 6], [5, 7, 6]])
+def test_a_message_number_twice_or_back_in_the_open_segment_is_state_error(
+        tmp_path: Path, seqs: list[int]) -> None:
+    """A segment whose messages do not rise (one number twice: a message sent twice; one
+    going back): ``StateError``, the file kept (a mutation hunt: ``<`` for ``<=`` passed)."""
+    filled(tmp_path, seqs).close()
+    seg = _open_segment(tmp_path)
+    raw = seg.read_bytes()
+    with pytest.raises(StateError, match="out of order"):
+        reopened(tmp_path)
+    assert seg.read_bytes() == raw
+
+
+def test_two_segments_sharing_a_message_number_are_state_error(tmp_path: Path) -> None:
+    """A sealed segment that starts at the number the one before ends at (a bad copy, a
+    merge): that message would be queued twice; ``StateError``, both files kept."""
+    filled(tmp_path, list(range(1, 41))).close()
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    one, two = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[:2]
+    last_one = int(one[2:-4].split("-")[1])
+    f, last, count, nbytes, size, prev = two[2:-4].split("-")
+    assert int(f) == last_one + 1
+    shared = f"q-{last_one:020d}-{last}-{count}-{nbytes}-{size}-{prev}.seg"
+    os.rename(d / two, d / shared)
+    with pytest.raises(StateError, match="out of order"):
+        reopened(tmp_path)
+    assert {one, shared} <= set(os.listdir(d))
+
+
 def test_a_segment_missing_before_others_is_a_gap(tmp_path: Path) -> None:
     """Each segment records the newest seq queued before it (in its header, and in its name
     once sealed): a restart finds one deleted before it (``gap``), unless its messages were
