@@ -25,14 +25,17 @@ unacknowledged by a killed process, go out after the next ``create()``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from . import handover
-from .client import Client, _connect_params, _store_many
+from .client import (Client, _connect_params, _message, _store_items, _store_many,
+                     _store_one)
+from .combining import Combiner, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .mesh import new_client
@@ -127,6 +130,10 @@ class AsyncSession:
         self._bg_sync: asyncio.Future[None] | None = None
         self._bg_next: asyncio.Future[None] | None = None
         self._syncing = False
+        # publishes bound for the disk queue (``always``): stored as one batch by one
+        # executor job (one fdatasync, off the loop), which the next ones wait for
+        self._combiner = Combiner()
+        self._spool_job: asyncio.Future[None] | None = None
         self._group: GroupSync | None = None  # an AsyncGateway's shared sync
         self._started = False
         self._closing: asyncio.Future[None] | None = None  # close() under way: its end
@@ -323,6 +330,10 @@ class AsyncSession:
         (durable with a state file); it goes out now, or on connect."""
         c = self._check()
         data = text_payload(payload) if isinstance(payload, str) else payload
+        d = c._driver
+        if qos and self._group is None and (self._combiner.busy or (
+                spooling(d.engine) and d.group_commit())):
+            return await self._spooled(c, topic, qos, data, retain, properties)
         # in the order awaited (nothing here awaits before the message is in the session);
         # always the group commit: the fsync waits in the executor, not on the loop
         try:
@@ -333,6 +344,21 @@ class AsyncSession:
         if token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
             await self._durable(c, (token,))
         return pid
+
+    async def _spooled(self, c: Client, topic: str, qos: int, data: bytes,
+                       retain: bool | None, properties: Properties | None) -> int:
+        """A publish bound for the disk queue under ``SessionSync=always`` (or behind one):
+        stored with the others awaiting as one batch, by one executor job (``Combiner``:
+        one fdatasync, none on the loop); those after it join it, so none overtakes it."""
+        payload, props = _message(c, topic, qos, data, properties)  # (its own errors first)
+        item = (topic, payload, qos, c._settings.retain if retain is None else bool(retain),
+                props)
+        fut, start = self._combiner.add(item)
+        if start:
+            self._spool_job = asyncio.get_running_loop().run_in_executor(
+                c._driver.executor, self._combiner.drain, functools.partial(_store_items, c),
+                functools.partial(_store_one, c))
+        return await asyncio.wrap_future(fut)
 
     def _sync_awaiting(self) -> None:
         """One executor job makes the records of every publish waiting so far durable (one
@@ -559,10 +585,12 @@ class AsyncSession:
         (up to ``request_timeout_seconds``); a gateway's session, its shared syncs."""
         deadline = asyncio.get_running_loop().time() + self._options.request_timeout_seconds
         group, d = self._group, self._client._driver
-        while self._syncing or self._awaiting_sync or (
+        while self._syncing or self._awaiting_sync or self._combiner.busy or (
                 group is not None and group.pending(d) is not None):
             left = deadline - asyncio.get_running_loop().time()
-            job = self._sync_job if group is None else group.pending(d)
+            job: asyncio.Future[Any] | None = (  # (a batch for the disk queue: its job)
+                self._spool_job if self._combiner.busy else
+                self._sync_job if group is None else group.pending(d))
             if left <= 0:
                 return
             if job is not None and not job.done():

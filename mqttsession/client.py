@@ -7,6 +7,7 @@ may call back into the client.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import time
@@ -14,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from . import codec
+from .combining import Item, spooling
 from .lifecycle import call_back, close_client, closed_text, configure, live
 from .statelock import forks
 from ._config import CONFIG, ClientSettings
@@ -153,7 +155,12 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
     """``publish_many``: all of them stored (persistence point 1). ``group``: under
     ``SessionSync=always`` their records wait for a group commit's fdatasync, their PUBLISHes
     held; a token each for ``Driver.wait_durable`` / ``release`` (``AsyncSession``'s)."""
-    items = _messages(c, messages)
+    return _store_checked(c, _messages(c, messages), group)
+
+
+def _store_checked(c: Client, items: list[Item], group: bool
+                   ) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """``_store_many`` of messages validated already."""
     c._require_open("publish_many")
     if not items:
         return [], []
@@ -179,6 +186,42 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
         d.finish_stashed()
     d.finish(rest)
     return ids, tokens
+
+
+def _store_items(c: Client, items: list[Item]) -> list[int]:
+    """``Combiner``'s batch: the messages (validated) as one ``publish_many``."""
+    return _store_checked(c, items, group=False)[0]
+
+
+def _store_one(c: Client, item: Item) -> int:
+    """``Combiner``'s message stored alone (its batch failed), as ``publish_data`` would."""
+    topic, payload, qos, retain, props = item
+    try:
+        with c._lock:
+            (pid, rest), _token = c._publish_locked(topic, qos, payload, retain, props, False)
+    except BaseException:
+        c._driver.finish_stashed()  # (a drop made for it: reported before its error)
+        raise
+    c._driver.finish(rest)
+    return pid
+
+
+def _together(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
+              properties: Properties | None) -> tuple[int, tuple[int, int, int] | None]:
+    """A publish while others run in other threads (``SessionSync=always``): one of them
+    runs the others' locked parts (``Turns``: one fdatasync for their records); bound for
+    the disk queue, one of them stores them all as one batch (``Combiner``: one fdatasync
+    there). The packet id, and a token for ``settle`` (None: durable already)."""
+    payload, props = _message(c, topic, qos, data, properties)
+    d = c._driver
+    if d.combiner.busy or spooling(d.engine):
+        item = (topic, payload, qos, c._settings.retain if retain is None else bool(retain), props)
+        return d.combiner.publish(item, functools.partial(_store_items, c),
+                                  functools.partial(_store_one, c)), None
+    (pid, rest), token = d.turns.run(d, lambda: c._publish_locked(
+        topic, qos, payload, retain, props, True))
+    d.finish(rest)
+    return pid, token
 
 
 def _connect_params(c: Client) -> ConnectParams:
@@ -483,12 +526,8 @@ class Client:
         try:
             with turns.count_lock:  # (counted in the ``try``: an interrupt leaks no count)
                 turns.publishers, counted = turns.publishers + 1, True
-            if turns.publishers > 1 and d.group_commit():
-                # publishers in several threads: one of them runs the others' locked parts
-                payload, props = _message(self, topic, qos, data, properties)
-                (pid, rest), token = turns.run(d, lambda: self._publish_locked(
-                    topic, qos, payload, retain, props, True))
-                d.finish(rest)
+            if turns.publishers > 1 and d.group_commit():  # publishers in several threads
+                pid, token = _together(self, topic, qos, data, retain, properties)
             else:
                 pid, token = self._publish_begin(topic, qos, data, retain, properties,
                                                  group=turns.publishers > 1)

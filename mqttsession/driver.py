@@ -32,6 +32,7 @@ from .pacing import Pacer
 from .state import Accepted, Spooled
 from .connecting import _TICK_EVERY, Connecting
 from .durability import Cancellable, Host, since_boot
+from .combining import Combiner
 from .turns import Turns
 from .store import StateFile
 
@@ -73,6 +74,7 @@ class Driver(Connecting):
         self._sync_timer: Cancellable | None = None  # SessionSync=interval
         self._awaiting: deque[tuple[int, int, int]] = deque()  # group commit: seq, gen, pos
         self.turns = Turns()  # publishers in several threads take turns
+        self.combiner = Combiner()  # theirs bound for the disk queue: stored as one batch
         self.stashed: list[Action] = []  # callbacks of a run that raised (``finish``)
         self._tries = 0  # network connections tried since the last CONNACK (the log's count)
         self._lost = False  # the last connection was lost, not closed: a reconnect is under way

@@ -3,11 +3,13 @@
 Prints "R <n>" after publish_* returned for n (the message is then durable), "DONE" at the end.
 argv: state_file host port first last [flush]. Environment: CRASH_SPOOL=1 keeps at most 10
 messages in memory (the rest in the disk queue, 4 KiB segments); CRASH_OFFLINE=1 publishes
-without connecting, as fast as it can.
+without connecting, as fast as it can; CRASH_THREADS=N publishes from N threads (thread t the
+numbers n with n % N == t: their publishes share fdatasyncs).
 """
 
 import os
 import sys
+import threading
 import time
 
 from mqttsession import Client
@@ -31,12 +33,22 @@ def main() -> None:
         out.flush()
     else:
         c.connect(host, int(port), timeout=10)
-    for n in range(int(first), int(last)):
-        c.publish_message("crash/pub", 1 + n % 2, str(n))
-        out.write(f"R {n}\n")
-        out.flush()
-        if not offline:
-            time.sleep(0.002)  # a steady stream, so that kills land mid-stream
+    threads = int(os.environ.get("CRASH_THREADS", "1"))
+    printing = threading.Lock()
+
+    def publish(t: int) -> None:
+        for n in range(int(first) + t, int(last), threads):
+            c.publish_message("crash/pub", 1 + n % 2, str(n))
+            with printing:
+                out.write(f"R {n}\n")
+                out.flush()
+            if not offline:
+                time.sleep(0.002)  # a steady stream, so that kills land mid-stream
+    workers = [threading.Thread(target=publish, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     if finish:
         ok = c.flush(30)
         c.disconnect()

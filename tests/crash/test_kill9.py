@@ -110,11 +110,12 @@ def test_publisher_killed_at_random_loses_nothing(
         tally.close()
 
 
-# the disk queue's rounds: publishing offline into it; connected with the acks held back (it
-# fills); connected with everything flowing (it is read back and its segments deleted)
-SPOOL_ROUNDS: list[tuple[bool, tuple[str, ...]]] = [
-    (True, ()), (False, ("PUBACK", "PUBREC")), (False, ()), (True, ()), (False, ("PUBCOMP",)),
-    (False, ()),
+# the disk queue's rounds: publishing offline into it (the second time from four threads,
+# whose publishes are stored in batches: one fdatasync each); connected with the acks held
+# back (it fills); connected with everything flowing (it is read back, its segments deleted)
+SPOOL_ROUNDS: list[tuple[bool, tuple[str, ...], int]] = [
+    (True, (), 1), (False, ("PUBACK", "PUBREC"), 1), (False, (), 1), (True, (), 4),
+    (False, ("PUBCOMP",), 4), (False, (), 1),
 ]
 SPOOL_KILLS = 12
 
@@ -134,14 +135,15 @@ def test_disk_queue_publisher_killed_offline_draining_and_retiring(
     per_run: list[int] = []
     try:
         for k in range(SPOOL_KILLS):
-            offline, hold = SPOOL_ROUNDS[k % len(SPOOL_ROUNDS)]
+            offline, hold, threads = SPOOL_ROUNDS[k % len(SPOOL_ROUNDS)]
             proxy.clear_drops()
             if hold:
                 proxy.drop("s2c", *hold)
             first = k * 10000
             proxy.clear_log()
             proc = _child("_publisher.py", state, proxy.host, str(proxy.port), str(first),
-                          str(first + 10000), env={**env, **({"CRASH_OFFLINE": "1"} if offline else {})})
+                          str(first + 10000), env={**env, "CRASH_THREADS": str(threads),
+                                                   **({"CRASH_OFFLINE": "1"} if offline else {})})
             if offline:
                 assert proc.stdout is not None
                 assert proc.stdout.readline().strip() == "UP", _lines(proc)[1]

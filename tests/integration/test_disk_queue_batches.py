@@ -1,0 +1,200 @@
+"""Publishes bound for the disk queue under ``SessionSync=always`` share fdatasyncs
+(``combining.Combiner``): from several threads, and concurrent ``AsyncSession.publish`` calls,
+stored as one batch each (one record, one write, one fdatasync), the asyncio ones off the
+event loop; a batch that fails is stored again one message at a time, so each publish meets
+its own fate. Before, each such publish paid one fdatasync whatever the concurrency (16
+threads: 1.0 a message), and an ``AsyncSession``'s paid it on its loop."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import AsyncSession, Client, Options
+from mqttsession import spool as spool_mod
+from mqttsession.errors import PersistenceError
+from mqttsession.testing.fsyncs import FsyncCounter
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+THREADS, EACH, IN_MEMORY = 8, 100, 10
+
+
+class _Counting(FsyncCounter):
+    """The disk queue's fdatasyncs, with the threads that ran them; ``fail`` of them raise
+    EIO (the first ones after it is set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+        self.fail = 0
+
+    def fdatasync(self, fd: int) -> None:
+        self.threads.add(threading.get_ident())
+        if self.fail:
+            self.fail -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        super().fdatasync(fd)
+
+
+def _client(path: Path, cid: str) -> Client:
+    c = Client(client_id=cid, clean_session=False)
+    c.config(f"SessionStateFile={path}")
+    c.config(f"QueueInMemory={IN_MEMORY}")
+    c.config("QueueSegmentBytes=8192")
+    return c
+
+
+def _held(path: Path, cid: str) -> list[bytes]:
+    c = _client(path, cid)
+    try:
+        c.restore_session("")
+        return [m.message for m in c.outgoing_messages]
+    finally:
+        c.close()
+
+
+def test_threads_publishing_into_the_disk_queue_share_fdatasyncs(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 threads publishing offline past ``QueueInMemory``: well under one fdatasync a
+    message (was 1.0), every message in the session once, each thread's in its order; then
+    each goes out once (QoS 2 exactly once)."""
+    tag = _procs.unique("dqb")
+    cid = _procs.unique("dqb")
+    c = _client(tmp_path / "s", cid)
+    c.restore_session("")
+    for n in range(IN_MEMORY):  # memory full: the threads' messages go to the disk queue
+        c.publish_data(f"mqs/{tag}", 1, _procs.payload(tag, 100000 + n).encode())
+    counting = _Counting()
+    monkeypatch.setattr(spool_mod, "os", counting)
+
+    def worker(k: int) -> None:
+        for i in range(EACH):
+            n = k * EACH + i
+            c.publish_data(f"mqs/{tag}", 1 + n % 2, _procs.payload(tag, n).encode())
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = THREADS * EACH
+    per_message = counting.syncs / total
+    print(f"disk queue: {THREADS} threads, {per_message:.3f} fdatasync per message")
+    assert per_message < 0.5, per_message
+    monkeypatch.setattr(spool_mod, "os", os)
+    held = [_procs.number_of(tag, m.message) for m in c.outgoing_messages]
+    c.close()
+    mine = [n for n in held if n is not None and n < 100000]
+    assert sorted(mine) == list(range(total))  # each once
+    for k in range(THREADS):  # a thread's publishes in the order it made them
+        assert [n for n in mine if n // EACH == k] == list(range(k * EACH, (k + 1) * EACH))
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, f"mqs/{tag}")
+    c = _client(tmp_path / "s", cid)
+    try:
+        c.restore_session("")
+        c.connect(mosquitto.host, mosquitto.port)
+        assert c.flush(60) is True
+        counter.wait_numbers(tag, range(total))
+        assert all(counter.counts(tag)[n] == 1 for n in range(total) if n % 2)
+    finally:
+        counter.close()
+        c.close()
+
+
+def test_a_failed_batch_is_stored_one_by_one_and_nothing_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fdatasync of a batch fails (EIO): the batch is taken back and each of its messages
+    stored alone; every publish that returned is in the session once, and a restart finds
+    exactly those (no copy of the failed batch's)."""
+    c = _client(tmp_path / "s", "dqb-fail")
+    c.restore_session("")
+    for n in range(IN_MEMORY):
+        c.publish_data("t", 1, f"m{n}".encode())
+    counting = _Counting()
+    monkeypatch.setattr(spool_mod, "os", counting)
+    returned: list[bytes] = []
+    failed: list[BaseException] = []
+    lock, go = threading.Lock(), threading.Barrier(THREADS)
+
+    def worker(k: int) -> None:
+        go.wait()
+        for i in range(20):
+            data = f"t{k}-{i}".encode()
+            try:
+                c.publish_data("t", 1, data)
+            except PersistenceError as exc:
+                with lock:
+                    failed.append(exc)
+                continue
+            with lock:
+                returned.append(data)
+
+    counting.fail = 3
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counting.fail == 0  # the faults were met
+    monkeypatch.setattr(spool_mod, "os", os)
+    held = [m.message for m in c.outgoing_messages][IN_MEMORY:]
+    c.close()
+    assert sorted(held) == sorted(returned)  # told stored: there, once; told failed: not
+    assert len(returned) + len(failed) == THREADS * 20
+    assert sorted(_held(tmp_path / "s", "dqb-fail")[IN_MEMORY:]) == sorted(returned)
+
+
+def test_concurrent_asyncio_publishes_into_the_disk_queue_share_fdatasyncs_off_the_loop(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds of 100 concurrent ``AsyncSession.publish`` calls past ``QueueInMemory``,
+    offline: a handful of fdatasyncs a round (was 100), none on the event loop's thread;
+    every message stored once, in the order the calls were made; then each goes out."""
+    tag = _procs.unique("dqa")
+    counting = _Counting()
+    loop_thread: list[int] = []
+
+    async def main() -> list[int]:
+        loop_thread.append(threading.get_ident())
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}")
+        s = AsyncSession(opts, client_id=tag, state_file=str(tmp_path / "a"),
+                         session_sync="always")
+        await s.start(connect=False)
+        await s.config(f"QueueInMemory={IN_MEMORY}")
+        try:
+            for n in range(IN_MEMORY):
+                await s.publish(f"mqs/{tag}", _procs.payload(tag, 100000 + n), 1)
+            monkeypatch.setattr(spool_mod, "os", counting)
+            for r in range(3):
+                await asyncio.gather(*(s.publish(f"mqs/{tag}", _procs.payload(tag, r * 100 + n),
+                                                 1 + n % 2) for n in range(100)))
+            monkeypatch.setattr(spool_mod, "os", os)
+            held = [_procs.number_of(tag, m.message) for m in s.client.outgoing_messages]
+            await s.connect()
+            assert await s.flush(60)
+            return held
+        finally:
+            await s.close()
+
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, f"mqs/{tag}")
+    try:
+        held = asyncio.run(main())
+        print(f"disk queue: 3 x 100 concurrent asyncio publishes, {counting.syncs} fdatasyncs")
+        assert counting.syncs <= 30, counting.syncs
+        assert loop_thread[0] not in counting.threads  # never on the loop
+        assert [n for n in held if n is not None and n < 100000] == list(range(300))
+        counter.wait_numbers(tag, range(300))
+        assert all(counter.counts(tag)[n] == 1 for n in range(300) if n % 2)
+    finally:
+        counter.close()
