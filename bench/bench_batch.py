@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Durable publishing in batches and concurrently: ``publish_many``, 16 publishing threads and
 100 concurrent asyncio publishes under ``SessionSync=always`` (group commit) against the same
-under ``none``, and single publishes under ``none`` / ``interval``; one mosquitto, same run.
+under ``none``, and single publishes under ``none`` / ``interval``; the threads and asyncio
+workloads again with 100 messages in memory (``disk queue``: the rest pass through it); one
+mosquitto, same run.
 
     python bench/bench_batch.py [--messages N] [--batch B] [--repeats R] [--fsync-delay-ms D]
 
@@ -57,18 +59,19 @@ def figures(n: int, took: float, syncs: int, before: tuple[float, int]) -> Figur
 
 
 def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
-        aio: int = 0) -> Figures:
+        aio: int = 0, in_memory: int = 100000) -> Figures:
     """Messages per second, and fdatasyncs, CPU and voluntary context switches per message
     (``figures``): ``publish_many`` batches of ``batch``
     (> 1), or ``publish_data`` from ``threads`` threads, or ``aio`` concurrent
-    ``AsyncSession.publish`` calls at a time."""
+    ``AsyncSession.publish`` calls at a time. ``in_memory``: ``QueueInMemory`` (by default
+    all in memory: the comparison is of syncs; 100, "disk queue": most go through it)."""
     if aio:
-        return run_aio(port, work, sync, n, aio)
+        return run_aio(port, work, sync, n, aio, in_memory)
     d = tempfile.mkdtemp(dir=work)
     c = Client(client_id=f"batch-{uuid.uuid4().hex[:8]}", clean_session=True)
     c.config(f"SessionStateFile={os.path.join(d, 's')}")
     c.config(f"SessionSync={sync}")
-    c.config("QueueInMemory=100000")  # the comparison is of syncs, not of the disk queue
+    c.config(f"QueueInMemory={in_memory}")
     c.connect("127.0.0.1", port)
     try:
         with counting_fdatasyncs(FSYNC_DELAY) as counting:
@@ -101,7 +104,8 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
     return done
 
 
-def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> Figures:
+def run_aio(port: int, work: str, sync: str, n: int, concurrent: int,
+            in_memory: int = 100000) -> Figures:
     import asyncio
 
     from mqttsession import AsyncSession, Options
@@ -114,7 +118,7 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int) -> Figures
         session = AsyncSession(opts, client_id=f"batch-{uuid.uuid4().hex[:8]}",
                                state_file=os.path.join(d, "a"), session_sync=sync)
         async with session as s:
-            await s.config("QueueInMemory=100000")
+            await s.config(f"QueueInMemory={in_memory}")
             journal_mod.os = counting  # type: ignore[assignment]  # (see counting_fdatasyncs)
             spool_mod.os = counting  # type: ignore[assignment]
             before = usage()
@@ -158,6 +162,15 @@ def main() -> int:
         ("none, 16 threads", lambda port, w: run(port, w, "none", a.messages, 1, 16)),
         ("always, asyncio x100", lambda port, w: run(port, w, "always", a.messages, 1, 1, 100)),
         ("none, asyncio x100", lambda port, w: run(port, w, "none", a.messages, 1, 1, 100)),
+        # the same with 100 messages in memory: the rest pass through the disk queue
+        ("always, 16 threads, disk queue",
+         lambda port, w: run(port, w, "always", a.messages, 1, 16, in_memory=100)),
+        ("none, 16 threads, disk queue",
+         lambda port, w: run(port, w, "none", a.messages, 1, 16, in_memory=100)),
+        ("always, asyncio x100, disk queue",
+         lambda port, w: run(port, w, "always", a.messages, 1, 1, 100, in_memory=100)),
+        ("none, asyncio x100, disk queue",
+         lambda port, w: run(port, w, "none", a.messages, 1, 1, 100, in_memory=100)),
     ]
     if a.only:
         words = [w.strip() for w in a.only.split(",") if w.strip()]
@@ -187,7 +200,7 @@ def main() -> int:
                   if same in res and same != "none, publish_data" else "")
         cpu = statistics.median(x[2] for x in res[name])
         switches = statistics.median(x[3] for x in res[name])
-        print(f"  {name:<28} {rate:8.0f} msgs/s  {rate / base:5.2f}x none  {syncs:.3f}"
+        print(f"  {name:<33} {rate:8.0f} msgs/s  {rate / base:5.2f}x none  {syncs:.3f}"
               f" fdatasync/msg  {cpu:5.0f} µs CPU/msg  {switches:4.1f} cs/msg{versus}")
     return 0
 
