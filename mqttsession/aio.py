@@ -331,7 +331,7 @@ class AsyncSession:
         c = self._check()
         data = text_payload(payload) if isinstance(payload, str) else payload
         d = c._driver
-        if qos and self._group is None and (self._combiner.busy or (
+        if qos and (self._combiner.busy or (
                 spooling(d.engine) and d.group_commit())):
             return await self._spooled(c, topic, qos, data, retain, properties)
         # in the order awaited (nothing here awaits before the message is in the session);

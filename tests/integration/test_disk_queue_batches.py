@@ -198,3 +198,51 @@ def test_concurrent_asyncio_publishes_into_the_disk_queue_share_fdatasyncs_off_t
         assert all(counter.counts(tag)[n] == 1 for n in range(300) if n % 2)
     finally:
         counter.close()
+
+
+def test_an_async_gateways_sessions_store_their_disk_queue_batches_off_its_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five sessions of an ``AsyncGateway`` (one loop for all), offline past ``QueueInMemory``,
+    100 concurrent publishes each at a time: a few fdatasyncs a round, none on the loop that
+    runs every session (before: one each, on it); each session's messages in the order its
+    calls were made, all of them found by the next gateway."""
+    from mqttsession import AsyncGateway  # noqa: PLC0415
+
+    counting = _Counting()
+    loop_thread: list[int] = []
+    expected = [f"{r}-{n}".encode() for r in range(3) for n in range(100)]
+
+    async def main() -> None:
+        loop_thread.append(threading.get_ident())
+        gw = AsyncGateway(tmp_path / "gw")
+        try:
+            sessions = [await gw.session(f"dev{i}", Options(address="127.0.0.1:1"),
+                                         session_sync="always", connect=False)
+                        for i in range(5)]
+            for s in sessions:
+                await s.config(f"QueueInMemory={IN_MEMORY}")
+                for n in range(IN_MEMORY):
+                    await s.publish("t", b"first", 1)
+            monkeypatch.setattr(spool_mod, "os", counting)
+            for r in range(3):
+                await asyncio.gather(*(s.publish("t", f"{r}-{n}".encode(), 1)
+                                       for s in sessions for n in range(100)))
+            monkeypatch.setattr(spool_mod, "os", os)
+            for s in sessions:
+                assert [m.message for m in s.client.outgoing_messages][IN_MEMORY:] == expected
+        finally:
+            await gw.close()
+        again = AsyncGateway(tmp_path / "gw")
+        try:
+            for i in range(5):
+                s = await again.session(f"dev{i}", Options(address="127.0.0.1:1"),
+                                        connect=False)
+                assert [m.message for m in s.client.outgoing_messages][IN_MEMORY:] == expected
+        finally:
+            await again.close()
+
+    asyncio.run(main())
+    print(f"disk queue: 5 gateway sessions x 3 x 100 concurrent publishes,"
+          f" {counting.syncs} fdatasyncs")
+    assert counting.syncs <= 150, counting.syncs
+    assert loop_thread[0] not in counting.threads
