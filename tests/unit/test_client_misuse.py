@@ -331,3 +331,15 @@ def test_a_gateway_state_dir_that_names_no_directory_is_refused(
         with pytest.raises(UsageError, match="state_dir must name a directory"):
             kind(state_dir)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gateway_session_needs_a_client_id(tmp_path: Path) -> None:
+    """``Gateway.client("")`` / ``client(None)``: ``UsageError``, nothing stored (a mutation
+    hunt: only an integration test pinned it)."""
+    from mqttsession.gateway import Gateway  # noqa: PLC0415
+
+    with Gateway(tmp_path / "gw") as gw:
+        for cid in ("", None):
+            with pytest.raises(UsageError, match="its own client_id"):
+                gw.client(cid)  # type: ignore[arg-type]
+        assert gw.stored_sessions() == []

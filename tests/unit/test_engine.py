@@ -328,6 +328,48 @@ def test_point4_ack_after_reconnect_holds_the_id_until_the_pubrel(resent: bool) 
     assert 3 not in e.state.incoming
 
 
+@pytest.mark.parametrize("how", ["lost", "disconnect"])
+def test_point4_ack_while_offline_holds_the_id_until_the_pubrel(how: str) -> None:
+    """The same, ``ack()`` called while no connection can take a PUBCOMP (lost, or after
+    ``disconnect()`` while its PUBREL's connection closes): the message is recorded taken,
+    not released, so the broker's resend of the PUBLISH after the reconnect gets PUBREC only,
+    never a second delivery (a mutation hunt: the ``disconnect()`` case was not pinned;
+    released, the resend was a new message)."""
+    e = connected()
+    e.receive(publish_in(7, 2))
+    (d,) = e.receive(ack_in(PacketType.PUBREL, 7))
+    assert isinstance(d, Deliver)
+    if how == "lost":
+        e.connection_lost(1.0, 0, "gone")
+    else:
+        e.disconnect(1.0)
+    acked, out = e.ack(d.message)
+    if how == "disconnect":
+        e.connection_lost(1.0, 0, "closed")
+    assert acked and not writes(out)
+    assert any(isinstance(a, Persist) and a.records == (Taken(7),) and a.sync for a in out)
+    assert 7 in e.state.incoming
+    connect(e, session_present=True)
+    again = e.receive(publish_in(7, 2, dup=True))
+    assert not [a for a in again if isinstance(a, Deliver)]
+    assert [p.type for p in packets(again)] == [PacketType.PUBREC]
+    done = e.receive(ack_in(PacketType.PUBREL, 7))
+    assert [p.type for p in packets(done)] == [PacketType.PUBCOMP]
+    assert not [a for a in done if isinstance(a, Deliver)] and 7 not in e.state.incoming
+
+
+def test_an_mqtt5_publish_with_an_empty_topic_and_no_alias_is_refused() -> None:
+    """MQTT 5: a PUBLISH whose topic is empty and which carries no properties (so no Topic
+    Alias) is a protocol error [MQTT-4.7.3-1]: ProtocolViolation 0x82, nothing delivered,
+    stored or acknowledged (a mutation hunt: only the case with properties was pinned)."""
+    e = connected(protocol=5)
+    data = _wire.encode_publish("", b"x", qos=1, packet_id=1, protocol=5)
+    with pytest.raises(ProtocolViolation) as ei:
+        e.receive(incoming(data, 5))
+    assert ei.value.code == 0x82
+    assert not e.state.incoming
+
+
 # ------------------------------------------------------------------------ persistence point 5
 
 

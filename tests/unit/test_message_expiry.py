@@ -121,3 +121,15 @@ def test_records_and_snapshots_of_the_previous_format_are_read() -> None:
     e.state.accept("t", b"x", 1, False, _expiring(1))  # as an older file had it: no time
     assert e.queue_stats(5000.0).oldest_age is None
     assert _sent(_connect(e, 5000.0))["t"].prop(0x02) == 1  # not expired by a time unknown
+
+
+def test_a_message_whose_interval_ran_out_on_its_way_is_resent_with_one_second() -> None:
+    """A message already sent whose Message Expiry Interval ran out before its resend goes
+    again with 1 s left, never 0 (which a broker may read as no expiry at all; a mutation
+    hunt: ``max(left, 0)`` passed every test)."""
+    from mqttsession.expiry import MESSAGE_EXPIRY_INTERVAL, with_remaining  # noqa: PLC0415
+
+    props = _wire.pack_properties([(MESSAGE_EXPIRY_INTERVAL, 60), (0x03, "text/plain")])
+    for left, sent in ((0, 1), (-5, 1), (1, 1), (42, 42)):
+        assert list(_wire.parse_properties(with_remaining(props, left))) == [
+            (MESSAGE_EXPIRY_INTERVAL, sent), (0x03, "text/plain")]

@@ -674,3 +674,18 @@ def test_an_id_attached_twice_in_a_file_is_damage(shm: Path) -> None:
     assert sorted(sessions) == ["a", "b"] and next_sid == 3
     with pytest.raises(StateError, match="attached twice"):  # (an id ended is not used again)
         parse(one + _tagged(_END, 2, b"") + _tagged(_ATTACH, 2, b"b"), StateError)
+
+
+def test_a_snapshot_of_another_client_id_under_a_sessions_name_is_state_error() -> None:
+    """A gateway log's snapshot frame for session "a" that holds client id "b"'s state (damage
+    that kept a valid CRC, a writer's id mixed up): ``StateError`` naming "b", never b's
+    messages published under a's id (a mutation hunt: the cross-check was not pinned)."""
+    from mqttsession.sessionlog import _SKIP, decode_session  # noqa: PLC0415
+
+    b = SessionState()
+    b.configure(client_id="b", clean_session=False, protocol_version=4)
+    b.accept("t", b"b's", 1)
+    snap = bytes(_SKIP) + codec.encode(b).encode("utf-8")
+    assert decode_session("b", snap, []).client_id == "b"
+    with pytest.raises(StateError, match="client id 'b'"):
+        decode_session("a", snap, [])
