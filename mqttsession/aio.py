@@ -33,9 +33,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from . import handover
-from .client import (Client, _connect_params, _message, _store_items, _store_many,
-                     _store_one)
-from .combining import Combiner, spooling
+from .client import Client, _connect_params, _message, _messages, _store_items, _store_many
+from .combining import Combiner, Item, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .mesh import new_client
@@ -330,10 +329,10 @@ class AsyncSession:
         (durable with a state file); it goes out now, or on connect."""
         c = self._check()
         data = text_payload(payload) if isinstance(payload, str) else payload
-        d = c._driver
-        if qos and (self._combiner.busy or (
-                spooling(d.engine) and d.group_commit())):
-            return await self._spooled(c, topic, qos, data, retain, properties)
+        if qos and self._to_combiner(c):
+            payload, props = _message(c, topic, qos, data, properties)  # (its errors first)
+            retain = c._settings.retain if retain is None else bool(retain)
+            return (await self._spooled(c, [(topic, payload, qos, retain, props)]))[0]
         # in the order awaited (nothing here awaits before the message is in the session);
         # always the group commit: the fsync waits in the executor, not on the loop
         try:
@@ -345,19 +344,20 @@ class AsyncSession:
             await self._durable(c, (token,))
         return pid
 
-    async def _spooled(self, c: Client, topic: str, qos: int, data: bytes,
-                       retain: bool | None, properties: Properties | None) -> int:
-        """A publish bound for the disk queue under ``SessionSync=always`` (or behind one):
-        stored with the others awaiting as one batch, by one executor job (``Combiner``:
-        one fdatasync, none on the loop); those after it join it, so none overtakes it."""
-        payload, props = _message(c, topic, qos, data, properties)  # (its own errors first)
-        item = (topic, payload, qos, c._settings.retain if retain is None else bool(retain),
-                props)
-        fut, start = self._combiner.add(item)
+    def _to_combiner(self, c: Client) -> bool:
+        """Whether a publish goes to the disk queue under ``SessionSync=always``, or comes
+        after one still being stored (it must not overtake it)."""
+        d = c._driver
+        return self._combiner.busy or spooling(d.engine) and d.group_commit()
+
+    async def _spooled(self, c: Client, items: list[Item]) -> list[int]:
+        """A call's messages (validated) bound for the disk queue: stored with the calls
+        awaiting as one batch, by one executor job (``Combiner``: one fdatasync, none on the
+        loop); the calls after them join them, so none overtakes them. Their packet ids."""
+        fut, start = self._combiner.add(items)
         if start:
             self._spool_job = asyncio.get_running_loop().run_in_executor(
-                c._driver.executor, self._combiner.drain, functools.partial(_store_items, c),
-                functools.partial(_store_one, c))
+                c._driver.executor, self._combiner.drain, functools.partial(_store_items, c))
         return await asyncio.wrap_future(fut)
 
     def _sync_awaiting(self) -> None:
@@ -407,6 +407,9 @@ class AsyncSession:
         """``Client.publish_many``: all of them in the session with one write and one sync
         (under ``SessionSync=always`` that fdatasync waits in the executor, not on the loop)."""
         c = self._check()
+        if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
+            items = _messages(c, messages)
+            return await self._spooled(c, items) if items else []
         ids, tokens = _store_many(c, messages, group=True)
         if tokens:
             await self._durable(c, tokens)

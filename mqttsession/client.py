@@ -15,7 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from . import codec
-from .combining import Item, spooling
+from .combining import Alone, Item, needs_room, spooling
 from .lifecycle import call_back, close_client, closed_text, configure, live
 from .statelock import forks
 from ._config import CONFIG, ClientSettings
@@ -155,15 +155,17 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
     """``publish_many``: all of them stored (persistence point 1). ``group``: under
     ``SessionSync=always`` their records wait for a group commit's fdatasync, their PUBLISHes
     held; a token each for ``Driver.wait_durable`` / ``release`` (``AsyncSession``'s)."""
-    return _store_checked(c, _messages(c, messages), group)
+    ids, tokens, rest = _store_checked(c, _messages(c, messages), group)
+    c._driver.finish(rest)
+    return ids, tokens
 
 
 def _store_checked(c: Client, items: list[Item], group: bool
-                   ) -> tuple[list[int], list[tuple[int, int, int]]]:
-    """``_store_many`` of messages validated already."""
+                   ) -> tuple[list[int], list[tuple[int, int, int]], list[Action]]:
+    """``_store_many`` of messages validated already; the callbacks for ``finish`` last."""
     c._require_open("publish_many")
     if not items:
-        return [], []
+        return [], [], []
     d, tokens = c._driver, []
     try:
         with c._lock:
@@ -184,26 +186,17 @@ def _store_checked(c: Client, items: list[Item], group: bool
                 tokens = [t for r in accepted if (t := d.hold(r.message.seq)) is not None]
     finally:
         d.finish_stashed()
-    d.finish(rest)
-    return ids, tokens
+    return ids, tokens, rest
 
 
-def _store_items(c: Client, items: list[Item]) -> list[int]:
-    """``Combiner``'s batch: the messages (validated) as one ``publish_many``."""
-    return _store_checked(c, items, group=False)[0]
-
-
-def _store_one(c: Client, item: Item) -> int:
-    """``Combiner``'s message stored alone (its batch failed), as ``publish_data`` would."""
-    topic, payload, qos, retain, props = item
-    try:
-        with c._lock:
-            (pid, rest), _token = c._publish_locked(topic, qos, payload, retain, props, False)
-    except BaseException:
-        c._driver.finish_stashed()  # (a drop made for it: reported before its error)
-        raise
-    c._driver.finish(rest)
-    return pid
+def _store_items(c: Client, items: list[Item], batch: bool) -> tuple[list[int], Callable[[], None]]:
+    """``Combiner``'s store: one call's messages, or several calls' together (``batch``),
+    validated, as one ``publish_many``; its callbacks to run once each call has its ids.
+    ``Alone`` for a batch that would first make room for them (``needs_room``)."""
+    if batch and needs_room(c._engine, items):
+        raise Alone
+    ids, _tokens, rest = _store_checked(c, items, group=False)
+    return ids, functools.partial(c._driver.finish, rest)
 
 
 def _together(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
@@ -216,8 +209,7 @@ def _together(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
     d = c._driver
     if d.combiner.busy or spooling(d.engine):
         item = (topic, payload, qos, c._settings.retain if retain is None else bool(retain), props)
-        return d.combiner.publish(item, functools.partial(_store_items, c),
-                                  functools.partial(_store_one, c)), None
+        return d.combiner.publish(item, functools.partial(_store_items, c)), None
     (pid, rest), token = d.turns.run(d, lambda: c._publish_locked(
         topic, qos, payload, retain, props, True))
     d.finish(rest)

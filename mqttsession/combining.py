@@ -5,11 +5,14 @@ disk queue) goes to the disk queue, whose append is made durable before the publ
 (persistence point 1). The group commit of the journal (``turns``, ``AsyncSession``'s sync
 job) does not reach there: each such publish paid one fdatasync, whatever the concurrency,
 and an ``AsyncSession``'s paid it on its event loop. Here the publishes of several threads
-(or concurrent ``await session.publish`` calls) queue, and one of them (or the executor)
-stores every one queued as ONE batch, the way ``publish_many`` does: one record, one write,
-one fdatasync; the publishes that queue meanwhile form the next batch. A batch that fails
-(no room for all of them, a full disk) is stored again one message at a time, so that each
-publish meets the fate it would have met alone.
+(or concurrent ``await session.publish`` / ``publish_many`` calls) queue, and one of them (or
+the executor) stores every one queued as ONE batch, the way ``publish_many`` does: one record,
+one write, one fdatasync; the publishes that queue meanwhile form the next batch. A batch the
+store refuses (it would have to drop messages to make room: ``Alone``), or that fails (no room
+for all of them, a full disk), is stored one publish at a time, so that each publish meets the
+fate it would have met alone. Each publish gets its packet ids before the callbacks the store
+made run (``on_message_dropped``...): an interrupt in one of those never tells a publish whose
+message is on disk that it failed.
 """
 
 from __future__ import annotations
@@ -20,13 +23,21 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from .errors import PersistenceError
+from .validation import topic_bytes
 
-__all__ = ["Combiner", "Item", "spooling"]
+__all__ = ["Alone", "Combiner", "Item", "needs_room", "spooling"]
 
 #: A message as ``publish_many`` stores it: topic, payload, QoS, retain, packed properties.
 Item = tuple[str, bytes, int, bool, bytes]
-StoreMany = Callable[[list[Item]], list[int]]
-StoreOne = Callable[[Item], int]
+After = Callable[[], None]  # the callbacks a store made, run once its publishes have their ids
+#: ``store(items, batch)``: the messages as one ``publish_many``; ``batch``: several calls'
+#: together, which it may refuse (``Alone``)
+Store = Callable[[list[Item], bool], tuple[list[int], After]]
+_Entry = tuple[list[Item], "Future[list[int]]"]
+
+
+class Alone(Exception):
+    """Raised by a store given a batch it must not take whole: its publishes go one by one."""
 
 
 def spooling(engine: Any) -> bool:
@@ -37,11 +48,23 @@ def spooling(engine: Any) -> bool:
     return bool(sp is not None and sp.ready and (st.spooled or limit and len(st.outgoing) >= limit))
 
 
+def needs_room(engine: Any, items: list[Item]) -> bool:
+    """Whether storing ``items`` together would first make room (``QueueFullPolicy``): then
+    each is stored alone, as it would have been (a batch that failed after its drops would
+    have dropped messages for publishes that never stored anything)."""
+    s, st = engine.settings, engine.state
+    n, size = len(items), sum(len(p) + topic_bytes(t) + len(x) for t, p, _q, _r, x in items)
+    return bool(s.max_queued_messages and st.held + n > s.max_queued_messages
+                or s.max_queued_bytes and st.held_bytes + size > s.max_queued_bytes)
+
+
 class Combiner:
-    """The publishes of one session waiting to be stored together."""
+    """The publishes of one session waiting to be stored together; each queued entry is one
+    call's messages (one for ``publish``, a ``publish_many``'s all), stored together or not
+    at all."""
 
     def __init__(self) -> None:
-        self._queue: deque[tuple[Item, Future[int]]] = deque()
+        self._queue: deque[_Entry] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._storing = False  # a batch is being stored (by a publisher, or the executor)
         self._holder = 0  # the thread storing it (``threading.get_ident``), 0: none
@@ -52,7 +75,7 @@ class Combiner:
         overtakes them into the session."""
         return self._storing or bool(self._queue)
 
-    def publish(self, item: Item, many: StoreMany, one: StoreOne) -> int:
+    def publish(self, item: Item, store: Store) -> int:
         """``item`` stored with the others queued (a publisher's thread); its packet id.
         The first thread to find no batch under way stores one (its own message in it); the
         others sleep until theirs is stored, or until the batch under way ends and one of
@@ -60,10 +83,12 @@ class Combiner:
         if self._holder == threading.get_ident():
             # a callback the batch runs (on_message_dropped, on_error) publishes: stored
             # alone (queued, it would wait for this very batch)
-            return one(item)
-        fut: Future[int] = Future()
+            ids, after = store([item], False)
+            after()
+            return ids[0]
+        fut: Future[list[int]] = Future()
         with self._cond:
-            self._queue.append((item, fut))
+            self._queue.append(([item], fut))
         try:
             while not fut.done():
                 with self._cond:
@@ -76,7 +101,7 @@ class Combiner:
                     batch = list(self._queue)
                     self._queue.clear()
                 try:
-                    self._store(batch, many, one)
+                    self._store(batch, store)
                 finally:
                     with self._cond:
                         self._storing = False
@@ -87,19 +112,19 @@ class Combiner:
                 if mine:  # (by identity: two equal messages are two publishes)
                     del self._queue[mine[0]]
             raise
-        return fut.result()
+        return fut.result()[0]
 
-    def add(self, item: Item) -> tuple[Future[int], bool]:
-        """``item`` queued (an event loop's publish); with True when no batch is being
+    def add(self, items: list[Item]) -> tuple[Future[list[int]], bool]:
+        """``items`` (one call's) queued by an event loop; with True when no batch is being
         stored: the caller starts ``drain`` (in an executor)."""
-        fut: Future[int] = Future()
+        fut: Future[list[int]] = Future()
         with self._cond:
-            self._queue.append((item, fut))
+            self._queue.append((items, fut))
             start = not self._storing
             self._storing = True
         return fut, start
 
-    def drain(self, many: StoreMany, one: StoreOne) -> None:
+    def drain(self, store: Store) -> None:
         """Store what is queued, a batch at a time, until nothing is (``add``'s executor job)."""
         while True:
             with self._cond:
@@ -110,57 +135,64 @@ class Combiner:
                     self._cond.notify_all()
                     return
             try:
-                self._store(batch, many, one)
+                self._store(batch, store)
             except BaseException:  # (interrupted): the ones queued since fail too, none waits
                 with self._cond:
                     left = list(self._queue)
                     self._queue.clear()
                     self._storing = False
                     self._cond.notify_all()
-                _store(left, _interrupted, _interrupted)
+                _store(left, _interrupted)
                 raise
             with self._cond:
                 self._cond.notify_all()
 
-
-    def _store(self, batch: list[tuple[Item, Future[int]]], many: StoreMany,
-               one: StoreOne) -> None:
+    def _store(self, batch: list[_Entry], store: Store) -> None:
         self._holder = threading.get_ident()
         try:
-            _store(batch, many, one)
+            _store(batch, store)
         finally:
             self._holder = 0
 
 
-def _interrupted(_items: object) -> Any:
+def _interrupted(_items: list[Item], _batch: bool) -> tuple[list[int], After]:
     raise PersistenceError(None, "not published: the job storing the disk queue's batches"
                                  " was interrupted")
 
 
-def _store(batch: list[tuple[Item, Future[int]]], many: StoreMany, one: StoreOne) -> None:
-    """One batch: as one ``publish_many`` (one record, one fdatasync), else each alone, so
-    that each gets its own result or error. A publish never stored (this thread was
-    interrupted first) gets ``PersistenceError``."""
-    # (an ``add``'s publish cancelled before its batch began: never stored; once begun,
-    # its future can no longer be cancelled)
-    batch = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+def _store(batch: list[_Entry], store: Store) -> None:
+    """One batch: all of its entries as one ``publish_many`` (one record, one fdatasync), else
+    each entry alone, so that each call gets its own result or error; the stores' callbacks
+    run once every call has its result. A call never stored (this thread was interrupted
+    first) gets ``PersistenceError``."""
+    # (an ``add``'s publish cancelled before its batch began: never stored; once begun, its
+    # future can no longer be cancelled)
+    batch = [(items, fut) for items, fut in batch if fut.set_running_or_notify_cancel()]
+    afters: list[After] = []
     try:
         if len(batch) > 1:
             try:
-                ids = many([item for item, _ in batch])
-            except Exception:  # (no room for all, a full disk): each meets its own fate
+                ids, after = store([item for items, _ in batch for item in items], True)
+            except Exception:  # (``Alone``, no room for all, a full disk): each on its own
                 pass
             else:
-                for (_, fut), pid in zip(batch, ids):
-                    fut.set_result(pid)
-                return
-        for item, fut in batch:
+                afters.append(after)
+                for items, fut in batch:
+                    fut.set_result(ids[:len(items)])
+                    ids = ids[len(items):]
+                batch = []
+        for items, fut in batch:
             try:
-                fut.set_result(one(item))
+                ids, after = store(items, False)
             except Exception as exc:
                 fut.set_exception(exc)
+            else:
+                afters.append(after)
+                fut.set_result(ids)
     finally:
         for _, fut in batch:
             if not fut.done():
                 fut.set_exception(PersistenceError(None, "not published: the thread that was"
                                                          " storing it was interrupted first"))
+        for after in afters:  # (an interrupt in one: every publish has its result already)
+            after()

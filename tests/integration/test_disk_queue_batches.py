@@ -246,3 +246,75 @@ def test_an_async_gateways_sessions_store_their_disk_queue_batches_off_its_loop(
           f" {counting.syncs} fdatasyncs")
     assert counting.syncs <= 150, counting.syncs
     assert loop_thread[0] not in counting.threads
+
+
+def test_a_batch_that_would_make_room_is_stored_one_by_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``QueueFullPolicy=drop-oldest`` with the queue full and the disk queue failing (ENOSPC):
+    8 threads' publishes each fail as they would alone, and only what publishing alone drops
+    is dropped (one message). A batch would first have made room for all eight, then failed:
+    eight old messages dropped for publishes that stored nothing (a review's finding)."""
+    c = _client(tmp_path / "s", "dqb-room")
+    c.config("MaxQueuedMessages=30")
+    c.config("QueueFullPolicy=drop-oldest")
+    c.restore_session("")
+    for n in range(30):
+        c.publish_data("t", 1, f"old{n}".encode())
+    dropped: list[object] = []
+    c.on_message_dropped = dropped.append
+    counting = _Counting()
+    counting.fail = 10**6  # every fdatasync of the disk queue
+    monkeypatch.setattr(spool_mod, "os", counting)
+    failed: list[BaseException] = []
+    go = threading.Barrier(THREADS)
+
+    def worker(k: int) -> None:
+        go.wait()
+        try:
+            c.publish_data("t", 1, f"new{k}".encode())
+        except PersistenceError as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.setattr(spool_mod, "os", os)
+    assert len(failed) == THREADS
+    assert len(dropped) == 1, dropped
+    assert len(c.outgoing_messages) == 29
+    c.close()
+
+
+def test_asyncio_publish_many_into_the_disk_queue_keeps_call_order_off_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AsyncSession.publish_many`` bound for the disk queue goes the way ``publish`` does:
+    after a ``publish`` called before it (before, it overtook it), its fdatasync off the loop
+    (before, on it)."""
+    counting = _Counting()
+    loop_thread: list[int] = []
+
+    async def main() -> list[bytes]:
+        loop_thread.append(threading.get_ident())
+        s = AsyncSession(Options(address="127.0.0.1:1"), client_id="dqb-many",
+                         state_file=str(tmp_path / "a"), session_sync="always")
+        await s.start(connect=False)
+        await s.config(f"QueueInMemory={IN_MEMORY}")
+        try:
+            for n in range(IN_MEMORY):
+                await s.publish("t", b"first", 1)
+            monkeypatch.setattr(spool_mod, "os", counting)
+            for r in range(3):
+                await asyncio.gather(s.publish("t", f"{r}-A".encode(), 1),
+                                     s.publish_many([("t", 1, f"{r}-B".encode()),
+                                                     ("t", 2, f"{r}-C".encode())]),
+                                     s.publish("t", f"{r}-D".encode(), 1))
+            monkeypatch.setattr(spool_mod, "os", os)
+            return [m.message for m in s.client.outgoing_messages][IN_MEMORY:]
+        finally:
+            await s.close()
+
+    held = asyncio.run(main())
+    assert held == [f"{r}-{x}".encode() for r in range(3) for x in "ABCD"]
+    assert counting.syncs and loop_thread[0] not in counting.threads
