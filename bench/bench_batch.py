@@ -6,6 +6,7 @@ workloads again with 100 messages in memory (``disk queue``: the rest pass throu
 mosquitto, same run.
 
     python bench/bench_batch.py [--messages N] [--batch B] [--repeats R] [--fsync-delay-ms D]
+                                [--only WORDS] [--offline]
 
 Each configuration publishes N 100-byte QoS 1 messages to 127.0.0.1 and waits for every
 PUBACK (``flush``); rounds are interleaved; the table gives the median rate, the ratio to
@@ -42,6 +43,7 @@ TOPIC = "bench/batch"
 
 
 FSYNC_DELAY = 0.0  # seconds added to each fdatasync of a state file (--fsync-delay-ms)
+OFFLINE = False  # --offline: never connected, no flush (a gateway storing to forward later)
 # msgs/s; fdatasyncs, CPU µs and voluntary context switches a message
 Figures = tuple[float, float, float, float]
 
@@ -72,7 +74,8 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
     c.config(f"SessionStateFile={os.path.join(d, 's')}")
     c.config(f"SessionSync={sync}")
     c.config(f"QueueInMemory={in_memory}")
-    c.connect("127.0.0.1", port)
+    if not OFFLINE:
+        c.connect("127.0.0.1", port)
     try:
         with counting_fdatasyncs(FSYNC_DELAY) as counting:
             before = usage()
@@ -94,7 +97,7 @@ def run(port: int, work: str, sync: str, n: int, batch: int, threads: int = 1,
             else:
                 for _ in range(n):
                     c.publish_data(TOPIC, 1, PAYLOAD)
-            if not c.flush(300):
+            if not OFFLINE and not c.flush(300):
                 raise RuntimeError("not acknowledged")
             took = time.perf_counter() - t
             done = figures(n, took, counting.syncs, before)
@@ -117,7 +120,9 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int,
         opts = Options(address=f"127.0.0.1:{port}")
         session = AsyncSession(opts, client_id=f"batch-{uuid.uuid4().hex[:8]}",
                                state_file=os.path.join(d, "a"), session_sync=sync)
-        async with session as s:
+        s = session
+        await s.start(connect=not OFFLINE)
+        try:
             await s.config(f"QueueInMemory={in_memory}")
             journal_mod.os = counting  # type: ignore[assignment]  # (see counting_fdatasyncs)
             spool_mod.os = counting  # type: ignore[assignment]
@@ -126,8 +131,11 @@ def run_aio(port: int, work: str, sync: str, n: int, concurrent: int,
             for i in range(0, n, concurrent):  # n in all (the last round: what is left)
                 await asyncio.gather(*(s.publish(TOPIC, PAYLOAD, 1)
                                        for _ in range(min(concurrent, n - i))))
-            await s.flush()
+            if not OFFLINE:
+                await s.flush()
             return figures(n, time.perf_counter() - t, counting.syncs, before)
+        finally:
+            await s.close()
 
     try:
         return asyncio.run(main())
@@ -147,9 +155,12 @@ def main() -> int:
     p.add_argument("--fsync-delay-ms", type=float, default=0.0,
                    help="make every fdatasync of a state file this much slower, as a slower"
                         " disk would be (an SD card: 2-20)")
+    p.add_argument("--offline", action="store_true",
+                   help="publish without connecting (the clock stops at the last publish):"
+                        " storing to forward later, the disk queue's case")
     a = p.parse_args()
-    global FSYNC_DELAY
-    FSYNC_DELAY = a.fsync_delay_ms / 1000
+    global FSYNC_DELAY, OFFLINE
+    FSYNC_DELAY, OFFLINE = a.fsync_delay_ms / 1000, a.offline
     configs: list[tuple[str, Callable[[int, str], tuple[float, float]]]] = [
         ("none, publish_data", lambda port, w: run(port, w, "none", a.messages, 1)),
         ("interval, publish_data", lambda port, w: run(port, w, "interval", a.messages, 1)),
@@ -190,7 +201,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     base = statistics.median(x[0] for x in res["none, publish_data"])
     print(f"{a.messages} QoS 1 messages, 100 bytes, median of {a.repeats} interleaved rounds"
-          + (f"; every fdatasync {a.fsync_delay_ms:g} ms slower" if FSYNC_DELAY else ""))
+          + (f"; every fdatasync {a.fsync_delay_ms:g} ms slower" if FSYNC_DELAY else "")
+          + ("; offline (no broker connection, no flush)" if OFFLINE else ""))
     for name, _ in configs:
         rate = statistics.median(x[0] for x in res[name])
         syncs = statistics.median(x[1] for x in res[name])
