@@ -209,7 +209,8 @@ def _together(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
     d = c._driver
     if d.combiner.busy or spooling(d.engine):
         item = (topic, payload, qos, c._settings.retain if retain is None else bool(retain), props)
-        return d.combiner.publish(item, functools.partial(_store_items, c)), None
+        return d.combiner.publish(item, functools.partial(_store_items, c),
+                                  lambda: (d.turns.publishers, d.sync_time())), None
     (pid, rest), token = d.turns.run(d, lambda: c._publish_locked(
         topic, qos, payload, retain, props, True))
     d.finish(rest)

@@ -18,6 +18,7 @@ message is on disk that it failed.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -34,6 +35,7 @@ After = Callable[[], None]  # the callbacks a store made, run once its publishes
 #: together, which it may refuse (``Alone``)
 Store = Callable[[list[Item], bool], tuple[list[int], After]]
 _Entry = tuple[list[Item], "Future[list[int]]"]
+_POLL = 0.00005  # seconds between looks at the queue while a batch gathers
 
 
 class Alone(Exception):
@@ -75,11 +77,14 @@ class Combiner:
         overtakes them into the session."""
         return self._storing or bool(self._queue)
 
-    def publish(self, item: Item, store: Store) -> int:
+    def publish(self, item: Item, store: Store,
+                gather: Callable[[], tuple[int, float]] | None = None) -> int:
         """``item`` stored with the others queued (a publisher's thread); its packet id.
         The first thread to find no batch under way stores one (its own message in it); the
         others sleep until theirs is stored, or until the batch under way ends and one of
-        them takes the next."""
+        them takes the next. ``gather``: (publishers under way, an fdatasync's seconds): the
+        thread that stores first waits, half an fdatasync at most, for the publishers the
+        last batch released to queue again (``Turns._gather``'s rule)."""
         if self._holder == threading.get_ident():
             # a callback the batch runs (on_message_dropped, on_error) publishes: stored
             # alone (queued, it would wait for this very batch)
@@ -98,9 +103,12 @@ class Combiner:
                     if fut.done():
                         break
                     self._storing = True
-                    batch = list(self._queue)
-                    self._queue.clear()
                 try:
+                    if gather is not None:
+                        self._gather(*gather())
+                    with self._cond:
+                        batch = list(self._queue)
+                        self._queue.clear()
                     self._store(batch, store)
                 finally:
                     with self._cond:
@@ -146,6 +154,11 @@ class Combiner:
                 raise
             with self._cond:
                 self._cond.notify_all()
+
+    def _gather(self, publishers: int, sync_time: float) -> None:
+        deadline = time.monotonic() + sync_time / 2
+        while len(self._queue) < publishers and time.monotonic() < deadline:
+            time.sleep(_POLL)
 
     def _store(self, batch: list[_Entry], store: Store) -> None:
         self._holder = threading.get_ident()

@@ -167,3 +167,25 @@ def test_a_publish_from_a_callback_of_the_batch_is_stored_alone_not_deadlocked()
     b, _ = comb.add([item(2)])
     comb.drain(store)
     assert (a.result(), b.result()) == ([1], [2]) and got == [3]
+
+
+def test_the_first_thread_gathers_the_publishers_under_way_into_its_batch() -> None:
+    """``gather`` (3 publishers, a 10 s fdatasync): the thread that stores first waits for the
+    other two to queue (not the half fdatasync: they come at once), and stores all three as
+    one batch."""
+    comb, store = Combiner(), Store()
+    results: list[int] = []
+
+    def publish(n: int) -> None:
+        results.append(comb.publish(item(n), store, lambda: (3, 10.0)))
+
+    first = threading.Thread(target=publish, args=(1,))
+    first.start()
+    while not comb.busy:  # (the first is the one storing: it waits for the others)
+        time.sleep(0.001)
+    others = [threading.Thread(target=publish, args=(n,)) for n in (2, 3)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(5)
+    assert sorted(results) == [1, 2, 3] and store.batches == [3]
