@@ -351,14 +351,18 @@ class AsyncSession:
         return self._combiner.busy or spooling(d.engine) and d.group_commit()
 
     async def _spooled(self, c: Client, items: list[Item]) -> list[int]:
-        """A call's messages (validated) bound for the disk queue: stored with the calls
-        awaiting as one batch, by one executor job (``Combiner``: one fdatasync, none on the
-        loop); the calls after them join them, so none overtakes them. Their packet ids."""
+        """``_spool``, awaited: the packet ids."""
+        return await self._spool(c, items)
+
+    def _spool(self, c: Client, items: list[Item]) -> asyncio.Future[list[int]]:
+        """A call's messages (validated) bound for the disk queue, queued now: stored with
+        the calls awaiting as one batch, by one executor job (``Combiner``: one fdatasync,
+        none on the loop); the calls after them join them, so none overtakes them."""
         fut, start = self._combiner.add(items)
         if start:
             self._spool_job = asyncio.get_running_loop().run_in_executor(
                 c._driver.executor, self._combiner.drain, functools.partial(_store_items, c))
-        return await asyncio.wrap_future(fut)
+        return asyncio.wrap_future(fut)
 
     def _sync_awaiting(self) -> None:
         """One executor job makes the records of every publish waiting so far durable (one

@@ -36,12 +36,12 @@ from typing import Any, Callable, Coroutine, Iterable, TypeVar, Union, cast
 
 from .actions import Action
 from .aio import AsyncSession
-from .client import Client, _connect_params, _messages, _target
-from .driver import Driver
+from .client import Client, _connect_params, _messages, _store_items, _target
+from .combining import Item, spooling
 from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishManyError,
                      UsageError)
 from .events import ErrorEvent, PublishRequest
-from .hosting import FD_RESERVE, DaemonPool, SyncThread, raise_fd_limit
+from .hosting import FD_RESERVE, DaemonPool, StoreSync, SyncThread, raise_fd_limit
 from .options import Options
 from .pacing import Pacer
 from .queuelimits import DropLog
@@ -213,6 +213,20 @@ def _locked(c: Client, topic: str, qos: int, payload: bytes, retain: bool, props
     return locked
 
 
+def _spool_many(c: Client, items: list[Item]) -> list[int | Exception]:
+    """A session's messages bound for its disk queue, as one ``publish_many`` (one
+    fdatasync); refused (it would drop messages to make room) or failed, one at a time, each
+    its own fate: each message's packet id or error."""
+    try:
+        ids, after = _store_items(c, items, len(items) > 1)
+    except Exception as exc:  # noqa: BLE001 - one message: its error; more: each alone
+        if len(items) == 1:
+            return [exc]
+        return [got for item in items for got in _spool_many(c, [item])]
+    after()
+    return list(ids)
+
+
 class Gateway(_Sessions):
     """Hosts any number of sessions on one loop thread; ``with Gateway(dir) as gw:`` closes
     them all (each disconnected cleanly, its session kept) and stops the loop."""
@@ -375,29 +389,43 @@ class Gateway(_Sessions):
         closed) does not stop the others: once durable, ``PublishManyError`` says which.
         """
         batch: list[_Request] = []
+        places: list[int] = []  # each request's message's index
         first: dict[int, int] = {}  # a session's place: its first message's index
-        for m in messages:
+        # sessions bound for their disk queue (``always``): theirs as one publish_many each
+        spools: dict[int, tuple[Client, list[int], list[Item]]] = {}
+        n = 0
+        for n, m in enumerate(messages):
             c = m[0] if isinstance(m, tuple) and m else None
             # (one of its sessions, closed too: forgotten since, it fails alone below)
             if not isinstance(c, Client) or c._driver.host is not self:  # noqa: SLF001
                 raise UsageError("publish_many takes (client, topic, qos, data) or (client,"
                                  " PublishRequest) tuples, client a session of this gateway")
-            topic, payload, qos, retain, props = _messages(
-                c, [m[1] if len(m) == 2 else m[1:]])[0]
-            batch.append(_Request(c._driver, _locked(c, topic, qos, payload, retain, props)))  # noqa: SLF001
-            first.setdefault(id(c._driver), len(batch) - 1)  # noqa: SLF001
+            item = _messages(c, [m[1] if len(m) == 2 else m[1:]])[0]
+            d = c._driver  # noqa: SLF001
+            if item[2] and d.group_commit() and (id(d) in spools or spooling(d.engine)):
+                spools.setdefault(id(d), (c, [], []))[1].append(n)
+                spools[id(d)][2].append(item)
+                continue
+            topic, payload, qos, retain, props = item
+            batch.append(_Request(d, _locked(c, topic, qos, payload, retain, props)))
+            places.append(n)
+            first.setdefault(id(d), len(batch) - 1)
         order = sorted(range(len(batch)), key=lambda i: first[id(batch[i].owner)])
         run_batch([batch[i] for i in order])  # each session's together, in its order
-        ids: list[int | None] = []
+        ids: list[int | None] = [None] * (n + 1 if places or spools else 0)
         errors: dict[int, Exception] = {}
-        for i, r in enumerate(batch):
-            pid: int | None = None
+        for i, r in zip(places, batch):
             if r.result is not None:
-                pid, rest = cast("tuple[int, list[Action]]", r.result[0])
+                ids[i], rest = cast("tuple[int, list[Action]]", r.result[0])
                 r.owner.finish(rest)
             if r.error is not None:
-                errors[i], pid = r.error, None
-            ids.append(pid)
+                errors[i], ids[i] = r.error, None
+        for c, where, items in spools.values():
+            for i, got in zip(where, _spool_many(c, items)):
+                if isinstance(got, Exception):
+                    errors[i] = got
+                else:
+                    ids[i] = got
         if errors:
             raise PublishManyError(ids, errors)
         return cast("list[int]", ids)
@@ -455,77 +483,6 @@ class Gateway(_Sessions):
         return f"<Gateway {self.state_dir!r} {len(self._ids)} sessions>"
 
 
-class _StoreSync:
-    """``AsyncGateway``'s group commit: one executor job makes the shared log durable up to
-    the furthest record any session waits for; then every session whose records it covered
-    sends its held messages, and every publish waiting is answered, in one loop callback (one
-    thread hop for all of them, not one per session or publish)."""
-
-    def __init__(self, store: SharedLog, executor: ThreadPoolExecutor) -> None:
-        self._store = store
-        self._executor = executor
-        self._waiting: list[_Held] = []
-        self._batch: list[_Held] = []  # the job's (none: no job under way)
-        self._job: asyncio.Future[Exception | None] | None = None
-
-    def wait_held(self, driver: Driver, tokens: tuple[tuple[int, int, int], ...]
-                  ) -> asyncio.Future[Exception | None]:
-        fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((driver, tokens, fut))
-        if not self._batch:
-            self._next()
-        return fut
-
-    def pending(self, driver: Driver) -> asyncio.Future[Exception | None] | None:
-        """The job ``driver``'s held publishes wait for (``AsyncSession.close``)."""
-        if any(d is driver for d, _, _ in self._waiting + self._batch):
-            return self._job
-        return None
-
-    def _sync(self, gen: int, pos: int) -> Exception | None:
-        try:
-            self._store.sync_to(gen, pos)
-        except Exception as exc:  # noqa: BLE001 - handed to each waiting publish
-            return exc
-        return None
-
-    def _next(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._batch, self._job = batch, None
-        if not batch:
-            return
-        gen, pos = max(tokens[-1][1:] for _, tokens, _ in batch)
-        job = asyncio.get_running_loop().run_in_executor(self._executor, self._sync, gen, pos)
-        job.add_done_callback(lambda f: self._done(batch, f))
-        self._job = job
-
-    def _done(self, batch: list[_Held], f: asyncio.Future[Exception | None]) -> None:
-        try:
-            err = f.result()
-        except BaseException as exc:  # noqa: BLE001 - the job itself ended (shutdown)
-            err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
-        results: list[Exception | None] = []
-        durable: dict[int, Driver] = {}
-        for driver, tokens, _ in batch:
-            if self._store.is_synced(tokens[-1][1], tokens[-1][2]):
-                results.append(None)
-                durable.setdefault(id(driver), driver)
-            else:
-                results.append(err or PersistenceError(
-                    None, "a failed sync of the shared log cut the record"))
-        for driver in durable.values():  # each session's durable held messages, in order
-            driver.release_durable()
-        for (driver, tokens, waiter), res in zip(batch, results):
-            if waiter.cancelled():  # its publisher is gone: released, or taken back here
-                driver.release_quietly(tokens[-1], res, batch=tokens)  # (one record, one fate)
-            elif not waiter.done():
-                waiter.set_result(res)
-        self._next()
-
-
-_Held = tuple["Driver", tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]"]
-
-
 class AsyncGateway(_Sessions):
     """The asyncio form: sessions are ``AsyncSession`` values on the running loop; threads of
     the gateway's own run their blocking TCP connects (``CONNECT_THREADS`` at once), and one
@@ -542,7 +499,7 @@ class AsyncGateway(_Sessions):
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="mqttsession-gateway-jobs")
         # and the fdatasyncs in the sync thread (one covers every session's records before it)
-        self._sync = _StoreSync(self.store, self._syncs.executor)
+        self._sync = StoreSync(self.store, self._syncs.executor)
 
     def _hosted(self, client_id: str) -> Client | None:
         s = self._sessions.get(client_id)
@@ -604,11 +561,17 @@ class AsyncGateway(_Sessions):
             if not isinstance(s, AsyncSession) or s._group is not self._sync:  # noqa: SLF001
                 raise UsageError("publish_many takes (session, topic, qos, data) or (session,"
                                  " PublishRequest) tuples, session one of this gateway's")
-            items.append((s.client, _messages(s.client, [m[1] if len(m) == 2 else m[1:]])[0]))
+            items.append((s, _messages(s.client, [m[1] if len(m) == 2 else m[1:]])[0]))
         ids: list[int | None] = []
         errors: dict[int, Exception] = {}
         waits: list[tuple[int, Client, tuple[int, int, int]]] = []
-        for i, (c, (topic, payload, qos, retain, props)) in enumerate(items):
+        spooled: list[tuple[int, asyncio.Future[list[int]]]] = []  # (its session's batches)
+        for i, (s, (topic, payload, qos, retain, props)) in enumerate(items):
+            c = s.client
+            if qos and s._to_combiner(c):  # noqa: SLF001  (into the disk queue: off the loop)
+                spooled.append((i, s._spool(c, [(topic, payload, qos, retain, props)])))  # noqa: SLF001
+                ids.append(None)
+                continue
             try:
                 (pid, rest), token = _locked(c, topic, qos, payload, retain, props)()
             except Exception as exc:  # this session's to report; the others go on
@@ -621,6 +584,11 @@ class AsyncGateway(_Sessions):
                 waits.append((i, c, token))
         if waits:
             await self._settle(waits, ids, errors)
+        for i, f in spooled:
+            try:
+                ids[i] = (await f)[0]
+            except Exception as exc:  # noqa: BLE001 - reported by publish_many
+                errors[i] = exc
         if errors:
             raise PublishManyError(ids, errors)
         return cast("list[int]", ids)

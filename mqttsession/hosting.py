@@ -1,5 +1,6 @@
 """What a gateway's sessions share besides the store: the open files limit raised for their
-sockets, one thread for their fdatasyncs, and daemon threads for their TCP connects."""
+sockets, one thread for their fdatasyncs (and an ``AsyncGateway``'s group commit over it),
+and daemon threads for their TCP connects."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import logging
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from .errors import UsageError
+from .errors import PersistenceError, UsageError
 
-__all__ = ["FD_RESERVE", "DaemonPool", "SyncThread", "raise_fd_limit"]
+if TYPE_CHECKING:
+    from .driver import Driver
+    from .sharedlog import SharedLog
+
+__all__ = ["FD_RESERVE", "DaemonPool", "StoreSync", "SyncThread", "raise_fd_limit"]
 
 log = logging.getLogger("mqttsession")
 
@@ -113,3 +118,74 @@ class DaemonPool(concurrent.futures.Executor):
             self._shut = True
             for _ in range(self._threads):
                 self._jobs.put(None)
+
+
+class StoreSync:
+    """``AsyncGateway``'s group commit: one executor job makes the shared log durable up to
+    the furthest record any session waits for; then every session whose records it covered
+    sends its held messages, and every publish waiting is answered, in one loop callback (one
+    thread hop for all of them, not one per session or publish)."""
+
+    def __init__(self, store: SharedLog, executor: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._executor = executor
+        self._waiting: list[_Held] = []
+        self._batch: list[_Held] = []  # the job's (none: no job under way)
+        self._job: asyncio.Future[Exception | None] | None = None
+
+    def wait_held(self, driver: Driver, tokens: tuple[tuple[int, int, int], ...]
+                  ) -> asyncio.Future[Exception | None]:
+        fut: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((driver, tokens, fut))
+        if not self._batch:
+            self._next()
+        return fut
+
+    def pending(self, driver: Driver) -> asyncio.Future[Exception | None] | None:
+        """The job ``driver``'s held publishes wait for (``AsyncSession.close``)."""
+        if any(d is driver for d, _, _ in self._waiting + self._batch):
+            return self._job
+        return None
+
+    def _sync(self, gen: int, pos: int) -> Exception | None:
+        try:
+            self._store.sync_to(gen, pos)
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting publish
+            return exc
+        return None
+
+    def _next(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._batch, self._job = batch, None
+        if not batch:
+            return
+        gen, pos = max(tokens[-1][1:] for _, tokens, _ in batch)
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self._sync, gen, pos)
+        job.add_done_callback(lambda f: self._done(batch, f))
+        self._job = job
+
+    def _done(self, batch: list[_Held], f: asyncio.Future[Exception | None]) -> None:
+        try:
+            err = f.result()
+        except BaseException as exc:  # noqa: BLE001 - the job itself ended (shutdown)
+            err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
+        results: list[Exception | None] = []
+        durable: dict[int, Driver] = {}
+        for driver, tokens, _ in batch:
+            if self._store.is_synced(tokens[-1][1], tokens[-1][2]):
+                results.append(None)
+                durable.setdefault(id(driver), driver)
+            else:
+                results.append(err or PersistenceError(
+                    None, "a failed sync of the shared log cut the record"))
+        for driver in durable.values():  # each session's durable held messages, in order
+            driver.release_durable()
+        for (driver, tokens, waiter), res in zip(batch, results):
+            if waiter.cancelled():  # its publisher is gone: released, or taken back here
+                driver.release_quietly(tokens[-1], res, batch=tokens)  # (one record, one fate)
+            elif not waiter.done():
+                waiter.set_result(res)
+        self._next()
+
+
+_Held = tuple["Driver", tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]"]

@@ -15,7 +15,7 @@ import pytest
 
 import mqttsession.groupcommit as groupcommit_mod
 from mqttsession import AsyncGateway, Options
-from mqttsession.gateway import _StoreSync
+from mqttsession.hosting import StoreSync as _StoreSync
 
 try:  # tests/integration may or may not be a package
     from . import _faults, _procs
