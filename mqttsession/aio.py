@@ -78,6 +78,19 @@ class GroupSync(Protocol):
 _CLOSED: Final = _Closed()
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop, c: Client, items: list[Item], batch: bool,
+             got: list[int]) -> Callable[[], None]:
+    """``_store_items`` in the executor, its callbacks handed to the loop (where the session's
+    callbacks run: ``on_message_dropped`` of a drop made for room, ``on_error``)."""
+    after = _store_items(c, items, batch, got)
+
+    def on_loop() -> None:
+        try:
+            loop.call_soon_threadsafe(after)
+        except RuntimeError:  # (the loop closed meanwhile: here, rather than never)
+            after()
+    return on_loop
+
 def _held(c: Client) -> int:
     """The outgoing messages ``c`` holds, counted (``outgoing_messages`` reads the disk
     queue's back: a read error there raised from ``flush()``)."""
@@ -360,8 +373,9 @@ class AsyncSession:
         none on the loop); the calls after them join them, so none overtakes them."""
         fut, start = self._combiner.add(items)
         if start:
-            self._spool_job = asyncio.get_running_loop().run_in_executor(
-                c._driver.executor, self._combiner.drain, functools.partial(_store_items, c))
+            loop = asyncio.get_running_loop()
+            self._spool_job = loop.run_in_executor(
+                c._driver.executor, self._combiner.drain, functools.partial(_on_loop, loop, c))
         return asyncio.wrap_future(fut)
 
     def _sync_awaiting(self) -> None:

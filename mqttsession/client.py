@@ -160,9 +160,10 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
     return ids, tokens
 
 
-def _store_checked(c: Client, items: list[Item], group: bool
+def _store_checked(c: Client, items: list[Item], group: bool, got: list[int] | None = None
                    ) -> tuple[list[int], list[tuple[int, int, int]], list[Action]]:
-    """``_store_many`` of messages validated already; the callbacks for ``finish`` last."""
+    """``_store_many`` of messages validated already; the callbacks for ``finish`` last.
+    ``got``: the packet ids put there as soon as the records are stored (``Combiner``)."""
     c._require_open("publish_many")
     if not items:
         return [], [], []
@@ -182,6 +183,8 @@ def _store_checked(c: Client, items: list[Item], group: bool
             accepted = c._engine.accepted_many
             group = group and bool(accepted) and type(accepted[0]) is Accepted
             rest = d.run(actions, accepted, deferred=group)  # point 1, all
+            if got is not None:
+                got.extend(ids)
             if group:  # (one Persist: one position, which every token names)
                 tokens = [t for r in accepted if (t := d.hold(r.message.seq)) is not None]
     finally:
@@ -189,14 +192,16 @@ def _store_checked(c: Client, items: list[Item], group: bool
     return ids, tokens, rest
 
 
-def _store_items(c: Client, items: list[Item], batch: bool) -> tuple[list[int], Callable[[], None]]:
+def _store_items(c: Client, items: list[Item], batch: bool, got: list[int]
+                 ) -> Callable[[], None]:
     """``Combiner``'s store: one call's messages, or several calls' together (``batch``),
-    validated, as one ``publish_many``; its callbacks to run once each call has its ids.
+    validated, as one ``publish_many``, their packet ids into ``got``; its callbacks to run
+    once each call has its ids (in the thread that stored them: one of the publishers).
     ``Alone`` for a batch that would first make room for them (``needs_room``)."""
     if batch and needs_room(c._engine, items):
         raise Alone
-    ids, _tokens, rest = _store_checked(c, items, group=False)
-    return ids, functools.partial(c._driver.finish, rest)
+    _ids, _tokens, rest = _store_checked(c, items, group=False, got=got)
+    return functools.partial(c._driver.finish, rest)
 
 
 def _together(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,

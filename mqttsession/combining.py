@@ -31,9 +31,10 @@ __all__ = ["Alone", "Combiner", "Item", "needs_room", "spooling"]
 #: A message as ``publish_many`` stores it: topic, payload, QoS, retain, packed properties.
 Item = tuple[str, bytes, int, bool, bytes]
 After = Callable[[], None]  # the callbacks a store made, run once its publishes have their ids
-#: ``store(items, batch)``: the messages as one ``publish_many``; ``batch``: several calls'
-#: together, which it may refuse (``Alone``)
-Store = Callable[[list[Item], bool], tuple[list[int], After]]
+#: ``store(items, batch, got)``: the messages as one ``publish_many``, their packet ids put in
+#: ``got`` once their records are durable (an interrupt after that point loses none); the
+#: callbacks it made returned. ``batch``: several calls together, which it may refuse (``Alone``)
+Store = Callable[[list[Item], bool, list[int]], After]
 _Entry = tuple[list[Item], "Future[list[int]]"]
 _POLL = 0.00005  # seconds between looks at the queue while a batch gathers
 
@@ -88,9 +89,9 @@ class Combiner:
         if self._holder == threading.get_ident():
             # a callback the batch runs (on_message_dropped, on_error) publishes: stored
             # alone (queued, it would wait for this very batch)
-            ids, after = store([item], False)
-            after()
-            return ids[0]
+            got: list[int] = []
+            store([item], False, got)()
+            return got[0]
         fut: Future[list[int]] = Future()
         with self._cond:
             self._queue.append(([item], fut))
@@ -106,10 +107,7 @@ class Combiner:
                 try:
                     if gather is not None:
                         self._gather(*gather())
-                    with self._cond:
-                        batch = list(self._queue)
-                        self._queue.clear()
-                    self._store(batch, store)
+                    self._store(store)
                 finally:
                     with self._cond:
                         self._storing = False
@@ -136,76 +134,105 @@ class Combiner:
         """Store what is queued, a batch at a time, until nothing is (``add``'s executor job)."""
         while True:
             with self._cond:
-                batch = list(self._queue)
-                self._queue.clear()
-                if not batch:
+                if not self._queue:
                     self._storing = False
                     self._cond.notify_all()
                     return
             try:
-                self._store(batch, store)
+                self._store(store)
             except BaseException:  # (interrupted): the ones queued since fail too, none waits
                 with self._cond:
-                    left = list(self._queue)
-                    self._queue.clear()
                     self._storing = False
                     self._cond.notify_all()
-                _store(left, _interrupted)
+                self._store(_interrupted)
                 raise
-            with self._cond:
-                self._cond.notify_all()
 
     def _gather(self, publishers: int, sync_time: float) -> None:
         deadline = time.monotonic() + sync_time / 2
         while len(self._queue) < publishers and time.monotonic() < deadline:
             time.sleep(_POLL)
 
-    def _store(self, batch: list[_Entry], store: Store) -> None:
+    def _store(self, store: Store) -> None:
+        """Take what is queued and store it (``_store_entries``), this thread the holder."""
         self._holder = threading.get_ident()
         try:
-            _store(batch, store)
+            _store_entries(self._take, store)
         finally:
             self._holder = 0
 
+    def _take(self, into: list[_Entry]) -> None:
+        with self._cond:  # (copied before it is cleared: an interrupt between leaves them
+            into.extend(self._queue)  # in both, and each is settled once, by the first)
+            self._queue.clear()
 
-def _interrupted(_items: list[Item], _batch: bool) -> tuple[list[int], After]:
+
+def _interrupted(_items: list[Item], _batch: bool, _got: list[int]) -> After:
     raise PersistenceError(None, "not published: the job storing the disk queue's batches"
                                  " was interrupted")
 
 
-def _store(batch: list[_Entry], store: Store) -> None:
-    """One batch: all of its entries as one ``publish_many`` (one record, one fdatasync), else
-    each entry alone, so that each call gets its own result or error; the stores' callbacks
-    run once every call has its result. A call never stored (this thread was interrupted
-    first) gets ``PersistenceError``."""
-    # (an ``add``'s publish cancelled before its batch began: never stored; once begun, its
-    # future can no longer be cancelled)
-    batch = [(items, fut) for items, fut in batch if fut.set_running_or_notify_cancel()]
+def _attempt(store: Store, entries: list[_Entry], batch: bool) -> After | Exception:
+    """``entries``' messages in one store call; each future gets its ids once the records
+    are durable, even when the call is interrupted after that point. The call's callbacks,
+    or its ``Exception`` when nothing was stored."""
+    got: list[int] = []
+    try:
+        return store([item for items, _ in entries for item in items], batch, got)
+    except Exception as exc:
+        return exc if not got else _nothing  # (raised after they were stored: stored)
+    finally:
+        if got:
+            at = 0
+            for items, fut in entries:
+                if not fut.done():
+                    fut.set_result(got[at:at + len(items)])
+                at += len(items)
+
+
+def _store_entries(take: Callable[[list[_Entry]], None], store: Store) -> None:
+    """One batch (``take`` fills it): all of its entries as one ``publish_many`` (one record,
+    one fdatasync), else each entry alone, so that each call gets its own result or error;
+    the stores' callbacks run once every call has its result, all of them even if one
+    raises. A call never stored (this thread was interrupted first) gets ``PersistenceError``."""
+    taken: list[_Entry] = []
+    batch = taken
     afters: list[After] = []
     try:
+        take(taken)
+        # (an ``add``'s publish cancelled before its batch began: never stored; once begun,
+        # its future can no longer be cancelled)
+        batch = [(items, fut) for items, fut in taken
+                 if not fut.done() and fut.set_running_or_notify_cancel()]
         if len(batch) > 1:
-            try:
-                ids, after = store([item for items, _ in batch for item in items], True)
-            except Exception:  # (``Alone``, no room for all, a full disk): each on its own
-                pass
-            else:
-                afters.append(after)
-                for items, fut in batch:
-                    fut.set_result(ids[:len(items)])
-                    ids = ids[len(items):]
+            done = _attempt(store, batch, True)  # (``Alone``, no room, a full disk: each alone)
+            if not isinstance(done, Exception):
+                afters.append(done)
                 batch = []
-        for items, fut in batch:
-            try:
-                ids, after = store(items, False)
-            except Exception as exc:
-                fut.set_exception(exc)
+        for entry in batch:
+            done = _attempt(store, [entry], False)
+            if isinstance(done, Exception):
+                entry[1].set_exception(done)
             else:
-                afters.append(after)
-                fut.set_result(ids)
+                afters.append(done)
     finally:
-        for _, fut in batch:
+        for _, fut in taken:
             if not fut.done():
                 fut.set_exception(PersistenceError(None, "not published: the thread that was"
                                                          " storing it was interrupted first"))
-        for after in afters:  # (an interrupt in one: every publish has its result already)
+        _run_all(afters)
+
+
+def _run_all(afters: list[After]) -> None:
+    """Each of the callbacks, the first exception (an interrupt) raised once all ran."""
+    first: BaseException | None = None
+    for after in afters:
+        try:
             after()
+        except BaseException as exc:  # noqa: BLE001 - raised below, after the others
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _nothing() -> None:
+    pass

@@ -26,7 +26,8 @@ attribute                 event                      thread
 ``on_session_lost``       ``SessionLostEvent``       network thread, after ``on_connected``
 ``on_message_dropped``    ``MessageDroppedEvent``    where the queue moved on: the network thread, or
                                                      the thread calling ``publish_*`` (always for
-                                                     ``queue-full``)
+                                                     ``queue-full``; for a disk-queue batch of
+                                                     several threads, the one that stored it)
 ``on_error``              ``ErrorEvent``             where the fault was found: the network thread, a
                                                      publisher, or the ``mqttsession-sync`` timer thread
                                                      (``SessionSync=interval`` while disconnected)

@@ -217,9 +217,12 @@ def _spool_many(c: Client, items: list[Item]) -> list[int | Exception]:
     """A session's messages bound for its disk queue, as one ``publish_many`` (one
     fdatasync); refused (it would drop messages to make room) or failed, one at a time, each
     its own fate: each message's packet id or error."""
+    ids: list[int] = []
     try:
-        ids, after = _store_items(c, items, len(items) > 1)
+        after = _store_items(c, items, len(items) > 1, ids)
     except Exception as exc:  # noqa: BLE001 - one message: its error; more: each alone
+        if ids:  # (raised once stored: stored)
+            return list(ids)
         if len(items) == 1:
             return [exc]
         return [got for item in items for got in _spool_many(c, [item])]

@@ -48,6 +48,26 @@ class _Counting(FsyncCounter):
         super().fdatasync(fd)
 
 
+def _batches_tried(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes (in calls) of the batches of several calls the combiner tries to store; the
+    thread that stores first waits (up to half a second) for every publisher under way, so
+    that a batch of several forms whatever the machine's load."""
+    from mqttsession import combining  # noqa: PLC0415
+    from mqttsession.driver import Driver  # noqa: PLC0415
+
+    monkeypatch.setattr(Driver, "sync_time", lambda _self: 1.0)
+
+    tried: list[int] = []
+    real = combining._attempt
+
+    def attempt(store: Any, entries: list[Any], batch: bool) -> Any:
+        if batch:
+            tried.append(len(entries))
+        return real(store, entries, batch)
+    monkeypatch.setattr(combining, "_attempt", attempt)
+    return tried
+
+
 def _client(path: Path, cid: str) -> Client:
     c = Client(client_id=cid, clean_session=False)
     c.config(f"SessionStateFile={path}")
@@ -142,12 +162,14 @@ def test_a_failed_batch_is_stored_one_by_one_and_nothing_twice(
                 returned.append(data)
 
     counting.fail = 3
+    tried = _batches_tried(monkeypatch)
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert counting.fail == 0  # the faults were met
+    assert tried and max(tried) > 1  # (batches of several calls were tried)
     monkeypatch.setattr(spool_mod, "os", os)
     held = [m.message for m in c.outgoing_messages][IN_MEMORY:]
     c.close()
@@ -267,6 +289,7 @@ def test_a_batch_that_would_make_room_is_stored_one_by_one(
     monkeypatch.setattr(spool_mod, "os", counting)
     failed: list[BaseException] = []
     go = threading.Barrier(THREADS)
+    tried = _batches_tried(monkeypatch)
 
     def worker(k: int) -> None:
         go.wait()
@@ -283,6 +306,7 @@ def test_a_batch_that_would_make_room_is_stored_one_by_one(
     monkeypatch.setattr(spool_mod, "os", os)
     assert len(failed) == THREADS
     assert len(dropped) == 1, dropped
+    assert tried and max(tried) > 1  # (a batch of several was tried, and refused: needs_room)
     assert len(c.outgoing_messages) == 29
     c.close()
 
