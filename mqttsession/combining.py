@@ -130,6 +130,18 @@ class Combiner:
             self._storing = True
         return fut, start
 
+    def abandon(self, exc: BaseException) -> None:
+        """``add``'s caller could not start ``drain`` (no thread, an executor shut down):
+        what is queued fails with ``exc``, never stored, and the next ``add`` starts anew."""
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+            self._storing = False
+            self._cond.notify_all()
+        for _, fut in left:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(exc)
+
     def drain(self, store: Store) -> None:
         """Store what is queued, a batch at a time, until nothing is (``add``'s executor job)."""
         while True:

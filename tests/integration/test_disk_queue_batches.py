@@ -416,3 +416,38 @@ def test_a_gateways_publish_many_into_disk_queues_syncs_once_a_session(
             held = [m.message for m in c.outgoing_messages][IN_MEMORY:]
             assert held == [f"{r}-{n}".encode() for r in range(3) for n in range(20)] + (
                 [b"a", b"b"] if k == 0 else [])
+
+
+def test_an_executor_job_that_cannot_start_fails_its_publish_and_frees_the_next(
+        tmp_path: Path) -> None:
+    """The executor job that stores the disk queue's batches cannot start (no thread, an
+    executor shut down): that publish raises, its message is never stored, and the next
+    publishes go on (before, the combiner stayed busy: every later publish waited for ever;
+    a review's finding)."""
+
+    async def main() -> list[bytes]:
+        s = AsyncSession(Options(address="127.0.0.1:1", request_timeout_seconds=1),
+                         client_id="dqb-start", state_file=str(tmp_path / "a"),
+                         session_sync="always")
+        await s.start(connect=False)
+        await s.config("QueueInMemory=2")
+        try:
+            for _ in range(2):
+                await s.publish("t", b"first", 1)
+            loop = asyncio.get_running_loop()
+            real, calls = loop.run_in_executor, [0]
+
+            def flaky(executor: Any, fn: Any, *args: Any) -> Any:
+                calls[0] += 1
+                if calls[0] == 1:
+                    raise RuntimeError("can't start new thread")
+                return real(executor, fn, *args)
+            loop.run_in_executor = flaky  # type: ignore[method-assign]
+            with pytest.raises(RuntimeError, match="new thread"):
+                await s.publish("t", b"A", 1)
+            await asyncio.wait_for(s.publish("t", b"B", 1), 10)
+            return [m.message for m in s.client.outgoing_messages]
+        finally:
+            await s.close()
+
+    assert asyncio.run(main()) == [b"first", b"first", b"B"]
