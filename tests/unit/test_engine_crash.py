@@ -933,7 +933,7 @@ class EngineCrashMachine(RuleBasedStateMachine):
 
 
 EngineCrashMachine.TestCase.settings = SETTINGS
-TestEngineCrash = EngineCrashMachine.TestCase
+TestEngineCrash = pytest.mark.heavy(EngineCrashMachine.TestCase)
 
 
 # ------------------------------------------------------------------------------ known engine bugs

@@ -594,6 +594,7 @@ def test_damaged_snapshot_is_kept_aside_never_overwritten(tmp_path: Path) -> Non
     assert p.read_bytes() != bad
 
 
+@pytest.mark.heavy
 @settings(SETTINGS, max_examples=20)
 @given(data=st.data())
 def test_power_cut_at_every_byte_of_random_small_histories(data: st.DataObject) -> None:
@@ -612,6 +613,7 @@ def test_power_cut_at_every_byte_of_random_small_histories(data: st.DataObject) 
             check_journal_damage(h, Path(d) / f"dmg{k}z", pos, new, zeros)
 
 
+@pytest.mark.heavy
 @settings(SETTINGS, max_examples=30)
 @given(data=st.data())
 def test_power_cut_in_random_larger_histories(data: st.DataObject) -> None:
@@ -825,6 +827,7 @@ def framed_records(draw: st.DrawFn) -> bytes:
     return frame(json.dumps([tag, *rest]).encode("utf-8"))
 
 
+@pytest.mark.heavy
 @settings(SETTINGS, max_examples=300)
 @given(
     kind=st.sampled_from(["snapshot", "journal", "both", "frames"]),

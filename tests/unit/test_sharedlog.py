@@ -134,6 +134,7 @@ def test_rotation_keeps_every_session_and_bounds_the_log(shm: Path) -> None:
     gw.check()
 
 
+@pytest.mark.heavy
 def test_every_truncation_recovers_a_prefix(shm: Path) -> None:
     gw = Gateway(shm, seed=4)
     gw.run(60, compact_every=23)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -271,4 +272,4 @@ class SessionMachine(RuleBasedStateMachine):
 SessionMachine.TestCase.settings = settings(
     max_examples=120, stateful_step_count=50, deadline=None, database=None
 )
-TestSessionMachine = SessionMachine.TestCase
+TestSessionMachine = pytest.mark.heavy(SessionMachine.TestCase)

@@ -83,6 +83,7 @@ def test_the_plugin_imports_neither_yaml_nor_amqtt() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.heavy
 def test_unit_tests_collect_without_yaml_and_amqtt(tmp_path: Path) -> None:
     args = ["-m", "pytest", "tests/unit", "--collect-only", "-q", "-p", "no:cacheprovider"]
     everything = _collected(_run(args, None))
@@ -91,6 +92,7 @@ def test_unit_tests_collect_without_yaml_and_amqtt(tmp_path: Path) -> None:
     assert any(__name__.rpartition(".")[2] in test for test in blocked)  # this file among them
 
 
+@pytest.mark.heavy
 def test_unit_tests_run_without_yaml_and_amqtt(tmp_path: Path) -> None:
     """The tests that import every module and inject disk faults through the plugin's helpers,
     and those of the Client's misuse and of packaging; only the amqtt plugin module is
