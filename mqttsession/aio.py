@@ -374,9 +374,11 @@ class AsyncSession:
         fut, start = self._combiner.add(items)
         if start:
             loop = asyncio.get_running_loop()
+            d = c._driver
             try:
                 self._spool_job = loop.run_in_executor(
-                    c._driver.executor, self._combiner.drain, functools.partial(_on_loop, loop, c))
+                    d.spool_executor or d.executor, self._combiner.drain,
+                    functools.partial(_on_loop, loop, c))
             except BaseException as exc:  # (no thread, the executor shut down): none stored
                 self._combiner.abandon(exc)
                 raise

@@ -66,6 +66,8 @@ class Driver(Connecting):
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
+        # where a loop's disk-queue batches are stored (an AsyncGateway's pool; None: executor)
+        self.spool_executor: Executor | None = None
         self.connects: Executor | None = None  # a gateway's TCP connects' pool (None: executor)
         # a read batch's sync off the loop (a gateway's sync thread, an AsyncSession's executor)
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None

@@ -60,6 +60,8 @@ CONNECT_RATE = 200.0
 #: Blocking TCP connects (TLS, WebSocket handshakes) that may wait at once: one each to a dead
 #: server (up to 5 s a reconnect, ``connect()``'s timeout a first connect) leaves the rest.
 CONNECT_THREADS = 32
+#: An ``AsyncGateway``'s threads storing its sessions' disk-queue batches side by side.
+SPOOL_THREADS = 8
 
 _T = TypeVar("_T")
 
@@ -501,8 +503,12 @@ class AsyncGateway(_Sessions):
         # the loop's other jobs (a SessionSync=interval sync, a disk-queue segment's removal)
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="mqttsession-gateway-jobs")
-        # and the fdatasyncs in the sync thread (one covers every session's records before it)
+        # and the fdatasyncs in the sync thread (one covers every session's records before it);
+        # sessions bound for their disk queues store their batches side by side (each its
+        # own file to sync; one session's batches one at a time: ``Combiner``)
         self._sync = StoreSync(self.store, self._syncs.executor)
+        self._spools = ThreadPoolExecutor(max_workers=SPOOL_THREADS,
+                                          thread_name_prefix="mqttsession-gateway-spool")
 
     def _hosted(self, client_id: str) -> Client | None:
         s = self._sessions.get(client_id)
@@ -541,6 +547,7 @@ class AsyncGateway(_Sessions):
                              session_sync=session_sync)
             s.client._driver.pacer = self.pacer  # noqa: SLF001
             s.client._driver.executor = self._executor  # noqa: SLF001
+            s.client._driver.spool_executor = self._spools  # noqa: SLF001
             s.client._driver.connects = self._connects  # noqa: SLF001
             s._group = self._sync  # noqa: SLF001
             self._share(s.client)
@@ -655,6 +662,7 @@ class AsyncGateway(_Sessions):
                     log.error("closing gateway session %r: %r", s.client_id, r)
         finally:
             self._executor.shutdown(wait=False)
+            self._spools.shutdown(wait=False)
             self._connects.shutdown(wait=False)
             self._syncs.close()
             self.store.close()

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -451,3 +452,52 @@ def test_an_executor_job_that_cannot_start_fails_its_publish_and_frees_the_next(
             await s.close()
 
     assert asyncio.run(main()) == [b"first", b"first", b"B"]
+
+
+def test_an_async_gateways_sessions_store_their_disk_queue_batches_side_by_side(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight ``AsyncGateway`` sessions past ``QueueInMemory``, each publishing one message at
+    a time (a device's stream), every fdatasync 20 ms (a card): their batches (each session
+    its own file to sync) are stored by several threads at once, not one after another by
+    the gateway's one jobs thread (a scale hunt: 56 messages a second for 100 sessions)."""
+    from mqttsession import AsyncGateway  # noqa: PLC0415
+
+    class Slow(_Counting):
+        def fdatasync(self, fd: int) -> None:
+            time.sleep(0.02)
+            super().fdatasync(fd)
+
+    slow = Slow()
+    names: set[str] = set()
+    real_sync = slow.fdatasync
+
+    def named(fd: int) -> None:
+        names.add(threading.current_thread().name.rsplit("_", 1)[0])
+        real_sync(fd)
+    slow.fdatasync = named  # type: ignore[method-assign]
+
+    async def main() -> None:
+        gw = AsyncGateway(tmp_path / "gw")
+        try:
+            sessions = [await gw.session(f"dev{i}", Options(address="127.0.0.1:1"),
+                                         session_sync="always", connect=False)
+                        for i in range(8)]
+            for s in sessions:
+                await s.config("QueueInMemory=1")
+                await s.publish("t", b"first", 1)
+            monkeypatch.setattr(spool_mod, "os", slow)
+
+            async def device(s: AsyncSession) -> None:
+                for n in range(5):
+                    await s.publish("t", f"m{n}".encode(), 1)
+            await asyncio.gather(*(device(s) for s in sessions))
+            monkeypatch.setattr(spool_mod, "os", os)
+            for s in sessions:
+                assert [m.message for m in s.client.outgoing_messages] == [
+                    b"first", *(f"m{n}".encode() for n in range(5))]
+        finally:
+            await gw.close()
+
+    asyncio.run(main())
+    assert len(slow.threads) > 1, names  # (several spool threads synced at once)
+    assert names == {"mqttsession-gateway-spool"}
