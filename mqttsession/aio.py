@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from . import handover
-from .client import Client, _connect_params, _message, _messages, _store_items, _store_many
+from .client import Client, _connect_params, _item, _messages, _store_items, _store_many
 from .combining import Combiner, Item, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
@@ -343,9 +343,8 @@ class AsyncSession:
         c = self._check()
         data = text_payload(payload) if isinstance(payload, str) else payload
         if qos and self._to_combiner(c):
-            payload, props = _message(c, topic, qos, data, properties)  # (its errors first)
-            retain = c._settings.retain if retain is None else bool(retain)
-            return (await self._spooled(c, [(topic, payload, qos, retain, props)]))[0]
+            item = _item(c, topic, qos, data, retain, properties)  # (its errors first)
+            return (await self._spool(c, [item]))[0]
         # in the order awaited (nothing here awaits before the message is in the session);
         # always the group commit: the fsync waits in the executor, not on the loop
         try:
@@ -362,10 +361,6 @@ class AsyncSession:
         after one still being stored (it must not overtake it)."""
         d = c._driver
         return self._combiner.busy or spooling(d.engine) and d.group_commit()
-
-    async def _spooled(self, c: Client, items: list[Item]) -> list[int]:
-        """``_spool``, awaited: the packet ids."""
-        return await self._spool(c, items)
 
     def _spool(self, c: Client, items: list[Item]) -> asyncio.Future[list[int]]:
         """A call's messages (validated) bound for the disk queue, queued now: stored with
@@ -433,7 +428,7 @@ class AsyncSession:
         c = self._check()
         if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
             items = _messages(c, messages)
-            return await self._spooled(c, items) if items else []
+            return await self._spool(c, items) if items else []
         ids, tokens = _store_many(c, messages, group=True)
         if tokens:
             await self._durable(c, tokens)

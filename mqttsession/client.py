@@ -113,7 +113,7 @@ def _messages(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Publi
         payload, packed = _message(
             c, topic, qos, text_payload(data) if isinstance(data, str) else data, props)
         items.append((topic, payload, qos,
-                      c._settings.retain if retain is None else bool(retain), packed))
+                      _retain(c, retain), packed))
     return items
 
 
@@ -192,6 +192,18 @@ def _store_checked(c: Client, items: list[Item], group: bool, got: list[int] | N
     return ids, tokens, rest
 
 
+def _retain(c: Client, retain: bool | None) -> bool:
+    """A publish's retain flag: the ``Retain`` setting's when None."""
+    return c._settings.retain if retain is None else bool(retain)
+
+
+def _item(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
+          properties: Properties | None) -> Item:
+    """One publish's message checked, as ``publish_many`` stores it (``_messages``')."""
+    payload, props = _message(c, topic, qos, data, properties)
+    return topic, payload, qos, _retain(c, retain), props
+
+
 def _store_items(c: Client, items: list[Item], batch: bool, got: list[int]
                  ) -> Callable[[], None]:
     """``Combiner``'s store: one call's messages, or several calls' together (``batch``),
@@ -213,7 +225,7 @@ def _together(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
     payload, props = _message(c, topic, qos, data, properties)
     d = c._driver
     if d.combiner.busy or spooling(d.engine):
-        item = (topic, payload, qos, c._settings.retain if retain is None else bool(retain), props)
+        item = (topic, payload, qos, _retain(c, retain), props)
         return d.combiner.publish(item, functools.partial(_store_items, c),
                                   lambda: (d.turns.publishers, d.sync_time())), None
     (pid, rest), token = d.turns.run(d, lambda: c._publish_locked(

@@ -69,6 +69,18 @@ def _batches_tried(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return tried
 
 
+async def _full_sessions(gw: Any, n: int, in_memory: int = IN_MEMORY) -> list[AsyncSession]:
+    """``n`` sessions of the ``AsyncGateway`` ``gw``, offline, ``always``, each holding
+    ``in_memory`` messages ("first"): their next publishes go to their disk queues."""
+    sessions = [await gw.session(f"dev{i}", Options(address="127.0.0.1:1"),
+                                 session_sync="always", connect=False) for i in range(n)]
+    for s in sessions:
+        await s.config(f"QueueInMemory={in_memory}")
+        for _ in range(in_memory):
+            await s.publish("t", b"first", 1)
+    return sessions
+
+
 def _client(path: Path, cid: str) -> Client:
     c = Client(client_id=cid, clean_session=False)
     c.config(f"SessionStateFile={path}")
@@ -239,13 +251,7 @@ def test_an_async_gateways_sessions_store_their_disk_queue_batches_off_its_loop(
         loop_thread.append(threading.get_ident())
         gw = AsyncGateway(tmp_path / "gw")
         try:
-            sessions = [await gw.session(f"dev{i}", Options(address="127.0.0.1:1"),
-                                         session_sync="always", connect=False)
-                        for i in range(5)]
-            for s in sessions:
-                await s.config(f"QueueInMemory={IN_MEMORY}")
-                for n in range(IN_MEMORY):
-                    await s.publish("t", b"first", 1)
+            sessions = await _full_sessions(gw, 5)
             monkeypatch.setattr(spool_mod, "os", counting)
             for r in range(3):
                 await asyncio.gather(*(s.publish("t", f"{r}-{n}".encode(), 1)
@@ -359,13 +365,7 @@ def test_an_async_gateways_publish_many_into_disk_queues_shares_fdatasyncs_off_i
         loop_thread.append(threading.get_ident())
         gw = AsyncGateway(tmp_path / "gw")
         try:
-            sessions = [await gw.session(f"dev{i}", Options(address="127.0.0.1:1"),
-                                         session_sync="always", connect=False)
-                        for i in range(5)]
-            for s in sessions:
-                await s.config(f"QueueInMemory={IN_MEMORY}")
-                for n in range(IN_MEMORY):
-                    await s.publish("t", b"first", 1)
+            sessions = await _full_sessions(gw, 5)
             monkeypatch.setattr(spool_mod, "os", counting)
             for r in range(3):
                 ids = await gw.publish_many([(s, "t", 1 + n % 2, f"{r}-{n}".encode())
@@ -479,12 +479,7 @@ def test_an_async_gateways_sessions_store_their_disk_queue_batches_side_by_side(
     async def main() -> None:
         gw = AsyncGateway(tmp_path / "gw")
         try:
-            sessions = [await gw.session(f"dev{i}", Options(address="127.0.0.1:1"),
-                                         session_sync="always", connect=False)
-                        for i in range(8)]
-            for s in sessions:
-                await s.config("QueueInMemory=1")
-                await s.publish("t", b"first", 1)
+            sessions = await _full_sessions(gw, 8, in_memory=1)
             monkeypatch.setattr(spool_mod, "os", slow)
 
             async def device(s: AsyncSession) -> None:

@@ -54,6 +54,15 @@ class Store:
         return _nothing
 
 
+def _in_threads(worker: Callable[[int], None], n: int) -> None:
+    """``worker(k)`` for k in range(n), each in a thread of its own, all joined."""
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_threads_are_stored_in_batches_each_once_with_its_own_id() -> None:
     comb, store = Combiner(), Store()
     got: dict[int, int] = {}
@@ -66,11 +75,7 @@ def test_threads_are_stored_in_batches_each_once_with_its_own_id() -> None:
             with lock:
                 got[n] = pid
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(worker, 8)
     assert sorted(int(x[1]) for x in store.stored) == list(range(400))  # each once
     for n, pid in got.items():  # its id is where it was stored
         assert store.stored[pid - 1] == item(n)
@@ -90,11 +95,7 @@ def test_a_batch_failed_or_refused_is_stored_one_by_one_each_with_its_own_fate(
         except PersistenceError as exc:
             results[k] = exc
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(worker, 6)
     assert isinstance(results[3], PersistenceError) and "no room" in str(results[3])
     assert sorted(int(x[1]) for x in store.stored) == [0, 1, 2, 4, 5]
     assert store.attempts == [6] and not store.batches
