@@ -91,6 +91,18 @@ def _on_loop(loop: asyncio.AbstractEventLoop, c: Client, items: list[Item], batc
             after()
     return on_loop
 
+def _answer(driver: Driver, batch: list[tuple[tuple[_Token, ...],
+                                               asyncio.Future[Exception | None]]],
+            err: Exception | None) -> None:
+    """Each publish of a synced batch gets ``err`` (None: durable, its message released)."""
+    for held, waiter in batch:
+        if waiter.cancelled():  # its publish was cancelled: released or taken back
+            if err is not None or driver.awaits(held[-1]):
+                driver.release_quietly(held[-1], err, batch=held)
+        elif not waiter.done():
+            waiter.set_result(err)
+
+
 def _held(c: Client) -> int:
     """The outgoing messages ``c`` holds, counted (``outgoing_messages`` reads the disk
     queue's back: a read error there raised from ``flush()``)."""
@@ -411,15 +423,13 @@ class AsyncSession:
     def _settle(self, batch: list[tuple[tuple[_Token, ...], asyncio.Future[Exception | None]]],
                 err: Exception | None) -> None:
         """A batch's sync ended: its messages go out (those written after them wait), and
-        each publish gets ``err`` (None: durable)."""
+        each publish gets ``err`` (None: durable); the release waits in a thread while a
+        disk-queue batch holds the session's lock (``Driver.release_then``)."""
         driver = self._client._driver
         if err is None:
-            driver.release_durable()
-        for held, waiter in batch:
-            if waiter.cancelled():  # its publish was cancelled: released or taken back
-                driver.release_quietly(held[-1], err, batch=held)
-            elif not waiter.done():
-                waiter.set_result(err)
+            driver.release_then(functools.partial(_answer, driver, batch, None))
+        else:
+            _answer(driver, batch, err)
 
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:
@@ -608,11 +618,11 @@ class AsyncSession:
         deadline = asyncio.get_running_loop().time() + self._options.request_timeout_seconds
         group, d = self._group, self._client._driver
         while self._syncing or self._awaiting_sync or self._combiner.busy or (
-                group is not None and group.pending(d) is not None):
+                group is not None and group.pending(d) is not None) or d.releasing:
             left = deadline - asyncio.get_running_loop().time()
             job: asyncio.Future[Any] | None = (  # (a batch for the disk queue: its job)
-                self._spool_job if self._combiner.busy else
-                self._sync_job if group is None else group.pending(d))
+                self._spool_job if self._combiner.busy else d.releasing or (
+                    self._sync_job if group is None else group.pending(d)))
             if left <= 0:
                 return
             if job is not None and not job.done():

@@ -206,12 +206,13 @@ def _item(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
 
 def _store_items(c: Client, items: list[Item], batch: bool, got: list[int]
                  ) -> Callable[[], None]:
-    """``Combiner``'s store: one call's messages, or several calls' together (``batch``),
-    validated, as one ``publish_many``, their packet ids into ``got``; its callbacks to run
-    once each call has its ids (in the thread that stored them: one of the publishers).
-    ``Alone`` for a batch that would first make room for them (``needs_room``)."""
+    """``Combiner``'s store: one call's messages, or several calls' together (``batch``), as
+    one ``publish_many``, ids into ``got``; its callbacks to run once each call has its ids
+    (in the storing thread). ``Alone`` for a batch that would first make room (``needs_room``)."""
     if batch and needs_room(c._engine, items):
         raise Alone
+    if c._driver.loop_waits:  # (the loop's read, or release, goes first)
+        c._driver.let_loop_in()
     _ids, _tokens, rest = _store_checked(c, items, group=False, got=got)
     return functools.partial(c._driver.finish, rest)
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from .errors import PersistenceError
 from .validation import topic_bytes
 
-__all__ = ["Alone", "Combiner", "Item", "needs_room", "spooling"]
+__all__ = ["Alone", "Combiner", "Item", "needs_room", "run_all", "spooling"]
 
 #: A message as ``publish_many`` stores it: topic, payload, QoS, retain, packed properties.
 Item = tuple[str, bytes, int, bool, bytes]
@@ -231,10 +231,10 @@ def _store_entries(take: Callable[[list[_Entry]], None], store: Store) -> None:
             if not fut.done():
                 fut.set_exception(PersistenceError(None, "not published: the thread that was"
                                                          " storing it was interrupted first"))
-        _run_all(afters)
+        run_all(afters)
 
 
-def _run_all(afters: list[After]) -> None:
+def run_all(afters: list[After]) -> None:
     """Each of the callbacks, the first exception (an interrupt) raised once all ran."""
     first: BaseException | None = None
     for after in afters:

@@ -265,6 +265,7 @@ class Connecting(Durability):
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
                                 tick, pacer=pacer, jitter=pacer is not None,
                                 loop_thread=threading.current_thread(), executor=connects)
+        self.pump.session = self  # (its lock: the loop never waits for it)
         self.file.off_loop = lambda job: off_loop(loop, self.executor, job)  # (a retire)
         done = asyncio.Event()
         def waiter() -> None:

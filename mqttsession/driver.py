@@ -8,6 +8,7 @@ paho's network thread, which runs the timers too (``_hook_tick``): none of its o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -68,6 +69,9 @@ class Driver(Connecting):
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
         # where a loop's disk-queue batches are stored (an AsyncGateway's pool; None: executor)
         self.spool_executor: Executor | None = None
+        self.releasing: asyncio.Future[None] | None = None  # ``release_then``'s job
+        self.loop_waits = 0  # the loop reads, releases, or waits to (``let_loop_in``)
+        self._release_due: deque[Callable[[], None]] | None = None
         self.connects: Executor | None = None  # a gateway's TCP connects' pool (None: executor)
         # a read batch's sync off the loop (a gateway's sync thread, an AsyncSession's executor)
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None
@@ -427,7 +431,13 @@ class Driver(Connecting):
         if now >= self._next_tick:
             self._next_tick = now + _TICK_EVERY
             self.engine.drops.flush()  # (the drops counted in a window over, summed up)
-            self._guarded(lambda: self.engine.tick(time.time(), since_boot()), "recording activity failed")
+            tick = functools.partial(self._guarded, lambda: self.engine.tick(
+                time.time(), since_boot()), "recording activity failed")
+            conn = self.conn  # on a loop: as a read batch, its records' sync off the loop (the
+            if conn is not None and self.pump is not None:  # messages it takes from the disk
+                conn.as_batch(tick)  # queue wait for it), not one fdatasync a session a tick
+            else:
+                tick()
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
         was = self.engine.conn

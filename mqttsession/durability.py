@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Final, Protocol, cas
 
 from ._config import ClientSettings
 from .pump import AsyncioPump
+from .combining import run_all
 from .actions import Notify, Persist
 from .engine import Action, ConnState, Engine
 from .errors import PersistenceError, QueueFullError, UsageError
@@ -104,6 +105,10 @@ class Durability:
     _sync_timer: Cancellable | None  # SessionSync=interval, armed while records wait
     pump: AsyncioPump | None
     executor: Executor | None  # where a loop's sessions sync (None: the loop's default one)
+    spool_executor: Executor | None  # where a loop's disk-queue batches are stored
+    releasing: asyncio.Future[None] | None  # ``release_then``'s job under way
+    loop_waits: int  # the loop reads, releases, or waits to (``let_loop_in``)
+    _release_due: deque[Callable[[], None]] | None  # what runs after it, in order
     host: Host | None  # a Gateway's loop: its sessions' timers, connected or not
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
@@ -324,6 +329,68 @@ class Durability:
         with self.lock:
             rest = self._write_durable()
         self.finish(rest)
+
+    def lock_busy(self) -> bool:
+        """Whether another thread holds the session's lock now (no waiting)."""
+        if self.lock.acquire(blocking=False):
+            self.lock.release()
+            return False
+        return True
+
+    def let_loop_in(self) -> None:
+        """Called by a thread about to take the session's lock for a disk-queue batch: the
+        loop's read or release under way, or waiting for the lock, goes first (up to 20 ms);
+        batch after batch, the lock is rarely free when the loop looks."""
+        deadline = time.monotonic() + 0.02
+        while self.loop_waits and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    def release_then(self, then: Callable[[], None]) -> asyncio.Future[None] | None:
+        """On the loop: ``release_durable``, then ``then()``. While another thread holds the
+        session's lock (a disk-queue batch's write and fdatasync: tens of ms on an SD card,
+        batch after batch), the release waits for it in a thread and ``then`` runs on the loop
+        after it, in order with those deferred before: the loop, which runs every session's
+        sockets, never waits for the disk. The job under way (None: done now)."""
+        if self._release_due is None and not self.lock_busy():
+            self.loop_waits += 1  # (a batch about to take the lock lets it in first)
+            try:
+                self.release_durable()
+            finally:
+                self.loop_waits -= 1
+                then()
+            return None
+        if self._release_due is None:
+            self._release_due = deque()
+            self._release_due.append(then)
+            self._start_release(asyncio.get_running_loop())
+        else:  # (the next job releases it: its records were synced before it starts)
+            self._release_due.append(then)
+        return self.releasing
+
+    def _start_release(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = self._release_due
+        assert due is not None
+        n = len(due)  # (their messages are durable: the job releases them all)
+        try:
+            job = loop.run_in_executor(self.spool_executor or self.executor, self.release_durable)
+        except RuntimeError:  # (the executor is shut down: closing) here, waiting
+            self.release_durable()
+            self._released(n, None)
+            return
+        self.releasing = job
+        job.add_done_callback(lambda f: self._released(n, f))
+
+    def _released(self, n: int, f: asyncio.Future[None] | None) -> None:
+        if f is not None and not f.cancelled() and (exc := f.exception()) is not None:
+            self.error(getattr(exc, "errno", None) or -1, f"releasing durable messages: {exc}")
+        due = self._release_due
+        assert due is not None
+        thens = [due.popleft() for _ in range(n)]
+        if due:
+            self._start_release(asyncio.get_running_loop())
+        else:
+            self._release_due = self.releasing = None
+        run_all(thens)
 
     def _write_durable(self) -> list[Action]:
         """The held messages whose records are durable now, written (lock held). A record

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
@@ -169,23 +170,32 @@ class StoreSync:
             err = f.result()
         except BaseException as exc:  # noqa: BLE001 - the job itself ended (shutdown)
             err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
-        results: list[Exception | None] = []
-        durable: dict[int, Driver] = {}
-        for driver, tokens, _ in batch:
-            if self._store.is_synced(tokens[-1][1], tokens[-1][2]):
-                results.append(None)
-                durable.setdefault(id(driver), driver)
-            else:
-                results.append(err or PersistenceError(
-                    None, "a failed sync of the shared log cut the record"))
-        for driver in durable.values():  # each session's durable held messages, in order
-            driver.release_durable()
-        for (driver, tokens, waiter), res in zip(batch, results):
-            if waiter.cancelled():  # its publisher is gone: released, or taken back here
-                driver.release_quietly(tokens[-1], res, batch=tokens)  # (one record, one fate)
-            elif not waiter.done():
-                waiter.set_result(res)
+        sessions: dict[int, tuple[Driver, list[_Answer], bool]] = {}
+        for driver, tokens, waiter in batch:  # (by session, each's in order)
+            synced = self._store.is_synced(tokens[-1][1], tokens[-1][2])
+            res = None if synced else err or PersistenceError(
+                None, "a failed sync of the shared log cut the record")
+            _, answers, durable = sessions.setdefault(id(driver), (driver, [], False))
+            answers.append((tokens, waiter, res))
+            sessions[id(driver)] = (driver, answers, durable or synced)
+        for driver, answers, durable in sessions.values():
+            if durable:  # its durable held messages out first, in order (``release_then``:
+                driver.release_then(functools.partial(_answer, driver, answers))  # in a
+            else:  # thread while a disk-queue batch holds the session's lock)
+                _answer(driver, answers)
         self._next()
 
 
+def _answer(driver: Driver, answers: list[_Answer]) -> None:
+    """Each publish of a shared sync gets its result (None: durable, its message released)."""
+    for tokens, waiter, res in answers:
+        if waiter.cancelled():  # its publisher is gone: released, or taken back here
+            if res is not None or driver.awaits(tokens[-1]):  # (one record, one fate)
+                driver.release_quietly(tokens[-1], res, batch=tokens)
+        elif not waiter.done():
+            waiter.set_result(res)
+
+
 _Held = tuple["Driver", tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]"]
+_Answer = tuple[tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]",
+                "Exception | None"]

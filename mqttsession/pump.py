@@ -8,7 +8,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -22,6 +22,22 @@ __all__ = ["AsyncioPump", "off_loop"]
 log = logging.getLogger(__name__)
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+_LOCK_POLL = 0.001  # seconds between looks at a session lock another thread holds
+
+
+class Guarded(Protocol):
+    """The session a pump's connection belongs to, as far as its lock goes (the Driver)."""
+
+    loop_waits: int  # the loop reads, or waits to (a disk-queue batch lets it in first)
+
+    def lock_busy(self) -> bool: ...
+
+
+class _Free:
+    loop_waits = 0
+
+    def lock_busy(self) -> bool:
+        return False
 
 
 class AsyncioPump:
@@ -58,6 +74,10 @@ class AsyncioPump:
         conn.on_socket_unregister_write = self._on_no_write
         self._wake_due = False  # a wake-up for packets queued by other threads is on its way
         conn.wake_writer = self._wake_writer
+        # another thread holds the session's lock (a disk-queue batch's write and fdatasync):
+        # the loop reads this socket once it is free, not waiting for it (``_read``)
+        self.session: Guarded = _Free()
+        self._lock_retry: Any = None
 
     def _soon(self, fn: Callable[[], None]) -> None:
         if self.loop.is_closed():
@@ -128,8 +148,30 @@ class AsyncioPump:
             self.conn.loop_write()
 
     def _read(self) -> None:
-        if self._sock is not None and not self.stopped:
-            self.conn.loop_read()
+        if self._sock is None or self.stopped:
+            return
+        s = self.session
+        s.loop_waits += 1  # (a batch about to take the lock lets this read in first)
+        try:
+            if self._lock_retry is None and not s.lock_busy():
+                self.conn.loop_read()
+                return
+            self.loop.remove_reader(self._sock)  # (until the lock is free: the loop runs the
+            if self._lock_retry is None:  # other sessions meanwhile)
+                self._lock_retry = self.loop.call_later(_LOCK_POLL, self._after_lock)
+                s.loop_waits += 1  # (until ``_after_lock`` ends the wait)
+        finally:
+            s.loop_waits -= 1
+
+    def _after_lock(self) -> None:
+        if not self.stopped and self._sock is not None and self.session.lock_busy():
+            self._lock_retry = self.loop.call_later(_LOCK_POLL, self._after_lock)
+            return
+        self._lock_retry = None
+        self.session.loop_waits -= 1
+        if not self.stopped and self._sock is not None and not self._paused:
+            self.loop.add_reader(self._sock, self._read)
+            self._read()
 
     def _write(self) -> None:
         self.conn.loop_write()
@@ -141,7 +183,16 @@ class AsyncioPump:
         self._timer = None
         if self.stopped or self._sock is None:
             return
-        if self.conn.loop_misc() == _OK and self._sock is not None:
+        s = self.session
+        if s.lock_busy():  # (as ``_read``: soon, once the lock is free)
+            self._timer = self.loop.call_later(_LOCK_POLL, self._misc)
+            return
+        s.loop_waits += 1
+        try:
+            rc = self.conn.loop_misc()
+        finally:
+            s.loop_waits -= 1
+        if rc == _OK and self._sock is not None:
             self._schedule_misc()
 
     def set_delays(self, delay_min: float, delay_max: float) -> None:
@@ -216,6 +267,10 @@ class AsyncioPump:
     def stop(self) -> None:
         """No more reads, writes, timers or reconnects (the socket itself is paho's)."""
         self.stopped = True
+        if self._lock_retry is not None:  # (its wait ends here)
+            self._lock_retry.cancel()
+            self._lock_retry = None
+            self.session.loop_waits -= 1
         for handle in (self._timer, self._retry):
             if handle is not None:
                 handle.cancel()

@@ -461,6 +461,34 @@ class EventLog:
             return [e for n, e in self.events if n == name]
 
 
+class LockHolder:
+    """``lock`` held by a thread of its own (as a disk-queue batch holds a session's over its
+    write and fdatasync) from ``start()`` until ``let_go()``, ``most`` seconds at most."""
+
+    def __init__(self, lock: Any, most: float = 5.0) -> None:
+        self._held, self._release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with lock:
+                self._held.set()
+                self._release.wait(most)
+        self._thread = threading.Thread(target=hold, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._held.wait(TIMEOUT):
+            raise AssertionError("the lock was not taken")
+
+    @property
+    def holding(self) -> bool:
+        return self._held.is_set() and not self._release.is_set()
+
+    def let_go(self) -> None:
+        self._release.set()
+        if self._thread.ident is not None:
+            self._thread.join(TIMEOUT)
+
+
 def publish_direct(host: str, port: int, topic: str, messages: Iterable[tuple[int, str]],
                    protocol: int = 4, retain: bool = False) -> None:
     """Publish ``(qos, text)`` messages with a plain paho client straight to the broker and wait

@@ -1,13 +1,17 @@
-"""An ``AsyncGateway``'s loop never waits for an fdatasync when its sessions reconnect (a
-hunt: each CONNACK synced the resume plan's records on the loop, one fdatasync per session
-after a broker restart: 1,000 sessions on a 10 ms card, 10 s of a stopped loop). The plan's
-acks wait for that sync in the sync thread, as a read batch's do."""
+"""An ``AsyncGateway``'s loop never waits for the disk: not for an fdatasync when its
+sessions reconnect (a hunt: each CONNACK synced the resume plan's records on the loop, one
+fdatasync per session after a broker restart: 1,000 sessions on a 10 ms card, 10 s of a
+stopped loop; the plan's acks wait for that sync in the sync thread, as a read batch's do),
+nor for the one its timers' records need when they take messages from a disk queue, nor for a
+session's lock that another thread holds over a disk-queue batch's fdatasync."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +61,83 @@ def test_reconnects_sync_off_the_loop(mosquitto_factory: Any, tmp_path: Path,
         asyncio.run(asyncio.wait_for(main(), 90))
     finally:
         counter.close()
+
+
+def test_the_timers_take_messages_from_the_disk_queue_syncing_off_the_loop(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session drains its disk queue at ``DrainRateLimit``: each timer round (0.5 s) takes
+    messages from it, whose records must be durable before their PUBLISHes leave. They were
+    synced on the loop, one fdatasync a session a round (30 sessions spilling on an emulated
+    50 ms card: the loop stopped up to 3.5 s, the run took 30 s instead of 9): now the round
+    runs as a read batch does, its sync in the sync thread, its PUBLISHes waiting for it."""
+    on_loop: list[str] = []
+    syncs: list[str] = []
+
+    def fdatasync(fd: int) -> None:
+        syncs.append(threading.current_thread().name)
+        if threading.current_thread() is threading.main_thread():  # (the loop's)
+            on_loop.append("".join(traceback.format_stack(limit=14)))  # (where, if it fails)
+        os.fdatasync(fd)
+
+    monkeypatch.setattr(groupcommit_mod, "os", FakeOs(fdatasync=fdatasync))
+    tag = _procs.unique("tick")
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, f"mqs/{tag}")
+
+    async def main() -> None:
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}",
+                       request_timeout_seconds=20)
+        async with AsyncGateway(tmp_path / "gw") as gw:
+            s = await gw.session(tag, opts, session_sync="always", connect=False)
+            await s.config("QueueInMemory=2")
+            await s.config("DrainRateLimit=4")
+            for n in range(8):  # 6 in the disk queue
+                await s.publish(f"mqs/{tag}", _procs.payload(tag, n), 1)
+            await s.connect()
+            on_loop.clear()
+            syncs.clear()
+            assert await s.flush(_procs.TIMEOUT)
+            assert syncs  # (the timers' records were synced: somewhere else)
+            assert on_loop == [], on_loop
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+        counter.wait_numbers(tag, range(8))
+    finally:
+        counter.close()
+
+
+def test_the_loop_reads_a_socket_once_a_disk_queue_batch_frees_its_session(
+        mosquitto: Any, tmp_path: Path) -> None:
+    """Another thread holds a session's lock (as a disk-queue batch does over its write and
+    fdatasync, batch after batch) when a packet arrives for it: the loop reads that socket once
+    the lock is free and runs the other sessions meanwhile. Before, it waited for the lock
+    inside the read (30 connected sessions spilling on an emulated 50 ms card: the loop
+    stopped up to 3.5 s). The message is delivered once the lock is free."""
+    tag = _procs.unique("rd")
+    ran_while_held: list[bool] = []
+
+    async def main() -> bytes:
+        opts = Options(address=f"{mosquitto.host}:{mosquitto.port}",
+                       request_timeout_seconds=20)
+        async with AsyncGateway(tmp_path / "gw") as gw:
+            s = await gw.session(tag, opts, session_sync="always")
+            await s.subscribe(f"mqs/{tag}", 1)
+            d = s.client._driver
+            locker = _procs.LockHolder(d.lock)
+            locker.start()
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, _procs.publish_direct, mosquitto.host, mosquitto.port,
+                    f"mqs/{tag}", [(1, "m")])
+                deadline = time.monotonic() + 10
+                while not getattr(d, "loop_waits", False) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)  # (the loop runs: the read waits, not it)
+                ran_while_held.append(getattr(d, "loop_waits", False) and locker.holding)
+            finally:
+                locker.let_go()
+            got = await s.receive(_procs.TIMEOUT)
+            assert got is not None
+            return got.message
+
+    assert asyncio.run(asyncio.wait_for(main(), 90)) == b"m"
+    assert ran_while_held == [True]

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""How long an ``AsyncGateway``'s event loop stops while its sessions spill into their disk
+queues on a slow card, this checkout against another commit, same run.
+
+    python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
+                                     [--scenarios offline,connected]
+
+Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
+GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
+time and records how late it wakes (the loop's lag) while:
+
+* ``offline``: 50 sessions (no broker), ``QueueInMemory=20``, 4 tasks a session each await 15
+  QoS 1 publishes, and one task awaits 10 ``gw.publish_many`` of a message of every session;
+* ``connected``: 30 sessions connected to ONE mosquitto (``max_inflight_messages 5``),
+  ``QueueInMemory=5``, 8 tasks a session each await 15 QoS 1 publishes; then ``flush``.
+
+``SessionSync=always`` (the gateway's default). Reported per tree, median over the rounds:
+the longest stop, the 99th percentile, stops over 100 ms, and the run's seconds. Each round
+runs each tree in a child process whose ``PYTHONPATH`` names it, alternating the order; the
+other tree is a temporary git worktree of REV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _slow_disk(seconds: float) -> None:
+    for name in ("fdatasync", "fsync"):
+        real = getattr(os, name)
+
+        def slow(fd: int, _real: Any = real) -> None:
+            time.sleep(seconds)
+            _real(fd)
+        setattr(os, name, slow)
+
+
+async def _scenario(name: str, address: str) -> tuple[list[float], float]:
+    from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
+
+    offline = name == "offline"
+    n, in_memory, tasks = (50, 20, 4) if offline else (30, 5, 8)
+    gw = AsyncGateway(tempfile.mkdtemp(prefix="loop-stall-"))
+    loop, lags, stop = asyncio.get_running_loop(), [], False
+    try:
+        ss = []
+        for i in range(n):
+            s = await gw.session(f"dev{i:03d}", Options(address=address), connect=False)
+            await s.config(f"QueueInMemory={in_memory}")
+            await s.config("QueueSegmentBytes=4096")
+            ss.append(s)
+        if not offline:
+            for s in ss:
+                await s.connect()
+
+        async def watch() -> None:
+            while not stop:
+                t = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - t - 0.01)
+
+        async def publish(s: Any, k: int) -> None:
+            for j in range(15):
+                await s.publish(f"dev/{s.client_id}", f"{k}-{j}", 1)
+
+        async def batches() -> None:
+            for r in range(10):
+                await gw.publish_many([(s, f"dev/{s.client_id}", 1, f"b{r}") for s in ss])
+
+        watcher = asyncio.create_task(watch())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(publish(s, k) for s in ss for k in range(tasks)),
+                             *([batches()] if offline else []))
+        for s in [] if offline else ss:
+            assert await s.flush(120)
+        took = time.perf_counter() - t0
+        stop = True
+        await watcher
+    finally:
+        await gw.close()
+    return lags, took
+
+
+def child(name: str, address: str, fsync_ms: float) -> None:
+    _slow_disk(fsync_ms / 1000)
+    lags, took = asyncio.run(_scenario(name, address))
+    lags.sort()
+    print(f"{lags[-1] * 1000:.1f} {lags[int(len(lags) * 0.99)] * 1000:.1f}"
+          f" {sum(x > 0.1 for x in lags)} {took:.2f}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", default="HEAD~1")
+    p.add_argument("--fsync-ms", type=float, default=50.0)
+    p.add_argument("--repeats", "-r", type=int, default=3)
+    p.add_argument("--scenarios", default="offline,connected")
+    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        child(a.child[0], a.child[1], float(a.child[2]))
+        return 0
+    sys.path.insert(0, str(ROOT))
+    from mqttsession.testing import MosquittoBroker
+
+    other = Path(tempfile.mkdtemp(prefix="mqttsession-stall-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(other),
+                    a.against], check=True)
+    broker = MosquittoBroker(str(HERE / "mosquitto-bench.conf"),
+                             extra_config="max_inflight_messages 5")
+    broker.start()
+    trees = {"old": str(other), "new": str(ROOT)}
+    scenarios = a.scenarios.split(",")
+    res: dict[tuple[str, str], list[list[float]]] = {}
+    try:
+        for r in range(a.repeats):
+            for sc in scenarios:
+                for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                    address = "127.0.0.1:1" if sc == "offline" else \
+                        f"{broker.host}:{broker.port}"
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", sc, address, str(a.fsync_ms)],
+                        env=dict(os.environ, PYTHONPATH=trees[name]), capture_output=True,
+                        text=True, check=True, timeout=600)
+                    res.setdefault((sc, name), []).append(
+                        [float(x) for x in out.stdout.split()])
+    finally:
+        broker.stop()
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)],
+                       check=False)
+    print(f"event loop stops, fdatasync {a.fsync_ms:g} ms, median of {a.repeats} rounds;"
+          f" old = {a.against}")
+    print(f"{'scenario':<10} {'tree':<4} {'longest ms':>10} {'p99 ms':>7} {'>100 ms':>8}"
+          f" {'run s':>6}")
+    for sc in scenarios:
+        for name in ("old", "new"):
+            rows = res[(sc, name)]
+            med = [statistics.median(x[i] for x in rows) for i in range(4)]
+            print(f"{sc:<10} {name:<4} {med[0]:>10.0f} {med[1]:>7.0f} {med[2]:>8.0f}"
+                  f" {med[3]:>6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
