@@ -202,7 +202,8 @@ class AsyncSession:
                 await self.config(f"SessionSync={self._session_sync}")
             if self._state_file is not None:
                 await self.config(f"SessionStateFile={self._state_file}")
-                self._client.restore_session("")
+                await self._loop.run_in_executor(  # (its reads and syncs off the loop: an
+                    driver.executor, self._client.restore_session, "")  # AsyncGateway's others run)
             elif not self._client.clean_session:  # what one closed before still held
                 handover.restore(self._options.address, self._client)
             else:
