@@ -105,7 +105,6 @@ class Durability:
     _sync_timer: Cancellable | None  # SessionSync=interval, armed while records wait
     pump: AsyncioPump | None
     executor: Executor | None  # where a loop's sessions sync (None: the loop's default one)
-    spool_executor: Executor | None  # where a loop's disk-queue batches are stored
     releasing: asyncio.Future[None] | None  # ``release_then``'s job under way
     loop_waits: int  # the loop reads, releases, or waits to (``let_loop_in``)
     _release_due: deque[Callable[[], None]] | None  # what runs after it, in order
@@ -339,8 +338,9 @@ class Durability:
 
     def let_loop_in(self) -> None:
         """Called by a thread about to take the session's lock for a disk-queue batch: the
-        loop's read or release under way, or waiting for the lock, goes first (up to 20 ms);
-        batch after batch, the lock is rarely free when the loop looks."""
+        loop's read or release under way, or waiting for the lock (a release deferred to the
+        jobs thread too), goes first (up to 20 ms); batch after batch, the lock is rarely
+        free when the loop looks."""
         deadline = time.monotonic() + 0.02
         while self.loop_waits and time.monotonic() < deadline:
             time.sleep(0.0005)
@@ -371,18 +371,22 @@ class Durability:
         due = self._release_due
         assert due is not None
         n = len(due)  # (their messages are durable: the job releases them all)
-        try:
-            job = loop.run_in_executor(self.spool_executor or self.executor, self.release_durable)
+        try:  # (the jobs thread, not the spool pool: its threads may all be storing)
+            job = loop.run_in_executor(self.executor, self.release_durable)
         except RuntimeError:  # (the executor is shut down: closing) here, waiting
             self.release_durable()
             self._released(n, None)
             return
         self.releasing = job
+        self.loop_waits += 1  # (the next batch lets it take the lock first)
         job.add_done_callback(lambda f: self._released(n, f))
 
     def _released(self, n: int, f: asyncio.Future[None] | None) -> None:
-        if f is not None and not f.cancelled() and (exc := f.exception()) is not None:
-            self.error(getattr(exc, "errno", None) or -1, f"releasing durable messages: {exc}")
+        if f is not None:
+            self.loop_waits -= 1
+            if not f.cancelled() and (exc := f.exception()) is not None:
+                self.error(getattr(exc, "errno", None) or -1,
+                           f"releasing durable messages: {exc}")
         due = self._release_due
         assert due is not None
         thens = [due.popleft() for _ in range(n)]
