@@ -343,7 +343,8 @@ class AsyncSession:
 
     async def disconnect(self) -> None:
         """A clean DISCONNECT; the session stays usable (``connect()`` again)."""
-        self._check().disconnect()
+        if await self._off_loop(self._check().disconnect):
+            raise asyncio.CancelledError
 
     async def config(self, setting: str) -> str:
         """``Client.config``: ``"Name=Value"`` sets, ``"Name"`` reads."""
@@ -589,8 +590,8 @@ class AsyncSession:
             tail.result()
         finally:
             acked: Exception | None = None
-            try:  # one a receive() already waiting handed out meanwhile (no await from
-                self._ack_now()  # here on: none handed out after it)
+            try:  # one a receive() already waiting handed out meanwhile (none after it:
+                self._ack_now()  # closed, ``_on_message_in`` queues nothing more)
             except Exception as exc:  # (raised once closed)
                 acked = exc
             self._closed = True
@@ -600,7 +601,7 @@ class AsyncSession:
                         c.disconnect()
                         handover.keep(self._options.address, c)
                 finally:
-                    c.close()
+                    cancelled = await self._off_loop(c.close) or cancelled
             finally:
                 self._queue.put_nowait(_CLOSED)
                 for fut in self._idle:  # flush() calls waiting: not all acknowledged
@@ -611,6 +612,25 @@ class AsyncSession:
             raise asyncio.CancelledError
         if acked is not None:
             raise acked
+
+    async def _off_loop(self, call: Callable[[], None]) -> bool:
+        """``call`` (``Client.close`` or ``disconnect``: a DISCONNECT, a snapshot's fdatasync)
+        in the executor, not on the loop (an ``AsyncGateway``'s: every session's); never cut
+        short. Whether the caller was cancelled meanwhile."""
+        cancelled = False
+        try:
+            job = asyncio.get_running_loop().run_in_executor(self._client._driver.executor,
+                                                             call)
+        except RuntimeError:  # (the executor is shut down) here
+            call()
+            return False
+        while not job.done():
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                cancelled = True
+        job.result()
+        return cancelled
 
     async def _syncs_settled(self) -> None:
         """Publishes waiting for their sync end (released, or taken back and raised) before

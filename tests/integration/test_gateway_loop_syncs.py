@@ -144,11 +144,13 @@ def test_the_loop_reads_a_socket_once_a_disk_queue_batch_frees_its_session(
     assert ran_while_held == [True]
 
 
-def test_opening_sessions_restores_them_off_the_loop(
+def test_opening_and_closing_sessions_syncs_off_the_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``gw.session()`` restores the session (its reads and its restore record's fdatasync) in
-    the gateway's jobs thread, not on the loop that runs the others (20 sessions opened on an
-    emulated 20 ms card stopped the loop 0.4 s); each is found again by the next gateway."""
+    """``gw.session()`` restores the session (its reads and its restore record's fdatasync),
+    and its ``close()`` disconnects it and writes its last snapshot, in the gateway's jobs
+    thread, not on the loop that runs the others (20 sessions opened on an emulated 20 ms
+    card stopped the loop 0.4 s, closing them as long); each is found again by the next
+    gateway."""
     on_loop: list[str] = []
 
     def fdatasync(fd: int) -> None:
@@ -166,7 +168,13 @@ def test_opening_sessions_restores_them_off_the_loop(
         async with AsyncGateway(tmp_path / "gw") as gw:
             ss = await asyncio.gather(*(gw.session(f"dev{i}", opts, connect=False)
                                         for i in range(3)))
+            held = [[m.message for m in s.client.outgoing_messages] for s in ss]
+            await ss[0].publish("t", b"more", 1)
+            await asyncio.gather(*(s.close() for s in ss))
             assert on_loop == [], on_loop
-            return [[m.message for m in s.client.outgoing_messages] for s in ss]
+        async with AsyncGateway(tmp_path / "gw") as gw:
+            s = await gw.session("dev0", opts, connect=False)
+            assert [m.message for m in s.client.outgoing_messages] == [b"m0", b"more"]
+        return held
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == [[b"m0"], [b"m1"], [b"m2"]]
