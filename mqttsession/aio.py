@@ -161,6 +161,7 @@ class AsyncSession:
         self._group: GroupSync | None = None  # an AsyncGateway's shared sync
         self._started = False
         self._closing: asyncio.Future[None] | None = None  # close() under way: its end
+        self._ending: asyncio.Future[None] | None = None  # ``_off_loop``'s call under way
         self._closed = False
         self._client.on_message_in = self._on_loop(self._on_message_in)
         self._client.on_subscribed = self._on_loop(self._on_subscribed)
@@ -202,8 +203,9 @@ class AsyncSession:
                 await self.config(f"SessionSync={self._session_sync}")
             if self._state_file is not None:
                 await self.config(f"SessionStateFile={self._state_file}")
-                await self._loop.run_in_executor(  # (its reads and syncs off the loop: an
-                    driver.executor, self._client.restore_session, "")  # AsyncGateway's others run)
+                if await self._off_loop(functools.partial(self._client.restore_session, "")):
+                    raise asyncio.CancelledError  # (its reads and syncs: an AsyncGateway's
+                    # other sessions run meanwhile; cancelled, it ends first, then closes)
             elif not self._client.clean_session:  # what one closed before still held
                 handover.restore(self._options.address, self._client)
             else:
@@ -337,6 +339,9 @@ class AsyncSession:
 
     async def connect(self) -> None:
         """Connect to ``options.address``; ``ConnectError`` on failure."""
+        self._check()
+        if (prev := self._ending) is not None and not prev.done():  # a disconnect() under
+            await asyncio.wait([prev])  # way in the executor: it ends first
         o, c = self._options, self._check()
         await c._driver.connect_async(o.host, o.port, o.request_timeout_seconds,
                                       _connect_params(c))
@@ -575,6 +580,8 @@ class AsyncSession:
         try:
             try:
                 await self.ack()  # taken; those still queued stay unacknowledged
+                if (prev := self._ending) is not None and not prev.done():  # a disconnect()
+                    await asyncio.wait([prev])  # under way: no flush after it
                 if c.connected and _held(c) and not await self.flush(
                         self._options.request_timeout_seconds):
                     log.warning("%s closes with %d unacknowledged messages",
@@ -614,16 +621,23 @@ class AsyncSession:
             raise acked
 
     async def _off_loop(self, call: Callable[[], None]) -> bool:
-        """``call`` (``Client.close`` or ``disconnect``: a DISCONNECT, a snapshot's fdatasync)
-        in the executor, not on the loop (an ``AsyncGateway``'s: every session's); never cut
-        short. Whether the caller was cancelled meanwhile."""
+        """``call`` (``Client.restore_session``, ``disconnect`` or ``close``: reads, a
+        DISCONNECT, a snapshot's fdatasync) in the executor, not on the loop (an
+        ``AsyncGateway``'s: every session's), after the one under way (two at once would both
+        stop the connection); never cut short. Whether the caller was cancelled meanwhile."""
         cancelled = False
+        while (prev := self._ending) is not None and not prev.done():
+            try:
+                await asyncio.wait([prev])
+            except asyncio.CancelledError:
+                cancelled = True
         try:
             job = asyncio.get_running_loop().run_in_executor(self._client._driver.executor,
                                                              call)
         except RuntimeError:  # (the executor is shut down) here
             call()
-            return False
+            return cancelled
+        self._ending = job
         while not job.done():
             try:
                 await asyncio.shield(job)
