@@ -162,6 +162,7 @@ class AsyncSession:
         self._started = False
         self._closing: asyncio.Future[None] | None = None  # close() under way: its end
         self._ending: asyncio.Future[None] | None = None  # ``_off_loop``'s call under way
+        self._offs = 0  # ``_off_loop`` calls under way or waiting for their turn
         self._closed = False
         self._client.on_message_in = self._on_loop(self._on_message_in)
         self._client.on_subscribed = self._on_loop(self._on_subscribed)
@@ -340,8 +341,7 @@ class AsyncSession:
     async def connect(self) -> None:
         """Connect to ``options.address``; ``ConnectError`` on failure."""
         self._check()
-        if (prev := self._ending) is not None and not prev.done():  # a disconnect() under
-            await asyncio.wait([prev])  # way in the executor: it ends first
+        await self._off_loop_done()  # (a disconnect() under way or waiting ends first)
         o, c = self._options, self._check()
         await c._driver.connect_async(o.host, o.port, o.request_timeout_seconds,
                                       _connect_params(c))
@@ -580,8 +580,7 @@ class AsyncSession:
         try:
             try:
                 await self.ack()  # taken; those still queued stay unacknowledged
-                if (prev := self._ending) is not None and not prev.done():  # a disconnect()
-                    await asyncio.wait([prev])  # under way: no flush after it
+                await self._off_loop_done()  # (a disconnect() under way: no flush after it)
                 if c.connected and _held(c) and not await self.flush(
                         self._options.request_timeout_seconds):
                     log.warning("%s closes with %d unacknowledged messages",
@@ -626,25 +625,38 @@ class AsyncSession:
         ``AsyncGateway``'s: every session's), after the one under way (two at once would both
         stop the connection); never cut short. Whether the caller was cancelled meanwhile."""
         cancelled = False
-        while (prev := self._ending) is not None and not prev.done():
-            try:
-                await asyncio.wait([prev])
-            except asyncio.CancelledError:
-                cancelled = True
+        self._offs += 1
         try:
-            job = asyncio.get_running_loop().run_in_executor(self._client._driver.executor,
-                                                             call)
-        except RuntimeError:  # (the executor is shut down) here
-            call()
-            return cancelled
-        self._ending = job
-        while not job.done():
+            while (prev := self._ending) is not None and not prev.done():
+                try:
+                    await asyncio.wait([prev])
+                except asyncio.CancelledError:
+                    cancelled = True
             try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                cancelled = True
-        job.result()
-        return cancelled
+                job = asyncio.get_running_loop().run_in_executor(
+                    self._client._driver.executor, call)
+            except RuntimeError:  # (the executor is shut down) here
+                call()
+                return cancelled
+            self._ending = job
+            while not job.done():
+                try:
+                    await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    cancelled = True
+            job.result()
+            return cancelled
+        finally:
+            self._offs -= 1
+
+    async def _off_loop_done(self) -> None:
+        """Until no ``_off_loop`` call is under way or waiting for its turn."""
+        while self._offs:
+            prev = self._ending
+            if prev is not None and not prev.done():
+                await asyncio.wait([prev])
+            else:
+                await asyncio.sleep(0)
 
     async def _syncs_settled(self) -> None:
         """Publishes waiting for their sync end (released, or taken back and raised) before

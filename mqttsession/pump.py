@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -31,6 +32,10 @@ class Guarded(Protocol):
     loop_waits: int  # the loop reads, or waits to (a disk-queue batch lets it in first)
 
     def lock_busy(self) -> bool: ...
+
+
+def _no_remove(_sock: Any) -> bool:
+    return False
 
 
 class _Free:
@@ -93,18 +98,21 @@ class AsyncioPump:
 
     def _on_open(self, _c: Any, _u: Any, sock: Any) -> None:
         def opened() -> None:
-            if self.stopped:
+            if self.stopped or sock.fileno() < 0:  # (closed meanwhile by another thread)
                 return
             self._sock = sock
             if not self._paused:
-                self.loop.add_reader(sock, self._read)
+                try:
+                    self.loop.add_reader(sock, self._read)
+                except (ValueError, OSError):  # (closed just now: its close callback follows)
+                    self._sock = None
+                    return
             self._schedule_misc()
         self._soon(opened)
 
     def _on_close(self, _c: Any, _u: Any, sock: Any) -> None:
         def closed() -> None:
-            self.loop.remove_reader(sock)
-            self.loop.remove_writer(sock)
+            self._unwatch(sock)
             if self._writer is sock:
                 self._writer = None
             if self._sock is sock:
@@ -115,6 +123,17 @@ class AsyncioPump:
             if not self.stopped and self.conn.wants_reconnect():
                 self._schedule_reconnect()
         self._soon(closed)
+
+    def _unwatch(self, sock: Any, writer: bool = True) -> None:
+        """The loop stops watching ``sock``, also once another thread closed it (paho's
+        close from a ``disconnect()`` off the loop, or a TCP connect's thread): asyncio's
+        public calls refuse its fd -1, its selector finds it by the object."""
+        for name in ("remove_writer", "remove_reader") if writer else ("remove_reader",):
+            try:
+                getattr(self.loop, name)(sock)
+            except (ValueError, OSError):  # (its fd -1; or EBADF from the selector's modify,
+                with contextlib.suppress(OSError, KeyError, ValueError):  # which forgot it)
+                    getattr(self.loop, "_" + name, _no_remove)(sock)
 
     def _on_want_write(self, _c: Any, _u: Any, sock: Any) -> None:
         def want() -> None:  # (not a socket closed meanwhile: a DISCONNECT written, closed)
@@ -156,8 +175,8 @@ class AsyncioPump:
             if self._lock_retry is None and not s.lock_busy():
                 self.conn.loop_read()
                 return
-            self.loop.remove_reader(self._sock)  # (until the lock is free: the loop runs the
-            if self._lock_retry is None:  # other sessions meanwhile)
+            self._unwatch(self._sock, writer=False)  # (until the lock is free: the loop
+            if self._lock_retry is None:  # runs the other sessions meanwhile)
                 self._lock_retry = self.loop.call_later(_LOCK_POLL, self._after_lock)
                 s.loop_waits += 1  # (until ``_after_lock`` ends the wait)
         finally:
@@ -233,7 +252,7 @@ class AsyncioPump:
         if not self._paused:
             self._paused = self.conn.reading_paused = True
             if self._sock is not None:
-                self.loop.remove_reader(self._sock)
+                self._unwatch(self._sock, writer=False)
 
     def resume_reading(self) -> None:
         if self._paused:
@@ -275,8 +294,7 @@ class AsyncioPump:
             if handle is not None:
                 handle.cancel()
         if self._sock is not None:
-            self.loop.remove_reader(self._sock)
-            self.loop.remove_writer(self._sock)
+            self._unwatch(self._sock)
 
 
 def off_loop(loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor | None,

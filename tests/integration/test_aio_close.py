@@ -467,19 +467,20 @@ def test_two_tasks_ending_a_session_at_once_both_return(mosquitto: Any, tmp_path
 
 def test_connect_right_after_a_disconnect_began_waits_for_it(mosquitto: Any,
                                                              tmp_path: Path) -> None:
-    """``connect()`` called while a ``disconnect()`` of another task runs (in the executor):
-    it waits for that disconnect to end, then connects (a review: "already connected; call
-    disconnect() first", every time, once the disconnect left the loop)."""
+    """``connect()`` called while a ``disconnect()`` of another task runs (in the executor),
+    or two: it waits for them to end, then connects (reviews: "already connected; call
+    disconnect() first", every time, once the disconnect left the loop; then, with a second
+    disconnect waiting its turn, that one ended the connect)."""
     opts = Options(address=f"{mosquitto.host}:{mosquitto.port}", request_timeout_seconds=5)
 
     async def main() -> None:
         async with AsyncSession(opts, client_id=unique("dc"),
                                 state_file=str(tmp_path / "s")) as s:
-            for _ in range(5):
-                t = asyncio.ensure_future(s.disconnect())
+            for k in range(6):
+                ts = [asyncio.ensure_future(s.disconnect()) for _ in range(1 + k % 2)]
                 await asyncio.sleep(0)
                 await s.connect()
-                await t
+                await asyncio.gather(*ts)
                 assert s.connected
                 await s.publish(f"mqs/{s.client_id}", b"m", 1)
 

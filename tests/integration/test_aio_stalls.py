@@ -75,3 +75,37 @@ def test_a_suback_that_came_while_the_loop_was_busy_counts() -> None:
             fb.stop()
 
     asyncio.run(main())
+
+
+def test_a_socket_another_thread_closed_is_unwatched_without_error() -> None:
+    """A connection's socket closed by another thread (paho's close from a ``disconnect()``
+    or ``close()`` now run in an executor, or a TCP connect's thread) before the loop stops
+    watching it: the loop forgets it, with no ``ValueError: Invalid file descriptor: -1``
+    (a review: from about 1% of ``close()`` calls racing a ``connect()``, and asyncio
+    callback errors), and a new socket that gets the same descriptor number is watched."""
+    import socket  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    from mqttsession.pump import AsyncioPump  # noqa: PLC0415
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pump = AsyncioPump(types.SimpleNamespace(), loop, 1.0, 1.0)  # type: ignore[arg-type]
+        pump.stopped = True  # (no reconnect to schedule)
+        a, b = socket.socketpair()
+        loop.add_reader(a, lambda: None)
+        loop.add_writer(a, lambda: None)
+        a.close()  # (another thread's close: the loop still watches it)
+        pump._on_close(None, None, a)  # paho's socket callback: the loop forgets it
+        c, d = socket.socketpair()  # (its descriptor may be the one ``a`` had)
+        try:
+            got = asyncio.Event()
+            loop.add_reader(c, got.set)
+            d.send(b"x")
+            await asyncio.wait_for(got.wait(), 5)
+            loop.remove_reader(c)
+        finally:
+            for s in (b, c, d):
+                s.close()
+
+    asyncio.run(main())
