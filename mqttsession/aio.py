@@ -91,18 +91,6 @@ def _on_loop(loop: asyncio.AbstractEventLoop, c: Client, items: list[Item], batc
             after()
     return on_loop
 
-def _answer(driver: Driver, batch: list[tuple[tuple[_Token, ...],
-                                               asyncio.Future[Exception | None]]],
-            err: Exception | None) -> None:
-    """Each publish of a synced batch gets ``err`` (None: durable, its message released)."""
-    for held, waiter in batch:
-        if waiter.cancelled():  # its publish was cancelled: released or taken back
-            if err is not None or driver.awaits(held[-1]):
-                driver.release_quietly(held[-1], err, batch=held)
-        elif not waiter.done():
-            waiter.set_result(err)
-
-
 def _held(c: Client) -> int:
     """The outgoing messages ``c`` holds, counted (``outgoing_messages`` reads the disk
     queue's back: a read error there raised from ``flush()``)."""
@@ -433,10 +421,11 @@ class AsyncSession:
         each publish gets ``err`` (None: durable); the release waits in a thread while a
         disk-queue batch holds the session's lock (``Driver.release_then``)."""
         driver = self._client._driver
+        answers = [(held, waiter, err) for held, waiter in batch]
         if err is None:
-            driver.release_then(functools.partial(_answer, driver, batch, None))
+            driver.release_then(functools.partial(driver.answer, answers))
         else:
-            _answer(driver, batch, err)
+            driver.answer(answers)
 
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:

@@ -28,7 +28,7 @@ from .turns import Turns
 if TYPE_CHECKING:
     from ._paho import PahoConnection
 
-__all__ = ["Cancellable", "Durability", "since_boot"]
+__all__ = ["Answer", "Cancellable", "Durability", "since_boot"]
 
 log = logging.getLogger(__name__)
 _BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
@@ -56,6 +56,11 @@ def _on_loop(*loops: asyncio.AbstractEventLoop | None) -> bool:
         return asyncio.get_running_loop() in loops
     except RuntimeError:
         return False
+
+
+#: A held publish's tokens (one, or a ``publish_many``'s), its waiter, and its sync's result.
+Answer = tuple[tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]",
+               "Exception | None"]
 
 
 class Cancellable(Protocol):
@@ -366,6 +371,16 @@ class Durability:
         else:  # (the next job releases it: its records were synced before it starts)
             self._release_due.append(then)
         return self.releasing
+
+    def answer(self, answers: Sequence[Answer]) -> None:
+        """Each held publish of a sync gets its result (None: durable, its message released
+        by then; else taken back); a cancelled one is settled here (one record, one fate)."""
+        for tokens, waiter, res in answers:
+            if waiter.cancelled():
+                if res is not None or self.awaits(tokens[-1]):
+                    self.release_quietly(tokens[-1], res, batch=tokens)
+            elif not waiter.done():
+                waiter.set_result(res)
 
     def _start_release(self, loop: asyncio.AbstractEventLoop) -> None:
         due = self._release_due

@@ -215,10 +215,6 @@ def _locked(c: Client, topic: str, qos: int, payload: bytes, retain: bool, props
     return locked
 
 
-def _nothing() -> None:
-    pass
-
-
 def _spool_many(c: Client, items: list[Item]) -> list[int | Exception]:
     """A session's messages bound for its disk queue, as one ``publish_many`` (one
     fdatasync); refused (it would drop messages to make room) or failed, one at a time, each
@@ -626,7 +622,7 @@ class AsyncGateway(_Sessions):
                 if i != last_i and self.store.is_synced(token[1], token[2]):
                     if id(d) not in done:
                         done.add(id(d))
-                        d.release_then(_nothing)  # this session's held messages, in order
+                        d.release_then(lambda: None)  # this session's held messages, in order
                     settled.add(i)
                     continue
                 awaiting = i

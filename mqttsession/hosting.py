@@ -17,6 +17,7 @@ from .errors import PersistenceError, UsageError
 
 if TYPE_CHECKING:
     from .driver import Driver
+    from .durability import Answer
     from .sharedlog import SharedLog
 
 __all__ = ["FD_RESERVE", "DaemonPool", "StoreSync", "SyncThread", "raise_fd_limit"]
@@ -170,7 +171,7 @@ class StoreSync:
             err = f.result()
         except BaseException as exc:  # noqa: BLE001 - the job itself ended (shutdown)
             err = PersistenceError(None, f"the shared log sync did not run: {exc!r}")
-        sessions: dict[int, tuple[Driver, list[_Answer], bool]] = {}
+        sessions: dict[int, tuple[Driver, list[Answer], bool]] = {}
         for driver, tokens, waiter in batch:  # (by session, each's in order)
             synced = self._store.is_synced(tokens[-1][1], tokens[-1][2])
             res = None if synced else err or PersistenceError(
@@ -180,22 +181,10 @@ class StoreSync:
             sessions[id(driver)] = (driver, answers, durable or synced)
         for driver, answers, durable in sessions.values():
             if durable:  # its durable held messages out first, in order (``release_then``:
-                driver.release_then(functools.partial(_answer, driver, answers))  # in a
+                driver.release_then(functools.partial(driver.answer, answers))  # in a
             else:  # thread while a disk-queue batch holds the session's lock)
-                _answer(driver, answers)
+                driver.answer(answers)
         self._next()
 
 
-def _answer(driver: Driver, answers: list[_Answer]) -> None:
-    """Each publish of a shared sync gets its result (None: durable, its message released)."""
-    for tokens, waiter, res in answers:
-        if waiter.cancelled():  # its publisher is gone: released, or taken back here
-            if res is not None or driver.awaits(tokens[-1]):  # (one record, one fate)
-                driver.release_quietly(tokens[-1], res, batch=tokens)
-        elif not waiter.done():
-            waiter.set_result(res)
-
-
 _Held = tuple["Driver", tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]"]
-_Answer = tuple[tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]",
-                "Exception | None"]
