@@ -290,10 +290,10 @@ class AsyncSession:
                 fut.set_result(e.response_code)
                 return
 
-    def _wake_idle(self) -> None:
+    def _wake_idle(self, flushed: bool = True) -> None:
         for fut in self._idle:
             if not fut.done():
-                fut.set_result(True)
+                fut.set_result(flushed)
         self._idle.clear()
 
     # ------------------------------------------------------------------ properties
@@ -599,9 +599,7 @@ class AsyncSession:
                     cancelled = await self._off_loop(c.close) or cancelled
             finally:
                 self._queue.put_nowait(_CLOSED)
-                for fut in self._idle:  # flush() calls waiting: not all acknowledged
-                    if not fut.done():
-                        fut.set_result(False)
+                self._wake_idle(False)  # flush() calls waiting: not all acknowledged
                 closing.set_result(None)
         if cancelled:
             raise asyncio.CancelledError
@@ -615,6 +613,8 @@ class AsyncSession:
         stop the connection); never cut short. Whether the caller was cancelled meanwhile."""
         cancelled = False
         self._offs += 1
+        if self._closing is not None:  # close()'s flush ends: no acks come once disconnected
+            self._wake_idle(False)
         try:
             while (prev := self._ending) is not None and not prev.done():
                 try:

@@ -160,17 +160,18 @@ def _store_many(c: Client, messages: Iterable[tuple[str, int, bytes | str] | Pub
     return ids, tokens
 
 
-def _store_checked(c: Client, items: list[Item], group: bool, got: list[int] | None = None
+def _store_checked(c: Client, items: list[Item], group: bool, got: list[int] | None = None,
+                   what: str = "publish_many"
                    ) -> tuple[list[int], list[tuple[int, int, int]], list[Action]]:
-    """``_store_many`` of messages validated already; the callbacks for ``finish`` last.
-    ``got``: the packet ids put there as soon as the records are stored (``Combiner``)."""
-    c._require_open("publish_many")
+    """``_store_many`` of messages validated already (``what``: the call, for errors); the
+    callbacks for ``finish`` last; ``got``: the ids, once stored (``Combiner``)."""
+    c._require_open(what)
     if not items:
         return [], [], []
     d, tokens = c._driver, []
     try:
         with c._lock:
-            c._require_open("publish_many")
+            c._require_open(what)
             if any(i[2] for i in items):
                 c._file.open(c._engine.state)
                 c._file.compact_before_publish(c._engine.state)
@@ -204,8 +205,8 @@ def _item(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,
     return topic, payload, qos, _retain(c, retain), props
 
 
-def _store_items(c: Client, items: list[Item], batch: bool, got: list[int]
-                 ) -> Callable[[], None]:
+def _store_items(c: Client, items: list[Item], batch: bool, got: list[int],
+                 what: str = "publish") -> Callable[[], None]:
     """``Combiner``'s store: one call's messages, or several calls' together (``batch``), as
     one ``publish_many``, ids into ``got``; its callbacks to run once each call has its ids
     (in the storing thread). ``Alone`` for a batch that would first make room (``needs_room``)."""
@@ -213,8 +214,7 @@ def _store_items(c: Client, items: list[Item], batch: bool, got: list[int]
         raise Alone
     if c._driver.loop_waits:  # (the loop's read, or release, goes first)
         c._driver.let_loop_in()
-    _ids, _tokens, rest = _store_checked(c, items, group=False, got=got)
-    return functools.partial(c._driver.finish, rest)
+    return functools.partial(c._driver.finish, _store_checked(c, items, False, got, what)[2])
 
 
 def _together(c: Client, topic: str, qos: int, data: bytes, retain: bool | None,

@@ -221,7 +221,7 @@ def _spool_many(c: Client, items: list[Item]) -> list[int | Exception]:
     its own fate: each message's packet id or error."""
     ids: list[int] = []
     try:
-        after = _store_items(c, items, len(items) > 1, ids)
+        after = _store_items(c, items, len(items) > 1, ids, "publish_many")
     except Exception as exc:  # noqa: BLE001 - one message: its error; more: each alone
         if ids:  # (raised once stored: stored)
             return list(ids)

@@ -485,3 +485,34 @@ def test_connect_right_after_a_disconnect_began_waits_for_it(mosquitto: Any,
                 await s.publish(f"mqs/{s.client_id}", b"m", 1)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_close_stops_flushing_when_another_task_disconnects(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path) -> None:
+    """``close()`` flushes while connected; a ``disconnect()`` another task begins during that
+    flush ends it (no acknowledgement comes once disconnected): close returns at once, the
+    message kept for the next session (a review: close waited its whole
+    ``request_timeout_seconds``)."""
+    proxy = mqtt_proxy_factory(mosquitto)
+
+    path = str(tmp_path / "s")
+
+    async def main() -> tuple[float, int]:
+        s = await AsyncSession.create(_options(proxy.address, 20.0), client_id=unique("cfd"),
+                                      clean_session=False, state_file=path)
+        proxy.drop("s2c", "PUBACK")  # held: close() flushes
+        await s.publish("aio/closeflush/x", "a", 1)
+        closing = asyncio.ensure_future(s.close())
+        await _until(lambda: bool(s._idle), "close() flushing")
+        start = asyncio.get_running_loop().time()
+        await s.disconnect()
+        await closing
+        took = asyncio.get_running_loop().time() - start
+        again = await AsyncSession.create(_options(proxy.address), client_id=s.client_id,
+                                          clean_session=False, state_file=path, connect=False)
+        held = len(again.client.outgoing_messages)
+        await again.close()
+        return took, held
+
+    took, held = _run(main, 60)
+    assert took < 10 and held == 1

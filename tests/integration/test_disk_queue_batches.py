@@ -19,7 +19,7 @@ import pytest
 
 from mqttsession import AsyncSession, Client, Options
 from mqttsession import spool as spool_mod
-from mqttsession.errors import PersistenceError
+from mqttsession.errors import PersistenceError, UsageError
 from mqttsession.testing.fsyncs import FsyncCounter
 
 try:  # tests/integration may or may not be a package
@@ -275,6 +275,42 @@ def test_an_async_gateways_sessions_store_their_disk_queue_batches_off_its_loop(
           f" {counting.syncs} fdatasyncs")
     assert counting.syncs <= 150, counting.syncs
     assert loop_thread[0] not in counting.threads
+
+
+def test_publishes_a_close_refuses_in_a_batch_say_publish(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads publish into the disk queue (slow fdatasyncs, batches queued behind them) while
+    another thread closes the client: each refused ``publish_data`` says "publish after
+    close()" (before: the batch's store named ``publish_many``, a call nobody made)."""
+    c = _client(tmp_path / "s", "dqb-close")
+    c.restore_session("")
+    for n in range(IN_MEMORY):
+        c.publish_data("t", 1, f"m{n}".encode())
+    slow = _Counting()
+    monkeypatch.setattr(slow, "fdatasync", lambda fd: (time.sleep(0.02), os.fdatasync(fd)))
+    monkeypatch.setattr(spool_mod, "os", slow)
+    refused: list[str] = []
+    go = threading.Barrier(THREADS + 1)
+
+    def worker(k: int) -> None:
+        go.wait()
+        for i in range(50):
+            try:
+                c.publish_data("t", 1, f"t{k}-{i}".encode())
+            except UsageError as exc:
+                refused.append(str(exc))
+                return
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    go.wait()
+    time.sleep(0.1)
+    c.close()
+    for t in threads:
+        t.join()
+    assert len(refused) == THREADS
+    assert [r for r in refused if not r.startswith("publish after close()")] == []
 
 
 def test_a_batch_that_would_make_room_is_stored_one_by_one(
