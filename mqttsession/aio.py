@@ -457,11 +457,11 @@ class AsyncSession:
         try:
             err = await fut
         except asyncio.CancelledError:  # after ``fut`` got its error: taken back here
-            if fut.done() and not fut.cancelled() and fut.result() is not None:
-                c._driver.release_quietly(held[-1], fut.result(), batch=held)
+            if fut.done() and not fut.cancelled() and (err := fut.result()) is not None:
+                c._driver.take_back(held[-1], err, held, quiet=True)
             raise
-        if err is not None:  # all of them taken back (one record: one fate), and raised
-            c._driver.release(held[-1], err, batch=held)
+        if err is not None:  # all taken back (one record: one fate; off the loop), and raised
+            await asyncio.shield(c._driver.take_back(held[-1], err, held))
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
@@ -654,10 +654,12 @@ class AsyncSession:
         deadline = asyncio.get_running_loop().time() + self._options.request_timeout_seconds
         group, d = self._group, self._client._driver
         while self._syncing or self._awaiting_sync or self._combiner.busy or (
-                group is not None and group.pending(d) is not None) or d.releasing:
+                group is not None and group.pending(d) is not None) or d.releasing or \
+                d.taking_back:
             left = deadline - asyncio.get_running_loop().time()
             job: asyncio.Future[Any] | None = (  # (a batch for the disk queue: its job)
-                self._spool_job if self._combiner.busy else d.releasing or (
+                self._spool_job if self._combiner.busy else d.releasing or next(iter(
+                    d.taking_back), None) or (
                     self._sync_job if group is None else group.pending(d)))
             if left <= 0:
                 return

@@ -6,6 +6,7 @@ timer. A part of ``Driver`` (its base class): the same lock, state file and engi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -113,6 +114,7 @@ class Durability:
     releasing: asyncio.Future[None] | None  # ``release_then``'s job under way
     loop_waits: int  # the loop reads, releases, or waits to (``let_loop_in``)
     _release_due: deque[Callable[[], None]] | None  # what runs after it, in order
+    taking_back: set[asyncio.Future[None]]  # failed syncs' take-backs under way
     host: Host | None  # a Gateway's loop: its sessions' timers, connected or not
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
@@ -302,30 +304,37 @@ class Durability:
         ``batch``: ``publish_many``'s tokens (``token`` the last; one record, one fate),
         withdrawn together before the file is rewritten: all or none stay."""
         with self.lock:
-            j = self.file.journal
-            if err is not None and j is not None and token in self._awaiting \
-                    and j.is_synced(token[1], token[2]):
-                # the sync failed and cut the record, but a record of another thread then
-                # rewrote the file whole from memory, this message with it (the lock held
-                # there, as here): it is durable, so it stays and the publish succeeds; taken
-                # back, it would come back after a restart though the publisher was told it
-                # failed (a duplicate once published again)
-                err = None
-            gone = [t for t in batch or (token,) if t in self._awaiting]
-            if err is not None and not gone:  # pragma: no cover - released by a sync that
-                err = None  # covered it
-            elif err is not None:
-                for t in reversed(gone):
-                    self._awaiting.remove(t)
-                    self.engine.withdraw(t[0])
-                # its record may reach the disk yet (written, its sync interrupted; or cut,
-                # in a snapshot rewritten since): the file is rewritten without it
+            err = self._withdraw(token, err, batch)
+            if err is not None:  # its record may reach the disk yet (written, its sync
+                # interrupted; or cut, in a snapshot rewritten since): rewritten without it
                 self.file.rewrite(self.engine.state)
             # the durable ones behind it go out (a failed one never blocks those after it)
             rest = self._write_durable()
         self.finish(rest)
         if err is not None:
             raise err
+
+    def _withdraw(self, token: tuple[int, int, int], err: Exception | None,
+                  batch: Sequence[tuple[int, int, int]]) -> Exception | None:
+        """``release``'s part in memory (lock held): a failed publish's messages withdrawn
+        from the session; its error, or None (durable after all: kept)."""
+        j = self.file.journal
+        if err is not None and j is not None and token in self._awaiting \
+                and j.is_synced(token[1], token[2]):
+            # the sync failed and cut the record, but a record of another thread then
+            # rewrote the file whole from memory, this message with it (the lock held
+            # there, as here): it is durable, so it stays and the publish succeeds; taken
+            # back, it would come back after a restart though the publisher was told it
+            # failed (a duplicate once published again)
+            return None
+        gone = [t for t in batch or (token,) if t in self._awaiting]
+        if err is not None and not gone:  # pragma: no cover - released by a sync that
+            return None  # covered it
+        if err is not None:
+            for t in reversed(gone):
+                self._awaiting.remove(t)
+                self.engine.withdraw(t[0])
+        return err
 
     def release_durable(self) -> None:
         """Group commit: write every held message whose record is durable now (once for a
@@ -376,11 +385,54 @@ class Durability:
         """Each held publish of a sync gets its result (None: durable, its message released
         by then; else taken back); a cancelled one is settled here (one record, one fate)."""
         for tokens, waiter, res in answers:
-            if waiter.cancelled():
-                if res is not None or self.awaits(tokens[-1]):
-                    self.release_quietly(tokens[-1], res, batch=tokens)
+            if waiter.cancelled() and res is not None:
+                self.take_back(tokens[-1], res, tokens, quiet=True)
+            elif waiter.cancelled() and self.awaits(tokens[-1]):
+                self.release_quietly(tokens[-1], None, batch=tokens)
             elif not waiter.done():
                 waiter.set_result(res)
+
+    def take_back(self, token: tuple[int, int, int], err: Exception,
+                  batch: Sequence[tuple[int, int, int]] = (), quiet: bool = False
+                  ) -> asyncio.Future[None]:
+        """On the loop: ``release`` of publishes whose sync failed, withdrawn now (nothing
+        sends them; a compaction drops them) and the file rewritten without them and synced
+        in a thread (seconds on a failing card: never on the loop). The job raises ``err``
+        (None: durable after all; ``quiet``: to on_error); ``close()`` waits for it."""
+        with self.lock:
+            failed = self._withdraw(token, err, batch)
+            rest = self._write_durable()
+        self.finish(rest)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._rewrite, token[0], failed, quiet)
+        try:
+            job = loop.run_in_executor(self.executor, call) if failed is not None else None
+        except RuntimeError:  # (the executor is shut down: closing) here
+            job = None
+        if job is None:
+            job = loop.create_future()
+            try:
+                call()
+                job.set_result(None)
+            except Exception as exc:  # noqa: BLE001 - the publish's error, raised by the job
+                job.set_exception(exc)
+        self.taking_back.add(job)
+        job.add_done_callback(self._taken_back)
+        return job
+
+    def _rewrite(self, seq: int, err: Exception | None, quiet: bool) -> None:
+        if err is None:
+            return
+        with self.lock:
+            self.file.rewrite(self.engine.state)
+        if not quiet:
+            raise err
+        self.error(getattr(err, "errno", None) or -1, f"publish (seq {seq}): {err}")
+
+    def _taken_back(self, job: asyncio.Future[None]) -> None:
+        self.taking_back.discard(job)
+        if not job.cancelled():
+            job.exception()  # (read: a cancelled publisher's error is never logged as lost)
 
     def _start_release(self, loop: asyncio.AbstractEventLoop) -> None:
         due = self._release_due

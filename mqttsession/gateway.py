@@ -630,9 +630,9 @@ class AsyncGateway(_Sessions):
                     fut = self._sync.wait_held(d, (token,))
                 e = err if i == last_i else await fut
                 settled.add(i)
-                if e is not None:
+                if e is not None:  # taken back off the loop, its error raised
                     try:
-                        d.release(token, e)  # raises it: the message is taken back
+                        await asyncio.shield(d.take_back(token, e))
                     except Exception as exc:  # noqa: BLE001 - reported by publish_many
                         errors[i], ids[i] = exc, None
         finally:
@@ -640,8 +640,9 @@ class AsyncGateway(_Sessions):
                 if i not in settled and i != awaiting:  # cancelled: the sync under way
                     # decides (its callback releases each if durable, else takes it back)
                     self._sync.wait_held(c._driver, (token,)).cancel()  # noqa: SLF001
-                elif i not in settled and fut.done() and not fut.cancelled() and fut.result():
-                    c._driver.release_quietly(token, fut.result())  # (error given: taken back)
+                elif i not in settled and fut.done() and not fut.cancelled() and (
+                        failed := fut.result()) is not None:
+                    c._driver.take_back(token, failed, quiet=True)  # noqa: SLF001
 
     @property
     def sessions(self) -> dict[str, AsyncSession]:

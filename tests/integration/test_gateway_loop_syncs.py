@@ -9,6 +9,7 @@ syncs of a session's restore when it opens one."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
@@ -178,3 +179,56 @@ def test_opening_and_closing_sessions_syncs_off_the_loop(
         return held
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == [[b"m0"], [b"m1"], [b"m2"]]
+
+
+def test_a_failed_syncs_take_back_runs_off_the_loop(mosquitto: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``AsyncSession`` publish whose fdatasync fails (EIO) is taken back: the state file
+    rewritten without it and synced, in a thread (before: on the loop, which a failing card
+    can stop for seconds). The publish raises, its message never goes out; the next one does.
+    (An ``AsyncGateway`` session's take-back, off the loop too, writes its state into the
+    shared log and leaves the fdatasync to the sync thread, as before.)"""
+    from mqttsession import AsyncSession, PersistenceError  # noqa: PLC0415
+
+    fault = {"armed": False, "failed": False}
+    on_loop: list[str] = []
+
+    def hooked(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if fault["armed"]:
+                fault["armed"], fault["failed"] = False, True
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            if fault["failed"] and threading.current_thread() is threading.main_thread():
+                on_loop.append("".join(traceback.format_stack(limit=6)))
+            real(fd)
+        return sync
+
+    monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
+    monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+    topic = f"mqs/{_procs.unique('tb')}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    opts = Options(address=mosquitto.address, request_timeout_seconds=20)
+
+    async def run(s: AsyncSession) -> None:
+        await s.publish(topic, b"ok", 1)
+        assert await s.flush(_procs.TIMEOUT)  # (its ack's sync done: the next sync is ours)
+        fault["armed"] = True
+        with pytest.raises(PersistenceError):
+            await s.publish(topic, b"failed", 1)
+        assert fault["failed"]
+        await s.publish(topic, b"after", 1)
+        assert await s.flush(_procs.TIMEOUT)
+        fault["failed"] = False  # (closing syncs where it syncs)
+
+    async def main() -> None:
+        async with AsyncSession(opts, client_id=_procs.unique("tb"), session_sync="always",
+                                state_file=str(tmp_path / "s")) as s:
+            await run(s)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+        counter.wait_payload("after")
+        assert [p for p, _q, _d in counter.received] == [b"ok", b"after"]
+    finally:
+        counter.close()
+    assert on_loop == [], on_loop[0]
