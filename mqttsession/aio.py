@@ -33,7 +33,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from . import handover
-from .client import Client, _connect_params, _item, _messages, _store_items, _store_many
+from .client import Client, _connect_params
+from .publishing import check_item, check_messages, store_items, store_many
 from .combining import Combiner, Item, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
@@ -80,9 +81,9 @@ _CLOSED: Final = _Closed()
 
 def _on_loop(loop: asyncio.AbstractEventLoop, c: Client, items: list[Item], batch: bool,
              got: list[int]) -> Callable[[], None]:
-    """``_store_items`` in the executor, its callbacks handed to the loop (where the session's
+    """``store_items`` in the executor, its callbacks handed to the loop (where the session's
     callbacks run: ``on_message_dropped`` of a drop made for room, ``on_error``)."""
-    after = _store_items(c, items, batch, got)
+    after = store_items(c, items, batch, got)
 
     def on_loop() -> None:
         try:
@@ -350,7 +351,7 @@ class AsyncSession:
         c = self._check()
         data = text_payload(payload) if isinstance(payload, str) else payload
         if qos and self._to_combiner(c):
-            item = _item(c, topic, qos, data, retain, properties)  # (its errors first)
+            item = check_item(c, topic, qos, data, retain, properties)  # (its errors first)
             return (await self._spool(c, [item]))[0]
         # in the order awaited (nothing here awaits before the message is in the session);
         # always the group commit: the fsync waits in the executor, not on the loop
@@ -433,9 +434,9 @@ class AsyncSession:
         (under ``SessionSync=always`` that fdatasync waits in the executor, not on the loop)."""
         c = self._check()
         if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
-            items = _messages(c, messages)
+            items = check_messages(c, messages)
             return await self._spool(c, items) if items else []
-        ids, tokens = _store_many(c, messages, group=True)
+        ids, tokens = store_many(c, messages, group=True)
         if tokens:
             await self._durable(c, tokens)
         return ids
@@ -461,7 +462,12 @@ class AsyncSession:
                 c._driver.take_back(held[-1], err, held, quiet=True)
             raise
         if err is not None:  # all taken back (one record: one fate; off the loop), and raised
-            await asyncio.shield(c._driver.take_back(held[-1], err, held))
+            job = c._driver.take_back(held[-1], err, held)
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                c._driver.orphan(job, held[-1][0])
+                raise
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
@@ -655,7 +661,7 @@ class AsyncSession:
         group, d = self._group, self._client._driver
         while self._syncing or self._awaiting_sync or self._combiner.busy or (
                 group is not None and group.pending(d) is not None) or d.releasing or \
-                d.taking_back:
+                d.taking_back or d.settling:
             left = deadline - asyncio.get_running_loop().time()
             job: asyncio.Future[Any] | None = (  # (a batch for the disk queue: its job)
                 self._spool_job if self._combiner.busy else d.releasing or next(iter(

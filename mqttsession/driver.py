@@ -73,6 +73,7 @@ class Driver(Connecting):
         self.loop_waits = 0  # the loop reads, releases, or waits to (``let_loop_in``)
         self._release_due: deque[Callable[[], None]] | None = None
         self.taking_back: set[asyncio.Future[None]] = set()  # ``take_back``'s jobs
+        self.settling = 0  # ``AsyncGateway.publish_many`` calls waiting for its syncs
         self.connects: Executor | None = None  # a gateway's TCP connects' pool (None: executor)
         # a read batch's sync off the loop (a gateway's sync thread, an AsyncSession's executor)
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None

@@ -115,6 +115,7 @@ class Durability:
     loop_waits: int  # the loop reads, releases, or waits to (``let_loop_in``)
     _release_due: deque[Callable[[], None]] | None  # what runs after it, in order
     taking_back: set[asyncio.Future[None]]  # failed syncs' take-backs under way
+    settling: int  # an AsyncGateway's ``publish_many`` waits for this session's syncs
     host: Host | None  # a Gateway's loop: its sessions' timers, connected or not
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
@@ -398,13 +399,14 @@ class Durability:
         """On the loop: ``release`` of publishes whose sync failed, withdrawn now (nothing
         sends them; a compaction drops them) and the file rewritten without them and synced
         in a thread (seconds on a failing card: never on the loop). The job raises ``err``
-        (None: durable after all; ``quiet``: to on_error); ``close()`` waits for it."""
+        (None: durable after all; ``quiet``: a publisher gone, to on_error, as ``orphan``);
+        ``close()`` waits for it."""
         with self.lock:
             failed = self._withdraw(token, err, batch)
             rest = self._write_durable()
         self.finish(rest)
         loop = asyncio.get_running_loop()
-        call = functools.partial(self._rewrite, token[0], failed, quiet)
+        call = functools.partial(self._rewrite, failed)
         try:
             job = loop.run_in_executor(self.executor, call) if failed is not None else None
         except RuntimeError:  # (the executor is shut down: closing) here
@@ -418,21 +420,28 @@ class Durability:
                 job.set_exception(exc)
         self.taking_back.add(job)
         job.add_done_callback(self._taken_back)
+        if quiet:
+            self.orphan(job, token[0])
         return job
 
-    def _rewrite(self, seq: int, err: Exception | None, quiet: bool) -> None:
-        if err is None:
-            return
-        with self.lock:
-            self.file.rewrite(self.engine.state)
-        if not quiet:
+    def _rewrite(self, err: Exception | None) -> None:
+        if err is not None:
+            with self.lock:
+                self.file.rewrite(self.engine.state)
             raise err
-        self.error(getattr(err, "errno", None) or -1, f"publish (seq {seq}): {err}")
+
+    def orphan(self, job: asyncio.Future[None], seq: int) -> None:
+        """A take-back whose publisher is gone (cancelled): its error to on_error, on the
+        loop (``release_quietly``'s)."""
+        def report(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and (exc := f.exception()) is not None:
+                self.error(getattr(exc, "errno", None) or -1, f"publish (seq {seq}): {exc}")
+        job.add_done_callback(report)
 
     def _taken_back(self, job: asyncio.Future[None]) -> None:
         self.taking_back.discard(job)
         if not job.cancelled():
-            job.exception()  # (read: a cancelled publisher's error is never logged as lost)
+            job.exception()  # (read here: an orphan's is reported, a publisher's raised)
 
     def _start_release(self, loop: asyncio.AbstractEventLoop) -> None:
         due = self._release_due

@@ -36,8 +36,10 @@ from typing import Any, Callable, Coroutine, Iterable, TypeVar, Union, cast
 
 from .actions import Action
 from .aio import AsyncSession
-from .client import Client, _connect_params, _messages, _store_items, _target
+from .client import Client, _connect_params, _target
+from .publishing import check_messages, store_items
 from .combining import Item, spooling
+from .driver import Driver
 from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishManyError,
                      UsageError)
 from .events import ErrorEvent, PublishRequest
@@ -221,7 +223,7 @@ def _spool_many(c: Client, items: list[Item]) -> list[int | Exception]:
     its own fate: each message's packet id or error."""
     ids: list[int] = []
     try:
-        after = _store_items(c, items, len(items) > 1, ids, "publish_many")
+        after = store_items(c, items, len(items) > 1, ids, "publish_many")
     except Exception as exc:  # noqa: BLE001 - one message: its error; more: each alone
         if ids:  # (raised once stored: stored)
             return list(ids)
@@ -405,7 +407,7 @@ class Gateway(_Sessions):
             if not isinstance(c, Client) or c._driver.host is not self:  # noqa: SLF001
                 raise UsageError("publish_many takes (client, topic, qos, data) or (client,"
                                  " PublishRequest) tuples, client a session of this gateway")
-            item = _messages(c, [m[1] if len(m) == 2 else m[1:]])[0]
+            item = check_messages(c, [m[1] if len(m) == 2 else m[1:]])[0]
             d = c._driver  # noqa: SLF001
             if item[2] and d.group_commit() and (id(d) in spools or spooling(d.engine)):
                 spools.setdefault(id(d), (c, [], []))[1].append(n)
@@ -571,7 +573,7 @@ class AsyncGateway(_Sessions):
             if not isinstance(s, AsyncSession) or s._group is not self._sync:  # noqa: SLF001
                 raise UsageError("publish_many takes (session, topic, qos, data) or (session,"
                                  " PublishRequest) tuples, session one of this gateway's")
-            items.append((s, _messages(s.client, [m[1] if len(m) == 2 else m[1:]])[0]))
+            items.append((s, check_messages(s.client, [m[1] if len(m) == 2 else m[1:]])[0]))
         ids: list[int | None] = []
         errors: dict[int, Exception] = {}
         waits: list[tuple[int, Client, tuple[int, int, int]]] = []
@@ -613,6 +615,10 @@ class AsyncGateway(_Sessions):
         settled: set[int] = set()
         awaiting = last_i  # its future, cancelled, is the sync callback's to settle
         fut = self._sync.wait_held(last_c._driver, (last_token,))  # noqa: SLF001
+        drivers = {id(c._driver): c._driver for _, c, _ in waits}  # noqa: SLF001
+        backs: dict[int, tuple[Driver, int, asyncio.Future[None]]] = {}  # taken back
+        for d in drivers.values():  # (their close() waits: nothing saved before withdrawn)
+            d.settling += 1
         try:
             err = await fut
             settled.add(last_i)
@@ -630,12 +636,19 @@ class AsyncGateway(_Sessions):
                     fut = self._sync.wait_held(d, (token,))
                 e = err if i == last_i else await fut
                 settled.add(i)
-                if e is not None:  # taken back off the loop, its error raised
-                    try:
-                        await asyncio.shield(d.take_back(token, e))
-                    except Exception as exc:  # noqa: BLE001 - reported by publish_many
-                        errors[i], ids[i] = exc, None
+                if e is not None:  # withdrawn now, the file rewritten off the loop
+                    backs[i] = (d, token[0], d.take_back(token, e))
+            for i, (_, _, job) in list(backs.items()):
+                try:
+                    await asyncio.shield(job)
+                except Exception as exc:  # noqa: BLE001 - reported by publish_many
+                    errors[i], ids[i] = exc, None
+                del backs[i]
         finally:
+            for d, seq, job in backs.values():  # cancelled: their errors to on_error
+                d.orphan(job, seq)
+            for d in drivers.values():
+                d.settling -= 1
             for i, c, token in waits:
                 if i not in settled and i != awaiting:  # cancelled: the sync under way
                     # decides (its callback releases each if durable, else takes it back)

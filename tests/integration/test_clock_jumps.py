@@ -2,7 +2,8 @@
 before): the Activity records the session's expiry estimate rests on kept coming after the
 jump (none was written until the clock caught up, so ``session_expired`` after a crash
 answered from the time before the jump). Real mosquitto; the wall clock is faked in
-``mqttsession.client`` and ``mqttsession.driver`` (their ``time``)."""
+``mqttsession.client``, ``mqttsession.publishing`` and ``mqttsession.driver`` (their
+``time``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import mqttsession.client
+import mqttsession.publishing
 import mqttsession.driver
 import mqttsession.durability
 import mqttsession.engine
@@ -69,9 +71,8 @@ _real_since_boot = mqttsession.durability.since_boot
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(mqttsession.client, "time", c)
-    monkeypatch.setattr(mqttsession.driver, "time", c)
-    for module in (mqttsession.client, mqttsession.driver):
+    for module in (mqttsession.client, mqttsession.publishing, mqttsession.driver):
+        monkeypatch.setattr(module, "time", c)
         monkeypatch.setattr(module, "since_boot", c.since_boot)
     return c
 
