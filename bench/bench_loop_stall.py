@@ -3,7 +3,7 @@
 queues on a slow card, this checkout against another commit, same run.
 
     python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
-                                     [--scenarios offline,connected]
+                                     [--scenarios offline,connected,takeback]
 
 Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
 GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
@@ -12,7 +12,10 @@ time and records how late it wakes (the loop's lag) while:
 * ``offline``: 50 sessions (no broker), ``QueueInMemory=20``, 4 tasks a session each await 15
   QoS 1 publishes, and one task awaits 10 ``gw.publish_many`` of a message of every session;
 * ``connected``: 30 sessions connected to ONE mosquitto (``max_inflight_messages 5``),
-  ``QueueInMemory=5``, 8 tasks a session each await 15 QoS 1 publishes; then ``flush``.
+  ``QueueInMemory=5``, 8 tasks a session each await 15 QoS 1 publishes; then ``flush``;
+* ``takeback``: one ``AsyncSession`` (its own state file, offline) holding 500 messages;
+  one publish's fdatasync fails (EIO): the publish is taken back (the file rewritten without
+  it and synced) and raises.
 
 ``SessionSync=always`` (the gateway's default). Reported per tree, median over the rounds:
 the longest stop, the 99th percentile, stops over 100 ms, and the run's seconds. Each round
@@ -47,9 +50,55 @@ def _slow_disk(seconds: float) -> None:
         setattr(os, name, slow)
 
 
+async def _take_back() -> tuple[list[float], float]:
+    import errno  # noqa: PLC0415
+
+    from mqttsession import AsyncSession, Options, PersistenceError  # noqa: PLC0415
+
+    real, armed = os.fdatasync, [False]
+
+    def eio_once(fd: int) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise OSError(errno.EIO, "Input/output error (bench)")
+        real(fd)
+    os.fdatasync = eio_once
+    loop, lags, stop = asyncio.get_running_loop(), [], False
+    s = await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="takeback",
+                                  state_file=os.path.join(tempfile.mkdtemp(), "s"),
+                                  session_sync="always", connect=False)
+    try:
+        await s.publish_many([("t", 1, b"x" * 100)] * 500)
+
+        async def watch() -> None:
+            while not stop:
+                t = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - t - 0.01)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.05)
+        armed[0] = True
+        t0 = time.perf_counter()
+        try:
+            await s.publish("t", b"failed", 1)
+        except PersistenceError:
+            pass
+        else:
+            raise AssertionError("the publish whose sync failed returned")
+        took = time.perf_counter() - t0
+        stop = True
+        await watcher
+    finally:
+        await s.close()
+    return lags, took
+
+
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
 
+    if name == "takeback":
+        return await _take_back()
     offline = name == "offline"
     n, in_memory, tasks = (50, 20, 4) if offline else (30, 5, 8)
     gw = AsyncGateway(tempfile.mkdtemp(prefix="loop-stall-"))
