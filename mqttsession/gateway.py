@@ -43,7 +43,8 @@ from .driver import Driver
 from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishManyError,
                      UsageError)
 from .events import ErrorEvent, PublishRequest
-from .hosting import FD_RESERVE, DaemonPool, StoreSync, SyncThread, raise_fd_limit
+from .hosting import (FD_RESERVE, DaemonPool, StoreSync, SyncThread, raise_fd_limit,
+                      report_cancelled)
 from .options import Options
 from .pacing import Pacer
 from .queuelimits import DropLog
@@ -594,13 +595,19 @@ class AsyncGateway(_Sessions):
             ids.append(pid)
             if token is not None:
                 waits.append((i, c, token))
-        if waits:
-            await self._settle(waits, ids, errors)
-        for i, f in spooled:
-            try:
-                ids[i] = (await f)[0]
-            except Exception as exc:  # noqa: BLE001 - reported by publish_many
-                errors[i] = exc
+        done = 0
+        try:
+            if waits:
+                await self._settle(waits, ids, errors)
+            for i, f in spooled:
+                try:
+                    ids[i] = (await asyncio.shield(f))[0]
+                except Exception as exc:  # noqa: BLE001 - reported by publish_many
+                    errors[i] = exc
+                done += 1
+        except asyncio.CancelledError:  # its failures to on_error: nobody else hears of them
+            report_cancelled(errors, spooled[done:], lambda i: items[i][0].client._driver)
+            raise
         if errors:
             raise PublishManyError(ids, errors)
         return cast("list[int]", ids)

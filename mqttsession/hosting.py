@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .errors import PersistenceError, UsageError
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
     from .durability import Answer
     from .sharedlog import SharedLog
 
-__all__ = ["FD_RESERVE", "DaemonPool", "StoreSync", "SyncThread", "raise_fd_limit"]
+__all__ = ["FD_RESERVE", "DaemonPool", "StoreSync", "SyncThread", "raise_fd_limit",
+           "report_cancelled"]
 
 log = logging.getLogger("mqttsession")
 
@@ -188,3 +190,21 @@ class StoreSync:
 
 
 _Held = tuple["Driver", tuple[tuple[int, int, int], ...], "asyncio.Future[Exception | None]"]
+
+
+def report_cancelled(errors: dict[int, Exception],
+                     spooled: Sequence[tuple[int, asyncio.Future[list[int]]]],
+                     driver_of: Callable[[int], Driver]) -> None:
+    """A cancelled ``AsyncGateway.publish_many``: its caller gone, what failed (and what its
+    disk-queue batches under way will fail) goes to each message's session's on_error."""
+    def report(d: Driver, exc: BaseException) -> None:
+        d.error(getattr(exc, "errno", None) or -1, f"publish_many (cancelled): {exc}")
+
+    def reporter(d: Driver) -> Callable[[asyncio.Future[list[int]]], None]:
+        return lambda f: None if f.cancelled() or (exc := f.exception()) is None \
+            else report(d, exc)
+
+    for i, exc in errors.items():
+        report(driver_of(i), exc)
+    for i, f in spooled:
+        f.add_done_callback(reporter(driver_of(i)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 import mqttsession.groupcommit as groupcommit_mod
 from mqttsession import AsyncGateway, AsyncSession, Options
 from mqttsession.hosting import StoreSync as _StoreSync
+from mqttsession.testing.faults import FakeOs
 
 try:  # tests/integration may or may not be a package
     from . import _faults, _procs
@@ -283,3 +285,62 @@ def test_a_publish_cancelled_while_its_take_back_rewrites_reports_the_failure(
     assert asyncio.run(asyncio.wait_for(main(), 30)) == [b"ok"]
     assert [e for e in errors if "publish (seq 2)" in e[1]] != [], errors
     assert all(on_loop for on_loop, text in errors if "publish (seq" in text), errors
+
+
+def test_a_cancelled_gateway_publish_many_reports_every_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AsyncGateway.publish_many`` cancelled while it waits for a slow shared-log sync
+    (session A), its message for session B's disk queue failing (EIO): the caller sees only
+    ``CancelledError``, so B's failure goes to B's on_error, on the loop's thread, and asyncio
+    logs no "Future exception was never retrieved" (a review: nothing reported, the message
+    gone; the same for failures ``publish_many`` had recorded before the cancel)."""
+    import mqttsession.spool as spool_mod  # noqa: PLC0415
+
+    slow, fail = {"on": False}, {"n": 0}
+
+    def slow_sync(fd: int) -> None:
+        if slow["on"]:
+            time.sleep(0.3)
+        os.fdatasync(fd)
+
+    def failing_sync(fd: int) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        os.fdatasync(fd)
+
+    monkeypatch.setattr(groupcommit_mod, "os", FakeOs(fdatasync=slow_sync))
+    monkeypatch.setattr(spool_mod, "os", FakeOs(fdatasync=failing_sync))
+    opts = Options(address="127.0.0.1:1", request_timeout_seconds=5)
+    errors: list[tuple[str, bool, str]] = []
+    loop_errors: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: loop_errors.append(ctx))
+        gw = AsyncGateway(tmp_path / "gw")
+        a = await gw.session("A", opts, session_sync="always", connect=False)
+        b = await gw.session("B", opts, session_sync="always", connect=False)
+        await b.config("QueueInMemory=1")
+        for s in (a, b):
+            s.client.on_error = (lambda n: lambda e: errors.append(
+                (n, threading.current_thread() is threading.main_thread(), e.description)))(
+                s.client_id)
+        await a.publish("t", b"A0", 1)
+        await b.publish("t", b"B0", 1)
+        await b.publish("t", b"B0q", 1)  # (into B's disk queue)
+        slow["on"], fail["n"] = True, 10
+        task = asyncio.create_task(gw.publish_many([(a, "t", 1, b"A1"), (b, "t", 1, b"B1")]))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        (r,) = await asyncio.gather(task, return_exceptions=True)
+        assert isinstance(r, asyncio.CancelledError), r
+        await asyncio.sleep(0.5)
+        slow["on"], fail["n"] = False, 0
+        gc.collect()
+        await gw.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    gc.collect()
+    assert [e for e in errors if e[0] == "B" and "publish_many (cancelled)" in e[2]] != [], errors
+    assert all(on_loop for _n, on_loop, _t in errors), errors
+    assert loop_errors == []
