@@ -3,7 +3,7 @@
 queues on a slow card, this checkout against another commit, same run.
 
     python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
-                                     [--scenarios offline,connected,takeback]
+                                     [--scenarios offline,connected,takeback,compaction]
 
 Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
 GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
@@ -16,6 +16,9 @@ time and records how late it wakes (the loop's lag) while:
 * ``takeback``: one ``AsyncSession`` (its own state file, offline) holding 500 messages;
   one publish's fdatasync fails (EIO): the publish is taken back (the file rewritten without
   it and synced) and raises.
+* ``compaction``: one ``AsyncSession`` (its own state file) connected to the mosquitto,
+  ``MaxInflight=5``, 50 tasks each awaiting 200 QoS 1 publishes of 200 bytes: its journal
+  passes 1 MiB, and is compacted (a snapshot written and synced), every ~4,000 of them.
 
 ``SessionSync=always`` (the gateway's default). Reported per tree, median over the rounds:
 the longest stop, the 99th percentile, stops over 100 ms, and the run's seconds. Each round
@@ -94,11 +97,42 @@ async def _take_back() -> tuple[list[float], float]:
     return lags, took
 
 
+async def _compaction(address: str) -> tuple[list[float], float]:
+    from mqttsession import AsyncSession, Options  # noqa: PLC0415
+
+    loop, lags, stop = asyncio.get_running_loop(), [], False
+    async with AsyncSession(Options(address=address), client_id="compaction",
+                            state_file=os.path.join(tempfile.mkdtemp(), "s"),
+                            session_sync="always") as s:
+        await s.config("MaxInflight=5")
+
+        async def watch() -> None:
+            while not stop:
+                t = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - t - 0.01)
+
+        async def publish(k: int) -> None:
+            for j in range(200):
+                await s.publish("bench/compaction", b"%d-%d " % (k, j) + b"x" * 190, 1)
+
+        watcher = asyncio.create_task(watch())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(publish(k) for k in range(50)))
+        assert await s.flush(120)
+        took = time.perf_counter() - t0
+        stop = True
+        await watcher
+    return lags, took
+
+
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
 
     if name == "takeback":
         return await _take_back()
+    if name == "compaction":
+        return await _compaction(address)
     offline = name == "offline"
     n, in_memory, tasks = (50, 20, 4) if offline else (30, 5, 8)
     gw = AsyncGateway(tempfile.mkdtemp(prefix="loop-stall-"))

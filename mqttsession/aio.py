@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from . import handover
 from .client import Client, _connect_params
-from .publishing import check_item, check_messages, store_items, store_many
+from .compacting import Turn
+from .publishing import check_item, check_messages, store_checked, store_items
 from .combining import Combiner, Item, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
@@ -146,6 +147,7 @@ class AsyncSession:
         # publishes bound for the disk queue (``always``): stored as one batch by one
         # executor job (one fdatasync, off the loop), which the next ones wait for
         self._combiner = Combiner()
+        self._turn = Turn()  # publishes in order while a compaction runs off the loop
         self._spool_job: asyncio.Future[None] | None = None
         self._group: GroupSync | None = None  # an AsyncGateway's shared sync
         self._started = False
@@ -353,13 +355,15 @@ class AsyncSession:
         if qos and self._to_combiner(c):
             item = check_item(c, topic, qos, data, retain, properties)  # (its errors first)
             return (await self._spool(c, [item]))[0]
-        # in the order awaited (nothing here awaits before the message is in the session);
-        # always the group commit: the fsync waits in the executor, not on the loop
-        try:
-            pid, token = c._publish_begin(topic, qos, data, retain, properties)
-        except BaseException:
-            c._driver.finish_stashed()
-            raise
+        # in the order awaited (nothing here awaits before the message is in the session but
+        # a compaction due, off the loop: ``compacting.Turn``); always the group commit: the
+        # fsync waits in the executor, not on the loop
+        async with self._turn.if_due(c._driver, len(data) + len(topic), qos):
+            try:
+                pid, token = c._publish_begin(topic, qos, data, retain, properties)
+            except BaseException:
+                c._driver.finish_stashed()
+                raise
         if token is not None:  # SessionSync=always: concurrent publishes share the fdatasync
             await self._durable(c, (token,))
         return pid
@@ -436,7 +440,10 @@ class AsyncSession:
         if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
             items = check_messages(c, messages)
             return await self._spool(c, items) if items else []
-        ids, tokens = store_many(c, messages, group=True)
+        items = check_messages(c, messages)
+        async with self._turn.if_due(c._driver, sum(len(i[0]) + len(i[1]) for i in items)):
+            ids, tokens, rest = store_checked(c, items, group=True)
+            c._driver.finish(rest)
         if tokens:
             await self._durable(c, tokens)
         return ids

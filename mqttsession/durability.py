@@ -337,6 +337,13 @@ class Durability:
                 self.engine.withdraw(t[0])
         return err
 
+    def compact_ahead(self) -> None:
+        """In a thread: the state file compacted before a loop's publish would (its syncs
+        off the loop); raises what fails. The loop's read under way goes first."""
+        self.let_loop_in()
+        with self.lock:
+            self.file.compact_ahead(self.engine.state)
+
     def release_durable(self) -> None:
         """Group commit: write every held message whose record is durable now (once for a
         batch of publishes). Their records are on disk: a failure here goes to on_error."""
@@ -352,10 +359,10 @@ class Durability:
         return True
 
     def let_loop_in(self) -> None:
-        """Called by a thread about to take the session's lock for a disk-queue batch: the
-        loop's read or release under way, or waiting for the lock (a release deferred to the
-        jobs thread too), goes first (up to 20 ms); batch after batch, the lock is rarely
-        free when the loop looks."""
+        """Called by a thread about to take the session's lock for a disk-queue batch (or a
+        compaction, ``compact_ahead``): the loop's read or release under way, or waiting for
+        the lock (a release deferred to the jobs thread too), goes first (up to 20 ms); batch
+        after batch, the lock is rarely free when the loop looks."""
         deadline = time.monotonic() + 0.02
         while self.loop_waits and time.monotonic() < deadline:
             time.sleep(0.0005)

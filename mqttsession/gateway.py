@@ -39,7 +39,6 @@ from .aio import AsyncSession
 from .client import Client, _connect_params, _target
 from .publishing import check_messages, store_items
 from .combining import Item, spooling
-from .driver import Driver
 from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishManyError,
                      UsageError)
 from .events import ErrorEvent, PublishRequest
@@ -579,26 +578,33 @@ class AsyncGateway(_Sessions):
         errors: dict[int, Exception] = {}
         waits: list[tuple[int, Client, tuple[int, int, int]]] = []
         spooled: list[tuple[int, asyncio.Future[list[int]]]] = []  # (its session's batches)
-        for i, (s, (topic, payload, qos, retain, props)) in enumerate(items):
-            c = s.client
-            if qos and s._to_combiner(c):  # noqa: SLF001  (into the disk queue: off the loop)
-                spooled.append((i, s._spool(c, [(topic, payload, qos, retain, props)])))  # noqa: SLF001
-                ids.append(None)
-                continue
-            try:
-                (pid, rest), token = _locked(c, topic, qos, payload, retain, props)()
-            except Exception as exc:  # this session's to report; the others go on
-                errors[i] = exc
-                ids.append(None)
-                continue
-            c._driver.finish(rest)  # noqa: SLF001
-            ids.append(pid)
-            if token is not None:
-                waits.append((i, c, token))
+        sizes: dict[int, tuple[AsyncSession, int]] = {}  # (a compaction due: off the loop)
+        for s, (topic, payload, qos, _, _) in items:
+            sizes[id(s)] = (s, sizes.get(id(s), (s, 0))[1] + len(topic) + len(payload) * bool(qos))
+        async with contextlib.AsyncExitStack() as turns:  # (each session's in order, by id)
+            for s, size in sorted(sizes.values(), key=lambda x: id(x[0])):
+                if s._turn.due(s.client._driver, size):  # noqa: SLF001
+                    await turns.enter_async_context(s._turn.held(s.client._driver, size))  # noqa: SLF001
+            for i, (s, (topic, payload, qos, retain, props)) in enumerate(items):
+                c = s.client
+                if qos and s._to_combiner(c):  # noqa: SLF001  (into the disk queue: off the loop)
+                    spooled.append((i, s._spool(c, [(topic, payload, qos, retain, props)])))  # noqa: SLF001
+                    ids.append(None)
+                    continue
+                try:
+                    (pid, rest), token = _locked(c, topic, qos, payload, retain, props)()
+                except Exception as exc:  # this session's to report; the others go on
+                    errors[i] = exc
+                    ids.append(None)
+                    continue
+                c._driver.finish(rest)  # noqa: SLF001
+                ids.append(pid)
+                if token is not None:
+                    waits.append((i, c, token))
         done = 0
         try:
             if waits:
-                await self._settle(waits, ids, errors)
+                await self._sync.settle(waits, ids, errors)
             for i, f in spooled:
                 try:
                     ids[i] = (await asyncio.shield(f))[0]
@@ -611,58 +617,6 @@ class AsyncGateway(_Sessions):
         if errors:
             raise PublishManyError(ids, errors)
         return cast("list[int]", ids)
-
-    async def _settle(self, waits: list[tuple[int, Client, tuple[int, int, int]]],
-                      ids: list[int | None], errors: dict[int, Exception]) -> None:
-        """``publish_many``'s held messages: one future for the last record, whose sync covers
-        the others (one log); each session then writes its own. A failed sync takes each
-        message back as its error; cancelled, each is released once the sync under way ends
-        if durable, else taken back."""
-        last_i, last_c, last_token = waits[-1]
-        settled: set[int] = set()
-        awaiting = last_i  # its future, cancelled, is the sync callback's to settle
-        fut = self._sync.wait_held(last_c._driver, (last_token,))  # noqa: SLF001
-        drivers = {id(c._driver): c._driver for _, c, _ in waits}  # noqa: SLF001
-        backs: dict[int, tuple[Driver, int, asyncio.Future[None]]] = {}  # taken back
-        for d in drivers.values():  # (their close() waits: nothing saved before withdrawn)
-            d.settling += 1
-        try:
-            err = await fut
-            settled.add(last_i)
-            done = {id(last_c._driver)}  # noqa: SLF001  (the sync's callback released it)
-            for i, c, token in waits:
-                d = c._driver  # noqa: SLF001
-                if i != last_i and self.store.is_synced(token[1], token[2]):
-                    if id(d) not in done:
-                        done.add(id(d))
-                        d.release_then(lambda: None)  # this session's held messages, in order
-                    settled.add(i)
-                    continue
-                awaiting = i
-                if i != last_i:
-                    fut = self._sync.wait_held(d, (token,))
-                e = err if i == last_i else await fut
-                settled.add(i)
-                if e is not None:  # withdrawn now, the file rewritten off the loop
-                    backs[i] = (d, token[0], d.take_back(token, e))
-            for i, (_, _, job) in list(backs.items()):
-                try:
-                    await asyncio.shield(job)
-                except Exception as exc:  # noqa: BLE001 - reported by publish_many
-                    errors[i], ids[i] = exc, None
-                del backs[i]
-        finally:
-            for d, seq, job in backs.values():  # cancelled: their errors to on_error
-                d.orphan(job, seq)
-            for d in drivers.values():
-                d.settling -= 1
-            for i, c, token in waits:
-                if i not in settled and i != awaiting:  # cancelled: the sync under way
-                    # decides (its callback releases each if durable, else takes it back)
-                    self._sync.wait_held(c._driver, (token,)).cancel()  # noqa: SLF001
-                elif i not in settled and fut.done() and not fut.cancelled() and (
-                        failed := fut.result()) is not None:
-                    c._driver.take_back(token, failed, quiet=True)  # noqa: SLF001
 
     @property
     def sessions(self) -> dict[str, AsyncSession]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from .errors import PersistenceError, UsageError
 
 if TYPE_CHECKING:
+    from .client import Client
     from .driver import Driver
     from .durability import Answer
     from .sharedlog import SharedLog
@@ -150,6 +151,58 @@ class StoreSync:
         if any(d is driver for d, _, _ in self._waiting + self._batch):
             return self._job
         return None
+
+    async def settle(self, waits: list[tuple[int, Client, tuple[int, int, int]]],
+                     ids: list[int | None], errors: dict[int, Exception]) -> None:
+        """``publish_many``'s held messages: one future for the last record, whose sync covers
+        the others (one log); each session then writes its own. A failed sync takes each
+        message back as its error; cancelled, each is released once the sync under way ends
+        if durable, else taken back."""
+        last_i, last_c, last_token = waits[-1]
+        settled: set[int] = set()
+        awaiting = last_i  # its future, cancelled, is the sync callback's to settle
+        fut = self.wait_held(last_c._driver, (last_token,))  # noqa: SLF001
+        drivers = {id(c._driver): c._driver for _, c, _ in waits}  # noqa: SLF001
+        backs: dict[int, tuple[Driver, int, asyncio.Future[None]]] = {}  # taken back
+        for d in drivers.values():  # (their close() waits: nothing saved before withdrawn)
+            d.settling += 1
+        try:
+            err = await fut
+            settled.add(last_i)
+            done = {id(last_c._driver)}  # noqa: SLF001  (the sync's callback released it)
+            for i, c, token in waits:
+                d = c._driver  # noqa: SLF001
+                if i != last_i and self._store.is_synced(token[1], token[2]):
+                    if id(d) not in done:
+                        done.add(id(d))
+                        d.release_then(lambda: None)  # this session's held messages, in order
+                    settled.add(i)
+                    continue
+                awaiting = i
+                if i != last_i:
+                    fut = self.wait_held(d, (token,))
+                e = err if i == last_i else await fut
+                settled.add(i)
+                if e is not None:  # withdrawn now, the file rewritten off the loop
+                    backs[i] = (d, token[0], d.take_back(token, e))
+            for i, (_, _, job) in list(backs.items()):
+                try:
+                    await asyncio.shield(job)
+                except Exception as exc:  # noqa: BLE001 - reported by publish_many
+                    errors[i], ids[i] = exc, None
+                del backs[i]
+        finally:
+            for d, seq, job in backs.values():  # cancelled: their errors to on_error
+                d.orphan(job, seq)
+            for d in drivers.values():
+                d.settling -= 1
+            for i, c, token in waits:
+                if i not in settled and i != awaiting:  # cancelled: the sync under way
+                    # decides (its callback releases each if durable, else takes it back)
+                    self.wait_held(c._driver, (token,)).cancel()  # noqa: SLF001
+                elif i not in settled and fut.done() and not fut.cancelled() and (
+                        failed := fut.result()) is not None:
+                    c._driver.take_back(token, failed, quiet=True)  # noqa: SLF001
 
     def _sync(self, gen: int, pos: int) -> Exception | None:
         try:

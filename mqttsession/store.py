@@ -626,6 +626,26 @@ class StateFile:
                 log.debug("rewriting the state file after a failed publish failed (attempt"
                           " %d): %s", attempt, exc)
 
+    def compaction_near(self, extra: int) -> bool:
+        """Whether writing ``extra`` more bytes (with the lazy records that go with them)
+        passes the journal's bound, so compacts it (a hint, read without a lock)."""
+        j = self.journal
+        if j is None or self.unrestored is not None:
+            return False
+        if isinstance(j, SessionLog):  # (the session's records since its snapshot)
+            s = j._log._sessions.get(j.client_id)  # noqa: SLF001
+            size = s.rec_bytes if s is not None else 0
+        else:
+            size = j._size  # noqa: SLF001
+        return size + sum(map(len, j._lazy)) + extra > j.bound  # noqa: SLF001
+
+    def compact_ahead(self, state: SessionState) -> None:
+        """The compaction the next write would run, now (a loop's session: in a thread,
+        ``compacting.Turn``); raises what fails (the next write rewrites)."""
+        j = self.journal
+        if j is not None and self.unrestored is None:
+            j.compact(state)
+
     def compact_before_publish(self, state: SessionState) -> None:
         """A due compaction before a publish: a fault here fails a publish not yet made."""
         j = self.journal
