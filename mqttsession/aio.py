@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from . import handover
 from .client import Client, _connect_params
-from .compacting import Turn
+from .compacting import Turn, size_of
 from .publishing import check_item, check_messages, store_checked, store_items
 from .combining import Combiner, Item, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
@@ -358,7 +358,7 @@ class AsyncSession:
         # in the order awaited (nothing here awaits before the message is in the session but
         # a compaction due, off the loop: ``compacting.Turn``); always the group commit: the
         # fsync waits in the executor, not on the loop
-        async with self._turn.if_due(c._driver, len(data) + len(topic), qos):
+        async with self._turn.if_due(c._driver, size_of(topic, data), bool(qos)):
             try:
                 pid, token = c._publish_begin(topic, qos, data, retain, properties)
             except BaseException:
@@ -488,7 +488,8 @@ class AsyncSession:
                 self._subacks.setdefault(f, []).append(fut)
                 futures.append((f, fut))
         try:
-            c.subscribe(topic_filter, qos)
+            async with self._turn.if_due(c._driver, record=False):  # (as unsubscribe)
+                c.subscribe(topic_filter, qos)
             timeout = self._options.request_timeout_seconds
             for f, fut in futures:
                 try:
@@ -507,7 +508,9 @@ class AsyncSession:
                     pending.remove(fut)
 
     async def unsubscribe(self, topic_filter: str) -> None:
-        self._check().unsubscribe(topic_filter)
+        c = self._check()
+        async with self._turn.if_due(c._driver, record=False):  # (a compaction runs: after it)
+            c.unsubscribe(topic_filter)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every outgoing QoS 1/2 message is acknowledged; False on timeout."""
@@ -556,7 +559,8 @@ class AsyncSession:
     async def ack(self) -> None:
         """Acknowledge the messages handed out so far: PUBACK for QoS 1; QoS 2: the removal
         made durable, then PUBCOMP. ``receive()``, ``messages()`` and ``close()`` call it."""
-        self._ack_now()
+        async with self._turn.if_due(self._client._driver, record=False):  # (as unsubscribe)
+            self._ack_now()
 
     def _ack_now(self) -> None:
         handed, self._handed = self._handed, []

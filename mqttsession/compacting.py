@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .driver import Driver
 
-__all__ = ["MARGIN", "Turn"]
+__all__ = ["MARGIN", "Turn", "size_of"]
 
 log = logging.getLogger("mqttsession")
 
@@ -30,16 +30,17 @@ class Turn:
         self._lock: asyncio.Lock | None = None  # (made on the loop, at first use)
         self.waiting = 0  # publishes queued for or holding the turn
 
-    def due(self, driver: Driver, size: int) -> bool:
-        """Whether a publish of ``size`` bytes must take its turn first: a compaction runs or
-        others wait (it must not overtake them), or its record would compact (a hint)."""
-        return self.waiting > 0 or driver.file.compaction_near(size + MARGIN)
+    def due(self, driver: Driver, size: int, record: bool = True) -> bool:
+        """Whether a call must take its turn first: a compaction runs or others wait (it
+        must not overtake them; it would wait for the session lock the job holds), or the
+        record of a publish of ``size`` bytes would compact (a hint)."""
+        return self.waiting > 0 or record and driver.file.compaction_near(size + MARGIN)
 
-    def if_due(self, driver: Driver, size: int, qos: int = 1
+    def if_due(self, driver: Driver, size: int = 0, record: bool = True
                ) -> contextlib.AbstractAsyncContextManager[None]:
-        """``held`` when a publish of ``size`` bytes must take its turn (``due``), else
-        nothing to wait for."""
-        if qos and self.due(driver, size):
+        """``held`` when a call (a publish of ``size`` bytes; ``record``: one the state file
+        keeps) must take its turn (``due``), else nothing to wait for."""
+        if self.due(driver, size, record):
             return self.held(driver, size)
         return contextlib.nullcontext()
 
@@ -60,6 +61,14 @@ class Turn:
             self.waiting -= 1
 
 
+def size_of(topic: object, data: object) -> int:
+    """A publish's bytes for ``Turn.due`` (0 for values its checks will refuse)."""
+    try:
+        return len(topic) + len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
 async def _compacted(driver: Driver) -> None:
     job = asyncio.get_running_loop().run_in_executor(driver.executor, driver.compact_ahead)
     cancelled = False
@@ -68,7 +77,10 @@ async def _compacted(driver: Driver) -> None:
             await asyncio.shield(job)
         except asyncio.CancelledError:
             cancelled = True
-    if not job.cancelled() and (exc := job.exception()) is not None:  # the next write rewrites
+        except Exception:  # noqa: BLE001, S110 - reported below, on the loop
+            pass
+    if not job.cancelled() and (exc := job.exception()) is not None:  # the publish goes on:
+        # its own write rewrites the file (and fails as any write would, if the disk does)
         driver.error(getattr(exc, "errno", None) or -1, f"state file compaction failed: {exc}")
     if cancelled:
         raise asyncio.CancelledError

@@ -296,3 +296,75 @@ def test_compactions_sync_off_the_loop(kind: str, mosquitto: Any, tmp_path: Path
         counter.close()
     assert compactions >= 3
     assert on_loop == [], on_loop[0]
+
+
+def test_the_loop_runs_while_a_compaction_holds_the_session(mosquitto: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """While a compaction runs in the executor (it holds the session's lock over its syncs),
+    a QoS 0 publish, a ``subscribe()`` and an ``ack()`` of that session wait their turn
+    instead of the lock: the loop runs on (a review: they stopped it for the whole
+    compaction). A compaction that fails is reported to on_error, on the loop, and the
+    publish that waited for it is stored all the same; a payload of the wrong type is still
+    ``UsageError``."""
+    from mqttsession import AsyncSession, UsageError  # noqa: PLC0415
+
+    state = {"slow": False, "fail": False}
+    in_job = threading.Event()
+
+    def hooked(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if state["slow"] and threading.current_thread() is not threading.main_thread():
+                in_job.set()
+                time.sleep(0.4)
+                if state["fail"]:
+                    state["fail"] = False
+                    raise OSError(errno.EIO, "Input/output error (injected)")
+            real(fd)
+        return sync
+
+    topic = f"mqs/{_procs.unique('turn')}"
+    errors: list[tuple[bool, str]] = []
+
+    async def main() -> None:
+        async with AsyncSession(Options(address=mosquitto.address, request_timeout_seconds=20),
+                                client_id=_procs.unique("turn"), session_sync="always",
+                                state_file=str(tmp_path / "s")) as s:
+            s.client.on_error = lambda e: errors.append(
+                (threading.current_thread() is threading.main_thread(), e.description))
+            await s.config("JournalMaxBytes=8192")
+            with pytest.raises(UsageError):
+                await s.publish(topic, None, 1)  # type: ignore[arg-type]
+            while not s._turn.due(s.client._driver, 300):
+                await s.publish(topic, b"y" * 200, 1)
+            monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
+            monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+            for fail in (False, True):
+                in_job.clear()
+                state["slow"], state["fail"] = True, fail
+                first = asyncio.create_task(s.publish(topic, b"z" * 250, 1))
+                assert await asyncio.to_thread(in_job.wait, 10), "no compaction job"
+                ticks = [0]
+
+                async def tick() -> None:
+                    while True:
+                        await asyncio.sleep(0.005)
+                        ticks[0] += 1
+                ticker = asyncio.create_task(tick())
+                others = [asyncio.create_task(s.publish(topic, b"q0", 0)),
+                          asyncio.create_task(s.subscribe(f"{topic}/sub", 1)),
+                          asyncio.create_task(s.ack())]
+                await asyncio.sleep(0.2)
+                assert ticks[0] >= 10 and not first.done(), (ticks, first.done())
+                ticker.cancel()
+                state["slow"] = False
+                assert await first >= 1
+                await asyncio.gather(*others)
+                while s.client._file.journal.needs_compaction or not s._turn.due(
+                        s.client._driver, 300):
+                    await s.publish(topic, b"y" * 200, 1)
+            monkeypatch.undo()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    failed = [e for e in errors if "compaction failed" in e[1]]
+    assert failed and all(on_loop for on_loop, _t in failed), errors
