@@ -53,6 +53,27 @@ def _slow_disk(seconds: float) -> None:
         setattr(os, name, slow)
 
 
+class _Lags:
+    """A loop task that sleeps 10 ms at a time and records how late it wakes."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._stop = False
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop:
+            t = loop.time()
+            await asyncio.sleep(0.01)
+            self.lags.append(loop.time() - t - 0.01)
+
+    async def stop(self) -> list[float]:
+        self._stop = True
+        await self._task
+        return self.lags
+
+
 async def _take_back() -> tuple[list[float], float]:
     import errno  # noqa: PLC0415
 
@@ -66,20 +87,15 @@ async def _take_back() -> tuple[list[float], float]:
             raise OSError(errno.EIO, "Input/output error (bench)")
         real(fd)
     os.fdatasync = eio_once
-    loop, lags, stop = asyncio.get_running_loop(), [], False
+    lags: list[float] = []
     s = await AsyncSession.create(Options(address="127.0.0.1:1"), client_id="takeback",
                                   state_file=os.path.join(tempfile.mkdtemp(), "s"),
                                   session_sync="always", connect=False)
     try:
         await s.publish_many([("t", 1, b"x" * 100)] * 500)
 
-        async def watch() -> None:
-            while not stop:
-                t = loop.time()
-                await asyncio.sleep(0.01)
-                lags.append(loop.time() - t - 0.01)
 
-        watcher = asyncio.create_task(watch())
+        watcher = _Lags()
         await asyncio.sleep(0.05)
         armed[0] = True
         t0 = time.perf_counter()
@@ -90,8 +106,7 @@ async def _take_back() -> tuple[list[float], float]:
         else:
             raise AssertionError("the publish whose sync failed returned")
         took = time.perf_counter() - t0
-        stop = True
-        await watcher
+        lags = await watcher.stop()
     finally:
         await s.close()
     return lags, took
@@ -100,29 +115,23 @@ async def _take_back() -> tuple[list[float], float]:
 async def _compaction(address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncSession, Options  # noqa: PLC0415
 
-    loop, lags, stop = asyncio.get_running_loop(), [], False
+    lags: list[float] = []
     async with AsyncSession(Options(address=address), client_id="compaction",
                             state_file=os.path.join(tempfile.mkdtemp(), "s"),
                             session_sync="always") as s:
         await s.config("MaxInflight=5")
 
-        async def watch() -> None:
-            while not stop:
-                t = loop.time()
-                await asyncio.sleep(0.01)
-                lags.append(loop.time() - t - 0.01)
 
         async def publish(k: int) -> None:
             for j in range(200):
                 await s.publish("bench/compaction", b"%d-%d " % (k, j) + b"x" * 190, 1)
 
-        watcher = asyncio.create_task(watch())
+        watcher = _Lags()
         t0 = time.perf_counter()
         await asyncio.gather(*(publish(k) for k in range(50)))
         assert await s.flush(120)
         took = time.perf_counter() - t0
-        stop = True
-        await watcher
+        lags = await watcher.stop()
     return lags, took
 
 
@@ -136,7 +145,7 @@ async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     offline = name == "offline"
     n, in_memory, tasks = (50, 20, 4) if offline else (30, 5, 8)
     gw = AsyncGateway(tempfile.mkdtemp(prefix="loop-stall-"))
-    loop, lags, stop = asyncio.get_running_loop(), [], False
+    lags: list[float] = []
     try:
         ss = []
         for i in range(n):
@@ -148,11 +157,6 @@ async def _scenario(name: str, address: str) -> tuple[list[float], float]:
             for s in ss:
                 await s.connect()
 
-        async def watch() -> None:
-            while not stop:
-                t = loop.time()
-                await asyncio.sleep(0.01)
-                lags.append(loop.time() - t - 0.01)
 
         async def publish(s: Any, k: int) -> None:
             for j in range(15):
@@ -162,15 +166,14 @@ async def _scenario(name: str, address: str) -> tuple[list[float], float]:
             for r in range(10):
                 await gw.publish_many([(s, f"dev/{s.client_id}", 1, f"b{r}") for s in ss])
 
-        watcher = asyncio.create_task(watch())
+        watcher = _Lags()
         t0 = time.perf_counter()
         await asyncio.gather(*(publish(s, k) for s in ss for k in range(tasks)),
                              *([batches()] if offline else []))
         for s in [] if offline else ss:
             assert await s.flush(120)
         took = time.perf_counter() - t0
-        stop = True
-        await watcher
+        lags = await watcher.stop()
     finally:
         await gw.close()
     return lags, took
