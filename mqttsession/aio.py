@@ -437,10 +437,9 @@ class AsyncSession:
         """``Client.publish_many``: all of them in the session with one write and one sync
         (under ``SessionSync=always`` that fdatasync waits in the executor, not on the loop)."""
         c = self._check()
-        if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
-            items = check_messages(c, messages)
-            return await self._spool(c, items) if items else []
         items = check_messages(c, messages)
+        if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
+            return await self._spool(c, items) if items else []
         async with self._turn.if_due(c._driver, sum(len(i[0]) + len(i[1]) for i in items)):
             ids, tokens, rest = store_checked(c, items, group=True)
             c._driver.finish(rest)

@@ -312,6 +312,7 @@ def test_the_loop_runs_while_a_compaction_holds_the_session(mosquitto: Any, tmp_
     publish that waited for it is stored all the same; a payload of the wrong type is still
     ``UsageError``."""
     from mqttsession import AsyncSession, UsageError  # noqa: PLC0415
+    from mqttsession.compacting import size_of  # noqa: PLC0415
 
     state = {"slow": False, "fail": False}
     in_job = threading.Event()
@@ -339,7 +340,7 @@ def test_the_loop_runs_while_a_compaction_holds_the_session(mosquitto: Any, tmp_
             await s.config("JournalMaxBytes=8192")
             with pytest.raises(UsageError):
                 await s.publish(topic, None, 1)  # type: ignore[arg-type]
-            while not s._turn.due(s.client._driver, 300):
+            while not s._turn.due(s.client._driver, size_of(topic, b"z" * 250)):
                 await s.publish(topic, b"y" * 200, 1)
             monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
             monkeypatch.setattr(os, "fsync", hooked(os.fsync))
@@ -365,7 +366,7 @@ def test_the_loop_runs_while_a_compaction_holds_the_session(mosquitto: Any, tmp_
                 assert await first >= 1
                 await asyncio.gather(*others)
                 while s.client._file.journal.needs_compaction or not s._turn.due(
-                        s.client._driver, 300):
+                        s.client._driver, size_of(topic, b"z" * 250)):
                     await s.publish(topic, b"y" * 200, 1)
             monkeypatch.undo()
 
