@@ -3,7 +3,7 @@
 queues on a slow card, this checkout against another commit, same run.
 
     python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
-                                     [--scenarios offline,connected,takeback,compaction]
+                          [--scenarios offline,connected,takeback,compaction,subscriber]
 
 Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
 GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
@@ -19,6 +19,10 @@ time and records how late it wakes (the loop's lag) while:
 * ``compaction``: one ``AsyncSession`` (its own state file) connected to the mosquitto,
   ``MaxInflight=5``, 50 tasks each awaiting 200 QoS 1 publishes of 200 bytes: its journal
   passes 1 MiB, and is compacted (a snapshot written and synced), every ~4,000 of them.
+* ``subscriber``: one ``AsyncSession`` (its own state file, ``JournalMaxBytes=8192``)
+  receiving 5,000 QoS 2 messages of 200 bytes that another session on the same loop
+  publishes meanwhile, each taken with ``receive()`` (which acks the one before): its read
+  batches' and acks' records pass the bound, and are compacted, every ~30 messages.
 
 ``SessionSync=always`` (the gateway's default). Reported per tree, median over the rounds:
 the longest stop, the 99th percentile, stops over 100 ms, and the run's seconds. Each round
@@ -135,6 +139,33 @@ async def _compaction(address: str) -> tuple[list[float], float]:
     return lags, took
 
 
+async def _subscriber(address: str) -> tuple[list[float], float]:
+    from mqttsession import AsyncSession, Options  # noqa: PLC0415
+
+    opts = Options(address=address, request_timeout_seconds=60)
+    async with AsyncSession(opts, client_id="subscriber", session_sync="always",
+                            state_file=os.path.join(tempfile.mkdtemp(), "s")) as sub, \
+            AsyncSession(opts, client_id="publisher") as pub:
+        await sub.config("JournalMaxBytes=8192")
+        await pub.config("MaxInflight=5")  # (the broker's max_inflight_messages)
+        await sub.subscribe("bench/subscriber", 2)
+
+        async def publish() -> None:
+            for j in range(5000):
+                await pub.publish("bench/subscriber", b"%d " % j + b"x" * 195, 2)
+
+        watcher = _Lags()
+        t0 = time.perf_counter()
+        sending = asyncio.ensure_future(publish())
+        for _ in range(5000):
+            assert await sub.receive(60) is not None
+        await sub.ack()
+        await sending
+        took = time.perf_counter() - t0
+        lags = await watcher.stop()
+    return lags, took
+
+
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
 
@@ -142,6 +173,8 @@ async def _scenario(name: str, address: str) -> tuple[list[float], float]:
         return await _take_back()
     if name == "compaction":
         return await _compaction(address)
+    if name == "subscriber":
+        return await _subscriber(address)
     offline = name == "offline"
     n, in_memory, tasks = (50, 20, 4) if offline else (30, 5, 8)
     gw = AsyncGateway(tempfile.mkdtemp(prefix="loop-stall-"))
@@ -205,7 +238,7 @@ def main() -> int:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(other),
                     a.against], check=True)
     broker = MosquittoBroker(str(HERE / "mosquitto-bench.conf"),
-                             extra_config="max_inflight_messages 5")
+                             extra_config="max_inflight_messages 5\nmax_queued_messages 0")
     broker.start()
     trees = {"old": str(other), "new": str(ROOT)}
     scenarios = a.scenarios.split(",")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from . import handover
 from .client import Client, _connect_params
-from .compacting import Turn, size_of
+from .compacting import size_of
 from .publishing import check_item, check_messages, store_checked, store_items
 from .combining import Combiner, Item, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
@@ -147,7 +147,7 @@ class AsyncSession:
         # publishes bound for the disk queue (``always``): stored as one batch by one
         # executor job (one fdatasync, off the loop), which the next ones wait for
         self._combiner = Combiner()
-        self._turn = Turn()  # publishes in order while a compaction runs off the loop
+        self._turn = self._client._driver.loop_turn  # calls in order while a compaction runs
         self._spool_job: asyncio.Future[None] | None = None
         self._group: GroupSync | None = None  # an AsyncGateway's shared sync
         self._started = False
@@ -671,11 +671,11 @@ class AsyncSession:
         group, d = self._group, self._client._driver
         while self._syncing or self._awaiting_sync or self._combiner.busy or (
                 group is not None and group.pending(d) is not None) or d.releasing or \
-                d.taking_back or d.settling:
+                d.taking_back or d.settling or d.loop_turn.pending():
             left = deadline - asyncio.get_running_loop().time()
             job: asyncio.Future[Any] | None = (  # (a batch for the disk queue: its job)
                 self._spool_job if self._combiner.busy else d.releasing or next(iter(
-                    d.taking_back), None) or (
+                    d.taking_back), None) or d.loop_turn.pending() or (
                     self._sync_job if group is None else group.pending(d)))
             if left <= 0:
                 return

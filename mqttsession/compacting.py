@@ -2,7 +2,9 @@
 the journal's bound first has the compaction (a snapshot written and synced; an
 ``AsyncGateway``'s session: a record in the shared log and its fdatasync) run in the
 session's executor, the session's publishes meanwhile waiting their turn in the order they
-were awaited. Without it the compaction ran inside that publish, on the loop."""
+were awaited. Without it the compaction ran inside that publish, on the loop. A read batch's
+(or an ``ack()``'s) records that pass the bound have a task take the same turn for it
+(``Turn.compact_soon``), so every call of the session on the loop waits for either kind."""
 
 from __future__ import annotations
 
@@ -24,11 +26,36 @@ MARGIN = 256
 
 
 class Turn:
-    """One session's publishes in order while its compaction runs off the loop."""
+    """One session's calls on the loop in order while its compaction runs off the loop."""
 
     def __init__(self) -> None:
         self._lock: asyncio.Lock | None = None  # (made on the loop, at first use)
-        self.waiting = 0  # publishes queued for or holding the turn
+        self.waiting = 0  # calls (and ``compact_soon``'s task) queued for or holding the turn
+        self._task: asyncio.Task[None] | None = None  # ``compact_soon``'s, until it ends
+
+    def compact_soon(self, driver: Driver) -> bool:
+        """On the loop, under the session's lock (a read batch's records, an ``ack()``'s): a
+        journal past its bound is compacted by a task that takes the turn, so the session's
+        calls on the loop wait for it, not for the lock its job holds (a review: an ``ack()``
+        stopped the loop for the whole compaction); one at a time. False: no running loop
+        here (the caller compacts)."""
+        j = driver.file.journal
+        if j is None or not j.needs_compaction or self.pending() is not None:
+            return True  # (a task of a loop that ended never runs: one is made anew)
+        try:
+            self._task = asyncio.get_running_loop().create_task(self._compact(driver))
+        except RuntimeError:
+            return False
+        return True
+
+    def pending(self) -> asyncio.Task[None] | None:
+        """``compact_soon``'s task, while it runs (a session closing waits for it)."""
+        t = self._task
+        return None if t is None or t.done() or t.get_loop().is_closed() else t
+
+    async def _compact(self, driver: Driver) -> None:
+        async with self.held(driver, 0):
+            pass
 
     def due(self, driver: Driver, size: int, record: bool = True) -> bool:
         """Whether a call must take its turn first: a compaction runs or others wait (it

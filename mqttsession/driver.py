@@ -34,6 +34,7 @@ from .state import Accepted, Spooled
 from .connecting import _TICK_EVERY, Connecting
 from .durability import Cancellable, Host, since_boot
 from .combining import Combiner
+from .compacting import Turn
 from .turns import Turns
 from .store import StateFile
 
@@ -74,7 +75,7 @@ class Driver(Connecting):
         self._release_due: deque[Callable[[], None]] | None = None
         self.taking_back: set[asyncio.Future[None]] = set()  # ``take_back``'s jobs
         self.settling = 0  # ``AsyncGateway.publish_many`` calls waiting for its syncs
-        self._compacting = 0.0  # when a compaction job was queued (``_compact_off_loop``)
+        self.loop_turn = Turn()  # a loop's calls in order while a compaction runs off it
         self.connects: Executor | None = None  # a gateway's TCP connects' pool (None: executor)
         # a read batch's sync off the loop (a gateway's sync thread, an AsyncSession's executor)
         self.background_sync: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None
@@ -204,10 +205,9 @@ class Driver(Connecting):
                 f.rewrite(st)  # (its snapshot may be in place, holding them)
                 raise
         elif durable:
-            if f.off_loop is not None and self.conn is not None and \
-                    self.conn.loop_thread is threading.current_thread():
-                self._compact_off_loop()  # (a loop's read batch: its session's acks, QoS 2 in)
-            else:
+            if f.off_loop is None or self.conn is None or \
+                    self.conn.loop_thread is not threading.current_thread() or \
+                    not self.loop_turn.compact_soon(self):  # (a loop's read batch, ack())
                 f.compact_if_due(st)
             if later_sync and not deferred:
                 self._sync_later()
@@ -229,23 +229,6 @@ class Driver(Connecting):
         elif conn is not None:  # (paho looks at a queued packet's kind and QoS only for QoS 0)
             conn.write(b"".join([x.packet for x in writes]), w.kind, 0, w.qos)
         writes.clear()
-
-    def _compact_off_loop(self) -> None:
-        """On a loop (lock held): a journal past its bound is compacted in the executor, not
-        here (its syncs); once at a time; a failure is told at the next ``finish``."""
-        j, off, now = self.file.journal, self.file.off_loop, time.monotonic()
-        if now - self._compacting < 5 or j is None or off is None or not j.needs_compaction:
-            return  # (one queued: a job the loop's end dropped holds none back for long)
-        self._compacting = now
-
-        def job() -> None:
-            try:
-                self.let_loop_in()
-                with self.lock:
-                    self.file.compact_if_due(self.engine.state)
-            finally:
-                self._compacting = 0.0
-        off(job)
 
     def finish(self, later: list[Action]) -> None:
         """Run the callbacks ``run`` left (never under the lock)."""

@@ -21,6 +21,7 @@ import pytest
 
 import mqttsession.groupcommit as groupcommit_mod
 from mqttsession import AsyncGateway, Options
+from mqttsession.testing import MosquittoBroker
 from mqttsession.testing.faults import FakeOs
 
 try:  # tests/integration may or may not be a package
@@ -408,3 +409,71 @@ def test_a_subscribers_compactions_sync_off_the_loop(mosquitto: Any, tmp_path: P
     distinct, compactions = asyncio.run(asyncio.wait_for(main(), 60))
     assert distinct == 150 and compactions >= 2
     assert on_loop == [], on_loop[0]
+
+
+def test_the_loop_runs_while_a_read_sides_compaction_holds_the_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A QoS 2 subscriber's acks (and reads) write records; the compaction they make due
+    runs in the executor holding the session's lock over its syncs. ``receive()``'s
+    ``ack()`` on the loop waits its turn for it instead of that lock (a review: 100-150 ms
+    stops on a 20 ms card, the whole compaction), and the job takes the lock between the
+    loop's reads, never inside a read batch. Every message arrives once."""
+    from mqttsession import AsyncSession  # noqa: PLC0415
+
+    in_job = threading.Event()
+
+    def hooked(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if threading.current_thread() is not threading.main_thread() and any(
+                    f.name == "compact" for f in traceback.extract_stack()):
+                in_job.set()
+                time.sleep(0.3)  # (a slow card's compaction: three of these)
+            real(fd)
+        return sync
+
+    topic = f"mqs/{_procs.unique('rside')}"
+    n = 400
+    gaps = [0.0]
+
+    async def main() -> tuple[int, int]:
+        opts = Options(address=mosquitto.address, request_timeout_seconds=20,
+                       inbound_queue_size=2 * n)
+        async with AsyncSession(opts, client_id=_procs.unique("rside"), session_sync="always",
+                                state_file=str(tmp_path / "s")) as sub, \
+                AsyncSession(opts, client_id=_procs.unique("pub")) as pub:
+            await sub.config("JournalMaxBytes=2048")  # (the acks' removals pass it)
+            await sub.subscribe(topic, 2)
+            for i in range(n):
+                await pub.publish(topic, f"{i}-".encode() + b"x" * 200, 2)
+            assert await pub.flush(_procs.TIMEOUT)
+            while sub._queue.qsize() < n:  # every one read, before the acks' compactions
+                await asyncio.sleep(0.01)
+            monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
+            monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+            before = int(sub.client._file.journal.compactions)
+
+            async def tick() -> None:
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.005)
+                    now = time.monotonic()
+                    gaps[0], last = max(gaps[0], now - last), now
+            ticker = asyncio.create_task(tick())
+            got = []
+            while len(got) < n:
+                m = await sub.receive(_procs.TIMEOUT)
+                assert m is not None, f"{len(got)} received"
+                got.append(m.message)
+                await asyncio.sleep(0)  # (an application's work on it: others run)
+            await sub.ack()
+            ticker.cancel()
+            monkeypatch.undo()
+            assert in_job.is_set(), "no compaction while acking"
+            return len(set(got)), int(sub.client._file.journal.compactions) - before
+
+    # (all of them in flight at once: every one is read before the first is acknowledged)
+    with MosquittoBroker(extra_config="max_inflight_messages 0\nmax_queued_messages 0\n") as b:
+        mosquitto = b
+        distinct, compactions = asyncio.run(asyncio.wait_for(main(), 90))
+    assert distinct == n and compactions >= 1
+    assert gaps[0] < 0.2, f"the loop stopped for {gaps[0]:.3f} s"

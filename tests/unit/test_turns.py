@@ -115,3 +115,56 @@ def test_a_publish_whose_turn_was_interrupted_before_it_ran_raises_and_was_not_r
     assert isinstance(outcome["second"], PersistenceError)
     assert ran == []  # its locked part never ran: nothing to take back
     assert not t._queue and not t._turn.locked()
+
+
+def test_a_long_job_takes_the_session_lock_between_the_loops_reads() -> None:
+    """``lock_between_reads`` (a compaction's job): while the loop reads (``loop_waits``) the
+    job waits, past ``let_loop_in``'s 20 ms; a read that begins as the job takes the lock has
+    it given back first. No network."""
+    from mqttsession import Client  # noqa: PLC0415
+
+    d = Client()._driver
+    got: list[float] = []
+
+    def job() -> None:
+        with d.lock_between_reads(patience=5):
+            got.append(time.monotonic())
+
+    d.loop_waits = 1  # a read batch under way
+    t = threading.Thread(target=job)
+    start = time.monotonic()
+    t.start()
+    time.sleep(0.2)
+    assert not got
+    with d.lock:  # the read: its packets take the lock
+        d.loop_waits = 0
+        time.sleep(0.05)
+    t.join(5)
+    assert got and got[0] - start >= 0.2
+
+    got.clear()
+    d.loop_waits = 0
+    d.lock.acquire()  # the job waits in ``acquire``; a read begins meanwhile
+    t = threading.Thread(target=job)
+    t.start()
+    time.sleep(0.05)
+    d.loop_waits = 1
+    d.lock.release()  # the job takes it, sees the read, gives it back
+    time.sleep(0.05)
+    with d.lock:  # so the read takes it
+        assert not got
+        d.loop_waits = 0
+    t.join(5)
+    assert len(got) == 1
+
+
+def test_a_long_job_goes_on_once_its_patience_ends() -> None:
+    """A loop that never stops reading does not hold the job back past ``patience``."""
+    from mqttsession import Client  # noqa: PLC0415
+
+    d = Client()._driver
+    d.loop_waits = 1
+    start = time.monotonic()
+    with d.lock_between_reads(patience=0.1):
+        took = time.monotonic() - start
+    assert 0.1 <= took < 2
