@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from .driver import Driver
@@ -47,6 +47,26 @@ class Turn:
         except RuntimeError:
             return False
         return True
+
+    def run(self, driver: Driver, call: Callable[[], None]) -> asyncio.Future[None]:
+        """On the loop: ``call`` run in the executor once its turn comes (a failed sync's
+        take-back rewriting the file), the session's calls on the loop waiting theirs
+        meanwhile instead of the session lock it holds; raises what ``call`` raised."""
+        return asyncio.ensure_future(self._run(driver, call))
+
+    async def _run(self, driver: Driver, call: Callable[[], None]) -> None:
+        self.waiting += 1
+        try:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                exc, cancelled = await _to_its_end(driver, call)
+        finally:
+            self.waiting -= 1
+        if exc is not None:  # (cancelled too: what it did is the outcome)
+            raise exc
+        if cancelled:
+            raise asyncio.CancelledError
 
     def pending(self) -> asyncio.Task[None] | None:
         """``compact_soon``'s task, while it runs (a session closing waits for it)."""
@@ -97,17 +117,32 @@ def size_of(topic: object, data: object) -> int:
 
 
 async def _compacted(driver: Driver) -> None:
-    job = asyncio.get_running_loop().run_in_executor(driver.executor, driver.compact_ahead)
+    exc, cancelled = await _to_its_end(driver, driver.compact_ahead)
+    if exc is not None:  # the publish goes on: its own write rewrites the file (and fails as
+        # any write would, if the disk does)
+        driver.error(getattr(exc, "errno", None) or -1, f"state file compaction failed: {exc}")
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def _to_its_end(driver: Driver, call: Callable[[], None]
+                      ) -> tuple[Exception | None, bool]:
+    """``call`` run in the session's executor (here once that is shut down), awaited to its
+    end: what it raised, and whether the wait was cancelled meanwhile."""
+    try:
+        job = asyncio.get_running_loop().run_in_executor(driver.executor, call)
+    except RuntimeError:  # (the executor is shut down: closing)
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - the caller's to raise or report
+            return exc, False
+        return None, False
     cancelled = False
     while not job.done():
         try:
             await asyncio.shield(job)
         except asyncio.CancelledError:
             cancelled = True
-        except Exception:  # noqa: BLE001, S110 - reported below, on the loop
+        except Exception:  # noqa: BLE001, S110 - returned below
             pass
-    if not job.cancelled() and (exc := job.exception()) is not None:  # the publish goes on:
-        # its own write rewrites the file (and fails as any write would, if the disk does)
-        driver.error(getattr(exc, "errno", None) or -1, f"state file compaction failed: {exc}")
-    if cancelled:
-        raise asyncio.CancelledError
+    return (None if job.cancelled() else cast("Exception | None", job.exception())), cancelled

@@ -29,6 +29,8 @@ from .turns import Turns
 
 if TYPE_CHECKING:
     from ._paho import PahoConnection
+    from .compacting import Turn
+    from .driver import Driver
 
 __all__ = ["Answer", "Cancellable", "Durability", "since_boot"]
 
@@ -120,6 +122,7 @@ class Durability:
     host: Host | None  # a Gateway's loop: its sessions' timers, connected or not
     conn: PahoConnection | None
     turns: Turns  # publishers in several threads take turns (``turns.Turns``)
+    loop_turn: Turn  # a loop's calls in order while a compaction (a take-back) runs off it
     stashed: list[Action]  # callbacks of a ``run`` that raised, for the next ``finish``
     delivering: dict[int, Message]  # QoS 1 in on_message_in, auto-acknowledged
     changed: threading.Condition  # notified when messages leave the session
@@ -433,19 +436,11 @@ class Durability:
             failed = self._withdraw(token, err, batch)
             rest = self._write_durable()
         self.finish(rest)
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self._rewrite, failed)
-        try:
-            job = loop.run_in_executor(self.executor, call) if failed is not None else None
-        except RuntimeError:  # (the executor is shut down: closing) here
-            job = None
-        if job is None:
-            job = loop.create_future()
-            try:
-                call()
-                job.set_result(None)
-            except Exception as exc:  # noqa: BLE001 - the publish's error, raised by the job
-                job.set_exception(exc)
+        if failed is not None:  # (its turn: the session's calls on the loop wait for it)
+            job = self.loop_turn.run(cast("Driver", self), functools.partial(self._rewrite, failed))
+        else:
+            job = asyncio.get_running_loop().create_future()
+            job.set_result(None)
         self.taking_back.add(job)
         job.add_done_callback(self._taken_back)
         if quiet:

@@ -248,6 +248,69 @@ def test_a_failed_syncs_take_back_runs_off_the_loop(mosquitto: Any, tmp_path: Pa
     assert on_loop == [], on_loop[0]
 
 
+def test_the_loop_runs_while_a_take_back_rewrites_the_file(mosquitto: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """While a failed sync's take-back rewrites the state file in a thread (holding the
+    session's lock over its syncs: seconds on a failing card), the session's next publish
+    on the loop waits its turn, not that lock: the loop runs on (before: it stopped for the
+    whole rewrite). The failed publish raises, the next one is sent, in that order."""
+    from mqttsession import AsyncSession, PersistenceError  # noqa: PLC0415
+
+    fault = {"armed": False, "slow": False}
+    rewriting = threading.Event()
+
+    def hooked(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if fault["armed"]:
+                fault["armed"], fault["slow"] = False, True
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            if fault["slow"] and threading.current_thread() is not threading.main_thread():
+                rewriting.set()
+                time.sleep(0.3)
+            real(fd)
+        return sync
+
+    topic = f"mqs/{_procs.unique('tbt')}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    ticks = [0]
+
+    async def main() -> None:
+        async with AsyncSession(Options(address=mosquitto.address, request_timeout_seconds=20),
+                                client_id=_procs.unique("tbt"), session_sync="always",
+                                state_file=str(tmp_path / "s")) as s:
+            await s.publish(topic, b"ok", 1)
+            assert await s.flush(_procs.TIMEOUT)
+            monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
+            monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+            fault["armed"] = True
+            failing = asyncio.create_task(s.publish(topic, b"failed", 1))
+            assert await asyncio.to_thread(rewriting.wait, 10), "no rewrite"
+
+            async def tick() -> None:
+                while True:
+                    await asyncio.sleep(0.005)
+                    ticks[0] += 1
+            ticker = asyncio.create_task(tick())
+            after = asyncio.create_task(s.publish(topic, b"after", 1))
+            await asyncio.sleep(0.2)
+            ticker.cancel()
+            fault["slow"] = False
+            with pytest.raises(PersistenceError):
+                await failing
+            await after
+            assert await s.flush(_procs.TIMEOUT)
+            monkeypatch.undo()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+        counter.wait_payload("after")
+        assert [p for p, _q, _d in counter.received] == [b"ok", b"after"]
+    finally:
+        counter.close()
+    assert ticks[0] >= 10, f"the loop ticked {ticks[0]} times in 0.2 s"
+
+
 @pytest.mark.parametrize("kind", ["always", "none", "gateway"])
 def test_compactions_sync_off_the_loop(kind: str, mosquitto: Any, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
