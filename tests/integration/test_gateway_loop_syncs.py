@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -43,6 +44,16 @@ def _on_loop(monkeypatch: pytest.MonkeyPatch, on_loop: list[str]) -> None:
         return sync
     monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
     monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+
+
+def _ok_then_after(main: Callable[[], Coroutine[Any, Any, None]], counter: Any) -> None:
+    """Run ``main``; the subscriber ``counter`` gets ``ok`` then ``after``, nothing else."""
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+        counter.wait_payload("after")
+        assert [p for p, _q, _d in counter.received] == [b"ok", b"after"]
+    finally:
+        counter.close()
 
 
 def test_reconnects_sync_off_the_loop(mosquitto_factory: Any, tmp_path: Path,
@@ -239,12 +250,7 @@ def test_a_failed_syncs_take_back_runs_off_the_loop(mosquitto: Any, tmp_path: Pa
                                 state_file=str(tmp_path / "s")) as s:
             await run(s)
 
-    try:
-        asyncio.run(asyncio.wait_for(main(), 60))
-        counter.wait_payload("after")
-        assert [p for p, _q, _d in counter.received] == [b"ok", b"after"]
-    finally:
-        counter.close()
+    _ok_then_after(main, counter)
     assert on_loop == [], on_loop[0]
 
 
@@ -302,12 +308,7 @@ def test_the_loop_runs_while_a_take_back_rewrites_the_file(mosquitto: Any, tmp_p
             assert await s.flush(_procs.TIMEOUT)
             monkeypatch.undo()
 
-    try:
-        asyncio.run(asyncio.wait_for(main(), 60))
-        counter.wait_payload("after")
-        assert [p for p, _q, _d in counter.received] == [b"ok", b"after"]
-    finally:
-        counter.close()
+    _ok_then_after(main, counter)
     assert ticks[0] >= 10, f"the loop ticked {ticks[0]} times in 0.2 s"
 
 
