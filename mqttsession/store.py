@@ -633,16 +633,18 @@ class StateFile:
 
     def compaction_near(self, extra: int) -> bool:
         """Whether writing ``extra`` more bytes, with the lazy frames written with them,
-        passes the journal's bound, so compacts it (a hint, read without a lock). O(1): asked
-        at every asyncio publish, while thousands of held frames may wait (counted in
-        ``_held_bytes``); the lazy ones after them are steps and removals, ``_LAZY_FRAME``
-        bytes at most each."""
+        passes the journal's bound, or finds it broken, so compacts it (a hint, read without
+        a lock). O(1): asked at every asyncio publish, while thousands of held frames may
+        wait (counted in ``_held_bytes``); the lazy ones after them are steps and removals,
+        ``_LAZY_FRAME`` bytes at most each."""
         j = self.journal
         if j is None or self.unrestored is not None:
             return False
         if isinstance(j, SessionLog):  # (the session's records since its snapshot)
             s = j._log._sessions.get(j.client_id)  # noqa: SLF001
             size, lazy = (s.rec_bytes if s is not None else 0), len(j._lazy)  # noqa: SLF001
+        elif j._broken:  # noqa: SLF001 - a failed write or sync: the next one rebuilds it
+            return True
         else:
             size, lazy = j._size + j._held_bytes, len(j._lazy) - j._held  # noqa: SLF001
         return size + lazy * _LAZY_FRAME + extra > j.bound

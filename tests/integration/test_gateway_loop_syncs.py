@@ -312,6 +312,51 @@ def test_the_loop_runs_while_a_take_back_rewrites_the_file(mosquitto: Any, tmp_p
     assert ticks[0] >= 10, f"the loop ticked {ticks[0]} times in 0.2 s"
 
 
+def test_a_journal_a_failed_take_back_left_broken_is_rebuilt_off_the_loop(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed sync whose take-back could not rewrite the file either (the disk still
+    failing) leaves the journal broken: the next write rebuilds it whole (a snapshot, its
+    syncs). The next publish has that run in the executor, as a compaction, not inside it
+    on the loop. The failed publish raises, the next one is sent."""
+    from mqttsession import AsyncSession, PersistenceError  # noqa: PLC0415
+
+    fault = {"fail": 0}
+    on_loop: list[str] = []
+
+    def hooked(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if fault["fail"]:
+                fault["fail"] -= 1
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            if threading.current_thread() is threading.main_thread():
+                on_loop.append("".join(traceback.format_stack(limit=8)))
+            real(fd)
+        return sync
+
+    topic = f"mqs/{_procs.unique('brk')}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+
+    async def main() -> None:
+        async with AsyncSession(Options(address=mosquitto.address, request_timeout_seconds=20),
+                                client_id=_procs.unique("brk"), session_sync="always",
+                                state_file=str(tmp_path / "s")) as s:
+            await s.publish(topic, b"ok", 1)
+            assert await s.flush(_procs.TIMEOUT)
+            monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
+            monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+            fault["fail"] = 3  # the publish's fdatasync, then both tries of its take-back
+            with pytest.raises(PersistenceError):
+                await s.publish(topic, b"failed", 1)
+            assert fault["fail"] == 0 and s.client._file.journal.broken
+            await s.publish(topic, b"after", 1)
+            assert not s.client._file.journal.broken
+            assert await s.flush(_procs.TIMEOUT)
+            monkeypatch.undo()
+
+    _ok_then_after(main, counter)
+    assert on_loop == [], on_loop[0]
+
+
 @pytest.mark.parametrize("kind", ["always", "none", "gateway"])
 def test_compactions_sync_off_the_loop(kind: str, mosquitto: Any, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
