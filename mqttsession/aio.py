@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 from . import handover
 from .client import Client, _connect_params
 from .compacting import size_of
+from .pump import in_executor
 from .publishing import check_item, check_messages, store_checked, store_items
 from .combining import Combiner, Item, spooling
 from .errors import MQTTSessionError, PersistenceError, UsageError
@@ -217,7 +218,7 @@ class AsyncSession:
         records were written (group commit)."""
         loop = asyncio.get_running_loop()
         if self._bg_sync is None:
-            job = loop.run_in_executor(self._client._driver.executor, sync)
+            job = in_executor(loop, self._client._driver.executor, sync)
             self._bg_sync = job
             job.add_done_callback(lambda _f: self._next_sync(sync))
             return job

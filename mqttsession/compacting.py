@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, cast
 
+from .pump import in_executor
+
 if TYPE_CHECKING:
     from .driver import Driver
 
@@ -129,14 +131,7 @@ async def _to_its_end(driver: Driver, call: Callable[[], None]
                       ) -> tuple[Exception | None, bool]:
     """``call`` run in the session's executor (here once that is shut down), awaited to its
     end: what it raised, and whether the wait was cancelled meanwhile."""
-    try:
-        job = asyncio.get_running_loop().run_in_executor(driver.executor, call)
-    except RuntimeError:  # (the executor is shut down: closing)
-        try:
-            call()
-        except Exception as exc:  # noqa: BLE001 - the caller's to raise or report
-            return exc, False
-        return None, False
+    job = in_executor(asyncio.get_running_loop(), driver.executor, call)
     cancelled = False
     while not job.done():
         try:

@@ -18,7 +18,7 @@ from .pacing import Pacer, jittered
 if TYPE_CHECKING:
     from ._paho import PahoConnection
 
-__all__ = ["AsyncioPump", "off_loop"]
+__all__ = ["AsyncioPump", "in_executor", "off_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,24 @@ class AsyncioPump:
                 handle.cancel()
         if self._sock is not None:
             self._unwatch(self._sock)
+
+
+def in_executor(loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor | None,
+                call: Callable[[], None]) -> asyncio.Future[None]:
+    """On the loop: ``call`` run in ``executor`` (None: the loop's default); here, its future
+    done, once that is shut down (the loop ending: ``asyncio.run`` returned without a
+    ``close()``), never ``RuntimeError`` out of a done callback."""
+    try:
+        return loop.run_in_executor(executor, call)
+    except RuntimeError:
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - the future's, for whoever awaits it
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
 
 
 def off_loop(loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor | None,

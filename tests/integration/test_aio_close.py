@@ -516,3 +516,44 @@ def test_close_stops_flushing_when_another_task_disconnects(
 
     took, held = _run(main, 60)
     assert took < 10 and held == 1
+
+
+def test_a_loop_ending_without_close_raises_nothing_into_it(mosquitto: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """``asyncio.run`` returning without ``close()`` of a QoS 2 subscriber whose read batches'
+    fdatasync runs in the executor, another batch waiting for the next one: the executor
+    shuts down as the loop ends, and that next sync runs where it is asked (before: the
+    loop's exception handler got ``RuntimeError: Executor shutdown has been called`` out of
+    a done callback)."""
+    import os  # noqa: PLC0415
+
+    def slow(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                time.sleep(0.2)
+            real(fd)
+        return sync
+
+    seen: list[dict[str, Any]] = []
+    topic = f"mqs/{_procs.unique('noclose')}"
+    opts = Options(address=mosquitto.address, request_timeout_seconds=10)
+    left: list[AsyncSession] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: seen.append(ctx))
+        sub = await AsyncSession.create(opts, client_id=_procs.unique("noclose"),
+                                        session_sync="always", state_file=str(tmp_path / "s"))
+        left.append(sub)
+        await sub.subscribe(topic, 2)
+        monkeypatch.setattr(os, "fdatasync", slow(os.fdatasync))
+        async with AsyncSession(opts, client_id=_procs.unique("pub")) as pub:
+            for i in range(20):
+                await pub.publish(topic, f"{i}", 2)
+                if sub._bg_next is not None:
+                    break
+            await _until(lambda: sub._bg_next is not None, "a batch waiting for the next sync")
+
+    asyncio.run(main())
+    monkeypatch.undo()
+    assert not [c for c in seen if isinstance(c.get("exception"), RuntimeError)], seen
