@@ -25,6 +25,7 @@ log = logging.getLogger("mqttsession")
 
 #: Bytes added to a publish's payload and topic for its record's frame, fields and properties.
 MARGIN = 256
+_LOCK_POLL = 0.001  # seconds between looks at a session lock another thread holds
 
 
 class Turn:
@@ -81,9 +82,11 @@ class Turn:
 
     def due(self, driver: Driver, size: int, record: bool = True) -> bool:
         """Whether a call must take its turn first: a compaction runs or others wait (it
-        must not overtake them; it would wait for the session lock the job holds), or the
-        record of a publish of ``size`` bytes would compact (a hint)."""
-        return self.waiting > 0 or record and driver.file.compaction_near(size + MARGIN)
+        must not overtake them; it would wait for the session lock the job holds), the
+        record of a publish of ``size`` bytes would compact (a hint), or another thread
+        holds the session's lock (a disk-queue batch's write and fdatasync)."""
+        return self.waiting > 0 or record and driver.file.compaction_near(size + MARGIN) \
+            or driver.lock_busy()
 
     def if_due(self, driver: Driver, size: int = 0, record: bool = True
                ) -> contextlib.AbstractAsyncContextManager[None]:
@@ -96,8 +99,9 @@ class Turn:
     @contextlib.asynccontextmanager
     async def held(self, driver: Driver, size: int) -> AsyncIterator[None]:
         """The session's turn, its compaction run first in the executor if still due (never
-        cut short: a cancel is raised after it); the caller stores while it holds the turn,
-        with no await in between, so the publishes keep the order they were awaited in."""
+        cut short: a cancel is raised after it), then the session's lock free; the caller
+        stores while it holds the turn, with no await in between, so the publishes keep the
+        order they were awaited in."""
         self.waiting += 1
         try:
             if self._lock is None:
@@ -105,7 +109,13 @@ class Turn:
             async with self._lock:
                 if driver.file.compaction_near(size + MARGIN):
                     await _compacted(driver)
-                yield
+                driver.loop_waits += 1  # (a batch about to take the lock lets this call in)
+                try:
+                    while driver.lock_busy():  # (a hunt: a QoS 0 publish waited on the loop
+                        await asyncio.sleep(_LOCK_POLL)  # for a disk-queue batch: 175 ms)
+                    yield
+                finally:
+                    driver.loop_waits -= 1
         finally:
             self.waiting -= 1
 

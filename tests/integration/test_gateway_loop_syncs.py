@@ -23,6 +23,7 @@ import pytest
 import mqttsession.groupcommit as groupcommit_mod
 from mqttsession import AsyncGateway, Options
 from mqttsession.testing import MosquittoBroker
+from mqttsession.testing.brokers import free_port
 from mqttsession.testing.faults import FakeOs
 
 try:  # tests/integration may or may not be a package
@@ -586,3 +587,66 @@ def test_the_loop_runs_while_a_read_sides_compaction_holds_the_session(
         distinct, compactions = asyncio.run(asyncio.wait_for(main(), 90))
     assert distinct == n and compactions >= 1
     assert gaps[0] < 0.2, f"the loop stopped for {gaps[0]:.3f} s"
+
+
+def test_a_qos0_publish_waits_its_turn_while_a_disk_queue_batch_holds_the_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk-queue batch of an ``AsyncSession``'s QoS 1 publishes is written and synced in
+    the executor, holding the session's lock; a QoS 0 publish (a ``subscribe()``, an
+    ``ack()``) meanwhile waits for that lock off the loop, which runs on (a hunt: a QoS 0
+    task stopped the loop at each batch, up to 175 ms on a 20 ms card). Every QoS 1
+    publish is stored."""
+    from mqttsession import AsyncSession  # noqa: PLC0415
+
+    in_batch = threading.Event()
+
+    def slow(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                in_batch.set()
+                time.sleep(0.1)
+            real(fd)
+        return sync
+
+    gaps = [0.0]
+
+    async def main() -> int:
+        s = await AsyncSession.create(Options(address=f"127.0.0.1:{free_port()}"),
+                                      client_id=_procs.unique("q0"), session_sync="always",
+                                      state_file=str(tmp_path / "s"), connect=False)
+        try:
+            await s.config("QueueInMemory=20")
+            for i in range(30):  # (the next ones into the disk queue)
+                await s.publish("q/1", f"pre{i}", 1)
+            monkeypatch.setattr(os, "fdatasync", slow(os.fdatasync))
+            monkeypatch.setattr(os, "fsync", slow(os.fsync))
+
+            async def publish(k: int) -> None:
+                for j in range(15):
+                    await s.publish("q/1", f"{k}-{j}", 1)
+            spilling = [asyncio.create_task(publish(k)) for k in range(4)]
+            assert await asyncio.to_thread(in_batch.wait, 10), "no batch"
+
+            async def tick() -> None:
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.005)
+                    now = time.monotonic()
+                    gaps[0], last = max(gaps[0], now - last), now
+
+            async def qos0() -> None:
+                while True:
+                    await s.publish("q/0", b"z", 0)
+                    await asyncio.sleep(0)
+            others = [asyncio.create_task(tick()), asyncio.create_task(qos0())]
+            await asyncio.sleep(0.3)
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*spilling)
+            monkeypatch.undo()
+            return int(s.client.queue_stats().messages)
+        finally:
+            await s.close()
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == 90
+    assert gaps[0] < 0.08, f"the loop stopped for {gaps[0]:.3f} s"
