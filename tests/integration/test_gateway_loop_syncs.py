@@ -24,6 +24,7 @@ import mqttsession.groupcommit as groupcommit_mod
 from mqttsession import AsyncGateway, Options
 from mqttsession.testing import MosquittoBroker
 from mqttsession.testing.brokers import free_port
+from mqttsession.compacting import size_of
 from mqttsession.testing.faults import FakeOs
 
 try:  # tests/integration may or may not be a package
@@ -650,3 +651,59 @@ def test_a_qos0_publish_waits_its_turn_while_a_disk_queue_batch_holds_the_sessio
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == 90
     assert gaps[0] < 0.08, f"the loop stopped for {gaps[0]:.3f} s"
+
+
+def test_a_publish_whose_compaction_the_reads_outgrew_compacts_again_off_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish waits in the executor for the compaction its record would need; as that
+    job ends (its thread slow to hand back), the loop reads incoming QoS 2 messages of that
+    session, whose records fill the fresh journal past its bound again: the publish
+    compacts once more in the executor before it stores, not inside its own store on the
+    loop (a review: a 103 ms stop)."""
+    from mqttsession import AsyncSession  # noqa: PLC0415
+    from mqttsession.durability import Durability  # noqa: PLC0415
+
+    on_loop: list[str] = []
+    ended = threading.Event()
+    real_ahead = Durability.compact_ahead
+
+    def compact_ahead(self: Any) -> None:
+        real_ahead(self)
+        if not ended.is_set():
+            ended.set()
+            time.sleep(0.5)  # (the lock free: the incoming messages are read meanwhile)
+
+    def hooked(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if threading.current_thread() is threading.main_thread():
+                on_loop.append("".join(traceback.format_stack(limit=10)))
+            real(fd)
+        return sync
+
+    topic = f"mqs/{_procs.unique('again')}"
+
+    async def main() -> None:
+        with MosquittoBroker(extra_config="max_queued_messages 0\n") as b:
+            opts = Options(address=b.address, request_timeout_seconds=20)
+            async with AsyncSession(opts, client_id=_procs.unique("again"),
+                                    session_sync="always", state_file=str(tmp_path / "s")) as s, \
+                    AsyncSession(opts, client_id=_procs.unique("in")) as other:
+                await s.config("JournalMaxBytes=4096")
+                await s.subscribe(f"{topic}/in", 2)
+                while not s._turn.due(s.client._driver, size_of(topic, b"p" * 200)):
+                    await s.publish(f"{topic}/out", b"f" * 200, 1)
+                monkeypatch.setattr(Durability, "compact_ahead", compact_ahead)
+                monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
+                monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+                first = asyncio.create_task(s.publish(f"{topic}/out", b"p" * 200, 1))
+                assert await asyncio.to_thread(ended.wait, 10), "no compaction job"
+                for i in range(12):  # (their records: ~6 KB, past the bound again)
+                    await other.publish(f"{topic}/in", f"{i}-".encode() + b"i" * 500, 2)
+                for _ in range(12):  # (read as the job ends; handed out, not acknowledged)
+                    assert await asyncio.wait_for(s._queue.get(), _procs.TIMEOUT) is not None
+                assert not first.done()
+                await first
+                monkeypatch.undo()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert on_loop == [], on_loop[0]
