@@ -9,13 +9,14 @@ syncs of a session's restore when it opens one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import threading
 import time
 import traceback
 from pathlib import Path
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -46,6 +47,32 @@ def _on_loop(monkeypatch: pytest.MonkeyPatch, on_loop: list[str]) -> None:
         return sync
     monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
     monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+
+
+@contextlib.asynccontextmanager
+async def _sent_ok(mosquitto: Any, tmp_path: Path, topic: str, monkeypatch: pytest.MonkeyPatch,
+                   hooked: Callable[[Any], Any]) -> AsyncIterator[Any]:
+    """An ``always`` session with a state file that sent ``ok`` (acknowledged), then with
+    ``hooked(real)`` in place of ``os.fdatasync`` and ``os.fsync``."""
+    from mqttsession import AsyncSession  # noqa: PLC0415
+
+    async with AsyncSession(Options(address=mosquitto.address, request_timeout_seconds=20),
+                            client_id=_procs.unique("ok"), session_sync="always",
+                            state_file=str(tmp_path / "s")) as s:
+        await s.publish(topic, b"ok", 1)
+        assert await s.flush(_procs.TIMEOUT)
+        monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
+        monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+        yield s
+
+
+async def _longest_gap(gaps: list[float]) -> None:
+    """Until cancelled: the loop's longest stop between 5 ms sleeps into ``gaps[0]``."""
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(0.005)
+        now = time.monotonic()
+        gaps[0], last = max(gaps[0], now - last), now
 
 
 def _ok_then_after(main: Callable[[], Coroutine[Any, Any, None]], counter: Any) -> None:
@@ -263,7 +290,7 @@ def test_the_loop_runs_while_a_take_back_rewrites_the_file(mosquitto: Any, tmp_p
     session's lock over its syncs: seconds on a failing card), the session's next publish
     on the loop waits its turn, not that lock: the loop runs on (before: it stopped for the
     whole rewrite). The failed publish raises, the next one is sent, in that order."""
-    from mqttsession import AsyncSession, PersistenceError  # noqa: PLC0415
+    from mqttsession import PersistenceError  # noqa: PLC0415
 
     fault = {"armed": False, "slow": False}
     rewriting = threading.Event()
@@ -284,13 +311,7 @@ def test_the_loop_runs_while_a_take_back_rewrites_the_file(mosquitto: Any, tmp_p
     ticks = [0]
 
     async def main() -> None:
-        async with AsyncSession(Options(address=mosquitto.address, request_timeout_seconds=20),
-                                client_id=_procs.unique("tbt"), session_sync="always",
-                                state_file=str(tmp_path / "s")) as s:
-            await s.publish(topic, b"ok", 1)
-            assert await s.flush(_procs.TIMEOUT)
-            monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
-            monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+        async with _sent_ok(mosquitto, tmp_path, topic, monkeypatch, hooked) as s:
             fault["armed"] = True
             failing = asyncio.create_task(s.publish(topic, b"failed", 1))
             assert await asyncio.to_thread(rewriting.wait, 10), "no rewrite"
@@ -320,7 +341,7 @@ def test_a_journal_a_failed_take_back_left_broken_is_rebuilt_off_the_loop(
     failing) leaves the journal broken: the next write rebuilds it whole (a snapshot, its
     syncs). The next publish has that run in the executor, as a compaction, not inside it
     on the loop. The failed publish raises, the next one is sent."""
-    from mqttsession import AsyncSession, PersistenceError  # noqa: PLC0415
+    from mqttsession import PersistenceError  # noqa: PLC0415
 
     fault = {"fail": 0}
     on_loop: list[str] = []
@@ -339,13 +360,7 @@ def test_a_journal_a_failed_take_back_left_broken_is_rebuilt_off_the_loop(
     counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
 
     async def main() -> None:
-        async with AsyncSession(Options(address=mosquitto.address, request_timeout_seconds=20),
-                                client_id=_procs.unique("brk"), session_sync="always",
-                                state_file=str(tmp_path / "s")) as s:
-            await s.publish(topic, b"ok", 1)
-            assert await s.flush(_procs.TIMEOUT)
-            monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
-            monkeypatch.setattr(os, "fsync", hooked(os.fsync))
+        async with _sent_ok(mosquitto, tmp_path, topic, monkeypatch, hooked) as s:
             fault["fail"] = 3  # the publish's fdatasync, then both tries of its take-back
             with pytest.raises(PersistenceError):
                 await s.publish(topic, b"failed", 1)
@@ -562,14 +577,7 @@ def test_the_loop_runs_while_a_read_sides_compaction_holds_the_session(
             monkeypatch.setattr(os, "fdatasync", hooked(os.fdatasync))
             monkeypatch.setattr(os, "fsync", hooked(os.fsync))
             before = int(sub.client._file.journal.compactions)
-
-            async def tick() -> None:
-                last = time.monotonic()
-                while True:
-                    await asyncio.sleep(0.005)
-                    now = time.monotonic()
-                    gaps[0], last = max(gaps[0], now - last), now
-            ticker = asyncio.create_task(tick())
+            ticker = asyncio.create_task(_longest_gap(gaps))
             got = []
             while len(got) < n:
                 m = await sub.receive(_procs.TIMEOUT)
@@ -628,18 +636,12 @@ def test_a_qos0_publish_waits_its_turn_while_a_disk_queue_batch_holds_the_sessio
             spilling = [asyncio.create_task(publish(k)) for k in range(4)]
             assert await asyncio.to_thread(in_batch.wait, 10), "no batch"
 
-            async def tick() -> None:
-                last = time.monotonic()
-                while True:
-                    await asyncio.sleep(0.005)
-                    now = time.monotonic()
-                    gaps[0], last = max(gaps[0], now - last), now
 
             async def qos0() -> None:
                 while True:
                     await s.publish("q/0", b"z", 0)
                     await asyncio.sleep(0)
-            others = [asyncio.create_task(tick()), asyncio.create_task(qos0())]
+            others = [asyncio.create_task(_longest_gap(gaps)), asyncio.create_task(qos0())]
             await asyncio.sleep(0.3)
             for t in others:
                 t.cancel()
