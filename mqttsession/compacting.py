@@ -97,9 +97,10 @@ class Turn:
         return contextlib.nullcontext()
 
     @contextlib.asynccontextmanager
-    async def held(self, driver: Driver, size: int) -> AsyncIterator[None]:
+    async def held(self, driver: Driver, size: int, free: bool = True) -> AsyncIterator[None]:
         """The session's turn, its compaction run first in the executor if still due (never
-        cut short: a cancel is raised after it), then the session's lock free; the caller
+        cut short: a cancel is raised after it), then the session's lock free (``free``; else
+        the caller waits for it); the caller
         stores while it holds the turn, with no await in between, so the publishes keep the
         order they were awaited in."""
         self.waiting += 1
@@ -113,8 +114,8 @@ class Turn:
                     await _compacted(driver)
                 driver.loop_waits += 1  # (a batch about to take the lock lets this call in)
                 try:
-                    while driver.lock_busy():  # (a hunt: a QoS 0 publish waited on the loop
-                        await asyncio.sleep(_LOCK_POLL)  # for a disk-queue batch: 175 ms)
+                    while free and driver.lock_busy():  # (a hunt: a QoS 0 publish waited
+                        await asyncio.sleep(_LOCK_POLL)  # on the loop for a disk-queue batch)
                     yield
                 finally:
                     driver.loop_waits -= 1

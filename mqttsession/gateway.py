@@ -574,36 +574,49 @@ class AsyncGateway(_Sessions):
                 raise UsageError("publish_many takes (session, topic, qos, data) or (session,"
                                  " PublishRequest) tuples, session one of this gateway's")
             items.append((s, check_messages(s.client, [m[1] if len(m) == 2 else m[1:]])[0]))
-        ids: list[int | None] = []
+        ids: list[int | None] = [None] * len(items)
         errors: dict[int, Exception] = {}
         waits: list[tuple[int, Client, tuple[int, int, int]]] = []
         spooled: list[tuple[int, asyncio.Future[list[int]]]] = []  # (its session's batches)
         sizes: dict[int, tuple[AsyncSession, int]] = {}  # (a compaction due: off the loop)
         for s, (topic, payload, qos, _, _) in items:
             sizes[id(s)] = (s, sizes.get(id(s), (s, 0))[1] + len(topic) + len(payload) * bool(qos))
+
+        def store(i: int) -> None:
+            s, (topic, payload, qos, retain, props) = items[i]
+            c = s.client
+            if qos and s._to_combiner(c):  # noqa: SLF001  (into the disk queue: off the loop)
+                spooled.append((i, s._spool(c, [(topic, payload, qos, retain, props)])))  # noqa: SLF001
+                return
+            try:
+                (pid, rest), token = _locked(c, topic, qos, payload, retain, props)()
+            except Exception as exc:  # this session's to report; the others go on
+                errors[i] = exc
+                return
+            c._driver.finish(rest)  # noqa: SLF001
+            ids[i] = pid
+            if token is not None:
+                waits.append((i, c, token))
+
+        cancelled = False
         async with contextlib.AsyncExitStack() as turns:  # (each session's in order, by id:
-            # every one, since one not due when asked may have a batch take its lock while the
-            # call waits for another's; then none of their locks busy, stored with no await)
+            # every one's, so none has a later call overtake this one while it waits)
             for s, size in sorted(sizes.values(), key=lambda x: id(x[0])):
-                await turns.enter_async_context(s._turn.held(s.client._driver, size))  # noqa: SLF001
-            while any(s.client._driver.lock_busy() for s, _ in sizes.values()):
-                await asyncio.sleep(0.001)  # (a review: the loop waited 124-185 ms here)
-            for i, (s, (topic, payload, qos, retain, props)) in enumerate(items):
-                c = s.client
-                if qos and s._to_combiner(c):  # noqa: SLF001  (into the disk queue: off the loop)
-                    spooled.append((i, s._spool(c, [(topic, payload, qos, retain, props)])))  # noqa: SLF001
-                    ids.append(None)
-                    continue
-                try:
-                    (pid, rest), token = _locked(c, topic, qos, payload, retain, props)()
-                except Exception as exc:  # this session's to report; the others go on
-                    errors[i] = exc
-                    ids.append(None)
-                    continue
-                c._driver.finish(rest)  # noqa: SLF001
-                ids.append(pid)
-                if token is not None:
-                    waits.append((i, c, token))
+                await turns.enter_async_context(s._turn.held(s.client._driver, size, free=False))  # noqa: SLF001
+            later: dict[int, list[int]] = {}  # a session whose lock a disk-queue batch holds:
+            for i, (s, _) in enumerate(items):  # its messages stored once it is free, off the
+                if id(s) in later or s.client._driver.lock_busy():  # loop (a review: 124-185
+                    later.setdefault(id(s), []).append(i)  # ms stops); never cut in between
+                else:
+                    store(i)
+            for idxs in later.values():
+                while items[idxs[0]][0].client._driver.lock_busy():
+                    try:
+                        await asyncio.sleep(0.001)
+                    except asyncio.CancelledError:
+                        cancelled = True  # (raised once every message is stored and settled)
+                for i in idxs:
+                    store(i)
         done = 0
         try:
             if waits:
@@ -617,6 +630,9 @@ class AsyncGateway(_Sessions):
         except asyncio.CancelledError:  # its failures to on_error: nobody else hears of them
             report_cancelled(errors, spooled[done:], lambda i: items[i][0].client._driver)
             raise
+        if cancelled:
+            report_cancelled(errors, [], lambda i: items[i][0].client._driver)
+            raise asyncio.CancelledError
         if errors:
             raise PublishManyError(ids, errors)
         return cast("list[int]", ids)
