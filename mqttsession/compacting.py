@@ -4,7 +4,10 @@ the journal's bound first has the compaction (a snapshot written and synced; an
 session's executor, the session's publishes meanwhile waiting their turn in the order they
 were awaited. Without it the compaction ran inside that publish, on the loop. A read batch's
 (or an ``ack()``'s) records that pass the bound have a task take the same turn for it
-(``Turn.compact_soon``), so every call of the session on the loop waits for either kind."""
+(``Turn.compact_soon``), as a failed sync's take-back does for its rewrite (``Turn.run``),
+so every call of the session on the loop waits for either; and a call whose session lock
+another thread holds (a disk-queue batch's write and fdatasync) takes its turn too, the
+lock polled off the loop."""
 
 from __future__ import annotations
 
@@ -100,9 +103,8 @@ class Turn:
     async def held(self, driver: Driver, size: int, free: bool = True) -> AsyncIterator[None]:
         """The session's turn, its compaction run first in the executor if still due (never
         cut short: a cancel is raised after it), then the session's lock free (``free``; else
-        the caller waits for it); the caller
-        stores while it holds the turn, with no await in between, so the publishes keep the
-        order they were awaited in."""
+        the caller waits for it); the caller stores while it holds the turn, with no await in
+        between, so the publishes keep the order they were awaited in."""
         self.waiting += 1
         try:
             if self._lock is None:
