@@ -61,14 +61,8 @@ class Turn:
         return asyncio.ensure_future(self._run(driver, call))
 
     async def _run(self, driver: Driver, call: Callable[[], None]) -> None:
-        self.waiting += 1
-        try:
-            if self._lock is None:
-                self._lock = asyncio.Lock()
-            async with self._lock:
-                exc, cancelled = await _to_its_end(driver, call)
-        finally:
-            self.waiting -= 1
+        async with self._queued():
+            exc, cancelled = await _to_its_end(driver, call)
         if exc is not None:  # (cancelled too: what it did is the outcome)
             raise exc
         if cancelled:
@@ -105,22 +99,28 @@ class Turn:
         cut short: a cancel is raised after it), then the session's lock free (``free``; else
         the caller waits for it); the caller stores while it holds the turn, with no await in
         between, so the publishes keep the order they were awaited in."""
+        async with self._queued():
+            for _ in range(2):  # (again if the loop's reads wrote enough meanwhile)
+                if not driver.file.compaction_near(size + MARGIN):
+                    break
+                await _compacted(driver)
+            driver.loop_waits += 1  # (a batch about to take the lock lets this call in)
+            try:
+                while free and driver.lock_busy():  # (a hunt: a QoS 0 publish waited on
+                    await asyncio.sleep(_LOCK_POLL)  # the loop for a disk-queue batch)
+                yield
+            finally:
+                driver.loop_waits -= 1
+
+    @contextlib.asynccontextmanager
+    async def _queued(self) -> AsyncIterator[None]:
+        """The turn itself: FIFO, counted in ``waiting`` from the moment it is asked for."""
         self.waiting += 1
         try:
             if self._lock is None:
                 self._lock = asyncio.Lock()
             async with self._lock:
-                for _ in range(2):  # (again if the loop's reads wrote enough meanwhile)
-                    if not driver.file.compaction_near(size + MARGIN):
-                        break
-                    await _compacted(driver)
-                driver.loop_waits += 1  # (a batch about to take the lock lets this call in)
-                try:
-                    while free and driver.lock_busy():  # (a hunt: a QoS 0 publish waited
-                        await asyncio.sleep(_LOCK_POLL)  # on the loop for a disk-queue batch)
-                    yield
-                finally:
-                    driver.loop_waits -= 1
+                yield
         finally:
             self.waiting -= 1
 
