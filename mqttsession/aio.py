@@ -245,12 +245,10 @@ class AsyncSession:
                 waiter.set_result(None)
         job.add_done_callback(answer)
 
-    def _in_close(self) -> bool:
-        return self._closing is not None
-
-    def _check(self, started: bool = True) -> Client:
-        if self._closed:
-            raise UsageError("the session is closed")
+    def _check(self, started: bool = True, publish: bool = False) -> Client:
+        if self._closed or publish and self._closing is not None:  # (close() waits for the
+            raise UsageError("the session is closed" if self._closed else  # publishes under
+                             "publish during close(): the session is closing")  # way: none new)
         if started and not self._started:  # (start() restores: it would replace what came)
             raise UsageError("the session is not started: await start() first (create() and"
                              " async with start it)")
@@ -351,7 +349,7 @@ class AsyncSession:
                       retain: bool | None = None, properties: Properties | None = None) -> int:
         """Publish (text is UTF-8); returns the packet id once the message is in the session
         (durable with a state file); it goes out now, or on connect."""
-        c = self._check()
+        c = self._check(publish=True)
         data = text_payload(payload) if isinstance(payload, str) else payload
         if qos and self._to_combiner(c):
             item = check_item(c, topic, qos, data, retain, properties)  # (its errors first)
@@ -437,7 +435,7 @@ class AsyncSession:
                            ) -> list[int]:
         """``Client.publish_many``: all of them in the session with one write and one sync
         (under ``SessionSync=always`` that fdatasync waits in the executor, not on the loop)."""
-        c = self._check()
+        c = self._check(publish=True)
         items = check_messages(c, messages)
         if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
             return await self._spool(c, items) if items else []
@@ -536,7 +534,7 @@ class AsyncSession:
 
         Acknowledges the messages handed out before (``ack()``) first.
         """
-        if self._in_close():  # the queued ones are never acknowledged: the next session
+        if self._closing is not None:  # the queued ones are never acknowledged: the next session
             return None  # start gets them again (handed out now, they would come twice)
         await self.ack()
         try:  # (one waiting already: no task and timer for wait_for)
@@ -574,7 +572,8 @@ class AsyncSession:
 
     async def close(self) -> None:
         """Flush (up to ``request_timeout_seconds``) while connected, disconnect, release the
-        state file (saved, compacted) and end ``messages()``. Idempotent."""
+        state file (saved, compacted) and end ``messages()``; a publish called once it began
+        gets ``UsageError``. Idempotent."""
         if self._closed:
             return
         if self._closing is not None:  # another task closes it: done when that one is

@@ -22,7 +22,7 @@ import pytest
 import mqttsession.journal as journal_mod
 import mqttsession.groupcommit as groupcommit_mod
 from mqttsession import AsyncGateway, AsyncSession, Connection, Options, StateLockedError, UsageError
-from mqttsession.errors import PersistenceError
+from mqttsession.errors import PersistenceError, PublishManyError
 
 try:  # tests/integration may or may not be a package
     from . import _faults, _procs
@@ -557,3 +557,128 @@ def test_a_loop_ending_without_close_raises_nothing_into_it(mosquitto: Any, tmp_
     asyncio.run(main())
     monkeypatch.undo()
     assert not [c for c in seen if isinstance(c.get("exception"), RuntimeError)], seen
+
+
+# ================================================================================================
+# close() while other tasks keep publishing
+
+
+def _slow_fdatasync(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every fdatasync outside the loop's thread ``seconds`` longer (a slow card)."""
+    import os  # noqa: PLC0415
+    real = os.fdatasync
+
+    def sync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(seconds)
+        real(fd)
+    monkeypatch.setattr(os, "fdatasync", sync)
+
+
+async def _publish_until_refused(publish: Callable[[int], Awaitable[Any]], numbers: Any,
+                                 sent: list[int]) -> BaseException:
+    """Publish numbered messages one after the other until a call raises; that error."""
+    while True:
+        n = next(numbers)
+        try:
+            await publish(n)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            return exc
+        sent.append(n)
+
+
+def test_close_refuses_publishes_called_after_it_began(mosquitto: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: ``close()`` of an offline session waited its whole ``request_timeout_seconds``
+    while other tasks kept publishing into its disk queue (publishes were still taken while it
+    ran, so a batch of them was always under way). Now a publish called once ``close()`` began
+    raises ``UsageError``; close waits only for those under way, and every message a publish
+    returned for goes out from the next session on the state file."""
+    _slow_fdatasync(monkeypatch, 0.01)
+    tag, cid, state = unique("crp"), unique("crp"), tmp_path / "c.session"
+    topic = f"aio/closing/{tag}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    sent: list[int] = []
+    numbers = iter(range(1_000_000))
+
+    async def first() -> tuple[float, list[BaseException]]:
+        s = await AsyncSession.create(_options(mosquitto.address, request_timeout=15),
+                                      client_id=cid, state_file=state, session_sync="always",
+                                      connect=False)
+        await s.config("QueueInMemory=5")  # the rest into the disk queue: its batches
+
+        def one(n: int) -> Awaitable[Any]:
+            return s.publish(topic, payload(tag, n), 1)
+
+        def many(n: int) -> Awaitable[Any]:  # (its other message numbered past the range)
+            return s.publish_many([(topic, 1, payload(tag, n)), (topic, 1, f"{tag}-x")])
+
+        tasks = [asyncio.create_task(_publish_until_refused(f, numbers, sent))
+                 for f in (one, one, one, many)]
+        await _until(lambda: len(sent) > 40, "publishes into the disk queue")
+        t0 = time.monotonic()
+        await s.close()
+        took = time.monotonic() - t0
+        return took, await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+    async def again() -> None:
+        s = await AsyncSession.create(_options(mosquitto.address), client_id=cid,
+                                      state_file=state)
+        try:
+            await s.publish(topic, f"{tag}:end", 2)
+            assert await s.flush(30)
+        finally:
+            await s.close()
+
+    try:
+        took, ended = _run(first, 60)
+        _run(again, 60)
+        counter.wait_payload(f"{tag}:end")
+        counts = counter.counts(tag)
+    finally:
+        counter.close()
+    assert took < 10, f"close() took {took:.1f} s (request_timeout_seconds 15)"
+    assert all(isinstance(e, UsageError) for e in ended), ended
+    lost = sorted(set(sent) - set(counts))
+    assert not lost, f"{len(lost)} of {len(sent)} returned but never went out: {lost[:10]}"
+
+
+def test_a_gateway_session_closing_refuses_its_share_of_publish_many(
+        mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway session's ``close()`` while a task keeps publishing to it and ``publish_many``
+    calls keep coming for it and another session: its messages get ``UsageError`` in
+    ``PublishManyError`` (the other's are stored), and the close ends without waiting
+    ``request_timeout_seconds`` (before: 15 s)."""
+    _slow_fdatasync(monkeypatch, 0.01)
+    opts = _options("127.0.0.1:1", request_timeout=15)
+
+    async def main() -> tuple[float, list[BaseException]]:
+        async with AsyncGateway(str(tmp_path / "gw")) as gw:
+            ss = [await gw.session(unique(f"g{i}"), opts, session_sync="always",
+                                   connect=False) for i in range(2)]
+            for s in ss:
+                await s.config("QueueInMemory=5")
+            sent: list[int] = []
+
+            async def pair(_n: int) -> Any:
+                return await gw.publish_many([(ss[0], "t", 1, b"a"), (ss[1], "t", 1, b"b")])
+
+            async def one(_n: int) -> Any:
+                return await ss[0].publish("t", b"c", 1)
+
+            numbers = iter(range(10**6))
+            tasks = [asyncio.create_task(_publish_until_refused(f, numbers, sent))
+                     for f in (one, pair, pair, pair)]
+            await _until(lambda: len(sent) > 20, "publish_many calls into the disk queues")
+            t0 = time.monotonic()
+            await ss[0].close()
+            took = time.monotonic() - t0
+            return took, await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+    took, ended = _run(main, 60)
+    assert took < 10, f"close() took {took:.1f} s (request_timeout_seconds 15)"
+    assert isinstance(ended[0], UsageError), ended
+    for err in ended[1:]:
+        assert isinstance(err, PublishManyError), err
+        assert isinstance(err.errors[0], UsageError) and 1 not in err.errors, err.errors
+        assert err.ids[0] is None and err.ids[1] is not None, err.ids
