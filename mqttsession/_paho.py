@@ -28,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from . import _wire, dialing
 from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
-from .hooks import Hooks
+from .hooks import Future, Hooks, Sync
 from .refusals import PahoLog, describe_connect_error
 from .tcpinfo import PingWait
 
@@ -96,7 +96,7 @@ class PahoConnection(mqtt.Client):
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self._batch_lock = threading.Lock()  # guards _batch and the three below (not a write)
         # batches whose sync runs off the loop, in order: its future, the packets after it
-        self._after_sync: list[tuple[asyncio.Future[None], list[_Held]]] = []
+        self._after_sync: list[tuple[Sync, list[_Held]]] = []
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._batch_publishes: list[_Held] | None = None  # a read batch's PUBLISHes not held
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
@@ -162,14 +162,15 @@ class PahoConnection(mqtt.Client):
             for kind, packet, packet_id, qos in held:
                 self._queue(kind, packet, packet_id, qos)
 
-    def _wait_sync(self, fut: asyncio.Future[None]) -> None:
+    def _wait_sync(self, fut: Sync) -> None:
         """The batch's packets and later ones wait for ``fut``, a sync off the loop [2-4]."""
         with self._batch_lock:
             held, self._batch = self._batch or [], None
             self._after_sync.append((fut, held))
-        fut.add_done_callback(self._synced)
+        if isinstance(fut, asyncio.Future):  # (a sync thread's wakes paho's: ``loop_misc``)
+            fut.add_done_callback(self._synced)
 
-    def _synced(self, done: asyncio.Future[None]) -> None:
+    def _synced(self, done: Sync) -> None:
         """A sync off the loop done: the packets of every batch synced, in order, written."""
         gone = None if done.cancelled() else done.exception()  # (read: never "not retrieved")
         with self._batch_lock:  # dropped: its connection is gone, or an earlier sync failed
@@ -418,8 +419,7 @@ class PahoConnection(mqtt.Client):
             self._host, self._port = server  # noqa: SLF001  (paho's reconnect() reads them)
             self._connect_timeout = min(5.0, self._connect_timeout)  # noqa: SLF001 (holds no thread long)
         self._connack_seen, self._early = False, []  # (paho's reconnect closes the socket)
-        with self._batch_lock:
-            self._after_sync.clear()
+        self._drop_held()
         try:
             return super().reconnect()
         except (OSError, ValueError) as exc:  # ValueError: a host name IDNA refuses; paho's
@@ -464,6 +464,8 @@ class PahoConnection(mqtt.Client):
         if self._ping_wait.behind(self.tcp(), bool(self._ping_t), self._queued):  # noqa: SLF001
             with self._msgtime_mutex:  # noqa: SLF001
                 self._ping_t = self._last_bytes_received = _time_func()  # noqa: SLF001
+        if self._after_sync and isinstance(s := self._after_sync[0][0], Future) and s.done():
+            self._synced(s)  # a sync thread's sync done: the packets after it written
         rc = super().loop_misc()
         if rc == _OK:
             try:
@@ -505,10 +507,7 @@ class PahoConnection(mqtt.Client):
             self._drop_held()
             self._hook_failed(exc, "making the session records of received packets durable")
             return self._loop_rc_handle(_DROP) if self._sock is not None else rc  # noqa: SLF001
-        if waiting is not None:
-            self._wait_sync(waiting)
-        else:
-            self._release()
+        self._wait_sync(waiting) if waiting is not None else self._release()
         if self._write_due:
             self._write_due = False
             return self.loop_write()  # what this round queued (paho's _loop checks only later)

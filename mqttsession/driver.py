@@ -20,6 +20,7 @@ from typing import Any, Callable, cast
 from . import codec
 from ._config import ClientSettings, ConnectParams
 from ._paho import PahoConnection
+from .hooks import Sync
 from .properties import server_reference
 from .pump import AsyncioPump
 from ._wire import Packet, PacketType
@@ -33,6 +34,7 @@ from .pacing import Pacer
 from .state import Accepted, Spooled
 from .connecting import _TICK_EVERY, Connecting
 from .durability import Cancellable, Host, since_boot
+from .behind import SyncBehind
 from .combining import Combiner
 from .compacting import Turn
 from .turns import Turns
@@ -93,6 +95,7 @@ class Driver(Connecting):
         self._fresh = False  # the next paho reconnect() is connect()'s own: same server
         self._gen = 0  # one more at each connect() and disconnect() (``Connecting``)
         self._batch_sync = False  # a read batch deferred a sync to its end
+        self.behind = SyncBehind(self.file.sync_pending)  # paho's thread's batches (no cycle)
 
     def require_disconnected(self, what: str) -> None:
         if self.conn is not None:
@@ -415,14 +418,18 @@ class Driver(Connecting):
         return self._batch_sync and self.file.journal is not None \
             and self._settings.session_sync != "none"  # (none: nothing to wait for)
 
-    def _hook_batch_end(self) -> asyncio.Future[None] | None:
+    def _hook_batch_end(self) -> Sync | None:
         """Before a read batch's held packets are written, their records made durable (points
         2-4): one fsync, not locked, when the batch deferred one; an asyncio session's off its
-        loop (the packets wait for the future returned)."""
+        loop, paho's thread's by the sync thread (the packets wait for the future returned)."""
         if self._batch_sync:  # set and cleared on the network thread only
             waits, self._batch_sync = self._hook_batch_waits(), False
             if waits and self.background_sync is not None and self.pump is not None:
                 return self.background_sync(self.file.sync_pending)
+            conn = self.conn  # paho's own thread: the sync thread's, that one reads on
+            if waits and self.pump is None and conn is not None and conn.loop_thread is None \
+                    and (behind := self.behind.request(conn.wake)) is not None:
+                return behind
             self.file.sync_pending()
         return None
 

@@ -4,11 +4,14 @@ adapter (``driver.Driver`` implements it)."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from ._wire import Packet, PacketType
 
-__all__ = ["Hooks"]
+__all__ = ["Future", "Hooks", "Sync"]
+
+Sync = asyncio.Future[None] | Future[None]  # a sync off a loop's, or a sync thread's
 
 
 class Hooks(Protocol):
@@ -35,9 +38,9 @@ class Hooks(Protocol):
     def _hook_publisher_waits(self) -> bool: ...
     # publishers wait for the disk (SessionSync=always): theirs leave during a batch at once
 
-    def _hook_batch_end(self) -> asyncio.Future[None] | None: ...
+    def _hook_batch_end(self) -> Sync | None: ...
     # the records the held packets depend on: durable now (None), or once the future is done
-    # (a sync run off the loop: a gateway's)
+    # (a sync run off the loop: a gateway's; paho's thread's: a sync thread's)
 
     def _hook_connection_reset(self) -> tuple[str, int] | None: ...
     # a new network connection is being made; to this server (None: the same as before)

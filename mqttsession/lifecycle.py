@@ -75,6 +75,7 @@ def _close(c: Client) -> None:
         if failed is not None:  # (the disk queue's: a snapshot does not hold it)
             raise failed
     finally:
+        c._driver.behind.stop()  # (a sync of read batches under way ends before the file closes)
         with c._lock:
             c._file.close()
         c._driver.end()

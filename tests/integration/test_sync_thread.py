@@ -1,0 +1,102 @@
+"""A threaded ``Client``'s read batches: the fdatasync their acks wait for runs on the
+session's sync thread (``behind.SyncBehind``), not on paho's network thread. While a slow disk
+holds that sync, the connection keeps reading (QoS 0 deliveries, acks of the session's own
+publishes, keep-alive), and the acks that depend on the batch's records still wait for it
+(persistence point 2: no PUBREC before its record is durable). Real mosquitto, an
+``MQTTProxy`` logging what the client sends, a plain paho publisher; the disk's fdatasync
+held by a gate in the journal's ``os``."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+import mqttsession.journal as journal_mod
+from mqttsession import Client, MessageEvent
+from mqttsession.testing.faults import FakeOs
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+
+class _HeldSync(FakeOs):
+    """The journal's ``os``: while ``armed``, an fdatasync on the network side (paho's thread
+    or the sync thread) waits for ``gate``; ``entered`` once one does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        name = threading.current_thread().name
+        if self.armed and name.startswith(("paho", "mqttsession-acksync")):
+            self.entered.set()
+            assert self.gate.wait(30), "the gate was never opened"
+        os.fdatasync(fd)
+
+
+def _publisher(address: tuple[str, int]) -> mqtt.Client:
+    p = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_procs.unique("pub"))
+    p.connect(*address, 30)
+    p.loop_start()
+    return p
+
+
+@pytest.mark.parametrize("sync", ["always", "interval"])
+def test_a_held_read_batch_sync_leaves_the_connection_reading(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, sync: str) -> None:
+    """Before: the read batch's fdatasync ran on paho's network thread, so a slow disk
+    stopped the whole connection (here: no QoS 0 message handed over while it lasted)."""
+    disk = _HeldSync()
+    monkeypatch.setattr(journal_mod, "os", disk)
+    proxy = mqtt_proxy_factory(mosquitto)
+    tag = _procs.unique("st")
+    got: list[tuple[str, bytes]] = []
+    arrived = threading.Condition()
+
+    def on_message_in(e: MessageEvent) -> None:
+        with arrived:
+            got.append((e.topic, e.message))
+            arrived.notify_all()
+
+    c = Client(client_id=_procs.unique("st"), clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's.session'}")
+    c.config(f"SessionSync={sync}")
+    c.on_message_in = on_message_in
+    pub = _publisher((mosquitto.host, mosquitto.port))
+    try:
+        c.connect(proxy.host, proxy.port, timeout=10)
+        c.subscribe(f"{tag}/q2", 2)
+        c.subscribe(f"{tag}/q0", 0)
+        _procs.wait_until(lambda: len(proxy.packets("s2c", "SUBACK")) == 2, what="SUBACKs")
+        disk.armed = True
+        pub.publish(f"{tag}/q2", b"two", 2)
+        assert disk.entered.wait(10), "the QoS 2 message's record was never synced"
+        for n in range(5):
+            pub.publish(f"{tag}/q0", b"zero%d" % n, 0)
+        with arrived:  # handed over while the sync is held
+            ok = arrived.wait_for(lambda: sum(t.endswith("q0") for t, _ in got) == 5, 10)
+        assert ok, f"QoS 0 messages not handed over while the sync was held: {got}"
+        assert not proxy.packets("c2s", "PUBREC"), "a PUBREC before its record was durable"
+        disk.gate.set()
+        proxy.wait_for("c2s", "PUBREC", timeout=10)  # the held ack, once the sync ended
+        proxy.wait_for("c2s", "PUBCOMP", timeout=10)
+        assert [p for t, p in got if t.endswith("q2")] == [b"two"]
+    finally:
+        disk.gate.set()
+        pub.loop_stop()
+        pub.disconnect()
+        c.close()
