@@ -187,8 +187,8 @@ class AsyncSession:
                 await self.connect()
             return
         self._started = True
-        self._loop = asyncio.get_running_loop()
         driver = self._client._driver
+        self._loop = driver.home_loop = asyncio.get_running_loop()  # (its timers, unconnected)
         if driver.background_sync is None:  # (a gateway's session has its sync thread)
             driver.background_sync = self._sync_off_loop
         try:

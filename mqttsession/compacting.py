@@ -7,7 +7,8 @@ were awaited. Without it the compaction ran inside that publish, on the loop. A 
 (``Turn.compact_soon``), as a failed sync's take-back does for its rewrite (``Turn.run``),
 so every call of the session on the loop waits for either; and a call whose session lock
 another thread holds (a disk-queue batch's write and fdatasync) takes its turn too, the
-lock polled off the loop."""
+lock polled off the loop. Under SessionSync=interval the next packet-id reservation (synced at
+once) is made the same way before the ids run out (``reserving``)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ class Turn:
         must not overtake them; it would wait for the session lock the job holds), the
         record of a publish of ``size`` bytes would compact (a hint), or another thread
         holds the session's lock (a disk-queue batch's write and fdatasync)."""
-        return self.waiting > 0 or record and driver.file.compaction_near(size + MARGIN) \
+        return self.waiting > 0 or record and (driver.file.compaction_near(size + MARGIN)
+                                               or driver.reservation_near()) \
             or driver.lock_busy()
 
     def if_due(self, driver: Driver, size: int = 0, record: bool = True
@@ -103,7 +105,9 @@ class Turn:
             for _ in range(2):  # (again if the loop's reads wrote enough meanwhile)
                 if not driver.file.compaction_near(size + MARGIN):
                     break
-                await _compacted(driver)
+                await _ahead(driver, driver.compact_ahead, "state file compaction failed")
+            if driver.reservation_near():  # (SessionSync=interval: synced at once)
+                await _ahead(driver, driver.reserve_ahead, "packet-id reservation failed")
             driver.loop_waits += 1  # (a batch about to take the lock lets this call in)
             try:
                 while free and driver.lock_busy():  # (a hunt: a QoS 0 publish waited on
@@ -133,11 +137,12 @@ def size_of(topic: object, data: object) -> int:
         return 0
 
 
-async def _compacted(driver: Driver) -> None:
-    exc, cancelled = await _to_its_end(driver, driver.compact_ahead)
+async def _ahead(driver: Driver, call: Callable[[], None], what: str) -> None:
+    """``call`` (a compaction, a packet-id reservation) made ahead of a call, off the loop."""
+    exc, cancelled = await _to_its_end(driver, call)
     if exc is not None:  # the publish goes on: its own write rewrites the file (and fails as
         # any write would, if the disk does)
-        driver.error(getattr(exc, "errno", None) or -1, f"state file compaction failed: {exc}")
+        driver.error(getattr(exc, "errno", None) or -1, f"{what}: {exc}")
     if cancelled:
         raise asyncio.CancelledError
 

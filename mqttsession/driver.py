@@ -68,6 +68,7 @@ class Driver(Connecting):
         self._next_tick = 0.0
         self.pump: AsyncioPump | None = None  # asyncio: the loop drives the connection
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
+        self.home_loop: asyncio.AbstractEventLoop | None = None  # an asyncio session's
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
         # where a loop's disk-queue batches are stored (an AsyncGateway's pool; None: executor)

@@ -40,6 +40,7 @@ from .state import (
     topic_bytes,
 )
 from .queuelimits import DropLog, QueueLimits
+from .reserving import Reserving
 from .subscriptions import Subscriptions
 
 __all__ = ["Outgoing", "QueueSource"]
@@ -90,7 +91,7 @@ class QueueSource(Protocol):
 # ------------------------------------------------------------------------------------ outgoing
 
 
-class Outgoing(QueueLimits):
+class Outgoing(QueueLimits, Reserving):
     """The outgoing flows of one session (``Engine`` is one); ``state`` is the durable
     part (``state.SessionState``)."""
 
@@ -250,20 +251,6 @@ class Outgoing(QueueLimits):
             # file's last_packet_id is in the reservation or (after a restart that did not
             # record this) before it: either way the next process moves it here again
             self.state.last_packet_id = last
-
-    def _reserve(self, before: int, seq: int, handed: bool = True) -> list[Action]:
-        """``reserve_packet_ids``: the ids handed out since ``last_packet_id`` was ``before``
-        lie in a reservation; if not, a new one, synced before anything that uses them is
-        written (``force``: also where a publish's sync waits). ``seq``: the (first) message
-        published (``retract``); ``handed``: an id was (a batch may go all the way round)."""
-        st = self.state
-        n, last = self.settings.reserve_packet_ids, st.last_packet_id
-        if not n or not handed or st.covers(before, last):
-            return []
-        undo = (seq, st.reserved_first, st.reserved_last)
-        rec = st.reserve(before, n, keep_first=self._unreleased is not None)
-        self._unreserve = undo
-        return [Persist((rec,), sync=True, force=True)]
 
     def _release_reserved(self) -> list[Action]:
         """SessionPresent=1 after a session with a reservation was read back: PUBREL for each

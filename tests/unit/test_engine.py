@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st_
 
 from mqttsession import _wire, codec
 from mqttsession._wire import Packet, PacketType
@@ -22,6 +23,7 @@ from mqttsession.engine import (
     Write,
 )
 from mqttsession.errors import ProtocolViolation, UsageError
+from mqttsession.reserving import AHEAD
 from mqttsession.events import (
     ErrorEvent,
     MessageAckEvent,
@@ -904,6 +906,38 @@ def test_retract_gives_the_unsynced_reservation_back() -> None:
     assert e.accepted is not None
     e.retract(e.accepted)
     assert e.state.snapshot_fields() == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(last=st_.integers(0, 65535), first=st_.integers(0, 65535), size=st_.integers(0, 400),
+       keep=st_.booleans(), n=st_.integers(1, 300))
+def test_a_reservation_made_ahead_covers_the_next_ids(last: int, first: int, size: int,
+                                                      keep: bool, n: int) -> None:
+    """``reserve_ahead`` (a loop's publish has it made off the loop): afterwards the next
+    ``AHEAD`` ids and ``n`` past the last one handed out are covered (every id at most),
+    from the current reservation's first while PUBRELs of a read-back one are due; one
+    forced, synced ``Reserved``; ``unreserve`` puts the one before back."""
+    e = make(reserve_packet_ids=n)
+    if first:
+        e.state.reserved_first, e.state.reserved_last = first, (first - 1 + size) % 65535 + 1
+    if keep and first:  # (read back: the last id handed out lies in it, ``_recovered``)
+        last = (first - 1 + last % (size + 1)) % 65535 + 1
+    e.state.last_packet_id = last
+    e._unreleased = (first, first) if keep and first else None
+    before = (e.state.reserved_first, e.state.reserved_last)
+    near = e.reservation_near()
+    out, undo = e.reserve_ahead()
+    assert undo == before and _reserved(out) and out[0].sync and out[0].force
+    lo, hi = e.state.reserved_first, e.state.reserved_last
+    assert not e.reservation_near() or n < AHEAD
+    assert e.state.covers(last, (last - 1 + min(n, AHEAD)) % 65535 + 1)
+    if keep and first:
+        assert lo == first
+    else:
+        assert lo == last % 65535 + 1 and (hi - lo) % 65535 + 1 == min(n, 65535)
+    e.unreserve(undo)
+    assert (e.state.reserved_first, e.state.reserved_last) == before
+    assert near or first  # (without a reservation the next ids are never covered)
 
 
 def _recovered_state() -> SessionState:

@@ -14,7 +14,7 @@ PACKAGE = Path(mqttsession.__file__).parent
 # sans-I/O: no paho, sockets, threads, event loops (the engine takes the time as an argument)
 PURE = {
     "_fields", "_wire", "actions", "codec", "engine", "errors", "events", "expiry", "failover",
-    "outgoing", "pacing", "queuelimits", "records", "segments", "stalls", "state",
+    "outgoing", "pacing", "queuelimits", "records", "reserving", "segments", "stalls", "state",
     "subscriptions",
     "transitions", "validation",
 }
