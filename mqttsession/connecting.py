@@ -6,6 +6,7 @@ network thread calls and the actions it carries out stay in ``driver.py``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from ._config import ConnectParams
 from ._paho import PahoConnection
+from .dialing import client_context
 from .durability import Durability, since_boot
 from .errors import ConnectError, UsageError
 from .expiry import effective_interval
@@ -258,10 +260,15 @@ class Connecting(Durability):
                                   timeout: float, params: ConnectParams, gen: int) -> None:
         host, port = target
         loop = asyncio.get_running_loop()
+        connects = self.executor if self.connects is None else self.connects
+        if params.tls and params.tls_context is None:  # its CAs loaded off the loop (a hunt:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):  # 43 ms each)
+                await loop.run_in_executor(connects, client_context, params.tls_ca,
+                                           params.tls_cert, params.tls_key)
+            self._check_ended(gen, None, host, port)  # (``_open`` reports a failure there)
         conn = self._open(host, port, params, rot)
         s, pacer = self._settings, self.pacer
         tick = _TICK_EVERY if pacer is None else gateway_tick(params.keep_alive, _TICK_EVERY)
-        connects = self.executor if self.connects is None else self.connects
         self.pump = AsyncioPump(conn, loop, s.reconnect_delay_min, s.reconnect_delay_max,
                                 tick, pacer=pacer, jitter=pacer is not None,
                                 loop_thread=threading.current_thread(), executor=connects)
@@ -303,8 +310,8 @@ class Connecting(Durability):
         if p.tls_context is not None:
             conn.tls_set_context(p.tls_context)
         elif p.tls:
-            try:
-                conn.tls_set(ca_certs=p.tls_ca, certfile=p.tls_cert, keyfile=p.tls_key)
+            try:  # (made once for these files: ``dialing.client_context``)
+                conn.tls_set_context(client_context(p.tls_ca, p.tls_cert, p.tls_key))
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise UsageError(f"TLS settings: {exc}") from exc
         if p.will_topic:

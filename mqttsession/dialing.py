@@ -5,12 +5,43 @@ WebSocket handshakes (a deadline)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import threading
 from typing import Any, Callable, Iterator
 
-__all__ = ["TrackedContext", "connect_tcp", "handshake_deadline"]
+__all__ = ["TrackedContext", "client_context", "connect_tcp", "handshake_deadline"]
+
+_contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}  # ``client_context``'s, by files
+_contexts_lock = threading.Lock()
+
+
+def client_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """The TLS client context paho's ``tls_set`` makes for these files (TLS 1.2+, the server's
+    certificate and host name checked, ``ca`` or the system's CAs), made once for the files
+    as they are now (paths, sizes, mtimes: a renewed one makes a new one): loading the CAs
+    takes 40+ ms (the system's), which a gateway's connects paid each, on its loop."""
+    def stamp(path: str | None) -> tuple[Any, ...]:
+        if path is None:
+            return (None,)
+        st = os.stat(path)
+        return path, st.st_size, st.st_mtime_ns
+    files = (stamp(ca), stamp(cert), stamp(key))
+    with _contexts_lock:
+        ctx = _contexts.get(files)
+        if ctx is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # (CERT_REQUIRED, check_hostname)
+            if cert is not None:
+                ctx.load_cert_chain(cert, key)
+            if ca is not None:
+                ctx.load_verify_locations(ca)
+            else:
+                ctx.load_default_certs()
+            if len(_contexts) >= 16:  # (a few sets of files at a time: the oldest goes)
+                _contexts.pop(next(iter(_contexts)))
+            _contexts[files] = ctx
+        return ctx
 
 
 def connect_tcp(host: str, port: int, timeout: float | None, source: tuple[str, int],
