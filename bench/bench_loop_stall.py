@@ -3,7 +3,8 @@
 queues on a slow card, this checkout against another commit, same run.
 
     python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
-                          [--scenarios offline,connected,takeback,compaction,subscriber]
+                          [--scenarios offline,connected,takeback,compaction,subscriber,
+                                       interval]
 
 Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
 GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
@@ -23,11 +24,14 @@ time and records how late it wakes (the loop's lag) while:
   receiving 5,000 QoS 2 messages of 200 bytes that another session on the same loop
   publishes meanwhile, each taken with ``receive()`` (which acks the one before): its read
   batches' and acks' records pass the bound, and are compacted, every ~30 messages.
+* ``interval``: 100 gateway sessions (no broker) under ``SessionSync=interval``
+  (``SessionSyncInterval=50``), a task each awaiting 600 QoS 1 publishes: each session's
+  packet ids come from reservations of 256 (synced at once), two or three of them each.
 
-``SessionSync=always`` (the gateway's default). Reported per tree, median over the rounds:
-the longest stop, the 99th percentile, stops over 100 ms, and the run's seconds. Each round
-runs each tree in a child process whose ``PYTHONPATH`` names it, alternating the order; the
-other tree is a temporary git worktree of REV.
+``SessionSync=always`` (the gateway's default) but in ``interval``. Reported per tree,
+median over the rounds: the longest stop, the 99th percentile, stops over 100 ms, and the
+run's seconds. Each round runs each tree in a child process whose ``PYTHONPATH`` names it,
+alternating the order; the other tree is a temporary git worktree of REV.
 """
 
 from __future__ import annotations
@@ -166,9 +170,35 @@ async def _subscriber(address: str) -> tuple[list[float], float]:
     return lags, took
 
 
+async def _interval() -> tuple[list[float], float]:
+    from mqttsession import AsyncGateway, Options  # noqa: PLC0415
+
+    gw = AsyncGateway(tempfile.mkdtemp(prefix="loop-stall-"))
+    try:
+        ss = [await gw.session(f"iv{i:03d}", Options(address="127.0.0.1:1"), connect=False,
+                               session_sync="interval") for i in range(100)]
+        for s in ss:
+            await s.config("SessionSyncInterval=50")
+
+        async def publish(s: Any) -> None:
+            for j in range(600):
+                await s.publish(f"dev/{s.client_id}", f"{j}", 1)
+
+        watcher = _Lags()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(publish(s) for s in ss))
+        took = time.perf_counter() - t0
+        lags = await watcher.stop()
+    finally:
+        await gw.close()
+    return lags, took
+
+
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
 
+    if name == "interval":
+        return await _interval()
     if name == "takeback":
         return await _take_back()
     if name == "compaction":

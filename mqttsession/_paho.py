@@ -95,8 +95,7 @@ class PahoConnection(mqtt.Client):
         self._batch: list[_Held] | None = None  # writes held to batch end
         self._batch_thread: threading.Thread | None = None  # the thread reading that batch
         self._batch_lock = threading.Lock()  # guards _batch and the three below (not a write)
-        # batches whose sync runs off the loop, in order: its future, the packets after it
-        self._after_sync: list[tuple[Sync, list[_Held]]] = []
+        self._after_sync: list[tuple[Sync, list[_Held]]] = []  # each batch's sync, its packets
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._batch_publishes: list[_Held] | None = None  # a read batch's PUBLISHes not held
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
@@ -175,8 +174,8 @@ class PahoConnection(mqtt.Client):
         gone = None if done.cancelled() else done.exception()  # (read: never "not retrieved")
         with self._batch_lock:  # dropped: its connection is gone, or an earlier sync failed
             dropped = all(f is not done for f, _held in self._after_sync)
-        if dropped:  # (the session resends what is needed): a failure reported
-            if isinstance(gone, Exception):
+        if dropped or not self.in_network_thread():  # (a sync thread's: ``loop_misc`` writes)
+            if dropped and isinstance(gone, Exception):  # (the session resends what is needed)
                 self._hook_failed(gone, "making the session records of received packets durable")
             return
         while True:
@@ -533,7 +532,9 @@ class PahoConnection(mqtt.Client):
         with self._batch_lock:
             self._batch = self._batch_publishes = None
             self._publish_held = False
-            self._after_sync.clear()
+            gone, self._after_sync = self._after_sync, []
+        for fut in (f for f, _held in gone if isinstance(f, Future)):  # a sync thread's: its
+            fut.add_done_callback(self._synced)  # failure reported all the same (a review)
 
     def _read_batch(self, max_packets: int) -> MQTTErrorCode:
         """Read with few large ``recv`` calls (paho's: three a packet), handle each packet."""

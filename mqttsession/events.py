@@ -30,8 +30,10 @@ attribute                 event                      thread
                                                      ``queue-full``; for a disk-queue batch of
                                                      several threads, the one that stored it)
 ``on_error``              ``ErrorEvent``             where the fault was found: the network thread, a
-                                                     publisher, or the ``mqttsession-sync`` timer thread
-                                                     (``SessionSync=interval`` while disconnected)
+                                                     publisher, the ``mqttsession-sync`` timer thread
+                                                     (``SessionSync=interval`` while disconnected), or
+                                                     the ``mqttsession-acksync`` thread (a read batch's
+                                                     sync that failed after its connection was lost)
 ========================  =========================  ====================================================
 
 A callback that raises is logged (``mqttsession`` logger, with its traceback) and reported
@@ -223,7 +225,8 @@ class ErrorEvent:
     """``on_error``: a fault the session handled (a state file write that failed, a protocol
     violation by the broker, a refused subscription, a callback that raised...).
     ``error_code``: an errno, an MQTT reason code, or -1. The thread that found it: the network
-    thread, a publisher, or the ``mqttsession-sync`` timer thread (interval, disconnected)."""
+    thread, a publisher, the ``mqttsession-sync`` timer thread (interval, disconnected), or the
+    ``mqttsession-acksync`` thread (a read batch's sync that failed once its connection was gone)."""
 
     error_code: int
     description: str

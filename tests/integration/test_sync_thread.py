@@ -8,6 +8,7 @@ held by a gate in the journal's ``os``."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -36,6 +37,7 @@ class _HeldSync(FakeOs):
     def __init__(self) -> None:
         super().__init__()
         self.armed = False
+        self.fails = False  # the held one then fails (EIO)
         self.entered = threading.Event()
         self.gate = threading.Event()
 
@@ -44,6 +46,9 @@ class _HeldSync(FakeOs):
         if self.armed and name.startswith(("paho", "mqttsession-acksync")):
             self.entered.set()
             assert self.gate.wait(30), "the gate was never opened"
+            if self.fails:
+                self.armed = self.fails = False
+                raise OSError(errno.EIO, "injected EIO")
         os.fdatasync(fd)
 
 
@@ -100,3 +105,44 @@ def test_a_held_read_batch_sync_leaves_the_connection_reading(
         pub.loop_stop()
         pub.disconnect()
         c.close()
+
+
+def test_a_held_sync_that_fails_after_a_reconnect_is_reported(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the read batch's sync held while the connection is cut (its acks dropped
+    with it, the client reconnecting), then failing: before, nobody read its error (the
+    dropped batch's future was only looked at while queued); now ``on_error`` says so, and
+    the QoS 2 message is handed over once."""
+    disk = _HeldSync()
+    monkeypatch.setattr(journal_mod, "os", disk)
+    proxy = mqtt_proxy_factory(mosquitto)
+    tag = _procs.unique("sf")
+    errors: list[str] = []
+    got: list[bytes] = []
+    c = Client(client_id=_procs.unique("sf"), clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's.session'}")
+    c.config("SessionSync=interval")
+    c.config("ReconnectDelayMin=0.1")
+    c.config("ReconnectDelayMax=0.2")
+    c.on_error = lambda e: errors.append(e.description)
+    c.on_message_in = lambda e: got.append(e.message)
+    pub = _publisher((mosquitto.host, mosquitto.port))
+    try:
+        c.connect(proxy.host, proxy.port, timeout=10)
+        c.subscribe(f"{tag}/q2", 2)
+        _procs.wait_until(lambda: proxy.packets("s2c", "SUBACK"), what="SUBACK")
+        disk.armed = disk.fails = True
+        pub.publish(f"{tag}/q2", b"two", 2)
+        assert disk.entered.wait(10), "the QoS 2 message's record was never synced"
+        proxy.cut()  # the connection goes, the client reconnects
+        _procs.wait_until(lambda: len(proxy.packets("c2s", "CONNECT")) >= 2, what="a reconnect")
+        disk.gate.set()  # the held sync fails now
+        _procs.wait_until(lambda: any("durable" in e for e in errors), what="on_error")
+        _procs.wait_until(lambda: got == [b"two"], what="the message, once")
+    finally:
+        disk.gate.set()
+        pub.loop_stop()
+        pub.disconnect()
+        c.close()
+    assert got == [b"two"], got
