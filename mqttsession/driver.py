@@ -34,7 +34,7 @@ from .pacing import Pacer
 from .state import Accepted, Spooled
 from .connecting import _TICK_EVERY, Connecting
 from .durability import Cancellable, Host, since_boot
-from .behind import SyncBehind
+from .behind import SLOW_SYNC, SyncBehind
 from .combining import Combiner
 from .compacting import Turn
 from .turns import Turns
@@ -427,8 +427,9 @@ class Driver(Connecting):
             waits, self._batch_sync = self._hook_batch_waits(), False
             if waits and self.background_sync is not None and self.pump is not None:
                 return self.background_sync(self.file.sync_pending)
-            conn = self.conn  # paho's own thread: the sync thread's, that one reads on
+            conn = self.conn  # paho's own thread, a slow disk: the sync thread's, that one reads on
             if waits and self.pump is None and conn is not None and conn.loop_thread is None \
+                    and self.sync_time() >= SLOW_SYNC \
                     and (behind := self.behind.request(conn.wake)) is not None:
                 return behind
             self.file.sync_pending()
