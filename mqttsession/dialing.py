@@ -20,13 +20,14 @@ _contexts_lock = threading.Lock()
 def client_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
     """The TLS client context paho's ``tls_set`` makes for these files (TLS 1.2+, the server's
     certificate and host name checked, ``ca`` or the system's CAs), made once for the files
-    as they are now (paths, sizes, mtimes: a renewed one makes a new one): loading the CAs
+    as they are now (paths, inodes, sizes, mtimes, ctimes: a renewed one makes a new one,
+    also copied keeping its mtime): loading the CAs
     takes 40+ ms (the system's), which a gateway's connects paid each, on its loop."""
     def stamp(path: str | None) -> tuple[Any, ...]:
         if path is None:
             return (None,)
-        st = os.stat(path)
-        return path, st.st_size, st.st_mtime_ns
+        st = os.stat(path)  # (ctime and inode too: a copy that keeps the mtime, ``cp -p``)
+        return path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
     files = (stamp(ca), stamp(cert), stamp(key))
     with _contexts_lock:
         ctx = _contexts.get(files)

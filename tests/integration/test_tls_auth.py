@@ -580,6 +580,12 @@ def test_asyncio_tls_connects_load_the_cas_off_the_loop_once(
         os.utime(ca, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
         async with await AsyncSession.create(_options(clientcert_broker, tls)) as s:
             assert s.connected
+        st = os.stat(ca)  # (a review: another CA copied over it keeping size and mtime)
+        with open(pki.other_ca, "rb") as other, open(ca, "wb") as f:
+            f.write(other.read().ljust(st.st_size, b"\n")[:st.st_size])
+        os.utime(ca, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with pytest.raises((ConnectError, UsageError)):  # (the file read again: refused)
+            await AsyncSession.create(_options(clientcert_broker, tls))
 
     asyncio.run(asyncio.wait_for(main(), 60))
-    assert loads == [False, False], loads
+    assert loads == [False, False, False], loads
