@@ -363,11 +363,12 @@ class Durability:
                 return
             actions, undo = self.engine.reserve_ahead()
             try:
-                self.finish(self.run(actions))
+                rest = self.run(actions)
             except BaseException:
                 self.engine.unreserve(undo)
                 self.file.rewrite(self.engine.state)
                 raise
+        self.finish(rest)  # (its callbacks, on_error of a sync it made good: not locked)
 
     def release_durable(self) -> None:
         """Group commit: write every held message whose record is durable now (once for a
