@@ -351,8 +351,8 @@ class Durability:
     def reservation_near(self) -> bool:
         """SessionSync=interval: whether a publish would soon need a new packet-id
         reservation, synced at once (a loop's publish has it made first, off the loop)."""
-        return self._settings.session_sync == "interval" and self.file.journal is not None \
-            and self.engine.reservation_near()
+        return self.file.journal is not None and self.engine.reservation_near()  # (ids are
+        # reserved under interval only: ``reserve_packet_ids``)
 
     def reserve_ahead(self) -> None:
         """In a thread: the next packet-id reservation written and synced before a loop's

@@ -585,9 +585,10 @@ class AsyncGateway(_Sessions):
         def store(i: int) -> None:
             s, (topic, payload, qos, retain, props) = items[i]
             c = s.client
-            if s._closing is not None:  # noqa: SLF001  (as ``AsyncSession.publish``)
-                errors[i] = UsageError("the session is closed" if s.closed else
-                                       "publish during close(): the session is closing")
+            try:  # (closing or closed: refused as ``AsyncSession.publish``)
+                s._check(publish=True)  # noqa: SLF001
+            except UsageError as exc:
+                errors[i] = exc
                 return
             if qos and s._to_combiner(c):  # noqa: SLF001  (into the disk queue: off the loop)
                 spooled.append((i, s._spool(c, [(topic, payload, qos, retain, props)])))  # noqa: SLF001

@@ -14,17 +14,12 @@ from __future__ import annotations
 from typing import Final
 
 from .actions import Action, EngineSettings, Persist
-from .state import MAX_PACKET_ID, Reserved, SessionState
+from .state import MAX_PACKET_ID, Reserved, SessionState, _after
 
 __all__ = ["AHEAD", "Reserving"]
 
 #: ids still free in the reservation below which a loop's publish has the next one made first
 AHEAD: Final = 16
-
-
-def _after(pid: int, n: int = 1) -> int:
-    """The id ``n`` places after ``pid`` (65535 is followed by 1)."""
-    return (pid - 1 + n) % MAX_PACKET_ID + 1
 
 
 class Reserving:
