@@ -8,7 +8,8 @@ were awaited. Without it the compaction ran inside that publish, on the loop. A 
 so every call of the session on the loop waits for either; and a call whose session lock
 another thread holds (a disk-queue batch's write and fdatasync) takes its turn too, the
 lock polled off the loop. Under SessionSync=interval the next packet-id reservation (synced at
-once) is made the same way before the ids run out (``reserving``)."""
+once) is made the same way before the ids run out (``reserving``), as are the syncs a publish
+into the disk queue would make first (a segment sealed or begun: ``Spool.roll_ahead``)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ class Turn:
         record of a publish of ``size`` bytes would compact (a hint), or another thread
         holds the session's lock (a disk-queue batch's write and fdatasync)."""
         return self.waiting > 0 or record and (driver.file.compaction_near(size + MARGIN)
-                                               or driver.reservation_near()) \
+                                               or driver.reservation_near()
+                                               or driver.queue_sync_near()) \
             or driver.lock_busy()
 
     def if_due(self, driver: Driver, size: int = 0, record: bool = True
@@ -108,6 +110,8 @@ class Turn:
                 await _ahead(driver, driver.compact_ahead, "state file compaction failed")
             if driver.reservation_near():  # (SessionSync=interval: synced at once)
                 await _ahead(driver, driver.reserve_ahead, "packet-id reservation failed")
+            if driver.queue_sync_near():  # (interval: the disk queue's syncs)
+                await _ahead(driver, driver.queue_sync_ahead, "disk queue sync failed")
             driver.loop_waits += 1  # (a batch about to take the lock lets this call in)
             try:
                 while free and driver.lock_busy():  # (a hunt: a QoS 0 publish waited on

@@ -38,8 +38,8 @@ from . import codec
 from .errors import MQTTSessionError, NewerFormatError, PersistenceError, StateError, UsageError
 from .state import SessionState
 
-__all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "keep_cut_copy", "load", "move_aside",
-           "read_frames", "read_state", "with_queue"]
+__all__ = ["JOURNAL_SUFFIX", "MAX_STATE_BYTES", "frame", "free_name", "keep_cut_copy", "load",
+           "move_aside", "read_frames", "read_state", "with_queue"]
 
 log = logging.getLogger("mqttsession.journal")  # the state file's logger, as ever
 
@@ -257,6 +257,15 @@ def check_name(path: str) -> str:
     return path
 
 
+def free_name(path: str) -> str:
+    """``path`` or ``path-2``, ``path-3``...: a name no file has."""
+    name, n = path, 1
+    while os.path.lexists(name):
+        n += 1
+        name = f"{path}-{n}"
+    return name
+
+
 def move_aside(path: str, paths: tuple[str, ...], label: str) -> list[str]:
     """Rename those of ``paths`` that exist to ``*.<label>-<time>``; the new names.
     ``PersistenceError`` (all left in place) when one cannot be moved."""
@@ -265,9 +274,7 @@ def move_aside(path: str, paths: tuple[str, ...], label: str) -> list[str]:
     try:
         for p in paths:
             if os.path.lexists(p):
-                n, aside = 1, f"{p}.{label}-{stamp}"
-                while os.path.lexists(aside):
-                    n, aside = n + 1, f"{p}.{label}-{stamp}-{n + 1}"
+                aside = free_name(f"{p}.{label}-{stamp}")
                 os.replace(p, aside)
                 moved.append((p, aside))
     except OSError as exc:  # (a directory that refuses renames)

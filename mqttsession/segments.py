@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DAMAGED_NAME", "OPEN_NAME", "SEALED_NAME", "Segment", "header", "read_header"]
+__all__ = ["DAMAGED_NAME", "OPEN_NAME", "SEALED_NAME", "Segment", "gap", "header", "read_header"]
 
 _HEADER_TAG: Final = "mqttsession-queue"
 _VERSION: Final = 1
@@ -46,3 +46,14 @@ def read_header(payload: bytes, first: int) -> tuple[str, int | None] | None:
             and type((arr + [0])[4]) is int):
         return None
     return arr[2], arr[4] if len(arr) == 5 else None
+
+
+def gap(segs: list[Segment], spool_next: int, damaged: list[int]) -> int | None:
+    """The newest seq of messages not read back that no segment holds (one deleted), by each
+    segment's ``prev``; None: none. One kept aside as damaged (reported then) is no gap."""
+    seen = max(spool_next - 1, 0)  # every message up to it was read back (0: none)
+    for seg in segs:
+        if seg.prev is not None and seg.prev > seen and not any(seen < f <= seg.prev for f in damaged):
+            return seg.prev
+        seen = max(seen, seg.last)
+    return None

@@ -58,6 +58,7 @@ from .recovery import (
     _read_file,
     _refuse_link,
     frame,
+    free_name,
     read_frames,
 )
 
@@ -141,15 +142,6 @@ class _Session:
             self.attach_at = None
         self.rec_bytes = sum(map(len, self.recs))
         self.stale = self.stale or lost
-
-
-def _free_name(path: str) -> str:
-    """``path`` or ``path-2``, ``path-3``...: a name no file has."""
-    name, n = path, 1
-    while os.path.lexists(name):
-        n += 1
-        name = f"{path}-{n}"
-    return name
 
 
 def parse(data: bytes, damaged: Callable[[str], StateError]
@@ -294,7 +286,7 @@ class SharedLog(GroupCommit):
         return valid
 
     def _damaged(self, why: str) -> StateError:
-        aside = _free_name(f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        aside = free_name(f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
         os.rename(self.path, aside)
         log.error("shared log %s is damaged (%s); kept aside as %s", self.path, why, aside)
         return StateError(f"shared log {self.path} is damaged: {why}; kept aside as {aside}")

@@ -40,10 +40,10 @@ from .errors import PersistenceError, StateError
 from .journal import _write_all, zeros_ahead
 from .mapped import MappedTail
 from .statelock import _own_file, unlinked
-from .recovery import (_NOFOLLOW, _fsync_dir, frame, keep_cut_copy, own_dir, read_frames,
-                       unreadable, zeros_from)
+from .recovery import (_NOFOLLOW, _fsync_dir, frame, free_name, keep_cut_copy, own_dir,
+                       read_frames, unreadable, zeros_from)
 from .records import Accepted, OutgoingMessage, decode_record, encode_message
-from .segments import DAMAGED_NAME, OPEN_NAME, SEALED_NAME, Segment, header, read_header
+from .segments import DAMAGED_NAME, OPEN_NAME, SEALED_NAME, Segment, gap, header, read_header
 from .state import message_bytes
 
 __all__ = ["QUEUE_SUFFIX", "SEGMENT_BYTES", "Spool"]
@@ -70,7 +70,7 @@ class Spool:
         self.count = 0  # messages not read back yet
         self.bytes = 0
         self.last_seq = 0  # the newest message's seq (0: none ever, in these files)
-        self.gap: int | None = None  # messages up to it not read back are missing (``_gap``)
+        self.gap: int | None = None  # messages up to it not read back are missing (``segments.gap``)
         self._newest: float | None = None  # its publish time (None: not read yet)
         self.read_to = 0  # every message below it was read back, or lost to damage
         self._segs: list[Segment] = []
@@ -147,7 +147,7 @@ class Spool:
                         self._check_read_back(dead, spool_next)
                     self._unlink(dead.path)
             self._segs = segs
-            self.gap = _gap(segs, spool_next, damaged)
+            self.gap = gap(segs, spool_next, damaged)
             self.last_seq = max((s.last for s in segs), default=0)
             self.count = sum(s.count for s in segs)
             self.bytes = sum(s.bytes for s in segs)
@@ -210,8 +210,7 @@ class Spool:
             os.close(fd)
 
     def _header_ok(self, payload: bytes, seg: Segment) -> bool:
-        found = read_header(payload, seg.first)
-        if found is None:
+        if (found := read_header(payload, seg.first)) is None:
             return False
         owner, seg.prev = found
         if self.client_id and owner and owner != self.client_id:
@@ -344,6 +343,26 @@ class Spool:
     def newest_first(self) -> int:  # the first seq of the newest segment (0: none)
         return self._segs[-1].first if self._segs else 0
 
+    def roll_due(self) -> bool:  # whether the next append syncs first: a full segment
+        segs = self._segs  # sealed, a new one begun (a hint, read without the mutex)
+        return self.sync and (self._wfd is None or not segs or segs[-1].size >= self.segment_bytes)
+
+    def roll_ahead(self, first: int) -> None:
+        """``append``'s seal of a full segment and new one (from ``first``, the next message's
+        seq: a lower bound) made before it, off a loop (``compacting``); OSError as it raised."""
+        with self._mutex:
+            if self.sync:
+                self._roll(first)
+
+    def _roll(self, first: int) -> Segment:
+        """The segment to append to (mutex held): the open one; once full, sealed and a new
+        one begun."""
+        seg = self._segs[-1] if self._segs and self._wfd is not None else None
+        if seg is not None and seg.size >= self.segment_bytes:
+            self._seal(seg)
+            seg = None
+        return self._new_segment(first) if seg is None else seg
+
     def append(self, messages: list[OutgoingMessage], sync: bool) -> None:
         """Store never-sent messages, in one write (persistence point 1): in the OS before
         returning, on disk with ``sync`` under ``SessionSync=always``; ``PersistenceError``
@@ -353,12 +372,7 @@ class Spool:
         n = sum(map(message_bytes, messages))
         with self._mutex:
             try:
-                seg = self._segs[-1] if self._segs and self._wfd is not None else None
-                if seg is not None and seg.size >= self.segment_bytes:
-                    self._seal(seg)
-                    seg = None
-                if seg is None:
-                    seg = self._new_segment(messages[0].seq)
+                seg = self._roll(messages[0].seq)
                 self._undo = (messages[0].seq, data, seg, (seg.size, seg.count, seg.bytes, seg.last),
                               (self.last_seq, self._newest, self.count, self.bytes))
                 try:  # (a Ctrl-C too, anywhere: the publish is taken back, its seq reused)
@@ -484,8 +498,7 @@ class Spool:
             return None
 
     def _take(self) -> OutgoingMessage | None:
-        m = self._peek_message()
-        if m is None:
+        if (m := self._peek_message()) is None:
             return None
         payload = self._frames.pop()
         self._roff += 8 + len(payload)
@@ -646,12 +659,12 @@ class Spool:
     def _move_aside(self, label: str, names: list[str]) -> str:
         stamp = time.strftime('%Y%m%dT%H%M%S')
         try:
-            aside = _free_name(f"{self.dir}.{label}-{stamp}")
+            aside = free_name(f"{self.dir}.{label}-{stamp}")
             os.rename(self.dir, aside)
             return aside
         except OSError:  # (EBUSY: a mount point) its segments, within it
             pass
-        inner = _free_name(os.path.join(self.dir, f"{label}-{stamp}"))
+        inner = free_name(os.path.join(self.dir, f"{label}-{stamp}"))
         moved: list[str] = []
         try:
             os.mkdir(inner, 0o700)
@@ -676,23 +689,3 @@ class Spool:
     def close(self) -> None:
         with self._mutex:
             self._close_fds()
-
-
-def _gap(segs: list[Segment], spool_next: int, damaged: list[int]) -> int | None:
-    """The newest seq of messages not read back that no segment holds (one deleted), by each
-    segment's ``prev``; None: none. One kept aside as damaged (reported then) is no gap."""
-    seen = max(spool_next - 1, 0)  # every message up to it was read back (0: none)
-    for seg in segs:
-        if seg.prev is not None and seg.prev > seen and not any(seen < f <= seg.prev for f in damaged):
-            return seg.prev
-        seen = max(seen, seg.last)
-    return None
-
-
-def _free_name(base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... : the first that does not exist."""
-    n, name = 1, base
-    while os.path.lexists(name):
-        n += 1
-        name = f"{base}-{n}"
-    return name

@@ -422,8 +422,7 @@ class StateFile:
                lazy: bool = False, held: bool = False) -> None:
         """Records already applied to ``state``: durable, if there is a file. No compaction:
         the caller asks for it (``compact_if_due``) once ``state`` holds nothing unwritten."""
-        j = self.journal
-        if j is None:
+        if (j := self.journal) is None:
             return
         if self.unrestored is not None:
             if self.deferring:
@@ -432,15 +431,7 @@ class StateFile:
             return
         if records and type(records[0]) is Spooled:  # the disk queue's, never the journal's
             assert self.spool is not None
-            # interval: the messages published before these on disk first (two files, written
-            # back in no set order, and a sealed segment synced): once a switch; a journal a
-            # failed write or sync left broken is rewritten first (it may be behind the queue)
-            if self._accepted_unsynced or self.interval and j.broken:
-                if j.broken:
-                    j.compact(state)  # (a Spooled record in it counts nothing: ``attach``)
-                else:
-                    j.sync_pending()
-                self._accepted_unsynced = False
+            self.sync_before_queue(state)
             begun = self.spool.newest_first
             self.spool.append([r.message for r in records if type(r) is Spooled], sync)
             state.spool_last = self.spool.last_seq  # (a snapshot names it: ``_recover``)
@@ -475,6 +466,24 @@ class StateFile:
             j.sync_pending()
         else:
             j.flush()
+
+    def sync_before_queue(self, state: SessionState) -> None:
+        """interval: the messages published before the next ones into the disk queue on disk
+        first (two files, written back in no set order, and a sealed segment synced), once a
+        switch; a journal left broken (a failed write or sync) rewritten (it may be behind)."""
+        j = self.journal
+        if j is not None and (self._accepted_unsynced or self.interval and j.broken):
+            if j.broken:
+                j.compact(state)  # (a Spooled record in it counts nothing: ``attach``)
+            else:
+                j.sync_pending()
+            self._accepted_unsynced = False
+
+    def queue_sync_due(self) -> bool:
+        """interval: whether the next message into the disk queue first syncs (the journal's
+        records before it, a segment sealed or begun): a hint, read without a lock."""
+        return self.interval and self.spool is not None and (
+            self._accepted_unsynced or self.spool.roll_due())
 
     # ------------------------------------------------------------ the engine's QueueSource
 
@@ -535,8 +544,7 @@ class StateFile:
     def compactions(self) -> int:
         """Snapshots the journal wrote so far (``Driver.run``: one written while it carries
         out an action list holds all of that list's records)."""
-        j = self.journal
-        return j.compactions if j is not None else 0
+        return self.journal.compactions if self.journal is not None else 0
 
     @property
     def has_errors(self) -> bool:
@@ -547,8 +555,6 @@ class StateFile:
         """What went wrong without raising, for on_error (``settle``, a failed compaction)."""
         if self.spool is not None and self.spool.has_errors:
             self._errors += self.spool.take_errors()
-        if not self._errors:
-            return []
         errors, self._errors = self._errors, []
         return errors
 
@@ -597,8 +603,7 @@ class StateFile:
 
     def compact(self, state: SessionState) -> None:
         """The whole state written (a clean disconnect), when the file is this session's."""
-        if self.owned:
-            assert self.journal is not None
+        if self.owned and self.journal is not None:
             self.journal.compact(state)
 
     def note_restore(self, records: list[Record], state: SessionState) -> None:
