@@ -343,9 +343,16 @@ class Spool:
     def newest_first(self) -> int:  # the first seq of the newest segment (0: none)
         return self._segs[-1].first if self._segs else 0
 
-    def roll_due(self) -> bool:  # whether the next append syncs first: a full segment
-        segs = self._segs  # sealed, a new one begun (a hint, read without the mutex)
-        return self.sync and (self._wfd is None or not segs or segs[-1].size >= self.segment_bytes)
+    def roll_due(self) -> bool:
+        """Whether the next append syncs first (a full segment sealed, a new one begun) or
+        waits for another thread's sync (the interval timer's: the mutex held); a hint."""
+        segs = self._segs
+        if self.sync and (self._wfd is None or not segs or segs[-1].size >= self.segment_bytes):
+            return True
+        if not self._mutex.acquire(blocking=False):
+            return True
+        self._mutex.release()
+        return False
 
     def roll_ahead(self, first: int) -> None:
         """``append``'s seal of a full segment and new one (from ``first``, the next message's
