@@ -4,7 +4,7 @@ queues on a slow card, this checkout against another commit, same run.
 
     python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
                           [--scenarios offline,connected,takeback,compaction,subscriber,
-                                       interval]
+                                       interval,spool]
 
 Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
 GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
@@ -27,6 +27,9 @@ time and records how late it wakes (the loop's lag) while:
 * ``interval``: 100 gateway sessions (no broker) under ``SessionSync=interval``
   (``SessionSyncInterval=50``), a task each awaiting 600 QoS 1 publishes: each session's
   packet ids come from reservations of 256 (synced at once), two or three of them each.
+* ``spool``: one ``AsyncSession`` (its own state file, offline) under ``SessionSync=interval``,
+  ``QueueInMemory=5``, ``QueueSegmentBytes=65536``, 4 tasks each awaiting 500 QoS 2 publishes
+  of 1,000 bytes: ~31 disk-queue segments sealed and begun (synced at once).
 
 ``SessionSync=always`` (the gateway's default) but in ``interval``. Reported per tree,
 median over the rounds: the longest stop, the 99th percentile, stops over 100 ms, and the
@@ -194,11 +197,38 @@ async def _interval() -> tuple[list[float], float]:
     return lags, took
 
 
+async def _spool() -> tuple[list[float], float]:
+    from mqttsession import AsyncSession, Options  # noqa: PLC0415
+
+    state = os.path.join(tempfile.mkdtemp(prefix="loop-stall-"), "s")
+    s = AsyncSession(Options(address="127.0.0.1:1"), client_id="spool", state_file=state,
+                     session_sync="interval")
+    await s.start(connect=False)
+    try:
+        await s.config("QueueInMemory=5")
+        await s.config("QueueSegmentBytes=65536")
+
+        async def publish() -> None:
+            for _ in range(500):
+                await s.publish("dev/spool", b"x" * 1000, 2)
+
+        watcher = _Lags()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(publish() for _ in range(4)))
+        took = time.perf_counter() - t0
+        lags = await watcher.stop()
+    finally:
+        await s.close()
+    return lags, took
+
+
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
 
     if name == "interval":
         return await _interval()
+    if name == "spool":
+        return await _spool()
     if name == "takeback":
         return await _take_back()
     if name == "compaction":
@@ -277,7 +307,7 @@ def main() -> int:
         for r in range(a.repeats):
             for sc in scenarios:
                 for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                    address = "127.0.0.1:1" if sc == "offline" else \
+                    address = "127.0.0.1:1" if sc in ("offline", "spool") else \
                         f"{broker.host}:{broker.port}"
                     out = subprocess.run(
                         [sys.executable, __file__, "--child", sc, address, str(a.fsync_ms)],
