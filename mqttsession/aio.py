@@ -28,17 +28,18 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import handover
 from .client import Client, _connect_params
+from .aiosync import GroupSync, HeldSyncs, _Token
 from .compacting import size_of
 from .pump import in_executor
 from .publishing import check_item, check_messages, store_checked, store_items
 from .combining import Combiner, Item, spooling
-from .errors import MQTTSessionError, PersistenceError, UsageError
+from .errors import MQTTSessionError, UsageError
 from .events import MessageEvent, PublishRequest, SubscribedEvent
 from .mesh import new_client
 from .options import Options
@@ -47,8 +48,6 @@ from .validation import split_filters, text_payload
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
 
-    from .driver import Driver
-
 __all__ = ["AsyncSession"]
 
 log = logging.getLogger("mqttsession.aio")
@@ -56,26 +55,8 @@ log = logging.getLogger("mqttsession.aio")
 T = TypeVar("T")
 
 
-_Token = tuple[int, int, int]  # a held publish: its seq and where its record ends (gen, pos)
-
-
 class _Closed:
     pass
-
-
-class GroupSync(Protocol):
-    """Makes a shared store durable for the held publishes of many sessions at once."""
-
-    def wait_held(self, driver: Driver, tokens: tuple[_Token, ...]
-                  ) -> asyncio.Future[Exception | None]:
-        """A future: None once the record of the held publishes ``tokens`` (one, or a
-        ``publish_many``'s) is on disk and they are released to the wire, else the error (the
-        caller takes them back). Cancelled, they are released or taken back all the same,
-        together."""
-
-    def pending(self, driver: Driver) -> asyncio.Future[Exception | None] | None:
-        """The sync job under way or due that ``driver``'s held publishes wait for (None:
-        none waits)."""
 
 
 _CLOSED: Final = _Closed()
@@ -100,7 +81,7 @@ def _held(c: Client) -> int:
     return c._driver.engine.state.held
 
 
-class AsyncSession:
+class AsyncSession(HeldSyncs):
     """An MQTT session for asyncio code.
 
     ``await AsyncSession.create(options, ...)`` builds and connects one;
@@ -342,8 +323,24 @@ class AsyncSession:
             raise asyncio.CancelledError
 
     async def config(self, setting: str) -> str:
-        """``Client.config``: ``"Name=Value"`` sets, ``"Name"`` reads."""
-        return self._check(started=False).config(setting)
+        """``Client.config``: ``"Name=Value"`` sets, ``"Name"`` reads; a started session's
+        ``SessionStateFile`` (its file written and synced) in the executor, in its turn."""
+        c = self._check(started=False)
+        name, eq, _ = setting.partition("=") if isinstance(setting, str) else ("", "", "")
+        if eq and self._started and name.strip().lower() == "sessionstatefile":
+            return await self._in_turn(c, lambda: c.config(setting))
+        return c.config(setting)
+
+    async def _in_turn(self, c: Client, call: Callable[[], str]) -> str:
+        """``call`` (a write of the whole state file: its syncs) in the session's executor,
+        in the calls' turn, the loop's reads first (a hunt: 85-143 ms stops on a 20 ms card)."""
+        out: list[str] = []
+
+        def run() -> None:
+            with c._driver.lock_between_reads():
+                out.append(call())
+        await self._turn.run(c._driver, run)
+        return out[0]
 
     async def publish(self, topic: str, payload: str | bytes, qos: int = 1, *,
                       retain: bool | None = None, properties: Properties | None = None) -> int:
@@ -390,47 +387,6 @@ class AsyncSession:
                 raise
         return asyncio.wrap_future(fut)
 
-    def _sync_awaiting(self) -> None:
-        """One executor job makes the records of every publish waiting so far durable (one
-        fdatasync: the last one's position covers those before it); the publishes that
-        arrive meanwhile wait for the next job. One thread hop per batch, not per publish,
-        and none for a batch whose records the job before already synced."""
-        driver = self._client._driver
-        while True:
-            batch, self._awaiting_sync = self._awaiting_sync, []
-            if not batch:
-                self._syncing = False
-                return
-            self._syncing = True
-            if not driver.is_durable(batch[-1][0][-1]):
-                break
-            self._settle(batch, None)  # (appended before that job's fdatasync wrote them)
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(driver.executor, driver.wait_durable, batch[-1][0][-1])
-        self._sync_job = job
-
-        def done(f: asyncio.Future[Exception | None]) -> None:
-            try:
-                err = f.result()
-            except BaseException as exc:  # noqa: BLE001 - the job itself ended (loop shutdown)
-                err = PersistenceError(None, f"the state file sync did not run: {exc!r}")
-            self._settle(batch, err)
-            self._sync_awaiting()
-
-        job.add_done_callback(done)
-
-    def _settle(self, batch: list[tuple[tuple[_Token, ...], asyncio.Future[Exception | None]]],
-                err: Exception | None) -> None:
-        """A batch's sync ended: its messages go out (those written after them wait), and
-        each publish gets ``err`` (None: durable); the release waits in a thread while a
-        disk-queue batch holds the session's lock (``Driver.release_then``)."""
-        driver = self._client._driver
-        answers = [(held, waiter, err) for held, waiter in batch]
-        if err is None:
-            driver.release_then(functools.partial(driver.answer, answers))
-        else:
-            driver.answer(answers)
-
     async def publish_many(self, messages: Iterable[tuple[str, int, bytes | str] | PublishRequest]
                            ) -> list[int]:
         """``Client.publish_many``: all of them in the session with one write and one sync
@@ -445,34 +401,6 @@ class AsyncSession:
         if tokens:
             await self._durable(c, tokens)
         return ids
-
-    async def _durable(self, c: Client, tokens: Sequence[_Token]) -> None:
-        """Held publishes (one, or a ``publish_many``'s: one record): wait, off the loop, for
-        the fdatasync that covers their record; then they are released to the wire, or all
-        taken back and the error raised. Cancelled, the same happens once that sync ends."""
-        loop = asyncio.get_running_loop()
-        held = tuple(tokens)
-        if self._group is not None:  # an AsyncGateway's session
-            fut = self._group.wait_held(c._driver, held)
-        else:
-            fut = loop.create_future()
-            self._awaiting_sync.append((held, fut))
-            if not self._syncing:  # after the publishes ready to run now have appended theirs
-                self._syncing = True
-                loop.call_soon(self._sync_awaiting)
-        try:
-            err = await fut
-        except asyncio.CancelledError:  # after ``fut`` got its error: taken back here
-            if fut.done() and not fut.cancelled() and (err := fut.result()) is not None:
-                c._driver.take_back(held[-1], err, held, quiet=True)
-            raise
-        if err is not None:  # all taken back (one record: one fate; off the loop), and raised
-            job = c._driver.take_back(held[-1], err, held)
-            try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                c._driver.orphan(job, held[-1][0])
-                raise
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe; while connected, wait for the SUBACK (``MQTTSessionError`` if refused)."""
@@ -526,8 +454,10 @@ class AsyncSession:
                 self._idle.remove(fut)
 
     async def save_session(self) -> str:
-        """``Client.save_session``: the state text (and the compacted state file)."""
-        return self._check().save_session()
+        """``Client.save_session``: the state text (and the compacted state file, written in
+        the executor, in the calls' turn)."""
+        c = self._check()
+        return await self._in_turn(c, c.save_session)
 
     async def receive(self, timeout: float | None = None) -> MessageEvent | None:
         """The next incoming message; None after ``timeout`` seconds or once closed.
