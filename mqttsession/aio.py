@@ -364,11 +364,15 @@ class AsyncSession(HeldSyncs):
             await self._durable(c, (token,))
         return pid
 
-    def _to_combiner(self, c: Client) -> bool:
-        """Whether a publish goes to the disk queue under ``SessionSync=always``, or comes
-        after one still being stored (it must not overtake it)."""
+    def _to_combiner(self, c: Client, size: int = 0, count: int = 1, held: bool = False
+                     ) -> bool:
+        """Whether a publish goes to the disk queue under ``SessionSync=always``, or is a
+        batch of ``count`` messages whose records alone pass the state file's bound (its
+        compaction would run inside it; not past calls waiting their turn, unless ``held``:
+        its own), or comes after one still being stored (it must not overtake it)."""
         d = c._driver
-        return self._combiner.busy or spooling(d.engine) and d.group_commit()
+        return self._combiner.busy or spooling(d.engine) and d.group_commit() or (
+            count > 1 and (held or not self._turn.waiting) and d.passes_bound(size, count))
 
     def _spool(self, c: Client, items: list[Item]) -> asyncio.Future[list[int]]:
         """A call's messages (validated) bound for the disk queue, queued now: stored with
@@ -393,9 +397,10 @@ class AsyncSession(HeldSyncs):
         (under ``SessionSync=always`` that fdatasync waits in the executor, not on the loop)."""
         c = self._check(publish=True)
         items = check_messages(c, messages)
-        if self._to_combiner(c):  # (into the disk queue: stored by the executor job)
+        if self._to_combiner(c, sum(len(i[0]) + len(i[1]) for i in items), len(items)):
             return await self._spool(c, items) if items else []
-        async with self._turn.if_due(c._driver, sum(len(i[0]) + len(i[1]) for i in items)):
+        async with self._turn.if_due(c._driver, sum(len(i[0]) + len(i[1]) for i in items),
+                                     count=len(items)):
             ids, tokens, rest = store_checked(c, items, group=True)
             c._driver.finish(rest)
         if tokens:

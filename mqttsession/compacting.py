@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, cast
@@ -79,26 +80,28 @@ class Turn:
         async with self.held(driver, 0):
             pass
 
-    def due(self, driver: Driver, size: int, record: bool = True) -> bool:
+    def due(self, driver: Driver, size: int, record: bool = True, count: int = 1) -> bool:
         """Whether a call must take its turn first: a compaction runs or others wait (it
         must not overtake them; it would wait for the session lock the job holds), the
         record of a publish of ``size`` bytes would compact (a hint), or another thread
-        holds the session's lock (a disk-queue batch's write and fdatasync)."""
+        holds the session's lock (a disk-queue batch's write and fdatasync); ``count``:
+        messages (a batch's: its packet ids)."""
         return self.waiting > 0 or record and (driver.file.compaction_near(size + MARGIN)
-                                               or driver.reservation_near()
+                                               or driver.reservation_near(count)
                                                or driver.queue_sync_near()) \
             or driver.lock_busy()
 
-    def if_due(self, driver: Driver, size: int = 0, record: bool = True
+    def if_due(self, driver: Driver, size: int = 0, record: bool = True, count: int = 1
                ) -> contextlib.AbstractAsyncContextManager[None]:
         """``held`` when a call (a publish of ``size`` bytes; ``record``: one the state file
         keeps) must take its turn (``due``), else nothing to wait for."""
-        if self.due(driver, size, record):
-            return self.held(driver, size)
+        if self.due(driver, size, record, count):
+            return self.held(driver, size, count=count)
         return contextlib.nullcontext()
 
     @contextlib.asynccontextmanager
-    async def held(self, driver: Driver, size: int, free: bool = True) -> AsyncIterator[None]:
+    async def held(self, driver: Driver, size: int, free: bool = True, count: int = 1
+                   ) -> AsyncIterator[None]:
         """The session's turn, its compaction run first in the executor if still due (never
         cut short: a cancel is raised after it), then the session's lock free (``free``; else
         the caller waits for it); the caller stores while it holds the turn, with no await in
@@ -108,8 +111,9 @@ class Turn:
                 if not driver.file.compaction_near(size + MARGIN):
                     break
                 await _ahead(driver, driver.compact_ahead, "state file compaction failed")
-            if driver.reservation_near():  # (SessionSync=interval: synced at once)
-                await _ahead(driver, driver.reserve_ahead, "packet-id reservation failed")
+            if driver.reservation_near(count):  # (SessionSync=interval: synced at once)
+                await _ahead(driver, functools.partial(driver.reserve_ahead, count),
+                             "packet-id reservation failed")
             if driver.queue_sync_near():  # (interval: the disk queue's syncs)
                 await _ahead(driver, driver.queue_sync_ahead, "disk queue sync failed")
             driver.loop_waits += 1  # (a batch about to take the lock lets this call in)

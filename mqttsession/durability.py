@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Final, Protocol, cas
 from ._config import ClientSettings
 from .pump import AsyncioPump
 from .combining import run_all, spooling
+from .compacting import MARGIN
 from .actions import Notify, Persist
 from .engine import Action, ConnState, Engine
 from .errors import PersistenceError, QueueFullError, UsageError
@@ -348,20 +349,20 @@ class Durability:
         with self.lock_between_reads():
             self.file.compact_ahead(self.engine.state)
 
-    def reservation_near(self) -> bool:
-        """SessionSync=interval: whether a publish would soon need a new packet-id
-        reservation, synced at once (a loop's publish has it made first, off the loop)."""
-        return self.file.journal is not None and self.engine.reservation_near()  # (ids are
+    def reservation_near(self, count: int = 1) -> bool:
+        """SessionSync=interval: whether a publish (of ``count`` messages) would soon need a
+        new packet-id reservation, synced at once (a loop's has it made first, off the loop)."""
+        return self.file.journal is not None and self.engine.reservation_near(count)  # (ids are
         # reserved under interval only: ``reserve_packet_ids``)
 
-    def reserve_ahead(self) -> None:
+    def reserve_ahead(self, count: int = 1) -> None:
         """In a thread: the next packet-id reservation written and synced before a loop's
         publish would need it (a hunt: 46-234 ms stops on a 20 ms card); raises what fails,
         the reservation taken back (the file rewritten without it)."""
         with self.lock_between_reads():
-            if not self.reservation_near():
+            if not self.reservation_near(count):
                 return
-            actions, undo = self.engine.reserve_ahead()
+            actions, undo = self.engine.reserve_ahead(count)
             try:
                 rest = self.run(actions)
             except BaseException:
@@ -369,6 +370,13 @@ class Durability:
                 self.file.rewrite(self.engine.state)
                 raise
         self.finish(rest)  # (its callbacks, on_error of a sync it made good: not locked)
+
+    def passes_bound(self, size: int, count: int) -> bool:
+        """Whether the records of a batch of ``count`` messages of ``size`` bytes alone pass
+        the state file's bound: its compaction would run inside it (a loop's: stored off the
+        loop, a hunt: 40-205 ms stops on a 20 ms card)."""
+        j = self.file.journal
+        return j is not None and size + MARGIN * count > j.bound
 
     def queue_sync_near(self) -> bool:
         """SessionSync=interval: whether a publish now goes to the disk queue and would first

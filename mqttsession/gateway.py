@@ -578,9 +578,10 @@ class AsyncGateway(_Sessions):
         errors: dict[int, Exception] = {}
         waits: list[tuple[int, Client, tuple[int, int, int]]] = []
         spooled: list[tuple[int, asyncio.Future[list[int]]]] = []  # (its session's batches)
-        sizes: dict[int, tuple[AsyncSession, int]] = {}  # (a compaction due: off the loop)
-        for s, (topic, payload, qos, _, _) in items:
-            sizes[id(s)] = (s, sizes.get(id(s), (s, 0))[1] + len(topic) + len(payload) * bool(qos))
+        sizes: dict[int, tuple[AsyncSession, int, int]] = {}  # (bytes and messages: a
+        for s, (topic, payload, qos, _, _) in items:  # compaction or reservation due, ahead)
+            _, size, n = sizes.get(id(s), (s, 0, 0))
+            sizes[id(s)] = (s, size + len(topic) + len(payload) * bool(qos), n + 1)
 
         def store(i: int) -> None:
             s, (topic, payload, qos, retain, props) = items[i]
@@ -590,7 +591,7 @@ class AsyncGateway(_Sessions):
             except UsageError as exc:
                 errors[i] = exc
                 return
-            if qos and s._to_combiner(c):  # noqa: SLF001  (into the disk queue: off the loop)
+            if qos and s._to_combiner(c, *sizes[id(s)][1:], held=True):  # noqa: SLF001  (off the loop)
                 spooled.append((i, s._spool(c, [(topic, payload, qos, retain, props)])))  # noqa: SLF001
                 return
             try:
@@ -606,8 +607,9 @@ class AsyncGateway(_Sessions):
         cancelled = False
         async with contextlib.AsyncExitStack() as turns:  # (each session's in order, by id:
             # every one's, so none has a later call overtake this one while it waits)
-            for s, size in sorted(sizes.values(), key=lambda x: id(x[0])):
-                await turns.enter_async_context(s._turn.held(s.client._driver, size, free=False))  # noqa: SLF001
+            for s, size, n in sorted(sizes.values(), key=lambda x: id(x[0])):
+                await turns.enter_async_context(s._turn.held(s.client._driver, size, free=False,  # noqa: SLF001
+                                                             count=n))
             later: dict[int, list[int]] = {}  # a session whose lock a disk-queue batch holds:
             for i, (s, _) in enumerate(items):  # its messages stored once it is free, off the
                 if id(s) in later or s.client._driver.lock_busy():  # loop (a review: 124-185

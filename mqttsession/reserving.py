@@ -47,17 +47,20 @@ class Reserving:
         self._unreserve = undo
         return [Persist((rec,), sync=True, force=True)]
 
-    def reservation_near(self) -> bool:
-        """Whether one of the next ``AHEAD`` ids lies outside the reservation."""
+    def reservation_near(self, count: int = 1) -> bool:
+        """Whether one of the next ``count`` ids (a batch's), or of the ``AHEAD`` after them,
+        lies outside the reservation."""
         last = self.state.last_packet_id
         return bool(self.settings.reserve_packet_ids) and not self.state.covers(
-            last, _after(last, AHEAD))
+            last, _after(last, AHEAD + count - 1))
 
-    def reserve_ahead(self) -> tuple[list[Action], tuple[int, int]]:
+    def reserve_ahead(self, count: int = 1) -> tuple[list[Action], tuple[int, int]]:
         """The next reservation before an id needs it: from the id after the last one handed
         out (or from the current one's first, as ``_reserve``) through
-        ``reserve_packet_ids`` ids more, synced at once; with the undo for ``unreserve``."""
+        ``reserve_packet_ids`` ids more (a batch of ``count``: ``count + AHEAD`` if more),
+        synced at once; with the undo for ``unreserve``."""
         st, n = self.state, self.settings.reserve_packet_ids
+        n = max(n, count + AHEAD) if count > 1 else n
         undo = (st.reserved_first, st.reserved_last)
         last = st.last_packet_id
         first = st.reserved_first if self._unreleased is not None and st.reserved_first \

@@ -992,6 +992,110 @@ def test_save_session_and_a_state_file_set_while_running_sync_off_the_loop(
         counter.close()
 
 
+@pytest.mark.parametrize("kind", ["session", "gateway"])
+def test_interval_batches_past_a_reservation_reserve_off_the_loop(
+        kind: str, mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``publish_many`` of more messages than a reservation holds (256 ids) under
+    ``SessionSync=interval``. Before: the reservation made ahead covered the next 16 ids
+    only, so the batch reserved (and synced) on the loop (a hunt: 24-37 ms stops on a 20 ms
+    card, every batch of 300 or 500). Now the one made ahead covers the whole batch; every
+    message arrives once, in order."""
+    from mqttsession import AsyncSession  # noqa: PLC0415
+
+    on_loop: list[str] = []
+    topic = f"mqs/{_procs.unique('rsb')}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    opts = Options(address=mosquitto.address, request_timeout_seconds=20)
+    sizes = (300, 500, 20, 700)
+
+    async def publish(gw: Any, s: AsyncSession) -> None:
+        await s.publish(topic, b"first", 1)  # (the first reservation: before the hook)
+        assert await s.flush(_procs.TIMEOUT)
+        _on_loop(monkeypatch, on_loop)
+        n = 0
+        for size in sizes:
+            batch = [(topic, 1, f"m-{n + j}".encode()) for j in range(size)]
+            n += size
+            if gw is None:
+                await s.publish_many(batch)
+            else:
+                await gw.publish_many([(s, *m) for m in batch])
+            assert await s.flush(_procs.TIMEOUT)
+        monkeypatch.undo()
+
+    async def main() -> None:
+        if kind == "gateway":
+            async with AsyncGateway(tmp_path / "gw") as gw:
+                await publish(gw, await gw.session(_procs.unique("rsb"), opts,
+                                                   session_sync="interval"))
+                return
+        async with AsyncSession(opts, client_id=_procs.unique("rsb"), session_sync="interval",
+                                state_file=str(tmp_path / "s")) as s:
+            await publish(None, s)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+        counter.wait_payload(f"m-{sum(sizes) - 1}")
+        got = [p for p, _q, _d in counter.received]
+        assert got == [b"first"] + [f"m-{j}".encode() for j in range(sum(sizes))]
+    finally:
+        counter.close()
+    assert on_loop == [], on_loop[0]
+
+
+@pytest.mark.parametrize("mode", ["always", "interval"])
+@pytest.mark.parametrize("kind", ["session", "gateway"])
+def test_a_batch_past_the_journal_bound_is_stored_off_the_loop(
+        kind: str, mode: str, mosquitto: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``publish_many`` whose records alone pass the state file's bound (600 messages of
+    150 bytes; ``JournalMaxBytes=65536``, a gateway session's default bound is 64 KiB). Before:
+    the compaction made ahead could not cover it, so it compacted inside the call, on the
+    loop (a hunt: 40-205 ms stops on a 20 ms card, every such batch). Now the batch is stored
+    by the executor (as the disk queue's batches are); every message arrives once, in order."""
+    from mqttsession import AsyncSession  # noqa: PLC0415
+
+    on_loop: list[str] = []
+    topic = f"mqs/{_procs.unique('big')}"
+    counter = _procs.Counter(mosquitto.host, mosquitto.port, topic)
+    opts = Options(address=mosquitto.address, request_timeout_seconds=20)
+    pad = "-" + "x" * 150
+
+    async def publish(gw: Any, s: AsyncSession) -> None:
+        await s.config("JournalMaxBytes=65536")
+        await s.publish(topic, b"first", 1)
+        assert await s.flush(_procs.TIMEOUT)
+        _on_loop(monkeypatch, on_loop)
+        for r in range(3):  # (each batch taken by the subscriber before the next: the
+            # broker keeps at most 1,000 queued for it)
+            batch = [(topic, 1, f"{r}-{j}{pad}".encode()) for j in range(600)]
+            ids = await (s.publish_many(batch) if gw is None else
+                         gw.publish_many([(s, *m) for m in batch]))
+            assert len(ids) == 600
+            assert await s.flush(_procs.TIMEOUT)
+            await asyncio.get_running_loop().run_in_executor(
+                None, counter.wait_payload, f"{r}-599{pad}")
+        monkeypatch.undo()
+
+    async def main() -> None:
+        if kind == "gateway":
+            async with AsyncGateway(tmp_path / "gw") as gw:
+                await publish(gw, await gw.session(_procs.unique("big"), opts,
+                                                   session_sync=mode))
+                return
+        async with AsyncSession(opts, client_id=_procs.unique("big"), session_sync=mode,
+                                state_file=str(tmp_path / "s")) as s:
+            await publish(None, s)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+        got = [p.split(b"-x")[0] for p, _q, _d in counter.received]
+        assert got == [b"first"] + [f"{r}-{j}".encode() for r in range(3) for j in range(600)]
+    finally:
+        counter.close()
+    assert on_loop == [], on_loop[0]
+
+
 def test_a_failed_reservation_made_ahead_is_taken_back_and_the_publish_goes_on(
         mosquitto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fdatasyncs of a packet-id reservation made ahead (in the executor) fail, its own

@@ -940,6 +940,27 @@ def test_a_reservation_made_ahead_covers_the_next_ids(last: int, first: int, siz
     assert near or first  # (without a reservation the next ids are never covered)
 
 
+@settings(max_examples=300, deadline=None)
+@given(last=st_.integers(0, 65535), first=st_.integers(0, 65535), size=st_.integers(0, 400),
+       n=st_.integers(1, 300), count=st_.integers(2, 70000))
+def test_a_reservation_made_ahead_for_a_batch_covers_all_of_it(last: int, first: int,
+                                                               size: int, n: int,
+                                                               count: int) -> None:
+    """``reserve_ahead(count)`` (a ``publish_many`` of ``count`` messages on a loop): the
+    batch's ids and ``AHEAD`` more are covered, however many a reservation holds (all of
+    them past 65,535); ``reservation_near(count)`` then says so."""
+    e = make(reserve_packet_ids=n)
+    if first:
+        e.state.reserved_first, e.state.reserved_last = first, (first - 1 + size) % 65535 + 1
+    e.state.last_packet_id = last
+    e._unreleased = None
+    out, _undo = e.reserve_ahead(count)
+    assert _reserved(out) and out[0].sync and out[0].force
+    span = min(count + AHEAD, 65534)
+    assert e.state.covers(last, (last - 1 + span) % 65535 + 1)
+    assert not e.reservation_near(count) or count + AHEAD > 65534
+
+
 def _recovered_state() -> SessionState:
     """A session read back after a power cut: ids 1..4 reserved, message 1 (QoS 2, sent)
     durable, the records of 2 and 3 lost (their PUBLISHes may have reached the broker)."""
