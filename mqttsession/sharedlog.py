@@ -170,7 +170,11 @@ def parse(data: bytes, damaged: Callable[[str], StateError]
             except UnicodeDecodeError:
                 raise damaged(f"client id at byte {pos} is not UTF-8") from None
             # ids are never used twice in a file, but not attached in their order: a session
-            # whose first snapshot failed (a full disk) keeps its id, attached later
+            # whose first snapshot failed (a full disk) keeps its id, attached later; one
+            # whose first snapshot a start cut (a torn tail) is attached anew, a new id
+            old = sessions.get(cid)
+            if old is not None and old.snap is None and sid not in seen:
+                del by_sid[old.sid], sessions[cid]
             if cid in sessions or sid in seen:
                 raise damaged(f"session {sid} ({cid!r}) at byte {pos} attached twice")
             top = max(top, sid)

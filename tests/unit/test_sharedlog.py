@@ -690,3 +690,36 @@ def test_a_snapshot_of_another_client_id_under_a_sessions_name_is_state_error() 
     assert decode_session("b", snap, []).client_id == "b"
     with pytest.raises(StateError, match="client id 'b'"):
         decode_session("a", snap, [])
+
+
+def test_a_first_snapshot_torn_off_leaves_an_attach_a_later_one_replaces(shm: Path) -> None:
+    """A session's first write (its attach and snapshot, one ``write``) torn inside the
+    snapshot: the next start cuts the torn tail and keeps the attach, a whole frame. Before:
+    once the session was written again (a new attach, a new id), the start after that found
+    the client id "attached twice" and set the whole log aside as damaged, every other
+    session with it (a hunt). Now the later attach replaces the one left without a
+    snapshot; every session is there."""
+    log = SharedLog(str(shm))
+    states = {c: SessionState(client_id=c, clean_session=False) for c in ("a", "b", "new")}
+    for c in ("a", "b"):
+        states[c].accept("t", b"x" * 50, 1)
+        log.session(c).compact(states[c])
+    at = log.position()[1]
+    log.session("new").compact(states["new"])
+    log.close()
+    data = (shm / LOG_NAME).read_bytes()
+    attach = _frame_starts(data[at:])[1]  # (the snapshot's frame follows the attach)
+    (shm / LOG_NAME).write_bytes(data[:at + attach + 10])  # torn 10 bytes into it
+    log = SharedLog(str(shm))
+    assert sorted(log.sessions()) == ["a", "b"]
+    states["new"].accept("t", b"y", 1)
+    log.session("new").compact(states["new"])
+    log.close()
+    log = SharedLog(str(shm))  # (this start raised StateError: "attached twice")
+    try:
+        assert sorted(log.sessions()) == ["a", "b", "new"]
+        for c, st in states.items():
+            assert codec.encode(log.session(c).recover()) == codec.encode(st), c
+    finally:
+        log.close()
+    assert not list(shm.glob("*.damaged-*"))
