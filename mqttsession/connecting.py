@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from ._config import ConnectParams
-from ._paho import PahoConnection
+from ._paho import CLEAN_START_FIRST_ONLY, PahoConnection
 from .dialing import client_context
 from .durability import Durability, since_boot
 from .errors import ConnectError, UsageError
@@ -62,6 +62,7 @@ class Connecting(Durability):
     connects: Executor | None
     servers: ServerRotation | None
     pacer: Pacer | None
+    clean_once: bool  # a forgotten client id's session: a clean start first (``forgotten``)
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any
                             ) -> None:
@@ -124,7 +125,8 @@ class Connecting(Durability):
                 self.engine.settings.receive_maximum = self._settings.receive_maximum  # checked
                 # a persistent session asks with Clean Start 0 also when the clock says it
                 # expired (a jump); SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
-                conn.connect(host, port, keep_alive, clean_start=st.clean_session,
+                conn.connect(host, port, keep_alive, clean_start=st.clean_session or (
+                             CLEAN_START_FIRST_ONLY if conn.clean_first_only else False),
                              properties=connect_properties(self.expiry_interval(),
                                                            self._settings.receive_maximum))
             else:
@@ -300,8 +302,10 @@ class Connecting(Durability):
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:
         s, st = self._settings, self.engine.state
-        conn = PahoConnection(cast("Hooks", self), st.client_id, st.protocol_version, st.clean_session,
+        clean = st.clean_session or self.clean_once  # (a forgotten id's: until a CONNACK)
+        conn = PahoConnection(cast("Hooks", self), st.client_id, st.protocol_version, clean,
                               transport=p.transport)
+        conn.clean_first_only = clean and not st.clean_session
         conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]  # (fractions)
         if p.transport == "websockets":
             conn.ws_set_options(path=p.ws_path, headers=p.ws_headers)

@@ -70,6 +70,10 @@ class Driver(Connecting):
         self.host: Host | None = None  # a Gateway's loop runs the connection (through ``pump``)
         self.home_loop: asyncio.AbstractEventLoop | None = None  # an asyncio session's
         self.pacer: Pacer | None = None  # a gateway's: connection attempts spread, jittered
+        # a gateway's session of a forgotten client id: a clean start until a CONNACK accepts
+        # one, then ``on_clean_start`` (``forgotten``)
+        self.clean_once = False
+        self.on_clean_start: Callable[[], None] | None = None
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
         # where a loop's disk-queue batches are stored (an AsyncGateway's pool; None: executor)
         self.spool_executor: Executor | None = None
@@ -346,6 +350,9 @@ class Driver(Connecting):
         self._connack_by = 0.0
         if rc == 0:
             self._connack_heard = True
+            if self.clean_once and (cb := self.on_clean_start) is not None:
+                self.clean_once = False  # (this CONNECT asked for it: ``_new_connection``)
+                cb()
             with self.lock:
                 if self.servers is not None:
                     self.servers.accepted()

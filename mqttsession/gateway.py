@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -42,6 +43,7 @@ from .combining import Item, spooling
 from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishManyError,
                      UsageError)
 from .events import ErrorEvent, PublishRequest
+from .forgotten import Forgotten
 from .hosting import (FD_RESERVE, DaemonPool, StoreSync, SyncThread, raise_fd_limit,
                       report_cancelled)
 from .options import Options
@@ -122,6 +124,11 @@ class _Sessions:
         #: The sessions' store: one log in ``state_dir`` (``StateError`` when it is damaged:
         #: kept aside; ``StateLockedError`` when another process has the directory).
         self.store = SharedLog(self.state_dir, hold_publishes=hold_publishes)
+        try:  #: the ids ``forget`` dropped: their next sessions start clean
+            self.forgotten = Forgotten(self.state_dir)
+        except BaseException:
+            self.store.close()
+            raise
         self._syncs = SyncThread()
 
     def _foreign(self) -> bool:
@@ -166,6 +173,8 @@ class _Sessions:
         c._driver.engine.drops = self._drops  # noqa: SLF001  (one log of drops: no flood)
         f.shared = self.store
         f.queue_path = queue_path(self.state_dir, c.client_id)
+        c._driver.clean_once = c.client_id in self.forgotten.ids  # noqa: SLF001
+        c._driver.on_clean_start = functools.partial(self.forgotten.discard_later, c.client_id)  # noqa: SLF001
         return f"{self.store.path}#{c.client_id}"
 
     def stored_sessions(self) -> list[str]:
@@ -187,7 +196,8 @@ class _Sessions:
         of the store (synced); the id let go."""
         try:
             queue = queue_path(self.state_dir, client_id) + QUEUE_SUFFIX
-            try:
+            try:  # (its next session starts clean: first, so a cut between forgets it too)
+                self.forgotten.add(client_id)
                 if os.path.lexists(queue):  # (first: a cut leaves a session to forget again)
                     shutil.rmtree(queue)
                     _fsync_dir(queue)
@@ -338,7 +348,8 @@ class Gateway(_Sessions):
     def forget(self, client_id: str) -> bool:
         """Drop the stored session of ``client_id`` for good (a device retired): its disk
         queue deleted, then its records out of the store (synced); its held messages are
-        never sent, as with a clean start asked for by name. Not while this gateway hosts it
+        never sent, and the next session of the id asks for a clean start (``forgotten``), so
+        the broker's session goes too. Not while this gateway hosts it
         (``UsageError``: close that session first). False when the store held none. Copies
         set aside before (``*.damaged-*``, ``aside/``) are kept."""
         self._reserve(client_id)

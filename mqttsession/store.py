@@ -482,8 +482,8 @@ class StateFile:
     def queue_sync_due(self) -> bool:
         """interval: whether the next message into the disk queue first syncs (the journal's
         records before it, a segment sealed or begun): a hint, read without a lock."""
-        return self.interval and self.spool is not None and (
-            self._accepted_unsynced or self.spool.roll_due())
+        sp = self.spool  # (once: a close in another thread may set it to None)
+        return self.interval and sp is not None and (self._accepted_unsynced or sp.roll_due())
 
     # ------------------------------------------------------------ the engine's QueueSource
 

@@ -1,0 +1,85 @@
+"""The client ids a gateway forgot (``forget``): the next session of each starts clean.
+
+The broker keeps a forgotten device's session (its subscriptions, the messages queued for it,
+the QoS 2 flows it had not finished). The next session of that id starts its packet ids
+anew, so resuming the broker's session would let a QoS 2 PUBLISH reuse an id the broker still
+holds a flow for: the broker takes it for that flow's duplicate and never delivers it
+[MQTT-4.3.3-10] (aedes), or drops the old flow (mosquitto). So that session's first CONNECT
+asks for a clean start (MQTT 5: Clean Start=1 with its Session Expiry Interval; 3.1.1:
+CleanSession=1 on the first connection, 0 on its reconnects), as a clean start asked for by
+name would. The ids wait in ``D/forgotten`` (a JSON list, written atomically and synced; a
+damaged one is kept aside, ERROR) until a CONNACK accepts that clean start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+from .errors import PersistenceError, StateError
+from .journal import write_atomic
+from .recovery import _read_file, free_name
+
+__all__ = ["FORGOTTEN_NAME", "Forgotten"]
+
+log = logging.getLogger(__name__)
+
+FORGOTTEN_NAME = "forgotten"
+
+
+class Forgotten:
+    """The forgotten client ids of one gateway directory (its lock held by the caller)."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, FORGOTTEN_NAME)
+        self._lock = threading.Lock()
+        self.ids = self._read()
+
+    def _read(self) -> frozenset[str]:
+        data = _read_file(self.path)  # (StateError: a symlink, a special file)
+        if data is None:
+            return frozenset()
+        try:
+            ids = json.loads(data.decode("utf-8"))
+            if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+                return frozenset(ids)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass
+        aside = free_name(f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            os.rename(self.path, aside)
+        except OSError as exc:
+            raise StateError(f"{self.path} is damaged and cannot be kept aside: {exc}") from exc
+        log.error("%s is damaged; kept aside as %s (a forgotten client id's next session may"
+                  " resume the broker's session)", self.path, aside)
+        return frozenset()
+
+    def add(self, client_id: str) -> None:
+        """``client_id`` forgotten: its next session starts clean (``PersistenceError``)."""
+        with self._lock:
+            if client_id not in self.ids:
+                self._write(self.ids | {client_id})
+
+    def discard(self, client_id: str) -> None:
+        """A clean start of ``client_id`` was accepted (``PersistenceError``)."""
+        with self._lock:
+            if client_id in self.ids:
+                self._write(self.ids - {client_id})
+
+    def discard_later(self, client_id: str) -> None:
+        """``discard`` in a thread of its own (called from a network thread or an event
+        loop, once per forgotten id); a failure is logged: the next start is clean again."""
+        def run() -> None:
+            try:
+                self.discard(client_id)
+            except PersistenceError as exc:
+                log.warning("%s: %r not taken out (%s): its next session starts clean again",
+                            self.path, client_id, exc)
+        threading.Thread(target=run, name="mqttsession-forgotten", daemon=True).start()
+
+    def _write(self, ids: frozenset[str]) -> None:
+        write_atomic(self.path, json.dumps(sorted(ids)), sync=True)
+        self.ids = ids

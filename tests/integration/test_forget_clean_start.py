@@ -1,0 +1,105 @@
+"""``Gateway.forget`` and the broker's session: the next session of a forgotten client id starts
+clean (``forgotten``). A real broker (aedes for MQTT 3.1.1: it keeps a QoS 2 flow's packet id
+until its PUBREL [MQTT-4.3.3-10]; mosquitto for MQTT 5), a proxy that holds the PUBRELs back,
+and a gateway process killed with SIGKILL mid-flow.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttsession import Gateway
+
+try:  # tests/integration may or may not be a package
+    from . import _procs
+except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.integration
+
+_CHILD = """
+import sys, time
+from mqttsession import Gateway
+gw = Gateway({dir!r})
+c = gw.client({cid!r}, clean_session=False, protocol_version={v})
+c.connect("127.0.0.1", {port})
+for i in range(3):
+    c.publish_data({topic!r}, 2, f"old-{{i}}".encode())
+print("published", flush=True)
+time.sleep(120)
+"""
+
+
+def _forgotten(state: Path) -> list[str] | None:
+    path = state / "forgotten"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@pytest.mark.parametrize("broker", ["aedes", "mosquitto-5"])
+def test_a_forgotten_id_starts_clean_so_no_qos2_message_is_lost(
+        broker: str, request: pytest.FixtureRequest, mqtt_proxy_factory: Any,
+        tmp_path: Path) -> None:
+    """A gateway session's three QoS 2 flows are left at the broker (PUBRELs held back, the
+    process killed); ``forget()``, then a new session of the same id publishes five. Before:
+    it resumed the broker's session and reused packet ids 1-3, which aedes took for the old
+    flows' duplicates: three messages lost without a word (a hunt). Now its first CONNECT asks
+    for a clean start (3.1.1: CleanSession=1, then 0 on its reconnects; 5: Clean Start=1),
+    every new message arrives once, the id leaves the ``forgotten`` file once the start is
+    accepted, and the session's reconnect asks for no clean start."""
+    b = request.getfixturevalue("aedes_broker" if broker == "aedes" else "mosquitto")
+    v = 4 if broker == "aedes" else 5
+    proxy = mqtt_proxy_factory(b)
+    proxy.drop("c2s", "PUBREL")
+    topic, cid = f"mqs/{_procs.unique('fcs')}", _procs.unique("fcs")
+    counter = _procs.Counter(b.host, b.port, topic, protocol=v)
+    state = tmp_path / "gw"
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_CHILD.format(
+            dir=str(state), cid=cid, v=v, port=proxy.port, topic=topic))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "published"
+        _procs.wait_until(lambda: len(proxy.packets("c2s", "PUBREL", dropped=True)) >= 3,
+                          what="three PUBRELs held back")
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        proxy.clear_drops()
+        with Gateway(state) as gw:
+            assert gw.forget(cid) is True
+            noted = _forgotten(state)
+            c = gw.client(cid, clean_session=False, protocol_version=v)
+            c.connect(proxy.host, proxy.port)
+            for i in range(5):
+                c.publish_data(topic, 2, f"new-{i}".encode())
+            assert c.flush(_procs.TIMEOUT)
+            assert proxy.cut() == 1  # the reconnect: its own session, resumed
+            _procs.wait_until(lambda: len(proxy.packets("s2c", "CONNACK")) == 3 and c.connected,
+                              what="a reconnect")
+            c.publish_data(topic, 2, b"new-5")
+            assert c.flush(_procs.TIMEOUT)
+            c.close()
+        counter.wait_payload("new-5")
+        got = [p for p, _q, _d in counter.received]
+        assert [p for p in got if p.startswith(b"new-")] == [f"new-{i}".encode()
+                                                            for i in range(6)]
+        assert noted == [cid] and _forgotten(state) == []  # (taken out once accepted)
+        # the killed session's CONNECT, the clean one, the reconnect's: MQTT 5 resumes the
+        # session the clean start began; 3.1.1's lasted only as long as its connection
+        assert [p.clean_start for p in proxy.packets("c2s", "CONNECT")] == [False, True, False]
+        assert [p.session_present for p in proxy.packets("s2c", "CONNACK")] == [False, False,
+                                                                                 v == 5]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        counter.close()
