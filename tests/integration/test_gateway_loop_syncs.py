@@ -772,6 +772,18 @@ def test_a_gateway_publish_many_waits_for_every_sessions_disk_queue_batch(
     assert gaps[0] < 0.08, f"the loop stopped for {gaps[0]:.3f} s"
 
 
+async def _four_tasks(gw: Any, s: Any, topic: str, n: int, qos: int, pad: str = "") -> None:
+    """Four tasks, each awaiting ``n`` publishes ``k-j<pad>`` of QoS ``qos`` (with a gateway:
+    every second one through its ``publish_many``)."""
+    async def task(k: int) -> None:
+        for j in range(n):
+            if gw is not None and j % 2:
+                await gw.publish_many([(s, topic, qos, f"{k}-{j}{pad}".encode())])
+            else:
+                await s.publish(topic, f"{k}-{j}{pad}", qos)
+    await asyncio.gather(*(task(k) for k in range(4)))
+
+
 @pytest.mark.parametrize("kind", ["session", "gateway"])
 def test_interval_packet_id_reservations_sync_off_the_loop(kind: str, mosquitto: Any,
                                                          tmp_path: Path,
@@ -794,13 +806,7 @@ def test_interval_packet_id_reservations_sync_off_the_loop(kind: str, mosquitto:
         assert await s.flush(_procs.TIMEOUT)
         _on_loop(monkeypatch, on_loop)
 
-        async def task(k: int) -> None:
-            for j in range(150):
-                if gw is not None and j % 2:
-                    await gw.publish_many([(s, topic, 1, f"{k}-{j}".encode())])
-                else:
-                    await s.publish(topic, f"{k}-{j}", 1)
-        await asyncio.gather(*(task(k) for k in range(4)))
+        await _four_tasks(gw, s, topic, 150, 1)
         assert await s.flush(_procs.TIMEOUT)
         monkeypatch.undo()
         st = s.client._engine.state
@@ -851,13 +857,7 @@ def test_interval_disk_queue_segments_sync_off_the_loop(kind: str, mosquitto: An
         await s.config("QueueSegmentBytes=4096")
         _on_loop(monkeypatch, on_loop)
 
-        async def task(k: int) -> None:
-            for j in range(100):
-                if gw is not None and j % 2:
-                    await gw.publish_many([(s, topic, 2, f"{k}-{j}{pad}".encode())])
-                else:
-                    await s.publish(topic, f"{k}-{j}{pad}", 2)
-        await asyncio.gather(*(task(k) for k in range(4)))
+        await _four_tasks(gw, s, topic, 100, 2, pad)
         monkeypatch.undo()
         sealed = len(list(tmp_path.rglob("*.seg")))
         await s.connect()
