@@ -397,12 +397,17 @@ class AsyncSession(HeldSyncs):
         (under ``SessionSync=always`` that fdatasync waits in the executor, not on the loop)."""
         c = self._check(publish=True)
         items = check_messages(c, messages)
-        if self._to_combiner(c, sum(len(i[0]) + len(i[1]) for i in items), len(items)):
+        size, n = sum(len(i[0]) + len(i[1]) for i in items), len(items)
+        if self._to_combiner(c, size, n):  # (stored by the executor job)
             return await self._spool(c, items) if items else []
-        async with self._turn.if_due(c._driver, sum(len(i[0]) + len(i[1]) for i in items),
-                                     count=len(items)):
-            ids, tokens, rest = store_checked(c, items, group=True)
-            c._driver.finish(rest)
+        async with self._turn.if_due(c._driver, size, count=n):
+            if self._to_combiner(c, size, n, held=True):  # (its turn come: past the bound)
+                spooled = self._spool(c, items)
+            else:
+                spooled, (ids, tokens, rest) = None, store_checked(c, items, group=True)
+                c._driver.finish(rest)
+        if spooled is not None:
+            return await spooled
         if tokens:
             await self._durable(c, tokens)
         return ids

@@ -8,7 +8,9 @@ holds a flow for: the broker takes it for that flow's duplicate and never delive
 asks for a clean start (MQTT 5: Clean Start=1 with its Session Expiry Interval; 3.1.1:
 CleanSession=1 on the first connection, 0 on its reconnects), as a clean start asked for by
 name would. The ids wait in ``D/forgotten`` (a JSON list, written atomically and synced; a
-damaged one is kept aside, ERROR) until a CONNACK accepts that clean start.
+damaged one is kept aside, ERROR) until a CONNACK accepts that clean start: the gateway's
+close waits for that write. At most ``MAX_IDS`` wait (a retired device never connects
+again): past it the oldest is let go.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import time
 from .errors import PersistenceError, StateError
 from .journal import write_atomic
 from .recovery import _read_file, free_name
+from .statelock import _remove_stale_temps
 
 __all__ = ["FORGOTTEN_NAME", "Forgotten"]
 
 log = logging.getLogger(__name__)
 
 FORGOTTEN_NAME = "forgotten"
+MAX_IDS = 10_000
 
 
 class Forgotten:
@@ -36,16 +40,19 @@ class Forgotten:
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, FORGOTTEN_NAME)
         self._lock = threading.Lock()
-        self.ids = self._read()
+        self._writers: list[threading.Thread] = []  # ``discard_later``'s, until ``close``
+        _remove_stale_temps(self.path)  # (a write a kill -9 cut short)
+        self._order = self._read()  # oldest first
+        self.ids = frozenset(self._order)
 
-    def _read(self) -> frozenset[str]:
+    def _read(self) -> list[str]:
         data = _read_file(self.path)  # (StateError: a symlink, a special file)
         if data is None:
-            return frozenset()
+            return []
         try:
             ids = json.loads(data.decode("utf-8"))
             if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-                return frozenset(ids)
+                return list(dict.fromkeys(ids))
         except (ValueError, UnicodeDecodeError, RecursionError):
             pass
         aside = free_name(f"{self.path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -55,31 +62,42 @@ class Forgotten:
             raise StateError(f"{self.path} is damaged and cannot be kept aside: {exc}") from exc
         log.error("%s is damaged; kept aside as %s (a forgotten client id's next session may"
                   " resume the broker's session)", self.path, aside)
-        return frozenset()
+        return []
 
     def add(self, client_id: str) -> None:
         """``client_id`` forgotten: its next session starts clean (``PersistenceError``)."""
         with self._lock:
             if client_id not in self.ids:
-                self._write(self.ids | {client_id})
+                self._write([*self._order, client_id][-MAX_IDS:])
 
     def discard(self, client_id: str) -> None:
         """A clean start of ``client_id`` was accepted (``PersistenceError``)."""
         with self._lock:
             if client_id in self.ids:
-                self._write(self.ids - {client_id})
+                self._write([i for i in self._order if i != client_id])
 
     def discard_later(self, client_id: str) -> None:
         """``discard`` in a thread of its own (called from a network thread or an event
-        loop, once per forgotten id); a failure is logged: the next start is clean again."""
+        loop, once per forgotten id; ``close`` waits for it); a failure is logged: the next
+        start is clean again."""
         def run() -> None:
             try:
                 self.discard(client_id)
             except PersistenceError as exc:
                 log.warning("%s: %r not taken out (%s): its next session starts clean again",
                             self.path, client_id, exc)
-        threading.Thread(target=run, name="mqttsession-forgotten", daemon=True).start()
+        t = threading.Thread(target=run, name="mqttsession-forgotten", daemon=True)
+        with self._lock:
+            self._writers = [w for w in self._writers if w.is_alive()] + [t]
+        t.start()
 
-    def _write(self, ids: frozenset[str]) -> None:
-        write_atomic(self.path, json.dumps(sorted(ids)), sync=True)
-        self.ids = ids
+    def close(self) -> None:
+        """Wait for ``discard_later``'s writes (before the directory's lock goes)."""
+        with self._lock:
+            writers, self._writers = self._writers, []
+        for t in writers:
+            t.join()
+
+    def _write(self, ids: list[str]) -> None:
+        write_atomic(self.path, json.dumps(ids), sync=True)
+        self._order, self.ids = ids, frozenset(ids)

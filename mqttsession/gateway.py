@@ -196,13 +196,14 @@ class _Sessions:
         of the store (synced); the id let go."""
         try:
             queue = queue_path(self.state_dir, client_id) + QUEUE_SUFFIX
-            try:  # (its next session starts clean: first, so a cut between forgets it too)
-                self.forgotten.add(client_id)
+            try:
                 if os.path.lexists(queue):  # (first: a cut leaves a session to forget again)
                     shutil.rmtree(queue)
                     _fsync_dir(queue)
                 if not self.store.has(client_id):
                     return False
+                self.forgotten.add(client_id)  # (its next session starts clean: before the
+                # session goes, so a cut between leaves it to forget again)
                 view = self.store.session(client_id)
             except OSError as exc:
                 raise PersistenceError(exc.errno, f"cannot forget {client_id!r}: {exc}") from exc
@@ -478,6 +479,7 @@ class Gateway(_Sessions):
                 self._loop.close()
             self._executor.shutdown(wait=False)
             self._connects.shutdown(wait=False)
+            self.forgotten.close()
             self.store.close()
 
     async def _wind_down(self) -> None:
@@ -677,6 +679,7 @@ class AsyncGateway(_Sessions):
             self._spools.shutdown(wait=False)
             self._connects.shutdown(wait=False)
             self._syncs.close()
+            self.forgotten.close()  # (a clean start's note: one write, seldom under way)
             self.store.close()
 
     async def __aenter__(self) -> AsyncGateway:

@@ -103,3 +103,11 @@ def test_a_forgotten_id_starts_clean_so_no_qos2_message_is_lost(
         if child.stdout is not None:
             child.stdout.close()
         counter.close()
+
+
+def test_a_forget_of_an_id_never_stored_notes_nothing(tmp_path: Path) -> None:
+    """``forget`` of an id the store never held returns False and leaves no note (a review:
+    each was kept for good, the file growing with every such call)."""
+    with Gateway(tmp_path / "gw") as gw:
+        assert [gw.forget(f"never-{i}") for i in range(3)] == [False] * 3
+    assert _forgotten(tmp_path / "gw") is None

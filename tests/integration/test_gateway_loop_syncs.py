@@ -1021,6 +1021,8 @@ def test_interval_batches_past_a_reservation_reserve_off_the_loop(
             else:
                 await gw.publish_many([(s, *m) for m in batch])
             assert await s.flush(_procs.TIMEOUT)
+            await asyncio.get_running_loop().run_in_executor(  # (the broker keeps at most
+                None, counter.wait_payload, f"m-{n - 1}")  # 1,000 queued for the subscriber)
         monkeypatch.undo()
 
     async def main() -> None:
@@ -1052,7 +1054,8 @@ def test_a_batch_past_the_journal_bound_is_stored_off_the_loop(
     150 bytes; ``JournalMaxBytes=65536``, a gateway session's default bound is 64 KiB). Before:
     the compaction made ahead could not cover it, so it compacted inside the call, on the
     loop (a hunt: 40-205 ms stops on a 20 ms card, every such batch). Now the batch is stored
-    by the executor (as the disk queue's batches are); every message arrives once, in order."""
+    by the executor (as the disk queue's batches are), also once a call held the session's turn
+    before it (a review); every message arrives once, in order."""
     from mqttsession import AsyncSession  # noqa: PLC0415
 
     on_loop: list[str] = []
@@ -1069,9 +1072,20 @@ def test_a_batch_past_the_journal_bound_is_stored_off_the_loop(
         for r in range(3):  # (each batch taken by the subscriber before the next: the
             # broker keeps at most 1,000 queued for it)
             batch = [(topic, 1, f"{r}-{j}{pad}".encode()) for j in range(600)]
-            ids = await (s.publish_many(batch) if gw is None else
-                         gw.publish_many([(s, *m) for m in batch]))
-            assert len(ids) == 600
+            release = asyncio.Event()
+
+            async def turn_held() -> None:  # (round 1: a call holds the session's turn, so
+                async with s._turn.held(s.client._driver, 0):  # the batch waits for its
+                    await release.wait()  # own: a review, it was stored on the loop then)
+            holder = asyncio.create_task(turn_held()) if r == 1 else None
+            await asyncio.sleep(0.01)
+            job = asyncio.ensure_future(s.publish_many(batch) if gw is None else
+                                        gw.publish_many([(s, *m) for m in batch]))
+            await asyncio.sleep(0.01)
+            release.set()
+            if holder is not None:
+                await holder
+            assert len(await job) == 600
             assert await s.flush(_procs.TIMEOUT)
             await asyncio.get_running_loop().run_in_executor(
                 None, counter.wait_payload, f"{r}-599{pad}")

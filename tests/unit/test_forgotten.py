@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,43 @@ def test_a_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateError):
         Forgotten(str(tmp_path))
     assert (tmp_path / "elsewhere").read_text() == '["a"]'
+
+
+def test_close_waits_for_a_discard_made_in_a_thread(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``discard_later`` (a CONNACK accepted a clean start) writes in a thread; ``close``
+    (the gateway's, before its directory lock goes) waits for it. Before: a process that
+    closed its gateway and ended at once kept the id (a review: the next start was clean
+    again, and the broker's session, with the messages queued for it, went)."""
+    import mqttsession.forgotten as forgotten_mod  # noqa: PLC0415
+
+    f = Forgotten(str(tmp_path))
+    f.add("a")
+    real = forgotten_mod.write_atomic
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(0.3)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(forgotten_mod, "write_atomic", slow)
+    f.discard_later("a")
+    f.close()
+    assert Forgotten(str(tmp_path)).ids == frozenset()
+
+
+def test_at_most_max_ids_wait_the_oldest_let_go(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import mqttsession.forgotten as forgotten_mod  # noqa: PLC0415
+
+    monkeypatch.setattr(forgotten_mod, "MAX_IDS", 3)
+    f = Forgotten(str(tmp_path))
+    for i in range(5):
+        f.add(f"d{i}")
+    assert json.loads((tmp_path / FORGOTTEN_NAME).read_text()) == ["d2", "d3", "d4"]
+    assert Forgotten(str(tmp_path)).ids == {"d2", "d3", "d4"}
+
+
+def test_a_write_a_kill_cut_short_leaves_no_temp_behind(tmp_path: Path) -> None:
+    (tmp_path / f"{FORGOTTEN_NAME}.tmp-0123456789abcdef").write_text('["x"]')
+    Forgotten(str(tmp_path)).add("a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FORGOTTEN_NAME]
