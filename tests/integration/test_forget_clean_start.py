@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mqttsession import Gateway
+from mqttsession import ConnectError, Gateway
 
 try:  # tests/integration may or may not be a package
     from . import _procs
@@ -111,3 +113,84 @@ def test_a_forget_of_an_id_never_stored_notes_nothing(tmp_path: Path) -> None:
     with Gateway(tmp_path / "gw") as gw:
         assert [gw.forget(f"never-{i}") for i in range(3)] == [False] * 3
     assert _forgotten(tmp_path / "gw") is None
+
+
+class _Refusing:
+    """A stand-in broker on 127.0.0.1 (MQTT 3.1.1): refuses the first ``refuse`` CONNECTs
+    (return code 3, server unavailable), accepts the others; notes each CONNECT's
+    CleanSession flag; answers PINGREQ and DISCONNECT only."""
+
+    def __init__(self, refuse: int) -> None:
+        self.refuse = refuse
+        self.cleans: list[bool] = []
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self._srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                s, _ = self._srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s: socket.socket) -> None:
+        with s:
+            try:
+                body = _packet(s)[1]
+                self.cleans.append(bool(body[2 + int.from_bytes(body[:2], "big") + 1] & 2))
+                rc = 3 if len(self.cleans) <= self.refuse else 0
+                s.sendall(bytes([0x20, 2, 0, rc]))
+                while rc == 0:
+                    head, _ = _packet(s)
+                    if head >> 4 == 12:
+                        s.sendall(b"\xd0\x00")
+                    elif head >> 4 == 14:
+                        return
+            except (OSError, EOFError):
+                return
+
+    def close(self) -> None:
+        self._srv.close()
+
+
+def _packet(s: socket.socket) -> tuple[int, bytes]:
+    def read(n: int) -> bytes:
+        b = b""
+        while len(b) < n:
+            got = s.recv(n - len(b))
+            if not got:
+                raise EOFError
+            b += got
+        return b
+    head, mult, size = read(1)[0], 1, 0
+    while True:
+        d = read(1)[0]
+        size, mult = size + (d & 127) * mult, mult * 128
+        if not d & 128:
+            return head, read(size)
+
+
+def test_a_forgotten_ids_clean_start_outlasts_refusals(tmp_path: Path) -> None:
+    """MQTT 3.1.1: the CONNECTs of a forgotten id's session stay clean until a CONNACK
+    accepts one, the refused ones included (a review: a refusal must not let the next try
+    resume the broker's old session); then the id leaves the ``forgotten`` file."""
+    # (each connect() makes a new paho connection; a try on the same one is paho's reconnect)
+    broker = _Refusing(refuse=2)
+    try:
+        with Gateway(tmp_path / "gw") as gw:
+            c = gw.client("dev", clean_session=False)
+            c.publish_data("t", 1, b"x")  # (stored: a session to forget)
+            c.close()
+            assert gw.forget("dev") is True
+            c = gw.client("dev", clean_session=False)
+            for _ in range(2):
+                with pytest.raises(ConnectError, match="refused"):
+                    c.connect("127.0.0.1", broker.port, 5)
+            c.connect("127.0.0.1", broker.port, 5)
+            c.close()
+        assert broker.cleans == [True, True, True]
+        assert _forgotten(tmp_path / "gw") == []
+    finally:
+        broker.close()
