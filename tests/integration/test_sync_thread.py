@@ -116,6 +116,8 @@ def test_a_held_read_batch_sync_leaves_the_connection_reading(
         disk.gate.set()
         proxy.wait_for("c2s", "PUBREC", timeout=10)  # the held ack, once the sync ended
         proxy.wait_for("c2s", "PUBCOMP", timeout=10)
+        with arrived:  # (handed over by the network thread: maybe just after its PUBCOMP)
+            arrived.wait_for(lambda: any(t.endswith("q2") for t, _ in got), 10)
         assert [p for t, p in got if t.endswith("q2")] == [b"two"]
     finally:
         disk.gate.set()
