@@ -4,7 +4,7 @@ queues on a slow card, this checkout against another commit, same run.
 
     python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
                           [--scenarios offline,connected,takeback,compaction,subscriber,
-                                       interval,spool]
+                                       interval,spool,rotation]
 
 Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
 GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
@@ -30,6 +30,9 @@ time and records how late it wakes (the loop's lag) while:
 * ``spool``: one ``AsyncSession`` (its own state file, offline) under ``SessionSync=interval``,
   ``QueueInMemory=5``, ``QueueSegmentBytes=65536``, 4 tasks each awaiting 500 QoS 2 publishes
   of 1,000 bytes: ~31 disk-queue segments sealed and begun (synced at once).
+* ``rotation``: 20 ``AsyncGateway`` sessions connected to the mosquitto, the shared log's
+  bound set to 256 KiB (``store.max_log_bytes``), 4 tasks a session each awaiting 150 QoS 1
+  publishes of 200 bytes: the log is rewritten (rotated) every ~1,000 records.
 
 ``SessionSync=always`` (the gateway's default) but in ``interval``. Reported per tree,
 median over the rounds: the longest stop, the 99th percentile, stops over 100 ms, and the
@@ -222,6 +225,30 @@ async def _spool() -> tuple[list[float], float]:
     return lags, took
 
 
+async def _rotation(address: str) -> tuple[list[float], float]:
+    from mqttsession import AsyncGateway, Options  # noqa: PLC0415
+
+    gw = AsyncGateway(tempfile.mkdtemp(prefix="loop-stall-"))
+    gw.store.max_log_bytes = 256 * 1024
+    try:
+        ss = [await gw.session(f"rot{i:02d}", Options(address=address)) for i in range(20)]
+
+        async def publish(s: Any) -> None:
+            for j in range(150):
+                await s.publish(f"dev/{s.client_id}", b"x" * 200, 1)
+
+        watcher = _Lags()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(publish(s) for s in ss for _ in range(4)))
+        for s in ss:
+            assert await s.flush(120)
+        took = time.perf_counter() - t0
+        lags = await watcher.stop()
+    finally:
+        await gw.close()
+    return lags, took
+
+
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
 
@@ -229,6 +256,8 @@ async def _scenario(name: str, address: str) -> tuple[list[float], float]:
         return await _interval()
     if name == "spool":
         return await _spool()
+    if name == "rotation":
+        return await _rotation(address)
     if name == "takeback":
         return await _take_back()
     if name == "compaction":

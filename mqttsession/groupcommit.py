@@ -24,6 +24,7 @@ class GroupCommit:
     _gen: int  # the file's incarnation (a compaction or rotation starts a new one)
     _synced: int  # how far the current incarnation is on disk
     _syncing: bool  # an fdatasync is running outside the mutex
+    _rotating = False  # a rotation in a thread (``rotating``): no sync starts meanwhile
     _sync_owner = 0  # the thread that runs it (``threading.get_ident``)
     _lingering = False  # the thread that syncs next waits ``linger`` before it starts
     _sync_time = 0.0  # how long the fdatasyncs take, a moving average (seconds)
@@ -53,6 +54,11 @@ class GroupCommit:
         """After this thread's fdatasync returned: whether another write or sync of the file
         failed while it ran (the kernel reports a write-back error to one caller only)."""
         return False
+
+    def _now_at(self, gen: int, pos: int) -> tuple[int, int]:
+        """Where the byte ``pos`` of incarnation ``gen`` is now (a rotation moved it), the
+        condition's lock held."""
+        return gen, pos
 
     def _synced_to(self, target: int) -> None:
         """The current incarnation is on disk up to ``target`` (the condition's lock held)."""
@@ -102,10 +108,11 @@ class GroupCommit:
         try:
             while True:
                 with self._sync_cond:
+                    gen, pos = self._now_at(gen, pos)
                     if self._gen == gen and self._synced >= pos:
                         return False
                     turn = None
-                    if (self._syncing or self._lingering) and self._gen == gen:
+                    if (self._syncing or self._lingering or self._rotating) and self._gen == gen:
                         turn = threading.Lock()
                         turn.acquire()
                         self._waiters.append((gen, pos, turn))
@@ -129,7 +136,7 @@ class GroupCommit:
                     with self._sync_cond:
                         if mine:
                             self._lingering = mine = False
-                        if self._syncing:
+                        if self._syncing or self._rotating:
                             continue  # another thread got there first: wait for its sync
                         self._sync_owner = threading.get_ident()
                         self._syncing = True

@@ -31,7 +31,8 @@ any write before it; a failed write of them cuts them as a failed fdatasync does
 the log "broken": the next write first rewrites it whole from memory (the frames written and
 not cut), and each session that lost frames writes a fresh snapshot of its state with its next
 append. The same rewrite ("rotation": temp file, fsync, rename, fsync the directory) runs
-when the log grows past ``max(max_log_bytes or 4 MiB, twice its live bytes)``.
+when the log grows past ``max(max_log_bytes or 4 MiB, twice its live bytes)``, in a thread of
+its own while the appends go on (``rotating``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Final
 
 from .errors import PersistenceError, StateError, StateLockedError
 from .groupcommit import GroupCommit
+from .rotating import Rotation, moved_to
 from .journal import _write_all, write_atomic
 from .statelock import (_own_file, _remove_stale_temps, acquire_lock, forks, release_lock,
                         require_directory, unlinked)
@@ -224,6 +226,10 @@ class SharedLog(GroupCommit):
         self._held_bytes = 0
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
         self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
+        self._moved: dict[int, tuple[int, int]] = {}  # incarnation -> (S0, P): ``rotating``
+        self._rotation: Rotation | None = None  # the one running in its thread
+        self._rotate_after = 0  # a failed or abandoned one: not again before this size
+        self._closing = False
         self.cut_notes: list[str] = []  # valid records the opening cut (each session's view)
         self._sessions: dict[str, _Session] = {}
         self._views: dict[str, SessionLog] = {}
@@ -411,8 +417,8 @@ class SharedLog(GroupCommit):
         else:
             self._live += s.live()
         if end > max(self.max_log_bytes or AUTO_LOG_BYTES, 2 * self._live):
-            self._rotate(rebuild=False)
-        return gen, end  # after a rotation: synced, unless a failed sync cut it (``_lost``)
+            self._rotate_soon(end)
+        return gen, end  # (a rotation moves it: ``moved_to``; a failed sync's cut: ``_lost``)
 
     def _needs_rebuild(self) -> bool:
         """Whether the next write first rewrites the log (a failed write or sync)."""
@@ -509,6 +515,30 @@ class SharedLog(GroupCommit):
         log.info("shared log %s %s: %d bytes -> %d bytes, %d sessions", self.path,
                  "rebuilt" if rebuild else "rotated", old_size, pos, len(places))
 
+    def _rotate_soon(self, end: int) -> None:
+        """Past the bound: a rotation in a thread (``rotating``) unless one runs, the log
+        closes, or one failed and the log has not grown by a quarter since (mutex held)."""
+        if self._rotation is not None or self._closing or end < self._rotate_after:
+            return
+        r = Rotation(self, _HEADER, lambda s: _tagged(_ATTACH, s.sid, s.client_id.encode(
+            "utf-8")), (self.max_log_bytes or AUTO_LOG_BYTES) // 4)
+        with self._sync_cond:
+            self._rotating, self._rotation = True, r
+        try:
+            r.thread.start()
+        except RuntimeError:  # (no thread to be had: here, as before)
+            with self._sync_cond:
+                self._rotating, self._rotation = False, None
+                self._wake(everyone=True)
+            self._rotate(rebuild=False)
+
+    def _end_rotation(self) -> None:
+        """The rotation under way abandoned and waited for (close; mutex NOT held)."""
+        r = self._rotation
+        if r is not None:
+            r.cancelled = True
+            r.thread.join()
+
     def _quiesce(self) -> None:
         """Wait for a group commit's fdatasync before the fd is closed (mutex held)."""
         with self._sync_cond:
@@ -522,9 +552,13 @@ class SharedLog(GroupCommit):
         with self._mutex:
             return self._gen, self._size
 
+    def _now_at(self, gen: int, pos: int) -> tuple[int, int]:
+        return moved_to(self._moved, gen, pos)
+
     def is_synced(self, gen: int, pos: int) -> bool:
         """Whether the bytes up to ``pos`` of incarnation ``gen`` are on disk (False: not yet,
         or a failed sync cut them)."""
+        gen, pos = moved_to(self._moved, gen, pos)
         if gen == self._gen:
             return self._synced >= pos
         cut = self._lost.get(gen)
@@ -612,6 +646,9 @@ class SharedLog(GroupCommit):
             views = list(self._views.values())
         for view in views:  # (a view's lock comes before the log's)
             view.close()
+        with self._mutex:
+            self._closing = True
+        self._end_rotation()
         with self._mutex:
             self._quiesce()
             if self._broken and self._fd is not None:  # (a failed sync's cut: the file

@@ -553,19 +553,37 @@ def test_a_failed_rotation_leaves_the_log_growing_and_whole(
         shm: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A rotation that cannot write its new file (a full disk) is only logged: the old log
     stays in use, nothing is lost, and the next rotation, once the disk has room, works."""
+    from mqttsession import rotating  # noqa: PLC0415
+
     gw = Gateway(shm, seed=5, max_log_bytes=20_000, max_journal_bytes=2_000)
-    tries = _fail_write_atomic(monkeypatch)
+    tries: list[int] = []
+
+    def full(fd: int, data: bytes) -> None:
+        tries.append(len(data))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rotating, "_write_all", full)  # (the rotation's thread writes)
     gen = gw.log._gen
     for _ in range(10):
         gw.run(100)
+        _rotated(gw.log)
     assert tries and gw.log._gen == gen  # tried, and failed each time
+    assert not list(shm.glob(f"{LOG_NAME}.tmp-*"))  # (its file deleted)
     assert (shm / LOG_NAME).stat().st_size > 20_000
     assert "rotation failed, it goes on growing" in caplog.text
     monkeypatch.undo()
     for _ in range(10):
         gw.run(100)
+        _rotated(gw.log)
     assert gw.log._gen > gen
     gw.check()
+
+
+def _rotated(log: SharedLog) -> None:
+    """Wait for the rotation running in its thread, if one is."""
+    r = log._rotation
+    if r is not None:
+        r.thread.join()
 
 
 def test_a_failed_rebuild_raises_and_the_next_write_rebuilds(
@@ -723,3 +741,62 @@ def test_a_first_snapshot_torn_off_leaves_an_attach_a_later_one_replaces(shm: Pa
     finally:
         log.close()
     assert not list(shm.glob("*.damaged-*"))
+
+
+def test_a_rotation_in_its_thread_carries_over_what_was_written_meanwhile(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rotation writes the live frames to a new file in a thread of its own (before: inside
+    the append that passed the bound, every writer stopped, an ``AsyncGateway``'s loop with
+    them, for a write and two fsyncs). Held after writing its prefix, the writers go on:
+    records, a fresh snapshot, a session that ends, one that is new; a sync of a record
+    written meanwhile waits for the rotation and then covers it in the new file. Then every
+    frame is where memory says, and a restart finds every session as it is."""
+    from mqttsession import rotating  # noqa: PLC0415
+
+    gw = Gateway(shm, seed=7, max_log_bytes=30_000)
+    gw.run(300)
+    _rotated(gw.log)
+    started, go = threading.Event(), threading.Event()
+    real = rotating._write_all
+
+    def held(fd: int, data: bytes) -> None:
+        real(fd, data)
+        if not started.is_set():  # (the prefix: then wait)
+            started.set()
+            go.wait(10)
+
+    monkeypatch.setattr(rotating, "_write_all", held)
+    gen = gw.log._gen
+    with gw.log._mutex:  # (as an append past the bound does)
+        gw.log._rotate_soon(gw.log._size)
+    assert started.wait(10)
+    rng = random.Random(8)
+    for _ in range(60):  # meanwhile: records of every session, written, not synced
+        c = rng.choice(CIDS[1:])
+        rec = step(rng, gw.states[c])
+        if rec is not None:
+            gw.views[c].append([rec], gw.states[c], sync=False, lazy=rng.random() < 0.3)
+            gw.history[c].append((gw.log.position()[1], codec.encode(gw.states[c])))
+    at = gw.log.position()
+    synced: list[bool] = []
+    c = CIDS[0]  # a fresh snapshot (it syncs), and a sync of what was written meanwhile
+    snap = threading.Thread(target=gw.views[c].compact, args=(gw.states[c],))
+    waiter = threading.Thread(target=lambda: synced.append(gw.log.sync_to(*at)))
+    snap.start()
+    waiter.start()
+    time.sleep(0.05)
+    assert waiter.is_alive() and snap.is_alive()  # no sync while it runs
+    assert not gw.log.is_synced(*at)
+    go.set()
+    _rotated(gw.log)
+    waiter.join(10)
+    snap.join(10)
+    gw.history[c].append((gw.log.position()[1], codec.encode(gw.states[c])))
+    assert synced and gw.log.is_synced(*at) and gw.log._gen == gen + 1
+    data = (shm / LOG_NAME).read_bytes()
+    for s in gw.log._sessions.values():  # (every frame where memory says)
+        assert s.snap is not None and data[s.snap_at:s.snap_at + len(s.snap)] == s.snap
+        for r, o in zip(s.recs, s.offs):
+            assert data[o:o + len(r)] == r
+    gw.run(100)
+    gw.check()
