@@ -9,10 +9,11 @@ fdatasyncs it, while the writers append to the old file. Then, under the log's m
 appended since (``S0`` to the end, written or held) is copied behind the prefix (the page
 cache only), the new file renamed over the log, and the sessions' frame offsets moved (those
 before ``S0`` to where the prefix put them, the others by ``P - S0``). No fsync is made under
-the mutex: while a rotation runs, no group-commit sync starts (the waiters queue), so nothing
-appended after ``S0`` is told durable before the new file is: the first sync after the rename
-fsyncs the directory (the rename) and then the file. A token of the old incarnation maps to
-the new one (``moved``): at or before ``S0`` on disk, after it ``P - S0`` further on. A failed
+the mutex: while a rotation runs, no group-commit sync starts (the waiters queue); the thread
+fsyncs the directory (the rename) after the switch, and only then is the prefix on disk
+(``_synced``) and the waiters let go, so nothing is told durable before the new file and its
+name are. A token of the old incarnation maps to the new one (``moved_to``): synced in the old
+file, on disk; else at or before ``S0``, the prefix's end; after it ``P - S0`` further on. A failed
 write, a cut, a rebuild or close meanwhile abandons the rotation (its file deleted); a failed
 one is tried again only once the log grew by a quarter more.
 """
@@ -42,12 +43,14 @@ MAX_MOVED: Final = 1024  # incarnations whose tokens still map (older ones: sync
 _Place = tuple[int | None, int | None, list[int]]
 
 
-def moved_to(moved: dict[int, tuple[int, int]], gen: int, pos: int) -> tuple[int, int]:
+def moved_to(moved: dict[int, tuple[int, int, int]], gen: int, pos: int) -> tuple[int, int]:
     """Where the byte ``pos`` of incarnation ``gen`` is now, through the rotations that
-    carried it over (a byte up to ``S0``: position 0, on disk with the prefix)."""
-    while gen in moved:
-        s0, p = moved[gen]
-        gen, pos = gen + 1, 0 if pos <= s0 else pos - s0 + p
+    carried it over: synced in the old file, position 0 (on disk); else up to ``S0`` the
+    prefix's end ``P`` (on disk once the rename is: the directory's fsync), after it
+    ``P - S0`` further on."""
+    while (m := moved.get(gen)) is not None:  # (.get: another thread may drop the oldest)
+        s0, p, synced = m
+        gen, pos = gen + 1, 0 if pos <= synced else p if pos <= s0 else pos - s0 + p
     return gen, pos
 
 
@@ -97,6 +100,8 @@ class Rotation:
             if done:
                 tmp = None
                 _fsync_dir(lg.path)  # (the rename: before a sync tells anything durable)
+                with lg._sync_cond:
+                    lg._synced = max(lg._synced, pos)  # (the prefix: on disk, named)
             else:
                 lg._rotate_after = lg._size + self.retry  # (abandoned: later)
         except OSError as exc:
@@ -145,17 +150,18 @@ class Rotation:
             except OSError:
                 new = None
             old, lg._fd = lg._fd, new
-            os.close(old)
+            with contextlib.suppress(OSError):  # (renamed: nothing may stop the switch now)
+                os.close(old)
             for s, (attach_at, snap_at, offs, prev) in moves:
                 s.attach_at, s.offs, s.prev = attach_at, offs, prev
                 if snap_at is not None:
                     s.snap_at = snap_at
             with lg._sync_cond:
-                lg._moved[self.gen] = (s0, prefix)
+                lg._moved[self.gen] = (s0, prefix, min(lg._synced, s0))
                 while len(lg._moved) > MAX_MOVED:
                     del lg._moved[min(lg._moved)]
                 lg._gen += 1
-                lg._synced = prefix
+                lg._synced = 0  # (the prefix once the directory's fsync names it: ``run``)
             old_size, lg._size = lg._size, prefix + len(tail)
             lg._broken = new is None  # (not reopened: the next write rebuilds it)
         log.info("shared log %s rotated: %d bytes -> %d bytes, %d sessions", lg.path,

@@ -226,7 +226,7 @@ class SharedLog(GroupCommit):
         self._held_bytes = 0
         self._pending_cut: int | None = None  # a failed sync's cut, not yet out of memory
         self._lost: dict[int, int] = {}  # incarnation -> where a failed sync cut it
-        self._moved: dict[int, tuple[int, int]] = {}  # incarnation -> (S0, P): ``rotating``
+        self._moved: dict[int, tuple[int, int, int]] = {}  # gen -> (S0, P, synced): ``rotating``
         self._rotation: Rotation | None = None  # the one running in its thread
         self._rotate_after = 0  # a failed or abandoned one: not again before this size
         self._closing = False
