@@ -52,6 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from collections.abc import Awaitable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -215,14 +216,18 @@ async def _spool() -> tuple[list[float], float]:
             for _ in range(500):
                 await s.publish("dev/spool", b"x" * 1000, 2)
 
-        watcher = _Lags()
-        t0 = time.perf_counter()
-        await asyncio.gather(*(publish() for _ in range(4)))
-        took = time.perf_counter() - t0
-        lags = await watcher.stop()
+        return await _watched(asyncio.gather(*(publish() for _ in range(4))))
     finally:
         await s.close()
-    return lags, took
+
+
+async def _watched(work: Awaitable[Any]) -> tuple[list[float], float]:
+    """``work`` awaited while ``_Lags`` watches: the loop's lags and the seconds it took."""
+    watcher = _Lags()
+    t0 = time.perf_counter()
+    await work
+    took = time.perf_counter() - t0
+    return await watcher.stop(), took
 
 
 async def _rotation(address: str) -> tuple[list[float], float]:
@@ -237,16 +242,13 @@ async def _rotation(address: str) -> tuple[list[float], float]:
             for j in range(150):
                 await s.publish(f"dev/{s.client_id}", b"x" * 200, 1)
 
-        watcher = _Lags()
-        t0 = time.perf_counter()
-        await asyncio.gather(*(publish(s) for s in ss for _ in range(4)))
-        for s in ss:
-            assert await s.flush(120)
-        took = time.perf_counter() - t0
-        lags = await watcher.stop()
+        async def work() -> None:
+            await asyncio.gather(*(publish(s) for s in ss for _ in range(4)))
+            for s in ss:
+                assert await s.flush(120)
+        return await _watched(work())
     finally:
         await gw.close()
-    return lags, took
 
 
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
