@@ -130,6 +130,8 @@ class GroupCommit:
                 # ``_syncing`` to end holds the mutex, so nothing here may wait for it after
                 # ``_syncing``)
                 with self._mutex:
+                    with self._sync_cond:  # (a rotation may have moved it since the look above)
+                        gen, pos = self._now_at(gen, pos)
                     fd = self._sync_start(gen, pos)
                     if fd is None:
                         return False

@@ -101,7 +101,8 @@ class Rotation:
                 tmp = None
                 _fsync_dir(lg.path)  # (the rename: before a sync tells anything durable)
                 with lg._sync_cond:
-                    lg._synced = max(lg._synced, pos)  # (the prefix: on disk, named)
+                    if lg._gen == self.gen + 1:  # (not rebuilt meanwhile: a review)
+                        lg._synced = max(lg._synced, pos)  # (the prefix: on disk, named)
             else:
                 lg._rotate_after = lg._size + self.retry  # (abandoned: later)
         except OSError as exc:
@@ -109,7 +110,7 @@ class Rotation:
             lg._rotate_after = lg._size + self.retry
             if tmp is None and fd is not None:  # renamed: the directory's fsync failed
                 with lg._mutex:
-                    lg._broken = True  # (the next write rebuilds it, synced whole)
+                    lg._broken |= lg._gen == self.gen + 1  # (the next write rebuilds it)
         finally:
             if fd is not None:
                 os.close(fd)

@@ -558,11 +558,12 @@ class SharedLog(GroupCommit):
     def is_synced(self, gen: int, pos: int) -> bool:
         """Whether the bytes up to ``pos`` of incarnation ``gen`` are on disk (False: not yet,
         or a failed sync cut them)."""
-        gen, pos = moved_to(self._moved, gen, pos)
-        if gen == self._gen:
-            return self._synced >= pos
-        cut = self._lost.get(gen)
-        return cut is None or pos <= cut
+        with self._sync_cond:  # (a rotation's switch changes the four together: a review)
+            gen, pos = moved_to(self._moved, gen, pos)
+            if gen == self._gen:
+                return self._synced >= pos
+            cut = self._lost.get(gen)
+            return cut is None or pos <= cut
 
     def sync_to(self, gen: int, pos: int, linger: float = 0.0) -> bool:
         """Group commit: the log's bytes up to ``pos`` of incarnation ``gen`` on disk, whatever

@@ -889,3 +889,117 @@ def test_a_failed_directory_fsync_of_a_rotation_fails_the_syncs_waiting(
     gw.views[c].compact(gw.states[c])  # (rebuilds the log first)
     gw.history[c].append((gw.log.position()[1], codec.encode(gw.states[c])))
     gw.check()
+
+
+def _rotation_named_not_synced(log: SharedLog, monkeypatch: pytest.MonkeyPatch
+                               ) -> tuple[threading.Event, threading.Event]:
+    """The rotation's directory fsync held until the second event; the first once reached."""
+    from mqttsession import rotating  # noqa: PLC0415
+
+    named, go = threading.Event(), threading.Event()
+    real = rotating._fsync_dir
+
+    def held(path: str) -> None:
+        named.set()
+        go.wait(10)
+        real(path)
+
+    monkeypatch.setattr(rotating, "_fsync_dir", held)
+    return named, go
+
+
+def test_a_rebuild_while_the_rotation_names_its_file_is_not_counted_synced(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed write breaks the log while the rotation's directory fsync is pending; the next
+    write rebuilds it (a newer incarnation, synced whole). A review: the rotation then marked
+    its prefix's length synced in the REBUILT incarnation, so later records counted as on disk
+    and ``sync_to`` made no fdatasync. Now only its own incarnation is marked."""
+    from mqttsession import sharedlog  # noqa: PLC0415
+
+    log = SharedLog(str(shm), max_log_bytes=1_000_000)
+    a, b = (SessionState(client_id=c, clean_session=False) for c in "ab")
+    va, vb = log.session("a"), log.session("b")
+    va.compact(a)
+    vb.compact(b)
+    rng = random.Random(1)
+    for _ in range(300):  # (a's records: most of what the rotation carries)
+        if (rec := step(rng, a)) is not None:
+            va.append([rec], a, sync=False)
+    log.sync_to(*log.position())
+    named, go = _rotation_named_not_synced(log, monkeypatch)
+    with log._mutex:
+        log._rotate_soon(log._size)
+    rotation = log._rotation
+    assert rotation is not None and named.wait(10)
+    ended = threading.Thread(target=va.discard)  # (the live part shrinks below the prefix)
+    ended.start()
+    time.sleep(0.1)
+    real = sharedlog._write_all
+    calls: list[int] = []
+
+    def once_full(fd: int, data: bytes, *args: int) -> None:
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        real(fd, data, *args)
+
+    monkeypatch.setattr(sharedlog, "_write_all", once_full)
+    with pytest.raises(PersistenceError):
+        vb.append([step(rng, b)], b, sync=False)  # type: ignore[list-item]
+    monkeypatch.setattr(sharedlog, "_write_all", real)
+    rebuilt = threading.Thread(target=vb.compact, args=(b,))  # (rebuilds the log first)
+    rebuilt.start()
+    time.sleep(0.1)
+    go.set()
+    for t in (rotation.thread, ended, rebuilt):
+        t.join(10)
+    for _ in range(20):
+        if (rec := step(rng, b)) is not None:
+            vb.append([rec], b, sync=False)
+    at = log.position()
+    assert not log.is_synced(*at)
+    assert log.sync_to(*at)  # (it ran the fdatasync)
+    va.close()
+    vb.close()
+    log.close()
+
+
+def test_a_sync_that_lingered_across_a_rotation_syncs_the_new_file(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``sync_to`` lingering (its commit delay, outside every lock) while a rotation
+    switches files. A review: it raised "a failed sync ... cut the record" although nothing
+    failed (its token, of the old incarnation, was looked at unmapped). Now it waits for the
+    rotation, whose prefix (synced, and named) holds it."""
+    log = SharedLog(str(shm), max_log_bytes=1_000_000)
+    st = SessionState(client_id="c", clean_session=False)
+    v = log.session("c")
+    v.compact(st)
+    rng = random.Random(1)
+    for _ in range(50):
+        if (rec := step(rng, st)) is not None:
+            v.append([rec], st, sync=False)
+    log.sync_to(*log.position())
+    v.append([step(rng, st)], st, sync=False)  # type: ignore[list-item]
+    at = log.position()
+    named, go = _rotation_named_not_synced(log, monkeypatch)
+    got: list[object] = []
+
+    def syncer() -> None:
+        try:
+            got.append(log.sync_to(*at, linger=0.3))
+        except PersistenceError as exc:
+            got.append(exc)
+    t = threading.Thread(target=syncer)
+    t.start()
+    time.sleep(0.05)  # (it lingers)
+    with log._mutex:
+        log._rotate_soon(log._size)
+    rotation = log._rotation
+    assert rotation is not None and named.wait(10)
+    time.sleep(0.35)  # (its linger over: it looks again, the directory not yet synced)
+    go.set()
+    t.join(10)
+    rotation.thread.join(10)
+    assert got in ([True], [False]) and log.is_synced(*at)  # (False: the prefix's sync did)
+    v.close()
+    log.close()
