@@ -24,7 +24,6 @@ class GroupCommit:
     _gen: int  # the file's incarnation (a compaction or rotation starts a new one)
     _synced: int  # how far the current incarnation is on disk
     _syncing: bool  # an fdatasync is running outside the mutex
-    _rotating = False  # a rotation in a thread (``rotating``): no sync starts meanwhile
     _sync_owner = 0  # the thread that runs it (``threading.get_ident``)
     _lingering = False  # the thread that syncs next waits ``linger`` before it starts
     _sync_time = 0.0  # how long the fdatasyncs take, a moving average (seconds)
@@ -53,6 +52,11 @@ class GroupCommit:
     def _failed_meanwhile(self) -> bool:
         """After this thread's fdatasync returned: whether another write or sync of the file
         failed while it ran (the kernel reports a write-back error to one caller only)."""
+        return False
+
+    @property
+    def _rotating(self) -> bool:
+        """A rotation runs in a thread (``rotating``): no sync starts meanwhile."""
         return False
 
     def _now_at(self, gen: int, pos: int) -> tuple[int, int]:

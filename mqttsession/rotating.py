@@ -119,7 +119,6 @@ class Rotation:
                     os.unlink(tmp)
             with lg._sync_cond:
                 lg._rotation = None
-                lg._rotating = False
                 lg._sync_cond.notify_all()
                 lg._wake(everyone=True)  # (the waiters look again: a new incarnation)
 

@@ -523,12 +523,12 @@ class SharedLog(GroupCommit):
         r = Rotation(self, _HEADER, lambda s: _tagged(_ATTACH, s.sid, s.client_id.encode(
             "utf-8")), (self.max_log_bytes or AUTO_LOG_BYTES) // 4)
         with self._sync_cond:
-            self._rotating, self._rotation = True, r
+            self._rotation = r
         try:
             r.thread.start()
         except RuntimeError:  # (no thread to be had: here, as before)
             with self._sync_cond:
-                self._rotating, self._rotation = False, None
+                self._rotation = None
                 self._wake(everyone=True)
             self._rotate(rebuild=False)
 
@@ -551,6 +551,10 @@ class SharedLog(GroupCommit):
         """Where the log's written bytes end now: (incarnation, offset), for ``sync_to``."""
         with self._mutex:
             return self._gen, self._size
+
+    @property
+    def _rotating(self) -> bool:
+        return self._rotation is not None
 
     def _now_at(self, gen: int, pos: int) -> tuple[int, int]:
         return moved_to(self._moved, gen, pos)

@@ -736,8 +736,8 @@ def test_a_first_snapshot_torn_off_leaves_an_attach_a_later_one_replaces(shm: Pa
     log = SharedLog(str(shm))  # (this start raised StateError: "attached twice")
     try:
         assert sorted(log.sessions()) == ["a", "b", "new"]
-        for c, st in states.items():
-            assert codec.encode(log.session(c).recover()) == codec.encode(st), c
+        for c, state in states.items():
+            assert codec.encode(log.session(c).recover()) == codec.encode(state), c
     finally:
         log.close()
     assert not list(shm.glob("*.damaged-*"))
@@ -802,24 +802,11 @@ def test_a_rotation_in_its_thread_carries_over_what_was_written_meanwhile(
     gw.check()
 
 
-def test_nothing_the_rotation_carried_is_durable_before_its_name_is(
-        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Between the rename and the directory's fsync a power cut may still find the old file,
-    where the bytes up to S0 beyond its last fdatasync are not. A review: they counted as on
-    disk from the rename (a ``sync_to`` of the append that passed the bound returned at once,
-    also after the directory's fsync failed). Now a token not synced in the old file waits
-    for that fsync; one synced there stays synced."""
+def _rotation_named_not_synced(monkeypatch: pytest.MonkeyPatch
+                               ) -> tuple[threading.Event, threading.Event]:
+    """The rotation's directory fsync held until the second event; the first once reached."""
     from mqttsession import rotating  # noqa: PLC0415
 
-    gw = Gateway(shm, seed=9, max_log_bytes=30_000)
-    gw.run(300)
-    _rotated(gw.log)
-    synced_before = (gw.log._gen, gw.log._synced)
-    c = CIDS[1]
-    rec = step(random.Random(1), gw.states[c])
-    assert rec is not None
-    gw.views[c].append([rec], gw.states[c], sync=False)
-    at = gw.log.position()  # (written, not synced)
     named, go = threading.Event(), threading.Event()
     real = rotating._fsync_dir
 
@@ -829,6 +816,26 @@ def test_nothing_the_rotation_carried_is_durable_before_its_name_is(
         real(path)
 
     monkeypatch.setattr(rotating, "_fsync_dir", held)
+    return named, go
+
+
+def test_nothing_the_rotation_carried_is_durable_before_its_name_is(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the rename and the directory's fsync a power cut may still find the old file,
+    where the bytes up to S0 beyond its last fdatasync are not. A review: they counted as on
+    disk from the rename (a ``sync_to`` of the append that passed the bound returned at once,
+    also after the directory's fsync failed). Now a token not synced in the old file waits
+    for that fsync; one synced there stays synced."""
+    gw = Gateway(shm, seed=9, max_log_bytes=30_000)
+    gw.run(300)
+    _rotated(gw.log)
+    synced_before = (gw.log._gen, gw.log._synced)
+    c = CIDS[1]
+    rec = step(random.Random(1), gw.states[c])
+    assert rec is not None
+    gw.views[c].append([rec], gw.states[c], sync=False)
+    at = gw.log.position()  # (written, not synced)
+    named, go = _rotation_named_not_synced(monkeypatch)
     with gw.log._mutex:
         gw.log._rotate_soon(gw.log._size)
     assert named.wait(10)  # renamed, its directory not synced yet
@@ -891,23 +898,6 @@ def test_a_failed_directory_fsync_of_a_rotation_fails_the_syncs_waiting(
     gw.check()
 
 
-def _rotation_named_not_synced(log: SharedLog, monkeypatch: pytest.MonkeyPatch
-                               ) -> tuple[threading.Event, threading.Event]:
-    """The rotation's directory fsync held until the second event; the first once reached."""
-    from mqttsession import rotating  # noqa: PLC0415
-
-    named, go = threading.Event(), threading.Event()
-    real = rotating._fsync_dir
-
-    def held(path: str) -> None:
-        named.set()
-        go.wait(10)
-        real(path)
-
-    monkeypatch.setattr(rotating, "_fsync_dir", held)
-    return named, go
-
-
 def test_a_rebuild_while_the_rotation_names_its_file_is_not_counted_synced(
         shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed write breaks the log while the rotation's directory fsync is pending; the next
@@ -926,7 +916,7 @@ def test_a_rebuild_while_the_rotation_names_its_file_is_not_counted_synced(
         if (rec := step(rng, a)) is not None:
             va.append([rec], a, sync=False)
     log.sync_to(*log.position())
-    named, go = _rotation_named_not_synced(log, monkeypatch)
+    named, go = _rotation_named_not_synced(monkeypatch)
     with log._mutex:
         log._rotate_soon(log._size)
     rotation = log._rotation
@@ -981,7 +971,7 @@ def test_a_sync_that_lingered_across_a_rotation_syncs_the_new_file(
     log.sync_to(*log.position())
     v.append([step(rng, st)], st, sync=False)  # type: ignore[list-item]
     at = log.position()
-    named, go = _rotation_named_not_synced(log, monkeypatch)
+    named, go = _rotation_named_not_synced(monkeypatch)
     got: list[object] = []
 
     def syncer() -> None:
