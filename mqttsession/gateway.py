@@ -24,13 +24,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import shutil
 import threading
 import time
-from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Callable, Coroutine, Iterable, TypeVar, Union, cast
@@ -44,8 +42,8 @@ from .errors import (ConnectError, MQTTSessionError, PersistenceError, PublishMa
                      UsageError)
 from .events import ErrorEvent, PublishRequest
 from .forgotten import Forgotten
-from .hosting import (FD_RESERVE, DaemonPool, StoreSync, SyncThread, raise_fd_limit,
-                      report_cancelled)
+from .hosting import (FD_RESERVE, DaemonPool, StoreSync, SyncThread, made_in_thread,
+                      queue_path, raise_fd_limit, report_cancelled)
 from .options import Options
 from .pacing import Pacer
 from .queuelimits import DropLog
@@ -74,21 +72,6 @@ GatewayMessage = Union[tuple[Client, str, int, Union[bytes, str]], tuple[Client,
 #: The same for ``AsyncGateway.publish_many``, with its ``AsyncSession``.
 AsyncGatewayMessage = Union[tuple[AsyncSession, str, int, Union[bytes, str]],
                             tuple[AsyncSession, PublishRequest]]
-
-
-def queue_name(client_id: str) -> str:
-    """The file name of a session's disk queue (``.queue`` is added): its id %-encoded, and
-    a long one cut, with a hash of the whole id, to fit the file system's 255 bytes; ``!``
-    (never in an encoded id) marks a cut one, so no id's name is another's (``~`` was)."""
-    name = quote(client_id, safe="")
-    if len(name) <= 200:
-        return name
-    return f"{name[:160]}!{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
-
-
-def queue_path(state_dir: str, client_id: str) -> str:
-    """Where a session's disk queue lives in a gateway's directory (``.queue`` is added)."""
-    return os.path.join(state_dir, "queues", queue_name(client_id))
 
 
 def _released(c: Client | None) -> bool:
@@ -525,6 +508,14 @@ class AsyncGateway(_Sessions):
         self._spools = ThreadPoolExecutor(max_workers=SPOOL_THREADS,
                                           thread_name_prefix="mqttsession-gateway-spool")
 
+    @classmethod
+    async def open(cls, state_dir: str | os.PathLike[str], *,
+                   connect_rate: float = CONNECT_RATE) -> AsyncGateway:
+        """``AsyncGateway(state_dir)`` made in a thread: the directory's making and syncs and
+        the store's reading (tens of milliseconds, more for a long log) never stop the loop."""
+        return await made_in_thread(functools.partial(cls, state_dir, connect_rate=connect_rate),
+                                    cls._release)
+
     def _hosted(self, client_id: str) -> Client | None:
         s = self._sessions.get(client_id)
         return None if s is None else s.client
@@ -675,12 +666,17 @@ class AsyncGateway(_Sessions):
                 if isinstance(r, BaseException):
                     log.error("closing gateway session %r: %r", s.client_id, r)
         finally:
-            self._executor.shutdown(wait=False)
-            self._spools.shutdown(wait=False)
-            self._connects.shutdown(wait=False)
-            self._syncs.close()
-            self.forgotten.close()  # (a clean start's note: one write, seldom under way)
-            self.store.close()
+            self._release()
+
+    def _release(self) -> None:
+        """Its threads ended, its store and the directory's lock released."""
+        self._closed = True
+        self._executor.shutdown(wait=False)
+        self._spools.shutdown(wait=False)
+        self._connects.shutdown(wait=False)
+        self._syncs.close()
+        self.forgotten.close()  # (a clean start's note: one write, seldom under way)
+        self.store.close()
 
     async def __aenter__(self) -> AsyncGateway:
         return self

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import hashlib
 import logging
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from urllib.parse import quote
 
 from .errors import PersistenceError, UsageError
 
@@ -22,12 +25,55 @@ if TYPE_CHECKING:
     from .durability import Answer
     from .sharedlog import SharedLog
 
-__all__ = ["FD_RESERVE", "DaemonPool", "StoreSync", "SyncThread", "raise_fd_limit",
-           "report_cancelled"]
+__all__ = ["FD_RESERVE", "DaemonPool", "StoreSync", "SyncThread", "made_in_thread",
+           "queue_name", "queue_path", "raise_fd_limit", "report_cancelled"]
 
 log = logging.getLogger("mqttsession")
 
 _T = TypeVar("_T")
+
+def queue_name(client_id: str) -> str:
+    """The file name of a session's disk queue (``.queue`` is added): its id %-encoded, and
+    a long one cut, with a hash of the whole id, to fit the file system's 255 bytes; ``!``
+    (never in an encoded id) marks a cut one, so no id's name is another's (``~`` was)."""
+    name = quote(client_id, safe="")
+    if len(name) <= 200:
+        return name
+    return f"{name[:160]}!{hashlib.sha256(client_id.encode('utf-8')).hexdigest()[:32]}"
+
+
+def queue_path(state_dir: str, client_id: str) -> str:
+    """Where a session's disk queue lives in a gateway's directory (``.queue`` is added)."""
+    return os.path.join(state_dir, "queues", queue_name(client_id))
+
+
+async def made_in_thread(make: Callable[[], _T], undo: Callable[[_T], None]) -> _T:
+    """``make()`` in the loop's default executor, the loop free meanwhile. A cancelled wait
+    lets it end, then ``undo``es what it made (a gateway's directory lock is not left held)."""
+    lock = threading.Lock()
+    wanted, made = True, None  # (both under ``lock``)
+
+    def run() -> _T:
+        nonlocal made
+        result = make()
+        with lock:
+            if wanted:
+                made = result
+                return result
+        undo(result)  # (abandoned while it was being made)
+        return result
+
+    job = asyncio.get_running_loop().run_in_executor(None, run)
+    try:
+        return await asyncio.shield(job)
+    except BaseException:
+        with lock:
+            wanted, left = False, made
+        job.add_done_callback(lambda j: j.cancelled() or j.exception())  # (seen: not logged)
+        if left is not None:  # made, never taken (a cancel as it ended): on the loop, rare
+            undo(left)
+        raise
+
 
 #: File descriptors a gateway needs beyond one a session (its store, the loop, the process's).
 FD_RESERVE = 64

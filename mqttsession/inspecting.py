@@ -122,7 +122,7 @@ def _when(t: float | None) -> str:
 
 def _inspect_gateway(directory: str, as_json: bool) -> tuple[int, list[str]]:
     """``inspect DIR`` of a ``Gateway``'s directory: its sessions, one line each."""
-    from .gateway import queue_path
+    from .hosting import queue_path
     from .recovery import with_queue
     from .sessionlog import read_sessions
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import mqttsession.groupcommit as groupcommit_mod
-from mqttsession import AsyncGateway, Options
+from mqttsession import AsyncGateway, MQTTSessionError, Options, StateLockedError
 from mqttsession.testing import MosquittoBroker
 from mqttsession.testing.brokers import free_port
 from mqttsession.compacting import size_of
@@ -1166,3 +1166,73 @@ def test_a_failed_reservation_made_ahead_is_taken_back_and_the_publish_goes_on(
         counter.close()
     assert any("packet-id reservation failed" in e for e in errors), errors
     assert not disk.armed
+
+
+def test_an_async_gateway_made_by_open_syncs_off_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``await AsyncGateway.open(dir)`` makes the gateway in a thread: the directory's syncs
+    and the store's reading and syncs (30-107 ms, once, on the loop with the constructor, a
+    stall hunt) never stop the loop; the gateway is the constructor's (its sessions found);
+    a directory it cannot use raises from the await."""
+    opts = Options(address="127.0.0.1:1")
+
+    async def main() -> None:
+        async with AsyncGateway(tmp_path / "gw") as gw:
+            await (await gw.session("dev", opts, connect=False)).publish("t", b"m", 1)
+        on_loop: list[str] = []
+        _on_loop(monkeypatch, on_loop)
+        async with AsyncGateway(tmp_path / "gw"):  # (the constructor, as before: on the loop)
+            assert on_loop, "the hook sees the constructor's syncs on the loop"
+        on_loop.clear()
+        gw = await AsyncGateway.open(tmp_path / "gw")
+        assert on_loop == [], on_loop
+        async with gw:
+            s = await gw.session("dev", opts, connect=False)
+            assert [m.message for m in s.client.outgoing_messages] == [b"m"]
+        (tmp_path / "file").write_bytes(b"")
+        with pytest.raises(MQTTSessionError):
+            await AsyncGateway.open(tmp_path / "file")
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_cancelled_open_releases_the_gateway_it_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``AsyncGateway.open`` cancelled while its thread makes the gateway: the thread ends
+    and closes what it made, so the directory is not left locked (the next ``open`` gets it,
+    no ``StateLockedError``) and the store holds what it held."""
+    opts = Options(address="127.0.0.1:1")
+    entered, go = threading.Event(), threading.Event()
+
+    def held(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            if threading.current_thread() is not threading.main_thread() and not go.is_set():
+                entered.set()
+                go.wait(30)
+            real(fd)
+        return sync
+
+    async def main() -> None:
+        async with AsyncGateway(tmp_path / "gw") as gw:
+            await (await gw.session("dev", opts, connect=False)).publish("t", b"m", 1)
+        monkeypatch.setattr(os, "fsync", held(os.fsync))
+        monkeypatch.setattr(os, "fdatasync", held(os.fdatasync))
+        task = asyncio.ensure_future(AsyncGateway.open(tmp_path / "gw"))
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go.set()
+        for _ in range(200):  # (the thread ends the gateway it made, then lets the lock go)
+            try:
+                gw = await AsyncGateway.open(tmp_path / "gw")
+                break
+            except StateLockedError:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the cancelled open's gateway still holds the directory")
+        async with gw:
+            s = await gw.session("dev", opts, connect=False)
+            assert [m.message for m in s.client.outgoing_messages] == [b"m"]
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -1,4 +1,4 @@
-"""A gateway session's disk-queue directory name (``gateway.queue_name``): one id, one name.
+"""A gateway session's disk-queue directory name (``hosting.queue_name``): one id, one name.
 Before: a long id's cut name (``~`` and a hash) was itself a valid id whose name it was, so
 two sessions shared one queue (the second moved the first's aside as orphaned)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttsession.gateway import queue_name
+from mqttsession.hosting import queue_name
 
 _IDS = st.text(min_size=1, max_size=400) | st.text("ab~!%-_.", min_size=150, max_size=260)
 
