@@ -194,3 +194,26 @@ def test_a_forgotten_ids_clean_start_outlasts_refusals(tmp_path: Path) -> None:
         assert _forgotten(tmp_path / "gw") == []
     finally:
         broker.close()
+
+
+def test_a_connect_after_the_accepted_clean_start_resumes_the_session(tmp_path: Path) -> None:
+    """Once a forgotten id's clean start was accepted, a later ``connect()`` (a new
+    connection) resumes the session (CleanSession=0): asking for a clean start again would
+    throw away the broker's session and what it queued meanwhile (a mutation hunt: the
+    driver's ``clean_once`` left set, no test saw it)."""
+    broker = _Refusing(refuse=0)
+    try:
+        with Gateway(tmp_path / "gw") as gw:
+            c = gw.client("dev", clean_session=False)
+            c.publish_data("t", 1, b"x")
+            c.close()
+            assert gw.forget("dev") is True
+            c = gw.client("dev", clean_session=False)
+            c.connect("127.0.0.1", broker.port, 5)
+            c.disconnect()
+            c.connect("127.0.0.1", broker.port, 5)
+            c.close()
+        assert broker.cleans == [True, False]
+        assert _forgotten(tmp_path / "gw") == []
+    finally:
+        broker.close()

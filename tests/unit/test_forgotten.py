@@ -86,3 +86,26 @@ def test_a_write_a_kill_cut_short_leaves_no_temp_behind(tmp_path: Path) -> None:
     (tmp_path / f"{FORGOTTEN_NAME}.tmp-0123456789abcdef").write_text('["x"]')
     Forgotten(str(tmp_path)).add("a")
     assert sorted(p.name for p in tmp_path.iterdir()) == [FORGOTTEN_NAME]
+
+
+def test_every_change_is_written_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note is written atomically and synced at each change (a mutation hunt: unsynced,
+    a power cut after ``forget()`` could lose the note while the store's deletion is on
+    disk, and the id's next session would resume the broker's old session)."""
+    from mqttsession import forgotten  # noqa: PLC0415
+
+    syncs: list[bool] = []
+    real = forgotten.write_atomic
+
+    def spy(path: str, data: str, sync: bool = True) -> None:
+        syncs.append(sync)
+        real(path, data, sync=sync)
+
+    monkeypatch.setattr(forgotten, "write_atomic", spy)
+    f = Forgotten(str(tmp_path))
+    f.add("a")
+    f.add("b")
+    f.discard("a")
+    f.discard_later("b")
+    f.close()
+    assert syncs == [True] * 4 and Forgotten(str(tmp_path)).ids == frozenset()
