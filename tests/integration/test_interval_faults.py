@@ -107,6 +107,33 @@ def test_a_sealed_queue_segment_never_reaches_the_disk_before_earlier_messages(
     assert len(got) >= 10 and got == sent[:len(got)], [b[:3] for b in got]
 
 
+def test_the_disk_queue_written_back_before_the_journal_restores_a_prefix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first message into the disk queue first syncs the journal's records of those
+    published before it (``sync_before_queue``): the kernel writes the two files back in no
+    set order, and a power cut that kept the queue's pages but only the journal's synced
+    bytes restored the later messages without the earlier ones (a mutation hunt: without
+    that sync no test failed)."""
+    rec = _powercut.install(monkeypatch)
+    path = _state_file(tmp_path)
+    settings: dict[str, object] = {"QueueInMemory": 10}
+    c = _client(path, 60_000, **settings)  # (the timer does not run during the test)
+    sent = [b"m%02d-" % n + b"x" * 100 for n in range(30)]
+    try:
+        c.restore_session("")
+        for body in sent:  # offline: 10 in memory (journal), the rest into the disk queue
+            c.publish_data("t/x", 1, body)
+        cut = rec.image(path, tmp_path / "cut")
+        queue = Path(f"{path}.queue")
+        for seg in queue.iterdir():  # the queue as the page cache holds it: written back
+            (cut.parent / queue.name).mkdir(exist_ok=True)
+            (cut.parent / queue.name / seg.name).write_bytes(seg.read_bytes())
+    finally:
+        c.close()
+    got = _kept(cut, **settings)
+    assert len(got) >= 10 and got == sent[:len(got)], [b[:3] for b in got]
+
+
 class _PublishAsTheConnectionDrops(logging.Handler):
     """When the network thread logs the lost connection (before the engine stops being
     connected), another thread publishes: the interleaving of a publisher busy at that

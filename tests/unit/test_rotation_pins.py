@@ -219,3 +219,49 @@ def test_a_rotation_goes_on_when_the_first_frame_after_s0_is_an_attach(
             assert codec.encode(log.session(cid).recover()) == codec.encode(want), cid
     finally:
         log.close()
+
+
+def test_a_rotation_waits_for_the_group_commit_sync_under_way(
+        shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation begun while a group commit's fdatasync runs on the log's descriptor writes
+    nothing until that sync ended (else its switch could close the descriptor under the
+    sync: EBADF, a cut of the new file, or a sync of a reused descriptor number)."""
+    from mqttsession import groupcommit  # noqa: PLC0415
+    from mqttsession.testing.faults import FakeOs  # noqa: PLC0415
+
+    gw = Gateway(shm, seed=10, max_log_bytes=30_000, max_journal_bytes=2_000)
+    gw.run(300)
+    _rotated(gw.log)
+    in_sync, go_sync, wrote = threading.Event(), threading.Event(), threading.Event()
+    real_write = rotating._write_all
+
+    def held_sync(fd: int) -> None:
+        in_sync.set()
+        go_sync.wait(10)
+        os.fdatasync(fd)
+
+    def write(fd: int, data: bytes) -> None:
+        wrote.set()
+        real_write(fd, data)
+
+    monkeypatch.setattr(groupcommit, "os", FakeOs(fdatasync=held_sync))
+    monkeypatch.setattr(rotating, "_write_all", write)
+    c = CIDS[2]
+    if (rec := step(random.Random(11), gw.states[c])) is not None:
+        gw.views[c].append([rec], gw.states[c], sync=False)
+    at = gw.log.position()
+    syncer = threading.Thread(target=gw.log.sync_to, args=at)
+    syncer.start()
+    assert in_sync.wait(10)
+    gen = gw.log._gen
+    with gw.log._mutex:  # (as an append past the bound does)
+        gw.log._rotate_soon(gw.log._size)
+    time.sleep(0.1)
+    assert not wrote.is_set()  # waiting for the sync
+    go_sync.set()
+    syncer.join(10)
+    _rotated(gw.log)
+    assert wrote.is_set() and gw.log._gen == gen + 1 and gw.log.is_synced(*at)
+    monkeypatch.undo()
+    gw.run(100)
+    gw.check()
