@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -109,3 +110,25 @@ def test_every_change_is_written_synced(tmp_path: Path, monkeypatch: pytest.Monk
     f.discard_later("b")
     f.close()
     assert syncs == [True] * 4 and Forgotten(str(tmp_path)).ids == frozenset()
+
+
+def test_close_waits_for_the_discards_under_way(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``close()`` returns once every ``discard_later`` write ended, also one whose thread
+    has not taken the lock yet (the gateway lets the directory's lock go after it: a write
+    after that could race the next gateway's)."""
+    real = Forgotten.discard
+
+    def late(self: Forgotten, client_id: str) -> None:
+        time.sleep(0.3 if client_id == "a" else 0.05)  # (started, the lock not taken yet;
+        real(self, client_id)  # the first ends last)
+
+    f = Forgotten(str(tmp_path))
+    f.add("a")
+    f.add("b")
+    monkeypatch.setattr(Forgotten, "discard", late)
+    f.discard_later("a")
+    f.discard_later("b")
+    f.close()
+    assert not [t for t in threading.enumerate() if t.name == "mqttsession-forgotten"]
+    assert json.loads((tmp_path / FORGOTTEN_NAME).read_text()) == []
