@@ -4,7 +4,7 @@ queues on a slow card, this checkout against another commit, same run.
 
     python bench/bench_loop_stall.py [--against REV] [--fsync-ms MS] [--repeats R]
                           [--scenarios offline,connected,takeback,compaction,subscriber,
-                                       interval,spool,rotation]
+                                       interval,spool,rotation,open]
 
 Every ``os.fdatasync`` / ``os.fsync`` of the child process first sleeps ``--fsync-ms`` (the
 GIL released, as a real one: an SD card's 20-50 ms). A task on the loop sleeps 10 ms at a
@@ -33,6 +33,9 @@ time and records how late it wakes (the loop's lag) while:
 * ``rotation``: 20 ``AsyncGateway`` sessions connected to the mosquitto, the shared log's
   bound set to 256 KiB (``store.max_log_bytes``), 4 tasks a session each awaiting 150 QoS 1
   publishes of 200 bytes: the log is rewritten (rotated) every ~1,000 records.
+* ``open``: five gateway directories of 20 stored sessions each (a held message each) made
+  ready first; watched: five gateways made on them, by ``await AsyncGateway.open``
+  where the tree has it, else by the constructor (on the loop); closed after the watch.
 
 ``SessionSync=always`` (the gateway's default) but in ``interval``. Reported per tree,
 median over the rounds: the longest stop, the 99th percentile, stops over 100 ms, and the
@@ -251,9 +254,37 @@ async def _rotation(address: str) -> tuple[list[float], float]:
         await gw.close()
 
 
+async def _open() -> tuple[list[float], float]:
+    from mqttsession import AsyncGateway, Options  # noqa: PLC0415
+
+    dirs = [tempfile.mkdtemp(prefix="loop-stall-") for _ in range(5)]
+    for d in dirs:
+        async with AsyncGateway(d) as gw:
+            for i in range(20):
+                s = await gw.session(f"o{i:02d}", Options(address="127.0.0.1:1"),
+                                     connect=False)
+                await s.publish("dev/open", b"x", 1)
+    made = getattr(AsyncGateway, "open", None)  # (an older tree: the constructor)
+    watcher = _Lags()
+    await asyncio.sleep(0.05)  # (the watcher waiting in its sleep)
+    t0 = time.perf_counter()
+    gws = []
+    for d in dirs:
+        gws.append(await made(d) if made is not None else AsyncGateway(d))
+        await asyncio.sleep(0)
+    took = time.perf_counter() - t0
+    await asyncio.sleep(0.05)  # (its last wake-up seen)
+    lags = await watcher.stop()
+    for gw in gws:
+        await gw.close()
+    return lags, took
+
+
 async def _scenario(name: str, address: str) -> tuple[list[float], float]:
     from mqttsession import AsyncGateway, Options  # the tree under test is on PYTHONPATH
 
+    if name == "open":
+        return await _open()
     if name == "interval":
         return await _interval()
     if name == "spool":
@@ -338,7 +369,7 @@ def main() -> int:
         for r in range(a.repeats):
             for sc in scenarios:
                 for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                    address = "127.0.0.1:1" if sc in ("offline", "spool") else \
+                    address = "127.0.0.1:1" if sc in ("offline", "spool", "open") else \
                         f"{broker.host}:{broker.port}"
                     out = subprocess.run(
                         [sys.executable, __file__, "--child", sc, address, str(a.fsync_ms)],
