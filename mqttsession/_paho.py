@@ -110,7 +110,7 @@ class PahoConnection(mqtt.Client):
         self._connack_seen = False  # on this network connection
         self._early: list[tuple[int, bytes]] = []  # PUBLISHes before it (aedes): after it
         self._new_sock: Any = None  # the socket being set up by _create_socket
-        self._was_connected = self.clean_first_only = False  # a CONNACK came; 3.1.1: clean till one
+        self._was_connected = self.clean_first_only = False  # a CONNACK came; MQTT 5: clean till one
         # disconnect(), loop_stop() ran; a PINGRESP late behind an upload the broker is taking
         self.ended, self._life_lock, self._ping_wait = False, threading.Lock(), PingWait()
         self.enable_logger(PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
@@ -439,9 +439,8 @@ class PahoConnection(mqtt.Client):
                 first and self._mqttv5_first_connect)  # noqa: SLF001
             # the properties of now at a reconnect too (a SessionExpInterval set meanwhile)
             self._connect_properties = self.hooks._hook_connect_properties()  # noqa: SLF001
-        else:  # (3.1.1: a forgotten id's CleanSession=1 until a CONNACK accepted it)
-            self._clean_session = self._clean_start_sent = bool(self._clean_session) and not (  # noqa: SLF001
-                self.clean_first_only and not self._mqttv5_first_connect)  # noqa: SLF001
+        else:  # (3.1.1: a forgotten id's old session ended first, ``end_old_session``)
+            self._clean_start_sent = bool(self._clean_session)  # noqa: SLF001
         # the keep-alive asked for at every reconnect too (not a CONNACK's Server Keep Alive)
         self._keepalive = keepalive = self._asked_keepalive = getattr(  # noqa: SLF001
             self, "_asked_keepalive", keepalive)

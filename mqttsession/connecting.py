@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 import uuid
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Callable, cast
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from ._config import ConnectParams
 from ._paho import CLEAN_START_FIRST_ONLY, PahoConnection
@@ -37,6 +41,46 @@ __all__ = ["Connecting"]
 log = logging.getLogger("mqttsession")
 
 _TICK_EVERY = 0.5  # seconds between the engine's timer rounds
+#: MQTT 5 reason codes paho gives a 3.1.1 CONNACK's return code as (``on_connect``)
+_RETURN_CODES = {0: 0, 0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
+
+
+def end_old_session(client_id: str, host: str, port: int, p: ConnectParams,
+                    timeout: float) -> None:
+    """MQTT 3.1.1 has no Clean Start for one connection: a forgotten client id's old broker
+    session is ended by a connection of its own (CleanSession=1, CONNACK, DISCONNECT), so
+    the session's first connection asks for a persistent one (CleanSession=0) and the broker
+    keeps what is queued for it should that connection drop [MQTT-3.1.2-6].
+    ``ConnectError`` when refused or unanswered within ``timeout``; ``OSError`` from the
+    TCP (TLS, WebSocket) connect."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                    protocol=mqtt.MQTTv311, transport=p.transport)  # type: ignore[arg-type]
+    if p.transport == "websockets":
+        c.ws_set_options(path=p.ws_path, headers=p.ws_headers)
+    if p.username is not None:
+        c.username_pw_set(p.username, p.password)
+    if p.tls_context is not None or p.tls:
+        c.tls_set_context(p.tls_context or client_context(p.tls_ca, p.tls_cert, p.tls_key))
+    answer: list[int] = []  # (the 3.1.1 return code: paho gives its MQTT 5 form)
+    c.on_connect = lambda _c, _u, _f, rc, _p: answer.append(_RETURN_CODES.get(rc.value, 3))
+    c.connect_timeout = timeout
+    c.connect(host, port, p.keep_alive)
+    try:
+        end = time.monotonic() + timeout
+        while not answer and time.monotonic() < end and c.loop(0.05) == mqtt.MQTT_ERR_SUCCESS:
+            pass
+        where = f"{format_address(host, port)} (ending the old session of a forgotten id)"
+        if not answer:
+            raise ConnectError(f"{where}: no CONNACK within {timeout:g} s")
+        if answer[0] != 0:
+            raise ConnectError(refusal_message(where, answer[0], mqtt.connack_string(
+                answer[0]), p.tls or p.tls_context is not None, p.tls_cert is not None),
+                answer[0])
+        c.disconnect()  # (written at once: no network thread)
+    finally:
+        sock = c.socket()
+        if sock is not None:
+            sock.close()
 
 
 def _late(heard: bool, where: str, timeout: float) -> str:
@@ -63,6 +107,7 @@ class Connecting(Durability):
     servers: ServerRotation | None
     pacer: Pacer | None
     clean_once: bool  # a forgotten client id's session: a clean start first (``forgotten``)
+    on_clean_start: Callable[[], None] | None  # once that start was accepted
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any
                             ) -> None:
@@ -115,8 +160,10 @@ class Connecting(Durability):
             return conn
 
     def _tcp_connect(self, conn: PahoConnection, host: str, port: int, keep_alive: int,
-                     gen: int, thread: bool = False) -> None:
-        """paho's connect: TCP (TLS), CONNECT (blocking); ``thread``: paho's thread started."""
+                     gen: int, thread: bool = False, params: ConnectParams | None = None
+                     ) -> None:
+        """paho's connect: TCP (TLS), CONNECT (blocking); ``thread``: paho's thread started;
+        a forgotten id's 3.1.1 session first ends the broker's old one (``params``)."""
         st = self.engine.state
         conn.connect_timeout = self._connack_within or 30.0  # this TCP connect's (a reconnect's:
         try:  # at most paho's 5 s, ``PahoConnection.reconnect``)
@@ -130,6 +177,12 @@ class Connecting(Durability):
                              properties=connect_properties(self.expiry_interval(),
                                                            self._settings.receive_maximum))
             else:
+                if self.clean_once and not st.clean_session and params is not None:
+                    end_old_session(st.client_id, host, port, params, conn.connect_timeout)
+                    self._check_ended(gen, conn, host, port)
+                    self.clean_once = False  # (then the forgotten note goes: its CONNACK came)
+                    if (cb := self.on_clean_start) is not None:
+                        cb()
                 conn.connect(host, port, keep_alive)
             self._check_ended(gen, conn, host, port)  # (ended in the TCP connect: no thread)
             if thread:
@@ -223,7 +276,7 @@ class Connecting(Durability):
                       params: ConnectParams, gen: int) -> None:
         host, port = target
         conn = self._open(host, port, params, rot)
-        self._tcp_connect(conn, host, port, params.keep_alive, gen, thread=True)
+        self._tcp_connect(conn, host, port, params.keep_alive, gen, thread=True, params=params)
         try:
             got = self._connack.wait(timeout)
         except BaseException:  # Ctrl-C: not left connecting (and connected) in the background
@@ -286,8 +339,8 @@ class Connecting(Durability):
             if pacer is not None:  # many sessions: connection attempts spread over time
                 await asyncio.sleep(pacer.delay(loop.time()))
             try:
-                job = loop.run_in_executor(connects, self._tcp_connect, conn, host, port,
-                                           params.keep_alive, gen)
+                job = loop.run_in_executor(connects, functools.partial(
+                    self._tcp_connect, conn, host, port, params.keep_alive, gen, params=params))
             except RuntimeError:  # (its gateway's threads shut down: its close() came)
                 self._check_ended(gen, conn, host, port, ended=conn.ended)
                 raise
@@ -302,7 +355,8 @@ class Connecting(Durability):
 
     def _new_connection(self, p: ConnectParams) -> PahoConnection:
         s, st = self._settings, self.engine.state
-        clean = st.clean_session or self.clean_once  # (a forgotten id's: until a CONNACK)
+        # (a forgotten id's: until a CONNACK; 3.1.1: ``end_old_session`` first instead)
+        clean = st.clean_session or self.clean_once and st.protocol_version == 5
         conn = PahoConnection(cast("Hooks", self), st.client_id, st.protocol_version, clean,
                               transport=p.transport)
         conn.clean_first_only = clean and not st.clean_session

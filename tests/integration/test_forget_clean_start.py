@@ -53,9 +53,10 @@ def test_a_forgotten_id_starts_clean_so_no_qos2_message_is_lost(
     process killed); ``forget()``, then a new session of the same id publishes five. Before:
     it resumed the broker's session and reused packet ids 1-3, which aedes took for the old
     flows' duplicates: three messages lost without a word (a hunt). Now its first CONNECT asks
-    for a clean start (3.1.1: CleanSession=1, then 0 on its reconnects; 5: Clean Start=1),
+    for a clean start (3.1.1: a connection of its own ends the old session first; 5: Clean
+    Start=1),
     every new message arrives once, the id leaves the ``forgotten`` file once the start is
-    accepted, and the session's reconnect asks for no clean start."""
+    accepted, and the session's reconnect asks for no clean start and resumes it."""
     b = request.getfixturevalue("aedes_broker" if broker == "aedes" else "mosquitto")
     v = 4 if broker == "aedes" else 5
     proxy = mqtt_proxy_factory(b)
@@ -83,8 +84,9 @@ def test_a_forgotten_id_starts_clean_so_no_qos2_message_is_lost(
                 c.publish_data(topic, 2, f"new-{i}".encode())
             assert c.flush(_procs.TIMEOUT)
             assert proxy.cut() == 1  # the reconnect: its own session, resumed
-            _procs.wait_until(lambda: len(proxy.packets("s2c", "CONNACK")) == 3 and c.connected,
-                              what="a reconnect")
+            acks = 3 if v == 5 else 4  # (3.1.1: the old session ended by a connection first)
+            _procs.wait_until(lambda: len(proxy.packets("s2c", "CONNACK")) == acks
+                              and c.connected, what="a reconnect")
             c.publish_data(topic, 2, b"new-5")
             assert c.flush(_procs.TIMEOUT)
             c.close()
@@ -93,11 +95,14 @@ def test_a_forgotten_id_starts_clean_so_no_qos2_message_is_lost(
         assert [p for p in got if p.startswith(b"new-")] == [f"new-{i}".encode()
                                                             for i in range(6)]
         assert noted == [cid] and _forgotten(state) == []  # (taken out once accepted)
-        # the killed session's CONNECT, the clean one, the reconnect's: MQTT 5 resumes the
-        # session the clean start began; 3.1.1's lasted only as long as its connection
-        assert [p.clean_start for p in proxy.packets("c2s", "CONNECT")] == [False, True, False]
-        assert [p.session_present for p in proxy.packets("s2c", "CONNACK")] == [False, False,
-                                                                                 v == 5]
+        # the killed session's CONNECT, the clean one, the reconnect's: the reconnect resumes
+        # the session its first connection began (3.1.1: a connection of its own ended the
+        # old session, CleanSession=1 then DISCONNECT; the session's own asked CleanSession=0)
+        clean = [p.clean_start for p in proxy.packets("c2s", "CONNECT")]
+        present = [p.session_present for p in proxy.packets("s2c", "CONNACK")]
+        assert (clean, present) == (([False, True, False], [False, False, True]) if v == 5
+                                    else ([False, True, False, False],  # (aedes: present
+                                          [False, False, False, False]))  # with subscriptions)
     finally:
         if child.poll() is None:
             child.kill()
@@ -190,7 +195,7 @@ def test_a_forgotten_ids_clean_start_outlasts_refusals(tmp_path: Path) -> None:
                     c.connect("127.0.0.1", broker.port, 5)
             c.connect("127.0.0.1", broker.port, 5)
             c.close()
-        assert broker.cleans == [True, True, True]
+        assert broker.cleans == [True, True, True, False]  # (then the session's own)
         assert _forgotten(tmp_path / "gw") == []
     finally:
         broker.close()
@@ -213,7 +218,40 @@ def test_a_connect_after_the_accepted_clean_start_resumes_the_session(tmp_path: 
             c.disconnect()
             c.connect("127.0.0.1", broker.port, 5)
             c.close()
-        assert broker.cleans == [True, False]
+        assert broker.cleans == [True, False, False]  # (3.1.1: the old one ended first)
         assert _forgotten(tmp_path / "gw") == []
     finally:
         broker.close()
+
+
+def test_a_forgotten_ids_first_311_connection_keeps_what_is_queued_while_it_is_down(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path) -> None:
+    """MQTT 3.1.1 has no Clean Start of its own: a forgotten id's old broker session is ended
+    by a connection of its own (CleanSession=1, then DISCONNECT), so the new session's first
+    connection is persistent already. When it drops, a QoS 1 message published to its
+    subscription meanwhile waits at the broker and arrives after the reconnect; before, that
+    first connection asked CleanSession=1, its broker session ended with it, and the
+    message was lost (README said so)."""
+    proxy = mqtt_proxy_factory(mosquitto)
+    topic, cid = f"mqs/{_procs.unique('fq')}", _procs.unique("fq")
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client(cid, clean_session=False, protocol_version=4)
+        c.publish_data(topic, 1, b"stored")  # (a session to forget)
+        c.close()
+        assert gw.forget(cid) is True
+        c = gw.client(cid, clean_session=False, protocol_version=4)
+        log = _procs.EventLog(c)
+        c.subscribe(topic, 1)
+        c.connect(proxy.host, proxy.port)
+        log.wait("on_subscribed")
+        proxy.stop()  # the connection drops; no reconnect gets through meanwhile
+        _procs.wait_until(lambda: not c.connected, what="the connection lost")
+        _procs.publish_direct(mosquitto.host, mosquitto.port, topic, [(1, "while-down")])
+        proxy.start()
+        _procs.wait_until(lambda: any(e.message == b"while-down"
+                                      for e in log.of("on_message_in")),
+                          what="the message queued while the connection was down")
+        c.close()
+    clean = [p.clean_start for p in proxy.packets("c2s", "CONNECT")]
+    assert clean[:3] == [True, False, False]  # the old session ended, then its own
+    assert _forgotten(tmp_path / "gw") == []

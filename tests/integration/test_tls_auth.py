@@ -589,3 +589,32 @@ def test_asyncio_tls_connects_load_the_cas_off_the_loop_once(
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert loads == [False, False, False], loads
+
+
+def test_a_forgotten_ids_old_session_is_ended_with_the_sessions_tls_and_credentials(
+        clientcert_broker: MosquittoBroker, auth_broker: MosquittoBroker, pki: Pki,
+        tmp_path: Path) -> None:
+    """MQTT 3.1.1: the connection that ends a forgotten id's old broker session
+    (``connecting.end_old_session``) is made with the session's TLS settings (a client
+    certificate the broker requires) and credentials; refused (a wrong password), the
+    connect fails as a refused CONNECT does and the id stays forgotten."""
+    from mqttsession import Gateway  # noqa: PLC0415
+
+    tls = TlsOptions(True, pki.ca, pki.client_cert, pki.client_key)
+    with Gateway(tmp_path / "gw") as gw:
+        for cid in ("tls", "auth"):
+            c = gw.client(cid, clean_session=False, protocol_version=4)
+            c.publish_data("secure/forgotten", 1, b"stored")
+            c.close()
+            assert gw.forget(cid) is True
+        c = gw.client("tls", clean_session=False, protocol_version=4, tls_options=tls)
+        c.connect(clientcert_broker.host, clientcert_broker.port, 10)
+        assert c.connected
+        c.close()
+        c = gw.client("auth", clean_session=False, protocol_version=4, username=USER,
+                      password="not-it")
+        with pytest.raises(ConnectError, match="wrong username or password"):
+            c.connect(auth_broker.host, auth_broker.port, 10)
+        c.close()
+    forgotten = (tmp_path / "gw" / "forgotten").read_text()
+    assert "auth" in forgotten and "tls" not in forgotten

@@ -310,3 +310,32 @@ def test_a_websocket_upgrade_answered_a_byte_a_second_is_cut_at_the_timeout() ->
     finally:
         c.close()
         server.close()
+
+
+def test_a_forgotten_ids_old_session_is_ended_over_websockets_too(
+        ws_broker: tuple[MosquittoBroker, int], tmp_path: Path) -> None:
+    """MQTT 3.1.1: the connection that ends a forgotten id's old broker session
+    (``connecting.end_old_session``) uses the session's transport: over WebSockets it
+    connects, and the session's own connection then subscribes and receives."""
+    from mqttsession import Gateway  # noqa: PLC0415
+
+    _broker, ws_port = ws_broker
+    cid = f"ws-{uuid.uuid4().hex[:12]}"
+    with Gateway(tmp_path / "gw") as gw:
+        c = gw.client(cid, clean_session=False, protocol_version=4, transport="websockets")
+        c.publish_data("ws/forgotten", 1, b"stored")  # (a session to forget)
+        c.close()
+        assert gw.forget(cid) is True
+        c = gw.client(cid, clean_session=False, protocol_version=4, transport="websockets")
+        got: list[bytes] = []
+        arrived, subscribed = threading.Event(), threading.Event()
+        c.on_message_in = lambda e: (got.append(e.message), arrived.set())
+        c.on_subscribed = lambda e: subscribed.set()
+        c.connect("127.0.0.1", ws_port, 10)
+        c.subscribe("ws/forgotten", 1)
+        assert subscribed.wait(10)
+        c.publish_data("ws/forgotten", 1, b"after")
+        assert c.flush(10) and arrived.wait(10)
+        assert got == [b"after"]
+        c.close()
+    assert (tmp_path / "gw" / "forgotten").read_text().strip() == "[]"
