@@ -1,0 +1,114 @@
+"""The engine's rules a mutation hunt found no test held (each test here fails with the
+mutation it names: a line of engine.py, outgoing.py or transitions.py made to do nothing or
+the opposite)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mqttsession import _wire
+from mqttsession._wire import PacketType
+from mqttsession.state import Disconnected, SessionState
+
+try:  # tests/unit may or may not be a package
+    from .test_engine import (ack_in, connect, connected, incoming, make, notified, packets,
+                              publish)
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from test_engine import (ack_in, connect, connected, incoming,  # type: ignore[no-redef]
+                             make, notified, packets, publish)
+
+
+def _dups(actions: list[object], protocol: int) -> list[int]:
+    return [p.packet_id for p in packets(actions, protocol)  # type: ignore[arg-type]
+            if p.type is PacketType.PUBLISH and p.dup]
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_republish_interval_resends_on_311_once_each_interval_and_never_on_5(
+        protocol: int) -> None:
+    """``RepublishInterval`` (MQTT 3.1.1): an unacknowledged PUBLISH is written again (DUP)
+    once the interval passed since it was last written, not at every tick after; MQTT 5
+    resends only on a reconnect [MQTT-4.4.0-1] (without the version check it resent on the
+    timer; without noting the resend's time it resent at every tick)."""
+    e = connected(protocol, republish_interval=5)
+    pid, _ = publish(e, b"x", 1)
+    got = {t: _dups(e.tick(float(t), float(t)), protocol) for t in (1, 6, 7, 8, 11)}
+    if protocol == 5:
+        assert got == {1: [], 6: [], 7: [], 8: [], 11: []}
+    else:
+        assert got == {1: [], 6: [pid], 7: [], 8: [], 11: [pid]}
+    e.receive(ack_in(PacketType.PUBACK, pid, protocol=protocol))
+    assert _dups(e.tick(20.0, 20.0), protocol) == []  # acknowledged: never again
+
+
+def test_a_disconnected_record_restores_the_session_expiry_interval() -> None:
+    """Replaying a journal: a ``Disconnected`` record sets the Session Expiry Interval the
+    session had when it disconnected (a DISCONNECT may change it), not only the time."""
+    s = SessionState()
+    s.configure(client_id="c", protocol_version=5, clean_session=False,
+                session_expiry_interval=30)
+    s.apply(Disconnected(160.0, 120))
+    assert (s.disconnected_at, s.session_expiry_interval) == (160.0, 120)
+    s.apply(Disconnected(170.0, None))
+    assert s.session_expiry_interval is None
+
+
+def test_a_session_that_never_reached_a_broker_is_not_told_it_was_lost() -> None:
+    """Messages published before the first connection, then a CONNACK with SessionPresent=0:
+    nothing was lost at the broker (it never had the session), so no ``on_session_lost``."""
+    e = make()
+    publish(e, b"offline", 1)
+    out = connect(e, session_present=False)
+    assert notified(out, "on_session_lost") == []
+    assert [p.payload for p in packets(out) if p.type is PacketType.PUBLISH] == [b"offline"]
+
+
+def test_a_session_a_broker_accepted_is_told_it_was_lost_also_with_nothing_to_resend() -> None:
+    """A session holding only a subscription, accepted once: a later CONNACK with
+    SessionPresent=0 is its loss at the broker (``on_session_lost``, the subscription made
+    again) although no message is resent (the first connection's exemption is for a session
+    that never reached a broker)."""
+    e = make()
+    e.subscribe(["a/#"], 1)
+    first = connect(e, session_present=False)
+    assert notified(first, "on_session_lost") == []
+    (sub,) = [p for p in packets(first) if p.type is PacketType.SUBSCRIBE]
+    e.receive(incoming(_wire.encode_suback(sub.packet_id, [1])))
+    lost = connect(e, session_present=False)
+    assert len(notified(lost, "on_session_lost")) == 1
+    assert [p.type for p in packets(lost)] == [PacketType.SUBSCRIBE]
+
+
+def test_a_puback_of_0x80_is_a_refusal() -> None:
+    """0x80 (Unspecified error) is the first refusal code: the message is dropped "refused",
+    not reported sent."""
+    e = connected(protocol=5)
+    pid, _ = publish(e, b"x", 1)
+    actions = e.receive(ack_in(PacketType.PUBACK, pid, reason=0x80, protocol=5))
+    assert not notified(actions, "on_message_out") and not e.state.outgoing
+    assert [d.reason for d in notified(actions, "on_message_dropped")] == [  # type: ignore[attr-defined]
+        "refused"]
+
+
+def test_drain_rate_limit_never_holds_back_resends() -> None:
+    """DrainRateLimit paces new PUBLISHes only: back on a session the broker kept, every
+    in-flight message is written again (DUP) at once, whatever the bucket holds."""
+    e = connected(drain_rate_limit=1, max_inflight=10)
+    pids = [publish(e, f"m{i}".encode(), 1)[0] for i in range(3)]
+    for t in (1.0, 2.0, 3.0):  # one new PUBLISH a second
+        e.tick(t, t)
+    assert len(e.state.outgoing) == 3
+    out = connect(e, session_present=True)  # (the bucket empty)
+    assert _dups(out, 4) == pids
+
+
+def test_a_released_qos2_message_is_not_dropped_by_smaller_broker_limits() -> None:
+    """A QoS 2 message whose PUBREL went out (awaiting PUBCOMP) is past its PUBLISH: a
+    reconnect whose CONNACK sets a Maximum Packet Size below its size (or a Maximum QoS of 1)
+    does not drop it; its PUBREL goes out again so the broker's flow ends."""
+    e = connected(protocol=5)
+    pid, _ = publish(e, b"x" * 200, 2)
+    e.receive(ack_in(PacketType.PUBREC, pid, protocol=5))
+    out = connect(e, session_present=True, max_packet=64)
+    assert notified(out, "on_message_dropped") == []
+    assert [(p.type, p.packet_id) for p in packets(out, 5)] == [(PacketType.PUBREL, pid)]
