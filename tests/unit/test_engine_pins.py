@@ -112,3 +112,25 @@ def test_a_released_qos2_message_is_not_dropped_by_smaller_broker_limits() -> No
     out = connect(e, session_present=True, max_packet=64)
     assert notified(out, "on_message_dropped") == []
     assert [(p.type, p.packet_id) for p in packets(out, 5)] == [(PacketType.PUBREL, pid)]
+
+
+def test_a_disconnect_before_the_recovered_ids_are_released_keeps_their_reservation() -> None:
+    """Ids of a reservation recovered after a power cut (the broker may hold QoS 2 flows for
+    them [MQTT-4.3.3-10]) stay reserved until the PUBRELs sent for them are answered: a
+    DISCONNECT before that writes no ``Reserved(0, 0)`` (which let the next process hand
+    those ids out again while the broker still held their flows: new messages taken for
+    duplicates and lost), and the next connection releases them again."""
+    try:
+        from .test_engine import _recovered_state, _reserved
+    except ImportError:  # pragma: no cover - rootdir-relative import
+        from test_engine import _recovered_state, _reserved  # type: ignore[no-redef]
+    from mqttsession.engine import Engine, EngineSettings  # noqa: PLC0415
+
+    e = Engine(EngineSettings(reserve_packet_ids=4), _recovered_state())
+    sent = [(p.type, p.packet_id) for p in packets(connect(e, session_present=True))]
+    assert (PacketType.PUBREL, 2) in sent and e._unreleased is not None
+    out = e.disconnect(2.0)
+    assert (0, 0) not in _reserved(out)
+    assert (e.state.reserved_first, e.state.reserved_last) == (1, 4)
+    again = [(p.type, p.packet_id) for p in packets(connect(e, session_present=True))]
+    assert {(PacketType.PUBREL, i) for i in (2, 3, 4)} <= set(again)
