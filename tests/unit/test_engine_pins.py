@@ -12,10 +12,10 @@ from mqttsession.state import Disconnected, SessionState
 
 try:  # tests/unit may or may not be a package
     from .test_engine import (ack_in, connect, connected, incoming, make, notified, packets,
-                              publish)
+                              publish, publish_in)
 except ImportError:  # pragma: no cover - rootdir-relative import
     from test_engine import (ack_in, connect, connected, incoming,  # type: ignore[no-redef]
-                             make, notified, packets, publish)
+                             make, notified, packets, publish, publish_in)
 
 
 def _dups(actions: list[object], protocol: int) -> list[int]:
@@ -134,3 +134,35 @@ def test_a_disconnect_before_the_recovered_ids_are_released_keeps_their_reservat
     assert (e.state.reserved_first, e.state.reserved_last) == (1, 4)
     again = [(p.type, p.packet_id) for p in packets(connect(e, session_present=True))]
     assert {(PacketType.PUBREL, i) for i in (2, 3, 4)} <= set(again)
+
+
+def _closes_until_error(e: object, rounds: int, pubrel_between: bool = False) -> list[int]:
+    """``rounds`` connections each closed by the broker with no ack (the session's one QoS 1
+    message first in flight); the rounds whose close reported ``on_error``."""
+    from mqttsession.engine import Engine  # noqa: PLC0415
+
+    assert isinstance(e, Engine)
+    reported = []
+    for r in range(1, rounds + 1):
+        connect(e, session_present=True)
+        if pubrel_between:  # (an incoming QoS 2 flow's PUBREL: not an ack of ours)
+            e.receive(publish_in(r, 2))
+            e.receive(ack_in(PacketType.PUBREL, r))
+        out = e.connection_lost(float(r), 0x80, "closed")
+        if notified(out, "on_error"):
+            reported.append(r)
+    return reported
+
+
+def test_a_broker_closing_on_the_head_message_is_reported_once() -> None:
+    """The broker closes connection after connection, no ack, the same message first in
+    flight: ``on_error`` once, at the third close, not at every later one; a PUBREL of an
+    incoming flow is no ack of the session's messages (it does not hide the stall)."""
+    from mqttsession.engine import SUBSCRIBE_TRIES  # noqa: PLC0415
+
+    e = make()
+    publish(e, b"too big for it", 1)
+    assert _closes_until_error(e, 6) == [SUBSCRIBE_TRIES]
+    e = make()
+    publish(e, b"too big for it", 1)
+    assert _closes_until_error(e, 4, pubrel_between=True) == [SUBSCRIBE_TRIES]
