@@ -166,3 +166,42 @@ def test_a_broker_closing_on_the_head_message_is_reported_once() -> None:
     e = make()
     publish(e, b"too big for it", 1)
     assert _closes_until_error(e, 4, pubrel_between=True) == [SUBSCRIBE_TRIES]
+
+
+@pytest.mark.parametrize("kind", ["qos", "retain"])
+def test_a_queued_message_the_brokers_limits_refuse_is_dropped_with_its_reason_code(
+        kind: str) -> None:
+    """MQTT 5: a message waiting while a CONNACK says Maximum QoS 1 (it is QoS 2) or Retain
+    Available 0 (it is retained) is dropped "unsupported", ``on_error`` naming 0x9B (QoS
+    not supported) or 0x9A (Retain not supported) [MQTT-3.2.2-11] [MQTT-3.2.2-14]."""
+    e = make(5)
+    e.publish("t", b"x", 2 if kind == "qos" else 1, kind == "retain")
+    e.reset()
+    e.connecting("broker:1883")
+    out = e.connack(0, "", False, 65535, None, 0.0,
+                    limits=(1, True) if kind == "qos" else (2, False))
+    out += e.lost_incoming() + e.resume()
+    assert [d.reason for d in notified(out, "on_message_dropped")] == [  # type: ignore[attr-defined]
+        "unsupported"]
+    assert [x.error_code for x in notified(out, "on_error")] == [  # type: ignore[attr-defined]
+        0x9B if kind == "qos" else 0x9A]
+    assert not [p for p in packets(out, 5) if p.type is PacketType.PUBLISH]
+
+
+def test_a_publish_exactly_at_the_brokers_maximum_packet_size_is_sent() -> None:
+    """[MQTT-3.2.2-15] forbids a packet OVER the broker's Maximum Packet Size: one of exactly
+    that size is sent, one byte more is refused (``UsageError``, nothing stored)."""
+    from mqttsession.errors import UsageError  # noqa: PLC0415
+
+    e = make(5)
+    connect(e, max_packet=200)
+    from mqttsession.validation import publish_packet_size  # noqa: PLC0415
+
+    body = next(n for n in range(200) if publish_packet_size("t", n, 1, 0, True)[1] == 200)
+    assert len(_wire.encode_publish("t", b"x" * body, qos=1, packet_id=1, protocol=5)) == 200
+    pid, out = publish(e, b"x" * body, 1)
+    (p,) = [p for p in packets(out, 5) if p.type is PacketType.PUBLISH]
+    assert p.packet_id == pid and len(out) and len(p.payload) == body
+    with pytest.raises(UsageError, match="Maximum Packet Size"):
+        publish(e, b"x" * (body + 1), 1)
+    assert len(e.state.outgoing) == 1
