@@ -205,3 +205,20 @@ def test_a_publish_exactly_at_the_brokers_maximum_packet_size_is_sent() -> None:
     with pytest.raises(UsageError, match="Maximum Packet Size"):
         publish(e, b"x" * (body + 1), 1)
     assert len(e.state.outgoing) == 1
+
+
+def test_pubrec_answers_for_flows_the_session_does_not_hold_as_qos2() -> None:
+    """A PUBREC for a packet id the session holds nothing for: PUBREL lets the broker end
+    its flow [MQTT-4.3.3-11], unless the PUBREC failed (0x80+: the flow has ended). A PUBREC
+    for a QoS 1 message (a broker that took it as QoS 2) ends that message and gets its
+    PUBREL, so the broker's flow ends too; a failed one gets none."""
+    e = connected(protocol=5)
+    assert [(p.type, p.packet_id) for p in packets(e.receive(
+        ack_in(PacketType.PUBREC, 77, protocol=5)), 5)] == [(PacketType.PUBREL, 77)]
+    assert packets(e.receive(ack_in(PacketType.PUBREC, 78, reason=0x80, protocol=5)), 5) == []
+    for code, pubrel in ((0, True), (0x97, False)):
+        pid, _ = publish(e, b"q1", 1)
+        out = e.receive(ack_in(PacketType.PUBREC, pid, reason=code, protocol=5))
+        assert [(p.type, p.packet_id) for p in packets(out, 5)] == (
+            [(PacketType.PUBREL, pid)] if pubrel else [])
+        assert e.state.outgoing_by_packet_id(pid) is None  # (the message ended either way)
