@@ -222,3 +222,15 @@ def test_pubrec_answers_for_flows_the_session_does_not_hold_as_qos2() -> None:
         assert [(p.type, p.packet_id) for p in packets(out, 5)] == (
             [(PacketType.PUBREL, pid)] if pubrel else [])
         assert e.state.outgoing_by_packet_id(pid) is None  # (the message ended either way)
+
+
+def test_failover_republish_keeps_only_messages_the_broker_accepted() -> None:
+    """``FailoverRepublish`` keeps the last QoS 1 messages acknowledged, to publish again on
+    the next server after a move; one the broker refused (PUBACK 0x80+) is not among them
+    (it was dropped "refused": publishing it elsewhere would deliver what was refused)."""
+    e = connected(protocol=5, failover_republish=5)
+    ok, _ = publish(e, b"accepted", 1)
+    bad, _ = publish(e, b"refused", 1)
+    e.receive(ack_in(PacketType.PUBACK, ok, protocol=5))
+    e.receive(ack_in(PacketType.PUBACK, bad, reason=0x87, protocol=5))
+    assert [m.payload for m in e.recent_acked] == [b"accepted"]
