@@ -46,13 +46,14 @@ _RETURN_CODES = {0: 0, 0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
 def end_old_session(client_id: str, host: str, port: int, p: ConnectParams,
-                    timeout: float) -> None:
+                    timeout: float, check: Callable[[], None]) -> None:
     """MQTT 3.1.1 has no Clean Start for one connection: a forgotten client id's old broker
     session is ended by a connection of its own (CleanSession=1, CONNACK, DISCONNECT), so
-    the session's first connection asks for a persistent one (CleanSession=0) and the broker
-    keeps what is queued for it should that connection drop [MQTT-3.1.2-6].
-    ``ConnectError`` when refused or unanswered within ``timeout``; ``OSError`` from the
-    TCP (TLS, WebSocket) connect."""
+    the session's connection to that server asks for a persistent one (CleanSession=0) and
+    the broker keeps what is queued for it should that connection drop [MQTT-3.1.2-6].
+    ``ConnectError`` when refused or unanswered within ``timeout``, or what ``check`` raises
+    (the attempt ended: ``close()``, ``disconnect()``), looked at every 50 ms; ``OSError``
+    from the TCP (TLS, WebSocket) connect."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
                     protocol=mqtt.MQTTv311, transport=p.transport)  # type: ignore[arg-type]
     if p.transport == "websockets":
@@ -68,7 +69,7 @@ def end_old_session(client_id: str, host: str, port: int, p: ConnectParams,
     try:
         end = time.monotonic() + timeout
         while not answer and time.monotonic() < end and c.loop(0.05) == mqtt.MQTT_ERR_SUCCESS:
-            pass
+            check()
         where = f"{format_address(host, port)} (ending the old session of a forgotten id)"
         if not answer:
             raise ConnectError(f"{where}: no CONNACK within {timeout:g} s")
@@ -178,11 +179,11 @@ class Connecting(Durability):
                                                            self._settings.receive_maximum))
             else:
                 if self.clean_once and not st.clean_session and params is not None:
-                    end_old_session(st.client_id, host, port, params, conn.connect_timeout)
+                    # (each server of an attempt: done once the session's own CONNACK comes
+                    # from the one that was cleared, ``_hook_connack``; a review)
+                    end_old_session(st.client_id, host, port, params, conn.connect_timeout,
+                                    functools.partial(self._check_ended, gen, conn, host, port))
                     self._check_ended(gen, conn, host, port)
-                    self.clean_once = False  # (then the forgotten note goes: its CONNACK came)
-                    if (cb := self.on_clean_start) is not None:
-                        cb()
                 conn.connect(host, port, keep_alive)
             self._check_ended(gen, conn, host, port)  # (ended in the TCP connect: no thread)
             if thread:

@@ -122,11 +122,15 @@ def test_a_forget_of_an_id_never_stored_notes_nothing(tmp_path: Path) -> None:
 
 class _Refusing:
     """A stand-in broker on 127.0.0.1 (MQTT 3.1.1): refuses the first ``refuse`` CONNECTs
-    (return code 3, server unavailable), accepts the others; notes each CONNECT's
-    CleanSession flag; answers PINGREQ and DISCONNECT only."""
+    (return code 3, server unavailable), accepts the others (or answers ``codes`` in turn;
+    ``silent``: never); notes each CONNECT's CleanSession flag; answers PINGREQ and
+    DISCONNECT only."""
 
-    def __init__(self, refuse: int) -> None:
+    def __init__(self, refuse: int, codes: list[int] | None = None,
+                 silent: bool = False) -> None:
         self.refuse = refuse
+        self.codes = codes  # (instead: the return code of each CONNECT in turn, then 0)
+        self.silent = silent  # (no CONNACK at all)
         self.cleans: list[bool] = []
         self._srv = socket.create_server(("127.0.0.1", 0))
         self.port = self._srv.getsockname()[1]
@@ -145,7 +149,12 @@ class _Refusing:
             try:
                 body = _packet(s)[1]
                 self.cleans.append(bool(body[2 + int.from_bytes(body[:2], "big") + 1] & 2))
-                rc = 3 if len(self.cleans) <= self.refuse else 0
+                n = len(self.cleans)
+                if self.silent:
+                    _packet(s)  # (until the client closes)
+                    return
+                rc = (self.codes[n - 1] if self.codes is not None and n <= len(self.codes)
+                      else 0 if self.codes is not None else 3 if n <= self.refuse else 0)
                 s.sendall(bytes([0x20, 2, 0, rc]))
                 while rc == 0:
                     head, _ = _packet(s)
@@ -255,3 +264,71 @@ def test_a_forgotten_ids_first_311_connection_keeps_what_is_queued_while_it_is_d
     clean = [p.clean_start for p in proxy.packets("c2s", "CONNECT")]
     assert clean[:3] == [True, False, False]  # the old session ended, then its own
     assert _forgotten(tmp_path / "gw") == []
+
+
+def test_a_failover_server_after_a_cleared_one_is_cleared_too(mosquitto: Any,
+                                                               tmp_path: Path) -> None:
+    """FailoverServers: the first server accepts the connection that ends the old session
+    but refuses the session's own CONNECT; the next server, which holds the forgotten id's
+    old session (a subscription, a queued message), is cleared too before the session's
+    CONNECT: nothing of the old session arrives (a review: the clean start counted as done
+    once the first server's clearing was accepted, and the next server resumed the old
+    session). The note goes once the session's own CONNACK came."""
+    cid, old = _procs.unique("ff"), f"old/{_procs.unique('ff')}"
+    first = _Refusing(refuse=0, codes=[0, 3])
+    try:
+        with Gateway(tmp_path / "gw") as gw:
+            c = gw.client(cid, clean_session=False, protocol_version=4)
+            log = _procs.EventLog(c)
+            c.subscribe(old, 1)
+            c.connect(mosquitto.host, mosquitto.port)
+            log.wait("on_subscribed")
+            c.close()
+        _procs.publish_direct(mosquitto.host, mosquitto.port, old, [(1, "old-queued")])
+        with Gateway(tmp_path / "gw") as gw:
+            assert gw.forget(cid) is True
+            c = gw.client(cid, clean_session=False, protocol_version=4)
+            log = _procs.EventLog(c)
+            c.config(f"FailoverServers=127.0.0.1:{mosquitto.port}")
+            c.connect("127.0.0.1", first.port, 5)
+            _procs.publish_direct(mosquitto.host, mosquitto.port, old, [(1, "old-after")])
+            c.subscribe("new/topic", 1)
+            log.wait("on_subscribed")  # (the broker read what came before it)
+            c.close()
+        assert first.cleans == [True, False]
+        assert [e.message for e in log.of("on_message_in")] == []
+        assert _forgotten(tmp_path / "gw") == []
+    finally:
+        first.close()
+
+
+def test_close_ends_a_connect_waiting_for_the_old_sessions_end(tmp_path: Path) -> None:
+    """``close()`` from another thread ends a ``connect()`` whose connection ending the old
+    session waits for a CONNACK that never comes: at once, as it ends one waiting for its
+    own CONNACK (a review: it waited out the whole timeout); the id stays forgotten."""
+    silent = _Refusing(refuse=0, silent=True)
+    try:
+        with Gateway(tmp_path / "gw") as gw:
+            c = gw.client("dev", clean_session=False, protocol_version=4)
+            c.publish_data("t", 1, b"x")
+            c.close()
+            assert gw.forget("dev") is True
+            c = gw.client("dev", clean_session=False, protocol_version=4)
+            ended: list[BaseException] = []
+
+            def connect() -> None:
+                try:
+                    c.connect("127.0.0.1", silent.port, 60)
+                except ConnectError as exc:
+                    ended.append(exc)
+
+            t = threading.Thread(target=connect)
+            t.start()
+            _procs.wait_until(lambda: silent.cleans == [True], what="the clearing CONNECT")
+            c.close()
+            t.join(20)
+            assert not t.is_alive() and len(ended) == 1, ended
+            assert "ended by close()" in str(ended[0])
+        assert _forgotten(tmp_path / "gw") == ["dev"]
+    finally:
+        silent.close()
