@@ -86,23 +86,33 @@ def test_a_failed_interval_sync_is_made_good_before_the_disk_queue_is_synced(
     assert _kept(rec.image(path, tmp_path / "cut"), QueueInMemory=10) == sent
 
 
+@contextlib.contextmanager
+def _spilled(tmp_path: Path, settings: dict[str, object], size: int
+             ) -> Iterator[tuple[Path, list[bytes]]]:
+    """30 messages of ``size`` bytes published offline under interval (its timer idle
+    during the test): 10 in memory (the journal), the rest into the disk queue; yields the
+    state file and what was sent, the client still open."""
+    path = _state_file(tmp_path)
+    c = _client(path, 60_000, **settings)
+    sent = [b"m%02d-" % n + b"x" * size for n in range(30)]
+    try:
+        c.restore_session("")
+        for body in sent:
+            c.publish_data("t/x", 1, body)
+        yield path, sent
+    finally:
+        c.close()
+
+
 def test_a_sealed_queue_segment_never_reaches_the_disk_before_earlier_messages(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # before: sealing a full segment fdatasynced it while the journal's records of earlier
     # publishes waited for the interval: a power cut kept m10-m25 and lost m00-m09
     rec = _powercut.install(monkeypatch)
-    path = _state_file(tmp_path)
     settings: dict[str, object] = {"QueueInMemory": 10, "QueueSegmentBytes": 4096}
-    c = _client(path, 60_000, **settings)  # (the timer does not run during the test)
-    sent = [b"m%02d-" % n + b"x" * 500 for n in range(30)]
-    try:
-        c.restore_session("")
-        for body in sent:  # offline: 10 in memory (journal), the rest into the disk queue
-            c.publish_data("t/x", 1, body)
+    with _spilled(tmp_path, settings, 500) as (path, sent):
         assert rec.syncs_of("q-"), "no segment was sealed"
         cut = rec.image(path, tmp_path / "cut")  # before the interval's sync
-    finally:
-        c.close()
     got = _kept(cut, **settings)
     assert len(got) >= 10 and got == sent[:len(got)], [b[:3] for b in got]
 
@@ -115,21 +125,13 @@ def test_the_disk_queue_written_back_before_the_journal_restores_a_prefix(
     bytes restored the later messages without the earlier ones (a mutation hunt: without
     that sync no test failed)."""
     rec = _powercut.install(monkeypatch)
-    path = _state_file(tmp_path)
     settings: dict[str, object] = {"QueueInMemory": 10}
-    c = _client(path, 60_000, **settings)  # (the timer does not run during the test)
-    sent = [b"m%02d-" % n + b"x" * 100 for n in range(30)]
-    try:
-        c.restore_session("")
-        for body in sent:  # offline: 10 in memory (journal), the rest into the disk queue
-            c.publish_data("t/x", 1, body)
+    with _spilled(tmp_path, settings, 100) as (path, sent):
         cut = rec.image(path, tmp_path / "cut")
         queue = Path(f"{path}.queue")
         for seg in queue.iterdir():  # the queue as the page cache holds it: written back
             (cut.parent / queue.name).mkdir(exist_ok=True)
             (cut.parent / queue.name / seg.name).write_bytes(seg.read_bytes())
-    finally:
-        c.close()
     got = _kept(cut, **settings)
     assert len(got) >= 10 and got == sent[:len(got)], [b[:3] for b in got]
 
