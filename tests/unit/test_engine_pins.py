@@ -234,3 +234,33 @@ def test_failover_republish_keeps_only_messages_the_broker_accepted() -> None:
     e.receive(ack_in(PacketType.PUBACK, ok, protocol=5))
     e.receive(ack_in(PacketType.PUBACK, bad, reason=0x87, protocol=5))
     assert [m.payload for m in e.recent_acked] == [b"accepted"]
+
+
+def _on(e: object, server: str, present: bool) -> list[object]:
+    """A connection to ``server`` (CONNACK with ``present``), its resume plan."""
+    from mqttsession.engine import Engine  # noqa: PLC0415
+
+    assert isinstance(e, Engine)
+    e.reset()
+    e.connecting(server)
+    return [*e.connack(0, "", present, 65535, None, 0.0), *e.lost_incoming(), *e.resume()]
+
+
+def test_back_on_a_server_a_subscription_changed_elsewhere_is_made_again() -> None:
+    """Failover: subscribed at QoS 0 on A, moved to B (SessionPresent=1) and subscribed
+    there at QoS 1, back on A whose session is as it was left: the filter goes to A again at
+    QoS 1 (a SUBSCRIBE replaces the one A holds [MQTT-3.8.4-3]); without it A went on
+    delivering at QoS 0."""
+    e = make()
+    e.subscribe(["a/#"], 0)
+    (sub,) = [p for p in packets(_on(e, "A:1", False))  # type: ignore[arg-type]
+              if p.type is PacketType.SUBSCRIBE]
+    e.receive(incoming(_wire.encode_suback(sub.packet_id, [0])))
+    e.connection_lost(1.0, 0x80, "lost")
+    assert packets(_on(e, "B:1", True)) == []  # type: ignore[arg-type]
+    (sub,) = packets(e.subscribe(["a/#"], 1))
+    e.receive(incoming(_wire.encode_suback(sub.packet_id, [1])))
+    e.connection_lost(2.0, 0x80, "lost")
+    back = [p for p in packets(_on(e, "A:1", True))  # type: ignore[arg-type]
+            if p.type is PacketType.SUBSCRIBE]
+    assert [(p.filters, p.options) for p in back] == [(("a/#",), (1,))]
