@@ -264,3 +264,21 @@ def test_back_on_a_server_a_subscription_changed_elsewhere_is_made_again() -> No
     back = [p for p in packets(_on(e, "A:1", True))  # type: ignore[arg-type]
             if p.type is PacketType.SUBSCRIBE]
     assert [(p.filters, p.options) for p in back] == [(("a/#",), (1,))]
+
+
+def test_a_message_taken_at_a_move_is_not_delivered_again_when_the_session_is_lost() -> None:
+    """An incoming QoS 2 message received on A (PUBREC sent), handed to the application at
+    the move to B (SessionPresent=1: A's flow will never be released there) and taken
+    (``ack``); B then loses the session (SessionPresent=0): the message is not delivered a
+    second time with the orphans (exactly once)."""
+    from mqttsession.engine import Deliver  # noqa: PLC0415
+
+    e = make()
+    _on(e, "A:1", False)
+    e.receive(publish_in(5, 2, b"in"))
+    e.connection_lost(1.0, 0x80, "lost")
+    moved = [a for a in _on(e, "B:1", True) if isinstance(a, Deliver)]
+    assert [d.message.message for d in moved] == [b"in"]
+    assert e.ack(moved[0].message)[0]
+    e.connection_lost(2.0, 0x80, "lost")
+    assert [a for a in _on(e, "B:1", False) if isinstance(a, Deliver)] == []
