@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -75,19 +77,37 @@ def test_cancelled_while_making_the_thread_undoes_it() -> None:
     assert made[0].undone[0] != threading.main_thread().name  # (in the thread)
 
 
+class _Noting(ThreadPoolExecutor):
+    """The loop's default executor, noting when a job's function has returned (before its
+    result reaches the loop)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.returned = threading.Event()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.returned.set()
+        return super().submit(run)
+
+
 def test_cancelled_as_the_thing_was_made_the_caller_undoes_it() -> None:
     """The cancel comes once ``make`` returned but before the caller took the result (the
     loop busy meanwhile): the caller undoes it, on the loop (a mutation hunt: dropping that
     undo left such a gateway, and the directory's lock, held for good)."""
     made: list[_Thing] = []
+    ex = _Noting()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(ex)
         task: asyncio.Future[_Thing] | None = None
 
-        def busy_then_cancel() -> None:  # (on the loop: the thread ends meanwhile)
-            time.sleep(0.3)
-            assert task is not None
+        def busy_then_cancel() -> None:  # (on the loop: until the thread's job returned)
+            assert ex.returned.wait(10) and task is not None
             task.cancel()
 
         def make() -> _Thing:
