@@ -45,6 +45,22 @@ _TICK_EVERY = 0.5  # seconds between the engine's timer rounds
 _RETURN_CODES = {0: 0, 0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
+def _dial_settings(c: mqtt.Client, p: ConnectParams) -> None:
+    """A connection's WebSocket options, credentials and TLS context (``UsageError`` for TLS
+    files that cannot be loaded)."""
+    if p.transport == "websockets":
+        c.ws_set_options(path=p.ws_path, headers=p.ws_headers)
+    if p.username is not None:
+        c.username_pw_set(p.username, p.password)
+    if p.tls_context is not None:
+        c.tls_set_context(p.tls_context)
+    elif p.tls:
+        try:  # (made once for these files: ``dialing.client_context``)
+            c.tls_set_context(client_context(p.tls_ca, p.tls_cert, p.tls_key))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise UsageError(f"TLS settings: {exc}") from exc
+
+
 def end_old_session(client_id: str, host: str, port: int, p: ConnectParams,
                     timeout: float, check: Callable[[], None]) -> None:
     """MQTT 3.1.1 has no Clean Start for one connection: a forgotten client id's old broker
@@ -56,12 +72,7 @@ def end_old_session(client_id: str, host: str, port: int, p: ConnectParams,
     from the TCP (TLS, WebSocket) connect."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
                     protocol=mqtt.MQTTv311, transport=p.transport)  # type: ignore[arg-type]
-    if p.transport == "websockets":
-        c.ws_set_options(path=p.ws_path, headers=p.ws_headers)
-    if p.username is not None:
-        c.username_pw_set(p.username, p.password)
-    if p.tls_context is not None or p.tls:
-        c.tls_set_context(p.tls_context or client_context(p.tls_ca, p.tls_cert, p.tls_key))
+    _dial_settings(c, p)
     answer: list[int] = []  # (the 3.1.1 return code: paho gives its MQTT 5 form)
     c.on_connect = lambda _c, _u, _f, rc, _p: answer.append(_RETURN_CODES.get(rc.value, 3))
     c.connect_timeout = timeout
@@ -362,17 +373,7 @@ class Connecting(Durability):
                               transport=p.transport)
         conn.clean_first_only = clean and not st.clean_session
         conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]  # (fractions)
-        if p.transport == "websockets":
-            conn.ws_set_options(path=p.ws_path, headers=p.ws_headers)
-        if p.username is not None:
-            conn.username_pw_set(p.username, p.password)
-        if p.tls_context is not None:
-            conn.tls_set_context(p.tls_context)
-        elif p.tls:
-            try:  # (made once for these files: ``dialing.client_context``)
-                conn.tls_set_context(client_context(p.tls_ca, p.tls_cert, p.tls_key))
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise UsageError(f"TLS settings: {exc}") from exc
+        _dial_settings(conn, p)
         if p.will_topic:
             conn.will_set(validate_publish_topic(p.will_topic), will_payload(p.will_message),
                           s.will_qos, s.will_retain)

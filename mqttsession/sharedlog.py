@@ -563,7 +563,7 @@ class SharedLog(GroupCommit):
         """Whether the bytes up to ``pos`` of incarnation ``gen`` are on disk (False: not yet,
         or a failed sync cut them)."""
         with self._sync_cond:  # (a rotation's switch changes the four together: a review)
-            gen, pos = moved_to(self._moved, gen, pos)
+            gen, pos = self._now_at(gen, pos)
             if gen == self._gen:
                 return self._synced >= pos
             cut = self._lost.get(gen)
