@@ -5,12 +5,11 @@ paho keeps the socket, TLS, keep-alive, CONNECT and DISCONNECT. Session packets 
 sent by the publishing thread when nothing waits (``_send_now``): paho's ``_out_messages`` /
 ``_in_messages`` stay empty. Bytes are read with few large ``recv`` calls and split here. Acks
 written during a read batch wait for its end, after ``Hooks._hook_batch_end`` made their records
-durable, or for that sync's future on a loop (``_after_sync``). Private accesses are tagged
+durable, or for that sync's future on a loop (``batching``). Private accesses are tagged
 ``# noqa: SLF001``; verified against paho-mqtt 2.2.0 (``paho/mqtt/client.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -26,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import _wire, dialing
+from .batching import ReadBatches
 from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
 from .hooks import Future, Hooks, Sync
@@ -45,7 +45,6 @@ _PAHO_PACKETS: Final = frozenset({PacketType.PINGREQ, PacketType.PINGRESP, Packe
                                   PacketType.AUTH})  # paho's to handle; any other: a violation
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _DROP = MQTTErrorCode.MQTT_ERR_CONN_LOST  # closes the connection without the ack; paho reconnects
-_Held = tuple[int, bytes, int, int]  # a packet held back: kind, bytes, packet id, QoS
 _PUBLISH_CMD: Final = int(PacketType.PUBLISH) << 4
 _READ_BATCH: Final = 64  # packets read per network-loop round at most (a whole recv more)
 _RECV_BYTES: Final = 65536  # asked of one recv call
@@ -78,7 +77,7 @@ def _joinable(p: Any) -> bool:
             and not (cmd == _PUBLISH_CMD and p["qos"] == 0))
 
 
-class PahoConnection(mqtt.Client):
+class PahoConnection(ReadBatches, mqtt.Client):
     """paho's Client with the session moved out to ``hooks``."""
 
     def __init__(self, hooks: Hooks, client_id: str, protocol_version: int,
@@ -92,12 +91,7 @@ class PahoConnection(mqtt.Client):
         self.hooks = hooks
         self._level = protocol_version
         self.suppress_exceptions = True  # a backstop: our callbacks never end its thread
-        self._batch: list[_Held] | None = None  # writes held to batch end
-        self._batch_thread: threading.Thread | None = None  # the thread reading that batch
-        self._batch_lock = threading.Lock()  # guards _batch and the three below (not a write)
-        self._after_sync: list[tuple[Sync, list[_Held]]] = []  # each batch's sync, its packets
-        self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
-        self._batch_publishes: list[_Held] | None = None  # a read batch's PUBLISHes not held
+        self._start_batches()  # (``batching``)
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
         self._rsock: Any = None  # the socket they came from
@@ -116,58 +110,6 @@ class PahoConnection(mqtt.Client):
         self.enable_logger(PahoLog(logging.getLogger("mqttsession.paho"), {}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sending
-
-    def write(self, packet: bytes, kind: int, packet_id: int = 0, qos: int = 0) -> None:
-        """Queue one encoded packet (any thread). In a read batch it waits for the batch's end
-        (its records synced), in order. A PUBLISH goes before that sync (no PUBLISH needs the
-        records of points 2-4; MQTT orders each kind alone [MQTT-4.6.0-1..4]), unless one
-        waits (``hold_publishes``)."""
-        with self._batch_lock:
-            if self._batch is not None or self._after_sync:  # (no tuple for the common path)
-                item = (kind, packet, packet_id, qos)
-                if kind != PacketType.PUBLISH or self._publish_held:
-                    self._publish_held |= kind == PacketType.PUBLISH  # the next ones: behind
-                    (self._batch if self._batch is not None else self._after_sync[-1][1]).append(item)
-                    return
-                pubs = self._batch_publishes  # joined at the batch's end, first
-                if pubs is not None and (pubs or threading.current_thread() is self._batch_thread
-                                         or not self.hooks._hook_publisher_waits()):
-                    pubs.append(item)
-                    return
-        self._queue(kind, packet, packet_id, qos)
-
-    def hold_publishes(self) -> None:
-        """The batch wrote a record a PUBLISH may need: its PUBLISHes from now wait too."""
-        with self._batch_lock:
-            self._publish_held |= self._batch is not None
-
-    def in_batch(self) -> bool:
-        """The calling thread is the network thread, handling a read batch."""
-        return self._batch is not None and threading.current_thread() is self._batch_thread
-
-    def _release(self, keep: bool = False) -> None:
-        """Write what the batch held, in order, after its sync (``keep``: the batch goes on)."""
-        while True:
-            with self._batch_lock:
-                held = self._batch
-                if not held:
-                    self._batch = [] if keep else None
-                    self._publish_held = self._publish_held and bool(self._after_sync)
-                    return
-                self._batch = []
-                if self._after_sync:
-                    self._after_sync[-1][1].extend(held)
-                    continue
-            for kind, packet, packet_id, qos in held:
-                self._queue(kind, packet, packet_id, qos)
-
-    def _wait_sync(self, fut: Sync) -> None:
-        """The batch's packets and later ones wait for ``fut``, a sync off the loop [2-4]."""
-        with self._batch_lock:
-            held, self._batch = self._batch or [], None
-            self._after_sync.append((fut, held))
-        if isinstance(fut, asyncio.Future):  # (a sync thread's wakes paho's: ``loop_misc``)
-            fut.add_done_callback(self._synced)
 
     def _synced(self, done: Sync) -> None:
         """A sync off the loop done: the packets of every batch synced, in order, written."""
@@ -203,11 +145,6 @@ class PahoConnection(mqtt.Client):
             if self._write_due:
                 self._write_due = False
                 self.loop_write()
-
-    def release_held(self) -> None:
-        """Write what the batch holds so far (after its sync); the batch goes on."""
-        self._queue_publishes(keep=True)  # (ahead of the PUBLISHes held after them)
-        self._release(keep=True)
 
     def _queue_publishes(self, keep: bool) -> None:
         """The batch's PUBLISHes not held, in paho's queue ahead of any written from now."""
