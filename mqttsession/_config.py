@@ -86,6 +86,7 @@ def _parse_float(name: str, value: str, lo: float) -> float:
 
 _INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_maximum": (1, 65535),
                       "max_queued_messages": (0, 2**62), "max_queued_bytes": (0, 2**62),
+                      "qos0_backlog_bytes": (0, 2**62),
                       "queue_in_memory": (0, 2**31), "queue_segment_bytes": (4096, 2**30),
                       "session_sync_interval": (1, 3_600_000), "failover_republish": (0, 65535)}
 
@@ -297,6 +298,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "manualack": _own("manual_ack", _set_manual_ack),
     "maxqueuedmessages": _attr("_engine_settings", "max_queued_messages"),
     "maxqueuedbytes": _attr("_engine_settings", "max_queued_bytes"),
+    "qos0backlogbytes": _attr("_engine_settings", "qos0_backlog_bytes"),
     "queueinmemory": _attr("_engine_settings", "queue_in_memory"),
     "queuefullpolicy": (lambda c: c._engine_settings.queue_full_policy, _policy),
     "drainratelimit": _then(_attr("_engine_settings", "drain_rate_limit"), _drain_rate),
@@ -368,6 +370,9 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                           " limit); see ``QueueFullPolicy``."),
     "maxqueuedbytes": ("MaxQueuedBytes", "Bytes (payloads, topics, properties) of the held"
                        " outgoing messages at most (0: no limit)."),
+    "qos0backlogbytes": ("QoS0BacklogBytes", "Bytes of QoS 0 PUBLISH packets that may wait in"
+                         " memory for a connection that is behind (a stalled link); past it a"
+                         " QoS 0 publish is dropped, logged (0: no bound, as plain paho)."),
     "queueinmemory": ("QueueInMemory", "Never-sent messages held in memory at most; with a state"
                       " file the rest wait in the disk queue (0: all in memory, once what the"
                       " disk queue holds is read back)."),

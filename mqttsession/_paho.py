@@ -77,6 +77,23 @@ def _joinable(p: Any) -> bool:
             and not (cmd == _PUBLISH_CMD and p["qos"] == 0))
 
 
+class _Unsent(mqtt.MQTTMessageInfo):
+    """A QoS 0 PUBLISH's info: its bytes count in ``PahoConnection.unsent_qos0`` until paho
+    wrote it, or dropped it at a reconnect (``_set_as_published``: once either way)."""
+
+    def __init__(self, conn: PahoConnection, size: int) -> None:
+        super().__init__(0)
+        self._conn, self._size = conn, size
+        with conn.unsent_lock:
+            conn.unsent_qos0 += size
+
+    def _set_as_published(self) -> None:  # noqa: SLF001
+        with self._conn.unsent_lock:
+            self._conn.unsent_qos0 -= self._size
+            self._size = 0
+        super()._set_as_published()  # noqa: SLF001
+
+
 class PahoConnection(ReadBatches, mqtt.Client):
     """paho's Client with the session moved out to ``hooks``."""
 
@@ -92,6 +109,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
         self._level = protocol_version
         self.suppress_exceptions = True  # a backstop: our callbacks never end its thread
         self._start_batches()  # (``batching``)
+        self.unsent_qos0, self.unsent_lock = 0, threading.Lock()  # queued QoS 0 bytes (_Unsent)
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
         self._rsock: Any = None  # the socket they came from
@@ -150,14 +168,14 @@ class PahoConnection(ReadBatches, mqtt.Client):
         """The batch's PUBLISHes not held, in paho's queue ahead of any written from now."""
         with self._batch_lock:
             for kind, packet, packet_id, qos in self._batch_publishes or ():
-                info = mqtt.MQTTMessageInfo(0) if qos == 0 else None
+                info = _Unsent(self, len(packet)) if qos == 0 else None
                 self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
                 self._write_due = True
             self._batch_publishes = [] if keep and self._batch is not None else None
 
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
         # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
-        info = mqtt.MQTTMessageInfo(0) if kind == PacketType.PUBLISH and qos == 0 else None
+        info = _Unsent(self, len(packet)) if kind == PacketType.PUBLISH and qos == 0 else None
         me = threading.current_thread()
         if self._batch_thread is not None and me is self._thread:  # noqa: SLF001
             # the network thread writes it at this round's end (loop_read): no wake-up byte

@@ -45,6 +45,12 @@ __all__ = ["ConnectParams", "Driver", "Host"]
 log = logging.getLogger("mqttsession")
 
 
+def _unsent_qos0(driver: weakref.ref[Driver]) -> int:
+    """The QoS 0 PUBLISH bytes the driver's connection holds unwritten (QoS0BacklogBytes)."""
+    conn = d.conn if (d := driver()) is not None else None
+    return conn.unsent_qos0 if conn is not None else 0
+
+
 class Driver(Connecting):
     """Runs one session: the engine, its state file and its paho connection."""
 
@@ -58,6 +64,7 @@ class Driver(Connecting):
         self.file = StateFile()
         # the disk queue (a proxy: the engine's cycle must not keep the file open, Client gone)
         self.engine.spool = cast(QueueSource, weakref.proxy(self.file))
+        self.engine.unsent_qos0 = functools.partial(_unsent_qos0, weakref.ref(self))
         self.conn: PahoConnection | None = None
         self.delivering: dict[int, Message] = {}  # QoS 1 in on_message_in, auto-acknowledged
         self.delivering_in: int | None = None  # the thread in on_message_in (auto-ack)

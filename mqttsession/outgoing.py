@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Container, Final, Protocol, Sequence
+from typing import Callable, Container, Final, Protocol, Sequence
 
 from . import _wire
 from ._wire import PacketType
@@ -116,6 +116,7 @@ class Outgoing(QueueLimits, Reserving):
         self._holding: set[int] = set()  # accepted, record not durable yet: not written
         self.dropped = 0  # messages removed without delivery since made or restored
         self.expired, self.drops = 0, DropLog()
+        self.unsent_qos0: Callable[[], int] = lambda: 0  # QoS 0 bytes the connection holds
         self._expiry_scan = float("-inf")  # when a full queue was last searched for expired
         self.now = 0.0  # the MessageClock's time at the latest input (publish, tick, CONNACK)
         self.clock = MessageClock()
@@ -329,6 +330,11 @@ class Outgoing(QueueLimits, Reserving):
         if qos == 0:
             if not self.connected:
                 self.drops.dropped(None, topic, "not connected (QoS 0)", self.state.client_id)
+                return 0, []
+            bound = self.settings.qos0_backlog_bytes  # (at least one waits, however large)
+            if bound and (behind := self.unsent_qos0()) and behind + len(payload) > bound:
+                self.drops.dropped(None, topic, "the connection is behind (QoS0BacklogBytes)",
+                                   self.state.client_id)
                 return 0, []
             event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
             t = topic.encode("utf-8")

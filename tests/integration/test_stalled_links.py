@@ -8,6 +8,7 @@ upload slower than the keep-alive on a healthy link is no dead link."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -195,3 +196,61 @@ def test_close_leaves_a_slow_link_that_moves_alone(mosquitto: Any) -> None:
             assert wills == [], "close() cut a link that moved: the broker published the Will"
     finally:
         link.close()
+
+
+@pytest.mark.parametrize("bound", [1_000_000, 0])
+def test_qos0_waiting_for_a_stalled_link_is_bounded(bound: int,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The broker stops reading while 20 MB of 1 KB QoS 0 messages are published: with
+    ``QoS0BacklogBytes`` they wait in memory up to it (the kernel's socket buffers hold some
+    more), the rest is dropped, logged, and the broker gets only those once it reads again;
+    0 keeps plain paho's way (every one waits in memory, every one arrives). Once the link
+    moves, what was written no longer counts: none is dropped. Before: every
+    one waited, for any setting (a loop publishing as fast as it could put 1.3 GB there in
+    10 s)."""
+    release = threading.Event()
+    got = [0]
+
+    def stall(_fb: FakeBroker, rec: Any) -> None:
+        if rec.type == "PUBLISH" and rec.topic == "stall/go":
+            release.wait(60)  # the broker reads nothing more: the client's send buffer fills
+        elif rec.type == "PUBLISH":
+            got[0] += 1
+
+    fb = FakeBroker()
+    fb.on_packet = stall
+    c = Client(client_id="qos0-stall", keep_alive_interval=60)
+    c.config(f"QoS0BacklogBytes={bound}")
+    n, body = 20_000, b"r" * 1000
+    try:
+        c.connect(fb.host, fb.port, timeout=5)
+        with caplog.at_level(logging.WARNING, logger="mqttsession"):
+            c.publish_data("stall/go", 0, b"")
+            for i in range(n):
+                c.publish_data("stall/t", 0, b"%05d" % i + body)
+        release.set()
+        seen, still = -1, time.monotonic()
+        while time.monotonic() - still < 1.0:  # until nothing more arrives for 1 s
+            if got[0] != seen:
+                seen, still = got[0], time.monotonic()
+            time.sleep(0.05)
+        behind = [r.getMessage() for r in caplog.records if "connection is behind" in
+                  r.getMessage()]
+        if bound:
+            assert 0 < got[0] < n // 2, got[0]  # (what the kernel's buffers held, and the bound)
+            assert behind, "no drop logged"
+        else:
+            assert got[0] == n
+            assert behind == []
+        before = got[0]  # the link moves again: what is written leaves the count
+        for i in range(2 * bound // len(body) + 100):
+            c.publish_data("stall/after", 0, body)
+            time.sleep(0.002 if i % 50 == 49 else 0)  # (at most 50 KB ahead of the writer)
+        deadline = time.monotonic() + 10
+        while got[0] < before + 2 * bound // len(body) + 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got[0] == before + 2 * bound // len(body) + 100, "dropped on a link that moves"
+    finally:
+        release.set()
+        c.close()
+        fb.stop()

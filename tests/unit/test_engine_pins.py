@@ -12,10 +12,10 @@ from mqttsession.state import Disconnected, SessionState
 
 try:  # tests/unit may or may not be a package
     from .test_engine import (ack_in, connect, connected, incoming, make, notified, packets,
-                              publish, publish_in)
+                              publish, publish_in, writes)
 except ImportError:  # pragma: no cover - rootdir-relative import
     from test_engine import (ack_in, connect, connected, incoming,  # type: ignore[no-redef]
-                             make, notified, packets, publish, publish_in)
+                             make, notified, packets, publish, publish_in, writes)
 
 
 def _dups(actions: list[object], protocol: int) -> list[int]:
@@ -282,3 +282,24 @@ def test_a_message_taken_at_a_move_is_not_delivered_again_when_the_session_is_lo
     assert e.ack(moved[0].message)[0]
     e.connection_lost(2.0, 0x80, "lost")
     assert [a for a in _on(e, "B:1", False) if isinstance(a, Deliver)] == []
+
+
+def test_qos0_past_the_backlog_bound_is_dropped_and_one_always_goes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``QoS0BacklogBytes``: a QoS 0 publish whose bytes, added to those the connection holds
+    unwritten, pass the bound is dropped (logged, no PUBLISH, nothing held); exactly at it, or
+    with nothing waiting (however large), it goes; 0: no bound."""
+    e = connected(qos0_backlog_bytes=1000)
+    waiting = [0]
+    e.unsent_qos0 = lambda: waiting[0]
+    assert len(writes(publish(e, b"x" * 5000, 0)[1])) == 1  # nothing waits: it goes
+    waiting[0] = 900
+    assert len(writes(publish(e, b"x" * 100, 0)[1])) == 1  # 900 + 100: at the bound
+    with caplog.at_level("DEBUG", logger="mqttsession"):
+        pid, actions = publish(e, b"x" * 101, 0)
+    assert (pid, actions) == (0, [])
+    assert any("connection is behind" in r.getMessage() for r in caplog.records)
+    assert not e.state.outgoing
+    e.settings.qos0_backlog_bytes = 0
+    waiting[0] = 10**9
+    assert len(writes(publish(e, b"x" * 101, 0)[1])) == 1
