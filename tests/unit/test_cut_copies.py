@@ -116,3 +116,21 @@ os._exit(0)  # as a kill -9: nothing closed
         gw.client(cid, on_error=lambda e: errors.append(e.description))
         assert any("was cut with what followed it" in e for e in errors), errors
     gw.close()
+
+
+def test_read_state_of_such_a_journal_writes_nothing(tmp_path: Path) -> None:
+    """``read_state`` (``mqttsession inspect``) of a journal with a cut and valid records
+    after it: read-only, so no ``.cut-`` copy is made and no file is changed (a hunt)."""
+    from mqttsession.recovery import read_state  # noqa: PLC0415
+
+    c = _client(tmp_path, 1000)
+    c.restore_session("")
+    c.publish_data("t", 1, b"first")
+    c.publish_data("t", 1, b"Z" + ZEROS + b"Z")
+    for i in range(5):
+        c.publish_data("t", 1, f"m{i}".encode())
+    del c
+    _flip_in_zeros(tmp_path / "s.journal")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    read_state(str(tmp_path / "s"), "zp")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -214,21 +214,23 @@ def test_point2_released_durable_before_pubrel() -> None:
     assert [(p.type, p.packet_id) for p in packets(other)] == [(PacketType.PUBREL, 999)]
 
 
-def test_point2_failed_pubrec_ends_the_flow_without_pubrel() -> None:
-    """MQTT 5: a PUBREC reason code >= 0x80 ends the flow [MQTT-4.4.0-2]."""
+@pytest.mark.parametrize("code", [0x80, 0x87])
+def test_point2_failed_pubrec_ends_the_flow_without_pubrel(code: int) -> None:
+    """MQTT 5: a PUBREC reason code >= 0x80 ends the flow [MQTT-4.4.0-2] (0x80, Unspecified
+    error, the first of them: a hunt)."""
     e = connected(protocol=5)
     pid, _ = publish(e, b"x", 2)
-    actions = e.receive(ack_in(PacketType.PUBREC, pid, reason=0x87, protocol=5))
+    actions = e.receive(ack_in(PacketType.PUBREC, pid, reason=code, protocol=5))
     assert not writes(actions)
     assert pid not in e.state._by_packet_id and not e.state.outgoing
     (ack,) = notified(actions, "on_message_ack")
-    assert isinstance(ack, MessageAckEvent) and ack.response_code == 0x87
+    assert isinstance(ack, MessageAckEvent) and ack.response_code == code
     # not delivered: reported as such (it was "sent and acknowledged": a hunt)
     assert not notified(actions, "on_message_out")
     (dropped,) = notified(actions, "on_message_dropped")
     assert isinstance(dropped, MessageDroppedEvent) and dropped.reason == "refused"
     (err,) = notified(actions, "on_error")
-    assert isinstance(err, ErrorEvent) and err.error_code == 0x87
+    assert isinstance(err, ErrorEvent) and err.error_code == code
     assert e.queue_stats(0.0).dropped == 1
 
 

@@ -236,6 +236,16 @@ def test_failover_republish_keeps_only_messages_the_broker_accepted() -> None:
     assert [m.payload for m in e.recent_acked] == [b"accepted"]
 
 
+def test_failover_republish_keeps_exactly_the_last_n() -> None:
+    """``FailoverRepublish=2``: of three QoS 1 messages acknowledged, the last two are kept
+    to publish again after a move (one more would be a duplicate more)."""
+    e = connected(protocol=5, failover_republish=2)
+    for body in (b"m1", b"m2", b"m3"):
+        pid, _ = publish(e, body, 1)
+        e.receive(ack_in(PacketType.PUBACK, pid, protocol=5))
+    assert [m.payload for m in e.recent_acked] == [b"m2", b"m3"]
+
+
 def _on(e: object, server: str, present: bool) -> list[object]:
     """A connection to ``server`` (CONNACK with ``present``), its resume plan."""
     from mqttsession.engine import Engine  # noqa: PLC0415
@@ -303,3 +313,38 @@ def test_qos0_past_the_backlog_bound_is_dropped_and_one_always_goes(
     e.settings.qos0_backlog_bytes = 0
     waiting[0] = 10**9
     assert len(writes(publish(e, b"x" * 101, 0)[1])) == 1
+
+
+def test_replay_refuses_a_disk_queue_message_read_back_twice() -> None:
+    """A ``Loaded`` record naming a seq already read back (a journal that is consistent by its
+    CRCs but not by its records) is refused, not held twice."""
+    from mqttsession.records import Loaded  # noqa: PLC0415
+    from mqttsession.state import TransitionError  # noqa: PLC0415
+
+    s = SessionState()
+    s.configure(client_id="c", protocol_version=4, clean_session=False)
+    one = s.spool_checked("t", b"one", 1, False, b"", 0.0).message
+    s.spool_checked("t", b"two", 1, False, b"", 0.0)
+    s.load([one], one.seq + 1)
+    with pytest.raises(TransitionError, match="out of order"):
+        s.apply(Loaded((one,), one.seq + 2))
+
+
+def test_replay_refuses_orphans_released_that_are_not_the_first_held() -> None:
+    """``OrphansReleased`` names the first orphans in order: another id, the wrong order or
+    none at all is refused."""
+    from mqttsession.records import OrphansReleased  # noqa: PLC0415
+    from mqttsession.state import TransitionError  # noqa: PLC0415
+
+    e = connected()
+    for pid in (4, 5):
+        e.receive(publish_in(pid, 2, b"held"))
+    e.connection_lost(1.0, 0, "gone")
+    e.connecting("broker:1883")
+    e.connack(0, "", False, 65535, None, 2.0)
+    assert [im.packet_id for im in e.state.orphans] == [4, 5]
+    for ids in ((5,), (5, 4), ()):
+        with pytest.raises(TransitionError, match="not the first held"):
+            e.state.apply(OrphansReleased(ids))
+    e.state.apply(OrphansReleased((4,)))
+    assert [im.packet_id for im in e.state.orphans] == [5]
