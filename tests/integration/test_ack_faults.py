@@ -92,3 +92,40 @@ def test_a_failed_sync_in_ack_never_leaves_the_qos2_flow_open(
     finally:
         c.close()
     assert [e.message for e in got] == [b"one", b"two"]  # each once
+
+
+def test_the_pubcomp_leaves_after_a_failed_ack_sync_made_good(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker's side seen (a scripted broker): ``ack()`` of a QoS 2 message whose sync
+    fails once, the state rewritten from memory: its PUBCOMP goes out on the same connection,
+    once (a hunt: mosquitto sends the next message at PUBREC already, so the test above
+    could not see a PUBCOMP that never left)."""
+    from mqttsession.testing.fake_broker import FakeBroker  # noqa: PLC0415
+
+    rec = _powercut.install(monkeypatch)
+    rec.fail_fsync = True
+    fb = FakeBroker()
+    got: list[Any] = []
+    c = Client(client_id="ack-pubcomp", clean_session=False)
+    c.protocol_version = 5
+    c.config(f"SessionStateFile={tmp_path / 'sub'}")
+    c.config("SessionSync=always")
+    c.config("ManualAck=True")
+    c.on_message_in = got.append
+    try:
+        c.restore_session("")
+        c.connect(fb.host, fb.port, timeout=10)
+        fb.send_raw(fb.publish("ack/t", b"one", 2, packet_id=7))
+        fb.wait_for("PUBREC")
+        fb.send_raw(fb.ack(0x62, 7))
+        assert _wait(lambda: got)
+        rec.fail_name, rec.fail_next = "sub", 1
+        assert c.ack(got[0]) is True
+        assert rec.fail_next == 0
+        (pubcomp,) = fb.wait_for("PUBCOMP")
+        assert pubcomp.packet_id == 7 and fb.connections == 1
+        time.sleep(0.2)
+        assert len(fb.packets("PUBCOMP")) == 1
+    finally:
+        c.close()
+        fb.stop()

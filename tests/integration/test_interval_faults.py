@@ -611,3 +611,31 @@ def test_offline_asyncio_sessions_sync_on_their_loop_not_a_thread_each(
     assert not timers, f"{len(timers)} sightings of timer threads"
     loop_thread = threading.current_thread().name
     assert len([n for n in syncs if n != loop_thread]) >= 10, syncs  # (the executor's)
+
+
+def test_an_interval_sync_whose_rewrite_failed_too_is_tried_again_by_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interval's fdatasync fails and so does the rewrite from memory after it: the sync
+    is armed again and, the disk working again, makes the records durable without any
+    further publish or close (a hunt: without the re-arm they stayed in the OS only, while
+    on_error said "tried again after the interval")."""
+    rec = _powercut.install(monkeypatch)
+    path = _state_file(tmp_path)
+    errors: list[str] = []
+    c = _client(path, 100)
+    c.on_error = lambda e: errors.append(e.description)
+    try:
+        c.restore_session("")
+        c.publish_data("t/x", 1, b"m00")
+        time.sleep(0.4)  # its interval sync done
+        rec.fail_next, rec.fail_fsync = 2, True  # the next sync fails, and its rewrite
+        c.publish_data("t/x", 1, b"m01")
+        deadline = time.monotonic() + 10
+        while not any("tried again after the interval" in e for e in errors):
+            assert time.monotonic() < deadline, errors
+            time.sleep(0.02)
+        time.sleep(0.6)  # a few intervals, nothing published
+        cut = rec.image(path, tmp_path / "cut")  # a power cut now, the client still open
+    finally:
+        c.close()
+    assert _kept(cut) == [b"m00", b"m01"]
