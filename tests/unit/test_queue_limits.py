@@ -425,3 +425,71 @@ def test_close_sums_up_the_drops_counted(caplog: pytest.LogCaptureFixture) -> No
     c.close()
     texts = [r.getMessage() for r in caplog.records]
     assert len(texts) == 2 and texts[1].startswith("2 more messages dropped in 0 s (queue-full: 2)")
+
+
+def _v5_engine(**kw: Any) -> Engine:
+    return Engine(EngineSettings(**kw),
+                  SessionState(client_id="c", clean_session=False, protocol_version=5))
+
+
+def test_the_expiry_search_reads_the_disk_queue_back_only_to_its_memory_bound() -> None:
+    """A full queue of live messages, most in the disk queue: the search for expired ones
+    reads back while memory holds less than twice QueueInMemory (+ 64), one batch of 64 at
+    most past it, never the whole disk queue into memory (a hunt)."""
+    e, q = _spooling_engine(max_queued_messages=1000, queue_full_policy="reject",
+                            queue_in_memory=10)
+    live = _wire.pack_properties([(0x02, 3600)])
+    for n in range(1000):
+        _publish(e, q, f"t/{n}", live, 1000.0)
+    assert len(q.messages) > 900
+    with pytest.raises(QueueFullError) as info:
+        _publish(e, q, "t/over", live, 1002.0)
+    assert info.value.pending  # (what the search read back: records still to write)
+    assert len(e.state.outgoing) < 2 * 10 + 64 + 64
+    assert e.state.held == 1000
+
+
+def test_a_full_queue_is_searched_for_expired_messages_again_a_second_later() -> None:
+    """The search for expired messages runs once a second at most, not once a long while: a
+    refusal at 1005 (nothing expired yet), then at 1020 the three that ran out (10 s) make
+    room, "expired" (a hunt)."""
+    e = _v5_engine(max_queued_messages=3, queue_full_policy="reject")
+    expiring = _wire.pack_properties([(0x02, 10)])
+    for n in range(3):
+        e.publish(f"t/{n}", b"old", 1, False, expiring, now=1000.0)
+    with pytest.raises(QueueFullError):
+        e.publish("t/new", b"new", 1, False, b"", now=1005.0)
+    _, actions = e.publish("t/new", b"new", 1, False, b"", now=1020.0)
+    assert _dropped(actions) == ["expired"] * 3
+    assert [m.topic for m in e.state.outgoing.values()] == ["t/new"]
+
+
+def test_the_expiry_search_leaves_a_message_in_flight_alone() -> None:
+    """A message in flight whose Message Expiry Interval ran out is not the search's: only
+    never-sent (queued) ones expire; a full queue of one in flight refuses (taking it out
+    raised a transition error) (a hunt)."""
+    e = _v5_engine(max_queued_messages=1, queue_full_policy="reject")
+    e.connecting("b:1")
+    e.connack(0, "ok", False, 10, None, 1000.0)
+    e.resume()
+    e.publish("t/1", b"a", 1, False, _wire.pack_properties([(0x02, 5)]), now=1000.0)
+    assert next(iter(e.state.outgoing.values())).sent  # written: in flight
+    with pytest.raises(QueueFullError):
+        e.publish("t/2", b"b", 1, False, b"", now=1010.0)
+    assert [m.topic for m in e.state.outgoing.values()] == ["t/1"]
+
+
+def test_a_victim_that_expired_since_the_last_search_is_reported_expired() -> None:
+    """drop-oldest: a message that ran out after the last search (which runs once a second)
+    and is dropped to make room is reported "expired", not "queue-full" (a hunt)."""
+    e = _v5_engine(max_queued_messages=3, queue_full_policy="drop-oldest")
+    e.publish("t/0", b"m0", 1, False, b"", now=1000.0)
+    e.publish("t/1", b"m1", 1, False, _wire.pack_properties([(0x02, 5)]), now=1000.0)
+    e.publish("t/2", b"m2", 1, False, b"", now=1000.0)
+    _, actions = e.publish("t/3", b"m3", 1, False, b"", now=1004.5)  # searched: none ran out
+    assert _dropped(actions) == ["queue-full"]
+    _, actions = e.publish("t/4", b"m4", 1, False, b"", now=1005.2)  # no search: < 1 s later
+    assert _dropped(actions) == ["expired"]
+    assert [m.topic for m in e.state.outgoing.values()] == ["t/2", "t/3", "t/4"]
+    stats = e.queue_stats(1005.2)
+    assert (stats.expired, stats.dropped) == (1, 1)

@@ -5,6 +5,7 @@ segment, a cut sealed segment, random damage): a prefix of what was appended, or
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -352,3 +353,73 @@ def test_segments_rolled_ahead_hold_exactly_what_was_appended(
     finally:
         sp.close()
     assert got == appended
+
+
+def _sealed_lasts(tmp: Path) -> list[int]:
+    d = Path(str(tmp / "s") + QUEUE_SUFFIX)
+    return [int(n[2:-4].split("-")[1]) for n in sorted(os.listdir(d)) if n.endswith(".seg")]
+
+
+def test_a_restart_resuming_at_the_last_message_of_the_oldest_segment_keeps_it(
+        tmp_path: Path) -> None:
+    """The journal's next message to send is the last one of the oldest sealed segment: that
+    segment is not yet read back, so it is kept and reading resumes at its last message
+    (a hunt)."""
+    filled(tmp_path, list(range(1, 41))).close()
+    last = _sealed_lasts(tmp_path)[0]
+    sp = reopened(tmp_path, last)
+    assert sp.read(3) == [msg(last), msg(last + 1), msg(last + 2)]
+
+
+def test_retire_keeps_a_segment_whose_last_message_is_still_to_send(tmp_path: Path) -> None:
+    """``retire(L)``, reading past the first segment but the journal's next message still its
+    last one, L: the segment is kept, a restart from L reads L again (a hunt)."""
+    sp = filled(tmp_path, list(range(1, 41)))
+    first = files(tmp_path)[0]
+    last = _sealed_lasts(tmp_path)[0]
+    sp.read(last + 2)  # into the second segment
+    assert not sp.retirable(last)
+    assert sp.retire(last) == 0
+    assert first in files(tmp_path)
+    sp.close()
+    assert reopened(tmp_path, last).read(1) == [msg(last)]
+
+
+def test_retire_keeps_the_open_segment_whose_last_message_is_still_to_send(
+        tmp_path: Path) -> None:
+    """The open segment all read back, the journal's next message still its last one:
+    ``retire`` keeps it, a restart from there reads that message again (a hunt)."""
+    sp = filled(tmp_path, [1, 2, 3])
+    assert sp.read(3) == [msg(1), msg(2), msg(3)]
+    assert sp.retire(3) == 0
+    sp.close()
+    assert reopened(tmp_path, 3).read(5) == [msg(3)]
+
+
+def test_a_torn_tail_cut_at_recovery_is_not_found_again_after_an_append(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A torn tail of the open segment is cut on disk (its file truncated) before a short
+    message is appended over its start: the tail's end is not left behind it, to be found
+    torn again by the next restart (a hunt)."""
+    import struct  # noqa: PLC0415
+
+    from mqttsession.recovery import read_frames  # noqa: PLC0415
+
+    filled(tmp_path, [1, 2, 3]).close()
+    seg = _open_segment(tmp_path)
+    raw = seg.read_bytes()
+    valid = read_frames(raw)[1]
+    assert raw[valid:] == bytes(len(raw) - valid)  # (zeros written ahead)
+    seg.write_bytes(raw[:valid] + struct.pack(">I", 1000) + b"\xaa" * 250)  # cut mid-write
+    caplog.set_level(logging.WARNING, logger="mqttsession")
+    sp = reopened(tmp_path)
+    assert "torn tail" in caplog.text
+    sp.append([msg(4, size=2)], sync=False)
+    sp.close()
+    caplog.clear()
+    again = reopened(tmp_path)
+    assert "torn tail" not in caplog.text
+    assert again.read(10) == [msg(1), msg(2), msg(3), msg(4, size=2)]
+    data = _open_segment(tmp_path).read_bytes()
+    valid = read_frames(data)[1]
+    assert data[valid:] == bytes(len(data) - valid)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from mqttsession import Client
+from mqttsession.errors import StateError
 from mqttsession.journal import Journal, read_state
+from mqttsession.recovery import read_frames
 from mqttsession.spool import QUEUE_SUFFIX
 from mqttsession.state import SessionState
 from mqttsession.store import MemoryStore, StateFile, Store
@@ -77,3 +80,58 @@ def test_no_segment_goes_while_its_read_back_was_cut(tmp_path: Path,
     f.append((state.subscribe("t/#", 1),), state)  # the rewrite from memory holds it now
     f.close()
     assert len(read_state(str(tmp_path / "s"), "c").outgoing) == 60
+
+
+def _queue_client(where: Path, **settings: int) -> Client:
+    c = Client(client_id="q", clean_session=False)
+    c.config(f"SessionStateFile={where / 's'}")
+    c.config("QueueInMemory=1")
+    for name, value in settings.items():
+        c.config(f"{name}={value}")
+    return c
+
+
+def test_a_message_in_the_disk_queue_at_the_journals_next_seq_is_never_numbered_again(
+        tmp_path: Path) -> None:
+    """Killed with exactly one message in the disk queue past what the journal counted (its
+    next seq): the restart numbers the next message after it, never with its seq again (the
+    next restart found the queue out of order) (a hunt)."""
+    c = _queue_client(tmp_path)
+    c.restore_session("")
+    c.publish_data("t", 1, b"one")  # in memory: the journal counts it
+    c.publish_data("t", 1, b"two")  # in the disk queue only
+    del c  # killed: nothing saved or compacted
+    again = _queue_client(tmp_path)
+    again.restore_session("")
+    again.publish_data("t", 1, b"three")  # into the disk queue, after "two"
+    del again
+    last = _queue_client(tmp_path)
+    last.restore_session("")
+    assert [m.message for m in last.outgoing_messages] == [b"one", b"two", b"three"]
+    held = list(last._engine.state.outgoing)  # noqa: SLF001
+    assert last._file.spool is not None  # noqa: SLF001
+    seqs = held + [m.seq for m in last._file.spool.read_all()]  # noqa: SLF001
+    assert len(set(seqs)) == 3 and seqs == sorted(seqs)
+    last.close()
+
+
+def test_a_deleted_open_segment_holding_one_message_is_state_error(tmp_path: Path) -> None:
+    """The disk queue's open segment, begun with one message, deleted (a volume not mounted,
+    files deleted): the session says its messages reach that seq, the queue ends one before,
+    so the restore is refused, even one message short (a hunt)."""
+    c = _queue_client(tmp_path, QueueSegmentBytes=4096)
+    c.restore_session("")
+    queue = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    for _ in range(1000):  # until the first segment is sealed and the next begun
+        c.publish_data("t", 1, b"x" * 100)
+        if list(queue.glob("*.seg")):
+            break
+    (first,) = queue.glob("*.open")
+    assert len(read_frames(first.read_bytes())[0]) == 2  # its header and one message
+    c.close()
+    assert first.exists()
+    first.unlink()
+    again = _queue_client(tmp_path, QueueSegmentBytes=4096)
+    with pytest.raises(StateError, match="lacks the messages up to seq"):
+        again.restore_session("")
+    again.close()
