@@ -102,4 +102,4 @@ def test_async_backoff_is_bounded_and_starts_low_again_after_a_connack() -> None
     gaps = [b - a for a, b in zip(came[1:8], came[2:9])]  # after each attempt closed at once
     assert max(gaps) < 1.4, gaps  # unbounded: 1.6 s and more by the 6th
     after = came[9] - door.closed[8]
-    assert after < 0.45, (after, gaps)  # not reset: 0.5 .. 1 s (the maximum, jittered)
+    assert after < 0.7, (after, gaps)  # not reset: 1 s (the maximum; no jitter alone)
