@@ -81,16 +81,15 @@ class _Unsent(mqtt.MQTTMessageInfo):
     """A QoS 0 PUBLISH's info: its bytes count in ``PahoConnection.unsent_qos0`` until paho
     wrote it, or dropped it at a reconnect (``_set_as_published``: once either way)."""
 
-    def __init__(self, conn: PahoConnection, size: int) -> None:
+    def __init__(self, conn: PahoConnection, size: int, counted: bool) -> None:
         super().__init__(0)
         self._conn, self._size = conn, size
-        with conn.unsent_lock:
-            conn.unsent_qos0 += size
+        if not counted:  # (``counted``: since it was held in a read batch)
+            conn.count_unsent(size)
 
     def _set_as_published(self) -> None:  # noqa: SLF001
-        with self._conn.unsent_lock:
-            self._conn.unsent_qos0 -= self._size
-            self._size = 0
+        size, self._size = self._size, 0
+        self._conn.count_unsent(-size)
         super()._set_as_published()  # noqa: SLF001
 
 
@@ -109,7 +108,6 @@ class PahoConnection(ReadBatches, mqtt.Client):
         self._level = protocol_version
         self.suppress_exceptions = True  # a backstop: our callbacks never end its thread
         self._start_batches()  # (``batching``)
-        self.unsent_qos0, self.unsent_lock = 0, threading.Lock()  # queued QoS 0 bytes (_Unsent)
         self.reading_paused = False  # AsyncioPump back-pressure: read no further packet
         self._rbuf = bytearray()  # bytes received and not handled yet (a partial packet)
         self._rsock: Any = None  # the socket they came from
@@ -145,6 +143,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
                 fut, held = self._after_sync[0]
                 exc = None if fut.cancelled() else fut.exception()
                 if (failed := exc is not None or fut.cancelled()):  # (_release clears held)
+                    self._uncount([p for _f, h in self._after_sync for p in h])
                     self._after_sync.clear()
                 elif held:  # stays first while it is written: what comes meanwhile follows
                     self._after_sync[0] = (fut, [])
@@ -159,7 +158,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
                     self._loop_rc_handle(_DROP)  # noqa: SLF001
                 return
             for kind, packet, packet_id, qos in held:
-                self._queue(kind, packet, packet_id, qos)
+                self._queue(kind, packet, packet_id, qos, counted=True)
             if self._write_due:
                 self._write_due = False
                 self.loop_write()
@@ -168,14 +167,16 @@ class PahoConnection(ReadBatches, mqtt.Client):
         """The batch's PUBLISHes not held, in paho's queue ahead of any written from now."""
         with self._batch_lock:
             for kind, packet, packet_id, qos in self._batch_publishes or ():
-                info = _Unsent(self, len(packet)) if qos == 0 else None
+                info = _Unsent(self, len(packet), True) if qos == 0 else None
                 self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
                 self._write_due = True
             self._batch_publishes = [] if keep and self._batch is not None else None
 
-    def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
+    def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int,
+               counted: bool = False) -> None:
         # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
-        info = _Unsent(self, len(packet)) if kind == PacketType.PUBLISH and qos == 0 else None
+        info = _Unsent(self, len(packet), counted) if kind == PacketType.PUBLISH and not qos \
+            else None
         me = threading.current_thread()
         if self._batch_thread is not None and me is self._thread:  # noqa: SLF001
             # the network thread writes it at this round's end (loop_read): no wake-up byte
@@ -484,6 +485,8 @@ class PahoConnection(ReadBatches, mqtt.Client):
 
     def _drop_held(self) -> None:
         with self._batch_lock:
+            self._uncount([*(self._batch or ()), *(self._batch_publishes or ()),
+                           *(p for _f, h in self._after_sync for p in h)])
             self._batch = self._batch_publishes = None
             self._publish_held = False
             gone, self._after_sync = self._after_sync, []

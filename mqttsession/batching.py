@@ -30,9 +30,22 @@ class ReadBatches:
         self._after_sync: list[tuple[Sync, list[Held]]] = []  # each batch's sync, its packets
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._batch_publishes: list[Held] | None = None  # a read batch's PUBLISHes not held
+        # QoS 0 PUBLISH bytes held here or in paho's queue, not written (QoS0BacklogBytes)
+        self.unsent_qos0, self.unsent_lock = 0, threading.Lock()
 
-    def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int) -> None:
-        raise NotImplementedError  # (paho's queue: ``PahoConnection``)
+    def count_unsent(self, n: int) -> None:
+        """``n`` more (or fewer) QoS 0 PUBLISH bytes not written yet."""
+        with self.unsent_lock:
+            self.unsent_qos0 += n
+
+    def _uncount(self, dropped: list[Held]) -> None:
+        """Held packets dropped unwritten (the connection is gone): no longer counted."""
+        if n := sum(len(p) for k, p, _i, q in dropped if k == PacketType.PUBLISH and not q):
+            self.count_unsent(-n)
+
+    def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int,
+               counted: bool = False) -> None:
+        raise NotImplementedError  # (paho's queue: ``PahoConnection``; ``counted``: held here)
 
     def _synced(self, done: Sync) -> None:
         raise NotImplementedError
@@ -47,15 +60,19 @@ class ReadBatches:
         waits (``hold_publishes``)."""
         with self._batch_lock:
             if self._batch is not None or self._after_sync:  # (no tuple for the common path)
-                item = (kind, packet, packet_id, qos)
+                item, held = (kind, packet, packet_id, qos), True
                 if kind != PacketType.PUBLISH or self._publish_held:
                     self._publish_held |= kind == PacketType.PUBLISH  # the next ones: behind
                     (self._batch if self._batch is not None else self._after_sync[-1][1]).append(item)
-                    return
-                pubs = self._batch_publishes  # joined at the batch's end, first
-                if pubs is not None and (pubs or threading.current_thread() is self._batch_thread
-                                         or not self.hooks._hook_publisher_waits()):
-                    pubs.append(item)
+                elif (pubs := self._batch_publishes) is not None and (
+                        pubs or threading.current_thread() is self._batch_thread
+                        or not self.hooks._hook_publisher_waits()):
+                    pubs.append(item)  # joined at the batch's end, first
+                else:
+                    held = False
+                if held:
+                    if kind == PacketType.PUBLISH and not qos:
+                        self.count_unsent(len(packet))
                     return
         self._queue(kind, packet, packet_id, qos)
 
@@ -82,7 +99,7 @@ class ReadBatches:
                     self._after_sync[-1][1].extend(held)
                     continue
             for kind, packet, packet_id, qos in held:
-                self._queue(kind, packet, packet_id, qos)
+                self._queue(kind, packet, packet_id, qos, counted=True)
 
     def _wait_sync(self, fut: Sync) -> None:
         """The batch's packets and later ones wait for ``fut``, a sync off the loop [2-4]."""

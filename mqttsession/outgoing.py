@@ -331,10 +331,7 @@ class Outgoing(QueueLimits, Reserving):
             if not self.connected:
                 self.drops.dropped(None, topic, "not connected (QoS 0)", self.state.client_id)
                 return 0, []
-            bound = self.settings.qos0_backlog_bytes  # (at least one waits, however large)
-            if bound and (behind := self.unsent_qos0()) and behind + len(payload) > bound:
-                self.drops.dropped(None, topic, "the connection is behind (QoS0BacklogBytes)",
-                                   self.state.client_id)
+            if self._behind(topic, len(payload)):
                 return 0, []
             event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
             t = topic.encode("utf-8")
@@ -409,10 +406,12 @@ class Outgoing(QueueLimits, Reserving):
         quick: list[Action] = []
         before, first_seq = st.last_packet_id, st.next_seq
         at = self.now if self.now > 0.0 else 0.0  # (a clock before 1970: unknown, as ``publish``)
+        ahead = 0  # QoS 0 bytes this call wrote (they reach the connection after the loop)
         for topic, payload, qos, retain, props in items:
             if not qos:
-                pid, actions = self.publish(topic, payload, 0, retain, props)
-                quick += actions
+                if not (self.connected and self._behind(topic, len(payload), ahead)):
+                    quick += self.publish(topic, payload, 0, retain, props)[1]
+                    ahead += len(payload)
                 ids.append(0)
                 continue
             if spool:

@@ -1,5 +1,6 @@
 """MaxQueuedMessages / MaxQueuedBytes: room for new messages (``QueueFullPolicy``), and the
-never-sent messages whose MQTT 5 Message Expiry Interval ran out, which take none.
+never-sent messages whose MQTT 5 Message Expiry Interval ran out, which take none;
+QoS0BacklogBytes: QoS 0 messages a connection that is behind does not take.
 
 Part of the engine (pure; a base of ``outgoing.Outgoing``, whose state it reads).
 """
@@ -10,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, ContextManager, Final
+from typing import TYPE_CHECKING, Callable, ContextManager, Final
 
 from .actions import Action, EngineSettings
 from .errors import QueueFullError
@@ -84,6 +85,8 @@ class QueueLimits:
     now: float  # the MessageClock's time at the latest input
     _receive_max: int  # the broker's MQTT 5 Receive Maximum (CONNACK; 65535 before one)
     _expiry_scan: float  # when a full queue was last searched for expired messages
+    drops: DropLog
+    unsent_qos0: Callable[[], int]  # QoS 0 bytes the connection holds unwritten
 
     @property
     def _window(self) -> int:
@@ -103,6 +106,16 @@ class QueueLimits:
 
     def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
         raise NotImplementedError  # Outgoing's
+
+    def _behind(self, topic: str, size: int, ahead: int = 0) -> bool:
+        """QoS0BacklogBytes: a QoS 0 message dropped (logged) past it, with the connection's
+        unwritten bytes and ``ahead`` (not written yet either); one waits, however large."""
+        bound = self.settings.qos0_backlog_bytes
+        if bound and (behind := self.unsent_qos0() + ahead) and behind + size > bound:
+            self.drops.dropped(None, topic, "the connection is behind (QoS0BacklogBytes)",
+                               self.state.client_id)
+            return True
+        return False
 
     def _make_room(self, size: int, n: int = 1) -> list[Action]:
         """Room for ``n`` more messages of ``size`` bytes within MaxQueuedMessages and

@@ -198,8 +198,9 @@ def test_close_leaves_a_slow_link_that_moves_alone(mosquitto: Any) -> None:
         link.close()
 
 
-@pytest.mark.parametrize("bound", [1_000_000, 0])
-def test_qos0_waiting_for_a_stalled_link_is_bounded(bound: int,
+@pytest.mark.parametrize(("bound", "how"), [(1_000_000, "publish_data"),
+                                            (1_000_000, "publish_many"), (0, "publish_data")])
+def test_qos0_waiting_for_a_stalled_link_is_bounded(bound: int, how: str,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """The broker stops reading while 20 MB of 1 KB QoS 0 messages are published: with
     ``QoS0BacklogBytes`` they wait in memory up to it (the kernel's socket buffers hold some
@@ -226,8 +227,12 @@ def test_qos0_waiting_for_a_stalled_link_is_bounded(bound: int,
         c.connect(fb.host, fb.port, timeout=5)
         with caplog.at_level(logging.WARNING, logger="mqttsession"):
             c.publish_data("stall/go", 0, b"")
-            for i in range(n):
-                c.publish_data("stall/t", 0, b"%05d" % i + body)
+            batch = [("stall/t", 0, b"%05d" % i + body) for i in range(n)]
+            if how == "publish_many":  # (one call: the bound holds within it too)
+                c.publish_many(batch)
+            else:
+                for topic, qos, data in batch:
+                    c.publish_data(topic, qos, data)
         release.set()
         seen, still = -1, time.monotonic()
         while time.monotonic() - still < 1.0:  # until nothing more arrives for 1 s
@@ -250,6 +255,53 @@ def test_qos0_waiting_for_a_stalled_link_is_bounded(bound: int,
         while got[0] < before + 2 * bound // len(body) + 100 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert got[0] == before + 2 * bound // len(body) + 100, "dropped on a link that moves"
+    finally:
+        release.set()
+        c.close()
+        fb.stop()
+
+
+def test_qos0_held_while_the_network_thread_is_busy_is_bounded(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The network thread busy in ``on_message_in`` (a slow handler) while another thread
+    publishes 20 MB of 1 KB QoS 0 messages: what waits for it to write them (held with its
+    read batch) counts against ``QoS0BacklogBytes`` too (a review: it was not counted, so
+    all of them waited in memory); the rest is dropped, logged."""
+    fb = FakeBroker()
+    busy, release = threading.Event(), threading.Event()
+    c = Client(client_id="qos0-busy", keep_alive_interval=60)
+    c.config("QoS0BacklogBytes=1000000")
+    c.config("SessionSync=none")  # (the publishing thread waits for no sync: its packets
+    # join the read batch's, written at its end)
+
+    def handler(_e: Any) -> None:
+        busy.set()
+        release.wait(60)
+
+    c.on_message_in = handler
+    n, body = 20_000, b"r" * 1000
+    try:
+        c.connect(fb.host, fb.port, timeout=5)
+        fb.send_raw(fb.publish("in/t", b"slow", 0))
+        assert busy.wait(10)
+        with caplog.at_level(logging.WARNING, logger="mqttsession"):
+            for i in range(n):
+                c.publish_data("busy/t", 0, b"%05d" % i + body)
+        release.set()
+        deadline = time.monotonic() + 10
+        seen = -1
+        while (got := len(fb.packets("PUBLISH"))) != seen and time.monotonic() < deadline:
+            seen = got
+            time.sleep(0.5)
+        assert 0 < got < n // 2, got
+        assert any("connection is behind" in r.getMessage() for r in caplog.records)
+        for i in range(2100):  # all written: nothing counts any more, none is dropped
+            c.publish_data("busy/after", 0, body)
+            time.sleep(0.002 if i % 50 == 49 else 0)
+        deadline = time.monotonic() + 10
+        while len(fb.packets("PUBLISH")) < got + 2100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(fb.packets("PUBLISH")) == got + 2100
     finally:
         release.set()
         c.close()
