@@ -119,7 +119,7 @@ class Connecting(Durability):
     servers: ServerRotation | None
     pacer: Pacer | None
     clean_once: bool  # a forgotten client id's session: a clean start first (``forgotten``)
-    on_clean_start: Callable[[], None] | None  # once that start was accepted
+    on_clean_start: Callable[[], threading.Thread] | None  # once that start was accepted
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any
                             ) -> None:

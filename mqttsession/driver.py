@@ -45,6 +45,13 @@ __all__ = ["ConnectParams", "Driver", "Host"]
 log = logging.getLogger("mqttsession")
 
 
+def _after_note(sync: Callable[[], None] | None, noting: threading.Thread) -> None:
+    """A CONNACK's batch's sync (``sync``), then the forgotten id's note written (``noting``)."""
+    if sync is not None:
+        sync()
+    noting.join()
+
+
 def _unsent_qos0(driver: weakref.ref[Driver]) -> int:
     """The QoS 0 PUBLISH bytes the driver's connection holds unwritten (QoS0BacklogBytes)."""
     conn = d.conn if (d := driver()) is not None else None
@@ -80,7 +87,8 @@ class Driver(Connecting):
         # a gateway's session of a forgotten client id: a clean start until a CONNACK accepts
         # one, then ``on_clean_start`` (``forgotten``)
         self.clean_once = False
-        self.on_clean_start: Callable[[], None] | None = None
+        self.on_clean_start: Callable[[], threading.Thread] | None = None
+        self._noting: threading.Thread | None = None  # its write, the CONNACK's batch waits
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)
         # where a loop's disk-queue batches are stored (an AsyncGateway's pool; None: executor)
         self.spool_executor: Executor | None = None
@@ -359,7 +367,13 @@ class Driver(Connecting):
             self._connack_heard = True
             if self.clean_once and (cb := self.on_clean_start) is not None:
                 self.clean_once = False  # (this CONNECT asked for it: ``_new_connection``)
-                cb()
+                noting, conn = cb(), self.conn
+                if conn is not None and conn.in_batch() and self.background_sync is not None \
+                        and self.pump is not None:  # (a gateway's: its loop reads the batch)
+                    # the resume plan (SUBSCRIBE, PUBLISH) waits until the id is out of the
+                    # file: a kill before starts clean again, nothing at the broker to lose
+                    self._noting = noting
+                    conn.hold_publishes()
             with self.lock:
                 if self.servers is not None:
                     self.servers.accepted()
@@ -437,6 +451,11 @@ class Driver(Connecting):
         """Before a read batch's held packets are written, their records made durable (points
         2-4): one fsync, not locked, when the batch deferred one; an asyncio session's off its
         loop, paho's thread's by the sync thread (the packets wait for the future returned)."""
+        if self._noting is not None:  # the CONNACK's batch: after the forgotten id's note too
+            sync, self._batch_sync, noting, self._noting = self._batch_sync, False, self._noting, None
+            assert self.background_sync is not None  # (``_hook_connack``)
+            return self.background_sync(functools.partial(
+                _after_note, self.file.sync_pending if sync else None, noting))
         if self._batch_sync:  # set and cleared on the network thread only
             waits, self._batch_sync = self._hook_batch_waits(), False
             if waits and self.background_sync is not None and self.pump is not None:

@@ -9,7 +9,8 @@ asks for a clean start (MQTT 5: Clean Start=1 with its Session Expiry Interval; 
 CleanSession=1 on the first connection, 0 on its reconnects), as a clean start asked for by
 name would. The ids wait in ``D/forgotten`` (a JSON list, written atomically and synced; a
 damaged one is kept aside, ERROR) until a CONNACK accepts that clean start: the gateway's
-close waits for that write. At most ``MAX_IDS`` wait (a retired device never connects
+close waits for that write, and so do the packets after that CONNACK (``Driver``): a kill
+before it is gone starts clean again, with nothing at the broker yet to lose. At most ``MAX_IDS`` wait (a retired device never connects
 again): past it the oldest is let go.
 """
 
@@ -76,10 +77,10 @@ class Forgotten:
             if client_id in self.ids:
                 self._write([i for i in self._order if i != client_id])
 
-    def discard_later(self, client_id: str) -> None:
-        """``discard`` in a thread of its own (called from a network thread or an event
-        loop, once per forgotten id; ``close`` waits for it); a failure is logged: the next
-        start is clean again."""
+    def discard_later(self, client_id: str) -> threading.Thread:
+        """``discard`` in a thread of its own, returned (called from a network thread or an
+        event loop, once per forgotten id; ``close`` waits for it); a failure is logged: the
+        next start is clean again."""
         def run() -> None:
             try:
                 self.discard(client_id)
@@ -90,6 +91,7 @@ class Forgotten:
         with self._lock:
             self._writers = [w for w in self._writers if w.is_alive()] + [t]
         t.start()
+        return t
 
     def close(self) -> None:
         """Wait for ``discard_later``'s writes (before the directory's lock goes)."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,46 @@ def test_close_ends_a_connect_waiting_for_the_old_sessions_end(tmp_path: Path) -
         assert _forgotten(tmp_path / "gw") == ["dev"]
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_nothing_leaves_before_a_forgotten_ids_note_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """After the CONNACK that accepts a forgotten id's clean start, its SUBSCRIBE and its
+    PUBLISH wait until the id is out of the ``forgotten`` file (the write made slow here, a
+    slow card's): a kill before that write starts clean again, and the broker's session
+    begun by that CONNACK held no subscription and no message yet, so nothing queued for it
+    is lost (a review: they went at once, and what the broker queued for the new session in
+    the write's time was thrown away by the next start's clean start)."""
+    from mqttsession import forgotten  # noqa: PLC0415
+    from mqttsession.testing.fake_broker import FakeBroker  # noqa: PLC0415
+
+    state = tmp_path / "gw"
+    real_write = forgotten.write_atomic
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)
+        real_write(*args, **kwargs)
+
+    fb = FakeBroker()
+    seen: list[tuple[str, list[str] | None]] = []
+    fb.on_packet = lambda _fb, rec: seen.append((rec.type, _forgotten(state))) \
+        if rec.type in ("SUBSCRIBE", "PUBLISH") else None
+    try:
+        with Gateway(state) as gw:
+            c = gw.client("dev", clean_session=False, protocol_version=version)
+            c.publish_data("t", 1, b"old")  # (stored: a session to forget)
+            c.close()
+            assert gw.forget("dev") is True
+            monkeypatch.setattr(forgotten, "write_atomic", slow_write)
+            c = gw.client("dev", clean_session=False, protocol_version=version)
+            c.subscribe("s/#", 1)
+            c.publish_data("t", 1, b"new")
+            c.connect(fb.host, fb.port, 5)
+            fb.wait_for("SUBSCRIBE")
+            fb.wait_for("PUBLISH")
+            c.close()
+    finally:
+        fb.stop()
+    assert [t for t, _ids in seen] == ["SUBSCRIBE", "PUBLISH"]
+    assert all(ids == [] for _t, ids in seen), seen
