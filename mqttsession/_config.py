@@ -370,9 +370,10 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                           " limit); see ``QueueFullPolicy``."),
     "maxqueuedbytes": ("MaxQueuedBytes", "Bytes (payloads, topics, properties) of the held"
                        " outgoing messages at most (0: no limit)."),
-    "qos0backlogbytes": ("QoS0BacklogBytes", "Bytes of QoS 0 PUBLISH packets that may wait in"
-                         " memory for a connection that is behind (a stalled link); past it a"
-                         " QoS 0 publish is dropped, logged (0: no bound, as plain paho)."),
+    "qos0backlogbytes": ("QoS0BacklogBytes", "Memory the QoS 0 PUBLISH packets waiting for a"
+                         " connection that is behind (a stalled link) may take: their bytes"
+                         " and 256 a packet; past it a QoS 0 publish is dropped, logged (0: no"
+                         " bound, as plain paho)."),
     "queueinmemory": ("QueueInMemory", "Never-sent messages held in memory at most; with a state"
                       " file the rest wait in the disk queue (0: all in memory, once what the"
                       " disk queue holds is read back)."),

@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import _wire, dialing
+from .actions import PACKET_COST
 from .batching import ReadBatches
 from ._wire import MalformedPacket, Packet, PacketType
 from .errors import ProtocolViolation
@@ -79,18 +80,21 @@ def _joinable(p: Any) -> bool:
 
 class _Unsent(mqtt.MQTTMessageInfo):
     """A QoS 0 PUBLISH's info: its bytes count in ``PahoConnection.unsent_qos0`` until paho
-    wrote it, or dropped it at a reconnect (``_set_as_published``: once either way)."""
+    wrote it, or dropped it at a reconnect (``_set_as_published``: once either way). Never
+    handed out, so never waited for: no Condition (paho's makes one a message: ~1 KB and
+    ~1 µs), which the memory a stalled link holds is mostly made of."""
 
-    def __init__(self, conn: PahoConnection, size: int, counted: bool) -> None:
-        super().__init__(0)
+    __slots__ = ("_conn", "_size")
+
+    def __init__(self, conn: PahoConnection, size: int, counted: bool) -> None:  # noqa: D107
+        self.mid, self.rc, self._published = 0, _OK, False  # (paho's fields but the Condition)
         self._conn, self._size = conn, size
         if not counted:  # (``counted``: since it was held in a read batch)
             conn.count_unsent(size)
 
     def _set_as_published(self) -> None:  # noqa: SLF001
-        size, self._size = self._size, 0
+        size, self._size, self._published = self._size, 0, True
         self._conn.count_unsent(-size)
-        super()._set_as_published()  # noqa: SLF001
 
 
 class PahoConnection(ReadBatches, mqtt.Client):
@@ -167,7 +171,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
         """The batch's PUBLISHes not held, in paho's queue ahead of any written from now."""
         with self._batch_lock:
             for kind, packet, packet_id, qos in self._batch_publishes or ():
-                info = _Unsent(self, len(packet), True) if qos == 0 else None
+                info = _Unsent(self, len(packet) + PACKET_COST, True) if qos == 0 else None
                 self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
                 self._write_due = True
             self._batch_publishes = [] if keep and self._batch is not None else None
@@ -175,7 +179,8 @@ class PahoConnection(ReadBatches, mqtt.Client):
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int,
                counted: bool = False) -> None:
         # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
-        info = _Unsent(self, len(packet), counted) if kind == PacketType.PUBLISH and not qos \
+        info = _Unsent(self, len(packet) + PACKET_COST, counted) \
+            if kind == PacketType.PUBLISH and not qos \
             else None
         me = threading.current_thread()
         if self._batch_thread is not None and me is self._thread:  # noqa: SLF001

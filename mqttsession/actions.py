@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from typing import Final, Union
 
 from ._wire import PacketType
 from .events import MessageEvent
 from .records import quick_init
 from .state import Record
 
-__all__ = ["Action", "ConnState", "Deliver", "EngineSettings", "Notify", "Persist", "Write"]
+__all__ = ["PACKET_COST", "Action", "ConnState", "Deliver", "EngineSettings", "Notify", "Persist",
+           "Write"]
+
+# the memory a queued packet takes beside its bytes (paho's queue entry and its info: ~250;
+# QoS0BacklogBytes counts it)
+PACKET_COST: Final = 256
 
 
 @quick_init

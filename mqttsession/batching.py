@@ -10,6 +10,7 @@ import asyncio
 import threading
 
 from ._wire import PacketType
+from .actions import PACKET_COST
 from .hooks import Hooks, Sync
 
 __all__ = ["Held", "ReadBatches"]
@@ -30,17 +31,19 @@ class ReadBatches:
         self._after_sync: list[tuple[Sync, list[Held]]] = []  # each batch's sync, its packets
         self._publish_held = False  # a PUBLISH is among the packets held: the next ones wait
         self._batch_publishes: list[Held] | None = None  # a read batch's PUBLISHes not held
-        # QoS 0 PUBLISH bytes held here or in paho's queue, not written (QoS0BacklogBytes)
+        # the memory QoS 0 PUBLISHes held here or in paho's queue, not written, take: their
+        # bytes and PACKET_COST each (QoS0BacklogBytes)
         self.unsent_qos0, self.unsent_lock = 0, threading.Lock()
 
     def count_unsent(self, n: int) -> None:
-        """``n`` more (or fewer) QoS 0 PUBLISH bytes not written yet."""
+        """``n`` more (or fewer) bytes of QoS 0 PUBLISHes not written yet."""
         with self.unsent_lock:
             self.unsent_qos0 += n
 
     def _uncount(self, dropped: list[Held]) -> None:
         """Held packets dropped unwritten (the connection is gone): no longer counted."""
-        if n := sum(len(p) for k, p, _i, q in dropped if k == PacketType.PUBLISH and not q):
+        if n := sum(len(p) + PACKET_COST for k, p, _i, q in dropped
+                    if k == PacketType.PUBLISH and not q):
             self.count_unsent(-n)
 
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int,
@@ -72,7 +75,7 @@ class ReadBatches:
                     held = False
                 if held:
                     if kind == PacketType.PUBLISH and not qos:
-                        self.count_unsent(len(packet))
+                        self.count_unsent(len(packet) + PACKET_COST)
                     return
         self._queue(kind, packet, packet_id, qos)
 

@@ -14,7 +14,7 @@ from typing import Callable, Container, Final, Protocol, Sequence
 
 from . import _wire
 from ._wire import PacketType
-from .actions import Action, ConnState, EngineSettings, Notify, Persist, Write
+from .actions import PACKET_COST, Action, ConnState, EngineSettings, Notify, Persist, Write
 from .errors import MQTTSessionError, PacketIdsExhausted, UsageError
 from .events import (
     DIRECTION_CLIENT,
@@ -411,7 +411,7 @@ class Outgoing(QueueLimits, Reserving):
             if not qos:
                 if not (self.connected and self._behind(topic, len(payload), ahead)):
                     quick += self.publish(topic, payload, 0, retain, props)[1]
-                    ahead += len(payload)
+                    ahead += len(payload) + PACKET_COST
                 ids.append(0)
                 continue
             if spool:

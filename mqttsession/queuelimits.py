@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Callable, ContextManager, Final
 
-from .actions import Action, EngineSettings
+from .actions import PACKET_COST, Action, EngineSettings
 from .errors import QueueFullError
 from .state import OutgoingMessage, Phase, SessionState, message_bytes
 
@@ -111,7 +111,7 @@ class QueueLimits:
         """QoS0BacklogBytes: a QoS 0 message dropped (logged) past it, with the connection's
         unwritten bytes and ``ahead`` (not written yet either); one waits, however large."""
         bound = self.settings.qos0_backlog_bytes
-        if bound and (behind := self.unsent_qos0() + ahead) and behind + size > bound:
+        if bound and (behind := self.unsent_qos0() + ahead) and behind + size + PACKET_COST > bound:
             self.drops.dropped(None, topic, "the connection is behind (QoS0BacklogBytes)",
                                self.state.client_id)
             return True

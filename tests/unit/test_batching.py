@@ -1,5 +1,5 @@
-"""``QoS0BacklogBytes``'s count of a connection's unwritten QoS 0 PUBLISH bytes
-(``batching.ReadBatches.unsent_qos0``) through every way a packet goes: held with a read batch,
+"""``QoS0BacklogBytes``'s count of the memory a connection's unwritten QoS 0 PUBLISHes take
+(``batching.ReadBatches.unsent_qos0``: their bytes and ``PACKET_COST`` each) through every way a packet goes: held with a read batch,
 released into paho's queue, written or dropped by paho, dropped with the batch (the connection
 lost) or with a failed sync. Each is counted once and uncounted once (a count that drifted up
 would drop QoS 0 for good on a healthy link). A ``PahoConnection`` never connected: no
@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from mqttsession import _wire
+from mqttsession.actions import PACKET_COST
 from mqttsession._paho import PahoConnection
 from mqttsession._wire import PacketType
 
@@ -53,10 +54,10 @@ def test_a_held_qos0_publish_is_counted_once_until_paho_wrote_it() -> None:
     conn.write(a, PacketType.PUBLISH, 0, 0)  # joins the batch's PUBLISHes
     conn.hold_publishes()
     conn.write(b, PacketType.PUBLISH, 0, 0)  # held behind the batch's sync
-    assert conn.unsent_qos0 == len(a) + len(b)
+    assert conn.unsent_qos0 == len(a) + len(b) + 2 * PACKET_COST
     conn._queue_publishes(keep=False)
     conn._release()  # (the batch's end: into paho's queue, not counted again)
-    assert conn.unsent_qos0 == len(a) + len(b) and len(conn._out_packet) == 2
+    assert conn.unsent_qos0 == len(a) + len(b) + 2 * PACKET_COST and len(conn._out_packet) == 2
     _written_by_paho(conn)
     assert conn.unsent_qos0 == 0
 
@@ -93,6 +94,6 @@ def test_qos0_publishes_held_behind_a_sync_that_worked_are_counted_once() -> Non
     conn._wait_sync(fut)
     fut.set_result(None)
     conn._synced(fut)
-    assert conn.unsent_qos0 == len(_qos0(100)) and len(conn._out_packet) == 1
+    assert conn.unsent_qos0 == len(_qos0(100)) + PACKET_COST and len(conn._out_packet) == 1
     _written_by_paho(conn)
     assert conn.unsent_qos0 == 0

@@ -296,15 +296,18 @@ def test_a_message_taken_at_a_move_is_not_delivered_again_when_the_session_is_lo
 
 def test_qos0_past_the_backlog_bound_is_dropped_and_one_always_goes(
         caplog: pytest.LogCaptureFixture) -> None:
-    """``QoS0BacklogBytes``: a QoS 0 publish whose bytes, added to those the connection holds
-    unwritten, pass the bound is dropped (logged, no PUBLISH, nothing held); exactly at it, or
-    with nothing waiting (however large), it goes; 0: no bound."""
-    e = connected(qos0_backlog_bytes=1000)
+    """``QoS0BacklogBytes``: a QoS 0 publish whose bytes (and ``PACKET_COST``, what holds its
+    packet), added to those the connection holds unwritten, pass the bound is dropped
+    (logged, no PUBLISH, nothing held); exactly at it, or with nothing waiting (however
+    large), it goes; 0: no bound."""
+    from mqttsession.actions import PACKET_COST  # noqa: PLC0415
+
+    e = connected(qos0_backlog_bytes=1000 + PACKET_COST)
     waiting = [0]
     e.unsent_qos0 = lambda: waiting[0]
     assert len(writes(publish(e, b"x" * 5000, 0)[1])) == 1  # nothing waits: it goes
     waiting[0] = 900
-    assert len(writes(publish(e, b"x" * 100, 0)[1])) == 1  # 900 + 100: at the bound
+    assert len(writes(publish(e, b"x" * 100, 0)[1])) == 1  # 900 + 100 (+ cost): at the bound
     with caplog.at_level("DEBUG", logger="mqttsession"):
         pid, actions = publish(e, b"x" * 101, 0)
     assert (pid, actions) == (0, [])
