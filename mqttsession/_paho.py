@@ -176,13 +176,19 @@ class PahoConnection(ReadBatches, mqtt.Client):
                 self._write_due = True
             self._batch_publishes = [] if keep and self._batch is not None else None
 
+    def _info(self, kind: int, size: int, qos: int, counted: bool) -> _Unsent | None:
+        """paho marks a QoS 0 PUBLISH's info "published" once written: one, counting it."""
+        return _Unsent(self, size + PACKET_COST, counted) if kind == PacketType.PUBLISH \
+            and not qos else None
+
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int,
                counted: bool = False) -> None:
-        # paho marks a QoS 0 PUBLISH's info "published" once written: give it one
-        info = _Unsent(self, len(packet) + PACKET_COST, counted) \
-            if kind == PacketType.PUBLISH and not qos \
-            else None
         me = threading.current_thread()
+        thread = self._thread  # noqa: SLF001  (None once loop_stop() ran: paho writes then)
+        if self._direct and kind != PacketType.DISCONNECT and thread is not None \
+                and me is not thread and self._send_now(kind, packet, packet_id, qos, counted):
+            return
+        info = self._info(kind, len(packet), qos, counted)
         if self._batch_thread is not None and me is self._thread:  # noqa: SLF001
             # the network thread writes it at this round's end (loop_read): no wake-up byte
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
@@ -199,16 +205,13 @@ class PahoConnection(ReadBatches, mqtt.Client):
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
             self.loop_write()
             return
-        thread = self._thread  # noqa: SLF001  (None once loop_stop() ran: paho writes then)
-        if self._direct and info is None and kind != PacketType.DISCONNECT \
-                and thread is not None and me is not thread \
-                and self._send_now(kind, packet, packet_id, qos):
-            return
         self._packet_queue(kind << 4, packet, packet_id, qos, info)  # noqa: SLF001
 
-    def _send_now(self, kind: int, packet: bytes, packet_id: int, qos: int) -> bool:
+    def _send_now(self, kind: int, packet: bytes, packet_id: int, qos: int,
+                  counted: bool) -> bool:
         """Another thread sends ``packet`` itself when nothing is queued and no one sends
-        (plain TCP); the rest queued, the network thread woken. False: queue it as paho."""
+        (plain TCP; QoS 0 too: no wake-up byte, no hand-over); the rest queued, the network
+        thread woken. False: queue it as paho."""
         lock = self._send_lock
         if not lock.acquire(False):
             return False
@@ -226,8 +229,11 @@ class PahoConnection(ReadBatches, mqtt.Client):
                 with self._msgtime_mutex:  # noqa: SLF001  (paho's keep-alive reads it)
                     self._last_msg_out = mqtt.time_func()  # noqa: SLF001
             if sent == len(packet):
+                if counted:  # (held with a read batch: counted since)
+                    self.count_unsent(-len(packet) - PACKET_COST)
                 return True
-            rest = _out_packet(kind, packet, packet_id, qos, None)
+            rest = _out_packet(kind, packet, packet_id, qos,
+                               self._info(kind, len(packet), qos, counted))
             rest["pos"], rest["to_process"] = sent, len(packet) - sent
             self._out_packet.append(rest)  # noqa: SLF001
         finally:

@@ -333,11 +333,13 @@ class Outgoing(QueueLimits, Reserving):
                 return 0, []
             if self._behind(topic, len(payload)):
                 return 0, []
-            event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
             t = topic.encode("utf-8")
             props = (properties or b"\x00") if self.v5 else b""
             body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
                                        + payload)
+            if "on_message_out" not in self.listeners:  # (no event built for no one)
+                return 0, [Write(body, PacketType.PUBLISH)]
+            event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
             return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
         st, s = self.state, self.settings
         offset = st.clock_offset
