@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from mqttsession.errors import PersistenceError, StateError
 from mqttsession.records import OutgoingMessage
+from mqttsession.recovery import frame, read_frames
+from mqttsession.segments import Segment, gap, read_header
 from mqttsession.spool import QUEUE_SUFFIX, Spool
 from mqttsession.state import message_bytes
 
@@ -423,3 +425,31 @@ def test_a_torn_tail_cut_at_recovery_is_not_found_again_after_an_append(
     data = _open_segment(tmp_path).read_bytes()
     valid = read_frames(data)[1]
     assert data[valid:] == bytes(len(data) - valid)
+
+
+def test_a_segment_header_without_prev_is_read(tmp_path: Path) -> None:
+    """A segment header of four elements (no ``prev``: written by versions before segments
+    recorded it) is valid, its ``prev`` unknown; a queue whose open segment has one is read
+    back whole (a hunt)."""
+    assert read_header(b'["mqttsession-queue", 1, "c", 7]', 7) == ("c", None)
+    assert read_header(b'["mqttsession-queue", 1, "c", 7, 6]', 7) == ("c", 6)
+    filled(tmp_path, [1, 2, 3]).close()
+    seg = _open_segment(tmp_path)
+    raw = seg.read_bytes()
+    payloads = read_frames(raw)[0]
+    head = frame(payloads[0])
+    assert raw.startswith(head) and payloads[0].endswith(b", 0]")  # [..., first 1, prev 0]
+    old = frame(payloads[0][:-len(b", 0]")] + b"]")
+    seg.write_bytes(old + raw[len(head):])
+    again = reopened(tmp_path)
+    assert again.gap is None
+    assert again.read(10) == [msg(1), msg(2), msg(3)]
+
+
+def test_a_deleted_segment_holding_the_next_message_to_read_back_is_a_gap() -> None:
+    """Messages up to ``spool_next - 1`` were read back: a segment whose ``prev`` is
+    ``spool_next`` itself follows a deleted one holding that message, not yet read back: a gap
+    (a hunt)."""
+    seg = Segment(first=6, path="x", sealed=True, last=9, count=4, prev=5)
+    assert gap([seg], 5, []) == 5
+    assert gap([seg], 6, []) is None  # message 5 was read back: nothing lost
