@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mqttsession import AsyncSession, ConnectError, Options, UsageError
+from mqttsession import AsyncSession, ConnectError, MQTTSessionError, Options, UsageError
+from mqttsession.testing.fake_broker import FakeBroker
 
 try:  # tests/integration may or may not be a package
     from . import _faults
@@ -387,3 +388,72 @@ def test_receive_after_close_hands_out_nothing(mosquitto: Any) -> None:
         return [first.message if first else None] + [await s.receive(0.1) for _ in range(2)]
 
     assert asyncio.run(main()) == [b"m0", None, None]
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_a_subscribe_refused_with_0x80_raises(version: int) -> None:
+    """A SUBACK refusing the filter with exactly 0x80 (3.1.1's only failure code; MQTT 5's
+    Unspecified error): ``subscribe`` raises ``MQTTSessionError`` (a hunt)."""
+    async def main() -> None:
+        fb = FakeBroker(suback_code=0x80)
+        try:
+            s = await AsyncSession.create(Options(address=f"{fb.host}:{fb.port}",
+                                                  protocol_version=version,
+                                                  request_timeout_seconds=10.0))
+            try:
+                with pytest.raises(MQTTSessionError, match="refused"):
+                    await s.subscribe("denied/#", 1)
+            finally:
+                await s.close()
+        finally:
+            fb.stop()
+
+    _run(main)
+
+
+def test_a_subscribe_never_answered_raises_within_the_request_timeout() -> None:
+    """A broker that never answers the SUBSCRIBE: ``subscribe`` raises ``MQTTSessionError``
+    ("no SUBACK") once ``RequestTimeoutSeconds`` passed, not returning as if subscribed
+    (a hunt)."""
+    async def main() -> None:
+        fb = FakeBroker()
+        got, go = threading.Event(), threading.Event()
+
+        def silent(_fb: Any, rec: Any) -> None:  # its SUBACK held back until the test ends
+            if rec.type == "SUBSCRIBE":
+                got.set()
+                go.wait(20)
+
+        fb.on_packet = silent
+        try:
+            s = await AsyncSession.create(Options(address=f"{fb.host}:{fb.port}",
+                                                  request_timeout_seconds=0.5))
+            try:
+                started = time.monotonic()
+                with pytest.raises(MQTTSessionError, match="no SUBACK"):
+                    await s.subscribe("silent/#", 1)
+                assert got.is_set() and time.monotonic() - started < 15
+            finally:
+                go.set()
+                await s.close()
+        finally:
+            go.set()
+            fb.stop()
+
+    _run(main)
+
+
+def test_a_failed_create_with_a_state_file_releases_the_file(tmp_path: Path) -> None:
+    """``create(..., state_file=...)`` whose connect fails (nothing listens): the session it
+    made is closed, its state file released, so a second ``create`` on the same file succeeds
+    (before, the first one's lock held it till the process ended) (a hunt)."""
+    async def main() -> None:
+        state = str(tmp_path / "s.session")
+        bad = Options(address=f"127.0.0.1:{_closed_port()}", request_timeout_seconds=2)
+        with pytest.raises(ConnectError):
+            await AsyncSession.create(bad, client_id="released", state_file=state)
+        again = await AsyncSession.create(bad, client_id="released", state_file=state,
+                                          connect=False)
+        await again.close()
+
+    _run(main)

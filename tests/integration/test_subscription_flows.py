@@ -152,3 +152,28 @@ def test_subscribes_fit_the_brokers_maximum_packet_size(tmp_path: Path) -> None:
         c.close()
     finally:
         broker.stop()
+
+
+def test_a_filter_subscribed_and_unsubscribed_offline_gets_nothing(mosquitto: Any) -> None:
+    """``subscribe`` then ``unsubscribe`` while disconnected, then ``connect``: no message on
+    that filter arrives (the broker was never subscribed to it); one on a filter subscribed
+    offline and kept, published after it, does (a hunt)."""
+    base = unique("offsub")
+    gone, kept = f"{base}/gone", f"{base}/kept"
+    c = mqttsession.Client(client_id=unique("offsub"), clean_session=True)
+    log = EventLog(c)
+    try:
+        c.subscribe(gone, 1)
+        c.subscribe(kept, 1)
+        c.unsubscribe(gone)
+        c.connect(mosquitto.host, mosquitto.port)
+        wait_until(lambda: kept in {e.topic_filter for e in log.of("on_subscribed")}, TIMEOUT,
+                   "the SUBACK of the kept filter")
+        publish_direct(mosquitto.host, mosquitto.port, gone, [(1, "dropped filter")])
+        publish_direct(mosquitto.host, mosquitto.port, kept, [(1, "kept filter")])
+        wait_until(lambda: kept in {e.topic for e in log.of("on_message_in")}, TIMEOUT,
+                   "the message on the kept filter")
+        time.sleep(0.3)
+        assert gone not in {e.topic for e in log.of("on_message_in")}
+    finally:
+        c.close()

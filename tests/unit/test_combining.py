@@ -254,3 +254,40 @@ def test_every_callback_of_a_batch_runs_even_if_one_raises() -> None:
     with pytest.raises(KeyboardInterrupt):
         comb.drain(store)
     assert ran == [b"1", b"2"] and (a.result(0), b.result(0)) == ([1], [2])
+
+
+def test_a_publisher_interrupted_while_waiting_to_be_stored_leaves_nothing_queued() -> None:
+    """A publisher waiting for the batch under way gets KeyboardInterrupt: its message leaves
+    the queue, never stored by the next batch (its caller was told it was not published)
+    (a hunt)."""
+    import signal
+
+    comb, store = Combiner(), Store()
+    before, start = comb.add([item(1)])  # a batch under way: the publisher below waits
+    assert start
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 20
+        while not comb._cond._waiters and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.001)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    killer = threading.Thread(target=interrupt, daemon=True)
+    killer.start()
+    with pytest.raises(KeyboardInterrupt):
+        comb.publish(item(2), store)
+    killer.join(20)
+    assert [items for items, _ in comb._queue] == [[item(1)]]
+    comb.drain(store)
+    assert before.result(0) == [1] and store.stored == [item(1)]
+
+
+def test_with_every_publisher_queued_the_first_does_not_wait_to_gather() -> None:
+    """``gather``: when the publishers under way are all queued already, the thread that
+    stores first stores at once, not after the half fdatasync (60 s here) (a hunt)."""
+    comb = Combiner()
+    comb.add([item(1)])
+    comb.add([item(2)])
+    started = time.monotonic()
+    comb._gather(2, 120.0)
+    assert time.monotonic() - started < 20  # never waited out its 60 s

@@ -351,3 +351,48 @@ def test_replay_refuses_orphans_released_that_are_not_the_first_held() -> None:
             e.state.apply(OrphansReleased(ids))
     e.state.apply(OrphansReleased((4,)))
     assert [im.packet_id for im in e.state.orphans] == [5]
+
+
+def test_a_filter_subscribed_and_unsubscribed_offline_is_not_subscribed_on_connect() -> None:
+    """``subscribe`` then ``unsubscribe`` of a filter while disconnected: the connection
+    sends no SUBSCRIBE for it (the unsubscribe takes back the waiting SUBSCRIBE; without it
+    the broker was subscribed after all and delivered on it) (a hunt)."""
+    e = make()
+    e.subscribe(["gone/#"], 1)
+    e.unsubscribe(["gone/#"])
+    got = packets(connect(e, session_present=True))
+    assert [p for p in got if p.type is PacketType.SUBSCRIBE] == []
+    assert e.state.subscriptions == {}
+
+
+def test_a_subscribe_cut_by_a_lost_connection_is_not_sent_again_once_unsubscribed() -> None:
+    """A SUBSCRIBE without its SUBACK when the connection is lost goes out again on the next
+    one, unless its filter was unsubscribed meanwhile: then only the UNSUBSCRIBE goes (a
+    SUBSCRIBE after it left the broker subscribed to a filter the session dropped)
+    (a hunt)."""
+    e = connected()
+    packets(e.subscribe(["cut/#"], 1))  # its SUBACK never comes
+    packets(e.unsubscribe(["cut/#"]))  # nor its UNSUBACK
+    e.connection_lost(1.0, 0x80, "lost")
+    got = packets(connect(e, session_present=True))
+    assert [(p.type, p.filters) for p in got] == [(PacketType.UNSUBSCRIBE, ("cut/#",))]
+
+
+def test_back_on_a_server_an_unsubscribe_in_flight_when_it_was_left_is_sent_again() -> None:
+    """Failover: an UNSUBSCRIBE written to A and unanswered when A was lost, answered on B
+    (SessionPresent=1); back on A (SessionPresent=1), whose session may still hold the
+    filter: the UNSUBSCRIBE goes to A again (without it A went on delivering on a filter the
+    session dropped) (a hunt)."""
+    e = make()
+    e.subscribe(["a/#"], 1)
+    (sub,) = [p for p in packets(_on(e, "A:1", False))  # type: ignore[arg-type]
+              if p.type is PacketType.SUBSCRIBE]
+    e.receive(incoming(_wire.encode_suback(sub.packet_id, [1])))
+    packets(e.unsubscribe(["a/#"]))  # its UNSUBACK never comes from A
+    e.connection_lost(1.0, 0x80, "lost")
+    (unsub,) = packets(_on(e, "B:1", True))  # type: ignore[arg-type]
+    assert (unsub.type, unsub.filters) == (PacketType.UNSUBSCRIBE, ("a/#",))
+    e.receive(incoming(_wire.encode_unsuback(unsub.packet_id)))
+    e.connection_lost(2.0, 0x80, "lost")
+    back = packets(_on(e, "A:1", True))  # type: ignore[arg-type]
+    assert [(p.type, p.filters) for p in back] == [(PacketType.UNSUBSCRIBE, ("a/#",))]

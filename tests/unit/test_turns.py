@@ -168,3 +168,94 @@ def test_a_long_job_goes_on_once_its_patience_ends() -> None:
     with d.lock_between_reads(patience=0.1):
         took = time.monotonic() - start
     assert 0.1 <= took < 2
+
+
+class _Recording(_Owner):
+    """``_Owner`` noting the tokens it syncs and the ones it releases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synced: list[Any] = []
+        self.released: list[Any] = []
+
+    def wait_durable(self, token: Any, release: bool = False) -> Exception | None:
+        self.synced.append(token)
+        return None
+
+    def release_quietly(self, token: Any, err: Exception | None) -> None:
+        self.released.append(token)
+
+
+def test_a_failing_publish_in_a_batch_raises_its_own_error_and_the_others_are_stored() -> None:
+    """The first publish of a turn's batch fails in its locked part (a full queue): its
+    thread gets that very error; the next publish of the batch still runs and its record is
+    made durable (without skipping the failed one's result, the turn broke and the other
+    publish was not stored) (a hunt)."""
+    t, owner = Turns(), _Recording()
+    t.publishers = 2
+    outcome: dict[str, object] = {}
+    full = ValueError("queue full")
+
+    def failing() -> Any:
+        raise full
+
+    def ok() -> Any:
+        return (7, []), (1, 1, 1)
+
+    def publish(name: str, fn: Any) -> None:
+        try:
+            outcome[name] = t.run(owner, fn)
+        except BaseException as exc:  # noqa: BLE001 - what each publisher got
+            outcome[name] = exc
+
+    first = threading.Thread(target=publish, args=("failing", failing), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 20
+    while not t._turn.locked() and time.monotonic() < deadline:  # its turn: it gathers
+        time.sleep(0.001)
+    other = threading.Thread(target=publish, args=("other", ok), daemon=True)
+    other.start()
+    first.join(20)
+    other.join(20)
+    assert not first.is_alive() and not other.is_alive()
+    assert outcome["failing"] is full
+    assert outcome["other"] == ((7, []), (1, 1, 1))
+    assert owner.synced == [(1, 1, 1)]
+    assert not t._queue and not t._turn.locked()
+
+
+def test_a_publisher_interrupted_while_another_turn_runs_its_publish_has_it_released() -> None:
+    """A publisher gets KeyboardInterrupt while another thread's turn runs the batch holding
+    its publish: the publish still runs there, and its message, durable, is released
+    (``release_quietly``), not left held with no thread to release it (a hunt)."""
+    import signal
+
+    import pytest
+
+    t, owner = Turns(), _Recording()
+    t.publishers = 2
+    interrupted = threading.Event()
+    waited: list[bool] = []
+
+    def slow() -> Any:  # the turn's own publish: the other one waits in the batch
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        waited.append(interrupted.wait(20))
+        return (1, []), (1, 1, 1)
+
+    def mine() -> Any:
+        return (2, []), (2, 2, 2)
+
+    turn = threading.Thread(target=lambda: t.run(owner, slow), daemon=True)
+    turn.start()
+    deadline = time.monotonic() + 20
+    while not t._turn.locked() and time.monotonic() < deadline:  # its turn: it gathers
+        time.sleep(0.001)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            t.run(owner, mine)  # interrupted waiting (SIGINT), its publish in the batch
+        finally:
+            interrupted.set()
+    turn.join(20)
+    assert not turn.is_alive() and waited == [True]  # interrupted while its publish ran
+    assert owner.released == [(2, 2, 2)]
+    assert not t._queue and not t._turn.locked()
