@@ -100,7 +100,7 @@ class EngineSettings:
     max_queued_messages: int = 0  # held outgoing QoS 1/2 messages at most; 0: no limit
     max_queued_bytes: int = 256 * 1024 * 1024  # their payloads, topics, properties (0: none)
     # QoS 0 PUBLISH bytes queued for a link that is behind (a stall); past it they are dropped
-    qos0_backlog_bytes: int = 16 * 1024 * 1024  # (0: no bound, as plain paho)
+    qos0_backlog_bytes: int = 64 * 1024 * 1024  # (0: no bound, as plain paho)
     queue_full_policy: str = "reject"  # or "drop-oldest" (the oldest never sent goes)
     drain_rate_limit: int = 0  # new PUBLISHes per second at most (0: no limit)
     queue_in_memory: int = 1000  # never-sent messages held in memory; more go to the disk
