@@ -171,7 +171,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
         """The batch's PUBLISHes not held, in paho's queue ahead of any written from now."""
         with self._batch_lock:
             for kind, packet, packet_id, qos in self._batch_publishes or ():
-                info = _Unsent(self, len(packet) + PACKET_COST, True) if qos == 0 else None
+                info = self._info(kind, len(packet), qos, True)
                 self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
                 self._write_due = True
             self._batch_publishes = [] if keep and self._batch is not None else None

@@ -309,6 +309,24 @@ class Outgoing(QueueLimits, Reserving):
             return "the broker takes no retained messages (Retain Available 0)"
         return None
 
+    def _qos0(self, topic: str, payload: bytes, retain: bool, properties: bytes,
+              ahead: int = 0) -> list[Action]:
+        """A QoS 0 message (checked): its PUBLISH, or nothing when it is dropped (not
+        connected, or the connection behind with ``ahead`` more bytes: ``_behind``)."""
+        if not self.connected:
+            self.drops.dropped(None, topic, "not connected (QoS 0)", self.state.client_id)
+            return []
+        if self._behind(topic, len(payload), ahead):
+            return []
+        t = topic.encode("utf-8")
+        props = (properties or b"\x00") if self.v5 else b""
+        body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
+                                   + payload)
+        if "on_message_out" not in self.listeners:  # (no event built for no one)
+            return [Write(body, PacketType.PUBLISH)]
+        event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
+        return [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
                 properties: bytes = b"", now: float | None = None,
                 hold: bool = False, mono: float | None = None) -> tuple[int, list[Action]]:
@@ -328,19 +346,7 @@ class Outgoing(QueueLimits, Reserving):
             raise UsageError(f"message to {topic!r} cannot be sent: {self.unsupported(qos, retain)}")
         self.accepted = None
         if qos == 0:
-            if not self.connected:
-                self.drops.dropped(None, topic, "not connected (QoS 0)", self.state.client_id)
-                return 0, []
-            if self._behind(topic, len(payload)):
-                return 0, []
-            t = topic.encode("utf-8")
-            props = (properties or b"\x00") if self.v5 else b""
-            body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
-                                       + payload)
-            if "on_message_out" not in self.listeners:  # (no event built for no one)
-                return 0, [Write(body, PacketType.PUBLISH)]
-            event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
-            return 0, [Write(body, PacketType.PUBLISH), Notify("on_message_out", event)]
+            return 0, self._qos0(topic, payload, retain, properties)
         st, s = self.state, self.settings
         offset = st.clock_offset
         if now is not None:
@@ -411,8 +417,8 @@ class Outgoing(QueueLimits, Reserving):
         ahead = 0  # QoS 0 bytes this call wrote (they reach the connection after the loop)
         for topic, payload, qos, retain, props in items:
             if not qos:
-                if not (self.connected and self._behind(topic, len(payload), ahead)):
-                    quick += self.publish(topic, payload, 0, retain, props)[1]
+                if (written := self._qos0(topic, payload, retain, props, ahead)):
+                    quick += written
                     ahead += len(payload) + PACKET_COST
                 ids.append(0)
                 continue
