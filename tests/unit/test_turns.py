@@ -77,6 +77,31 @@ class _Owner:
         pass
 
 
+def _two_publishers(t: Turns, owner: Any, first: tuple[str, Any], second: tuple[str, Any]
+                    ) -> dict[str, object]:
+    """``first`` publishes in a thread and takes the turn; once it gathers, ``second`` joins
+    its batch from another thread; what each got (a result or the exception raised)."""
+    outcome: dict[str, object] = {}
+
+    def publish(name: str, fn: Any) -> None:
+        try:
+            outcome[name] = t.run(owner, fn)
+        except BaseException as exc:  # noqa: BLE001 - what each publisher got
+            outcome[name] = exc
+
+    a = threading.Thread(target=publish, args=first, daemon=True)
+    a.start()
+    deadline = time.monotonic() + 20
+    while not t._turn.locked() and time.monotonic() < deadline:  # its turn: it gathers
+        time.sleep(0.001)
+    b = threading.Thread(target=publish, args=second, daemon=True)
+    b.start()
+    a.join(20)
+    b.join(20)
+    assert not a.is_alive() and not b.is_alive()
+    return outcome
+
+
 def test_a_publish_whose_turn_was_interrupted_before_it_ran_raises_and_was_not_run() -> None:
     """The thread whose turn it is gets KeyboardInterrupt while it runs the batch: the
     publishes of the batch that never ran raise ``PersistenceError`` in their own threads
@@ -86,7 +111,6 @@ def test_a_publish_whose_turn_was_interrupted_before_it_ran_raises_and_was_not_r
     t, owner = Turns(), _Owner()
     t.publishers = 2
     ran: list[str] = []
-    outcome: dict[str, object] = {}
 
     def interrupted() -> Any:
         raise KeyboardInterrupt
@@ -95,22 +119,7 @@ def test_a_publish_whose_turn_was_interrupted_before_it_ran_raises_and_was_not_r
         ran.append("second")
         return (1, []), None
 
-    def publish(name: str, fn: Any) -> None:
-        try:
-            outcome[name] = t.run(owner, fn)
-        except BaseException as exc:  # noqa: BLE001 - what each publisher got
-            outcome[name] = exc
-
-    first = threading.Thread(target=publish, args=("first", interrupted), daemon=True)
-    first.start()
-    deadline = time.monotonic() + 20
-    while not t._turn.locked() and time.monotonic() < deadline:  # its turn: it gathers
-        time.sleep(0.001)
-    other = threading.Thread(target=publish, args=("second", second), daemon=True)
-    other.start()
-    first.join(20)
-    other.join(20)
-    assert not first.is_alive() and not other.is_alive()
+    outcome = _two_publishers(t, owner, ("first", interrupted), ("second", second))
     assert isinstance(outcome["first"], KeyboardInterrupt)
     assert isinstance(outcome["second"], PersistenceError)
     assert ran == []  # its locked part never ran: nothing to take back
@@ -193,7 +202,6 @@ def test_a_failing_publish_in_a_batch_raises_its_own_error_and_the_others_are_st
     publish was not stored) (a hunt)."""
     t, owner = Turns(), _Recording()
     t.publishers = 2
-    outcome: dict[str, object] = {}
     full = ValueError("queue full")
 
     def failing() -> Any:
@@ -202,22 +210,7 @@ def test_a_failing_publish_in_a_batch_raises_its_own_error_and_the_others_are_st
     def ok() -> Any:
         return (7, []), (1, 1, 1)
 
-    def publish(name: str, fn: Any) -> None:
-        try:
-            outcome[name] = t.run(owner, fn)
-        except BaseException as exc:  # noqa: BLE001 - what each publisher got
-            outcome[name] = exc
-
-    first = threading.Thread(target=publish, args=("failing", failing), daemon=True)
-    first.start()
-    deadline = time.monotonic() + 20
-    while not t._turn.locked() and time.monotonic() < deadline:  # its turn: it gathers
-        time.sleep(0.001)
-    other = threading.Thread(target=publish, args=("other", ok), daemon=True)
-    other.start()
-    first.join(20)
-    other.join(20)
-    assert not first.is_alive() and not other.is_alive()
+    outcome = _two_publishers(t, owner, ("failing", failing), ("other", ok))
     assert outcome["failing"] is full
     assert outcome["other"] == ((7, []), (1, 1, 1))
     assert owner.synced == [(1, 1, 1)]
