@@ -171,15 +171,10 @@ class PahoConnection(ReadBatches, mqtt.Client):
         """The batch's PUBLISHes not held, in paho's queue ahead of any written from now."""
         with self._batch_lock:
             for kind, packet, packet_id, qos in self._batch_publishes or ():
-                info = self._info(kind, len(packet), qos, True)
+                info = _Unsent(self, len(packet) + PACKET_COST, True) if not qos else None
                 self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
                 self._write_due = True
             self._batch_publishes = [] if keep and self._batch is not None else None
-
-    def _info(self, kind: int, size: int, qos: int, counted: bool) -> _Unsent | None:
-        """paho marks a QoS 0 PUBLISH's info "published" once written: one, counting it."""
-        return _Unsent(self, size + PACKET_COST, counted) if kind == PacketType.PUBLISH \
-            and not qos else None
 
     def _queue(self, kind: int, packet: bytes, packet_id: int, qos: int,
                counted: bool = False) -> None:
@@ -188,7 +183,9 @@ class PahoConnection(ReadBatches, mqtt.Client):
         if self._direct and kind != PacketType.DISCONNECT and thread is not None \
                 and me is not thread and self._send_now(kind, packet, packet_id, qos, counted):
             return
-        info = self._info(kind, len(packet), qos, counted)
+        # paho marks a QoS 0 PUBLISH's info "published" once written: one, counting it
+        info = _Unsent(self, len(packet) + PACKET_COST, counted) \
+            if not qos and kind == PacketType.PUBLISH else None
         if self._batch_thread is not None and me is self._thread:  # noqa: SLF001
             # the network thread writes it at this round's end (loop_read): no wake-up byte
             self._out_packet.append(_out_packet(kind, packet, packet_id, qos, info))  # noqa: SLF001
@@ -232,8 +229,9 @@ class PahoConnection(ReadBatches, mqtt.Client):
                 if counted:  # (held with a read batch: counted since)
                     self.count_unsent(-len(packet) - PACKET_COST)
                 return True
-            rest = _out_packet(kind, packet, packet_id, qos,
-                               self._info(kind, len(packet), qos, counted))
+            rest = _out_packet(kind, packet, packet_id, qos, None if qos or kind !=
+                               PacketType.PUBLISH else _Unsent(self, len(packet) + PACKET_COST,
+                                                               counted))
             rest["pos"], rest["to_process"] = sent, len(packet) - sent
             self._out_packet.append(rest)  # noqa: SLF001
         finally:
