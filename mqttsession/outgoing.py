@@ -316,12 +316,12 @@ class Outgoing(QueueLimits, Reserving):
         if not self.connected:
             self.drops.dropped(None, topic, "not connected (QoS 0)", self.state.client_id)
             return []
-        if self._behind(topic, len(payload), ahead):
-            return []
         t = topic.encode("utf-8")
         props = (properties or b"\x00") if self.v5 else b""
         body = _wire.encode_packet(0x30 | int(retain), len(t).to_bytes(2, "big") + t + props
                                    + payload)
+        if self._behind(topic, len(body), ahead):  # (the packet, as the connection counts it)
+            return []
         if "on_message_out" not in self.listeners:  # (no event built for no one)
             return [Write(body, PacketType.PUBLISH)]
         event = MessageEvent(-1, topic, 0, payload, retain, False, properties)
@@ -419,7 +419,7 @@ class Outgoing(QueueLimits, Reserving):
             if not qos:
                 if (written := self._qos0(topic, payload, retain, props, ahead)):
                     quick += written
-                    ahead += len(payload) + PACKET_COST
+                    ahead += sum(len(a.packet) + PACKET_COST for a in written if isinstance(a, Write))
                 ids.append(0)
                 continue
             if spool:

@@ -108,8 +108,9 @@ class QueueLimits:
         raise NotImplementedError  # Outgoing's
 
     def _behind(self, topic: str, size: int, ahead: int = 0) -> bool:
-        """QoS0BacklogBytes: a QoS 0 message dropped (logged) past it, with the connection's
-        unwritten bytes and ``ahead`` (not written yet either); one waits, however large."""
+        """QoS0BacklogBytes: a QoS 0 PUBLISH of ``size`` bytes dropped (logged) past it, with
+        the connection's unwritten bytes and ``ahead`` (not written yet either); one waits,
+        however large."""
         bound = self.settings.qos0_backlog_bytes
         if bound and (behind := self.unsent_qos0() + ahead) and behind + size + PACKET_COST > bound:
             self.drops.dropped(None, topic, "the connection is behind (QoS0BacklogBytes)",

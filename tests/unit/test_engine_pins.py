@@ -296,20 +296,22 @@ def test_a_message_taken_at_a_move_is_not_delivered_again_when_the_session_is_lo
 
 def test_qos0_past_the_backlog_bound_is_dropped_and_one_always_goes(
         caplog: pytest.LogCaptureFixture) -> None:
-    """``QoS0BacklogBytes``: a QoS 0 publish whose bytes (and ``PACKET_COST``, what holds its
-    packet), added to those the connection holds unwritten, pass the bound is dropped
+    """``QoS0BacklogBytes``: a QoS 0 publish whose PUBLISH packet (and ``PACKET_COST``, what
+    holds it), added to the bytes the connection holds unwritten, passes the bound is dropped
     (logged, no PUBLISH, nothing held); exactly at it, or with nothing waiting (however
-    large), it goes; 0: no bound."""
+    large), it goes; 0: no bound. The packet is counted as the connection counts it (topic
+    and header included), not only its payload."""
     from mqttsession.actions import PACKET_COST  # noqa: PLC0415
 
     e = connected(qos0_backlog_bytes=1000 + PACKET_COST)
     waiting = [0]
     e.unsent_qos0 = lambda: waiting[0]
     assert len(writes(publish(e, b"x" * 5000, 0)[1])) == 1  # nothing waits: it goes
+    head = len(writes(publish(e, b"", 0)[1])[0].packet)  # the PUBLISH without a payload
     waiting[0] = 900
-    assert len(writes(publish(e, b"x" * 100, 0)[1])) == 1  # 900 + 100 (+ cost): at the bound
+    assert len(writes(publish(e, b"x" * (100 - head), 0)[1])) == 1  # 900 + 100: at the bound
     with caplog.at_level("DEBUG", logger="mqttsession"):
-        pid, actions = publish(e, b"x" * 101, 0)
+        pid, actions = publish(e, b"x" * (101 - head), 0)
     assert (pid, actions) == (0, [])
     assert any("connection is behind" in r.getMessage() for r in caplog.records)
     assert not e.state.outgoing
@@ -317,6 +319,20 @@ def test_qos0_past_the_backlog_bound_is_dropped_and_one_always_goes(
     waiting[0] = 10**9
     assert len(writes(publish(e, b"x" * 101, 0)[1])) == 1
 
+
+def test_publish_many_counts_its_own_qos0_packets_against_the_backlog_bound() -> None:
+    """``publish_many``: the QoS 0 PUBLISHes one call wrote count, whole packets and
+    ``PACKET_COST`` each, before the connection has them: with room for exactly three
+    packets past what waits all three go, with a byte less the third is dropped."""
+    from mqttsession.actions import PACKET_COST  # noqa: PLC0415
+
+    e = connected()
+    size = len(writes(publish(e, b"x" * 50, 0)[1])[0].packet)  # one message's PUBLISH
+    e.unsent_qos0 = lambda: 10  # something waits: the bound applies
+    for room, sent in ((0, 3), (-1, 2)):
+        e.settings.qos0_backlog_bytes = 10 + 3 * (size + PACKET_COST) + room
+        ids, actions = e.publish_many([("t", b"x" * 50, 0, False, b"")] * 3, 0.0)
+        assert ids == [0, 0, 0] and len(writes(actions)) == sent
 
 def test_replay_refuses_a_disk_queue_message_read_back_twice() -> None:
     """A ``Loaded`` record naming a seq already read back (a journal that is consistent by its
