@@ -273,7 +273,7 @@ class Driver(Connecting):
             return
         if e.qos == 1:
             self.delivering[e.packet_id] = Message(e.packet_id, e.topic, 1, e.message,
-                                                    e.retained, e.duplicate)
+                                                    e.retained, e.duplicate, e.properties)
         self.delivering_in = threading.get_ident()  # a close() in it waits for the ack
         try:
             try:

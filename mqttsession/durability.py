@@ -224,7 +224,8 @@ class Durability:
         """``Client.incoming_messages``: the QoS 1 messages in ``on_message_in`` now, those
         whose ack is owed, then the QoS 2 ones held (the orphans last)."""
         with self.lock:
-            owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate)
+            owed = [Message(e.packet_id, e.topic, 1, e.message, e.retained, e.duplicate,
+                            e.properties)
                     for e in self.engine.owed_messages() if e.packet_id not in self.delivering]
             st = self.engine.state
             held = [Message.incoming(m) for m in [*st.incoming.values(), *st.orphans]]

@@ -493,3 +493,37 @@ def test_a_close_inside_on_connected_is_a_clean_close(call: str) -> None:
     finally:
         c.close()
         fake.stop()
+
+
+@pytest.mark.parametrize("manual_ack", [True, False], ids=["ack-owed", "in-callback"])
+def test_incoming_messages_keep_a_qos1_messages_properties(manual_ack: bool) -> None:
+    """``Client.incoming_messages`` items carry the message's MQTT 5 properties as received
+    (``Message.properties``: ``b""`` only when it had none), for a QoS 1 message as for a
+    QoS 2 one: the one the ``on_message_in`` event carries (MQTT 5 3.3.2.3)."""
+    from mqttsession import _wire
+    from mqttsession.testing.fake_broker import FakeBroker
+
+    props = [(0x26, ("k", "v"))]  # a User Property (MQTT 5 3.3.2.3.7)
+    fake = FakeBroker()
+    c = Client(client_id=_uid("props"), protocol_version=5)
+    c.config(f"ManualAck={manual_ack}")
+    got: list[MessageEvent] = []
+    seen: list[tuple[Any, ...]] = []
+
+    def on_in(ev: MessageEvent) -> None:
+        got.append(ev)
+        seen.append(tuple(c.incoming_messages))  # (a callback may call back into the client)
+
+    c.on_message_in = on_in
+    try:
+        c.connect(fake.host, fake.port, 5)
+        fake.send_raw(_wire.encode_publish("t/1", b"one", qos=1, packet_id=11, protocol=5,
+                                           properties=props))
+        _wait(lambda: seen, "on_message_in")
+        ((item,),) = seen
+        assert got[0].properties != b""
+        assert (item.packet_id, item.qos) == (11, 1)
+        assert item.properties == got[0].properties
+    finally:
+        c.close()
+        fake.stop()

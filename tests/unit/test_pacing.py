@@ -52,3 +52,12 @@ def test_a_gateway_session_ticks_once_a_second_unless_its_keep_alive_is_short() 
     assert gateway_tick(4, 0.5) == 1.0
     assert gateway_tick(3, 0.5) == gateway_tick(1, 0.5) == 0.5
     assert gateway_tick(60, 2.0) == 2.0  # never faster than asked
+
+
+def test_jitter_draws_from_the_generator_it_is_given() -> None:
+    """``jittered(delay, rng)`` takes its randomness from ``rng``, so a seeded generator
+    gives the same delays again (``(rng or random).random()`` -> ``random.random()``)."""
+    draws = random.Random(42)
+    expected = [4.0 + 4.0 * draws.random() for _ in range(5)]
+    rng = random.Random(42)
+    assert [jittered(8.0, rng) for _ in range(5)] == pytest.approx(expected)
