@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import re
@@ -21,7 +22,6 @@ from mqttsession.state import IncomingMessage, OutgoingMessage, Phase, SessionSt
 from ._support import (
     FAST,
     PREFIX,
-    PREFIX2,
     PREFIX3,
     dump,
     sample_state,
@@ -663,3 +663,191 @@ def test_format_1_and_format_2_texts_of_a_state_decode_alike(state: SessionState
     v3 = codec.encode(state)
     assert v3 == text_from_obj(codec.state_to_obj(state), version=3)
     assert codec.decode(v1) == codec.decode(v2) == codec.decode(v3) == state
+
+
+# =========================================================================== mutation-hunt pins
+#
+# Each test below pins one rule the decoder's fast path (``_row_quick``) and its checked path
+# (``_row`` / ``_outgoing`` / ``obj_to_state``) must agree on; hand-built texts carry a VALID
+# checksum, so only the field rules can refuse them.
+
+
+def _v3_obj(**extra: Any) -> dict[str, Any]:
+    """``sample_state()`` as a format 3 object (outgoing rows of 9 fields), with ``extra``."""
+    obj = _as_format_3(_base_obj())
+    obj.update(extra)
+    return obj
+
+
+def _queued_row(accepted_at: object) -> list[Any]:
+    """A never-sent QoS 1 message (packet id 0) as a format 3 row: seq 3."""
+    return [3, 0, "q", "", 1, False, "", "queued", accepted_at]
+
+
+def test_integer_accepted_at_takes_the_checked_path_and_reads_as_float() -> None:
+    """An ``accepted_at`` written as a JSON integer is not the fast path's float: the checked
+    path reads it (a queued message's packet id 0 included) and gives a float."""
+    obj = _v3_obj(next_seq=4)
+    obj["outgoing"].append(_queued_row(5))
+    state = codec.decode(text_from_obj(obj, version=3))
+    m = state.outgoing[3]
+    assert m.packet_id == 0 and m.phase is Phase.QUEUED
+    assert m.accepted_at == 5.0 and type(m.accepted_at) is float
+
+
+@pytest.mark.parametrize("literal", ["-1", "-0.5", "1e400"])
+def test_accepted_at_negative_or_infinite_is_refused(literal: str) -> None:
+    """``accepted_at`` is a finite time >= 0 on either path (1e400 parses to inf)."""
+    obj = _v3_obj(next_seq=4)
+    obj["outgoing"].append(_queued_row(123456.25))
+    body = dump(obj).replace("123456.25", literal)
+    assert literal in body
+    text = wrap(body, version=3)
+    for fn in DECODERS:
+        with pytest.raises(StateError, match=re.escape("state.outgoing[2].accepted_at")):
+            fn(text)
+
+
+def test_incoming_taken_false_reads_as_not_taken() -> None:
+    """An incoming message's optional ``taken`` is read for its value, not its presence."""
+    obj = _v3_obj()
+    obj["incoming"][0]["taken"] = False
+    assert codec.decode(text_from_obj(obj, version=3)).incoming[9].taken is False
+    obj["incoming"][0]["taken"] = True
+    assert codec.decode(text_from_obj(obj, version=3)).incoming[9].taken is True
+
+
+def test_untaken_incoming_is_written_without_taken() -> None:
+    """``taken`` is written only when true (format 3, optional)."""
+    assert '"taken"' not in codec.encode(sample_state())
+
+
+@pytest.mark.parametrize(("version", "row"), [
+    (3, [3, 0, "q", "", 1, False, "", "queued", 0.0, "extra"]),
+    (2, [3, 0, "q", "", 1, False, "", "queued", 0.0]),  # a format 3 row in a format 2 text
+])
+def test_a_row_with_a_field_too_many_is_refused(version: int, row: list[Any]) -> None:
+    """A row must have exactly its format's fields: never truncated to fit."""
+    obj = _v3_obj(next_seq=4) if version == 3 else _as_format_2(_base_obj())
+    obj["next_seq"] = 4
+    obj["outgoing"].append(row)
+    text = text_from_obj(obj, version=version)
+    width = len(codec.OUTGOING_ROW) - (3 - version)
+    for fn in DECODERS:
+        with pytest.raises(StateError, match=re.escape(
+                f"state.outgoing[2]: expected {width} fields, got {len(row)}")):
+            fn(text)
+
+
+@pytest.mark.parametrize("key", ["spool_next", "spool_last"])
+def test_spool_bounds_of_zero_are_refused(key: str) -> None:
+    """``spool_next`` / ``spool_last`` are written only when set: a 0 in the text is damage."""
+    text = text_from_obj(_v3_obj(**{key: 0}), version=3)
+    for fn in DECODERS:
+        with pytest.raises(StateError, match=f"state.{key}"):
+            fn(text)
+
+
+@pytest.mark.parametrize("reserved", [[1, 2, 3], [0, 5], [True, 5], [5, True], [1, "2"], [7], []])
+def test_bad_reserved_ranges_are_refused(reserved: list[Any]) -> None:
+    """``reserved`` is exactly two packet ids 1..65535 (integers, not booleans)."""
+    text = text_from_obj(_v3_obj(reserved=reserved), version=3)
+    for fn in DECODERS:
+        with pytest.raises(StateError, match="state.reserved"):
+            fn(text)
+
+
+def test_a_good_reserved_range_is_read() -> None:
+    state = codec.decode(text_from_obj(_v3_obj(reserved=[7, 262]), version=3))
+    assert (state.reserved_first, state.reserved_last) == (7, 262)
+
+
+def test_null_clock_offset_is_refused() -> None:
+    """``clock_offset`` present is a number (absent: 0); null is damage."""
+    text = text_from_obj(_v3_obj(clock_offset=None), version=3)
+    for fn in DECODERS:
+        with pytest.raises(StateError, match="state.clock_offset"):
+            fn(text)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("spool_next", 1), ("spool_last", 1), ("orphans", []), ("reserved", [1, 2]),
+    ("clock_offset", 1.0), ("unanswered", []),
+])
+def test_format_3_optional_fields_are_unknown_in_format_2(key: str, value: Any) -> None:
+    """Format 2 had none of format 3's optional fields: one in a format 2 text is refused."""
+    obj = _as_format_2(_base_obj())
+    obj[key] = value
+    text = text_from_obj(obj, version=2)
+    for fn in DECODERS:
+        with pytest.raises(StateError, match=f"state: unknown field '{key}'"):
+            fn(text)
+
+
+def test_older_formats_are_written_without_format_3_fields() -> None:
+    """``state_to_obj`` for format 1 or 2 leaves out every format 3 field (its text must read
+    back as that format)."""
+    state = sample_state()
+    state.spool_next, state.spool_last = 2, 5
+    state.orphans = [IncomingMessage(11, "o", b"x")]
+    state.reserved_first, state.reserved_last = 7, 262
+    state.clock_offset = 1.5
+    state.unanswered = {"x/+"}
+    full = codec.state_to_obj(state)
+    assert {"spool_next", "spool_last", "orphans", "reserved", "clock_offset",
+            "unanswered"} <= set(full)
+    for version in (1, 2):
+        obj = codec.state_to_obj(state, version=version)
+        assert set(obj) == set(_base_obj()), version
+
+
+def test_non_ascii_base64_in_a_row_is_a_state_error() -> None:
+    """A payload with a non-ASCII character (base64 decoding raises plain ValueError there)
+    is refused as StateError naming the field, in every format."""
+    _check(_set("outgoing.0.payload", "aé=="), "state.outgoing[0].payload")
+    _check(_set("outgoing.1.properties", "é"), "state.outgoing[1].properties")
+
+
+def test_decode_with_digest_gives_the_texts_sha256() -> None:
+    """The digest returned is the text's whole 64-hex ``sha256`` field (it names a snapshot)."""
+    text = codec.encode(sample_state())
+    state, digest = codec.decode_with_digest(text)
+    assert state == sample_state()
+    assert digest == json.loads(text)["sha256"] and len(digest) == 64
+
+
+def test_a_field_after_state_covered_by_the_checksum_is_refused() -> None:
+    """An outer field after ``state`` that the checksum covers along with the body still makes
+    the document's fields wrong."""
+    body = dump(_base_obj())
+    covered = body + ',"extra":1'
+    text = f'{PREFIX}{hashlib.sha256(covered.encode()).hexdigest()}","state":{covered}}}'
+    assert json.loads(text)["extra"] == 1
+    for fn in DECODERS:
+        with pytest.raises(StateError, match="state text has fields"):
+            fn(text)
+
+
+def test_decode_leaves_a_disabled_collector_disabled() -> None:
+    """Decoding pauses the cyclic collector and restores it as it was, off included."""
+    text = codec.encode(sample_state())
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        codec.decode(text)
+        assert not gc.isenabled()
+    finally:
+        if was:
+            gc.enable()
+    codec.decode(text)
+    assert gc.isenabled() == was
+
+
+def test_unanswered_filters_are_written_sorted() -> None:
+    """The same state gives the same text (and sha256) in every process: ``unanswered`` (a
+    set) is written in sorted order, whatever the hash seed."""
+    state = sample_state()
+    filters = [f"f/{c}" for c in "qwertyuiopasdfgh"]
+    state.unanswered = set(filters)
+    written = json.loads(codec.encode(state))["state"]["unanswered"]
+    assert written == sorted(filters)

@@ -274,3 +274,109 @@ def test_client_transport_settings_are_checked() -> None:
         Client(tls_context="ca.pem")  # type: ignore[arg-type]
     c = Client(transport="websockets", websocket_headers={"X-A": "1"})
     assert (c.transport, c.websocket_path, c.websocket_headers) == ("websockets", "/mqtt", {"X-A": "1"})
+
+
+# --------------------------------------------------------------------------- mutation-hunt pins
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("h:1", ("h", 1)), ("h:65535", ("h", 65535)), ("[::1]:65535", ("::1", 65535)),
+])
+def test_port_bounds_are_inclusive(address: str, expected: tuple[str, int]) -> None:
+    """Ports 1 and 65535 are both valid."""
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["[::1]x", "[::1]1883", "[::1]x:1"])
+def test_text_after_an_ipv6_bracket_must_be_a_port(address: str) -> None:
+    """After ``]`` comes nothing or ``:port``; anything else is refused, never the default port."""
+    with pytest.raises(UsageError, match="host:port"):
+        parse_address(address)
+
+
+@pytest.mark.parametrize(("kwargs", "word"), [
+    ({"request_timeout_seconds": True}, "request_timeout_seconds"),
+    ({"keep_alive": True}, "keep_alive"),
+    ({"keep_alive": False}, "keep_alive"),
+    ({"inbound_queue_size": True}, "inbound_queue_size"),
+    ({"protocol_version": 4.0}, "protocol_version"),
+    ({"protocol_version": 5.0}, "protocol_version"),
+    ({"session_expiry_interval": 0x100000000}, "session_expiry_interval"),
+    ({"websocket_path": "/a b"}, "websocket_path"),
+    ({"websocket_path": "/a\nb"}, "websocket_path"),
+])
+def test_arguments_of_the_wrong_type_or_shape_are_refused(kwargs: dict[str, object],
+                                                          word: str) -> None:
+    """Booleans are not numbers, 4.0 is not protocol 4, a path has no spaces or line breaks."""
+    with pytest.raises(UsageError, match=word):
+        Options(**kwargs)  # type: ignore[arg-type]
+
+
+def test_range_ends_of_the_integer_arguments_are_accepted() -> None:
+    o = Options(keep_alive=0, session_expiry_interval=0xFFFFFFFF, inbound_queue_size=1)
+    assert (o.keep_alive, o.session_expiry_interval, o.inbound_queue_size) == (0, 0xFFFFFFFF, 1)
+    assert Options(keep_alive=65535, session_expiry_interval=0).keep_alive == 65535
+
+
+@pytest.mark.parametrize("value", ["0", "65535"])
+def test_keep_alive_variable_range_ends_are_accepted(monkeypatch: pytest.MonkeyPatch,
+                                                     value: str) -> None:
+    monkeypatch.setenv("MQTTSESSION_KEEP_ALIVE", value)
+    assert Options.from_env().keep_alive == int(value)
+
+
+def test_context_with_a_key_path_is_refused_as_both() -> None:
+    """A context and any certificate path (the key's too) is the "not both" error."""
+    with pytest.raises(UsageError, match="not both"):
+        TlsOptions(context=ssl.create_default_context(), client_key_path="k.pem")
+
+
+def test_path_like_tls_paths_become_str() -> None:
+    import pathlib
+    t = TlsOptions(True, pathlib.Path("/ca.pem"), pathlib.Path("/c.pem"), pathlib.Path("/k.pem"))
+    assert (t.ca_cert_path, t.client_cert_path, t.client_key_path) == ("/ca.pem", "/c.pem", "/k.pem")
+    assert all(type(p) is str for p in (t.ca_cert_path, t.client_cert_path, t.client_key_path))
+
+
+@pytest.mark.parametrize(("flag", "enabled"), [
+    ("1", True), ("true", True), ("yes", True), ("on", True), (" On ", True), ("TRUE", True),
+    ("0", False), ("false", False), ("no", False), ("off", False), (" Off ", False),
+])
+def test_every_tls_enabled_word(monkeypatch: pytest.MonkeyPatch, flag: str, enabled: bool) -> None:
+    """MQTTSESSION_TLS_ENABLED takes 1/true/yes/on and 0/false/no/off, any case, spaces
+    around; it wins over the three-paths rule either way."""
+    for suffix in ("CERTS_PATH", "CLIENT_CERT", "CLIENT_KEY"):
+        monkeypatch.setenv(f"MQTTSESSION_TLS_{suffix}", f"/{suffix.lower()}")
+    monkeypatch.setenv("MQTTSESSION_TLS_ENABLED", flag)
+    assert Options.from_env().tls_options.enabled is enabled
+
+
+def test_empty_tls_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty TLS_ENABLED is unset (the three-paths rule decides); an empty path is no path."""
+    monkeypatch.setenv("MQTTSESSION_TLS_ENABLED", "")
+    monkeypatch.setenv("MQTTSESSION_TLS_CERTS_PATH", "")
+    monkeypatch.setenv("MQTTSESSION_TLS_CLIENT_CERT", "/c.pem")
+    monkeypatch.setenv("MQTTSESSION_TLS_CLIENT_KEY", "/k.pem")
+    assert Options.from_env().tls_options == TlsOptions(False, None, "/c.pem", "/k.pem")
+
+
+def test_a_client_cert_without_key_variable_keeps_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQTTSESSION_TLS_CLIENT_CERT", "/c.pem")
+    assert Options.from_env().tls_options == TlsOptions(False, None, "/c.pem", None)
+
+
+def test_variables_are_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spaces around MQTTSESSION_ADDRESS / WS_PATH values are dropped, not kept in the value."""
+    monkeypatch.setenv("MQTTSESSION_ADDRESS", "  h:7 ")
+    monkeypatch.setenv("MQTTSESSION_WS_PATH", " /ws ")
+    o = Options.from_env()
+    assert o.address == "h:7" and o.websocket_path == "/ws"
+
+
+def test_same_server_needs_the_same_port() -> None:
+    """A recorded ``host:port`` names a peer only with its port too (numeric: no lookup)."""
+    from mqttsession.options import same_server
+    assert same_server("127.0.0.1:1883", ("127.0.0.1", 1883), resolve=False)
+    assert not same_server("127.0.0.1:1883", ("127.0.0.1", 1884), resolve=False)
+    assert not same_server("127.0.0.1:1883", ("127.0.0.2", 1883), resolve=False)
+    assert not same_server("127.0.0.1:1883", None, resolve=False)
