@@ -338,6 +338,24 @@ def test_inspect_of_a_gateway_directory_lists_every_session_past_a_damaged_queue
     assert text.returncode == 2 and "'bad': its disk queue is not counted" in text.stdout
 
 
+def test_inspect_of_a_gateway_directory_puts_in_flight_and_incoming_in_their_columns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A session with 2 messages in flight (a broker that never acks them) and none incoming:
+    ``inspect DIR`` shows 2 under "in flight" and 0 under "incoming", not the other way round."""
+    from mqttsession.cli import main  # noqa: PLC0415
+    from mqttsession.testing.fake_broker import FakeBroker  # noqa: PLC0415
+
+    with FakeBroker(qos1_ack="none") as broker, Gateway(tmp_path) as gw:
+        c = gw.client("insp-flight", clean_session=False)
+        c.connect(broker.host, broker.port)
+        for _ in range(2):
+            c.publish_message("insp/x", 1, "m")
+        broker.wait_for("PUBLISH", 2)
+    assert main(["inspect", str(tmp_path)]) == 0
+    (line,) = [line.split() for line in capsys.readouterr().out.splitlines() if "'insp-" in line]
+    assert line == ["'insp-flight'", "0", "2", "0", "0", "0"], line
+
+
 def test_readme_gateway_snippet_runs(mosquitto: MosquittoBroker, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -618,3 +618,22 @@ def test_a_forgotten_ids_old_session_is_ended_with_the_sessions_tls_and_credenti
         c.close()
     forgotten = (tmp_path / "gw" / "forgotten").read_text()
     assert "auth" in forgotten and "tls" not in forgotten
+
+
+def test_client_context_keeps_the_contexts_of_the_16_last_sets_of_files(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``client_context`` keeps one context per set of files, for the 16 last made: going back
+    to a set among them takes its context again (no CA loaded again); a 17th drops the oldest."""
+    from mqttsession import dialing  # noqa: PLC0415
+
+    monkeypatch.setattr(dialing, "_contexts", {})
+    cas = []
+    for i in range(16):
+        shutil.copy(pki.ca, tmp_path / f"ca{i}.pem")
+        cas.append(str(tmp_path / f"ca{i}.pem"))
+    first = dialing.client_context(cas[0], None, None)
+    for ca in cas[1:16]:
+        assert dialing.client_context(ca, None, None) is not first
+    assert dialing.client_context(cas[0], None, None) is first  # (16 kept)
+    assert dialing.client_context(cas[0], pki.client_cert, pki.client_key) is not first  # (17th)
+    assert dialing.client_context(cas[0], None, None) is not first  # (the oldest went)
