@@ -345,3 +345,22 @@ def test_flush_waits_for_the_ack(broker: Recorded, version: int) -> None:
     finally:
         go.set()
         s.close()
+
+
+@VERSIONS
+def test_ending_a_session_whose_last_server_is_down_tries_the_others(broker: Recorded,
+                                                                     version: int) -> None:
+    """``end_session_on_broker`` with ``last`` (the server that held the session, tried
+    first): when that server is down, the other servers of the list are tried after it, so
+    the session is still ended on the one that answers (the list reordered, not cut to
+    ``last``)."""
+    from mqttsession.mesh import end_session_on_broker
+    from mqttsession.testing.brokers import free_port
+
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    options = Options(address=f"{broker.address},{down}", protocol_version=version,
+                      request_timeout_seconds=5.0)
+    end_session_on_broker(options, "gone-dev", last=down)
+    broker.fb.wait_for("DISCONNECT", 1)
+    (connect,) = broker.packets(PacketType.CONNECT)
+    assert connect.client_id == "gone-dev" and connect.clean_start is True
