@@ -241,21 +241,28 @@ def test_async_gateway_close_ends_a_session_still_starting(tmp_path: Path) -> No
 
 def test_gateway_close_ends_connect_and_connect_all(tmp_path: Path) -> None:
     """``Gateway.close()`` while a session's ``connect()`` and ``connect_all()`` wait for
-    CONNACKs: both raise ``ConnectError`` (before: neither ever returned, the loop stopped
-    under them)."""
+    CONNACKs: both end with ``ConnectError`` (before: neither ever returned, the loop stopped
+    under them). ``connect_all`` raises it, or returns it as session two's failure when its
+    sessions' connects all ended before the loop stopped (a race: both are its contract)."""
     with _silent() as port:
         gw = Gateway(tmp_path / "gw")
         one = gw.client("one", clean_session=False)
         gw.client("two", clean_session=False)
         t1, r1 = _connect_in_thread(lambda: one.connect("127.0.0.1", port, timeout=20))
         time.sleep(0.3)
-        t2, r2 = _connect_in_thread(lambda: gw.connect_all("127.0.0.1", port, timeout=20))
+        failed: list[dict[str, ConnectError]] = []
+        t2, r2 = _connect_in_thread(
+            lambda: failed.append(gw.connect_all("127.0.0.1", port, timeout=20)))
         time.sleep(0.3)
         gw.close()
         for t in (t1, t2):
             t.join(8)
             assert not t.is_alive(), "a connect still waits after Gateway.close()"
-        assert [type(e) for e in r1 + r2] == [ConnectError, ConnectError], r1 + r2
+        assert [type(e) for e in r1] == [ConnectError], r1
+        if failed:  # (returned: session two's connect ended by the close)
+            assert not r2 and isinstance(failed[0].get("two"), ConnectError), failed
+        else:
+            assert [type(e) for e in r2] == [ConnectError], r2
 
 
 def test_connect_all_checks_its_arguments(tmp_path: Path) -> None:
