@@ -25,3 +25,13 @@ def test_different_ids_have_different_names(a: str, b: str) -> None:
     if a != b:
         assert queue_name(a) != queue_name(b)
     assert len(queue_name(a).encode()) <= 255 - len(".queue")
+
+
+def test_a_name_is_one_directory_entry_and_200_characters_are_kept_whole() -> None:
+    """An id's name is a single file name: no ``/`` (it would name a subdirectory, or climb
+    out with ``../``; ``.`` and ``..`` alone are safe, ``.queue`` is added); an encoded id of
+    exactly 200 characters is kept whole (the cut starts past it)."""
+    for cid in ("a/b", "../up", "/abs"):
+        assert "/" not in queue_name(cid), cid
+    assert queue_name("x" * 200) == "x" * 200
+    assert queue_name("x" * 201) != "x" * 201
