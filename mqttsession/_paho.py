@@ -229,9 +229,9 @@ class PahoConnection(ReadBatches, mqtt.Client):
                 if counted:  # (held with a read batch: counted since)
                     self.count_unsent(-len(packet) - PACKET_COST)
                 return True
-            rest = _out_packet(kind, packet, packet_id, qos, None if qos or kind !=
-                               PacketType.PUBLISH else _Unsent(self, len(packet) + PACKET_COST,
-                                                               counted))
+            info = _Unsent(self, len(packet) + PACKET_COST, counted) \
+                if not qos and kind == PacketType.PUBLISH else None
+            rest = _out_packet(kind, packet, packet_id, qos, info)
             rest["pos"], rest["to_process"] = sent, len(packet) - sent
             self._out_packet.append(rest)  # noqa: SLF001
         finally:
