@@ -28,7 +28,7 @@ __all__ = [
     "Orphaned",
     "OrphansReleased", "OrphanReleased", "Reserved", "Answered", "SessionLost", "ResumePlan",
     "KINDS", "BINARY_TAGS", "encode_record", "encode_message",
-    "decode_record", "quick_init", "MAX_SEQ",
+    "decode_record", "decode_queued", "quick_init", "MAX_SEQ",
 ]
 
 MAX_PACKET_ID: Final = 65535
@@ -633,28 +633,44 @@ def _decode_binary(data: bytes) -> Record:
             raise StateError(f"journal record s: unknown event code {code}")
         return Stepped(seq, _EVENT_CODES[code], pid)
     tag = "b" if data[:1] == b"b" else "a"
-    layout = _ACCEPTED_AT if tag == "b" else _ACCEPTED
+    found = _accepted(data, _ACCEPTED_AT if tag == "b" else _ACCEPTED)
+    if isinstance(found, str):
+        raise StateError(f"journal record {tag}: {found}")
+    return Accepted(found[0])
+
+
+def _accepted(data: bytes, layout: struct.Struct) -> tuple[OutgoingMessage, int] | str:
+    """A binary ``Accepted`` record's message and what it counts against MaxQueuedBytes; what
+    is wrong with it otherwise."""
     head = layout.size
     if len(data) < head:
-        raise StateError(f"journal record {tag}: {len(data)} bytes, shorter than its header")
+        return f"{len(data)} bytes, shorter than its header"
     _, seq, pid, qos, retain, tlen, plen, xlen, *at = layout.unpack_from(data)
-    if len(data) != head + tlen + plen + xlen:
-        raise StateError(f"journal record {tag}: {len(data)} bytes, its lengths say "
-                         f"{head + tlen + plen + xlen}")
+    size = tlen + plen + xlen
+    if len(data) != head + size:
+        return f"{len(data)} bytes, its lengths say {head + size}"
     if not 1 <= seq <= MAX_SEQ or qos not in (1, 2) or retain > 1:
-        raise StateError(f"journal record {tag}: seq {seq}, qos {qos}, retain {retain} out of range")
+        return f"seq {seq}, qos {qos}, retain {retain} out of range"
     accepted_at = at[0] if at else 0.0
     if not math.isfinite(accepted_at) or accepted_at < 0:
-        raise StateError(f"journal record {tag}: accepted at {accepted_at}, not a time")
+        return f"accepted at {accepted_at}, not a time"
     try:
         topic = data[head:head + tlen].decode("utf-8")
     except UnicodeDecodeError:
-        raise StateError(f"journal record {tag}: topic is not UTF-8") from None
+        return "topic is not UTF-8"
     if not topic or "\x00" in topic:
-        raise StateError(f"journal record {tag}: topic is empty or holds U+0000")
+        return "topic is empty or holds U+0000"
     end = head + tlen + plen
-    return Accepted(OutgoingMessage(seq, pid, topic, data[head + tlen:end], qos, retain == 1,
-                                    data[end:], Phase.QUEUED, accepted_at))
+    return OutgoingMessage(seq, pid, topic, data[head + tlen:end], qos, retain == 1,
+                           data[end:], Phase.QUEUED, accepted_at), size
+
+
+def decode_queued(data: bytes) -> tuple[OutgoingMessage, int] | None:
+    """A disk-queue frame's never-sent message and what it counts against MaxQueuedBytes (the
+    read-back path: no record made); None unless the frame holds a valid binary ``Accepted``
+    record with no packet id (``decode_record`` then says what is wrong)."""
+    found = _accepted(data, _ACCEPTED_AT) if data[:1] == b"b" else None
+    return found if isinstance(found, tuple) and not found[0].packet_id else None
 
 
 def decode_record(data: bytes) -> Record:

@@ -42,7 +42,7 @@ from .mapped import MappedTail
 from .statelock import _own_file, unlinked
 from .recovery import (_NOFOLLOW, _fsync_dir, frame, free_name, keep_cut_copy, own_dir,
                        read_frames, unreadable, zeros_from)
-from .records import Accepted, OutgoingMessage, decode_record, encode_message
+from .records import Accepted, OutgoingMessage, decode_queued, decode_record, encode_message
 from .segments import DAMAGED_NAME, OPEN_NAME, SEALED_NAME, Segment, gap, header, read_header
 from .state import message_bytes
 
@@ -278,7 +278,7 @@ class Spool:
             m = self._peek_message()
             if m is None or m.seq >= spool_next:
                 return
-            self._take()
+            self._take(1, [])
 
     # ------------------------------------------------------------------ writing
 
@@ -374,9 +374,11 @@ class Spool:
         """Store never-sent messages, in one write (persistence point 1): in the OS before
         returning, on disk with ``sync`` under ``SessionSync=always``; ``PersistenceError``
         otherwise (and none of them stored)."""
-        frames = [frame(encode_message(m)) for m in messages]  # a Spooled record's bytes
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        n = sum(map(message_bytes, messages))
+        if len(messages) == 1:  # (a publish's: no list, no join)
+            data, n = frame(encode_message(messages[0])), message_bytes(messages[0])
+        else:  # a Spooled record's bytes each
+            data = b"".join([frame(encode_message(m)) for m in messages])
+            n = sum(map(message_bytes, messages))
         with self._mutex:
             try:
                 seg = self._roll(messages[0].seq)
@@ -504,18 +506,20 @@ class Spool:
             self._damaged(seg, str(exc))
             return None
 
-    def _take(self) -> OutgoingMessage | None:
-        if (m := self._peek_message()) is None:
-            return None
-        payload = self._frames.pop()
-        self._roff += 8 + len(payload)
-        n = message_bytes(m)
-        self._rcount += 1
-        self._rbytes += n
-        self.read_to = m.seq + 1
-        self.count -= 1
-        self.bytes -= n
-        return m
+    def _take(self, n: int, out: list[OutgoingMessage]) -> None:
+        """Up to ``n`` messages of the frames read ahead, into ``out`` (none: damage)."""
+        frames, k, size, nb = self._frames, 0, 0, 0
+        while k < n and frames:
+            if (found := decode_queued(frames[-1])) is None:  # an older record, or damage:
+                if k or (m := self._peek_message()) is None:  # (``_damaged`` reads the counts)
+                    break
+                found = m, message_bytes(m)
+            out.append(found[0])
+            k, size, nb = k + 1, size + 8 + len(frames.pop()), nb + found[1]
+        if k:
+            self._roff, self._rcount = self._roff + size, self._rcount + k
+            self.count, self.bytes, self._rbytes = self.count - k, self.bytes - nb, self._rbytes + nb
+            self.read_to = out[-1].seq + 1
 
     def _damaged(self, seg: Segment, why: str) -> None:
         """A segment found damaged while read back: kept aside, the rest of it skipped."""
@@ -551,9 +555,7 @@ class Spool:
                         self._roff = self._rcount = self._rbytes = 0
                         continue
                     break  # the open segment: all read
-                m = self._take()
-                if m is not None:
-                    out.append(m)
+                self._take(n - len(out), out)
             if not out and self.count < 0:  # pragma: no cover - a count gone wrong
                 self.count = self.bytes = 0
         return out

@@ -4,6 +4,9 @@ PUBREL)."""
 
 from __future__ import annotations
 
+import struct
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,6 +25,7 @@ from mqttsession.state import (
     Taken,
 )
 from mqttsession.errors import TransitionError
+from mqttsession.records import decode_queued, encode_message
 
 from ._support import FAST
 
@@ -66,6 +70,47 @@ def test_every_truncation_or_extension_of_a_binary_record_is_refused(
         codec.decode_record(raw[:n])
     with pytest.raises(StateError):
         codec.decode_record(raw + data.draw(st.binary(min_size=1, max_size=8)))
+
+
+def _decoded_queued(data: bytes) -> tuple[OutgoingMessage, int] | None:
+    """What the careful path gives for a disk-queue frame: its queued message and size."""
+    try:
+        rec = codec.decode_record(data)
+    except StateError:
+        return None
+    if type(rec) is not Accepted or rec.message.packet_id or data[:1] != b"b":
+        return None
+    m = rec.message
+    return m, len(m.payload) + len(m.topic.encode()) + len(m.properties)
+
+
+@FAST
+@given(ACCEPTED, st.data())
+def test_decode_queued_agrees_with_decode_record(rec: Accepted, data: st.DataObject) -> None:
+    """The disk queue's read-back path (``decode_queued``) gives exactly what ``decode_record``
+    gives for a queued message, with its MaxQueuedBytes size, and None for every record the
+    careful path refuses or that holds a packet id (a frame byte changed or cut too)."""
+    raw = bytearray(codec.encode_record(rec))
+    if data.draw(st.booleans()):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del raw[data.draw(st.integers(0, len(raw) - 1)):]
+    assert decode_queued(bytes(raw)) == _decoded_queued(bytes(raw))
+
+
+@FAST
+@given(st.binary(max_size=80))
+def test_decode_queued_of_random_bytes_is_none_or_the_careful_paths_message(raw: bytes) -> None:
+    assert decode_queued(b"b" + raw) == _decoded_queued(b"b" + raw)
+
+
+def test_decode_queued_refuses_an_older_a_record_and_a_nan_time() -> None:
+    """An ``a`` record (no publish time) is left to ``decode_record``; a NaN time is refused."""
+    m = OutgoingMessage(5, 0, "t", b"p", 1, False, b"", accepted_at=float("nan"))
+    assert decode_queued(encode_message(m)) is None
+    a = struct.pack(">cQHBBHII", b"a", 5, 0, 1, 0, 1, 1, 0) + b"tp"
+    assert decode_queued(a) is None
+    assert codec.decode_record(a) == Accepted(replace(m, accepted_at=0.0))
 
 
 @FAST

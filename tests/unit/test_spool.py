@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mqttsession.errors import PersistenceError, StateError
-from mqttsession.records import OutgoingMessage
+from mqttsession.records import OutgoingMessage, encode_message
 from mqttsession.recovery import frame, read_frames
 from mqttsession.segments import Segment, gap, read_header
 from mqttsession.spool import QUEUE_SUFFIX, Spool
@@ -453,3 +455,71 @@ def test_a_deleted_segment_holding_the_next_message_to_read_back_is_a_gap() -> N
     seg = Segment(first=6, path="x", sealed=True, last=9, count=4, prev=5)
     assert gap([seg], 5, []) == 5
     assert gap([seg], 6, []) is None  # message 5 was read back: nothing lost
+
+
+def _rewrite_frames(path: Path, change: dict[int, bytes]) -> None:
+    """Replace message frames of a segment file (index after the header: new payload), the
+    bytes after its valid frames (zeros ahead) kept in length."""
+    raw = path.read_bytes()
+    payloads, valid, _ = read_frames(raw)
+    body = frame(payloads[0]) + b"".join(frame(change.get(i, p)) for i, p in
+                                         enumerate(payloads[1:]))
+    path.write_bytes(body + bytes(max(0, len(raw) - len(body))))
+
+
+def _older_a_record(m: OutgoingMessage) -> bytes:
+    """``m``'s frame as a journal of format 1's ``a`` record wrote it (no publish time)."""
+    topic = m.topic.encode()
+    return struct.pack(">cQHBBHII", b"a", m.seq, 0, m.qos, m.retain, len(topic),
+                       len(m.payload), len(m.properties)) + topic + m.payload + m.properties
+
+
+def test_older_a_frames_among_b_frames_are_read_back_in_order_and_counted(
+        tmp_path: Path) -> None:
+    """Frames the read-back fast path leaves to ``decode_record`` (``a`` records) come back in
+    their place, between the ``b`` ones a batch takes, and the queue's counts reach zero."""
+    seqs = [1, 2, 3, 4, 5]
+    filled(tmp_path, seqs).close()
+    _rewrite_frames(_open_segment(tmp_path), {1: _older_a_record(msg(2)),
+                                              2: _older_a_record(msg(3))})
+    sp = reopened(tmp_path)
+    assert (sp.count, sp.bytes) == (5, sum(message_bytes(msg(s)) for s in seqs))
+    old = {2, 3}
+    assert sp.read(100) == [replace(msg(s), accepted_at=0.0) if s in old else msg(s)
+                            for s in seqs]
+    assert (sp.count, sp.bytes, sp.read_to) == (0, 0, 6)
+
+
+def test_a_bad_frame_after_good_ones_in_one_read_counts_only_what_follows_it(
+        tmp_path: Path) -> None:
+    """A sealed segment's frame that holds no queued message (here a packet id) after good ones
+    read in the same batch: those come back, the loss reported is the messages from the bad
+    frame to the segment's end, and the counts stay exact (the next segment is read on)."""
+    filled(tmp_path, list(range(1, 41))).close()
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    first = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[0]
+    f, last = (int(x) for x in first[2:-4].split("-")[:2])
+    assert last - f >= 3
+    _rewrite_frames(d / first, {2: encode_message(replace(msg(f + 2), packet_id=7))})
+    sp = reopened(tmp_path)
+    got = [m.seq for m in sp.read(100)]
+    assert got == [f, f + 1, *range(last + 1, 41)]
+    lost = last - f - 1
+    [(_, text)] = sp.take_errors()
+    assert f"{lost} queued messages in it after the damage are lost" in text
+    assert (sp.count, sp.bytes) == (0, 0)
+
+
+def test_one_append_of_several_messages_counts_each_ones_bytes(tmp_path: Path) -> None:
+    """``append`` of a batch (``publish_many``'s) counts every message's MaxQueuedBytes, in
+    the queue and in its segment (what a sealed segment's name says, read at a restart)."""
+    sp = Spool(str(tmp_path / "s"), "c", sync=False, segment_bytes=SEG)
+    sp.recover(0)
+    batch = [msg(1, 5), msg(2, 30), msg(3, 7)]
+    sp.append(batch, sync=False)
+    total = sum(map(message_bytes, batch))
+    assert (sp.count, sp.bytes) == (3, total)
+    sp.close()
+    again = reopened(tmp_path)
+    assert (again.count, again.bytes) == (3, total)
+    assert again.read(10) == batch
