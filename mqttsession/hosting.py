@@ -94,15 +94,18 @@ def raise_fd_limit(needed: int, least: int | None = None) -> int:
             f"{must} file descriptors are needed (one a session and {FD_RESERVE} more), but"
             f" the hard limit on open files is {hard}: raise it (ulimit -Hn, or LimitNOFILE= in"
             " a systemd unit) or host fewer sessions in this process")
-    if soft >= hard:  # at the hard limit already: said once (not "raised from N to N")
+    # no hard limit (BSD's, macOS's; never Linux's): the soft one raised to what is needed, as
+    # those refuse an unlimited soft limit on open files
+    new = needed if hard == resource.RLIM_INFINITY else hard
+    if soft >= new:  # at the hard limit already: said once (not "raised from N to N")
         if not _FD_WARNED:
             _FD_WARNED.append(needed)
             log.warning("open files limit %d is the hard limit; %d may be needed (three a"
                         " session whose disk queue spilled): raise it (ulimit -Hn)", soft, needed)
         return int(soft)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    log.info("open files limit raised from %d to %d (%d needed)", soft, hard, needed)
-    return int(hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    log.info("open files limit raised from %d to %d (%d needed)", soft, new, needed)
+    return int(new)
 
 
 _FD_WARNED: list[int] = []  # (``raise_fd_limit``'s one warning a process)

@@ -168,3 +168,32 @@ def test_a_held_sync_that_fails_after_a_reconnect_is_reported(
         pub.disconnect()
         c.close()
     assert got == [b"two"], got
+
+
+def test_a_fast_disks_read_batches_sync_on_the_network_thread(
+        mosquitto: Any, mqtt_proxy_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``behind.SLOW_SYNC`` (a fast SSD's fdatasync; here one that writes nothing and
+    takes microseconds) the hand-over to the sync thread costs more than the wait: the read
+    batches sync on paho's thread, no sync thread made."""
+    synced_on: list[str] = []
+    disk = FakeOs(fdatasync=lambda _fd: synced_on.append(threading.current_thread().name))
+    monkeypatch.setattr(journal_mod, "os", disk)
+    proxy = mqtt_proxy_factory(mosquitto)
+    tag = _procs.unique("fs")
+    got: list[bytes] = []
+    c = Client(client_id=_procs.unique("fs"), clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's.session'}")
+    c.on_message_in = lambda e: got.append(e.message)
+    pub = _publisher((mosquitto.host, mosquitto.port))
+    try:
+        c.connect(proxy.host, proxy.port, timeout=10)
+        c.subscribe(f"{tag}/q2", 2)
+        _procs.wait_until(lambda: proxy.packets("s2c", "SUBACK"), what="SUBACK")
+        _warmed(pub, f"{tag}/q2", got)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        c.close()
+    assert any(n.startswith("paho") for n in synced_on), synced_on
+    assert not any(n.startswith("mqttsession-acksync") for n in synced_on), synced_on
