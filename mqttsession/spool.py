@@ -507,19 +507,20 @@ class Spool:
             return None
 
     def _take(self, n: int, out: list[OutgoingMessage]) -> None:
-        """Up to ``n`` messages of the frames read ahead, into ``out`` (none: damage)."""
+        """Up to ``n`` messages of the frames read ahead, into ``out`` (none: damage); taken
+        and counted after the loop (an interrupt in it changes nothing)."""
         frames, k, size, nb = self._frames, 0, 0, 0
-        while k < n and frames:
-            if (found := decode_queued(frames[-1])) is None:  # an older record, or damage:
+        while k < n and (i := len(frames) - k):
+            if (found := decode_queued(frames[i - 1])) is None:  # an older record, or damage:
                 if k or (m := self._peek_message()) is None:  # (``_damaged`` reads the counts)
                     break
                 found = m, message_bytes(m)
             out.append(found[0])
-            k, size, nb = k + 1, size + 8 + len(frames.pop()), nb + found[1]
+            k, size, nb = k + 1, size + 8 + len(frames[i - 1]), nb + found[1]
         if k:
-            self._roff, self._rcount = self._roff + size, self._rcount + k
+            del frames[len(frames) - k:]
+            self._roff, self._rcount, self.read_to = self._roff + size, self._rcount + k, out[-1].seq + 1
             self.count, self.bytes, self._rbytes = self.count - k, self.bytes - nb, self._rbytes + nb
-            self.read_to = out[-1].seq + 1
 
     def _damaged(self, seg: Segment, why: str) -> None:
         """A segment found damaged while read back: kept aside, the rest of it skipped."""
@@ -551,8 +552,7 @@ class Spool:
                 seg = self._segs[self._ri]
                 if not self._fill(seg):
                     if seg.sealed or self._ri < len(self._segs) - 1:
-                        self._ri += 1
-                        self._roff = self._rcount = self._rbytes = 0
+                        self._ri, self._roff, self._rcount, self._rbytes = self._ri + 1, 0, 0, 0
                         continue
                     break  # the open segment: all read
                 self._take(n - len(out), out)

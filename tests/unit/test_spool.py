@@ -5,11 +5,15 @@ segment, a cut sealed segment, random damage): a prefix of what was appended, or
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import struct
+import sys
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -523,3 +527,36 @@ def test_one_append_of_several_messages_counts_each_ones_bytes(tmp_path: Path) -
     again = reopened(tmp_path)
     assert (again.count, again.bytes) == (3, total)
     assert again.read(10) == batch
+
+
+def test_an_interrupt_while_a_batch_is_taken_skips_no_message(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of taking a batch of frames (after two of them, at the third):
+    the read raises and the queue is where it was; the next read gives every message. Before,
+    the frames taken were gone while the read position and counts stayed: two messages were
+    skipped for good."""
+    sp = filled(tmp_path, list(range(1, 11)))
+    src, first = inspect.getsourcelines(Spool._take)
+    line = first + next(i for i, s in enumerate(src) if "out.append(found[0])" in s)
+    hits: list[int] = []
+
+    def tracer(frame: FrameType, _event: str, _arg: object) -> Any:
+        if frame.f_code is not Spool._take.__code__:
+            return None
+
+        def local(frame: FrameType, event: str, _arg: object) -> Any:
+            if event == "line" and frame.f_lineno == line:
+                hits.append(1)
+                if len(hits) == 3:
+                    raise KeyboardInterrupt
+            return local
+        return local
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sp.read(100)
+    finally:
+        sys.settrace(None)
+    assert len(hits) == 3
+    assert sp.read(100) == [msg(s) for s in range(1, 11)]
+    assert (sp.count, sp.bytes, sp.read_to) == (0, 0, 11)
