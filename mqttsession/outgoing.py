@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Callable, Container, Final, Protocol, Sequence
+from typing import Callable, Container, Final, Sequence
 
 from . import _wire
 from ._wire import PacketType
@@ -39,7 +39,7 @@ from .state import (
     publish_packet_size,
     topic_bytes,
 )
-from .queuelimits import DropLog, QueueLimits
+from .queuelimits import DropLog, QueueLimits, QueueSource
 from .reserving import Reserving
 from .subscriptions import Subscriptions
 
@@ -61,31 +61,6 @@ _ALL: Final = _Everyone()
 
 def _event(m: OutgoingMessage) -> MessageEvent:
     return MessageEvent(m.packet_id, m.topic, m.qos, m.payload, m.retain, m.sent, m.properties)
-
-
-class QueueSource(Protocol):
-    """The disk queue the engine reads back from (``store.StateFile``): messages go there
-    (``Spooled`` records) beyond ``queue_in_memory``; it is read only after every ``Persist``
-    the engine returned before was carried out."""
-
-    @property
-    def ready(self) -> bool:
-        """Whether messages may go to the disk queue now."""
-
-    def read(self, n: int) -> list[OutgoingMessage]:
-        """Up to ``n`` of the oldest messages not read back yet, in publish order."""
-
-    def head_time(self) -> float | None:
-        """When the oldest of them was published."""
-
-    def tail_time(self) -> float | None:
-        """When the newest of them was published."""
-
-    def queued(self) -> tuple[int, int]:
-        """How many are not read back yet, and their bytes."""
-
-    def read_to(self) -> int:
-        """Every message below this seq was read back (or lost to damage, reported)."""
 
 
 # ------------------------------------------------------------------------------------ outgoing
@@ -460,7 +435,7 @@ class Outgoing(QueueLimits, Reserving):
         sp, limit = self.spool, self.settings.queue_in_memory
         if sp is None or len(self._pending) >= max(1, limit // 2):
             return []
-        return self._loaded(sp.read(max(1, limit - len(self._pending))))
+        return self._read_back(max(1, limit - len(self._pending)))[1]
 
     def _loaded(self, messages: list[OutgoingMessage]) -> list[Action]:
         """Messages read back join the session; their packet ids are durable before any of

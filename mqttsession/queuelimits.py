@@ -11,17 +11,16 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, ContextManager, Final
+from typing import TYPE_CHECKING, Callable, ContextManager, Final, Protocol
 
 from .actions import PACKET_COST, Action, EngineSettings
 from .errors import QueueFullError
 from .state import OutgoingMessage, Phase, SessionState, message_bytes
 
 if TYPE_CHECKING:
-    from .outgoing import QueueSource
     from .records import Stepped
 
-__all__ = ["DropLog", "QueueLimits"]
+__all__ = ["DropLog", "QueueLimits", "QueueSource"]
 
 log = logging.getLogger("mqttsession")
 
@@ -76,6 +75,37 @@ class DropLog:
             self._counts.clear()
 
 
+class QueueSource(Protocol):
+    """The disk queue the engine reads back from (``store.StateFile``): messages go there
+    (``Spooled`` records) beyond ``queue_in_memory``; it is read only after every ``Persist``
+    the engine returned before was carried out."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether messages may go to the disk queue now."""
+
+    def read(self, n: int) -> list[OutgoingMessage]:
+        """Up to ``n`` of the oldest messages not read back yet, in publish order."""
+
+    def head_time(self) -> float | None:
+        """When the oldest of them was published."""
+
+    def tail_time(self) -> float | None:
+        """When the newest of them was published."""
+
+    def queued(self) -> tuple[int, int]:
+        """How many are not read back yet, and their bytes."""
+
+    def read_to(self) -> int:
+        """Every message below this seq was read back (or lost to damage, reported)."""
+
+    def mark(self) -> object:
+        """Where reading back stands, for ``reset``."""
+
+    def reset(self, mark: object) -> None:
+        """Reading back where ``mark`` was: what ``read`` gave since then given again."""
+
+
 class QueueLimits:
     """The queue bounds of an ``Outgoing`` (its attributes and methods, declared here)."""
 
@@ -103,6 +133,21 @@ class QueueLimits:
 
     def _loaded(self, messages: list[OutgoingMessage]) -> list[Action]:
         raise NotImplementedError  # Outgoing's
+
+    def _read_back(self, n: int) -> tuple[list[OutgoingMessage], list[Action]]:
+        """Up to ``n`` messages read back from the disk queue and joined to the session
+        (``_loaded``); an interrupt before they joined (a Ctrl-C on the publishing thread)
+        leaves them in the queue, read back again next time, never skipped."""
+        sp, st = self.spool, self.state
+        assert sp is not None
+        mark, before = sp.mark(), st.spool_next
+        try:
+            head = sp.read(n)
+            return head, self._loaded(head)
+        except BaseException:
+            if st.spool_next == before:  # (joined: they are the session's, kept)
+                sp.reset(mark)
+            raise
 
     def _dropped(self, m: OutgoingMessage, rec: Stepped | None, reason: str) -> list[Action]:
         raise NotImplementedError  # Outgoing's
@@ -153,8 +198,8 @@ class QueueLimits:
             raise _refused(f"{full}, and no message that was never sent can make room:"
                            " nothing was stored", gone)
         while ((max_n and count > max_n) or (max_b and used > max_b)) and st.spooled and sp:
-            head = sp.read(1)  # the disk queue's oldest, read back to be dropped
-            out += self._loaded(head)
+            head, loaded = self._read_back(1)  # the disk queue's oldest, read back to be dropped
+            out += loaded
             for m in head:
                 victims.append(st.outgoing[m.seq])
                 count -= 1
@@ -188,10 +233,10 @@ class QueueLimits:
         most = 2 * self.settings.queue_in_memory + 64
         while sp is not None and st.spooled and len(st.outgoing) < most and \
                 st.outgoing_bytes < _SCAN_IN_MEMORY:
-            head = sp.read(64)
+            head, loaded = self._read_back(64)
             if not head:
                 break
-            out += self._loaded(head)
+            out += loaded
             for m in head:
                 if m.properties and self._remaining(m) == 0:
                     out += self._dropped(m, st.expire(m.seq), "expired")

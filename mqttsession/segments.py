@@ -1,14 +1,20 @@
-"""The disk queue's segment files (``spool.py``): their names, what a segment is, and its
-header frame ``["mqttsession-queue", 1, client id, first seq, prev]``. Pure."""
+"""The disk queue's segment files (``spool.py``): their names, what a segment is, its header
+frame ``["mqttsession-queue", 1, client id, first seq, prev]``, and the checks a restart makes of
+a segment file (``check_regular``: one lstat; ``check_sealed``). No paho, no sockets."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DAMAGED_NAME", "OPEN_NAME", "SEALED_NAME", "Segment", "gap", "header", "read_header"]
+from .errors import StateError
+
+__all__ = ["DAMAGED_NAME", "OPEN_NAME", "SEALED_NAME", "Segment", "check_regular", "check_sealed",
+           "gap", "header", "read_header"]
 
 _HEADER_TAG: Final = "mqttsession-queue"
 _VERSION: Final = 1
@@ -57,3 +63,24 @@ def gap(segs: list[Segment], spool_next: int, damaged: list[int]) -> int | None:
             return seg.prev
         seen = max(seen, seg.last)
     return None
+
+
+def check_regular(seg: Segment) -> os.stat_result:
+    """A segment is a regular file (not a FIFO, a link, a directory): else ``StateError``."""
+    try:
+        st = os.lstat(seg.path)
+    except OSError as exc:
+        raise StateError(f"disk queue segment {seg.path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"disk queue segment {seg.path} is not a regular file; kept")
+    return st
+
+
+def check_sealed(seg: Segment, st: os.stat_result) -> None:
+    """A sealed segment is the size its name says, and its name is consistent: else
+    ``StateError`` (the file kept)."""
+    if st.st_size != seg.size:
+        raise StateError(f"disk queue segment {seg.path} is {st.st_size} bytes, its name says"
+                         f" {seg.size} (cut short or damaged); kept")
+    if seg.count <= 0 or seg.first > seg.last or seg.bytes < 0:
+        raise StateError(f"disk queue segment {seg.path}: its name is not consistent")

@@ -31,10 +31,9 @@ import contextlib
 import errno
 import logging
 import os
-import stat
 import threading
 import time
-from typing import Final, Iterator
+from typing import Final, Iterator, cast
 
 from .errors import PersistenceError, StateError
 from .journal import _write_all, zeros_ahead
@@ -43,7 +42,8 @@ from .statelock import _own_file, unlinked
 from .recovery import (_NOFOLLOW, _fsync_dir, frame, free_name, keep_cut_copy, own_dir,
                        read_frames, unreadable, zeros_from)
 from .records import Accepted, OutgoingMessage, decode_queued, decode_record, encode_message
-from .segments import DAMAGED_NAME, OPEN_NAME, SEALED_NAME, Segment, gap, header, read_header
+from .segments import (DAMAGED_NAME, OPEN_NAME, SEALED_NAME, Segment, check_regular, check_sealed,
+                       gap, header, read_header)
 from .state import message_bytes
 
 __all__ = ["QUEUE_SUFFIX", "SEGMENT_BYTES", "Spool"]
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 QUEUE_SUFFIX: Final = ".queue"
 SEGMENT_BYTES: Final = 1024 * 1024  # a segment is sealed past this; a restart reads <= 2
 _CREATE: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW  # written at ``seg.size``
+_Mark = tuple[int, int, int, int, int, list[bytes], int, int, int, int]  # (``Spool.mark``)
 
 
 class Spool:
@@ -77,7 +78,8 @@ class Spool:
         self._ri = 0  # index in _segs of the segment being read back
         self._roff = 0  # offset in it of the next frame to read (0: before its header)
         self._rcount = self._rbytes = 0  # messages read from it, and their bytes
-        self._frames: list[bytes] = []  # frames of it read ahead, from _roff
+        self._frames: list[bytes] = []  # frames of it read ahead (from _roff at ``_fi``)
+        self._fi = self._moved = 0  # ``_moved``: damage or a retire moved the read (``mark``)
         self._wfd: int | None = None  # the open segment (the last), for appending
         self._walloc = 0  # its file's size: its frames, and zeros written ahead of them
         self._wseek = False  # its fd's offset is to be set to the segment's end first
@@ -102,7 +104,7 @@ class Spool:
         journal's); ``rewrite``: written again first (``interval``: a failed write-back)."""
         with self._mutex:
             self._close_fds()
-            self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
+            self._segs, self._ri, self._roff, self._frames, self._fi = [], 0, 0, [], 0
             self._rcount = self._rbytes = self.count = self.bytes = self.last_seq = 0
             self._newest = self.gap = None
             self.read_to = spool_next
@@ -127,9 +129,9 @@ class Spool:
                     damaged.append(int(m.group(1)))
             segs.sort(key=lambda s: s.first)
             for seg in segs:
-                st = self._check_regular(seg)
+                st = check_regular(seg)
                 if seg.sealed:
-                    self._check_sealed(seg, st)
+                    check_sealed(seg, st)
                 else:
                     self._scan_open(seg)
             segs = [seg for seg in segs if seg.size]  # an open one with a torn header: gone
@@ -164,24 +166,6 @@ class Spool:
                         self.sync_pending()
                     except PersistenceError as exc:  # (the next sync tries again)
                         log.warning("%s", exc)
-
-    @staticmethod
-    def _check_regular(seg: Segment) -> os.stat_result:
-        """A segment is a regular file (not a FIFO, a link, a directory): else ``StateError``."""
-        try:
-            st = os.lstat(seg.path)
-        except OSError as exc:
-            raise StateError(f"disk queue segment {seg.path}: {exc.strerror}") from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise StateError(f"disk queue segment {seg.path} is not a regular file; kept")
-        return st
-
-    def _check_sealed(self, seg: Segment, st: os.stat_result) -> None:
-        if st.st_size != seg.size:
-            raise StateError(f"disk queue segment {seg.path} is {st.st_size} bytes, its name says"
-                             f" {seg.size} (cut short or damaged); kept")
-        if seg.count <= 0 or seg.first > seg.last or seg.bytes < 0:
-            raise StateError(f"disk queue segment {seg.path}: its name is not consistent")
 
     def _check_read_back(self, seg: Segment, spool_next: int) -> None:
         """Before a sealed segment named read back is deleted: none of its messages is still
@@ -479,7 +463,7 @@ class Spool:
 
     def _fill(self, seg: Segment) -> bool:
         """Frames of ``seg`` from the read position are in ``_frames``; False: none left."""
-        if self._frames:
+        if self._fi < len(self._frames):
             return True
         if self._roff >= seg.size:
             return False
@@ -494,14 +478,13 @@ class Spool:
         if valid < len(data) and not payloads:
             self._damaged(seg, f"frame at byte {self._roff} is bad")
             return False
-        self._frames = payloads
-        self._frames.reverse()  # taken from the end
+        self._frames, self._fi = payloads, 0
         return bool(payloads)
 
     def _peek_message(self) -> OutgoingMessage | None:
         seg = self._segs[self._ri]
         try:
-            return self._message(self._frames[-1], seg.path)
+            return self._message(self._frames[self._fi], seg.path)
         except StateError as exc:
             self._damaged(seg, str(exc))
             return None
@@ -509,16 +492,17 @@ class Spool:
     def _take(self, n: int, out: list[OutgoingMessage]) -> None:
         """Up to ``n`` messages of the frames read ahead, into ``out`` (none: damage); taken
         and counted after the loop (an interrupt in it changes nothing)."""
-        frames, k, size, nb = self._frames, 0, 0, 0
-        while k < n and (i := len(frames) - k):
-            if (found := decode_queued(frames[i - 1])) is None:  # an older record, or damage:
-                if k or (m := self._peek_message()) is None:  # (``_damaged`` reads the counts)
-                    break
+        frames, fi, size, nb = self._frames, self._fi, 0, 0
+        i = fi
+        while i < len(frames) and i - fi < n:
+            if (found := decode_queued(frames[i])) is None:  # an older record, or damage:
+                if i > fi or (m := self._peek_message()) is None:  # (``_damaged`` reads the
+                    break  # counts, and moves the read: nothing taken here)
                 found = m, message_bytes(m)
             out.append(found[0])
-            k, size, nb = k + 1, size + 8 + len(frames[i - 1]), nb + found[1]
-        if k:
-            del frames[len(frames) - k:]
+            i, size, nb = i + 1, size + 8 + len(frames[i]), nb + found[1]
+        if k := i - fi:
+            self._fi = i
             self._roff, self._rcount, self.read_to = self._roff + size, self._rcount + k, out[-1].seq + 1
             self.count, self.bytes, self._rbytes = self.count - k, self.bytes - nb, self._rbytes + nb
 
@@ -540,7 +524,7 @@ class Spool:
                 f" after the damage are lost; kept as {aside}")
         log.error("%s", text)
         self._errors.append((-1, text))
-        self._frames = []
+        self._frames, self._fi, self._moved = [], 0, self._moved + 1
         seg.size = self._roff  # nothing more is read from it
         seg.sealed = True
 
@@ -559,6 +543,20 @@ class Spool:
             if not out and self.count < 0:  # pragma: no cover - a count gone wrong
                 self.count = self.bytes = 0
         return out
+
+    def mark(self) -> object:
+        """Where reading back stands, for ``reset``."""
+        with self._mutex:
+            return (self._moved, self._ri, self._roff, self._rcount, self._rbytes, self._frames,
+                    self._fi, self.read_to, self.count, self.bytes)
+
+    def reset(self, mark: object) -> None:
+        """Reading back where ``mark`` was: what ``read`` gave since then (an interrupt before
+        it joined the session) given again; not once damage or a retire moved the read."""
+        with self._mutex:
+            if cast(_Mark, mark)[0] == self._moved:
+                (_, self._ri, self._roff, self._rcount, self._rbytes, self._frames, self._fi,
+                 self.read_to, self.count, self.bytes) = cast(_Mark, mark)
 
     def head_time(self) -> float | None:
         """When the oldest message not read back was published (None: none, or unknown)."""
@@ -625,8 +623,9 @@ class Spool:
                     self._close_fds()
                 self._unlink(self._segs.pop().path)
                 self._roff = self._rcount = self._rbytes = 0
-                self._frames = []
+                self._frames, self._fi = [], 0
                 gone += 1
+            self._moved += gone
         if gone:
             log.info("disk queue %s: %d segment(s) read back and deleted", self.dir, gone)
         return gone
@@ -661,7 +660,7 @@ class Spool:
                      or SEALED_NAME.match(n)] if os.path.isdir(self.dir) else []
             if names:
                 aside = self._move_aside(label, names)
-            self._segs, self._ri, self._roff, self._frames = [], 0, 0, []
+            self._segs, self._ri, self._roff, self._frames, self._fi = [], 0, 0, [], 0
             self.count, self.bytes, self.last_seq, self._newest = 0, 0, 0, None
             return [aside] if names else []
 

@@ -496,3 +496,39 @@ def test_a_segment_file_an_interrupt_left_is_made_again(tmp_path: Path) -> None:
     c.close()
     assert _held(tmp_path / "s", "kbi-n") == [f"m{i}".encode() for i in range(5)]
     assert os.listdir(queue)
+
+
+@pytest.mark.parametrize("where", ["before-load", "after-load", "in-read"])
+def test_an_interrupt_while_a_full_queue_reads_its_oldest_back_loses_no_message(
+        tmp_path: Path, where: str) -> None:
+    """Ctrl-C while a publish into a full queue (``drop-oldest``) reads the disk queue's oldest
+    message back to drop it (in the read itself, before that message joined the session, or
+    after): the publish raises, the ones after it work, and every message that returned is
+    either still held or was told dropped (``on_message_dropped``): none vanishes, none is
+    read back twice. Before, one interrupted before it joined vanished (counted dropped
+    without an event)."""
+    from mqttsession.outgoing import Outgoing  # noqa: PLC0415
+
+    fn, text = {"before-load": (Outgoing._loaded, "upto = max("),
+                "after-load": (Outgoing._loaded, "self._pending.extend("),
+                "in-read": (spool.Spool._take, "out.append(found[0])")}[where]
+    c = _client(tmp_path / "s", "kbi-d")
+    c.config("QueueInMemory=5")
+    c.config("MaxQueuedMessages=20")
+    c.config("QueueFullPolicy=drop-oldest")
+    dropped: list[int] = []
+    c.on_message_dropped = lambda e: dropped.append(e.seq)
+    c.restore_session("")
+    sent = []
+    for i in range(40):
+        if i == 30:  # the five in memory dropped by now: the oldest come from the disk queue
+            with interrupt_at(fn, text) as fired, pytest.raises(KeyboardInterrupt):
+                c.publish_message("kbi/d", 1, "interrupted")
+            assert fired
+        c.publish_message("kbi/d", 1, f"m{i}")
+        sent.append(f"m{i}".encode())
+    c.close()
+    held = _held(tmp_path / "s", "kbi-d")
+    assert len(held) == 20
+    assert held == sent[len(sent) - len(held):]  # the newest, in order
+    assert len(dropped) + len(held) == len(sent), (len(dropped), len(held))

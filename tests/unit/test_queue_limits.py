@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -240,6 +240,12 @@ class _ListQueue:
 
     def read_to(self) -> int:
         return self.messages[0].seq if self.messages else self.next
+
+    def mark(self) -> object:
+        return list(self.messages), self.next
+
+    def reset(self, mark: object) -> None:
+        self.messages, self.next = cast(tuple[list[OutgoingMessage], int], mark)
 
 
 def _spooling_engine(**kw: Any) -> tuple[Engine, _ListQueue]:

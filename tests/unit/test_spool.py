@@ -560,3 +560,46 @@ def test_an_interrupt_while_a_batch_is_taken_skips_no_message(tmp_path: Path) ->
     assert len(hits) == 3
     assert sp.read(100) == [msg(s) for s in range(1, 11)]
     assert (sp.count, sp.bytes, sp.read_to) == (0, 0, 11)
+
+
+def test_reset_gives_again_what_was_read_since_the_mark(tmp_path: Path) -> None:
+    """``mark`` / ``reset`` (what the engine does when an interrupt comes before the messages
+    read back joined the session): the reads since the mark, across a segment's end too, are
+    given again, and the counts are the mark's."""
+    seqs = list(range(1, 31))
+    sp = filled(tmp_path, seqs)
+    assert [m.seq for m in sp.read(3)] == [1, 2, 3]
+    mark, at = sp.mark(), (sp.count, sp.bytes, sp.read_to)
+    assert [m.seq for m in sp.read(12)] == list(range(4, 16))  # (SEG: several segments)
+    sp.reset(mark)
+    assert (sp.count, sp.bytes, sp.read_to) == at
+    assert sp.read(100) == [msg(s) for s in range(4, 31)]
+    assert (sp.count, sp.bytes) == (0, 0)
+
+
+def test_a_reset_after_a_retire_changes_nothing(tmp_path: Path) -> None:
+    """Segments deleted since the mark (read back and retired): ``reset`` leaves the read where
+    it is, never pointing at files that are gone."""
+    sp = filled(tmp_path, list(range(1, 31)))
+    mark = sp.mark()
+    got = sp.read(100)
+    assert sp.retire(got[-1].seq + 1)
+    sp.reset(mark)
+    assert sp.read(100) == [] and (sp.count, sp.bytes) == (0, 0)
+
+
+def test_a_reset_after_damage_was_found_changes_nothing(tmp_path: Path) -> None:
+    """Damage found since the mark (the segment kept aside, its loss counted and reported):
+    ``reset`` leaves the read where it is (the mark's counts would bring the lost messages
+    back into them, and its position points into a file renamed)."""
+    filled(tmp_path, list(range(1, 41))).close()
+    d = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    first = sorted(n for n in os.listdir(d) if n.endswith(".seg"))[0]
+    f = int(first[2:-4].split("-")[0])
+    _rewrite_frames(d / first, {2: encode_message(replace(msg(f + 2), packet_id=7))})
+    sp = reopened(tmp_path)
+    mark = sp.mark()
+    assert sp.read(100)[:2] == [msg(f), msg(f + 1)]
+    assert sp.take_errors()
+    sp.reset(mark)
+    assert sp.read(100) == [] and (sp.count, sp.bytes) == (0, 0)

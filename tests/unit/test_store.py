@@ -135,3 +135,25 @@ def test_a_deleted_open_segment_holding_one_message_is_state_error(tmp_path: Pat
     with pytest.raises(StateError, match="lacks the messages up to seq"):
         again.restore_session("")
     again.close()
+
+
+def test_both_disk_queues_give_again_what_was_read_since_a_mark(tmp_path: Path) -> None:
+    """The engine's ``QueueSource`` ``mark`` / ``reset`` on the memory model and on a state
+    file's disk queue: the messages read since the mark are read again, in order."""
+    c = Client(client_id="c", clean_session=False)
+    c.config(f"SessionStateFile={tmp_path / 's'}")
+    c.config("QueueInMemory=1")
+    c.restore_session("")
+    for i in range(6):
+        c.publish_data("t/q", 1, b"%d" % i)  # one in memory, five in the disk queue
+    mem = MemoryStore()
+    state = SessionState(client_id="c", clean_session=False)
+    mem.append([state.spool_checked("t/q", b"%d" % i, 1, False, b"", 1.0) for i in range(5)],
+               state)
+    for queue in (c._file, mem):  # noqa: SLF001
+        first = queue.read(1)
+        mark = queue.mark()
+        again = queue.read(2)
+        queue.reset(mark)
+        assert queue.read(2) == again and again[0].seq == first[0].seq + 1, type(queue).__name__
+    c.close()
