@@ -1,0 +1,170 @@
+"""Rules of ``store`` and ``durability`` that a mutation hunt found no test pinned: the
+in-memory disk model (``MemoryStore``) loses what a power cut and a kill -9 lose,
+``StateFile`` never writes over a session in its file that the application has not restored
+and checks the disk queue against its ``SpoolMark``, and the interval sync's select() wait."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from mqttsession.durability import Durability, _NetTimer
+from mqttsession.errors import StateError
+from mqttsession.journal import Journal, read_state
+from mqttsession.recovery import _HEAD, read_frames
+from mqttsession.spool import QUEUE_SUFFIX
+from mqttsession.state import SessionState
+from mqttsession.store import MemoryStore, StateFile
+
+
+def test_memory_store_keeps_a_held_record_in_memory_until_the_next_sync() -> None:
+    """A group commit's ``held`` record is written by the next sync (as the journal's is):
+    a kill -9 before it loses the record, as it loses a lazy one."""
+    state = SessionState(client_id="c", clean_session=False)
+    m = MemoryStore(state)
+    m.append([state.accept("t/1", b"one", 1)], state, held=True)
+    assert m.recover().outgoing == {}  # kill -9 before the sync: never written
+    m.sync_pending()
+    m.flush()
+    assert [x.topic for x in m.recover().outgoing.values()] == ["t/1"]
+
+
+def test_memory_store_power_cut_loses_the_disk_queues_unsynced_messages() -> None:
+    """The disk queue's model: a power cut keeps the messages a sync covered, not those
+    appended without one (a kill -9 keeps both)."""
+    state = SessionState(client_id="c", clean_session=False)
+    m = MemoryStore(state)
+    m.append([state.spool_checked("t", b"a", 1, False, b"", 0.0)], state, sync=True)
+    m.append([state.spool_checked("t", b"b", 1, False, b"", 0.0)], state)  # not synced
+    cut = m.recover(power_cut=True)
+    assert cut.spooled == 1
+    assert [x.payload for x in m.read(10)] == [b"a"]
+
+
+def _state_file(where: Path, segment_bytes: int = 4096) -> StateFile:
+    f = StateFile()
+    f.path, f.segment_bytes = str(where / "s"), segment_bytes
+    return f
+
+
+def test_a_lost_disk_queue_holding_only_its_first_message_is_state_error(
+        tmp_path: Path) -> None:
+    """SessionSync=always: the session's one queued message (seq 1, none read back) is
+    named by the segment's ``SpoolMark``; a queue found without it refuses the restore,
+    even at that edge (``spool_last >= max(spool_next, 1)``)."""
+    f = _state_file(tmp_path)
+    state = SessionState(client_id="c", clean_session=False)
+    f.open(state)
+    f.append((state.spool_checked("t", b"one", 1, False, b"", 0.0),), state, sync=True)
+    assert state.spool_last == 1
+    f.close()
+    for seg in Path(str(tmp_path / "s") + QUEUE_SUFFIX).iterdir():
+        seg.unlink()
+    again = _state_file(tmp_path)
+    with pytest.raises(StateError, match="lacks the messages up to seq 1"):
+        again.load("c")
+    again.close()
+
+
+def test_a_segment_begun_whose_first_message_was_lost_restores_the_rest(
+        tmp_path: Path) -> None:
+    """A segment's header is on disk when its ``SpoolMark`` is written; a power cut that
+    then loses the message being written after it (a publish that never returned) leaves
+    a queue ending before the mark: the header counts, so the restore is not refused and
+    holds every message before it."""
+    f = _state_file(tmp_path)
+    state = SessionState(client_id="c", clean_session=False)
+    f.open(state)
+    queue = Path(str(tmp_path / "s") + QUEUE_SUFFIX)
+    for n in range(1000):  # until a second segment is begun
+        f.append((state.spool_checked("t", b"x" * 100, 1, False, b"", 0.0),), state,
+                 sync=True)
+        if list(queue.glob("*.seg")):
+            break
+    assert f.spool is not None and f.spool.newest_first == n + 1 == state.spool_last
+    f.close()
+    (newest,) = queue.glob("*.open")
+    frames, _, _ = read_frames(data := newest.read_bytes())
+    assert len(frames) == 2  # its header and the one message
+    newest.write_bytes(data[:_HEAD.size + len(frames[0])])  # the message lost
+    again = _state_file(tmp_path)
+    got = again.load("c")
+    assert got.spooled == n
+    again.close()
+
+
+def test_a_session_holding_only_a_packet_id_reservation_is_never_written_over(
+        tmp_path: Path) -> None:
+    """SessionSync=interval: a file whose session holds no message but a packet-id
+    reservation (the broker may hold flows for those ids, which only ``restore_session``
+    releases) waits for the restore like one with messages: not compacted over on open."""
+    old = SessionState(client_id="c", clean_session=False)
+    j = Journal(str(tmp_path / "s"), "c")
+    j.compact(old)
+    j.append([old.reserve(0, 256)], old, sync=True)
+    j.close()
+    assert old.empty and old.reserved_first
+    f = _state_file(tmp_path)
+    f.set_sync(True, mapped=True, interval=True)
+    f.open(SessionState(client_id="c", clean_session=False))
+    assert f.unrestored is not None and f.unrestored.reserved_first == old.reserved_first
+    f.close()
+    assert read_state(str(tmp_path / "s"), "c").reserved_first == old.reserved_first
+
+
+def _with_old_session(tmp_path: Path) -> SessionState:
+    """A state file whose session holds one message (``b"old"``); a fresh state to open it."""
+    old = SessionState(client_id="c", clean_session=False)
+    j = Journal(str(tmp_path / "s"), "c")
+    j.compact(old)
+    j.append([old.accept("t", b"old", 1)], old, sync=True)
+    j.close()
+    return SessionState(client_id="c", clean_session=False)
+
+
+def test_a_write_without_a_restore_keeps_the_old_session_aside_and_writes_the_new_once(
+        tmp_path: Path) -> None:
+    """The first record written without a restore: the file's session goes aside, and the
+    compaction that follows holds the new state with that record, once (not again after it:
+    replayed twice, it would make the file unreadable)."""
+    state = _with_old_session(tmp_path)
+    f = _state_file(tmp_path)
+    f.open(state)
+    assert f.unrestored is not None
+    f.append([state.accept("t", b"new", 1)], state, sync=True)
+    assert f.unrestored is None
+    f.close()  # (no compaction of its own: what the append wrote is what a kill -9 leaves)
+    got = read_state(str(tmp_path / "s"), "c")
+    assert [m.payload for m in got.outgoing.values()] == [b"new"]
+    assert [p for p in tmp_path.iterdir() if ".unrestored-" in p.name]
+
+
+def test_a_write_while_on_connected_runs_leaves_the_unrestored_session_in_place(
+        tmp_path: Path) -> None:
+    """While ``on_connected`` runs (``deferring``) the application may still restore the
+    file's session: a record written meanwhile neither keeps it aside nor writes over it."""
+    state = _with_old_session(tmp_path)
+    f = _state_file(tmp_path)
+    f.open(state)
+    f.deferring = True
+    f.append([state.subscribe("t/#", 1)], state, sync=True)
+    assert f.unrestored is not None
+    assert not [p for p in tmp_path.iterdir() if ".unrestored-" in p.name]
+    f.close()
+    got = read_state(str(tmp_path / "s"), "c")
+    assert [m.payload for m in got.outgoing.values()] == [b"old"]
+
+
+def test_a_connected_sessions_select_waits_only_until_the_interval_sync_is_due() -> None:
+    """SessionSync=interval on paho's network thread: ``_hook_wait`` shortens select()'s
+    timeout to the armed sync's due time (else the sync waits for the next packet or the
+    loop's own timeout), never below zero, and leaves it alone with no sync armed."""
+    d = Durability.__new__(Durability)
+    d._sync_timer = None  # noqa: SLF001
+    assert d._hook_wait(60.0) == 60.0  # noqa: SLF001
+    d._sync_timer = _NetTimer(time.monotonic() + 5.0)  # noqa: SLF001
+    assert d._hook_wait(60.0) <= 5.0  # noqa: SLF001
+    d._sync_timer = _NetTimer(time.monotonic() - 1.0)  # noqa: SLF001
+    assert d._hook_wait(60.0) == 0.0  # noqa: SLF001
