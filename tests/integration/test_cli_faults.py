@@ -32,6 +32,7 @@ import pytest
 import mqttsession
 from mqttsession import Client
 from mqttsession.cli import main
+from mqttsession import spool
 from mqttsession.spool import QUEUE_SUFFIX, Spool
 from mqttsession.testing.fake_broker import FakeBroker
 from mqttsession.testing.proxy import MQTTProxy
@@ -81,7 +82,7 @@ def test_inspect_reads_again_what_went_away_under_it(
     queue = str(queued_file) + QUEUE_SUFFIX
     leftover = os.path.join(queue, "x.tmp")  # (a name the disk queue ignores)
     Path(leftover).write_bytes(b"12345")
-    real_listdir, real_read, real_check = os.listdir, Spool._read, Spool._check_regular
+    real_listdir, real_read, real_check = os.listdir, Spool._read, spool.check_regular
     vanished: list[str] = []
 
     def listdir(path: Any = ".") -> list[str]:
@@ -112,7 +113,7 @@ def test_inspect_reads_again_what_went_away_under_it(
         return real_check(seg)
 
     monkeypatch.setattr(*{"listing": (os, "listdir", listdir), "segment": (Spool, "_read", read),
-                          "sealed": (Spool, "_check_regular", staticmethod(check_regular))}[where])
+                          "sealed": (spool, "check_regular", check_regular)}[where])
     assert main(["inspect", str(queued_file)]) == 0
     out = capsys.readouterr()
     assert len(vanished) == 1, vanished
