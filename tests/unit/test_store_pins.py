@@ -168,3 +168,37 @@ def test_a_connected_sessions_select_waits_only_until_the_interval_sync_is_due()
     assert d._hook_wait(60.0) <= 5.0  # noqa: SLF001
     d._sync_timer = _NetTimer(time.monotonic() - 1.0)  # noqa: SLF001
     assert d._hook_wait(60.0) == 0.0  # noqa: SLF001
+
+
+def test_publishes_while_the_files_session_may_still_be_restored_stay_in_memory(
+        tmp_path: Path) -> None:
+    """Publishes past ``QueueInMemory`` while the file's session may still be restored (its
+    ``on_connected`` runs: ``deferring``) stay in memory, not in the disk queue (which is the
+    old session's, and whose records are not written meanwhile); when the application goes on
+    without restoring, the old session goes aside and a restart holds every new message (a
+    mutation hunt: ``StateFile.ready`` without its unrestored check passed every test)."""
+    from mqttsession import Client  # noqa: PLC0415
+
+    def client() -> Client:
+        c = Client(client_id="rq", clean_session=False)
+        c.config(f"SessionStateFile={tmp_path / 's'}")
+        c.config("QueueInMemory=1")
+        return c
+
+    a = client()
+    a.restore_session("")
+    a.publish_data("t/old", 1, b"old")
+    a.close()
+    b = client()
+    b._file.open(b._engine.state)  # noqa: SLF001  (the file read: its session unrestored)
+    b._file.deferring = True  # noqa: SLF001  (as while on_connected runs)
+    for i in range(3):
+        b.publish_data("t/new", 1, b"new%d" % i)
+    b._file.deferring = False  # noqa: SLF001  (on_connected returned without a restore)
+    b.publish_data("t/new", 1, b"new3")
+    b.close()
+    c = client()
+    c.restore_session("")
+    assert [m.message for m in c.outgoing_messages] == [b"new%d" % i for i in range(4)]
+    c.close()
+    assert [p for p in tmp_path.iterdir() if ".unrestored-" in p.name]
