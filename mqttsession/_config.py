@@ -380,8 +380,9 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
     "queuefullpolicy": ("QueueFullPolicy", "``reject`` (``publish_*`` raises ``QueueFullError``)"
                         " or ``drop-oldest`` (the oldest never-sent messages make room, each"
                         " reported through ``on_message_dropped``)."),
-    "drainratelimit": ("DrainRateLimit", "New PUBLISHes per second at most, e.g. to spread a"
-                       " backlog after a reconnect (0: no limit)."),
+    "drainratelimit": ("DrainRateLimit", "New PUBLISHes per second, e.g. to spread a backlog"
+                       " after a reconnect (0: no limit): a token bucket that holds one second's"
+                       " worth, so after a quiet second that many may go at once."),
     "failoverservers": ("FailoverServers", "More servers (``host:port,host:port``; IPv6 as"
                         " ``[::1]:1883``) tried after the one ``connect()`` names; after a lost"
                         " connection each reconnect goes to the next, round robin. TLS and"
