@@ -202,3 +202,21 @@ def test_publishes_while_the_files_session_may_still_be_restored_stay_in_memory(
     assert [m.message for m in c.outgoing_messages] == [b"new%d" % i for i in range(4)]
     c.close()
     assert [p for p in tmp_path.iterdir() if ".unrestored-" in p.name]
+
+
+@pytest.mark.parametrize("write", ["compact", "rewrite", "compact_ahead"])
+def test_no_whole_state_write_goes_over_a_session_not_restored(tmp_path: Path,
+                                                               write: str) -> None:
+    """A clean disconnect's ``compact``, a failed publish's ``rewrite`` and a loop's
+    ``compact_ahead`` write the whole state: never while the file's session waits for
+    ``restore_session`` (the new state holds none of its messages: they would be gone)."""
+    state = _with_old_session(tmp_path)
+    f = _state_file(tmp_path)
+    f.open(state)
+    assert f.unrestored is not None and not f.owned
+    getattr(f, write)(state)
+    assert f.unrestored is not None
+    assert not f.compaction_near(1 << 30)  # (no compaction hinted over it either)
+    f.close()
+    got = read_state(str(tmp_path / "s"), "c")
+    assert [m.payload for m in got.outgoing.values()] == [b"old"]
