@@ -220,3 +220,25 @@ def test_no_whole_state_write_goes_over_a_session_not_restored(tmp_path: Path,
     f.close()
     got = read_state(str(tmp_path / "s"), "c")
     assert [m.payload for m in got.outgoing.values()] == [b"old"]
+
+
+def test_a_queued_publish_taken_back_leaves_a_snapshot_that_restores(tmp_path: Path) -> None:
+    """A publish into the disk queue whose message was written, then taken back (its call
+    raised: a Ctrl-C, a fault): ``rewrite`` cuts it out of the queue and the snapshot names
+    the queue's new last seq, so the restart neither finds it nor refuses the file as a
+    queue lacking messages (SessionSync=always checks ``spool_last`` against the queue)."""
+    f = _state_file(tmp_path)
+    state = SessionState(client_id="c", clean_session=False)
+    f.open(state)
+    f.append((state.spool_checked("t", b"one", 1, False, b"", 0.0),), state, sync=True)
+    taken = state.spool_checked("t", b"two", 1, False, b"", 0.0)
+    f.append((taken,), state, sync=True)
+    assert state.spool_last == 2
+    state.retract_spooled(taken)
+    f.rewrite(state)
+    assert state.spool_last == 1
+    f.close()
+    again = _state_file(tmp_path)
+    got = again.load("c")
+    assert got.spooled == 1 and [m.payload for m in again.read(10)] == [b"one"]
+    again.close()
