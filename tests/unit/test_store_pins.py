@@ -242,3 +242,38 @@ def test_a_queued_publish_taken_back_leaves_a_snapshot_that_restores(tmp_path: P
     got = again.load("c")
     assert got.spooled == 1 and [m.payload for m in again.read(10)] == [b"one"]
     again.close()
+
+
+def test_a_failed_settle_leaves_the_session_to_restore_with_its_disk_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keeping an unrestored session aside fails at its disk queue (the journal put back):
+    the session still waits for ``restore_session``, which reads the files again (the
+    failed attempt closed them) and finds its queued message."""
+    from mqttsession.spool import Spool  # noqa: PLC0415
+
+    f = _state_file(tmp_path)
+    old = SessionState(client_id="c", clean_session=False)
+    f.open(old)
+    f.append((old.spool_checked("t", b"queued", 1, False, b"", 0.0),), old, sync=True)
+    f.close()
+    f = _state_file(tmp_path)
+    f.open(SessionState(client_id="c", clean_session=False))
+    assert f.unrestored is not None
+
+    def refuse(self: Spool, label: str, names: list[str]) -> str:
+        raise OSError(5, "the disk queue cannot be renamed")  # (its files closed already)
+
+    with monkeypatch.context() as m:
+        m.setattr(Spool, "_move_aside", refuse)
+        with pytest.raises(OSError):
+            f.settle(SessionState(client_id="c", clean_session=False))
+    assert f.unrestored is not None
+    got = f.load("c")
+    assert got.spooled == 1 and [x.payload for x in f.read(10)] == [b"queued"]
+    f.append((got.spool_checked("t", b"more", 1, False, b"", 0.0),), got, sync=True)
+    f.close()
+    again = _state_file(tmp_path)
+    st = again.load("c")
+    assert st.spooled == 2, st.spooled
+    assert [x.payload for x in again.read(10)] == [b"queued", b"more"]
+    again.close()
