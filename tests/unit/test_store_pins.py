@@ -277,3 +277,24 @@ def test_a_failed_settle_leaves_the_session_to_restore_with_its_disk_queue(
     assert st.spooled == 2, st.spooled
     assert [x.payload for x in again.read(10)] == [b"queued", b"more"]
     again.close()
+
+
+def test_interval_syncs_a_clock_correction_before_the_next_queued_message(
+        tmp_path: Path) -> None:
+    """SessionSync=interval: the disk queue's messages are timed by the journal's clock
+    offset, so a ``ClockOffset`` record, like a publish's, is synced before the next message
+    goes into the queue (``queue_sync_due``; two files written back in no set order); a
+    lazy record or an Activity does not ask for it."""
+    f = _state_file(tmp_path)
+    f.set_sync(True, mapped=True, interval=True)
+    state = SessionState(client_id="c", clean_session=False)
+    f.open(state)
+    f.append((state.spool_checked("t", b"p", 1, False, b"", 0.0),), state)  # (a segment begun)
+    assert not f.queue_sync_due()
+    f.append((state.activity(5.0),), state)
+    assert not f.queue_sync_due()
+    f.append((state.set_clock_offset(3600.0),), state)
+    assert f.queue_sync_due()
+    f.append((state.spool_checked("t", b"q", 1, False, b"", 0.0),), state)
+    assert not f.queue_sync_due()  # (synced before the message went in)
+    f.close()
