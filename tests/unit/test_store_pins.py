@@ -298,3 +298,38 @@ def test_interval_syncs_a_clock_correction_before_the_next_queued_message(
     f.append((state.spool_checked("t", b"q", 1, False, b"", 0.0),), state)
     assert not f.queue_sync_due()  # (synced before the message went in)
     f.close()
+
+
+def test_interval_rewrites_a_journal_a_failed_sync_left_broken_before_queueing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SessionSync=interval: a journal whose sync failed (its page cache suspect, the
+    journal marked broken) is rewritten before the next message goes into the disk queue,
+    also when no publish's record waits for a sync (the records before the queue's
+    message on disk first)."""
+    import errno  # noqa: PLC0415
+
+    import mqttsession.journal as journal_mod  # noqa: PLC0415
+    from mqttsession.errors import PersistenceError  # noqa: PLC0415
+    from mqttsession.testing.faults import FakeOs  # noqa: PLC0415
+
+    def eio(*_a: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    f = _state_file(tmp_path)
+    f.set_sync(True, mapped=True, interval=True)
+    state = SessionState(client_id="c", clean_session=False)
+    f.open(state)
+    f.append((state.accept("t", b"held", 1),), state)
+    f.append((state.spool_checked("t", b"q1", 1, False, b"", 0.0),), state)
+    f.append((state.activity(5.0),), state)
+    monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=eio))
+    with pytest.raises(PersistenceError):
+        f.sync_pending()
+    monkeypatch.setattr(journal_mod, "os", __import__("os"))
+    j = f.journal
+    assert j is not None and j.broken
+    f.append((state.spool_checked("t", b"q2", 1, False, b"", 0.0),), state)
+    assert not j.broken
+    f.close()
+    got = read_state(str(tmp_path / "s"), "c")
+    assert [m.payload for m in got.outgoing.values()] == [b"held"]
