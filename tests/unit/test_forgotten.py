@@ -132,3 +132,52 @@ def test_close_waits_for_the_discards_under_way(tmp_path: Path,
     f.close()
     assert not [t for t in threading.enumerate() if t.name == "mqttsession-forgotten"]
     assert json.loads((tmp_path / FORGOTTEN_NAME).read_text()) == []
+
+
+def test_an_id_added_again_keeps_its_place_and_is_written_once(tmp_path: Path) -> None:
+    """``add`` of an id already waiting writes nothing: the file keeps each id once, oldest
+    first (a duplicate would outlive its ``discard`` in the order ``MAX_IDS`` trims)."""
+    f = Forgotten(str(tmp_path))
+    f.add("a")
+    f.add("b")
+    before = os.stat(tmp_path / FORGOTTEN_NAME).st_ino
+    f.add("a")
+    assert json.loads((tmp_path / FORGOTTEN_NAME).read_text()) == ["a", "b"]
+    assert os.stat(tmp_path / FORGOTTEN_NAME).st_ino == before  # not rewritten
+
+
+def test_ids_read_twice_are_kept_once_in_their_first_place(tmp_path: Path) -> None:
+    """A file listing an id twice (written by hand) is read as each id once, at its first
+    place: the next write lists it once."""
+    (tmp_path / FORGOTTEN_NAME).write_text('["a", "b", "a", "c", "b"]')
+    f = Forgotten(str(tmp_path))
+    assert f.ids == {"a", "b", "c"}
+    f.add("d")
+    assert json.loads((tmp_path / FORGOTTEN_NAME).read_text()) == ["a", "b", "c", "d"]
+
+
+def test_ten_thousand_ids_wait_at_most(tmp_path: Path) -> None:
+    """``MAX_IDS`` is 10,000: a full list gives up its oldest for a new id, and keeps every
+    one of them up to that count."""
+    from mqttsession.forgotten import MAX_IDS  # noqa: PLC0415
+
+    ids = [f"d{i}" for i in range(10_000)]
+    (tmp_path / FORGOTTEN_NAME).write_text(json.dumps(ids[1:]))
+    f = Forgotten(str(tmp_path))
+    f.add("d0")  # 9,999 + 1: none let go
+    assert json.loads((tmp_path / FORGOTTEN_NAME).read_text()) == [*ids[1:], "d0"]
+    f.add("new")
+    assert json.loads((tmp_path / FORGOTTEN_NAME).read_text()) == [*ids[2:], "d0", "new"]
+    assert MAX_IDS == 10_000
+
+
+def test_discarding_an_id_not_waiting_writes_nothing(tmp_path: Path) -> None:
+    """``discard`` of an id that is not waiting leaves the directory as it is (no file made,
+    none rewritten)."""
+    f = Forgotten(str(tmp_path))
+    f.discard("never")
+    assert not (tmp_path / FORGOTTEN_NAME).exists()
+    f.add("a")
+    before = os.stat(tmp_path / FORGOTTEN_NAME).st_ino
+    f.discard("never")
+    assert os.stat(tmp_path / FORGOTTEN_NAME).st_ino == before
