@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -355,27 +356,39 @@ def test_queue_stats_count_the_age_across_a_wall_clock_jump(clock: _Clock) -> No
         assert age is not None and abs(age - 60.0) < 1.0, age
 
 
-def test_a_refused_publish_still_reports_the_expired_message_it_dropped(clock: _Clock) -> None:
+@pytest.mark.parametrize("call", ["publish_data", "publish_many"])
+def test_a_refused_publish_still_reports_the_expired_message_it_dropped(
+        clock: _Clock, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
     """``QueueFullError`` after the search for room dropped an expired message: that drop is
-    carried out and reported (``on_message_dropped``, "expired") before the error (mutant:
-    ``run_refused`` dropped: the drop never written, never reported)."""
+    carried out and reported (``on_message_dropped``, "expired") before the error, on both
+    store paths: ``publish_data``'s and ``publish_many``'s (``publishing.store_checked``)
+    (mutant: either ``run_refused`` dropped: the drop never written, never reported)."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from mqttsession import QueueFullError
+    import mqttsession.publishing as publishing_mod  # noqa: PLC0415
+    from mqttsession import PublishRequest, QueueFullError
 
+    monkeypatch.setattr(publishing_mod, "time", clock)
+    monkeypatch.setattr(publishing_mod, "since_boot", lambda: clock.mono)
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.MessageExpiryInterval = 10
     dropped: list[tuple[str, str]] = []
     with _offline(protocol_version=5) as c:
+        def publish(topic: str, data: bytes, properties: Any = None) -> None:
+            if call == "publish_data":
+                c.publish_data(topic, 1, data, properties=properties)
+            else:
+                c.publish_many([PublishRequest(topic, 1, data, properties=properties)])
+
         c.on_message_dropped = lambda e: dropped.append((e.topic, e.reason))
         c.config("MaxQueuedBytes=3000")
-        c.publish_data("t/short", 1, b"s", properties=props)
-        c.publish_data("t/big", 1, b"b" * 2000)
+        publish("t/short", b"s", props)
+        publish("t/big", b"b" * 2000)
         clock.wall += 20.0
         clock.mono += 20.0
         with pytest.raises(QueueFullError):
-            c.publish_data("t/huge", 1, b"h" * 2000)
+            publish("t/huge", b"h" * 2000)
         assert dropped == [("t/short", "expired")]
         assert [m.topic for m in c.outgoing_messages] == ["t/big"]
 
@@ -399,32 +412,3 @@ def test_a_space_is_a_topic_delimiter_as_given() -> None:
         assert c.config("TopicDelimiter") == " "
         c.subscribe("a b/#", 1)
         assert sorted(c._engine.state.subscriptions) == ["a", "b/#"]
-
-
-def test_a_refused_publish_many_still_reports_the_expired_message_it_dropped(
-        clock: _Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same for ``publish_many`` (its own store path: ``publishing.store_checked``):
-    the expired message the search for room dropped is reported and gone before the
-    ``QueueFullError`` (mutant: its ``run_refused`` dropped)."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    import mqttsession.publishing as publishing_mod  # noqa: PLC0415
-    from mqttsession import PublishRequest, QueueFullError
-
-    monkeypatch.setattr(publishing_mod, "time", clock)
-    monkeypatch.setattr(publishing_mod, "since_boot", lambda: clock.mono)
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.MessageExpiryInterval = 10
-    dropped: list[tuple[str, str]] = []
-    with _offline(protocol_version=5) as c:
-        c.on_message_dropped = lambda e: dropped.append((e.topic, e.reason))
-        c.config("MaxQueuedBytes=3000")
-        c.publish_many([PublishRequest("t/short", 1, b"s", properties=props)])
-        c.publish_many([("t/big", 1, b"b" * 2000)])
-        clock.wall += 20.0
-        clock.mono += 20.0
-        with pytest.raises(QueueFullError):
-            c.publish_many([("t/huge", 1, b"h" * 2000)])
-        assert dropped == [("t/short", "expired")]
-        assert [m.topic for m in c.outgoing_messages] == ["t/big"]
