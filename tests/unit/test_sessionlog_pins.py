@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import tempfile
 import threading
@@ -24,6 +23,11 @@ import mqttsession.sessionlog as sessionlog_mod
 from mqttsession.sessionlog import SessionLog
 from mqttsession.sharedlog import ASIDE_DIR, AUTO_SESSION_BYTES, SharedLog
 from mqttsession.state import MAX_EXPIRY, SessionState
+
+try:  # tests/unit may or may not be a package
+    from .test_sharedlog import _fail_next_fdatasync
+except ImportError:  # pragma: no cover - rootdir-relative import
+    from test_sharedlog import _fail_next_fdatasync  # type: ignore[no-redef]
 
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 linux = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux")
@@ -191,18 +195,6 @@ def _one(shm: Path, cid: str = "a", **kw: int) -> tuple[SharedLog, SessionLog, S
     view, state = log.session(cid, **kw), SessionState(client_id=cid, clean_session=False)
     view.compact(state)
     return log, view, state
-
-
-def _fail_next_fdatasync(monkeypatch: pytest.MonkeyPatch) -> None:
-    real, failed = os.fdatasync, [False]
-
-    def once(fd: int) -> None:
-        if not failed[0]:
-            failed[0] = True
-            raise OSError(errno.EIO, "I/O error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", once)
 
 
 @linux
