@@ -106,3 +106,47 @@ def test_a_slow_on_connected_is_named_not_a_missing_connack(mosquitto: Any) -> N
         assert c.connected
     finally:
         c.close()
+
+
+def test_close_inside_on_message_in_acknowledges_the_message_first(
+        mosquitto: Any, tmp_path: Path) -> None:
+    """``close()`` inside ``on_message_in`` runs once the message's PUBACK is written (the
+    callback's thread is delivering it): the broker does not send it again to the next
+    session of that id. (Closed at once, the DISCONNECT went before the PUBACK and the
+    next session got the message again: a lifecycle mutation hunt's gap.)"""
+    topic = f"mqs/{_procs.unique('closein')}"
+    cid, state = _procs.unique("closein"), str(tmp_path / "sub")
+    got: list[bytes] = []
+    closed = threading.Event()
+    c = Client(client_id=cid, clean_session=False)
+    c.config(f"SessionStateFile={state}")
+
+    def on_in(e: Any) -> None:
+        got.append(e.message)
+        c.close()
+        closed.set()
+
+    c.on_message_in = on_in
+    c.connect(mosquitto.host, mosquitto.port, timeout=10)
+    c.subscribe(topic, 1)
+    assert c.flush(_procs.TIMEOUT)
+    _procs.publish_direct(mosquitto.host, mosquitto.port, topic, [(1, "once")])
+    assert closed.wait(_procs.TIMEOUT)
+    deadline = time.monotonic() + _procs.TIMEOUT  # (the close runs after the callback)
+    while c._file.journal is not None and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.02)
+    again: list[bytes] = []
+    d = Client(client_id=cid, clean_session=False)
+    try:
+        d.config(f"SessionStateFile={state}")
+        d.restore_session("")
+        d.on_message_in = lambda e: again.append(e.message)
+        d.connect(mosquitto.host, mosquitto.port, timeout=10)
+        _procs.publish_direct(mosquitto.host, mosquitto.port, topic, [(1, "after")])
+        deadline = time.monotonic() + _procs.TIMEOUT
+        while b"after" not in again and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        d.close()
+    assert got == [b"once"]
+    assert again == [b"after"], again  # (not b"once" again first)
