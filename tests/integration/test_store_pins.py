@@ -59,15 +59,21 @@ def test_an_asyncio_publish_many_whose_sync_fails_takes_back_every_message(
     d.close()
 
 
+def _interval_client(client_id: str, where: Path) -> Client:
+    """A client with a state file under SessionSync=interval, its sync a minute away."""
+    c = Client(client_id=client_id, clean_session=False)
+    c.config(f"SessionStateFile={where / 's'}")
+    c.config("SessionSync=interval")
+    c.config("SessionSyncInterval=60000")
+    return c
+
+
 def test_lowering_the_sync_interval_while_a_sync_waits_arms_it_again(tmp_path: Path) -> None:
     """SessionSync=interval: a sync armed for SessionSyncInterval=60000 is armed again with
     a lowered interval, so the records waiting reach the disk within the new one (not only
     at close)."""
     with counting_fdatasyncs() as counting:
-        c = Client(client_id="rearm", clean_session=False)
-        c.config(f"SessionStateFile={tmp_path / 's'}")
-        c.config("SessionSync=interval")
-        c.config("SessionSyncInterval=60000")
+        c = _interval_client("rearm", tmp_path)
         try:
             c.restore_session("")
             c.publish_data("t/x", 1, b"first")  # (its packet-id reservation synced here)
@@ -93,10 +99,7 @@ def test_without_a_thread_for_the_sync_timer_the_interval_sync_runs_at_once(
             raise RuntimeError("can't start new thread (injected)")
 
     monkeypatch.setattr(durability_mod.threading, "Timer", _NoThread)
-    c = Client(client_id="nothread", clean_session=False)
-    c.config(f"SessionStateFile={tmp_path / 's'}")
-    c.config("SessionSync=interval")
-    c.config("SessionSyncInterval=60000")
+    c = _interval_client("nothread", tmp_path)
     try:
         c.restore_session("")
         c.publish_data("t/x", 1, b"one")

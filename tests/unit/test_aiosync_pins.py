@@ -76,11 +76,11 @@ def test_a_batch_a_sync_before_covered_whole_is_released_without_a_job() -> None
     async def run() -> list[tuple[str, Any]]:
         d = _Driver(synced=(0, 300))
         h = _Held(d)
-        fut = asyncio.get_running_loop().create_future()
-        h._awaiting_sync = [(((1, 0, 100),), fut), (((2, 0, 200),), asyncio.get_running_loop()
-                                                    .create_future())]
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        h._awaiting_sync = [(((1, 0, 100),), first), (((2, 0, 200),), second)]
         h._sync_awaiting()
-        assert await asyncio.wait_for(fut, 5) is None
+        assert await asyncio.wait_for(second, 5) is None
         assert not h._syncing
         return d.events
 

@@ -5,18 +5,22 @@ and checks the disk queue against its ``SpoolMark``, and the interval sync's sel
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
 import pytest
 
+import mqttsession.journal as journal_mod
+from mqttsession import Client
 from mqttsession.durability import Durability, _NetTimer
-from mqttsession.errors import StateError
+from mqttsession.errors import PersistenceError, StateError
 from mqttsession.journal import Journal, read_state
 from mqttsession.recovery import _HEAD, read_frames
-from mqttsession.spool import QUEUE_SUFFIX
+from mqttsession.spool import QUEUE_SUFFIX, Spool
 from mqttsession.state import SessionState
 from mqttsession.store import MemoryStore, StateFile
+from mqttsession.testing.faults import FakeOs
 
 
 def test_memory_store_keeps_a_held_record_in_memory_until_the_next_sync() -> None:
@@ -177,8 +181,6 @@ def test_publishes_while_the_files_session_may_still_be_restored_stay_in_memory(
     old session's, and whose records are not written meanwhile); when the application goes on
     without restoring, the old session goes aside and a restart holds every new message (a
     mutation hunt: ``StateFile.ready`` without its unrestored check passed every test)."""
-    from mqttsession import Client  # noqa: PLC0415
-
     def client() -> Client:
         c = Client(client_id="rq", clean_session=False)
         c.config(f"SessionStateFile={tmp_path / 's'}")
@@ -249,8 +251,6 @@ def test_a_failed_settle_leaves_the_session_to_restore_with_its_disk_queue(
     """Keeping an unrestored session aside fails at its disk queue (the journal put back):
     the session still waits for ``restore_session``, which reads the files again (the
     failed attempt closed them) and finds its queued message."""
-    from mqttsession.spool import Spool  # noqa: PLC0415
-
     f = _state_file(tmp_path)
     old = SessionState(client_id="c", clean_session=False)
     f.open(old)
@@ -306,12 +306,6 @@ def test_interval_rewrites_a_journal_a_failed_sync_left_broken_before_queueing(
     journal marked broken) is rewritten before the next message goes into the disk queue,
     also when no publish's record waits for a sync (the records before the queue's
     message on disk first)."""
-    import errno  # noqa: PLC0415
-
-    import mqttsession.journal as journal_mod  # noqa: PLC0415
-    from mqttsession.errors import PersistenceError  # noqa: PLC0415
-    from mqttsession.testing.faults import FakeOs  # noqa: PLC0415
-
     def eio(*_a: object) -> None:
         raise OSError(errno.EIO, "I/O error")
 
@@ -322,10 +316,9 @@ def test_interval_rewrites_a_journal_a_failed_sync_left_broken_before_queueing(
     f.append((state.accept("t", b"held", 1),), state)
     f.append((state.spool_checked("t", b"q1", 1, False, b"", 0.0),), state)
     f.append((state.activity(5.0),), state)
-    monkeypatch.setattr(journal_mod, "os", FakeOs(fdatasync=eio))
-    with pytest.raises(PersistenceError):
+    with monkeypatch.context() as m, pytest.raises(PersistenceError):
+        m.setattr(journal_mod, "os", FakeOs(fdatasync=eio))
         f.sync_pending()
-    monkeypatch.setattr(journal_mod, "os", __import__("os"))
     j = f.journal
     assert j is not None and j.broken
     f.append((state.spool_checked("t", b"q2", 1, False, b"", 0.0),), state)
