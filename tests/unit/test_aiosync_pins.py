@@ -48,13 +48,11 @@ class _Held(HeldSyncs):
         self._awaiting_sync, self._sync_job, self._syncing = [], None, False
 
 
-def test_a_batch_is_released_only_once_its_last_record_is_synced() -> None:
-    """Two publishes wait together: the first one's record was synced already (by the job
-    before), the second's not. The batch waits for a sync up to the LAST one's record;
-    released on the first one's (``batch[0]``), the second would go to the wire with its
-    record not on disk (a power cut then loses a message the broker may have taken)."""
-    async def run() -> list[tuple[str, Any]]:
-        d = _Driver(synced=(0, 100))
+def _two_held(synced: tuple[int, int]) -> tuple[list[tuple[str, Any]], bool]:
+    """Two publishes (records ending at 100 and 200) wait together, the journal synced up
+    to ``synced``: the driver's events once both are answered, and whether a job still runs."""
+    async def run() -> tuple[list[tuple[str, Any]], bool]:
+        d = _Driver(synced)
         h = _Held(d)
         loop = asyncio.get_running_loop()
         first, second = loop.create_future(), loop.create_future()
@@ -62,9 +60,17 @@ def test_a_batch_is_released_only_once_its_last_record_is_synced() -> None:
         h._sync_awaiting()
         assert await asyncio.wait_for(second, 5) is None
         assert await asyncio.wait_for(first, 5) is None
-        return d.events
+        return d.events, h._syncing
 
-    events = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_batch_is_released_only_once_its_last_record_is_synced() -> None:
+    """Two publishes wait together: the first one's record was synced already (by the job
+    before), the second's not. The batch waits for a sync up to the LAST one's record;
+    released on the first one's (``batch[0]``), the second would go to the wire with its
+    record not on disk (a power cut then loses a message the broker may have taken)."""
+    events, _ = _two_held(synced=(0, 100))
     assert events[0] == ("sync", (2, 0, 200))
     released = [info for kind, info in events if kind == "released"]
     assert len(released) == 2 and all(synced >= (0, 200) for _tok, synced in released)
@@ -73,15 +79,6 @@ def test_a_batch_is_released_only_once_its_last_record_is_synced() -> None:
 def test_a_batch_a_sync_before_covered_whole_is_released_without_a_job() -> None:
     """A batch whose last record an earlier fdatasync covered is released at once: no
     executor job (one thread hop saved per batch)."""
-    async def run() -> list[tuple[str, Any]]:
-        d = _Driver(synced=(0, 300))
-        h = _Held(d)
-        loop = asyncio.get_running_loop()
-        first, second = loop.create_future(), loop.create_future()
-        h._awaiting_sync = [(((1, 0, 100),), first), (((2, 0, 200),), second)]
-        h._sync_awaiting()
-        assert await asyncio.wait_for(second, 5) is None
-        assert not h._syncing
-        return d.events
-
-    assert [kind for kind, _ in asyncio.run(run())] == ["released", "released"]
+    events, syncing = _two_held(synced=(0, 300))
+    assert [kind for kind, _ in events] == ["released", "released"]
+    assert not syncing
