@@ -2,12 +2,14 @@
 
 ``AsyncSession`` runs its session on the event loop itself, as aiomqtt 2.x drives paho: paho's
 socket callbacks put the connection's socket in the loop (``pump.AsyncioPump``), so reads,
-writes, acknowledgements and timers are loop callbacks, and there is no thread of its own (only
-the blocking TCP connect waits in the loop's default executor):
+writes, acknowledgements and timers are loop callbacks, and there is no thread of its own (the
+blocking TCP connect, the fsyncs, the restore of ``start()`` and the DISCONNECT and last
+snapshot of ``disconnect()`` / ``close()`` wait in the loop's default executor, so the loop
+never waits for the disk):
 
-* calls (publish, with its fsync under ``SessionSync=always``; subscribe, config, save, ack)
-  run on the loop in the order they were awaited; concurrent ``publish`` calls keep their order
-  and take turns, so the loop is never held by more than one fsync at a time;
+* calls (publish, subscribe, config, save, ack) run in the order they were awaited; concurrent
+  ``publish`` calls keep their order and share one fsync under ``SessionSync=always`` (one
+  executor job syncs every publish waiting);
 * incoming messages go into an ``asyncio.Queue`` read by ``receive()`` or
   ``async for msg in session.messages():`` (an async generator that ends when the session
   closes). Once more than ``options.inbound_queue_size`` messages wait, the socket is not read

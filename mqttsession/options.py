@@ -260,7 +260,8 @@ class Options:
     ``session_expiry_interval`` (seconds) is sent with MQTT 5 persistent sessions so the broker
     keeps them between connections; MQTT 3.1.1 has no such field (the broker decides).
     ``inbound_queue_size``: how many received messages ``AsyncSession`` / ``Session`` hold
-    for the application; when full, the network thread waits for room.
+    for the application; when full, a ``Session``'s network thread waits for room, and an
+    ``AsyncSession`` stops reading its socket until the application has taken half of them.
     ``transport``: ``"tcp"`` (the default) or ``"websockets"`` (MQTT over WebSockets, paho's
     transport; with TLS it is ``wss``), with ``websocket_path`` (default ``/mqtt``) and extra
     HTTP ``websocket_headers`` for the upgrade request.
