@@ -135,7 +135,7 @@ def _set_expiry(c: Any, value: str) -> None:
             not c._engine.sent_expiry:  # (what this connection's CONNECT carried)
         raise UsageError("SessionExpInterval cannot go from 0 to more while connected: the"
                          " broker drops the session at the disconnect all the same, and a"
-                         " DISCONNECT carrying it is a protocol error [MQTT-3.14.2-2]; set it"
+                         " DISCONNECT carrying it is a protocol error (MQTT 5 3.14.2.2.2); set it"
                          " before connect()")
     c._file.append([st.configure(session_expiry_interval=interval)], st)
 

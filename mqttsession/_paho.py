@@ -634,7 +634,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
         try:
             if rc != 0:
                 # refused: not paho's handler (it would downgrade to 3.1); SessionPresent 0
-                # [MQTT-3.2.2-4] [MQTT-3.2.2-6]; MQTT 5 4.11: 0x9C / 0x9D name another server
+                # 3.1.1 [MQTT-3.2.2-4], 5 [MQTT-3.2.2-6]; MQTT 5 4.11: 0x9C/0x9D name another server
                 ref = c.prop(_wire.SERVER_REFERENCE) if self._level == 5 else None
                 self.hooks._hook_connack(rc, reason, False, 65535, None,
                                          ref if isinstance(ref, str) else None)
@@ -654,7 +654,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
 
     def _hook_failed(self, exc: Exception, context: str) -> None:
         """Report a failed hook; the caller drops the connection without the dependent ack (a
-        ``ProtocolViolation``: MQTT 5 after a DISCONNECT with its code [MQTT-4.13.1-1])."""
+        ``ProtocolViolation``: MQTT 5 after a DISCONNECT with its code, 4.13.1 (a SHOULD))."""
         log.debug("session hook failed: %s", context, exc_info=True)
         sock = self._sock  # noqa: SLF001
         if isinstance(exc, ProtocolViolation) and self._level == 5 and sock is not None:

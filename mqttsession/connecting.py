@@ -64,9 +64,10 @@ def _dial_settings(c: mqtt.Client, p: ConnectParams) -> None:
 def end_old_session(client_id: str, host: str, port: int, p: ConnectParams,
                     timeout: float, check: Callable[[], None]) -> None:
     """MQTT 3.1.1 has no Clean Start for one connection: a forgotten client id's old broker
-    session is ended by a connection of its own (CleanSession=1, CONNACK, DISCONNECT), so
-    the session's connection to that server asks for a persistent one (CleanSession=0) and
-    the broker keeps what is queued for it should that connection drop [MQTT-3.1.2-6].
+    session is ended by a connection of its own (CleanSession=1 [MQTT-3.1.2-6], CONNACK,
+    DISCONNECT), so the session's connection to that server asks for a persistent one
+    (CleanSession=0) and the broker keeps what is queued for it should that connection drop
+    [MQTT-3.1.2-5].
     ``ConnectError`` when refused or unanswered within ``timeout``, or what ``check`` raises
     (the attempt ended: ``close()``, ``disconnect()``), looked at every 50 ms; ``OSError``
     from the TCP (TLS, WebSocket) connect."""
@@ -155,7 +156,7 @@ class Connecting(Durability):
             st = self.engine.state
             if not st.client_id:
                 if not st.clean_session:
-                    # [MQTT-3.1.3-7] an empty client id requires CleanSession=1 (IPWorks: error)
+                    # 3.1.1 [MQTT-3.1.3-7]: an empty id needs CleanSession=1 (IPWorks: error)
                     raise UsageError("client_id must be set when clean_session is False")
                 self.file.append([st.configure(client_id=f"mqttsession-{uuid.uuid4().hex[:16]}")], st)
             self.file.open(st)

@@ -164,7 +164,7 @@ class Engine(Outgoing):
         self._mismatch_logged = self._beyond_logged = False
         self._accepted_by = self.broker
         st = self.state  # what this connection's CONNECT carried (its DISCONNECT may not
-        # raise it from 0 [MQTT-3.14.2-2]: a later setting or restore waits for the next one)
+        # raise it from 0, MQTT 5 3.14.2.2.2; a later setting or restore waits for the next one)
         self.sent_expiry = effective_interval(st.protocol_version, st.clean_session,
                                               st.session_expiry_interval)
         self.session_present = session_present
@@ -180,14 +180,14 @@ class Engine(Outgoing):
         self._early_lost = None
         if not session_present:
             self._end_release()  # the broker holds no flow of ours
-            # [MQTT-3.2.2-5] incoming QoS 2 messages awaiting PUBREL will never be released:
+            # MQTT 5 [MQTT-3.2.2-5]: incoming QoS 2 messages awaiting PUBREL are never released:
             # out of packet-id space now, durably (the new session's PUBLISH with the same id
             # is never a duplicate of one [MQTT-4.3.3-10]); delivered from the orphans list
             orphaned = self.state.orphan()
             if orphaned is not None:
                 records.append(orphaned)
         if not session_present and self.state.outgoing:
-            # [MQTT-3.2.2-5] the broker forgot the session: what that means for the outgoing
+            # MQTT 5 [MQTT-3.2.2-5]: the broker forgot the session: what it means for the outgoing
             # messages is durable with the CONNACK's own record. A process killed before
             # resume() would otherwise take the next CONNACK's SessionPresent=1 (the session
             # this CONNECT made) for the old one, and PUBREL a message the broker never had.
@@ -237,7 +237,7 @@ class Engine(Outgoing):
 
     def disconnect_expiry(self) -> int | None:
         """The Session Expiry Interval a DISCONNECT carries (MQTT 3.1.1: None): the session's,
-        never raised from the 0 its connection's CONNECT carried [MQTT-3.14.2-2]."""
+        never raised from the 0 its connection's CONNECT carried (MQTT 5 3.14.2.2.2)."""
         st = self.state
         if st.protocol_version != 5:
             return None
@@ -312,7 +312,7 @@ class Engine(Outgoing):
         self._pending = deque(m.seq for m in plan.outgoing)
         self._inflight.clear()
         self.conn = ConnState.CONNECTED
-        # [MQTT-3.2.2-5] a broker that forgot the session forgot its subscriptions too
+        # MQTT 5 [MQTT-3.2.2-5]: a broker that forgot the session forgot its subscriptions too
         lost_subs = plan.resubscribe if not self.session_present and had_state else ()
         out += self.subs.resume(lost_subs)
         self._release_out = set()  # (the last connection's: sent again below)
@@ -570,7 +570,7 @@ class Engine(Outgoing):
         return out if h is not None else [*out, Deliver(event)]
 
     def _pubrel(self, pid: int) -> list[Action]:
-        if not pid:  # [MQTT-2.2.1-3] (its PUBCOMP would name no flow)
+        if not pid:  # 5 [MQTT-2.2.1-4]/[MQTT-2.2.1-5], 3.1.1 [MQTT-2.3.1-6]: no flow has id 0
             raise ProtocolViolation(0x81, "a PUBREL with packet id 0")
         held = self._held.get(pid)
         if held is not None:

@@ -52,7 +52,7 @@ def restore(server: str, client: Client) -> None:
 
 def discard(server: str, client_id: str) -> None:
     """A clean start of ``client_id`` on ``server``: the session kept for it is gone (the
-    broker discards its own) [MQTT-3.1.2-6]."""
+    broker discards its own) (3.1.1 [MQTT-3.1.2-6], 5 [MQTT-3.1.2-4])."""
     with _lock:
         if _kept.pop((server, client_id), None) is not None:
             log.info("the session a closed %r left on %s (kept in this process) is discarded:"

@@ -218,7 +218,7 @@ class Connected:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class SessionReset:
-    """CONNACK said SessionPresent=0 while state was held [MQTT-3.2.2-5].
+    """CONNACK said SessionPresent=0 while state was held (MQTT 5 [MQTT-3.2.2-5]).
 
     ``requeued``: seqs of sent messages published anew; ``dropped``: seqs of messages the broker
     had accepted (past PUBREC) or, with republish off, gave up; ``released``: incoming QoS 2

@@ -653,7 +653,7 @@ class SessionState:
         """What a successful CONNACK means for the session (mqttproto's ``reset``).
 
         SessionPresent=1: everything is kept and resent in order [MQTT-4.4.0-1] [MQTT-4.6.0-1].
-        SessionPresent=0 while holding state [MQTT-3.2.2-5]: the broker forgot the session; the
+        SessionPresent=0 while holding state (5: [MQTT-3.2.2-5]): the broker forgot the session; the
         returned ``SessionReset`` (already applied) says what was requeued, dropped or released.
         ``republish``: sent messages not past PUBREC are published anew (else dropped);
         ``republish_released``: so are those past PUBREC (a broker that delivers QoS 2 on PUBREL

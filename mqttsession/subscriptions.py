@@ -144,7 +144,7 @@ class Subscriptions:
 
     def _check_size(self, filters: Sequence[str], option: int) -> None:
         """``UsageError`` for a filter whose packet alone is over the broker's Maximum Packet
-        Size (MQTT 5 CONNACK) [MQTT-3.1.2-24]: sent, it would cost the connection."""
+        Size (MQTT 5 CONNACK) [MQTT-3.2.2-15]: sent, it would cost the connection."""
         cap = self._e.max_packet
         if cap is None:
             return

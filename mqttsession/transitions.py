@@ -18,7 +18,7 @@ Outgoing QoS 1 / QoS 2 flows, as a table a reader can check against the spec
     2    AWAIT_PUBREC    PUBREC          -> AWAIT_PUBCOMP   [MQTT-4.3.3-6] released: never resend PUBLISH
     2    AWAIT_PUBREC    PUBREC_FAILED   -> None            [MQTT-4.4.0-2] reason >= 0x80 ends the flow
     2    AWAIT_PUBCOMP   PUBCOMP         -> None
-    1,2  AWAIT_PUBACK/REC SESSION_LOST   -> QUEUED, new id  [MQTT-3.2.2-5] broker forgot it: publish anew
+    1,2  AWAIT_PUBACK/REC SESSION_LOST   -> QUEUED, new id  5: [MQTT-3.2.2-5] session lost: publish anew
     2    AWAIT_PUBCOMP   SESSION_LOST    -> QUEUED, new id  the broker may have lost it before PUBREL
                                                         (mosquitto delivers on PUBREL): published
                                                         anew, a possible duplicate; or dropped
@@ -99,8 +99,8 @@ OUTGOING_TRANSITIONS: Final[Mapping[tuple[int, Phase, Event], Phase | None]] = {
     (2, A3, Event.PUBCOMP): None,
     (1, Q, Event.SESSION_LOST): Q,
     (2, Q, Event.SESSION_LOST): Q,
-    (1, A1, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
-    (2, A2, Event.SESSION_LOST): Q,  # [MQTT-3.2.2-5]
+    (1, A1, Event.SESSION_LOST): Q,  # MQTT 5 [MQTT-3.2.2-5]
+    (2, A2, Event.SESSION_LOST): Q,  # MQTT 5 [MQTT-3.2.2-5]
     (2, A3, Event.SESSION_LOST): Q,  # possible duplicate; ReleasedOnSessionLost=drop: None
     (1, Q, Event.TOO_LARGE): None,  # [MQTT-3.2.2-15] never send a packet over Maximum Packet Size
     (1, A1, Event.TOO_LARGE): None,

@@ -190,10 +190,11 @@ class Context:
     def rejoin(self, client_id: str, what: str = "session", *, failover: bool = False) -> RawClient:
         """Reconnect with a persistent session; SessionPresent=0 does not end the scenario.
 
-        Only the ``session-present-*`` scenarios judge the flag [MQTT-3.2.2-2]: a broker that
-        answers 0 yet kept the session (ActiveMQ 5.17 always; aedes 1.2 for a session without
-        subscriptions) is judged here by what it does next. A scenario that then fails names
-        the flag too (``run_scenario``), since a lost session explains the failure."""
+        Only the ``session-present-*`` scenarios judge the flag [MQTT-3.2.2-2] (5:
+        [MQTT-3.2.2-3]): a broker that answers 0 yet kept the session (ActiveMQ 5.17 always;
+        aedes 1.2 for a session without subscriptions) is judged here by what it does next. A
+        scenario that then fails names the flag too (``run_scenario``), since a lost session
+        explains the failure."""
         client = self.connect(client_id, clean=False, failover=failover)
         if not client.session_present:
             self.flag_zero.append(what)
@@ -281,7 +282,7 @@ def _publish(ctx: Context, topic: str, payload: bytes, qos: int) -> None:
 
 def _granted(client: RawClient, topic: str, qos: int, *, require: bool = False) -> int:
     """SUBSCRIBE; returns the QoS granted. ``require``: NotApplicable below ``qos`` (3.8.4: a
-    server may grant less than asked; delivery then uses what it granted [MQTT-3.8.4-6])."""
+    server may grant less than asked; delivery then uses it [MQTT-3.8.4-6] (5: [MQTT-3.8.4-8]))."""
     granted = client.subscribe(topic, qos)
     if require and granted < qos:
         raise NotApplicable(f"SUBACK granted QoS {granted} for a QoS {qos} subscription (allowed):"
@@ -354,7 +355,7 @@ def session_present_resumed(ctx: Context) -> None:
 
 def session_present_unsubscribed(ctx: Context) -> None:
     # [MQTT-3.2.2-2] (5: [MQTT-3.2.2-3]) a session without subscriptions is stored state too
-    # [MQTT-3.1.2-4]: here a publisher's, holding a QoS 2 message it has not released (4.1)
+    # [MQTT-3.1.2-4] (5: [MQTT-3.1.2-23]): a publisher's, holding an unreleased QoS 2 (4.1)
     topic = ctx.topic()
     cid = ctx.client_id("p")
     p = ctx.connect(cid, clean=False)
@@ -398,8 +399,8 @@ def _offline_queue(ctx: Context, qos: int) -> None:
     except Timeout:
         raise Fail(f"the QoS {qos} message published while the client was away did not arrive"
                    f" within {ctx.target.timeout:.1f} s of the reconnect") from None
-    # [MQTT-3.8.4-6] delivered at min(published, granted); a QoS 2 PUBLISH the broker answered
-    # with PUBACK was taken as QoS 1 (qos2-publish-pubrec reports that)
+    # [MQTT-3.8.4-6] (5: [MQTT-3.8.4-8]) delivered at min(published, granted); a QoS 2 PUBLISH
+    # the broker answered with PUBACK was taken as QoS 1 (qos2-publish-pubrec reports that)
     want = min(qos, granted, 1 if ctx.qos2_pubacked else 2)
     if m.payload != b"queued" or m.qos != want:
         raise Fail(f"got {m.describe()}, expected qos={want} payload b'queued'")

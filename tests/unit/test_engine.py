@@ -1303,7 +1303,7 @@ def test_held_qos2_waits_for_its_pubrel_on_the_same_server() -> None:
 def test_a_disconnect_never_raises_the_expiry_its_connect_carried_as_0() -> None:
     """MQTT 5: a CONNECT with no Session Expiry Interval, then ``restore_session`` in
     ``on_connected`` of a session with 600: the DISCONNECT carried 600, a protocol error
-    [MQTT-3.14.2-2] (mosquitto published the will; a review). It carries 0 on that
+    (MQTT 5 3.14.2.2.2; mosquitto published the will; a review). It carries 0 on that
     connection; the next CONNECT carries 600."""
     saved = SessionState(client_id="c", clean_session=False, protocol_version=5,
                          session_expiry_interval=600)

@@ -159,8 +159,8 @@ def test_a_message_under_a_held_id_with_another_topic_is_a_new_message() -> None
 
 
 def test_a_pubrel_with_packet_id_0_is_a_protocol_violation() -> None:
-    """[MQTT-2.2.1-3]: a PUBREL needs a non-zero packet id (engine.py ``_pubrel``: the
-    ``if not pid`` guard made ``if False``)."""
+    """MQTT 5 [MQTT-2.2.1-5], 3.1.1 [MQTT-2.3.1-6]: a PUBREL needs a non-zero packet id
+    (engine.py ``_pubrel``: the ``if not pid`` guard made ``if False``)."""
     e = connected()
     with pytest.raises(ProtocolViolation):
         e.receive_ack(PacketType.PUBREL, 0)

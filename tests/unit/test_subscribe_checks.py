@@ -48,7 +48,7 @@ def test_a_stored_shared_filter_of_the_old_shape_still_restores() -> None:
 
 def test_a_filter_over_the_brokers_maximum_packet_size_is_refused() -> None:
     """MQTT 5: a packet over the Maximum Packet Size CONNACK gave must not be sent
-    [MQTT-3.1.2-24]; mosquitto closes the connection (before: three closes, then the filter
+    [MQTT-3.2.2-15]; mosquitto closes the connection (before: three closes, then the filter
     counted as refused, publishes stalled meanwhile)."""
     e = make(5)
     connect(e, max_packet=200)
