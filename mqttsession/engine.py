@@ -179,7 +179,7 @@ class Engine(Outgoing):
                                  *self.clock_record(offset)]
         self._early_lost = None
         if not session_present:
-            self._end_release()  # the broker holds no flow of ours
+            self._session_absent()  # the broker holds no flow of ours
             # MQTT 5 [MQTT-3.2.2-5]: incoming QoS 2 messages awaiting PUBREL are never released:
             # out of packet-id space now, durably (the new session's PUBLISH with the same id
             # is never a duplicate of one [MQTT-4.3.3-10]); delivered from the orphans list
@@ -318,7 +318,7 @@ class Engine(Outgoing):
         self._release_out = set()  # (the last connection's: sent again below)
         out += self._pump(resends_only=True)  # in seq order [MQTT-4.6.0-1]
         if not self.session_present:
-            self._end_release()  # a session restored in on_connected: the broker has none
+            self._session_absent()  # a session restored in on_connected: the broker has none
         elif self._unreleased is not None:  # after the resends (published later), before any
             out += self._release_reserved()  # new PUBLISH: their flows fill the broker's quota
         out += self._pump()

@@ -220,6 +220,15 @@ class Outgoing(QueueLimits, Reserving):
         broker. They are never handed out again before their PUBRELs are sent: allocation goes
         on after the reservation (until it wraps round to them, 65,000 ids later)."""
         self.clock.reset()
+        st = self.state
+        # a session that ended connected (killed: no Disconnected after its Connected) may
+        # have sent QUEUED messages whose lazy SEND step was never written: each one's first
+        # PUBLISH now may be a re-delivery, so it carries DUP=1 [MQTT-3.3.1-1]
+        ended_connected = st.connected_at is not None and (
+            st.disconnected_at is None or st.disconnected_at < st.connected_at)
+        self._maybe_sent: set[int] = {
+            m.seq for m in st.outgoing.values() if m.phase is Phase.QUEUED and m.packet_id
+        } if ended_connected else set()
         first, last = self.state.reserved_first, self.state.reserved_last
         self._unreleased, self._releasing, self._release_out = (first, last) if first else None, 0, set()
         if first:
@@ -252,6 +261,12 @@ class Outgoing(QueueLimits, Reserving):
     def _end_release(self) -> None:
         """The reserved ids read back need no PUBREL any more (the broker holds no flow)."""
         self._unreleased, self._releasing, self._release_out = None, 0, set()
+
+    def _session_absent(self) -> None:
+        """SessionPresent=0: the broker holds no flow of a reserved id, and no earlier attempt
+        of a message maybe sent before a kill (published anew: DUP=0)."""
+        self._end_release()
+        self._maybe_sent.clear()
 
     # ---------------------------------------------------------------- publishing
 
@@ -561,15 +576,20 @@ class Outgoing(QueueLimits, Reserving):
     def _write(self, m: OutgoingMessage) -> list[Action]:
         if m.phase is Phase.QUEUED:
             if m.packet_id:
-                # lazy: if lost, the message is resent as if never sent (same id; DUP=0); but a
-                # QoS 2 one that could be taken out as never sent (expired, dropped for room) is
-                # written before its PUBLISH leaves: taken out after a kill -9, its flow would
-                # hold a slot of the broker's Receive Maximum for good (a later one refused)
+                # lazy: if lost, the message is read back QUEUED, its id kept, and sent again
+                # with DUP=1 (``_recovered``); but a QoS 2 one that could be taken out as never
+                # sent (expired, dropped for room) is written before its PUBLISH leaves: taken
+                # out after a kill -9, its flow would hold a slot of the broker's Receive
+                # Maximum for good (a later one refused)
                 step = self.state.moved(m, Event.SEND,
                                         Phase.AWAIT_PUBACK if m.qos == 1 else Phase.AWAIT_PUBREC)
                 keep = m.qos == 2 and (bool(m.properties)
                                        or self.settings.queue_full_policy == "drop-oldest")
-                return [Persist((step,), lazy=not keep), self._publish(m, False)]
+                maybe = self._maybe_sent
+                dup = bool(maybe) and m.seq in maybe
+                if dup:
+                    maybe.discard(m.seq)
+                return [Persist((step,), lazy=not keep), self._publish(m, dup)]
             before = self.state.last_packet_id
             step = self.state.send(m.seq, avoid=self.subs.busy())
             # an id given now (published anew after SessionPresent=0, or every id was taken)

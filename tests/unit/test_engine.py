@@ -481,6 +481,55 @@ def test_resume_session_absent_requeues_with_dup0_and_notifies() -> None:
     assert lost_at[0] > reset  # told after the reset is durable
 
 
+def _killed_after_the_publish(lose_connection: bool) -> SessionState:
+    """What a kill -9 leaves in the file: a QoS 1 message published while connected, its
+    PUBLISH written, its SEND step not (a lazy record the next timer round writes); with
+    ``lose_connection``, the connection's loss recorded before the kill."""
+    e = make()
+    out = connect(e) + publish(e, b"m")[1]
+    if lose_connection:
+        out += e.connection_lost(1.0, 0, "gone")
+    assert packets(out)[0].dup is False
+    st = SessionState()
+    st.configure(client_id="c", clean_session=False)
+    for a in out:
+        if isinstance(a, Persist) and not a.lazy:
+            for rec in a.records:
+                st.apply(rec)
+    assert [m.phase for m in st.outgoing.values()] == [Phase.QUEUED]  # (read back unsent)
+    return st
+
+
+@pytest.mark.parametrize(("lose_connection", "present", "dup"),
+                         [(False, True, True), (True, True, False), (False, False, False)])
+def test_a_message_maybe_sent_before_a_kill_goes_again_with_dup_1(
+        lose_connection: bool, present: bool, dup: bool) -> None:
+    """[MQTT-3.3.1-1]: a session read back from a process killed while connected may have
+    sent its QUEUED messages (their SEND step is written lazily): each goes again with its id
+    and DUP=1. Killed after the connection's loss was recorded (every step written with it),
+    or to a broker that lost the session (published anew), DUP=0. Before: always DUP=0."""
+    st = _killed_after_the_publish(lose_connection)
+    (pid,) = [m.packet_id for m in st.outgoing.values()]
+    e = Engine(EngineSettings(), st)
+    got = [(p.type, p.packet_id == pid, p.dup) for p in packets(connect(e, present))]
+    assert got == [(PacketType.PUBLISH, True, dup)]  # (its id kept in every case)
+    if dup:  # only the first PUBLISH of the new process: later ones are resends (DUP=1 too)
+        assert e._maybe_sent == set()
+
+
+def test_a_message_maybe_sent_restored_in_on_connected_of_a_new_session_has_dup_0() -> None:
+    """The same session restored in ``on_connected`` of a SessionPresent=0 connection (the
+    IPWorks "server state unknown" procedure): published anew to a broker that never saw
+    it, DUP=0."""
+    e = make()
+    e.reset()
+    e.connecting("broker:1883")
+    e.connack(0, "", False, 65535, None, 0.0)
+    e.restore(_killed_after_the_publish(False), 0.0)
+    assert [(p.type, p.dup) for p in packets(e.lost_incoming() + e.resume())] == [
+        (PacketType.PUBLISH, False)]
+
+
 def test_resume_session_absent_drop_released() -> None:
     e, _ = _mixed_session()
     e.settings.released_on_session_lost = "drop"
