@@ -73,6 +73,7 @@ class FakeBroker:
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((LOCALHOST, 0))
         self._listener.listen(8)
+        self._listener.settimeout(0.1)  # (here: a broker stopped at once closed it already)
         self._lock = threading.Lock()
         self._conn: socket.socket | None = None
         self._level = 4
@@ -181,7 +182,6 @@ class FakeBroker:
     # ------------------------------------------------------------------ serving
 
     def _serve(self) -> None:
-        self._listener.settimeout(0.1)
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
