@@ -166,10 +166,16 @@ def _set_segment_bytes(c: Any, value: str) -> None:
         c._file.spool.segment_bytes = c._settings.queue_segment_bytes
 
 
+# Redis's appendfsync names, which users know (``everysec``: ``interval``'s default 1000 ms)
+_SYNC_ALIASES: Final = {"everysec": "interval", "no": "none"}
+
+
 def _set_sync(c: Any, value: str) -> None:
     v = value.strip().lower()
+    v = _SYNC_ALIASES.get(v, v)
     if v not in ("always", "none", "interval"):
-        raise UsageError(f"SessionSync must be 'always', 'none' or 'interval', got {value!r}")
+        raise UsageError(f"SessionSync must be 'always', 'none' or 'interval' (Redis's"
+                         f" 'everysec' and 'no' name the last two), got {value!r}")
     c._settings.session_sync = v
     # interval: the driver defers a publish's fsync; none and interval: records not synced at
     # once are mapped (always syncs each publish's: ``Journal.mapped``)
@@ -328,7 +334,9 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
     "sessionsync": ("SessionSync", "``always``: fsync before ``publish_*`` returns and before each"
                     " dependent packet leaves; ``interval``: a publish's record reaches the OS at"
                     " once and the disk within ``SessionSyncInterval``; ``none``: the OS decides"
-                    " (survives ``kill -9``, not a power cut). See :doc:`guarantees`."),
+                    " (survives ``kill -9``, not a power cut). Redis's appendfsync names"
+                    " ``everysec`` and ``no`` are taken for ``interval`` and ``none`` (read back"
+                    " as those). See :doc:`guarantees`."),
     "sessionsyncinterval": ("SessionSyncInterval", "Milliseconds (1..3600000) a publish's record may"
                             " wait for its fsync under ``SessionSync=interval``."),
     "retain": ("Retain", "The RETAIN flag of messages published with ``retain=None``."),

@@ -87,13 +87,13 @@ class _Unsent(mqtt.MQTTMessageInfo):
     __slots__ = ("_conn", "_size")
 
     def __init__(self, conn: PahoConnection, size: int, counted: bool) -> None:  # noqa: D107
-        self.mid, self.rc, self._published = 0, _OK, False  # (paho's fields but the Condition)
+        self.mid, self.rc, self._published = 0, _OK, False  # noqa: SLF001  (paho's, no Condition)
         self._conn, self._size = conn, size
         if not counted:  # (``counted``: since it was held in a read batch)
             conn.count_unsent(size)
 
     def _set_as_published(self) -> None:  # noqa: SLF001
-        size, self._size, self._published = self._size, 0, True
+        size, self._size, self._published = self._size, 0, True  # noqa: SLF001
         self._conn.count_unsent(-size)
 
 
