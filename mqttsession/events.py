@@ -13,10 +13,10 @@ of that connection is processed.
 attribute                 event                      thread
 ========================  =========================  ====================================================
 ``on_connected``          ``ConnectedEvent``         network thread (``connect()`` waits for it)
-``on_disconnected``       ``DisconnectedEvent``      network thread on a lost connection; on a clean
-                                                     close the thread calling ``disconnect()`` /
-                                                     ``close()`` (an ``AsyncSession``'s: an executor
-                                                     thread; or the network thread)
+``on_disconnected``       ``DisconnectedEvent``      network thread, on a clean close too
+                                                     (``disconnect()`` / ``close()`` wait for it; an
+                                                     ``AsyncSession``'s: the loop's thread or an
+                                                     executor thread)
 ``on_message_in``         ``MessageEvent``           network thread
 ``on_message_out``        ``MessageEvent``           network thread (QoS 1/2: on the final ack); QoS 0:
                                                      the thread calling ``publish_*``
