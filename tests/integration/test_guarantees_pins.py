@@ -34,6 +34,18 @@ number_of, payload, unique, wait_until = (_procs.number_of, _procs.payload, _pro
 pytestmark = pytest.mark.integration
 
 
+def _restart(cid: str, state_file: Path, proxy: Any) -> None:
+    """A new process's client on ``state_file``: restored, connected through ``proxy``,
+    everything it holds acknowledged, closed."""
+    r = Client(client_id=cid, clean_session=False)
+    r.config(f"SessionStateFile={state_file}")
+    r.restore_session("")
+    try:
+        r.connect(proxy.host, proxy.port)
+        assert r.flush(_procs.TIMEOUT)
+    finally:
+        r.close()
+
 def test_a_qos0_publish_while_disconnected_is_dropped_and_never_held(
     mosquitto: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -124,14 +136,7 @@ def test_a_removal_after_the_final_ack_is_lazy_and_a_kill_before_it_repeats_no_q
         assert _held(at_ack[2], cid) == [payload(tag, 2).encode()]
         for n in (1, 2):
             proxy.clear_log()
-            r = Client(client_id=cid, clean_session=False)
-            r.config(f"SessionStateFile={at_ack[n]}")
-            r.restore_session("")
-            try:
-                r.connect(proxy.host, proxy.port)
-                assert r.flush(_procs.TIMEOUT)
-            finally:
-                r.close()
+            _restart(cid, at_ack[n], proxy)
             pubs = [p for p in proxy.packets("c2s", "PUBLISH") if number_of(tag, p.payload or b"")]
             if n == 1:  # sent again
                 assert [number_of(tag, p.payload or b"") for p in pubs] == [1]
@@ -225,14 +230,7 @@ def test_a_qos1_message_sent_before_a_kill_is_resent_with_dup_after_the_restart(
         c.close()
     proxy.clear_drops()
     proxy.clear_log()
-    r = Client(client_id=cid, clean_session=False)
-    r.config(f"SessionStateFile={killed}")
-    r.restore_session("")
-    try:
-        r.connect(proxy.host, proxy.port)
-        assert r.flush(_procs.TIMEOUT)
-    finally:
-        r.close()
+    _restart(cid, killed, proxy)
     resent = [(p.packet_id, p.dup) for p in proxy.packets("c2s", "PUBLISH")
               if number_of(tag, p.payload or b"")]
     assert resent == [(pid, True)]

@@ -327,17 +327,26 @@ def test_client_eof_is_passed_on_as_fin(link: Link) -> None:
     assert link.proxy.active_connections == 0
 
 
+_BIG = b"\x30\xff\xff\xff\xff\x7f" + bytes(range(256)) * (64 << 10)  # 16 MiB, unframeable
+
+
+def _small_server() -> socket.socket:
+    """A listening loopback server whose accepted sockets take 64 KiB before they are full
+    (a fixed receive buffer: no autotuning)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(WAIT)
+    return server
+
+
 def test_client_eof_first_hands_over_what_is_still_buffered(caplog: pytest.LogCaptureFixture) -> None:
     """On a client's orderly close, bytes the proxy still holds for the server (its socket was
     full) are sent before the FIN, not discarded. (The server reads only once the proxy logged
     the EOF: nothing was drained before.)"""
     caplog.set_level(logging.DEBUG, logger="mqttsession.testing.proxy")
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # fixed: no autotuning
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(WAIT)
-    data = b"\x30\xff\xff\xff\xff\x7f" + bytes(range(256)) * (64 << 10)  # 16 MiB, unframeable
+    server, data = _small_server(), _BIG
     with server, MQTTProxy("127.0.0.1", server.getsockname()[1]) as proxy:
         with socket.create_connection((proxy.host, proxy.port), WAIT) as client:
             upstream, _ = server.accept()
@@ -358,12 +367,7 @@ def test_client_eof_first_hands_over_what_is_still_buffered(caplog: pytest.LogCa
 def test_a_full_server_socket_is_written_once_it_drains() -> None:
     """What the proxy could not write at once (the server's socket full) is written when the
     socket drains, with the client still open and sending nothing more."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(WAIT)
-    data = b"\x30\xff\xff\xff\xff\x7f" + bytes(range(256)) * (64 << 10)  # 16 MiB, unframeable
+    server, data = _small_server(), _BIG
     with server, MQTTProxy("127.0.0.1", server.getsockname()[1]) as proxy:
         with socket.create_connection((proxy.host, proxy.port), WAIT) as client:
             upstream, _ = server.accept()
