@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import re
 import socket
 import threading
 import time
 from typing import Any, Callable, Final
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.enums import _ConnectionState  # noqa: SLF001
@@ -34,6 +36,13 @@ from .refusals import PahoLog, describe_connect_error
 from .tcpinfo import PingWait
 
 __all__ = ["CLEAN_START_FIRST_ONLY", "Hooks", "PahoConnection"]
+
+# what this adapter was written against (setup.cfg): an older paho fails here, by name, not
+# later inside its internals
+if (_m := re.match(r"(\d+)\.(\d+)", getattr(paho.mqtt, "__version__", ""))) is not None \
+        and (int(_m[1]), int(_m[2])) < (2, 2):
+    raise ImportError(f"mqttsession needs paho-mqtt>=2.2,<3; this is paho-mqtt"
+                      f" {paho.mqtt.__version__}")
 
 CLEAN_START_FIRST_ONLY: Final = mqtt.MQTT_CLEAN_START_FIRST_ONLY
 
