@@ -229,9 +229,18 @@ class AsyncioPump:
         delay, self._delay = self._delay, min(self._delay * 2, self._delay_max)
         if self._jitter:
             delay = jittered(delay)
-        if self._pacer is not None:
-            delay += self._pacer.delay(self.loop.time() + delay)
-        self._retry = self.loop.call_later(delay, self._reconnect)
+        self._retry = self.loop.call_later(delay, self._paced)
+
+    def _paced(self) -> None:
+        """A backoff ended: the pacer's slot taken now, in the order the waits end (taken
+        ahead at the end's time, a session due sooner queued behind one due later, and
+        sessions cut off together came back together, at the longest wait)."""
+        self._retry = None
+        wait = self._pacer.delay(self.loop.time()) if self._pacer is not None else 0.0
+        if wait > 0:
+            self._retry = self.loop.call_later(wait, self._reconnect)
+        else:
+            self._reconnect()
 
     def _reconnect(self) -> None:
         self._retry = None
