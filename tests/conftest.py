@@ -9,6 +9,13 @@ it once here with that warning silenced keeps failure reports readable.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from mqttsession.testing.fake_broker import FakeBroker
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -18,3 +25,15 @@ with warnings.catch_warnings():
         pass
 
 pytest_plugins = ["mqttsession.testing.pytest_plugin"]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBroker]:
+    """A scripted loopback broker (``mqttsession.testing.FakeBroker``), stopped after the test."""
+    from mqttsession.testing.fake_broker import FakeBroker
+
+    broker = FakeBroker()
+    try:
+        yield broker
+    finally:
+        broker.stop()

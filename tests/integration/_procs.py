@@ -83,6 +83,28 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def address(broker: Any) -> str:
+    """``HOST:PORT`` of a broker fixture (``FailoverServers``, ``Options.address``)."""
+    return f"{broker.host}:{broker.port}"
+
+
+def reconnecting_client(prefix: str, delay: float, protocol: int = 5,
+                        **config: str) -> Any:
+    """A persistent-session ``Client`` that reconnects after ``delay`` s (MQTT 5: a session
+    kept 600 s), with the given config settings."""
+    import mqttsession
+
+    c = mqttsession.Client(client_id=unique(prefix), clean_session=False,
+                           protocol_version=protocol)
+    c.config(f"ReconnectDelayMin={delay:g}")
+    c.config(f"ReconnectDelayMax={delay:g}")
+    if protocol == 5:
+        c.config("SessionExpInterval=600")
+    for name, value in config.items():
+        c.config(f"{name}={value}")
+    return c
+
+
 def wait_until(pred: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition",
                interval: float = 0.02) -> Any:
     """Poll ``pred`` until it returns something truthy; AssertionError after ``timeout``."""

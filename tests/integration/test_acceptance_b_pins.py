@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,6 @@ class _ReservedFlagsBroker(FakeBroker):
         good = super().connack(session_present, reason)
         return good[:2] + bytes([good[2] | 0x02]) + good[3:]
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeBroker]:
-    broker = FakeBroker()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def _client(protocol: int) -> mqttsession.Client:

@@ -51,18 +51,11 @@ pytestmark = pytest.mark.integration
 
 
 def _client(protocol: int = 5, **config: str) -> mqttsession.Client:
-    c = mqttsession.Client(client_id=unique("fo"), clean_session=False, protocol_version=protocol)
-    c.config("ReconnectDelayMin=1")
-    c.config("ReconnectDelayMax=1")
-    if protocol == 5:
-        c.config("SessionExpInterval=600")
-    for name, value in config.items():
-        c.config(f"{name}={value}")
+    c: mqttsession.Client = _procs.reconnecting_client("fo", 1, protocol, **config)
     return c
 
 
-def _addr(broker: Any) -> str:
-    return f"{broker.host}:{broker.port}"
+_addr = _procs.address
 
 
 # ------------------------------------------------------------------------------- server list

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,14 +37,6 @@ pytestmark = pytest.mark.integration
 
 PROTOCOLS = pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeBroker]:
-    broker = FakeBroker()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def _client(protocol: int, clean: bool = False) -> mqttsession.Client:

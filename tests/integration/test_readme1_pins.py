@@ -29,18 +29,11 @@ WAIT = 10.0
 
 
 def _client(protocol: int = 5, **config: str) -> mqttsession.Client:
-    c = mqttsession.Client(client_id=unique("r1"), clean_session=False, protocol_version=protocol)
-    c.config("ReconnectDelayMin=0.1")
-    c.config("ReconnectDelayMax=0.1")
-    if protocol == 5:
-        c.config("SessionExpInterval=600")
-    for name, value in config.items():
-        c.config(f"{name}={value}")
+    c: mqttsession.Client = _procs.reconnecting_client("r1", 0.1, protocol, **config)
     return c
 
 
-def _addr(broker: Any) -> str:
-    return f"{broker.host}:{broker.port}"
+_addr = _procs.address
 
 
 def test_a_failover_servers_change_applies_to_the_next_connect(mosquitto: Any) -> None:

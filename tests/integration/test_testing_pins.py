@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -317,12 +316,6 @@ class _Raw:
 
     def close(self) -> None:
         self.sock.close()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBroker]:
-    with FakeBroker() as broker:
-        yield broker
 
 
 def test_fake_refused_connack_has_no_session_present() -> None:
