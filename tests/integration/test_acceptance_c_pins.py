@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import stat
 import tempfile
 import time
 from pathlib import Path
@@ -185,30 +184,33 @@ def test_a_session_with_a_short_jitter_is_not_held_behind_one_with_a_long_one(
 # ------------------------------------------------------------------- issue 16 point 2: files
 
 
-def _open_files() -> tuple[int, int]:
-    """(sockets, other descriptors) open in this process."""
-    sockets = others = 0
+def _open_files(folder: Path) -> tuple[int, int]:
+    """(sockets open in this process, descriptors of files under ``folder``): counted by their
+    targets, so what other threads of the test run open meanwhile does not count."""
+    sockets = files = 0
     for name in os.listdir("/proc/self/fd"):
         try:
-            mode = os.stat(f"/proc/self/fd/{name}").st_mode
+            target = os.readlink(f"/proc/self/fd/{name}")
         except OSError:
             continue  # the directory's own descriptor, gone by now
-        if stat.S_ISSOCK(mode):
+        if target.startswith("socket:"):
             sockets += 1
-        else:
-            others += 1
-    return sockets, others
+        elif target.startswith(str(folder.resolve())):
+            files += 1
+    return sockets, files
 
 
 @pytest.mark.mosquitto
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
 def test_a_gateways_open_files_grow_with_its_sockets_only(mosquitto: Any, tmp_path: Path) -> None:
     """Issue 16 point 2: "file descriptors grow with sockets only". A gateway of 10 connected
-    durable sessions that have each published holds as many other descriptors (files, pipes) as
-    one of 50: the sessions' records share one store; only the sockets grow with the sessions."""
+    durable sessions that have each published holds as many descriptors of files in its state
+    directory as one of 50: the sessions' records share one store; only the sockets grow with
+    the sessions. (Counted by target: the first version counted every other descriptor of the
+    process, and another thread's failed it in CI.)"""
 
     def held(n: int, name: str) -> tuple[int, int]:
-        before = _open_files()
+        before = _open_files(tmp_path / name)
         with Gateway(tmp_path / name) as gw:
             sessions = [gw.client(f"fd-{name}-{i}-{os.getpid()}", clean_session=False)
                         for i in range(n)]
@@ -217,11 +219,11 @@ def test_a_gateways_open_files_grow_with_its_sockets_only(mosquitto: Any, tmp_pa
                 s.publish_message("fdtest/x", 1, "x")
             for s in sessions:
                 assert s.flush(10)
-            now = _open_files()
+            now = _open_files(tmp_path / name)
         return now[0] - before[0], now[1] - before[1]
 
     small_sockets, small_others = held(10, "small")
     big_sockets, big_others = held(50, "big")
     assert big_sockets - small_sockets >= 40, (small_sockets, big_sockets)
-    assert big_others <= small_others + 2, (small_others, big_others)
-    assert big_others <= 12, big_others
+    assert big_others == small_others, (small_others, big_others)
+    assert 1 <= big_others <= 4, big_others  # (the shared log, its lock: the store's files)

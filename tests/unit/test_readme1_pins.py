@@ -20,11 +20,10 @@ _PARENT = textwrap.dedent("""
     c.config("SessionStateFile=" + sys.argv[1])
     c.restore_session("")
     c.publish_message("t/a", 1, "held")
-    pid = os.fork()
-    if pid == 0:  # the worker: it calls nothing, it only outlives the parent
+    if os.fork() == 0:  # the worker: it calls nothing, it only outlives the parent
+        print(os.getpid(), flush=True)  # (its at-fork handlers have run by now)
         time.sleep(30)
         os._exit(0)
-    print(pid, flush=True)
     time.sleep(30)
 """)
 
