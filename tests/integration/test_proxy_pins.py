@@ -394,7 +394,7 @@ def test_upstream_refused_resets_the_client() -> None:
 def test_lifecycle_checks() -> None:
     """Only loopback upstreams ("localhost" too); no second start; a restart keeps the port."""
     with pytest.raises(ValueError):
-        MQTTProxy("10.0.0.1", 1883)
+        MQTTProxy("broker.invalid", 1883)  # (a name, never resolved: refused as it is)
     proxy = MQTTProxy("localhost", 1)
     assert proxy.upstream_host == "localhost"
     proxy.start()
