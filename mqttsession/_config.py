@@ -46,6 +46,7 @@ class ClientSettings:
     manual_ack: bool = False  # PUBACK / PUBCOMP wait for ack()
     failover_servers: str = ""  # "host:port,host:port": tried after connect()'s own, in turn
     follow_server_reference: bool = False  # MQTT 5 4.11: go where 0x9C / 0x9D point
+    disconnect_reason_code: int = 0  # MQTT 5: disconnect()'s DISCONNECT (0x04: send the will)
 
     def reconnect_delays(self) -> tuple[float, float]:
         """(first, largest) reconnect delay in seconds as paho's backoff takes them: fractions
@@ -197,6 +198,24 @@ def _policy(c: Any, value: str) -> None:
         raise UsageError(f"QueueFullPolicy must be 'reject' or 'drop-oldest', got {value!r}")
     c._engine_settings.queue_full_policy = v
 
+# the reason codes a client may send in DISCONNECT [MQTT-3.14.2-1] (MQTT 5 table 3-10)
+CLIENT_DISCONNECT_CODES: Final = frozenset({0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93,
+                                            0x94, 0x95, 0x96, 0x97, 0x98, 0x99})
+
+
+def _disconnect_code(c: Any, value: str) -> None:
+    """DisconnectReasonCode: decimal or 0x hex, one a client may send."""
+    try:
+        code = int(value.strip(), 0)
+    except ValueError:
+        code = -1
+    if code not in CLIENT_DISCONNECT_CODES:
+        allowed = ", ".join(f"0x{n:02X}" for n in sorted(CLIENT_DISCONNECT_CODES))
+        raise UsageError(f"DisconnectReasonCode must be a reason code a client may send in"
+                         f" DISCONNECT ({allowed}), got {value!r}")
+    c._settings.disconnect_reason_code = code
+
+
 def _failover(c: Any, value: str) -> None:
     """FailoverServers: "" (none) or a list checked now; ports are resolved at connect()
     (a bare host takes 1883, or 8883 with TLS)."""
@@ -312,6 +331,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "followserverreference": _attr("_settings", "follow_server_reference"),
     "failoverrepublish": _attr("_engine_settings", "failover_republish"),
     "connectedserver": (lambda c: c._engine.server, None),
+    "disconnectreasoncode": _own("disconnect_reason_code", _disconnect_code),
 }
 
 
@@ -345,6 +365,12 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                           " reconnect; MQTT 5 always resends only on reconnect)."),
     "willqos": ("WillQOS", "QoS (0..2) of the will message (``Client.will_topic``)."),
     "willretain": ("WillRetain", "RETAIN flag of the will message."),
+    "disconnectreasoncode": ("DisconnectReasonCode", "MQTT 5: the reason code ``disconnect()``"
+                             " sends in its DISCONNECT, decimal or ``0x`` hex, one a client may"
+                             " send (0x00, 0x04, 0x80..0x83, 0x90, 0x93..0x99). ``4`` (Disconnect"
+                             " with Will Message) has the broker publish the will, which a"
+                             " normal DISCONNECT (``0``) discards. MQTT 3.1.1's DISCONNECT has"
+                             " no reason code: it always discards the will."),
     "topicdelimiter": ("TopicDelimiter", "Separates several filters in one ``subscribe`` /"
                        " ``unsubscribe`` string (spaces around each are dropped; a string"
                        " without it is one filter, taken as given)."),

@@ -27,7 +27,7 @@ from .expiry import effective_interval
 from .failover import ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer, gateway_tick
-from .properties import connect_properties, disconnect_properties
+from .properties import connect_properties, disconnect_properties, disconnect_reason
 from .pump import AsyncioPump, off_loop
 from .refusals import describe_connect_error, refusal_message
 from .tcpinfo import cut_when_stalled
@@ -391,11 +391,11 @@ class Connecting(Durability):
         if conn is not None:
             self._stop(conn, None)
 
-    def _stop(self, conn: PahoConnection, props: Any) -> None:
+    def _stop(self, conn: PahoConnection, props: Any, reason: Any = None) -> None:
         """DISCONNECT, end paho's loop, close its sockets (not locked: loop_stop joins)."""
         conn.set_auto_reconnect(False)
         try:
-            conn.disconnect(properties=props)
+            conn.disconnect(reasoncode=reason, properties=props)
         except Exception:  # pragma: no cover - best effort on a dead socket
             log.debug("DISCONNECT not sent", exc_info=True)
         pump = self.pump if self.pump is not None and self.pump.conn is conn else None
@@ -430,7 +430,9 @@ class Connecting(Durability):
             except Exception as exc:  # (its record not written: the link ends all the same;
                 err = exc  # a closed client went on receiving and reconnecting)
             props = disconnect_properties(self.engine.disconnect_expiry())  # (3.1.1: None)
-        self._stop(conn, props)
+            # MQTT 5 0x04: the broker publishes the will [MQTT-3.14.4-3] (3.1.1: not sent)
+            reason = disconnect_reason(self._settings.disconnect_reason_code)
+        self._stop(conn, props, reason)
         with self.lock:
             if self.conn is conn:
                 self.conn = None

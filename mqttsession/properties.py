@@ -7,12 +7,13 @@ from typing import Any, Final
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .errors import UsageError
 from .validation import check_sendable_text
 
 __all__ = [
-    "connect_properties", "disconnect_properties", "expiry_properties", "pack_properties",
+    "connect_properties", "disconnect_properties", "disconnect_reason", "expiry_properties", "pack_properties",
     "publish_properties", "server_reference", "unpack_properties",
 ]
 
@@ -104,6 +105,12 @@ def connect_properties(
 
 def disconnect_properties(session_expiry_interval: int | None) -> Properties | None:
     return expiry_properties(PacketTypes.DISCONNECT, session_expiry_interval)
+
+
+def disconnect_reason(code: int) -> ReasonCode | None:
+    """A DISCONNECT's paho ``ReasonCode`` (None for 0x00, Normal disconnection, which paho
+    sends when given none)."""
+    return ReasonCode(PacketTypes.DISCONNECT, identifier=code) if code else None
 
 
 def server_reference(props: Any) -> str | None:

@@ -99,11 +99,10 @@ def test_will_topic_message_qos_and_retain_go_in_connect() -> None:
     assert (will.topic, will.payload, will.qos, will.retain) == ("ipw/will", b"gone", 1, True)
 
 
-@pytest.mark.parametrize("name", ["ClientTopicAliasMax", "ConnectProperties", "WillProperties",
-                                  "DisconnectReasonCode"])
+@pytest.mark.parametrize("name", ["ClientTopicAliasMax", "ConnectProperties", "WillProperties"])
 def test_ipworks_settings_left_out_are_refused_by_name(name: str) -> None:
-    """IPWorks' ``ClientTopicAliasMax``, ``ConnectProperties``, ``WillProperties`` and
-    ``DisconnectReasonCode`` are left out (README, "Where this library decides"): code
+    """IPWorks' ``ClientTopicAliasMax``, ``ConnectProperties`` and ``WillProperties`` are left
+    out (README, "Where this library decides"): code
     written for IPWorks gets ``UsageError`` naming the setting, never a silent no-op."""
     c = Client(client_id="ipw-cfg", protocol_version=5)
     try:
@@ -113,3 +112,23 @@ def test_ipworks_settings_left_out_are_refused_by_name(name: str) -> None:
             c.config(f"{name}=1")
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(("value", "read"), [("4", "4"), ("0x04", "4"), ("0x98", "152"),
+                                             (" 0 ", "0"), ("129", "129")])
+def test_disconnect_reason_code_takes_a_code_a_client_may_send(value: str, read: str) -> None:
+    c = Client(client_id="drc")
+    assert c.config("DisconnectReasonCode") == "0"
+    c.config(f"DisconnectReasonCode={value}")
+    assert c.config("DisconnectReasonCode") == read
+    c.close()
+
+
+@pytest.mark.parametrize("value", ["5", "0x8E", "256", "-1", "will", "", "4.0"])
+def test_disconnect_reason_code_refuses_what_a_client_may_not_send(value: str) -> None:
+    """0x8E (Session taken over) and the others only a server sends [MQTT-3.14.2-1]."""
+    c = Client(client_id="drc")
+    with pytest.raises(UsageError, match="DisconnectReasonCode"):
+        c.config(f"DisconnectReasonCode={value}")
+    assert c.config("DisconnectReasonCode") == "0"
+    c.close()

@@ -45,7 +45,8 @@ def _run(args: list[str], blocker: Path | None, env: dict[str, str] | None = Non
     if blocker is not None:
         paths.insert(0, str(blocker))
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("PYTEST_ADDOPTS", None)
+    for name in [k for k in env if k.startswith("PYTEST_")]:  # (ADDOPTS, an xdist worker's)
+        del env[name]
     return subprocess.run(  # noqa: S603 - fixed argv
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         check=False)
