@@ -177,11 +177,7 @@ class EmbeddedAmqtt:
             loop.run_forever()
         finally:
             try:
-                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                EmbeddedAmqtt._cancel_tasks(loop)
                 # amqtt's shutdown leaves some client connections open; their transports and
                 # StreamWriters would warn (ResourceWarning) whenever the collector reaches them,
                 # which under ``filterwarnings = error`` fails whatever test runs at that moment.
@@ -192,8 +188,23 @@ class EmbeddedAmqtt:
                     loop.run_until_complete(asyncio.sleep(0))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
+                # a connection the listener took meanwhile started a task of its own (asyncio
+                # logs "Task was destroyed but it is pending!" for one left at the close)
+                EmbeddedAmqtt._cancel_tasks(loop)
             finally:
                 loop.close()
+
+    @staticmethod
+    def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel the loop's tasks and let them end, again for those they started (a few
+        rounds at most)."""
+        for _ in range(5):
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     @staticmethod
     async def _astart(config: dict[str, Any]) -> tuple[Any, int]:

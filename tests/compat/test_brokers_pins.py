@@ -9,6 +9,7 @@ and retry by itself. Waits are bounded; nothing here measures speed.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -210,3 +211,35 @@ def test_amqtt_never_answers_a_pubrel_it_has_no_flow_for(embedded_amqtt: Embedde
         pub.send(encode_ack(PacketType.PUBREL, 7))  # no flow 7
         with pytest.raises(Timeout):
             pub.expect(PacketType.PUBCOMP, 7, timeout=1.0)
+
+
+def test_embedded_amqtt_ends_a_task_started_while_its_loop_shuts_down(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A task started on the broker's loop after the first cancel sweep (here by an async
+    generator's ``finally``, which ``shutdown_asyncgens`` runs; in a ``compat`` run once by a
+    connection taken meanwhile) is cancelled too: before, asyncio logged "Task was destroyed
+    but it is pending!" on the ``compat`` command's stderr."""
+    import asyncio
+    import gc
+
+    kept: list[object] = []
+
+    async def plant() -> None:
+        async def late() -> Any:
+            try:
+                yield 1
+            finally:
+                kept.append(asyncio.get_running_loop().create_task(asyncio.Event().wait()))
+        gen = late()
+        await gen.__anext__()
+        kept.append(gen)
+
+    broker = EmbeddedAmqtt().start()
+    broker.call(plant(), 10)
+    broker.stop()
+    assert len(kept) == 2, "the generator's finally did not run at the loop's shutdown"
+    task = kept[1]
+    assert isinstance(task, asyncio.Task) and task.cancelled()
+    kept.clear()
+    gc.collect()
+    assert "Task was destroyed" not in caplog.text

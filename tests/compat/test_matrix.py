@@ -149,6 +149,7 @@ SLOW = [name for name in BROKERS if name not in FAST_BROKERS]
 
 @pytest.mark.integration
 @pytest.mark.slow_brokers
+@pytest.mark.xdist_group("slow_brokers")  # (one worker: one slow broker at a time)
 @pytest.mark.parametrize("name", SLOW)
 def test_slow_brokers_start_and_answer(name: str) -> None:
     spec = broker_spec(name)
@@ -162,6 +163,7 @@ def test_slow_brokers_start_and_answer(name: str) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow_brokers
+@pytest.mark.xdist_group("slow_brokers")  # (one worker: one slow broker at a time)
 @pytest.mark.parametrize("name", SLOW)
 def test_slow_brokers_bind_loopback_only_and_stop_by_pid(name: str) -> None:
     from mqttsession.testing import server_brokers as sb
@@ -233,6 +235,7 @@ def _started(name: str) -> Iterator[Any]:
 
 @pytest.mark.integration
 @pytest.mark.slow_brokers
+@pytest.mark.xdist_group("slow_brokers")  # (one worker: one slow broker at a time)
 def test_rabbitmq_puback_for_qos2_completes_the_message_and_is_counted() -> None:
     with _started("rabbitmq") as broker:
         c = mqttsession.Client(client_id=f"msc{secrets.token_hex(4)}gw", clean_session=True)
@@ -248,6 +251,7 @@ def test_rabbitmq_puback_for_qos2_completes_the_message_and_is_counted() -> None
 
 @pytest.mark.integration
 @pytest.mark.slow_brokers
+@pytest.mark.xdist_group("slow_brokers")  # (one worker: one slow broker at a time)
 def test_ejabberd_needs_a_user_name_and_a_password() -> None:
     from mqttsession.testing.server_brokers import EjabberdBroker
 
@@ -271,6 +275,7 @@ def test_ejabberd_needs_a_user_name_and_a_password() -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow_brokers
+@pytest.mark.xdist_group("slow_brokers")  # (one worker: one slow broker at a time)
 def test_activemq_session_present_0_turns_a_held_qos2_message_into_a_duplicate() -> None:
     """README "Brokers", ActiveMQ: the client believes SessionPresent=0 and hands out the QoS 2
     message it held (PUBREC sent, PUBREL not yet come); ActiveMQ kept the session and sends that
