@@ -446,6 +446,7 @@ class ConnectParams:
     password: str | None
     will_topic: str
     will_message: bytes | str
+    will_properties: Any = None  # paho Properties(WILLMESSAGE), checked at connect
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None

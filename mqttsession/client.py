@@ -121,7 +121,7 @@ def _connect_params(c: Client) -> ConnectParams:
     ctx = c._tls_context or (_tls_context_of(tls) if on else None)
     paths = on and tls is not None and ctx is None
     return ConnectParams(
-        c._keep_alive, c.username, c.password, c.will_topic, c.will_message,
+        c._keep_alive, c.username, c.password, c.will_topic, c.will_message, c.will_properties,
         tls.ca_cert_path if paths and tls else None,
         tls.client_cert_path if paths and tls else None,
         tls.client_key_path if paths and tls else None, on or ctx is not None,
@@ -146,6 +146,7 @@ class Client:
         password: str | None = None,
         will_topic: str = "",
         will_message: bytes | str = b"",
+        will_properties: Properties | None = None,
         tls_options: TlsSettings | None = None,
         tls_context: ssl.SSLContext | None = None,
         transport: str = "tcp",
@@ -182,6 +183,9 @@ class Client:
         self.will_topic = will_topic
         #: Payload of the will message.
         self.will_message = will_message
+        #: MQTT 5 properties of the will message (``Properties(PacketTypes.WILLMESSAGE)``:
+        #: ``WillDelayInterval``, ``MessageExpiryInterval``, ``ContentType``, ``UserProperty``...).
+        self.will_properties = will_properties
         self.keep_alive_interval = keep_alive_interval
         self.protocol_version = protocol_version
         self.client_id = client_id

@@ -27,7 +27,12 @@ from .expiry import effective_interval
 from .failover import ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer, gateway_tick
-from .properties import connect_properties, disconnect_properties, disconnect_reason
+from .properties import (
+    connect_properties,
+    disconnect_properties,
+    disconnect_reason,
+    will_properties,
+)
 from .pump import AsyncioPump, off_loop
 from .refusals import describe_connect_error, refusal_message
 from .tcpinfo import cut_when_stalled
@@ -377,7 +382,8 @@ class Connecting(Durability):
         _dial_settings(conn, p)
         if p.will_topic:
             conn.will_set(validate_publish_topic(p.will_topic), will_payload(p.will_message),
-                          s.will_qos, s.will_retain)
+                          s.will_qos, s.will_retain,
+                          will_properties(p.will_properties, st.protocol_version))
         conn.on_disconnect = self._paho_on_disconnect
         conn.set_auto_reconnect(s.auto_reconnect)
         return conn

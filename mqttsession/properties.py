@@ -14,7 +14,7 @@ from .validation import check_sendable_text
 
 __all__ = [
     "connect_properties", "disconnect_properties", "disconnect_reason", "expiry_properties", "pack_properties",
-    "publish_properties", "server_reference", "unpack_properties",
+    "publish_properties", "server_reference", "unpack_properties", "will_properties",
 ]
 
 # PUBLISH properties a client may not put in a message the session stores and resends:
@@ -111,6 +111,19 @@ def disconnect_reason(code: int) -> ReasonCode | None:
     """A DISCONNECT's paho ``ReasonCode`` (None for 0x00, Normal disconnection, which paho
     sends when given none)."""
     return ReasonCode(PacketTypes.DISCONNECT, identifier=code) if code else None
+
+
+def will_properties(props: object, protocol_version: int) -> Properties | None:
+    """The will's MQTT 5 properties as paho takes them (``UsageError`` for anything else, and
+    for properties under MQTT 3.1.1, which has none)."""
+    if props is None:
+        return None
+    if not isinstance(props, Properties) or props.packetType != PacketTypes.WILLMESSAGE:
+        raise UsageError("will_properties must be paho's Properties(PacketTypes.WILLMESSAGE),"
+                         f" got {props!r}")
+    if protocol_version != 5:
+        raise UsageError("will_properties need MQTT 5 (protocol_version=5)")
+    return props
 
 
 def server_reference(props: Any) -> str | None:
