@@ -548,11 +548,15 @@ def test_a_loop_ending_without_close_raises_nothing_into_it(mosquitto: Any, tmp_
         await sub.subscribe(topic, 2)
         monkeypatch.setattr(os, "fdatasync", slow(os.fdatasync))
         async with AsyncSession(opts, client_id=_procs.unique("pub")) as pub:
-            for i in range(20):
+            # (published until a batch waits: 20 in a row had all been handled, under load,
+            # before one was seen waiting)
+            loop = asyncio.get_running_loop()
+            deadline, i = loop.time() + 20, 0
+            while sub._bg_next is None:
+                assert loop.time() < deadline, "no batch waiting for the next sync"
                 await pub.publish(topic, f"{i}", 2)
-                if sub._bg_next is not None:
-                    break
-            await _until(lambda: sub._bg_next is not None, "a batch waiting for the next sync")
+                i += 1
+                await asyncio.sleep(0.005)
 
     asyncio.run(main())
     monkeypatch.undo()
