@@ -443,3 +443,18 @@ def test_a_first_delivery_with_dup_1_is_delivered_with_the_brokers_flag(qos: int
             assert got == [(b"first", True)]
         finally:
             c.close()
+
+
+def test_a_suback_refusing_the_topic_tree_stops_the_check_in_one_line() -> None:
+    """README: the command tries the topics first "and, if a SUBACK refuses it, a PUBACK says 0x87
+    or the message does not come back, stops with one line (``not allowed to use
+    mqttsession-compat/# ...``, exit code 2)" (test_broker_limits.py: the last two; here the
+    SUBACK, from the fake broker refusing every filter with 0x80)."""
+    from mqttsession.compat import BrokerUnavailable, check_broker
+
+    with FakeBroker(suback_code=0x80) as fake:
+        with pytest.raises(BrokerUnavailable) as caught:
+            check_broker(Target(fake.host, fake.port, 4, timeout=1.0))
+    text = str(caught.value)
+    assert text.startswith(f"not allowed to use {TOPIC_ROOT}/# (the topics of every scenario) at"), text
+    assert "SUBSCRIBE" in text and "refused" in text and "\n" not in text, text

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import mqttsession
 import mqttsession.compat
 from mqttsession import cli
 from mqttsession.compat import Target
@@ -156,3 +157,50 @@ def test_aedes_and_its_redis_packages_are_pinned_and_amqtt_is_in_the_test_extra(
     cfg.read(ROOT / "setup.cfg")
     extra = cfg["options.extras_require"]["test"].split()
     assert any(req.startswith("amqtt") for req in extra), extra
+
+
+def test_a_new_client_republishes_on_session_lost_and_republishes_released_qos2() -> None:
+    """README (ActiveMQ): "keep ``RepublishOnSessionLost=true`` (the default ...)"; (mosquitto,
+    amqtt): "keep ``ReleasedOnSessionLost=republish`` (the default)"."""
+    c = mqttsession.Client()
+    try:
+        assert c.config("RepublishOnSessionLost") == "True"
+        assert c.config("ReleasedOnSessionLost") == "republish"
+    finally:
+        c.close()
+
+
+def test_a_held_qos2_flow_resent_with_dup_0_is_recognised_by_its_packet_id() -> None:
+    """README (aedes): "It resends unacknowledged messages with DUP=0: nothing to set,
+    mqttsession recognises a resent QoS 2 PUBLISH by its packet id, not by DUP": a QoS 2
+    message held (PUBREC sent, no PUBREL), sent again after a reconnect with SessionPresent=1
+    under its id with DUP=0, is answered PUBREC and stored once; its PUBREL delivers it once."""
+    from mqttsession import _wire
+    from mqttsession._wire import PacketType
+    from mqttsession.engine import Deliver, Engine, EngineSettings, Write
+    from mqttsession.state import SessionState
+
+    def publish_in(dup: bool) -> _wire.Packet:
+        return _wire.decode_packet(_wire.encode_publish("in", b"once", qos=2, packet_id=7, dup=dup), 4)
+
+    def connect(e: Engine) -> None:
+        e.reset()
+        e.connecting("broker:1883")
+        e.connack(0, "", True, 65535, None, 0.0)
+        e.lost_incoming()
+        e.resume()
+
+    state = SessionState()
+    state.configure(client_id="c", clean_session=False, protocol_version=4)
+    e = Engine(EngineSettings(), state)
+    connect(e)
+    e.receive(publish_in(dup=False))
+    e.connection_lost(0.0, 0, "gone")
+    connect(e)
+    again = e.receive(publish_in(dup=False))  # aedes' resend: DUP=0
+    assert not any(isinstance(a, Deliver) for a in again)
+    sent = [_wire.decode_packet(a.packet, 4) for a in again if isinstance(a, Write)]
+    assert [(p.type, p.packet_id) for p in sent] == [(PacketType.PUBREC, 7)]
+    assert list(e.state.incoming) == [7]
+    released = e.receive(_wire.decode_packet(_wire.encode_ack(PacketType.PUBREL, 7), 4))
+    assert [a.message.message for a in released if isinstance(a, Deliver)] == [b"once"]
