@@ -447,6 +447,7 @@ class ConnectParams:
     will_topic: str
     will_message: bytes | str
     will_properties: Any = None  # paho Properties(WILLMESSAGE), checked at connect
+    connect_properties: Any = None  # paho Properties(CONNECT), checked at connect
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -122,6 +122,7 @@ def _connect_params(c: Client) -> ConnectParams:
     paths = on and tls is not None and ctx is None
     return ConnectParams(
         c._keep_alive, c.username, c.password, c.will_topic, c.will_message, c.will_properties,
+        c.connect_properties,
         tls.ca_cert_path if paths and tls else None,
         tls.client_cert_path if paths and tls else None,
         tls.client_key_path if paths and tls else None, on or ctx is not None,
@@ -146,7 +147,7 @@ class Client:
         password: str | None = None,
         will_topic: str = "",
         will_message: bytes | str = b"",
-        will_properties: Properties | None = None,
+        will_properties: Properties | None = None, connect_properties: Properties | None = None,
         tls_options: TlsSettings | None = None,
         tls_context: ssl.SSLContext | None = None,
         transport: str = "tcp",
@@ -183,9 +184,9 @@ class Client:
         self.will_topic = will_topic
         #: Payload of the will message.
         self.will_message = will_message
-        #: MQTT 5 properties of the will message (``Properties(PacketTypes.WILLMESSAGE)``:
-        #: ``WillDelayInterval``, ``MessageExpiryInterval``, ``ContentType``, ``UserProperty``...).
-        self.will_properties = will_properties
+        #: MQTT 5: the will's ``Properties(PacketTypes.WILLMESSAGE)``, and CONNECT's besides
+        #: the session's own, ``Properties(PacketTypes.CONNECT)`` (README: what is refused).
+        self.will_properties, self.connect_properties = will_properties, connect_properties
         self.keep_alive_interval = keep_alive_interval
         self.protocol_version = protocol_version
         self.client_id = client_id

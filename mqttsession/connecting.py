@@ -28,6 +28,7 @@ from .failover import ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer, gateway_tick
 from .properties import (
+    checked_connect_properties,
     connect_properties,
     disconnect_properties,
     disconnect_reason,
@@ -125,6 +126,7 @@ class Connecting(Durability):
     servers: ServerRotation | None
     pacer: Pacer | None
     clean_once: bool  # a forgotten client id's session: a clean start first (``forgotten``)
+    _connect_props: Any  # the application's CONNECT properties (MQTT 5), for every CONNECT
     on_clean_start: Callable[[], threading.Thread] | None  # once that start was accepted
 
     def _paho_on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any
@@ -150,7 +152,8 @@ class Connecting(Durability):
 
     def _hook_connect_properties(self) -> Any:
         """A CONNECT's MQTT 5 properties as the session is now (each reconnect's too)."""
-        return connect_properties(self.expiry_interval(), self.engine.settings.receive_maximum)
+        return connect_properties(self.expiry_interval(), self.engine.settings.receive_maximum,
+                                  self._connect_props)
 
     def _open(self, host: str, port: int, params: ConnectParams,
               servers: ServerRotation) -> PahoConnection:
@@ -380,6 +383,9 @@ class Connecting(Durability):
         conn.clean_first_only = clean and not st.clean_session
         conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]  # (fractions)
         _dial_settings(conn, p)
+        # (UsageError; kept for each CONNECT of this connection, ``_hook_connect_properties``)
+        self._connect_props = checked_connect_properties(p.connect_properties,
+                                                         st.protocol_version)
         if p.will_topic:
             conn.will_set(validate_publish_topic(p.will_topic), will_payload(p.will_message),
                           s.will_qos, s.will_retain,

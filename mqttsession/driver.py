@@ -87,6 +87,7 @@ class Driver(Connecting):
         # a gateway's session of a forgotten client id: a clean start until a CONNACK accepts
         # one, then ``on_clean_start`` (``forgotten``)
         self.clean_once = False
+        self._connect_props: Any = None  # Client.connect_properties, checked (``_new_connection``)
         self.on_clean_start: Callable[[], threading.Thread] | None = None
         self._noting: threading.Thread | None = None  # its write, the CONNACK's batch waits
         self.executor: Executor | None = None  # an AsyncGateway's (None: the loop's default)

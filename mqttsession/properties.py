@@ -13,7 +13,7 @@ from .errors import UsageError
 from .validation import check_sendable_text
 
 __all__ = [
-    "connect_properties", "disconnect_properties", "disconnect_reason", "expiry_properties", "pack_properties",
+    "checked_connect_properties", "connect_properties", "disconnect_properties", "disconnect_reason", "expiry_properties", "pack_properties",
     "publish_properties", "server_reference", "unpack_properties", "will_properties",
 ]
 
@@ -91,15 +91,56 @@ def expiry_properties(packet_type: int, session_expiry_interval: int | None) -> 
 
 
 def connect_properties(
-    session_expiry_interval: int | None, receive_maximum: int | None = None
+    session_expiry_interval: int | None, receive_maximum: int | None = None,
+    others: Properties | None = None,
 ) -> Properties | None:
     """MQTT 5 CONNECT properties: Session Expiry Interval and Receive Maximum (how many
-    incoming QoS 1/2 flows the broker may leave unacknowledged at once [MQTT-3.3.4-9])."""
+    incoming QoS 1/2 flows the broker may leave unacknowledged at once [MQTT-3.3.4-9]), with
+    the application's ``others`` (``Client.connect_properties``, checked)."""
     props = expiry_properties(PacketTypes.CONNECT, session_expiry_interval)
-    if receive_maximum is not None:
+    if receive_maximum is not None or others is not None:
         if props is None:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.ReceiveMaximum = receive_maximum
+        if receive_maximum is not None:
+            props.ReceiveMaximum = receive_maximum
+        for name, _ in _named(others):
+            setattr(props, name, getattr(others, name))
+    return props
+
+
+# CONNECT properties the session sets itself, or whose consequences it does not handle
+_CONNECT_NOT_TAKEN: Final = {
+    "SessionExpiryInterval": "config('SessionExpInterval=...') sets it",
+    "ReceiveMaximum": "config('ReceiveMaximum=...') sets it",
+    "TopicAliasMaximum": "incoming topic aliases are not resolved",
+    "AuthenticationMethod": "enhanced authentication (AUTH packets) is not supported",
+    "AuthenticationData": "enhanced authentication (AUTH packets) is not supported",
+}
+
+
+def _named(props: Properties | None) -> list[tuple[str, object]]:
+    """The properties set in ``props`` by their attribute names (paho's, without spaces)."""
+    if props is None:
+        return []
+    names = (n.replace(" ", "") for n in props.names)
+    return [(n, getattr(props, n)) for n in names if hasattr(props, n)]
+
+
+def checked_connect_properties(props: object, protocol_version: int) -> Properties | None:
+    """``Client.connect_properties`` as ``connect_properties`` takes them (``UsageError`` for
+    anything but CONNECT properties, for one the session sets or cannot honour, and for
+    properties under MQTT 3.1.1)."""
+    if props is None:
+        return None
+    if not isinstance(props, Properties) or props.packetType != PacketTypes.CONNECT:
+        raise UsageError("connect_properties must be paho's Properties(PacketTypes.CONNECT),"
+                         f" got {props!r}")
+    for name, _ in _named(props):
+        if name in _CONNECT_NOT_TAKEN:
+            raise UsageError(f"connect_properties: {name} is not taken:"
+                             f" {_CONNECT_NOT_TAKEN[name]}")
+    if protocol_version != 5:
+        raise UsageError("connect_properties need MQTT 5 (protocol_version=5)")
     return props
 
 
