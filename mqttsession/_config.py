@@ -47,6 +47,7 @@ class ClientSettings:
     failover_servers: str = ""  # "host:port,host:port": tried after connect()'s own, in turn
     follow_server_reference: bool = False  # MQTT 5 4.11: go where 0x9C / 0x9D point
     disconnect_reason_code: int = 0  # MQTT 5: disconnect()'s DISCONNECT (0x04: send the will)
+    client_topic_alias_max: int = 0  # MQTT 5 CONNECT: Topic Aliases the broker may set (0: none)
 
     def reconnect_delays(self) -> tuple[float, float]:
         """(first, largest) reconnect delay in seconds as paho's backoff takes them: fractions
@@ -89,7 +90,8 @@ _INT_RANGES: Final = {"max_inflight": (1, 2**31), "will_qos": (0, 2), "receive_m
                       "max_queued_messages": (0, 2**62), "max_queued_bytes": (0, 2**62),
                       "qos0_backlog_bytes": (0, 2**62),
                       "queue_in_memory": (0, 2**31), "queue_segment_bytes": (4096, 2**30),
-                      "session_sync_interval": (1, 3_600_000), "failover_republish": (0, 65535)}
+                      "session_sync_interval": (1, 3_600_000), "failover_republish": (0, 65535),
+                      "client_topic_alias_max": (0, 65535)}
 
 
 # the settings with a setter of their own (``c``: the Client)
@@ -332,6 +334,7 @@ CONFIG: Final[dict[str, tuple[Getter, Setter | None]]] = {
     "failoverrepublish": _attr("_engine_settings", "failover_republish"),
     "connectedserver": (lambda c: c._engine.server, None),
     "disconnectreasoncode": _own("disconnect_reason_code", _disconnect_code),
+    "clienttopicaliasmax": _attr("_settings", "client_topic_alias_max"),
 }
 
 
@@ -365,6 +368,11 @@ SETTING_DOCS: Final[dict[str, tuple[str, str]]] = {
                           " reconnect; MQTT 5 always resends only on reconnect)."),
     "willqos": ("WillQOS", "QoS (0..2) of the will message (``Client.will_topic``)."),
     "willretain": ("WillRetain", "RETAIN flag of the will message."),
+    "clienttopicaliasmax": ("ClientTopicAliasMax", "MQTT 5: how many Topic Aliases (0..65535)"
+                            " the broker may set for the PUBLISHes it sends on a connection"
+                            " (CONNECT's Topic Alias Maximum; 0: none). Each is resolved as it"
+                            " arrives; a message is delivered and stored with its topic name,"
+                            " never its alias."),
     "disconnectreasoncode": ("DisconnectReasonCode", "MQTT 5: the reason code ``disconnect()``"
                              " sends in its DISCONNECT, decimal or ``0x`` hex, one a client may"
                              " send (0x00, 0x04, 0x80..0x83, 0x90, 0x93..0x99). ``4`` (Disconnect"

@@ -11,6 +11,7 @@ durable, or for that sync's future on a loop (``batching``). Private accesses ar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import re
@@ -29,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from . import _wire, dialing
 from .actions import PACKET_COST
 from .batching import ReadBatches
-from ._wire import MalformedPacket, Packet, PacketType
+from ._wire import AliasFault, MalformedPacket, Packet, PacketType, TopicAliases
 from .errors import ProtocolViolation
 from .hooks import Future, Hooks, Sync
 from .refusals import PahoLog, describe_connect_error
@@ -132,6 +133,7 @@ class PahoConnection(ReadBatches, mqtt.Client):
         self._clean_start_sent = clean_session  # the flag of the last CONNECT written
         self._connack_seen = False  # on this network connection
         self._early: list[tuple[int, bytes]] = []  # PUBLISHes before it (aedes): after it
+        self._aliases = TopicAliases()  # the broker's, this network connection's (MQTT 5)
         self._new_sock: Any = None  # the socket being set up by _create_socket
         self._was_connected = self.clean_first_only = False  # a CONNACK came; MQTT 5: clean till one
         # disconnect(), loop_stop() ran; a PINGRESP late behind an upload the broker is taking
@@ -413,6 +415,9 @@ class PahoConnection(ReadBatches, mqtt.Client):
                 first and self._mqttv5_first_connect)  # noqa: SLF001
             # the properties of now at a reconnect too (a SessionExpInterval set meanwhile)
             self._connect_properties = self.hooks._hook_connect_properties()  # noqa: SLF001
+            # each network connection starts with no Topic Alias set [MQTT-3.3.2-7]
+            self._aliases = TopicAliases(getattr(self._connect_properties,  # noqa: SLF001
+                                                 "TopicAliasMaximum", 0))
         else:  # (3.1.1: a forgotten id's old session ended first, ``end_old_session``)
             self._clean_start_sent = bool(self._clean_session)  # noqa: SLF001
         # the keep-alive asked for at every reconnect too (not a CONNACK's Server Keep Alive)
@@ -610,6 +615,11 @@ class PahoConnection(ReadBatches, mqtt.Client):
                     _PAHO_PACKETS else _wire.paho_packet_fault(first, body, self._level)
                 return self._violation(*fault) if fault else self._paho_handle(first, body)
             p = _wire.decode(first, body, self._level)
+            if kind == PacketType.PUBLISH and self._aliases.maximum:
+                topic, props = self._aliases.resolve(p.topic or "", p.properties)
+                p = dataclasses.replace(p, topic=topic, properties=props)
+        except AliasFault as exc:
+            return self._violation(exc.code, str(exc))
         except MalformedPacket as exc:
             return self._violation(0x81, str(exc))
         except Exception as exc:  # a hook must never kill paho's network thread

@@ -27,10 +27,12 @@ __all__ = [
     "RECEIVE_MAXIMUM",
     "REASON_STRING",
     "SESSION_EXPIRY_INTERVAL",
+    "AliasFault",
     "MalformedPacket",
     "Packet",
     "PacketType",
     "PropValue",
+    "TopicAliases",
     "Property",
     "Will",
     "decode",
@@ -349,6 +351,45 @@ def received_publish_fault(topic: str, props: bytes) -> tuple[int, str] | None:
     if not topic:  # [MQTT-4.7.3-1], with no Topic Alias to stand for it
         return 0x82, "an empty topic name and no Topic Alias [MQTT-4.7.3-1]"
     return None
+
+
+class AliasFault(ValueError):
+    """A Topic Alias the client cannot take: ``code`` is the DISCONNECT reason code."""
+
+    def __init__(self, code: int, words: str) -> None:
+        super().__init__(words)
+        self.code = code
+
+
+class TopicAliases:
+    """The Topic Aliases a broker sets on one connection for the PUBLISHes it sends (MQTT 5
+    3.3.2.3.4), up to the ``maximum`` the client's CONNECT allowed (0: none)."""
+
+    def __init__(self, maximum: int = 0) -> None:
+        self.maximum = maximum
+        self.topics: dict[int, str] = {}
+
+    def resolve(self, topic: str, props: bytes) -> tuple[str, bytes]:
+        """A received PUBLISH's topic and properties with its Topic Alias resolved and taken
+        out (a stored message holds no alias of one connection); ``AliasFault`` for one out
+        of range or never set."""
+        found = [v for k, v in parse_properties(props) if k == 0x23] if len(props) > 1 else []
+        if not found or not self.maximum:  # (none allowed: ``received_publish_fault``'s)
+            return topic, props
+        alias = found[0]
+        if not isinstance(alias, int) or not 0 < alias <= self.maximum:
+            # [MQTT-3.1.2-26]; an alias of 0 is a Protocol Error too (3.3.2.3.4)
+            raise AliasFault(0x94, f"a Topic Alias of {alias!r} (this client allows"
+                                   f" 1..{self.maximum}) [MQTT-3.1.2-26]")
+        if topic:
+            self.topics[alias] = topic
+        elif alias in self.topics:
+            topic = self.topics[alias]
+        else:  # 3.3.2.3.4: an alias with no mapping on this connection
+            raise AliasFault(0x82, f"Topic Alias {alias} with an empty topic name, never set"
+                                   " on this connection (3.3.2.3.4)")
+        rest = [(k, v) for k, v in parse_properties(props) if k != 0x23]
+        return topic, pack_properties(rest) if rest else b""
 
 
 def connack_fault(c: Packet, level: int, again: bool = False,

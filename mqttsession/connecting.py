@@ -153,7 +153,7 @@ class Connecting(Durability):
     def _hook_connect_properties(self) -> Any:
         """A CONNECT's MQTT 5 properties as the session is now (each reconnect's too)."""
         return connect_properties(self.expiry_interval(), self.engine.settings.receive_maximum,
-                                  self._connect_props)
+                                  self._connect_props, self._settings.client_topic_alias_max)
 
     def _open(self, host: str, port: int, params: ConnectParams,
               servers: ServerRotation) -> PahoConnection:

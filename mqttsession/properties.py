@@ -92,17 +92,20 @@ def expiry_properties(packet_type: int, session_expiry_interval: int | None) -> 
 
 def connect_properties(
     session_expiry_interval: int | None, receive_maximum: int | None = None,
-    others: Properties | None = None,
+    others: Properties | None = None, topic_alias_maximum: int = 0,
 ) -> Properties | None:
-    """MQTT 5 CONNECT properties: Session Expiry Interval and Receive Maximum (how many
-    incoming QoS 1/2 flows the broker may leave unacknowledged at once [MQTT-3.3.4-9]), with
-    the application's ``others`` (``Client.connect_properties``, checked)."""
+    """MQTT 5 CONNECT properties: Session Expiry Interval, Receive Maximum (how many
+    incoming QoS 1/2 flows the broker may leave unacknowledged at once [MQTT-3.3.4-9]) and
+    Topic Alias Maximum, with the application's ``others`` (``Client.connect_properties``,
+    checked)."""
     props = expiry_properties(PacketTypes.CONNECT, session_expiry_interval)
-    if receive_maximum is not None or others is not None:
+    if receive_maximum is not None or others is not None or topic_alias_maximum:
         if props is None:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if receive_maximum is not None:
             props.ReceiveMaximum = receive_maximum
+        if topic_alias_maximum:  # (``ClientTopicAliasMax``; absent means 0 [MQTT-3.1.2-27])
+            props.TopicAliasMaximum = topic_alias_maximum
         for name, _ in _named(others):
             setattr(props, name, getattr(others, name))
     return props
@@ -112,7 +115,7 @@ def connect_properties(
 _CONNECT_NOT_TAKEN: Final = {
     "SessionExpiryInterval": "config('SessionExpInterval=...') sets it",
     "ReceiveMaximum": "config('ReceiveMaximum=...') sets it",
-    "TopicAliasMaximum": "incoming topic aliases are not resolved",
+    "TopicAliasMaximum": "config('ClientTopicAliasMax=...') sets it",
     "AuthenticationMethod": "enhanced authentication (AUTH packets) is not supported",
     "AuthenticationData": "enhanced authentication (AUTH packets) is not supported",
 }

@@ -88,7 +88,7 @@ def test_a_maximum_packet_size_keeps_bigger_messages_away(mosquitto: Any) -> Non
 @pytest.mark.parametrize(("props", "version", "match"), [
     (_connect_props(SessionExpiryInterval=5), 5, "SessionExpInterval"),
     (_connect_props(ReceiveMaximum=5), 5, "ReceiveMaximum"),
-    (_connect_props(TopicAliasMaximum=5), 5, "topic aliases"),
+    (_connect_props(TopicAliasMaximum=5), 5, "ClientTopicAliasMax"),
     (_connect_props(AuthenticationMethod="SCRAM"), 5, "AUTH"),
     (Properties(PacketTypes.PUBLISH), 5, "Properties\\(PacketTypes.CONNECT\\)"),  # type: ignore[no-untyped-call]
     ("UserProperty=x", 5, "Properties\\(PacketTypes.CONNECT\\)"),

@@ -99,10 +99,10 @@ def test_will_topic_message_qos_and_retain_go_in_connect() -> None:
     assert (will.topic, will.payload, will.qos, will.retain) == ("ipw/will", b"gone", 1, True)
 
 
-@pytest.mark.parametrize("name", ["ClientTopicAliasMax", "ConnectProperties", "WillProperties"])
+@pytest.mark.parametrize("name", ["ConnectProperties", "WillProperties"])
 def test_ipworks_settings_left_out_are_refused_by_name(name: str) -> None:
-    """IPWorks' ``ClientTopicAliasMax``, ``ConnectProperties`` and ``WillProperties`` are left
-    out (README, "Where this library decides"): code
+    """IPWorks' ``ConnectProperties`` and ``WillProperties`` are left out (README, "Where
+    this library decides"; the arguments ``connect_properties`` / ``will_properties``): code
     written for IPWorks gets ``UsageError`` naming the setting, never a silent no-op."""
     c = Client(client_id="ipw-cfg", protocol_version=5)
     try:
@@ -132,3 +132,20 @@ def test_disconnect_reason_code_refuses_what_a_client_may_not_send(value: str) -
         c.config(f"DisconnectReasonCode={value}")
     assert c.config("DisconnectReasonCode") == "0"
     c.close()
+
+
+@pytest.mark.parametrize(("value", "ok"), [("0", True), ("10", True), ("65535", True),
+                                           ("65536", False), ("-1", False), ("x", False)])
+def test_client_topic_alias_max_takes_0_to_65535(value: str, ok: bool) -> None:
+    c = Client(client_id="ctam", protocol_version=5)
+    try:
+        assert c.config("ClientTopicAliasMax") == "0"
+        if ok:
+            c.config(f"ClientTopicAliasMax={value}")
+            assert c.config("ClientTopicAliasMax") == value
+        else:
+            with pytest.raises(UsageError, match="ClientTopicAliasMax"):
+                c.config(f"ClientTopicAliasMax={value}")
+            assert c.config("ClientTopicAliasMax") == "0"
+    finally:
+        c.close()
