@@ -641,7 +641,8 @@ def test_close_refuses_publishes_called_after_it_began(mosquitto: Any, tmp_path:
         counts = counter.counts(tag)
     finally:
         counter.close()
-    assert took < 10, f"close() took {took:.1f} s (request_timeout_seconds 15)"
+    # (under it: it did not wait the request timeout out; 10 failed once on a loaded machine)
+    assert took < 14, f"close() took {took:.1f} s (request_timeout_seconds 15)"
     assert all(isinstance(e, UsageError) for e in ended), ended
     lost = sorted(set(sent) - set(counts))
     assert not lost, f"{len(lost)} of {len(sent)} returned but never went out: {lost[:10]}"
@@ -680,7 +681,8 @@ def test_a_gateway_session_closing_refuses_its_share_of_publish_many(
             return took, await asyncio.wait_for(asyncio.gather(*tasks), 15)
 
     took, ended = _run(main, 60)
-    assert took < 10, f"close() took {took:.1f} s (request_timeout_seconds 15)"
+    # (under it: it did not wait the request timeout out; 10 failed once on a loaded machine)
+    assert took < 14, f"close() took {took:.1f} s (request_timeout_seconds 15)"
     assert isinstance(ended[0], UsageError), ended
     for err in ended[1:]:
         assert isinstance(err, PublishManyError), err
