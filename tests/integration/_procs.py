@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import tempfile
@@ -598,3 +599,30 @@ def assert_delivered(counts: collections.Counter[int], numbers: Iterable[int]) -
 
 if __name__ == "__main__":
     _worker_main()
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that takes TCP connections and never answers (no CONNACK)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def connect_in_thread(connect: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """``connect()`` in a daemon thread; what it raised, in the list."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            connect()
+        except BaseException as exc:  # noqa: BLE001 - looked at by the test
+            raised.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, raised

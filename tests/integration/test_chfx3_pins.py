@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +22,13 @@ from mqttsession.gateway import Gateway
 from mqttsession.testing import MosquittoBroker
 
 try:  # tests/integration may or may not be a package
+    from . import _procs
     from ._procs import observed
 except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
     from _procs import observed  # type: ignore[no-redef]
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
-
-
-@contextlib.contextmanager
-def _silent() -> Iterator[int]:
-    """A port on 127.0.0.1 that takes TCP connections and never answers (no CONNACK)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-
-
-def _connect_in_thread(connect: Any) -> tuple[threading.Thread, list[BaseException]]:
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            connect()
-        except BaseException as exc:  # noqa: BLE001 - looked at by the test
-            raised.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, raised
-
 
 @pytest.mark.parametrize("kind", ["client", "gateway"])
 def test_disconnect_then_connect_while_the_first_waits_for_its_connack(
@@ -67,11 +41,11 @@ def test_disconnect_then_connect_while_the_first_waits_for_its_connack(
     message, one paho thread. The existing pin uses a server that drops SYNs, whose connect
     ``disconnect()`` now cuts at the socket: it passes without the generation. Fails with
     ``Connecting._check_ended`` testing only ``ended`` (no generation, no ownership)."""
-    with _silent() as port, Gateway(tmp_path / "gw") as gw:
+    with _procs.silent_port() as port, Gateway(tmp_path / "gw") as gw:
         c = Client(client_id=f"gen-{kind}") if kind == "client" else gw.client(
             f"gen-{kind}", clean_session=False)
         try:
-            t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=4))
+            t, raised = _procs.connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=4))
             time.sleep(0.5)
             c.disconnect()
             c.connect(mosquitto.host, mosquitto.port, timeout=5)
@@ -92,10 +66,10 @@ def test_a_connect_ended_by_disconnect_says_disconnect(tmp_path: Path) -> None:
     """CHANGELOG "A connect ended by ``disconnect()`` said 'ended by close()': 'ended by
     close(), disconnect() or another thread's connect()'". No test read the words. Fails with
     ``_check_ended``'s message back to "ended by close()"."""
-    with _silent() as port:
+    with _procs.silent_port() as port:
         c = Client(client_id="ended-by-disconnect")
         try:
-            t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=20))
+            t, raised = _procs.connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=20))
             time.sleep(0.5)
             c.disconnect()
             t.join(5)

@@ -27,8 +27,10 @@ from mqttsession.testing import MosquittoBroker
 from mqttsession.testing.proxy import MQTTProxy
 
 try:  # tests/integration may or may not be a package
+    from . import _procs
     from ._procs import wait_until
 except ImportError:  # pragma: no cover - rootdir-relative import
+    import _procs  # type: ignore[no-redef]
     from _procs import wait_until  # type: ignore[no-redef]
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
@@ -145,37 +147,10 @@ def test_connect_threads_are_bounded(mosquitto: MosquittoBroker, tmp_path: Path)
         new = [t.name for t in threading.enumerate() if t.ident not in before]
         assert 1 < sum(n.startswith("mqttsession-gateway-connect") for n in new) <= CONNECT_THREADS
 
-
-@contextlib.contextmanager
-def _silent() -> Iterator[int]:
-    """A port on 127.0.0.1 that takes TCP connections and never answers (no CONNACK)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-
-
-def _connect_in_thread(connect: Any) -> tuple[threading.Thread, list[BaseException]]:
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            connect()
-        except BaseException as exc:  # noqa: BLE001 - looked at by the test
-            raised.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, raised
-
-
 def _closed_mid_connect(c: Any, port: int) -> list[BaseException]:
     """``c.connect(timeout=20)`` in a thread, ``close()`` half a second later: what the
     connect raised (it must have ended within 5 s)."""
-    t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=20))
+    t, raised = _procs.connect_in_thread(lambda: c.connect("127.0.0.1", port, timeout=20))
     time.sleep(0.5)
     c.close()
     t.join(5)
@@ -188,7 +163,7 @@ def test_close_ends_a_connect_waiting_for_its_connack(tmp_path: Path, kind: str)
     """``close()`` while ``connect(timeout=20)`` waits for a CONNACK that never comes: the
     connect raises ``ConnectError`` saying so at once (before: after its whole timeout, as
     "no CONNACK within 20 s")."""
-    with _silent() as port, Gateway(tmp_path / "gw") as gw:
+    with _procs.silent_port() as port, Gateway(tmp_path / "gw") as gw:
         c = Client(client_id="silent") if kind == "client" else gw.client("silent",
                                                                           clean_session=False)
         raised = _closed_mid_connect(c, port)
@@ -201,7 +176,7 @@ def test_close_ends_a_tls_handshake_at_once(transport: str) -> None:
     """``close()`` while ``connect(timeout=20)`` waits in a TLS handshake (wss: the one under
     the WebSocket handshake) that the server never answers: "ended by close()" at once.
     Before: it waited out the 20 s (the TCP socket close() shut down was detached from it)."""
-    with _silent() as port:
+    with _procs.silent_port() as port:
         c = Client(client_id="tls-silent", tls_context=ssl.create_default_context(),
                    transport=transport)
         raised = _closed_mid_connect(c, port)
@@ -210,7 +185,7 @@ def test_close_ends_a_tls_handshake_at_once(transport: str) -> None:
 
 def test_async_session_close_ends_its_start() -> None:
     async def main() -> None:
-        with _silent() as port:
+        with _procs.silent_port() as port:
             s = AsyncSession(Options(address=f"127.0.0.1:{port}", request_timeout_seconds=20),
                              client_id="asilent")
             start = asyncio.ensure_future(s.start())
@@ -227,7 +202,7 @@ def test_async_gateway_close_ends_a_session_still_starting(tmp_path: Path) -> No
     raises "ended by close()" at once. Before: close() left it alone, the start waited out its
     timeout and raised ``PersistenceError`` (the store closed under it)."""
     async def main() -> None:
-        with _silent() as port:
+        with _procs.silent_port() as port:
             gw = AsyncGateway(tmp_path / "agw")
             start = asyncio.ensure_future(gw.session(
                 "starting", Options(address=f"127.0.0.1:{port}", request_timeout_seconds=20)))
@@ -244,14 +219,14 @@ def test_gateway_close_ends_connect_and_connect_all(tmp_path: Path) -> None:
     CONNACKs: both end with ``ConnectError`` (before: neither ever returned, the loop stopped
     under them). ``connect_all`` raises it, or returns it as session two's failure when its
     sessions' connects all ended before the loop stopped (a race: both are its contract)."""
-    with _silent() as port:
+    with _procs.silent_port() as port:
         gw = Gateway(tmp_path / "gw")
         one = gw.client("one", clean_session=False)
         gw.client("two", clean_session=False)
-        t1, r1 = _connect_in_thread(lambda: one.connect("127.0.0.1", port, timeout=20))
+        t1, r1 = _procs.connect_in_thread(lambda: one.connect("127.0.0.1", port, timeout=20))
         time.sleep(0.3)
         failed: list[dict[str, ConnectError]] = []
-        t2, r2 = _connect_in_thread(
+        t2, r2 = _procs.connect_in_thread(
             lambda: failed.append(gw.connect_all("127.0.0.1", port, timeout=20)))
         time.sleep(0.3)
         gw.close()
@@ -322,7 +297,7 @@ def test_close_during_the_tcp_connect_tries_no_next_server(
         c.config(f"SessionStateFile={tmp_path / 's'}")
         c.restore_session("")
         c.config(f"FailoverServers={mosquitto.host}:{mosquitto.port}")
-        t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=3))
+        t, raised = _procs.connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=3))
         time.sleep(0.5)
         c.close()
         t.join(10)
@@ -346,7 +321,7 @@ def test_disconnect_then_connect_from_another_thread_leaves_the_new_connection_a
         c = Client(client_id="raced") if kind == "client" else gw.client("raced",
                                                                          clean_session=False)
         try:
-            t, raised = _connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=3))
+            t, raised = _procs.connect_in_thread(lambda: c.connect("127.0.0.1", dead, timeout=3))
             time.sleep(0.5)
             c.disconnect()
             c.connect(mosquitto.host, mosquitto.port, timeout=5)
@@ -445,7 +420,7 @@ def test_close_while_connect_starts_the_network_thread(
 
     monkeypatch.setattr(threading.Thread, "start", slow_start)
     c = Client(client_id="slow-start")
-    t, raised = _connect_in_thread(lambda: c.connect(mosquitto.host, mosquitto.port, timeout=10))
+    t, raised = _procs.connect_in_thread(lambda: c.connect(mosquitto.host, mosquitto.port, timeout=10))
     assert starting.wait(5)
     c.close()  # (before: RuntimeError)
     t.join(5)
@@ -465,11 +440,11 @@ def test_a_second_connect_leaves_the_one_under_way_alone(
     CONNACK within 2 s". Before: the second bumped the attempt number before refusing, so the
     first failed at once with "ended by close()"; ``connect_all`` raised ``UsageError`` (under
     ``AutoReconnect=False``, until session 36, it named the session as one whose link was lost)."""
-    with _silent() as port, Gateway(tmp_path / "gw") as gw:
+    with _procs.silent_port() as port, Gateway(tmp_path / "gw") as gw:
         waiting = gw.client("waiting")
         waiting.config(f"AutoReconnect={auto}")
         other = gw.client("other")
-        t, raised = _connect_in_thread(lambda: waiting.connect("127.0.0.1", port, timeout=2))
+        t, raised = _procs.connect_in_thread(lambda: waiting.connect("127.0.0.1", port, timeout=2))
         time.sleep(0.5)
         if second == "connect":
             with pytest.raises(UsageError, match="under way"):

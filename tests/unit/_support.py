@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -170,3 +174,32 @@ def sample_state() -> SessionState:
         incoming={9: IncomingMessage(9, "in/x", b"yo", dup=True)},
         subscriptions={"a/#": 1},
     )
+
+
+@contextmanager
+def at_line(fn: Any, line: int, action: Callable[[], None],
+            only_self: object = None) -> Iterator[list[int]]:
+    """``action()`` once, when this thread is about to run line ``line`` of ``fn`` (in a call
+    on ``only_self`` if given; an exception it raises comes out of that line); the list
+    yielded gets an item once it ran."""
+    code, fired = fn.__code__, []
+
+    def tracer(frame: FrameType, _event: str, _arg: object) -> Any:
+        if frame.f_code is not code or fired or (
+                only_self is not None and frame.f_locals.get("self") is not only_self):
+            return None
+
+        def local(frame: FrameType, event: str, _arg: object) -> Any:
+            if event == "line" and frame.f_lineno == line and not fired:
+                fired.append(1)
+                sys.settrace(None)
+                frame.f_trace = None
+                action()
+            return local
+        return local
+
+    sys.settrace(tracer)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)

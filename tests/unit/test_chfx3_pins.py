@@ -7,13 +7,9 @@ from __future__ import annotations
 import inspect
 import mmap
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -27,6 +23,8 @@ from mqttsession.errors import NewerFormatError
 from mqttsession.mapped import MappedTail
 from mqttsession.spool import Spool
 from mqttsession.state import Reserved, SessionState
+
+from ._support import at_line
 
 
 def _connected(**settings: Any) -> Engine:
@@ -86,28 +84,8 @@ def _wire_ack(pid: int) -> Any:
     return _wire.decode_packet(data, 4)
 
 
-@contextmanager
-def _interrupt_at_line(fn: Any, line: int, only_self: object) -> Iterator[list[int]]:
-    """KeyboardInterrupt when this thread is about to run line ``line`` of ``fn`` (in a call
-    on ``only_self``); the list yielded gets an item once it fired."""
-    code, fired = fn.__code__, []
-
-    def tracer(frame: FrameType, _event: str, _arg: object) -> Any:
-        if frame.f_code is not code or fired or frame.f_locals.get("self") is not only_self:
-            return None
-
-        def local(frame: FrameType, event: str, _arg: object) -> Any:
-            if event == "line" and frame.f_lineno == line and not fired:
-                fired.append(1)
-                raise KeyboardInterrupt
-            return local
-        return local
-
-    sys.settrace(tracer)
-    try:
-        yield fired
-    finally:
-        sys.settrace(None)
+def _interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def test_an_interrupt_anywhere_in_unmapping_leaves_no_closed_map(tmp_path: Path) -> None:
@@ -129,7 +107,7 @@ def test_an_interrupt_anywhere_in_unmapping_leaves_no_closed_map(tmp_path: Path)
         fired_lines = 0
         for line in range(first + 1, first + len(src)):
             assert tail.put(fd, size, 0, b"again")  # (mapped: drop has a map to unmap)
-            with _interrupt_at_line(MappedTail.drop, line, tail) as fired:
+            with at_line(MappedTail.drop, line, _interrupt, tail) as fired:
                 try:
                     tail.drop()
                 except KeyboardInterrupt:

@@ -10,19 +10,17 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
 
 from mqttsession import Client, MessageDroppedEvent, UsageError
 from mqttsession import publishing
+
+from ._support import at_line
 
 
 def _client(path: Path, cid: str) -> Client:
@@ -114,34 +112,14 @@ def test_a_raising_callback_is_logged_with_its_traceback(
     c.close()
 
 
-@contextmanager
-def _close_at_the_lock(c: Client) -> Iterator[list[int]]:
+def _close_at_the_lock(c: Client) -> Any:
     """``c.close()`` run in this thread just before ``store_checked`` takes the session lock
     (after its first ``_require_open``), as a close() in another thread would win the lock
     there; the list yielded gets an item once it ran."""
     fn = publishing.store_checked
     src, first = inspect.getsourcelines(fn)
-    line = first + next(i for i, s in enumerate(src) if "with c._lock:" in s)
-    code, fired = fn.__code__, []
-
-    def tracer(frame: FrameType, _event: str, _arg: object) -> Any:
-        if frame.f_code is not code or fired:
-            return None
-
-        def local(frame: FrameType, event: str, _arg: object) -> Any:
-            if event == "line" and frame.f_lineno == line and not fired:
-                fired.append(1)
-                sys.settrace(None)
-                frame.f_trace = None
-                c.close()
-            return local
-        return local
-
-    sys.settrace(tracer)
-    try:
-        yield fired
-    finally:
-        sys.settrace(None)
+    return at_line(fn, first + next(i for i, s in enumerate(src) if "with c._lock:" in s),
+                   c.close)
 
 
 def test_a_publish_many_that_close_overtook_before_the_lock_is_refused(tmp_path: Path) -> None:
