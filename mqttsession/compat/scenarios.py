@@ -22,6 +22,7 @@ from typing import Final
 from .raw import (
     NEVER_EXPIRES,
     BeyondServerLimit,
+    ConnectionClosed,
     Packet,
     PacketType,
     RawClient,
@@ -957,6 +958,9 @@ def run_scenario(scenario: Scenario, target: Target) -> Result:
         reason = str(exc)
     except RawError as exc:
         reason = f"unexpected: {exc}"
+        if target.protocol == 4 and isinstance(exc, ConnectionClosed) and "for PUBREC" in reason:
+            reason += (" (a 3.1.1 broker that takes QoS 1 at most, e.g. mosquitto with max_qos 1,"
+                       " closes the connection at a QoS 2 PUBLISH: 3.1.1 has no way to say so)")
     except OSError as exc:
         reason = f"connection error: {exc.strerror or exc}"
     except Exception as exc:  # a scenario must report, never crash the run

@@ -146,3 +146,17 @@ def test_a_dropped_qos0_delivery_is_a_note_not_a_fail(mosquitto_factory: Mosquit
     assert result.reason.startswith("not delivered, allowed at QoS 0 (at most once): QoS 0 to a"
                                     " QoS 2 subscription (granted 2), QoS 2 to a QoS 0"
                                     " subscription (granted 0)"), result.reason
+
+
+def test_a_311_broker_limited_to_qos_1_is_named_as_the_likely_cause(
+        mosquitto_factory: MosquittoFactory) -> None:
+    """MQTT 3.1.1 has no Maximum QoS in CONNACK: mosquitto with ``max_qos 1`` closes the
+    connection at a QoS 2 PUBLISH, and the QoS 2 scenarios FAIL; their reason names that
+    likely cause (a helper's README audit found the bare "broker closed the connection")."""
+    broker = mosquitto_factory("mosquitto.conf", extra_config="max_qos 1")
+    for name in ("offline-queue-qos2", "qos2-publish-pubrec"):
+        result = run_scenario(next(s for s in SCENARIOS if s.name == name),
+                              Target(broker.host, broker.port, 4, timeout=TIMEOUT))
+        assert result.status is Status.FAIL
+        assert "closed the connection while waiting for PUBREC" in result.reason
+        assert "takes QoS 1 at most" in result.reason and "max_qos 1" in result.reason
