@@ -1539,11 +1539,24 @@ def test_a_lingering_group_commit_takes_in_the_records_of_writers_that_come_mean
         syncs = _counting(monkeypatch)
         lock = threading.Lock()
         done: list[str] = []
+        appended: list[str] = []
+        all_in = threading.Event()
+        real_sleep = time.sleep
+
+        def linger(seconds: float) -> None:  # (the linger lasts until b and c appended: a
+            if seconds == 0.5:  # loaded machine once started them after a real 0.5 s)
+                assert all_in.wait(20)
+            else:
+                real_sleep(seconds)
+        monkeypatch.setattr(time, "sleep", linger)
 
         def publish(name: str, linger: float) -> None:
             with lock:  # the client's lock, around the record
                 j.append([st.accept(f"t/{name}", b"x", 1)], st, sync=False, held=True)
                 mark = j.position()
+                appended.append(name)
+                if len(appended) == 3:
+                    all_in.set()
             j.sync_to(*mark, linger=linger)
             done.append(name)
 
