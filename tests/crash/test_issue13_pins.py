@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +79,11 @@ def test_a_durable_subscriber_killed_mid_stream_loses_nothing_in_every_sync_mode
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "READY", child.communicate(timeout=10)[1]
-        pub.max_inflight_messages_set(100)
+        # at most mosquitto's max_inflight_messages (20): past it mosquitto 2.0 refuses a QoS 1
+        # PUBLISH with 0x97 (Quota exceeded), which MQTT 3.1.1 sends as a plain PUBACK: the
+        # message is thrown away unseen (README "Operational notes"; under CPU load the feed's
+        # QoS 2 flows wait for their PUBRELs and once lost up to 38 QoS 1 messages here)
+        pub.max_inflight_messages_set(20)
         pub.connect(mosquitto.host, mosquitto.port)
         pub.loop_start()
         infos: list[Any] = []
@@ -98,6 +103,9 @@ def test_a_durable_subscriber_killed_mid_stream_loses_nothing_in_every_sync_mode
         for info in infos:
             info.wait_for_publish(10)
         proxy.cut()
+        refused = re.findall(rf"Sending PUB(?:ACK|REC) to k9feed-{tag} \(m(\d+), rc([1-9]\d*)\)",
+                             mosquitto.log_since_start())
+        assert not refused, f"mosquitto refused messages of the feed (mid, reason): {refused[:10]}"
         before = _log(log)
         assert 0 < sum(1 for k, _ in before if k == "E") < N  # killed mid-stream
         assert not [n for k, n in before if n % 2]  # (no QoS 2 one delivered: no PUBREL)
