@@ -253,17 +253,11 @@ def _qos2_stream(host: str, port: int, count: int = 100) -> tuple[list[bytes], i
 def test_aedes_in_memory_breaks_qos2_towards_a_subscriber(aedes_broker: AedesBroker) -> None:
     """README (aedes): "With its in-memory store ... it sometimes never sends the PUBREL of a flow
     it started ..., and after a reconnect it sends flows already finished with PUBCOMP again as
-    new ones (delivered twice)". Seen here: a finished flow sent again at every reconnect, and in
-    most runs a PUBREL under an id it never used (a flow it started then waits for ever). Up
-    to five runs for the second (the first is required of every run)."""
-    stuck = []
-    for _ in range(5):
-        finished, never_released, again = _qos2_stream(aedes_broker.host, aedes_broker.port)
-        assert set(again) & set(finished), (len(finished), never_released, again)
-        stuck.append(never_released)
-        if never_released:
-            return
-    pytest.fail(f"every flow got its PUBREL in five runs: {stuck}")
+    new ones (delivered twice)". Pinned: a finished flow sent again at the reconnect (every
+    run). The missing PUBREL comes in most runs only (a CI run had none in five): not
+    asserted, "sometimes" is what README says."""
+    finished, never_released, again = _qos2_stream(aedes_broker.host, aedes_broker.port)
+    assert set(again) & set(finished), (len(finished), never_released, again)
 
 
 def test_aedes_with_redis_finishes_every_qos2_flow_once(aedes_cluster: AedesCluster) -> None:
