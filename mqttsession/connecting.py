@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 
 from ._config import ConnectParams
 from ._paho import CLEAN_START_FIRST_ONLY, PahoConnection
@@ -28,11 +29,10 @@ from .failover import ServerRotation, none_accepted
 from .options import format_address, parse_addresses
 from .pacing import Pacer, gateway_tick
 from .properties import (
-    checked_connect_properties,
+    checked_properties,
     connect_properties,
     disconnect_properties,
     disconnect_reason,
-    will_properties,
 )
 from .pump import AsyncioPump, off_loop
 from .refusals import describe_connect_error, refusal_message
@@ -195,8 +195,7 @@ class Connecting(Durability):
                 # expired (a jump); SessionPresent decides [MQTT-3.1.2-5] [MQTT-3.2.2-5]
                 conn.connect(host, port, keep_alive, clean_start=st.clean_session or (
                              CLEAN_START_FIRST_ONLY if conn.clean_first_only else False),
-                             properties=connect_properties(self.expiry_interval(),
-                                                           self._settings.receive_maximum))
+                             properties=self._hook_connect_properties())
             else:
                 if self.clean_once and not st.clean_session and params is not None:
                     # (each server of an attempt: done once the session's own CONNACK comes
@@ -384,12 +383,12 @@ class Connecting(Durability):
         conn.reconnect_delay_set(*s.reconnect_delays())  # type: ignore[arg-type]  # (fractions)
         _dial_settings(conn, p)
         # (UsageError; kept for each CONNECT of this connection, ``_hook_connect_properties``)
-        self._connect_props = checked_connect_properties(p.connect_properties,
-                                                         st.protocol_version)
+        self._connect_props = checked_properties(p.connect_properties, PacketTypes.CONNECT,
+                                                 st.protocol_version)
         if p.will_topic:
             conn.will_set(validate_publish_topic(p.will_topic), will_payload(p.will_message),
-                          s.will_qos, s.will_retain,
-                          will_properties(p.will_properties, st.protocol_version))
+                          s.will_qos, s.will_retain, checked_properties(
+                              p.will_properties, PacketTypes.WILLMESSAGE, st.protocol_version))
         conn.on_disconnect = self._paho_on_disconnect
         conn.set_auto_reconnect(s.auto_reconnect)
         return conn

@@ -13,8 +13,9 @@ from .errors import UsageError
 from .validation import check_sendable_text
 
 __all__ = [
-    "checked_connect_properties", "connect_properties", "disconnect_properties", "disconnect_reason", "expiry_properties", "pack_properties",
-    "publish_properties", "server_reference", "unpack_properties", "will_properties",
+    "checked_properties", "connect_properties", "disconnect_properties", "disconnect_reason",
+    "expiry_properties", "pack_properties", "publish_properties", "server_reference",
+    "unpack_properties",
 ]
 
 # PUBLISH properties a client may not put in a message the session stores and resends:
@@ -106,7 +107,7 @@ def connect_properties(
             props.ReceiveMaximum = receive_maximum
         if topic_alias_maximum:  # (``ClientTopicAliasMax``; absent means 0 [MQTT-3.1.2-27])
             props.TopicAliasMaximum = topic_alias_maximum
-        for name, _ in _named(others):
+        for name in _named(others):
             setattr(props, name, getattr(others, name))
     return props
 
@@ -121,29 +122,29 @@ _CONNECT_NOT_TAKEN: Final = {
 }
 
 
-def _named(props: Properties | None) -> list[tuple[str, object]]:
-    """The properties set in ``props`` by their attribute names (paho's, without spaces)."""
+def _named(props: Properties | None) -> list[str]:
+    """The attribute names (paho's, without spaces) of the properties set in ``props``."""
     if props is None:
         return []
-    names = (n.replace(" ", "") for n in props.names)
-    return [(n, getattr(props, n)) for n in names if hasattr(props, n)]
+    return [n for n in (n.replace(" ", "") for n in props.names) if hasattr(props, n)]
 
 
-def checked_connect_properties(props: object, protocol_version: int) -> Properties | None:
-    """``Client.connect_properties`` as ``connect_properties`` takes them (``UsageError`` for
-    anything but CONNECT properties, for one the session sets or cannot honour, and for
-    properties under MQTT 3.1.1)."""
+def checked_properties(props: object, packet_type: int, protocol_version: int
+                       ) -> Properties | None:
+    """``Client.will_properties`` (``PacketTypes.WILLMESSAGE``) or ``connect_properties``
+    (``PacketTypes.CONNECT``) as paho takes them: ``UsageError`` for anything else, for a
+    CONNECT property the session sets or cannot honour, and for properties under 3.1.1."""
     if props is None:
         return None
-    if not isinstance(props, Properties) or props.packetType != PacketTypes.CONNECT:
-        raise UsageError("connect_properties must be paho's Properties(PacketTypes.CONNECT),"
-                         f" got {props!r}")
-    for name, _ in _named(props):
-        if name in _CONNECT_NOT_TAKEN:
-            raise UsageError(f"connect_properties: {name} is not taken:"
-                             f" {_CONNECT_NOT_TAKEN[name]}")
+    name = "will_properties" if packet_type == PacketTypes.WILLMESSAGE else "connect_properties"
+    if not isinstance(props, Properties) or props.packetType != packet_type:
+        kind = "WILLMESSAGE" if packet_type == PacketTypes.WILLMESSAGE else "CONNECT"
+        raise UsageError(f"{name} must be paho's Properties(PacketTypes.{kind}), got {props!r}")
+    for prop in _named(props) if packet_type == PacketTypes.CONNECT else ():
+        if prop in _CONNECT_NOT_TAKEN:
+            raise UsageError(f"{name}: {prop} is not taken: {_CONNECT_NOT_TAKEN[prop]}")
     if protocol_version != 5:
-        raise UsageError("connect_properties need MQTT 5 (protocol_version=5)")
+        raise UsageError(f"{name} need MQTT 5 (protocol_version=5)")
     return props
 
 
@@ -155,19 +156,6 @@ def disconnect_reason(code: int) -> ReasonCode | None:
     """A DISCONNECT's paho ``ReasonCode`` (None for 0x00, Normal disconnection, which paho
     sends when given none)."""
     return ReasonCode(PacketTypes.DISCONNECT, identifier=code) if code else None
-
-
-def will_properties(props: object, protocol_version: int) -> Properties | None:
-    """The will's MQTT 5 properties as paho takes them (``UsageError`` for anything else, and
-    for properties under MQTT 3.1.1, which has none)."""
-    if props is None:
-        return None
-    if not isinstance(props, Properties) or props.packetType != PacketTypes.WILLMESSAGE:
-        raise UsageError("will_properties must be paho's Properties(PacketTypes.WILLMESSAGE),"
-                         f" got {props!r}")
-    if protocol_version != 5:
-        raise UsageError("will_properties need MQTT 5 (protocol_version=5)")
-    return props
 
 
 def server_reference(props: Any) -> str | None:
