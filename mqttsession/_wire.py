@@ -373,8 +373,9 @@ class TopicAliases:
         """A received PUBLISH's topic and properties with its Topic Alias resolved and taken
         out (a stored message holds no alias of one connection); ``AliasFault`` for one out
         of range or never set."""
-        found = [v for k, v in parse_properties(props) if k == 0x23] if len(props) > 1 else []
-        if not found or not self.maximum:  # (none allowed: ``received_publish_fault``'s)
+        parsed = parse_properties(props) if len(props) > 1 and self.maximum else ()
+        found = [v for k, v in parsed if k == 0x23]
+        if not found:  # (none allowed, maximum 0: ``received_publish_fault``'s)
             return topic, props
         alias = found[0]
         if not isinstance(alias, int) or not 0 < alias <= self.maximum:
@@ -388,7 +389,7 @@ class TopicAliases:
         else:  # 3.3.2.3.4: an alias with no mapping on this connection
             raise AliasFault(0x82, f"Topic Alias {alias} with an empty topic name, never set"
                                    " on this connection (3.3.2.3.4)")
-        rest = [(k, v) for k, v in parse_properties(props) if k != 0x23]
+        rest = [(k, v) for k, v in parsed if k != 0x23]
         return topic, pack_properties(rest) if rest else b""
 
 
