@@ -242,8 +242,10 @@ class AsyncSession(HeldSyncs):
         for a few events of a reconnect, which runs in the loop's executor)."""
         def callback(event: T | None = None) -> None:  # (logged by its kind: no payload)
             loop = self._loop
+            # (no event: the idle notice that ends ``flush()`` waits)
+            kind = "idle notice" if event is None else type(event).__name__
             if loop is None:
-                log.warning("%s dropped: the session was never started", type(event).__name__)
+                log.warning("%s dropped: the session was never started", kind)
                 return
             try:
                 running = asyncio.get_running_loop() is loop
@@ -255,7 +257,7 @@ class AsyncSession(HeldSyncs):
             try:
                 loop.call_soon_threadsafe(fn, event)  # type: ignore[arg-type]
             except RuntimeError:  # the loop is closed: nobody is listening any more
-                log.warning("%s dropped: its event loop is closed", type(event).__name__)
+                log.warning("%s dropped: its event loop is closed", kind)
         return callback
 
     def _on_message_in(self, e: MessageEvent) -> None:

@@ -262,6 +262,16 @@ def test_an_event_an_async_session_cannot_deliver_is_logged_without_its_payload(
         "MessageEvent dropped: the session was never started"]
 
 
+def test_an_idle_notice_an_async_session_cannot_deliver_is_named(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The notice that ends ``flush()`` waits carries no event: logged as what it is (it was
+    "NoneType dropped: its event loop is closed" after a loop ended without ``close()``)."""
+    s = AsyncSession(client_id="not-started")
+    s.client._driver.on_idle()
+    assert [r.getMessage() for r in caplog.records] == [
+        "idle notice dropped: the session was never started"]
+
+
 BAD_TEXT = "reading \udcff"  # (read with errors="surrogateescape": no UTF-8 for it)
 
 
