@@ -290,22 +290,28 @@ def test_recover_of_a_damaged_session_logs_an_error_naming_what_was_kept(
 # ------------------------------------------------------------------ aio
 
 
+def _gate_restore(s: AsyncSession) -> tuple[threading.Event, threading.Event]:
+    """The session's restore (in the executor) set the first event, then waits for the second."""
+    entered, gate = threading.Event(), threading.Event()
+    real = s.client.restore_session
+
+    def gated(text: str) -> None:
+        entered.set()
+        gate.wait(10)
+        real(text)
+
+    s.client.restore_session = gated  # type: ignore[method-assign]
+    return entered, gate
+
+
 def test_a_create_cancelled_while_it_restores_raises_cancelled(tmp_path: Path) -> None:
     """``start()`` cancelled while the state file's restore runs in the executor: the restore
     ends, then ``CancelledError`` and the session closed (mutant: the
     ``raise asyncio.CancelledError`` after ``_off_loop`` dropped: the cancel was lost)."""
-    entered, gate = threading.Event(), threading.Event()
 
     async def main() -> None:
         s = AsyncSession(NOWHERE, client_id=_cid("rs"), state_file=tmp_path / "s.session")
-        real = s.client.restore_session
-
-        def gated(text: str) -> None:
-            entered.set()
-            gate.wait(10)
-            real(text)
-
-        s.client.restore_session = gated  # type: ignore[method-assign]
+        entered, gate = _gate_restore(s)
         task = asyncio.create_task(s.start(connect=False))
         assert await asyncio.to_thread(entered.wait, 10)
         task.cancel()
@@ -441,18 +447,10 @@ def test_a_create_cancelled_while_restoring_a_damaged_file_reports_the_damage(
     without ``job.result()``: the error was swallowed)."""
     path = tmp_path / "bad.session"
     path.write_bytes(b'{"format":"mqttsession","version":3,"sha256":"00"}garbage')
-    entered, gate = threading.Event(), threading.Event()
 
     async def main() -> None:
         s = AsyncSession(NOWHERE, client_id=_cid("bad"), state_file=path)
-        real = s.client.restore_session
-
-        def gated(text: str) -> None:
-            entered.set()
-            gate.wait(10)
-            real(text)
-
-        s.client.restore_session = gated  # type: ignore[method-assign]
+        entered, gate = _gate_restore(s)
         task = asyncio.create_task(s.start(connect=False))
         assert await asyncio.to_thread(entered.wait, 10)
         assert s._ending is not None
