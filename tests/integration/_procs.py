@@ -626,3 +626,48 @@ def connect_in_thread(connect: Callable[[], object]) -> tuple[threading.Thread, 
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t, raised
+
+
+class SlowUplink:
+    """A loopback TCP forwarder to ``target`` passing client-to-broker bytes at ``rate`` bytes
+    a second (a slow but moving uplink), the other way at once; ``drained`` is set once a
+    client's side ended and every byte it sent went on (the broker's side then shut)."""
+
+    def __init__(self, target: tuple[str, int], rate: int) -> None:
+        self.target, self.rate, self.drained = target, rate, threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.target)
+            self.socks += [down, up]
+            threading.Thread(target=self._pipe, args=(down, up, self.rate), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, down, 0), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int) -> None:
+        try:
+            while data := src.recv(4096 if rate else 65536):
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        if rate:
+            self.drained.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.socks:
+            s.close()

@@ -4,9 +4,7 @@ that fails it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -144,50 +142,6 @@ def test_the_exit_after_gateway_close_waits_for_no_connect_thread(tmp_path: Path
     assert "MAIN-END []" in out.stdout, f"the exit would wait for: {out.stdout}"
 
 
-class _SlowUplink:
-    """A loopback forwarder to ``target`` passing client-to-broker bytes at ``rate`` bytes a
-    second (a slow but moving uplink), the other way at once; ``drained`` is set once the
-    client's side ended and every byte it sent went on (the broker's side then shut)."""
-
-    def __init__(self, target: tuple[str, int], rate: int) -> None:
-        self.target, self.rate, self.drained = target, rate, threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(4)
-        self.port = self.listener.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        try:
-            down, _ = self.listener.accept()
-        except OSError:
-            return
-        up = socket.create_connection(self.target)
-        self.socks += [down, up]
-        threading.Thread(target=self._pipe, args=(down, up, self.rate), daemon=True).start()
-        threading.Thread(target=self._pipe, args=(up, down, 0), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int) -> None:
-        try:
-            while data := src.recv(4096 if rate else 65536):
-                dst.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        if rate:
-            self.drained.set()
-
-    def close(self) -> None:
-        self.listener.close()
-        for s in self.socks:
-            s.close()
-
-
 def test_close_leaves_a_slow_link_that_moves_alone_to_the_end(mosquitto: MosquittoBroker
                                                                ) -> None:
     """CHANGELOG "(second review of today's fixes) ``close()`` cut a slow but moving link
@@ -197,7 +151,7 @@ def test_close_leaves_a_slow_link_that_moves_alone_to_the_end(mosquitto: Mosquit
     Will 1 s after ``close()``, while a cut link's forwarder still passes what it holds for
     seconds: it passes with the bug back. Here the Will is looked for once every byte went
     through. Fails with ``tcpinfo.cut_when_stalled`` cutting at its first look."""
-    link = _SlowUplink((mosquitto.host, mosquitto.port), 4_000_000)
+    link = _procs.SlowUplink((mosquitto.host, mosquitto.port), 4_000_000)
     c = Client(client_id="chfx3-slow-close", will_topic="chfx3/slow/will",
                will_message=b"gone")
     try:

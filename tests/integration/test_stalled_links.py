@@ -7,7 +7,6 @@ upload slower than the keep-alive on a healthy link is no dead link."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import threading
@@ -93,55 +92,12 @@ def test_close_on_a_stalled_link_returns(tmp_path: Path, call: str, keep_alive: 
         again.close()
 
 
-class _SlowUplink:
-    """A loopback TCP forwarder to ``target`` that passes client-to-broker bytes at
-    ``rate`` bytes a second (a slow but healthy uplink); the other way at once."""
-
-    def __init__(self, target: tuple[str, int], rate: int) -> None:
-        self.target, self.rate = target, rate
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(self.target)
-            self.socks += [down, up]
-            threading.Thread(target=self._pipe, args=(down, up, self.rate), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, down, 0), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, rate: int) -> None:
-        try:
-            while data := src.recv(4096 if rate else 65536):
-                dst.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
-        for s in self.socks:
-            s.close()
-
-
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_an_upload_slower_than_the_keep_alive_is_delivered(mosquitto: Any, protocol: int) -> None:
     """A 1.5 MB QoS 1 message over a 300 kB/s uplink (5 s) with keep-alive 2: the PINGRESP
     waits behind it, but the broker keeps taking bytes: no keep-alive timeout (before: the
     client cut the link every ~4 s and sent the message again from the start, for ever)."""
-    link = _SlowUplink((mosquitto.host, mosquitto.port), 300_000)
+    link = _procs.SlowUplink((mosquitto.host, mosquitto.port), 300_000)
     lost: list[int] = []
     c = Client(client_id=f"slow-up-{protocol}", protocol_version=protocol, keep_alive_interval=2)
     c.on_disconnected = lambda e: lost.append(e.status_code)
@@ -184,7 +140,7 @@ def test_close_leaves_a_slow_link_that_moves_alone(mosquitto: Any) -> None:
     """``close()`` behind 16 MB of QoS 0 on a 4 MB/s uplink, ``connect(timeout=1)``: the link
     moves, so it is not cut: the DISCONNECT arrives and the broker keeps the Will to itself
     (before: cut after the timeout, the Will published)."""
-    link = _SlowUplink((mosquitto.host, mosquitto.port), 4_000_000)
+    link = _procs.SlowUplink((mosquitto.host, mosquitto.port), 4_000_000)
     c = Client(client_id="slow-close", will_topic="slow/will", will_message=b"gone")
     try:
         with _procs.observed(mosquitto.host, mosquitto.port, "slow/will") as wills:
