@@ -136,11 +136,12 @@ def checked_properties(props: object, packet_type: int, protocol_version: int
     CONNECT property the session sets or cannot honour, and for properties under 3.1.1."""
     if props is None:
         return None
-    name = "will_properties" if packet_type == PacketTypes.WILLMESSAGE else "connect_properties"
+    will = packet_type == PacketTypes.WILLMESSAGE
+    name = "will_properties" if will else "connect_properties"
     if not isinstance(props, Properties) or props.packetType != packet_type:
-        kind = "WILLMESSAGE" if packet_type == PacketTypes.WILLMESSAGE else "CONNECT"
-        raise UsageError(f"{name} must be paho's Properties(PacketTypes.{kind}), got {props!r}")
-    for prop in _named(props) if packet_type == PacketTypes.CONNECT else ():
+        raise UsageError(f"{name} must be paho's Properties(PacketTypes."
+                         f"{'WILLMESSAGE' if will else 'CONNECT'}), got {props!r}")
+    for prop in () if will else _named(props):
         if prop in _CONNECT_NOT_TAKEN:
             raise UsageError(f"{name}: {prop} is not taken: {_CONNECT_NOT_TAKEN[prop]}")
     if protocol_version != 5:
